@@ -1,0 +1,70 @@
+"""Command-line entry point: ``rfgraph COMMAND ...``; each command lives in ``rfgraph/commands/``.
+
+Exit codes: 0 success, 1 analysis finished but found problems the user asked to fail on,
+2 bad input (unreadable model, unsupported op with nothing to report, bad arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from . import __version__
+from .errors import RFGraphError
+
+# One module per command; each defines ``register(subparsers)`` that adds its parser and sets
+# ``func(args) -> int``.  Add a command by adding its module name here.
+COMMANDS = ["analyze", "boxes"]
+
+EPILOG = """examples:
+  rfgraph analyze model.onnx                      receptive field of every graph output
+  rfgraph analyze model.onnx --all                one row per tensor
+  rfgraph analyze zoo:resnet_v1_50 --format json  a bundled model_zoo graph, as JSON
+  rfgraph boxes model.onnx --output feat --index 3,4
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every available command."""
+    parser = argparse.ArgumentParser(
+        prog="rfgraph",
+        description="Theoretical and effective receptive fields of ONNX models.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"rfgraph {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"rfgraph.commands.{name}")
+        except ModuleNotFoundError as exc:  # a command whose optional dependency is missing
+            if exc.name and exc.name.startswith("rfgraph"):
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; user errors become one line on stderr and exit code 2, never a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except RFGraphError as exc:
+        print(f"rfgraph: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rfgraph: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
