@@ -1,13 +1,14 @@
 """Command-line entry point: ``rfgraph COMMAND ...``; each command lives in ``rfgraph/commands/``.
 
-Exit codes: 0 success, 1 analysis finished but found problems the user asked to fail on,
-2 bad input (unreadable model, unsupported op with nothing to report, bad arguments).
+Exit codes: 0 success; 1 partial result (the analysis stopped at an unsupported node);
+2 bad input (unreadable model, bad arguments); 3 internal error (a bug: please report it).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -64,6 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # a bug in rfgraph, not in the user's file: still no bare traceback
+        if os.environ.get("RFGRAPH_DEBUG"):
+            raise
+        print(f"rfgraph: internal error ({type(exc).__name__}: {exc}); this is a bug in rfgraph, "
+              f"please report it (set RFGRAPH_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
 """Value objects for receptive fields along one spatial axis, and the paper's equations on them.
 
-A *span* is the affine interval map of Araujo et al. eqs. (5)-(6): unit ``u`` of a tensor sees the
-units ``[u*S + lo, u*S + hi]`` of another tensor.  A layer is a span (``S = s``, ``lo = -p``,
-``hi = k - 1 - p``); composing spans along a path gives the path's (r, S, P) in closed form
-(eqs. 2, 9, 10), and a union of paths with equal stride is again a span (min lo, max hi).
-Strides may be fractional (upsampling): numbers are ``int`` where they can be and ``Fraction``
-only where they must be, which keeps the common integer case fast and every value exact.
+A *span* maps a unit of one tensor to the interval of units it sees in another tensor.  For a
+sliding-window layer it is the affine map of Araujo et al. eqs. (5)-(6): unit ``u`` sees
+``[u*s - p, u*s - p + k - 1]``.  Upsampling (ConvTranspose, Resize, DepthToSpace) makes the map a
+*periodic staircase* rather than affine, so a span is stored exactly as
+
+    unit u = m*q + t  (0 <= t < q)   sees   [m*A + lo[t], m*A + hi[t]]
+
+with integers only: effective stride ``S = A/q`` (a Fraction when q does not divide A).  Integer
+strides are the case ``q = 1``.  Spans compose exactly (a path's r, S, P: eqs. 2, 9, 10) and the
+union of paths with equal stride is again a span (min lo, max hi), which is the "largest field"
+bookkeeping of the paper's DAG algorithm, made exact for misaligned paths.
 """
 
 from __future__ import annotations
@@ -25,71 +30,120 @@ def exact(x: Rational) -> Rational:
     return x
 
 
-def ceil_q(x: Rational) -> int:
-    """Ceiling of a rational, exactly."""
-    return x if isinstance(x, int) else -((-x.numerator) // x.denominator)
-
-
-def floor_q(x: Rational) -> int:
-    """Floor of a rational, exactly."""
-    return x if isinstance(x, int) else x.numerator // x.denominator
-
-
 @dataclass(frozen=True, slots=True)
 class Span:
-    """Affine interval map: unit ``u`` sees units ``[ceil(u*S + lo), floor(u*S + hi)]``."""
+    """Periodic interval map: unit ``m*q + t`` sees units ``[m*A + lo[t], m*A + hi[t]]``."""
 
-    S: Rational
-    lo: Rational
-    hi: Rational
+    q: int
+    A: int
+    lo: tuple[int, ...]
+    hi: tuple[int, ...]
 
     @staticmethod
     def layer(kernel: int, stride: int, pad_begin: int, dilation: int = 1) -> "Span":
-        """Span of a sliding-window layer; dilation enters as the effective kernel d(k-1)+1."""
+        """Span of a sliding-window layer (eqs. 5-6); dilation gives the kernel d(k-1)+1."""
         k_eff = dilation * (kernel - 1) + 1
-        return Span(stride, -pad_begin, k_eff - 1 - pad_begin)
+        return Span(1, stride, (-pad_begin,), (k_eff - 1 - pad_begin,))
 
-    def then(self, other: "Span") -> "Span":
-        """Apply ``self`` to a unit, then ``other`` to each unit reached (composition of eqs. 5-6)."""
-        S = exact(self.S * other.S)
-        lo = exact(self.lo * other.S + other.lo)
-        hi = exact(self.hi * other.S + other.hi)
-        if isinstance(S, int):  # units are integers: the interval can be tightened exactly
-            lo, hi = ceil_q(lo), floor_q(hi)
-        return Span(S, lo, hi)
-
-    def region(self, u: int) -> tuple[int, int]:
-        """Integer region ``[u0, v0]`` seen by unit ``u`` (eqs. 5-6 / 8)."""
-        return ceil_q(exact(u * self.S + self.lo)), floor_q(exact(u * self.S + self.hi))
+    @staticmethod
+    def periodic(A: int, lo: Iterable[int], hi: Iterable[int]) -> "Span":
+        """Span given by one period of bounds; reduced to its shortest period."""
+        lo, hi = tuple(lo), tuple(hi)
+        return _canonical(Span(len(lo), A, lo, hi))
 
     @property
-    def period(self) -> int:
-        """Number of consecutive units after which the region pattern repeats (1 for integer S)."""
-        return 1 if isinstance(self.S, int) else self.S.denominator
+    def S(self) -> Rational:
+        """Effective stride (eq. 10): input units advanced per unit."""
+        return exact(Fraction(self.A, self.q))
+
+    def lo_of(self, u: int) -> int:
+        """First unit seen by unit ``u``."""
+        m, t = divmod(u, self.q)
+        return m * self.A + self.lo[t]
+
+    def hi_of(self, u: int) -> int:
+        """Last unit seen by unit ``u``."""
+        m, t = divmod(u, self.q)
+        return m * self.A + self.hi[t]
+
+    def region(self, u: int) -> tuple[int, int]:
+        """Region ``[u0, v0]`` seen by unit ``u`` (eqs. 5-6)."""
+        return self.lo_of(u), self.hi_of(u)
+
+    def then(self, other: "Span") -> "Span":
+        """Apply ``self`` to a unit, then ``other`` to every unit reached (path composition).
+
+        Exact because every span's bounds are non-decreasing in the unit index, so the union of
+        ``other`` over a contiguous range of units runs from ``other.lo_of(first)`` to
+        ``other.hi_of(last)``.
+        """
+        if self.q == 1 and other.q == 1:  # the common, affine case: eqs. (2), (9), (10)
+            A2 = other.A
+            return Span(1, self.A * A2, (self.lo[0] * A2 + other.lo[0],),
+                        (self.hi[0] * A2 + other.hi[0],))
+        q = self.q * other.q // math.gcd(self.A, other.q)
+        A = (self.A * q // self.q) // other.q * other.A
+        lo = tuple(other.lo_of(self.lo_of(t)) for t in range(q))
+        hi = tuple(other.hi_of(self.hi_of(t)) for t in range(q))
+        return _canonical(Span(q, A, lo, hi))
+
+    def expanded(self, q: int) -> "Span":
+        """The same map written with period ``q`` (a multiple of ``self.q``)."""
+        reps = q // self.q
+        lo = tuple(k * self.A + b for k in range(reps) for b in self.lo)
+        hi = tuple(k * self.A + b for k in range(reps) for b in self.hi)
+        return Span(q, self.A * reps, lo, hi)
+
+    def centre_sums(self) -> tuple[int, ...]:
+        """``lo[t] + hi[t]``: twice the centre offset of each phase (eq. 11 without u*S)."""
+        return tuple(a + b for a, b in zip(self.lo, self.hi))
 
 
-IDENTITY = Span(1, 0, 0)
+def _canonical(sp: Span) -> Span:
+    """Shortest period that represents the same map (so equal maps compare equal)."""
+    for d in range(1, sp.q):
+        if sp.q % d or (sp.A * d) % sp.q:
+            continue
+        step = sp.A * d // sp.q
+        if all(sp.lo[t + d] == sp.lo[t] + step and sp.hi[t + d] == sp.hi[t] + step
+               for t in range(sp.q - d)):
+            return Span(d, step, sp.lo[:d], sp.hi[:d])
+    return sp
 
 
-def merge_spans(spans: Iterable[Span]) -> tuple[Span, ...]:
-    """Union of paths: one span per distinct stride, keeping the widest extent (eqs. 1, 9, 10)."""
+IDENTITY = Span(1, 1, (0,), (0,))
+BROADCAST = Span(1, 0, (0,), (0,))  # every unit sees unit 0 (a size-1 axis broadcast)
+
+
+def union_spans(spans: Iterable[Span]) -> tuple[Span, ...]:
+    """Union of paths: one span per distinct stride, keeping the widest bounds (eqs. 1, 9, 10)."""
     by_stride: dict[Rational, Span] = {}
     for sp in spans:
-        old = by_stride.get(sp.S)
-        if old is None:
-            by_stride[sp.S] = sp
-        elif sp.lo < old.lo or sp.hi > old.hi:
-            by_stride[sp.S] = Span(sp.S, min(sp.lo, old.lo), max(sp.hi, old.hi))
+        key = sp.S
+        old = by_stride.get(key)
+        by_stride[key] = sp if old is None else _union_same_stride(old, sp)
     return tuple(by_stride[s] for s in sorted(by_stride))
+
+
+def _union_same_stride(a: Span, b: Span) -> Span:
+    """Union of two spans of equal stride: elementwise min of lo and max of hi."""
+    if a == b:
+        return a
+    q = math.lcm(a.q, b.q)
+    a, b = a.expanded(q), b.expanded(q)
+    lo = tuple(map(min, a.lo, b.lo))
+    hi = tuple(map(max, a.hi, b.hi))
+    return _canonical(Span(q, a.A, lo, hi))
 
 
 @dataclass(frozen=True, slots=True)
 class AxisField:
-    """Receptive field along one input spatial axis: a union of spans, or global.
+    """Receptive field of a tensor along one input spatial axis: a union of spans, or global.
 
-    ``spans`` has one element when every path has the same effective stride (shift-invariant
-    field, eq. 12 holds); more than one when strides differ.  ``global_at`` names the node that
-    made the field cover the whole input along this axis (global pooling, attention, Flatten+Gemm).
+    ``spans`` holds one span when every path has the same effective stride (condition 12 holds);
+    several when strides differ (the field is then not shift-invariant).  ``global_at`` names the
+    node that made the field cover the whole input along this axis (global pooling, attention,
+    Flatten+Gemm...); ``spans`` is then empty.
     """
 
     spans: tuple[Span, ...]
@@ -106,60 +160,67 @@ class AxisField:
     def region(self, u: int) -> tuple[int, int]:
         """Input region ``[u0, v0]`` of unit ``u`` (unclipped: may extend into the padding)."""
         if self.is_global:
-            raise ValueError(f"field is global (made so at node '{self.global_at}')")
+            raise ValueError(f"the field is global (made so at node '{self.global_at}')")
         regions = [sp.region(u) for sp in self.spans]
         return min(r[0] for r in regions), max(r[1] for r in regions)
 
     def extent(self, u: int) -> int:
-        """Receptive-field size of unit ``u``: length of the union's extent."""
+        """Receptive-field size of unit ``u``: length of the region."""
         u0, v0 = self.region(u)
         return v0 - u0 + 1
 
     def size(self, n_units: int | None = None) -> int:
-        """Receptive-field size r: the largest extent over units (all of them when the tensor has
-        ``n_units`` along the axis; exact since extents are periodic, or convex across strides)."""
-        return max(self.extent(u) for u in self._probe_units(n_units))
+        """Receptive-field size r: the largest extent over units ``0..n_units-1``.
 
-    def _probe_units(self, n_units: int | None) -> list[int]:
-        period = math.lcm(*(sp.period for sp in self.spans))
+        Exact: extents repeat with the period, and across mixed strides the extent is convex in
+        ``u`` (difference of a max and a min of near-affine maps), so its maximum over a range
+        lies in the first or the last period.
+        """
+        period = math.lcm(*(sp.q for sp in self.spans))
         units = set(range(period))
-        if len(self.spans) > 1 and n_units:  # extent is convex in u across strides
-            units.update(range(max(n_units - period, 0), n_units))
-        return sorted(units)
+        if len(self.spans) > 1:
+            last = n_units if n_units else 1
+            units.update(range(max(last - period, 0), max(last, period)))
+        return max(self.extent(u) for u in units)
 
     @property
     def stride(self) -> Rational:
-        """Effective stride S (eq. 10); for mixed strides, the largest."""
+        """Effective stride S (eq. 10); with mixed strides, the largest."""
         return self.spans[-1].S
 
     @property
-    def padding(self) -> Rational:
-        """Effective padding P (eq. 9): ``u0 = -P + u*S`` for unit 0 (``-lo`` for fractional S)."""
-        if len(self.spans) == 1 and not isinstance(self.spans[0].S, int):
-            return exact(-self.spans[0].lo)
+    def padding(self) -> int:
+        """Effective padding P (eq. 9): the region of unit 0 starts at ``-P`` (eq. 5)."""
         return -self.region(0)[0]
 
     def centre(self, u: int) -> Fraction:
-        """Centre of the region of unit ``u`` (eq. 11 generalised to the union)."""
+        """Centre of the region of unit ``u`` (eq. 11)."""
         u0, v0 = self.region(u)
         return Fraction(u0 + v0, 2)
 
 
 def global_field(node: str) -> AxisField:
-    """Field covering the whole input, made so at ``node``."""
+    """Field covering the whole input along an axis, made so at ``node``."""
     return AxisField((), global_at=node)
 
 
 def union_fields(fields: Iterable[AxisField]) -> AxisField:
-    """Union of the fields of several paths into one tensor."""
+    """Union of the fields of several paths into one tensor (global wins)."""
     fields = list(fields)
     for f in fields:
         if f.is_global:
             return f
-    return AxisField(merge_spans(sp for f in fields for sp in f.spans))
+    return AxisField(union_spans(sp for f in fields for sp in f.spans))
 
 
-# Closed forms of the single-path case (Araujo et al. eqs. 2, 5, 6, 11), used by docs and tests.
+def compose(edge: Span, field: AxisField) -> AxisField:
+    """Field of a layer's output unit: the layer's span, then the field of its input."""
+    if field.is_global:
+        return field
+    return AxisField(union_spans(edge.then(sp) for sp in field.spans))
+
+
+# Closed forms of the single-path case (Araujo et al.), used by docs and as test oracles.
 
 def closed_form_r(kernels: list[int], strides: list[int]) -> int:
     """Eq. (2): r0 = sum_l (k_l - 1) prod_{i<l} s_i + 1."""

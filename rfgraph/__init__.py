@@ -1,0 +1,13 @@
+"""rfgraph: theoretical and effective receptive fields of any ONNX model.
+
+``rfgraph.analyze(model)`` returns an ``Analysis`` with the receptive field (r, S, P per spatial
+axis, input region of any unit, alignment of every merge) of every tensor of the graph.
+"""
+
+__version__ = "0.1.0"
+
+from .analysis import Analysis, EndPoint, analyze  # noqa: E402
+from .errors import RFGraphError  # noqa: E402
+from .paths import path_histogram  # noqa: E402
+
+__all__ = ["Analysis", "EndPoint", "RFGraphError", "analyze", "path_histogram", "__version__"]

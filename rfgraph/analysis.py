@@ -1,0 +1,267 @@
+"""``analyze``: the public entry point of the TRF half, returning plain dataclasses.
+
+An ``Analysis`` holds one ``EndPoint`` per tensor reached from the input, each with its field along
+every input spatial axis (r, S, P; region [u0, v0] and centre of any unit, eqs. 5-8 and 11), the
+alignment verdict of every merge, and the nodes where the analysis stopped (unsupported op).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .errors import DynamicShapeError, RFGraphError
+from .fields import AxisField, Rational
+from .onnx_import import ModelGraph, ModelSource, build_graph, load_model
+from .ops import Layout, carried, spatial_of
+from .trf import Merge, PassResult, Stop, TensorState, forward_pass, reverse_pass
+
+AXIS_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
+LAYOUT_PASSTHROUGH = {"Cast", "Sub", "Div", "Mul", "Add", "Identity", "Unsqueeze"}
+
+
+@dataclass(frozen=True)
+class EndPoint:
+    """A tensor of the graph and its receptive field along each input spatial axis."""
+
+    name: str
+    node: str  # producing node ('' for the graph input)
+    op: str  # producing op type ('Input' for the graph input)
+    shape: tuple[int | None, ...]
+    fields: tuple[AxisField, ...]
+    units: tuple[int | None, ...]  # number of units along each input spatial axis (None: not indexed)
+    size_dependent: str | None = None
+    misaligned_at: str | None = None  # first misaligned merge on a path into this tensor
+
+    @property
+    def aligned(self) -> bool:
+        return self.misaligned_at is None
+
+    @property
+    def r(self) -> tuple[int | None, ...]:
+        """Receptive-field size per axis (None where global)."""
+        return tuple(None if f.is_global else f.size(n) for f, n in zip(self.fields, self.units))
+
+    @property
+    def S(self) -> tuple[Rational | None, ...]:
+        """Effective stride per axis (eq. 10; a Fraction after upsampling; None where global)."""
+        return tuple(None if f.is_global else f.stride for f in self.fields)
+
+    @property
+    def P(self) -> tuple[int | None, ...]:
+        """Effective padding per axis (eq. 9; None where global)."""
+        return tuple(None if f.is_global else f.padding for f in self.fields)
+
+    @property
+    def is_global(self) -> bool:
+        return any(f.is_global for f in self.fields)
+
+    @property
+    def shift_invariant(self) -> bool:
+        """True when every path has one stride per axis, so r, S, P describe every unit."""
+        return all(f.shift_invariant or f.is_global for f in self.fields)
+
+    def region(self, index: Sequence[int]) -> tuple[tuple[int, int], ...]:
+        """Input region ``[u0, v0]`` per axis of output unit ``index`` (eqs. 5-6; unclipped)."""
+        index = self._check_index(index)
+        return tuple(f.region(u) for f, u in zip(self.fields, index))
+
+    def centre(self, index: Sequence[int]) -> tuple[Fraction, ...]:
+        """Centre of the input region of output unit ``index`` per axis (eq. 11)."""
+        index = self._check_index(index)
+        return tuple(f.centre(u) for f, u in zip(self.fields, index))
+
+    def _check_index(self, index: Sequence[int]) -> tuple[int, ...]:
+        index = tuple(int(i) for i in index)
+        if len(index) != len(self.fields):
+            raise RFGraphError(f"index {index} has {len(index)} coordinates; '{self.name}' has "
+                               f"{len(self.fields)} spatial axes")
+        for u, n in zip(index, self.units):
+            if n is not None and not 0 <= u < n:
+                raise RFGraphError(f"index {index} is outside '{self.name}' (units per axis: {self.units})")
+        return tuple(u if n is not None else 0 for u, n in zip(index, self.units))
+
+    def regions(self, axis: int) -> np.ndarray:
+        """``[u0, v0]`` of every unit along one axis, shape (n, 2)."""
+        n = self.units[axis] or 1
+        f = self.fields[axis]
+        return np.array([f.region(u) for u in range(n)], dtype=np.int64).reshape(n, 2)
+
+    def boxes(self, clip_to: Sequence[int] | None = None) -> np.ndarray:
+        """Input box of every output unit: array (*units, 2*ndim) = (u0 per axis..., v0 per axis...).
+
+        For 2-D maps this is (y0, x0, y1, x1) per cell, inclusive; ``clip_to`` clips to an input size.
+        """
+        per_axis = [self.regions(a) for a in range(len(self.fields))]
+        if clip_to is not None:
+            per_axis = [np.clip(r, 0, n - 1) for r, n in zip(per_axis, clip_to)]
+        grids = np.meshgrid(*[np.arange(len(r)) for r in per_axis], indexing="ij")
+        starts = [r[g, 0] for r, g in zip(per_axis, grids)]
+        ends = [r[g, 1] for r, g in zip(per_axis, grids)]
+        return np.stack(starts + ends, axis=-1)
+
+
+@dataclass
+class Analysis:
+    """Receptive fields of every tensor of a model w.r.t. one input."""
+
+    input_name: str
+    input_shape: tuple[int, ...]
+    spatial_axes: tuple[int, ...]  # tensor axes of the input that are spatial
+    axis_names: tuple[str, ...]
+    endpoints: dict[str, EndPoint]
+    outputs: list[str]
+    merges: list[Merge]
+    stops: list[Stop]
+    global_at: dict[str, str]  # node -> why it mixes all positions
+    graph: ModelGraph = field(repr=False)
+    _pass: PassResult = field(repr=False)
+
+    def __getitem__(self, name: str) -> EndPoint:
+        try:
+            return self.endpoints[name]
+        except KeyError:
+            raise RFGraphError(self._missing(name)) from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.endpoints
+
+    def _missing(self, name: str) -> str:
+        if name in self.graph.producer or name in self.graph.initializers:
+            return f"tensor '{name}' was not analysed (it does not depend on the input, or lies after a stop)"
+        return f"no tensor named '{name}' in the model"
+
+    @property
+    def aligned(self) -> bool:
+        """True when every merge satisfies conditions (12)-(13)."""
+        return all(m.aligned for m in self.merges)
+
+    @property
+    def misaligned(self) -> list[Merge]:
+        return [m for m in self.merges if not m.aligned]
+
+    def default_endpoints(self) -> list[str]:
+        """Graph outputs reached, plus the last local tensors feeding each op that mixes positions."""
+        names = [o for o in self.outputs if o in self.endpoints]
+        for idx, transfer in self._pass.transfers.items():
+            if not transfer.mix_reason:
+                continue
+            for tensor in self.graph.nodes[idx].input:
+                ep = self.endpoints.get(tensor)
+                if ep is not None and not ep.is_global and any(ep.units) and tensor not in names:
+                    names.append(tensor)
+        order = list(self.endpoints)
+        return sorted(names, key=order.index)
+
+    def fields_toward(self, target: str) -> dict[str, tuple[AxisField, ...]]:
+        """The paper's reverse pass: the field of one unit of ``target`` on every tensor before it."""
+        self[target]
+        return reverse_pass(self.graph, self._pass, target)
+
+
+def analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None = None,
+            input_name: str | None = None, layout: str | None = None) -> Analysis:
+    """Receptive fields of every tensor of an ONNX model (path, bytes or ModelProto).
+
+    ``input_shape`` fixes input dims ({"x": (1, 3, 224, 224)}; name "" means the first input);
+    ``input_name`` picks the input the fields refer to; ``layout`` ("NCHW", "NHWC", "NCL"...)
+    overrides the inferred position of the spatial axes.
+    """
+    proto = load_model(model, input_shape)
+    mg = build_graph(proto)
+    name = _pick_input(mg, input_name)
+    shape = mg.shapes.get(name)
+    if shape is None or len(shape) < 2:
+        raise DynamicShapeError(f"input '{name}' has no known rank >= 3; set it with --input-shape")
+    spatial = _spatial_axes(mg, name, len(shape), layout)
+    unknown = [a for a in spatial if shape[a] is None]
+    if unknown:
+        example = "x".join(str(d if d is not None else 224) for d in shape)
+        raise DynamicShapeError(
+            f"input '{name}' has dynamic spatial dims (axes {unknown} of shape "
+            f"{['?' if d is None else d for d in shape]}); set them, e.g. --input-shape {name}:{example}")
+    in_layout = _input_layout(shape, spatial)
+    result = forward_pass(mg, name, in_layout)
+    endpoints = _endpoints(mg, result, name)
+    return Analysis(name, tuple(shape), tuple(spatial), AXIS_NAMES.get(len(spatial), tuple(f"A{i}" for i in range(len(spatial)))),
+                    endpoints, mg.outputs, result.merges, result.stops, result.global_at, mg, result)
+
+
+def _pick_input(mg: ModelGraph, requested: str | None) -> str:
+    """The input the fields refer to: the requested one, or the first of rank >= 3."""
+    if requested:
+        if requested not in mg.inputs:
+            raise RFGraphError(f"the model has no input '{requested}' (inputs: {', '.join(mg.inputs)})")
+        return requested
+    ranked = [i for i in mg.inputs if len(mg.shapes.get(i) or ()) >= 3]
+    if not ranked:
+        raise DynamicShapeError(
+            f"no input with spatial axes (rank >= 3) among {mg.inputs}; "
+            f"fix the shape with --input-shape NAME:1x3x224x224")
+    return ranked[0]
+
+
+def _spatial_axes(mg: ModelGraph, name: str, rank: int, layout: str | None) -> list[int]:
+    """Spatial tensor axes of the input: from ``layout``, a leading Transpose, or N, C, spatial..."""
+    if layout:
+        layout = layout.upper()
+        if len(layout) != rank or "N" not in layout or "C" not in layout:
+            raise RFGraphError(f"layout '{layout}' does not describe a rank-{rank} input (e.g. NCHW, NHWC)")
+        return [i for i, c in enumerate(layout) if c not in "NC"]
+    perm = _leading_transpose(mg, name)
+    if perm is not None and len(perm) == rank:
+        return list(perm[2:])
+    return list(range(2, rank))
+
+
+def _leading_transpose(mg: ModelGraph, name: str) -> list[int] | None:
+    """Perm of a Transpose reached from the input through elementwise pre-processing (NHWC models)."""
+    tensor, steps = name, 0
+    while steps < 6:
+        users = [i for i, n in enumerate(mg.nodes) if tensor in n.input]
+        if len(users) != 1:
+            return None
+        node = mg.nodes[users[0]]
+        if node.op_type == "Transpose":
+            for a in node.attribute:
+                if a.name == "perm":
+                    return list(a.ints)
+            return None
+        if node.op_type not in LAYOUT_PASSTHROUGH:
+            return None
+        tensor, steps = node.output[0], steps + 1
+    return None
+
+
+def _input_layout(shape: Sequence[int | None], spatial: Sequence[int]) -> Layout:
+    """Layout of the input tensor: spatial axis j at tensor axis spatial[j]."""
+    index = {t: j for j, t in enumerate(spatial)}
+    return tuple(((index.get(t, -1), d or 0),) for t, d in enumerate(shape))
+
+
+def _endpoints(mg: ModelGraph, result: PassResult, input_name: str) -> dict[str, EndPoint]:
+    """One EndPoint per analysed tensor, input first, then in topological order."""
+    eps = {input_name: _endpoint(mg, input_name, "", "Input", result.states[input_name])}
+    for idx in result.order:
+        if idx not in result.transfers:
+            continue
+        node = mg.nodes[idx]
+        for out in node.output:
+            state = result.states.get(out)
+            if state is not None:
+                eps[out] = _endpoint(mg, out, mg.names[idx], node.op_type, state)
+    return eps
+
+
+def _endpoint(mg: ModelGraph, name: str, node: str, op: str, state: TensorState) -> EndPoint:
+    """Build an EndPoint, finding how many units the tensor has along each spatial axis."""
+    axes = carried(state.layout)
+    units = tuple(state.layout[axes[a]][0][1] if a in axes else None for a in range(len(state.fields)))
+    return EndPoint(name, node, op, tuple(mg.shapes.get(name) or ()), state.fields, units,
+                    state.size_dependent, state.misaligned)
+
+
+__all__ = ["Analysis", "EndPoint", "analyze", "spatial_of"]

@@ -1,0 +1,62 @@
+"""``rfgraph boxes``: the input box of output units (what a detection head's anchor cell sees)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tabulate import tabulate
+
+from ..errors import RFGraphError
+from ..report import number
+from ._common import add_model_args, load_analysis
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("boxes", help="input region [u0, v0] and centre of output units",
+                       description="Input region (inclusive, unclipped) and centre of one output unit, "
+                                   "or of every unit of a tensor with --all.",
+                       epilog="examples:\n  rfgraph boxes model.onnx --output feat --index 3,4\n"
+                              "  rfgraph boxes model.onnx --output feat --all --format json",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--output", required=True, metavar="NAME", help="tensor whose units are mapped")
+    p.add_argument("--index", metavar="I,J", help="unit index along the spatial axes, e.g. 3,4")
+    p.add_argument("--all", action="store_true", help="every unit of the tensor")
+    p.add_argument("--clip", action="store_true", help="clip regions to the input")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    analysis = load_analysis(args)
+    ep = analysis[args.output]
+    if ep.is_global:
+        raise RFGraphError(f"'{ep.name}' has a global field (whole input); no box to report")
+    if args.all:
+        import numpy as np
+        units = [n or 1 for n in ep.units]
+        indices = [tuple(int(i) for i in idx) for idx in np.ndindex(*units)]
+    elif args.index:
+        try:
+            indices = [tuple(int(v) for v in args.index.split(","))]
+        except ValueError:
+            raise RFGraphError(f"--index '{args.index}': expected integers like 3,4") from None
+    else:
+        raise RFGraphError("give --index I,J or --all")
+    sizes = [analysis.input_shape[a] for a in analysis.spatial_axes]
+    rows = []
+    for idx in indices:
+        region = ep.region(idx)
+        if args.clip:
+            region = tuple((max(u0, 0), min(v0, n - 1)) for (u0, v0), n in zip(region, sizes))
+        rows.append({"index": list(idx), "region": [list(r) for r in region],
+                     "centre": [number(c) for c in ep.centre(idx)]})
+    if args.format == "json":
+        print(json.dumps({"tensor": ep.name, "axis_names": list(analysis.axis_names), "units": rows}, indent=2))
+    else:
+        table = [[",".join(map(str, r["index"]))] + [f"[{a}, {b}]" for a, b in r["region"]]
+                 + [", ".join(str(c) for c in r["centre"])] for r in rows]
+        head = ["index"] + [f"{n} region" for n in analysis.axis_names] + ["centre"]
+        print(tabulate(table, headers=head, tablefmt="simple"))
+    return 0

@@ -1,0 +1,149 @@
+"""Inputs and weights for ERF averaging (Luo et al. sec. 3): random or real input images, and random
+re-initialisations of the weights that keep the graph.
+
+Conventions: every draw comes from one ``numpy.random.Generator`` (deterministic under a seed);
+Gaussian inputs are N(0, 1), uniform inputs U[0, 1) (non-negative, as in the support property);
+images are resized to the input's spatial size, scaled to [0, 1], then normalised with the model's
+per-channel mean and std (ImageNet's by default).
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import RFGraphError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Ops whose weight operand (input 1, rank >= 2) is re-initialised; their bias (input 2) is zeroed.
+WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
+
+
+class InputKind(str, Enum):
+    """Where the N input samples come from."""
+
+    GAUSSIAN = "gaussian"
+    UNIFORM = "uniform"
+    IMAGES = "images"
+
+
+class Reinit(str, Enum):
+    """Weight re-initialisation: keep the model's, all ones (Luo sec. 2.1), He or Glorot normal."""
+
+    NONE = "none"
+    ONES = "ones"
+    HE = "he"
+    GLOROT = "glorot"
+
+
+def random_inputs(kind: InputKind, shape: Sequence[int], rng: np.random.Generator,
+                  dtype: np.dtype = np.dtype(np.float32)) -> np.ndarray:
+    """One batch of random inputs of ``shape`` (Gaussian N(0,1) or uniform U[0,1))."""
+    if kind is InputKind.GAUSSIAN:
+        return rng.standard_normal(shape).astype(dtype)
+    if kind is InputKind.UNIFORM:
+        return rng.random(shape).astype(dtype)
+    raise ValueError(f"{kind} is not a random input kind")
+
+
+class ImageFolder:
+    """PNG/JPEG images of a folder, loaded as normalised NCHW arrays of the model's input size."""
+
+    def __init__(self, folder: str | Path, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise RFGraphError(f"image folder '{folder}' does not exist; give a folder of "
+                               "PNG/JPEG files, or --inputs gaussian|uniform")
+        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise RFGraphError(f"no PNG/JPEG images in '{folder}'")
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def load(self, path: Path, shape: Sequence[int]) -> np.ndarray:
+        """One image as a (C, H, W) array (C = 1 or 3 from ``shape``; H, W = the last two)."""
+        from PIL import Image  # pillow is an optional dependency
+
+        channels, height, width = shape[-3], shape[-2], shape[-1]
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB").resize((width, height),
+                                                                     Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.float32) / 255.0
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        mean = np.asarray(self.mean[:channels], np.float32).reshape(-1, 1, 1)
+        std = np.asarray(self.std[:channels], np.float32).reshape(-1, 1, 1)
+        return (arr - mean) / std
+
+    def batches(self, shape: Sequence[int], count: int,
+                rng: np.random.Generator) -> Iterator[np.ndarray]:
+        """``count`` images (cycling through the folder in a seeded order) in batches of shape[0]."""
+        if len(shape) != 4 or shape[1] not in (1, 3):
+            raise RFGraphError(f"images need a 1- or 3-channel NCHW input; the model takes "
+                               f"{tuple(shape)}")
+        order = rng.permutation(len(self.files))
+        picks = [self.files[order[i % len(order)]] for i in range(count)]
+        for start in range(0, count, shape[0]):
+            chunk = [self.load(p, shape[1:]) for p in picks[start:start + shape[0]]]
+            yield np.stack(chunk)
+
+
+def reinitialise(model: onnx.ModelProto, how: Reinit, rng: np.random.Generator) -> onnx.ModelProto:
+    """A copy of ``model`` with the weights of Conv/ConvTranspose/Gemm/MatMul redrawn (same graph).
+
+    ONES: every weight 1 (Luo sec. 2.1); HE: N(0, 2/fan_in); GLOROT: N(0, 2/(fan_in + fan_out));
+    biases of those ops are set to 0; other parameters (norms, embeddings) are kept.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    if how is Reinit.NONE:
+        return out
+    inits = {i.name: i for i in out.graph.initializer}
+    done: set[str] = set()
+    for node in out.graph.node:
+        if node.op_type not in WEIGHT_OPS:
+            continue
+        for pos, name in enumerate(node.input):
+            if name not in inits or name in done:
+                continue
+            arr = numpy_helper.to_array(inits[name])
+            if not np.issubdtype(arr.dtype, np.floating):
+                continue
+            if pos == 2 and node.op_type != "MatMul":
+                new = np.zeros_like(arr)
+            elif arr.ndim >= 2:
+                new = _draw(arr, how, node.op_type, rng)
+            else:
+                continue
+            inits[name].CopyFrom(numpy_helper.from_array(new.astype(arr.dtype), name))
+            done.add(name)
+    return out
+
+
+def _draw(arr: np.ndarray, how: Reinit, op: str, rng: np.random.Generator) -> np.ndarray:
+    """New values for one weight tensor."""
+    if how is Reinit.ONES:
+        return np.ones_like(arr)
+    fan_in, fan_out = _fans(arr.shape, op)
+    var = 2.0 / fan_in if how is Reinit.HE else 2.0 / (fan_in + fan_out)
+    return rng.standard_normal(arr.shape) * math.sqrt(var)
+
+
+def _fans(shape: Sequence[int], op: str) -> tuple[int, int]:
+    """fan_in, fan_out of a weight: Conv (out, in/g, k...), ConvTranspose (in, out/g, k...),
+    MatMul (in, out), Gemm (taken as (out, in) as torch exports Linear)."""
+    receptive = math.prod(shape[2:]) if len(shape) > 2 else 1
+    if op == "Conv":
+        return shape[1] * receptive, shape[0] * receptive
+    if op == "ConvTranspose":
+        return shape[0] * receptive, shape[1] * receptive
+    if op == "MatMul":
+        return shape[-2], shape[-1]
+    return shape[-1], shape[-2]

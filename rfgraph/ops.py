@@ -1,0 +1,891 @@
+"""The op-rule table: the only place in rfgraph that knows what ONNX ops do to spatial positions.
+
+Each rule reads one node and returns a ``Transfer``: for every output, its *layout* (which tensor
+axis indexes which input spatial axis) and its *edges*: for each data input, the span that maps an
+output unit to the input units it reads along each spatial axis, or ``MIXES`` where the op reads all
+positions (global pooling, attention, Flatten+Gemm...).  The TRF pass, the paper's reverse pass and
+the path histogram all interpret these transfers; none of them knows an op.
+
+Conventions: spatial axes of conv/pool ops are tensor axes 2.. (N, C, D, H, W); a layout axis is a
+tuple of parts ``(spatial_axis, size)`` with ``spatial_axis = -1`` for non-spatial factors, so a
+Reshape that flattens H and W into tokens keeps track of both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from .errors import DynamicShapeError, InvalidAttributeError, UnsupportedOpError
+from .fields import BROADCAST, IDENTITY, Span
+
+Part = tuple[int, int]  # (input spatial axis or -1, size)
+AxisLayout = tuple[Part, ...]
+Layout = tuple[AxisLayout, ...]
+MIXES = None  # edge value: the op reads every position along this spatial axis
+
+
+@dataclass(frozen=True)
+class Edge:
+    """How one output reads one data input: per spatial axis a span (absent: identity) or MIXES."""
+
+    slot: int
+    maps: Mapping[int, Span | None] = field(default_factory=dict)
+
+    def span(self, axis: int) -> Span | None:
+        return self.maps.get(axis, IDENTITY)
+
+
+@dataclass(frozen=True)
+class OutTransfer:
+    """One output tensor: its layout and the edges from the node's data inputs."""
+
+    layout: Layout
+    edges: tuple[Edge, ...]
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """What a node does to spatial positions; ``size_dependent`` when its padding depends on sizes."""
+
+    outputs: tuple[OutTransfer | None, ...]
+    size_dependent: bool = False
+    mix_reason: str = ""
+
+
+@dataclass
+class NodeContext:
+    """Everything a rule may read about a node: attributes, layouts, shapes, constant inputs."""
+
+    name: str
+    op: str
+    node: onnx.NodeProto
+    attrs: dict
+    layouts: list[Layout | None]  # per input slot; None for static (input-independent) tensors
+    in_shapes: list[tuple | None]
+    out_shapes: list[tuple | None]
+    constant: Callable[[str], np.ndarray | None]
+    opset: int
+
+    def const(self, slot: int) -> np.ndarray | None:
+        """Constant value of input ``slot`` (None when absent or computed at run time)."""
+        if slot >= len(self.node.input) or not self.node.input[slot]:
+            return None
+        return self.constant(self.node.input[slot])
+
+    def ints(self, slot: int, attr: str) -> list[int] | None:
+        """An int list given either as input ``slot`` (newer opsets) or attribute ``attr``."""
+        value = self.const(slot)
+        if value is not None:
+            return [int(v) for v in np.asarray(value).reshape(-1)]
+        if attr in self.attrs:
+            return [int(v) for v in self.attrs[attr]]
+        return None
+
+    def has_input(self, slot: int) -> bool:
+        return slot < len(self.node.input) and bool(self.node.input[slot])
+
+    def data_slots(self) -> list[int]:
+        return [i for i, lay in enumerate(self.layouts) if lay is not None]
+
+    def rank(self, slot: int = 0) -> int:
+        lay = self.layouts[slot]
+        return len(lay) if lay is not None else len(self.in_shapes[slot] or ())
+
+    def out_dim(self, axis: int, out: int = 0) -> int | None:
+        shape = self.out_shapes[out]
+        return None if shape is None else shape[axis]
+
+    def unsupported(self, why: str) -> UnsupportedOpError:
+        return UnsupportedOpError(self.name, self.op, why)
+
+    def invalid(self, why: str) -> InvalidAttributeError:
+        return InvalidAttributeError(f"node '{self.name}' ({self.op}): {why}")
+
+
+# ---------------------------------------------------------------- layout helpers
+
+
+def spatial_of(axis_layout: AxisLayout) -> list[int]:
+    """Input spatial axes indexed by one tensor axis."""
+    return [a for a, _ in axis_layout if a >= 0]
+
+
+def carried(layout: Layout) -> dict[int, int]:
+    """Map input spatial axis -> the tensor axis that indexes it alone (composites excluded)."""
+    out = {}
+    for t, parts in enumerate(layout):
+        sp = spatial_of(parts)
+        if len(sp) == 1 and len(parts) == 1:
+            out[sp[0]] = t
+    return out
+
+
+def all_spatial(layout: Layout) -> set[int]:
+    """Every input spatial axis indexed anywhere in the layout."""
+    return {a for parts in layout for a, _ in parts if a >= 0}
+
+
+def with_sizes(layout: Layout, shape: Sequence[int | None] | None) -> Layout:
+    """The same layout with single-part axes resized to a new shape (after a window op)."""
+    if shape is None or len(shape) != len(layout):
+        return layout
+    out = []
+    for parts, dim in zip(layout, shape):
+        if dim is not None and (len(parts) == 1 or not spatial_of(parts)):
+            out.append(((parts[0][0], dim),))
+        else:
+            out.append(parts)
+    return tuple(out)
+
+
+def plain_layout(shape: Sequence[int | None]) -> Layout:
+    """Layout of a tensor with no spatial axes."""
+    return tuple(((-1, d if d is not None else 0),) for d in shape)
+
+
+def mixed_maps(layout: Layout, axes: Sequence[int]) -> dict[int, Span | None]:
+    """Edge maps for an op that reads all positions along tensor ``axes``."""
+    return {a: MIXES for t in axes for a in spatial_of(layout[t])}
+
+
+def strip_spatial(layout: Layout, axes: Sequence[int]) -> Layout:
+    """Layout where the given tensor axes no longer index input positions (after mixing them)."""
+    out = list(layout)
+    for t in axes:
+        out[t] = ((-1, math.prod(s for _, s in layout[t])),)
+    return tuple(out)
+
+
+def _norm_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+# ---------------------------------------------------------------- generic rule shapes
+
+
+def pointwise(ctx: NodeContext, outputs: int | None = None) -> Transfer:
+    """Each output position reads the same position of input 0 (activations, BatchNorm, Cast)."""
+    n_out = len(ctx.node.output) if outputs is None else outputs
+    lay = with_sizes(ctx.layouts[0], ctx.out_shapes[0])
+    out = OutTransfer(lay, (Edge(0),))
+    return Transfer(tuple(out if i == 0 or outputs is None else None for i in range(n_out)))
+
+
+def broadcast(ctx: NodeContext) -> Transfer:
+    """Elementwise n-ary op with numpy broadcasting (Add, Mul, Where, PRelu, Concat on channels)."""
+    out_shape = ctx.out_shapes[0]
+    slots = ctx.data_slots()
+    rank = len(out_shape) if out_shape is not None else max(ctx.rank(s) for s in slots)
+    layout: list[AxisLayout | None] = [None] * rank
+    for s in slots:  # take each axis's layout from an input that is not broadcast along it
+        lay, shape = ctx.layouts[s], ctx.in_shapes[s]
+        off = rank - len(lay)
+        for t, parts in enumerate(lay):
+            dim = shape[t] if shape else None
+            if layout[off + t] is None and (dim != 1 or (out_shape and out_shape[off + t] == 1)):
+                layout[off + t] = parts
+    final = tuple(p if p is not None else ((-1, (out_shape or [1] * rank)[i] or 1),)
+                  for i, p in enumerate(layout))
+    out_axes = carried(final)
+    edges = []
+    for s in slots:
+        lay = ctx.layouts[s]
+        off = rank - len(lay)
+        mine = {a: t + off for a, t in carried(lay).items()}
+        maps: dict[int, Span | None] = {}
+        for a, t in out_axes.items():
+            if mine.get(a) != t or (ctx.in_shapes[s] and ctx.in_shapes[s][t - off] == 1
+                                    and final[t][0][1] != 1):
+                maps[a] = BROADCAST
+        edges.append(Edge(s, maps))
+    return Transfer((OutTransfer(with_sizes(final, out_shape), tuple(edges)),))
+
+
+def mix_axes(ctx: NodeContext, axes: Sequence[int], keepdims: bool = True, why: str = "") -> Transfer:
+    """An op that reads all positions along tensor ``axes`` of input 0 (reductions, softmax)."""
+    lay = ctx.layouts[0]
+    maps = mixed_maps(lay, axes)
+    out_lay = strip_spatial(lay, axes)
+    if not keepdims:
+        out_lay = tuple(p for t, p in enumerate(out_lay) if t not in set(axes))
+    out_lay = with_sizes(out_lay, ctx.out_shapes[0])
+    outs = [OutTransfer(out_lay, (Edge(0, maps),))] + [None] * (len(ctx.node.output) - 1)
+    return Transfer(tuple(outs), mix_reason=(why or f"{ctx.op} mixes all positions") if maps else "")
+
+
+def window(ctx: NodeContext, spans: Sequence[Span], size_dependent: bool = False) -> Transfer:
+    """Sliding-window op over tensor axes 2.. of input 0 (Conv, pooling, Resize, Pad...)."""
+    lay = ctx.layouts[0]
+    maps: dict[int, Span | None] = {}
+    for j, span in enumerate(spans):
+        parts = lay[2 + j]
+        axes = spatial_of(parts)
+        if not axes:
+            continue  # a window over a non-spatial axis does not move the field
+        if len(parts) > 1:
+            raise ctx.unsupported(f"sliding window over a flattened axis holding spatial axes {axes}")
+        if span != IDENTITY:
+            maps[axes[0]] = span
+    out = OutTransfer(with_sizes(lay, ctx.out_shapes[0]), (Edge(0, maps),))
+    rest = [None] * (len(ctx.node.output) - 1)
+    if ctx.op == "MaxPool" and rest:  # Indices output: same positions as Y
+        rest[0] = out
+    return Transfer((out, *rest), size_dependent=size_dependent)
+
+
+# ---------------------------------------------------------------- sliding windows
+
+
+def _window_params(ctx: NodeContext, kernel: Sequence[int]) -> tuple[list[int], list[int], list[int], bool]:
+    """Strides, dilations and begin pads (auto_pad resolved) of a conv/pool node."""
+    n = len(kernel)
+    strides = list(ctx.attrs.get("strides", [1] * n))
+    dilations = list(ctx.attrs.get("dilations", [1] * n))
+    pads = list(ctx.attrs.get("pads", [0] * (2 * n)))
+    if len(strides) != n or len(dilations) != n or len(pads) != 2 * n:
+        raise ctx.invalid(f"kernel_shape {list(kernel)} does not match strides/dilations/pads")
+    if any(k <= 0 for k in kernel) or any(s <= 0 for s in strides) or any(d <= 0 for d in dilations):
+        raise ctx.invalid(f"kernel {list(kernel)}, strides {strides}, dilations {dilations} must be positive")
+    auto_pad = ctx.attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    size_dep = False
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        sizes = ctx.in_shapes[0][2:] if ctx.in_shapes[0] else [None] * n
+        begins = []
+        for k, s, d, size in zip(kernel, strides, dilations, sizes):
+            k_eff = d * (k - 1) + 1
+            choices = {_same_pad_begin(k_eff, s, m, auto_pad) for m in range(1, s + 1)}
+            if len(choices) > 1:
+                size_dep = True
+                if size is None:
+                    raise DynamicShapeError(
+                        f"node '{ctx.name}' ({ctx.op}): auto_pad={auto_pad} padding depends on the "
+                        f"input size, which is unknown; set it with --input-shape")
+                begins.append(_same_pad_begin(k_eff, s, size, auto_pad))
+            else:
+                begins.append(choices.pop())
+        pads = begins
+    elif auto_pad == "VALID":
+        pads = [0] * n
+    else:
+        pads = pads[:n]
+    return strides, dilations, pads, size_dep
+
+
+def _same_pad_begin(k_eff: int, s: int, size: int, mode: str) -> int:
+    """Begin padding of auto_pad SAME_UPPER/LOWER (TF 'SAME': extra pixel at the end for UPPER)."""
+    total = max((-(-size // s) - 1) * s + k_eff - size, 0)
+    return total // 2 if mode == "SAME_UPPER" else total - total // 2
+
+
+def _kernel(ctx: NodeContext, weight_slot: int | None) -> list[int]:
+    """Kernel size from ``kernel_shape`` or from the weight's shape."""
+    if "kernel_shape" in ctx.attrs:
+        return list(ctx.attrs["kernel_shape"])
+    if weight_slot is not None and ctx.in_shapes[weight_slot] and None not in ctx.in_shapes[weight_slot][2:]:
+        return list(ctx.in_shapes[weight_slot][2:])
+    raise ctx.unsupported("kernel size unknown (no kernel_shape and no static weight shape)")
+
+
+def conv_rule(weight_slot: int = 1, data_slot: int = 0) -> Callable[[NodeContext], Transfer]:
+    """Conv-like op: each output unit reads k_eff = d(k-1)+1 inputs from u*s - p_begin."""
+    def rule(ctx: NodeContext) -> Transfer:
+        if data_slot != 0:
+            ctx.layouts = [ctx.layouts[data_slot]] + ctx.layouts[1:]
+        for slot in ctx.data_slots():
+            if slot != 0 and slot != data_slot:
+                raise ctx.unsupported("weights computed from the input (data-dependent kernel)")
+        kernel = _kernel(ctx, weight_slot)
+        strides, dilations, pads, dep = _window_params(ctx, kernel)
+        return window(ctx, [Span.layer(k, s, p, d) for k, s, p, d in zip(kernel, strides, pads, dilations)], dep)
+    return rule
+
+
+def pool_rule(ctx: NodeContext) -> Transfer:
+    """Max/Average/Lp pooling: a window like Conv; ceil_mode only adds end padding."""
+    return conv_rule(weight_slot=None)(ctx)
+
+
+def conv_transpose_rule(ctx: NodeContext) -> Transfer:
+    """ConvTranspose: output o reads inputs i with i*s + j*d - p_begin = o (fractional stride 1/s)."""
+    if 1 in ctx.data_slots():
+        raise ctx.unsupported("weights computed from the input (data-dependent kernel)")
+    kernel = _kernel(ctx, 1)
+    n = len(kernel)
+    strides = list(ctx.attrs.get("strides", [1] * n))
+    dilations = list(ctx.attrs.get("dilations", [1] * n))
+    if any(k <= 0 for k in kernel) or any(s <= 0 for s in strides) or any(d <= 0 for d in dilations):
+        raise ctx.invalid(f"kernel {kernel}, strides {strides}, dilations {dilations} must be positive")
+    begins = _conv_transpose_pad_begins(ctx, kernel, strides, dilations)
+    spans = []
+    for k, s, d, p in zip(kernel, strides, dilations, begins):
+        k_eff = d * (k - 1) + 1
+        lo = [-((-(t + p - (k_eff - 1))) // s) for t in range(s)]
+        hi = [(t + p) // s for t in range(s)]
+        spans.append(Span.periodic(1, lo, hi))
+    return window(ctx, spans)
+
+
+def _conv_transpose_pad_begins(ctx: NodeContext, kernel: list[int], strides: list[int],
+                               dilations: list[int]) -> list[int]:
+    """Begin pads of ConvTranspose, from pads or from auto_pad/output_shape (ONNX spec formulas)."""
+    n = len(kernel)
+    auto_pad = ctx.attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER") or ("output_shape" in ctx.attrs and "pads" not in ctx.attrs):
+        in_sizes = ctx.in_shapes[0][2:] if ctx.in_shapes[0] else [None] * n
+        out_sizes = list(ctx.attrs.get("output_shape", []))[-n:] or [
+            None if sz is None else sz * s for sz, s in zip(in_sizes, strides)]
+        out_pad = list(ctx.attrs.get("output_padding", [0] * n))
+        begins = []
+        for i in range(n):
+            if in_sizes[i] is None or out_sizes[i] is None:
+                raise DynamicShapeError(f"node '{ctx.name}' (ConvTranspose): padding depends on sizes "
+                                        f"that are unknown; set them with --input-shape")
+            total = strides[i] * (in_sizes[i] - 1) + out_pad[i] + dilations[i] * (kernel[i] - 1) + 1 - out_sizes[i]
+            begins.append(total // 2 if auto_pad != "SAME_LOWER" else total - total // 2)
+        return begins
+    return list(ctx.attrs.get("pads", [0] * (2 * n)))[:n]
+
+
+# ---------------------------------------------------------------- resampling
+
+
+def _resize_index_span(ctx: NodeContext, scale: Fraction, in_size: int | None, out_size: int | None,
+                       mode: str, coord: str, nearest: str) -> Span:
+    """Exact span of Resize along one axis: which input units each output unit interpolates."""
+    if scale <= 0:
+        raise ctx.invalid(f"resize scale {scale} must be positive")
+    if coord == "align_corners":
+        if not in_size or not out_size:
+            raise DynamicShapeError(f"node '{ctx.name}' (Resize): align_corners needs known sizes; "
+                                    f"set them with --input-shape")
+        ratio = Fraction(in_size - 1, out_size - 1) if out_size > 1 else Fraction(0)
+        x_of = lambda u: u * ratio  # noqa: E731
+        period, advance = (ratio.denominator, ratio.numerator) if ratio else (1, 0)
+    else:
+        period, advance = scale.numerator, scale.denominator  # p output units span q input units
+        if coord in ("half_pixel", "pytorch_half_pixel", "half_pixel_symmetric"):
+            offset = Fraction(0)
+            if coord == "half_pixel_symmetric" and in_size and out_size:
+                offset = Fraction(in_size, 2) * (1 - Fraction(out_size, in_size) / scale)
+            x_of = lambda u: offset + (u + Fraction(1, 2)) / scale - Fraction(1, 2)  # noqa: E731
+        elif coord == "asymmetric":
+            x_of = lambda u: u / scale  # noqa: E731
+        else:
+            raise ctx.unsupported(f"coordinate_transformation_mode '{coord}'")
+    lo, hi = [], []
+    for t in range(period):
+        x = x_of(t)
+        a, b = _taps(x, mode, nearest, ctx)
+        lo.append(a)
+        hi.append(b)
+    return Span.periodic(advance, lo, hi)
+
+
+def _taps(x: Fraction, mode: str, nearest: str, ctx: NodeContext) -> tuple[int, int]:
+    """First and last input index with a nonzero interpolation weight at coordinate ``x``."""
+    fl = math.floor(x)
+    frac = x - fl
+    if mode == "nearest":
+        if nearest == "floor":
+            i = fl
+        elif nearest == "ceil":
+            i = math.ceil(x)
+        elif nearest == "round_prefer_ceil":
+            i = math.floor(x + Fraction(1, 2))
+        else:  # round_prefer_floor (ONNX default)
+            i = math.ceil(x - Fraction(1, 2))
+        return i, i
+    if mode == "linear":
+        return (fl, fl) if frac == 0 else (fl, fl + 1)
+    if mode == "cubic":
+        return (fl, fl) if frac == 0 else (fl - 1, fl + 2)
+    raise ctx.unsupported(f"interpolation mode '{mode}'")
+
+
+def resize_rule(ctx: NodeContext) -> Transfer:
+    """Resize/Upsample: per axis, the exact taps of each output unit (stride in/out, fractional)."""
+    for slot in ctx.data_slots():
+        if slot != 0:
+            raise ctx.unsupported("scales or sizes computed from the input values")
+    in_shape, out_shape = ctx.in_shapes[0], ctx.out_shapes[0]
+    rank = ctx.rank(0)
+    scales = _resize_scales(ctx, rank, in_shape, out_shape)
+    mode = _str_attr(ctx, "mode", "nearest")
+    mode = {"bilinear": "linear", "trilinear": "linear"}.get(mode, mode)
+    default_coord = "half_pixel" if ctx.op == "Resize" and ctx.opset >= 11 else "asymmetric"
+    coord = _str_attr(ctx, "coordinate_transformation_mode", default_coord)
+    nearest = _str_attr(ctx, "nearest_mode", "round_prefer_floor" if ctx.op == "Resize" and ctx.opset >= 11 else "floor")
+    if ctx.op == "Upsample" or ctx.opset < 11:
+        nearest = "floor"
+    if ctx.attrs.get("antialias", 0) and any(s < 1 for s in scales):
+        raise ctx.unsupported("antialiased downsampling (support depends on the filter width)")
+    spans = []
+    for t in range(2, rank):
+        in_size = in_shape[t] if in_shape else None
+        out_size = out_shape[t] if out_shape else None
+        spans.append(_resize_index_span(ctx, scales[t], in_size, out_size, mode, coord, nearest))
+    return window(ctx, spans)
+
+
+def _resize_scales(ctx: NodeContext, rank: int, in_shape, out_shape) -> list[Fraction]:
+    """Scale per axis: from constant scales, else from output/input sizes."""
+    scales = None
+    if ctx.op == "Upsample":
+        scales = ctx.const(1) if ctx.has_input(1) else ctx.attrs.get("scales")
+    elif ctx.opset < 11:
+        scales = ctx.const(1)
+    else:
+        sc = ctx.const(2)
+        if sc is not None and np.asarray(sc).size:
+            scales = sc
+    if scales is not None and len(np.asarray(scales).reshape(-1)) == rank:
+        return [Fraction(float(s)).limit_denominator(10_000) for s in np.asarray(scales).reshape(-1)]
+    if in_shape is None or out_shape is None or None in in_shape[2:] or None in out_shape[2:]:
+        raise DynamicShapeError(f"node '{ctx.name}' ({ctx.op}): scale unknown (sizes not inferred); "
+                                f"set the input size with --input-shape")
+    return [Fraction(1)] * 2 + [Fraction(o, i) for i, o in zip(in_shape[2:], out_shape[2:])]
+
+
+def _str_attr(ctx: NodeContext, name: str, default: str) -> str:
+    value = ctx.attrs.get(name, default)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def depth_to_space_rule(ctx: NodeContext) -> Transfer:
+    """DepthToSpace (pixel shuffle): output unit u reads input unit floor(u / b)."""
+    b = int(ctx.attrs.get("blocksize", 0))
+    if b <= 0:
+        raise ctx.invalid("blocksize must be positive")
+    span = Span.periodic(1, [0] * b, [0] * b)
+    return window(ctx, [span] * (ctx.rank(0) - 2))
+
+
+def space_to_depth_rule(ctx: NodeContext) -> Transfer:
+    """SpaceToDepth: output unit u reads input units [u*b, u*b + b - 1]."""
+    b = int(ctx.attrs.get("blocksize", 0))
+    if b <= 0:
+        raise ctx.invalid("blocksize must be positive")
+    return window(ctx, [Span.layer(b, b, 0)] * (ctx.rank(0) - 2))
+
+
+# ---------------------------------------------------------------- shifts and crops
+
+
+def pad_rule(ctx: NodeContext) -> Transfer:
+    """Pad (any mode): output unit u reads input u - pad_begin; reflect/edge only remap the border."""
+    rank = ctx.rank(0)
+    pads = ctx.ints(1, "pads") if ctx.opset >= 11 else list(ctx.attrs.get("pads", ctx.attrs.get("paddings", [])))
+    if pads is None:
+        return _shape_only_shift(ctx, "pads computed at run time")
+    axes = ctx.ints(3, "axes") if ctx.has_input(3) else list(range(rank))
+    axes = [_norm_axis(a, rank) for a in axes]
+    if len(pads) != 2 * len(axes):
+        raise ctx.invalid(f"pads {pads} do not match axes {axes}")
+    begins = dict(zip(axes, pads[: len(axes)]))
+    return _shifts(ctx, {t: begins.get(t, 0) for t in range(rank)})
+
+
+def _shifts(ctx: NodeContext, begin_by_axis: Mapping[int, int], steps: Mapping[int, int] | None = None) -> Transfer:
+    """Output unit u along tensor axis t reads input unit u*step - begin (Pad, Slice, Crop)."""
+    lay = ctx.layouts[0]
+    maps: dict[int, Span | None] = {}
+    for t, begin in begin_by_axis.items():
+        step = (steps or {}).get(t, 1)
+        if begin == 0 and step == 1:
+            continue
+        parts = lay[t]
+        axes = spatial_of(parts)
+        if not axes:
+            continue
+        if len(parts) > 1:
+            raise ctx.unsupported(f"shift/crop along a flattened axis holding spatial axes {axes}")
+        maps[axes[0]] = Span.layer(1, step, begin)
+    out = OutTransfer(with_sizes(lay, ctx.out_shapes[0]), (Edge(0, maps),))
+    return Transfer((out,) + (None,) * (len(ctx.node.output) - 1))
+
+
+def _shape_only_shift(ctx: NodeContext, why: str) -> Transfer:
+    """When offsets are not constant: fine if no spatial size changed, else unsupported."""
+    lay, ins, outs = ctx.layouts[0], ctx.in_shapes[0], ctx.out_shapes[0]
+    for t, parts in enumerate(lay):
+        if spatial_of(parts) and (ins is None or outs is None or ins[t] != outs[t]):
+            raise ctx.unsupported(f"{why}; the spatial offset cannot be determined")
+    return _shifts(ctx, {})
+
+
+def slice_rule(ctx: NodeContext) -> Transfer:
+    """Slice: output unit u reads input start + u*step along each sliced axis."""
+    rank = ctx.rank(0)
+    if ctx.opset >= 10:
+        starts, ends = ctx.ints(1, "starts"), ctx.ints(2, "ends")
+        axes = ctx.ints(3, "axes") if ctx.has_input(3) else None
+        steps = ctx.ints(4, "steps") if ctx.has_input(4) else None
+    else:
+        starts, ends, axes, steps = (ctx.attrs.get("starts"), ctx.attrs.get("ends"),
+                                     ctx.attrs.get("axes"), None)
+    if starts is None or (ctx.has_input(3) and axes is None) or (ctx.has_input(4) and steps is None):
+        return _shape_only_shift(ctx, "slice bounds computed at run time")
+    axes = [_norm_axis(a, rank) for a in (axes or range(len(starts)))]
+    steps = list(steps or [1] * len(axes))
+    shape = ctx.in_shapes[0]
+    begins, step_by = {}, {}
+    for a, st, sp in zip(axes, starts, steps):
+        if sp == 0:
+            raise ctx.invalid("slice step 0")
+        if sp < 0 and spatial_of(ctx.layouts[0][a]):
+            raise ctx.unsupported("negative slice step (flip) along a spatial axis")
+        dim = shape[a] if shape else None
+        if st < 0:
+            if dim is None:
+                raise DynamicShapeError(f"node '{ctx.name}' (Slice): negative start needs a known size")
+            st += dim
+        if dim is not None:
+            st = min(max(st, 0), dim)
+        begins[a], step_by[a] = -st, sp
+    return _shifts(ctx, begins, step_by)
+
+
+def crop_rule(ctx: NodeContext) -> Transfer:
+    """Crop (opset 1): border = [left, top, right, bottom]; output starts at (top, left)."""
+    border = list(ctx.attrs.get("border", [0, 0, 0, 0]))
+    return _shifts(ctx, {2: -border[1], 3: -border[0]})
+
+
+def concat_rule(ctx: NodeContext) -> Transfer:
+    """Concat: a merge along channels; along a spatial axis, a shift when one input is data."""
+    rank = ctx.rank(ctx.data_slots()[0])
+    axis = _norm_axis(int(ctx.attrs.get("axis", 1)), rank)
+    data = ctx.data_slots()
+    if not spatial_of(ctx.layouts[data[0]][axis]):
+        return broadcast(ctx)
+    if len(data) > 1:
+        raise ctx.unsupported("concatenation of several input-dependent tensors along a spatial axis "
+                              "(the field is not shift-invariant)")
+    offset = 0
+    for slot in range(data[0]):
+        shape = ctx.in_shapes[slot]
+        if shape is None or shape[axis] is None:
+            raise DynamicShapeError(f"node '{ctx.name}' (Concat): size of input {slot} unknown")
+        offset += shape[axis]
+    ctx.layouts = [ctx.layouts[data[0]]]
+    tr = _shifts(ctx, {axis: offset})
+    out = tr.outputs[0]
+    return Transfer((OutTransfer(out.layout, (Edge(data[0], out.edges[0].maps),)),))
+
+
+def split_rule(ctx: NodeContext) -> Transfer:
+    """Split: channel splits are pointwise; spatial splits shift each output by its offset."""
+    rank = ctx.rank(0)
+    axis = _norm_axis(int(ctx.attrs.get("axis", 0)), rank)
+    outs = []
+    offset = 0
+    for i in range(len(ctx.node.output)):
+        shape = ctx.out_shapes[i]
+        lay = with_sizes(ctx.layouts[0], shape)
+        maps = {}
+        axes = spatial_of(ctx.layouts[0][axis])
+        if axes and offset:
+            if len(ctx.layouts[0][axis]) > 1:
+                raise ctx.unsupported("split along a flattened spatial axis")
+            maps[axes[0]] = Span.layer(1, 1, -offset)
+        outs.append(OutTransfer(lay, (Edge(0, maps),)))
+        if axes:
+            if shape is None or shape[axis] is None:
+                raise DynamicShapeError(f"node '{ctx.name}' (Split): output sizes unknown")
+            offset += shape[axis]
+    return Transfer(tuple(outs))
+
+
+def gather_rule(ctx: NodeContext) -> Transfer:
+    """Gather: pointwise along other axes; along a spatial axis, a constant pick pins the unit."""
+    rank = ctx.rank(0)
+    if ctx.layouts[0] is None:
+        raise ctx.unsupported("gather of a constant table with input-dependent indices")
+    axis = _norm_axis(int(ctx.attrs.get("axis", 0)), rank)
+    idx = ctx.const(1)
+    lay = ctx.layouts[0]
+    parts = lay[axis]
+    ishape = np.shape(idx) if idx is not None else (ctx.in_shapes[1] or ())
+    new_axes = tuple(((-1, d or 0),) for d in ishape)
+    out_lay = with_sizes(lay[:axis] + new_axes + lay[axis + 1:], ctx.out_shapes[0])
+    if not spatial_of(parts):
+        return Transfer((OutTransfer(out_lay, (Edge(0),)),))
+    if idx is None or np.size(idx) != 1 or len(parts) > 1:
+        maps = mixed_maps(lay, [axis])
+        return Transfer((OutTransfer(out_lay, (Edge(0, maps),)),),
+                        mix_reason="Gather with run-time or several indices along a spatial axis")
+    i = int(np.asarray(idx).reshape(-1)[0])
+    if i < 0:
+        i += parts[0][1]
+    return Transfer((OutTransfer(out_lay, (Edge(0, {parts[0][0]: Span(1, 0, (i,), (i,))}),)),))
+
+
+# ---------------------------------------------------------------- relayouts
+
+
+def transpose_rule(ctx: NodeContext) -> Transfer:
+    """Transpose: permutes which tensor axis indexes which spatial axis; positions unchanged."""
+    lay = ctx.layouts[0]
+    perm = list(ctx.attrs.get("perm", list(range(len(lay)))[::-1]))
+    if sorted(perm) != list(range(len(lay))):
+        raise ctx.invalid(f"perm {perm} is not a permutation of {len(lay)} axes")
+    return Transfer((OutTransfer(tuple(lay[p] for p in perm), (Edge(0),)),))
+
+
+def reshape_rule(ctx: NodeContext) -> Transfer:
+    """Reshape/Flatten: regroups axis parts; splitting a spatial axis is not supported."""
+    out_shape = ctx.out_shapes[0]
+    if out_shape is None or None in out_shape:
+        raise DynamicShapeError(f"node '{ctx.name}' ({ctx.op}): output shape unknown after shape "
+                                f"inference; set the input size with --input-shape")
+    layout = regroup(ctx, ctx.layouts[0], out_shape)
+    return Transfer((OutTransfer(layout, (Edge(0),)),) + (None,) * (len(ctx.node.output) - 1))
+
+
+def regroup(ctx: NodeContext, layout: Layout, out_shape: Sequence[int]) -> Layout:
+    """Assign the input's axis parts, in row-major order, to the output dims."""
+    parts = [p for axis in layout for p in axis if p[1] != 1 or p[0] >= 0]
+    out: list[AxisLayout] = []
+    i = 0
+    for d in out_shape:
+        group: list[Part] = []
+        prod = 1
+        while prod < d:
+            if i >= len(parts):
+                raise ctx.unsupported(f"cannot map input dims onto output shape {list(out_shape)}")
+            a, s = parts[i]
+            if s == 0:
+                raise DynamicShapeError(f"node '{ctx.name}' ({ctx.op}): input shape unknown")
+            if d % (prod * s) == 0:
+                group.append(parts[i])
+                prod *= s
+                i += 1
+            elif a < 0 and s % (d // prod) == 0 and d % prod == 0:
+                need = d // prod
+                group.append((-1, need))
+                parts[i] = (-1, s // need)
+                prod *= need
+            else:
+                what = "a spatial axis" if a >= 0 else "an axis"
+                raise ctx.unsupported(f"Reshape to {list(out_shape)} splits {what} across output dims")
+        while i < len(parts) and parts[i][1] == 1 and d == 1 and not group:
+            group.append(parts[i])
+            i += 1
+        out.append(tuple(group) if spatial_of(group) else ((-1, d),))
+    return tuple(out)
+
+
+def flatten_rule(ctx: NodeContext) -> Transfer:
+    """Flatten(axis): a Reshape to (prod(dims[:axis]), prod(dims[axis:]))."""
+    return reshape_rule(ctx)
+
+
+def squeeze_rule(ctx: NodeContext) -> Transfer:
+    """Squeeze/Unsqueeze: drop or insert size-1 axes (a squeezed spatial axis stays pinned)."""
+    out_shape = ctx.out_shapes[0]
+    lay = ctx.layouts[0]
+    rank = len(lay)
+    axes = ctx.ints(1, "axes")
+    if ctx.op == "Squeeze":
+        if axes is None:
+            axes = [t for t, parts in enumerate(lay) if math.prod(s for _, s in parts) == 1]
+        drop = {_norm_axis(a, rank) for a in axes}
+        new = tuple(p for t, p in enumerate(lay) if t not in drop)
+    else:
+        if axes is None:
+            raise ctx.unsupported("Unsqueeze axes computed at run time")
+        out_rank = rank + len(axes)
+        ins = sorted(_norm_axis(a, out_rank) for a in axes)
+        it = iter(lay)
+        new = tuple(((-1, 1),) if t in ins else next(it) for t in range(out_rank))
+    return Transfer((OutTransfer(with_sizes(new, out_shape), (Edge(0),)),))
+
+
+# ---------------------------------------------------------------- mixing ops
+
+
+def global_pool_rule(ctx: NodeContext) -> Transfer:
+    """GlobalAverage/Max/LpPool: every output reads all spatial positions."""
+    return mix_axes(ctx, range(2, ctx.rank(0)), why=f"{ctx.op} over all spatial positions")
+
+
+def reduce_rule(ctx: NodeContext) -> Transfer:
+    """Reduce*/ArgMax/ArgMin: reduced spatial axes become global."""
+    rank = ctx.rank(0)
+    if ctx.op in ("ArgMax", "ArgMin"):
+        axes = [int(ctx.attrs.get("axis", 0))]
+    else:
+        axes = ctx.ints(1, "axes")
+        if axes is None and ctx.has_input(1):
+            raise ctx.unsupported("reduction axes computed at run time")
+        if not axes:
+            axes = [] if ctx.attrs.get("noop_with_empty_axes", 0) else list(range(rank))
+    axes = sorted({_norm_axis(a, rank) for a in axes})
+    return mix_axes(ctx, axes, keepdims=bool(ctx.attrs.get("keepdims", 1)),
+                    why=f"{ctx.op} over axes {axes}")
+
+
+def softmax_rule(ctx: NodeContext) -> Transfer:
+    """Softmax family: mixes its axis (opset >= 13) or all axes from ``axis`` on (older opsets)."""
+    rank = ctx.rank(0)
+    default = -1 if ctx.opset >= 13 else 1
+    axis = _norm_axis(int(ctx.attrs.get("axis", default)), rank)
+    axes = [axis] if ctx.opset >= 13 else list(range(axis, rank))
+    return mix_axes(ctx, axes, why=f"{ctx.op} over axes {axes}")
+
+
+def norm_over_axes_rule(first_axis_attr: str | None, default: int | list[int]) -> Callable[[NodeContext], Transfer]:
+    """Normalisations whose statistics span some axes (LayerNorm, InstanceNorm, GroupNorm...)."""
+    def rule(ctx: NodeContext) -> Transfer:
+        rank = ctx.rank(0)
+        if isinstance(default, list):
+            axes = [_norm_axis(a, rank) for a in ctx.attrs.get("axes", default)]
+        elif first_axis_attr is None:
+            axes = list(range(default, rank))
+        else:
+            start = _norm_axis(int(ctx.attrs.get(first_axis_attr, default)), rank)
+            axes = list(range(start, rank))
+        tr = mix_axes(ctx, axes, why=f"{ctx.op} statistics over axes {axes}")
+        lay = with_sizes(ctx.layouts[0], ctx.out_shapes[0])  # positions keep their meaning
+        outs = tuple(None if o is None else OutTransfer(lay, o.edges) for o in tr.outputs)
+        return Transfer(outs, mix_reason=tr.mix_reason)
+    return rule
+
+
+def lp_norm_rule(ctx: NodeContext) -> Transfer:
+    """LpNormalization: the norm spans one axis."""
+    return mix_axes(ctx, [_norm_axis(int(ctx.attrs.get("axis", -1)), ctx.rank(0))],
+                    why="LpNormalization over its axis")
+
+
+def matmul_rule(ctx: NodeContext) -> Transfer:
+    """MatMul/Gemm: contracted spatial axes mix (attention, Flatten+Gemm); others pass through."""
+    a_lay, b_lay = ctx.layouts[0], ctx.layouts[1]
+    a_shape = ctx.in_shapes[0] or tuple(0 for _ in (a_lay or ()))
+    b_shape = ctx.in_shapes[1] or tuple(0 for _ in (b_lay or ()))
+    a_lay = a_lay if a_lay is not None else plain_layout(a_shape)
+    b_lay = b_lay if b_lay is not None else plain_layout(b_shape)
+    if ctx.op == "Gemm":
+        if ctx.attrs.get("transA", 0):
+            a_lay = a_lay[::-1]
+        if ctx.attrs.get("transB", 0):
+            b_lay = b_lay[::-1]
+    if len(a_lay) < 2 or len(b_lay) < 2:
+        raise ctx.unsupported("1-D matrix product")
+    batch_rank = max(len(a_lay), len(b_lay)) - 2
+    pad_a = ((((-1, 1),),) * (batch_rank + 2 - len(a_lay))) + a_lay
+    pad_b = ((((-1, 1),),) * (batch_rank + 2 - len(b_lay))) + b_lay
+    batch = tuple(pa if spatial_of(pa) or math.prod(s for _, s in pa) != 1 else pb
+                  for pa, pb in zip(pad_a[:batch_rank], pad_b[:batch_rank]))
+    out_lay = batch + (pad_a[-2], pad_b[-1])
+    edges = []
+    mixed = set(spatial_of(a_lay[-1])) if ctx.layouts[0] is not None else set()
+    if ctx.layouts[1] is not None:
+        mixed |= set(spatial_of(b_lay[-2]))
+    rows, cols = set(spatial_of(pad_a[-2])), set(spatial_of(pad_b[-1]))
+    mixed |= rows & cols  # an output indexed by two positions (attention scores): not local
+    out_lay = tuple(((-1, math.prod(s for _, s in p)),) if set(spatial_of(p)) & mixed else p for p in out_lay)
+    out_axes = carried(out_lay)
+    for slot, lay in ((0, a_lay), (1, b_lay)):
+        if ctx.layouts[slot] is None:
+            continue
+        mine = carried(lay)
+        maps: dict[int, Span | None] = {a: MIXES for a in mixed}
+        for a in out_axes:
+            if a not in mine:
+                maps[a] = BROADCAST
+        edges.append(Edge(slot, maps))
+    if ctx.op == "Gemm" and len(ctx.node.input) > 2 and ctx.layouts[2] is not None:
+        edges.append(Edge(2, {a: MIXES for a in mixed} | {a: BROADCAST for a in out_axes}))
+    out_lay = with_sizes(out_lay, ctx.out_shapes[0])
+    why = "matrix product over positions" if mixed else ""
+    return Transfer((OutTransfer(out_lay, tuple(edges)),), mix_reason=why)
+
+
+def recurrent_rule(ctx: NodeContext) -> Transfer:
+    """RNN/GRU/LSTM: each step reads every earlier step (and later ones if bidirectional)."""
+    lay = ctx.layouts[0]
+    seq_axis = 1 if ctx.attrs.get("layout", 0) else 0
+    maps = mixed_maps(lay, [seq_axis])
+    outs = []
+    for i, shape in enumerate(ctx.out_shapes):
+        if not ctx.node.output[i]:
+            outs.append(None)
+            continue
+        outs.append(OutTransfer(plain_layout(shape or ()), (Edge(0, maps),)))
+    return Transfer(tuple(outs), mix_reason=f"{ctx.op} recurrence along the sequence axis")
+
+
+def control_flow_rule(ctx: NodeContext) -> Transfer:
+    """If/Loop/Scan: their subgraphs are out of scope; reported, never guessed."""
+    raise ctx.unsupported("control-flow op with subgraphs; subgraphs are out of scope for the analysis")
+
+
+# ---------------------------------------------------------------- the table
+
+
+POINTWISE_OPS = {
+    # activations and elementwise math: output (…, u) reads input (…, u)
+    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Celu",
+    "Gelu", "Erf", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign",
+    "Softplus", "Softsign", "Mish", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh",
+    "Asinh", "Acosh", "Atanh", "Not", "IsNaN", "IsInf", "ThresholdedRelu", "Shrink", "Swish",
+    # per-position normalisation with fixed statistics, and no-ops at inference
+    "BatchNormalization", "Identity", "Cast", "Dropout", "LRN", "QuantizeLinear", "DequantizeLinear",
+    "DynamicQuantizeLinear",
+}
+
+BROADCAST_OPS = {
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mean", "Sum", "Where", "Equal", "Greater",
+    "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "PRelu", "Mod", "BitShift",
+    "CastLike", "Clip", "Expand", "BitwiseAnd", "BitwiseOr", "BitwiseXor",
+}
+
+# Ops whose output never depends on input values (shapes only): never layers.
+STATIC_OPS = {"Shape", "Size", "Constant", "ConstantOfShape", "Range", "EyeLike", "RandomNormal",
+              "RandomUniform", "RandomNormalLike", "RandomUniformLike"}
+
+Rule = Callable[[NodeContext], Transfer]
+
+OP_RULES: dict[str, Rule] = {
+    **{op: pointwise for op in POINTWISE_OPS},
+    **{op: broadcast for op in BROADCAST_OPS},
+    "Conv": conv_rule(1), "ConvInteger": conv_rule(1), "QLinearConv": conv_rule(3),
+    "ConvTranspose": conv_transpose_rule,
+    "MaxPool": pool_rule, "AveragePool": pool_rule, "LpPool": pool_rule,
+    "Resize": resize_rule, "Upsample": resize_rule,
+    "DepthToSpace": depth_to_space_rule, "SpaceToDepth": space_to_depth_rule,
+    "Pad": pad_rule, "Slice": slice_rule, "Crop": crop_rule,
+    "Concat": concat_rule, "Split": split_rule, "Gather": gather_rule,
+    "Transpose": transpose_rule, "Reshape": reshape_rule, "Flatten": flatten_rule,
+    "Squeeze": squeeze_rule, "Unsqueeze": squeeze_rule,
+    "GlobalAveragePool": global_pool_rule, "GlobalMaxPool": global_pool_rule,
+    "GlobalLpPool": global_pool_rule,
+    **{op: reduce_rule for op in ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd",
+                                   "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
+                                   "ReduceSumSquare", "ArgMax", "ArgMin")},
+    "Softmax": softmax_rule, "LogSoftmax": softmax_rule, "Hardmax": softmax_rule,
+    "LayerNormalization": norm_over_axes_rule("axis", -1),
+    "InstanceNormalization": norm_over_axes_rule(None, 2),
+    "GroupNormalization": norm_over_axes_rule(None, 2),
+    "MeanVarianceNormalization": norm_over_axes_rule(None, [0, 2, 3]),
+    "LpNormalization": lp_norm_rule,
+    "MatMul": matmul_rule, "Gemm": matmul_rule, "MatMulInteger": matmul_rule,
+    "RNN": recurrent_rule, "GRU": recurrent_rule, "LSTM": recurrent_rule,
+    "If": control_flow_rule, "Loop": control_flow_rule, "Scan": control_flow_rule,
+}
+
+
+def rule_for(op_type: str, domain: str = "") -> Rule | None:
+    """The rule of an op (standard domain, or ``com.microsoft`` ops that share a standard name)."""
+    if domain in ("", "ai.onnx", "com.microsoft", "ai.onnx.ml") or domain is None:
+        return OP_RULES.get(op_type)
+    return None

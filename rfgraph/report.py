@@ -1,0 +1,145 @@
+"""Reporting: turn an Analysis into rows, then into a table (tabulate), Markdown, CSV or JSON.
+
+Computing and printing are separate: ``endpoint_rows`` and ``analysis_dict`` hold the numbers,
+``render`` only formats them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from fractions import Fraction
+from typing import Any, Iterable, Sequence
+
+from tabulate import tabulate
+
+from .analysis import Analysis, EndPoint
+
+FORMATS = ("table", "markdown", "csv", "json")
+
+
+def number(x: Any) -> Any:
+    """A JSON/CSV-friendly number: ints stay ints, Fractions become "p/q" strings."""
+    if isinstance(x, Fraction):
+        return str(x) if x.denominator != 1 else x.numerator
+    return x
+
+
+def per_axis(values: Sequence[Any]) -> str:
+    """One cell for per-axis values: "211" when equal on every axis, else "211, 195"."""
+    shown = ["global" if v is None else str(number(v)) for v in values]
+    return shown[0] if len(set(shown)) == 1 else ", ".join(shown)
+
+
+def covers_input(ep: EndPoint, analysis: Analysis) -> bool:
+    """True when every unit's field contains the whole input along every axis."""
+    for axis, f in enumerate(ep.fields):
+        if f.is_global:
+            continue
+        size = analysis.input_shape[analysis.spatial_axes[axis]]
+        n = ep.units[axis] or 1
+        if any(not (f.region(u)[0] <= 0 and f.region(u)[1] >= size - 1) for u in {0, n - 1}):
+            return False
+    return True
+
+
+def endpoint_rows(analysis: Analysis, names: Iterable[str]) -> list[dict[str, Any]]:
+    """One row per end point, with per-axis r, S, P as lists."""
+    rows = []
+    for name in names:
+        ep = analysis[name]
+        rows.append({
+            "tensor": ep.name, "op": ep.op, "node": ep.node,
+            "shape": list(ep.shape),
+            "r": [number(v) for v in ep.r], "S": [number(v) for v in ep.S],
+            "P": [number(v) for v in ep.P],
+            "global": [f.global_at for f in ep.fields],
+            "covers_input": covers_input(ep, analysis),
+            "aligned": ep.aligned, "misaligned_at": ep.misaligned_at,
+            "shift_invariant": ep.shift_invariant,
+            "size_dependent": ep.size_dependent,
+        })
+    return rows
+
+
+def analysis_dict(analysis: Analysis, names: Iterable[str]) -> dict[str, Any]:
+    """The whole report as plain data (the JSON schema documented in README)."""
+    return {
+        "input": {"name": analysis.input_name, "shape": list(analysis.input_shape),
+                  "spatial_axes": list(analysis.spatial_axes), "axis_names": list(analysis.axis_names)},
+        "aligned": analysis.aligned,
+        "endpoints": endpoint_rows(analysis, names),
+        "misaligned_merges": [
+            {"node": m.node, "op": m.op, "output": m.output, "axis": analysis.axis_names[m.axis],
+             "branches": [{"tensor": b.tensor, "S": number(b.S), "centre": number(b.centre), "r": b.r}
+                          for b in m.branches]}
+            for m in analysis.misaligned],
+        "global_at": dict(analysis.global_at),
+        "stops": [{"node": s.node, "op": s.op, "reason": s.reason, "tensors_lost": s.lost}
+                  for s in analysis.stops],
+    }
+
+
+def _table_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    out = []
+    for row in rows:
+        note = []
+        if row["size_dependent"]:
+            note.append(f"depends on input size ({row['size_dependent']})")
+        if not row["shift_invariant"]:
+            note.append("mixed strides: r is the largest extent")
+        if any(row["global"]):
+            note.append("global from " + next(g for g in row["global"] if g))
+        out.append([row["tensor"], row["op"], "x".join(str(d) for d in row["shape"]),
+                    per_axis(row["r"]), per_axis(row["S"]), per_axis(row["P"]),
+                    "yes" if row["covers_input"] else "no",
+                    "yes" if row["aligned"] else f"NO ({row['misaligned_at']})", "; ".join(note)])
+    return out
+
+
+HEADERS = ["tensor", "op", "shape", "r", "S", "P", "covers input", "aligned", "note"]
+
+
+def render(analysis: Analysis, names: Sequence[str], fmt: str = "table") -> str:
+    """The report in one format; tables come with a summary of merges, global ops and stops."""
+    if fmt == "json":
+        return json.dumps(analysis_dict(analysis, names), indent=2)
+    rows = endpoint_rows(analysis, names)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(HEADERS)
+        writer.writerows(_table_rows(rows))
+        return buf.getvalue()
+    style = "github" if fmt == "markdown" else "simple"
+    parts = [_summary(analysis), tabulate(_table_rows(rows), headers=HEADERS, tablefmt=style)]
+    parts += _notes(analysis)
+    return "\n\n".join(p for p in parts if p)
+
+
+def _summary(analysis: Analysis) -> str:
+    axes = "x".join(f"{n}={analysis.input_shape[a]}" for n, a in zip(analysis.axis_names, analysis.spatial_axes))
+    verdict = "aligned" if analysis.aligned else f"MISALIGNED at {len({m.node for m in analysis.misaligned})} merge(s)"
+    return (f"input '{analysis.input_name}' {list(analysis.input_shape)} (spatial {axes}); "
+            f"{len(analysis.endpoints)} tensors analysed, {len(analysis.merges) // max(len(analysis.spatial_axes), 1)} "
+            f"merges: {verdict}")
+
+
+def _notes(analysis: Analysis) -> list[str]:
+    """Misaligned merges, ops that mix all positions, and stops, one line each."""
+    lines = []
+    seen = set()
+    for m in analysis.misaligned:
+        if (m.node, m.axis) in seen:
+            continue
+        seen.add((m.node, m.axis))
+        br = "; ".join(f"{b.tensor}: S={number(b.S)} centre={number(b.centre)} r={b.r}" for b in m.branches)
+        lines.append(f"misaligned merge {m.node} ({m.op}) along {analysis.axis_names[m.axis]}: {br}")
+    for node, why in list(analysis.global_at.items())[:10]:
+        lines.append(f"global field from {node}: {why}")
+    if len(analysis.global_at) > 10:
+        lines.append(f"... and {len(analysis.global_at) - 10} more nodes that mix all positions")
+    for s in analysis.stops:
+        lines.append(f"STOPPED at node '{s.node}' ({s.op}): {s.reason}; {s.lost} tensor(s) after it not analysed")
+    return ["\n".join(lines)] if lines else []

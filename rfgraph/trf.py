@@ -1,0 +1,236 @@
+"""The theoretical receptive-field pass over an ONNX DAG (Araujo et al., "Arbitrary computation graphs").
+
+Two directions over the same per-edge spans from ``ops.OP_RULES``:
+
+* ``forward_pass``: topological order, the field of *every* tensor w.r.t. the input in one
+  O(|E| + |L|) sweep: a tensor's field is the union over its incoming edges of (edge span, then
+  the input tensor's field).  Alignment (eqs. 12-13) is checked at every merge.
+* ``reverse_pass``: the paper's algorithm proper: reverse topological order from one end point,
+  giving that end point's (r, S, P) measured on every tensor it depends on (r_l of eq. 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Sequence
+
+from .errors import DynamicShapeError, UnsupportedOpError
+from .fields import IDENTITY, AxisField, Rational, Span, compose, global_field, union_fields, union_spans
+from .onnx_import import ModelGraph, attributes
+from .ops import STATIC_OPS, Layout, NodeContext, OutTransfer, Transfer, rule_for
+
+
+@dataclass(frozen=True, slots=True)
+class TensorState:
+    """What the pass knows of a tensor: its layout and its field along each input spatial axis."""
+
+    layout: Layout
+    fields: tuple[AxisField, ...]
+    size_dependent: str | None = None  # first node whose padding depends on the input size
+    misaligned: str | None = None  # first misaligned merge upstream (or here)
+
+
+@dataclass(frozen=True)
+class Stop:
+    """A node where the analysis stopped, and why; tensors after it are not reported."""
+
+    node: str
+    op: str
+    reason: str
+    lost: int = 0  # tensors downstream that could not be analysed
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One input of a merge: its field's stride and centre offset (eq. 11 at unit 0)."""
+
+    tensor: str
+    S: Rational
+    centre: Fraction
+    r: int
+
+
+@dataclass(frozen=True)
+class Merge:
+    """A node joining several paths, with the alignment verdict of conditions (12)-(13)."""
+
+    node: str
+    op: str
+    output: str
+    axis: int
+    branches: tuple[Branch, ...]
+    aligned: bool
+
+
+@dataclass
+class PassResult:
+    """States of every analysed tensor, the transfers used, merges and stops."""
+
+    states: dict[str, TensorState]
+    transfers: dict[int, Transfer]
+    order: list[int]
+    merges: list[Merge] = field(default_factory=list)
+    stops: list[Stop] = field(default_factory=list)
+    global_at: dict[str, str] = field(default_factory=dict)  # node -> why it mixes positions
+
+
+def forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout) -> PassResult:
+    """Field of every tensor w.r.t. ``input_name``, in topological order (O(|E| + |L|))."""
+    n_axes = len({a for parts in input_layout for a, _ in parts if a >= 0})
+    identity = AxisField((IDENTITY,))
+    states = {input_name: TensorState(input_layout, (identity,) * n_axes)}
+    order = mg.topological_nodes()
+    result = PassResult(states, {}, order)
+    blocked: dict[str, int] = {}  # tensor -> index into result.stops
+    for idx in order:
+        node = mg.nodes[idx]
+        name = mg.names[idx]
+        causes = [blocked[t] for t in node.input if t in blocked]
+        if causes:
+            for out in node.output:
+                if out:
+                    blocked[out] = causes[0]
+            continue
+        layouts = [states[t].layout if t in states else None for t in node.input]
+        if node.op_type in STATIC_OPS or all(lay is None for lay in layouts):
+            continue  # a constant or shape computation, not a layer
+        try:
+            transfer = _transfer(mg, idx, layouts)
+        except (UnsupportedOpError, DynamicShapeError) as exc:
+            result.stops.append(Stop(name, node.op_type, _reason(exc)))
+            for out in node.output:
+                if out:
+                    blocked[out] = len(result.stops) - 1
+            continue
+        result.transfers[idx] = transfer
+        if transfer.mix_reason:
+            result.global_at[name] = transfer.mix_reason
+        _apply(result, mg, idx, transfer)
+    _count_lost(result, blocked)
+    return result
+
+
+def _reason(exc: Exception) -> str:
+    return exc.why if isinstance(exc, UnsupportedOpError) else str(exc)
+
+
+def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None]) -> Transfer:
+    """Run the op's rule on a node; unknown ops raise UnsupportedOpError naming the node."""
+    node = mg.nodes[idx]
+    rule = rule_for(node.op_type, node.domain)
+    if rule is None:
+        dom = f" (domain '{node.domain}')" if node.domain else ""
+        raise UnsupportedOpError(mg.names[idx], node.op_type, f"no receptive-field rule for this op{dom}")
+    ctx = NodeContext(
+        name=mg.names[idx], op=node.op_type, node=node, attrs=attributes(node), layouts=layouts,
+        in_shapes=[mg.shapes.get(t) if t else None for t in node.input],
+        out_shapes=[mg.shapes.get(t) if t else None for t in node.output],
+        constant=mg.constant, opset=mg.opset)
+    return rule(ctx)
+
+
+def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> None:
+    """Compute the fields of a node's outputs from its inputs' fields and the transfer."""
+    node, name = mg.nodes[idx], mg.names[idx]
+    states = result.states
+    for j, out in enumerate(transfer.outputs):
+        tensor = node.output[j] if j < len(node.output) else ""
+        if out is None or not tensor:
+            continue
+        inputs = [states[node.input[e.slot]] for e in out.edges]
+        n_axes = len(inputs[0].fields)
+        per_edge = [[_edge_field(e.span(i), st.fields[i], name) for i in range(n_axes)]
+                    for e, st in zip(out.edges, inputs)]
+        fields = tuple(union_fields(f[i] for f in per_edge) for i in range(n_axes))
+        dep = next((st.size_dependent for st in inputs if st.size_dependent), None)
+        if transfer.size_dependent and dep is None:
+            dep = name
+        bad = next((st.misaligned for st in inputs if st.misaligned), None)
+        if len(out.edges) > 1 and not _check_alignment(result, mg, idx, out, tensor, per_edge):
+            bad = bad or name
+        states[tensor] = TensorState(out.layout, fields, dep, bad)
+
+
+def _edge_field(span: Span | None, field_in: AxisField, node: str) -> AxisField:
+    """Field through one edge along one axis (None: the op reads every position)."""
+    if span is None:
+        return field_in if field_in.is_global else global_field(node)
+    if span is IDENTITY:
+        return field_in
+    return compose(span, field_in)
+
+
+def _check_alignment(result: PassResult, mg: ModelGraph, idx: int, out: OutTransfer, tensor: str,
+                     per_edge: list[list[AxisField]]) -> bool:
+    """Conditions (12)-(13): equal effective strides and equal centres on every branch."""
+    node = mg.nodes[idx]
+    ok = True
+    for axis in range(len(per_edge[0])):
+        fields = [f[axis] for f in per_edge]
+        if any(f.is_global for f in fields):
+            continue
+        branches = tuple(
+            Branch(node.input[e.slot], f.stride, f.centre(0), f.size())
+            for e, f in zip(out.edges, fields))
+        aligned = _aligned(fields)
+        ok = ok and aligned
+        result.merges.append(Merge(mg.names[idx], node.op_type, tensor, axis, branches, aligned))
+    return ok
+
+
+def _aligned(fields: Sequence[AxisField]) -> bool:
+    """All branches shift-invariant with the same stride and the same centre at every phase."""
+    spans = [f.spans for f in fields]
+    if any(len(s) != 1 for s in spans):
+        return False
+    first = spans[0][0]
+    for (sp,) in spans[1:]:
+        if sp.S != first.S:
+            return False
+        q = first.q * sp.q
+        if first.expanded(q).centre_sums() != sp.expanded(q).centre_sums():
+            return False
+    return True
+
+
+def _count_lost(result: PassResult, blocked: dict[str, int]) -> None:
+    """Record how many tensors each stop kept from being analysed."""
+    counts = [0] * len(result.stops)
+    for i in blocked.values():
+        counts[i] += 1
+    result.stops = [Stop(s.node, s.op, s.reason, c) for s, c in zip(result.stops, counts)]
+
+
+def reverse_pass(mg: ModelGraph, result: PassResult, target: str) -> dict[str, tuple[AxisField, ...]]:
+    """Field of one unit of ``target`` measured on every tensor it depends on (paper's algorithm).
+
+    Visits nodes in reverse topological order, so all paths from a tensor to ``target`` are known
+    when the tensor is reached; keeps per tensor the union of paths (largest field, eqs. 1, 9, 10).
+    """
+    n_axes = len(result.states[target].fields)
+    fields: dict[str, tuple[AxisField, ...]] = {target: (AxisField((IDENTITY,)),) * n_axes}
+    for idx in reversed(result.order):
+        transfer = result.transfers.get(idx)
+        if transfer is None:
+            continue
+        node = mg.nodes[idx]
+        for j, out in enumerate(transfer.outputs):
+            if out is None or j >= len(node.output) or node.output[j] not in fields:
+                continue
+            seen = fields[node.output[j]]
+            for e in out.edges:
+                x = node.input[e.slot]
+                new = tuple(_extend(seen[i], e.span(i), mg.names[idx]) for i in range(n_axes))
+                old = fields.get(x)
+                fields[x] = new if old is None else tuple(union_fields(p) for p in zip(old, new))
+    return fields
+
+
+def _extend(field_out: AxisField, span: Span | None, node: str) -> AxisField:
+    """Backward step: the target's field on a layer's output, then the layer's span."""
+    if field_out.is_global:
+        return field_out
+    if span is None:
+        return global_field(node)
+    return AxisField(union_spans(sp.then(span) for sp in field_out.spans))

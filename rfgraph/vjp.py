@@ -1,0 +1,1178 @@
+"""Vector-Jacobian-product (VJP) graph builder: from a forward ONNX graph, an ONNX graph computing
+``d(seed . y)/dx`` for one output ``y`` and the graph input ``x``, run by plain onnxruntime.
+
+Conventions: only the input gradient is built (weights are constants of the backward pass, no
+weight gradient is ever computed); the forward nodes that ``y`` depends on are kept in the same
+graph, so one session runs forward and backward together and onnxruntime shares and fuses them.
+Each op's rule is one small function in ``VJP_RULES`` (op type -> rule), the only place that
+knows how an op back-propagates; an op without a rule raises ``UnsupportedOpError`` naming the node
+and pointing to the finite-difference engine (``--method fd``), which runs any op.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .errors import DynamicShapeError, RFGraphError, UnsupportedOpError
+
+SEED_NAME = "rfgraph_seed"
+GRAD_NAME = "rfgraph_grad"
+MIN_OPSET = 17  # LayerNormalization, ScatterElements(add), Split/ReduceSum with tensor inputs
+
+# Ops whose outputs never carry a gradient (integer or boolean results, shapes, indices): listed,
+# not inferred, so a reader sees why a dependency on the input stops there.
+NON_DIFFERENTIABLE = frozenset({
+    "Shape", "Size", "NonZero", "ArgMax", "ArgMin", "Equal", "Greater", "GreaterOrEqual", "Less",
+    "LessOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf", "ConstantOfShape", "EyeLike",
+    "RandomNormalLike", "RandomUniformLike", "Floor", "Ceil", "Round", "Sign", "TopK",
+})
+FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16,
+                         TensorProto.BFLOAT16})
+
+
+class VJPError(RFGraphError):
+    """The gradient graph cannot be built for this model (bad output name, no path to input)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Builder: the context every rule works in.
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Builder:
+    """Holds the forward graph facts (shapes, constants, activity) and collects backward nodes."""
+
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, int]
+    consts: dict[str, np.ndarray]
+    active: set[str]
+    dtype: int  # element type of the input and of every gradient
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    inits: list[onnx.TensorProto] = field(default_factory=list)
+    _count: int = 0
+
+    def fresh(self, hint: str) -> str:
+        """A new unique tensor name for the backward graph."""
+        self._count += 1
+        return f"rfgraph_vjp/{hint}_{self._count}"
+
+    def emit(self, op: str, inputs: Sequence[str], n_out: int = 1, **attrs: object) -> list[str]:
+        """Append a backward node and return its output names."""
+        outs = [self.fresh(op) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op, list(inputs), outs, name=outs[0], **attrs))
+        return outs
+
+    def op(self, op: str, *inputs: str, **attrs: object) -> str:
+        """Append a single-output backward node and return its output."""
+        return self.emit(op, inputs, **attrs)[0]
+
+    def const(self, value: np.ndarray | float | Sequence[int], dtype: object = None) -> str:
+        """Add a constant initializer; floats take the gradient dtype unless ``dtype`` says."""
+        if dtype is None:
+            dtype = helper.tensor_dtype_to_np_dtype(self.dtype)
+        arr = np.asarray(value, dtype=dtype)
+        name = self.fresh("const")
+        self.inits.append(numpy_helper.from_array(arr, name))
+        self.consts[name] = arr
+        return name
+
+    def ints(self, values: Sequence[int]) -> str:
+        """An int64 1-D constant (axes, shapes, pads, splits)."""
+        return self.const(np.asarray(list(values), dtype=np.int64), dtype=np.int64)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Static shape of a forward tensor (known for every tensor; see ``tensor_shapes``)."""
+        return self.shapes[name]
+
+    def value(self, name: str) -> np.ndarray | None:
+        """The constant value of a tensor (initializer or Constant node), or None."""
+        return self.consts.get(name) if name else None
+
+    def is_active(self, name: str) -> bool:
+        """True when the tensor depends differentiably on the graph input."""
+        return bool(name) and name in self.active
+
+    def zeros(self, shape: Sequence[int]) -> str:
+        """A zero tensor of the gradient dtype (a broadcast scalar when ``shape`` is empty)."""
+        return self.op("ConstantOfShape", self.ints(shape), value=numpy_helper.from_array(
+            np.zeros(1, dtype=helper.tensor_dtype_to_np_dtype(self.dtype))))
+
+    def reduce_to(self, g: str, shape: Sequence[int]) -> str:
+        """Sum a broadcast gradient back to an operand's ``shape`` (numpy broadcasting rules)."""
+        gshape = self.shapes.get(g)
+        if gshape is None:
+            raise AssertionError(f"no shape for gradient {g}")
+        lead = len(gshape) - len(shape)
+        axes = list(range(lead)) + [lead + i for i, d in enumerate(shape)
+                                    if d == 1 and gshape[lead + i] != 1]
+        if not axes:
+            return g
+        out = self.op("ReduceSum", g, self.ints(axes), keepdims=1)
+        return self.reshape(out, shape)
+
+    def reshape(self, g: str, shape: Sequence[int]) -> str:
+        """Reshape a gradient to a static shape, recording it."""
+        out = self.op("Reshape", g, self.ints(shape))
+        self.shapes[out] = tuple(shape)
+        return out
+
+    def binary(self, op: str, a: str, b: str, shape: Sequence[int] | None = None) -> str:
+        """An elementwise op whose result shape is known (recorded for later ``reduce_to``)."""
+        out = self.op(op, a, b)
+        sa, sb = self.shapes.get(a, ()), self.shapes.get(b, ())
+        self.shapes[out] = tuple(shape) if shape is not None else tuple(np.broadcast_shapes(sa, sb))
+        return out
+
+    def scalar(self, value: float) -> str:
+        """A scalar constant of the gradient dtype."""
+        name = self.const(value)
+        self.shapes[name] = ()
+        return name
+
+    def where(self, cond: str, g: str, other: str | None = None) -> str:
+        """``g`` where ``cond`` holds, else ``other`` (zero by default); shape of ``g``."""
+        other = other if other is not None else self.scalar(0.0)
+        out = self.op("Where", cond, g, other)
+        self.shapes[out] = self.shapes[g]
+        return out
+
+    def along_axis(self, g: str, matrix: np.ndarray, axis: int) -> str:
+        """Contract axis ``axis`` of ``g`` (length m) with ``matrix`` (n x m): a linear map per axis."""
+        shape = list(self.shapes[g])
+        pre, post = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
+        g3 = self.reshape(g, (pre, shape[axis], post))
+        out = self.op("Einsum", g3, self.const(matrix), equation="pmq,nm->pnq")
+        shape[axis] = matrix.shape[0]
+        return self.reshape(out, shape)
+
+
+@dataclass
+class NodeView:
+    """A forward node with its attributes decoded (the view each rule gets)."""
+
+    node: onnx.NodeProto
+    attrs: dict[str, object]
+
+    @property
+    def name(self) -> str:
+        return self.node.name or self.node.output[0]
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(self.node.input)
+
+    @property
+    def outputs(self) -> list[str]:
+        return list(self.node.output)
+
+    def attr(self, key: str, default: object = None) -> object:
+        return self.attrs.get(key, default)
+
+
+Grads = list  # per input: gradient tensor name or None
+Rule = Callable[[Builder, NodeView, list], Grads]
+
+
+def _set_shape(b: Builder, name: str, like: str) -> str:
+    b.shapes[name] = b.shapes[like]
+    return name
+
+
+# --------------------------------------------------------------------------------------------
+# Rules: one small function per op.  Each gets (builder, node, output gradients) and returns the
+# gradient of each input (None where the input is inactive or receives nothing).
+# --------------------------------------------------------------------------------------------
+
+def _identity(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Identity, Dropout (inference), Cast between floats: the gradient passes unchanged."""
+    return [gys[0]] + [None] * (len(n.inputs) - 1)
+
+
+def _reshape(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Reshape, Flatten, Squeeze, Unsqueeze: reshape the gradient back to the input's shape."""
+    return [b.reshape(gys[0], b.shape(n.inputs[0]))] + [None] * (len(n.inputs) - 1)
+
+
+def _transpose(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Transpose: the inverse permutation."""
+    rank = len(b.shape(n.inputs[0]))
+    perm = list(n.attr("perm") or reversed(range(rank)))
+    inverse = list(np.argsort(perm))
+    out = b.op("Transpose", gys[0], perm=inverse)
+    b.shapes[out] = b.shape(n.inputs[0])
+    return [out]
+
+
+def _relu(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Relu: pass where the output is positive (uses y, so Conv+Relu stays fusable)."""
+    return [b.where(b.op("Greater", n.outputs[0], b.scalar(0.0)), gys[0])]
+
+
+def _leaky_relu(b: Builder, n: NodeView, gys: list) -> Grads:
+    """LeakyRelu: 1 for x > 0, alpha otherwise."""
+    alpha = float(n.attr("alpha", 0.01))
+    scaled = b.binary("Mul", gys[0], b.scalar(alpha))
+    return [b.where(b.op("Greater", n.inputs[0], b.scalar(0.0)), gys[0], scaled)]
+
+
+def _prelu(b: Builder, n: NodeView, gys: list) -> Grads:
+    """PRelu: 1 for x > 0, the (broadcast) slope otherwise; the slope gets no gradient."""
+    scaled = b.binary("Mul", gys[0], n.inputs[1], b.shape(n.inputs[0]))
+    return [b.where(b.op("Greater", n.inputs[0], b.scalar(0.0)), gys[0], scaled), None]
+
+
+def _clip(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Clip / Relu6: pass where min <= x <= max (torch's convention at the bounds)."""
+    x, g = n.inputs[0], gys[0]
+    lo = n.inputs[1] if len(n.inputs) > 1 and n.inputs[1] else None
+    hi = n.inputs[2] if len(n.inputs) > 2 and n.inputs[2] else None
+    if "min" in n.attrs:  # opset < 11 form
+        lo, hi = b.scalar(float(n.attr("min"))), b.scalar(float(n.attr("max", np.inf)))
+    masks = []
+    if lo:
+        masks.append(b.op("GreaterOrEqual", x, lo))
+    if hi:
+        masks.append(b.op("LessOrEqual", x, hi))
+    if not masks:
+        return [g] + [None] * (len(n.inputs) - 1)
+    mask = masks[0] if len(masks) == 1 else b.op("And", *masks)
+    return [b.where(mask, g)] + [None] * (len(n.inputs) - 1)
+
+
+def _sigmoid(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Sigmoid: g * y * (1 - y)."""
+    y = n.outputs[0]
+    one_minus = b.binary("Sub", b.scalar(1.0), y, b.shape(y))
+    return [b.binary("Mul", gys[0], b.binary("Mul", y, one_minus, b.shape(y)))]
+
+
+def _tanh(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Tanh: g * (1 - y^2)."""
+    y = n.outputs[0]
+    d = b.binary("Sub", b.scalar(1.0), b.binary("Mul", y, y, b.shape(y)), b.shape(y))
+    return [b.binary("Mul", gys[0], d)]
+
+
+def _hard_sigmoid(b: Builder, n: NodeView, gys: list) -> Grads:
+    """HardSigmoid: alpha where 0 < alpha*x + beta < 1, else 0."""
+    alpha, beta = float(n.attr("alpha", 0.2)), float(n.attr("beta", 0.5))
+    t = b.binary("Add", b.binary("Mul", n.inputs[0], b.scalar(alpha)), b.scalar(beta))
+    mask = b.op("And", b.op("Greater", t, b.scalar(0.0)), b.op("Less", t, b.scalar(1.0)))
+    return [b.where(mask, b.binary("Mul", gys[0], b.scalar(alpha)))]
+
+
+def _hard_swish(b: Builder, n: NodeView, gys: list) -> Grads:
+    """HardSwish x*relu6(x+3)/6: 0 below -3, 1 above 3, (2x+3)/6 between (torch's convention)."""
+    x, g = n.inputs[0], gys[0]
+    mid = b.binary("Add", b.binary("Mul", x, b.scalar(1 / 3)), b.scalar(0.5))
+    d = b.where(b.op("Greater", x, b.scalar(3.0)), b.op("Expand", b.scalar(1.0), b.ints(b.shape(x))),
+                mid)
+    _set_shape(b, d, x)
+    d = b.where(b.op("Less", x, b.scalar(-3.0)), d)
+    return [b.binary("Mul", g, d)]
+
+
+def _erf(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Erf: g * 2/sqrt(pi) * exp(-x^2)."""
+    x = n.inputs[0]
+    e = b.op("Exp", b.op("Neg", b.binary("Mul", x, x)))
+    _set_shape(b, e, x)
+    return [b.binary("Mul", gys[0], b.binary("Mul", e, b.scalar(2 / math.sqrt(math.pi))))]
+
+
+def _gelu(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Gelu (opset 20): exact Phi(x) + x phi(x), or the derivative of the tanh approximation."""
+    x, g, shape = n.inputs[0], gys[0], b.shape(n.inputs[0])
+    if n.attr("approximate", b"none") in (b"tanh", "tanh"):
+        c = math.sqrt(2 / math.pi)
+        x2 = b.binary("Mul", x, x)
+        inner = b.binary("Mul", b.binary("Mul", x, b.scalar(c)),
+                         b.binary("Add", b.scalar(1.0), b.binary("Mul", x2, b.scalar(0.044715))))
+        t = _set_shape(b, b.op("Tanh", inner), x)
+        sech2 = b.binary("Sub", b.scalar(1.0), b.binary("Mul", t, t))
+        dinner = b.binary("Mul", b.scalar(c),
+                          b.binary("Add", b.scalar(1.0), b.binary("Mul", x2, b.scalar(3 * 0.044715))),
+                          shape)
+        d = b.binary("Add", b.binary("Mul", b.scalar(0.5), b.binary("Add", b.scalar(1.0), t), shape),
+                     b.binary("Mul", b.binary("Mul", b.binary("Mul", x, b.scalar(0.5)), sech2),
+                              dinner))
+        return [b.binary("Mul", g, d)]
+    cdf = b.binary("Mul", b.scalar(0.5), b.binary(
+        "Add", b.scalar(1.0), _set_shape(b, b.op("Erf", b.binary("Mul", x, b.scalar(1 / math.sqrt(2)))),
+                                         x)), shape)
+    pdf = b.binary("Mul", _set_shape(b, b.op("Exp", b.binary("Mul", b.binary("Mul", x, x),
+                                                               b.scalar(-0.5))), x),
+                   b.scalar(1 / math.sqrt(2 * math.pi)))
+    return [b.binary("Mul", g, b.binary("Add", cdf, b.binary("Mul", x, pdf)))]
+
+
+def _exp(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Exp: g * y."""
+    return [b.binary("Mul", gys[0], n.outputs[0])]
+
+
+def _neg(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Neg: -g."""
+    return [_set_shape(b, b.op("Neg", gys[0]), gys[0])]
+
+
+def _sqrt(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Sqrt: g / (2 y)."""
+    return [b.binary("Div", gys[0], b.binary("Mul", n.outputs[0], b.scalar(2.0)))]
+
+
+def _pow(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Pow with a constant exponent p: g * p * x^(p-1); a variable exponent is not supported."""
+    p = b.value(n.inputs[1])
+    if p is None or p.size != 1 or b.is_active(n.inputs[1]):
+        raise UnsupportedOpError(n.name, "Pow", "only a constant scalar exponent has a VJP rule; "
+                                 "use --method fd")
+    p = float(p.reshape(()))
+    xp = b.binary("Pow", n.inputs[0], b.scalar(p - 1.0), b.shape(n.inputs[0]))
+    return [b.binary("Mul", gys[0], b.binary("Mul", xp, b.scalar(p))), None]
+
+
+def _add(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Add / Sum: each operand gets the gradient summed over its broadcast axes."""
+    return [b.reduce_to(gys[0], b.shape(x)) if b.is_active(x) else None for x in n.inputs]
+
+
+def _mean(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Mean (variadic): each operand gets g / count, reduced to its shape."""
+    g = b.binary("Mul", gys[0], b.scalar(1.0 / len(n.inputs)))
+    return [b.reduce_to(g, b.shape(x)) if b.is_active(x) else None for x in n.inputs]
+
+
+def _sub(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Sub: g for A, -g for B, each reduced to its shape."""
+    a, c = n.inputs
+    ga = b.reduce_to(gys[0], b.shape(a)) if b.is_active(a) else None
+    gb = None
+    if b.is_active(c):
+        gb = b.reduce_to(_set_shape(b, b.op("Neg", gys[0]), gys[0]), b.shape(c))
+    return [ga, gb]
+
+
+def _mul(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Mul: g * B for A and g * A for B, each reduced to its shape."""
+    a, c = n.inputs
+    ga = b.reduce_to(b.binary("Mul", gys[0], c), b.shape(a)) if b.is_active(a) else None
+    gb = b.reduce_to(b.binary("Mul", gys[0], a), b.shape(c)) if b.is_active(c) else None
+    return [ga, gb]
+
+
+def _div(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Div: g / B for A and -g * y / B for B, each reduced to its shape."""
+    a, c = n.inputs
+    ga = b.reduce_to(b.binary("Div", gys[0], c), b.shape(a)) if b.is_active(a) else None
+    gb = None
+    if b.is_active(c):
+        q = b.binary("Div", b.binary("Mul", gys[0], n.outputs[0]), c)
+        gb = b.reduce_to(_set_shape(b, b.op("Neg", q), q), b.shape(c))
+    return [ga, gb]
+
+
+def _expand(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Expand: sum over the broadcast axes."""
+    return [b.reduce_to(gys[0], b.shape(n.inputs[0])), None]
+
+
+def _window(n: NodeView, b: Builder) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
+    """Kernel, strides, dilations, pads begin, pads end of a Conv/pool node (auto_pad resolved)."""
+    xs, ys = b.shape(n.inputs[0])[2:], b.shape(n.outputs[0])[2:]
+    rank = len(xs)
+    if n.node.op_type in ("Conv", "ConvTranspose"):
+        kernel = list(n.attr("kernel_shape") or b.shape(n.inputs[1])[2:])
+    else:
+        kernel = list(n.attr("kernel_shape"))
+    strides = list(n.attr("strides") or [1] * rank)
+    dil = list(n.attr("dilations") or [1] * rank)
+    pads = list(n.attr("pads") or [0] * (2 * rank))
+    auto = n.attr("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("SAME_UPPER", "SAME_LOWER") and n.node.op_type != "ConvTranspose":
+        for i in range(rank):
+            total = max((ys[i] - 1) * strides[i] + dil[i] * (kernel[i] - 1) + 1 - xs[i], 0)
+            small, big = total // 2, total - total // 2
+            pads[i], pads[i + rank] = (small, big) if auto == "SAME_UPPER" else (big, small)
+    elif auto == "VALID":
+        pads = [0] * (2 * rank)
+    return kernel, strides, dil, pads[:rank], pads[rank:]
+
+
+def _scatter_window(b: Builder, g: str, w: str, group: int, n: NodeView) -> str:
+    """Transpose of a sliding window: ConvTranspose of ``g`` with ``w``, cropped/padded to x."""
+    kernel, strides, dil, pb, pe = _window(n, b)
+    xs, ys = b.shape(n.inputs[0])[2:], b.shape(n.outputs[0])[2:]
+    k_eff = [d * (k - 1) + 1 for d, k in zip(dil, kernel)]
+    extra = [x - (s * (y - 1) + k - p0 - p1)
+             for x, s, y, k, p0, p1 in zip(xs, strides, ys, k_eff, pb, pe)]
+    if all(0 <= e < max(s, d) for e, s, d in zip(extra, strides, dil)):
+        out = b.op("ConvTranspose", g, w, strides=strides, dilations=dil, pads=pb + pe,
+                   output_padding=extra, group=group)
+    else:  # ceil mode or unusual pads: full transpose, then crop [pb, pb + x) with zero fill
+        full = b.op("ConvTranspose", g, w, strides=strides, dilations=dil, group=group)
+        fulls = [s * (y - 1) + k for s, y, k in zip(strides, ys, k_eff)]
+        crop = []
+        for p0, x, f in zip(pb, xs, fulls):
+            crop.append((-p0, (p0 + x) - f))  # Pad amounts: negative crops
+        pads = [0, 0] + [c[0] for c in crop] + [0, 0] + [c[1] for c in crop]
+        out = b.op("Pad", full, b.ints(pads))
+    b.shapes[out] = b.shape(n.inputs[0])
+    return out
+
+
+def _flipped_kernel(w: np.ndarray, group: int) -> np.ndarray:
+    """Weights of the stride-1 Conv that equals the transpose of Conv(w): swap in/out, flip space."""
+    cout, cin_g = w.shape[:2]
+    ws = w.reshape(group, cout // group, cin_g, *w.shape[2:])
+    ws = np.swapaxes(ws, 1, 2).reshape(group * cin_g, cout // group, *w.shape[2:])
+    return np.ascontiguousarray(np.flip(ws, axis=tuple(range(2, w.ndim))))
+
+
+def _conv(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Conv: the transposed convolution with the same weights (groups, dilation, strides, pads).
+
+    Stride 1 with constant weights uses a Conv with flipped weights instead: the same numbers,
+    and onnxruntime's Conv kernels are much faster than its ConvTranspose.
+    """
+    group = int(n.attr("group", 1))
+    kernel, strides, dil, pb, pe = _window(n, b)
+    w = b.value(n.inputs[1])
+    xs, ys = b.shape(n.inputs[0])[2:], b.shape(n.outputs[0])[2:]
+    k_eff = [d * (k - 1) + 1 for d, k in zip(dil, kernel)]
+    if w is not None and all(s == 1 for s in strides):
+        new_pb = [k - 1 - p for k, p in zip(k_eff, pb)]
+        new_pe = [x - y - q + k - 1 for x, y, q, k in zip(xs, ys, new_pb, k_eff)]
+        if all(p >= 0 for p in new_pb + new_pe):
+            wf = b.const(_flipped_kernel(w.astype(helper.tensor_dtype_to_np_dtype(b.dtype)), group))
+            out = b.op("Conv", gys[0], wf, dilations=dil, pads=new_pb + new_pe, group=group)
+            b.shapes[out] = b.shape(n.inputs[0])
+            return [out] + [None] * (len(n.inputs) - 1)
+    return [_scatter_window(b, gys[0], n.inputs[1], group, n)] + [None] * (len(n.inputs) - 1)
+
+
+def _conv_transpose(b: Builder, n: NodeView, gys: list) -> Grads:
+    """ConvTranspose: the forward convolution with the same weights, strides, pads and dilations.
+
+    Output padding and output_shape only add rows the Conv never reads, so they need no care.
+    """
+    xs = b.shape(n.inputs[0])[2:]
+    rank = len(xs)
+    ys = b.shape(n.outputs[0])[2:]
+    kernel = list(n.attr("kernel_shape") or b.shape(n.inputs[1])[2:])
+    strides = list(n.attr("strides") or [1] * rank)
+    dil = list(n.attr("dilations") or [1] * rank)
+    pads = list(n.attr("pads") or [0] * (2 * rank))
+    auto = n.attr("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if n.attr("output_shape") or auto in ("SAME_UPPER", "SAME_LOWER"):
+        for i in range(rank):  # the spec's rule: total padding from the requested output size
+            total = strides[i] * (xs[i] - 1) + int((n.attr("output_padding") or [0] * rank)[i]) \
+                + dil[i] * (kernel[i] - 1) + 1 - ys[i]
+            small, big = total // 2, total - total // 2
+            pads[i], pads[i + rank] = (big, small) if auto == "SAME_UPPER" else (small, big)
+    # Conv over g with these pads: pad end so that exactly x output rows come out
+    pe = [strides[i] * (xs[i] - 1) + dil[i] * (kernel[i] - 1) + 1 - ys[i] - pads[i]
+          for i in range(rank)]
+    g = gys[0]
+    if any(p < 0 for p in pe):  # output_padding beyond the end pad: those rows are never read
+        ends = [ys[i] + min(pe[i], 0) for i in range(rank)]
+        g = b.op("Slice", g, b.ints([0] * rank), b.ints(ends), b.ints(list(range(2, 2 + rank))))
+        pe = [max(p, 0) for p in pe]
+    if any(p < 0 for p in pads[:rank]):
+        raise UnsupportedOpError(n.name, "ConvTranspose", "negative pads; use --method fd")
+    out = b.op("Conv", g, n.inputs[1], strides=strides, dilations=dil, pads=pads[:rank] + pe,
+               group=int(n.attr("group", 1)))
+    b.shapes[out] = b.shape(n.inputs[0])
+    return [out] + [None] * (len(n.inputs) - 1)
+
+
+def _max_pool(b: Builder, n: NodeView, gys: list) -> Grads:
+    """MaxPool: scatter-add the gradient to each window's argmax (the forward node's Indices)."""
+    if n.attr("storage_order", 0):
+        raise UnsupportedOpError(n.name, "MaxPool", "column-major storage_order; use --method fd")
+    if len(n.node.output) < 2 or not n.node.output[1]:
+        if len(n.node.output) < 2:
+            n.node.output.append("")
+        n.node.output[1] = b.fresh("maxpool_indices")
+    xs = b.shape(n.inputs[0])
+    flat = b.op("ScatterElements", b.zeros([math.prod(xs)]),
+                b.op("Reshape", n.node.output[1], b.ints([-1])),
+                b.op("Reshape", gys[0], b.ints([-1])), axis=0, reduction="add")
+    return [b.reshape(flat, xs)]
+
+
+def _pool_divisor(xs: Sequence[int], ys: Sequence[int], kernel: Sequence[int],
+                  strides: Sequence[int], dil: Sequence[int], pb: Sequence[int],
+                  pe: Sequence[int], include_pad: bool) -> np.ndarray:
+    """Per-output-unit divisor of AveragePool: window cells inside the input (or the padded input)."""
+    per_axis = []
+    for x, y, k, s, d, p0, p1 in zip(xs, ys, kernel, strides, dil, pb, pe):
+        start = np.arange(y)[:, None] * s - p0 + np.arange(k)[None, :] * d
+        hi = x + p1 if include_pad else x
+        lo = -p0 if include_pad else 0
+        per_axis.append(((start >= lo) & (start < hi)).sum(axis=1))
+    div = per_axis[0]
+    for a in per_axis[1:]:
+        div = np.multiply.outer(div, a)
+    return np.maximum(div, 1).astype(np.float64)
+
+
+def _average_pool(b: Builder, n: NodeView, gys: list) -> Grads:
+    """AveragePool: divide by each window's count, then spread over the window (ones kernel)."""
+    kernel, strides, dil, pb, pe = _window(n, b)
+    xs, ys = b.shape(n.inputs[0]), b.shape(n.outputs[0])
+    div = _pool_divisor(xs[2:], ys[2:], kernel, strides, dil, pb, pe,
+                        bool(n.attr("count_include_pad", 0)))
+    g = b.binary("Mul", gys[0], b.const(1.0 / div), ys)
+    channels = xs[1]
+    ones = b.const(np.ones((channels, 1, *kernel)))
+    return [_scatter_window(b, g, ones, channels, n)]
+
+
+def _global_average_pool(b: Builder, n: NodeView, gys: list) -> Grads:
+    """GlobalAveragePool: the gradient spread evenly over every spatial position."""
+    xs = b.shape(n.inputs[0])
+    g = b.binary("Mul", gys[0], b.scalar(1.0 / math.prod(xs[2:])))
+    out = b.op("Expand", g, b.ints(xs))
+    b.shapes[out] = xs
+    return [out]
+
+
+def _reduce_axes(b: Builder, n: NodeView) -> list[int]:
+    rank = len(b.shape(n.inputs[0]))
+    axes = n.attr("axes")
+    if axes is None and len(n.inputs) > 1 and n.inputs[1]:
+        axes = b.value(n.inputs[1])
+        if axes is None:
+            raise UnsupportedOpError(n.name, n.node.op_type, "axes are not constant; use --method fd")
+        axes = axes.tolist()
+    if axes is None or len(axes) == 0:
+        if n.attr("noop_with_empty_axes", 0):
+            return []
+        return list(range(rank))
+    return sorted(int(a) % rank for a in axes)
+
+
+def _reduce_sum(b: Builder, n: NodeView, gys: list) -> Grads:
+    """ReduceSum / ReduceMean: broadcast the gradient back over the reduced axes (/ count)."""
+    xs = b.shape(n.inputs[0])
+    axes = _reduce_axes(b, n)
+    kept = [1 if i in axes else d for i, d in enumerate(xs)]
+    g = b.reshape(gys[0], kept)
+    if n.node.op_type == "ReduceMean":
+        g = b.binary("Mul", g, b.scalar(1.0 / max(math.prod(xs[a] for a in axes), 1)))
+    out = b.op("Expand", g, b.ints(xs))
+    b.shapes[out] = xs
+    return [out] + [None] * (len(n.inputs) - 1)
+
+
+def _pad(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Pad (constant mode): negated pads crop the gradient back (and pad where Pad cropped)."""
+    mode = n.attr("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode != "constant":
+        raise UnsupportedOpError(n.name, "Pad", f"mode '{mode}' has no VJP rule; use --method fd")
+    xs = b.shape(n.inputs[0])
+    rank = len(xs)
+    pads = n.attr("pads")
+    if pads is None:
+        pads = b.value(n.inputs[1])
+        if pads is None:
+            raise UnsupportedOpError(n.name, "Pad", "pads are not constant; use --method fd")
+        pads = pads.tolist()
+    pads = list(pads)
+    if len(n.inputs) > 3 and n.inputs[3]:  # axes input (opset 18)
+        axes = [int(a) % rank for a in b.value(n.inputs[3]).tolist()]
+        full = [0] * (2 * rank)
+        for i, a in enumerate(axes):
+            full[a], full[a + rank] = pads[i], pads[i + len(axes)]
+        pads = full
+    out = b.op("Pad", gys[0], b.ints([-p for p in pads]))
+    b.shapes[out] = xs
+    return [out] + [None] * (len(n.inputs) - 1)
+
+
+def _slice_indices(b: Builder, n: NodeView) -> dict[int, np.ndarray]:
+    """Per sliced axis, the input positions the Slice keeps, in output order."""
+    xs = b.shape(n.inputs[0])
+    rank = len(xs)
+    vals = [b.value(n.inputs[i]) if len(n.inputs) > i and n.inputs[i] else None for i in range(1, 5)]
+    if vals[0] is None or vals[1] is None or (len(n.inputs) > 3 and n.inputs[3] and vals[2] is None) \
+            or (len(n.inputs) > 4 and n.inputs[4] and vals[3] is None):
+        raise UnsupportedOpError(n.name, "Slice", "starts/ends/axes/steps not constant; "
+                                 "use --method fd")
+    starts, ends = vals[0].tolist(), vals[1].tolist()
+    axes = vals[2].tolist() if vals[2] is not None else list(range(len(starts)))
+    steps = vals[3].tolist() if vals[3] is not None else [1] * len(starts)
+    out: dict[int, np.ndarray] = {}
+    for st, en, ax, sp in zip(starts, ends, axes, steps):
+        ax = int(ax) % rank
+        out[ax] = np.arange(xs[ax])[slice(*slice(int(st), int(en), int(sp)).indices(xs[ax]))]
+    return out
+
+
+def _slice(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Slice: zero-pad back for unit steps; other steps scatter through a 0/1 matrix per axis."""
+    xs = b.shape(n.inputs[0])
+    idx = _slice_indices(b, n)
+    g = gys[0]
+    rank = len(xs)
+    if all(len(i) <= 1 or np.all(np.diff(i) == 1) for i in idx.values()):
+        pads = [0] * (2 * rank)
+        for ax, i in idx.items():
+            if len(i) == 0:
+                return [b.zeros(xs)] + [None] * (len(n.inputs) - 1)
+            pads[ax], pads[ax + rank] = int(i[0]), int(xs[ax] - 1 - i[-1])
+        out = b.op("Pad", g, b.ints(pads))
+        b.shapes[out] = xs
+        return [out] + [None] * (len(n.inputs) - 1)
+    for ax, i in idx.items():
+        m = np.zeros((xs[ax], len(i)))
+        m[i, np.arange(len(i))] = 1.0
+        g = b.along_axis(g, m, ax)
+    return [g] + [None] * (len(n.inputs) - 1)
+
+
+def _gather(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Gather with constant indices: scatter-add through a 0/1 matrix on the gathered axis."""
+    idx = b.value(n.inputs[1])
+    if idx is None:
+        raise UnsupportedOpError(n.name, "Gather", "indices are not constant; use --method fd")
+    xs = b.shape(n.inputs[0])
+    ax = int(n.attr("axis", 0)) % len(xs)
+    flat = idx.reshape(-1).astype(np.int64) % xs[ax]
+    g = b.reshape(gys[0], xs[:ax] + (flat.size,) + xs[ax + 1:])
+    m = np.zeros((xs[ax], flat.size))
+    np.add.at(m, (flat, np.arange(flat.size)), 1.0)
+    return [b.along_axis(g, m, ax), None]
+
+
+def _concat(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Concat: split the gradient back into the operands' sizes."""
+    shapes = [b.shape(x) for x in n.inputs]
+    ax = int(n.attr("axis")) % len(shapes[0])
+    sizes = [s[ax] for s in shapes]
+    parts = b.emit("Split", [gys[0], b.ints(sizes)], n_out=len(sizes), axis=ax)
+    for p, s in zip(parts, shapes):
+        b.shapes[p] = s
+    return [p if b.is_active(x) else None for p, x in zip(parts, n.inputs)]
+
+
+def _split(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Split: concatenate the outputs' gradients (zeros for outputs that receive none)."""
+    xs = b.shape(n.inputs[0])
+    ax = int(n.attr("axis", 0)) % len(xs)
+    parts = [g if g is not None else b.zeros(b.shape(y)) for g, y in zip(gys, n.outputs)]
+    out = b.op("Concat", *parts, axis=ax)
+    b.shapes[out] = xs
+    return [out] + [None] * (len(n.inputs) - 1)
+
+
+def _resize_matrix(n: NodeView, b: Builder, axis: int) -> np.ndarray:
+    """The (out x in) matrix of a Resize along one axis, measured by onnxruntime on basis vectors."""
+    import onnxruntime as ort  # local: vjp building needs ORT only for Resize
+
+    xs, ys = b.shape(n.inputs[0]), b.shape(n.outputs[0])
+    size_in, size_out = xs[axis], ys[axis]
+    attrs = {k: v for k, v in n.attrs.items() if k not in ("axes", "keep_aspect_ratio_policy")}
+    scales = b.value(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] else None
+    inits = []
+    if scales is not None and scales.size:
+        full = np.ones(len(xs), dtype=np.float32)
+        axes = n.attrs.get("axes") or list(range(len(xs)))
+        for a, s in zip(axes, scales.tolist()):
+            full[int(a) % len(xs)] = s
+        inits.append(numpy_helper.from_array(np.array([1.0, full[axis]], np.float32), "scales"))
+        ins = ["x", "", "scales"]
+    else:
+        inits.append(numpy_helper.from_array(np.array([size_in, size_out], np.int64), "sizes"))
+        ins = ["x", "", "", "sizes"]
+    node = helper.make_node("Resize", ins, ["y"], **attrs)
+    graph = helper.make_graph([node], "resize_matrix",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size_in, size_in])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (y,) = sess.run(None, {"x": np.eye(size_in, dtype=np.float32)})
+    if y.shape != (size_in, size_out):
+        raise UnsupportedOpError(n.name, "Resize", "could not measure the resize along one axis; "
+                                 "use --method fd")
+    return y.T.astype(np.float64)  # (out, in): y = M x
+
+
+def _resize(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Resize (nearest, linear, cubic; separable): apply each resized axis's transposed matrix."""
+    if n.attr("antialias", 0):
+        raise UnsupportedOpError(n.name, "Resize", "antialias has no VJP rule; use --method fd")
+    xs, ys = b.shape(n.inputs[0]), b.shape(n.outputs[0])
+    g = gys[0]
+    for ax in range(len(xs)):
+        if xs[ax] != ys[ax] or ax >= 2:
+            m = _resize_matrix(n, b, ax)
+            if not (xs[ax] == ys[ax] and np.allclose(m, np.eye(xs[ax]))):
+                g = b.along_axis(g, m.T, ax)
+    if g == gys[0]:
+        g = _set_shape(b, b.op("Identity", g), gys[0])
+    return [g] + [None] * (len(n.inputs) - 1)
+
+
+def _softmax(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Softmax (opset >= 13, one axis): y * (g - sum(g * y, axis))."""
+    y, g = n.outputs[0], gys[0]
+    ax = int(n.attr("axis", -1)) % len(b.shape(y))
+    gy = b.binary("Mul", g, y)
+    s = b.op("ReduceSum", gy, b.ints([ax]), keepdims=1)
+    b.shapes[s] = tuple(1 if i == ax else d for i, d in enumerate(b.shape(y)))
+    return [b.binary("Mul", y, b.binary("Sub", g, s), b.shape(y))]
+
+
+def _log_softmax(b: Builder, n: NodeView, gys: list) -> Grads:
+    """LogSoftmax (opset >= 13): g - exp(y) * sum(g, axis)."""
+    y, g = n.outputs[0], gys[0]
+    ax = int(n.attr("axis", -1)) % len(b.shape(y))
+    s = b.op("ReduceSum", g, b.ints([ax]), keepdims=1)
+    b.shapes[s] = tuple(1 if i == ax else d for i, d in enumerate(b.shape(y)))
+    e = _set_shape(b, b.op("Exp", y), y)
+    return [b.binary("Sub", g, b.binary("Mul", e, s), b.shape(y))]
+
+
+def _batch_norm(b: Builder, n: NodeView, gys: list) -> Grads:
+    """BatchNormalization (inference): g * scale / sqrt(var + eps) per channel."""
+    if n.attr("training_mode", 0):
+        raise UnsupportedOpError(n.name, "BatchNormalization", "training_mode=1; export the model "
+                                 "in eval mode")
+    xs = b.shape(n.inputs[0])
+    scale, var = b.value(n.inputs[1]), b.value(n.inputs[4])
+    eps = float(n.attr("epsilon", 1e-5))
+    bshape = [1, xs[1]] + [1] * (len(xs) - 2)
+    if scale is not None and var is not None:
+        factor = b.const((scale / np.sqrt(var.astype(np.float64) + eps)).reshape(bshape))
+    else:
+        factor = b.op("Div", n.inputs[1], b.op("Sqrt", b.op("Add", n.inputs[4], b.scalar(eps))))
+        factor = b.op("Reshape", factor, b.ints(bshape))
+    b.shapes[factor] = tuple(bshape)
+    return [b.binary("Mul", gys[0], factor, xs)] + [None] * 4
+
+
+def _layer_norm(b: Builder, n: NodeView, gys: list) -> Grads:
+    """LayerNormalization: (gh - mean(gh) - xhat mean(gh xhat)) * invstd with gh = g * gamma.
+
+    Mean and InvStdDev come from the forward node's optional outputs (no recomputation).
+    """
+    x = n.inputs[0]
+    xs = b.shape(x)
+    ax = int(n.attr("axis", -1)) % len(xs)
+    while len(n.node.output) < 3:
+        n.node.output.append("")
+    for i, hint in ((1, "ln_mean"), (2, "ln_invstd")):
+        if not n.node.output[i]:
+            n.node.output[i] = b.fresh(hint)
+    mean, inv = n.node.output[1], n.node.output[2]
+    axes = list(range(ax, len(xs)))
+    stat_shape = tuple(d if i < ax else 1 for i, d in enumerate(xs))
+    b.shapes[mean] = b.shapes[inv] = stat_shape
+    xhat = b.binary("Mul", b.binary("Sub", x, mean, xs), inv, xs)
+    gh = b.binary("Mul", gys[0], n.inputs[1], xs)
+    m1 = b.op("ReduceMean", gh, b.ints(axes), keepdims=1)
+    m2 = b.op("ReduceMean", b.binary("Mul", gh, xhat, xs), b.ints(axes), keepdims=1)
+    b.shapes[m1] = b.shapes[m2] = stat_shape
+    inner = b.binary("Sub", b.binary("Sub", gh, m1, xs), b.binary("Mul", xhat, m2, xs), xs)
+    return [b.binary("Mul", inner, inv, xs)] + [None] * (len(n.inputs) - 1)
+
+
+def _transpose_last2(b: Builder, t: str) -> str:
+    """A tensor with its last two axes swapped (a constant is transposed at build time)."""
+    v = b.value(t)
+    if v is not None:
+        out = b.const(np.ascontiguousarray(np.swapaxes(v, -1, -2)), dtype=v.dtype)
+    else:
+        rank = len(b.shape(t))
+        out = b.op("Transpose", t, perm=list(range(rank - 2)) + [rank - 1, rank - 2])
+    s = b.shape(t)
+    b.shapes[out] = s[:-2] + (s[-1], s[-2])
+    return out
+
+
+def _matmul(b: Builder, n: NodeView, gys: list) -> Grads:
+    """MatMul (numpy semantics): gA = g B^T, gB = A^T g, reduced over broadcast batch axes."""
+    a, c = n.inputs
+    sa, sc = b.shape(a), b.shape(c)
+    g = gys[0]
+    a2, c2 = a, c
+    gshape = list(b.shape(n.outputs[0]))
+    if len(sa) == 1:  # promote 1-D operands as numpy does
+        a2 = b.reshape(a, (1, sa[0]))
+        gshape.insert(len(gshape) - (0 if len(sc) == 1 else 1), 1)
+    if len(sc) == 1:
+        c2 = b.reshape(c, (sc[0], 1))
+        gshape.append(1)
+    g2 = b.reshape(g, gshape) if tuple(gshape) != b.shape(g) else g
+    ga = gb = None
+    if b.is_active(a):
+        ga = b.binary("MatMul", g2, _transpose_last2(b, c2),
+                      tuple(gshape[:-1]) + (b.shape(c2)[-2],))
+        ga = b.reduce_to(ga, b.shape(a2))
+        ga = b.reshape(ga, sa) if len(sa) == 1 else ga
+    if b.is_active(c):
+        gb = b.binary("MatMul", _transpose_last2(b, a2), g2,
+                      tuple(gshape[:-2]) + (b.shape(a2)[-1], gshape[-1]))
+        gb = b.reduce_to(gb, b.shape(c2))
+        gb = b.reshape(gb, sc) if len(sc) == 1 else gb
+    return [ga, gb]
+
+
+def _gemm(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Gemm: alpha g op(B)^T for A, alpha op(A)^T g for B (transposes folded in), beta g for C."""
+    alpha, beta = float(n.attr("alpha", 1.0)), float(n.attr("beta", 1.0))
+    ta, tb = int(n.attr("transA", 0)), int(n.attr("transB", 0))
+    a, c = n.inputs[0], n.inputs[1]
+    g = gys[0]
+    out: Grads = [None] * len(n.inputs)
+    if b.is_active(a):
+        if not ta:
+            ga = b.op("Gemm", g, c, alpha=alpha, transB=1 - tb)
+        else:
+            ga = b.op("Gemm", c, g, alpha=alpha, transA=tb, transB=1)
+        b.shapes[ga] = b.shape(a)
+        out[0] = ga
+    if b.is_active(c):
+        if not tb:
+            gb = b.op("Gemm", a, g, alpha=alpha, transA=1 - ta)
+        else:
+            gb = b.op("Gemm", g, a, alpha=alpha, transA=1, transB=ta)
+        b.shapes[gb] = b.shape(c)
+        out[1] = gb
+    if len(n.inputs) > 2 and b.is_active(n.inputs[2]):
+        out[2] = b.reduce_to(b.binary("Mul", g, b.scalar(beta)), b.shape(n.inputs[2]))
+    return out
+
+
+def _where(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Where(cond, A, B): the gradient goes to A where cond holds, to B elsewhere."""
+    cond, a, c = n.inputs
+    g = gys[0]
+    ga = b.reduce_to(b.where(cond, g), b.shape(a)) if b.is_active(a) else None
+    gb = None
+    if b.is_active(c):
+        gb_full = b.op("Where", cond, b.scalar(0.0), g)
+        b.shapes[gb_full] = b.shape(g)
+        gb = b.reduce_to(gb_full, b.shape(c))
+    return [None, ga, gb]
+
+
+VJP_RULES: dict[str, Rule] = {
+    "Identity": _identity, "Dropout": _identity, "Cast": _identity,
+    "Reshape": _reshape, "Flatten": _reshape, "Squeeze": _reshape, "Unsqueeze": _reshape,
+    "Transpose": _transpose,
+    "Relu": _relu, "LeakyRelu": _leaky_relu, "PRelu": _prelu, "Clip": _clip,
+    "Sigmoid": _sigmoid, "Tanh": _tanh, "HardSigmoid": _hard_sigmoid, "HardSwish": _hard_swish,
+    "Erf": _erf, "Gelu": _gelu, "Exp": _exp, "Neg": _neg, "Sqrt": _sqrt, "Pow": _pow,
+    "Add": _add, "Sum": _add, "Mean": _mean, "Sub": _sub, "Mul": _mul, "Div": _div,
+    "Expand": _expand, "Where": _where,
+    "Conv": _conv, "ConvTranspose": _conv_transpose,
+    "MaxPool": _max_pool, "AveragePool": _average_pool, "GlobalAveragePool": _global_average_pool,
+    "ReduceSum": _reduce_sum, "ReduceMean": _reduce_sum,
+    "Pad": _pad, "Slice": _slice, "Gather": _gather, "Concat": _concat, "Split": _split,
+    "Resize": _resize,
+    "Softmax": _softmax, "LogSoftmax": _log_softmax,
+    "BatchNormalization": _batch_norm, "LayerNormalization": _layer_norm,
+    "MatMul": _matmul, "Gemm": _gemm,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Graph analysis: static shapes, constants, the active set, the nodes to back-propagate through.
+# --------------------------------------------------------------------------------------------
+
+def prepare(model: onnx.ModelProto, input_shape: Sequence[int] | None = None,
+            input_name: str | None = None) -> onnx.ModelProto:
+    """A copy of ``model`` at opset >= 17 with the input's shape fixed (``input_shape``)."""
+    model_copy = onnx.ModelProto()
+    model_copy.CopyFrom(model)
+    opset = next((o.version for o in model_copy.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        from onnx import version_converter
+        model_copy = version_converter.convert_version(model_copy, MIN_OPSET)
+    inits = {i.name for i in model_copy.graph.initializer}
+    inputs = [i for i in model_copy.graph.input if i.name not in inits]
+    target = next((i for i in inputs if i.name == input_name), inputs[0]) if input_name else inputs[0]
+    dims = target.type.tensor_type.shape.dim
+    if input_shape is not None:
+        if len(input_shape) != len(dims):
+            raise VJPError(f"input shape {tuple(input_shape)} has rank {len(input_shape)}, the "
+                           f"model's input '{target.name}' has rank {len(dims)}")
+        _rebatch_reshapes(model_copy, target.name, dims, input_shape)
+        for d, v in zip(dims, input_shape):
+            d.Clear()
+            d.dim_value = int(v)
+    elif any(not d.HasField("dim_value") for d in dims):
+        raise DynamicShapeError(f"input '{target.name}' has unknown dimensions; give an input "
+                                "shape (e.g. --input-shape 1,3,224,224)")
+    return model_copy
+
+
+def _rebatch_reshapes(model: onnx.ModelProto, input_name: str, dims: object,
+                      new_shape: Sequence[int]) -> None:
+    """Make Reshape targets that hard-code the traced batch copy the batch instead (``0``).
+
+    torch's tracer bakes the batch into Reshape constants; rewriting a leading 1 to 0 keeps the
+    model identical at batch 1 and lets one run carry several inputs.  Callers verify the batched
+    result numerically (``erf`` does), since the rewrite assumes axis 0 is the batch.
+    """
+    old = [d.dim_value if d.HasField("dim_value") else None for d in dims]  # type: ignore[attr-defined]
+    if not old or old[0] != 1 or new_shape[0] == 1:
+        return
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        if any(a.name == "allowzero" and a.i for a in node.attribute):
+            continue
+        arr = numpy_helper.to_array(inits[node.input[1]]).copy()
+        if arr.ndim == 1 and arr.size >= 2 and arr[0] == 1:
+            arr[0] = 0
+            new_name = node.input[1] + "/rfgraph_batch"
+            if new_name not in inits:
+                t = numpy_helper.from_array(arr, new_name)
+                model.graph.initializer.append(t)
+                inits[new_name] = t
+            node.input[1] = new_name
+
+
+def tensor_shapes(model: onnx.ModelProto, input_name: str) -> tuple[dict[str, tuple[int, ...]],
+                                                                    dict[str, int]]:
+    """Static shape and element type of every tensor: ONNX shape inference, completed by one
+    onnxruntime run (zeros input) for tensors inference leaves symbolic."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:  # noqa: BLE001 - inference errors come in many types
+        raise VJPError(f"shape inference failed at the fixed input shape: {exc}") from exc
+    shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, int] = {}
+    vis = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    for vi in vis:
+        tt = vi.type.tensor_type
+        dtypes[vi.name] = tt.elem_type
+        if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+            shapes[vi.name] = tuple(d.dim_value for d in tt.shape.dim)
+    for init in model.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+        dtypes[init.name] = init.data_type
+    missing = [o for n in model.graph.node for o in n.output if o and o not in shapes]
+    if missing:
+        shapes.update(_measure_shapes(model, input_name, missing, dtypes))
+    return shapes, dtypes
+
+
+def _measure_shapes(model: onnx.ModelProto, input_name: str, names: list[str],
+                    dtypes: dict[str, int]) -> dict[str, tuple[int, ...]]:
+    """Shapes of ``names`` from one onnxruntime run of the model on a zero input."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in known:
+            probe.graph.output.append(helper.make_tensor_value_info(name, dtypes.get(name, 0) or TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {}
+    for i in sess.get_inputs():
+        dt = helper.tensor_dtype_to_np_dtype(dtypes.get(i.name, TensorProto.FLOAT))
+        feeds[i.name] = np.zeros(i.shape, dtype=dt)
+    values = sess.run(names, feeds)
+    return {n: tuple(v.shape) for n, v in zip(names, values)}
+
+
+def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Values of initializers and Constant-node outputs."""
+    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            attr = node.attribute[0]
+            if attr.name == "value":
+                out[node.output[0]] = numpy_helper.to_array(attr.t)
+            elif attr.name in ("value_float", "value_int"):
+                out[node.output[0]] = np.array(helper.get_attribute_value(attr))
+            elif attr.name in ("value_floats", "value_ints"):
+                out[node.output[0]] = np.array(helper.get_attribute_value(attr))
+    return out
+
+
+def active_tensors(model: onnx.ModelProto, input_name: str, dtypes: dict[str, int]) -> set[str]:
+    """Tensors that depend differentiably on the input (float-typed, not through index ops)."""
+    active = {input_name}
+    for node in model.graph.node:  # ONNX graphs are topologically sorted
+        if node.op_type in NON_DIFFERENTIABLE or not any(i in active for i in node.input if i):
+            continue
+        for i, out in enumerate(node.output):
+            if node.op_type == "MaxPool" and i == 1:
+                continue
+            if out and dtypes.get(out, TensorProto.FLOAT) in FLOAT_TYPES:
+                active.add(out)
+    return active
+
+
+def ancestors(model: onnx.ModelProto, target: str) -> list[onnx.NodeProto]:
+    """The nodes ``target`` depends on, in graph (topological) order."""
+    producer = {o: n for n in model.graph.node for o in n.output if o}
+    needed: set[int] = set()
+    stack = [target]
+    seen: set[str] = set()
+    while stack:
+        t = stack.pop()
+        if t in seen or t not in producer:
+            continue
+        seen.add(t)
+        node = producer[t]
+        needed.add(id(node))
+        stack.extend(i for i in node.input if i)
+        for attr in node.attribute:  # subgraphs (If/Loop) read outer tensors implicitly
+            if attr.type == onnx.AttributeProto.GRAPH:
+                stack.extend(i for n in attr.g.node for i in n.input if i)
+    return [n for n in model.graph.node if id(n) in needed]
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry point.
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VJPGraph:
+    """A built gradient graph: feed ``input_name`` and ``seed_name``; ``grad_name`` is d(seed.y)/dx;
+    ``output_name`` (the forward value of y) is also an output."""
+
+    model: onnx.ModelProto
+    input_name: str
+    output_name: str
+    seed_name: str
+    grad_name: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+def build_vjp(model: onnx.ModelProto, output: str | None = None,
+              input_shape: Sequence[int] | None = None, input_name: str | None = None,
+              emit_output: bool = False) -> VJPGraph:
+    """Build the ONNX graph of ``d(seed . y)/dx`` (forward and backward in one graph).
+
+    ``output`` defaults to the first graph output; ``input_shape`` fixes the input (batch included);
+    ``emit_output`` also returns y (otherwise onnxruntime prunes what only y needed).
+    """
+    model = prepare(model, input_shape, input_name)
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    x_name = input_name or next(i.name for i in graph.input if i.name not in inits)
+    y_name = output or graph.output[0].name
+    shapes, dtypes = tensor_shapes(model, x_name)
+    if y_name not in shapes:
+        raise VJPError(f"'{y_name}' is not a tensor of the model; outputs: "
+                       f"{', '.join(o.name for o in graph.output)}")
+    active = active_tensors(model, x_name, dtypes)
+    if y_name not in active:
+        raise VJPError(f"'{y_name}' does not depend (differentiably) on input '{x_name}'")
+    forward = [_copy(n) for n in ancestors(model, y_name)]
+    dtype = dtypes.get(x_name, TensorProto.FLOAT)
+    b = Builder(shapes=dict(shapes), dtypes=dtypes, consts=constants(model), active=active,
+                dtype=dtype)
+    grad_x = _backward(b, forward, x_name, y_name)
+    return _assemble(model, forward, b, x_name, y_name, grad_x, emit_output)
+
+
+def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
+    out = onnx.NodeProto()
+    out.CopyFrom(node)
+    return out
+
+
+def _backward(b: Builder, forward: list[onnx.NodeProto], x_name: str, y_name: str) -> str:
+    """Walk the forward nodes in reverse, applying each op's rule and summing fan-in gradients."""
+    pending: dict[str, list[str]] = {y_name: [SEED_NAME]}
+    b.shapes[SEED_NAME] = b.shapes[y_name]
+    for node in reversed(forward):
+        gys = [_total(b, pending.pop(o, []), o) for o in node.output]
+        if all(g is None for g in gys):
+            continue
+        if not any(b.is_active(i) for i in node.input):
+            continue
+        rule = VJP_RULES.get(node.op_type)
+        if rule is None or node.domain not in ("", "ai.onnx"):
+            raise UnsupportedOpError(node.name or node.output[0], node.op_type,
+                                     "no VJP (gradient) rule for this op; use the finite-"
+                                     "difference engine instead (--method fd)")
+        view = NodeView(node, {a.name: helper.get_attribute_value(a) for a in node.attribute})
+        if gys[0] is None and node.op_type != "Split":
+            continue  # auxiliary outputs only (e.g. MaxPool indices): nothing to propagate
+        grads = rule(b, view, gys)
+        for inp, g in zip(node.input, grads):
+            if g is not None and b.is_active(inp):
+                pending.setdefault(inp, []).append(g)
+    total = _total(b, pending.pop(x_name, []), x_name)
+    if total is None:
+        raise VJPError(f"no gradient reaches input '{x_name}' from '{y_name}'")
+    return total
+
+
+def _total(b: Builder, grads: list[str], like: str) -> str | None:
+    """Sum the gradients flowing into one tensor (fan-out in the forward graph)."""
+    if not grads:
+        return None
+    if len(grads) == 1:
+        return grads[0]
+    out = b.op("Sum", *grads)
+    b.shapes[out] = b.shapes[like]
+    return out
+
+
+def _assemble(model: onnx.ModelProto, forward: list[onnx.NodeProto], b: Builder, x_name: str,
+              y_name: str, grad_x: str, emit_output: bool) -> VJPGraph:
+    """Put forward nodes, backward nodes and the seed input into one model."""
+    graph = model.graph
+    x_vi = next(i for i in graph.input if i.name == x_name)
+    dtype = b.dtype
+    seed_vi = helper.make_tensor_value_info(SEED_NAME, dtype, list(b.shapes[y_name]))
+    final = helper.make_node("Identity", [grad_x], [GRAD_NAME], name=GRAD_NAME)
+    outputs = [helper.make_tensor_value_info(GRAD_NAME, dtype, list(b.shapes[x_name]))]
+    if emit_output:
+        outputs.append(helper.make_tensor_value_info(y_name, dtype, list(b.shapes[y_name])))
+    used = {i for n in forward + b.nodes for i in n.input}
+    inits = [i for i in graph.initializer if i.name in used] + b.inits
+    new_graph = helper.make_graph(forward + b.nodes + [final], graph.name + "_vjp", [x_vi, seed_vi],
+                                  outputs, inits)
+    opsets = [o for o in model.opset_import]
+    new_model = helper.make_model(new_graph, opset_imports=opsets, ir_version=model.ir_version)
+    new_model.functions.extend(model.functions)
+    return VJPGraph(new_model, x_name, y_name, SEED_NAME, GRAD_NAME, tuple(b.shapes[x_name]),
+                    tuple(b.shapes[y_name]), np.dtype(helper.tensor_dtype_to_np_dtype(dtype)))
+
+
+def session(vjp: VJPGraph, providers: Sequence[str] | None = None, threads: int = 0) -> object:
+    """An onnxruntime session for a VJP graph: graph optimisation ALL, the best provider present."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    if providers is None:
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    try:
+        return ort.InferenceSession(vjp.model.SerializeToString(), opts, providers=list(providers))
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        raise VJPError(f"onnxruntime could not load the gradient graph: {exc}") from exc
+
+
+def input_gradient(vjp: VJPGraph, sess: object, x: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """Run the gradient graph: d(seed . y)/dx for input ``x``."""
+    return sess.run([vjp.grad_name], {vjp.input_name: x.astype(vjp.dtype, copy=False),  # type: ignore[attr-defined]
+                                      vjp.seed_name: seed.astype(vjp.dtype, copy=False)})[0]
