@@ -901,6 +901,9 @@ def prepare(model: onnx.ModelProto, input_shape: Sequence[int] | None = None,
     if opset < MIN_OPSET:
         from onnx import version_converter
         model_copy = version_converter.convert_version(model_copy, MIN_OPSET)
+    del model_copy.graph.value_info[:]  # stale shapes (e.g. at another batch) would conflict
+    for out in model_copy.graph.output:
+        out.type.tensor_type.ClearField("shape")
     inits = {i.name for i in model_copy.graph.initializer}
     inputs = [i for i in model_copy.graph.input if i.name not in inits]
     target = next((i for i in inputs if i.name == input_name), inputs[0]) if input_name else inputs[0]

@@ -1,0 +1,365 @@
+"""Effective receptive fields (Luo et al. 2016): the input gradient of one output unit, averaged
+over N inputs (and M weight re-initialisations), with its metrics.
+
+Conventions (Luo sec. 3): the seed is 1 at the chosen unit (default: the centre unit of the end
+point, all its channels summed, or one ``channel``) and 0 elsewhere; each run's gradient is made
+absolute (or kept signed) and summed over the input's non-spatial axes (channels); the ERF is the
+mean over runs.  The gradient comes from the VJP graph (``method="grad"``, exact) or from central
+differences inside the unit's theoretical RF (``method="fd"``, any op).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import onnx
+
+from . import vjp as vjp_mod
+from .errors import RFGraphError, UnsupportedOpError
+from .finite_diff import FiniteDifference
+from .inputs import IMAGENET_MEAN, IMAGENET_STD, ImageFolder, InputKind, Reinit, random_inputs
+from .inputs import reinitialise
+from .metrics import ERFMetrics, compute_metrics
+
+
+class Method(str, Enum):
+    """How the input gradient is computed."""
+
+    GRAD = "grad"  # the VJP graph: exact, one forward+backward per batch of inputs
+    FD = "fd"  # central differences inside the TRF: any op, 2 forwards per input element
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the seed goes: a tensor, one unit along its spatial axes, one channel or all."""
+
+    output: str
+    shape: tuple[int, ...]  # the tensor's shape at batch 1
+    tensor_axes: tuple[int, ...]  # tensor axis carrying each input spatial axis (empty: global)
+    unit: tuple[int, ...]  # index along tensor_axes
+    channel: int | None = None  # index along the first other non-batch axis; None: summed
+    region: tuple[tuple[int, int], ...] | None = None  # TRF [u0, v0] per input spatial axis
+    centre: tuple[float, ...] | None = None  # TRF centre per input spatial axis
+    trf_size: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ERFResult:
+    """An ERF map (input spatial shape) with its metrics and how it was obtained."""
+
+    erf: np.ndarray
+    metrics: ERFMetrics
+    target: Target
+    input_name: str
+    input_shape: tuple[int, ...]
+    spatial_axes: tuple[int, ...]
+    method: str
+    runs: int
+    weight_runs: int
+    absolute: bool
+    batch: int
+    seconds: float = 0.0
+    notes: tuple[str, ...] = field(default=())
+
+
+def make_seed(target: Target, batch: int, dtype: np.dtype = np.dtype(np.float32)) -> np.ndarray:
+    """Luo's Dirac delta: 1 at the target unit (channel, or all channels), 0 elsewhere; per sample."""
+    seed = np.zeros((batch,) + target.shape[1:], dtype=dtype)
+    index: list[object] = [slice(None)] * len(target.shape)
+    for ax, u in zip(target.tensor_axes, target.unit):
+        index[ax] = u
+    if target.channel is not None:
+        others = [a for a in range(1, len(target.shape)) if a not in target.tensor_axes]
+        if not others:
+            raise RFGraphError(f"'{target.output}' has no channel axis; drop --channel")
+        if not 0 <= target.channel < target.shape[others[0]]:
+            raise RFGraphError(f"channel {target.channel} is outside '{target.output}' "
+                               f"({target.shape[others[0]]} channels)")
+        index[others[0]] = target.channel
+    seed[tuple(index)] = 1
+    return seed
+
+
+def resolve_target(analysis: object | None, model: onnx.ModelProto, output: str,
+                   unit: Sequence[int] | None, channel: int | None,
+                   input_rank: int, spatial_axes: Sequence[int],
+                   shape: tuple[int, ...]) -> Target:
+    """The seed position: ``unit`` or the centre unit; TRF region and centre from the analysis."""
+    axes = _tensor_axes(analysis, output, shape, input_rank, spatial_axes)
+    sizes = [shape[a] for a in axes]
+    if unit is None:
+        unit = tuple((n - 1) // 2 for n in sizes)
+    unit = tuple(int(u) for u in unit)
+    if len(unit) != len(axes) or any(not 0 <= u < n for u, n in zip(unit, sizes)):
+        raise RFGraphError(f"unit {unit} is not an index of the spatial axes of '{output}' "
+                           f"(sizes {tuple(sizes)})")
+    region = centre = trf = None
+    ep = _endpoint(analysis, output)
+    if ep is not None and axes and not ep.is_global:
+        region = tuple((int(a), int(b)) for a, b in ep.region(unit))
+        centre = tuple(float(c) for c in ep.centre(unit))
+        trf = tuple(int(r) for r in ep.r)
+    return Target(output, shape, tuple(axes), unit, channel, region, centre, trf)
+
+
+def _endpoint(analysis: object | None, name: str) -> object | None:
+    if analysis is None or name not in analysis:  # type: ignore[operator]
+        return None
+    return analysis[name]  # type: ignore[index]
+
+
+def _tensor_axes(analysis: object | None, output: str, shape: tuple[int, ...], input_rank: int,
+                 spatial_axes: Sequence[int]) -> list[int]:
+    """Tensor axes of ``output`` carrying the input's spatial axes, in input-axis order."""
+    ep = _endpoint(analysis, output)
+    if ep is not None:
+        if ep.is_global:  # type: ignore[attr-defined]
+            return []
+        axes = getattr(ep, "tensor_axes", None)
+        if axes is None:
+            try:  # the TRF pass's layout of the tensor (see rfgraph.ops.carried)
+                from .ops import carried
+
+                carried_axes = carried(analysis._pass.states[output].layout)  # type: ignore[union-attr]
+                axes = [carried_axes.get(i) for i in range(len(spatial_axes))]
+            except (AttributeError, KeyError, ImportError):
+                axes = None
+        if axes is not None and all(a is not None for a in axes):
+            return [int(a) for a in axes]
+        if axes is not None:
+            return []
+    return list(spatial_axes) if len(shape) == input_rank else []
+
+
+class GradientEngine:
+    """Batched input gradients from the VJP graph (forward and backward in one ORT session)."""
+
+    def __init__(self, model: onnx.ModelProto, target: Target, input_name: str,
+                 input_shape: tuple[int, ...], batch: int, providers: Sequence[str] | None = None,
+                 threads: int = 0) -> None:
+        self.target, self.input_name = target, input_name
+        self.providers, self.threads = providers, threads
+        one = vjp_mod.build_vjp(model, target.output, input_shape, input_name)
+        self.dtype = one.dtype
+        self.graph, self.sess, self.batch = one, vjp_mod.session(one, providers, threads), 1
+        if batch > 1:
+            self._try_batch(model, input_shape, batch)
+
+    def _try_batch(self, model: onnx.ModelProto, input_shape: tuple[int, ...], batch: int) -> None:
+        """Use a batch-``batch`` graph when it reproduces the batch-1 gradient (it may not, when
+        the model bakes its batch into shapes)."""
+        shape = (batch,) + tuple(input_shape[1:])
+        try:
+            many = vjp_mod.build_vjp(model, self.target.output, shape, self.input_name)
+            sess = vjp_mod.session(many, self.providers, self.threads)
+            probe = np.random.default_rng(12345).standard_normal(shape).astype(self.dtype)
+            g_many = vjp_mod.input_gradient(many, sess, probe, make_seed(self.target, batch,
+                                                                         self.dtype))
+            g_one = vjp_mod.input_gradient(self.graph, self.sess, probe[-1:],
+                                           make_seed(self.target, 1, self.dtype))
+        except (RFGraphError, Exception):  # noqa: BLE001 - any failure: keep batch 1
+            return
+        scale = float(np.abs(g_one).max()) or 1.0
+        if g_many.shape == shape and float(np.abs(g_many[-1:] - g_one).max()) <= 1e-4 * scale:
+            self.graph, self.sess, self.batch = many, sess, batch
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Gradients for a batch of inputs (``x.shape[0] <= batch``)."""
+        n = x.shape[0]
+        if n < self.batch:
+            x = np.concatenate([x, np.zeros((self.batch - n,) + x.shape[1:], x.dtype)])
+        seed = make_seed(self.target, self.batch, self.dtype)
+        return vjp_mod.input_gradient(self.graph, self.sess, x, seed)[:n]
+
+
+class FDEngine:
+    """Input gradients by central differences inside the unit's TRF (one input at a time)."""
+
+    def __init__(self, model: onnx.ModelProto, target: Target, input_name: str,
+                 input_shape: tuple[int, ...], spatial_axes: Sequence[int], batch: int,
+                 step: float | None = None) -> None:
+        self.target = target
+        self.fd = FiniteDifference(model, target.output, input_name, (1,) + tuple(input_shape[1:]),
+                                   tuple(spatial_axes), target.region, step, max(batch, 2))
+        self.batch = 1
+        self.dtype = self.fd.dtype
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        seed = make_seed(self.target, 1, self.dtype)
+        return np.concatenate([self.fd.gradient(x[i:i + 1], seed) for i in range(x.shape[0])])
+
+
+def reduce_runs(grads: np.ndarray, spatial_axes: Sequence[int], absolute: bool) -> np.ndarray:
+    """Per sample, |gradient| (or signed) summed over the non-spatial axes: (batch, *spatial)."""
+    g = np.abs(grads) if absolute else grads
+    other = tuple(a for a in range(1, grads.ndim) if a not in spatial_axes)
+    g = g.sum(axis=other, dtype=np.float64) if other else g.astype(np.float64)
+    return g
+
+
+def input_batches(kind: InputKind, shape: tuple[int, ...], count: int, rng: np.random.Generator,
+                  dtype: np.dtype, folder: str | Path | None = None,
+                  mean: Sequence[float] = IMAGENET_MEAN,
+                  std: Sequence[float] = IMAGENET_STD) -> Iterator[np.ndarray]:
+    """``count`` inputs in batches of shape[0]: random draws or images of a folder."""
+    if kind is InputKind.IMAGES:
+        yield from (b.astype(dtype) for b in ImageFolder(folder or ".", mean, std).batches(
+            shape, count, rng))
+        return
+    for start in range(0, count, shape[0]):
+        n = min(shape[0], count - start)
+        yield random_inputs(kind, (n,) + tuple(shape[1:]), rng, dtype)
+
+
+def compute_erf(model: object, output: str | None = None, *,
+                input_shape: Sequence[int] | None = None, unit: Sequence[int] | None = None,
+                channel: int | None = None, runs: int = 20, method: str = "grad",
+                inputs: str = "gaussian", reinit: str = "none", weight_runs: int = 1,
+                absolute: bool = True, seed: int = 0, batch: int = 8, progress: bool = False,
+                mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                fd_step: float | None = None, providers: Sequence[str] | None = None,
+                threads: int = 0) -> ERFResult:
+    """The ERF of one output unit of an ONNX model, averaged as Luo et al. do, with its metrics.
+
+    ``model``: path, ``zoo:NAME`` or ModelProto; ``inputs``: "gaussian", "uniform" or a folder of
+    PNG/JPEG images; ``reinit``: "none", "ones", "he", "glorot" (``weight_runs`` draws);
+    deterministic under ``seed``.
+    """
+    import time
+
+    from .onnx_import import load_model
+
+    method_e = Method(method)
+    reinit_e = Reinit(reinit)
+    kind, folder = _input_kind(inputs)
+    if runs < 1 or weight_runs < 1:
+        raise RFGraphError("--runs and --weight-runs must be at least 1")
+    proto, analysis, notes = _load(model, input_shape)
+    input_name, full_shape, spatial = _input_facts(proto, analysis)
+    output = output or proto.graph.output[0].name
+    out_shape = _output_shape(proto, output, input_name, full_shape)
+    target = resolve_target(analysis, proto, output, unit, channel, len(full_shape), spatial,
+                            out_shape)
+    rng = np.random.default_rng(seed)
+    total = np.zeros([full_shape[a] for a in spatial], dtype=np.float64)
+    t0 = time.perf_counter()
+    bar = _progress(runs * weight_runs, progress)
+    used_batch = 1
+    for _ in range(weight_runs):
+        weights = reinitialise(proto, reinit_e, rng)
+        engine = _engine(method_e, weights, target, input_name, full_shape, spatial, batch,
+                         fd_step, providers, threads)
+        used_batch = engine.batch
+        shape = (engine.batch,) + tuple(full_shape[1:])
+        for xb in input_batches(kind, shape, runs, rng, engine.dtype, folder, mean, std):
+            total += reduce_runs(engine(xb), spatial, absolute).sum(axis=0)
+            bar(xb.shape[0])
+    bar(0, close=True)
+    erf = total / (runs * weight_runs)
+    metrics = compute_metrics(erf, target.centre, target.trf_size)
+    return ERFResult(erf, metrics, target, input_name, tuple(full_shape), tuple(spatial),
+                     method_e.value, runs, weight_runs, absolute, used_batch,
+                     time.perf_counter() - t0, tuple(notes))
+
+
+def _engine(method: Method, weights: onnx.ModelProto, target: Target, input_name: str,
+            full_shape: tuple[int, ...], spatial: Sequence[int], batch: int,
+            fd_step: float | None, providers: Sequence[str] | None,
+            threads: int) -> GradientEngine | FDEngine:
+    """The gradient engine for ``method``; an op without a VJP rule says to use --method fd."""
+    if method is Method.FD:
+        return FDEngine(weights, target, input_name, full_shape, spatial, batch, fd_step)
+    try:
+        return GradientEngine(weights, target, input_name, full_shape, batch, providers, threads)
+    except UnsupportedOpError as exc:
+        raise UnsupportedOpError(exc.node, exc.op, exc.why + " (the finite-difference engine, "
+                                 "--method fd / method='fd', runs any op)") from None
+
+
+def _input_kind(inputs: str) -> tuple[InputKind, str | None]:
+    if inputs in (InputKind.GAUSSIAN.value, InputKind.UNIFORM.value):
+        return InputKind(inputs), None
+    return InputKind.IMAGES, inputs
+
+
+def _load(model: object, input_shape: Sequence[int] | None) -> tuple[onnx.ModelProto, object | None,
+                                                                      list[str]]:
+    """Load with the core loader, fix the input at batch 1, and run the TRF pass if it can."""
+    from . import analysis as analysis_mod
+    from .onnx_import import data_inputs, load_model
+
+    notes: list[str] = []
+    raw = load_model(model)
+    name = data_inputs(raw)[0]
+    shapes = {name: tuple(input_shape)} if input_shape else None
+    if shapes is None:
+        dims = next(i for i in raw.graph.input if i.name == name).type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):  # dynamic batch: analyse at batch 1
+            rest = [d.dim_value if d.HasField("dim_value") else None for d in dims[1:]]
+            if all(r is not None for r in rest):
+                shapes = {name: (1, *rest)}
+    proto = load_model(raw, shapes) if shapes else raw
+    try:
+        a = analysis_mod.analyze(proto)
+    except RFGraphError as exc:
+        notes.append(f"no TRF pass ({exc}); metrics use the map centre")
+        a = None
+    return proto, a, notes
+
+
+def _input_facts(proto: onnx.ModelProto, analysis: object | None) -> tuple[str, tuple[int, ...],
+                                                                           tuple[int, ...]]:
+    """Input name, full shape (batch 1) and spatial axes: from the analysis, else NC+spatial."""
+    from .onnx_import import data_inputs
+
+    if analysis is not None:
+        shape = tuple(int(d) for d in analysis.input_shape)  # type: ignore[attr-defined]
+        return analysis.input_name, (1,) + shape[1:], tuple(analysis.spatial_axes)  # type: ignore[attr-defined]
+    name = data_inputs(proto)[0]
+    dims = next(i for i in proto.graph.input if i.name == name).type.tensor_type.shape.dim
+    if any(not d.HasField("dim_value") for d in dims[1:]):
+        raise RFGraphError(f"input '{name}' has dynamic dims; give --input-shape")
+    shape = (1,) + tuple(d.dim_value for d in dims[1:])
+    return name, shape, tuple(range(2, len(shape)))
+
+
+def _output_shape(proto: onnx.ModelProto, output: str, input_name: str,
+                  full_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Static shape of ``output`` at batch 1."""
+    fixed = vjp_mod.prepare(proto, full_shape, input_name)
+    shapes, _ = vjp_mod.tensor_shapes(fixed, input_name)
+    if output not in shapes:
+        outs = ", ".join(o.name for o in proto.graph.output)
+        raise RFGraphError(f"no tensor named '{output}' in the model (graph outputs: {outs})")
+    return shapes[output]
+
+
+def _progress(total: int, enabled: bool) -> Callable[..., None]:
+    """A tqdm bar over input samples (a no-op when disabled)."""
+    if not enabled:
+        return lambda n, close=False: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="input", desc="ERF", leave=False)
+
+    def update(n: int, close: bool = False) -> None:
+        if n:
+            bar.update(n)
+        if close:
+            bar.close()
+
+    return update
+
+
+def erf_per_axis(erf: np.ndarray) -> list[np.ndarray]:
+    """1-D marginals of the map (sum over the other axes), one per spatial axis."""
+    return [erf.sum(axis=tuple(a for a in range(erf.ndim) if a != ax)) if erf.ndim > 1 else erf
+            for ax in range(erf.ndim)]
+
+
+__all__ = ["ERFResult", "Method", "Target", "compute_erf", "make_seed", "erf_per_axis",
+           "GradientEngine", "FDEngine"]
