@@ -1,0 +1,423 @@
+"""The twelve TF-slim networks of Araujo et al.'s table, layer by layer, as tf2onnx would write them.
+
+Each builder follows the TF-slim definition (``nets/alexnet.py``, ``vgg.py``, ``mobilenet_v1.py``,
+``resnet_v1.py`` + ``resnet_utils.py``, ``inception_v2/v3/v4.py``, ``inception_resnet_v2.py``):
+kernel, stride, padding mode and branch structure of every layer, up to the *final end point*
+the ``receptive_field`` library's ``rf_benchmark.py`` analyses (the ``*_base`` functions, or the
+classifier with ``num_classes=None, global_pool=False``).  Intermediate end points are tensors
+named as the slim end points (``Mixed_5b``, ``resnet_v1_50/block2``...); they are listed in the
+model's ``model_zoo.endpoints`` metadata.
+
+Conventions that decide r, S, P and are therefore kept exactly:
+
+* slim ``padding='SAME'`` is TF 'SAME' (``total = max((ceil(n/s)-1)*s + k - n, 0)``, more padding at
+  the end), written as explicit ``pads`` from the static input size, as tf2onnx does.  For a
+  stride-2 layer with an odd kernel the begin pad depends on the input size: 0 when the input
+  is even, ``(k-1)//2`` when odd.  This is why ``size`` matters.
+* ``resnet_utils.conv2d_same`` (ResNet strided 3x3 and the 7x7 root) pads explicitly
+  (total ``k_eff - 1``, begin ``total // 2``) with a ``Pad`` node, then a 'VALID' conv.
+* Batch norm is folded into the conv bias (tf2onnx on a frozen inference graph); activations are
+  ReLU; Inception-ResNet residual scales are a ``Mul`` by a constant.
+* Channel counts are ``max(int(d * width), 1)``: the field does not depend on them, and a small
+  ``width`` keeps graphs small and fast.  ``width=1`` gives the real depths.
+
+Layout is NCHW: tf2onnx writes the same convolutions (with a leading NHWC->NCHW Transpose unless
+``--inputs-as-nchw``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from .builder import GraphBuilder, IntOrTuple, Padding, conv2d_same_pads
+
+
+class Slim:
+    """slim.conv2d / max_pool2d / avg_pool2d look-alikes over a GraphBuilder."""
+
+    def __init__(self, b: GraphBuilder, width: float) -> None:
+        self.b, self.width = b, width
+
+    def depth(self, d: int) -> int:
+        """Channel count after the width multiplier (at least 1)."""
+        return max(int(d * self.width), 1)
+
+    def conv(self, x: str, d: int, k: IntOrTuple, stride: IntOrTuple = 1,
+             padding: Padding = "SAME", rate: int = 1, act: bool = True,
+             name: str | None = None) -> str:
+        """slim.conv2d: Conv (+ folded BN bias) + ReLU unless ``act`` is False."""
+        y = self.b.conv(x, self.depth(d), k, stride, padding, dilation=rate,
+                        name=None if act else name)
+        return self.b.relu(y, name=name) if act else y
+
+    def conv2d_same(self, x: str, d: int, k: int, stride: int, rate: int = 1,
+                    name: str | None = None) -> str:
+        """resnet_utils.conv2d_same: SAME conv if stride 1, else explicit Pad + VALID conv."""
+        if stride == 1:
+            return self.conv(x, d, k, 1, "SAME", rate=rate, name=name)
+        p = conv2d_same_pads(k, rate)
+        x = self.b.pad(x, [p, p])
+        return self.conv(x, d, k, stride, "VALID", rate=rate, name=name)
+
+    def max_pool(self, x: str, k: int, stride: int = 2, padding: Padding = "VALID",
+                 name: str | None = None) -> str:
+        return self.b.max_pool(x, k, stride, padding, name=name)
+
+    def avg_pool(self, x: str, k: int, stride: int = 1, padding: Padding = "SAME",
+                 name: str | None = None) -> str:
+        return self.b.avg_pool(x, k, stride, padding, name=name)
+
+    def separable(self, x: str, d: int, k: int, stride: int, multiplier: int,
+                  name: str | None = None) -> str:
+        """slim.separable_conv2d: depthwise kxk (SAME, stride) then pointwise 1x1 + ReLU."""
+        y = self.b.depthwise_conv(x, k, stride, "SAME", multiplier=multiplier)
+        return self.conv(y, d, 1, name=name)
+
+
+Endpoints = list[str]
+
+
+def _start(name: str, size: int, width: float, same_mode: str, seed: int) -> tuple[GraphBuilder, Slim]:
+    b = GraphBuilder(name, (1, 3, size, size), input_name="input_image", seed=seed,
+                     same_mode=same_mode)
+    return b, Slim(b, width)
+
+
+def _finish(b: GraphBuilder, endpoints: Endpoints, size: int) -> GraphBuilder:
+    b.output(endpoints[-1])
+    b.metadata["model_zoo.endpoints"] = ",".join(endpoints)
+    b.metadata["model_zoo.input_size"] = str(size)
+    return b
+
+
+# ------------------------------------------------------------------------------------ AlexNet, VGG
+def alexnet_v2(size: int = 224, width: float = 0.125, same_mode: str = "explicit",
+               seed: int = 0) -> GraphBuilder:
+    """alexnet_v2 to pool5: conv1 11x11/4 VALID, 3x3/2 VALID pools, SAME convs."""
+    b, s = _start("alexnet_v2", size, width, same_mode, seed)
+    ep = lambda n: f"alexnet_v2/{n}"
+    x = s.conv(b.input, 64, 11, 4, "VALID", name=ep("conv1"))
+    x = s.max_pool(x, 3, 2, name=ep("pool1"))
+    x = s.conv(x, 192, 5, name=ep("conv2"))
+    x = s.max_pool(x, 3, 2, name=ep("pool2"))
+    x = s.conv(x, 384, 3, name=ep("conv3"))
+    x = s.conv(x, 384, 3, name=ep("conv4"))
+    x = s.conv(x, 256, 3, name=ep("conv5"))
+    s.max_pool(x, 3, 2, name=ep("pool5"))
+    names = ["conv1", "pool1", "conv2", "conv3", "conv4", "conv5", "pool5"]
+    return _finish(b, [ep(n) for n in names], size)
+
+
+def vgg_16(size: int = 224, width: float = 0.125, same_mode: str = "explicit",
+           seed: int = 0) -> GraphBuilder:
+    """vgg_16 (configuration D) to pool5: 3x3 SAME convs, 2x2/2 VALID max pools."""
+    b, s = _start("vgg_16", size, width, same_mode, seed)
+    x, eps = b.input, []
+    for i, (n, d) in enumerate([(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)], start=1):
+        for j in range(1, n + 1):
+            x = s.conv(x, d, 3, name=f"vgg_16/conv{i}/conv{i}_{j}")
+            if j < n:  # the table lists every conv but the last of each group
+                eps.append(x)
+        x = s.max_pool(x, 2, 2, name=f"vgg_16/pool{i}")
+        eps.append(x)
+    return _finish(b, eps, size)
+
+
+# ------------------------------------------------------------------------------------ MobileNet v1
+MOBILENET_V1_DEFS: list[tuple[str, int, int]] = (
+    [("conv", 2, 32), ("sep", 1, 64), ("sep", 2, 128), ("sep", 1, 128), ("sep", 2, 256),
+     ("sep", 1, 256), ("sep", 2, 512)] + [("sep", 1, 512)] * 5 + [("sep", 2, 1024), ("sep", 1, 1024)])
+
+
+def mobilenet_v1(size: int = 224, width: float = 0.125, depth_multiplier: float = 1.0,
+                 same_mode: str = "explicit", seed: int = 0) -> GraphBuilder:
+    """mobilenet_v1_base: 3x3/2 conv, then 13 depthwise-3x3 (SAME) + pointwise-1x1 pairs."""
+    name = "mobilenet_v1" if depth_multiplier == 1.0 else f"mobilenet_v1_{int(depth_multiplier * 100):03d}"
+    b, s = _start(name, size, width * depth_multiplier, same_mode, seed)
+    x, eps = b.input, []
+    for i, (kind, stride, d) in enumerate(MOBILENET_V1_DEFS):
+        if kind == "conv":
+            x = s.conv(x, d, 3, stride, name=f"Conv2d_{i}")
+        else:
+            x = b.relu(b.depthwise_conv(x, 3, stride, "SAME"), name=f"Conv2d_{i}_depthwise")
+            x = s.conv(x, d, 1, name=f"Conv2d_{i}_pointwise")
+        eps.append(x)
+    return _finish(b, eps, size)
+
+
+# ------------------------------------------------------------------------------------ ResNet v1
+RESNET_V1_UNITS: dict[int, tuple[int, int, int, int]] = {
+    50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
+
+
+def _bottleneck_v1(b: GraphBuilder, s: Slim, x: str, depth: int, bottleneck: int, stride: int,
+                   name: str | None) -> str:
+    """resnet_v1.bottleneck: shortcut (subsample or 1x1/stride conv) + 1x1, 3x3 conv2d_same, 1x1."""
+    if s.depth(depth) == b.channels(x):
+        shortcut = x if stride == 1 else s.max_pool(x, 1, stride, "SAME")  # resnet_utils.subsample
+    else:
+        shortcut = s.conv(x, depth, 1, stride, act=False)
+    r = s.conv(x, bottleneck, 1)
+    r = s.conv2d_same(r, bottleneck, 3, stride)
+    r = s.conv(r, depth, 1, act=False)
+    return b.relu(b.add(shortcut, r), name=name)
+
+
+def resnet_v1(depth: int = 50, size: int = 224, width: float = 0.125, same_mode: str = "explicit",
+              seed: int = 0) -> GraphBuilder:
+    """resnet_v1_N (num_classes=None, global_pool=False) to block4.
+
+    Root: conv2d_same 7x7/2, max_pool 3x3/2 'SAME'.  Blocks 1-3 stride 2 *in their last unit*
+    (slim's convention, see resnet_utils), block4 stride 1.
+    """
+    name = f"resnet_v1_{depth}"
+    b, s = _start(name, size, width, same_mode, seed)
+    x = s.conv2d_same(b.input, 64, 7, 2)
+    x = s.max_pool(x, 3, 2, "SAME")
+    eps = []
+    for i, (units, base, stride) in enumerate(zip(RESNET_V1_UNITS[depth], (64, 128, 256, 512),
+                                                   (2, 2, 2, 1)), start=1):
+        for u in range(units):
+            last = u == units - 1
+            with b.scope(f"{name}/block{i}/unit_{u + 1}"):
+                x = _bottleneck_v1(b, s, x, 4 * base, base, stride if last else 1, None)
+        x = b.identity(x, name=f"{name}/block{i}")
+        eps.append(x)
+    return _finish(b, eps, size)
+
+
+# ------------------------------------------------------------------------------------ Inception
+Branch = Callable[[str], str]
+
+
+def _mixed(b: GraphBuilder, x: str, name: str, branches: Sequence[Branch]) -> str:
+    """An inception module: each branch in scope ``name/Branch_i``, concatenated as ``name``."""
+    outs = []
+    for i, fn in enumerate(branches):
+        with b.scope(f"{name}/Branch_{i}"):
+            outs.append(fn(x))
+    return b.concat(outs, name=name)
+
+
+def inception_v2(size: int = 224, width: float = 0.125, same_mode: str = "explicit",
+                 seed: int = 0) -> GraphBuilder:
+    """inception_v2_base to Mixed_5c (separable 7x7/2 root, all layers 'SAME')."""
+    b, s = _start("inception_v2", size, width, same_mode, seed)
+    eps = []
+    mult = min(int(s.depth(64) / 3), 8) or 1
+    x = s.separable(b.input, 64, 7, 2, mult, name="Conv2d_1a_7x7"); eps.append(x)
+    x = s.max_pool(x, 3, 2, "SAME", name="MaxPool_2a_3x3"); eps.append(x)
+    x = s.conv(x, 64, 1, name="Conv2d_2b_1x1"); eps.append(x)
+    x = s.conv(x, 192, 3, name="Conv2d_2c_3x3"); eps.append(x)
+    x = s.max_pool(x, 3, 2, "SAME", name="MaxPool_3a_3x3"); eps.append(x)
+
+    def module(x: str, name: str, d0: int, d1: tuple[int, int], d2: tuple[int, int, int],
+               pool: str, d3: int) -> str:
+        pool_fn = s.avg_pool if pool == "avg" else (lambda t, k: s.max_pool(t, k, 1, "SAME"))
+        return _mixed(b, x, name, [
+            lambda t: s.conv(t, d0, 1),
+            lambda t: s.conv(s.conv(t, d1[0], 1), d1[1], 3),
+            lambda t: s.conv(s.conv(s.conv(t, d2[0], 1), d2[1], 3), d2[2], 3),
+            lambda t: s.conv(pool_fn(t, 3), d3, 1)])
+
+    def reduction(x: str, name: str, d0: tuple[int, int], d1: tuple[int, int, int]) -> str:
+        return _mixed(b, x, name, [
+            lambda t: s.conv(s.conv(t, d0[0], 1), d0[1], 3, 2),
+            lambda t: s.conv(s.conv(s.conv(t, d1[0], 1), d1[1], 3), d1[2], 3, 2),
+            lambda t: s.max_pool(t, 3, 2, "SAME")])
+
+    x = module(x, "Mixed_3b", 64, (64, 64), (64, 96, 96), "avg", 32); eps.append(x)
+    x = module(x, "Mixed_3c", 64, (64, 96), (64, 96, 96), "avg", 64); eps.append(x)
+    x = reduction(x, "Mixed_4a", (128, 160), (64, 96, 96)); eps.append(x)
+    x = module(x, "Mixed_4b", 224, (64, 96), (96, 128, 128), "avg", 128); eps.append(x)
+    x = module(x, "Mixed_4c", 192, (96, 128), (96, 128, 128), "avg", 128); eps.append(x)
+    x = module(x, "Mixed_4d", 160, (128, 160), (128, 160, 160), "avg", 96); eps.append(x)
+    x = module(x, "Mixed_4e", 96, (128, 192), (160, 192, 192), "avg", 96); eps.append(x)
+    x = reduction(x, "Mixed_5a", (128, 192), (192, 256, 256)); eps.append(x)
+    x = module(x, "Mixed_5b", 352, (192, 320), (160, 224, 224), "avg", 128); eps.append(x)
+    x = module(x, "Mixed_5c", 352, (192, 320), (192, 224, 224), "max", 128); eps.append(x)
+    return _finish(b, eps, size)
+
+
+def _inception_v3_stem(b: GraphBuilder, s: Slim, eps: Endpoints) -> str:
+    """Stem shared by inception_v3 and inception_resnet_v2 (align_feature_maps=False)."""
+    x = s.conv(b.input, 32, 3, 2, "VALID", name="Conv2d_1a_3x3"); eps.append(x)
+    x = s.conv(x, 32, 3, 1, "VALID", name="Conv2d_2a_3x3"); eps.append(x)
+    x = s.conv(x, 64, 3, name="Conv2d_2b_3x3"); eps.append(x)
+    x = s.max_pool(x, 3, 2, "VALID", name="MaxPool_3a_3x3"); eps.append(x)
+    x = s.conv(x, 80, 1, 1, "VALID", name="Conv2d_3b_1x1"); eps.append(x)
+    x = s.conv(x, 192, 3, 1, "VALID", name="Conv2d_4a_3x3"); eps.append(x)
+    x = s.max_pool(x, 3, 2, "VALID", name="MaxPool_5a_3x3"); eps.append(x)
+    return x
+
+
+def _chain(s: Slim, t: str, layers: Sequence[tuple]) -> str:
+    """Apply conv layers given as (depth, kernel[, stride, padding]) tuples in sequence."""
+    for layer in layers:
+        t = s.conv(t, *layer)
+    return t
+
+
+def inception_v3(size: int = 299, width: float = 0.125, same_mode: str = "explicit",
+                 seed: int = 0) -> GraphBuilder:
+    """inception_v3_base to Mixed_7c: VALID stem and VALID stride-2 reductions, SAME elsewhere."""
+    b, s = _start("inception_v3", size, width, same_mode, seed)
+    eps: Endpoints = []
+    x = _inception_v3_stem(b, s, eps)
+    avg = lambda t: s.avg_pool(t, 3)
+    for name, d3 in (("Mixed_5b", 32), ("Mixed_5c", 64), ("Mixed_5d", 64)):
+        x = _mixed(b, x, name, [
+            lambda t: s.conv(t, 64, 1),
+            lambda t: _chain(s, t, [(48, 1), (64, 5)]),
+            lambda t: _chain(s, t, [(64, 1), (96, 3), (96, 3)]),
+            lambda t, d3=d3: s.conv(avg(t), d3, 1)]); eps.append(x)
+    x = _mixed(b, x, "Mixed_6a", [
+        lambda t: s.conv(t, 384, 3, 2, "VALID"),
+        lambda t: _chain(s, t, [(64, 1), (96, 3), (96, 3, 2, "VALID")]),
+        lambda t: s.max_pool(t, 3, 2, "VALID")]); eps.append(x)
+    for name, d in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160), ("Mixed_6e", 192)):
+        x = _mixed(b, x, name, [
+            lambda t: s.conv(t, 192, 1),
+            lambda t, d=d: _chain(s, t, [(d, 1), (d, (1, 7)), (192, (7, 1))]),
+            lambda t, d=d: _chain(s, t, [(d, 1), (d, (7, 1)), (d, (1, 7)), (d, (7, 1)),
+                                         (192, (1, 7))]),
+            lambda t: s.conv(avg(t), 192, 1)]); eps.append(x)
+    x = _mixed(b, x, "Mixed_7a", [
+        lambda t: _chain(s, t, [(192, 1), (320, 3, 2, "VALID")]),
+        lambda t: _chain(s, t, [(192, 1), (192, (1, 7)), (192, (7, 1)), (192, 3, 2, "VALID")]),
+        lambda t: s.max_pool(t, 3, 2, "VALID")]); eps.append(x)
+    for name in ("Mixed_7b", "Mixed_7c"):
+        x = _mixed(b, x, name, [
+            lambda t: s.conv(t, 320, 1),
+            lambda t: _split_1x3_3x1(b, s, s.conv(t, 384, 1), 384),
+            lambda t: _split_1x3_3x1(b, s, _chain(s, t, [(448, 1), (384, 3)]), 384),
+            lambda t: s.conv(avg(t), 192, 1)]); eps.append(x)
+    return _finish(b, eps, size)
+
+
+def _split_1x3_3x1(b: GraphBuilder, s: Slim, t: str, d: int) -> str:
+    """Concat of a 1x3 and a 3x1 conv of the same input (Inception v3/v4 'C' modules)."""
+    return b.concat([s.conv(t, d, (1, 3)), s.conv(t, d, (3, 1))])
+
+
+def inception_v4(size: int = 299, width: float = 0.125, same_mode: str = "explicit",
+                 seed: int = 0) -> GraphBuilder:
+    """inception_v4_base to Mixed_7d (4 A, 7 B, 3 C blocks; VALID stem and reductions)."""
+    b, s = _start("inception_v4", size, width, same_mode, seed)
+    eps: Endpoints = []
+    x = s.conv(b.input, 32, 3, 2, "VALID", name="Conv2d_1a_3x3"); eps.append(x)
+    x = s.conv(x, 32, 3, 1, "VALID", name="Conv2d_2a_3x3"); eps.append(x)
+    x = s.conv(x, 64, 3, name="Conv2d_2b_3x3"); eps.append(x)
+    x = _mixed(b, x, "Mixed_3a", [lambda t: s.max_pool(t, 3, 2, "VALID"),
+                                  lambda t: s.conv(t, 96, 3, 2, "VALID")]); eps.append(x)
+    x = _mixed(b, x, "Mixed_4a", [
+        lambda t: _chain(s, t, [(64, 1), (96, 3, 1, "VALID")]),
+        lambda t: _chain(s, t, [(64, 1), (64, (1, 7)), (64, (7, 1)), (96, 3, 1, "VALID")])])
+    eps.append(x)
+    x = _mixed(b, x, "Mixed_5a", [lambda t: s.conv(t, 192, 3, 2, "VALID"),
+                                  lambda t: s.max_pool(t, 3, 2, "VALID")]); eps.append(x)
+    avg = lambda t: s.avg_pool(t, 3)
+    for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_5e"):
+        x = _mixed(b, x, name, [
+            lambda t: s.conv(t, 96, 1),
+            lambda t: _chain(s, t, [(64, 1), (96, 3)]),
+            lambda t: _chain(s, t, [(64, 1), (96, 3), (96, 3)]),
+            lambda t: s.conv(avg(t), 96, 1)]); eps.append(x)
+    x = _mixed(b, x, "Mixed_6a", [
+        lambda t: s.conv(t, 384, 3, 2, "VALID"),
+        lambda t: _chain(s, t, [(192, 1), (224, 3), (256, 3, 2, "VALID")]),
+        lambda t: s.max_pool(t, 3, 2, "VALID")]); eps.append(x)
+    for name in ("Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_6f", "Mixed_6g",
+                 "Mixed_6h"):
+        x = _mixed(b, x, name, [
+            lambda t: s.conv(t, 384, 1),
+            lambda t: _chain(s, t, [(192, 1), (224, (1, 7)), (256, (7, 1))]),
+            lambda t: _chain(s, t, [(192, 1), (192, (7, 1)), (224, (1, 7)), (224, (7, 1)),
+                                    (256, (1, 7))]),
+            lambda t: s.conv(avg(t), 128, 1)]); eps.append(x)
+    x = _mixed(b, x, "Mixed_7a", [
+        lambda t: _chain(s, t, [(192, 1), (192, 3, 2, "VALID")]),
+        lambda t: _chain(s, t, [(256, 1), (256, (1, 7)), (320, (7, 1)), (320, 3, 2, "VALID")]),
+        lambda t: s.max_pool(t, 3, 2, "VALID")]); eps.append(x)
+    for name in ("Mixed_7b", "Mixed_7c", "Mixed_7d"):
+        x = _mixed(b, x, name, [
+            lambda t: s.conv(t, 256, 1),
+            lambda t: _split_1x3_3x1_d(b, s, s.conv(t, 384, 1), 256),
+            lambda t: _split_1x3_3x1_d(b, s, _chain(s, t, [(384, 1), (448, (3, 1)),
+                                                          (512, (1, 3))]), 256),
+            lambda t: s.conv(avg(t), 256, 1)]); eps.append(x)
+    return _finish(b, eps, size)
+
+
+def _split_1x3_3x1_d(b: GraphBuilder, s: Slim, t: str, d: int) -> str:
+    return _split_1x3_3x1(b, s, t, d)
+
+
+def _residual(b: GraphBuilder, s: Slim, x: str, name: str, branches: Sequence[Branch],
+              scale: float, act: bool = True) -> str:
+    """Inception-ResNet block: concat branches, 1x1 'up' conv (no act), x + scale*up, ReLU."""
+    with b.scope(name):
+        mixed = b.concat([_in_scope(b, f"Branch_{i}", fn, x) for i, fn in enumerate(branches)])
+        up = b.conv(mixed, b.channels(x), 1, padding="SAME")
+        y = b.add(x, b.scale(up, scale))
+        return b.relu(y) if act else y
+
+
+def _in_scope(b: GraphBuilder, scope: str, fn: Branch, x: str) -> str:
+    with b.scope(scope):
+        return fn(x)
+
+
+def inception_resnet_v2(size: int = 299, width: float = 0.125, same_mode: str = "explicit",
+                        seed: int = 0) -> GraphBuilder:
+    """inception_resnet_v2_base (align_feature_maps=False, output_stride=16) to Conv2d_7b_1x1."""
+    b, s = _start("inception_resnet_v2", size, width, same_mode, seed)
+    eps: Endpoints = []
+    x = _inception_v3_stem(b, s, eps)
+    x = _mixed(b, x, "Mixed_5b", [
+        lambda t: s.conv(t, 96, 1),
+        lambda t: _chain(s, t, [(48, 1), (64, 5)]),
+        lambda t: _chain(s, t, [(64, 1), (96, 3), (96, 3)]),
+        lambda t: s.conv(s.avg_pool(t, 3), 64, 1)]); eps.append(x)
+    for i in range(10):
+        x = _residual(b, s, x, f"Repeat/block35_{i + 1}", [
+            lambda t: s.conv(t, 32, 1),
+            lambda t: _chain(s, t, [(32, 1), (32, 3)]),
+            lambda t: _chain(s, t, [(32, 1), (48, 3), (64, 3)])], 0.17)
+    x = _mixed(b, x, "Mixed_6a", [
+        lambda t: s.conv(t, 384, 3, 2, "VALID"),
+        lambda t: _chain(s, t, [(256, 1), (256, 3), (384, 3, 2, "VALID")]),
+        lambda t: s.max_pool(t, 3, 2, "VALID")]); eps.append(x)
+    for i in range(20):
+        x = _residual(b, s, x, f"Repeat_1/block17_{i + 1}", [
+            lambda t: s.conv(t, 192, 1),
+            lambda t: _chain(s, t, [(128, 1), (160, (1, 7)), (192, (7, 1))])], 0.10)
+    x = b.identity(x, name="PreAuxLogits"); eps.append(x)
+    x = _mixed(b, x, "Mixed_7a", [
+        lambda t: _chain(s, t, [(256, 1), (384, 3, 2, "VALID")]),
+        lambda t: _chain(s, t, [(256, 1), (288, 3, 2, "VALID")]),
+        lambda t: _chain(s, t, [(256, 1), (288, 3), (320, 3, 2, "VALID")]),
+        lambda t: s.max_pool(t, 3, 2, "VALID")]); eps.append(x)
+    for i in range(10):
+        x = _residual(b, s, x, f"Repeat_2/block8_{i + 1}" if i < 9 else "Block8", [
+            lambda t: s.conv(t, 192, 1),
+            lambda t: _chain(s, t, [(192, 1), (224, (1, 3)), (256, (3, 1))])], 0.20, act=i < 9)
+    x = s.conv(x, 1536, 1, name="Conv2d_7b_1x1"); eps.append(x)
+    return _finish(b, eps, size)
+
+
+SLIM_BUILDERS: dict[str, Callable[..., GraphBuilder]] = {
+    "alexnet_v2": alexnet_v2,
+    "vgg_16": vgg_16,
+    "mobilenet_v1": mobilenet_v1,
+    "mobilenet_v1_075": lambda **kw: mobilenet_v1(depth_multiplier=0.75, **kw),
+    "resnet_v1_50": lambda **kw: resnet_v1(50, **kw),
+    "resnet_v1_101": lambda **kw: resnet_v1(101, **kw),
+    "resnet_v1_152": lambda **kw: resnet_v1(152, **kw),
+    "resnet_v1_200": lambda **kw: resnet_v1(200, **kw),
+    "inception_v2": inception_v2,
+    "inception_v3": inception_v3,
+    "inception_v4": inception_v4,
+    "inception_resnet_v2": inception_resnet_v2,
+}
+"""The twelve networks of Araujo et al.'s table, in the table's order of rows by family."""
