@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import onnx
 
-from . import luo, slim, vit
+from . import luo, slim, torchstyle, vit
 from .builder import GraphBuilder
 
 __all__ = ["GraphBuilder", "ZooEntry", "available", "build", "builder", "endpoints", "entry",
@@ -59,6 +59,9 @@ def _registry() -> dict[str, ZooEntry]:
                                  "HighResNet (Li et al. 2017), 2-D, 9 dilated residual blocks")
     reg["vit_small"] = ZooEntry("vit_small", vit.vit, "transformer", "small ViT, mean-pooled")
     reg["cnn_small"] = ZooEntry("cnn_small", vit.cnn, "transformer", "CNN twin of vit_small")
+    for nm, fn in (("torch_resnet50", torchstyle.resnet50), ("torch_vgg16", torchstyle.vgg16),
+                   ("torch_mobilenet_v2", torchstyle.mobilenet_v2), ("torch_unet", torchstyle.unet)):
+        reg[nm] = ZooEntry(nm, fn, "torchvision", f"torchvision-style {nm[6:]} (symmetric pads)")
     return reg
 
 

@@ -1,0 +1,202 @@
+"""``rfgraph table``: r, S, P of the model_zoo networks, next to published numbers when known.
+
+The networks are built from their definitions (model_zoo) and analysed like any ONNX model; the
+published numbers are *read at run time* from a reference CSV (``--reference``, or
+``../shared/reference/modern_networks_rf.csv`` next to the checkout or the working directory),
+never stored in the package.  Without a reference the table still prints, with no verdicts.
+
+Reference CSV: ``#`` lines are comments; columns ``model, r, S, P`` and optionally ``end_point``
+(rows without it are the model's final end point) and ``resolution`` (rows with it apply only
+to models built at that input size).  Values ``None``/empty mean "not published".
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from tabulate import tabulate
+
+from ..analysis import analyze
+from ..errors import RFGraphError
+from ..report import FORMATS, number, per_axis
+
+REFERENCE_NAME = Path("shared") / "reference" / "modern_networks_rf.csv"
+
+EXAMPLES = """examples:
+  rfgraph table                                   the twelve TF-slim networks, final end points
+  rfgraph table --endpoints --format markdown     every end point (resnet blocks, mixed layers)
+  rfgraph table --models resnet_v1_50 resnet_v1_50:size=321 torch_resnet50
+  rfgraph table --reference my_numbers.csv --fail-on-differ
+
+exit codes: 0 table printed; 1 --fail-on-differ and some row differs from the reference;
+2 unknown model, unreadable reference or bad arguments."""
+
+Triple = tuple[int, int, int]
+RefKey = tuple[str, str | None, int | None]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One end point of one model: our r, S, P per axis and the published triple, if any."""
+
+    model: str
+    end_point: str
+    input_size: list[int]
+    r: list[Any]
+    S: list[Any]
+    P: list[Any]
+    published: Triple | None
+    verdict: str  # "match", "differ (r, P)" or "-" (no published number)
+    note: str
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("table", help="receptive fields of the model_zoo networks vs published numbers",
+                       description="Build model_zoo networks, compute r, S, P of their end points and "
+                                   "compare with published numbers read from a reference CSV.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", metavar="NAME", default=None,
+                   help="zoo names, optionally NAME:key=value,... (default: the twelve TF-slim nets)")
+    p.add_argument("--endpoints", action="store_true",
+                   help="one row per intermediate end point (resnet blocks, inception mixed layers)")
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    p.add_argument("--reference", metavar="CSV", type=Path,
+                   help=f"published numbers (default: ../{REFERENCE_NAME} if it exists)")
+    p.add_argument("--no-reference", action="store_true", help="do not compare with any reference")
+    p.add_argument("--fail-on-differ", action="store_true", help="exit 1 when a row differs")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import model_zoo
+
+    ref_path = None if args.no_reference else (args.reference or default_reference())
+    if args.reference is not None and not args.no_reference and not args.reference.is_file():
+        raise RFGraphError(f"--reference {args.reference}: file not found")
+    reference = load_reference(ref_path) if ref_path else {}
+    names = args.models or list(model_zoo.SLIM_MODELS)
+    rows = [row for name in names for row in model_rows(name, reference, args.endpoints)]
+    print(render(rows, args.format, ref_path))
+    return 1 if args.fail_on_differ and any(r.verdict.startswith("differ") for r in rows) else 0
+
+
+def default_reference() -> Path | None:
+    """``../shared/reference/...`` next to the checkout, else next to the working directory."""
+    checkout = Path(__file__).resolve().parents[2]
+    for root in (checkout.parent, Path.cwd().parent):
+        if (root / REFERENCE_NAME).is_file():
+            return root / REFERENCE_NAME
+    return None
+
+
+def _int_or_none(text: str | None) -> int | None:
+    text = (text or "").strip()
+    return int(text) if text and text.lower() != "none" else None
+
+
+def load_reference(path: Path) -> dict[RefKey, Triple]:
+    """Published (r, S, P) keyed by (model, end point or None, resolution or None)."""
+    try:
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    except OSError as exc:
+        raise RFGraphError(f"reference {path}: cannot read ({exc.strerror})") from None
+    ref: dict[RefKey, Triple] = {}
+    for rec in csv.DictReader(lines):
+        rec = {(k or "").strip(): (v or "").strip() for k, v in rec.items()}
+        if not {"model", "r", "S", "P"} <= rec.keys():
+            raise RFGraphError(f"reference {path}: needs columns model, r, S, P")
+        vals = tuple(_int_or_none(rec[k]) for k in ("r", "S", "P"))
+        if None in vals:
+            continue
+        key = (rec["model"], rec.get("end_point") or None, _int_or_none(rec.get("resolution")))
+        ref[key] = vals  # type: ignore[assignment]
+    return ref
+
+
+def lookup(reference: dict[RefKey, Triple], model: str, end_point: str, final: bool,
+           size: int | None) -> Triple | None:
+    """The published triple of an end point (final end points also match model-only rows)."""
+    eps = [end_point] + ([None] if final else [])
+    for ep in eps:
+        for res in (size, None):
+            if (model, ep, res) in reference:
+                return reference[(model, ep, res)]
+    return None
+
+
+def verdict(r: Sequence[Any], S: Sequence[Any], P: Sequence[Any], pub: Triple | None) -> str:
+    """"match" when every axis equals the published triple, else which quantities differ."""
+    if pub is None:
+        return "-"
+    wrong = [nm for nm, ours, p in zip("rSP", (r, S, P), pub) if any(v != p for v in ours)]
+    return "match" if not wrong else f"differ ({', '.join(wrong)})"
+
+
+def model_rows(name: str, reference: dict[RefKey, Triple], all_endpoints: bool) -> list[Row]:
+    """Build one zoo model, analyse it, and make a row per requested end point."""
+    import model_zoo
+
+    if not model_zoo.is_available(name):
+        raise RFGraphError(f"unknown zoo model '{name}'; available: {', '.join(model_zoo.available())}")
+    try:
+        model = model_zoo.build(name)
+    except ValueError as exc:
+        raise RFGraphError(str(exc)) from None
+    analysis = analyze(model)
+    base = name.split(":", 1)[0]
+    eps = model_zoo.endpoints(model)
+    chosen = eps if all_endpoints else eps[-1:]
+    spatial = [analysis.input_shape[a] for a in analysis.spatial_axes]
+    size = spatial[0] if len(set(spatial)) == 1 else None
+    rows = []
+    for ep_name in chosen:
+        ep = analysis[ep_name]
+        r, S, P = ([number(v) for v in vals] for vals in (ep.r, ep.S, ep.P))
+        pub = lookup(reference, base, ep_name, ep_name == eps[-1], size)
+        rows.append(Row(name, ep_name, spatial, r, S, P, pub, verdict(r, S, P, pub), _note(ep)))
+    return rows
+
+
+def _note(ep: Any) -> str:
+    notes = []
+    if not ep.aligned:
+        notes.append(f"misaligned at {ep.misaligned_at}")
+    if ep.size_dependent:
+        notes.append(f"padding depends on input size ({ep.size_dependent})")
+    if not ep.shift_invariant:
+        notes.append("mixed strides")
+    return "; ".join(notes)
+
+
+HEADERS = ["model", "end point", "input", "r", "S", "P", "published r", "published S",
+           "published P", "verdict", "note"]
+
+
+def _cells(row: Row) -> list[Any]:
+    pub = row.published or ("-", "-", "-")
+    return [row.model, row.end_point, "x".join(map(str, row.input_size)), per_axis(row.r),
+            per_axis(row.S), per_axis(row.P), *pub, row.verdict, row.note]
+
+
+def render(rows: Iterable[Row], fmt: str, reference: Path | None) -> str:
+    """The rows as a plain table, Markdown, CSV or JSON."""
+    rows = list(rows)
+    if fmt == "json":
+        return json.dumps({"reference": str(reference) if reference else None,
+                           "rows": [asdict(r) for r in rows]}, indent=2)
+    if fmt == "csv":
+        import io
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(HEADERS)
+        writer.writerows(_cells(r) for r in rows)
+        return buf.getvalue()
+    table = tabulate([_cells(r) for r in rows], headers=HEADERS,
+                     tablefmt="github" if fmt == "markdown" else "simple")
+    src = f"published numbers from {reference}" if reference else "no reference CSV: no verdicts"
+    return f"{table}\n\n{src}"
