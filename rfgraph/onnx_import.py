@@ -212,7 +212,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
-def _dims(type_proto: onnx.TypeProto) -> Shape | None:
+def _dims(type_proto: onnx.TypeProto, name: str = "?") -> Shape | None:
     """Shape of a tensor type (None for unknown dims), or None when there is no shape."""
     if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
         return None
@@ -220,7 +220,9 @@ def _dims(type_proto: onnx.TypeProto) -> Shape | None:
     for d in type_proto.tensor_type.shape.dim:
         v = d.dim_value if d.HasField("dim_value") else None
         if v is not None and (v < 0 or v > MAX_DIM):
-            raise GraphStructureError(f"absurd dimension {v} in the model; refused")
+            raise GraphStructureError(
+                f"tensor '{name}' has dimension {v} (negative or absurd): a kernel larger than its "
+                f"input, or a corrupt shape; refused")
         dims.append(v)
     return tuple(dims)
 
@@ -230,7 +232,7 @@ def collect_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
     shapes: dict[str, Shape] = {}
     g = model.graph
     for vi in list(g.input) + list(g.value_info) + list(g.output):
-        s = _dims(vi.type)
+        s = _dims(vi.type, vi.name)
         if s is not None and (vi.name not in shapes or None in shapes[vi.name]):
             shapes[vi.name] = s
     for t in g.initializer:
