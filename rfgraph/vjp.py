@@ -53,6 +53,7 @@ class Builder:
     consts: dict[str, np.ndarray]
     active: set[str]
     dtype: int  # element type of the input and of every gradient
+    evaluate: Callable[[str], dict[str, np.ndarray]] | None = None
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     inits: list[onnx.TensorProto] = field(default_factory=list)
     _count: int = 0
@@ -91,8 +92,13 @@ class Builder:
         return self.shapes[name]
 
     def value(self, name: str) -> np.ndarray | None:
-        """The constant value of a tensor (initializer or Constant node), or None."""
-        return self.consts.get(name) if name else None
+        """The value of a tensor that does not depend on the input's values (initializer,
+        Constant node, or computed from constants and shapes, e.g. torch's Pad amounts), or None."""
+        if not name or name in self.active:
+            return None
+        if name not in self.consts and self.evaluate is not None:
+            self.consts.update(self.evaluate(name))
+        return self.consts.get(name)
 
     def is_active(self, name: str) -> bool:
         """True when the tensor depends differentiably on the graph input."""
@@ -271,10 +277,8 @@ def _hard_swish(b: Builder, n: NodeView, gys: list) -> Grads:
     """HardSwish x*relu6(x+3)/6: 0 below -3, 1 above 3, (2x+3)/6 between (torch's convention)."""
     x, g = n.inputs[0], gys[0]
     mid = b.binary("Add", b.binary("Mul", x, b.scalar(1 / 3)), b.scalar(0.5))
-    d = b.where(b.op("Greater", x, b.scalar(3.0)), b.op("Expand", b.scalar(1.0), b.ints(b.shape(x))),
-                mid)
-    _set_shape(b, d, x)
-    d = b.where(b.op("Less", x, b.scalar(-3.0)), d)
+    d = _set_shape(b, b.op("Where", b.op("Greater", x, b.scalar(3.0)), b.scalar(1.0), mid), x)
+    d = b.where(b.op("GreaterOrEqual", x, b.scalar(-3.0)), d)
     return [b.binary("Mul", g, d)]
 
 
@@ -781,8 +785,10 @@ def _layer_norm(b: Builder, n: NodeView, gys: list) -> Grads:
     b.shapes[mean] = b.shapes[inv] = stat_shape
     xhat = b.binary("Mul", b.binary("Sub", x, mean, xs), inv, xs)
     gh = b.binary("Mul", gys[0], n.inputs[1], xs)
-    m1 = b.op("ReduceMean", gh, b.ints(axes), keepdims=1)
-    m2 = b.op("ReduceMean", b.binary("Mul", gh, xhat, xs), b.ints(axes), keepdims=1)
+    count = b.scalar(1.0 / math.prod(xs[ax:]))
+    m1 = b.op("Mul", b.op("ReduceSum", gh, b.ints(axes), keepdims=1), count)
+    m2 = b.op("Mul", b.op("ReduceSum", b.binary("Mul", gh, xhat, xs), b.ints(axes), keepdims=1),
+              count)
     b.shapes[m1] = b.shapes[m2] = stat_shape
     inner = b.binary("Sub", b.binary("Sub", gh, m1, xs), b.binary("Mul", xhat, m2, xs), xs)
     return [b.binary("Mul", inner, inv, xs)] + [None] * (len(n.inputs) - 1)
@@ -995,6 +1001,33 @@ def _measure_shapes(model: onnx.ModelProto, input_name: str, names: list[str],
     return {n: tuple(v.shape) for n, v in zip(names, values)}
 
 
+def _input_independent(model: onnx.ModelProto, name: str, active: set[str],
+                       dtypes: dict[str, int]) -> dict[str, np.ndarray]:
+    """Evaluate ``name`` and every integer tensor not depending on the input's values (shape
+    arithmetic) in one onnxruntime run on a zero input; {} if it cannot be evaluated."""
+    import onnxruntime as ort
+
+    produced = [o for n in model.graph.node for o in n.output if o]
+    wanted = [o for o in produced if o not in active and (
+        o == name or dtypes.get(o) in (TensorProto.INT64, TensorProto.INT32))]
+    if name not in wanted:
+        return {}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    for o in wanted:
+        probe.graph.output.append(helper.make_tensor_value_info(o, dtypes.get(o) or
+                                                                TensorProto.FLOAT, None))
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape],
+                                  helper.tensor_dtype_to_np_dtype(dtypes.get(i.name, 1)))
+                 for i in sess.get_inputs()}
+        return dict(zip(wanted, sess.run(wanted, feeds)))
+    except Exception:  # noqa: BLE001 - ORT errors: the rule reports the missing constant
+        return {}
+
+
 def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Values of initializers and Constant-node outputs."""
     out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -1086,7 +1119,7 @@ def build_vjp(model: onnx.ModelProto, output: str | None = None,
     forward = [_copy(n) for n in ancestors(model, y_name)]
     dtype = dtypes.get(x_name, TensorProto.FLOAT)
     b = Builder(shapes=dict(shapes), dtypes=dtypes, consts=constants(model), active=active,
-                dtype=dtype)
+                dtype=dtype, evaluate=lambda name: _input_independent(model, name, active, dtypes))
     grad_x = _backward(b, forward, x_name, y_name)
     return _assemble(model, forward, b, x_name, y_name, grad_x, emit_output)
 

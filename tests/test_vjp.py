@@ -1,0 +1,362 @@
+"""VJP graph builder against independent oracles.
+
+Covers: torch autograd on torch-exported CNNs (conv groups/dilation/strides/pads, ConvTranspose,
+MaxPool incl. ceil mode, AveragePool both pad conventions, global pooling, Pad, Slice, Resize
+nearest/linear, Concat, Split, broadcasting arithmetic, every listed activation, Gemm, Flatten) and
+a ViT-like model (LayerNorm, attention MatMul/Softmax, GELU exact and tanh, Gather, cls token);
+onnx.helper graphs of BatchNormalization / LayerNormalization / Gelu / HardSwish / strided Slice /
+negative Pad against a torch re-implementation; float64 central differences on piecewise-linear
+networks; the error for an op without a rule.  Error measure: max|g - ref| / max|ref|.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+
+import rfgraph
+from rfgraph import vjp
+from rfgraph.errors import UnsupportedOpError
+from rfgraph.finite_diff import FiniteDifference
+
+TOL = 1e-4  # float32, normalised max error
+
+
+def export(net: torch.nn.Module, x: torch.Tensor, opset: int | None = None) -> onnx.ModelProto:
+    """Export with the TorchScript exporter (dynamo=False), as users of rfgraph do."""
+    f = io.BytesIO()
+    kwargs = {"opset_version": opset} if opset else {}
+    torch.onnx.export(net, (x,), f, dynamo=False, input_names=["x"], output_names=["y"], **kwargs)
+    return onnx.load_from_string(f.getvalue())
+
+
+def rel_err(g: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(g - ref).max() / np.abs(ref).max())
+
+
+def vjp_of(model: onnx.ModelProto, x: np.ndarray, seed: np.ndarray, output: str | None = None) -> np.ndarray:
+    graph = vjp.build_vjp(model, output)
+    return vjp.input_gradient(graph, vjp.session(graph), x, seed)
+
+
+def autograd(net: torch.nn.Module, x: torch.Tensor, seed: torch.Tensor) -> np.ndarray:
+    xg = x.clone().requires_grad_(True)
+    (net(xg) * seed).sum().backward()
+    return xg.grad.numpy()
+
+
+def check_torch(net: torch.nn.Module, shape: tuple[int, ...], opset: int | None = None,
+                gen: int = 0) -> float:
+    """Export ``net``, build its VJP graph and compare with autograd under a random seed tensor."""
+    torch.manual_seed(gen)
+    net = net.eval()
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        y = net(x)
+    seed = torch.randn_like(y)
+    model = export(net, x, opset)
+    got = vjp_of(model, x.numpy(), seed.numpy())
+    err = rel_err(got, autograd(net, x, seed))
+    assert err < TOL, err
+    return err
+
+
+class ConvZoo(torch.nn.Module):
+    """Conv variants, pools, padding, slicing, resize, concat/split and several activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=4)
+        self.c3 = torch.nn.Conv2d(8, 8, 3, dilation=2, padding=2)
+        self.c4 = torch.nn.Conv2d(8, 8, (3, 1), stride=(1, 2), padding=(1, 0))
+        self.dw = torch.nn.Conv2d(8, 8, 5, padding=2, groups=8)
+        self.ct = torch.nn.ConvTranspose2d(16, 6, 3, stride=2, padding=1, output_padding=1)
+        self.ct2 = torch.nn.ConvTranspose2d(6, 4, 4, stride=2, padding=0, groups=2)
+        self.prelu = torch.nn.PReLU(8)
+        self.bn = torch.nn.BatchNorm2d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.c1(x))
+        y = F.max_pool2d(y, 3, 2, 1)
+        y = self.prelu(self.bn(self.c2(y)))
+        a, b = torch.split(y, [3, 5], dim=1)
+        y = torch.cat([F.leaky_relu(a, 0.2), torch.sigmoid(b)], dim=1)
+        y = F.hardswish(self.c3(y)) + F.relu6(y) * torch.tanh(y)
+        y = F.avg_pool2d(y, 3, 1, 1, count_include_pad=False) - F.avg_pool2d(y, 2, 1, 1)[:, :, 1:, 1:]
+        y = F.hardsigmoid(self.dw(F.pad(y, (1, 0, 2, 1)))[:, :, 1:-2, 1:])
+        y = F.interpolate(y, scale_factor=2, mode="nearest") + F.interpolate(
+            y, scale_factor=2, mode="bilinear", align_corners=False)
+        y = F.max_pool2d(y, 3, 2, 0, ceil_mode=True)
+        z = F.avg_pool2d(y, 3, 2, 1, ceil_mode=True, count_include_pad=True)
+        z = F.interpolate(z, size=y.shape[-2:], mode="bilinear", align_corners=True)
+        y = torch.cat([y / (1.5 + torch.sigmoid(z)), z * y.mean(dim=(2, 3), keepdim=True)], dim=1)
+        return self.ct2(F.gelu(self.ct(y)))
+
+
+class ResNetTiny(torch.nn.Module):
+    """Residual basic blocks with BatchNorm (folded by the exporter), global pooling, Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 7, 2, 3), torch.nn.BatchNorm2d(8),
+                                        torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2, 1))
+        self.b1 = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, 1, 1), torch.nn.BatchNorm2d(8),
+                                      torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, 1, 1))
+        self.b2 = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, 2, 1), torch.nn.ReLU(),
+                                      torch.nn.Conv2d(16, 16, 3, 1, 1))
+        self.down = torch.nn.Conv2d(8, 16, 1, 2)
+        self.fc = torch.nn.Linear(16, 5)
+        self.drop = torch.nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        y = F.relu(y + self.b1(y))
+        y = F.relu(self.down(y) + self.b2(y))
+        y = F.adaptive_avg_pool2d(y, 1).flatten(1)
+        return F.log_softmax(self.fc(self.drop(y)), dim=1)
+
+
+class ViTTiny(torch.nn.Module):
+    """A ViT-S-like model: patch embedding, cls token, pos embedding, pre-norm blocks."""
+
+    def __init__(self, dim: int = 16, heads: int = 2, depth: int = 2, approx: str = "none") -> None:
+        super().__init__()
+        self.patch = torch.nn.Conv2d(3, dim, 4, 4)
+        self.cls = torch.nn.Parameter(torch.randn(1, 1, dim))
+        self.pos = torch.nn.Parameter(torch.randn(1, 17, dim))
+        self.blocks = torch.nn.ModuleList()
+        for _ in range(depth):
+            self.blocks.append(torch.nn.ModuleDict({
+                "n1": torch.nn.LayerNorm(dim), "qkv": torch.nn.Linear(dim, 3 * dim),
+                "proj": torch.nn.Linear(dim, dim), "n2": torch.nn.LayerNorm(dim),
+                "fc1": torch.nn.Linear(dim, 2 * dim), "fc2": torch.nn.Linear(2 * dim, dim)}))
+        self.heads, self.approx = heads, approx
+        self.norm = torch.nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1) + self.pos
+        b, n, d = t.shape
+        for blk in self.blocks:
+            qkv = blk["qkv"](blk["n1"](t)).reshape(b, n, 3, self.heads, d // self.heads)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)
+            att = torch.softmax(q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5, dim=-1)
+            t = t + blk["proj"]((att @ v).transpose(1, 2).reshape(b, n, d))
+            t = t + blk["fc2"](F.gelu(blk["fc1"](blk["n2"](t)), approximate=self.approx))
+        return self.norm(t)
+
+
+def test_conv_zoo_matches_autograd() -> None:
+    """Every CNN op of the issue in one graph: one wrong rule anywhere breaks the match."""
+    check_torch(ConvZoo(), (1, 3, 32, 32))
+
+
+def test_conv_zoo_opset_17_matches_autograd() -> None:
+    """Same network at opset 17 (GELU decomposed into Erf, Resize attributes of opset 13)."""
+    check_torch(ConvZoo(), (1, 3, 32, 32), opset=17, gen=1)
+
+
+def test_resnet_tiny_matches_autograd() -> None:
+    """Residual fan-out (gradients summed), folded BN, Dropout, GlobalAveragePool, Gemm."""
+    check_torch(ResNetTiny(), (2, 3, 64, 64))
+
+
+@pytest.mark.parametrize("approx", ["none", "tanh"])
+def test_vit_tiny_matches_autograd(approx: str) -> None:
+    """Attention: both MatMul operands active, Softmax, LayerNorm, Gather/Split of qkv, GELU."""
+    check_torch(ViTTiny(approx=approx), (1, 3, 16, 16), opset=20)
+
+
+def test_vit_opset_17_matches_autograd() -> None:
+    """ViT at opset 17: GELU decomposed (Erf, Div, Mul), LayerNormalization op."""
+    check_torch(ViTTiny(), (1, 3, 16, 16), opset=17, gen=2)
+
+
+def test_conv1d_matches_autograd() -> None:
+    """1-D inputs: Conv1d with stride/dilation, MaxPool1d, Upsample on one axis."""
+    net = torch.nn.Sequential(torch.nn.Conv1d(2, 4, 5, 2, 2), torch.nn.ReLU(),
+                              torch.nn.MaxPool1d(2), torch.nn.Conv1d(4, 4, 3, dilation=3),
+                              torch.nn.Upsample(scale_factor=3, mode="linear"), torch.nn.Tanh())
+    check_torch(net, (1, 2, 64))
+
+
+def test_intermediate_tensor_as_output() -> None:
+    """The seed may sit on any tensor, not only graph outputs (only its ancestors are kept)."""
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3))
+    x = torch.randn(1, 3, 12, 12)
+    model = export(net, x)
+    mid = model.graph.node[1].output[0]  # the Relu output
+    seed = torch.randn(1, 4, 10, 10)
+    got = vjp_of(model, x.numpy(), seed.numpy(), mid)
+    assert rel_err(got, autograd(net[:2], x, seed)) < TOL
+
+
+# ----------------------------------------------------------------------- onnx.helper graphs
+
+def _model(nodes: list, x_shape: list, inits: dict, dtype: int = TensorProto.FLOAT,
+           opset: int = 20) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", dtype, x_shape)],
+        [helper.make_tensor_value_info("y", dtype, None)],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _compare(model: onnx.ModelProto, fn, x_shape: tuple, gen: int = 0) -> None:
+    rng = np.random.default_rng(gen)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    y = fn(xt)
+    seed = torch.tensor(rng.standard_normal(tuple(y.shape)).astype(np.float32))
+    (y * seed).sum().backward()
+    got = vjp_of(model, x, seed.numpy())
+    assert rel_err(got, xt.grad.numpy()) < TOL
+
+
+def test_batchnorm_inference_helper_graph() -> None:
+    """BatchNormalization (not folded, as torch export would): per-channel scale / sqrt(var+eps)."""
+    rng = np.random.default_rng(1)
+    p = {k: rng.standard_normal(4).astype(np.float32) for k in ("s", "b", "m")}
+    p["v"] = rng.random(4).astype(np.float32) + 0.5
+    node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["t"], epsilon=1e-3)
+    model = _model([node, helper.make_node("Tanh", ["t"], ["y"])], [2, 4, 6, 6], p)
+    t = {k: torch.tensor(v) for k, v in p.items()}
+    _compare(model, lambda x: torch.tanh(F.batch_norm(x, t["m"], t["v"], t["s"], t["b"],
+                                                      False, 0.0, 1e-3)), (2, 4, 6, 6))
+
+
+def test_layernorm_helper_graph() -> None:
+    """LayerNormalization over the last two axes (axis=-2), with affine parameters."""
+    rng = np.random.default_rng(2)
+    gamma, beta = rng.standard_normal((5, 6)).astype(np.float32), rng.standard_normal((5, 6)).astype(np.float32)
+    node = helper.make_node("LayerNormalization", ["x", "g", "b"], ["t"], axis=-2, epsilon=1e-5)
+    model = _model([node, helper.make_node("Sigmoid", ["t"], ["y"])], [3, 5, 6],
+                   {"g": gamma, "b": beta})
+    _compare(model, lambda x: torch.sigmoid(F.layer_norm(x, (5, 6), torch.tensor(gamma),
+                                                         torch.tensor(beta), 1e-5)), (3, 5, 6))
+
+
+def test_gelu_hardswish_hardsigmoid_ops() -> None:
+    """Opset-20 Gelu (tanh), HardSwish, HardSigmoid (non-default alpha/beta), Softmax axis 1."""
+    nodes = [helper.make_node("Mul", ["x", "two"], ["x2"]),
+             helper.make_node("Gelu", ["x2"], ["a"], approximate="tanh"),
+             helper.make_node("Div", ["a", "two"], ["a2"]),
+             helper.make_node("HardSwish", ["a2"], ["b"]),
+             helper.make_node("HardSigmoid", ["b"], ["c"], alpha=0.3, beta=0.4),
+             helper.make_node("Mul", ["c", "x"], ["d"]),
+             helper.make_node("Softmax", ["d"], ["y"], axis=1)]
+    model = _model(nodes, [2, 5, 7], {"two": np.float32(2.0)})
+
+    def fn(x):
+        c = torch.clamp(0.3 * F.hardswish(F.gelu(x * 2, approximate="tanh") / 2) + 0.4, 0, 1)
+        return torch.softmax(c * x, dim=1)
+
+    _compare(model, fn, (2, 5, 7))
+
+
+def test_slice_pad_gather_split_broadcast() -> None:
+    """Strided and negative-step Slice, cropping Pad, Gather, Split, Sub/Div with both operands
+    active and broadcasting, Where, ReduceMean, Expand, Transpose."""
+    ints = lambda v: np.array(v, np.int64)  # noqa: E731
+    nodes = [
+        helper.make_node("Slice", ["x", "st", "en", "ax", "sp"], ["s"]),
+        helper.make_node("Pad", ["s", "pads"], ["p"]),
+        helper.make_node("Gather", ["p", "gi"], ["g"], axis=1),
+        helper.make_node("Split", ["g", "sizes"], ["g1", "g2"], axis=1),
+        helper.make_node("ReduceMean", ["g2", "rax"], ["m"], keepdims=1),
+        helper.make_node("Sub", ["g1", "m"], ["d"]),
+        helper.make_node("Mul", ["m", "m"], ["mm"]),
+        helper.make_node("Add", ["mm", "one"], ["den"]),
+        helper.make_node("Div", ["d", "den"], ["q"]),
+        helper.make_node("Greater", ["q", "zero"], ["c"]),
+        helper.make_node("Where", ["c", "q", "g1"], ["w"]),
+        helper.make_node("Transpose", ["w"], ["t"], perm=[0, 2, 1, 3]),
+        helper.make_node("Expand", ["t", "eshape"], ["y"]),
+    ]
+    inits = {"st": ints([1, 7]), "en": ints([12, 0]), "ax": ints([2, 3]), "sp": ints([2, -2]),
+             "pads": ints([0, 1, -1, 2, 0, 0, 0, -1]), "gi": ints([0, 2, 2, 1, 3]),
+             "sizes": ints([3, 2]), "rax": ints([1]), "one": np.float32(1.0),
+             "zero": np.float32(0.0), "eshape": ints([2, 1, 1, 1])}
+    model = _model(nodes, [1, 3, 12, 9], inits)
+
+    def fn(x):
+        s = x[:, :, 1:12:2, :][:, :, :, [7, 5, 3, 1]]
+        p = F.pad(s, (2, -1, -1, 0, 1, 0))
+        g = p[:, [0, 2, 2, 1, 3]]
+        g1, g2 = g[:, :3], g[:, 3:]
+        m = g2.mean(dim=1, keepdim=True)
+        q = (g1 - m) / (m * m + 1)
+        w = torch.where(q > 0, q, g1)
+        return w.transpose(1, 2).expand(2, -1, -1, -1)
+
+    _compare(model, fn, (1, 3, 12, 9))
+
+
+def test_unsupported_op_names_node_and_suggests_fd() -> None:
+    """An op without a rule raises UnsupportedOpError with node, op and the FD alternative."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="act"),
+             helper.make_node("Sin", ["r"], ["y"], name="wobble")]
+    with pytest.raises(UnsupportedOpError) as info:
+        vjp.build_vjp(_model(nodes, [1, 2, 4, 4], {}))
+    msg = str(info.value)
+    assert "wobble" in msg and "Sin" in msg and "fd" in msg
+
+
+# ------------------------------------------------------------------- central differences
+
+def test_piecewise_linear_cnn_matches_float64_central_differences() -> None:
+    """ReLU/MaxPool/Conv network: the VJP gradient equals float64 central differences of the
+    same torch network (weights shared), for every input element of the centre unit's TRF."""
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.MaxPool2d(2), torch.nn.Conv2d(4, 3, 3, padding=1),
+                              torch.nn.ReLU(), torch.nn.Conv2d(3, 2, 3, stride=2)).eval()
+    x = torch.randn(1, 2, 20, 20)
+    model = export(net, x)
+    seed = torch.zeros(1, 2, 4, 4)
+    seed[0, :, 2, 2] = 1.0
+    got = vjp_of(model, x.numpy(), seed.numpy())
+    net64, x64, s64 = net.double(), x.double(), seed.double()
+    h = 1e-6
+    ref = np.zeros(x.shape)
+    with torch.no_grad():
+        for idx in np.ndindex(*x.shape):
+            e = torch.zeros_like(x64)
+            e[idx] = h
+            ref[idx] = float(((net64(x64 + e) - net64(x64 - e)) * s64).sum() / (2 * h))
+    assert rel_err(got, ref) < TOL
+    (h0, h1), (w0, w1) = rfgraph.analyze(model)["y"].region((2, 2))
+    assert (h0, h1) == (5, 16)  # eqs. (2), (9): r = 12, S = 4, P = 3: u0 = -3 + 2 * 4
+    outside = np.ones(x.shape[2:], bool)
+    outside[h0:h1 + 1, w0:w1 + 1] = False
+    assert np.all(got[..., outside] == 0) and np.all(ref[..., outside] == 0)
+
+
+def test_float64_graph_matches_fd_engine() -> None:
+    """A float64 graph (ops onnxruntime runs in double): VJP equals the FD engine to 1e-7."""
+    rng = np.random.default_rng(5)
+    w1 = rng.standard_normal((3, 6))
+    w2 = rng.standard_normal((6, 2))
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("MatMul", ["t", "w1"], ["a"]),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["u"], perm=[0, 3, 1, 2]),
+             helper.make_node("MaxPool", ["u"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Transpose", ["p"], ["v"], perm=[0, 2, 3, 1]),
+             helper.make_node("MatMul", ["v", "w2"], ["y"])]
+    model = _model(nodes, [1, 3, 8, 8], {"w1": w1, "w2": w2}, TensorProto.DOUBLE)
+    x = rng.standard_normal((1, 3, 8, 8))
+    seed = rng.standard_normal((1, 4, 4, 2))
+    got = vjp_of(model, x, seed)
+    fd = FiniteDifference(model, "y", "x", (1, 3, 8, 8), (2, 3), None, 1e-6, 8)
+    ref = fd.gradient(x, seed)
+    assert got.dtype == np.float64
+    assert rel_err(got, ref) < 1e-7
