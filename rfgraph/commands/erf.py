@@ -1,0 +1,142 @@
+"""``rfgraph erf``: the effective receptive field (Luo et al. 2016) of one output unit, its
+metrics table, a heatmap PNG and the raw array."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from typing import Sequence
+
+import numpy as np
+from tabulate import tabulate
+
+from ..errors import RFGraphError
+from ..onnx_import import parse_input_shapes
+from ..report import FORMATS
+
+EXAMPLES = """examples:
+  rfgraph erf model.onnx                             centre unit of the first output, 20 runs
+  rfgraph erf model.onnx --output feat --runs 100 --png erf.png --log
+  rfgraph erf zoo:luo_conv_uniform_10 --reinit ones --runs 1 --npy erf.npy
+  rfgraph erf model.onnx --inputs images/ --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5
+  rfgraph erf model.onnx --method fd                 finite differences (ops without a VJP rule)
+
+exit codes: 0 done; 2 unreadable model, op without a gradient rule (try --method fd), bad arguments."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``erf`` parser."""
+    p = sub.add_parser("erf", help="effective receptive field of one output unit",
+                       description="Effective receptive field (Luo et al. 2016): |d y_unit / d x| "
+                                   "averaged over random inputs, with Luo's ERF size, a Gaussian fit, "
+                                   "RepLKNet area ratios and the ERF/TRF ratio.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="ONNX file, or zoo:NAME for a bundled model_zoo graph")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:1x3x224x224",
+                   help="fix the input's shape (needed when it is dynamic)")
+    p.add_argument("--output", metavar="NAME", help="tensor holding the unit (default: first output)")
+    p.add_argument("--unit", metavar="I,J", help="unit index along the spatial axes (default: centre)")
+    p.add_argument("--channel", type=int, help="seed one channel (default: all channels summed)")
+    p.add_argument("--runs", type=int, default=20, help="random inputs N (default: 20)")
+    p.add_argument("--method", choices=("grad", "fd"), default="grad",
+                   help="grad: exact gradient graph; fd: central differences inside the TRF")
+    p.add_argument("--inputs", default="gaussian", metavar="gaussian|uniform|DIR",
+                   help="input distribution, or a folder of PNG/JPEG images (default: gaussian)")
+    p.add_argument("--mean", default=None, metavar="M1,M2,M3", help="image normalisation mean")
+    p.add_argument("--std", default=None, metavar="S1,S2,S3", help="image normalisation std")
+    p.add_argument("--reinit", choices=("none", "ones", "he", "glorot"), default="none",
+                   help="re-initialise the weights (keeping the graph) before each weight run")
+    p.add_argument("--weight-runs", type=int, default=1, help="weight re-initialisations M")
+    p.add_argument("--signed", action="store_true", help="average the signed gradient, not |.|")
+    p.add_argument("--seed", type=int, default=0, help="random seed (results are deterministic)")
+    p.add_argument("--batch", type=int, default=8, help="inputs per onnxruntime run (default: 8)")
+    p.add_argument("--png", metavar="FILE", help="write a heatmap (TRF box drawn over it)")
+    p.add_argument("--log", action="store_true", help="logarithmic colour scale for --png")
+    p.add_argument("--npy", metavar="FILE", help="write the raw ERF array (.npy)")
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise RFGraphError(f"{what} '{text}': expected comma-separated numbers") from None
+
+
+def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise RFGraphError(f"{what} '{text}': expected comma-separated integers, e.g. 7,7") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compute, print, and write the requested files."""
+    from ..erf import compute_erf
+    from ..inputs import IMAGENET_MEAN, IMAGENET_STD
+
+    shapes = parse_input_shapes(args.input_shape)
+    result = compute_erf(
+        args.model, args.output, input_shape=next(iter(shapes.values()), None),
+        unit=_ints(args.unit, "--unit"), channel=args.channel, runs=args.runs,
+        method=args.method, inputs=args.inputs, reinit=args.reinit,
+        weight_runs=args.weight_runs, absolute=not args.signed, seed=args.seed, batch=args.batch,
+        progress=not args.no_progress, mean=_floats(args.mean, "--mean") or IMAGENET_MEAN,
+        std=_floats(args.std, "--std") or IMAGENET_STD)
+    if args.npy:
+        np.save(args.npy, result.erf)
+    if args.png:
+        from ..heatmap import render_png
+
+        t = result.target
+        render_png(result.erf, args.png, t.region, args.log,
+                   f"ERF of {t.output}{list(t.unit)} ({result.runs} runs, {result.method})")
+    print(render(result, args.format))
+    return 0
+
+
+def header(result: object) -> dict[str, object]:
+    """What was measured, for every format."""
+    t = result.target  # type: ignore[attr-defined]
+    return {"output": t.output, "unit": list(t.unit), "channel": t.channel,
+            "trf_region": None if t.region is None else [list(r) for r in t.region],
+            "method": result.method, "runs": result.runs,  # type: ignore[attr-defined]
+            "weight_runs": result.weight_runs, "absolute": result.absolute,  # type: ignore[attr-defined]
+            "batch": result.batch, "seconds": round(result.seconds, 3)}  # type: ignore[attr-defined]
+
+
+def render(result: object, fmt: str) -> str:
+    """The metrics in one of FORMATS (table, markdown, csv, json)."""
+    from ..metrics import metric_rows, metrics_dict
+
+    m = result.metrics  # type: ignore[attr-defined]
+    if fmt == "json":
+        return json.dumps({**header(result), "metrics": metrics_dict(m),
+                           "notes": list(result.notes)}, indent=2)  # type: ignore[attr-defined]
+    rows = metric_rows(m)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["metric", "value", "definition"])
+        writer.writerows(rows)
+        return buf.getvalue().rstrip("\n")
+    h = header(result)
+    channel = "" if h["channel"] is None else f" channel {h['channel']}"
+    title = (f"ERF of {h['output']} unit {tuple(h['unit'])}{channel}: "
+             f"{h['runs']} runs x {h['weight_runs']} weights, {h['method']}, "
+             f"{'|grad|' if h['absolute'] else 'signed grad'}, TRF {h['trf_region']}")
+    table = tabulate(rows, headers=["metric", "value", "definition"],
+                     tablefmt="github" if fmt == "markdown" else "simple")
+    notes = "".join(f"\nnote: {n}" for n in result.notes)  # type: ignore[attr-defined]
+    return f"{title}\n{table}{notes}"
+
+
+__all__: Sequence[str] = ["register", "run", "render"]

@@ -1,0 +1,83 @@
+"""PNG rendering of an ERF map with the unit's theoretical RF drawn over it (matplotlib, imported
+lazily so the rest of rfgraph works without it).  2-D maps: image + TRF box; 1-D: a curve with the
+TRF interval shaded.  ``log=True`` uses a logarithmic colour scale (the tails of a Gaussian ERF
+are otherwise invisible).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import RFGraphError
+
+
+def _pyplot():  # type: ignore[no-untyped-def]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise RFGraphError("--png needs matplotlib: pip install 'rfgraph[plots]'") from exc
+    return plt
+
+
+def render_png(erf: np.ndarray, path: str | Path, region: Sequence[tuple[int, int]] | None = None,
+               log: bool = False, title: str | None = None,
+               axis_names: Sequence[str] = ("H", "W")) -> Path:
+    """Write ``erf`` (1-D or 2-D) as a PNG; ``region`` is the TRF [u0, v0] per axis (unclipped)."""
+    plt = _pyplot()
+    erf = np.abs(np.asarray(erf, dtype=np.float64))
+    fig, ax = plt.subplots(figsize=(5.5, 4.5) if erf.ndim == 2 else (6, 3.5), dpi=120)
+    try:
+        if erf.ndim == 2:
+            _draw_2d(plt, fig, ax, erf, region, log, axis_names)
+        elif erf.ndim == 1:
+            _draw_1d(ax, erf, region, log)
+        else:
+            raise RFGraphError(f"a heatmap needs a 1-D or 2-D ERF; this one has {erf.ndim} axes")
+        if title:
+            ax.set_title(title, fontsize=9)
+        fig.tight_layout()
+        out = Path(path)
+        fig.savefig(out)
+    finally:
+        plt.close(fig)
+    return out
+
+
+def _draw_2d(plt, fig, ax, erf: np.ndarray, region, log: bool,  # type: ignore[no-untyped-def]
+             axis_names: Sequence[str]) -> None:
+    from matplotlib.colors import LogNorm
+    from matplotlib.patches import Rectangle
+
+    norm = None
+    if log and erf.max() > 0:
+        positive = erf[erf > 0]
+        norm = LogNorm(vmin=max(float(positive.min()), float(erf.max()) * 1e-6), vmax=float(erf.max()))
+    img = ax.imshow(np.where(erf > 0, erf, np.nan) if log else erf, cmap="viridis", norm=norm,
+                    interpolation="nearest")
+    fig.colorbar(img, ax=ax, label="|d y / d x|" + (" (log)" if log else ""))
+    if region is not None:
+        (h0, h1), (w0, w1) = region
+        ax.add_patch(Rectangle((w0 - 0.5, h0 - 0.5), w1 - w0 + 1, h1 - h0 + 1, fill=False,
+                               edgecolor="red", linewidth=1.2, label="TRF"))
+        ax.legend(loc="upper right", fontsize=7)
+    ax.set_xlim(-0.5, erf.shape[1] - 0.5)
+    ax.set_ylim(erf.shape[0] - 0.5, -0.5)
+    ax.set_xlabel(axis_names[-1])
+    ax.set_ylabel(axis_names[0])
+
+
+def _draw_1d(ax, erf: np.ndarray, region, log: bool) -> None:  # type: ignore[no-untyped-def]
+    ax.plot(np.arange(erf.size), erf, drawstyle="steps-mid", color="tab:blue", label="ERF")
+    if region is not None:
+        (u0, v0), = region
+        ax.axvspan(u0 - 0.5, v0 + 0.5, color="red", alpha=0.12, label="TRF")
+    if log and erf.max() > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("input position")
+    ax.legend(fontsize=7)
