@@ -1,0 +1,208 @@
+"""rfgraph.from_torch / from_keras.
+
+Covers: from_torch gives exactly the ONNX path's fields (the test exports the same module with
+torch.onnx itself, as the oracle), closed-form r/S/P of the chain (Araujo eqs. 1-3, by hand),
+module names mapped back (leaf modules, several nodes in one module, top-level ops), explicit
+output names kept, a misaligned merge found through torch, one-line messages when torch,
+TensorFlow or tf2onnx are missing, and the tf2onnx name mapping on hand-made node names (TensorFlow
+itself is not installed here: from_keras's conversion is not exercised).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from fractions import Fraction
+
+import onnx
+import pytest
+from onnx import helper
+
+import rfgraph
+from rfgraph.frameworks import (MissingDependencyError, export_torch, from_keras, from_torch,
+                                keras_scope, rename_tensors, torch_scope)
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+
+class Block(nn.Module):
+    """Residual block: two 3x3 convs plus the identity, relu applied functionally."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.relu, self.conv2 = nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return torch.relu(self.conv2(self.relu(self.conv1(x))) + x)
+
+
+class Net(nn.Module):
+    """stem (3x3/2 conv, relu) -> 2 blocks -> 2x2 max pool -> 1x1 head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU())
+        self.layer1 = nn.Sequential(Block(), Block())
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return self.head(self.pool(self.layer1(self.stem(x))))
+
+
+# (kernel, stride, padding) of every spatial layer along the path to head, in order.
+NET_LAYERS = [(3, 2, 1)] + [(3, 1, 1)] * 4 + [(2, 2, 0), (1, 1, 0)]
+
+
+def closed_form(layers: list[tuple[int, int, int]]) -> tuple[int, int, int]:
+    """r, S, P of a chain: r = 1 + sum (k_l - 1) prod s_<l, S = prod s, P = sum p_l prod s_<l."""
+    r, s, p = 1, 1, 0
+    for k, stride, pad in layers:
+        r, p, s = r + (k - 1) * s, p + pad * s, s * stride
+    return r, s, p
+
+
+@pytest.fixture(scope="module")
+def net() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return Net().eval(), torch.randn(1, 3, 32, 28)
+
+
+@pytest.fixture(scope="module")
+def via_torch(net: tuple[nn.Module, torch.Tensor]) -> rfgraph.Analysis:
+    return from_torch(*net)
+
+
+@pytest.fixture(scope="module")
+def via_onnx(net: tuple[nn.Module, torch.Tensor], tmp_path_factory: pytest.TempPathFactory) -> rfgraph.Analysis:
+    """The oracle: the user's own path, torch.onnx.export to a file then rfgraph.analyze(file)."""
+    path = tmp_path_factory.mktemp("onnx") / "net.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter's notice
+        torch.onnx.export(net[0], (net[1],), str(path), dynamo=False)
+    return rfgraph.analyze(str(path))
+
+
+def test_from_torch_matches_onnx_path_exactly(net, via_torch, via_onnx) -> None:
+    """Every tensor of the exported file has the same field, regions and alignment under its module name."""
+    _, mapping = export_torch(*net)
+    assert list(via_torch.endpoints) == [mapping.get(t, t) for t in via_onnx.endpoints]
+    for old, ep in via_onnx.endpoints.items():
+        mine = via_torch[mapping.get(old, old)]
+        assert (mine.r, mine.S, mine.P, mine.units, mine.shape, mine.aligned) == \
+               (ep.r, ep.S, ep.P, ep.units, ep.shape, ep.aligned), old
+        last = tuple(max(n - 1, 0) for n in ep.units)
+        assert mine.region(last) == ep.region(last)
+        assert (mine.boxes() == ep.boxes()).all()
+    assert via_torch.input_shape == via_onnx.input_shape == (1, 3, 32, 28)
+
+
+def test_closed_form_of_the_chain(via_torch) -> None:
+    """The head's r, S, P equal the hand recurrence over the layer list (both axes)."""
+    r, s, p = closed_form(NET_LAYERS)
+    head = via_torch["head"]
+    assert (r, s, p) == (21, 4, 9)  # 1+2+2*(2+2+2+2)+2*1=21; S=2*2; P=1+1*2*4
+    assert head.r == (r, r) and head.S == (s, s) and head.P == (p, p)
+    assert head.units == (8, 7)  # stem /2, pool /2: 32 -> 16 -> 8 ; 28 -> 14 -> 7
+    assert head.region((1, 2)) == ((1 * s - p, 1 * s - p + r - 1), (2 * s - p, 2 * s - p + r - 1))
+
+
+def test_module_names_mapped_back(via_torch) -> None:
+    """Leaf modules by qualified name; several nodes of one module as module/Op; input kept."""
+    names = set(via_torch.endpoints)
+    assert {"stem.0", "stem.1", "layer1.0.conv1", "layer1.0.relu", "layer1.1.conv2", "layer1.0/Add",
+            "layer1.1/Relu", "pool", "head"} <= names
+    assert via_torch.input_name == "input.1"
+    assert via_torch.outputs == ["head"]
+    assert via_torch["layer1.0.conv1"].node == "layer1.0.conv1"
+
+
+def test_explicit_names_are_kept(net) -> None:
+    analysis = from_torch(*net, input_names=["images"], output_names=["logits"])
+    assert analysis.input_name == "images" and analysis.outputs == ["logits"]
+    assert analysis["logits"].r == (21, 21)
+
+
+def test_rename_off_keeps_exporter_names(net, via_onnx) -> None:
+    model, mapping = export_torch(*net, rename=False)
+    assert mapping == {}
+    assert list(rfgraph.analyze(model).endpoints) == list(via_onnx.endpoints)
+
+
+class TwoBranch(nn.Module):
+    """2x2/2 conv + 1x1/2 conv: same stride, centres 0.5 apart (eq. 13 fails)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 1, 2, stride=2), nn.Conv2d(1, 1, 1, stride=2)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return self.a(x) + self.b(x)
+
+
+def test_misaligned_merge_through_torch() -> None:
+    analysis = from_torch(TwoBranch(), torch.zeros(1, 1, 8, 8))
+    bad = analysis.misaligned
+    assert bad and {m.node for m in bad} == {"Add"}
+    centres = sorted({b.centre for b in bad[0].branches})
+    assert centres == [Fraction(0), Fraction(1, 2)]
+
+
+def test_missing_torch_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'rfgraph\[torch\]'"):
+        from_torch(object(), None)
+
+
+@pytest.mark.parametrize("absent", ["tensorflow", "tf2onnx"])
+def test_missing_keras_dependencies_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, absent: str) -> None:
+    """Whichever of TensorFlow / tf2onnx is missing is named, with the extra to install."""
+    monkeypatch.setitem(sys.modules, absent, None)
+    if absent == "tf2onnx":  # pretend TensorFlow is there, so the second check is reached
+        monkeypatch.setitem(sys.modules, "tensorflow", type(sys)("tensorflow"))
+    with pytest.raises(MissingDependencyError, match=rf"'{absent}'.*pip install 'rfgraph\[keras\]'") as err:
+        from_keras(object())
+    assert "\n" not in str(err.value)
+
+
+def test_missing_dependency_is_an_rfgraph_error() -> None:
+    """The error is an RFGraphError, which the CLI turns into one line and exit code 2."""
+    assert issubclass(MissingDependencyError, rfgraph.RFGraphError)
+
+
+def _graph(names: list[tuple[str, str, list[str], str]]) -> onnx.ModelProto:
+    """A model from (node name, op, inputs, output) rows; the graph output is the last output."""
+    nodes = [helper.make_node(op, ins, [out], name=name) for name, op, ins, out in names]
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8, 8, 3])
+    y = helper.make_tensor_value_info(names[-1][3], onnx.TensorProto.FLOAT, None)
+    return helper.make_model(helper.make_graph(nodes, "g", [x], [y]))
+
+
+def test_keras_scope_maps_tf2onnx_names_to_layers() -> None:
+    """tf2onnx names nodes model/LAYER/OP: one node per layer -> LAYER, several -> LAYER/OP."""
+    model = _graph([("model/conv2d/Conv2D", "Relu", ["x"], "t1"),
+                    ("model/conv2d/BiasAdd", "Relu", ["t1"], "t2"),
+                    ("model/re_lu/Relu", "Relu", ["t2"], "t3"),
+                    ("Transpose__12", "Relu", ["t3"], "t4"),
+                    ("model/dense/MatMul", "Relu", ["t4"], "out")])
+    mapping = rename_tensors(model, keras_scope(["conv2d", "re_lu", "dense"]), outputs=False)
+    assert mapping == {"t1": "conv2d/Conv2D", "t2": "conv2d/BiasAdd", "t3": "re_lu"}
+    assert [list(n.input) for n in model.graph.node][1:3] == [["conv2d/Conv2D"], ["conv2d/BiasAdd"]]
+    assert model.graph.output[0].name == "out"
+
+
+def test_torch_scope_resolves_qualified_and_attribute_components() -> None:
+    scope = torch_scope(["layer1", "layer1.0", "layer1.0.conv1", "conv1"])
+    node = helper.make_node("Conv", ["a"], ["b"], name="/layer1/layer1.0/conv1/Conv")
+    assert scope(node) == ("layer1.0.conv1", "Conv")
+    assert scope(helper.make_node("Add", [], [], name="/Add")) == ("", "Add")
+    assert scope(helper.make_node("Add", [], [], name="/unknown/Add")) is None
+    assert scope(helper.make_node("Add", [], [], name="Add_3")) is None
+
+
+def test_renaming_never_collides() -> None:
+    """A label already used by another tensor keeps the exporter's name."""
+    model = _graph([("/a/Relu", "Relu", ["x"], "a"), ("/b/Relu", "Relu", ["a"], "y")])
+    mapping = rename_tensors(model, torch_scope(["a", "b"]))
+    assert mapping == {"y": "b"}  # 'a' is already the name of the tensor it would become
