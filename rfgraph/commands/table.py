@@ -192,10 +192,10 @@ def render(rows: Iterable[Row], fmt: str, reference: Path | None) -> str:
     if fmt == "csv":
         import io
         buf = io.StringIO()
-        writer = csv.writer(buf)
+        writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(HEADERS)
         writer.writerows(_cells(r) for r in rows)
-        return buf.getvalue()
+        return buf.getvalue().rstrip("\n")
     table = tabulate([_cells(r) for r in rows], headers=HEADERS,
                      tablefmt="github" if fmt == "markdown" else "simple")
     src = f"published numbers from {reference}" if reference else "no reference CSV: no verdicts"
