@@ -21,8 +21,8 @@ Conventions that decide r, S, P and are therefore kept exactly:
 * Channel counts are ``max(int(d * width), 1)``: the field does not depend on them, and a small
   ``width`` keeps graphs small and fast.  ``width=1`` gives the real depths.
 
-Layout is NCHW: tf2onnx writes the same convolutions (with a leading NHWC->NCHW Transpose unless
-``--inputs-as-nchw``).
+Layout is NCHW by default, as tf2onnx writes with ``--inputs-as-nchw``; ``layout="NHWC"`` keeps
+TF's NHWC input followed by the Transpose tf2onnx inserts otherwise.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from .builder import GraphBuilder, IntOrTuple, Padding, conv2d_same_pads
 class Slim:
     """slim.conv2d / max_pool2d / avg_pool2d look-alikes over a GraphBuilder."""
 
-    def __init__(self, b: GraphBuilder, width: float) -> None:
-        self.b, self.width = b, width
+    def __init__(self, b: GraphBuilder, width: float, x0: str) -> None:
+        self.b, self.width, self.x0 = b, width, x0  # x0: the NCHW image the net starts from
 
     def depth(self, d: int) -> int:
         """Channel count after the width multiplier (at least 1)."""
@@ -77,10 +77,16 @@ class Slim:
 Endpoints = list[str]
 
 
-def _start(name: str, size: int, width: float, same_mode: str, seed: int) -> tuple[GraphBuilder, Slim]:
-    b = GraphBuilder(name, (1, 3, size, size), input_name="input_image", seed=seed,
-                     same_mode=same_mode)
-    return b, Slim(b, width)
+def _start(name: str, size: int, width: float, same_mode: str, seed: int,
+           layout: str = "NCHW") -> tuple[GraphBuilder, Slim]:
+    """Builder with input 'input_image'; NHWC input (TF's layout) is transposed to NCHW first,
+    as tf2onnx writes it without ``--inputs-as-nchw``."""
+    if layout not in ("NCHW", "NHWC"):
+        raise ValueError("layout must be NCHW or NHWC")
+    shape = (1, 3, size, size) if layout == "NCHW" else (1, size, size, 3)
+    b = GraphBuilder(name, shape, input_name="input_image", seed=seed, same_mode=same_mode)
+    x0 = b.input if layout == "NCHW" else b.transpose(b.input, (0, 3, 1, 2))
+    return b, Slim(b, width, x0)
 
 
 def _finish(b: GraphBuilder, endpoints: Endpoints, size: int) -> GraphBuilder:
@@ -92,11 +98,11 @@ def _finish(b: GraphBuilder, endpoints: Endpoints, size: int) -> GraphBuilder:
 
 # ------------------------------------------------------------------------------------ AlexNet, VGG
 def alexnet_v2(size: int = 224, width: float = 0.125, same_mode: str = "explicit",
-               seed: int = 0) -> GraphBuilder:
+               seed: int = 0, layout: str = "NCHW") -> GraphBuilder:
     """alexnet_v2 to pool5: conv1 11x11/4 VALID, 3x3/2 VALID pools, SAME convs."""
-    b, s = _start("alexnet_v2", size, width, same_mode, seed)
+    b, s = _start("alexnet_v2", size, width, same_mode, seed, layout)
     ep = lambda n: f"alexnet_v2/{n}"
-    x = s.conv(b.input, 64, 11, 4, "VALID", name=ep("conv1"))
+    x = s.conv(s.x0, 64, 11, 4, "VALID", name=ep("conv1"))
     x = s.max_pool(x, 3, 2, name=ep("pool1"))
     x = s.conv(x, 192, 5, name=ep("conv2"))
     x = s.max_pool(x, 3, 2, name=ep("pool2"))
@@ -109,10 +115,10 @@ def alexnet_v2(size: int = 224, width: float = 0.125, same_mode: str = "explicit
 
 
 def vgg_16(size: int = 224, width: float = 0.125, same_mode: str = "explicit",
-           seed: int = 0) -> GraphBuilder:
+           seed: int = 0, layout: str = "NCHW") -> GraphBuilder:
     """vgg_16 (configuration D) to pool5: 3x3 SAME convs, 2x2/2 VALID max pools."""
-    b, s = _start("vgg_16", size, width, same_mode, seed)
-    x, eps = b.input, []
+    b, s = _start("vgg_16", size, width, same_mode, seed, layout)
+    x, eps = s.x0, []
     for i, (n, d) in enumerate([(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)], start=1):
         for j in range(1, n + 1):
             x = s.conv(x, d, 3, name=f"vgg_16/conv{i}/conv{i}_{j}")
@@ -130,11 +136,11 @@ MOBILENET_V1_DEFS: list[tuple[str, int, int]] = (
 
 
 def mobilenet_v1(size: int = 224, width: float = 0.125, depth_multiplier: float = 1.0,
-                 same_mode: str = "explicit", seed: int = 0) -> GraphBuilder:
+                 same_mode: str = "explicit", seed: int = 0, layout: str = "NCHW") -> GraphBuilder:
     """mobilenet_v1_base: 3x3/2 conv, then 13 depthwise-3x3 (SAME) + pointwise-1x1 pairs."""
     name = "mobilenet_v1" if depth_multiplier == 1.0 else f"mobilenet_v1_{int(depth_multiplier * 100):03d}"
-    b, s = _start(name, size, width * depth_multiplier, same_mode, seed)
-    x, eps = b.input, []
+    b, s = _start(name, size, width * depth_multiplier, same_mode, seed, layout)
+    x, eps = s.x0, []
     for i, (kind, stride, d) in enumerate(MOBILENET_V1_DEFS):
         if kind == "conv":
             x = s.conv(x, d, 3, stride, name=f"Conv2d_{i}")
@@ -164,15 +170,15 @@ def _bottleneck_v1(b: GraphBuilder, s: Slim, x: str, depth: int, bottleneck: int
 
 
 def resnet_v1(depth: int = 50, size: int = 224, width: float = 0.125, same_mode: str = "explicit",
-              seed: int = 0) -> GraphBuilder:
+              seed: int = 0, layout: str = "NCHW") -> GraphBuilder:
     """resnet_v1_N (num_classes=None, global_pool=False) to block4.
 
     Root: conv2d_same 7x7/2, max_pool 3x3/2 'SAME'.  Blocks 1-3 stride 2 *in their last unit*
     (slim's convention, see resnet_utils), block4 stride 1.
     """
     name = f"resnet_v1_{depth}"
-    b, s = _start(name, size, width, same_mode, seed)
-    x = s.conv2d_same(b.input, 64, 7, 2)
+    b, s = _start(name, size, width, same_mode, seed, layout)
+    x = s.conv2d_same(s.x0, 64, 7, 2)
     x = s.max_pool(x, 3, 2, "SAME")
     eps = []
     for i, (units, base, stride) in enumerate(zip(RESNET_V1_UNITS[depth], (64, 128, 256, 512),
@@ -200,12 +206,12 @@ def _mixed(b: GraphBuilder, x: str, name: str, branches: Sequence[Branch]) -> st
 
 
 def inception_v2(size: int = 224, width: float = 0.125, same_mode: str = "explicit",
-                 seed: int = 0) -> GraphBuilder:
+                 seed: int = 0, layout: str = "NCHW") -> GraphBuilder:
     """inception_v2_base to Mixed_5c (separable 7x7/2 root, all layers 'SAME')."""
-    b, s = _start("inception_v2", size, width, same_mode, seed)
+    b, s = _start("inception_v2", size, width, same_mode, seed, layout)
     eps = []
     mult = min(int(s.depth(64) / 3), 8) or 1
-    x = s.separable(b.input, 64, 7, 2, mult, name="Conv2d_1a_7x7"); eps.append(x)
+    x = s.separable(s.x0, 64, 7, 2, mult, name="Conv2d_1a_7x7"); eps.append(x)
     x = s.max_pool(x, 3, 2, "SAME", name="MaxPool_2a_3x3"); eps.append(x)
     x = s.conv(x, 64, 1, name="Conv2d_2b_1x1"); eps.append(x)
     x = s.conv(x, 192, 3, name="Conv2d_2c_3x3"); eps.append(x)
@@ -241,7 +247,7 @@ def inception_v2(size: int = 224, width: float = 0.125, same_mode: str = "explic
 
 def _inception_v3_stem(b: GraphBuilder, s: Slim, eps: Endpoints) -> str:
     """Stem shared by inception_v3 and inception_resnet_v2 (align_feature_maps=False)."""
-    x = s.conv(b.input, 32, 3, 2, "VALID", name="Conv2d_1a_3x3"); eps.append(x)
+    x = s.conv(s.x0, 32, 3, 2, "VALID", name="Conv2d_1a_3x3"); eps.append(x)
     x = s.conv(x, 32, 3, 1, "VALID", name="Conv2d_2a_3x3"); eps.append(x)
     x = s.conv(x, 64, 3, name="Conv2d_2b_3x3"); eps.append(x)
     x = s.max_pool(x, 3, 2, "VALID", name="MaxPool_3a_3x3"); eps.append(x)
@@ -259,9 +265,9 @@ def _chain(s: Slim, t: str, layers: Sequence[tuple]) -> str:
 
 
 def inception_v3(size: int = 299, width: float = 0.125, same_mode: str = "explicit",
-                 seed: int = 0) -> GraphBuilder:
+                 seed: int = 0, layout: str = "NCHW") -> GraphBuilder:
     """inception_v3_base to Mixed_7c: VALID stem and VALID stride-2 reductions, SAME elsewhere."""
-    b, s = _start("inception_v3", size, width, same_mode, seed)
+    b, s = _start("inception_v3", size, width, same_mode, seed, layout)
     eps: Endpoints = []
     x = _inception_v3_stem(b, s, eps)
     avg = lambda t: s.avg_pool(t, 3)
@@ -301,11 +307,11 @@ def _split_1x3_3x1(b: GraphBuilder, s: Slim, t: str, d: int) -> str:
 
 
 def inception_v4(size: int = 299, width: float = 0.125, same_mode: str = "explicit",
-                 seed: int = 0) -> GraphBuilder:
+                 seed: int = 0, layout: str = "NCHW") -> GraphBuilder:
     """inception_v4_base to Mixed_7d (4 A, 7 B, 3 C blocks; VALID stem and reductions)."""
-    b, s = _start("inception_v4", size, width, same_mode, seed)
+    b, s = _start("inception_v4", size, width, same_mode, seed, layout)
     eps: Endpoints = []
-    x = s.conv(b.input, 32, 3, 2, "VALID", name="Conv2d_1a_3x3"); eps.append(x)
+    x = s.conv(s.x0, 32, 3, 2, "VALID", name="Conv2d_1a_3x3"); eps.append(x)
     x = s.conv(x, 32, 3, 1, "VALID", name="Conv2d_2a_3x3"); eps.append(x)
     x = s.conv(x, 64, 3, name="Conv2d_2b_3x3"); eps.append(x)
     x = _mixed(b, x, "Mixed_3a", [lambda t: s.max_pool(t, 3, 2, "VALID"),
@@ -369,9 +375,9 @@ def _in_scope(b: GraphBuilder, scope: str, fn: Branch, x: str) -> str:
 
 
 def inception_resnet_v2(size: int = 299, width: float = 0.125, same_mode: str = "explicit",
-                        seed: int = 0) -> GraphBuilder:
+                        seed: int = 0, layout: str = "NCHW") -> GraphBuilder:
     """inception_resnet_v2_base (align_feature_maps=False, output_stride=16) to Conv2d_7b_1x1."""
-    b, s = _start("inception_resnet_v2", size, width, same_mode, seed)
+    b, s = _start("inception_resnet_v2", size, width, same_mode, seed, layout)
     eps: Endpoints = []
     x = _inception_v3_stem(b, s, eps)
     x = _mixed(b, x, "Mixed_5b", [

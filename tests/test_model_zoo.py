@@ -200,6 +200,15 @@ def test_size_dependence_flag_matches_library_none_rows(name):
     assert bool(analysis[final].size_dependent) == (name in SIZE_DEPENDENT)
 
 
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_nhwc_input_with_tf2onnx_transpose_gives_the_same_table(name):
+    """TF's NHWC input followed by tf2onnx's Transpose to NCHW: same rows, same spatial axes H, W."""
+    model = model_zoo.build(f"{name}:layout=NHWC,{TINY}")
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim][-1] == 3
+    analysis = rfgraph.analyze(model)
+    assert rsp(analysis, model_zoo.endpoints(model)[-1]) == PUBLISHED[name]
+
+
 def _attr(node: onnx.NodeProto, name: str, default):
     for a in node.attribute:
         if a.name == name:
@@ -363,7 +372,14 @@ def test_luo_conv15_variants_closed_forms():
 
 
 def test_luo_camvid_frontend_trf_505():
-    """16 residual blocks, 4 subsamplings by 2 (output 1/16 of the input): TRF 505 (Luo sec. 3.2)."""
+    """16 residual blocks, 4 subsamplings by 2 (output 1/16 of the input): TRF 505 (Luo sec. 3.2).
+
+    The paper does not give the stem, the subsampling op or where the subsamplings sit; the default
+    layout (7x7 stem, 3/3/3/3/4 blocks around 3x3 stride-2 convs, 3x3 head) is one that gives
+    their 505.  The value is not forced by the counts: 4 blocks after each subsampling with a 3x3
+    stem and no head gives 1 + 2 + 2*(1+2+4+8) + 4*4*(2+4+8+16) = 513 (checked below)."""
+    other = rfgraph.analyze(model_zoo.build("luo_camvid_frontend:layout=0/4/4/4/4,stem=3,head=1"))
+    assert rsp(other, "output") == (513, 16, 256)
     m = model_zoo.build("luo_camvid_frontend")
     analysis = rfgraph.analyze(m)
     assert rsp(analysis, "output") == (505, 16, 252)
