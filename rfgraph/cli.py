@@ -17,7 +17,7 @@ from .errors import RFGraphError
 
 # One module per command; each defines ``register(subparsers)`` that adds its parser and sets
 # ``func(args) -> int``.  Add a command by adding its module name here.
-COMMANDS = ["analyze", "boxes", "table", "erf"]
+COMMANDS = ["analyze", "boxes", "table", "erf", "show", "experiments"]
 
 EPILOG = """examples:
   rfgraph analyze model.onnx                      receptive field of every graph output
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"rfgraph {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print results only: no progress bars or notes")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -45,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    for command in sub.choices.values():  # --quiet is accepted after the command name too
+        if not {"-q", "--quiet"} & set(command._option_string_actions):
+            command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                                 help="print results only: no progress bars or notes")
     return parser
 
 

@@ -1,0 +1,121 @@
+"""``rfgraph show``: one output unit's TRF box and ERF heatmap over an image, as a PNG."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from ..errors import RFGraphError
+from ..report import number
+from ._common import add_model_args, load_analysis
+
+EXAMPLES = """examples:
+  rfgraph show model.onnx --image photo.jpg --output feat --index 3,4 -o overlay.png
+  rfgraph show model.onnx --output feat -o centre.png          centre unit over a grey background
+  rfgraph show model.onnx --output feat --index 0,0 --no-erf -o box.png
+  rfgraph show model.onnx --image photo.jpg --output feat --runs 64 --format json -o o.png
+
+The image is resized to the model's input size; the cyan box is the unit's theoretical receptive
+field (clipped to the input), the heatmap its effective receptive field (mean |input gradient| over
+--runs random inputs, Luo et al. 2016) divided by its maximum.  JSON schema: docs/json_schema.md.
+
+exit codes: 0 picture written; 2 unreadable model or image, unknown tensor, bad index."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("show", help="TRF box and ERF heatmap of one output unit over an image (PNG)",
+                       description="Draw one output unit's theoretical receptive field (box) and "
+                                   "effective receptive field (heatmap) over an image.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--output", required=True, metavar="NAME", help="tensor whose unit is shown")
+    p.add_argument("--index", metavar="I,J", help="unit index along the spatial axes (default: centre unit)")
+    p.add_argument("--image", metavar="FILE", help="picture to draw on (PNG/JPEG...; default: grey)")
+    p.add_argument("-o", "--out", required=True, metavar="FILE.png", help="where to write the PNG")
+    p.add_argument("--runs", type=int, default=16, help="random inputs averaged for the ERF (default 16)")
+    p.add_argument("--method", choices=("grad", "fd"), default="grad",
+                   help="ERF gradients: exact VJP graph (grad) or finite differences (fd)")
+    p.add_argument("--erf-inputs", default="gaussian", metavar="KIND",
+                   help="ERF inputs: gaussian, uniform or a folder of images (default gaussian)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the ERF inputs")
+    p.add_argument("--no-erf", action="store_true", help="draw the TRF box only")
+    p.add_argument("--scale", type=int, help="pixels per input pixel (default: longer side ~384 px)")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="what to print about the picture (default: text)")
+    p.set_defaults(func=run)
+
+
+def parse_index(text: str | None, units: Sequence[int | None]) -> tuple[int, ...]:
+    """``"3,4"`` -> (3, 4); None -> the centre unit ((n - 1) // 2 per axis)."""
+    if text is None:
+        return tuple((n - 1) // 2 if n else 0 for n in units)
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise RFGraphError(f"--index '{text}': expected integers like 3,4") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import overlay
+
+    quiet = bool(getattr(args, "quiet", False))
+    if args.runs < 1:
+        raise RFGraphError("--runs must be at least 1")
+    analysis = load_analysis(args)
+    ep = analysis[args.output]
+    if ep.is_global:
+        raise RFGraphError(f"'{ep.name}' has a global field (every unit sees the whole input); "
+                           f"pick a tensor before the global op")
+    index = parse_index(args.index, ep.units)
+    region = ep.region(index)  # validates the index
+    size = overlay.grid_size(analysis.input_shape, analysis.spatial_axes)
+    image = overlay.load_image(args.image, size) if args.image else None
+    scale = args.scale or overlay.display_scale(size)
+    if scale < 1:
+        raise RFGraphError("--scale must be at least 1")
+    erf = None if args.no_erf else overlay.unit_erf(
+        analysis, ep.name, index, args.runs, args.method, args.erf_inputs, args.seed,
+        progress=not quiet and sys.stderr.isatty())
+    pic = overlay.compose(size, image, None if erf is None else erf.erf, region, scale)
+    overlay.save_png(pic, args.out)
+    doc = show_dict(analysis, ep, index, args, pic.shape, scale, erf)
+    if args.format == "json":
+        print(json.dumps(doc, indent=2))
+    elif not quiet:
+        print(_summary(doc))
+    return 0
+
+
+def show_dict(analysis: Any, ep: Any, index: tuple[int, ...], args: argparse.Namespace,
+              shape: tuple[int, ...], scale: int, erf: Any) -> dict[str, Any]:
+    """What was drawn, as plain data (schema: docs/json_schema.md, ``show``)."""
+    from .. import overlay
+    from ..metrics import metrics_dict
+
+    size = overlay.grid_size(analysis.input_shape, analysis.spatial_axes)
+    box = overlay.box_pixels(ep.region(index), size, scale)
+    return {
+        "tensor": ep.name, "index": list(index), "axis_names": list(analysis.axis_names),
+        "region": [list(r) for r in ep.region(index)],
+        "centre": [number(c) for c in ep.centre(index)],
+        "r": [number(v) for v in ep.r], "S": [number(v) for v in ep.S], "P": [number(v) for v in ep.P],
+        "picture": {"path": str(args.out), "width": int(shape[1]), "height": int(shape[0]),
+                    "scale": scale, "box": None if box is None else list(box)},
+        "image": args.image,
+        "erf": None if erf is None else {"runs": erf.runs, "method": erf.method,
+                                         "inputs": args.erf_inputs, "seed": args.seed,
+                                         "metrics": metrics_dict(erf.metrics)},
+    }
+
+
+def _summary(doc: dict[str, Any]) -> str:
+    """One line saying what was written."""
+    region = ", ".join(f"{n} [{a}, {b}]" for n, (a, b) in zip(doc["axis_names"], doc["region"]))
+    pic = doc["picture"]
+    erf = doc["erf"]
+    what = "TRF box" if erf is None else f"TRF box + ERF ({erf['runs']} runs, {erf['method']})"
+    return (f"wrote {pic['path']} ({pic['width']}x{pic['height']} px, {pic['scale']} px per input "
+            f"pixel): {what} of unit ({','.join(map(str, doc['index']))}) of '{doc['tensor']}', "
+            f"region {region}")

@@ -1,0 +1,173 @@
+"""Pixel-exact pictures of one unit's field: the input image, its ERF heatmap and its TRF box.
+
+Conventions: a picture is the model's input grid (H x W input pixels, the image resized to it)
+magnified by an integer ``scale``, so input pixel (y, x) covers picture pixels
+[y*scale, (y+1)*scale) x [x*scale, (x+1)*scale).  The TRF box is the region [u0, v0] per axis
+(inclusive, from ``EndPoint.region``) clipped to the input, outlined ``BOX_WIDTH`` pixels wide
+inside its outer edge in ``BOX_COLOUR``.  The ERF is divided by its maximum and coloured with
+``CMAP``; over an image it is blended with weight ``alpha * value``.  1-D inputs are drawn as a
+strip ``STRIP`` input pixels tall.  Needs Pillow and matplotlib (its colour maps), imported lazily.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import RFGraphError
+
+Region = Sequence[tuple[int, int]]
+BOX_COLOUR = (0, 255, 255)  # cyan: absent from the 'inferno' map, so the box is always visible
+BOX_WIDTH = 2
+CMAP = "inferno"
+STRIP = 8
+
+
+def _pil() -> Any:
+    """The PIL.Image module, or a one-line error naming the extra."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise RFGraphError("images need Pillow: pip install 'rfgraph[report]'") from None
+    return Image
+
+
+def grid_size(input_shape: Sequence[int], spatial_axes: Sequence[int]) -> tuple[int, int]:
+    """(H, W) of the picture's input grid; a 1-D input is a strip STRIP pixels tall."""
+    sizes = [int(input_shape[a]) for a in spatial_axes]
+    if len(sizes) == 1:
+        return STRIP, sizes[0]
+    if len(sizes) == 2:
+        return sizes[0], sizes[1]
+    raise RFGraphError(f"pictures need a 1-D or 2-D input; this one has {len(sizes)} spatial axes")
+
+
+def region_2d(region: Region, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(rows, cols) of a region; a 1-D region spans every row of the strip."""
+    if len(region) == 1:
+        return (0, height - 1), (int(region[0][0]), int(region[0][1]))
+    return (int(region[0][0]), int(region[0][1])), (int(region[1][0]), int(region[1][1]))
+
+
+def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """An RGB image resized (bilinear) to ``size`` = (H, W): uint8 array (H, W, 3)."""
+    Image = _pil()
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            return np.asarray(im, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise RFGraphError(f"image '{path}' does not exist") from None
+    except OSError as exc:
+        raise RFGraphError(f"image '{path}' could not be read ({exc})") from None
+
+
+def blank_image(size: tuple[int, int]) -> np.ndarray:
+    """A neutral grey background of ``size`` = (H, W), used when no image is given."""
+    return np.full((size[0], size[1], 3), 96, dtype=np.uint8)
+
+
+def display_scale(size: tuple[int, int], target: int = 384, largest: int = 16) -> int:
+    """Integer magnification bringing the longer side near ``target`` pixels (1 for big inputs)."""
+    return int(max(1, min(largest, target // max(size))))
+
+
+def colourise(erf: np.ndarray, cmap: str = CMAP) -> tuple[np.ndarray, np.ndarray]:
+    """(RGB uint8 (H, W, 3), normalised values in [0, 1]) of an ERF map divided by its maximum."""
+    try:
+        from matplotlib import colormaps
+    except ImportError:
+        raise RFGraphError("heatmaps need matplotlib: pip install 'rfgraph[report]'") from None
+    values = np.abs(np.asarray(erf, dtype=np.float64))
+    top = float(values.max()) if values.size else 0.0
+    values = values / top if top > 0 else np.zeros_like(values)
+    rgb = (colormaps[cmap](values)[..., :3] * 255).round().astype(np.uint8)
+    return rgb, values
+
+
+def erf_2d(erf: np.ndarray, height: int) -> np.ndarray:
+    """The ERF as a 2-D map: 1-D maps are repeated over the strip's rows."""
+    erf = np.asarray(erf)
+    return np.repeat(erf[None, :], height, axis=0) if erf.ndim == 1 else erf
+
+
+def box_pixels(region: Region, size: tuple[int, int], scale: int) -> tuple[int, int, int, int] | None:
+    """Outer edge (x0, y0, x1, y1), inclusive picture pixels, of a region clipped to the input;
+    None when the region lies wholly outside."""
+    (y0, y1), (x0, x1) = region_2d(region, size[0])
+    y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, size[0] - 1), min(x1, size[1] - 1)
+    if y0 > y1 or x0 > x1:
+        return None
+    return x0 * scale, y0 * scale, (x1 + 1) * scale - 1, (y1 + 1) * scale - 1
+
+
+def compose(size: tuple[int, int], image: np.ndarray | None = None, erf: np.ndarray | None = None,
+            region: Region | None = None, scale: int = 1, alpha: float = 0.7) -> np.ndarray:
+    """The picture as uint8 (H*scale, W*scale, 3): image (or grey), ERF heatmap, TRF box.
+
+    Without an image the heatmap is drawn opaque; over an image it is blended by ``alpha * value``.
+    """
+    base = (image if image is not None else blank_image(size)).astype(np.float64)
+    if erf is not None:
+        rgb, values = colourise(erf_2d(erf, size[0]))
+        weight = alpha * values[..., None] if image is not None else np.ones_like(values)[..., None]
+        base = base * (1 - weight) + rgb * weight
+    pic = np.repeat(np.repeat(base.round().astype(np.uint8), scale, axis=0), scale, axis=1)
+    box = box_pixels(region, size, scale) if region is not None else None
+    if box is not None:
+        draw_box(pic, box)
+    return pic
+
+
+def draw_box(pic: np.ndarray, box: tuple[int, int, int, int], width: int = BOX_WIDTH) -> None:
+    """Outline ``box`` (x0, y0, x1, y1 inclusive) in BOX_COLOUR, ``width`` pixels inside its edge."""
+    x0, y0, x1, y1 = box
+    w = max(1, min(width, (x1 - x0 + 1 + 1) // 2, (y1 - y0 + 1 + 1) // 2))
+    pic[y0:y0 + w, x0:x1 + 1] = BOX_COLOUR
+    pic[y1 - w + 1:y1 + 1, x0:x1 + 1] = BOX_COLOUR
+    pic[y0:y1 + 1, x0:x0 + w] = BOX_COLOUR
+    pic[y0:y1 + 1, x1 - w + 1:x1 + 1] = BOX_COLOUR
+
+
+def png_bytes(pic: np.ndarray) -> bytes:
+    """PNG encoding of an RGB uint8 array."""
+    buf = io.BytesIO()
+    _pil().fromarray(pic, "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_uri(png: bytes) -> str:
+    """A ``data:image/png;base64,...`` URI (the HTML report embeds every picture)."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def save_png(pic: np.ndarray, path: str | Path) -> Path:
+    """Write a picture as PNG, with a one-line error when the path cannot be written."""
+    path = Path(path)
+    try:
+        path.write_bytes(png_bytes(pic))
+    except OSError as exc:
+        raise RFGraphError(f"cannot write '{path}' ({exc.strerror or exc})") from None
+    return path
+
+
+def unit_erf(analysis: Any, tensor: str, index: Sequence[int], runs: int = 16, method: str = "grad",
+             inputs: str = "gaussian", seed: int = 0, progress: bool = False) -> Any:
+    """The ERF (``rfgraph.erf.compute_erf``) of one unit of ``tensor``, on the analysed model."""
+    from .erf import compute_erf
+
+    result = compute_erf(analysis.graph.model, tensor, unit=tuple(index), runs=runs, method=method,
+                         inputs=inputs, seed=seed, progress=progress)
+    if result.input_name != analysis.input_name:
+        raise RFGraphError(f"the ERF engine differentiates w.r.t. input '{result.input_name}', "
+                           f"not '{analysis.input_name}'; drop --input or --no-erf")
+    return result
+
+
+__all__ = ["BOX_COLOUR", "BOX_WIDTH", "CMAP", "box_pixels", "colourise", "compose", "data_uri",
+           "display_scale", "draw_box", "grid_size", "load_image", "png_bytes", "region_2d",
+           "save_png", "unit_erf"]
