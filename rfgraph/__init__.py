@@ -7,7 +7,9 @@ axis, input region of any unit, alignment of every merge) of every tensor of the
 __version__ = "0.1.0"
 
 from .analysis import Analysis, EndPoint, analyze  # noqa: E402
+from .custom_ops import register_op, unregister_op  # noqa: E402
 from .errors import RFGraphError  # noqa: E402
 from .paths import path_histogram  # noqa: E402
 
-__all__ = ["Analysis", "EndPoint", "RFGraphError", "analyze", "path_histogram", "__version__"]
+__all__ = ["Analysis", "EndPoint", "RFGraphError", "analyze", "path_histogram", "register_op",
+           "unregister_op", "__version__"]

@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from . import custom_ops
 from .errors import DynamicShapeError, RFGraphError
 from .fields import AxisField, Rational
 from .onnx_import import ModelGraph, ModelSource, build_graph, load_model
@@ -119,6 +120,7 @@ class Analysis:
     global_at: dict[str, str]  # node -> why it mixes all positions
     graph: ModelGraph = field(repr=False)
     _pass: PassResult = field(repr=False)
+    rule_notes: dict[str, str] = field(default_factory=dict)  # node -> declared/assumed rule used
 
     def __getitem__(self, name: str) -> EndPoint:
         try:
@@ -163,14 +165,26 @@ class Analysis:
 
 
 def analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None = None,
-            input_name: str | None = None, layout: str | None = None) -> Analysis:
+            input_name: str | None = None, layout: str | None = None, *,
+            rules: object = None, assume_pointwise: bool = False) -> Analysis:
     """Receptive fields of every tensor of an ONNX model (path, bytes or ModelProto).
 
     ``input_shape`` fixes input dims ({"x": (1, 3, 224, 224)}; name "" means the first input);
     ``input_name`` picks the input the fields refer to; ``layout`` ("NCHW", "NHWC", "NCL"...)
-    overrides the inferred position of the spatial axes.
+    overrides the inferred position of the spatial axes.  ``rules`` (a TOML rules file or a
+    ``custom_ops.RuleSet``) declares ops rfgraph does not know; ``assume_pointwise`` treats other
+    unknown ops that keep the spatial shape as pointwise; both are listed in ``rule_notes``.
     """
-    proto = load_model(model, input_shape)
+    with custom_ops.active(rules, assume_pointwise) as session:
+        analysis = _analyze(model, input_shape, input_name, layout)
+    analysis.rule_notes.update(session.used)
+    return analysis
+
+
+def _analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None,
+             input_name: str | None, layout: str | None) -> Analysis:
+    """``analyze`` with the declared rules already active."""
+    proto = custom_ops.declare_shapes(load_model(model, input_shape))
     mg = build_graph(proto)
     name = _pick_input(mg, input_name)
     shape = mg.shapes.get(name)

@@ -885,7 +885,12 @@ OP_RULES: dict[str, Rule] = {
 
 
 def rule_for(op_type: str, domain: str = "") -> Rule | None:
-    """The rule of an op (standard domain, or ``com.microsoft`` ops that share a standard name)."""
-    if domain in ("", "ai.onnx", "com.microsoft", "ai.onnx.ml") or domain is None:
-        return OP_RULES.get(op_type)
-    return None
+    """The rule of an op: a user-declared one (``rfgraph.register_op``, ``--rules``) first, then
+    the table (standard domain, or ``com.microsoft`` ops that share a standard name), then the
+    ``--assume-pointwise`` fallback; None when there is none."""
+    from .custom_ops import custom_rule, fallback_rule  # late: custom_ops builds on this module
+
+    rule = custom_rule(op_type, domain)
+    if rule is None and (domain in ("", "ai.onnx", "com.microsoft", "ai.onnx.ml") or domain is None):
+        rule = OP_RULES.get(op_type)
+    return rule if rule is not None else fallback_rule(op_type, domain)

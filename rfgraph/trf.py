@@ -121,7 +121,9 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None]) -> Transfe
     rule = rule_for(node.op_type, node.domain)
     if rule is None:
         dom = f" (domain '{node.domain}')" if node.domain else ""
-        raise UnsupportedOpError(mg.names[idx], node.op_type, f"no receptive-field rule for this op{dom}")
+        raise UnsupportedOpError(mg.names[idx], node.op_type, f"no receptive-field rule for this op{dom}; "
+                                 f"declare one with --rules FILE or rfgraph.register_op "
+                                 f"(see docs/custom_ops.md)")
     ctx = NodeContext(
         name=mg.names[idx], op=node.op_type, node=node, attrs=attributes(node), layouts=layouts,
         in_shapes=[mg.shapes.get(t) if t else None for t in node.input],
