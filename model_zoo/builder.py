@@ -273,6 +273,12 @@ class GraphBuilder:
     def relu(self, x: str, name: str | None = None) -> str:
         return self._unary("Relu", x, name)
 
+    def relu6(self, x: str, name: str | None = None) -> str:
+        """ReLU6 as tf2onnx writes tf.nn.relu6: Clip(x, 0, 6)."""
+        lo = self.const(np.array(0.0, np.float32), "min")
+        hi = self.const(np.array(6.0, np.float32), "max")
+        return self._node("Clip", [x, lo, hi], self.shape(x), "Relu6", name)
+
     def tanh(self, x: str, name: str | None = None) -> str:
         return self._unary("Tanh", x, name)
 
@@ -283,10 +289,11 @@ class GraphBuilder:
         return self._unary("Identity", x, name)
 
     def activation(self, x: str, kind: str | None, name: str | None = None) -> str:
-        """Apply ``kind`` in {None/'linear', 'relu', 'tanh', 'sigmoid', 'gelu'}."""
+        """Apply ``kind`` in {None/'linear', 'relu', 'relu6', 'tanh', 'sigmoid', 'gelu'}."""
         if kind in (None, "linear", "none"):
             return self.identity(x, name) if name else x
-        fn = {"relu": self.relu, "tanh": self.tanh, "sigmoid": self.sigmoid, "gelu": self.gelu}
+        fn = {"relu": self.relu, "relu6": self.relu6, "tanh": self.tanh, "sigmoid": self.sigmoid,
+              "gelu": self.gelu}
         if kind not in fn:
             raise ValueError(f"unknown activation {kind!r}")
         return fn[kind](x, name=name)

@@ -17,7 +17,7 @@ Conventions that decide r, S, P and are therefore kept exactly:
 * ``resnet_utils.conv2d_same`` (ResNet strided 3x3 and the 7x7 root) pads explicitly
   (total ``k_eff - 1``, begin ``total // 2``) with a ``Pad`` node, then a 'VALID' conv.
 * Batch norm is folded into the conv bias (tf2onnx on a frozen inference graph); activations are
-  ReLU; Inception-ResNet residual scales are a ``Mul`` by a constant.
+  ReLU (ReLU6 = ``Clip(0, 6)`` in MobileNet); Inception-ResNet residual scales are a ``Mul``.
 * Channel counts are ``max(int(d * width), 1)``: the field does not depend on them, and a small
   ``width`` keeps graphs small and fast.  ``width=1`` gives the real depths.
 
@@ -35,8 +35,8 @@ from .builder import GraphBuilder, IntOrTuple, Padding, conv2d_same_pads
 class Slim:
     """slim.conv2d / max_pool2d / avg_pool2d look-alikes over a GraphBuilder."""
 
-    def __init__(self, b: GraphBuilder, width: float, x0: str) -> None:
-        self.b, self.width, self.x0 = b, width, x0  # x0: the NCHW image the net starts from
+    def __init__(self, b: GraphBuilder, width: float, x0: str, act: str = "relu") -> None:
+        self.b, self.width, self.x0, self.act = b, width, x0, act  # x0: the NCHW input image
 
     def depth(self, d: int) -> int:
         """Channel count after the width multiplier (at least 1)."""
@@ -48,7 +48,7 @@ class Slim:
         """slim.conv2d: Conv (+ folded BN bias) + ReLU unless ``act`` is False."""
         y = self.b.conv(x, self.depth(d), k, stride, padding, dilation=rate,
                         name=None if act else name)
-        return self.b.relu(y, name=name) if act else y
+        return self.b.activation(y, self.act, name=name) if act else y
 
     def conv2d_same(self, x: str, d: int, k: int, stride: int, rate: int = 1,
                     name: str | None = None) -> str:
@@ -137,15 +137,16 @@ MOBILENET_V1_DEFS: list[tuple[str, int, int]] = (
 
 def mobilenet_v1(size: int = 224, width: float = 0.125, depth_multiplier: float = 1.0,
                  same_mode: str = "explicit", seed: int = 0, layout: str = "NCHW") -> GraphBuilder:
-    """mobilenet_v1_base: 3x3/2 conv, then 13 depthwise-3x3 (SAME) + pointwise-1x1 pairs."""
+    """mobilenet_v1_base: 3x3/2 conv, then 13 depthwise-3x3 (SAME) + pointwise-1x1 pairs, ReLU6."""
     name = "mobilenet_v1" if depth_multiplier == 1.0 else f"mobilenet_v1_{int(depth_multiplier * 100):03d}"
     b, s = _start(name, size, width * depth_multiplier, same_mode, seed, layout)
+    s.act = "relu6"
     x, eps = s.x0, []
     for i, (kind, stride, d) in enumerate(MOBILENET_V1_DEFS):
         if kind == "conv":
             x = s.conv(x, d, 3, stride, name=f"Conv2d_{i}")
         else:
-            x = b.relu(b.depthwise_conv(x, 3, stride, "SAME"), name=f"Conv2d_{i}_depthwise")
+            x = b.relu6(b.depthwise_conv(x, 3, stride, "SAME"), name=f"Conv2d_{i}_depthwise")
             x = s.conv(x, d, 1, name=f"Conv2d_{i}_pointwise")
         eps.append(x)
     return _finish(b, eps, size)

@@ -88,7 +88,7 @@ def test_wrong_reference_number_is_reported(capsys, tmp_path):
     """A reference that disagrees shows 'differ' naming the quantity; exit 1 only when asked."""
     ref = write_csv(tmp_path / "bad.csv", ["model", "r", "S", "P"], [("vgg_16", 212, 32, 91)])
     code, out = run_table(capsys, "--models", "vgg_16", "--reference", str(ref))
-    assert code == 0 and "differ (P)" in out
+    assert code == 0 and "differ (P)" in out and "1 rows: 0 match, 1 differ" in out
     code, _ = run_table(capsys, "--models", "vgg_16", "--reference", str(ref), "--fail-on-differ")
     assert code == 1
 
@@ -106,7 +106,7 @@ def test_csv_and_markdown_formats(capsys, published_csv):
     _, out = run_table(capsys, "--format", "csv", "--reference", str(published_csv),
                        "--models", "vgg_16", "mobilenet_v1")
     rows = list(csv.reader(io.StringIO(out)))
-    assert rows[0][:6] == ["model", "end point", "input", "r", "S", "P"]
+    assert rows[0][:7] == ["model", "family", "end point", "input", "r", "S", "P"]
     assert [r[0] for r in rows[1:]] == ["vgg_16", "mobilenet_v1"]
     assert all(r[rows[0].index("verdict")] == "match" for r in rows[1:])
     _, md = run_table(capsys, "--format", "markdown", "--reference", str(published_csv),

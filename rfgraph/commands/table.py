@@ -45,6 +45,7 @@ class Row:
     """One end point of one model: our r, S, P per axis and the published triple, if any."""
 
     model: str
+    family: str  # tf-slim, torchvision, luo... (conventions differ between families)
     end_point: str
     input_size: list[int]
     r: list[Any]
@@ -149,6 +150,7 @@ def model_rows(name: str, reference: dict[RefKey, Triple], all_endpoints: bool) 
         raise RFGraphError(str(exc)) from None
     analysis = analyze(model)
     base = name.split(":", 1)[0]
+    family = model_zoo.entry(name).family
     eps = model_zoo.endpoints(model)
     chosen = eps if all_endpoints else eps[-1:]
     spatial = [analysis.input_shape[a] for a in analysis.spatial_axes]
@@ -158,7 +160,8 @@ def model_rows(name: str, reference: dict[RefKey, Triple], all_endpoints: bool) 
         ep = analysis[ep_name]
         r, S, P = ([number(v) for v in vals] for vals in (ep.r, ep.S, ep.P))
         pub = lookup(reference, base, ep_name, ep_name == eps[-1], size)
-        rows.append(Row(name, ep_name, spatial, r, S, P, pub, verdict(r, S, P, pub), _note(ep)))
+        rows.append(Row(name, family, ep_name, spatial, r, S, P, pub, verdict(r, S, P, pub),
+                        _note(ep)))
     return rows
 
 
@@ -173,13 +176,13 @@ def _note(ep: Any) -> str:
     return "; ".join(notes)
 
 
-HEADERS = ["model", "end point", "input", "r", "S", "P", "published r", "published S",
+HEADERS = ["model", "family", "end point", "input", "r", "S", "P", "published r", "published S",
            "published P", "verdict", "note"]
 
 
 def _cells(row: Row) -> list[Any]:
     pub = row.published or ("-", "-", "-")
-    return [row.model, row.end_point, "x".join(map(str, row.input_size)), per_axis(row.r),
+    return [row.model, row.family, row.end_point, "x".join(map(str, row.input_size)), per_axis(row.r),
             per_axis(row.S), per_axis(row.P), *pub, row.verdict, row.note]
 
 
@@ -198,5 +201,14 @@ def render(rows: Iterable[Row], fmt: str, reference: Path | None) -> str:
         return buf.getvalue().rstrip("\n")
     table = tabulate([_cells(r) for r in rows], headers=HEADERS,
                      tablefmt="github" if fmt == "markdown" else "simple")
-    src = f"published numbers from {reference}" if reference else "no reference CSV: no verdicts"
-    return f"{table}\n\n{src}"
+    return f"{table}\n\n{summary(rows, reference)}"
+
+
+def summary(rows: Sequence[Row], reference: Path | None) -> str:
+    """One line: how many rows match, differ, or have no published number, and from where."""
+    if reference is None:
+        return f"{len(rows)} rows; no reference CSV: no verdicts"
+    n_match = sum(r.verdict == "match" for r in rows)
+    n_differ = sum(r.verdict.startswith("differ") for r in rows)
+    return (f"{len(rows)} rows: {n_match} match, {n_differ} differ, {len(rows) - n_match - n_differ} "
+            f"without a published number (published numbers from {reference})")
