@@ -301,6 +301,28 @@ def test_builder_padding_forms_and_errors():
         b.conv(b.input, 3, 3, groups=2)
 
 
+def test_every_builder_op_runs_with_its_tracked_shape():
+    """Each GraphBuilder method makes a node onnxruntime executes with the shape the builder
+    tracked (the builder is reused by other test suites, so its shapes must be right)."""
+    b = GraphBuilder("ops", (1, 4, 9, 10))
+    x = b.batchnorm(b.relu6(b.conv(b.input, 4, 3, 2, "SAME")))              # 5x5
+    t = b.depthwise_conv(b.tanh(x), (1, 3), 1, ((0, 0), (1, 1)), multiplier=2)
+    p = b.avg_pool(b.pad(b.sigmoid(t), [(1, 0), (0, 1)]), 2, 1, "SAME")
+    m = b.max_pool(p, 3, 2, 1, ceil_mode=True)
+    u = b.resize(b.conv_transpose(m, 3, 2, 2), 2, mode="nearest")
+    c = b.concat([b.scale(u, 0.5), b.gelu(u)])
+    g = b.global_avg_pool(c)
+    tok = b.transpose(b.reshape(c, (1, 6, b.spatial(c)[0] * b.spatial(c)[1])), (0, 2, 1))
+    att = b.softmax(b.matmul(b.layernorm(tok), b.transpose(tok, (0, 2, 1))))
+    y = b.reduce_mean(b.linear(b.matmul(att, tok), 5), axes=[1], keepdims=True)
+    outs = [b.output(g), b.output(y), b.output(b.add(x, b.identity(x))),
+            b.output(b.mul(x, b.activation(x, "gelu")))]
+    sess = ort.InferenceSession(b.build().SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(outs, {b.input: np.ones(b.shape(b.input), np.float32)})
+    assert [v.shape for v in got] == [b.shape(o) for o in outs]
+    assert all(np.isfinite(v).all() for v in got)
+
+
 # ---------------------------------------------------------------- registry
 def test_registry_names_and_parameters():
     """available() lists the twelve TF-slim nets; parametric names and key=value options work."""

@@ -93,6 +93,20 @@ def test_wrong_reference_number_is_reported(capsys, tmp_path):
     assert code == 1
 
 
+def test_partial_reference_luo_numbers(capsys, tmp_path):
+    """A paper that gives r only (Luo et al.: CIFAR ResNet 74, CamVid front end 505 at 1/16):
+    only the given quantities are compared; the CIFAR row differs (74 is odd-kernel-unreachable,
+    see test_model_zoo), the CamVid row matches."""
+    ref = write_csv(tmp_path / "luo.csv", ["model", "r", "S", "P"],
+                    [("luo_cifar_resnet", 74, "", ""), ("luo_camvid_frontend", 505, 16, "None")])
+    _, out = run_table(capsys, "--format", "json", "--reference", str(ref),
+                       "--models", "luo_cifar_resnet", "luo_camvid_frontend")
+    rows = {r["model"]: r for r in json.loads(out)["rows"]}
+    assert rows["luo_cifar_resnet"]["verdict"] == "differ (r)"
+    assert rows["luo_cifar_resnet"]["published"] == [74, None, None]
+    assert rows["luo_camvid_frontend"]["verdict"] == "match"
+
+
 def test_without_reference_no_verdicts(capsys):
     """--no-reference: the numbers print, verdicts are '-' and no published value is shown."""
     code, out = run_table(capsys, "--no-reference", "--format", "json", "--models", "alexnet_v2")

@@ -7,7 +7,8 @@ never stored in the package.  Without a reference the table still prints, with n
 
 Reference CSV: ``#`` lines are comments; columns ``model, r, S, P`` and optionally ``end_point``
 (rows without it are the model's final end point) and ``resolution`` (rows with it apply only
-to models built at that input size).  Values ``None``/empty mean "not published".
+to models built at that input size).  Values ``None``/empty mean "not published": the verdict then
+compares only the published quantities (e.g. a paper that gives r alone).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ EXAMPLES = """examples:
 exit codes: 0 table printed; 1 --fail-on-differ and some row differs from the reference;
 2 unknown model, unreadable reference or bad arguments."""
 
-Triple = tuple[int, int, int]
+Triple = tuple[int | None, int | None, int | None]
 RefKey = tuple[str, str | None, int | None]
 
 
@@ -62,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "compare with published numbers read from a reference CSV.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", metavar="NAME", default=None,
-                   help="zoo names, optionally NAME:key=value,... (default: the twelve TF-slim nets)")
+                   help="zoo names, optionally NAME:key=value,...; 'all' for every zoo model "
+                        "(default: the twelve TF-slim nets)")
     p.add_argument("--endpoints", action="store_true",
                    help="one row per intermediate end point (resnet blocks, inception mixed layers)")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
@@ -81,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         raise RFGraphError(f"--reference {args.reference}: file not found")
     reference = load_reference(ref_path) if ref_path else {}
     names = args.models or list(model_zoo.SLIM_MODELS)
+    if names == ["all"]:
+        names = model_zoo.available()
     rows = [row for name in names for row in model_rows(name, reference, args.endpoints)]
     print(render(rows, args.format, ref_path))
     return 1 if args.fail_on_differ and any(r.verdict.startswith("differ") for r in rows) else 0
@@ -112,7 +116,7 @@ def load_reference(path: Path) -> dict[RefKey, Triple]:
         if not {"model", "r", "S", "P"} <= rec.keys():
             raise RFGraphError(f"reference {path}: needs columns model, r, S, P")
         vals = tuple(_int_or_none(rec[k]) for k in ("r", "S", "P"))
-        if None in vals:
+        if vals == (None, None, None):
             continue
         key = (rec["model"], rec.get("end_point") or None, _int_or_none(rec.get("resolution")))
         ref[key] = vals  # type: ignore[assignment]
@@ -134,7 +138,8 @@ def verdict(r: Sequence[Any], S: Sequence[Any], P: Sequence[Any], pub: Triple | 
     """"match" when every axis equals the published triple, else which quantities differ."""
     if pub is None:
         return "-"
-    wrong = [nm for nm, ours, p in zip("rSP", (r, S, P), pub) if any(v != p for v in ours)]
+    wrong = [nm for nm, ours, p in zip("rSP", (r, S, P), pub)
+             if p is not None and any(v != p for v in ours)]
     return "match" if not wrong else f"differ ({', '.join(wrong)})"
 
 
@@ -181,7 +186,7 @@ HEADERS = ["model", "family", "end point", "input", "r", "S", "P", "published r"
 
 
 def _cells(row: Row) -> list[Any]:
-    pub = row.published or ("-", "-", "-")
+    pub = ["-" if v is None else v for v in (row.published or (None, None, None))]
     return [row.model, row.family, row.end_point, "x".join(map(str, row.input_size)), per_axis(row.r),
             per_axis(row.S), per_axis(row.P), *pub, row.verdict, row.note]
 
