@@ -55,6 +55,8 @@ def _registry() -> dict[str, ZooEntry]:
                                        "Luo et al. CIFAR ResNet, 17 blocks, no downsampling")
     reg["luo_camvid_frontend"] = ZooEntry("luo_camvid_frontend", luo.camvid_frontend, "luo",
                                           "Luo et al. CamVid front end, 16 blocks, 4 subsamplings")
+    reg["dilated_stack"] = ZooEntry("dilated_stack", luo.dilated_stack, "blog",
+                                    "Yu & Koltun 3x3 convs with dilation 1, 2, 4")
     reg["highresnet"] = ZooEntry("highresnet", luo.highresnet, "blog",
                                  "HighResNet (Li et al. 2017), 2-D, 9 dilated residual blocks")
     reg["vit_small"] = ZooEntry("vit_small", vit.vit, "transformer", "small ViT, mean-pooled")

@@ -8,6 +8,7 @@
   take layers 5, 10, 15 (evenly spread), documented in ``CONV15_SPECIAL``.
 * ``cifar_resnet``: 17 residual blocks (two 3x3 convs each), no pooling or downsampling (sec. 3.2).
 * ``camvid_frontend``: 16 residual blocks interleaved with 4 subsamplings by 2 (sec. 3.2).
+* ``dilated_stack``: Yu & Koltun's 3x3 convs dilated 1, 2, 4 (blog): r = 3, 7, 15.
 * ``highresnet``: HighResNet (Li et al. 2017, 2-D): 3x3 conv, then 3 residual blocks at each of
   dilations 1, 2, 4 (two 3x3 convs per block), 1x1 head; 2^9 paths, max path RF 87 (blog).
 
@@ -118,6 +119,17 @@ def camvid_frontend(layout: Sequence[int] = CAMVID_LAYOUT, channels: int = 16, s
             eps.append(x)
     x = b.conv(x, channels, head, 1, (head - 1) // 2, name="output")
     return _finish(b, x, eps)
+
+
+def dilated_stack(dilations: Sequence[int] = (1, 2, 4), k: int = 3, size: int = 33,
+                  seed: int = 0) -> GraphBuilder:
+    """Yu & Koltun's dilated 3x3 stack (the blog's example): layers a, b, c with k' = d(k-1)+1."""
+    b = GraphBuilder("dilated_stack", (1, 1, size, size), seed=seed)
+    x, eps = b.input, []
+    for i, d in enumerate(dilations):
+        x = b.conv(x, 1, k, 1, d * (k - 1) // 2, dilation=d, bias=False, name=chr(ord("a") + i))
+        eps.append(x)
+    return _finish(b, b.identity(x, name="output"), eps)
 
 
 HIGHRESNET_DILATIONS = (1, 1, 1, 2, 2, 2, 4, 4, 4)

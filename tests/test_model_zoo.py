@@ -428,9 +428,17 @@ def test_luo_cifar_resnet_trf_and_why_74_is_unreachable():
         assert r == stem + 68 and r % 2 == 1 and r != 74
 
 
+def test_dilated_stack_yu_koltun():
+    """3x3, then 3x3 dilated 2, then 3x3 dilated 4: r = 3, 7, 15 (blog / Yu & Koltun)."""
+    analysis = rfgraph.analyze(model_zoo.build("dilated_stack"))
+    assert [rsp(analysis, t)[0] for t in ("a", "b", "c")] == [3, 7, 15]
+    assert rsp(analysis, "output") == (15, 1, 7)
+
+
 def test_highresnet_path_histogram_is_binomial_with_max_87():
     """HighResNet: 2^9 paths; a path through a blocks at dilation 1, b at 2, c at 4 has
-    r = 3 + 4(a + 2b + 4c), and there are C(3,a)C(3,b)C(3,c) such paths; max r = 87 (blog)."""
+    r = 3 + 4(a + 2b + 4c), and there are C(3,a)C(3,b)C(3,c) such paths; max r = 87 (blog).
+    The blog's "29 unique paths" is not reproduced by this count: 512 paths, 22 distinct sizes."""
     analysis = rfgraph.analyze(model_zoo.build("highresnet"))
     expected: Counter = Counter()
     for a, b, c in itertools.product(range(4), repeat=3):
@@ -438,7 +446,7 @@ def test_highresnet_path_histogram_is_binomial_with_max_87():
     hist = rfgraph.path_histogram(analysis, "output")
     for axis in hist:
         assert axis == dict(expected)
-        assert max(axis) == 87 and sum(axis.values()) == 2 ** 9
+        assert max(axis) == 87 and sum(axis.values()) == 2 ** 9 and len(axis) == 22
     assert rsp(analysis, "output") == (87, 1, 43)
 
 
