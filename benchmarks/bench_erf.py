@@ -1,0 +1,272 @@
+"""Benchmark: ERF time per input against the forward pass and against torch autograd.
+
+For a ResNet-50-like and a ViT-S-like model at 224x224 (built in torch, exported with a dynamic
+batch, identical weights everywhere) it measures, per input:
+  (a) onnxruntime forward alone (graph optimisation ALL, same batch),
+  (b) rfgraph's ERF gradient (forward + backward in one onnxruntime session),
+  (c) torch autograd input gradient with parameters frozen (requires_grad False),
+and prints ERF/forward and ERF/torch ratios, the peak memory of each (max RSS of a fresh
+subprocess, so each number includes its own runtime), and the gradient agreement with torch.
+Run on demand (not a test):  python benchmarks/bench_erf.py [--models resnet50 vit_s]
+[--batch 4] [--reps 3] [--threads 0] [--size 224]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing as mp
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- models (torch)
+
+def resnet50(num_classes: int = 1000):  # type: ignore[no-untyped-def]
+    """ResNet-50 v1.5 (bottleneck, stride in the 3x3), written out: torchvision is not used."""
+    import torch.nn as nn
+
+    class Bottleneck(nn.Module):
+        def __init__(self, cin: int, width: int, stride: int) -> None:
+            super().__init__()
+            cout = width * 4
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True), nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout))
+            self.down = None
+            if stride != 1 or cin != cout:
+                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          nn.BatchNorm2d(cout))
+            self.relu = nn.ReLU(inplace=True)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return self.relu(self.body(x) + (x if self.down is None else self.down(x)))
+
+    layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+              nn.MaxPool2d(3, 2, 1)]
+    cin = 64
+    for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        for i in range(blocks):
+            layers.append(Bottleneck(cin, width, stride if i == 0 else 1))
+            cin = width * 4
+    return nn.Sequential(*layers)  # the trunk: ERF of a unit of the last feature map
+
+
+def vit_s(size: int = 224):  # type: ignore[no-untyped-def]
+    """ViT-S/16: dim 384, depth 12, 6 heads, MLP 1536, cls token, learned positions."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class Block(nn.Module):
+        def __init__(self, dim: int, heads: int) -> None:
+            super().__init__()
+            self.n1, self.n2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+            self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+            self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+            self.heads = heads
+
+        def forward(self, t):  # type: ignore[no-untyped-def]
+            b, n, d = t.shape
+            qkv = self.qkv(self.n1(t)).reshape(b, n, 3, self.heads, d // self.heads)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            att = torch.softmax(q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5, dim=-1)
+            t = t + self.proj((att @ v).transpose(1, 2).reshape(b, n, d))
+            return t + self.fc2(F.gelu(self.fc1(self.n2(t))))
+
+    class ViT(nn.Module):
+        def __init__(self, dim: int = 384, depth: int = 12, heads: int = 6, patch: int = 16) -> None:
+            super().__init__()
+            self.patch = nn.Conv2d(3, dim, patch, patch)
+            n = (size // patch) ** 2
+            self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+            self.pos = nn.Parameter(torch.randn(1, n + 1, dim) * 0.02)
+            self.blocks = nn.Sequential(*[Block(dim, heads) for _ in range(depth)])
+            self.norm = nn.LayerNorm(dim, eps=1e-6)
+            self.grid = size // patch
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            t = self.patch(x).flatten(2).transpose(1, 2)
+            t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1) + self.pos
+            t = self.norm(self.blocks(t))[:, 1:]  # patch tokens as a feature map
+            return t.transpose(1, 2).reshape(t.shape[0], -1, self.grid, self.grid)
+
+    return ViT()
+
+
+def build(name: str, size: int):  # type: ignore[no-untyped-def]
+    import torch
+
+    torch.manual_seed(0)
+    net = resnet50() if name == "resnet50" else vit_s(size)
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    # random BN statistics so that the folded network is not trivially scaled
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return net
+
+
+def export(name: str, size: int, path: Path) -> None:
+    import torch
+
+    net = build(name, size)
+    x = torch.randn(1, 3, size, size)
+    f = io.BytesIO()
+    torch.onnx.export(net, (x,), f, dynamo=False, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}, opset_version=17)
+    path.write_bytes(f.getvalue())
+
+
+# ----------------------------------------------------------------------------- measurements
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _timeit(fn, reps: int) -> float:  # type: ignore[no-untyped-def]
+    fn()  # warm-up (allocations, kernel selection)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _inputs(batch: int, size: int) -> np.ndarray:
+    return np.random.default_rng(1).standard_normal((batch, 3, size, size)).astype(np.float32)
+
+
+def run_forward(path: str, batch: int, size: int, reps: int, threads: int) -> dict:
+    import onnx
+    import onnxruntime as ort
+
+    from rfgraph import vjp
+
+    model = vjp.prepare(onnx.load(path), (batch, 3, size, size))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    x = _inputs(batch, size)
+    t = _timeit(lambda: sess.run(None, {"x": x}), reps)
+    return {"seconds_per_input": t / batch, "peak_mb": _peak_mb()}
+
+
+def run_erf(path: str, batch: int, size: int, reps: int, threads: int) -> dict:
+    import onnx
+
+    from rfgraph import erf as erf_mod
+    from rfgraph import vjp
+
+    model = onnx.load(path)
+    out_shape = vjp.tensor_shapes(vjp.prepare(model, (1, 3, size, size)), "x")[0]["y"]
+    target = erf_mod.Target("y", out_shape, (2, 3), ((out_shape[2] - 1) // 2,
+                                                      (out_shape[3] - 1) // 2))
+    t0 = time.perf_counter()
+    engine = erf_mod.GradientEngine(model, target, "x", (1, 3, size, size), batch, threads=threads)
+    build_s = time.perf_counter() - t0
+    x = _inputs(batch, size)
+    t = _timeit(lambda: engine(x), reps)
+    grad = engine(x)
+    np.save(Path(path).with_suffix(".grad.npy"), grad)
+    return {"seconds_per_input": t / batch, "peak_mb": _peak_mb(), "batch_used": engine.batch,
+            "build_seconds": build_s, "nodes": len(engine.graph.model.graph.node)}
+
+
+def run_torch(name: str, batch: int, size: int, reps: int, threads: int, path: str) -> dict:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    net = build(name, size)
+    x0 = torch.tensor(_inputs(batch, size))
+    with torch.no_grad():
+        shape = net(x0[:1]).shape
+    seed = torch.zeros((batch,) + tuple(shape[1:]))
+    seed[:, :, (shape[2] - 1) // 2, (shape[3] - 1) // 2] = 1.0
+
+    def step() -> torch.Tensor:
+        x = x0.clone().requires_grad_(True)
+        (net(x) * seed).sum().backward()
+        return x.grad
+
+    t = _timeit(step, reps)
+    ours = np.load(Path(path).with_suffix(".grad.npy"))
+    ref = step().numpy()
+    err = float(np.abs(ours - ref).max() / np.abs(ref).max())
+    return {"seconds_per_input": t / batch, "peak_mb": _peak_mb(), "max_rel_err": err}
+
+
+def _child(q, fn, args):  # type: ignore[no-untyped-def]
+    q.put(fn(*args))
+
+
+def isolated(fn, *args) -> dict:  # type: ignore[no-untyped-def]
+    """Run one measurement in a fresh process so that its peak memory is its own."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(q, fn, args))
+    p.start()
+    out = q.get()
+    p.join()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["resnet50", "vit_s"], choices=["resnet50", "vit_s"])
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="0: the runtimes' defaults (all cores)")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--json", action="store_true", help="print one JSON object per model")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            path = str(Path(tmp) / f"{name}.onnx")
+            export(name, args.size, Path(path))
+            common = (args.batch, args.size, args.reps, args.threads)
+            fwd = isolated(run_forward, path, *common)
+            erf = isolated(run_erf, path, *common)
+            tor = isolated(run_torch, name, *common, path)
+            row = {"model": name, "size": args.size, "batch": args.batch, "cpu_count": os.cpu_count(),
+                   "forward_ms": 1e3 * fwd["seconds_per_input"], "erf_ms": 1e3 * erf["seconds_per_input"],
+                   "torch_ms": 1e3 * tor["seconds_per_input"],
+                   "erf_over_forward": erf["seconds_per_input"] / fwd["seconds_per_input"],
+                   "erf_over_torch": erf["seconds_per_input"] / tor["seconds_per_input"],
+                   "peak_mb": {"forward": fwd["peak_mb"], "erf": erf["peak_mb"], "torch": tor["peak_mb"]},
+                   "erf_batch_used": erf["batch_used"], "erf_build_s": erf["build_seconds"],
+                   "max_rel_err_vs_torch": tor["max_rel_err"]}
+            if args.json:
+                print(json.dumps(row))
+            else:
+                print(f"{name} @ {args.size}x{args.size}, batch {args.batch} (ERF ran batch "
+                      f"{row['erf_batch_used']}), {os.cpu_count()} CPUs")
+                print(f"  per input: forward {row['forward_ms']:.1f} ms | ERF {row['erf_ms']:.1f} ms"
+                      f" | torch autograd {row['torch_ms']:.1f} ms")
+                print(f"  ERF / forward = {row['erf_over_forward']:.2f}x   ERF / torch = "
+                      f"{row['erf_over_torch']:.2f}x   (targets: <= 2.5x, <= 1x)")
+                pk = row["peak_mb"]
+                print(f"  peak RSS: forward {pk['forward']:.0f} MB | ERF {pk['erf']:.0f} MB | "
+                      f"torch {pk['torch']:.0f} MB;  max rel err vs torch {row['max_rel_err_vs_torch']:.2e}")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
