@@ -1,0 +1,77 @@
+"""``rfgraph report``: one self-contained HTML page about a model's receptive fields."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import RFGraphError
+from ._common import add_model_args, load_analysis
+
+EXAMPLES = """examples:
+  rfgraph report model.onnx -o report.html
+  rfgraph report model.onnx --image photo.jpg -o report.html     hover view over your picture
+  rfgraph report model.onnx --erf-output feat1 --erf-output feat2 --erf-runs 32 -o r.html
+  rfgraph report model.onnx --no-erf --format json -o r.html       summary as JSON on stdout
+
+The page needs no network access: CSS, JavaScript and pictures are inlined.  Sections: summary
+(input, end points, r/S/P per axis, alignment verdict), every tensor in a sortable table, the graph
+coloured by r with misaligned merges in red, ERF heatmaps with the TRF box, and a hover view
+(output cell -> its input region over --image).  JSON schema: docs/json_schema.md.
+
+exit codes: 0 report written; 1 written, but the analysis stopped at an unsupported node;
+2 unreadable model or image, unknown tensor, unwritable output."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="self-contained HTML report (tables, graph, ERF, hover view)",
+                       description="Write one self-contained HTML page with the receptive fields "
+                                   "of a model: summary, sortable per-layer table, graph, ERF "
+                                   "heatmaps and an interactive hover view.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    p.add_argument("-o", "--out", metavar="FILE.html", help="where to write the page (default: MODEL.html here)")
+    p.add_argument("--image", metavar="FILE", help="picture for the hover view (resized to the input)")
+    p.add_argument("--title", help="page title (default: the model's file name)")
+    p.add_argument("--no-erf", action="store_true", help="leave the ERF heatmaps out (faster)")
+    p.add_argument("--erf-output", action="append", default=[], metavar="NAME",
+                   help="tensor to draw an ERF for (repeatable; default: the last --erf-limit "
+                        "end points with a local field)")
+    p.add_argument("--erf-limit", type=int, default=4, help="heatmaps drawn by default (default 4)")
+    p.add_argument("--erf-runs", type=int, default=8, help="random inputs averaged per ERF (default 8)")
+    p.add_argument("--method", choices=("grad", "fd"), default="grad",
+                   help="ERF gradients: exact VJP graph (grad) or finite differences (fd)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the ERF inputs")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="what to print once written: one line, or the summary as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..html_report import ERFOptions, build_report
+
+    quiet = bool(getattr(args, "quiet", False))
+    if args.erf_runs < 1:
+        raise RFGraphError("--erf-runs must be at least 1")
+    analysis = load_analysis(args)
+    erf = None if args.no_erf else ERFOptions(args.erf_output or None, args.erf_limit, args.erf_runs,
+                                              args.method, seed=args.seed,
+                                              progress=not quiet and sys.stderr.isatty())
+    out = Path(args.out) if args.out else Path(Path(args.model.split(":")[-1]).stem + ".html")
+    report = build_report(analysis, args.title or Path(args.model).name, args.image, erf)
+    report.write(out)
+    if args.format == "json":
+        print(json.dumps({"report": str(out), "bytes": len(report.html.encode("utf-8")), **report.summary},
+                         indent=2))
+    elif not quiet:
+        print(f"wrote {out} ({len(report.html.encode('utf-8')) // 1024} KiB): {len(analysis.endpoints)} "
+              f"tensors, {len(report.summary['erf'])} ERF heatmap(s), "
+              f"{'aligned' if analysis.aligned else 'MISALIGNED'}")
+    if not quiet:
+        for note in report.notes:
+            print(f"rfgraph: note: {note}", file=sys.stderr)
+        for s in analysis.stops:
+            print(f"rfgraph: stopped at node '{s.node}' ({s.op}): {s.reason}", file=sys.stderr)
+    return 1 if analysis.stops else 0
