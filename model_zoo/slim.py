@@ -349,15 +349,11 @@ def inception_v4(size: int = 299, width: float = 0.125, same_mode: str = "explic
     for name in ("Mixed_7b", "Mixed_7c", "Mixed_7d"):
         x = _mixed(b, x, name, [
             lambda t: s.conv(t, 256, 1),
-            lambda t: _split_1x3_3x1_d(b, s, s.conv(t, 384, 1), 256),
-            lambda t: _split_1x3_3x1_d(b, s, _chain(s, t, [(384, 1), (448, (3, 1)),
+            lambda t: _split_1x3_3x1(b, s, s.conv(t, 384, 1), 256),
+            lambda t: _split_1x3_3x1(b, s, _chain(s, t, [(384, 1), (448, (3, 1)),
                                                           (512, (1, 3))]), 256),
             lambda t: s.conv(avg(t), 256, 1)]); eps.append(x)
     return _finish(b, eps, size)
-
-
-def _split_1x3_3x1_d(b: GraphBuilder, s: Slim, t: str, d: int) -> str:
-    return _split_1x3_3x1(b, s, t, d)
 
 
 def _residual(b: GraphBuilder, s: Slim, x: str, name: str, branches: Sequence[Branch],

@@ -61,6 +61,14 @@ def test_shared_reference_found_next_to_checkout(capsys):
     assert [r["verdict"] for r in data["rows"]] == ["match", "match"]
 
 
+@pytest.mark.skipif(not SHARED_CSV.is_file(), reason="../shared reference data not present")
+def test_test_data_agrees_with_shared_reference():
+    """The published numbers typed into these tests are the ones of the shared reference CSV."""
+    from rfgraph.commands.table import load_reference
+    ref = load_reference(SHARED_CSV)
+    assert {m: v for (m, ep, res), v in ref.items() if ep is None and res is None} == PUBLISHED
+
+
 def test_endpoint_rows_against_library_table(capsys, tmp_path):
     """--endpoints: one row per end point, each matched against resolution-specific reference rows
     (224 for the standard build, 321 for ``:size=321``)."""
