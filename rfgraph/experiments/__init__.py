@@ -10,7 +10,7 @@ in registry order, writes each one's PNG figures and CSV under ``OUT/NAME/`` and
 
 from __future__ import annotations
 
-from . import uniform_random_relu, nonlinearities, growth, subsample_dilation, skip_dropout, trained_vs_init  # noqa: F401  (registration order = run order)
+from . import uniform_random_relu, nonlinearities, growth, subsample_dilation, skip_dropout, trained_vs_init, cnn_vs_transformer, gaussianity, rf_vs_accuracy  # noqa: F401  (registration order = run order)
 from .registry import EXPERIMENTS
 from .runner import run_experiments
 
