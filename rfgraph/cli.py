@@ -17,7 +17,7 @@ from .errors import RFGraphError
 
 # One module per command; each defines ``register(subparsers)`` that adds its parser and sets
 # ``func(args) -> int``.  Add a command by adding its module name here.
-COMMANDS = ["analyze", "boxes", "table", "erf", "show", "experiments", "report"]
+COMMANDS = ["analyze", "boxes", "table", "erf", "show", "experiments", "report", "diagnose"]
 
 EPILOG = """examples:
   rfgraph analyze model.onnx                      receptive field of every graph output

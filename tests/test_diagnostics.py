@@ -1,0 +1,333 @@
+"""Diagnostics on graphs whose answers are known by construction or by brute force.
+
+Cases: border layer of conv stacks (closed form r_l > n, eq. 2); full-coverage layer, covered
+inputs and unproductive-layer shares of chains against a pixel-set simulation (independent of the
+span arithmetic, padding handled by skipping padded positions); inner (narrowest-path) fields of
+a residual block against explicit path enumeration; the input-size range against the same
+simulation at every size; object containment against the closed form o <= r - S + 1 and brute
+force; a misaligned U-Net skip whose fix (1 unit) is computed, applied as a Pad node and then
+aligned; ERF growth of a linear all-ones stack (plateau at the last 3x3 conv, Luo size from the
+trinomial coefficients); the CLI (table and JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from model_zoo.builder import GraphBuilder
+from rfgraph import analyze
+from rfgraph import diagnostics as D
+from rfgraph.cli import main
+from rfgraph.fields import closed_form_P, closed_form_r
+
+Layer = tuple[int, int, int, int]  # kernel, stride, pad begin, pad end
+
+
+def chain_model(n: int, layers: list[Layer]) -> onnx.ModelProto:
+    """Single-channel conv chain c1..cL on an n x n input."""
+    b = GraphBuilder("chain", input_shape=(1, 1, n, n), weights="ones")
+    x = b.input
+    for i, (k, s, pb, pe) in enumerate(layers):
+        x = b.conv(x, 1, k, stride=s, padding=((pb, pe), (pb, pe)), bias=False, name=f"c{i + 1}")
+    b.output(x)
+    return b.build()
+
+
+def simulate(n: int, layers: list[Layer]) -> list[list[frozenset[int]]]:
+    """Pixels seen by every unit of every layer, by the definition of a padded convolution."""
+    fields = [[frozenset({i}) for i in range(n)]]
+    for k, s, pb, pe in layers:
+        prev = fields[-1]
+        m = len(prev)
+        cur = []
+        for u in range((m + pb + pe - k) // s + 1):
+            seen: set[int] = set()
+            for j in range(k):
+                v = u * s - pb + j
+                if 0 <= v < m:
+                    seen |= prev[v]
+            cur.append(frozenset(seen))
+        fields.append(cur)
+    return fields
+
+
+def sim_unproductive_share(fields: list[list[frozenset[int]]], layers: list[Layer], n: int,
+                           idx: int) -> float:
+    """Share of layer idx's units whose every non-empty read unit already sees all n pixels."""
+    full = frozenset(range(n))
+    k, s, pb, _ = layers[idx]
+    prev, cur = fields[idx], fields[idx + 1]
+    bad = 0
+    for u in range(len(cur)):
+        reads = [prev[v] for v in (u * s - pb + j for j in range(k)) if 0 <= v < len(prev)]
+        bad += all(f == full for f in reads if f)
+    return bad / len(cur)
+
+
+STACKS = {
+    "ten 3x3": (16, [(3, 1, 1, 1)] * 10),
+    "strided": (40, [(3, 2, 1, 1), (3, 1, 1, 1), (3, 2, 1, 1), (3, 1, 1, 1), (3, 2, 1, 1),
+                     (3, 1, 1, 1), (3, 1, 1, 1)]),
+    "asymmetric pads": (23, [(5, 2, 0, 4), (3, 1, 2, 0), (4, 2, 1, 2), (3, 1, 1, 1), (3, 1, 1, 1)]),
+    "huge padding": (9, [(3, 1, 1, 1), (3, 1, 1, 1), (3, 1, 6, 6), (3, 1, 1, 1), (3, 1, 1, 1)]),
+}
+
+
+@pytest.mark.parametrize("name", list(STACKS))
+def test_coverage_and_unproductive_layers_match_simulation(name: str) -> None:
+    n, layers = STACKS[name]
+    a = analyze(chain_model(n, layers))
+    regions = D.exact_regions(a)
+    verdicts = {v.node: v for v in D.layer_verdicts(a, regions)}
+    fields = simulate(n, layers)
+    full = frozenset(range(n))
+    for i in range(len(layers)):
+        r_i = closed_form_r([k for k, *_ in layers[:i + 1]], [s for _, s, *_ in layers[:i + 1]])
+        assert a[f"c{i + 1}"].r == (r_i, r_i)
+        sim = fields[i + 1]
+        got = regions[f"c{i + 1}"][0]
+        assert [(int(lo), int(hi)) if lo <= hi else None for lo, hi in zip(got.lo, got.hi)] == \
+               [(min(f), max(f)) if f else None for f in sim]
+        share = sim_unproductive_share(fields, layers, n, i)
+        assert verdicts[f"c{i + 1}"].fraction == pytest.approx((share, share))
+    last = f"c{len(layers)}"
+    cov = D.coverage(a, last, regions, list(verdicts.values()))
+    rs = [closed_form_r([k for k, *_ in layers[:i + 1]], [s for _, s, *_ in layers[:i + 1]])
+          for i in range(len(layers))]
+    border = next((f"c{i + 1}" for i, r in enumerate(rs) if r > n), None)
+    first_full = next((f"c{i + 1}" for i in range(len(layers))
+                       if all(f == full for f in fields[i + 1])), None)
+    for axis in cov.axes:
+        assert axis.border_layer == border and axis.full_layer == first_full
+        assert axis.covers == all(f == full for f in fields[-1])
+    expected = {f"c{i + 1}" for i in range(len(layers))
+                if sim_unproductive_share(fields, layers, n, i) > 0.5}
+    assert {v.node for v in cov.unproductive} == expected
+
+
+def test_border_layer_of_a_stack_is_where_r_passes_the_input() -> None:
+    """Ten 3x3 convs on 16 px: r_l = 2l + 1 first exceeds 16 at layer 8 (by construction)."""
+    a = analyze(chain_model(16, [(3, 1, 1, 1)] * 10))
+    cov = D.coverage(a, "c10", D.exact_regions(a), [])
+    assert [x.border_layer for x in cov.axes] == ["c8", "c8"]
+    assert [x.r for x in cov.axes] == [21, 21] and not any(x.covers for x in cov.axes)
+
+
+def test_the_stack_becomes_unproductive_at_a_known_layer() -> None:
+    """Twelve 3x3 convs on 9 px: after l layers unit v sees [v-l, v+l] (clipped), so it sees the
+    whole image iff 8-l <= v <= l.  Layer 8 reads units 1..7 of that kind for its units 2..6
+    (5/9 > 1/2: unproductive); layer 7 only for units 3..5 (3/9); layers 9..12 for every unit."""
+    a = analyze(chain_model(9, [(3, 1, 1, 1)] * 12))
+    verdicts = {v.node: v for v in D.layer_verdicts(a, D.exact_regions(a))}
+    assert [verdicts[f"c{i}"].fraction[0] for i in range(7, 13)] == [3 / 9, 5 / 9] + [1.0] * 4
+    assert [v.node for v in verdicts.values() if v.unproductive] == [f"c{i}" for i in range(8, 13)]
+
+
+def residual_model(n: int) -> onnx.ModelProto:
+    """c1 -> [c2 -> c3 -> c4] + c1 -> c5 -> c6: the skip keeps a narrow path into the sum."""
+    b = GraphBuilder("res", input_shape=(1, 1, n, n), weights="ones")
+    c1 = b.conv(b.input, 1, 3, padding=1, bias=False, name="c1")
+    x = c1
+    for name in ("c2", "c3", "c4"):
+        x = b.conv(x, 1, 3, padding=1, bias=False, name=name)
+    s = b.add(x, c1, name="sum")
+    c5 = b.conv(s, 1, 3, padding=1, bias=False, name="c5")
+    b.output(b.conv(c5, 1, 3, padding=1, bias=False, name="c6"))
+    return b.build()
+
+
+def test_inner_fields_of_a_residual_block_match_path_enumeration() -> None:
+    """Per unit, the narrowest path's [first, last] pixel, by enumerating the two paths."""
+    n = 8
+    a = analyze(residual_model(n))
+    regions = D.exact_regions(a)
+
+    def conv_paths(paths: list[list[frozenset[int]]]) -> list[list[frozenset[int]]]:
+        return [[frozenset().union(*(p[v] for v in (u - 1, u, u + 1) if 0 <= v < n))
+                 for u in range(n)] for p in paths]
+
+    ident = [[frozenset({i}) for i in range(n)]]
+    c1 = conv_paths(ident)
+    branch = conv_paths(conv_paths(conv_paths(c1)))
+    paths = {"c1": c1, "sum": branch + c1}
+    paths["c5"] = conv_paths(paths["sum"])
+    paths["c6"] = conv_paths(paths["c5"])
+    for t, ps in paths.items():
+        got = regions[t][0]
+        assert list(got.inner_lo) == [max(min(p[u]) for p in ps) for u in range(n)], t
+        assert list(got.inner_hi) == [min(max(p[u]) for p in ps) for u in range(n)], t
+        assert list(got.lo) == [min(min(p[u]) for p in ps) for u in range(n)], t
+    verdicts = {v.node: v for v in D.layer_verdicts(a, regions)}
+    full = frozenset(range(n))
+    for name, src in (("c5", "sum"), ("c6", "c5")):
+        share = np.mean([all(all(p[v] == full for p in paths[src])
+                             for v in (u - 1, u, u + 1) if 0 <= v < n) for u in range(n)])
+        assert verdicts[name].fraction[0] == pytest.approx(share)
+
+
+@pytest.mark.parametrize("name", ["strided", "asymmetric pads"])
+def test_input_size_range_matches_simulation(name: str) -> None:
+    """Re-analysis at every grid size agrees with the simulation's verdicts at that size."""
+    n0, layers = STACKS[name]
+    d = D.diagnose(chain_model(n0, layers), endpoints=[f"c{len(layers)}"], size_step=1,
+                   size_max=60)
+    assert d.sizes is not None and d.sizes.step == 1
+    for p in d.sizes.points:
+        n = p.size
+        if any((m + pb + pe - k) < 0 for m, (k, s, pb, pe) in _sizes_along(n, layers)):
+            assert p.covers is None  # the model cannot run at this size
+            continue
+        fields = simulate(n, layers)
+        full = frozenset(range(n))
+        covers = all(f == full for f in fields[-1])
+        unprod = sum(sim_unproductive_share(fields, layers, n, i) > 0.5 for i in range(len(layers)))
+        assert p.covers == (covers, covers) and p.unproductive == (unprod, unprod), n
+    good = [p.size for p in d.sizes.points if p.good]
+    assert d.sizes.intervals and [s for lo, hi in d.sizes.intervals for s in range(lo, hi + 1)] == good
+
+
+def _sizes_along(n: int, layers: list[Layer]) -> list[tuple[int, Layer]]:
+    out, m = [], n
+    for layer in layers:
+        k, s, pb, pe = layer
+        out.append((m, layer))
+        if m + pb + pe - k < 0:
+            break
+        m = (m + pb + pe - k) // s + 1
+    return out
+
+
+@pytest.mark.parametrize("size", [1, 5, 9, 10, 11, 14, 15, 16, 22, 23, 40])
+def test_object_containment(size: int) -> None:
+    """Fraction of placements inside a unit's region: brute force; all iff o <= r - S + 1."""
+    n, layers = 40, [(3, 2, 1, 1), (3, 1, 1, 1), (3, 2, 1, 1), (5, 1, 2, 2)]
+    a = analyze(chain_model(n, layers))
+    r = closed_form_r([k for k, *_ in layers], [s for _, s, *_ in layers])
+    S = math.prod(s for _, s, *_ in layers)
+    P = closed_form_P([pb for *_, pb, _ in layers], [s for _, s, *_ in layers])
+    units = len(simulate(n, layers)[-1])
+    boxes = [(u * S - P, u * S - P + r - 1) for u in range(units)]
+    inside = [any(lo <= x and x + size - 1 <= hi for lo, hi in boxes) for x in range(n - size + 1)]
+    fit = D.object_fit(a, f"c{len(layers)}", size)
+    assert fit.trf_fraction == pytest.approx((np.mean(inside),) * 2)
+    assert (fit.trf_fraction[0] == 1.0) == (size <= r - S + 1)
+    assert ("every position" in fit.trf_verdict) == (size <= r - S + 1)
+
+
+def unet(shift_decoder: bool) -> onnx.ModelProto:
+    """Encoder conv (centre u), stride-2 conv, ConvTranspose k3 s2 back to full size, Concat.
+
+    With decoder pads (1, 1) the upsampled unit o is centred on pixel o (aligned); with pads
+    (0, 2) it is centred on o - 1: the skip is misaligned by one unit, fixed by shifting one branch
+    by one unit."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 32, 32])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 32, 32])
+    w = numpy_helper.from_array(np.ones((1, 1, 3, 3), np.float32), "w")
+    pads = [0, 0, 2, 2] if shift_decoder else [1, 1, 1, 1]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["enc"], name="enc", kernel_shape=[3, 3],
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["enc", "w"], ["down"], name="down", kernel_shape=[3, 3],
+                         strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("ConvTranspose", ["down", "w"], ["up"], name="up", kernel_shape=[3, 3],
+                         strides=[2, 2], pads=pads, output_padding=[1, 1]),
+        helper.make_node("Concat", ["enc", "up"], ["y"], name="skip", axis=1),
+    ]
+    g = helper.make_graph(nodes, "unet", [x], [y], [w])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_misaligned_unet_skip_gets_a_one_unit_fix_that_aligns_it() -> None:
+    assert analyze(unet(False)).aligned  # the construction's aligned twin
+    model = unet(True)
+    a = analyze(model)
+    assert not a.aligned and a["up"].S == (1, 1)
+    fixes = D.alignment_fixes(a)
+    assert {f.axis for f in fixes} == {"H", "W"}
+    for f in fixes:
+        assert f.fixable and f.offset == 1
+        assert sum(abs(b) for b, _ in f.pads.values()) == 1  # the smallest fix: one unit
+        (tensor, (begin, end)), = f.pads.items()
+        assert begin == -end  # a shift keeps the branch's size
+        centre = {br.tensor: br.centre for br in a.misaligned[0].branches}
+        other = next(t for t in centre if t != tensor)
+        assert centre[tensor] - begin * 1 == centre[other]  # pad b units moves the centre by -b*S
+    fixed = analyze(D.apply_fixes(model, fixes, a.spatial_axes))
+    assert fixed.aligned and fixed["y"].shape == a["y"].shape
+    d = D.diagnose(model, scan_sizes=False)
+    assert [f.verified for f in d.fixes] == [True, True]
+
+
+@pytest.mark.parametrize("up_stride", [1, 2])
+def test_unfixable_merges_are_reported(up_stride: int) -> None:
+    """Add of two branches no pad or crop can align: a stride-1 conv and a stride-2 conv
+    upsampled by ConvTranspose k2 s2 (unit o reads floor(o/2): centres 0, 0, 2, 2... against
+    0, 1, 2, 3); or a 3x3 and a 4x4 stride-2 conv (centres 2u and 2u + 1/2: half a pixel)."""
+    b = GraphBuilder("mix", input_shape=(1, 1, 16, 16), weights="ones")
+    if up_stride == 2:
+        full = b.conv(b.input, 1, 3, padding=1, bias=False, name="full")
+        half = b.conv(b.input, 1, 3, stride=2, padding=1, bias=False, name="half")
+        other = b.conv_transpose(half, 1, 2, 2, name="up")
+        reason = "upsampling phases"
+    else:
+        full = b.conv(b.input, 1, 3, stride=2, padding=1, bias=False, name="full")
+        other = b.conv(b.input, 1, 4, stride=2, padding=((1, 1), (1, 1)), bias=False, name="even")
+        reason = "not a multiple of the stride"
+    b.output(b.add(full, other, name="sum"))
+    model = b.build()
+    a = analyze(model)
+    assert not a.aligned
+    fixes = D.alignment_fixes(a)
+    assert fixes and all(not f.fixable and reason in f.reason for f in fixes)
+    assert all(f.verified is None for f in D.diagnose(model, scan_sizes=False).fixes)
+
+
+def test_erf_growth_plateau_and_ratio_on_a_linear_ones_stack() -> None:
+    """3 all-ones 3x3 convs then 3 1x1 convs, no nonlinearity: the ERF is the outer product of
+    the coefficients of (1 + z + z^2)^l, whatever the input; it stops growing at c3."""
+    b = GraphBuilder("luo", input_shape=(1, 1, 24, 24), weights="ones")
+    x = b.input
+    for i in range(3):
+        x = b.conv(x, 1, 3, padding=1, bias=False, name=f"c{i + 1}")
+    for i in range(3):
+        x = b.conv(x, 1, 1, padding=0, bias=False, name=f"p{i + 1}")
+    b.output(x)
+    model = b.build()
+    g = D.erf_growth(model, analyze(model), "p3", max_layers=8, runs=2)
+    assert not g.error and g.plateau == "c3"
+    for p in g.points:
+        depth = min(int(p.tensor[1]), 3) if p.tensor[0] == "c" else 3
+        coeff = np.array([1.0])
+        for _ in range(depth):
+            coeff = np.convolve(coeff, np.ones(3))
+        erf2 = np.outer(coeff, coeff)
+        count = int((erf2 > (1 - 0.9545) * erf2.max()).sum())
+        assert p.erf_size == pytest.approx(math.sqrt(count))
+        assert p.ratio == pytest.approx(math.sqrt(count) / (2 * depth + 1))
+
+
+def test_plateau_definition() -> None:
+    assert D.plateau_index([3, 5, 7, 7.2, 7.3]) == 2  # 7.3 <= 1.05 x 7
+    assert D.plateau_index([3, 5, 7, 8]) == 3
+    assert D.plateau_index([4]) == 0 and D.plateau_index([]) is None
+
+
+def test_cli_diagnose_table_and_json(tmp_path, capsys) -> None:
+    path = tmp_path / "unet.onnx"
+    onnx.save(unet(True), path)
+    assert main(["diagnose", str(path), "--object-size", "8", "--object-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "coverage" in out and "alignment fixes" in out and "verified: aligned" in out
+    assert main(["diagnose", str(path), "--object-size", "8", "--format", "json",
+                 "--size-max", "40"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    cov = data["coverage"][0]["axes"][0]
+    assert cov["input_size"] == 32 and cov["r"] == analyze(unet(True))["y"].r[0]
+    assert data["objects"][0]["size"] == 8 and data["alignment_fixes"][0]["fixable"]
+    assert data["size_range"]["points"][-1]["size"] <= 40
