@@ -1,0 +1,337 @@
+"""ERF estimation: closed forms, the TRF support property, the FD engine, averaging, the CLI.
+
+Covers: Luo sec. 2.1 (all-ones kernels, no nonlinearity: the 1-D ERF is the coefficient list of
+(1 + z + ... + z^(k-1))^n, 2-D is its outer product) in 1-D and 2-D and through weight
+re-initialisation; positive weights and inputs: the ERF's support spans exactly the TRF region
+[u0, v0] (strides, dilation, pooling); the FD engine against torch autograd and as the fallback of
+an op without a VJP rule; determinism under the seed; batched runs equal single runs; image
+folders; He/Glorot re-initialisation statistics; CLI formats, files and exit codes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import rfgraph
+from rfgraph import cli
+from rfgraph.erf import compute_erf, make_seed
+from rfgraph.errors import UnsupportedOpError
+from rfgraph.inputs import Reinit, reinitialise
+
+
+def conv_stack(n: int, k: int, size: int, rank: int = 2, weight: float | None = 1.0,
+               act: str | None = None, seed: int = 0, channels: int = 1,
+               strides: list[int] | None = None, dilations: list[int] | None = None,
+               scale: float = 1.0) -> onnx.ModelProto:
+    """n valid convolutions (k per spatial axis), optional activation after each."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, cur = [], [], "x"
+    for i in range(n):
+        cin = 1 if i == 0 else channels
+        shape = (channels, cin) + (k,) * rank
+        w = np.full(shape, weight, np.float32) if weight is not None else \
+            (scale * np.abs(rng.standard_normal(shape))).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        attrs = {}
+        if strides:
+            attrs["strides"] = [strides[i]] * rank
+        if dilations:
+            attrs["dilations"] = [dilations[i]] * rank
+        nodes.append(helper.make_node("Conv", [cur, f"w{i}"], [f"c{i}"], **attrs))
+        cur = f"c{i}"
+        if act:
+            nodes.append(helper.make_node(act, [cur], [f"a{i}"]))
+            cur = f"a{i}"
+    nodes.append(helper.make_node("Identity", [cur], ["y"]))
+    graph = helper.make_graph(nodes, "stack", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 1] + [size] * rank)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def poly_coefficients(k: int, n: int) -> np.ndarray:
+    """Coefficients of (1 + z + ... + z^(k-1))^n by repeated polynomial multiplication."""
+    c = np.array([1], dtype=np.int64)
+    for _ in range(n):
+        c = np.convolve(c, np.ones(k, dtype=np.int64))
+    return c
+
+
+@pytest.mark.parametrize("k,n", [(2, 6), (3, 5), (5, 3)])
+def test_uniform_kernels_1d_equal_polynomial_coefficients(k: int, n: int) -> None:
+    """Luo sec. 2.1, 1-D: exact integer coefficients, placed on the TRF region of the unit."""
+    size = n * (k - 1) + 1 + 8
+    res = compute_erf(conv_stack(n, k, size, rank=1), runs=2, seed=1)
+    (u0, v0), = res.target.region
+    assert v0 - u0 + 1 == n * (k - 1) + 1
+    expected = np.zeros(size)
+    expected[u0:v0 + 1] = poly_coefficients(k, n)
+    np.testing.assert_array_equal(res.erf, expected)
+    assert res.metrics.erf_size == np.count_nonzero(expected > (1 - 0.9545) * expected.max())
+
+
+@pytest.mark.parametrize("k,n", [(2, 5), (3, 4)])
+def test_uniform_kernels_2d_are_outer_products(k: int, n: int) -> None:
+    """Luo sec. 2.1, 2-D: the ERF is the outer product of the 1-D coefficients, and each 1-D
+    marginal is the coefficient list times its sum."""
+    size = n * (k - 1) + 1 + 6
+    res = compute_erf(conv_stack(n, k, size), runs=1)
+    c = poly_coefficients(k, n)
+    (h0, h1), (w0, w1) = res.target.region
+    np.testing.assert_array_equal(res.erf[h0:h1 + 1, w0:w1 + 1], np.outer(c, c))
+    np.testing.assert_array_equal(res.erf.sum(axis=1)[h0:h1 + 1], c * c.sum())
+    assert res.erf.sum() == c.sum() ** 2  # nothing outside the region
+
+
+def test_reinit_ones_recovers_closed_form_from_random_weights() -> None:
+    """--reinit ones on a random-weight stack: the weights are replaced, the closed form holds."""
+    k, n = 3, 4
+    size = n * (k - 1) + 1 + 4
+    res = compute_erf(conv_stack(n, k, size, rank=1, weight=None, seed=3), runs=1,
+                      reinit="ones", weight_runs=2)
+    (u0, v0), = res.target.region
+    np.testing.assert_array_equal(res.erf[u0:v0 + 1], poly_coefficients(k, n))
+
+
+def test_zoo_uniform_stack_matches_closed_form() -> None:
+    """The model_zoo's Luo 'uniform' stack (built by another module) obeys the same closed form."""
+    model_zoo = pytest.importorskip("model_zoo")
+    model = model_zoo.build("luo_conv_uniform_5")
+    res = compute_erf(model, runs=1, reinit="ones")
+    ep = rfgraph.analyze(model)[res.target.output]
+    k = ep.r[0] // 5 + 1  # r = n (k - 1) + 1
+    c = poly_coefficients(k, 5)
+    (h0, h1), (w0, w1) = res.target.region
+    block = res.erf[max(h0, 0):h1 + 1, max(w0, 0):w1 + 1]
+    channels = block.max() / (c.max() ** 2)
+    np.testing.assert_allclose(block, np.outer(c, c) * channels, rtol=1e-6)
+
+
+@pytest.mark.parametrize("spec", [
+    {"n": 3, "k": 3, "strides": [1, 2, 1], "dilations": None},
+    {"n": 3, "k": 3, "strides": [2, 1, 1], "dilations": [1, 2, 1]},
+    {"n": 4, "k": 2, "strides": [1, 2, 2, 1], "dilations": [1, 1, 3, 1]},
+])
+def test_support_spans_exactly_the_trf_region(spec: dict) -> None:
+    """Positive weights, positive inputs, ReLU: every path into the unit carries a positive
+    gradient, so the ERF's nonzero set spans exactly [u0, v0] of the TRF pass on each axis."""
+    n, k = spec["n"], spec["k"]
+    model = conv_stack(n, k, 48, weight=None, act="Relu", channels=2, seed=5,
+                       strides=spec["strides"], dilations=spec["dilations"])
+    res = compute_erf(model, runs=3, inputs="uniform", seed=2)
+    region = res.target.region
+    assert all(0 <= u0 and v0 < 48 for u0, v0 in region)  # fully inside: no clipping
+    nz = np.nonzero(res.erf)
+    for axis, (u0, v0) in enumerate(region):
+        assert (nz[axis].min(), nz[axis].max()) == (u0, v0)
+    if spec["dilations"] is None:  # no holes: the support is the whole box
+        (h0, h1), (w0, w1) = region
+        assert np.all(res.erf[h0:h1 + 1, w0:w1 + 1] > 0)
+
+
+def test_support_with_pooling_and_signed_sum() -> None:
+    """AveragePool and a residual Add keep the support equal to the TRF box; the signed ERF of a
+    positive network equals the absolute one."""
+    rng = np.random.default_rng(7)
+    w1 = np.abs(rng.standard_normal((2, 1, 3, 3))).astype(np.float32)
+    w2 = np.abs(rng.standard_normal((2, 2, 3, 3))).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("AveragePool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p", "w2"], ["b"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["b", "p"], ["y"])]
+    graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 1, 32, 32])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w1, "w1"),
+                                             numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    res = compute_erf(model, runs=2, inputs="uniform", unit=(7, 7))
+    signed = compute_erf(model, runs=2, inputs="uniform", unit=(7, 7), absolute=False)
+    (h0, h1), (w0, w1) = res.target.region
+    box = np.zeros_like(res.erf, bool)
+    box[h0:h1 + 1, w0:w1 + 1] = True
+    assert np.all(res.erf[box] > 0) and np.all(res.erf[~box] == 0)
+    np.testing.assert_allclose(signed.erf, res.erf, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------- FD engine
+
+def _torch_model(net: torch.nn.Module, shape: tuple) -> onnx.ModelProto:
+    f = io.BytesIO()
+    torch.onnx.export(net.eval(), (torch.randn(*shape),), f, dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    return onnx.load_from_string(f.getvalue())
+
+
+class Wobbly(torch.nn.Module):
+    """A network with Sin (no VJP rule) and reflect padding (no VJP rule either)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(8)
+        self.c1 = torch.nn.Conv2d(2, 3, 3)
+        self.c2 = torch.nn.Conv2d(3, 2, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.sin(self.c1(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")))
+        return self.c2(y)
+
+
+def test_fd_engine_is_the_fallback_and_matches_autograd() -> None:
+    """--method grad names the node and op and offers fd; --method fd matches torch autograd."""
+    net = Wobbly().eval()
+    model = _torch_model(net, (1, 2, 16, 16))
+    with pytest.raises(UnsupportedOpError) as info:
+        compute_erf(model, runs=1)
+    assert "--method fd" in str(info.value)
+    res = compute_erf(model, runs=3, method="fd", seed=4, absolute=False)
+    # oracle: the same inputs (same seed and draw order), torch autograd, the same seed tensor
+    rng = np.random.default_rng(4)
+    ref = np.zeros(res.erf.shape)
+    seed = torch.tensor(make_seed(res.target, 1))
+    for _ in range(3):
+        x = torch.tensor(rng.standard_normal((1, 2, 16, 16)).astype(np.float32), requires_grad=True)
+        (net(x) * seed).sum().backward()
+        ref += x.grad.numpy()[0].sum(axis=0) / 3
+    assert np.abs(res.erf - ref).max() / np.abs(ref).max() < 2e-3
+
+
+def test_fd_and_grad_agree_on_a_smooth_network() -> None:
+    """Tanh network: the two engines give the same averaged ERF (FD in float32: 1e-3)."""
+    model = conv_stack(3, 3, 20, weight=None, act="Tanh", channels=3, seed=9, scale=0.15)
+    a = compute_erf(model, runs=2, method="grad", seed=5)
+    b = compute_erf(model, runs=2, method="fd", seed=5)
+    assert np.abs(a.erf - b.erf).max() / a.erf.max() < 1e-3
+    assert np.all(b.erf[~(a.erf > 0)] == 0)  # FD perturbs only the TRF
+
+
+# --------------------------------------------------------------------------------- averaging
+
+def test_deterministic_under_seed_and_batch_independent() -> None:
+    """Same seed: identical maps; another seed: a different map; batch 1 == batch 8."""
+    model = _torch_model(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                                             torch.nn.Conv2d(4, 4, 3, padding=1, stride=2)),
+                         (1, 3, 16, 16))
+    a = compute_erf(model, runs=8, seed=11, batch=8)
+    b = compute_erf(model, runs=8, seed=11, batch=8)
+    c = compute_erf(model, runs=8, seed=12, batch=8)
+    d = compute_erf(model, runs=8, seed=11, batch=1)
+    assert a.batch == 8 and d.batch == 1
+    np.testing.assert_array_equal(a.erf, b.erf)
+    assert not np.allclose(a.erf, c.erf)
+    np.testing.assert_allclose(a.erf, d.erf, rtol=1e-5, atol=1e-7)
+
+
+def test_batch_baked_into_reshape_falls_back_or_rebatches_correctly() -> None:
+    """A model exported with a fixed batch (Reshape constants with 1): batched runs still equal
+    single runs (the engine rewrites the batch or falls back to batch 1)."""
+    class Flat(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(1)
+            self.c = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.c(x)
+            return torch.tanh(y.reshape(1, 4, -1)).reshape(1, 4, 8, 8)
+
+    f = io.BytesIO()
+    torch.onnx.export(Flat().eval(), (torch.randn(1, 3, 8, 8),), f, dynamo=False,
+                      input_names=["x"], output_names=["y"])
+    model = onnx.load_from_string(f.getvalue())
+    a = compute_erf(model, runs=4, seed=3, batch=4)
+    b = compute_erf(model, runs=4, seed=3, batch=1)
+    np.testing.assert_allclose(a.erf, b.erf, rtol=1e-5, atol=1e-7)
+
+
+def test_image_folder_inputs(tmp_path: Path) -> None:
+    """PNG/JPEG images are resized, scaled to [0, 1], normalised, and averaged like random inputs."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    for i, suffix in enumerate([".png", ".jpg", ".png"]):
+        arr = (rng.random((20 + i, 30, 3)) * 255).astype(np.uint8)
+        Image.fromarray(arr).save(tmp_path / f"im{i}{suffix}")
+    model = _torch_model(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3, padding=1), torch.nn.Tanh()),
+                         (1, 3, 16, 16))
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    res = compute_erf(model, runs=3, inputs=str(tmp_path), mean=mean, std=std, seed=0)
+    net_out = rfgraph.vjp.build_vjp(model, "y", (1, 3, 16, 16))
+    sess = rfgraph.vjp.session(net_out)
+    ref = np.zeros((16, 16))
+    for path in sorted(tmp_path.iterdir()):
+        img = Image.open(path).convert("RGB").resize((16, 16), Image.BILINEAR)
+        x = (np.asarray(img, np.float32) / 255.0).transpose(2, 0, 1)
+        x = (x - np.array(mean, np.float32)[:, None, None]) / np.array(std, np.float32)[:, None, None]
+        g = rfgraph.vjp.input_gradient(net_out, sess, x[None], make_seed(res.target, 1))
+        ref += np.abs(g[0]).sum(axis=0) / 3
+    np.testing.assert_allclose(res.erf, ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("how,expected_var", [("he", lambda fi, fo: 2 / fi),
+                                              ("glorot", lambda fi, fo: 2 / (fi + fo))])
+def test_reinitialisation_variances(how: str, expected_var) -> None:
+    """He / Glorot draws have the right variance; the graph is unchanged; biases are zeroed."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(32, 64, 3), torch.nn.ReLU(), torch.nn.Conv2d(64, 8, 1))
+    model = _torch_model(net, (1, 32, 8, 8))
+    new = reinitialise(model, Reinit(how), np.random.default_rng(0))
+    assert [n.op_type for n in new.graph.node] == [n.op_type for n in model.graph.node]
+    weights = {i.name: numpy_helper.to_array(i) for i in new.graph.initializer}
+    conv = new.graph.node[0]
+    w, b = weights[conv.input[1]], weights[conv.input[2]]
+    fan_in, fan_out = 32 * 9, 64 * 9
+    assert abs(w.var() / expected_var(fan_in, fan_out) - 1) < 0.05
+    assert np.all(b == 0)
+
+
+# ----------------------------------------------------------------------------------- 1-D, CLI
+
+def test_one_dimensional_input_metrics_per_axis() -> None:
+    """A 1-D input: the map is 1-D and every per-axis metric has one entry."""
+    model = _torch_model(torch.nn.Sequential(torch.nn.Conv1d(2, 3, 5, padding=2), torch.nn.ReLU(),
+                                             torch.nn.Conv1d(3, 3, 3, dilation=2, padding=2)),
+                         (1, 2, 40))
+    res = compute_erf(model, runs=4)
+    m = res.metrics
+    assert res.erf.shape == (40,)
+    assert len(m.centre_of_mass) == len(m.marginal_std) == len(m.trf_size) == 1
+    assert m.trf_size == (9,)  # eq. (2): 1 + 4 + 2 * 2
+    assert m.luo_count == m.erf_size
+
+
+def test_cli_formats_and_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """table/markdown/csv/json print the metrics; --npy equals the API; --png writes a PNG."""
+    model = conv_stack(3, 3, 24, weight=None, act="Relu", channels=2, seed=4)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    npy, png = tmp_path / "e.npy", tmp_path / "e.png"
+    assert cli.main(["erf", str(path), "--runs", "4", "--seed", "3", "--format", "json",
+                     "--npy", str(npy), "--png", str(png), "--log", "--no-progress"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    api = compute_erf(model, runs=4, seed=3)
+    np.testing.assert_array_equal(np.load(npy), api.erf)
+    assert data["metrics"]["erf_size"] == pytest.approx(api.metrics.erf_size)
+    assert data["trf_region"] == [list(r) for r in api.target.region]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for fmt, marker in (("table", "erf_size"), ("markdown", "| erf_size"), ("csv", "metric,value")):
+        assert cli.main(["erf", str(path), "--runs", "2", "--format", fmt, "--no-progress"]) == 0
+        assert marker in capsys.readouterr().out
+
+
+def test_cli_unsupported_op_exits_2_with_one_line(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """An op without a VJP rule: exit code 2, one line naming node and op and suggesting fd."""
+    path = tmp_path / "w.onnx"
+    onnx.save(_torch_model(Wobbly(), (1, 2, 16, 16)), path)
+    capsys.readouterr()  # drop the exporter's warnings
+    assert cli.main(["erf", str(path), "--runs", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Sin" in err[0] and "--method fd" in err[0]
