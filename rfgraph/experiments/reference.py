@@ -60,20 +60,19 @@ class Reference:
 def find_root(explicit: str | Path | None = None) -> Path | None:
     """The ``shared`` folder holding ``reference/``, or None when there is none."""
     cands: list[Path] = []
-    if explicit:
+    if explicit:  # an explicit folder is the only one looked at
         cands.append(Path(explicit))
-    if os.environ.get("RFGRAPH_REFERENCE"):
+    elif os.environ.get("RFGRAPH_REFERENCE"):
         cands.append(Path(os.environ["RFGRAPH_REFERENCE"]))
-    repo = Path(__file__).resolve().parents[2]
-    cands += [repo.parent / "shared", Path.cwd().parent / "shared", Path.cwd() / "shared"]
+    else:
+        repo = Path(__file__).resolve().parents[2]
+        cands += [repo.parent / "shared", Path.cwd().parent / "shared", Path.cwd() / "shared"]
     for c in cands:
         if (c / "reference" / CLAIMS_FILE).is_file():
             return c
         if (c / CLAIMS_FILE).is_file():  # the reference folder itself
             return c.parent if (c.parent / "seeds").is_dir() else c
-    if explicit:
-        return Path(explicit)  # explicit but incomplete: load what is there
-    return None
+    return cands[0] if cands and (explicit or os.environ.get("RFGRAPH_REFERENCE")) else None
 
 
 def load(explicit: str | Path | None = None) -> Reference:
