@@ -121,7 +121,8 @@ def r_colour(r: Sequence[int | None], largest: int) -> str:
 def graph_drawing(analysis: Analysis) -> dict[str, Any]:
     """Node positions (layer = longest path from the input), colours, labels and edges."""
     dag = tensor_dag(analysis)
-    layers = [sorted(g, key=list(analysis.endpoints).index) for g in nx.topological_generations(dag)]
+    order = {name: k for k, name in enumerate(analysis.endpoints)}
+    layers = [sorted(g, key=order.__getitem__) for g in nx.topological_generations(dag)]
     widest = max((len(g) for g in layers), default=1)
     largest = max((max(ep.r) for ep in analysis.endpoints.values() if not ep.is_global and ep.r), default=1)
     bad = {m.output for m in analysis.misaligned}
@@ -139,7 +140,24 @@ def graph_drawing(analysis: Analysis) -> dict[str, Any]:
     return {"nodes": nodes, "edges": edges, "width": GRAPH_MARGIN * 2 + widest * GRAPH_DX,
             "height": GRAPH_MARGIN * 2 + max(len(layers) - 1, 0) * GRAPH_DY + 10,
             "largest": largest, "legend": [r_colour((v,), largest) for v in _legend_steps(largest)],
-            "legend_values": _legend_steps(largest)}
+            "legend_values": _legend_steps(largest), "growth": growth_curve(analysis, layers)}
+
+
+def growth_curve(analysis: Analysis, layers: list[list[str]], width: int = 640,
+                 height: int = 150) -> dict[str, Any]:
+    """Largest local r at each depth, as points of a log-scale chart (global tensors left out)."""
+    points = []
+    for depth, names in enumerate(layers):
+        sizes = [max(analysis[n].r) for n in names if not analysis[n].is_global and analysis[n].r]
+        if sizes:
+            points.append((depth, max(sizes)))  # type: ignore[type-var]
+    top = max((r for _, r in points), default=1)
+    deepest = max(len(layers) - 1, 1)
+    scale = math.log(top) if top > 1 else 1.0
+    plotted = [{"depth": d, "r": r, "x": 40 + d / deepest * (width - 60),
+                "y": height - 20 - (math.log(r) / scale) * (height - 40)} for d, r in points]
+    return {"points": plotted, "width": width, "height": height, "top": top,
+            "polyline": " ".join(f"{p['x']:.1f},{p['y']:.1f}" for p in plotted)}
 
 
 def _legend_steps(largest: int, count: int = 6) -> list[int]:

@@ -258,6 +258,15 @@ def test_graph_has_every_tensor_and_rings_the_misaligned_merge(built: tuple, doc
     assert len([e for e in edges if "misaligned" in e.attrs["class"]]) == 2  # ta -> sum, tb -> sum
 
 
+def test_growth_chart_is_the_largest_local_r_per_depth(doc: Node) -> None:
+    """Depths of the branchy graph: x, t1, t2, (ta | tb), sum, feat; pooled is global (left out)."""
+    points = doc.find("circle", class_="gpoint")
+    assert [(int(p.attrs["data-depth"]), int(p.attrs["data-r"])) for p in points] == \
+           [(0, 1), (1, 3), (2, 3), (3, 5), (4, 5), (5, 13)]
+    ys = [float(p.attrs["cy"]) for p in points]
+    assert ys == sorted(ys, reverse=True)  # r never shrinks along the path: y never goes down
+
+
 def test_erf_card_is_the_engines_map_with_the_trf_box(built: tuple, doc: Node) -> None:
     """Centre unit (3, 2) of feat (8 x 6): region by hand u0 = 4u - 5, v0 = u0 + 12."""
     model, analysis = built[0], built[1]
@@ -375,7 +384,7 @@ def chromium_path() -> str | None:
     """$RFGRAPH_CHROMIUM, else chromium / chromium-browser / google-chrome on PATH."""
     env = os.environ.get("RFGRAPH_CHROMIUM")
     if env:
-        return env
+        return env if Path(env).is_file() else None
     return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 
 
@@ -383,7 +392,7 @@ def chromium_path() -> str | None:
 def browser():  # noqa: ANN201
     exe = chromium_path()
     if exe is None:
-        pytest.skip("chromium not found (apt-get install chromium, or set RFGRAPH_CHROMIUM); "
+        pytest.skip("chromium not found on PATH or at $RFGRAPH_CHROMIUM (apt-get install chromium); "
                     "CI installs it")
     try:
         from playwright.sync_api import sync_playwright
