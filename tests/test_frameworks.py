@@ -119,7 +119,8 @@ def test_module_names_mapped_back(via_torch) -> None:
 
 
 def test_explicit_names_are_kept(net) -> None:
-    analysis = from_torch(*net, input_names=["images"], output_names=["logits"])
+    """Also: the entry point is exported at the package top level."""
+    analysis = rfgraph.from_torch(*net, input_names=["images"], output_names=["logits"])
     assert analysis.input_name == "images" and analysis.outputs == ["logits"]
     assert analysis["logits"].r == (21, 21)
 
