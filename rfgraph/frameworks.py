@@ -195,6 +195,8 @@ def export_keras(model: Any, input_signature: Any = None, opset: int | None = No
     require("tensorflow", "keras", "rfgraph.from_keras")
     tf2onnx = require("tf2onnx", "keras", "rfgraph.from_keras")
     convert = importlib.import_module("tf2onnx.convert")
+    if not hasattr(model, "output_names") and hasattr(model, "outputs"):  # Keras 3 has none
+        model.output_names = [t.name.split(":")[0] for t in model.outputs]
     try:
         proto, _ = convert.from_keras(model, input_signature=input_signature, opset=opset)
     except Exception as exc:  # noqa: BLE001 - any converter failure is a user-facing error
@@ -208,14 +210,16 @@ def export_keras(model: Any, input_signature: Any = None, opset: int | None = No
 
 
 def from_keras(model: Any, input_signature: Any = None, *, opset: int | None = None,
-               rename: bool = True, layout: str | None = None) -> Analysis:
+               rename: bool = True, input_shape: Sequence[int] | None = None,
+               layout: str | None = None) -> Analysis:
     """Receptive fields of a Keras model, converted by tf2onnx (NHWC inputs are detected).
 
-    ``input_signature`` (a tuple of ``tf.TensorSpec``) fixes the input shape when the model's is
-    dynamic; tensors carry Keras layer names where tf2onnx kept them.
+    ``input_signature`` (a list of ``tf.TensorSpec``) is passed to tf2onnx; ``input_shape``
+    (e.g. (1, 224, 224, 3)) fixes a dynamic input for the analysis.  Tensors carry Keras layer
+    names where tf2onnx kept them.
     """
     proto, _ = export_keras(model, input_signature, opset, rename)
-    return analyze(proto, layout=layout)
+    return analyze(proto, {"": tuple(input_shape)} if input_shape else None, layout=layout)
 
 
 __all__ = ["ExportError", "MissingDependencyError", "export_keras", "export_torch", "from_keras",

@@ -14,7 +14,9 @@ import sys
 import warnings
 from fractions import Fraction
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 from onnx import helper
 
@@ -191,6 +193,50 @@ def test_keras_scope_maps_tf2onnx_names_to_layers() -> None:
     assert mapping == {"t1": "conv2d/Conv2D", "t2": "conv2d/BiasAdd", "t3": "re_lu"}
     assert [list(n.input) for n in model.graph.node][1:3] == [["conv2d/Conv2D"], ["conv2d/BiasAdd"]]
     assert model.graph.output[0].name == "out"
+
+
+def tf2onnx_like_model() -> onnx.ModelProto:
+    """What tf2onnx makes of Input(32, 32, 3) -> Conv2D(4, 3, strides 2, 'same') -> ReLU:
+    an NHWC input with a dynamic batch, a Transpose to NCHW, scoped node names."""
+    w = onnx.numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "model/conv2d/Conv2D/ReadVariableOp:0")
+    nodes = [helper.make_node("Transpose", ["input_1"], ["input_1__6:0"], name="Transpose__6", perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["input_1__6:0", w.name], ["model/conv2d/BiasAdd:0"],
+                              name="model/conv2d/BiasAdd", kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1]),
+             helper.make_node("Relu", ["model/conv2d/BiasAdd:0"], ["model/re_lu/Relu:0"], name="model/re_lu/Relu"),
+             helper.make_node("Transpose", ["model/re_lu/Relu:0"], ["re_lu"], name="model/re_lu/Relu__8",
+                              perm=[0, 2, 3, 1])]
+    x = helper.make_tensor_value_info("input_1", onnx.TensorProto.FLOAT, ["unk__9", 32, 32, 3])
+    y = helper.make_tensor_value_info("re_lu", onnx.TensorProto.FLOAT, None)
+    return helper.make_model(helper.make_graph(nodes, "tf2onnx", [x], [y], [w]),
+                             opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_from_keras_contract_with_stand_in_tf2onnx(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorFlow is not installed here: stand-in modules check the wiring only, against tf2onnx's
+    documented API ``tf2onnx.convert.from_keras(model, input_signature=, opset=) -> (proto, storage)``
+    (arguments passed through, Keras 3's missing output_names set, layer names mapped back, the
+    NHWC input found through tf2onnx's leading Transpose, a dynamic batch fixed by input_shape)."""
+    calls = []
+    convert = type(sys)("tf2onnx.convert")
+    convert.from_keras = lambda model, input_signature=None, opset=None: (
+        calls.append((model, input_signature, opset)) or (tf2onnx_like_model(), None))
+    tf2onnx = type(sys)("tf2onnx")
+    tf2onnx.convert = convert
+    monkeypatch.setitem(sys.modules, "tensorflow", type(sys)("tensorflow"))
+    monkeypatch.setitem(sys.modules, "tf2onnx", tf2onnx)
+    monkeypatch.setitem(sys.modules, "tf2onnx.convert", convert)
+    layer = type("Layer", (), {})
+    keras_model = type("Model", (), {"layers": [], "outputs": []})()
+    for name in ("input_1", "conv2d", "re_lu"):
+        keras_model.layers.append(layer())
+        keras_model.layers[-1].name = name
+    analysis = from_keras(keras_model, ["spec"], opset=13, input_shape=(1, 32, 32, 3))
+    assert calls == [(keras_model, ["spec"], 13)] and keras_model.output_names == []
+    assert analysis.spatial_axes == (1, 2) and analysis.input_shape == (1, 32, 32, 3)
+    assert list(analysis.endpoints) == ["input_1", "input_1__6:0", "conv2d", "re_lu/Relu", "re_lu"]
+    conv = analysis["conv2d"]  # 3x3/2, TF 'same' padding on 32: pads (0, 1); r=3, S=2, P=0
+    assert (conv.r, conv.S, conv.P, conv.units) == ((3, 3), (2, 2), (0, 0), (16, 16))
+    assert analysis["re_lu"].r == (3, 3) and "model/re_lu/Relu:0" not in analysis
 
 
 def test_torch_scope_resolves_qualified_and_attribute_components() -> None:
