@@ -267,6 +267,7 @@ class AxisCoverage:
     size: int  # input size n
     r: int | None  # None: global
     covers: bool  # every unit's field contains the whole axis
+    covered_by_some: bool  # at least one unit's field contains the whole axis
     border_layer: str | None  # first layer on a path here with r > n
     full_layer: str | None  # first layer on a path here whose every unit covers the axis
 
@@ -297,9 +298,10 @@ def coverage(analysis: Analysis, endpoint: str, regions: Mapping[str, tuple[Axis
                        or _r(analysis, lay.output, a) > size), None)
         full = next((lay.node for lay in chain if lay.output in regions
                      and regions[lay.output][a].covers(size).all()), None)
-        covers = ep.fields[a].is_global or bool(endpoint in regions
-                                                and regions[endpoint][a].covers(size).all())
-        axes.append(AxisCoverage(name, size, ep.r[a], covers, border, full))
+        hit = regions[endpoint][a].covers(size) if endpoint in regions else np.zeros(1, bool)
+        glob = ep.fields[a].is_global
+        axes.append(AxisCoverage(name, size, ep.r[a], glob or bool(hit.all()),
+                                 glob or bool(hit.any()), border, full))
     names = {lay.node for lay in chain}
     bad = tuple(v for v in verdicts if v.node in names and v.unproductive)
     return Coverage(endpoint, tuple(axes), bad)
@@ -317,7 +319,8 @@ class SizePoint:
     """The verdicts at one square input size n."""
 
     size: int
-    covers: tuple[bool, ...] | None  # per axis, every end point covers it (None: size invalid)
+    covers: tuple[bool, ...] | None  # per axis: in every end point some unit sees the whole
+    # axis (None: the model cannot be analysed at this size)
     unproductive: tuple[int, ...] | None  # per axis, number of layers unproductive along it
     error: str = ""
 
@@ -329,8 +332,8 @@ class SizePoint:
 
 @dataclass(frozen=True)
 class SizeRange:
-    """Square input sizes (scanned on a grid) where every end point covers the input and no layer
-    is unproductive; ``intervals`` are the maximal runs of good grid sizes."""
+    """Square input sizes (scanned on a grid) where some unit of every end point sees the whole
+    input and no layer is unproductive; ``intervals`` are the maximal runs of good grid sizes."""
 
     points: tuple[SizePoint, ...]
     step: int
@@ -370,7 +373,7 @@ def _covers_axis(a: Analysis, endpoint: str, axis: int, regions: Mapping[str, tu
         raise RFGraphError(f"end point '{endpoint}' not analysed at this size")
     ep = a[endpoint]
     size = input_sizes(a)[axis]
-    return ep.fields[axis].is_global or bool(regions[endpoint][axis].covers(size).all())
+    return ep.fields[axis].is_global or bool(regions[endpoint][axis].covers(size).any())
 
 
 def default_size_grid(analysis: Analysis, endpoints: Sequence[str], step: int | None = None,

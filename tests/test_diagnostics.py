@@ -106,6 +106,7 @@ def test_coverage_and_unproductive_layers_match_simulation(name: str) -> None:
     for axis in cov.axes:
         assert axis.border_layer == border and axis.full_layer == first_full
         assert axis.covers == all(f == full for f in fields[-1])
+        assert axis.covered_by_some == any(f == full for f in fields[-1])
     expected = {f"c{i + 1}" for i in range(len(layers))
                 if sim_unproductive_share(fields, layers, n, i) > 0.5}
     assert {v.node for v in cov.unproductive} == expected
@@ -185,7 +186,7 @@ def test_input_size_range_matches_simulation(name: str) -> None:
             continue
         fields = simulate(n, layers)
         full = frozenset(range(n))
-        covers = all(f == full for f in fields[-1])
+        covers = any(f == full for f in fields[-1])
         unprod = sum(sim_unproductive_share(fields, layers, n, i) > 0.5 for i in range(len(layers)))
         assert p.covers == (covers, covers) and p.unproductive == (unprod, unprod), n
     good = [p.size for p in d.sizes.points if p.good]
@@ -331,3 +332,27 @@ def test_cli_diagnose_table_and_json(tmp_path, capsys) -> None:
     assert cov["input_size"] == 32 and cov["r"] == analyze(unet(True))["y"].r[0]
     assert data["objects"][0]["size"] == 8 and data["alignment_fixes"][0]["fixable"]
     assert data["size_range"]["points"][-1]["size"] <= 40
+
+
+def test_cli_erf_ratio_plateau_and_object_sizes(tmp_path, capsys) -> None:
+    """--erf on the all-ones stack: ERF extent 7 (trinomial coefficients above Luo's threshold
+    span 7 pixels), so a 7 px object is within the ERF and an 8 px one is not."""
+    b = GraphBuilder("luo", input_shape=(1, 1, 20, 20), weights="ones")
+    x = b.input
+    for i in range(3):
+        x = b.conv(x, 1, 3, padding=1, bias=False, name=f"c{i + 1}")
+    b.output(b.conv(x, 1, 1, padding=0, bias=False, name="p1"))
+    path = tmp_path / "luo.onnx"
+    onnx.save(b.build(), path)
+    args = ["diagnose", str(path), "--erf", "--erf-runs", "2", "--no-size-range",
+            "--object-size", "7", "--object-size", "8", "--format", "json"]
+    assert main(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    (erf,) = data["erf"]
+    assert erf["plateau_layer"] == "c3" and erf["layers"][-1]["erf_extent"] == [7, 7]
+    coeff = np.convolve(np.convolve([1.0, 1, 1], [1.0, 1, 1]), [1.0, 1, 1])
+    count = int((np.outer(coeff, coeff) > (1 - 0.9545) * coeff.max() ** 2).sum())
+    assert erf["layers"][-1]["erf_trf_ratio"] == pytest.approx(math.sqrt(count) / 7)
+    assert [o["erf"] for o in data["objects"]] == ["within the ERF", "larger than the ERF"]
+    assert main(args[:-2]) == 0
+    assert "ERF stops growing at" in capsys.readouterr().out

@@ -77,7 +77,8 @@ def diagnosis_dict(d: Diagnosis) -> dict[str, Any]:
         "stops": [{"node": s.node, "op": s.op, "reason": s.reason} for s in a.stops],
         "coverage": [{"endpoint": c.endpoint, "axes": [
             {"axis": x.axis, "input_size": x.size, "r": x.r, "r_over_n": x.ratio,
-             "covers_input": x.covers, "border_layer": x.border_layer,
+             "covers_input": x.covers, "some_unit_sees_all": x.covered_by_some,
+             "border_layer": x.border_layer,
              "full_coverage_layer": x.full_layer} for x in c.axes],
             "unproductive_layers": [v.node for v in c.unproductive]} for c in d.coverage],
         "layers": [{"node": v.node, "op": v.op, "output": v.output,
@@ -85,7 +86,8 @@ def diagnosis_dict(d: Diagnosis) -> dict[str, Any]:
                    for v in d.verdicts],
         "size_range": None if d.sizes is None else {
             "step": d.sizes.step, "intervals": [list(i) for i in d.sizes.intervals],
-            "points": [{"size": p.size, "covers": None if p.covers is None else list(p.covers),
+            "points": [{"size": p.size,
+                        "some_unit_sees_all": None if p.covers is None else list(p.covers),
                         "unproductive_layers": None if p.unproductive is None else list(p.unproductive),
                         "error": p.error} for p in d.sizes.points]},
         "objects": [{"endpoint": o.endpoint, "size": o.size, "trf_fraction": list(o.trf_fraction),
@@ -126,10 +128,10 @@ def _coverage_table(d: Diagnosis) -> str:
     for c in d.coverage:
         for x in c.axes:
             rows.append([c.endpoint, x.axis, x.size, "global" if x.r is None else x.r,
-                         "-" if x.ratio is None else f"{x.ratio:.2f}", "yes" if x.covers else "no",
+                         "-" if x.ratio is None else f"{x.ratio:.2f}", "every unit" if x.covers else ("some units" if x.covered_by_some else "no unit"),
                          x.border_layer or "-", x.full_layer or "-",
                          len(c.unproductive)])
-    head = ["end point", "axis", "n", "r", "r/n", "covers input", "border layer",
+    head = ["end point", "axis", "n", "r", "r/n", "sees whole axis", "border layer",
             "full-coverage layer", "unproductive layers"]
     return "coverage\n" + tabulate(rows, headers=head, tablefmt="simple")
 
@@ -150,7 +152,7 @@ def _sizes_section(d: Diagnosis) -> str:
     where = ", ".join(f"[{lo}, {hi}]" if lo != hi else f"{lo}" for lo, hi in iv) or "none"
     scanned = [p.size for p in d.sizes.points]
     return (f"input sizes (square, step {d.sizes.step}, scanned {scanned[0]}..{scanned[-1]}) where "
-            f"the end points cover the input and no layer is unproductive: {where}")
+            f"a unit of every end point sees the whole input and no layer is unproductive: {where}")
 
 
 def _objects_table(d: Diagnosis) -> str:
