@@ -16,7 +16,8 @@ import importlib
 import io
 import warnings
 from collections import Counter
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import onnx
 

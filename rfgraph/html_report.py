@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import math
-from fractions import Fraction
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import networkx as nx
 

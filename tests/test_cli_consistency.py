@@ -83,7 +83,7 @@ def subparsers() -> dict[str, argparse.ArgumentParser]:
 
 
 def schema(name: str) -> dict:
-    block = re.search(rf"<!-- schema: {name} -->\s*```json\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.S)
+    block = re.search(rf"<!-- schema: {name} -->\s*```json\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.DOTALL)
     assert block, f"docs/json_schema.md has no schema block for '{name}'"
     return json.loads(block.group(1))
 
@@ -103,7 +103,7 @@ def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture) -> No
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    assert "--quiet" in out and all(re.search(rf"^\s+{c}\s", out, re.M) for c in COMMANDS), out
+    assert "--quiet" in out and all(re.search(rf"^\s+{c}\s", out, re.MULTILINE) for c in COMMANDS), out
 
 
 @pytest.mark.parametrize("command", known(COMMANDS, HELP_GAPS))
@@ -114,7 +114,7 @@ def test_help_has_examples_and_exit_codes(command: str, capsys: pytest.CaptureFi
     assert stop.value.code == 0
     examples = out.split("examples:", 1)
     assert len(examples) == 2, f"'rfgraph {command} --help' has no 'examples:' section"
-    assert re.search(rf"^\s+rfgraph {command}\b", examples[1], re.M), "no example invokes the command"
+    assert re.search(rf"^\s+rfgraph {command}\b", examples[1], re.MULTILINE), "no example invokes the command"
     assert "exit codes" in out, f"'rfgraph {command} --help' does not document its exit codes"
 
 

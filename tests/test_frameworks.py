@@ -21,8 +21,15 @@ import pytest
 from onnx import helper
 
 import rfgraph
-from rfgraph.frameworks import (MissingDependencyError, export_torch, from_keras, from_torch,
-                                keras_scope, rename_tensors, torch_scope)
+from rfgraph.frameworks import (
+    MissingDependencyError,
+    export_torch,
+    from_keras,
+    from_torch,
+    keras_scope,
+    rename_tensors,
+    torch_scope,
+)
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -35,7 +42,7 @@ class Block(nn.Module):
         super().__init__()
         self.conv1, self.relu, self.conv2 = nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)
 
-    def forward(self, x):  # noqa: ANN001, ANN201
+    def forward(self, x):
         return torch.relu(self.conv2(self.relu(self.conv1(x))) + x)
 
 
@@ -49,7 +56,7 @@ class Net(nn.Module):
         self.pool = nn.MaxPool2d(2)
         self.head = nn.Conv2d(4, 2, 1)
 
-    def forward(self, x):  # noqa: ANN001, ANN201
+    def forward(self, x):
         return self.head(self.pool(self.layer1(self.stem(x))))
 
 
@@ -140,7 +147,7 @@ class TwoBranch(nn.Module):
         super().__init__()
         self.a, self.b = nn.Conv2d(1, 1, 2, stride=2), nn.Conv2d(1, 1, 1, stride=2)
 
-    def forward(self, x):  # noqa: ANN001, ANN201
+    def forward(self, x):
         return self.a(x) + self.b(x)
 
 

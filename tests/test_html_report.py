@@ -100,20 +100,20 @@ def conv1d(path: Path) -> Path:
 class Node:
     """An element of the parsed page."""
 
-    def __init__(self, tag: str, attrs: dict[str, str | None], parent: "Node | None") -> None:
+    def __init__(self, tag: str, attrs: dict[str, str | None], parent: Node | None) -> None:
         self.tag, self.attrs, self.parent = tag, attrs, parent
         self.children: list[Node] = []
-        self.content: list["str | Node"] = []  # text and children, in document order
+        self.content: list[str | Node] = []  # text and children, in document order
 
     def all_text(self) -> str:
         return "".join(c if isinstance(c, str) else c.all_text() for c in self.content)
 
-    def iter(self):  # noqa: ANN201
+    def iter(self):
         yield self
         for c in self.children:
             yield from c.iter()
 
-    def find(self, tag: str | None = None, **attrs: str) -> list["Node"]:
+    def find(self, tag: str | None = None, **attrs: str) -> list[Node]:
         """Descendants with this tag and attribute values (``class_`` matches one class)."""
         out = []
         for n in self.iter():
@@ -339,7 +339,7 @@ def test_sort_keys() -> None:
 def _schema(name: str) -> dict:
     """The JSON Schema block of section ``name`` in docs/json_schema.md."""
     text = DOCS.read_text(encoding="utf-8")
-    block = re.search(rf"<!-- schema: {name} -->\s*```json\n(.*?)```", text, re.S)
+    block = re.search(rf"<!-- schema: {name} -->\s*```json\n(.*?)```", text, re.DOTALL)
     assert block, f"docs/json_schema.md has no schema block for {name}"
     return json.loads(block.group(1))
 
@@ -389,7 +389,7 @@ def chromium_path() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def browser():  # noqa: ANN201
+def browser():
     exe = chromium_path()
     if exe is None:
         pytest.skip("chromium not found on PATH or at $RFGRAPH_CHROMIUM (apt-get install chromium); "

@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     erf = None if args.no_erf else ERFOptions(args.erf_output or None, args.erf_limit, args.erf_runs,
                                               args.method, seed=args.seed,
                                               progress=not quiet and sys.stderr.isatty())
-    out = Path(args.out) if args.out else Path(Path(args.model.split(":")[-1]).stem + ".html")
+    name = args.model[4:] if args.model.startswith("zoo:") else Path(args.model).stem
+    out = Path(args.out) if args.out else Path(name.replace(":", "_").replace("/", "_") + ".html")
     report = build_report(analysis, args.title or Path(args.model).name, args.image, erf)
     report.write(out)
     if args.format == "json":

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..errors import RFGraphError
 from ..report import number
@@ -112,7 +113,7 @@ def show_dict(analysis: Any, ep: Any, index: tuple[int, ...], args: argparse.Nam
 
 def _summary(doc: dict[str, Any]) -> str:
     """One line saying what was written."""
-    region = ", ".join(f"{n} [{a}, {b}]" for n, (a, b) in zip(doc["axis_names"], doc["region"]))
+    region = ", ".join(f"{n} [{a}, {b}]" for n, (a, b) in zip(doc["axis_names"], doc["region"], strict=True))
     pic = doc["picture"]
     erf = doc["erf"]
     what = "TRF box" if erf is None else f"TRF box + ERF ({erf['runs']} runs, {erf['method']})"
