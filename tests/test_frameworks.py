@@ -260,3 +260,27 @@ def test_renaming_never_collides() -> None:
     model = _graph([("/a/Relu", "Relu", ["x"], "a"), ("/b/Relu", "Relu", ["a"], "y")])
     mapping = rename_tensors(model, torch_scope(["a", "b"]))
     assert mapping == {"y": "b"}  # 'a' is already the name of the tensor it would become
+
+
+class Broken(nn.Module):
+    def forward(self, x):
+        raise ValueError("shape mismatch in my model")
+
+
+def test_exporter_failure_is_one_line() -> None:
+    with pytest.raises(rfgraph.RFGraphError, match=r"^torch.onnx.export failed \(ValueError: shape mismatch"):
+        from_torch(Broken(), torch.zeros(1, 1, 8, 8))
+
+
+def test_dynamo_exporter_works_or_names_its_dependency() -> None:
+    """dynamo=True needs onnxscript: same field as the legacy exporter, or a one-line install hint."""
+    conv = nn.Conv2d(1, 1, 5, stride=2, padding=2)
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError:
+        with pytest.raises(MissingDependencyError, match="pip install onnxscript"):
+            from_torch(conv, torch.zeros(1, 1, 16, 16), dynamo=True)
+        return
+    out = from_torch(conv, torch.zeros(1, 1, 16, 16), dynamo=True)
+    last = out[out.outputs[0]]
+    assert (last.r, last.S, last.P) == ((5, 5), (2, 2), (2, 2))
