@@ -27,17 +27,18 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence, Union
+from typing import Any
 
 import onnx
 from onnx import helper
 
 from .errors import RFGraphError
 
-Param = Union[int, Sequence[int], str, Callable[[Mapping[str, Any]], Any]]
+Param = int | Sequence[int] | str | Callable[[Mapping[str, Any]], Any]
 ANY_DOMAIN = "*"
 
 
@@ -78,14 +79,14 @@ class OpSpec:
         dom = f"{self.domain}::" if self.domain else ""
         return f"{dom}{self.op}"
 
-    def resolve(self, attrs: Mapping[str, Any], node: str) -> "Resolved":
+    def resolve(self, attrs: Mapping[str, Any], node: str) -> Resolved:
         """Kind and per-axis numbers for one node (a callable rule is evaluated here)."""
         if self.rule is None:
             return Resolved(self.kind or RuleKind.WINDOW, self.kernel, self.stride, self.pad,
                             self.dilation)
         try:
             out = self.rule(dict(attrs))
-        except Exception as exc:  # a user's callable: report it against the node
+        except Exception as exc:  # noqa: BLE001 - a user's callable: reported against the node
             raise RFGraphError(f"node '{node}' ({self.op}): the rule declared for it failed: "
                                f"{type(exc).__name__}: {exc}") from None
         if isinstance(out, str):
@@ -267,7 +268,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise RFGraphError(f"{path}: not valid TOML ({exc})") from None
 
 
-def as_ruleset(rules: "RuleSet | str | Path | Sequence[str | Path] | None") -> RuleSet | None:
+def as_ruleset(rules: RuleSet | str | Path | Sequence[str | Path] | None) -> RuleSet | None:
     """A RuleSet from a RuleSet, a rules-file path, or several paths (later files win)."""
     if rules is None or isinstance(rules, RuleSet):
         return rules
@@ -280,7 +281,7 @@ def as_ruleset(rules: "RuleSet | str | Path | Sequence[str | Path] | None") -> R
 
 
 @contextlib.contextmanager
-def active(rules: "RuleSet | str | Path | Sequence[str | Path] | None" = None,
+def active(rules: RuleSet | str | Path | Sequence[str | Path] | None = None,
            assume_pointwise: bool = False) -> Iterator[Session]:
     """Make ``rules`` (and the ``assume_pointwise`` fallback) visible to ``ops.rule_for``."""
     session = Session(as_ruleset(rules), assume_pointwise)
@@ -306,9 +307,10 @@ def custom_rule(op: str, domain: str | None) -> Callable[[Any], Any] | None:
         return None
 
     def rule(ctx: Any) -> Any:
-        transfer = apply_spec(spec, ctx)
         resolved = spec.resolve(ctx.attrs, ctx.name)
-        session.used[ctx.name] = f"{ctx.op}: declared {resolved.kind.value} rule for {spec.label()} ({spec.source})"
+        transfer = apply_resolved(resolved, ctx)
+        session.used[ctx.name] = (f"{ctx.op}: declared {resolved.kind.value} rule for "
+                                  f"{spec.label()} ({spec.source})")
         return transfer
 
     return rule
@@ -351,11 +353,10 @@ def keep_spatial_shape(ctx: Any) -> None:
                                   f"assumed pointwise; declare a rule with --rules")
 
 
-def apply_spec(spec: OpSpec, ctx: Any) -> Any:
-    """The Transfer of a node under a declared rule."""
+def apply_resolved(r: Resolved, ctx: Any) -> Any:
+    """The Transfer of a node under a declared (resolved) rule."""
     from . import ops
 
-    r = spec.resolve(ctx.attrs, ctx.name)
     n_out = len(ctx.node.output)
     if r.kind is RuleKind.POINTWISE:
         if ctx.data_slots() == [0]:

@@ -21,9 +21,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -55,7 +56,7 @@ class AxisRegions:
     inner_hi: np.ndarray
 
     @staticmethod
-    def identity(n: int) -> "AxisRegions":
+    def identity(n: int) -> AxisRegions:
         u = np.arange(n, dtype=np.int64)
         return AxisRegions(u, u.copy(), u.copy(), u.copy())
 
@@ -675,7 +676,8 @@ def diagnose(model: Any, input_shape: Mapping[str, Sequence[int]] | None = None,
              assume_pointwise: bool = False, input_name: str | None = None,
              layout: str | None = None) -> Diagnosis:
     """Run every diagnostic on ``model`` (path, bytes, ModelProto or zoo:NAME)."""
-    opts = dict(input_name=input_name, layout=layout, rules=rules, assume_pointwise=assume_pointwise)
+    opts = {"input_name": input_name, "layout": layout, "rules": rules,
+            "assume_pointwise": assume_pointwise}
     a = analyze(model, input_shape, **opts)
     names = list(endpoints) if endpoints else [e for e in (a.default_endpoints()
                                                            or list(a.endpoints)[-1:])]
@@ -694,7 +696,7 @@ def diagnose(model: Any, input_shape: Mapping[str, Sequence[int]] | None = None,
     extents: dict[str, tuple[int, ...]] = {}
     if erf:
         for n in local:
-            g = erf_growth(model, a, n, erf_layers, erf_runs, **dict(erf_options or {}))
+            g = erf_growth(model, a, n, erf_layers, erf_runs, **(erf_options or {}))
             growth.append(g)
             if g.final is not None and g.final.tensor == n:
                 extents[n] = g.final.erf_extent

@@ -28,9 +28,9 @@ area ratios from ``replknet_area_ratio``).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Sequence
 
 import numpy as np
 
@@ -313,8 +313,29 @@ def describe(conv: ERFConventions) -> list[tuple[str, str]]:
             ("non-finite samples", "skipped" if conv.skip_nonfinite else "kept")]
 
 
-__all__ = ["Aggregation", "CentreRule", "DEFAULT", "ERFConventions", "LUO", "Order", "PRESETS",
-           "REPLKNET", "Scalar", "Scaling", "add_convention_args", "aggregate", "average",
-           "centre_unit", "conventions_from_args", "describe", "display", "displayed",
-           "finite_samples", "image_order", "preset", "replknet_area_ratio", "scalar_value",
-           "seed_weights"]
+__all__ = [
+    "DEFAULT",
+    "LUO",
+    "PRESETS",
+    "REPLKNET",
+    "Aggregation",
+    "CentreRule",
+    "ERFConventions",
+    "Order",
+    "Scalar",
+    "Scaling",
+    "add_convention_args",
+    "aggregate",
+    "average",
+    "centre_unit",
+    "conventions_from_args",
+    "describe",
+    "display",
+    "displayed",
+    "finite_samples",
+    "image_order",
+    "preset",
+    "replknet_area_ratio",
+    "scalar_value",
+    "seed_weights",
+]

@@ -121,7 +121,7 @@ def test_pointwise_and_global_kinds(kind: str) -> None:
 
 def test_conv_kind_matches_the_standard_conv() -> None:
     """com.microsoft::FusedConv declared as kind 'conv' == the same graph with a plain Conv."""
-    attrs = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[0, 1, 0, 1], dilations=[2, 1])
+    attrs = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [0, 1, 0, 1], "dilations": [2, 1]}
 
     def model(op: str, domain: str) -> onnx.ModelProto:
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])

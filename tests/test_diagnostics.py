@@ -18,6 +18,8 @@ import math
 import numpy as np
 import onnx
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from model_zoo.builder import GraphBuilder
@@ -110,6 +112,26 @@ def test_coverage_and_unproductive_layers_match_simulation(name: str) -> None:
     expected = {f"c{i + 1}" for i in range(len(layers))
                 if sim_unproductive_share(fields, layers, n, i) > 0.5}
     assert {v.node for v in cov.unproductive} == expected
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(6, 30), st.lists(st.tuples(st.integers(1, 5), st.integers(1, 3),
+                                             st.integers(0, 4), st.integers(0, 4)),
+                                   min_size=1, max_size=5))
+def test_exact_regions_and_shares_match_simulation_on_random_chains(n: int, layers: list) -> None:
+    """Random kernels, strides and asymmetric pads (some units see only padding)."""
+    sizes = _sizes_along(n, layers)
+    assume(len(sizes) == len(layers) and all(m + pb + pe - k >= 0 for m, (k, s, pb, pe) in sizes))
+    a = analyze(chain_model(n, layers))
+    regions = D.exact_regions(a)
+    verdicts = {v.node: v for v in D.layer_verdicts(a, regions)}
+    fields = simulate(n, layers)
+    for i in range(len(layers)):
+        got = regions[f"c{i + 1}"][1]
+        assert [(int(lo), int(hi)) if lo <= hi else None for lo, hi in zip(got.lo, got.hi)] == \
+               [(min(f), max(f)) if f else None for f in fields[i + 1]]
+        share = sim_unproductive_share(fields, layers, n, i)
+        assert verdicts[f"c{i + 1}"].fraction == pytest.approx((share, share))
 
 
 def test_border_layer_of_a_stack_is_where_r_passes_the_input() -> None:

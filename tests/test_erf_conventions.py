@@ -51,7 +51,7 @@ def test_aggregation_is_elementwise_then_channel_sum(how: C.Aggregation, fn) -> 
                 assert got[b, i, j] == pytest.approx(sum(fn(g[b, c, i, j]) for c in range(3)))
 
 
-def _net() -> "torch.nn.Module":
+def _net() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
                                torch.nn.Conv2d(4, 5, 3, stride=2, padding=1)).double()
