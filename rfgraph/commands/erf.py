@@ -51,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-runs", type=int, default=1, help="weight re-initialisations M")
     p.add_argument("--signed", action="store_true", help="average the signed gradient, not |.|")
     p.add_argument("--seed", type=int, default=0, help="random seed (results are deterministic)")
-    p.add_argument("--batch", type=int, default=8, help="inputs per onnxruntime run (default: 8)")
+    p.add_argument("--batch", type=int, default=0,
+                   help="inputs per onnxruntime run (default 0: automatic, by input size)")
     p.add_argument("--png", metavar="FILE", help="write a heatmap (TRF box drawn over it)")
     p.add_argument("--log", action="store_true", help="logarithmic colour scale for --png")
     p.add_argument("--npy", metavar="FILE", help="write the raw ERF array (.npy)")
