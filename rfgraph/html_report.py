@@ -310,10 +310,11 @@ def build_report(analysis: Analysis, title: str, image: str | Path | None = None
 def render_report(model: Any, out: str | Path, image: str | Path | None = None,
                   erf: ERFOptions | None = ERFOptions(), title: str | None = None,
                   **analyze_kwargs: Any) -> Report:
-    """Analyse ``model`` and write its report to ``out`` (the Python twin of ``rfgraph report``)."""
+    """Write the report of ``model`` (anything ``analyze`` takes, or an ``Analysis`` such as
+    ``rfgraph.from_torch``'s) to ``out``: the Python twin of ``rfgraph report``."""
     from .analysis import analyze
 
-    analysis = analyze(model, **analyze_kwargs)
+    analysis = model if isinstance(model, Analysis) else analyze(model, **analyze_kwargs)
     report = build_report(analysis, title or _title(model), image, erf)
     report.write(out)
     return report

@@ -331,6 +331,20 @@ def test_one_d_input(tmp_path: Path) -> None:
     assert report.summary["erf"][0]["unit"] == [9] and report.summary["erf"][0]["error"] is None
 
 
+def test_report_of_a_torch_module_shows_module_names(tmp_path: Path) -> None:
+    """render_report takes from_torch's Analysis: the table lists module names, not exporter names."""
+    torch = pytest.importorskip("torch")
+    from rfgraph.html_report import render_report
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, stride=2), torch.nn.ReLU(), torch.nn.Conv2d(2, 2, 3))
+    report = render_report(rfgraph.from_torch(net, torch.zeros(1, 1, 20, 20)), tmp_path / "t.html",
+                           erf=None, title="net")
+    rows = table_rows(parse((tmp_path / "t.html").read_text(encoding="utf-8")), "layer-table")
+    assert [r[1] for r in rows][1:] == ["0", "1", "2"]
+    assert [r[5] for r in rows] == ["1", "3", "3", "7"]  # r = 3, then 3 + 2 * 2
+    assert report.summary["title"] == "net"
+
+
 def test_sort_keys() -> None:
     """Per-axis cells sort by their largest value; fractional strides parse; global sorts last."""
     assert sort_key([3, 5]) == 5 and sort_key(["1/2", "3/4"]) == 0.75 and sort_key([None]) > 1e17
