@@ -452,6 +452,9 @@ def test_report_in_chromium(browser: Any, built: tuple, tmp_path: Path) -> None:
     ascending = page.locator("#layer-table tbody tr").evaluate_all("rs => rs.map(r => r.dataset.tensor)")
     assert ascending == sorted(analysis.endpoints, key=lambda n: sort_key(analysis[n].r))
     assert ascending[-1] == "pooled" and ascending[0] == "x"
+    page.locator("#layer-table thead th", has_text=re.compile(r"^r$")).press("Enter")  # keyboard too
+    descending = page.locator("#layer-table tbody tr").evaluate_all("rs => rs.map(r => r.dataset.tensor)")
+    assert descending == sorted(ascending, key=lambda n: sort_key(analysis[n].r), reverse=True)
 
     for name, cells in {"feat": [(0, 0), (7, 5), (3, 2), (0, 5)], "ta": [(0, 0), (5, 3)]}.items():
         page.select_option("#iv-endpoint", name)

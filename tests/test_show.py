@@ -137,6 +137,8 @@ def test_default_index_is_the_centre_unit(model: Path, tmp_path: Path, capsys: p
 def test_quiet_prints_nothing(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["show", str(model), "--output", "y", "-o", str(tmp_path / "o.png"), "--no-erf", "-q"]) == 0
     assert capsys.readouterr().out == ""
+    assert main(["--quiet", "show", str(model), "--output", "y", "-o", str(tmp_path / "o.png"), "--no-erf"]) == 0
+    assert capsys.readouterr().out == ""
     assert main(["show", str(model), "--output", "y", "-o", str(tmp_path / "o.png"), "--no-erf"]) == 0
     assert capsys.readouterr().out.startswith("wrote ")
 
