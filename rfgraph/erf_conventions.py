@@ -170,6 +170,55 @@ def scalar_value(conv: ERFConventions, unit_values: np.ndarray) -> np.ndarray:
     return y[..., int(conv.channel)]  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class SeedPlan:
+    """How an engine that seeds ``scale`` at one unit (one channel or all) realises a scalar:
+    differentiate ``output`` of ``model``; for ``relu-sum`` a Relu is appended to the model, so
+    the seed needs no forward values (the Relu's backward is 1[y > 0], torch's convention)."""
+
+    model: object  # onnx.ModelProto
+    output: str
+    channel: int | None
+    scale: float
+
+
+def seed_plan(model: object, output: str, conv: ERFConventions, channels: int) -> SeedPlan:
+    """The SeedPlan of ``conv`` for ``output`` (with ``channels`` channels) of ``model``."""
+    if conv.scalar is Scalar.RELU_SUM:
+        relu_model, relu_out = relu_head(model, output)
+        return SeedPlan(relu_model, relu_out, None, 1.0)
+    if conv.scalar is Scalar.MEAN:
+        return SeedPlan(model, output, None, 1.0 / channels)
+    if conv.scalar is Scalar.CHANNEL:
+        seed_weights(conv, channels)  # validates the channel index
+        return SeedPlan(model, output, conv.channel, 1.0)
+    return SeedPlan(model, output, None, 1.0)
+
+
+def relu_head(model: object, output: str) -> tuple[object, str]:
+    """A copy of ``model`` with ``Relu(output)`` appended as a graph output; returns its name."""
+    import onnx
+    from onnx import helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)  # type: ignore[arg-type]
+    g = out.graph
+    taken = {t for n in g.node for t in n.output} | {i.name for i in g.input}
+    name, i = f"{output}_relu", 1
+    while name in taken:
+        name, i = f"{output}_relu{i}", i + 1
+    g.node.append(helper.make_node("Relu", [output], [name], name=name))
+    like = next((v for v in list(g.output) + list(g.value_info) if v.name == output), None)
+    vi = onnx.ValueInfoProto()
+    if like is not None:
+        vi.CopyFrom(like)
+        vi.name = name
+    else:
+        vi = helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+    g.output.append(vi)
+    return out, name
+
+
 # ---------------------------------------------------------------- aggregation
 
 

@@ -178,3 +178,36 @@ def test_cli_options_and_errors() -> None:
     with pytest.raises(RFGraphError, match="forward values"):
         C.seed_weights(C.REPLKNET, 4)
     assert dict(C.describe(C.REPLKNET))["display"] == "log10(x+1), / max"
+
+
+@pytest.mark.parametrize("scalar", list(C.Scalar))
+def test_seed_plans_give_the_gradient_of_the_scalar(scalar: C.Scalar) -> None:
+    """An engine seeding ``scale`` at one unit (one channel or all) of ``plan.output`` gets
+    d s(y_u)/dx: compared with the VJP of y seeded by ``seed_weights`` at the unit (forward
+    values from onnxruntime); relu-sum goes through the appended Relu, the rest through y."""
+    import onnxruntime as ort
+
+    from model_zoo.builder import GraphBuilder
+    from rfgraph import vjp
+
+    b = GraphBuilder("t", input_shape=(1, 3, 12, 12), seed=5)
+    x = b.relu(b.conv(b.input, 4, 3, padding=1))
+    b.output(b.conv(x, 5, 3, stride=2, padding=1, name="y"))
+    model = b.build()
+    conv = C.ERFConventions(scalar=scalar, channel=1 if scalar is C.Scalar.CHANNEL else None)
+    x0 = np.random.default_rng(6).standard_normal((1, 3, 12, 12)).astype(np.float32)
+    y = ort.InferenceSession(model.SerializeToString()).run(["y"], {"input": x0})[0]
+    u = C.centre_unit(y.shape[2:], C.CentreRule.HALF)
+    plan = C.seed_plan(model, "y", conv, y.shape[1])
+    g_plan = vjp.build_vjp(plan.model, plan.output, x0.shape)
+    seed = np.zeros_like(y)
+    seed[0, slice(None) if plan.channel is None else plan.channel, u[0], u[1]] = plan.scale
+    got = vjp.input_gradient(g_plan, vjp.session(g_plan), x0, seed)
+    g_ref = vjp.build_vjp(model, "y", x0.shape)
+    seed_ref = np.zeros_like(y)
+    seed_ref[0, :, u[0], u[1]] = C.seed_weights(conv, y.shape[1], y[:, :, u[0], u[1]])[0]
+    ref = vjp.input_gradient(g_ref, vjp.session(g_ref), x0, seed_ref)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    assert np.abs(ref).max() > 0
+    if scalar is C.Scalar.RELU_SUM:  # the ReLU matters: some channels of the unit are negative
+        assert 0 < (y[0, :, u[0], u[1]] > 0).sum() < y.shape[1]
