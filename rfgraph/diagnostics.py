@@ -683,7 +683,7 @@ def diagnose(model: Any, input_shape: Mapping[str, Sequence[int]] | None = None,
                                                            or list(a.endpoints)[-1:])]
     for n in names:
         a[n]
-    local = [n for n in names if not a[n].is_global]
+    local = [n for n in names if not a[n].is_global and n != a.input_name]
     regions = exact_regions(a)
     verdicts = layer_verdicts(a, regions)
     cov = [coverage(a, n, regions, verdicts) for n in names]

@@ -84,6 +84,10 @@ def test_cli_with_and_without_rules(model_file: Path, rules_file: Path, capsys) 
 
     rows = {r["tensor"]: r for r in json.loads(capsys.readouterr().out)["endpoints"]}
     assert rows["y"]["r"] == [9, 9]
+    assert main(["diagnose", str(model_file), "--no-size-range"]) == 1
+    assert "STOPPED at node 'custom' (MyPool)" in capsys.readouterr().out
+    assert main(["diagnose", str(model_file), "--rules", str(rules_file), "--no-size-range"]) == 0
+    assert "custom: MyPool: declared window rule for com.example::MyPool" in capsys.readouterr().out
 
 
 def test_register_op_numbers_and_callable() -> None:
