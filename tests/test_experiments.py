@@ -81,6 +81,15 @@ def test_uniform_stack_equals_closed_form(quick: tuple[int, Path]) -> None:
         assert num(r["marginal_std"]) == pytest.approx(uniform_std(int(r["n"]), 3), rel=1e-5)  # CSV: 6 digits
 
 
+def test_random_linear_second_moment_has_the_uniform_shape(quick: tuple[int, Path]) -> None:
+    """Sec. 2.2: with random weights and no nonlinearity, E[g^2] is proportional to the uniform
+    closed form (in expectation): the Monte Carlo map correlates with it closely."""
+    var = [r for r in rows(quick[1], "uniform-random-relu") if r["case"] == "random E[g^2]"]
+    assert var
+    assert all(num(r["pearson_vs_closed_form"]) > 0.9 for r in var)
+    assert all(num(r["tv_vs_closed_form"]) < 0.25 for r in var)
+
+
 def test_erf_grows_with_depth_and_ratio_shrinks(quick: tuple[int, Path]) -> None:
     """Fig. 2's robust part: the seed-mean ERF size increases with n and ERF/TRF decreases, for
     random and random+ReLU stacks; the fitted log-log slopes have those signs."""

@@ -77,9 +77,10 @@ def erf_over_models(ctx: Context, models: Iterable[onnx.ModelProto], runs_per_mo
 
 def token_erf(ctx: Context, make: Callable[[int], onnx.ModelProto], output: str,
               seed_at: Callable[[tuple[int, ...]], np.ndarray], weight_runs: int,
-              runs: int, seed: int = 0) -> np.ndarray:
-    """|d(seed . y)/dx| summed over channels and averaged, for a seed that ``compute_erf`` cannot
-    place (one token of a (1, N, D) tensor): the VJP graph of ``rfgraph.vjp`` used directly."""
+              runs: int, seed: int = 0, power: int = 1) -> np.ndarray:
+    """|d(seed . y)/dx|^power summed over channels and averaged, for a seed that ``compute_erf``
+    cannot place (one token of a (1, N, D) tensor) or a moment it does not compute (power 2: the
+    gradient's second moment, Luo sec. 2.2): the VJP graph of ``rfgraph.vjp`` used directly."""
     from .. import vjp
 
     rng = np.random.default_rng(ctx.seed * 1000 + seed)
@@ -91,7 +92,8 @@ def token_erf(ctx: Context, make: Callable[[int], onnx.ModelProto], output: str,
         seed_arr = seed_at(graph.output_shape).astype(graph.dtype)
         for _ in range(runs):
             x = rng.standard_normal(graph.input_shape).astype(graph.dtype)
-            g = np.abs(vjp.input_gradient(graph, sess, x, seed_arr)).sum(axis=(0, 1))
+            grad = vjp.input_gradient(graph, sess, x, seed_arr).astype(np.float64)
+            g = (np.abs(grad) ** power).sum(axis=(0, 1))
             total = g if total is None else total + g
     assert total is not None
     return total / (weight_runs * runs)

@@ -76,11 +76,13 @@ def loglog(path: Path, series: Sequence[tuple[str, Sequence[float], np.ndarray, 
             warnings.simplefilter("ignore", RuntimeWarning)
             mean = np.nanmean(ys, axis=0)
             err = np.nanstd(ys, axis=0) if ys.shape[0] > 1 else None
-        ax.errorbar(x, mean, yerr=err, fmt="o", capsize=3, label=f"{label}")
+        points = ax.errorbar(x, mean, yerr=err, fmt="o", capsize=3, label=f"{label}")
         xs = np.linspace(x.min(), x.max(), 50)
-        ax.plot(xs, np.exp(intercept) * xs ** slope, "--", label=f"fit: slope {slope:.3f}")
+        ax.plot(xs, np.exp(intercept) * xs ** slope, "--", color=points[0].get_color(),
+                label=f"{label} fit: slope {slope:.3f}")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _plain_ticks(ax.xaxis, sorted({float(v) for s in series for v in s[1]}))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -89,6 +91,16 @@ def loglog(path: Path, series: Sequence[tuple[str, Sequence[float], np.ndarray, 
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _plain_ticks(axis, values: Sequence[float]) -> None:  # type: ignore[no-untyped-def]
+    """Ticks at ``values`` with plain labels (a log axis otherwise writes 4x10^0)."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
+
+    axis.set_major_locator(FixedLocator(list(values)))
+    axis.set_major_formatter(ScalarFormatter())
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
 
 
 def bars(path: Path, labels: Sequence[str], values: Sequence[float], ylabel: str, title: str,
