@@ -641,12 +641,13 @@ def erf_growth(model: Any, analysis: Analysis, endpoint: str, max_layers: int = 
         for tensor in chain:
             if analysis[tensor].is_global:
                 continue
-            res = compute(model, tensor, input_shape=analysis.input_shape, runs=runs, **erf_options)
+            shape = (1,) + tuple(1 if d is None else int(d) for d in analysis.input_shape[1:])
+            res = compute(model, tensor, input_shape=shape, runs=runs, **erf_options)
             m = res.metrics
             points.append(ERFPoint(tensor, float(m.erf_size), tuple(m.erf_extent),
                                    tuple(m.trf_size) if m.trf_size else None, m.erf_trf_ratio))
-    except (RFGraphError, ValueError) as exc:
-        return ERFGrowth(endpoint, tuple(points), None, str(exc))
+    except Exception as exc:  # noqa: BLE001 - the ERF engine (onnxruntime) may fail on any op
+        return ERFGrowth(endpoint, tuple(points), None, f"ERF unavailable: {exc}".split("\n")[0])
     i = plateau_index([p.erf_size for p in points])
     return ERFGrowth(endpoint, tuple(points), None if i is None else points[i].tensor)
 
