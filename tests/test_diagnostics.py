@@ -59,16 +59,21 @@ def simulate(n: int, layers: list[Layer]) -> list[list[frozenset[int]]]:
     return fields
 
 
+def spans_all(seen: frozenset[int], n: int) -> bool:
+    """The unit's region (first to last pixel seen) is the whole axis; a field with holes (stride
+    larger than kernel) spans them, as regions do in Araujo et al."""
+    return bool(seen) and min(seen) == 0 and max(seen) == n - 1
+
+
 def sim_unproductive_share(fields: list[list[frozenset[int]]], layers: list[Layer], n: int,
                            idx: int) -> float:
     """Share of layer idx's units whose every non-empty read unit already sees all n pixels."""
-    full = frozenset(range(n))
     k, s, pb, _ = layers[idx]
     prev, cur = fields[idx], fields[idx + 1]
     bad = 0
     for u in range(len(cur)):
         reads = [prev[v] for v in (u * s - pb + j for j in range(k)) if 0 <= v < len(prev)]
-        bad += all(f == full for f in reads if f)
+        bad += all(spans_all(f, n) for f in reads if f)
     return bad / len(cur)
 
 
@@ -88,7 +93,6 @@ def test_coverage_and_unproductive_layers_match_simulation(name: str) -> None:
     regions = D.exact_regions(a)
     verdicts = {v.node: v for v in D.layer_verdicts(a, regions)}
     fields = simulate(n, layers)
-    full = frozenset(range(n))
     for i in range(len(layers)):
         r_i = closed_form_r([k for k, *_ in layers[:i + 1]], [s for _, s, *_ in layers[:i + 1]])
         assert a[f"c{i + 1}"].r == (r_i, r_i)
@@ -104,11 +108,11 @@ def test_coverage_and_unproductive_layers_match_simulation(name: str) -> None:
           for i in range(len(layers))]
     border = next((f"c{i + 1}" for i, r in enumerate(rs) if r > n), None)
     first_full = next((f"c{i + 1}" for i in range(len(layers))
-                       if all(f == full for f in fields[i + 1])), None)
+                       if all(spans_all(f, n) for f in fields[i + 1])), None)
     for axis in cov.axes:
         assert axis.border_layer == border and axis.full_layer == first_full
-        assert axis.covers == all(f == full for f in fields[-1])
-        assert axis.covered_by_some == any(f == full for f in fields[-1])
+        assert axis.covers == all(spans_all(f, n) for f in fields[-1])
+        assert axis.covered_by_some == any(spans_all(f, n) for f in fields[-1])
     expected = {f"c{i + 1}" for i in range(len(layers))
                 if sim_unproductive_share(fields, layers, n, i) > 0.5}
     assert {v.node for v in cov.unproductive} == expected
@@ -187,9 +191,8 @@ def test_inner_fields_of_a_residual_block_match_path_enumeration() -> None:
         assert list(got.inner_hi) == [min(max(p[u]) for p in ps) for u in range(n)], t
         assert list(got.lo) == [min(min(p[u]) for p in ps) for u in range(n)], t
     verdicts = {v.node: v for v in D.layer_verdicts(a, regions)}
-    full = frozenset(range(n))
     for name, src in (("c5", "sum"), ("c6", "c5")):
-        share = np.mean([all(all(p[v] == full for p in paths[src])
+        share = np.mean([all(all(spans_all(p[v], n) for p in paths[src])
                              for v in (u - 1, u, u + 1) if 0 <= v < n) for u in range(n)])
         assert verdicts[name].fraction[0] == pytest.approx(share)
 
@@ -207,8 +210,7 @@ def test_input_size_range_matches_simulation(name: str) -> None:
             assert p.covers is None  # the model cannot run at this size
             continue
         fields = simulate(n, layers)
-        full = frozenset(range(n))
-        covers = any(f == full for f in fields[-1])
+        covers = any(spans_all(f, n) for f in fields[-1])
         unprod = sum(sim_unproductive_share(fields, layers, n, i) > 0.5 for i in range(len(layers)))
         assert p.covers == (covers, covers) and p.unproductive == (unprod, unprod), n
     good = [p.size for p in d.sizes.points if p.good]
