@@ -78,7 +78,8 @@ def test_uniform_stack_equals_closed_form(quick: tuple[int, Path]) -> None:
     assert len(uni) >= 2
     for r in uni:
         assert num(r["closed_form_max_rel_err"]) < 1e-5
-        assert num(r["marginal_std"]) == pytest.approx(uniform_std(int(r["n"]), 3), rel=1e-5)  # CSV: 6 digits
+        eq11 = uniform_std(int(r["n"]), 3)
+        assert num(r["marginal_std"]) == pytest.approx(eq11, rel=1e-5)  # CSV: 6 digits
 
 
 def test_random_linear_second_moment_has_the_uniform_shape(quick: tuple[int, Path]) -> None:
@@ -102,7 +103,8 @@ def test_erf_grows_with_depth_and_ratio_shrinks(quick: tuple[int, Path]) -> None
         assert len(ns) >= 3
         assert all(a < b for a, b in zip(size, size[1:])), size
         assert all(a > b for a, b in zip(ratio, ratio[1:])), ratio
-        fits = {r["n"]: num(r["slope"]) for r in data if r["series"] == series and r["seed"] == "fit"}
+        fits = {r["n"]: num(r["slope"]) for r in data
+                if r["series"] == series and r["seed"] == "fit"}
         assert fits["erf_size"] > 0 > fits["erf_trf"]
 
 
@@ -237,9 +239,11 @@ def test_reference_tables_are_parsed_and_numbers_compared(tmp_path: Path) -> Non
     (tmp_path / "reference").mkdir()
     (tmp_path / "seeds").mkdir()
     (tmp_path / "reference" / "luo2016_claims.md").write_text(
-        "| claim | value in the paper | where |\n|---|---|---|\n| slope of something | 0.7 (theory 1) | x |\n")
+        "| claim | value in the paper | where |\n|---|---|---|\n"
+        "| slope of something | 0.7 (theory 1) | x |\n")
     (tmp_path / "seeds" / "araujo2019_x.txt").write_text(
-        "ID\tReceptive field size (pixels)\tImageNet top-1 accuracy\tFamily\tFLOPS\nnet_a\t1,000\t0.5\ta\t1\n")
+        "ID\tReceptive field size (pixels)\tImageNet top-1 accuracy\tFamily\tFLOPS\n"
+        "net_a\t1,000\t0.5\ta\t1\n")
     ref = reference_mod.load(tmp_path)
     assert ref.numbers("slope of") == [0.7, 1.0] and ref.accuracy == {"net_a": 0.5}
     ctx = Context(tmp_path, reference=ref)

@@ -15,6 +15,7 @@ exit codes: 0 every experiment ran (verdicts may still be 'differ'); 1 an experi
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``experiments`` parser."""
     p = sub.add_parser("experiments", help="reproduce Luo et al. 2016 (ERF) and beyond: figures + "
                                            "report.md",
                        description="Run the ERF/TRF experiments: per experiment PNG figures and a "
@@ -40,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the chosen experiments; exit 1 when one of them failed."""
     from ..experiments import EXPERIMENTS, run_experiments
 
     if args.list:

@@ -58,7 +58,7 @@ class Context:
     maps: list["MapRecord"] = field(default_factory=list)
 
     def n_runs(self, full: int, quick: int) -> int:
-        """Runs for one experiment: ``--runs`` when given, else the paper's count or the quick one."""
+        """Runs of one experiment: ``--runs`` when given, else the paper's count (or quick's)."""
         if self.runs is not None:
             return max(1, self.runs)
         return quick if self.quick else full
@@ -117,7 +117,7 @@ class Experiment:
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Rows (dicts with the same keys, first row's order) as CSV; floats with 6 significant digits."""
+    """Rows (dicts; columns in first-seen order) as CSV; floats with 6 significant digits."""
     if not rows:
         path.write_text("")
         return
@@ -132,6 +132,7 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _cell(v: Any) -> Any:
+    """One CSV cell: floats to 6 significant digits, None empty."""
     if isinstance(v, (float, np.floating)):
         return f"{float(v):.6g}"
     if v is None:
@@ -184,4 +185,5 @@ def numeric_claim(ctx: Context, key: str, text: str, value: float, tol: float,
     ok = abs(value - target) <= tol or inside
     return Claim(text, ctx.reference.paper(key), measured,
                  Verdict.MATCH if ok else Verdict.DIFFER, figure,
-                 (note + " " if note else "") + f"match = within {tol:g} of {target:g} or in the CI")
+                 (note + " " if note else "")
+                 + f"match = within {tol:g} of {target:g} or in the CI")

@@ -11,6 +11,7 @@ the mass outside the centre patch, and the fraction of input pixels above 1% of 
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -27,11 +28,12 @@ NAME = "cnn-vs-transformer"
 PATCH = 4
 
 
-def centre_seed(kind: str, grid: int) -> "callable":
+def centre_seed(kind: str, grid: int) -> Callable[[tuple[int, ...]], np.ndarray]:
     """The seed builder: 1 at the centre token (ViT) or centre unit (CNN), every channel."""
     c = grid // 2
 
     def seed(shape: tuple[int, ...]) -> np.ndarray:
+        """The seed array for an output of ``shape``."""
         s = np.zeros(shape, np.float32)
         if kind == "vit":
             s[0, c * grid + c, :] = 1
@@ -50,8 +52,14 @@ def shape_stats(erf: np.ndarray, grid: int) -> dict[str, float]:
             "pixels_above_1pct": float((erf > 0.01 * erf.max()).mean())}
 
 
+def _sizes(row: dict) -> str:
+    """"Luo size / r50 / pixels above 1%" of one CSV row."""
+    return f"{fmt(row['erf_size'])} / {row['r50']} / {fmt(100 * row['pixels_above_1pct'])}%"
+
+
 @register(NAME, "ERF of a small ViT vs a CNN of the same depth", "Taha's review: open question")
 def run(ctx: Context) -> Result:
+    """ERF of the centre token (ViT) / unit (CNN) after each block, with TRF and shape stats."""
     t0 = time.perf_counter()
     runs = ctx.n_runs(20, 3)
     size = 32 if ctx.quick else 64
@@ -100,11 +108,9 @@ def run(ctx: Context) -> Result:
               by[("vit", 1)]["trf"] == "global", res.figures[0],
               paper="attention spans all tokens after one layer (review)"),
         claim(ctx, "", "how large is the ViT's ERF? (block by block)",
-              "; ".join(f"block {b}: ViT Luo size {fmt(by[('vit', b)]['erf_size'])} / r50 "
-                        f"{by[('vit', b)]['r50']} / {fmt(100 * by[('vit', b)]['pixels_above_1pct'])}"
-                        f"% px > 1% peak vs CNN {fmt(by[('cnn', b)]['erf_size'])} / "
-                        f"{by[('cnn', b)]['r50']} / {fmt(100 * by[('cnn', b)]['pixels_above_1pct'])}%"
-                        for b in range(1, depth + 1)), None, res.figures[1],
+              "; ".join(f"block {b}: ViT {_sizes(by[('vit', b)])} vs CNN "
+                        f"{_sizes(by[('cnn', b)])}" for b in range(1, depth + 1))
+              + " (Luo size / r50 / share of pixels above 1% of the peak)", None, res.figures[1],
               paper="open question"),
         claim(ctx, "", "how Gaussian is the ViT's ERF?",
               f"R^2 at block {depth}: ViT {fmt(last_v['gauss_r2'])}, CNN "

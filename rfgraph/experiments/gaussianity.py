@@ -35,6 +35,7 @@ def core_set(ctx: Context) -> None:
 
 @register(NAME, "Goodness of the Gaussian fit of every ERF", "Luo et al. sec. 2-3 (beyond)")
 def run(ctx: Context) -> Result:
+    """R^2 of every map recorded so far (or of a core set), per experiment and overall."""
     t0 = time.perf_counter()
     own = not ctx.maps
     if own:

@@ -30,11 +30,13 @@ class Measured:
 
     @property
     def r2(self) -> float | None:
+        """R^2 of the Gaussian fit (None when the map is empty)."""
         g = self.metrics.gaussian
         return None if g is None else float(g.r2)
 
     @property
     def sigma(self) -> float | None:
+        """1-sigma radius of the Gaussian fit (None when the map is empty)."""
         g = self.metrics.gaussian
         return None if g is None else float(g.radius)
 

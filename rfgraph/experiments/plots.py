@@ -11,6 +11,7 @@ import numpy as np
 
 
 def _plt():  # type: ignore[no-untyped-def]
+    """pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")

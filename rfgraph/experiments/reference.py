@@ -32,10 +32,12 @@ class Reference:
 
     @classmethod
     def empty(cls) -> "Reference":
+        """No reference data: every paper value is missing."""
         return cls(None)
 
     @property
     def available(self) -> bool:
+        """True when the claims table was found."""
         return bool(self.claims)
 
     def paper(self, key: str) -> str:
@@ -44,6 +46,7 @@ class Reference:
         return row[1] if row else ""
 
     def where(self, key: str) -> str:
+        """Where in the paper claim ``key`` is made ("" if unknown)."""
         row = self.row(key)
         return row[2] if row else ""
 

@@ -13,6 +13,7 @@ def register(name: str, title: str, source: str) -> Callable[[Callable[[Context]
                                                               Callable[[Context], Result]]:
     """Decorator adding ``run(ctx) -> Result`` to ``EXPERIMENTS`` under ``name``."""
     def deco(fn: Callable[[Context], Result]) -> Callable[[Context], Result]:
+        """Register ``fn`` and return it unchanged."""
         EXPERIMENTS[name] = Experiment(name, title, source, fn)
         return fn
     return deco

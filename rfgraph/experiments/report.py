@@ -13,6 +13,7 @@ MISSING = "(missing: no reference data)"
 
 
 def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
     return text.replace("|", "\\|").replace("\n", " ")
 
 
@@ -67,7 +68,8 @@ def write_report(ctx: Context, results: Sequence[Result]) -> str:
     else:
         lines.append("**No reference data found** (`--reference DIR` or ../shared): the paper's "
                      "values are missing below, numeric claims read 'no reference'.")
-    lines += ["", "Verdicts: *match* = the measurement agrees with the paper's claim; *differ* = it "
+    lines += ["", "Verdicts: *match* = the measurement agrees with the paper's claim; "
+              "*differ* = it "
               "does not; *new* = a question the paper leaves open, measured here; *skipped* = "
               "could not be measured (see the note).", "", "## Summary", "",
               "| experiment | claim | paper | measured | verdict |", "|---|---|---|---|---|"]

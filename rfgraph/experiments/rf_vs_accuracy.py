@@ -31,6 +31,7 @@ def final_r(name: str) -> int | None:
 
 @register(NAME, "ImageNet accuracy vs receptive field size", "Araujo et al. 2019, modern networks")
 def run(ctx: Context) -> Result:
+    """rfgraph r per TF-slim net vs the published r and accuracy; log fit."""
     t0 = time.perf_counter()
     ref = ctx.reference
     res = Result(NAME, "ImageNet top-1 vs receptive field (Araujo et al.)",
@@ -46,10 +47,9 @@ def run(ctx: Context) -> Result:
     same = [r for r in agree if r["r_rfgraph"] == r["r_published"]]
     if agree:
         res.claims.append(claim(ctx, "", "rfgraph's r = the published r of each net",
-                                f"{len(same)} of {len(agree)} equal" + ("" if len(same) == len(agree)
-                                else "; differ: " + ", ".join(
-                                    f"{r['model']} {r['r_rfgraph']} vs {r['r_published']}"
-                                    for r in agree if r not in same)),
+                                f"{len(same)} of {len(agree)} equal" + "".join(
+                                    f"; {r['model']} {r['r_rfgraph']} vs {r['r_published']}"
+                                    for r in agree if r not in same),
                                 len(same) == len(agree),
                                 paper="table 'receptive fields of modern networks'"))
     pts = [r for r in res.rows if r["top1"] is not None and r["r_rfgraph"]]
@@ -69,7 +69,8 @@ def run(ctx: Context) -> Result:
         res.claims.append(claim(ctx, "", "accuracy grows logarithmically with r",
                                 f"acc = {a:.3f} + {b:.4f} ln r; Pearson(acc, ln r) "
                                 f"{corr_log:.3f} vs Pearson(acc, r) {corr_lin:.3f}; "
-                                f"{len(pts)} nets", b > 0 and corr_log > corr_lin and corr_log > 0.5,
+                                f"{len(pts)} nets",
+                                b > 0 and corr_log > corr_lin and corr_log > 0.5,
                                 res.figures[0],
                                 paper="logarithmic relationship, diminishing returns (article)"))
     else:

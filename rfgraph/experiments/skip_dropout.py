@@ -21,6 +21,7 @@ P_DROP = 0.5
 
 
 def block_counts(ctx: Context) -> tuple[int, ...]:
+    """Residual blocks per stack (two convs each)."""
     return (2, 4) if ctx.quick else (2, 4, 8)
 
 
@@ -34,6 +35,7 @@ def measure(ctx: Context, blocks: int, residual: bool, runs: int, dropout: float
 
 @register(SKIP, "Skip connections make the ERF smaller", "Luo et al. sec. 2.5, appendix")
 def run_skip(ctx: Context) -> Result:
+    """Plain vs residual stacks of equal depth: Luo size and Gaussian sigma."""
     t0 = time.perf_counter()
     runs, bs = ctx.n_runs(20, 4), block_counts(ctx)
     res = Result(SKIP, "Residual vs plain stacks of equal depth (sec. 2.5)",
@@ -70,8 +72,10 @@ def run_skip(ctx: Context) -> Result:
     return finish(res, ctx, t0)
 
 
-@register(DROPOUT, "Dropout does not change the Gaussian ERF shape", "Luo et al. sec. 2.5, appendix")
+@register(DROPOUT, "Dropout does not change the Gaussian ERF shape",
+          "Luo et al. sec. 2.5, appendix")
 def run_dropout(ctx: Context) -> Result:
+    """The same stack, weights and inputs with and without dropout."""
     t0 = time.perf_counter()
     runs = ctx.n_runs(20, 4)
     blocks = 2 if ctx.quick else 5

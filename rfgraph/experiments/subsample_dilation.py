@@ -23,21 +23,25 @@ CHANNELS = 8  # smoother averages than 1 channel (the paper does not state its w
 
 
 def zoo_name(variant: str) -> str:
+    """The model_zoo name of a conv15 variant."""
     return "luo_conv15" if variant == "baseline" else f"luo_conv15_{variant}"
 
 
 @register(NAME, "Subsampling and dilation enlarge the ERF", "Luo et al. sec. 3.1")
 def run(ctx: Context) -> Result:
+    """ERF of the three 15-layer variants: size, TRF ratio and shape."""
     t0 = time.perf_counter()
     runs = ctx.n_runs(20, 4)
     size = 80 if ctx.quick else 96
     res = Result(NAME, "15-layer baseline vs 3 stride-2 layers vs dilations 2, 4, 8 (sec. 3.1)",
-                 f"15 3x3 layers + ReLU, {CHANNELS} channels, input {size}x{size}, layers 5, 10, 15 "
+                 f"15 3x3 layers + ReLU, {CHANNELS} channels, input {size}x{size}, layers 5, "
+                 f"10, 15 "
                  f"changed; {runs} runs (weights and inputs redrawn)")
     folder = ctx.folder(NAME)
     found: dict[str, Measured] = {}
     for v in ctx.bar(VARIANTS, NAME):
-        m = found[v] = erf_of(ctx, model_zoo.build(f"{zoo_name(v)}:size={size},channels={CHANNELS}"), runs,
+        model = model_zoo.build(f"{zoo_name(v)}:size={size},channels={CHANNELS}")
+        m = found[v] = erf_of(ctx, model, runs,
                               redraw=True, seed=31)
         record(ctx, NAME, v, m)
         res.rows.append({"variant": v, "runs": runs, "trf": m.metrics.trf_size[0]

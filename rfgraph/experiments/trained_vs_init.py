@@ -187,12 +187,15 @@ def measure_pair(ctx: Context, proto: onnx.ModelProto, tensor: str, runs: int,
             target = res.target
     assert target is not None
     secs = time.perf_counter() - t0
-    return tuple(Measured(maps[k], compute_metrics(maps[k], target.centre, target.trf_size),  # type: ignore[return-value]
-                          per * weight_runs, secs / 2) for k in ("trained", "init"))
+    trained, init = (Measured(maps[k], compute_metrics(maps[k], target.centre, target.trf_size),
+                              per * weight_runs, secs / 2) for k in ("trained", "init"))
+    return trained, init
 
 
-@register(NAME, "ERF of trained weights vs the same graph at He init", "Luo et al. sec. 3.2, fig. 3")
+@register(NAME, "ERF of trained weights vs the same graph at He init",
+          "Luo et al. sec. 3.2, fig. 3")
 def run(ctx: Context) -> Result:
+    """Per shipped model and input kind: trained vs He-init ERF of one unit."""
     from .. import analysis as analysis_mod
     from ..onnx_import import data_inputs, load_model
 
@@ -234,7 +237,8 @@ def run(ctx: Context) -> Result:
                 f"{fmt(init.metrics.erf_size)} -> {fmt(trained.metrics.erf_size)}; sigma "
                 f"{fmt(init.sigma)} -> {fmt(trained.sigma)}; mass outside the TRF "
                 f"{fmt(mass_outside_trf(init))} -> {fmt(mass_outside_trf(trained))} (tensor "
-                f"{tensor}, TRF {r}, input {side})", grew, note="init -> trained; verdict on r50 (half-mass square)"))
+                f"{tensor}, TRF {r}, input {side})", grew,
+                note="init -> trained; verdict on r50 (half-mass square)"))
     if pairs:
         fig = plots.heatmap_grid(folder / "erf_trained_vs_init.png",
                                  [[p[2].erf for p in pairs], [p[1].erf for p in pairs]],
