@@ -418,7 +418,7 @@ class ObjectFit:
     @property
     def erf_verdict(self) -> str:
         if self.erf_extent is None:
-            return "-"
+            return "- (needs --erf)"
         return ("within the ERF" if all(self.size <= e for e in self.erf_extent)
                 else "larger than the ERF")
 
