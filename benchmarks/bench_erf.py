@@ -134,25 +134,35 @@ def export(name: str, size: int, path: Path) -> None:
 # ----------------------------------------------------------------------------- measurements
 
 def _peak_mb() -> float:
+    """Peak resident memory of this process (VmHWM: unlike ru_maxrss it is not inherited from
+    the parent across fork+exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _timeit(fn, reps: int) -> float:  # type: ignore[no-untyped-def]
-    """Best of ``reps`` after a warm-up: the least disturbed run on a shared machine."""
-    fn()  # warm-up (allocations, kernel selection)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.min(times))
+def _channel(name: str) -> int | None:
+    """The seed's channel: all channels (Luo) for the CNN; one for the ViT, whose last op is a
+    LayerNorm over channels (with unit gamma the channel sum is constant: zero gradient)."""
+    return 0 if name == "vit_s" else None
 
 
 def _inputs(batch: int, size: int) -> np.ndarray:
     return np.random.default_rng(1).standard_normal((batch, 3, size, size)).astype(np.float32)
 
 
-def run_forward(path: str, batch: int, size: int, reps: int, threads: int) -> dict:
+# Runs of the three runtimes are interleaved: idle worker threads must not spin (onnxruntime's
+# pool, torch's OpenMP), or each runtime would steal the cores from the next one.
+NO_SPIN = {"session.intra_op.allow_spinning": "0"}
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def make_forward(path: str, batch: int, size: int, threads: int):  # type: ignore[no-untyped-def]
+    """(a) onnxruntime forward alone, graph optimisation ALL."""
     import onnx
     import onnxruntime as ort
 
@@ -163,13 +173,15 @@ def run_forward(path: str, batch: int, size: int, reps: int, threads: int) -> di
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
+    for key, value in NO_SPIN.items():
+        opts.add_session_config_entry(key, value)
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     x = _inputs(batch, size)
-    t = _timeit(lambda: sess.run(None, {"x": x}), reps)
-    return {"seconds_per_input": t / batch, "peak_mb": _peak_mb()}
+    return lambda: sess.run(None, {"x": x})[0]
 
 
-def run_erf(path: str, batch: int, size: int, reps: int, threads: int) -> dict:
+def make_erf(path: str, batch: int, size: int, threads: int, channel: int | None):  # type: ignore[no-untyped-def]
+    """(b) rfgraph's gradient graph, forward and backward in one session."""
     import onnx
 
     from rfgraph import erf as erf_mod
@@ -178,19 +190,15 @@ def run_erf(path: str, batch: int, size: int, reps: int, threads: int) -> dict:
     model = onnx.load(path)
     out_shape = vjp.tensor_shapes(vjp.prepare(model, (1, 3, size, size)), "x")[0]["y"]
     target = erf_mod.Target("y", out_shape, (2, 3), ((out_shape[2] - 1) // 2,
-                                                      (out_shape[3] - 1) // 2))
-    t0 = time.perf_counter()
-    engine = erf_mod.GradientEngine(model, target, "x", (1, 3, size, size), batch, threads=threads)
-    build_s = time.perf_counter() - t0
+                                                      (out_shape[3] - 1) // 2), channel)
+    engine = erf_mod.GradientEngine(model, target, "x", (1, 3, size, size), batch, threads=threads,
+                                    config=NO_SPIN)
     x = _inputs(batch, size)
-    t = _timeit(lambda: engine(x), reps)
-    grad = engine(x)
-    np.save(Path(path).with_suffix(".grad.npy"), grad)
-    return {"seconds_per_input": t / batch, "peak_mb": _peak_mb(), "batch_used": engine.batch,
-            "build_seconds": build_s, "nodes": len(engine.graph.model.graph.node)}
+    return lambda: engine(x)
 
 
-def run_torch(name: str, batch: int, size: int, reps: int, threads: int, path: str) -> dict:
+def make_torch(name: str, batch: int, size: int, threads: int):  # type: ignore[no-untyped-def]
+    """(c) torch autograd, parameters frozen, gradient w.r.t. the input only."""
     import torch
 
     if threads:
@@ -200,26 +208,58 @@ def run_torch(name: str, batch: int, size: int, reps: int, threads: int, path: s
     with torch.no_grad():
         shape = net(x0[:1]).shape
     seed = torch.zeros((batch,) + tuple(shape[1:]))
-    seed[:, :, (shape[2] - 1) // 2, (shape[3] - 1) // 2] = 1.0
+    channels = slice(None) if _channel(name) is None else _channel(name)
+    seed[:, channels, (shape[2] - 1) // 2, (shape[3] - 1) // 2] = 1.0
 
-    def step() -> torch.Tensor:
+    def step() -> np.ndarray:
         x = x0.clone().requires_grad_(True)
         (net(x) * seed).sum().backward()
-        return x.grad
+        return x.grad.numpy()
 
-    t = _timeit(step, reps)
-    ours = np.load(Path(path).with_suffix(".grad.npy"))
-    ref = step().numpy()
-    err = float(np.abs(ours - ref).max() / np.abs(ref).max())
-    return {"seconds_per_input": t / batch, "peak_mb": _peak_mb(), "max_rel_err": err}
+    return step
+
+
+def make(kind: str, name: str, path: str, batch: int, size: int, threads: int):  # type: ignore[no-untyped-def]
+    if kind == "forward":
+        return make_forward(path, batch, size, threads)
+    if kind == "erf":
+        return make_erf(path, batch, size, threads, _channel(name))
+    return make_torch(name, batch, size, threads)
+
+
+KINDS = ("forward", "erf", "torch")
+
+
+def measure_times(name: str, path: str, batch: int, size: int, reps: int, threads: int) -> dict:
+    """Best-of-``reps`` time per input of each kind, runs interleaved so that all three see the
+    same machine load; plus the gradients' agreement."""
+    fns = {k: make(k, name, path, batch, size, threads) for k in KINDS}
+    outs = {k: fn() for k, fn in fns.items()}  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in KINDS}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    ref = outs["torch"]
+    err = float(np.abs(outs["erf"] - ref).max() / np.abs(ref).max())
+    return {"ms": {k: 1e3 * min(v) / batch for k, v in times.items()}, "max_rel_err": err}
+
+
+def measure_peak(kind: str, name: str, path: str, batch: int, size: int, threads: int) -> float:
+    """Peak resident memory (MB) of a fresh process running one kind twice."""
+    fn = make(kind, name, path, batch, size, threads)
+    fn()
+    fn()
+    return _peak_mb()
 
 
 def _child(q, fn, args):  # type: ignore[no-untyped-def]
     q.put(fn(*args))
 
 
-def isolated(fn, *args) -> dict:  # type: ignore[no-untyped-def]
-    """Run one measurement in a fresh process so that its peak memory is its own."""
+def isolated(fn, *args):  # type: ignore[no-untyped-def]
+    """Run ``fn`` in a fresh process (its memory is its own) and return its result."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=_child, args=(q, fn, args))
@@ -243,23 +283,21 @@ def main() -> None:
         for name in args.models:
             path = str(Path(tmp) / f"{name}.onnx")
             export(name, args.size, Path(path))
-            common = (args.batch, args.size, args.reps, args.threads)
-            fwd = isolated(run_forward, path, *common)
-            erf = isolated(run_erf, path, *common)
-            tor = isolated(run_torch, name, *common, path)
-            row = {"model": name, "size": args.size, "batch": args.batch, "cpu_count": os.cpu_count(),
-                   "forward_ms": 1e3 * fwd["seconds_per_input"], "erf_ms": 1e3 * erf["seconds_per_input"],
-                   "torch_ms": 1e3 * tor["seconds_per_input"],
-                   "erf_over_forward": erf["seconds_per_input"] / fwd["seconds_per_input"],
-                   "erf_over_torch": erf["seconds_per_input"] / tor["seconds_per_input"],
-                   "peak_mb": {"forward": fwd["peak_mb"], "erf": erf["peak_mb"], "torch": tor["peak_mb"]},
-                   "erf_batch_used": erf["batch_used"], "erf_build_s": erf["build_seconds"],
-                   "max_rel_err_vs_torch": tor["max_rel_err"]}
+            timing = isolated(measure_times, name, path, args.batch, args.size, args.reps,
+                              args.threads)
+            peaks = {k: isolated(measure_peak, k, name, path, args.batch, args.size, args.threads)
+                     for k in KINDS}
+            ms = timing["ms"]
+            row = {"model": name, "size": args.size, "batch": args.batch, "threads": args.threads,
+                   "cpu_count": os.cpu_count(), "forward_ms": ms["forward"], "erf_ms": ms["erf"],
+                   "torch_ms": ms["torch"], "erf_over_forward": ms["erf"] / ms["forward"],
+                   "erf_over_torch": ms["erf"] / ms["torch"], "peak_mb": peaks,
+                   "max_rel_err_vs_torch": timing["max_rel_err"]}
             if args.json:
                 print(json.dumps(row))
             else:
-                print(f"{name} @ {args.size}x{args.size}, batch {args.batch} (ERF ran batch "
-                      f"{row['erf_batch_used']}), {os.cpu_count()} CPUs")
+                print(f"{name} @ {args.size}x{args.size}, batch {args.batch}, threads "
+                      f"{args.threads or 'all'}, {os.cpu_count()} CPUs")
                 print(f"  per input: forward {row['forward_ms']:.1f} ms | ERF {row['erf_ms']:.1f} ms"
                       f" | torch autograd {row['torch_ms']:.1f} ms")
                 print(f"  ERF / forward = {row['erf_over_forward']:.2f}x   ERF / torch = "

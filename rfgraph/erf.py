@@ -140,12 +140,12 @@ class GradientEngine:
 
     def __init__(self, model: onnx.ModelProto, target: Target, input_name: str,
                  input_shape: tuple[int, ...], batch: int, providers: Sequence[str] | None = None,
-                 threads: int = 0) -> None:
+                 threads: int = 0, config: dict[str, str] | None = None) -> None:
         self.target, self.input_name = target, input_name
-        self.providers, self.threads = providers, threads
+        self.providers, self.threads, self.config = providers, threads, config
         one = vjp_mod.build_vjp(model, target.output, input_shape, input_name)
         self.dtype = one.dtype
-        self.graph, self.sess, self.batch = one, vjp_mod.session(one, providers, threads), 1
+        self.graph, self.sess, self.batch = one, self._session(one), 1
         if batch > 1:
             self._try_batch(model, input_shape, batch)
 
@@ -155,17 +155,20 @@ class GradientEngine:
         shape = (batch,) + tuple(input_shape[1:])
         try:
             many = vjp_mod.build_vjp(model, self.target.output, shape, self.input_name)
-            sess = vjp_mod.session(many, self.providers, self.threads)
+            sess = self._session(many)
             probe = np.random.default_rng(12345).standard_normal(shape).astype(self.dtype)
             g_many = vjp_mod.input_gradient(many, sess, probe, make_seed(self.target, batch,
                                                                          self.dtype))
             g_one = vjp_mod.input_gradient(self.graph, self.sess, probe[-1:],
                                            make_seed(self.target, 1, self.dtype))
-        except (RFGraphError, Exception):  # noqa: BLE001 - any failure: keep batch 1
+        except Exception:  # noqa: BLE001 - any failure (shape inference, ORT): keep batch 1
             return
         scale = float(np.abs(g_one).max()) or 1.0
         if g_many.shape == shape and float(np.abs(g_many[-1:] - g_one).max()) <= 1e-4 * scale:
             self.graph, self.sess, self.batch = many, sess, batch
+
+    def _session(self, graph: vjp_mod.VJPGraph) -> object:
+        return vjp_mod.session(graph, self.providers, self.threads, self.config)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Gradients for a batch of inputs (``x.shape[0] <= batch``)."""
@@ -184,7 +187,7 @@ class FDEngine:
                  step: float | None = None) -> None:
         self.target = target
         self.fd = FiniteDifference(model, target.output, input_name, (1,) + tuple(input_shape[1:]),
-                                   tuple(spatial_axes), target.region, step, max(batch, 2))
+                                   tuple(spatial_axes), target.region, step, max(batch, 16))
         self.batch = 1
         self.dtype = self.fd.dtype
 
@@ -244,6 +247,7 @@ def compute_erf(model: object, output: str | None = None, *,
     out_shape = _output_shape(proto, output, input_name, full_shape)
     target = resolve_target(analysis, proto, output, unit, channel, len(full_shape), spatial,
                             out_shape)
+    notes += _seed_notes(proto, target)
     batch = batch or auto_batch(full_shape, providers)
     rng = np.random.default_rng(seed)
     total = np.zeros([full_shape[a] for a in spatial], dtype=np.float64)
@@ -298,6 +302,19 @@ def _engine(method: Method, weights: onnx.ModelProto, target: Target, input_name
     except UnsupportedOpError as exc:
         raise UnsupportedOpError(exc.node, exc.op, exc.why + " (the finite-difference engine, "
                                  "--method fd / method='fd', runs any op)") from None
+
+
+NORMALISING_OPS = {"LayerNormalization", "Softmax", "LogSoftmax"}
+
+
+def _seed_notes(proto: onnx.ModelProto, target: Target) -> list[str]:
+    """Warn when the channel sum of the seeded tensor is (nearly) constant, e.g. after LayerNorm
+    with unit gamma: its gradient is then zero, up to rounding."""
+    producer = next((n.op_type for n in proto.graph.node if target.output in n.output), None)
+    if target.channel is None and producer in NORMALISING_OPS:
+        return [f"'{target.output}' comes from {producer}: summed over channels it is nearly "
+                "constant, so its gradient may be ~0; pick one channel (--channel C)"]
+    return []
 
 
 def _input_kind(inputs: str) -> tuple[InputKind, str | None]:

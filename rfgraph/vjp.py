@@ -1198,14 +1198,18 @@ def _assemble(model: onnx.ModelProto, forward: list[onnx.NodeProto], b: Builder,
                     tuple(b.shapes[y_name]), np.dtype(helper.tensor_dtype_to_np_dtype(dtype)))
 
 
-def session(vjp: VJPGraph, providers: Sequence[str] | None = None, threads: int = 0) -> object:
-    """An onnxruntime session for a VJP graph: graph optimisation ALL, the best provider present."""
+def session(vjp: VJPGraph, providers: Sequence[str] | None = None, threads: int = 0,
+            config: dict[str, str] | None = None) -> object:
+    """An onnxruntime session for a VJP graph: graph optimisation ALL, the best provider present;
+    ``config``: extra session config entries (e.g. {"session.intra_op.allow_spinning": "0"})."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
     if providers is None:
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]

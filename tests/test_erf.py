@@ -335,3 +335,19 @@ def test_cli_unsupported_op_exits_2_with_one_line(tmp_path: Path,
     assert cli.main(["erf", str(path), "--runs", "1", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Sin" in err[0] and "--method fd" in err[0]
+
+
+def test_channel_sum_of_softmax_is_flagged_and_near_zero() -> None:
+    """Seeding all channels of a Softmax over channels differentiates a constant (the sum is 1):
+    the ERF is ~0 and the result carries a note suggesting --channel; one channel is not ~0."""
+    w = np.random.default_rng(3).standard_normal((4, 1, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Softmax", ["c"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "sm", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 1, 8, 8])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    summed = compute_erf(model, runs=2)
+    one = compute_erf(model, runs=2, channel=1)
+    assert any("--channel" in n for n in summed.notes) and not one.notes
+    assert summed.erf.max() < 1e-5 * one.erf.max()

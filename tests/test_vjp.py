@@ -187,6 +187,17 @@ def test_conv1d_matches_autograd() -> None:
     check_torch(net, (1, 2, 64))
 
 
+def test_transposed_and_dilated_windows_match_autograd() -> None:
+    """ConvTranspose whose output_padding exceeds its end pad (rows the Conv never reads),
+    dilated ConvTranspose, dilated MaxPool, strided AveragePool without padding."""
+    net = torch.nn.Sequential(
+        torch.nn.ConvTranspose2d(2, 4, 3, stride=2, padding=0, output_padding=1), torch.nn.ReLU(),
+        torch.nn.MaxPool2d(3, stride=2, dilation=2), torch.nn.Tanh(),
+        torch.nn.ConvTranspose2d(4, 3, 2, stride=3, dilation=2, padding=1, output_padding=2),
+        torch.nn.AvgPool2d(3, stride=2))
+    check_torch(net, (1, 2, 11, 13))
+
+
 def test_intermediate_tensor_as_output() -> None:
     """The seed may sit on any tensor, not only graph outputs (only its ancestors are kept)."""
     torch.manual_seed(3)
