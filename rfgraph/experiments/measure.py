@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -104,6 +105,17 @@ def token_erf(ctx: Context, make: Callable[[int], onnx.ModelProto], output: str,
 def record(ctx: Context, experiment: str, case: str, m: Measured) -> None:
     """Keep a map for the gaussianity summary."""
     ctx.maps.append(MapRecord(experiment, case, m.erf, m.r2, m.sigma, float(m.metrics.erf_size)))
+
+
+def trf_png(ctx: Context, path: Path, m: Measured, title: str) -> str:
+    """The map with its TRF box (``rfgraph.heatmap``, log colours), path relative to ``ctx.out``."""
+    from ..heatmap import render_png
+
+    region = None
+    if m.metrics.trf_size is not None:
+        region = [(int(round(c - (r - 1) / 2)), int(round(c + (r - 1) / 2)))
+                  for c, r in zip(m.metrics.centre, m.metrics.trf_size)]
+    return str(render_png(m.erf, path, region, log=True, title=title).relative_to(ctx.out))
 
 
 def normalised(erf: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ import model_zoo
 from .. import analyze
 from . import plots
 from .base import Context, Result, claim, finish, fmt, numeric_claim
-from .measure import Measured, erf_of, record
+from .measure import Measured, erf_of, record, trf_png
 from .registry import register
 
 NAME = "resnets-at-init"
@@ -59,6 +59,8 @@ def run(ctx: Context) -> Result:
                              [[found[n].erf for n in side]], ["He init"],
                              [f"{n} ({side[n]}x{side[n]})" for n in side], f"ERF, {runs} runs")
     res.figures = [str(fig.relative_to(ctx.out))]
+    res.figures += [trf_png(ctx, folder / f"erf_trf_{n}.png", found[n],
+                            f"{n} at init: ERF (log colours) and TRF box") for n in side]
     by = {r["net"]: r for r in res.rows}
     cif, cam = by["luo_cifar_resnet"], by["luo_camvid_frontend"]
     res.claims = [

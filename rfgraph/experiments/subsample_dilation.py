@@ -14,7 +14,7 @@ import model_zoo
 
 from . import plots
 from .base import Context, Result, claim, finish, fmt
-from .measure import Measured, corner_ratio, erf_of, excess_kurtosis, normalised, record
+from .measure import Measured, corner_ratio, erf_of, excess_kurtosis, normalised, record, trf_png
 from .registry import register
 
 NAME = "subsample-dilation"
@@ -58,6 +58,8 @@ def run(ctx: Context) -> Result:
                           [(v, normalised(found[v].erf)[ci], "o-") for v, ci in zip(VARIANTS, c)],
                           "centre row of each ERF")
     res.figures = [str(p.relative_to(ctx.out)) for p in (fig, prof)]
+    res.figures += [trf_png(ctx, folder / f"erf_trf_{v}.png", found[v],
+                            f"{v}: ERF (log colours) and TRF box") for v in VARIANTS]
     by = {r["variant"]: r for r in res.rows}
     base = by["baseline"]
     grow = {v: by[v]["erf_size"] / base["erf_size"] if base["erf_size"] else float("inf")
