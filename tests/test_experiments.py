@@ -59,7 +59,8 @@ def test_every_experiment_runs_and_writes_figures_csv_and_report(quick: tuple[in
     report = (out / "report.md").read_text()
     for name in EXPERIMENTS:
         pngs = list((out / name).glob("*.png"))
-        assert pngs, name
+        offline = name == "trained-vs-init" and all(r.get("skipped") for r in rows(out, name))
+        assert pngs or offline, name  # offline: no model could be installed, said in the CSV
         assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
         assert rows(out, name), name
         assert f"## {name}:" in report
@@ -156,8 +157,7 @@ def test_trained_vs_init_measured_or_skipped_with_reason(quick: tuple[int, Path]
     """Each shipped model either has a trained and an init row with a non-empty ERF, or the report
     says why it was skipped (pip install failed)."""
     report = (quick[1] / "report.md").read_text()
-    data = rows(quick[1], "trained-vs-init") if (quick[1] / "trained-vs-init" /
-                                                   "trained-vs-init.csv").exists() else []
+    data = [r for r in rows(quick[1], "trained-vs-init") if r["weights"]]
     models = {r["model"] for r in data}
     for m, inputs in {(r["model"], r["inputs"]) for r in data}:
         pair = {r["weights"]: r for r in data if (r["model"], r["inputs"]) == (m, inputs)}

