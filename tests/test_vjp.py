@@ -408,6 +408,7 @@ def _torch_op(node: onnx.NodeProto, v: list, a: dict) -> list:
         return [F.pad(x, _pads2d([int(p) for p in v[1]]))]
     simple = {
         "Relu": lambda: F.relu(x), "Identity": lambda: x, "Add": lambda: x + v[1],
+        "Clip": lambda: torch.clamp(x, *(v[1:3] + [None] * (3 - len(v)))),
         "Mul": lambda: x * v[1], "Div": lambda: x / v[1], "Erf": lambda: torch.erf(x),
         "MatMul": lambda: x @ v[1], "Concat": lambda: torch.cat(v, a["axis"]),
         "Softmax": lambda: torch.softmax(x, a.get("axis", -1)),
@@ -432,7 +433,8 @@ def torch_run(model: onnx.ModelProto, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", ["resnet_v1_50:size=64,width=0.25", "inception_v3:size=96,width=0.25",
-                                  "vit_small", "torch_unet", "cnn_small", "highresnet:size=48"])
+                                  "vit_small", "torch_unet", "cnn_small", "highresnet:size=48",
+                                  "mobilenet_v1:size=64,width=0.25", "torch_mobilenet_v2:size=64"])
 def test_zoo_network_matches_torch_autograd(name: str) -> None:
     """Zoo graphs (built without torch): VJP equals autograd through a torch re-evaluation of the
     same graph with the same weights."""
