@@ -43,6 +43,10 @@ def run(ctx: Context) -> Result:
         res.rows.append({"model": n, "r_rfgraph": final_r(n),
                          "r_published": ref.networks.get(n, {}).get("r"),
                          "top1": ref.accuracy.get(n)})
+    bar = plots.bars(folder / "rf_per_net.png", [r["model"] for r in res.rows],
+                     [r["r_rfgraph"] or 0 for r in res.rows], "r (rfgraph, pixels)",
+                     "Receptive field of the final end point")
+    res.figures.append(str(bar.relative_to(ctx.out)))
     agree = [r for r in res.rows if r["r_published"] is not None]
     same = [r for r in agree if r["r_rfgraph"] == r["r_published"]]
     if agree:
@@ -63,7 +67,7 @@ def run(ctx: Context) -> Result:
                             [r["model"] for r in pts], "receptive field r (rfgraph, pixels)",
                             "ImageNet top-1 (published)", "Accuracy vs receptive field",
                             fit=(float(a), float(b)), logx=True)
-        res.figures.append(str(fig.relative_to(ctx.out)))
+        res.figures.insert(0, str(fig.relative_to(ctx.out)))
         res.rows.append({"model": "(fit acc = a + b ln r)", "a": a, "b": b,
                          "pearson_log": corr_log, "pearson_linear": corr_lin})
         res.claims.append(claim(ctx, "", "accuracy grows logarithmically with r",
