@@ -272,3 +272,29 @@ def test_cli_lists_and_rejects_bad_arguments(capsys: pytest.CaptureFixture[str],
     assert all(name in listed for name in EXPERIMENTS)
     assert main(["experiments", "no-such", "--out", str(tmp_path)]) == 2
     assert main(["experiments", "growth", "--runs", "0", "--out", str(tmp_path)]) == 2
+
+
+def test_he_init_redraws_constant_node_weights_and_resets_batchnorm() -> None:
+    """Paddle-style graphs keep conv weights in Constant nodes: he_init still redraws them, and
+    BatchNormalization becomes the identity (scale 1, bias 0, mean 0, var 1)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from model_zoo.builder import GraphBuilder
+    from rfgraph.experiments.trained_vs_init import constants_to_initializers, he_init
+
+    b = GraphBuilder("t", (1, 2, 8, 8), seed=0)
+    b.output(b.batchnorm(b.conv(b.input, 4, 3, 1, 1, bias=False), name="y"))
+    model = b.build()
+    w = next(i for i in model.graph.initializer if i.dims[:] == [4, 2, 3, 3])
+    const = helper.make_node("Constant", [], [w.name], value=w)  # weights as a Constant node
+    model.graph.node.insert(0, const)
+    model.graph.initializer.remove(w)
+    out = he_init(model, np.random.default_rng(0))
+    inits = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}
+    assert not np.array_equal(inits[w.name], numpy_helper.to_array(w))
+    bn = next(n for n in out.graph.node if n.op_type == "BatchNormalization")
+    for name, value in zip(bn.input[1:], (1.0, 0.0, 0.0, 1.0)):
+        assert np.all(inits[name] == value)
+    assert not any(n.op_type == "Constant" for n in constants_to_initializers(model).graph.node)
+    onnx.checker.check_model(out)
