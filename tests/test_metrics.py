@@ -117,7 +117,7 @@ def test_centre_between_pixels_takes_the_largest_neighbour() -> None:
     assert compute_metrics(m, centre=(1.5, 1.5)).centre_value == 8.0
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(st.integers(3, 15), st.integers(3, 15), st.floats(1e-3, 1e3), st.integers(0, 2**31 - 1))
 def test_metrics_invariant_to_scale_and_consistent_under_flip(h: int, w: int, scale: float,
                                                               seed: int) -> None:
