@@ -266,6 +266,9 @@ def compute_erf(model: object, output: str | None = None, *,
     bar(0, close=True)
     erf = total / (runs * weight_runs)
     metrics = compute_metrics(erf, target.centre, target.trf_size)
+    if metrics.centre_value == 0 and erf.max() > 0:
+        notes.append("the ERF is 0 at the unit's centre pixel (every run had a dead path there), "
+                     "so Luo's size is 0; average more runs (--runs)")
     return ERFResult(erf, metrics, target, input_name, tuple(full_shape), tuple(spatial),
                      method_e.value, runs, weight_runs, absolute, used_batch,
                      time.perf_counter() - t0, tuple(notes))

@@ -54,6 +54,7 @@ class Builder:
     active: set[str]
     dtype: int  # element type of the input and of every gradient
     evaluate: Callable[[str], dict[str, np.ndarray]] | None = None
+    initializers: dict[str, onnx.TensorProto] = field(default_factory=dict)
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     inits: list[onnx.TensorProto] = field(default_factory=list)
     _count: int = 0
@@ -80,7 +81,8 @@ class Builder:
         arr = np.asarray(value, dtype=dtype)
         name = self.fresh("const")
         self.inits.append(numpy_helper.from_array(arr, name))
-        self.consts[name] = arr
+        if arr.size <= BIG_WEIGHT:  # big ones (flipped kernels) are never read back
+            self.consts[name] = arr
         return name
 
     def ints(self, values: Sequence[int]) -> str:
@@ -93,9 +95,12 @@ class Builder:
 
     def value(self, name: str) -> np.ndarray | None:
         """The value of a tensor that does not depend on the input's values (initializer,
-        Constant node, or computed from constants and shapes, e.g. torch's Pad amounts), or None."""
+        Constant node, or computed from constants and shapes, e.g. torch's Pad amounts), or None.
+        Initializers are converted on first use only (a rule asks for few of them)."""
         if not name or name in self.active:
             return None
+        if name not in self.consts and name in self.initializers:
+            self.consts[name] = numpy_helper.to_array(self.initializers[name])
         if name not in self.consts and self.evaluate is not None:
             self.consts.update(self.evaluate(name))
         return self.consts.get(name)
@@ -967,10 +972,13 @@ def tensor_shapes(model: onnx.ModelProto, input_name: str) -> tuple[dict[str, tu
                                                                     dict[str, int]]:
     """Static shape and element type of every tensor: ONNX shape inference, completed by one
     onnxruntime run (zeros input) for tensors inference leaves symbolic."""
+    stash = _strip_weights(model)  # inference copies the model: leave the big weights out
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as exc:  # noqa: BLE001 - inference errors come in many types
         raise VJPError(f"shape inference failed at the fixed input shape: {exc}") from exc
+    finally:
+        _restore_weights(model, stash)
     shapes: dict[str, tuple[int, ...]] = {}
     dtypes: dict[str, int] = {}
     vis = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
@@ -986,6 +994,25 @@ def tensor_shapes(model: onnx.ModelProto, input_name: str) -> tuple[dict[str, tu
     if missing:
         shapes.update(_measure_shapes(model, input_name, missing, dtypes))
     return shapes, dtypes
+
+
+BIG_WEIGHT = 4096  # float initializers with more elements are never shape data
+
+
+def _strip_weights(model: onnx.ModelProto) -> dict[int, bytes]:
+    """Temporarily drop the raw data of big float initializers (dims and type are kept)."""
+    stash = {}
+    for i, init in enumerate(model.graph.initializer):
+        if init.data_type in FLOAT_TYPES and init.HasField("raw_data") \
+                and math.prod(init.dims) > BIG_WEIGHT:
+            stash[i] = init.raw_data
+            init.ClearField("raw_data")
+    return stash
+
+
+def _restore_weights(model: onnx.ModelProto, stash: dict[int, bytes]) -> None:
+    for i, raw in stash.items():
+        model.graph.initializer[i].raw_data = raw
 
 
 def _measure_shapes(model: onnx.ModelProto, input_name: str, names: list[str],
@@ -1035,9 +1062,10 @@ def _input_independent(model: onnx.ModelProto, name: str, active: set[str],
         return {}
 
 
-def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Values of initializers and Constant-node outputs."""
-    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+def constants(model: onnx.ModelProto, with_initializers: bool = True) -> dict[str, np.ndarray]:
+    """Values of Constant-node outputs (and of initializers unless told not to)."""
+    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer} \
+        if with_initializers else {}
     for node in model.graph.node:
         if node.op_type == "Constant":
             attr = node.attribute[0]
@@ -1125,8 +1153,10 @@ def build_vjp(model: onnx.ModelProto, output: str | None = None,
         raise VJPError(f"'{y_name}' does not depend (differentiably) on input '{x_name}'")
     forward = [_copy(n) for n in ancestors(model, y_name)]
     dtype = dtypes.get(x_name, TensorProto.FLOAT)
-    b = Builder(shapes=dict(shapes), dtypes=dtypes, consts=constants(model), active=active,
-                dtype=dtype, evaluate=lambda name: _input_independent(model, name, active, dtypes))
+    b = Builder(shapes=dict(shapes), dtypes=dtypes, consts=constants(model, with_initializers=False),
+                active=active, dtype=dtype,
+                evaluate=lambda name: _input_independent(model, name, active, dtypes),
+                initializers={i.name: i for i in graph.initializer})
     grad_x = _backward(b, forward, x_name, y_name)
     return _assemble(model, forward, b, x_name, y_name, grad_x, emit_output)
 
@@ -1178,9 +1208,11 @@ def _total(b: Builder, grads: list[str], like: str) -> str | None:
 
 def _assemble(model: onnx.ModelProto, forward: list[onnx.NodeProto], b: Builder, x_name: str,
               y_name: str, grad_x: str, emit_output: bool) -> VJPGraph:
-    """Put forward nodes, backward nodes and the seed input into one model."""
+    """Turn ``model`` (the builder's own copy) into the gradient model, in place: forward and
+    backward nodes, inputs x and seed, output dx; weights are moved, never copied (memory)."""
     graph = model.graph
-    x_vi = next(i for i in graph.input if i.name == x_name)
+    x_vi = onnx.ValueInfoProto()
+    x_vi.CopyFrom(next(i for i in graph.input if i.name == x_name))
     dtype = b.dtype
     seed_vi = helper.make_tensor_value_info(SEED_NAME, dtype, list(b.shapes[y_name]))
     final = helper.make_node("Identity", [grad_x], [GRAD_NAME], name=GRAD_NAME)
@@ -1188,13 +1220,20 @@ def _assemble(model: onnx.ModelProto, forward: list[onnx.NodeProto], b: Builder,
     if emit_output:
         outputs.append(helper.make_tensor_value_info(y_name, dtype, list(b.shapes[y_name])))
     used = {i for n in forward + b.nodes for i in n.input}
-    inits = [i for i in graph.initializer if i.name in used] + b.inits
-    new_graph = helper.make_graph(forward + b.nodes + [final], graph.name + "_vjp", [x_vi, seed_vi],
-                                  outputs, inits)
-    opsets = [o for o in model.opset_import]
-    new_model = helper.make_model(new_graph, opset_imports=opsets, ir_version=model.ir_version)
-    new_model.functions.extend(model.functions)
-    return VJPGraph(new_model, x_name, y_name, SEED_NAME, GRAD_NAME, tuple(b.shapes[x_name]),
+    for i in reversed(range(len(graph.initializer))):
+        if graph.initializer[i].name not in used:
+            del graph.initializer[i]
+    while b.inits:  # one tensor at a time: the builder's copies are freed as they move
+        graph.initializer.append(b.inits.pop(0))
+    del graph.node[:]
+    graph.node.extend(forward + b.nodes + [final])
+    del graph.input[:]
+    graph.input.extend([x_vi, seed_vi])
+    del graph.output[:]
+    graph.output.extend(outputs)
+    del graph.value_info[:]
+    graph.name = graph.name + "_vjp"
+    return VJPGraph(model, x_name, y_name, SEED_NAME, GRAD_NAME, tuple(b.shapes[x_name]),
                     tuple(b.shapes[y_name]), np.dtype(helper.tensor_dtype_to_np_dtype(dtype)))
 
 
