@@ -26,14 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-
+import numpy as np
 
 # ----------------------------------------------------------------------------- models (torch)
 
 def resnet50(num_classes: int = 1000):  # type: ignore[no-untyped-def]
     """ResNet-50 v1.5 (bottleneck, stride in the 3x3), written out: torchvision is not used."""
-    import torch.nn as nn
+    from torch import nn
 
     class Bottleneck(nn.Module):
         def __init__(self, cin: int, width: int, stride: int) -> None:
@@ -65,8 +64,8 @@ def resnet50(num_classes: int = 1000):  # type: ignore[no-untyped-def]
 def vit_s(size: int = 224):  # type: ignore[no-untyped-def]
     """ViT-S/16: dim 384, depth 12, 6 heads, MLP 1536, cls token, learned positions."""
     import torch
-    import torch.nn as nn
     import torch.nn.functional as F
+    from torch import nn
 
     class Block(nn.Module):
         def __init__(self, dim: int, heads: int) -> None:

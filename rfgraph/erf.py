@@ -10,10 +10,10 @@ differences inside the unit's theoretical RF (``method="fd"``, any op).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -21,8 +21,16 @@ import onnx
 from . import vjp as vjp_mod
 from .errors import RFGraphError, UnsupportedOpError
 from .finite_diff import FiniteDifference
-from .inputs import IMAGENET_MEAN, IMAGENET_STD, ImageFolder, InputKind, Reinit, random_inputs
-from .inputs import reinitialise
+from .inputs import (
+    FLOAT32,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageFolder,
+    InputKind,
+    Reinit,
+    random_inputs,
+    reinitialise,
+)
 from .metrics import ERFMetrics, compute_metrics
 
 
@@ -66,7 +74,7 @@ class ERFResult:
     notes: tuple[str, ...] = field(default=())
 
 
-def make_seed(target: Target, batch: int, dtype: np.dtype = np.dtype(np.float32)) -> np.ndarray:
+def make_seed(target: Target, batch: int, dtype: np.dtype = FLOAT32) -> np.ndarray:
     """Luo's Dirac delta: 1 at the target unit (channel, or all channels), 0 elsewhere; per sample."""
     seed = np.zeros((batch,) + target.shape[1:], dtype=dtype)
     index: list[object] = [slice(None)] * len(target.shape)
@@ -234,7 +242,6 @@ def compute_erf(model: object, output: str | None = None, *,
     """
     import time
 
-    from .onnx_import import load_model
 
     method_e = Method(method)
     reinit_e = Reinit(reinit)
@@ -315,8 +322,8 @@ def _seed_notes(proto: onnx.ModelProto, target: Target) -> list[str]:
     with unit gamma: its gradient is then zero, up to rounding."""
     producer = next((n.op_type for n in proto.graph.node if target.output in n.output), None)
     if target.channel is None and producer in NORMALISING_OPS:
-        return [f"'{target.output}' comes from {producer}: summed over channels it is nearly "
-                "constant, so its gradient may be ~0; pick one channel (--channel C)"]
+        return [(f"'{target.output}' comes from {producer}: summed over channels it is nearly "
+                 "constant, so its gradient may be ~0; pick one channel (--channel C)")]
     return []
 
 
@@ -401,5 +408,13 @@ def erf_per_axis(erf: np.ndarray) -> list[np.ndarray]:
             for ax in range(erf.ndim)]
 
 
-__all__ = ["ERFResult", "Method", "Target", "compute_erf", "make_seed", "erf_per_axis",
-           "GradientEngine", "FDEngine"]
+__all__ = [
+    "ERFResult",
+    "FDEngine",
+    "GradientEngine",
+    "Method",
+    "Target",
+    "compute_erf",
+    "erf_per_axis",
+    "make_seed",
+]

@@ -10,9 +10,9 @@ per-channel mean and std (ImageNet's by default).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -20,6 +20,7 @@ from onnx import numpy_helper
 
 from .errors import RFGraphError
 
+FLOAT32 = np.dtype(np.float32)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -45,7 +46,7 @@ class Reinit(str, Enum):
 
 
 def random_inputs(kind: InputKind, shape: Sequence[int], rng: np.random.Generator,
-                  dtype: np.dtype = np.dtype(np.float32)) -> np.ndarray:
+                  dtype: np.dtype = FLOAT32) -> np.ndarray:
     """One batch of random inputs of ``shape`` (Gaussian N(0,1) or uniform U[0,1))."""
     if kind is InputKind.GAUSSIAN:
         return rng.standard_normal(shape).astype(dtype)

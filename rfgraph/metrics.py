@@ -10,8 +10,8 @@ those defined per axis are tuples, one value per spatial axis.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -95,7 +95,7 @@ def centre_value(erf: np.ndarray, centre: Sequence[float]) -> float:
     the centre of an even-sized field falls between pixels."""
     idx = []
     for c, n in zip(centre, erf.shape):
-        cands = sorted({min(max(int(math.floor(c)), 0), n - 1), min(max(int(math.ceil(c)), 0), n - 1)})
+        cands = sorted({min(max(math.floor(c), 0), n - 1), min(max(math.ceil(c), 0), n - 1)})
         idx.append(cands)
     sub = erf[np.ix_(*idx)]
     return float(sub.max())
@@ -172,7 +172,7 @@ def area_ratios(erf: np.ndarray, centre: Sequence[float],
     RepLKNet's script applies log10(1 + x) and rescales first; pass such a map to reproduce it.
     """
     total = float(erf.sum())
-    c = [min(max(int(round(v)), 0), n - 1) for v, n in zip(centre, erf.shape)]
+    c = [min(max(round(v), 0), n - 1) for v, n in zip(centre, erf.shape)]
     max_i = max(max(ci, n - 1 - ci) for ci, n in zip(c, erf.shape))
     sums = []
     for i in range(max_i + 1):
@@ -224,8 +224,8 @@ def _fmt(v: object) -> str:
 def metric_rows(m: ERFMetrics) -> list[tuple[str, str, str]]:
     """(name, value, definition) for every metric, in a fixed order."""
     rows = [
-        ("erf_size", _fmt(m.erf_size), "Luo 2016: sqrt(#pixels > (1-0.9545) x centre value); "
-                                       "1-D: the count"),
+        ("erf_size", _fmt(m.erf_size),
+         "Luo 2016: sqrt(#pixels > (1-0.9545) x centre value); 1-D: the count"),
         ("erf_extent", _fmt(m.erf_extent), "per axis, extent of those pixels"),
         ("centre_value", _fmt(m.centre_value), "ERF value at the unit's TRF centre"),
         ("centre_of_mass", _fmt(m.centre_of_mass), "per axis, sum(p v) / sum(v)"),
@@ -233,15 +233,14 @@ def metric_rows(m: ERFMetrics) -> list[tuple[str, str, str]]:
     ]
     g = m.gaussian
     rows += [
-        ("gaussian_radius", _fmt(g.radius if g else None), "1-sigma radius of the Gaussian fit "
-                                                            "(geometric mean of sigmas)"),
+        ("gaussian_radius", _fmt(g.radius if g else None),
+         "1-sigma radius of the Gaussian fit (geometric mean of sigmas)"),
         ("gaussian_sigma", _fmt(g.sigma if g else None), "per axis sigma of the fit"),
         ("gaussian_r2", _fmt(g.r2 if g else None), "goodness of fit (R^2)"),
     ]
     for a in m.area_ratios:
-        rows.append((f"area_ratio@{a.t}", _fmt(a.ratio), f"RepLKNet: centred square holding >{a.t}"
-                                                          f" of the total / map area (side "
-                                                          f"{_fmt(a.side)})"))
+        what = f"RepLKNet: centred square holding >{a.t} of the total / map area"
+        rows.append((f"area_ratio@{a.t}", _fmt(a.ratio), f"{what} (side {_fmt(a.side)})"))
     rows += [
         ("trf_size", _fmt(m.trf_size), "theoretical RF size r per axis (TRF pass)"),
         ("erf_trf_ratio", _fmt(m.erf_trf_ratio), "erf_size / sqrt(prod r)"),

@@ -12,8 +12,8 @@ and pointing to the finite-difference engine (``--method fd``), which runs any o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -459,7 +459,7 @@ def _conv(b: Builder, n: NodeView, gys: list) -> Grads:
     and onnxruntime's Conv kernels are much faster than its ConvTranspose.
     """
     group = int(n.attr("group", 1))
-    kernel, strides, dil, pb, pe = _window(n, b)
+    kernel, strides, dil, pb, _ = _window(n, b)
     w = b.value(n.inputs[1])
     xs, ys = b.shape(n.inputs[0])[2:], b.shape(n.outputs[0])[2:]
     k_eff = [d * (k - 1) + 1 for d, k in zip(dil, kernel)]
@@ -975,7 +975,7 @@ def tensor_shapes(model: onnx.ModelProto, input_name: str) -> tuple[dict[str, tu
     stash = _strip_weights(model)  # inference copies the model: leave the big weights out
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception as exc:  # noqa: BLE001 - inference errors come in many types
+    except Exception as exc:
         raise VJPError(f"shape inference failed at the fixed input shape: {exc}") from exc
     finally:
         _restore_weights(model, stash)
@@ -1071,9 +1071,7 @@ def constants(model: onnx.ModelProto, with_initializers: bool = True) -> dict[st
             attr = node.attribute[0]
             if attr.name == "value":
                 out[node.output[0]] = numpy_helper.to_array(attr.t)
-            elif attr.name in ("value_float", "value_int"):
-                out[node.output[0]] = np.array(helper.get_attribute_value(attr))
-            elif attr.name in ("value_floats", "value_ints"):
+            elif attr.name in ("value_float", "value_int") or attr.name in ("value_floats", "value_ints"):
                 out[node.output[0]] = np.array(helper.get_attribute_value(attr))
     return out
 
@@ -1254,7 +1252,7 @@ def session(vjp: VJPGraph, providers: Sequence[str] | None = None, threads: int 
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     try:
         return ort.InferenceSession(vjp.model.SerializeToString(), opts, providers=list(providers))
-    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+    except Exception as exc:
         raise VJPError(f"onnxruntime could not load the gradient graph: {exc}") from exc
 
 

@@ -15,8 +15,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rfgraph.metrics import (LUO_FRACTION, area_ratios, centre_of_mass, compute_metrics,
-                             gaussian_fit, luo_erf_size, marginal_std, metrics_dict)
+from rfgraph.metrics import (
+    LUO_FRACTION,
+    area_ratios,
+    centre_of_mass,
+    compute_metrics,
+    gaussian_fit,
+    luo_erf_size,
+    marginal_std,
+    metrics_dict,
+)
 
 
 def test_luo_size_counts_pixels_above_threshold() -> None:

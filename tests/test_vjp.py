@@ -276,7 +276,7 @@ def test_gelu_hardswish_hardsigmoid_ops() -> None:
 def test_slice_pad_gather_split_broadcast() -> None:
     """Strided and negative-step Slice, cropping Pad, Gather, Split, Sub/Div with both operands
     active and broadcasting, Where, ReduceMean, Expand, Transpose."""
-    ints = lambda v: np.array(v, np.int64)  # noqa: E731
+    ints = lambda v: np.array(v, np.int64)
     nodes = [
         helper.make_node("Slice", ["x", "st", "en", "ax", "sp"], ["s"]),
         helper.make_node("Pad", ["s", "pads"], ["p"]),

@@ -7,7 +7,7 @@ import argparse
 import csv
 import io
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from tabulate import tabulate
@@ -140,4 +140,4 @@ def render(result: object, fmt: str) -> str:
     return f"{title}\n{table}{notes}"
 
 
-__all__: Sequence[str] = ["register", "run", "render"]
+__all__: Sequence[str] = ["register", "render", "run"]
