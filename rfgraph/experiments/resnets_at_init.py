@@ -77,7 +77,8 @@ def run(ctx: Context) -> Result:
             ctx, "16 residual blocks", "CamVid front end: ERF diameter at init",
             cam["erf_size"], 0.3 * 100, index=2, figure=res.figures[0],
             note=f"Luo size; extent {cam['erf_extent']}, equal-area disc "
-                 f"{fmt(cam['disc_diameter'])}; tolerance 30"))
+                 f"{fmt(cam['disc_diameter'])}; tolerance 30; the zoo net has no normalisation "
+                 "and the paper's init and stem are not stated, so the init is not the paper's"))
     else:
         res.notes.append("quick mode: the CamVid net runs on 128x128, below its TRF, so its ERF "
                          "diameter is not compared with the paper")
