@@ -179,11 +179,11 @@ def numeric_claim(ctx: Context, key: str, text: str, value: float, tol: float,
     numbers = ctx.reference.numbers(key)
     if len(numbers) <= index:
         return Claim(text, "", measured, Verdict.NO_REFERENCE, figure,
-                     (note + " " if note else "") + "paper value missing (no reference data)")
+                     (note + "; " if note else "") + "paper value missing (no reference data)")
     target = numbers[index]
     inside = ci is not None and all(np.isfinite(ci)) and ci[0] <= target <= ci[1]
     ok = abs(value - target) <= tol or inside
     return Claim(text, ctx.reference.paper(key), measured,
                  Verdict.MATCH if ok else Verdict.DIFFER, figure,
-                 (note + " " if note else "")
+                 (note + "; " if note else "")
                  + f"match = within {tol:g} of {target:g} or in the CI")
