@@ -6,6 +6,7 @@ Initializers and Constant nodes are values, not layers.  Every failure on a user
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,26 +45,113 @@ class ModelGraph:
     outputs: list[str]
     opset: int
     _constants: dict[str, np.ndarray | None] = field(default_factory=dict)
+    captured: dict[int, list[str]] = field(default_factory=dict)  # node -> outer tensors its subgraphs read
 
     def constant(self, tensor: str) -> np.ndarray | None:
-        """Value of a tensor that is an initializer or a Constant node's output, else None."""
-        if tensor in self._constants:
-            return self._constants[tensor]
-        value = None
+        """Value of a tensor that does not depend on the graph inputs, else None.
+
+        Initializers, Constant nodes, Shape of a fully known shape, and small constant-only
+        subgraphs (ConstantOfShape-built weights, pads computed by Slice/Concat...) folded one node
+        at a time with the ONNX reference evaluator.  Iterative, so 100k-node chains cannot
+        overflow the stack.
+        """
+        stack = [tensor]
+        while stack:
+            t = stack[-1]
+            if t in self._constants:
+                stack.pop()
+                continue
+            deps = self._fold_inputs(t)
+            missing = [d for d in deps or () if d not in self._constants]
+            if missing:
+                stack.extend(missing)
+                continue
+            stack.pop()
+            self._constants[t] = None if deps is None else self._evaluate(t)
+        return self._constants[tensor]
+
+    def _fold_inputs(self, tensor: str) -> list[str] | None:
+        """Tensors a constant's value needs first ([] for a leaf), or None when not constant."""
         if tensor in self.initializers:
-            value = numpy_helper.to_array(self.initializers[tensor])
-        elif tensor in self.producer:
-            node = self.nodes[self.producer[tensor]]
-            if node.op_type == "Constant":
-                value = _constant_node_value(node)
-            elif node.op_type in ("Identity", "Cast") and node.input:
-                value = self.constant(node.input[0])
-        self._constants[tensor] = value
-        return value
+            return []
+        if tensor not in self.producer:
+            return None
+        node = self.nodes[self.producer[tensor]]
+        if node.domain not in ("", "ai.onnx"):
+            return None
+        if node.op_type == "Constant":
+            return []
+        if node.op_type == "Shape":
+            shape = self.shapes.get(node.input[0])
+            return [] if shape is not None and None not in shape else None
+        if node.op_type in FOLDABLE_OPS:
+            return [t for t in node.input if t]
+        return None
+
+    def _evaluate(self, tensor: str) -> np.ndarray | None:
+        """Compute one constant tensor whose inputs are already folded (None if too big or failing)."""
+        if tensor in self.initializers:
+            return _initializer_value(self.initializers[tensor])
+        node = self.nodes[self.producer[tensor]]
+        if node.op_type == "Constant":
+            return _constant_node_value(node)
+        if node.op_type == "Shape":
+            attrs = attributes(node)
+            shape = self.shapes[node.input[0]]
+            return np.array(shape[attrs.get("start", 0):attrs.get("end", len(shape))], dtype=np.int64)
+        values = [self._constants[t] if t else None for t in node.input]
+        if any(v is None for t, v in zip(node.input, values) if t):
+            return None
+        if any(np.size(v) > MAX_FOLD_ELEMENTS for v in values if v is not None):
+            return None
+        out_shape = self.shapes.get(tensor)
+        if node.op_type in ALLOCATING_OPS and (out_shape is None or None in out_shape
+                                               or math.prod(out_shape) > MAX_FOLD_ELEMENTS):
+            return None  # never allocate an absurd tensor to fold a constant
+        return _run_node(node, values, self.opset, tensor)
 
     def topological_nodes(self) -> list[int]:
         """Node indices in topological order (deterministic: ties broken by file order)."""
         return list(nx.lexicographical_topological_sort(self.dag))
+
+
+# Ops folded when all their inputs are constant: cheap value/shape arithmetic exporters use to
+# build weights, pads, scales and Reshape targets.  Anything else is treated as run-time data.
+FOLDABLE_OPS = {
+    "Identity", "Cast", "CastLike", "Concat", "Reshape", "Slice", "Transpose", "Squeeze",
+    "Unsqueeze", "Gather", "Split", "Flatten", "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Floor",
+    "Ceil", "Sqrt", "Min", "Max", "Equal", "Less", "Greater", "Where", "Not", "ConstantOfShape",
+    "Expand", "Tile", "Range", "Pow", "Mod", "Clip", "ReduceProd", "ReduceSum",
+}
+# Foldable ops whose output may be far larger than their inputs: folded only when shape inference
+# gives a small known output size.
+ALLOCATING_OPS = {"ConstantOfShape", "Expand", "Tile", "Range"}
+MAX_FOLD_ELEMENTS = 1 << 22
+
+
+def _run_node(node: onnx.NodeProto, values: Sequence[np.ndarray | None], opset: int,
+              tensor: str) -> np.ndarray | None:
+    """Evaluate one node on constant inputs with the ONNX reference evaluator (None on failure)."""
+    from onnx.reference import ReferenceEvaluator
+    feeds = {t: v for t, v in zip(node.input, values) if t}
+    try:
+        outs = ReferenceEvaluator(node, opsets={"": max(opset, 1)}).run(None, feeds)
+    except Exception:  # an op the evaluator rejects: leave the value unknown, never fail the load
+        return None
+    for name, value in zip(node.output, outs):
+        if name == tensor:
+            return np.asarray(value)
+    return None
+
+
+def _initializer_value(tensor: onnx.TensorProto) -> np.ndarray | None:
+    """An initializer as an array; None when its data is missing or does not match its dims."""
+    if math.prod(tensor.dims) > MAX_DIM:
+        return None
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception:
+        return None
 
 
 def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
@@ -101,16 +189,15 @@ def read_model(source: ModelSource) -> onnx.ModelProto:
 
 
 def _zoo_model(name: str) -> onnx.ModelProto:
-    """Build a model of the bundled model_zoo by name (``zoo:NAME``)."""
-    try:
-        import model_zoo
-    except ImportError as exc:  # pragma: no cover - installed with the package
-        raise ModelLoadError("model_zoo is not installed; reinstall rfgraph") from exc
-    if not hasattr(model_zoo, "available"):
-        raise ModelLoadError("model_zoo has no builders in this installation")
-    if name not in model_zoo.available():
+    """Build a model of the bundled model_zoo by name (``zoo:NAME`` or ``zoo:NAME:key=value``)."""
+    import model_zoo
+
+    if not model_zoo.is_available(name):
         raise ModelLoadError(f"zoo:{name}: unknown model; available: {', '.join(model_zoo.available())}")
-    return model_zoo.build(name)
+    try:
+        return model_zoo.build(name)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelLoadError(f"zoo:{name}: {exc}") from None
 
 
 def _parse_bytes(data: bytes, where: str) -> onnx.ModelProto:
@@ -205,11 +292,67 @@ def set_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference, then fold constant shape arguments and infer again until nothing changes.
+
+    ONNX's data propagation gives up on shape arithmetic such as Concat(Slice(Shape(x)), [-1]),
+    common in exported Reshape targets; folding those to initializers lets inference continue.
+    """
+    model = _infer_once(model)
+    for _ in range(MAX_FOLD_ROUNDS):
+        if not _fold_shape_arguments(model):
+            break
+        model = _infer_once(model)
+    return model
+
+
+def _infer_once(model: onnx.ModelProto) -> onnx.ModelProto:
     """ONNX shape inference with data propagation; failures leave shapes unknown, not fatal."""
     try:
         return shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
     except Exception:
         return model
+
+
+MAX_FOLD_ROUNDS = 4
+# Inputs that carry shapes, pads, scales or axes (not data), by op: folded when constant.
+SHAPE_ARGUMENTS = {
+    "Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "Slice": (1, 2, 3, 4),
+    "Pad": (1, 2, 3), "Resize": (1, 2, 3), "Upsample": (1,), "Squeeze": (1,), "Unsqueeze": (1,),
+    "Split": (1,), "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,), "Range": (0, 1, 2),
+}
+
+
+def _fold_shape_arguments(model: onnx.ModelProto) -> int:
+    """Replace constant-but-computed shape arguments of nodes whose output shape is unknown by
+    initializers; returns how many were replaced (0: nothing left to gain)."""
+    try:
+        mg = build_graph(model)
+    except Exception:  # structural problems are reported later, by build_graph itself
+        return 0
+    folded = 0
+    for node in model.graph.node:
+        slots = SHAPE_ARGUMENTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
+        out = mg.shapes.get(node.output[0]) if node.output else ()
+        if not slots or (out is not None and None not in out):
+            continue
+        for slot in slots:
+            tensor = node.input[slot] if slot < len(node.input) else ""
+            if not tensor or tensor in mg.initializers or _is_constant_node(mg, tensor):
+                continue
+            value = mg.constant(tensor)
+            if value is None:
+                continue
+            name = f"{tensor}::folded"
+            if name not in mg.initializers:
+                model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+                mg.initializers[name] = model.graph.initializer[-1]
+            node.input[slot] = name
+            folded += 1
+    return folded
+
+
+def _is_constant_node(mg: "ModelGraph", tensor: str) -> bool:
+    return tensor in mg.producer and mg.nodes[mg.producer[tensor]].op_type == "Constant"
 
 
 def _dims(type_proto: onnx.TypeProto, name: str = "?") -> Shape | None:
@@ -262,7 +405,11 @@ def build_graph(model: onnx.ModelProto) -> ModelGraph:
             producer[out] = idx
     dag = nx.DiGraph()
     dag.add_nodes_from(range(len(g.node)))
+    captured = {idx: names_ for idx, node in enumerate(g.node) if (names_ := _captured_tensors(node))}
     for idx, node in enumerate(g.node):
+        for tensor in captured.get(idx, ()):
+            if tensor in producer:
+                dag.add_edge(producer[tensor], idx)
         for tensor in node.input:
             if not tensor:
                 continue  # optional input left out
@@ -278,7 +425,28 @@ def build_graph(model: onnx.ModelProto) -> ModelGraph:
             raise GraphStructureError(f"graph output '{out.name}' is never produced")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     return ModelGraph(model, dag, list(g.node), names, producer, collect_shapes(model),
-                      initializers, inputs, [o.name for o in g.output], opset)
+                      initializers, inputs, [o.name for o in g.output], opset, captured=captured)
+
+
+def _captured_tensors(node: onnx.NodeProto) -> list[str]:
+    """Outer-scope tensors read inside a node's subgraphs (If/Loop/Scan bodies): implicit inputs."""
+    found: list[str] = []
+    pending = [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+    pending += [g for a in node.attribute if a.type == onnx.AttributeProto.GRAPHS for g in a.graphs]
+    local: set[str] = set()
+    while pending:  # iterative walk over nested subgraphs
+        sub = pending.pop()
+        local |= {i.name for i in sub.input} | {t.name for t in sub.initializer}
+        local |= {o for n in sub.node for o in n.output}
+        for n in sub.node:
+            found.extend(t for t in n.input if t)
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    pending.append(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    pending.extend(a.graphs)
+        found.extend(o.name for o in sub.output)
+    return sorted({t for t in found if t not in local})
 
 
 def _unique_node_names(nodes: Sequence[onnx.NodeProto]) -> list[str]:
@@ -307,8 +475,33 @@ def load_model(source: ModelSource, input_shape: Mapping[str, Sequence[int]] | N
     """Read a model, fix input shapes, and run shape inference; the public loading entry point."""
     model = read_model(source)
     model = _copy(model)
+    _unknown_negative_dims(model)
+    if input_shape:
+        forget_stored_shapes(model)
     set_input_shapes(model, input_shape or {})
     return infer_shapes(model)
+
+
+def forget_stored_shapes(model: onnx.ModelProto) -> None:
+    """Drop the intermediate and output shapes a file stores (valid for one input size only), so
+    shape inference recomputes them for the input shape the user set."""
+    del model.graph.value_info[:]
+    for vi in model.graph.output:
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            for i, d in enumerate(vi.type.tensor_type.shape.dim):
+                d.Clear()
+                d.dim_param = f"{vi.name}_d{i}"
+
+
+def _unknown_negative_dims(model: onnx.ModelProto) -> None:
+    """Exporter quirk (Paddle, old Caffe2): dim_value -1 means "dynamic"; make it an unknown dim."""
+    g = model.graph
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            for d in vi.type.tensor_type.shape.dim:
+                if d.HasField("dim_value") and d.dim_value < 0:
+                    d.Clear()
+                    d.dim_param = "?"
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -643,11 +643,32 @@ def transpose_rule(ctx: NodeContext) -> Transfer:
 def reshape_rule(ctx: NodeContext) -> Transfer:
     """Reshape/Flatten: regroups axis parts; splitting a spatial axis is not supported."""
     out_shape = ctx.out_shapes[0]
+    if (out_shape is None or None in out_shape) and ctx.op == "Reshape":
+        out_shape = _reshape_target(ctx)
     if out_shape is None or None in out_shape:
         raise DynamicShapeError(f"node '{ctx.name}' ({ctx.op}): output shape unknown after shape "
                                 f"inference; set the input size with --input-shape")
     layout = regroup(ctx, ctx.layouts[0], out_shape)
     return Transfer((OutTransfer(layout, (Edge(0),)),) + (None,) * (len(ctx.node.output) - 1))
+
+
+def _reshape_target(ctx: NodeContext) -> tuple[int, ...] | None:
+    """Reshape's output shape from a folded constant target (0 copies a dim, -1 is inferred);
+    for exporters that compute the target from Shape, where ONNX shape inference gives up."""
+    target, in_shape = ctx.const(1), ctx.in_shapes[0]
+    if target is None or in_shape is None or None in in_shape:
+        return None
+    dims = [int(d) for d in np.asarray(target).reshape(-1)]
+    if not ctx.attrs.get("allowzero", 0):
+        dims = [in_shape[i] if d == 0 and i < len(in_shape) else d for i, d in enumerate(dims)]
+    known = math.prod(d for d in dims if d != -1)
+    if dims.count(-1) > 1 or any(d < -1 for d in dims) or (dims.count(-1) and known == 0):
+        raise ctx.invalid(f"Reshape target {dims} is not a valid shape")
+    total = math.prod(in_shape)
+    dims = [total // known if d == -1 else d for d in dims]
+    if math.prod(dims) != total:
+        raise ctx.invalid(f"cannot reshape {list(in_shape)} to {dims}")
+    return tuple(dims)
 
 
 def regroup(ctx: NodeContext, layout: Layout, out_shape: Sequence[int]) -> Layout:
@@ -811,17 +832,30 @@ def matmul_rule(ctx: NodeContext) -> Transfer:
 
 
 def recurrent_rule(ctx: NodeContext) -> Transfer:
-    """RNN/GRU/LSTM: each step reads every earlier step (and later ones if bidirectional)."""
-    lay = ctx.layouts[0]
-    seq_axis = 1 if ctx.attrs.get("layout", 0) else 0
-    maps = mixed_maps(lay, [seq_axis])
+    """RNN/GRU/LSTM: every step reads every step and every feature (contracted by W and R);
+    only the batch axis keeps its positions.  Data may arrive on X or on initial_h/initial_c."""
+    batch_first = bool(ctx.attrs.get("layout", 0))
+    in_batch = {0: 0 if batch_first else 1, 5: 0 if batch_first else 1, 6: 0 if batch_first else 1, 4: 0}
+    edges, batch_parts = [], None
+    for slot in ctx.data_slots():
+        if slot not in in_batch:
+            raise ctx.unsupported("weights computed from the input (data-dependent recurrence)")
+        lay = ctx.layouts[slot]
+        keep = in_batch[slot]
+        edges.append(Edge(slot, mixed_maps(lay, [t for t in range(len(lay)) if t != keep])))
+        if batch_parts is None and keep < len(lay):
+            batch_parts = lay[keep]
     outs = []
     for i, shape in enumerate(ctx.out_shapes):
         if not ctx.node.output[i]:
             outs.append(None)
             continue
-        outs.append(OutTransfer(plain_layout(shape or ()), (Edge(0, maps),)))
-    return Transfer(tuple(outs), mix_reason=f"{ctx.op} recurrence along the sequence axis")
+        lay = list(plain_layout(shape or ()))
+        out_batch = (0 if batch_first else (2 if i == 0 else 1))
+        if batch_parts is not None and out_batch < len(lay):
+            lay[out_batch] = batch_parts
+        outs.append(OutTransfer(tuple(lay), tuple(edges)))
+    return Transfer(tuple(outs), mix_reason=f"{ctx.op} recurrence: every step reads the whole sequence")
 
 
 def control_flow_rule(ctx: NodeContext) -> Transfer:

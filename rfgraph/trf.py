@@ -93,7 +93,8 @@ def forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout) -> PassR
                     blocked[out] = causes[0]
             continue
         layouts = [states[t].layout if t in states else None for t in node.input]
-        if node.op_type in STATIC_OPS or all(lay is None for lay in layouts):
+        captures = any(t in states for t in mg.captured.get(idx, ()))  # If/Loop bodies reading data
+        if node.op_type in STATIC_OPS or (all(lay is None for lay in layouts) and not captures):
             continue  # a constant or shape computation, not a layer
         try:
             transfer = _transfer(mg, idx, layouts)

