@@ -146,8 +146,9 @@ def _run_node(node: onnx.NodeProto, values: Sequence[np.ndarray | None], opset: 
 
 def _initializer_value(tensor: onnx.TensorProto) -> np.ndarray | None:
     """An initializer as an array; None when its data is missing or does not match its dims."""
-    if math.prod(tensor.dims) > MAX_DIM:
-        return None
+    from onnx.external_data_helper import uses_external_data
+    if math.prod(tensor.dims) > MAX_DIM or uses_external_data(tensor):
+        return None  # absurd, or side-file data that was not loaded (never read relative to cwd)
     try:
         return numpy_helper.to_array(tensor)
     except Exception:
@@ -237,12 +238,25 @@ def _load_external_data(model: onnx.ModelProto, base: Path) -> None:
 
 
 def _all_tensors(model: onnx.ModelProto) -> Iterable[onnx.TensorProto]:
-    """Initializers and Constant-node tensors of the main graph."""
-    yield from model.graph.initializer
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
+    """Every stored tensor: initializers (dense and sparse) and tensor attributes of the main graph
+    and of every subgraph (If/Loop bodies), so no external location escapes the folder check."""
+    graphs = [model.graph]
+    while graphs:  # iterative: nesting depth cannot overflow the stack
+        g = graphs.pop()
+        yield from g.initializer
+        for sparse in g.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield attr.t
+                elif attr.type == onnx.AttributeProto.TENSORS:
+                    yield from attr.tensors
+                elif attr.type == onnx.AttributeProto.GRAPH:
+                    graphs.append(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    graphs.extend(attr.graphs)
 
 
 # ---------------------------------------------------------------- shapes
