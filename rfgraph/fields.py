@@ -54,6 +54,8 @@ class Span:
     @property
     def S(self) -> Rational:
         """Effective stride (eq. 10): input units advanced per unit."""
+        if self.q == 1:  # fast path: integer stride, no Fraction
+            return self.A
         return exact(Fraction(self.A, self.q))
 
     def lo_of(self, u: int) -> int:
@@ -89,6 +91,8 @@ class Span:
 
     def expanded(self, q: int) -> "Span":
         """The same map written with period ``q`` (a multiple of ``self.q``)."""
+        if q == self.q:
+            return self
         reps = q // self.q
         lo = tuple(k * self.A + b for k in range(reps) for b in self.lo)
         hi = tuple(k * self.A + b for k in range(reps) for b in self.hi)
@@ -117,6 +121,9 @@ BROADCAST = Span(1, 0, (0,), (0,))  # every unit sees unit 0 (a size-1 axis broa
 
 def union_spans(spans: Iterable[Span]) -> tuple[Span, ...]:
     """Union of paths: one span per distinct stride, keeping the widest bounds (eqs. 1, 9, 10)."""
+    spans = tuple(spans)
+    if len(spans) == 1:  # fast path: a single path is its own union
+        return spans
     by_stride: dict[Rational, Span] = {}
     for sp in spans:
         key = sp.S
@@ -161,6 +168,8 @@ class AxisField:
         """Input region ``[u0, v0]`` of unit ``u`` (unclipped: may extend into the padding)."""
         if self.is_global:
             raise ValueError(f"the field is global (made so at node '{self.global_at}')")
+        if len(self.spans) == 1:  # fast path: one stride
+            return self.spans[0].region(u)
         regions = [sp.region(u) for sp in self.spans]
         return min(r[0] for r in regions), max(r[1] for r in regions)
 
@@ -176,6 +185,8 @@ class AxisField:
         ``u`` (difference of a max and a min of near-affine maps), so its maximum over a range
         lies in the first or the last period.
         """
+        if len(self.spans) == 1 and self.spans[0].q == 1:  # fast path: affine, every unit alike
+            return self.spans[0].hi[0] - self.spans[0].lo[0] + 1
         period = math.lcm(*(sp.q for sp in self.spans))
         units = set(range(period))
         if len(self.spans) > 1:
@@ -210,6 +221,8 @@ def union_fields(fields: Iterable[AxisField]) -> AxisField:
     for f in fields:
         if f.is_global:
             return f
+    if len(fields) == 1:  # fast path: one path in, already a union
+        return fields[0]
     return AxisField(union_spans(sp for f in fields for sp in f.spans))
 
 
@@ -217,6 +230,8 @@ def compose(edge: Span, field: AxisField) -> AxisField:
     """Field of a layer's output unit: the layer's span, then the field of its input."""
     if field.is_global:
         return field
+    if len(field.spans) == 1:  # fast path: one stride
+        return AxisField((edge.then(field.spans[0]),))
     return AxisField(union_spans(edge.then(sp) for sp in field.spans))
 
 

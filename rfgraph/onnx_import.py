@@ -112,6 +112,8 @@ class ModelGraph:
 
     def topological_nodes(self) -> list[int]:
         """Node indices in topological order (deterministic: ties broken by file order)."""
+        if all(p < i for p, i in self.dag.edges):  # the usual case: the file is already sorted,
+            return list(range(len(self.nodes)))  # and the lexicographic sort is then file order
         return list(nx.lexicographical_topological_sort(self.dag))
 
 

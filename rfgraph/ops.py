@@ -887,6 +887,13 @@ BROADCAST_OPS = {
 STATIC_OPS = {"Shape", "Size", "Constant", "ConstantOfShape", "Range", "EyeLike", "RandomNormal",
               "RandomUniform", "RandomNormalLike", "RandomUniformLike"}
 
+# Ops whose rule reads only attributes, layouts and shapes, never a constant input's value: the
+# pass may reuse one transfer for every node with the same signature (a speed-up, same results).
+CACHEABLE_OPS = POINTWISE_OPS | BROADCAST_OPS | {
+    "Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
+    "Transpose", "Concat", "Flatten", "Softmax", "LogSoftmax", "DepthToSpace", "SpaceToDepth",
+}
+
 Rule = Callable[[NodeContext], Transfer]
 
 OP_RULES: dict[str, Rule] = {

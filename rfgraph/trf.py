@@ -18,7 +18,7 @@ from typing import Sequence
 from .errors import DynamicShapeError, UnsupportedOpError
 from .fields import IDENTITY, AxisField, Rational, Span, compose, global_field, union_fields, union_spans
 from .onnx_import import ModelGraph, attributes
-from .ops import STATIC_OPS, Layout, NodeContext, OutTransfer, Transfer, rule_for
+from .ops import CACHEABLE_OPS, OP_RULES, STATIC_OPS, Layout, NodeContext, OutTransfer, Transfer, rule_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +83,7 @@ def forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout) -> PassR
     order = mg.topological_nodes()
     result = PassResult(states, {}, order)
     blocked: dict[str, int] = {}  # tensor -> index into result.stops
+    cache: dict[tuple, Transfer] = {}  # repeated identical layers share one transfer
     for idx in order:
         node = mg.nodes[idx]
         name = mg.names[idx]
@@ -97,7 +98,7 @@ def forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout) -> PassR
         if node.op_type in STATIC_OPS or (all(lay is None for lay in layouts) and not captures):
             continue  # a constant or shape computation, not a layer
         try:
-            transfer = _transfer(mg, idx, layouts)
+            transfer = _transfer(mg, idx, layouts, cache)
         except (UnsupportedOpError, DynamicShapeError) as exc:
             result.stops.append(Stop(name, node.op_type, _reason(exc)))
             for out in node.output:
@@ -116,8 +117,13 @@ def _reason(exc: Exception) -> str:
     return exc.why if isinstance(exc, UnsupportedOpError) else str(exc)
 
 
-def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None]) -> Transfer:
-    """Run the op's rule on a node; unknown ops raise UnsupportedOpError naming the node."""
+def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None],
+              cache: dict[tuple, Transfer] | None = None) -> Transfer:
+    """Run the op's rule on a node; unknown ops raise UnsupportedOpError naming the node.
+
+    Rules of ``CACHEABLE_OPS`` read only attributes, layouts and shapes, so their transfer is
+    reused for every node with the same signature (a 100k-layer net has a few dozen kinds).
+    """
     node = mg.nodes[idx]
     rule = rule_for(node.op_type, node.domain)
     if rule is None:
@@ -125,12 +131,23 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None]) -> Transfe
         raise UnsupportedOpError(mg.names[idx], node.op_type, f"no receptive-field rule for this op{dom}; "
                                  f"declare one with --rules FILE or rfgraph.register_op "
                                  f"(see docs/custom_ops.md)")
+    in_shapes = [mg.shapes.get(t) if t else None for t in node.input]
+    out_shapes = [mg.shapes.get(t) if t else None for t in node.output]
+    key = None
+    if cache is not None and node.op_type in CACHEABLE_OPS and rule is OP_RULES.get(node.op_type):
+        key = (node.op_type, tuple(a.SerializeToString() for a in node.attribute), tuple(layouts),
+               tuple(in_shapes), tuple(out_shapes), tuple(map(bool, node.input)),
+               tuple(map(bool, node.output)), mg.opset)
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
     ctx = NodeContext(
         name=mg.names[idx], op=node.op_type, node=node, attrs=attributes(node), layouts=layouts,
-        in_shapes=[mg.shapes.get(t) if t else None for t in node.input],
-        out_shapes=[mg.shapes.get(t) if t else None for t in node.output],
-        constant=mg.constant, opset=mg.opset)
-    return rule(ctx)
+        in_shapes=in_shapes, out_shapes=out_shapes, constant=mg.constant, opset=mg.opset)
+    transfer = rule(ctx)
+    if key is not None:
+        cache[key] = transfer
+    return transfer
 
 
 def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> None:
@@ -140,6 +157,14 @@ def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> 
     for j, out in enumerate(transfer.outputs):
         tensor = node.output[j] if j < len(node.output) else ""
         if out is None or not tensor:
+            continue
+        if len(out.edges) == 1:  # fast path: one input, no merge (most layers of any net)
+            edge = out.edges[0]
+            st = states[node.input[edge.slot]]
+            fields = st.fields if not edge.maps else tuple(
+                _edge_field(edge.span(i), f, name) for i, f in enumerate(st.fields))
+            dep = st.size_dependent or (name if transfer.size_dependent else None)
+            states[tensor] = TensorState(out.layout, fields, dep, st.misaligned)
             continue
         inputs = [states[node.input[e.slot]] for e in out.edges]
         n_axes = len(inputs[0].fields)
