@@ -12,5 +12,5 @@ from .errors import RFGraphError  # noqa: E402
 from .frameworks import from_keras, from_torch  # noqa: E402
 from .paths import path_histogram  # noqa: E402
 
-__all__ = ["Analysis", "EndPoint", "RFGraphError", "analyze", "path_histogram", "register_op",
-           "unregister_op", "__version__"]
+__all__ = ["Analysis", "EndPoint", "RFGraphError", "analyze", "from_keras", "from_torch",
+           "path_histogram", "register_op", "unregister_op", "__version__"]

@@ -76,6 +76,7 @@ def analysis_dict(analysis: Analysis, names: Iterable[str]) -> dict[str, Any]:
                           for b in m.branches]}
             for m in analysis.misaligned],
         "global_at": dict(analysis.global_at),
+        "rule_notes": dict(analysis.rule_notes),
         "stops": [{"node": s.node, "op": s.op, "reason": s.reason, "tensors_lost": s.lost}
                   for s in analysis.stops],
     }
@@ -140,6 +141,8 @@ def _notes(analysis: Analysis) -> list[str]:
         lines.append(f"global field from {node}: {why}")
     if len(analysis.global_at) > 10:
         lines.append(f"... and {len(analysis.global_at) - 10} more nodes that mix all positions")
+    for node, why in analysis.rule_notes.items():
+        lines.append(f"rule used at node '{node}': {why}")
     for s in analysis.stops:
         lines.append(f"STOPPED at node '{s.node}' ({s.op}): {s.reason}; {s.lost} tensor(s) after it not analysed")
     return ["\n".join(lines)] if lines else []

@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Input region (inclusive, unclipped) and centre of one output unit, "
                                    "or of every unit of a tensor with --all.",
                        epilog="examples:\n  rfgraph boxes model.onnx --output feat --index 3,4\n"
-                              "  rfgraph boxes model.onnx --output feat --all --format json",
+                              "  rfgraph boxes model.onnx --output feat --all --format json\n\n"
+                              "exit codes: 0 boxes printed; 2 unreadable model, unknown tensor or bad index.",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     p.add_argument("--output", required=True, metavar="NAME", help="tensor whose units are mapped")
