@@ -154,14 +154,14 @@ def test_rf_vs_accuracy_uses_rfgraph_r(quick: tuple[int, Path]) -> None:
 
 
 def test_trained_vs_init_measured_or_skipped_with_reason(quick: tuple[int, Path]) -> None:
-    """Each shipped model either has a trained and an init row with a non-empty ERF, or the report
-    says why it was skipped (pip install failed)."""
+    """Each shipped model either has trained, init and shuffled rows with a non-empty ERF, or the
+    report says why it was skipped (pip install failed)."""
     report = (quick[1] / "report.md").read_text()
     data = [r for r in rows(quick[1], "trained-vs-init") if r["weights"]]
     models = {r["model"] for r in data}
     for m, inputs in {(r["model"], r["inputs"]) for r in data}:
         pair = {r["weights"]: r for r in data if (r["model"], r["inputs"]) == (m, inputs)}
-        assert set(pair) == {"trained", "init"}
+        assert set(pair) == {"trained", "init", "shuffled"}
         assert all(num(r["erf_size"]) > 0 and num(r["r50"]) > 0 for r in pair.values())
         # rfgraph's TRF bounds the ERF: no gradient outside the unit's TRF square
         assert all(num(r["mass_outside_trf"]) < 1e-6 for r in pair.values())

