@@ -146,17 +146,32 @@ class Analysis:
         return [m for m in self.merges if not m.aligned]
 
     def default_endpoints(self) -> list[str]:
-        """Graph outputs reached, plus the last local tensors feeding each op that mixes positions."""
+        """Graph outputs reached, plus the last local feature map feeding each op that mixes
+        positions (stepping back through Flatten/Reshape/Transpose to a tensor with a grid)."""
         names = [o for o in self.outputs if o in self.endpoints]
         for idx, transfer in self._pass.transfers.items():
             if not transfer.mix_reason:
                 continue
             for tensor in self.graph.nodes[idx].input:
-                ep = self.endpoints.get(tensor)
-                if ep is not None and not ep.is_global and any(ep.units) and tensor not in names:
-                    names.append(tensor)
+                feature_map = self._last_grid(tensor)
+                if feature_map is not None and feature_map not in names:
+                    names.append(feature_map)
         order = list(self.endpoints)
         return sorted(names, key=order.index)
+
+    def _last_grid(self, tensor: str, steps: int = 8) -> str | None:
+        """The nearest tensor at or before ``tensor`` that is local and indexed by spatial axes."""
+        for _ in range(steps):
+            ep = self.endpoints.get(tensor)
+            if ep is None or ep.is_global:
+                return None
+            if any(ep.units):
+                return tensor
+            producer = self.graph.producer.get(tensor)
+            if producer is None:
+                return None
+            tensor = next((t for t in self.graph.nodes[producer].input if t in self.endpoints), "")
+        return None
 
     def fields_toward(self, target: str) -> dict[str, tuple[AxisField, ...]]:
         """The paper's reverse pass: the field of one unit of ``target`` on every tensor before it."""

@@ -29,8 +29,10 @@ class G:
         return f"{prefix}{self._n}"
 
     def _init(self, array: np.ndarray, prefix: str = "w") -> str:
+        """A constant: int64 arrays stay int64 (shapes, axes), everything else float32."""
         name = self._name(prefix)
-        self.inits.append(numpy_helper.from_array(array.astype(np.float32), name))
+        dtype = np.int64 if np.issubdtype(array.dtype, np.integer) else np.float32
+        self.inits.append(numpy_helper.from_array(array.astype(dtype), name))
         return name
 
     def _weight(self, shape: tuple[int, ...]) -> np.ndarray:

@@ -1,0 +1,155 @@
+"""`rfgraph analyze`: formats, end-point selection, global fields, layouts, partial reports on
+unsupported ops, and the dynamic-shape error; numbers checked against closed forms."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import rfgraph
+from rfgraph.cli import main
+from tests.graphs import G
+
+
+def _two_convs(tmp_path):
+    """3x3 s1 p1 then 3x3 s2 p1: r = 5, S = 2, P = 2 (eqs. 2, 9, 10)."""
+    g = G((32, 32))
+    y = g.conv(g.relu(g.conv("x", 3, 1, pads=[1] * 4)), 3, 2, pads=[1] * 4)
+    path = tmp_path / "m.onnx"
+    onnx.save(g.model(y), path)
+    return path, y
+
+
+def test_table_json_csv_markdown(tmp_path, capsys):
+    path, y = _two_convs(tmp_path)
+    assert main(["analyze", str(path), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    (row,) = doc["endpoints"]
+    assert (row["tensor"], row["r"], row["S"], row["P"]) == (y, [5, 5], [2, 2], [2, 2])
+    assert doc["aligned"] is True and doc["input"]["axis_names"] == ["H", "W"]
+    assert main(["analyze", str(path), "--format", "csv", "--all"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["r"] for r in rows] == ["1", "3", "3", "5"]  # input, conv, relu, conv
+    assert main(["analyze", str(path), "--format", "markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "| tensor" in out and f"| {y}" in out
+
+
+def test_output_selection_and_unknown_tensor(tmp_path, capsys):
+    path, y = _two_convs(tmp_path)
+    first = rfgraph.analyze(str(path)).graph.nodes[0].output[0]
+    assert main(["analyze", str(path), "--output", first, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["endpoints"][0]["r"] == [3, 3]
+    assert main(["analyze", str(path), "--output", "nope"]) == 2
+    assert "no tensor named 'nope'" in capsys.readouterr().err
+
+
+def _classifier(head: str) -> onnx.ModelProto:
+    """conv -> (GlobalAveragePool | Flatten+Gemm) classifier."""
+    g = G((8, 8))
+    feat = g.conv("x", 3, 1, pads=[1] * 4)
+    if head == "gap":
+        out = g.node("GlobalAveragePool", [feat])
+    else:
+        flat = g.node("Flatten", [feat], axis=1)
+        w = g._init(np.ones((2 * 8 * 8, 4), np.float32))
+        out = g.node("Gemm", [flat, w])
+    return g.model(out), feat, out
+
+
+@pytest.mark.parametrize("head", ["gap", "gemm"])
+def test_global_ops_are_reported_with_where(head):
+    """Ops that read every position make the field global, named with the node; the last local
+    feature map is reported by default next to the output."""
+    model, feat, out = _classifier(head)
+    a = rfgraph.analyze(model)
+    assert a[out].is_global and a[out].r == (None, None)
+    node = a[out].fields[0].global_at
+    assert node in a.global_at and a[feat].r == (3, 3)
+    assert a.default_endpoints() == [feat, out]
+
+
+def test_attention_matmul_is_global_and_tokens_local_before_it():
+    """Patch embedding (k=s=4) -> tokens -> Q K^T: tokens see a 4x4 patch, the scores are global."""
+    g = G((16, 16), channels=3)
+    emb = g.conv("x", 4, 4, cout=8)
+    tokens = g.node("Transpose", [g.node("Reshape", [emb, g._init(np.array([1, 8, 16], np.int64), "shape")])],
+                    perm=[0, 2, 1])
+    wq = g._init(np.ones((8, 8), np.float32))
+    q = g.node("MatMul", [tokens, wq])
+    kt = g.node("Transpose", [q], perm=[0, 2, 1])
+    scores = g.node("MatMul", [q, kt])
+    attn = g.node("Softmax", [scores], axis=-1)
+    out = g.node("MatMul", [attn, q])
+    a = rfgraph.analyze(g.model(out))
+    assert a[q].r == (4, 4) and a[q].S == (4, 4)
+    assert a[scores].is_global and a[out].is_global
+
+
+def test_channels_last_input_with_leading_transpose():
+    """NHWC input followed by Transpose(0,3,1,2): spatial axes are found at tensor axes 1, 2."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 20, 20, 3])
+    w = numpy_helper.from_array(np.ones((4, 3, 5, 5), np.float32), "w")
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["y"], kernel_shape=[5, 5], strides=[2, 2])]
+    graph = helper.make_graph(nodes, "nhwc", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    a = rfgraph.analyze(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert a.spatial_axes == (1, 2)
+    assert (a["y"].r, a["y"].S, a["y"].units) == ((5, 5), (2, 2), (8, 8))
+
+
+def _with_unknown_op(tmp_path):
+    """conv -> MysteryOp -> conv: the part before the unknown op is still analysed."""
+    g = G((16, 16))
+    c1 = g.conv("x", 3, 1)
+    g.nodes.append(helper.make_node("MysteryOp", [c1], ["m"], name="mystery", domain="com.example"))
+    g.channels["m"] = 2
+    w = g._init(g._weight((2, 2, 3, 3)))
+    g.nodes.append(helper.make_node("Conv", ["m", w], ["y"], kernel_shape=[3, 3], name="after"))
+    graph = helper.make_graph(g.nodes, "t", [g.input], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    path = tmp_path / "unknown.onnx"
+    onnx.save(model, path)
+    return path, c1
+
+
+def test_unknown_op_stops_with_partial_report(tmp_path, capsys):
+    path, c1 = _with_unknown_op(tmp_path)
+    a = rfgraph.analyze(str(path))
+    assert a[c1].r == (3, 3) and "y" not in a
+    (stop,) = a.stops
+    assert (stop.node, stop.op, stop.lost) == ("mystery", "MysteryOp", 2)
+    assert main(["analyze", str(path), "--all"]) == 1
+    out = capsys.readouterr().out
+    assert c1 in out and "STOPPED at node 'mystery' (MysteryOp)" in out
+
+
+def test_dynamic_spatial_dims_suggest_input_shape(tmp_path, capsys):
+    x = helper.make_tensor_value_info("img", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    w = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")
+    node = helper.make_node("Conv", ["img", "w"], ["y"], kernel_shape=[3, 3], strides=[2, 2])
+    graph = helper.make_graph([node], "dyn", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    path = tmp_path / "dyn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert main(["analyze", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "dynamic spatial dims" in err and "--input-shape img:" in err and "Traceback" not in err
+    assert main(["analyze", str(path), "--input-shape", "img:1x3x64x64", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["endpoints"][0]["r"] == [3, 3]
+
+
+def test_boxes_of_a_detection_like_map(tmp_path, capsys):
+    """Every cell's box equals eqs. (5)-(6): [u*S - P, u*S - P + r - 1] per axis."""
+    path, y = _two_convs(tmp_path)
+    ep = rfgraph.analyze(str(path))[y]
+    boxes = ep.boxes()
+    assert boxes.shape == (16, 16, 4)
+    i, j = 5, 9
+    assert list(boxes[i, j]) == [i * 2 - 2, j * 2 - 2, i * 2 - 2 + 4, j * 2 - 2 + 4]
+    assert main(["boxes", str(path), "--output", y, "--index", "5,9", "--format", "json"]) == 0
+    unit = json.loads(capsys.readouterr().out)["units"][0]
+    assert unit["region"] == [[8, 12], [16, 20]] and unit["centre"] == [10, 18]
