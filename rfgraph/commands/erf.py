@@ -7,6 +7,7 @@ import argparse
 import csv
 import io
 import json
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -84,13 +85,14 @@ def run(args: argparse.Namespace) -> int:
     from ..erf import compute_erf
     from ..inputs import IMAGENET_MEAN, IMAGENET_STD
 
+    quiet = bool(getattr(args, "quiet", False))
     shapes = parse_input_shapes(args.input_shape)
     result = compute_erf(
         args.model, args.output, input_shape=next(iter(shapes.values()), None),
         unit=_ints(args.unit, "--unit"), channel=args.channel, runs=args.runs,
         method=args.method, inputs=args.inputs, reinit=args.reinit,
         weight_runs=args.weight_runs, absolute=not args.signed, seed=args.seed, batch=args.batch,
-        progress=not args.no_progress, mean=_floats(args.mean, "--mean") or IMAGENET_MEAN,
+        progress=not (args.no_progress or quiet) and sys.stderr.isatty(), mean=_floats(args.mean, "--mean") or IMAGENET_MEAN,
         std=_floats(args.std, "--std") or IMAGENET_STD)
     if args.npy:
         np.save(args.npy, result.erf)
@@ -101,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
         render_png(result.erf, args.png, t.region, args.log,
                    f"ERF of {t.output}{list(t.unit)} ({result.runs} runs, {result.method})")
     print(render(result, args.format))
+    if not quiet and args.format != "json":  # JSON carries its notes in the document
+        for note in result.notes:
+            print(f"rfgraph: note: {note}", file=sys.stderr)
     return 0
 
 
@@ -136,8 +141,7 @@ def render(result: object, fmt: str) -> str:
              f"{'|grad|' if h['absolute'] else 'signed grad'}, TRF {h['trf_region']}")
     table = tabulate(rows, headers=["metric", "value", "definition"],
                      tablefmt="github" if fmt == "markdown" else "simple")
-    notes = "".join(f"\nnote: {n}" for n in result.notes)  # type: ignore[attr-defined]
-    return f"{title}\n{table}{notes}"
+    return f"{title}\n{table}"
 
 
 __all__: Sequence[str] = ["register", "render", "run"]
