@@ -7,9 +7,9 @@ alignment verdict of every merge, and the nodes where the analysis stopped (unsu
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Mapping, Sequence
 
 import numpy as np
 

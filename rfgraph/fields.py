@@ -16,11 +16,11 @@ bookkeeping of the paper's DAG algorithm, made exact for misaligned paths.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterable, Union
 
-Rational = Union[int, Fraction]
+Rational = int | Fraction
 
 
 def exact(x: Rational) -> Rational:
@@ -40,13 +40,13 @@ class Span:
     hi: tuple[int, ...]
 
     @staticmethod
-    def layer(kernel: int, stride: int, pad_begin: int, dilation: int = 1) -> "Span":
+    def layer(kernel: int, stride: int, pad_begin: int, dilation: int = 1) -> Span:
         """Span of a sliding-window layer (eqs. 5-6); dilation gives the kernel d(k-1)+1."""
         k_eff = dilation * (kernel - 1) + 1
         return Span(1, stride, (-pad_begin,), (k_eff - 1 - pad_begin,))
 
     @staticmethod
-    def periodic(A: int, lo: Iterable[int], hi: Iterable[int]) -> "Span":
+    def periodic(A: int, lo: Iterable[int], hi: Iterable[int]) -> Span:
         """Span given by one period of bounds; reduced to its shortest period."""
         lo, hi = tuple(lo), tuple(hi)
         return _canonical(Span(len(lo), A, lo, hi))
@@ -72,7 +72,7 @@ class Span:
         """Region ``[u0, v0]`` seen by unit ``u`` (eqs. 5-6)."""
         return self.lo_of(u), self.hi_of(u)
 
-    def then(self, other: "Span") -> "Span":
+    def then(self, other: Span) -> Span:
         """Apply ``self`` to a unit, then ``other`` to every unit reached (path composition).
 
         Exact because every span's bounds are non-decreasing in the unit index, so the union of
@@ -89,7 +89,7 @@ class Span:
         hi = tuple(other.hi_of(self.hi_of(t)) for t in range(q))
         return _canonical(Span(q, A, lo, hi))
 
-    def expanded(self, q: int) -> "Span":
+    def expanded(self, q: int) -> Span:
         """The same map written with period ``q`` (a multiple of ``self.q``)."""
         if q == self.q:
             return self

@@ -14,9 +14,9 @@ Reshape that flattens H and W into tokens keeps track of both.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -367,7 +367,7 @@ def _resize_index_span(ctx: NodeContext, scale: Fraction, in_size: int | None, o
             raise DynamicShapeError(f"node '{ctx.name}' (Resize): align_corners needs known sizes; "
                                     f"set them with --input-shape")
         ratio = Fraction(in_size - 1, out_size - 1) if out_size > 1 else Fraction(0)
-        x_of = lambda u: u * ratio  # noqa: E731
+        x_of = lambda u: u * ratio
         period, advance = (ratio.denominator, ratio.numerator) if ratio else (1, 0)
     else:
         period, advance = scale.numerator, scale.denominator  # p output units span q input units
@@ -375,9 +375,9 @@ def _resize_index_span(ctx: NodeContext, scale: Fraction, in_size: int | None, o
             offset = Fraction(0)
             if coord == "half_pixel_symmetric" and in_size and out_size:
                 offset = Fraction(in_size, 2) * (1 - Fraction(out_size, in_size) / scale)
-            x_of = lambda u: offset + (u + Fraction(1, 2)) / scale - Fraction(1, 2)  # noqa: E731
+            x_of = lambda u: offset + (u + Fraction(1, 2)) / scale - Fraction(1, 2)
         elif coord == "asymmetric":
-            x_of = lambda u: u / scale  # noqa: E731
+            x_of = lambda u: u / scale
         else:
             raise ctx.unsupported(f"coordinate_transformation_mode '{coord}'")
     lo, hi = [], []
@@ -525,12 +525,11 @@ def slice_rule(ctx: NodeContext) -> Transfer:
     """Slice: output unit u reads input start + u*step along each sliced axis."""
     rank = ctx.rank(0)
     if ctx.opset >= 10:
-        starts, ends = ctx.ints(1, "starts"), ctx.ints(2, "ends")
+        starts = ctx.ints(1, "starts")
         axes = ctx.ints(3, "axes") if ctx.has_input(3) else None
         steps = ctx.ints(4, "steps") if ctx.has_input(4) else None
     else:
-        starts, ends, axes, steps = (ctx.attrs.get("starts"), ctx.attrs.get("ends"),
-                                     ctx.attrs.get("axes"), None)
+        starts, axes, steps = ctx.attrs.get("starts"), ctx.attrs.get("axes"), None
     if starts is None or (ctx.has_input(3) and axes is None) or (ctx.has_input(4) and steps is None):
         return _shape_only_shift(ctx, "slice bounds computed at run time")
     axes = [_norm_axis(a, rank) for a in (axes or range(len(starts)))]
@@ -929,7 +928,10 @@ def rule_for(op_type: str, domain: str = "") -> Rule | None:
     """The rule of an op: a user-declared one (``rfgraph.register_op``, ``--rules``) first, then
     the table (standard domain, or ``com.microsoft`` ops that share a standard name), then the
     ``--assume-pointwise`` fallback; None when there is none."""
-    from .custom_ops import custom_rule, fallback_rule  # late: custom_ops builds on this module
+    from .custom_ops import (  # late: custom_ops builds on this module
+        custom_rule,
+        fallback_rule,
+    )
 
     rule = custom_rule(op_type, domain)
     if rule is None and (domain in ("", "ai.onnx", "com.microsoft", "ai.onnx.ml") or domain is None):

@@ -9,8 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterable, Sequence
 from fractions import Fraction
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from tabulate import tabulate
 
@@ -123,7 +124,7 @@ def _summary(analysis: Analysis) -> str:
     axes = "x".join(f"{n}={analysis.input_shape[a]}" for n, a in zip(analysis.axis_names, analysis.spatial_axes))
     verdict = "aligned" if analysis.aligned else f"MISALIGNED at {len({m.node for m in analysis.misaligned})} merge(s)"
     return (f"input '{analysis.input_name}' {list(analysis.input_shape)} (spatial {axes}); "
-            f"{len(analysis.endpoints)} tensors analysed, {len(analysis.merges) // max(len(analysis.spatial_axes), 1)} "
+            f"{len(analysis.endpoints)} tensors analysed, {len({m.node for m in analysis.merges})} "
             f"merges: {verdict}")
 
 

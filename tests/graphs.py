@@ -50,7 +50,8 @@ class G:
              cout: int = 2, group: int = 1, auto_pad: str | None = None) -> str:
         ks = (k,) * self.ndim if isinstance(k, int) else tuple(k)
         w = self._init(self._weight((cout, self.channels[x] // group, *ks)))
-        attrs = dict(kernel_shape=list(ks), strides=[s] * self.ndim, dilations=[d] * self.ndim, group=group)
+        attrs = {"kernel_shape": list(ks), "strides": [s] * self.ndim, "dilations": [d] * self.ndim,
+                 "group": group}
         if auto_pad:
             attrs["auto_pad"] = auto_pad
         else:

@@ -40,7 +40,7 @@ def test_table_json_csv_markdown(tmp_path, capsys):
 
 
 def test_output_selection_and_unknown_tensor(tmp_path, capsys):
-    path, y = _two_convs(tmp_path)
+    path, _ = _two_convs(tmp_path)
     first = rfgraph.analyze(str(path)).graph.nodes[0].output[0]
     assert main(["analyze", str(path), "--output", first, "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["endpoints"][0]["r"] == [3, 3]

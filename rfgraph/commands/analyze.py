@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import RFGraphError
 from ..report import render
 from ._common import add_format_arg, add_model_args, load_analysis
 
