@@ -62,7 +62,7 @@ class Oracle:
         n = len(self.shapes[node.input[0]]) - 2
         if op in POINTWISE or op in MERGES:
             return set(units)
-        if op in ("Conv", "MaxPool", "AveragePool"):
+        if op in ("Conv", "MaxPool", "AveragePool", "LpPool"):
             k = at.get("kernel_shape", [None] * n)[axis] or self.consts[node.input[1]].shape[2 + axis]
             s = at.get("strides", [1] * n)[axis]
             d = at.get("dilations", [1] * n)[axis]
@@ -83,6 +83,13 @@ class Oracle:
         if op == "Pad":
             pads = self.consts[node.input[1]]
             return {u - int(pads[2 + axis]) for u in units}
+        if op == "Slice":  # starts, ends, axes, steps as constant inputs
+            starts, axes = self.consts[node.input[1]], self.consts[node.input[3]]
+            steps = self.consts[node.input[4]] if len(node.input) > 4 else [1] * len(axes)
+            for st, ax, sp in zip(starts, axes, steps):
+                if ax == 2 + axis:
+                    return {int(st) + u * int(sp) for u in units}
+            return set(units)
         raise NotImplementedError(op)
 
     def _pad_begin(self, node, at, axis, k, s, d) -> int:
