@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-from .errors import DynamicShapeError, GraphStructureError, ModelLoadError
+from .errors import DynamicShapeError, GraphStructureError, InvalidAttributeError, ModelLoadError
 
 ModelSource = Union[str, os.PathLike, bytes, onnx.ModelProto]
 Shape = tuple  # of int | None (None: unknown dim)
@@ -525,6 +525,23 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     return out
+
+
+def check_attribute_types(node: onnx.NodeProto, opset: int, where: str) -> None:
+    """Refuse attributes whose type differs from the op's ONNX schema (a float ``pads``...)."""
+    if node.domain not in ("", "ai.onnx"):
+        return
+    try:
+        schema = onnx.defs.get_schema(node.op_type, max(opset, 1), "")
+    except Exception:  # unknown op or opset: the op-rule table reports it
+        return
+    for attr in node.attribute:
+        spec = schema.attributes.get(attr.name)
+        if spec is not None and attr.type != spec.type.value:
+            want = onnx.AttributeProto.AttributeType.Name(spec.type.value)
+            got = onnx.AttributeProto.AttributeType.Name(attr.type)
+            raise InvalidAttributeError(f"node '{where}' ({node.op_type}): attribute '{attr.name}' has type "
+                                        f"{got}, the ONNX spec says {want}")
 
 
 def attributes(node: onnx.NodeProto) -> dict[str, Any]:

@@ -11,14 +11,32 @@ Two directions over the same per-edge spans from ``ops.OP_RULES``:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Sequence
 
 from .errors import DynamicShapeError, UnsupportedOpError
-from .fields import IDENTITY, AxisField, Rational, Span, compose, global_field, union_fields, union_spans
-from .onnx_import import ModelGraph, attributes
-from .ops import CACHEABLE_OPS, OP_RULES, STATIC_OPS, Layout, NodeContext, OutTransfer, Transfer, rule_for
+from .fields import (
+    IDENTITY,
+    AxisField,
+    Rational,
+    Span,
+    compose,
+    global_field,
+    union_fields,
+    union_spans,
+)
+from .onnx_import import ModelGraph, attributes, check_attribute_types
+from .ops import (
+    CACHEABLE_OPS,
+    OP_RULES,
+    STATIC_OPS,
+    Layout,
+    NodeContext,
+    OutTransfer,
+    Transfer,
+    rule_for,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +159,7 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None],
         hit = cache.get(key)
         if hit is not None:
             return hit
+    check_attribute_types(node, mg.opset, mg.names[idx])
     ctx = NodeContext(
         name=mg.names[idx], op=node.op_type, node=node, attrs=attributes(node), layouts=layouts,
         in_shapes=in_shapes, out_shapes=out_shapes, constant=mg.constant, opset=mg.opset)
