@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 EXAMPLES = """examples:
@@ -37,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="onnxruntime threads per session (default 1; 0 = all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.add_argument("--format", choices=("table", "json"), default="table",
+                   help="json: print a summary of every claim (the report.md is written either way)")
     p.set_defaults(func=run)
 
 
@@ -58,5 +61,18 @@ def run(args: argparse.Namespace) -> int:
     failed = [r for r in results if r.error]
     for r in failed:
         print(f"rfgraph: experiment {r.name} failed: {r.error}", file=sys.stderr)
-    print(f"report: {args.out}/report.md ({len(results)} experiments, {len(failed)} failed)")
+    if args.format == "json":
+        print(json.dumps(summary(results, args.out), indent=2))
+    else:
+        print(f"report: {args.out}/report.md ({len(results)} experiments, {len(failed)} failed)")
     return 1 if failed else 0
+
+
+def summary(results: list, out: str) -> dict:
+    """Every experiment's files and claims (claim, paper, measured, verdict) as plain data."""
+    return {"report": f"{out}/report.md", "experiments": [
+        {"name": r.name, "title": r.title, "seconds": round(r.seconds, 2), "error": r.error,
+         "figures": list(r.figures), "csv": r.csv,
+         "claims": [{"claim": c.claim, "paper": c.paper, "measured": c.measured,
+                     "verdict": c.verdict.value, "note": c.note} for c in r.claims]}
+        for r in results]}
