@@ -34,6 +34,7 @@ from .analysis import Analysis, analyze
 from .errors import RFGraphError
 from .fields import Span
 from .ops import Layout
+from .trf import output_transfers
 
 UNPRODUCTIVE_FRACTION = 0.5  # a layer is unproductive when MORE than this share of units is
 WINDOW_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "MaxPool", "AveragePool",
@@ -110,22 +111,15 @@ def exact_regions(analysis: Analysis) -> dict[str, tuple[AxisRegions, ...]]:
     sizes = input_sizes(analysis)
     out: dict[str, tuple[AxisRegions, ...]] = {
         analysis.input_name: tuple(AxisRegions.identity(n) for n in sizes)}
-    for idx in res.order:
-        transfer = res.transfers.get(idx)
-        if transfer is None:
-            continue
+    for idx, tensor, ot in output_transfers(mg, res):
         node = mg.nodes[idx]
-        for j, ot in enumerate(transfer.outputs):
-            tensor = node.output[j] if j < len(node.output) else ""
-            if ot is None or not tensor:
-                continue
-            ins = [(e, out.get(node.input[e.slot])) for e in ot.edges]
-            if any(x is None for _, x in ins):
-                continue
-            axes = tuple(_axis_regions(units_along(ot.layout, a), [(e.span(a), x[a]) for e, x in ins])
-                         for a in range(len(sizes)))
-            if all(r.n > 0 for r in axes):
-                out[tensor] = axes
+        ins = [(e, out.get(node.input[e.slot])) for e in ot.edges]
+        if any(x is None for _, x in ins):
+            continue
+        axes = tuple(_axis_regions(units_along(ot.layout, a), [(e.span(a), x[a]) for e, x in ins])
+                     for a in range(len(sizes)))
+        if all(r.n > 0 for r in axes):
+            out[tensor] = axes
     return out
 
 
@@ -711,16 +705,11 @@ def diagnose(model: Any, input_shape: Mapping[str, Sequence[int]] | None = None,
 def without_static_shapes(model: Any) -> onnx.ModelProto:
     """A copy whose intermediate and output shapes are left to shape inference, so the model can
     be re-analysed at another input size (files often store the shapes of one size)."""
-    from .onnx_import import read_model
+    from .onnx_import import forget_stored_shapes, read_model
 
     out = onnx.ModelProto()
     out.CopyFrom(read_model(model))
-    del out.graph.value_info[:]
-    for vi in out.graph.output:
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-            for i, d in enumerate(vi.type.tensor_type.shape.dim):
-                d.Clear()
-                d.dim_param = f"{vi.name}_d{i}"
+    forget_stored_shapes(out)
     return out
 
 

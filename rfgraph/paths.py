@@ -11,6 +11,7 @@ from collections import Counter
 
 from .analysis import Analysis
 from .fields import IDENTITY, AxisField, Span
+from .trf import output_transfers
 
 GLOBAL = "global"
 
@@ -24,19 +25,13 @@ def path_histogram(analysis: Analysis, target: str) -> list[dict[int | str, int]
     mg, result = analysis.graph, analysis._pass
     n_axes = len(analysis.spatial_axes)
     counts: dict[str, list[Counter]] = {analysis.input_name: [Counter({IDENTITY: 1}) for _ in range(n_axes)]}
-    for idx in result.order:
-        transfer = result.transfers.get(idx)
-        if transfer is None:
-            continue
+    for idx, tensor, out in output_transfers(mg, result):
         node = mg.nodes[idx]
-        for j, out in enumerate(transfer.outputs):
-            if out is None or j >= len(node.output) or not node.output[j]:
-                continue
-            acc = [Counter() for _ in range(n_axes)]
-            for e in out.edges:
-                for axis in range(n_axes):
-                    _extend_counts(acc[axis], counts[node.input[e.slot]][axis], e.span(axis))
-            counts[node.output[j]] = acc
+        acc = [Counter() for _ in range(n_axes)]
+        for e in out.edges:
+            for axis in range(n_axes):
+                _extend_counts(acc[axis], counts[node.input[e.slot]][axis], e.span(axis))
+        counts[tensor] = acc
     units = analysis[target].units
     return [_histogram(c, n) for c, n in zip(counts[target], units)]
 

@@ -11,7 +11,7 @@ Two directions over the same per-edge spans from ``ops.OP_RULES``:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -143,17 +143,24 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None],
     reused for every node with the same signature (a 100k-layer net has a few dozen kinds).
     """
     node = mg.nodes[idx]
-    rule = rule_for(node.op_type, node.domain)
+    op, domain = node.op_type, node.domain
+    if cache is None:
+        rule = rule_for(op, domain)
+    else:  # the rule of an op is fixed for the whole pass: look it up once
+        rule = cache.get(("rule", op, domain), rule_for)
+        if rule is rule_for:
+            rule = cache[("rule", op, domain)] = rule_for(op, domain)
     if rule is None:
         dom = f" (domain '{node.domain}')" if node.domain else ""
         raise UnsupportedOpError(mg.names[idx], node.op_type, f"no receptive-field rule for this op{dom}; "
                                  f"declare one with --rules FILE or rfgraph.register_op "
                                  f"(see docs/custom_ops.md)")
-    in_shapes = [mg.shapes.get(t) if t else None for t in node.input]
-    out_shapes = [mg.shapes.get(t) if t else None for t in node.output]
+    shapes = mg.shapes
+    in_shapes = [shapes.get(t) if t else None for t in node.input]
+    out_shapes = [shapes.get(t) if t else None for t in node.output]
     key = None
-    if cache is not None and node.op_type in CACHEABLE_OPS and rule is OP_RULES.get(node.op_type):
-        key = (node.op_type, tuple(a.SerializeToString() for a in node.attribute), tuple(layouts),
+    if cache is not None and op in CACHEABLE_OPS and rule is OP_RULES.get(op):
+        key = (op, tuple(a.SerializeToString() for a in node.attribute), tuple(layouts),
                tuple(in_shapes), tuple(out_shapes), tuple(map(bool, node.input)),
                tuple(map(bool, node.output)), mg.opset)
         hit = cache.get(key)
@@ -247,6 +254,19 @@ def _count_lost(result: PassResult, blocked: dict[str, int]) -> None:
     for i in blocked.values():
         counts[i] += 1
     result.stops = [Stop(s.node, s.op, s.reason, c) for s, c in zip(result.stops, counts)]
+
+
+def output_transfers(mg: ModelGraph, result: PassResult) -> Iterator[tuple[int, str, OutTransfer]]:
+    """(node index, output tensor, its transfer) of every analysed output, in topological order."""
+    for idx in result.order:
+        transfer = result.transfers.get(idx)
+        if transfer is None:
+            continue
+        node = mg.nodes[idx]
+        for j, out in enumerate(transfer.outputs):
+            tensor = node.output[j] if j < len(node.output) else ""
+            if out is not None and tensor:
+                yield idx, tensor, out
 
 
 def reverse_pass(mg: ModelGraph, result: PassResult, target: str) -> dict[str, tuple[AxisField, ...]]:
