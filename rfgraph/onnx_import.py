@@ -6,11 +6,13 @@ Initializers and Constant nodes are values, not layers.  Every failure on a user
 
 from __future__ import annotations
 
+import gc
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
 
 import networkx as nx
 import numpy as np
@@ -341,6 +343,8 @@ SHAPE_ARGUMENTS = {
 def _fold_shape_arguments(model: onnx.ModelProto) -> int:
     """Replace constant-but-computed shape arguments of nodes whose output shape is unknown by
     initializers; returns how many were replaced (0: nothing left to gain)."""
+    if not _has_unknown_shape_argument_outputs(model):
+        return 0  # the common case: nothing to fold, so no second graph build
     try:
         mg = build_graph(model)
     except Exception:  # structural problems are reported later, by build_graph itself
@@ -365,6 +369,16 @@ def _fold_shape_arguments(model: onnx.ModelProto) -> int:
             node.input[slot] = name
             folded += 1
     return folded
+
+
+def _has_unknown_shape_argument_outputs(model: onnx.ModelProto) -> bool:
+    """Whether some node taking shape arguments has an output whose shape inference left unknown."""
+    g = model.graph
+    known = {vi.name for vi in list(g.value_info) + list(g.output) + list(g.input)
+             if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")
+             and all(d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim)}
+    return any(node.op_type in SHAPE_ARGUMENTS and node.domain in ("", "ai.onnx") and node.output
+               and node.output[0] not in known for node in g.node)
 
 
 def _is_constant_node(mg: "ModelGraph", tensor: str) -> bool:
@@ -402,8 +416,27 @@ def collect_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
 # ---------------------------------------------------------------- the DAG
 
 
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector: the pass allocates millions of small acyclic objects on
+    big graphs, and repeated full collections over them would make it superlinear."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def build_graph(model: onnx.ModelProto) -> ModelGraph:
     """Check the graph's structure and return it as a networkx DAG with shapes."""
+    with paused_gc():
+        return _build_graph(model)
+
+
+def _build_graph(model: onnx.ModelProto) -> ModelGraph:
+    """``build_graph`` proper."""
     g = model.graph
     initializers = {t.name: t for t in g.initializer}
     inputs = data_inputs(model)

@@ -26,7 +26,7 @@ from .fields import (
     union_fields,
     union_spans,
 )
-from .onnx_import import ModelGraph, attributes, check_attribute_types
+from .onnx_import import ModelGraph, attributes, check_attribute_types, paused_gc
 from .ops import (
     CACHEABLE_OPS,
     OP_RULES,
@@ -95,6 +95,12 @@ class PassResult:
 
 def forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout) -> PassResult:
     """Field of every tensor w.r.t. ``input_name``, in topological order (O(|E| + |L|))."""
+    with paused_gc():
+        return _forward_pass(mg, input_name, input_layout)
+
+
+def _forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout) -> PassResult:
+    """``forward_pass`` proper."""
     n_axes = len({a for parts in input_layout for a, _ in parts if a >= 0})
     identity = AxisField((IDENTITY,))
     states = {input_name: TensorState(input_layout, (identity,) * n_axes)}
@@ -105,14 +111,14 @@ def forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout) -> PassR
     for idx in order:
         node = mg.nodes[idx]
         name = mg.names[idx]
-        causes = [blocked[t] for t in node.input if t in blocked]
+        causes = [blocked[t] for t in node.input if t in blocked] if blocked else None
         if causes:
             for out in node.output:
                 if out:
                     blocked[out] = causes[0]
             continue
         layouts = [states[t].layout if t in states else None for t in node.input]
-        captures = any(t in states for t in mg.captured.get(idx, ()))  # If/Loop bodies reading data
+        captures = idx in mg.captured and any(t in states for t in mg.captured[idx])  # If/Loop bodies
         if node.op_type in STATIC_OPS or (all(lay is None for lay in layouts) and not captures):
             continue  # a constant or shape computation, not a layer
         try:
@@ -242,6 +248,10 @@ def _aligned(fields: Sequence[AxisField]) -> bool:
     for (sp,) in spans[1:]:
         if sp.S != first.S:
             return False
+        if first.q == 1 and sp.q == 1:  # fast path: affine spans, one centre offset each
+            if first.lo[0] + first.hi[0] != sp.lo[0] + sp.hi[0]:
+                return False
+            continue
         q = first.q * sp.q
         if first.expanded(q).centre_sums() != sp.expanded(q).centre_sums():
             return False
