@@ -369,7 +369,9 @@ def _input_facts(proto: onnx.ModelProto, analysis: object | None) -> tuple[str, 
     name = data_inputs(proto)[0]
     dims = next(i for i in proto.graph.input if i.name == name).type.tensor_type.shape.dim
     if any(not d.HasField("dim_value") for d in dims[1:]):
-        raise RFGraphError(f"input '{name}' has dynamic dims; give --input-shape")
+        example = "x".join(str(d.dim_value) if d.HasField("dim_value") else "64" for d in dims)
+        raise RFGraphError(f"input '{name}' has dynamic dims; fix them, e.g. --input-shape "
+                           f"{name}:{example} (API: input_shape=(...))")
     shape = (1,) + tuple(d.dim_value for d in dims[1:])
     return name, shape, tuple(range(2, len(shape)))
 
