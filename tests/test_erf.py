@@ -107,7 +107,7 @@ def test_zoo_uniform_stack_matches_closed_form() -> None:
     model = model_zoo.build("luo_conv_uniform_5")
     res = compute_erf(model, runs=1, reinit="ones")
     ep = rfgraph.analyze(model)[res.target.output]
-    k = ep.r[0] // 5 + 1  # r = n (k - 1) + 1
+    k = (ep.r[0] - 1) // 5 + 1  # r = n (k - 1) + 1
     c = poly_coefficients(k, 5)
     (h0, h1), (w0, w1) = res.target.region
     block = res.erf[max(h0, 0):h1 + 1, max(w0, 0):w1 + 1]
