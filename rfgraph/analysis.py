@@ -34,6 +34,7 @@ class EndPoint:
     shape: tuple[int | None, ...]
     fields: tuple[AxisField, ...]
     units: tuple[int | None, ...]  # number of units along each input spatial axis (None: not indexed)
+    tensor_axes: tuple[int | None, ...] = ()  # tensor axis indexing each input spatial axis
     size_dependent: str | None = None
     misaligned_at: str | None = None  # first misaligned merge on a path into this tensor
 
@@ -288,9 +289,10 @@ def _endpoints(mg: ModelGraph, result: PassResult, input_name: str) -> dict[str,
 def _endpoint(mg: ModelGraph, name: str, node: str, op: str, state: TensorState) -> EndPoint:
     """Build an EndPoint, finding how many units the tensor has along each spatial axis."""
     axes = carried(state.layout)
-    units = tuple(state.layout[axes[a]][0][1] if a in axes else None for a in range(len(state.fields)))
+    tensor_axes = tuple(axes.get(a) for a in range(len(state.fields)))
+    units = tuple(None if t is None else state.layout[t][0][1] for t in tensor_axes)
     return EndPoint(name, node, op, tuple(mg.shapes.get(name) or ()), state.fields, units,
-                    state.size_dependent, state.misaligned)
+                    tensor_axes, state.size_dependent, state.misaligned)
 
 
 __all__ = ["Analysis", "EndPoint", "analyze", "spatial_of"]
