@@ -166,9 +166,10 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None],
     out_shapes = [shapes.get(t) if t else None for t in node.output]
     key = None
     if cache is not None and op in CACHEABLE_OPS and rule is OP_RULES.get(op):
+        # layouts mark the data inputs and the slot count; absent and unknown-shape constant
+        # inputs both read None, which no cacheable rule tells apart
         key = (op, tuple(a.SerializeToString() for a in node.attribute), tuple(layouts),
-               tuple(in_shapes), tuple(out_shapes), tuple(map(bool, node.input)),
-               tuple(map(bool, node.output)), mg.opset)
+               tuple(in_shapes), tuple(out_shapes), mg.opset)
         hit = cache.get(key)
         if hit is not None:
             return hit
