@@ -4,7 +4,7 @@ receptive field, and that field is the one onnxruntime measures.
 Cases: weights in Constant nodes; weights built by ConstantOfShape and pads built by constant
 arithmetic (Concat/Slice/Cast, as torch exports reflect padding); Conv without kernel_shape;
 auto_pad SAME_UPPER/SAME_LOWER/VALID at odd and even sizes (P recomputed per --input-shape and
-flagged size-dependent); channels-last inputs (NHWC + Transpose); fixed batch 1 vs symbolic batch
+flagged size-dependent); ceil_mode (more units, same r/S/P); channels-last inputs (NHWC + Transpose); fixed batch 1 vs symbolic batch
 vs Paddle's -1; opsets 7 to 22 (Pad, Slice, Upsample/Resize in each opset's form);
 external-data models (weights in a side file).
 
@@ -282,3 +282,17 @@ def test_external_data_model(tmp_path) -> None:
     a = analyze(path)
     assert (a["y"].r, a["y"].S, a["y"].P) == rsp(REFERENCE)
     assert float(a.graph.constant("w").sum()) == 9.0
+
+
+@pytest.mark.parametrize("size", [16, 17])
+def test_ceil_mode_changes_units_not_r_s_p(size: int) -> None:
+    """AveragePool 3x3/2 with ceil_mode: one more unit at odd sizes (its window runs into the end
+    padding), the same r, S, P, not flagged as size-dependent; the last unit's region as measured."""
+    nodes = [helper.make_node("AveragePool", ["x"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2],
+                              ceil_mode=1)]
+    model = make(nodes, [], shape=(1, 1, "H", "W"))
+    ep = analyze(model, {"x": (1, 1, size, size)})["y"]
+    assert ep.units == (-(-(size - 3) // 2) + 1,) * 2
+    assert (ep.r, ep.S, ep.P, ep.size_dependent) == ((3, 3), (2, 2), (0, 0), None)
+    last = (ep.units[0] - 1, ep.units[1] - 1)
+    assert measured(model, "y", (0, 0) + last, shape=(1, 1, size, size)) == clipped(ep, last, (size, size))
