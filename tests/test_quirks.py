@@ -4,9 +4,9 @@ receptive field, and that field is the one onnxruntime measures.
 Cases: weights in Constant nodes; weights built by ConstantOfShape and pads built by constant
 arithmetic (Concat/Slice/Cast, as torch exports reflect padding); Conv without kernel_shape;
 auto_pad SAME_UPPER/SAME_LOWER/VALID at odd and even sizes (P recomputed per --input-shape and
-flagged size-dependent); ceil_mode (more units, same r/S/P); channels-last inputs (NHWC + Transpose); fixed batch 1 vs symbolic batch
-vs Paddle's -1; opsets 7 to 22 (Pad, Slice, Upsample/Resize in each opset's form);
-external-data models (weights in a side file).
+flagged size-dependent); ceil_mode (more units, same r/S/P); channels-last inputs (NHWC +
+Transpose); fixed batch 1 vs symbolic batch vs Paddle's -1; opsets 7 to 22 (Pad, Slice,
+Upsample/Resize in each opset's form); external-data models (weights in a side file).
 
 Oracle: onnxruntime.  For each input row (then column) alone, perturb it and see whether the
 chosen output unit changes: the rows that do must be exactly the unit's region clipped to the
