@@ -1,23 +1,26 @@
 """Effective receptive fields (Luo et al. 2016): the input gradient of one output unit, averaged
 over N inputs (and M weight re-initialisations), with its metrics.
 
-Conventions (Luo sec. 3): the seed is 1 at the chosen unit (default: the centre unit of the end
-point, all its channels summed, or one ``channel``) and 0 elsewhere; each run's gradient is made
-absolute (or kept signed) and summed over the input's non-spatial axes (channels); the ERF is the
-mean over runs.  The gradient comes from the VJP graph (``method="grad"``, exact) or from central
-differences inside the unit's theoretical RF (``method="fd"``, any op).
+Conventions (Luo sec. 3, the default): the seed is 1 at the chosen unit (default: the centre unit
+of the end point, all its channels summed, or one ``channel``) and 0 elsewhere; each run's gradient
+is made absolute (or kept signed) and summed over the input's non-spatial axes (channels); the ERF
+is the mean over runs.  ``conventions`` (``rfgraph.erf_conventions``: the differentiated scalar,
+the aggregation, the centre rule, the image order, skipping non-finite samples; presets ``luo`` and
+``replknet``) replaces any of these.  The gradient comes from the VJP graph (``method="grad"``,
+exact) or from central differences inside the unit's theoretical RF (``method="fd"``, any op).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from . import erf_conventions as ec
 from . import vjp as vjp_mod
 from .errors import RFGraphError, UnsupportedOpError
 from .finite_diff import FiniteDifference
@@ -31,7 +34,7 @@ from .inputs import (
     random_inputs,
     reinitialise,
 )
-from .metrics import ERFMetrics, compute_metrics
+from .metrics import AREA_THRESHOLDS, AreaRatio, ERFMetrics, compute_metrics
 
 
 class Method(str, Enum):
@@ -72,6 +75,9 @@ class ERFResult:
     batch: int
     seconds: float = 0.0
     notes: tuple[str, ...] = field(default=())
+    conventions: ec.ERFConventions = ec.DEFAULT  # those in force (inputs: what was drawn)
+    samples: int = 0  # maps averaged (runs x weight_runs, less the non-finite ones skipped)
+    displayed_area_ratios: tuple[AreaRatio, ...] = ()  # RepLKNet's, of the scaled display
 
 
 def make_seed(target: Target, batch: int, dtype: np.dtype = FLOAT32) -> np.ndarray:
@@ -94,24 +100,25 @@ def make_seed(target: Target, batch: int, dtype: np.dtype = FLOAT32) -> np.ndarr
 
 def resolve_target(analysis: object | None, model: onnx.ModelProto, output: str,
                    unit: Sequence[int] | None, channel: int | None,
-                   input_rank: int, spatial_axes: Sequence[int],
-                   shape: tuple[int, ...]) -> Target:
-    """The seed position: ``unit`` or the centre unit; TRF region and centre from the analysis."""
+                   input_rank: int, spatial_axes: Sequence[int], shape: tuple[int, ...],
+                   centre: ec.CentreRule = ec.CentreRule.FLOOR) -> Target:
+    """The seed position: ``unit`` or the centre unit (by the ``centre`` rule); TRF region and
+    centre from the analysis."""
     axes = _tensor_axes(analysis, output, shape, input_rank, spatial_axes)
     sizes = [shape[a] for a in axes]
     if unit is None:
-        unit = tuple((n - 1) // 2 for n in sizes)
+        unit = ec.centre_unit(sizes, centre)
     unit = tuple(int(u) for u in unit)
     if len(unit) != len(axes) or any(not 0 <= u < n for u, n in zip(unit, sizes)):
         raise RFGraphError(f"unit {unit} is not an index of the spatial axes of '{output}' "
                            f"(sizes {tuple(sizes)})")
-    region = centre = trf = None
+    region = middle = trf = None
     ep = _endpoint(analysis, output)
     if ep is not None and axes and not ep.is_global:
         region = tuple((int(a), int(b)) for a, b in ep.region(unit))
-        centre = tuple(float(c) for c in ep.centre(unit))
+        middle = tuple(float(c) for c in ep.centre(unit))
         trf = tuple(int(r) for r in ep.r)
-    return Target(output, shape, tuple(axes), unit, channel, region, centre, trf)
+    return Target(output, shape, tuple(axes), unit, channel, region, middle, trf)
 
 
 def _endpoint(analysis: object | None, name: str) -> object | None:
@@ -122,24 +129,15 @@ def _endpoint(analysis: object | None, name: str) -> object | None:
 
 def _tensor_axes(analysis: object | None, output: str, shape: tuple[int, ...], input_rank: int,
                  spatial_axes: Sequence[int]) -> list[int]:
-    """Tensor axes of ``output`` carrying the input's spatial axes, in input-axis order."""
+    """Tensor axes of ``output`` carrying the input's spatial axes, in input-axis order (none:
+    global, or an input spatial axis no tensor axis indexes); without an analysis, the input's
+    own spatial axes when the ranks match."""
     ep = _endpoint(analysis, output)
     if ep is not None:
-        if ep.is_global:  # type: ignore[attr-defined]
+        axes = ep.tensor_axes  # type: ignore[attr-defined]
+        if ep.is_global or any(a is None for a in axes):  # type: ignore[attr-defined]
             return []
-        axes = getattr(ep, "tensor_axes", None)
-        if axes is None:
-            try:  # the TRF pass's layout of the tensor (see rfgraph.ops.carried)
-                from .ops import carried
-
-                carried_axes = carried(analysis._pass.states[output].layout)  # type: ignore[union-attr]
-                axes = [carried_axes.get(i) for i in range(len(spatial_axes))]
-            except (AttributeError, KeyError, ImportError):
-                axes = None
-        if axes is not None and all(a is not None for a in axes):
-            return [int(a) for a in axes]
-        if axes is not None:
-            return []
+        return [int(a) for a in axes]
     return list(spatial_axes) if len(shape) == input_rank else []
 
 
@@ -206,20 +204,27 @@ class FDEngine:
 
 def reduce_runs(grads: np.ndarray, spatial_axes: Sequence[int], absolute: bool) -> np.ndarray:
     """Per sample, |gradient| (or signed) summed over the non-spatial axes: (batch, *spatial)."""
-    g = np.abs(grads) if absolute else grads
-    other = tuple(a for a in range(1, grads.ndim) if a not in spatial_axes)
-    g = g.sum(axis=other, dtype=np.float64) if other else g.astype(np.float64)
-    return g
+    how = ec.Aggregation.ABS if absolute else ec.Aggregation.SIGNED
+    return ec.aggregate(grads, spatial_axes, how)
+
+
+def sample_maps(grads: np.ndarray, scale: float, spatial_axes: Sequence[int],
+                conv: ec.ERFConventions) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample maps (batch, *spatial): gradients times the seed ``scale``, aggregated over
+    channels; and the mask of samples kept (the finite ones when ``conv.skip_nonfinite``)."""
+    maps = ec.aggregate(grads * scale if scale != 1 else grads, spatial_axes, conv.aggregation)
+    keep = ec.finite_samples(maps) if conv.skip_nonfinite else np.ones(len(maps), dtype=bool)
+    return maps, keep
 
 
 def input_batches(kind: InputKind, shape: tuple[int, ...], count: int, rng: np.random.Generator,
                   dtype: np.dtype, folder: str | Path | None = None,
-                  mean: Sequence[float] = IMAGENET_MEAN,
-                  std: Sequence[float] = IMAGENET_STD) -> Iterator[np.ndarray]:
-    """``count`` inputs in batches of shape[0]: random draws or images of a folder."""
+                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                  order: ec.Order = ec.Order.RANDOM) -> Iterator[np.ndarray]:
+    """``count`` inputs in batches of shape[0]: random draws or images of a folder (``order``)."""
     if kind is InputKind.IMAGES:
         yield from (b.astype(dtype) for b in ImageFolder(folder or ".", mean, std).batches(
-            shape, count, rng))
+            shape, count, rng, order))
         return
     for start in range(0, count, shape[0]):
         n = min(shape[0], count - start)
@@ -228,57 +233,155 @@ def input_batches(kind: InputKind, shape: tuple[int, ...], count: int, rng: np.r
 
 def compute_erf(model: object, output: str | None = None, *,
                 input_shape: Sequence[int] | None = None, unit: Sequence[int] | None = None,
-                channel: int | None = None, runs: int = 20, method: str = "grad",
-                inputs: str = "gaussian", reinit: str = "none", weight_runs: int = 1,
+                channel: int | None = None, runs: int | None = None, method: str = "grad",
+                inputs: str | None = None, reinit: str = "none", weight_runs: int = 1,
                 absolute: bool = True, seed: int = 0, batch: int = 0, progress: bool = False,
                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                 fd_step: float | None = None, providers: Sequence[str] | None = None,
-                threads: int = 0) -> ERFResult:
+                threads: int = 0, conventions: ec.ERFConventions | None = None) -> ERFResult:
     """The ERF of one output unit of an ONNX model, averaged as Luo et al. do, with its metrics.
 
     ``model``: path, ``zoo:NAME`` or ModelProto; ``inputs``: "gaussian", "uniform" or a folder of
     PNG/JPEG images; ``reinit``: "none", "ones", "he", "glorot" (``weight_runs`` draws);
-    deterministic under ``seed``; ``batch`` inputs per run (0: ``auto_batch``).
+    deterministic under ``seed``; ``batch`` inputs per run (0: ``auto_batch``); ``conventions``
+    (e.g. ``erf_conventions.REPLKNET``) sets the scalar, aggregation, centre rule, image order and
+    the defaults of ``runs`` and ``inputs``; ``channel`` and ``absolute=False`` fold into it.
     """
     import time
 
-
     method_e = Method(method)
     reinit_e = Reinit(reinit)
-    kind, folder = _input_kind(inputs)
+    conv = effective_conventions(conventions, channel, absolute)
+    runs = conv.runs if runs is None else runs
     if runs < 1 or weight_runs < 1:
         raise RFGraphError("--runs and --weight-runs must be at least 1")
-    proto, analysis, notes = _load(model, input_shape)
+    inputs, notes = _inputs(inputs, conv)
+    conv = replace(conv, runs=runs, inputs=inputs)
+    kind, folder = _input_kind(inputs)
+    proto, analysis, load_notes = _load(model, input_shape)
+    notes = load_notes + notes
     input_name, full_shape, spatial = _input_facts(proto, analysis)
     output = output or proto.graph.output[0].name
     out_shape = _output_shape(proto, output, input_name, full_shape)
-    target = resolve_target(analysis, proto, output, unit, channel, len(full_shape), spatial,
-                            out_shape)
-    notes += _seed_notes(proto, target)
+    target = resolve_target(analysis, proto, output, unit, conv.channel, len(full_shape), spatial,
+                            out_shape, conv.centre)
+    notes += _seed_notes(proto, target, conv)
+    make_seed(target, 1)  # checks the channel against the tensor's axes, with their names
+    plan = ec.seed_plan(proto, output, conv, _unit_channels(target))
+    seeded = replace(target, output=plan.output, channel=plan.channel)
     batch = batch or auto_batch(full_shape, providers)
     rng = np.random.default_rng(seed)
     total = np.zeros([full_shape[a] for a in spatial], dtype=np.float64)
     t0 = time.perf_counter()
     bar = _progress(runs * weight_runs, progress)
-    used_batch = 1
+    used_batch, kept, drawn = 1, 0, 0
+    draws = runs * (1 + NONFINITE_REDRAWS) if conv.skip_nonfinite else runs
     for _ in range(weight_runs):
-        weights = reinitialise(proto, reinit_e, rng)
-        engine = _engine(method_e, weights, target, input_name, full_shape, spatial, batch,
+        weights = reinitialise(plan.model, reinit_e, rng)  # type: ignore[arg-type]
+        engine = _engine(method_e, weights, seeded, input_name, full_shape, spatial, batch,
                          fd_step, providers, threads)
         used_batch = engine.batch
         shape = (engine.batch,) + tuple(full_shape[1:])
-        for xb in input_batches(kind, shape, runs, rng, engine.dtype, folder, mean, std):
-            total += reduce_runs(engine(xb), spatial, absolute).sum(axis=0)
-            bar(xb.shape[0])
+        batches = input_batches(kind, shape, draws, rng, engine.dtype, folder, mean, std,
+                                conv.order)
+        k, d = _accumulate(total, engine, batches, plan.scale, spatial, conv, runs, bar)
+        kept, drawn = kept + k, drawn + d
     bar(0, close=True)
-    erf = total / (runs * weight_runs)
+    notes += _skipped_notes(drawn, kept, runs * weight_runs)
+    erf = total / kept
     metrics = compute_metrics(erf, target.centre, target.trf_size)
     if metrics.centre_value == 0 and erf.max() > 0:
         notes.append("the ERF is 0 at the unit's centre pixel (every run had a dead path there), "
                      "so Luo's size is 0; average more runs (--runs)")
     return ERFResult(erf, metrics, target, input_name, tuple(full_shape), tuple(spatial),
-                     method_e.value, runs, weight_runs, absolute, used_batch,
-                     time.perf_counter() - t0, tuple(notes))
+                     method_e.value, runs, weight_runs, conv.aggregation is ec.Aggregation.ABS,
+                     used_batch, time.perf_counter() - t0, tuple(notes), conv, kept,
+                     displayed_area_ratios(erf, conv))
+
+
+def displayed_area_ratios(erf: np.ndarray, conv: ec.ERFConventions) -> tuple[AreaRatio, ...]:
+    """RepLKNet's area ratios (analyze_erf.get_rectangle) of the map as ``conv`` displays it, at
+    metrics.AREA_THRESHOLDS; none unless the map is 2-D and its display scaled or normalised."""
+    if erf.ndim != 2 or (conv.scaling is ec.Scaling.LINEAR and not conv.normalise):
+        return ()
+    shown = ec.displayed(erf, conv)
+    return tuple(AreaRatio(t, *(ec.replknet_area_ratio(shown, t) or (None, None)))
+                 for t in AREA_THRESHOLDS)
+
+
+def effective_conventions(conventions: ec.ERFConventions | None, channel: int | None,
+                          absolute: bool) -> ec.ERFConventions:
+    """``conventions`` (default: Luo's) with ``channel`` (scalar 'channel') and ``absolute=False``
+    (aggregation 'signed', allowed only over the default |.|) folded in."""
+    conv = ec.DEFAULT if conventions is None else conventions
+    if not absolute:
+        if conv.aggregation not in (ec.Aggregation.ABS, ec.Aggregation.SIGNED):
+            raise RFGraphError(f"signed gradients (--signed, absolute=False) contradict the "
+                               f"'{conv.aggregation.value}' aggregation; give one of them")
+        conv = replace(conv, aggregation=ec.Aggregation.SIGNED)
+    if channel is not None:
+        conv = replace(conv, scalar=ec.Scalar.CHANNEL, channel=channel)
+    return conv
+
+
+def _inputs(inputs: str | None, conv: ec.ERFConventions) -> tuple[str, list[str]]:
+    """The inputs drawn: ``inputs``, else the conventions'; 'images' without a folder falls back
+    to Gaussian inputs, with a note."""
+    if inputs is not None:
+        return inputs, []
+    if conv.inputs == InputKind.IMAGES.value:
+        note = ("these conventions average over images (RepLKNet: 50 ImageNet validation "
+                "images), but no folder was given, so Gaussian inputs were used; give one with "
+                "--inputs DIR")
+        return InputKind.GAUSSIAN.value, [note]
+    return conv.inputs, []
+
+
+def _unit_channels(target: Target) -> int:
+    """Elements of the unit's channel vector: the product of the non-batch axes that index no
+    input spatial axis (1 when there are none)."""
+    return int(np.prod([n for a, n in enumerate(target.shape)
+                        if a > 0 and a not in target.tensor_axes], dtype=np.int64))
+
+
+NONFINITE_REDRAWS = 1  # with skip_nonfinite, up to this many x runs extra inputs replace dropped ones
+
+
+def _accumulate(total: np.ndarray, engine: Callable[[np.ndarray], np.ndarray],
+                batches: Iterator[np.ndarray], scale: float, spatial: Sequence[int],
+                conv: ec.ERFConventions, want: int, bar: Callable[..., None]) -> tuple[int, int]:
+    """Add per-sample maps to ``total`` until ``want`` are kept (RepLKNet draws the next image in
+    place of a NaN one); returns (maps kept, inputs drawn)."""
+    kept = drawn = 0
+    for xb in batches:
+        maps, keep = sample_maps(engine(xb), scale, spatial, conv)
+        used = _samples_used(keep, want - kept)
+        total += maps[:used][keep[:used]].sum(axis=0)
+        kept, drawn = kept + int(keep[:used].sum()), drawn + used
+        bar(used)
+        if kept == want:
+            break
+    return kept, drawn
+
+
+def _samples_used(keep: np.ndarray, need: int) -> int:
+    """How many leading samples of a batch give ``need`` kept ones (all, when there are fewer)."""
+    kept_at = np.flatnonzero(keep)
+    return len(keep) if len(kept_at) <= need else int(kept_at[need - 1]) + 1
+
+
+def _skipped_notes(drawn: int, kept: int, wanted: int) -> list[str]:
+    """Raise when every sample was non-finite; notes when some were skipped or too few kept."""
+    if kept == 0:
+        raise RFGraphError(f"all {drawn} samples gave a non-finite gradient; nothing to average")
+    notes = []
+    if kept < drawn:
+        notes.append(f"{drawn - kept} of {drawn} inputs gave a non-finite gradient and were "
+                     "skipped")
+    if kept < wanted:
+        notes.append(f"only {kept} of the {wanted} samples asked for are finite; the ERF averages "
+                     "those")
+    return notes
 
 
 AUTO_BATCH_ELEMENTS = 1 << 17  # per-run input elements above which CPU batching stops paying
@@ -317,11 +420,12 @@ def _engine(method: Method, weights: onnx.ModelProto, target: Target, input_name
 NORMALISING_OPS = {"LayerNormalization", "Softmax", "LogSoftmax"}
 
 
-def _seed_notes(proto: onnx.ModelProto, target: Target) -> list[str]:
-    """Warn when the channel sum of the seeded tensor is (nearly) constant, e.g. after LayerNorm
-    with unit gamma: its gradient is then zero, up to rounding."""
+def _seed_notes(proto: onnx.ModelProto, target: Target, conv: ec.ERFConventions) -> list[str]:
+    """Warn when the channel sum (or mean) of the seeded tensor is (nearly) constant, e.g. after
+    LayerNorm with unit gamma: its gradient is then zero, up to rounding."""
     producer = next((n.op_type for n in proto.graph.node if target.output in n.output), None)
-    if target.channel is None and producer in NORMALISING_OPS:
+    linear = conv.scalar in (ec.Scalar.SUM, ec.Scalar.MEAN)
+    if linear and producer in NORMALISING_OPS:
         return [(f"'{target.output}' comes from {producer}: summed over channels it is nearly "
                  "constant, so its gradient may be ~0; pick one channel (--channel C)")]
     return []
@@ -417,6 +521,8 @@ __all__ = [
     "Method",
     "Target",
     "compute_erf",
+    "displayed_area_ratios",
+    "effective_conventions",
     "erf_per_axis",
     "make_seed",
 ]

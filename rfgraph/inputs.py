@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .erf_conventions import Order, image_order
 from .errors import RFGraphError
 
 FLOAT32 = np.dtype(np.float32)
@@ -83,14 +84,14 @@ class ImageFolder:
         std = np.asarray(self.std[:channels], np.float32).reshape(-1, 1, 1)
         return (arr - mean) / std
 
-    def batches(self, shape: Sequence[int], count: int,
-                rng: np.random.Generator) -> Iterator[np.ndarray]:
-        """``count`` images (cycling through the folder in a seeded order) in batches of shape[0]."""
+    def batches(self, shape: Sequence[int], count: int, rng: np.random.Generator,
+                order: Order = Order.RANDOM) -> Iterator[np.ndarray]:
+        """``count`` images in batches of shape[0], cycling through the folder in a seeded
+        permutation (``random``) or in sorted file order (``sequential``)."""
         if len(shape) != 4 or shape[1] not in (1, 3):
             raise RFGraphError(f"images need a 1- or 3-channel NCHW input; the model takes "
                                f"{tuple(shape)}")
-        order = rng.permutation(len(self.files))
-        picks = [self.files[order[i % len(order)]] for i in range(count)]
+        picks = [self.files[i] for i in image_order(len(self.files), count, Order(order), rng)]
         for start in range(0, count, shape[0]):
             chunk = [self.load(p, shape[1:]) for p in picks[start:start + shape[0]]]
             yield np.stack(chunk)
@@ -100,14 +101,18 @@ def reinitialise(model: onnx.ModelProto, how: Reinit, rng: np.random.Generator) 
     """A copy of ``model`` with the weights of Conv/ConvTranspose/Gemm/MatMul redrawn (same graph).
 
     ONES: every weight 1 (Luo sec. 2.1); HE: N(0, 2/fan_in); GLOROT: N(0, 2/(fan_in + fan_out));
-    biases of those ops are set to 0; other parameters (norms, embeddings) are kept.
+    biases of those ops are set to 0; other parameters (norms, embeddings) are kept.  Weights held
+    by ``Constant`` nodes (Paddle exports) become initializers first; raises RFGraphError when
+    there is no weight to redraw.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
     if how is Reinit.NONE:
         return out
+    weight_constants_to_initializers(out)
     inits = {i.name: i for i in out.graph.initializer}
     done: set[str] = set()
+    drawn = 0
     for node in out.graph.node:
         if node.op_type not in WEIGHT_OPS:
             continue
@@ -120,12 +125,49 @@ def reinitialise(model: onnx.ModelProto, how: Reinit, rng: np.random.Generator) 
             if pos == 2 and node.op_type != "MatMul":
                 new = np.zeros_like(arr)
             elif arr.ndim >= 2:
-                new = _draw(arr, how, node.op_type, rng)
+                new, drawn = _draw(arr, how, node.op_type, rng), drawn + 1
             else:
                 continue
             inits[name].CopyFrom(numpy_helper.from_array(new.astype(arr.dtype), name))
             done.add(name)
+    if not drawn:
+        raise RFGraphError(f"--reinit {how.value}: no Conv/ConvTranspose/Gemm/MatMul weight is an "
+                           "initializer or a Constant, so nothing would be re-initialised "
+                           "(weights fed as graph inputs or computed are not redrawn); use "
+                           "--reinit none")
     return out
+
+
+def weight_constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Turn, in place, the ``Constant`` nodes whose float tensor ``value`` feeds a weight or bias
+    slot of a WEIGHT_OPS node into initializers of the same name; returns ``model``."""
+    graph = model.graph
+    slots = {name for node in graph.node if node.op_type in WEIGHT_OPS
+             for name in node.input[WEIGHT_OPS[node.op_type]:3]}
+    keep = []
+    for node in graph.node:
+        tensor = _float_constant(node) if node.output and node.output[0] in slots else None
+        if tensor is None:
+            keep.append(node)
+            continue
+        tensor.name = node.output[0]
+        graph.initializer.append(tensor)
+    if len(keep) < len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
+    return model
+
+
+def _float_constant(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The tensor of a ``Constant`` node whose only attribute is a floating-point ``value``."""
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+        return None
+    if len(node.attribute) != 1 or node.attribute[0].name != "value":
+        return None
+    tensor = onnx.TensorProto()
+    tensor.CopyFrom(node.attribute[0].t)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    return tensor if np.issubdtype(dtype, np.floating) else None
 
 
 def _draw(arr: np.ndarray, how: Reinit, op: str, rng: np.random.Generator) -> np.ndarray:

@@ -5,7 +5,8 @@ Covers: Luo sec. 2.1 (all-ones kernels, no nonlinearity: the 1-D ERF is the coef
 re-initialisation; positive weights and inputs: the ERF's support spans exactly the TRF region
 [u0, v0] (strides, dilation, pooling); the FD engine against torch autograd and as the fallback of
 an op without a VJP rule; determinism under the seed; batched runs equal single runs; image
-folders; He/Glorot re-initialisation statistics; CLI formats, files and exit codes.
+folders; He/Glorot re-initialisation statistics; re-initialisation of weights held in Constant
+nodes (Paddle exports) and the error when there is no weight; CLI formats, files and exit codes.
 """
 
 from __future__ import annotations
@@ -290,6 +291,62 @@ def test_reinitialisation_variances(how: str, expected_var) -> None:
     fan_in, fan_out = 32 * 9, 64 * 9
     assert abs(w.var() / expected_var(fan_in, fan_out) - 1) < 0.05
     assert np.all(b == 0)
+
+
+def constant_weight_model(weights: bool = True) -> onnx.ModelProto:
+    """Paddle-style: conv weights and bias in Constant nodes, no initializer; no nonlinearity, so
+    the |gradient| does not depend on the input.  A float Constant also feeds a Mul (not a
+    weight slot).  ``weights=False``: AveragePool and that Mul only."""
+    rng = np.random.default_rng(4)
+
+    def const(name: str, arr: np.ndarray) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(arr, name))
+
+    scale = const("s", np.array(2.0, np.float32))
+    if weights:
+        nodes = [const("w1", rng.standard_normal((3, 2, 3, 3)).astype(np.float32)),
+                 const("b1", np.ones(3, np.float32)),
+                 const("w2", rng.standard_normal((2, 3, 3, 3)).astype(np.float32)), scale,
+                 helper.make_node("Conv", ["x", "w1", "b1"], ["c1"]),
+                 helper.make_node("Conv", ["c1", "w2"], ["c2"]),
+                 helper.make_node("Mul", ["c2", "s"], ["y"])]
+    else:
+        nodes = [scale, helper.make_node("AveragePool", ["x"], ["p"], kernel_shape=[3, 3]),
+                 helper.make_node("Mul", ["p", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "paddle_like", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 2, 12, 12])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_reinit_redraws_weights_held_in_constant_nodes() -> None:
+    """He re-init turns the weight Constants into redrawn initializers (bias zeroed; the Mul's
+    Constant stays a node) and changes the ERF; input-independent, so only the weights can."""
+    model = constant_weight_model()
+    assert not model.graph.initializer
+    new = reinitialise(model, Reinit.HE, np.random.default_rng(0))
+    weights = {i.name: numpy_helper.to_array(i) for i in new.graph.initializer}
+    assert set(weights) == {"w1", "b1", "w2"}
+    assert [n.output[0] for n in new.graph.node if n.op_type == "Constant"] == ["s"]
+    old = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
+           if n.op_type == "Constant"}
+    assert not np.allclose(weights["w1"], old["w1"]) and not np.allclose(weights["w2"], old["w2"])
+    assert np.all(weights["b1"] == 0)
+    kept = compute_erf(model, runs=2, seed=1)
+    again = compute_erf(model, runs=2, seed=2)
+    redrawn = compute_erf(model, runs=2, seed=1, reinit="he")
+    np.testing.assert_allclose(again.erf, kept.erf, rtol=1e-5)  # the inputs do not matter
+    assert not np.allclose(redrawn.erf, kept.erf, rtol=1e-2)
+
+
+def test_reinit_without_any_weight_raises() -> None:
+    """Nothing to redraw: a clear error instead of silently keeping the model."""
+    from rfgraph.errors import RFGraphError
+
+    with pytest.raises(RFGraphError, match="nothing would be re-initialised"):
+        reinitialise(constant_weight_model(weights=False), Reinit.HE, np.random.default_rng(0))
+    with pytest.raises(RFGraphError, match="--reinit ones"):
+        compute_erf(constant_weight_model(weights=False), runs=1, reinit="ones")
 
 
 # ----------------------------------------------------------------------------------- 1-D, CLI

@@ -9,10 +9,12 @@ import io
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 from tabulate import tabulate
 
+from .. import erf_conventions as ec
 from ..errors import RFGraphError
 from ..onnx_import import parse_input_shapes
 from ..report import FORMATS
@@ -23,6 +25,9 @@ EXAMPLES = """examples:
   rfgraph erf zoo:luo_conv_uniform_10 --reinit ones --runs 1 --npy erf.npy
   rfgraph erf model.onnx --inputs images/ --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5
   rfgraph erf model.onnx --method fd                 finite differences (ops without a VJP rule)
+  rfgraph erf model.onnx --preset replknet --inputs val_images/ --png erf.png
+                                                     RepLKNet's conventions (Ding et al. 2022)
+  rfgraph erf model.onnx --scalar mean --aggregate square --centre half
 
 exit codes: 0 done; 2 unreadable model, op without a gradient rule (try --method fd), bad arguments."""
 
@@ -39,18 +44,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fix the input's shape (needed when it is dynamic)")
     p.add_argument("--output", metavar="NAME", help="tensor holding the unit (default: first output)")
     p.add_argument("--unit", metavar="I,J", help="unit index along the spatial axes (default: centre)")
-    p.add_argument("--channel", type=int, help="seed one channel (default: all channels summed)")
-    p.add_argument("--runs", type=int, default=20, help="random inputs N (default: 20)")
+    p.add_argument("--channel", type=int,
+                   help="seed one channel (default: all channels summed); implies --scalar channel")
+    p.add_argument("--runs", type=int, default=None,
+                   help="inputs N (default: the preset's, 20; replknet: 50)")
     p.add_argument("--method", choices=("grad", "fd"), default="grad",
                    help="grad: exact gradient graph; fd: central differences inside the TRF")
-    p.add_argument("--inputs", default="gaussian", metavar="gaussian|uniform|DIR",
+    p.add_argument("--inputs", default=None, metavar="gaussian|uniform|DIR",
                    help="input distribution, or a folder of PNG/JPEG images (default: gaussian)")
     p.add_argument("--mean", default=None, metavar="M1,M2,M3", help="image normalisation mean")
     p.add_argument("--std", default=None, metavar="S1,S2,S3", help="image normalisation std")
     p.add_argument("--reinit", choices=("none", "ones", "he", "glorot"), default="none",
                    help="re-initialise the weights (keeping the graph) before each weight run")
     p.add_argument("--weight-runs", type=int, default=1, help="weight re-initialisations M")
-    p.add_argument("--signed", action="store_true", help="average the signed gradient, not |.|")
+    p.add_argument("--signed", action="store_true",
+                   help="average the signed gradient, not |.| (= --aggregate signed)")
     p.add_argument("--seed", type=int, default=0, help="random seed (results are deterministic)")
     p.add_argument("--batch", type=int, default=0,
                    help="inputs per onnxruntime run (default 0: automatic, by input size)")
@@ -59,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--npy", metavar="FILE", help="write the raw ERF array (.npy)")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ec.add_convention_args(p)
     p.set_defaults(func=run)
 
 
@@ -89,24 +98,35 @@ def run(args: argparse.Namespace) -> int:
     shapes = parse_input_shapes(args.input_shape)
     result = compute_erf(
         args.model, args.output, input_shape=next(iter(shapes.values()), None),
-        unit=_ints(args.unit, "--unit"), channel=args.channel, runs=args.runs,
+        unit=_ints(args.unit, "--unit"), runs=args.runs,
         method=args.method, inputs=args.inputs, reinit=args.reinit,
-        weight_runs=args.weight_runs, absolute=not args.signed, seed=args.seed, batch=args.batch,
+        weight_runs=args.weight_runs, seed=args.seed, batch=args.batch,
         progress=not (args.no_progress or quiet) and sys.stderr.isatty(), mean=_floats(args.mean, "--mean") or IMAGENET_MEAN,
-        std=_floats(args.std, "--std") or IMAGENET_STD)
+        std=_floats(args.std, "--std") or IMAGENET_STD, conventions=conventions(args))
     if args.npy:
         np.save(args.npy, result.erf)
     if args.png:
         from ..heatmap import render_png
 
         t = result.target
-        render_png(result.erf, args.png, t.region, args.log,
-                   f"ERF of {t.output}{list(t.unit)} ({result.runs} runs, {result.method})")
+        render_png(ec.displayed(result.erf, result.conventions), args.png, t.region, args.log,
+                   f"ERF of {t.output}{list(t.unit)} ({result.samples} samples, {result.method})")
     print(render(result, args.format))
     if not quiet and args.format != "json":  # JSON carries its notes in the document
         for note in result.notes:
             print(f"rfgraph: note: {note}", file=sys.stderr)
     return 0
+
+
+def conventions(args: argparse.Namespace) -> ec.ERFConventions:
+    """The conventions of the command line: --preset and the individual options, --channel and
+    --signed (= --aggregate signed) included."""
+    conv = ec.conventions_from_args(args)
+    if not args.signed:
+        return conv
+    if args.aggregate not in (None, ec.Aggregation.SIGNED.value):
+        raise RFGraphError(f"--signed contradicts --aggregate {args.aggregate}; give one of them")
+    return replace(conv, aggregation=ec.Aggregation.SIGNED)
 
 
 def header(result: object) -> dict[str, object]:
@@ -116,7 +136,31 @@ def header(result: object) -> dict[str, object]:
             "trf_region": None if t.region is None else [list(r) for r in t.region],
             "method": result.method, "runs": result.runs,  # type: ignore[attr-defined]
             "weight_runs": result.weight_runs, "absolute": result.absolute,  # type: ignore[attr-defined]
-            "batch": result.batch, "seconds": round(result.seconds, 3)}  # type: ignore[attr-defined]
+            "batch": result.batch, "seconds": round(result.seconds, 3),  # type: ignore[attr-defined]
+            "samples": result.samples,  # type: ignore[attr-defined]
+            "conventions": dict(ec.describe(result.conventions))}  # type: ignore[attr-defined]
+
+
+DISPLAYED_RATIO = ("RepLKNet analyze_erf, on the displayed map: centred square of side 2i+1 "
+                   "(i >= 1) at (h//2, w//2) holding >{t} of its sum / map area (side {side})")
+
+
+def displayed_rows(result: object) -> list[tuple[str, str, str]]:
+    """(name, value, definition) of the area ratios of the displayed map (none when unscaled)."""
+    return [(f"displayed_area_ratio@{a.t}", "-" if a.ratio is None else f"{a.ratio:.4g}",
+             DISPLAYED_RATIO.format(t=a.t, side="-" if a.side is None else a.side))
+            for a in result.displayed_area_ratios]  # type: ignore[attr-defined]
+
+
+AGGREGATION_TEXT = {ec.Aggregation.ABS: "|grad|", ec.Aggregation.SIGNED: "signed grad",
+                    ec.Aggregation.RELU: "relu(grad)", ec.Aggregation.SQUARE: "grad^2"}
+
+
+def _scalar_text(conv: ec.ERFConventions) -> str:
+    """The differentiated scalar for the title, when it is not the plain channel sum."""
+    if conv.scalar in (ec.Scalar.SUM, ec.Scalar.CHANNEL):
+        return ""
+    return f"d {conv.scalar.value}(y)/dx, "
 
 
 def render(result: object, fmt: str) -> str:
@@ -125,9 +169,12 @@ def render(result: object, fmt: str) -> str:
 
     m = result.metrics  # type: ignore[attr-defined]
     if fmt == "json":
+        ratios = [{"t": a.t, "side": a.side, "ratio": a.ratio}
+                  for a in result.displayed_area_ratios]  # type: ignore[attr-defined]
         return json.dumps({**header(result), "metrics": metrics_dict(m),
+                           "displayed_area_ratios": ratios,
                            "notes": list(result.notes)}, indent=2)  # type: ignore[attr-defined]
-    rows = metric_rows(m)
+    rows = metric_rows(m) + displayed_rows(result)
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
@@ -136,9 +183,10 @@ def render(result: object, fmt: str) -> str:
         return buf.getvalue().rstrip("\n")
     h = header(result)
     channel = "" if h["channel"] is None else f" channel {h['channel']}"
+    conv = result.conventions  # type: ignore[attr-defined]
     title = (f"ERF of {h['output']} unit {tuple(h['unit'])}{channel}: "
              f"{h['runs']} runs x {h['weight_runs']} weights, {h['method']}, "
-             f"{'|grad|' if h['absolute'] else 'signed grad'}, TRF {h['trf_region']}")
+             f"{_scalar_text(conv)}{AGGREGATION_TEXT[conv.aggregation]}, TRF {h['trf_region']}")
     table = tabulate(rows, headers=["metric", "value", "definition"],
                      tablefmt="github" if fmt == "markdown" else "simple")
     return f"{title}\n{table}"
