@@ -19,8 +19,8 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import onnx
 
@@ -28,11 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import graphs  # noqa: E402
-from rfgraph.analysis import _input_layout, _pick_input, _spatial_axes  # noqa: E402
-from rfgraph.fields import IDENTITY, AxisField, Span, union_spans  # noqa: E402
-from rfgraph.onnx_import import build_graph, load_model, read_model  # noqa: E402
-from rfgraph.trf import PassResult, forward_pass  # noqa: E402
+import graphs
+
+from rfgraph.analysis import _input_layout, _pick_input, _spatial_axes
+from rfgraph.fields import IDENTITY, AxisField, Span, union_spans
+from rfgraph.onnx_import import build_graph, load_model, read_model
+from rfgraph.trf import PassResult, forward_pass
 
 STAGES = ("parse", "infer", "graph", "pass")
 
@@ -151,7 +152,7 @@ def real_models(repeat: int) -> None:
                                     "captcha_whisperer/models/captcha_crnn.onnx")]
     print("\n" + HEADER)
     for path in light + [p for p in packaged if p.is_file()]:
-        t, mg, result, name = stages(path.read_bytes(), REAL_SHAPES.get(path.name), repeat)
+        t, mg, _, _ = stages(path.read_bytes(), REAL_SHAPES.get(path.name), repeat)
         print(row(path.stem, len(mg.nodes), t, None, "-").replace("did not finish", "-"), flush=True)
     if not any(p.is_file() for p in packaged):
         print("(packaged models not installed: run pytest tests/test_real_models.py once)")

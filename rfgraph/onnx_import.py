@@ -9,17 +9,23 @@ from __future__ import annotations
 import gc
 import math
 import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
+from typing import Any, Union
 
 import networkx as nx
 import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-from .errors import DynamicShapeError, GraphStructureError, InvalidAttributeError, ModelLoadError
+from .errors import (
+    DynamicShapeError,
+    GraphStructureError,
+    InvalidAttributeError,
+    ModelLoadError,
+)
 
 ModelSource = Union[str, os.PathLike, bytes, onnx.ModelProto]
 Shape = tuple  # of int | None (None: unknown dim)
@@ -140,7 +146,7 @@ def _run_node(node: onnx.NodeProto, values: Sequence[np.ndarray | None], opset: 
     feeds = {t: v for t, v in zip(node.input, values) if t}
     try:
         outs = ReferenceEvaluator(node, opsets={"": max(opset, 1)}).run(None, feeds)
-    except Exception:  # an op the evaluator rejects: leave the value unknown, never fail the load
+    except Exception:  # noqa: BLE001  an op the evaluator rejects: value unknown, never fail the load
         return None
     for name, value in zip(node.output, outs):
         if name == tensor:
@@ -155,7 +161,7 @@ def _initializer_value(tensor: onnx.TensorProto) -> np.ndarray | None:
         return None  # absurd, or side-file data that was not loaded (never read relative to cwd)
     try:
         return numpy_helper.to_array(tensor)
-    except Exception:
+    except Exception:  # noqa: BLE001  malformed tensor data: treat the value as unknown
         return None
 
 
@@ -347,7 +353,7 @@ def _fold_shape_arguments(model: onnx.ModelProto) -> int:
         return 0  # the common case: nothing to fold, so no second graph build
     try:
         mg = build_graph(model)
-    except Exception:  # structural problems are reported later, by build_graph itself
+    except Exception:  # noqa: BLE001  structural problems are reported later, by build_graph itself
         return 0
     folded = 0
     for node in model.graph.node:
@@ -381,7 +387,7 @@ def _has_unknown_shape_argument_outputs(model: onnx.ModelProto) -> bool:
                and node.output[0] not in known for node in g.node)
 
 
-def _is_constant_node(mg: "ModelGraph", tensor: str) -> bool:
+def _is_constant_node(mg: ModelGraph, tensor: str) -> bool:
     return tensor in mg.producer and mg.nodes[mg.producer[tensor]].op_type == "Constant"
 
 
@@ -566,7 +572,7 @@ def check_attribute_types(node: onnx.NodeProto, opset: int, where: str) -> None:
         return
     try:
         schema = onnx.defs.get_schema(node.op_type, max(opset, 1), "")
-    except Exception:  # unknown op or opset: the op-rule table reports it
+    except Exception:  # noqa: BLE001  unknown op or opset: the op-rule table reports it
         return
     for attr in node.attribute:
         spec = schema.attributes.get(attr.name)

@@ -25,7 +25,7 @@ from rfgraph.cli import main
 from rfgraph.errors import RFGraphError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import graphs  # noqa: E402  (benchmarks/graphs.py: large graph generators)
+import graphs
 
 X = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 16, 16])
 
@@ -143,11 +143,11 @@ def test_output_never_produced(workdir: Path, capsys: pytest.CaptureFixture) -> 
 
 
 ATTRS = {
-    "zero stride": dict(kernel_shape=[3, 3], strides=[0, 1]),
-    "negative stride": dict(kernel_shape=[3, 3], strides=[-2, 1]),
-    "zero kernel": dict(kernel_shape=[0, 3]),
-    "negative kernel": dict(kernel_shape=[-3, 3]),
-    "zero dilation": dict(kernel_shape=[3, 3], dilations=[1, 0]),
+    "zero stride": {"kernel_shape": [3, 3], "strides": [0, 1]},
+    "negative stride": {"kernel_shape": [3, 3], "strides": [-2, 1]},
+    "zero kernel": {"kernel_shape": [0, 3]},
+    "negative kernel": {"kernel_shape": [-3, 3]},
+    "zero dilation": {"kernel_shape": [3, 3], "dilations": [1, 0]},
 }
 
 

@@ -104,7 +104,7 @@ def chain_model(size: int, layers: list[dict]) -> onnx.ModelProto:
             inits.append(pads)
             nodes.append(helper.make_node("Pad", [prev, f"pads{i}"], [out], name=f"n{i}"))
         else:
-            attrs = dict(kernel_shape=[L["k"]] * 2, strides=[L["s"]] * 2)
+            attrs = {"kernel_shape": [L["k"]] * 2, "strides": [L["s"]] * 2}
             if L["auto_pad"] == "NOTSET":
                 attrs["pads"] = [L["p"], L["p"], L["p_end"], L["p_end"]]
             else:
