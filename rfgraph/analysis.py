@@ -202,7 +202,7 @@ def _analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None
     """``analyze`` with the declared rules already active."""
     proto = custom_ops.declare_shapes(load_model(model, input_shape))
     mg = build_graph(proto)
-    name = _pick_input(mg, input_name)
+    name = _pick_input(mg, input_name, layout)
     shape = mg.shapes.get(name)
     if shape is None or len(shape) < 2:
         raise DynamicShapeError(f"input '{name}' has no known rank >= 3; set it with --input-shape")
@@ -220,26 +220,33 @@ def _analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None
                     endpoints, mg.outputs, result.merges, result.stops, result.global_at, mg, result)
 
 
-def _pick_input(mg: ModelGraph, requested: str | None) -> str:
-    """The input the fields refer to: the requested one, or the first of rank >= 3."""
+def _pick_input(mg: ModelGraph, requested: str | None, layout: str | None = None) -> str:
+    """The input the fields refer to: the requested one, else the first whose rank fits the given
+    layout, else the first of rank >= 3."""
     if requested:
         if requested not in mg.inputs:
             raise RFGraphError(f"the model has no input '{requested}' (inputs: {', '.join(mg.inputs)})")
         return requested
-    ranked = [i for i in mg.inputs if len(mg.shapes.get(i) or ()) >= 3]
-    if not ranked:
-        raise DynamicShapeError(
-            f"no input with spatial axes (rank >= 3) among {mg.inputs}; "
-            f"fix the shape with --input-shape NAME:1x3x224x224")
-    return ranked[0]
+    ranks = {i: len(mg.shapes.get(i) or ()) for i in mg.inputs}
+    fits = [i for i, r in ranks.items() if (r == len(layout) if layout else r >= 3)]
+    if fits:
+        return fits[0]
+    if layout:
+        shown = ", ".join(f"{i} (rank {r})" for i, r in ranks.items())
+        raise RFGraphError(f"layout '{layout}' has {len(layout)} axes but no input has that rank: {shown}")
+    hint = "fix the shape with --input-shape NAME:1x3x224x224"
+    if any(r == 2 for r in ranks.values()):
+        hint = "for a batch of 1-D signals of shape (N, L) pass --layout NL (and --input NAME)"
+    raise DynamicShapeError(f"no input with spatial axes (rank >= 3) among {mg.inputs}; {hint}")
 
 
 def _spatial_axes(mg: ModelGraph, name: str, rank: int, layout: str | None) -> list[int]:
     """Spatial tensor axes of the input: from ``layout``, a leading Transpose, or N, C, spatial..."""
     if layout:
         layout = layout.upper()
-        if len(layout) != rank or "N" not in layout or "C" not in layout:
-            raise RFGraphError(f"layout '{layout}' does not describe a rank-{rank} input (e.g. NCHW, NHWC)")
+        if len(layout) != rank or "N" not in layout or not any(c not in "NC" for c in layout):
+            raise RFGraphError(f"layout '{layout}' does not describe a rank-{rank} input "
+                               f"(e.g. NCHW, NHWC, NCL, or NL for a batch of 1-D signals)")
         return [i for i, c in enumerate(layout) if c not in "NC"]
     perm = _leading_transpose(mg, name)
     if perm is not None and len(perm) == rank:
