@@ -223,6 +223,14 @@ def union_fields(fields: Iterable[AxisField]) -> AxisField:
             return f
     if len(fields) == 1:  # fast path: one path in, already a union
         return fields[0]
+    first = fields[0]
+    if len(first.spans) == 1 and first.spans[0].q == 1 and all(
+            len(f.spans) == 1 and f.spans[0].q == 1 and f.spans[0].A == first.spans[0].A
+            for f in fields):  # fast path: affine paths of one stride (a residual Add)
+        lo = min(f.spans[0].lo[0] for f in fields)
+        hi = max(f.spans[0].hi[0] for f in fields)
+        sp = first.spans[0]
+        return first if (lo, hi) == (sp.lo[0], sp.hi[0]) else AxisField((Span(1, sp.A, (lo,), (hi,)),))
     return AxisField(union_spans(sp for f in fields for sp in f.spans))
 
 

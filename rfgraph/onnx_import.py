@@ -54,6 +54,15 @@ class ModelGraph:
     opset: int
     _constants: dict[str, np.ndarray | None] = field(default_factory=dict)
     captured: dict[int, list[str]] = field(default_factory=dict)  # node -> outer tensors its subgraphs read
+    node_inputs: list[tuple[str, ...]] = field(default_factory=list)  # per node, as plain tuples:
+    node_outputs: list[tuple[str, ...]] = field(default_factory=list)  # protobuf field access is
+    op_types: list[str] = field(default_factory=list)  # slow in the pass's hot loop
+
+    def __post_init__(self) -> None:
+        if not self.node_inputs:
+            self.node_inputs = [tuple(n.input) for n in self.nodes]
+            self.node_outputs = [tuple(n.output) for n in self.nodes]
+            self.op_types = [n.op_type for n in self.nodes]
 
     def constant(self, tensor: str) -> np.ndarray | None:
         """Value of a tensor that does not depend on the graph inputs, else None.
@@ -432,6 +441,8 @@ def paused_gc() -> Iterator[None]:
         yield
     finally:
         if enabled:
+            gc.freeze()  # move what the pass allocated to the oldest generation (O(1) list
+            gc.unfreeze()  # merges), so re-enabling does not rescan millions of young objects
             gc.enable()
 
 

@@ -222,6 +222,9 @@ def mix_axes(ctx: NodeContext, axes: Sequence[int], keepdims: bool = True, why: 
 def window(ctx: NodeContext, spans: Sequence[Span], size_dependent: bool = False) -> Transfer:
     """Sliding-window op over tensor axes 2.. of input 0 (Conv, pooling, Resize, Pad...)."""
     lay = ctx.layouts[0]
+    if len(spans) != len(lay) - 2:
+        raise ctx.invalid(f"window over {len(spans)} spatial axes, but the input has rank {len(lay)} "
+                          f"({max(len(lay) - 2, 0)} spatial axes)")
     maps: dict[int, Span | None] = {}
     for j, span in enumerate(spans):
         parts = lay[2 + j]

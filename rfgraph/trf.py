@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from fractions import Fraction
 
 from .errors import DynamicShapeError, UnsupportedOpError
@@ -71,14 +72,24 @@ class Branch:
 
 @dataclass(frozen=True)
 class Merge:
-    """A node joining several paths, with the alignment verdict of conditions (12)-(13)."""
+    """A node joining several paths, with the alignment verdict of conditions (12)-(13).
+
+    The verdict is computed at every merge during the pass; the per-branch details are derived
+    from the branches' fields only when read (most merges of a large net are never printed).
+    """
 
     node: str
     op: str
     output: str
     axis: int
-    branches: tuple[Branch, ...]
+    inputs: tuple[str, ...]
+    fields: tuple[AxisField, ...] = field(repr=False)
     aligned: bool
+
+    @cached_property
+    def branches(self) -> tuple[Branch, ...]:
+        """Each input's stride, centre offset at unit 0 (eq. 11) and size along the axis."""
+        return tuple(Branch(t, f.stride, f.centre(0), f.size()) for t, f in zip(self.inputs, self.fields))
 
 
 @dataclass
@@ -108,30 +119,30 @@ def _forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout) -> Pass
     result = PassResult(states, {}, order)
     blocked: dict[str, int] = {}  # tensor -> index into result.stops
     cache: dict[tuple, Transfer] = {}  # repeated identical layers share one transfer
+    node_inputs, node_outputs, op_types, names = mg.node_inputs, mg.node_outputs, mg.op_types, mg.names
     for idx in order:
-        node = mg.nodes[idx]
-        name = mg.names[idx]
-        causes = [blocked[t] for t in node.input if t in blocked] if blocked else None
+        inputs, outputs = node_inputs[idx], node_outputs[idx]
+        causes = [blocked[t] for t in inputs if t in blocked] if blocked else None
         if causes:
-            for out in node.output:
+            for out in outputs:
                 if out:
                     blocked[out] = causes[0]
             continue
-        layouts = [states[t].layout if t in states else None for t in node.input]
+        layouts = [states[t].layout if t in states else None for t in inputs]
         captures = idx in mg.captured and any(t in states for t in mg.captured[idx])  # If/Loop bodies
-        if node.op_type in STATIC_OPS or (all(lay is None for lay in layouts) and not captures):
+        if op_types[idx] in STATIC_OPS or (all(lay is None for lay in layouts) and not captures):
             continue  # a constant or shape computation, not a layer
         try:
             transfer = _transfer(mg, idx, layouts, cache)
         except (UnsupportedOpError, DynamicShapeError) as exc:
-            result.stops.append(Stop(name, node.op_type, _reason(exc)))
-            for out in node.output:
+            result.stops.append(Stop(names[idx], op_types[idx], _reason(exc)))
+            for out in outputs:
                 if out:
                     blocked[out] = len(result.stops) - 1
             continue
         result.transfers[idx] = transfer
         if transfer.mix_reason:
-            result.global_at[name] = transfer.mix_reason
+            result.global_at[names[idx]] = transfer.mix_reason
         _apply(result, mg, idx, transfer)
     _count_lost(result, blocked)
     return result
@@ -162,8 +173,8 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None],
                                  f"declare one with --rules FILE or rfgraph.register_op "
                                  f"(see docs/custom_ops.md)")
     shapes = mg.shapes
-    in_shapes = [shapes.get(t) if t else None for t in node.input]
-    out_shapes = [shapes.get(t) if t else None for t in node.output]
+    in_shapes = [shapes.get(t) if t else None for t in mg.node_inputs[idx]]
+    out_shapes = [shapes.get(t) if t else None for t in mg.node_outputs[idx]]
     key = None
     if cache is not None and op in CACHEABLE_OPS and rule is OP_RULES.get(op):
         # layouts mark the data inputs and the slot count; absent and unknown-shape constant
@@ -185,21 +196,21 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None],
 
 def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> None:
     """Compute the fields of a node's outputs from its inputs' fields and the transfer."""
-    node, name = mg.nodes[idx], mg.names[idx]
+    name, node_in, node_out = mg.names[idx], mg.node_inputs[idx], mg.node_outputs[idx]
     states = result.states
     for j, out in enumerate(transfer.outputs):
-        tensor = node.output[j] if j < len(node.output) else ""
+        tensor = node_out[j] if j < len(node_out) else ""
         if out is None or not tensor:
             continue
         if len(out.edges) == 1:  # fast path: one input, no merge (most layers of any net)
             edge = out.edges[0]
-            st = states[node.input[edge.slot]]
+            st = states[node_in[edge.slot]]
             fields = st.fields if not edge.maps else tuple(
                 _edge_field(edge.span(i), f, name) for i, f in enumerate(st.fields))
             dep = st.size_dependent or (name if transfer.size_dependent else None)
             states[tensor] = TensorState(out.layout, fields, dep, st.misaligned)
             continue
-        inputs = [states[node.input[e.slot]] for e in out.edges]
+        inputs = [states[node_in[e.slot]] for e in out.edges]
         n_axes = len(inputs[0].fields)
         per_edge = [[_edge_field(e.span(i), st.fields[i], name) for i in range(n_axes)]
                     for e, st in zip(out.edges, inputs)]
@@ -225,18 +236,16 @@ def _edge_field(span: Span | None, field_in: AxisField, node: str) -> AxisField:
 def _check_alignment(result: PassResult, mg: ModelGraph, idx: int, out: OutTransfer, tensor: str,
                      per_edge: list[list[AxisField]]) -> bool:
     """Conditions (12)-(13): equal effective strides and equal centres on every branch."""
-    node = mg.nodes[idx]
+    node_in = mg.node_inputs[idx]
     ok = True
     for axis in range(len(per_edge[0])):
         fields = [f[axis] for f in per_edge]
         if any(f.is_global for f in fields):
             continue
-        branches = tuple(
-            Branch(node.input[e.slot], f.stride, f.centre(0), f.size())
-            for e, f in zip(out.edges, fields))
         aligned = _aligned(fields)
         ok = ok and aligned
-        result.merges.append(Merge(mg.names[idx], node.op_type, tensor, axis, branches, aligned))
+        inputs = tuple(node_in[e.slot] for e in out.edges)
+        result.merges.append(Merge(mg.names[idx], mg.op_types[idx], tensor, axis, inputs, tuple(fields), aligned))
     return ok
 
 
