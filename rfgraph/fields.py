@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 
 Rational = int | Fraction
 
@@ -40,8 +41,12 @@ class Span:
     hi: tuple[int, ...]
 
     @staticmethod
+    @lru_cache(maxsize=4096)
     def layer(kernel: int, stride: int, pad_begin: int, dilation: int = 1) -> Span:
-        """Span of a sliding-window layer (eqs. 5-6); dilation gives the kernel d(k-1)+1."""
+        """Span of a sliding-window layer (eqs. 5-6); dilation gives the kernel d(k-1)+1.
+
+        Interned (spans are immutable): equal layers share one object, so the pass can reuse
+        work across axes and layers by identity."""
         k_eff = dilation * (kernel - 1) + 1
         return Span(1, stride, (-pad_begin,), (k_eff - 1 - pad_begin,))
 

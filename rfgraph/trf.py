@@ -32,6 +32,7 @@ from .ops import (
     CACHEABLE_OPS,
     OP_RULES,
     STATIC_OPS,
+    Edge,
     Layout,
     NodeContext,
     OutTransfer,
@@ -205,16 +206,14 @@ def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> 
         if len(out.edges) == 1:  # fast path: one input, no merge (most layers of any net)
             edge = out.edges[0]
             st = states[node_in[edge.slot]]
-            fields = st.fields if not edge.maps else tuple(
-                _edge_field(edge.span(i), f, name) for i, f in enumerate(st.fields))
+            fields = st.fields if not edge.maps else _through_edge(edge, st.fields, name)
             dep = st.size_dependent or (name if transfer.size_dependent else None)
             states[tensor] = TensorState(out.layout, fields, dep, st.misaligned)
             continue
         inputs = [states[node_in[e.slot]] for e in out.edges]
         n_axes = len(inputs[0].fields)
-        per_edge = [[_edge_field(e.span(i), st.fields[i], name) for i in range(n_axes)]
-                    for e, st in zip(out.edges, inputs)]
-        fields = tuple(union_fields(f[i] for f in per_edge) for i in range(n_axes))
+        per_edge = [_through_edge(e, st.fields, name) for e, st in zip(out.edges, inputs)]
+        fields = _union_per_axis(per_edge, n_axes)
         dep = next((st.size_dependent for st in inputs if st.size_dependent), None)
         if transfer.size_dependent and dep is None:
             dep = name
@@ -222,6 +221,32 @@ def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> 
         if len(out.edges) > 1 and not _check_alignment(result, mg, idx, out, tensor, per_edge):
             bad = bad or name
         states[tensor] = TensorState(out.layout, fields, dep, bad)
+
+
+def _through_edge(edge: Edge, fields_in: tuple[AxisField, ...], node: str) -> tuple[AxisField, ...]:
+    """Fields of an output along every axis through one edge; an axis whose span and input field
+    are the very objects of the previous axis (square layers) reuses its result."""
+    out: list[AxisField] = []
+    prev_span, prev_in = None, None
+    for i, f in enumerate(fields_in):
+        span = edge.span(i)
+        if out and span is prev_span and f is prev_in:
+            out.append(out[-1])
+            continue
+        out.append(_edge_field(span, f, node))
+        prev_span, prev_in = span, f
+    return tuple(out)
+
+
+def _union_per_axis(per_edge: list[tuple[AxisField, ...]], n_axes: int) -> tuple[AxisField, ...]:
+    """Union over edges, axis by axis; an axis whose inputs are those of the previous one reuses it."""
+    out: list[AxisField] = []
+    for i in range(n_axes):
+        if i and all(f[i] is f[i - 1] for f in per_edge):
+            out.append(out[-1])
+        else:
+            out.append(union_fields(f[i] for f in per_edge))
+    return tuple(out)
 
 
 def _edge_field(span: Span | None, field_in: AxisField, node: str) -> AxisField:
@@ -234,18 +259,24 @@ def _edge_field(span: Span | None, field_in: AxisField, node: str) -> AxisField:
 
 
 def _check_alignment(result: PassResult, mg: ModelGraph, idx: int, out: OutTransfer, tensor: str,
-                     per_edge: list[list[AxisField]]) -> bool:
-    """Conditions (12)-(13): equal effective strides and equal centres on every branch."""
+                     per_edge: list[tuple[AxisField, ...]]) -> bool:
+    """Conditions (12)-(13): equal effective strides and equal centres on every branch (one
+    record per axis; an axis whose branch fields are those of the previous axis reuses its verdict)."""
     node_in = mg.node_inputs[idx]
+    inputs = tuple(node_in[e.slot] for e in out.edges)
     ok = True
+    prev: tuple[AxisField, ...] | None = None
+    aligned = True
     for axis in range(len(per_edge[0])):
-        fields = [f[axis] for f in per_edge]
+        fields = tuple(f[axis] for f in per_edge)
         if any(f.is_global for f in fields):
+            prev = None
             continue
-        aligned = _aligned(fields)
+        if prev is None or any(a is not b for a, b in zip(fields, prev)):
+            aligned = _aligned(fields)
+        prev = fields
         ok = ok and aligned
-        inputs = tuple(node_in[e.slot] for e in out.edges)
-        result.merges.append(Merge(mg.names[idx], mg.op_types[idx], tensor, axis, inputs, tuple(fields), aligned))
+        result.merges.append(Merge(mg.names[idx], mg.op_types[idx], tensor, axis, inputs, fields, aligned))
     return ok
 
 
