@@ -17,7 +17,7 @@ from . import custom_ops
 from .errors import DynamicShapeError, RFGraphError
 from .fields import AxisField, Rational
 from .onnx_import import ModelGraph, ModelSource, build_graph, load_model
-from .ops import Layout, carried, spatial_of
+from .ops import Layout, carried
 from .trf import Merge, PassResult, Stop, TensorState, forward_pass, reverse_pass
 
 AXIS_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
@@ -302,4 +302,4 @@ def _endpoint(mg: ModelGraph, name: str, node: str, op: str, state: TensorState)
                     tensor_axes, state.size_dependent, state.misaligned)
 
 
-__all__ = ["Analysis", "EndPoint", "analyze", "spatial_of"]
+__all__ = ["Analysis", "EndPoint", "analyze"]

@@ -125,7 +125,6 @@ def exact_regions(analysis: Analysis) -> dict[str, tuple[AxisRegions, ...]]:
 
 def _axis_regions(n_out: int, edges: Sequence[tuple[Span | None, AxisRegions]]) -> AxisRegions:
     """Regions of one output along one axis from its edges (exact padding, see module doc)."""
-    u = np.arange(n_out, dtype=np.int64)
     lo = np.full(n_out, _BIG)
     hi = np.full(n_out, -_BIG)
     ilo = np.full(n_out, -_BIG)
@@ -133,12 +132,7 @@ def _axis_regions(n_out: int, edges: Sequence[tuple[Span | None, AxisRegions]]) 
     for span, x in edges:
         if x.n == 0:
             continue
-        v1, v2 = span_bounds(span, u, x.n)
-        inside = (v1 <= x.n - 1) & (v2 >= 0)
-        f = x.first_seen()[np.clip(v1, 0, x.n - 1)]
-        last = x.last_seen()[np.clip(v2, 0, x.n - 1)]
-        ok = inside & (f <= last)
-        f, last = np.clip(f, 0, x.n - 1), np.clip(last, 0, x.n - 1)
+        ok, f, last = _seen_range(span, x, n_out)
         lo = np.where(ok, np.minimum(lo, x.lo[f]), lo)
         hi = np.where(ok, np.maximum(hi, x.hi[last]), hi)
         ilo = np.where(ok, np.maximum(ilo, x.inner_lo[f]), ilo)
@@ -239,15 +233,20 @@ def layer_verdicts(analysis: Analysis, regions: Mapping[str, tuple[AxisRegions, 
     return out
 
 
-def _reads_only_saturated(span: Span | None, x: AxisRegions, n_out: int, size: int) -> np.ndarray:
-    """Per output unit: every unit it reads that sees something is saturated (or none does)."""
+def _seen_range(span: Span | None, x: AxisRegions, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output unit: whether the input units it reads include one that sees the image, and the
+    first and last such unit (indices clipped into the input)."""
     u = np.arange(n_out, dtype=np.int64)
     v1, v2 = span_bounds(span, u, x.n)
     inside = (v1 <= x.n - 1) & (v2 >= 0)
     f = x.first_seen()[np.clip(v1, 0, x.n - 1)]
     last = x.last_seen()[np.clip(v2, 0, x.n - 1)]
-    sees = inside & (f <= last)
-    f, last = np.clip(f, 0, x.n - 1), np.clip(last, 0, x.n - 1)
+    return inside & (f <= last), np.clip(f, 0, x.n - 1), np.clip(last, 0, x.n - 1)
+
+
+def _reads_only_saturated(span: Span | None, x: AxisRegions, n_out: int, size: int) -> np.ndarray:
+    """Per output unit: every unit it reads that sees something is saturated (or none does)."""
+    sees, f, last = _seen_range(span, x, n_out)
     # inner bounds are monotone in the unit, so the whole read range is saturated iff its last
     # unit's inner_lo <= 0 and its first unit's inner_hi >= size - 1
     sat = (x.inner_lo[last] <= 0) & (x.inner_hi[f] >= size - 1)

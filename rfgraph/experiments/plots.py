@@ -4,8 +4,8 @@ fits, bars and scatters.  Every function writes one file and returns its path.""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -41,10 +41,7 @@ def heatmap_grid(path: Path, maps: Sequence[Sequence[np.ndarray | None]],
             if j == 0:
                 ax.set_ylabel(row_labels[i], fontsize=9)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def profiles(path: Path, curves: Sequence[tuple[str, np.ndarray, str]], title: str,
@@ -59,10 +56,7 @@ def profiles(path: Path, curves: Sequence[tuple[str, np.ndarray, str]], title: s
     ax.set_ylabel("normalised ERF")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def loglog(path: Path, series: Sequence[tuple[str, Sequence[float], np.ndarray, float, float]],
@@ -84,19 +78,34 @@ def loglog(path: Path, series: Sequence[tuple[str, Sequence[float], np.ndarray, 
     ax.set_xscale("log")
     ax.set_yscale("log")
     _plain_ticks(ax.xaxis, sorted({float(v) for s in series for v in s[1]}))
+    _label(ax, xlabel, ylabel, title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _label(ax, xlabel: str, ylabel: str, title: str) -> None:  # type: ignore[no-untyped-def]
+    """Axis labels and the small title every figure uses."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+
+
+def _save(fig, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """Lay out, write the PNG and free the figure (figures are many in a full run)."""
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _plt().close(fig)
     return path
 
 
 def _plain_ticks(axis, values: Sequence[float]) -> None:  # type: ignore[no-untyped-def]
     """Ticks at ``values`` with plain labels (a log axis otherwise writes 4x10^0)."""
-    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
+    from matplotlib.ticker import (
+        FixedLocator,
+        NullFormatter,
+        NullLocator,
+        ScalarFormatter,
+    )
 
     axis.set_major_locator(FixedLocator(list(values)))
     axis.set_major_formatter(ScalarFormatter())
@@ -119,10 +128,7 @@ def bars(path: Path, labels: Sequence[str], values: Sequence[float], ylabel: str
     ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def scatter(path: Path, x: Sequence[float], y: Sequence[float], labels: Sequence[str],
@@ -140,10 +146,5 @@ def scatter(path: Path, x: Sequence[float], y: Sequence[float], labels: Sequence
         ax.legend(fontsize=8)
     if logx:
         ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    _label(ax, xlabel, ylabel, title)
+    return _save(fig, path)
