@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from functools import cached_property
 
 from .errors import DynamicShapeError, UnsupportedOpError
 from .fields import (
@@ -24,6 +23,7 @@ from .fields import (
     Span,
     compose,
     global_field,
+    quick_init,
     union_fields,
     union_spans,
 )
@@ -41,6 +41,7 @@ from .ops import (
 )
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TensorState:
     """What the pass knows of a tensor: its layout and its field along each input spatial axis."""
@@ -71,7 +72,7 @@ class Branch:
     r: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per merge and axis of the pass: not frozen, a plain __init__ is cheaper
 class Merge:
     """A node joining several paths, with the alignment verdict of conditions (12)-(13).
 
@@ -87,7 +88,7 @@ class Merge:
     fields: tuple[AxisField, ...] = field(repr=False)
     aligned: bool
 
-    @cached_property
+    @property
     def branches(self) -> tuple[Branch, ...]:
         """Each input's stride, centre offset at unit 0 (eq. 11) and size along the axis."""
         return tuple(Branch(t, f.stride, f.centre(0), f.size()) for t, f in zip(self.inputs, self.fields))
@@ -121,6 +122,7 @@ def _forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout) -> Pass
     blocked: dict[str, int] = {}  # tensor -> index into result.stops
     cache: dict[tuple, Transfer] = {}  # repeated identical layers share one transfer
     node_inputs, node_outputs, op_types, names = mg.node_inputs, mg.node_outputs, mg.op_types, mg.names
+    get_state = states.get
     for idx in order:
         inputs, outputs = node_inputs[idx], node_outputs[idx]
         causes = [blocked[t] for t in inputs if t in blocked] if blocked else None
@@ -129,9 +131,9 @@ def _forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout) -> Pass
                 if out:
                     blocked[out] = causes[0]
             continue
-        layouts = [states[t].layout if t in states else None for t in inputs]
+        layouts = [st.layout if (st := get_state(t)) is not None else None for t in inputs]
         captures = idx in mg.captured and any(t in states for t in mg.captured[idx])  # If/Loop bodies
-        if op_types[idx] in STATIC_OPS or (all(lay is None for lay in layouts) and not captures):
+        if op_types[idx] in STATIC_OPS or (layouts.count(None) == len(layouts) and not captures):
             continue  # a constant or shape computation, not a layer
         try:
             transfer = _transfer(mg, idx, layouts, cache)
@@ -161,13 +163,13 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None],
     reused for every node with the same signature (a 100k-layer net has a few dozen kinds).
     """
     node = mg.nodes[idx]
-    op, domain = node.op_type, node.domain
+    op = mg.op_types[idx]
     if cache is None:
-        rule = rule_for(op, domain)
+        rule = rule_for(op, node.domain)
     else:  # the rule of an op is fixed for the whole pass: look it up once
-        rule = cache.get(("rule", op, domain), rule_for)
+        rule = cache.get(op, rule_for) if not node.domain else rule_for(op, node.domain)
         if rule is rule_for:
-            rule = cache[("rule", op, domain)] = rule_for(op, domain)
+            rule = cache[op] = rule_for(op, "")
     if rule is None:
         dom = f" (domain '{node.domain}')" if node.domain else ""
         raise UnsupportedOpError(mg.names[idx], node.op_type, f"no receptive-field rule for this op{dom}; "
@@ -179,9 +181,10 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None],
     key = None
     if cache is not None and op in CACHEABLE_OPS and rule is OP_RULES.get(op):
         # layouts mark the data inputs and the slot count; absent and unknown-shape constant
-        # inputs both read None, which no cacheable rule tells apart
-        key = (op, tuple(a.SerializeToString() for a in node.attribute), tuple(layouts),
-               tuple(in_shapes), tuple(out_shapes), mg.opset)
+        # inputs both read None, which no cacheable rule tells apart.  The opset is the pass's.
+        attrs = node.attribute
+        key = (op, tuple([a.SerializeToString() for a in attrs]) if attrs else (), tuple(layouts),
+               tuple(in_shapes), tuple(out_shapes))
         hit = cache.get(key)
         if hit is not None:
             return hit
@@ -206,18 +209,23 @@ def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> 
         if len(out.edges) == 1:  # fast path: one input, no merge (most layers of any net)
             edge = out.edges[0]
             st = states[node_in[edge.slot]]
+            if not edge.maps and not transfer.size_dependent and out.layout == st.layout:
+                states[tensor] = st  # a pointwise layer: the very same state
+                continue
             fields = st.fields if not edge.maps else _through_edge(edge, st.fields, name)
             dep = st.size_dependent or (name if transfer.size_dependent else None)
             states[tensor] = TensorState(out.layout, fields, dep, st.misaligned)
             continue
         inputs = [states[node_in[e.slot]] for e in out.edges]
         n_axes = len(inputs[0].fields)
-        per_edge = [_through_edge(e, st.fields, name) for e, st in zip(out.edges, inputs)]
+        per_edge = [_through_edge(e, st.fields, name) if e.maps else st.fields for e, st in zip(out.edges, inputs)]
         fields = _union_per_axis(per_edge, n_axes)
-        dep = next((st.size_dependent for st in inputs if st.size_dependent), None)
+        dep = bad = None
+        for st in inputs:
+            dep = dep or st.size_dependent
+            bad = bad or st.misaligned
         if transfer.size_dependent and dep is None:
             dep = name
-        bad = next((st.misaligned for st in inputs if st.misaligned), None)
         if len(out.edges) > 1 and not _check_alignment(result, mg, idx, out, tensor, per_edge):
             bad = bad or name
         states[tensor] = TensorState(out.layout, fields, dep, bad)
@@ -263,20 +271,20 @@ def _check_alignment(result: PassResult, mg: ModelGraph, idx: int, out: OutTrans
     """Conditions (12)-(13): equal effective strides and equal centres on every branch (one
     record per axis; an axis whose branch fields are those of the previous axis reuses its verdict)."""
     node_in = mg.node_inputs[idx]
-    inputs = tuple(node_in[e.slot] for e in out.edges)
+    inputs = tuple([node_in[e.slot] for e in out.edges])
+    name, op, merges = mg.names[idx], mg.op_types[idx], result.merges
     ok = True
-    prev: tuple[AxisField, ...] | None = None
+    prev: tuple[AxisField, ...] = ()
     aligned = True
-    for axis in range(len(per_edge[0])):
-        fields = tuple(f[axis] for f in per_edge)
-        if any(f.is_global for f in fields):
-            prev = None
+    for axis, fields in enumerate(zip(*per_edge)):
+        if any([f.global_at is not None for f in fields]):
+            prev = ()
             continue
-        if prev is None or any(a is not b for a, b in zip(fields, prev)):
+        if not prev or any([a is not b for a, b in zip(fields, prev)]):
             aligned = _aligned(fields)
         prev = fields
         ok = ok and aligned
-        result.merges.append(Merge(mg.names[idx], mg.op_types[idx], tensor, axis, inputs, fields, aligned))
+        merges.append(Merge(name, op, tensor, axis, inputs, fields, aligned))
     return ok
 
 
