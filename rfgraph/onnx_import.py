@@ -57,6 +57,7 @@ class ModelGraph:
     node_inputs: list[tuple[str, ...]] = field(default_factory=list)  # per node, as plain tuples:
     node_outputs: list[tuple[str, ...]] = field(default_factory=list)  # protobuf field access is
     op_types: list[str] = field(default_factory=list)  # slow in the pass's hot loop
+    edges_forward: bool = False  # every edge runs forward in file order (checked by build_graph)
 
     def __post_init__(self) -> None:
         if not self.node_inputs:
@@ -129,8 +130,8 @@ class ModelGraph:
 
     def topological_nodes(self) -> list[int]:
         """Node indices in topological order (deterministic: ties broken by file order)."""
-        if all(p < i for p, i in self.dag.edges):  # the usual case: the file is already sorted,
-            return list(range(len(self.nodes)))  # and the lexicographic sort is then file order
+        if self.edges_forward or all(p < i for p, i in self.dag.edges):  # the usual case: a sorted
+            return list(range(len(self.nodes)))  # file, whose lexicographic sort is file order
         return list(nx.lexicographical_topological_sort(self.dag))
 
 
@@ -389,11 +390,15 @@ def _fold_shape_arguments(model: onnx.ModelProto) -> int:
 def _has_unknown_shape_argument_outputs(model: onnx.ModelProto) -> bool:
     """Whether some node taking shape arguments has an output whose shape inference left unknown."""
     g = model.graph
+    wanted = {node.output[0] for node in g.node
+              if node.op_type in SHAPE_ARGUMENTS and node.domain in ("", "ai.onnx") and node.output}
+    if not wanted:
+        return False
     known = {vi.name for vi in list(g.value_info) + list(g.output) + list(g.input)
-             if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")
+             if vi.name in wanted and vi.type.HasField("tensor_type")
+             and vi.type.tensor_type.HasField("shape")
              and all(d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim)}
-    return any(node.op_type in SHAPE_ARGUMENTS and node.domain in ("", "ai.onnx") and node.output
-               and node.output[0] not in known for node in g.node)
+    return bool(wanted - known)
 
 
 def _is_constant_node(mg: ModelGraph, tensor: str) -> bool:
@@ -402,17 +407,18 @@ def _is_constant_node(mg: ModelGraph, tensor: str) -> bool:
 
 def _dims(type_proto: onnx.TypeProto, name: str = "?") -> Shape | None:
     """Shape of a tensor type (None for unknown dims), or None when there is no shape."""
-    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+    if not type_proto.HasField("tensor_type"):
         return None
-    dims = []
-    for d in type_proto.tensor_type.shape.dim:
-        v = d.dim_value if d.HasField("dim_value") else None
+    tensor_type = type_proto.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    dims = tuple([d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim])
+    for v in dims:
         if v is not None and (v < 0 or v > MAX_DIM):
             raise GraphStructureError(
                 f"tensor '{name}' has dimension {v} (negative or absurd): a kernel larger than its "
                 f"input, or a corrupt shape; refused")
-        dims.append(v)
-    return tuple(dims)
+    return dims
 
 
 def collect_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
@@ -453,15 +459,19 @@ def build_graph(model: onnx.ModelProto) -> ModelGraph:
 
 
 def _build_graph(model: onnx.ModelProto) -> ModelGraph:
-    """``build_graph`` proper."""
+    """``build_graph`` proper (protobuf fields are read once, into plain tuples)."""
     g = model.graph
+    nodes = list(g.node)
+    node_inputs = [tuple(n.input) for n in nodes]
+    node_outputs = [tuple(n.output) for n in nodes]
+    op_types = [n.op_type for n in nodes]
     initializers = {t.name: t for t in g.initializer}
     inputs = data_inputs(model)
     known = set(initializers) | {i.name for i in g.input}
     producer: dict[str, int] = {}
-    names = _unique_node_names(g.node)
-    for idx, node in enumerate(g.node):
-        for out in node.output:
+    names = _unique_node_names(nodes, op_types)
+    for idx, outs in enumerate(node_outputs):
+        for out in outs:
             if not out:
                 continue
             if out in producer or out in known:
@@ -469,29 +479,45 @@ def _build_graph(model: onnx.ModelProto) -> ModelGraph:
                     f"duplicate tensor name '{out}': produced by node '{names[idx]}' and defined "
                     f"elsewhere too; the graph is not valid SSA")
             producer[out] = idx
-    dag = nx.DiGraph()
-    dag.add_nodes_from(range(len(g.node)))
-    captured = {idx: names_ for idx, node in enumerate(g.node) if (names_ := _captured_tensors(node))}
-    for idx, node in enumerate(g.node):
+    captured = {idx: names_ for idx, node in enumerate(nodes)
+                if _may_have_subgraphs(node, op_types[idx]) and (names_ := _captured_tensors(node))}
+    edges: list[tuple[int, int]] = []
+    for idx, ins in enumerate(node_inputs):
         for tensor in captured.get(idx, ()):
             if tensor in producer:
-                dag.add_edge(producer[tensor], idx)
-        for tensor in node.input:
+                edges.append((producer[tensor], idx))
+        for tensor in ins:
             if not tensor:
                 continue  # optional input left out
-            if tensor in producer:
-                dag.add_edge(producer[tensor], idx)
+            p = producer.get(tensor)
+            if p is not None:
+                edges.append((p, idx))
             elif tensor not in known:
                 raise GraphStructureError(
-                    f"node '{names[idx]}' ({node.op_type}) reads tensor '{tensor}', which no node, "
+                    f"node '{names[idx]}' ({op_types[idx]}) reads tensor '{tensor}', which no node, "
                     f"input or initializer provides")
-    _check_acyclic(dag, names)
+    dag = nx.DiGraph()
+    dag.add_nodes_from(range(len(nodes)))
+    dag.add_edges_from(edges)
+    edges_forward = all(p < i for p, i in edges)
+    if not edges_forward:  # edges that all run forward in file order cannot close a cycle
+        _check_acyclic(dag, names)
     for out in g.output:
         if out.name not in producer and out.name not in known:
             raise GraphStructureError(f"graph output '{out.name}' is never produced")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    return ModelGraph(model, dag, list(g.node), names, producer, collect_shapes(model),
-                      initializers, inputs, [o.name for o in g.output], opset, captured=captured)
+    return ModelGraph(model, dag, nodes, names, producer, collect_shapes(model), initializers, inputs,
+                      [o.name for o in g.output], opset, captured=captured, node_inputs=node_inputs,
+                      node_outputs=node_outputs, op_types=op_types, edges_forward=edges_forward)
+
+
+# Standard ops with graph attributes; standard ops without them cannot carry a subgraph
+SUBGRAPH_OPS = {"If", "Loop", "Scan", "SequenceMap"}
+
+
+def _may_have_subgraphs(node: onnx.NodeProto, op_type: str) -> bool:
+    """Whether a node may hold subgraphs: a standard control-flow op, or any op of another domain."""
+    return op_type in SUBGRAPH_OPS or node.domain not in ("", "ai.onnx")
 
 
 def _captured_tensors(node: onnx.NodeProto) -> list[str]:
@@ -515,12 +541,12 @@ def _captured_tensors(node: onnx.NodeProto) -> list[str]:
     return sorted({t for t in found if t not in local})
 
 
-def _unique_node_names(nodes: Sequence[onnx.NodeProto]) -> list[str]:
+def _unique_node_names(nodes: Sequence[onnx.NodeProto], op_types: Sequence[str]) -> list[str]:
     """A display name per node: its name, or ``op_type#index`` when unnamed or repeated."""
     seen: set[str] = set()
     names = []
     for idx, node in enumerate(nodes):
-        name = node.name or f"{node.op_type}#{idx}"
+        name = node.name or f"{op_types[idx]}#{idx}"
         if name in seen:
             name = f"{name}#{idx}"
         seen.add(name)
