@@ -3,6 +3,7 @@ full pass on real ONNX chains; property-based over random kernel/stride/pad/dila
 
 from fractions import Fraction
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -64,3 +65,25 @@ def test_mixed_strides_extent_varies_with_unit():
     right = Span.layer(3, 1, 0).then(Span.layer(3, 1, 0))
     field = AxisField((right, left))
     assert field.extent(1) == 6 and field.extent(2) == 5
+
+
+def test_quick_init_keeps_frozen_value_semantics():
+    """quick_init's direct slot filling: same signature and defaults, still immutable and hashable."""
+    import dataclasses
+
+    from rfgraph.fields import quick_init
+
+    a = AxisField(spans=(Span(1, 2, (0,), (2,)),))
+    assert a.global_at is None and a == AxisField((Span(1, 2, (0,), (2,)),), None)
+    assert hash(a) == hash(AxisField((Span(1, 2, (0,), (2,)),)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.global_at = "x"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Span(1, 2, (0,))  # type: ignore[call-arg]
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class WithFactory:
+        items: list = dataclasses.field(default_factory=list)
+
+    with pytest.raises(TypeError, match="cannot fill"):
+        quick_init(WithFactory)
