@@ -36,6 +36,7 @@ from .ops import (
     Layout,
     NodeContext,
     OutTransfer,
+    Rule,
     Transfer,
     rule_for,
 )
@@ -120,7 +121,7 @@ def _forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout) -> Pass
     order = mg.topological_nodes()
     result = PassResult(states, {}, order)
     blocked: dict[str, int] = {}  # tensor -> index into result.stops
-    cache: dict[tuple, Transfer] = {}  # repeated identical layers share one transfer
+    cache = TransferCache()  # repeated identical layers share one transfer
     node_inputs, node_outputs, op_types, names = mg.node_inputs, mg.node_outputs, mg.op_types, mg.names
     get_state = states.get
     for idx in order:
@@ -155,8 +156,24 @@ def _reason(exc: Exception) -> str:
     return exc.why if isinstance(exc, UnsupportedOpError) else str(exc)
 
 
+@dataclass
+class TransferCache:
+    """What one pass looks up once: each standard op's rule, and the transfer of each node signature."""
+
+    rules: dict[str, Rule | None] = field(default_factory=dict)
+    transfers: dict[tuple[object, ...], Transfer] = field(default_factory=dict)
+
+    def rule(self, op: str, domain: str) -> Rule | None:
+        """The op's rule (fixed for the whole pass; other domains are not cached)."""
+        if domain:
+            return rule_for(op, domain)
+        if op not in self.rules:
+            self.rules[op] = rule_for(op, "")
+        return self.rules[op]
+
+
 def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None],
-              cache: dict[tuple, Transfer] | None = None) -> Transfer:
+              cache: TransferCache | None = None) -> Transfer:
     """Run the op's rule on a node; unknown ops raise UnsupportedOpError naming the node.
 
     Rules of ``CACHEABLE_OPS`` read only attributes, layouts and shapes, so their transfer is
@@ -164,12 +181,7 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None],
     """
     node = mg.nodes[idx]
     op = mg.op_types[idx]
-    if cache is None:
-        rule = rule_for(op, node.domain)
-    else:  # the rule of an op is fixed for the whole pass: look it up once
-        rule = cache.get(op, rule_for) if not node.domain else rule_for(op, node.domain)
-        if rule is rule_for:
-            rule = cache[op] = rule_for(op, "")
+    rule = rule_for(op, node.domain) if cache is None else cache.rule(op, node.domain)
     if rule is None:
         dom = f" (domain '{node.domain}')" if node.domain else ""
         raise UnsupportedOpError(mg.names[idx], node.op_type, f"no receptive-field rule for this op{dom}; "
@@ -185,7 +197,7 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None],
         attrs = node.attribute
         key = (op, tuple([a.SerializeToString() for a in attrs]) if attrs else (), tuple(layouts),
                tuple(in_shapes), tuple(out_shapes))
-        hit = cache.get(key)
+        hit = cache.transfers.get(key)
         if hit is not None:
             return hit
     check_attribute_types(node, mg.opset, mg.names[idx])
@@ -193,8 +205,8 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None],
         name=mg.names[idx], op=node.op_type, node=node, attrs=attributes(node), layouts=layouts,
         in_shapes=in_shapes, out_shapes=out_shapes, constant=mg.constant, opset=mg.opset)
     transfer = rule(ctx)
-    if key is not None:
-        cache[key] = transfer
+    if cache is not None and key is not None:
+        cache.transfers[key] = transfer
     return transfer
 
 
