@@ -93,6 +93,14 @@ class NodeContext:
     def data_slots(self) -> list[int]:
         return [i for i, lay in enumerate(self.layouts) if lay is not None]
 
+    def data_layout(self, slot: int = 0) -> Layout:
+        """Layout of input ``slot``; unsupported when that input does not depend on the model input."""
+        lay = self.layouts[slot]
+        if lay is None:
+            raise self.unsupported(f"input {slot} does not depend on the model input, but another "
+                                   f"input does; no rule for that case")
+        return lay
+
     def rank(self, slot: int = 0) -> int:
         lay = self.layouts[slot]
         return len(lay) if lay is not None else len(self.in_shapes[slot] or ())
@@ -111,7 +119,7 @@ class NodeContext:
 # ---------------------------------------------------------------- layout helpers
 
 
-def spatial_of(axis_layout: AxisLayout) -> list[int]:
+def spatial_of(axis_layout: Sequence[Part]) -> list[int]:
     """Input spatial axes indexed by one tensor axis."""
     return [a for a, _ in axis_layout if a >= 0]
 
@@ -135,7 +143,7 @@ def with_sizes(layout: Layout, shape: Sequence[int | None] | None) -> Layout:
     """The same layout with single-part axes resized to a new shape (after a window op)."""
     if shape is None or len(shape) != len(layout):
         return layout
-    out = []
+    out: list[AxisLayout] = []
     for parts, dim in zip(layout, shape):
         if dim is not None and (len(parts) == 1 or not spatial_of(parts)):
             out.append(((parts[0][0], dim),))
@@ -172,7 +180,7 @@ def _norm_axis(axis: int, rank: int) -> int:
 def pointwise(ctx: NodeContext, outputs: int | None = None) -> Transfer:
     """Each output position reads the same position of input 0 (activations, BatchNorm, Cast)."""
     n_out = len(ctx.node.output) if outputs is None else outputs
-    lay = with_sizes(ctx.layouts[0], ctx.out_shapes[0])
+    lay = with_sizes(ctx.data_layout(0), ctx.out_shapes[0])
     out = OutTransfer(lay, (Edge(0),))
     return Transfer(tuple(out if i == 0 or outputs is None else None for i in range(n_out)))
 
@@ -184,7 +192,7 @@ def broadcast(ctx: NodeContext) -> Transfer:
     rank = len(out_shape) if out_shape is not None else max(ctx.rank(s) for s in slots)
     layout: list[AxisLayout | None] = [None] * rank
     for s in slots:  # take each axis's layout from an input that is not broadcast along it
-        lay, shape = ctx.layouts[s], ctx.in_shapes[s]
+        lay, shape = ctx.data_layout(s), ctx.in_shapes[s]  # a data slot: never raises
         off = rank - len(lay)
         for t, parts in enumerate(lay):
             dim = shape[t] if shape else None
@@ -195,13 +203,12 @@ def broadcast(ctx: NodeContext) -> Transfer:
     out_axes = carried(final)
     edges = []
     for s in slots:
-        lay = ctx.layouts[s]
+        lay, in_shape = ctx.data_layout(s), ctx.in_shapes[s]
         off = rank - len(lay)
         mine = {a: t + off for a, t in carried(lay).items()}
         maps: dict[int, Span | None] = {}
         for a, t in out_axes.items():
-            if mine.get(a) != t or (ctx.in_shapes[s] and ctx.in_shapes[s][t - off] == 1
-                                    and final[t][0][1] != 1):
+            if mine.get(a) != t or (in_shape and in_shape[t - off] == 1 and final[t][0][1] != 1):
                 maps[a] = BROADCAST
         edges.append(Edge(s, maps))
     return Transfer((OutTransfer(with_sizes(final, out_shape), tuple(edges)),))
@@ -209,19 +216,20 @@ def broadcast(ctx: NodeContext) -> Transfer:
 
 def mix_axes(ctx: NodeContext, axes: Sequence[int], keepdims: bool = True, why: str = "") -> Transfer:
     """An op that reads all positions along tensor ``axes`` of input 0 (reductions, softmax)."""
-    lay = ctx.layouts[0]
+    lay = ctx.data_layout(0)
     maps = mixed_maps(lay, axes)
     out_lay = strip_spatial(lay, axes)
     if not keepdims:
         out_lay = tuple(p for t, p in enumerate(out_lay) if t not in set(axes))
     out_lay = with_sizes(out_lay, ctx.out_shapes[0])
-    outs = [OutTransfer(out_lay, (Edge(0, maps),))] + [None] * (len(ctx.node.output) - 1)
+    outs: list[OutTransfer | None] = [OutTransfer(out_lay, (Edge(0, maps),))]
+    outs += [None] * (len(ctx.node.output) - 1)
     return Transfer(tuple(outs), mix_reason=(why or f"{ctx.op} mixes all positions") if maps else "")
 
 
 def window(ctx: NodeContext, spans: Sequence[Span], size_dependent: bool = False) -> Transfer:
     """Sliding-window op over tensor axes 2.. of input 0 (Conv, pooling, Resize, Pad...)."""
-    lay = ctx.layouts[0]
+    lay = ctx.data_layout(0)
     if len(spans) != len(lay) - 2:
         raise ctx.invalid(f"window over {len(spans)} spatial axes, but the input has rank {len(lay)} "
                           f"({max(len(lay) - 2, 0)} spatial axes)")
@@ -236,7 +244,7 @@ def window(ctx: NodeContext, spans: Sequence[Span], size_dependent: bool = False
         if span != IDENTITY:
             maps[axes[0]] = span
     out = OutTransfer(with_sizes(lay, ctx.out_shapes[0]), (Edge(0, maps),))
-    rest = [None] * (len(ctx.node.output) - 1)
+    rest: list[OutTransfer | None] = [None] * (len(ctx.node.output) - 1)
     if ctx.op == "MaxPool" and rest:  # Indices output: same positions as Y
         rest[0] = out
     return Transfer((out, *rest), size_dependent=size_dependent)
@@ -291,12 +299,13 @@ def _kernel(ctx: NodeContext, weight_slot: int | None) -> list[int]:
     """Kernel size from ``kernel_shape`` or from the weight's shape."""
     if "kernel_shape" in ctx.attrs:
         return list(ctx.attrs["kernel_shape"])
-    if weight_slot is not None and ctx.in_shapes[weight_slot] and None not in ctx.in_shapes[weight_slot][2:]:
-        return list(ctx.in_shapes[weight_slot][2:])
+    w_shape = ctx.in_shapes[weight_slot] if weight_slot is not None else None
+    if w_shape and None not in w_shape[2:]:
+        return list(w_shape[2:])
     raise ctx.unsupported("kernel size unknown (no kernel_shape and no static weight shape)")
 
 
-def conv_rule(weight_slot: int = 1, data_slot: int = 0) -> Callable[[NodeContext], Transfer]:
+def conv_rule(weight_slot: int | None = 1, data_slot: int = 0) -> Callable[[NodeContext], Transfer]:
     """Conv-like op: each output unit reads k_eff = d(k-1)+1 inputs from u*s - p_begin."""
     def rule(ctx: NodeContext) -> Transfer:
         if data_slot != 0:
@@ -342,16 +351,17 @@ def _conv_transpose_pad_begins(ctx: NodeContext, kernel: list[int], strides: lis
     auto_pad = ctx.attrs.get("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     if auto_pad in ("SAME_UPPER", "SAME_LOWER") or ("output_shape" in ctx.attrs and "pads" not in ctx.attrs):
-        in_sizes = ctx.in_shapes[0][2:] if ctx.in_shapes[0] else [None] * n
-        out_sizes = list(ctx.attrs.get("output_shape", []))[-n:] or [
+        in_sizes: Sequence[int | None] = ctx.in_shapes[0][2:] if ctx.in_shapes[0] else [None] * n
+        out_sizes: Sequence[int | None] = list(ctx.attrs.get("output_shape", []))[-n:] or [
             None if sz is None else sz * s for sz, s in zip(in_sizes, strides)]
         out_pad = list(ctx.attrs.get("output_padding", [0] * n))
         begins = []
         for i in range(n):
-            if in_sizes[i] is None or out_sizes[i] is None:
+            in_size, out_size = in_sizes[i], out_sizes[i]
+            if in_size is None or out_size is None:
                 raise DynamicShapeError(f"node '{ctx.name}' (ConvTranspose): padding depends on sizes "
                                         f"that are unknown; set them with --input-shape")
-            total = strides[i] * (in_sizes[i] - 1) + out_pad[i] + dilations[i] * (kernel[i] - 1) + 1 - out_sizes[i]
+            total = strides[i] * (in_size - 1) + out_pad[i] + dilations[i] * (kernel[i] - 1) + 1 - out_size
             begins.append(total // 2 if auto_pad != "SAME_LOWER" else total - total // 2)
         return begins
     return list(ctx.attrs.get("pads", [0] * (2 * n)))[:n]
@@ -489,6 +499,8 @@ def pad_rule(ctx: NodeContext) -> Transfer:
     if pads is None:
         return _shape_only_shift(ctx, "pads computed at run time")
     axes = ctx.ints(3, "axes") if ctx.has_input(3) else list(range(rank))
+    if axes is None:
+        raise ctx.unsupported("Pad axes computed at run time")
     axes = [_norm_axis(a, rank) for a in axes]
     if len(pads) != 2 * len(axes):
         raise ctx.invalid(f"pads {pads} do not match axes {axes}")
@@ -498,7 +510,13 @@ def pad_rule(ctx: NodeContext) -> Transfer:
 
 def _shifts(ctx: NodeContext, begin_by_axis: Mapping[int, int], steps: Mapping[int, int] | None = None) -> Transfer:
     """Output unit u along tensor axis t reads input unit u*step - begin (Pad, Slice, Crop)."""
-    lay = ctx.layouts[0]
+    out = _shift_out(ctx, begin_by_axis, steps)
+    return Transfer((out,) + (None,) * (len(ctx.node.output) - 1))
+
+
+def _shift_out(ctx: NodeContext, begin_by_axis: Mapping[int, int], steps: Mapping[int, int] | None) -> OutTransfer:
+    """The first output of ``_shifts``: the shifted layout and its one edge from input 0."""
+    lay = ctx.data_layout(0)
     maps: dict[int, Span | None] = {}
     for t, begin in begin_by_axis.items():
         step = (steps or {}).get(t, 1)
@@ -511,13 +529,12 @@ def _shifts(ctx: NodeContext, begin_by_axis: Mapping[int, int], steps: Mapping[i
         if len(parts) > 1:
             raise ctx.unsupported(f"shift/crop along a flattened axis holding spatial axes {axes}")
         maps[axes[0]] = Span.layer(1, step, begin)
-    out = OutTransfer(with_sizes(lay, ctx.out_shapes[0]), (Edge(0, maps),))
-    return Transfer((out,) + (None,) * (len(ctx.node.output) - 1))
+    return OutTransfer(with_sizes(lay, ctx.out_shapes[0]), (Edge(0, maps),))
 
 
 def _shape_only_shift(ctx: NodeContext, why: str) -> Transfer:
     """When offsets are not constant: fine if no spatial size changed, else unsupported."""
-    lay, ins, outs = ctx.layouts[0], ctx.in_shapes[0], ctx.out_shapes[0]
+    lay, ins, outs = ctx.data_layout(0), ctx.in_shapes[0], ctx.out_shapes[0]
     for t, parts in enumerate(lay):
         if spatial_of(parts) and (ins is None or outs is None or ins[t] != outs[t]):
             raise ctx.unsupported(f"{why}; the spatial offset cannot be determined")
@@ -542,7 +559,7 @@ def slice_rule(ctx: NodeContext) -> Transfer:
     for a, st, sp in zip(axes, starts, steps):
         if sp == 0:
             raise ctx.invalid("slice step 0")
-        if sp < 0 and spatial_of(ctx.layouts[0][a]):
+        if sp < 0 and spatial_of(ctx.data_layout(0)[a]):
             raise ctx.unsupported("negative slice step (flip) along a spatial axis")
         dim = shape[a] if shape else None
         if st < 0:
@@ -566,7 +583,7 @@ def concat_rule(ctx: NodeContext) -> Transfer:
     rank = ctx.rank(ctx.data_slots()[0])
     axis = _norm_axis(int(ctx.attrs.get("axis", 1)), rank)
     data = ctx.data_slots()
-    if not spatial_of(ctx.layouts[data[0]][axis]):
+    if not spatial_of(ctx.data_layout(data[0])[axis]):  # a data slot: never raises
         return broadcast(ctx)
     if len(data) > 1:
         raise ctx.unsupported("concatenation of several input-dependent tensors along a spatial axis "
@@ -578,8 +595,7 @@ def concat_rule(ctx: NodeContext) -> Transfer:
             raise DynamicShapeError(f"node '{ctx.name}' (Concat): size of input {slot} unknown")
         offset += shape[axis]
     ctx.layouts = [ctx.layouts[data[0]]]
-    tr = _shifts(ctx, {axis: offset})
-    out = tr.outputs[0]
+    out = _shift_out(ctx, {axis: offset}, None)
     return Transfer((OutTransfer(out.layout, (Edge(data[0], out.edges[0].maps),)),))
 
 
@@ -587,15 +603,16 @@ def split_rule(ctx: NodeContext) -> Transfer:
     """Split: channel splits are pointwise; spatial splits shift each output by its offset."""
     rank = ctx.rank(0)
     axis = _norm_axis(int(ctx.attrs.get("axis", 0)), rank)
-    outs = []
+    lay0 = ctx.data_layout(0)
+    outs: list[OutTransfer | None] = []
     offset = 0
     for i in range(len(ctx.node.output)):
         shape = ctx.out_shapes[i]
-        lay = with_sizes(ctx.layouts[0], shape)
-        maps = {}
-        axes = spatial_of(ctx.layouts[0][axis])
+        lay = with_sizes(lay0, shape)
+        maps: dict[int, Span | None] = {}
+        axes = spatial_of(lay0[axis])
         if axes and offset:
-            if len(ctx.layouts[0][axis]) > 1:
+            if len(lay0[axis]) > 1:
                 raise ctx.unsupported("split along a flattened spatial axis")
             maps[axes[0]] = Span.layer(1, 1, -offset)
         outs.append(OutTransfer(lay, (Edge(0, maps),)))
@@ -635,7 +652,7 @@ def gather_rule(ctx: NodeContext) -> Transfer:
 
 def transpose_rule(ctx: NodeContext) -> Transfer:
     """Transpose: permutes which tensor axis indexes which spatial axis; positions unchanged."""
-    lay = ctx.layouts[0]
+    lay = ctx.data_layout(0)
     perm = list(ctx.attrs.get("perm", list(range(len(lay)))[::-1]))
     if sorted(perm) != list(range(len(lay))):
         raise ctx.invalid(f"perm {perm} is not a permutation of {len(lay)} axes")
@@ -650,7 +667,7 @@ def reshape_rule(ctx: NodeContext) -> Transfer:
     if out_shape is None or None in out_shape:
         raise DynamicShapeError(f"node '{ctx.name}' ({ctx.op}): output shape unknown after shape "
                                 f"inference; set the input size with --input-shape")
-    layout = regroup(ctx, ctx.layouts[0], out_shape)
+    layout = regroup(ctx, ctx.data_layout(0), out_shape)
     return Transfer((OutTransfer(layout, (Edge(0),)),) + (None,) * (len(ctx.node.output) - 1))
 
 
@@ -714,7 +731,7 @@ def flatten_rule(ctx: NodeContext) -> Transfer:
 def squeeze_rule(ctx: NodeContext) -> Transfer:
     """Squeeze/Unsqueeze: drop or insert size-1 axes (a squeezed spatial axis stays pinned)."""
     out_shape = ctx.out_shapes[0]
-    lay = ctx.layouts[0]
+    lay = ctx.data_layout(0)
     rank = len(lay)
     axes = ctx.ints(1, "axes")
     if ctx.op == "Squeeze":
@@ -743,6 +760,7 @@ def global_pool_rule(ctx: NodeContext) -> Transfer:
 def reduce_rule(ctx: NodeContext) -> Transfer:
     """Reduce*/ArgMax/ArgMin: reduced spatial axes become global."""
     rank = ctx.rank(0)
+    axes: list[int] | None
     if ctx.op in ("ArgMax", "ArgMin"):
         axes = [int(ctx.attrs.get("axis", 0))]
     else:
@@ -777,7 +795,7 @@ def norm_over_axes_rule(first_axis_attr: str | None, default: int | list[int]) -
             start = _norm_axis(int(ctx.attrs.get(first_axis_attr, default)), rank)
             axes = list(range(start, rank))
         tr = mix_axes(ctx, axes, why=f"{ctx.op} statistics over axes {axes}")
-        lay = with_sizes(ctx.layouts[0], ctx.out_shapes[0])  # positions keep their meaning
+        lay = with_sizes(ctx.data_layout(0), ctx.out_shapes[0])  # positions keep their meaning
         outs = tuple(None if o is None else OutTransfer(lay, o.edges) for o in tr.outputs)
         return Transfer(outs, mix_reason=tr.mix_reason)
     return rule
@@ -838,25 +856,26 @@ def recurrent_rule(ctx: NodeContext) -> Transfer:
     only the batch axis keeps its positions.  Data may arrive on X or on initial_h/initial_c."""
     batch_first = bool(ctx.attrs.get("layout", 0))
     in_batch = {0: 0 if batch_first else 1, 5: 0 if batch_first else 1, 6: 0 if batch_first else 1, 4: 0}
-    edges, batch_parts = [], None
+    edges: list[Edge] = []
+    batch_parts: AxisLayout | None = None
     for slot in ctx.data_slots():
         if slot not in in_batch:
             raise ctx.unsupported("weights computed from the input (data-dependent recurrence)")
-        lay = ctx.layouts[slot]
+        lay = ctx.data_layout(slot)  # a data slot: never raises
         keep = in_batch[slot]
         edges.append(Edge(slot, mixed_maps(lay, [t for t in range(len(lay)) if t != keep])))
         if batch_parts is None and keep < len(lay):
             batch_parts = lay[keep]
-    outs = []
+    outs: list[OutTransfer | None] = []
     for i, shape in enumerate(ctx.out_shapes):
         if not ctx.node.output[i]:
             outs.append(None)
             continue
-        lay = list(plain_layout(shape or ()))
+        out_lay = list(plain_layout(shape or ()))
         out_batch = (0 if batch_first else (2 if i == 0 else 1))
-        if batch_parts is not None and out_batch < len(lay):
-            lay[out_batch] = batch_parts
-        outs.append(OutTransfer(tuple(lay), tuple(edges)))
+        if batch_parts is not None and out_batch < len(out_lay):
+            out_lay[out_batch] = batch_parts
+        outs.append(OutTransfer(tuple(out_lay), tuple(edges)))
     return Transfer(tuple(outs), mix_reason=f"{ctx.op} recurrence: every step reads the whole sequence")
 
 
