@@ -14,12 +14,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .errors import DynamicShapeError, RFGraphError, UnsupportedOpError
+from .errors import (
+    DynamicShapeError,
+    InvalidAttributeError,
+    RFGraphError,
+    UnsupportedOpError,
+)
 
 SEED_NAME = "rfgraph_seed"
 GRAD_NAME = "rfgraph_grad"
@@ -64,17 +71,19 @@ class Builder:
         self._count += 1
         return f"rfgraph_vjp/{hint}_{self._count}"
 
-    def emit(self, op: str, inputs: Sequence[str], n_out: int = 1, **attrs: object) -> list[str]:
-        """Append a backward node and return its output names."""
+    def emit(self, op: str, inputs: Sequence[str], n_out: int = 1, **attrs: Any) -> list[str]:
+        """Append a backward node and return its output names (``attrs``: ONNX attribute values,
+        typed ``Any`` as in ``helper.make_node``, which encodes them)."""
         outs = [self.fresh(op) for _ in range(n_out)]
         self.nodes.append(helper.make_node(op, list(inputs), outs, name=outs[0], **attrs))
         return outs
 
-    def op(self, op: str, *inputs: str, **attrs: object) -> str:
+    def op(self, op: str, *inputs: str, **attrs: Any) -> str:
         """Append a single-output backward node and return its output."""
         return self.emit(op, inputs, **attrs)[0]
 
-    def const(self, value: np.ndarray | float | Sequence[int], dtype: object = None) -> str:
+    def const(self, value: np.ndarray | float | Sequence[int],
+              dtype: npt.DTypeLike | None = None) -> str:
         """Add a constant initializer; floats take the gradient dtype unless ``dtype`` says."""
         if dtype is None:
             dtype = helper.tensor_dtype_to_np_dtype(self.dtype)
@@ -192,6 +201,49 @@ class NodeView:
     def attr(self, key: str, default: object = None) -> object:
         return self.attrs.get(key, default)
 
+    def invalid(self, why: str) -> InvalidAttributeError:
+        """The error for an attribute of the wrong type or a missing required one."""
+        return InvalidAttributeError(f"node '{self.name}' ({self.node.op_type}): {why}")
+
+    def attr_int(self, key: str, default: int | None = None) -> int:
+        """An INT attribute; ``default`` when absent (no default: the attribute is required)."""
+        value = self.attrs.get(key, default)
+        if isinstance(value, int):
+            return value
+        raise self.invalid(_attr_problem(key, value, "an int"))
+
+    def attr_float(self, key: str, default: float) -> float:
+        """A FLOAT attribute (an int stands for its float); ``default`` when absent."""
+        value = self.attrs.get(key, default)
+        if isinstance(value, (int, float)):
+            return float(value)
+        raise self.invalid(_attr_problem(key, value, "a float"))
+
+    def attr_ints(self, key: str) -> list[int] | None:
+        """An INTS attribute as a fresh list (rules edit it in place), or None when absent."""
+        value = self.attrs.get(key)
+        if value is None:
+            return None
+        if isinstance(value, list) and all(isinstance(v, int) for v in value):
+            return list(value)
+        raise self.invalid(_attr_problem(key, value, "a list of ints"))
+
+    def attr_str(self, key: str, default: str) -> str:
+        """A STRING attribute, decoded (ONNX stores bytes); ``default`` when absent."""
+        value = self.attrs.get(key, default)
+        if isinstance(value, bytes):
+            return value.decode()
+        if isinstance(value, str):
+            return value
+        raise self.invalid(_attr_problem(key, value, "a string"))
+
+
+def _attr_problem(key: str, value: object, want: str) -> str:
+    """Why an attribute value is refused: missing (required) or of the wrong type."""
+    if value is None:
+        return f"the required attribute '{key}' is missing"
+    return f"attribute '{key}' is {type(value).__name__}, expected {want}"
+
 
 Grads = list  # per input: gradient tensor name or None
 Rule = Callable[[Builder, NodeView, list], Grads]
@@ -220,7 +272,7 @@ def _reshape(b: Builder, n: NodeView, gys: list) -> Grads:
 def _transpose(b: Builder, n: NodeView, gys: list) -> Grads:
     """Transpose: the inverse permutation."""
     rank = len(b.shape(n.inputs[0]))
-    perm = list(n.attr("perm") or reversed(range(rank)))
+    perm = n.attr_ints("perm") or list(reversed(range(rank)))
     inverse = list(np.argsort(perm))
     out = b.op("Transpose", gys[0], perm=inverse)
     b.shapes[out] = b.shape(n.inputs[0])
@@ -234,7 +286,7 @@ def _relu(b: Builder, n: NodeView, gys: list) -> Grads:
 
 def _leaky_relu(b: Builder, n: NodeView, gys: list) -> Grads:
     """LeakyRelu: 1 for x > 0, alpha otherwise."""
-    alpha = float(n.attr("alpha", 0.01))
+    alpha = n.attr_float("alpha", 0.01)
     scaled = b.binary("Mul", gys[0], b.scalar(alpha))
     return [b.where(b.op("Greater", n.inputs[0], b.scalar(0.0)), gys[0], scaled)]
 
@@ -251,7 +303,7 @@ def _clip(b: Builder, n: NodeView, gys: list) -> Grads:
     lo = n.inputs[1] if len(n.inputs) > 1 and n.inputs[1] else None
     hi = n.inputs[2] if len(n.inputs) > 2 and n.inputs[2] else None
     if "min" in n.attrs:  # opset < 11 form
-        lo, hi = b.scalar(float(n.attr("min"))), b.scalar(float(n.attr("max", np.inf)))
+        lo, hi = b.scalar(n.attr_float("min", -np.inf)), b.scalar(n.attr_float("max", np.inf))
     masks = []
     if lo:
         masks.append(b.op("GreaterOrEqual", x, lo))
@@ -279,7 +331,7 @@ def _tanh(b: Builder, n: NodeView, gys: list) -> Grads:
 
 def _hard_sigmoid(b: Builder, n: NodeView, gys: list) -> Grads:
     """HardSigmoid: alpha where 0 < alpha*x + beta < 1, else 0."""
-    alpha, beta = float(n.attr("alpha", 0.2)), float(n.attr("beta", 0.5))
+    alpha, beta = n.attr_float("alpha", 0.2), n.attr_float("beta", 0.5)
     t = b.binary("Add", b.binary("Mul", n.inputs[0], b.scalar(alpha)), b.scalar(beta))
     mask = b.op("And", b.op("Greater", t, b.scalar(0.0)), b.op("Less", t, b.scalar(1.0)))
     return [b.where(mask, b.binary("Mul", gys[0], b.scalar(alpha)))]
@@ -305,7 +357,7 @@ def _erf(b: Builder, n: NodeView, gys: list) -> Grads:
 def _gelu(b: Builder, n: NodeView, gys: list) -> Grads:
     """Gelu (opset 20): exact Phi(x) + x phi(x), or the derivative of the tanh approximation."""
     x, g, shape = n.inputs[0], gys[0], b.shape(n.inputs[0])
-    if n.attr("approximate", b"none") in (b"tanh", "tanh"):
+    if n.attr_str("approximate", "none") == "tanh":
         c = math.sqrt(2 / math.pi)
         x2 = b.binary("Mul", x, x)
         inner = b.binary("Mul", b.binary("Mul", x, b.scalar(c)),
@@ -345,11 +397,11 @@ def _sqrt(b: Builder, n: NodeView, gys: list) -> Grads:
 
 def _pow(b: Builder, n: NodeView, gys: list) -> Grads:
     """Pow with a constant exponent p: g * p * x^(p-1); a variable exponent is not supported."""
-    p = b.value(n.inputs[1])
-    if p is None or p.size != 1 or b.is_active(n.inputs[1]):
+    p_value = b.value(n.inputs[1])
+    if p_value is None or p_value.size != 1 or b.is_active(n.inputs[1]):
         raise UnsupportedOpError(n.name, "Pow", "only a constant scalar exponent has a VJP rule; "
                                  "use --method fd")
-    p = float(p.reshape(()))
+    p = float(p_value.reshape(()))
     xp = b.binary("Pow", n.inputs[0], b.scalar(p - 1.0), b.shape(n.inputs[0]))
     return [b.binary("Mul", gys[0], b.binary("Mul", xp, b.scalar(p))), None]
 
@@ -403,15 +455,15 @@ def _window(n: NodeView, b: Builder) -> tuple[list[int], list[int], list[int], l
     """Kernel, strides, dilations, pads begin, pads end of a Conv/pool node (auto_pad resolved)."""
     xs, ys = b.shape(n.inputs[0])[2:], b.shape(n.outputs[0])[2:]
     rank = len(xs)
+    kernel = n.attr_ints("kernel_shape")
     if n.node.op_type in ("Conv", "ConvTranspose"):
-        kernel = list(n.attr("kernel_shape") or b.shape(n.inputs[1])[2:])
-    else:
-        kernel = list(n.attr("kernel_shape"))
-    strides = list(n.attr("strides") or [1] * rank)
-    dil = list(n.attr("dilations") or [1] * rank)
-    pads = list(n.attr("pads") or [0] * (2 * rank))
-    auto = n.attr("auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
+        kernel = kernel or list(b.shape(n.inputs[1])[2:])
+    elif kernel is None:  # required by the pooling ops
+        raise n.invalid(_attr_problem("kernel_shape", None, "a list of ints"))
+    strides = n.attr_ints("strides") or [1] * rank
+    dil = n.attr_ints("dilations") or [1] * rank
+    pads = n.attr_ints("pads") or [0] * (2 * rank)
+    auto = n.attr_str("auto_pad", "NOTSET")
     if auto in ("SAME_UPPER", "SAME_LOWER") and n.node.op_type != "ConvTranspose":
         for i in range(rank):
             total = max((ys[i] - 1) * strides[i] + dil[i] * (kernel[i] - 1) + 1 - xs[i], 0)
@@ -458,7 +510,7 @@ def _conv(b: Builder, n: NodeView, gys: list) -> Grads:
     Stride 1 with constant weights uses a Conv with flipped weights instead: the same numbers,
     and onnxruntime's Conv kernels are much faster than its ConvTranspose.
     """
-    group = int(n.attr("group", 1))
+    group = n.attr_int("group", 1)
     kernel, strides, dil, pb, _ = _window(n, b)
     w = b.value(n.inputs[1])
     xs, ys = b.shape(n.inputs[0])[2:], b.shape(n.outputs[0])[2:]
@@ -482,15 +534,14 @@ def _conv_transpose(b: Builder, n: NodeView, gys: list) -> Grads:
     xs = b.shape(n.inputs[0])[2:]
     rank = len(xs)
     ys = b.shape(n.outputs[0])[2:]
-    kernel = list(n.attr("kernel_shape") or b.shape(n.inputs[1])[2:])
-    strides = list(n.attr("strides") or [1] * rank)
-    dil = list(n.attr("dilations") or [1] * rank)
-    pads = list(n.attr("pads") or [0] * (2 * rank))
-    auto = n.attr("auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
+    kernel = n.attr_ints("kernel_shape") or list(b.shape(n.inputs[1])[2:])
+    strides = n.attr_ints("strides") or [1] * rank
+    dil = n.attr_ints("dilations") or [1] * rank
+    pads = n.attr_ints("pads") or [0] * (2 * rank)
+    auto = n.attr_str("auto_pad", "NOTSET")
     if n.attr("output_shape") or auto in ("SAME_UPPER", "SAME_LOWER"):
         for i in range(rank):  # the spec's rule: total padding from the requested output size
-            total = strides[i] * (xs[i] - 1) + int((n.attr("output_padding") or [0] * rank)[i]) \
+            total = strides[i] * (xs[i] - 1) + (n.attr_ints("output_padding") or [0] * rank)[i] \
                 + dil[i] * (kernel[i] - 1) + 1 - ys[i]
             small, big = total // 2, total - total // 2
             pads[i], pads[i + rank] = (big, small) if auto == "SAME_UPPER" else (small, big)
@@ -505,7 +556,7 @@ def _conv_transpose(b: Builder, n: NodeView, gys: list) -> Grads:
     if any(p < 0 for p in pads[:rank]):
         raise UnsupportedOpError(n.name, "ConvTranspose", "negative pads; use --method fd")
     out = b.op("Conv", g, n.inputs[1], strides=strides, dilations=dil, pads=pads[:rank] + pe,
-               group=int(n.attr("group", 1)))
+               group=n.attr_int("group", 1))
     b.shapes[out] = b.shape(n.inputs[0])
     return [out] + [None] * (len(n.inputs) - 1)
 
@@ -564,12 +615,12 @@ def _global_average_pool(b: Builder, n: NodeView, gys: list) -> Grads:
 
 def _reduce_axes(b: Builder, n: NodeView) -> list[int]:
     rank = len(b.shape(n.inputs[0]))
-    axes = n.attr("axes")
+    axes = n.attr_ints("axes")
     if axes is None and len(n.inputs) > 1 and n.inputs[1]:
-        axes = b.value(n.inputs[1])
-        if axes is None:
+        value = b.value(n.inputs[1])
+        if value is None:
             raise UnsupportedOpError(n.name, n.node.op_type, "axes are not constant; use --method fd")
-        axes = axes.tolist()
+        axes = value.tolist()
     if axes is None or len(axes) == 0:
         if n.attr("noop_with_empty_axes", 0):
             return []
@@ -592,21 +643,23 @@ def _reduce_sum(b: Builder, n: NodeView, gys: list) -> Grads:
 
 def _pad(b: Builder, n: NodeView, gys: list) -> Grads:
     """Pad (constant mode): negated pads crop the gradient back (and pad where Pad cropped)."""
-    mode = n.attr("mode", b"constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    mode = n.attr_str("mode", "constant")
     if mode != "constant":
         raise UnsupportedOpError(n.name, "Pad", f"mode '{mode}' has no VJP rule; use --method fd")
     xs = b.shape(n.inputs[0])
     rank = len(xs)
-    pads = n.attr("pads")
+    pads = n.attr_ints("pads")
     if pads is None:
-        pads = b.value(n.inputs[1])
-        if pads is None:
+        value = b.value(n.inputs[1])
+        if value is None:
             raise UnsupportedOpError(n.name, "Pad", "pads are not constant; use --method fd")
-        pads = pads.tolist()
+        pads = value.tolist()
     pads = list(pads)
     if len(n.inputs) > 3 and n.inputs[3]:  # axes input (opset 18)
-        axes = [int(a) % rank for a in b.value(n.inputs[3]).tolist()]
+        axes_value = b.value(n.inputs[3])
+        if axes_value is None:
+            raise UnsupportedOpError(n.name, "Pad", "axes are not constant; use --method fd")
+        axes = [int(a) % rank for a in axes_value.tolist()]
         full = [0] * (2 * rank)
         for i, a in enumerate(axes):
             full[a], full[a + rank] = pads[i], pads[i + len(axes)]
@@ -663,7 +716,7 @@ def _gather(b: Builder, n: NodeView, gys: list) -> Grads:
     if idx is None:
         raise UnsupportedOpError(n.name, "Gather", "indices are not constant; use --method fd")
     xs = b.shape(n.inputs[0])
-    ax = int(n.attr("axis", 0)) % len(xs)
+    ax = n.attr_int("axis", 0) % len(xs)
     flat = idx.reshape(-1).astype(np.int64) % xs[ax]
     g = b.reshape(gys[0], xs[:ax] + (flat.size,) + xs[ax + 1:])
     m = np.zeros((xs[ax], flat.size))
@@ -674,7 +727,7 @@ def _gather(b: Builder, n: NodeView, gys: list) -> Grads:
 def _concat(b: Builder, n: NodeView, gys: list) -> Grads:
     """Concat: split the gradient back into the operands' sizes."""
     shapes = [b.shape(x) for x in n.inputs]
-    ax = int(n.attr("axis")) % len(shapes[0])
+    ax = n.attr_int("axis") % len(shapes[0])
     sizes = [s[ax] for s in shapes]
     parts = b.emit("Split", [gys[0], b.ints(sizes)], n_out=len(sizes), axis=ax)
     for p, s in zip(parts, shapes):
@@ -685,7 +738,7 @@ def _concat(b: Builder, n: NodeView, gys: list) -> Grads:
 def _split(b: Builder, n: NodeView, gys: list) -> Grads:
     """Split: concatenate the outputs' gradients (zeros for outputs that receive none)."""
     xs = b.shape(n.inputs[0])
-    ax = int(n.attr("axis", 0)) % len(xs)
+    ax = n.attr_int("axis", 0) % len(xs)
     parts = [g if g is not None else b.zeros(b.shape(y)) for g, y in zip(gys, n.outputs)]
     out = b.op("Concat", *parts, axis=ax)
     b.shapes[out] = xs
@@ -698,12 +751,14 @@ def _resize_matrix(n: NodeView, b: Builder, axis: int) -> np.ndarray:
 
     xs, ys = b.shape(n.inputs[0]), b.shape(n.outputs[0])
     size_in, size_out = xs[axis], ys[axis]
-    attrs = {k: v for k, v in n.attrs.items() if k not in ("axes", "keep_aspect_ratio_policy")}
+    # decoded values, re-encoded by make_node (whose attribute kwargs are typed Any)
+    attrs: dict[str, Any] = {k: v for k, v in n.attrs.items()
+                             if k not in ("axes", "keep_aspect_ratio_policy")}
     scales = b.value(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] else None
     inits = []
     if scales is not None and scales.size:
         full = np.ones(len(xs), dtype=np.float32)
-        axes = n.attrs.get("axes") or list(range(len(xs)))
+        axes = n.attr_ints("axes") or list(range(len(xs)))
         for a, s in zip(axes, scales.tolist()):
             full[int(a) % len(xs)] = s
         inits.append(numpy_helper.from_array(np.array([1.0, full[axis]], np.float32), "scales"))
@@ -743,7 +798,7 @@ def _resize(b: Builder, n: NodeView, gys: list) -> Grads:
 def _softmax(b: Builder, n: NodeView, gys: list) -> Grads:
     """Softmax (opset >= 13, one axis): y * (g - sum(g * y, axis))."""
     y, g = n.outputs[0], gys[0]
-    ax = int(n.attr("axis", -1)) % len(b.shape(y))
+    ax = n.attr_int("axis", -1) % len(b.shape(y))
     gy = b.binary("Mul", g, y)
     s = b.op("ReduceSum", gy, b.ints([ax]), keepdims=1)
     b.shapes[s] = tuple(1 if i == ax else d for i, d in enumerate(b.shape(y)))
@@ -753,7 +808,7 @@ def _softmax(b: Builder, n: NodeView, gys: list) -> Grads:
 def _log_softmax(b: Builder, n: NodeView, gys: list) -> Grads:
     """LogSoftmax (opset >= 13): g - exp(y) * sum(g, axis)."""
     y, g = n.outputs[0], gys[0]
-    ax = int(n.attr("axis", -1)) % len(b.shape(y))
+    ax = n.attr_int("axis", -1) % len(b.shape(y))
     s = b.op("ReduceSum", g, b.ints([ax]), keepdims=1)
     b.shapes[s] = tuple(1 if i == ax else d for i, d in enumerate(b.shape(y)))
     e = _set_shape(b, b.op("Exp", y), y)
@@ -767,7 +822,7 @@ def _batch_norm(b: Builder, n: NodeView, gys: list) -> Grads:
                                  "in eval mode")
     xs = b.shape(n.inputs[0])
     scale, var = b.value(n.inputs[1]), b.value(n.inputs[4])
-    eps = float(n.attr("epsilon", 1e-5))
+    eps = n.attr_float("epsilon", 1e-5)
     bshape = [1, xs[1]] + [1] * (len(xs) - 2)
     if scale is not None and var is not None:
         factor = b.const((scale / np.sqrt(var.astype(np.float64) + eps)).reshape(bshape))
@@ -785,7 +840,7 @@ def _layer_norm(b: Builder, n: NodeView, gys: list) -> Grads:
     """
     x = n.inputs[0]
     xs = b.shape(x)
-    ax = int(n.attr("axis", -1)) % len(xs)
+    ax = n.attr_int("axis", -1) % len(xs)
     while len(n.node.output) < 3:
         n.node.output.append("")
     for i, hint in ((1, "ln_mean"), (2, "ln_invstd")):
@@ -849,8 +904,8 @@ def _matmul(b: Builder, n: NodeView, gys: list) -> Grads:
 
 def _gemm(b: Builder, n: NodeView, gys: list) -> Grads:
     """Gemm: alpha g op(B)^T for A, alpha op(A)^T g for B (transposes folded in), beta g for C."""
-    alpha, beta = float(n.attr("alpha", 1.0)), float(n.attr("beta", 1.0))
-    ta, tb = int(n.attr("transA", 0)), int(n.attr("transB", 0))
+    alpha, beta = n.attr_float("alpha", 1.0), n.attr_float("beta", 1.0)
+    ta, tb = n.attr_int("transA", 0), n.attr_int("transB", 0)
     a, c = n.inputs[0], n.inputs[1]
     g = gys[0]
     out: Grads = [None] * len(n.inputs)
