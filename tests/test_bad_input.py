@@ -6,7 +6,8 @@ cycle, duplicate tensor names, a node reading a tensor nobody produces, an outpu
 zero/negative strides, kernels and dilations, absurd dims (2^40) in the file, in an initializer
 and on the command line, bad --input-shape/--index/--layout, external data pointing outside the
 model's folder (relative ``..``, absolute, through a symlink, inside an If subgraph; refused and
-never opened), and a 100k-node graph (no recursion-limit crash).
+never opened), a 100k-node graph (no recursion-limit crash); and graphs no rule covers (a constant
+first input beside a data input, Pad axes computed at run time): a partial report, exit 1.
 """
 
 from __future__ import annotations
@@ -320,3 +321,41 @@ def test_errors_are_rfgraph_errors_in_the_api() -> None:
     for data in (b"", b"\x00" * 10, conv_model(kernel_shape=[3, 3], strides=[0, 1]).SerializeToString()):
         with pytest.raises(RFGraphError):
             analyze(data)
+
+
+def _stop_of(m: onnx.ModelProto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """Analyse through the CLI: a partial report (exit 1) whose one stop line names the node."""
+    path = tmp_path / "m.onnx"
+    onnx.save(m, str(path))
+    assert main(["analyze", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    (stop,) = analyze(str(path)).stops
+    return f"{stop.node} {stop.op}: {stop.reason}"
+
+
+def test_constant_first_input_with_data_later_input_is_a_clear_stop(tmp_path, capsys):
+    """BatchNormalization whose X is a constant but whose scale comes from the model input:
+    no rule covers it; it used to escape as a TypeError (found by type-checking ops.py)."""
+    xc = numpy_helper.from_array(np.ones((1, 1, 16, 16), np.float32), "xc")
+    stat = [numpy_helper.from_array(np.zeros(1, np.float32), n) for n in ("b", "mean")]
+    var = numpy_helper.from_array(np.ones(1, np.float32), "var")
+    nodes = [helper.make_node("ReduceMean", ["x"], ["s"], axes=[0, 2, 3], keepdims=0),
+             helper.make_node("BatchNormalization", ["xc", "s", "b", "mean", "var"], ["y"], name="bn")]
+    reason = _stop_of(model(nodes, ["y"], [xc, *stat, var]), tmp_path, capsys)
+    assert reason.startswith("bn BatchNormalization") and "does not depend on the model input" in reason
+
+
+def test_pad_with_run_time_axes_is_a_clear_stop(tmp_path, capsys):
+    """Pad (opset 18) whose axes input is computed from the data: refused by name, no traceback."""
+    pads = numpy_helper.from_array(np.array([1, 1], np.int64), "pads")
+    shape1 = numpy_helper.from_array(np.array([1], np.int64), "shape1")
+    nodes = [helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),  # a value of the data
+             helper.make_node("Cast", ["m"], ["mi"], to=TensorProto.INT64),
+             helper.make_node("Reshape", ["mi", "shape1"], ["axes"]),
+             helper.make_node("Pad", ["x", "pads", "", "axes"], ["y"], name="pad")]
+    consts = [shape1]
+    m = model(nodes, ["y"], [pads, *consts])
+    m.opset_import[0].version = 18
+    reason = _stop_of(m, tmp_path, capsys)
+    assert reason.startswith("pad Pad") and "axes computed at run time" in reason
