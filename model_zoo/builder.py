@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, Sequence, Union
+from typing import Any, Iterator, Sequence, Union
 
 import numpy as np
 import onnx
@@ -128,7 +128,7 @@ class GraphBuilder:
         return self.shapes[x][1]
 
     def _node(self, op: str, inputs: Sequence[str], out_shape: Sequence[int], base: str,
-              name: str | None = None, **attrs: object) -> str:
+              name: str | None = None, **attrs: Any) -> str:
         out = self._name(base, name)
         self.nodes.append(helper.make_node(op, list(inputs), [out], name=out, **attrs))
         self.shapes[out] = tuple(int(d) for d in out_shape)
@@ -154,8 +154,9 @@ class GraphBuilder:
 
     # ---------------------------------------------------------------- padding resolution
     def _pads(self, x: str, padding: Padding, kernel: tuple[int, ...], stride: tuple[int, ...],
-              dilation: tuple[int, ...]) -> tuple[list[tuple[int, int]] | None, dict]:
-        """Per-axis (begin, end) pads, or None with ``auto_pad`` attributes."""
+              dilation: tuple[int, ...]) -> tuple[list[tuple[int, int]], dict]:
+        """Per-axis (begin, end) pads (always resolved), plus ``auto_pad`` attributes when SAME
+        is left to the runtime."""
         spatial = self.spatial(x)
         rank = len(spatial)
         if isinstance(padding, str):

@@ -197,6 +197,11 @@ def resnet_v1(depth: int = 50, size: int = 224, width: float = 0.125, same_mode:
 Branch = Callable[[str], str]
 
 
+def _bind(fn: Callable[[str, int], str], depth: int) -> Branch:
+    """``fn`` with its depth bound now (a lambda in a loop would read the loop's last value)."""
+    return lambda t: fn(t, depth)
+
+
 def _mixed(b: GraphBuilder, x: str, name: str, branches: Sequence[Branch]) -> str:
     """An inception module: each branch in scope ``name/Branch_i``, concatenated as ``name``."""
     outs = []
@@ -277,7 +282,7 @@ def inception_v3(size: int = 299, width: float = 0.125, same_mode: str = "explic
             lambda t: s.conv(t, 64, 1),
             lambda t: _chain(s, t, [(48, 1), (64, 5)]),
             lambda t: _chain(s, t, [(64, 1), (96, 3), (96, 3)]),
-            lambda t, d3=d3: s.conv(avg(t), d3, 1)]); eps.append(x)
+            _bind(lambda t, d3: s.conv(avg(t), d3, 1), d3)]); eps.append(x)
     x = _mixed(b, x, "Mixed_6a", [
         lambda t: s.conv(t, 384, 3, 2, "VALID"),
         lambda t: _chain(s, t, [(64, 1), (96, 3), (96, 3, 2, "VALID")]),
@@ -285,9 +290,9 @@ def inception_v3(size: int = 299, width: float = 0.125, same_mode: str = "explic
     for name, d in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160), ("Mixed_6e", 192)):
         x = _mixed(b, x, name, [
             lambda t: s.conv(t, 192, 1),
-            lambda t, d=d: _chain(s, t, [(d, 1), (d, (1, 7)), (192, (7, 1))]),
-            lambda t, d=d: _chain(s, t, [(d, 1), (d, (7, 1)), (d, (1, 7)), (d, (7, 1)),
-                                         (192, (1, 7))]),
+            _bind(lambda t, d: _chain(s, t, [(d, 1), (d, (1, 7)), (192, (7, 1))]), d),
+            _bind(lambda t, d: _chain(s, t, [(d, 1), (d, (7, 1)), (d, (1, 7)), (d, (7, 1)),
+                                             (192, (1, 7))]), d),
             lambda t: s.conv(avg(t), 192, 1)]); eps.append(x)
     x = _mixed(b, x, "Mixed_7a", [
         lambda t: _chain(s, t, [(192, 1), (320, 3, 2, "VALID")]),

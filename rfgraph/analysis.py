@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 
@@ -182,7 +183,8 @@ class Analysis:
 
 def analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None = None,
             input_name: str | None = None, layout: str | None = None, *,
-            rules: object = None, assume_pointwise: bool = False) -> Analysis:
+            rules: custom_ops.RuleSet | str | Path | Sequence[str | Path] | None = None,
+            assume_pointwise: bool = False) -> Analysis:
     """Receptive fields of every tensor of an ONNX model (path, bytes or ModelProto).
 
     ``input_shape`` fixes input dims ({"x": (1, 3, 224, 224)}; name "" means the first input);

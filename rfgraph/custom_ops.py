@@ -257,7 +257,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         import tomllib as toml  # type: ignore[import-not-found]
     except ModuleNotFoundError:  # pragma: no cover - Python 3.10
         try:
-            import tomli as toml  # type: ignore[import-not-found,no-redef]
+            import tomli as toml  # type: ignore[import-not-found]
         except ModuleNotFoundError:
             raise RFGraphError("reading a rules file needs Python 3.11+ or the 'tomli' package") from None
     if not path.is_file():
@@ -420,19 +420,19 @@ def window_numbers(r: Resolved, attrs: Mapping[str, Any], n: int, ctx: Any = Non
 def _expand(value: Param | None, attrs: Mapping[str, Any], n: int, what: str, node: str,
             allow_double: bool = False) -> list[int]:
     """One parameter as a per-axis int list (an int repeats; 'attr:X' and callables are read)."""
-    if callable(value):
-        value = value(dict(attrs))
-    if isinstance(value, str) and value.startswith("attr:"):
-        key = value[5:]
+    # what a callable returns, or a node attribute, is unchecked: Any
+    got: Any = value(dict(attrs)) if callable(value) else value
+    if isinstance(got, str) and got.startswith("attr:"):
+        key = got[5:]
         if key not in attrs:
             raise RFGraphError(f"node '{node}': the declared {what} reads attribute '{key}', which "
                                f"the node does not have (attributes: {sorted(attrs)})")
-        value = attrs[key]
-    if value is None:
+        got = attrs[key]
+    if got is None:
         raise RFGraphError(f"node '{node}': the declared rule gives no {what}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return [int(value)] * n
-    values = [int(v) for v in value]
+    if isinstance(got, (int, float)) and not isinstance(got, bool):
+        return [int(got)] * n
+    values = [int(v) for v in got]
     if len(values) == n or (allow_double and len(values) == 2 * n):
         return values
     if len(values) == 1:

@@ -113,8 +113,9 @@ def exact_regions(analysis: Analysis) -> dict[str, tuple[AxisRegions, ...]]:
         analysis.input_name: tuple(AxisRegions.identity(n) for n in sizes)}
     for idx, tensor, ot in output_transfers(mg, res):
         node = mg.nodes[idx]
-        ins = [(e, out.get(node.input[e.slot])) for e in ot.edges]
-        if any(x is None for _, x in ins):
+        found = [(e, out.get(node.input[e.slot])) for e in ot.edges]
+        ins = [(e, x) for e, x in found if x is not None]
+        if len(ins) < len(found):  # an input without regions
             continue
         axes = tuple(_axis_regions(units_along(ot.layout, a), [(e.span(a), x[a]) for e, x in ins])
                      for a in range(len(sizes)))
@@ -217,7 +218,7 @@ def layer_verdicts(analysis: Analysis, regions: Mapping[str, tuple[AxisRegions, 
         node = mg.nodes[lay.index]
         j = list(node.output).index(lay.output)
         ot = res.transfers[lay.index].outputs[j]
-        if lay.output not in regions:
+        if ot is None or lay.output not in regions:  # ot: never None, layers() skips those
             continue
         fractions = []
         for a, size in enumerate(sizes):
@@ -288,8 +289,8 @@ def coverage(analysis: Analysis, endpoint: str, regions: Mapping[str, tuple[Axis
     sizes = input_sizes(analysis)
     axes = []
     for a, (name, size) in enumerate(zip(analysis.axis_names, sizes)):
-        border = next((lay.node for lay in chain if _r(analysis, lay.output, a) is None
-                       or _r(analysis, lay.output, a) > size), None)
+        border = next((lay.node for lay in chain if _exceeds(analysis, lay.output, a, size)),
+                      None)
         full = next((lay.node for lay in chain if lay.output in regions
                      and regions[lay.output][a].covers(size).all()), None)
         hit = regions[endpoint][a].covers(size) if endpoint in regions else np.zeros(1, bool)
@@ -303,6 +304,12 @@ def coverage(analysis: Analysis, endpoint: str, regions: Mapping[str, tuple[Axis
 
 def _r(analysis: Analysis, tensor: str, axis: int) -> int | None:
     return analysis[tensor].r[axis]
+
+
+def _exceeds(analysis: Analysis, tensor: str, axis: int, size: int) -> bool:
+    """True when the field of ``tensor`` along ``axis`` is global or wider than ``size``."""
+    r = _r(analysis, tensor, axis)
+    return r is None or r > size
 
 
 # ---------------------------------------------------------------- input-size range
@@ -559,10 +566,10 @@ def apply_fixes(model: onnx.ModelProto, fixes: Sequence[AlignmentFix], spatial_a
         for ax, (b, e) in per_axis.items():
             begin[spatial_axes[ax]], end[spatial_axes[ax]] = b, e
         new = _fresh(f"{tensor}_aligned", names)
-        pads = _fresh(f"{tensor}_align_pads", names)
-        g.initializer.append(numpy_helper.from_array(np.array(begin + end, np.int64), pads))
+        pads_name = _fresh(f"{tensor}_align_pads", names)
+        g.initializer.append(numpy_helper.from_array(np.array(begin + end, np.int64), pads_name))
         pos = list(g.node).index(node)
-        g.node.insert(pos, helper.make_node("Pad", [tensor, pads], [new], name=new))
+        g.node.insert(pos, helper.make_node("Pad", [tensor, pads_name], [new], name=new))
         for i, t in enumerate(node.input):
             if t == tensor:
                 node.input[i] = new
@@ -621,7 +628,9 @@ def erf_growth(model: Any, analysis: Analysis, endpoint: str, max_layers: int = 
     """ERF (``rfgraph.erf.compute_erf``) of up to ``max_layers`` layer outputs leading to
     ``endpoint`` (evenly spaced, the end point last), and the plateau layer."""
     if compute is None:
-        from .erf import compute_erf as compute
+        from .erf import compute_erf
+
+        compute = compute_erf
     upstream = set(analysis.fields_toward(endpoint))
     chain = [lay.output for lay in layers(analysis) if lay.output in upstream
              and not analysis[lay.output].is_global and lay.output != endpoint]

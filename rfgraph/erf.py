@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -35,6 +36,10 @@ from .inputs import (
     reinitialise,
 )
 from .metrics import AREA_THRESHOLDS, AreaRatio, ERFMetrics, compute_metrics
+
+if TYPE_CHECKING:  # analysis is imported lazily (it pulls in the whole TRF pass)
+    from .analysis import Analysis, EndPoint
+    from .onnx_import import ModelSource
 
 
 class Method(str, Enum):
@@ -83,7 +88,7 @@ class ERFResult:
 def make_seed(target: Target, batch: int, dtype: np.dtype = FLOAT32) -> np.ndarray:
     """Luo's Dirac delta: 1 at the target unit (channel, or all channels), 0 elsewhere; per sample."""
     seed = np.zeros((batch,) + target.shape[1:], dtype=dtype)
-    index: list[object] = [slice(None)] * len(target.shape)
+    index: list[int | slice] = [slice(None)] * len(target.shape)
     for ax, u in zip(target.tensor_axes, target.unit):
         index[ax] = u
     if target.channel is not None:
@@ -98,7 +103,7 @@ def make_seed(target: Target, batch: int, dtype: np.dtype = FLOAT32) -> np.ndarr
     return seed
 
 
-def resolve_target(analysis: object | None, model: onnx.ModelProto, output: str,
+def resolve_target(analysis: Analysis | None, model: onnx.ModelProto, output: str,
                    unit: Sequence[int] | None, channel: int | None,
                    input_rank: int, spatial_axes: Sequence[int], shape: tuple[int, ...],
                    centre: ec.CentreRule = ec.CentreRule.FLOOR) -> Target:
@@ -117,27 +122,27 @@ def resolve_target(analysis: object | None, model: onnx.ModelProto, output: str,
     if ep is not None and axes and not ep.is_global:
         region = tuple((int(a), int(b)) for a, b in ep.region(unit))
         middle = tuple(float(c) for c in ep.centre(unit))
-        trf = tuple(int(r) for r in ep.r)
+        trf = tuple(int(r) for r in ep.r if r is not None)  # not global: no r is None
     return Target(output, shape, tuple(axes), unit, channel, region, middle, trf)
 
 
-def _endpoint(analysis: object | None, name: str) -> object | None:
-    if analysis is None or name not in analysis:  # type: ignore[operator]
+def _endpoint(analysis: Analysis | None, name: str) -> EndPoint | None:
+    if analysis is None or name not in analysis:
         return None
-    return analysis[name]  # type: ignore[index]
+    return analysis[name]
 
 
-def _tensor_axes(analysis: object | None, output: str, shape: tuple[int, ...], input_rank: int,
+def _tensor_axes(analysis: Analysis | None, output: str, shape: tuple[int, ...], input_rank: int,
                  spatial_axes: Sequence[int]) -> list[int]:
     """Tensor axes of ``output`` carrying the input's spatial axes, in input-axis order (none:
     global, or an input spatial axis no tensor axis indexes); without an analysis, the input's
     own spatial axes when the ranks match."""
     ep = _endpoint(analysis, output)
     if ep is not None:
-        axes = ep.tensor_axes  # type: ignore[attr-defined]
-        if ep.is_global or any(a is None for a in axes):  # type: ignore[attr-defined]
+        axes = ep.tensor_axes
+        if ep.is_global or any(a is None for a in axes):
             return []
-        return [int(a) for a in axes]
+        return [int(a) for a in axes if a is not None]  # no axis is None (returned above)
     return list(spatial_axes) if len(shape) == input_rank else []
 
 
@@ -231,7 +236,7 @@ def input_batches(kind: InputKind, shape: tuple[int, ...], count: int, rng: np.r
         yield random_inputs(kind, (n,) + tuple(shape[1:]), rng, dtype)
 
 
-def compute_erf(model: object, output: str | None = None, *,
+def compute_erf(model: ModelSource, output: str | None = None, *,
                 input_shape: Sequence[int] | None = None, unit: Sequence[int] | None = None,
                 channel: int | None = None, runs: int | None = None, method: str = "grad",
                 inputs: str | None = None, reinit: str = "none", weight_runs: int = 1,
@@ -437,8 +442,8 @@ def _input_kind(inputs: str) -> tuple[InputKind, str | None]:
     return InputKind.IMAGES, inputs
 
 
-def _load(model: object, input_shape: Sequence[int] | None) -> tuple[onnx.ModelProto, object | None,
-                                                                      list[str]]:
+def _load(model: ModelSource, input_shape: Sequence[int] | None
+          ) -> tuple[onnx.ModelProto, Analysis | None, list[str]]:
     """Load with the core loader, fix the input at batch 1, and run the TRF pass if it can."""
     from . import analysis as analysis_mod
     from .onnx_import import data_inputs, load_model
@@ -450,8 +455,8 @@ def _load(model: object, input_shape: Sequence[int] | None) -> tuple[onnx.ModelP
     if shapes is None:
         dims = next(i for i in raw.graph.input if i.name == name).type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):  # dynamic batch: analyse at batch 1
-            rest = [d.dim_value if d.HasField("dim_value") else None for d in dims[1:]]
-            if all(r is not None for r in rest):
+            rest = [d.dim_value for d in dims[1:] if d.HasField("dim_value")]
+            if len(rest) == len(dims) - 1:  # every other dim is known
                 shapes = {name: (1, *rest)}
     proto = load_model(raw, shapes) if shapes else raw
     try:
@@ -462,14 +467,14 @@ def _load(model: object, input_shape: Sequence[int] | None) -> tuple[onnx.ModelP
     return proto, a, notes
 
 
-def _input_facts(proto: onnx.ModelProto, analysis: object | None) -> tuple[str, tuple[int, ...],
-                                                                           tuple[int, ...]]:
+def _input_facts(proto: onnx.ModelProto, analysis: Analysis | None
+                 ) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
     """Input name, full shape (batch 1) and spatial axes: from the analysis, else NC+spatial."""
     from .onnx_import import data_inputs
 
     if analysis is not None:
-        shape = tuple(int(d) for d in analysis.input_shape)  # type: ignore[attr-defined]
-        return analysis.input_name, (1,) + shape[1:], tuple(analysis.spatial_axes)  # type: ignore[attr-defined]
+        shape = tuple(int(d) for d in analysis.input_shape)
+        return analysis.input_name, (1,) + shape[1:], tuple(analysis.spatial_axes)
     name = data_inputs(proto)[0]
     dims = next(i for i in proto.graph.input if i.name == name).type.tensor_type.shape.dim
     if any(not d.HasField("dim_value") for d in dims[1:]):

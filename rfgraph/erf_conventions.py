@@ -31,6 +31,7 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
+from typing import Any
 
 import numpy as np
 
@@ -151,10 +152,11 @@ def seed_weights(conv: ERFConventions, channels: int,
     elif conv.scalar is Scalar.MEAN:
         w = np.full(channels, 1.0 / channels)
     else:
-        if not 0 <= int(conv.channel) < channels:  # type: ignore[arg-type]
+        channel = _channel(conv)
+        if not 0 <= channel < channels:
             raise RFGraphError(f"channel {conv.channel} is outside the unit's {channels} channels")
         w = np.zeros(channels)
-        w[int(conv.channel)] = 1.0  # type: ignore[arg-type]
+        w[channel] = 1.0
     return np.tile(w, (batch, 1))
 
 
@@ -167,7 +169,14 @@ def scalar_value(conv: ERFConventions, unit_values: np.ndarray) -> np.ndarray:
         return y.mean(axis=-1)
     if conv.scalar is Scalar.RELU_SUM:
         return np.maximum(y, 0).sum(axis=-1)
-    return y[..., int(conv.channel)]  # type: ignore[arg-type]
+    return y[..., _channel(conv)]
+
+
+def _channel(conv: ERFConventions) -> int:
+    """The channel index of a ``channel`` scalar (``__post_init__`` makes sure it is set)."""
+    if conv.channel is None:
+        raise RFGraphError("scalar 'channel' needs a channel index (--channel)")
+    return int(conv.channel)
 
 
 @dataclass(frozen=True)
@@ -201,7 +210,7 @@ def relu_head(model: object, output: str) -> tuple[object, str]:
     from onnx import helper
 
     out = onnx.ModelProto()
-    out.CopyFrom(model)  # type: ignore[arg-type]
+    out.CopyFrom(model)
     g = out.graph
     taken = {t for n in g.node for t in n.output} | {i.name for i in g.input}
     name, i = f"{output}_relu", 1
@@ -332,7 +341,7 @@ def add_convention_args(parser: argparse.ArgumentParser) -> None:
 def conventions_from_args(args: argparse.Namespace) -> ERFConventions:
     """The preset (default: Luo's) with every option given on the command line applied."""
     base = preset(args.preset) if getattr(args, "preset", None) else DEFAULT
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}  # field name -> value of that field's type
     for name, enum, field_name in (("scalar", Scalar, "scalar"), ("aggregate", Aggregation, "aggregation"),
                                    ("order", Order, "order"), ("scale", Scaling, "scaling"),
                                    ("centre", CentreRule, "centre")):

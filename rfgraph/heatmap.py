@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .errors import RFGraphError
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -49,7 +50,8 @@ def render_png(erf: np.ndarray, path: str | Path, region: Sequence[tuple[int, in
     return out
 
 
-def _draw_2d(plt, fig, ax, erf: np.ndarray, region, log: bool,  # type: ignore[no-untyped-def]
+def _draw_2d(plt: Any, fig: Any, ax: Any, erf: np.ndarray,
+             region: Sequence[tuple[int, int]] | None, log: bool,
              axis_names: Sequence[str]) -> None:
     from matplotlib.colors import LogNorm
     from matplotlib.patches import Rectangle
@@ -72,7 +74,8 @@ def _draw_2d(plt, fig, ax, erf: np.ndarray, region, log: bool,  # type: ignore[n
     ax.set_ylabel(axis_names[0])
 
 
-def _draw_1d(ax, erf: np.ndarray, region, log: bool) -> None:  # type: ignore[no-untyped-def]
+def _draw_1d(ax: Any, erf: np.ndarray, region: Sequence[tuple[int, int]] | None,
+             log: bool) -> None:
     ax.plot(np.arange(erf.size), erf, drawstyle="steps-mid", color="tab:blue", label="ERF")
     if region is not None:
         (u0, v0), = region

@@ -110,11 +110,12 @@ def tensor_dag(analysis: Analysis) -> nx.DiGraph:
 
 def r_colour(r: Sequence[int | None], largest: int) -> str:
     """Hex colour of a field size on a log scale from 1 to ``largest``; grey when global."""
-    if any(v is None for v in r) or not r:
+    sizes = [v for v in r if v is not None]
+    if len(sizes) != len(r) or not r:
         return GLOBAL_COLOUR
     from matplotlib import colormaps
 
-    t = math.log(max(r)) / math.log(largest) if largest > 1 else 0.0
+    t = math.log(max(sizes)) / math.log(largest) if largest > 1 else 0.0
     red, green, blue, _ = colormaps[GRAPH_CMAP](min(max(t, 0.0), 1.0))
     return "#{:02x}{:02x}{:02x}".format(*(round(c * 255) for c in (red, green, blue)))
 
@@ -125,7 +126,7 @@ def graph_drawing(analysis: Analysis) -> dict[str, Any]:
     order = {name: k for k, name in enumerate(analysis.endpoints)}
     layers = [sorted(g, key=order.__getitem__) for g in nx.topological_generations(dag)]
     widest = max((len(g) for g in layers), default=1)
-    largest = max((max(ep.r) for ep in analysis.endpoints.values() if not ep.is_global and ep.r), default=1)
+    largest = max((r for r in map(_largest_r, analysis.endpoints.values()) if r is not None), default=1)
     bad = {m.output for m in analysis.misaligned}
     pos, nodes = {}, []
     for depth, names in enumerate(layers):
@@ -149,9 +150,9 @@ def growth_curve(analysis: Analysis, layers: list[list[str]], width: int = 640,
     """Largest local r at each depth, as points of a log-scale chart (global tensors left out)."""
     points = []
     for depth, names in enumerate(layers):
-        sizes = [max(analysis[n].r) for n in names if not analysis[n].is_global and analysis[n].r]
+        sizes = [r for r in (_largest_r(analysis[n]) for n in names) if r is not None]
         if sizes:
-            points.append((depth, max(sizes)))  # type: ignore[type-var]
+            points.append((depth, max(sizes)))
     top = max((r for _, r in points), default=1)
     deepest = max(len(layers) - 1, 1)
     scale = math.log(top) if top > 1 else 1.0
@@ -159,6 +160,13 @@ def growth_curve(analysis: Analysis, layers: list[list[str]], width: int = 640,
                 "y": height - 20 - (math.log(r) / scale) * (height - 40)} for d, r in points]
     return {"points": plotted, "width": width, "height": height, "top": top,
             "polyline": " ".join(f"{p['x']:.1f},{p['y']:.1f}" for p in plotted)}
+
+
+def _largest_r(ep: EndPoint) -> int | None:
+    """The largest r over the axes of a local end point; None when global or without axes
+    (r is None exactly on global axes)."""
+    sizes = [v for v in ep.r if v is not None]
+    return max(sizes) if sizes and not ep.is_global else None
 
 
 def _legend_steps(largest: int, count: int = 6) -> list[int]:

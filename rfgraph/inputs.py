@@ -75,9 +75,10 @@ class ImageFolder:
         from PIL import Image  # pillow is an optional dependency
 
         channels, height, width = shape[-3], shape[-2], shape[-1]
+        # Image.Resampling is Pillow >= 9.1; 9.0 (allowed by pillow>=9) has only Image.BILINEAR
+        bilinear = getattr(Image, "Resampling", Image).BILINEAR
         with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB").resize((width, height),
-                                                                     Image.BILINEAR)
+            img = img.convert("L" if channels == 1 else "RGB").resize((width, height), bilinear)
             arr = np.asarray(img, dtype=np.float32) / 255.0
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         mean = np.asarray(self.mean[:channels], np.float32).reshape(-1, 1, 1)

@@ -613,8 +613,12 @@ def check_attribute_types(node: onnx.NodeProto, opset: int, where: str) -> None:
         return
     for attr in node.attribute:
         spec = schema.attributes.get(attr.name)
-        if spec is not None and attr.type != spec.type.value:
-            want = onnx.AttributeProto.AttributeType.Name(spec.type.value)
+        if spec is None:
+            continue
+        # onnx's .pyi omits .value, which the pybind11 enum has: AttributeProto's type number
+        want_type: int = spec.type.value  # type: ignore[attr-defined]
+        if attr.type != want_type:
+            want = onnx.AttributeProto.AttributeType.Name(want_type)
             got = onnx.AttributeProto.AttributeType.Name(attr.type)
             raise InvalidAttributeError(f"node '{where}' ({node.op_type}): attribute '{attr.name}' has type "
                                         f"{got}, the ONNX spec says {want}")

@@ -27,7 +27,7 @@ def path_histogram(analysis: Analysis, target: str) -> list[dict[int | str, int]
     counts: dict[str, list[Counter]] = {analysis.input_name: [Counter({IDENTITY: 1}) for _ in range(n_axes)]}
     for idx, tensor, out in output_transfers(mg, result):
         node = mg.nodes[idx]
-        acc = [Counter() for _ in range(n_axes)]
+        acc: list[Counter] = [Counter() for _ in range(n_axes)]
         for e in out.edges:
             for axis in range(n_axes):
                 _extend_counts(acc[axis], counts[node.input[e.slot]][axis], e.span(axis))

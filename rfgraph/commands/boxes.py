@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from tabulate import tabulate
 
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise RFGraphError("give --index I,J or --all")
     sizes = [analysis.input_shape[a] for a in analysis.spatial_axes]
-    rows = []
+    rows: list[dict[str, list[Any]]] = []  # JSON rows: index, region, centre
     for idx in indices:
         region = ep.region(idx)
         if args.clip:

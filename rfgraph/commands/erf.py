@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tabulate import tabulate
@@ -18,6 +19,9 @@ from .. import erf_conventions as ec
 from ..errors import RFGraphError
 from ..onnx_import import parse_input_shapes
 from ..report import FORMATS
+
+if TYPE_CHECKING:  # the ERF engine is imported when the command runs
+    from ..erf import ERFResult
 
 EXAMPLES = """examples:
   rfgraph erf model.onnx                             centre unit of the first output, 20 runs
@@ -129,27 +133,27 @@ def conventions(args: argparse.Namespace) -> ec.ERFConventions:
     return replace(conv, aggregation=ec.Aggregation.SIGNED)
 
 
-def header(result: object) -> dict[str, object]:
+def header(result: ERFResult) -> dict[str, Any]:
     """What was measured, for every format."""
-    t = result.target  # type: ignore[attr-defined]
+    t = result.target
     return {"output": t.output, "unit": list(t.unit), "channel": t.channel,
             "trf_region": None if t.region is None else [list(r) for r in t.region],
-            "method": result.method, "runs": result.runs,  # type: ignore[attr-defined]
-            "weight_runs": result.weight_runs, "absolute": result.absolute,  # type: ignore[attr-defined]
-            "batch": result.batch, "seconds": round(result.seconds, 3),  # type: ignore[attr-defined]
-            "samples": result.samples,  # type: ignore[attr-defined]
-            "conventions": dict(ec.describe(result.conventions))}  # type: ignore[attr-defined]
+            "method": result.method, "runs": result.runs,
+            "weight_runs": result.weight_runs, "absolute": result.absolute,
+            "batch": result.batch, "seconds": round(result.seconds, 3),
+            "samples": result.samples,
+            "conventions": dict(ec.describe(result.conventions))}
 
 
 DISPLAYED_RATIO = ("RepLKNet analyze_erf, on the displayed map: centred square of side 2i+1 "
                    "(i >= 1) at (h//2, w//2) holding >{t} of its sum / map area (side {side})")
 
 
-def displayed_rows(result: object) -> list[tuple[str, str, str]]:
+def displayed_rows(result: ERFResult) -> list[tuple[str, str, str]]:
     """(name, value, definition) of the area ratios of the displayed map (none when unscaled)."""
     return [(f"displayed_area_ratio@{a.t}", "-" if a.ratio is None else f"{a.ratio:.4g}",
              DISPLAYED_RATIO.format(t=a.t, side="-" if a.side is None else a.side))
-            for a in result.displayed_area_ratios]  # type: ignore[attr-defined]
+            for a in result.displayed_area_ratios]
 
 
 AGGREGATION_TEXT = {ec.Aggregation.ABS: "|grad|", ec.Aggregation.SIGNED: "signed grad",
@@ -163,17 +167,17 @@ def _scalar_text(conv: ec.ERFConventions) -> str:
     return f"d {conv.scalar.value}(y)/dx, "
 
 
-def render(result: object, fmt: str) -> str:
+def render(result: ERFResult, fmt: str) -> str:
     """The metrics in one of FORMATS (table, markdown, csv, json)."""
     from ..metrics import metric_rows, metrics_dict
 
-    m = result.metrics  # type: ignore[attr-defined]
+    m = result.metrics
     if fmt == "json":
         ratios = [{"t": a.t, "side": a.side, "ratio": a.ratio}
-                  for a in result.displayed_area_ratios]  # type: ignore[attr-defined]
+                  for a in result.displayed_area_ratios]
         return json.dumps({**header(result), "metrics": metrics_dict(m),
                            "displayed_area_ratios": ratios,
-                           "notes": list(result.notes)}, indent=2)  # type: ignore[attr-defined]
+                           "notes": list(result.notes)}, indent=2)
     rows = metric_rows(m) + displayed_rows(result)
     if fmt == "csv":
         buf = io.StringIO()
@@ -183,7 +187,7 @@ def render(result: object, fmt: str) -> str:
         return buf.getvalue().rstrip("\n")
     h = header(result)
     channel = "" if h["channel"] is None else f" channel {h['channel']}"
-    conv = result.conventions  # type: ignore[attr-defined]
+    conv = result.conventions
     title = (f"ERF of {h['output']} unit {tuple(h['unit'])}{channel}: "
              f"{h['runs']} runs x {h['weight_runs']} weights, {h['method']}, "
              f"{_scalar_text(conv)}{AGGREGATION_TEXT[conv.aggregation]}, TRF {h['trf_region']}")

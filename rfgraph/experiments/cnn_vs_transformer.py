@@ -80,7 +80,7 @@ def run(ctx: Context) -> Result:
                                                    f"seed={ctx.seed * 1000 + w}"))
         erf = token_erf(ctx, make, f"block{block}", centre_seed(kind, grid), runs, 1, seed=block)
         ep = trf[kind][f"block{block}"]
-        r = None if ep.is_global else tuple(int(v) for v in ep.r)
+        r = None if ep.is_global else tuple(int(v) for v in ep.r if v is not None)  # not global: no v is None
         m = found[(kind, block)] = Measured(erf, compute_metrics(erf, centre, r), runs,
                                             time.perf_counter() - t1)
         record(ctx, NAME, f"{kind} block{block}", m)

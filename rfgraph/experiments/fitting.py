@@ -31,11 +31,11 @@ class SlopeFit:
 def loglog_slope(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     """Least-squares line through (log x, log y): (slope, intercept); points with y <= 0 or NaN
     (no ERF measured) are left out; NaN when fewer than 2 points remain."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    keep = np.isfinite(y) & (y > 0)
+    xa, ya = np.asarray(x, float), np.asarray(y, float)
+    keep = np.isfinite(ya) & (ya > 0)
     if keep.sum() < 2:
         return float("nan"), float("nan")
-    slope, intercept = np.polyfit(np.log(x[keep]), np.log(y[keep]), 1)
+    slope, intercept = np.polyfit(np.log(xa[keep]), np.log(ya[keep]), 1)
     return float(slope), float(intercept)
 
 

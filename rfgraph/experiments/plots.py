@@ -6,11 +6,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 
-def _plt():  # type: ignore[no-untyped-def]
+def _plt() -> Any:
     """pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
@@ -65,8 +66,8 @@ def loglog(path: Path, series: Sequence[tuple[str, Sequence[float], np.ndarray, 
     (label, x, ys[seed, i], slope, intercept)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 4))
-    for label, x, ys, slope, intercept in series:
-        x = np.asarray(x, float)
+    for label, xs_in, ys, slope, intercept in series:
+        x = np.asarray(xs_in, float)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             mean = np.nanmean(ys, axis=0)
@@ -83,14 +84,14 @@ def loglog(path: Path, series: Sequence[tuple[str, Sequence[float], np.ndarray, 
     return _save(fig, path)
 
 
-def _label(ax, xlabel: str, ylabel: str, title: str) -> None:  # type: ignore[no-untyped-def]
+def _label(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
     """Axis labels and the small title every figure uses."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
 
 
-def _save(fig, path: Path) -> Path:  # type: ignore[no-untyped-def]
+def _save(fig: Any, path: Path) -> Path:
     """Lay out, write the PNG and free the figure (figures are many in a full run)."""
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -98,7 +99,7 @@ def _save(fig, path: Path) -> Path:  # type: ignore[no-untyped-def]
     return path
 
 
-def _plain_ticks(axis, values: Sequence[float]) -> None:  # type: ignore[no-untyped-def]
+def _plain_ticks(axis: Any, values: Sequence[float]) -> None:
     """Ticks at ``values`` with plain labels (a log axis otherwise writes 4x10^0)."""
     from matplotlib.ticker import (
         FixedLocator,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import cast
 
 import model_zoo
 
@@ -31,7 +32,8 @@ def sizes(ctx: Context) -> dict[str, int]:
 def trf(name: str, side: int) -> int:
     """rfgraph's r (axis 0) at the net's output."""
     model = model_zoo.build(f"{name}:size={side}")
-    return int(analyze(model)[model_zoo.endpoints(model)[-1]].r[0])
+    r = analyze(model)[model_zoo.endpoints(model)[-1]].r[0]
+    return int(cast(int, r))  # both nets end in a local (conv) field: r is never None
 
 
 @register(NAME, "The paper's ResNets at init: TRF and ERF", "Luo et al. sec. 3.2")

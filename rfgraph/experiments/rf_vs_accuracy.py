@@ -26,7 +26,8 @@ def final_r(name: str) -> int | None:
     end = model_zoo.endpoints(model)[-1]
     if end not in a or a[end].is_global:
         return None
-    return int(a[end].r[0])
+    r = a[end].r[0]
+    return None if r is None else int(r)  # r is None only on a global axis, handled above
 
 
 @register(NAME, "ImageNet accuracy vs receptive field size", "Araujo et al. 2019, modern networks")
