@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 from onnx import helper
 
@@ -430,8 +431,11 @@ def _expand(value: Param | None, attrs: Mapping[str, Any], n: int, what: str, no
         got = attrs[key]
     if got is None:
         raise RFGraphError(f"node '{node}': the declared rule gives no {what}")
-    if isinstance(got, (int, float)) and not isinstance(got, bool):
+    if _is_whole(got):
         return [int(got)] * n
+    if isinstance(got, (str, bytes)) or not isinstance(got, Iterable) or not all(_is_whole(v) for v in got):
+        raise RFGraphError(f"node '{node}': the declared {what} is {got!r}; expected an int or a list "
+                           f"of ints (one per spatial axis)")
     values = [int(v) for v in got]
     if len(values) == n or (allow_double and len(values) == 2 * n):
         return values
@@ -439,6 +443,13 @@ def _expand(value: Param | None, attrs: Mapping[str, Any], n: int, what: str, no
         return values * n
     raise RFGraphError(f"node '{node}': declared {what} {values} has {len(values)} values for "
                        f"{n} spatial axes")
+
+
+def _is_whole(value: object) -> bool:
+    """An int (or integral float, as TOML and attributes may give); never a bool."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer())
 
 
 # ---------------------------------------------------------------- shapes for declared ops

@@ -199,3 +199,27 @@ def test_bad_rules_file_on_the_cli_exits_2(model_file: Path, tmp_path: Path, cap
     assert main(["analyze", str(model_file), "--rules", str(path)]) == 2
     assert "kind 'blur'" in capsys.readouterr().err
     assert main(["analyze", str(model_file), "--rules", str(tmp_path / "none.toml")]) == 2
+
+
+@pytest.mark.parametrize("kernel", ["33", 2.5, [3, "x"], {"a": 1}])
+def test_declared_values_that_are_not_ints_are_refused(kernel: object) -> None:
+    """A rule value that is not an int or a list of ints (a string read digit by digit, a
+    fractional float truncated) is refused in one line, never turned into a wrong number."""
+    try:
+        rfgraph.register_op("MyPool", domain="com.example", rule=lambda at: {"kernel": kernel, "stride": 1, "pad": 0})
+        with pytest.raises(RFGraphError, match="expected an int or a list of ints") as err:
+            rfgraph.analyze(custom_model(k=5))
+        assert "\n" not in str(err.value) and "'custom'" in str(err.value)
+    finally:
+        rfgraph.unregister_op("MyPool", domain="com.example")
+
+
+def test_integral_floats_and_numpy_ints_are_accepted() -> None:
+    """TOML and attributes may give 3.0 or numpy integers: the same field as plain ints."""
+    try:
+        rfgraph.register_op("MyPool", domain="com.example",
+                            rule=lambda at: {"kernel": [np.int64(5), 3.0], "stride": 2.0, "pad": [2, 1]})
+        a = rfgraph.analyze(custom_model(k=5))
+        assert a["p"].r == (5, 3) and a["p"].S == (2, 2)
+    finally:
+        rfgraph.unregister_op("MyPool", domain="com.example")
