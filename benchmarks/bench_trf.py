@@ -48,7 +48,8 @@ def timed(fn: Callable[[], object], repeat: int = 1) -> tuple[float, object]:
     return best, out
 
 
-def stages(data: bytes, shapes: dict | None = None, repeat: int = 1) -> tuple[dict[str, float], object, PassResult, str]:
+def stages(data: bytes, shapes: dict | None = None,
+           repeat: int = 1) -> tuple[dict[str, float], object, PassResult, str]:
     """Time parse, shape inference, graph building and the pass on serialized model ``data``."""
     t = {}
     t["parse"], proto = timed(lambda: read_model(data), repeat)
@@ -98,8 +99,8 @@ def fit_exponent(sizes: list[int], times: list[float]) -> float:
 
 def row(label: str, nodes: int, t: dict[str, float], base: float | None, paths: int | str) -> str:
     ratio = f"{base / t['pass']:.1f}x" if base else "did not finish"
-    cells = [label, f"{nodes:,}"] + [f"{t[s]:.3f}" for s in STAGES] + [f"{sum(t.values()):.3f}",
-                                                                       f"{base:.3f}" if base else "-", ratio, str(paths)]
+    times = [f"{t[s]:.3f}" for s in STAGES] + [f"{sum(t.values()):.3f}"]
+    cells = [label, f"{nodes:,}", *times, f"{base:.3f}" if base else "-", ratio, str(paths)]
     return "| " + " | ".join(cells) + " |"
 
 

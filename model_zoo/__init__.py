@@ -15,16 +15,26 @@ graphs are built from the architectures' definitions only.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import onnx
 
 from . import luo, slim, torchstyle, vit
 from .builder import GraphBuilder
 
-__all__ = ["GraphBuilder", "ZooEntry", "available", "build", "builder", "endpoints", "entry",
-           "is_available", "SLIM_MODELS"]
+__all__ = [
+    "SLIM_MODELS",
+    "GraphBuilder",
+    "ZooEntry",
+    "available",
+    "build",
+    "builder",
+    "endpoints",
+    "entry",
+    "is_available",
+]
 
 
 @dataclass(frozen=True)

@@ -29,14 +29,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterator, Sequence, Union
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-Padding = Union[str, int, Sequence[Union[int, Sequence[int]]]]
-IntOrTuple = Union[int, Sequence[int]]
+Padding = str | int | Sequence[int | Sequence[int]]
+IntOrTuple = int | Sequence[int]
 
 OPSET = 17
 
@@ -78,7 +79,7 @@ class GraphBuilder:
     """Accumulates nodes, initializers and tensor shapes; ``build()`` returns a checked model."""
 
     def __init__(self, name: str, input_shape: Sequence[int] = (1, 3, 224, 224),
-                 input_name: str = "input", weights: Union[str, float] = "random", seed: int = 0,
+                 input_name: str = "input", weights: str | float = "random", seed: int = 0,
                  same_mode: str = "explicit", opset: int = OPSET) -> None:
         if same_mode not in ("explicit", "auto_pad"):
             raise ValueError("same_mode must be 'explicit' or 'auto_pad'")
@@ -199,7 +200,7 @@ class GraphBuilder:
              padding: Padding = "SAME", dilation: IntOrTuple = 1, groups: int = 1,
              bias: bool = True, name: str | None = None) -> str:
         """Conv (NCHW); see the module docstring for ``padding``."""
-        k, s, d, attrs, out = self._window(x, kernel, stride, padding, dilation)
+        k, _, d, attrs, out = self._window(x, kernel, stride, padding, dilation)
         cin = self.channels(x)
         if cin % groups or out_channels % groups:
             raise ValueError(f"channels {cin}->{out_channels} not divisible by groups={groups}")
@@ -236,7 +237,7 @@ class GraphBuilder:
     def max_pool(self, x: str, kernel: IntOrTuple, stride: IntOrTuple | None = None,
                  padding: Padding = "VALID", ceil_mode: bool = False, name: str | None = None) -> str:
         """MaxPool; ``stride`` defaults to ``kernel``."""
-        k, s, d, attrs, out = self._window(x, kernel, kernel if stride is None else stride,
+        _, _, _, attrs, out = self._window(x, kernel, kernel if stride is None else stride,
                                            padding, 1, ceil_mode)
         if ceil_mode:
             attrs["ceil_mode"] = 1
@@ -246,7 +247,7 @@ class GraphBuilder:
                  padding: Padding = "VALID", count_include_pad: bool = False,
                  name: str | None = None) -> str:
         """AveragePool; TF excludes padded cells from the mean (``count_include_pad=False``)."""
-        k, s, d, attrs, out = self._window(x, kernel, kernel if stride is None else stride,
+        _, _, _, attrs, out = self._window(x, kernel, kernel if stride is None else stride,
                                            padding, 1)
         attrs["count_include_pad"] = int(count_include_pad)
         return self._node("AveragePool", [x], self.shape(x)[:2] + out, "AvgPool", name, **attrs)

@@ -19,7 +19,7 @@ those choices are parameters here, and their defaults are discussed in ``tests/t
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from .builder import GraphBuilder
 

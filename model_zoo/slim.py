@@ -27,7 +27,7 @@ TF's NHWC input followed by the Transpose tf2onnx inserts otherwise.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .builder import GraphBuilder, IntOrTuple, Padding, conv2d_same_pads
 

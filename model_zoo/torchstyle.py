@@ -13,7 +13,7 @@ Architectural differences from TF-slim that change r itself: torchvision ResNet 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from .builder import GraphBuilder, Padding
 

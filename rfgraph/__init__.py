@@ -6,12 +6,14 @@ axis, input region of any unit, alignment of every merge) of every tensor of the
 
 __version__ = "0.1.0"
 
-from .analysis import Analysis, EndPoint, analyze  # noqa: E402
-from .custom_ops import register_op, unregister_op  # noqa: E402
-from .erf import compute_erf  # noqa: E402
-from .errors import RFGraphError  # noqa: E402
-from .frameworks import from_keras, from_torch  # noqa: E402
-from .paths import path_histogram  # noqa: E402
+from .analysis import Analysis, EndPoint, analyze
+from .custom_ops import register_op, unregister_op
+from .erf import compute_erf
+from .errors import RFGraphError
+from .frameworks import from_keras, from_torch
+from .paths import path_histogram
 
-__all__ = ["Analysis", "EndPoint", "RFGraphError", "analyze", "compute_erf", "from_keras", "from_torch",
-           "path_histogram", "register_op", "unregister_op", "__version__"]
+__all__ = [
+    "Analysis", "EndPoint", "RFGraphError", "__version__", "analyze", "compute_erf", "from_keras",
+    "from_torch", "path_histogram", "register_op", "unregister_op",
+]

@@ -218,7 +218,8 @@ def _analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None
     in_layout = _input_layout(shape, spatial)
     result = forward_pass(mg, name, in_layout)
     endpoints = _endpoints(mg, result, name)
-    return Analysis(name, tuple(shape), tuple(spatial), AXIS_NAMES.get(len(spatial), tuple(f"A{i}" for i in range(len(spatial)))),
+    axis_names = AXIS_NAMES.get(len(spatial), tuple(f"A{i}" for i in range(len(spatial))))
+    return Analysis(name, tuple(shape), tuple(spatial), axis_names,
                     endpoints, mg.outputs, result.merges, result.stops, result.global_at, mg, result)
 
 

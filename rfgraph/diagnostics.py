@@ -682,8 +682,8 @@ def diagnose(model: Any, input_shape: Mapping[str, Sequence[int]] | None = None,
     opts = {"input_name": input_name, "layout": layout, "rules": rules,
             "assume_pointwise": assume_pointwise}
     a = analyze(model, input_shape, **opts)
-    names = list(endpoints) if endpoints else [e for e in (a.default_endpoints()
-                                                           or list(a.endpoints)[-1:])]
+    names = list(endpoints) if endpoints else list(a.default_endpoints()
+                                                      or list(a.endpoints)[-1:])
     for n in names:
         a[n]
     local = [n for n in names if not a[n].is_global and n != a.input_name]

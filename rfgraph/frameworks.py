@@ -6,7 +6,8 @@ optional extras (``pip install 'rfgraph[torch]'``, ``'rfgraph[keras]'``) importe
 called.  Tensor and node names are mapped back to module (layer) names where the exporter keeps
 them in its scoped node names: a tensor made by the only node of module ``layer1.0.conv1`` is
 called ``layer1.0.conv1``; one of several nodes of a module is ``layer1.0/Add``.  Graph inputs keep
-their names, and so do outputs named with ``output_names`` (torch) or by tf2onnx.  ``export_torch`` returns the unrenamed model and
+their names, and so do outputs named with ``output_names`` (torch) or by tf2onnx.
+``export_torch`` returns the unrenamed model and
 the name map for callers who want both.
 """
 

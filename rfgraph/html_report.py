@@ -135,7 +135,8 @@ def graph_drawing(analysis: Analysis) -> dict[str, Any]:
             y = GRAPH_MARGIN + depth * GRAPH_DY
             pos[name] = (x, y)
             ep = analysis.endpoints[name]
-            nodes.append({"name": name, "x": x, "y": y, "op": ep.op, "label": _short(name) + " \u00b7 " + ep.op, "colour": r_colour(ep.r, largest),
+            nodes.append({"name": name, "x": x, "y": y, "op": ep.op,
+                          "label": _short(name) + " \u00b7 " + ep.op, "colour": r_colour(ep.r, largest),
                           "r_text": per_axis(ep.r), "misaligned": name in bad,
                           "title": _node_title(ep)})
     edges = [{"d": _edge_path(pos[a], pos[b]), "misaligned": b in bad} for a, b in dag.edges]
@@ -310,7 +311,8 @@ def build_report(analysis: Analysis, title: str, image: str | Path | None = None
         summary=summary, end_rows=[r for r in layer_rows(analysis) if r["tensor"] in defaults],
         rows=layer_rows(analysis), graph=graph_drawing(analysis), cards=cards,
         background=background(analysis, image), live=live,
-        data=Markup(script_json({"interactive": live})), image_name=Path(image).name if image else None)
+        data=Markup(script_json({"interactive": live})),  # noqa: S704 - our own JSON, "</" escaped
+        image_name=Path(image).name if image else None)
     notes = [c["error"] for c in cards if c.get("error")]
     return Report(html, summary, notes)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -27,7 +27,7 @@ from .errors import (
     ModelLoadError,
 )
 
-ModelSource = Union[str, os.PathLike, bytes, onnx.ModelProto]
+ModelSource = str | os.PathLike | bytes | onnx.ModelProto
 Shape = tuple  # of int | None (None: unknown dim)
 
 MAX_DIM = 2**31 - 1  # larger dims are refused as absurd
@@ -228,7 +228,7 @@ def _parse_bytes(data: bytes, where: str) -> onnx.ModelProto:
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
-    except Exception as exc:  # protobuf raises DecodeError or RuntimeError
+    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError, RuntimeError, ...
         raise ModelLoadError(
             f"{where}: not an ONNX model or truncated file (protobuf parse failed: {exc})") from None
     if not model.HasField("graph") or not model.graph.node:
@@ -253,7 +253,7 @@ def _load_external_data(model: onnx.ModelProto, base: Path) -> None:
     if tensors:
         try:
             onnx.load_external_data_for_model(model, str(base))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure: one clear line, never a traceback
             raise ModelLoadError(f"cannot read external data: {exc}") from None
 
 
@@ -343,7 +343,7 @@ def _infer_once(model: onnx.ModelProto) -> onnx.ModelProto:
     """ONNX shape inference with data propagation; failures leave shapes unknown, not fatal."""
     try:
         return shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
-    except Exception:
+    except Exception:  # noqa: BLE001 - inference is best effort; unknown shapes are reported later
         return model
 
 

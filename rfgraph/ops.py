@@ -435,7 +435,8 @@ def resize_rule(ctx: NodeContext) -> Transfer:
     mode = {"bilinear": "linear", "trilinear": "linear"}.get(mode, mode)
     default_coord = "half_pixel" if ctx.op == "Resize" and ctx.opset >= 11 else "asymmetric"
     coord = _str_attr(ctx, "coordinate_transformation_mode", default_coord)
-    nearest = _str_attr(ctx, "nearest_mode", "round_prefer_floor" if ctx.op == "Resize" and ctx.opset >= 11 else "floor")
+    nearest = _str_attr(ctx, "nearest_mode",
+                        "round_prefer_floor" if ctx.op == "Resize" and ctx.opset >= 11 else "floor")
     if ctx.op == "Upsample" or ctx.opset < 11:
         nearest = "floor"
     if ctx.attrs.get("antialias", 0) and any(s < 1 for s in scales):
@@ -839,13 +840,13 @@ def matmul_rule(ctx: NodeContext) -> Transfer:
         if ctx.layouts[slot] is None:
             continue
         mine = carried(lay)
-        maps: dict[int, Span | None] = {a: MIXES for a in mixed}
+        maps: dict[int, Span | None] = dict.fromkeys(mixed, MIXES)
         for a in out_axes:
             if a not in mine:
                 maps[a] = BROADCAST
         edges.append(Edge(slot, maps))
     if ctx.op == "Gemm" and len(ctx.node.input) > 2 and ctx.layouts[2] is not None:
-        edges.append(Edge(2, {a: MIXES for a in mixed} | {a: BROADCAST for a in out_axes}))
+        edges.append(Edge(2, dict.fromkeys(mixed, MIXES) | dict.fromkeys(out_axes, BROADCAST)))
     out_lay = with_sizes(out_lay, ctx.out_shapes[0])
     why = "matrix product over positions" if mixed else ""
     return Transfer((OutTransfer(out_lay, tuple(edges)),), mix_reason=why)
@@ -918,8 +919,8 @@ CACHEABLE_OPS = POINTWISE_OPS | BROADCAST_OPS | {
 Rule = Callable[[NodeContext], Transfer]
 
 OP_RULES: dict[str, Rule] = {
-    **{op: pointwise for op in POINTWISE_OPS},
-    **{op: broadcast for op in BROADCAST_OPS},
+    **dict.fromkeys(POINTWISE_OPS, pointwise),
+    **dict.fromkeys(BROADCAST_OPS, broadcast),
     "Conv": conv_rule(1), "ConvInteger": conv_rule(1), "QLinearConv": conv_rule(3),
     "ConvTranspose": conv_transpose_rule,
     "MaxPool": pool_rule, "AveragePool": pool_rule, "LpPool": pool_rule,
@@ -931,9 +932,9 @@ OP_RULES: dict[str, Rule] = {
     "Squeeze": squeeze_rule, "Unsqueeze": squeeze_rule,
     "GlobalAveragePool": global_pool_rule, "GlobalMaxPool": global_pool_rule,
     "GlobalLpPool": global_pool_rule,
-    **{op: reduce_rule for op in ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd",
-                                   "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
-                                   "ReduceSumSquare", "ArgMax", "ArgMin")},
+    **dict.fromkeys(("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1",
+                     "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax",
+                     "ArgMin"), reduce_rule),
     "Softmax": softmax_rule, "LogSoftmax": softmax_rule, "Hardmax": softmax_rule,
     "LayerNormalization": norm_over_axes_rule("axis", -1),
     "InstanceNormalization": norm_over_axes_rule(None, 2),

@@ -289,10 +289,10 @@ def _check_alignment(result: PassResult, mg: ModelGraph, idx: int, out: OutTrans
     prev: tuple[AxisField, ...] = ()
     aligned = True
     for axis, fields in enumerate(zip(*per_edge)):
-        if any([f.global_at is not None for f in fields]):
+        if any([f.global_at is not None for f in fields]):  # noqa: C419 - a list is faster for 2-3 items
             prev = ()
             continue
-        if not prev or any([a is not b for a, b in zip(fields, prev)]):
+        if not prev or any([a is not b for a, b in zip(fields, prev)]):  # noqa: C419 - idem
             aligned = _aligned(fields)
         prev = fields
         ok = ok and aligned

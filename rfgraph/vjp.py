@@ -1080,7 +1080,8 @@ def _measure_shapes(model: onnx.ModelProto, input_name: str, names: list[str],
     known = {o.name for o in probe.graph.output}
     for name in names:
         if name not in known:
-            probe.graph.output.append(helper.make_tensor_value_info(name, dtypes.get(name, 0) or TensorProto.FLOAT, None))
+            elem = dtypes.get(name, 0) or TensorProto.FLOAT
+            probe.graph.output.append(helper.make_tensor_value_info(name, elem, None))
     sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     feeds = {}
     for i in sess.get_inputs():

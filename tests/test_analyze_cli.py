@@ -110,7 +110,8 @@ def _with_unknown_op(tmp_path):
     g.channels["m"] = 2
     w = g._init(g._weight((2, 2, 3, 3)))
     g.nodes.append(helper.make_node("Conv", ["m", w], ["y"], kernel_shape=[3, 3], name="after"))
-    graph = helper.make_graph(g.nodes, "t", [g.input], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], g.inits)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph(g.nodes, "t", [g.input], [y], g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
     path = tmp_path / "unknown.onnx"
     onnx.save(model, path)

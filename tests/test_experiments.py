@@ -12,6 +12,7 @@ Never the paper's numbers: those are read from ../shared at run time by the code
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 from pathlib import Path
 
@@ -102,8 +103,8 @@ def test_erf_grows_with_depth_and_ratio_shrinks(quick: tuple[int, Path]) -> None
         size = [np.mean([num(r["erf_size"]) for r in pts if int(r["n"]) == n]) for n in ns]
         ratio = [np.mean([num(r["erf_trf"]) for r in pts if int(r["n"]) == n]) for n in ns]
         assert len(ns) >= 3
-        assert all(a < b for a, b in zip(size, size[1:])), size
-        assert all(a > b for a, b in zip(ratio, ratio[1:])), ratio
+        assert all(a < b for a, b in itertools.pairwise(size)), size
+        assert all(a > b for a, b in itertools.pairwise(ratio)), ratio
         fits = {r["n"]: num(r["slope"]) for r in data
                 if r["series"] == series and r["seed"] == "fit"}
         assert fits["erf_size"] > 0 > fits["erf_trf"]

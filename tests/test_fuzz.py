@@ -100,7 +100,8 @@ def chain_model(size: int, layers: list[dict]) -> onnx.ModelProto:
         if L["op"] == "Relu":
             nodes.append(helper.make_node("Relu", [prev], [out], name=f"n{i}"))
         elif L["op"] == "Pad":
-            pads = numpy_helper.from_array(np.array([0, 0, L["p"], L["p"], 0, 0, L["p_end"], L["p_end"]], np.int64), f"pads{i}")
+            pad_values = [0, 0, L["p"], L["p"], 0, 0, L["p_end"], L["p_end"]]
+            pads = numpy_helper.from_array(np.array(pad_values, np.int64), f"pads{i}")
             inits.append(pads)
             nodes.append(helper.make_node("Pad", [prev, f"pads{i}"], [out], name=f"n{i}"))
         else:
@@ -119,7 +120,8 @@ def chain_model(size: int, layers: list[dict]) -> onnx.ModelProto:
                 attrs["ceil_mode"] = L["ceil"]  # (VALID, ceil: onnx says 2 where onnxruntime gives 1)
             nodes.append(helper.make_node(L["op"], inputs, [out], name=f"n{i}", **attrs))
         prev = out
-    graph = helper.make_graph(nodes, "chain", [x], [helper.make_tensor_value_info(prev, TensorProto.FLOAT, None)], inits)
+    y = helper.make_tensor_value_info(prev, TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "chain", [x], [y], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
@@ -196,7 +198,8 @@ def test_random_dag_never_crashes_and_r_grows(size: int, steps: list[tuple[str, 
         else:
             nodes.append(helper.make_node("Relu", [b], [out]))
         tensors.append(out)
-    graph = helper.make_graph(nodes, "dag", [x], [helper.make_tensor_value_info(tensors[-1], TensorProto.FLOAT, None)], inits)
+    y = helper.make_tensor_value_info(tensors[-1], TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "dag", [x], [y], inits)
     result = survives(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
     if result is None:
         return

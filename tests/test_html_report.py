@@ -442,7 +442,8 @@ def test_report_in_chromium(browser: Any, built: tuple, tmp_path: Path) -> None:
     problems: list[str] = []
     page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    page.on("request", lambda r: problems.append(f"request: {r.url}") if not r.url.startswith(("file:", "data:")) else None)
+    page.on("request", lambda r: problems.append(f"request: {r.url}")
+            if not r.url.startswith(("file:", "data:")) else None)
     page.goto(out.resolve().as_uri())
     page.wait_for_load_state("load")
 

@@ -81,7 +81,8 @@ def conv_pool(weight_nodes: list, weight_inits: list, weight: str = "w") -> onnx
     nodes = weight_nodes + [
         helper.make_node("Conv", ["x", weight], ["a"], name="conv", pads=[1, 1, 1, 1], strides=[2, 2]),
         helper.make_node("Relu", ["a"], ["b"], name="relu"),
-        helper.make_node("AveragePool", ["b"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])]
+        helper.make_node("AveragePool", ["b"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2],
+                         pads=[1, 1, 1, 1])]
     return make(nodes, weight_inits)
 
 
@@ -194,7 +195,8 @@ def test_channels_last_input() -> None:
     nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2])] + [
         helper.make_node("Conv", ["xt", "w"], ["a"], name="conv", pads=[1, 1, 1, 1], strides=[2, 2]),
         helper.make_node("Relu", ["a"], ["b"], name="relu"),
-        helper.make_node("AveragePool", ["b"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])]
+        helper.make_node("AveragePool", ["b"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2],
+                         pads=[1, 1, 1, 1])]
     model = make(nodes, [ones("w", (1, 1, 3, 3))], shape=(1, SIZE, SIZE, 1))
     a = analyze(model)
     assert a.spatial_axes == (1, 2)

@@ -291,7 +291,7 @@ def test_packaged_model_report(key: str, packages: Path, capsys: pytest.CaptureF
     assert set(case.global_ops) <= mixing_ops
     for row in report["endpoints"]:
         ep = analysis[row["tensor"]]
-        assert row["r"] == [v for v in ep.r] and row["P"] == [v for v in ep.P]
+        assert row["r"] == list(ep.r) and row["P"] == list(ep.P)
     rc_table, table, _ = cli("analyze", *model_args(path, case), capsys=capsys)
     assert rc_table == rc and "tensor" in table and "r" in table
     for s in report["stops"]:

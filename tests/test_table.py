@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 
 import pytest
+from test_model_zoo import ENDPOINTS_224, P_AT_321, PUBLISHED
 
 from rfgraph.cli import main
-from test_model_zoo import ENDPOINTS_224, P_AT_321, PUBLISHED
 
 SHARED_CSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / "modern_networks_rf.csv"
 
@@ -55,7 +55,7 @@ def test_twelve_rows_match_published(capsys, published_csv):
 @pytest.mark.skipif(not SHARED_CSV.is_file(), reason="../shared reference data not present")
 def test_shared_reference_found_next_to_checkout(capsys):
     """Without --reference the command reads ../shared/reference/modern_networks_rf.csv."""
-    code, out = run_table(capsys, "--format", "json", "--models", "alexnet_v2", "inception_v3")
+    _, out = run_table(capsys, "--format", "json", "--models", "alexnet_v2", "inception_v3")
     data = json.loads(out)
     assert Path(data["reference"]).resolve() == SHARED_CSV.resolve()
     assert [r["verdict"] for r in data["rows"]] == ["match", "match"]

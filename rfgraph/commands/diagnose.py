@@ -128,7 +128,8 @@ def _coverage_table(d: Diagnosis) -> str:
     for c in d.coverage:
         for x in c.axes:
             rows.append([c.endpoint, x.axis, x.size, "global" if x.r is None else x.r,
-                         "-" if x.ratio is None else f"{x.ratio:.2f}", "every unit" if x.covers else ("some units" if x.covered_by_some else "no unit"),
+                         "-" if x.ratio is None else f"{x.ratio:.2f}",
+                         "every unit" if x.covers else ("some units" if x.covered_by_some else "no unit"),
                          x.border_layer or "-", x.full_layer or "-",
                          len(c.unproductive)])
     head = ["end point", "axis", "n", "r", "r/n", "sees whole axis", "border layer",

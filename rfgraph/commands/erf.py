@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         unit=_ints(args.unit, "--unit"), runs=args.runs,
         method=args.method, inputs=args.inputs, reinit=args.reinit,
         weight_runs=args.weight_runs, seed=args.seed, batch=args.batch,
-        progress=not (args.no_progress or quiet) and sys.stderr.isatty(), mean=_floats(args.mean, "--mean") or IMAGENET_MEAN,
+        progress=not (args.no_progress or quiet) and sys.stderr.isatty(),
+        mean=_floats(args.mean, "--mean") or IMAGENET_MEAN,
         std=_floats(args.std, "--std") or IMAGENET_STD, conventions=conventions(args))
     if args.npy:
         np.save(args.npy, result.erf)

@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from tabulate import tabulate
 

@@ -11,10 +11,12 @@ in registry order, writes each one's PNG figures and CSV under ``OUT/NAME/`` and
 from __future__ import annotations
 
 # registration order = run order (gaussianity summarises the maps of the experiments before it)
+# isort: off
 from . import (  # noqa: F401
     uniform_random_relu, nonlinearities, growth, subsample_dilation, skip_dropout, trained_vs_init,
     resnets_at_init, cnn_vs_transformer, gaussianity, rf_vs_accuracy,
 )
+# isort: on
 from .registry import EXPERIMENTS
 from .runner import run_experiments
 

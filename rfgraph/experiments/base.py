@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +56,7 @@ class Context:
     progress: bool = True
     threads: int = 1
     reference: Reference = field(default_factory=Reference.empty)
-    maps: list["MapRecord"] = field(default_factory=list)
+    maps: list[MapRecord] = field(default_factory=list)
 
     def n_runs(self, full: int, quick: int) -> int:
         """Runs of one experiment: ``--runs`` when given, else the paper's count (or quick's)."""

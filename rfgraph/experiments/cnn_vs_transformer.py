@@ -11,7 +11,7 @@ the mass outside the centre patch, and the fraction of input pixels above 1% of 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -27,8 +27,8 @@ def core_set(ctx: Context) -> None:
     cases = [("uniform-random-relu", f"uniform n={n}", f"luo_conv_uniform_{n}", False)]
     cases += [("nonlinearities", f"{a} n={n}", f"luo_conv_{a}_{n}:channels=8", True)
               for a in ("random", "relu", "tanh", "sigmoid")]
-    cases += [("subsample-dilation", v, f"luo_conv15{'' if v == 'baseline' else '_' + v}:"
-               "channels=8,size=80", True) for v in ("baseline", "subsample", "dilation")]
+    cases += [("subsample-dilation", v, (f"luo_conv15{'' if v == 'baseline' else '_' + v}:"
+                "channels=8,size=80"), True) for v in ("baseline", "subsample", "dilation")]
     for exp, case, name, redraw in ctx.bar(cases, NAME):
         record(ctx, exp, case, erf_of(ctx, model_zoo.build(name), runs, redraw=redraw, seed=77))
 

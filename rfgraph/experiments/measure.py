@@ -8,9 +8,9 @@ weights are then He-normal draws, one per run (Luo's "different random seed" per
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -48,8 +48,8 @@ def erf_of(ctx: Context, model: onnx.ModelProto | str, runs: int, *, redraw: boo
     """The ERF of the centre unit of ``output``, averaged over ``runs`` inputs; with ``redraw``
     each run also redraws the weights (``reinit``, He by default)."""
     t0 = time.perf_counter()
-    kwargs = dict(input_shape=input_shape, unit=unit, seed=ctx.seed * 1000 + seed,
-                  threads=ctx.threads)
+    kwargs = {"input_shape": input_shape, "unit": unit, "seed": ctx.seed * 1000 + seed,
+              "threads": ctx.threads}
     if redraw:
         res = compute_erf(model, output, runs=1, weight_runs=runs, reinit=reinit or "he",
                           batch=1, **kwargs)  # type: ignore[arg-type]

@@ -31,7 +31,7 @@ class Reference:
     accuracy: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def empty(cls) -> "Reference":
+    def empty(cls) -> Reference:
         """No reference data: every paper value is missing."""
         return cls(None)
 

@@ -4,7 +4,7 @@ and a verdict (match / differ / new / skipped / no reference)."""
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Sequence
+from collections.abc import Sequence
 
 from .base import Claim, Context, Result
 from .registry import EXPERIMENTS
@@ -58,20 +58,19 @@ def write_report(ctx: Context, results: Sequence[Result]) -> str:
     ref = ctx.reference
     mode = "quick (CI smoke: fewer runs, smaller nets)" if ctx.quick else "full"
     lines = ["# rfgraph experiments: effective vs theoretical receptive fields", "",
-             f"Generated {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC by "
-             f"`rfgraph experiments`; mode: {mode}; runs: "
-             f"{ctx.runs if ctx.runs else 'per experiment (paper defaults)'}; seed {ctx.seed}; "
-             f"total time {sum(r.seconds for r in results):.0f} s.", ""]
+             (f"Generated {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC by "
+              f"`rfgraph experiments`; mode: {mode}; runs: "
+              f"{ctx.runs if ctx.runs else 'per experiment (paper defaults)'}; seed {ctx.seed}; "
+              f"total time {sum(r.seconds for r in results):.0f} s."), ""]
     if ref.available:
         lines.append(f"Paper values read from `{ref.root}` (reference/luo2016_claims.md, "
                      "reference/modern_networks_rf.csv, seeds/araujo2019_*.txt).")
     else:
         lines.append("**No reference data found** (`--reference DIR` or ../shared): the paper's "
                      "values are missing below, numeric claims read 'no reference'.")
-    lines += ["", "Verdicts: *match* = the measurement agrees with the paper's claim; "
-              "*differ* = it "
-              "does not; *new* = a question the paper leaves open, measured here; *skipped* = "
-              "could not be measured (see the note).", "", "## Summary", "",
+    lines += ["", ("Verdicts: *match* = the measurement agrees with the paper's claim; *differ* = it "
+                   "does not; *new* = a question the paper leaves open, measured here; *skipped* = "
+                   "could not be measured (see the note)."), "", "## Summary", "",
               "| experiment | claim | paper | measured | verdict |", "|---|---|---|---|---|"]
     for res in results:
         if res.error:

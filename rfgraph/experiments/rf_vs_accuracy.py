@@ -39,7 +39,7 @@ def run(ctx: Context) -> Result:
                  "rfgraph TRF of the TF-slim nets of model_zoo; accuracies from "
                  "seeds/araujo2019_*.txt at run time")
     folder = ctx.folder(NAME)
-    names = [n for n in model_zoo.SLIM_MODELS]
+    names = list(model_zoo.SLIM_MODELS)
     for n in ctx.bar(names, NAME):
         res.rows.append({"model": n, "r_rfgraph": final_r(n),
                          "r_published": ref.networks.get(n, {}).get("r"),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import RFGraphError
 from . import reference as reference_mod

