@@ -7,7 +7,7 @@ alignment verdict of every merge, and the nodes where the analysis stopped (unsu
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -184,7 +184,7 @@ class Analysis:
 def analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None = None,
             input_name: str | None = None, layout: str | None = None, *,
             rules: custom_ops.RuleSet | str | Path | Sequence[str | Path] | None = None,
-            assume_pointwise: bool = False) -> Analysis:
+            assume_pointwise: bool = False, on_stage: Callable[[str], None] | None = None) -> Analysis:
     """Receptive fields of every tensor of an ONNX model (path, bytes or ModelProto).
 
     ``input_shape`` fixes input dims ({"x": (1, 3, 224, 224)}; name "" means the first input);
@@ -192,17 +192,24 @@ def analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None 
     overrides the inferred position of the spatial axes.  ``rules`` (a TOML rules file or a
     ``custom_ops.RuleSet``) declares ops rfgraph does not know; ``assume_pointwise`` treats other
     unknown ops that keep the spatial shape as pointwise; both are listed in ``rule_notes``.
+    ``on_stage`` is called with the name of each stage as it starts (``STAGES``; progress display).
     """
     with custom_ops.active(rules, assume_pointwise) as session:
-        analysis = _analyze(model, input_shape, input_name, layout)
+        analysis = _analyze(model, input_shape, input_name, layout, on_stage or (lambda _: None))
     analysis.rule_notes.update(session.used)
     return analysis
 
 
+# What ``analyze`` does, in order (reported through ``on_stage``)
+STAGES = ("loading and inferring shapes", "building the graph", "receptive-field pass", "end points")
+
+
 def _analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None,
-             input_name: str | None, layout: str | None) -> Analysis:
+             input_name: str | None, layout: str | None, on_stage: Callable[[str], None]) -> Analysis:
     """``analyze`` with the declared rules already active."""
+    on_stage(STAGES[0])
     proto = custom_ops.declare_shapes(load_model(model, input_shape))
+    on_stage(STAGES[1])
     mg = build_graph(proto)
     name = _pick_input(mg, input_name, layout)
     shape = mg.shapes.get(name)
@@ -216,7 +223,9 @@ def _analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None
             f"input '{name}' has dynamic spatial dims (axes {unknown} of shape "
             f"{['?' if d is None else d for d in shape]}); set them, e.g. --input-shape {name}:{example}")
     in_layout = _input_layout(shape, spatial)
+    on_stage(STAGES[2])
     result = forward_pass(mg, name, in_layout)
+    on_stage(STAGES[3])
     endpoints = _endpoints(mg, result, name)
     axis_names = AXIS_NAMES.get(len(spatial), tuple(f"A{i}" for i in range(len(spatial))))
     return Analysis(name, tuple(shape), tuple(spatial), axis_names,

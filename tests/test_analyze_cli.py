@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import rfgraph
 from rfgraph.cli import main
-from tests.graphs import G
+from tests.graphs import G, chain
 
 
 def _two_convs(tmp_path):
@@ -154,3 +154,32 @@ def test_boxes_of_a_detection_like_map(tmp_path, capsys):
     assert main(["boxes", str(path), "--output", y, "--index", "5,9", "--format", "json"]) == 0
     unit = json.loads(capsys.readouterr().out)["units"][0]
     assert unit["region"] == [[8, 12], [16, 20]] and unit["centre"] == [10, 18]
+
+
+def test_analysis_reports_its_stages_in_order():
+    """``on_stage`` sees every stage of ``analyze`` once, in order (what the CLI displays)."""
+    from rfgraph.analysis import STAGES
+
+    seen: list[str] = []
+    model, _ = chain((16, 16), [(3, 1, 1, 1)] * 2)
+    rfgraph.analyze(model, on_stage=seen.append)
+    assert tuple(seen) == STAGES
+
+
+def test_stage_display_names_the_running_stage(monkeypatch, capsys):
+    """On a terminal, a long analysis shows the running stage and elapsed time on stderr, then
+    clears the line; with display off (pipes, --quiet) nothing is written."""
+    import time
+
+    from rfgraph.commands import _common
+
+    monkeypatch.setattr(_common, "SHOW_AFTER_S", 0.0)
+    with _common.stage_display(True) as on_stage:
+        on_stage("loading and inferring shapes")
+        time.sleep(0.7)  # one tick of the display thread
+        on_stage("receptive-field pass")
+    err = capsys.readouterr().err
+    assert "rfgraph: loading and inferring shapes (0/4 done)" in err and "receptive-field pass (1/4 done)" in err
+    with _common.stage_display(False) as on_stage:
+        on_stage("loading and inferring shapes")
+    assert capsys.readouterr().err == ""

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-from ..analysis import Analysis, analyze
+from tqdm import tqdm
+
+from ..analysis import STAGES, Analysis, analyze
 from ..onnx_import import parse_input_shapes
 from ..report import FORMATS
+
+SHOW_AFTER_S = 1.0  # the stage display appears only when an analysis takes longer than this
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +38,42 @@ def add_format_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def load_analysis(args: argparse.Namespace) -> Analysis:
-    """Run the TRF analysis with the model options of ``add_model_args``."""
-    return analyze(args.model, parse_input_shapes(args.input_shape), args.input_name, args.layout,
-                   rules=getattr(args, "rules", None) or None,
-                   assume_pointwise=getattr(args, "assume_pointwise", False))
+    """Run the TRF analysis with the model options of ``add_model_args`` (stages shown on a
+    terminal when it takes long: a 1M-node graph takes about a minute)."""
+    show = not getattr(args, "quiet", False) and sys.stderr.isatty()
+    with stage_display(show) as on_stage:
+        return analyze(args.model, parse_input_shapes(args.input_shape), args.input_name, args.layout,
+                       rules=getattr(args, "rules", None) or None,
+                       assume_pointwise=getattr(args, "assume_pointwise", False), on_stage=on_stage)
+
+
+@contextmanager
+def stage_display(enabled: bool) -> Iterator[Callable[[str], None]]:
+    """A tqdm line naming the running stage with its elapsed time, on stderr; it appears after
+    ``SHOW_AFTER_S`` and is ticked by a background thread (one stage can take many seconds)."""
+    bar = tqdm(total=len(STAGES), file=sys.stderr, disable=not enabled, leave=False, delay=SHOW_AFTER_S,
+               bar_format="rfgraph: {desc} ({n_fmt}/{total_fmt} done) [{elapsed}]")
+    done = threading.Event()
+    started: list[str] = []
+
+    def on_stage(name: str) -> None:
+        bar.set_description_str(name, refresh=False)
+        if started:  # the previous stage has ended
+            bar.update(1)
+        started.append(name)
+
+    def tick() -> None:
+        while not done.wait(0.5):
+            if bar.format_dict["elapsed"] >= SHOW_AFTER_S:
+                bar.refresh()
+
+    ticker = threading.Thread(target=tick, daemon=True) if enabled else None
+    if ticker:
+        ticker.start()
+    try:
+        yield on_stage
+    finally:
+        done.set()
+        if ticker:
+            ticker.join()
+        bar.close()
