@@ -184,7 +184,7 @@ def _grows(transfer: Any) -> bool:
     for ot in transfer.outputs:
         for e in ot.edges if ot is not None else ():
             for span in e.maps.values():
-                if span is None or span.q != 1 or span.A > 1:
+                if span is None or span.q != 1 or abs(span.A) > 1:  # A < 0: a reversal
                     return True
                 if any(h > lo for lo, h in zip(span.lo, span.hi)):
                     return True
@@ -381,7 +381,7 @@ def default_size_grid(analysis: Analysis, endpoints: Sequence[str], step: int | 
                       largest: int | None = None, max_points: int = 64) -> tuple[list[int], int]:
     """Sizes to scan: multiples of ``step`` (default: the largest integer stride S of the end
     points) up to ``largest`` (default: twice the largest r, at least the current size)."""
-    strides = [int(s) for e in endpoints for s in analysis[e].S
+    strides = [abs(int(s)) for e in endpoints for s in analysis[e].S
                if s is not None and Fraction(s).denominator == 1]
     step = step or max(strides + [1])
     rs = [r for e in endpoints for r in analysis[e].r if r is not None]

@@ -110,18 +110,23 @@ class Span:
     def then(self, other: Span) -> Span:
         """Apply ``self`` to a unit, then ``other`` to every unit reached (path composition).
 
-        Exact because every span's bounds are non-decreasing in the unit index, so the union of
+        Exact because every span's bounds are monotone in the unit index: non-decreasing, or
+        non-increasing when ``A < 0`` (a flip: Slice with a negative step).  So the union of
         ``other`` over a contiguous range of units runs from ``other.lo_of(first)`` to
-        ``other.hi_of(last)``.
+        ``other.hi_of(last)``, or from ``other.lo_of(last)`` to ``other.hi_of(first)`` for a flip.
         """
         if self.q == 1 and other.q == 1:  # the common, affine case: eqs. (2), (9), (10)
             A2 = other.A
-            return Span(1, self.A * A2, (self.lo[0] * A2 + other.lo[0],),
-                        (self.hi[0] * A2 + other.hi[0],))
+            first, last = (self.lo[0], self.hi[0]) if A2 >= 0 else (self.hi[0], self.lo[0])
+            return Span(1, self.A * A2, (first * A2 + other.lo[0],), (last * A2 + other.hi[0],))
         q = self.q * other.q // math.gcd(self.A, other.q)
         A = (self.A * q // self.q) // other.q * other.A
-        lo = tuple(other.lo_of(self.lo_of(t)) for t in range(q))
-        hi = tuple(other.hi_of(self.hi_of(t)) for t in range(q))
+        if other.A >= 0:
+            lo = tuple(other.lo_of(self.lo_of(t)) for t in range(q))
+            hi = tuple(other.hi_of(self.hi_of(t)) for t in range(q))
+        else:
+            lo = tuple(other.lo_of(self.hi_of(t)) for t in range(q))
+            hi = tuple(other.hi_of(self.lo_of(t)) for t in range(q))
         return _canonical(Span(q, A, lo, hi))
 
     def expanded(self, q: int) -> Span:

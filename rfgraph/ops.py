@@ -543,7 +543,8 @@ def _shape_only_shift(ctx: NodeContext, why: str) -> Transfer:
 
 
 def slice_rule(ctx: NodeContext) -> Transfer:
-    """Slice: output unit u reads input start + u*step along each sliced axis."""
+    """Slice: output unit u reads input start + u*step along each sliced axis (a negative step
+    reverses the axis: the span decreases, S < 0)."""
     rank = ctx.rank(0)
     if ctx.opset >= 10:
         starts = ctx.ints(1, "starts")
@@ -560,16 +561,13 @@ def slice_rule(ctx: NodeContext) -> Transfer:
     for a, st, sp in zip(axes, starts, steps):
         if sp == 0:
             raise ctx.invalid("slice step 0")
-        if sp < 0 and spatial_of(ctx.data_layout(0)[a]):
-            raise ctx.unsupported("negative slice step (flip) along a spatial axis")
         dim = shape[a] if shape else None
-        if st < 0:
-            if dim is None:
-                raise DynamicShapeError(f"node '{ctx.name}' (Slice): negative start needs a known size")
-            st += dim
-        if dim is not None:
-            st = min(max(st, 0), dim)
-        begins[a], step_by[a] = -st, sp
+        if dim is not None:  # ONNX clamps the start to [0, dim], or [0, dim - 1] going backwards
+            st = min(max(st + dim if st < 0 else st, 0), dim if sp > 0 else dim - 1)
+        elif st < 0 or (sp < 0 and spatial_of(ctx.data_layout(0)[a])):
+            raise DynamicShapeError(f"node '{ctx.name}' (Slice): a negative start or step needs a known "
+                                    f"size; set it with --input-shape")
+        begins[a], step_by[a] = -st, sp  # a negative step reverses the axis: a flip
     return _shifts(ctx, begins, step_by)
 
 

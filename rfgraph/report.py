@@ -91,6 +91,8 @@ def _table_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
             note.append(f"depends on input size ({row['size_dependent']})")
         if not row["shift_invariant"]:
             note.append("mixed strides: r is the largest extent")
+        if any((isinstance(s, int) and s < 0) or (isinstance(s, str) and s.startswith("-")) for s in row["S"]):
+            note.append("reversed (S < 0): unit 0 sees the far end")
         if any(row["global"]):
             note.append("global from " + next(g for g in row["global"] if g))
         out.append([row["tensor"], row["op"], "x".join(str(d) for d in row["shape"]),

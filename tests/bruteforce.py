@@ -87,8 +87,11 @@ class Oracle:
             starts, axes = self.consts[node.input[1]], self.consts[node.input[3]]
             steps = self.consts[node.input[4]] if len(node.input) > 4 else [1] * len(axes)
             for st, ax, sp in zip(starts, axes, steps):
-                if ax == 2 + axis:
-                    return {int(st) + u * int(sp) for u in units}
+                if ax == 2 + axis:  # ONNX: negative starts count from the end, then clamp
+                    dim, st, sp = self.shapes[node.input[0]][ax], int(st), int(sp)
+                    st = st + dim if st < 0 else st
+                    st = max(0, min(st, dim - 1 if sp < 0 else dim))
+                    return {st + u * sp for u in units}
             return set(units)
         raise NotImplementedError(op)
 

@@ -56,17 +56,29 @@ def strided(g: G, x: str, rng: np.random.Generator, symmetric: bool) -> str:
     return g.conv(x, 3, 2, pads=[1] * g.ndim + [0] * g.ndim)
 
 
+def flipped(g: G, x: str, rng: np.random.Generator, symmetric: bool) -> str:
+    """A branch reversed along one axis (Slice, step -1), convolved, and either reversed back
+    (an aligned residual when pads are symmetric) or added as it is (a mirrored path)."""
+    axis = int(rng.integers(0, g.ndim))
+    y = g.conv(g.flip(x, axis), 3, 1, pads=_same_pads(rng, 3, g.ndim, symmetric), cout=g.channels[x])
+    return g.add(x, g.flip(y, axis) if rng.random() < 0.5 else y)
+
+
 BLOCKS = [residual, inception, unet, strided]  # all keep the size except strided (halves it)
 
 
 def random_dag(seed: int, ndim: int = 2, size: int = 16, n_blocks: int = 4,
-               symmetric: bool | None = None) -> tuple:
-    """A random model of ``n_blocks`` blocks on a size**ndim input; returns (model, output)."""
+               symmetric: bool | None = None, flips: bool = False) -> tuple:
+    """A random model of ``n_blocks`` blocks on a size**ndim input; returns (model, output).
+    ``flips`` adds blocks with reversed (negative-step Slice) branches, every other block."""
     rng = np.random.default_rng(seed)
     sym = bool(rng.random() < 0.5) if symmetric is None else symmetric
     g = G((size,) * ndim, channels=1, seed=seed)
     x = g.conv("x", 1, 1)
-    for _ in range(n_blocks):
+    for i in range(n_blocks):
+        if flips and i % 2 == 0:
+            x = flipped(g, x, rng, sym)
+            continue
         block = BLOCKS[int(rng.integers(0, len(BLOCKS)))]
         if block in (unet, strided) and (size < 8 or size % 2):
             block = residual

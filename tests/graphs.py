@@ -88,6 +88,11 @@ class G:
         self.inits.append(numpy_helper.from_array(pads, name))
         return self.node("Pad", [x, name], mode=mode)
 
+    def flip(self, x: str, axis: int, step: int = -1, start: int = -1) -> str:
+        """Slice with a negative step along spatial ``axis``: reversed (every |step|-th unit)."""
+        consts = [self._init(np.array([v])) for v in (start, -(2**62), 2 + axis, step)]
+        return self.node("Slice", [x, *consts])
+
     def model(self, outputs: list[str] | str) -> onnx.ModelProto:
         outputs = [outputs] if isinstance(outputs, str) else outputs
         graph = helper.make_graph(self.nodes, "test", [self.input], [], self.inits)

