@@ -684,7 +684,9 @@ def _slice_indices(b: Builder, n: NodeView) -> dict[int, np.ndarray]:
     out: dict[int, np.ndarray] = {}
     for st, en, ax, sp in zip(starts, ends, axes, steps):
         ax = int(ax) % rank
-        out[ax] = np.arange(xs[ax])[slice(*slice(int(st), int(en), int(sp)).indices(xs[ax]))]
+        # slice.indices clamps as ONNX does; a range, not a re-slice: a backward stop of -1 means
+        # "before index 0" there, but "the last index" to a slice
+        out[ax] = np.array(range(*slice(int(st), int(en), int(sp)).indices(xs[ax])), dtype=np.int64)
     return out
 
 

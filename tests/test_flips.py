@@ -97,3 +97,18 @@ def test_reversal_of_an_unknown_size_asks_for_it() -> None:
     assert a[y].S == (-1,)
     with pytest.raises(DynamicShapeError, match="set them"):
         rfgraph.analyze(model)
+
+
+def test_erf_of_a_flipped_net_lies_on_its_trf() -> None:
+    """The exact gradient and finite differences agree through a reversal, and the gradient's
+    support is the centre unit's TRF (positive weights, linear net)."""
+    g = G((24, 24), batch=1)
+    y = g.conv(g.flip(g.conv("x", 3, 1), 1), 5, 1)
+    model = g.model(y)
+    grad = rfgraph.compute_erf(model, runs=2, method="grad", seed=1)
+    fd = rfgraph.compute_erf(model, runs=2, method="fd", seed=1)
+    assert np.abs(grad.erf - fd.erf).max() <= 1e-3 * grad.erf.max()
+    support = np.argwhere(grad.erf > 0)
+    (h0, h1), (w0, w1) = grad.target.region
+    assert support.min(0).tolist() == [h0, w0] and support.max(0).tolist() == [h1, w1]
+    assert rfgraph.analyze(model)[y].region(grad.target.unit) == grad.target.region

@@ -311,6 +311,24 @@ def test_slice_pad_gather_split_broadcast() -> None:
     _compare(model, fn, (1, 3, 12, 9))
 
 
+REVERSALS = {  # (start, end, step) along W (9 wide) -> the same selection written in torch
+    (-1, -(2**62), -1): lambda x: x.flip(3),  # torch.flip as exported
+    (2**62, -(2**62), -2): lambda x: x.flip(3)[..., ::2],  # clamped start, every other column
+    (-2, -9, -1): lambda x: x[..., 1:8].flip(3),  # columns 7 down to 1
+}
+
+
+@pytest.mark.parametrize("start,end,step", list(REVERSALS))
+def test_reversals_as_exporters_write_them(start: int, end: int, step: int) -> None:
+    """torch.flip-style Slice (start -1, end -2^62, step -1) and clamped variants: the gradient
+    flows back through the reversal (a backward slice bound of -1 once made it empty)."""
+    ints = lambda v: np.array(v, np.int64)
+    nodes = [helper.make_node("Slice", ["x", "st", "en", "ax", "sp"], ["y"])]
+    model = _model(nodes, [1, 2, 6, 9], {"st": ints([start]), "en": ints([end]), "ax": ints([3]),
+                                         "sp": ints([step])})
+    _compare(model, REVERSALS[(start, end, step)], (1, 2, 6, 9))
+
+
 def test_unsupported_op_names_node_and_suggests_fd() -> None:
     """An op without a rule raises UnsupportedOpError with node, op and the FD alternative."""
     nodes = [helper.make_node("Relu", ["x"], ["r"], name="act"),
