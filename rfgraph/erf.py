@@ -86,8 +86,10 @@ class ERFResult:
 
 
 def make_seed(target: Target, batch: int, dtype: np.dtype = FLOAT32) -> np.ndarray:
-    """Luo's Dirac delta: 1 at the target unit (channel, or all channels), 0 elsewhere; per sample."""
-    seed = np.zeros((batch,) + target.shape[1:], dtype=dtype)
+    """Luo's Dirac delta: 1 at the target unit (channel, or all channels), 0 elsewhere; per sample.
+    At batch 1 the seed has the tensor's own shape, whichever axis holds the batch (a
+    time-major RNN output is (T, N, C)); batched graphs put it first (checked by the engine)."""
+    seed = np.zeros(target.shape if batch == 1 else (batch,) + target.shape[1:], dtype=dtype)
     index: list[int | slice] = [slice(None)] * len(target.shape)
     for ax, u in zip(target.tensor_axes, target.unit):
         index[ax] = u
@@ -157,7 +159,7 @@ class GradientEngine:
         one = vjp_mod.build_vjp(model, target.output, input_shape, input_name)
         self.dtype = one.dtype
         self.graph, self.sess, self.batch = one, self._session(one), 1
-        if batch > 1:
+        if batch > 1 and target.shape[:1] == (1,):  # batching stacks samples on the output's axis 0
             self._try_batch(model, input_shape, batch)
 
     def _try_batch(self, model: onnx.ModelProto, input_shape: tuple[int, ...], batch: int) -> None:

@@ -79,7 +79,9 @@ class FiniteDifference:
             one = self.single.run(None, {self.input_name: probe[-1:]})[0]  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - a batch-fixed model: fall back to one input per run
             return self.single, 1
-        if multi.shape[0] == self.batch and np.allclose(multi[-1:], one, rtol=1e-4, atol=1e-5):
+        # samples must stack on the output's axis 0 (a time-major (T, N, C) output does not)
+        stacked = one.shape[:1] == (1,) and multi.shape == (self.batch,) + one.shape[1:]
+        if stacked and np.allclose(multi[-1:], one, rtol=1e-4, atol=1e-5):
             return sess, self.batch
         return self.single, 1
 
@@ -97,8 +99,12 @@ class FiniteDifference:
         return list(itertools.product(*ranges))
 
     def _objective(self, sess: object, xs: np.ndarray, seed: np.ndarray) -> np.ndarray:
+        """``seed . y`` per input sample (one sample: the whole output, wherever its batch axis is;
+        several: stacked on the output's axis 0, as ``_batched_session`` checked)."""
         y = sess.run(None, {self.input_name: xs})[0]  # type: ignore[attr-defined]
         prod = y.astype(np.float64) * seed.astype(np.float64)
+        if len(xs) == 1:
+            return np.array([prod.sum()])
         return prod.reshape(prod.shape[0], -1).sum(axis=1)
 
     def gradient(self, x: np.ndarray, seed: np.ndarray) -> np.ndarray:

@@ -253,6 +253,24 @@ def test_batch_baked_into_reshape_falls_back_or_rebatches_correctly() -> None:
     np.testing.assert_allclose(a.erf, b.erf, rtol=1e-5, atol=1e-7)
 
 
+def test_time_major_output_with_batch_not_first() -> None:
+    """A CRNN-style output (W, N, C, H) has its batch on axis 1: the seed takes the output's own
+    shape (it used to be built as (1, ...) and onnxruntime refused it), grad = finite differences,
+    and the gradient's support is the centre unit's TRF."""
+    w = numpy_helper.from_array(np.full((2, 1, 3, 3), 0.1, np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Transpose", ["c"], ["y"], perm=[3, 0, 1, 2])]
+    graph = helper.make_graph(nodes, "tm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 1, 2, 8])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    grad = compute_erf(model, runs=3, seed=0)
+    fd = compute_erf(model, runs=3, seed=0, method="fd")
+    np.testing.assert_allclose(grad.erf, fd.erf, rtol=1e-3, atol=1e-6)
+    support = np.argwhere(grad.erf > 0)
+    (h0, h1), (w0, w1) = grad.target.region
+    assert support.min(0).tolist() == [h0, w0] and support.max(0).tolist() == [h1, w1]
+
+
 def test_image_folder_inputs(tmp_path: Path) -> None:
     """PNG/JPEG images are resized, scaled to [0, 1], normalised, and averaged like random inputs."""
     from PIL import Image
