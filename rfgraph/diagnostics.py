@@ -509,7 +509,12 @@ def _fix(analysis: Analysis, m: Any) -> AlignmentFix:
     if any(not f.shift_invariant for f in fields):
         return AlignmentFix(m.node, m.op, axis, m.axis, tensors, {}, offset, False,
                             "a branch mixes several strides: no pad or crop aligns it")
-    reach = math.ceil(offset / S) + math.lcm(*(f.spans[0].q for f in fields)) + 1
+    if S == 0:
+        return AlignmentFix(m.node, m.op, axis, m.axis, tensors, {}, offset, False,
+                            "the branches read fixed input positions (S = 0: the merged tensor has no "
+                            "axis along this input axis, e.g. time steps picked by Gather); no pad or "
+                            "crop moves them")
+    reach = math.ceil(offset / abs(S)) + math.lcm(*(f.spans[0].q for f in fields)) + 1
     best: tuple[int, dict[str, tuple[int, int]]] | None = None
     for ref in fields:
         shifts = [_shift_onto(ref, f, reach) for f in fields]

@@ -380,3 +380,36 @@ def test_cli_erf_ratio_plateau_and_object_sizes(tmp_path, capsys) -> None:
     assert [o["erf"] for o in data["objects"]] == ["within the ERF", "larger than the ERF"]
     assert main(args[:-2]) == 0
     assert "ERF stops growing at" in capsys.readouterr().out
+
+
+def test_fix_for_a_misaligned_merge_of_two_reversed_branches() -> None:
+    """Both branches reversed along W (S = -1), one padded 0/2 instead of 1/1: the fix is a
+    one-unit shift, and applying it aligns the merge (diagnose re-analyses: verified)."""
+    from tests.graphs import G
+
+    g = G((16, 16))
+    f = g.flip(g.conv("x", 3, 1, pads=[1] * 4), 1)
+    y = g.add(g.conv(f, 3, 1, pads=[1, 1, 1, 1]), g.conv(f, 3, 1, pads=[1, 0, 1, 2]))
+    model = g.model(y)
+    a = analyze(model)
+    assert not a.aligned and a[y].S == (1, -1)
+    (fix,) = D.alignment_fixes(a)
+    assert fix.axis == "W" and fix.fixable and fix.offset == 1
+    assert sum(abs(b) for b, _ in fix.pads.values()) == 1
+    assert analyze(D.apply_fixes(model, [fix], a.spatial_axes)).aligned
+    assert [f.verified for f in D.diagnose(model, scan_sizes=False).fixes] == [True]
+
+
+def test_merge_of_fixed_positions_is_reported_unfixable() -> None:
+    """Two time steps picked by Gather along W (fields of stride 0) added together: misaligned,
+    and no pad or crop can move a fixed position (this used to divide by S = 0)."""
+    from tests.graphs import G
+
+    g = G((8, 12))
+    c = g.conv("x", 3, 1, pads=[1] * 4)
+    picks = [g.node("Gather", [c, g._init(np.array(i))], axis=3) for i in (2, 7)]
+    y = g.add(*picks)
+    a = analyze(g.model(y))
+    assert not a.aligned
+    (fix,) = [f for f in D.alignment_fixes(a) if f.axis == "W"]
+    assert not fix.fixable and "S = 0" in fix.reason and fix.offset == 5
