@@ -38,6 +38,7 @@ from .inputs import (
 from .metrics import AREA_THRESHOLDS, AreaRatio, ERFMetrics, compute_metrics
 
 if TYPE_CHECKING:  # analysis is imported lazily (it pulls in the whole TRF pass)
+    from . import custom_ops
     from .analysis import Analysis, EndPoint
     from .onnx_import import ModelSource
 
@@ -245,7 +246,10 @@ def compute_erf(model: ModelSource, output: str | None = None, *,
                 absolute: bool = True, seed: int = 0, batch: int = 0, progress: bool = False,
                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                 fd_step: float | None = None, providers: Sequence[str] | None = None,
-                threads: int = 0, conventions: ec.ERFConventions | None = None) -> ERFResult:
+                threads: int = 0, conventions: ec.ERFConventions | None = None,
+                input_name: str | None = None, layout: str | None = None,
+                rules: custom_ops.RuleSet | str | Path | Sequence[str | Path] | None = None,
+                assume_pointwise: bool = False) -> ERFResult:
     """The ERF of one output unit of an ONNX model, averaged as Luo et al. do, with its metrics.
 
     ``model``: path, ``zoo:NAME`` or ModelProto; ``inputs``: "gaussian", "uniform" or a folder of
@@ -253,6 +257,8 @@ def compute_erf(model: ModelSource, output: str | None = None, *,
     deterministic under ``seed``; ``batch`` inputs per run (0: ``auto_batch``); ``conventions``
     (e.g. ``erf_conventions.REPLKNET``) sets the scalar, aggregation, centre rule, image order and
     the defaults of ``runs`` and ``inputs``; ``channel`` and ``absolute=False`` fold into it.
+    ``input_name`` (the input differentiated, default: the first), ``input_shape`` (its shape),
+    ``layout``, ``rules`` and ``assume_pointwise`` mean what they mean for ``rfgraph.analyze``.
     """
     import time
 
@@ -265,9 +271,10 @@ def compute_erf(model: ModelSource, output: str | None = None, *,
     inputs, notes = _inputs(inputs, conv)
     conv = replace(conv, runs=runs, inputs=inputs)
     kind, folder = _input_kind(inputs)
-    proto, analysis, load_notes = _load(model, input_shape)
+    proto, analysis, load_notes = _load(model, input_shape, input_name, layout, rules, assume_pointwise)
     notes = load_notes + notes
-    input_name, full_shape, spatial = _input_facts(proto, analysis)
+    input_name, full_shape, spatial = _input_facts(proto, analysis, input_name)
+    _refuse_other_inputs(proto, input_name)
     output = output or proto.graph.output[0].name
     out_shape = _output_shape(proto, output, input_name, full_shape)
     target = resolve_target(analysis, proto, output, unit, conv.channel, len(full_shape), spatial,
@@ -444,15 +451,20 @@ def _input_kind(inputs: str) -> tuple[InputKind, str | None]:
     return InputKind.IMAGES, inputs
 
 
-def _load(model: ModelSource, input_shape: Sequence[int] | None
-          ) -> tuple[onnx.ModelProto, Analysis | None, list[str]]:
+def _load(model: ModelSource, input_shape: Sequence[int] | None, input_name: str | None = None,
+          layout: str | None = None,
+          rules: custom_ops.RuleSet | str | Path | Sequence[str | Path] | None = None,
+          assume_pointwise: bool = False) -> tuple[onnx.ModelProto, Analysis | None, list[str]]:
     """Load with the core loader, fix the input at batch 1, and run the TRF pass if it can."""
     from . import analysis as analysis_mod
     from .onnx_import import data_inputs, load_model
 
     notes: list[str] = []
     raw = load_model(model)
-    name = data_inputs(raw)[0]
+    inputs = data_inputs(raw)
+    if input_name is not None and input_name not in inputs:
+        raise RFGraphError(f"no input named '{input_name}' (inputs: {', '.join(inputs)})")
+    name = input_name or inputs[0]
     shapes = {name: tuple(input_shape)} if input_shape else None
     if shapes is None:
         dims = next(i for i in raw.graph.input if i.name == name).type.tensor_type.shape.dim
@@ -462,14 +474,27 @@ def _load(model: ModelSource, input_shape: Sequence[int] | None
                 shapes = {name: (1, *rest)}
     proto = load_model(raw, shapes) if shapes else raw
     try:
-        a = analysis_mod.analyze(proto)
+        a = analysis_mod.analyze(proto, input_name=name, layout=layout, rules=rules,
+                                 assume_pointwise=assume_pointwise)
     except RFGraphError as exc:
         notes.append(f"no TRF pass ({exc}); metrics use the map centre")
         a = None
     return proto, a, notes
 
 
-def _input_facts(proto: onnx.ModelProto, analysis: Analysis | None
+def _refuse_other_inputs(proto: onnx.ModelProto, input_name: str) -> None:
+    """The engines feed one input; any other (an RNN state, a sample rate...) would need a value
+    the user chooses, so say so instead of guessing one."""
+    from .onnx_import import data_inputs
+
+    others = [n for n in data_inputs(proto) if n != input_name]
+    if others:
+        raise RFGraphError(f"the model has inputs besides '{input_name}' ({', '.join(others)}); the ERF "
+                           f"engines feed only the input they differentiate: export a model whose other "
+                           f"inputs are constants (or initializers) to measure its ERF")
+
+
+def _input_facts(proto: onnx.ModelProto, analysis: Analysis | None, input_name: str | None = None
                  ) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
     """Input name, full shape (batch 1) and spatial axes: from the analysis, else NC+spatial."""
     from .onnx_import import data_inputs
@@ -477,7 +502,7 @@ def _input_facts(proto: onnx.ModelProto, analysis: Analysis | None
     if analysis is not None:
         shape = tuple(int(d) for d in analysis.input_shape)
         return analysis.input_name, (1,) + shape[1:], tuple(analysis.spatial_axes)
-    name = data_inputs(proto)[0]
+    name = input_name or data_inputs(proto)[0]
     dims = next(i for i in proto.graph.input if i.name == name).type.tensor_type.shape.dim
     if any(not d.HasField("dim_value") for d in dims[1:]):
         example = "x".join(str(d.dim_value) if d.HasField("dim_value") else "64" for d in dims)

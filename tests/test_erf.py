@@ -412,6 +412,37 @@ def test_cli_unsupported_op_exits_2_with_one_line(tmp_path: Path,
     assert len(err) == 1 and "Sin" in err[0] and "--method fd" in err[0]
 
 
+def _nhwc_model(extra_input: bool = False) -> onnx.ModelProto:
+    """x (1, 16, 16, 1) channels-last -> Transpose -> 3x3 conv (pad 1) [+ a second input]."""
+    w = numpy_helper.from_array(np.full((1, 1, 3, 3), 0.2, np.float32), "w")
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["y" if not extra_input else "c"], pads=[1, 1, 1, 1])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 16, 1])]
+    if extra_input:
+        nodes.append(helper.make_node("Add", ["c", "bias"], ["y"]))
+        inputs.append(helper.make_tensor_value_info("bias", TensorProto.FLOAT, [1, 1, 1, 1]))
+    graph = helper.make_graph(nodes, "nhwc", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_cli_layout_input_and_shape_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``rfgraph erf`` takes the model options of every command: --layout NHWC puts the map on
+    H, W (its support is the 3x3 TRF of the centre unit); --input-shape naming an input other
+    than the one differentiated, and a model with a second data input, are refused in one line."""
+    path = tmp_path / "nhwc.onnx"
+    onnx.save(_nhwc_model(), path)
+    assert cli.main(["erf", str(path), "--layout", "NHWC", "--runs", "1", "--format", "json", "-q"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["trf_region"] == [[6, 8], [6, 8]]  # centre unit (7, 7) of 16 x 16
+    assert cli.main(["erf", str(path), "--input", "x", "--input-shape", "y:1x16x16x1", "--runs", "1"]) == 2
+    assert "--input-shape names 'y'" in capsys.readouterr().err
+    two = tmp_path / "two.onnx"
+    onnx.save(_nhwc_model(extra_input=True), two)
+    assert cli.main(["erf", str(two), "--runs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "inputs besides 'x' (bias)" in err[0]
+
+
 def test_channel_sum_of_softmax_is_flagged_and_near_zero() -> None:
     """Seeding all channels of a Softmax over channels differentiates a constant (the sum is 1):
     the ERF is ~0 and the result carries a note suggesting --channel; one channel is not ~0."""

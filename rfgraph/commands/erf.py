@@ -19,6 +19,7 @@ from .. import erf_conventions as ec
 from ..errors import RFGraphError
 from ..onnx_import import parse_input_shapes
 from ..report import FORMATS
+from ._common import add_model_args
 
 if TYPE_CHECKING:  # the ERF engine is imported when the command runs
     from ..erf import ERFResult
@@ -43,9 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "averaged over random inputs, with Luo's ERF size, a Gaussian fit, "
                                    "RepLKNet area ratios and the ERF/TRF ratio.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="ONNX file, or zoo:NAME for a bundled model_zoo graph")
-    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:1x3x224x224",
-                   help="fix the input's shape (needed when it is dynamic)")
+    add_model_args(p)
     p.add_argument("--output", metavar="NAME", help="tensor holding the unit (default: first output)")
     p.add_argument("--unit", metavar="I,J", help="unit index along the spatial axes (default: centre)")
     p.add_argument("--channel", type=int,
@@ -93,15 +92,31 @@ def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
         raise RFGraphError(f"{what} '{text}': expected comma-separated integers, e.g. 7,7") from None
 
 
+def _input_and_shape(args: argparse.Namespace) -> tuple[str | None, tuple[int, ...] | None]:
+    """The input the ERF differentiates (--input, else the one --input-shape names, else the
+    first) and its shape; a shape for any other input is refused, not silently ignored."""
+    shapes = parse_input_shapes(args.input_shape)
+    name = args.input_name
+    if name is None and len(shapes) == 1 and "" not in shapes:
+        name = next(iter(shapes))
+    other = [n for n in shapes if n not in ("", name)]
+    if other:
+        raise RFGraphError(f"--input-shape names '{other[0]}', but the ERF is taken w.r.t. one input "
+                           f"({name or 'the first'}): give only its shape (--input NAME chooses it)")
+    return name, shapes.get(name or "", shapes.get(""))
+
+
 def run(args: argparse.Namespace) -> int:
     """Compute, print, and write the requested files."""
     from ..erf import compute_erf
     from ..inputs import IMAGENET_MEAN, IMAGENET_STD
 
     quiet = bool(getattr(args, "quiet", False))
-    shapes = parse_input_shapes(args.input_shape)
+    input_name, input_shape = _input_and_shape(args)
     result = compute_erf(
-        args.model, args.output, input_shape=next(iter(shapes.values()), None),
+        args.model, args.output, input_shape=input_shape,
+        input_name=input_name, layout=args.layout, rules=args.rules or None,
+        assume_pointwise=args.assume_pointwise,
         unit=_ints(args.unit, "--unit"), runs=args.runs,
         method=args.method, inputs=args.inputs, reinit=args.reinit,
         weight_runs=args.weight_runs, seed=args.seed, batch=args.batch,
