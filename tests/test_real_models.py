@@ -300,6 +300,27 @@ def test_packaged_model_report(key: str, packages: Path, capsys: pytest.CaptureF
         assert f"STOPPED at node '{s['node']}' ({s['op']})" in table
 
 
+@pytest.mark.parametrize("key", sorted(CASES))
+def test_packaged_model_diagnose_and_erf_end_cleanly(key: str, packages: Path, capsys: pytest.CaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``rfgraph diagnose`` and ``rfgraph erf`` on every packaged model: a result (JSON) or one
+    clear error line, never an internal error (RFGRAPH_DEBUG=1 turns one into this test's
+    failure with its traceback).  Found two: the CRNN's time-major logits broke the ERF seed,
+    and its stride-0 merges broke the alignment fixes."""
+    monkeypatch.setenv("RFGRAPH_DEBUG", "1")
+    case = CASES[key]
+    args = model_args(case_path(packages, case), case)
+    rc, out, err = cli("diagnose", *args, "--no-size-range", "--format", "json", capsys=capsys)
+    assert rc in (0, 1) and "coverage" in json.loads(out), err
+    rc, out, err = cli("erf", *args, "--runs", "1", "--format", "json", capsys=capsys)
+    if rc == 0:
+        assert np.isfinite(json.loads(out)["metrics"]["centre_value"])
+    else:  # an op without a gradient rule (If), or inputs besides the one differentiated (an
+        # RNN state, a sample rate): one line naming them
+        assert rc == 2 and err.startswith("rfgraph: error:") and err.count("\n") == 1, err
+        assert "--method fd" in err or "inputs besides" in err, err
+
+
 @pytest.mark.parametrize("key", sorted(k for k, c in CASES.items() if c.oracle))
 def test_packaged_model_regions_match_onnxruntime(key: str, packages: Path) -> None:
     """Every default end point: local regions equal the measured ones; global ones reach both ends."""
