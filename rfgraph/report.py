@@ -16,6 +16,7 @@ from typing import Any
 from tabulate import tabulate
 
 from .analysis import Analysis, EndPoint
+from .trf import Merge
 
 FORMATS = ("table", "markdown", "csv", "json")
 
@@ -130,20 +131,26 @@ def _summary(analysis: Analysis) -> str:
             f"merges: {verdict}")
 
 
+NOTE_LINES = 10  # misaligned merges and global nodes listed in a table; JSON lists them all
+
+
 def _notes(analysis: Analysis) -> list[str]:
-    """Misaligned merges, ops that mix all positions, and stops, one line each."""
+    """Misaligned merges and ops that mix all positions (the first NOTE_LINES of each), rules
+    used, and stops, one line each."""
+    misaligned: dict[tuple[str, int], Merge] = {}
+    for m in analysis.misaligned:  # one line per merge and axis, in the order found
+        misaligned.setdefault((m.node, m.axis), m)
     lines = []
-    seen = set()
-    for m in analysis.misaligned:
-        if (m.node, m.axis) in seen:
-            continue
-        seen.add((m.node, m.axis))
+    for m in list(misaligned.values())[:NOTE_LINES]:
         br = "; ".join(f"{b.tensor}: S={number(b.S)} centre={number(b.centre)} r={b.r}" for b in m.branches)
         lines.append(f"misaligned merge {m.node} ({m.op}) along {analysis.axis_names[m.axis]}: {br}")
-    for node, why in list(analysis.global_at.items())[:10]:
+    if len(misaligned) > NOTE_LINES:
+        lines.append(f"... and {len(misaligned) - NOTE_LINES} more misaligned merges along an axis "
+                     f"(--format json lists them all)")
+    for node, why in list(analysis.global_at.items())[:NOTE_LINES]:
         lines.append(f"global field from {node}: {why}")
-    if len(analysis.global_at) > 10:
-        lines.append(f"... and {len(analysis.global_at) - 10} more nodes that mix all positions")
+    if len(analysis.global_at) > NOTE_LINES:
+        lines.append(f"... and {len(analysis.global_at) - NOTE_LINES} more nodes that mix all positions")
     for node, why in analysis.rule_notes.items():
         lines.append(f"rule used at node '{node}': {why}")
     for s in analysis.stops:

@@ -183,3 +183,33 @@ def test_stage_display_names_the_running_stage(monkeypatch, capsys):
     with _common.stage_display(False) as on_stage:
         on_stage("loading and inferring shapes")
     assert capsys.readouterr().err == ""
+
+
+def test_table_lists_ten_misaligned_merges_and_counts_the_rest(tmp_path, capsys):
+    """Twelve merges each adding a branch shifted by one more pixel (pads k/2-j and k/2+j): the
+    table names the first ten, in graph order, and says how many more there are; JSON keeps all."""
+    g = G((32, 32))
+    x = g.conv("x", 3, 1, pads=[1] * 4)
+    for j in range(1, 13):
+        x = g.add(g.conv(x, 3, 1, pads=[1] * 4), g.conv(x, 3, 1, pads=[1, 1, 1, 1] if j % 2 else [1, 0, 1, 2]))
+    path = tmp_path / "m.onnx"
+    onnx.save(g.model(x), path)
+    analysis = rfgraph.analyze(path)
+    found = list(dict.fromkeys((m.node, m.axis) for m in analysis.misaligned))
+    assert len(found) == 6  # the even-j merges, along W
+    assert main(["analyze", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("misaligned merge ") == 6 and "more misaligned merges" not in out
+    for _ in range(8):  # eight more, all shifted
+        x = g.add(g.conv(x, 3, 1, pads=[1] * 4), g.conv(x, 3, 1, pads=[1, 0, 1, 2]))
+    onnx.save(g.model(x), path)
+    found = list(dict.fromkeys((m.node, m.axis) for m in rfgraph.analyze(path).misaligned))
+    assert len(found) == 14
+    assert main(["analyze", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = [ln.split()[2] for ln in lines if ln.startswith("misaligned merge ")]
+    assert listed == [node for node, _ in found[:10]]
+    assert "... and 4 more misaligned merges along an axis (--format json lists them all)" in lines
+    assert main(["analyze", str(path), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len({(m["node"], m["axis"]) for m in data["misaligned_merges"]}) == 14
