@@ -875,7 +875,21 @@ def recurrent_rule(ctx: NodeContext) -> Transfer:
         if batch_parts is not None and out_batch < len(out_lay):
             out_lay[out_batch] = batch_parts
         outs.append(OutTransfer(tuple(out_lay), tuple(edges)))
-    return Transfer(tuple(outs), mix_reason=f"{ctx.op} recurrence: every step reads the whole sequence")
+    mixes = any(e.maps for e in edges)  # the sequence axis may index no input position (silero-vad
+    # runs its frames as the LSTM's batch, over a sequence of length 1): then nothing is global
+    return Transfer(tuple(outs), mix_reason=_recurrence_reason(ctx) if mixes else "")
+
+
+def _recurrence_reason(ctx: NodeContext) -> str:
+    """Why a recurrence is global, by direction: a causal step reads only one side of itself, so
+    the whole input is an upper bound for it (exact for the final state and bidirectional runs)."""
+    direction = ctx.attrs.get("direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else str(direction)
+    if direction == "bidirectional":
+        return f"{ctx.op} recurrence (bidirectional): every step reads the whole sequence"
+    side = "earlier" if direction == "forward" else "later"
+    return (f"{ctx.op} recurrence ({direction}): step t reads all {side} steps, the final state the "
+            f"whole sequence; reported as the whole input")
 
 
 def control_flow_rule(ctx: NodeContext) -> Transfer:

@@ -3,7 +3,9 @@ sizes, groups, ceil_mode, LpPool, dilated pooling, Pad modes, strided Slice): th
 brute-force index oracle on every unit, and vs onnxruntime impulses where the op is monotone."""
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import rfgraph
 from tests.bruteforce import Oracle, impulse_support
@@ -64,3 +66,66 @@ def test_strided_slice_offsets_the_field():
     y = g.node("Slice", [c, *consts])
     ep = _check_all_units(g.model(y), y)
     assert ep.S == (2, 3) and ep.region((0, 0)) == ((0, 2), (1, 3))
+
+
+def _conv_lstm(perm: list[int], direction: str = "forward") -> onnx.ModelProto:
+    """x (1, 4, 16) -> 3-tap conv (pad 1) -> Transpose(perm) -> LSTM(hidden 3): perm [0, 2, 1]
+    feeds the 16 positions as the LSTM's batch (a sequence of length 1, as silero-vad does),
+    [2, 0, 1] as its sequence."""
+    rng = np.random.default_rng(0)
+    dirs = 2 if direction == "bidirectional" else 1
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("w", (4, 4, 3)), ("W", (dirs, 12, 4)), ("R", (dirs, 12, 3)))]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1]),
+             helper.make_node("Transpose", ["c"], ["t"], perm=perm),
+             helper.make_node("LSTM", ["t", "W", "R"], ["y", "y_h"], hidden_size=3, direction=direction)]
+    graph = helper.make_graph(nodes, "conv_lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+
+
+def _changed_positions(model, position_axis: int) -> list[set[int]]:
+    """onnxruntime oracle: for each input position j, the output positions (along tensor axis
+    ``position_axis`` of y) whose value changes when x[..., j] is perturbed."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((1, 4, 16)).astype(np.float32)
+    base = sess.run(None, {"x": x})[0]
+    seen = []
+    for j in range(16):
+        bumped = x.copy()
+        bumped[..., j] += 1.0
+        diff = np.moveaxis(sess.run(None, {"x": bumped})[0] != base, position_axis, 0)
+        seen.append({i for i in range(diff.shape[0]) if diff[i].any()})
+    return seen
+
+
+def test_recurrence_over_the_batch_axis_keeps_positions_local():
+    """An LSTM whose batch axis carries the positions (sequence of length 1) mixes none of them:
+    each output position has the conv's 3-tap field, as onnxruntime shows; nothing is global
+    (the rule used to report such an LSTM as mixing the whole sequence)."""
+    model = _conv_lstm([0, 2, 1])
+    a = rfgraph.analyze(model)
+    ep = a["y"]
+    assert not ep.is_global and not a.global_at and ep.r == (3,) and ep.S == (1,) and ep.P == (1,)
+    seen = _changed_positions(model, position_axis=2)  # y: (seq 1, dirs 1, batch 16, hidden 3)
+    for i in range(16):
+        region = ep.region((i,))[0]
+        assert {j for j in range(16) if i in seen[j]} == set(range(max(region[0], 0), min(region[1], 15) + 1))
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_recurrence_over_the_positions_is_global(direction):
+    """An LSTM over the positions: reported global with the node named; onnxruntime confirms
+    that the far ends of the input reach the steps it says (step 0 of a forward LSTM reads only
+    the first steps, which the report states in its reason)."""
+    model = _conv_lstm([2, 0, 1], direction)
+    a = rfgraph.analyze(model)
+    assert a["y"].is_global and "LSTM" in a.global_at[next(iter(a.global_at))]
+    seen = _changed_positions(model, position_axis=0)  # y: (seq 16, dirs, batch 1, hidden 3)
+    last = {"forward": 15, "reverse": 0, "bidirectional": 15}[direction]
+    assert set(range(16)) <= {j for j in range(16) if last in seen[j]}  # the whole input reaches it
+    reason = next(iter(a.global_at.values()))
+    if direction == "forward":
+        assert seen[15] == {14, 15} and "earlier" in reason  # causal: a step never reads later ones
