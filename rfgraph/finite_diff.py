@@ -39,9 +39,7 @@ def _forward_session(model: onnx.ModelProto, input_shape: Sequence[int],
     import onnxruntime as ort
 
     fixed = vjp_mod.prepare(model, input_shape, input_name)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(fixed.SerializeToString(), opts,
+    return ort.InferenceSession(fixed.SerializeToString(), vjp_mod.session_options(),
                                 providers=["CPUExecutionProvider"])
 
 

@@ -773,7 +773,7 @@ def _resize_matrix(n: NodeView, b: Builder, axis: int) -> np.ndarray:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size_in, size_in])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
     (y,) = sess.run(None, {"x": np.eye(size_in, dtype=np.float32)})
     if y.shape != (size_in, size_out):
         raise UnsupportedOpError(n.name, "Resize", "could not measure the resize along one axis; "
@@ -1084,7 +1084,7 @@ def _measure_shapes(model: onnx.ModelProto, input_name: str, names: list[str],
         if name not in known:
             elem = dtypes.get(name, 0) or TensorProto.FLOAT
             probe.graph.output.append(helper.make_tensor_value_info(name, elem, None))
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(probe.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
     feeds = {}
     for i in sess.get_inputs():
         dt = helper.tensor_dtype_to_np_dtype(dtypes.get(i.name, TensorProto.FLOAT))
@@ -1111,7 +1111,7 @@ def _input_independent(model: onnx.ModelProto, name: str, active: set[str],
         probe.graph.output.append(helper.make_tensor_value_info(o, dtypes.get(o) or
                                                                 TensorProto.FLOAT, None))
     try:
-        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(probe.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
         feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape],
                                   helper.tensor_dtype_to_np_dtype(dtypes.get(i.name, 1)))
                  for i in sess.get_inputs()}
@@ -1293,14 +1293,26 @@ def _assemble(model: onnx.ModelProto, forward: list[onnx.NodeProto], b: Builder,
                     tuple(b.shapes[y_name]), np.dtype(helper.tensor_dtype_to_np_dtype(dtype)))
 
 
+def session_options(optimize: bool = True) -> Any:
+    """onnxruntime options for every rfgraph session: graph optimisation ALL (or none), and only
+    errors logged (its warnings, e.g. about the unused initializers exporters leave, went to the
+    user's terminal on every load)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    return opts
+
+
 def session(vjp: VJPGraph, providers: Sequence[str] | None = None, threads: int = 0,
             config: dict[str, str] | None = None) -> object:
     """An onnxruntime session for a VJP graph: graph optimisation ALL, the best provider present;
     ``config``: extra session config entries (e.g. {"session.intra_op.allow_spinning": "0"})."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts = session_options()
     if threads:
         opts.intra_op_num_threads = threads
     for key, value in (config or {}).items():

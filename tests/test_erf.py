@@ -457,3 +457,18 @@ def test_channel_sum_of_softmax_is_flagged_and_near_zero() -> None:
     one = compute_erf(model, runs=2, channel=1)
     assert any("--channel" in n for n in summed.notes) and not one.notes
     assert summed.erf.max() < 1e-5 * one.erf.max()
+
+
+@pytest.mark.parametrize("method", ["grad", "fd"])
+def test_onnxruntime_warnings_stay_off_the_terminal(tmp_path: Path, capfd: pytest.CaptureFixture,
+                                                     method: str) -> None:
+    """Exporters leave unused initializers (the onnx package's Caffe2 models do); onnxruntime
+    warned about each on every session load, straight to the user's stderr.  Now only rfgraph
+    speaks there (captured at the file-descriptor level, where onnxruntime writes)."""
+    model = _nhwc_model()
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(3, np.float32), "unused_blob"))
+    path = tmp_path / "unused.onnx"
+    onnx.save(model, path)
+    assert cli.main(["erf", str(path), "--layout", "NHWC", "--runs", "1", "--method", method, "-q"]) == 0
+    err = capfd.readouterr().err
+    assert "unused_blob" not in err and "onnxruntime" not in err, err
