@@ -835,6 +835,30 @@ def _batch_norm(b: Builder, n: NodeView, gys: list) -> Grads:
     return [b.binary("Mul", gys[0], factor, xs)] + [None] * 4
 
 
+def _lrn_window(channels: int, size: int) -> np.ndarray:
+    """(C x C) 0/1 matrix of LRN's channel window: row c sums channels max(0, c - floor((size-1)/2))
+    to min(C-1, c + ceil((size-1)/2)) (the ONNX spec; an even size reaches one more channel up)."""
+    lo, hi = (size - 1) // 2, size // 2
+    c = np.arange(channels)
+    return ((c[None, :] >= c[:, None] - lo) & (c[None, :] <= c[:, None] + hi)).astype(np.float64)
+
+
+def _lrn(b: Builder, n: NodeView, gys: list) -> Grads:
+    """LRN y = x d^-beta, d = bias + alpha/size * M x^2 (M: channel window):
+    gx = g d^-beta - 2 alpha beta / size * x * M^T (g y / d)."""
+    x, y = n.inputs[0], n.outputs[0]
+    xs = b.shape(x)
+    size = n.attr_int("size")
+    alpha, beta, bias = n.attr_float("alpha", 1e-4), n.attr_float("beta", 0.75), n.attr_float("bias", 1.0)
+    window = _lrn_window(xs[1], size).astype(helper.tensor_dtype_to_np_dtype(b.dtype))
+    square_sum = b.along_axis(b.binary("Mul", x, x, xs), window, 1)
+    d = b.binary("Add", b.binary("Mul", square_sum, b.scalar(alpha / size), xs), b.scalar(bias), xs)
+    direct = b.binary("Mul", gys[0], b.binary("Pow", d, b.scalar(-beta), xs), xs)
+    spread = b.along_axis(b.binary("Div", b.binary("Mul", gys[0], y, xs), d, xs), window.T.copy(), 1)
+    cross = b.binary("Mul", b.binary("Mul", x, spread, xs), b.scalar(2.0 * alpha * beta / size), xs)
+    return [b.binary("Sub", direct, cross, xs)]
+
+
 def _layer_norm(b: Builder, n: NodeView, gys: list) -> Grads:
     """LayerNormalization: (gh - mean(gh) - xhat mean(gh xhat)) * invstd with gh = g * gamma.
 
@@ -958,7 +982,7 @@ VJP_RULES: dict[str, Rule] = {
     "Pad": _pad, "Slice": _slice, "Gather": _gather, "Concat": _concat, "Split": _split,
     "Resize": _resize,
     "Softmax": _softmax, "LogSoftmax": _log_softmax,
-    "BatchNormalization": _batch_norm, "LayerNormalization": _layer_norm,
+    "BatchNormalization": _batch_norm, "LayerNormalization": _layer_norm, "LRN": _lrn,
     "MatMul": _matmul, "Gemm": _gemm,
 }
 

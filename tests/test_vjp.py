@@ -465,3 +465,26 @@ def test_zoo_network_matches_torch_autograd(name: str) -> None:
     (y * seed).sum().backward()
     got = vjp_of(model, x.detach().numpy(), seed.numpy())
     assert rel_err(got, x.grad.numpy()) < TOL
+
+
+@pytest.mark.parametrize("size", [5, 3])
+def test_lrn_matches_torch_local_response_norm(size: int) -> None:
+    """LRN (AlexNet, ZFNet, GoogLeNet) across 7 channels, non-default alpha/beta/bias, then Tanh:
+    equals torch's F.local_response_norm (the same window for odd sizes) under autograd."""
+    node = helper.make_node("LRN", ["x"], ["t"], size=size, alpha=0.3, beta=0.75, bias=2.0)
+    model = _model([node, helper.make_node("Tanh", ["t"], ["y"])], [2, 7, 5, 6], {})
+    _compare(model, lambda x: torch.tanh(F.local_response_norm(x, size, alpha=0.3, beta=0.75, k=2.0)),
+             (2, 7, 5, 6))
+
+
+def test_lrn_matches_fd_engine_on_onnxruntimes_kernel() -> None:
+    """The same rule against central differences of onnxruntime's own LRN kernel (its semantics,
+    not torch's; onnxruntime accepts odd sizes only)."""
+    node = helper.make_node("LRN", ["x"], ["y"], size=5, alpha=0.5, beta=0.6, bias=1.5)
+    model = _model([node], [1, 6, 5, 5], {})
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 6, 5, 5)).astype(np.float32)
+    seed = rng.standard_normal((1, 6, 5, 5)).astype(np.float32)
+    fd = FiniteDifference(model, "y", "x", (1, 6, 5, 5), (2, 3), None, 1e-2, 8)
+    ref = fd.gradient(x.astype(np.float64), seed)
+    assert rel_err(vjp_of(model, x, seed), ref) < 1e-4  # float32 central differences, step 1e-2: 5e-6
