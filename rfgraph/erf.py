@@ -23,7 +23,7 @@ import onnx
 
 from . import erf_conventions as ec
 from . import vjp as vjp_mod
-from .errors import RFGraphError, UnsupportedOpError
+from .errors import RFGraphError
 from .finite_diff import FiniteDifference
 from .inputs import (
     FLOAT32,
@@ -421,14 +421,11 @@ def _engine(method: Method, weights: onnx.ModelProto, target: Target, input_name
             full_shape: tuple[int, ...], spatial: Sequence[int], batch: int,
             fd_step: float | None, providers: Sequence[str] | None,
             threads: int) -> GradientEngine | FDEngine:
-    """The gradient engine for ``method``; an op without a VJP rule says to use --method fd."""
+    """The gradient engine for ``method`` (an op without a VJP rule raises UnsupportedOpError
+    naming the finite-difference engine as the way out)."""
     if method is Method.FD:
         return FDEngine(weights, target, input_name, full_shape, spatial, batch, fd_step)
-    try:
-        return GradientEngine(weights, target, input_name, full_shape, batch, providers, threads)
-    except UnsupportedOpError as exc:
-        raise UnsupportedOpError(exc.node, exc.op, exc.why + " (the finite-difference engine, "
-                                 "--method fd / method='fd', runs any op)") from None
+    return GradientEngine(weights, target, input_name, full_shape, batch, providers, threads)
 
 
 NORMALISING_OPS = {"LayerNormalization", "Softmax", "LogSoftmax"}

@@ -29,6 +29,7 @@ from .errors import (
 )
 
 SEED_NAME = "rfgraph_seed"
+FD_HINT = "use the finite-difference engine instead (--method fd; method='fd' in Python), which runs any op"
 GRAD_NAME = "rfgraph_grad"
 MIN_OPSET = 17  # LayerNormalization, ScatterElements(add), Split/ReduceSum with tensor inputs
 
@@ -399,8 +400,7 @@ def _pow(b: Builder, n: NodeView, gys: list) -> Grads:
     """Pow with a constant exponent p: g * p * x^(p-1); a variable exponent is not supported."""
     p_value = b.value(n.inputs[1])
     if p_value is None or p_value.size != 1 or b.is_active(n.inputs[1]):
-        raise UnsupportedOpError(n.name, "Pow", "only a constant scalar exponent has a VJP rule; "
-                                 "use --method fd")
+        raise UnsupportedOpError(n.name, "Pow", "only a constant scalar exponent has a VJP rule")
     p = float(p_value.reshape(()))
     xp = b.binary("Pow", n.inputs[0], b.scalar(p - 1.0), b.shape(n.inputs[0]))
     return [b.binary("Mul", gys[0], b.binary("Mul", xp, b.scalar(p))), None]
@@ -554,7 +554,7 @@ def _conv_transpose(b: Builder, n: NodeView, gys: list) -> Grads:
         g = b.op("Slice", g, b.ints([0] * rank), b.ints(ends), b.ints(list(range(2, 2 + rank))))
         pe = [max(p, 0) for p in pe]
     if any(p < 0 for p in pads[:rank]):
-        raise UnsupportedOpError(n.name, "ConvTranspose", "negative pads; use --method fd")
+        raise UnsupportedOpError(n.name, "ConvTranspose", "negative pads")
     out = b.op("Conv", g, n.inputs[1], strides=strides, dilations=dil, pads=pads[:rank] + pe,
                group=n.attr_int("group", 1))
     b.shapes[out] = b.shape(n.inputs[0])
@@ -564,7 +564,7 @@ def _conv_transpose(b: Builder, n: NodeView, gys: list) -> Grads:
 def _max_pool(b: Builder, n: NodeView, gys: list) -> Grads:
     """MaxPool: scatter-add the gradient to each window's argmax (the forward node's Indices)."""
     if n.attr("storage_order", 0):
-        raise UnsupportedOpError(n.name, "MaxPool", "column-major storage_order; use --method fd")
+        raise UnsupportedOpError(n.name, "MaxPool", "column-major storage_order")
     if len(n.node.output) < 2 or not n.node.output[1]:
         if len(n.node.output) < 2:
             n.node.output.append("")
@@ -619,7 +619,7 @@ def _reduce_axes(b: Builder, n: NodeView) -> list[int]:
     if axes is None and len(n.inputs) > 1 and n.inputs[1]:
         value = b.value(n.inputs[1])
         if value is None:
-            raise UnsupportedOpError(n.name, n.node.op_type, "axes are not constant; use --method fd")
+            raise UnsupportedOpError(n.name, n.node.op_type, "axes are not constant")
         axes = value.tolist()
     if axes is None or len(axes) == 0:
         if n.attr("noop_with_empty_axes", 0):
@@ -645,20 +645,20 @@ def _pad(b: Builder, n: NodeView, gys: list) -> Grads:
     """Pad (constant mode): negated pads crop the gradient back (and pad where Pad cropped)."""
     mode = n.attr_str("mode", "constant")
     if mode != "constant":
-        raise UnsupportedOpError(n.name, "Pad", f"mode '{mode}' has no VJP rule; use --method fd")
+        raise UnsupportedOpError(n.name, "Pad", f"mode '{mode}' has no VJP rule")
     xs = b.shape(n.inputs[0])
     rank = len(xs)
     pads = n.attr_ints("pads")
     if pads is None:
         value = b.value(n.inputs[1])
         if value is None:
-            raise UnsupportedOpError(n.name, "Pad", "pads are not constant; use --method fd")
+            raise UnsupportedOpError(n.name, "Pad", "pads are not constant")
         pads = value.tolist()
     pads = list(pads)
     if len(n.inputs) > 3 and n.inputs[3]:  # axes input (opset 18)
         axes_value = b.value(n.inputs[3])
         if axes_value is None:
-            raise UnsupportedOpError(n.name, "Pad", "axes are not constant; use --method fd")
+            raise UnsupportedOpError(n.name, "Pad", "axes are not constant")
         axes = [int(a) % rank for a in axes_value.tolist()]
         full = [0] * (2 * rank)
         for i, a in enumerate(axes):
@@ -676,8 +676,7 @@ def _slice_indices(b: Builder, n: NodeView) -> dict[int, np.ndarray]:
     vals = [b.value(n.inputs[i]) if len(n.inputs) > i and n.inputs[i] else None for i in range(1, 5)]
     if vals[0] is None or vals[1] is None or (len(n.inputs) > 3 and n.inputs[3] and vals[2] is None) \
             or (len(n.inputs) > 4 and n.inputs[4] and vals[3] is None):
-        raise UnsupportedOpError(n.name, "Slice", "starts/ends/axes/steps not constant; "
-                                 "use --method fd")
+        raise UnsupportedOpError(n.name, "Slice", "starts/ends/axes/steps not constant")
     starts, ends = vals[0].tolist(), vals[1].tolist()
     axes = vals[2].tolist() if vals[2] is not None else list(range(len(starts)))
     steps = vals[3].tolist() if vals[3] is not None else [1] * len(starts)
@@ -716,7 +715,7 @@ def _gather(b: Builder, n: NodeView, gys: list) -> Grads:
     """Gather with constant indices: scatter-add through a 0/1 matrix on the gathered axis."""
     idx = b.value(n.inputs[1])
     if idx is None:
-        raise UnsupportedOpError(n.name, "Gather", "indices are not constant; use --method fd")
+        raise UnsupportedOpError(n.name, "Gather", "indices are not constant")
     xs = b.shape(n.inputs[0])
     ax = n.attr_int("axis", 0) % len(xs)
     flat = idx.reshape(-1).astype(np.int64) % xs[ax]
@@ -776,15 +775,14 @@ def _resize_matrix(n: NodeView, b: Builder, axis: int) -> np.ndarray:
     sess = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
     (y,) = sess.run(None, {"x": np.eye(size_in, dtype=np.float32)})
     if y.shape != (size_in, size_out):
-        raise UnsupportedOpError(n.name, "Resize", "could not measure the resize along one axis; "
-                                 "use --method fd")
+        raise UnsupportedOpError(n.name, "Resize", "could not measure the resize along one axis")
     return y.T.astype(np.float64)  # (out, in): y = M x
 
 
 def _resize(b: Builder, n: NodeView, gys: list) -> Grads:
     """Resize (nearest, linear, cubic; separable): apply each resized axis's transposed matrix."""
     if n.attr("antialias", 0):
-        raise UnsupportedOpError(n.name, "Resize", "antialias has no VJP rule; use --method fd")
+        raise UnsupportedOpError(n.name, "Resize", "antialias has no VJP rule")
     xs, ys = b.shape(n.inputs[0]), b.shape(n.outputs[0])
     g = gys[0]
     for ax in range(len(xs)):
@@ -1260,12 +1258,14 @@ def _backward(b: Builder, forward: list[onnx.NodeProto], x_name: str, y_name: st
         rule = VJP_RULES.get(node.op_type)
         if rule is None or node.domain not in ("", "ai.onnx"):
             raise UnsupportedOpError(node.name or node.output[0], node.op_type,
-                                     "no VJP (gradient) rule for this op; use the finite-"
-                                     "difference engine instead (--method fd)")
+                                     f"no VJP (gradient) rule for this op; {FD_HINT}")
         view = NodeView(node, {a.name: helper.get_attribute_value(a) for a in node.attribute})
         if gys[0] is None and node.op_type != "Split":
             continue  # auxiliary outputs only (e.g. MaxPool indices): nothing to propagate
-        grads = rule(b, view, gys)
+        try:
+            grads = rule(b, view, gys)
+        except UnsupportedOpError as exc:  # a rule refusing these attributes: the same way out
+            raise UnsupportedOpError(exc.node, exc.op, f"{exc.why}; {FD_HINT}") from None
         for inp, g in zip(node.input, grads):
             if g is not None and b.is_active(inp):
                 pending.setdefault(inp, []).append(g)

@@ -488,3 +488,17 @@ def test_lrn_matches_fd_engine_on_onnxruntimes_kernel() -> None:
     fd = FiniteDifference(model, "y", "x", (1, 6, 5, 5), (2, 3), None, 1e-2, 8)
     ref = fd.gradient(x.astype(np.float64), seed)
     assert rel_err(vjp_of(model, x, seed), ref) < 1e-4  # float32 central differences, step 1e-2: 5e-6
+
+
+@pytest.mark.parametrize("node,what", [
+    (helper.make_node("Sin", ["x"], ["y"], name="wobble"), "no VJP (gradient) rule for this op"),
+    (helper.make_node("Pad", ["x", "p"], ["y"], name="mirror", mode="reflect"), "mode 'reflect' has no VJP rule"),
+])
+def test_refusals_name_the_way_out_once(node: onnx.NodeProto, what: str) -> None:
+    """An op without a rule and a rule refusing its attributes end the same way: node, op, why,
+    and the finite-difference engine named once (erf.py used to append a second hint)."""
+    model = _model([node], [1, 2, 6, 6], {"p": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)})
+    with pytest.raises(UnsupportedOpError) as info:
+        rfgraph.compute_erf(model, runs=1)
+    msg = str(info.value)
+    assert msg == f"node '{node.name}' ({node.op_type}): {what}; {vjp.FD_HINT}"
