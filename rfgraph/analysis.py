@@ -7,6 +7,7 @@ alignment verdict of every merge, and the nodes where the analysis stopped (unsu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -16,7 +17,7 @@ import numpy as np
 
 from . import custom_ops
 from .errors import DynamicShapeError, RFGraphError
-from .fields import AxisField, Rational
+from .fields import AxisField, Rational, Span, compose
 from .onnx_import import ModelGraph, ModelSource, build_graph, load_model
 from .ops import Layout, carried
 from .trf import Merge, PassResult, Stop, TensorState, forward_pass, reverse_pass
@@ -38,6 +39,9 @@ class EndPoint:
     tensor_axes: tuple[int | None, ...] = ()  # tensor axis indexing each input spatial axis
     size_dependent: str | None = None
     misaligned_at: str | None = None  # first misaligned merge on a path into this tensor
+    # tensor axes whose index is a position: each with the input spatial axes it indexes, in
+    # row-major order (one for a feature map's H; two for ViT tokens flattened from H, W)
+    unit_axes: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
     @property
     def aligned(self) -> bool:
@@ -83,9 +87,38 @@ class EndPoint:
             raise RFGraphError(f"index {index} has {len(index)} coordinates; '{self.name}' has "
                                f"{len(self.fields)} spatial axes")
         for u, n in zip(index, self.units):
-            if n is not None and not 0 <= u < n:
-                raise RFGraphError(f"index {index} is outside '{self.name}' (units per axis: {self.units})")
-        return tuple(u if n is not None else 0 for u, n in zip(index, self.units))
+            if not 0 <= u < (n if n is not None else 1):  # an axis no tensor axis indexes: one unit
+                raise RFGraphError(f"index {index} is outside '{self.name}' (units per axis: "
+                                   f"{tuple(1 if n is None else n for n in self.units)})")
+        return index
+
+    def tensor_index(self, index: Sequence[int]) -> tuple[int, ...]:
+        """The unit ``index`` (one coordinate per input spatial axis) as one index per unit axis
+        of the tensor (``unit_axes``): a flattened token axis takes the row-major token index."""
+        index = self._check_index(index)
+        out = []
+        for _, axes in self.unit_axes:
+            flat = 0
+            for a in axes:
+                flat = flat * (self.units[a] or 1) + index[a]
+            out.append(flat)
+        return tuple(out)
+
+    def spatial_index(self, tensor_index: Sequence[int]) -> tuple[int, ...]:
+        """Inverse of ``tensor_index``: the unit at these indices of the unit axes (0 along axes
+        no tensor axis indexes)."""
+        if len(tensor_index) != len(self.unit_axes):
+            raise RFGraphError(f"unit {tuple(tensor_index)} has {len(tensor_index)} coordinates; "
+                               f"'{self.name}' has {len(self.unit_axes)} axes of positions")
+        index = [0] * len(self.fields)
+        for u, (t, axes) in zip(tensor_index, self.unit_axes):
+            sizes = [self.units[a] or 1 for a in axes]
+            if not 0 <= u < math.prod(sizes):
+                raise RFGraphError(f"unit {tuple(tensor_index)} is outside '{self.name}' (tensor axis "
+                                   f"{t} has {math.prod(sizes)} positions)")
+            for a, coord in zip(axes, np.unravel_index(int(u), sizes)):
+                index[a] = int(coord)
+        return tuple(index)
 
     def regions(self, axis: int) -> np.ndarray:
         """``[u0, v0]`` of every unit along one axis, shape (n, 2)."""
@@ -309,9 +342,42 @@ def _endpoint(mg: ModelGraph, name: str, node: str, op: str, state: TensorState)
     """Build an EndPoint, finding how many units the tensor has along each spatial axis."""
     axes = carried(state.layout)
     tensor_axes = tuple(axes.get(a) for a in range(len(state.fields)))
-    units = tuple(None if t is None else state.layout[t][0][1] for t in tensor_axes)
-    return EndPoint(name, node, op, tuple(mg.shapes.get(name) or ()), state.fields, units,
-                    tensor_axes, state.size_dependent, state.misaligned)
+    units, folded = _units_and_folded(state.layout, len(state.fields))
+    fields = tuple(compose(Span.layer(folded[a], 1, 0), f) if a in folded else f
+                   for a, f in enumerate(state.fields))
+    unit_axes = tuple(sorted(((t, tuple(a for a, _ in parts if a >= 0)) for t, parts in enumerate(state.layout)
+                              if any(a >= 0 for a, _ in parts) and not _holds_features(parts)),
+                             key=lambda ta: ta[1]))  # in input-axis order
+    return EndPoint(name, node, op, tuple(mg.shapes.get(name) or ()), fields, units,
+                    tensor_axes, state.size_dependent, state.misaligned, unit_axes)
+
+
+def _holds_features(parts: Sequence[tuple[int, int]]) -> bool:
+    """A tensor axis that also indexes features (a non-spatial part of size > 1)."""
+    return any(a < 0 and n != 1 for a, n in parts)
+
+
+def _units_and_folded(layout: Layout, n_axes: int) -> tuple[tuple[int | None, ...], dict[int, int]]:
+    """Units per input spatial axis, and the axes folded into features.
+
+    An axis indexed by a tensor axis of its own, or jointly with other spatial axes only (a
+    flattened grid: ViT tokens), has one unit per position.  An axis merged with features (H
+    folded into the channels by a Reshape, as a CRNN does) is no unit axis: every unit holds all
+    of its n positions and sees their union (the pass keeps the per-position field, which later
+    ops need).  Axes the layout no longer holds (collapsed to one position) have one unit."""
+    units: list[int | None] = [None] * n_axes
+    folded: dict[int, int] = {}
+    for parts in layout:
+        features = _holds_features(parts)
+        for a, n in parts:
+            if a < 0:
+                continue
+            if features:
+                if n > 1:
+                    folded[a] = n
+            else:
+                units[a] = n
+    return tuple(units), folded
 
 
 __all__ = ["Analysis", "EndPoint", "analyze"]

@@ -56,8 +56,8 @@ class Target:
 
     output: str
     shape: tuple[int, ...]  # the tensor's shape at batch 1
-    tensor_axes: tuple[int, ...]  # tensor axis carrying each input spatial axis (empty: global)
-    unit: tuple[int, ...]  # index along tensor_axes
+    tensor_axes: tuple[int, ...]  # tensor axes holding positions (EndPoint.unit_axes; empty: global)
+    unit: tuple[int, ...]  # index along tensor_axes (a flattened token axis: the token index)
     channel: int | None = None  # index along the first other non-batch axis; None: summed
     region: tuple[tuple[int, int], ...] | None = None  # TRF [u0, v0] per input spatial axis
     centre: tuple[float, ...] | None = None  # TRF centre per input spatial axis
@@ -110,43 +110,32 @@ def resolve_target(analysis: Analysis | None, model: onnx.ModelProto, output: st
                    unit: Sequence[int] | None, channel: int | None,
                    input_rank: int, spatial_axes: Sequence[int], shape: tuple[int, ...],
                    centre: ec.CentreRule = ec.CentreRule.FLOOR) -> Target:
-    """The seed position: ``unit`` or the centre unit (by the ``centre`` rule); TRF region and
+    """The seed position: ``unit`` (one index per tensor axis of positions; a flattened token
+    axis takes the token index) or the centre unit (by the ``centre`` rule); TRF region and
     centre from the analysis."""
-    axes = _tensor_axes(analysis, output, shape, input_rank, spatial_axes)
-    sizes = [shape[a] for a in axes]
-    if unit is None:
-        unit = ec.centre_unit(sizes, centre)
-    unit = tuple(int(u) for u in unit)
-    if len(unit) != len(axes) or any(not 0 <= u < n for u, n in zip(unit, sizes)):
-        raise RFGraphError(f"unit {unit} is not an index of the spatial axes of '{output}' "
-                           f"(sizes {tuple(sizes)})")
-    region = middle = trf = None
     ep = _endpoint(analysis, output)
-    if ep is not None and axes and not ep.is_global:
-        region = tuple((int(a), int(b)) for a, b in ep.region(unit))
-        middle = tuple(float(c) for c in ep.centre(unit))
-        trf = tuple(int(r) for r in ep.r if r is not None)  # not global: no r is None
-    return Target(output, shape, tuple(axes), unit, channel, region, middle, trf)
+    if ep is None or ep.is_global:  # no analysis: the input's own axes when the ranks match
+        axes = [] if ep is not None or len(shape) != input_rank else list(spatial_axes)
+        sizes = [shape[a] for a in axes]
+        unit = tuple(int(u) for u in (ec.centre_unit(sizes, centre) if unit is None else unit))
+        if len(unit) != len(axes) or any(not 0 <= u < n for u, n in zip(unit, sizes)):
+            raise RFGraphError(f"unit {unit} is not an index of the spatial axes of '{output}' "
+                               f"(sizes {tuple(sizes)})")
+        return Target(output, shape, tuple(axes), unit, channel)
+    if unit is None:  # the centre of the grid, whichever tensor axes hold it
+        unit = ep.tensor_index(ec.centre_unit([n or 1 for n in ep.units], centre))
+    unit = tuple(int(u) for u in unit)
+    index = ep.spatial_index(unit)  # validates the unit
+    region = tuple((int(a), int(b)) for a, b in ep.region(index))
+    middle = tuple(float(c) for c in ep.centre(index))
+    trf = tuple(int(r) for r in ep.r if r is not None)  # not global: no r is None
+    return Target(output, shape, tuple(t for t, _ in ep.unit_axes), unit, channel, region, middle, trf)
 
 
 def _endpoint(analysis: Analysis | None, name: str) -> EndPoint | None:
     if analysis is None or name not in analysis:
         return None
     return analysis[name]
-
-
-def _tensor_axes(analysis: Analysis | None, output: str, shape: tuple[int, ...], input_rank: int,
-                 spatial_axes: Sequence[int]) -> list[int]:
-    """Tensor axes of ``output`` carrying the input's spatial axes, in input-axis order (none:
-    global, or an input spatial axis no tensor axis indexes); without an analysis, the input's
-    own spatial axes when the ranks match."""
-    ep = _endpoint(analysis, output)
-    if ep is not None:
-        axes = ep.tensor_axes
-        if ep.is_global or any(a is None for a in axes):
-            return []
-        return [int(a) for a in axes if a is not None]  # no axis is None (returned above)
-    return list(spatial_axes) if len(shape) == input_rank else []
 
 
 class GradientEngine:

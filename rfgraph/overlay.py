@@ -161,7 +161,8 @@ def unit_erf(analysis: Any, tensor: str, index: Sequence[int], runs: int = 16, m
     """The ERF (``rfgraph.erf.compute_erf``) of one unit of ``tensor``, on the analysed model."""
     from .erf import compute_erf
 
-    result = compute_erf(analysis.graph.model, tensor, unit=tuple(index), runs=runs, method=method,
+    unit = analysis[tensor].tensor_index(index)  # the same unit, as the ERF engine indexes it
+    result = compute_erf(analysis.graph.model, tensor, unit=unit, runs=runs, method=method,
                          inputs=inputs, seed=seed, progress=progress)
     if result.input_name != analysis.input_name:
         raise RFGraphError(f"the ERF engine differentiates w.r.t. input '{result.input_name}', "

@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     p.add_argument("--output", metavar="NAME", help="tensor holding the unit (default: first output)")
-    p.add_argument("--unit", metavar="I,J", help="unit index along the spatial axes (default: centre)")
+    p.add_argument("--unit", metavar="I,J", help="unit index along the tensor axes that hold positions "
+                   "(a flattened token axis: the token index; default: centre)")
     p.add_argument("--channel", type=int,
                    help="seed one channel (default: all channels summed); implies --scalar channel")
     p.add_argument("--runs", type=int, default=None,

@@ -1,0 +1,125 @@
+"""What one *unit* of a tensor is when spatial axes are reshaped, and that every command agrees.
+
+Covers: an axis folded into the features (a CRNN's H merged into the channels: every unit holds
+all of its positions, so its region is their union), a flattened grid (ViT tokens: one unit per
+token, the token index addresses it), an axis collapsed to one position (only unit 0 exists).
+Oracles: onnxruntime impulses on positive-weight graphs (the exact support of a unit), and the
+ERF engine's gradient support, seeded at the same unit.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import rfgraph
+from rfgraph.cli import main
+from rfgraph.errors import RFGraphError
+from tests.bruteforce import impulse_support
+from tests.graphs import G
+
+
+def _folded(size: int = 16):
+    """x (1, 1, size, size) -> 3x3 conv (pad 1, 2 channels) -> 3x3 conv stride 2 -> Reshape to
+    (N, 2 * size/2, size/2): H folded into the features, W kept (a CRNN's feature sequence)."""
+    g = G((size, size))
+    c = g.conv(g.conv("x", 3, 1, pads=[1] * 4), 3, 2, pads=[1] * 4)
+    r = g.node("Reshape", [c, g._init(np.array([0, -1, size // 2], np.int64), "shape")])
+    return g.model(r), r
+
+
+def _tokens(size: int = 16, patch: int = 4):
+    """Patch embedding (k = s = patch), then (1, C, h, w) -> (N, C, h*w) -> (N, h*w, C) tokens."""
+    g = G((size, size))
+    emb = g.conv(g.conv("x", 3, 1, pads=[1] * 4), patch, patch, cout=3)
+    n = (size // patch) ** 2
+    flat = g.node("Reshape", [emb, g._init(np.array([0, 3, n], np.int64), "shape")])
+    return g.model(g.node("Transpose", [flat], perm=[0, 2, 1])), g.nodes[-1].output[0]
+
+
+def test_folded_axis_unit_sees_the_union_of_its_positions():
+    """Unit w of the folded tensor holds every (c, h) feature: its H region is the union over h
+    (here the whole padded height), its W region that of column w; equal to the impulse support."""
+    model, r = _folded()
+    ep = rfgraph.analyze(model)[r]
+    assert ep.units == (None, 8) and ep.unit_axes == ((2, (1,)),)
+    # one row: r = 3 + (3 - 1) * 1 = 5, P = 1 + 1 * 1 = 2 (eqs. 2, 9); the union of 8 rows at S = 2
+    assert ep.r == (5 + 7 * 2, 5) and ep.S == (2, 2) and ep.P == (2, 2)
+    for w in range(8):
+        region = ep.region((0, w))
+        clipped = [(max(u0, 0), min(v0, 15)) for u0, v0 in region]
+        assert impulse_support(model, r, (w,)) == clipped
+
+
+def test_flattened_grid_has_one_unit_per_token():
+    """ViT tokens: the token axis indexes H and W jointly; token t = (t // 4, t % 4) sees its
+    own patch (plus the 3x3 conv's border), exactly the impulse support of that token."""
+    model, tokens = _tokens()
+    ep = rfgraph.analyze(model)[tokens]
+    assert ep.units == (4, 4) and ep.unit_axes == ((1, (0, 1)),) and ep.r == (6, 6)
+    for t in range(16):
+        index = ep.spatial_index((t,))
+        assert index == divmod(t, 4) and ep.tensor_index(index) == (t,)
+        assert _token_support(model, tokens, t) == [(max(u0, 0), min(v0, 15)) for u0, v0 in ep.region(index)]
+
+
+def _token_support(model, tokens: str, t: int) -> list[tuple[int, int]]:
+    """Impulse support of token ``t`` (all features): pixels whose impulse reaches it."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.output[:]
+    m.graph.output.append(onnx.helper.make_tensor_value_info(tokens, onnx.TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    pixels = list(np.ndindex(16, 16))
+    batch = np.zeros((len(pixels), 1, 16, 16), np.float32)
+    for i, (h, w) in enumerate(pixels):
+        batch[i, 0, h, w] = 1.0
+    hit = [p for p, v in zip(pixels, sess.run(None, {"x": batch})[0][:, t, :].sum(axis=1)) if v > 0]
+    return [(min(p[a] for p in hit), max(p[a] for p in hit)) for a in range(2)]
+
+
+@pytest.mark.parametrize("build", [_folded, _tokens])
+def test_erf_of_a_unit_has_exactly_its_region_as_support(build):
+    """The ERF engine seeds the unit the analysis names (a W position of the folded tensor, a
+    token): with positive weights the gradient is nonzero exactly on the unit's region.  Before,
+    both tensors were seeded everywhere (the sum of all units), whatever unit was asked."""
+    model, name = build()
+    ep = rfgraph.analyze(model)[name]
+    index = (1, 2) if ep.units[0] else (0, 2)
+    result = rfgraph.compute_erf(model, name, unit=ep.tensor_index(index), runs=1, inputs="uniform")
+    nz = np.nonzero(result.erf > 0)
+    got = [(int(ax.min()), int(ax.max())) for ax in nz]
+    assert got == [(max(u0, 0), min(v0, 15)) for u0, v0 in ep.region(index)]
+    assert result.target.region == ep.region(index)
+
+
+def test_default_erf_unit_is_the_grid_centre_of_a_token_axis():
+    """The default unit of a token tensor is the centre of the 4x4 grid, (1, 1) = token 5, not
+    the middle of the flattened axis (token 7 = (1, 3))."""
+    model, tokens = _tokens()
+    result = rfgraph.compute_erf(model, tokens, runs=1)
+    assert result.target.unit == (5,)
+    assert result.target.region == rfgraph.analyze(model)[tokens].region((1, 1))
+
+
+def test_collapsed_axis_has_only_unit_zero(tmp_path, capsys):
+    """A global-size pool leaves one position per axis: unit (0, 0) has a box, (1, 1) does not
+    exist (boxes used to print unit 0's box under the label 1,1)."""
+    g = G((8, 8))
+    p = g.pool("AveragePool", g.conv("x", 3, 1, pads=[1] * 4), 8, 8)
+    flat = g.node("Flatten", [p], axis=1)
+    model = g.model(flat)
+    ep = rfgraph.analyze(model)[flat]
+    assert ep.units == (None, None) and ep.region((0, 0)) == ((-1, 8), (-1, 8))
+    with pytest.raises(RFGraphError, match="outside"):
+        ep.region((1, 1))
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    assert main(["boxes", str(path), "--output", flat, "--index", "1,1"]) == 2
+    assert "outside" in capsys.readouterr().err
+    assert main(["boxes", str(path), "--output", flat, "--index", "0,0", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["units"][0]["region"] == [[-1, 8], [-1, 8]]
