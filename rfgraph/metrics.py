@@ -167,25 +167,29 @@ def _gauss(grids: Sequence[np.ndarray], p: np.ndarray) -> np.ndarray:
 def area_ratios(erf: np.ndarray, centre: Sequence[float],
                 thresholds: Sequence[float] = AREA_THRESHOLDS) -> tuple[AreaRatio, ...]:
     """RepLKNet (Ding et al. 2022, sec. 5.2): smallest square of side 2i+1 centred on the centre
-    pixel whose sum exceeds t of the total; ratio = side^d / map area (None if none suffices).
+    pixel whose sum exceeds t of the total; ratio = the square's area inside the map / map area
+    (None if none suffices).  RepLKNet centres on the map's centre, where the square always fits
+    and the ratio is side^d / area; an off-centre unit's square is clipped by the border, and a
+    ratio above 1 would claim more than the whole map.
 
     RepLKNet's script applies log10(1 + x) and rescales first; pass such a map to reproduce it.
     """
     total = float(erf.sum())
     c = [min(max(round(v), 0), n - 1) for v, n in zip(centre, erf.shape)]
     max_i = max(max(ci, n - 1 - ci) for ci, n in zip(c, erf.shape))
-    sums = []
+    sums, areas = [], []
     for i in range(max_i + 1):
         window = tuple(slice(max(ci - i, 0), ci + i + 1) for ci in c)
-        sums.append(float(erf[window].sum()))
+        part = erf[window]
+        sums.append(float(part.sum()))
+        areas.append(part.size)
     out = []
     for t in thresholds:
         hit = next((i for i, s in enumerate(sums) if total > 0 and s / total > t), None)
         if hit is None:
             out.append(AreaRatio(t, None, None))
         else:
-            side = 2 * hit + 1
-            out.append(AreaRatio(t, side, float(side ** erf.ndim / erf.size)))
+            out.append(AreaRatio(t, 2 * hit + 1, float(areas[hit] / erf.size)))
     return tuple(out)
 
 

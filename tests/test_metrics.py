@@ -98,6 +98,14 @@ def test_area_ratio_off_centre_mass_and_empty_map() -> None:
     m[0, 0] = 1.0
     sides = [a.side for a in area_ratios(m, (4, 4))]
     assert sides == [9, 9, 9, 9]
+    # off the map's centre, the square is clipped by the border: its area inside the map, never
+    # more than the map (a ratio of 289/81 = 3.6 was printed for side 17 before)
+    got = area_ratios(m, (8, 8))
+    assert [(a.side, a.ratio) for a in got] == [(17, 1.0)] * 4
+    line = np.zeros(20)
+    line[[3, 15]] = 1.0  # unit at 15: the window [15 - i, 15 + i] reaches pixel 3 at i = 12
+    half = area_ratios(line, (15,), thresholds=(0.4, 0.6))
+    assert [(a.side, a.ratio) for a in half] == [(1, 1 / 20), (25, 17 / 20)]
     empty = area_ratios(np.zeros((5, 5)), (2, 2))
     assert all(a.side is None and a.ratio is None for a in empty)
 
