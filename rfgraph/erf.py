@@ -12,7 +12,7 @@ exact) or from central differences inside the unit's theoretical RF (``method="f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
 from . import erf_conventions as ec
 from . import vjp as vjp_mod
@@ -238,7 +239,7 @@ def compute_erf(model: ModelSource, output: str | None = None, *,
                 threads: int = 0, conventions: ec.ERFConventions | None = None,
                 input_name: str | None = None, layout: str | None = None,
                 rules: custom_ops.RuleSet | str | Path | Sequence[str | Path] | None = None,
-                assume_pointwise: bool = False) -> ERFResult:
+                assume_pointwise: bool = False, fill: Mapping[str, float] | None = None) -> ERFResult:
     """The ERF of one output unit of an ONNX model, averaged as Luo et al. do, with its metrics.
 
     ``model``: path, ``zoo:NAME`` or ModelProto; ``inputs``: "gaussian", "uniform" or a folder of
@@ -247,7 +248,9 @@ def compute_erf(model: ModelSource, output: str | None = None, *,
     (e.g. ``erf_conventions.REPLKNET``) sets the scalar, aggregation, centre rule, image order and
     the defaults of ``runs`` and ``inputs``; ``channel`` and ``absolute=False`` fold into it.
     ``input_name`` (the input differentiated, default: the first), ``input_shape`` (its shape),
-    ``layout``, ``rules`` and ``assume_pointwise`` mean what they mean for ``rfgraph.analyze``.
+    ``layout``, ``rules`` and ``assume_pointwise`` mean what they mean for ``rfgraph.analyze``;
+    ``fill`` gives the model's other inputs a value (an RNN state, a sample rate: {"sr": 16000}),
+    each a constant of its declared shape.
     """
     import time
 
@@ -260,7 +263,8 @@ def compute_erf(model: ModelSource, output: str | None = None, *,
     inputs, notes = _inputs(inputs, conv)
     conv = replace(conv, runs=runs, inputs=inputs)
     kind, folder = _input_kind(inputs)
-    proto, analysis, load_notes = _load(model, input_shape, input_name, layout, rules, assume_pointwise)
+    proto, analysis, load_notes = _load(model, input_shape, input_name, layout, rules, assume_pointwise,
+                                        fill or {})
     notes = load_notes + notes
     input_name, full_shape, spatial = _input_facts(proto, analysis, input_name)
     _refuse_other_inputs(proto, input_name)
@@ -440,13 +444,15 @@ def _input_kind(inputs: str) -> tuple[InputKind, str | None]:
 def _load(model: ModelSource, input_shape: Sequence[int] | None, input_name: str | None = None,
           layout: str | None = None,
           rules: custom_ops.RuleSet | str | Path | Sequence[str | Path] | None = None,
-          assume_pointwise: bool = False) -> tuple[onnx.ModelProto, Analysis | None, list[str]]:
-    """Load with the core loader, fix the input at batch 1, and run the TRF pass if it can."""
+          assume_pointwise: bool = False, fill: Mapping[str, float] | None = None
+          ) -> tuple[onnx.ModelProto, Analysis | None, list[str]]:
+    """Load with the core loader, give the ``fill`` inputs their constant values, fix the input
+    at batch 1, and run the TRF pass if it can."""
     from . import analysis as analysis_mod
     from .onnx_import import data_inputs, load_model
 
     notes: list[str] = []
-    raw = load_model(model)
+    raw = _filled(load_model(model), fill or {})
     inputs = data_inputs(raw)
     if input_name is not None and input_name not in inputs:
         raise RFGraphError(f"no input named '{input_name}' (inputs: {', '.join(inputs)})")
@@ -468,6 +474,32 @@ def _load(model: ModelSource, input_shape: Sequence[int] | None, input_name: str
     return proto, a, notes
 
 
+def _filled(model: onnx.ModelProto, fill: Mapping[str, float]) -> onnx.ModelProto:
+    """A copy of ``model`` whose ``fill`` inputs are initializers of their declared shape and type,
+    filled with the given value (the engines then treat them as any other constant)."""
+    if not fill:
+        return model
+    from .onnx_import import data_inputs
+
+    inputs = {i.name: i for i in model.graph.input if i.name in data_inputs(model)}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for name, value in fill.items():
+        if name not in inputs:
+            raise RFGraphError(f"--fill names '{name}', which is no data input of the model "
+                               f"(inputs: {', '.join(inputs)})")
+        tensor_type = inputs[name].type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
+        if any(d < 0 for d in dims):
+            raise RFGraphError(f"input '{name}' has dynamic dims {dims}; --fill needs a fixed shape")
+        dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        out.graph.initializer.append(numpy_helper.from_array(np.full(dims, value, dtype=dtype), name))
+        keep = [i for i in out.graph.input if i.name != name]
+        del out.graph.input[:]
+        out.graph.input.extend(keep)
+    return out
+
+
 def _refuse_other_inputs(proto: onnx.ModelProto, input_name: str) -> None:
     """The engines feed one input; any other (an RNN state, a sample rate...) would need a value
     the user chooses, so say so instead of guessing one."""
@@ -476,8 +508,8 @@ def _refuse_other_inputs(proto: onnx.ModelProto, input_name: str) -> None:
     others = [n for n in data_inputs(proto) if n != input_name]
     if others:
         raise RFGraphError(f"the model has inputs besides '{input_name}' ({', '.join(others)}); the ERF "
-                           f"engines feed only the input they differentiate: export a model whose other "
-                           f"inputs are constants (or initializers) to measure its ERF")
+                           f"engines feed only the input they differentiate: give each a value "
+                           f"(--fill NAME=VALUE, e.g. --fill {others[0]}=0)")
 
 
 def _input_facts(proto: onnx.ModelProto, analysis: Analysis | None, input_name: str | None = None

@@ -472,3 +472,27 @@ def test_onnxruntime_warnings_stay_off_the_terminal(tmp_path: Path, capfd: pytes
     assert cli.main(["erf", str(path), "--layout", "NHWC", "--runs", "1", "--method", method, "-q"]) == 0
     err = capfd.readouterr().err
     assert "unused_blob" not in err and "onnxruntime" not in err, err
+
+
+def test_fill_gives_other_inputs_a_value(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """y = conv(x) * s with a second input s (as an RNN state or a sample rate is): refused
+    without a value, measured with --fill s=V; the gradient is linear in s, so the map at s=3 is
+    exactly 3x the map at s=1 (float32).  A name that is no input, or no number, is refused."""
+    w = numpy_helper.from_array(np.full((1, 1, 3, 3), 0.2, np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["c", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "scaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 12, 12]),
+                                                helper.make_tensor_value_info("s", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    path = tmp_path / "scaled.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert cli.main(["erf", str(path), "--runs", "1", "-q"]) == 2
+    assert "--fill NAME=VALUE, e.g. --fill s=0" in capsys.readouterr().err
+    one = compute_erf(str(path), runs=2, fill={"s": 1.0}).erf
+    three = compute_erf(str(path), runs=2, fill={"s": 3.0}).erf
+    assert one.max() > 0 and np.allclose(three, 3 * one, rtol=1e-6, atol=0)
+    assert cli.main(["erf", str(path), "--fill", "s=3", "--runs", "2", "--format", "json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["trf_region"] == [[4, 6], [4, 6]]
+    for bad, why in (("t=1", "no data input"), ("s=abc", "expected NAME=NUMBER")):
+        assert cli.main(["erf", str(path), "--fill", bad, "--runs", "1"]) == 2
+        assert why in capsys.readouterr().err
