@@ -342,42 +342,38 @@ def _endpoint(mg: ModelGraph, name: str, node: str, op: str, state: TensorState)
     """Build an EndPoint, finding how many units the tensor has along each spatial axis."""
     axes = carried(state.layout)
     tensor_axes = tuple(axes.get(a) for a in range(len(state.fields)))
-    units, folded = _units_and_folded(state.layout, len(state.fields))
+    units, folded, unit_axes = _unit_layout(state.layout, len(state.fields))
     fields = tuple(compose(Span.layer(folded[a], 1, 0), f) if a in folded else f
                    for a, f in enumerate(state.fields))
-    unit_axes = tuple(sorted(((t, tuple(a for a, _ in parts if a >= 0)) for t, parts in enumerate(state.layout)
-                              if any(a >= 0 for a, _ in parts) and not _holds_features(parts)),
-                             key=lambda ta: ta[1]))  # in input-axis order
     return EndPoint(name, node, op, tuple(mg.shapes.get(name) or ()), fields, units,
                     tensor_axes, state.size_dependent, state.misaligned, unit_axes)
 
 
-def _holds_features(parts: Sequence[tuple[int, int]]) -> bool:
-    """A tensor axis that also indexes features (a non-spatial part of size > 1)."""
-    return any(a < 0 and n != 1 for a, n in parts)
-
-
-def _units_and_folded(layout: Layout, n_axes: int) -> tuple[tuple[int | None, ...], dict[int, int]]:
-    """Units per input spatial axis, and the axes folded into features.
+def _unit_layout(layout: Layout, n_axes: int) -> tuple[tuple[int | None, ...], dict[int, int],
+                                                       tuple[tuple[int, tuple[int, ...]], ...]]:
+    """Units per input spatial axis, the axes folded into features, and the unit axes.
 
     An axis indexed by a tensor axis of its own, or jointly with other spatial axes only (a
-    flattened grid: ViT tokens), has one unit per position.  An axis merged with features (H
-    folded into the channels by a Reshape, as a CRNN does) is no unit axis: every unit holds all
-    of its n positions and sees their union (the pass keeps the per-position field, which later
-    ops need).  Axes the layout no longer holds (collapsed to one position) have one unit."""
+    flattened grid: ViT tokens), has one unit per position, and that tensor axis is a unit axis.
+    An axis merged with features (H folded into the channels by a Reshape, as a CRNN does) is no
+    unit axis: every unit holds all of its n positions and sees their union (the pass keeps the
+    per-position field, which later ops need).  Axes the layout no longer holds (collapsed to one
+    position) have one unit (None)."""
     units: list[int | None] = [None] * n_axes
     folded: dict[int, int] = {}
-    for parts in layout:
-        features = _holds_features(parts)
-        for a, n in parts:
-            if a < 0:
-                continue
-            if features:
-                if n > 1:
-                    folded[a] = n
-            else:
-                units[a] = n
-    return tuple(units), folded
+    unit_axes = []
+    for t, parts in enumerate(layout):
+        spatial = [(a, n) for a, n in parts if a >= 0]
+        if not spatial:
+            continue
+        if any(a < 0 and n != 1 for a, n in parts):  # features on this axis too
+            folded.update((a, n) for a, n in spatial if n > 1)
+            continue
+        units_here = dict(spatial)
+        for a, n in units_here.items():
+            units[a] = n
+        unit_axes.append((t, tuple(units_here)))
+    return tuple(units), folded, tuple(sorted(unit_axes, key=lambda ta: ta[1]))  # input-axis order
 
 
 __all__ = ["Analysis", "EndPoint", "analyze"]

@@ -264,7 +264,7 @@ def compute_erf(model: ModelSource, output: str | None = None, *,
     conv = replace(conv, runs=runs, inputs=inputs)
     kind, folder = _input_kind(inputs)
     proto, analysis, load_notes = _load(model, input_shape, input_name, layout, rules, assume_pointwise,
-                                        fill or {})
+                                        fill)
     notes = load_notes + notes
     input_name, full_shape, spatial = _input_facts(proto, analysis, input_name)
     _refuse_other_inputs(proto, input_name)
