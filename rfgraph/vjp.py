@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -642,9 +642,11 @@ def _reduce_sum(b: Builder, n: NodeView, gys: list) -> Grads:
 
 
 def _pad(b: Builder, n: NodeView, gys: list) -> Grads:
-    """Pad (constant mode): negated pads crop the gradient back (and pad where Pad cropped)."""
+    """Pad: constant mode crops the gradient back with negated pads (and pads where Pad
+    cropped); reflect/edge/wrap also add each border value's gradient onto the input position it
+    copies (``_pad_copies``)."""
     mode = n.attr_str("mode", "constant")
-    if mode != "constant":
+    if mode != "constant" and mode not in COPYING_PADS:
         raise UnsupportedOpError(n.name, "Pad", f"mode '{mode}' has no VJP rule")
     xs = b.shape(n.inputs[0])
     rank = len(xs)
@@ -664,9 +666,63 @@ def _pad(b: Builder, n: NodeView, gys: list) -> Grads:
         for i, a in enumerate(axes):
             full[a], full[a + rank] = pads[i], pads[i + len(axes)]
         pads = full
+    if mode != "constant":
+        return [_pad_copies(b, gys[0], xs, pads, COPYING_PADS[mode])] + [None] * (len(n.inputs) - 1)
     out = b.op("Pad", gys[0], b.ints([-p for p in pads]))
     b.shapes[out] = xs
     return [out] + [None] * (len(n.inputs) - 1)
+
+
+COPYING_PADS: dict[str, Literal["reflect", "edge", "wrap"]] = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}
+
+
+def _pad_copies(b: Builder, g: str, xs: Sequence[int], pads: Sequence[int],
+                mode: Literal["reflect", "edge", "wrap"]) -> str:
+    """Transpose of a reflect/edge/wrap Pad, one padded axis at a time: output position j copies
+    input position src[j] (numpy's pad of the index range, the same modes as ONNX), so the
+    gradient of position i is the sum over every j with src[j] = i (a 0/1 matrix per axis)."""
+    rank = len(xs)
+    for axis in range(rank):
+        before, after = pads[axis], pads[axis + rank]
+        if before == 0 and after == 0:
+            continue
+        n_in = xs[axis]
+        src = np.pad(np.arange(n_in), (max(before, 0), max(after, 0)), mode=mode)
+        src = src[max(-before, 0): len(src) - max(-after, 0)]
+        matrix = np.zeros((n_in, len(src)), dtype=helper.tensor_dtype_to_np_dtype(b.dtype))
+        matrix[src, np.arange(len(src))] = 1
+        g = b.along_axis(g, matrix, axis)
+    return g
+
+
+def _blocks_moved(b: Builder, g: str, moved: Sequence[int], perm: Sequence[int], xs: Sequence[int]) -> str:
+    """Transpose of reshape(x, split) -> transpose(perm) -> reshape(y): the gradient reshaped to
+    the transposed ``moved`` shape, put back by the inverse permutation, reshaped to x."""
+    back = b.op("Transpose", b.reshape(g, moved), perm=[int(i) for i in np.argsort(perm)])
+    b.shapes[back] = tuple(moved[i] for i in np.argsort(perm))
+    return b.reshape(back, xs)
+
+
+def _depth_to_space(b: Builder, n: NodeView, gys: list) -> Grads:
+    """DepthToSpace (pixel shuffle, DCR or CRD order): a fixed permutation, so the gradient is
+    permuted back (the forward as the ONNX spec writes it: reshape, transpose, reshape)."""
+    xs = b.shape(n.inputs[0])
+    bs = n.attr_int("blocksize")
+    N, C, H, W = xs
+    if n.attr_str("mode", "DCR") == "CRD":
+        split, perm = (N, C // (bs * bs), bs, bs, H, W), (0, 1, 4, 2, 5, 3)
+    else:
+        split, perm = (N, bs, bs, C // (bs * bs), H, W), (0, 3, 4, 1, 5, 2)
+    return [_blocks_moved(b, gys[0], [split[i] for i in perm], perm, xs)]
+
+
+def _space_to_depth(b: Builder, n: NodeView, gys: list) -> Grads:
+    """SpaceToDepth: the permutation of the ONNX spec (reshape, transpose, reshape), undone."""
+    xs = b.shape(n.inputs[0])
+    bs = n.attr_int("blocksize")
+    N, C, H, W = xs
+    split, perm = (N, C, H // bs, bs, W // bs, bs), (0, 3, 5, 1, 2, 4)
+    return [_blocks_moved(b, gys[0], [split[i] for i in perm], perm, xs)]
 
 
 def _slice_indices(b: Builder, n: NodeView) -> dict[int, np.ndarray]:
@@ -978,7 +1034,7 @@ VJP_RULES: dict[str, Rule] = {
     "MaxPool": _max_pool, "AveragePool": _average_pool, "GlobalAveragePool": _global_average_pool,
     "ReduceSum": _reduce_sum, "ReduceMean": _reduce_sum,
     "Pad": _pad, "Slice": _slice, "Gather": _gather, "Concat": _concat, "Split": _split,
-    "Resize": _resize,
+    "Resize": _resize, "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth,
     "Softmax": _softmax, "LogSoftmax": _log_softmax,
     "BatchNormalization": _batch_norm, "LayerNormalization": _layer_norm, "LRN": _lrn,
     "MatMul": _matmul, "Gemm": _gemm,

@@ -173,7 +173,7 @@ def _torch_model(net: torch.nn.Module, shape: tuple) -> onnx.ModelProto:
 
 
 class Wobbly(torch.nn.Module):
-    """A network with Sin (no VJP rule) and reflect padding (no VJP rule either)."""
+    """A network with Sin (no VJP rule) after reflect padding."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -5,8 +5,10 @@ MaxPool incl. ceil mode, AveragePool both pad conventions, global pooling, Pad, 
 nearest/linear, Concat, Split, broadcasting arithmetic, every listed activation, Gemm, Flatten) and
 a ViT-like model (LayerNorm, attention MatMul/Softmax, GELU exact and tanh, Gather, cls token);
 onnx.helper graphs of BatchNormalization / LayerNormalization / Gelu / HardSwish / strided Slice /
-negative Pad against a torch re-implementation; float64 central differences on piecewise-linear
-networks; the error for an op without a rule.  Error measure: max|g - ref| / max|ref|.
+negative Pad against a torch re-implementation; reflect/edge/wrap Pad, DepthToSpace (DCR, CRD),
+SpaceToDepth and LRN against torch (and a torch super-resolution export end to end); float64
+central differences on piecewise-linear networks; the error for an op without a rule.  Error
+measure: max|g - ref| / max|ref|.
 """
 
 from __future__ import annotations
@@ -492,13 +494,77 @@ def test_lrn_matches_fd_engine_on_onnxruntimes_kernel() -> None:
 
 @pytest.mark.parametrize("node,what", [
     (helper.make_node("Sin", ["x"], ["y"], name="wobble"), "no VJP (gradient) rule for this op"),
-    (helper.make_node("Pad", ["x", "p"], ["y"], name="mirror", mode="reflect"), "mode 'reflect' has no VJP rule"),
+    (helper.make_node("Pow", ["x", "x"], ["y"], name="tower"), "only a constant scalar exponent has a VJP rule"),
 ])
 def test_refusals_name_the_way_out_once(node: onnx.NodeProto, what: str) -> None:
-    """An op without a rule and a rule refusing its attributes end the same way: node, op, why,
+    """An op without a rule and a rule refusing its inputs end the same way: node, op, why,
     and the finite-difference engine named once (erf.py used to append a second hint)."""
     model = _model([node], [1, 2, 6, 6], {"p": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)})
     with pytest.raises(UnsupportedOpError) as info:
         rfgraph.compute_erf(model, runs=1)
     msg = str(info.value)
     assert msg == f"node '{node.name}' ({node.op_type}): {what}; {vjp.FD_HINT}"
+
+
+@pytest.mark.parametrize("mode,torch_mode", [("reflect", "reflect"), ("edge", "replicate"), ("wrap", "circular")])
+def test_copying_pads_match_torch(mode: str, torch_mode: str) -> None:
+    """Pad reflect/edge/wrap with asymmetric pads on H and W, then Tanh: the border copies send
+    their gradient back to the positions they copy (torch's reflect/replicate/circular)."""
+    pads = np.array([0, 0, 2, 1, 0, 0, 1, 3], np.int64)  # N, C, H, W begins, then ends
+    nodes = [helper.make_node("Pad", ["x", "p"], ["t"], mode=mode), helper.make_node("Tanh", ["t"], ["y"])]
+    model = _model(nodes, [1, 2, 5, 6], {"p": pads})
+    _compare(model, lambda x: torch.tanh(F.pad(x, (1, 3, 2, 1), mode=torch_mode)), (1, 2, 5, 6))
+
+
+def _depth_to_space_spec(x: torch.Tensor, bs: int, mode: str) -> torch.Tensor:
+    """DepthToSpace as the ONNX spec writes it (reshape, transpose, reshape), in torch."""
+    n, c, h, w = x.shape
+    if mode == "DCR":
+        t = x.reshape(n, bs, bs, c // bs ** 2, h, w).permute(0, 3, 4, 1, 5, 2)
+    else:
+        t = x.reshape(n, c // bs ** 2, bs, bs, h, w).permute(0, 1, 4, 2, 5, 3)
+    return t.reshape(n, c // bs ** 2, h * bs, w * bs)
+
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_depth_to_space_matches_torch(mode: str) -> None:
+    """Pixel shuffle (both channel orders; CRD is torch's F.pixel_shuffle) after a Sigmoid."""
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]),
+             helper.make_node("DepthToSpace", ["s"], ["y"], blocksize=2, mode=mode)]
+    model = _model(nodes, [2, 8, 3, 4], {})
+    _compare(model, lambda x: _depth_to_space_spec(torch.sigmoid(x), 2, mode), (2, 8, 3, 4))
+    if mode == "CRD":
+        _compare(model, lambda x: F.pixel_shuffle(torch.sigmoid(x), 2), (2, 8, 3, 4))
+
+
+def test_space_to_depth_matches_torch() -> None:
+    """SpaceToDepth (the ONNX spec's permutation, blocksize 3) then Tanh."""
+    nodes = [helper.make_node("SpaceToDepth", ["x"], ["t"], blocksize=3), helper.make_node("Tanh", ["t"], ["y"])]
+    model = _model(nodes, [1, 2, 6, 9], {})
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        t = x.reshape(n, c, h // 3, 3, w // 3, 3).permute(0, 3, 5, 1, 2, 4)
+        return torch.tanh(t.reshape(n, c * 9, h // 3, w // 3))
+    _compare(model, reference, (1, 2, 6, 9))
+
+
+class SuperResolution(torch.nn.Module):
+    """What super-resolution and style-transfer nets export: reflect and replicate padding around
+    convolutions, and a pixel shuffle (DepthToSpace) upsampling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 12, 3)
+        self.c2 = torch.nn.Conv2d(3, 4, 3)
+        self.c3 = torch.nn.Conv2d(4, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.pixel_shuffle(F.relu(self.c1(F.pad(x, (1, 1, 1, 1), mode="reflect"))), 2)
+        y = torch.tanh(self.c2(F.pad(y, (2, 0, 1, 1), mode="replicate")))
+        return self.c3(F.pad(y, (1, 1, 1, 1), mode="reflect"))
+
+
+def test_torch_super_resolution_export_matches_autograd() -> None:
+    """The torch export of reflect/replicate Pad and PixelShuffle, end to end vs autograd."""
+    check_torch(SuperResolution(), (1, 3, 10, 12))
