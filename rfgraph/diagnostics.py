@@ -704,7 +704,7 @@ def diagnose(model: Any, input_shape: Mapping[str, Sequence[int]] | None = None,
     extents: dict[str, tuple[int, ...]] = {}
     if erf:
         for n in local:
-            g = erf_growth(model, a, n, erf_layers, erf_runs, **(erf_options or {}))
+            g = erf_growth(model, a, n, erf_layers, erf_runs, **{**opts, **(erf_options or {})})
             growth.append(g)
             if g.final is not None and g.final.tensor == n:
                 extents[n] = g.final.erf_extent

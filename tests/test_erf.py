@@ -474,10 +474,8 @@ def test_onnxruntime_warnings_stay_off_the_terminal(tmp_path: Path, capfd: pytes
     assert "unused_blob" not in err and "onnxruntime" not in err, err
 
 
-def test_fill_gives_other_inputs_a_value(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """y = conv(x) * s with a second input s (as an RNN state or a sample rate is): refused
-    without a value, measured with --fill s=V; the gradient is linear in s, so the map at s=3 is
-    exactly 3x the map at s=1 (float32).  A name that is no input, or no number, is refused."""
+def _scaled_model(tmp_path: Path) -> Path:
+    """y = conv(x) * s: a second data input s, as an RNN state or a sample rate is."""
     w = numpy_helper.from_array(np.full((1, 1, 3, 3), 0.2, np.float32), "w")
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("Mul", ["c", "s"], ["y"])]
@@ -486,6 +484,14 @@ def test_fill_gives_other_inputs_a_value(tmp_path: Path, capsys: pytest.CaptureF
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
     path = tmp_path / "scaled.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_fill_gives_other_inputs_a_value(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A second input s is refused without a value and measured with --fill s=V; the gradient
+    is linear in s, so the map at s=3 is exactly 3x the map at s=1 (float32).  A name that is
+    no input, or no number, is refused."""
+    path = _scaled_model(tmp_path)
     assert cli.main(["erf", str(path), "--runs", "1", "-q"]) == 2
     assert "--fill NAME=VALUE, e.g. --fill s=0" in capsys.readouterr().err
     one = compute_erf(str(path), runs=2, fill={"s": 1.0}).erf
@@ -496,3 +502,45 @@ def test_fill_gives_other_inputs_a_value(tmp_path: Path, capsys: pytest.CaptureF
     for bad, why in (("t=1", "no data input"), ("s=abc", "expected NAME=NUMBER")):
         assert cli.main(["erf", str(path), "--fill", bad, "--runs", "1"]) == 2
         assert why in capsys.readouterr().err
+
+
+def test_every_erf_command_takes_fill(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """show, report and diagnose --erf compute ERFs too: each takes --fill (the refusal names it,
+    so it must exist there) and then draws or measures the map."""
+    path = _scaled_model(tmp_path)
+    show = ["show", str(path), "--output", "y", "-o", str(tmp_path / "s.png"), "--runs", "1", "-q"]
+    assert cli.main(show) == 2 and "--fill" in capsys.readouterr().err
+    assert cli.main(show + ["--fill", "s=2", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["erf"] is not None
+    report = ["report", str(path), "-o", str(tmp_path / "r.html"), "--erf-runs", "1", "--format", "json", "-q"]
+    assert cli.main(report + ["--fill", "s=2"]) == 0
+    cards = json.loads(capsys.readouterr().out)["erf"]
+    assert cards and all(c["error"] is None for c in cards)
+    diagnose = ["diagnose", str(path), "--erf", "--erf-runs", "1", "--no-size-range", "--format", "json"]
+    assert cli.main(diagnose + ["--fill", "s=2"]) in (0, 1)
+    growth = json.loads(capsys.readouterr().out)["erf"]
+    assert growth and all(not g["error"] and [p["erf_extent"] for p in g["layers"]] == [[3, 3], [3, 3]]
+                          for g in growth)
+    assert cli.main(diagnose) in (0, 1)
+    assert "inputs besides 'x' (s)" in json.loads(capsys.readouterr().out)["erf"][0]["error"]
+
+
+def test_diagnose_erfs_read_the_model_as_the_analysis_does(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A batch of 1-D signals (layout NL, as silero-vad takes): diagnose --layout NL --erf passes
+    the layout to its ERFs, which then know each layer's TRF (they analysed the model without
+    it before, and had no TRF to compare with)."""
+    w = numpy_helper.from_array(np.full((2, 1, 5), 0.2, np.float32), "w")
+    w2 = numpy_helper.from_array(np.full((2, 2, 3), 0.2, np.float32), "w2")
+    nodes = [helper.make_node("Unsqueeze", ["x", "one"], ["u"]),
+             helper.make_node("Conv", ["u", "w"], ["c"], pads=[2, 2]),
+             helper.make_node("Conv", ["c", "w2"], ["y"], pads=[1, 1])]
+    graph = helper.make_graph(nodes, "signal", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [w, w2, numpy_helper.from_array(np.array([1], np.int64), "one")])
+    path = tmp_path / "signal.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    args = ["diagnose", str(path), "--layout", "NL", "--erf", "--erf-runs", "1", "--no-size-range",
+            "--format", "json"]
+    assert cli.main(args) in (0, 1)
+    (growth,) = json.loads(capsys.readouterr().out)["erf"]
+    assert not growth["error"] and [p["trf"] for p in growth["layers"]] == [[5], [7]]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from tqdm import tqdm
 
 from ..analysis import STAGES, Analysis, analyze
+from ..errors import RFGraphError
 from ..onnx_import import parse_input_shapes
 from ..report import FORMATS
 
@@ -31,6 +32,27 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--assume-pointwise", action="store_true",
                         help="treat unknown ops whose output keeps the input's spatial shape as "
                              "pointwise (each such node is listed in the report)")
+
+
+def add_fill_arg(parser: argparse.ArgumentParser) -> None:
+    """``--fill NAME=VALUE`` for the commands that compute ERFs."""
+    parser.add_argument("--fill", action="append", default=[], metavar="NAME=VALUE",
+                        help="a value for another input of the model (an RNN state, a sample rate), "
+                             "as a constant of its declared shape, for the ERF; repeatable")
+
+
+def parse_fills(items: Sequence[str]) -> dict[str, float]:
+    """``["sr=16000", "state=0"]`` -> {"sr": 16000.0, "state": 0.0}."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise RFGraphError(f"--fill '{item}': expected NAME=NUMBER, e.g. --fill sr=16000")
+    return out
 
 
 def add_format_arg(parser: argparse.ArgumentParser) -> None:

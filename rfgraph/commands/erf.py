@@ -19,7 +19,7 @@ from .. import erf_conventions as ec
 from ..errors import RFGraphError
 from ..onnx_import import parse_input_shapes
 from ..report import FORMATS
-from ._common import add_model_args
+from ._common import add_fill_arg, add_model_args, parse_fills
 
 if TYPE_CHECKING:  # the ERF engine is imported when the command runs
     from ..erf import ERFResult
@@ -48,9 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", metavar="NAME", help="tensor holding the unit (default: first output)")
     p.add_argument("--unit", metavar="I,J", help="unit index along the tensor axes that hold positions "
                    "(a flattened token axis: the token index; default: centre)")
-    p.add_argument("--fill", action="append", default=[], metavar="NAME=VALUE",
-                   help="a value for another input of the model (an RNN state, a sample rate), "
-                        "as a constant of its declared shape; repeatable")
+    add_fill_arg(p)
     p.add_argument("--channel", type=int,
                    help="seed one channel (default: all channels summed); implies --scalar channel")
     p.add_argument("--runs", type=int, default=None,
@@ -96,20 +94,6 @@ def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
         raise RFGraphError(f"{what} '{text}': expected comma-separated integers, e.g. 7,7") from None
 
 
-def _fills(items: Sequence[str]) -> dict[str, float]:
-    """``["sr=16000", "state=0"]`` -> {"sr": 16000.0, "state": 0.0}."""
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        try:
-            out[name] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not name:
-            raise RFGraphError(f"--fill '{item}': expected NAME=NUMBER, e.g. --fill sr=16000")
-    return out
-
-
 def _input_and_shape(args: argparse.Namespace) -> tuple[str | None, tuple[int, ...] | None]:
     """The input the ERF differentiates (--input, else the one --input-shape names, else the
     first) and its shape; a shape for any other input is refused, not silently ignored."""
@@ -134,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     result = compute_erf(
         args.model, args.output, input_shape=input_shape,
         input_name=input_name, layout=args.layout, rules=args.rules or None,
-        assume_pointwise=args.assume_pointwise, fill=_fills(args.fill),
+        assume_pointwise=args.assume_pointwise, fill=parse_fills(args.fill),
         unit=_ints(args.unit, "--unit"), runs=args.runs,
         method=args.method, inputs=args.inputs, reinit=args.reinit,
         weight_runs=args.weight_runs, seed=args.seed, batch=args.batch,
