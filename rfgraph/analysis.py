@@ -18,7 +18,7 @@ import numpy as np
 from . import custom_ops
 from .errors import DynamicShapeError, RFGraphError
 from .fields import AxisField, Rational, Span, compose
-from .onnx_import import ModelGraph, ModelSource, build_graph, load_model
+from .onnx_import import ModelGraph, ModelSource, build_graph, inlined_ifs, load_model
 from .ops import Layout, carried
 from .trf import Merge, PassResult, Stop, TensorState, forward_pass, reverse_pass
 
@@ -217,7 +217,8 @@ class Analysis:
 def analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None = None,
             input_name: str | None = None, layout: str | None = None, *,
             rules: custom_ops.RuleSet | str | Path | Sequence[str | Path] | None = None,
-            assume_pointwise: bool = False, on_stage: Callable[[str], None] | None = None) -> Analysis:
+            assume_pointwise: bool = False, on_stage: Callable[[str], None] | None = None,
+            fill: Mapping[str, float] | None = None) -> Analysis:
     """Receptive fields of every tensor of an ONNX model (path, bytes or ModelProto).
 
     ``input_shape`` fixes input dims ({"x": (1, 3, 224, 224)}; name "" means the first input);
@@ -226,10 +227,15 @@ def analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None 
     ``custom_ops.RuleSet``) declares ops rfgraph does not know; ``assume_pointwise`` treats other
     unknown ops that keep the spatial shape as pointwise; both are listed in ``rule_notes``.
     ``on_stage`` is called with the name of each stage as it starts (``STAGES``; progress display).
+    ``fill`` gives other inputs a constant value ({"sr": 16000}); an If whose condition is then
+    known (or follows from the fixed shapes) is replaced by its branch, listed in ``rule_notes``.
     """
     with custom_ops.active(rules, assume_pointwise) as session:
-        analysis = _analyze(model, input_shape, input_name, layout, on_stage or (lambda _: None))
+        analysis = _analyze(model, input_shape, input_name, layout, on_stage or (lambda _: None), fill)
     analysis.rule_notes.update(session.used)
+    analysis.rule_notes.update({node: f"If replaced by its {which}: its condition is known once the "
+                                      f"model is loaded (fixed input shapes, --fill values)"
+                                for node, which in inlined_ifs(analysis.graph.model).items()})
     return analysis
 
 
@@ -238,10 +244,11 @@ STAGES = ("loading and inferring shapes", "building the graph", "receptive-field
 
 
 def _analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None,
-             input_name: str | None, layout: str | None, on_stage: Callable[[str], None]) -> Analysis:
+             input_name: str | None, layout: str | None, on_stage: Callable[[str], None],
+             fill: Mapping[str, float] | None = None) -> Analysis:
     """``analyze`` with the declared rules already active."""
     on_stage(STAGES[0])
-    proto = custom_ops.declare_shapes(load_model(model, input_shape))
+    proto = custom_ops.declare_shapes(load_model(model, input_shape, fill))
     on_stage(STAGES[1])
     mg = build_graph(proto)
     name = _pick_input(mg, input_name, layout)

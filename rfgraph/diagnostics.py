@@ -682,10 +682,10 @@ def diagnose(model: Any, input_shape: Mapping[str, Sequence[int]] | None = None,
              erf: bool = False, erf_runs: int = 8, erf_layers: int = 8,
              erf_options: Mapping[str, Any] | None = None, rules: Any = None,
              assume_pointwise: bool = False, input_name: str | None = None,
-             layout: str | None = None) -> Diagnosis:
+             layout: str | None = None, fill: Mapping[str, float] | None = None) -> Diagnosis:
     """Run every diagnostic on ``model`` (path, bytes, ModelProto or zoo:NAME)."""
     opts = {"input_name": input_name, "layout": layout, "rules": rules,
-            "assume_pointwise": assume_pointwise}
+            "assume_pointwise": assume_pointwise, "fill": fill}
     a = analyze(model, input_shape, **opts)
     names = list(endpoints) if endpoints else list(a.default_endpoints()
                                                       or list(a.endpoints)[-1:])

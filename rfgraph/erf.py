@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
 from . import erf_conventions as ec
 from . import vjp as vjp_mod
@@ -446,13 +445,13 @@ def _load(model: ModelSource, input_shape: Sequence[int] | None, input_name: str
           rules: custom_ops.RuleSet | str | Path | Sequence[str | Path] | None = None,
           assume_pointwise: bool = False, fill: Mapping[str, float] | None = None
           ) -> tuple[onnx.ModelProto, Analysis | None, list[str]]:
-    """Load with the core loader, give the ``fill`` inputs their constant values, fix the input
-    at batch 1, and run the TRF pass if it can."""
+    """Load with the core loader (``fill`` inputs become constants, If nodes they decide are
+    inlined), fix the input at batch 1, and run the TRF pass if it can."""
     from . import analysis as analysis_mod
     from .onnx_import import data_inputs, load_model
 
     notes: list[str] = []
-    raw = _filled(load_model(model), fill or {})
+    raw = load_model(model, fill=fill)
     inputs = data_inputs(raw)
     if input_name is not None and input_name not in inputs:
         raise RFGraphError(f"no input named '{input_name}' (inputs: {', '.join(inputs)})")
@@ -472,32 +471,6 @@ def _load(model: ModelSource, input_shape: Sequence[int] | None, input_name: str
         notes.append(f"no TRF pass ({exc}); metrics use the map centre")
         a = None
     return proto, a, notes
-
-
-def _filled(model: onnx.ModelProto, fill: Mapping[str, float]) -> onnx.ModelProto:
-    """A copy of ``model`` whose ``fill`` inputs are initializers of their declared shape and type,
-    filled with the given value (the engines then treat them as any other constant)."""
-    if not fill:
-        return model
-    from .onnx_import import data_inputs
-
-    inputs = {i.name: i for i in model.graph.input if i.name in data_inputs(model)}
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for name, value in fill.items():
-        if name not in inputs:
-            raise RFGraphError(f"--fill names '{name}', which is no data input of the model "
-                               f"(inputs: {', '.join(inputs)})")
-        tensor_type = inputs[name].type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
-        if any(d < 0 for d in dims):
-            raise RFGraphError(f"input '{name}' has dynamic dims {dims}; --fill needs a fixed shape")
-        dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-        out.graph.initializer.append(numpy_helper.from_array(np.full(dims, value, dtype=dtype), name))
-        keep = [i for i in out.graph.input if i.name != name]
-        del out.graph.input[:]
-        out.graph.input.extend(keep)
-    return out
 
 
 def _refuse_other_inputs(proto: onnx.ModelProto, input_name: str) -> None:

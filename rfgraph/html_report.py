@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -43,7 +43,6 @@ class ERFOptions:
     inputs: str = "gaussian"
     seed: int = 0
     progress: bool = False
-    fill: Mapping[str, float] | None = None  # values of the model's other inputs (compute_erf)
 
 
 @dataclass
@@ -231,7 +230,7 @@ def erf_card(analysis: Analysis, name: str, options: ERFOptions) -> dict[str, An
         return {**card, "error": f"'{name}' has a global field: no unit-level ERF to draw"}
     try:
         result = overlay.unit_erf(analysis, name, unit, options.runs, options.method,
-                                  options.inputs, options.seed, options.progress, options.fill)
+                                  options.inputs, options.seed, options.progress)
     except RFGraphError as exc:
         return {**card, "error": str(exc)}
     size = overlay.grid_size(analysis.input_shape, analysis.spatial_axes)

@@ -18,13 +18,14 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import helper, numpy_helper, shape_inference
 
 from .errors import (
     DynamicShapeError,
     GraphStructureError,
     InvalidAttributeError,
     ModelLoadError,
+    RFGraphError,
 )
 
 ModelSource = str | os.PathLike | bytes | onnx.ModelProto
@@ -99,7 +100,7 @@ class ModelGraph:
             return None
         if node.op_type == "Constant":
             return []
-        if node.op_type == "Shape":
+        if node.op_type in ("Shape", "Size"):  # known from the input's shape alone
             shape = self.shapes.get(node.input[0])
             return [] if shape is not None and None not in shape else None
         if node.op_type in FOLDABLE_OPS:
@@ -117,6 +118,8 @@ class ModelGraph:
             attrs = attributes(node)
             shape = self.shapes[node.input[0]]
             return np.array(shape[attrs.get("start", 0):attrs.get("end", len(shape))], dtype=np.int64)
+        if node.op_type == "Size":
+            return np.array(math.prod(self.shapes[node.input[0]]), dtype=np.int64)
         values = [self._constants[t] if t else None for t in node.input]
         if any(v is None for t, v in zip(node.input, values) if t):
             return None
@@ -140,7 +143,8 @@ class ModelGraph:
 FOLDABLE_OPS = {
     "Identity", "Cast", "CastLike", "Concat", "Reshape", "Slice", "Transpose", "Squeeze",
     "Unsqueeze", "Gather", "Split", "Flatten", "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Floor",
-    "Ceil", "Sqrt", "Min", "Max", "Equal", "Less", "Greater", "Where", "Not", "ConstantOfShape",
+    "Ceil", "Sqrt", "Min", "Max", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
+    "And", "Or", "Xor", "Where", "Not", "ConstantOfShape",
     "Expand", "Tile", "Range", "Pow", "Mod", "Clip", "ReduceProd", "ReduceSum",
 }
 # Foldable ops whose output may be far larger than their inputs: folded only when shape inference
@@ -563,15 +567,110 @@ def _check_acyclic(dag: nx.DiGraph, names: list[str]) -> None:
     raise GraphStructureError(f"the graph has a cycle ({path} -> ...); ONNX graphs must be acyclic")
 
 
-def load_model(source: ModelSource, input_shape: Mapping[str, Sequence[int]] | None = None) -> onnx.ModelProto:
-    """Read a model, fix input shapes, and run shape inference; the public loading entry point."""
+def load_model(source: ModelSource, input_shape: Mapping[str, Sequence[int]] | None = None,
+               fill: Mapping[str, float] | None = None) -> onnx.ModelProto:
+    """Read a model, fix input shapes, give the ``fill`` inputs their constant values, run shape
+    inference, and replace each If whose condition is then known by its branch; the public
+    loading entry point."""
     model = read_model(source)
     model = _copy(model)
     _unknown_negative_dims(model)
     if input_shape:
         forget_stored_shapes(model)
     set_input_shapes(model, input_shape or {})
-    return infer_shapes(model)
+    fill_inputs(model, fill or {})
+    model = infer_shapes(model)
+    for _ in range(MAX_FOLD_ROUNDS):  # an inlined branch may hold an If of its own
+        if not inline_constant_ifs(model):
+            break
+        model = infer_shapes(model)
+    return model
+
+
+def fill_inputs(model: onnx.ModelProto, fill: Mapping[str, float]) -> None:
+    """Turn each ``fill`` input (an RNN state, a sample rate) into an initializer of its declared
+    shape (symbolic dims, a batch, taken as 1; --input-shape fixes them first) and type holding
+    that value, so that it is a constant like any weight."""
+    inputs = {i.name: i for i in model.graph.input if i.name in data_inputs(model)}
+    for name, value in fill.items():
+        if name not in inputs:
+            raise RFGraphError(f"--fill names '{name}', which is no data input of the model "
+                               f"(inputs: {', '.join(inputs)})")
+        tensor_type = inputs[name].type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor_type.shape.dim]
+        dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        model.graph.initializer.append(numpy_helper.from_array(np.full(dims, value, dtype=dtype), name))
+        keep = [i for i in model.graph.input if i.name != name]
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+
+
+INLINED = "rfgraph: inlined "  # doc_string mark of the nodes that replace an If
+
+
+def inline_constant_ifs(model: onnx.ModelProto) -> int:
+    """Replace each If whose condition does not depend on the inputs' values (a fixed shape, a
+    filled sample rate) by the nodes of the branch it takes; returns how many were replaced.
+    Branch tensors keep their names unless one is already used (then the If stays)."""
+    if not any(n.op_type == "If" for n in model.graph.node):
+        return 0
+    try:
+        mg = build_graph(model)
+    except RFGraphError:  # structural problems are reported later, by build_graph itself
+        return 0
+    used = {t for n in model.graph.node for t in n.output} | {t.name for t in model.graph.initializer}
+    nodes: list[onnx.NodeProto] = []
+    inlined = 0
+    for node in model.graph.node:
+        branch = _taken_branch(mg, node)
+        produced = [] if branch is None else [t for n in branch.node for t in n.output] + \
+            [t.name for t in branch.initializer]
+        if branch is None or used & set(produced) or len(branch.output) != len(node.output):
+            nodes.append(node)
+            continue
+        name = node.name or node.output[0]
+        which = "then_branch" if branch is _attribute_graph(node, "then_branch") else "else_branch"
+        for inner in branch.node:
+            inner.doc_string = f"{INLINED}{which} of If '{name}'"
+            nodes.append(inner)
+        for i, (out, branch_out) in enumerate(zip(node.output, branch.output)):
+            if out:
+                nodes.append(helper.make_node("Identity", [branch_out.name], [out], name=f"{name}::{which}:{i}",
+                                              doc_string=f"{INLINED}{which} of If '{name}'"))
+        model.graph.initializer.extend(branch.initializer)
+        used |= set(produced)
+        inlined += 1
+    if inlined:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return inlined
+
+
+def _taken_branch(mg: ModelGraph, node: onnx.NodeProto) -> onnx.GraphProto | None:
+    """The branch an If node takes when its condition is a constant, else None."""
+    if node.op_type != "If" or node.domain not in ("", "ai.onnx") or not node.input:
+        return None
+    try:
+        cond = mg.constant(node.input[0])
+    except Exception:  # noqa: BLE001 - a condition that cannot be evaluated stays an If
+        return None
+    if cond is None or np.asarray(cond).size != 1:
+        return None
+    return _attribute_graph(node, "then_branch" if bool(np.asarray(cond).reshape(())) else "else_branch")
+
+
+def _attribute_graph(node: onnx.NodeProto, name: str) -> onnx.GraphProto | None:
+    return next((a.g for a in node.attribute if a.name == name), None)
+
+
+def inlined_ifs(model: onnx.ModelProto) -> dict[str, str]:
+    """If node -> which branch replaced it (from the marks ``inline_constant_ifs`` leaves)."""
+    out = {}
+    for node in model.graph.node:
+        if node.doc_string.startswith(INLINED):
+            which, _, rest = node.doc_string[len(INLINED):].partition(" of If ")
+            out[rest.strip("'")] = which
+    return out
 
 
 def forget_stored_shapes(model: onnx.ModelProto) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,14 +157,13 @@ def save_png(pic: np.ndarray, path: str | Path) -> Path:
 
 
 def unit_erf(analysis: Any, tensor: str, index: Sequence[int], runs: int = 16, method: str = "grad",
-             inputs: str = "gaussian", seed: int = 0, progress: bool = False,
-             fill: Mapping[str, float] | None = None) -> Any:
+             inputs: str = "gaussian", seed: int = 0, progress: bool = False) -> Any:
     """The ERF (``rfgraph.erf.compute_erf``) of one unit of ``tensor``, on the analysed model."""
     from .erf import compute_erf
 
     unit = analysis[tensor].tensor_index(index)  # the same unit, as the ERF engine indexes it
     result = compute_erf(analysis.graph.model, tensor, unit=unit, runs=runs, method=method,
-                         inputs=inputs, seed=seed, progress=progress, fill=fill)
+                         inputs=inputs, seed=seed, progress=progress)
     if result.input_name != analysis.input_name:
         raise RFGraphError(f"the ERF engine differentiates w.r.t. input '{result.input_name}', "
                            f"not '{analysis.input_name}'; drop --input or --no-erf")

@@ -447,3 +447,22 @@ def test_light_model_regions_match_onnxruntime(stem: str) -> None:
              if not ep.is_global and ep.shift_invariant and any(u and u > 1 for u in ep.units)]
     name = local[-1]
     check_local(analysis, proto, name, Case(""), interior_units(analysis[name]))
+
+
+@pytest.mark.parametrize("key", sorted(k for k in CASES if k.startswith("silero_vad") and CASES[k].oracle))
+def test_silero_vad_with_filled_state_and_rate_is_analysed_whole(key: str, packages: Path) -> None:
+    """With its state and sample rate given (--fill state=0 --fill sr=16000), silero-vad's If
+    nodes are decided at load time and replaced by their branches: the analysis runs to the
+    outputs (it stopped at the first If without), and the regions equal onnxruntime's."""
+    from rfgraph.onnx_import import data_inputs
+
+    case = CASES[key]
+    path = case_path(packages, case)
+    raw = load_model(path)
+    fill = {n: (16000.0 if n == "sr" else 0.0) for n in data_inputs(raw) if n != case.input}
+    analysis = analyze(path, shapes_of(case), case.input, case.layout, fill=fill)
+    assert not analysis.stops and set(analysis.outputs) <= set(analysis.endpoints)
+    assert all(ep.r == (2304,) for n, ep in analysis.endpoints.items() if n in analysis.outputs)
+    proto = load_model(path, shapes_of(case), fill)
+    for name in analysis.outputs:
+        check_local(analysis, proto, name, case, interior_units(analysis[name]))

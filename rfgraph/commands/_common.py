@@ -32,13 +32,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--assume-pointwise", action="store_true",
                         help="treat unknown ops whose output keeps the input's spatial shape as "
                              "pointwise (each such node is listed in the report)")
-
-
-def add_fill_arg(parser: argparse.ArgumentParser) -> None:
-    """``--fill NAME=VALUE`` for the commands that compute ERFs."""
     parser.add_argument("--fill", action="append", default=[], metavar="NAME=VALUE",
-                        help="a value for another input of the model (an RNN state, a sample rate), "
-                             "as a constant of its declared shape, for the ERF; repeatable")
+                        help="a constant value for another input (an RNN state, a sample rate: "
+                             "--fill sr=16000); an If whose condition it decides is replaced by its "
+                             "branch; repeatable")
 
 
 def parse_fills(items: Sequence[str]) -> dict[str, float]:
@@ -66,7 +63,8 @@ def load_analysis(args: argparse.Namespace) -> Analysis:
     with stage_display(show) as on_stage:
         return analyze(args.model, parse_input_shapes(args.input_shape), args.input_name, args.layout,
                        rules=getattr(args, "rules", None) or None,
-                       assume_pointwise=getattr(args, "assume_pointwise", False), on_stage=on_stage)
+                       assume_pointwise=getattr(args, "assume_pointwise", False), on_stage=on_stage,
+                       fill=parse_fills(getattr(args, "fill", [])))
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from tabulate import tabulate
 from ..diagnostics import Diagnosis, diagnose
 from ..onnx_import import parse_input_shapes
 from ..report import number
-from ._common import add_fill_arg, add_model_args, parse_fills
+from ._common import add_model_args, parse_fills
 
 EXAMPLES = """examples:
   rfgraph diagnose model.onnx
@@ -48,7 +48,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--erf-runs", type=int, default=8, metavar="N", help="inputs averaged per ERF")
     p.add_argument("--erf-layers", type=int, default=8, metavar="K",
                    help="layers sampled on the way to each end point for the ERF growth")
-    add_fill_arg(p)
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=run)
 
@@ -59,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
                  size_step=args.size_step, size_max=args.size_max, erf=args.erf,
                  erf_runs=args.erf_runs, erf_layers=args.erf_layers, rules=args.rules or None,
                  assume_pointwise=args.assume_pointwise, input_name=args.input_name,
-                 layout=args.layout, erf_options={"fill": parse_fills(args.fill)})
+                 layout=args.layout, fill=parse_fills(args.fill))
     print(json.dumps(diagnosis_dict(d), indent=2) if args.format == "json" else render(d))
     return 1 if d.analysis.stops else 0
 

@@ -19,7 +19,7 @@ from .. import erf_conventions as ec
 from ..errors import RFGraphError
 from ..onnx_import import parse_input_shapes
 from ..report import FORMATS
-from ._common import add_fill_arg, add_model_args, parse_fills
+from ._common import add_model_args, parse_fills
 
 if TYPE_CHECKING:  # the ERF engine is imported when the command runs
     from ..erf import ERFResult
@@ -48,7 +48,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", metavar="NAME", help="tensor holding the unit (default: first output)")
     p.add_argument("--unit", metavar="I,J", help="unit index along the tensor axes that hold positions "
                    "(a flattened token axis: the token index; default: centre)")
-    add_fill_arg(p)
     p.add_argument("--channel", type=int,
                    help="seed one channel (default: all channels summed); implies --scalar channel")
     p.add_argument("--runs", type=int, default=None,

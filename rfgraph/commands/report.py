@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import RFGraphError
-from ._common import add_fill_arg, add_model_args, load_analysis, parse_fills
+from ._common import add_model_args, load_analysis
 
 EXAMPLES = """examples:
   rfgraph report model.onnx -o report.html
@@ -36,7 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", metavar="FILE", help="picture for the hover view (resized to the input)")
     p.add_argument("--title", help="page title (default: the model's file name)")
     p.add_argument("--no-erf", action="store_true", help="leave the ERF heatmaps out (faster)")
-    add_fill_arg(p)
     p.add_argument("--erf-output", action="append", default=[], metavar="NAME",
                    help="tensor to draw an ERF for (repeatable; default: the last --erf-limit "
                         "end points with a local field)")
@@ -59,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
     analysis = load_analysis(args)
     erf = None if args.no_erf else ERFOptions(args.erf_output or None, args.erf_limit, args.erf_runs,
                                               args.method, seed=args.seed,
-                                              progress=not quiet and sys.stderr.isatty(),
-                                              fill=parse_fills(args.fill))
+                                              progress=not quiet and sys.stderr.isatty())
     name = args.model[4:] if args.model.startswith("zoo:") else Path(args.model).stem
     out = Path(args.out) if args.out else Path(name.replace(":", "_").replace("/", "_") + ".html")
     report = build_report(analysis, args.title or Path(args.model).name, args.image, erf)

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import RFGraphError
 from ..report import number
-from ._common import add_fill_arg, add_model_args, load_analysis, parse_fills
+from ._common import add_model_args, load_analysis
 
 EXAMPLES = """examples:
   rfgraph show model.onnx --image photo.jpg --output feat --index 3,4 -o overlay.png
@@ -42,7 +42,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ERF inputs: gaussian, uniform or a folder of images (default gaussian)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the ERF inputs")
     p.add_argument("--no-erf", action="store_true", help="draw the TRF box only")
-    add_fill_arg(p)
     p.add_argument("--scale", type=int, help="pixels per input pixel (default: longer side ~384 px)")
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="what to print about the picture (default: text)")
@@ -79,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         raise RFGraphError("--scale must be at least 1")
     erf = None if args.no_erf else overlay.unit_erf(
         analysis, ep.name, index, args.runs, args.method, args.erf_inputs, args.seed,
-        progress=not quiet and sys.stderr.isatty(), fill=parse_fills(args.fill))
+        progress=not quiet and sys.stderr.isatty())
     pic = overlay.compose(size, image, None if erf is None else erf.erf, region, scale)
     overlay.save_png(pic, args.out)
     doc = show_dict(analysis, ep, index, args, pic.shape, scale, erf)
