@@ -1285,6 +1285,8 @@ def build_vjp(model: onnx.ModelProto, output: str | None = None,
     active = active_tensors(model, x_name, dtypes)
     if y_name not in active:
         raise VJPError(f"'{y_name}' does not depend (differentiably) on input '{x_name}'")
+    model, shapes, dtypes, active = _unrolled(model, x_name, shapes, dtypes, active)
+    graph = model.graph
     forward = [_copy(n) for n in ancestors(model, y_name)]
     dtype = dtypes.get(x_name, TensorProto.FLOAT)
     b = Builder(shapes=dict(shapes), dtypes=dtypes, consts=constants(model, with_initializers=False),
@@ -1293,6 +1295,46 @@ def build_vjp(model: onnx.ModelProto, output: str | None = None,
                 initializers={i.name: i for i in graph.initializer})
     grad_x = _backward(b, forward, x_name, y_name)
     return _assemble(model, forward, b, x_name, y_name, grad_x, emit_output)
+
+
+def _unrolled(model: onnx.ModelProto, x_name: str, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, int],
+              active: set[str]) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]], dict[str, int], set[str]]:
+    """The model with the recurrences on the input's path unrolled (``rfgraph.unroll``: they have
+    no rule of their own), and its shapes, types and active set again; unchanged without any."""
+    from .unroll import RECURRENT_OPS, unroll_recurrences
+
+    recurrent = [n for n in model.graph.node if n.op_type in RECURRENT_OPS and any(o in active for o in n.output)]
+    if not recurrent:
+        return model, shapes, dtypes, active
+    lengths = {}
+    for n in recurrent:
+        batch_first = any(a.name == "layout" and a.i for a in n.attribute)
+        lengths[n.output[0]] = shapes[n.input[0]][1 if batch_first else 0]
+    try:
+        model = unroll_recurrences(model, lengths, active, _value_reader(model, active, dtypes))
+    except UnsupportedOpError as exc:
+        raise _with_way_out(exc) from None
+    shapes, dtypes = tensor_shapes(model, x_name)
+    return model, shapes, dtypes, active_tensors(model, x_name, dtypes)
+
+
+def _value_reader(model: onnx.ModelProto, active: set[str], dtypes: dict[str, int]
+                  ) -> Callable[[str], np.ndarray | None]:
+    """Values of tensors that do not depend on the input: initializers, else one evaluation."""
+    inits = {t.name: t for t in model.graph.initializer}
+
+    def value_of(name: str) -> np.ndarray | None:
+        if name in active:
+            return None
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        return _input_independent(model, name, active, dtypes).get(name)
+    return value_of
+
+
+def _with_way_out(exc: UnsupportedOpError) -> UnsupportedOpError:
+    """The same refusal, naming the finite-difference engine as the way out."""
+    return UnsupportedOpError(exc.node, exc.op, f"{exc.why}; {FD_HINT}")
 
 
 def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
@@ -1321,7 +1363,7 @@ def _backward(b: Builder, forward: list[onnx.NodeProto], x_name: str, y_name: st
         try:
             grads = rule(b, view, gys)
         except UnsupportedOpError as exc:  # a rule refusing these attributes: the same way out
-            raise UnsupportedOpError(exc.node, exc.op, f"{exc.why}; {FD_HINT}") from None
+            raise _with_way_out(exc) from None
         for inp, g in zip(node.input, grads):
             if g is not None and b.is_active(inp):
                 pending.setdefault(inp, []).append(g)
@@ -1374,13 +1416,14 @@ def _assemble(model: onnx.ModelProto, forward: list[onnx.NodeProto], b: Builder,
 
 
 def session_options(optimize: bool = True) -> Any:
-    """onnxruntime options for every rfgraph session: graph optimisation ALL (or none), and only
-    errors logged (its warnings, e.g. about the unused initializers exporters leave, went to the
-    user's terminal on every load)."""
+    """onnxruntime options for every rfgraph session: graph optimisation ALL (or none), and no
+    log of its own (its warnings, e.g. about the unused initializers exporters leave, and the
+    errors of trial runs that rfgraph expects and handles, went to the user's terminal; every
+    real failure surfaces as an exception, which rfgraph reports in one line)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     return opts

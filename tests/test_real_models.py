@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 import pytest
 
-from rfgraph import analyze
+from rfgraph import analyze, compute_erf
 from rfgraph.cli import main
 from rfgraph.errors import RFGraphError
 from rfgraph.onnx_import import load_model
@@ -466,3 +466,15 @@ def test_silero_vad_with_filled_state_and_rate_is_analysed_whole(key: str, packa
     proto = load_model(path, shapes_of(case), fill)
     for name in analysis.outputs:
         check_local(analysis, proto, name, case, interior_units(analysis[name]))
+
+
+def test_silero_vad_lstm_unrolled_equals_the_exporters_own_decomposition(packages: Path) -> None:
+    """Two exports of the same silero-vad network: one keeps an ONNX LSTM node (which rfgraph's
+    gradient graph unrolls), the other (op18 'ifless') was decomposed into primitive ops by its
+    exporter.  Same filled state and rate, same inputs: the exact ERFs agree (float32)."""
+    def erf(key: str) -> np.ndarray:
+        return compute_erf(str(case_path(packages, CASES[key])), input_shape=(1, 576), input_name="input",
+                           layout="NL", fill={"state": 0, "sr": 16000}, runs=2, seed=3, absolute=False).erf
+    lstm, primitive = erf("silero_vad"), erf("silero_vad_ifless")
+    assert np.abs(lstm).max() > 0
+    assert np.abs(lstm - primitive).max() <= 1e-5 * np.abs(primitive).max()

@@ -568,3 +568,74 @@ class SuperResolution(torch.nn.Module):
 def test_torch_super_resolution_export_matches_autograd() -> None:
     """The torch export of reflect/replicate Pad and PixelShuffle, end to end vs autograd."""
     check_torch(SuperResolution(), (1, 3, 10, 12))
+
+
+class ConvRecurrent(torch.nn.Module):
+    """A 1-D conv front end, then a recurrence along its positions (a CRNN or an audio model)."""
+
+    def __init__(self, kind: str, bidirectional: bool, batch_first: bool, layers: int) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = torch.nn.Conv1d(2, 4, 3, padding=1)
+        cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind]
+        self.rnn = cls(4, 5, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first)
+        self.batch_first = batch_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)  # (N, C, L)
+        y = y.permute(0, 2, 1) if self.batch_first else y.permute(2, 0, 1)
+        out, _ = self.rnn(y)
+        return out
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("bidirectional,batch_first,layers", [(False, False, 1), (True, False, 2), (True, True, 1)])
+def test_recurrences_match_autograd(kind: str, bidirectional: bool, batch_first: bool, layers: int) -> None:
+    """torch's LSTM/GRU/RNN export as single ONNX nodes; unrolled (rfgraph.unroll) their gradient
+    equals autograd: one and two directions, stacked layers, batch-first layout, torch's GRU
+    convention (linear_before_reset=1).  These had no gradient rule before (fd only)."""
+    check_torch(ConvRecurrent(kind, bidirectional, batch_first, layers), (1, 2, 9))
+
+
+@pytest.mark.parametrize("op,extra", [("GRU", {"linear_before_reset": 0}), ("LSTM", {"peepholes": True}),
+                                      ("LSTM", {"direction": "reverse"}), ("RNN", {"direction": "bidirectional"})])
+def test_unrolled_recurrences_match_onnxruntime_kernels(op: str, extra: dict) -> None:
+    """Variants torch does not export (GRU with linear_before_reset=0, LSTM peepholes, reverse),
+    with initial states and biases: the unrolled gradient equals central differences of
+    onnxruntime's own recurrent kernel (its semantics, not ours)."""
+    rng = np.random.default_rng(11)
+    dirs = 2 if extra.get("direction") == "bidirectional" else 1
+    gates, hidden, feat, steps = {"LSTM": 4, "GRU": 3, "RNN": 1}[op], 3, 2, 5
+    inits = {"W": rng.standard_normal((dirs, gates * hidden, feat)).astype(np.float32),
+             "R": rng.standard_normal((dirs, gates * hidden, hidden)).astype(np.float32) * 0.5,
+             "B": rng.standard_normal((dirs, 2 * gates * hidden)).astype(np.float32),
+             "h0": rng.standard_normal((dirs, 1, hidden)).astype(np.float32)}
+    ins = ["t", "W", "R", "B", "", "h0"]
+    if op == "LSTM":
+        inits["c0"] = rng.standard_normal((dirs, 1, hidden)).astype(np.float32)
+        ins.append("c0")
+        if extra.get("peepholes"):
+            inits["P"] = rng.standard_normal((dirs, 3 * hidden)).astype(np.float32)
+            ins.append("P")
+    attrs = {k: v for k, v in extra.items() if k != "peepholes"}
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[2, 0, 1]),  # (1, C, L) -> (L, 1, C)
+             helper.make_node(op, ins, ["y"], hidden_size=hidden, **attrs)]
+    model = _model(nodes, [1, feat, steps], inits)
+    x = rng.standard_normal((1, feat, steps)).astype(np.float32)
+    seed = rng.standard_normal((steps, dirs, 1, hidden)).astype(np.float32)
+    coarse, fine = (FiniteDifference(model, "y", "x", (1, feat, steps), (2,), None, h, 8).gradient(
+        x.astype(np.float64), seed) for h in (2e-2, 1e-2))
+    ref = (4 * fine - coarse) / 3  # Richardson: the h^2 error of central differences cancels
+    assert rel_err(vjp_of(model, x, seed), ref) < 1e-4  # measured 1.7-2.8e-5: float32 round-off
+
+
+def test_recurrence_variants_without_unrolling_are_refused_with_the_way_out() -> None:
+    """An LSTM with ``clip`` (not unrolled): node, op, reason and the finite-difference hint."""
+    rng = np.random.default_rng(2)
+    inits = {"W": rng.standard_normal((1, 12, 2)).astype(np.float32),
+             "R": rng.standard_normal((1, 12, 3)).astype(np.float32)}
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[2, 0, 1]),
+             helper.make_node("LSTM", ["t", "W", "R"], ["y"], hidden_size=3, clip=1.0, name="clipped")]
+    with pytest.raises(UnsupportedOpError) as info:
+        vjp.build_vjp(_model(nodes, [1, 2, 5], inits))
+    assert str(info.value) == f"node 'clipped' (LSTM): attribute 'clip' is not unrolled; {vjp.FD_HINT}"
