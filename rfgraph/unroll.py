@@ -91,25 +91,38 @@ def _unroll(em: _Emitter, node: onnx.NodeProto, value_of: Callable[[str], np.nda
     if batch_first:  # (B, T, I) -> (T, B, I)
         x = em.op("Transpose", x, perm=[1, 0, 2])
     dirs = ["forward", "reverse"] if direction == "bidirectional" else [direction]
-    ys, hs, cs = [], [], []
+    runs = []
     for d, way in enumerate(dirs):
         params = _Params(em, op, hidden, weights[0][d], weights[1][d],
                          None if bias is None else bias[d], None if peep is None else peep[d],
                          linear_before_reset=bool(attrs.get("linear_before_reset", 0)))
-        h = _initial(em, node, 5, d, batch_first)
-        c = _initial(em, node, 6, d, batch_first) if op == "LSTM" else None
-        step = STEPS[op]
-        outs: dict[int, str] = {}
-        for t in (range(steps) if way == "forward" else range(steps - 1, -1, -1)):
-            xt = em.op("Squeeze", em.op("Slice", x, em.ints([t]), em.ints([t + 1]), em.ints([0])), em.ints([0]))
-            h, c = step(em, params, xt, h, c)
-            outs[t] = h
-        ys.append(em.op("Concat", *[em.op("Unsqueeze", outs[t], em.ints([0])) for t in range(steps)], axis=0))
-        hs.append(em.op("Unsqueeze", outs[steps - 1 if way == "forward" else 0], em.ints([0])))
-        cs.append(em.op("Unsqueeze", c, em.ints([0])) if c is not None else "")
-    y = em.op("Concat", *[em.op("Unsqueeze", yd, em.ints([1])) for yd in ys], axis=1)  # (T, D, B, H)
-    y_h = em.op("Concat", *hs, axis=0)  # (D, B, H)
-    y_c = em.op("Concat", *cs, axis=0) if op == "LSTM" else ""
+        h0 = _initial(em, node, 5, d, batch_first)
+        c0 = _initial(em, node, 6, d, batch_first) if op == "LSTM" else None
+        runs.append(_run_direction(em, params, x, h0, c0, steps, way))
+    _write_outputs(em, node, runs, batch_first)
+
+
+def _run_direction(em: _Emitter, p: _Params, x: str, h: str | None, c: str | None, steps: int,
+                   way: str) -> tuple[str, str, str | None]:
+    """One direction over the sequence x (T, B, I): Y (T, B, H) in time order, last H and C."""
+    outs: dict[int, str] = {}
+    for t in (range(steps) if way == "forward" else range(steps - 1, -1, -1)):
+        xt = em.op("Squeeze", em.op("Slice", x, em.ints([t]), em.ints([t + 1]), em.ints([0])), em.ints([0]))
+        h, c = STEPS[p.op](em, p, xt, h, c)
+        outs[t] = h
+    y = em.op("Concat", *[em.op("Unsqueeze", outs[t], em.ints([0])) for t in range(steps)], axis=0)
+    return y, outs[steps - 1 if way == "forward" else 0], c
+
+
+def _write_outputs(em: _Emitter, node: onnx.NodeProto, runs: list[tuple[str, str, str | None]],
+                   batch_first: bool) -> None:
+    """Y (T, D, B, H), Y_h and Y_c (D, B, H) from the directions' runs (batch first: (B, T, D, H),
+    (B, D, H)), written under the node's own output names."""
+    def stack(parts: list[str], axis: int) -> str:
+        return em.op("Concat", *[em.op("Unsqueeze", t, em.ints([axis])) for t in parts], axis=axis)
+    y = stack([y for y, _, _ in runs], 1)
+    y_h = stack([h for _, h, _ in runs], 0)
+    y_c = stack([c for _, _, c in runs if c is not None], 0) if node.op_type == "LSTM" else ""
     if batch_first:
         y, y_h = em.op("Transpose", y, perm=[2, 0, 1, 3]), em.op("Transpose", y_h, perm=[1, 0, 2])
         y_c = em.op("Transpose", y_c, perm=[1, 0, 2]) if y_c else ""
@@ -119,6 +132,7 @@ def _unroll(em: _Emitter, node: onnx.NodeProto, value_of: Callable[[str], np.nda
 
 
 def _refuse_unsupported(op: str, name: str, attrs: dict[str, object], node: onnx.NodeProto) -> None:
+    """Variants the step equations below do not cover: refused, never approximated."""
     acts = attrs.get("activations")
     if acts is not None:
         names = [a.decode() if isinstance(a, bytes) else str(a) for a in acts]  # type: ignore[attr-defined]
@@ -173,7 +187,8 @@ class _Params:
         self.names["wt"] = self.em.const(self.w.T)
         self.names["rt"] = self.em.const(self.r.T)
         b = self.b if self.b is not None else np.zeros(2 * g * h, self.w.dtype)
-        self.names["wb"], self.names["rb"] = self.em.const(b[: g * h]), self.em.const(b[g * h:])
+        self.names["wb"] = self.em.const(b[: g * h])
+        self.names["b"] = self.em.const(b[: g * h] + b[g * h:])  # Wb + Rb, where they add up
         if self.op == "GRU":  # the hidden gate's recurrent part is applied after the reset gate
             rb = b[g * h:]
             self.names["rt_zr"], self.names["rt_h"] = self.em.const(self.r[: 2 * h].T), self.em.const(self.r[2 * h:].T)
@@ -197,8 +212,7 @@ def _linear(em: _Emitter, x: str, weight_t: str, bias: str) -> str:
 
 def _lstm_step(em: _Emitter, p: _Params, xt: str, h: str | None, c: str | None) -> tuple[str, str | None]:
     """it, ft, ot = sigmoid(.), ct~ = tanh(.); C = ft C' + it ct~; H = ot tanh(C) (ONNX spec, iofc)."""
-    z = _linear(em, xt, p.names["wt"], p.names["wb"])
-    z = em.op("Add", z, p.names["rb"])
+    z = _linear(em, xt, p.names["wt"], p.names["b"])
     if h is not None:
         z = em.op("Add", z, em.op("MatMul", h, p.names["rt"]))
     i, o, f, g = p.split(z, 4)
@@ -234,7 +248,7 @@ def _gru_step(em: _Emitter, p: _Params, xt: str, h: str | None, c: str | None) -
 
 def _rnn_step(em: _Emitter, p: _Params, xt: str, h: str | None, c: str | None) -> tuple[str, None]:
     """H = tanh(Xt W^T + H' R^T + Wb + Rb)."""
-    z = em.op("Add", _linear(em, xt, p.names["wt"], p.names["wb"]), p.names["rb"])
+    z = _linear(em, xt, p.names["wt"], p.names["b"])
     if h is not None:
         z = em.op("Add", z, em.op("MatMul", h, p.names["rt"]))
     return em.op("Tanh", z), None
