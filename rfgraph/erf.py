@@ -299,6 +299,8 @@ def compute_erf(model: ModelSource, output: str | None = None, *,
     if metrics.centre_value == 0 and erf.max() > 0:
         notes.append("the ERF is 0 at the unit's centre pixel (every run had a dead path there), "
                      "so Luo's size is 0; average more runs (--runs)")
+    elif not erf.any():
+        notes.append(_empty_map_note(method_e))
     return ERFResult(erf, metrics, target, input_name, tuple(full_shape), tuple(spatial),
                      method_e.value, runs, weight_runs, conv.aggregation is ec.Aggregation.ABS,
                      used_batch, time.perf_counter() - t0, tuple(notes), conv, kept,
@@ -407,6 +409,17 @@ def auto_batch(input_shape: Sequence[int], providers: Sequence[str] | None = Non
             return most
     per_input = int(np.prod(input_shape[1:]))
     return int(min(most, max(1, AUTO_BATCH_ELEMENTS // max(per_input, 1))))
+
+
+def _empty_map_note(method: Method) -> str:
+    """Why an ERF can be zero everywhere, and what to try."""
+    if method is Method.FD:
+        return ("the ERF is 0 everywhere: no perturbation changed the unit in float32 (a gradient "
+                "below its resolution, e.g. through many saturated layers, or a dead unit); try "
+                "--method grad, which is exact")
+    return ("the ERF is 0 everywhere: the unit's gradient vanished for every input drawn (dead "
+            "ReLUs, or a constant unit); average more runs (--runs), re-initialise the weights "
+            "(--reinit he) or pick another unit")
 
 
 def _engine(method: Method, weights: onnx.ModelProto, target: Target, input_name: str,

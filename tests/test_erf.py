@@ -544,3 +544,35 @@ def test_diagnose_erfs_read_the_model_as_the_analysis_does(tmp_path: Path, capsy
     assert cli.main(args) in (0, 1)
     (growth,) = json.loads(capsys.readouterr().out)["erf"]
     assert not growth["error"] and [p["trf"] for p in growth["layers"]] == [[5], [7]]
+
+
+def _dead_model(tmp_path: Path) -> Path:
+    """conv (3x3, weights 0.2) -> add -100 -> Relu: the unit is 0 for any input in [-1, 1]."""
+    w = numpy_helper.from_array(np.full((1, 1, 3, 3), 0.2, np.float32), "w")
+    shift = numpy_helper.from_array(np.array([-100.0], np.float32), "shift")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c", "shift"], ["a"]), helper.make_node("Relu", ["a"], ["y"])]
+    graph = helper.make_graph(nodes, "dead", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 9, 9])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, shift])
+    path = tmp_path / "dead.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("method", ["grad", "fd"])
+def test_an_all_zero_erf_says_so_and_stays_valid_json(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                      method: str) -> None:
+    """A dead unit (ReLU of a sum 100 below zero): the map is 0 everywhere; the result says why
+    and what to try (each engine its own reason), and the undefined moments are '-' in the
+    table and null in the JSON (it printed NaN, which JSON parsers reject)."""
+    path = _dead_model(tmp_path)
+    args = ["erf", str(path), "--runs", "2", "--inputs", "uniform", "--method", method]
+    assert cli.main(args + ["--format", "json", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "NaN" not in out
+    data = json.loads(out)
+    assert data["metrics"]["centre_of_mass"] == [None, None] and data["metrics"]["erf_size"] == 0
+    assert any("0 everywhere" in n and ("--method grad" in n) == (method == "fd") for n in data["notes"])
+    assert cli.main(args) == 0
+    captured = capsys.readouterr()
+    assert "centre_of_mass    - x -" in captured.out and "0 everywhere" in captured.err
