@@ -11,7 +11,6 @@ CSS and JavaScript are inlined from ``rfgraph/templates`` (Jinja2); nothing is f
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import networkx as nx
 from . import __version__, overlay
 from .analysis import Analysis, EndPoint
 from .errors import RFGraphError
-from .report import analysis_dict, endpoint_rows, number, per_axis
+from .report import analysis_dict, endpoint_rows, json_text, number, per_axis
 
 GRAPH_DX, GRAPH_DY, GRAPH_MARGIN = 190, 46, 30  # graph layout: column and row pitch, margin (px)
 GLOBAL_COLOUR = "#9e9e9e"
@@ -292,7 +291,7 @@ def _environment() -> Any:
 
 def script_json(data: Any) -> str:
     """JSON safe inside a <script> element ("</" and "<!--" cannot appear)."""
-    return json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
+    return json_text(data, indent=None, separators=(",", ":")).replace("<", "\\u003c")
 
 
 def build_report(analysis: Analysis, title: str, image: str | Path | None = None,

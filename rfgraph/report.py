@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from typing import Any
@@ -106,10 +107,26 @@ def _table_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
 HEADERS = ["tensor", "op", "shape", "r", "S", "P", "covers input", "aligned", "note"]
 
 
+def json_text(data: Any, indent: int | None = 2, separators: tuple[str, str] | None = None) -> str:
+    """The one JSON writer of every command: an undefined number (NaN, infinite) becomes null,
+    since JSON has neither (json.dumps would print NaN, which parsers reject)."""
+    return json.dumps(_finite(data), indent=indent, separators=separators, allow_nan=False)
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
+
+
 def render(analysis: Analysis, names: Sequence[str], fmt: str = "table") -> str:
     """The report in one format; tables come with a summary of merges, global ops and stops."""
     if fmt == "json":
-        return json.dumps(analysis_dict(analysis, names), indent=2)
+        return json_text(analysis_dict(analysis, names))
     rows = endpoint_rows(analysis, names)
     if fmt == "csv":
         buf = io.StringIO()

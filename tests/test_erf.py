@@ -576,3 +576,23 @@ def test_an_all_zero_erf_says_so_and_stays_valid_json(tmp_path: Path, capsys: py
     assert cli.main(args) == 0
     captured = capsys.readouterr()
     assert "centre_of_mass    - x -" in captured.out and "0 everywhere" in captured.err
+
+
+def test_json_output_never_holds_nan(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Global average pooling: the ERF is flat, so the Gaussian fit's R^2 is undefined (0/0).
+    Every command writes JSON through report.json_text, which turns such numbers into null."""
+    from rfgraph.report import json_text
+
+    assert json.loads(json_text({"a": [float("nan"), 1.5, (float("inf"),)], "b": {"c": -float("inf")}})) == \
+        {"a": [None, 1.5, [None]], "b": {"c": None}}
+    graph = helper.make_graph([helper.make_node("GlobalAveragePool", ["x"], ["y"])], "gap",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    path = tmp_path / "gap.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    fit = compute_erf(str(path), runs=1).metrics.gaussian
+    assert fit is not None and np.isnan(fit.r2)  # a flat map: R^2 = 0/0
+    assert cli.main(["erf", str(path), "--runs", "1", "--format", "json", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "NaN" not in out and "Infinity" not in out  # it printed "r2": NaN before
+    assert json.loads(out)["metrics"]["gaussian"]["r2"] is None

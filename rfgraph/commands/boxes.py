@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from tabulate import tabulate
 
 from ..errors import RFGraphError
-from ..report import number
+from ..report import json_text, number
 from ._common import add_model_args, load_analysis
 
 
@@ -55,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append({"index": list(idx), "region": [list(r) for r in region],
                      "centre": [number(c) for c in ep.centre(idx)]})
     if args.format == "json":
-        print(json.dumps({"tensor": ep.name, "axis_names": list(analysis.axis_names), "units": rows}, indent=2))
+        print(json_text({"tensor": ep.name, "axis_names": list(analysis.axis_names), "units": rows}))
     else:
         table = [[",".join(map(str, r["index"]))] + [f"[{a}, {b}]" for a, b in r["region"]]
                  + [", ".join(str(c) for c in r["centre"])] for r in rows]

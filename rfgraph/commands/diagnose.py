@@ -4,7 +4,6 @@ alignment fixes and (with --erf) ERF growth; definitions in docs/diagnostics.md.
 from __future__ import annotations
 
 import argparse
-import json
 from fractions import Fraction
 from typing import Any
 
@@ -12,7 +11,7 @@ from tabulate import tabulate
 
 from ..diagnostics import Diagnosis, diagnose
 from ..onnx_import import parse_input_shapes
-from ..report import number
+from ..report import json_text, number
 from ._common import add_model_args, parse_fills
 
 EXAMPLES = """examples:
@@ -59,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
                  erf_runs=args.erf_runs, erf_layers=args.erf_layers, rules=args.rules or None,
                  assume_pointwise=args.assume_pointwise, input_name=args.input_name,
                  layout=args.layout, fill=parse_fills(args.fill))
-    print(json.dumps(diagnosis_dict(d), indent=2) if args.format == "json" else render(d))
+    print(json_text(diagnosis_dict(d)) if args.format == "json" else render(d))
     return 1 if d.analysis.stops else 0
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -18,7 +17,7 @@ from tabulate import tabulate
 from .. import erf_conventions as ec
 from ..errors import RFGraphError
 from ..onnx_import import parse_input_shapes
-from ..report import FORMATS
+from ..report import FORMATS, json_text
 from ._common import add_model_args, parse_fills
 
 if TYPE_CHECKING:  # the ERF engine is imported when the command runs
@@ -192,9 +191,8 @@ def render(result: ERFResult, fmt: str) -> str:
     if fmt == "json":
         ratios = [{"t": a.t, "side": a.side, "ratio": a.ratio}
                   for a in result.displayed_area_ratios]
-        return json.dumps({**header(result), "metrics": metrics_dict(m),
-                           "displayed_area_ratios": ratios,
-                           "notes": list(result.notes)}, indent=2)
+        return json_text({**header(result), "metrics": metrics_dict(m),
+                          "displayed_area_ratios": ratios, "notes": list(result.notes)})
     rows = metric_rows(m) + displayed_rows(result)
     if fmt == "csv":
         buf = io.StringIO()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from ..report import json_text
 
 EXAMPLES = """examples:
   rfgraph experiments --out out/exp --quick          every experiment, CI smoke size (< 5 min)
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     for r in failed:
         print(f"rfgraph: experiment {r.name} failed: {r.error}", file=sys.stderr)
     if args.format == "json":
-        print(json.dumps(summary(results, args.out), indent=2))
+        print(json_text(summary(results, args.out)))
     else:
         print(f"report: {args.out}/report.md ({len(results)} experiments, {len(failed)} failed)")
     return 1 if failed else 0

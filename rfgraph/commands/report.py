@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from ..errors import RFGraphError
+from ..report import json_text
 from ._common import add_model_args, load_analysis
 
 EXAMPLES = """examples:
@@ -64,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
     report = build_report(analysis, args.title or Path(args.model).name, args.image, erf)
     report.write(out)
     if args.format == "json":
-        print(json.dumps({"report": str(out), "bytes": len(report.html.encode("utf-8")), **report.summary},
-                         indent=2))
+        print(json_text({"report": str(out), "bytes": len(report.html.encode("utf-8")), **report.summary}))
     elif not quiet:
         print(f"wrote {out} ({len(report.html.encode('utf-8')) // 1024} KiB): {len(analysis.endpoints)} "
               f"tensors, {len(report.summary['erf'])} ERF heatmap(s), "

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import RFGraphError
-from ..report import number
+from ..report import json_text, number
 from ._common import add_model_args, load_analysis
 
 EXAMPLES = """examples:
@@ -83,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     overlay.save_png(pic, args.out)
     doc = show_dict(analysis, ep, index, args, pic.shape, scale, erf)
     if args.format == "json":
-        print(json.dumps(doc, indent=2))
+        print(json_text(doc))
     elif not quiet:
         print(_summary(doc))
     return 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from tabulate import tabulate
 
 from ..analysis import analyze
 from ..errors import RFGraphError
-from ..report import FORMATS, number, per_axis
+from ..report import FORMATS, json_text, number, per_axis
 
 REFERENCE_NAME = Path("shared") / "reference" / "modern_networks_rf.csv"
 
@@ -196,8 +195,8 @@ def render(rows: Iterable[Row], fmt: str, reference: Path | None) -> str:
     """The rows as a plain table, Markdown, CSV or JSON."""
     rows = list(rows)
     if fmt == "json":
-        return json.dumps({"reference": str(reference) if reference else None,
-                           "rows": [asdict(r) for r in rows]}, indent=2)
+        return json_text({"reference": str(reference) if reference else None,
+                          "rows": [asdict(r) for r in rows]})
     if fmt == "csv":
         import io
         buf = io.StringIO()
