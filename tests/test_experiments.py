@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -299,3 +300,15 @@ def test_he_init_redraws_constant_node_weights_and_resets_batchnorm() -> None:
         assert np.all(inits[name] == value)
     assert not any(n.op_type == "Constant" for n in constants_to_initializers(model).graph.node)
     onnx.checker.check_model(out)
+
+
+def test_quiet_silences_progress_bars_on_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal the experiments show tqdm bars; -q (like every command) turns them off
+    (it was ignored here).  The terminal is simulated: stderr claims to be a TTY."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    args = ["experiments", "rf-vs-accuracy", "--out", str(tmp_path / "a"), "--quick"]
+    assert main(args) == 0
+    assert "rf-vs-accuracy" in capsys.readouterr().err  # the bar's label
+    assert main(["-q", *args]) == 0
+    assert capsys.readouterr().err == ""

@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         raise RFGraphError("--runs must be at least 1")
     results = run_experiments(args.names, args.out, runs=args.runs, quick=args.quick,
                               seed=args.seed, reference=args.reference,
-                              progress=not args.no_progress, threads=args.threads)
+                              progress=not (args.no_progress or getattr(args, "quiet", False))
+                              and sys.stderr.isatty(), threads=args.threads)
     failed = [r for r in results if r.error]
     for r in failed:
         print(f"rfgraph: experiment {r.name} failed: {r.error}", file=sys.stderr)
