@@ -73,6 +73,17 @@ class AxisRegions:
         """Per unit: the (union) field contains every pixel 0..size-1."""
         return (self.lo <= 0) & (self.hi >= size - 1)
 
+    def as_one_unit(self) -> AxisRegions:
+        """The regions of a tensor whose positions along this axis are folded into its features:
+        one unit holding them all, which sees their union (``analysis._unit_layout``)."""
+        seen = ~self.empty
+        if not seen.any():
+            return AxisRegions(self.lo[:1], self.hi[:1], self.inner_lo[:1], self.inner_hi[:1])
+        def one(v: np.ndarray, pick: Any) -> np.ndarray:
+            return np.array([pick(v[seen])], dtype=np.int64)
+        return AxisRegions(one(self.lo, np.min), one(self.hi, np.max), one(self.inner_lo, np.min),
+                           one(self.inner_hi, np.max))
+
     def saturated(self, size: int) -> np.ndarray:
         """Per unit: every path's field contains every pixel 0..size-1."""
         return (self.inner_lo <= 0) & (self.inner_hi >= size - 1) & ~self.empty
@@ -293,7 +304,10 @@ def coverage(analysis: Analysis, endpoint: str, regions: Mapping[str, tuple[Axis
                       None)
         full = next((lay.node for lay in chain if lay.output in regions
                      and regions[lay.output][a].covers(size).all()), None)
-        hit = regions[endpoint][a].covers(size) if endpoint in regions else np.zeros(1, bool)
+        reg = regions.get(endpoint, (None,) * len(sizes))[a]
+        if reg is not None and ep.units[a] is None:  # no unit axis: one unit holds every position
+            reg = reg.as_one_unit()
+        hit = reg.covers(size) if reg is not None else np.zeros(1, bool)
         glob = ep.fields[a].is_global
         axes.append(AxisCoverage(name, size, ep.r[a], glob or bool(hit.all()),
                                  glob or bool(hit.any()), border, full))

@@ -413,3 +413,36 @@ def test_merge_of_fixed_positions_is_reported_unfixable() -> None:
     assert not a.aligned
     (fix,) = [f for f in D.alignment_fixes(a) if f.axis == "W"]
     assert not fix.fixable and "S = 0" in fix.reason and fix.offset == 5
+
+
+def test_coverage_of_an_axis_folded_into_the_features() -> None:
+    """H folded into the channels (a CRNN's feature sequence): a unit holds all 8 rows, whose
+    union (r = 19 on a 16-px input) covers H, so every unit sees the whole axis; W is a unit axis
+    of 8 units with r = 5: none does.  (The rows were judged one by one before: 'no unit'.)"""
+    from tests.test_unit_axes import _folded
+
+    model, tensor = _folded()
+    (cov,) = D.diagnose(model, endpoints=[tensor], scan_sizes=False).coverage
+    h, w = cov.axes
+    assert (h.r, h.covers, h.covered_by_some) == (19, True, True)
+    assert (w.r, w.covers, w.covered_by_some) == (5, False, False)
+
+
+def test_table_lists_ten_alignment_fixes_and_counts_the_rest(tmp_path, capsys) -> None:
+    """Fourteen misaligned merges (each a branch padded 0/2 instead of 1/1): ten fixes printed,
+    then how many more; JSON keeps all (a CRNN printed 78 lines)."""
+    from tests.graphs import G
+
+    g = G((32, 32))
+    x = g.conv("x", 3, 1, pads=[1] * 4)
+    for _ in range(14):
+        x = g.add(g.conv(x, 3, 1, pads=[1] * 4), g.conv(x, 3, 1, pads=[1, 0, 1, 2]))
+    path = tmp_path / "m.onnx"
+    onnx.save(g.model(x), path)
+    assert main(["diagnose", str(path), "--no-size-range"]) in (0, 1)
+    out = capsys.readouterr().out
+    fixes = out.split("alignment fixes:\n")[1].splitlines()
+    assert len([ln for ln in fixes if "along W, centres" in ln]) == 10
+    assert "  ... and 4 more (--format json lists them all)" in fixes
+    assert main(["diagnose", str(path), "--no-size-range", "--format", "json"]) in (0, 1)
+    assert len(json.loads(capsys.readouterr().out)["alignment_fixes"]) == 14

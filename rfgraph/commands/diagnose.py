@@ -11,7 +11,7 @@ from tabulate import tabulate
 
 from ..diagnostics import Diagnosis, diagnose
 from ..onnx_import import parse_input_shapes
-from ..report import json_text, number
+from ..report import NOTE_LINES, json_text, number
 from ._common import add_model_args, parse_fills
 
 EXAMPLES = """examples:
@@ -168,11 +168,13 @@ def _fixes_section(d: Diagnosis) -> str:
     if not d.fixes:
         return "alignment: every merge aligned"
     lines = []
-    for f in d.fixes:
+    for f in d.fixes[:NOTE_LINES]:
         check = {True: " [verified: aligned after the fix]",
                  False: " [re-analysis: still misaligned]", None: ""}[f.verified]
         lines.append(f"  {f.node} ({f.op}) along {f.axis}, centres {number(f.offset)} px apart: "
                      f"{f.describe()}{check}")
+    if len(d.fixes) > NOTE_LINES:
+        lines.append(f"  ... and {len(d.fixes) - NOTE_LINES} more (--format json lists them all)")
     return "alignment fixes:\n" + "\n".join(lines)
 
 
