@@ -591,7 +591,10 @@ def fill_inputs(model: onnx.ModelProto, fill: Mapping[str, float]) -> None:
     """Turn each ``fill`` input (an RNN state, a sample rate) into an initializer of its declared
     shape (symbolic dims, a batch, taken as 1; --input-shape fixes them first) and type holding
     that value, so that it is a constant like any weight."""
-    inputs = {i.name: i for i in model.graph.input if i.name in data_inputs(model)}
+    if not fill:
+        return
+    names = set(data_inputs(model))
+    inputs = {i.name: i for i in model.graph.input if i.name in names}
     for name, value in fill.items():
         if name not in inputs:
             raise RFGraphError(f"--fill names '{name}', which is no data input of the model "
