@@ -3,8 +3,11 @@ element inside the theoretical RF of the chosen unit (elements outside it cannot
 
 Works for any op onnxruntime can run (the fallback when an op has no VJP rule) and is the oracle
 of the VJP tests.  Perturbations are batched: one run evaluates ``batch`` perturbed inputs.
-Conventions: step ``h`` defaults to 1e-3 in float32 and 1e-6 in float64 (error O(h^2) on smooth
-ops, exact on piecewise-linear ones unless a kink lies within h); sums are taken in float64.
+Conventions: step ``h`` defaults to 1e-2 in float32 and 1e-6 in float64, near eps^(1/3) of each
+type for inputs of unit scale, where the O(h^2) truncation and the eps/h round-off of central
+differences balance (measured in float32 against the exact gradient: 1e-2 beat 1e-3 by 3-10x on
+tanh stacks, a ViT and silero-vad); exact on piecewise-linear ops unless a kink lies within h;
+sums are taken in float64.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from onnx import helper
 
 from . import vjp as vjp_mod
 
-DEFAULT_STEP = {np.dtype(np.float32): 1e-3, np.dtype(np.float64): 1e-6}
+DEFAULT_STEP = {np.dtype(np.float32): 1e-2, np.dtype(np.float64): 1e-6}
 
 
 def expose(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
@@ -61,7 +64,7 @@ class FiniteDifference:
         self.dtype = np.dtype(helper.tensor_dtype_to_np_dtype(next(
             i.type.tensor_type.elem_type for i in self.model.graph.input
             if i.name == self.input_name)))
-        self.h = self.step or DEFAULT_STEP.get(self.dtype, 1e-3)
+        self.h = self.step or DEFAULT_STEP.get(self.dtype, 1e-2)
         self.single = _forward_session(self.model, self.input_shape, self.input_name)
         self.multi, self.k = self._batched_session()
 
