@@ -850,6 +850,60 @@ def matmul_rule(ctx: NodeContext) -> Transfer:
     return Transfer((OutTransfer(out_lay, tuple(edges)),), mix_reason=why)
 
 
+def einsum_terms(equation: str, ranks: Sequence[int]) -> tuple[list[str], str] | None:
+    """Operand and output index strings of an Einsum equation ("bqd,bkd->bqk"), or None when it
+    uses what the rules below do not read (an ellipsis, a letter repeated within one term)."""
+    eq = equation.replace(" ", "")
+    if "..." in eq:
+        return None
+    lhs, arrow, out = eq.partition("->")
+    terms = lhs.split(",")
+    if not arrow:  # implicit output: the letters seen once, in alphabetical order
+        letters = "".join(terms)
+        out = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    if len(terms) != len(ranks) or any(len(t) != r for t, r in zip(terms, ranks)):
+        return None
+    if any(len(set(t)) != len(t) for t in [*terms, out]):
+        return None
+    return terms, out
+
+
+def einsum_rule(ctx: NodeContext) -> Transfer:
+    """Einsum: like MatMul, positions on a summed letter mix (attention's q.k over tokens, a
+    Dense layer over flattened positions), positions indexed by two output letters mix too (the
+    scores of every query with every key); other output letters carry their operand's positions."""
+    ranks = [ctx.rank(i) for i in range(len(ctx.node.input))]
+    equation = ctx.attrs.get("equation", b"")
+    equation = equation.decode() if isinstance(equation, bytes) else str(equation)
+    parsed = einsum_terms(equation, ranks)
+    if parsed is None:
+        raise ctx.unsupported("an Einsum equation with an ellipsis or a repeated letter in one term")
+    terms, out = parsed
+    parts: dict[str, AxisLayout] = {}
+    for slot in ctx.data_slots():
+        for letter, axis_parts in zip(terms[slot], ctx.data_layout(slot)):
+            if spatial_of(axis_parts):
+                parts.setdefault(letter, axis_parts)
+    mixed = {a for letter, p in parts.items() if letter not in out for a in spatial_of(p)}
+    seen: dict[int, int] = {}
+    for letter in out:
+        for a in spatial_of(parts.get(letter, ())):
+            seen[a] = seen.get(a, 0) + 1
+    mixed |= {a for a, count in seen.items() if count > 1}
+    shape = ctx.out_shapes[0] or tuple(0 for _ in out)
+    out_lay = tuple(((-1, shape[i] or 0),) if letter not in parts or set(spatial_of(parts[letter])) & mixed
+                    else parts[letter] for i, letter in enumerate(out))
+    out_axes = carried(out_lay)
+    edges = []
+    for slot in ctx.data_slots():
+        mine = {a for p in ctx.data_layout(slot) for a in spatial_of(p)}
+        maps: dict[int, Span | None] = dict.fromkeys(mixed & mine, MIXES)
+        maps.update({a: BROADCAST for a in out_axes if a not in mine})
+        edges.append(Edge(slot, maps))
+    why = f"Einsum '{equation}' over positions" if mixed else ""
+    return Transfer((OutTransfer(with_sizes(out_lay, ctx.out_shapes[0]), tuple(edges)),), mix_reason=why)
+
+
 def recurrent_rule(ctx: NodeContext) -> Transfer:
     """RNN/GRU/LSTM: every step reads every step and every feature (contracted by W and R);
     only the batch axis keeps its positions.  Data may arrive on X or on initial_h/initial_c."""
@@ -954,7 +1008,7 @@ OP_RULES: dict[str, Rule] = {
     "MeanVarianceNormalization": norm_over_axes_rule(None, [0, 2, 3]),
     "LpNormalization": lp_norm_rule,
     "MatMul": matmul_rule, "Gemm": matmul_rule, "MatMulInteger": matmul_rule,
-    "RNN": recurrent_rule, "GRU": recurrent_rule, "LSTM": recurrent_rule,
+    "RNN": recurrent_rule, "GRU": recurrent_rule, "LSTM": recurrent_rule, "Einsum": einsum_rule,
     "If": control_flow_rule, "Loop": control_flow_rule, "Scan": control_flow_rule,
 }
 

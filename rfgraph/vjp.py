@@ -1008,6 +1008,31 @@ def _gemm(b: Builder, n: NodeView, gys: list) -> Grads:
     return out
 
 
+def _einsum(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Einsum: each operand's gradient is the einsum of the output gradient with the other
+    operands, back to the operand's letters (each of them must appear in the output or in
+    another operand: a letter summed within one operand alone would need a broadcast)."""
+    from .ops import einsum_terms
+
+    parsed = einsum_terms(n.attr_str("equation", ""), [len(b.shape(i)) for i in n.inputs])
+    if parsed is None:
+        raise UnsupportedOpError(n.name, "Einsum", "an equation with an ellipsis or a repeated letter")
+    terms, out = parsed
+    grads: list[str | None] = []
+    for k, (name, term) in enumerate(zip(n.inputs, terms)):
+        if not b.is_active(name):
+            grads.append(None)
+            continue
+        others = [(inp, t) for j, (inp, t) in enumerate(zip(n.inputs, terms)) if j != k]
+        if set(term) - set(out) - {c for _, t in others for c in t}:
+            raise UnsupportedOpError(n.name, "Einsum", f"operand {k} sums a letter no other term has")
+        eq = ",".join([out] + [t for _, t in others]) + "->" + term
+        g = b.op("Einsum", gys[0], *[inp for inp, _ in others], equation=eq)
+        b.shapes[g] = b.shape(name)
+        grads.append(g)
+    return grads
+
+
 def _where(b: Builder, n: NodeView, gys: list) -> Grads:
     """Where(cond, A, B): the gradient goes to A where cond holds, to B elsewhere."""
     cond, a, c = n.inputs
@@ -1037,7 +1062,7 @@ VJP_RULES: dict[str, Rule] = {
     "Resize": _resize, "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth,
     "Softmax": _softmax, "LogSoftmax": _log_softmax,
     "BatchNormalization": _batch_norm, "LayerNormalization": _layer_norm, "LRN": _lrn,
-    "MatMul": _matmul, "Gemm": _gemm,
+    "MatMul": _matmul, "Gemm": _gemm, "Einsum": _einsum,
 }
 
 

@@ -129,3 +129,28 @@ def test_recurrence_over_the_positions_is_global(direction):
     reason = next(iter(a.global_at.values()))
     if direction == "forward":
         assert seen[15] == {14, 15} and "earlier" in reason  # causal: a step never reads later ones
+
+
+def test_einsum_keeps_local_letters_and_mixes_summed_positions():
+    """Einsum as exporters write it: a 1x1 conv ('nchw,dc->ndhw') and a layout change
+    ('nchw->nhwc') keep the 3x3 conv's field (every unit vs the onnxruntime impulse support);
+    token attention scores ('bqd,bkd->bqk', q and k both index positions) and a Dense layer over
+    flattened positions ('bn,nm->bm') are global, with the node named."""
+    g = G((8, 8), channels=1)
+    c = g.conv("x", 3, 1, pads=[1] * 4, cout=2)
+    w = g._init(g._weight((3, 2)))
+    mixed = g.node("Einsum", [c, w], cout=3, equation="nchw,dc->ndhw")
+    nhwc = g.node("Einsum", [mixed], equation="nchw->nhwc")
+    model = g.model(nhwc)
+    ep = rfgraph.analyze(model)[nhwc]
+    assert (ep.r, ep.S, ep.P) == ((3, 3), (1, 1), (1, 1)) and ep.unit_axes == ((1, (0,)), (2, (1,)))
+    for unit in np.ndindex(8, 8):  # the NCHW tensor before the layout change: the same unit
+        assert impulse_support(model, mixed, unit) == [(max(a, 0), min(b, 7)) for a, b in ep.region(unit)]
+    tokens = g.node("Reshape", [mixed, g._init(np.array([0, 3, 64], np.int64), "shape")])
+    seq = g.node("Einsum", [tokens], equation="bdn->bnd")
+    scores = g.node("Einsum", [seq, seq], equation="bqd,bkd->bqk")
+    dense = g.node("Einsum", [g.node("Reshape", [mixed, g._init(np.array([0, 192], np.int64), "flat")]),
+                              g._init(g._weight((192, 4)))], equation="bn,nm->bm")
+    a = rfgraph.analyze(g.model([scores, dense]))
+    assert a[seq].r == (3, 3) and a[scores].is_global and a[dense].is_global
+    assert any("Einsum 'bqd,bkd->bqk'" in why for why in a.global_at.values())

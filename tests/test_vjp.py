@@ -667,3 +667,25 @@ def test_batch_first_layout_unrolls_like_the_sequence_first_one(op: str) -> None
     seed = rng.standard_normal((batch, steps, 2, hidden)).astype(np.float32)
     first, seq = vjp_of(model(1), x, seed), vjp_of(model(0), x, seed)
     assert np.abs(seq).max() > 0 and rel_err(first, seq) < 1e-6
+
+
+class EinsumAttention(torch.nn.Module):
+    """Einsum everywhere an exporter may keep it: a 1x1 conv, token attention, a projection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.mix = torch.nn.Parameter(torch.randn(4, 6) * 0.3)
+        self.proj = torch.nn.Parameter(torch.randn(4, 5) * 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.einsum("nchw,dc->ndhw", torch.tanh(self.conv(x)), self.mix)
+        t = y.flatten(2)  # (n, d, tokens)
+        att = torch.softmax(torch.einsum("ndq,ndk->nqk", t, t), dim=-1)
+        return torch.einsum("nqk,ndk,de->nqe", att, t, self.proj)
+
+
+def test_einsum_matches_autograd() -> None:
+    """Einsum's gradient (one einsum per operand, three-operand terms included) vs autograd."""
+    check_torch(EinsumAttention(), (1, 3, 6, 5))
