@@ -904,6 +904,17 @@ def einsum_rule(ctx: NodeContext) -> Transfer:
     return Transfer((OutTransfer(with_sizes(out_lay, ctx.out_shapes[0]), tuple(edges)),), mix_reason=why)
 
 
+def grid_sample_rule(ctx: NodeContext) -> Transfer:
+    """GridSample (spatial transformers): each output position samples the input where the grid,
+    a run-time tensor, points, so it may read any position: global on every spatial axis."""
+    edges = [Edge(slot, mixed_maps(ctx.data_layout(slot), range(len(ctx.data_layout(slot)))))
+             for slot in ctx.data_slots()]
+    lay = ctx.layouts[0] if ctx.layouts[0] is not None else plain_layout(ctx.in_shapes[0] or ())
+    out_lay = with_sizes(strip_spatial(lay, range(len(lay))), ctx.out_shapes[0])
+    return Transfer((OutTransfer(out_lay, tuple(edges)),),
+                    mix_reason="GridSample reads the positions its grid (a run-time tensor) points at")
+
+
 def recurrent_rule(ctx: NodeContext) -> Transfer:
     """RNN/GRU/LSTM: every step reads every step and every feature (contracted by W and R);
     only the batch axis keeps its positions.  Data may arrive on X or on initial_h/initial_c."""
@@ -1009,6 +1020,7 @@ OP_RULES: dict[str, Rule] = {
     "LpNormalization": lp_norm_rule,
     "MatMul": matmul_rule, "Gemm": matmul_rule, "MatMulInteger": matmul_rule,
     "RNN": recurrent_rule, "GRU": recurrent_rule, "LSTM": recurrent_rule, "Einsum": einsum_rule,
+    "GridSample": grid_sample_rule,
     "If": control_flow_rule, "Loop": control_flow_rule, "Scan": control_flow_rule,
 }
 

@@ -154,3 +154,26 @@ def test_einsum_keeps_local_letters_and_mixes_summed_positions():
     a = rfgraph.analyze(g.model([scores, dense]))
     assert a[seq].r == (3, 3) and a[scores].is_global and a[dense].is_global
     assert any("Einsum 'bqd,bkd->bqk'" in why for why in a.global_at.values())
+
+
+def test_grid_sample_may_read_any_position():
+    """GridSample with a constant grid that sends output (0, 0) to the input's far corner: that
+    pixel moves unit (0, 0) (onnxruntime), so no local field would be right; the analysis
+    reports the field as global, naming the node, and goes on past it (it stopped there)."""
+    import onnxruntime as ort
+
+    grid = np.zeros((1, 4, 4, 2), np.float32)
+    ys, xs = np.meshgrid(np.linspace(-1, 1, 4), np.linspace(-1, 1, 4), indexing="ij")
+    grid[0, ..., 0], grid[0, ..., 1] = xs, ys
+    grid[0, 0, 0] = (1.0, 1.0)  # unit (0, 0) samples the bottom-right corner
+    g = G((4, 4))
+    sampled = g.node("GridSample", ["x", g._init(grid, "grid")], align_corners=1)
+    y = g.conv(sampled, 1, 1, cout=1)
+    model = g.model(y)
+    a = rfgraph.analyze(model)
+    assert a[sampled].is_global and a[y].is_global and not a.stops
+    assert "GridSample" in next(iter(a.global_at.values()))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    x[0, 0, 3, 3] = 1.0
+    assert sess.run(None, {"x": x})[0][0, 0, 0, 0] > 0
