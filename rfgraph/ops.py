@@ -263,8 +263,7 @@ def _window_params(ctx: NodeContext, kernel: Sequence[int]) -> tuple[list[int], 
         raise ctx.invalid(f"kernel_shape {list(kernel)} does not match strides/dilations/pads")
     if any(k <= 0 for k in kernel) or any(s <= 0 for s in strides) or any(d <= 0 for d in dilations):
         raise ctx.invalid(f"kernel {list(kernel)}, strides {strides}, dilations {dilations} must be positive")
-    auto_pad = ctx.attrs.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    auto_pad = _str_attr(ctx, "auto_pad", "NOTSET")
     size_dep = False
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         sizes = ctx.in_shapes[0][2:] if ctx.in_shapes[0] else [None] * n
@@ -348,8 +347,7 @@ def _conv_transpose_pad_begins(ctx: NodeContext, kernel: list[int], strides: lis
                                dilations: list[int]) -> list[int]:
     """Begin pads of ConvTranspose, from pads or from auto_pad/output_shape (ONNX spec formulas)."""
     n = len(kernel)
-    auto_pad = ctx.attrs.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    auto_pad = _str_attr(ctx, "auto_pad", "NOTSET")
     if auto_pad in ("SAME_UPPER", "SAME_LOWER") or ("output_shape" in ctx.attrs and "pads" not in ctx.attrs):
         in_sizes: Sequence[int | None] = ctx.in_shapes[0][2:] if ctx.in_shapes[0] else [None] * n
         out_sizes: Sequence[int | None] = list(ctx.attrs.get("output_shape", []))[-n:] or [
@@ -873,8 +871,7 @@ def einsum_rule(ctx: NodeContext) -> Transfer:
     Dense layer over flattened positions), positions indexed by two output letters mix too (the
     scores of every query with every key); other output letters carry their operand's positions."""
     ranks = [ctx.rank(i) for i in range(len(ctx.node.input))]
-    equation = ctx.attrs.get("equation", b"")
-    equation = equation.decode() if isinstance(equation, bytes) else str(equation)
+    equation = _str_attr(ctx, "equation", "")
     parsed = einsum_terms(equation, ranks)
     if parsed is None:
         raise ctx.unsupported("an Einsum equation with an ellipsis or a repeated letter in one term")
@@ -948,8 +945,7 @@ def recurrent_rule(ctx: NodeContext) -> Transfer:
 def _recurrence_reason(ctx: NodeContext) -> str:
     """Why a recurrence is global, by direction: a causal step reads only one side of itself, so
     the whole input is an upper bound for it (exact for the final state and bidirectional runs)."""
-    direction = ctx.attrs.get("direction", b"forward")
-    direction = direction.decode() if isinstance(direction, bytes) else str(direction)
+    direction = _str_attr(ctx, "direction", "forward")
     if direction == "bidirectional":
         return f"{ctx.op} recurrence (bidirectional): every step reads the whole sequence"
     side = "earlier" if direction == "forward" else "later"
