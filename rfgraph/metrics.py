@@ -253,13 +253,9 @@ def metric_rows(m: ERFMetrics) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _defined(values: Sequence[float]) -> list[float | None]:
-    """JSON has no NaN: an undefined value (the moments of an empty map) is null."""
-    return [None if math.isnan(v) else v for v in values]
-
-
 def metrics_dict(m: ERFMetrics) -> dict[str, object]:
-    """A JSON-ready dict of the metrics."""
+    """A dict of the metrics for JSON (undefined values stay NaN here; report.json_text, the one
+    JSON writer, makes them null)."""
     g = m.gaussian
     return {
         "shape": list(m.shape), "centre": list(m.centre), "centre_value": m.centre_value,
@@ -268,7 +264,7 @@ def metrics_dict(m: ERFMetrics) -> dict[str, object]:
                                             "radius": g.radius, "r2": g.r2,
                                             "amplitude": g.amplitude},
         "area_ratios": [{"t": a.t, "side": a.side, "ratio": a.ratio} for a in m.area_ratios],
-        "centre_of_mass": _defined(m.centre_of_mass), "marginal_std": _defined(m.marginal_std),
+        "centre_of_mass": list(m.centre_of_mass), "marginal_std": list(m.marginal_std),
         "trf_size": None if m.trf_size is None else list(m.trf_size),
         "erf_trf_ratio": m.erf_trf_ratio,
         "erf_trf_per_axis": None if m.per_axis_erf_trf is None else list(m.per_axis_erf_trf),
