@@ -96,13 +96,8 @@ class EndPoint:
         """The unit ``index`` (one coordinate per input spatial axis) as one index per unit axis
         of the tensor (``unit_axes``): a flattened token axis takes the row-major token index."""
         index = self._check_index(index)
-        out = []
-        for _, axes in self.unit_axes:
-            flat = 0
-            for a in axes:
-                flat = flat * (self.units[a] or 1) + index[a]
-            out.append(flat)
-        return tuple(out)
+        return tuple(int(np.ravel_multi_index([index[a] for a in axes], [self.units[a] or 1 for a in axes]))
+                     for _, axes in self.unit_axes)
 
     def spatial_index(self, tensor_index: Sequence[int]) -> tuple[int, ...]:
         """Inverse of ``tensor_index``: the unit at these indices of the unit axes (0 along axes

@@ -185,12 +185,13 @@ class _Params:
     def __post_init__(self) -> None:
         g, h = GATES[self.op], self.hidden
         self.names["wt"] = self.em.const(self.w.T)
-        self.names["rt"] = self.em.const(self.r.T)
         b = self.b if self.b is not None else np.zeros(2 * g * h, self.w.dtype)
-        self.names["wb"] = self.em.const(b[: g * h])
-        self.names["b"] = self.em.const(b[: g * h] + b[g * h:])  # Wb + Rb, where they add up
-        if self.op == "GRU":  # the hidden gate's recurrent part is applied after the reset gate
+        if self.op != "GRU":
+            self.names["rt"] = self.em.const(self.r.T)
+            self.names["b"] = self.em.const(b[: g * h] + b[g * h:])  # Wb + Rb: they add up here
+        else:  # the hidden gate's recurrent part is applied after the reset gate
             rb = b[g * h:]
+            self.names["wb"] = self.em.const(b[: g * h])
             self.names["rt_zr"], self.names["rt_h"] = self.em.const(self.r[: 2 * h].T), self.em.const(self.r[2 * h:].T)
             self.names["rb_zr"], self.names["rbh"] = self.em.const(rb[: 2 * h]), self.em.const(rb[2 * h:])
             self.names["rbz"], self.names["rbr"] = self.em.const(rb[:h]), self.em.const(rb[h: 2 * h])
