@@ -1311,13 +1311,8 @@ def build_vjp(model: onnx.ModelProto, output: str | None = None,
     if y_name not in active:
         raise VJPError(f"'{y_name}' does not depend (differentiably) on input '{x_name}'")
     model, shapes, dtypes, active = _unrolled(model, x_name, shapes, dtypes, active)
-    graph = model.graph
     forward = [_copy(n) for n in ancestors(model, y_name)]
-    dtype = dtypes.get(x_name, TensorProto.FLOAT)
-    b = Builder(shapes=dict(shapes), dtypes=dtypes, consts=constants(model, with_initializers=False),
-                active=active, dtype=dtype,
-                evaluate=lambda name: _input_independent(model, name, active, dtypes),
-                initializers={i.name: i for i in graph.initializer})
+    b = _builder(model, x_name, shapes, dtypes, active)
     grad_x = _backward(b, forward, x_name, y_name)
     return _assemble(model, forward, b, x_name, y_name, grad_x, emit_output)
 
@@ -1336,25 +1331,21 @@ def _unrolled(model: onnx.ModelProto, x_name: str, shapes: dict[str, tuple[int, 
         batch_first = any(a.name == "layout" and a.i for a in n.attribute)
         lengths[n.output[0]] = shapes[n.input[0]][1 if batch_first else 0]
     try:
-        model = unroll_recurrences(model, lengths, active, _value_reader(model, active, dtypes))
+        model = unroll_recurrences(model, lengths, active, _builder(model, x_name, shapes, dtypes, active).value)
     except UnsupportedOpError as exc:
         raise _with_way_out(exc) from None
     shapes, dtypes = tensor_shapes(model, x_name)
     return model, shapes, dtypes, active_tensors(model, x_name, dtypes)
 
 
-def _value_reader(model: onnx.ModelProto, active: set[str], dtypes: dict[str, int]
-                  ) -> Callable[[str], np.ndarray | None]:
-    """Values of tensors that do not depend on the input: initializers, else one evaluation."""
-    inits = {t.name: t for t in model.graph.initializer}
-
-    def value_of(name: str) -> np.ndarray | None:
-        if name in active:
-            return None
-        if name in inits:
-            return numpy_helper.to_array(inits[name])
-        return _input_independent(model, name, active, dtypes).get(name)
-    return value_of
+def _builder(model: onnx.ModelProto, x_name: str, shapes: dict[str, tuple[int, ...]],
+             dtypes: dict[str, int], active: set[str]) -> Builder:
+    """The context the rules work in (its ``value`` reads the tensors that do not depend on the
+    input: constants, initializers, else one evaluation)."""
+    return Builder(shapes=dict(shapes), dtypes=dtypes, consts=constants(model, with_initializers=False),
+                   active=active, dtype=dtypes.get(x_name, TensorProto.FLOAT),
+                   evaluate=lambda name: _input_independent(model, name, active, dtypes),
+                   initializers={i.name: i for i in model.graph.initializer})
 
 
 def _with_way_out(exc: UnsupportedOpError) -> UnsupportedOpError:
