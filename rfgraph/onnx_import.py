@@ -183,7 +183,7 @@ def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
     """Value of a Constant node, whichever attribute holds it."""
     for attr in node.attribute:
         if attr.name == "value":
-            return numpy_helper.to_array(attr.t)
+            return _initializer_value(attr.t)
         if attr.name in ("value_float", "value_int"):
             return np.array(onnx.helper.get_attribute_value(attr))
         if attr.name in ("value_floats", "value_ints"):
@@ -197,9 +197,9 @@ def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
 def read_model(source: ModelSource) -> onnx.ModelProto:
     """Parse a model from a path, bytes or ModelProto; refuse unsafe external data."""
     if isinstance(source, onnx.ModelProto):
-        return source
+        return _without_external_locations(source)
     if isinstance(source, (bytes, bytearray)):
-        return _parse_bytes(bytes(source), "<bytes>")
+        return _without_external_locations(_parse_bytes(bytes(source), "<bytes>"))
     path = Path(os.fspath(source))
     if str(path).startswith("zoo:"):
         return _zoo_model(str(path)[4:])
@@ -262,25 +262,49 @@ def _load_external_data(model: onnx.ModelProto, base: Path) -> None:
 
 
 def _all_tensors(model: onnx.ModelProto) -> Iterable[onnx.TensorProto]:
-    """Every stored tensor: initializers (dense and sparse) and tensor attributes of the main graph
-    and of every subgraph (If/Loop bodies), so no external location escapes the folder check."""
-    graphs = [model.graph]
+    """Every stored tensor, whatever type its attribute declares (onnx and onnxruntime read a
+    ``t`` field under any type): initializers (dense and sparse), attribute tensors of the main
+    graph, of every subgraph, of model functions and of training graphs, so no external location
+    escapes the folder check."""
+    graphs: list[onnx.GraphProto | onnx.FunctionProto] = [model.graph, *model.functions]
+    for info in model.training_info:
+        graphs += [info.initialization, info.algorithm]
     while graphs:  # iterative: nesting depth cannot overflow the stack
         g = graphs.pop()
-        yield from g.initializer
-        for sparse in g.sparse_initializer:
-            yield sparse.values
-            yield sparse.indices
+        if isinstance(g, onnx.GraphProto):
+            yield from g.initializer
+            for sparse in g.sparse_initializer:
+                yield from (sparse.values, sparse.indices)
         for node in g.node:
             for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.TENSOR:
-                    yield attr.t
-                elif attr.type == onnx.AttributeProto.TENSORS:
-                    yield from attr.tensors
-                elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from _attribute_tensors(attr)
+                if attr.HasField("g"):
                     graphs.append(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    graphs.extend(attr.graphs)
+                graphs.extend(attr.graphs)
+
+
+def _attribute_tensors(attr: onnx.AttributeProto) -> Iterator[onnx.TensorProto]:
+    """The tensors an attribute stores, in any of its fields (dense or sparse)."""
+    if attr.HasField("t"):
+        yield attr.t
+    yield from attr.tensors
+    sparse = [attr.sparse_tensor] if attr.HasField("sparse_tensor") else []
+    for sp in [*sparse, *attr.sparse_tensors]:
+        yield from (sp.values, sp.indices)
+
+
+def _without_external_locations(model: onnx.ModelProto) -> onnx.ModelProto:
+    """An in-memory model has no folder: its side-file references are cut (on a copy), so that no
+    reader, ours, onnx's or onnxruntime's, resolves them against the current directory; those
+    tensors' values stay unknown."""
+    from onnx.external_data_helper import uses_external_data
+    if not any(uses_external_data(t) for t in _all_tensors(model)):
+        return model
+    model = _copy(model)
+    for tensor in _all_tensors(model):
+        if uses_external_data(tensor):
+            del tensor.external_data[:]
+    return model
 
 
 # ---------------------------------------------------------------- shapes
