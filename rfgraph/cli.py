@@ -41,9 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         try:
             module = importlib.import_module(f"rfgraph.commands.{name}")
-        except ModuleNotFoundError as exc:  # a command whose optional dependency is missing
+        except ModuleNotFoundError as exc:  # a broken install: the command says so when run
             if exc.name and exc.name.startswith("rfgraph"):
                 raise
+            _register_missing(sub, name, exc.name or "?")
             continue
         module.register(sub)
     for command in sub.choices.values():  # --quiet is accepted after the command name too
@@ -51,6 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                                  help="print results only: no progress bars or notes")
     return parser
+
+
+def _register_missing(sub: argparse._SubParsersAction, name: str, module: str) -> None:
+    """A command whose dependency is not installed stays listed, and running it prints one line
+    with the install command (it was silently absent from the CLI before)."""
+    def refuse(_args: argparse.Namespace) -> int:
+        raise RFGraphError(f"the '{name}' command needs the Python package '{module}', which is not "
+                           f"installed: pip install {module}")
+    parser = sub.add_parser(name, help=f"(needs '{module}': not installed)", add_help=True)
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    parser.set_defaults(func=refuse)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
