@@ -31,7 +31,7 @@ from .inputs import (
     IMAGENET_STD,
     ImageFolder,
     InputKind,
-    Reinit,
+    WeightInit,
     random_inputs,
     reinitialise,
 )
@@ -242,7 +242,8 @@ def compute_erf(model: ModelSource, output: str | None = None, *,
     """The ERF of one output unit of an ONNX model, averaged as Luo et al. do, with its metrics.
 
     ``model``: path, ``zoo:NAME`` or ModelProto; ``inputs``: "gaussian", "uniform" or a folder of
-    PNG/JPEG images; ``reinit``: "none", "ones", "he", "glorot" (``weight_runs`` draws);
+    PNG/JPEG images; ``reinit``: "none", "ones", "he", "glorot", "corners" or "periphery[:S]"
+    (Luo's new initialisation; ``weight_runs`` draws);
     deterministic under ``seed``; ``batch`` inputs per run (0: ``auto_batch``); ``conventions``
     (e.g. ``erf_conventions.REPLKNET``) sets the scalar, aggregation, centre rule, image order and
     the defaults of ``runs`` and ``inputs``; ``channel`` and ``absolute=False`` fold into it.
@@ -254,7 +255,7 @@ def compute_erf(model: ModelSource, output: str | None = None, *,
     import time
 
     method_e = Method(method)
-    reinit_e = Reinit(reinit)
+    reinit_e = WeightInit.parse(reinit)
     conv = effective_conventions(conventions, channel, absolute)
     runs = conv.runs if runs is None else runs
     if runs < 1 or weight_runs < 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -38,12 +39,74 @@ class InputKind(str, Enum):
 
 
 class Reinit(str, Enum):
-    """Weight re-initialisation: keep the model's, all ones (Luo sec. 2.1), He or Glorot normal."""
+    """Weight re-initialisation: keep the model's, all ones (Luo sec. 2.1), He or Glorot normal,
+    or Luo's new initialisation (sec. 4.1): He with each kernel tap's scale growing from the centre
+    outward (``periphery``), or its extreme, all weight on the kernel's corners (``corners``)."""
 
     NONE = "none"
     ONES = "ones"
     HE = "he"
     GLOROT = "glorot"
+    PERIPHERY = "periphery"
+    CORNERS = "corners"
+
+
+DEFAULT_PERIPHERY_STRENGTH = 4.0
+
+
+@dataclass(frozen=True)
+class WeightInit:
+    """A re-initialisation with its parameter: ``periphery:S`` gives a tap at normalised squared
+    distance d2 from the kernel centre (corners: 1) the variance share 1 + S d2 (S = 0 is He)."""
+
+    kind: Reinit
+    strength: float = DEFAULT_PERIPHERY_STRENGTH
+
+    @classmethod
+    def parse(cls, spec: str | Reinit | WeightInit) -> WeightInit:
+        """``none|ones|he|glorot|corners|periphery[:S]`` (the ``--reinit`` syntax)."""
+        if isinstance(spec, WeightInit):
+            return spec
+        name, _, param = str(getattr(spec, "value", spec)).partition(":")
+        try:
+            kind = Reinit(name)
+        except ValueError:
+            raise RFGraphError(f"--reinit {spec}: choose one of {REINIT_CHOICES}") from None
+        if param and kind is not Reinit.PERIPHERY:
+            raise RFGraphError(f"--reinit {spec}: only 'periphery' takes a parameter (periphery:S)")
+        strength = _strength(param, spec) if param else DEFAULT_PERIPHERY_STRENGTH
+        return cls(kind, strength)
+
+
+REINIT_CHOICES = "none, ones, he, glorot, corners, periphery[:S]"
+
+
+def _strength(text: str, spec: object) -> float:
+    """The S of ``periphery:S``: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value >= 0):
+        raise RFGraphError(f"--reinit {spec}: the periphery strength must be a number >= 0")
+    return value
+
+
+def tap_variances(kernel: Sequence[int], how: WeightInit) -> np.ndarray:
+    """Each kernel tap's share of the weight variance, mean 1 (so the layer's output variance is
+    He's): uniform for He, 1 + S d2 for ``periphery``, only the corners for ``corners``."""
+    offsets = [np.abs(np.arange(k) - (k - 1) / 2) for k in kernel]
+    grids = np.meshgrid(*offsets, indexing="ij")
+    if how.kind is Reinit.CORNERS:
+        share = np.ones(tuple(kernel))
+        for grid, k in zip(grids, kernel):
+            share = share * (grid == (k - 1) / 2)
+    elif how.kind is Reinit.PERIPHERY:
+        d2 = sum(grid ** 2 for grid in grids)
+        share = 1.0 + how.strength * (d2 / d2.max() if d2.max() > 0 else d2)
+    else:
+        share = np.ones(tuple(kernel))
+    return share * (share.size / share.sum())
 
 
 def random_inputs(kind: InputKind, shape: Sequence[int], rng: np.random.Generator,
@@ -98,17 +161,20 @@ class ImageFolder:
             yield np.stack(chunk)
 
 
-def reinitialise(model: onnx.ModelProto, how: Reinit, rng: np.random.Generator) -> onnx.ModelProto:
+def reinitialise(model: onnx.ModelProto, how: Reinit | WeightInit | str,
+                 rng: np.random.Generator) -> onnx.ModelProto:
     """A copy of ``model`` with the weights of Conv/ConvTranspose/Gemm/MatMul redrawn (same graph).
 
     ONES: every weight 1 (Luo sec. 2.1); HE: N(0, 2/fan_in); GLOROT: N(0, 2/(fan_in + fan_out));
+    PERIPHERY / CORNERS: He, each conv tap's variance times ``tap_variances`` (Gemm/MatMul: He);
     biases of those ops are set to 0; other parameters (norms, embeddings) are kept.  Weights held
     by ``Constant`` nodes (Paddle exports) become initializers first; raises RFGraphError when
     there is no weight to redraw.
     """
+    how = WeightInit.parse(how)
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    if how is Reinit.NONE:
+    if how.kind is Reinit.NONE:
         return out
     weight_constants_to_initializers(out)
     inits = {i.name: i for i in out.graph.initializer}
@@ -132,7 +198,7 @@ def reinitialise(model: onnx.ModelProto, how: Reinit, rng: np.random.Generator) 
             inits[name].CopyFrom(numpy_helper.from_array(new.astype(arr.dtype), name))
             done.add(name)
     if not drawn:
-        raise RFGraphError(f"--reinit {how.value}: no Conv/ConvTranspose/Gemm/MatMul weight is an "
+        raise RFGraphError(f"--reinit {how.kind.value}: no Conv/ConvTranspose/Gemm/MatMul weight is an "
                            "initializer or a Constant, so nothing would be re-initialised "
                            "(weights fed as graph inputs or computed are not redrawn); use "
                            "--reinit none")
@@ -171,13 +237,16 @@ def _float_constant(node: onnx.NodeProto) -> onnx.TensorProto | None:
     return tensor if np.issubdtype(dtype, np.floating) else None
 
 
-def _draw(arr: np.ndarray, how: Reinit, op: str, rng: np.random.Generator) -> np.ndarray:
+def _draw(arr: np.ndarray, how: WeightInit, op: str, rng: np.random.Generator) -> np.ndarray:
     """New values for one weight tensor."""
-    if how is Reinit.ONES:
+    if how.kind is Reinit.ONES:
         return np.ones_like(arr)
     fan_in, fan_out = _fans(arr.shape, op)
-    var = 2.0 / fan_in if how is Reinit.HE else 2.0 / (fan_in + fan_out)
-    return rng.standard_normal(arr.shape) * math.sqrt(var)
+    var = 2.0 / (fan_in + fan_out) if how.kind is Reinit.GLOROT else 2.0 / fan_in
+    draw = rng.standard_normal(arr.shape) * math.sqrt(var)
+    if op in ("Conv", "ConvTranspose") and arr.ndim > 2:
+        draw = draw * np.sqrt(tap_variances(arr.shape[2:], how))
+    return draw
 
 
 def _fans(shape: Sequence[int], op: str) -> tuple[int, int]:

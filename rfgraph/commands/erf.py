@@ -57,8 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="input distribution, or a folder of PNG/JPEG images (default: gaussian)")
     p.add_argument("--mean", default=None, metavar="M1,M2,M3", help="image normalisation mean")
     p.add_argument("--std", default=None, metavar="S1,S2,S3", help="image normalisation std")
-    p.add_argument("--reinit", choices=("none", "ones", "he", "glorot"), default="none",
-                   help="re-initialise the weights (keeping the graph) before each weight run")
+    p.add_argument("--reinit", default="none", metavar="|".join(("none", "ones", "he", "glorot", "corners",
+                                                                   "periphery[:S]")),
+                   help="re-initialise the weights (keeping the graph) before each weight run; "
+                        "periphery[:S] and corners: Luo et al.'s new initialisation (sec. 4.1), He with "
+                        "tap variances 1 + S*d^2 from the kernel centre (S default 4), or only on the "
+                        "kernel's corners")
     p.add_argument("--weight-runs", type=int, default=1, help="weight re-initialisations M")
     p.add_argument("--signed", action="store_true",
                    help="average the signed gradient, not |.| (= --aggregate signed)")

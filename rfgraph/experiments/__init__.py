@@ -14,7 +14,7 @@ from __future__ import annotations
 # isort: off
 from . import (  # noqa: F401
     uniform_random_relu, nonlinearities, growth, subsample_dilation, skip_dropout, trained_vs_init,
-    resnets_at_init, cnn_vs_transformer, gaussianity, rf_vs_accuracy,
+    resnets_at_init, new_init, cnn_vs_transformer, gaussianity, rf_vs_accuracy,
 )
 # isort: on
 from .registry import EXPERIMENTS

@@ -149,3 +149,24 @@ def scatter(path: Path, x: Sequence[float], y: Sequence[float], labels: Sequence
         ax.set_xscale("log")
     _label(ax, xlabel, ylabel, title)
     return _save(fig, path)
+
+
+def measured_vs_closed_form(path: Path, curves: Sequence[tuple[str, Sequence[float], Sequence[float],
+                                                                Sequence[float]]],
+                            xlabel: str, ylabel: str, title: str) -> Path:
+    """Log-log measured points and closed-form lines, one colour per curve: (label, x, y, y_closed)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    for i, (label, x, y, closed) in enumerate(curves):
+        colour = f"C{i}"
+        ax.plot(x, y, "o", color=colour, label=f"{label} (measured)")
+        ax.plot(x, closed, "--", color=colour, linewidth=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    xs = sorted({v for _, x, _, _ in curves for v in x})
+    _plain_ticks(ax.xaxis, xs)
+    ys = [v for _, _, y, closed in curves for v in (*y, *closed)]
+    _plain_ticks(ax.yaxis, [float(f"{v:.2g}") for v in np.geomspace(min(ys), max(ys), 5)])
+    ax.legend(fontsize=7)
+    _label(ax, xlabel, ylabel, title)
+    return _save(fig, path)
