@@ -140,7 +140,7 @@ def _figures(ctx: Context, folder, rows: list[dict], maps: dict, ns: Sequence[in
     deepest = max(ns)
     f2 = plots.heatmap_grid(folder / "maps.png", [[maps[deepest, init] for init in INITS]],
                             [f"linear n={deepest}"], list(INITS),
-                            f"E[g^2] at init, n={deepest} (each map the full input, same pixel scale)")
+                            f"E[g^2] at init, n={deepest}")
     return [str(p.relative_to(ctx.out)) for p in (f1, f2)]
 
 

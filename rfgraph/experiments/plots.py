@@ -23,25 +23,31 @@ def _plt() -> Any:
 
 def heatmap_grid(path: Path, maps: Sequence[Sequence[np.ndarray | None]],
                  row_labels: Sequence[str], col_labels: Sequence[str], title: str) -> Path:
-    """A grid of ERF heatmaps, each scaled to its own maximum (Luo fig. 1 style)."""
+    """A grid of ERF heatmaps, each scaled to its own maximum (Luo fig. 1 style), drawn on one
+    pixel scale: axes in input pixels from each map's centre, the same limits in every panel, so a
+    deeper net's wider ERF looks wider (maps of different input sizes were stretched to one size)."""
     plt = _plt()
     rows, cols = len(maps), max(len(r) for r in maps)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols + 0.6, 2.2 * rows + 0.6),
-                             squeeze=False)
+    half = max((max(m.shape[:2]) - 1) / 2 for row in maps for m in row if m is not None)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols + 0.8, 2.2 * rows + 0.9),
+                             squeeze=False, sharex=True, sharey=True)
     for i, row in enumerate(maps):
         for j in range(cols):
             ax = axes[i][j]
-            ax.set_xticks([])
-            ax.set_yticks([])
             m = row[j] if j < len(row) else None
             if m is not None:
                 top = float(np.abs(m).max()) or 1.0
-                ax.imshow(np.abs(m) / top, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+                h, w = m.shape[:2]
+                ax.imshow(np.abs(m) / top, cmap="viridis", vmin=0, vmax=1, interpolation="nearest",
+                          extent=(-w / 2, w / 2, h / 2, -h / 2))
+            ax.set_xlim(-half - 0.5, half + 0.5)
+            ax.set_ylim(half + 0.5, -half - 0.5)
+            ax.tick_params(labelsize=7)
             if i == 0 and j < len(col_labels):
                 ax.set_title(col_labels[j], fontsize=9)
             if j == 0:
                 ax.set_ylabel(row_labels[i], fontsize=9)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title + "\naxes: input pixels from the unit's centre, one scale for every panel", fontsize=9)
     return _save(fig, path)
 
 
