@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -203,14 +204,43 @@ def read_model(source: ModelSource) -> onnx.ModelProto:
     path = Path(os.fspath(source))
     if str(path).startswith("zoo:"):
         return _zoo_model(str(path)[4:])
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such file")
-    if path.is_dir():
-        raise ModelLoadError(f"{path}: is a directory, not an ONNX file")
+    _check_model_file(path)
     data = path.read_bytes()
     model = _parse_bytes(data, str(path))
     _load_external_data(model, path.parent)
     return model
+
+
+MAX_MODEL_BYTES = 2**31 - 1  # protobuf cannot parse a larger message: refused before reading
+WEIGHT_BUDGET_ENV = "RFGRAPH_MAX_WEIGHT_BYTES"
+DEFAULT_WEIGHT_BUDGET = 8 << 30  # side-file bytes read for one model (raise with the variable)
+
+
+def _check_model_file(path: Path) -> None:
+    """Refuse, before reading a byte, what is no ONNX file: a missing path, a folder, a device or
+    FIFO (``/dev/zero`` read forever, a FIFO blocked forever), or a file protobuf cannot parse."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ModelLoadError(f"{path}: is a directory, not an ONNX file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelLoadError(f"{path}: not a regular file (a device, FIFO or socket); refused, not read")
+    if st.st_size > MAX_MODEL_BYTES:
+        raise ModelLoadError(f"{path}: {st.st_size} bytes, larger than an ONNX file can be "
+                             f"({MAX_MODEL_BYTES} bytes: protobuf's limit; large weights go in side files)")
+
+
+def weight_budget() -> int:
+    """Side-file bytes one model may read (``RFGRAPH_MAX_WEIGHT_BYTES``, default 8 GiB)."""
+    raw = os.environ.get(WEIGHT_BUDGET_ENV, "")
+    try:
+        return int(raw) if raw else DEFAULT_WEIGHT_BUDGET
+    except ValueError:
+        raise ModelLoadError(f"{WEIGHT_BUDGET_ENV}={raw!r} is not a number of bytes") from None
 
 
 def _zoo_model(name: str) -> onnx.ModelProto:
@@ -245,20 +275,59 @@ def _load_external_data(model: onnx.ModelProto, base: Path) -> None:
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
     base = base.resolve()
     tensors = [t for t in _all_tensors(model) if uses_external_data(t)]
+    total = 0
     for tensor in tensors:
-        location = ExternalDataInfo(tensor).location
-        target = (base / location).resolve()
-        if os.path.isabs(location) or base not in target.parents:
-            raise ModelLoadError(
-                f"tensor '{tensor.name}': external data location '{location}' points outside the "
-                f"model's folder; refused (not read)")
-        if not target.is_file():
-            raise ModelLoadError(f"tensor '{tensor.name}': external data file '{location}' not found")
+        try:
+            info = ExternalDataInfo(tensor)
+        except (ValueError, TypeError) as exc:  # offset="abc": int() of the field fails
+            raise ModelLoadError(f"tensor '{tensor.name}': bad external data field ({exc})") from None
+        target = _external_file(tensor, info.location, base)
+        total += _external_span(tensor, info, target)
+    budget = weight_budget()
+    if total > budget:
+        raise ModelLoadError(f"the model's side files would load {total} bytes, over the budget of {budget} "
+                             f"(set {WEIGHT_BUDGET_ENV} to raise it)")
     if tensors:
         try:
             onnx.load_external_data_for_model(model, str(base))
         except Exception as exc:  # noqa: BLE001 - any failure: one clear line, never a traceback
             raise ModelLoadError(f"cannot read external data: {exc}") from None
+
+
+def _external_file(tensor: onnx.TensorProto, location: str, base: Path) -> Path:
+    """The side file of ``tensor``, refused when it lies outside the model's folder or is missing."""
+    target = (base / location).resolve()
+    if os.path.isabs(location) or base not in target.parents:
+        raise ModelLoadError(
+            f"tensor '{tensor.name}': external data location '{location}' points outside the "
+            f"model's folder; refused (not read)")
+    if not target.is_file():
+        raise ModelLoadError(f"tensor '{tensor.name}': external data file '{location}' not found")
+    return target
+
+
+def _external_span(tensor: onnx.TensorProto, info: Any, target: Path) -> int:
+    """Bytes ``tensor`` reads from its side file: offset and length non-negative, inside the file,
+    and the length its dims and type need (checked before any read)."""
+    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize \
+        if tensor.data_type in _NUMERIC_TYPES else None
+    need = math.prod(tensor.dims) * itemsize if itemsize else None
+    offset = int(info.offset or 0)
+    length = int(info.length) if info.length is not None else (need if need is not None else -1)
+    size = target.stat().st_size
+    if offset < 0 or length < 0 or offset + length > size:
+        raise ModelLoadError(f"tensor '{tensor.name}': external data offset {offset} / length {length} lie "
+                             f"outside its {size}-byte file '{info.location}'")
+    if need is not None and length != need:
+        raise ModelLoadError(f"tensor '{tensor.name}': external data length {length} bytes, but its shape "
+                             f"{list(tensor.dims)} needs {need}")
+    return length
+
+
+_NUMERIC_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                            onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32,
+                            onnx.TensorProto.INT64, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16,
+                            onnx.TensorProto.UINT32, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL})
 
 
 def _all_tensors(model: onnx.ModelProto) -> Iterable[onnx.TensorProto]:

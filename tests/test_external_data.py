@@ -123,3 +123,57 @@ def test_same_pads_inside_folder_are_read(workdir) -> None:  # noqa: F811
     path.write_bytes(pad_model("secret.bin").SerializeToString())
     a = analyze(path)
     assert a["y"].P == (7, 7) and a["y"].r == (3, 3)
+
+
+# ---------------------------------------------------------------- files that are no ONNX file
+
+
+def test_device_and_fifo_are_refused_unread(workdir, capsys) -> None:  # noqa: F811
+    """/dev/zero was read until memory ran out (7.5 GB); a FIFO blocked forever."""
+    import os
+    refused(["analyze", "/dev/zero"], capsys, "not a regular file")
+    fifo = workdir / "pipe.onnx"
+    os.mkfifo(fifo)
+    refused(["analyze", fifo], capsys, "not a regular file")
+
+
+def conv_with_external_weight(folder, *, offset: str = "0", length: str = "36", n: int = 1,
+                              file_bytes: int = 36):
+    """``n`` Conv weights (3x3 float: 36 bytes) all pointing at one side file."""
+    (folder / "w.bin").write_bytes(np.ones(file_bytes // 4, np.float32).tobytes())
+    inits, nodes, x = [], [], "x"
+    for i in range(n):
+        w = numpy_helper.from_array(np.ones((1, 1, 3, 3), np.float32), f"w{i}")
+        w.ClearField("raw_data")
+        w.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", "w.bin"), ("offset", offset), ("length", length)):
+            entry = w.external_data.add()
+            entry.key, entry.value = key, value
+        inits.append(w)
+        nodes.append(helper.make_node("Conv", [x, f"w{i}"], [f"y{i}"], pads=[1, 1, 1, 1], name=f"conv{i}"))
+        x = f"y{i}"
+    path = folder / "m.onnx"
+    path.write_bytes(model(nodes, [x], inits).SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("offset,length,words", [
+    ("-5", "36", "non-negative"), ("abc", "36", "bad external data field"), ("0", "1000", "outside"),
+    ("0", "8", "needs 36"),
+])
+def test_bad_external_fields_are_one_line(offset: str, length: str, words: str, workdir, capsys) -> None:  # noqa: F811
+    folder = workdir / "model"
+    folder.mkdir()
+    refused(["analyze", conv_with_external_weight(folder, offset=offset, length=length)], capsys, words)
+
+
+def test_side_file_budget_refuses_aliased_weights(workdir, capsys, monkeypatch) -> None:  # noqa: F811
+    """200 initializers reading one side file (a 10 GB load from an 11 KB model in the issue):
+    the total is checked against the budget before reading, and the message names the variable."""
+    folder = workdir / "model"
+    folder.mkdir()
+    path = conv_with_external_weight(folder, n=200)
+    monkeypatch.setenv("RFGRAPH_MAX_WEIGHT_BYTES", str(36 * 100))
+    refused(["analyze", path], capsys, "7200 bytes", "RFGRAPH_MAX_WEIGHT_BYTES")
+    monkeypatch.setenv("RFGRAPH_MAX_WEIGHT_BYTES", str(36 * 200))
+    assert analyze(path)["y199"].r == (401, 401)
