@@ -170,7 +170,15 @@ def strip_spatial(layout: Layout, axes: Sequence[int]) -> Layout:
     return tuple(out)
 
 
+class AxisOutOfRange(ValueError):
+    """An axis attribute outside [-rank, rank): the pass reports it naming the node."""
+
+
 def _norm_axis(axis: int, rank: int) -> int:
+    """``axis`` in [0, rank), negative axes counted from the end; out of range is refused (a
+    Softmax axis of -10^8 built a list of 10^8 axes, 6 GB)."""
+    if not -rank <= axis < rank:
+        raise AxisOutOfRange(f"axis {axis} is out of range for a rank-{rank} tensor")
     return axis + rank if axis < 0 else axis
 
 

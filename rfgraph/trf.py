@@ -32,6 +32,7 @@ from .ops import (
     CACHEABLE_OPS,
     OP_RULES,
     STATIC_OPS,
+    AxisOutOfRange,
     Edge,
     Layout,
     NodeContext,
@@ -204,7 +205,10 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None],
     ctx = NodeContext(
         name=mg.names[idx], op=node.op_type, node=node, attrs=attributes(node), layouts=layouts,
         in_shapes=in_shapes, out_shapes=out_shapes, constant=mg.constant, opset=mg.opset)
-    transfer = rule(ctx)
+    try:
+        transfer = rule(ctx)
+    except AxisOutOfRange as exc:
+        raise ctx.invalid(str(exc)) from None
     if cache is not None and key is not None:
         cache.transfers[key] = transfer
     return transfer
