@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__
 from .errors import RFGraphError
@@ -27,9 +29,32 @@ EPILOG = """examples:
 """
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument error is one line naming the command and pointing to its ``--help`` (argparse
+    printed the whole usage first: 7-16 lines before the one that mattered)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+NEGATIVE_VALUE = re.compile(r"^-\d+(\.\d+)?(,-?\d+(\.\d+)?)*$")  # -1 / -1,-1 / -0.5,2
+
+
+def _attach_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--index -1,-1`` as ``--index=-1,-1``: argparse reads a value starting with '-' as an
+    option unless it is a plain negative number, and said "expected one argument"."""
+    out: list[str] = []
+    for token in argv:
+        if out and NEGATIVE_VALUE.match(token) and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every available command."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="rfgraph",
         description="Theoretical and effective receptive fields of ONNX models.",
         epilog=EPILOG,
@@ -68,7 +93,7 @@ def _register_missing(sub: argparse._SubParsersAction, name: str, module: str) -
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user errors become one line on stderr and exit code 2, never a traceback."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_negative_values(sys.argv[1:] if argv is None else argv))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
