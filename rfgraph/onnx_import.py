@@ -200,15 +200,39 @@ def read_model(source: ModelSource) -> onnx.ModelProto:
     if isinstance(source, onnx.ModelProto):
         return _without_external_locations(source)
     if isinstance(source, (bytes, bytearray)):
-        return _without_external_locations(_parse_bytes(bytes(source), "<bytes>"))
+        model = _parse_bytes(bytes(source), "<bytes>")
+        _check_declarations(model, "<bytes>")
+        return _without_external_locations(model)
     path = Path(os.fspath(source))
     if str(path).startswith("zoo:"):
         return _zoo_model(str(path)[4:])
     _check_model_file(path)
     data = path.read_bytes()
     model = _parse_bytes(data, str(path))
+    _check_declarations(model, str(path))
     _load_external_data(model, path.parent)
     return model
+
+
+def _check_declarations(model: onnx.ModelProto, where: str) -> None:
+    """Refuse what would be analysed with unknown semantics or nothing to analyse: an opset newer
+    than the installed onnx knows, a graph input with a dimension of 0, every graph input shadowed
+    by an initializer (a default value: no data input is left)."""
+    known = onnx.defs.onnx_opset_version()
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and imp.version > known:
+            raise ModelLoadError(f"{where}: opset {imp.version} is newer than any this onnx release knows "
+                                 f"(<= {known}): the ops' semantics are unknown; upgrade onnx or export "
+                                 f"with opset <= {known}")
+    for inp in model.graph.input:
+        dims = inp.type.tensor_type.shape.dim if inp.type.HasField("tensor_type") else []
+        if any(d.HasField("dim_value") and d.dim_value == 0 for d in dims):
+            raise ModelLoadError(f"{where}: input '{inp.name}' has a dimension of size 0: an empty tensor has "
+                                 f"no receptive field")
+    if model.graph.input and not data_inputs(model):
+        names = ", ".join(f"'{i.name}'" for i in model.graph.input)
+        raise ModelLoadError(f"{where}: every graph input ({names}) has an initializer of the same name (a "
+                             f"default value), so none is a data input; remove those initializers to analyse it")
 
 
 MAX_MODEL_BYTES = 2**31 - 1  # protobuf cannot parse a larger message: refused before reading
