@@ -10,10 +10,10 @@ from .analysis import Analysis, EndPoint, analyze
 from .custom_ops import register_op, unregister_op
 from .erf import compute_erf
 from .errors import RFGraphError
-from .frameworks import from_keras, from_torch
+from .frameworks import export_keras, export_torch, from_keras, from_torch
 from .paths import path_histogram
 
 __all__ = [
-    "Analysis", "EndPoint", "RFGraphError", "__version__", "analyze", "compute_erf", "from_keras",
-    "from_torch", "path_histogram", "register_op", "unregister_op",
+    "Analysis", "EndPoint", "RFGraphError", "__version__", "analyze", "compute_erf", "export_keras",
+    "export_torch", "from_keras", "from_torch", "path_histogram", "register_op", "unregister_op",
 ]

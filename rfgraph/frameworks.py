@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import importlib
 import io
+import os
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import onnx
@@ -177,15 +179,34 @@ def export_torch(module: Any, example_input: Any, *, input_names: Sequence[str] 
 
 def from_torch(module: Any, example_input: Any, *, input_names: Sequence[str] | None = None,
                output_names: Sequence[str] | None = None, opset: int | None = None,
-               dynamo: bool = False, rename: bool = True, layout: str | None = None) -> Analysis:
+               dynamo: bool = False, rename: bool = True, layout: str | None = None,
+               save: str | os.PathLike[str] | None = None) -> Analysis:
     """Receptive fields of a ``torch.nn.Module`` at the shape of ``example_input``.
 
     Exports with ``torch.onnx.export`` (legacy exporter unless ``dynamo=True``) and analyses the
     first input; tensors carry module names where the exporter kept them (see module docstring).
+    ``save``: also write the exported (renamed) model there, for the CLI or another tool.
     """
+    target = _save_target(save)
     model, _ = export_torch(module, example_input, input_names=input_names,
                             output_names=output_names, opset=opset, dynamo=dynamo, rename=rename)
+    _save(model, target)
     return analyze(model, layout=layout)
+
+
+def _save_target(save: str | os.PathLike[str] | None) -> Path | None:
+    """The checked path an exported model will be written to (checked before the export runs)."""
+    from .outputs import check_output
+
+    return None if save is None else check_output(save, suffix=".onnx", what="exported model")
+
+
+def _save(model: onnx.ModelProto, target: Path | None) -> None:
+    """Write the exported model atomically (nothing when no path was asked for)."""
+    from .outputs import write_atomically
+
+    if target is not None:
+        write_atomically(target, lambda tmp: tmp.write_bytes(model.SerializeToString()))
 
 
 # ------------------------------------------------------------------------------------ Keras
@@ -213,14 +234,16 @@ def export_keras(model: Any, input_signature: Any = None, opset: int | None = No
 
 def from_keras(model: Any, input_signature: Any = None, *, opset: int | None = None,
                rename: bool = True, input_shape: Sequence[int] | None = None,
-               layout: str | None = None) -> Analysis:
+               layout: str | None = None, save: str | os.PathLike[str] | None = None) -> Analysis:
     """Receptive fields of a Keras model, converted by tf2onnx (NHWC inputs are detected).
 
     ``input_signature`` (a list of ``tf.TensorSpec``) is passed to tf2onnx; ``input_shape``
     (e.g. (1, 224, 224, 3)) fixes a dynamic input for the analysis.  Tensors carry Keras layer
-    names where tf2onnx kept them.
+    names where tf2onnx kept them.  ``save``: also write the converted model there.
     """
+    target = _save_target(save)
     proto, _ = export_keras(model, input_signature, opset, rename)
+    _save(proto, target)
     return analyze(proto, {"": tuple(input_shape)} if input_shape else None, layout=layout)
 
 

@@ -284,3 +284,14 @@ def test_dynamo_exporter_works_or_names_its_dependency() -> None:
     out = from_torch(conv, torch.zeros(1, 1, 16, 16), dynamo=True)
     last = out[out.outputs[0]]
     assert (last.r, last.S, last.P) == ((5, 5), (2, 2), (2, 2))
+
+
+def test_from_torch_saves_the_exported_model(net, via_torch, tmp_path) -> None:
+    """save=PATH writes the renamed export (suffix added), which analyses like the returned
+    analysis; a bad folder is refused before the export runs (issue 17 §4)."""
+    analysis = rfgraph.from_torch(*net, save=tmp_path / "net")
+    saved = rfgraph.analyze(str(tmp_path / "net.onnx"))
+    assert list(saved.endpoints) == list(analysis.endpoints) == list(via_torch.endpoints)
+    assert saved["head"].r == analysis["head"].r == (21, 21)
+    with pytest.raises(rfgraph.RFGraphError, match="does not exist"):
+        rfgraph.from_torch(*net, save=tmp_path / "missing" / "net.onnx")
