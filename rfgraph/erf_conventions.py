@@ -104,11 +104,6 @@ class ERFConventions:
         if self.runs < 1:
             raise RFGraphError("runs must be at least 1")
 
-    @property
-    def needs_unit_values(self) -> bool:
-        """True when the seed depends on the forward value of the unit (ReLU of it)."""
-        return self.scalar is Scalar.RELU_SUM
-
 
 DEFAULT = ERFConventions()
 LUO = ERFConventions(Scalar.SUM, None, Aggregation.ABS, Order.RANDOM, Scaling.LINEAR, 0.5, False,
