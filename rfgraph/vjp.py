@@ -1045,7 +1045,8 @@ def _where(b: Builder, n: NodeView, gys: list) -> Grads:
 
 # --------------------------------------------------------------------------------------------
 # Rules added for coverage (issue 13): elementwise math, Max/Min/Mod, the other reductions,
-# global max/Lp pooling, LpPool, instance/group/mean-variance/Lp normalisation, quantisation.
+# global max/Lp pooling, LpPool, GridSample, instance/group/mean-variance/Lp normalisation,
+# quantisation.
 # Conventions at kinks and ties follow torch's derivatives.yaml (named in each rule).
 # --------------------------------------------------------------------------------------------
 
@@ -1239,6 +1240,63 @@ def _lp_pool(b: Builder, n: NodeView, gys: list) -> Grads:
     return [b.binary("Mul", spread, per_x, b.shape(x))]
 
 
+def _unnormalised(b: Builder, grid: str, coord: int, size: int, align_corners: bool) -> str:
+    """GridSample's pixel coordinate along one axis from the grid's ``coord`` component in [-1, 1]:
+    (g + 1) / 2 (size - 1) with align_corners, ((g + 1) size - 1) / 2 without."""
+    g = b.op("Squeeze", b.op("Gather", grid, b.ints([coord]), axis=-1), b.ints([-1]))
+    if align_corners:
+        return b.op("Mul", b.op("Add", g, b.scalar(1.0)), b.scalar((size - 1) / 2))
+    return b.op("Sub", b.op("Mul", b.op("Add", g, b.scalar(1.0)), b.scalar(size / 2)), b.scalar(0.5))
+
+
+def _grid_taps(b: Builder, ix: str, iy: str, linear: bool) -> list[tuple[str, str, str | None]]:
+    """The (x, y, weight) of the pixels one output reads: the nearest (round half to even, weight
+    1) or the four bilinear neighbours."""
+    if not linear:
+        return [(b.op("Round", ix), b.op("Round", iy), None)]
+    x0, y0 = b.op("Floor", ix), b.op("Floor", iy)
+    fx, fy = b.op("Sub", ix, x0), b.op("Sub", iy, y0)
+    gx, gy = _one_plus(b, fx, -1.0), _one_plus(b, fy, -1.0)
+    x1, y1 = b.op("Add", x0, b.scalar(1.0)), b.op("Add", y0, b.scalar(1.0))
+    return [(x0, y0, b.op("Mul", gx, gy)), (x1, y0, b.op("Mul", fx, gy)),
+            (x0, y1, b.op("Mul", gx, fy)), (x1, y1, b.op("Mul", fx, fy))]
+
+
+def _grid_sample(b: Builder, n: NodeView, gys: list) -> Grads:
+    """GridSample (4-D, linear or nearest, zeros or border padding), gradient to the image: each
+    output's gradient scattered onto the pixels it reads, with their bilinear weights (read from
+    the grid at run time); a pixel outside the image reads 0 (zeros) or the clamped border pixel."""
+    x, grid = n.inputs[0], n.inputs[1]
+    xs = b.shape(x)
+    mode = n.attr_str("mode", "linear")
+    padding = n.attr_str("padding_mode", "zeros")
+    if len(xs) != 4 or mode not in ("linear", "bilinear", "nearest") or padding not in ("zeros", "border"):
+        raise UnsupportedOpError(n.name, "GridSample", f"{len(xs) - 2}-D, mode '{mode}', padding '{padding}' "
+                                 "(rules: 2-D, linear or nearest, zeros or border padding)")
+    if b.is_active(grid):
+        raise UnsupportedOpError(n.name, "GridSample", "a grid computed from the input (the gradient "
+                                 "to the grid is not written)")
+    (batch, channels, h, w), outs = xs, math.prod(b.shape(n.outputs[0])[2:])
+    align = bool(n.attr_int("align_corners", 0))
+    ix, iy = _unnormalised(b, grid, 0, w, align), _unnormalised(b, grid, 1, h, align)
+    indices, updates = [], []
+    g = b.op("Reshape", gys[0], b.ints([batch, channels, outs]))
+    for px, py, weight in _grid_taps(b, ix, iy, mode != "nearest"):
+        cx = b.op("Clip", px, b.scalar(0.0), b.scalar(w - 1.0))
+        cy = b.op("Clip", py, b.scalar(0.0), b.scalar(h - 1.0))
+        if padding == "zeros":  # a tap outside the image reads 0: its weight is 0
+            inside = b.op("Cast", b.op("And", b.op("Equal", px, cx), b.op("Equal", py, cy)), to=b.dtype)
+            weight = inside if weight is None else b.op("Mul", weight, inside)
+        flat = b.op("Cast", b.op("Add", b.op("Mul", cy, b.scalar(float(w))), cx), to=TensorProto.INT64)
+        indices.append(b.op("Expand", b.op("Reshape", flat, b.ints([batch, 1, outs])),
+                            b.ints([batch, channels, outs])))
+        updates.append(g if weight is None else b.op("Mul", g, b.op("Reshape", weight, b.ints([batch, 1, outs]))))
+    scattered = b.op("ScatterElements", b.zeros([batch, channels, h * w]), b.op("Concat", *indices, axis=2),
+                     b.op("Concat", *updates, axis=2), axis=2, reduction="add")
+    b.shapes[scattered] = (batch, channels, h * w)
+    return [b.reshape(scattered, xs), None]
+
+
 def _standardised(b: Builder, gh: str, xhat: str, inv: str, axes: Sequence[int]) -> str:
     """The gradient through xhat = (x - mean) * invstd over ``axes`` (statistics of x itself):
     (gh - mean(gh) - xhat mean(gh xhat)) * invstd, gh the gradient reaching xhat."""
@@ -1363,6 +1421,7 @@ VJP_RULES: dict[str, Rule] = {
     "GlobalMaxPool": _global_max_pool, "GlobalLpPool": _global_lp_pool, "LpPool": _lp_pool,
     "InstanceNormalization": _instance_norm, "GroupNormalization": _group_norm,
     "MeanVarianceNormalization": _mean_variance_norm, "LpNormalization": _lp_norm,
+    "GridSample": _grid_sample,
     "DequantizeLinear": _quantized, **dict.fromkeys(QUANTIZED_OPS, _quantized),
 }
 

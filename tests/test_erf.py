@@ -173,7 +173,7 @@ def _torch_model(net: torch.nn.Module, shape: tuple) -> onnx.ModelProto:
 
 
 class Wobbly(torch.nn.Module):
-    """A network with GridSample (no VJP rule; a fixed smooth warp) after reflect padding."""
+    """A network with a bicubic GridSample (no VJP rule; a fixed smooth warp) after reflect padding."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -186,7 +186,7 @@ class Wobbly(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.nn.functional.grid_sample(self.c1(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")),
-                                            self.grid, align_corners=False)
+                                            self.grid, mode="bicubic", align_corners=False)
         return self.c2(y)
 
 

@@ -100,6 +100,7 @@ def lp_pool(x: torch.Tensor, p: int) -> torch.Tensor:
 RNG = np.random.default_rng(0)
 W = RNG.standard_normal((1, 3, 4, 5))
 SCALE, BIAS = RNG.standard_normal(4) + 1.5, RNG.standard_normal(4)
+GRID = RNG.uniform(-1.3, 1.3, (1, 3, 6, 2))
 
 CASES: list[Case] = [
     # unary elementwise math (DERIVATIVES)
@@ -166,6 +167,13 @@ CASES: list[Case] = [
     Case("LpPool", lambda x, c: lp_pool(x, 3),
          {"p": 3, "kernel_shape": [2, 3], "strides": [1, 2], "pads": [1, 1, 1, 1]}, shape=(1, 2, 6, 7),
          sample=away_from(0.0), name="LpPool-3"),
+    # sampling at a constant grid (partly outside [-1, 1]), every mode and padding with a rule
+    *[Case("GridSample", lambda x, c, m=m, p=p, a=a: F.grid_sample(x, c["grid"], m, p, bool(a)),
+           {"mode": m if m == "nearest" or opset == 16 else "linear", "padding_mode": p, "align_corners": a},
+           ("x", "grid"), {"grid": GRID}, opset=opset, name=f"GridSample-{m}-{p}-{a}-opset{opset}")
+      for m, p, a, opset in (("bilinear", "zeros", 0, 16), ("bilinear", "border", 1, 20),
+                             ("bilinear", "zeros", 1, 20), ("nearest", "zeros", 0, 20),
+                             ("nearest", "border", 1, 16))],
     # normalisation
     Case("InstanceNormalization", lambda x, c: F.instance_norm(x, weight=c["s"], bias=c["bias"], eps=1e-3),
          {"epsilon": 1e-3}, ("x", "s", "bias"), {"s": SCALE, "bias": BIAS}, shape=(1, 4, 3, 5)),
@@ -339,14 +347,29 @@ def test_quantized_paths_are_refused_with_the_way_out(model: onnx.ModelProto, op
     assert f"({op})" in msg and "step function" in msg and vjp.FD_HINT in msg
 
 
+@pytest.mark.parametrize("attrs,pre,why", [
+    ({"mode": "cubic"}, (), "mode 'cubic'"),
+    ({"padding_mode": "reflection"}, (), "padding 'reflection'"),
+    ({}, (node("Mul", ["x", "x"], "t"), node("Slice", ["t", "zero", "two", "one"], "u"),
+          node("Transpose", ["u"], "grid", perm=[0, 2, 3, 1])), "a grid computed from the input"),
+])
+def test_grid_sample_without_a_rule_is_refused(attrs: dict, pre: tuple, why: str) -> None:
+    """Cubic, reflection and an input-dependent grid: refused with the reason and the way out."""
+    consts = {"zero": np.array([0]), "two": np.array([2]), "one": np.array([1])}
+    grid = {"grid": GRID} if not pre else {}
+    case = Case("GridSample", None, attrs, ("x", "grid"), {**consts, **grid}, pre, shape=(1, 2, 3, 6), opset=20)
+    model = model_of(case, TensorProto.FLOAT)
+    ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    with pytest.raises(UnsupportedOpError) as info:
+        vjp.build_vjp(model)
+    assert why in str(info.value) and vjp.FD_HINT in str(info.value)
+
+
 # ------------------------------------------------------------------------------- coverage
 
 # Ops of the receptive-field table without a gradient rule of their own, and why (the count is
 # visible here; the coverage test fails when a rule is added or removed without updating it).
-NOT_YET = {
-    "GridSample": "the gradient to the image is a scatter with bilinear weights read from the grid "
-                  "at run time, and the grid itself may depend on the input: not written yet",
-}
+NOT_YET: dict[str, str] = {}  # none today (GridSample had no rule: it has one for linear and nearest)
 ELSEWHERE = {  # differentiable, handled before the rules see them
     "RNN": "unrolled by rfgraph.unroll", "GRU": "unrolled by rfgraph.unroll", "LSTM": "unrolled by rfgraph.unroll",
     "Upsample": "exists at opset < 10 only; vjp.prepare converts the model to opset 17 (Resize)",
@@ -374,8 +397,8 @@ def test_every_new_rule_has_a_case() -> None:
     """Each op given a rule by this change is exercised by CASES (or a test above)."""
     tested = {c.op for c in CASES} | {"DequantizeLinear"} | vjp.QUANTIZED_OPS
     new = set(vjp.DERIVATIVES) | set(vjp.REDUCTION_DERIVATIVES) | {
-        "Max", "Min", "Mod", "CastLike", "GlobalMaxPool", "GlobalLpPool", "LpPool", "InstanceNormalization",
-        "GroupNormalization", "MeanVarianceNormalization", "LpNormalization"}
+        "Max", "Min", "Mod", "CastLike", "GlobalMaxPool", "GlobalLpPool", "LpPool", "GridSample",
+        "InstanceNormalization", "GroupNormalization", "MeanVarianceNormalization", "LpNormalization"}
     assert new <= tested, new - tested
 
 
