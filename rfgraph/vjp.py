@@ -39,6 +39,9 @@ NON_DIFFERENTIABLE = frozenset({
     "Shape", "Size", "NonZero", "ArgMax", "ArgMin", "Equal", "Greater", "GreaterOrEqual", "Less",
     "LessOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf", "ConstantOfShape", "EyeLike",
     "RandomNormalLike", "RandomUniformLike", "Floor", "Ceil", "Round", "Sign", "TopK",
+    # piecewise constant (a one-hot of the argmax) and integer bit ops: gradient 0, as torch's
+    # derivatives.yaml declares for floor/round/sign and argmax
+    "Hardmax", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot",
 })
 FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16,
                          TensorProto.BFLOAT16})
@@ -932,13 +935,7 @@ def _layer_norm(b: Builder, n: NodeView, gys: list) -> Grads:
     b.shapes[mean] = b.shapes[inv] = stat_shape
     xhat = b.binary("Mul", b.binary("Sub", x, mean, xs), inv, xs)
     gh = b.binary("Mul", gys[0], n.inputs[1], xs)
-    count = b.scalar(1.0 / math.prod(xs[ax:]))
-    m1 = b.op("Mul", b.op("ReduceSum", gh, b.ints(axes), keepdims=1), count)
-    m2 = b.op("Mul", b.op("ReduceSum", b.binary("Mul", gh, xhat, xs), b.ints(axes), keepdims=1),
-              count)
-    b.shapes[m1] = b.shapes[m2] = stat_shape
-    inner = b.binary("Sub", b.binary("Sub", gh, m1, xs), b.binary("Mul", xhat, m2, xs), xs)
-    return [b.binary("Mul", inner, inv, xs)] + [None] * (len(n.inputs) - 1)
+    return [_standardised(b, gh, xhat, inv, axes)] + [None] * (len(n.inputs) - 1)
 
 
 def _transpose_last2(b: Builder, t: str) -> str:
@@ -1046,6 +1043,361 @@ def _where(b: Builder, n: NodeView, gys: list) -> Grads:
     return [None, ga, gb]
 
 
+# --------------------------------------------------------------------------------------------
+# Rules added for coverage (issue 13): elementwise math, Max/Min/Mod, the other reductions,
+# global max/Lp pooling, LpPool, GridSample, instance/group/mean-variance/Lp normalisation,
+# quantisation.
+# Conventions at kinks and ties follow torch's derivatives.yaml (named in each rule).
+# --------------------------------------------------------------------------------------------
+
+def _square(b: Builder, t: str) -> str:
+    return b.op("Mul", t, t)
+
+
+def _one_plus(b: Builder, t: str, sign: float = 1.0) -> str:
+    """1 + sign * t."""
+    return b.op("Add", b.scalar(1.0), b.op("Mul", t, b.scalar(sign)))
+
+
+def _mish_derivative(b: Builder, x: str) -> str:
+    """d/dx x tanh(softplus(x)) = t + x sigmoid(x) (1 - t^2), t = tanh(softplus(x))."""
+    t = b.op("Tanh", b.op("Softplus", x))
+    return b.op("Add", t, b.op("Mul", b.op("Mul", x, b.op("Sigmoid", x)), _one_plus(b, _square(b, t), -1.0)))
+
+
+def _swish_derivative(b: Builder, x: str, alpha: float) -> str:
+    """d/dx x sigmoid(alpha x) = s (1 + alpha x (1 - s)), s = sigmoid(alpha x)."""
+    s = b.op("Sigmoid", b.op("Mul", x, b.scalar(alpha)))
+    return b.op("Mul", s, _one_plus(b, b.op("Mul", b.op("Mul", x, b.scalar(alpha)), _one_plus(b, s, -1.0))))
+
+
+def _negative_branch(b: Builder, x: str, positive: float, negative: str) -> str:
+    """``positive`` for x > 0, ``negative`` for x <= 0 (torch's ELU family takes x = 0 as negative)."""
+    return b.op("Where", b.op("Greater", x, b.scalar(0.0)), b.scalar(positive), negative)
+
+
+def _selu_derivative(b: Builder, n: NodeView, x: str, y: str) -> str:
+    """Selu, gamma (x or alpha (e^x - 1)): gamma for x > 0, y + gamma alpha otherwise."""
+    gamma, alpha = n.attr_float("gamma", 1.05070102214813232421875), n.attr_float("alpha", 1.67326319217681884765625)
+    return _negative_branch(b, x, gamma, b.op("Add", y, b.scalar(gamma * alpha)))
+
+
+# d f(x) / dx of each unary op, from x, y = f(x) and the node's attributes (ONNX defaults).
+Derivative = Callable[[Builder, NodeView, str, str], str]
+DERIVATIVES: dict[str, Derivative] = {
+    "Abs": lambda b, n, x, y: b.op("Sign", x),  # torch: sgn(x), 0 at 0
+    "Log": lambda b, n, x, y: b.op("Reciprocal", x),
+    "Reciprocal": lambda b, n, x, y: b.op("Neg", _square(b, y)),
+    "Sin": lambda b, n, x, y: b.op("Cos", x),
+    "Cos": lambda b, n, x, y: b.op("Neg", b.op("Sin", x)),
+    "Tan": lambda b, n, x, y: _one_plus(b, _square(b, y)),
+    "Asin": lambda b, n, x, y: b.op("Reciprocal", b.op("Sqrt", _one_plus(b, _square(b, x), -1.0))),
+    "Acos": lambda b, n, x, y: b.op("Neg", b.op("Reciprocal", b.op("Sqrt", _one_plus(b, _square(b, x), -1.0)))),
+    "Atan": lambda b, n, x, y: b.op("Reciprocal", _one_plus(b, _square(b, x))),
+    "Sinh": lambda b, n, x, y: b.op("Cosh", x),
+    "Cosh": lambda b, n, x, y: b.op("Sinh", x),
+    "Asinh": lambda b, n, x, y: b.op("Reciprocal", b.op("Sqrt", _one_plus(b, _square(b, x)))),
+    "Acosh": lambda b, n, x, y: b.op("Reciprocal", b.op("Sqrt", b.op("Sub", _square(b, x), b.scalar(1.0)))),
+    "Atanh": lambda b, n, x, y: b.op("Reciprocal", _one_plus(b, _square(b, x), -1.0)),
+    "Softplus": lambda b, n, x, y: b.op("Sigmoid", x),
+    "Softsign": lambda b, n, x, y: b.op("Reciprocal", _square(b, _one_plus(b, b.op("Abs", x)))),
+    "Mish": lambda b, n, x, y: _mish_derivative(b, x),
+    "Swish": lambda b, n, x, y: _swish_derivative(b, x, n.attr_float("alpha", 1.0)),
+    # ELU family: the negative branch's derivative written with y (alpha e^x = y + alpha)
+    "Elu": lambda b, n, x, y: _negative_branch(b, x, 1.0, b.op("Add", y, b.scalar(n.attr_float("alpha", 1.0)))),
+    "Selu": _selu_derivative,
+    "Celu": lambda b, n, x, y: _negative_branch(
+        b, x, 1.0, b.op("Exp", b.op("Mul", x, b.scalar(1.0 / n.attr_float("alpha", 1.0))))),
+    # 0/1 derivatives: torch's threshold / hardshrink put the boundary on the zero side
+    "ThresholdedRelu": lambda b, n, x, y: b.op("Cast", b.op("Greater", x, b.scalar(n.attr_float("alpha", 1.0))),
+                                               to=b.dtype),
+    "Shrink": lambda b, n, x, y: b.op("Cast", b.op("Greater", b.op("Abs", x), b.scalar(n.attr_float("lambd", 0.5))),
+                                      to=b.dtype),
+}
+
+
+def _elementwise(b: Builder, n: NodeView, gys: list) -> Grads:
+    """A unary elementwise op (``DERIVATIVES``): g * f'(x)."""
+    x = n.inputs[0]
+    d = DERIVATIVES[n.node.op_type](b, n, x, n.outputs[0])
+    return [b.binary("Mul", gys[0], d, b.shape(x))]
+
+
+def _extreme(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Max / Min (variadic, broadcasting): the operands equal to the result share the gradient
+    evenly (torch.maximum / minimum split a tie in halves), each reduced to its shape."""
+    y, g = n.outputs[0], gys[0]
+    masks = [b.op("Cast", b.op("Equal", x, y), to=b.dtype) for x in n.inputs]
+    count = b.op("Sum", *masks) if len(masks) > 1 else masks[0]
+    share = b.binary("Div", g, count, b.shape(y))
+    return [b.reduce_to(b.binary("Mul", share, m, b.shape(y)), b.shape(x)) if b.is_active(x) else None
+            for x, m in zip(n.inputs, masks)]
+
+
+def _mod(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Mod on floats, y = a - b q with q = trunc(a / b) (fmod=1) or floor: g for A, -g q for B
+    (torch.fmod / remainder); q is read back as round((a - y) / b)."""
+    a, c = n.inputs
+    g = gys[0]
+    ga = b.reduce_to(g, b.shape(a)) if b.is_active(a) else None
+    gb = None
+    if b.is_active(c):
+        q = b.op("Round", b.op("Div", b.op("Sub", a, n.outputs[0]), c))
+        gb = b.reduce_to(b.binary("Mul", g, b.op("Neg", q), b.shape(g)), b.shape(c))
+    return [ga, gb]
+
+
+def _sum_kept(b: Builder, n: NodeView, t: str) -> str:
+    """ReduceSum of ``t`` over the axes the forward reduction ``n`` reduces, dims kept."""
+    return b.op("ReduceSum", t, b.ints(_reduce_axes(b, n)), keepdims=1)
+
+
+def _again_kept(b: Builder, n: NodeView, t: str) -> str:
+    """The forward reduction ``n`` applied to ``t``, dims kept (its axes written as ``n`` writes
+    them: an attribute before opset 18, an input after)."""
+    attrs: dict[str, Any] = {k: v for k, v in n.attrs.items() if k != "keepdims"}
+    return b.emit(n.node.op_type, [t] + n.inputs[1:], keepdims=1, **attrs)[0]
+
+
+def _max_derivative(b: Builder, n: NodeView, x: str, y: str) -> str:
+    """ReduceMax / ReduceMin: 1 / (number of ties) at the extreme, 0 elsewhere (torch.amax/amin)."""
+    mask = b.op("Cast", b.op("Equal", x, y), to=b.dtype)
+    return b.op("Div", mask, _sum_kept(b, n, mask))
+
+
+def _prod_derivative(b: Builder, n: NodeView, x: str, y: str) -> str:
+    """ReduceProd: the product of the other elements (y / x off zeros; at a zero, the product of
+    the non-zeros if it is the only zero, else 0: torch's prod_backward)."""
+    zero = b.op("Equal", x, b.scalar(0.0))
+    safe = b.op("Where", zero, b.scalar(1.0), x)
+    zeros = _sum_kept(b, n, b.op("Cast", zero, to=b.dtype))
+    at_zero = b.op("Mul", _again_kept(b, n, safe),
+                   b.op("Cast", b.op("Equal", zeros, b.scalar(1.0)), to=b.dtype))
+    return b.op("Where", zero, at_zero, b.op("Div", y, safe))
+
+
+def _lp_derivative(b: Builder, x: str, y: str, p: float) -> str:
+    """d/dx of y = (sum |x|^p)^(1/p): |x|^(p-1) sign(x) y^(1-p), 0 where y = 0 (torch's norm)."""
+    per_x = b.op("Mul", b.op("Pow", b.op("Abs", x), b.scalar(p - 1.0)), b.op("Sign", x))
+    per_y = b.op("Where", b.op("Greater", y, b.scalar(0.0)), b.op("Pow", y, b.scalar(1.0 - p)), b.scalar(0.0))
+    return b.op("Mul", per_x, per_y)
+
+
+REDUCTION_DERIVATIVES: dict[str, Derivative] = {
+    "ReduceMax": _max_derivative, "ReduceMin": _max_derivative,
+    "ReduceProd": _prod_derivative,
+    "ReduceL1": lambda b, n, x, y: b.op("Sign", x),
+    "ReduceL2": lambda b, n, x, y: _lp_derivative(b, x, y, 2.0),
+    "ReduceSumSquare": lambda b, n, x, y: b.op("Mul", x, b.scalar(2.0)),
+    "ReduceLogSumExp": lambda b, n, x, y: b.op("Exp", b.op("Sub", x, y)),
+    "ReduceLogSum": lambda b, n, x, y: b.op("Expand", b.op("Exp", b.op("Neg", y)), b.ints(b.shape(x))),
+}
+
+
+def _reduction(b: Builder, n: NodeView, gys: list) -> Grads:
+    """The reductions of ``REDUCTION_DERIVATIVES``: g, broadcast back over the reduced axes,
+    times dy/dx (y read with its reduced axes kept)."""
+    x = n.inputs[0]
+    xs = b.shape(x)
+    axes = _reduce_axes(b, n)
+    if not axes:
+        raise UnsupportedOpError(n.name, n.node.op_type, "noop_with_empty_axes with no axes")
+    kept = [1 if i in axes else d for i, d in enumerate(xs)]
+    d = REDUCTION_DERIVATIVES[n.node.op_type](b, n, x, b.reshape(n.outputs[0], kept))
+    return [b.binary("Mul", b.reshape(gys[0], kept), d, xs)] + [None] * (len(n.inputs) - 1)
+
+
+def _global_max_pool(b: Builder, n: NodeView, gys: list) -> Grads:
+    """GlobalMaxPool: each channel's gradient to its first maximum (MaxPool's indices, torch's
+    adaptive_max_pool, which the exporter writes as GlobalMaxPool)."""
+    x = n.inputs[0]
+    xs = b.shape(x)
+    flat = (xs[0], xs[1], math.prod(xs[2:]))
+    first = b.op("ArgMax", b.reshape(x, flat), axis=2, keepdims=1)
+    out = b.op("ScatterElements", b.zeros(flat), first, b.reshape(gys[0], flat[:2] + (1,)), axis=2)
+    b.shapes[out] = flat
+    return [b.reshape(out, xs)]
+
+
+def _global_lp_pool(b: Builder, n: NodeView, gys: list) -> Grads:
+    """GlobalLpPool, y = (sum over space |x|^p)^(1/p): g |x|^(p-1) sign(x) y^(1-p)."""
+    x = n.inputs[0]
+    d = _lp_derivative(b, x, n.outputs[0], float(n.attr_int("p", 2)))
+    return [b.binary("Mul", gys[0], d, b.shape(x))]
+
+
+def _lp_pool(b: Builder, n: NodeView, gys: list) -> Grads:
+    """LpPool: |x|^(p-1) sign(x) times the window sum (transpose, as AveragePool's) of g y^(1-p)."""
+    x, y = n.inputs[0], n.outputs[0]
+    p = float(n.attr_int("p", 2))
+    ys = b.shape(y)
+    per_y = b.op("Where", b.op("Greater", y, b.scalar(0.0)), b.op("Pow", y, b.scalar(1.0 - p)), b.scalar(0.0))
+    channels = b.shape(x)[1]
+    kernel = n.attr_ints("kernel_shape") or []
+    spread = _scatter_window(b, b.binary("Mul", gys[0], per_y, ys),
+                             b.const(np.ones((channels, 1, *kernel))), channels, n)
+    per_x = b.op("Mul", b.op("Pow", b.op("Abs", x), b.scalar(p - 1.0)), b.op("Sign", x))
+    return [b.binary("Mul", spread, per_x, b.shape(x))]
+
+
+def _unnormalised(b: Builder, grid: str, coord: int, size: int, align_corners: bool) -> str:
+    """GridSample's pixel coordinate along one axis from the grid's ``coord`` component in [-1, 1]:
+    (g + 1) / 2 (size - 1) with align_corners, ((g + 1) size - 1) / 2 without."""
+    g = b.op("Squeeze", b.op("Gather", grid, b.ints([coord]), axis=-1), b.ints([-1]))
+    if align_corners:
+        return b.op("Mul", b.op("Add", g, b.scalar(1.0)), b.scalar((size - 1) / 2))
+    return b.op("Sub", b.op("Mul", b.op("Add", g, b.scalar(1.0)), b.scalar(size / 2)), b.scalar(0.5))
+
+
+def _grid_taps(b: Builder, ix: str, iy: str, linear: bool) -> list[tuple[str, str, str | None]]:
+    """The (x, y, weight) of the pixels one output reads: the nearest (round half to even, weight
+    1) or the four bilinear neighbours."""
+    if not linear:
+        return [(b.op("Round", ix), b.op("Round", iy), None)]
+    x0, y0 = b.op("Floor", ix), b.op("Floor", iy)
+    fx, fy = b.op("Sub", ix, x0), b.op("Sub", iy, y0)
+    gx, gy = _one_plus(b, fx, -1.0), _one_plus(b, fy, -1.0)
+    x1, y1 = b.op("Add", x0, b.scalar(1.0)), b.op("Add", y0, b.scalar(1.0))
+    return [(x0, y0, b.op("Mul", gx, gy)), (x1, y0, b.op("Mul", fx, gy)),
+            (x0, y1, b.op("Mul", gx, fy)), (x1, y1, b.op("Mul", fx, fy))]
+
+
+def _grid_sample(b: Builder, n: NodeView, gys: list) -> Grads:
+    """GridSample (4-D, linear or nearest, zeros or border padding), gradient to the image: each
+    output's gradient scattered onto the pixels it reads, with their bilinear weights (read from
+    the grid at run time); a pixel outside the image reads 0 (zeros) or the clamped border pixel."""
+    x, grid = n.inputs[0], n.inputs[1]
+    xs = b.shape(x)
+    mode = n.attr_str("mode", "linear")
+    padding = n.attr_str("padding_mode", "zeros")
+    if len(xs) != 4 or mode not in ("linear", "bilinear", "nearest") or padding not in ("zeros", "border"):
+        raise UnsupportedOpError(n.name, "GridSample", f"{len(xs) - 2}-D, mode '{mode}', padding '{padding}' "
+                                 "(rules: 2-D, linear or nearest, zeros or border padding)")
+    if b.is_active(grid):
+        raise UnsupportedOpError(n.name, "GridSample", "a grid computed from the input (the gradient "
+                                 "to the grid is not written)")
+    (batch, channels, h, w), outs = xs, math.prod(b.shape(n.outputs[0])[2:])
+    align = bool(n.attr_int("align_corners", 0))
+    ix, iy = _unnormalised(b, grid, 0, w, align), _unnormalised(b, grid, 1, h, align)
+    indices, updates = [], []
+    g = b.op("Reshape", gys[0], b.ints([batch, channels, outs]))
+    for px, py, weight in _grid_taps(b, ix, iy, mode != "nearest"):
+        cx = b.op("Clip", px, b.scalar(0.0), b.scalar(w - 1.0))
+        cy = b.op("Clip", py, b.scalar(0.0), b.scalar(h - 1.0))
+        if padding == "zeros":  # a tap outside the image reads 0: its weight is 0
+            inside = b.op("Cast", b.op("And", b.op("Equal", px, cx), b.op("Equal", py, cy)), to=b.dtype)
+            weight = inside if weight is None else b.op("Mul", weight, inside)
+        flat = b.op("Cast", b.op("Add", b.op("Mul", cy, b.scalar(float(w))), cx), to=TensorProto.INT64)
+        indices.append(b.op("Expand", b.op("Reshape", flat, b.ints([batch, 1, outs])),
+                            b.ints([batch, channels, outs])))
+        updates.append(g if weight is None else b.op("Mul", g, b.op("Reshape", weight, b.ints([batch, 1, outs]))))
+    scattered = b.op("ScatterElements", b.zeros([batch, channels, h * w]), b.op("Concat", *indices, axis=2),
+                     b.op("Concat", *updates, axis=2), axis=2, reduction="add")
+    b.shapes[scattered] = (batch, channels, h * w)
+    return [b.reshape(scattered, xs), None]
+
+
+def _standardised(b: Builder, gh: str, xhat: str, inv: str, axes: Sequence[int]) -> str:
+    """The gradient through xhat = (x - mean) * invstd over ``axes`` (statistics of x itself):
+    (gh - mean(gh) - xhat mean(gh xhat)) * invstd, gh the gradient reaching xhat."""
+    xs = b.shape(gh)
+    count = b.scalar(1.0 / math.prod(xs[a] for a in axes))
+    m1 = b.op("Mul", b.op("ReduceSum", gh, b.ints(axes), keepdims=1), count)
+    m2 = b.op("Mul", b.op("ReduceSum", b.binary("Mul", gh, xhat, xs), b.ints(axes), keepdims=1), count)
+    b.shapes[m1] = b.shapes[m2] = tuple(1 if i in axes else d for i, d in enumerate(xs))
+    inner = b.binary("Sub", b.binary("Sub", gh, m1, xs), b.binary("Mul", xhat, m2, xs), xs)
+    return b.binary("Mul", inner, inv, xs)
+
+
+def _moments(b: Builder, x: str, axes: Sequence[int], eps: float, eps_on_std: bool = False) -> tuple[str, str]:
+    """(xhat, invstd) of ``x`` over ``axes``: 1 / sqrt(var + eps), or 1 / (sqrt(var) + eps)."""
+    xs = b.shape(x)
+    count = b.scalar(1.0 / math.prod(xs[a] for a in axes))
+    centred = b.op("Sub", x, b.op("Mul", b.op("ReduceSum", x, b.ints(axes), keepdims=1), count))
+    var = b.op("Mul", b.op("ReduceSum", _square(b, centred), b.ints(axes), keepdims=1), count)
+    if eps_on_std:
+        inv = b.op("Reciprocal", b.op("Add", b.op("Sqrt", var), b.scalar(eps)))
+    else:
+        inv = b.op("Reciprocal", b.op("Sqrt", b.op("Add", var, b.scalar(eps))))
+    b.shapes[inv] = tuple(1 if i in axes else d for i, d in enumerate(xs))
+    return b.binary("Mul", centred, inv, xs), inv
+
+
+def _channel_scaled(b: Builder, g: str, scale: str, channels: int) -> str:
+    """g times a per-channel (axis 1) scale of length ``channels``."""
+    xs = b.shape(g)
+    s = b.reshape(scale, [1, channels] + [1] * (len(xs) - 2))
+    return b.binary("Mul", g, s, xs)
+
+
+def _instance_norm(b: Builder, n: NodeView, gys: list) -> Grads:
+    """InstanceNormalization: per (sample, channel) standardisation over space, then scale."""
+    x = n.inputs[0]
+    xs = b.shape(x)
+    axes = list(range(2, len(xs)))
+    xhat, inv = _moments(b, x, axes, n.attr_float("epsilon", 1e-5))
+    gh = _channel_scaled(b, gys[0], n.inputs[1], xs[1])
+    return [_standardised(b, gh, xhat, inv, axes), None, None]
+
+
+def _group_norm(b: Builder, n: NodeView, gys: list) -> Grads:
+    """GroupNormalization: standardisation over each group of channels and space, then a
+    per-channel scale (opset 21; opset 18's per-group scale is repeated over its channels)."""
+    x = n.inputs[0]
+    xs = b.shape(x)
+    groups = n.attr_int("num_groups")
+    scale = n.inputs[1]
+    if b.shape(scale)[0] != xs[1]:  # opset 18: one scale per group
+        scale = b.reshape(b.op("Expand", b.reshape(scale, (groups, 1)), b.ints([groups, xs[1] // groups])),
+                          (xs[1],))
+    gh = _channel_scaled(b, gys[0], scale, xs[1])
+    grouped = (xs[0], groups, math.prod(xs[1:]) // groups)
+    xhat, inv = _moments(b, b.reshape(x, grouped), [2], n.attr_float("epsilon", 1e-5))
+    return [b.reshape(_standardised(b, b.reshape(gh, grouped), xhat, inv, [2]), xs), None, None]
+
+
+def _mean_variance_norm(b: Builder, n: NodeView, gys: list) -> Grads:
+    """MeanVarianceNormalization, (x - mean) / (std + 1e-9) over ``axes`` (the spec's function
+    body; the 1e-9 is dropped from one term, a relative change of 1e-9 / std)."""
+    x = n.inputs[0]
+    rank = len(b.shape(x))
+    axes = sorted(a % rank for a in (n.attr_ints("axes") or [0, 2, 3]))
+    xhat, inv = _moments(b, x, axes, 1e-9, eps_on_std=True)
+    return [_standardised(b, gys[0], xhat, inv, axes)]
+
+
+def _lp_norm(b: Builder, n: NodeView, gys: list) -> Grads:
+    """LpNormalization y = x / ||x||_p along ``axis`` (p = 1 or 2): (g - w sum(g y)) / ||x||_p,
+    with w = y for p = 2 and sign(x) for p = 1."""
+    x, y, g = n.inputs[0], n.outputs[0], gys[0]
+    xs = b.shape(x)
+    axis = n.attr_int("axis", -1) % len(xs)
+    p = n.attr_int("p", 2)
+    if p not in (1, 2):
+        raise n.invalid(f"p is {p}, expected 1 or 2")
+    if p == 2:
+        norm, w = b.op("Sqrt", b.op("ReduceSum", _square(b, x), b.ints([axis]), keepdims=1)), y
+    else:
+        norm, w = b.op("ReduceSum", b.op("Abs", x), b.ints([axis]), keepdims=1), b.op("Sign", x)
+    dot = b.op("ReduceSum", b.binary("Mul", g, y, xs), b.ints([axis]), keepdims=1)
+    return [b.binary("Div", b.binary("Sub", g, b.op("Mul", w, dot), xs), norm, xs)]
+
+
+def _quantized(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Quantizers and what reads their integers (DequantizeLinear is affine, but its input, when
+    it depends on the model input, comes from a quantizer): the output is a step function of the
+    input (rounding), whose gradient is 0 almost everywhere, so refused (a zero ERF would mislead)."""
+    raise UnsupportedOpError(n.name, n.node.op_type, "quantized: the output is a step function of the "
+                             "input (rounding), so its gradient is 0 almost everywhere and a gradient ERF "
+                             "would be empty")
+
+
+# Quantized ops: their integer outputs stay active (``active_tensors``), so that a path from the
+# input through a quantizer reaches ``_quantized`` and is refused, instead of silently dropped.
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
+                           "QLinearConv", "QLinearMatMul"})
+
+
 VJP_RULES: dict[str, Rule] = {
     "Identity": _identity, "Dropout": _identity, "Cast": _identity,
     "Reshape": _reshape, "Flatten": _reshape, "Squeeze": _reshape, "Unsqueeze": _reshape,
@@ -1063,6 +1415,14 @@ VJP_RULES: dict[str, Rule] = {
     "Softmax": _softmax, "LogSoftmax": _log_softmax,
     "BatchNormalization": _batch_norm, "LayerNormalization": _layer_norm, "LRN": _lrn,
     "MatMul": _matmul, "Gemm": _gemm, "Einsum": _einsum,
+    # coverage (issue 13): the rules of the section above
+    **dict.fromkeys(DERIVATIVES, _elementwise), **dict.fromkeys(REDUCTION_DERIVATIVES, _reduction),
+    "Max": _extreme, "Min": _extreme, "Mod": _mod, "CastLike": _identity,
+    "GlobalMaxPool": _global_max_pool, "GlobalLpPool": _global_lp_pool, "LpPool": _lp_pool,
+    "InstanceNormalization": _instance_norm, "GroupNormalization": _group_norm,
+    "MeanVarianceNormalization": _mean_variance_norm, "LpNormalization": _lp_norm,
+    "GridSample": _grid_sample,
+    "DequantizeLinear": _quantized, **dict.fromkeys(QUANTIZED_OPS, _quantized),
 }
 
 
@@ -1246,9 +1606,17 @@ def active_tensors(model: onnx.ModelProto, input_name: str, dtypes: dict[str, in
         for i, out in enumerate(node.output):
             if node.op_type == "MaxPool" and i == 1:
                 continue
-            if out and dtypes.get(out, TensorProto.FLOAT) in FLOAT_TYPES:
+            if out and (dtypes.get(out, TensorProto.FLOAT) in FLOAT_TYPES
+                        or _on_quantized_path(node, active, dtypes)):
                 active.add(out)
     return active
+
+
+def _on_quantized_path(node: onnx.NodeProto, active: set[str], dtypes: dict[str, int]) -> bool:
+    """An integer output that still carries the input: a quantized op's (``QUANTIZED_OPS``) or
+    one computed from an active integer tensor (a quantized value moved by Reshape, MaxPool...)."""
+    return node.op_type in QUANTIZED_OPS or any(
+        i in active and dtypes.get(i, TensorProto.FLOAT) not in FLOAT_TYPES for i in node.input if i)
 
 
 def ancestors(model: onnx.ModelProto, target: str) -> list[onnx.NodeProto]:

@@ -173,16 +173,20 @@ def _torch_model(net: torch.nn.Module, shape: tuple) -> onnx.ModelProto:
 
 
 class Wobbly(torch.nn.Module):
-    """A network with Sin (no VJP rule) after reflect padding."""
+    """A network with a bicubic GridSample (no VJP rule; a fixed smooth warp) after reflect padding."""
 
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(8)
         self.c1 = torch.nn.Conv2d(2, 3, 3)
         self.c2 = torch.nn.Conv2d(3, 2, 3, stride=2)
+        base = torch.linspace(-0.9, 0.9, 16)
+        grid = torch.stack(torch.meshgrid(base, base, indexing="xy"), dim=-1)[None]
+        self.register_buffer("grid", grid + 0.05 * torch.sin(3 * grid.flip(-1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.sin(self.c1(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")))
+        y = torch.nn.functional.grid_sample(self.c1(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")),
+                                            self.grid, mode="bicubic", align_corners=False)
         return self.c2(y)
 
 
@@ -409,7 +413,7 @@ def test_cli_unsupported_op_exits_2_with_one_line(tmp_path: Path,
     capsys.readouterr()  # drop the exporter's warnings
     assert cli.main(["erf", str(path), "--runs", "1", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Sin" in err[0] and "--method fd" in err[0]
+    assert len(err) == 1 and "GridSample" in err[0] and "--method fd" in err[0]
 
 
 def _nhwc_model(extra_input: bool = False) -> onnx.ModelProto:
