@@ -321,7 +321,7 @@ def _smallest_size(model: ModelSource, input_shape: Mapping[str, Sequence[int]] 
     if shape is None or None in shape:
         return None
     spatial = _spatial_axes(mg, name, len(shape), layout)
-    found = smallest_input_size(base, name, tuple(int(d) for d in shape), spatial, fill)  # type: ignore[arg-type]
+    found = smallest_input_size(base, name, tuple(int(d) for d in shape), spatial, fill)
     return f"{name}:{'x'.join(map(str, found))}" if found else None
 
 

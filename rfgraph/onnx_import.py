@@ -7,10 +7,11 @@ Initializers and Constant nodes are values, not layers.  Every failure on a user
 from __future__ import annotations
 
 import gc
+import io
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -761,22 +762,31 @@ def _window_overhang(node: onnx.NodeProto, dims: Mapping[str, tuple[int | None, 
     auto_pad = attrs.get("auto_pad", b"NOTSET")
     if auto_pad not in (b"NOTSET", b"VALID", "NOTSET", "VALID") or attrs.get("ceil_mode", 0):
         return None  # SAME padding always leaves ceil(in / stride) units; ceil_mode: inference's
-    x = dims.get(node.input[0])
-    kernel = attrs.get("kernel_shape")
+    x = dims.get(node.input[0]) if node.input else None
+    kernel = _ints(attrs.get("kernel_shape"))
     if kernel is None and slot is not None and slot < len(node.input):
-        kernel = (dims.get(node.input[slot]) or ())[2:]
-    if not x or not kernel or None in kernel:
+        kernel = _ints((dims.get(node.input[slot]) or ())[2:])
+    if not x or not kernel:
         return None
     n = len(kernel)
-    pads = list(attrs.get("pads", [0] * 2 * n)) if auto_pad in (b"NOTSET", "NOTSET") else [0] * 2 * n
-    dilations = attrs.get("dilations", [1] * n)
+    pads = _ints(attrs.get("pads", [0] * 2 * n)) if auto_pad in (b"NOTSET", "NOTSET") else [0] * 2 * n
+    dilations = _ints(attrs.get("dilations", [1] * n))
+    if pads is None or dilations is None or len(pads) != 2 * n or len(dilations) != n or len(x) < n:
+        return None  # malformed attributes: the op rules name them
     sizes = x[len(x) - n:]
     for i, (size, k) in enumerate(zip(sizes, kernel)):
-        extent = (k - 1) * dilations[i] + 1  # type: ignore[operator]
+        extent = (k - 1) * dilations[i] + 1
         if size is not None and size + pads[i] + pads[i + n] < extent:
             return (f"has input {_shape_text(x)}, smaller along axis {len(x) - n + i} ({size} + padding "
                     f"{pads[i] + pads[i + n]}) than its window ({extent}): no output unit")
     return None
+
+
+def _ints(value: object) -> list[int] | None:
+    """A list of ints, or None when ``value`` is anything else (a malformed attribute)."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) for v in value):
+        return None
+    return list(value)
 
 
 def _refuse_reshape_mismatch(model: onnx.ModelProto, dependent: Sequence[str],
@@ -796,7 +806,7 @@ def _refuse_reshape_mismatch(model: onnx.ModelProto, dependent: Sequence[str],
             raise InputSizeError(
                 f"the model cannot run at input size {_input_size_text(model)}: node '{name}' (Reshape) "
                 f"reshapes {_shape_text(src)} ({math.prod(src)} values) to {_shape_text(dst)} "  # type: ignore[arg-type]
-                f"({math.prod(dst)}), a shape fixed when the model was exported"  # type: ignore[arg-type]
+                f"({math.prod(dst)} values): its target does not fit this input size"  # type: ignore[arg-type]
                 f"{_export_size_hint(model, exported)}", name, op)
 
 
@@ -812,20 +822,18 @@ def _probe_unknown_shapes(model: onnx.ModelProto, dependent: Sequence[str],
                           exported: Mapping[str, tuple[int, ...]]) -> bool:
     """Measure the shapes inference left unknown with one onnxruntime run on zeros, and store them
     in ``value_info``; True when shapes were stored.  Skipped (False) when an input's size is unknown
-    or past ``PROBE_MAX_ELEMENTS``, or onnxruntime cannot load the model; a failed run at a size the
-    model was not exported at (or that strict shape inference refuses too) is refused."""
+    or past ``PROBE_MAX_ELEMENTS``, or onnxruntime cannot load the model (a custom op); a failed
+    run, or onnxruntime's shape inference failing at load, refuses the size."""
     dims = stored_dims(model)
     missing = [t for t in _probe_targets(model, dependent) if None in (dims.get(t) or (None,))]
-    inputs = [dims.get(n) for n in data_inputs(model)]
-    if not missing or any(s is None or None in s or math.prod(s) > PROBE_MAX_ELEMENTS  # type: ignore[arg-type]
-                          for s in inputs):
+    if not missing or not _probe_affordable(model, dims):
         return False
     try:
         session = probe_session(model, missing, elem_types(model))
     except Exception as exc:  # noqa: BLE001  onnxruntime cannot load it: refused when its own shape
         if "ShapeInferenceError" in str(exc):  # inference fails (a size that does not fit), else
-            _refuse_failed_run(model, str(exc), exported, confirmed=True)  # (a custom op...) shapes
-        return False  # stay unknown
+            _refuse_failed_run(model, str(exc), exported)  # (a custom op...) shapes stay unknown
+        return False
     try:
         measured = run_on_zeros(session, missing, elem_types(model))
     except Exception as exc:  # noqa: BLE001  an onnxruntime failure at run time, handled below
@@ -833,6 +841,22 @@ def _probe_unknown_shapes(model: onnx.ModelProto, dependent: Sequence[str],
         return False
     store_shapes(model, measured)
     return True
+
+
+# Ops whose output can be far larger than their inputs: the probe runs only where each one's size
+# is known and within budget (never allocate an absurd tensor to learn a shape).
+GROWING_OPS = ALLOCATING_OPS | {"Resize", "Upsample", "ConvTranspose", "Pad"}
+
+
+def _probe_affordable(model: onnx.ModelProto, dims: Mapping[str, tuple[int | None, ...]]) -> bool:
+    """Whether one run is bounded: every input known and at most ``PROBE_MAX_ELEMENTS``, and every
+    growing op's output known and within 4x that."""
+    def within(shape: tuple[int | None, ...] | None, limit: int) -> bool:
+        return shape is not None and None not in shape and math.prod(shape) <= limit  # type: ignore[arg-type]
+
+    return (all(within(dims.get(n), PROBE_MAX_ELEMENTS) for n in data_inputs(model))
+            and all(within(dims.get(t), 4 * PROBE_MAX_ELEMENTS) for node in model.graph.node
+                    if node.op_type in GROWING_OPS for t in node.output if t))
 
 
 def _probe_targets(model: onnx.ModelProto, dependent: Sequence[str]) -> list[str]:
@@ -848,33 +872,19 @@ def _probe_targets(model: onnx.ModelProto, dependent: Sequence[str]) -> list[str
 # onnxruntime's messages naming the failing node: at run time, and from its shape inference at load
 ORT_NODE_MESSAGES = (r"running (?P<op>\w+) node\. Name:'(?P<node>[^']*)'.*?Status Message: (?P<why>.*)",
                      r"Node \((?P<node>[^)]*)\) Op \((?P<op>\w+)\) (?P<why>.*)")
+ORT_SOURCE_PREFIX = r"^\S+\.(?:h|cc|cpp):\d+ .*?\)\s+"  # "/onnxruntime_src/...h:91 f(args) " before the reason
 
 
-def _refuse_failed_run(model: onnx.ModelProto, message: str, exported: Mapping[str, tuple[int, ...]],
-                       confirmed: bool = False) -> None:
-    """Refuse when onnxruntime fails at a size the file was not exported at, or where strict shape
-    inference fails too, or its own shape inference did (``confirmed``): then the size, not
-    onnxruntime, is at fault; otherwise return."""
-    hint = _export_size_hint(model, exported)
-    if not (hint or confirmed or strict_inference_error(model)):
-        return
+def _refuse_failed_run(model: onnx.ModelProto, message: str, exported: Mapping[str, tuple[int, ...]]) -> None:
+    """Refuse the size: onnxruntime cannot run the model at it (the run on zeros failed, or its
+    own shape inference did at load), naming the node, its op and onnxruntime's reason."""
     import re
     found = next((m for p in ORT_NODE_MESSAGES if (m := re.search(p, message, re.S))), None)
-    where = (f"node '{found['node']}' ({found['op']}) fails: {found['why']}" if found
-             else f"onnxruntime fails: {message}")
-    raise InputSizeError(f"the model cannot run at input size {_input_size_text(model)}: "
-                         f"{' '.join(where.split())}{hint}",
+    why = re.sub(ORT_SOURCE_PREFIX, "", " ".join((found["why"] if found else message).split()))
+    where = f"node '{found['node']}' ({found['op']}) fails: {why}" if found else f"onnxruntime fails: {why}"
+    raise InputSizeError(f"the model cannot run at input size {_input_size_text(model)}: {where}"
+                         f"{_export_size_hint(model, exported)}",
                          found["node"] if found else "", found["op"] if found else "")
-
-
-def strict_inference_error(model: onnx.ModelProto) -> str | None:
-    """ONNX shape inference in strict mode: its first error (broadcast, Concat...), or None."""
-    try:
-        shape_inference.infer_shapes(model, check_type=False, strict_mode=True, data_prop=True)
-    except Exception as exc:  # noqa: BLE001  every inference failure is a finding here
-        text = " ".join(str(exc).split())
-        return text.split("Inference error(s): ")[-1]
-    return None
 
 
 def elem_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -911,7 +921,9 @@ def probe_session(model: onnx.ModelProto, names: Sequence[str], dtypes: Mapping[
         if name not in known:
             elem = dtypes.get(name, 0) or onnx.TensorProto.FLOAT
             probe.graph.output.append(helper.make_tensor_value_info(name, elem, None))
-    return ort.InferenceSession(probe.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+    with redirect_stdout(io.StringIO()):  # onnxruntime prints some load failures ("EP Error") itself
+        return ort.InferenceSession(probe.SerializeToString(), session_options(optimize=False),  # no constant
+                                    providers=["CPUExecutionProvider"])  # folding (bounded memory), quick load
 
 
 def run_on_zeros(session: Any, names: Sequence[str], dtypes: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
