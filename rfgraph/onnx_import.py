@@ -7,6 +7,7 @@ Initializers and Constant nodes are values, not layers.  Every failure on a user
 from __future__ import annotations
 
 import gc
+import hashlib
 import io
 import math
 import os
@@ -621,10 +622,11 @@ def check_input_size(model: onnx.ModelProto, exported: Mapping[str, tuple[int, .
     a Reshape whose fixed target no longer holds the data, an onnxruntime run that fails; and
     complete the shapes inference left unknown with one onnxruntime run (``probe``)."""
     dependent = value_dependent(model)
-    _refuse_vanished(model, dependent)
-    _refuse_reshape_mismatch(model, dependent, exported)
-    if probe and _probe_unknown_shapes(model, dependent, exported):
-        _refuse_vanished(model, dependent)
+    dims = stored_dims(model)
+    _refuse_vanished(model, dependent, dims)
+    _refuse_reshape_mismatch(model, dependent, dims, exported)
+    if probe and _probe_unknown_shapes(model, dependent, dims, exported):
+        _refuse_vanished(model, dependent, stored_dims(model))
 
 
 MAX_SEARCH_SIZE = 1 << 16  # the largest spatial size the search for the smallest valid size tries
@@ -636,8 +638,24 @@ def smallest_input_size(model: onnx.ModelProto, name: str, shape: Sequence[int],
     """Smallest size along each spatial axis (``axes`` of input ``name``) at which no tensor
     vanishes, found with shape inference alone: double every axis until nothing vanishes, then
     bisect each axis with the others held there (output sizes of windows grow with the input, so
-    this is the per-axis minimum); None when nothing up to ``MAX_SEARCH_SIZE`` fits."""
+    this is the per-axis minimum); None when nothing up to ``MAX_SEARCH_SIZE`` fits.  Remembered
+    per model and input (a size scan asks again at every size too small)."""
     base = shapes_only(model)
+    key = (hashlib.sha256(base.SerializeToString()).hexdigest(), name, tuple(axes),
+           tuple(None if a in axes else d for a, d in enumerate(shape)), tuple(sorted((fill or {}).items())))
+    if key not in _SMALLEST_SIZES:
+        if len(_SMALLEST_SIZES) >= 64:
+            _SMALLEST_SIZES.clear()
+        _SMALLEST_SIZES[key] = _search_smallest_size(base, name, shape, axes, fill)
+    return _SMALLEST_SIZES[key]
+
+
+_SMALLEST_SIZES: dict[tuple, tuple[int, ...] | None] = {}
+
+
+def _search_smallest_size(base: onnx.ModelProto, name: str, shape: Sequence[int], axes: Sequence[int],
+                          fill: Mapping[str, float] | None) -> tuple[int, ...] | None:
+    """``smallest_input_size``'s search, on a model stripped of its weights."""
 
     def fits(size: Sequence[int]) -> bool:
         try:
@@ -723,11 +741,11 @@ def _node_names(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     return {t: (name, n.op_type) for n, name in zip(nodes, names) for t in n.output if t}
 
 
-def _refuse_vanished(model: onnx.ModelProto, dependent: Sequence[str]) -> None:
+def _refuse_vanished(model: onnx.ModelProto, dependent: Sequence[str],
+                     dims: Mapping[str, tuple[int | None, ...]]) -> None:
     """Refuse when a tensor computed from the input has a zero or negative dim, or a window is
     larger than its padded input: the input is too small for the windows on its path (a map with
     no units has no receptive field)."""
-    dims = stored_dims(model)
     live = set(dependent)
     names = None
     for node in model.graph.node:
@@ -790,10 +808,10 @@ def _ints(value: object) -> list[int] | None:
 
 
 def _refuse_reshape_mismatch(model: onnx.ModelProto, dependent: Sequence[str],
+                             dims: Mapping[str, tuple[int | None, ...]],
                              exported: Mapping[str, tuple[int, ...]]) -> None:
     """Refuse a Reshape whose known target holds another number of values than its known input:
     a target fixed when the model was exported, which this input size no longer fits."""
-    dims = stored_dims(model)
     live = set(dependent)
     for node in model.graph.node:
         if node.op_type != "Reshape" or not node.input or node.input[0] not in live:
@@ -819,12 +837,12 @@ def _export_size_hint(model: onnx.ModelProto, exported: Mapping[str, tuple[int, 
 
 
 def _probe_unknown_shapes(model: onnx.ModelProto, dependent: Sequence[str],
+                          dims: Mapping[str, tuple[int | None, ...]],
                           exported: Mapping[str, tuple[int, ...]]) -> bool:
     """Measure the shapes inference left unknown with one onnxruntime run on zeros, and store them
     in ``value_info``; True when shapes were stored.  Skipped (False) when an input's size is unknown
     or past ``PROBE_MAX_ELEMENTS``, or onnxruntime cannot load the model (a custom op); a failed
     run, or onnxruntime's shape inference failing at load, refuses the size."""
-    dims = stored_dims(model)
     missing = [t for t in _probe_targets(model, dependent) if None in (dims.get(t) or (None,))]
     if not missing or not _probe_affordable(model, dims):
         return False
