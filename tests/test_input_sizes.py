@@ -242,3 +242,41 @@ def test_validate_input_size_answers_with_the_reason(models):
     assert "/Reshape" in (validate_input_size(str(models["view_dynamic"]), {"x": (1, 3, 32, 32)}) or "")
     why = validate_input_size(str(models["vanishing"]), {"x": (1, 3, 16, 16)}) or ""
     assert "too small" in why and "x:1x3x31x61" in why
+
+
+class ChannelsLast(nn.Module):
+    """An NHWC input permuted to NCHW, then two unpadded 5x5 stride-2 convs: smallest input 13x13."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(nn.Conv2d(3, 4, 5, 2), nn.Conv2d(4, 4, 5, 2))
+
+    def forward(self, x):
+        return self.convs(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+def test_channels_last_input_names_its_spatial_axes(tmp_path):
+    """The smallest size is searched along the axes the leading Transpose makes spatial (H, W of
+    NHWC), not along the channels."""
+    torch.manual_seed(0)
+    path = tmp_path / "nhwc.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ChannelsLast().eval(), (torch.randn(1, 32, 32, 3),), str(path), dynamo=False,
+                          input_names=["x"], output_names=["y"], opset_version=17,
+                          dynamic_axes={"x": {1: "h", 2: "w"}})
+    assert not runs(path, (1, 8, 8, 3))
+    found = re.search(r"is x:1x(\d+)x(\d+)x3", str(refused(path, (1, 8, 8, 3))))
+    assert found, "no smallest size named"
+    h, w = int(found[1]), int(found[2])
+    assert runs(path, (1, h, w, 3)) and not runs(path, (1, h - 1, w, 3)) and not runs(path, (1, h, w - 1, 3))
+
+
+def test_probe_respects_its_input_budget(models, monkeypatch):
+    """Past PROBE_MAX_ELEMENTS no onnxruntime run completes the shapes: the analysis stops at the
+    first Reshape it cannot follow, as it did before the probe (and says why)."""
+    import rfgraph.onnx_import as onnx_import
+
+    monkeypatch.setattr(onnx_import, "PROBE_MAX_ELEMENTS", 100)
+    a = rfgraph.analyze(str(models["tokens"]), {"x": (1, 3, 32, 32)})
+    assert a.stops and a.stops[0].op == "Reshape" and "y" not in a.endpoints
