@@ -620,13 +620,33 @@ def check_input_size(model: onnx.ModelProto, exported: Mapping[str, tuple[int, .
                      probe: bool = True) -> None:
     """Refuse an input size the model cannot run (``InputSizeError``): a tensor shrunk to nothing,
     a Reshape whose fixed target no longer holds the data, an onnxruntime run that fails; and
-    complete the shapes inference left unknown with one onnxruntime run (``probe``)."""
-    dependent = value_dependent(model)
+    complete the shapes inference left unknown with one onnxruntime run (``probe``).  One pass over
+    the shapes finds the nodes worth a look; most models have none, and cost nothing more."""
     dims = stored_dims(model)
-    _refuse_vanished(model, dependent, dims)
-    _refuse_reshape_mismatch(model, dependent, dims, exported)
-    if probe and _probe_unknown_shapes(model, dependent, dims, exported):
-        _refuse_vanished(model, dependent, stored_dims(model))
+    nodes = list(model.graph.node)
+    outputs = [tuple(n.output) for n in nodes]
+    produced = {t for outs in outputs for t in outs if t}
+    unsure_tensors = (produced - dims.keys()) | {t for t, shape in dims.items()  # unknown, or no unit
+                                                 if None in shape or (shape and min(shape) < 1)}  # type: ignore[type-var,operator]
+    unsure = [i for i, outs in enumerate(outputs) if not unsure_tensors.isdisjoint(outs)] \
+        if unsure_tensors & produced else []
+    windows = [i for i, n in enumerate(nodes) if n.op_type in WINDOW_WEIGHTS and outputs[i]  # 1 unit:
+               and not _has_units((dims.get(outputs[i][0]) or (None,) * 3)[2:], least=2)]  # maybe none
+    reshapes = [i for i, n in enumerate(nodes) if n.op_type == "Reshape"]
+    if not (unsure or windows or reshapes):
+        return
+    dependent = value_dependent(model)
+    _refuse_vanished(model, [nodes[i] for i in sorted(set(unsure) | set(windows))], set(dependent), dims)
+    _refuse_reshape_mismatch(model, [nodes[i] for i in reshapes], set(dependent), dims, exported)
+    if unsure and probe and _probe_unknown_shapes(model, dependent, dims, exported):
+        dims = stored_dims(model)
+        _refuse_vanished(model, [n for n in nodes if any(not _has_units(dims.get(t)) for t in n.output if t)],
+                         set(dependent), dims)
+
+
+def _has_units(shape: tuple[int | None, ...] | None, least: int = 1) -> bool:
+    """Whether a shape is known and has at least ``least`` positions along every axis."""
+    return shape is not None and all(d is not None and d >= least for d in shape)
 
 
 MAX_SEARCH_SIZE = 1 << 16  # the largest spatial size the search for the smallest valid size tries
@@ -716,10 +736,15 @@ def stored_dims(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
     out: dict[str, tuple[int | None, ...]] = {}
     g = model.graph
     for vi in list(g.input) + list(g.value_info) + list(g.output):
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-            dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim)
-            if vi.name not in out or None in out[vi.name]:
-                out[vi.name] = dims
+        tensor_type = vi.type.tensor_type
+        if not tensor_type.HasField("shape"):
+            continue
+        dim = tensor_type.shape.dim
+        dims: tuple[int | None, ...] = tuple([d.dim_value for d in dim])
+        if not all(dims):  # 0 is also what an unset dim reads: tell the two apart
+            dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in dim)
+        if vi.name not in out or None in out[vi.name]:
+            out[vi.name] = dims
     out.update({t.name: tuple(t.dims) for t in g.initializer})
     return out
 
@@ -741,22 +766,19 @@ def _node_names(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     return {t: (name, n.op_type) for n, name in zip(nodes, names) for t in n.output if t}
 
 
-def _refuse_vanished(model: onnx.ModelProto, dependent: Sequence[str],
+def _refuse_vanished(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], dependent: set[str],
                      dims: Mapping[str, tuple[int | None, ...]]) -> None:
     """Refuse when a tensor computed from the input has a zero or negative dim, or a window is
-    larger than its padded input: the input is too small for the windows on its path (a map with
-    no units has no receptive field)."""
-    live = set(dependent)
-    names = None
-    for node in model.graph.node:
-        if not node.output or node.output[0] not in live:
+    larger than its padded input (the first such of ``nodes``, in graph order): the input is too
+    small for the windows on its path (a map with no units has no receptive field)."""
+    for node in nodes:
+        if not node.output or node.output[0] not in dependent:
             continue
         short = _window_overhang(node, dims)
         tensor = next((t for t in node.output if any(d is not None and d <= 0 for d in dims.get(t) or ())), None)
         if short is None and tensor is None:
             continue
-        names = names or _node_names(model)
-        name, op = names[node.output[0]]
+        name, op = _node_names(model)[node.output[0]]
         what = short or f"gives '{tensor}' the shape {_shape_text(dims[tensor or ''])}, with no units"
         raise InputSizeError(f"input size {_input_size_text(model)} is too small: node '{name}' ({op}) "
                              f"{what}", name, op, vanished=True)
@@ -807,14 +829,13 @@ def _ints(value: object) -> list[int] | None:
     return list(value)
 
 
-def _refuse_reshape_mismatch(model: onnx.ModelProto, dependent: Sequence[str],
+def _refuse_reshape_mismatch(model: onnx.ModelProto, reshapes: Sequence[onnx.NodeProto], dependent: set[str],
                              dims: Mapping[str, tuple[int | None, ...]],
                              exported: Mapping[str, tuple[int, ...]]) -> None:
     """Refuse a Reshape whose known target holds another number of values than its known input:
     a target fixed when the model was exported, which this input size no longer fits."""
-    live = set(dependent)
-    for node in model.graph.node:
-        if node.op_type != "Reshape" or not node.input or node.input[0] not in live:
+    for node in reshapes:
+        if not node.input or node.input[0] not in dependent:
             continue
         src, dst = dims.get(node.input[0]), dims.get(node.output[0])
         if src is None or dst is None or None in src or None in dst:
