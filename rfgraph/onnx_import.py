@@ -621,7 +621,7 @@ def check_input_size(model: onnx.ModelProto, exported: Mapping[str, tuple[int, .
     """Refuse an input size the model cannot run (``InputSizeError``): a tensor shrunk to nothing,
     a Reshape whose fixed target no longer holds the data, an onnxruntime run that fails; and
     complete the shapes inference left unknown with one onnxruntime run (``probe``).  One pass over
-    the shapes finds the nodes worth a look; most models have none, and cost nothing more."""
+    the shapes finds the nodes worth a look; most models have none and pay only that read."""
     dims = stored_dims(model)
     nodes = list(model.graph.node)
     outputs = [tuple(n.output) for n in nodes]
