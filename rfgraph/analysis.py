@@ -14,11 +14,23 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from . import custom_ops
-from .errors import DynamicShapeError, RFGraphError
+from .errors import DynamicShapeError, InputSizeError, RFGraphError
 from .fields import AxisField, Rational, Span, compose
-from .onnx_import import ModelGraph, ModelSource, build_graph, inlined_ifs, load_model
+from .onnx_import import (
+    ModelGraph,
+    ModelSource,
+    build_graph,
+    forget_stored_shapes,
+    inlined_ifs,
+    load_model,
+    read_model,
+    set_input_shapes,
+    shapes_only,
+    smallest_input_size,
+)
 from .ops import Layout, carried
 from .trf import Merge, PassResult, Stop, TensorState, forward_pass, reverse_pass
 
@@ -243,7 +255,7 @@ def _analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None
              fill: Mapping[str, float] | None = None) -> Analysis:
     """``analyze`` with the declared rules already active."""
     on_stage(STAGES[0])
-    proto = custom_ops.declare_shapes(load_model(model, input_shape, fill))
+    proto = custom_ops.declare_shapes(_load_at_size(model, input_shape, input_name, layout, fill))
     on_stage(STAGES[1])
     mg = build_graph(proto)
     name = _pick_input(mg, input_name, layout)
@@ -265,6 +277,52 @@ def _analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None
     axis_names = AXIS_NAMES.get(len(spatial), tuple(f"A{i}" for i in range(len(spatial))))
     return Analysis(name, tuple(shape), tuple(spatial), axis_names,
                     endpoints, mg.outputs, result.merges, result.stops, result.global_at, mg, result)
+
+
+def validate_input_size(model: ModelSource, input_shape: Mapping[str, Sequence[int]],
+                        input_name: str | None = None, layout: str | None = None,
+                        fill: Mapping[str, float] | None = None) -> str | None:
+    """Whether the model can run at this input size: None when it can, else the reason (the node
+    where a map vanishes and the smallest size that works, or the node that cannot take the size).
+    Other problems of the model (unreadable, unsupported ops) raise as ``analyze`` does."""
+    try:
+        _load_at_size(model, input_shape, input_name, layout, fill)
+    except InputSizeError as exc:
+        return str(exc)
+    return None
+
+
+def _load_at_size(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None,
+                  input_name: str | None, layout: str | None,
+                  fill: Mapping[str, float] | None) -> onnx.ModelProto:
+    """``load_model``, naming the smallest input size that works when a map vanishes."""
+    try:
+        return load_model(model, input_shape, fill)
+    except InputSizeError as exc:
+        if not exc.vanished:
+            raise
+        found = _smallest_size(model, input_shape, input_name, layout, fill)
+        hint = f"; the smallest input size that leaves every map a unit is {found}" if found else \
+            "; no input size up to the search limit leaves every map a unit"
+        raise InputSizeError(f"{exc}{hint}", exc.node, exc.op, vanished=True) from None
+
+
+def _smallest_size(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None,
+                   input_name: str | None, layout: str | None,
+                   fill: Mapping[str, float] | None) -> str | None:
+    """The smallest valid size of the analysed input along its spatial axes, as NAME:1x3x61x61."""
+    base = shapes_only(read_model(model))
+    at_size = shapes_only(base)
+    forget_stored_shapes(at_size)
+    set_input_shapes(at_size, input_shape or {})
+    mg = build_graph(at_size)  # structure and input shapes only: which input, which axes
+    name = _pick_input(mg, input_name, layout)
+    shape = mg.shapes.get(name)
+    if shape is None or None in shape:
+        return None
+    spatial = _spatial_axes(mg, name, len(shape), layout)
+    found = smallest_input_size(base, name, tuple(int(d) for d in shape), spatial, fill)
+    return f"{name}:{'x'.join(map(str, found))}" if found else None
 
 
 def _pick_input(mg: ModelGraph, requested: str | None, layout: str | None = None) -> str:
@@ -378,4 +436,4 @@ def _unit_layout(layout: Layout, n_axes: int) -> tuple[tuple[int | None, ...], d
     return tuple(units), folded, tuple(sorted(unit_axes, key=lambda ta: ta[1]))  # input-axis order
 
 
-__all__ = ["Analysis", "EndPoint", "analyze"]
+__all__ = ["Analysis", "EndPoint", "analyze", "validate_input_size"]

@@ -29,3 +29,12 @@ class UnsupportedOpError(RFGraphError):
 
 class InvalidAttributeError(RFGraphError):
     """A node carries attribute values that make no sense (zero stride, negative kernel...)."""
+
+
+class InputSizeError(RFGraphError):
+    """The model cannot run at the requested input size (a map shrinks to nothing, a Reshape or
+    broadcast fixed at export time no longer fits); says where and, when known, which sizes work."""
+
+    def __init__(self, message: str, node: str = "", op: str = "", vanished: bool = False) -> None:
+        self.node, self.op, self.vanished = node, op, vanished
+        super().__init__(message)

@@ -7,11 +7,13 @@ Initializers and Constant nodes are values, not layers.  Every failure on a user
 from __future__ import annotations
 
 import gc
+import hashlib
+import io
 import math
 import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from onnx import helper, numpy_helper, shape_inference
 from .errors import (
     DynamicShapeError,
     GraphStructureError,
+    InputSizeError,
     InvalidAttributeError,
     ModelLoadError,
     RFGraphError,
@@ -685,13 +688,16 @@ def _check_acyclic(dag: nx.DiGraph, names: list[str]) -> None:
 
 
 def load_model(source: ModelSource, input_shape: Mapping[str, Sequence[int]] | None = None,
-               fill: Mapping[str, float] | None = None) -> onnx.ModelProto:
+               fill: Mapping[str, float] | None = None, *, check: bool = True,
+               probe: bool = True) -> onnx.ModelProto:
     """Read a model, fix input shapes, give the ``fill`` inputs their constant values, run shape
-    inference, and replace each If whose condition is then known by its branch; the public
-    loading entry point."""
+    inference, replace each If whose condition is then known by its branch, and check that the
+    model can run at that size (``check_input_size``; ``probe``: complete unknown shapes with one
+    onnxruntime run); the public loading entry point."""
     model = read_model(source)
     model = _copy(model)
     _unknown_negative_dims(model)
+    exported = static_input_shapes(model)
     if input_shape:
         forget_stored_shapes(model)
     set_input_shapes(model, input_shape or {})
@@ -701,7 +707,406 @@ def load_model(source: ModelSource, input_shape: Mapping[str, Sequence[int]] | N
         if not inline_constant_ifs(model):
             break
         model = infer_shapes(model)
+    if check:
+        check_input_size(model, exported, probe)
     return model
+
+
+# ---------------------------------------------------------------- input sizes the model can run
+
+# Ops whose output shape depends on their input's values, not only on its shape: a probe on zeros
+# measures one case of them, so shapes after them are never taken from a probe.
+VALUE_SHAPED_OPS = {"NonZero", "NonMaxSuppression", "Compress", "Unique", "TopK", "Loop", "Scan", "If"}
+# Ops that read only their input's shape: what they compute is no data of the input.
+SHAPE_READERS = {"Shape", "Size"}
+PROBE_MAX_ELEMENTS = 1 << 24  # the largest input the shape probe runs (64 MB of float32)
+
+
+def static_input_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Shapes of the data inputs as the file fixes them (the export size), when every dim is set."""
+    inputs = {i.name: i for i in model.graph.input}
+    out = {}
+    for name in data_inputs(model):
+        dims = inputs[name].type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+            out[name] = tuple(d.dim_value for d in dims)
+    return out
+
+
+def check_input_size(model: onnx.ModelProto, exported: Mapping[str, tuple[int, ...]],
+                     probe: bool = True) -> None:
+    """Refuse an input size the model cannot run (``InputSizeError``): a tensor shrunk to nothing,
+    a Reshape whose fixed target no longer holds the data, an onnxruntime run that fails; and
+    complete the shapes inference left unknown with one onnxruntime run (``probe``).  One pass over
+    the shapes finds the nodes worth a look; most models have none and pay only that read."""
+    dims = stored_dims(model)
+    nodes = list(model.graph.node)
+    outputs = [tuple(n.output) for n in nodes]
+    produced = {t for outs in outputs for t in outs if t}
+    unsure_tensors = (produced - dims.keys()) | {t for t, shape in dims.items()  # unknown, or no unit
+                                                 if None in shape or (shape and min(shape) < 1)}  # type: ignore[type-var,operator]
+    unsure = [i for i, outs in enumerate(outputs) if not unsure_tensors.isdisjoint(outs)] \
+        if unsure_tensors & produced else []
+    windows = [i for i, n in enumerate(nodes) if n.op_type in WINDOW_WEIGHTS and outputs[i]  # 1 unit:
+               and not _has_units((dims.get(outputs[i][0]) or (None,) * 3)[2:], least=2)]  # maybe none
+    reshapes = [i for i, n in enumerate(nodes) if n.op_type == "Reshape"]
+    if not (unsure or windows or reshapes):
+        return
+    dependent = value_dependent(model)
+    _refuse_vanished(model, [nodes[i] for i in sorted(set(unsure) | set(windows))], set(dependent), dims)
+    _refuse_reshape_mismatch(model, [nodes[i] for i in reshapes], set(dependent), dims, exported)
+    if unsure and probe and _probe_unknown_shapes(model, dependent, dims, exported):
+        dims = stored_dims(model)
+        _refuse_vanished(model, [n for n in nodes if any(not _has_units(dims.get(t)) for t in n.output if t)],
+                         set(dependent), dims)
+
+
+def _has_units(shape: tuple[int | None, ...] | None, least: int = 1) -> bool:
+    """Whether a shape is known and has at least ``least`` positions along every axis."""
+    return shape is not None and all(d is not None and d >= least for d in shape)
+
+
+MAX_SEARCH_SIZE = 1 << 16  # the largest spatial size the search for the smallest valid size tries
+BIG_WEIGHT = 4096  # float initializers with more elements are never shape data
+
+
+def smallest_input_size(model: onnx.ModelProto, name: str, shape: Sequence[int], axes: Sequence[int],
+                        fill: Mapping[str, float] | None = None) -> tuple[int, ...] | None:
+    """Smallest size along each spatial axis (``axes`` of input ``name``) at which no tensor
+    vanishes, found with shape inference alone: double every axis until nothing vanishes, then
+    bisect each axis with the others held there (output sizes of windows grow with the input, so
+    this is the per-axis minimum); None when nothing up to ``MAX_SEARCH_SIZE`` fits.  Remembered
+    per model and input (a size scan asks again at every size too small)."""
+    base = shapes_only(model)
+    key = (hashlib.sha256(base.SerializeToString()).hexdigest(), name, tuple(axes),
+           tuple(None if a in axes else d for a, d in enumerate(shape)), tuple(sorted((fill or {}).items())))
+    if key not in _SMALLEST_SIZES:
+        if len(_SMALLEST_SIZES) >= 64:
+            _SMALLEST_SIZES.clear()
+        _SMALLEST_SIZES[key] = _search_smallest_size(base, name, shape, axes, fill)
+    return _SMALLEST_SIZES[key]
+
+
+_SMALLEST_SIZES: dict[tuple, tuple[int, ...] | None] = {}
+
+
+def _search_smallest_size(base: onnx.ModelProto, name: str, shape: Sequence[int], axes: Sequence[int],
+                          fill: Mapping[str, float] | None) -> tuple[int, ...] | None:
+    """``smallest_input_size``'s search, on a model stripped of its weights."""
+
+    def fits(size: Sequence[int]) -> bool:
+        try:
+            load_model(base, {name: tuple(size)}, fill, probe=False)
+        except InputSizeError as exc:
+            return not exc.vanished  # other refusals are no vanishing map
+        except RFGraphError:
+            return False
+        return True
+
+    high = list(shape)
+    while not fits(high):
+        if max(high[a] for a in axes) >= MAX_SEARCH_SIZE:
+            return None
+        for a in axes:
+            high[a] *= 2
+    best = list(high)
+    for a in axes:
+        lo, hi = 1, high[a]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if fits(high[:a] + [mid] + high[a + 1:]) else (mid + 1, hi)
+        best[a] = hi
+    return tuple(best) if fits(best) else tuple(high)
+
+
+def shapes_only(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy without the data of big float initializers (weights, never shape arithmetic), for
+    the many shape inferences of a search."""
+    out = _copy(model)
+    for init in out.graph.initializer:
+        if init.data_type in FLOAT_TYPES and init.HasField("raw_data") and math.prod(init.dims) > BIG_WEIGHT:
+            init.ClearField("raw_data")
+    return out
+
+
+FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                         onnx.TensorProto.BFLOAT16})
+
+
+def value_dependent(model: onnx.ModelProto) -> list[str]:
+    """Tensors computed from the data inputs' values (graph order), not from their shapes alone."""
+    live = set(data_inputs(model))
+    out = []
+    for node in model.graph.node:
+        if node.op_type in SHAPE_READERS or not any(t in live for t in node.input if t):
+            continue
+        for t in node.output:
+            if t:
+                live.add(t)
+                out.append(t)
+    return out
+
+
+def stored_dims(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    """Every stored or inferred shape as it stands, negative dims included (inference writes -1
+    where a kernel is larger than its input; ``collect_shapes`` refuses those as corrupt)."""
+    out: dict[str, tuple[int | None, ...]] = {}
+    g = model.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        tensor_type = vi.type.tensor_type
+        if not tensor_type.HasField("shape"):
+            continue
+        dim = tensor_type.shape.dim
+        dims: tuple[int | None, ...] = tuple([d.dim_value for d in dim])
+        if not all(dims):  # 0 is also what an unset dim reads: tell the two apart
+            dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in dim)
+        if vi.name not in out or None in out[vi.name]:
+            out[vi.name] = dims
+    out.update({t.name: tuple(t.dims) for t in g.initializer})
+    return out
+
+
+def _input_size_text(model: onnx.ModelProto) -> str:
+    """The data inputs' shapes as --input-shape writes them (x:1x3x32x32)."""
+    dims = stored_dims(model)
+    return ", ".join(f"{n}:{_shape_text(dims.get(n) or ())}" for n in data_inputs(model))
+
+
+def _shape_text(shape: Sequence[int | None]) -> str:
+    return "x".join("?" if d is None else str(d) for d in shape)
+
+
+def _node_names(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
+    """Tensor -> (display name, op) of the node producing it (names as ``build_graph`` gives them)."""
+    nodes = list(model.graph.node)
+    names = _unique_node_names(nodes, [n.op_type for n in nodes])
+    return {t: (name, n.op_type) for n, name in zip(nodes, names) for t in n.output if t}
+
+
+def _refuse_vanished(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], dependent: set[str],
+                     dims: Mapping[str, tuple[int | None, ...]]) -> None:
+    """Refuse when a tensor computed from the input has a zero or negative dim, or a window is
+    larger than its padded input (the first such of ``nodes``, in graph order): the input is too
+    small for the windows on its path (a map with no units has no receptive field)."""
+    for node in nodes:
+        if not node.output or node.output[0] not in dependent:
+            continue
+        short = _window_overhang(node, dims)
+        tensor = next((t for t in node.output if any(d is not None and d <= 0 for d in dims.get(t) or ())), None)
+        if short is None and tensor is None:
+            continue
+        name, op = _node_names(model)[node.output[0]]
+        what = short or f"gives '{tensor}' the shape {_shape_text(dims[tensor or ''])}, with no units"
+        raise InputSizeError(f"input size {_input_size_text(model)} is too small: node '{name}' ({op}) "
+                             f"{what}", name, op, vanished=True)
+
+
+# Sliding-window ops: the input slot holding the weights whose dims after the first two are the
+# kernel (None: the kernel_shape attribute gives it).
+WINDOW_WEIGHTS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "MaxPool": None, "AveragePool": None,
+                  "LpPool": None}
+
+
+def _window_overhang(node: onnx.NodeProto, dims: Mapping[str, tuple[int | None, ...]]) -> str | None:
+    """Why a conv/pool window does not fit in its padded input (no output unit under the spec's
+    floor((in + pads - dilated kernel) / stride) + 1), or None.  Checked here because ONNX shape
+    inference rounds that negative quotient toward zero and reports one unit, which onnxruntime
+    then refuses to compute."""
+    slot = WINDOW_WEIGHTS.get(node.op_type, -1)
+    if slot == -1 or node.domain not in ("", "ai.onnx"):
+        return None
+    attrs = attributes(node)
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    if auto_pad not in (b"NOTSET", b"VALID", "NOTSET", "VALID") or attrs.get("ceil_mode", 0):
+        return None  # SAME padding always leaves ceil(in / stride) units; ceil_mode: inference's
+    x = dims.get(node.input[0]) if node.input else None
+    kernel = _ints(attrs.get("kernel_shape"))
+    if kernel is None and slot is not None and slot < len(node.input):
+        kernel = _ints((dims.get(node.input[slot]) or ())[2:])
+    if not x or not kernel:
+        return None
+    n = len(kernel)
+    pads = _ints(attrs.get("pads", [0] * 2 * n)) if auto_pad in (b"NOTSET", "NOTSET") else [0] * 2 * n
+    dilations = _ints(attrs.get("dilations", [1] * n))
+    if pads is None or dilations is None or len(pads) != 2 * n or len(dilations) != n or len(x) < n:
+        return None  # malformed attributes: the op rules name them
+    sizes = x[len(x) - n:]
+    for i, (size, k) in enumerate(zip(sizes, kernel)):
+        extent = (k - 1) * dilations[i] + 1
+        if size is not None and size + pads[i] + pads[i + n] < extent:
+            return (f"has input {_shape_text(x)}, smaller along axis {len(x) - n + i} ({size} + padding "
+                    f"{pads[i] + pads[i + n]}) than its window ({extent}): no output unit")
+    return None
+
+
+def _ints(value: object) -> list[int] | None:
+    """A list of ints, or None when ``value`` is anything else (a malformed attribute)."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) for v in value):
+        return None
+    return list(value)
+
+
+def _refuse_reshape_mismatch(model: onnx.ModelProto, reshapes: Sequence[onnx.NodeProto], dependent: set[str],
+                             dims: Mapping[str, tuple[int | None, ...]],
+                             exported: Mapping[str, tuple[int, ...]]) -> None:
+    """Refuse a Reshape whose known target holds another number of values than its known input:
+    a target fixed when the model was exported, which this input size no longer fits."""
+    for node in reshapes:
+        if not node.input or node.input[0] not in dependent:
+            continue
+        src, dst = dims.get(node.input[0]), dims.get(node.output[0])
+        if src is None or dst is None or None in src or None in dst:
+            continue
+        if math.prod(src) != math.prod(dst):  # type: ignore[arg-type]  # no None left
+            name, op = _node_names(model)[node.output[0]]
+            raise InputSizeError(
+                f"the model cannot run at input size {_input_size_text(model)}: node '{name}' (Reshape) "
+                f"reshapes {_shape_text(src)} ({math.prod(src)} values) to {_shape_text(dst)} "  # type: ignore[arg-type]
+                f"({math.prod(dst)} values): its target does not fit this input size"  # type: ignore[arg-type]
+                f"{_export_size_hint(model, exported)}", name, op)
+
+
+def _export_size_hint(model: onnx.ModelProto, exported: Mapping[str, tuple[int, ...]]) -> str:
+    """'; it was exported at x:1x3x64x64' when the file fixes another input size, else ''."""
+    dims = stored_dims(model)
+    if not exported or all(dims.get(n) == s for n, s in exported.items()):
+        return ""
+    return "; the file was exported at " + ", ".join(f"{n}:{_shape_text(s)}" for n, s in exported.items())
+
+
+def _probe_unknown_shapes(model: onnx.ModelProto, dependent: Sequence[str],
+                          dims: Mapping[str, tuple[int | None, ...]],
+                          exported: Mapping[str, tuple[int, ...]]) -> bool:
+    """Measure the shapes inference left unknown with one onnxruntime run on zeros, and store them
+    in ``value_info``; True when shapes were stored.  Skipped (False) when an input's size is unknown
+    or past ``PROBE_MAX_ELEMENTS``, or onnxruntime cannot load the model (a custom op); a failed
+    run, or onnxruntime's shape inference failing at load, refuses the size."""
+    missing = [t for t in _probe_targets(model, dependent) if None in (dims.get(t) or (None,))]
+    if not missing or not _probe_affordable(model, dims):
+        return False
+    try:
+        session = probe_session(model, missing, elem_types(model))
+    except Exception as exc:  # noqa: BLE001  onnxruntime cannot load it: refused when its own shape
+        if "ShapeInferenceError" in str(exc):  # inference fails (a size that does not fit), else
+            _refuse_failed_run(model, str(exc), exported)  # (a custom op...) shapes stay unknown
+        return False
+    try:
+        measured = run_on_zeros(session, missing, elem_types(model))
+    except Exception as exc:  # noqa: BLE001  an onnxruntime failure at run time, handled below
+        _refuse_failed_run(model, str(exc), exported)
+        return False
+    store_shapes(model, measured)
+    return True
+
+
+# Ops whose output can be far larger than their inputs: the probe runs only where each one's size
+# is known and within budget (never allocate an absurd tensor to learn a shape).
+GROWING_OPS = ALLOCATING_OPS | {"Resize", "Upsample", "ConvTranspose", "Pad"}
+
+
+def _probe_affordable(model: onnx.ModelProto, dims: Mapping[str, tuple[int | None, ...]]) -> bool:
+    """Whether one run is bounded: every input known and at most ``PROBE_MAX_ELEMENTS``, and every
+    growing op's output known and within 4x that."""
+    def within(shape: tuple[int | None, ...] | None, limit: int) -> bool:
+        return shape is not None and None not in shape and math.prod(shape) <= limit  # type: ignore[arg-type]
+
+    return (all(within(dims.get(n), PROBE_MAX_ELEMENTS) for n in data_inputs(model))
+            and all(within(dims.get(t), 4 * PROBE_MAX_ELEMENTS) for node in model.graph.node
+                    if node.op_type in GROWING_OPS for t in node.output if t))
+
+
+def _probe_targets(model: onnx.ModelProto, dependent: Sequence[str]) -> list[str]:
+    """The value-dependent tensors whose shape a run on zeros tells (none after a VALUE_SHAPED_OPS node)."""
+    live = set(dependent)
+    blocked: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type in VALUE_SHAPED_OPS or any(t in blocked for t in node.input if t):
+            blocked.update(t for t in node.output if t in live)
+    return [t for t in dependent if t not in blocked]
+
+
+# onnxruntime's messages naming the failing node: at run time, and from its shape inference at load
+ORT_NODE_MESSAGES = (r"running (?P<op>\w+) node\. Name:'(?P<node>[^']*)'.*?Status Message: (?P<why>.*)",
+                     r"Node \((?P<node>[^)]*)\) Op \((?P<op>\w+)\) (?P<why>.*)")
+ORT_SOURCE_PREFIX = r"^\S+\.(?:h|cc|cpp):\d+ .*?\)\s+"  # "/onnxruntime_src/...h:91 f(args) " before the reason
+
+
+def _refuse_failed_run(model: onnx.ModelProto, message: str, exported: Mapping[str, tuple[int, ...]]) -> None:
+    """Refuse the size: onnxruntime cannot run the model at it (the run on zeros failed, or its
+    own shape inference did at load), naming the node, its op and onnxruntime's reason."""
+    import re
+    found = next((m for p in ORT_NODE_MESSAGES if (m := re.search(p, message, re.S))), None)
+    why = re.sub(ORT_SOURCE_PREFIX, "", " ".join((found["why"] if found else message).split()))
+    where = f"node '{found['node']}' ({found['op']}) fails: {why}" if found else f"onnxruntime fails: {why}"
+    raise InputSizeError(f"the model cannot run at input size {_input_size_text(model)}: {where}"
+                         f"{_export_size_hint(model, exported)}",
+                         found["node"] if found else "", found["op"] if found else "")
+
+
+def elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor whose type the file or inference states."""
+    g = model.graph
+    out = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.input) + list(g.value_info) + list(g.output)
+           if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
+    out.update({t.name: t.data_type for t in g.initializer})
+    return out
+
+
+def session_options(optimize: bool = True) -> Any:
+    """onnxruntime options for every rfgraph session: graph optimisation ALL (or none), and no
+    log of its own (its warnings, e.g. about the unused initializers exporters leave, and the
+    errors of trial runs that rfgraph expects and handles, went to the user's terminal; every
+    real failure surfaces as an exception, which rfgraph reports in one line)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    return opts
+
+
+def probe_session(model: onnx.ModelProto, names: Sequence[str], dtypes: Mapping[str, int]) -> Any:
+    """An onnxruntime session of ``model`` with ``names`` added to its outputs."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in known:
+            elem = dtypes.get(name, 0) or onnx.TensorProto.FLOAT
+            probe.graph.output.append(helper.make_tensor_value_info(name, elem, None))
+    with redirect_stdout(io.StringIO()):  # onnxruntime prints some load failures ("EP Error") itself
+        return ort.InferenceSession(probe.SerializeToString(), session_options(optimize=False),  # no constant
+                                    providers=["CPUExecutionProvider"])  # folding (bounded memory), quick load
+
+
+def run_on_zeros(session: Any, names: Sequence[str], dtypes: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
+    """Shapes of ``names`` from one run of ``session`` on all-zero inputs (unknown dims taken as 1)."""
+    feeds = {}
+    for i in session.get_inputs():
+        dt = helper.tensor_dtype_to_np_dtype(dtypes.get(i.name, onnx.TensorProto.FLOAT))
+        feeds[i.name] = np.zeros([d if isinstance(d, int) else 1 for d in i.shape], dtype=dt)
+    values = session.run(list(names), feeds)
+    return {n: tuple(np.shape(v)) for n, v in zip(names, values)}
+
+
+def measure_shapes(model: onnx.ModelProto, names: Sequence[str],
+                   dtypes: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
+    """Shapes of ``names`` from one onnxruntime run of the model on zero inputs."""
+    return run_on_zeros(probe_session(model, names, dtypes), names, dtypes)
+
+
+def store_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> None:
+    """Record measured shapes in ``value_info`` (replacing what inference left unknown)."""
+    dtypes = elem_types(model)
+    keep = [vi for vi in model.graph.value_info if vi.name not in shapes]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(keep)
+    for name, shape in shapes.items():
+        model.graph.value_info.append(helper.make_tensor_value_info(
+            name, dtypes.get(name, 0) or onnx.TensorProto.FLOAT, list(shape)))
 
 
 def fill_inputs(model: onnx.ModelProto, fill: Mapping[str, float]) -> None:

@@ -27,6 +27,7 @@ from .errors import (
     RFGraphError,
     UnsupportedOpError,
 )
+from .onnx_import import BIG_WEIGHT, FLOAT_TYPES, measure_shapes, session_options
 
 SEED_NAME = "rfgraph_seed"
 FD_HINT = "use the finite-difference engine instead (--method fd; method='fd' in Python), which runs any op"
@@ -43,8 +44,6 @@ NON_DIFFERENTIABLE = frozenset({
     # derivatives.yaml declares for floor/round/sign and argmax
     "Hardmax", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot",
 })
-FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16,
-                         TensorProto.BFLOAT16})
 
 
 class VJPError(RFGraphError):
@@ -1512,11 +1511,8 @@ def tensor_shapes(model: onnx.ModelProto, input_name: str) -> tuple[dict[str, tu
         dtypes[init.name] = init.data_type
     missing = [o for n in model.graph.node for o in n.output if o and o not in shapes]
     if missing:
-        shapes.update(_measure_shapes(model, input_name, missing, dtypes))
+        shapes.update(measure_shapes(model, missing, dtypes))
     return shapes, dtypes
-
-
-BIG_WEIGHT = 4096  # float initializers with more elements are never shape data
 
 
 def _strip_weights(model: onnx.ModelProto) -> dict[int, bytes]:
@@ -1533,27 +1529,6 @@ def _strip_weights(model: onnx.ModelProto) -> dict[int, bytes]:
 def _restore_weights(model: onnx.ModelProto, stash: dict[int, bytes]) -> None:
     for i, raw in stash.items():
         model.graph.initializer[i].raw_data = raw
-
-
-def _measure_shapes(model: onnx.ModelProto, input_name: str, names: list[str],
-                    dtypes: dict[str, int]) -> dict[str, tuple[int, ...]]:
-    """Shapes of ``names`` from one onnxruntime run of the model on a zero input."""
-    import onnxruntime as ort
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    known = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in known:
-            elem = dtypes.get(name, 0) or TensorProto.FLOAT
-            probe.graph.output.append(helper.make_tensor_value_info(name, elem, None))
-    sess = ort.InferenceSession(probe.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
-    feeds = {}
-    for i in sess.get_inputs():
-        dt = helper.tensor_dtype_to_np_dtype(dtypes.get(i.name, TensorProto.FLOAT))
-        feeds[i.name] = np.zeros(i.shape, dtype=dt)
-    values = sess.run(names, feeds)
-    return {n: tuple(v.shape) for n, v in zip(names, values)}
 
 
 def _input_independent(model: onnx.ModelProto, name: str, active: set[str],
@@ -1797,20 +1772,6 @@ def _assemble(model: onnx.ModelProto, forward: list[onnx.NodeProto], b: Builder,
     graph.name = graph.name + "_vjp"
     return VJPGraph(model, x_name, y_name, SEED_NAME, GRAD_NAME, tuple(b.shapes[x_name]),
                     tuple(b.shapes[y_name]), np.dtype(helper.tensor_dtype_to_np_dtype(dtype)))
-
-
-def session_options(optimize: bool = True) -> Any:
-    """onnxruntime options for every rfgraph session: graph optimisation ALL (or none), and no
-    log of its own (its warnings, e.g. about the unused initializers exporters leave, and the
-    errors of trial runs that rfgraph expects and handles, went to the user's terminal; every
-    real failure surfaces as an exception, which rfgraph reports in one line)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4
-    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    return opts
 
 
 def session(vjp: VJPGraph, providers: Sequence[str] | None = None, threads: int = 0,
