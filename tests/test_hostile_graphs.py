@@ -27,7 +27,7 @@ def test_axis_out_of_range_is_one_line_naming_the_node(op: str, opset: int, attr
     path = workdir / "m.onnx"
     path.write_bytes(model.SerializeToString())
     line = refused(["analyze", path], capsys, "hostile")
-    assert "axis" in line and "out of range" in line, line
+    assert "axis" in line and ("out of range" in line or "must be in" in line), line
 
 
 def declared_model(opset: int = 17, dims: tuple[int, ...] = (1, 1, 8, 8), shadow: bool = False):
