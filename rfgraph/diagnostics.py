@@ -231,6 +231,9 @@ def layer_verdicts(analysis: Analysis, regions: Mapping[str, tuple[AxisRegions, 
         ot = res.transfers[lay.index].outputs[j]
         if ot is None or lay.output not in regions:  # ot: never None, layers() skips those
             continue
+        if not _grows(res.transfers[lay.index]):  # a 1x1 conv adds no field: none of it is outside
+            out.append(LayerVerdict(lay.node, lay.op, lay.output, (0.0,) * len(sizes)))
+            continue
         fractions = []
         for a, size in enumerate(sizes):
             n_out = regions[lay.output][a].n
@@ -388,7 +391,12 @@ def _covers_axis(a: Analysis, endpoint: str, axis: int, regions: Mapping[str, tu
         raise RFGraphError(f"end point '{endpoint}' not analysed at this size")
     ep = a[endpoint]
     size = input_sizes(a)[axis]
-    return ep.fields[axis].is_global or bool(regions[endpoint][axis].covers(size).any())
+    if ep.fields[axis].is_global:
+        return True
+    if endpoint not in regions:  # exact_regions keeps only tensors with units along every axis
+        raise RFGraphError(f"end point '{endpoint}' has no units at this size (shape "
+                           f"{list(ep.shape)})")
+    return bool(regions[endpoint][axis].covers(size).any())
 
 
 def default_size_grid(analysis: Analysis, endpoints: Sequence[str], step: int | None = None,

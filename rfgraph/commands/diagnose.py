@@ -151,8 +151,14 @@ def _sizes_section(d: Diagnosis) -> str:
     iv = d.sizes.intervals
     where = ", ".join(f"[{lo}, {hi}]" if lo != hi else f"{lo}" for lo, hi in iv) or "none"
     scanned = [p.size for p in d.sizes.points]
-    return (f"input sizes (square, step {d.sizes.step}, scanned {scanned[0]}..{scanned[-1]}) where "
+    text = (f"input sizes (square, step {d.sizes.step}, scanned {scanned[0]}..{scanned[-1]}) where "
             f"a unit of every end point sees the whole input and no layer is unproductive: {where}")
+    failed = [f"  {p.size}: {p.error}" for p in d.sizes.points if p.error]
+    if failed:
+        text += "\nsizes that could not be analysed:\n" + "\n".join(failed[:NOTE_LINES])
+        if len(failed) > NOTE_LINES:
+            text += f"\n  ... and {len(failed) - NOTE_LINES} more (--format json lists them all)"
+    return text
 
 
 def _objects_table(d: Diagnosis) -> str:
