@@ -368,10 +368,16 @@ class SizeRange:
 
 
 def size_range(reanalyse: Callable[[int], Analysis], endpoints: Sequence[str],
-               sizes: Iterable[int], step: int) -> SizeRange:
-    """Evaluate coverage and unproductive layers at every size (failures recorded, not raised)."""
+               sizes: Iterable[int], step: int, progress: bool = False) -> SizeRange:
+    """Evaluate coverage and unproductive layers at every size (failures recorded, not raised);
+    ``progress`` shows a bar on stderr (one re-analysis per size)."""
+    import sys
+
+    from tqdm import tqdm
+
     points = []
-    for n in sizes:
+    for n in tqdm(list(sizes), desc="rfgraph: input-size scan", unit="size", file=sys.stderr,
+                  disable=not progress, leave=False):
         try:
             a = reanalyse(n)
             regions = exact_regions(a)
@@ -704,8 +710,10 @@ def diagnose(model: Any, input_shape: Mapping[str, Sequence[int]] | None = None,
              erf: bool = False, erf_runs: int = 8, erf_layers: int = 8,
              erf_options: Mapping[str, Any] | None = None, rules: Any = None,
              assume_pointwise: bool = False, input_name: str | None = None,
-             layout: str | None = None, fill: Mapping[str, float] | None = None) -> Diagnosis:
-    """Run every diagnostic on ``model`` (path, bytes, ModelProto or zoo:NAME)."""
+             layout: str | None = None, fill: Mapping[str, float] | None = None,
+             progress: bool = False) -> Diagnosis:
+    """Run every diagnostic on ``model`` (path, bytes, ModelProto or zoo:NAME); ``progress``
+    shows the input-size scan's progress on stderr."""
     opts = {"input_name": input_name, "layout": layout, "rules": rules,
             "assume_pointwise": assume_pointwise, "fill": fill}
     a = analyze(model, input_shape, **opts)
@@ -721,7 +729,8 @@ def diagnose(model: Any, input_shape: Mapping[str, Sequence[int]] | None = None,
     if scan_sizes and local:
         grid, step = default_size_grid(a, local, size_step, size_max)
         free = without_static_shapes(model)
-        sizes = size_range(lambda n: analyze(free, _square(a, n), **opts), local, grid, step)
+        sizes = size_range(lambda n: analyze(free, _square(a, n), **opts), local, grid, step,
+                           progress)
     growth = []
     extents: dict[str, tuple[int, ...]] = {}
     if erf:

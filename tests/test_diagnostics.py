@@ -485,3 +485,17 @@ def test_a_1x1_head_is_never_unproductive() -> None:
     assert any(lo <= 12 <= hi for lo, hi in without.sizes.intervals)
     verdict = {v.node: v for v in with_head.verdicts}["c4"]
     assert verdict.fraction == (0.0, 0.0) and not verdict.unproductive
+
+
+def test_diagnose_shows_the_size_scan_progress_on_a_terminal(tmp_path, capsys, monkeypatch) -> None:
+    """On a terminal (simulated: stderr claims to be a TTY) the size scan shows a tqdm bar on
+    stderr, as the other commands do; -q silences it (it showed nothing before)."""
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    path = tmp_path / "chain.onnx"
+    onnx.save(chain_model(12, [(3, 2, 1, 1), (3, 1, 1, 1)]), path)
+    assert main(["diagnose", str(path), "--size-step", "4", "--size-max", "24"]) == 0
+    assert "input-size scan" in capsys.readouterr().err
+    assert main(["-q", "diagnose", str(path), "--size-step", "4", "--size-max", "24"]) == 0
+    assert "input-size scan" not in capsys.readouterr().err

@@ -4,6 +4,7 @@ alignment fixes and (with --erf) ERF growth; definitions in docs/diagnostics.md.
 from __future__ import annotations
 
 import argparse
+import sys
 from fractions import Fraction
 from typing import Any
 
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
                  size_step=args.size_step, size_max=args.size_max, erf=args.erf,
                  erf_runs=args.erf_runs, erf_layers=args.erf_layers, rules=args.rules or None,
                  assume_pointwise=args.assume_pointwise, input_name=args.input_name,
-                 layout=args.layout, fill=parse_fills(args.fill))
+                 layout=args.layout, fill=parse_fills(args.fill),
+                 progress=not getattr(args, "quiet", False) and sys.stderr.isatty())
     print(json_text(diagnosis_dict(d)) if args.format == "json" else render(d))
     return 1 if d.analysis.stops else 0
 
