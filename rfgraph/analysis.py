@@ -177,11 +177,14 @@ class Analysis:
 
     def default_endpoints(self) -> list[str]:
         """Graph outputs reached, plus the last local feature map feeding each op that mixes
-        positions (stepping back through Flatten/Reshape/Transpose to a tensor with a grid)."""
+        positions or where the analysis stopped (every input of it: each head of a detector whose
+        heads meet in a stopping Concat), stepping back through Flatten/Reshape/Transpose to a
+        tensor with a grid."""
         names = [o for o in self.outputs if o in self.endpoints]
-        for idx, transfer in self._pass.transfers.items():
-            if not transfer.mix_reason:
-                continue
+        mixers = [idx for idx, transfer in self._pass.transfers.items() if transfer.mix_reason]
+        index = {name: i for i, name in enumerate(self.graph.names)}
+        stopped = [index[s.node] for s in self.stops if s.node in index]
+        for idx in mixers + stopped:
             for tensor in self.graph.nodes[idx].input:
                 feature_map = self._last_grid(tensor)
                 if feature_map is not None and feature_map not in names:
