@@ -114,8 +114,17 @@ def resolve_target(analysis: Analysis | None, model: onnx.ModelProto, output: st
     axis takes the token index) or the centre unit (by the ``centre`` rule); TRF region and
     centre from the analysis."""
     ep = _endpoint(analysis, output)
-    if ep is None or ep.is_global:  # no analysis: the input's own axes when the ranks match
-        axes = [] if ep is not None or len(shape) != input_rank else list(spatial_axes)
+    if ep is not None and not ep.is_global and not ep.unit_axes:
+        raise RFGraphError(f"'{output}' (shape {list(shape)}) has no axis of positions, so it has no "
+                           f"unit to seed (its units' fields differ; summing them all is no ERF); "
+                           f"{_unit_choices(analysis)}")
+    if ep is None and len(shape) != input_rank:
+        why = "was not analysed" if analysis is None else analysis._missing(output).split("(")[-1]
+        raise RFGraphError(f"'{output}' (shape {list(shape)}) has no known axis of positions "
+                           f"({why.rstrip(')')}); {_unit_choices(analysis)}")
+    if ep is None or ep.is_global:  # global: its own axes of positions, if any; no analysis:
+        # the input's own axes (the ranks match)
+        axes = list(spatial_axes) if ep is None else [t for t, _ in ep.unit_axes]
         sizes = [shape[a] for a in axes]
         unit = tuple(int(u) for u in (ec.centre_unit(sizes, centre) if unit is None else unit))
         if len(unit) != len(axes) or any(not 0 <= u < n for u, n in zip(unit, sizes)):
@@ -130,6 +139,24 @@ def resolve_target(analysis: Analysis | None, model: onnx.ModelProto, output: st
     middle = tuple(float(c) for c in ep.centre(index))
     trf = tuple(int(r) for r in ep.r if r is not None)  # not global: no r is None
     return Target(output, shape, tuple(t for t, _ in ep.unit_axes), unit, channel, region, middle, trf)
+
+
+def _unit_choices(analysis: Analysis | None) -> str:
+    """The way out of a tensor without units: the local tensors that have them (the default
+    end points first), or the whole tensor, an explicit choice."""
+    if analysis is None:
+        return "choose a tensor with spatial axes like the input's (--output NAME)"
+    def has_units(n: str) -> bool:
+        ep = analysis[n]
+        return bool(ep.unit_axes) and not ep.is_global and n != analysis.input_name
+    names = [n for n in analysis.default_endpoints() if has_units(n)]
+    names = names or [n for n in reversed(analysis.endpoints) if has_units(n)][:4]
+    if not names:
+        return "no analysed tensor has units along the input's spatial axes"
+    return f"choose a tensor with units (--output NAME): {', '.join(names[:NOTE_CHOICES])}"
+
+
+NOTE_CHOICES = 8  # tensors named as choices in an error
 
 
 def _endpoint(analysis: Analysis | None, name: str) -> EndPoint | None:
@@ -441,10 +468,15 @@ def _seed_notes(proto: onnx.ModelProto, target: Target, conv: ec.ERFConventions)
     LayerNorm with unit gamma: its gradient is then zero, up to rounding."""
     producer = next((n.op_type for n in proto.graph.node if target.output in n.output), None)
     linear = conv.scalar in (ec.Scalar.SUM, ec.Scalar.MEAN)
+    notes = []
+    if not target.tensor_axes and int(np.prod(target.shape[1:], dtype=np.int64)) > 1:
+        notes.append(f"'{target.output}' has no axis of positions (its field is global): its unit "
+                     f"is the whole tensor, every element of {list(target.shape)} "
+                     f"{'summed' if conv.channel is None else 'of channel ' + str(conv.channel)}")
     if linear and producer in NORMALISING_OPS:
-        return [(f"'{target.output}' comes from {producer}: summed over channels it is nearly "
-                 "constant, so its gradient may be ~0; pick one channel (--channel C)")]
-    return []
+        notes.append(f"'{target.output}' comes from {producer}: summed over channels it is nearly "
+                     "constant, so its gradient may be ~0; pick one channel (--channel C)")
+    return notes
 
 
 def _input_kind(inputs: str) -> tuple[InputKind, str | None]:

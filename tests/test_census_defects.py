@@ -2,7 +2,10 @@
 built here that has the same structure.
 
 Cases: a detector whose three heads meet in a stopping Concat keeps every head as a default end
-point (by construction: the Concat's inputs) in analyze, diagnose and report (class 5).
+point (by construction: the Concat's inputs) in analyze, diagnose and report (class 5); erf on
+a tensor without units (the detector's concatenated [anchors, 6] output, a Flatten of a map) is
+refused naming the tensors that have units, and on a tensor after an SE gate (global, positions
+kept) seeds one position: its gradient against onnxruntime central differences (class 6).
 """
 
 from __future__ import annotations
@@ -58,3 +61,75 @@ def test_a_stopping_concat_keeps_every_head_as_an_end_point(tmp_path: Path, caps
                  "-o", str(tmp_path / "r.html"), "--format", "json"]) == 1
     cards = json.loads(capsys.readouterr().out)["erf"]
     assert [c["tensor"] for c in cards] == heads and not any(c["error"] for c in cards)
+
+
+def ort_gradient(model: onnx.ModelProto, x: np.ndarray, objective, h: float = 1e-3) -> np.ndarray:
+    """d objective(y) / dx by central differences through onnxruntime, in float64 sums."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = model.graph.input[0].name
+    grad = np.zeros(x.shape)
+    for idx in np.ndindex(*x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[idx] += h
+        xm[idx] -= h
+        yp = sess.run(None, {name: xp})[0].astype(np.float64)
+        ym = sess.run(None, {name: xm})[0].astype(np.float64)
+        grad[idx] = (objective(yp) - objective(ym)) / (float(xp[idx]) - float(xm[idx]))
+    return grad
+
+
+@pytest.mark.parametrize("which", ["concat", "flatten"])
+def test_erf_refuses_a_tensor_without_units(tmp_path: Path, capsys, which: str) -> None:
+    """The detector's concatenated output (after the stop) and a Flatten of a head (positions
+    folded into features) have no unit; before, erf summed every element and exited 0."""
+    model, heads = three_head_detector()
+    if which == "flatten":
+        flat = helper.make_node("Flatten", [heads[0]], ["flat"], axis=1)
+        model.graph.node.append(flat)
+        model.graph.output.append(helper.make_tensor_value_info("flat", TensorProto.FLOAT, None))
+    path = tmp_path / "det.onnx"
+    onnx.save(model, path)
+    output = "flat" if which == "flatten" else model.graph.output[0].name
+    assert main(["erf", str(path), "--output", output, "--runs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no" in err and "axis of positions" in err and all(h in err for h in heads)
+
+
+def se_gated() -> onnx.ModelProto:
+    """conv -> x * sigmoid(GlobalAveragePool(x)): every position of the product sees the whole
+    input (global), but the product keeps its grid of positions."""
+    g = G((6, 6), channels=1, batch=1)
+    c = g.conv("x", 3, 1, pads=[1] * 4, cout=2)
+    gate = g.node("Sigmoid", [g.node("GlobalAveragePool", [c])])
+    return g.model(g.node("Mul", [c, gate]))
+
+
+def test_erf_after_an_se_gate_seeds_one_position() -> None:
+    """The seed is one position (default: the centre, (2, 2) of 6 x 6), all channels: the engine's
+    gradient equals onnxruntime central differences of y[0, :, 2, 2].sum() (before: the sum of
+    every position)."""
+    from rfgraph.erf import GradientEngine, _load, resolve_target
+
+    model = se_gated()
+    proto, a, _ = _load(model, (1, 1, 6, 6))
+    out = model.graph.output[0].name
+    assert a is not None and a[out].is_global
+    target = resolve_target(a, proto, out, None, None, 4, (2, 3), (1, 2, 6, 6))
+    assert target.tensor_axes == (2, 3) and target.unit == (2, 2)
+    x = np.random.default_rng(0).standard_normal((1, 1, 6, 6)).astype(np.float32)
+    got = GradientEngine(proto, target, "x", (1, 1, 6, 6), 1)(x)
+    want = ort_gradient(proto, x, lambda y: y[0, :, 2, 2].sum())
+    np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-4)
+
+
+def test_erf_of_a_global_vector_says_its_unit_is_the_whole_tensor() -> None:
+    """A classifier's logits [1, 2] have no positions: the ERF of their sum is kept (Luo's ERF of
+    a class score) but said, not silent."""
+    from rfgraph.erf import compute_erf
+
+    g = G((6, 6), channels=1, batch=1)
+    logits = g.node("Flatten", [g.node("GlobalAveragePool", [g.conv("x", 3, 1, cout=2)])], axis=1)
+    result = compute_erf(g.model(logits), runs=1)
+    assert any("no axis of positions" in n and "summed" in n for n in result.notes)
