@@ -11,7 +11,6 @@ kept) seeds one position: its gradient against onnxruntime central differences (
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +20,7 @@ from onnx import TensorProto, helper
 
 from rfgraph import analyze
 from rfgraph.cli import main
-
-sys.path.insert(0, str(Path(__file__).parent))
-from graphs import G  # noqa: E402
+from tests.graphs import G
 
 
 def three_head_detector() -> tuple[onnx.ModelProto, list[str]]:
