@@ -5,7 +5,9 @@ Cases: a detector whose three heads meet in a stopping Concat keeps every head a
 point (by construction: the Concat's inputs) in analyze, diagnose and report (class 5); erf on
 a tensor without units (the detector's concatenated [anchors, 6] output, a Flatten of a map) is
 refused naming the tensors that have units, and on a tensor after an SE gate (global, positions
-kept) seeds one position: its gradient against onnxruntime central differences (class 6).
+kept) seeds one position: its gradient against onnxruntime central differences (class 6);
+show and report read a 1-D model with the --layout given (the TRF against onnxruntime impulses),
+and a report whose heatmap failed neither counts it as drawn nor exits 0 (class 7).
 """
 
 from __future__ import annotations
@@ -130,3 +132,53 @@ def test_erf_of_a_global_vector_says_its_unit_is_the_whole_tensor() -> None:
     logits = g.node("Flatten", [g.node("GlobalAveragePool", [g.conv("x", 3, 1, cout=2)])], axis=1)
     result = compute_erf(g.model(logits), runs=1)
     assert any("no axis of positions" in n and "summed" in n for n in result.notes)
+
+
+def one_d_signal() -> onnx.ModelProto:
+    """A batch of 1-D signals [1, 64] (layout NL): Unsqueeze, a 5-tap conv, ReLU."""
+    from onnx import numpy_helper
+
+    w = np.random.default_rng(0).uniform(0.5, 1.5, (2, 1, 5)).astype(np.float32)
+    nodes = [helper.make_node("Unsqueeze", ["x", "ax"], ["u"]),
+             helper.make_node("Conv", ["u", "w"], ["c"], kernel_shape=[5], pads=[2, 2]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "oned", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 64])],
+                              [numpy_helper.from_array(w, "w"),
+                               numpy_helper.from_array(np.array([1], np.int64), "ax")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_show_and_report_use_the_layout_for_the_erf_of_a_1d_model(tmp_path: Path, capsys) -> None:
+    """--layout NL reached the TRF but not the ERF engine ("0 axes of positions"): show failed and
+    the report's card held the error.  The unit's region is the impulse support (onnxruntime)."""
+    import onnxruntime as ort
+
+    path = tmp_path / "oned.onnx"
+    onnx.save(one_d_signal(), path)
+    assert main(["show", str(path), "--layout", "NL", "--output", "y", "--runs", "2",
+                 "-o", str(tmp_path / "s.png"), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    sess = ort.InferenceSession(one_d_signal().SerializeToString(), providers=["CPUExecutionProvider"])
+    reached = [i for i in range(64) if sess.run(None, {"x": np.eye(64, dtype=np.float32)[i:i + 1]})[0]
+               [0, :, doc["index"][0]].sum() > 0]  # positive weights, no bias: > 0 iff connected
+    assert doc["index"] == [31] and doc["region"] == [[reached[0], reached[-1]]]
+    assert doc["erf"]["metrics"]["erf_extent"][0] <= 5
+    assert main(["report", str(path), "--layout", "NL", "--erf-runs", "2",
+                 "-o", str(tmp_path / "r.html"), "--format", "json"]) == 0
+    cards = json.loads(capsys.readouterr().out)["erf"]
+    assert [c["tensor"] for c in cards] == ["y"] and cards[0]["error"] is None
+
+
+def test_a_report_whose_heatmap_failed_says_so_and_exits_1(tmp_path: Path, capsys) -> None:
+    """A heatmap asked for a global tensor cannot be drawn: before, "1 ERF heatmap(s)", exit 0."""
+    path = tmp_path / "se.onnx"
+    model = se_gated()
+    onnx.save(model, path)
+    out = model.graph.output[0].name
+    assert main(["report", str(path), "--erf-output", out, "--erf-runs", "1",
+                 "-o", str(tmp_path / "r.html")]) == 1
+    text = capsys.readouterr().out
+    assert "0 ERF heatmap(s) (1 failed" in text
