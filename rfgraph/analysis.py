@@ -151,6 +151,8 @@ class Analysis:
     graph: ModelGraph = field(repr=False)
     _pass: PassResult = field(repr=False)
     rule_notes: dict[str, str] = field(default_factory=dict)  # node -> declared/assumed rule used
+    layout: str = ""  # the input's layout as --layout spells it (NCHW, NHWC, NL...)
+    layout_reason: str = ""  # why that layout: given, a leading Transpose, a Conv, the shape
 
     def __getitem__(self, name: str) -> EndPoint:
         try:
@@ -253,7 +255,7 @@ def _analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None
     shape = mg.shapes.get(name)
     if shape is None or len(shape) < 2:
         raise DynamicShapeError(f"input '{name}' has no known rank >= 3; set it with --input-shape")
-    spatial = _spatial_axes(mg, name, len(shape), layout)
+    spatial, layout_reason = _layout_choice(mg, name, shape, layout)
     unknown = [a for a in spatial if shape[a] is None]
     if unknown:
         example = "x".join(str(d if d is not None else 224) for d in shape)
@@ -267,7 +269,8 @@ def _analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None
     endpoints = _endpoints(mg, result, name)
     axis_names = AXIS_NAMES.get(len(spatial), tuple(f"A{i}" for i in range(len(spatial))))
     return Analysis(name, tuple(shape), tuple(spatial), axis_names,
-                    endpoints, mg.outputs, result.merges, result.stops, result.global_at, mg, result)
+                    endpoints, mg.outputs, result.merges, result.stops, result.global_at, mg, result,
+                    layout=layout_text(spatial, axis_names, len(shape)), layout_reason=layout_reason)
 
 
 def _pick_input(mg: ModelGraph, requested: str | None, layout: str | None = None) -> str:
@@ -302,6 +305,73 @@ def _spatial_axes(mg: ModelGraph, name: str, rank: int, layout: str | None) -> l
     if perm is not None and len(perm) == rank:
         return list(perm[2:])
     return list(range(2, rank))
+
+
+CHANNEL_COUNTS = {1, 2, 3, 4}  # sizes of a channel axis of images and spectrograms (mono..RGBA)
+# ops whose ONNX inputs are N, C, spatial...: a graph input they read is channels-first
+CHANNELS_FIRST_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "MaxPool", "AveragePool",
+                      "LpPool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization",
+                      "InstanceNormalization", "LRN", "SpaceToDepth", "DepthToSpace"}
+
+
+def _layout_choice(mg: ModelGraph, name: str, shape: Sequence[int | None],
+                   layout: str | None) -> tuple[list[int], str]:
+    """Spatial axes of the input and why: ``layout``, a leading Transpose, a channels-first op
+    reading the input, else the shape (axis 1, else the last, with 1-4 entries is the channel
+    axis; rank 3: N, C, L); raises when a rank >= 4 shape leaves it a coin toss."""
+    rank = len(shape)
+    axes = _spatial_axes(mg, name, rank, layout)
+    if layout:
+        return axes, "given by --layout"
+    if axes != list(range(2, rank)):
+        return axes, f"the input feeds a Transpose with perm {_leading_transpose(mg, name)}"
+    reader = _channels_first_reader(mg, name)
+    if reader is not None:
+        return axes, f"the input is read by {reader}, whose ONNX layout is N, C, spatial..."
+    first, last = shape[1] in CHANNEL_COUNTS, shape[-1] in CHANNEL_COUNTS
+    unread = "no Conv or Transpose reads the input to tell; --layout overrides"
+    if first or last:
+        c, other = (1, rank - 1) if first else (rank - 1, 1)
+        also = " too (ONNX's order puts channels first)" if first and last else ""
+        why = (f"guessed from the shape: axis {c} has {shape[c]} entries, a channel count, and axis "
+               f"{other} has {shape[other]}{also}; {unread}")
+        return [a for a in range(1, rank) if a != c], why
+    if rank == 3:
+        return axes, f"assumed N, C, L (ONNX's order): the shape does not tell; {unread}"
+    raise RFGraphError(
+        f"cannot tell the layout of input '{name}' {['?' if d is None else d for d in shape]}: no "
+        f"Conv or Transpose reads it, and neither axis 1 nor the last axis is channel-like (1-4 "
+        f"entries); give it with --layout, e.g. --layout {_layout_letters(rank, True)} (channels "
+        f"first) or --layout {_layout_letters(rank, False)} (channels last)")
+
+
+def _layout_letters(rank: int, channels_first: bool) -> str:
+    """NCHW / NHWC-style text for a rank (N, C and the axis names of AXIS_NAMES)."""
+    spatial = "".join(AXIS_NAMES.get(rank - 2, ("A",) * (rank - 2)))
+    return "NC" + spatial if channels_first else "N" + spatial + "C"
+
+
+def layout_text(spatial: Sequence[int], axis_names: Sequence[str], rank: int) -> str:
+    """The layout as ``--layout`` spells it: N at axis 0, C at the other non-spatial axes."""
+    where = dict(zip(spatial, axis_names))
+    return "".join("N" if t == 0 else where.get(t, "C") for t in range(rank))
+
+
+def _channels_first_reader(mg: ModelGraph, name: str, steps: int = 6) -> str | None:
+    """'Conv 'name'': a channels-first op reading the input (through elementwise ops keeping
+    its rank), or None when another op is met first."""
+    frontier, seen = [name], 0
+    while frontier and seen < steps:
+        tensor = frontier.pop()
+        seen += 1
+        for i, node in enumerate(mg.nodes):
+            if tensor not in node.input:
+                continue
+            if node.op_type in CHANNELS_FIRST_OPS and node.input[0] == tensor:
+                return f"{node.op_type} '{mg.names[i]}'"
+            if node.op_type in LAYOUT_PASSTHROUGH - {"Unsqueeze"}:
+                frontier.extend(node.output[:1])
+    return None
 
 
 def _leading_transpose(mg: ModelGraph, name: str) -> list[int] | None:

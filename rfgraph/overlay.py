@@ -156,14 +156,6 @@ def save_png(pic: np.ndarray, path: str | Path) -> Path:
     return path
 
 
-def layout_text(analysis: Any) -> str:
-    """The analysed input's layout as ``--layout`` spells it (NCHW, NHWC, NL...), so the ERF
-    engine reads the input as the analysis did."""
-    spatial = list(analysis.spatial_axes)
-    return "".join("N" if t == 0 else analysis.axis_names[spatial.index(t)] if t in spatial else "C"
-                   for t in range(len(analysis.input_shape)))
-
-
 def unit_erf(analysis: Any, tensor: str, index: Sequence[int], runs: int = 16, method: str = "grad",
              inputs: str = "gaussian", seed: int = 0, progress: bool = False) -> Any:
     """The ERF (``rfgraph.erf.compute_erf``) of one unit of ``tensor``, on the analysed model."""
@@ -172,7 +164,7 @@ def unit_erf(analysis: Any, tensor: str, index: Sequence[int], runs: int = 16, m
     unit = analysis[tensor].tensor_index(index)  # the same unit, as the ERF engine indexes it
     result = compute_erf(analysis.graph.model, tensor, unit=unit, runs=runs, method=method,
                          inputs=inputs, seed=seed, progress=progress,
-                         input_name=analysis.input_name, layout=layout_text(analysis))
+                         input_name=analysis.input_name, layout=analysis.layout)
     if result.input_name != analysis.input_name:
         raise RFGraphError(f"the ERF engine differentiates w.r.t. input '{result.input_name}', "
                            f"not '{analysis.input_name}'; drop --input or --no-erf")
@@ -180,5 +172,5 @@ def unit_erf(analysis: Any, tensor: str, index: Sequence[int], runs: int = 16, m
 
 
 __all__ = ["BOX_COLOUR", "BOX_WIDTH", "CMAP", "box_pixels", "colourise", "compose", "data_uri",
-           "display_scale", "draw_box", "grid_size", "layout_text", "load_image", "png_bytes", "region_2d",
+           "display_scale", "draw_box", "grid_size", "load_image", "png_bytes", "region_2d",
            "save_png", "unit_erf"]

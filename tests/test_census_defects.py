@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper
 
 from rfgraph import analyze
@@ -79,21 +78,26 @@ def ort_gradient(model: onnx.ModelProto, x: np.ndarray, objective, h: float = 1e
     return grad
 
 
-@pytest.mark.parametrize("which", ["concat", "flatten"])
-def test_erf_refuses_a_tensor_without_units(tmp_path: Path, capsys, which: str) -> None:
-    """The detector's concatenated output (after the stop) and a Flatten of a head (positions
-    folded into features) have no unit; before, erf summed every element and exited 0."""
+def test_erf_refuses_a_tensor_without_units(tmp_path: Path, capsys) -> None:
+    """The detector's concatenated output (after the stop) has no known unit; before, erf summed
+    every element and exited 0.  Refused naming the stop and the heads (the tensors with units)."""
     model, heads = three_head_detector()
-    if which == "flatten":
-        flat = helper.make_node("Flatten", [heads[0]], ["flat"], axis=1)
-        model.graph.node.append(flat)
-        model.graph.output.append(helper.make_tensor_value_info("flat", TensorProto.FLOAT, None))
     path = tmp_path / "det.onnx"
     onnx.save(model, path)
-    output = "flat" if which == "flatten" else model.graph.output[0].name
-    assert main(["erf", str(path), "--output", output, "--runs", "1"]) == 2
+    assert main(["erf", str(path), "--output", model.graph.output[0].name, "--runs", "1"]) == 2
     err = capsys.readouterr().err
-    assert "no" in err and "axis of positions" in err and all(h in err for h in heads)
+    assert "axis of positions" in err and "stopped at" in err and all(h in err for h in heads)
+
+
+def test_erf_of_a_flattened_map_says_its_unit_is_the_whole_tensor() -> None:
+    """A Flatten of a head folds its positions into features: the analysis' one unit holds them all
+    (its field is their union), and the ERF's note says the whole tensor is summed."""
+    from rfgraph.erf import compute_erf
+
+    model, heads = three_head_detector()
+    model.graph.node.append(helper.make_node("Flatten", [heads[0]], ["flat"], axis=1))
+    result = compute_erf(model, "flat", runs=1)
+    assert any("no axis of positions" in n for n in result.notes)
 
 
 def se_gated() -> onnx.ModelProto:
@@ -182,3 +186,121 @@ def test_a_report_whose_heatmap_failed_says_so_and_exits_1(tmp_path: Path, capsy
                  "-o", str(tmp_path / "r.html")]) == 1
     text = capsys.readouterr().out
     assert "0 ERF heatmap(s) (1 failed" in text
+
+
+def audio_embedding(shape: tuple[int, ...] = (1, 76, 32, 1)) -> onnx.ModelProto:
+    """A channels-last spectrogram [1, time, mel, 1] squeezed and unsqueezed to [1, 1, time, mel]
+    before a 3x5 stride-(2, 1) conv (no Transpose, no Conv reads the input itself)."""
+    from onnx import numpy_helper
+
+    w = np.random.default_rng(0).uniform(0.5, 1.5, (2, 1, 3, 5)).astype(np.float32)
+    nodes = [helper.make_node("Squeeze", ["x", "a3"], ["s"]),
+             helper.make_node("Unsqueeze", ["s", "a1"], ["u"]),
+             helper.make_node("Conv", ["u", "w"], ["y"], kernel_shape=[3, 5], strides=[2, 1])]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([3], np.int64), "a3"),
+             numpy_helper.from_array(np.array([1], np.int64), "a1")]
+    graph = helper.make_graph(nodes, "audio", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_channels_last_spectrogram_is_read_as_nhwc_and_says_so(tmp_path: Path, capsys) -> None:
+    """[1, 76, 32, 1]: the last axis (1 entry) is the channel; before, NCHW was assumed silently and
+    the 76 time steps were a channel axis.  Unit (5, 7)'s region is the impulse support measured
+    with onnxruntime (positive weights, no bias: > 0 iff connected)."""
+    import onnxruntime as ort
+
+    model = audio_embedding()
+    a = analyze(model)
+    assert a.spatial_axes == (1, 2) and a.layout == "NHWC" and "guessed" in a.layout_reason
+    batched = onnx.ModelProto()
+    batched.CopyFrom(model)
+    batched.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    sess = ort.InferenceSession(batched.SerializeToString(), providers=["CPUExecutionProvider"])
+    impulses = np.eye(76 * 32, dtype=np.float32).reshape(76 * 32, 76, 32, 1)
+    hit = sess.run(None, {"x": impulses})[0][:, :, 5, 7].sum(axis=1) > 0
+    ts, fs = np.unravel_index(np.flatnonzero(hit), (76, 32))
+    assert a["y"].region((5, 7)) == ((ts.min(), ts.max()), (fs.min(), fs.max()))
+    path = tmp_path / "audio.onnx"
+    onnx.save(model, path)
+    assert main(["analyze", str(path)]) == 0
+    assert "layout NHWC: guessed" in capsys.readouterr().out
+    assert main(["analyze", str(path), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["input"]["layout"] == "NHWC"
+    assert main(["diagnose", str(path), "--no-size-range", "--format", "json"]) == 0
+    assert "guessed" in json.loads(capsys.readouterr().out)["input"]["layout_reason"]
+
+
+def test_a_coin_toss_layout_is_refused_naming_layout(tmp_path: Path, capsys) -> None:
+    """[1, 40, 32, 36]: neither axis 1 nor the last looks like channels and nothing reads the
+    input with a known layout: refused (exit 2) naming --layout; with it, analysed."""
+    model = audio_embedding((1, 40, 32, 36))
+    del model.graph.node[:]  # Unsqueeze then Squeeze: nothing tells where the channels are
+    model.graph.node.extend([helper.make_node("Unsqueeze", ["x", "a1"], ["u5"]),
+                             helper.make_node("Squeeze", ["u5", "a1"], ["y"])])
+    path = tmp_path / "toss.onnx"
+    onnx.save(model, path)
+    assert main(["analyze", str(path)]) == 2
+    assert "--layout" in capsys.readouterr().err
+    assert main(["analyze", str(path), "--layout", "NHWC"]) == 0
+
+
+def test_erf_over_images_feeds_an_nhwc_model(tmp_path: Path) -> None:
+    """An NHWC input [1, 8, 8, 3] (a leading Transpose tells its layout) takes images from a
+    folder (before: "images need a 1- or 3-channel NCHW input").  The model is one linear 3x3
+    conv, so the ERF of unit (3, 3) is the closed form sum_c |sum_o w[o, c]| on its 3x3 window,
+    whatever the images."""
+    from onnx import numpy_helper
+    from PIL import Image
+
+    from rfgraph.erf import compute_erf
+
+    w = np.random.default_rng(1).standard_normal((2, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["y"], kernel_shape=[3, 3])]
+    graph = helper.make_graph(nodes, "nhwc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        pixels = np.random.default_rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    result = compute_erf(model, unit=(3, 3), runs=2, inputs=str(folder))
+    want = np.zeros((8, 8))
+    want[3:6, 3:6] = np.abs(w.sum(axis=0)).sum(axis=0)
+    np.testing.assert_allclose(result.erf, want, rtol=1e-5, atol=1e-6)
+
+
+def test_fd_is_refused_past_its_budget_with_the_estimate(tmp_path: Path, capsys) -> None:
+    """A 5x5 conv on 3 x 16 x 16, centre unit: 3 x 5 x 5 elements in its field, 2 forwards each,
+    4 runs = 600 forward passes (closed form).  Over a tiny budget erf refuses (exit 2) with that
+    count, --method grad and --fd-budget; before, fd ran whatever its cost."""
+    g = G((16, 16), channels=3, batch=1)
+    path = tmp_path / "conv.onnx"
+    onnx.save(g.model(g.conv("x", 5, 1, pads=[2] * 4)), path)
+    assert main(["erf", str(path), "--method", "fd", "--runs", "4", "--fd-budget", "1e-9"]) == 2
+    err = capsys.readouterr().err
+    assert "about 600 forward passes" in err and "--method grad" in err and "--fd-budget" in err
+
+
+def test_fd_progress_counts_forward_passes(monkeypatch) -> None:
+    """The bar's total is the forward passes (600, as above) and it advances per batch of them to
+    that total (before: a bar over inputs, at 0 through the whole of each input)."""
+    from rfgraph import erf as erf_mod
+
+    ticks: list[tuple[str, int]] = []
+
+    def fake_progress(total: int, enabled: bool, unit: str = "input"):
+        ticks.append((unit, total))
+        return lambda n, close=False: ticks.append((unit, -n))
+
+    monkeypatch.setattr(erf_mod, "_progress", fake_progress)
+    g = G((16, 16), channels=3, batch=1)
+    erf_mod.compute_erf(g.model(g.conv("x", 5, 1, pads=[2] * 4)), method="fd", runs=4, progress=True)
+    forward = [n for unit, n in ticks if unit == "forward"]
+    assert forward[0] == 600 and -sum(forward[1:]) == 600 and len(forward) > 2

@@ -12,7 +12,7 @@ from tabulate import tabulate
 
 from ..diagnostics import Diagnosis, diagnose
 from ..onnx_import import parse_input_shapes
-from ..report import NOTE_LINES, json_text, number
+from ..report import NOTE_LINES, json_text, layout_line, number
 from ._common import add_model_args, parse_fills
 
 EXAMPLES = """examples:
@@ -73,7 +73,8 @@ def diagnosis_dict(d: Diagnosis) -> dict[str, Any]:
     a = d.analysis
     return {
         "input": {"name": a.input_name, "shape": list(a.input_shape),
-                  "axis_names": list(a.axis_names)},
+                  "axis_names": list(a.axis_names), "layout": a.layout,
+                  "layout_reason": a.layout_reason},
         "rule_notes": dict(a.rule_notes),
         "stops": [{"node": s.node, "op": s.op, "reason": s.reason} for s in a.stops],
         "coverage": [{"endpoint": c.endpoint, "axes": [
@@ -109,7 +110,8 @@ def diagnosis_dict(d: Diagnosis) -> dict[str, Any]:
 def render(d: Diagnosis) -> str:
     """Tables and notes, one section per diagnostic."""
     a = d.analysis
-    parts = [f"input '{a.input_name}' {list(a.input_shape)}; end points: {', '.join(d.endpoints)}"]
+    head = f"input '{a.input_name}' {list(a.input_shape)} ({layout_line(a)}); end points: "
+    parts = [head + ", ".join(d.endpoints)]
     parts += _rule_notes(d) + [_coverage_table(d), _layers_section(d), _sizes_section(d)]
     parts += [_objects_table(d), _fixes_section(d), _erf_table(d)]
     parts += [f"STOPPED at node '{s.node}' ({s.op}): {s.reason}" for s in a.stops]
