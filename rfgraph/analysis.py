@@ -329,15 +329,14 @@ def _layout_choice(mg: ModelGraph, name: str, shape: Sequence[int | None],
     if reader is not None:
         return axes, f"the input is read by {reader}, whose ONNX layout is N, C, spatial..."
     first, last = shape[1] in CHANNEL_COUNTS, shape[-1] in CHANNEL_COUNTS
-    unread = "no Conv or Transpose reads the input to tell; --layout overrides"
     if first or last:
         c, other = (1, rank - 1) if first else (rank - 1, 1)
-        also = " too (ONNX's order puts channels first)" if first and last else ""
-        why = (f"guessed from the shape: axis {c} has {shape[c]} entries, a channel count, and axis "
-               f"{other} has {shape[other]}{also}; {unread}")
+        verdict = "could too; ONNX's order first" if first and last else "does not"
+        why = (f"guessed from the shape: axis {c} ({shape[c]}) looks like channels, axis {other} "
+               f"({shape[other]}) {verdict}; --layout overrides")
         return [a for a in range(1, rank) if a != c], why
     if rank == 3:
-        return axes, f"assumed N, C, L (ONNX's order): the shape does not tell; {unread}"
+        return axes, "assumed N, C, L (ONNX's order; the shape does not tell); --layout overrides"
     raise RFGraphError(
         f"cannot tell the layout of input '{name}' {['?' if d is None else d for d in shape]}: no "
         f"Conv or Transpose reads it, and neither axis 1 nor the last axis is channel-like (1-4 "

@@ -29,6 +29,14 @@ def number(x: Any) -> Any:
     return x
 
 
+def numeric(x: Any) -> Any:
+    """A JSON number: ints stay ints, other Fractions become floats (their exact "p/q" form is
+    printed beside them by ``number``)."""
+    if isinstance(x, Fraction):
+        return x.numerator if x.denominator == 1 else float(x)
+    return x
+
+
 def per_axis(values: Sequence[Any]) -> str:
     """One cell for per-axis values: "211" when equal on every axis, else "211, 195"."""
     shown = ["global" if v is None else str(number(v)) for v in values]
@@ -76,7 +84,8 @@ def analysis_dict(analysis: Analysis, names: Iterable[str]) -> dict[str, Any]:
         "endpoints": endpoint_rows(analysis, names),
         "misaligned_merges": [
             {"node": m.node, "op": m.op, "output": m.output, "axis": analysis.axis_names[m.axis],
-             "branches": [{"tensor": b.tensor, "S": number(b.S), "centre": number(b.centre), "r": b.r}
+             "branches": [{"tensor": b.tensor, "S": number(b.S), "centre": numeric(Fraction(b.centre)),
+                           "centre_exact": number(Fraction(b.centre)), "r": b.r}
                           for b in m.branches]}
             for m in analysis.misaligned],
         "global_at": dict(analysis.global_at),

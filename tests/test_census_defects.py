@@ -304,3 +304,31 @@ def test_fd_progress_counts_forward_passes(monkeypatch) -> None:
     erf_mod.compute_erf(g.model(g.conv("x", 5, 1, pads=[2] * 4)), method="fd", runs=4, progress=True)
     forward = [n for unit, n in ticks if unit == "forward"]
     assert forward[0] == 600 and -sum(forward[1:]) == 600 and len(forward) > 2
+
+
+def test_boxes_clip_centre_lies_in_the_clipped_box_and_centres_are_numbers(tmp_path: Path, capsys) -> None:
+    """A 5x5 conv with padding 4 on 8 x 8: unit (0, 0) sees pixels [0, 0] per axis (impulses through
+    onnxruntime), its field [-4, 0] centred at -2, outside the image.  --clip prints the clipped
+    box's centre (0) and the field's (-2) apart (before: -2 beside the box [0, 0]).  A 2x2 conv's
+    centre 1/2 is the number 0.5 with "1/2" beside it (before: the string "1/2" only)."""
+    from tests.bruteforce import impulse_support
+
+    g = G((8, 8), channels=1)
+    model = g.model(g.conv("x", 5, 1, pads=[4] * 4, cout=1))
+    out = model.graph.output[0].name
+    support = impulse_support(model, out, (0, 0))
+    assert support == [(0, 0), (0, 0)]  # clipped to the image: the pixels the unit sees
+    path = tmp_path / "pad.onnx"
+    onnx.save(model, path)
+    assert main(["boxes", str(path), "--output", out, "--index", "0,0", "--clip", "--format", "json"]) == 0
+    unit = json.loads(capsys.readouterr().out)["units"][0]
+    assert unit["region"] == [[0, 0], [0, 0]]
+    assert unit["centre"] == [(a + b) / 2 for a, b in support] and unit["field_centre"] == [-2, -2]
+    g2 = G((8, 8), channels=1)
+    model2 = g2.model(g2.conv("x", 2, 1, cout=1))
+    onnx.save(model2, path)
+    out2 = model2.graph.output[0].name
+    assert main(["boxes", str(path), "--output", out2, "--index", "0,0", "--format", "json"]) == 0
+    unit = json.loads(capsys.readouterr().out)["units"][0]
+    lo, hi = impulse_support(model2, out2, (0, 0))[0]
+    assert unit["centre"] == [(lo + hi) / 2] * 2 == [0.5, 0.5] and unit["centre_exact"] == ["1/2", "1/2"]
