@@ -332,3 +332,23 @@ def test_boxes_clip_centre_lies_in_the_clipped_box_and_centres_are_numbers(tmp_p
     unit = json.loads(capsys.readouterr().out)["units"][0]
     lo, hi = impulse_support(model2, out2, (0, 0))[0]
     assert unit["centre"] == [(lo + hi) / 2] * 2 == [0.5, 0.5] and unit["centre_exact"] == ["1/2", "1/2"]
+
+
+def test_erf_png_draws_a_visible_trf_edge_when_the_field_exceeds_the_image(tmp_path: Path) -> None:
+    """A TRF [-10, 25] x [-10, 25] on a 16 x 16 map: its box was drawn off the picture while the
+    legend said "TRF".  Now the clipped edge is drawn (red pixels on the map's border, read back
+    from the PNG: 2658 against 128, the legend swatch, before) and the legend says so."""
+    from PIL import Image
+
+    from rfgraph.heatmap import render_png, trf_in_image
+
+    region = ((-10, 25), (-10, 25))
+    assert trf_in_image(region, (16, 16)) == (((0, 15), (0, 15)), "TRF exceeds the image (clipped edge)")
+    erf = np.exp(-((np.arange(16) - 7.5) ** 2) / 20)[:, None] * np.ones((1, 16))
+    with_box, without = tmp_path / "box.png", tmp_path / "none.png"
+    render_png(erf, with_box, region)
+    render_png(erf, without, None)
+    a = np.asarray(Image.open(with_box).convert("RGB")).astype(int)
+    b = np.asarray(Image.open(without).convert("RGB")).astype(int)
+    red = (a[..., 0] > 180) & (a[..., 1] < 80) & (a[..., 2] < 80)
+    assert red.sum() > 1000 and not ((b[..., 0] > 180) & (b[..., 1] < 80) & (b[..., 2] < 80)).any()
