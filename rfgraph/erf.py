@@ -148,9 +148,10 @@ def _not_analysed(analysis: Analysis | None) -> str:
 
 def _unit_choices(analysis: Analysis | None) -> str:
     """The way out of a tensor without units: the local tensors that have them (the default
-    end points first), or the whole tensor, an explicit choice."""
+    end points first, else the last analysed ones)."""
     if analysis is None:
         return "choose a tensor with spatial axes like the input's (--output NAME)"
+
     def has_units(n: str) -> bool:
         ep = analysis[n]
         return bool(ep.unit_axes) and not ep.is_global and n != analysis.input_name
