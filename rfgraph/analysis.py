@@ -163,6 +163,8 @@ class Analysis:
     graph: ModelGraph = field(repr=False)
     _pass: PassResult = field(repr=False)
     rule_notes: dict[str, str] = field(default_factory=dict)  # node -> declared/assumed rule used
+    layout: str = ""  # the input's layout as --layout spells it (NCHW, NHWC, NL...)
+    layout_reason: str = ""  # why that layout: given, a leading Transpose, a Conv, the shape
 
     def __getitem__(self, name: str) -> EndPoint:
         try:
@@ -189,11 +191,14 @@ class Analysis:
 
     def default_endpoints(self) -> list[str]:
         """Graph outputs reached, plus the last local feature map feeding each op that mixes
-        positions (stepping back through Flatten/Reshape/Transpose to a tensor with a grid)."""
+        positions or where the analysis stopped (every input of it: each head of a detector whose
+        heads meet in a stopping Concat), stepping back through Flatten/Reshape/Transpose to a
+        tensor with a grid."""
         names = [o for o in self.outputs if o in self.endpoints]
-        for idx, transfer in self._pass.transfers.items():
-            if not transfer.mix_reason:
-                continue
+        mixers = [idx for idx, transfer in self._pass.transfers.items() if transfer.mix_reason]
+        index = {name: i for i, name in enumerate(self.graph.names)}
+        stopped = [index[s.node] for s in self.stops if s.node in index]
+        for idx in mixers + stopped:
             for tensor in self.graph.nodes[idx].input:
                 feature_map = self._last_grid(tensor)
                 if feature_map is not None and feature_map not in names:
@@ -262,7 +267,7 @@ def _analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None
     shape = mg.shapes.get(name)
     if shape is None or len(shape) < 2:
         raise DynamicShapeError(f"input '{name}' has no known rank >= 3; set it with --input-shape")
-    spatial = _spatial_axes(mg, name, len(shape), layout)
+    spatial, layout_reason = _layout_choice(mg, name, shape, layout)
     unknown = [a for a in spatial if shape[a] is None]
     if unknown:
         example = "x".join(str(d if d is not None else 224) for d in shape)
@@ -276,7 +281,8 @@ def _analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None
     endpoints = _endpoints(mg, result, name)
     axis_names = AXIS_NAMES.get(len(spatial), tuple(f"A{i}" for i in range(len(spatial))))
     return Analysis(name, tuple(shape), tuple(spatial), axis_names,
-                    endpoints, mg.outputs, result.merges, result.stops, result.global_at, mg, result)
+                    endpoints, mg.outputs, result.merges, result.stops, result.global_at, mg, result,
+                    layout=layout_text(spatial, axis_names, len(shape)), layout_reason=layout_reason)
 
 
 def validate_input_size(model: ModelSource, input_shape: Mapping[str, Sequence[int]],
@@ -357,6 +363,72 @@ def _spatial_axes(mg: ModelGraph, name: str, rank: int, layout: str | None) -> l
     if perm is not None and len(perm) == rank:
         return list(perm[2:])
     return list(range(2, rank))
+
+
+CHANNEL_COUNTS = {1, 2, 3, 4}  # sizes of a channel axis of images and spectrograms (mono..RGBA)
+# ops whose ONNX inputs are N, C, spatial...: a graph input they read is channels-first
+CHANNELS_FIRST_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "MaxPool", "AveragePool",
+                      "LpPool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization",
+                      "InstanceNormalization", "LRN", "SpaceToDepth", "DepthToSpace"}
+
+
+def _layout_choice(mg: ModelGraph, name: str, shape: Sequence[int | None],
+                   layout: str | None) -> tuple[list[int], str]:
+    """Spatial axes of the input and why: ``layout``, a leading Transpose, a channels-first op
+    reading the input, else the shape (axis 1, else the last, with 1-4 entries is the channel
+    axis; rank 3: N, C, L); raises when a rank >= 4 shape leaves it a coin toss."""
+    rank = len(shape)
+    axes = _spatial_axes(mg, name, rank, layout)
+    if layout:
+        return axes, "given by --layout"
+    if axes != list(range(2, rank)):
+        return axes, f"the input feeds a Transpose with perm {_leading_transpose(mg, name)}"
+    reader = _channels_first_reader(mg, name)
+    if reader is not None:
+        return axes, f"the input is read by {reader}, whose ONNX layout is N, C, spatial..."
+    first, last = shape[1] in CHANNEL_COUNTS, shape[-1] in CHANNEL_COUNTS
+    if first or last:
+        c, other = (1, rank - 1) if first else (rank - 1, 1)
+        verdict = "could too; ONNX's order first" if first and last else "does not"
+        why = (f"guessed from the shape: axis {c} ({shape[c]}) looks like channels, axis {other} "
+               f"({shape[other]}) {verdict}; --layout overrides")
+        return [a for a in range(1, rank) if a != c], why
+    if rank == 3:
+        return axes, "assumed N, C, L (ONNX's order; the shape does not tell); --layout overrides"
+    raise RFGraphError(
+        f"cannot tell the layout of input '{name}' {['?' if d is None else d for d in shape]}: no "
+        f"Conv or Transpose reads it, and neither axis 1 nor the last axis is channel-like (1-4 "
+        f"entries); give it with --layout, e.g. --layout {_layout_letters(rank, True)} (channels "
+        f"first) or --layout {_layout_letters(rank, False)} (channels last)")
+
+
+def _layout_letters(rank: int, channels_first: bool) -> str:
+    """NCHW / NHWC-style text for a rank (N, C and the axis names of AXIS_NAMES)."""
+    spatial = "".join(AXIS_NAMES.get(rank - 2, ("A",) * (rank - 2)))
+    return "NC" + spatial if channels_first else "N" + spatial + "C"
+
+
+def layout_text(spatial: Sequence[int], axis_names: Sequence[str], rank: int) -> str:
+    """The layout as ``--layout`` spells it: N at axis 0, C at the other non-spatial axes."""
+    where = dict(zip(spatial, axis_names))
+    return "".join("N" if t == 0 else where.get(t, "C") for t in range(rank))
+
+
+def _channels_first_reader(mg: ModelGraph, name: str, steps: int = 6) -> str | None:
+    """'Conv 'name'': a channels-first op reading the input (through elementwise ops keeping
+    its rank), or None when another op is met first."""
+    frontier, seen = [name], 0
+    while frontier and seen < steps:
+        tensor = frontier.pop()
+        seen += 1
+        for i, node in enumerate(mg.nodes):
+            if tensor not in node.input:
+                continue
+            if node.op_type in CHANNELS_FIRST_OPS and node.input[0] == tensor:
+                return f"{node.op_type} '{mg.names[i]}'"
+            if node.op_type in LAYOUT_PASSTHROUGH - {"Unsqueeze"}:
+                frontier.extend(node.output[:1])
+    return None
 
 
 def _leading_transpose(mg: ModelGraph, name: str) -> list[int] | None:

@@ -231,6 +231,9 @@ def layer_verdicts(analysis: Analysis, regions: Mapping[str, tuple[AxisRegions, 
         ot = res.transfers[lay.index].outputs[j]
         if ot is None or lay.output not in regions:  # ot: never None, layers() skips those
             continue
+        if not _grows(res.transfers[lay.index]):  # a 1x1 conv adds no field: none of it is outside
+            out.append(LayerVerdict(lay.node, lay.op, lay.output, (0.0,) * len(sizes)))
+            continue
         fractions = []
         for a, size in enumerate(sizes):
             n_out = regions[lay.output][a].n
@@ -365,10 +368,16 @@ class SizeRange:
 
 
 def size_range(reanalyse: Callable[[int], Analysis], endpoints: Sequence[str],
-               sizes: Iterable[int], step: int) -> SizeRange:
-    """Evaluate coverage and unproductive layers at every size (failures recorded, not raised)."""
+               sizes: Iterable[int], step: int, progress: bool = False) -> SizeRange:
+    """Evaluate coverage and unproductive layers at every size (failures recorded, not raised);
+    ``progress`` shows a bar on stderr (one re-analysis per size)."""
+    import sys
+
+    from tqdm import tqdm
+
     points = []
-    for n in sizes:
+    for n in tqdm(list(sizes), desc="rfgraph: input-size scan", unit="size", file=sys.stderr,
+                  disable=not progress, leave=False):
         try:
             a = reanalyse(n)
             regions = exact_regions(a)
@@ -388,7 +397,12 @@ def _covers_axis(a: Analysis, endpoint: str, axis: int, regions: Mapping[str, tu
         raise RFGraphError(f"end point '{endpoint}' not analysed at this size")
     ep = a[endpoint]
     size = input_sizes(a)[axis]
-    return ep.fields[axis].is_global or bool(regions[endpoint][axis].covers(size).any())
+    if ep.fields[axis].is_global:
+        return True
+    if endpoint not in regions:  # exact_regions keeps only tensors with units along every axis
+        raise RFGraphError(f"end point '{endpoint}' has no units at this size (shape "
+                           f"{list(ep.shape)})")
+    return bool(regions[endpoint][axis].covers(size).any())
 
 
 def default_size_grid(analysis: Analysis, endpoints: Sequence[str], step: int | None = None,
@@ -696,8 +710,10 @@ def diagnose(model: Any, input_shape: Mapping[str, Sequence[int]] | None = None,
              erf: bool = False, erf_runs: int = 8, erf_layers: int = 8,
              erf_options: Mapping[str, Any] | None = None, rules: Any = None,
              assume_pointwise: bool = False, input_name: str | None = None,
-             layout: str | None = None, fill: Mapping[str, float] | None = None) -> Diagnosis:
-    """Run every diagnostic on ``model`` (path, bytes, ModelProto or zoo:NAME)."""
+             layout: str | None = None, fill: Mapping[str, float] | None = None,
+             progress: bool = False) -> Diagnosis:
+    """Run every diagnostic on ``model`` (path, bytes, ModelProto or zoo:NAME); ``progress``
+    shows the input-size scan's progress on stderr."""
     opts = {"input_name": input_name, "layout": layout, "rules": rules,
             "assume_pointwise": assume_pointwise, "fill": fill}
     a = analyze(model, input_shape, **opts)
@@ -713,7 +729,8 @@ def diagnose(model: Any, input_shape: Mapping[str, Sequence[int]] | None = None,
     if scan_sizes and local:
         grid, step = default_size_grid(a, local, size_step, size_max)
         free = without_static_shapes(model)
-        sizes = size_range(lambda n: analyze(free, _square(a, n), **opts), local, grid, step)
+        sizes = size_range(lambda n: analyze(free, _square(a, n), **opts), local, grid, step,
+                           progress)
     growth = []
     extents: dict[str, tuple[int, ...]] = {}
     if erf:

@@ -114,8 +114,12 @@ def resolve_target(analysis: Analysis | None, model: onnx.ModelProto, output: st
     axis takes the token index) or the centre unit (by the ``centre`` rule); TRF region and
     centre from the analysis."""
     ep = _endpoint(analysis, output)
-    if ep is None or ep.is_global:  # no analysis: the input's own axes when the ranks match
-        axes = [] if ep is not None or len(shape) != input_rank else list(spatial_axes)
+    if ep is None and len(shape) != input_rank:
+        raise RFGraphError(f"'{output}' (shape {list(shape)}) has no known axis of positions "
+                           f"({_not_analysed(analysis)}); {_unit_choices(analysis)}")
+    if ep is None or ep.is_global:  # global: its own axes of positions, if any; no analysis:
+        # the input's own axes (the ranks match)
+        axes = list(spatial_axes) if ep is None else [t for t, _ in ep.unit_axes]
         sizes = [shape[a] for a in axes]
         unit = tuple(int(u) for u in (ec.centre_unit(sizes, centre) if unit is None else unit))
         if len(unit) != len(axes) or any(not 0 <= u < n for u, n in zip(unit, sizes)):
@@ -130,6 +134,35 @@ def resolve_target(analysis: Analysis | None, model: onnx.ModelProto, output: st
     middle = tuple(float(c) for c in ep.centre(index))
     trf = tuple(int(r) for r in ep.r if r is not None)  # not global: no r is None
     return Target(output, shape, tuple(t for t, _ in ep.unit_axes), unit, channel, region, middle, trf)
+
+
+def _not_analysed(analysis: Analysis | None) -> str:
+    """Why a tensor has no field: no TRF pass, or it lies after the nodes where it stopped."""
+    if analysis is None:
+        return "no TRF pass"
+    if analysis.stops:
+        where = ", ".join(f"'{s.node}' ({s.op})" for s in analysis.stops[:3])
+        return f"not analysed: it lies after the analysis stopped at {where}, or does not depend on the input"
+    return "not analysed: it does not depend on the input"
+
+
+def _unit_choices(analysis: Analysis | None) -> str:
+    """The way out of a tensor without units: the local tensors that have them (the default
+    end points first, else the last analysed ones)."""
+    if analysis is None:
+        return "choose a tensor with spatial axes like the input's (--output NAME)"
+
+    def has_units(n: str) -> bool:
+        ep = analysis[n]
+        return bool(ep.unit_axes) and not ep.is_global and n != analysis.input_name
+    names = [n for n in analysis.default_endpoints() if has_units(n)]
+    names = names or [n for n in reversed(analysis.endpoints) if has_units(n)][:4]
+    if not names:
+        return "no analysed tensor has units along the input's spatial axes"
+    return f"choose a tensor with units (--output NAME): {', '.join(names[:NOTE_CHOICES])}"
+
+
+NOTE_CHOICES = 8  # tensors named as choices in an error
 
 
 def _endpoint(analysis: Analysis | None, name: str) -> EndPoint | None:
@@ -187,16 +220,43 @@ class FDEngine:
 
     def __init__(self, model: onnx.ModelProto, target: Target, input_name: str,
                  input_shape: tuple[int, ...], spatial_axes: Sequence[int], batch: int,
-                 step: float | None = None) -> None:
+                 step: float | None = None, on_forwards: Callable[[int], None] | None = None) -> None:
         self.target = target
         self.fd = FiniteDifference(model, target.output, input_name, (1,) + tuple(input_shape[1:]),
                                    tuple(spatial_axes), target.region, step, max(batch, 16))
         self.batch = 1
         self.dtype = self.fd.dtype
+        self.on_forwards = on_forwards
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         seed = make_seed(self.target, 1, self.dtype)
-        return np.concatenate([self.fd.gradient(x[i:i + 1], seed) for i in range(x.shape[0])])
+        return np.concatenate([self.fd.gradient(x[i:i + 1], seed, self.on_forwards)
+                               for i in range(x.shape[0])])
+
+    def check_cost(self, inputs: int, budget_s: float) -> None:
+        """Refuse, before any gradient, when ``inputs`` gradients would take longer than
+        ``budget_s`` seconds (forward passes x the measured time of one)."""
+        forwards = self.fd.forwards() * inputs
+        seconds = forwards * self.fd.seconds_per_forward()
+        if seconds > budget_s:
+            raise RFGraphError(
+                f"--method fd would need about {forwards:,} forward passes ({self.fd.forwards() // 2:,} "
+                f"input elements in the unit's field x 2 x {inputs} inputs), about "
+                f"{_duration(seconds)} at the measured {1000 * seconds / max(forwards, 1):.3g} ms per "
+                f"forward: over the budget of {_duration(budget_s)}; use --method grad (exact, one "
+                f"backward pass per input), fewer --runs, or raise the budget with --fd-budget SECONDS")
+
+
+FD_BUDGET_S = 600.0  # default: finite differences refused when estimated to take longer
+
+
+def _duration(seconds: float) -> str:
+    """'42 s', '12 min', '3.5 h': a duration for an estimate."""
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds / 3600:.3g} h"
 
 
 def reduce_runs(grads: np.ndarray, spatial_axes: Sequence[int], absolute: bool) -> np.ndarray:
@@ -217,15 +277,29 @@ def sample_maps(grads: np.ndarray, scale: float, spatial_axes: Sequence[int],
 def input_batches(kind: InputKind, shape: tuple[int, ...], count: int, rng: np.random.Generator,
                   dtype: np.dtype, folder: str | Path | None = None,
                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                  order: ec.Order = ec.Order.RANDOM) -> Iterator[np.ndarray]:
-    """``count`` inputs in batches of shape[0]: random draws or images of a folder (``order``)."""
+                  order: ec.Order = ec.Order.RANDOM, spatial: Sequence[int] | None = None
+                  ) -> Iterator[np.ndarray]:
+    """``count`` inputs in batches of shape[0]: random draws or images of a folder (``order``);
+    images are loaded as NCHW and moved to the input's layout (``spatial``: its H, W axes)."""
     if kind is InputKind.IMAGES:
-        yield from (b.astype(dtype) for b in ImageFolder(folder or ".", mean, std).batches(
-            shape, count, rng, order))
+        perm = _from_nchw(len(shape), spatial)
+        nchw = tuple(shape[perm.index(a)] for a in range(len(shape)))
+        yield from (b.transpose(perm).astype(dtype) for b in ImageFolder(
+            folder or ".", mean, std).batches(nchw, count, rng, order))
         return
     for start in range(0, count, shape[0]):
         n = min(shape[0], count - start)
         yield random_inputs(kind, (n,) + tuple(shape[1:]), rng, dtype)
+
+
+def _from_nchw(rank: int, spatial: Sequence[int] | None) -> list[int]:
+    """The transpose taking an N, C, H, W image batch to a rank-4 input whose H, W sit at tensor
+    axes ``spatial`` (identity for NCHW, and for anything not rank 4: ImageFolder refuses it)."""
+    if rank != 4 or spatial is None or len(spatial) != 2:
+        return list(range(rank))
+    channel = next(a for a in range(1, 4) if a not in spatial)
+    source = {0: 0, channel: 1, spatial[0]: 2, spatial[1]: 3}
+    return [source[t] for t in range(4)]
 
 
 def compute_erf(model: ModelSource, output: str | None = None, *,
@@ -238,7 +312,8 @@ def compute_erf(model: ModelSource, output: str | None = None, *,
                 threads: int = 0, conventions: ec.ERFConventions | None = None,
                 input_name: str | None = None, layout: str | None = None,
                 rules: custom_ops.RuleSet | str | Path | Sequence[str | Path] | None = None,
-                assume_pointwise: bool = False, fill: Mapping[str, float] | None = None) -> ERFResult:
+                assume_pointwise: bool = False, fill: Mapping[str, float] | None = None,
+                fd_budget: float = FD_BUDGET_S) -> ERFResult:
     """The ERF of one output unit of an ONNX model, averaged as Luo et al. do, with its metrics.
 
     ``model``: path, ``zoo:NAME`` or ModelProto; ``inputs``: "gaussian", "uniform" or a folder of
@@ -250,7 +325,8 @@ def compute_erf(model: ModelSource, output: str | None = None, *,
     ``input_name`` (the input differentiated, default: the first), ``input_shape`` (its shape),
     ``layout``, ``rules`` and ``assume_pointwise`` mean what they mean for ``rfgraph.analyze``;
     ``fill`` gives the model's other inputs a value (an RNN state, a sample rate: {"sr": 16000}),
-    each a constant of its declared shape.
+    each a constant of its declared shape.  ``fd_budget``: seconds the finite differences may
+    take, estimated before they start (forward passes x the measured cost of one).
     """
     import time
 
@@ -280,18 +356,26 @@ def compute_erf(model: ModelSource, output: str | None = None, *,
     rng = np.random.default_rng(seed)
     total = np.zeros([full_shape[a] for a in spatial], dtype=np.float64)
     t0 = time.perf_counter()
-    bar = _progress(runs * weight_runs, progress)
+    fd = method_e is Method.FD
+    bar = _progress(runs * weight_runs, progress and not fd)
     used_batch, kept, drawn = 1, 0, 0
     draws = runs * (1 + NONFINITE_REDRAWS) if conv.skip_nonfinite else runs
-    for _ in range(weight_runs):
+    for w in range(weight_runs):
         weights = reinitialise(plan.model, reinit_e, rng)  # type: ignore[arg-type]
         engine = _engine(method_e, weights, seeded, input_name, full_shape, spatial, batch,
                          fd_step, providers, threads)
+        if isinstance(engine, FDEngine) and w == 0:
+            engine.check_cost(runs * weight_runs, fd_budget)
+            bar = _progress(engine.fd.forwards() * runs * weight_runs, progress, "forward")
+        if isinstance(engine, FDEngine):  # the bar advances per batch of forward passes
+            engine.on_forwards, inputs_bar = bar, _progress(0, False)
+        else:
+            inputs_bar = bar
         used_batch = engine.batch
         shape = (engine.batch,) + tuple(full_shape[1:])
         batches = input_batches(kind, shape, draws, rng, engine.dtype, folder, mean, std,
-                                conv.order)
-        k, d = _accumulate(total, engine, batches, plan.scale, spatial, conv, runs, bar)
+                                conv.order, spatial)
+        k, d = _accumulate(total, engine, batches, plan.scale, spatial, conv, runs, inputs_bar)
         kept, drawn = kept + k, drawn + d
     bar(0, close=True)
     notes += _skipped_notes(drawn, kept, runs * weight_runs)
@@ -442,10 +526,15 @@ def _seed_notes(proto: onnx.ModelProto, target: Target, conv: ec.ERFConventions)
     LayerNorm with unit gamma: its gradient is then zero, up to rounding."""
     producer = next((n.op_type for n in proto.graph.node if target.output in n.output), None)
     linear = conv.scalar in (ec.Scalar.SUM, ec.Scalar.MEAN)
+    notes = []
+    if not target.tensor_axes and int(np.prod(target.shape[1:], dtype=np.int64)) > 1:
+        notes.append(f"'{target.output}' has no axis of positions: its unit is the whole tensor "
+                     f"(the union of its positions' fields), every element of {list(target.shape)} "
+                     f"{'summed' if conv.channel is None else 'of channel ' + str(conv.channel)}")
     if linear and producer in NORMALISING_OPS:
-        return [(f"'{target.output}' comes from {producer}: summed over channels it is nearly "
-                 "constant, so its gradient may be ~0; pick one channel (--channel C)")]
-    return []
+        notes.append(f"'{target.output}' comes from {producer}: summed over channels it is nearly "
+                     "constant, so its gradient may be ~0; pick one channel (--channel C)")
+    return notes
 
 
 def _input_kind(inputs: str) -> tuple[InputKind, str | None]:
@@ -484,6 +573,8 @@ def _load(model: ModelSource, input_shape: Sequence[int] | None, input_name: str
     except RFGraphError as exc:
         notes.append(f"no TRF pass ({exc}); metrics use the map centre")
         a = None
+    if a is not None and not a.layout_reason.startswith(("given", "the input")):
+        notes.append(f"input layout {a.layout} {a.layout_reason}")
     return proto, a, notes
 
 
@@ -528,13 +619,13 @@ def _output_shape(proto: onnx.ModelProto, output: str, input_name: str,
     return shapes[output]
 
 
-def _progress(total: int, enabled: bool) -> Callable[..., None]:
-    """A tqdm bar over input samples (a no-op when disabled)."""
+def _progress(total: int, enabled: bool, unit: str = "input") -> Callable[..., None]:
+    """A tqdm bar over input samples, or forward passes (a no-op when disabled)."""
     if not enabled:
         return lambda n, close=False: None
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="input", desc="ERF", leave=False)
+    bar = tqdm(total=total, unit=unit, desc="ERF", leave=False)
 
     def update(n: int, close: bool = False) -> None:
         if n:

@@ -13,7 +13,7 @@ sums are taken in float64.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,14 +108,42 @@ class FiniteDifference:
             return np.array([prod.sum()])
         return prod.reshape(prod.shape[0], -1).sum(axis=1)
 
-    def gradient(self, x: np.ndarray, seed: np.ndarray) -> np.ndarray:
-        """d(seed . y)/dx at ``x`` (batch 1); zero outside the TRF region."""
+    def forwards(self) -> int:
+        """Forward passes (model evaluations) one gradient takes: +h and -h per input element
+        inside the TRF (``positions``), without enumerating them."""
+        count = 1
+        for ax, n in enumerate(self.input_shape):
+            if ax in self.spatial_axes and self.region is not None:
+                u0, v0 = self.region[self.spatial_axes.index(ax)]
+                count *= max(min(v0, n - 1) - max(u0, 0) + 1, 0)
+            elif ax > 0:
+                count *= n
+        return 2 * count
+
+    def seconds_per_forward(self, repeats: int = 3) -> float:
+        """Measured time of one forward pass (the best of ``repeats`` batched runs, per input)."""
+        import time
+
+        x = np.zeros((self.k,) + tuple(self.input_shape[1:]), dtype=self.dtype)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            self.multi.run(None, {self.input_name: x})  # type: ignore[attr-defined]
+            best = min(best, time.perf_counter() - t0)
+        return best / self.k
+
+    def gradient(self, x: np.ndarray, seed: np.ndarray,
+                 on_forwards: Callable[[int], None] | None = None) -> np.ndarray:
+        """d(seed . y)/dx at ``x`` (batch 1); zero outside the TRF region; ``on_forwards`` is told
+        how many forward passes each batch of perturbations took (progress display)."""
         x = x.astype(self.dtype, copy=False)
         grad = np.zeros(x.shape, dtype=np.float64)
         pos = self.positions()
         for start in range(0, len(pos), max(self.k // 2, 1) if self.k > 1 else 1):
             chunk = pos[start:start + max(self.k // 2, 1)]
             grad = self._fill(grad, x, seed, chunk)
+            if on_forwards is not None:
+                on_forwards(2 * len(chunk))
         return grad
 
     def _fill(self, grad: np.ndarray, x: np.ndarray, seed: np.ndarray,

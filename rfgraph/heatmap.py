@@ -50,6 +50,16 @@ def render_png(erf: np.ndarray, path: str | Path, region: Sequence[tuple[int, in
     return out
 
 
+def trf_in_image(region: Sequence[tuple[int, int]], shape: Sequence[int]
+                 ) -> tuple[tuple[tuple[int, int], ...], str]:
+    """The TRF clipped to the map, and its legend label: "TRF", or, when the field reaches past
+    the image (its box would be drawn off the picture), a label saying so."""
+    clipped = tuple((max(u0, 0), min(v0, n - 1)) for (u0, v0), n in zip(region, shape))
+    if clipped == tuple(tuple(r) for r in region):
+        return clipped, "TRF"
+    return clipped, "TRF exceeds the image (clipped edge)"
+
+
 def _draw_2d(plt: Any, fig: Any, ax: Any, erf: np.ndarray,
              region: Sequence[tuple[int, int]] | None, log: bool,
              axis_names: Sequence[str]) -> None:
@@ -64,9 +74,11 @@ def _draw_2d(plt: Any, fig: Any, ax: Any, erf: np.ndarray,
                     interpolation="nearest")
     fig.colorbar(img, ax=ax, label="|d y / d x|" + (" (log)" if log else ""))
     if region is not None:
-        (h0, h1), (w0, w1) = region
+        ((h0, h1), (w0, w1)), label = trf_in_image(region, erf.shape)
+        clipped = label != "TRF"  # its clipped edges lie on the image border: draw them thicker
         ax.add_patch(Rectangle((w0 - 0.5, h0 - 0.5), w1 - w0 + 1, h1 - h0 + 1, fill=False,
-                               edgecolor="red", linewidth=1.2, label="TRF"))
+                               edgecolor="red", linewidth=3 if clipped else 1.2,
+                               linestyle="--" if clipped else "-", label=label))
         ax.legend(loc="upper right", fontsize=7)
     ax.set_xlim(-0.5, erf.shape[1] - 0.5)
     ax.set_ylim(erf.shape[0] - 0.5, -0.5)
@@ -78,8 +90,8 @@ def _draw_1d(ax: Any, erf: np.ndarray, region: Sequence[tuple[int, int]] | None,
              log: bool) -> None:
     ax.plot(np.arange(erf.size), erf, drawstyle="steps-mid", color="tab:blue", label="ERF")
     if region is not None:
-        (u0, v0), = region
-        ax.axvspan(u0 - 0.5, v0 + 0.5, color="red", alpha=0.12, label="TRF")
+        ((u0, v0),), label = trf_in_image(region, erf.shape)
+        ax.axvspan(u0 - 0.5, v0 + 0.5, color="red", alpha=0.12, label=label)
     if log and erf.max() > 0:
         ax.set_yscale("log")
     ax.set_xlabel("input position")

@@ -222,11 +222,12 @@ def erf_card(analysis: Analysis, name: str, options: ERFOptions) -> dict[str, An
 
     ep = analysis[name]
     unit = centre_unit(ep)
-    region = ep.region(unit)
-    card: dict[str, Any] = {"tensor": name, "unit": list(unit), "region": [list(r) for r in region],
+    card: dict[str, Any] = {"tensor": name, "unit": list(unit), "region": None,
                             "r": [number(v) for v in ep.r]}
     if ep.is_global:
         return {**card, "error": f"'{name}' has a global field: no unit-level ERF to draw"}
+    region = ep.region(unit)
+    card["region"] = [list(r) for r in region]
     try:
         result = overlay.unit_erf(analysis, name, unit, options.runs, options.method,
                                   options.inputs, options.seed, options.progress)

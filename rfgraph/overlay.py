@@ -163,7 +163,8 @@ def unit_erf(analysis: Any, tensor: str, index: Sequence[int], runs: int = 16, m
 
     unit = analysis[tensor].tensor_index(index)  # the same unit, as the ERF engine indexes it
     result = compute_erf(analysis.graph.model, tensor, unit=unit, runs=runs, method=method,
-                         inputs=inputs, seed=seed, progress=progress)
+                         inputs=inputs, seed=seed, progress=progress,
+                         input_name=analysis.input_name, layout=analysis.layout)
     if result.input_name != analysis.input_name:
         raise RFGraphError(f"the ERF engine differentiates w.r.t. input '{result.input_name}', "
                            f"not '{analysis.input_name}'; drop --input or --no-erf")

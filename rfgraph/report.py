@@ -29,6 +29,14 @@ def number(x: Any) -> Any:
     return x
 
 
+def numeric(x: Any) -> Any:
+    """A JSON number: ints stay ints, other Fractions become floats (their exact "p/q" form is
+    printed beside them by ``number``)."""
+    if isinstance(x, Fraction):
+        return x.numerator if x.denominator == 1 else float(x)
+    return x
+
+
 def per_axis(values: Sequence[Any]) -> str:
     """One cell for per-axis values: "211" when equal on every axis, else "211, 195"."""
     shown = ["global" if v is None else str(number(v)) for v in values]
@@ -70,12 +78,14 @@ def analysis_dict(analysis: Analysis, names: Iterable[str]) -> dict[str, Any]:
     """The whole report as plain data (the JSON schema documented in README)."""
     return {
         "input": {"name": analysis.input_name, "shape": list(analysis.input_shape),
-                  "spatial_axes": list(analysis.spatial_axes), "axis_names": list(analysis.axis_names)},
+                  "spatial_axes": list(analysis.spatial_axes), "axis_names": list(analysis.axis_names),
+                  "layout": analysis.layout, "layout_reason": analysis.layout_reason},
         "aligned": analysis.aligned,
         "endpoints": endpoint_rows(analysis, names),
         "misaligned_merges": [
             {"node": m.node, "op": m.op, "output": m.output, "axis": analysis.axis_names[m.axis],
-             "branches": [{"tensor": b.tensor, "S": number(b.S), "centre": number(b.centre), "r": b.r}
+             "branches": [{"tensor": b.tensor, "S": number(b.S), "centre": numeric(Fraction(b.centre)),
+                           "centre_exact": number(Fraction(b.centre)), "r": b.r}
                           for b in m.branches]}
             for m in analysis.misaligned],
         "global_at": dict(analysis.global_at),
@@ -140,10 +150,16 @@ def render(analysis: Analysis, names: Sequence[str], fmt: str = "table") -> str:
     return "\n\n".join(p for p in parts if p)
 
 
+def layout_line(analysis: Analysis) -> str:
+    """'layout NHWC: why' (how the input's spatial axes were chosen), for every output."""
+    return f"layout {analysis.layout}: {analysis.layout_reason}"
+
+
 def _summary(analysis: Analysis) -> str:
     axes = "x".join(f"{n}={analysis.input_shape[a]}" for n, a in zip(analysis.axis_names, analysis.spatial_axes))
     verdict = "aligned" if analysis.aligned else f"MISALIGNED at {len({m.node for m in analysis.misaligned})} merge(s)"
-    return (f"input '{analysis.input_name}' {list(analysis.input_shape)} (spatial {axes}); "
+    return (f"input '{analysis.input_name}' {list(analysis.input_shape)} (spatial {axes}; "
+            f"{layout_line(analysis)}); "
             f"{len(analysis.endpoints)} tensors analysed, {len({m.node for m in analysis.merges})} "
             f"merges: {verdict}")
 

@@ -69,6 +69,8 @@ def sim_unproductive_share(fields: list[list[frozenset[int]]], layers: list[Laye
                            idx: int) -> float:
     """Share of layer idx's units whose every non-empty read unit already sees all n pixels."""
     k, s, pb, _ = layers[idx]
+    if k == 1 and s == 1:  # a 1x1 layer adds no pixel to any field: none of it lies outside
+        return 0.0
     prev, cur = fields[idx], fields[idx + 1]
     bad = 0
     for u in range(len(cur)):
@@ -446,3 +448,54 @@ def test_table_lists_ten_alignment_fixes_and_counts_the_rest(tmp_path, capsys) -
     assert "  ... and 4 more (--format json lists them all)" in fixes
     assert main(["diagnose", str(path), "--no-size-range", "--format", "json"]) in (0, 1)
     assert len(json.loads(capsys.readouterr().out)["alignment_fixes"]) == 14
+
+
+def test_size_scan_records_sizes_where_an_end_point_has_no_units() -> None:
+    """Two 3x3 stride-2 convs: at n = 4 the first gives 1 unit and the second (1 - 3) // 2 + 1 = 0
+    (the simulation's unit count), so that size fails with the reason instead of a KeyError."""
+    layers = [(3, 2, 0, 0), (3, 2, 0, 0)]
+    d = D.diagnose(chain_model(12, layers), size_step=4, size_max=12)
+    assert d.sizes is not None
+    by_size = {p.size: p for p in d.sizes.points}
+    assert len(simulate(4, layers)[-1]) == 0
+    assert by_size[4].covers is None and "no units" in by_size[4].error
+    assert all(p.covers is not None for n, p in by_size.items() if len(simulate(n, layers)[-1]) > 0)
+    text = render_diagnosis(d)
+    assert "4: " in text and "no units" in text
+
+
+def render_diagnosis(d: D.Diagnosis) -> str:
+    from rfgraph.commands.diagnose import render
+
+    return render(d)
+
+
+def test_a_1x1_head_is_never_unproductive() -> None:
+    """A 1x1 stride-1 conv adds no pixel to any field (the simulation: each unit sees what its
+    input unit sees), so it cannot add pixels outside the image: the size scan of a chain with a
+    1x1 head equals that of the chain without it, and its design size stays valid."""
+    layers = [(3, 2, 1, 1), (3, 2, 1, 1), (5, 1, 2, 2)]
+    head = layers + [(1, 1, 0, 0)]
+    fields = simulate(12, head)
+    assert fields[-1] == fields[-2]
+    with_head = D.diagnose(chain_model(12, head), size_step=4, size_max=24)
+    without = D.diagnose(chain_model(12, layers), size_step=4, size_max=24)
+    assert with_head.sizes is not None and without.sizes is not None
+    assert with_head.sizes.intervals == without.sizes.intervals
+    assert any(lo <= 12 <= hi for lo, hi in without.sizes.intervals)
+    verdict = {v.node: v for v in with_head.verdicts}["c4"]
+    assert verdict.fraction == (0.0, 0.0) and not verdict.unproductive
+
+
+def test_diagnose_shows_the_size_scan_progress_on_a_terminal(tmp_path, capsys, monkeypatch) -> None:
+    """On a terminal (simulated: stderr claims to be a TTY) the size scan shows a tqdm bar on
+    stderr, as the other commands do; -q silences it (it showed nothing before)."""
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    path = tmp_path / "chain.onnx"
+    onnx.save(chain_model(12, [(3, 2, 1, 1), (3, 1, 1, 1)]), path)
+    assert main(["diagnose", str(path), "--size-step", "4", "--size-max", "24"]) == 0
+    assert "input-size scan" in capsys.readouterr().err
+    assert main(["-q", "diagnose", str(path), "--size-step", "4", "--size-max", "24"]) == 0
+    assert "input-size scan" not in capsys.readouterr().err

@@ -312,3 +312,16 @@ def test_quiet_silences_progress_bars_on_a_terminal(tmp_path: Path, capsys: pyte
     assert "rf-vs-accuracy" in capsys.readouterr().err  # the bar's label
     assert main(["-q", *args]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_a_claim_compared_with_a_later_number_shows_that_number(tmp_path: Path) -> None:
+    """The ReLU slope is compared with the theory's 0.5 (the row's second number), but its paper
+    column printed the row's first number, "0.56 (theory 0.5)"; it now leads with 0.5."""
+    (tmp_path / "reference").mkdir()
+    (tmp_path / "reference" / "luo2016_claims.md").write_text(
+        "| claim | value in the paper | where |\n|---|---|---|\n"
+        "| slope of something | 0.56 (theory 0.5) | x |\n")
+    ctx = Context(tmp_path, reference=reference_mod.load(tmp_path))
+    c = numeric_claim(ctx, "slope of", "s", 0.52, 0.03, index=1)
+    assert c.verdict is Verdict.MATCH and c.paper.startswith("0.5 ")  # |0.52 - 0.5| <= 0.03
+    assert numeric_claim(ctx, "slope of", "s", 0.52, 0.03).paper == "0.56 (theory 0.5)"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from fractions import Fraction
 from typing import Any
 
 from tabulate import tabulate
 
 from ..errors import RFGraphError
-from ..report import json_text, number
+from ..report import json_text, number, numeric
 from ._common import add_model_args, load_analysis
 
 
@@ -24,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, metavar="NAME", help="tensor whose units are mapped")
     p.add_argument("--index", metavar="I,J", help="unit index along the spatial axes, e.g. 3,4")
     p.add_argument("--all", action="store_true", help="every unit of the tensor")
-    p.add_argument("--clip", action="store_true", help="clip regions to the input")
+    p.add_argument("--clip", action="store_true", help="clip regions to the input (the centre is then "
+                   "the clipped box's; the field's own centre is shown beside it)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=run)
 
@@ -51,13 +53,28 @@ def run(args: argparse.Namespace) -> int:
         region = ep.region(idx)
         if args.clip:
             region = tuple((max(u0, 0), min(v0, n - 1)) for (u0, v0), n in zip(region, sizes))
-        rows.append({"index": list(idx), "region": [list(r) for r in region],
-                     "centre": [number(c) for c in ep.centre(idx)]})
+        rows.append(_row(idx, region, ep.centre(idx), args.clip))
     if args.format == "json":
         print(json_text({"tensor": ep.name, "axis_names": list(analysis.axis_names), "units": rows}))
     else:
         table = [[",".join(map(str, r["index"]))] + [f"[{a}, {b}]" for a, b in r["region"]]
-                 + [", ".join(str(c) for c in r["centre"])] for r in rows]
-        head = ["index"] + [f"{n} region" for n in analysis.axis_names] + ["centre"]
+                 + [", ".join(str(c) for c in r["centre_exact"])]
+                 + ([", ".join(str(c) for c in r["field_centre_exact"])] if args.clip else [])
+                 for r in rows]
+        head = (["index"] + [f"{n} region" for n in analysis.axis_names]
+                + (["centre of clipped box", "field centre (eq. 11)"] if args.clip else ["centre"]))
         print(tabulate(table, headers=head, tablefmt="simple"))
     return 0
+
+
+def _row(index: tuple[int, ...], region: tuple[tuple[int, int], ...], centre: tuple[Fraction, ...],
+         clipped: bool) -> dict[str, Any]:
+    """One JSON unit: centres as numbers with their exact form beside them; with --clip the
+    centre is the clipped box's and the field's own (eq. 11, maybe outside it) is kept apart."""
+    row: dict[str, Any] = {"index": list(index), "region": [list(r) for r in region]}
+    shown = tuple(Fraction(u0 + v0, 2) for u0, v0 in region) if clipped else centre
+    row.update(centre=[numeric(c) for c in shown], centre_exact=[number(c) for c in shown])
+    if clipped:
+        row.update(field_centre=[numeric(c) for c in centre],
+                   field_centre_exact=[number(c) for c in centre])
+    return row

@@ -4,6 +4,7 @@ alignment fixes and (with --erf) ERF growth; definitions in docs/diagnostics.md.
 from __future__ import annotations
 
 import argparse
+import sys
 from fractions import Fraction
 from typing import Any
 
@@ -11,7 +12,7 @@ from tabulate import tabulate
 
 from ..diagnostics import Diagnosis, diagnose
 from ..onnx_import import parse_input_shapes
-from ..report import NOTE_LINES, json_text, number
+from ..report import NOTE_LINES, json_text, layout_line, number
 from ._common import add_model_args, parse_fills
 
 EXAMPLES = """examples:
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
                  size_step=args.size_step, size_max=args.size_max, erf=args.erf,
                  erf_runs=args.erf_runs, erf_layers=args.erf_layers, rules=args.rules or None,
                  assume_pointwise=args.assume_pointwise, input_name=args.input_name,
-                 layout=args.layout, fill=parse_fills(args.fill))
+                 layout=args.layout, fill=parse_fills(args.fill),
+                 progress=not getattr(args, "quiet", False) and sys.stderr.isatty())
     print(json_text(diagnosis_dict(d)) if args.format == "json" else render(d))
     return 1 if d.analysis.stops else 0
 
@@ -71,7 +73,8 @@ def diagnosis_dict(d: Diagnosis) -> dict[str, Any]:
     a = d.analysis
     return {
         "input": {"name": a.input_name, "shape": list(a.input_shape),
-                  "axis_names": list(a.axis_names)},
+                  "axis_names": list(a.axis_names), "layout": a.layout,
+                  "layout_reason": a.layout_reason},
         "rule_notes": dict(a.rule_notes),
         "stops": [{"node": s.node, "op": s.op, "reason": s.reason} for s in a.stops],
         "coverage": [{"endpoint": c.endpoint, "axes": [
@@ -107,7 +110,8 @@ def diagnosis_dict(d: Diagnosis) -> dict[str, Any]:
 def render(d: Diagnosis) -> str:
     """Tables and notes, one section per diagnostic."""
     a = d.analysis
-    parts = [f"input '{a.input_name}' {list(a.input_shape)}; end points: {', '.join(d.endpoints)}"]
+    head = f"input '{a.input_name}' {list(a.input_shape)} ({layout_line(a)}); end points: "
+    parts = [head + ", ".join(d.endpoints)]
     parts += _rule_notes(d) + [_coverage_table(d), _layers_section(d), _sizes_section(d)]
     parts += [_objects_table(d), _fixes_section(d), _erf_table(d)]
     parts += [f"STOPPED at node '{s.node}' ({s.op}): {s.reason}" for s in a.stops]
@@ -151,8 +155,14 @@ def _sizes_section(d: Diagnosis) -> str:
     iv = d.sizes.intervals
     where = ", ".join(f"[{lo}, {hi}]" if lo != hi else f"{lo}" for lo, hi in iv) or "none"
     scanned = [p.size for p in d.sizes.points]
-    return (f"input sizes (square, step {d.sizes.step}, scanned {scanned[0]}..{scanned[-1]}) where "
+    text = (f"input sizes (square, step {d.sizes.step}, scanned {scanned[0]}..{scanned[-1]}) where "
             f"a unit of every end point sees the whole input and no layer is unproductive: {where}")
+    failed = [f"  {p.size}: {p.error}" for p in d.sizes.points if p.error]
+    if failed:
+        text += "\nsizes that could not be analysed:\n" + "\n".join(failed[:NOTE_LINES])
+        if len(failed) > NOTE_LINES:
+            text += f"\n  ... and {len(failed) - NOTE_LINES} more (--format json lists them all)"
+    return text
 
 
 def _objects_table(d: Diagnosis) -> str:

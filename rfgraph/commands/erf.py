@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="inputs N (default: the preset's, 20; replknet: 50)")
     p.add_argument("--method", choices=("grad", "fd"), default="grad",
                    help="grad: exact gradient graph; fd: central differences inside the TRF")
+    p.add_argument("--fd-budget", type=float, default=None, metavar="SECONDS",
+                   help="--method fd is refused when estimated (forward passes x the measured time "
+                        "of one) to take longer than this (default 600)")
     p.add_argument("--inputs", default=None, metavar="gaussian|uniform|DIR",
                    help="input distribution, or a folder of PNG/JPEG images (default: gaussian)")
     p.add_argument("--mean", default=None, metavar="M1,M2,M3", help="image normalisation mean")
@@ -126,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         weight_runs=args.weight_runs, seed=args.seed, batch=args.batch,
         progress=not (args.no_progress or quiet) and sys.stderr.isatty(),
         mean=_floats(args.mean, "--mean") or IMAGENET_MEAN,
-        std=_floats(args.std, "--std") or IMAGENET_STD, conventions=conventions(args))
+        std=_floats(args.std, "--std") or IMAGENET_STD, conventions=conventions(args),
+        **({} if args.fd_budget is None else {"fd_budget": args.fd_budget}))
     if args.npy:
         np.save(args.npy, result.erf)
     if args.png:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import RFGraphError
 from ..report import json_text
@@ -21,7 +22,8 @@ The page needs no network access: CSS, JavaScript and pictures are inlined.  Sec
 coloured by r with misaligned merges in red, ERF heatmaps with the TRF box, and a hover view
 (output cell -> its input region over --image).  JSON schema: docs/json_schema.md.
 
-exit codes: 0 report written; 1 written, but the analysis stopped at an unsupported node;
+exit codes: 0 report written; 1 written, but the analysis stopped at an unsupported node or an
+ERF heatmap could not be drawn;
 2 unreadable model or image, unknown tensor, unwritable output."""
 
 
@@ -67,11 +69,19 @@ def run(args: argparse.Namespace) -> int:
         print(json_text({"report": str(out), "bytes": len(report.html.encode("utf-8")), **report.summary}))
     elif not quiet:
         print(f"wrote {out} ({len(report.html.encode('utf-8')) // 1024} KiB): {len(analysis.endpoints)} "
-              f"tensors, {len(report.summary['erf'])} ERF heatmap(s), "
+              f"tensors, {_heatmaps(report.summary['erf'])}, "
               f"{'aligned' if analysis.aligned else 'MISALIGNED'}")
     if not quiet:
         for note in report.notes:
             print(f"rfgraph: note: {note}", file=sys.stderr)
         for s in analysis.stops:
             print(f"rfgraph: stopped at node '{s.node}' ({s.op}): {s.reason}", file=sys.stderr)
-    return 1 if analysis.stops else 0
+    failed = any(card.get("error") for card in report.summary["erf"])
+    return 1 if analysis.stops or failed else 0
+
+
+def _heatmaps(cards: list[dict[str, Any]]) -> str:
+    """How many ERF heatmaps were drawn, and how many failed (their cards say why)."""
+    failed = sum(1 for card in cards if card.get("error"))
+    drawn = f"{len(cards) - failed} ERF heatmap(s)"
+    return f"{drawn} ({failed} failed: see the notes)" if failed else drawn

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import RFGraphError
-from ..report import json_text, number
+from ..report import json_text, number, numeric
 from ._common import add_model_args, load_analysis
 
 EXAMPLES = """examples:
@@ -99,7 +99,8 @@ def show_dict(analysis: Any, ep: Any, index: tuple[int, ...], args: argparse.Nam
     return {
         "tensor": ep.name, "index": list(index), "axis_names": list(analysis.axis_names),
         "region": [list(r) for r in ep.region(index)],
-        "centre": [number(c) for c in ep.centre(index)],
+        "centre": [numeric(c) for c in ep.centre(index)],
+        "centre_exact": [number(c) for c in ep.centre(index)],
         "r": [number(v) for v in ep.r], "S": [number(v) for v in ep.S], "P": [number(v) for v in ep.P],
         "picture": {"path": str(args.out), "width": int(shape[1]), "height": int(shape[0]),
                     "scale": scale, "box": None if box is None else list(box)},

@@ -191,7 +191,10 @@ def numeric_claim(ctx: Context, key: str, text: str, value: float, tol: float,
     target = numbers[index]
     inside = ci is not None and all(np.isfinite(ci)) and ci[0] <= target <= ci[1]
     ok = abs(value - target) <= tol or inside
-    return Claim(text, ctx.reference.paper(key), measured,
+    paper = ctx.reference.paper(key)
+    if index > 0:  # the row's first number is not the one compared: show the one that is
+        paper = f"{target:g} (from the paper's row: {paper})"
+    return Claim(text, paper, measured,
                  Verdict.MATCH if ok else Verdict.DIFFER, figure,
                  (note + "; " if note else "")
                  + f"match = within {tol:g} of {target:g} or in the CI")

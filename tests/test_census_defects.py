@@ -1,0 +1,354 @@
+"""Defects of issue 12 found by running every command on real exports, each on a small model
+built here that has the same structure.
+
+Cases: a detector whose three heads meet in a stopping Concat keeps every head as a default end
+point (by construction: the Concat's inputs) in analyze, diagnose and report (class 5); erf on
+a tensor without units (the detector's concatenated [anchors, 6] output, a Flatten of a map) is
+refused naming the tensors that have units, and on a tensor after an SE gate (global, positions
+kept) seeds one position: its gradient against onnxruntime central differences (class 6);
+show and report read a 1-D model with the --layout given (the TRF against onnxruntime impulses),
+and a report whose heatmap failed neither counts it as drawn nor exits 0 (class 7).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from rfgraph import analyze
+from rfgraph.cli import main
+from tests.graphs import G
+
+
+def three_head_detector() -> tuple[onnx.ModelProto, list[str]]:
+    """A stem and three heads at strides 2, 4, 8, each flattened to [1, anchors, 6] (Transpose +
+    Reshape) and concatenated along the anchors (where the analysis stops); returns the model
+    and the heads (the Concat's inputs)."""
+    g = G((16, 16), channels=3)
+    x = g.conv("x", 3, 2, pads=[1] * 4, cout=4)
+    heads = []
+    for s in (1, 2, 4):
+        h = g.conv(x, 3, s, pads=[1] * 4, cout=6)
+        t = g.node("Transpose", [h], perm=[0, 2, 3, 1])
+        heads.append(g.node("Reshape", [t, g._init(np.array([1, -1, 6]))]))
+    cat = g.node("Concat", heads, axis=1)
+    out = helper.make_tensor_value_info(cat, TensorProto.FLOAT, None)
+    graph = helper.make_graph(g.nodes, "detector", [g.input], [out], g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, heads
+
+
+def test_a_stopping_concat_keeps_every_head_as_an_end_point(tmp_path: Path, capsys) -> None:
+    """The analysis stops at the Concat; the default end points are its three inputs (before: none,
+    so analyze showed one tensor, diagnose one head and the report 0 heatmaps)."""
+    model, heads = three_head_detector()
+    a = analyze(model, {"x": (1, 3, 16, 16)})
+    assert [s.op for s in a.stops] == ["Concat"]
+    assert a.default_endpoints() == heads
+    path = tmp_path / "det.onnx"
+    onnx.save(model, path)
+    assert main(["diagnose", str(path), "--input-shape", "x:1x3x16x16", "--no-size-range",
+                 "--format", "json"]) == 1
+    assert [c["endpoint"] for c in json.loads(capsys.readouterr().out)["coverage"]] == heads
+    assert main(["report", str(path), "--input-shape", "x:1x3x16x16", "--erf-runs", "1",
+                 "-o", str(tmp_path / "r.html"), "--format", "json"]) == 1
+    cards = json.loads(capsys.readouterr().out)["erf"]
+    assert [c["tensor"] for c in cards] == heads and not any(c["error"] for c in cards)
+
+
+def ort_gradient(model: onnx.ModelProto, x: np.ndarray, objective, h: float = 1e-3) -> np.ndarray:
+    """d objective(y) / dx by central differences through onnxruntime, in float64 sums."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = model.graph.input[0].name
+    grad = np.zeros(x.shape)
+    for idx in np.ndindex(*x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[idx] += h
+        xm[idx] -= h
+        yp = sess.run(None, {name: xp})[0].astype(np.float64)
+        ym = sess.run(None, {name: xm})[0].astype(np.float64)
+        grad[idx] = (objective(yp) - objective(ym)) / (float(xp[idx]) - float(xm[idx]))
+    return grad
+
+
+def test_erf_refuses_a_tensor_without_units(tmp_path: Path, capsys) -> None:
+    """The detector's concatenated output (after the stop) has no known unit; before, erf summed
+    every element and exited 0.  Refused naming the stop and the heads (the tensors with units)."""
+    model, heads = three_head_detector()
+    path = tmp_path / "det.onnx"
+    onnx.save(model, path)
+    assert main(["erf", str(path), "--output", model.graph.output[0].name, "--runs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "axis of positions" in err and "stopped at" in err and all(h in err for h in heads)
+
+
+def test_erf_of_a_flattened_map_says_its_unit_is_the_whole_tensor() -> None:
+    """A Flatten of a head folds its positions into features: the analysis' one unit holds them all
+    (its field is their union), and the ERF's note says the whole tensor is summed."""
+    from rfgraph.erf import compute_erf
+
+    model, heads = three_head_detector()
+    model.graph.node.append(helper.make_node("Flatten", [heads[0]], ["flat"], axis=1))
+    result = compute_erf(model, "flat", runs=1)
+    assert any("no axis of positions" in n for n in result.notes)
+
+
+def se_gated() -> onnx.ModelProto:
+    """conv -> x * sigmoid(GlobalAveragePool(x)): every position of the product sees the whole
+    input (global), but the product keeps its grid of positions."""
+    g = G((6, 6), channels=1, batch=1)
+    c = g.conv("x", 3, 1, pads=[1] * 4, cout=2)
+    gate = g.node("Sigmoid", [g.node("GlobalAveragePool", [c])])
+    return g.model(g.node("Mul", [c, gate]))
+
+
+def test_erf_after_an_se_gate_seeds_one_position() -> None:
+    """The seed is one position (default: the centre, (2, 2) of 6 x 6), all channels: the engine's
+    gradient equals onnxruntime central differences of y[0, :, 2, 2].sum() (before: the sum of
+    every position)."""
+    from rfgraph.erf import GradientEngine, _load, resolve_target
+
+    model = se_gated()
+    proto, a, _ = _load(model, (1, 1, 6, 6))
+    out = model.graph.output[0].name
+    assert a is not None and a[out].is_global
+    target = resolve_target(a, proto, out, None, None, 4, (2, 3), (1, 2, 6, 6))
+    assert target.tensor_axes == (2, 3) and target.unit == (2, 2)
+    x = np.random.default_rng(0).standard_normal((1, 1, 6, 6)).astype(np.float32)
+    got = GradientEngine(proto, target, "x", (1, 1, 6, 6), 1)(x)
+    want = ort_gradient(proto, x, lambda y: y[0, :, 2, 2].sum())
+    np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-4)
+
+
+def test_erf_of_a_global_vector_says_its_unit_is_the_whole_tensor() -> None:
+    """A classifier's logits [1, 2] have no positions: the ERF of their sum is kept (Luo's ERF of
+    a class score) but said, not silent."""
+    from rfgraph.erf import compute_erf
+
+    g = G((6, 6), channels=1, batch=1)
+    logits = g.node("Flatten", [g.node("GlobalAveragePool", [g.conv("x", 3, 1, cout=2)])], axis=1)
+    result = compute_erf(g.model(logits), runs=1)
+    assert any("no axis of positions" in n and "summed" in n for n in result.notes)
+
+
+def one_d_signal() -> onnx.ModelProto:
+    """A batch of 1-D signals [1, 64] (layout NL): Unsqueeze, a 5-tap conv, ReLU."""
+    from onnx import numpy_helper
+
+    w = np.random.default_rng(0).uniform(0.5, 1.5, (2, 1, 5)).astype(np.float32)
+    nodes = [helper.make_node("Unsqueeze", ["x", "ax"], ["u"]),
+             helper.make_node("Conv", ["u", "w"], ["c"], kernel_shape=[5], pads=[2, 2]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "oned", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 64])],
+                              [numpy_helper.from_array(w, "w"),
+                               numpy_helper.from_array(np.array([1], np.int64), "ax")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_show_and_report_use_the_layout_for_the_erf_of_a_1d_model(tmp_path: Path, capsys) -> None:
+    """--layout NL reached the TRF but not the ERF engine ("0 axes of positions"): show failed and
+    the report's card held the error.  The unit's region is the impulse support (onnxruntime)."""
+    import onnxruntime as ort
+
+    path = tmp_path / "oned.onnx"
+    onnx.save(one_d_signal(), path)
+    assert main(["show", str(path), "--layout", "NL", "--output", "y", "--runs", "2",
+                 "-o", str(tmp_path / "s.png"), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    sess = ort.InferenceSession(one_d_signal().SerializeToString(), providers=["CPUExecutionProvider"])
+    reached = [i for i in range(64) if sess.run(None, {"x": np.eye(64, dtype=np.float32)[i:i + 1]})[0]
+               [0, :, doc["index"][0]].sum() > 0]  # positive weights, no bias: > 0 iff connected
+    assert doc["index"] == [31] and doc["region"] == [[reached[0], reached[-1]]]
+    assert doc["erf"]["metrics"]["erf_extent"][0] <= 5
+    assert main(["report", str(path), "--layout", "NL", "--erf-runs", "2",
+                 "-o", str(tmp_path / "r.html"), "--format", "json"]) == 0
+    cards = json.loads(capsys.readouterr().out)["erf"]
+    assert [c["tensor"] for c in cards] == ["y"] and cards[0]["error"] is None
+
+
+def test_a_report_whose_heatmap_failed_says_so_and_exits_1(tmp_path: Path, capsys) -> None:
+    """A heatmap asked for a global tensor cannot be drawn: before, "1 ERF heatmap(s)", exit 0."""
+    path = tmp_path / "se.onnx"
+    model = se_gated()
+    onnx.save(model, path)
+    out = model.graph.output[0].name
+    assert main(["report", str(path), "--erf-output", out, "--erf-runs", "1",
+                 "-o", str(tmp_path / "r.html")]) == 1
+    text = capsys.readouterr().out
+    assert "0 ERF heatmap(s) (1 failed" in text
+
+
+def audio_embedding(shape: tuple[int, ...] = (1, 76, 32, 1)) -> onnx.ModelProto:
+    """A channels-last spectrogram [1, time, mel, 1] squeezed and unsqueezed to [1, 1, time, mel]
+    before a 3x5 stride-(2, 1) conv (no Transpose, no Conv reads the input itself)."""
+    from onnx import numpy_helper
+
+    w = np.random.default_rng(0).uniform(0.5, 1.5, (2, 1, 3, 5)).astype(np.float32)
+    nodes = [helper.make_node("Squeeze", ["x", "a3"], ["s"]),
+             helper.make_node("Unsqueeze", ["s", "a1"], ["u"]),
+             helper.make_node("Conv", ["u", "w"], ["y"], kernel_shape=[3, 5], strides=[2, 1])]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([3], np.int64), "a3"),
+             numpy_helper.from_array(np.array([1], np.int64), "a1")]
+    graph = helper.make_graph(nodes, "audio", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_channels_last_spectrogram_is_read_as_nhwc_and_says_so(tmp_path: Path, capsys) -> None:
+    """[1, 76, 32, 1]: the last axis (1 entry) is the channel; before, NCHW was assumed silently and
+    the 76 time steps were a channel axis.  Unit (5, 7)'s region is the impulse support measured
+    with onnxruntime (positive weights, no bias: > 0 iff connected)."""
+    import onnxruntime as ort
+
+    model = audio_embedding()
+    a = analyze(model)
+    assert a.spatial_axes == (1, 2) and a.layout == "NHWC" and "guessed" in a.layout_reason
+    batched = onnx.ModelProto()
+    batched.CopyFrom(model)
+    batched.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    sess = ort.InferenceSession(batched.SerializeToString(), providers=["CPUExecutionProvider"])
+    impulses = np.eye(76 * 32, dtype=np.float32).reshape(76 * 32, 76, 32, 1)
+    hit = sess.run(None, {"x": impulses})[0][:, :, 5, 7].sum(axis=1) > 0
+    ts, fs = np.unravel_index(np.flatnonzero(hit), (76, 32))
+    assert a["y"].region((5, 7)) == ((ts.min(), ts.max()), (fs.min(), fs.max()))
+    path = tmp_path / "audio.onnx"
+    onnx.save(model, path)
+    assert main(["analyze", str(path)]) == 0
+    assert "layout NHWC: guessed" in capsys.readouterr().out
+    assert main(["analyze", str(path), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["input"]["layout"] == "NHWC"
+    assert main(["diagnose", str(path), "--no-size-range", "--format", "json"]) == 0
+    assert "guessed" in json.loads(capsys.readouterr().out)["input"]["layout_reason"]
+
+
+def test_a_coin_toss_layout_is_refused_naming_layout(tmp_path: Path, capsys) -> None:
+    """[1, 40, 32, 36]: neither axis 1 nor the last looks like channels and nothing reads the
+    input with a known layout: refused (exit 2) naming --layout; with it, analysed."""
+    model = audio_embedding((1, 40, 32, 36))
+    del model.graph.node[:]  # Unsqueeze then Squeeze: nothing tells where the channels are
+    model.graph.node.extend([helper.make_node("Unsqueeze", ["x", "a1"], ["u5"]),
+                             helper.make_node("Squeeze", ["u5", "a1"], ["y"])])
+    path = tmp_path / "toss.onnx"
+    onnx.save(model, path)
+    assert main(["analyze", str(path)]) == 2
+    assert "--layout" in capsys.readouterr().err
+    assert main(["analyze", str(path), "--layout", "NHWC"]) == 0
+
+
+def test_erf_over_images_feeds_an_nhwc_model(tmp_path: Path) -> None:
+    """An NHWC input [1, 8, 8, 3] (a leading Transpose tells its layout) takes images from a
+    folder (before: "images need a 1- or 3-channel NCHW input").  The model is one linear 3x3
+    conv, so the ERF of unit (3, 3) is the closed form sum_c |sum_o w[o, c]| on its 3x3 window,
+    whatever the images."""
+    from onnx import numpy_helper
+    from PIL import Image
+
+    from rfgraph.erf import compute_erf
+
+    w = np.random.default_rng(1).standard_normal((2, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["y"], kernel_shape=[3, 3])]
+    graph = helper.make_graph(nodes, "nhwc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        pixels = np.random.default_rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    result = compute_erf(model, unit=(3, 3), runs=2, inputs=str(folder))
+    want = np.zeros((8, 8))
+    want[3:6, 3:6] = np.abs(w.sum(axis=0)).sum(axis=0)
+    np.testing.assert_allclose(result.erf, want, rtol=1e-5, atol=1e-6)
+
+
+def test_fd_is_refused_past_its_budget_with_the_estimate(tmp_path: Path, capsys) -> None:
+    """A 5x5 conv on 3 x 16 x 16, centre unit: 3 x 5 x 5 elements in its field, 2 forwards each,
+    4 runs = 600 forward passes (closed form).  Over a tiny budget erf refuses (exit 2) with that
+    count, --method grad and --fd-budget; before, fd ran whatever its cost."""
+    g = G((16, 16), channels=3, batch=1)
+    path = tmp_path / "conv.onnx"
+    onnx.save(g.model(g.conv("x", 5, 1, pads=[2] * 4)), path)
+    assert main(["erf", str(path), "--method", "fd", "--runs", "4", "--fd-budget", "1e-9"]) == 2
+    err = capsys.readouterr().err
+    assert "about 600 forward passes" in err and "--method grad" in err and "--fd-budget" in err
+
+
+def test_fd_progress_counts_forward_passes(monkeypatch) -> None:
+    """The bar's total is the forward passes (600, as above) and it advances per batch of them to
+    that total (before: a bar over inputs, at 0 through the whole of each input)."""
+    from rfgraph import erf as erf_mod
+
+    ticks: list[tuple[str, int]] = []
+
+    def fake_progress(total: int, enabled: bool, unit: str = "input"):
+        ticks.append((unit, total))
+        return lambda n, close=False: ticks.append((unit, -n))
+
+    monkeypatch.setattr(erf_mod, "_progress", fake_progress)
+    g = G((16, 16), channels=3, batch=1)
+    erf_mod.compute_erf(g.model(g.conv("x", 5, 1, pads=[2] * 4)), method="fd", runs=4, progress=True)
+    forward = [n for unit, n in ticks if unit == "forward"]
+    assert forward[0] == 600 and -sum(forward[1:]) == 600 and len(forward) > 2
+
+
+def test_boxes_clip_centre_lies_in_the_clipped_box_and_centres_are_numbers(tmp_path: Path, capsys) -> None:
+    """A 5x5 conv with padding 4 on 8 x 8: unit (0, 0) sees pixels [0, 0] per axis (impulses through
+    onnxruntime), its field [-4, 0] centred at -2, outside the image.  --clip prints the clipped
+    box's centre (0) and the field's (-2) apart (before: -2 beside the box [0, 0]).  A 2x2 conv's
+    centre 1/2 is the number 0.5 with "1/2" beside it (before: the string "1/2" only)."""
+    from tests.bruteforce import impulse_support
+
+    g = G((8, 8), channels=1)
+    model = g.model(g.conv("x", 5, 1, pads=[4] * 4, cout=1))
+    out = model.graph.output[0].name
+    support = impulse_support(model, out, (0, 0))
+    assert support == [(0, 0), (0, 0)]  # clipped to the image: the pixels the unit sees
+    path = tmp_path / "pad.onnx"
+    onnx.save(model, path)
+    assert main(["boxes", str(path), "--output", out, "--index", "0,0", "--clip", "--format", "json"]) == 0
+    unit = json.loads(capsys.readouterr().out)["units"][0]
+    assert unit["region"] == [[0, 0], [0, 0]]
+    assert unit["centre"] == [(a + b) / 2 for a, b in support] and unit["field_centre"] == [-2, -2]
+    g2 = G((8, 8), channels=1)
+    model2 = g2.model(g2.conv("x", 2, 1, cout=1))
+    onnx.save(model2, path)
+    out2 = model2.graph.output[0].name
+    assert main(["boxes", str(path), "--output", out2, "--index", "0,0", "--format", "json"]) == 0
+    unit = json.loads(capsys.readouterr().out)["units"][0]
+    lo, hi = impulse_support(model2, out2, (0, 0))[0]
+    assert unit["centre"] == [(lo + hi) / 2] * 2 == [0.5, 0.5] and unit["centre_exact"] == ["1/2", "1/2"]
+
+
+def test_erf_png_draws_a_visible_trf_edge_when_the_field_exceeds_the_image(tmp_path: Path) -> None:
+    """A TRF [-10, 25] x [-10, 25] on a 16 x 16 map: its box was drawn off the picture while the
+    legend said "TRF".  Now the clipped edge is drawn (red pixels on the map's border, read back
+    from the PNG: 2658 against 128, the legend swatch, before) and the legend says so."""
+    from PIL import Image
+
+    from rfgraph.heatmap import render_png, trf_in_image
+
+    region = ((-10, 25), (-10, 25))
+    assert trf_in_image(region, (16, 16)) == (((0, 15), (0, 15)), "TRF exceeds the image (clipped edge)")
+    erf = np.exp(-((np.arange(16) - 7.5) ** 2) / 20)[:, None] * np.ones((1, 16))
+    with_box, without = tmp_path / "box.png", tmp_path / "none.png"
+    render_png(erf, with_box, region)
+    render_png(erf, without, None)
+    a = np.asarray(Image.open(with_box).convert("RGB")).astype(int)
+    b = np.asarray(Image.open(without).convert("RGB")).astype(int)
+    red = (a[..., 0] > 180) & (a[..., 1] < 80) & (a[..., 2] < 80)
+    assert red.sum() > 1000 and not ((b[..., 0] > 180) & (b[..., 1] < 80) & (b[..., 2] < 80)).any()
