@@ -193,9 +193,9 @@ def conv_transpose(name: str, attrs: Mapping[str, Any], kernel: Sequence[int],
     _check_positive(kernel, strides, dilations, where)
     auto_pad = _str(attrs, "auto_pad", "NOTSET")
     requested = [int(v) for v in attrs.get("output_shape", [])]
-    if requested and len(requested) < n:
-        raise InvalidAttributeError(f"{where}: output_shape={requested} has fewer than the {n} "
-                                    f"spatial sizes of the input")
+    if requested and len(requested) != n:
+        raise InvalidAttributeError(f"{where}: output_shape={requested} should hold the {n} spatial "
+                                    f"output sizes")
     if not requested and auto_pad not in SAME:
         pads = [0] * (2 * n) if auto_pad == "VALID" else _ints(attrs, "pads", [0] * (2 * n), 2 * n, where)
         axes = tuple(AxisWindow(k, s, d, pads[i], pads[i + n], op)
@@ -208,7 +208,7 @@ def conv_transpose(name: str, attrs: Mapping[str, Any], kernel: Sequence[int],
             raise DynamicShapeError(f"{where}: padding depends on the input size, which is unknown; "
                                     f"set it with --input-shape")
         # under SAME out = in * s, so the total is op + k_eff - s whatever the input size
-        excess = s * (size - 1) - requested[len(requested) - n + i] if requested and size is not None else -s
+        excess = s * (size - 1) - requested[i] if requested and size is not None else -s
         total = excess + op + (k - 1) * d + 1
         begin, end = split_same(total, "SAME_UPPER" if auto_pad == "SAME_UPPER" else "SAME_LOWER")
         axes_list.append(AxisWindow(k, s, d, begin, end, op))
@@ -219,3 +219,18 @@ def conv_transpose_output_size(axis: AxisWindow, in_size: int) -> int:
     """ConvTranspose output length (spec): s*(in-1) + output_padding + k_eff - pad_begin - pad_end."""
     end = axis.pad_end if axis.pad_end is not None else 0
     return axis.stride * (in_size - 1) + axis.output_padding + axis.k_eff - axis.pad_begin - end
+
+
+WINDOW_OPS = ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool")
+
+
+def output_sizes(op: str, name: str, attrs: Mapping[str, Any], kernel: Sequence[int],
+                 in_sizes: Sequence[int]) -> list[int]:
+    """Spatial output sizes of a window node by the spec's formulas (ONNX shape inference departs
+    from them for ceil_mode windows starting in the end padding and ConvTranspose SAME with
+    output_padding)."""
+    if op == "ConvTranspose":
+        geo = conv_transpose(name, attrs, kernel, in_sizes)
+        return [conv_transpose_output_size(a, s) for a, s in zip(geo.axes, in_sizes)]
+    geo = window(op, name, attrs, kernel, in_sizes)
+    return [output_size(a, s, geo.ceil_mode) for a, s in zip(geo.axes, in_sizes)]

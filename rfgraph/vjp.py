@@ -1130,10 +1130,31 @@ def tensor_shapes(model: onnx.ModelProto, input_name: str) -> tuple[dict[str, tu
     for init in model.graph.initializer:
         shapes[init.name] = tuple(init.dims)
         dtypes[init.name] = init.data_type
+    _window_output_shapes(model, shapes)
     missing = [o for n in model.graph.node for o in n.output if o and o not in shapes]
     if missing:
         shapes.update(_measure_shapes(model, input_name, missing, dtypes))
+        _window_output_shapes(model, shapes)
     return shapes, dtypes
+
+
+def _window_output_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Output shapes of window ops by the spec (``geometry.output_sizes``), where ONNX shape
+    inference departs from it or gives up; an invalid node is refused here, naming it."""
+    for node in model.graph.node:
+        if node.op_type not in geometry.WINDOW_OPS:
+            continue
+        x, y = node.input[0], node.output[0]
+        w = shapes.get(node.input[1], ()) if len(node.input) > 1 and node.op_type != "MaxPool" else ()
+        if x not in shapes or ("Conv" in node.op_type and not w):
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        kernel = list(attrs.get("kernel_shape", w[2:]))
+        if len(kernel) != len(shapes[x]) - 2:
+            continue
+        sizes = geometry.output_sizes(node.op_type, node.name or node.op_type, attrs, kernel, shapes[x][2:])
+        channels = {"Conv": w[:1], "ConvTranspose": (w[1] * int(attrs.get("group", 1)),) if w else ()}
+        shapes[y] = (shapes[x][0], *channels.get(node.op_type, shapes[x][1:2]), *sizes)
 
 
 BIG_WEIGHT = 4096  # float initializers with more elements are never shape data
