@@ -584,6 +584,19 @@ def _average_pool(b: Builder, n: NodeView, gys: list) -> Grads:
     return [_scatter_window(b, g, ones, channels, n)]
 
 
+def _lp_pool(b: Builder, n: NodeView, gys: list) -> Grads:
+    """LpPool, y = (sum |x|^p)^(1/p) per window: dx = |x|^(p-1) sign(x) * scatter(g * y^(1-p))."""
+    p = float(n.attr_int("p", 2))
+    x, y = n.inputs[0], n.outputs[0]
+    xs, ys = b.shape(x), b.shape(y)
+    zero = b.scalar(0.0)
+    safe = b.op("Where", b.op("Greater", y, zero), b.op("Pow", y, b.scalar(1.0 - p)), zero)  # y = 0: no slope
+    g = b.binary("Mul", gys[0], safe, ys)
+    spread = _scatter_window(b, g, b.const(np.ones((xs[1], 1, *_window(n, b).kernel))), xs[1], n)
+    slope = b.op("Mul", b.op("Pow", b.op("Abs", x), b.scalar(p - 1.0)), b.op("Sign", x))
+    return [b.binary("Mul", spread, slope, xs)]
+
+
 def _global_average_pool(b: Builder, n: NodeView, gys: list) -> Grads:
     """GlobalAveragePool: the gradient spread evenly over every spatial position."""
     xs = b.shape(n.inputs[0])
@@ -1037,6 +1050,7 @@ VJP_RULES: dict[str, Rule] = {
     "Expand": _expand, "Where": _where,
     "Conv": _conv, "ConvTranspose": _conv_transpose,
     "MaxPool": _max_pool, "AveragePool": _average_pool, "GlobalAveragePool": _global_average_pool,
+    "LpPool": _lp_pool,
     "ReduceSum": _reduce_sum, "ReduceMean": _reduce_sum,
     "Pad": _pad, "Slice": _slice, "Gather": _gather, "Concat": _concat, "Split": _split,
     "Resize": _resize, "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth,
