@@ -295,3 +295,16 @@ def test_conv_transpose_output_shape_unresolvable_is_refused() -> None:
             rfgraph.analyze(model)
         with pytest.raises(RFGraphError, match=r"node 'n'.*ConvTranspose.*output_shape"):
             vjp.build_vjp(model)
+
+
+SHAPE_INFERENCE_OFF_SPEC = {12, 36, 43, 44}  # ceil_mode window in the end pad; ConvTranspose SAME with
+# output_padding or a negative total: ONNX shape inference departs from the spec's sizes
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(
+    strict=True, reason="the TRF's unit counts come from ONNX shape inference (onnx_import), which "
+    "departs from the spec here")) if i in SHAPE_INFERENCE_OFF_SPEC else c for i, c in enumerate(C)], ids=IDS)
+def test_analysis_units_follow_the_spec(case: tuple) -> None:
+    op, attrs, x_shape, kernel = case
+    ep = rfgraph.analyze(Oracle(op, attrs, x_shape, kernel).model)["y"]
+    assert list(ep.units) == _out_shape(op, attrs, x_shape, kernel)
