@@ -308,3 +308,23 @@ def test_analysis_units_follow_the_spec(case: tuple) -> None:
     op, attrs, x_shape, kernel = case
     ep = rfgraph.analyze(Oracle(op, attrs, x_shape, kernel).model)["y"]
     assert list(ep.units) == _out_shape(op, attrs, x_shape, kernel)
+
+
+@pytest.mark.parametrize("attrs", [
+    {"kernel_shape": [3, 2], "strides": [2, 3], "auto_pad": "SAME_UPPER"},
+    {"kernel_shape": [2, 2], "strides": [3, 3], "ceil_mode": 1},
+    {"kernel_shape": [2, 2], "strides": [3, 3], "pads": [1, 1, 1, 1], "ceil_mode": 1},
+])
+def test_declared_pool_output_shape_is_onnxruntimes(attrs: dict) -> None:
+    """A custom-domain op declared as kind 'pool' gets the output shape onnxruntime's MaxPool has."""
+    from rfgraph import custom_ops
+
+    x_shape = (1, 2, 10, 7)
+    ref = Oracle("MaxPool", attrs, x_shape, attrs["kernel_shape"]).ort(_input(x_shape)).shape
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    node = helper.make_node("MyPool", ["x"], ["y"], domain="com.example", name="n", **attrs)
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=[
+        helper.make_opsetid("", OPSET), helper.make_opsetid("com.example", 1)])
+    rules = custom_ops.RuleSet([custom_ops.make_spec("MyPool", None, 1, 0, 1, "pool", "com.example", None, "test")])
+    assert rfgraph.analyze(model, rules=rules)["y"].shape == ref
