@@ -4,12 +4,15 @@ Every user (the TRF rules in ``ops``, the gradient rules in ``vjp``, declared cu
 kernel, strides, dilations and begin/end pads of a node from here.  Formulas cite
 https://onnx.ai/onnx/operators/ (Conv, MaxPool, AveragePool, LpPool, ConvTranspose).
 
-Where onnxruntime departs from the spec we follow the spec; the differences, each checked in
-``tests/test_geometry.py``:
-- ConvTranspose with ``output_shape`` or auto_pad SAME: onnxruntime gives the larger half of an odd
-  total padding to the *start* under SAME_UPPER (and to the end otherwise), the spec the opposite;
-  onnxruntime also clamps a negative total padding to 0, the spec keeps it (negative pads).
-- pools with auto_pad SAME and dilation: onnxruntime computes the SAME padding without the dilation.
+Where onnxruntime (or ONNX shape inference) departs from the spec we follow the spec; each
+difference is checked in ``tests/test_geometry.py``:
+- ConvTranspose under auto_pad SAME with a negative total padding (stride > k_eff + output_padding):
+  onnxruntime clamps the total to 0 (output s*(in-1) + k_eff + output_padding); the spec's output is
+  in * s, with negative pads.
+- MaxPool with auto_pad SAME and dilation: onnxruntime's output is shorter than ceil(in / s);
+  Conv with SAME and dilation is refused by onnxruntime.
+- ONNX shape inference keeps a ceil_mode window that starts in the end padding, and adds
+  output_padding to a SAME ConvTranspose's in * s.
 """
 
 from __future__ import annotations

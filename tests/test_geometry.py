@@ -328,3 +328,13 @@ def test_declared_pool_output_shape_is_onnxruntimes(attrs: dict) -> None:
         helper.make_opsetid("", OPSET), helper.make_opsetid("com.example", 1)])
     rules = custom_ops.RuleSet([custom_ops.make_spec("MyPool", None, 1, 0, 1, "pool", "com.example", None, "test")])
     assert rfgraph.analyze(model, rules=rules)["y"].shape == ref
+
+
+@pytest.mark.parametrize("case", [c for c in C if c[0] == "MaxPool" and _same_with_dilation(c[1])], ids=str)
+def test_onnxruntime_max_pool_same_with_dilation_is_off_spec(case: tuple) -> None:
+    """onnxruntime's MaxPool under SAME with dilation is shorter than the spec's ceil(in / s)."""
+    op, attrs, x_shape, kernel = case
+    oracle = Oracle(op, attrs, x_shape, kernel)
+    x = _input(x_shape)
+    assert list(oracle(x).shape[2:]) == [-(-n // s) for n, s in zip(x_shape[2:], attrs.get("strides", [1] * 3))]
+    assert oracle.ort(x).shape != oracle(x).shape
