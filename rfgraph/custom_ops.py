@@ -37,6 +37,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from . import geometry
 from .errors import RFGraphError
 
 Param = int | Sequence[int] | str | Callable[[Mapping[str, Any]], Any]
@@ -521,18 +522,19 @@ def _output_shape(r: Resolved, attrs: Mapping[str, Any], in_shape: tuple, node: 
         if r.kind is RuleKind.CONV:
             channels = w[0] if w else None
         kernel = list(attrs.get("kernel_shape", w[2:] if w else []))
-        if len(kernel) != n or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        if len(kernel) != n:
             return None
-        r = Resolved(RuleKind.WINDOW, kernel, list(attrs.get("strides", [1] * n)),
-                     list(attrs.get("pads", [0] * 2 * n)), list(attrs.get("dilations", [1] * n)))
-    kernel, stride, (begins, ends), dilation = window_numbers(r, attrs, n)
+        geo = geometry.window(node.op_type, node.name, attrs, kernel, in_shape[2:])
+        axes, ceil = geo.axes, geo.ceil_mode
+    else:
+        kernel, stride, (begins, ends), dilation = window_numbers(r, attrs, n)
+        axes, ceil = tuple(map(geometry.AxisWindow, kernel, stride, dilation, begins, ends)), False
     sizes = []
-    for size, k, s, b, e, d in zip(in_shape[2:], kernel, stride, begins, ends, dilation):
-        span = size + b + e - (d * (k - 1) + 1)
-        if span < 0:
-            raise RFGraphError(f"node '{node.name}': declared window {k} is larger than its "
-                               f"padded input {size + b + e}")
-        sizes.append(span // s + 1)
+    for size, ax in zip(in_shape[2:], axes):
+        if size + ax.pad_begin + (ax.pad_end or 0) < ax.k_eff:
+            raise RFGraphError(f"node '{node.name}': declared window {ax.kernel} is larger than its "
+                               f"padded input {size + ax.pad_begin + (ax.pad_end or 0)}")
+        sizes.append(geometry.output_size(ax, size, ceil))
     return (in_shape[0], channels, *sizes)
 
 

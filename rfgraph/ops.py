@@ -21,6 +21,7 @@ from fractions import Fraction
 import numpy as np
 import onnx
 
+from . import geometry
 from .errors import DynamicShapeError, InvalidAttributeError, UnsupportedOpError
 from .fields import BROADCAST, IDENTITY, Span
 
@@ -261,45 +262,10 @@ def window(ctx: NodeContext, spans: Sequence[Span], size_dependent: bool = False
 # ---------------------------------------------------------------- sliding windows
 
 
-def _window_params(ctx: NodeContext, kernel: Sequence[int]) -> tuple[list[int], list[int], list[int], bool]:
-    """Strides, dilations and begin pads (auto_pad resolved) of a conv/pool node."""
-    n = len(kernel)
-    strides = list(ctx.attrs.get("strides", [1] * n))
-    dilations = list(ctx.attrs.get("dilations", [1] * n))
-    pads = list(ctx.attrs.get("pads", [0] * (2 * n)))
-    if len(strides) != n or len(dilations) != n or len(pads) != 2 * n:
-        raise ctx.invalid(f"kernel_shape {list(kernel)} does not match strides/dilations/pads")
-    if any(k <= 0 for k in kernel) or any(s <= 0 for s in strides) or any(d <= 0 for d in dilations):
-        raise ctx.invalid(f"kernel {list(kernel)}, strides {strides}, dilations {dilations} must be positive")
-    auto_pad = _str_attr(ctx, "auto_pad", "NOTSET")
-    size_dep = False
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        sizes = ctx.in_shapes[0][2:] if ctx.in_shapes[0] else [None] * n
-        begins = []
-        for k, s, d, size in zip(kernel, strides, dilations, sizes):
-            k_eff = d * (k - 1) + 1
-            choices = {_same_pad_begin(k_eff, s, m, auto_pad) for m in range(1, s + 1)}
-            if len(choices) > 1:
-                size_dep = True
-                if size is None:
-                    raise DynamicShapeError(
-                        f"node '{ctx.name}' ({ctx.op}): auto_pad={auto_pad} padding depends on the "
-                        f"input size, which is unknown; set it with --input-shape")
-                begins.append(_same_pad_begin(k_eff, s, size, auto_pad))
-            else:
-                begins.append(choices.pop())
-        pads = begins
-    elif auto_pad == "VALID":
-        pads = [0] * n
-    else:
-        pads = pads[:n]
-    return strides, dilations, pads, size_dep
-
-
-def _same_pad_begin(k_eff: int, s: int, size: int, mode: str) -> int:
-    """Begin padding of auto_pad SAME_UPPER/LOWER (TF 'SAME': extra pixel at the end for UPPER)."""
-    total = max((-(-size // s) - 1) * s + k_eff - size, 0)
-    return total // 2 if mode == "SAME_UPPER" else total - total // 2
+def _spatial_sizes(ctx: NodeContext, n: int) -> list[int | None]:
+    """Sizes of input 0's ``n`` spatial axes (None where unknown), for ``geometry``."""
+    sizes = list(ctx.in_shapes[0][2:]) if ctx.in_shapes[0] else []
+    return (sizes + [None] * n)[:n]
 
 
 def _kernel(ctx: NodeContext, weight_slot: int | None) -> list[int]:
@@ -321,8 +287,9 @@ def conv_rule(weight_slot: int | None = 1, data_slot: int = 0) -> Callable[[Node
             if slot != 0 and slot != data_slot:
                 raise ctx.unsupported("weights computed from the input (data-dependent kernel)")
         kernel = _kernel(ctx, weight_slot)
-        strides, dilations, pads, dep = _window_params(ctx, kernel)
-        return window(ctx, [Span.layer(k, s, p, d) for k, s, p, d in zip(kernel, strides, pads, dilations)], dep)
+        geo = geometry.window(ctx.op, ctx.name, ctx.attrs, kernel, _spatial_sizes(ctx, len(kernel)))
+        return window(ctx, [Span.layer(a.kernel, a.stride, a.pad_begin, a.dilation) for a in geo.axes],
+                      geo.size_dependent)
     return rule
 
 
@@ -336,41 +303,14 @@ def conv_transpose_rule(ctx: NodeContext) -> Transfer:
     if 1 in ctx.data_slots():
         raise ctx.unsupported("weights computed from the input (data-dependent kernel)")
     kernel = _kernel(ctx, 1)
-    n = len(kernel)
-    strides = list(ctx.attrs.get("strides", [1] * n))
-    dilations = list(ctx.attrs.get("dilations", [1] * n))
-    if any(k <= 0 for k in kernel) or any(s <= 0 for s in strides) or any(d <= 0 for d in dilations):
-        raise ctx.invalid(f"kernel {kernel}, strides {strides}, dilations {dilations} must be positive")
-    begins = _conv_transpose_pad_begins(ctx, kernel, strides, dilations)
+    geo = geometry.conv_transpose(ctx.name, ctx.attrs, kernel, _spatial_sizes(ctx, len(kernel)))
     spans = []
-    for k, s, d, p in zip(kernel, strides, dilations, begins):
-        k_eff = d * (k - 1) + 1
-        lo = [-((-(t + p - (k_eff - 1))) // s) for t in range(s)]
+    for ax in geo.axes:
+        s, p = ax.stride, ax.pad_begin
+        lo = [-((-(t + p - (ax.k_eff - 1))) // s) for t in range(s)]
         hi = [(t + p) // s for t in range(s)]
         spans.append(Span.periodic(1, lo, hi))
-    return window(ctx, spans)
-
-
-def _conv_transpose_pad_begins(ctx: NodeContext, kernel: list[int], strides: list[int],
-                               dilations: list[int]) -> list[int]:
-    """Begin pads of ConvTranspose, from pads or from auto_pad/output_shape (ONNX spec formulas)."""
-    n = len(kernel)
-    auto_pad = _str_attr(ctx, "auto_pad", "NOTSET")
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER") or ("output_shape" in ctx.attrs and "pads" not in ctx.attrs):
-        in_sizes: Sequence[int | None] = ctx.in_shapes[0][2:] if ctx.in_shapes[0] else [None] * n
-        out_sizes: Sequence[int | None] = list(ctx.attrs.get("output_shape", []))[-n:] or [
-            None if sz is None else sz * s for sz, s in zip(in_sizes, strides)]
-        out_pad = list(ctx.attrs.get("output_padding", [0] * n))
-        begins = []
-        for i in range(n):
-            in_size, out_size = in_sizes[i], out_sizes[i]
-            if in_size is None or out_size is None:
-                raise DynamicShapeError(f"node '{ctx.name}' (ConvTranspose): padding depends on sizes "
-                                        f"that are unknown; set them with --input-shape")
-            total = strides[i] * (in_size - 1) + out_pad[i] + dilations[i] * (kernel[i] - 1) + 1 - out_size
-            begins.append(total // 2 if auto_pad != "SAME_LOWER" else total - total // 2)
-        return begins
-    return list(ctx.attrs.get("pads", [0] * (2 * n)))[:n]
+    return window(ctx, spans, geo.size_dependent)
 
 
 # ---------------------------------------------------------------- resampling

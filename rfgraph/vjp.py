@@ -21,6 +21,7 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from . import geometry
 from .errors import (
     DynamicShapeError,
     InvalidAttributeError,
@@ -453,34 +454,23 @@ def _expand(b: Builder, n: NodeView, gys: list) -> Grads:
     return [b.reduce_to(gys[0], b.shape(n.inputs[0])), None]
 
 
-def _window(n: NodeView, b: Builder) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
-    """Kernel, strides, dilations, pads begin, pads end of a Conv/pool node (auto_pad resolved)."""
-    xs, ys = b.shape(n.inputs[0])[2:], b.shape(n.outputs[0])[2:]
-    rank = len(xs)
+def _window(n: NodeView, b: Builder) -> geometry.Window:
+    """Geometry of a Conv/pool node (``geometry.window``, auto_pad resolved on the known sizes)."""
+    xs = b.shape(n.inputs[0])[2:]
     kernel = n.attr_ints("kernel_shape")
-    if n.node.op_type in ("Conv", "ConvTranspose"):
+    if n.node.op_type == "Conv":
         kernel = kernel or list(b.shape(n.inputs[1])[2:])
     elif kernel is None:  # required by the pooling ops
         raise n.invalid(_attr_problem("kernel_shape", None, "a list of ints"))
-    strides = n.attr_ints("strides") or [1] * rank
-    dil = n.attr_ints("dilations") or [1] * rank
-    pads = n.attr_ints("pads") or [0] * (2 * rank)
-    auto = n.attr_str("auto_pad", "NOTSET")
-    if auto in ("SAME_UPPER", "SAME_LOWER") and n.node.op_type != "ConvTranspose":
-        for i in range(rank):
-            total = max((ys[i] - 1) * strides[i] + dil[i] * (kernel[i] - 1) + 1 - xs[i], 0)
-            small, big = total // 2, total - total // 2
-            pads[i], pads[i + rank] = (small, big) if auto == "SAME_UPPER" else (big, small)
-    elif auto == "VALID":
-        pads = [0] * (2 * rank)
-    return kernel, strides, dil, pads[:rank], pads[rank:]
+    return geometry.window(n.node.op_type, n.name, n.attrs, kernel, xs)
 
 
 def _scatter_window(b: Builder, g: str, w: str, group: int, n: NodeView) -> str:
     """Transpose of a sliding window: ConvTranspose of ``g`` with ``w``, cropped/padded to x."""
-    kernel, strides, dil, pb, pe = _window(n, b)
+    geo = _window(n, b)
+    strides, dil, pb, pe = geo.strides, geo.dilations, geo.pads_begin, geo.pads_end
     xs, ys = b.shape(n.inputs[0])[2:], b.shape(n.outputs[0])[2:]
-    k_eff = [d * (k - 1) + 1 for d, k in zip(dil, kernel)]
+    k_eff = [a.k_eff for a in geo.axes]
     extra = [x - (s * (y - 1) + k - p0 - p1)
              for x, s, y, k, p0, p1 in zip(xs, strides, ys, k_eff, pb, pe)]
     if all(0 <= e < max(s, d) for e, s, d in zip(extra, strides, dil)):
@@ -513,10 +503,11 @@ def _conv(b: Builder, n: NodeView, gys: list) -> Grads:
     and onnxruntime's Conv kernels are much faster than its ConvTranspose.
     """
     group = n.attr_int("group", 1)
-    kernel, strides, dil, pb, _ = _window(n, b)
+    geo = _window(n, b)
+    strides, dil, pb = geo.strides, geo.dilations, geo.pads_begin
     w = b.value(n.inputs[1])
     xs, ys = b.shape(n.inputs[0])[2:], b.shape(n.outputs[0])[2:]
-    k_eff = [d * (k - 1) + 1 for d, k in zip(dil, kernel)]
+    k_eff = [a.k_eff for a in geo.axes]
     if w is not None and all(s == 1 for s in strides):
         new_pb = [k - 1 - p for k, p in zip(k_eff, pb)]
         new_pe = [x - y - q + k - 1 for x, y, q, k in zip(xs, ys, new_pb, k_eff)]
@@ -531,33 +522,23 @@ def _conv(b: Builder, n: NodeView, gys: list) -> Grads:
 def _conv_transpose(b: Builder, n: NodeView, gys: list) -> Grads:
     """ConvTranspose: the forward convolution with the same weights, strides, pads and dilations.
 
-    Output padding and output_shape only add rows the Conv never reads, so they need no care.
+    The pads are the spec's (``geometry.conv_transpose``); the Conv's end pad is chosen so that
+    exactly x rows come out (rows added by output_padding are never read). Negative pads (a SAME
+    or output_shape total below 0) crop the gradient with a Pad before the Conv.
     """
-    xs = b.shape(n.inputs[0])[2:]
-    rank = len(xs)
-    ys = b.shape(n.outputs[0])[2:]
+    xs, ys = b.shape(n.inputs[0])[2:], b.shape(n.outputs[0])[2:]
     kernel = n.attr_ints("kernel_shape") or list(b.shape(n.inputs[1])[2:])
-    strides = n.attr_ints("strides") or [1] * rank
-    dil = n.attr_ints("dilations") or [1] * rank
-    pads = n.attr_ints("pads") or [0] * (2 * rank)
-    auto = n.attr_str("auto_pad", "NOTSET")
-    if n.attr("output_shape") or auto in ("SAME_UPPER", "SAME_LOWER"):
-        for i in range(rank):  # the spec's rule: total padding from the requested output size
-            total = strides[i] * (xs[i] - 1) + (n.attr_ints("output_padding") or [0] * rank)[i] \
-                + dil[i] * (kernel[i] - 1) + 1 - ys[i]
-            small, big = total // 2, total - total // 2
-            pads[i], pads[i + rank] = (big, small) if auto == "SAME_UPPER" else (small, big)
-    # Conv over g with these pads: pad end so that exactly x output rows come out
-    pe = [strides[i] * (xs[i] - 1) + dil[i] * (kernel[i] - 1) + 1 - ys[i] - pads[i]
-          for i in range(rank)]
-    g = gys[0]
-    if any(p < 0 for p in pe):  # output_padding beyond the end pad: those rows are never read
-        ends = [ys[i] + min(pe[i], 0) for i in range(rank)]
-        g = b.op("Slice", g, b.ints([0] * rank), b.ints(ends), b.ints(list(range(2, 2 + rank))))
-        pe = [max(p, 0) for p in pe]
-    if any(p < 0 for p in pads[:rank]):
-        raise UnsupportedOpError(n.name, "ConvTranspose", "negative pads")
-    out = b.op("Conv", g, n.inputs[1], strides=strides, dilations=dil, pads=pads[:rank] + pe,
+    if len(ys) != len(xs) or len(kernel) != len(xs):
+        raise UnsupportedOpError(n.name, "ConvTranspose", f"output sizes {list(ys)} unknown or not matching "
+                                 f"the {len(xs)} spatial input axes (output_shape={n.attr_ints('output_shape')})")
+    geo = geometry.conv_transpose(n.name, n.attrs, kernel, xs)
+    pb = geo.pads_begin
+    pe = [a.stride * (x - 1) + a.k_eff - y - p for a, x, y, p in zip(geo.axes, xs, ys, pb)]
+    g, rank = gys[0], len(xs)
+    if any(p < 0 for p in pb + pe):  # crop (negative) and pad with one Pad, then an unpadded Conv
+        g = b.op("Pad", g, b.ints([0, 0, *pb, 0, 0, *pe]))
+        pb, pe = [0] * rank, [0] * rank
+    out = b.op("Conv", g, n.inputs[1], strides=geo.strides, dilations=geo.dilations, pads=pb + pe,
                group=n.attr_int("group", 1))
     b.shapes[out] = b.shape(n.inputs[0])
     return [out] + [None] * (len(n.inputs) - 1)
@@ -578,12 +559,11 @@ def _max_pool(b: Builder, n: NodeView, gys: list) -> Grads:
     return [b.reshape(flat, xs)]
 
 
-def _pool_divisor(xs: Sequence[int], ys: Sequence[int], kernel: Sequence[int],
-                  strides: Sequence[int], dil: Sequence[int], pb: Sequence[int],
-                  pe: Sequence[int], include_pad: bool) -> np.ndarray:
+def _pool_divisor(xs: Sequence[int], ys: Sequence[int], geo: geometry.Window) -> np.ndarray:
     """Per-output-unit divisor of AveragePool: window cells inside the input (or the padded input)."""
-    per_axis = []
-    for x, y, k, s, d, p0, p1 in zip(xs, ys, kernel, strides, dil, pb, pe):
+    per_axis, include_pad = [], geo.count_include_pad
+    for x, y, k, s, d, p0, p1 in zip(xs, ys, geo.kernel, geo.strides, geo.dilations, geo.pads_begin,
+                                     geo.pads_end):
         start = np.arange(y)[:, None] * s - p0 + np.arange(k)[None, :] * d
         hi = x + p1 if include_pad else x
         lo = -p0 if include_pad else 0
@@ -596,14 +576,27 @@ def _pool_divisor(xs: Sequence[int], ys: Sequence[int], kernel: Sequence[int],
 
 def _average_pool(b: Builder, n: NodeView, gys: list) -> Grads:
     """AveragePool: divide by each window's count, then spread over the window (ones kernel)."""
-    kernel, strides, dil, pb, pe = _window(n, b)
+    geo = _window(n, b)
+    kernel = geo.kernel
     xs, ys = b.shape(n.inputs[0]), b.shape(n.outputs[0])
-    div = _pool_divisor(xs[2:], ys[2:], kernel, strides, dil, pb, pe,
-                        bool(n.attr("count_include_pad", 0)))
+    div = _pool_divisor(xs[2:], ys[2:], geo)
     g = b.binary("Mul", gys[0], b.const(1.0 / div), ys)
     channels = xs[1]
     ones = b.const(np.ones((channels, 1, *kernel)))
     return [_scatter_window(b, g, ones, channels, n)]
+
+
+def _lp_pool(b: Builder, n: NodeView, gys: list) -> Grads:
+    """LpPool, y = (sum |x|^p)^(1/p) per window: dx = |x|^(p-1) sign(x) * scatter(g * y^(1-p))."""
+    p = float(n.attr_int("p", 2))
+    x, y = n.inputs[0], n.outputs[0]
+    xs, ys = b.shape(x), b.shape(y)
+    zero = b.scalar(0.0)
+    safe = b.op("Where", b.op("Greater", y, zero), b.op("Pow", y, b.scalar(1.0 - p)), zero)  # y = 0: no slope
+    g = b.binary("Mul", gys[0], safe, ys)
+    spread = _scatter_window(b, g, b.const(np.ones((xs[1], 1, *_window(n, b).kernel))), xs[1], n)
+    slope = b.op("Mul", b.op("Pow", b.op("Abs", x), b.scalar(p - 1.0)), b.op("Sign", x))
+    return [b.binary("Mul", spread, slope, xs)]
 
 
 def _global_average_pool(b: Builder, n: NodeView, gys: list) -> Grads:
@@ -1225,20 +1218,6 @@ def _global_lp_pool(b: Builder, n: NodeView, gys: list) -> Grads:
     return [b.binary("Mul", gys[0], d, b.shape(x))]
 
 
-def _lp_pool(b: Builder, n: NodeView, gys: list) -> Grads:
-    """LpPool: |x|^(p-1) sign(x) times the window sum (transpose, as AveragePool's) of g y^(1-p)."""
-    x, y = n.inputs[0], n.outputs[0]
-    p = float(n.attr_int("p", 2))
-    ys = b.shape(y)
-    per_y = b.op("Where", b.op("Greater", y, b.scalar(0.0)), b.op("Pow", y, b.scalar(1.0 - p)), b.scalar(0.0))
-    channels = b.shape(x)[1]
-    kernel = n.attr_ints("kernel_shape") or []
-    spread = _scatter_window(b, b.binary("Mul", gys[0], per_y, ys),
-                             b.const(np.ones((channels, 1, *kernel))), channels, n)
-    per_x = b.op("Mul", b.op("Pow", b.op("Abs", x), b.scalar(p - 1.0)), b.op("Sign", x))
-    return [b.binary("Mul", spread, per_x, b.shape(x))]
-
-
 def _unnormalised(b: Builder, grid: str, coord: int, size: int, align_corners: bool) -> str:
     """GridSample's pixel coordinate along one axis from the grid's ``coord`` component in [-1, 1]:
     (g + 1) / 2 (size - 1) with align_corners, ((g + 1) size - 1) / 2 without."""
@@ -1408,6 +1387,7 @@ VJP_RULES: dict[str, Rule] = {
     "Expand": _expand, "Where": _where,
     "Conv": _conv, "ConvTranspose": _conv_transpose,
     "MaxPool": _max_pool, "AveragePool": _average_pool, "GlobalAveragePool": _global_average_pool,
+    "LpPool": _lp_pool,
     "ReduceSum": _reduce_sum, "ReduceMean": _reduce_sum,
     "Pad": _pad, "Slice": _slice, "Gather": _gather, "Concat": _concat, "Split": _split,
     "Resize": _resize, "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth,
@@ -1417,7 +1397,7 @@ VJP_RULES: dict[str, Rule] = {
     # coverage (issue 13): the rules of the section above
     **dict.fromkeys(DERIVATIVES, _elementwise), **dict.fromkeys(REDUCTION_DERIVATIVES, _reduction),
     "Max": _extreme, "Min": _extreme, "Mod": _mod, "CastLike": _identity,
-    "GlobalMaxPool": _global_max_pool, "GlobalLpPool": _global_lp_pool, "LpPool": _lp_pool,
+    "GlobalMaxPool": _global_max_pool, "GlobalLpPool": _global_lp_pool,
     "InstanceNormalization": _instance_norm, "GroupNormalization": _group_norm,
     "MeanVarianceNormalization": _mean_variance_norm, "LpNormalization": _lp_norm,
     "GridSample": _grid_sample,
@@ -1509,10 +1489,31 @@ def tensor_shapes(model: onnx.ModelProto, input_name: str) -> tuple[dict[str, tu
     for init in model.graph.initializer:
         shapes[init.name] = tuple(init.dims)
         dtypes[init.name] = init.data_type
+    _window_output_shapes(model, shapes)
     missing = [o for n in model.graph.node for o in n.output if o and o not in shapes]
     if missing:
         shapes.update(measure_shapes(model, missing, dtypes))
+        _window_output_shapes(model, shapes)
     return shapes, dtypes
+
+
+def _window_output_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Output shapes of window ops by the spec (``geometry.output_sizes``), where ONNX shape
+    inference departs from it or gives up; an invalid node is refused here, naming it."""
+    for node in model.graph.node:
+        if node.op_type not in geometry.WINDOW_OPS:
+            continue
+        x, y = node.input[0], node.output[0]
+        w = shapes.get(node.input[1], ()) if len(node.input) > 1 and node.op_type != "MaxPool" else ()
+        if x not in shapes or ("Conv" in node.op_type and not w):
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        kernel = list(attrs.get("kernel_shape", w[2:]))
+        if len(kernel) != len(shapes[x]) - 2:
+            continue
+        sizes = geometry.output_sizes(node.op_type, node.name or node.op_type, attrs, kernel, shapes[x][2:])
+        channels = {"Conv": w[:1], "ConvTranspose": (w[1] * int(attrs.get("group", 1)),) if w else ()}
+        shapes[y] = (shapes[x][0], *channels.get(node.op_type, shapes[x][1:2]), *sizes)
 
 
 def _strip_weights(model: onnx.ModelProto) -> dict[int, bytes]:
