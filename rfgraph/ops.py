@@ -116,6 +116,9 @@ class NodeContext:
         return InvalidAttributeError(f"node '{self.name}' ({self.op}): {why}")
 
 
+Rule = Callable[[NodeContext], Transfer]
+
+
 # ---------------------------------------------------------------- layout helpers
 
 
@@ -189,7 +192,9 @@ def broadcast(ctx: NodeContext) -> Transfer:
     """Elementwise n-ary op with numpy broadcasting (Add, Mul, Where, PRelu, Concat on channels)."""
     out_shape = ctx.out_shapes[0]
     slots = ctx.data_slots()
-    rank = len(out_shape) if out_shape is not None else max(ctx.rank(s) for s in slots)
+    rank = max([len(out_shape or ())] + [ctx.rank(s) for s in slots])  # inputs align on the right
+    if out_shape is not None and len(out_shape) < rank:
+        raise ctx.invalid(f"output rank {len(out_shape)} is below an input's rank {rank}")
     layout: list[AxisLayout | None] = [None] * rank
     for s in slots:  # take each axis's layout from an input that is not broadcast along it
         lay, shape = ctx.data_layout(s), ctx.in_shapes[s]  # a data slot: never raises
@@ -212,6 +217,49 @@ def broadcast(ctx: NodeContext) -> Transfer:
                 maps[a] = BROADCAST
         edges.append(Edge(s, maps))
     return Transfer((OutTransfer(with_sizes(final, out_shape), tuple(edges)),))
+
+
+def cast_like_rule(ctx: NodeContext) -> Transfer:
+    """CastLike(x, like): x in like's type; ``like`` gives only the type, so the output reads
+    input 0 alone, and is a constant when input 0 is (the opset-18 function bodies of Relu, Elu,
+    Gelu... cast their constants this way)."""
+    if ctx.layouts[0] is None:
+        return Transfer((None,))
+    return Transfer((OutTransfer(with_sizes(ctx.data_layout(0), ctx.out_shapes[0]), (Edge(0),)),))
+
+
+def with_scalar_edges(ctx: NodeContext, transfer: Transfer, slots: Sequence[int]) -> Transfer:
+    """The transfer, with the input-dependent ones of ``slots`` (scales and zero points of
+    quantized ops, scalars or per-channel vectors) read by every output unit: a broadcast."""
+    extra = [s for s in ctx.data_slots() if s in slots]
+    if not extra:
+        return transfer
+    outs = []
+    for out in transfer.outputs:
+        if out is not None:
+            maps = dict.fromkeys(carried(out.layout), BROADCAST)
+            out = OutTransfer(out.layout, out.edges + tuple(Edge(s, maps) for s in extra))
+        outs.append(out)
+    return Transfer(tuple(outs), transfer.size_dependent, transfer.mix_reason)
+
+
+def quantize_rule(ctx: NodeContext) -> Transfer:
+    """QuantizeLinear/DequantizeLinear: pointwise in x; a scale or zero point computed at run time
+    (DynamicQuantizeLinear's) is read by every unit."""
+    if ctx.layouts[0] is None:
+        raise ctx.unsupported("quantized data is constant but its scale depends on the input")
+    return with_scalar_edges(ctx, pointwise(ctx, 1), (1, 2))
+
+
+def dynamic_quantize_rule(ctx: NodeContext) -> Transfer:
+    """DynamicQuantizeLinear: y = round(x / scale) + zero point, where scale and zero point come
+    from the min and max over all of x: every output reads every position (y keeps its layout)."""
+    lay = ctx.data_layout(0)
+    maps = mixed_maps(lay, range(len(lay)))
+    y = OutTransfer(with_sizes(lay, ctx.out_shapes[0]), (Edge(0, maps),))
+    scalar = OutTransfer((), (Edge(0, maps),))
+    why = "DynamicQuantizeLinear: its scale and zero point are the min and max over the whole tensor"
+    return Transfer((y, scalar, scalar)[: len(ctx.node.output)], mix_reason=why if maps else "")
 
 
 def mix_axes(ctx: NodeContext, axes: Sequence[int], keepdims: bool = True, why: str = "") -> Transfer:
@@ -304,17 +352,20 @@ def _kernel(ctx: NodeContext, weight_slot: int | None) -> list[int]:
     raise ctx.unsupported("kernel size unknown (no kernel_shape and no static weight shape)")
 
 
-def conv_rule(weight_slot: int | None = 1, data_slot: int = 0) -> Callable[[NodeContext], Transfer]:
-    """Conv-like op: each output unit reads k_eff = d(k-1)+1 inputs from u*s - p_begin."""
+def conv_rule(weight_slot: int | None = 1, data_slot: int = 0,
+              scalar_slots: Sequence[int] = ()) -> Callable[[NodeContext], Transfer]:
+    """Conv-like op: each output unit reads k_eff = d(k-1)+1 inputs from u*s - p_begin;
+    ``scalar_slots`` (quantization scales, zero points) may be computed from the input."""
     def rule(ctx: NodeContext) -> Transfer:
         if data_slot != 0:
             ctx.layouts = [ctx.layouts[data_slot]] + ctx.layouts[1:]
         for slot in ctx.data_slots():
-            if slot != 0 and slot != data_slot:
+            if slot != 0 and slot != data_slot and slot not in scalar_slots:
                 raise ctx.unsupported("weights computed from the input (data-dependent kernel)")
         kernel = _kernel(ctx, weight_slot)
         strides, dilations, pads, dep = _window_params(ctx, kernel)
-        return window(ctx, [Span.layer(k, s, p, d) for k, s, p, d in zip(kernel, strides, pads, dilations)], dep)
+        tr = window(ctx, [Span.layer(k, s, p, d) for k, s, p, d in zip(kernel, strides, pads, dilations)], dep)
+        return with_scalar_edges(ctx, tr, scalar_slots)
     return rule
 
 
@@ -806,9 +857,25 @@ def lp_norm_rule(ctx: NodeContext) -> Transfer:
 
 def matmul_rule(ctx: NodeContext) -> Transfer:
     """MatMul/Gemm: contracted spatial axes mix (attention, Flatten+Gemm); others pass through."""
-    a_lay, b_lay = ctx.layouts[0], ctx.layouts[1]
-    a_shape = ctx.in_shapes[0] or tuple(0 for _ in (a_lay or ()))
-    b_shape = ctx.in_shapes[1] or tuple(0 for _ in (b_lay or ()))
+    return _matmul(ctx, 0, 1)
+
+
+def quantized_matmul_rule(b_slot: int, scalar_slots: Sequence[int]) -> Rule:
+    """MatMulInteger (B at slot 1) and QLinearMatMul (B at slot 3): a MatMul whose zero points
+    and scales (``scalar_slots``) may be computed from the input (dynamic quantization)."""
+    def rule(ctx: NodeContext) -> Transfer:
+        for slot in ctx.data_slots():
+            if slot not in (0, b_slot, *scalar_slots):
+                raise ctx.unsupported(f"input {slot} computed from the input; no rule for that case")
+        return with_scalar_edges(ctx, _matmul(ctx, 0, b_slot), scalar_slots)
+    return rule
+
+
+def _matmul(ctx: NodeContext, a_slot: int, b_slot: int) -> Transfer:
+    """The matrix product of the operands at ``a_slot`` and ``b_slot`` (see ``matmul_rule``)."""
+    a_lay, b_lay = ctx.layouts[a_slot], ctx.layouts[b_slot]
+    a_shape = ctx.in_shapes[a_slot] or tuple(0 for _ in (a_lay or ()))
+    b_shape = ctx.in_shapes[b_slot] or tuple(0 for _ in (b_lay or ()))
     a_lay = a_lay if a_lay is not None else plain_layout(a_shape)
     b_lay = b_lay if b_lay is not None else plain_layout(b_shape)
     if ctx.op == "Gemm":
@@ -825,14 +892,14 @@ def matmul_rule(ctx: NodeContext) -> Transfer:
                   for pa, pb in zip(pad_a[:batch_rank], pad_b[:batch_rank]))
     out_lay = batch + (pad_a[-2], pad_b[-1])
     edges = []
-    mixed = set(spatial_of(a_lay[-1])) if ctx.layouts[0] is not None else set()
-    if ctx.layouts[1] is not None:
+    mixed = set(spatial_of(a_lay[-1])) if ctx.layouts[a_slot] is not None else set()
+    if ctx.layouts[b_slot] is not None:
         mixed |= set(spatial_of(b_lay[-2]))
     rows, cols = set(spatial_of(pad_a[-2])), set(spatial_of(pad_b[-1]))
     mixed |= rows & cols  # an output indexed by two positions (attention scores): not local
     out_lay = tuple(((-1, math.prod(s for _, s in p)),) if set(spatial_of(p)) & mixed else p for p in out_lay)
     out_axes = carried(out_lay)
-    for slot, lay in ((0, a_lay), (1, b_lay)):
+    for slot, lay in ((a_slot, a_lay), (b_slot, b_lay)):
         if ctx.layouts[slot] is None:
             continue
         mine = carried(lay)
@@ -968,14 +1035,13 @@ POINTWISE_OPS = {
     "Softplus", "Softsign", "Mish", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh",
     "Asinh", "Acosh", "Atanh", "Not", "IsNaN", "IsInf", "ThresholdedRelu", "Shrink", "Swish",
     # per-position normalisation with fixed statistics, and no-ops at inference
-    "BatchNormalization", "Identity", "Cast", "Dropout", "LRN", "QuantizeLinear", "DequantizeLinear",
-    "DynamicQuantizeLinear",
+    "BatchNormalization", "Identity", "Cast", "Dropout", "LRN",
 }
 
 BROADCAST_OPS = {
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mean", "Sum", "Where", "Equal", "Greater",
     "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "PRelu", "Mod", "BitShift",
-    "CastLike", "Clip", "Expand", "BitwiseAnd", "BitwiseOr", "BitwiseXor",
+    "Clip", "Expand", "BitwiseAnd", "BitwiseOr", "BitwiseXor",
 }
 
 # Ops whose output never depends on input values (shapes only): never layers.
@@ -989,12 +1055,14 @@ CACHEABLE_OPS = POINTWISE_OPS | BROADCAST_OPS | {
     "Transpose", "Concat", "Flatten", "Softmax", "LogSoftmax", "DepthToSpace", "SpaceToDepth",
 }
 
-Rule = Callable[[NodeContext], Transfer]
-
 OP_RULES: dict[str, Rule] = {
     **dict.fromkeys(POINTWISE_OPS, pointwise),
     **dict.fromkeys(BROADCAST_OPS, broadcast),
-    "Conv": conv_rule(1), "ConvInteger": conv_rule(1), "QLinearConv": conv_rule(3),
+    "CastLike": cast_like_rule,
+    "QuantizeLinear": quantize_rule, "DequantizeLinear": quantize_rule,
+    "DynamicQuantizeLinear": dynamic_quantize_rule,
+    "Conv": conv_rule(1), "ConvInteger": conv_rule(1, scalar_slots=(2, 3)),
+    "QLinearConv": conv_rule(3, scalar_slots=(1, 2, 4, 5, 6, 7, 8)),
     "ConvTranspose": conv_transpose_rule,
     "MaxPool": pool_rule, "AveragePool": pool_rule, "LpPool": pool_rule,
     "Resize": resize_rule, "Upsample": resize_rule,
@@ -1014,7 +1082,8 @@ OP_RULES: dict[str, Rule] = {
     "GroupNormalization": norm_over_axes_rule(None, 2),
     "MeanVarianceNormalization": norm_over_axes_rule(None, [0, 2, 3]),
     "LpNormalization": lp_norm_rule,
-    "MatMul": matmul_rule, "Gemm": matmul_rule, "MatMulInteger": matmul_rule,
+    "MatMul": matmul_rule, "Gemm": matmul_rule, "MatMulInteger": quantized_matmul_rule(1, (2, 3)),
+    "QLinearMatMul": quantized_matmul_rule(3, (1, 2, 4, 5, 6, 7)),
     "RNN": recurrent_rule, "GRU": recurrent_rule, "LSTM": recurrent_rule, "Einsum": einsum_rule,
     "GridSample": grid_sample_rule,
     "If": control_flow_rule, "Loop": control_flow_rule, "Scan": control_flow_rule,
