@@ -130,11 +130,27 @@ def spatial_of(axis_layout: Sequence[Part]) -> list[int]:
 def carried(layout: Layout) -> dict[int, int]:
     """Map input spatial axis -> the tensor axis that indexes it alone (composites excluded)."""
     out = {}
+    split = split_axes(layout)
     for t, parts in enumerate(layout):
         sp = spatial_of(parts)
-        if len(sp) == 1 and len(parts) == 1:
+        if len(sp) == 1 and len(parts) == 1 and sp[0] not in split:
             out[sp[0]] = t
     return out
+
+
+def split_axes(layout: Layout) -> set[int]:
+    """Input spatial axes split over several tensor axes (a window partition: windows x rows)."""
+    seen: dict[int, int] = {}
+    for parts in layout:
+        for a in set(spatial_of(parts)):
+            seen[a] = seen.get(a, 0) + 1
+    return {a for a, n in seen.items() if n > 1}
+
+
+def axis_parts(layout: Layout, axis: int) -> list[tuple[int, int, int]]:
+    """(tensor axis, index within it, size) of every part of input spatial ``axis``, in layout
+    order, which is their order of significance: the position is their row-major index."""
+    return [(t, i, s) for t, parts in enumerate(layout) for i, (a, s) in enumerate(parts) if a == axis]
 
 
 def all_spatial(layout: Layout) -> set[int]:
@@ -699,16 +715,41 @@ def gather_rule(ctx: NodeContext) -> Transfer:
 
 
 def transpose_rule(ctx: NodeContext) -> Transfer:
-    """Transpose: permutes which tensor axis indexes which spatial axis; positions unchanged."""
+    """Transpose: permutes which tensor axis indexes which spatial axis; positions unchanged,
+    unless it moves the rows within a block ahead of the block index (``_fold_out_of_order``)."""
     lay = ctx.data_layout(0)
     perm = list(ctx.attrs.get("perm", list(range(len(lay)))[::-1]))
     if sorted(perm) != list(range(len(lay))):
         raise ctx.invalid(f"perm {perm} is not a permutation of {len(lay)} axes")
-    return Transfer((OutTransfer(tuple(lay[p] for p in perm), (Edge(0),)),))
+    out = tuple(lay[p] for p in perm)
+    maps: dict[int, Span | None] = {}
+    for a in split_axes(lay):
+        before = [(t, i) for t, i, _ in axis_parts(lay, a)]
+        after = sorted(before, key=lambda ti: (perm.index(ti[0]), ti[1]))
+        if after != before:
+            out, maps[a] = _fold_out_of_order(lay, out, perm, a)
+    return Transfer((OutTransfer(out, (Edge(0, maps),)),))
+
+
+def _fold_out_of_order(lay: Layout, out: Layout, perm: Sequence[int], axis: int) -> tuple[Layout, Span | None]:
+    """A Transpose that moves a less significant part of a split spatial axis before a more
+    significant one (pixel_unshuffle, bytes folded into channels): a position can no longer be
+    read row-major, so the parts moved ahead of a more significant one become features and
+    each unit reads the whole of them (SpaceToDepth's block when they are the innermost)."""
+    parts = axis_parts(lay, axis)
+    where = {(t, i): (perm.index(t), i) for t, i, _ in parts}  # the part's place after the Transpose
+    kept = [all(where[(t, i)] > where[(t2, i2)] for t2, i2, _ in parts[:j]) for j, (t, i, _) in enumerate(parts)]
+    dropped = {where[(t, i)] for (t, i, _), keep in zip(parts, kept) if not keep}
+    new = tuple(tuple((-1, s) if (t, i) in dropped else (a, s) for i, (a, s) in enumerate(p))
+                for t, p in enumerate(out))
+    sizes = [s for _, _, s in parts]
+    copied = [k for k, keep in enumerate(kept) if keep]
+    return new, copy_span(sizes, [sizes[k] for k in copied], copied)
 
 
 def reshape_rule(ctx: NodeContext) -> Transfer:
-    """Reshape/Flatten: regroups axis parts; splitting a spatial axis is not supported."""
+    """Reshape/Flatten: regroups axis parts; a spatial axis may split into parts (windows x rows
+    within a window), kept most significant first so a position is their row-major index."""
     out_shape = ctx.out_shapes[0]
     if (out_shape is None or None in out_shape) and ctx.op == "Reshape":
         out_shape = _reshape_target(ctx)
@@ -756,18 +797,31 @@ def regroup(ctx: NodeContext, layout: Layout, out_shape: Sequence[int]) -> Layou
                 group.append(parts[i])
                 prod *= s
                 i += 1
-            elif a < 0 and s % (d // prod) == 0 and d % prod == 0:
+            elif d % prod == 0 and s % (d // prod) == 0:  # split: the outer part here, the rest next
                 need = d // prod
-                group.append((-1, need))
-                parts[i] = (-1, s // need)
+                group.append((a, need))
+                parts[i] = (a, s // need)
                 prod *= need
             else:
                 what = "a spatial axis" if a >= 0 else "an axis"
-                raise ctx.unsupported(f"Reshape to {list(out_shape)} splits {what} across output dims")
+                raise ctx.unsupported(f"Reshape to {list(out_shape)} splits {what} across output dims "
+                                      f"in a way that does not keep its positions row-major")
         while i < len(parts) and parts[i][1] == 1 and d == 1 and not group:
             group.append(parts[i])
             i += 1
-        out.append(tuple(group) if spatial_of(group) else ((-1, d),))
+        out.append(_merge_adjacent(group) if spatial_of(group) else ((-1, d),))
+    return tuple(out)
+
+
+def _merge_adjacent(group: Sequence[Part]) -> AxisLayout:
+    """One part for consecutive parts of the same spatial axis (a window reverse joins the
+    window index and the row within it back into the row)."""
+    out: list[Part] = []
+    for a, s in group:
+        if out and a >= 0 and out[-1][0] == a:
+            out[-1] = (a, out[-1][1] * s)
+        else:
+            out.append((a, s))
     return tuple(out)
 
 
@@ -891,28 +945,63 @@ def _matmul(ctx: NodeContext, a_slot: int, b_slot: int) -> Transfer:
     batch = tuple(pa if spatial_of(pa) or math.prod(s for _, s in pa) != 1 else pb
                   for pa, pb in zip(pad_a[:batch_rank], pad_b[:batch_rank]))
     out_lay = batch + (pad_a[-2], pad_b[-1])
-    edges = []
-    mixed = set(spatial_of(a_lay[-1])) if ctx.layouts[a_slot] is not None else set()
-    if ctx.layouts[b_slot] is not None:
-        mixed |= set(spatial_of(b_lay[-2]))
     rows, cols = set(spatial_of(pad_a[-2])), set(spatial_of(pad_b[-1]))
-    mixed |= rows & cols  # an output indexed by two positions (attention scores): not local
+    if rows & cols:  # attention scores: the query positions index the rows, the keys are read
+        out_lay = out_lay[:-1] + (((-1, math.prod(s for _, s in pad_b[-1])),),)
+    n = batch_rank
+    to_out = {a_slot: list(range(n)) + [n, None], b_slot: list(range(n)) + [None, n + 1]}
+    operands = [(slot, lay) for slot, lay in ((a_slot, pad_a), (b_slot, pad_b)) if ctx.layouts[slot] is not None]
+    per_slot = {slot: _product_maps(lay, out_lay, to_out[slot]) for slot, lay in operands}
+    mixed = {a for maps in per_slot.values() for a, sp in maps.items() if sp is MIXES}
     out_lay = tuple(((-1, math.prod(s for _, s in p)),) if set(spatial_of(p)) & mixed else p for p in out_lay)
     out_axes = carried(out_lay)
-    for slot, lay in ((a_slot, a_lay), (b_slot, b_lay)):
-        if ctx.layouts[slot] is None:
-            continue
-        mine = carried(lay)
-        maps: dict[int, Span | None] = dict.fromkeys(mixed, MIXES)
-        for a in out_axes:
-            if a not in mine:
-                maps[a] = BROADCAST
+    edges = []
+    for slot, _ in operands:
+        maps = {a: sp for a, sp in per_slot[slot].items() if a not in mixed} | dict.fromkeys(mixed, MIXES)
         edges.append(Edge(slot, maps))
     if ctx.op == "Gemm" and len(ctx.node.input) > 2 and ctx.layouts[2] is not None:
         edges.append(Edge(2, dict.fromkeys(mixed, MIXES) | dict.fromkeys(out_axes, BROADCAST)))
     out_lay = with_sizes(out_lay, ctx.out_shapes[0])
     why = "matrix product over positions" if mixed else ""
     return Transfer((OutTransfer(out_lay, tuple(edges)),), mix_reason=why)
+
+
+def _product_maps(lay: Layout, out_lay: Layout, to_out: Sequence[int | None]) -> dict[int, Span | None]:
+    """Edge maps of one operand of a product: tensor axis t of the operand becomes output axis
+    ``to_out[t]`` (None: contracted).  Per spatial axis: the output's parts copied from the
+    operand's, the others read whole (MIXES when none is copied; a window's span when the
+    window index is copied but not the row within it); BROADCAST where only the output has it."""
+    maps: dict[int, Span | None] = {}
+    for a in {x for p in [*lay, *out_lay] for x in spatial_of(p)}:
+        mine = axis_parts(lay, a)
+        if not mine:
+            maps[a] = BROADCAST
+            continue
+        index = {(to_out[t], i): k for k, (t, i, _) in enumerate(mine) if to_out[t] is not None}
+        theirs = axis_parts(out_lay, a)
+        out_from = [index.get((t, i)) for t, i, _ in theirs]
+        if out_from != list(range(len(mine))):
+            maps[a] = copy_span([s for _, _, s in mine], [s for _, _, s in theirs], out_from)
+    return maps
+
+
+def copy_span(in_sizes: Sequence[int], out_sizes: Sequence[int], out_from: Sequence[int | None]) -> Span | None:
+    """Span along one spatial axis split into parts of ``in_sizes`` (most significant first):
+    output part j (``out_sizes[j]`` long) copies input part ``out_from[j]`` (None: it comes
+    from another input, any value reads the same); input
+    parts no output part copies are read at every value (a within-window attention, a block
+    folded into features).  MIXES when no part is copied."""
+    copied = [k for k in out_from if k is not None]
+    if not copied:
+        return MIXES
+    strides = [math.prod(in_sizes[i + 1:]) for i in range(len(in_sizes))]
+    whole = sum((n - 1) * st for k, (n, st) in enumerate(zip(in_sizes, strides)) if k not in copied)
+    lo, hi = [], []
+    for digits in np.ndindex(*out_sizes):
+        first = sum(d * strides[k] for d, k in zip(digits, out_from) if k is not None)
+        lo.append(first)
+        hi.append(first + whole)
+    return Span.periodic(math.prod(in_sizes), lo, hi)
 
 
 def einsum_terms(equation: str, ranks: Sequence[int]) -> tuple[list[str], str] | None:

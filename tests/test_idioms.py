@@ -1,0 +1,126 @@
+"""Reshape idioms of real exports, tracked exactly: window partition and reverse (Swin, MaxViT),
+pixel_unshuffle written as Reshape + Transpose, bytes folded into channels, a ViT's class token.
+
+Tiny torch models exported with the TorchScript exporter; every unit's region of the checked
+tensors is compared with onnxruntime impulses (tests/impulses.py).  Each stopped before
+("Reshape ... splits a spatial axis across output dims").
+"""
+
+from __future__ import annotations
+
+import io
+
+import onnx
+import pytest
+
+import rfgraph
+from tests.impulses import check_tensor
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+F = torch.nn.functional
+
+
+def export(module: torch.nn.Module, shape: tuple[int, ...], opset: int = 17) -> onnx.ModelProto:
+    """The module exported to ONNX (input 'x', output 'y'), shapes inferred."""
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    torch.onnx.export(module.eval(), torch.randn(*shape), buf, dynamo=False, opset_version=opset,
+                      input_names=["x"], output_names=["y"])
+    return onnx.shape_inference.infer_shapes(onnx.load_from_string(buf.getvalue()))
+
+
+class WindowAttention(torch.nn.Module):
+    """Swin's window partition, attention inside each window, window reverse (NCHW in and out)."""
+
+    def __init__(self, ws: int = 2, c: int = 3) -> None:
+        super().__init__()
+        self.ws, self.q, self.k = ws, torch.nn.Linear(c, c), torch.nn.Linear(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        ws = self.ws
+        x = x.permute(0, 2, 3, 1)
+        win = x.reshape(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, c)
+        att = torch.softmax(self.q(win) @ self.k(win).transpose(1, 2), -1) @ win
+        out = att.reshape(b, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        return out.permute(0, 3, 1, 2)
+
+
+class PatchThenWindows(torch.nn.Module):
+    """A stem conv (3x3, stride 1) then window attention: the field is the window's hull of the
+    stem's fields, a periodic (non-affine) span."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.win = torch.nn.Conv2d(2, 3, 3, padding=1), WindowAttention(ws=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.win(self.stem(x))
+
+
+def test_window_partition_attention_reverse_is_local_and_exact() -> None:
+    """Each unit sees exactly its window (r = ws along each axis, S = 1), measured."""
+    proto = export(WindowAttention(), (1, 3, 8, 8))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    assert not a.stops and not a["y"].is_global
+    assert a["y"].r == (2, 2) and a["y"].S == (1, 1)
+    assert check_tensor(a, proto, "y") == 64
+
+
+def test_windows_after_a_stem_conv() -> None:
+    proto = export(PatchThenWindows(), (1, 2, 9, 9))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    assert not a.stops and a["y"].r == (5, 5)
+    assert check_tensor(a, proto, "y") == 81
+
+
+class UnshuffleByHand(torch.nn.Module):
+    """pixel_unshuffle(2) written as Reshape + Transpose + Reshape, then a 1x1 conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        y = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c * 4, h // 2, w // 2)
+        return self.conv(y)
+
+
+class Unshuffle(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(8, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pixel_unshuffle(x, 2))
+
+
+@pytest.mark.parametrize("module", [UnshuffleByHand, Unshuffle])
+def test_pixel_unshuffle_is_a_block(module: type) -> None:
+    """Like SpaceToDepth: unit u reads the block [2u, 2u+1] (then the conv's window)."""
+    proto = export(module(), (1, 2, 8, 8))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    want = (2, 2) if module is UnshuffleByHand else (6, 6)
+    assert not a.stops and a["y"].r == want and a["y"].S == (2, 2)
+    assert check_tensor(a, proto, "y") == 16
+
+
+class ByteFold(torch.nn.Module):
+    """A 1-D model reading 4 bytes per step: [N, L] -> [N, L/4, 4] -> channels -> Conv1d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv1d(4, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, length = x.shape
+        return self.conv(x.reshape(n, length // 4, 4).transpose(1, 2))
+
+
+def test_bytes_folded_into_channels() -> None:
+    proto = export(ByteFold(), (1, 32))
+    a = rfgraph.analyze(proto, layout="NL")
+    assert not a.stops and a["y"].r == (12,) and a["y"].S == (4,) and a["y"].P == (4,)
+    assert check_tensor(a, proto, "y") == 8
