@@ -649,9 +649,9 @@ def concat_rule(ctx: NodeContext) -> Transfer:
     data = ctx.data_slots()
     if not spatial_of(ctx.data_layout(data[0])[axis]):  # a data slot: never raises
         return broadcast(ctx)
-    if len(data) > 1:
-        raise ctx.unsupported("concatenation of several input-dependent tensors along a spatial axis "
-                              "(the field is not shift-invariant)")
+    parts = ctx.data_layout(data[0])[axis]
+    if len(data) > 1 or len(parts) > 1 or parts[0][0] in split_axes(ctx.data_layout(data[0])):
+        return _concat_mixes(ctx, axis, data)
     offset = 0
     for slot in range(data[0]):
         shape = ctx.in_shapes[slot]
@@ -661,6 +661,20 @@ def concat_rule(ctx: NodeContext) -> Transfer:
     ctx.layouts = [ctx.layouts[data[0]]]
     out = _shift_out(ctx, {axis: offset}, None)
     return Transfer((OutTransfer(out.layout, (Edge(data[0], out.edges[0].maps),)),))
+
+
+def _concat_mixes(ctx: NodeContext, axis: int, data: Sequence[int]) -> Transfer:
+    """Concat along positions that no shift describes: several input-dependent pieces (a roll, a
+    mosaic: which piece a unit reads depends on the unit) or tokens added to a flattened grid (a
+    ViT's class token): reported as reading the whole input along those axes, an upper bound."""
+    lay = ctx.data_layout(data[0])
+    out_lay = with_sizes(strip_spatial(lay, [axis]), ctx.out_shapes[0])
+    edges = tuple(Edge(s, mixed_maps(ctx.data_layout(s), [axis])) for s in data)
+    why = ("Concat of several input-dependent pieces along positions (which piece a unit reads "
+           "depends on the unit)" if len(data) > 1 else
+           "Concat adds tokens to a flattened grid of positions (a class token): the token axis no "
+           "longer indexes the grid")
+    return Transfer((OutTransfer(out_lay, edges),), mix_reason=why + "; reported as the whole input, an upper bound")
 
 
 def split_rule(ctx: NodeContext) -> Transfer:

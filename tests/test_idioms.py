@@ -124,3 +124,48 @@ def test_bytes_folded_into_channels() -> None:
     a = rfgraph.analyze(proto, layout="NL")
     assert not a.stops and a["y"].r == (12,) and a["y"].S == (4,) and a["y"].P == (4,)
     assert check_tensor(a, proto, "y") == 8
+
+
+class TinyViT(torch.nn.Module):
+    """Patch conv, flatten, class token, position embedding, one attention block, head."""
+
+    def __init__(self, c: int = 4, p: int = 4, n: int = 4) -> None:
+        super().__init__()
+        self.patch = torch.nn.Conv2d(2, c, p, stride=p)
+        self.cls = torch.nn.Parameter(torch.randn(1, 1, c))
+        self.pos = torch.nn.Parameter(torch.randn(1, 1 + n * n, c))
+        self.att = torch.nn.MultiheadAttention(c, 1, batch_first=True)
+        self.head = torch.nn.Linear(c, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], dim=1) + self.pos
+        t = t + self.att(t, t, t, need_weights=False)[0]
+        return self.head(t[:, 0])
+
+
+def test_vit_with_a_class_token_reaches_its_output() -> None:
+    """The stem is local (the patch: r = S = 4, measured); the class-token Concat and the
+    attention make the output global (measured: both ends of the input move it).  Stopped before."""
+    proto = export(TinyViT(), (1, 2, 16, 16))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    assert not a.stops and a["y"].is_global
+    stem = next(n for n in a.endpoints if a[n].op == "Conv")
+    assert a[stem].r == (4, 4) and a[stem].S == (4, 4)
+    check_tensor(a, proto, stem)
+    check_tensor(a, proto, "y")
+
+
+class Roll(torch.nn.Module):
+    """Swin's cyclic shift (torch.roll: Slice + Concat of two pieces of the same tensor)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.roll(x, shifts=(-1, -1), dims=(2, 3))
+
+
+def test_roll_is_an_upper_bound() -> None:
+    """A roll sends the border units to the far side: reported as the whole input, which holds
+    every measured dependency (stopped before)."""
+    proto = export(Roll(), (1, 1, 5, 5))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    assert not a.stops and a["y"].is_global
