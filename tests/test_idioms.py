@@ -9,6 +9,8 @@ tensors is compared with onnxruntime impulses (tests/impulses.py).  Each stopped
 from __future__ import annotations
 
 import io
+from fractions import Fraction
+from pathlib import Path
 
 import onnx
 import pytest
@@ -169,3 +171,61 @@ def test_roll_is_an_upper_bound() -> None:
     proto = export(Roll(), (1, 1, 5, 5))
     a = rfgraph.analyze(proto, layout="NCHW")
     assert not a.stops and a["y"].is_global
+
+
+class UpsampleMerge(torch.nn.Module):
+    """An FPN merge: a lateral 3x3 conv plus a stride-2 conv upsampled by nearest x2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down, self.lateral = torch.nn.Conv2d(2, 2, 3, stride=2, padding=1), torch.nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lateral(x) + F.interpolate(self.down(x), scale_factor=2, mode="nearest")
+
+
+def test_upsampling_merge_names_the_phases_that_differ(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """Both branches print S=1 and centre 0 at unit 0; what differs is the odd units' centre.
+    The printed centre offsets per phase are those measured on each branch (before: no phases)."""
+    from rfgraph.cli import main
+    from tests.impulses import dependencies, measured_hulls
+
+    proto = export(UpsampleMerge(), (1, 2, 12, 12))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    merge = next(m for m in a.misaligned if m.axis == 0)
+    for branch in merge.branches:
+        deps, _ = dependencies(proto, "x", branch.tensor, [2, 3])
+        for u in (4, 5):  # interior units, one per phase
+            lo, hi = measured_hulls(deps, 2, (slice(None), slice(None), u, 6))[0]
+            assert branch.phases[u % 2] == Fraction(lo + hi, 2) - u * branch.S
+    assert merge.branches[0].phases != merge.branches[1].phases
+    path = tmp_path / "up.onnx"
+    onnx.save(proto, str(path))
+    main(["analyze", str(path), "--layout", "NCHW"])
+    assert "centre-u*S by u mod 2: 0, -1" in capsys.readouterr().out
+
+
+class Focus(torch.nn.Module):
+    """YOLOv5's Focus: four strided Slices (a space-to-depth) concatenated, then a 1x1 conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(8, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1))
+
+
+def test_focus_is_an_aligned_block_like_a_2x2_stride_2_conv() -> None:
+    """Aligned (it was 'misaligned', and diagnose advised a padding change); its field is that
+    of a 2x2 stride-2 conv, unit by unit, and both match onnxruntime impulses."""
+    proto = export(Focus(), (1, 2, 8, 8))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    assert a.aligned and a["y"].aligned and not a.misaligned
+    conv_proto = export(torch.nn.Conv2d(2, 3, 2, stride=2), (1, 2, 8, 8))
+    conv = rfgraph.analyze(conv_proto, layout="NCHW")
+    assert (a["y"].boxes() == conv["y"].boxes()).all()
+    assert check_tensor(a, proto, "y") == 16
+    assert check_tensor(conv, conv_proto, "y") == 16
+    from rfgraph.diagnostics import alignment_fixes
+    assert alignment_fixes(a) == []
