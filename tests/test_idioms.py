@@ -62,10 +62,11 @@ class PatchThenWindows(torch.nn.Module):
 
 
 def test_window_partition_attention_reverse_is_local_and_exact() -> None:
-    """Each unit sees exactly its window (r = ws along each axis, S = 1), measured."""
+    """Each unit sees exactly its window (r = ws along each axis, S = 1), measured; the query
+    and key branches of the scores read within the same window: aligned as blocks."""
     proto = export(WindowAttention(), (1, 3, 8, 8))
     a = rfgraph.analyze(proto, layout="NCHW")
-    assert not a.stops and not a["y"].is_global
+    assert not a.stops and not a["y"].is_global and a["y"].aligned
     assert a["y"].r == (2, 2) and a["y"].S == (1, 1)
     assert check_tensor(a, proto, "y") == 64
 
