@@ -650,6 +650,9 @@ def concat_rule(ctx: NodeContext) -> Transfer:
     if not spatial_of(ctx.data_layout(data[0])[axis]):  # a data slot: never raises
         return broadcast(ctx)
     parts = ctx.data_layout(data[0])[axis]
+    if len(data) > 1 and any(len(ctx.data_layout(s)[axis]) > 1 for s in data):
+        raise ctx.unsupported("concatenation of several input-dependent tensors along flattened grids "
+                              "of positions (detection heads): each piece keeps its own field")
     if len(data) > 1 or len(parts) > 1 or parts[0][0] in split_axes(ctx.data_layout(data[0])):
         return _concat_mixes(ctx, axis, data)
     offset = 0
@@ -664,8 +667,8 @@ def concat_rule(ctx: NodeContext) -> Transfer:
 
 
 def _concat_mixes(ctx: NodeContext, axis: int, data: Sequence[int]) -> Transfer:
-    """Concat along positions that no shift describes: several input-dependent pieces (a roll, a
-    mosaic: which piece a unit reads depends on the unit) or tokens added to a flattened grid (a
+    """Concat along positions that no shift describes: several input-dependent pieces along one
+    axis (a roll: which piece a unit reads depends on the unit) or tokens added to a flattened grid (a
     ViT's class token): reported as reading the whole input along those axes, an upper bound."""
     lay = ctx.data_layout(data[0])
     out_lay = with_sizes(strip_spatial(lay, [axis]), ctx.out_shapes[0])
@@ -771,7 +774,29 @@ def reshape_rule(ctx: NodeContext) -> Transfer:
         raise DynamicShapeError(f"node '{ctx.name}' ({ctx.op}): output shape unknown after shape "
                                 f"inference; set the input size with --input-shape")
     layout = regroup(ctx, ctx.data_layout(0), out_shape)
-    return Transfer((OutTransfer(layout, (Edge(0),)),) + (None,) * (len(ctx.node.output) - 1))
+    maps: dict[int, Span | None] = {}
+    for a in split_axes(layout):
+        layout, maps[a] = _fold_inner_parts(layout, a)
+    edge = Edge(0, {a: sp for a, sp in maps.items() if sp is not IDENTITY})
+    return Transfer((OutTransfer(layout, (edge,)),) + (None,) * (len(ctx.node.output) - 1))
+
+
+def _fold_inner_parts(layout: Layout, axis: int) -> tuple[Layout, Span | None]:
+    """Rows within a block merged into the features (Swin's patch merging: [B, H/2, 2, W/2, 2, C]
+    -> [B, H/2, W/2, 4C]) while the block index keeps an axis of its own: those rows become
+    features and each unit reads its whole block.  The most significant part stays a position
+    even beside a batch axis (windows folded into the batch)."""
+    parts = axis_parts(layout, axis)
+    features = {t for t, p in enumerate(layout) if any(a < 0 and s > 1 for a, s in p)}
+    kept = [j == 0 or t not in features for j, (t, _, _) in enumerate(parts)]
+    if all(kept):
+        return layout, IDENTITY
+    dropped = {(t, i) for (t, i, _), keep in zip(parts, kept) if not keep}
+    new = tuple(tuple((-1, s) if (t, i) in dropped else (a, s) for i, (a, s) in enumerate(p))
+                for t, p in enumerate(layout))
+    sizes = [s for _, _, s in parts]
+    copied = [k for k, keep in enumerate(kept) if keep]
+    return new, copy_span(sizes, [sizes[k] for k in copied], copied)
 
 
 def _reshape_target(ctx: NodeContext) -> tuple[int, ...] | None:

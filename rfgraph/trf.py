@@ -324,7 +324,7 @@ def _check_alignment(result: PassResult, mg: ModelGraph, idx: int, out: OutTrans
 
 def _aligned(fields: Sequence[AxisField]) -> bool:
     """All branches shift-invariant with the same stride and the same centre at every phase, or
-    reading within blocks that partition the input (``_tiles_blocks``)."""
+    tiling each unit's block of S pixels (a space-to-depth: ``_tiles_blocks``)."""
     spans = [f.spans for f in fields]
     if any(len(s) != 1 for s in spans):
         return False
@@ -338,22 +338,23 @@ def _aligned(fields: Sequence[AxisField]) -> bool:
             continue
         q = first.q * sp.q
         if first.expanded(q).centre_sums() != sp.expanded(q).centre_sums():
-            return _tiles_blocks([s for (s,) in spans])
+            return False
     return True
 
 
 def _tiles_blocks(spans: Sequence[Span]) -> bool:
-    """Branches of one stride whose union gives every unit a block of a partition of the input
-    (the regions of two units are the same block or do not overlap): YOLOv5's Focus (four
-    strided Slices + Concat read each 2x2 block once, as a 2x2 stride-2 conv does) or attention
-    inside Swin windows (a query sees its window).  Each unit's field is then its block, whose
-    centre is well defined; sliding windows that overlap stay subject to eqs. 12-13."""
-    union = union_spans(spans)
-    if len(union) != 1 or union[0].A <= 0:
+    """Affine branches of integer stride S whose regions, equally long and side by side, cover
+    exactly S pixels per unit: YOLOv5's Focus (four strided Slices + Concat) reads each 2x2
+    block once, as a 2x2 stride-2 conv does, so the merged field is a block centred on itself.
+    A branch nested in another (a 1x1/2 conv beside a 2x2/2 one, a query beside its window's
+    keys) keeps its own centre: misaligned, as eq. 13 says."""
+    S = spans[0].A
+    if S <= 1 or any(sp.q != 1 or sp.A != S for sp in spans):
         return False
-    block = union[0]
-    regions = [block.region(u) for u in range(block.q + 1)]
-    return all(b == a or b[0] == a[1] + 1 for a, b in itertools.pairwise(regions))
+    regions = sorted({(sp.lo[0], sp.hi[0]) for sp in spans})
+    length = regions[0][1] - regions[0][0]
+    tiled = all(b[0] == a[1] + 1 and b[1] - b[0] == length for a, b in itertools.pairwise(regions))
+    return tiled and regions[-1][1] - regions[0][0] + 1 == S
 
 
 def _count_lost(result: PassResult, blocked: dict[str, int]) -> None:

@@ -62,11 +62,10 @@ class PatchThenWindows(torch.nn.Module):
 
 
 def test_window_partition_attention_reverse_is_local_and_exact() -> None:
-    """Each unit sees exactly its window (r = ws along each axis, S = 1), measured; the query
-    and key branches of the scores read within the same window: aligned as blocks."""
+    """Each unit sees exactly its window (r = ws along each axis, S = 1), measured."""
     proto = export(WindowAttention(), (1, 3, 8, 8))
     a = rfgraph.analyze(proto, layout="NCHW")
-    assert not a.stops and not a["y"].is_global and a["y"].aligned
+    assert not a.stops and not a["y"].is_global
     assert a["y"].r == (2, 2) and a["y"].S == (1, 1)
     assert check_tensor(a, proto, "y") == 64
 
@@ -230,3 +229,24 @@ def test_focus_is_an_aligned_block_like_a_2x2_stride_2_conv() -> None:
     assert check_tensor(conv, conv_proto, "y") == 16
     from rfgraph.diagnostics import alignment_fixes
     assert alignment_fixes(a) == []
+
+
+class PatchMerging(torch.nn.Module):
+    """Swin's patch merging: each 2x2 block's rows folded into the channels, then LayerNorm and
+    a Linear over them: a block field (r = S = 2), not a global one."""
+
+    def __init__(self, c: int = 2) -> None:
+        super().__init__()
+        self.norm, self.proj = torch.nn.LayerNorm(4 * c), torch.nn.Linear(4 * c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        y = x.permute(0, 2, 3, 1).reshape(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5)
+        return self.proj(self.norm(y.reshape(b, h // 2, w // 2, 4 * c))).permute(0, 3, 1, 2)
+
+
+def test_patch_merging_is_a_block() -> None:
+    proto = export(PatchMerging(), (1, 2, 8, 8))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    assert not a.stops and a["y"].r == (2, 2) and a["y"].S == (2, 2) and not a["y"].is_global
+    assert check_tensor(a, proto, "y") == 16
