@@ -83,7 +83,7 @@ def _phase_centres(fields: Sequence[AxisField]) -> list[tuple[Fraction, ...]]:
     common period (empty for fields with several strides or global ones)."""
     spans = [f.spans[0] if len(f.spans) == 1 else None for f in fields]
     q = math.lcm(*(sp.q for sp in spans if sp is not None)) if any(spans) else 1
-    out = []
+    out: list[tuple[Fraction, ...]] = []
     for sp in spans:
         if sp is None:
             out.append(())
