@@ -117,6 +117,9 @@ class NodeContext:
         return InvalidAttributeError(f"node '{self.name}' ({self.op}): {why}")
 
 
+Rule = Callable[[NodeContext], Transfer]
+
+
 # ---------------------------------------------------------------- layout helpers
 
 
@@ -128,11 +131,27 @@ def spatial_of(axis_layout: Sequence[Part]) -> list[int]:
 def carried(layout: Layout) -> dict[int, int]:
     """Map input spatial axis -> the tensor axis that indexes it alone (composites excluded)."""
     out = {}
+    split = split_axes(layout)
     for t, parts in enumerate(layout):
         sp = spatial_of(parts)
-        if len(sp) == 1 and len(parts) == 1:
+        if len(sp) == 1 and len(parts) == 1 and sp[0] not in split:
             out[sp[0]] = t
     return out
+
+
+def split_axes(layout: Layout) -> set[int]:
+    """Input spatial axes split over several tensor axes (a window partition: windows x rows)."""
+    seen: dict[int, int] = {}
+    for parts in layout:
+        for a in set(spatial_of(parts)):
+            seen[a] = seen.get(a, 0) + 1
+    return {a for a, n in seen.items() if n > 1}
+
+
+def axis_parts(layout: Layout, axis: int) -> list[tuple[int, int, int]]:
+    """(tensor axis, index within it, size) of every part of input spatial ``axis``, in layout
+    order, which is their order of significance: the position is their row-major index."""
+    return [(t, i, s) for t, parts in enumerate(layout) for i, (a, s) in enumerate(parts) if a == axis]
 
 
 def all_spatial(layout: Layout) -> set[int]:
@@ -198,7 +217,9 @@ def broadcast(ctx: NodeContext) -> Transfer:
     """Elementwise n-ary op with numpy broadcasting (Add, Mul, Where, PRelu, Concat on channels)."""
     out_shape = ctx.out_shapes[0]
     slots = ctx.data_slots()
-    rank = len(out_shape) if out_shape is not None else max(ctx.rank(s) for s in slots)
+    rank = max([len(out_shape or ())] + [ctx.rank(s) for s in slots])  # inputs align on the right
+    if out_shape is not None and len(out_shape) < rank:
+        raise ctx.invalid(f"output rank {len(out_shape)} is below an input's rank {rank}")
     layout: list[AxisLayout | None] = [None] * rank
     for s in slots:  # take each axis's layout from an input that is not broadcast along it
         lay, shape = ctx.data_layout(s), ctx.in_shapes[s]  # a data slot: never raises
@@ -221,6 +242,49 @@ def broadcast(ctx: NodeContext) -> Transfer:
                 maps[a] = BROADCAST
         edges.append(Edge(s, maps))
     return Transfer((OutTransfer(with_sizes(final, out_shape), tuple(edges)),))
+
+
+def cast_like_rule(ctx: NodeContext) -> Transfer:
+    """CastLike(x, like): x in like's type; ``like`` gives only the type, so the output reads
+    input 0 alone, and is a constant when input 0 is (the opset-18 function bodies of Relu, Elu,
+    Gelu... cast their constants this way)."""
+    if ctx.layouts[0] is None:
+        return Transfer((None,))
+    return Transfer((OutTransfer(with_sizes(ctx.data_layout(0), ctx.out_shapes[0]), (Edge(0),)),))
+
+
+def with_scalar_edges(ctx: NodeContext, transfer: Transfer, slots: Sequence[int]) -> Transfer:
+    """The transfer, with the input-dependent ones of ``slots`` (scales and zero points of
+    quantized ops, scalars or per-channel vectors) read by every output unit: a broadcast."""
+    extra = [s for s in ctx.data_slots() if s in slots]
+    if not extra:
+        return transfer
+    outs = []
+    for out in transfer.outputs:
+        if out is not None:
+            maps = dict.fromkeys(carried(out.layout), BROADCAST)
+            out = OutTransfer(out.layout, out.edges + tuple(Edge(s, maps) for s in extra))
+        outs.append(out)
+    return Transfer(tuple(outs), transfer.size_dependent, transfer.mix_reason)
+
+
+def quantize_rule(ctx: NodeContext) -> Transfer:
+    """QuantizeLinear/DequantizeLinear: pointwise in x; a scale or zero point computed at run time
+    (DynamicQuantizeLinear's) is read by every unit."""
+    if ctx.layouts[0] is None:
+        raise ctx.unsupported("quantized data is constant but its scale depends on the input")
+    return with_scalar_edges(ctx, pointwise(ctx, 1), (1, 2))
+
+
+def dynamic_quantize_rule(ctx: NodeContext) -> Transfer:
+    """DynamicQuantizeLinear: y = round(x / scale) + zero point, where scale and zero point come
+    from the min and max over all of x: every output reads every position (y keeps its layout)."""
+    lay = ctx.data_layout(0)
+    maps = mixed_maps(lay, range(len(lay)))
+    y = OutTransfer(with_sizes(lay, ctx.out_shapes[0]), (Edge(0, maps),))
+    scalar = OutTransfer((), (Edge(0, maps),))
+    why = "DynamicQuantizeLinear: its scale and zero point are the min and max over the whole tensor"
+    return Transfer((y, scalar, scalar)[: len(ctx.node.output)], mix_reason=why if maps else "")
 
 
 def mix_axes(ctx: NodeContext, axes: Sequence[int], keepdims: bool = True, why: str = "") -> Transfer:
@@ -278,18 +342,21 @@ def _kernel(ctx: NodeContext, weight_slot: int | None) -> list[int]:
     raise ctx.unsupported("kernel size unknown (no kernel_shape and no static weight shape)")
 
 
-def conv_rule(weight_slot: int | None = 1, data_slot: int = 0) -> Callable[[NodeContext], Transfer]:
-    """Conv-like op: each output unit reads k_eff = d(k-1)+1 inputs from u*s - p_begin."""
+def conv_rule(weight_slot: int | None = 1, data_slot: int = 0,
+              scalar_slots: Sequence[int] = ()) -> Callable[[NodeContext], Transfer]:
+    """Conv-like op: each output unit reads k_eff = d(k-1)+1 inputs from u*s - p_begin;
+    ``scalar_slots`` (quantization scales, zero points) may be computed from the input."""
     def rule(ctx: NodeContext) -> Transfer:
         if data_slot != 0:
             ctx.layouts = [ctx.layouts[data_slot]] + ctx.layouts[1:]
         for slot in ctx.data_slots():
-            if slot != 0 and slot != data_slot:
+            if slot != 0 and slot != data_slot and slot not in scalar_slots:
                 raise ctx.unsupported("weights computed from the input (data-dependent kernel)")
         kernel = _kernel(ctx, weight_slot)
         geo = geometry.window(ctx.op, ctx.name, ctx.attrs, kernel, _spatial_sizes(ctx, len(kernel)))
-        return window(ctx, [Span.layer(a.kernel, a.stride, a.pad_begin, a.dilation) for a in geo.axes],
-                      geo.size_dependent)
+        tr = window(ctx, [Span.layer(a.kernel, a.stride, a.pad_begin, a.dilation) for a in geo.axes],
+                    geo.size_dependent)
+        return with_scalar_edges(ctx, tr, scalar_slots)
     return rule
 
 
@@ -530,9 +597,12 @@ def concat_rule(ctx: NodeContext) -> Transfer:
     data = ctx.data_slots()
     if not spatial_of(ctx.data_layout(data[0])[axis]):  # a data slot: never raises
         return broadcast(ctx)
-    if len(data) > 1:
-        raise ctx.unsupported("concatenation of several input-dependent tensors along a spatial axis "
-                              "(the field is not shift-invariant)")
+    parts = ctx.data_layout(data[0])[axis]
+    if len(data) > 1 and any(len(ctx.data_layout(s)[axis]) > 1 for s in data):
+        raise ctx.unsupported("concatenation of several input-dependent tensors along flattened grids "
+                              "of positions (detection heads): each piece keeps its own field")
+    if len(data) > 1 or len(parts) > 1 or parts[0][0] in split_axes(ctx.data_layout(data[0])):
+        return _concat_mixes(ctx, axis, data)
     offset = 0
     for slot in range(data[0]):
         shape = ctx.in_shapes[slot]
@@ -542,6 +612,20 @@ def concat_rule(ctx: NodeContext) -> Transfer:
     ctx.layouts = [ctx.layouts[data[0]]]
     out = _shift_out(ctx, {axis: offset}, None)
     return Transfer((OutTransfer(out.layout, (Edge(data[0], out.edges[0].maps),)),))
+
+
+def _concat_mixes(ctx: NodeContext, axis: int, data: Sequence[int]) -> Transfer:
+    """Concat along positions that no shift describes: several input-dependent pieces along one
+    axis (a roll: which piece a unit reads depends on the unit) or tokens added to a flattened grid (a
+    ViT's class token): reported as reading the whole input along those axes, an upper bound."""
+    lay = ctx.data_layout(data[0])
+    out_lay = with_sizes(strip_spatial(lay, [axis]), ctx.out_shapes[0])
+    edges = tuple(Edge(s, mixed_maps(ctx.data_layout(s), [axis])) for s in data)
+    why = ("Concat of several input-dependent pieces along positions (which piece a unit reads "
+           "depends on the unit)" if len(data) > 1 else
+           "Concat adds tokens to a flattened grid of positions (a class token): the token axis no "
+           "longer indexes the grid")
+    return Transfer((OutTransfer(out_lay, edges),), mix_reason=why + "; reported as the whole input, an upper bound")
 
 
 def split_rule(ctx: NodeContext) -> Transfer:
@@ -596,16 +680,41 @@ def gather_rule(ctx: NodeContext) -> Transfer:
 
 
 def transpose_rule(ctx: NodeContext) -> Transfer:
-    """Transpose: permutes which tensor axis indexes which spatial axis; positions unchanged."""
+    """Transpose: permutes which tensor axis indexes which spatial axis; positions unchanged,
+    unless it moves the rows within a block ahead of the block index (``_fold_out_of_order``)."""
     lay = ctx.data_layout(0)
     perm = list(ctx.attrs.get("perm", list(range(len(lay)))[::-1]))
     if sorted(perm) != list(range(len(lay))):
         raise ctx.invalid(f"perm {perm} is not a permutation of {len(lay)} axes")
-    return Transfer((OutTransfer(tuple(lay[p] for p in perm), (Edge(0),)),))
+    out = tuple(lay[p] for p in perm)
+    maps: dict[int, Span | None] = {}
+    for a in split_axes(lay):
+        before = [(t, i) for t, i, _ in axis_parts(lay, a)]
+        after = sorted(before, key=lambda ti: (perm.index(ti[0]), ti[1]))
+        if after != before:
+            out, maps[a] = _fold_out_of_order(lay, out, perm, a)
+    return Transfer((OutTransfer(out, (Edge(0, maps),)),))
+
+
+def _fold_out_of_order(lay: Layout, out: Layout, perm: Sequence[int], axis: int) -> tuple[Layout, Span | None]:
+    """A Transpose that moves a less significant part of a split spatial axis before a more
+    significant one (pixel_unshuffle, bytes folded into channels): a position can no longer be
+    read row-major, so the parts moved ahead of a more significant one become features and
+    each unit reads the whole of them (SpaceToDepth's block when they are the innermost)."""
+    parts = axis_parts(lay, axis)
+    where = {(t, i): (perm.index(t), i) for t, i, _ in parts}  # the part's place after the Transpose
+    kept = [all(where[(t, i)] > where[(t2, i2)] for t2, i2, _ in parts[:j]) for j, (t, i, _) in enumerate(parts)]
+    dropped = {where[(t, i)] for (t, i, _), keep in zip(parts, kept) if not keep}
+    new = tuple(tuple((-1, s) if (t, i) in dropped else (a, s) for i, (a, s) in enumerate(p))
+                for t, p in enumerate(out))
+    sizes = [s for _, _, s in parts]
+    copied = [k for k, keep in enumerate(kept) if keep]
+    return new, copy_span(sizes, [sizes[k] for k in copied], copied)
 
 
 def reshape_rule(ctx: NodeContext) -> Transfer:
-    """Reshape/Flatten: regroups axis parts; splitting a spatial axis is not supported."""
+    """Reshape/Flatten: regroups axis parts; a spatial axis may split into parts (windows x rows
+    within a window), kept most significant first so a position is their row-major index."""
     out_shape = ctx.out_shapes[0]
     if (out_shape is None or None in out_shape) and ctx.op == "Reshape":
         out_shape = _reshape_target(ctx)
@@ -613,7 +722,29 @@ def reshape_rule(ctx: NodeContext) -> Transfer:
         raise DynamicShapeError(f"node '{ctx.name}' ({ctx.op}): output shape unknown after shape "
                                 f"inference; set the input size with --input-shape")
     layout = regroup(ctx, ctx.data_layout(0), out_shape)
-    return Transfer((OutTransfer(layout, (Edge(0),)),) + (None,) * (len(ctx.node.output) - 1))
+    maps: dict[int, Span | None] = {}
+    for a in split_axes(layout):
+        layout, maps[a] = _fold_inner_parts(layout, a)
+    edge = Edge(0, {a: sp for a, sp in maps.items() if sp is not IDENTITY})
+    return Transfer((OutTransfer(layout, (edge,)),) + (None,) * (len(ctx.node.output) - 1))
+
+
+def _fold_inner_parts(layout: Layout, axis: int) -> tuple[Layout, Span | None]:
+    """Rows within a block merged into the features (Swin's patch merging: [B, H/2, 2, W/2, 2, C]
+    -> [B, H/2, W/2, 4C]) while the block index keeps an axis of its own: those rows become
+    features and each unit reads its whole block.  The most significant part stays a position
+    even beside a batch axis (windows folded into the batch)."""
+    parts = axis_parts(layout, axis)
+    features = {t for t, p in enumerate(layout) if any(a < 0 and s > 1 for a, s in p)}
+    kept = [j == 0 or t not in features for j, (t, _, _) in enumerate(parts)]
+    if all(kept):
+        return layout, IDENTITY
+    dropped = {(t, i) for (t, i, _), keep in zip(parts, kept) if not keep}
+    new = tuple(tuple((-1, s) if (t, i) in dropped else (a, s) for i, (a, s) in enumerate(p))
+                for t, p in enumerate(layout))
+    sizes = [s for _, _, s in parts]
+    copied = [k for k, keep in enumerate(kept) if keep]
+    return new, copy_span(sizes, [sizes[k] for k in copied], copied)
 
 
 def _reshape_target(ctx: NodeContext) -> tuple[int, ...] | None:
@@ -653,18 +784,31 @@ def regroup(ctx: NodeContext, layout: Layout, out_shape: Sequence[int]) -> Layou
                 group.append(parts[i])
                 prod *= s
                 i += 1
-            elif a < 0 and s % (d // prod) == 0 and d % prod == 0:
+            elif d % prod == 0 and s % (d // prod) == 0:  # split: the outer part here, the rest next
                 need = d // prod
-                group.append((-1, need))
-                parts[i] = (-1, s // need)
+                group.append((a, need))
+                parts[i] = (a, s // need)
                 prod *= need
             else:
                 what = "a spatial axis" if a >= 0 else "an axis"
-                raise ctx.unsupported(f"Reshape to {list(out_shape)} splits {what} across output dims")
+                raise ctx.unsupported(f"Reshape to {list(out_shape)} splits {what} across output dims "
+                                      f"in a way that does not keep its positions row-major")
         while i < len(parts) and parts[i][1] == 1 and d == 1 and not group:
             group.append(parts[i])
             i += 1
-        out.append(tuple(group) if spatial_of(group) else ((-1, d),))
+        out.append(_merge_adjacent(group) if spatial_of(group) else ((-1, d),))
+    return tuple(out)
+
+
+def _merge_adjacent(group: Sequence[Part]) -> AxisLayout:
+    """One part for consecutive parts of the same spatial axis (a window reverse joins the
+    window index and the row within it back into the row)."""
+    out: list[Part] = []
+    for a, s in group:
+        if out and a >= 0 and out[-1][0] == a:
+            out[-1] = (a, out[-1][1] * s)
+        else:
+            out.append((a, s))
     return tuple(out)
 
 
@@ -754,9 +898,25 @@ def lp_norm_rule(ctx: NodeContext) -> Transfer:
 
 def matmul_rule(ctx: NodeContext) -> Transfer:
     """MatMul/Gemm: contracted spatial axes mix (attention, Flatten+Gemm); others pass through."""
-    a_lay, b_lay = ctx.layouts[0], ctx.layouts[1]
-    a_shape = ctx.in_shapes[0] or tuple(0 for _ in (a_lay or ()))
-    b_shape = ctx.in_shapes[1] or tuple(0 for _ in (b_lay or ()))
+    return _matmul(ctx, 0, 1)
+
+
+def quantized_matmul_rule(b_slot: int, scalar_slots: Sequence[int]) -> Rule:
+    """MatMulInteger (B at slot 1) and QLinearMatMul (B at slot 3): a MatMul whose zero points
+    and scales (``scalar_slots``) may be computed from the input (dynamic quantization)."""
+    def rule(ctx: NodeContext) -> Transfer:
+        for slot in ctx.data_slots():
+            if slot not in (0, b_slot, *scalar_slots):
+                raise ctx.unsupported(f"input {slot} computed from the input; no rule for that case")
+        return with_scalar_edges(ctx, _matmul(ctx, 0, b_slot), scalar_slots)
+    return rule
+
+
+def _matmul(ctx: NodeContext, a_slot: int, b_slot: int) -> Transfer:
+    """The matrix product of the operands at ``a_slot`` and ``b_slot`` (see ``matmul_rule``)."""
+    a_lay, b_lay = ctx.layouts[a_slot], ctx.layouts[b_slot]
+    a_shape = ctx.in_shapes[a_slot] or tuple(0 for _ in (a_lay or ()))
+    b_shape = ctx.in_shapes[b_slot] or tuple(0 for _ in (b_lay or ()))
     a_lay = a_lay if a_lay is not None else plain_layout(a_shape)
     b_lay = b_lay if b_lay is not None else plain_layout(b_shape)
     if ctx.op == "Gemm":
@@ -772,28 +932,63 @@ def matmul_rule(ctx: NodeContext) -> Transfer:
     batch = tuple(pa if spatial_of(pa) or math.prod(s for _, s in pa) != 1 else pb
                   for pa, pb in zip(pad_a[:batch_rank], pad_b[:batch_rank]))
     out_lay = batch + (pad_a[-2], pad_b[-1])
-    edges = []
-    mixed = set(spatial_of(a_lay[-1])) if ctx.layouts[0] is not None else set()
-    if ctx.layouts[1] is not None:
-        mixed |= set(spatial_of(b_lay[-2]))
     rows, cols = set(spatial_of(pad_a[-2])), set(spatial_of(pad_b[-1]))
-    mixed |= rows & cols  # an output indexed by two positions (attention scores): not local
+    if rows & cols:  # attention scores: the query positions index the rows, the keys are read
+        out_lay = out_lay[:-1] + (((-1, math.prod(s for _, s in pad_b[-1])),),)
+    n = batch_rank
+    to_out = {a_slot: list(range(n)) + [n, None], b_slot: list(range(n)) + [None, n + 1]}
+    operands = [(slot, lay) for slot, lay in ((a_slot, pad_a), (b_slot, pad_b)) if ctx.layouts[slot] is not None]
+    per_slot = {slot: _product_maps(lay, out_lay, to_out[slot]) for slot, lay in operands}
+    mixed = {a for maps in per_slot.values() for a, sp in maps.items() if sp is MIXES}
     out_lay = tuple(((-1, math.prod(s for _, s in p)),) if set(spatial_of(p)) & mixed else p for p in out_lay)
     out_axes = carried(out_lay)
-    for slot, lay in ((0, a_lay), (1, b_lay)):
-        if ctx.layouts[slot] is None:
-            continue
-        mine = carried(lay)
-        maps: dict[int, Span | None] = dict.fromkeys(mixed, MIXES)
-        for a in out_axes:
-            if a not in mine:
-                maps[a] = BROADCAST
+    edges = []
+    for slot, _ in operands:
+        maps = {a: sp for a, sp in per_slot[slot].items() if a not in mixed} | dict.fromkeys(mixed, MIXES)
         edges.append(Edge(slot, maps))
     if ctx.op == "Gemm" and len(ctx.node.input) > 2 and ctx.layouts[2] is not None:
         edges.append(Edge(2, dict.fromkeys(mixed, MIXES) | dict.fromkeys(out_axes, BROADCAST)))
     out_lay = with_sizes(out_lay, ctx.out_shapes[0])
     why = "matrix product over positions" if mixed else ""
     return Transfer((OutTransfer(out_lay, tuple(edges)),), mix_reason=why)
+
+
+def _product_maps(lay: Layout, out_lay: Layout, to_out: Sequence[int | None]) -> dict[int, Span | None]:
+    """Edge maps of one operand of a product: tensor axis t of the operand becomes output axis
+    ``to_out[t]`` (None: contracted).  Per spatial axis: the output's parts copied from the
+    operand's, the others read whole (MIXES when none is copied; a window's span when the
+    window index is copied but not the row within it); BROADCAST where only the output has it."""
+    maps: dict[int, Span | None] = {}
+    for a in {x for p in [*lay, *out_lay] for x in spatial_of(p)}:
+        mine = axis_parts(lay, a)
+        if not mine:
+            maps[a] = BROADCAST
+            continue
+        index = {(to_out[t], i): k for k, (t, i, _) in enumerate(mine) if to_out[t] is not None}
+        theirs = axis_parts(out_lay, a)
+        out_from = [index.get((t, i)) for t, i, _ in theirs]
+        if out_from != list(range(len(mine))):
+            maps[a] = copy_span([s for _, _, s in mine], [s for _, _, s in theirs], out_from)
+    return maps
+
+
+def copy_span(in_sizes: Sequence[int], out_sizes: Sequence[int], out_from: Sequence[int | None]) -> Span | None:
+    """Span along one spatial axis split into parts of ``in_sizes`` (most significant first):
+    output part j (``out_sizes[j]`` long) copies input part ``out_from[j]`` (None: it comes
+    from another input, any value reads the same); input
+    parts no output part copies are read at every value (a within-window attention, a block
+    folded into features).  MIXES when no part is copied."""
+    copied = [k for k in out_from if k is not None]
+    if not copied:
+        return MIXES
+    strides = [math.prod(in_sizes[i + 1:]) for i in range(len(in_sizes))]
+    whole = sum((n - 1) * st for k, (n, st) in enumerate(zip(in_sizes, strides)) if k not in copied)
+    lo, hi = [], []
+    for digits in np.ndindex(*out_sizes):
+        first = sum(d * strides[k] for d, k in zip(digits, out_from) if k is not None)
+        lo.append(first)
+        hi.append(first + whole)
+    return Span.periodic(math.prod(in_sizes), lo, hi)
 
 
 def einsum_terms(equation: str, ranks: Sequence[int]) -> tuple[list[str], str] | None:
@@ -916,14 +1111,13 @@ POINTWISE_OPS = {
     "Softplus", "Softsign", "Mish", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh",
     "Asinh", "Acosh", "Atanh", "Not", "IsNaN", "IsInf", "ThresholdedRelu", "Shrink", "Swish",
     # per-position normalisation with fixed statistics, and no-ops at inference
-    "BatchNormalization", "Identity", "Cast", "Dropout", "LRN", "QuantizeLinear", "DequantizeLinear",
-    "DynamicQuantizeLinear",
+    "BatchNormalization", "Identity", "Cast", "Dropout", "LRN",
 }
 
 BROADCAST_OPS = {
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mean", "Sum", "Where", "Equal", "Greater",
     "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "PRelu", "Mod", "BitShift",
-    "CastLike", "Clip", "Expand", "BitwiseAnd", "BitwiseOr", "BitwiseXor",
+    "Clip", "Expand", "BitwiseAnd", "BitwiseOr", "BitwiseXor",
 }
 
 # Ops whose output never depends on input values (shapes only): never layers.
@@ -937,12 +1131,14 @@ CACHEABLE_OPS = POINTWISE_OPS | BROADCAST_OPS | {
     "Transpose", "Concat", "Flatten", "Softmax", "LogSoftmax", "DepthToSpace", "SpaceToDepth",
 }
 
-Rule = Callable[[NodeContext], Transfer]
-
 OP_RULES: dict[str, Rule] = {
     **dict.fromkeys(POINTWISE_OPS, pointwise),
     **dict.fromkeys(BROADCAST_OPS, broadcast),
-    "Conv": conv_rule(1), "ConvInteger": conv_rule(1), "QLinearConv": conv_rule(3),
+    "CastLike": cast_like_rule,
+    "QuantizeLinear": quantize_rule, "DequantizeLinear": quantize_rule,
+    "DynamicQuantizeLinear": dynamic_quantize_rule,
+    "Conv": conv_rule(1), "ConvInteger": conv_rule(1, scalar_slots=(2, 3)),
+    "QLinearConv": conv_rule(3, scalar_slots=(1, 2, 4, 5, 6, 7, 8)),
     "ConvTranspose": conv_transpose_rule,
     "MaxPool": pool_rule, "AveragePool": pool_rule, "LpPool": pool_rule,
     "Resize": resize_rule, "Upsample": resize_rule,
@@ -962,7 +1158,8 @@ OP_RULES: dict[str, Rule] = {
     "GroupNormalization": norm_over_axes_rule(None, 2),
     "MeanVarianceNormalization": norm_over_axes_rule(None, [0, 2, 3]),
     "LpNormalization": lp_norm_rule,
-    "MatMul": matmul_rule, "Gemm": matmul_rule, "MatMulInteger": matmul_rule,
+    "MatMul": matmul_rule, "Gemm": matmul_rule, "MatMulInteger": quantized_matmul_rule(1, (2, 3)),
+    "QLinearMatMul": quantized_matmul_rule(3, (1, 2, 4, 5, 6, 7)),
     "RNN": recurrent_rule, "GRU": recurrent_rule, "LSTM": recurrent_rule, "Einsum": einsum_rule,
     "GridSample": grid_sample_rule,
     "If": control_flow_rule, "Loop": control_flow_rule, "Scan": control_flow_rule,

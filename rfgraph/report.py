@@ -85,7 +85,8 @@ def analysis_dict(analysis: Analysis, names: Iterable[str]) -> dict[str, Any]:
         "misaligned_merges": [
             {"node": m.node, "op": m.op, "output": m.output, "axis": analysis.axis_names[m.axis],
              "branches": [{"tensor": b.tensor, "S": number(b.S), "centre": numeric(Fraction(b.centre)),
-                           "centre_exact": number(Fraction(b.centre)), "r": b.r}
+                           "centre_exact": number(Fraction(b.centre)), "r": b.r,
+                           "phase_centres": [number(c) for c in b.phases]}
                           for b in m.branches]}
             for m in analysis.misaligned],
         "global_at": dict(analysis.global_at),
@@ -167,6 +168,13 @@ def _summary(analysis: Analysis) -> str:
 NOTE_LINES = 10  # misaligned merges and global nodes listed in a table; JSON lists them all
 
 
+def _phases(centres: tuple) -> str:
+    """After an upsampling, the centre of unit u minus u*S for each u mod q ('' for one phase)."""
+    if len(centres) < 2:
+        return ""
+    return f" centre-u*S by u mod {len(centres)}: {', '.join(str(number(c)) for c in centres)}"
+
+
 def _notes(analysis: Analysis) -> list[str]:
     """Misaligned merges and ops that mix all positions (the first NOTE_LINES of each), rules
     used, and stops, one line each."""
@@ -175,7 +183,8 @@ def _notes(analysis: Analysis) -> list[str]:
         misaligned.setdefault((m.node, m.axis), m)
     lines = []
     for m in list(misaligned.values())[:NOTE_LINES]:
-        br = "; ".join(f"{b.tensor}: S={number(b.S)} centre={number(b.centre)} r={b.r}" for b in m.branches)
+        br = "; ".join(f"{b.tensor}: S={number(b.S)} centre={number(b.centre)} r={b.r}{_phases(b.phases)}"
+                       for b in m.branches)
         lines.append(f"misaligned merge {m.node} ({m.op}) along {analysis.axis_names[m.axis]}: {br}")
     if len(misaligned) > NOTE_LINES:
         lines.append(f"... and {len(misaligned) - NOTE_LINES} more misaligned merges along an axis "

@@ -11,6 +11,8 @@ Two directions over the same per-edge spans from ``ops.OP_RULES``:
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -66,12 +68,30 @@ class Stop:
 
 @dataclass(frozen=True)
 class Branch:
-    """One input of a merge: its field's stride and centre offset (eq. 11 at unit 0)."""
+    """One input of a merge: its field's stride and centre offset (eq. 11 at unit 0); after an
+    upsampling, ``phases``: the centre of unit u minus u*S for each u mod q (two branches may
+    agree at unit 0 and differ at unit 1)."""
 
     tensor: str
     S: Rational
     centre: Fraction
     r: int
+    phases: tuple[Fraction, ...] = ()
+
+
+def _phase_centres(fields: Sequence[AxisField]) -> list[tuple[Fraction, ...]]:
+    """Per branch, the centre offset (centre of unit u minus u*S) of each phase of the merge's
+    common period (empty for fields with several strides or global ones)."""
+    spans = [f.spans[0] if len(f.spans) == 1 else None for f in fields]
+    q = math.lcm(*(sp.q for sp in spans if sp is not None)) if any(spans) else 1
+    out: list[tuple[Fraction, ...]] = []
+    for sp in spans:
+        if sp is None:
+            out.append(())
+            continue
+        e = sp.expanded(q)
+        out.append(tuple(Fraction(e.lo[t] + e.hi[t], 2) - Fraction(e.A * t, q) for t in range(q)))
+    return out
 
 
 @dataclass(slots=True)  # one per merge and axis of the pass: not frozen, a plain __init__ is cheaper
@@ -93,7 +113,9 @@ class Merge:
     @property
     def branches(self) -> tuple[Branch, ...]:
         """Each input's stride, centre offset at unit 0 (eq. 11) and size along the axis."""
-        return tuple(Branch(t, f.stride, f.centre(0), f.size()) for t, f in zip(self.inputs, self.fields))
+        phases = _phase_centres(self.fields)
+        return tuple(Branch(t, f.stride, f.centre(0), f.size(), p)
+                     for t, f, p in zip(self.inputs, self.fields, phases))
 
 
 @dataclass
@@ -305,7 +327,8 @@ def _check_alignment(result: PassResult, mg: ModelGraph, idx: int, out: OutTrans
 
 
 def _aligned(fields: Sequence[AxisField]) -> bool:
-    """All branches shift-invariant with the same stride and the same centre at every phase."""
+    """All branches shift-invariant with the same stride and the same centre at every phase, or
+    tiling each unit's block of S pixels (a space-to-depth: ``_tiles_blocks``)."""
     spans = [f.spans for f in fields]
     if any(len(s) != 1 for s in spans):
         return False
@@ -315,12 +338,27 @@ def _aligned(fields: Sequence[AxisField]) -> bool:
             return False
         if first.q == 1 and sp.q == 1:  # fast path: affine spans, one centre offset each
             if first.lo[0] + first.hi[0] != sp.lo[0] + sp.hi[0]:
-                return False
+                return _tiles_blocks([s for (s,) in spans])
             continue
         q = first.q * sp.q
         if first.expanded(q).centre_sums() != sp.expanded(q).centre_sums():
             return False
     return True
+
+
+def _tiles_blocks(spans: Sequence[Span]) -> bool:
+    """Affine branches of integer stride S whose regions, equally long and side by side, cover
+    exactly S pixels per unit: YOLOv5's Focus (four strided Slices + Concat) reads each 2x2
+    block once, as a 2x2 stride-2 conv does, so the merged field is a block centred on itself.
+    A branch nested in another (a 1x1/2 conv beside a 2x2/2 one, a query beside its window's
+    keys) keeps its own centre: misaligned, as eq. 13 says."""
+    S = spans[0].A
+    if S <= 1 or any(sp.q != 1 or sp.A != S for sp in spans):
+        return False
+    regions = sorted({(sp.lo[0], sp.hi[0]) for sp in spans})
+    length = regions[0][1] - regions[0][0]
+    tiled = all(b[0] == a[1] + 1 and b[1] - b[0] == length for a, b in itertools.pairwise(regions))
+    return tiled and regions[-1][1] - regions[0][0] + 1 == S
 
 
 def _count_lost(result: PassResult, blocked: dict[str, int]) -> None:

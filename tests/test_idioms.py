@@ -1,0 +1,252 @@
+"""Reshape idioms of real exports, tracked exactly: window partition and reverse (Swin, MaxViT),
+pixel_unshuffle written as Reshape + Transpose, bytes folded into channels, a ViT's class token.
+
+Tiny torch models exported with the TorchScript exporter; every unit's region of the checked
+tensors is compared with onnxruntime impulses (tests/impulses.py).  Each stopped before
+("Reshape ... splits a spatial axis across output dims").
+"""
+
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+from pathlib import Path
+
+import onnx
+import pytest
+
+import rfgraph
+from tests.impulses import check_tensor
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+F = torch.nn.functional
+
+
+def export(module: torch.nn.Module, shape: tuple[int, ...], opset: int = 17) -> onnx.ModelProto:
+    """The module exported to ONNX (input 'x', output 'y'), shapes inferred."""
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    torch.onnx.export(module.eval(), torch.randn(*shape), buf, dynamo=False, opset_version=opset,
+                      input_names=["x"], output_names=["y"])
+    return onnx.shape_inference.infer_shapes(onnx.load_from_string(buf.getvalue()))
+
+
+class WindowAttention(torch.nn.Module):
+    """Swin's window partition, attention inside each window, window reverse (NCHW in and out)."""
+
+    def __init__(self, ws: int = 2, c: int = 3) -> None:
+        super().__init__()
+        self.ws, self.q, self.k = ws, torch.nn.Linear(c, c), torch.nn.Linear(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        ws = self.ws
+        x = x.permute(0, 2, 3, 1)
+        win = x.reshape(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, c)
+        att = torch.softmax(self.q(win) @ self.k(win).transpose(1, 2), -1) @ win
+        out = att.reshape(b, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        return out.permute(0, 3, 1, 2)
+
+
+class PatchThenWindows(torch.nn.Module):
+    """A stem conv (3x3, stride 1) then window attention: the field is the window's hull of the
+    stem's fields, a periodic (non-affine) span."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.win = torch.nn.Conv2d(2, 3, 3, padding=1), WindowAttention(ws=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.win(self.stem(x))
+
+
+def test_window_partition_attention_reverse_is_local_and_exact() -> None:
+    """Each unit sees exactly its window (r = ws along each axis, S = 1), measured."""
+    proto = export(WindowAttention(), (1, 3, 8, 8))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    assert not a.stops and not a["y"].is_global
+    assert a["y"].r == (2, 2) and a["y"].S == (1, 1)
+    assert check_tensor(a, proto, "y") == 64
+
+
+def test_windows_after_a_stem_conv() -> None:
+    proto = export(PatchThenWindows(), (1, 2, 9, 9))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    assert not a.stops and a["y"].r == (5, 5)
+    assert check_tensor(a, proto, "y") == 81
+
+
+class UnshuffleByHand(torch.nn.Module):
+    """pixel_unshuffle(2) written as Reshape + Transpose + Reshape, then a 1x1 conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        y = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c * 4, h // 2, w // 2)
+        return self.conv(y)
+
+
+class Unshuffle(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(8, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pixel_unshuffle(x, 2))
+
+
+@pytest.mark.parametrize("module", [UnshuffleByHand, Unshuffle])
+def test_pixel_unshuffle_is_a_block(module: type) -> None:
+    """Like SpaceToDepth: unit u reads the block [2u, 2u+1] (then the conv's window)."""
+    proto = export(module(), (1, 2, 8, 8))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    want = (2, 2) if module is UnshuffleByHand else (6, 6)
+    assert not a.stops and a["y"].r == want and a["y"].S == (2, 2)
+    assert check_tensor(a, proto, "y") == 16
+
+
+class ByteFold(torch.nn.Module):
+    """A 1-D model reading 4 bytes per step: [N, L] -> [N, L/4, 4] -> channels -> Conv1d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv1d(4, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, length = x.shape
+        return self.conv(x.reshape(n, length // 4, 4).transpose(1, 2))
+
+
+def test_bytes_folded_into_channels() -> None:
+    proto = export(ByteFold(), (1, 32))
+    a = rfgraph.analyze(proto, layout="NL")
+    assert not a.stops and a["y"].r == (12,) and a["y"].S == (4,) and a["y"].P == (4,)
+    assert check_tensor(a, proto, "y") == 8
+
+
+class TinyViT(torch.nn.Module):
+    """Patch conv, flatten, class token, position embedding, one attention block, head."""
+
+    def __init__(self, c: int = 4, p: int = 4, n: int = 4) -> None:
+        super().__init__()
+        self.patch = torch.nn.Conv2d(2, c, p, stride=p)
+        self.cls = torch.nn.Parameter(torch.randn(1, 1, c))
+        self.pos = torch.nn.Parameter(torch.randn(1, 1 + n * n, c))
+        self.att = torch.nn.MultiheadAttention(c, 1, batch_first=True)
+        self.head = torch.nn.Linear(c, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], dim=1) + self.pos
+        t = t + self.att(t, t, t, need_weights=False)[0]
+        return self.head(t[:, 0])
+
+
+def test_vit_with_a_class_token_reaches_its_output() -> None:
+    """The stem is local (the patch: r = S = 4, measured); the class-token Concat and the
+    attention make the output global (measured: both ends of the input move it).  Stopped before."""
+    proto = export(TinyViT(), (1, 2, 16, 16))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    assert not a.stops and a["y"].is_global
+    stem = next(n for n in a.endpoints if a[n].op == "Conv")
+    assert a[stem].r == (4, 4) and a[stem].S == (4, 4)
+    check_tensor(a, proto, stem)
+    check_tensor(a, proto, "y")
+
+
+class Roll(torch.nn.Module):
+    """Swin's cyclic shift (torch.roll: Slice + Concat of two pieces of the same tensor)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.roll(x, shifts=(-1, -1), dims=(2, 3))
+
+
+def test_roll_is_an_upper_bound() -> None:
+    """A roll sends the border units to the far side: reported as the whole input, which holds
+    every measured dependency (stopped before)."""
+    proto = export(Roll(), (1, 1, 5, 5))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    assert not a.stops and a["y"].is_global
+
+
+class UpsampleMerge(torch.nn.Module):
+    """An FPN merge: a lateral 3x3 conv plus a stride-2 conv upsampled by nearest x2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down, self.lateral = torch.nn.Conv2d(2, 2, 3, stride=2, padding=1), torch.nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lateral(x) + F.interpolate(self.down(x), scale_factor=2, mode="nearest")
+
+
+def test_upsampling_merge_names_the_phases_that_differ(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """Both branches print S=1 and centre 0 at unit 0; what differs is the odd units' centre.
+    The printed centre offsets per phase are those measured on each branch (before: no phases)."""
+    from rfgraph.cli import main
+    from tests.impulses import dependencies, measured_hulls
+
+    proto = export(UpsampleMerge(), (1, 2, 12, 12))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    merge = next(m for m in a.misaligned if m.axis == 0)
+    for branch in merge.branches:
+        deps, _ = dependencies(proto, "x", branch.tensor, [2, 3])
+        for u in (4, 5):  # interior units, one per phase
+            lo, hi = measured_hulls(deps, 2, (slice(None), slice(None), u, 6))[0]
+            assert branch.phases[u % 2] == Fraction(lo + hi, 2) - u * branch.S
+    assert merge.branches[0].phases != merge.branches[1].phases
+    path = tmp_path / "up.onnx"
+    onnx.save(proto, str(path))
+    main(["analyze", str(path), "--layout", "NCHW"])
+    assert "centre-u*S by u mod 2: 0, -1" in capsys.readouterr().out
+
+
+class Focus(torch.nn.Module):
+    """YOLOv5's Focus: four strided Slices (a space-to-depth) concatenated, then a 1x1 conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(8, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1))
+
+
+def test_focus_is_an_aligned_block_like_a_2x2_stride_2_conv() -> None:
+    """Aligned (it was 'misaligned', and diagnose advised a padding change); its field is that
+    of a 2x2 stride-2 conv, unit by unit, and both match onnxruntime impulses."""
+    proto = export(Focus(), (1, 2, 8, 8))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    assert a.aligned and a["y"].aligned and not a.misaligned
+    conv_proto = export(torch.nn.Conv2d(2, 3, 2, stride=2), (1, 2, 8, 8))
+    conv = rfgraph.analyze(conv_proto, layout="NCHW")
+    assert (a["y"].boxes() == conv["y"].boxes()).all()
+    assert check_tensor(a, proto, "y") == 16
+    assert check_tensor(conv, conv_proto, "y") == 16
+    from rfgraph.diagnostics import alignment_fixes
+    assert alignment_fixes(a) == []
+
+
+class PatchMerging(torch.nn.Module):
+    """Swin's patch merging: each 2x2 block's rows folded into the channels, then LayerNorm and
+    a Linear over them: a block field (r = S = 2), not a global one."""
+
+    def __init__(self, c: int = 2) -> None:
+        super().__init__()
+        self.norm, self.proj = torch.nn.LayerNorm(4 * c), torch.nn.Linear(4 * c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        y = x.permute(0, 2, 3, 1).reshape(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5)
+        return self.proj(self.norm(y.reshape(b, h // 2, w // 2, 4 * c))).permute(0, 3, 1, 2)
+
+
+def test_patch_merging_is_a_block() -> None:
+    proto = export(PatchMerging(), (1, 2, 8, 8))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    assert not a.stops and a["y"].r == (2, 2) and a["y"].S == (2, 2) and not a["y"].is_global
+    assert check_tensor(a, proto, "y") == 16
