@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import onnx
@@ -458,10 +459,11 @@ def test_size_scan_records_sizes_where_an_end_point_has_no_units() -> None:
     assert d.sizes is not None
     by_size = {p.size: p for p in d.sizes.points}
     assert len(simulate(4, layers)[-1]) == 0
-    assert by_size[4].covers is None and "no units" in by_size[4].error
+    # the size validation (or the end point check behind it) names the vanishing map
+    assert by_size[4].covers is None and re.search("no (output )?units?", by_size[4].error or "")
     assert all(p.covers is not None for n, p in by_size.items() if len(simulate(n, layers)[-1]) > 0)
     text = render_diagnosis(d)
-    assert "4: " in text and "no units" in text
+    assert "4: " in text and re.search("no (output )?units?", text)
 
 
 def render_diagnosis(d: D.Diagnosis) -> str:
