@@ -4,6 +4,7 @@
     model_zoo.available()                      # names
     model = model_zoo.build("resnet_v1_50")    # onnx.ModelProto
     model = model_zoo.build("resnet_v1_50:size=321,width=0.25")
+    model_zoo.GRF_BENCHMARK                    # the 19 rf_benchmark configurations (names as GRF's)
     model = model_zoo.build("luo_conv_relu_20")   # any n: luo_conv_{uniform|random|relu|tanh|sigmoid}_{n}
     model_zoo.endpoints(model)                 # end-point tensor names, the last is the output
 
@@ -25,6 +26,7 @@ from . import luo, slim, torchstyle, vit
 from .builder import GraphBuilder
 
 __all__ = [
+    "GRF_BENCHMARK",
     "SLIM_MODELS",
     "GraphBuilder",
     "ZooEntry",
@@ -50,7 +52,7 @@ class ZooEntry:
 
 def _registry() -> dict[str, ZooEntry]:
     reg: dict[str, ZooEntry] = {}
-    for name, fn in slim.SLIM_BUILDERS.items():
+    for name, fn in {**slim.SLIM_BUILDERS, **slim.GRF_EXTRA_BUILDERS}.items():
         reg[name] = ZooEntry(name, fn, "tf-slim", f"TF-slim {name} to its final end point")
     for act in ("uniform", "random"):
         for n in (5, 10, 20, 40):
@@ -93,6 +95,9 @@ def _luo_stack_entry(kind: str, n: int) -> ZooEntry:
 
 REGISTRY = _registry()
 SLIM_MODELS: tuple[str, ...] = tuple(slim.SLIM_BUILDERS)
+"""The twelve TF-slim nets of Araujo et al.'s table."""
+GRF_BENCHMARK: tuple[str, ...] = slim.GRF_BENCHMARK
+"""The nineteen TF-slim configurations of the receptive_field library's rf_benchmark."""
 
 
 def available() -> list[str]:

@@ -1,7 +1,13 @@
-"""The twelve TF-slim networks of Araujo et al.'s table, layer by layer, as tf2onnx would write them.
+"""The TF-slim networks of the ``receptive_field`` library's rf_benchmark, as tf2onnx would write them.
+
+The nineteen configurations of rf_benchmark (``GRF_BENCHMARK``): the twelve of Araujo et al.'s
+table (``SLIM_BUILDERS``) plus vgg_a, resnet_v2_50/101/152/200, inception_v2 without separable
+convolution and inception_resnet_v2 with ``align_feature_maps=True`` (named as rf_benchmark names
+them: ``inception_v2-no-separable-conv``, ``inception_resnet_v2-same``).
 
 Each builder follows the TF-slim definition (``nets/alexnet.py``, ``vgg.py``, ``mobilenet_v1.py``,
-``resnet_v1.py`` + ``resnet_utils.py``, ``inception_v2/v3/v4.py``, ``inception_resnet_v2.py``):
+``resnet_v1.py``, ``resnet_v2.py`` + ``resnet_utils.py``, ``inception_v2/v3/v4.py``,
+``inception_resnet_v2.py``):
 kernel, stride, padding mode and branch structure of every layer, up to the *final end point*
 the ``receptive_field`` library's ``rf_benchmark.py`` analyses (the ``*_base`` functions, or the
 classifier with ``num_classes=None, global_pool=False``).  Intermediate end points are tensors
@@ -28,6 +34,7 @@ TF's NHWC input followed by the Transpose tf2onnx inserts otherwise.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .builder import GraphBuilder, IntOrTuple, Padding, conv2d_same_pads
 
@@ -50,14 +57,14 @@ class Slim:
                         name=None if act else name)
         return self.b.activation(y, self.act, name=name) if act else y
 
-    def conv2d_same(self, x: str, d: int, k: int, stride: int, rate: int = 1,
+    def conv2d_same(self, x: str, d: int, k: int, stride: int, rate: int = 1, act: bool = True,
                     name: str | None = None) -> str:
         """resnet_utils.conv2d_same: SAME conv if stride 1, else explicit Pad + VALID conv."""
         if stride == 1:
-            return self.conv(x, d, k, 1, "SAME", rate=rate, name=name)
+            return self.conv(x, d, k, 1, "SAME", rate=rate, act=act, name=name)
         p = conv2d_same_pads(k, rate)
         x = self.b.pad(x, [p, p])
-        return self.conv(x, d, k, stride, "VALID", rate=rate, name=name)
+        return self.conv(x, d, k, stride, "VALID", rate=rate, act=act, name=name)
 
     def max_pool(self, x: str, k: int, stride: int = 2, padding: Padding = "VALID",
                  name: str | None = None) -> str:
@@ -114,19 +121,40 @@ def alexnet_v2(size: int = 224, width: float = 0.125, same_mode: str = "explicit
     return _finish(b, [ep(n) for n in names], size)
 
 
-def vgg_16(size: int = 224, width: float = 0.125, same_mode: str = "explicit",
-           seed: int = 0, layout: str = "NCHW") -> GraphBuilder:
-    """vgg_16 (configuration D) to pool5: 3x3 SAME convs, 2x2/2 VALID max pools."""
-    b, s = _start("vgg_16", size, width, same_mode, seed, layout)
+VGG_GROUPS: dict[str, tuple[tuple[int, int], ...]] = {
+    "vgg_a": ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512)),            # configuration A
+    "vgg_16": ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512)),           # configuration D
+}
+"""(convs, depth) of each group of 3x3 'SAME' convs, each group followed by a 2x2/2 max pool."""
+
+VGG_CONV_ENDPOINTS = ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "conv4_1", "conv4_2", "conv5_1",
+                      "conv5_2")
+"""The conv end points rf_benchmark lists for both VGGs (every conv of vgg_a; not vgg_16's last ones)."""
+
+
+def vgg(name: str = "vgg_16", size: int = 224, width: float = 0.125, same_mode: str = "explicit",
+        seed: int = 0, layout: str = "NCHW") -> GraphBuilder:
+    """vgg_a / vgg_16 to pool5: 3x3 SAME convs, 2x2/2 VALID max pools (``VGG_GROUPS``)."""
+    b, s = _start(name, size, width, same_mode, seed, layout)
     x, eps = s.x0, []
-    for i, (n, d) in enumerate([(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)], start=1):
+    for i, (n, d) in enumerate(VGG_GROUPS[name], start=1):
         for j in range(1, n + 1):
-            x = s.conv(x, d, 3, name=f"vgg_16/conv{i}/conv{i}_{j}")
-            if j < n:  # the table lists every conv but the last of each group
+            x = s.conv(x, d, 3, name=f"{name}/conv{i}/conv{i}_{j}")
+            if f"conv{i}_{j}" in VGG_CONV_ENDPOINTS:
                 eps.append(x)
-        x = s.max_pool(x, 2, 2, name=f"vgg_16/pool{i}")
+        x = s.max_pool(x, 2, 2, name=f"{name}/pool{i}")
         eps.append(x)
     return _finish(b, eps, size)
+
+
+def vgg_16(**kw: Any) -> GraphBuilder:
+    """vgg_16 (configuration D) to pool5."""
+    return vgg("vgg_16", **kw)
+
+
+def vgg_a(**kw: Any) -> GraphBuilder:
+    """vgg_a (configuration A, 8 convs) to pool5."""
+    return vgg("vgg_a", **kw)
 
 
 # ------------------------------------------------------------------------------------ MobileNet v1
@@ -152,45 +180,78 @@ def mobilenet_v1(size: int = 224, width: float = 0.125, depth_multiplier: float 
     return _finish(b, eps, size)
 
 
-# ------------------------------------------------------------------------------------ ResNet v1
-RESNET_V1_UNITS: dict[int, tuple[int, int, int, int]] = {
+# ------------------------------------------------------------------------------------ ResNet v1, v2
+RESNET_UNITS: dict[int, tuple[int, int, int, int]] = {
     50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
+"""Bottleneck units per block of resnet_v1_N and resnet_v2_N (the same for both versions)."""
+
+Unit = Callable[[GraphBuilder, Slim, str, int, int, int], str]
 
 
-def _bottleneck_v1(b: GraphBuilder, s: Slim, x: str, depth: int, bottleneck: int, stride: int,
-                   name: str | None) -> str:
-    """resnet_v1.bottleneck: shortcut (subsample or 1x1/stride conv) + 1x1, 3x3 conv2d_same, 1x1."""
+def _shortcut(b: GraphBuilder, s: Slim, x: str, conv_input: str, depth: int, stride: int) -> str:
+    """Bottleneck shortcut: ``x`` subsampled (1x1/stride max pool, resnet_utils.subsample) when
+    the depth is kept, else a 1x1/stride conv (no activation) of ``conv_input``."""
     if s.depth(depth) == b.channels(x):
-        shortcut = x if stride == 1 else s.max_pool(x, 1, stride, "SAME")  # resnet_utils.subsample
-    else:
-        shortcut = s.conv(x, depth, 1, stride, act=False)
+        return x if stride == 1 else s.max_pool(x, 1, stride, "SAME")
+    return s.conv(conv_input, depth, 1, stride, act=False)
+
+
+def _bottleneck_v1(b: GraphBuilder, s: Slim, x: str, depth: int, bottleneck: int,
+                   stride: int) -> str:
+    """resnet_v1.bottleneck: shortcut + 1x1, 3x3 conv2d_same (stride), 1x1; ReLU of the sum."""
+    shortcut = _shortcut(b, s, x, x, depth, stride)
     r = s.conv(x, bottleneck, 1)
     r = s.conv2d_same(r, bottleneck, 3, stride)
     r = s.conv(r, depth, 1, act=False)
-    return b.relu(b.add(shortcut, r), name=name)
+    return b.relu(b.add(shortcut, r))
+
+
+def _bottleneck_v2(b: GraphBuilder, s: Slim, x: str, depth: int, bottleneck: int,
+                   stride: int) -> str:
+    """resnet_v2.bottleneck (pre-activation): BN+ReLU 'preact' feeds the convs and a projection
+    shortcut; 1x1, 3x3 conv2d_same (stride), 1x1; the sum is not activated."""
+    preact = b.relu(b.batchnorm(x))
+    shortcut = _shortcut(b, s, x, preact, depth, stride)
+    r = s.conv(preact, bottleneck, 1)
+    r = s.conv2d_same(r, bottleneck, 3, stride)
+    r = s.conv(r, depth, 1, act=False)
+    return b.add(shortcut, r)
+
+
+def _resnet(name: str, depth: int, unit: Unit, root_act: bool, size: int, width: float,
+            same_mode: str, seed: int, layout: str) -> GraphBuilder:
+    """resnet_vX_N (num_classes=None, global_pool=False, resnet_arg_scope) to block4.
+
+    Root: conv2d_same 7x7/2 (not activated in v2), max_pool 3x3/2 'SAME'.  Blocks 1-3 stride 2
+    *in their last unit* (slim's convention, see resnet_utils), block4 stride 1; each block's end
+    point is its last unit's output (resnet_v2's 'postnorm' after block4 is no end point).
+    """
+    b, s = _start(name, size, width, same_mode, seed, layout)
+    x = s.conv2d_same(s.x0, 64, 7, 2, act=root_act)
+    x = s.max_pool(x, 3, 2, "SAME")
+    eps = []
+    for i, (units, base, stride) in enumerate(zip(RESNET_UNITS[depth], (64, 128, 256, 512),
+                                                   (2, 2, 2, 1)), start=1):
+        for u in range(units):
+            with b.scope(f"{name}/block{i}/unit_{u + 1}"):
+                x = unit(b, s, x, 4 * base, base, stride if u == units - 1 else 1)
+        x = b.identity(x, name=f"{name}/block{i}")
+        eps.append(x)
+    return _finish(b, eps, size)
 
 
 def resnet_v1(depth: int = 50, size: int = 224, width: float = 0.125, same_mode: str = "explicit",
               seed: int = 0, layout: str = "NCHW") -> GraphBuilder:
-    """resnet_v1_N (num_classes=None, global_pool=False) to block4.
+    """resnet_v1_N to block4 (post-activation bottlenecks, see ``_resnet``)."""
+    return _resnet(f"resnet_v1_{depth}", depth, _bottleneck_v1, True, size, width, same_mode,
+                   seed, layout)
 
-    Root: conv2d_same 7x7/2, max_pool 3x3/2 'SAME'.  Blocks 1-3 stride 2 *in their last unit*
-    (slim's convention, see resnet_utils), block4 stride 1.
-    """
-    name = f"resnet_v1_{depth}"
-    b, s = _start(name, size, width, same_mode, seed, layout)
-    x = s.conv2d_same(s.x0, 64, 7, 2)
-    x = s.max_pool(x, 3, 2, "SAME")
-    eps = []
-    for i, (units, base, stride) in enumerate(zip(RESNET_V1_UNITS[depth], (64, 128, 256, 512),
-                                                   (2, 2, 2, 1)), start=1):
-        for u in range(units):
-            last = u == units - 1
-            with b.scope(f"{name}/block{i}/unit_{u + 1}"):
-                x = _bottleneck_v1(b, s, x, 4 * base, base, stride if last else 1, None)
-        x = b.identity(x, name=f"{name}/block{i}")
-        eps.append(x)
-    return _finish(b, eps, size)
+
+def resnet_v2(depth: int = 50, size: int = 224, width: float = 0.125, same_mode: str = "explicit",
+              seed: int = 0, layout: str = "NCHW") -> GraphBuilder:
+    """resnet_v2_N to block4 (pre-activation bottlenecks, see ``_resnet``)."""
+    return _resnet(f"resnet_v2_{depth}", depth, _bottleneck_v2, False, size, width, same_mode,
+                   seed, layout)
 
 
 # ------------------------------------------------------------------------------------ Inception
@@ -212,12 +273,19 @@ def _mixed(b: GraphBuilder, x: str, name: str, branches: Sequence[Branch]) -> st
 
 
 def inception_v2(size: int = 224, width: float = 0.125, same_mode: str = "explicit",
-                 seed: int = 0, layout: str = "NCHW") -> GraphBuilder:
-    """inception_v2_base to Mixed_5c (separable 7x7/2 root, all layers 'SAME')."""
-    b, s = _start("inception_v2", size, width, same_mode, seed, layout)
+                 seed: int = 0, layout: str = "NCHW", use_separable_conv: bool = True
+                 ) -> GraphBuilder:
+    """inception_v2_base to Mixed_5c (7x7/2 root, separable unless ``use_separable_conv`` is
+    False; all layers 'SAME')."""
+    name = "inception_v2" if use_separable_conv else "inception_v2-no-separable-conv"
+    b, s = _start(name, size, width, same_mode, seed, layout)
     eps = []
-    mult = min(int(s.depth(64) / 3), 8) or 1
-    x = s.separable(s.x0, 64, 7, 2, mult, name="Conv2d_1a_7x7"); eps.append(x)
+    if use_separable_conv:
+        mult = min(int(s.depth(64) / 3), 8) or 1
+        x = s.separable(s.x0, 64, 7, 2, mult, name="Conv2d_1a_7x7")
+    else:
+        x = s.conv(s.x0, 64, 7, 2, name="Conv2d_1a_7x7")
+    eps.append(x)
     x = s.max_pool(x, 3, 2, "SAME", name="MaxPool_2a_3x3"); eps.append(x)
     x = s.conv(x, 64, 1, name="Conv2d_2b_1x1"); eps.append(x)
     x = s.conv(x, 192, 3, name="Conv2d_2c_3x3"); eps.append(x)
@@ -251,15 +319,16 @@ def inception_v2(size: int = 224, width: float = 0.125, same_mode: str = "explic
     return _finish(b, eps, size)
 
 
-def _inception_v3_stem(b: GraphBuilder, s: Slim, eps: Endpoints) -> str:
-    """Stem shared by inception_v3 and inception_resnet_v2 (align_feature_maps=False)."""
-    x = s.conv(s.x0, 32, 3, 2, "VALID", name="Conv2d_1a_3x3"); eps.append(x)
-    x = s.conv(x, 32, 3, 1, "VALID", name="Conv2d_2a_3x3"); eps.append(x)
+def _inception_v3_stem(b: GraphBuilder, s: Slim, eps: Endpoints, padding: str = "VALID") -> str:
+    """Stem shared by inception_v3 and inception_resnet_v2; ``padding`` of every layer but
+    Conv2d_2b_3x3 ('SAME' in inception_resnet_v2 with align_feature_maps=True)."""
+    x = s.conv(s.x0, 32, 3, 2, padding, name="Conv2d_1a_3x3"); eps.append(x)
+    x = s.conv(x, 32, 3, 1, padding, name="Conv2d_2a_3x3"); eps.append(x)
     x = s.conv(x, 64, 3, name="Conv2d_2b_3x3"); eps.append(x)
-    x = s.max_pool(x, 3, 2, "VALID", name="MaxPool_3a_3x3"); eps.append(x)
-    x = s.conv(x, 80, 1, 1, "VALID", name="Conv2d_3b_1x1"); eps.append(x)
-    x = s.conv(x, 192, 3, 1, "VALID", name="Conv2d_4a_3x3"); eps.append(x)
-    x = s.max_pool(x, 3, 2, "VALID", name="MaxPool_5a_3x3"); eps.append(x)
+    x = s.max_pool(x, 3, 2, padding, name="MaxPool_3a_3x3"); eps.append(x)
+    x = s.conv(x, 80, 1, 1, padding, name="Conv2d_3b_1x1"); eps.append(x)
+    x = s.conv(x, 192, 3, 1, padding, name="Conv2d_4a_3x3"); eps.append(x)
+    x = s.max_pool(x, 3, 2, padding, name="MaxPool_5a_3x3"); eps.append(x)
     return x
 
 
@@ -377,11 +446,15 @@ def _in_scope(b: GraphBuilder, scope: str, fn: Branch, x: str) -> str:
 
 
 def inception_resnet_v2(size: int = 299, width: float = 0.125, same_mode: str = "explicit",
-                        seed: int = 0, layout: str = "NCHW") -> GraphBuilder:
-    """inception_resnet_v2_base (align_feature_maps=False, output_stride=16) to Conv2d_7b_1x1."""
-    b, s = _start("inception_resnet_v2", size, width, same_mode, seed, layout)
+                        seed: int = 0, layout: str = "NCHW", align_feature_maps: bool = False
+                        ) -> GraphBuilder:
+    """inception_resnet_v2_base (output_stride=16) to Conv2d_7b_1x1.  The stem and the stride-2
+    reductions are 'VALID', or 'SAME' with ``align_feature_maps`` (rf_benchmark's '-same')."""
+    name = "inception_resnet_v2-same" if align_feature_maps else "inception_resnet_v2"
+    b, s = _start(name, size, width, same_mode, seed, layout)
+    pad = "SAME" if align_feature_maps else "VALID"
     eps: Endpoints = []
-    x = _inception_v3_stem(b, s, eps)
+    x = _inception_v3_stem(b, s, eps, pad)
     x = _mixed(b, x, "Mixed_5b", [
         lambda t: s.conv(t, 96, 1),
         lambda t: _chain(s, t, [(48, 1), (64, 5)]),
@@ -393,19 +466,19 @@ def inception_resnet_v2(size: int = 299, width: float = 0.125, same_mode: str = 
             lambda t: _chain(s, t, [(32, 1), (32, 3)]),
             lambda t: _chain(s, t, [(32, 1), (48, 3), (64, 3)])], 0.17)
     x = _mixed(b, x, "Mixed_6a", [
-        lambda t: s.conv(t, 384, 3, 2, "VALID"),
-        lambda t: _chain(s, t, [(256, 1), (256, 3), (384, 3, 2, "VALID")]),
-        lambda t: s.max_pool(t, 3, 2, "VALID")]); eps.append(x)
+        lambda t: s.conv(t, 384, 3, 2, pad),
+        lambda t: _chain(s, t, [(256, 1), (256, 3), (384, 3, 2, pad)]),
+        lambda t: s.max_pool(t, 3, 2, pad)]); eps.append(x)
     for i in range(20):
         x = _residual(b, s, x, f"Repeat_1/block17_{i + 1}", [
             lambda t: s.conv(t, 192, 1),
             lambda t: _chain(s, t, [(128, 1), (160, (1, 7)), (192, (7, 1))])], 0.10)
     x = b.identity(x, name="PreAuxLogits"); eps.append(x)
     x = _mixed(b, x, "Mixed_7a", [
-        lambda t: _chain(s, t, [(256, 1), (384, 3, 2, "VALID")]),
-        lambda t: _chain(s, t, [(256, 1), (288, 3, 2, "VALID")]),
-        lambda t: _chain(s, t, [(256, 1), (288, 3), (320, 3, 2, "VALID")]),
-        lambda t: s.max_pool(t, 3, 2, "VALID")]); eps.append(x)
+        lambda t: _chain(s, t, [(256, 1), (384, 3, 2, pad)]),
+        lambda t: _chain(s, t, [(256, 1), (288, 3, 2, pad)]),
+        lambda t: _chain(s, t, [(256, 1), (288, 3), (320, 3, 2, pad)]),
+        lambda t: s.max_pool(t, 3, 2, pad)]); eps.append(x)
     for i in range(10):
         x = _residual(b, s, x, f"Repeat_2/block8_{i + 1}" if i < 9 else "Block8", [
             lambda t: s.conv(t, 192, 1),
@@ -429,3 +502,23 @@ SLIM_BUILDERS: dict[str, Callable[..., GraphBuilder]] = {
     "inception_resnet_v2": inception_resnet_v2,
 }
 """The twelve networks of Araujo et al.'s table, in the table's order of rows by family."""
+
+
+GRF_EXTRA_BUILDERS: dict[str, Callable[..., GraphBuilder]] = {
+    "vgg_a": vgg_a,
+    "resnet_v2_50": lambda **kw: resnet_v2(50, **kw),
+    "resnet_v2_101": lambda **kw: resnet_v2(101, **kw),
+    "resnet_v2_152": lambda **kw: resnet_v2(152, **kw),
+    "resnet_v2_200": lambda **kw: resnet_v2(200, **kw),
+    "inception_v2-no-separable-conv": lambda **kw: inception_v2(use_separable_conv=False, **kw),
+    "inception_resnet_v2-same": lambda **kw: inception_resnet_v2(align_feature_maps=True, **kw),
+}
+"""The seven other configurations of the receptive_field library's rf_benchmark, named as it
+names them."""
+
+GRF_BENCHMARK: tuple[str, ...] = (
+    "alexnet_v2", "vgg_a", "vgg_16", "inception_v2", "inception_v2-no-separable-conv",
+    "inception_v3", "inception_v4", "inception_resnet_v2", "inception_resnet_v2-same",
+    "mobilenet_v1", "mobilenet_v1_075", "resnet_v1_50", "resnet_v1_101", "resnet_v1_152",
+    "resnet_v1_200", "resnet_v2_50", "resnet_v2_101", "resnet_v2_152", "resnet_v2_200")
+"""The nineteen rf_benchmark configurations, in the order of its table (RECEPTIVE_FIELD_TABLE.md)."""

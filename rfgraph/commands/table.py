@@ -7,8 +7,13 @@ never stored in the package.  Without a reference the table still prints, with n
 
 Reference CSV: ``#`` lines are comments; columns ``model, r, S, P`` and optionally ``end_point``
 (rows without it are the model's final end point) and ``resolution`` (rows with it apply only
-to models built at that input size).  Values ``None``/empty mean "not published": the verdict then
-compares only the published quantities (e.g. a paper that gives r alone).
+to models built at that input size; ``None``/empty: any size, as the receptive_field library's
+rows at unknown resolution).  Values ``None``/empty mean "not published": the verdict then
+compares only the published quantities (e.g. a paper that gives r alone, or P = None).
+
+``--models`` takes zoo names or the sets ``slim`` (the twelve nets of Araujo et al., the
+default), ``grf`` (the nineteen configurations of the library's rf_benchmark) and ``all``;
+``--size`` builds each model at the given input sizes (``name:size=N``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ EXAMPLES = """examples:
   rfgraph table                                   the twelve TF-slim networks, final end points
   rfgraph table --endpoints --format markdown     every end point (resnet blocks, mixed layers)
   rfgraph table --models resnet_v1_50 resnet_v1_50:size=321 torch_resnet50
+  rfgraph table --models grf --endpoints --size 224 321 --reference grf_rf_benchmark.csv
   rfgraph table --reference my_numbers.csv --fail-on-differ
 
 exit codes: 0 table printed; 1 --fail-on-differ and some row differs from the reference;
@@ -63,8 +69,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "compare with published numbers read from a reference CSV.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", metavar="NAME", default=None,
-                   help="zoo names, optionally NAME:key=value,...; 'all' for every zoo model "
-                        "(default: the twelve TF-slim nets)")
+                   help="zoo names, optionally NAME:key=value,...; 'slim' for the twelve TF-slim "
+                        "nets (default), 'grf' for the nineteen rf_benchmark configurations, "
+                        "'all' for every zoo model")
+    p.add_argument("--size", nargs="+", type=int, metavar="N", default=None,
+                   help="build each model at input size N x N (one set of rows per size; default: "
+                        "each model's own size, or the size=N in its name)")
     p.add_argument("--endpoints", action="store_true",
                    help="one row per intermediate end point (resnet blocks, inception mixed layers)")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
@@ -76,18 +86,47 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import model_zoo
-
     ref_path = None if args.no_reference else (args.reference or default_reference())
     if args.reference is not None and not args.no_reference and not args.reference.is_file():
         raise RFGraphError(f"--reference {args.reference}: file not found")
     reference = load_reference(ref_path) if ref_path else {}
-    names = args.models or list(model_zoo.SLIM_MODELS)
-    if names == ["all"]:
-        names = model_zoo.available()
+    names = model_names(args.models or ["slim"], args.size)
     rows = [row for name in names for row in model_rows(name, reference, args.endpoints)]
     print(render(rows, args.format, ref_path))
     return 1 if args.fail_on_differ and any(r.verdict.startswith("differ") for r in rows) else 0
+
+
+def model_sets() -> dict[str, list[str]]:
+    """Names ``--models`` expands: the Araujo twelve, the rf_benchmark nineteen, every zoo model."""
+    import model_zoo
+
+    return {"slim": list(model_zoo.SLIM_MODELS), "grf": list(model_zoo.GRF_BENCHMARK),
+            "all": model_zoo.available()}
+
+
+def model_names(requested: Sequence[str], sizes: Sequence[int] | None) -> list[str]:
+    """Zoo names to build: sets expanded, then each name once per ``--size`` (``name:size=N``)."""
+    sets = model_sets()
+    names = [n for name in requested for n in sets.get(name, [name])]
+    if not sizes:
+        return names
+    bad = [n for n in sizes if n < 1]
+    if bad:
+        raise RFGraphError(f"--size {bad[0]}: an input size is a positive integer")
+    clash = [n for n in names if "size" in _params(n)]
+    if clash:
+        raise RFGraphError(f"model '{clash[0]}' sets its size; drop --size or the size= parameter")
+    return [f"{n}{',' if ':' in n else ':'}size={size}" for n in names for size in sizes]
+
+
+def _params(name: str) -> dict[str, Any]:
+    """The ``key=value`` parameters of a zoo name (a usage error when malformed)."""
+    import model_zoo
+
+    try:
+        return model_zoo.parse_params(name)
+    except ValueError as exc:
+        raise RFGraphError(str(exc)) from None
 
 
 def default_reference() -> Path | None:
