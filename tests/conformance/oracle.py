@@ -130,7 +130,11 @@ def _compare_outputs(case: Case, a) -> Verdict:
             moved = measured_dependencies(case, out.name, x)
         except Exception as exc:  # noqa: BLE001 - onnxruntime refuses the model: no measurement
             return Verdict("refused", f"onnxruntime: {exc}".splitlines()[0])
-        v = _compare(ep, moved, sizes)
+        shape = next(iter(moved.values())).shape
+        if tuple(ep.shape) != shape:
+            v = Verdict("UNSOUND", f"'{out.name}' has shape {shape}, analysed as {tuple(ep.shape)}")
+        else:
+            v = _compare(ep, moved, sizes)
         if TRF_CLASSES.index(v.verdict) > TRF_CLASSES.index(worst.verdict):
             worst = v
     if worst.verdict == "loose" and case.op not in ROUTING_OPS:
