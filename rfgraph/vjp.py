@@ -38,8 +38,10 @@ MIN_OPSET = 17  # LayerNormalization, ScatterElements(add), Split/ReduceSum with
 NON_DIFFERENTIABLE = frozenset({
     "Shape", "Size", "NonZero", "ArgMax", "ArgMin", "Equal", "Greater", "GreaterOrEqual", "Less",
     "LessOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf", "ConstantOfShape", "EyeLike",
-    "RandomNormalLike", "RandomUniformLike", "Floor", "Ceil", "Round", "Sign", "TopK",
+    "RandomNormalLike", "RandomUniformLike", "Floor", "Ceil", "Round", "Sign",
 })
+# Outputs of differentiable ops that are indices, not values (no gradient flows through them)
+INDEX_OUTPUTS = {"MaxPool": 1, "TopK": 1}
 FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16,
                          TensorProto.BFLOAT16})
 
@@ -576,6 +578,15 @@ def _max_pool(b: Builder, n: NodeView, gys: list) -> Grads:
     return [b.reshape(flat, xs)]
 
 
+def _top_k(b: Builder, n: NodeView, gys: list) -> Grads:
+    """TopK values: scatter-add the gradient back to the selected positions (the forward
+    node's Indices output) along the TopK axis; k is not differentiable."""
+    xs = b.shape(n.inputs[0])
+    g = b.op("ScatterElements", b.op("Expand", b.zeros([]), b.ints(xs)), n.node.output[1], gys[0],
+             axis=n.attr_int("axis", -1) % len(xs), reduction="add")
+    return [_set_shape(b, g, n.inputs[0]), None]
+
+
 def _pool_divisor(xs: Sequence[int], ys: Sequence[int], kernel: Sequence[int],
                   strides: Sequence[int], dil: Sequence[int], pb: Sequence[int],
                   pe: Sequence[int], include_pad: bool) -> np.ndarray:
@@ -813,6 +824,13 @@ def _resize_matrix(n: NodeView, b: Builder, axis: int) -> np.ndarray:
                              if k not in ("axes", "keep_aspect_ratio_policy")}
     scales = b.value(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] else None
     inits = []
+    roi = b.value(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] else None
+    if roi is not None and roi.size and attrs.get("coordinate_transformation_mode") in ("tf_crop_and_resize", b"tf_crop_and_resize"):
+        axes = n.attr_ints("axes") or list(range(len(xs)))
+        half = roi.size // 2
+        at = [int(a) % len(xs) for a in axes].index(axis) if axis in [int(a) % len(xs) for a in axes] else None
+        start, end = (roi[at], roi[half + at]) if at is not None else (0.0, 1.0)
+        inits.append(numpy_helper.from_array(np.array([0.0, start, 1.0, end], np.float32), "roi"))
     if scales is not None and scales.size:
         full = np.ones(len(xs), dtype=np.float32)
         axes = n.attr_ints("axes") or list(range(len(xs)))
@@ -823,6 +841,8 @@ def _resize_matrix(n: NodeView, b: Builder, axis: int) -> np.ndarray:
     else:
         inits.append(numpy_helper.from_array(np.array([size_in, size_out], np.int64), "sizes"))
         ins = ["x", "", "", "sizes"]
+    if len(inits) == 2:  # the crop's region of interest along this axis
+        ins[1] = "roi"
     node = helper.make_node("Resize", ins, ["y"], **attrs)
     graph = helper.make_graph([node], "resize_matrix",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size_in, size_in])],
@@ -830,6 +850,8 @@ def _resize_matrix(n: NodeView, b: Builder, axis: int) -> np.ndarray:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
     sess = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
     (y,) = sess.run(None, {"x": np.eye(size_in, dtype=np.float32)})
+    (offset,) = sess.run(None, {"x": np.zeros((size_in, size_in), np.float32)})  # extrapolation_value
+    y = y - offset
     if y.shape != (size_in, size_out):
         raise UnsupportedOpError(n.name, "Resize", "could not measure the resize along one axis")
     return y.T.astype(np.float64)  # (out, in): y = M x
@@ -1056,7 +1078,7 @@ VJP_RULES: dict[str, Rule] = {
     "Add": _add, "Sum": _add, "Mean": _mean, "Sub": _sub, "Mul": _mul, "Div": _div,
     "Expand": _expand, "Where": _where,
     "Conv": _conv, "ConvTranspose": _conv_transpose,
-    "MaxPool": _max_pool, "AveragePool": _average_pool, "GlobalAveragePool": _global_average_pool,
+    "MaxPool": _max_pool, "TopK": _top_k, "AveragePool": _average_pool, "GlobalAveragePool": _global_average_pool,
     "ReduceSum": _reduce_sum, "ReduceMean": _reduce_sum,
     "Pad": _pad, "Slice": _slice, "Gather": _gather, "Concat": _concat, "Split": _split,
     "Resize": _resize, "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth,
@@ -1187,12 +1209,18 @@ def _measure_shapes(model: onnx.ModelProto, input_name: str, names: list[str],
         if name not in known:
             elem = dtypes.get(name, 0) or TensorProto.FLOAT
             probe.graph.output.append(helper.make_tensor_value_info(name, elem, None))
-    sess = ort.InferenceSession(probe.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
-    feeds = {}
-    for i in sess.get_inputs():
-        dt = helper.tensor_dtype_to_np_dtype(dtypes.get(i.name, TensorProto.FLOAT))
-        feeds[i.name] = np.zeros(i.shape, dtype=dt)
-    values = sess.run(names, feeds)
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), session_options(),
+                                    providers=["CPUExecutionProvider"])
+        feeds = {}
+        for i in sess.get_inputs():
+            dt = helper.tensor_dtype_to_np_dtype(dtypes.get(i.name, TensorProto.FLOAT))
+            feeds[i.name] = np.zeros(i.shape, dtype=dt)
+        values = sess.run(names, feeds)
+    except Exception as exc:  # onnxruntime's own load/run errors have no common base class
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VJPError(f"onnxruntime could not run the model to measure its tensor shapes: {why}; "
+                       f"{FD_HINT}") from exc
     return {n: tuple(v.shape) for n, v in zip(names, values)}
 
 
@@ -1244,7 +1272,7 @@ def active_tensors(model: onnx.ModelProto, input_name: str, dtypes: dict[str, in
         if node.op_type in NON_DIFFERENTIABLE or not any(i in active for i in node.input if i):
             continue
         for i, out in enumerate(node.output):
-            if node.op_type == "MaxPool" and i == 1:
+            if INDEX_OUTPUTS.get(node.op_type) == i:
                 continue
             if out and dtypes.get(out, TensorProto.FLOAT) in FLOAT_TYPES:
                 active.add(out)

@@ -90,16 +90,13 @@ def _unit_masks(ep, mask: np.ndarray) -> dict[tuple[int, ...], bool]:
     return out
 
 
-def _predicted(ep, unit: tuple[int, ...], sizes: tuple[int, ...]) -> list[tuple[int, int]]:
-    """The clipped input box of a unit; the whole axis where the field is global."""
-    box = []
-    for f, u, n in zip(ep.fields, unit, sizes):
-        if f.is_global:
-            box.append((0, n - 1))
-        else:
-            lo, hi = f.region(u)
-            box.append((max(lo, 0), min(hi, n - 1)))
-    return box
+def _predicted(ep, boxes: np.ndarray, unit: tuple[int, ...], sizes: tuple[int, ...]) -> list[tuple[int, int]]:
+    """The input box rfgraph reports for a unit (``EndPoint.boxes`` clipped to the input, as
+    every command shows it); the whole axis where the field is global."""
+    k = len(sizes)
+    box = boxes[unit] if boxes is not None else None
+    return [(0, n - 1) if f.is_global or box is None else (int(box[a]), int(box[k + a]))
+            for a, (f, n) in enumerate(zip(ep.fields, sizes))]
 
 
 def check_trf(case: Case) -> Verdict:
@@ -146,8 +143,9 @@ def _compare(ep, moved: dict[tuple[int, ...], np.ndarray], sizes: tuple[int, ...
     per_pos = {pos: _unit_masks(ep, mask) for pos, mask in moved.items()}
     every = len(moved) == int(np.prod(sizes))
     loose = ""
+    boxes = None if ep.is_global else ep.boxes(clip_to=sizes)
     for unit in np.ndindex(*[n or 1 for n in ep.units]):
-        box = _predicted(ep, unit, sizes)
+        box = _predicted(ep, boxes, unit, sizes)
         hits = [pos for pos, units in per_pos.items() if units[unit]]
         for pos in hits:
             if any(not lo <= p <= hi for p, (lo, hi) in zip(pos, box)):
