@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # PYTHONPATH first: a baseline tree can be measured
 
 from tests.conformance.cases import all_cases  # noqa: E402
 from tests.conformance.oracle import TRF_CLASSES, VJP_CLASSES, check_trf, check_vjp  # noqa: E402
