@@ -7,13 +7,31 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import signal
 import sys
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))  # PYTHONPATH first: a baseline tree can be measured
 
-from tests.conformance.cases import all_cases  # noqa: E402
-from tests.conformance.oracle import TRF_CLASSES, VJP_CLASSES, check_trf, check_vjp  # noqa: E402
+from tests.conformance.cases import all_cases
+from tests.conformance.oracle import TRF_CLASSES, VJP_CLASSES, Verdict, check_trf, check_vjp
+
+
+def _limited(check, case, seconds: int = 30):
+    """One check under a time limit (a case past it is recorded as refused: no verdict)."""
+    def stop(*_):
+        raise TimeoutError
+
+    signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try:
+        return check(case)
+    except TimeoutError:
+        return Verdict("refused", f"no verdict within {seconds} s")
+    except Exception as exc:  # noqa: BLE001 - the oracle itself failed: visible, counted as a crash
+        return Verdict("CRASH", f"harness: {type(exc).__name__}: {exc}".splitlines()[0])
+    finally:
+        signal.alarm(0)
 
 
 def run(ops: set[str] | None) -> list[dict]:
@@ -22,7 +40,8 @@ def run(ops: set[str] | None) -> list[dict]:
     for case in all_cases():
         if ops and case.op not in ops:
             continue
-        trf, grad = check_trf(case), check_vjp(case)
+        print(case.name, file=sys.stderr, flush=True)
+        trf, grad = _limited(check_trf, case), _limited(check_vjp, case)
         rows.append({"case": case.name, "op": case.op, "trf": trf.verdict, "trf_detail": trf.detail,
                      "vjp": grad.verdict, "vjp_detail": grad.detail})
     return rows
@@ -44,6 +63,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--json", default="conformance.json")
     p.add_argument("--op", action="append")
+    p.add_argument("--docs", action="store_true", help="also write docs/conformance.json (the summary) "
+                   "and regenerate docs/ops.md from it")
     args = p.parse_args()
     rows = run(set(args.op) if args.op else None)
     s = summary(rows)
@@ -54,6 +75,11 @@ def main() -> None:
             print(f"  {r['case']} [{r['op']}]: TRF {r['trf']} {r['trf_detail']} | VJP {r['vjp']} {r['vjp_detail']}")
     print(f"cases {len(rows)}  TRF {s['trf']}  VJP {s['vjp']}")
     Path(args.json).write_text(json.dumps({"summary": s, "cases": rows}, indent=1))
+    if args.docs:
+        from tests.conformance import docs
+
+        docs.RESULTS.write_text(json.dumps(s, indent=1, sort_keys=True) + "\n")
+        docs.DOC.write_text(docs.generated())
 
 
 if __name__ == "__main__":

@@ -825,11 +825,11 @@ def _resize_matrix(n: NodeView, b: Builder, axis: int) -> np.ndarray:
     scales = b.value(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] else None
     inits = []
     roi = b.value(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] else None
-    if roi is not None and roi.size and attrs.get("coordinate_transformation_mode") in ("tf_crop_and_resize", b"tf_crop_and_resize"):
-        axes = n.attr_ints("axes") or list(range(len(xs)))
-        half = roi.size // 2
-        at = [int(a) % len(xs) for a in axes].index(axis) if axis in [int(a) % len(xs) for a in axes] else None
-        start, end = (roi[at], roi[half + at]) if at is not None else (0.0, 1.0)
+    crop = attrs.get("coordinate_transformation_mode") in ("tf_crop_and_resize", b"tf_crop_and_resize")
+    if roi is not None and roi.size and crop:  # roi: starts then ends of the resized axes
+        axes = [int(a) % len(xs) for a in n.attr_ints("axes") or range(len(xs))]
+        at = axes.index(axis) if axis in axes else None
+        start, end = (roi[at], roi[roi.size // 2 + at]) if at is not None else (0.0, 1.0)
         inits.append(numpy_helper.from_array(np.array([0.0, start, 1.0, end], np.float32), "roi"))
     if scales is not None and scales.size:
         full = np.ones(len(xs), dtype=np.float32)
