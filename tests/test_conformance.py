@@ -108,7 +108,7 @@ def _spec_batch_norm(x: np.ndarray) -> np.ndarray:
 
 def test_batch_norm_training_mode_is_global() -> None:
     """training_mode=1: each output reads every position (batch statistics), proven by perturbing
-    the spec's formula (onnxruntime's inference kernel ignores training_mode, so it cannot judge);
+    the spec's formula (independent of onnxruntime; the whole-suite run measures the same there);
     was predicted pointwise."""
     shape = (2, 2, 4, 5)
     x = np.random.default_rng(0).standard_normal(shape)
