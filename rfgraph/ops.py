@@ -402,6 +402,8 @@ def _resize_index_span(ctx: NodeContext, scale: Fraction, in_size: int | None, o
             if coord == "half_pixel_symmetric" and in_size and out_size:
                 offset = Fraction(in_size, 2) * (1 - Fraction(out_size, in_size) / scale)
             x_of = lambda u: offset + (u + Fraction(1, 2)) / scale - Fraction(1, 2)
+            if coord == "pytorch_half_pixel" and out_size == 1:  # spec: x_original = 0
+                x_of = lambda u: Fraction(0)
         elif coord == "asymmetric":
             x_of = lambda u: u / scale
         else:
@@ -890,6 +892,14 @@ def norm_over_axes_rule(first_axis_attr: str | None, default: int | list[int]) -
     return rule
 
 
+def batch_norm_rule(ctx: NodeContext) -> Transfer:
+    """BatchNormalization: pointwise with fixed statistics; with training_mode=1 the batch
+    statistics span the batch and every spatial axis (spec), so each output reads everything."""
+    if not ctx.attrs.get("training_mode", 0):
+        return pointwise(ctx)
+    return norm_over_axes_rule(None, [0] + list(range(2, ctx.rank(0))))(ctx)
+
+
 def lp_norm_rule(ctx: NodeContext) -> Transfer:
     """LpNormalization: the norm spans one axis."""
     return mix_axes(ctx, [_norm_axis(int(ctx.attrs.get("axis", -1)), ctx.rank(0))],
@@ -1111,7 +1121,7 @@ POINTWISE_OPS = {
     "Softplus", "Softsign", "Mish", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh",
     "Asinh", "Acosh", "Atanh", "Not", "IsNaN", "IsInf", "ThresholdedRelu", "Shrink", "Swish",
     # per-position normalisation with fixed statistics, and no-ops at inference
-    "BatchNormalization", "Identity", "Cast", "Dropout", "LRN",
+    "Identity", "Cast", "Dropout", "LRN",
 }
 
 BROADCAST_OPS = {
@@ -1129,6 +1139,7 @@ STATIC_OPS = {"Shape", "Size", "Constant", "ConstantOfShape", "Range", "EyeLike"
 CACHEABLE_OPS = POINTWISE_OPS | BROADCAST_OPS | {
     "Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
     "Transpose", "Concat", "Flatten", "Softmax", "LogSoftmax", "DepthToSpace", "SpaceToDepth",
+    "BatchNormalization",
 }
 
 OP_RULES: dict[str, Rule] = {
@@ -1139,7 +1150,7 @@ OP_RULES: dict[str, Rule] = {
     "DynamicQuantizeLinear": dynamic_quantize_rule,
     "Conv": conv_rule(1), "ConvInteger": conv_rule(1, scalar_slots=(2, 3)),
     "QLinearConv": conv_rule(3, scalar_slots=(1, 2, 4, 5, 6, 7, 8)),
-    "ConvTranspose": conv_transpose_rule,
+    "ConvTranspose": conv_transpose_rule, "BatchNormalization": batch_norm_rule,
     "MaxPool": pool_rule, "AveragePool": pool_rule, "LpPool": pool_rule,
     "Resize": resize_rule, "Upsample": resize_rule,
     "DepthToSpace": depth_to_space_rule, "SpaceToDepth": space_to_depth_rule,

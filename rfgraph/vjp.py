@@ -40,11 +40,13 @@ MIN_OPSET = 17  # LayerNormalization, ScatterElements(add), Split/ReduceSum with
 NON_DIFFERENTIABLE = frozenset({
     "Shape", "Size", "NonZero", "ArgMax", "ArgMin", "Equal", "Greater", "GreaterOrEqual", "Less",
     "LessOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf", "ConstantOfShape", "EyeLike",
-    "RandomNormalLike", "RandomUniformLike", "Floor", "Ceil", "Round", "Sign", "TopK",
+    "RandomNormalLike", "RandomUniformLike", "Floor", "Ceil", "Round", "Sign",
     # piecewise constant (a one-hot of the argmax) and integer bit ops: gradient 0, as torch's
     # derivatives.yaml declares for floor/round/sign and argmax
     "Hardmax", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot",
 })
+# Outputs of differentiable ops that are indices, not values (no gradient flows through them)
+INDEX_OUTPUTS = {"MaxPool": 1, "TopK": 1}
 
 
 class VJPError(RFGraphError):
@@ -559,6 +561,15 @@ def _max_pool(b: Builder, n: NodeView, gys: list) -> Grads:
     return [b.reshape(flat, xs)]
 
 
+def _top_k(b: Builder, n: NodeView, gys: list) -> Grads:
+    """TopK values: scatter-add the gradient back to the selected positions (the forward
+    node's Indices output) along the TopK axis; k is not differentiable."""
+    xs = b.shape(n.inputs[0])
+    g = b.op("ScatterElements", b.op("Expand", b.zeros([]), b.ints(xs)), n.node.output[1], gys[0],
+             axis=n.attr_int("axis", -1) % len(xs), reduction="add")
+    return [_set_shape(b, g, n.inputs[0]), None]
+
+
 def _pool_divisor(xs: Sequence[int], ys: Sequence[int], geo: geometry.Window) -> np.ndarray:
     """Per-output-unit divisor of AveragePool: window cells inside the input (or the padded input)."""
     per_axis, include_pad = [], geo.count_include_pad
@@ -808,6 +819,13 @@ def _resize_matrix(n: NodeView, b: Builder, axis: int) -> np.ndarray:
                              if k not in ("axes", "keep_aspect_ratio_policy")}
     scales = b.value(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] else None
     inits = []
+    roi = b.value(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] else None
+    crop = attrs.get("coordinate_transformation_mode") in ("tf_crop_and_resize", b"tf_crop_and_resize")
+    if roi is not None and roi.size and crop:  # roi: starts then ends of the resized axes
+        axes = [int(a) % len(xs) for a in n.attr_ints("axes") or range(len(xs))]
+        at = axes.index(axis) if axis in axes else None
+        start, end = (roi[at], roi[roi.size // 2 + at]) if at is not None else (0.0, 1.0)
+        inits.append(numpy_helper.from_array(np.array([0.0, start, 1.0, end], np.float32), "roi"))
     if scales is not None and scales.size:
         full = np.ones(len(xs), dtype=np.float32)
         axes = n.attr_ints("axes") or list(range(len(xs)))
@@ -818,6 +836,8 @@ def _resize_matrix(n: NodeView, b: Builder, axis: int) -> np.ndarray:
     else:
         inits.append(numpy_helper.from_array(np.array([size_in, size_out], np.int64), "sizes"))
         ins = ["x", "", "", "sizes"]
+    if len(inits) == 2:  # the crop's region of interest along this axis
+        ins[1] = "roi"
     node = helper.make_node("Resize", ins, ["y"], **attrs)
     graph = helper.make_graph([node], "resize_matrix",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size_in, size_in])],
@@ -825,6 +845,8 @@ def _resize_matrix(n: NodeView, b: Builder, axis: int) -> np.ndarray:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
     sess = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
     (y,) = sess.run(None, {"x": np.eye(size_in, dtype=np.float32)})
+    (offset,) = sess.run(None, {"x": np.zeros((size_in, size_in), np.float32)})  # extrapolation_value
+    y = y - offset
     if y.shape != (size_in, size_out):
         raise UnsupportedOpError(n.name, "Resize", "could not measure the resize along one axis")
     return y.T.astype(np.float64)  # (out, in): y = M x
@@ -1386,8 +1408,8 @@ VJP_RULES: dict[str, Rule] = {
     "Add": _add, "Sum": _add, "Mean": _mean, "Sub": _sub, "Mul": _mul, "Div": _div,
     "Expand": _expand, "Where": _where,
     "Conv": _conv, "ConvTranspose": _conv_transpose,
-    "MaxPool": _max_pool, "AveragePool": _average_pool, "GlobalAveragePool": _global_average_pool,
-    "LpPool": _lp_pool,
+    "MaxPool": _max_pool, "TopK": _top_k, "AveragePool": _average_pool,
+    "GlobalAveragePool": _global_average_pool, "LpPool": _lp_pool,
     "ReduceSum": _reduce_sum, "ReduceMean": _reduce_sum,
     "Pad": _pad, "Slice": _slice, "Gather": _gather, "Concat": _concat, "Split": _split,
     "Resize": _resize, "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth,
@@ -1492,7 +1514,12 @@ def tensor_shapes(model: onnx.ModelProto, input_name: str) -> tuple[dict[str, tu
     _window_output_shapes(model, shapes)
     missing = [o for n in model.graph.node for o in n.output if o and o not in shapes]
     if missing:
-        shapes.update(measure_shapes(model, missing, dtypes))
+        try:
+            shapes.update(measure_shapes(model, missing, dtypes))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's load/run errors have no common base
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise VJPError(f"onnxruntime could not run the model to measure its tensor shapes: {why}; "
+                           f"{FD_HINT}") from None
         _window_output_shapes(model, shapes)
     return shapes, dtypes
 
@@ -1580,7 +1607,7 @@ def active_tensors(model: onnx.ModelProto, input_name: str, dtypes: dict[str, in
         if node.op_type in NON_DIFFERENTIABLE or not any(i in active for i in node.input if i):
             continue
         for i, out in enumerate(node.output):
-            if node.op_type == "MaxPool" and i == 1:
+            if INDEX_OUTPUTS.get(node.op_type) == i:
                 continue
             if out and (dtypes.get(out, TensorProto.FLOAT) in FLOAT_TYPES
                         or _on_quantized_path(node, active, dtypes)):

@@ -1,0 +1,218 @@
+"""Independent oracles for the conformance suite: onnxruntime's measured dependencies (TRF) and
+central differences of onnxruntime's own kernel (VJP).  Each check returns a verdict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+import rfgraph
+from rfgraph import vjp
+from rfgraph.errors import RFGraphError
+from tests.conformance.cases import Case
+
+TRF_CLASSES = ("exact", "loose", "UNSOUND", "refused", "CRASH")
+VJP_CLASSES = ("match", "MISMATCH", "refused", "CRASH")
+# ops that route data (max-like, data-dependent sampling): a prediction wider than the measured
+# dependencies is allowed there, and only there
+ROUTING_OPS = {"MaxPool", "MaxRoiPool", "MaxUnpool", "GridSample", "RoiAlign", "GatherElements", "GatherND",
+               "Gather", "TopK", "ReduceMax", "ReduceMin", "GlobalMaxPool", "Max", "Min", "Relu", "Clip",
+               "ArgMax", "ArgMin", "Where", "ScatterElements", "ScatterND", "NonMaxSuppression", "Hardmax",
+               "Dropout", "Resize", "Upsample", "AffineGrid", "DeformConv", "Col2Im"}
+MAX_POSITIONS = 96  # input positions perturbed per case (spread evenly when there are more)
+MAX_OUTPUT = 200_000  # larger outputs are not measured (memory: one mask per position)
+MAX_ELEMENTS = 64  # input elements differentiated per VJP case
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The class of one check and why."""
+
+    verdict: str
+    detail: str = ""
+
+
+def _session(model: onnx.ModelProto):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _random_like(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(x.shape).astype(x.dtype)
+
+
+def _positions(spatial: tuple[int, ...]) -> list[tuple[int, ...]]:
+    every = list(np.ndindex(*spatial))
+    if len(every) <= MAX_POSITIONS:
+        return every
+    picks = np.linspace(0, len(every) - 1, MAX_POSITIONS).round().astype(int)
+    return [every[i] for i in sorted(set(picks))]
+
+
+def measured_dependencies(case: Case, output: str, x: np.ndarray) -> dict[tuple[int, ...], np.ndarray]:
+    """For each perturbed spatial position of the input (all batches and channels at once, at
+    three magnitudes of both signs), the boolean mask of the output elements that moved."""
+    m = onnx.ModelProto()
+    m.CopyFrom(case.model)
+    keep = [o for o in m.graph.output if o.name == output]
+    del m.graph.output[:]
+    m.graph.output.extend(keep)
+    sess = _session(m)
+    base = sess.run(None, {case.x_name: x})[0]
+    moved = {}
+    for pos in _positions(x.shape[2:]):
+        mask = np.zeros(base.shape, dtype=bool)
+        for delta in (1e-3, 0.5, 10.0, -0.5, -10.0):
+            xp = x.copy()
+            xp[(slice(None), slice(None)) + pos] += np.asarray(delta, dtype=x.dtype)
+            y = sess.run(None, {case.x_name: xp})[0]
+            mask |= ~((y == base) | (np.isnan(y) & np.isnan(base)))
+        moved[pos] = mask
+    return moved
+
+
+def _unit_masks(ep, mask: np.ndarray) -> dict[tuple[int, ...], bool]:
+    """Whether each output unit (spatial index) moved: any element at its unit-axes index."""
+    out = {}
+    axes = [t for t, _ in ep.unit_axes]
+    for unit in np.ndindex(*[n or 1 for n in ep.units]):
+        index = ep.tensor_index(unit)
+        sel = [slice(None)] * mask.ndim
+        for t, i in zip(axes, index):
+            sel[t] = i
+        out[unit] = bool(mask[tuple(sel)].any())
+    return out
+
+
+def _predicted(ep, boxes: np.ndarray, unit: tuple[int, ...], sizes: tuple[int, ...]) -> list[tuple[int, int]]:
+    """The input box rfgraph reports for a unit (``EndPoint.boxes`` clipped to the input, as
+    every command shows it); the whole axis where the field is global."""
+    k = len(sizes)
+    box = boxes[unit] if boxes is not None else None
+    return [(0, n - 1) if f.is_global or box is None else (int(box[a]), int(box[k + a]))
+            for a, (f, n) in enumerate(zip(ep.fields, sizes))]
+
+
+def check_trf(case: Case) -> Verdict:
+    """Predicted region of each output unit vs onnxruntime's measured dependencies."""
+    if not case.spatial:
+        return Verdict("refused", "no input with spatial axes")
+    try:
+        a = rfgraph.analyze(case.model, input_name=case.x_name, layout="NC" + "HWDLT"[: case.x.ndim - 2])
+    except RFGraphError as exc:
+        return Verdict("refused", str(exc).splitlines()[0])
+    except Exception as exc:  # noqa: BLE001 - a crash is a verdict here
+        return Verdict("CRASH", f"{type(exc).__name__}: {exc}".splitlines()[0])
+    return _compare_outputs(case, a)
+
+
+def _compare_outputs(case: Case, a) -> Verdict:
+    x = _random_like(case.x).astype(np.float64 if case.x.dtype == np.float64 else case.x.dtype)
+    sizes = case.x.shape[2:]
+    worst = Verdict("exact")
+    for out in case.model.graph.output:
+        try:
+            ep = a[out.name]
+        except (KeyError, RFGraphError):
+            continue
+        if not ep.unit_axes and not ep.is_global and any(n for n in ep.units):
+            continue
+        if np.prod([d or 1 for d in ep.shape]) > MAX_OUTPUT:
+            continue
+        try:
+            moved = measured_dependencies(case, out.name, x)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime refuses the model: no measurement
+            return Verdict("refused", f"onnxruntime: {exc}".splitlines()[0])
+        shape = next(iter(moved.values())).shape
+        if tuple(ep.shape) != shape:
+            v = Verdict("UNSOUND", f"'{out.name}' has shape {shape}, analysed as {tuple(ep.shape)}")
+        else:
+            try:
+                v = _compare(ep, moved, sizes)
+            except (IndexError, ValueError, RFGraphError) as exc:  # an EndPoint inconsistent with its tensor
+                v = Verdict("CRASH", f"unit axes {ep.unit_axes} of '{out.name}' {shape}: {exc}")
+        if TRF_CLASSES.index(v.verdict) > TRF_CLASSES.index(worst.verdict):
+            worst = v
+    if worst.verdict == "loose" and case.op not in ROUTING_OPS:
+        return Verdict("loose", "LOOSE on an op that routes no data: " + worst.detail)
+    return worst
+
+
+def _compare(ep, moved: dict[tuple[int, ...], np.ndarray], sizes: tuple[int, ...]) -> Verdict:
+    per_pos = {pos: _unit_masks(ep, mask) for pos, mask in moved.items()}
+    every = len(moved) == int(np.prod(sizes))
+    loose = ""
+    boxes = None if ep.is_global else ep.boxes(clip_to=sizes)
+    for unit in np.ndindex(*[n or 1 for n in ep.units]):
+        box = _predicted(ep, boxes, unit, sizes)
+        hits = [pos for pos, units in per_pos.items() if units[unit]]
+        for pos in hits:
+            if any(not lo <= p <= hi for p, (lo, hi) in zip(pos, box)):
+                return Verdict("UNSOUND", f"unit {unit} reads {pos}, predicted {box}")
+        if every and hits:
+            got = [(min(p[a] for p in hits), max(p[a] for p in hits)) for a in range(len(sizes))]
+            if got != box and not loose:
+                loose = f"unit {unit} reads {got}, predicted {box}"
+    return Verdict("loose", loose) if loose else Verdict("exact")
+
+
+def check_vjp(case: Case, seed: int = 1) -> Verdict:
+    """The gradient graph's d(seed . y)/dx vs central differences of onnxruntime's kernel."""
+    out = case.model.graph.output[0].name
+    try:
+        graph = vjp.build_vjp(case.model, out, input_name=case.x_name)
+        sess = vjp.session(graph)
+        y = _session(case.model).run([out], {case.x_name: case.x})[0]
+        w = np.random.default_rng(seed).standard_normal(np.shape(y))
+        got = vjp.input_gradient(graph, sess, case.x, w)
+    except RFGraphError as exc:
+        return Verdict("refused", str(exc).splitlines()[0])
+    except Exception as exc:  # noqa: BLE001 - a crash is a verdict here
+        return Verdict("CRASH", f"{type(exc).__name__}: {exc}".splitlines()[0])
+    return _against_differences(case, out, w, np.asarray(got, dtype=np.float64))
+
+
+def _against_differences(case: Case, out: str, w: np.ndarray, got: np.ndarray) -> Verdict:
+    sess = _session(case.model)
+    x = case.x
+    if x.size == 0 or got.size == 0:
+        return Verdict("match", "empty input")
+    f64 = x.dtype == np.float64
+    h = 1e-6 if f64 else 1e-2 if x.dtype == np.float32 else 1e-1
+    flat = np.arange(x.size)
+    if x.size > MAX_ELEMENTS:
+        flat = np.linspace(0, x.size - 1, MAX_ELEMENTS).round().astype(int)
+    y0 = float((w * sess.run([out], {case.x_name: x})[0].astype(np.float64)).sum())
+    ref = np.zeros(len(flat))
+    sides = np.zeros((len(flat), 2))  # one-sided differences: at a kink (Elu at 0, a threshold)
+    for k, i in enumerate(flat):      # the rule may take either side's derivative
+        vals = []
+        for sign in (1, -1):
+            xp = x.copy().reshape(-1)
+            xp[i] += sign * h
+            y = sess.run([out], {case.x_name: xp.reshape(x.shape)})[0].astype(np.float64)
+            vals.append(float((w * y).sum()))
+        ref[k] = (vals[0] - vals[1]) / (2 * h)
+        sides[k] = ((vals[0] - y0) / h, (y0 - vals[1]) / h)
+    mine = got.reshape(-1)[flat]
+    defined = np.isfinite(ref)  # a step that leaves the domain (Acosh at 1): no derivative to compare
+    if not defined.any():
+        return Verdict("match", "no point where the differences are defined")
+    flat, ref, mine, sides = flat[defined], ref[defined], mine[defined], sides[defined]
+    kink = np.abs(sides[:, 0] - sides[:, 1]) > 0.1 * np.maximum(np.abs(sides).max(axis=1), 1e-6)
+    nearest = np.where(np.abs(mine - sides[:, 0]) < np.abs(mine - sides[:, 1]), sides[:, 0], sides[:, 1])
+    ref = np.where(kink, nearest, ref)
+    scale = max(float(np.abs(ref).max()), float(np.abs(mine).max()), 1e-6)
+    err = float(np.abs(mine - ref).max()) / scale
+    tol = 1e-5 if f64 else 3e-2
+    if not np.isfinite(err) or err > tol:
+        k = int(np.argmax(np.abs(mine - ref)))
+        return Verdict("MISMATCH", f"rel err {err:.2g} at element {int(flat[k])}: {mine[k]:.4g} vs fd {ref[k]:.4g}")
+    return Verdict("match")

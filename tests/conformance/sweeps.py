@@ -1,0 +1,67 @@
+"""Attribute sweeps of our own for ops the node suite covers thinly (one small model per
+attribute combination, studied input x of shape (1, 2, H, W))."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.conformance.cases import Case
+
+
+def _model(node: onnx.NodeProto, x_shape: tuple[int, ...], inits: dict[str, np.ndarray],
+           opset: int = 19) -> onnx.ModelProto:
+    graph = helper.make_graph([node], "sweep", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in node.output],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _x(shape: tuple[int, ...]) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+def resize_cases() -> list[Case]:
+    """Resize nearest/linear with every coordinate transform and nearest mode, up and down."""
+    out = []
+    coords = ["half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel", "half_pixel_symmetric"]
+    nearest = ["floor", "ceil", "round_prefer_floor", "round_prefer_ceil"]
+    for coord, (mode, nm), (h, w) in itertools.product(
+            coords, [("nearest", n) for n in nearest] + [("linear", "floor")], [(4, 8), (5, 3), (6, 1)]):
+        node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode=mode, nearest_mode=nm,
+                                coordinate_transformation_mode=coord)
+        model = _model(node, (1, 2, 4, 6), {"sizes": np.array([1, 2, h, w], np.int64)})
+        out.append(Case(f"sweep_resize_{mode}_{nm}_{coord}_{h}x{w}", "Resize", model, "x", _x((1, 2, 4, 6))))
+    return out
+
+
+def pad_cases() -> list[Case]:
+    """Pad in every mode, with pads larger than one and negative."""
+    out = []
+    for mode, pads in itertools.product(["constant", "reflect", "edge", "wrap"],
+                                        [[0, 0, 2, 1, 0, 0, 1, 3], [0, 0, 1, -1, 0, 0, 2, 0]]):
+        node = helper.make_node("Pad", ["x", "pads"], ["y"], mode=mode)
+        model = _model(node, (1, 2, 5, 6), {"pads": np.array(pads, np.int64)})
+        out.append(Case(f"sweep_pad_{mode}_{'_'.join(map(str, pads))}", "Pad", model, "x", _x((1, 2, 5, 6))))
+    return out
+
+
+def batch_norm_cases() -> list[Case]:
+    """BatchNormalization in inference and in training mode."""
+    out = []
+    for training in (0, 1):
+        outputs = ["y", "rm", "rv"] if training else ["y"]
+        node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], outputs, training_mode=training)
+        inits = {k: np.abs(_x((2,))) + 0.5 for k in "sbmv"}
+        model = _model(node, (2, 2, 4, 5), inits)
+        del model.graph.output[1:]
+        out.append(Case(f"sweep_batchnorm_training_{training}", "BatchNormalization", model, "x", _x((2, 2, 4, 5))))
+    return out
+
+
+def sweep_cases() -> list[Case]:
+    """Every sweep."""
+    return resize_cases() + pad_cases() + batch_norm_cases()
