@@ -128,10 +128,9 @@ def export(make: Callable[[object], object], shape: tuple[int, ...], dynamo: boo
         module = make(tv)
         module.eval()
         path = work / "model.onnx"
-        with torch.no_grad():
-            kwargs = {"external_data": False} if dynamo else {"opset_version": 17}
-            torch.onnx.export(module, (torch.randn(shape),), str(path), dynamo=dynamo,
-                              input_names=["input"], **kwargs)
+        # not under no_grad: there torch's attention takes a fused path no exporter knows
+        kwargs = {"external_data": False} if dynamo else {"opset_version": 17}
+        torch.onnx.export(module, (torch.randn(shape),), str(path), dynamo=dynamo, input_names=["input"], **kwargs)
         if quantize:
             from onnxruntime.quantization import quantize_dynamic
             quantize_dynamic(str(path), str(work / "q.onnx"))
@@ -188,22 +187,32 @@ OVERLAY_1D = ("defect 7: the ERF of a 1-D NLC model is drawn as 2-D: ValueError 
               "broadcast) in overlay.py")
 DIAGNOSE_SCAN = ("defect 1: diagnose's input-size scan reaches sizes where an end point has no units: "
                  "KeyError on the end-point name in diagnostics.py")
+GLOBAL_DROPPED = ("to classify: the pooled output is reported global along H, but input row 63 reaches no unit "
+                  "(floor-mode strided layers drop it at 64x64)")
+VIT_TOKENS = ("to classify: ViT tokens after the patch embedding: TRF one 16-row patch, onnxruntime measures the "
+              "whole input (or the probe's flattened-token indexing is wrong)")
+MOBILEVIT_WIDE = ("to classify: MobileViT unfold/fold (Reshape + Transpose): TRF rows 7..57, measured 17..47 "
+                  "(over-estimate, or random weights hide the edges)")
 IMG = (1, 3, 64, 64)
 MODELS: dict[str, Model] = {
     "tv_resnet18": export(lambda tv: tv.models.resnet18(), IMG),
     "tv_mobilenet_v3_small": export(lambda tv: tv.models.mobilenet_v3_small(), IMG),
     "tv_mobilenet_v3_small_dynamo": export(lambda tv: tv.models.mobilenet_v3_small(), IMG, dynamo=True),
     "tv_shufflenet_v2_x0_5": export(lambda tv: tv.models.shufflenet_v2_x0_5(), IMG),
-    "tv_squeezenet1_1": export(lambda tv: tv.models.squeezenet1_1(), IMG, diagnose=DIAGNOSE_SCAN),
+    "tv_squeezenet1_1": export(lambda tv: tv.models.squeezenet1_1(), IMG, diagnose=DIAGNOSE_SCAN,
+                               oracle=GLOBAL_DROPPED),
     "tv_resnet18_fpn": export(FPN.make, IMG),
     "tv_lraspp": export(lambda tv: tv.models.segmentation.lraspp_mobilenet_v3_large(weights_backbone=None), IMG),
     "tv_r3d_18": export(lambda tv: tv.models.video.r3d_18(), (1, 3, 4, 32, 32)),
-    "tv_q_mobilenet_v2": export(lambda tv: tv.models.quantization.mobilenet_v2(quantize=True), IMG),
-    "ort_dynamic_quant_resnet18": export(lambda tv: tv.models.resnet18(), IMG, quantize=True),
-    "tv_vit_tiny": export(tiny_vit, IMG),
+    # quantized activations: the probe's perturbation of one slab is rounded away (no oracle)
+    "tv_q_mobilenet_v2": replace(export(lambda tv: tv.models.quantization.mobilenet_v2(quantize=True), IMG),
+                                 oracle=False),
+    "ort_dynamic_quant_resnet18": export(lambda tv: tv.models.resnet18(), IMG, quantize=True,
+                                         **dict.fromkeys(COMMANDS, DYNAMIC_QUANT)),
+    "tv_vit_tiny": export(tiny_vit, IMG, oracle=VIT_TOKENS),
     "tv_swin_tiny": export(tiny_swin, (1, 3, 32, 32)),
     "tv_maxvit_tiny": export(tiny_maxvit, IMG),
-    "timm_mobilevit_xxs": export(timm_model("mobilevit_xxs"), IMG),
+    "timm_mobilevit_xxs": export(timm_model("mobilevit_xxs"), IMG, oracle=MOBILEVIT_WIDE),
     "timm_lcnet_050": export(timm_model("lcnet_050"), IMG),
     "timm_ghostnet_100": export(timm_model("ghostnet_100"), IMG),
     "ddddocr_common": pypi("ddddocr_common"),
@@ -287,6 +296,7 @@ def run_command(command: str, base: list[object], capsys: pytest.CaptureFixture,
     return rc, err
 
 
+# "oracle" in ``known``: test_analyze_matches_onnxruntime fails today for that reason
 CASES = [pytest.param(key, command, id=f"{key}-{command}",
                       marks=[pytest.mark.xfail(strict=True, reason=MODELS[key].known[command])]
                       if command in MODELS[key].known else [])
@@ -305,8 +315,8 @@ def test_command_ends_cleanly(key: str, command: str, model_file: Path, capsys: 
         assert err.startswith("rfgraph: error:") or "rfgraph: error:" in err, err
 
 
-ORACLE = [pytest.param(k, marks=[pytest.mark.xfail(strict=True, reason=DYNAMIC_QUANT)]
-                        if "analyze" in m.known and m.known["analyze"] == DYNAMIC_QUANT else [])
+ORACLE = [pytest.param(k, marks=[pytest.mark.xfail(strict=True, reason=m.known.get("oracle", DYNAMIC_QUANT))]
+                        if m.known.get("analyze") == DYNAMIC_QUANT or "oracle" in m.known else [])
           for k, m in MODELS.items() if m.oracle]
 
 

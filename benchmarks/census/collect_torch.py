@@ -89,11 +89,11 @@ model.eval()
 x = torch.randn(shape)
 args = (x, torch.randn(shape)) if "FlowWrap" in expr else (x,)
 names = ["image1", "image2"] if len(args) == 2 else ["input"]
-with torch.no_grad():
-    if exporter == "ts":
-        torch.onnx.export(model, args, out, dynamo=False, opset_version=17, input_names=names)
-    else:
-        torch.onnx.export(model, args, out, dynamo=True, external_data=False, input_names=names)
+# not under no_grad: there torch's attention takes a fused path (_native_multi_head_attention) no exporter knows
+if exporter == "ts":
+    torch.onnx.export(model, args, out, dynamo=False, opset_version=17, input_names=names)
+else:
+    torch.onnx.export(model, args, out, dynamo=True, external_data=False, input_names=names)
 '''
 
 
