@@ -494,18 +494,34 @@ def _unit_layout(layout: Layout, n_axes: int) -> tuple[tuple[int | None, ...], d
     units: list[int | None] = [None] * n_axes
     folded: dict[int, int] = {}
     unit_axes = []
+    split = _split_axes(layout)
     for t, parts in enumerate(layout):
         spatial = [(a, n) for a, n in parts if a >= 0]
         if not spatial:
             continue
-        if any(a < 0 and n != 1 for a, n in parts):  # features on this axis too
-            folded.update((a, n) for a, n in spatial if n > 1)
+        if any(a < 0 and n != 1 for a, n in parts) or any(a in split for a, _ in spatial):
+            # features on this axis too, or an axis split over several tensor axes (windows and
+            # rows within them): no unit axis, every unit holds all of its positions (sound)
+            folded.update((a, split.get(a, n)) for a, n in spatial if n > 1)
             continue
         units_here = dict(spatial)
         for a, n in units_here.items():
             units[a] = n
         unit_axes.append((t, tuple(units_here)))
     return tuple(units), folded, tuple(sorted(unit_axes, key=lambda ta: ta[1]))  # input-axis order
+
+
+def _split_axes(layout: Layout) -> dict[int, int]:
+    """Input spatial axes whose parts lie on more than one tensor axis (a window partition), with
+    their total number of positions."""
+    where: dict[int, set[int]] = {}
+    sizes: dict[int, int] = {}
+    for t, parts in enumerate(layout):
+        for a, n in parts:
+            if a >= 0:
+                where.setdefault(a, set()).add(t)
+                sizes[a] = sizes.get(a, 1) * n
+    return {a: sizes[a] for a, ts in where.items() if len(ts) > 1}
 
 
 __all__ = ["Analysis", "EndPoint", "analyze", "validate_input_size"]

@@ -221,13 +221,10 @@ class Probe:
 def tensor_unit(analysis, ep, spatial_index: tuple[int, ...]) -> tuple:
     """Tensor index of the position at ``spatial_index``, every channel (a dead ReLU channel
     must not hide the position's field: all channels of a position share it)."""
-    from rfgraph.ops import carried
     state = analysis._pass.states[ep.name]
-    axes = carried(state.layout)
     index: list = [slice(None)] * len(state.layout)
-    for a, u in enumerate(spatial_index):
-        if a in axes:
-            index[axes[a]] = u
+    for (t, _axes), u in zip(ep.unit_axes, ep.tensor_index(spatial_index)):
+        index[t] = u  # a flattened token axis takes the row-major token index (it was left whole)
     return tuple(index)
 
 
