@@ -182,7 +182,7 @@ def _on_dask(sampler: Sampler, todo: list[Shard], address: str,
              bar: Callable[..., None]) -> list[tuple[Shard, ShardSums]]:
     """Shards on the Dask cluster at ``address`` (its scheduler places them)."""
     try:
-        from distributed import Client, as_completed  # type: ignore[import-not-found]
+        from distributed import Client, as_completed
     except ImportError:
         raise RFGraphError("--scheduler needs Dask's distributed package: pip install "
                            "'rfgraph[cluster]'") from None
