@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import erf as erf_mod  # _progress through the module: tests replace it
-from .erf import FDEngine, Sampler, UnitsEngine
+from .erf import FDEngine, Method, Sampler, UnitsEngine
 from .errors import RFGraphError
 
 
@@ -63,10 +63,12 @@ def sample_sums(sampler: Sampler, weight_runs: int, runs: int, workers: int, sch
     """Sums of every weight draw's first ``runs`` kept maps: shards here, in worker processes or on
     the ``scheduler``'s cluster, merged in shard order; replacements for non-finite samples are
     then drawn here, in input order, so the kept set is the one a single process keeps."""
-    first = sampler.engine(0)
-    _check_fd_cost(first, runs * weight_runs, fd_budget)
     parts = 1 if workers == 1 and not scheduler else max(workers, 2)
-    todo = shards(weight_runs, runs, first.batch, parts)
+    # built here only where needed (one process, or the finite differences' cost check)
+    first = sampler.engine(0) if parts == 1 or sampler.method is Method.FD else None
+    if first is not None:
+        _check_fd_cost(first, runs * weight_runs, fd_budget)
+    todo = shards(weight_runs, runs, sampler.batch, parts)
     bar = _bar(first, runs * weight_runs, progress)
     if parts == 1:
         results = [_shard(sampler, s, bar, first if s.w == 0 else None) for s in todo]
@@ -77,12 +79,14 @@ def sample_sums(sampler: Sampler, weight_runs: int, runs: int, workers: int, sch
     merged = _merge(results, len(sampler.targets))
     _redraw(sampler, merged, weight_runs, runs, results, bar)
     bar(0, close=True)
-    return ShardSums(merged.totals, merged.kept, merged.drawn, first.batch, tuple(first.providers()))
+    facts = results[0][1]
+    return ShardSums(merged.totals, merged.kept, merged.drawn, facts.batch, facts.providers)
 
 
-def _bar(engine: UnitsEngine, inputs: int, progress: bool) -> Callable[..., None]:
-    """A progress bar over inputs, per batch; with finite differences, over forward passes."""
-    fd = [e for e in engine.engines if isinstance(e, FDEngine)]
+def _bar(engine: UnitsEngine | None, inputs: int, progress: bool) -> Callable[..., None]:
+    """A progress bar over inputs, per batch (per shard on workers); with finite differences,
+    over forward passes."""
+    fd = [e for e in engine.engines if isinstance(e, FDEngine)] if engine else []
     if not fd:
         return erf_mod._progress(inputs, progress)
     bar = erf_mod._progress(sum(e.fd.forwards() for e in fd) * inputs, progress, "forward")
@@ -133,7 +137,7 @@ def _shard(sampler: Sampler, shard: Shard, bar: Callable[..., None],
     n = shard.stop - shard.start
     kept, drawn = sampler.add(totals, engine, shard.w, shard.start, shard.stop,
                               [n] * len(sampler.targets), bar)
-    return shard, ShardSums(totals, kept, drawn)
+    return shard, ShardSums(totals, kept, drawn, engine.batch, tuple(engine.providers()))
 
 
 _CACHE: dict[tuple[int, int], UnitsEngine] = {}
