@@ -164,3 +164,48 @@ def test_dask_local_cluster_gives_one_process_map(model, dask_path: Path,
         res = compute_erf(model, scheduler=cluster.scheduler_address, **kw)
     close(res.erf, one.erf)
     assert res.samples == 12
+
+
+class NanNet(Net):
+    """Net plus sqrt(mean of x): a NaN gradient for the inputs whose mean is negative (about
+    half of the Gaussian draws)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + torch.sqrt(x.mean(dim=(1, 2, 3), keepdim=True))
+
+
+def test_workers_keep_the_first_finite_samples_as_one_process() -> None:
+    """Skipping non-finite samples (RepLKNet's rule) on 2 workers keeps the samples one process
+    keeps: the first 5 inputs (in index order) with a positive mean, averaged by autograd."""
+    from dataclasses import replace
+
+    from rfgraph import erf_conventions as ec
+
+    net = NanNet().eval()
+    f = io.BytesIO()
+    torch.onnx.export(net, (torch.ones(1, 3, SIZE, SIZE),), f, dynamo=False, input_names=["x"],
+                      output_names=["y"])
+    model = onnx.load_from_string(f.getvalue())
+    conv = replace(ec.DEFAULT, skip_nonfinite=True)
+    runs = 5
+
+    def draws(seed: int) -> list[np.ndarray]:
+        return [keyed_rng(seed, INPUT_KEY, 0, i).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+                for i in range(2 * runs)]  # runs, and as many replacements
+
+    def fits(xs: list[np.ndarray]) -> bool:  # some of the first runs replaced, enough in all
+        return sum(x.mean() > 0 for x in xs) >= runs and any(x.mean() <= 0 for x in xs[:runs])
+    seed = next(s for s in range(50) if fits(draws(s)))
+    good = [x for x in draws(seed) if x.mean() > 0][:runs]
+    kw = {"runs": runs, "seed": seed, "batch": 2, "conventions": conv}
+    one = compute_erf(model, **kw)
+    two = compute_erf(model, workers=2, **kw)
+    maps = []
+    for x in good:
+        xt = torch.tensor(x, requires_grad=True)
+        (g,) = torch.autograd.grad(net(xt)[0, :, 3, 3].sum(), xt)
+        maps.append(g.abs()[0].sum(0).numpy())
+    ref = np.mean(maps, axis=0)
+    np.testing.assert_allclose(one.erf, ref, rtol=1e-4, atol=1e-6 * ref.max())
+    close(two.erf, one.erf)
+    assert one.samples == two.samples == runs
