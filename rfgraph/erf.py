@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -208,11 +208,32 @@ class GradientEngine:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Gradients for a batch of inputs (``x.shape[0] <= batch``)."""
+        return self._run(x, make_seed(self.target, self.batch, self.dtype))
+
+    def _run(self, x: np.ndarray, seed: np.ndarray) -> np.ndarray:
+        """One run on ``x`` (padded with zero inputs and zero seeds to the engine's batch)."""
         n = x.shape[0]
         if n < self.batch:
             x = np.concatenate([x, np.zeros((self.batch - n,) + x.shape[1:], x.dtype)])
-        seed = make_seed(self.target, self.batch, self.dtype)
+        if seed.shape[0] < self.batch:
+            seed = np.concatenate([seed, np.zeros((self.batch - seed.shape[0],) + seed.shape[1:],
+                                                  seed.dtype)])
         return vjp_mod.input_gradient(self.graph, self.sess, x, seed)[:n]
+
+    def units(self, x: np.ndarray, targets: Sequence[Target]) -> list[np.ndarray]:
+        """Gradients of several units of the engine's tensor for inputs ``x``, one per target:
+        the (input, unit) pairs are packed in batches, unit k's seed on its pair's batch item, so
+        one backward serves up to ``batch`` units."""
+        seeds = [make_seed(t, 1, self.dtype) for t in targets]
+        pairs = [(j, k) for j in range(x.shape[0]) for k in range(len(targets))]
+        out = [np.empty(x.shape, self.dtype) for _ in targets]
+        for a in range(0, len(pairs), self.batch):
+            chunk = pairs[a:a + self.batch]
+            grads = self._run(np.concatenate([x[j:j + 1] for j, _ in chunk]),
+                              np.concatenate([seeds[k] for _, k in chunk]))
+            for (j, k), g in zip(chunk, grads):
+                out[k][j] = g
+        return out
 
 
 class FDEngine:
@@ -247,6 +268,31 @@ class FDEngine:
                 f"backward pass per input), fewer --runs, or raise the budget with --fd-budget SECONDS")
 
 
+class UnitsEngine:
+    """Input gradients of one or several units of a tensor: list of (n, *input) arrays, one per
+    unit (the VJP graph serves several units per backward; finite differences: one at a time)."""
+
+    def __init__(self, method: Method, model: onnx.ModelProto, targets: Sequence[Target],
+                 input_name: str, full_shape: tuple[int, ...], spatial: Sequence[int], batch: int,
+                 fd_step: float | None, providers: Sequence[str] | None, threads: int) -> None:
+        self.targets = tuple(targets)
+        self.engines = [_engine(method, model, t, input_name, full_shape, spatial, batch, fd_step,
+                                providers, threads)
+                        for t in (self.targets if method is Method.FD else self.targets[:1])]
+        self.batch, self.dtype = self.engines[0].batch, self.engines[0].dtype
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        first = self.engines[0]
+        if isinstance(first, GradientEngine) and len(self.targets) > 1:
+            return first.units(x, self.targets)
+        return [e(x) for e in self.engines]
+
+    def providers(self) -> list[str]:
+        """The execution providers onnxruntime's session kept (none for finite differences)."""
+        sess = getattr(self.engines[0], "sess", None)
+        return list(sess.get_providers()) if sess is not None else []
+
+
 FD_BUDGET_S = 600.0  # default: finite differences refused when estimated to take longer
 
 
@@ -274,22 +320,44 @@ def sample_maps(grads: np.ndarray, scale: float, spatial_axes: Sequence[int],
     return maps, keep
 
 
-def input_batches(kind: InputKind, shape: tuple[int, ...], count: int, rng: np.random.Generator,
-                  dtype: np.dtype, folder: str | Path | None = None,
+WEIGHT_KEY, INPUT_KEY, ORDER_KEY = 0, 1, 2  # SeedSequence spawn keys: what a Generator draws
+
+
+def keyed_rng(seed: int, *key: int) -> np.random.Generator:
+    """The Generator of one draw, keyed by what it draws and its indices (weight draw w, input
+    run i): any grouping of the runs (batches, worker processes, a cluster) draws the same samples."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+
+
+def input_batches(kind: InputKind, shape: tuple[int, ...], start: int, stop: int, seed: int,
+                  weight_run: int, dtype: np.dtype, folder: str | Path | None = None,
                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                   order: ec.Order = ec.Order.RANDOM, spatial: Sequence[int] | None = None
                   ) -> Iterator[np.ndarray]:
-    """``count`` inputs in batches of shape[0]: random draws or images of a folder (``order``);
-    images are loaded as NCHW and moved to the input's layout (``spatial``: its H, W axes)."""
-    if kind is InputKind.IMAGES:
-        perm = _from_nchw(len(shape), spatial)
-        nchw = tuple(shape[perm.index(a)] for a in range(len(shape)))
-        yield from (b.transpose(perm).astype(dtype) for b in ImageFolder(
-            folder or ".", mean, std).batches(nchw, count, rng, order))
-        return
-    for start in range(0, count, shape[0]):
-        n = min(shape[0], count - start)
-        yield random_inputs(kind, (n,) + tuple(shape[1:]), rng, dtype)
+    """Inputs ``start`` to ``stop`` (exclusive) of weight run ``weight_run`` in batches of
+    shape[0]: input i is drawn from its own Generator (random kinds) or is the i-th image of a
+    seeded order; images are loaded as NCHW and moved to the input's layout (``spatial``)."""
+    for a in range(start, stop, shape[0]):
+        b = min(a + shape[0], stop)
+        if kind is InputKind.IMAGES:
+            yield _images(folder or ".", shape, a, b, seed, mean, std, order, spatial).astype(dtype)
+            continue
+        one = (1,) + tuple(shape[1:])
+        yield np.concatenate([random_inputs(kind, one, keyed_rng(seed, INPUT_KEY, weight_run, i), dtype)
+                              for i in range(a, b)])
+
+
+def _images(folder: str | Path, shape: tuple[int, ...], start: int, stop: int, seed: int,
+            mean: Sequence[float], std: Sequence[float], order: ec.Order,
+            spatial: Sequence[int] | None) -> np.ndarray:
+    """Images ``start`` to ``stop`` of the seeded order (the same for every weight run), in the
+    input's layout."""
+    perm = _from_nchw(len(shape), spatial)
+    nchw = tuple(shape[perm.index(a)] for a in range(len(shape)))
+    images = ImageFolder(folder, mean, std)
+    list(images.batches(nchw, 0, keyed_rng(seed, ORDER_KEY)))  # checks the input takes images
+    picks = ec.image_order(len(images.files), stop, order, keyed_rng(seed, ORDER_KEY))[start:]
+    return np.stack([images.load(images.files[i], nchw[1:]) for i in picks]).transpose(perm)
 
 
 def _from_nchw(rank: int, spatial: Sequence[int] | None) -> list[int]:
@@ -303,23 +371,38 @@ def _from_nchw(rank: int, spatial: Sequence[int] | None) -> list[int]:
 
 
 def compute_erf(model: ModelSource, output: str | None = None, *,
-                input_shape: Sequence[int] | None = None, unit: Sequence[int] | None = None,
-                channel: int | None = None, runs: int | None = None, method: str = "grad",
-                inputs: str | None = None, reinit: str = "none", weight_runs: int = 1,
-                absolute: bool = True, seed: int = 0, batch: int = 0, progress: bool = False,
-                mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                fd_step: float | None = None, providers: Sequence[str] | None = None,
-                threads: int = 0, conventions: ec.ERFConventions | None = None,
-                input_name: str | None = None, layout: str | None = None,
-                rules: custom_ops.RuleSet | str | Path | Sequence[str | Path] | None = None,
-                assume_pointwise: bool = False, fill: Mapping[str, float] | None = None,
-                fd_budget: float = FD_BUDGET_S) -> ERFResult:
-    """The ERF of one output unit of an ONNX model, averaged as Luo et al. do, with its metrics.
+                unit: Sequence[int] | None = None, **options: Any) -> ERFResult:
+    """The ERF of one output unit of an ONNX model, averaged as Luo et al. do, with its metrics
+    (``unit``: its index, default the centre; ``options``: those of ``compute_erfs``)."""
+    return compute_erfs(model, output, units=[unit], **options)[0]
+
+
+def compute_erfs(model: ModelSource, output: str | None = None, *,
+                 units: Sequence[Sequence[int] | None] = (None,),
+                 input_shape: Sequence[int] | None = None,
+                 channel: int | None = None, runs: int | None = None, method: str = "grad",
+                 inputs: str | None = None, reinit: str = "none", weight_runs: int = 1,
+                 absolute: bool = True, seed: int = 0, batch: int = 0, progress: bool = False,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 fd_step: float | None = None, providers: Sequence[str] | None = None,
+                 threads: int = 0, conventions: ec.ERFConventions | None = None,
+                 input_name: str | None = None, layout: str | None = None,
+                 rules: custom_ops.RuleSet | str | Path | Sequence[str | Path] | None = None,
+                 assume_pointwise: bool = False, fill: Mapping[str, float] | None = None,
+                 fd_budget: float = FD_BUDGET_S, workers: int = 1, scheduler: str | None = None,
+                 provider: str = "auto") -> list[ERFResult]:
+    """The ERFs of several units of one tensor (``units``: indices, None for the centre), each
+    averaged as Luo et al. do over the same inputs, with its metrics; one backward serves several
+    units (one seed per batch item).
 
     ``model``: path, ``zoo:NAME`` or ModelProto; ``inputs``: "gaussian", "uniform" or a folder of
     PNG/JPEG images; ``reinit``: "none", "ones", "he", "glorot", "corners" or "periphery[:S]"
     (Luo's new initialisation; ``weight_runs`` draws);
-    deterministic under ``seed``; ``batch`` inputs per run (0: ``auto_batch``); ``conventions``
+    deterministic under ``seed`` whatever the grouping: input i of weight draw w comes from its own
+    Generator (``keyed_rng``); ``batch`` inputs per run (0: ``auto_batch``); ``workers`` local
+    processes or a Dask ``scheduler`` address share the weight draws and inputs, their sums merged
+    in a fixed order (``erf_parallel``); ``provider``: "cpu", "cuda" or "auto" (CUDA when
+    onnxruntime has it); ``conventions``
     (e.g. ``erf_conventions.REPLKNET``) sets the scalar, aggregation, centre rule, image order and
     the defaults of ``runs`` and ``inputs``; ``channel`` and ``absolute=False`` fold into it.
     ``input_name`` (the input differentiated, default: the first), ``input_shape`` (its shape),
@@ -330,15 +413,18 @@ def compute_erf(model: ModelSource, output: str | None = None, *,
     """
     import time
 
+    from . import erf_parallel
+
     method_e = Method(method)
     reinit_e = WeightInit.parse(reinit)
     conv = effective_conventions(conventions, channel, absolute)
     runs = conv.runs if runs is None else runs
-    if runs < 1 or weight_runs < 1:
-        raise RFGraphError("--runs and --weight-runs must be at least 1")
+    if runs < 1 or weight_runs < 1 or workers < 1 or not units:
+        raise RFGraphError("--runs, --weight-runs and --workers must be at least 1, and a unit given")
     inputs, notes = _inputs(inputs, conv)
     conv = replace(conv, runs=runs, inputs=inputs)
     kind, folder = _input_kind(inputs)
+    providers, provider_notes = resolve_providers(provider, providers)
     proto, analysis, load_notes = _load(model, input_shape, input_name, layout, rules, assume_pointwise,
                                         fill)
     notes = load_notes + notes
@@ -346,50 +432,111 @@ def compute_erf(model: ModelSource, output: str | None = None, *,
     _refuse_other_inputs(proto, input_name)
     output = output or proto.graph.output[0].name
     out_shape = _output_shape(proto, output, input_name, full_shape)
-    target = resolve_target(analysis, proto, output, unit, conv.channel, len(full_shape), spatial,
-                            out_shape, conv.centre)
-    notes += _seed_notes(proto, target, conv)
-    make_seed(target, 1)  # checks the channel against the tensor's axes, with their names
-    plan = ec.seed_plan(proto, output, conv, _unit_channels(target))
-    seeded = replace(target, output=plan.output, channel=plan.channel)
+    targets = [resolve_target(analysis, proto, output, u, conv.channel, len(full_shape), spatial,
+                              out_shape, conv.centre) for u in units]
+    notes += _seed_notes(proto, targets[0], conv)
+    make_seed(targets[0], 1)  # checks the channel against the tensor's axes, with their names
+    plan = ec.seed_plan(proto, output, conv, _unit_channels(targets[0]))
     batch = batch or auto_batch(full_shape, providers)
-    rng = np.random.default_rng(seed)
-    total = np.zeros([full_shape[a] for a in spatial], dtype=np.float64)
+    if len(units) > 1 and method_e is Method.GRAD:  # one backward per up to MOST_UNITS units
+        batch = max(batch, min(len(units), MOST_UNITS))
+    sampler = Sampler(plan.model, reinit_e, method_e,  # type: ignore[arg-type]
+                      tuple(replace(t, output=plan.output, channel=plan.channel) for t in targets),
+                      input_name, tuple(full_shape), tuple(spatial), batch, kind, folder,
+                      tuple(mean), tuple(std), conv, plan.scale, seed, fd_step, providers,
+                      threads or erf_parallel.threads_per_worker(workers, scheduler))
     t0 = time.perf_counter()
-    fd = method_e is Method.FD
-    bar = _progress(runs * weight_runs, progress and not fd)
-    used_batch, kept, drawn = 1, 0, 0
-    draws = runs * (1 + NONFINITE_REDRAWS) if conv.skip_nonfinite else runs
-    for w in range(weight_runs):
-        weights = reinitialise(plan.model, reinit_e, rng)  # type: ignore[arg-type]
-        engine = _engine(method_e, weights, seeded, input_name, full_shape, spatial, batch,
-                         fd_step, providers, threads)
-        if isinstance(engine, FDEngine) and w == 0:
-            engine.check_cost(runs * weight_runs, fd_budget)
-            bar = _progress(engine.fd.forwards() * runs * weight_runs, progress, "forward")
-        if isinstance(engine, FDEngine):  # the bar advances per batch of forward passes
-            engine.on_forwards, inputs_bar = bar, _progress(0, False)
-        else:
-            inputs_bar = bar
-        used_batch = engine.batch
-        shape = (engine.batch,) + tuple(full_shape[1:])
-        batches = input_batches(kind, shape, draws, rng, engine.dtype, folder, mean, std,
-                                conv.order, spatial)
-        k, d = _accumulate(total, engine, batches, plan.scale, spatial, conv, runs, inputs_bar)
-        kept, drawn = kept + k, drawn + d
-    bar(0, close=True)
-    notes += _skipped_notes(drawn, kept, runs * weight_runs)
+    sums = erf_parallel.sample_sums(sampler, weight_runs, runs, workers, scheduler, progress,
+                                    fd_budget)
+    notes += provider_notes + erf_parallel.provider_notes(sums.providers)
+    return [_result(total, int(kept), int(drawn), target, sampler, weight_runs, sums.batch,
+                    time.perf_counter() - t0, notes)
+            for total, kept, drawn, target in zip(sums.totals, sums.kept, sums.drawn, targets)]
+
+
+MOST_UNITS = 8  # units sharing one backward (batch items) when several are asked for
+
+
+def _result(total: np.ndarray, kept: int, drawn: int, target: Target, sampler: Sampler,
+            weight_runs: int, batch: int, seconds: float, notes: list[str]) -> ERFResult:
+    """One unit's ERF: the mean of its kept maps, with its metrics and notes."""
+    conv, runs = sampler.conv, sampler.conv.runs
+    notes = notes + _skipped_notes(drawn, kept, runs * weight_runs)
     erf = total / kept
     metrics = compute_metrics(erf, target.centre, target.trf_size)
     if metrics.centre_value == 0 and erf.max() > 0:
         notes.append("the ERF is 0 at the unit's centre pixel (every run had a dead path there), "
                      "so Luo's size is 0; average more runs (--runs)")
     elif not erf.any():
-        notes.append(_empty_map_note(method_e))
-    return ERFResult(erf, metrics, target, input_name, tuple(full_shape), tuple(spatial),
-                     method_e.value, runs, weight_runs, conv.aggregation is ec.Aggregation.ABS,
-                     used_batch, time.perf_counter() - t0, tuple(notes), conv, kept,
-                     displayed_area_ratios(erf, conv))
+        notes.append(_empty_map_note(sampler.method))
+    return ERFResult(erf, metrics, target, sampler.input_name, sampler.full_shape, sampler.spatial,
+                     sampler.method.value, runs, weight_runs, conv.aggregation is ec.Aggregation.ABS,
+                     batch, seconds, tuple(notes), conv, kept, displayed_area_ratios(erf, conv))
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """What a process needs to draw samples (weight draw w, input i) of an ERF and sum their
+    maps; picklable, so worker processes and a cluster compute exactly the samples one would."""
+
+    model: onnx.ModelProto
+    reinit: WeightInit
+    method: Method
+    targets: tuple[Target, ...]  # seeded (the seed plan's tensor and channel)
+    input_name: str
+    full_shape: tuple[int, ...]
+    spatial: tuple[int, ...]
+    batch: int
+    kind: InputKind
+    folder: str | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    conv: ec.ERFConventions
+    scale: float
+    seed: int
+    fd_step: float | None = None
+    providers: Sequence[str] | None = None
+    threads: int = 0
+
+    def draws(self, runs: int) -> int:
+        """Inputs a weight run may draw: ``runs``, and replacements for non-finite ones."""
+        return runs * (1 + NONFINITE_REDRAWS) if self.conv.skip_nonfinite else runs
+
+    def engine(self, w: int) -> UnitsEngine:
+        """The gradient engine of weight draw ``w`` (its weights from their own Generator)."""
+        weights = reinitialise(self.model, self.reinit, keyed_rng(self.seed, WEIGHT_KEY, w))
+        return UnitsEngine(self.method, weights, self.targets, self.input_name, self.full_shape,
+                           self.spatial, self.batch, self.fd_step, self.providers, self.threads)
+
+    def add(self, totals: np.ndarray, engine: UnitsEngine, w: int, start: int, stop: int,
+            want: Sequence[int], bar: Callable[..., None]) -> tuple[np.ndarray, np.ndarray]:
+        """Add the maps of inputs ``start``.. of weight draw ``w`` to ``totals`` (one per unit)
+        until unit k has ``want[k]`` kept or input ``stop`` is reached: (kept, drawn) per unit."""
+        shape = (engine.batch,) + tuple(self.full_shape[1:])
+        batches = input_batches(self.kind, shape, start, stop, self.seed, w, engine.dtype,
+                                self.folder, self.mean, self.std, self.conv.order, self.spatial)
+        return _accumulate(totals, engine, batches, self.scale, self.spatial, self.conv, want, bar)
+
+
+def resolve_providers(provider: str, providers: Sequence[str] | None = None
+                      ) -> tuple[list[str] | None, list[str]]:
+    """onnxruntime execution providers for ``provider`` (cpu, cuda, auto: CUDA when onnxruntime
+    has it), unless ``providers`` are given; 'cuda' without CUDA is refused."""
+    if providers is not None:
+        return list(providers), []
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    cuda = "CUDAExecutionProvider" in available
+    if provider == "cpu" or (provider == "auto" and not cuda):
+        return ["CPUExecutionProvider"], []
+    if provider not in ("cuda", "auto"):
+        raise RFGraphError(f"--provider {provider}: expected cpu, cuda or auto")
+    if not cuda:
+        raise RFGraphError(f"--provider cuda: this onnxruntime has no CUDA execution provider "
+                           f"(it has {', '.join(available)}); install onnxruntime-gpu, or use "
+                           f"--provider cpu")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"], []
 
 
 def displayed_area_ratios(erf: np.ndarray, conv: ec.ERFConventions) -> tuple[AreaRatio, ...]:
@@ -440,20 +587,24 @@ def _unit_channels(target: Target) -> int:
 NONFINITE_REDRAWS = 1  # with skip_nonfinite, up to this many x runs extra inputs replace dropped ones
 
 
-def _accumulate(total: np.ndarray, engine: Callable[[np.ndarray], np.ndarray],
+def _accumulate(totals: np.ndarray, engine: Callable[[np.ndarray], list[np.ndarray]],
                 batches: Iterator[np.ndarray], scale: float, spatial: Sequence[int],
-                conv: ec.ERFConventions, want: int, bar: Callable[..., None]) -> tuple[int, int]:
-    """Add per-sample maps to ``total`` until ``want`` are kept (RepLKNet draws the next image in
-    place of a NaN one); returns (maps kept, inputs drawn)."""
-    kept = drawn = 0
+                conv: ec.ERFConventions, want: Sequence[int], bar: Callable[..., None]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Add per-sample maps to ``totals[k]`` (one per unit, float64) until unit k has ``want[k]``
+    kept (RepLKNet draws the next image in place of a NaN one): (maps kept, inputs drawn)."""
+    kept, drawn = np.zeros(len(want), np.int64), np.zeros(len(want), np.int64)
     for xb in batches:
-        maps, keep = sample_maps(engine(xb), scale, spatial, conv)
-        used = _samples_used(keep, want - kept)
-        total += maps[:used][keep[:used]].sum(axis=0)
-        kept, drawn = kept + int(keep[:used].sum()), drawn + used
-        bar(used)
-        if kept == want:
+        if (kept >= want).all():
             break
+        for k, grads in enumerate(engine(xb)):
+            if kept[k] >= want[k]:
+                continue
+            maps, keep = sample_maps(grads, scale, spatial, conv)
+            used = _samples_used(keep, int(want[k] - kept[k]))
+            totals[k] += maps[:used][keep[:used]].astype(np.float64).sum(axis=0)
+            kept[k], drawn[k] = kept[k] + int(keep[:used].sum()), drawn[k] + used
+        bar(len(xb))
     return kept, drawn
 
 
@@ -649,8 +800,10 @@ __all__ = [
     "Method",
     "Target",
     "compute_erf",
+    "compute_erfs",
     "displayed_area_ratios",
     "effective_conventions",
     "erf_per_axis",
+    "keyed_rng",
     "make_seed",
 ]

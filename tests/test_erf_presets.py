@@ -23,7 +23,7 @@ import torch
 
 from rfgraph import cli
 from rfgraph import erf_conventions as ec
-from rfgraph.erf import compute_erf
+from rfgraph.erf import INPUT_KEY, compute_erf, keyed_rng
 
 SIZE = 16  # input side; the net's output is 8 x 8: centre (n-1)//2 = 3, n//2 = 4
 MEAN, STD = (0.2, 0.5, 0.5), (0.5, 0.5, 0.5)  # channel-0 pixels >= 0.2 * 255 normalise to >= 0
@@ -203,8 +203,8 @@ def test_each_convention_against_torch(net: torch.nn.Module, model: onnx.ModelPr
                                        conv: ec.ERFConventions) -> None:
     """Uniform inputs (channel 0 >= 0: finite), drawn as compute_erf draws them at batch 1."""
     res = compute_erf(model, runs=3, seed=7, batch=1, inputs="uniform", conventions=conv)
-    rng = np.random.default_rng(7)
-    xs = [rng.random((1, 3, SIZE, SIZE)).astype(np.float32) for _ in range(3)]
+    xs = [keyed_rng(7, INPUT_KEY, 0, i).random((1, 3, SIZE, SIZE)).astype(np.float32)
+          for i in range(3)]
     ref = torch_erf(net, xs, conv)
     np.testing.assert_allclose(res.erf, ref, rtol=1e-4, atol=1e-6 * np.abs(ref).max())
 

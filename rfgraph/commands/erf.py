@@ -47,6 +47,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", metavar="NAME", help="tensor holding the unit (default: first output)")
     p.add_argument("--unit", metavar="I,J", help="unit index along the tensor axes that hold positions "
                    "(a flattened token axis: the token index; default: centre)")
+    p.add_argument("--units", metavar="I,J", nargs="+",
+                   help="several units of the tensor, each averaged over the same inputs (one "
+                        "backward serves several: one seed per batch item); --npy writes them "
+                        "stacked")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="local worker processes (one onnxruntime session each) sharing the weight "
+                        "draws and inputs; the map is the same as with one")
+    p.add_argument("--scheduler", metavar="tcp://HOST:8786",
+                   help="run the shards on this Dask cluster (pip install 'rfgraph[cluster]')")
+    p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="onnxruntime execution provider (auto: CUDA when onnxruntime has it)")
     p.add_argument("--channel", type=int,
                    help="seed one channel (default: all channels summed); implies --scalar channel")
     p.add_argument("--runs", type=int, default=None,
@@ -115,22 +126,27 @@ def _input_and_shape(args: argparse.Namespace) -> tuple[str | None, tuple[int, .
 
 def run(args: argparse.Namespace) -> int:
     """Compute, print, and write the requested files."""
-    from ..erf import compute_erf
+    from ..erf import compute_erfs
     from ..inputs import IMAGENET_MEAN, IMAGENET_STD
 
     quiet = bool(getattr(args, "quiet", False))
     input_name, input_shape = _input_and_shape(args)
-    result = compute_erf(
+    units = _units(args)
+    results = compute_erfs(
         args.model, args.output, input_shape=input_shape,
         input_name=input_name, layout=args.layout, rules=args.rules or None,
         assume_pointwise=args.assume_pointwise, fill=parse_fills(args.fill),
-        unit=_ints(args.unit, "--unit"), runs=args.runs,
+        units=units, runs=args.runs, workers=args.workers, scheduler=args.scheduler,
+        provider=args.provider,
         method=args.method, inputs=args.inputs, reinit=args.reinit,
         weight_runs=args.weight_runs, seed=args.seed, batch=args.batch,
         progress=not (args.no_progress or quiet) and sys.stderr.isatty(),
         mean=_floats(args.mean, "--mean") or IMAGENET_MEAN,
         std=_floats(args.std, "--std") or IMAGENET_STD, conventions=conventions(args),
         **({} if args.fd_budget is None else {"fd_budget": args.fd_budget}))
+    if len(results) > 1:
+        return _print_units(results, args, quiet)
+    result = results[0]
     if args.npy:
         np.save(args.npy, result.erf)
     if args.png:
@@ -142,6 +158,27 @@ def run(args: argparse.Namespace) -> int:
     print(render(result, args.format))
     if not quiet and args.format != "json":  # JSON carries its notes in the document
         for note in result.notes:
+            print(f"rfgraph: note: {note}", file=sys.stderr)
+    return 0
+
+
+def _units(args: argparse.Namespace) -> list[tuple[int, ...] | None]:
+    """--unit (one) or --units (several); the centre unit when neither is given."""
+    if args.units and args.unit:
+        raise RFGraphError("give --unit or --units, not both")
+    if args.units and args.png:
+        raise RFGraphError("--png draws one unit's map; with --units write them with --npy")
+    return [_ints(u, "--units") for u in args.units] if args.units else [_ints(args.unit, "--unit")]
+
+
+def _print_units(results: Sequence[ERFResult], args: argparse.Namespace, quiet: bool) -> int:
+    """Several units: their maps stacked in --npy, one table each (JSON: a list)."""
+    if args.npy:
+        np.save(args.npy, np.stack([r.erf for r in results]))
+    texts = [render(r, args.format) for r in results]
+    print("[" + ",\n".join(texts) + "]" if args.format == "json" else "\n\n".join(texts))
+    if not quiet and args.format != "json":
+        for note in results[0].notes:
             print(f"rfgraph: note: {note}", file=sys.stderr)
     return 0
 

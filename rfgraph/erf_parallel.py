@@ -1,0 +1,221 @@
+"""ERF sums beyond one process: the weight draws and input runs cut into shards (contiguous input
+ranges of one weight draw), run in this process, in local worker processes (one onnxruntime
+session each) or on a Dask cluster, and their float64 sums added in shard order.  Every input has
+its own Generator (``erf.keyed_rng``), so one process, N workers and a cluster sum the same
+samples: the maps agree to rounding (float64 sums in another grouping).
+
+Dask rather than Ray: ``distributed`` is one pip install (``rfgraph[cluster]``), its LocalCluster
+starts on this machine for tests, and a real cluster is one address (``--scheduler
+tcp://host:8786``); scheduling stays Dask's, never ours.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import erf as erf_mod  # _progress through the module: tests replace it
+from .erf import FDEngine, Method, Sampler, UnitsEngine
+from .errors import RFGraphError
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Inputs ``start`` to ``stop`` (exclusive) of weight draw ``w``."""
+
+    w: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class ShardSums:
+    """Per unit: the float64 sum of the kept maps, maps kept and inputs drawn."""
+
+    totals: np.ndarray  # (units, *spatial)
+    kept: np.ndarray
+    drawn: np.ndarray
+    batch: int = 1
+    providers: tuple[str, ...] = ()
+
+
+def shards(weight_runs: int, runs: int, batch: int, parts: int) -> list[Shard]:
+    """Each weight draw's ``runs`` inputs cut into at most ``parts`` contiguous ranges, whole
+    batches each, in (w, start) order."""
+    per = -(-runs // parts)
+    per = -(-per // batch) * batch
+    return [Shard(w, a, min(a + per, runs)) for w in range(weight_runs) for a in range(0, runs, per)]
+
+
+def threads_per_worker(workers: int, scheduler: str | None) -> int:
+    """onnxruntime threads per session: the cores shared among local workers (0: ORT's default)."""
+    if workers <= 1 or scheduler:
+        return 0
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def sample_sums(sampler: Sampler, weight_runs: int, runs: int, workers: int, scheduler: str | None,
+                progress: bool, fd_budget: float) -> ShardSums:
+    """Sums of every weight draw's first ``runs`` kept maps: shards here, in worker processes or on
+    the ``scheduler``'s cluster, merged in shard order; replacements for non-finite samples are
+    then drawn here, in input order, so the kept set is the one a single process keeps."""
+    parts = 1 if workers == 1 and not scheduler else max(workers, 2)
+    # built here only where needed (one process, or the finite differences' cost check)
+    first = sampler.engine(0) if parts == 1 or sampler.method is Method.FD else None
+    if first is not None:
+        _check_fd_cost(first, runs * weight_runs, fd_budget)
+    todo = shards(weight_runs, runs, sampler.batch, parts)
+    bar = _bar(first, runs * weight_runs, progress)
+    if parts == 1:
+        results = [_shard(sampler, s, bar, first if s.w == 0 else None) for s in todo]
+    elif scheduler:
+        results = _on_dask(sampler, todo, scheduler, bar)
+    else:
+        results = _on_processes(sampler, todo, workers, bar)
+    merged = _merge(results, len(sampler.targets))
+    _redraw(sampler, merged, weight_runs, runs, results, bar)
+    bar(0, close=True)
+    facts = results[0][1]
+    return ShardSums(merged.totals, merged.kept, merged.drawn, facts.batch, facts.providers)
+
+
+def _bar(engine: UnitsEngine | None, inputs: int, progress: bool) -> Callable[..., None]:
+    """A progress bar over inputs, per batch (per shard on workers); with finite differences,
+    over forward passes."""
+    fd = [e for e in engine.engines if isinstance(e, FDEngine)] if engine else []
+    if not fd:
+        return erf_mod._progress(inputs, progress)
+    bar = erf_mod._progress(sum(e.fd.forwards() for e in fd) * inputs, progress, "forward")
+    for e in fd:
+        e.on_forwards = bar
+    return lambda n, close=False: bar(0, close)
+
+
+def _check_fd_cost(engine: UnitsEngine, inputs: int, budget: float) -> None:
+    """Finite differences are refused before they start when over ``budget`` seconds."""
+    for e in engine.engines:
+        if isinstance(e, FDEngine):
+            e.check_cost(inputs * len(engine.engines), budget)
+            return
+
+
+def _merge(results: Sequence[tuple[Shard, ShardSums]], units: int) -> ShardSums:
+    """The shards' sums added in shard order (float64), so any run of the same shards agrees."""
+    totals = np.zeros((units,) + results[0][1].totals.shape[1:], np.float64)
+    kept, drawn = np.zeros(units, np.int64), np.zeros(units, np.int64)
+    for _, r in sorted(results, key=lambda sr: (sr[0].w, sr[0].start)):
+        totals += r.totals
+        kept += r.kept
+        drawn += r.drawn
+    return ShardSums(totals, kept, drawn)
+
+
+def _redraw(sampler: Sampler, merged: ShardSums, weight_runs: int, runs: int,
+            results: Sequence[tuple[Shard, ShardSums]], bar: Callable[..., None]) -> None:
+    """Where a weight draw kept fewer than ``runs`` maps (non-finite ones skipped), draw the
+    replacements (inputs ``runs``.. in order) here, into ``merged``."""
+    draws = sampler.draws(runs)
+    for w in range(weight_runs):
+        kept = np.sum([r.kept for s, r in results if s.w == w], axis=0)
+        if draws == runs or bool((kept >= runs).all()):
+            continue
+        k, d = sampler.add(merged.totals, sampler.engine(w), w, runs, draws, list(runs - kept), bar)
+        merged.kept[:] += k
+        merged.drawn[:] += d
+
+
+def _shard(sampler: Sampler, shard: Shard, bar: Callable[..., None],
+           engine: UnitsEngine | None = None) -> tuple[Shard, ShardSums]:
+    """One shard's sums (all its inputs are wanted: replacements come later, in order)."""
+    engine = engine or _cached_engine(sampler, shard.w)
+    totals = np.zeros((len(sampler.targets),) + tuple(sampler.full_shape[a] for a in sampler.spatial),
+                      np.float64)
+    n = shard.stop - shard.start
+    kept, drawn = sampler.add(totals, engine, shard.w, shard.start, shard.stop,
+                              [n] * len(sampler.targets), bar)
+    return shard, ShardSums(totals, kept, drawn, engine.batch, tuple(engine.providers()))
+
+
+_CACHE: dict[tuple[int, int], UnitsEngine] = {}
+_LOCK = threading.Lock()
+
+
+def _cached_engine(sampler: Sampler, w: int) -> UnitsEngine:
+    """A worker's engine for weight draw ``w``, kept while its shards run (one at a time)."""
+    key = (id(sampler), w)
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE.clear()
+            _CACHE[key] = sampler.engine(w)
+        return _CACHE[key]
+
+
+_WORKER: dict[str, Sampler] = {}  # a worker process's sampler
+
+
+def _install(sampler: Sampler) -> None:
+    """Worker-process initialiser: the sampler, sent once per process."""
+    _WORKER["sampler"] = sampler
+
+
+def _worker_shard(shard: Shard) -> tuple[Shard, ShardSums]:
+    return _shard(_WORKER["sampler"], shard, lambda n, close=False: None)
+
+
+def _on_processes(sampler: Sampler, todo: list[Shard], workers: int,
+                  bar: Callable[..., None]) -> list[tuple[Shard, ShardSums]]:
+    """Shards on ``workers`` local processes (spawned: no onnxruntime state is forked)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, ctx, initializer=_install, initargs=(sampler,)) as pool:
+        futures = [pool.submit(_worker_shard, s) for s in todo]
+        return _collect(as_completed(futures), bar)
+
+
+def _dask_shard(sampler: Sampler, shard: Shard) -> tuple[Shard, ShardSums]:
+    return _shard(sampler, shard, lambda n, close=False: None)
+
+
+def _on_dask(sampler: Sampler, todo: list[Shard], address: str,
+             bar: Callable[..., None]) -> list[tuple[Shard, ShardSums]]:
+    """Shards on the Dask cluster at ``address`` (its scheduler places them)."""
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise RFGraphError("--scheduler needs Dask's distributed package: pip install "
+                           "'rfgraph[cluster]'") from None
+    try:
+        client = Client(address, timeout="30s")
+    except OSError as exc:
+        raise RFGraphError(f"no Dask scheduler at {address}: {exc}") from None
+    with client:
+        shared = client.scatter(sampler, broadcast=True)
+        futures = [client.submit(_dask_shard, shared, s, pure=False) for s in todo]
+        return _collect(as_completed(futures), bar)
+
+
+def _collect(done: Iterable, bar: Callable[..., None]) -> list[tuple[Shard, ShardSums]]:
+    """Results as they complete, the bar advancing per shard (merged later in shard order)."""
+    out = []
+    for future in done:
+        shard, sums = future.result()
+        bar(int(sums.drawn.max()))
+        out.append((shard, sums))
+    return out
+
+
+def provider_notes(providers: Sequence[str]) -> list[str]:
+    """Which onnxruntime execution providers ran, when CUDA was one of them."""
+    if "CUDAExecutionProvider" not in providers:
+        return []
+    return [(f"onnxruntime ran the gradient graph on {', '.join(providers)} (nodes without a "
+             "CUDA kernel run on the CPU provider; onnxruntime lists them at log level verbose)")]
+
+
+__all__ = ["Shard", "ShardSums", "sample_sums", "shards"]
