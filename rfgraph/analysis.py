@@ -18,7 +18,7 @@ import onnx
 
 from . import custom_ops
 from .errors import DynamicShapeError, InputSizeError, RFGraphError
-from .fields import AxisField, Rational, Span, compose
+from .fields import AxisField, Rational, Span, compose, merged_gates
 from .onnx_import import (
     ModelGraph,
     ModelSource,
@@ -32,7 +32,7 @@ from .onnx_import import (
     smallest_input_size,
 )
 from .ops import Layout, carried
-from .trf import Merge, PassResult, Stop, TensorState, forward_pass, reverse_pass
+from .trf import Gate, Merge, PassResult, Stop, TensorState, forward_pass, reverse_pass
 
 AXIS_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
 LAYOUT_PASSTHROUGH = {"Cast", "Sub", "Div", "Mul", "Add", "Identity", "Unsqueeze"}
@@ -61,7 +61,8 @@ class EndPoint:
 
     @property
     def r(self) -> tuple[int | None, ...]:
-        """Receptive-field size per axis (None where global)."""
+        """Receptive-field size per axis (None where global; after gates, the local field:
+        see ``gates``)."""
         return tuple(None if f.is_global else f.size(n) for f, n in zip(self.fields, self.units))
 
     @property
@@ -76,7 +77,16 @@ class EndPoint:
 
     @property
     def is_global(self) -> bool:
+        """True when some axis is global for a reason other than gates (pooling, attention...)."""
         return any(f.is_global for f in self.fields)
+
+    @property
+    def gates(self) -> tuple[str, ...]:
+        """Gate nodes on the paths into this tensor (squeeze-excitation, ECA...: a feature map
+        times a value pooled from every position).  When not empty, ``r``, ``S``, ``P`` and the
+        regions are the local field with every gate's output held constant (what detaching the
+        gate gives in autograd); the exact field is global through these gates."""
+        return merged_gates(f for f in self.fields if not f.is_global)
 
     @property
     def shift_invariant(self) -> bool:
@@ -162,6 +172,7 @@ class Analysis:
     global_at: dict[str, str]  # node -> why it mixes all positions
     graph: ModelGraph = field(repr=False)
     _pass: PassResult = field(repr=False)
+    gates: dict[str, Gate] = field(default_factory=dict)  # gate node -> its operand and source
     rule_notes: dict[str, str] = field(default_factory=dict)  # node -> declared/assumed rule used
     layout: str = ""  # the input's layout as --layout spells it (NCHW, NHWC, NL...)
     layout_reason: str = ""  # why that layout: given, a leading Transpose, a Conv, the shape
@@ -195,7 +206,9 @@ class Analysis:
         heads meet in a stopping Concat), stepping back through Flatten/Reshape/Transpose to a
         tensor with a grid."""
         names = [o for o in self.outputs if o in self.endpoints]
-        mixers = [idx for idx, transfer in self._pass.transfers.items() if transfer.mix_reason]
+        sources = {g.source for g in self.gates.values()}  # a gate's pooling is no end of the local field
+        mixers = [idx for idx, transfer in self._pass.transfers.items()
+                  if transfer.mix_reason and self.graph.names[idx] not in sources]
         index = {name: i for i, name in enumerate(self.graph.names)}
         stopped = [index[s.node] for s in self.stops if s.node in index]
         for idx in mixers + stopped:
@@ -282,7 +295,7 @@ def _analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None
     axis_names = AXIS_NAMES.get(len(spatial), tuple(f"A{i}" for i in range(len(spatial))))
     return Analysis(name, tuple(shape), tuple(spatial), axis_names,
                     endpoints, mg.outputs, result.merges, result.stops, result.global_at, mg, result,
-                    layout=layout_text(spatial, axis_names, len(shape)), layout_reason=layout_reason)
+                    gates=result.gates, layout=layout_text(spatial, axis_names, len(shape)), layout_reason=layout_reason)
 
 
 def validate_input_size(model: ModelSource, input_shape: Mapping[str, Sequence[int]],

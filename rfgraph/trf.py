@@ -19,6 +19,7 @@ from fractions import Fraction
 
 from .errors import DynamicShapeError, UnsupportedOpError
 from .fields import (
+    BROADCAST,
     IDENTITY,
     AxisField,
     Rational,
@@ -28,6 +29,7 @@ from .fields import (
     quick_init,
     union_fields,
     union_spans,
+    with_gate,
 )
 from .onnx_import import ModelGraph, attributes, check_attribute_types, paused_gc
 from .ops import (
@@ -118,9 +120,26 @@ class Merge:
                      for t, f, p in zip(self.inputs, self.fields, phases))
 
 
+@dataclass(frozen=True)
+class Gate:
+    """A node multiplying (or adding to) a feature map by a value constant over positions and
+    computed from all of them (squeeze-excitation, ECA, a global-context block): ``tensor``, the
+    gate's input, whose field was made global at ``source``.  Held constant, it leaves the
+    feature map's local field; the exact field through it is global."""
+
+    node: str
+    op: str
+    tensor: str
+    slot: int
+    source: str
+
+
+GATE_OPS = {"Mul", "Add"}  # elementwise ops whose spatially constant, global operand is a gate
+
+
 @dataclass
 class PassResult:
-    """States of every analysed tensor, the transfers used, merges and stops."""
+    """States of every analysed tensor, the transfers used, merges, stops and gates."""
 
     states: dict[str, TensorState]
     transfers: dict[int, Transfer]
@@ -128,6 +147,7 @@ class PassResult:
     merges: list[Merge] = field(default_factory=list)
     stops: list[Stop] = field(default_factory=list)
     global_at: dict[str, str] = field(default_factory=dict)  # node -> why it mixes positions
+    gates: dict[str, Gate] = field(default_factory=dict)  # node -> the gate it applies
 
 
 def forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout) -> PassResult:
@@ -255,9 +275,15 @@ def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> 
             states[tensor] = TensorState(out.layout, fields, dep, st.misaligned)
             continue
         inputs = [states[node_in[e.slot]] for e in out.edges]
+        gate = _gate_slots(mg.op_types[idx], out, inputs) if len(out.edges) > 1 else ()
+        if gate:
+            out = _record_gates(result, mg, idx, out, gate)
+            inputs = [states[node_in[e.slot]] for e in out.edges]
         n_axes = len(inputs[0].fields)
         per_edge = [_through_edge(e, st.fields, name) if e.maps else st.fields for e, st in zip(out.edges, inputs)]
         fields = _union_per_axis(per_edge, n_axes)
+        if gate:
+            fields = tuple(with_gate(f, name) for f in fields)
         dep = bad = None
         for st in inputs:
             dep = dep or st.size_dependent
@@ -267,6 +293,34 @@ def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> 
         if len(out.edges) > 1 and not _check_alignment(result, mg, idx, out, tensor, per_edge):
             bad = bad or name
         states[tensor] = TensorState(out.layout, fields, dep, bad)
+
+
+def _gate_slots(op: str, out: OutTransfer, inputs: Sequence[TensorState]) -> tuple[int, ...]:
+    """Indices (into ``out.edges``) of the gate operands of a Mul/Add: broadcast along every
+    spatial axis where the output has several positions (size 1 there) and global along every
+    axis (computed from an op that reads all positions).  Found from shapes and fields, never
+    names; an attention map (several positions) is no gate.  Empty unless some operand is not
+    a gate (the feature map gated)."""
+    if op not in GATE_OPS:
+        return ()
+    spread = [a for parts in out.layout for a, n in parts if a >= 0 and n != 1]
+    if not spread:
+        return ()
+    gates = tuple(k for k, (e, st) in enumerate(zip(out.edges, inputs))
+                  if all(e.span(a) is BROADCAST for a in spread)
+                  and st.fields and all(f.global_at is not None for f in st.fields))
+    return gates if len(gates) < len(out.edges) else ()
+
+
+def _record_gates(result: PassResult, mg: ModelGraph, idx: int, out: OutTransfer,
+                  gate: Sequence[int]) -> OutTransfer:
+    """Record the gate applied at node ``idx``; the output's transfer without the gate edges."""
+    name, node_in = mg.names[idx], mg.node_inputs[idx]
+    for k in gate:
+        e = out.edges[k]
+        source = result.states[node_in[e.slot]].fields[0].global_at or ""
+        result.gates.setdefault(name, Gate(name, mg.op_types[idx], node_in[e.slot], e.slot, source))
+    return OutTransfer(out.layout, tuple(e for k, e in enumerate(out.edges) if k not in gate))
 
 
 def _through_edge(edge: Edge, fields_in: tuple[AxisField, ...], node: str) -> tuple[AxisField, ...]:
@@ -387,6 +441,8 @@ def reverse_pass(mg: ModelGraph, result: PassResult, target: str) -> dict[str, t
 
     Visits nodes in reverse topological order, so all paths from a tensor to ``target`` are known
     when the tensor is reached; keeps per tensor the union of paths (largest field, eqs. 1, 9, 10).
+    A gate of the forward pass is held constant here too: its operand is not followed, and the
+    fields through its node name it (as the forward pass's local fields do).
     """
     n_axes = len(result.states[target].fields)
     fields: dict[str, tuple[AxisField, ...]] = {target: (AxisField((IDENTITY,)),) * n_axes}
@@ -395,11 +451,16 @@ def reverse_pass(mg: ModelGraph, result: PassResult, target: str) -> dict[str, t
         if transfer is None:
             continue
         node = mg.nodes[idx]
+        gate = result.gates.get(mg.names[idx])
         for j, out in enumerate(transfer.outputs):
             if out is None or j >= len(node.output) or node.output[j] not in fields:
                 continue
             seen = fields[node.output[j]]
+            if gate is not None:
+                seen = tuple(with_gate(f, gate.node) for f in seen)
             for e in out.edges:
+                if gate is not None and e.slot == gate.slot:
+                    continue
                 x = node.input[e.slot]
                 new = tuple(_extend(seen[i], e.span(i), mg.names[idx]) for i in range(n_axes))
                 old = fields.get(x)
@@ -413,4 +474,4 @@ def _extend(field_out: AxisField, span: Span | None, node: str) -> AxisField:
         return field_out
     if span is None:
         return global_field(node)
-    return AxisField(union_spans(sp.then(span) for sp in field_out.spans))
+    return AxisField(union_spans(sp.then(span) for sp in field_out.spans), None, field_out.gates)
