@@ -54,6 +54,11 @@ class EndPoint:
     # tensor axes whose index is a position: each with the input spatial axes it indexes, in
     # row-major order (one for a feature map's H; two for ViT tokens flattened from H, W)
     unit_axes: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    # gate nodes on the paths into this tensor, in graph order (squeeze-excitation, ECA...: a
+    # feature map times a value pooled from every position).  When not empty, r, S, P and the
+    # regions are the local field with every gate's output held constant (what detaching the gate
+    # gives in autograd); the exact field is global through these gates.
+    gates: tuple[str, ...] = ()
 
     @property
     def aligned(self) -> bool:
@@ -80,13 +85,6 @@ class EndPoint:
         """True when some axis is global for a reason other than gates (pooling, attention...)."""
         return any(f.is_global for f in self.fields)
 
-    @property
-    def gates(self) -> tuple[str, ...]:
-        """Gate nodes on the paths into this tensor (squeeze-excitation, ECA...: a feature map
-        times a value pooled from every position).  When not empty, ``r``, ``S``, ``P`` and the
-        regions are the local field with every gate's output held constant (what detaching the
-        gate gives in autograd); the exact field is global through these gates."""
-        return merged_gates(f for f in self.fields if not f.is_global)
 
     @property
     def shift_invariant(self) -> bool:
@@ -471,7 +469,8 @@ def _input_layout(shape: Sequence[int | None], spatial: Sequence[int]) -> Layout
 
 def _endpoints(mg: ModelGraph, result: PassResult, input_name: str) -> dict[str, EndPoint]:
     """One EndPoint per analysed tensor, input first, then in topological order."""
-    eps = {input_name: _endpoint(mg, input_name, "", "Input", result.states[input_name])}
+    rank = {g: i for i, g in enumerate(mg.names) if g in result.gates}  # gates in graph order
+    eps = {input_name: _endpoint(mg, input_name, "", "Input", result.states[input_name], rank)}
     for idx in result.order:
         if idx not in result.transfers:
             continue
@@ -479,19 +478,21 @@ def _endpoints(mg: ModelGraph, result: PassResult, input_name: str) -> dict[str,
         for out in node.output:
             state = result.states.get(out)
             if state is not None:
-                eps[out] = _endpoint(mg, out, mg.names[idx], node.op_type, state)
+                eps[out] = _endpoint(mg, out, mg.names[idx], node.op_type, state, rank)
     return eps
 
 
-def _endpoint(mg: ModelGraph, name: str, node: str, op: str, state: TensorState) -> EndPoint:
+def _endpoint(mg: ModelGraph, name: str, node: str, op: str, state: TensorState,
+              gate_rank: Mapping[str, int]) -> EndPoint:
     """Build an EndPoint, finding how many units the tensor has along each spatial axis."""
     axes = carried(state.layout)
     tensor_axes = tuple(axes.get(a) for a in range(len(state.fields)))
     units, folded, unit_axes = _unit_layout(state.layout, len(state.fields))
     fields = tuple(compose(Span.layer(folded[a], 1, 0), f) if a in folded else f
                    for a, f in enumerate(state.fields))
+    gates = sorted(merged_gates(f for f in state.fields if not f.is_global), key=gate_rank.__getitem__)
     return EndPoint(name, node, op, tuple(mg.shapes.get(name) or ()), fields, units,
-                    tensor_axes, state.size_dependent, state.misaligned, unit_axes)
+                    tensor_axes, state.size_dependent, state.misaligned, unit_axes, tuple(gates))
 
 
 def _unit_layout(layout: Layout, n_axes: int) -> tuple[tuple[int | None, ...], dict[int, int],

@@ -348,7 +348,7 @@ def compute_erf(model: ModelSource, output: str | None = None, *,
     out_shape = _output_shape(proto, output, input_name, full_shape)
     target = resolve_target(analysis, proto, output, unit, conv.channel, len(full_shape), spatial,
                             out_shape, conv.centre)
-    notes += _seed_notes(proto, target, conv)
+    notes += _seed_notes(proto, target, conv) + _gate_notes(analysis, output)
     make_seed(target, 1)  # checks the channel against the tensor's axes, with their names
     plan = ec.seed_plan(proto, output, conv, _unit_channels(target))
     seeded = replace(target, output=plan.output, channel=plan.channel)
@@ -535,6 +535,19 @@ def _seed_notes(proto: onnx.ModelProto, target: Target, conv: ec.ERFConventions)
         notes.append(f"'{target.output}' comes from {producer}: summed over channels it is nearly "
                      "constant, so its gradient may be ~0; pick one channel (--channel C)")
     return notes
+
+
+def _gate_notes(analysis: Analysis | None, output: str) -> list[str]:
+    """After gates the TRF is the local field (gates held constant) but the ERF is the exact
+    gradient, which also flows through each gate's pooling: say so."""
+    ep = _endpoint(analysis, output)
+    if ep is None or not ep.gates:
+        return []
+    return [f"'{output}' is gated ({len(ep.gates)} gate(s): {', '.join(ep.gates[:3])}"
+            f"{', ...' if len(ep.gates) > 3 else ''}): its TRF is the local field with the gates held "
+            f"constant, while this ERF is the exact gradient, which also flows through each gate's "
+            f"global pooling: its support is the whole input (small outside the local field), and "
+            f"ERF/TRF compares it with the local field"]
 
 
 def _input_kind(inputs: str) -> tuple[InputKind, str | None]:

@@ -194,7 +194,7 @@ class AxisField:
     Flatten+Gemm...); ``spans`` is then empty.  ``gates`` names the gates (a feature map times a
     per-channel value pooled from all positions: squeeze-excitation) on the paths into the tensor:
     ``spans`` is then the *local* field, with every gate's output held constant (detached), and
-    the exact field is global through them.
+    the exact field is global through them (sorted names).
     """
 
     spans: tuple[Span, ...]
@@ -278,15 +278,16 @@ def union_fields(fields: Iterable[AxisField]) -> AxisField:
 
 
 def merged_gates(fields: Iterable[AxisField]) -> tuple[str, ...]:
-    """The gates of several fields, each once, in the order first met."""
-    return tuple(dict.fromkeys(g for f in fields for g in f.gates))
+    """The gates of several fields, each once, sorted (equal fields compare equal whatever the
+    order the paths were met in)."""
+    return tuple(sorted({g for f in fields for g in f.gates}))
 
 
 def with_gate(field: AxisField, gate: str) -> AxisField:
     """A local field that also passed through ``gate`` (held constant); a global one as it is."""
     if field.is_global or gate in field.gates:
         return field
-    return AxisField(field.spans, None, field.gates + (gate,))
+    return AxisField(field.spans, None, tuple(sorted(field.gates + (gate,))))
 
 
 def _union_local(fields: list[AxisField]) -> AxisField:

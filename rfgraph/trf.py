@@ -19,7 +19,6 @@ from fractions import Fraction
 
 from .errors import DynamicShapeError, UnsupportedOpError
 from .fields import (
-    BROADCAST,
     IDENTITY,
     AxisField,
     Rational,
@@ -149,6 +148,11 @@ class PassResult:
     global_at: dict[str, str] = field(default_factory=dict)  # node -> why it mixes positions
     gates: dict[str, Gate] = field(default_factory=dict)  # node -> the gate it applies
 
+    def local_edges(self, node: str, edges: tuple[Edge, ...]) -> tuple[Edge, ...]:
+        """A node's edges without its gate operand (held constant for the local fields)."""
+        gate = self.gates.get(node)
+        return edges if gate is None else tuple(e for e in edges if e.slot != gate.slot)
+
 
 def forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout) -> PassResult:
     """Field of every tensor w.r.t. ``input_name``, in topological order (O(|E| + |L|))."""
@@ -275,7 +279,8 @@ def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> 
             states[tensor] = TensorState(out.layout, fields, dep, st.misaligned)
             continue
         inputs = [states[node_in[e.slot]] for e in out.edges]
-        gate = _gate_slots(mg.op_types[idx], out, inputs) if len(out.edges) > 1 else ()
+        gate = _gate_slots(mg.op_types[idx], out, inputs,
+                           [mg.shapes.get(node_in[e.slot]) for e in out.edges]) if len(out.edges) > 1 else ()
         if gate:
             out = _record_gates(result, mg, idx, out, gate)
             inputs = [states[node_in[e.slot]] for e in out.edges]
@@ -295,21 +300,31 @@ def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> 
         states[tensor] = TensorState(out.layout, fields, dep, bad)
 
 
-def _gate_slots(op: str, out: OutTransfer, inputs: Sequence[TensorState]) -> tuple[int, ...]:
-    """Indices (into ``out.edges``) of the gate operands of a Mul/Add: broadcast along every
-    spatial axis where the output has several positions (size 1 there) and global along every
-    axis (computed from an op that reads all positions).  Found from shapes and fields, never
-    names; an attention map (several positions) is no gate.  Empty unless some operand is not
-    a gate (the feature map gated)."""
+def _gate_slots(op: str, out: OutTransfer, inputs: Sequence[TensorState],
+                shapes: Sequence[tuple | None]) -> tuple[int, ...]:
+    """Indices (into ``out.edges``) of the gate operands of a Mul/Add: of size 1 (broadcast)
+    along every tensor axis where the output has several positions, and global along every
+    spatial axis (computed from an op that reads all positions).  Found from shapes and fields,
+    never names; an attention map (several positions, even global ones) is no gate.  Empty
+    unless some operand is not a gate (the feature map gated)."""
     if op not in GATE_OPS:
         return ()
-    spread = [a for parts in out.layout for a, n in parts if a >= 0 and n != 1]
+    spread = [t for t, parts in enumerate(out.layout) if any(a >= 0 and n != 1 for a, n in parts)]
     if not spread:
         return ()
-    gates = tuple(k for k, (e, st) in enumerate(zip(out.edges, inputs))
-                  if all(e.span(a) is BROADCAST for a in spread)
+    gates = tuple(k for k, (e, st, shape) in enumerate(zip(out.edges, inputs, shapes))
+                  if _constant_over(shape, spread, len(out.layout))
                   and st.fields and all(f.global_at is not None for f in st.fields))
     return gates if len(gates) < len(out.edges) else ()
+
+
+def _constant_over(shape: tuple | None, axes: Sequence[int], out_rank: int) -> bool:
+    """True when an operand of this (known) shape has size 1 along the output's tensor ``axes``
+    (inputs align on the right, numpy broadcasting)."""
+    if shape is None:
+        return False
+    off = out_rank - len(shape)
+    return all(t < off or shape[t - off] == 1 for t in axes)
 
 
 def _record_gates(result: PassResult, mg: ModelGraph, idx: int, out: OutTransfer,
@@ -458,9 +473,7 @@ def reverse_pass(mg: ModelGraph, result: PassResult, target: str) -> dict[str, t
             seen = fields[node.output[j]]
             if gate is not None:
                 seen = tuple(with_gate(f, gate.node) for f in seen)
-            for e in out.edges:
-                if gate is not None and e.slot == gate.slot:
-                    continue
+            for e in result.local_edges(mg.names[idx], out.edges):
                 x = node.input[e.slot]
                 new = tuple(_extend(seen[i], e.span(i), mg.names[idx]) for i in range(n_axes))
                 old = fields.get(x)
