@@ -31,7 +31,7 @@ from onnx import numpy_helper
 
 from rfgraph import analyze
 from rfgraph.cli import main
-from tests.impulses import check_tensor
+from tests.impulses import check_tensor, with_constant_gates
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
@@ -196,27 +196,6 @@ def test_local_region_is_the_gradient_support_with_the_gates_detached(case) -> N
         assert gradient_hulls(net, unit, detach=True) == clipped(ep.region(unit)), unit
     centre = tuple(n // 2 for n in ep.units)
     assert gradient_hulls(net, centre, detach=False) == [(0, SIZE - 1)] * 2
-
-
-def with_constant_gates(proto: onnx.ModelProto, a) -> onnx.ModelProto:
-    """The model with each gate's operand replaced by a constant initializer (its value on a
-    random input): the onnxruntime counterpart of detaching the gate."""
-    import onnxruntime as ort
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(proto)
-    gated = [g.tensor for g in a.gates.values()]
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in gated)
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(2).random((1, 3, SIZE, SIZE)).astype(np.float32)
-    values = dict(zip(gated, sess.run(gated, {"x": x})))
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    keep = [n for n in out.graph.node if not set(n.output) & set(gated)]
-    del out.graph.node[:]
-    out.graph.node.extend(keep)
-    out.graph.initializer.extend(numpy_helper.from_array(v, t) for t, v in values.items())
-    return out
 
 
 def test_local_region_is_the_impulse_response_with_constant_gates(case) -> None:
