@@ -293,7 +293,8 @@ def _analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None
     axis_names = AXIS_NAMES.get(len(spatial), tuple(f"A{i}" for i in range(len(spatial))))
     return Analysis(name, tuple(shape), tuple(spatial), axis_names,
                     endpoints, mg.outputs, result.merges, result.stops, result.global_at, mg, result,
-                    gates=result.gates, layout=layout_text(spatial, axis_names, len(shape)), layout_reason=layout_reason)
+                    gates=result.gates, layout=layout_text(spatial, axis_names, len(shape)),
+                    layout_reason=layout_reason)
 
 
 def validate_input_size(model: ModelSource, input_shape: Mapping[str, Sequence[int]],

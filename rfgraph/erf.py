@@ -543,11 +543,12 @@ def _gate_notes(analysis: Analysis | None, output: str) -> list[str]:
     ep = _endpoint(analysis, output)
     if ep is None or not ep.gates:
         return []
-    return [f"'{output}' is gated ({len(ep.gates)} gate(s): {', '.join(ep.gates[:3])}"
+    note = (f"'{output}' is gated ({len(ep.gates)} gate(s): {', '.join(ep.gates[:3])}"
             f"{', ...' if len(ep.gates) > 3 else ''}): its TRF is the local field with the gates held "
             f"constant, while this ERF is the exact gradient, which also flows through each gate's "
             f"global pooling: its support is the whole input (small outside the local field), and "
-            f"ERF/TRF compares it with the local field"]
+            f"ERF/TRF compares it with the local field")
+    return [note]
 
 
 def _input_kind(inputs: str) -> tuple[InputKind, str | None]:

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
 
 from rfgraph import analyze
 from rfgraph.cli import main
