@@ -204,13 +204,15 @@ def _notes(analysis: Analysis) -> list[str]:
     if len(misaligned) > NOTE_LINES:
         lines.append(f"... and {len(misaligned) - NOTE_LINES} more misaligned merges along an axis "
                      f"(--format json lists them all)")
-    for node, why in list(analysis.global_at.items())[:NOTE_LINES]:
+    sources = {g.source for g in analysis.gates.values()}  # named by their gate's line
+    mixers = [(node, why) for node, why in analysis.global_at.items() if node not in sources]
+    for node, why in mixers[:NOTE_LINES]:
         lines.append(f"global field from {node}: {why}")
-    if len(analysis.global_at) > NOTE_LINES:
-        lines.append(f"... and {len(analysis.global_at) - NOTE_LINES} more nodes that mix all positions")
+    if len(mixers) > NOTE_LINES:
+        lines.append(f"... and {len(mixers) - NOTE_LINES} more nodes that mix all positions")
     for g in list(analysis.gates.values())[:NOTE_LINES]:
-        lines.append(f"gate {g.node} ({g.op}): '{g.tensor}' is constant over positions and pooled "
-                     f"from all of them at {g.source}; held constant for the local fields after it")
+        lines.append(f"gate {g.node} ({g.op}): '{g.tensor}' (constant over positions, pooled at "
+                     f"{g.source}) held constant for the local fields")
     if len(analysis.gates) > NOTE_LINES:
         lines.append(f"... and {len(analysis.gates) - NOTE_LINES} more gates (--format json lists them all)")
     for node, why in analysis.rule_notes.items():
