@@ -204,9 +204,9 @@ class Analysis:
         heads meet in a stopping Concat), stepping back through Flatten/Reshape/Transpose to a
         tensor with a grid."""
         names = [o for o in self.outputs if o in self.endpoints]
-        sources = {g.source for g in self.gates.values()}  # a gate's pooling is no end of the local field
+        gating = self.gating_nodes()  # a gate's pooling is no end of the local field
         mixers = [idx for idx, transfer in self._pass.transfers.items()
-                  if transfer.mix_reason and self.graph.names[idx] not in sources]
+                  if transfer.mix_reason and idx not in gating]
         index = {name: i for i, name in enumerate(self.graph.names)}
         stopped = [index[s.node] for s in self.stops if s.node in index]
         for idx in mixers + stopped:
@@ -216,6 +216,26 @@ class Analysis:
                     names.append(feature_map)
         order = list(self.endpoints)
         return sorted(names, key=order.index)
+
+    def gating_nodes(self) -> set[int]:
+        """Nodes computed only to feed gate operands (an SE block's poolings and MLP): every use
+        of their outputs is a gate's operand or another such node, and none is a graph output."""
+        if not self.gates:
+            return set()
+        mg = self.graph
+        uses: dict[str, list[tuple[int, int]]] = {}
+        for i, ins in enumerate(mg.node_inputs):
+            for slot, t in enumerate(ins):
+                uses.setdefault(t, []).append((i, slot))
+        gate_slot = {g.node: g.slot for g in self.gates.values()}
+        outputs, only = set(mg.outputs), set[int]()
+        for idx in reversed(self._pass.order):
+            outs = [t for t in mg.node_outputs[idx] if t]
+            used = [u for t in outs for u in uses.get(t, ())]
+            if used and not outputs.intersection(outs) and all(
+                    j in only or gate_slot.get(mg.names[j]) == slot for j, slot in used):
+                only.add(idx)
+        return only
 
     def _last_grid(self, tensor: str, steps: int = 8) -> str | None:
         """The nearest tensor at or before ``tensor`` that is local and indexed by spatial axes."""

@@ -204,8 +204,8 @@ def _notes(analysis: Analysis) -> list[str]:
     if len(misaligned) > NOTE_LINES:
         lines.append(f"... and {len(misaligned) - NOTE_LINES} more misaligned merges along an axis "
                      f"(--format json lists them all)")
-    sources = {g.source for g in analysis.gates.values()}  # named by their gate's line
-    mixers = [(node, why) for node, why in analysis.global_at.items() if node not in sources]
+    gating = {analysis.graph.names[i] for i in analysis.gating_nodes()}  # named by their gate's line
+    mixers = [(node, why) for node, why in analysis.global_at.items() if node not in gating]
     for node, why in mixers[:NOTE_LINES]:
         lines.append(f"global field from {node}: {why}")
     if len(mixers) > NOTE_LINES:

@@ -5,9 +5,9 @@ of them; the exact field after it is global, and rfgraph reports the local field
 held constant, naming the gates.  Cases, each a hand-written torch module exported with
 ``torch.onnx.export(dynamo=False)``: conv-SE-conv; two MobileNetV3-like inverted residuals (SE
 with hardsigmoid, hardswish, a stride-2 block and a residual one); ECA (a 1-D conv over the
-pooled channels); CBAM (a channel gate, then a spatial attention map: local, size > 1 along
-positions, so no gate); and a global spatial attention map (softmax over positions, size > 1):
-no gate, the field stays global.
+pooled channels); a global-context block (the gate added, not multiplied); CBAM (a channel gate,
+then a spatial attention map: local, size > 1 along positions, so no gate); and a global spatial
+attention map (softmax over positions, size > 1): no gate, the field stays global.
 
 Oracles: (a) torch float64 autograd with the gates detached (``.detach()``): the hull of the
 input gradient's support of every unit equals rfgraph's local region, and without the detach it
@@ -80,6 +80,19 @@ class CBAM(nn.Module):
         return x * torch.sigmoid(self.spatial(s))
 
 
+class GlobalContext(nn.Module):
+    """A global-context block's fusion by addition: x + transform(mean over positions)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.transform = nn.Sequential(nn.Conv2d(c, 2, 1), nn.ReLU(), nn.Conv2d(2, c, 1))
+        self.detach = False
+
+    def forward(self, x):
+        g = self.transform(x.mean((2, 3), keepdim=True))
+        return x + (g.detach() if self.detach else g)
+
+
 class InvertedResidual(nn.Module):
     """MobileNetV3's block: 1x1 expand, hardswish, 3x3 depthwise, hardswish, SE, 1x1 project."""
 
@@ -111,12 +124,16 @@ def eca_net() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), ECA(), nn.Conv2d(4, 4, 5, 2, 2))
 
 
+def gc_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), GlobalContext(4), nn.Conv2d(4, 4, 3, 2, 1))
+
+
 def cbam_net() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), CBAM(4), nn.Conv2d(4, 4, 3, padding=1))
 
 
 NETS = {"conv_se_conv": (conv_se_conv, 1), "mobilenet_v3_like": (mobilenet_v3_like, 2),
-        "eca": (eca_net, 1), "cbam": (cbam_net, 1)}  # builder, number of gates
+        "eca": (eca_net, 1), "cbam": (cbam_net, 1), "global_context": (gc_net, 1)}  # builder, gates
 SIZE = 16
 
 
@@ -175,13 +192,15 @@ def case(request: pytest.FixtureRequest):
 
 def test_gated_output_reports_its_local_field_and_names_the_gates(case) -> None:
     """Before: every tensor after the first gate was global with no number.  Now the output is
-    local (r, S, P numbers) and names one gate node (a Mul) per gate of the net."""
+    local (r, S, P numbers) and names one gate node (a Mul, or an Add for the global-context
+    block) per gate of the net; a gate's pooling is no default end point (the output is)."""
     name, _, proto, a, out = case
     ep = a[out]
     assert not ep.is_global and all(r is not None for r in ep.r)
     assert len(ep.gates) == NETS[name][1] == len(a.gates)
     ops = {n.name: n.op_type for n in proto.graph.node}
-    assert all(ops[g] == "Mul" for g in ep.gates)
+    assert all(ops[g] == ("Add" if name == "global_context" else "Mul") for g in ep.gates)
+    assert a.default_endpoints() == [out]
     back = a.fields_toward(out)["x"]  # the reverse pass holds the same gates constant
     assert back == ep.fields
 
