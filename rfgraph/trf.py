@@ -306,16 +306,20 @@ def _gate_slots(op: str, out: OutTransfer, inputs: Sequence[TensorState],
     along every tensor axis where the output has several positions, and global along every
     spatial axis (computed from an op that reads all positions).  Found from shapes and fields,
     never names; an attention map (several positions, even global ones) is no gate.  Empty
-    unless some operand is not a gate (the feature map gated)."""
+    unless another operand is a feature map with a local field (the map gated)."""
     if op not in GATE_OPS:
         return ()
     spread = [t for t, parts in enumerate(out.layout) if any(a >= 0 and n != 1 for a, n in parts)]
     if not spread:
         return ()
     gates = tuple(k for k, (e, st, shape) in enumerate(zip(out.edges, inputs, shapes))
-                  if _constant_over(shape, spread, len(out.layout))
-                  and st.fields and all(f.global_at is not None for f in st.fields))
-    return gates if len(gates) < len(out.edges) else ()
+                  if _constant_over(shape, spread, len(out.layout)) and _all_global(st))
+    gated = [st for k, st in enumerate(inputs) if k not in gates and not _all_global(st)]
+    return gates if gated else ()  # a global map times a global value (InstanceNorm's): no gate
+
+
+def _all_global(state: TensorState) -> bool:
+    return bool(state.fields) and all(f.global_at is not None for f in state.fields)
 
 
 def _constant_over(shape: tuple | None, axes: Sequence[int], out_rank: int) -> bool:

@@ -307,3 +307,21 @@ def test_torchvision_random_init_exports(arch: str) -> None:
     a = analyze(onnx.load_from_string(buf.getvalue()))
     ep = a[a.outputs[0]]
     assert not ep.is_global and ep.gates
+
+
+def test_instance_norm_written_out_stays_global() -> None:
+    """InstanceNorm as exported op by op: (x - mean) * 1/sqrt(var), both statistics pooled over
+    positions.  The Mul's operand 1/sqrt(var) is constant over positions and global, but so is
+    the other operand (x - mean): no feature map is gated, the field stays global.  Oracle:
+    onnxruntime impulses (every unit moves with every input position)."""
+    from tests.graphs import G
+
+    g = G((6, 6), channels=1, batch=1)
+    c = g.conv("x", 3, 1, pads=[1] * 4, cout=2)
+    centred = g.node("Sub", [c, g.node("ReduceMean", [c], axes=[2, 3])])
+    var = g.node("ReduceMean", [g.node("Mul", [centred, centred])], axes=[2, 3])
+    y = g.node("Mul", [centred, g.node("Reciprocal", [g.node("Sqrt", [var])])])
+    model = g.model(y)
+    a = analyze(model)
+    assert a[y].is_global and not a[y].gates and not a.gates
+    assert check_tensor(a, model, y) == 36
