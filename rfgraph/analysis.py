@@ -40,7 +40,11 @@ LAYOUT_PASSTHROUGH = {"Cast", "Sub", "Div", "Mul", "Add", "Identity", "Unsqueeze
 
 @dataclass(frozen=True)
 class EndPoint:
-    """A tensor of the graph and its receptive field along each input spatial axis."""
+    """A tensor of the graph and its receptive field along each input spatial axis.
+
+    After gates (``gates`` not empty: squeeze-excitation, ECA...) the fields, r, S, P, regions
+    and boxes are the *local* field, with every gate's output held constant (what ``.detach()``
+    on the gate gives in autograd); the exact field is global through those gates."""
 
     name: str
     node: str  # producing node ('' for the graph input)
