@@ -174,7 +174,6 @@ class Analysis:
     global_at: dict[str, str]  # node -> why it mixes all positions
     graph: ModelGraph = field(repr=False)
     _pass: PassResult = field(repr=False)
-    gates: dict[str, Gate] = field(default_factory=dict)  # gate node -> its operand and source
     rule_notes: dict[str, str] = field(default_factory=dict)  # node -> declared/assumed rule used
     layout: str = ""  # the input's layout as --layout spells it (NCHW, NHWC, NL...)
     layout_reason: str = ""  # why that layout: given, a leading Transpose, a Conv, the shape
@@ -197,6 +196,12 @@ class Analysis:
     def aligned(self) -> bool:
         """True when every merge satisfies conditions (12)-(13)."""
         return all(m.aligned for m in self.merges)
+
+    @property
+    def gates(self) -> dict[str, Gate]:
+        """Gate node -> the gate (its operand, constant over positions, and the node that pooled
+        it): held constant for the local fields of the tensors after it (``EndPoint.gates``)."""
+        return self._pass.gates
 
     @property
     def misaligned(self) -> list[Merge]:
@@ -317,8 +322,7 @@ def _analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None
     axis_names = AXIS_NAMES.get(len(spatial), tuple(f"A{i}" for i in range(len(spatial))))
     return Analysis(name, tuple(shape), tuple(spatial), axis_names,
                     endpoints, mg.outputs, result.merges, result.stops, result.global_at, mg, result,
-                    gates=result.gates, layout=layout_text(spatial, axis_names, len(shape)),
-                    layout_reason=layout_reason)
+                    layout=layout_text(spatial, axis_names, len(shape)), layout_reason=layout_reason)
 
 
 def validate_input_size(model: ModelSource, input_shape: Mapping[str, Sequence[int]],
