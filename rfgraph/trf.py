@@ -380,23 +380,31 @@ def _edge_field(span: Span | None, field_in: AxisField, node: str) -> AxisField:
 def _check_alignment(result: PassResult, mg: ModelGraph, idx: int, out: OutTransfer, tensor: str,
                      per_edge: list[tuple[AxisField, ...]]) -> bool:
     """Conditions (12)-(13): equal effective strides and equal centres on every branch (one
-    record per axis; an axis whose branch fields are those of the previous axis reuses its verdict)."""
+    record per axis; an axis whose branch fields are those of the previous axis reuses its verdict).
+    Along an axis where the output has one unit, strides do not matter (no second unit to shift
+    to): aligned when the branches' centres of that unit agree (eq. 13 at u = 0)."""
     node_in = mg.node_inputs[idx]
     inputs = tuple([node_in[e.slot] for e in out.edges])
     name, op, merges = mg.names[idx], mg.op_types[idx], result.merges
     ok = True
     prev: tuple[AxisField, ...] = ()
-    aligned = True
+    verdict = True
     for axis, fields in enumerate(zip(*per_edge)):
         if any([f.global_at is not None for f in fields]):  # noqa: C419 - a list is faster for 2-3 items
             prev = ()
             continue
         if not prev or any([a is not b for a, b in zip(fields, prev)]):  # noqa: C419 - idem
-            aligned = _aligned(fields)
+            verdict = _aligned(fields)
         prev = fields
+        aligned = verdict or (_units_along(out.layout, axis) == 1 and len({f.centre(0) for f in fields}) == 1)
         ok = ok and aligned
         merges.append(Merge(name, op, tensor, axis, inputs, fields, aligned))
     return ok
+
+
+def _units_along(layout: Layout, axis: int) -> int:
+    """Positions of a tensor along input spatial ``axis`` (1 when no tensor axis holds it; 0 unknown)."""
+    return math.prod(n for parts in layout for a, n in parts if a == axis)
 
 
 def _aligned(fields: Sequence[AxisField]) -> bool:

@@ -325,3 +325,28 @@ def test_instance_norm_written_out_stays_global() -> None:
     a = analyze(model)
     assert a[y].is_global and not a[y].gates and not a.gates
     assert check_tensor(a, model, y) == 36
+
+
+def test_merge_on_an_axis_of_one_unit_compares_that_units_centres() -> None:
+    """Along an axis where a merge's output has one unit, strides cannot misalign anything (no
+    second unit): a 5x5 conv (S=1) plus a 5x5/5 pool (S=5) on a 5x5 input both see [0, 4] and are
+    aligned; a 3x3 conv on the top-left 3x3 crop sees [0, 2] (another centre): misaligned.  Local
+    fields after gates exposed this (PP-OCRv4 rec's neck merges along its one row were reported
+    misaligned).  Oracle: the unit's measured impulse hulls per branch (onnxruntime)."""
+    from tests.graphs import G
+    from tests.impulses import dependencies, measured_hulls
+
+    g = G((5, 5), channels=1, batch=1)
+    conv = g.conv("x", 5, 1, cout=1)
+    pool = g.pool("AveragePool", "x", 5, 5)
+    crop = g.node("Slice", ["x", g._init(np.array([0, 0])), g._init(np.array([3, 3])),
+                            g._init(np.array([2, 3]))])
+    small = g.conv(crop, 3, 1, cout=1)
+    same, other = g.add(conv, pool), g.add(conv, small)
+    model = g.model([same, other])
+    a = analyze(model)
+    hulls = {t: measured_hulls(dependencies(model, "x", t, [2, 3])[0], 2, (0, 0, 0, 0))
+             for t in (conv, pool, small)}
+    assert hulls[conv] == hulls[pool] != hulls[small]
+    verdicts = {m.output: m.aligned for m in a.merges}
+    assert verdicts == {same: True, other: False}
