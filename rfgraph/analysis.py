@@ -18,7 +18,7 @@ import onnx
 
 from . import custom_ops
 from .errors import DynamicShapeError, InputSizeError, RFGraphError
-from .fields import AxisField, Rational, Span, compose
+from .fields import AxisField, Rational, Span, compose, merged_gates
 from .onnx_import import (
     ModelGraph,
     ModelSource,
@@ -32,7 +32,7 @@ from .onnx_import import (
     smallest_input_size,
 )
 from .ops import Layout, carried
-from .trf import Merge, PassResult, Stop, TensorState, forward_pass, reverse_pass
+from .trf import Gate, Merge, PassResult, Stop, TensorState, forward_pass, reverse_pass
 
 AXIS_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
 LAYOUT_PASSTHROUGH = {"Cast", "Sub", "Div", "Mul", "Add", "Identity", "Unsqueeze"}
@@ -40,7 +40,11 @@ LAYOUT_PASSTHROUGH = {"Cast", "Sub", "Div", "Mul", "Add", "Identity", "Unsqueeze
 
 @dataclass(frozen=True)
 class EndPoint:
-    """A tensor of the graph and its receptive field along each input spatial axis."""
+    """A tensor of the graph and its receptive field along each input spatial axis.
+
+    After gates (``gates`` not empty: squeeze-excitation, ECA...) the fields, r, S, P, regions
+    and boxes are the *local* field, with every gate's output held constant (what ``.detach()``
+    on the gate gives in autograd); the exact field is global through those gates."""
 
     name: str
     node: str  # producing node ('' for the graph input)
@@ -54,6 +58,11 @@ class EndPoint:
     # tensor axes whose index is a position: each with the input spatial axes it indexes, in
     # row-major order (one for a feature map's H; two for ViT tokens flattened from H, W)
     unit_axes: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    # gate nodes on the paths into this tensor, in graph order (squeeze-excitation, ECA...: a
+    # feature map times a value pooled from every position).  When not empty, r, S, P and the
+    # regions are the local field with every gate's output held constant (what detaching the gate
+    # gives in autograd); the exact field is global through these gates.
+    gates: tuple[str, ...] = ()
 
     @property
     def aligned(self) -> bool:
@@ -61,7 +70,8 @@ class EndPoint:
 
     @property
     def r(self) -> tuple[int | None, ...]:
-        """Receptive-field size per axis (None where global)."""
+        """Receptive-field size per axis (None where global; after gates, the local field:
+        see ``gates``)."""
         return tuple(None if f.is_global else f.size(n) for f, n in zip(self.fields, self.units))
 
     @property
@@ -76,7 +86,9 @@ class EndPoint:
 
     @property
     def is_global(self) -> bool:
+        """True when some axis is global for a reason other than gates (pooling, attention...)."""
         return any(f.is_global for f in self.fields)
+
 
     @property
     def shift_invariant(self) -> bool:
@@ -186,6 +198,12 @@ class Analysis:
         return all(m.aligned for m in self.merges)
 
     @property
+    def gates(self) -> dict[str, Gate]:
+        """Gate node -> the gate (its operand, constant over positions, and the node that pooled
+        it): held constant for the local fields of the tensors after it (``EndPoint.gates``)."""
+        return self._pass.gates
+
+    @property
     def misaligned(self) -> list[Merge]:
         return [m for m in self.merges if not m.aligned]
 
@@ -195,7 +213,9 @@ class Analysis:
         heads meet in a stopping Concat), stepping back through Flatten/Reshape/Transpose to a
         tensor with a grid."""
         names = [o for o in self.outputs if o in self.endpoints]
-        mixers = [idx for idx, transfer in self._pass.transfers.items() if transfer.mix_reason]
+        gating = self.gating_nodes()  # a gate's pooling is no end of the local field
+        mixers = [idx for idx, transfer in self._pass.transfers.items()
+                  if transfer.mix_reason and idx not in gating]
         index = {name: i for i, name in enumerate(self.graph.names)}
         stopped = [index[s.node] for s in self.stops if s.node in index]
         for idx in mixers + stopped:
@@ -205,6 +225,26 @@ class Analysis:
                     names.append(feature_map)
         order = list(self.endpoints)
         return sorted(names, key=order.index)
+
+    def gating_nodes(self) -> set[int]:
+        """Nodes computed only to feed gate operands (an SE block's poolings and MLP): every use
+        of their outputs is a gate's operand or another such node, and none is a graph output."""
+        if not self.gates:
+            return set()
+        mg = self.graph
+        uses: dict[str, list[tuple[int, int]]] = {}
+        for i, ins in enumerate(mg.node_inputs):
+            for slot, t in enumerate(ins):
+                uses.setdefault(t, []).append((i, slot))
+        gate_slot = {g.node: g.slot for g in self.gates.values()}
+        outputs, only = set(mg.outputs), set[int]()
+        for idx in reversed(self._pass.order):
+            outs = [t for t in mg.node_outputs[idx] if t]
+            used = [u for t in outs for u in uses.get(t, ())]
+            if used and not outputs.intersection(outs) and all(
+                    j in only or gate_slot.get(mg.names[j]) == slot for j, slot in used):
+                only.add(idx)
+        return only
 
     def _last_grid(self, tensor: str, steps: int = 8) -> str | None:
         """The nearest tensor at or before ``tensor`` that is local and indexed by spatial axes."""
@@ -458,7 +498,8 @@ def _input_layout(shape: Sequence[int | None], spatial: Sequence[int]) -> Layout
 
 def _endpoints(mg: ModelGraph, result: PassResult, input_name: str) -> dict[str, EndPoint]:
     """One EndPoint per analysed tensor, input first, then in topological order."""
-    eps = {input_name: _endpoint(mg, input_name, "", "Input", result.states[input_name])}
+    rank = {g: i for i, g in enumerate(mg.names) if g in result.gates}  # gates in graph order
+    eps = {input_name: _endpoint(mg, input_name, "", "Input", result.states[input_name], rank)}
     for idx in result.order:
         if idx not in result.transfers:
             continue
@@ -466,19 +507,21 @@ def _endpoints(mg: ModelGraph, result: PassResult, input_name: str) -> dict[str,
         for out in node.output:
             state = result.states.get(out)
             if state is not None:
-                eps[out] = _endpoint(mg, out, mg.names[idx], node.op_type, state)
+                eps[out] = _endpoint(mg, out, mg.names[idx], node.op_type, state, rank)
     return eps
 
 
-def _endpoint(mg: ModelGraph, name: str, node: str, op: str, state: TensorState) -> EndPoint:
+def _endpoint(mg: ModelGraph, name: str, node: str, op: str, state: TensorState,
+              gate_rank: Mapping[str, int]) -> EndPoint:
     """Build an EndPoint, finding how many units the tensor has along each spatial axis."""
     axes = carried(state.layout)
     tensor_axes = tuple(axes.get(a) for a in range(len(state.fields)))
     units, folded, unit_axes = _unit_layout(state.layout, len(state.fields))
     fields = tuple(compose(Span.layer(folded[a], 1, 0), f) if a in folded else f
                    for a, f in enumerate(state.fields))
+    gates = sorted(merged_gates(f for f in state.fields if not f.is_global), key=gate_rank.__getitem__)
     return EndPoint(name, node, op, tuple(mg.shapes.get(name) or ()), fields, units,
-                    tensor_axes, state.size_dependent, state.misaligned, unit_axes)
+                    tensor_axes, state.size_dependent, state.misaligned, unit_axes, tuple(gates))
 
 
 def _unit_layout(layout: Layout, n_axes: int) -> tuple[tuple[int | None, ...], dict[int, int],

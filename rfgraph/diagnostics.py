@@ -117,14 +117,15 @@ def span_bounds(span: Span | None, u: np.ndarray, n_in: int) -> tuple[np.ndarray
 
 
 def exact_regions(analysis: Analysis) -> dict[str, tuple[AxisRegions, ...]]:
-    """Clipped outer and inner regions of every analysed tensor (one forward sweep)."""
+    """Clipped outer and inner regions of every analysed tensor (one forward sweep; gates held
+    constant, as the local fields are)."""
     mg, res = analysis.graph, analysis._pass
     sizes = input_sizes(analysis)
     out: dict[str, tuple[AxisRegions, ...]] = {
         analysis.input_name: tuple(AxisRegions.identity(n) for n in sizes)}
     for idx, tensor, ot in output_transfers(mg, res):
         node = mg.nodes[idx]
-        found = [(e, out.get(node.input[e.slot])) for e in ot.edges]
+        found = [(e, out.get(node.input[e.slot])) for e in res.local_edges(mg.names[idx], ot.edges)]
         ins = [(e, x) for e, x in found if x is not None]
         if len(ins) < len(found):  # an input without regions
             continue

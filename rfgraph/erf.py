@@ -434,7 +434,7 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
     out_shape = _output_shape(proto, output, input_name, full_shape)
     targets = [resolve_target(analysis, proto, output, u, conv.channel, len(full_shape), spatial,
                               out_shape, conv.centre) for u in units]
-    notes += _seed_notes(proto, targets[0], conv)
+    notes += _seed_notes(proto, targets[0], conv) + _gate_notes(analysis, output)
     make_seed(targets[0], 1)  # checks the channel against the tensor's axes, with their names
     plan = ec.seed_plan(proto, output, conv, _unit_channels(targets[0]))
     batch = batch or auto_batch(full_shape, providers)
@@ -686,6 +686,20 @@ def _seed_notes(proto: onnx.ModelProto, target: Target, conv: ec.ERFConventions)
         notes.append(f"'{target.output}' comes from {producer}: summed over channels it is nearly "
                      "constant, so its gradient may be ~0; pick one channel (--channel C)")
     return notes
+
+
+def _gate_notes(analysis: Analysis | None, output: str) -> list[str]:
+    """After gates the TRF is the local field (gates held constant) but the ERF is the exact
+    gradient, which also flows through each gate's pooling: say so."""
+    ep = _endpoint(analysis, output)
+    if ep is None or not ep.gates:
+        return []
+    note = (f"'{output}' is gated ({len(ep.gates)} gate(s): {', '.join(ep.gates[:3])}"
+            f"{', ...' if len(ep.gates) > 3 else ''}): its TRF is the local field with the gates held "
+            f"constant, while this ERF is the exact gradient, which also flows through each gate's "
+            f"global pooling: its support is the whole input (small outside the local field), and "
+            f"ERF/TRF compares it with the local field")
+    return [note]
 
 
 def _input_kind(inputs: str) -> tuple[InputKind, str | None]:

@@ -191,11 +191,15 @@ class AxisField:
     ``spans`` holds one span when every path has the same effective stride (condition 12 holds);
     several when strides differ (the field is then not shift-invariant).  ``global_at`` names the
     node that made the field cover the whole input along this axis (global pooling, attention,
-    Flatten+Gemm...); ``spans`` is then empty.
+    Flatten+Gemm...); ``spans`` is then empty.  ``gates`` names the gates (a feature map times a
+    per-channel value pooled from all positions: squeeze-excitation) on the paths into the tensor:
+    ``spans`` is then the *local* field, with every gate's output held constant (detached), and
+    the exact field is global through them (sorted names).
     """
 
     spans: tuple[Span, ...]
     global_at: str | None = None
+    gates: tuple[str, ...] = ()
 
     @property
     def is_global(self) -> bool:
@@ -257,13 +261,37 @@ def global_field(node: str) -> AxisField:
 
 
 def union_fields(fields: Iterable[AxisField]) -> AxisField:
-    """Union of the fields of several paths into one tensor (global wins)."""
+    """Union of the fields of several paths into one tensor (global wins; gates add up)."""
     fields = list(fields)
     for f in fields:
         if f.global_at is not None:
             return f
     if len(fields) == 1:  # fast path: one path in, already a union
         return fields[0]
+    gates = fields[0].gates
+    for f in fields:
+        if f.gates is not gates:
+            gates = merged_gates(fields)
+            break
+    union = _union_local(fields)
+    return union if union.gates == gates else AxisField(union.spans, None, gates)
+
+
+def merged_gates(fields: Iterable[AxisField]) -> tuple[str, ...]:
+    """The gates of several fields, each once, sorted (equal fields compare equal whatever the
+    order the paths were met in)."""
+    return tuple(sorted({g for f in fields for g in f.gates}))
+
+
+def with_gate(field: AxisField, gate: str) -> AxisField:
+    """A local field that also passed through ``gate`` (held constant); a global one as it is."""
+    if field.is_global or gate in field.gates:
+        return field
+    return AxisField(field.spans, None, tuple(sorted(field.gates + (gate,))))
+
+
+def _union_local(fields: list[AxisField]) -> AxisField:
+    """Union of several local fields (the first one's gates kept; ``union_fields`` sets them)."""
     first = fields[0]
     if len(first.spans) == 1 and first.spans[0].q == 1:  # fast path: affine paths of one stride
         sp = first.spans[0]
@@ -273,8 +301,10 @@ def union_fields(fields: Iterable[AxisField]) -> AxisField:
                 break
             lo, hi = min(lo, f.spans[0].lo[0]), max(hi, f.spans[0].hi[0])
         else:  # a residual Add
-            return first if (lo, hi) == (sp.lo[0], sp.hi[0]) else AxisField((Span(1, A, (lo,), (hi,)),))
-    return AxisField(union_spans(sp for f in fields for sp in f.spans))
+            if (lo, hi) == (sp.lo[0], sp.hi[0]):
+                return first
+            return AxisField((Span(1, A, (lo,), (hi,)),), None, first.gates)
+    return AxisField(union_spans(sp for f in fields for sp in f.spans), None, first.gates)
 
 
 def compose(edge: Span, field: AxisField) -> AxisField:
@@ -282,8 +312,8 @@ def compose(edge: Span, field: AxisField) -> AxisField:
     if field.is_global:
         return field
     if len(field.spans) == 1:  # fast path: one stride
-        return AxisField((edge.then(field.spans[0]),))
-    return AxisField(union_spans(edge.then(sp) for sp in field.spans))
+        return AxisField((edge.then(field.spans[0]),), None, field.gates)
+    return AxisField(union_spans(edge.then(sp) for sp in field.spans), None, field.gates)
 
 
 # Closed forms of the single-path case (Araujo et al.), used by docs and as test oracles.

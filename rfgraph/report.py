@@ -66,6 +66,7 @@ def endpoint_rows(analysis: Analysis, names: Iterable[str]) -> list[dict[str, An
             "r": [number(v) for v in ep.r], "S": [number(v) for v in ep.S],
             "P": [number(v) for v in ep.P],
             "global": [f.global_at for f in ep.fields],
+            "gates": list(ep.gates),
             "covers_input": covers_input(ep, analysis),
             "aligned": ep.aligned, "misaligned_at": ep.misaligned_at,
             "shift_invariant": ep.shift_invariant,
@@ -90,6 +91,8 @@ def analysis_dict(analysis: Analysis, names: Iterable[str]) -> dict[str, Any]:
                           for b in m.branches]}
             for m in analysis.misaligned],
         "global_at": dict(analysis.global_at),
+        "gates": {g.node: {"op": g.op, "tensor": g.tensor, "source": g.source}
+                  for g in analysis.gates.values()},
         "rule_notes": dict(analysis.rule_notes),
         "stops": [{"node": s.node, "op": s.op, "reason": s.reason, "tensors_lost": s.lost}
                   for s in analysis.stops],
@@ -108,11 +111,23 @@ def _table_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
             note.append("reversed (S < 0): unit 0 sees the far end")
         if any(row["global"]):
             note.append("global from " + next(g for g in row["global"] if g))
+        if row["gates"]:
+            note.append(gates_note(row["gates"]))
         out.append([row["tensor"], row["op"], "x".join(str(d) for d in row["shape"]),
                     per_axis(row["r"]), per_axis(row["S"]), per_axis(row["P"]),
                     "yes" if row["covers_input"] else "no",
                     "yes" if row["aligned"] else f"NO ({row['misaligned_at']})", "; ".join(note)])
     return out
+
+
+GATES_SHOWN = 3  # gate nodes named in a table's note; JSON lists them all
+
+
+def gates_note(gates: Sequence[str]) -> str:
+    """'local (gates held constant); global via 2 gates: a, b': what a gated row's r, S, P are."""
+    shown = ", ".join(gates[:GATES_SHOWN]) + (", ..." if len(gates) > GATES_SHOWN else "")
+    return (f"local field, gates held constant; global via {len(gates)} "
+            f"gate{'s' if len(gates) > 1 else ''}: {shown}")
 
 
 HEADERS = ["tensor", "op", "shape", "r", "S", "P", "covers input", "aligned", "note"]
@@ -189,10 +204,17 @@ def _notes(analysis: Analysis) -> list[str]:
     if len(misaligned) > NOTE_LINES:
         lines.append(f"... and {len(misaligned) - NOTE_LINES} more misaligned merges along an axis "
                      f"(--format json lists them all)")
-    for node, why in list(analysis.global_at.items())[:NOTE_LINES]:
+    gating = {analysis.graph.names[i] for i in analysis.gating_nodes()}  # named by their gate's line
+    mixers = [(node, why) for node, why in analysis.global_at.items() if node not in gating]
+    for node, why in mixers[:NOTE_LINES]:
         lines.append(f"global field from {node}: {why}")
-    if len(analysis.global_at) > NOTE_LINES:
-        lines.append(f"... and {len(analysis.global_at) - NOTE_LINES} more nodes that mix all positions")
+    if len(mixers) > NOTE_LINES:
+        lines.append(f"... and {len(mixers) - NOTE_LINES} more nodes that mix all positions")
+    for g in list(analysis.gates.values())[:NOTE_LINES]:
+        lines.append(f"gate {g.node} ({g.op}): '{g.tensor}' (constant over positions, pooled at "
+                     f"{g.source}) held constant for the local fields")
+    if len(analysis.gates) > NOTE_LINES:
+        lines.append(f"... and {len(analysis.gates) - NOTE_LINES} more gates (--format json lists them all)")
     for node, why in analysis.rule_notes.items():
         lines.append(f"rule used at node '{node}': {why}")
     for s in analysis.stops:

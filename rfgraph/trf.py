@@ -28,6 +28,7 @@ from .fields import (
     quick_init,
     union_fields,
     union_spans,
+    with_gate,
 )
 from .onnx_import import ModelGraph, attributes, check_attribute_types, paused_gc
 from .ops import (
@@ -118,9 +119,26 @@ class Merge:
                      for t, f, p in zip(self.inputs, self.fields, phases))
 
 
+@dataclass(frozen=True)
+class Gate:
+    """A node multiplying (or adding to) a feature map by a value constant over positions and
+    computed from all of them (squeeze-excitation, ECA, a global-context block): ``tensor``, the
+    gate's input, whose field was made global at ``source``.  Held constant, it leaves the
+    feature map's local field; the exact field through it is global."""
+
+    node: str
+    op: str
+    tensor: str
+    slot: int
+    source: str
+
+
+GATE_OPS = {"Mul", "Add"}  # elementwise ops whose spatially constant, global operand is a gate
+
+
 @dataclass
 class PassResult:
-    """States of every analysed tensor, the transfers used, merges and stops."""
+    """States of every analysed tensor, the transfers used, merges, stops and gates."""
 
     states: dict[str, TensorState]
     transfers: dict[int, Transfer]
@@ -128,6 +146,12 @@ class PassResult:
     merges: list[Merge] = field(default_factory=list)
     stops: list[Stop] = field(default_factory=list)
     global_at: dict[str, str] = field(default_factory=dict)  # node -> why it mixes positions
+    gates: dict[str, Gate] = field(default_factory=dict)  # node -> the gate it applies
+
+    def local_edges(self, node: str, edges: tuple[Edge, ...]) -> tuple[Edge, ...]:
+        """A node's edges without its gate operand (held constant for the local fields)."""
+        gate = self.gates.get(node)
+        return edges if gate is None else tuple(e for e in edges if e.slot != gate.slot)
 
 
 def forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout) -> PassResult:
@@ -255,9 +279,16 @@ def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> 
             states[tensor] = TensorState(out.layout, fields, dep, st.misaligned)
             continue
         inputs = [states[node_in[e.slot]] for e in out.edges]
+        gate = _gate_slots(mg.op_types[idx], out, inputs,
+                           [mg.shapes.get(node_in[e.slot]) for e in out.edges]) if len(out.edges) > 1 else ()
+        if gate:
+            out = _record_gates(result, mg, idx, out, gate)
+            inputs = [states[node_in[e.slot]] for e in out.edges]
         n_axes = len(inputs[0].fields)
         per_edge = [_through_edge(e, st.fields, name) if e.maps else st.fields for e, st in zip(out.edges, inputs)]
         fields = _union_per_axis(per_edge, n_axes)
+        if gate:
+            fields = tuple(with_gate(f, name) for f in fields)
         dep = bad = None
         for st in inputs:
             dep = dep or st.size_dependent
@@ -267,6 +298,48 @@ def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> 
         if len(out.edges) > 1 and not _check_alignment(result, mg, idx, out, tensor, per_edge):
             bad = bad or name
         states[tensor] = TensorState(out.layout, fields, dep, bad)
+
+
+def _gate_slots(op: str, out: OutTransfer, inputs: Sequence[TensorState],
+                shapes: Sequence[tuple | None]) -> tuple[int, ...]:
+    """Indices (into ``out.edges``) of the gate operands of a Mul/Add: of size 1 (broadcast)
+    along every tensor axis where the output has several positions, and global along every
+    spatial axis (computed from an op that reads all positions).  Found from shapes and fields,
+    never names; an attention map (several positions, even global ones) is no gate.  Empty
+    unless another operand is a feature map with a local field (the map gated)."""
+    if op not in GATE_OPS:
+        return ()
+    spread = [t for t, parts in enumerate(out.layout) if any(a >= 0 and n != 1 for a, n in parts)]
+    if not spread:
+        return ()
+    gates = tuple(k for k, (e, st, shape) in enumerate(zip(out.edges, inputs, shapes))
+                  if _constant_over(shape, spread, len(out.layout)) and _all_global(st))
+    gated = [st for k, st in enumerate(inputs) if k not in gates and not _all_global(st)]
+    return gates if gated else ()  # a global map times a global value (InstanceNorm's): no gate
+
+
+def _all_global(state: TensorState) -> bool:
+    return bool(state.fields) and all(f.global_at is not None for f in state.fields)
+
+
+def _constant_over(shape: tuple | None, axes: Sequence[int], out_rank: int) -> bool:
+    """True when an operand of this (known) shape has size 1 along the output's tensor ``axes``
+    (inputs align on the right, numpy broadcasting)."""
+    if shape is None:
+        return False
+    off = out_rank - len(shape)
+    return all(t < off or shape[t - off] == 1 for t in axes)
+
+
+def _record_gates(result: PassResult, mg: ModelGraph, idx: int, out: OutTransfer,
+                  gate: Sequence[int]) -> OutTransfer:
+    """Record the gate applied at node ``idx``; the output's transfer without the gate edges."""
+    name, node_in = mg.names[idx], mg.node_inputs[idx]
+    for k in gate:
+        e = out.edges[k]
+        source = result.states[node_in[e.slot]].fields[0].global_at or ""
+        result.gates.setdefault(name, Gate(name, mg.op_types[idx], node_in[e.slot], e.slot, source))
+    return OutTransfer(out.layout, tuple(e for k, e in enumerate(out.edges) if k not in gate))
 
 
 def _through_edge(edge: Edge, fields_in: tuple[AxisField, ...], node: str) -> tuple[AxisField, ...]:
@@ -307,23 +380,31 @@ def _edge_field(span: Span | None, field_in: AxisField, node: str) -> AxisField:
 def _check_alignment(result: PassResult, mg: ModelGraph, idx: int, out: OutTransfer, tensor: str,
                      per_edge: list[tuple[AxisField, ...]]) -> bool:
     """Conditions (12)-(13): equal effective strides and equal centres on every branch (one
-    record per axis; an axis whose branch fields are those of the previous axis reuses its verdict)."""
+    record per axis; an axis whose branch fields are those of the previous axis reuses its verdict).
+    Along an axis where the output has one unit, strides do not matter (no second unit to shift
+    to): aligned when the branches' centres of that unit agree (eq. 13 at u = 0)."""
     node_in = mg.node_inputs[idx]
     inputs = tuple([node_in[e.slot] for e in out.edges])
     name, op, merges = mg.names[idx], mg.op_types[idx], result.merges
     ok = True
     prev: tuple[AxisField, ...] = ()
-    aligned = True
+    verdict = True
     for axis, fields in enumerate(zip(*per_edge)):
         if any([f.global_at is not None for f in fields]):  # noqa: C419 - a list is faster for 2-3 items
             prev = ()
             continue
         if not prev or any([a is not b for a, b in zip(fields, prev)]):  # noqa: C419 - idem
-            aligned = _aligned(fields)
+            verdict = _aligned(fields)
         prev = fields
+        aligned = verdict or (_units_along(out.layout, axis) == 1 and len({f.centre(0) for f in fields}) == 1)
         ok = ok and aligned
         merges.append(Merge(name, op, tensor, axis, inputs, fields, aligned))
     return ok
+
+
+def _units_along(layout: Layout, axis: int) -> int:
+    """Positions of a tensor along input spatial ``axis`` (1 when no tensor axis holds it; 0 unknown)."""
+    return math.prod(n for parts in layout for a, n in parts if a == axis)
 
 
 def _aligned(fields: Sequence[AxisField]) -> bool:
@@ -387,6 +468,8 @@ def reverse_pass(mg: ModelGraph, result: PassResult, target: str) -> dict[str, t
 
     Visits nodes in reverse topological order, so all paths from a tensor to ``target`` are known
     when the tensor is reached; keeps per tensor the union of paths (largest field, eqs. 1, 9, 10).
+    A gate of the forward pass is held constant here too: its operand is not followed, and the
+    fields through its node name it (as the forward pass's local fields do).
     """
     n_axes = len(result.states[target].fields)
     fields: dict[str, tuple[AxisField, ...]] = {target: (AxisField((IDENTITY,)),) * n_axes}
@@ -395,11 +478,14 @@ def reverse_pass(mg: ModelGraph, result: PassResult, target: str) -> dict[str, t
         if transfer is None:
             continue
         node = mg.nodes[idx]
+        gate = result.gates.get(mg.names[idx])
         for j, out in enumerate(transfer.outputs):
             if out is None or j >= len(node.output) or node.output[j] not in fields:
                 continue
             seen = fields[node.output[j]]
-            for e in out.edges:
+            if gate is not None:
+                seen = tuple(with_gate(f, gate.node) for f in seen)
+            for e in result.local_edges(mg.names[idx], out.edges):
                 x = node.input[e.slot]
                 new = tuple(_extend(seen[i], e.span(i), mg.names[idx]) for i in range(n_axes))
                 old = fields.get(x)
@@ -413,4 +499,4 @@ def _extend(field_out: AxisField, span: Span | None, node: str) -> AxisField:
         return field_out
     if span is None:
         return global_field(node)
-    return AxisField(union_spans(sp.then(span) for sp in field_out.spans))
+    return AxisField(union_spans(sp.then(span) for sp in field_out.spans), None, field_out.gates)

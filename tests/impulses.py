@@ -11,6 +11,7 @@ import itertools
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 
 
 def dependencies(proto: onnx.ModelProto, input_name: str, output: str, spatial: list[int],
@@ -74,3 +75,26 @@ def check_tensor(analysis, proto: onnx.ModelProto, name: str) -> int:
             assert got[a] == want, f"{name} unit {unit} axis {a}: measured {got[a]}, TRF {want}"
         checked += 1
     return checked
+
+
+def with_constant_gates(proto: onnx.ModelProto, analysis, seed: int = 2) -> onnx.ModelProto:
+    """The model with each gate's operand (``analysis.gates``) replaced by a constant initializer,
+    its value on a random input: the onnxruntime counterpart of detaching the gate."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    gated = list(dict.fromkeys(g.tensor for g in analysis.gates.values()))
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in gated)
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    spec = next(i for i in sess.get_inputs() if i.name == analysis.input_name)
+    shape = [d if isinstance(d, int) else 1 for d in spec.shape]
+    x = np.random.default_rng(seed).random(shape).astype(np.float32)
+    values = dict(zip(gated, sess.run(gated, {analysis.input_name: x})))
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    keep = [n for n in out.graph.node if not set(n.output) & set(gated)]
+    del out.graph.node[:]
+    out.graph.node.extend(keep)
+    out.graph.initializer.extend(onnx.numpy_helper.from_array(v, t) for t, v in values.items())
+    return out

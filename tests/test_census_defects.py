@@ -118,7 +118,7 @@ def test_erf_after_an_se_gate_seeds_one_position() -> None:
     model = se_gated()
     proto, a, _ = _load(model, (1, 1, 6, 6))
     out = model.graph.output[0].name
-    assert a is not None and a[out].is_global
+    assert a is not None and a[out].gates == ("Mul_9",)  # global through the gate (local when held)
     target = resolve_target(a, proto, out, None, None, 4, (2, 3), (1, 2, 6, 6))
     assert target.tensor_axes == (2, 3) and target.unit == (2, 2)
     x = np.random.default_rng(0).standard_normal((1, 1, 6, 6)).astype(np.float32)
@@ -176,10 +176,19 @@ def test_show_and_report_use_the_layout_for_the_erf_of_a_1d_model(tmp_path: Path
     assert [c["tensor"] for c in cards] == ["y"] and cards[0]["error"] is None
 
 
+def instance_normed() -> onnx.ModelProto:
+    """conv -> InstanceNormalization: global (statistics over every position), grid kept."""
+    g = G((6, 6), channels=1, batch=1)
+    c = g.conv("x", 3, 1, pads=[1] * 4, cout=2)
+    scale, bias = g._init(np.ones(2), "s"), g._init(np.zeros(2), "b")
+    return g.model(g.node("InstanceNormalization", [c, scale, bias]))
+
+
 def test_a_report_whose_heatmap_failed_says_so_and_exits_1(tmp_path: Path, capsys) -> None:
-    """A heatmap asked for a global tensor cannot be drawn: before, "1 ERF heatmap(s)", exit 0."""
+    """A heatmap asked for a global tensor cannot be drawn: before, "1 ERF heatmap(s)", exit 0.
+    (An InstanceNorm's output: an SE gate's product now has a local field, held constant.)"""
     path = tmp_path / "se.onnx"
-    model = se_gated()
+    model = instance_normed()
     onnx.save(model, path)
     out = model.graph.output[0].name
     assert main(["report", str(path), "--erf-output", out, "--erf-runs", "1",
