@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import RFGraphError
+from .outputs import write_atomically
 
 Region = Sequence[tuple[int, int]]
 BOX_COLOUR = (0, 255, 255)  # cyan: absent from the 'inferno' map, so the box is always visible
@@ -147,13 +148,9 @@ def data_uri(png: bytes) -> str:
 
 
 def save_png(pic: np.ndarray, path: str | Path) -> Path:
-    """Write a picture as PNG, with a one-line error when the path cannot be written."""
-    path = Path(path)
-    try:
-        path.write_bytes(png_bytes(pic))
-    except OSError as exc:
-        raise RFGraphError(f"cannot write '{path}' ({exc.strerror or exc})") from None
-    return path
+    """Write a picture as PNG, atomically, with a one-line error when the path cannot be written."""
+    data = png_bytes(pic)
+    return write_atomically(Path(path), lambda tmp: tmp.write_bytes(data))
 
 
 def unit_erf(analysis: Any, tensor: str, index: Sequence[int], runs: int = 16, method: str = "grad",

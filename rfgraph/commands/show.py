@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import RFGraphError
+from ..outputs import check_output
 from ..report import json_text, number, numeric
 from ._common import add_model_args, load_analysis
 
@@ -63,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     quiet = bool(getattr(args, "quiet", False))
     if args.runs < 1:
         raise RFGraphError("--runs must be at least 1")
+    args.out = str(check_output(args.out, suffix=".png", what="-o",
+                                inputs=[args.model, args.image, args.erf_inputs, *args.rules]))
     analysis = load_analysis(args)
     ep = analysis[args.output]
     if ep.is_global:
@@ -85,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         print(json_text(doc))
     elif not quiet:
         print(_summary(doc))
+    if args.format == "json" and not quiet:
+        print(f"rfgraph: wrote {args.out}", file=sys.stderr)
     return 0
 
 
