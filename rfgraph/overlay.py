@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import RFGraphError
+from .inputs import read_image
 from .outputs import write_atomically
 
 Region = Sequence[tuple[int, int]]
@@ -57,15 +58,8 @@ def region_2d(region: Region, height: int) -> tuple[tuple[int, int], tuple[int, 
 
 def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     """An RGB image resized (bilinear) to ``size`` = (H, W): uint8 array (H, W, 3)."""
-    Image = _pil()
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(im, dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise RFGraphError(f"image '{path}' does not exist") from None
-    except OSError as exc:
-        raise RFGraphError(f"image '{path}' could not be read ({exc})") from None
+    _pil()  # the one-line "needs Pillow" error of the picture commands
+    return read_image(path, "RGB", size)
 
 
 def blank_image(size: tuple[int, int]) -> np.ndarray:
