@@ -572,12 +572,23 @@ def _load(model: ModelSource, input_shape: Sequence[int] | None, input_name: str
         a = analysis_mod.analyze(proto, input_name=name, layout=layout, rules=rules,
                                  assume_pointwise=assume_pointwise)
     except (DynamicShapeError, UnsupportedOpError) as exc:
+        if isinstance(exc, DynamicShapeError) and (_static_rank(proto, name) or 3) < 3:
+            raise  # no spatial axes to measure a field along (a rank-2 input without --layout)
         notes.append(f"no TRF pass ({exc}); metrics use the map centre")
         a = None
     _sort_nodes(proto.graph)
+    if a is not None and not a.spatial_axes:
+        raise RFGraphError(f"input '{name}' {list(a.input_shape)} has no spatial axis (layout {a.layout}) "
+                           f"to measure a field along; give the layout, e.g. --layout NL")
     if a is not None and not a.layout_reason.startswith(("given", "the input")):
         notes.append(f"input layout {a.layout} {a.layout_reason}")
     return proto, a, notes
+
+
+def _static_rank(proto: onnx.ModelProto, name: str) -> int | None:
+    """The rank of input ``name`` when every dimension is known, else None."""
+    dims = next(i for i in proto.graph.input if i.name == name).type.tensor_type.shape.dim
+    return len(dims) if all(d.HasField("dim_value") for d in dims) else None
 
 
 def _sort_nodes(graph: onnx.GraphProto) -> None:

@@ -20,7 +20,7 @@ from ..errors import RFGraphError
 from ..onnx_import import parse_input_shapes
 from ..outputs import check_output, write_atomically
 from ..report import FORMATS, json_text
-from ._common import add_model_args, parse_fills
+from ._common import add_model_args, model_errors, parse_fills
 
 if TYPE_CHECKING:  # the ERF engine is imported when the command runs
     from ..erf import ERFResult
@@ -126,17 +126,18 @@ def run(args: argparse.Namespace) -> int:
     quiet = bool(getattr(args, "quiet", False))
     input_name, input_shape = _input_and_shape(args)
     npy, png = output_paths(args)
-    result = compute_erf(
-        args.model, args.output, input_shape=input_shape,
-        input_name=input_name, layout=args.layout, rules=args.rules or None,
-        assume_pointwise=args.assume_pointwise, fill=parse_fills(args.fill),
-        unit=_ints(args.unit, "--unit"), runs=args.runs,
-        method=args.method, inputs=args.inputs, reinit=args.reinit,
-        weight_runs=args.weight_runs, seed=args.seed, batch=args.batch,
-        progress=not (args.no_progress or quiet) and sys.stderr.isatty(),
-        mean=_floats(args.mean, "--mean") or IMAGENET_MEAN,
-        std=_floats(args.std, "--std") or IMAGENET_STD, conventions=conventions(args),
-        **({} if args.fd_budget is None else {"fd_budget": args.fd_budget}))
+    with model_errors(args.model):  # onnxruntime refusing the model: one line, exit 2
+        result = compute_erf(
+            args.model, args.output, input_shape=input_shape,
+            input_name=input_name, layout=args.layout, rules=args.rules or None,
+            assume_pointwise=args.assume_pointwise, fill=parse_fills(args.fill),
+            unit=_ints(args.unit, "--unit"), runs=args.runs,
+            method=args.method, inputs=args.inputs, reinit=args.reinit,
+            weight_runs=args.weight_runs, seed=args.seed, batch=args.batch,
+            progress=not (args.no_progress or quiet) and sys.stderr.isatty(),
+            mean=_floats(args.mean, "--mean") or IMAGENET_MEAN,
+            std=_floats(args.std, "--std") or IMAGENET_STD, conventions=conventions(args),
+            **({} if args.fd_budget is None else {"fd_budget": args.fd_budget}))
     written = write_files(result, npy, png, args.log)
     print(render(result, args.format, args.timings))
     if not quiet:
