@@ -577,12 +577,25 @@ def _load(model: ModelSource, input_shape: Sequence[int] | None, input_name: str
         notes.append(f"no TRF pass ({exc}); metrics use the map centre")
         a = None
     _sort_nodes(proto.graph)
+    _check_declared_shapes(proto)
     if a is not None and not a.spatial_axes:
         raise RFGraphError(f"input '{name}' {list(a.input_shape)} has no spatial axis (layout {a.layout}) "
                            f"to measure a field along; give the layout, e.g. --layout NL")
     if a is not None and not a.layout_reason.startswith(("given", "the input")):
         notes.append(f"input layout {a.layout} {a.layout_reason}")
     return proto, a, notes
+
+
+def _check_declared_shapes(proto: onnx.ModelProto) -> None:
+    """Refuse a tensor whose declared shape contradicts ONNX's shape inference: the gradient is
+    seeded by the declared output shape, and onnxruntime computes the inferred one."""
+    try:
+        onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    except onnx.shape_inference.InferenceError as exc:
+        text = " ".join(str(exc).split())
+        if "existing shape differ" in text:
+            raise RFGraphError(f"a declared shape contradicts ONNX shape inference: "
+                               f"{text.split('Inference error(s): ')[-1][:300]}") from None
 
 
 def _static_rank(proto: onnx.ModelProto, name: str) -> int | None:

@@ -168,3 +168,16 @@ def test_erf_json_is_byte_identical_for_one_seed(capsys: pytest.CaptureFixture) 
 def test_no_write_into_a_missing_npy_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     _exit2_one_line(capsys, ["erf", MODEL, "--npy", str(tmp_path / "no" / "x.npy")], "does not exist")
     assert not os.path.exists(tmp_path / "no")
+
+
+def test_erf_refuses_a_declared_shape_that_contradicts_inference(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """A 3x3 valid Conv of an 8x8 input is 6x6 (ONNX's output-size formula); y declared 5x5 would
+    seed the gradient at a unit of a map onnxruntime does not compute (before: exit 0 with
+    metrics, or exit 3 where the declared rank differs)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 5, 5])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 3, 3], [0.1] * 9)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g", [x], [y], [w])
+    onnx.save(helper.make_model(graph), tmp_path / "d.onnx")
+    _exit2_one_line(capsys, ["erf", str(tmp_path / "d.onnx"), "--runs", "1"], "(6) vs (5)")

@@ -5,9 +5,9 @@ no exit 3, no stray stderr line, no hang.  ``python benchmarks/fuzz.py --cases 3
 thousands on demand.
 
 Before (main at 4a714d7, the same 300 mutants): analyze 0, diagnose 0, erf 90 exit-3 runs
-(onnxruntime and onnx exceptions, a ZeroDivisionError on inputs without spatial axes).  After: the
-erf failures below remain, each a bug in a file outside this branch, listed so that a new failure
-fails the test (and a fixed one only shrinks the list).
+(onnxruntime and onnx exceptions, a ZeroDivisionError on inputs without spatial axes, IndexErrors
+on outputs declared with a shape that contradicts inference).  After: 1, listed below (a bug in a
+file outside this branch), so that a new failure fails the test and a fixed one only shrinks it.
 """
 
 from __future__ import annotations
@@ -25,14 +25,7 @@ SPEC.loader.exec_module(fuzz)
 CASES = 250
 # (command, mutant) -> the open bug (file outside this branch); none may be added here silently
 KNOWN = {
-    ("erf", "#19"): "metrics.gaussian_fit: scipy 'lm' with fewer ERF points than fit parameters",
-    ("erf", "#20"): "erf.make_seed: a graph output declared with a shape that contradicts inference",
-    ("erf", "#59"): "erf.make_seed: a graph output declared with a shape that contradicts inference",
-    ("erf", "#61"): "erf.make_seed: a graph output declared with a shape that contradicts inference",
-    ("erf", "#144"): "erf.make_seed: a graph output declared with a shape that contradicts inference",
-    ("erf", "#161"): "vjp._flipped_kernel: a Conv weight of rank 1 (its inputs swapped)",
-    ("erf", "#173"): "erf.make_seed: a graph output declared with a shape that contradicts inference",
-    ("erf", "#244"): "metrics.gaussian_fit: scipy 'lm' with fewer ERF points than fit parameters",
+    ("erf", "#161"): "vjp._flipped_kernel: a Conv weight of rank 1 (its inputs swapped): ValueError",
 }
 
 
