@@ -132,9 +132,10 @@ class Case:
     path: str
 
 
-def cases(count: int, folder: Path, seed: int = 0) -> Iterator[Case]:
+def cases(count: int, folder: Path, seed: int = 0,
+          folders: Sequence[str] = SEED_FOLDERS) -> Iterator[Case]:
     """``count`` mutants written under ``folder``, each with every command (deterministic)."""
-    seeds = seed_models()
+    seeds = seed_models(folders)
     rng = np.random.default_rng(seed)
     for k in range(count):
         name, data = seeds[k % len(seeds)]
@@ -192,15 +193,15 @@ def _init_worker() -> None:
 
 
 def fuzz(count: int, seed: int = 0, cap_s: float = 30.0, workers: int = 2,
-         progress: Callable[[int], None] | None = None, keep: Path | None = None
-         ) -> tuple[Counter[str], list[tuple[Case, str]]]:
+         progress: Callable[[int], None] | None = None, keep: Path | None = None,
+         folders: Sequence[str] = SEED_FOLDERS) -> tuple[Counter[str], list[tuple[Case, str]]]:
     """Run ``count`` mutants x the three commands; counts per (command, outcome) and the failures."""
     counts: Counter[str] = Counter()
     failures: list[tuple[Case, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
-        todo = list(cases(count, keep or Path(tmp), seed))
+        todo = list(cases(count, keep or Path(tmp), seed, folders))
         done = 0
         while done < len(todo):  # a fresh pool after a case that hangs (its worker is stuck)
             done = _run_batch(todo, done, cap_s, workers, counts, failures, progress)
@@ -241,8 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     p.add_argument("--show", type=int, default=10, help="failing cases printed")
     p.add_argument("--keep", type=Path, metavar="DIR", help="write the mutants here (kept)")
+    p.add_argument("--folders", default=",".join(SEED_FOLDERS),
+                   help="backend-test data folders to mutate (add 'light' for the bigger CNNs)")
     args = p.parse_args(argv)
-    counts, failures = fuzz(args.cases, args.seed, args.cap, args.workers, keep=args.keep)
+    counts, failures = fuzz(args.cases, args.seed, args.cap, args.workers, keep=args.keep,
+                            folders=args.folders.split(","))
     for key in sorted(counts):
         print(f"{key:24s} {counts[key]}")
     print(f"failures: {len(failures)} of {3 * args.cases} runs")
