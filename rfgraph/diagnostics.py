@@ -723,7 +723,8 @@ def diagnose(model: Any, input_shape: Mapping[str, Sequence[int]] | None = None,
     """Run every diagnostic on ``model`` (path, bytes, ModelProto or zoo:NAME); ``progress``
     shows the input-size scan's progress on stderr."""
     check_counts(size_step=size_step, size_max=size_max, erf_runs=erf_runs, erf_layers=erf_layers)
-    check_counts(**{f"object_size {o}": o for o in object_sizes})
+    for size in object_sizes:
+        check_counts(object_size=size)
     opts = {"input_name": input_name, "layout": layout, "rules": rules,
             "assume_pointwise": assume_pointwise, "fill": fill}
     a = analyze(model, input_shape, **opts)

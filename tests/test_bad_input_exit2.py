@@ -98,7 +98,8 @@ def test_fill_value_must_fit_the_input(tmp_path: Path, elem_type: int, value: st
     _exit2_one_line(capsys, ["analyze", str(model), "--input", "x", "--fill", f"s={value}"], "--fill", *words)
 
 
-@pytest.mark.parametrize("extra", [["--size-step", "-1"], ["--size-max", "-4"], ["--erf", "--erf-layers", "0"]])
+@pytest.mark.parametrize("extra", [["--size-step", "-1"], ["--size-max", "-4"], ["--erf", "--erf-layers", "0"],
+                                   ["--object-size", "0"]])
 def test_diagnose_counts_must_be_positive(extra: list[str], capsys: pytest.CaptureFixture) -> None:
     _exit2_one_line(capsys, ["diagnose", MODEL, *extra], extra[-2], "at least 1")
 
