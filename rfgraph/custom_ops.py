@@ -241,6 +241,8 @@ def load_rules(path: str | Path) -> RuleSet:
     known = {"name", "domain", "kind", "kernel", "stride", "pad", "dilation"}
     for i, t in enumerate(tables):
         where = f"{path}: [[op]] #{i + 1}"
+        if not isinstance(t, dict):
+            raise RFGraphError(f"{where}: expected a table of name, kernel, stride..., got {type(t).__name__}")
         extra = sorted(set(t) - known)
         if extra:
             raise RFGraphError(f"{where}: unknown keys {extra} (allowed: {sorted(known)})")
@@ -268,6 +270,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return toml.loads(path.read_text(encoding="utf-8"))
     except (toml.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise RFGraphError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:  # arrays or tables nested thousands deep
+        raise RFGraphError(f"{path}: not a rules file (values nested too deep to read)") from None
 
 
 def as_ruleset(rules: RuleSet | str | Path | Sequence[str | Path] | None) -> RuleSet | None:

@@ -705,6 +705,14 @@ class Diagnosis:
     erf: list[ERFGrowth] = field(default_factory=list)
 
 
+def check_counts(**counts: int | None) -> None:
+    """Sizes, steps and counts must be positive when given (the option named in the error),
+    checked before any analysis."""
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise RFGraphError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+
+
 def diagnose(model: Any, input_shape: Mapping[str, Sequence[int]] | None = None, *,
              endpoints: Sequence[str] | None = None, object_sizes: Sequence[int] = (),
              scan_sizes: bool = True, size_step: int | None = None, size_max: int | None = None,
@@ -715,6 +723,9 @@ def diagnose(model: Any, input_shape: Mapping[str, Sequence[int]] | None = None,
              progress: bool = False) -> Diagnosis:
     """Run every diagnostic on ``model`` (path, bytes, ModelProto or zoo:NAME); ``progress``
     shows the input-size scan's progress on stderr."""
+    check_counts(size_step=size_step, size_max=size_max, erf_runs=erf_runs, erf_layers=erf_layers)
+    for size in object_sizes:
+        check_counts(object_size=size)
     opts = {"input_name": input_name, "layout": layout, "rules": rules,
             "assume_pointwise": assume_pointwise, "fill": fill}
     a = analyze(model, input_shape, **opts)

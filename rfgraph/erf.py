@@ -12,6 +12,7 @@ exact) or from central differences inside the unit's theoretical RF (``method="f
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -23,7 +24,7 @@ import onnx
 
 from . import erf_conventions as ec
 from . import vjp as vjp_mod
-from .errors import RFGraphError
+from .errors import DynamicShapeError, GraphStructureError, RFGraphError, UnsupportedOpError
 from .finite_diff import FiniteDifference
 from .inputs import (
     FLOAT32,
@@ -732,15 +733,69 @@ def _load(model: ModelSource, input_shape: Sequence[int] | None, input_name: str
             if len(rest) == len(dims) - 1:  # every other dim is known
                 shapes = {name: (1, *rest)}
     proto = load_model(raw, shapes) if shapes else raw
-    try:
+    try:  # the checks of ``analyze`` come first: a model it refuses is refused here too
         a = analysis_mod.analyze(proto, input_name=name, layout=layout, rules=rules,
                                  assume_pointwise=assume_pointwise)
-    except RFGraphError as exc:
+    except (DynamicShapeError, UnsupportedOpError) as exc:
+        if isinstance(exc, DynamicShapeError) and (_static_rank(proto, name) or 3) < 3:
+            raise  # no spatial axes to measure a field along (a rank-2 input without --layout)
         notes.append(f"no TRF pass ({exc}); metrics use the map centre")
         a = None
+    _sort_nodes(proto.graph)
+    _check_declared_shapes(proto)
+    if a is not None and not a.spatial_axes:
+        raise RFGraphError(f"input '{name}' {list(a.input_shape)} has no spatial axis (layout {a.layout}) "
+                           f"to measure a field along; give the layout, e.g. --layout NL")
     if a is not None and not a.layout_reason.startswith(("given", "the input")):
         notes.append(f"input layout {a.layout} {a.layout_reason}")
     return proto, a, notes
+
+
+def _check_declared_shapes(proto: onnx.ModelProto) -> None:
+    """Refuse a tensor whose declared shape contradicts ONNX's shape inference: the gradient is
+    seeded by the declared output shape, and onnxruntime computes the inferred one."""
+    try:
+        onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    except onnx.shape_inference.InferenceError as exc:
+        text = " ".join(str(exc).split())
+        if "existing shape differ" in text:
+            raise RFGraphError(f"a declared shape contradicts ONNX shape inference: "
+                               f"{text.split('Inference error(s): ')[-1][:300]}") from None
+
+
+def _static_rank(proto: onnx.ModelProto, name: str) -> int | None:
+    """The rank of input ``name`` when every dimension is known, else None."""
+    dims = next(i for i in proto.graph.input if i.name == name).type.tensor_type.shape.dim
+    return len(dims) if all(d.HasField("dim_value") for d in dims) else None
+
+
+def _sort_nodes(graph: onnx.GraphProto) -> None:
+    """Put the nodes in topological order (ONNX requires it, ``analyze`` accepts any order, and
+    the gradient graph is built in file order); a sorted file is left as it is."""
+    producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
+    needs = [sorted({producer[t] for t in node.input if t in producer}) for node in graph.node]
+    if all(p < i for i, deps in enumerate(needs) for p in deps):
+        return
+    users: list[list[int]] = [[] for _ in needs]
+    for i, deps in enumerate(needs):
+        for p in deps:
+            users[p].append(i)
+    waiting = [len(deps) for deps in needs]
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users[i]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(needs):
+        raise GraphStructureError("the graph has a cycle: its nodes cannot be put in order")
+    nodes = [graph.node[i] for i in order]
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def _refuse_other_inputs(proto: onnx.ModelProto, input_name: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .errors import RFGraphError
+from .outputs import write_atomically
 
 
 def _pyplot() -> Any:
@@ -29,7 +30,8 @@ def _pyplot() -> Any:
 def render_png(erf: np.ndarray, path: str | Path, region: Sequence[tuple[int, int]] | None = None,
                log: bool = False, title: str | None = None,
                axis_names: Sequence[str] = ("H", "W")) -> Path:
-    """Write ``erf`` (1-D or 2-D) as a PNG; ``region`` is the TRF [u0, v0] per axis (unclipped)."""
+    """Write ``erf`` (1-D or 2-D) as a PNG, atomically; ``region`` is the TRF [u0, v0] per axis
+    (unclipped)."""
     plt = _pyplot()
     erf = np.abs(np.asarray(erf, dtype=np.float64))
     fig, ax = plt.subplots(figsize=(5.5, 4.5) if erf.ndim == 2 else (6, 3.5), dpi=120)
@@ -43,8 +45,7 @@ def render_png(erf: np.ndarray, path: str | Path, region: Sequence[tuple[int, in
         if title:
             ax.set_title(title, fontsize=9)
         fig.tight_layout()
-        out = Path(path)
-        fig.savefig(out)
+        out = write_atomically(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
     finally:
         plt.close(fig)
     return out

@@ -23,6 +23,7 @@ import networkx as nx
 from . import __version__, overlay
 from .analysis import Analysis, EndPoint
 from .errors import RFGraphError
+from .outputs import write_text
 from .report import analysis_dict, endpoint_rows, json_text, number, per_axis
 
 GRAPH_DX, GRAPH_DY, GRAPH_MARGIN = 190, 46, 30  # graph layout: column and row pitch, margin (px)
@@ -53,13 +54,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
     def write(self, path: str | Path) -> Path:
-        """Write the page; a one-line error when the path cannot be written."""
-        path = Path(path)
-        try:
-            path.write_text(self.html, encoding="utf-8")
-        except OSError as exc:
-            raise RFGraphError(f"cannot write '{path}' ({exc.strerror or exc})") from None
-        return path
+        """Write the page atomically; a one-line error when the path cannot be written."""
+        return write_text(Path(path), self.html)
 
 
 # ------------------------------------------------------------------------------------ tables

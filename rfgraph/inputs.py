@@ -10,6 +10,8 @@ per-channel mean and std (ImageNet's by default).
 from __future__ import annotations
 
 import math
+import struct
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -119,6 +121,33 @@ def random_inputs(kind: InputKind, shape: Sequence[int], rng: np.random.Generato
     raise ValueError(f"{kind} is not a random input kind")
 
 
+def read_image(path: str | Path, mode: str, size: tuple[int, int]) -> np.ndarray:
+    """An image converted to ``mode`` ("RGB", "L") and resized (bilinear) to ``size`` = (H, W), as
+    uint8; a missing, truncated, non-image or oversized file (a decompression bomb: Pillow's
+    pixel limit, its warning included) is a one-line RFGraphError naming the file."""
+    try:
+        from PIL import Image  # pillow is an optional dependency
+    except ImportError as exc:
+        raise RFGraphError("images need Pillow: pip install pillow") from exc
+    path = Path(path)
+    if not path.exists():
+        raise RFGraphError(f"image '{path}' does not exist")
+    if not path.is_file():
+        raise RFGraphError(f"image '{path}' is not a regular file")
+    # Image.Resampling is Pillow >= 9.1; 9.0 (allowed by pillow>=9) has only Image.BILINEAR
+    bilinear = getattr(Image, "Resampling", Image).BILINEAR
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img = img.convert(mode).resize((size[1], size[0]), bilinear)
+                return np.asarray(img, dtype=np.uint8).copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise RFGraphError(f"image '{path}' is too large to read safely ({exc})") from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
+        raise RFGraphError(f"image '{path}' could not be read ({exc})") from None
+
+
 class ImageFolder:
     """PNG/JPEG images of a folder, loaded as normalised NCHW arrays of the model's input size."""
 
@@ -135,14 +164,8 @@ class ImageFolder:
 
     def load(self, path: Path, shape: Sequence[int]) -> np.ndarray:
         """One image as a (C, H, W) array (C = 1 or 3 from ``shape``; H, W = the last two)."""
-        from PIL import Image  # pillow is an optional dependency
-
         channels, height, width = shape[-3], shape[-2], shape[-1]
-        # Image.Resampling is Pillow >= 9.1; 9.0 (allowed by pillow>=9) has only Image.BILINEAR
-        bilinear = getattr(Image, "Resampling", Image).BILINEAR
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB").resize((width, height), bilinear)
-            arr = np.asarray(img, dtype=np.float32) / 255.0
+        arr = read_image(path, "L" if channels == 1 else "RGB", (height, width)).astype(np.float32) / 255.0
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         mean = np.asarray(self.mean[:channels], np.float32).reshape(-1, 1, 1)
         std = np.asarray(self.std[:channels], np.float32).reshape(-1, 1, 1)

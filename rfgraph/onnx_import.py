@@ -1123,11 +1123,36 @@ def fill_inputs(model: onnx.ModelProto, fill: Mapping[str, float]) -> None:
                                f"(inputs: {', '.join(inputs)})")
         tensor_type = inputs[name].type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor_type.shape.dim]
-        dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        dtype = _fill_dtype(name, value, tensor_type.elem_type)
         model.graph.initializer.append(numpy_helper.from_array(np.full(dims, value, dtype=dtype), name))
         keep = [i for i in model.graph.input if i.name != name]
         del model.graph.input[:]
         model.graph.input.extend(keep)
+
+
+def _fill_dtype(name: str, value: float, elem_type: int) -> np.dtype:
+    """The numpy type of input ``name``, once ``value`` is known to be exactly representable in
+    it (finite, integral for an integer or bool input, in range): never a garbage constant."""
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, TypeError, ValueError):
+        dtype = np.dtype(object)
+    kind = dtype.kind
+    where = f"--fill {name}={value:g}: input '{name}'"
+    if kind not in "biuf":
+        type_name = onnx.TensorProto.DataType.Name(elem_type) if elem_type in onnx.TensorProto.DataType.values() \
+            else str(elem_type)
+        raise RFGraphError(f"{where} has type {type_name}, not a number type")
+    if not math.isfinite(value):
+        raise RFGraphError(f"{where}: the value must be a finite number")
+    if kind == "f":
+        if abs(value) > float(np.finfo(dtype).max):
+            raise RFGraphError(f"{where} is {dtype.name}; {value:g} is out of its range")
+        return dtype
+    limits = (0, 1) if kind == "b" else (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
+    if value != int(value) or not limits[0] <= int(value) <= limits[1]:
+        raise RFGraphError(f"{where} is {dtype.name}; give an integer in [{limits[0]}, {limits[1]}]")
+    return dtype
 
 
 INLINED = "rfgraph: inlined "  # doc_string mark of the nodes that replace an If

@@ -29,6 +29,8 @@ def check_output(path: str | os.PathLike[str], *, suffix: str, inputs: Iterable[
     added when missing (the real path is returned, to be printed), not a folder, not an input, its
     folder present and writable, and an existing file replaced only when allowed."""
     out = Path(os.fspath(path))
+    if out.is_dir():
+        raise OutputError(f"{what} '{out}' is a folder; give a file name ending in {suffix}")
     if out.suffix.lower() != suffix.lower():
         if out.suffix and out.exists() and not out.is_dir():
             raise OutputError(f"{what} '{out}' is an existing {out.suffix} file; refusing to replace it "
@@ -39,9 +41,9 @@ def check_output(path: str | os.PathLike[str], *, suffix: str, inputs: Iterable[
     _refuse_inputs(out, inputs, what)
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
-        raise OutputError(f"{what} '{out}': folder '{folder}' does not exist")
+        raise OutputError(f"cannot write {what} '{out}': folder '{folder}' does not exist")
     if not os.access(folder, os.W_OK):
-        raise OutputError(f"{what} '{out}': folder '{folder}' is not writable")
+        raise OutputError(f"cannot write {what} '{out}': folder '{folder}' is not writable")
     if out.exists() and not (explicit or force):
         raise OutputError(f"{what} '{out}' exists; name the output explicitly or add --force to replace it")
     return out
@@ -83,6 +85,22 @@ def write_atomically(out: Path, write: Callable[[Path], object]) -> Path:
             write(tmp)
     except OSError as exc:
         raise OutputError(f"cannot write '{out}': {exc.strerror or exc}") from None
+    return out
+
+
+def check_folder(path: str | os.PathLike[str], *, what: str = "output folder") -> Path:
+    """A folder outputs will be written into (created later when missing): not an existing file,
+    and its nearest existing ancestor writable."""
+    out = Path(os.fspath(path))
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{what} '{out}' is an existing file, not a folder")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise OutputError(f"{what} '{out}': '{existing}' is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise OutputError(f"{what} '{out}': folder '{existing}' is not writable")
     return out
 
 

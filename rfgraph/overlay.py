@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from .errors import RFGraphError
+from .inputs import read_image
+from .outputs import write_atomically
 
 Region = Sequence[tuple[int, int]]
 BOX_COLOUR = (0, 255, 255)  # cyan: absent from the 'inferno' map, so the box is always visible
@@ -56,15 +58,8 @@ def region_2d(region: Region, height: int) -> tuple[tuple[int, int], tuple[int, 
 
 def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     """An RGB image resized (bilinear) to ``size`` = (H, W): uint8 array (H, W, 3)."""
-    Image = _pil()
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(im, dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise RFGraphError(f"image '{path}' does not exist") from None
-    except OSError as exc:
-        raise RFGraphError(f"image '{path}' could not be read ({exc})") from None
+    _pil()  # the one-line "needs Pillow" error of the picture commands
+    return read_image(path, "RGB", size)
 
 
 def blank_image(size: tuple[int, int]) -> np.ndarray:
@@ -147,13 +142,9 @@ def data_uri(png: bytes) -> str:
 
 
 def save_png(pic: np.ndarray, path: str | Path) -> Path:
-    """Write a picture as PNG, with a one-line error when the path cannot be written."""
-    path = Path(path)
-    try:
-        path.write_bytes(png_bytes(pic))
-    except OSError as exc:
-        raise RFGraphError(f"cannot write '{path}' ({exc.strerror or exc})") from None
-    return path
+    """Write a picture as PNG, atomically, with a one-line error when the path cannot be written."""
+    data = png_bytes(pic)
+    return write_atomically(Path(path), lambda tmp: tmp.write_bytes(data))
 
 
 def unit_erf(analysis: Any, tensor: str, index: Sequence[int], runs: int = 16, method: str = "grad",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -50,6 +51,36 @@ def parse_fills(items: Sequence[str]) -> dict[str, float]:
         if not sep or not name:
             raise RFGraphError(f"--fill '{item}': expected NAME=NUMBER, e.g. --fill sr=16000")
     return out
+
+
+MODEL_ERRORS = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NotImplemented",
+                "RuntimeException", "InferenceError", "ValidationError", "ConvertError")
+
+
+@contextmanager
+def model_errors(model: str) -> Iterator[None]:
+    """onnx's and onnxruntime's refusals of the model (a shape inference, a checker or a session
+    error) raised by the engines that run it become one-line RFGraphErrors (exit 2)."""
+    try:
+        yield
+    except Exception as exc:
+        if not _from_onnx(exc):
+            raise
+        text = " ".join(str(exc).split())
+        raise RFGraphError(f"{model}: onnx/onnxruntime cannot run the model: {text[:400]}") from None
+
+
+def _from_onnx(exc: Exception) -> bool:
+    """One of onnx's or onnxruntime's error types, or a RuntimeError raised by their own code (a
+    failed assertion of onnx's C++ version converter about the model's attributes)."""
+    kind = type(exc)
+    if kind.__name__ in MODEL_ERRORS and kind.__module__.startswith(("onnx", "onnxruntime")):
+        return True
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = tb.tb_frame.f_code.co_filename if tb is not None else ""
+    return kind is RuntimeError and any(f"{os.sep}{pkg}{os.sep}" in where for pkg in ("onnx", "onnxruntime"))
 
 
 def add_format_arg(parser: argparse.ArgumentParser) -> None:

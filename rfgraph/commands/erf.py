@@ -9,6 +9,7 @@ import io
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,8 +18,9 @@ from tabulate import tabulate
 from .. import erf_conventions as ec
 from ..errors import RFGraphError
 from ..onnx_import import parse_input_shapes
+from ..outputs import check_output, write_atomically
 from ..report import FORMATS, json_text
-from ._common import add_model_args, parse_fills
+from ._common import add_model_args, model_errors, parse_fills
 
 if TYPE_CHECKING:  # the ERF engine is imported when the command runs
     from ..erf import ERFResult
@@ -88,6 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--npy", metavar="FILE", help="write the raw ERF array (.npy)")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--timings", action="store_true",
+                   help="add the wall time ('seconds') to the JSON output (without it, the same "
+                        "--seed gives byte-identical output)")
     ec.add_convention_args(p)
     p.set_defaults(func=run)
 
@@ -132,30 +137,28 @@ def run(args: argparse.Namespace) -> int:
     quiet = bool(getattr(args, "quiet", False))
     input_name, input_shape = _input_and_shape(args)
     units = _units(args)
-    results = compute_erfs(
-        args.model, args.output, input_shape=input_shape,
-        input_name=input_name, layout=args.layout, rules=args.rules or None,
-        assume_pointwise=args.assume_pointwise, fill=parse_fills(args.fill),
-        units=units, runs=args.runs, workers=args.workers, scheduler=args.scheduler,
-        provider=args.provider,
-        method=args.method, inputs=args.inputs, reinit=args.reinit,
-        weight_runs=args.weight_runs, seed=args.seed, batch=args.batch,
-        progress=not (args.no_progress or quiet) and sys.stderr.isatty(),
-        mean=_floats(args.mean, "--mean") or IMAGENET_MEAN,
-        std=_floats(args.std, "--std") or IMAGENET_STD, conventions=conventions(args),
-        **({} if args.fd_budget is None else {"fd_budget": args.fd_budget}))
+    npy, png = output_paths(args)
+    with model_errors(args.model):  # onnxruntime refusing the model: one line, exit 2
+        results = compute_erfs(
+            args.model, args.output, input_shape=input_shape,
+            input_name=input_name, layout=args.layout, rules=args.rules or None,
+            assume_pointwise=args.assume_pointwise, fill=parse_fills(args.fill),
+            units=units, runs=args.runs, workers=args.workers, scheduler=args.scheduler,
+            provider=args.provider,
+            method=args.method, inputs=args.inputs, reinit=args.reinit,
+            weight_runs=args.weight_runs, seed=args.seed, batch=args.batch,
+            progress=not (args.no_progress or quiet) and sys.stderr.isatty(),
+            mean=_floats(args.mean, "--mean") or IMAGENET_MEAN,
+            std=_floats(args.std, "--std") or IMAGENET_STD, conventions=conventions(args),
+            **({} if args.fd_budget is None else {"fd_budget": args.fd_budget}))
     if len(results) > 1:
-        return _print_units(results, args, quiet)
+        return _print_units(results, args, quiet, npy)
     result = results[0]
-    if args.npy:
-        np.save(args.npy, result.erf)
-    if args.png:
-        from ..heatmap import render_png
-
-        t = result.target
-        render_png(ec.displayed(result.erf, result.conventions), args.png, t.region, args.log,
-                   f"ERF of {t.output}{list(t.unit)} ({result.samples} samples, {result.method})")
-    print(render(result, args.format))
+    written = write_files(result, npy, png, args.log)
+    print(render(result, args.format, args.timings))
+    if not quiet:
+        for path in written:
+            print(f"rfgraph: wrote {path}", file=sys.stderr)
     if not quiet and args.format != "json":  # JSON carries its notes in the document
         for note in result.notes:
             print(f"rfgraph: note: {note}", file=sys.stderr)
@@ -171,16 +174,49 @@ def _units(args: argparse.Namespace) -> list[tuple[int, ...] | None]:
     return [_ints(u, "--units") for u in args.units] if args.units else [_ints(args.unit, "--unit")]
 
 
-def _print_units(results: Sequence[ERFResult], args: argparse.Namespace, quiet: bool) -> int:
-    """Several units: their maps stacked in --npy, one table each (JSON: a list)."""
-    if args.npy:
-        np.save(args.npy, np.stack([r.erf for r in results]))
-    texts = [render(r, args.format) for r in results]
+def _print_units(results: Sequence[ERFResult], args: argparse.Namespace, quiet: bool,
+                 npy: Path | None) -> int:
+    """Several units: their maps stacked in --npy (written atomically), one table each (JSON: a list)."""
+    if npy is not None:
+        write_atomically(npy, lambda tmp: _save_npy(tmp, np.stack([r.erf for r in results])))
+        if not quiet:
+            print(f"rfgraph: wrote {npy}", file=sys.stderr)
+    texts = [render(r, args.format, args.timings) for r in results]
     print("[" + ",\n".join(texts) + "]" if args.format == "json" else "\n\n".join(texts))
     if not quiet and args.format != "json":
         for note in results[0].notes:
             print(f"rfgraph: note: {note}", file=sys.stderr)
     return 0
+
+
+def output_paths(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    """The real --npy and --png paths (suffix added), checked before the ERF is computed: a
+    bad folder fails in a second, not after the whole measurement."""
+    inputs = [args.model, args.inputs, *args.rules]
+    npy = None if args.npy is None else check_output(args.npy, suffix=".npy", inputs=inputs, what="--npy")
+    png = None if args.png is None else check_output(args.png, suffix=".png", inputs=inputs, what="--png")
+    return npy, png
+
+
+def write_files(result: ERFResult, npy: Path | None, png: Path | None, log: bool) -> list[Path]:
+    """Write the raw array and the heatmap (each atomically); the paths written."""
+    written = []
+    if npy is not None:
+        written.append(write_atomically(npy, lambda tmp: _save_npy(tmp, result.erf)))
+    if png is not None:
+        from ..heatmap import render_png
+
+        t = result.target
+        written.append(render_png(ec.displayed(result.erf, result.conventions), png, t.region, log,
+                                  f"ERF of {t.output}{list(t.unit)} ({result.samples} samples, "
+                                  f"{result.method})"))
+    return written
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` through a file handle (np.save would append .npy to a name like x.NPY)."""
+    with path.open("wb") as fh:
+        np.save(fh, array)
 
 
 def conventions(args: argparse.Namespace) -> ec.ERFConventions:
@@ -201,7 +237,7 @@ def header(result: ERFResult) -> dict[str, Any]:
             "trf_region": None if t.region is None else [list(r) for r in t.region],
             "method": result.method, "runs": result.runs,
             "weight_runs": result.weight_runs, "absolute": result.absolute,
-            "batch": result.batch, "seconds": round(result.seconds, 3),
+            "batch": result.batch,
             "samples": result.samples,
             "conventions": dict(ec.describe(result.conventions))}
 
@@ -228,15 +264,17 @@ def _scalar_text(conv: ec.ERFConventions) -> str:
     return f"d {conv.scalar.value}(y)/dx, "
 
 
-def render(result: ERFResult, fmt: str) -> str:
-    """The metrics in one of FORMATS (table, markdown, csv, json)."""
+def render(result: ERFResult, fmt: str, timings: bool = False) -> str:
+    """The metrics in one of FORMATS (table, markdown, csv, json); the wall time only with
+    ``timings`` (without it, the same inputs and seed give byte-identical output)."""
     from ..metrics import metric_rows, metrics_dict
 
     m = result.metrics
     if fmt == "json":
         ratios = [{"t": a.t, "side": a.side, "ratio": a.ratio}
                   for a in result.displayed_area_ratios]
-        return json_text({**header(result), "metrics": metrics_dict(m),
+        timing = {"seconds": round(result.seconds, 3)} if timings else {}
+        return json_text({**header(result), **timing, "metrics": metrics_dict(m),
                           "displayed_area_ratios": ratios, "notes": list(result.notes)})
     rows = metric_rows(m) + displayed_rows(result)
     if fmt == "csv":

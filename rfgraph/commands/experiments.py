@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..outputs import check_folder
 from ..report import json_text
 
 EXAMPLES = """examples:
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         from ..errors import RFGraphError
 
         raise RFGraphError("--runs must be at least 1")
+    check_folder(args.out, what="--out")
     results = run_experiments(args.names, args.out, runs=args.runs, quick=args.quick,
                               seed=args.seed, reference=args.reference,
                               progress=not (args.no_progress or getattr(args, "quiet", False))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RFGraphError
+from ..outputs import check_output
 from ..report import json_text
 from ._common import add_model_args, load_analysis
 
@@ -35,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     p.add_argument("-o", "--out", metavar="FILE.html", help="where to write the page (default: MODEL.html here)")
+    p.add_argument("--force", action="store_true",
+                   help="let the default name MODEL.html replace an existing file (a name given "
+                        "with -o always may)")
     p.add_argument("--image", metavar="FILE", help="picture for the hover view (resized to the input)")
     p.add_argument("--title", help="page title (default: the model's file name)")
     p.add_argument("--no-erf", action="store_true", help="leave the ERF heatmaps out (faster)")
@@ -57,15 +61,16 @@ def run(args: argparse.Namespace) -> int:
     quiet = bool(getattr(args, "quiet", False))
     if args.erf_runs < 1:
         raise RFGraphError("--erf-runs must be at least 1")
+    out = output_path(args)
     analysis = load_analysis(args)
     erf = None if args.no_erf else ERFOptions(args.erf_output or None, args.erf_limit, args.erf_runs,
                                               args.method, seed=args.seed,
                                               progress=not quiet and sys.stderr.isatty())
-    name = args.model[4:] if args.model.startswith("zoo:") else Path(args.model).stem
-    out = Path(args.out) if args.out else Path(name.replace(":", "_").replace("/", "_") + ".html")
     report = build_report(analysis, args.title or Path(args.model).name, args.image, erf)
     report.write(out)
     if args.format == "json":
+        if not quiet:
+            print(f"rfgraph: wrote {out}", file=sys.stderr)
         print(json_text({"report": str(out), "bytes": len(report.html.encode("utf-8")), **report.summary}))
     elif not quiet:
         print(f"wrote {out} ({len(report.html.encode('utf-8')) // 1024} KiB): {len(analysis.endpoints)} "
@@ -78,6 +83,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"rfgraph: stopped at node '{s.node}' ({s.op}): {s.reason}", file=sys.stderr)
     failed = any(card.get("error") for card in report.summary["erf"])
     return 1 if analysis.stops or failed else 0
+
+
+def output_path(args: argparse.Namespace) -> Path:
+    """The page's path, checked before the analysis: -o (.html added), else MODEL.html in the
+    current folder, which never replaces an existing file without --force."""
+    name = args.model[4:] if args.model.startswith("zoo:") else Path(args.model).stem
+    default = name.replace(":", "_").replace("/", "_") + ".html"
+    return check_output(args.out or default, suffix=".html", explicit=bool(args.out), force=args.force,
+                        inputs=[args.model, args.image, *args.rules], what="-o")
 
 
 def _heatmaps(cards: list[dict[str, Any]]) -> str:

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import RFGraphError
+from ..outputs import check_output
 from ..report import json_text, number, numeric
-from ._common import add_model_args, load_analysis
+from ._common import add_model_args, load_analysis, model_errors
 
 EXAMPLES = """examples:
   rfgraph show model.onnx --image photo.jpg --output feat --index 3,4 -o overlay.png
@@ -63,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     quiet = bool(getattr(args, "quiet", False))
     if args.runs < 1:
         raise RFGraphError("--runs must be at least 1")
+    args.out = str(check_output(args.out, suffix=".png", what="-o",
+                                inputs=[args.model, args.image, args.erf_inputs, *args.rules]))
     analysis = load_analysis(args)
     ep = analysis[args.output]
     if ep.is_global:
@@ -75,9 +78,10 @@ def run(args: argparse.Namespace) -> int:
     scale = args.scale or overlay.display_scale(size)
     if scale < 1:
         raise RFGraphError("--scale must be at least 1")
-    erf = None if args.no_erf else overlay.unit_erf(
-        analysis, ep.name, index, args.runs, args.method, args.erf_inputs, args.seed,
-        progress=not quiet and sys.stderr.isatty())
+    with model_errors(args.model):
+        erf = None if args.no_erf else overlay.unit_erf(
+            analysis, ep.name, index, args.runs, args.method, args.erf_inputs, args.seed,
+            progress=not quiet and sys.stderr.isatty())
     pic = overlay.compose(size, image, None if erf is None else erf.erf, region, scale)
     overlay.save_png(pic, args.out)
     doc = show_dict(analysis, ep, index, args, pic.shape, scale, erf)
@@ -85,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         print(json_text(doc))
     elif not quiet:
         print(_summary(doc))
+    if args.format == "json" and not quiet:
+        print(f"rfgraph: wrote {args.out}", file=sys.stderr)
     return 0
 
 

@@ -149,8 +149,18 @@ def load_reference(path: Path) -> dict[RefKey, Triple]:
         lines = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     except OSError as exc:
         raise RFGraphError(f"reference {path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise RFGraphError(f"reference {path}: not a CSV text file") from None
+    try:
+        return _reference_records(path, csv.DictReader(lines))
+    except (ValueError, csv.Error) as exc:
+        raise RFGraphError(f"reference {path}: not a CSV of model, r, S, P ({exc})") from None
+
+
+def _reference_records(path: Path, records: Iterable[dict[str | Any, str | Any]]) -> dict[RefKey, Triple]:
+    """The published triples of parsed CSV records (rows without any number skipped)."""
     ref: dict[RefKey, Triple] = {}
-    for rec in csv.DictReader(lines):
+    for rec in records:
         rec = {(k or "").strip(): (v or "").strip() for k, v in rec.items()}
         if not {"model", "r", "S", "P"} <= rec.keys():
             raise RFGraphError(f"reference {path}: needs columns model, r, S, P")

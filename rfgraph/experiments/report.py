@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Sequence
 
+from ..outputs import write_text
 from .base import Claim, Context, Result
 from .registry import EXPERIMENTS
 
@@ -82,5 +83,5 @@ def write_report(ctx: Context, results: Sequence[Result]) -> str:
     for res in results:
         lines += section(res)
     text = "\n".join(lines) + "\n"
-    (ctx.out / "report.md").write_text(text, encoding="utf-8")
+    write_text(ctx.out / "report.md", text)  # atomic: an interrupted run keeps the previous report
     return text
