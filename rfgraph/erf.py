@@ -94,6 +94,10 @@ def make_seed(target: Target, batch: int, dtype: np.dtype = FLOAT32) -> np.ndarr
     seed = np.zeros(target.shape if batch == 1 else (batch,) + target.shape[1:], dtype=dtype)
     index: list[int | slice] = [slice(None)] * len(target.shape)
     for ax, u in zip(target.tensor_axes, target.unit):
+        if not 0 <= u < target.shape[ax]:  # the analysis's shapes and the run's disagree (bad pads)
+            raise RFGraphError(f"unit {tuple(target.unit)} is outside '{target.output}', whose shape is "
+                               f"{list(target.shape)} for the gradient graph (the spec's output size): the "
+                               f"model's declared shapes or pads are inconsistent")
         index[ax] = u
     if target.channel is not None:
         others = [a for a in range(1, len(target.shape)) if a not in target.tensor_axes]
