@@ -1534,6 +1534,9 @@ def _window_output_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, .
         w = shapes.get(node.input[1], ()) if len(node.input) > 1 and node.op_type != "MaxPool" else ()
         if x not in shapes or ("Conv" in node.op_type and not w):
             continue
+        if w and len(w) != len(shapes[x]):
+            raise InvalidAttributeError(f"node '{node.name or node.op_type}' ({node.op_type}): weight of rank "
+                                        f"{len(w)} for an input of rank {len(shapes[x])}")
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         kernel = list(attrs.get("kernel_shape", w[2:]))
         if len(kernel) != len(shapes[x]) - 2:
