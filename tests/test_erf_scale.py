@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from rfgraph import cli
 from rfgraph.erf import INPUT_KEY, compute_erf, compute_erfs, keyed_rng
 from rfgraph.errors import RFGraphError
+from tests.pip_install import install_once
 
 SIZE = 16  # input side; the net's output is 8 x 8
 
@@ -128,23 +128,7 @@ def test_cuda_refused_where_onnxruntime_has_none(model) -> None:
 @pytest.fixture(scope="module")
 def dask_path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Dask's distributed, pip-installed once into pytest's cache (never vendored)."""
-    cache = getattr(request.config, "cache", None)
-    target = Path(cache.mkdir("rfgraph_dask")) if cache else tmp_path_factory.mktemp("dask")
-    stamp = target / "installed-distributed"
-    if not stamp.exists():
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-               "--target", str(target), "distributed"]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-        except subprocess.TimeoutExpired:
-            proc = subprocess.CompletedProcess(cmd, 1, "", "pip timed out after 600 s")
-        if proc.returncode != 0:
-            why = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
-            if os.environ.get("RFGRAPH_REQUIRE_NETWORK"):
-                pytest.fail(f"cannot install distributed: {why}")
-            pytest.skip(f"distributed not installable (offline?): {why}")
-        stamp.touch()
-    return target
+    return install_once(request, tmp_path_factory, "rfgraph_dask", ["distributed"], no_deps=False, timeout=600)
 
 
 def test_dask_local_cluster_gives_one_process_map(model, dask_path: Path,

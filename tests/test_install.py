@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.pip_install import run_pip
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "zoo:luo_conv_random_5"  # a 5-layer conv stack: every command runs in seconds
 
@@ -30,15 +32,7 @@ def plain_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv.create(where / "venv", with_pip=True, system_site_packages=False)
     python = where / "venv" / "bin" / "python"
     cmd = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(ROOT)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False, cwd=where)
-    except subprocess.TimeoutExpired:
-        proc = subprocess.CompletedProcess(cmd, 1, "", "pip timed out after 900 s")
-    if proc.returncode != 0:
-        why = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
-        if os.environ.get("RFGRAPH_REQUIRE_NETWORK"):
-            pytest.fail(f"cannot install rfgraph into a fresh venv: {why}")
-        pytest.skip(f"rfgraph not installable into a fresh venv (offline?): {why}")
+    run_pip(cmd, "rfgraph into a fresh venv", cwd=where)
     return python
 
 

