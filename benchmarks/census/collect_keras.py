@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DEFAULT_CACHE, Entry, write_manifest
+from common import DEFAULT_CACHE, Entry, export_in_subprocess, write_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 # application -> input size (H = W); the smallest that every application accepts with weights=None
@@ -47,20 +45,9 @@ def convert(cache: Path, name: str, size: int, limit: float) -> Entry:
                   layout="", note=f"input 1x{size}x{size}x3 (NHWC, detected from tf2onnx's leading Transpose)")
     if out.exists():
         return entry
-    start = time.time()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    try:
-        proc = subprocess.run([sys.executable, "-c", CONVERT, name, str(size), str(out) + ".tmp"],
-                              capture_output=True, text=True, timeout=limit, env=env, check=False)
-        ok, why = proc.returncode == 0, ((proc.stderr.strip().splitlines() or ["?"])[-1])[:200]
-    except subprocess.TimeoutExpired:
-        ok, why = False, f"conversion took more than {limit:.0f} s"
-    entry.export_s = round(time.time() - start, 1)
-    if ok:
-        Path(str(out) + ".tmp").rename(out)
-    else:
-        entry.skip = f"conversion failed: {why}"
-    return entry
+    return export_in_subprocess(entry, out, [CONVERT, name, str(size), str(out) + ".tmp"], limit,
+                                "conversion", env)
 
 
 def main(argv: list[str] | None = None) -> int:

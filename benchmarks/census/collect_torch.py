@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DEFAULT_CACHE, Entry, manifest_path, write_manifest
+from common import DEFAULT_CACHE, Entry, export_in_subprocess, manifest_path, write_manifest
 
 IMG = (1, 3, 224, 224)
 SMALL = (1, 3, 160, 160)
@@ -115,23 +113,9 @@ def export_one(cache: Path, source: str, name: str, expr: str, shape: tuple[int,
                   note=f"input {'x'.join(map(str, shape))}")
     if out.exists():
         return entry
-    start = time.time()
     dims = "x".join(map(str, shape))
-    try:
-        proc = subprocess.run([sys.executable, "-c", EXPORT_SCRIPT, expr, dims, exporter, str(out) + ".tmp",
-                               str(Path(__file__).parent)],
-                              capture_output=True, text=True, timeout=limit, check=False)
-        ok = proc.returncode == 0
-        why = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
-    except subprocess.TimeoutExpired:
-        ok, why = False, f"export took more than {limit:.0f} s"
-    entry.export_s = round(time.time() - start, 1)
-    if ok:
-        Path(str(out) + ".tmp").rename(out)
-    else:
-        Path(str(out) + ".tmp").unlink(missing_ok=True)
-        entry.skip = f"export failed: {why}"
-    return entry
+    return export_in_subprocess(entry, out, [EXPORT_SCRIPT, expr, dims, exporter, str(out) + ".tmp",
+                                             str(Path(__file__).parent)], limit, "export")
 
 
 def record(cache: Path, entry: Entry) -> None:

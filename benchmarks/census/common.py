@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,3 +51,24 @@ def read_manifests(cache: Path) -> list[Entry]:
     for path in sorted((cache / "manifest").glob("*.json")):
         entries += [Entry(**e) for e in json.loads(path.read_text())]
     return entries
+
+
+def export_in_subprocess(entry: Entry, out: Path, args: list[str], limit: float, what: str,
+                         env: dict[str, str] | None = None) -> Entry:
+    """Run ``python -c ARGS...`` writing ``out.tmp``; renamed onto ``out`` on success, removed
+    otherwise, where a failure or a timeout becomes the entry's skip reason (and its time is kept)."""
+    tmp = Path(str(out) + ".tmp")
+    start = time.time()
+    try:
+        proc = subprocess.run([sys.executable, "-c", *args], capture_output=True, text=True, timeout=limit,
+                              env=env, check=False)
+        ok, why = proc.returncode == 0, (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+    except subprocess.TimeoutExpired:
+        ok, why = False, f"{what} took more than {limit:.0f} s"
+    entry.export_s = round(time.time() - start, 1)
+    if ok:
+        tmp.rename(out)
+    else:
+        tmp.unlink(missing_ok=True)
+        entry.skip = f"{what} failed: {why}"
+    return entry
