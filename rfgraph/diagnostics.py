@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from . import budgets
 from .analysis import Analysis, analyze
 from .errors import RFGraphError
 from .fields import Span
@@ -724,6 +725,8 @@ def diagnose(model: Any, input_shape: Mapping[str, Sequence[int]] | None = None,
     """Run every diagnostic on ``model`` (path, bytes, ModelProto or zoo:NAME); ``progress``
     shows the input-size scan's progress on stderr."""
     check_counts(size_step=size_step, size_max=size_max, erf_runs=erf_runs, erf_layers=erf_layers)
+    if size_max is not None:
+        budgets.SCAN_SIZE.check(size_max, f"--size-max {size_max}", "scan a smaller range")
     for size in object_sizes:
         check_counts(object_size=size)
     opts = {"input_name": input_name, "layout": layout, "rules": rules,
