@@ -509,8 +509,8 @@ def _propagated_length(node: onnx.NodeProto, values: Mapping[str, np.ndarray | N
     if node.op_type == "ConstantOfShape":
         return number(0)
     if node.op_type == "Concat" and known:
-        return sum(known) + sum(int(values[t].size) for t in node.input  # type: ignore[union-attr]
-                                if t not in lengths and values.get(t) is not None)
+        constant = [values.get(t) for t in node.input if t not in lengths]
+        return sum(known) + sum(int(v.size) for v in constant if v is not None)
     if node.op_type in ("Tile", "Expand") and (known or number(1)):
         return (known[0] if known else 1) * (number(1) or 1)
     if node.op_type in _PASS_THROUGH and known:
