@@ -31,7 +31,7 @@ from .onnx_import import (
     shapes_only,
     smallest_input_size,
 )
-from .ops import Layout, carried
+from .semantics.transfer import Layout, carried
 from .trf import Gate, Merge, PassResult, Stop, TensorState, forward_pass, reverse_pass
 
 AXIS_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}

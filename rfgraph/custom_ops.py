@@ -17,7 +17,7 @@ kernel=..., stride=..., pad=..., dilation=...)``.
 
 Rules come from ``register_op`` (process-wide) or a TOML rules file (``--rules``, one analysis);
 they are keyed by (domain, op), domain ``""`` being the standard ONNX domain and ``"*"`` any
-domain, and are consulted before the built-in table ``ops.OP_RULES``.  With
+domain, and are consulted before the built-in table ``semantics.TRF_RULES``.  With
 ``assume_pointwise`` (``--assume-pointwise``), an op with no rule at all whose output keeps the
 input's spatial shape is treated as pointwise; every node analysed with a declared or assumed
 rule is listed in ``Analysis.rule_notes``.
@@ -37,8 +37,22 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from . import geometry
 from .errors import RFGraphError
+from .fields import Span
+from .semantics import geometry
+from .semantics.convolution import conv_rule
+from .semantics.pooling import pool_rule
+from .semantics.transfer import (
+    Edge,
+    OutTransfer,
+    Transfer,
+    broadcast,
+    mixed_maps,
+    pointwise,
+    strip_spatial,
+    window,
+    with_sizes,
+)
 
 Param = int | Sequence[int] | str | Callable[[Mapping[str, Any]], Any]
 ANY_DOMAIN = "*"
@@ -329,8 +343,6 @@ def fallback_rule(op: str, domain: str | None) -> Callable[[Any], Any] | None:
         return None
 
     def rule(ctx: Any) -> Any:
-        from .ops import pointwise
-
         keep_spatial_shape(ctx)
         session.used[ctx.name] = (f"{ctx.op}: ASSUMED pointwise (--assume-pointwise; no rule, output "
                                   f"keeps the input's spatial shape)")
@@ -361,23 +373,21 @@ def keep_spatial_shape(ctx: Any) -> None:
 
 def apply_resolved(r: Resolved, ctx: Any) -> Any:
     """The Transfer of a node under a declared (resolved) rule."""
-    from . import ops
-
     n_out = len(ctx.node.output)
     if r.kind is RuleKind.POINTWISE:
         if ctx.data_slots() == [0]:
-            return _all_outputs(ops.pointwise(ctx, 1), n_out)
-        return _all_outputs(ops.broadcast(ctx), n_out)
+            return _all_outputs(pointwise(ctx, 1), n_out)
+        return _all_outputs(broadcast(ctx), n_out)
     if r.kind is RuleKind.GLOBAL:
         return _global(ctx)
     _only_input_zero(ctx)
     if r.kind is RuleKind.CONV:
-        return _all_outputs(ops.conv_rule(1)(ctx), n_out)
+        return _all_outputs(conv_rule(1)(ctx), n_out)
     if r.kind is RuleKind.POOL:
-        return _all_outputs(ops.pool_rule(ctx), n_out)
+        return _all_outputs(pool_rule(ctx), n_out)
     kernel, stride, pads, dilation = window_numbers(r, ctx.attrs, ctx.rank(0) - 2, ctx)
-    spans = [ops.Span.layer(k, s, p, d) for k, s, p, d in zip(kernel, stride, pads[0], dilation)]
-    return _all_outputs(ops.window(ctx, spans), n_out)
+    spans = [Span.layer(k, s, p, d) for k, s, p, d in zip(kernel, stride, pads[0], dilation)]
+    return _all_outputs(window(ctx, spans), n_out)
 
 
 def _only_input_zero(ctx: Any) -> None:
@@ -388,16 +398,12 @@ def _only_input_zero(ctx: Any) -> None:
 
 def _all_outputs(transfer: Any, n_out: int) -> Any:
     """The same positions for every output of the node (declared rules describe the node)."""
-    from .ops import Transfer
-
     first = transfer.outputs[0]
     return Transfer(tuple(first for _ in range(n_out)), transfer.size_dependent, transfer.mix_reason)
 
 
 def _global(ctx: Any) -> Any:
     """Every output unit reads every position of every data input."""
-    from .ops import Edge, OutTransfer, Transfer, mixed_maps, strip_spatial, with_sizes
-
     lay = ctx.layouts[0]
     spatial = [t for t, parts in enumerate(lay) if any(a >= 0 for a, _ in parts)]
     edges = tuple(Edge(s, mixed_maps(ctx.layouts[s], [t for t, p in enumerate(ctx.layouts[s])

@@ -33,7 +33,7 @@ from onnx import helper, numpy_helper
 from .analysis import Analysis, analyze
 from .errors import RFGraphError
 from .fields import Span
-from .ops import Layout
+from .semantics.transfer import Layout
 from .trf import output_transfers
 
 UNPRODUCTIVE_FRACTION = 0.5  # a layer is unproductive when MORE than this share of units is

@@ -1,6 +1,6 @@
 """The theoretical receptive-field pass over an ONNX DAG (Araujo et al., "Arbitrary computation graphs").
 
-Two directions over the same per-edge spans from ``ops.OP_RULES``:
+Two directions over the same per-edge spans from ``semantics.TRF_RULES``:
 
 * ``forward_pass``: topological order, the field of *every* tensor w.r.t. the input in one
   O(|E| + |L|) sweep: a tensor's field is the union over its incoming edges of (edge span, then
@@ -31,19 +31,8 @@ from .fields import (
     with_gate,
 )
 from .onnx_import import ModelGraph, attributes, check_attribute_types, paused_gc
-from .ops import (
-    CACHEABLE_OPS,
-    OP_RULES,
-    STATIC_OPS,
-    AxisOutOfRange,
-    Edge,
-    Layout,
-    NodeContext,
-    OutTransfer,
-    Rule,
-    Transfer,
-    rule_for,
-)
+from .semantics import CACHEABLE_OPS, STATIC_OPS, TRF_RULES, rule_for
+from .semantics.transfer import AxisOutOfRange, Edge, Layout, NodeContext, OutTransfer, Rule, Transfer
 
 
 @quick_init
@@ -238,7 +227,7 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None],
     in_shapes = [shapes.get(t) if t else None for t in mg.node_inputs[idx]]
     out_shapes = [shapes.get(t) if t else None for t in mg.node_outputs[idx]]
     key = None
-    if cache is not None and op in CACHEABLE_OPS and rule is OP_RULES.get(op):
+    if cache is not None and op in CACHEABLE_OPS and rule is TRF_RULES.get(op):
         # layouts mark the data inputs and the slot count; absent and unknown-shape constant
         # inputs both read None, which no cacheable rule tells apart.  The opset is the pass's.
         attrs = node.attribute
