@@ -84,20 +84,5 @@ CACHEABLE_OPS = POINTWISE_OPS | BROADCAST_OPS | {
 }
 
 
-def rule_for(op_type: str, domain: str = "") -> Rule | None:
-    """The rule of an op: a user-declared one (``rfgraph.register_op``, ``--rules``) first, then
-    the table (standard domain, or ``com.microsoft`` ops that share a standard name), then the
-    ``--assume-pointwise`` fallback; None when there is none."""
-    from ..custom_ops import (  # late: custom_ops builds on this module
-        custom_rule,
-        fallback_rule,
-    )
-
-    rule = custom_rule(op_type, domain)
-    if rule is None and (domain in ("", "ai.onnx", "com.microsoft", "ai.onnx.ml") or domain is None):
-        rule = TRF_RULES.get(op_type)
-    return rule if rule is not None else fallback_rule(op_type, domain)
-
-
 __all__ = ["BROADCAST_OPS", "CACHEABLE_OPS", "FAMILIES", "INDEX_OUTPUTS", "NON_DIFFERENTIABLE", "OWNER",
-           "POINTWISE_OPS", "QUANTIZED_OPS", "STATIC_OPS", "TRF_RULES", "VJP_RULES", "rule_for"]
+           "POINTWISE_OPS", "QUANTIZED_OPS", "STATIC_OPS", "TRF_RULES", "VJP_RULES"]
