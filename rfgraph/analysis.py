@@ -32,6 +32,7 @@ from .onnx_import import (
     smallest_input_size,
 )
 from .rules import RuleTable
+from .semantics import CHANNELS_FIRST_OPS
 from .semantics.transfer import Layout, carried
 from .trf import Gate, Merge, PassResult, Stop, TensorState, forward_pass, reverse_pass
 
@@ -408,10 +409,6 @@ def _spatial_axes(mg: ModelGraph, name: str, rank: int, layout: str | None) -> l
 
 
 CHANNEL_COUNTS = {1, 2, 3, 4}  # sizes of a channel axis of images and spectrograms (mono..RGBA)
-# ops whose ONNX inputs are N, C, spatial...: a graph input they read is channels-first
-CHANNELS_FIRST_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "MaxPool", "AveragePool",
-                      "LpPool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization",
-                      "InstanceNormalization", "LRN", "SpaceToDepth", "DepthToSpace"}
 
 
 def _layout_choice(mg: ModelGraph, name: str, shape: Sequence[int | None],

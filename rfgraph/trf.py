@@ -32,7 +32,7 @@ from .fields import (
 )
 from .onnx_import import ModelGraph, attributes, check_attribute_types, paused_gc
 from .rules import RuleTable
-from .semantics import CACHEABLE_OPS, STATIC_OPS, TRF_RULES
+from .semantics import CACHEABLE_OPS, GATE_OPS, STATIC_OPS, TRF_RULES
 from .semantics.transfer import AxisOutOfRange, Edge, Layout, NodeContext, OutTransfer, Rule, Transfer
 
 
@@ -123,7 +123,6 @@ class Gate:
     source: str
 
 
-GATE_OPS = {"Mul", "Add"}  # elementwise ops whose spatially constant, global operand is a gate
 
 
 @dataclass

@@ -46,6 +46,14 @@ def test_every_op_has_one_family_holding_its_rules() -> None:
     assert set(semantics.OWNER) == set(semantics.TRF_RULES) | set(semantics.VJP_RULES)
 
 
+@pytest.mark.parametrize("name", ["POINTWISE_OPS", "BROADCAST_OPS", "CACHEABLE_OPS", "WINDOW_OPS",
+                                  "CHANNELS_FIRST_OPS", "NORMALISING_OPS", "GATE_OPS", "QUANTIZED_OPS"])
+def test_op_sets_name_ops_with_rules(name: str) -> None:
+    """The op sets other layers read name ops the tables know (a misspelt op would never match)."""
+    ops = getattr(semantics, name)
+    assert ops and set(ops) <= set(semantics.TRF_RULES)
+
+
 def _modules() -> list[str]:
     names = [m.name for m in pkgutil.walk_packages(rfgraph.__path__, "rfgraph.")]
     return ["rfgraph", *sorted(n for n in names if n != "rfgraph.__main__")]

@@ -17,8 +17,9 @@ Each op family is one module holding, side by side, the receptive-field (TRF) ru
 
 The vocabularies they speak: ``transfer`` (Edge, Transfer, NodeContext, layouts, the generic rule shapes),
 ``gradient`` (Builder, NodeView, the shared gradient helpers) and ``geometry`` (window geometry decoded once
-from the spec).  This module assembles the tables (``TRF_RULES``, ``VJP_RULES``) and the op sets derived
-from them; an op defined by two families is refused at import.
+from the spec).  This module assembles the tables (``TRF_RULES``, ``VJP_RULES``; an op defined by two
+families is refused at import) and holds the op sets the other layers read (the TRF pass, the analysis,
+the diagnostics, the ERF).
 """
 
 from __future__ import annotations
@@ -83,6 +84,20 @@ CACHEABLE_OPS = POINTWISE_OPS | BROADCAST_OPS | {
     "BatchNormalization",
 }
 
+# Op sets the analysis layers read (kept here, beside the rules, so that one place knows ops):
+# layers with a sliding window, for the diagnostics' layer table (``geometry.WINDOW_OPS``: the ops
+# whose attributes the geometry decoder reads)
+WINDOW_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "MaxPool", "AveragePool",
+              "LpPool"}
+# ops whose ONNX inputs are N, C, spatial...: a graph input they read is channels-first
+CHANNELS_FIRST_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "MaxPool", "AveragePool",
+                      "LpPool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization",
+                      "InstanceNormalization", "LRN", "SpaceToDepth", "DepthToSpace"}
+# ops whose output summed over channels is (nearly) constant: a summed seed's gradient is ~0
+NORMALISING_OPS = {"LayerNormalization", "Softmax", "LogSoftmax"}
+GATE_OPS = {"Mul", "Add"}  # elementwise ops whose spatially constant, global operand is a gate
 
-__all__ = ["BROADCAST_OPS", "CACHEABLE_OPS", "FAMILIES", "INDEX_OUTPUTS", "NON_DIFFERENTIABLE", "OWNER",
-           "POINTWISE_OPS", "QUANTIZED_OPS", "STATIC_OPS", "TRF_RULES", "VJP_RULES"]
+
+__all__ = ["BROADCAST_OPS", "CACHEABLE_OPS", "CHANNELS_FIRST_OPS", "FAMILIES", "GATE_OPS", "INDEX_OUTPUTS",
+           "NON_DIFFERENTIABLE", "NORMALISING_OPS", "OWNER", "POINTWISE_OPS", "QUANTIZED_OPS", "STATIC_OPS",
+           "TRF_RULES", "VJP_RULES", "WINDOW_OPS"]

@@ -111,10 +111,6 @@ class NodeContext:
         lay = self.layouts[slot]
         return len(lay) if lay is not None else len(self.in_shapes[slot] or ())
 
-    def out_dim(self, axis: int, out: int = 0) -> int | None:
-        shape = self.out_shapes[out]
-        return None if shape is None else shape[axis]
-
     def unsupported(self, why: str) -> UnsupportedOpError:
         return UnsupportedOpError(self.name, self.op, why)
 
@@ -154,11 +150,6 @@ def axis_parts(layout: Layout, axis: int) -> list[tuple[int, int, int]]:
     """(tensor axis, index within it, size) of every part of input spatial ``axis``, in layout
     order, which is their order of significance: the position is their row-major index."""
     return [(t, i, s) for t, parts in enumerate(layout) for i, (a, s) in enumerate(parts) if a == axis]
-
-
-def all_spatial(layout: Layout) -> set[int]:
-    """Every input spatial axis indexed anywhere in the layout."""
-    return {a for parts in layout for a, _ in parts if a >= 0}
 
 
 def with_sizes(layout: Layout, shape: Sequence[int | None] | None) -> Layout:
