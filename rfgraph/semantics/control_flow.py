@@ -13,11 +13,6 @@ def control_flow_rule(ctx: NodeContext) -> Transfer:
     raise ctx.unsupported("control-flow op with subgraphs; subgraphs are out of scope for the analysis")
 
 
-# ---------------------------------------------------------------- gradient (VJP) rules
-
-
-
-
 # ---------------------------------------------------------------- the family's tables
 
 TRF: dict[str, Rule] = {"If": control_flow_rule, "Loop": control_flow_rule, "Scan": control_flow_rule}

@@ -53,11 +53,6 @@ def _recurrence_reason(ctx: NodeContext) -> str:
             f"whole sequence; reported as the whole input")
 
 
-# ---------------------------------------------------------------- gradient (VJP) rules
-
-
-
-
 # ---------------------------------------------------------------- the family's tables
 
 TRF: dict[str, Rule] = {"RNN": recurrent_rule, "GRU": recurrent_rule, "LSTM": recurrent_rule}
