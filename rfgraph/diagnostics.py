@@ -34,12 +34,11 @@ from . import budgets
 from .analysis import Analysis, analyze
 from .errors import RFGraphError
 from .fields import Span
-from .ops import Layout
+from .semantics import WINDOW_OPS
+from .semantics.transfer import Layout
 from .trf import output_transfers
 
 UNPRODUCTIVE_FRACTION = 0.5  # a layer is unproductive when MORE than this share of units is
-WINDOW_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "MaxPool", "AveragePool",
-              "LpPool"}
 ERF_PLATEAU_TOL = 0.05  # the ERF "stops growing" once later layers add less than 5% to its size
 _BIG = np.iinfo(np.int64).max // 4
 

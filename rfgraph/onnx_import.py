@@ -36,7 +36,6 @@ ModelSource = str | os.PathLike | bytes | onnx.ModelProto
 Shape = tuple  # of int | None (None: unknown dim)
 
 MAX_DIM = 2**31 - 1  # larger dims are refused as absurd
-CONTROL_FLOW_OPS = {"If", "Loop", "Scan"}
 
 
 @dataclass
