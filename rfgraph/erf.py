@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from . import erf_conventions as ec
+from . import runtime
 from . import vjp as vjp_mod
 from .errors import DynamicShapeError, GraphStructureError, RFGraphError, UnsupportedOpError
 from .finite_diff import FiniteDifference
@@ -529,19 +530,17 @@ def resolve_providers(provider: str, providers: Sequence[str] | None = None
     has it), unless ``providers`` are given; 'cuda' without CUDA is refused."""
     if providers is not None:
         return list(providers), []
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    cuda = "CUDAExecutionProvider" in available
+    available = runtime.available_providers()
+    cuda = runtime.CUDA in available
     if provider == "cpu" or (provider == "auto" and not cuda):
-        return ["CPUExecutionProvider"], []
+        return [runtime.CPU], []
     if provider not in ("cuda", "auto"):
         raise RFGraphError(f"--provider {provider}: expected cpu, cuda or auto")
     if not cuda:
         raise RFGraphError(f"--provider cuda: this onnxruntime has no CUDA execution provider "
                            f"(it has {', '.join(available)}); install onnxruntime-gpu, or use "
                            f"--provider cpu")
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"], []
+    return [runtime.CUDA, runtime.CPU], []
 
 
 def displayed_area_ratios(erf: np.ndarray, conv: ec.ERFConventions) -> tuple[AreaRatio, ...]:
@@ -641,13 +640,8 @@ def auto_batch(input_shape: Sequence[int], providers: Sequence[str] | None = Non
     """Inputs per onnxruntime run: several for small inputs (amortises per-run overhead), one for
     large ones on CPU, where bigger batches lose cache locality (ResNet-50 at 224x224: 1 input
     per run is ~25% faster per input than 8, measured).  On CUDA: ``most``."""
-    if providers and "CUDAExecutionProvider" in providers:
+    if runtime.CUDA in (runtime.available_providers() if providers is None else providers):
         return most
-    if providers is None:
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            return most
     per_input = int(np.prod(input_shape[1:]))
     return int(min(most, max(1, AUTO_BATCH_ELEMENTS // max(per_input, 1))))
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import io
 import math
 import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
+from . import runtime
 from .errors import (
     DynamicShapeError,
     GraphStructureError,
@@ -991,7 +991,7 @@ def _probe_unknown_shapes(model: onnx.ModelProto, dependent: Sequence[str],
             _refuse_failed_run(model, str(exc), exported)  # (a custom op...) shapes stay unknown
         return False
     try:
-        measured = run_on_zeros(session, missing, elem_types(model))
+        measured = runtime.run_on_zeros(session, missing, elem_types(model))
     except Exception as exc:  # noqa: BLE001  an onnxruntime failure at run time, handled below
         _refuse_failed_run(model, str(exc), exported)
         return False
@@ -1052,24 +1052,8 @@ def elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
-def session_options(optimize: bool = True) -> Any:
-    """onnxruntime options for every rfgraph session: graph optimisation ALL (or none), and no
-    log of its own (its warnings, e.g. about the unused initializers exporters leave, and the
-    errors of trial runs that rfgraph expects and handles, went to the user's terminal; every
-    real failure surfaces as an exception, which rfgraph reports in one line)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4
-    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    return opts
-
-
 def probe_session(model: onnx.ModelProto, names: Sequence[str], dtypes: Mapping[str, int]) -> Any:
     """An onnxruntime session of ``model`` with ``names`` added to its outputs."""
-    import onnxruntime as ort
-
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     known = {o.name for o in probe.graph.output}
@@ -1077,25 +1061,14 @@ def probe_session(model: onnx.ModelProto, names: Sequence[str], dtypes: Mapping[
         if name not in known:
             elem = dtypes.get(name, 0) or onnx.TensorProto.FLOAT
             probe.graph.output.append(helper.make_tensor_value_info(name, elem, None))
-    with redirect_stdout(io.StringIO()):  # onnxruntime prints some load failures ("EP Error") itself
-        return ort.InferenceSession(probe.SerializeToString(), session_options(optimize=False),  # no constant
-                                    providers=["CPUExecutionProvider"])  # folding (bounded memory), quick load
-
-
-def run_on_zeros(session: Any, names: Sequence[str], dtypes: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
-    """Shapes of ``names`` from one run of ``session`` on all-zero inputs (unknown dims taken as 1)."""
-    feeds = {}
-    for i in session.get_inputs():
-        dt = helper.tensor_dtype_to_np_dtype(dtypes.get(i.name, onnx.TensorProto.FLOAT))
-        feeds[i.name] = np.zeros([d if isinstance(d, int) else 1 for d in i.shape], dtype=dt)
-    values = session.run(list(names), feeds)
-    return {n: tuple(np.shape(v)) for n, v in zip(names, values)}
+    # no constant folding (bounded memory), quick load; onnxruntime prints some load failures itself
+    return runtime.session(probe, optimize=False, quiet=True)
 
 
 def measure_shapes(model: onnx.ModelProto, names: Sequence[str],
                    dtypes: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
     """Shapes of ``names`` from one onnxruntime run of the model on zero inputs."""
-    return run_on_zeros(probe_session(model, names, dtypes), names, dtypes)
+    return runtime.run_on_zeros(probe_session(model, names, dtypes), names, dtypes)
 
 
 def store_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> None:

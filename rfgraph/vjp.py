@@ -21,14 +21,14 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from . import geometry
+from . import geometry, runtime
 from .errors import (
     DynamicShapeError,
     InvalidAttributeError,
     RFGraphError,
     UnsupportedOpError,
 )
-from .onnx_import import BIG_WEIGHT, FLOAT_TYPES, measure_shapes, session_options
+from .onnx_import import BIG_WEIGHT, FLOAT_TYPES, measure_shapes
 
 SEED_NAME = "rfgraph_seed"
 FD_HINT = "use the finite-difference engine instead (--method fd; method='fd' in Python), which runs any op"
@@ -810,8 +810,6 @@ def _split(b: Builder, n: NodeView, gys: list) -> Grads:
 
 def _resize_matrix(n: NodeView, b: Builder, axis: int) -> np.ndarray:
     """The (out x in) matrix of a Resize along one axis, measured by onnxruntime on basis vectors."""
-    import onnxruntime as ort  # local: vjp building needs ORT only for Resize
-
     xs, ys = b.shape(n.inputs[0]), b.shape(n.outputs[0])
     size_in, size_out = xs[axis], ys[axis]
     # decoded values, re-encoded by make_node (whose attribute kwargs are typed Any)
@@ -843,7 +841,7 @@ def _resize_matrix(n: NodeView, b: Builder, axis: int) -> np.ndarray:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size_in, size_in])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
-    sess = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+    sess = runtime.session(model)
     (y,) = sess.run(None, {"x": np.eye(size_in, dtype=np.float32)})
     (offset,) = sess.run(None, {"x": np.zeros((size_in, size_in), np.float32)})  # extrapolation_value
     y = y - offset
@@ -1566,8 +1564,6 @@ def _input_independent(model: onnx.ModelProto, name: str, active: set[str],
                        dtypes: dict[str, int]) -> dict[str, np.ndarray]:
     """Evaluate ``name`` and every integer tensor not depending on the input's values (shape
     arithmetic) in one onnxruntime run on a zero input; {} if it cannot be evaluated."""
-    import onnxruntime as ort
-
     produced = [o for n in model.graph.node for o in n.output if o]
     wanted = [o for o in produced if o not in active and (
         o == name or dtypes.get(o) in (TensorProto.INT64, TensorProto.INT32))]
@@ -1580,11 +1576,8 @@ def _input_independent(model: onnx.ModelProto, name: str, active: set[str],
         probe.graph.output.append(helper.make_tensor_value_info(o, dtypes.get(o) or
                                                                 TensorProto.FLOAT, None))
     try:
-        sess = ort.InferenceSession(probe.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
-        feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape],
-                                  helper.tensor_dtype_to_np_dtype(dtypes.get(i.name, 1)))
-                 for i in sess.get_inputs()}
-        return dict(zip(wanted, sess.run(wanted, feeds)))
+        sess = runtime.session(probe)
+        return dict(zip(wanted, sess.run(wanted, runtime.zero_feeds(sess, dtypes))))
     except Exception:  # noqa: BLE001 - ORT errors: the rule reports the missing constant
         return {}
 
@@ -1809,18 +1802,9 @@ def session(vjp: VJPGraph, providers: Sequence[str] | None = None, threads: int 
             config: dict[str, str] | None = None) -> object:
     """An onnxruntime session for a VJP graph: graph optimisation ALL, the best provider present;
     ``config``: extra session config entries (e.g. {"session.intra_op.allow_spinning": "0"})."""
-    import onnxruntime as ort
-
-    opts = session_options()
-    if threads:
-        opts.intra_op_num_threads = threads
-    for key, value in (config or {}).items():
-        opts.add_session_config_entry(key, value)
-    if providers is None:
-        available = ort.get_available_providers()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     try:
-        return ort.InferenceSession(vjp.model.SerializeToString(), opts, providers=list(providers))
+        return runtime.session(vjp.model, runtime.best_providers() if providers is None else providers,
+                               threads=threads, config=config)
     except Exception as exc:
         raise VJPError(f"onnxruntime could not load the gradient graph: {exc}") from exc
 
