@@ -32,6 +32,7 @@ from .onnx_import import (
     smallest_input_size,
 )
 from .ops import Layout, carried
+from .options import ModelOptions, model_options
 from .trf import Gate, Merge, PassResult, Stop, TensorState, forward_pass, reverse_pass
 
 AXIS_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
@@ -269,21 +270,22 @@ class Analysis:
 def analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None = None,
             input_name: str | None = None, layout: str | None = None, *,
             rules: custom_ops.RuleSet | str | Path | Sequence[str | Path] | None = None,
-            assume_pointwise: bool = False, on_stage: Callable[[str], None] | None = None,
-            fill: Mapping[str, float] | None = None) -> Analysis:
-    """Receptive fields of every tensor of an ONNX model (path, bytes or ModelProto).
+            assume_pointwise: bool | None = None, on_stage: Callable[[str], None] | None = None,
+            fill: Mapping[str, float] | None = None, options: ModelOptions | None = None) -> Analysis:
+    """Receptive fields of every tensor of an ONNX model (path, bytes or ModelProto), read as
+    ``options`` say (``ModelOptions``: input shapes, input, layout, rules, assume-pointwise, fill).
 
-    ``input_shape`` fixes input dims ({"x": (1, 3, 224, 224)}; name "" means the first input);
-    ``input_name`` picks the input the fields refer to; ``layout`` ("NCHW", "NHWC", "NCL"...)
-    overrides the inferred position of the spatial axes.  ``rules`` (a TOML rules file or a
-    ``custom_ops.RuleSet``) declares ops rfgraph does not know; ``assume_pointwise`` treats other
-    unknown ops that keep the spatial shape as pointwise; both are listed in ``rule_notes``.
+    The keywords ``input_shape`` ({"x": (1, 3, 224, 224)}; name "" means the first input),
+    ``input_name``, ``layout``, ``rules``, ``assume_pointwise`` and ``fill`` set the fields of the
+    same meaning (``input_shape`` is ``input_shapes``), over ``options`` when both are given.
+    Declared and assumed rules are listed in ``rule_notes``, and so is every If replaced by its
+    branch (its condition known from the fixed shapes or the ``fill`` values).
     ``on_stage`` is called with the name of each stage as it starts (``STAGES``; progress display).
-    ``fill`` gives other inputs a constant value ({"sr": 16000}); an If whose condition is then
-    known (or follows from the fixed shapes) is replaced by its branch, listed in ``rule_notes``.
     """
-    with custom_ops.active(rules, assume_pointwise) as session:
-        analysis = _analyze(model, input_shape, input_name, layout, on_stage or (lambda _: None), fill)
+    opts = model_options(options, input_shapes=input_shape, input_name=input_name, layout=layout,
+                         rules=rules, assume_pointwise=assume_pointwise, fill=fill)
+    with custom_ops.active(opts.rules, opts.assume_pointwise) as session:
+        analysis = _analyze(model, opts, on_stage or (lambda _: None))
     analysis.rule_notes.update(session.used)
     analysis.rule_notes.update({node: f"If replaced by its {which}: its condition is known once the "
                                       f"model is loaded (fixed input shapes, --fill values)"
@@ -295,15 +297,14 @@ def analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None 
 STAGES = ("loading and inferring shapes", "building the graph", "receptive-field pass", "end points")
 
 
-def _analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None,
-             input_name: str | None, layout: str | None, on_stage: Callable[[str], None],
-             fill: Mapping[str, float] | None = None) -> Analysis:
+def _analyze(model: ModelSource, opts: ModelOptions, on_stage: Callable[[str], None]) -> Analysis:
     """``analyze`` with the declared rules already active."""
+    layout = opts.layout
     on_stage(STAGES[0])
-    proto = custom_ops.declare_shapes(_load_at_size(model, input_shape, input_name, layout, fill))
+    proto = custom_ops.declare_shapes(_load_at_size(model, opts))
     on_stage(STAGES[1])
     mg = build_graph(proto)
-    name = _pick_input(mg, input_name, layout)
+    name = _pick_input(mg, opts.input_name, layout)
     shape = mg.shapes.get(name)
     if shape is None or len(shape) < 2:
         raise DynamicShapeError(f"input '{name}' has no known rank >= 3; set it with --input-shape")
@@ -332,42 +333,38 @@ def validate_input_size(model: ModelSource, input_shape: Mapping[str, Sequence[i
     where a map vanishes and the smallest size that works, or the node that cannot take the size).
     Other problems of the model (unreadable, unsupported ops) raise as ``analyze`` does."""
     try:
-        _load_at_size(model, input_shape, input_name, layout, fill)
+        _load_at_size(model, ModelOptions(input_shape, input_name, layout, fill=fill or {}))
     except InputSizeError as exc:
         return str(exc)
     return None
 
 
-def _load_at_size(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None,
-                  input_name: str | None, layout: str | None,
-                  fill: Mapping[str, float] | None) -> onnx.ModelProto:
+def _load_at_size(model: ModelSource, opts: ModelOptions) -> onnx.ModelProto:
     """``load_model``, naming the smallest input size that works when a map vanishes."""
     try:
-        return load_model(model, input_shape, fill)
+        return load_model(model, opts.input_shapes or None, opts.fill or None)
     except InputSizeError as exc:
         if not exc.vanished:
             raise
-        found = _smallest_size(model, input_shape, input_name, layout, fill)
+        found = _smallest_size(model, opts)
         hint = f"; the smallest input size that leaves every map a unit is {found}" if found else \
             "; no input size up to the search limit leaves every map a unit"
         raise InputSizeError(f"{exc}{hint}", exc.node, exc.op, vanished=True) from None
 
 
-def _smallest_size(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None,
-                   input_name: str | None, layout: str | None,
-                   fill: Mapping[str, float] | None) -> str | None:
+def _smallest_size(model: ModelSource, opts: ModelOptions) -> str | None:
     """The smallest valid size of the analysed input along its spatial axes, as NAME:1x3x61x61."""
     base = shapes_only(read_model(model))
     at_size = shapes_only(base)
     forget_stored_shapes(at_size)
-    set_input_shapes(at_size, input_shape or {})
+    set_input_shapes(at_size, opts.input_shapes)
     mg = build_graph(at_size)  # structure and input shapes only: which input, which axes
-    name = _pick_input(mg, input_name, layout)
+    name = _pick_input(mg, opts.input_name, opts.layout)
     shape = mg.shapes.get(name)
     if shape is None or None in shape:
         return None
-    spatial = _spatial_axes(mg, name, len(shape), layout)
-    found = smallest_input_size(base, name, tuple(int(d) for d in shape), spatial, fill)
+    spatial = _spatial_axes(mg, name, len(shape), opts.layout)
+    found = smallest_input_size(base, name, tuple(int(d) for d in shape), spatial, opts.fill or None)
     return f"{name}:{'x'.join(map(str, found))}" if found else None
 
 

@@ -34,6 +34,7 @@ from .analysis import Analysis, analyze
 from .errors import RFGraphError
 from .fields import Span
 from .ops import Layout
+from .options import ModelOptions, model_options
 from .trf import output_transfers
 
 UNPRODUCTIVE_FRACTION = 0.5  # a layer is unproductive when MORE than this share of units is
@@ -718,17 +719,18 @@ def diagnose(model: Any, input_shape: Mapping[str, Sequence[int]] | None = None,
              scan_sizes: bool = True, size_step: int | None = None, size_max: int | None = None,
              erf: bool = False, erf_runs: int = 8, erf_layers: int = 8,
              erf_options: Mapping[str, Any] | None = None, rules: Any = None,
-             assume_pointwise: bool = False, input_name: str | None = None,
+             assume_pointwise: bool | None = None, input_name: str | None = None,
              layout: str | None = None, fill: Mapping[str, float] | None = None,
-             progress: bool = False) -> Diagnosis:
-    """Run every diagnostic on ``model`` (path, bytes, ModelProto or zoo:NAME); ``progress``
-    shows the input-size scan's progress on stderr."""
+             progress: bool = False, options: ModelOptions | None = None) -> Diagnosis:
+    """Run every diagnostic on ``model`` (path, bytes, ModelProto or zoo:NAME), read as
+    ``options`` say (the keywords ``input_shape``, ``rules``... over it, as for ``analyze``);
+    ``progress`` shows the input-size scan's progress on stderr."""
     check_counts(size_step=size_step, size_max=size_max, erf_runs=erf_runs, erf_layers=erf_layers)
     for size in object_sizes:
         check_counts(object_size=size)
-    opts = {"input_name": input_name, "layout": layout, "rules": rules,
-            "assume_pointwise": assume_pointwise, "fill": fill}
-    a = analyze(model, input_shape, **opts)
+    opts = model_options(options, input_shapes=input_shape, input_name=input_name, layout=layout,
+                         rules=rules, assume_pointwise=assume_pointwise, fill=fill)
+    a = analyze(model, options=opts)
     names = list(endpoints) if endpoints else list(a.default_endpoints()
                                                       or list(a.endpoints)[-1:])
     for n in names:
@@ -741,20 +743,20 @@ def diagnose(model: Any, input_shape: Mapping[str, Sequence[int]] | None = None,
     if scan_sizes and local:
         grid, step = default_size_grid(a, local, size_step, size_max)
         free = without_static_shapes(model)
-        sizes = size_range(lambda n: analyze(free, _square(a, n), **opts), local, grid, step,
+        sizes = size_range(lambda n: analyze(free, options=opts.with_shapes(_square(a, n))), local, grid, step,
                            progress)
     growth = []
     extents: dict[str, tuple[int, ...]] = {}
     if erf:
         for n in local:
-            g = erf_growth(model, a, n, erf_layers, erf_runs, **{**opts, **(erf_options or {})})
+            g = erf_growth(model, a, n, erf_layers, erf_runs, options=opts, **(erf_options or {}))
             growth.append(g)
             if g.final is not None and g.final.tensor == n:
                 extents[n] = g.final.erf_extent
     objects = [object_fit(a, n, o, extents.get(n)) for n in local for o in object_sizes]
     fixes = alignment_fixes(a)
     if fixes:
-        _verify(model, a, fixes, input_shape, opts)
+        _verify(model, a, fixes, opts)
     return Diagnosis(a, names, cov, verdicts, sizes, objects, fixes, growth)
 
 
@@ -777,8 +779,7 @@ def _square(a: Analysis, n: int) -> dict[str, tuple[int, ...]]:
     return {a.input_name: tuple(int(d) if d is not None else 1 for d in shape)}
 
 
-def _verify(model: Any, a: Analysis, fixes: list[AlignmentFix],
-            input_shape: Mapping[str, Sequence[int]] | None, opts: dict[str, Any]) -> None:
+def _verify(model: Any, a: Analysis, fixes: list[AlignmentFix], opts: ModelOptions) -> None:
     """Apply all fixable fixes to the model and re-analyse; record per fix whether it holds."""
     ok = [f for f in fixes if f.fixable]
     if not ok:
@@ -786,8 +787,8 @@ def _verify(model: Any, a: Analysis, fixes: list[AlignmentFix],
     from .onnx_import import load_model
 
     try:
-        fixed = apply_fixes(load_model(model, input_shape), ok, a.spatial_axes, a.graph.names)
-        b = analyze(fixed, None, **opts)
+        fixed = apply_fixes(load_model(model, opts.input_shapes or None), ok, a.spatial_axes, a.graph.names)
+        b = analyze(fixed, options=opts.with_shapes(None))
     except RFGraphError:
         return
     bad = {(m.node, m.axis) for m in b.misaligned}
