@@ -8,7 +8,7 @@ alignment verdict of every merge, and the nodes where the analysis stopped (unsu
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -31,9 +31,9 @@ from .onnx_import import (
     shapes_only,
     smallest_input_size,
 )
-from .ops import Layout, carried
+from .ops import Edge, Layout, OutTransfer, Transfer, carried
 from .options import ModelOptions, model_options
-from .trf import Gate, Merge, PassResult, Stop, TensorState, forward_pass, reverse_pass
+from .trf import Gate, Merge, PassResult, Stop, TensorState, forward_pass, output_transfers, reverse_pass
 
 AXIS_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
 LAYOUT_PASSTHROUGH = {"Cast", "Sub", "Div", "Mul", "Add", "Identity", "Unsqueeze"}
@@ -203,6 +203,23 @@ class Analysis:
         """Gate node -> the gate (its operand, constant over positions, and the node that pooled
         it): held constant for the local fields of the tensors after it (``EndPoint.gates``)."""
         return self._pass.gates
+
+    def output_transfers(self) -> Iterator[tuple[int, str, OutTransfer]]:
+        """(node index, output tensor, its transfer) of every analysed node output, in topological
+        order: what the diagnostics and the path counts sweep over."""
+        return output_transfers(self.graph, self._pass)
+
+    def node_transfers(self) -> Iterator[tuple[int, Transfer]]:
+        """(node index, the transfer its rule gave) of every analysed node, in topological order."""
+        return ((idx, self._pass.transfers[idx]) for idx in self._pass.order if idx in self._pass.transfers)
+
+    def transfer(self, idx: int) -> Transfer:
+        """The transfer the rule of node ``idx`` gave (KeyError when the node was not analysed)."""
+        return self._pass.transfers[idx]
+
+    def local_edges(self, node: str, edges: tuple[Edge, ...]) -> tuple[Edge, ...]:
+        """A node's edges without its gate operand (held constant for the local fields)."""
+        return self._pass.local_edges(node, edges)
 
     @property
     def misaligned(self) -> list[Merge]:
