@@ -38,6 +38,7 @@ from .inputs import (
     reinitialise,
 )
 from .metrics import AREA_THRESHOLDS, AreaRatio, ERFMetrics, compute_metrics
+from .onnx_import import prepare
 from .options import ModelOptions, model_options
 
 if TYPE_CHECKING:  # analysis is imported lazily (it pulls in the whole TRF pass)
@@ -831,7 +832,7 @@ def _input_facts(proto: onnx.ModelProto, analysis: Analysis | None, input_name: 
 def _output_shape(proto: onnx.ModelProto, output: str, input_name: str,
                   full_shape: tuple[int, ...]) -> tuple[int, ...]:
     """Static shape of ``output`` at batch 1."""
-    fixed = vjp_mod.prepare(proto, full_shape, input_name)
+    fixed = prepare(proto, full_shape, input_name)
     shapes, _ = vjp_mod.tensor_shapes(fixed, input_name)
     if output not in shapes:
         outs = ", ".join(o.name for o in proto.graph.output)

@@ -21,7 +21,7 @@ import onnx
 from onnx import helper
 
 from . import runtime
-from . import vjp as vjp_mod
+from .onnx_import import prepare
 
 DEFAULT_STEP = {np.dtype(np.float32): 1e-2, np.dtype(np.float64): 1e-6}
 
@@ -40,7 +40,7 @@ def expose(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
 
 def _forward_session(model: onnx.ModelProto, input_shape: Sequence[int],
                      input_name: str) -> object:
-    return runtime.session(vjp_mod.prepare(model, input_shape, input_name))
+    return runtime.session(prepare(model, input_shape, input_name))
 
 
 @dataclass
