@@ -178,6 +178,7 @@ class Analysis:
     rule_notes: dict[str, str] = field(default_factory=dict)  # node -> declared/assumed rule used
     layout: str = ""  # the input's layout as --layout spells it (NCHW, NHWC, NL...)
     layout_reason: str = ""  # why that layout: given, a leading Transpose, a Conv, the shape
+    options: ModelOptions = field(default_factory=ModelOptions, repr=False)  # how the model was read
 
     def __getitem__(self, name: str) -> EndPoint:
         try:
@@ -303,6 +304,7 @@ def analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None 
                          rules=rules, assume_pointwise=assume_pointwise, fill=fill)
     with custom_ops.active(opts.rules, opts.assume_pointwise) as session:
         analysis = _analyze(model, opts, on_stage or (lambda _: None))
+    analysis.options = opts
     analysis.rule_notes.update(session.used)
     analysis.rule_notes.update({node: f"If replaced by its {which}: its condition is known once the "
                                       f"model is loaded (fixed input shapes, --fill values)"

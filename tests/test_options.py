@@ -4,7 +4,8 @@
 Covers: the older keywords and the value give the same analysis, ERF and diagnosis (fill,
 input shape, rules, assume-pointwise, input name); a keyword given overrides the value's field;
 the commands build the value once from their arguments; the value is immutable.  The fields'
-meaning itself is proven by the tests of each option (test_control_flow, test_custom_ops...).
+meaning itself is proven by the tests of each option (test_control_flow, test_custom_ops...);
+here also: show/report's unit ERF reads the model with the analysis's options.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import rfgraph
+from rfgraph import overlay
 from rfgraph.commands._common import add_model_args, options_from_args
 from rfgraph.diagnostics import diagnose
 from rfgraph.options import ModelOptions
@@ -95,3 +99,26 @@ def test_options_are_immutable() -> None:
     assert opts.input_shapes == SHAPES
     with pytest.raises(dataclasses.FrozenInstanceError):
         opts.layout = "NHWC"  # type: ignore[misc]
+
+
+def _masked_conv() -> onnx.ModelProto:
+    """x(1,1,8,8) -> Trilu (no TRF rule: --assume-pointwise) -> 3x3 conv of ones, pad 1 -> y."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 8])
+    w = numpy_helper.from_array(np.ones((1, 1, 3, 3), np.float32), "w")
+    nodes = [helper.make_node("Trilu", ["x"], ["t"], upper=1, name="tri"),
+             helper.make_node("Conv", ["t", "w"], ["y"], pads=[1] * 4, name="conv")]
+    graph = helper.make_graph(nodes, "g", [x], [y], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_unit_erf_reads_the_model_with_the_analysis_options() -> None:
+    """show/report's ERF of unit (2, 6) keeps the analysis's --assume-pointwise: its TRF is the
+    3x3 window at rows 1-3, columns 5-7 (closed form), and the ERF lies inside it.  Before, the
+    ERF engine re-analysed without the option, stopped at Trilu and measured Luo's size around
+    the map centre (4, 4), where this unit's ERF is 0."""
+    a = rfgraph.analyze(_masked_conv(), options=ModelOptions(assume_pointwise=True))
+    result = overlay.unit_erf(a, "y", (2, 6), runs=1, method="fd")
+    assert result.metrics.trf_size == (3, 3)
+    rows, cols = np.nonzero(result.erf)
+    assert rows.size and rows.min() >= 1 and rows.max() <= 3 and cols.min() >= 5 and cols.max() <= 7
