@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
+from .. import runtime
 from ..errors import DynamicShapeError, UnsupportedOpError
 from ..fields import Span
-from ..onnx_import import session_options
 from .gradient import Builder, Grads, NodeView, _one_plus, _set_shape
 from .gradient import Rule as VJPRule
 from .transfer import (
@@ -195,8 +195,6 @@ def _space_to_depth(b: Builder, n: NodeView, gys: list) -> Grads:
 
 def _resize_matrix(n: NodeView, b: Builder, axis: int) -> np.ndarray:
     """The (out x in) matrix of a Resize along one axis, measured by onnxruntime on basis vectors."""
-    import onnxruntime as ort  # local: vjp building needs ORT only for Resize
-
     xs, ys = b.shape(n.inputs[0]), b.shape(n.outputs[0])
     size_in, size_out = xs[axis], ys[axis]
     # decoded values, re-encoded by make_node (whose attribute kwargs are typed Any)
@@ -228,7 +226,7 @@ def _resize_matrix(n: NodeView, b: Builder, axis: int) -> np.ndarray:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size_in, size_in])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
-    sess = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+    sess = runtime.session(model)
     (y,) = sess.run(None, {"x": np.eye(size_in, dtype=np.float32)})
     (offset,) = sess.run(None, {"x": np.zeros((size_in, size_in), np.float32)})  # extrapolation_value
     y = y - offset
