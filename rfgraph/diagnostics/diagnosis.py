@@ -12,6 +12,7 @@ import onnx
 from .. import budgets
 from ..analysis import Analysis, analyze
 from ..errors import RFGraphError
+from ..onnx_import import shapes_only
 from ..options import ModelOptions, model_options
 from .alignment import AlignmentFix, alignment_fixes, apply_fixes
 from .coverage import Coverage, LayerVerdict, coverage, layer_verdicts
@@ -74,7 +75,8 @@ def diagnose(model: Any, input_shape: Mapping[str, Sequence[int]] | None = None,
     if scan_sizes and local:
         grid, step = default_size_grid(a, local, size_step, size_max)
         free = without_static_shapes(model)
-        sizes = size_range(lambda n: analyze(free, options=opts.with_shapes(_square(a, n))), local, grid, step,
+        light = shapes_only(free)
+        sizes = size_range(lambda n: _reanalyse(light, free, opts.with_shapes(_square(a, n))), local, grid, step,
                            progress)
     growth = []
     extents: dict[str, tuple[int, ...]] = {}
@@ -100,6 +102,16 @@ def without_static_shapes(model: Any) -> onnx.ModelProto:
     out.CopyFrom(read_model(model))
     forget_stored_shapes(out)
     return out
+
+
+def _reanalyse(light: onnx.ModelProto, model: onnx.ModelProto, opts: ModelOptions) -> Analysis:
+    """The analysis at another size, from the model without its weights' data first (``light``:
+    shape inference then serialises kilobytes, not the weights, at each size), from the whole
+    model where that fails (an onnxruntime probe needs the weights)."""
+    try:
+        return analyze(light, options=opts)
+    except RFGraphError:
+        return analyze(model, options=opts)
 
 
 def _square(a: Analysis, n: int) -> dict[str, tuple[int, ...]]:
