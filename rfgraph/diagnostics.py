@@ -35,6 +35,7 @@ from .errors import RFGraphError
 from .fields import Span
 from .ops import Layout
 from .trf import output_transfers
+from .unknown_size import require_size
 
 UNPRODUCTIVE_FRACTION = 0.5  # a layer is unproductive when MORE than this share of units is
 WINDOW_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "MaxPool", "AveragePool",
@@ -729,6 +730,7 @@ def diagnose(model: Any, input_shape: Mapping[str, Sequence[int]] | None = None,
     opts = {"input_name": input_name, "layout": layout, "rules": rules,
             "assume_pointwise": assume_pointwise, "fill": fill}
     a = analyze(model, input_shape, **opts)
+    require_size(a, "diagnose")
     names = list(endpoints) if endpoints else list(a.default_endpoints()
                                                       or list(a.endpoints)[-1:])
     for n in names:

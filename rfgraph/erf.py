@@ -722,6 +722,7 @@ def _load(model: ModelSource, input_shape: Sequence[int] | None, input_name: str
     inlined), fix the input at batch 1, and run the TRF pass if it can."""
     from . import analysis as analysis_mod
     from .onnx_import import data_inputs, load_model
+    from .unknown_size import require_size
 
     notes: list[str] = []
     raw = load_model(model, fill=fill)
@@ -740,6 +741,7 @@ def _load(model: ModelSource, input_shape: Sequence[int] | None, input_name: str
     try:  # the checks of ``analyze`` come first: a model it refuses is refused here too
         a = analysis_mod.analyze(proto, input_name=name, layout=layout, rules=rules,
                                  assume_pointwise=assume_pointwise)
+        require_size(a, "the ERF")
     except (DynamicShapeError, UnsupportedOpError) as exc:
         if isinstance(exc, DynamicShapeError) and (_static_rank(proto, name) or 3) < 3:
             raise  # no spatial axes to measure a field along (a rank-2 input without --layout)

@@ -8,11 +8,12 @@ positive weights and zero biases a unit's value is a sum of positive path produc
 Covers: every published row at 224 and 321 (r, S, P on both axes) on the model_zoo graphs, and
 that each configuration has exactly the published end points; the rows at unknown resolution
 ('None'): r and S (size-free), P where published, and rfgraph's size-dependence flag exactly where
-the library prints P = None; the analysis of a graph with dynamic spatial dims (issue 14 §2, not
-implemented: strict xfail); `rfgraph table --models grf --size 224 321 --endpoints` against the
-published CSV; the measured support of every unit of new nets (resnet_v2_50,
-inception_resnet_v2-same, inception_v2-no-separable-conv, vgg_a) against rfgraph's regions, and
-the r, S, P measured at sizes congruent to 224 and 321 (mod 32) against the published rows.
+the library prints P = None; the analysis of a graph with dynamic spatial dims (issue 14 §2): r
+and S, and P per residue of the size against the published rows at 224 and 321; `rfgraph table
+--models grf --size 224 321 --endpoints` against the published CSV; the measured support of
+every unit of new nets (resnet_v2_50, inception_resnet_v2-same, inception_v2-no-separable-conv,
+vgg_a) against rfgraph's regions, and the r, S, P measured at sizes congruent to 224 and 321
+(mod 32) against the published rows.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from onnx import TensorProto, helper, numpy_helper
 import model_zoo
 import rfgraph
 from rfgraph.cli import main
-from rfgraph.errors import RFGraphError
 
 DATA = Path(__file__).resolve().parent / "data" / "grf_rf_benchmark.csv"
 TINY = "width=0.05"  # 1-25 channels per layer: structure is what decides r, S, P
@@ -124,9 +124,6 @@ def dynamic_size_model(name: str) -> onnx.ModelProto:
     return model
 
 
-@pytest.mark.xfail(strict=True, raises=RFGraphError,
-                   reason="issue 14 §2: analysis at unknown input size (GRF's 'None' column) does "
-                          "not exist yet; dynamic spatial dims are refused")
 @pytest.mark.parametrize("name", ["vgg_a", "inception_v2-no-separable-conv", "resnet_v2_50",
                                   "inception_resnet_v2-same"])
 def test_none_rows_from_a_graph_of_unknown_size(name):
