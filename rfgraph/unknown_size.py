@@ -24,7 +24,7 @@ from fractions import Fraction
 from typing import cast
 
 from .analysis import Analysis, EndPoint
-from .errors import DynamicShapeError
+from .errors import DynamicShapeError, InputSizeError
 from .onnx_import import attributes, read_model, set_input_shapes, shapes_only, smallest_input_size
 from .ops import BROADCAST_OPS
 
@@ -102,17 +102,17 @@ def analyze_unknown_size(run: Runner, model: object, name: str,
     period = _period(first)
     base = [p * max(MIN_PERIODS, -(-smallest[a] // p)) for a, p in zip(spatial, period)]
     sizes = [tuple(b + k % p for b, p in zip(base, period)) for k in range(max(period))]
-    samples: list[Analysis | None] = [run({name: _at(smallest, spatial, s)}) for s in sizes]
-    why = [_cannot_run(s) for s in samples]  # type: ignore[arg-type]
+    tried = [_attempt(run, name, _at(smallest, spatial, s)) for s in sizes]
+    why = [t if isinstance(t, str) else _cannot_run(t) for t in tried]
     runs = [k for k, w in enumerate(why) if w is None]
     if not runs:
         raise refusal(name, concrete, spatial, f"the model runs at none of the sizes "
                       f"{_size_text(sizes[0])} to {_size_text(sizes[-1])}: {why[0]}")
-    samples = [s if w is None else None for s, w in zip(samples, why)]
+    samples = [t if w is None and not isinstance(t, str) else None for t, w in zip(tried, why)]
     check = tuple(b + p + runs[j % len(runs)] % p for j, (b, p) in enumerate(zip(base, period)))
-    checked = run({name: _at(smallest, spatial, check)})
-    if _cannot_run(checked) is not None:  # the valid residues depend on each other: same on all axes
-        check = tuple(b + p + runs[0] % p for b, p in zip(base, period))
+    checked = _attempt(run, name, _at(smallest, spatial, check))
+    if isinstance(checked, str) or _cannot_run(checked) is not None:  # the residues that run depend
+        check = tuple(b + p + runs[0] % p for b, p in zip(base, period))  # on each other: same on all axes
         checked = run({name: _at(smallest, spatial, check)})
     valid = [s for s in samples if s is not None]
     _check_geometry([*valid, checked], [*(sizes[k] for k in runs), check])
@@ -121,6 +121,17 @@ def analyze_unknown_size(run: Runner, model: object, name: str,
     how = UnknownSize(tuple(period), (*(sizes[k] for k in runs), check), (),
                       tuple(runs) if len(runs) < len(sizes) else None, first_bad)
     return _merged(samples, how)
+
+
+def _attempt(run: Runner, name: str, shape: tuple[int, ...]) -> Analysis | str:
+    """The analysis at this input shape, or why the model cannot run at it (onnxruntime's
+    refusal when the loader ran the model to learn shapes)."""
+    try:
+        return run({name: shape})
+    except InputSizeError as exc:
+        if exc.vanished:
+            raise
+        return str(exc)
 
 
 def _cannot_run(analysis: Analysis) -> str | None:

@@ -138,6 +138,23 @@ def test_none_rows_from_a_graph_of_unknown_size(name):
             assert analysis[ep].P == (P, P)
 
 
+@pytest.mark.parametrize("name", model_zoo.GRF_BENCHMARK)
+def test_P_by_residue_of_an_unknown_size_gives_the_published_rows(name):
+    """Every configuration, as a graph of unknown size: r and S as published, and P at the
+    residues of 224 and 321 is the published P at 224 and at 321 (one number where the library
+    gives P at unknown resolution, a set of values where it prints None)."""
+    analysis = rfgraph.analyze(dynamic_size_model(name))
+    assert analysis.unknown_size is not None
+    for ep, (r, S, P) in PUBLISHED[(name, None)].items():
+        got = analysis[ep]
+        assert got.r == (r, r) and got.S == (S, S), ep
+        for size in SIZES:
+            want = PUBLISHED[(name, str(size))][ep][2]
+            assert [p if isinstance(p, int) else p.by_residue[size % p.period] for p in got.P] == [want] * 2, \
+                (ep, size)
+        assert all(isinstance(p, int) for p in got.P) == (P is not None), ep
+
+
 # ---------------------------------------------------------------- the CLI
 def test_table_command_reproduces_the_benchmark(capsys):
     """`rfgraph table --models grf --endpoints --size 224 321` against the published CSV: one row
