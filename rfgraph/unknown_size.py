@@ -29,7 +29,8 @@ from .onnx_import import attributes, read_model, set_input_shapes, shapes_only, 
 from .ops import BROADCAST_OPS
 
 MAX_PERIOD = 256  # largest stride product sampled (one analysis per residue)
-MIN_PERIODS = 2  # the sizes analysed start at this many periods or more
+MIN_PERIODS = 4  # the sizes analysed start at this many periods or more (no map shrunk to 1 unit)
+FIRST_SIZES = (256, 512, 1024, 2048)  # where the strides are read (not where maps shrink to one unit)
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,7 @@ def analyze_unknown_size(run: Runner, model: object, name: str,
     model at a given input shape; r and S checked equal at every size, P merged per residue."""
     concrete = _concrete(name, shape, spatial)
     smallest = _smallest_size(model, name, concrete, spatial, user_shapes, fill)
-    first = run({name: smallest})
-    period = _period(first)
+    period = _period(_first_that_runs(run, name, smallest, spatial))
     base = [p * max(MIN_PERIODS, -(-smallest[a] // p)) for a, p in zip(spatial, period)]
     sizes = [tuple(b + k % p for b, p in zip(base, period)) for k in range(max(period))]
     tried = [_attempt(run, name, _at(smallest, spatial, s)) for s in sizes]
@@ -121,6 +121,22 @@ def analyze_unknown_size(run: Runner, model: object, name: str,
     how = UnknownSize(tuple(period), (*(sizes[k] for k in runs), check), (),
                       tuple(runs) if len(runs) < len(sizes) else None, first_bad)
     return _merged(samples, how)
+
+
+def _first_that_runs(run: Runner, name: str, smallest: tuple[int, ...], spatial: Sequence[int]) -> Analysis:
+    """The analysis at the first of ``FIRST_SIZES`` (or the smallest size, when larger) where the
+    model runs: the strides are read off it (at a size where maps shrink to one unit a stride
+    can be lost; a model whose merges agree only at multiples of 32 runs at few sizes)."""
+    low = max(smallest[a] for a in spatial)
+    sizes = [_at(smallest, spatial, (n,) * len(spatial)) for n in FIRST_SIZES if n > low] or [smallest]
+    why = ""
+    for shape in sizes:
+        tried = _attempt(run, name, shape)
+        why = tried if isinstance(tried, str) else _cannot_run(tried) or ""
+        if not why:
+            return tried  # type: ignore[return-value]
+    raise refusal(name, smallest, spatial, f"the model runs at none of the sizes {_size_text(sizes[0])} to "
+                                           f"{_size_text(sizes[-1])}: {why}")
 
 
 def _attempt(run: Runner, name: str, shape: tuple[int, ...]) -> Analysis | str:
