@@ -59,8 +59,8 @@ def test_P_per_residue_matches_the_analysis_at_every_residue():
     assert a.unknown_size is not None and a.unknown_size.period == (8, 8)
     assert all(isinstance(p, PBySize) for p in ep.P)
     sampled = set(a.unknown_size.sizes)
-    for h in range(40, 48):
-        w = 40 + (h * 3 + 1) % 8  # another residue along W
+    for h in range(60, 68):
+        w = 60 + (h * 3 + 1) % 8  # another residue along W
         assert (h, w) not in sampled
         b = rfgraph.analyze(model, at_size(model, (h, w)))[y]
         assert (b.r, b.S) == (ep.r, ep.S)
