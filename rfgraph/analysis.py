@@ -281,6 +281,9 @@ class Analysis:
     def fields_toward(self, target: str) -> dict[str, tuple[AxisField, ...]]:
         """The paper's reverse pass: the field of one unit of ``target`` on every tensor before it."""
         self[target]
+        if self.unknown_size is not None:  # the paddings in between may depend on the size
+            from .unknown_size import require_size
+            require_size(self, "the reverse pass")
         return reverse_pass(self.graph, self._pass, target)
 
 

@@ -233,9 +233,12 @@ def _unknown_size_lines(analysis: Analysis, names: Sequence[str]) -> list[str]:
               f"checked at {'x'.join(map(str, how.sizes[-1]))}; ops whose padding depends on the "
               f"size: {ops}")]
     if how.runs_at is not None:
-        lines.append(f"the model runs only at sizes n = {', '.join(map(str, how.runs_at))} (mod "
-                     f"{max(how.period)}) along each of {', '.join(analysis.axis_names)}; at the "
-                     f"others {how.cannot_run}")
+        runs_at: dict[str, list[str]] = {}  # residues -> axes
+        for axis_name, period in zip(analysis.axis_names, how.period):
+            text = f"n = {', '.join(map(str, sorted({k % period for k in how.runs_at})))} (mod {period})"
+            runs_at.setdefault(text, []).append(axis_name)
+        where = "; ".join(f"{text} along {', '.join(axes)}" for text, axes in runs_at.items())
+        lines.append(f"the model runs only at sizes {where}; at the others {how.cannot_run}")
     varying = [analysis[n] for n in names if any(analysis[n].P_at_unknown_size)]
     for ep in varying[:NOTE_LINES]:
         by_text: dict[str, list[str]] = {}

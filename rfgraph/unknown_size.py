@@ -103,7 +103,7 @@ def analyze_unknown_size(run: Runner, model: object, name: str,
     base = [p * max(MIN_PERIODS, -(-smallest[a] // p)) for a, p in zip(spatial, period)]
     sizes = [tuple(b + k % p for b, p in zip(base, period)) for k in range(max(period))]
     tried = [_attempt(run, name, _at(smallest, spatial, s)) for s in sizes]
-    why = [t if isinstance(t, str) else _cannot_run(t) for t in tried]
+    why = [_why_not(t) for t in tried]
     runs = [k for k, w in enumerate(why) if w is None]
     if not runs:
         raise refusal(name, concrete, spatial, f"the model runs at none of the sizes "
@@ -111,9 +111,12 @@ def analyze_unknown_size(run: Runner, model: object, name: str,
     samples = [t if w is None and not isinstance(t, str) else None for t, w in zip(tried, why)]
     check = tuple(b + p + runs[j % len(runs)] % p for j, (b, p) in enumerate(zip(base, period)))
     checked = _attempt(run, name, _at(smallest, spatial, check))
-    if isinstance(checked, str) or _cannot_run(checked) is not None:  # the residues that run depend
-        check = tuple(b + p + runs[0] % p for b, p in zip(base, period))  # on each other: same on all axes
-        checked = run({name: _at(smallest, spatial, check)})
+    if _why_not(checked):  # the residues that run depend on each other: the same on all axes
+        check = tuple(b + p + runs[0] % p for b, p in zip(base, period))
+        checked = _attempt(run, name, _at(smallest, spatial, check))
+    if isinstance(checked, str) or _why_not(checked):
+        raise refusal(name, concrete, spatial, f"the model runs at size {_size_text(sizes[runs[0]])} but not "
+                                               f"a period further, at {_size_text(check)}: {_why_not(checked)}")
     valid = [s for s in samples if s is not None]
     _check_geometry([*valid, checked], [*(sizes[k] for k in runs), check])
     _check_period(samples, checked, check, base, period)
@@ -132,9 +135,9 @@ def _first_that_runs(run: Runner, name: str, smallest: tuple[int, ...], spatial:
     why = ""
     for shape in sizes:
         tried = _attempt(run, name, shape)
-        why = tried if isinstance(tried, str) else _cannot_run(tried) or ""
-        if not why:
-            return tried  # type: ignore[return-value]
+        why = _why_not(tried) or ""
+        if not isinstance(tried, str) and not why:
+            return tried
     raise refusal(name, smallest, spatial, f"the model runs at none of the sizes {_size_text(sizes[0])} to "
                                            f"{_size_text(sizes[-1])}: {why}")
 
@@ -148,6 +151,11 @@ def _attempt(run: Runner, name: str, shape: tuple[int, ...]) -> Analysis | str:
         if exc.vanished:
             raise
         return str(exc)
+
+
+def _why_not(tried: Analysis | str) -> str | None:
+    """Why the model cannot run at the size of an attempt, or None when it can."""
+    return tried if isinstance(tried, str) else _cannot_run(tried)
 
 
 def _cannot_run(analysis: Analysis) -> str | None:

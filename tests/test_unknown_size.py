@@ -221,9 +221,11 @@ def test_commands_that_need_a_size_ask_for_one(command, tmp_path, capsys):
     assert main([args[0], str(path), *args[1:]]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and f"{args[0]} needs a concrete input size" in err and "--input-shape x:" in err
-    ep = rfgraph.analyze(model)[y]
+    a = rfgraph.analyze(model)
     with pytest.raises(rfgraph.RFGraphError, match="input size is unknown"):
-        ep.region((0, 0))
+        a[y].region((0, 0))
+    with pytest.raises(DynamicShapeError, match="the reverse pass needs a concrete input size"):
+        a.fields_toward(y)
 
 
 def test_input_shape_keeps_the_exact_field():
