@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import DynamicShapeError, InvalidAttributeError
+from ..errors import DynamicShapeError, InvalidAttributeError
 
 SAME = ("SAME_UPPER", "SAME_LOWER")
 
