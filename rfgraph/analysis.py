@@ -336,7 +336,7 @@ def _analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None
         from .unknown_size import analyze_unknown_size
 
         return analyze_unknown_size(
-            lambda at: _analyze(model, {**(input_shape or {}), **at}, name, layout, lambda _: None, fill),
+            lambda at: _analyze(model, {**(input_shape or {}), **at}, name, layout, lambda _: None, fill, table),
             model, name, shape, spatial, input_shape, fill)
     in_layout = _input_layout(shape, spatial)
     on_stage(STAGES[2])

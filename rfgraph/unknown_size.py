@@ -26,7 +26,7 @@ from typing import cast
 from .analysis import Analysis, EndPoint
 from .errors import DynamicShapeError, InputSizeError
 from .onnx_import import attributes, read_model, set_input_shapes, shapes_only, smallest_input_size
-from .ops import BROADCAST_OPS
+from .semantics import BROADCAST_OPS
 
 MAX_PERIOD = 256  # largest stride product sampled (one analysis per residue)
 MIN_PERIODS = 4  # the sizes analysed start at this many periods or more (no map shrunk to 1 unit)
