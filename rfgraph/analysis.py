@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -36,6 +37,9 @@ from .rules import RuleTable
 from .semantics import CHANNELS_FIRST_OPS
 from .semantics.transfer import Edge, Layout, OutTransfer, Transfer, carried
 from .trf import Gate, Merge, PassResult, Stop, TensorState, forward_pass, output_transfers, reverse_pass
+
+if TYPE_CHECKING:
+    from .unknown_size import PBySize, UnknownSize
 
 AXIS_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
 LAYOUT_PASSTHROUGH = {"Cast", "Sub", "Div", "Mul", "Add", "Identity", "Unsqueeze"}
@@ -66,6 +70,9 @@ class EndPoint:
     # regions are the local field with every gate's output held constant (what detaching the gate
     # gives in autograd); the exact field is global through these gates.
     gates: tuple[str, ...] = ()
+    # analysed at an unknown input size (``unknown_size``): per axis, P where it depends on the
+    # size (None where it does not); empty at a known size
+    P_at_unknown_size: tuple[PBySize | None, ...] = ()
 
     @property
     def aligned(self) -> bool:
@@ -83,9 +90,11 @@ class EndPoint:
         return tuple(None if f.is_global else f.stride for f in self.fields)
 
     @property
-    def P(self) -> tuple[int | None, ...]:
-        """Effective padding per axis (eq. 9; None where global)."""
-        return tuple(None if f.is_global else f.padding for f in self.fields)
+    def P(self) -> tuple[int | PBySize | None, ...]:
+        """Effective padding per axis (eq. 9; None where global; at an unknown input size, a
+        ``PBySize`` where it depends on the size: its value per residue of the size)."""
+        by_size = self.P_at_unknown_size or (None,) * len(self.fields)
+        return tuple(None if f.is_global else p or f.padding for f, p in zip(self.fields, by_size))
 
     @property
     def is_global(self) -> bool:
@@ -109,6 +118,7 @@ class EndPoint:
         return tuple(f.centre(u) for f, u in zip(self.fields, index))
 
     def _check_index(self, index: Sequence[int]) -> tuple[int, ...]:
+        self._check_size_known()
         index = tuple(int(i) for i in index)
         if len(index) != len(self.fields):
             raise RFGraphError(f"index {index} has {len(index)} coordinates; '{self.name}' has "
@@ -118,6 +128,12 @@ class EndPoint:
                 raise RFGraphError(f"index {index} is outside '{self.name}' (units per axis: "
                                    f"{tuple(1 if n is None else n for n in self.units)})")
         return index
+
+    def _check_size_known(self) -> None:
+        """Units and their regions depend on the input size: refused at an unknown one."""
+        if self.P_at_unknown_size:
+            raise RFGraphError(f"'{self.name}': the input size is unknown, and the units of a tensor "
+                               f"and their regions depend on it; set it with --input-shape")
 
     def tensor_index(self, index: Sequence[int]) -> tuple[int, ...]:
         """The unit ``index`` (one coordinate per input spatial axis) as one index per unit axis
@@ -144,6 +160,7 @@ class EndPoint:
 
     def regions(self, axis: int) -> np.ndarray:
         """``[u0, v0]`` of every unit along one axis, shape (n, 2)."""
+        self._check_size_known()
         n = self.units[axis] or 1
         f = self.fields[axis]
         return np.array([f.region(u) for u in range(n)], dtype=np.int64).reshape(n, 2)
@@ -167,7 +184,7 @@ class Analysis:
     """Receptive fields of every tensor of a model w.r.t. one input."""
 
     input_name: str
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]  # None along the spatial axes at an unknown size (unknown_size)
     spatial_axes: tuple[int, ...]  # tensor axes of the input that are spatial
     axis_names: tuple[str, ...]
     endpoints: dict[str, EndPoint]
@@ -181,6 +198,7 @@ class Analysis:
     layout: str = ""  # the input's layout as --layout spells it (NCHW, NHWC, NL...)
     layout_reason: str = ""  # why that layout: given, a leading Transpose, a Conv, the shape
     options: ModelOptions = field(default_factory=ModelOptions, repr=False)  # how the model was read
+    unknown_size: UnknownSize | None = None  # analysed without a size: how (periods, sizes used)
 
     def __getitem__(self, name: str) -> EndPoint:
         try:
@@ -284,6 +302,9 @@ class Analysis:
     def fields_toward(self, target: str) -> dict[str, tuple[AxisField, ...]]:
         """The paper's reverse pass: the field of one unit of ``target`` on every tensor before it."""
         self[target]
+        if self.unknown_size is not None:  # the paddings in between may depend on the size
+            from .unknown_size import require_size
+            require_size(self, "the reverse pass")
         return reverse_pass(self.graph, self._pass, target)
 
 
@@ -332,12 +353,13 @@ def _analyze(model: ModelSource, opts: ModelOptions, on_stage: Callable[[str], N
     if shape is None or len(shape) < 2:
         raise DynamicShapeError(f"input '{name}' has no known rank >= 3; set it with --input-shape")
     spatial, layout_reason = _layout_choice(mg, name, shape, layout)
-    unknown = [a for a in spatial if shape[a] is None]
-    if unknown:
-        example = "x".join(str(d if d is not None else 224) for d in shape)
-        raise DynamicShapeError(
-            f"input '{name}' has dynamic spatial dims (axes {unknown} of shape "
-            f"{['?' if d is None else d for d in shape]}); set them, e.g. --input-shape {name}:{example}")
+    if any(shape[a] is None for a in spatial):  # r, S at any size; P per residue of the size
+        from .unknown_size import analyze_unknown_size
+
+        return analyze_unknown_size(
+            lambda at: _analyze(model, opts.merged(input_shapes={**opts.input_shapes, **at}, input_name=name),
+                                lambda _: None, table),
+            model, name, shape, spatial, opts.input_shapes or None, opts.fill or None)
     in_layout = _input_layout(shape, spatial)
     on_stage(STAGES[2])
     result = forward_pass(mg, name, in_layout, table)

@@ -711,6 +711,7 @@ def _load(model: ModelSource, opts: ModelOptions) -> tuple[onnx.ModelProto, Anal
     inlined), fix the input at batch 1, and run the TRF pass if it can."""
     from . import analysis as analysis_mod
     from .onnx_import import data_inputs, load_model
+    from .unknown_size import require_size
 
     notes: list[str] = []
     input_name, input_shape = opts.erf_input()
@@ -729,6 +730,7 @@ def _load(model: ModelSource, opts: ModelOptions) -> tuple[onnx.ModelProto, Anal
     proto = load_model(raw, shapes) if shapes else raw
     try:  # the checks of ``analyze`` come first: a model it refuses is refused here too
         a = analysis_mod.analyze(proto, options=replace(opts, input_shapes={}, input_name=name, fill={}))
+        require_size(a, "the ERF")
     except (DynamicShapeError, UnsupportedOpError) as exc:
         if isinstance(exc, DynamicShapeError) and (_static_rank(proto, name) or 3) < 3:
             raise  # no spatial axes to measure a field along (a rank-2 input without --layout)

@@ -14,6 +14,7 @@ from ..analysis import Analysis, analyze
 from ..errors import RFGraphError
 from ..onnx_import import shapes_only
 from ..options import ModelOptions, model_options
+from ..unknown_size import require_size
 from .alignment import AlignmentFix, alignment_fixes, apply_fixes
 from .coverage import Coverage, LayerVerdict, coverage, layer_verdicts
 from .growth import ERFGrowth, erf_growth
@@ -63,6 +64,7 @@ def diagnose(model: Any, input_shape: Mapping[str, Sequence[int]] | None = None,
     opts = model_options(options, input_shapes=input_shape, input_name=input_name, layout=layout,
                          rules=rules, assume_pointwise=assume_pointwise, fill=fill)
     a = analyze(model, options=opts)
+    require_size(a, "diagnose")
     names = list(endpoints) if endpoints else list(a.default_endpoints()
                                                       or list(a.endpoints)[-1:])
     for n in names:
