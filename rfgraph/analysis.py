@@ -225,6 +225,11 @@ class Analysis:
         it): held constant for the local fields of the tensors after it (``EndPoint.gates``)."""
         return self._pass.gates
 
+    @property
+    def node_order(self) -> list[int]:
+        """Indices of the analysed nodes, in the order the pass visited them (topological)."""
+        return list(self._pass.order)
+
     def output_transfers(self) -> Iterator[tuple[int, str, OutTransfer]]:
         """(node index, output tensor, its transfer) of every analysed node output, in topological
         order: what the diagnostics and the path counts sweep over."""

@@ -338,7 +338,7 @@ def _size_dependent_nodes(first: Analysis, per_axis: Sequence[Sequence[Mapping[s
     the largest P of its inputs (a window adds p*S_in; a merge takes the largest) is not constant."""
     mg = first.graph
     out: dict[str, set[int]] = {}
-    for idx in first._pass.order:
+    for idx in first.node_order:
         ins = [t for t in mg.node_inputs[idx] if t in first.endpoints]
         for tensor in mg.node_outputs[idx]:
             if tensor not in first.endpoints or not ins:
@@ -363,7 +363,7 @@ def _dependencies(first: Analysis, sources: Mapping[str, set[int]]) -> dict[str,
     mg = first.graph
     n_axes = len(first.spatial_axes)
     deps: dict[str, list[set[str]]] = {first.input_name: [set() for _ in range(n_axes)]}
-    for idx in first._pass.order:
+    for idx in first.node_order:
         ins = [deps[t] for t in mg.node_inputs[idx] if t in deps]
         own = sources.get(mg.names[idx], set())
         here = [set().union(*(d[a] for d in ins)) | ({mg.names[idx]} if a in own else set())
