@@ -530,7 +530,7 @@ def _propagated_length(node: onnx.NodeProto, values: Mapping[str, np.ndarray | N
     return None
 
 
-MAX_FOLD_ROUNDS = 4
+MAX_FOLD_ROUNDS = 64  # rounds of fold + infer: each block of a windowed transformer may need one
 # Inputs that carry shapes, pads, scales or axes (not data), by op: folded when constant.
 SHAPE_ARGUMENTS = {
     "Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "Slice": (1, 2, 3, 4),
