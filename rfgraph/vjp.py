@@ -723,11 +723,13 @@ def _depth_to_space(b: Builder, n: NodeView, gys: list) -> Grads:
 
 
 def _space_to_depth(b: Builder, n: NodeView, gys: list) -> Grads:
-    """SpaceToDepth: the permutation of the ONNX spec (reshape, transpose, reshape), undone."""
+    """SpaceToDepth: the permutation of the ONNX spec (reshape, transpose, reshape), undone; blocks
+    ordered depth-column-row (DCR, default) or, from opset 28, column-row-depth (CRD)."""
     xs = b.shape(n.inputs[0])
     bs = n.attr_int("blocksize")
     N, C, H, W = xs
-    split, perm = (N, C, H // bs, bs, W // bs, bs), (0, 3, 5, 1, 2, 4)
+    split = (N, C, H // bs, bs, W // bs, bs)
+    perm = (0, 1, 3, 5, 2, 4) if n.attr_str("mode", "DCR") == "CRD" else (0, 3, 5, 1, 2, 4)
     return [_blocks_moved(b, gys[0], [split[i] for i in perm], perm, xs)]
 
 
