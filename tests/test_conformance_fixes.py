@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
+from onnx import helper
 
+from tests.conformance import oracle
 from tests.conformance.cases import Case, all_cases
 from tests.conformance.oracle import check_vjp
 
@@ -40,3 +43,56 @@ def test_no_oracle_is_no_verdict(name: str) -> None:
     """onnxruntime refuses batchwise recurrences (layout=1): without an oracle the harness gives
     no verdict (was counted as a crash of the rule)."""
     assert check_vjp(_cases()[name]).verdict == "refused"
+
+
+def test_softmax_of_a_fully_masked_row_has_zero_gradient() -> None:
+    """Attention with a fully masked row: Softmax gives NaN there, a Where replaces it by 0; the
+    output does not move with the input there, so the gradient is 0 (the rule spread the NaN
+    through the masked branch to every query element), vs central differences."""
+    assert check_vjp(_cases()["test_attention_causal_boolmask_nan_robustness_expanded"]).verdict == "match"
+
+
+def _unary(op: str, x: np.ndarray) -> Case:
+    dtype = helper.np_dtype_to_tensor_dtype(x.dtype)
+    graph = helper.make_graph([helper.make_node(op, ["x"], ["y"])], op,
+                              [helper.make_tensor_value_info("x", dtype, x.shape)],
+                              [helper.make_tensor_value_info("y", dtype, x.shape)])
+    return Case(op, op, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), "x", x)
+
+
+_SQRT_X = np.array([[0.03, 0.5, 2.0, 0.012]], np.float32)
+
+
+@pytest.mark.parametrize(("x", "factor", "verdict"), [
+    (_SQRT_X, 1.0, "match"),  # one step of 1e-2 gave a mismatch near 0 (steep curvature)
+    (_SQRT_X, 1.06, "MISMATCH"),  # a 6% error is still caught
+    (_SQRT_X.astype(np.float16), 1.0, "match"),
+    (_SQRT_X.astype(np.float16), 1.06, "MISMATCH"),  # float16 is checked in float32, not waved through
+])
+def test_differences_resolve_curvature_and_catch_errors(x: np.ndarray, factor: float, verdict: str) -> None:
+    """The harness's differences (two steps, a rounding floor, float16 checked in float32) accept
+    Sqrt's true derivative near 0 and still reject one 6% off (closed form 1 / (2 sqrt x))."""
+    case = _unary("Sqrt", x)
+    w = np.ones(x.shape)
+    got = factor * 0.5 / np.sqrt(x.astype(np.float64))
+    if x.dtype == np.float16:
+        case = Case(case.name, case.op, oracle._float16_to_float32(case.model), "x", x.astype(np.float32))
+    assert oracle._against_differences(case, "y", w, got).verdict == verdict
+
+
+def test_no_derivative_at_a_jump() -> None:
+    """Sign jumps at 0 (no derivative, the quotients grow as 1/h): the element is left out, while
+    elsewhere a wrong derivative is still caught."""
+    x = np.array([[0.0, 0.7, -0.4]], np.float32)
+    case = _unary("Sign", x)
+    assert oracle._against_differences(case, "y", np.ones(x.shape), np.array([123.0, 0.0, 0.0])).verdict == "match"
+    assert oracle._against_differences(case, "y", np.ones(x.shape), np.array([0.0, 0.5, 0.0])).verdict == "MISMATCH"
+
+
+def test_a_kink_accepts_any_derivative_between_its_sides() -> None:
+    """Abs at 0: one-sided derivatives -1 and 1; 0 (the rule's choice, a subgradient) is valid,
+    2 is not."""
+    x = np.array([[0.0, 0.5]], np.float32)
+    case = _unary("Abs", x)
+    assert oracle._against_differences(case, "y", np.ones(x.shape), np.array([0.0, 1.0])).verdict == "match"
+    assert oracle._against_differences(case, "y", np.ones(x.shape), np.array([2.0, 1.0])).verdict == "MISMATCH"
