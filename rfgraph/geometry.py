@@ -224,6 +224,17 @@ def conv_transpose_output_size(axis: AxisWindow, in_size: int) -> int:
     return axis.stride * (in_size - 1) + axis.output_padding + axis.k_eff - axis.pad_begin - end
 
 
+PAD_MODES = ("constant", "reflect", "edge", "wrap")
+
+
+def pad_mode(attrs: Mapping[str, Any], name: str) -> str:
+    """Pad's ``mode`` (spec): constant (default), reflect, edge, or wrap (opset 19)."""
+    mode = _str(attrs, "mode", "constant")
+    if mode not in PAD_MODES:
+        raise InvalidAttributeError(f"node '{name}' (Pad): mode={mode!r} is not one of {', '.join(PAD_MODES)}")
+    return mode
+
+
 WINDOW_OPS = ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool")
 
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from tests.conformance import oracle
+import rfgraph
+from tests.conformance import oracle, sweeps
 from tests.conformance.cases import Case, all_cases
-from tests.conformance.oracle import check_vjp
+from tests.conformance.oracle import check_trf, check_vjp
 
 
 @functools.lru_cache(maxsize=1)
@@ -96,3 +97,31 @@ def test_a_kink_accepts_any_derivative_between_its_sides() -> None:
     case = _unary("Abs", x)
     assert oracle._against_differences(case, "y", np.ones(x.shape), np.array([0.0, 1.0])).verdict == "match"
     assert oracle._against_differences(case, "y", np.ones(x.shape), np.array([2.0, 1.0])).verdict == "MISMATCH"
+
+
+@pytest.mark.parametrize("name", ["sweep_pad_reflect_0_0_2_1_0_0_1_3", "sweep_pad_reflect_0_0_1_-1_0_0_2_0",
+                                  "sweep_pad_wrap_0_0_2_1_0_0_1_3", "sweep_pad_wrap_0_0_1_-1_0_0_2_0"])
+def test_copying_pad_boxes_hold_the_copied_pixels(name: str) -> None:
+    """Pad reflect / wrap: a border unit reads a mirrored / wrapped pixel; its clipped box is that
+    pixel (was the zero-padding box, which missed it: unsound), vs onnxruntime's dependencies."""
+    assert check_trf(_cases()[name]).verdict == "exact"
+
+
+@pytest.mark.parametrize("layers", sweeps.PAD_CHAINS + [
+    [("pad", ("edge", 1, 2)), ("conv", (3, 2, 0)), ("pad", ("reflect", 0, 2))],
+    [("conv", (2, 2, 0)), ("pad", ("reflect", 1, 1)), ("pad", ("edge", 2, 0)), ("conv", (3, 1, 1))],
+])
+def test_copying_pads_in_chains_are_sound(layers: list) -> None:
+    """Copying pads after strided layers and after one another (a pixel a later Pad copies lies in
+    an earlier Pad's padding): every pixel a unit reads is in its box, vs onnxruntime."""
+    assert check_trf(sweeps.pad_chain(layers)).verdict in ("exact", "loose")
+
+
+def test_copying_pad_keeps_r_s_p() -> None:
+    """A reflect pad has the r, S, P of the zero pad of the same size (the paper's); only the
+    clipped boxes differ."""
+    fields = {}
+    for mode in ("constant", "reflect"):
+        ep = rfgraph.analyze(sweeps.pad_chain([("pad", (mode, 2, 1)), ("conv", (3, 2, 0))]).model)["t1"]
+        fields[mode] = (ep.r, ep.S, ep.P)
+    assert fields["reflect"] == fields["constant"]
