@@ -544,9 +544,9 @@ def _copies_into(mg: ModelGraph, result: PassResult, idx: int, k: int, eps: Mapp
             if span is None or n_in is None or n_out is None:
                 continue
             begin = -span.lo[0]
-            c = border_copy(mg.names[idx], idx, mode, field_in[a], n_in, begin, n_out - n_in - begin)
-            if c is not None:
-                sets[a] = sets[a] | {c}
+            copy = border_copy(mg.names[idx], idx, mode, field_in[a], n_in, begin, n_out - n_in - begin)
+            if copy is not None:
+                sets[a] = sets[a] | {copy}
     return tuple(sets)
 
 

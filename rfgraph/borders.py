@@ -49,7 +49,10 @@ def border_copy(node: str, order: int, mode: str, field: AxisField, n_in: int, p
     return BorderCopy(node, order, mode, pad_begin > 0, pad_end > 0, field.region(0), field.region(n_in - 1), period)
 
 
-def _images(c: BorderCopy, low: np.ndarray, high: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+Image = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # reads, wholly, lo, hi per unit
+
+
+def _images(c: BorderCopy, low: np.ndarray, high: np.ndarray) -> list[Image]:
     """Per side: which units read the padding there, which read nothing else (their box lies
     before the first input unit's region, or after the last's), and the [lo, hi] copied there.
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Literal
 
 import numpy as np
@@ -813,47 +814,22 @@ def _split(b: Builder, n: NodeView, gys: list) -> Grads:
 
 
 def _resize_matrix(n: NodeView, b: Builder, axis: int) -> np.ndarray:
-    """The (out x in) matrix of a Resize along one axis, measured by onnxruntime on basis vectors."""
-    import onnxruntime as ort  # local: vjp building needs ORT only for Resize
-
+    """The (out x in) matrix of a Resize along one axis, from ``geometry`` (the decoder the TRF
+    rule uses): coordinates, nearest modes, clamped taps, the crop's roi."""
     xs, ys = b.shape(n.inputs[0]), b.shape(n.outputs[0])
-    size_in, size_out = xs[axis], ys[axis]
-    # decoded values, re-encoded by make_node (whose attribute kwargs are typed Any)
-    attrs: dict[str, Any] = {k: v for k, v in n.attrs.items()
-                             if k not in ("axes", "keep_aspect_ratio_policy")}
-    scales = b.value(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] else None
-    inits = []
-    roi = b.value(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] else None
-    crop = attrs.get("coordinate_transformation_mode") in ("tf_crop_and_resize", b"tf_crop_and_resize")
-    if roi is not None and roi.size and crop:  # roi: starts then ends of the resized axes
+    # ``prepare`` lifted the model to opset >= MIN_OPSET: Resize with roi, scales, sizes inputs
+    roi, scales, sizes = (b.value(n.inputs[i]) if len(n.inputs) > i and n.inputs[i] else None for i in range(1, 4))
+    scale = geometry.resize_scales("Resize", MIN_OPSET, n.attrs, scales, sizes, xs, ys, n.name)[axis]
+    how = geometry.resampling("Resize", MIN_OPSET, n.attrs, n.name)
+    window = (Fraction(0), Fraction(1))
+    if how.coord == "tf_crop_and_resize":
+        if roi is None:
+            raise UnsupportedOpError(n.name, "Resize", "tf_crop_and_resize with a roi computed at run time")
         axes = [int(a) % len(xs) for a in n.attr_ints("axes") or range(len(xs))]
-        at = axes.index(axis) if axis in axes else None
-        start, end = (roi[at], roi[roi.size // 2 + at]) if at is not None else (0.0, 1.0)
-        inits.append(numpy_helper.from_array(np.array([0.0, start, 1.0, end], np.float32), "roi"))
-    if scales is not None and scales.size:
-        full = np.ones(len(xs), dtype=np.float32)
-        axes = n.attr_ints("axes") or list(range(len(xs)))
-        for a, s in zip(axes, scales.tolist()):
-            full[int(a) % len(xs)] = s
-        inits.append(numpy_helper.from_array(np.array([1.0, full[axis]], np.float32), "scales"))
-        ins = ["x", "", "scales"]
-    else:
-        inits.append(numpy_helper.from_array(np.array([size_in, size_out], np.int64), "sizes"))
-        ins = ["x", "", "", "sizes"]
-    if len(inits) == 2:  # the crop's region of interest along this axis
-        ins[1] = "roi"
-    node = helper.make_node("Resize", ins, ["y"], **attrs)
-    graph = helper.make_graph([node], "resize_matrix",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size_in, size_in])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
-    sess = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
-    (y,) = sess.run(None, {"x": np.eye(size_in, dtype=np.float32)})
-    (offset,) = sess.run(None, {"x": np.zeros((size_in, size_in), np.float32)})  # extrapolation_value
-    y = y - offset
-    if y.shape != (size_in, size_out):
-        raise UnsupportedOpError(n.name, "Resize", "could not measure the resize along one axis")
-    return y.T.astype(np.float64)  # (out, in): y = M x
+        if axis in axes:
+            at, flat = axes.index(axis), np.asarray(roi, dtype=np.float64).reshape(-1)
+            window = (Fraction(float(flat[at])), Fraction(float(flat[len(axes) + at])))
+    return geometry.ResizeAxis(how, scale, xs[axis], ys[axis], window).matrix()
 
 
 def _resize(b: Builder, n: NodeView, gys: list) -> Grads:
