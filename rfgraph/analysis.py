@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import custom_ops, geometry
+from . import custom_ops
 from .borders import BorderCopy, border_copy, clipped_regions
 from .errors import DynamicShapeError, InputSizeError, RFGraphError
 from .fields import AxisField, Rational, Span, compose, merged_gates
@@ -34,7 +34,9 @@ from .onnx_import import (
     shapes_only,
     smallest_input_size,
 )
-from .ops import Layout, carried
+from .rules import RuleTable
+from .semantics import CHANNELS_FIRST_OPS, geometry
+from .semantics.transfer import Layout, carried
 from .trf import Gate, Merge, PassResult, Stop, TensorState, forward_pass, reverse_pass
 
 AXIS_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
@@ -289,9 +291,9 @@ def analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None 
     ``fill`` gives other inputs a constant value ({"sr": 16000}); an If whose condition is then
     known (or follows from the fixed shapes) is replaced by its branch, listed in ``rule_notes``.
     """
-    with custom_ops.active(rules, assume_pointwise) as session:
-        analysis = _analyze(model, input_shape, input_name, layout, on_stage or (lambda _: None), fill)
-    analysis.rule_notes.update(session.used)
+    table = RuleTable.build(rules, assume_pointwise)
+    analysis = _analyze(model, input_shape, input_name, layout, on_stage or (lambda _: None), fill, table)
+    analysis.rule_notes.update(table.notes)
     analysis.rule_notes.update({node: f"If replaced by its {which}: its condition is known once the "
                                       f"model is loaded (fixed input shapes, --fill values)"
                                 for node, which in inlined_ifs(analysis.graph.model).items()})
@@ -304,10 +306,11 @@ STAGES = ("loading and inferring shapes", "building the graph", "receptive-field
 
 def _analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None,
              input_name: str | None, layout: str | None, on_stage: Callable[[str], None],
-             fill: Mapping[str, float] | None = None) -> Analysis:
-    """``analyze`` with the declared rules already active."""
+             fill: Mapping[str, float] | None = None, table: RuleTable | None = None) -> Analysis:
+    """``analyze`` with its rule table (default: the standard rules and register_op's)."""
+    table = table or RuleTable.build()
     on_stage(STAGES[0])
-    proto = custom_ops.declare_shapes(_load_at_size(model, input_shape, input_name, layout, fill))
+    proto = custom_ops.declare_shapes(_load_at_size(model, input_shape, input_name, layout, fill), table.find)
     on_stage(STAGES[1])
     mg = build_graph(proto)
     name = _pick_input(mg, input_name, layout)
@@ -323,7 +326,7 @@ def _analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None
             f"{['?' if d is None else d for d in shape]}); set them, e.g. --input-shape {name}:{example}")
     in_layout = _input_layout(shape, spatial)
     on_stage(STAGES[2])
-    result = forward_pass(mg, name, in_layout)
+    result = forward_pass(mg, name, in_layout, table)
     on_stage(STAGES[3])
     endpoints = _endpoints(mg, result, name)
     axis_names = AXIS_NAMES.get(len(spatial), tuple(f"A{i}" for i in range(len(spatial))))
@@ -413,10 +416,6 @@ def _spatial_axes(mg: ModelGraph, name: str, rank: int, layout: str | None) -> l
 
 
 CHANNEL_COUNTS = {1, 2, 3, 4}  # sizes of a channel axis of images and spectrograms (mono..RGBA)
-# ops whose ONNX inputs are N, C, spatial...: a graph input they read is channels-first
-CHANNELS_FIRST_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "MaxPool", "AveragePool",
-                      "LpPool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization",
-                      "InstanceNormalization", "LRN", "SpaceToDepth", "DepthToSpace"}
 
 
 def _layout_choice(mg: ModelGraph, name: str, shape: Sequence[int | None],

@@ -17,7 +17,7 @@ kernel=..., stride=..., pad=..., dilation=...)``.
 
 Rules come from ``register_op`` (process-wide) or a TOML rules file (``--rules``, one analysis);
 they are keyed by (domain, op), domain ``""`` being the standard ONNX domain and ``"*"`` any
-domain, and are consulted before the built-in table ``ops.OP_RULES``.  With
+domain, and are consulted before the built-in table ``semantics.TRF_RULES``.  With
 ``assume_pointwise`` (``--assume-pointwise``), an op with no rule at all whose output keeps the
 input's spatial shape is treated as pointwise; every node analysed with a declared or assumed
 rule is listed in ``Analysis.rule_notes``.
@@ -25,10 +25,8 @@ rule is listed in ``Analysis.rule_notes``.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -37,8 +35,22 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from . import geometry
 from .errors import RFGraphError
+from .fields import Span
+from .semantics import geometry
+from .semantics.convolution import conv_rule
+from .semantics.pooling import pool_rule
+from .semantics.transfer import (
+    Edge,
+    OutTransfer,
+    Transfer,
+    broadcast,
+    mixed_maps,
+    pointwise,
+    strip_spatial,
+    window,
+    with_sizes,
+)
 
 Param = int | Sequence[int] | str | Callable[[Mapping[str, Any]], Any]
 ANY_DOMAIN = "*"
@@ -143,23 +155,12 @@ class RuleSet:
         return len(self.specs)
 
 
-_REGISTRY = RuleSet()
+_REGISTRY = RuleSet()  # register_op's rules; each analysis's RuleTable copies them when made
 
 
-@dataclass
-class Session:
-    """Rules active for one analysis, and the notes of every node they were used on."""
-
-    rules: RuleSet | None = None
-    assume_pointwise: bool = False
-    used: dict[str, str] = field(default_factory=dict)  # node -> what rule was used and why
-
-    def find(self, op: str, domain: str | None) -> OpSpec | None:
-        found = self.rules.find(op, domain) if self.rules is not None else None
-        return found or _REGISTRY.find(op, domain)
-
-
-_ACTIVE: contextvars.ContextVar[Session | None] = contextvars.ContextVar("rfgraph_rules", default=None)
+def registered_rules() -> RuleSet:
+    """A copy of the rules declared with ``register_op`` (what a new analysis sees)."""
+    return RuleSet(list(_REGISTRY.specs.values()))
 
 
 # ---------------------------------------------------------------- declaring rules
@@ -286,54 +287,29 @@ def as_ruleset(rules: RuleSet | str | Path | Sequence[str | Path] | None) -> Rul
     return merged
 
 
-@contextlib.contextmanager
-def active(rules: RuleSet | str | Path | Sequence[str | Path] | None = None,
-           assume_pointwise: bool = False) -> Iterator[Session]:
-    """Make ``rules`` (and the ``assume_pointwise`` fallback) visible to ``ops.rule_for``."""
-    session = Session(as_ruleset(rules), assume_pointwise)
-    token = _ACTIVE.set(session)
-    try:
-        yield session
-    finally:
-        _ACTIVE.reset(token)
+# ---------------------------------------------------------------- TRF rules for rules.RuleTable
 
 
-def _session() -> Session:
-    return _ACTIVE.get() or Session()
-
-
-# ---------------------------------------------------------------- rules for ops.rule_for
-
-
-def custom_rule(op: str, domain: str | None) -> Callable[[Any], Any] | None:
-    """The declared rule of an op (rules file, then register_op), or None."""
-    session = _session()
-    spec = session.find(op, domain)
-    if spec is None:
-        return None
+def declared_rule(spec: OpSpec, notes: dict[str, str]) -> Callable[[Any], Any]:
+    """The TRF rule of a declaration; each node it runs on is noted in ``notes``."""
 
     def rule(ctx: Any) -> Any:
         resolved = spec.resolve(ctx.attrs, ctx.name)
         transfer = apply_resolved(resolved, ctx)
-        session.used[ctx.name] = (f"{ctx.op}: declared {resolved.kind.value} rule for "
-                                  f"{spec.label()} ({spec.source})")
+        notes[ctx.name] = (f"{ctx.op}: declared {resolved.kind.value} rule for "
+                           f"{spec.label()} ({spec.source})")
         return transfer
 
     return rule
 
 
-def fallback_rule(op: str, domain: str | None) -> Callable[[Any], Any] | None:
-    """With ``assume_pointwise``: a rule treating an unknown op as pointwise, if shapes allow."""
-    session = _session()
-    if not session.assume_pointwise:
-        return None
+def assumed_pointwise_rule(notes: dict[str, str]) -> Callable[[Any], Any]:
+    """``assume_pointwise``: a rule treating an unknown op as pointwise, if shapes allow."""
 
     def rule(ctx: Any) -> Any:
-        from .ops import pointwise
-
         keep_spatial_shape(ctx)
-        session.used[ctx.name] = (f"{ctx.op}: ASSUMED pointwise (--assume-pointwise; no rule, output "
-                                  f"keeps the input's spatial shape)")
+        notes[ctx.name] = (f"{ctx.op}: ASSUMED pointwise (--assume-pointwise; no rule, output "
+                           f"keeps the input's spatial shape)")
         return _all_outputs(pointwise(ctx, 1), len(ctx.node.output))
 
     return rule
@@ -361,23 +337,21 @@ def keep_spatial_shape(ctx: Any) -> None:
 
 def apply_resolved(r: Resolved, ctx: Any) -> Any:
     """The Transfer of a node under a declared (resolved) rule."""
-    from . import ops
-
     n_out = len(ctx.node.output)
     if r.kind is RuleKind.POINTWISE:
         if ctx.data_slots() == [0]:
-            return _all_outputs(ops.pointwise(ctx, 1), n_out)
-        return _all_outputs(ops.broadcast(ctx), n_out)
+            return _all_outputs(pointwise(ctx, 1), n_out)
+        return _all_outputs(broadcast(ctx), n_out)
     if r.kind is RuleKind.GLOBAL:
         return _global(ctx)
     _only_input_zero(ctx)
     if r.kind is RuleKind.CONV:
-        return _all_outputs(ops.conv_rule(1)(ctx), n_out)
+        return _all_outputs(conv_rule(1)(ctx), n_out)
     if r.kind is RuleKind.POOL:
-        return _all_outputs(ops.pool_rule(ctx), n_out)
+        return _all_outputs(pool_rule(ctx), n_out)
     kernel, stride, pads, dilation = window_numbers(r, ctx.attrs, ctx.rank(0) - 2, ctx)
-    spans = [ops.Span.layer(k, s, p, d) for k, s, p, d in zip(kernel, stride, pads[0], dilation)]
-    return _all_outputs(ops.window(ctx, spans), n_out)
+    spans = [Span.layer(k, s, p, d) for k, s, p, d in zip(kernel, stride, pads[0], dilation)]
+    return _all_outputs(window(ctx, spans), n_out)
 
 
 def _only_input_zero(ctx: Any) -> None:
@@ -388,16 +362,12 @@ def _only_input_zero(ctx: Any) -> None:
 
 def _all_outputs(transfer: Any, n_out: int) -> Any:
     """The same positions for every output of the node (declared rules describe the node)."""
-    from .ops import Transfer
-
     first = transfer.outputs[0]
     return Transfer(tuple(first for _ in range(n_out)), transfer.size_dependent, transfer.mix_reason)
 
 
 def _global(ctx: Any) -> Any:
     """Every output unit reads every position of every data input."""
-    from .ops import Edge, OutTransfer, Transfer, mixed_maps, strip_spatial, with_sizes
-
     lay = ctx.layouts[0]
     spatial = [t for t, parts in enumerate(lay) if any(a >= 0 for a, _ in parts)]
     edges = tuple(Edge(s, mixed_maps(ctx.layouts[s], [t for t, p in enumerate(ctx.layouts[s])
@@ -460,18 +430,18 @@ def _is_whole(value: object) -> bool:
 # ---------------------------------------------------------------- shapes for declared ops
 
 
-def declare_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+def declare_shapes(model: onnx.ModelProto, find: Callable[[str, str], OpSpec | None]) -> onnx.ModelProto:
     """Give declared ops' outputs the shapes their rules imply, so shape inference can go on.
 
     ONNX shape inference knows nothing of custom ops; without this, every tensor after one has an
     unknown shape.  Window rules give ``floor((n + p_begin + p_end - d(k-1) - 1) / s) + 1``
     (channels: the input's, or the Conv weight's first dim for kind 'conv'); pointwise and global
-    rules keep the input's shape.  Shapes already known (from the file) are kept.
+    rules keep the input's shape.  Shapes already known (from the file) are kept.  ``find``: the
+    declared rule of an op (``RuleTable.find``).
     """
     from .onnx_import import collect_shapes, infer_shapes
 
-    session = _session()
-    declared = [i for i, nd in enumerate(model.graph.node) if session.find(nd.op_type, nd.domain)]
+    declared = [i for i, nd in enumerate(model.graph.node) if find(nd.op_type, nd.domain)]
     if not declared:
         return model
     for _ in range(len(declared) + 1):
@@ -479,7 +449,7 @@ def declare_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         added = False
         for i in declared:
             node = model.graph.node[i]
-            added |= _declare_node(model, node, session.find(node.op_type, node.domain), shapes)
+            added |= _declare_node(model, node, find(node.op_type, node.domain), shapes)
         if not added:
             break
         model = infer_shapes(model)
@@ -551,12 +521,5 @@ def _elem_type(model: onnx.ModelProto, tensor: str) -> int:
     return onnx.TensorProto.FLOAT
 
 
-def declared_ops() -> list[OpSpec]:
-    """Every rule visible now (active rules file first, then register_op), for reports."""
-    session = _session()
-    specs = list(session.rules.specs.values()) if session.rules is not None else []
-    return specs + [s for s in _REGISTRY.specs.values() if s.key not in {x.key for x in specs}]
-
-
-__all__ = ["OpSpec", "RuleKind", "RuleSet", "active", "declare_shapes", "load_rules",
+__all__ = ["OpSpec", "RuleKind", "RuleSet", "declare_shapes", "load_rules",
            "register_op", "unregister_op"]

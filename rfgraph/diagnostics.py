@@ -30,15 +30,15 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from . import budgets
 from .analysis import Analysis, analyze
 from .errors import RFGraphError
 from .fields import Span
-from .ops import Layout
+from .semantics import WINDOW_OPS
+from .semantics.transfer import Layout
 from .trf import output_transfers
 
 UNPRODUCTIVE_FRACTION = 0.5  # a layer is unproductive when MORE than this share of units is
-WINDOW_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "MaxPool", "AveragePool",
-              "LpPool"}
 ERF_PLATEAU_TOL = 0.05  # the ERF "stops growing" once later layers add less than 5% to its size
 _BIG = np.iinfo(np.int64).max // 4
 
@@ -724,6 +724,8 @@ def diagnose(model: Any, input_shape: Mapping[str, Sequence[int]] | None = None,
     """Run every diagnostic on ``model`` (path, bytes, ModelProto or zoo:NAME); ``progress``
     shows the input-size scan's progress on stderr."""
     check_counts(size_step=size_step, size_max=size_max, erf_runs=erf_runs, erf_layers=erf_layers)
+    if size_max is not None:
+        budgets.SCAN_SIZE.check(size_max, f"--size-max {size_max}", "scan a smaller range")
     for size in object_sizes:
         check_counts(object_size=size)
     opts = {"input_name": input_name, "layout": layout, "rules": rules,

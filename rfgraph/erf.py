@@ -37,6 +37,7 @@ from .inputs import (
     reinitialise,
 )
 from .metrics import AREA_THRESHOLDS, AreaRatio, ERFMetrics, compute_metrics
+from .semantics import NORMALISING_OPS
 
 if TYPE_CHECKING:  # analysis is imported lazily (it pulls in the whole TRF pass)
     from . import custom_ops
@@ -308,12 +309,6 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.3g} min"
     return f"{seconds / 3600:.3g} h"
-
-
-def reduce_runs(grads: np.ndarray, spatial_axes: Sequence[int], absolute: bool) -> np.ndarray:
-    """Per sample, |gradient| (or signed) summed over the non-spatial axes: (batch, *spatial)."""
-    how = ec.Aggregation.ABS if absolute else ec.Aggregation.SIGNED
-    return ec.aggregate(grads, spatial_axes, how)
 
 
 def sample_maps(grads: np.ndarray, scale: float, spatial_axes: Sequence[int],
@@ -672,9 +667,6 @@ def _engine(method: Method, weights: onnx.ModelProto, target: Target, input_name
     if method is Method.FD:
         return FDEngine(weights, target, input_name, full_shape, spatial, batch, fd_step)
     return GradientEngine(weights, target, input_name, full_shape, batch, providers, threads)
-
-
-NORMALISING_OPS = {"LayerNormalization", "Softmax", "LogSoftmax"}
 
 
 def _seed_notes(proto: onnx.ModelProto, target: Target, conv: ec.ERFConventions) -> list[str]:

@@ -65,10 +65,6 @@ class ERFMetrics:
     erf_trf_ratio: float | None = None
     per_axis_erf_trf: tuple[float, ...] | None = field(default=None)
 
-    def as_rows(self) -> list[tuple[str, str, str]]:
-        """(metric, value, definition) rows for printing."""
-        return metric_rows(self)
-
 
 def luo_erf_size(erf: np.ndarray, centre_value: float) -> tuple[int, float]:
     """Luo et al. sec. 3.1: count of pixels above (1 - 0.9545) x centre value; size = its sqrt in

@@ -36,7 +36,6 @@ ModelSource = str | os.PathLike | bytes | onnx.ModelProto
 Shape = tuple  # of int | None (None: unknown dim)
 
 MAX_DIM = 2**31 - 1  # larger dims are refused as absurd
-CONTROL_FLOW_OPS = {"If", "Loop", "Scan"}
 
 
 @dataclass
@@ -464,11 +463,58 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _infer_once(model: onnx.ModelProto) -> onnx.ModelProto:
-    """ONNX shape inference with data propagation; failures leave shapes unknown, not fatal."""
+    """ONNX shape inference with data propagation (where its values stay small); failures leave
+    shapes unknown, not fatal."""
+    data_prop = propagated_values_are_small(model)
     try:
-        return shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        return shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=data_prop)
     except Exception:  # noqa: BLE001 - inference is best effort; unknown shapes are reported later
         return model
+
+
+# Ops through which ONNX's data propagation carries a 1-D value, and how long it makes it.
+_PASS_THROUGH = {"Identity", "Cast", "CastLike", "Neg", "Abs"}
+
+
+def propagated_values_are_small(model: onnx.ModelProto) -> bool:
+    """Whether the values ONNX's data propagation would materialise stay under MAX_FOLD_ELEMENTS.
+
+    It computes the values of shape-like tensors, ConstantOfShape and Concat included: a 577-byte
+    file (ConstantOfShape([2^22]) doubled by 50 Concats) made it allocate over 20 GB.  An upper
+    bound of each such value's length is propagated over the nodes, in file order."""
+    lengths: dict[str, int] = {}
+    values = {t.name: _initializer_value(t) for t in model.graph.initializer if len(t.dims) <= 1}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            values.update({o: _constant_node_value(node) for o in node.output})
+            continue
+        length = _propagated_length(node, values, lengths)
+        if length is None:
+            continue
+        if length > MAX_FOLD_ELEMENTS:
+            return False
+        lengths.update(dict.fromkeys(node.output, length))
+    return True
+
+
+def _propagated_length(node: onnx.NodeProto, values: Mapping[str, np.ndarray | None],
+                       lengths: Mapping[str, int]) -> int | None:
+    """Upper bound of the 1-D value a node's output may get by data propagation (None: none known)."""
+    def number(i: int) -> int | None:
+        value = values.get(node.input[i]) if len(node.input) > i else None
+        return int(np.prod(value, dtype=object)) if value is not None and value.size else None
+
+    known = [lengths[t] for t in node.input if t in lengths]
+    if node.op_type == "ConstantOfShape":
+        return number(0)
+    if node.op_type == "Concat" and known:
+        constant = [values.get(t) for t in node.input if t not in lengths]
+        return sum(known) + sum(int(v.size) for v in constant if v is not None)
+    if node.op_type in ("Tile", "Expand") and (known or number(1)):
+        return (known[0] if known else 1) * (number(1) or 1)
+    if node.op_type in _PASS_THROUGH and known:
+        return known[0]
+    return None
 
 
 MAX_FOLD_ROUNDS = 4
@@ -1124,10 +1170,23 @@ def fill_inputs(model: onnx.ModelProto, fill: Mapping[str, float]) -> None:
         tensor_type = inputs[name].type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor_type.shape.dim]
         dtype = _fill_dtype(name, value, tensor_type.elem_type)
-        model.graph.initializer.append(numpy_helper.from_array(np.full(dims, value, dtype=dtype), name))
+        _add_constant(model, name, dims, np.array([value], dtype=dtype))
         keep = [i for i in model.graph.input if i.name != name]
         del model.graph.input[:]
         model.graph.input.extend(keep)
+
+
+def _add_constant(model: onnx.ModelProto, name: str, dims: Sequence[int], value: np.ndarray) -> None:
+    """Tensor ``name`` of shape ``dims`` holding ``value`` everywhere: an initializer when small, else
+    a ConstantOfShape node, so that a fill of a [60000, 60000] input is never materialised here."""
+    if math.prod(dims) <= MAX_FOLD_ELEMENTS:
+        model.graph.initializer.append(numpy_helper.from_array(np.full(dims, value[0], dtype=value.dtype), name))
+        return
+    shape_name = f"{name}__rfgraph_fill_shape"
+    model.graph.initializer.append(numpy_helper.from_array(np.array(dims, dtype=np.int64), shape_name))
+    node = onnx.helper.make_node("ConstantOfShape", [shape_name], [name], name=f"{name}__rfgraph_fill",
+                                 value=numpy_helper.from_array(value))
+    model.graph.node.insert(0, node)
 
 
 def _fill_dtype(name: str, value: float, elem_type: int) -> np.dtype:

@@ -1,6 +1,6 @@
 """The theoretical receptive-field pass over an ONNX DAG (Araujo et al., "Arbitrary computation graphs").
 
-Two directions over the same per-edge spans from ``ops.OP_RULES``:
+Two directions over the same per-edge spans from ``semantics.TRF_RULES``:
 
 * ``forward_pass``: topological order, the field of *every* tensor w.r.t. the input in one
   O(|E| + |L|) sweep: a tensor's field is the union over its incoming edges of (edge span, then
@@ -31,19 +31,9 @@ from .fields import (
     with_gate,
 )
 from .onnx_import import ModelGraph, attributes, check_attribute_types, paused_gc
-from .ops import (
-    CACHEABLE_OPS,
-    OP_RULES,
-    STATIC_OPS,
-    AxisOutOfRange,
-    Edge,
-    Layout,
-    NodeContext,
-    OutTransfer,
-    Rule,
-    Transfer,
-    rule_for,
-)
+from .rules import RuleTable
+from .semantics import CACHEABLE_OPS, GATE_OPS, STATIC_OPS, TRF_RULES
+from .semantics.transfer import AxisOutOfRange, Edge, Layout, NodeContext, OutTransfer, Rule, Transfer
 
 
 @quick_init
@@ -133,7 +123,6 @@ class Gate:
     source: str
 
 
-GATE_OPS = {"Mul", "Add"}  # elementwise ops whose spatially constant, global operand is a gate
 
 
 @dataclass
@@ -154,13 +143,15 @@ class PassResult:
         return edges if gate is None else tuple(e for e in edges if e.slot != gate.slot)
 
 
-def forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout) -> PassResult:
-    """Field of every tensor w.r.t. ``input_name``, in topological order (O(|E| + |L|))."""
+def forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout,
+                 rules: RuleTable | None = None) -> PassResult:
+    """Field of every tensor w.r.t. ``input_name``, in topological order (O(|E| + |L|)), by the
+    op rules of ``rules`` (default: the standard table and register_op's rules)."""
     with paused_gc():
-        return _forward_pass(mg, input_name, input_layout)
+        return _forward_pass(mg, input_name, input_layout, rules or RuleTable.build())
 
 
-def _forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout) -> PassResult:
+def _forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout, rules: RuleTable) -> PassResult:
     """``forward_pass`` proper."""
     n_axes = len({a for parts in input_layout for a, _ in parts if a >= 0})
     identity = AxisField((IDENTITY,))
@@ -168,7 +159,7 @@ def _forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout) -> Pass
     order = mg.topological_nodes()
     result = PassResult(states, {}, order)
     blocked: dict[str, int] = {}  # tensor -> index into result.stops
-    cache = TransferCache()  # repeated identical layers share one transfer
+    cache = TransferCache(rules)  # repeated identical layers share one transfer
     node_inputs, node_outputs, op_types, names = mg.node_inputs, mg.node_outputs, mg.op_types, mg.names
     get_state = states.get
     for idx in order:
@@ -207,20 +198,20 @@ def _reason(exc: Exception) -> str:
 class TransferCache:
     """What one pass looks up once: each standard op's rule, and the transfer of each node signature."""
 
+    table: RuleTable
     rules: dict[str, Rule | None] = field(default_factory=dict)
     transfers: dict[tuple[object, ...], Transfer] = field(default_factory=dict)
 
     def rule(self, op: str, domain: str) -> Rule | None:
         """The op's rule (fixed for the whole pass; other domains are not cached)."""
         if domain:
-            return rule_for(op, domain)
+            return self.table.rule(op, domain)
         if op not in self.rules:
-            self.rules[op] = rule_for(op, "")
+            self.rules[op] = self.table.rule(op, "")
         return self.rules[op]
 
 
-def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None],
-              cache: TransferCache | None = None) -> Transfer:
+def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None], cache: TransferCache) -> Transfer:
     """Run the op's rule on a node; unknown ops raise UnsupportedOpError naming the node.
 
     Rules of ``CACHEABLE_OPS`` read only attributes, layouts and shapes, so their transfer is
@@ -228,7 +219,7 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None],
     """
     node = mg.nodes[idx]
     op = mg.op_types[idx]
-    rule = rule_for(op, node.domain) if cache is None else cache.rule(op, node.domain)
+    rule = cache.rule(op, node.domain)
     if rule is None:
         dom = f" (domain '{node.domain}')" if node.domain else ""
         raise UnsupportedOpError(mg.names[idx], node.op_type, f"no receptive-field rule for this op{dom}; "
@@ -238,7 +229,7 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None],
     in_shapes = [shapes.get(t) if t else None for t in mg.node_inputs[idx]]
     out_shapes = [shapes.get(t) if t else None for t in mg.node_outputs[idx]]
     key = None
-    if cache is not None and op in CACHEABLE_OPS and rule is OP_RULES.get(op):
+    if op in CACHEABLE_OPS and rule is TRF_RULES.get(op):
         # layouts mark the data inputs and the slot count; absent and unknown-shape constant
         # inputs both read None, which no cacheable rule tells apart.  The opset is the pass's.
         attrs = node.attribute
@@ -255,7 +246,7 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None],
         transfer = rule(ctx)
     except AxisOutOfRange as exc:
         raise ctx.invalid(str(exc)) from None
-    if cache is not None and key is not None:
+    if key is not None:
         cache.transfers[key] = transfer
     return transfer
 

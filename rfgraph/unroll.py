@@ -1,6 +1,6 @@
 """Recurrent ops (LSTM, GRU, RNN) rewritten as their unrolled step equations in primitive ONNX ops.
 
-Why: the gradient graph back-propagates op by op (``vjp.VJP_RULES``); a recurrence is one ONNX
+Why: the gradient graph back-propagates op by op (``semantics.VJP_RULES``); a recurrence is one ONNX
 node whose gates and cell states never appear as tensors, so it has no rule of its own.  Written
 out step by step (Slice, MatMul, Add, Split, Sigmoid, Tanh, Mul, Concat), it is the same function
 (the equations of the ONNX spec, default activations) and every piece already back-propagates.

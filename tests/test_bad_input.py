@@ -336,7 +336,7 @@ def _stop_of(m: onnx.ModelProto, tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def test_constant_first_input_with_data_later_input_is_a_clear_stop(tmp_path, capsys):
     """BatchNormalization whose X is a constant but whose scale comes from the model input:
-    no rule covers it; it used to escape as a TypeError (found by type-checking ops.py)."""
+    no rule covers it; it used to escape as a TypeError (found by type-checking the op rules)."""
     xc = numpy_helper.from_array(np.ones((1, 1, 16, 16), np.float32), "xc")
     stat = [numpy_helper.from_array(np.zeros(1, np.float32), n) for n in ("b", "mean")]
     var = numpy_helper.from_array(np.ones(1, np.float32), "var")

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 import rfgraph
 from rfgraph import vjp
 from rfgraph.errors import RFGraphError
-from rfgraph.ops import OP_RULES
+from rfgraph.semantics import TRF_RULES
 from tests.conformance.cases import VJP_TABLE, Case, all_cases
 from tests.conformance.known import KNOWN_FAILURES, UNCOVERED
 from tests.conformance.oracle import check_trf, check_vjp
@@ -51,7 +51,7 @@ def test_fast_subset(name: str) -> None:
 def test_every_rule_has_a_case() -> None:
     """Every op of the TRF table and of the VJP table has at least one conformance case."""
     covered = {c.op for c in _cases()} | {n.op_type for c in _cases() for n in c.model.graph.node}
-    missing = sorted((set(OP_RULES) | VJP_TABLE) - covered)
+    missing = sorted((set(TRF_RULES) | VJP_TABLE) - covered)
     assert set(missing) <= set(UNCOVERED), f"ops without a conformance case: {sorted(set(missing) - set(UNCOVERED))}"
     assert not set(UNCOVERED) & covered, f"covered now, drop from UNCOVERED: {sorted(set(UNCOVERED) & covered)}"
 

@@ -1,4 +1,4 @@
-"""Window geometry (rfgraph.geometry) against independent oracles, op by op and attribute by attribute.
+"""Window geometry (rfgraph.semantics.geometry) against independent oracles, op by op and attribute by attribute.
 
 For each single-node Conv / ConvTranspose / MaxPool / AveragePool / LpPool model of the sweep:
 (a) the output shape from ``geometry`` equals the oracle's; (b) every output unit's TRF region,
@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 import rfgraph
-from rfgraph import geometry, vjp
+from rfgraph import vjp
 from rfgraph.errors import RFGraphError
+from rfgraph.semantics import geometry
 
 OPSET = 19
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rfgraph import geometry
+from rfgraph.semantics import geometry
 
 COORDS = ["half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric"]
 MODES = [("nearest", n) for n in geometry.NEAREST_MODES] + [("linear", "floor"), ("cubic", "floor")]

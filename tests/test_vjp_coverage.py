@@ -26,9 +26,11 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
-from rfgraph import ops, vjp
+from rfgraph import semantics, vjp
 from rfgraph.errors import UnsupportedOpError
 from rfgraph.finite_diff import FiniteDifference
+from rfgraph.semantics.elementwise import DERIVATIVES
+from rfgraph.semantics.reductions import REDUCTION_DERIVATIVES
 
 Sampler = Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]
 TorchFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
@@ -382,24 +384,25 @@ OUT_OF_SCOPE = {  # the receptive-field rule refuses them too, or onnxruntime ca
     "Crop": "not in the ONNX operator set (experimental, removed); no runtime executes it",
 }
 # Step functions (rounding): gradient 0 almost everywhere; refused, as a zero ERF would mislead.
-QUANTIZED = vjp.QUANTIZED_OPS | {"DequantizeLinear"}
+QUANTIZED = semantics.QUANTIZED_OPS | {"DequantizeLinear"}
 
 
 def test_every_differentiable_op_of_the_trf_table_has_a_rule() -> None:
     """TRF table = rules + declared non-differentiable + NOT_YET + ELSEWHERE + OUT_OF_SCOPE, and
     at least 95% of the differentiable ops (quantizers are not: step functions) have a rule."""
-    trf = set(ops.OP_RULES)
-    assert trf - set(vjp.VJP_RULES) - vjp.NON_DIFFERENTIABLE == set(NOT_YET) | set(ELSEWHERE) | set(OUT_OF_SCOPE)
-    differentiable = trf - vjp.NON_DIFFERENTIABLE - set(OUT_OF_SCOPE) - (QUANTIZED & trf)
+    trf = set(semantics.TRF_RULES)
+    without = trf - set(semantics.VJP_RULES) - semantics.NON_DIFFERENTIABLE
+    assert without == set(NOT_YET) | set(ELSEWHERE) | set(OUT_OF_SCOPE)
+    differentiable = trf - semantics.NON_DIFFERENTIABLE - set(OUT_OF_SCOPE) - (QUANTIZED & trf)
     covered = differentiable - set(NOT_YET)
     assert len(covered) / len(differentiable) >= 0.95, (len(covered), len(differentiable))
-    assert QUANTIZED & trf <= set(vjp.VJP_RULES)
+    assert QUANTIZED & trf <= set(semantics.VJP_RULES)
 
 
 def test_every_new_rule_has_a_case() -> None:
     """Each op given a rule by this change is exercised by CASES (or a test above)."""
-    tested = {c.op for c in CASES} | {"DequantizeLinear"} | vjp.QUANTIZED_OPS
-    new = set(vjp.DERIVATIVES) | set(vjp.REDUCTION_DERIVATIVES) | {
+    tested = {c.op for c in CASES} | {"DequantizeLinear"} | semantics.QUANTIZED_OPS
+    new = set(DERIVATIVES) | set(REDUCTION_DERIVATIVES) | {
         "Max", "Min", "Mod", "CastLike", "GlobalMaxPool", "GlobalLpPool", "LpPool", "GridSample",
         "InstanceNormalization", "GroupNormalization", "MeanVarianceNormalization", "LpNormalization"}
     assert new <= tested, new - tested

@@ -45,8 +45,8 @@ TORCHVISION: dict[str, tuple[str, tuple[int, ...]]] = {
     "ssdlite320_backbone": ("m.detection.ssdlite320_mobilenet_v3_large(weights_backbone=None).backbone",
                             (1, 3, 320, 320)),
     "r3d_18": ("m.video.r3d_18()", VIDEO), "mc3_18": ("m.video.mc3_18()", VIDEO),
-    "r2plus1d_18": ("m.video.r2plus1d_18()", VIDEO), "s3d": ("m.video.s3d()", (1, 3, 8, 160, 160)),
-    "raft_small": ("FlowWrap(m.optical_flow.raft_small(num_flow_updates=2))", (1, 3, 128, 128)),
+    "r2plus1d_18": ("m.video.r2plus1d_18()", VIDEO), "s3d": ("m.video.s3d()", (1, 3, 16, 224, 224)),
+    "raft_small": ("FlowWrap(m.optical_flow.raft_small())", (1, 3, 128, 128)),
     "q_resnet18": ("m.quantization.resnet18(quantize=True)", IMG),
     "q_mobilenet_v2": ("m.quantization.mobilenet_v2(quantize=True)", IMG),
     "q_shufflenet_v2_x0_5": ("m.quantization.shufflenet_v2_x0_5(quantize=True)", IMG),
@@ -75,7 +75,7 @@ class FPNWrap(torch.nn.Module):
 class FlowWrap(torch.nn.Module):
     """RAFT takes two frames and returns a list of flows: export the last."""
     def __init__(self, f): super().__init__(); self.f = f
-    def forward(self, a, b): return self.f(a, b)[-1]
+    def forward(self, a, b): return self.f(a, b, num_flow_updates=2)[-1]
 expr, shape, exporter, out = sys.argv[1], tuple(int(d) for d in sys.argv[2].split("x")), sys.argv[3], sys.argv[4]
 torch.manual_seed(0)
 if expr.startswith("timm:"):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 from fractions import Fraction
 from typing import Any
 
 from tabulate import tabulate
 
+from .. import budgets
 from ..errors import RFGraphError
 from ..report import json_text, number, numeric
 from ._common import add_model_args, load_analysis
@@ -39,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     if args.all:
         import numpy as np
         units = [n or 1 for n in ep.units]
+        budgets.BOX_UNITS.check(math.prod(units), f"--all on '{ep.name}' ({'x'.join(map(str, units))})",
+                                "pick units with --index")
         indices = [tuple(int(i) for i in idx) for idx in np.ndindex(*units)]
     elif args.index:
         try:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .. import budgets
 from ..errors import RFGraphError
 from ..outputs import check_output
 from ..report import json_text, number, numeric
@@ -78,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     scale = args.scale or overlay.display_scale(size)
     if scale < 1:
         raise RFGraphError("--scale must be at least 1")
+    budgets.IMAGE_PIXELS.check(math.prod(size) * scale * scale, f"a picture at --scale {scale}",
+                               "use a smaller --scale")
     with model_errors(args.model):
         erf = None if args.no_erf else overlay.unit_erf(
             analysis, ep.name, index, args.runs, args.method, args.erf_inputs, args.seed,

@@ -12,11 +12,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from rfgraph import vjp
-from rfgraph.ops import OP_RULES
+from rfgraph.semantics import NON_DIFFERENTIABLE, TRF_RULES, VJP_RULES
 
 FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16}
-VJP_TABLE = set(vjp.VJP_RULES) | set(vjp.NON_DIFFERENTIABLE)
+VJP_TABLE = set(VJP_RULES) | set(NON_DIFFERENTIABLE)
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ def _primary_op(name: str, model: onnx.ModelProto) -> str:
     if len(ops) == 1:
         return ops[0]
     flat = name.lower().replace("_", "")
-    named = [op for op in set(OP_RULES) | VJP_TABLE if f"test{op.lower()}" in flat]
+    named = [op for op in set(TRF_RULES) | VJP_TABLE if f"test{op.lower()}" in flat]
     return max(named, key=len) if named else ops[-1]
 
 
@@ -89,7 +88,7 @@ def _node_cases() -> tuple[Case, ...]:
         if not t.data_sets:
             continue
         op = _primary_op(t.name, t.model)
-        if op not in OP_RULES and op not in VJP_TABLE:
+        if op not in TRF_RULES and op not in VJP_TABLE:
             continue
         values = list(t.data_sets[0][0])
         keep = _studied_input(t.model, values)

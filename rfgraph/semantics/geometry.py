@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DynamicShapeError, InvalidAttributeError, UnsupportedOpError
+from ..errors import DynamicShapeError, InvalidAttributeError, UnsupportedOpError
 
 SAME = ("SAME_UPPER", "SAME_LOWER")
 

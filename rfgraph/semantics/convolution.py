@@ -1,0 +1,139 @@
+"""Convolutions: Conv, ConvInteger, QLinearConv, ConvTranspose (geometry decoded by ``geometry``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from onnx import helper
+
+from ..errors import UnsupportedOpError
+from ..fields import Span
+from . import geometry
+from .gradient import Builder, Grads, NodeView, _quantized, _scatter_window, _window
+from .gradient import Rule as VJPRule
+from .transfer import NodeContext, Rule, Transfer, window, with_scalar_edges
+
+# ---------------------------------------------------------------- receptive-field (TRF) rules
+
+
+def _spatial_sizes(ctx: NodeContext, n: int) -> list[int | None]:
+    """Sizes of input 0's ``n`` spatial axes (None where unknown), for ``geometry``."""
+    sizes = list(ctx.in_shapes[0][2:]) if ctx.in_shapes[0] else []
+    return (sizes + [None] * n)[:n]
+
+
+def _kernel(ctx: NodeContext, weight_slot: int | None) -> list[int]:
+    """Kernel size from ``kernel_shape`` or from the weight's shape."""
+    if "kernel_shape" in ctx.attrs:
+        return list(ctx.attrs["kernel_shape"])
+    w_shape = ctx.in_shapes[weight_slot] if weight_slot is not None else None
+    if w_shape and None not in w_shape[2:]:
+        return list(w_shape[2:])
+    raise ctx.unsupported("kernel size unknown (no kernel_shape and no static weight shape)")
+
+
+def conv_rule(weight_slot: int | None = 1, data_slot: int = 0,
+              scalar_slots: Sequence[int] = ()) -> Callable[[NodeContext], Transfer]:
+    """Conv-like op: each output unit reads k_eff = d(k-1)+1 inputs from u*s - p_begin;
+    ``scalar_slots`` (quantization scales, zero points) may be computed from the input."""
+    def rule(ctx: NodeContext) -> Transfer:
+        if data_slot != 0:
+            ctx.layouts = [ctx.layouts[data_slot]] + ctx.layouts[1:]
+        for slot in ctx.data_slots():
+            if slot != 0 and slot != data_slot and slot not in scalar_slots:
+                raise ctx.unsupported("weights computed from the input (data-dependent kernel)")
+        kernel = _kernel(ctx, weight_slot)
+        geo = geometry.window(ctx.op, ctx.name, ctx.attrs, kernel, _spatial_sizes(ctx, len(kernel)))
+        tr = window(ctx, [Span.layer(a.kernel, a.stride, a.pad_begin, a.dilation) for a in geo.axes],
+                    geo.size_dependent)
+        return with_scalar_edges(ctx, tr, scalar_slots)
+    return rule
+
+
+def conv_transpose_rule(ctx: NodeContext) -> Transfer:
+    """ConvTranspose: output o reads inputs i with i*s + j*d - p_begin = o (fractional stride 1/s)."""
+    if 1 in ctx.data_slots():
+        raise ctx.unsupported("weights computed from the input (data-dependent kernel)")
+    kernel = _kernel(ctx, 1)
+    geo = geometry.conv_transpose(ctx.name, ctx.attrs, kernel, _spatial_sizes(ctx, len(kernel)))
+    spans = []
+    for ax in geo.axes:
+        s, p = ax.stride, ax.pad_begin
+        lo = [-((-(t + p - (ax.k_eff - 1))) // s) for t in range(s)]
+        hi = [(t + p) // s for t in range(s)]
+        spans.append(Span.periodic(1, lo, hi))
+    return window(ctx, spans, geo.size_dependent)
+
+
+# ---------------------------------------------------------------- gradient (VJP) rules
+
+
+def _flipped_kernel(w: np.ndarray, group: int) -> np.ndarray:
+    """Weights of the stride-1 Conv that equals the transpose of Conv(w): swap in/out, flip space."""
+    cout, cin_g = w.shape[:2]
+    ws = w.reshape(group, cout // group, cin_g, *w.shape[2:])
+    ws = np.swapaxes(ws, 1, 2).reshape(group * cin_g, cout // group, *w.shape[2:])
+    return np.ascontiguousarray(np.flip(ws, axis=tuple(range(2, w.ndim))))
+
+
+def _conv(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Conv: the transposed convolution with the same weights (groups, dilation, strides, pads).
+
+    Stride 1 with constant weights uses a Conv with flipped weights instead: the same numbers,
+    and onnxruntime's Conv kernels are much faster than its ConvTranspose.
+    """
+    group = n.attr_int("group", 1)
+    geo = _window(n, b)
+    strides, dil, pb = geo.strides, geo.dilations, geo.pads_begin
+    w = b.value(n.inputs[1])
+    xs, ys = b.shape(n.inputs[0])[2:], b.shape(n.outputs[0])[2:]
+    k_eff = [a.k_eff for a in geo.axes]
+    if w is not None and all(s == 1 for s in strides):
+        new_pb = [k - 1 - p for k, p in zip(k_eff, pb)]
+        new_pe = [x - y - q + k - 1 for x, y, q, k in zip(xs, ys, new_pb, k_eff)]
+        if all(p >= 0 for p in new_pb + new_pe):
+            wf = b.const(_flipped_kernel(w.astype(helper.tensor_dtype_to_np_dtype(b.dtype)), group))
+            out = b.op("Conv", gys[0], wf, dilations=dil, pads=new_pb + new_pe, group=group)
+            b.shapes[out] = b.shape(n.inputs[0])
+            return [out] + [None] * (len(n.inputs) - 1)
+    return [_scatter_window(b, gys[0], n.inputs[1], group, n)] + [None] * (len(n.inputs) - 1)
+
+
+def _conv_transpose(b: Builder, n: NodeView, gys: list) -> Grads:
+    """ConvTranspose: the forward convolution with the same weights, strides, pads and dilations.
+
+    The pads are the spec's (``geometry.conv_transpose``); the Conv's end pad is chosen so that
+    exactly x rows come out (rows added by output_padding are never read). Negative pads (a SAME
+    or output_shape total below 0) crop the gradient with a Pad before the Conv.
+    """
+    xs, ys = b.shape(n.inputs[0])[2:], b.shape(n.outputs[0])[2:]
+    kernel = n.attr_ints("kernel_shape") or list(b.shape(n.inputs[1])[2:])
+    if len(ys) != len(xs) or len(kernel) != len(xs):
+        raise UnsupportedOpError(n.name, "ConvTranspose", f"output sizes {list(ys)} unknown or not matching "
+                                 f"the {len(xs)} spatial input axes (output_shape={n.attr_ints('output_shape')})")
+    geo = geometry.conv_transpose(n.name, n.attrs, kernel, xs)
+    pb = geo.pads_begin
+    pe = [a.stride * (x - 1) + a.k_eff - y - p for a, x, y, p in zip(geo.axes, xs, ys, pb)]
+    g, rank = gys[0], len(xs)
+    if any(p < 0 for p in pb + pe):  # crop (negative) and pad with one Pad, then an unpadded Conv
+        g = b.op("Pad", g, b.ints([0, 0, *pb, 0, 0, *pe]))
+        pb, pe = [0] * rank, [0] * rank
+    out = b.op("Conv", g, n.inputs[1], strides=geo.strides, dilations=geo.dilations, pads=pb + pe,
+               group=n.attr_int("group", 1))
+    b.shapes[out] = b.shape(n.inputs[0])
+    return [out] + [None] * (len(n.inputs) - 1)
+
+
+# ---------------------------------------------------------------- the family's tables
+
+TRF: dict[str, Rule] = {
+    "Conv": conv_rule(1), "ConvInteger": conv_rule(1, scalar_slots=(2, 3)),
+    "QLinearConv": conv_rule(3, scalar_slots=(1, 2, 4, 5, 6, 7, 8)),
+    "ConvTranspose": conv_transpose_rule,
+}
+
+VJP: dict[str, VJPRule] = {
+    "Conv": _conv, "ConvTranspose": _conv_transpose,
+    "ConvInteger": _quantized, "QLinearConv": _quantized,
+}

@@ -1,0 +1,367 @@
+"""Elementwise ops: activations, arithmetic, comparisons, Where, Clip, Cast, Identity, Dropout, quantization."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import UnsupportedOpError
+from .gradient import Builder, Derivative, Grads, NodeView, _one_plus, _quantized, _set_shape, _square
+from .gradient import Rule as VJPRule
+from .transfer import (
+    Edge,
+    NodeContext,
+    OutTransfer,
+    Rule,
+    Transfer,
+    broadcast,
+    mixed_maps,
+    pointwise,
+    with_scalar_edges,
+    with_sizes,
+)
+
+# ---------------------------------------------------------------- receptive-field (TRF) rules
+
+
+def cast_like_rule(ctx: NodeContext) -> Transfer:
+    """CastLike(x, like): x in like's type; ``like`` gives only the type, so the output reads
+    input 0 alone, and is a constant when input 0 is (the opset-18 function bodies of Relu, Elu,
+    Gelu... cast their constants this way)."""
+    if ctx.layouts[0] is None:
+        return Transfer((None,))
+    return Transfer((OutTransfer(with_sizes(ctx.data_layout(0), ctx.out_shapes[0]), (Edge(0),)),))
+
+
+def quantize_rule(ctx: NodeContext) -> Transfer:
+    """QuantizeLinear/DequantizeLinear: pointwise in x; a scale or zero point computed at run time
+    (DynamicQuantizeLinear's) is read by every unit."""
+    if ctx.layouts[0] is None:
+        raise ctx.unsupported("quantized data is constant but its scale depends on the input")
+    return with_scalar_edges(ctx, pointwise(ctx, 1), (1, 2))
+
+
+def dynamic_quantize_rule(ctx: NodeContext) -> Transfer:
+    """DynamicQuantizeLinear: y = round(x / scale) + zero point, where scale and zero point come
+    from the min and max over all of x: every output reads every position (y keeps its layout)."""
+    lay = ctx.data_layout(0)
+    maps = mixed_maps(lay, range(len(lay)))
+    y = OutTransfer(with_sizes(lay, ctx.out_shapes[0]), (Edge(0, maps),))
+    scalar = OutTransfer((), (Edge(0, maps),))
+    why = "DynamicQuantizeLinear: its scale and zero point are the min and max over the whole tensor"
+    return Transfer((y, scalar, scalar)[: len(ctx.node.output)], mix_reason=why if maps else "")
+
+
+POINTWISE_OPS = {
+    # activations and elementwise math: output (…, u) reads input (…, u)
+    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Celu",
+    "Gelu", "Erf", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign",
+    "Softplus", "Softsign", "Mish", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh",
+    "Asinh", "Acosh", "Atanh", "Not", "IsNaN", "IsInf", "ThresholdedRelu", "Shrink", "Swish",
+    # no-ops at inference
+    "Identity", "Cast", "Dropout",
+}
+
+
+BROADCAST_OPS = {
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mean", "Sum", "Where", "Equal", "Greater",
+    "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "PRelu", "Mod", "BitShift",
+    "Clip", "BitwiseAnd", "BitwiseOr", "BitwiseXor",
+}
+
+
+# ---------------------------------------------------------------- gradient (VJP) rules
+
+
+def _identity(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Identity, Dropout (inference), Cast between floats: the gradient passes unchanged."""
+    return [gys[0]] + [None] * (len(n.inputs) - 1)
+
+
+def _relu(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Relu: pass where the output is positive (uses y, so Conv+Relu stays fusable)."""
+    return [b.where(b.op("Greater", n.outputs[0], b.scalar(0.0)), gys[0])]
+
+
+def _leaky_relu(b: Builder, n: NodeView, gys: list) -> Grads:
+    """LeakyRelu: 1 for x > 0, alpha otherwise."""
+    alpha = n.attr_float("alpha", 0.01)
+    scaled = b.binary("Mul", gys[0], b.scalar(alpha))
+    return [b.where(b.op("Greater", n.inputs[0], b.scalar(0.0)), gys[0], scaled)]
+
+
+def _prelu(b: Builder, n: NodeView, gys: list) -> Grads:
+    """PRelu: 1 for x > 0, the (broadcast) slope otherwise; the slope gets no gradient."""
+    scaled = b.binary("Mul", gys[0], n.inputs[1], b.shape(n.inputs[0]))
+    return [b.where(b.op("Greater", n.inputs[0], b.scalar(0.0)), gys[0], scaled), None]
+
+
+def _clip(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Clip / Relu6: pass where min <= x <= max (torch's convention at the bounds)."""
+    x, g = n.inputs[0], gys[0]
+    lo = n.inputs[1] if len(n.inputs) > 1 and n.inputs[1] else None
+    hi = n.inputs[2] if len(n.inputs) > 2 and n.inputs[2] else None
+    if "min" in n.attrs:  # opset < 11 form
+        lo, hi = b.scalar(n.attr_float("min", -np.inf)), b.scalar(n.attr_float("max", np.inf))
+    masks = []
+    if lo:
+        masks.append(b.op("GreaterOrEqual", x, lo))
+    if hi:
+        masks.append(b.op("LessOrEqual", x, hi))
+    if not masks:
+        return [g] + [None] * (len(n.inputs) - 1)
+    mask = masks[0] if len(masks) == 1 else b.op("And", *masks)
+    return [b.where(mask, g)] + [None] * (len(n.inputs) - 1)
+
+
+def _sigmoid(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Sigmoid: g * y * (1 - y)."""
+    y = n.outputs[0]
+    one_minus = b.binary("Sub", b.scalar(1.0), y, b.shape(y))
+    return [b.binary("Mul", gys[0], b.binary("Mul", y, one_minus, b.shape(y)))]
+
+
+def _tanh(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Tanh: g * (1 - y^2)."""
+    y = n.outputs[0]
+    d = b.binary("Sub", b.scalar(1.0), b.binary("Mul", y, y, b.shape(y)), b.shape(y))
+    return [b.binary("Mul", gys[0], d)]
+
+
+def _hard_sigmoid(b: Builder, n: NodeView, gys: list) -> Grads:
+    """HardSigmoid: alpha where 0 < alpha*x + beta < 1, else 0."""
+    alpha, beta = n.attr_float("alpha", 0.2), n.attr_float("beta", 0.5)
+    t = b.binary("Add", b.binary("Mul", n.inputs[0], b.scalar(alpha)), b.scalar(beta))
+    mask = b.op("And", b.op("Greater", t, b.scalar(0.0)), b.op("Less", t, b.scalar(1.0)))
+    return [b.where(mask, b.binary("Mul", gys[0], b.scalar(alpha)))]
+
+
+def _hard_swish(b: Builder, n: NodeView, gys: list) -> Grads:
+    """HardSwish x*relu6(x+3)/6: 0 below -3, 1 above 3, (2x+3)/6 between (torch's convention)."""
+    x, g = n.inputs[0], gys[0]
+    mid = b.binary("Add", b.binary("Mul", x, b.scalar(1 / 3)), b.scalar(0.5))
+    d = _set_shape(b, b.op("Where", b.op("Greater", x, b.scalar(3.0)), b.scalar(1.0), mid), x)
+    d = b.where(b.op("GreaterOrEqual", x, b.scalar(-3.0)), d)
+    return [b.binary("Mul", g, d)]
+
+
+def _erf(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Erf: g * 2/sqrt(pi) * exp(-x^2)."""
+    x = n.inputs[0]
+    e = b.op("Exp", b.op("Neg", b.binary("Mul", x, x)))
+    _set_shape(b, e, x)
+    return [b.binary("Mul", gys[0], b.binary("Mul", e, b.scalar(2 / math.sqrt(math.pi))))]
+
+
+def _gelu(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Gelu (opset 20): exact Phi(x) + x phi(x), or the derivative of the tanh approximation."""
+    x, g, shape = n.inputs[0], gys[0], b.shape(n.inputs[0])
+    if n.attr_str("approximate", "none") == "tanh":
+        c = math.sqrt(2 / math.pi)
+        x2 = b.binary("Mul", x, x)
+        inner = b.binary("Mul", b.binary("Mul", x, b.scalar(c)),
+                         b.binary("Add", b.scalar(1.0), b.binary("Mul", x2, b.scalar(0.044715))))
+        t = _set_shape(b, b.op("Tanh", inner), x)
+        sech2 = b.binary("Sub", b.scalar(1.0), b.binary("Mul", t, t))
+        dinner = b.binary("Mul", b.scalar(c),
+                          b.binary("Add", b.scalar(1.0), b.binary("Mul", x2, b.scalar(3 * 0.044715))),
+                          shape)
+        d = b.binary("Add", b.binary("Mul", b.scalar(0.5), b.binary("Add", b.scalar(1.0), t), shape),
+                     b.binary("Mul", b.binary("Mul", b.binary("Mul", x, b.scalar(0.5)), sech2),
+                              dinner))
+        return [b.binary("Mul", g, d)]
+    cdf = b.binary("Mul", b.scalar(0.5), b.binary(
+        "Add", b.scalar(1.0), _set_shape(b, b.op("Erf", b.binary("Mul", x, b.scalar(1 / math.sqrt(2)))),
+                                         x)), shape)
+    pdf = b.binary("Mul", _set_shape(b, b.op("Exp", b.binary("Mul", b.binary("Mul", x, x),
+                                                               b.scalar(-0.5))), x),
+                   b.scalar(1 / math.sqrt(2 * math.pi)))
+    return [b.binary("Mul", g, b.binary("Add", cdf, b.binary("Mul", x, pdf)))]
+
+
+def _exp(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Exp: g * y."""
+    return [b.binary("Mul", gys[0], n.outputs[0])]
+
+
+def _neg(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Neg: -g."""
+    return [_set_shape(b, b.op("Neg", gys[0]), gys[0])]
+
+
+def _sqrt(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Sqrt: g / (2 y)."""
+    return [b.binary("Div", gys[0], b.binary("Mul", n.outputs[0], b.scalar(2.0)))]
+
+
+def _pow(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Pow with a constant exponent p: g * p * x^(p-1); a variable exponent is not supported."""
+    p_value = b.value(n.inputs[1])
+    if p_value is None or p_value.size != 1 or b.is_active(n.inputs[1]):
+        raise UnsupportedOpError(n.name, "Pow", "only a constant scalar exponent has a VJP rule")
+    p = float(p_value.reshape(()))
+    xp = b.binary("Pow", n.inputs[0], b.scalar(p - 1.0), b.shape(n.inputs[0]))
+    return [b.binary("Mul", gys[0], b.binary("Mul", xp, b.scalar(p))), None]
+
+
+def _add(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Add / Sum: each operand gets the gradient summed over its broadcast axes."""
+    return [b.reduce_to(gys[0], b.shape(x)) if b.is_active(x) else None for x in n.inputs]
+
+
+def _mean(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Mean (variadic): each operand gets g / count, reduced to its shape."""
+    g = b.binary("Mul", gys[0], b.scalar(1.0 / len(n.inputs)))
+    return [b.reduce_to(g, b.shape(x)) if b.is_active(x) else None for x in n.inputs]
+
+
+def _sub(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Sub: g for A, -g for B, each reduced to its shape."""
+    a, c = n.inputs
+    ga = b.reduce_to(gys[0], b.shape(a)) if b.is_active(a) else None
+    gb = None
+    if b.is_active(c):
+        gb = b.reduce_to(_set_shape(b, b.op("Neg", gys[0]), gys[0]), b.shape(c))
+    return [ga, gb]
+
+
+def _mul(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Mul: g * B for A and g * A for B, each reduced to its shape."""
+    a, c = n.inputs
+    ga = b.reduce_to(b.binary("Mul", gys[0], c), b.shape(a)) if b.is_active(a) else None
+    gb = b.reduce_to(b.binary("Mul", gys[0], a), b.shape(c)) if b.is_active(c) else None
+    return [ga, gb]
+
+
+def _div(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Div: g / B for A and -g * y / B for B, each reduced to its shape."""
+    a, c = n.inputs
+    ga = b.reduce_to(b.binary("Div", gys[0], c), b.shape(a)) if b.is_active(a) else None
+    gb = None
+    if b.is_active(c):
+        q = b.binary("Div", b.binary("Mul", gys[0], n.outputs[0]), c)
+        gb = b.reduce_to(_set_shape(b, b.op("Neg", q), q), b.shape(c))
+    return [ga, gb]
+
+
+def _where(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Where(cond, A, B): the gradient goes to A where cond holds, to B elsewhere."""
+    cond, a, c = n.inputs
+    g = gys[0]
+    ga = b.reduce_to(b.where(cond, g), b.shape(a)) if b.is_active(a) else None
+    gb = None
+    if b.is_active(c):
+        gb_full = b.op("Where", cond, b.scalar(0.0), g)
+        b.shapes[gb_full] = b.shape(g)
+        gb = b.reduce_to(gb_full, b.shape(c))
+    return [None, ga, gb]
+
+
+def _mish_derivative(b: Builder, x: str) -> str:
+    """d/dx x tanh(softplus(x)) = t + x sigmoid(x) (1 - t^2), t = tanh(softplus(x))."""
+    t = b.op("Tanh", b.op("Softplus", x))
+    return b.op("Add", t, b.op("Mul", b.op("Mul", x, b.op("Sigmoid", x)), _one_plus(b, _square(b, t), -1.0)))
+
+
+def _swish_derivative(b: Builder, x: str, alpha: float) -> str:
+    """d/dx x sigmoid(alpha x) = s (1 + alpha x (1 - s)), s = sigmoid(alpha x)."""
+    s = b.op("Sigmoid", b.op("Mul", x, b.scalar(alpha)))
+    return b.op("Mul", s, _one_plus(b, b.op("Mul", b.op("Mul", x, b.scalar(alpha)), _one_plus(b, s, -1.0))))
+
+
+def _negative_branch(b: Builder, x: str, positive: float, negative: str) -> str:
+    """``positive`` for x > 0, ``negative`` for x <= 0 (torch's ELU family takes x = 0 as negative)."""
+    return b.op("Where", b.op("Greater", x, b.scalar(0.0)), b.scalar(positive), negative)
+
+
+def _selu_derivative(b: Builder, n: NodeView, x: str, y: str) -> str:
+    """Selu, gamma (x or alpha (e^x - 1)): gamma for x > 0, y + gamma alpha otherwise."""
+    gamma, alpha = n.attr_float("gamma", 1.05070102214813232421875), n.attr_float("alpha", 1.67326319217681884765625)
+    return _negative_branch(b, x, gamma, b.op("Add", y, b.scalar(gamma * alpha)))
+
+
+DERIVATIVES: dict[str, Derivative] = {
+    "Abs": lambda b, n, x, y: b.op("Sign", x),  # torch: sgn(x), 0 at 0
+    "Log": lambda b, n, x, y: b.op("Reciprocal", x),
+    "Reciprocal": lambda b, n, x, y: b.op("Neg", _square(b, y)),
+    "Sin": lambda b, n, x, y: b.op("Cos", x),
+    "Cos": lambda b, n, x, y: b.op("Neg", b.op("Sin", x)),
+    "Tan": lambda b, n, x, y: _one_plus(b, _square(b, y)),
+    "Asin": lambda b, n, x, y: b.op("Reciprocal", b.op("Sqrt", _one_plus(b, _square(b, x), -1.0))),
+    "Acos": lambda b, n, x, y: b.op("Neg", b.op("Reciprocal", b.op("Sqrt", _one_plus(b, _square(b, x), -1.0)))),
+    "Atan": lambda b, n, x, y: b.op("Reciprocal", _one_plus(b, _square(b, x))),
+    "Sinh": lambda b, n, x, y: b.op("Cosh", x),
+    "Cosh": lambda b, n, x, y: b.op("Sinh", x),
+    "Asinh": lambda b, n, x, y: b.op("Reciprocal", b.op("Sqrt", _one_plus(b, _square(b, x)))),
+    "Acosh": lambda b, n, x, y: b.op("Reciprocal", b.op("Sqrt", b.op("Sub", _square(b, x), b.scalar(1.0)))),
+    "Atanh": lambda b, n, x, y: b.op("Reciprocal", _one_plus(b, _square(b, x), -1.0)),
+    "Softplus": lambda b, n, x, y: b.op("Sigmoid", x),
+    "Softsign": lambda b, n, x, y: b.op("Reciprocal", _square(b, _one_plus(b, b.op("Abs", x)))),
+    "Mish": lambda b, n, x, y: _mish_derivative(b, x),
+    "Swish": lambda b, n, x, y: _swish_derivative(b, x, n.attr_float("alpha", 1.0)),
+    # ELU family: the negative branch's derivative written with y (alpha e^x = y + alpha)
+    "Elu": lambda b, n, x, y: _negative_branch(b, x, 1.0, b.op("Add", y, b.scalar(n.attr_float("alpha", 1.0)))),
+    "Selu": _selu_derivative,
+    "Celu": lambda b, n, x, y: _negative_branch(
+        b, x, 1.0, b.op("Exp", b.op("Mul", x, b.scalar(1.0 / n.attr_float("alpha", 1.0))))),
+    # 0/1 derivatives: torch's threshold / hardshrink put the boundary on the zero side
+    "ThresholdedRelu": lambda b, n, x, y: b.op("Cast", b.op("Greater", x, b.scalar(n.attr_float("alpha", 1.0))),
+                                               to=b.dtype),
+    "Shrink": lambda b, n, x, y: b.op("Cast", b.op("Greater", b.op("Abs", x), b.scalar(n.attr_float("lambd", 0.5))),
+                                      to=b.dtype),
+}
+
+
+def _elementwise(b: Builder, n: NodeView, gys: list) -> Grads:
+    """A unary elementwise op (``DERIVATIVES``): g * f'(x)."""
+    x = n.inputs[0]
+    d = DERIVATIVES[n.node.op_type](b, n, x, n.outputs[0])
+    return [b.binary("Mul", gys[0], d, b.shape(x))]
+
+
+def _extreme(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Max / Min (variadic, broadcasting): the operands equal to the result share the gradient
+    evenly (torch.maximum / minimum split a tie in halves), each reduced to its shape."""
+    y, g = n.outputs[0], gys[0]
+    masks = [b.op("Cast", b.op("Equal", x, y), to=b.dtype) for x in n.inputs]
+    count = b.op("Sum", *masks) if len(masks) > 1 else masks[0]
+    share = b.binary("Div", g, count, b.shape(y))
+    return [b.reduce_to(b.binary("Mul", share, m, b.shape(y)), b.shape(x)) if b.is_active(x) else None
+            for x, m in zip(n.inputs, masks)]
+
+
+def _mod(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Mod on floats, y = a - b q with q = trunc(a / b) (fmod=1) or floor: g for A, -g q for B
+    (torch.fmod / remainder); q is read back as round((a - y) / b)."""
+    a, c = n.inputs
+    g = gys[0]
+    ga = b.reduce_to(g, b.shape(a)) if b.is_active(a) else None
+    gb = None
+    if b.is_active(c):
+        q = b.op("Round", b.op("Div", b.op("Sub", a, n.outputs[0]), c))
+        gb = b.reduce_to(b.binary("Mul", g, b.op("Neg", q), b.shape(g)), b.shape(c))
+    return [ga, gb]
+
+
+# ---------------------------------------------------------------- the family's tables
+
+TRF: dict[str, Rule] = {
+    **dict.fromkeys(POINTWISE_OPS, pointwise),
+    **dict.fromkeys(BROADCAST_OPS, broadcast),
+    "CastLike": cast_like_rule,
+    "QuantizeLinear": quantize_rule, "DequantizeLinear": quantize_rule,
+    "DynamicQuantizeLinear": dynamic_quantize_rule,
+}
+
+VJP: dict[str, VJPRule] = {
+    "Identity": _identity, "Dropout": _identity, "Cast": _identity, "CastLike": _identity,
+    "Relu": _relu, "LeakyRelu": _leaky_relu, "PRelu": _prelu, "Clip": _clip,
+    "Sigmoid": _sigmoid, "Tanh": _tanh, "HardSigmoid": _hard_sigmoid, "HardSwish": _hard_swish,
+    "Erf": _erf, "Gelu": _gelu, "Exp": _exp, "Neg": _neg, "Sqrt": _sqrt, "Pow": _pow,
+    "Add": _add, "Sum": _add, "Mean": _mean, "Sub": _sub, "Mul": _mul, "Div": _div, "Where": _where,
+    **dict.fromkeys(DERIVATIVES, _elementwise),
+    "Max": _extreme, "Min": _extreme, "Mod": _mod,
+    # quantizers: refused (step functions), see ``gradient._quantized``
+    "QuantizeLinear": _quantized, "DequantizeLinear": _quantized, "DynamicQuantizeLinear": _quantized,
+}

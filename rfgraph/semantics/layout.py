@@ -1,0 +1,537 @@
+"""Shape and layout ops: Pad, Slice, Crop, Concat, Split, Gather, Transpose, Reshape, Flatten, Squeeze, Unsqueeze,
+Expand.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+from onnx import helper
+
+from ..errors import DynamicShapeError, UnsupportedOpError
+from ..fields import IDENTITY, Span
+from .gradient import Builder, Grads, NodeView
+from .gradient import Rule as VJPRule
+from .transfer import (
+    AxisLayout,
+    Edge,
+    Layout,
+    NodeContext,
+    OutTransfer,
+    Part,
+    Rule,
+    Transfer,
+    _norm_axis,
+    axis_parts,
+    broadcast,
+    copy_span,
+    mixed_maps,
+    spatial_of,
+    split_axes,
+    strip_spatial,
+    with_sizes,
+)
+
+# ---------------------------------------------------------------- receptive-field (TRF) rules
+
+
+def pad_rule(ctx: NodeContext) -> Transfer:
+    """Pad (any mode): output unit u reads input u - pad_begin; reflect/edge only remap the border."""
+    rank = ctx.rank(0)
+    pads = ctx.ints(1, "pads") if ctx.opset >= 11 else list(ctx.attrs.get("pads", ctx.attrs.get("paddings", [])))
+    if pads is None:
+        return _shape_only_shift(ctx, "pads computed at run time")
+    axes = ctx.ints(3, "axes") if ctx.has_input(3) else list(range(rank))
+    if axes is None:
+        raise ctx.unsupported("Pad axes computed at run time")
+    axes = [_norm_axis(a, rank) for a in axes]
+    if len(pads) != 2 * len(axes):
+        raise ctx.invalid(f"pads {pads} do not match axes {axes}")
+    begins = dict(zip(axes, pads[: len(axes)]))
+    return _shifts(ctx, {t: begins.get(t, 0) for t in range(rank)})
+
+
+def _shifts(ctx: NodeContext, begin_by_axis: Mapping[int, int], steps: Mapping[int, int] | None = None) -> Transfer:
+    """Output unit u along tensor axis t reads input unit u*step - begin (Pad, Slice, Crop)."""
+    out = _shift_out(ctx, begin_by_axis, steps)
+    return Transfer((out,) + (None,) * (len(ctx.node.output) - 1))
+
+
+def _shift_out(ctx: NodeContext, begin_by_axis: Mapping[int, int], steps: Mapping[int, int] | None) -> OutTransfer:
+    """The first output of ``_shifts``: the shifted layout and its one edge from input 0."""
+    lay = ctx.data_layout(0)
+    maps: dict[int, Span | None] = {}
+    for t, begin in begin_by_axis.items():
+        step = (steps or {}).get(t, 1)
+        if begin == 0 and step == 1:
+            continue
+        parts = lay[t]
+        axes = spatial_of(parts)
+        if not axes:
+            continue
+        if len(parts) > 1:
+            raise ctx.unsupported(f"shift/crop along a flattened axis holding spatial axes {axes}")
+        maps[axes[0]] = Span.layer(1, step, begin)
+    return OutTransfer(with_sizes(lay, ctx.out_shapes[0]), (Edge(0, maps),))
+
+
+def _shape_only_shift(ctx: NodeContext, why: str) -> Transfer:
+    """When offsets are not constant: fine if no spatial size changed, else unsupported."""
+    lay, ins, outs = ctx.data_layout(0), ctx.in_shapes[0], ctx.out_shapes[0]
+    for t, parts in enumerate(lay):
+        if spatial_of(parts) and (ins is None or outs is None or ins[t] != outs[t]):
+            raise ctx.unsupported(f"{why}; the spatial offset cannot be determined")
+    return _shifts(ctx, {})
+
+
+def slice_rule(ctx: NodeContext) -> Transfer:
+    """Slice: output unit u reads input start + u*step along each sliced axis (a negative step
+    reverses the axis: the span decreases, S < 0)."""
+    rank = ctx.rank(0)
+    if ctx.opset >= 10:
+        starts = ctx.ints(1, "starts")
+        axes = ctx.ints(3, "axes") if ctx.has_input(3) else None
+        steps = ctx.ints(4, "steps") if ctx.has_input(4) else None
+    else:
+        starts, axes, steps = ctx.attrs.get("starts"), ctx.attrs.get("axes"), None
+    if starts is None or (ctx.has_input(3) and axes is None) or (ctx.has_input(4) and steps is None):
+        return _shape_only_shift(ctx, "slice bounds computed at run time")
+    axes = [_norm_axis(a, rank) for a in (axes or range(len(starts)))]
+    steps = list(steps or [1] * len(axes))
+    shape = ctx.in_shapes[0]
+    begins, step_by = {}, {}
+    for a, st, sp in zip(axes, starts, steps):
+        if sp == 0:
+            raise ctx.invalid("slice step 0")
+        dim = shape[a] if shape else None
+        if dim is not None:  # ONNX clamps the start to [0, dim], or [0, dim - 1] going backwards
+            st = min(max(st + dim if st < 0 else st, 0), dim if sp > 0 else dim - 1)
+        elif st < 0 or (sp < 0 and spatial_of(ctx.data_layout(0)[a])):
+            raise DynamicShapeError(f"node '{ctx.name}' (Slice): a negative start or step needs a known "
+                                    f"size; set it with --input-shape")
+        begins[a], step_by[a] = -st, sp  # a negative step reverses the axis: a flip
+    return _shifts(ctx, begins, step_by)
+
+
+def crop_rule(ctx: NodeContext) -> Transfer:
+    """Crop (opset 1): border = [left, top, right, bottom]; output starts at (top, left)."""
+    border = list(ctx.attrs.get("border", [0, 0, 0, 0]))
+    return _shifts(ctx, {2: -border[1], 3: -border[0]})
+
+
+def concat_rule(ctx: NodeContext) -> Transfer:
+    """Concat: a merge along channels; along a spatial axis, a shift when one input is data."""
+    rank = ctx.rank(ctx.data_slots()[0])
+    axis = _norm_axis(int(ctx.attrs.get("axis", 1)), rank)
+    data = ctx.data_slots()
+    if not spatial_of(ctx.data_layout(data[0])[axis]):  # a data slot: never raises
+        return broadcast(ctx)
+    parts = ctx.data_layout(data[0])[axis]
+    if len(data) > 1 and any(len(ctx.data_layout(s)[axis]) > 1 for s in data):
+        raise ctx.unsupported("concatenation of several input-dependent tensors along flattened grids "
+                              "of positions (detection heads): each piece keeps its own field")
+    if len(data) > 1 or len(parts) > 1 or parts[0][0] in split_axes(ctx.data_layout(data[0])):
+        return _concat_mixes(ctx, axis, data)
+    offset = 0
+    for slot in range(data[0]):
+        shape = ctx.in_shapes[slot]
+        if shape is None or shape[axis] is None:
+            raise DynamicShapeError(f"node '{ctx.name}' (Concat): size of input {slot} unknown")
+        offset += shape[axis]
+    ctx.layouts = [ctx.layouts[data[0]]]
+    out = _shift_out(ctx, {axis: offset}, None)
+    return Transfer((OutTransfer(out.layout, (Edge(data[0], out.edges[0].maps),)),))
+
+
+def _concat_mixes(ctx: NodeContext, axis: int, data: Sequence[int]) -> Transfer:
+    """Concat along positions that no shift describes: several input-dependent pieces along one
+    axis (a roll: which piece a unit reads depends on the unit) or tokens added to a flattened grid (a
+    ViT's class token): reported as reading the whole input along those axes, an upper bound."""
+    lay = ctx.data_layout(data[0])
+    out_lay = with_sizes(strip_spatial(lay, [axis]), ctx.out_shapes[0])
+    edges = tuple(Edge(s, mixed_maps(ctx.data_layout(s), [axis])) for s in data)
+    why = ("Concat of several input-dependent pieces along positions (which piece a unit reads "
+           "depends on the unit)" if len(data) > 1 else
+           "Concat adds tokens to a flattened grid of positions (a class token): the token axis no "
+           "longer indexes the grid")
+    return Transfer((OutTransfer(out_lay, edges),), mix_reason=why + "; reported as the whole input, an upper bound")
+
+
+def split_rule(ctx: NodeContext) -> Transfer:
+    """Split: channel splits are pointwise; spatial splits shift each output by its offset."""
+    rank = ctx.rank(0)
+    axis = _norm_axis(int(ctx.attrs.get("axis", 0)), rank)
+    lay0 = ctx.data_layout(0)
+    outs: list[OutTransfer | None] = []
+    offset = 0
+    for i in range(len(ctx.node.output)):
+        shape = ctx.out_shapes[i]
+        lay = with_sizes(lay0, shape)
+        maps: dict[int, Span | None] = {}
+        axes = spatial_of(lay0[axis])
+        if axes and offset:
+            if len(lay0[axis]) > 1:
+                raise ctx.unsupported("split along a flattened spatial axis")
+            maps[axes[0]] = Span.layer(1, 1, -offset)
+        outs.append(OutTransfer(lay, (Edge(0, maps),)))
+        if axes:
+            if shape is None or shape[axis] is None:
+                raise DynamicShapeError(f"node '{ctx.name}' (Split): output sizes unknown")
+            offset += shape[axis]
+    return Transfer(tuple(outs))
+
+
+def gather_rule(ctx: NodeContext) -> Transfer:
+    """Gather: pointwise along other axes; along a spatial axis, a constant pick pins the unit."""
+    rank = ctx.rank(0)
+    if ctx.layouts[0] is None:
+        raise ctx.unsupported("gather of a constant table with input-dependent indices")
+    axis = _norm_axis(int(ctx.attrs.get("axis", 0)), rank)
+    idx = ctx.const(1)
+    lay = ctx.layouts[0]
+    parts = lay[axis]
+    ishape = np.shape(idx) if idx is not None else (ctx.in_shapes[1] or ())
+    new_axes = tuple(((-1, d or 0),) for d in ishape)
+    out_lay = with_sizes(lay[:axis] + new_axes + lay[axis + 1:], ctx.out_shapes[0])
+    if not spatial_of(parts):
+        return Transfer((OutTransfer(out_lay, (Edge(0),)),))
+    if idx is None or np.size(idx) != 1 or len(parts) > 1:
+        maps = mixed_maps(lay, [axis])
+        return Transfer((OutTransfer(out_lay, (Edge(0, maps),)),),
+                        mix_reason="Gather with run-time or several indices along a spatial axis")
+    i = int(np.asarray(idx).reshape(-1)[0])
+    if i < 0:
+        i += parts[0][1]
+    return Transfer((OutTransfer(out_lay, (Edge(0, {parts[0][0]: Span(1, 0, (i,), (i,))}),)),))
+
+
+def transpose_rule(ctx: NodeContext) -> Transfer:
+    """Transpose: permutes which tensor axis indexes which spatial axis; positions unchanged,
+    unless it moves the rows within a block ahead of the block index (``_fold_out_of_order``)."""
+    lay = ctx.data_layout(0)
+    perm = list(ctx.attrs.get("perm", list(range(len(lay)))[::-1]))
+    if sorted(perm) != list(range(len(lay))):
+        raise ctx.invalid(f"perm {perm} is not a permutation of {len(lay)} axes")
+    out = tuple(lay[p] for p in perm)
+    maps: dict[int, Span | None] = {}
+    for a in split_axes(lay):
+        before = [(t, i) for t, i, _ in axis_parts(lay, a)]
+        after = sorted(before, key=lambda ti: (perm.index(ti[0]), ti[1]))
+        if after != before:
+            out, maps[a] = _fold_out_of_order(lay, out, perm, a)
+    return Transfer((OutTransfer(out, (Edge(0, maps),)),))
+
+
+def _fold_out_of_order(lay: Layout, out: Layout, perm: Sequence[int], axis: int) -> tuple[Layout, Span | None]:
+    """A Transpose that moves a less significant part of a split spatial axis before a more
+    significant one (pixel_unshuffle, bytes folded into channels): a position can no longer be
+    read row-major, so the parts moved ahead of a more significant one become features and
+    each unit reads the whole of them (SpaceToDepth's block when they are the innermost)."""
+    parts = axis_parts(lay, axis)
+    where = {(t, i): (perm.index(t), i) for t, i, _ in parts}  # the part's place after the Transpose
+    kept = [all(where[(t, i)] > where[(t2, i2)] for t2, i2, _ in parts[:j]) for j, (t, i, _) in enumerate(parts)]
+    dropped = {where[(t, i)] for (t, i, _), keep in zip(parts, kept) if not keep}
+    new = tuple(tuple((-1, s) if (t, i) in dropped else (a, s) for i, (a, s) in enumerate(p))
+                for t, p in enumerate(out))
+    sizes = [s for _, _, s in parts]
+    copied = [k for k, keep in enumerate(kept) if keep]
+    return new, copy_span(sizes, [sizes[k] for k in copied], copied)
+
+
+def reshape_rule(ctx: NodeContext) -> Transfer:
+    """Reshape/Flatten: regroups axis parts; a spatial axis may split into parts (windows x rows
+    within a window), kept most significant first so a position is their row-major index."""
+    out_shape = ctx.out_shapes[0]
+    if (out_shape is None or None in out_shape) and ctx.op == "Reshape":
+        out_shape = _reshape_target(ctx)
+    if out_shape is None or None in out_shape:
+        raise DynamicShapeError(f"node '{ctx.name}' ({ctx.op}): output shape unknown after shape "
+                                f"inference; set the input size with --input-shape")
+    layout = regroup(ctx, ctx.data_layout(0), out_shape)
+    maps: dict[int, Span | None] = {}
+    for a in split_axes(layout):
+        layout, maps[a] = _fold_inner_parts(layout, a)
+    edge = Edge(0, {a: sp for a, sp in maps.items() if sp is not IDENTITY})
+    return Transfer((OutTransfer(layout, (edge,)),) + (None,) * (len(ctx.node.output) - 1))
+
+
+def _fold_inner_parts(layout: Layout, axis: int) -> tuple[Layout, Span | None]:
+    """Rows within a block merged into the features (Swin's patch merging: [B, H/2, 2, W/2, 2, C]
+    -> [B, H/2, W/2, 4C]) while the block index keeps an axis of its own: those rows become
+    features and each unit reads its whole block.  The most significant part stays a position
+    even beside a batch axis (windows folded into the batch)."""
+    parts = axis_parts(layout, axis)
+    features = {t for t, p in enumerate(layout) if any(a < 0 and s > 1 for a, s in p)}
+    kept = [j == 0 or t not in features for j, (t, _, _) in enumerate(parts)]
+    if all(kept):
+        return layout, IDENTITY
+    dropped = {(t, i) for (t, i, _), keep in zip(parts, kept) if not keep}
+    new = tuple(tuple((-1, s) if (t, i) in dropped else (a, s) for i, (a, s) in enumerate(p))
+                for t, p in enumerate(layout))
+    sizes = [s for _, _, s in parts]
+    copied = [k for k, keep in enumerate(kept) if keep]
+    return new, copy_span(sizes, [sizes[k] for k in copied], copied)
+
+
+def _reshape_target(ctx: NodeContext) -> tuple[int, ...] | None:
+    """Reshape's output shape from a folded constant target (0 copies a dim, -1 is inferred);
+    for exporters that compute the target from Shape, where ONNX shape inference gives up."""
+    target, in_shape = ctx.const(1), ctx.in_shapes[0]
+    if target is None or in_shape is None or None in in_shape:
+        return None
+    dims = [int(d) for d in np.asarray(target).reshape(-1)]
+    if not ctx.attrs.get("allowzero", 0):
+        dims = [in_shape[i] if d == 0 and i < len(in_shape) else d for i, d in enumerate(dims)]
+    known = math.prod(d for d in dims if d != -1)
+    if dims.count(-1) > 1 or any(d < -1 for d in dims) or (dims.count(-1) and known == 0):
+        raise ctx.invalid(f"Reshape target {dims} is not a valid shape")
+    total = math.prod(in_shape)
+    dims = [total // known if d == -1 else d for d in dims]
+    if math.prod(dims) != total:
+        raise ctx.invalid(f"cannot reshape {list(in_shape)} to {dims}")
+    return tuple(dims)
+
+
+def regroup(ctx: NodeContext, layout: Layout, out_shape: Sequence[int]) -> Layout:
+    """Assign the input's axis parts, in row-major order, to the output dims."""
+    parts = [p for axis in layout for p in axis if p[1] != 1 or p[0] >= 0]
+    out: list[AxisLayout] = []
+    i = 0
+    for d in out_shape:
+        group: list[Part] = []
+        prod = 1
+        while prod < d:
+            if i >= len(parts):
+                raise ctx.unsupported(f"cannot map input dims onto output shape {list(out_shape)}")
+            a, s = parts[i]
+            if s == 0:
+                raise DynamicShapeError(f"node '{ctx.name}' ({ctx.op}): input shape unknown")
+            if d % (prod * s) == 0:
+                group.append(parts[i])
+                prod *= s
+                i += 1
+            elif d % prod == 0 and s % (d // prod) == 0:  # split: the outer part here, the rest next
+                need = d // prod
+                group.append((a, need))
+                parts[i] = (a, s // need)
+                prod *= need
+            else:
+                what = "a spatial axis" if a >= 0 else "an axis"
+                raise ctx.unsupported(f"Reshape to {list(out_shape)} splits {what} across output dims "
+                                      f"in a way that does not keep its positions row-major")
+        while i < len(parts) and parts[i][1] == 1 and d == 1 and not group:
+            group.append(parts[i])
+            i += 1
+        out.append(_merge_adjacent(group) if spatial_of(group) else ((-1, d),))
+    return tuple(out)
+
+
+def _merge_adjacent(group: Sequence[Part]) -> AxisLayout:
+    """One part for consecutive parts of the same spatial axis (a window reverse joins the
+    window index and the row within it back into the row)."""
+    out: list[Part] = []
+    for a, s in group:
+        if out and a >= 0 and out[-1][0] == a:
+            out[-1] = (a, out[-1][1] * s)
+        else:
+            out.append((a, s))
+    return tuple(out)
+
+
+def flatten_rule(ctx: NodeContext) -> Transfer:
+    """Flatten(axis): a Reshape to (prod(dims[:axis]), prod(dims[axis:]))."""
+    return reshape_rule(ctx)
+
+
+def squeeze_rule(ctx: NodeContext) -> Transfer:
+    """Squeeze/Unsqueeze: drop or insert size-1 axes (a squeezed spatial axis stays pinned)."""
+    out_shape = ctx.out_shapes[0]
+    lay = ctx.data_layout(0)
+    rank = len(lay)
+    axes = ctx.ints(1, "axes")
+    if ctx.op == "Squeeze":
+        if axes is None:
+            axes = [t for t, parts in enumerate(lay) if math.prod(s for _, s in parts) == 1]
+        drop = {_norm_axis(a, rank) for a in axes}
+        new = tuple(p for t, p in enumerate(lay) if t not in drop)
+    else:
+        if axes is None:
+            raise ctx.unsupported("Unsqueeze axes computed at run time")
+        out_rank = rank + len(axes)
+        ins = sorted(_norm_axis(a, out_rank) for a in axes)
+        it = iter(lay)
+        new = tuple(((-1, 1),) if t in ins else next(it) for t in range(out_rank))
+    return Transfer((OutTransfer(with_sizes(new, out_shape), (Edge(0),)),))
+
+
+# ---------------------------------------------------------------- gradient (VJP) rules
+
+
+def _reshape(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Reshape, Flatten, Squeeze, Unsqueeze: reshape the gradient back to the input's shape."""
+    return [b.reshape(gys[0], b.shape(n.inputs[0]))] + [None] * (len(n.inputs) - 1)
+
+
+def _transpose(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Transpose: the inverse permutation."""
+    rank = len(b.shape(n.inputs[0]))
+    perm = n.attr_ints("perm") or list(reversed(range(rank)))
+    inverse = list(np.argsort(perm))
+    out = b.op("Transpose", gys[0], perm=inverse)
+    b.shapes[out] = b.shape(n.inputs[0])
+    return [out]
+
+
+def _expand(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Expand: sum over the broadcast axes."""
+    return [b.reduce_to(gys[0], b.shape(n.inputs[0])), None]
+
+
+def _pad(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Pad: constant mode crops the gradient back with negated pads (and pads where Pad
+    cropped); reflect/edge/wrap also add each border value's gradient onto the input position it
+    copies (``_pad_copies``)."""
+    mode = n.attr_str("mode", "constant")
+    if mode != "constant" and mode not in COPYING_PADS:
+        raise UnsupportedOpError(n.name, "Pad", f"mode '{mode}' has no VJP rule")
+    xs = b.shape(n.inputs[0])
+    rank = len(xs)
+    pads = n.attr_ints("pads")
+    if pads is None:
+        value = b.value(n.inputs[1])
+        if value is None:
+            raise UnsupportedOpError(n.name, "Pad", "pads are not constant")
+        pads = value.tolist()
+    pads = list(pads)
+    if len(n.inputs) > 3 and n.inputs[3]:  # axes input (opset 18)
+        axes_value = b.value(n.inputs[3])
+        if axes_value is None:
+            raise UnsupportedOpError(n.name, "Pad", "axes are not constant")
+        axes = [int(a) % rank for a in axes_value.tolist()]
+        full = [0] * (2 * rank)
+        for i, a in enumerate(axes):
+            full[a], full[a + rank] = pads[i], pads[i + len(axes)]
+        pads = full
+    if mode != "constant":
+        return [_pad_copies(b, gys[0], xs, pads, COPYING_PADS[mode])] + [None] * (len(n.inputs) - 1)
+    out = b.op("Pad", gys[0], b.ints([-p for p in pads]))
+    b.shapes[out] = xs
+    return [out] + [None] * (len(n.inputs) - 1)
+
+
+COPYING_PADS: dict[str, Literal["reflect", "edge", "wrap"]] = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}
+
+
+def _pad_copies(b: Builder, g: str, xs: Sequence[int], pads: Sequence[int],
+                mode: Literal["reflect", "edge", "wrap"]) -> str:
+    """Transpose of a reflect/edge/wrap Pad, one padded axis at a time: output position j copies
+    input position src[j] (numpy's pad of the index range, the same modes as ONNX), so the
+    gradient of position i is the sum over every j with src[j] = i (a 0/1 matrix per axis)."""
+    rank = len(xs)
+    for axis in range(rank):
+        before, after = pads[axis], pads[axis + rank]
+        if before == 0 and after == 0:
+            continue
+        n_in = xs[axis]
+        src = np.pad(np.arange(n_in), (max(before, 0), max(after, 0)), mode=mode)
+        src = src[max(-before, 0): len(src) - max(-after, 0)]
+        matrix = np.zeros((n_in, len(src)), dtype=helper.tensor_dtype_to_np_dtype(b.dtype))
+        matrix[src, np.arange(len(src))] = 1
+        g = b.along_axis(g, matrix, axis)
+    return g
+
+
+def _slice_indices(b: Builder, n: NodeView) -> dict[int, np.ndarray]:
+    """Per sliced axis, the input positions the Slice keeps, in output order."""
+    xs = b.shape(n.inputs[0])
+    rank = len(xs)
+    vals = [b.value(n.inputs[i]) if len(n.inputs) > i and n.inputs[i] else None for i in range(1, 5)]
+    if vals[0] is None or vals[1] is None or (len(n.inputs) > 3 and n.inputs[3] and vals[2] is None) \
+            or (len(n.inputs) > 4 and n.inputs[4] and vals[3] is None):
+        raise UnsupportedOpError(n.name, "Slice", "starts/ends/axes/steps not constant")
+    starts, ends = vals[0].tolist(), vals[1].tolist()
+    axes = vals[2].tolist() if vals[2] is not None else list(range(len(starts)))
+    steps = vals[3].tolist() if vals[3] is not None else [1] * len(starts)
+    out: dict[int, np.ndarray] = {}
+    for st, en, ax, sp in zip(starts, ends, axes, steps):
+        ax = int(ax) % rank
+        # slice.indices clamps as ONNX does; a range, not a re-slice: a backward stop of -1 means
+        # "before index 0" there, but "the last index" to a slice
+        out[ax] = np.array(range(*slice(int(st), int(en), int(sp)).indices(xs[ax])), dtype=np.int64)
+    return out
+
+
+def _slice(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Slice: zero-pad back for unit steps; other steps scatter through a 0/1 matrix per axis."""
+    xs = b.shape(n.inputs[0])
+    idx = _slice_indices(b, n)
+    g = gys[0]
+    rank = len(xs)
+    if all(len(i) <= 1 or np.all(np.diff(i) == 1) for i in idx.values()):
+        pads = [0] * (2 * rank)
+        for ax, i in idx.items():
+            if len(i) == 0:
+                return [b.zeros(xs)] + [None] * (len(n.inputs) - 1)
+            pads[ax], pads[ax + rank] = int(i[0]), int(xs[ax] - 1 - i[-1])
+        out = b.op("Pad", g, b.ints(pads))
+        b.shapes[out] = xs
+        return [out] + [None] * (len(n.inputs) - 1)
+    for ax, i in idx.items():
+        m = np.zeros((xs[ax], len(i)))
+        m[i, np.arange(len(i))] = 1.0
+        g = b.along_axis(g, m, ax)
+    return [g] + [None] * (len(n.inputs) - 1)
+
+
+def _gather(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Gather with constant indices: scatter-add through a 0/1 matrix on the gathered axis."""
+    idx = b.value(n.inputs[1])
+    if idx is None:
+        raise UnsupportedOpError(n.name, "Gather", "indices are not constant")
+    xs = b.shape(n.inputs[0])
+    ax = n.attr_int("axis", 0) % len(xs)
+    flat = idx.reshape(-1).astype(np.int64) % xs[ax]
+    g = b.reshape(gys[0], xs[:ax] + (flat.size,) + xs[ax + 1:])
+    m = np.zeros((xs[ax], flat.size))
+    np.add.at(m, (flat, np.arange(flat.size)), 1.0)
+    return [b.along_axis(g, m, ax), None]
+
+
+def _concat(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Concat: split the gradient back into the operands' sizes."""
+    shapes = [b.shape(x) for x in n.inputs]
+    ax = n.attr_int("axis") % len(shapes[0])
+    sizes = [s[ax] for s in shapes]
+    parts = b.emit("Split", [gys[0], b.ints(sizes)], n_out=len(sizes), axis=ax)
+    for p, s in zip(parts, shapes):
+        b.shapes[p] = s
+    return [p if b.is_active(x) else None for p, x in zip(parts, n.inputs)]
+
+
+def _split(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Split: concatenate the outputs' gradients (zeros for outputs that receive none)."""
+    xs = b.shape(n.inputs[0])
+    ax = n.attr_int("axis", 0) % len(xs)
+    parts = [g if g is not None else b.zeros(b.shape(y)) for g, y in zip(gys, n.outputs)]
+    out = b.op("Concat", *parts, axis=ax)
+    b.shapes[out] = xs
+    return [out] + [None] * (len(n.inputs) - 1)
+
+
+# ---------------------------------------------------------------- the family's tables
+
+TRF: dict[str, Rule] = {
+    "Pad": pad_rule, "Slice": slice_rule, "Crop": crop_rule,
+    "Concat": concat_rule, "Split": split_rule, "Gather": gather_rule,
+    "Transpose": transpose_rule, "Reshape": reshape_rule, "Flatten": flatten_rule,
+    "Squeeze": squeeze_rule, "Unsqueeze": squeeze_rule, "Expand": broadcast,
+}
+
+VJP: dict[str, VJPRule] = {
+    "Reshape": _reshape, "Flatten": _reshape, "Squeeze": _reshape, "Unsqueeze": _reshape,
+    "Transpose": _transpose, "Expand": _expand,
+    "Pad": _pad, "Slice": _slice, "Gather": _gather, "Concat": _concat, "Split": _split,
+}

@@ -1,0 +1,257 @@
+"""Normalisation: BatchNormalization, LayerNormalization, InstanceNormalization, GroupNormalization,
+MeanVarianceNormalization, LpNormalization, LRN, Softmax/LogSoftmax/Hardmax.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from onnx import helper
+
+from ..errors import UnsupportedOpError
+from .gradient import Builder, Grads, NodeView, _set_shape, _square
+from .gradient import Rule as VJPRule
+from .transfer import NodeContext, OutTransfer, Rule, Transfer, _norm_axis, mix_axes, pointwise, with_sizes
+
+# ---------------------------------------------------------------- receptive-field (TRF) rules
+
+
+def softmax_rule(ctx: NodeContext) -> Transfer:
+    """Softmax family: mixes its axis (opset >= 13) or all axes from ``axis`` on (older opsets)."""
+    rank = ctx.rank(0)
+    default = -1 if ctx.opset >= 13 else 1
+    axis = _norm_axis(int(ctx.attrs.get("axis", default)), rank)
+    axes = [axis] if ctx.opset >= 13 else list(range(axis, rank))
+    return mix_axes(ctx, axes, why=f"{ctx.op} over axes {axes}")
+
+
+def norm_over_axes_rule(first_axis_attr: str | None, default: int | list[int]) -> Callable[[NodeContext], Transfer]:
+    """Normalisations whose statistics span some axes (LayerNorm, InstanceNorm, GroupNorm...)."""
+    def rule(ctx: NodeContext) -> Transfer:
+        rank = ctx.rank(0)
+        if isinstance(default, list):
+            axes = [_norm_axis(a, rank) for a in ctx.attrs.get("axes", default)]
+        elif first_axis_attr is None:
+            axes = list(range(default, rank))
+        else:
+            start = _norm_axis(int(ctx.attrs.get(first_axis_attr, default)), rank)
+            axes = list(range(start, rank))
+        tr = mix_axes(ctx, axes, why=f"{ctx.op} statistics over axes {axes}")
+        lay = with_sizes(ctx.data_layout(0), ctx.out_shapes[0])  # positions keep their meaning
+        outs = tuple(None if o is None else OutTransfer(lay, o.edges) for o in tr.outputs)
+        return Transfer(outs, mix_reason=tr.mix_reason)
+    return rule
+
+
+def batch_norm_rule(ctx: NodeContext) -> Transfer:
+    """BatchNormalization: pointwise with fixed statistics; with training_mode=1 the batch
+    statistics span the batch and every spatial axis (spec), so each output reads everything."""
+    if not ctx.attrs.get("training_mode", 0):
+        return pointwise(ctx)
+    return norm_over_axes_rule(None, [0] + list(range(2, ctx.rank(0))))(ctx)
+
+
+def lp_norm_rule(ctx: NodeContext) -> Transfer:
+    """LpNormalization: the norm spans one axis."""
+    return mix_axes(ctx, [_norm_axis(int(ctx.attrs.get("axis", -1)), ctx.rank(0))],
+                    why="LpNormalization over its axis")
+
+
+# ---------------------------------------------------------------- gradient (VJP) rules
+
+
+def _softmax(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Softmax (opset >= 13, one axis): y * (g - sum(g * y, axis)).  A row of -inf (fully masked
+    attention) gives NaN and stays NaN under any finite change of the input: its derivative is 0,
+    so NaN outputs count as 0 here (else the NaN spreads to every gradient a Where had masked)."""
+    y, g = n.outputs[0], gys[0]
+    ax = n.attr_int("axis", -1) % len(b.shape(y))
+    y = b.op("Where", b.op("IsNaN", y), b.scalar(0.0), y)
+    b.shapes[y] = b.shape(n.outputs[0])
+    gy = b.binary("Mul", g, y)
+    s = b.op("ReduceSum", gy, b.ints([ax]), keepdims=1)
+    b.shapes[s] = tuple(1 if i == ax else d for i, d in enumerate(b.shape(y)))
+    return [b.binary("Mul", y, b.binary("Sub", g, s), b.shape(y))]
+
+
+def _log_softmax(b: Builder, n: NodeView, gys: list) -> Grads:
+    """LogSoftmax (opset >= 13): g - exp(y) * sum(g, axis)."""
+    y, g = n.outputs[0], gys[0]
+    ax = n.attr_int("axis", -1) % len(b.shape(y))
+    s = b.op("ReduceSum", g, b.ints([ax]), keepdims=1)
+    b.shapes[s] = tuple(1 if i == ax else d for i, d in enumerate(b.shape(y)))
+    e = _set_shape(b, b.op("Exp", y), y)
+    return [b.binary("Sub", g, b.binary("Mul", e, s), b.shape(y))]
+
+
+def _batch_norm(b: Builder, n: NodeView, gys: list) -> Grads:
+    """BatchNormalization (inference): g * scale / sqrt(var + eps) per channel."""
+    if n.attr("training_mode", 0):
+        raise UnsupportedOpError(n.name, "BatchNormalization", "training_mode=1; export the model "
+                                 "in eval mode")
+    xs = b.shape(n.inputs[0])
+    scale, var = b.value(n.inputs[1]), b.value(n.inputs[4])
+    eps = n.attr_float("epsilon", 1e-5)
+    bshape = [1, xs[1]] + [1] * (len(xs) - 2)
+    if scale is not None and var is not None:
+        factor = b.const((scale / np.sqrt(var.astype(np.float64) + eps)).reshape(bshape))
+    else:
+        factor = b.op("Div", n.inputs[1], b.op("Sqrt", b.op("Add", n.inputs[4], b.scalar(eps))))
+        factor = b.op("Reshape", factor, b.ints(bshape))
+    b.shapes[factor] = tuple(bshape)
+    return [b.binary("Mul", gys[0], factor, xs)] + [None] * 4
+
+
+def _lrn_window(channels: int, size: int) -> np.ndarray:
+    """(C x C) 0/1 matrix of LRN's channel window: row c sums channels max(0, c - floor((size-1)/2))
+    to min(C-1, c + ceil((size-1)/2)) (the ONNX spec; an even size reaches one more channel up)."""
+    lo, hi = (size - 1) // 2, size // 2
+    c = np.arange(channels)
+    return ((c[None, :] >= c[:, None] - lo) & (c[None, :] <= c[:, None] + hi)).astype(np.float64)
+
+
+def _lrn(b: Builder, n: NodeView, gys: list) -> Grads:
+    """LRN y = x d^-beta, d = bias + alpha/size * M x^2 (M: channel window):
+    gx = g d^-beta - 2 alpha beta / size * x * M^T (g y / d)."""
+    x, y = n.inputs[0], n.outputs[0]
+    xs = b.shape(x)
+    size = n.attr_int("size")
+    alpha, beta, bias = n.attr_float("alpha", 1e-4), n.attr_float("beta", 0.75), n.attr_float("bias", 1.0)
+    window = _lrn_window(xs[1], size).astype(helper.tensor_dtype_to_np_dtype(b.dtype))
+    square_sum = b.along_axis(b.binary("Mul", x, x, xs), window, 1)
+    d = b.binary("Add", b.binary("Mul", square_sum, b.scalar(alpha / size), xs), b.scalar(bias), xs)
+    direct = b.binary("Mul", gys[0], b.binary("Pow", d, b.scalar(-beta), xs), xs)
+    spread = b.along_axis(b.binary("Div", b.binary("Mul", gys[0], y, xs), d, xs), window.T.copy(), 1)
+    cross = b.binary("Mul", b.binary("Mul", x, spread, xs), b.scalar(2.0 * alpha * beta / size), xs)
+    return [b.binary("Sub", direct, cross, xs)]
+
+
+def _layer_norm(b: Builder, n: NodeView, gys: list) -> Grads:
+    """LayerNormalization: (gh - mean(gh) - xhat mean(gh xhat)) * invstd with gh = g * gamma.
+
+    Mean and InvStdDev come from the forward node's optional outputs (no recomputation).
+    """
+    x = n.inputs[0]
+    xs = b.shape(x)
+    ax = n.attr_int("axis", -1) % len(xs)
+    while len(n.node.output) < 3:
+        n.node.output.append("")
+    for i, hint in ((1, "ln_mean"), (2, "ln_invstd")):
+        if not n.node.output[i]:
+            n.node.output[i] = b.fresh(hint)
+    mean, inv = n.node.output[1], n.node.output[2]
+    axes = list(range(ax, len(xs)))
+    stat_shape = tuple(d if i < ax else 1 for i, d in enumerate(xs))
+    b.shapes[mean] = b.shapes[inv] = stat_shape
+    xhat = b.binary("Mul", b.binary("Sub", x, mean, xs), inv, xs)
+    gh = b.binary("Mul", gys[0], n.inputs[1], xs)
+    return [_standardised(b, gh, xhat, inv, axes)] + [None] * (len(n.inputs) - 1)
+
+
+def _standardised(b: Builder, gh: str, xhat: str, inv: str, axes: Sequence[int]) -> str:
+    """The gradient through xhat = (x - mean) * invstd over ``axes`` (statistics of x itself):
+    (gh - mean(gh) - xhat mean(gh xhat)) * invstd, gh the gradient reaching xhat."""
+    xs = b.shape(gh)
+    count = b.scalar(1.0 / math.prod(xs[a] for a in axes))
+    m1 = b.op("Mul", b.op("ReduceSum", gh, b.ints(axes), keepdims=1), count)
+    m2 = b.op("Mul", b.op("ReduceSum", b.binary("Mul", gh, xhat, xs), b.ints(axes), keepdims=1), count)
+    b.shapes[m1] = b.shapes[m2] = tuple(1 if i in axes else d for i, d in enumerate(xs))
+    inner = b.binary("Sub", b.binary("Sub", gh, m1, xs), b.binary("Mul", xhat, m2, xs), xs)
+    return b.binary("Mul", inner, inv, xs)
+
+
+def _moments(b: Builder, x: str, axes: Sequence[int], eps: float, eps_on_std: bool = False) -> tuple[str, str]:
+    """(xhat, invstd) of ``x`` over ``axes``: 1 / sqrt(var + eps), or 1 / (sqrt(var) + eps)."""
+    xs = b.shape(x)
+    count = b.scalar(1.0 / math.prod(xs[a] for a in axes))
+    centred = b.op("Sub", x, b.op("Mul", b.op("ReduceSum", x, b.ints(axes), keepdims=1), count))
+    var = b.op("Mul", b.op("ReduceSum", _square(b, centred), b.ints(axes), keepdims=1), count)
+    if eps_on_std:
+        inv = b.op("Reciprocal", b.op("Add", b.op("Sqrt", var), b.scalar(eps)))
+    else:
+        inv = b.op("Reciprocal", b.op("Sqrt", b.op("Add", var, b.scalar(eps))))
+    b.shapes[inv] = tuple(1 if i in axes else d for i, d in enumerate(xs))
+    return b.binary("Mul", centred, inv, xs), inv
+
+
+def _channel_scaled(b: Builder, g: str, scale: str, channels: int) -> str:
+    """g times a per-channel (axis 1) scale of length ``channels``."""
+    xs = b.shape(g)
+    s = b.reshape(scale, [1, channels] + [1] * (len(xs) - 2))
+    return b.binary("Mul", g, s, xs)
+
+
+def _instance_norm(b: Builder, n: NodeView, gys: list) -> Grads:
+    """InstanceNormalization: per (sample, channel) standardisation over space, then scale."""
+    x = n.inputs[0]
+    xs = b.shape(x)
+    axes = list(range(2, len(xs)))
+    xhat, inv = _moments(b, x, axes, n.attr_float("epsilon", 1e-5))
+    gh = _channel_scaled(b, gys[0], n.inputs[1], xs[1])
+    return [_standardised(b, gh, xhat, inv, axes), None, None]
+
+
+def _group_norm(b: Builder, n: NodeView, gys: list) -> Grads:
+    """GroupNormalization: standardisation over each group of channels and space, then a
+    per-channel scale (opset 21; opset 18's per-group scale is repeated over its channels)."""
+    x = n.inputs[0]
+    xs = b.shape(x)
+    groups = n.attr_int("num_groups")
+    scale = n.inputs[1]
+    if b.shape(scale)[0] != xs[1]:  # opset 18: one scale per group
+        scale = b.reshape(b.op("Expand", b.reshape(scale, (groups, 1)), b.ints([groups, xs[1] // groups])),
+                          (xs[1],))
+    gh = _channel_scaled(b, gys[0], scale, xs[1])
+    grouped = (xs[0], groups, math.prod(xs[1:]) // groups)
+    xhat, inv = _moments(b, b.reshape(x, grouped), [2], n.attr_float("epsilon", 1e-5))
+    return [b.reshape(_standardised(b, b.reshape(gh, grouped), xhat, inv, [2]), xs), None, None]
+
+
+def _mean_variance_norm(b: Builder, n: NodeView, gys: list) -> Grads:
+    """MeanVarianceNormalization, (x - mean) / (std + 1e-9) over ``axes`` (the spec's function
+    body; the 1e-9 is dropped from one term, a relative change of 1e-9 / std)."""
+    x = n.inputs[0]
+    rank = len(b.shape(x))
+    axes = sorted(a % rank for a in (n.attr_ints("axes") or [0, 2, 3]))
+    xhat, inv = _moments(b, x, axes, 1e-9, eps_on_std=True)
+    return [_standardised(b, gys[0], xhat, inv, axes)]
+
+
+def _lp_norm(b: Builder, n: NodeView, gys: list) -> Grads:
+    """LpNormalization y = x / ||x||_p along ``axis`` (p = 1 or 2): (g - w sum(g y)) / ||x||_p,
+    with w = y for p = 2 and sign(x) for p = 1."""
+    x, y, g = n.inputs[0], n.outputs[0], gys[0]
+    xs = b.shape(x)
+    axis = n.attr_int("axis", -1) % len(xs)
+    p = n.attr_int("p", 2)
+    if p not in (1, 2):
+        raise n.invalid(f"p is {p}, expected 1 or 2")
+    if p == 2:
+        norm, w = b.op("Sqrt", b.op("ReduceSum", _square(b, x), b.ints([axis]), keepdims=1)), y
+    else:
+        norm, w = b.op("ReduceSum", b.op("Abs", x), b.ints([axis]), keepdims=1), b.op("Sign", x)
+    dot = b.op("ReduceSum", b.binary("Mul", g, y, xs), b.ints([axis]), keepdims=1)
+    return [b.binary("Div", b.binary("Sub", g, b.op("Mul", w, dot), xs), norm, xs)]
+
+
+# ---------------------------------------------------------------- the family's tables
+
+TRF: dict[str, Rule] = {
+    "BatchNormalization": batch_norm_rule,
+    "Softmax": softmax_rule, "LogSoftmax": softmax_rule, "Hardmax": softmax_rule,
+    "LayerNormalization": norm_over_axes_rule("axis", -1),
+    "InstanceNormalization": norm_over_axes_rule(None, 2),
+    "GroupNormalization": norm_over_axes_rule(None, 2),
+    "MeanVarianceNormalization": norm_over_axes_rule(None, [0, 2, 3]),
+    "LpNormalization": lp_norm_rule,
+    "LRN": pointwise,  # across channels only: pointwise in space
+}
+
+VJP: dict[str, VJPRule] = {
+    "Softmax": _softmax, "LogSoftmax": _log_softmax,
+    "BatchNormalization": _batch_norm, "LayerNormalization": _layer_norm, "LRN": _lrn,
+    "InstanceNormalization": _instance_norm, "GroupNormalization": _group_norm,
+    "MeanVarianceNormalization": _mean_variance_norm, "LpNormalization": _lp_norm,
+}

@@ -1,0 +1,309 @@
+"""The receptive-field (TRF) vocabulary every op rule speaks.
+
+A TRF rule reads one node (``NodeContext``) and returns a ``Transfer``: for every output, its *layout* (which tensor
+axis indexes which input spatial axis) and its *edges*: for each data input, the span that maps an output unit to the
+input units it reads along each spatial axis, or ``MIXES`` where the op reads all positions (global pooling,
+attention, Flatten+Gemm...).  The TRF pass, the paper's reverse pass and the path histogram all interpret these
+transfers; none of them knows an op.  Here also the generic rule shapes the families share (pointwise, broadcast,
+mix_axes, window) and the layout helpers.
+
+Conventions: spatial axes of conv/pool ops are tensor axes 2.. (N, C, D, H, W); a layout axis is a tuple of parts
+``(spatial_axis, size)`` with ``spatial_axis = -1`` for non-spatial factors, so a Reshape that flattens H and W into
+tokens keeps track of both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from ..errors import InvalidAttributeError, UnsupportedOpError
+from ..fields import BROADCAST, IDENTITY, Span
+
+Part = tuple[int, int]  # (input spatial axis or -1, size)
+
+
+AxisLayout = tuple[Part, ...]
+
+
+Layout = tuple[AxisLayout, ...]
+
+
+MIXES = None  # edge value: the op reads every position along this spatial axis
+
+
+@dataclass(frozen=True)
+class Edge:
+    """How one output reads one data input: per spatial axis a span (absent: identity) or MIXES."""
+
+    slot: int
+    maps: Mapping[int, Span | None] = field(default_factory=dict)
+
+    def span(self, axis: int) -> Span | None:
+        return self.maps.get(axis, IDENTITY)
+
+
+@dataclass(frozen=True)
+class OutTransfer:
+    """One output tensor: its layout and the edges from the node's data inputs."""
+
+    layout: Layout
+    edges: tuple[Edge, ...]
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """What a node does to spatial positions; ``size_dependent`` when its padding depends on sizes."""
+
+    outputs: tuple[OutTransfer | None, ...]
+    size_dependent: bool = False
+    mix_reason: str = ""
+
+
+@dataclass
+class NodeContext:
+    """Everything a rule may read about a node: attributes, layouts, shapes, constant inputs."""
+
+    name: str
+    op: str
+    node: onnx.NodeProto
+    attrs: dict
+    layouts: list[Layout | None]  # per input slot; None for static (input-independent) tensors
+    in_shapes: list[tuple | None]
+    out_shapes: list[tuple | None]
+    constant: Callable[[str], np.ndarray | None]
+    opset: int
+
+    def const(self, slot: int) -> np.ndarray | None:
+        """Constant value of input ``slot`` (None when absent or computed at run time)."""
+        if slot >= len(self.node.input) or not self.node.input[slot]:
+            return None
+        return self.constant(self.node.input[slot])
+
+    def ints(self, slot: int, attr: str) -> list[int] | None:
+        """An int list given either as input ``slot`` (newer opsets) or attribute ``attr``."""
+        value = self.const(slot)
+        if value is not None:
+            return [int(v) for v in np.asarray(value).reshape(-1)]
+        if attr in self.attrs:
+            return [int(v) for v in self.attrs[attr]]
+        return None
+
+    def has_input(self, slot: int) -> bool:
+        return slot < len(self.node.input) and bool(self.node.input[slot])
+
+    def data_slots(self) -> list[int]:
+        return [i for i, lay in enumerate(self.layouts) if lay is not None]
+
+    def data_layout(self, slot: int = 0) -> Layout:
+        """Layout of input ``slot``; unsupported when that input does not depend on the model input."""
+        lay = self.layouts[slot]
+        if lay is None:
+            raise self.unsupported(f"input {slot} does not depend on the model input, but another "
+                                   f"input does; no rule for that case")
+        return lay
+
+    def rank(self, slot: int = 0) -> int:
+        lay = self.layouts[slot]
+        return len(lay) if lay is not None else len(self.in_shapes[slot] or ())
+
+    def unsupported(self, why: str) -> UnsupportedOpError:
+        return UnsupportedOpError(self.name, self.op, why)
+
+    def invalid(self, why: str) -> InvalidAttributeError:
+        return InvalidAttributeError(f"node '{self.name}' ({self.op}): {why}")
+
+
+Rule = Callable[[NodeContext], Transfer]
+
+
+def spatial_of(axis_layout: Sequence[Part]) -> list[int]:
+    """Input spatial axes indexed by one tensor axis."""
+    return [a for a, _ in axis_layout if a >= 0]
+
+
+def carried(layout: Layout) -> dict[int, int]:
+    """Map input spatial axis -> the tensor axis that indexes it alone (composites excluded)."""
+    out = {}
+    split = split_axes(layout)
+    for t, parts in enumerate(layout):
+        sp = spatial_of(parts)
+        if len(sp) == 1 and len(parts) == 1 and sp[0] not in split:
+            out[sp[0]] = t
+    return out
+
+
+def split_axes(layout: Layout) -> set[int]:
+    """Input spatial axes split over several tensor axes (a window partition: windows x rows)."""
+    seen: dict[int, int] = {}
+    for parts in layout:
+        for a in set(spatial_of(parts)):
+            seen[a] = seen.get(a, 0) + 1
+    return {a for a, n in seen.items() if n > 1}
+
+
+def axis_parts(layout: Layout, axis: int) -> list[tuple[int, int, int]]:
+    """(tensor axis, index within it, size) of every part of input spatial ``axis``, in layout
+    order, which is their order of significance: the position is their row-major index."""
+    return [(t, i, s) for t, parts in enumerate(layout) for i, (a, s) in enumerate(parts) if a == axis]
+
+
+def with_sizes(layout: Layout, shape: Sequence[int | None] | None) -> Layout:
+    """The same layout with single-part axes resized to a new shape (after a window op)."""
+    if shape is None or len(shape) != len(layout):
+        return layout
+    out: list[AxisLayout] = []
+    for parts, dim in zip(layout, shape):
+        if dim is not None and (len(parts) == 1 or not spatial_of(parts)):
+            out.append(((parts[0][0], dim),))
+        else:
+            out.append(parts)
+    return tuple(out)
+
+
+def plain_layout(shape: Sequence[int | None]) -> Layout:
+    """Layout of a tensor with no spatial axes."""
+    return tuple(((-1, d if d is not None else 0),) for d in shape)
+
+
+def mixed_maps(layout: Layout, axes: Sequence[int]) -> dict[int, Span | None]:
+    """Edge maps for an op that reads all positions along tensor ``axes``."""
+    return {a: MIXES for t in axes for a in spatial_of(layout[t])}
+
+
+def strip_spatial(layout: Layout, axes: Sequence[int]) -> Layout:
+    """Layout where the given tensor axes no longer index input positions (after mixing them)."""
+    out = list(layout)
+    for t in axes:
+        out[t] = ((-1, math.prod(s for _, s in layout[t])),)
+    return tuple(out)
+
+
+class AxisOutOfRange(ValueError):
+    """An axis attribute outside [-rank, rank): the pass reports it naming the node."""
+
+
+def _norm_axis(axis: int, rank: int) -> int:
+    """``axis`` in [0, rank), negative axes counted from the end; out of range is refused (a
+    Softmax axis of -10^8 built a list of 10^8 axes, 6 GB)."""
+    if not -rank <= axis < rank:
+        raise AxisOutOfRange(f"axis {axis} is out of range for a rank-{rank} tensor")
+    return axis + rank if axis < 0 else axis
+
+
+def pointwise(ctx: NodeContext, outputs: int | None = None) -> Transfer:
+    """Each output position reads the same position of input 0 (activations, BatchNorm, Cast)."""
+    n_out = len(ctx.node.output) if outputs is None else outputs
+    lay = with_sizes(ctx.data_layout(0), ctx.out_shapes[0])
+    out = OutTransfer(lay, (Edge(0),))
+    return Transfer(tuple(out if i == 0 or outputs is None else None for i in range(n_out)))
+
+
+def broadcast(ctx: NodeContext) -> Transfer:
+    """Elementwise n-ary op with numpy broadcasting (Add, Mul, Where, PRelu, Concat on channels)."""
+    out_shape = ctx.out_shapes[0]
+    slots = ctx.data_slots()
+    rank = max([len(out_shape or ())] + [ctx.rank(s) for s in slots])  # inputs align on the right
+    if out_shape is not None and len(out_shape) < rank:
+        raise ctx.invalid(f"output rank {len(out_shape)} is below an input's rank {rank}")
+    layout: list[AxisLayout | None] = [None] * rank
+    for s in slots:  # take each axis's layout from an input that is not broadcast along it
+        lay, shape = ctx.data_layout(s), ctx.in_shapes[s]  # a data slot: never raises
+        off = rank - len(lay)
+        for t, parts in enumerate(lay):
+            dim = shape[t] if shape else None
+            if layout[off + t] is None and (dim != 1 or (out_shape and out_shape[off + t] == 1)):
+                layout[off + t] = parts
+    final = tuple(p if p is not None else ((-1, (out_shape or [1] * rank)[i] or 1),)
+                  for i, p in enumerate(layout))
+    out_axes = carried(final)
+    edges = []
+    for s in slots:
+        lay, in_shape = ctx.data_layout(s), ctx.in_shapes[s]
+        off = rank - len(lay)
+        mine = {a: t + off for a, t in carried(lay).items()}
+        maps: dict[int, Span | None] = {}
+        for a, t in out_axes.items():
+            if mine.get(a) != t or (in_shape and in_shape[t - off] == 1 and final[t][0][1] != 1):
+                maps[a] = BROADCAST
+        edges.append(Edge(s, maps))
+    return Transfer((OutTransfer(with_sizes(final, out_shape), tuple(edges)),))
+
+
+def with_scalar_edges(ctx: NodeContext, transfer: Transfer, slots: Sequence[int]) -> Transfer:
+    """The transfer, with the input-dependent ones of ``slots`` (scales and zero points of
+    quantized ops, scalars or per-channel vectors) read by every output unit: a broadcast."""
+    extra = [s for s in ctx.data_slots() if s in slots]
+    if not extra:
+        return transfer
+    outs = []
+    for out in transfer.outputs:
+        if out is not None:
+            maps = dict.fromkeys(carried(out.layout), BROADCAST)
+            out = OutTransfer(out.layout, out.edges + tuple(Edge(s, maps) for s in extra))
+        outs.append(out)
+    return Transfer(tuple(outs), transfer.size_dependent, transfer.mix_reason)
+
+
+def mix_axes(ctx: NodeContext, axes: Sequence[int], keepdims: bool = True, why: str = "") -> Transfer:
+    """An op that reads all positions along tensor ``axes`` of input 0 (reductions, softmax)."""
+    lay = ctx.data_layout(0)
+    maps = mixed_maps(lay, axes)
+    out_lay = strip_spatial(lay, axes)
+    if not keepdims:
+        out_lay = tuple(p for t, p in enumerate(out_lay) if t not in set(axes))
+    out_lay = with_sizes(out_lay, ctx.out_shapes[0])
+    outs: list[OutTransfer | None] = [OutTransfer(out_lay, (Edge(0, maps),))]
+    outs += [None] * (len(ctx.node.output) - 1)
+    return Transfer(tuple(outs), mix_reason=(why or f"{ctx.op} mixes all positions") if maps else "")
+
+
+def window(ctx: NodeContext, spans: Sequence[Span], size_dependent: bool = False) -> Transfer:
+    """Sliding-window op over tensor axes 2.. of input 0 (Conv, pooling, Resize, Pad...)."""
+    lay = ctx.data_layout(0)
+    if len(spans) != len(lay) - 2:
+        raise ctx.invalid(f"window over {len(spans)} spatial axes, but the input has rank {len(lay)} "
+                          f"({max(len(lay) - 2, 0)} spatial axes)")
+    maps: dict[int, Span | None] = {}
+    for j, span in enumerate(spans):
+        parts = lay[2 + j]
+        axes = spatial_of(parts)
+        if not axes:
+            continue  # a window over a non-spatial axis does not move the field
+        if len(parts) > 1:
+            raise ctx.unsupported(f"sliding window over a flattened axis holding spatial axes {axes}")
+        if span != IDENTITY:
+            maps[axes[0]] = span
+    out = OutTransfer(with_sizes(lay, ctx.out_shapes[0]), (Edge(0, maps),))
+    rest: list[OutTransfer | None] = [None] * (len(ctx.node.output) - 1)
+    if ctx.op == "MaxPool" and rest:  # Indices output: same positions as Y
+        rest[0] = out
+    return Transfer((out, *rest), size_dependent=size_dependent)
+
+
+def _str_attr(ctx: NodeContext, name: str, default: str) -> str:
+    value = ctx.attrs.get(name, default)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def copy_span(in_sizes: Sequence[int], out_sizes: Sequence[int], out_from: Sequence[int | None]) -> Span | None:
+    """Span along one spatial axis split into parts of ``in_sizes`` (most significant first):
+    output part j (``out_sizes[j]`` long) copies input part ``out_from[j]`` (None: it comes
+    from another input, any value reads the same); input
+    parts no output part copies are read at every value (a within-window attention, a block
+    folded into features).  MIXES when no part is copied."""
+    copied = [k for k in out_from if k is not None]
+    if not copied:
+        return MIXES
+    strides = [math.prod(in_sizes[i + 1:]) for i in range(len(in_sizes))]
+    whole = sum((n - 1) * st for k, (n, st) in enumerate(zip(in_sizes, strides)) if k not in copied)
+    lo, hi = [], []
+    for digits in np.ndindex(*out_sizes):
+        first = sum(d * strides[k] for d, k in zip(digits, out_from) if k is not None)
+        lo.append(first)
+        hi.append(first + whole)
+    return Span.periodic(math.prod(in_sizes), lo, hi)
