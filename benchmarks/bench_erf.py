@@ -163,18 +163,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 def make_forward(path: str, batch: int, size: int, threads: int):  # type: ignore[no-untyped-def]
     """(a) onnxruntime forward alone, graph optimisation ALL."""
     import onnx
-    import onnxruntime as ort
 
-    from rfgraph import vjp
+    from rfgraph import runtime
+    from rfgraph.onnx_import import prepare
 
-    model = vjp.prepare(onnx.load(path), (batch, 3, size, size))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
-    for key, value in NO_SPIN.items():
-        opts.add_session_config_entry(key, value)
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    model = prepare(onnx.load(path), (batch, 3, size, size))
+    sess = runtime.session(model, threads=threads, config=NO_SPIN)
     x = _inputs(batch, size)
     return lambda: sess.run(None, {"x": x})[0]
 
@@ -185,9 +179,10 @@ def make_erf(path: str, batch: int, size: int, threads: int, channel: int | None
 
     from rfgraph import erf as erf_mod
     from rfgraph import vjp
+    from rfgraph.onnx_import import prepare
 
     model = onnx.load(path)
-    out_shape = vjp.tensor_shapes(vjp.prepare(model, (1, 3, size, size)), "x")[0]["y"]
+    out_shape = vjp.tensor_shapes(prepare(model, (1, 3, size, size)), "x")[0]["y"]
     target = erf_mod.Target("y", out_shape, (2, 3), ((out_shape[2] - 1) // 2,
                                                       (out_shape[3] - 1) // 2), channel)
     engine = erf_mod.GradientEngine(model, target, "x", (1, 3, size, size), batch, threads=threads,

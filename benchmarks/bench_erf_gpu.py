@@ -32,9 +32,9 @@ CUDA_EP = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def ort_cuda() -> bool:
-    import onnxruntime as ort
+    from rfgraph import runtime
 
-    return "CUDAExecutionProvider" in ort.get_available_providers()
+    return runtime.has_cuda()
 
 
 def torch_cuda() -> bool:
@@ -46,14 +46,12 @@ def torch_cuda() -> bool:
 def make_forward(path: str, batch: int, size: int) -> Callable[[], np.ndarray]:
     """(a) onnxruntime forward on CUDA, graph optimisation ALL."""
     import onnx
-    import onnxruntime as ort
 
-    from rfgraph import vjp
+    from rfgraph import runtime
+    from rfgraph.onnx_import import prepare
 
-    model = vjp.prepare(onnx.load(path), (batch, 3, size, size))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=CUDA_EP)
+    model = prepare(onnx.load(path), (batch, 3, size, size))
+    sess = runtime.session(model, providers=CUDA_EP)
     x = _inputs(batch, size)
     return lambda: sess.run(None, {"x": x})[0]
 
@@ -65,9 +63,10 @@ def make_erf(path: str, batch: int, size: int, channel: int | None
 
     from rfgraph import erf as erf_mod
     from rfgraph import vjp
+    from rfgraph.onnx_import import prepare
 
     model = onnx.load(path)
-    out_shape = vjp.tensor_shapes(vjp.prepare(model, (1, 3, size, size)), "x")[0]["y"]
+    out_shape = vjp.tensor_shapes(prepare(model, (1, 3, size, size)), "x")[0]["y"]
     target = erf_mod.Target("y", out_shape, (2, 3), ((out_shape[2] - 1) // 2,
                                                       (out_shape[3] - 1) // 2), channel)
     engine = erf_mod.GradientEngine(model, target, "x", (1, 3, size, size), batch, providers=CUDA_EP)

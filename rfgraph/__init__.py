@@ -11,9 +11,10 @@ from .custom_ops import register_op, unregister_op
 from .erf import compute_erf
 from .errors import RFGraphError
 from .frameworks import export_keras, export_torch, from_keras, from_torch
+from .options import ModelOptions
 from .paths import path_histogram
 
 __all__ = [
-    "Analysis", "EndPoint", "RFGraphError", "__version__", "analyze", "compute_erf", "export_keras",
+    "Analysis", "EndPoint", "ModelOptions", "RFGraphError", "__version__", "analyze", "compute_erf", "export_keras",
     "export_torch", "from_keras", "from_torch", "path_histogram", "register_op", "unregister_op",
 ]

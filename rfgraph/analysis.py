@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -34,10 +35,14 @@ from .onnx_import import (
     shapes_only,
     smallest_input_size,
 )
+from .options import ModelOptions, model_options
 from .rules import RuleTable
 from .semantics import CHANNELS_FIRST_OPS, geometry
-from .semantics.transfer import Layout, carried
-from .trf import Gate, Merge, PassResult, Stop, TensorState, forward_pass, reverse_pass
+from .semantics.transfer import Edge, Layout, OutTransfer, Transfer, carried
+from .trf import Gate, Merge, PassResult, Stop, TensorState, forward_pass, output_transfers, reverse_pass
+
+if TYPE_CHECKING:
+    from .unknown_size import PBySize, UnknownSize
 
 AXIS_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
 LAYOUT_PASSTHROUGH = {"Cast", "Sub", "Div", "Mul", "Add", "Identity", "Unsqueeze"}
@@ -71,6 +76,9 @@ class EndPoint:
     # per input spatial axis, the Pads (reflect / edge / wrap) on the paths into this tensor that
     # copy pixels into their border: the clipped boxes add those pixels (r, S, P do not change)
     copies: tuple[tuple[BorderCopy, ...], ...] = ()
+    # analysed at an unknown input size (``unknown_size``): per axis, P where it depends on the
+    # size (None where it does not); empty at a known size
+    P_at_unknown_size: tuple[PBySize | None, ...] = ()
 
     @property
     def aligned(self) -> bool:
@@ -88,9 +96,11 @@ class EndPoint:
         return tuple(None if f.is_global else f.stride for f in self.fields)
 
     @property
-    def P(self) -> tuple[int | None, ...]:
-        """Effective padding per axis (eq. 9; None where global)."""
-        return tuple(None if f.is_global else f.padding for f in self.fields)
+    def P(self) -> tuple[int | PBySize | None, ...]:
+        """Effective padding per axis (eq. 9; None where global; at an unknown input size, a
+        ``PBySize`` where it depends on the size: its value per residue of the size)."""
+        by_size = self.P_at_unknown_size or (None,) * len(self.fields)
+        return tuple(None if f.is_global else p or f.padding for f, p in zip(self.fields, by_size))
 
     @property
     def is_global(self) -> bool:
@@ -114,6 +124,7 @@ class EndPoint:
         return tuple(f.centre(u) for f, u in zip(self.fields, index))
 
     def _check_index(self, index: Sequence[int]) -> tuple[int, ...]:
+        self._check_size_known()
         index = tuple(int(i) for i in index)
         if len(index) != len(self.fields):
             raise RFGraphError(f"index {index} has {len(index)} coordinates; '{self.name}' has "
@@ -123,6 +134,12 @@ class EndPoint:
                 raise RFGraphError(f"index {index} is outside '{self.name}' (units per axis: "
                                    f"{tuple(1 if n is None else n for n in self.units)})")
         return index
+
+    def _check_size_known(self) -> None:
+        """Units and their regions depend on the input size: refused at an unknown one."""
+        if self.P_at_unknown_size:
+            raise RFGraphError(f"'{self.name}': the input size is unknown, and the units of a tensor "
+                               f"and their regions depend on it; set it with --input-shape")
 
     def tensor_index(self, index: Sequence[int]) -> tuple[int, ...]:
         """The unit ``index`` (one coordinate per input spatial axis) as one index per unit axis
@@ -149,6 +166,7 @@ class EndPoint:
 
     def regions(self, axis: int) -> np.ndarray:
         """``[u0, v0]`` of every unit along one axis, shape (n, 2)."""
+        self._check_size_known()
         n = self.units[axis] or 1
         f = self.fields[axis]
         return np.array([f.region(u) for u in range(n)], dtype=np.int64).reshape(n, 2)
@@ -173,7 +191,7 @@ class Analysis:
     """Receptive fields of every tensor of a model w.r.t. one input."""
 
     input_name: str
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]  # None along the spatial axes at an unknown size (unknown_size)
     spatial_axes: tuple[int, ...]  # tensor axes of the input that are spatial
     axis_names: tuple[str, ...]
     endpoints: dict[str, EndPoint]
@@ -186,6 +204,8 @@ class Analysis:
     rule_notes: dict[str, str] = field(default_factory=dict)  # node -> declared/assumed rule used
     layout: str = ""  # the input's layout as --layout spells it (NCHW, NHWC, NL...)
     layout_reason: str = ""  # why that layout: given, a leading Transpose, a Conv, the shape
+    options: ModelOptions = field(default_factory=ModelOptions, repr=False)  # how the model was read
+    unknown_size: UnknownSize | None = None  # analysed without a size: how (periods, sizes used)
 
     def __getitem__(self, name: str) -> EndPoint:
         try:
@@ -211,6 +231,28 @@ class Analysis:
         """Gate node -> the gate (its operand, constant over positions, and the node that pooled
         it): held constant for the local fields of the tensors after it (``EndPoint.gates``)."""
         return self._pass.gates
+
+    @property
+    def node_order(self) -> list[int]:
+        """Indices of the analysed nodes, in the order the pass visited them (topological)."""
+        return list(self._pass.order)
+
+    def output_transfers(self) -> Iterator[tuple[int, str, OutTransfer]]:
+        """(node index, output tensor, its transfer) of every analysed node output, in topological
+        order: what the diagnostics and the path counts sweep over."""
+        return output_transfers(self.graph, self._pass)
+
+    def node_transfers(self) -> Iterator[tuple[int, Transfer]]:
+        """(node index, the transfer its rule gave) of every analysed node, in topological order."""
+        return ((idx, self._pass.transfers[idx]) for idx in self._pass.order if idx in self._pass.transfers)
+
+    def transfer(self, idx: int) -> Transfer:
+        """The transfer the rule of node ``idx`` gave (KeyError when the node was not analysed)."""
+        return self._pass.transfers[idx]
+
+    def local_edges(self, node: str, edges: tuple[Edge, ...]) -> tuple[Edge, ...]:
+        """A node's edges without its gate operand (held constant for the local fields)."""
+        return self._pass.local_edges(node, edges)
 
     @property
     def misaligned(self) -> list[Merge]:
@@ -272,27 +314,32 @@ class Analysis:
     def fields_toward(self, target: str) -> dict[str, tuple[AxisField, ...]]:
         """The paper's reverse pass: the field of one unit of ``target`` on every tensor before it."""
         self[target]
+        if self.unknown_size is not None:  # the paddings in between may depend on the size
+            from .unknown_size import require_size
+            require_size(self, "the reverse pass")
         return reverse_pass(self.graph, self._pass, target)
 
 
 def analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None = None,
             input_name: str | None = None, layout: str | None = None, *,
             rules: custom_ops.RuleSet | str | Path | Sequence[str | Path] | None = None,
-            assume_pointwise: bool = False, on_stage: Callable[[str], None] | None = None,
-            fill: Mapping[str, float] | None = None) -> Analysis:
-    """Receptive fields of every tensor of an ONNX model (path, bytes or ModelProto).
+            assume_pointwise: bool | None = None, on_stage: Callable[[str], None] | None = None,
+            fill: Mapping[str, float] | None = None, options: ModelOptions | None = None) -> Analysis:
+    """Receptive fields of every tensor of an ONNX model (path, bytes or ModelProto), read as
+    ``options`` say (``ModelOptions``: input shapes, input, layout, rules, assume-pointwise, fill).
 
-    ``input_shape`` fixes input dims ({"x": (1, 3, 224, 224)}; name "" means the first input);
-    ``input_name`` picks the input the fields refer to; ``layout`` ("NCHW", "NHWC", "NCL"...)
-    overrides the inferred position of the spatial axes.  ``rules`` (a TOML rules file or a
-    ``custom_ops.RuleSet``) declares ops rfgraph does not know; ``assume_pointwise`` treats other
-    unknown ops that keep the spatial shape as pointwise; both are listed in ``rule_notes``.
+    The keywords ``input_shape`` ({"x": (1, 3, 224, 224)}; name "" means the first input),
+    ``input_name``, ``layout``, ``rules``, ``assume_pointwise`` and ``fill`` set the fields of the
+    same meaning (``input_shape`` is ``input_shapes``), over ``options`` when both are given.
+    Declared and assumed rules are listed in ``rule_notes``, and so is every If replaced by its
+    branch (its condition known from the fixed shapes or the ``fill`` values).
     ``on_stage`` is called with the name of each stage as it starts (``STAGES``; progress display).
-    ``fill`` gives other inputs a constant value ({"sr": 16000}); an If whose condition is then
-    known (or follows from the fixed shapes) is replaced by its branch, listed in ``rule_notes``.
     """
-    table = RuleTable.build(rules, assume_pointwise)
-    analysis = _analyze(model, input_shape, input_name, layout, on_stage or (lambda _: None), fill, table)
+    opts = model_options(options, input_shapes=input_shape, input_name=input_name, layout=layout,
+                         rules=rules, assume_pointwise=assume_pointwise, fill=fill)
+    table = RuleTable.build(opts.rules, opts.assume_pointwise)
+    analysis = _analyze(model, opts, on_stage or (lambda _: None), table)
+    analysis.options = opts
     analysis.rule_notes.update(table.notes)
     analysis.rule_notes.update({node: f"If replaced by its {which}: its condition is known once the "
                                       f"model is loaded (fixed input shapes, --fill values)"
@@ -304,26 +351,27 @@ def analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None 
 STAGES = ("loading and inferring shapes", "building the graph", "receptive-field pass", "end points")
 
 
-def _analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None,
-             input_name: str | None, layout: str | None, on_stage: Callable[[str], None],
-             fill: Mapping[str, float] | None = None, table: RuleTable | None = None) -> Analysis:
+def _analyze(model: ModelSource, opts: ModelOptions, on_stage: Callable[[str], None],
+             table: RuleTable | None = None) -> Analysis:
     """``analyze`` with its rule table (default: the standard rules and register_op's)."""
     table = table or RuleTable.build()
+    layout = opts.layout
     on_stage(STAGES[0])
-    proto = custom_ops.declare_shapes(_load_at_size(model, input_shape, input_name, layout, fill), table.find)
+    proto = custom_ops.declare_shapes(_load_at_size(model, opts), table.find)
     on_stage(STAGES[1])
     mg = build_graph(proto)
-    name = _pick_input(mg, input_name, layout)
+    name = _pick_input(mg, opts.input_name, layout)
     shape = mg.shapes.get(name)
     if shape is None or len(shape) < 2:
         raise DynamicShapeError(f"input '{name}' has no known rank >= 3; set it with --input-shape")
     spatial, layout_reason = _layout_choice(mg, name, shape, layout)
-    unknown = [a for a in spatial if shape[a] is None]
-    if unknown:
-        example = "x".join(str(d if d is not None else 224) for d in shape)
-        raise DynamicShapeError(
-            f"input '{name}' has dynamic spatial dims (axes {unknown} of shape "
-            f"{['?' if d is None else d for d in shape]}); set them, e.g. --input-shape {name}:{example}")
+    if any(shape[a] is None for a in spatial):  # r, S at any size; P per residue of the size
+        from .unknown_size import analyze_unknown_size
+
+        return analyze_unknown_size(
+            lambda at: _analyze(model, opts.merged(input_shapes={**opts.input_shapes, **at}, input_name=name),
+                                lambda _: None, table),
+            model, name, shape, spatial, opts.input_shapes or None, opts.fill or None)
     in_layout = _input_layout(shape, spatial)
     on_stage(STAGES[2])
     result = forward_pass(mg, name, in_layout, table)
@@ -342,42 +390,38 @@ def validate_input_size(model: ModelSource, input_shape: Mapping[str, Sequence[i
     where a map vanishes and the smallest size that works, or the node that cannot take the size).
     Other problems of the model (unreadable, unsupported ops) raise as ``analyze`` does."""
     try:
-        _load_at_size(model, input_shape, input_name, layout, fill)
+        _load_at_size(model, ModelOptions(input_shape, input_name, layout, fill=fill or {}))
     except InputSizeError as exc:
         return str(exc)
     return None
 
 
-def _load_at_size(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None,
-                  input_name: str | None, layout: str | None,
-                  fill: Mapping[str, float] | None) -> onnx.ModelProto:
+def _load_at_size(model: ModelSource, opts: ModelOptions) -> onnx.ModelProto:
     """``load_model``, naming the smallest input size that works when a map vanishes."""
     try:
-        return load_model(model, input_shape, fill)
+        return load_model(model, opts.input_shapes or None, opts.fill or None)
     except InputSizeError as exc:
         if not exc.vanished:
             raise
-        found = _smallest_size(model, input_shape, input_name, layout, fill)
+        found = _smallest_size(model, opts)
         hint = f"; the smallest input size that leaves every map a unit is {found}" if found else \
             "; no input size up to the search limit leaves every map a unit"
         raise InputSizeError(f"{exc}{hint}", exc.node, exc.op, vanished=True) from None
 
 
-def _smallest_size(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None,
-                   input_name: str | None, layout: str | None,
-                   fill: Mapping[str, float] | None) -> str | None:
+def _smallest_size(model: ModelSource, opts: ModelOptions) -> str | None:
     """The smallest valid size of the analysed input along its spatial axes, as NAME:1x3x61x61."""
     base = shapes_only(read_model(model))
     at_size = shapes_only(base)
     forget_stored_shapes(at_size)
-    set_input_shapes(at_size, input_shape or {})
+    set_input_shapes(at_size, opts.input_shapes)
     mg = build_graph(at_size)  # structure and input shapes only: which input, which axes
-    name = _pick_input(mg, input_name, layout)
+    name = _pick_input(mg, opts.input_name, opts.layout)
     shape = mg.shapes.get(name)
     if shape is None or None in shape:
         return None
-    spatial = _spatial_axes(mg, name, len(shape), layout)
-    found = smallest_input_size(base, name, tuple(int(d) for d in shape), spatial, fill)
+    spatial = _spatial_axes(mg, name, len(shape), opts.layout)
+    found = smallest_input_size(base, name, tuple(int(d) for d in shape), spatial, opts.fill or None)
     return f"{name}:{'x'.join(map(str, found))}" if found else None
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from . import erf_conventions as ec
+from . import runtime
 from . import vjp as vjp_mod
 from .errors import DynamicShapeError, GraphStructureError, RFGraphError, UnsupportedOpError
 from .finite_diff import FiniteDifference
@@ -37,6 +38,8 @@ from .inputs import (
     reinitialise,
 )
 from .metrics import AREA_THRESHOLDS, AreaRatio, ERFMetrics, compute_metrics
+from .onnx_import import prepare
+from .options import ModelOptions, model_options
 from .semantics import NORMALISING_OPS
 
 if TYPE_CHECKING:  # analysis is imported lazily (it pulls in the whole TRF pass)
@@ -388,9 +391,9 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
                  threads: int = 0, conventions: ec.ERFConventions | None = None,
                  input_name: str | None = None, layout: str | None = None,
                  rules: custom_ops.RuleSet | str | Path | Sequence[str | Path] | None = None,
-                 assume_pointwise: bool = False, fill: Mapping[str, float] | None = None,
+                 assume_pointwise: bool | None = None, fill: Mapping[str, float] | None = None,
                  fd_budget: float = FD_BUDGET_S, workers: int = 1, scheduler: str | None = None,
-                 provider: str = "auto") -> list[ERFResult]:
+                 provider: str = "auto", options: ModelOptions | None = None) -> list[ERFResult]:
     """The ERFs of several units of one tensor (``units``: indices, None for the centre), each
     averaged as Luo et al. do over the same inputs, with its metrics; one backward serves several
     units (one seed per batch item).
@@ -405,11 +408,14 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
     onnxruntime has it); ``conventions``
     (e.g. ``erf_conventions.REPLKNET``) sets the scalar, aggregation, centre rule, image order and
     the defaults of ``runs`` and ``inputs``; ``channel`` and ``absolute=False`` fold into it.
-    ``input_name`` (the input differentiated, default: the first), ``input_shape`` (its shape),
-    ``layout``, ``rules`` and ``assume_pointwise`` mean what they mean for ``rfgraph.analyze``;
-    ``fill`` gives the model's other inputs a value (an RNN state, a sample rate: {"sr": 16000}),
-    each a constant of its declared shape.  ``fd_budget``: seconds the finite differences may
-    take, estimated before they start (forward passes x the measured cost of one).
+    ``options`` (``ModelOptions``) say how the model is read, as for ``rfgraph.analyze``: the
+    input differentiated (``input_name``, else the one ``input_shapes`` names, else the first) and
+    its shape, ``layout``, ``rules``, ``assume_pointwise``, and ``fill``: the model's other inputs
+    given a value (an RNN state, a sample rate: {"sr": 16000}), each a constant of its declared
+    shape.  The keywords ``input_name``, ``input_shape`` (the differentiated input's shape),
+    ``layout``, ``rules``, ``assume_pointwise`` and ``fill`` set those fields over ``options``.
+    ``fd_budget``: seconds the finite differences may take, estimated before they start
+    (forward passes x the measured cost of one).
     """
     import time
 
@@ -425,10 +431,12 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
     conv = replace(conv, runs=runs, inputs=inputs)
     kind, folder = _input_kind(inputs)
     providers, provider_notes = resolve_providers(provider, providers)
-    proto, analysis, load_notes = _load(model, input_shape, input_name, layout, rules, assume_pointwise,
-                                        fill)
+    opts = model_options(options, input_shapes=None if input_shape is None else {input_name or "": input_shape},
+                         input_name=input_name, layout=layout, rules=rules,
+                         assume_pointwise=assume_pointwise, fill=fill)
+    proto, analysis, load_notes = _load(model, opts)
     notes = load_notes + notes
-    input_name, full_shape, spatial = _input_facts(proto, analysis, input_name)
+    input_name, full_shape, spatial = _input_facts(proto, analysis, opts.erf_input()[0])
     _refuse_other_inputs(proto, input_name)
     output = output or proto.graph.output[0].name
     out_shape = _output_shape(proto, output, input_name, full_shape)
@@ -524,19 +532,17 @@ def resolve_providers(provider: str, providers: Sequence[str] | None = None
     has it), unless ``providers`` are given; 'cuda' without CUDA is refused."""
     if providers is not None:
         return list(providers), []
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    cuda = "CUDAExecutionProvider" in available
+    available = runtime.available_providers()
+    cuda = runtime.CUDA in available
     if provider == "cpu" or (provider == "auto" and not cuda):
-        return ["CPUExecutionProvider"], []
+        return [runtime.CPU], []
     if provider not in ("cuda", "auto"):
         raise RFGraphError(f"--provider {provider}: expected cpu, cuda or auto")
     if not cuda:
         raise RFGraphError(f"--provider cuda: this onnxruntime has no CUDA execution provider "
                            f"(it has {', '.join(available)}); install onnxruntime-gpu, or use "
                            f"--provider cpu")
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"], []
+    return [runtime.CUDA, runtime.CPU], []
 
 
 def displayed_area_ratios(erf: np.ndarray, conv: ec.ERFConventions) -> tuple[AreaRatio, ...]:
@@ -636,13 +642,8 @@ def auto_batch(input_shape: Sequence[int], providers: Sequence[str] | None = Non
     """Inputs per onnxruntime run: several for small inputs (amortises per-run overhead), one for
     large ones on CPU, where bigger batches lose cache locality (ResNet-50 at 224x224: 1 input
     per run is ~25% faster per input than 8, measured).  On CUDA: ``most``."""
-    if providers and "CUDAExecutionProvider" in providers:
+    if runtime.CUDA in (runtime.available_providers() if providers is None else providers):
         return most
-    if providers is None:
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            return most
     per_input = int(np.prod(input_shape[1:]))
     return int(min(most, max(1, AUTO_BATCH_ELEMENTS // max(per_input, 1))))
 
@@ -705,18 +706,16 @@ def _input_kind(inputs: str) -> tuple[InputKind, str | None]:
     return InputKind.IMAGES, inputs
 
 
-def _load(model: ModelSource, input_shape: Sequence[int] | None, input_name: str | None = None,
-          layout: str | None = None,
-          rules: custom_ops.RuleSet | str | Path | Sequence[str | Path] | None = None,
-          assume_pointwise: bool = False, fill: Mapping[str, float] | None = None
-          ) -> tuple[onnx.ModelProto, Analysis | None, list[str]]:
+def _load(model: ModelSource, opts: ModelOptions) -> tuple[onnx.ModelProto, Analysis | None, list[str]]:
     """Load with the core loader (``fill`` inputs become constants, If nodes they decide are
     inlined), fix the input at batch 1, and run the TRF pass if it can."""
     from . import analysis as analysis_mod
     from .onnx_import import data_inputs, load_model
+    from .unknown_size import require_size
 
     notes: list[str] = []
-    raw = load_model(model, fill=fill)
+    input_name, input_shape = opts.erf_input()
+    raw = load_model(model, fill=opts.fill or None)
     inputs = data_inputs(raw)
     if input_name is not None and input_name not in inputs:
         raise RFGraphError(f"no input named '{input_name}' (inputs: {', '.join(inputs)})")
@@ -730,8 +729,8 @@ def _load(model: ModelSource, input_shape: Sequence[int] | None, input_name: str
                 shapes = {name: (1, *rest)}
     proto = load_model(raw, shapes) if shapes else raw
     try:  # the checks of ``analyze`` come first: a model it refuses is refused here too
-        a = analysis_mod.analyze(proto, input_name=name, layout=layout, rules=rules,
-                                 assume_pointwise=assume_pointwise)
+        a = analysis_mod.analyze(proto, options=replace(opts, input_shapes={}, input_name=name, fill={}))
+        require_size(a, "the ERF")
     except (DynamicShapeError, UnsupportedOpError) as exc:
         if isinstance(exc, DynamicShapeError) and (_static_rank(proto, name) or 3) < 3:
             raise  # no spatial axes to measure a field along (a rank-2 input without --layout)
@@ -827,7 +826,7 @@ def _input_facts(proto: onnx.ModelProto, analysis: Analysis | None, input_name: 
 def _output_shape(proto: onnx.ModelProto, output: str, input_name: str,
                   full_shape: tuple[int, ...]) -> tuple[int, ...]:
     """Static shape of ``output`` at batch 1."""
-    fixed = vjp_mod.prepare(proto, full_shape, input_name)
+    fixed = prepare(proto, full_shape, input_name)
     shapes, _ = vjp_mod.tensor_shapes(fixed, input_name)
     if output not in shapes:
         outs = ", ".join(o.name for o in proto.graph.output)

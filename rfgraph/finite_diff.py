@@ -20,7 +20,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from . import vjp as vjp_mod
+from . import runtime
+from .onnx_import import prepare
 
 DEFAULT_STEP = {np.dtype(np.float32): 1e-2, np.dtype(np.float64): 1e-6}
 
@@ -39,11 +40,7 @@ def expose(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
 
 def _forward_session(model: onnx.ModelProto, input_shape: Sequence[int],
                      input_name: str) -> object:
-    import onnxruntime as ort
-
-    fixed = vjp_mod.prepare(model, input_shape, input_name)
-    return ort.InferenceSession(fixed.SerializeToString(), vjp_mod.session_options(),
-                                providers=["CPUExecutionProvider"])
+    return runtime.session(prepare(model, input_shape, input_name))
 
 
 @dataclass

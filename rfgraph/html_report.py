@@ -296,6 +296,10 @@ def build_report(analysis: Analysis, title: str, image: str | Path | None = None
     """The page and its JSON summary; ``erf=None`` leaves the heatmaps out."""
     from markupsafe import Markup
 
+    from .unknown_size import require_size
+
+    require_size(analysis, "the report")
+
     defaults = analysis.default_endpoints() or list(analysis.endpoints)[-1:]
     cards = [erf_card(analysis, n, erf) for n in erf_targets(analysis, erf)] if erf else []
     summary = {**analysis_dict(analysis, defaults), "title": title, "image": str(image) if image else None,

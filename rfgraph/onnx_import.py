@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import io
 import math
 import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
+from . import runtime
 from .errors import (
     DynamicShapeError,
     GraphStructureError,
@@ -36,6 +36,7 @@ ModelSource = str | os.PathLike | bytes | onnx.ModelProto
 Shape = tuple  # of int | None (None: unknown dim)
 
 MAX_DIM = 2**31 - 1  # larger dims are refused as absurd
+MIN_OPSET = 17  # LayerNormalization, ScatterElements(add), Split/ReduceSum with tensor inputs
 
 
 @dataclass
@@ -1037,7 +1038,7 @@ def _probe_unknown_shapes(model: onnx.ModelProto, dependent: Sequence[str],
             _refuse_failed_run(model, str(exc), exported)  # (a custom op...) shapes stay unknown
         return False
     try:
-        measured = run_on_zeros(session, missing, elem_types(model))
+        measured = runtime.run_on_zeros(session, missing, elem_types(model))
     except Exception as exc:  # noqa: BLE001  an onnxruntime failure at run time, handled below
         _refuse_failed_run(model, str(exc), exported)
         return False
@@ -1098,24 +1099,71 @@ def elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
-def session_options(optimize: bool = True) -> Any:
-    """onnxruntime options for every rfgraph session: graph optimisation ALL (or none), and no
-    log of its own (its warnings, e.g. about the unused initializers exporters leave, and the
-    errors of trial runs that rfgraph expects and handles, went to the user's terminal; every
-    real failure surfaces as an exception, which rfgraph reports in one line)."""
-    import onnxruntime as ort
+def prepare(model: onnx.ModelProto, input_shape: Sequence[int] | None = None,
+            input_name: str | None = None) -> onnx.ModelProto:
+    """A copy of ``model`` at opset >= 17 with the input's shape fixed (``input_shape``): what the
+    gradient graph and the finite differences run (one preparation for both)."""
+    model_copy = onnx.ModelProto()
+    model_copy.CopyFrom(model)
+    opset = next((o.version for o in model_copy.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        from onnx import version_converter
+        try:
+            model_copy = version_converter.convert_version(model_copy, MIN_OPSET)
+        except Exception as exc:  # the converter raises its own untyped errors
+            raise RFGraphError(f"the gradient graph needs opset {MIN_OPSET}; onnx's version converter "
+                               f"cannot convert this opset-{opset} model: {exc}".splitlines()[0]) from exc
+    del model_copy.graph.value_info[:]  # stale shapes (e.g. at another batch) would conflict
+    for out in model_copy.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    inits = {i.name for i in model_copy.graph.initializer}
+    inputs = [i for i in model_copy.graph.input if i.name not in inits]
+    target = next((i for i in inputs if i.name == input_name), inputs[0]) if input_name else inputs[0]
+    dims = target.type.tensor_type.shape.dim
+    if input_shape is not None:
+        if len(input_shape) != len(dims):
+            raise DynamicShapeError(f"input shape {tuple(input_shape)} has rank {len(input_shape)}, the "
+                                    f"model's input '{target.name}' has rank {len(dims)}")
+        _rebatch_reshapes(model_copy, target.name, dims, input_shape)
+        for d, v in zip(dims, input_shape):
+            d.Clear()
+            d.dim_value = int(v)
+    elif any(not d.HasField("dim_value") for d in dims):
+        raise DynamicShapeError(f"input '{target.name}' has unknown dimensions; give an input "
+                                "shape (e.g. --input-shape 1,3,224,224)")
+    return model_copy
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4
-    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    return opts
+
+def _rebatch_reshapes(model: onnx.ModelProto, input_name: str, dims: object,
+                      new_shape: Sequence[int]) -> None:
+    """Make Reshape targets that hard-code the traced batch copy the batch instead (``0``).
+
+    torch's tracer bakes the batch into Reshape constants; rewriting a leading 1 to 0 keeps the
+    model identical at batch 1 and lets one run carry several inputs.  Callers verify the batched
+    result numerically (``erf`` does), since the rewrite assumes axis 0 is the batch.
+    """
+    old = [d.dim_value if d.HasField("dim_value") else None for d in dims]  # type: ignore[attr-defined]
+    if not old or old[0] != 1 or new_shape[0] == 1:
+        return
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        if any(a.name == "allowzero" and a.i for a in node.attribute):
+            continue
+        arr = numpy_helper.to_array(inits[node.input[1]]).copy()
+        if arr.ndim == 1 and arr.size >= 2 and arr[0] == 1:
+            arr[0] = 0
+            new_name = node.input[1] + "/rfgraph_batch"
+            if new_name not in inits:
+                t = numpy_helper.from_array(arr, new_name)
+                model.graph.initializer.append(t)
+                inits[new_name] = t
+            node.input[1] = new_name
 
 
 def probe_session(model: onnx.ModelProto, names: Sequence[str], dtypes: Mapping[str, int]) -> Any:
     """An onnxruntime session of ``model`` with ``names`` added to its outputs."""
-    import onnxruntime as ort
-
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     known = {o.name for o in probe.graph.output}
@@ -1123,25 +1171,14 @@ def probe_session(model: onnx.ModelProto, names: Sequence[str], dtypes: Mapping[
         if name not in known:
             elem = dtypes.get(name, 0) or onnx.TensorProto.FLOAT
             probe.graph.output.append(helper.make_tensor_value_info(name, elem, None))
-    with redirect_stdout(io.StringIO()):  # onnxruntime prints some load failures ("EP Error") itself
-        return ort.InferenceSession(probe.SerializeToString(), session_options(optimize=False),  # no constant
-                                    providers=["CPUExecutionProvider"])  # folding (bounded memory), quick load
-
-
-def run_on_zeros(session: Any, names: Sequence[str], dtypes: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
-    """Shapes of ``names`` from one run of ``session`` on all-zero inputs (unknown dims taken as 1)."""
-    feeds = {}
-    for i in session.get_inputs():
-        dt = helper.tensor_dtype_to_np_dtype(dtypes.get(i.name, onnx.TensorProto.FLOAT))
-        feeds[i.name] = np.zeros([d if isinstance(d, int) else 1 for d in i.shape], dtype=dt)
-    values = session.run(list(names), feeds)
-    return {n: tuple(np.shape(v)) for n, v in zip(names, values)}
+    # no constant folding (bounded memory), quick load; onnxruntime prints some load failures itself
+    return runtime.session(probe, optimize=False, quiet=True)
 
 
 def measure_shapes(model: onnx.ModelProto, names: Sequence[str],
                    dtypes: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
     """Shapes of ``names`` from one onnxruntime run of the model on zero inputs."""
-    return run_on_zeros(probe_session(model, names, dtypes), names, dtypes)
+    return runtime.run_on_zeros(probe_session(model, names, dtypes), names, dtypes)
 
 
 def store_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -149,13 +150,16 @@ def save_png(pic: np.ndarray, path: str | Path) -> Path:
 
 def unit_erf(analysis: Any, tensor: str, index: Sequence[int], runs: int = 16, method: str = "grad",
              inputs: str = "gaussian", seed: int = 0, progress: bool = False) -> Any:
-    """The ERF (``rfgraph.erf.compute_erf``) of one unit of ``tensor``, on the analysed model."""
+    """The ERF (``rfgraph.erf.compute_erf``) of one unit of ``tensor``, on the analysed model, read
+    with the analysis's options (its rules and assume-pointwise choice; its shapes and fills are
+    already in the loaded model)."""
     from .erf import compute_erf
 
     unit = analysis[tensor].tensor_index(index)  # the same unit, as the ERF engine indexes it
+    options = replace(analysis.options, input_shapes={}, fill={}, input_name=analysis.input_name,
+                      layout=analysis.layout)
     result = compute_erf(analysis.graph.model, tensor, unit=unit, runs=runs, method=method,
-                         inputs=inputs, seed=seed, progress=progress,
-                         input_name=analysis.input_name, layout=analysis.layout)
+                         inputs=inputs, seed=seed, progress=progress, options=options)
     if result.input_name != analysis.input_name:
         raise RFGraphError(f"the ERF engine differentiates w.r.t. input '{result.input_name}', "
                            f"not '{analysis.input_name}'; drop --input or --no-erf")

@@ -11,7 +11,6 @@ from collections import Counter
 
 from .analysis import Analysis
 from .fields import IDENTITY, AxisField, Span
-from .trf import output_transfers
 
 GLOBAL = "global"
 
@@ -22,10 +21,10 @@ def path_histogram(analysis: Analysis, target: str) -> list[dict[int | str, int]
     Paths through an op that mixes all positions are counted under the key ``"global"``.
     """
     analysis[target]
-    mg, result = analysis.graph, analysis._pass
+    mg = analysis.graph
     n_axes = len(analysis.spatial_axes)
     counts: dict[str, list[Counter]] = {analysis.input_name: [Counter({IDENTITY: 1}) for _ in range(n_axes)]}
-    for idx, tensor, out in output_transfers(mg, result):
+    for idx, tensor, out in analysis.output_transfers():
         node = mg.nodes[idx]
         acc: list[Counter] = [Counter() for _ in range(n_axes)]
         for e in out.edges:

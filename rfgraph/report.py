@@ -18,12 +18,16 @@ from tabulate import tabulate
 
 from .analysis import Analysis, EndPoint
 from .trf import Merge
+from .unknown_size import PBySize
 
 FORMATS = ("table", "markdown", "csv", "json")
 
 
 def number(x: Any) -> Any:
-    """A JSON/CSV-friendly number: ints stay ints, Fractions become "p/q" strings."""
+    """A JSON/CSV-friendly number: ints stay ints, Fractions become "p/q" strings, a P that
+    depends on an unknown input size its values and the residues of the size giving each."""
+    if isinstance(x, PBySize):
+        return x.as_json()
     if isinstance(x, Fraction):
         return str(x) if x.denominator != 1 else x.numerator
     return x
@@ -38,13 +42,28 @@ def numeric(x: Any) -> Any:
 
 
 def per_axis(values: Sequence[Any]) -> str:
-    """One cell for per-axis values: "211" when equal on every axis, else "211, 195"."""
-    shown = ["global" if v is None else str(number(v)) for v in values]
+    """One cell for per-axis values: "211" when equal on every axis, else "211, 195" ("3|4": the
+    values of a P that depends on an unknown input size)."""
+    shown = [_cell(v) for v in values]
     return shown[0] if len(set(shown)) == 1 else ", ".join(shown)
 
 
-def covers_input(ep: EndPoint, analysis: Analysis) -> bool:
-    """True when every unit's field contains the whole input along every axis."""
+def _cell(v: Any) -> str:
+    """One axis's value as a table shows it."""
+    if v is None:
+        return "global"
+    if isinstance(v, PBySize):
+        return str(v)
+    if isinstance(v, dict):  # a PBySize as ``number`` writes it
+        return "|".join(map(str, v["values"]))
+    return str(number(v))
+
+
+def covers_input(ep: EndPoint, analysis: Analysis) -> bool | None:
+    """True when every unit's field contains the whole input along every axis (None: a local
+    field at an unknown input size, which covers small inputs only)."""
+    if analysis.unknown_size is not None and not all(f.is_global for f in ep.fields):
+        return None
     for axis, f in enumerate(ep.fields):
         if f.is_global:
             continue
@@ -82,6 +101,12 @@ def analysis_dict(analysis: Analysis, names: Iterable[str]) -> dict[str, Any]:
                   "spatial_axes": list(analysis.spatial_axes), "axis_names": list(analysis.axis_names),
                   "layout": analysis.layout, "layout_reason": analysis.layout_reason},
         "aligned": analysis.aligned,
+        "unknown_size": None if analysis.unknown_size is None else {
+            "period": list(analysis.unknown_size.period),
+            "sizes_analysed": [list(s) for s in analysis.unknown_size.sizes],
+            "size_dependent_ops": list(analysis.unknown_size.ops),
+            "runs_at_residues": None if analysis.unknown_size.runs_at is None else list(analysis.unknown_size.runs_at),
+            "cannot_run": analysis.unknown_size.cannot_run or None},
         "endpoints": endpoint_rows(analysis, names),
         "misaligned_merges": [
             {"node": m.node, "op": m.op, "output": m.output, "axis": analysis.axis_names[m.axis],
@@ -103,7 +128,11 @@ def _table_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
     out = []
     for row in rows:
         note = []
-        if row["size_dependent"]:
+        by_size = [p for p in row["P"] if isinstance(p, dict)]
+        if by_size:
+            ops = dict.fromkeys(o for p in by_size for o in p["ops"])
+            note.append(f"P depends on the input size (ops {', '.join(ops)})")
+        elif row["size_dependent"]:
             note.append(f"depends on input size ({row['size_dependent']})")
         if not row["shift_invariant"]:
             note.append("mixed strides: r is the largest extent")
@@ -113,9 +142,9 @@ def _table_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
             note.append("global from " + next(g for g in row["global"] if g))
         if row["gates"]:
             note.append(gates_note(row["gates"]))
-        out.append([row["tensor"], row["op"], "x".join(str(d) for d in row["shape"]),
+        out.append([row["tensor"], row["op"], "x".join("?" if d is None else str(d) for d in row["shape"]),
                     per_axis(row["r"]), per_axis(row["S"]), per_axis(row["P"]),
-                    "yes" if row["covers_input"] else "no",
+                    {True: "yes", False: "no", None: "depends on size"}[row["covers_input"]],
                     "yes" if row["aligned"] else f"NO ({row['misaligned_at']})", "; ".join(note)])
     return out
 
@@ -162,7 +191,7 @@ def render(analysis: Analysis, names: Sequence[str], fmt: str = "table") -> str:
         return buf.getvalue()
     style = "github" if fmt == "markdown" else "simple"
     parts = [_summary(analysis), tabulate(_table_rows(rows), headers=HEADERS, tablefmt=style)]
-    parts += _notes(analysis)
+    parts += _notes(analysis, names)
     return "\n\n".join(p for p in parts if p)
 
 
@@ -172,9 +201,11 @@ def layout_line(analysis: Analysis) -> str:
 
 
 def _summary(analysis: Analysis) -> str:
-    axes = "x".join(f"{n}={analysis.input_shape[a]}" for n, a in zip(analysis.axis_names, analysis.spatial_axes))
+    axes = "x".join(f"{n}={'?' if analysis.input_shape[a] is None else analysis.input_shape[a]}"
+                    for n, a in zip(analysis.axis_names, analysis.spatial_axes))
     verdict = "aligned" if analysis.aligned else f"MISALIGNED at {len({m.node for m in analysis.misaligned})} merge(s)"
-    return (f"input '{analysis.input_name}' {list(analysis.input_shape)} (spatial {axes}; "
+    shape = ", ".join("?" if d is None else str(d) for d in analysis.input_shape)
+    return (f"input '{analysis.input_name}' [{shape}] (spatial {axes}; "
             f"{layout_line(analysis)}); "
             f"{len(analysis.endpoints)} tensors analysed, {len({m.node for m in analysis.merges})} "
             f"merges: {verdict}")
@@ -190,13 +221,45 @@ def _phases(centres: tuple) -> str:
     return f" centre-u*S by u mod {len(centres)}: {', '.join(str(number(c)) for c in centres)}"
 
 
-def _notes(analysis: Analysis) -> list[str]:
+def _unknown_size_lines(analysis: Analysis, names: Sequence[str]) -> list[str]:
+    """At an unknown input size: how it was analysed, and each P that depends on the size with
+    the residues of the size giving each value (the first NOTE_LINES)."""
+    how = analysis.unknown_size
+    if how is None:
+        return []
+    ops = ", ".join(how.ops) if how.ops else "none"
+    lines = [(f"input size unknown: r and S hold at every size; P analysed at one size per residue "
+              f"of the size modulo the strides' product ({', '.join(map(str, how.period))}) and "
+              f"checked at {'x'.join(map(str, how.sizes[-1]))}; ops whose padding depends on the "
+              f"size: {ops}")]
+    if how.runs_at is not None:
+        runs_at: dict[str, list[str]] = {}  # residues -> axes
+        for axis_name, period in zip(analysis.axis_names, how.period):
+            text = f"n = {', '.join(map(str, sorted({k % period for k in how.runs_at})))} (mod {period})"
+            runs_at.setdefault(text, []).append(axis_name)
+        where = "; ".join(f"{text} along {', '.join(axes)}" for text, axes in runs_at.items())
+        lines.append(f"the model runs only at sizes {where}; at the others {how.cannot_run}")
+    varying = [analysis[n] for n in names if any(analysis[n].P_at_unknown_size)]
+    for ep in varying[:NOTE_LINES]:
+        by_text: dict[str, list[str]] = {}
+        for axis, pb in enumerate(ep.P_at_unknown_size):
+            if pb is not None:
+                by_text.setdefault(f"{pb.describe()} (ops {', '.join(pb.ops)})", []).append(analysis.axis_names[axis])
+        for text, axes in by_text.items():
+            lines.append(f"P of '{ep.name}' along {', '.join(axes)} depends on the input size n there: {text}")
+    if len(varying) > NOTE_LINES:
+        lines.append(f"... and {len(varying) - NOTE_LINES} more tensors whose P depends on the size "
+                     f"(--format json lists them all)")
+    return lines
+
+
+def _notes(analysis: Analysis, names: Sequence[str] = ()) -> list[str]:
     """Misaligned merges and ops that mix all positions (the first NOTE_LINES of each), rules
-    used, and stops, one line each."""
+    used, and stops, one line each; at an unknown input size, the Ps that depend on it."""
     misaligned: dict[tuple[str, int], Merge] = {}
     for m in analysis.misaligned:  # one line per merge and axis, in the order found
         misaligned.setdefault((m.node, m.axis), m)
-    lines = []
+    lines = _unknown_size_lines(analysis, names)
     for m in list(misaligned.values())[:NOTE_LINES]:
         br = "; ".join(f"{b.tensor}: S={number(b.S)} centre={number(b.centre)} r={b.r}{_phases(b.phases)}"
                        for b in m.branches)

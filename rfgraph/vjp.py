@@ -20,20 +20,19 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from . import runtime
 from .errors import (
-    DynamicShapeError,
     InvalidAttributeError,
     RFGraphError,
     UnsupportedOpError,
 )
-from .onnx_import import BIG_WEIGHT, FLOAT_TYPES, measure_shapes, session_options
+from .onnx_import import BIG_WEIGHT, FLOAT_TYPES, measure_shapes, prepare
 from .semantics import VJP_RULES, geometry
 from .semantics.gradient import INDEX_OUTPUTS, NON_DIFFERENTIABLE, QUANTIZED_OPS, Builder, NodeView
 
 SEED_NAME = "rfgraph_seed"
 FD_HINT = "use the finite-difference engine instead (--method fd; method='fd' in Python), which runs any op"
 GRAD_NAME = "rfgraph_grad"
-MIN_OPSET = 17  # LayerNormalization, ScatterElements(add), Split/ReduceSum with tensor inputs
 
 
 class VJPError(RFGraphError):
@@ -43,67 +42,6 @@ class VJPError(RFGraphError):
 # --------------------------------------------------------------------------------------------
 # Graph analysis: static shapes, constants, the active set, the nodes to back-propagate through.
 # --------------------------------------------------------------------------------------------
-
-def prepare(model: onnx.ModelProto, input_shape: Sequence[int] | None = None,
-            input_name: str | None = None) -> onnx.ModelProto:
-    """A copy of ``model`` at opset >= 17 with the input's shape fixed (``input_shape``)."""
-    model_copy = onnx.ModelProto()
-    model_copy.CopyFrom(model)
-    opset = next((o.version for o in model_copy.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < MIN_OPSET:
-        from onnx import version_converter
-        try:
-            model_copy = version_converter.convert_version(model_copy, MIN_OPSET)
-        except Exception as exc:  # the converter raises its own untyped errors
-            raise RFGraphError(f"the gradient graph needs opset {MIN_OPSET}; onnx's version converter "
-                               f"cannot convert this opset-{opset} model: {exc}".splitlines()[0]) from exc
-    del model_copy.graph.value_info[:]  # stale shapes (e.g. at another batch) would conflict
-    for out in model_copy.graph.output:
-        out.type.tensor_type.ClearField("shape")
-    inits = {i.name for i in model_copy.graph.initializer}
-    inputs = [i for i in model_copy.graph.input if i.name not in inits]
-    target = next((i for i in inputs if i.name == input_name), inputs[0]) if input_name else inputs[0]
-    dims = target.type.tensor_type.shape.dim
-    if input_shape is not None:
-        if len(input_shape) != len(dims):
-            raise VJPError(f"input shape {tuple(input_shape)} has rank {len(input_shape)}, the "
-                           f"model's input '{target.name}' has rank {len(dims)}")
-        _rebatch_reshapes(model_copy, target.name, dims, input_shape)
-        for d, v in zip(dims, input_shape):
-            d.Clear()
-            d.dim_value = int(v)
-    elif any(not d.HasField("dim_value") for d in dims):
-        raise DynamicShapeError(f"input '{target.name}' has unknown dimensions; give an input "
-                                "shape (e.g. --input-shape 1,3,224,224)")
-    return model_copy
-
-
-def _rebatch_reshapes(model: onnx.ModelProto, input_name: str, dims: object,
-                      new_shape: Sequence[int]) -> None:
-    """Make Reshape targets that hard-code the traced batch copy the batch instead (``0``).
-
-    torch's tracer bakes the batch into Reshape constants; rewriting a leading 1 to 0 keeps the
-    model identical at batch 1 and lets one run carry several inputs.  Callers verify the batched
-    result numerically (``erf`` does), since the rewrite assumes axis 0 is the batch.
-    """
-    old = [d.dim_value if d.HasField("dim_value") else None for d in dims]  # type: ignore[attr-defined]
-    if not old or old[0] != 1 or new_shape[0] == 1:
-        return
-    inits = {i.name: i for i in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in inits:
-            continue
-        if any(a.name == "allowzero" and a.i for a in node.attribute):
-            continue
-        arr = numpy_helper.to_array(inits[node.input[1]]).copy()
-        if arr.ndim == 1 and arr.size >= 2 and arr[0] == 1:
-            arr[0] = 0
-            new_name = node.input[1] + "/rfgraph_batch"
-            if new_name not in inits:
-                t = numpy_helper.from_array(arr, new_name)
-                model.graph.initializer.append(t)
-                inits[new_name] = t
-            node.input[1] = new_name
 
 
 def tensor_shapes(model: onnx.ModelProto, input_name: str) -> tuple[dict[str, tuple[int, ...]],
@@ -183,8 +121,6 @@ def _input_independent(model: onnx.ModelProto, name: str, active: set[str],
                        dtypes: dict[str, int]) -> dict[str, np.ndarray]:
     """Evaluate ``name`` and every integer tensor not depending on the input's values (shape
     arithmetic) in one onnxruntime run on a zero input; {} if it cannot be evaluated."""
-    import onnxruntime as ort
-
     produced = [o for n in model.graph.node for o in n.output if o]
     wanted = [o for o in produced if o not in active and (
         o == name or dtypes.get(o) in (TensorProto.INT64, TensorProto.INT32))]
@@ -197,11 +133,8 @@ def _input_independent(model: onnx.ModelProto, name: str, active: set[str],
         probe.graph.output.append(helper.make_tensor_value_info(o, dtypes.get(o) or
                                                                 TensorProto.FLOAT, None))
     try:
-        sess = ort.InferenceSession(probe.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
-        feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape],
-                                  helper.tensor_dtype_to_np_dtype(dtypes.get(i.name, 1)))
-                 for i in sess.get_inputs()}
-        return dict(zip(wanted, sess.run(wanted, feeds)))
+        sess = runtime.session(probe)
+        return dict(zip(wanted, sess.run(wanted, runtime.zero_feeds(sess, dtypes))))
     except Exception:  # noqa: BLE001 - ORT errors: the rule reports the missing constant
         return {}
 
@@ -426,18 +359,9 @@ def session(vjp: VJPGraph, providers: Sequence[str] | None = None, threads: int 
             config: dict[str, str] | None = None) -> object:
     """An onnxruntime session for a VJP graph: graph optimisation ALL, the best provider present;
     ``config``: extra session config entries (e.g. {"session.intra_op.allow_spinning": "0"})."""
-    import onnxruntime as ort
-
-    opts = session_options()
-    if threads:
-        opts.intra_op_num_threads = threads
-    for key, value in (config or {}).items():
-        opts.add_session_config_entry(key, value)
-    if providers is None:
-        available = ort.get_available_providers()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     try:
-        return ort.InferenceSession(vjp.model.SerializeToString(), opts, providers=list(providers))
+        return runtime.session(vjp.model, runtime.best_providers() if providers is None else providers,
+                               threads=threads, config=config)
     except Exception as exc:
         raise VJPError(f"onnxruntime could not load the gradient graph: {exc}") from exc
 

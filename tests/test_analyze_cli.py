@@ -130,13 +130,17 @@ def test_unknown_op_stops_with_partial_report(tmp_path, capsys):
 
 
 def test_dynamic_spatial_dims_suggest_input_shape(tmp_path, capsys):
+    """Analysed at an unknown size (issue 14 §2: r, S, P do not depend on it here); a command
+    that needs a size (boxes) suggests --input-shape."""
     x = helper.make_tensor_value_info("img", TensorProto.FLOAT, ["N", 3, "H", "W"])
     w = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")
     node = helper.make_node("Conv", ["img", "w"], ["y"], kernel_shape=[3, 3], strides=[2, 2])
     graph = helper.make_graph([node], "dyn", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
     path = tmp_path / "dyn.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    assert main(["analyze", str(path)]) == 2
+    assert main(["analyze", str(path), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["endpoints"][0]["P"] == [0, 0]
+    assert main(["boxes", str(path), "--output", "y", "--index", "0,0"]) == 2
     err = capsys.readouterr().err
     assert "dynamic spatial dims" in err and "--input-shape img:" in err and "Traceback" not in err
     assert main(["analyze", str(path), "--input-shape", "img:1x3x64x64", "--format", "json"]) == 0

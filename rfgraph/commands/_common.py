@@ -14,7 +14,9 @@ from tqdm import tqdm
 from ..analysis import STAGES, Analysis, analyze
 from ..errors import RFGraphError
 from ..onnx_import import parse_input_shapes
+from ..options import ModelOptions
 from ..report import FORMATS
+from ..unknown_size import require_size
 
 SHOW_AFTER_S = 1.0  # the stage display appears only when an analysis takes longer than this
 
@@ -87,15 +89,24 @@ def add_format_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
 
 
-def load_analysis(args: argparse.Namespace) -> Analysis:
+def load_analysis(args: argparse.Namespace, needs_size: str | None = None) -> Analysis:
     """Run the TRF analysis with the model options of ``add_model_args`` (stages shown on a
-    terminal when it takes long: a 1M-node graph takes about a minute)."""
+    terminal when it takes long: a 1M-node graph takes about a minute); ``needs_size`` names a
+    command that needs a concrete input size, refused in one line at an unknown one."""
     show = not getattr(args, "quiet", False) and sys.stderr.isatty()
     with stage_display(show) as on_stage:
-        return analyze(args.model, parse_input_shapes(args.input_shape), args.input_name, args.layout,
-                       rules=getattr(args, "rules", None) or None,
-                       assume_pointwise=getattr(args, "assume_pointwise", False), on_stage=on_stage,
-                       fill=parse_fills(getattr(args, "fill", [])))
+        analysis = analyze(args.model, options=options_from_args(args), on_stage=on_stage)
+    if needs_size:
+        require_size(analysis, needs_size)
+    return analysis
+
+
+def options_from_args(args: argparse.Namespace) -> ModelOptions:
+    """The ``ModelOptions`` that the arguments of ``add_model_args`` give (built once per command)."""
+    return ModelOptions(input_shapes=parse_input_shapes(args.input_shape), input_name=args.input_name,
+                        layout=args.layout, rules=getattr(args, "rules", None) or None,
+                        assume_pointwise=getattr(args, "assume_pointwise", False),
+                        fill=parse_fills(getattr(args, "fill", [])))
 
 
 @contextmanager

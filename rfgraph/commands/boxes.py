@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    analysis = load_analysis(args)
+    analysis = load_analysis(args, needs_size="boxes")
     ep = analysis[args.output]
     if ep.is_global:
         raise RFGraphError(f"'{ep.name}' has a global field (whole input); no box to report")

@@ -11,9 +11,8 @@ from typing import Any
 from tabulate import tabulate
 
 from ..diagnostics import Diagnosis, diagnose
-from ..onnx_import import parse_input_shapes
 from ..report import NOTE_LINES, json_text, layout_line, number
-from ._common import add_model_args, model_errors, parse_fills
+from ._common import add_model_args, model_errors, options_from_args
 
 EXAMPLES = """examples:
   rfgraph diagnose model.onnx
@@ -54,12 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     with model_errors(args.model):
-        d = diagnose(args.model, parse_input_shapes(args.input_shape), endpoints=args.output or None,
+        d = diagnose(args.model, options=options_from_args(args), endpoints=args.output or None,
                      object_sizes=args.object_size, scan_sizes=not args.no_size_range,
                      size_step=args.size_step, size_max=args.size_max, erf=args.erf,
-                     erf_runs=args.erf_runs, erf_layers=args.erf_layers, rules=args.rules or None,
-                     assume_pointwise=args.assume_pointwise, input_name=args.input_name,
-                     layout=args.layout, fill=parse_fills(args.fill),
+                     erf_runs=args.erf_runs, erf_layers=args.erf_layers,
                      progress=not getattr(args, "quiet", False) and sys.stderr.isatty())
     print(json_text(diagnosis_dict(d)) if args.format == "json" else render(d))
     return 1 if d.analysis.stops else 0

@@ -17,10 +17,9 @@ from tabulate import tabulate
 
 from .. import erf_conventions as ec
 from ..errors import RFGraphError
-from ..onnx_import import parse_input_shapes
 from ..outputs import check_output, write_atomically
 from ..report import FORMATS, json_text
-from ._common import add_model_args, model_errors, parse_fills
+from ._common import add_model_args, model_errors, options_from_args
 
 if TYPE_CHECKING:  # the ERF engine is imported when the command runs
     from ..erf import ERFResult
@@ -115,36 +114,20 @@ def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
         raise RFGraphError(f"{what} '{text}': expected comma-separated integers, e.g. 7,7") from None
 
 
-def _input_and_shape(args: argparse.Namespace) -> tuple[str | None, tuple[int, ...] | None]:
-    """The input the ERF differentiates (--input, else the one --input-shape names, else the
-    first) and its shape; a shape for any other input is refused, not silently ignored."""
-    shapes = parse_input_shapes(args.input_shape)
-    name = args.input_name
-    if name is None and len(shapes) == 1 and "" not in shapes:
-        name = next(iter(shapes))
-    other = [n for n in shapes if n not in ("", name)]
-    if other:
-        raise RFGraphError(f"--input-shape names '{other[0]}', but the ERF is taken w.r.t. one input "
-                           f"({name or 'the first'}): give only its shape (--input NAME chooses it)")
-    return name, shapes.get(name or "", shapes.get(""))
-
-
 def run(args: argparse.Namespace) -> int:
     """Compute, print, and write the requested files."""
     from ..erf import compute_erfs
     from ..inputs import IMAGENET_MEAN, IMAGENET_STD
 
     quiet = bool(getattr(args, "quiet", False))
-    input_name, input_shape = _input_and_shape(args)
+    options = options_from_args(args)
+    options.erf_input()  # a shape for an input other than the differentiated one: refused first
     units = _units(args)
     npy, png = output_paths(args)
     with model_errors(args.model):  # onnxruntime refusing the model: one line, exit 2
         results = compute_erfs(
-            args.model, args.output, input_shape=input_shape,
-            input_name=input_name, layout=args.layout, rules=args.rules or None,
-            assume_pointwise=args.assume_pointwise, fill=parse_fills(args.fill),
-            units=units, runs=args.runs, workers=args.workers, scheduler=args.scheduler,
-            provider=args.provider,
+            args.model, args.output, options=options, units=units, runs=args.runs, workers=args.workers,
+            scheduler=args.scheduler, provider=args.provider,
             method=args.method, inputs=args.inputs, reinit=args.reinit,
             weight_runs=args.weight_runs, seed=args.seed, batch=args.batch,
             progress=not (args.no_progress or quiet) and sys.stderr.isatty(),

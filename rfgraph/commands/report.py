@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.erf_runs < 1:
         raise RFGraphError("--erf-runs must be at least 1")
     out = output_path(args)
-    analysis = load_analysis(args)
+    analysis = load_analysis(args, needs_size="report")
     erf = None if args.no_erf else ERFOptions(args.erf_output or None, args.erf_limit, args.erf_runs,
                                               args.method, seed=args.seed,
                                               progress=not quiet and sys.stderr.isatty())

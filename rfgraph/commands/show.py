@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         raise RFGraphError("--runs must be at least 1")
     args.out = str(check_output(args.out, suffix=".png", what="-o",
                                 inputs=[args.model, args.image, args.erf_inputs, *args.rules]))
-    analysis = load_analysis(args)
+    analysis = load_analysis(args, needs_size="show")
     ep = analysis[args.output]
     if ep.is_global:
         raise RFGraphError(f"'{ep.name}' has a global field (every unit sees the whole input); "

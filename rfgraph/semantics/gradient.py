@@ -158,6 +158,21 @@ class Builder:
         self.shapes[out] = self.shapes[g]
         return out
 
+    def scatter_along_axis(self, g: str, src: np.ndarray, n_in: int, axis: int) -> str:
+        """Add each position j of axis ``axis`` of ``g`` onto position ``src[j]`` of a tensor with
+        ``n_in`` positions there: the transpose of a copy, in O(size) where the 0/1 matrix that
+        ``along_axis`` would take has n_in x len(src) entries (7.7 GB for a 44k-sample Pad)."""
+        shape = list(self.shapes[g])
+        pre, post = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
+        g3 = self.reshape(g, (pre, shape[axis], post))
+        where = self.op("Expand", self.const(np.asarray(src, np.int64).reshape(1, -1, 1), dtype=np.int64),
+                        self.ints((pre, shape[axis], post)))
+        zero = numpy_helper.from_array(np.zeros(1, helper.tensor_dtype_to_np_dtype(self.dtype)))
+        base = self.op("ConstantOfShape", self.ints((pre, n_in, post)), value=zero)
+        out = self.op("ScatterElements", base, where, g3, axis=1, reduction="add")
+        shape[axis] = n_in
+        return self.reshape(out, shape)
+
     def along_axis(self, g: str, matrix: np.ndarray, axis: int) -> str:
         """Contract axis ``axis`` of ``g`` (length m) with ``matrix`` (n x m): a linear map per axis."""
         shape = list(self.shapes[g])

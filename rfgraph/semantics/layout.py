@@ -438,10 +438,16 @@ def _pad_copies(b: Builder, g: str, xs: Sequence[int], pads: Sequence[int],
         n_in = xs[axis]
         src = np.pad(np.arange(n_in), (max(before, 0), max(after, 0)), mode=mode)
         src = src[max(-before, 0): len(src) - max(-after, 0)]
+        if n_in * len(src) > DENSE_COPY_LIMIT:
+            g = b.scatter_along_axis(g, src, n_in, axis)
+            continue
         matrix = np.zeros((n_in, len(src)), dtype=helper.tensor_dtype_to_np_dtype(b.dtype))
         matrix[src, np.arange(len(src))] = 1
         g = b.along_axis(g, matrix, axis)
     return g
+
+
+DENSE_COPY_LIMIT = 1 << 20  # entries of a per-axis 0/1 copy matrix; longer axes scatter-add instead
 
 
 def _slice_indices(b: Builder, n: NodeView) -> dict[int, np.ndarray]:

@@ -1,0 +1,245 @@
+"""Analysis at an unknown input size (issue 14 §2): r and S exact, P exact or per residue of the size.
+
+Oracles: the analysis with an explicit --input-shape at sizes of every residue (other sizes than
+the ones sampled, H and W at different residues); onnxruntime impulse measurements of the field
+of a 1-D TF-'SAME' chain at each residue (independent of rfgraph's rules); onnxruntime running,
+or refusing, the model at the sizes said to work or not.
+
+Covers: P per residue and the ops named for a 'SAME' stride-2 net (API, table, CSV, markdown,
+JSON against the documented schema); exact P where no padding depends on the size; a Resize to
+fixed sizes refused naming the Resize; a U-Net-like merge that runs only at some sizes; the
+commands that need a size (boxes, show, report, diagnose) ask for one in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+import rfgraph
+from rfgraph.cli import main
+from rfgraph.errors import DynamicShapeError
+from rfgraph.unknown_size import PBySize
+from tests.graphs import G
+from tests.impulses import dependencies
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "json_schema.md"
+
+
+def same_net(spatial: tuple, pool: str = "MaxPool") -> tuple[onnx.ModelProto, str]:
+    """TF-'SAME' layers with stride 2 and odd kernels (begin padding = size mod 2 dependent), a
+    'SAME' pool, a residual merge, and a final explicit-padding conv: period 8."""
+    g = G(spatial)
+    x = g.conv("x", 3, 2, auto_pad="SAME_UPPER")
+    x = g.node(pool, [x], kernel_shape=[3] * g.ndim, strides=[2] * g.ndim, auto_pad="SAME_UPPER")
+    a = g.conv(x, 5, 2, auto_pad="SAME_UPPER")
+    b = g.conv(a, 3, 1, auto_pad="SAME_UPPER")
+    y = g.conv(g.add(a, b), 3, 1, pads=[1] * (2 * g.ndim))
+    return g.model(y), y
+
+
+def at_size(model: onnx.ModelProto, sizes: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    return {"x": (1, 1, *sizes)}
+
+
+def test_P_per_residue_matches_the_analysis_at_every_residue():
+    """For H, W at every pair of residues mod 8 (at sizes the unknown-size analysis did not
+    sample), P along each axis is the one the merged result gives for that axis's residue; r and
+    S are the same at every size."""
+    model, y = same_net(("H", "W"))
+    a = rfgraph.analyze(model)
+    ep = a[y]
+    assert a.unknown_size is not None and a.unknown_size.period == (8, 8)
+    assert all(isinstance(p, PBySize) for p in ep.P)
+    sampled = set(a.unknown_size.sizes)
+    for h in range(60, 68):
+        w = 60 + (h * 3 + 1) % 8  # another residue along W
+        assert (h, w) not in sampled
+        b = rfgraph.analyze(model, at_size(model, (h, w)))[y]
+        assert (b.r, b.S) == (ep.r, ep.S)
+        assert b.P == (ep.P[0].by_residue[h % ep.P[0].period], ep.P[1].by_residue[w % ep.P[1].period])
+    pb = ep.P[0]
+    assert len(pb.values) > 1 and sorted(v for v in pb.values for _ in pb.residues(v)) == sorted(pb.by_residue)
+    names = [n.name for n in model.graph.node]
+    assert list(pb.ops) == [names[0], names[1], names[2]]  # the three 'SAME' layers with stride 2
+    assert a.unknown_size.ops == pb.ops  # the stride-1 'SAME' conv pads (k-1)/2 at any size
+
+
+def measured_P(model: onnx.ModelProto, y: str, n: int) -> tuple[int, int, int]:
+    """r, S, P of ``y`` measured with onnxruntime impulses on a 1-D input of length n: from the
+    first unit whose support starts inside the input (P = u*S - start, Araujo eq. 5)."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    fixed.graph.input[0].type.tensor_type.shape.dim[2].dim_value = n
+    deps, _ = dependencies(fixed, "x", y, [2])
+    hits = deps.any(axis=(1, 2))  # (input positions, output units)
+    starts = [int(np.argmax(hits[:, u])) for u in range(hits.shape[1])]
+    ends = [n - 1 - int(np.argmax(hits[::-1, u])) for u in range(hits.shape[1])]
+    u = next(u for u in range(hits.shape[1]) if starts[u] > 0 and ends[u] < n - 1)
+    S = starts[u + 1] - starts[u]
+    return ends[u] - starts[u] + 1, S, u * S - starts[u]
+
+
+def test_P_per_residue_against_onnxruntime_impulses():
+    """1-D: at one length of each residue mod 8 the field measured with onnxruntime has the r, S
+    and the P the unknown-size analysis gives for that residue (an average pool: every input in
+    the window moves the output, which a max pool's impulses need not)."""
+    model, y = same_net(("L",), "AveragePool")
+    ep = rfgraph.analyze(model)[y]
+    pb = ep.P[0]
+    assert isinstance(pb, PBySize) and pb.period == 8
+    for n in range(72, 80):
+        assert measured_P(model, y, n) == (ep.r[0], ep.S[0], pb.by_residue[n % 8]), n
+
+
+def test_exact_P_where_no_padding_depends_on_the_size():
+    """Explicit pads and stride-1 'SAME': P is a number, the same as at any fixed size."""
+    g = G(("H", "W"))
+    x = g.conv("x", 3, 2, pads=[1, 1, 1, 1])
+    y = g.conv(x, 3, 1, auto_pad="SAME_UPPER")
+    model = g.model(y)
+    ep = rfgraph.analyze(model)[y]
+    fixed = rfgraph.analyze(model, at_size(model, (37, 50)))[y]
+    assert (ep.r, ep.S, ep.P) == (fixed.r, fixed.S, fixed.P) == ((7, 7), (2, 2), (3, 3))
+    assert ep.size_dependent is None
+
+
+def test_resize_to_fixed_sizes_is_refused_naming_it():
+    """A Resize to a fixed output size: its stride depends on the input size; refused, naming
+    the Resize, asking for --input-shape (exit 2, one line)."""
+    g = G(("H", "W"))
+    x = g.conv("x", 3, 2, pads=[1, 1, 1, 1])
+    sizes = g._init(np.array([1, 2, 16, 16]), "sizes")
+    y = g.node("Resize", [x, "", "", sizes], mode="nearest")
+    model = g.model(y)
+    resize = model.graph.node[-1].name
+    with pytest.raises(DynamicShapeError, match=rf"node '{resize}' \(Resize\).*--input-shape x:1x1x224x224"):
+        rfgraph.analyze(model)
+
+
+def test_resize_refusal_on_the_cli(tmp_path, capsys):
+    """The same refusal on the command line: exit 2, one line naming the op."""
+    g = G(("H", "W"))
+    x = g.conv("x", 3, 2, pads=[1, 1, 1, 1])
+    sizes = g._init(np.array([1, 2, 16, 16]), "sizes")
+    g.node("Resize", [x, "", "", sizes], mode="nearest")
+    path = tmp_path / "resize.onnx"
+    onnx.save(g.model(g.nodes[-1].output[0]), path)
+    assert main(["analyze", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "(Resize)" in err and "--input-shape x:" in err and "Traceback" not in err
+
+
+def unet(spatial: tuple) -> tuple[onnx.ModelProto, str]:
+    """Down by 2 twice (explicit pads), up by 2 twice (nearest Resize), each merged with the skip
+    of its scale: the maps of a merge agree only when the size is a multiple of 4."""
+    g = G(spatial)
+    s0 = g.conv("x", 3, 1, pads=[1] * (2 * g.ndim))
+    s1 = g.conv(s0, 3, 2, pads=[1] * (2 * g.ndim))
+    s2 = g.conv(s1, 3, 2, pads=[1] * (2 * g.ndim))
+    u1 = g.add(g.resize(s2, 2), s1)
+    y = g.add(g.resize(u1, 2), s0)
+    return g.model(y), y
+
+
+def runs(model: onnx.ModelProto, n: int) -> bool:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    try:
+        session.run(None, {"x": np.zeros((1, 1, n, n), np.float32)})
+    except Exception:  # noqa: BLE001 - onnxruntime's refusal of the size is what is measured
+        return False
+    return True
+
+
+def test_sizes_the_model_cannot_run_at_are_reported():
+    """A U-Net-like merge: the residues said to work are exactly those at which onnxruntime
+    runs the model; the field is still exact there."""
+    model, y = unet(("H", "W"))
+    a = rfgraph.analyze(model)
+    how = a.unknown_size
+    assert how is not None and how.runs_at is not None and "Add" in how.cannot_run
+    period = max(how.period)
+    for n in range(24, 24 + period):
+        assert runs(model, n) == (n % period in how.runs_at), n
+    fixed = rfgraph.analyze(model, at_size(model, (24, 24)))[y]
+    assert (a[y].r, a[y].S, a[y].P) == (fixed.r, fixed.S, fixed.P)
+
+
+def schema(name: str) -> dict:
+    block = re.search(rf"<!-- schema: {name} -->\s*```json\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.DOTALL)
+    assert block
+    return json.loads(block.group(1))
+
+
+def test_cli_prints_the_P_set_in_every_format(tmp_path, capsys):
+    """`rfgraph analyze dyn.onnx` exits 0; the table and CSV show P as 'a|b|...', the notes the
+    residues and ops; JSON gives the values and residues and follows the documented schema."""
+    model, y = same_net(("H", "W"))
+    path = tmp_path / "dyn.onnx"
+    onnx.save(model, path)
+    pb = rfgraph.analyze(model)[y].P[0]
+    assert isinstance(pb, PBySize)
+    cell = "|".join(map(str, pb.values))
+    assert main(["analyze", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f" {cell} " in out and pb.describe() in out and "[1, 1, ?, ?]" in out
+    assert main(["analyze", str(path), "--format", "csv"]) == 0
+    assert f",{cell}," in capsys.readouterr().out
+    assert main(["analyze", str(path), "--format", "markdown"]) == 0
+    assert f"| {cell} " in capsys.readouterr().out
+    assert main(["analyze", str(path), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    (row,) = doc["endpoints"]
+    assert row["P"][0] == {"values": list(pb.values), "modulo": pb.period,
+                           "residues": [list(pb.residues(v)) for v in pb.values], "ops": list(pb.ops)}
+    assert row["covers_input"] is None and doc["input"]["shape"] == [1, 1, None, None]
+    assert doc["unknown_size"]["period"] == [8, 8]
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(doc, schema("analyze"))
+
+
+@pytest.mark.parametrize("command", [["boxes", "--output", "Y", "--index", "0,0"], ["diagnose"],
+                                     ["report", "-o", "OUT/r.html"],
+                                     ["show", "--output", "Y", "--index", "0,0", "--image", "IMG", "-o", "OUT/o.png"]])
+def test_commands_that_need_a_size_ask_for_one(command, tmp_path, capsys):
+    """At an unknown size, commands whose answer is per unit or measured ask for --input-shape
+    in one line (exit 2); the same command with a size works as before."""
+    model, y = same_net(("H", "W"))
+    path = tmp_path / "dyn.onnx"
+    onnx.save(model, path)
+    image = tmp_path / "img.png"
+    from PIL import Image
+    Image.new("RGB", (48, 48)).save(image)
+    args = [a.replace("Y", y).replace("OUT", str(tmp_path)).replace("IMG", str(image)) for a in command]
+    assert main([args[0], str(path), *args[1:]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{args[0]} needs a concrete input size" in err and "--input-shape x:" in err
+    a = rfgraph.analyze(model)
+    with pytest.raises(rfgraph.RFGraphError, match="input size is unknown"):
+        a[y].region((0, 0))
+    with pytest.raises(DynamicShapeError, match="the reverse pass needs a concrete input size"):
+        a.fields_toward(y)
+
+
+def test_input_shape_keeps_the_exact_field():
+    """--input-shape: the field at that size, no unknown-size result."""
+    model, y = same_net(("H", "W"))
+    a = rfgraph.analyze(model, at_size(model, (45, 45)))
+    assert a.unknown_size is None and all(isinstance(p, int) for p in a[y].P)
+    assert a[y].region((0, 0))[0][0] == -a[y].P[0]
+
+
+def test_dynamic_batch_is_analysed_at_batch_1():
+    """A dynamic batch next to dynamic spatial dims is no reason to refuse."""
+    g = G(("H", "W"))
+    y = g.conv("x", 3, 2, auto_pad="SAME_UPPER")
+    model = g.model(y)
+    model.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "H", "W"]))
+    assert rfgraph.analyze(model).unknown_size is not None
