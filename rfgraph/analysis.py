@@ -7,6 +7,7 @@ alignment verdict of every merge, and the nodes where the analysis stopped (unsu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,11 +19,13 @@ import numpy as np
 import onnx
 
 from . import custom_ops
+from .borders import BorderCopy, border_copy, clipped_regions
 from .errors import DynamicShapeError, InputSizeError, RFGraphError
 from .fields import AxisField, Rational, Span, compose, merged_gates
 from .onnx_import import (
     ModelGraph,
     ModelSource,
+    attributes,
     build_graph,
     forget_stored_shapes,
     inlined_ifs,
@@ -34,7 +37,7 @@ from .onnx_import import (
 )
 from .options import ModelOptions, model_options
 from .rules import RuleTable
-from .semantics import CHANNELS_FIRST_OPS
+from .semantics import CHANNELS_FIRST_OPS, geometry
 from .semantics.transfer import Edge, Layout, OutTransfer, Transfer, carried
 from .trf import Gate, Merge, PassResult, Stop, TensorState, forward_pass, output_transfers, reverse_pass
 
@@ -70,6 +73,9 @@ class EndPoint:
     # regions are the local field with every gate's output held constant (what detaching the gate
     # gives in autograd); the exact field is global through these gates.
     gates: tuple[str, ...] = ()
+    # per input spatial axis, the Pads (reflect / edge / wrap) on the paths into this tensor that
+    # copy pixels into their border: the clipped boxes add those pixels (r, S, P do not change)
+    copies: tuple[tuple[BorderCopy, ...], ...] = ()
     # analysed at an unknown input size (``unknown_size``): per axis, P where it depends on the
     # size (None where it does not); empty at a known size
     P_at_unknown_size: tuple[PBySize | None, ...] = ()
@@ -172,7 +178,8 @@ class EndPoint:
         """
         per_axis = [self.regions(a) for a in range(len(self.fields))]
         if clip_to is not None:
-            per_axis = [np.clip(r, 0, n - 1) for r, n in zip(per_axis, clip_to)]
+            copies = self.copies or ((),) * len(per_axis)
+            per_axis = [clipped_regions(r, n, c) for r, n, c in zip(per_axis, clip_to, copies)]
         grids = np.meshgrid(*[np.arange(len(r)) for r in per_axis], indexing="ij")
         starts = [r[g, 0] for r, g in zip(per_axis, grids)]
         ends = [r[g, 1] for r, g in zip(per_axis, grids)]
@@ -543,15 +550,47 @@ def _endpoints(mg: ModelGraph, result: PassResult, input_name: str) -> dict[str,
     """One EndPoint per analysed tensor, input first, then in topological order."""
     rank = {g: i for i, g in enumerate(mg.names) if g in result.gates}  # gates in graph order
     eps = {input_name: _endpoint(mg, input_name, "", "Input", result.states[input_name], rank)}
+    copies: dict[str, tuple[frozenset[BorderCopy], ...]] = {}
     for idx in result.order:
         if idx not in result.transfers:
             continue
         node = mg.nodes[idx]
-        for out in node.output:
+        for k, out in enumerate(node.output):
             state = result.states.get(out)
             if state is not None:
                 eps[out] = _endpoint(mg, out, mg.names[idx], node.op_type, state, rank)
+                copies[out] = _copies_into(mg, result, idx, k, eps, copies)
+                if any(copies[out]):
+                    eps[out] = dataclasses.replace(eps[out], copies=tuple(
+                        tuple(sorted(c, key=lambda b: b.order)) for c in copies[out]))
     return eps
+
+
+def _copies_into(mg: ModelGraph, result: PassResult, idx: int, k: int, eps: Mapping[str, EndPoint],
+                 known: Mapping[str, tuple[frozenset[BorderCopy], ...]]) -> tuple[frozenset[BorderCopy], ...]:
+    """Per input spatial axis, the border-copying Pads on the paths into output ``k`` of node
+    ``idx``: those of its data inputs, and the node itself when it is one."""
+    out = result.transfers[idx].outputs[k] if k < len(result.transfers[idx].outputs) else None
+    n_axes = len(eps[mg.node_outputs[idx][k]].fields)
+    sets: list[frozenset[BorderCopy]] = [frozenset()] * n_axes
+    if out is None:
+        return tuple(sets)
+    for e in out.edges:
+        for a, c in enumerate(known.get(mg.node_inputs[idx][e.slot], ())):
+            sets[a] = sets[a] | c
+    if mg.op_types[idx] == "Pad" and len(out.edges) == 1:
+        mode = geometry.pad_mode(attributes(mg.nodes[idx]), mg.names[idx])
+        source, target = eps[mg.node_inputs[idx][0]], eps[mg.node_outputs[idx][k]]
+        field_in = result.states[mg.node_inputs[idx][0]].fields
+        for a in range(n_axes):
+            span, n_in, n_out = out.edges[0].span(a), source.units[a], target.units[a]
+            if span is None or n_in is None or n_out is None:
+                continue
+            begin = -span.lo[0]
+            copy = border_copy(mg.names[idx], idx, mode, field_in[a], n_in, begin, n_out - n_in - begin)
+            if copy is not None:
+                sets[a] = sets[a] | {copy}
+    return tuple(sets)
 
 
 def _endpoint(mg: ModelGraph, name: str, node: str, op: str, state: TensorState,

@@ -1120,7 +1120,11 @@ def prepare(model: onnx.ModelProto, input_shape: Sequence[int] | None = None,
     opset = next((o.version for o in model_copy.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_OPSET:
         from onnx import version_converter
-        model_copy = version_converter.convert_version(model_copy, MIN_OPSET)
+        try:
+            model_copy = version_converter.convert_version(model_copy, MIN_OPSET)
+        except Exception as exc:  # the converter raises its own untyped errors
+            raise RFGraphError(f"the gradient graph needs opset {MIN_OPSET}; onnx's version converter "
+                               f"cannot convert this opset-{opset} model: {exc}".splitlines()[0]) from exc
     del model_copy.graph.value_info[:]  # stale shapes (e.g. at another batch) would conflict
     for out in model_copy.graph.output:
         out.type.tensor_type.ClearField("shape")

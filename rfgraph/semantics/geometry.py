@@ -1,4 +1,5 @@
-"""Geometry of ONNX window ops (Conv, pooling, ConvTranspose), decoded once from the operator spec.
+"""Geometry of ONNX window ops (Conv, pooling, ConvTranspose) and of resampling (Resize,
+Upsample) and Pad's mode, decoded once from the operator spec.
 
 Every user (the TRF rules in ``ops``, the gradient rules in ``vjp``, declared custom rules) reads the
 kernel, strides, dilations and begin/end pads of a node from here.  Formulas cite
@@ -17,11 +18,15 @@ difference is checked in ``tests/test_geometry.py``:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
-from ..errors import DynamicShapeError, InvalidAttributeError
+import numpy as np
+
+from ..errors import DynamicShapeError, InvalidAttributeError, UnsupportedOpError
 
 SAME = ("SAME_UPPER", "SAME_LOWER")
 
@@ -224,6 +229,17 @@ def conv_transpose_output_size(axis: AxisWindow, in_size: int) -> int:
     return axis.stride * (in_size - 1) + axis.output_padding + axis.k_eff - axis.pad_begin - end
 
 
+PAD_MODES = ("constant", "reflect", "edge", "wrap")
+
+
+def pad_mode(attrs: Mapping[str, Any], name: str) -> str:
+    """Pad's ``mode`` (spec): constant (default), reflect, edge, or wrap (opset 19)."""
+    mode = _str(attrs, "mode", "constant")
+    if mode not in PAD_MODES:
+        raise InvalidAttributeError(f"node '{name}' (Pad): mode={mode!r} is not one of {', '.join(PAD_MODES)}")
+    return mode
+
+
 WINDOW_OPS = ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool")
 
 
@@ -237,3 +253,168 @@ def output_sizes(op: str, name: str, attrs: Mapping[str, Any], kernel: Sequence[
         return [conv_transpose_output_size(a, s) for a, s in zip(geo.axes, in_sizes)]
     geo = window(op, name, attrs, kernel, in_sizes)
     return [output_size(a, s, geo.ceil_mode) for a, s in zip(geo.axes, in_sizes)]
+
+
+# ---------------------------------------------------------------- Resize / Upsample
+# https://onnx.ai/onnx/operators/onnx__Resize.html; the weights follow the reference implementation
+# (onnx.reference.ops.op_resize): the taps nearest x_original, indices clamped to the input (edge),
+# except that pytorch_half_pixel to length 1 uses x_original = 0 as the spec says (the reference: -0.5).
+
+COORDINATE_MODES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
+                    "asymmetric", "tf_crop_and_resize")
+NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+
+
+@dataclass(frozen=True)
+class Resampling:
+    """How a Resize / Upsample node interpolates: its attributes with the defaults of its op and
+    opset (Upsample and Resize before opset 11: asymmetric coordinates, nearest = floor)."""
+
+    mode: str  # nearest, linear, cubic
+    coord: str
+    nearest: str
+    cubic_a: float = -0.75
+    exclude_outside: bool = False
+    extrapolation: float = 0.0
+    antialias: bool = False
+
+
+def resampling(op: str, opset: int, attrs: Mapping[str, Any], name: str) -> Resampling:
+    """Decode a Resize / Upsample node's interpolation attributes (unsupported values refused)."""
+    modern = op == "Resize" and opset >= 11
+    mode = _str(attrs, "mode", "nearest")
+    mode = {"bilinear": "linear", "trilinear": "linear"}.get(mode, mode)  # Upsample-7's names
+    coord = _str(attrs, "coordinate_transformation_mode", "half_pixel" if modern else "asymmetric")
+    nearest = _str(attrs, "nearest_mode", "round_prefer_floor") if modern else "floor"
+    for value, allowed, what in ((mode, ("nearest", "linear", "cubic"), "interpolation mode"),
+                                 (coord, COORDINATE_MODES, "coordinate_transformation_mode"),
+                                 (nearest, NEAREST_MODES, "nearest_mode")):
+        if value not in allowed:
+            raise UnsupportedOpError(name, op, f"{what} '{value}'")
+    return Resampling(mode, coord, nearest, float(attrs.get("cubic_coeff_a", -0.75)),
+                      bool(attrs.get("exclude_outside", 0)), float(attrs.get("extrapolation_value", 0.0)),
+                      bool(attrs.get("antialias", 0)))
+
+
+def _fraction(value: float) -> Fraction:
+    return Fraction(float(value)).limit_denominator(10_000)
+
+
+def resize_scales(op: str, opset: int, attrs: Mapping[str, Any], scales: Any, sizes: Any,
+                  in_shape: Sequence[int | None] | None, out_shape: Sequence[int | None] | None,
+                  name: str) -> list[Fraction]:
+    """Scale per tensor axis (spec): the constant ``scales`` (over ``axes`` when given), else from
+    ``sizes``: output / input per axis, or with keep_aspect_ratio_policy not_larger / not_smaller
+    the smallest / largest of those ratios over the resized axes."""
+    shape = in_shape if in_shape is not None else out_shape
+    axes_attr = [int(a) for a in attrs.get("axes", [])] if op == "Resize" else []  # opset 18
+    values = [float(v) for v in np.asarray(scales).reshape(-1)] if scales is not None else []
+    if values and shape is not None and (axes_attr or len(values) == len(shape)):
+        full = [Fraction(1)] * len(shape)
+        for a, v in zip([x % len(shape) for x in axes_attr] or range(len(shape)), values):
+            full[a] = _fraction(v)
+        return full
+    if in_shape is None or out_shape is None or None in in_shape[2:] or None in out_shape[2:]:
+        raise DynamicShapeError(f"node '{name}' ({op}): scale unknown (sizes not inferred); "
+                                f"set the input size with --input-shape")
+    ratios = [Fraction(int(o), int(i)) if i and o else Fraction(1) for i, o in zip(in_shape, out_shape)]
+    policy = _str(attrs, "keep_aspect_ratio_policy", "stretch")
+    if sizes is not None and np.asarray(sizes).size and policy in ("not_larger", "not_smaller"):
+        resized = [x % len(ratios) for x in axes_attr] or list(range(len(ratios)))
+        wanted = [a for a in resized if in_shape[a]]
+        asked = dict(zip(resized, (int(s) for s in np.asarray(sizes).reshape(-1))))
+        pick = min if policy == "not_larger" else max
+        common = pick(Fraction(asked[a], int(in_shape[a] or 1)) for a in wanted)
+        return [common if a in resized else r for a, r in enumerate(ratios)]
+    return ratios
+
+
+@dataclass(frozen=True)
+class ResizeAxis:
+    """One axis of a Resize: output unit u reads input coordinate x_original(u) (spec) and the
+    taps around it."""
+
+    how: Resampling
+    scale: Fraction
+    in_size: int | None
+    out_size: int | None
+    roi: tuple[Fraction, Fraction] = (Fraction(0), Fraction(1))  # tf_crop_and_resize: start, end
+
+    def source(self, u: int) -> Fraction:
+        """x_original of output unit ``u`` (the spec's coordinate transformation)."""
+        c, s, n_in, n_out = self.how.coord, self.scale, self.in_size or 0, self.out_size or 0
+        if c in ("align_corners", "tf_crop_and_resize", "half_pixel_symmetric") and (not n_in or not n_out):
+            raise DynamicShapeError(f"Resize with {c} needs known sizes; set them with --input-shape")
+        if c == "asymmetric":
+            return u / s
+        if c == "align_corners":
+            return Fraction(u * (n_in - 1), n_out - 1) if n_out > 1 else Fraction(0)
+        if c == "tf_crop_and_resize":
+            start, end = self.roi
+            if n_out == 1:
+                return (end - start) * (n_in - 1) / 2 + start * (n_in - 1)
+            return u * (end - start) * (n_in - 1) / (n_out - 1) + start * (n_in - 1)
+        if c == "pytorch_half_pixel" and n_out == 1:
+            return Fraction(0)
+        x = (u + Fraction(1, 2)) / s - Fraction(1, 2)
+        if c == "half_pixel_symmetric":
+            x += Fraction(n_in, 2) * (1 - Fraction(n_out) / (s * n_in))
+        return x
+
+    def period(self) -> tuple[int, int]:
+        """(p, q): output unit u + p reads q input units further than unit u (x_original affine)."""
+        if self.how.coord in ("align_corners", "tf_crop_and_resize"):
+            step = self.source(1) - self.source(0) if (self.out_size or 0) > 1 else Fraction(0)
+            return (step.denominator, step.numerator) if step else (1, 0)
+        return self.scale.numerator, self.scale.denominator
+
+    def coefficients(self, u: int) -> tuple[int, list[float]] | None:
+        """First input index (unclamped) and the interpolation coefficients of unit ``u``; None
+        where tf_crop_and_resize extrapolates (the unit is the constant extrapolation_value)."""
+        x = self.source(u)
+        if self.how.coord == "tf_crop_and_resize" and not 0 <= x <= (self.in_size or 1) - 1:
+            return None
+        floor = math.floor(x)
+        ratio = x - floor
+        if ratio == 0:  # an exact tap: the reference takes ratio 1 from the unit before
+            floor, ratio = floor - 1, Fraction(1)
+        r, a, how = float(ratio), self.how.cubic_a, self.how
+        if how.mode == "nearest":
+            up = {"round_prefer_floor": ratio > Fraction(1, 2), "round_prefer_ceil": ratio >= Fraction(1, 2),
+                  "floor": ratio == 1, "ceil": True}[how.nearest]
+            return floor, [0.0, 1.0] if up else [1.0, 0.0]
+        if how.mode == "linear":
+            return floor, [1 - r, r]
+        s = 1 - r
+        return floor - 1, [((a * (r + 1) - 5 * a) * (r + 1) + 8 * a) * (r + 1) - 4 * a,
+                           ((a + 2) * r - (a + 3)) * r * r + 1,
+                           ((a + 2) * s - (a + 3)) * s * s + 1,
+                           ((a * (s + 1) - 5 * a) * (s + 1) + 8 * a) * (s + 1) - 4 * a]
+
+    def taps(self, u: int) -> tuple[int, int]:
+        """First and last input index (unclamped) with a nonzero coefficient at unit ``u``."""
+        got = self.coefficients(u)
+        if got is None:
+            return 0, -1
+        first, coeffs = got
+        nonzero = [first + k for k, c in enumerate(coeffs) if c != 0]
+        return nonzero[0], nonzero[-1]
+
+    def matrix(self) -> np.ndarray:
+        """(out, in) matrix: y = M x along this axis (indices clamped to the input; with
+        exclude_outside the taps outside get 0 and the rest are renormalised)."""
+        if not self.in_size or not self.out_size:
+            raise DynamicShapeError("Resize weights need known sizes; set them with --input-shape")
+        m = np.zeros((self.out_size, self.in_size))
+        for u in range(self.out_size):
+            got = self.coefficients(u)
+            if got is None:
+                continue
+            first, coeffs = got
+            idx = np.arange(first, first + len(coeffs))
+            w = np.array(coeffs)
+            if self.how.exclude_outside:
+                w = np.where((idx >= 0) & (idx < self.in_size), w, 0.0)
+                w = w / w.sum()
+            np.add.at(m[u], np.clip(idx, 0, self.in_size - 1), w)
+        return m

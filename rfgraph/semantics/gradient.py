@@ -124,8 +124,10 @@ class Builder:
         return self.reshape(out, shape)
 
     def reshape(self, g: str, shape: Sequence[int]) -> str:
-        """Reshape a gradient to a static shape, recording it."""
-        out = self.op("Reshape", g, self.ints(shape))
+        """Reshape a gradient to a static shape, recording it (a 0 in ``shape`` is an empty axis,
+        not "copy the input's size": allowzero)."""
+        zero = {"allowzero": 1} if 0 in shape else {}
+        out = self.op("Reshape", g, self.ints(shape), **zero)
         self.shapes[out] = tuple(shape)
         return out
 

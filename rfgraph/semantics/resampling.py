@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import Any
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
-from .. import runtime
-from ..errors import DynamicShapeError, UnsupportedOpError
+from ..errors import UnsupportedOpError
 from ..fields import Span
+from . import geometry
 from .gradient import Builder, Grads, NodeView, _one_plus, _set_shape
 from .gradient import Rule as VJPRule
 from .transfer import (
@@ -21,7 +20,6 @@ from .transfer import (
     OutTransfer,
     Rule,
     Transfer,
-    _str_attr,
     mixed_maps,
     plain_layout,
     strip_spatial,
@@ -32,104 +30,49 @@ from .transfer import (
 # ---------------------------------------------------------------- receptive-field (TRF) rules
 
 
-def _resize_index_span(ctx: NodeContext, scale: Fraction, in_size: int | None, out_size: int | None,
-                       mode: str, coord: str, nearest: str) -> Span:
-    """Exact span of Resize along one axis: which input units each output unit interpolates."""
-    if scale <= 0:
-        raise ctx.invalid(f"resize scale {scale} must be positive")
-    if coord == "align_corners":
-        if not in_size or not out_size:
-            raise DynamicShapeError(f"node '{ctx.name}' (Resize): align_corners needs known sizes; "
-                                    f"set them with --input-shape")
-        ratio = Fraction(in_size - 1, out_size - 1) if out_size > 1 else Fraction(0)
-        x_of = lambda u: u * ratio
-        period, advance = (ratio.denominator, ratio.numerator) if ratio else (1, 0)
-    else:
-        period, advance = scale.numerator, scale.denominator  # p output units span q input units
-        if coord in ("half_pixel", "pytorch_half_pixel", "half_pixel_symmetric"):
-            offset = Fraction(0)
-            if coord == "half_pixel_symmetric" and in_size and out_size:
-                offset = Fraction(in_size, 2) * (1 - Fraction(out_size, in_size) / scale)
-            x_of = lambda u: offset + (u + Fraction(1, 2)) / scale - Fraction(1, 2)
-            if coord == "pytorch_half_pixel" and out_size == 1:  # spec: x_original = 0
-                x_of = lambda u: Fraction(0)
-        elif coord == "asymmetric":
-            x_of = lambda u: u / scale
-        else:
-            raise ctx.unsupported(f"coordinate_transformation_mode '{coord}'")
-    lo, hi = [], []
-    for t in range(period):
-        x = x_of(t)
-        a, b = _taps(x, mode, nearest, ctx)
-        lo.append(a)
-        hi.append(b)
-    return Span.periodic(advance, lo, hi)
-
-
-def _taps(x: Fraction, mode: str, nearest: str, ctx: NodeContext) -> tuple[int, int]:
-    """First and last input index with a nonzero interpolation weight at coordinate ``x``."""
-    fl = math.floor(x)
-    frac = x - fl
-    if mode == "nearest":
-        if nearest == "floor":
-            i = fl
-        elif nearest == "ceil":
-            i = math.ceil(x)
-        elif nearest == "round_prefer_ceil":
-            i = math.floor(x + Fraction(1, 2))
-        else:  # round_prefer_floor (ONNX default)
-            i = math.ceil(x - Fraction(1, 2))
-        return i, i
-    if mode == "linear":
-        return (fl, fl) if frac == 0 else (fl, fl + 1)
-    if mode == "cubic":
-        return (fl, fl) if frac == 0 else (fl - 1, fl + 2)
-    raise ctx.unsupported(f"interpolation mode '{mode}'")
+def _resize_index_span(ctx: NodeContext, axis: geometry.ResizeAxis) -> Span:
+    """Exact span of Resize along one axis: which input units each output unit interpolates
+    (x_original is affine in the unit, so one period of taps describes every unit)."""
+    if axis.scale <= 0:
+        raise ctx.invalid(f"resize scale {axis.scale} must be positive")
+    if axis.how.coord == "tf_crop_and_resize":
+        raise ctx.unsupported("coordinate_transformation_mode 'tf_crop_and_resize' (roi)")
+    period, advance = axis.period()
+    taps = [axis.taps(t) for t in range(period)]
+    return Span.periodic(advance, [a for a, _ in taps], [b for _, b in taps])
 
 
 def resize_rule(ctx: NodeContext) -> Transfer:
-    """Resize/Upsample: per axis, the exact taps of each output unit (stride in/out, fractional)."""
+    """Resize/Upsample: per axis, the exact taps of each output unit (stride in/out, fractional);
+    the geometry (coordinates, nearest modes, taps) is decoded by ``geometry``."""
     for slot in ctx.data_slots():
         if slot != 0:
             raise ctx.unsupported("scales or sizes computed from the input values")
     in_shape, out_shape = ctx.in_shapes[0], ctx.out_shapes[0]
-    rank = ctx.rank(0)
-    scales = _resize_scales(ctx, rank, in_shape, out_shape)
-    mode = _str_attr(ctx, "mode", "nearest")
-    mode = {"bilinear": "linear", "trilinear": "linear"}.get(mode, mode)
-    default_coord = "half_pixel" if ctx.op == "Resize" and ctx.opset >= 11 else "asymmetric"
-    coord = _str_attr(ctx, "coordinate_transformation_mode", default_coord)
-    nearest = _str_attr(ctx, "nearest_mode",
-                        "round_prefer_floor" if ctx.op == "Resize" and ctx.opset >= 11 else "floor")
-    if ctx.op == "Upsample" or ctx.opset < 11:
-        nearest = "floor"
-    if ctx.attrs.get("antialias", 0) and any(s < 1 for s in scales):
+    scales = _resize_scales(ctx, ctx.rank(0), in_shape, out_shape)
+    how = geometry.resampling(ctx.op, ctx.opset, ctx.attrs, ctx.name)
+    if how.antialias and any(s < 1 for s in scales):
         raise ctx.unsupported("antialiased downsampling (support depends on the filter width)")
     spans = []
-    for t in range(2, rank):
+    for t in range(2, ctx.rank(0)):
         in_size = in_shape[t] if in_shape else None
         out_size = out_shape[t] if out_shape else None
-        spans.append(_resize_index_span(ctx, scales[t], in_size, out_size, mode, coord, nearest))
+        spans.append(_resize_index_span(ctx, geometry.ResizeAxis(how, scales[t], in_size, out_size)))
     return window(ctx, spans)
 
 
 def _resize_scales(ctx: NodeContext, rank: int, in_shape, out_shape) -> list[Fraction]:
-    """Scale per axis: from constant scales, else from output/input sizes."""
-    scales = None
+    """Scale per axis (``geometry.resize_scales``) from the constant scales or sizes input."""
     if ctx.op == "Upsample":
-        scales = ctx.const(1) if ctx.has_input(1) else ctx.attrs.get("scales")
+        scales, sizes = (ctx.const(1) if ctx.has_input(1) else ctx.attrs.get("scales")), None
     elif ctx.opset < 11:
-        scales = ctx.const(1)
+        scales, sizes = ctx.const(1), None
     else:
-        sc = ctx.const(2)
-        if sc is not None and np.asarray(sc).size:
-            scales = sc
-    if scales is not None and len(np.asarray(scales).reshape(-1)) == rank:
-        return [Fraction(float(s)).limit_denominator(10_000) for s in np.asarray(scales).reshape(-1)]
-    if in_shape is None or out_shape is None or None in in_shape[2:] or None in out_shape[2:]:
-        raise DynamicShapeError(f"node '{ctx.name}' ({ctx.op}): scale unknown (sizes not inferred); "
-                                f"set the input size with --input-shape")
-    return [Fraction(1)] * 2 + [Fraction(o, i) for i, o in zip(in_shape[2:], out_shape[2:])]
+        scales = ctx.const(2) if ctx.has_input(2) else None
+        sizes = ctx.const(3) if ctx.has_input(3) else None
+    if in_shape is None and out_shape is None:
+        in_shape = [None] * rank
+    return geometry.resize_scales(ctx.op, ctx.opset, ctx.attrs, scales, sizes, in_shape, out_shape, ctx.name)
 
 
 def depth_to_space_rule(ctx: NodeContext) -> Transfer:
@@ -185,54 +128,34 @@ def _depth_to_space(b: Builder, n: NodeView, gys: list) -> Grads:
 
 
 def _space_to_depth(b: Builder, n: NodeView, gys: list) -> Grads:
-    """SpaceToDepth: the permutation of the ONNX spec (reshape, transpose, reshape), undone."""
+    """SpaceToDepth: the permutation of the ONNX spec (reshape, transpose, reshape), undone; blocks
+    ordered depth-column-row (DCR, default) or, from opset 28, column-row-depth (CRD)."""
     xs = b.shape(n.inputs[0])
     bs = n.attr_int("blocksize")
     N, C, H, W = xs
-    split, perm = (N, C, H // bs, bs, W // bs, bs), (0, 3, 5, 1, 2, 4)
+    split = (N, C, H // bs, bs, W // bs, bs)
+    perm = (0, 1, 3, 5, 2, 4) if n.attr_str("mode", "DCR") == "CRD" else (0, 3, 5, 1, 2, 4)
     return [_blocks_moved(b, gys[0], [split[i] for i in perm], perm, xs)]
 
 
 def _resize_matrix(n: NodeView, b: Builder, axis: int) -> np.ndarray:
-    """The (out x in) matrix of a Resize along one axis, measured by onnxruntime on basis vectors."""
+    """The (out x in) matrix of a Resize along one axis, from ``geometry`` (the decoder the TRF
+    rule uses): coordinates, nearest modes, clamped taps, the crop's roi."""
     xs, ys = b.shape(n.inputs[0]), b.shape(n.outputs[0])
-    size_in, size_out = xs[axis], ys[axis]
-    # decoded values, re-encoded by make_node (whose attribute kwargs are typed Any)
-    attrs: dict[str, Any] = {k: v for k, v in n.attrs.items()
-                             if k not in ("axes", "keep_aspect_ratio_policy")}
-    scales = b.value(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] else None
-    inits = []
-    roi = b.value(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] else None
-    crop = attrs.get("coordinate_transformation_mode") in ("tf_crop_and_resize", b"tf_crop_and_resize")
-    if roi is not None and roi.size and crop:  # roi: starts then ends of the resized axes
+    # ``vjp.prepare`` lifted the model to opset >= 17: Resize with roi, scales, sizes inputs and the
+    # defaults of opset 11 on
+    roi, scales, sizes = (b.value(n.inputs[i]) if len(n.inputs) > i and n.inputs[i] else None for i in range(1, 4))
+    scale = geometry.resize_scales("Resize", 11, n.attrs, scales, sizes, xs, ys, n.name)[axis]
+    how = geometry.resampling("Resize", 11, n.attrs, n.name)
+    window = (Fraction(0), Fraction(1))
+    if how.coord == "tf_crop_and_resize":
+        if roi is None:
+            raise UnsupportedOpError(n.name, "Resize", "tf_crop_and_resize with a roi computed at run time")
         axes = [int(a) % len(xs) for a in n.attr_ints("axes") or range(len(xs))]
-        at = axes.index(axis) if axis in axes else None
-        start, end = (roi[at], roi[roi.size // 2 + at]) if at is not None else (0.0, 1.0)
-        inits.append(numpy_helper.from_array(np.array([0.0, start, 1.0, end], np.float32), "roi"))
-    if scales is not None and scales.size:
-        full = np.ones(len(xs), dtype=np.float32)
-        axes = n.attr_ints("axes") or list(range(len(xs)))
-        for a, s in zip(axes, scales.tolist()):
-            full[int(a) % len(xs)] = s
-        inits.append(numpy_helper.from_array(np.array([1.0, full[axis]], np.float32), "scales"))
-        ins = ["x", "", "scales"]
-    else:
-        inits.append(numpy_helper.from_array(np.array([size_in, size_out], np.int64), "sizes"))
-        ins = ["x", "", "", "sizes"]
-    if len(inits) == 2:  # the crop's region of interest along this axis
-        ins[1] = "roi"
-    node = helper.make_node("Resize", ins, ["y"], **attrs)
-    graph = helper.make_graph([node], "resize_matrix",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size_in, size_in])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
-    sess = runtime.session(model)
-    (y,) = sess.run(None, {"x": np.eye(size_in, dtype=np.float32)})
-    (offset,) = sess.run(None, {"x": np.zeros((size_in, size_in), np.float32)})  # extrapolation_value
-    y = y - offset
-    if y.shape != (size_in, size_out):
-        raise UnsupportedOpError(n.name, "Resize", "could not measure the resize along one axis")
-    return y.T.astype(np.float64)  # (out, in): y = M x
+        if axis in axes:
+            at, flat = axes.index(axis), np.asarray(roi, dtype=np.float64).reshape(-1)
+            window = (Fraction(float(flat[at])), Fraction(float(flat[len(axes) + at])))
+    return geometry.ResizeAxis(how, scale, xs[axis], ys[axis], window).matrix()
 
 
 def _resize(b: Builder, n: NodeView, gys: list) -> Grads:

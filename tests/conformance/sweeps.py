@@ -49,6 +49,38 @@ def pad_cases() -> list[Case]:
     return out
 
 
+def pad_chain(layers: list[tuple], size: int = 9, seed: int = 0) -> Case:
+    """A chain of Conv ("conv", (kernel, stride, pad)) and Pad ("pad", (mode, begin, end)) layers
+    on a (1, 2, size, size) input: copying pads after strided layers and after one another."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, cur = [], {}, "x"
+    for i, (kind, (a, b, c)) in enumerate(layers):
+        if kind == "conv":
+            inits[f"w{i}"] = rng.standard_normal((2, 2, a, a)).astype(np.float32)
+            nodes.append(helper.make_node("Conv", [cur, f"w{i}"], [f"t{i}"], strides=[b, b], pads=[c] * 4))
+        else:
+            inits[f"p{i}"] = np.array([0, 0, b, b, 0, 0, c, c], np.int64)
+            nodes.append(helper.make_node("Pad", [cur, f"p{i}"], [f"t{i}"], mode=a))
+        cur = f"t{i}"
+    graph = helper.make_graph(nodes, "pad_chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                 (1, 2, size, size))],
+                              [helper.make_tensor_value_info(cur, TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    name = "sweep_pad_chain_" + "_".join(f"{k}{a}{b}{c}" for k, (a, b, c) in layers)
+    return Case(name, "Pad", model, "x", _x((1, 2, size, size)))
+
+
+PAD_CHAINS = [  # each was unsound before the copies were followed (or is the common generator block)
+    [("conv", (3, 2, 1)), ("pad", ("reflect", 2, 1)), ("conv", (3, 1, 0))],
+    [("pad", ("reflect", 3, 3)), ("conv", (3, 1, 0)), ("pad", ("reflect", 1, 1)), ("conv", (3, 1, 0))],
+    [("pad", ("wrap", 1, 2)), ("pad", ("wrap", 2, 2))],
+    [("pad", ("wrap", 2, 0)), ("pad", ("reflect", 2, 2))],
+    [("pad", ("edge", 2, 1)), ("pad", ("wrap", 2, 2)), ("pad", ("wrap", 0, 2))],
+    [("conv", (3, 2, 1)), ("pad", ("wrap", 1, 2)), ("pad", ("wrap", 1, 1))],
+]
+
+
 def batch_norm_cases() -> list[Case]:
     """BatchNormalization in inference and in training mode."""
     out = []
@@ -64,4 +96,4 @@ def batch_norm_cases() -> list[Case]:
 
 def sweep_cases() -> list[Case]:
     """Every sweep."""
-    return resize_cases() + pad_cases() + batch_norm_cases()
+    return resize_cases() + pad_cases() + [pad_chain(c) for c in PAD_CHAINS] + batch_norm_cases()
