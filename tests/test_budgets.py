@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import rfgraph
 from rfgraph import budgets
 from rfgraph.cli import main
 from rfgraph.onnx_import import propagated_values_are_small
@@ -137,3 +139,32 @@ def test_a_bad_limit_value_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(budgets.BOX_UNITS.env, "lots")
     with pytest.raises(budgets.RFGraphError, match="RFGRAPH_MAX_UNITS='lots' is not a number"):
         budgets.BOX_UNITS.check(1, "x")
+
+
+def _resize(path: Path, rows: int) -> Path:
+    """A 142-byte-class file: Resize (nearest) of a 4 x 16 map to ``rows`` x 16."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 16])
+    sizes = numpy_helper.from_array(np.array([1, 1, rows, 16], np.int64), "sizes")
+    node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="nearest", name="up")
+    return _save(path, [node], [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [sizes])
+
+
+def test_absurd_resize_is_refused_naming_it(tmp_path: Path) -> None:
+    """Resize to 2^31 - 1 rows hung (the span of one period of the scale, one unit at a time); 10^7
+    rows took 108 s and 938 MB.  Now one line, in seconds and little memory."""
+    for rows in (10**7, 2**31 - 1):
+        rc, peak, err = _peak_rss_mb(["analyze", str(_resize(tmp_path / f"r{rows}.onnx", rows))])
+        assert rc == 2, err
+        assert "node 'up' (Resize)" in err and budgets.RESIZE_PERIOD.env in err, err
+        assert peak < 400, f"peak {peak:.0f} MB"
+
+
+def test_a_raised_resize_limit_gives_the_exact_span(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """4 -> 280000 rows (a period of 70000 output units): refused by default, exact once raised:
+    every output row copies one input row (nearest), so r = 1 and S = 4/280000."""
+    path = str(_resize(tmp_path / "r.onnx", 280000))
+    with pytest.raises(budgets.BudgetError):
+        rfgraph.analyze(path)
+    monkeypatch.setenv(budgets.RESIZE_PERIOD.env, "100000")
+    y = rfgraph.analyze(path)["y"]
+    assert y.r[0] == 1 and y.S[0] == Fraction(4, 280000)

@@ -9,6 +9,7 @@ from fractions import Fraction
 import numpy as np
 from onnx import TensorProto
 
+from .. import budgets
 from ..errors import UnsupportedOpError
 from ..fields import Span
 from . import geometry
@@ -38,6 +39,8 @@ def _resize_index_span(ctx: NodeContext, axis: geometry.ResizeAxis) -> Span:
     if axis.how.coord == "tf_crop_and_resize":
         raise ctx.unsupported("coordinate_transformation_mode 'tf_crop_and_resize' (roi)")
     period, advance = axis.period()
+    budgets.RESIZE_PERIOD.check(period, f"node '{ctx.name}' ({ctx.op}): the exact span of scale {axis.scale}",
+                                "give the model a plausible output size")
     taps = [axis.taps(t) for t in range(period)]
     return Span.periodic(advance, [a for a, _ in taps], [b for _, b in taps])
 
