@@ -17,6 +17,7 @@ from typing import Any
 from tabulate import tabulate
 
 from .analysis import Analysis, EndPoint
+from .layers import LayerView
 from .trf import Merge
 from .unknown_size import PBySize
 
@@ -283,3 +284,86 @@ def _notes(analysis: Analysis, names: Sequence[str] = ()) -> list[str]:
     for s in analysis.stops:
         lines.append(f"STOPPED at node '{s.node}' ({s.op}): {s.reason}; {s.lost} tensor(s) after it not analysed")
     return ["\n".join(lines)] if lines else []
+
+
+# ---------------------------------------------------------------- the layer view (analyze --layers)
+
+LAYER_HEADERS = ["layer", "op", "kernel", "stride", "pad", "dilation", "shape", "r", "S", "P", "delta r",
+                 "mark", "folded"]
+
+
+def layer_dicts(view: LayerView) -> list[dict[str, Any]]:
+    """One plain row per layer (the JSON ``layers[]``): geometry, field, growth, marks, folded ops."""
+    return [{
+        "node": lay.node, "op": lay.op, "tensor": lay.output, "shape": list(lay.shape),
+        "kernel": list(lay.geometry.kernel), "stride": [number(s) for s in lay.geometry.stride],
+        "pads": [list(p) for p in lay.geometry.pads],
+        "dilation": None if lay.geometry.dilation is None else list(lay.geometry.dilation),
+        "geometry_from": lay.geometry.source,
+        "r": [number(v) for v in lay.r], "S": [number(v) for v in lay.S], "P": [number(v) for v in lay.P],
+        "delta_r": list(lay.delta_r), "covers_input": lay.covers_input, "marks": list(lay.marks),
+        "folded": list(lay.folded),
+    } for lay in view.layers]
+
+
+def _pad_cell(pads: Sequence[Sequence[int | None]]) -> str:
+    """'1' for symmetric pads, '0/1' for begin/end, '-2' for a rule's offset (a crop)."""
+    def one(p: Sequence[int | None]) -> str:
+        begin, end = p
+        if begin is None:
+            return "-"
+        return str(begin) if end is None or end == begin else f"{begin}/{end}"
+    return per_axis([one(p) for p in pads])
+
+
+def _folded_cell(ops: Sequence[str]) -> str:
+    """'BatchNormalization, Relu, Mul x2': the folded op types in order, repeats counted."""
+    counts: dict[str, int] = {}
+    for op in ops:
+        counts[op] = counts.get(op, 0) + 1
+    return ", ".join(op if n == 1 else f"{op} x{n}" for op, n in counts.items())
+
+
+def _delta_cell(delta: Sequence[int | None]) -> str:
+    """'+6' per axis ('global' where the field became global here)."""
+    return per_axis(["global" if d is None else f"+{d}" if d > 0 else str(d) for d in delta])
+
+
+def _layer_table_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    return [[row["node"], row["op"], per_axis(["global" if k is None else k for k in row["kernel"]]),
+             per_axis(row["stride"]), _pad_cell(row["pads"]),
+             "-" if row["dilation"] is None else per_axis(row["dilation"]),
+             "x".join("?" if d is None else str(d) for d in row["shape"]),
+             per_axis(row["r"]), per_axis(row["S"]), per_axis(row["P"]), _delta_cell(row["delta_r"]),
+             "; ".join(row["marks"]), _folded_cell(row["folded"])] for row in rows]
+
+
+def growth_line(view: LayerView) -> str:
+    """'grows the field most: conv1 (+6), ...; 12 layers, 40 ops folded (...)'."""
+    by_node = {lay.node: lay for lay in view.layers}
+    top = ", ".join(f"{n} ({_delta_cell(by_node[n].delta_r)})" for n in view.largest_growth) or "none"
+    before = f"; before the first layer: {_folded_cell(view.folded_before)}" if view.folded_before else ""
+    return (f"{len(view.layers)} layers, {view.folded_count} elementwise/shape ops folded into them{before}; "
+            f"grow the field most: {top}")
+
+
+def render_layers(analysis: Analysis, view: LayerView, fmt: str = "table") -> str:
+    """The layer view in one format (JSON: the analyze document of the default end points plus
+    ``layers`` and ``largest_growth``)."""
+    rows = layer_dicts(view)
+    if fmt == "json":
+        names = analysis.default_endpoints() or list(analysis.endpoints)[-1:]
+        return json_text({**analysis_dict(analysis, names), "layers": rows,
+                          "folded_before_first_layer": list(view.folded_before),
+                          "largest_growth": list(view.largest_growth)})
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(LAYER_HEADERS)
+        writer.writerows(_layer_table_rows(rows))
+        return buf.getvalue()
+    style = "github" if fmt == "markdown" else "simple"
+    parts = [_summary(analysis), growth_line(view),
+             tabulate(_layer_table_rows(rows), headers=LAYER_HEADERS, tablefmt=style, disable_numparse=True)]
+    parts += _notes(analysis)
+    return "\n\n".join(p for p in parts if p)
