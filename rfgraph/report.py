@@ -11,12 +11,14 @@ import io
 import json
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
 from tabulate import tabulate
 
 from .analysis import Analysis, EndPoint
+from .compare import Pair
 from .layers import LayerView
 from .trf import Merge
 from .unknown_size import PBySize
@@ -367,3 +369,120 @@ def render_layers(analysis: Analysis, view: LayerView, fmt: str = "table") -> st
              tabulate(_layer_table_rows(rows), headers=LAYER_HEADERS, tablefmt=style, disable_numparse=True)]
     parts += _notes(analysis)
     return "\n\n".join(p for p in parts if p)
+
+
+# ---------------------------------------------------------------- many models (analyze A B DIR/)
+
+STATUSES = ("ok", "partial", "refused", "internal error")  # exit codes 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    """One model of ``analyze A B DIR/``: its analysis and end points, or why it has none."""
+
+    model: str  # as given (a folder's files as FOLDER/NAME.onnx)
+    analysis: Analysis | None
+    names: tuple[str, ...] = ()
+    error: str | None = None
+    partial: bool = False  # the analysis stopped before a graph output (the command's exit 1)
+
+    @property
+    def status(self) -> str:
+        """'ok', 'partial' (stopped at an unsupported node), 'refused' (bad input) or 'internal error'."""
+        if self.analysis is None:
+            return "internal error" if (self.error or "").startswith("internal error") else "refused"
+        return "partial" if self.partial else "ok"
+
+
+MODEL_HEADERS = ["model", *HEADERS]
+
+
+def _model_table_rows(run: ModelReport) -> list[list[Any]]:
+    """The model's end-point rows with the model in front; an error or a stop as one row each."""
+    blank = ["-"] + [""] * (len(HEADERS) - 2)
+    if run.analysis is None:
+        return [[run.model, *blank, f"error: {run.error}"]]
+    rows = [[run.model, *row] for row in _table_rows(endpoint_rows(run.analysis, run.names))]
+    rows += [[run.model, *blank, (f"STOPPED at node '{s.node}' ({s.op}): {s.reason}; {s.lost} tensor(s) after "
+                                 f"it not analysed")] for s in run.analysis.stops]
+    return rows
+
+
+def models_line(runs: Sequence[ModelReport]) -> str:
+    """'3 models: 2 ok, 1 partial, 0 refused' (and internal errors when there are some)."""
+    counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
+    shown = [f"{counts[s]} {s}" for s in STATUSES if s != "internal error" or counts[s]]
+    return f"{len(runs)} model{'s' if len(runs) != 1 else ''}: {', '.join(shown)}"
+
+
+def render_models(runs: Sequence[ModelReport], fmt: str = "table") -> str:
+    """The end points of several models in one table (a model column), or one JSON document."""
+    if fmt == "json":
+        return json_text({"models": [
+            {"model": r.model, "status": r.status, "error": r.error,
+             "analysis": None if r.analysis is None else analysis_dict(r.analysis, r.names)} for r in runs]})
+    rows = [row for run in runs for row in _model_table_rows(run)]
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(MODEL_HEADERS)
+        writer.writerows(rows)
+        return buf.getvalue()
+    style = "github" if fmt == "markdown" else "simple"
+    return "\n\n".join([models_line(runs), tabulate(rows, headers=MODEL_HEADERS, tablefmt=style,
+                                                    disable_numparse=True)])
+
+
+# ---------------------------------------------------------------- two analyses side by side (--compare)
+
+COMPARE_HEADERS = ["tensor", "match", "shape (A)", "shape (B)", "r (A)", "r (B)", "S (A)", "S (B)", "P (A)",
+                   "P (B)", "differs"]
+
+
+def comparison_dict(a: ModelReport, b: ModelReport, pairs: Sequence[Pair]) -> dict[str, Any]:
+    """The comparison as plain data: both analyses' documents and one row per matched pair."""
+    assert a.analysis is not None and b.analysis is not None
+    rows_a = {row["tensor"]: row for row in endpoint_rows(a.analysis, [p.a for p in pairs if p.a])}
+    rows_b = {row["tensor"]: row for row in endpoint_rows(b.analysis, [p.b for p in pairs if p.b])}
+    return {
+        "a": {"model": a.model, "status": a.status, "analysis": analysis_dict(a.analysis, a.names)},
+        "b": {"model": b.model, "status": b.status, "analysis": analysis_dict(b.analysis, b.names)},
+        "rows": [{"match": p.match, "a": rows_a[p.a] if p.a else None, "b": rows_b[p.b] if p.b else None,
+                  "differs": list(p.differs)} for p in pairs],
+        "differing": sum(bool(p.differs) for p in pairs),
+    }
+
+
+def _compare_table_rows(doc: dict[str, Any]) -> list[list[Any]]:
+    out = []
+    for row in doc["rows"]:
+        a, b = row["a"], row["b"]
+        names = [x["tensor"] for x in (a, b) if x]
+        cells = [names[0] if len(set(names)) == 1 else " / ".join(names), row["match"]]
+        for key, show in (("shape", lambda v: "x".join("?" if d is None else str(d) for d in v)),
+                          ("r", per_axis), ("S", per_axis), ("P", per_axis)):
+            cells += [show(x[key]) if x else "-" for x in (a, b)]
+        out.append([*cells, ", ".join(row["differs"]) if a and b else row["match"]])
+    return out
+
+
+def render_comparison(a: ModelReport, b: ModelReport, pairs: Sequence[Pair], fmt: str = "table") -> str:
+    """Two analyses side by side per end point, the quantities that differ named in 'differs'."""
+    doc = comparison_dict(a, b, pairs)
+    if fmt == "json":
+        return json_text(doc)
+    rows = _compare_table_rows(doc)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(COMPARE_HEADERS)
+        writer.writerows(rows)
+        return buf.getvalue()
+    style = "github" if fmt == "markdown" else "simple"
+    head = [f"{label}: {run.model}: input '{run.analysis.input_name}' "
+            f"[{', '.join('?' if d is None else str(d) for d in run.analysis.input_shape)}]"
+            f"{'' if run.status == 'ok' else ' (' + run.status + ')'}"
+            for label, run in (("A", a), ("B", b)) if run.analysis is not None]
+    head.append(f"{doc['differing']} of {len(pairs)} end points differ in r, S or P")
+    return "\n\n".join(["\n".join(head), tabulate(rows, headers=COMPARE_HEADERS, tablefmt=style,
+                                                  disable_numparse=True)])
