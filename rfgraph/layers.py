@@ -25,7 +25,7 @@ from .analysis import Analysis
 from .fields import IDENTITY, Rational, Span
 from .onnx_import import attributes
 from .semantics import WINDOW_OPS, geometry
-from .semantics.transfer import Edge, OutTransfer
+from .semantics.transfer import Edge, OutTransfer, Transfer
 
 # Where a window op's weight (and so its kernel size when ``kernel_shape`` is absent) is: the
 # ONNX signatures of the ops in WINDOW_OPS; the pools require ``kernel_shape``.
@@ -84,10 +84,10 @@ def _changes_field(edges: Sequence[Edge]) -> bool:
     return any(span is not IDENTITY and span != IDENTITY for e in edges for span in e.maps.values())
 
 
-def _layer_output(analysis: Analysis, idx: int) -> tuple[str, OutTransfer] | None:
+def _layer_output(analysis: Analysis, idx: int, transfer: Transfer) -> tuple[str, OutTransfer] | None:
     """The node's first analysed output and its transfer, None when nothing of it was analysed."""
     node = analysis.graph.nodes[idx]
-    for j, ot in enumerate(analysis.transfer(idx).outputs):
+    for j, ot in enumerate(transfer.outputs):
         if ot is not None and j < len(node.output) and node.output[j] in analysis.endpoints:
             return node.output[j], ot
     return None
@@ -98,12 +98,11 @@ def _local_edges(analysis: Analysis, idx: int, ot: OutTransfer) -> tuple[Edge, .
     return analysis.local_edges(analysis.graph.names[idx], ot.edges)
 
 
-def is_layer(analysis: Analysis, idx: int, gating: set[int]) -> bool:
+def is_layer(analysis: Analysis, idx: int, ot: OutTransfer, gating: set[int]) -> bool:
     """A window op, or a node whose (local) edges change some unit's field; not a gate's helper."""
-    found = _layer_output(analysis, idx)
-    if found is None or idx in gating:
+    if idx in gating:
         return False
-    return analysis.graph.nodes[idx].op_type in WINDOW_OPS or _changes_field(_local_edges(analysis, idx, found[1]))
+    return analysis.graph.nodes[idx].op_type in WINDOW_OPS or _changes_field(_local_edges(analysis, idx, ot))
 
 
 def layer_geometry(analysis: Analysis, idx: int, edges: Sequence[Edge]) -> Geometry:
@@ -166,13 +165,13 @@ def layer_view(analysis: Analysis) -> LayerView:
     owner: dict[str, int | None] = {analysis.input_name: None}  # tensor -> row that owns its field
     rows: list[dict[str, Any]] = []
     folded_before: list[str] = []
-    for idx in analysis.node_order:
-        found = _layer_output(analysis, idx)
+    for idx, transfer in analysis.node_transfers():
+        found = _layer_output(analysis, idx, transfer)
         if found is None:
             continue
         output, ot = found
         node = mg.nodes[idx]
-        if is_layer(analysis, idx, gating):
+        if is_layer(analysis, idx, ot, gating):
             edges = _local_edges(analysis, idx, ot)
             ep = analysis[output]
             rows.append({"node": mg.names[idx], "op": node.op_type, "output": output, "shape": ep.shape,
