@@ -37,9 +37,9 @@ GROWTH_SHOWN = 3  # layers named in the summary line
 @dataclass(frozen=True)
 class Geometry:
     """What one layer does: per axis kernel, stride, pads (begin, end) and dilation; ``source``
-    says whether they are the ONNX attributes ('attributes', per axis of the op) or the window
-    its rule gives ('rule', per input spatial axis: extent, step, offset); a None kernel: the op
-    reads every position along that axis."""
+    says whether they are the ONNX attributes ('attributes', per axis of the op; pads None where
+    they depend on an unknown input size) or the window its rule gives ('rule', per input spatial
+    axis: extent, step, offset); a None kernel: the op reads every position along that axis."""
 
     kernel: tuple[int | None, ...]
     stride: tuple[Rational | None, ...]
@@ -135,8 +135,9 @@ def _window_geometry(analysis: Analysis, idx: int) -> Geometry:
         geo = geometry.conv_transpose(mg.names[idx], attrs, kernel, sizes[:len(kernel)])
     else:
         geo = geometry.window(node.op_type, mg.names[idx], attrs, kernel, sizes[:len(kernel)])
-    return Geometry(tuple(geo.kernel), tuple(geo.strides), tuple((a.pad_begin, a.pad_end) for a in geo.axes),
-                    tuple(geo.dilations), "attributes")
+    unknown = analysis.unknown_size is not None and geo.size_dependent  # pads of one sample size
+    pads = tuple((None, None) if unknown else (a.pad_begin, a.pad_end) for a in geo.axes)
+    return Geometry(tuple(geo.kernel), tuple(geo.strides), pads, tuple(geo.dilations), "attributes")
 
 
 def _delta_r(analysis: Analysis, output: str, edges: Sequence[Edge], node_inputs: Sequence[str]

@@ -308,12 +308,13 @@ def layer_dicts(view: LayerView) -> list[dict[str, Any]]:
     } for lay in view.layers]
 
 
-def _pad_cell(pads: Sequence[Sequence[int | None]]) -> str:
-    """'1' for symmetric pads, '0/1' for begin/end, '-2' for a rule's offset (a crop)."""
+def _pad_cell(pads: Sequence[Sequence[int | None]], source: str) -> str:
+    """'1' for symmetric pads, '0/1' for begin/end, '-2' for a rule's offset (a crop), '?' for
+    pads that depend on an unknown input size, '-' for an op reading every position."""
     def one(p: Sequence[int | None]) -> str:
         begin, end = p
         if begin is None:
-            return "-"
+            return "?" if source == "attributes" else "-"
         return str(begin) if end is None or end == begin else f"{begin}/{end}"
     return per_axis([one(p) for p in pads])
 
@@ -333,7 +334,7 @@ def _delta_cell(delta: Sequence[int | None]) -> str:
 
 def _layer_table_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
     return [[row["node"], row["op"], per_axis(["global" if k is None else k for k in row["kernel"]]),
-             per_axis(row["stride"]), _pad_cell(row["pads"]),
+             per_axis(row["stride"]), _pad_cell(row["pads"], row["geometry_from"]),
              "-" if row["dilation"] is None else per_axis(row["dilation"]),
              "x".join("?" if d is None else str(d) for d in row["shape"]),
              per_axis(row["r"]), per_axis(row["S"]), per_axis(row["P"]), _delta_cell(row["delta_r"]),

@@ -234,3 +234,28 @@ def test_real_caffe2_models(name: str) -> None:
         ep = a[lay.output]
         assert (lay.r, lay.S, lay.P, lay.op) == (ep.r, ep.S, ep.P, ep.op)
     assert not {lay.op for lay in view.layers} & FOLDED_OPS
+
+
+def test_same_pads_at_an_unknown_and_a_given_size(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Two 3x3 stride-2 SAME_UPPER convs: with the size unknown their pads depend on it (null,
+    '?' in the table; they were one sample size's before); at 33x33 they are the spec's
+    total = (ceil(n/s) - 1) * s + k - n split begin = total // 2."""
+    g = G((33, 33), batch=1)
+    x = g.conv(g.conv("x", 3, 2, auto_pad="SAME_UPPER"), 3, 2, auto_pad="SAME_UPPER")
+    model = g.model(x)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    path = tmp_path / "dyn.onnx"
+    onnx.save(model, path)
+    rows = _json(capsys, str(path), "--layers")["layers"]
+    assert [row["pads"] for row in rows] == [[[None, None]] * 2] * 2
+    assert main(["analyze", str(path), "--layers"]) == 0
+    assert re.search(r"^\S+\s+Conv\s+3\s+2\s+\?\s", capsys.readouterr().out, re.MULTILINE)
+    expected, n = [], 33
+    for _ in range(2):
+        out = -(-n // 2)
+        total = max((out - 1) * 2 + 3 - n, 0)
+        expected.append([[total // 2, total - total // 2]] * 2)
+        n = out
+    rows = _json(capsys, f"{path}@1x1x33x33", "--layers")["layers"]
+    assert [row["pads"] for row in rows] == expected
