@@ -181,21 +181,27 @@ def _finite(data: Any) -> Any:
     return data
 
 
+def tabular(headers: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, before: Sequence[str] = (),
+            after: Sequence[str] = (), numparse: bool = True) -> str:
+    """Rows as CSV, or as a table (``simple``; ``github`` for markdown) between the ``before`` and
+    ``after`` paragraphs (``numparse`` False keeps cells such as '+6' as written)."""
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(headers)
+        writer.writerows(rows)
+        return buf.getvalue()
+    style = "github" if fmt == "markdown" else "simple"
+    table = tabulate(rows, headers=headers, tablefmt=style, disable_numparse=not numparse)
+    return "\n\n".join(p for p in [*before, table, *after] if p)
+
+
 def render(analysis: Analysis, names: Sequence[str], fmt: str = "table") -> str:
     """The report in one format; tables come with a summary of merges, global ops and stops."""
     if fmt == "json":
         return json_text(analysis_dict(analysis, names))
     rows = endpoint_rows(analysis, names)
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(HEADERS)
-        writer.writerows(_table_rows(rows))
-        return buf.getvalue()
-    style = "github" if fmt == "markdown" else "simple"
-    parts = [_summary(analysis), tabulate(_table_rows(rows), headers=HEADERS, tablefmt=style)]
-    parts += _notes(analysis, names)
-    return "\n\n".join(p for p in parts if p)
+    return tabular(HEADERS, _table_rows(rows), fmt, [_summary(analysis)], _notes(analysis, names))
 
 
 def layout_line(analysis: Analysis) -> str:
@@ -359,17 +365,8 @@ def render_layers(analysis: Analysis, view: LayerView, fmt: str = "table") -> st
         return json_text({**analysis_dict(analysis, names), "layers": rows,
                           "folded_before_first_layer": list(view.folded_before),
                           "largest_growth": list(view.largest_growth)})
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(LAYER_HEADERS)
-        writer.writerows(_layer_table_rows(rows))
-        return buf.getvalue()
-    style = "github" if fmt == "markdown" else "simple"
-    parts = [_summary(analysis), growth_line(view),
-             tabulate(_layer_table_rows(rows), headers=LAYER_HEADERS, tablefmt=style, disable_numparse=True)]
-    parts += _notes(analysis)
-    return "\n\n".join(p for p in parts if p)
+    return tabular(LAYER_HEADERS, _layer_table_rows(rows), fmt, [_summary(analysis), growth_line(view)],
+                   _notes(analysis), numparse=False)
 
 
 # ---------------------------------------------------------------- many models (analyze A B DIR/)
@@ -423,15 +420,7 @@ def render_models(runs: Sequence[ModelReport], fmt: str = "table") -> str:
             {"model": r.model, "status": r.status, "error": r.error,
              "analysis": None if r.analysis is None else analysis_dict(r.analysis, r.names)} for r in runs]})
     rows = [row for run in runs for row in _model_table_rows(run)]
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(MODEL_HEADERS)
-        writer.writerows(rows)
-        return buf.getvalue()
-    style = "github" if fmt == "markdown" else "simple"
-    return "\n\n".join([models_line(runs), tabulate(rows, headers=MODEL_HEADERS, tablefmt=style,
-                                                    disable_numparse=True)])
+    return tabular(MODEL_HEADERS, rows, fmt, [models_line(runs)])
 
 
 # ---------------------------------------------------------------- two analyses side by side (--compare)
@@ -472,18 +461,9 @@ def render_comparison(a: ModelReport, b: ModelReport, pairs: Sequence[Pair], fmt
     doc = comparison_dict(a, b, pairs)
     if fmt == "json":
         return json_text(doc)
-    rows = _compare_table_rows(doc)
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(COMPARE_HEADERS)
-        writer.writerows(rows)
-        return buf.getvalue()
-    style = "github" if fmt == "markdown" else "simple"
     head = [f"{label}: {run.model}: input '{run.analysis.input_name}' "
             f"[{', '.join('?' if d is None else str(d) for d in run.analysis.input_shape)}]"
             f"{'' if run.status == 'ok' else ' (' + run.status + ')'}"
             for label, run in (("A", a), ("B", b)) if run.analysis is not None]
     head.append(f"{doc['differing']} of {len(pairs)} end points differ in r, S or P")
-    return "\n\n".join(["\n".join(head), tabulate(rows, headers=COMPARE_HEADERS, tablefmt=style,
-                                                  disable_numparse=True)])
+    return tabular(COMPARE_HEADERS, _compare_table_rows(doc), fmt, ["\n".join(head)], numparse=False)
