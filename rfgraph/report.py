@@ -19,7 +19,7 @@ from tabulate import tabulate
 
 from .analysis import Analysis, EndPoint
 from .compare import Pair
-from .layers import LayerView
+from .layers import LayerView, layer_view
 from .trf import Merge
 from .unknown_size import PBySize
 
@@ -359,14 +359,18 @@ def growth_line(view: LayerView) -> str:
 def render_layers(analysis: Analysis, view: LayerView, fmt: str = "table") -> str:
     """The layer view in one format (JSON: the analyze document of the default end points plus
     ``layers`` and ``largest_growth``)."""
-    rows = layer_dicts(view)
     if fmt == "json":
-        names = analysis.default_endpoints() or list(analysis.endpoints)[-1:]
-        return json_text({**analysis_dict(analysis, names), "layers": rows,
-                          "folded_before_first_layer": list(view.folded_before),
-                          "largest_growth": list(view.largest_growth)})
-    return tabular(LAYER_HEADERS, _layer_table_rows(rows), fmt, [_summary(analysis), growth_line(view)],
+        return json_text(layers_dict(analysis, view))
+    return tabular(LAYER_HEADERS, _layer_table_rows(layer_dicts(view)), fmt, [_summary(analysis), growth_line(view)],
                    _notes(analysis), numparse=False)
+
+
+def layers_dict(analysis: Analysis, view: LayerView) -> dict[str, Any]:
+    """The layer view as plain data: the analyze document of the default end points, ``layers``,
+    ``folded_before_first_layer`` and ``largest_growth``."""
+    names = analysis.default_endpoints() or list(analysis.endpoints)[-1:]
+    return {**analysis_dict(analysis, names), "layers": layer_dicts(view),
+            "folded_before_first_layer": list(view.folded_before), "largest_growth": list(view.largest_growth)}
 
 
 # ---------------------------------------------------------------- many models (analyze A B DIR/)
@@ -392,18 +396,20 @@ class ModelReport:
         return "partial" if self.partial else "ok"
 
 
-MODEL_HEADERS = ["model", *HEADERS]
-
-
-def _model_table_rows(run: ModelReport) -> list[list[Any]]:
-    """The model's end-point rows with the model in front; an error or a stop as one row each."""
-    blank = ["-"] + [""] * (len(HEADERS) - 2)
+def _model_table_rows(run: ModelReport, layers: bool) -> list[list[Any]]:
+    """The model's end-point (or layer) rows with the model in front; an error or a stop as one
+    row each, in the last column."""
+    width = len(LAYER_HEADERS if layers else HEADERS)
+    blank = ["-"] + [""] * (width - 2)
     if run.analysis is None:
         return [[run.model, *blank, f"error: {run.error}"]]
-    rows = [[run.model, *row] for row in _table_rows(endpoint_rows(run.analysis, run.names))]
-    rows += [[run.model, *blank, (f"STOPPED at node '{s.node}' ({s.op}): {s.reason}; {s.lost} tensor(s) after "
-                                 f"it not analysed")] for s in run.analysis.stops]
-    return rows
+    if layers:
+        rows = _layer_table_rows(layer_dicts(layer_view(run.analysis)))
+    else:
+        rows = _table_rows(endpoint_rows(run.analysis, run.names))
+    stops = [[*blank, f"STOPPED at node '{s.node}' ({s.op}): {s.reason}; {s.lost} tensor(s) after it not analysed"]
+             for s in run.analysis.stops]
+    return [[run.model, *row] for row in rows + stops]
 
 
 def models_line(runs: Sequence[ModelReport]) -> str:
@@ -413,14 +419,22 @@ def models_line(runs: Sequence[ModelReport]) -> str:
     return f"{len(runs)} model{'s' if len(runs) != 1 else ''}: {', '.join(shown)}"
 
 
-def render_models(runs: Sequence[ModelReport], fmt: str = "table") -> str:
-    """The end points of several models in one table (a model column), or one JSON document."""
+def _model_doc(run: ModelReport, layers: bool) -> dict[str, Any] | None:
+    """A model's analyze document (``layers``: its layer view's), None without an analysis."""
+    if run.analysis is None:
+        return None
+    return layers_dict(run.analysis, layer_view(run.analysis)) if layers else analysis_dict(run.analysis, run.names)
+
+
+def render_models(runs: Sequence[ModelReport], fmt: str = "table", layers: bool = False) -> str:
+    """The end points (``layers``: the layers) of several models in one table with a model
+    column, or one JSON document with an entry per model."""
     if fmt == "json":
-        return json_text({"models": [
-            {"model": r.model, "status": r.status, "error": r.error,
-             "analysis": None if r.analysis is None else analysis_dict(r.analysis, r.names)} for r in runs]})
-    rows = [row for run in runs for row in _model_table_rows(run)]
-    return tabular(MODEL_HEADERS, rows, fmt, [models_line(runs)])
+        return json_text({"models": [{"model": r.model, "status": r.status, "error": r.error,
+                                      "analysis": _model_doc(r, layers)} for r in runs]})
+    rows = [row for run in runs for row in _model_table_rows(run, layers)]
+    return tabular(["model", *(LAYER_HEADERS if layers else HEADERS)], rows, fmt, [models_line(runs)],
+                   numparse=not layers)
 
 
 # ---------------------------------------------------------------- two analyses side by side (--compare)

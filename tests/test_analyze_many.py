@@ -242,3 +242,20 @@ def test_json_follows_the_documented_schema(name: str, folder: Path, tmp_path: P
                 else [doc["a"]["analysis"], doc["b"]["analysis"]])
     for analysis in analyses:  # each is the analyze document
         jsonschema.validate(analysis, schema("analyze"))
+
+
+def test_layers_of_several_models(folder: Path, capsys: pytest.CaptureFixture) -> None:
+    """--layers with several models: each model's rows (CSV) and document (JSON) are those of
+    its own `analyze MODEL --layers`; the broken one is its error row."""
+    chain = str(folder / "b_chain.onnx")
+    code, out, _ = _run(capsys, "zoo:cnn_small", chain, str(folder / "c_broken.onnx"), "--layers", "--format", "csv")
+    rows = [r for r in csv.reader(io.StringIO(out)) if r]
+    assert code == 2 and rows[0][:3] == ["model", "layer", "op"]
+    for model in ("zoo:cnn_small", chain):
+        _, single, _ = _run(capsys, model, "--layers", "--format", "csv")
+        assert [r[1:] for r in rows[1:] if r[0] == model] == [r for r in csv.reader(io.StringIO(single)) if r][1:]
+    assert rows[-1][-1].startswith("error: ")
+    _, out, _ = _run(capsys, "zoo:cnn_small", chain, "--layers", "--format", "json")
+    for entry in json.loads(out)["models"]:
+        _, single, _ = _run(capsys, entry["model"], "--layers", "--format", "json")
+        assert entry["analysis"] == json.loads(single)

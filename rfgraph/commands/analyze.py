@@ -63,10 +63,10 @@ def run(args: argparse.Namespace) -> int:
         return _run_compare(args, specs)
     if len(specs) == 1 and not os.path.isdir(specs[0]):
         return _run_one(_with_model(args, specs[0]))
-    if args.layers:
-        raise RFGraphError("--layers takes one model")
+    if args.layers and (args.all or args.output):
+        raise RFGraphError("--layers lists every layer; it takes neither --all nor --output")
     runs = [_model_report(args, model) for model in _expand(specs)]
-    print(render_models(runs, args.format))
+    print(render_models(runs, args.format, args.layers))
     return max(STATUSES.index(r.status) for r in runs)
 
 
