@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     specs = list(args.model)
     if args.compare:
         return _run_compare(args, specs)
-    if len(specs) == 1 and not os.path.isdir(specs[0]):
+    if len(specs) == 1 and not _onnx_files(specs[0]):  # a folder without models: refused as before
         return _run_one(_with_model(args, specs[0]))
     if args.layers and (args.all or args.output):
         raise RFGraphError("--layers lists every layer; it takes neither --all nor --output")
@@ -119,9 +119,13 @@ def _expand(specs: Sequence[str]) -> list[str]:
     empty folder stays, to be reported as an error)."""
     out: list[str] = []
     for spec in specs:
-        files = sorted(str(p) for p in Path(spec).glob("*.onnx")) if os.path.isdir(spec) else []
-        out += files or [spec]
+        out += _onnx_files(spec) or [spec]
     return out
+
+
+def _onnx_files(spec: str) -> list[str]:
+    """A folder's *.onnx files, sorted by name ([] for anything else)."""
+    return sorted(str(p) for p in Path(spec).glob("*.onnx")) if os.path.isdir(spec) else []
 
 
 def _model_report(args: argparse.Namespace, spec: str) -> ModelReport:
