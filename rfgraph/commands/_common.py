@@ -24,7 +24,7 @@ SHOW_AFTER_S = 1.0  # the stage display appears only when an analysis takes long
 def add_model_args(parser: argparse.ArgumentParser, many: bool = False) -> None:
     """MODEL (``many``: one or more) plus the options that control how it is read."""
     if many:
-        parser.add_argument("model", nargs="+", metavar="MODEL",
+        parser.add_argument("model", nargs="+",
                             help="ONNX files, folders (their *.onnx files) or zoo:NAME; MODEL@1x3x320x320 "
                                  "analyses it at that input size (MODEL@NAME:1x3x320x320 for input NAME)")
     else:
