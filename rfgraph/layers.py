@@ -81,7 +81,7 @@ class LayerView:
 
 def _changes_field(edges: Sequence[Edge]) -> bool:
     """True when some edge maps a unit to other units than its own along some axis."""
-    return any(span is not IDENTITY and span != IDENTITY for e in edges for span in e.maps.values())
+    return any(span != IDENTITY for e in edges for span in e.maps.values())
 
 
 def _layer_output(analysis: Analysis, idx: int, transfer: Transfer) -> tuple[str, OutTransfer] | None:
