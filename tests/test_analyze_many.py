@@ -259,3 +259,14 @@ def test_layers_of_several_models(folder: Path, capsys: pytest.CaptureFixture) -
     for entry in json.loads(out)["models"]:
         _, single, _ = _run(capsys, entry["model"], "--layers", "--format", "json")
         assert entry["analysis"] == json.loads(single)
+
+
+def test_compare_with_a_partial_model_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A model that stops at an unsupported op is compared on what was analysed, marked partial."""
+    partial, _ = _with_unknown_op(tmp_path)
+    chain = _chain(tmp_path / "c.onnx", 1)
+    code, out, _ = _run(capsys, str(chain), str(partial), "--compare", "--format", "json")
+    doc = json.loads(out)
+    assert code == 1 and (doc["a"]["status"], doc["b"]["status"]) == ("ok", "partial")
+    _, single, _ = _run(capsys, str(partial), "--format", "json")
+    assert doc["b"]["analysis"] == json.loads(single)
