@@ -11,12 +11,15 @@ import io
 import json
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
 from tabulate import tabulate
 
 from .analysis import Analysis, EndPoint
+from .compare import Pair
+from .layers import LayerView, layer_view
 from .trf import Merge
 from .unknown_size import PBySize
 
@@ -178,21 +181,27 @@ def _finite(data: Any) -> Any:
     return data
 
 
+def tabular(headers: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, before: Sequence[str] = (),
+            after: Sequence[str] = (), numparse: bool = True) -> str:
+    """Rows as CSV, or as a table (``simple``; ``github`` for markdown) between the ``before`` and
+    ``after`` paragraphs (``numparse`` False keeps cells such as '+6' as written)."""
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(headers)
+        writer.writerows(rows)
+        return buf.getvalue()
+    style = "github" if fmt == "markdown" else "simple"
+    table = tabulate(rows, headers=headers, tablefmt=style, disable_numparse=not numparse)
+    return "\n\n".join(p for p in [*before, table, *after] if p)
+
+
 def render(analysis: Analysis, names: Sequence[str], fmt: str = "table") -> str:
     """The report in one format; tables come with a summary of merges, global ops and stops."""
     if fmt == "json":
         return json_text(analysis_dict(analysis, names))
     rows = endpoint_rows(analysis, names)
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(HEADERS)
-        writer.writerows(_table_rows(rows))
-        return buf.getvalue()
-    style = "github" if fmt == "markdown" else "simple"
-    parts = [_summary(analysis), tabulate(_table_rows(rows), headers=HEADERS, tablefmt=style)]
-    parts += _notes(analysis, names)
-    return "\n\n".join(p for p in parts if p)
+    return tabular(HEADERS, _table_rows(rows), fmt, [_summary(analysis)], _notes(analysis, names))
 
 
 def layout_line(analysis: Analysis) -> str:
@@ -283,3 +292,192 @@ def _notes(analysis: Analysis, names: Sequence[str] = ()) -> list[str]:
     for s in analysis.stops:
         lines.append(f"STOPPED at node '{s.node}' ({s.op}): {s.reason}; {s.lost} tensor(s) after it not analysed")
     return ["\n".join(lines)] if lines else []
+
+
+# ---------------------------------------------------------------- the layer view (analyze --layers)
+
+LAYER_HEADERS = ["layer", "op", "kernel", "stride", "pad", "dilation", "shape", "r", "S", "P", "delta r",
+                 "mark", "folded"]
+
+
+def layer_dicts(view: LayerView) -> list[dict[str, Any]]:
+    """One plain row per layer (the JSON ``layers[]``): geometry, field, growth, marks, folded ops."""
+    return [{
+        "node": lay.node, "op": lay.op, "tensor": lay.output, "shape": list(lay.shape),
+        "kernel": list(lay.geometry.kernel), "stride": [number(s) for s in lay.geometry.stride],
+        "pads": [list(p) for p in lay.geometry.pads],
+        "dilation": None if lay.geometry.dilation is None else list(lay.geometry.dilation),
+        "geometry_from": lay.geometry.source,
+        "r": [number(v) for v in lay.r], "S": [number(v) for v in lay.S], "P": [number(v) for v in lay.P],
+        "delta_r": list(lay.delta_r), "covers_input": lay.covers_input, "marks": list(lay.marks),
+        "folded": list(lay.folded),
+    } for lay in view.layers]
+
+
+def _pad_cell(pads: Sequence[Sequence[int | None]], source: str) -> str:
+    """'1' for symmetric pads, '0/1' for begin/end, '-2' for a rule's offset (a crop), '?' for
+    pads that depend on an unknown input size, '-' for an op reading every position."""
+    def one(p: Sequence[int | None]) -> str:
+        begin, end = p
+        if begin is None:
+            return "?" if source == "attributes" else "-"
+        return str(begin) if end is None or end == begin else f"{begin}/{end}"
+    return per_axis([one(p) for p in pads])
+
+
+def _folded_cell(ops: Sequence[str]) -> str:
+    """'BatchNormalization, Relu, Mul x2': the folded op types in order, repeats counted."""
+    counts: dict[str, int] = {}
+    for op in ops:
+        counts[op] = counts.get(op, 0) + 1
+    return ", ".join(op if n == 1 else f"{op} x{n}" for op, n in counts.items())
+
+
+def _delta_cell(delta: Sequence[int | None]) -> str:
+    """'+6' per axis ('global' where the field became global here)."""
+    return per_axis(["global" if d is None else f"+{d}" if d > 0 else str(d) for d in delta])
+
+
+def _layer_table_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    return [[row["node"], row["op"], per_axis(["global" if k is None else k for k in row["kernel"]]),
+             per_axis(row["stride"]), _pad_cell(row["pads"], row["geometry_from"]),
+             "-" if row["dilation"] is None else per_axis(row["dilation"]),
+             "x".join("?" if d is None else str(d) for d in row["shape"]),
+             per_axis(row["r"]), per_axis(row["S"]), per_axis(row["P"]), _delta_cell(row["delta_r"]),
+             "; ".join(row["marks"]), _folded_cell(row["folded"])] for row in rows]
+
+
+def growth_line(view: LayerView) -> str:
+    """'grows the field most: conv1 (+6), ...; 12 layers, 40 ops folded (...)'."""
+    by_node = {lay.node: lay for lay in view.layers}
+    top = ", ".join(f"{n} ({_delta_cell(by_node[n].delta_r)})" for n in view.largest_growth) or "none"
+    before = f"; before the first layer: {_folded_cell(view.folded_before)}" if view.folded_before else ""
+    return (f"{len(view.layers)} layers, {view.folded_count} elementwise/shape ops folded into them{before}; "
+            f"grow the field most: {top}")
+
+
+def render_layers(analysis: Analysis, view: LayerView, fmt: str = "table") -> str:
+    """The layer view in one format (JSON: the analyze document of the default end points plus
+    ``layers`` and ``largest_growth``)."""
+    if fmt == "json":
+        return json_text(layers_dict(analysis, view))
+    return tabular(LAYER_HEADERS, _layer_table_rows(layer_dicts(view)), fmt, [_summary(analysis), growth_line(view)],
+                   _notes(analysis), numparse=False)
+
+
+def layers_dict(analysis: Analysis, view: LayerView) -> dict[str, Any]:
+    """The layer view as plain data: the analyze document of the default end points, ``layers``,
+    ``folded_before_first_layer`` and ``largest_growth``."""
+    names = analysis.default_endpoints() or list(analysis.endpoints)[-1:]
+    return {**analysis_dict(analysis, names), "layers": layer_dicts(view),
+            "folded_before_first_layer": list(view.folded_before), "largest_growth": list(view.largest_growth)}
+
+
+# ---------------------------------------------------------------- many models (analyze A B DIR/)
+
+STATUSES = ("ok", "partial", "refused", "internal error")  # exit codes 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    """One model of ``analyze A B DIR/``: its analysis and end points, or why it has none."""
+
+    model: str  # as given (a folder's files as FOLDER/NAME.onnx)
+    analysis: Analysis | None
+    names: tuple[str, ...] = ()
+    error: str | None = None
+    partial: bool = False  # the analysis stopped before a graph output (the command's exit 1)
+
+    @property
+    def status(self) -> str:
+        """'ok', 'partial' (stopped at an unsupported node), 'refused' (bad input) or 'internal error'."""
+        if self.analysis is None:
+            return "internal error" if (self.error or "").startswith("internal error") else "refused"
+        return "partial" if self.partial else "ok"
+
+
+def _model_table_rows(run: ModelReport, layers: bool) -> list[list[Any]]:
+    """The model's end-point (or layer) rows with the model in front; an error or a stop as one
+    row each, in the last column."""
+    width = len(LAYER_HEADERS if layers else HEADERS)
+    blank = ["-"] + [""] * (width - 2)
+    if run.analysis is None:
+        return [[run.model, *blank, f"error: {run.error}"]]
+    if layers:
+        rows = _layer_table_rows(layer_dicts(layer_view(run.analysis)))
+    else:
+        rows = _table_rows(endpoint_rows(run.analysis, run.names))
+    stops = [[*blank, f"STOPPED at node '{s.node}' ({s.op}): {s.reason}; {s.lost} tensor(s) after it not analysed"]
+             for s in run.analysis.stops]
+    return [[run.model, *row] for row in rows + stops]
+
+
+def models_line(runs: Sequence[ModelReport]) -> str:
+    """'3 models: 2 ok, 1 partial, 0 refused' (and internal errors when there are some)."""
+    counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
+    shown = [f"{counts[s]} {s}" for s in STATUSES if s != "internal error" or counts[s]]
+    return f"{len(runs)} model{'s' if len(runs) != 1 else ''}: {', '.join(shown)}"
+
+
+def _model_doc(run: ModelReport, layers: bool) -> dict[str, Any] | None:
+    """A model's analyze document (``layers``: its layer view's), None without an analysis."""
+    if run.analysis is None:
+        return None
+    return layers_dict(run.analysis, layer_view(run.analysis)) if layers else analysis_dict(run.analysis, run.names)
+
+
+def render_models(runs: Sequence[ModelReport], fmt: str = "table", layers: bool = False) -> str:
+    """The end points (``layers``: the layers) of several models in one table with a model
+    column, or one JSON document with an entry per model."""
+    if fmt == "json":
+        return json_text({"models": [{"model": r.model, "status": r.status, "error": r.error,
+                                      "analysis": _model_doc(r, layers)} for r in runs]})
+    rows = [row for run in runs for row in _model_table_rows(run, layers)]
+    return tabular(["model", *(LAYER_HEADERS if layers else HEADERS)], rows, fmt, [models_line(runs)],
+                   numparse=not layers)
+
+
+# ---------------------------------------------------------------- two analyses side by side (--compare)
+
+COMPARE_HEADERS = ["tensor", "match", "shape (A)", "shape (B)", "r (A)", "r (B)", "S (A)", "S (B)", "P (A)",
+                   "P (B)", "differs"]
+
+
+def comparison_dict(a: ModelReport, b: ModelReport, pairs: Sequence[Pair]) -> dict[str, Any]:
+    """The comparison as plain data: both analyses' documents and one row per matched pair."""
+    assert a.analysis is not None and b.analysis is not None
+    rows_a = {row["tensor"]: row for row in endpoint_rows(a.analysis, [p.a for p in pairs if p.a])}
+    rows_b = {row["tensor"]: row for row in endpoint_rows(b.analysis, [p.b for p in pairs if p.b])}
+    return {
+        "a": {"model": a.model, "status": a.status, "analysis": analysis_dict(a.analysis, a.names)},
+        "b": {"model": b.model, "status": b.status, "analysis": analysis_dict(b.analysis, b.names)},
+        "rows": [{"match": p.match, "a": rows_a[p.a] if p.a else None, "b": rows_b[p.b] if p.b else None,
+                  "differs": list(p.differs)} for p in pairs],
+        "differing": sum(bool(p.differs) for p in pairs),
+    }
+
+
+def _compare_table_rows(doc: dict[str, Any]) -> list[list[Any]]:
+    out = []
+    for row in doc["rows"]:
+        a, b = row["a"], row["b"]
+        names = [x["tensor"] for x in (a, b) if x]
+        cells = [names[0] if len(set(names)) == 1 else " / ".join(names), row["match"]]
+        for key, show in (("shape", lambda v: "x".join("?" if d is None else str(d) for d in v)),
+                          ("r", per_axis), ("S", per_axis), ("P", per_axis)):
+            cells += [show(x[key]) if x else "-" for x in (a, b)]
+        out.append([*cells, ", ".join(row["differs"]) if a and b else row["match"]])
+    return out
+
+
+def render_comparison(a: ModelReport, b: ModelReport, pairs: Sequence[Pair], fmt: str = "table") -> str:
+    """Two analyses side by side per end point, the quantities that differ named in 'differs'."""
+    doc = comparison_dict(a, b, pairs)
+    if fmt == "json":
+        return json_text(doc)
+    head = [f"{label}: {run.model}: input '{run.analysis.input_name}' "
+            f"[{', '.join('?' if d is None else str(d) for d in run.analysis.input_shape)}]"
+            f"{'' if run.status == 'ok' else ' (' + run.status + ')'}"
+            for label, run in (("A", a), ("B", b)) if run.analysis is not None]
+    head.append(f"{doc['differing']} of {len(pairs)} end points differ in r, S or P")
+    return tabular(COMPARE_HEADERS, _compare_table_rows(doc), fmt, ["\n".join(head)], numparse=False)

@@ -23,6 +23,8 @@ CASES = {
     "analyze_torch_unet_markdown": ["analyze", "zoo:torch_unet", "--format", "markdown", "-q"],
     # global fields (attention MatMul) and where they come from
     "analyze_vit_small": ["analyze", "zoo:vit_small", "-q"],
+    # the layer view: GELU and LayerNorm ops folded into the layers before them
+    "analyze_vit_small_layers": ["analyze", "zoo:vit_small", "--layers", "-q"],
     # the modern-network table without a reference (the reference adds a verdict column)
     "table_no_reference": ["table", "--no-reference", "-q"],
     # input box and centre of one unit

@@ -21,9 +21,14 @@ from ..unknown_size import require_size
 SHOW_AFTER_S = 1.0  # the stage display appears only when an analysis takes longer than this
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """MODEL plus the options that control how it is read."""
-    parser.add_argument("model", help="ONNX file, or zoo:NAME for a bundled model_zoo graph")
+def add_model_args(parser: argparse.ArgumentParser, many: bool = False) -> None:
+    """MODEL (``many``: one or more) plus the options that control how it is read."""
+    if many:
+        parser.add_argument("model", nargs="+",
+                            help="ONNX files, folders (their *.onnx files) or zoo:NAME; MODEL@1x3x320x320 "
+                                 "analyses it at that input size (MODEL@NAME:1x3x320x320 for input NAME)")
+    else:
+        parser.add_argument("model", help="ONNX file, or zoo:NAME for a bundled model_zoo graph")
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:1x3x224x224",
                         help="fix an input's shape (dynamic or to study another size); repeatable")
     parser.add_argument("--input", dest="input_name", metavar="NAME",
