@@ -66,6 +66,12 @@ def out_size(n: int, kernel: int, stride: int, pads: tuple[int, int], dilation: 
     return (-(-span // stride) if ceil_mode else span // stride) + 1
 
 
+def image_shape(size: IntOrTuple, channels: int = 3) -> tuple[int, ...]:
+    """NCHW shape of one image of ``size`` (``n`` for n x n, or ``(h, w)``: a strip for oracles)."""
+    h, w = _tuple(size, 2)
+    return (1, channels, h, w)
+
+
 def _tuple(v: IntOrTuple, rank: int) -> tuple[int, ...]:
     if isinstance(v, int):
         return (v,) * rank
@@ -291,14 +297,28 @@ class GraphBuilder:
         return self._unary("Identity", x, name)
 
     def activation(self, x: str, kind: str | None, name: str | None = None) -> str:
-        """Apply ``kind`` in {None/'linear', 'relu', 'relu6', 'tanh', 'sigmoid', 'gelu'}."""
+        """Apply ``kind`` in {None/'linear', 'relu', 'relu6', 'tanh', 'sigmoid', 'gelu', 'silu',
+        'hardswish', 'hardsigmoid'}."""
         if kind in (None, "linear", "none"):
             return self.identity(x, name) if name else x
         fn = {"relu": self.relu, "relu6": self.relu6, "tanh": self.tanh, "sigmoid": self.sigmoid,
-              "gelu": self.gelu}
+              "gelu": self.gelu, "silu": self.silu, "hardswish": self.hardswish,
+              "hardsigmoid": self.hardsigmoid}
         if kind not in fn:
             raise ValueError(f"unknown activation {kind!r}")
         return fn[kind](x, name=name)
+
+    def silu(self, x: str, name: str | None = None) -> str:
+        """SiLU (swish) as torch exports it: x * Sigmoid(x)."""
+        return self.mul(x, self.sigmoid(x), name)
+
+    def hardswish(self, x: str, name: str | None = None) -> str:
+        return self._unary("HardSwish", x, name)
+
+    def hardsigmoid(self, x: str, name: str | None = None) -> str:
+        """torch's hardsigmoid: HardSigmoid with alpha 1/6, beta 1/2."""
+        return self._node("HardSigmoid", [x], self.shape(x), "HardSigmoid", name,
+                          alpha=1.0 / 6.0, beta=0.5)
 
     def gelu(self, x: str, name: str | None = None) -> str:
         """Exact GELU decomposed as torch exports it below opset 20: x*0.5*(1+erf(x/sqrt 2))."""
