@@ -1,0 +1,176 @@
+"""The table of today's networks (``model_zoo.modern``, ``rfgraph table --models modern``) against
+torchvision's own definitions of the same nets.
+
+Oracle: torch float64 autograd on torchvision's model at random init, made positive (every weight
+``uniform(0.5, 1.5) / fan_in``, biases and norm shifts ``uniform(0, 0.1)``, layer scales O(1),
+BatchNorm in eval with its initial statistics) so that no path cancels and no ReLU is dead; every
+squeeze-excitation gate is detached (a forward hook returns its ``scale_activation`` output
+detached: the local field is the field with the gates held constant).  The support of the input
+gradient of a unit (channels weighted by random positive numbers, so a LayerNorm's zero-sum output
+cannot cancel) is the unit's region.  On a strip input (long along the measured axis, 32 along the
+other) two neighbouring units whose supports lie strictly inside the input give r (support length),
+S (shift between them) and P (``i * S - first``), compared with the zoo build's numbers at 224.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+
+import model_zoo
+import rfgraph
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+CROSS = 32  # the strip's size across the measured axis (one unit at stride 32)
+
+
+@pytest.fixture(scope="module")
+def models():
+    """torchvision.models (its compiled ops need not load: benchmarks/census/tv_shim.py)."""
+    from benchmarks.census.tv_shim import import_torchvision
+
+    try:
+        return import_torchvision().models
+    except Exception as exc:  # noqa: BLE001 - a torchvision that cannot import at all
+        pytest.skip(f"torchvision unusable here: {str(exc).splitlines()[0]}")
+
+
+def make_positive(net: nn.Module) -> nn.Module:
+    """Positive weights (mean 1 per output), small positive biases; eval mode (BatchNorm, dropout)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if p.dim() > 1:
+                p.uniform_(0.5, 1.5).div_(p[0].numel())
+            elif name.endswith("bias"):
+                p.uniform_(0.0, 0.1)
+            else:
+                p.uniform_(0.5, 1.5)
+    return net.eval().double()
+
+
+def detach_gates(net: nn.Module, models) -> int:
+    """Hold every squeeze-excitation gate constant (its output detached); the number of gates."""
+    se = __import__("torchvision.ops", fromlist=["SqueezeExcitation"]).SqueezeExcitation
+    gates = [m for m in net.modules() if isinstance(m, se)]
+    for m in gates:
+        m.scale_activation.register_forward_hook(lambda _m, _i, out: out.detach())
+    return len(gates)
+
+
+def gradient_hulls(net: nn.Module, taps: dict[str, nn.Module], shape: tuple[int, int],
+                   units: dict[str, list[int]], axis: int) -> dict[str, list[tuple[int, int]]]:
+    """Per end point, per unit index along ``axis`` (0 on the other axis): first and last input
+    position along ``axis`` where the float64 input gradient of the unit is nonzero."""
+    outs: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, o, k=k: outs.__setitem__(k, o))
+             for k, m in taps.items()]
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.rand((1, 3) + shape, dtype=torch.float64, generator=gen) + 0.1).requires_grad_()
+    net(x)
+    for h in hooks:
+        h.remove()
+    hulls: dict[str, list[tuple[int, int]]] = {}
+    for ep, us in units.items():
+        y = outs[ep]
+        v = torch.rand(y.shape[1], dtype=torch.float64, generator=gen) + 0.5
+        hulls[ep] = []
+        for u in us:
+            index = [0, slice(None), 0, 0]
+            index[2 + axis] = u
+            (g,) = torch.autograd.grad((y[tuple(index)] * v).sum(), x, retain_graph=True)
+            hit = torch.nonzero((g[0] != 0).any(0).any(1 - axis)).flatten().tolist()
+            hulls[ep].append((hit[0], hit[-1]))
+    return hulls
+
+
+def strip_length(analysis: rfgraph.Analysis, eps: list[str]) -> int:
+    """An input length (multiple of 32) in which, for every end point, the units ``i`` and
+    ``i + 1`` of ``inside_unit`` have their whole region strictly inside."""
+    need = 0
+    for ep in eps:
+        for r, S, P in zip(analysis[ep].r, analysis[ep].S, analysis[ep].P):
+            need = max(need, (inside_unit(S, P) + 1) * S - P + r + 1)
+    return 32 * math.ceil(need / 32)
+
+
+def inside_unit(S: int, P: int) -> int:
+    """The first unit whose region starts after input position 0."""
+    return (P + 1 + S - 1) // S
+
+
+# zoo name -> (torchvision builder, the module computing the features, {end point: module})
+Taps = Callable[[nn.Module], tuple[nn.Module, dict[str, nn.Module]]]
+
+
+def _resnet(net: nn.Module) -> tuple[nn.Module, dict[str, nn.Module]]:
+    trunk = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2,
+                          net.layer3, net.layer4)
+    return trunk, {f"layer{i}": getattr(net, f"layer{i}") for i in range(1, 5)}
+
+
+def _convnext(net: nn.Module) -> tuple[nn.Module, dict[str, nn.Module]]:
+    return net.features, {f"stage{i + 1}": net.features[2 * i + 1] for i in range(4)}
+
+
+def _efficientnet(net: nn.Module) -> tuple[nn.Module, dict[str, nn.Module]]:
+    f = net.features
+    taps = {"stem": f[0], "features": f[len(f) - 1]}
+    taps.update({f"stage{i}": f[i] for i in range(1, len(f) - 1)})
+    return f, taps
+
+
+def _mobilenet_v3(net: nn.Module) -> tuple[nn.Module, dict[str, nn.Module]]:
+    f = net.features
+    taps = {f"block{i}": f[i] for i in (1, 3, 6, 12, 15)}
+    taps["features"] = f[16]
+    return f, taps
+
+
+def _regnet(net: nn.Module) -> tuple[nn.Module, dict[str, nn.Module]]:
+    t = net.trunk_output
+    return nn.Sequential(net.stem, t), {f"block{i}": getattr(t, f"block{i}") for i in range(1, 5)}
+
+
+CASES: dict[str, tuple[str, Taps, int]] = {  # zoo name: torchvision name, taps, SE gates
+    "torch_resnet50": ("resnet50", _resnet, 0),
+    "convnext_tiny": ("convnext_tiny", _convnext, 0),
+    "efficientnet_b0": ("efficientnet_b0", _efficientnet, 16),
+    "efficientnet_v2_s": ("efficientnet_v2_s", _efficientnet, 30),
+    "mobilenet_v3_large": ("mobilenet_v3_large", _mobilenet_v3, 8),
+    "regnet_y_400mf": ("regnet_y_400mf", _regnet, 16),
+}
+SLOW = {"convnext_tiny", "efficientnet_v2_s"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in CASES])
+def test_modern_net_matches_torchvision_gradient_support(models, name: str) -> None:
+    """Every end point of the zoo net at 224: r, S, P per axis equal the gradient support of two
+    neighbouring units of torchvision's net (gates detached), on a strip along each axis; the
+    strip's zoo build gives those units the measured regions; the gated end points name one gate
+    per SE block before them (the last: every SE block of the net)."""
+    tv_name, taps_of, n_gates = CASES[name]
+    table = rfgraph.analyze(model_zoo.build(name))
+    eps = model_zoo.endpoints(model_zoo.build(name))
+    assert set(eps) == set(taps_of(getattr(models, tv_name)())[1])
+    net = make_positive(getattr(models, tv_name)())
+    assert detach_gates(net, models) == n_gates == len(table[eps[-1]].gates)
+    trunk, taps = taps_of(net)
+    length = strip_length(table, eps)
+    for axis in (0, 1):
+        shape = (length, CROSS) if axis == 0 else (CROSS, length)
+        strip = rfgraph.analyze(model_zoo.build(f"{name}:size={shape[0]}/{shape[1]}"))
+        units = {ep: [inside_unit(table[ep].S[axis], table[ep].P[axis]) + d for d in (0, 1)]
+                 for ep in eps}
+        measured = gradient_hulls(trunk, taps, shape, units, axis)
+        for ep in eps:
+            (i, j), ((lo, hi), (lo2, _)) = units[ep], measured[ep]
+            assert 0 < lo and hi < length - 1, (ep, axis, measured[ep])  # not clipped: exact r
+            assert [strip[ep].region((u, 0) if axis == 0 else (0, u))[axis] for u in (i, j)] == measured[ep]
+            ours = table[ep].r[axis], table[ep].S[axis], table[ep].P[axis]
+            assert ours == (hi - lo + 1, lo2 - lo, i * (lo2 - lo) - lo), (ep, axis)
