@@ -174,3 +174,52 @@ def test_modern_net_matches_torchvision_gradient_support(models, name: str) -> N
             assert [strip[ep].region((u, 0) if axis == 0 else (0, u))[axis] for u in (i, j)] == measured[ep]
             ours = table[ep].r[axis], table[ep].S[axis], table[ep].P[axis]
             assert ours == (hi - lo + 1, lo2 - lo, i * (lo2 - lo) - lo), (ep, axis)
+
+
+def test_vit_b_16_patch_embedding_local_then_global(models) -> None:
+    """ViT-B/16: the tokens' field is the 16x16/16 patch (r 16, S 16, P 0: the supports of
+    torchvision's conv_proj units 1 and 2 along each axis) and the first encoder block's (and the
+    output's) field is global: a token's input gradient covers the whole image.  (64x64 input.)"""
+    table = rfgraph.analyze(model_zoo.build("vit_b_16"))
+    net = make_positive(models.vit_b_16(image_size=64))
+    measured = {}
+    for axis in (0, 1):
+        measured[axis] = gradient_hulls(net, {"tokens": net.conv_proj}, (64, 64),
+                                        {"tokens": [1, 2]}, axis)["tokens"]
+    for axis, ((lo, hi), (lo2, _)) in measured.items():
+        ep = table["tokens"]
+        assert (ep.r[axis], ep.S[axis], ep.P[axis]) == (hi - lo + 1, lo2 - lo, lo2 - lo - lo)
+    outs: dict[str, torch.Tensor] = {}
+    net.encoder.layers[0].register_forward_hook(lambda _m, _i, o: outs.__setitem__("block1", o))
+    x = (torch.rand(1, 3, 64, 64, dtype=torch.float64) + 0.1).requires_grad_()
+    net(x)
+    (g,) = torch.autograd.grad(outs["block1"][0, 5].sum(), x)  # one patch token
+    assert bool((g[0] != 0).any(0).all())
+    assert table["block1"].is_global and table[model_zoo.endpoints(model_zoo.build("vit_b_16"))[-1]].is_global
+
+
+def test_table_models_modern(capsys) -> None:
+    """``rfgraph table --models modern --endpoints``: one row per end point of every modern net,
+    with the oracle-checked r, S, P (tests above) and, for a gated end point, the note naming its
+    number of gates (torchvision's SE blocks before it, at the last end point all of them)."""
+    from rfgraph.cli import main
+
+    assert main(["table", "--models", "modern", "--endpoints", "--format", "json",
+                 "--no-reference"]) == 0
+    import json
+
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [r["model"] for r in rows if r["end_point"] == "layer4"] == ["torch_resnet50"]
+    assert {r["model"] for r in rows} == set(model_zoo.MODERN_MODELS)
+    for name in model_zoo.MODERN_MODELS:
+        model = model_zoo.build(name)
+        a = rfgraph.analyze(model)
+        mine = [r for r in rows if r["model"] == name]
+        assert [r["end_point"] for r in mine] == model_zoo.endpoints(model)
+        for row in mine:
+            ep = a[row["end_point"]]
+            assert (row["r"], row["S"], row["P"]) == (list(ep.r), list(ep.S), list(ep.P))
+            assert (f"global via {len(ep.gates)} gate" in row["note"]) == bool(ep.gates)
+    last = {r["model"]: r for r in rows}
+    assert {m: int(r["note"].split("via ")[1].split()[0]) for m, r in last.items() if r["note"]} == {
+        m: n for m, (_, _, n) in CASES.items() if n}
