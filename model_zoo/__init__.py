@@ -27,9 +27,9 @@ from .builder import GraphBuilder
 
 __all__ = [
     "GRF_BENCHMARK",
+    "MODERN_MODELS",
     "SLIM_MODELS",
     "GraphBuilder",
-    "MODERN_MODELS",
     "ZooEntry",
     "available",
     "build",

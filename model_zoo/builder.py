@@ -350,13 +350,27 @@ class GraphBuilder:
         return self._node("Concat", list(xs), shp, "Concat", name, axis=axis)
 
     def resize(self, x: str, scale: IntOrTuple, mode: str = "nearest",
-               name: str | None = None) -> str:
-        """Resize the spatial axes by integer ``scale`` (nearest or linear)."""
+               name: str | None = None, **attrs: Any) -> str:
+        """Resize the spatial axes by integer ``scale`` (nearest or linear); ``attrs`` are more
+        Resize attributes (``coordinate_transformation_mode``, ``nearest_mode``)."""
         shp = self.shape(x)
         sc = _tuple(scale, len(shp) - 2)
         scales = self.const(np.array([1.0, 1.0] + [float(s) for s in sc], np.float32), "scales")
         out = shp[:2] + tuple(n * s for n, s in zip(shp[2:], sc))
-        return self._node("Resize", [x, "", scales], out, "Resize", name, mode=mode)
+        return self._node("Resize", [x, "", scales], out, "Resize", name, mode=mode, **attrs)
+
+    def split(self, x: str, sizes: Sequence[int], axis: int = 1) -> list[str]:
+        """Split (opset 13+: sizes as an input) into parts of ``sizes`` along ``axis``."""
+        shp = self.shape(x)
+        ax = axis % len(shp)
+        if sum(sizes) != shp[ax]:
+            raise ValueError(f"split sizes {tuple(sizes)} do not add up to {shp[ax]}")
+        outs = [self._name("Split") for _ in sizes]
+        sizes_t = self.const(np.array(sizes, np.int64), "split")
+        self.nodes.append(helper.make_node("Split", [x, sizes_t], outs, name=outs[0], axis=axis))
+        for o, n in zip(outs, sizes):
+            self.shapes[o] = shp[:ax] + (int(n),) + shp[ax + 1:]
+        return outs
 
     def batchnorm(self, x: str, eps: float = 1e-3, name: str | None = None) -> str:
         """BatchNormalization (inference) with identity statistics."""

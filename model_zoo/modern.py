@@ -1,8 +1,9 @@
 """Networks deployed today, structure only: ConvNeXt-T, EfficientNet-B0 / V2-S, MobileNetV3-L,
-RegNetY-400MF and ViT-B/16 (ResNet-50 v1.5 is ``torchstyle.resnet50``).
+RegNetY-400MF, YOLOv8n and ViT-B/16 (ResNet-50 v1.5 is ``torchstyle.resnet50``).
 
 Each builder follows the torchvision definition (``models/convnext.py``, ``efficientnet.py``,
-``mobilenetv3.py``, ``regnet.py``, ``vision_transformer.py``) layer by layer: kernel, stride,
+``mobilenetv3.py``, ``regnet.py``, ``vision_transformer.py``; YOLOv8n: ultralytics'
+``yolov8.yaml`` and ``nn/modules/block.py``) layer by layer: kernel, stride,
 symmetric padding ``(k - 1) // 2``, groups, residual and squeeze-excitation structure.  What does
 not change the field is simplified: BatchNorm is folded into the conv (an inference export), the
 classifier head is left out (the end points are the stages' feature maps, the last one is the
@@ -17,7 +18,7 @@ feature map; rfgraph reports the local field with those gates held constant.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import vit
 from .builder import GraphBuilder, IntOrTuple, image_shape
@@ -224,7 +225,59 @@ def vit_b_16(size: int = 224, width: float = 0.125, depth: int = 12, seed: int =
     return b
 
 
-MODERN_BUILDERS = {"convnext_tiny": convnext_tiny,
-                   "efficientnet_b0": efficientnet_b0, "efficientnet_v2_s": efficientnet_v2_s,
-                   "mobilenet_v3_large": mobilenet_v3_large, "regnet_y_400mf": regnet_y_400mf,
-                   "vit_b_16": vit_b_16}
+# ------------------------------------------------------------------------------------ YOLOv8n
+def c2f(b: GraphBuilder, x: str, out: int, n: int, shortcut: bool) -> str:
+    """ultralytics C2f: 1x1 conv to 2c, split in two halves, ``n`` bottlenecks (two 3x3 convs,
+    residual when ``shortcut``) chained on the second half, every part concatenated, 1x1 conv."""
+    c = out // 2
+    parts = b.split(conv_act(b, x, 2 * c, 1, act="silu"), [c, c])
+    for _ in range(n):
+        y = conv_act(b, conv_act(b, parts[-1], c, 3, act="silu"), c, 3, act="silu")
+        parts.append(b.add(parts[-1], y) if shortcut else y)
+    return conv_act(b, b.concat(parts), out, 1, act="silu")
+
+
+def sppf(b: GraphBuilder, x: str, k: int = 5) -> str:
+    """ultralytics SPPF: 1x1 conv, three chained kxk/1 max pools, concat of the four, 1x1 conv."""
+    parts = [conv_act(b, x, b.channels(x) // 2, 1, act="silu")]
+    for _ in range(3):
+        parts.append(b.max_pool(parts[-1], k, 1, k // 2))
+    return conv_act(b, b.concat(parts), b.channels(x), 1, act="silu")
+
+
+def yolov8n(size: IntOrTuple = 640, seed: int = 0, classes: int = 80) -> GraphBuilder:
+    """YOLOv8n (ultralytics yolov8.yaml, scale n: depth 0.33, width 0.25): CSP backbone of 3x3/2
+    convs and C2f, SPPF, PAN neck (nearest x2 upsampling, concat, C2f; 3x3/2 convs back down),
+    and the Detect head's two branches of two 3x3 convs and a 1x1 per level (strides 8, 16, 32).
+    End points: backbone P3, P4, P5 (after SPPF), neck outputs, head outputs."""
+    b = GraphBuilder("yolov8n", image_shape(size), seed=seed)
+    up = lambda t: b.resize(t, 2, "nearest", coordinate_transformation_mode="asymmetric",
+                            nearest_mode="floor")
+    conv = lambda t, c, k=3, s=1: conv_act(b, t, c, k, s, act="silu")
+    x = conv(conv(b.input, 16, 3, 2), 32, 3, 2)
+    x = c2f(b, x, 32, 1, True)
+    p3 = c2f(b, conv(x, 64, 3, 2), 64, 2, True)
+    p4 = c2f(b, conv(p3, 128, 3, 2), 128, 2, True)
+    p5 = sppf(b, c2f(b, conv(p4, 256, 3, 2), 256, 1, True))
+    eps = [b.identity(t, name=nm) for t, nm in ((p3, "backbone_p3"), (p4, "backbone_p4"),
+                                                (p5, "backbone_p5"))]
+    n4 = c2f(b, b.concat([up(p5), p4]), 128, 1, False)
+    n3 = c2f(b, b.concat([up(n4), p3]), 64, 1, False)
+    m4 = c2f(b, b.concat([conv(n3, 64, 3, 2), n4]), 128, 1, False)
+    m5 = c2f(b, b.concat([conv(m4, 128, 3, 2), p5]), 256, 1, False)
+    necks = [b.identity(t, name=f"neck_p{i}") for i, t in ((3, n3), (4, m4), (5, m5))]
+    eps += necks
+    c_box, c_cls = max(16, 64 // 4, 64), max(64, min(classes, 100))
+    for i, t in zip((3, 4, 5), necks):
+        box = b.conv(conv(conv(t, c_box), c_box), 64, 1, 1, 0)
+        cls = b.conv(conv(conv(t, c_cls), c_cls), classes, 1, 1, 0)
+        eps.append(b.concat([box, cls], name=f"head_p{i}"))
+    for t in eps[-3:-1]:
+        b.output(t)
+    return _finish(b, eps)
+
+
+MODERN_BUILDERS: dict[str, Callable[..., GraphBuilder]] = {
+    "convnext_tiny": convnext_tiny, "efficientnet_b0": efficientnet_b0,
+    "efficientnet_v2_s": efficientnet_v2_s, "mobilenet_v3_large": mobilenet_v3_large,
+    "regnet_y_400mf": regnet_y_400mf, "yolov8n": yolov8n, "vit_b_16": vit_b_16}

@@ -3,7 +3,9 @@ torchvision's own definitions of the same nets.
 
 Oracle: torch float64 autograd on torchvision's model at random init, made positive (every weight
 ``uniform(0.5, 1.5) / fan_in``, biases and norm shifts ``uniform(0, 0.1)``, layer scales O(1),
-BatchNorm in eval with its initial statistics) so that no path cancels and no ReLU is dead; every
+BatchNorm in eval with its initial statistics) so that no path cancels and no ReLU is dead, and
+every max pool made an average pool of the same window (a max's gradient reaches only its argmax);
+every
 squeeze-excitation gate is detached (a forward hook returns its ``scale_activation`` output
 detached: the local field is the field with the gates held constant).  The support of the input
 gradient of a unit (channels weighted by random positive numbers, so a LayerNorm's zero-sum output
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from fractions import Fraction
 
 import pytest
 
@@ -50,7 +53,18 @@ def make_positive(net: nn.Module) -> nn.Module:
                 p.uniform_(0.0, 0.1)
             else:
                 p.uniform_(0.5, 1.5)
-    return net.eval().double()
+    return avg_for_max(net).eval().double()
+
+
+def avg_for_max(net: nn.Module) -> nn.Module:
+    """Every MaxPool2d made an AvgPool2d of the same window: a max's gradient reaches its argmax
+    only, while its field (what r counts) is the whole window."""
+    for parent in list(net.modules()):
+        for key, child in parent.named_children():
+            if isinstance(child, nn.MaxPool2d):
+                setattr(parent, key, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
+                                                  ceil_mode=child.ceil_mode))
+    return net
 
 
 def detach_gates(net: nn.Module, models) -> int:
@@ -88,19 +102,20 @@ def gradient_hulls(net: nn.Module, taps: dict[str, nn.Module], shape: tuple[int,
     return hulls
 
 
-def strip_length(analysis: rfgraph.Analysis, eps: list[str]) -> int:
-    """An input length (multiple of 32) in which, for every end point, the units ``i`` and
-    ``i + 1`` of ``inside_unit`` have their whole region strictly inside."""
+def strip_length(analysis: rfgraph.Analysis, periods: dict[str, int]) -> int:
+    """An input length (multiple of 32) in which, for every end point, the ``period + 1`` units
+    from ``inside_unit`` on have their whole region strictly inside (checked by the test)."""
     need = 0
-    for ep in eps:
+    for ep, period in periods.items():
         for r, S, P in zip(analysis[ep].r, analysis[ep].S, analysis[ep].P):
-            need = max(need, (inside_unit(S, P) + 1) * S - P + r + 1)
+            need = max(need, (inside_unit(S, P, period) + 2 * period) * S - P + r)
     return 32 * math.ceil(need / 32)
 
 
-def inside_unit(S: int, P: int) -> int:
-    """The first unit whose region starts after input position 0."""
-    return (P + 1 + S - 1) // S
+def inside_unit(S: int, P: int, period: int = 1) -> int:
+    """The first unit, a multiple of ``period``, whose region starts after input position 0
+    (a region never starts before ``u * S - P``)."""
+    return period * -(-(P + 1) // (S * period))
 
 
 # zoo name -> (torchvision builder, the module computing the features, {end point: module})
@@ -161,19 +176,32 @@ def test_modern_net_matches_torchvision_gradient_support(models, name: str) -> N
     net = make_positive(getattr(models, tv_name)())
     assert detach_gates(net, models) == n_gates == len(table[eps[-1]].gates)
     trunk, taps = taps_of(net)
-    length = strip_length(table, eps)
+    check_against_gradient_support(name, table, trunk, taps, dict.fromkeys(eps, 1))
+
+
+def check_against_gradient_support(name: str, table: rfgraph.Analysis, trunk: nn.Module,
+                                   taps: dict[str, nn.Module], periods: dict[str, int]) -> None:
+    """Along each axis, on a strip: ``period + 1`` consecutive units from a multiple of the end
+    point's ``period`` (its regions repeat shifted by ``period * S``: 1 for one stride, 4 after
+    two x2 upsamplings) have the zoo strip build's regions, none clipped; then r is the largest
+    extent over a period, ``period * S`` the shift over a period and P = ``i * S - first`` (``i``
+    a multiple of the period), as the 224 build's table says."""
+    length = strip_length(table, periods)
     for axis in (0, 1):
         shape = (length, CROSS) if axis == 0 else (CROSS, length)
         strip = rfgraph.analyze(model_zoo.build(f"{name}:size={shape[0]}/{shape[1]}"))
-        units = {ep: [inside_unit(table[ep].S[axis], table[ep].P[axis]) + d for d in (0, 1)]
-                 for ep in eps}
+        units = {ep: [inside_unit(table[ep].S[axis], table[ep].P[axis], p) + d
+                      for d in range(p + 1)] for ep, p in periods.items()}
         measured = gradient_hulls(trunk, taps, shape, units, axis)
-        for ep in eps:
-            (i, j), ((lo, hi), (lo2, _)) = units[ep], measured[ep]
-            assert 0 < lo and hi < length - 1, (ep, axis, measured[ep])  # not clipped: exact r
-            assert [strip[ep].region((u, 0) if axis == 0 else (0, u))[axis] for u in (i, j)] == measured[ep]
+        for ep, p in periods.items():
+            got = measured[ep]
+            assert all(0 < lo and hi < length - 1 for lo, hi in got), (ep, axis, got)  # exact r
+            assert [strip[ep].region((u, 0) if axis == 0 else (0, u))[axis]
+                    for u in units[ep]] == got, (ep, axis)
+            i, S = units[ep][0], Fraction(got[p][0] - got[0][0], p)
+            r = max(hi - lo + 1 for lo, hi in got[:p])
             ours = table[ep].r[axis], table[ep].S[axis], table[ep].P[axis]
-            assert ours == (hi - lo + 1, lo2 - lo, i * (lo2 - lo) - lo), (ep, axis)
+            assert ours == (r, S, i * S - got[0][0]), (ep, axis)
 
 
 def test_vit_b_16_patch_embedding_local_then_global(models) -> None:
@@ -221,5 +249,99 @@ def test_table_models_modern(capsys) -> None:
             assert (row["r"], row["S"], row["P"]) == (list(ep.r), list(ep.S), list(ep.P))
             assert (f"global via {len(ep.gates)} gate" in row["note"]) == bool(ep.gates)
     last = {r["model"]: r for r in rows}
-    assert {m: int(r["note"].split("via ")[1].split()[0]) for m, r in last.items() if r["note"]} == {
+    assert {m: int(r["note"].split("via ")[1].split()[0]) for m, r in last.items()
+            if "via" in r["note"]} == {
         m: n for m, (_, _, n) in CASES.items() if n}
+
+
+# ---------------------------------------------------------------- YOLOv8n (ultralytics is not
+# installed: a torch re-implementation of its modules, from ultralytics/nn/modules/{conv,block,head}.py)
+class Conv(nn.Sequential):
+    """ultralytics Conv: Conv2d(k, s, padding k // 2, no bias), BatchNorm2d, SiLU."""
+
+    def __init__(self, cin: int, cout: int, k: int = 1, s: int = 1) -> None:
+        super().__init__(nn.Conv2d(cin, cout, k, s, k // 2, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, c: int, shortcut: bool) -> None:
+        super().__init__()
+        self.cv1, self.cv2, self.add = Conv(c, c, 3), Conv(c, c, 3), shortcut
+
+    def forward(self, x):
+        y = self.cv2(self.cv1(x))
+        return x + y if self.add else y
+
+
+class C2f(nn.Module):
+    def __init__(self, cin: int, cout: int, n: int, shortcut: bool) -> None:
+        super().__init__()
+        self.c = cout // 2
+        self.cv1, self.cv2 = Conv(cin, 2 * self.c, 1), Conv((2 + n) * self.c, cout, 1)
+        self.m = nn.ModuleList(Bottleneck(self.c, shortcut) for _ in range(n))
+
+    def forward(self, x):
+        y = list(self.cv1(x).chunk(2, 1))
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+class SPPF(nn.Module):
+    def __init__(self, c: int, k: int = 5) -> None:
+        super().__init__()
+        self.cv1, self.cv2 = Conv(c, c // 2, 1), Conv(c // 2 * 4, c, 1)
+        self.m = nn.MaxPool2d(k, 1, k // 2)
+
+    def forward(self, x):
+        y = [self.cv1(x)]
+        y.extend(self.m(y[-1]) for _ in range(3))
+        return self.cv2(torch.cat(y, 1))
+
+
+class YOLOv8n(nn.Module):
+    """yolov8.yaml at scale n; ``taps`` are Identity modules on the end points."""
+
+    def __init__(self, classes: int = 80) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(Conv(3, 16, 3, 2), Conv(16, 32, 3, 2), C2f(32, 32, 1, True))
+        self.p3 = nn.Sequential(Conv(32, 64, 3, 2), C2f(64, 64, 2, True))
+        self.p4 = nn.Sequential(Conv(64, 128, 3, 2), C2f(128, 128, 2, True))
+        self.p5 = nn.Sequential(Conv(128, 256, 3, 2), C2f(256, 256, 1, True), SPPF(256))
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.n4, self.n3 = C2f(384, 128, 1, False), C2f(192, 64, 1, False)
+        self.d3, self.m4 = Conv(64, 64, 3, 2), C2f(192, 128, 1, False)
+        self.d4, self.m5 = Conv(128, 128, 3, 2), C2f(384, 256, 1, False)
+        c_box, c_cls = 64, max(64, min(classes, 100))
+        self.box = nn.ModuleList(nn.Sequential(Conv(c, c_box, 3), Conv(c_box, c_box, 3),
+                                               nn.Conv2d(c_box, 64, 1)) for c in (64, 128, 256))
+        self.cls = nn.ModuleList(nn.Sequential(Conv(c, c_cls, 3), Conv(c_cls, c_cls, 3),
+                                               nn.Conv2d(c_cls, classes, 1)) for c in (64, 128, 256))
+        names = [f"{part}_p{i}" for part in ("backbone", "neck", "head") for i in (3, 4, 5)]
+        self.taps = nn.ModuleDict({n: nn.Identity() for n in names})
+
+    def forward(self, x):
+        t = self.taps
+        p3 = t["backbone_p3"](self.p3(self.stem(x)))
+        p4 = t["backbone_p4"](self.p4(p3))
+        p5 = t["backbone_p5"](self.p5(p4))
+        n4 = self.n4(torch.cat([self.up(p5), p4], 1))
+        n3 = t["neck_p3"](self.n3(torch.cat([self.up(n4), p3], 1)))
+        m4 = t["neck_p4"](self.m4(torch.cat([self.d3(n3), n4], 1)))
+        m5 = t["neck_p5"](self.m5(torch.cat([self.d4(m4), p5], 1)))
+        return [t[f"head_p{i}"](torch.cat([box(f), cls(f)], 1))
+                for i, box, cls, f in zip((3, 4, 5), self.box, self.cls, (n3, m4, m5))]
+
+
+@pytest.mark.slow
+def test_yolov8n_matches_a_torch_reimplementation() -> None:
+    """YOLOv8n's backbone, neck (two nearest x2 upsamplings: regions repeat every 4 units at
+    stride 8) and heads: r, S, P per axis and the regions of a period of units equal the float64
+    gradient support of a torch re-implementation of ultralytics' modules (ultralytics itself is
+    not installed here)."""
+    table = rfgraph.analyze(model_zoo.build("yolov8n"))
+    eps = model_zoo.endpoints(model_zoo.build("yolov8n"))
+    net = make_positive(YOLOv8n())
+    assert set(eps) == set(net.taps)
+    periods = {ep: 4 if ep.endswith("p3") and not ep.startswith("backbone") else
+               2 if ep.endswith("p4") and not ep.startswith("backbone") else 1 for ep in eps}
+    check_against_gradient_support("yolov8n", table, net, dict(net.taps), periods)
