@@ -359,6 +359,17 @@ class GraphBuilder:
         out = shp[:2] + tuple(n * s for n, s in zip(shp[2:], sc))
         return self._node("Resize", [x, "", scales], out, "Resize", name, mode=mode, **attrs)
 
+    def slice(self, x: str, starts: Sequence[int], ends: Sequence[int], axes: Sequence[int],
+              steps: Sequence[int] | None = None, name: str | None = None) -> str:
+        """Slice ``[start, end)`` with ``steps`` along ``axes`` (non-negative, in range)."""
+        shp = list(self.shape(x))
+        steps = list(steps) if steps is not None else [1] * len(axes)
+        for a, s0, e0, st in zip(axes, starts, ends, steps):
+            shp[a % len(shp)] = len(range(s0, min(e0, shp[a % len(shp)]), st))
+        ins = [x] + [self.const(np.array(v, np.int64), nm) for v, nm in
+                     ((starts, "starts"), (ends, "ends"), (axes, "axes"), (steps, "steps"))]
+        return self._node("Slice", ins, shp, "Slice", name)
+
     def split(self, x: str, sizes: Sequence[int], axis: int = 1) -> list[str]:
         """Split (opset 13+: sizes as an input) into parts of ``sizes`` along ``axis``."""
         shp = self.shape(x)

@@ -1,8 +1,8 @@
 """Networks deployed today, structure only: ConvNeXt-T, EfficientNet-B0 / V2-S, MobileNetV3-L,
-RegNetY-400MF, YOLOv8n and ViT-B/16 (ResNet-50 v1.5 is ``torchstyle.resnet50``).
+RegNetY-400MF, YOLOv8n, Swin-T and ViT-B/16 (ResNet-50 v1.5 is ``torchstyle.resnet50``).
 
 Each builder follows the torchvision definition (``models/convnext.py``, ``efficientnet.py``,
-``mobilenetv3.py``, ``regnet.py``, ``vision_transformer.py``; YOLOv8n: ultralytics'
+``mobilenetv3.py``, ``regnet.py``, ``swin_transformer.py``, ``vision_transformer.py``; YOLOv8n: ultralytics'
 ``yolov8.yaml`` and ``nn/modules/block.py``) layer by layer: kernel, stride,
 symmetric padding ``(k - 1) // 2``, groups, residual and squeeze-excitation structure.  What does
 not change the field is simplified: BatchNorm is folded into the conv (an inference export), the
@@ -277,7 +277,74 @@ def yolov8n(size: IntOrTuple = 640, seed: int = 0, classes: int = 80) -> GraphBu
     return _finish(b, eps)
 
 
+# ------------------------------------------------------------------------------------ Swin-T
+SWIN_TINY = ((2, 3), (2, 6), (6, 12), (2, 24))  # (blocks, heads) per stage; window 7, dim 96
+
+
+def roll(b: GraphBuilder, x: str, shift: int, axis: int) -> str:
+    """torch.roll along one axis as exported: two Slices and a Concat (out[i] = x[(i - shift) % n])."""
+    n = b.shape(x)[axis]
+    s = shift % n
+    if s == 0:
+        return x
+    return b.concat([b.slice(x, [n - s], [n], [axis]), b.slice(x, [0], [n - s], [axis])], axis=axis)
+
+
+def window_attention(b: GraphBuilder, x: str, window: int, heads: int, shift: int) -> str:
+    """torchvision shifted_window_attention on NHWC ``x``: roll by -shift, partition into
+    window x window tokens, self-attention inside each window, reverse, roll back.  The attention
+    mask and relative position bias are constant additions to the scores, left out."""
+    _, h, w, c = b.shape(x)
+    if h % window or w % window:
+        raise ValueError(f"swin: feature map {h}x{w} is not a multiple of the window {window}")
+    nh, nw = h // window, w // window
+    x = roll(b, roll(b, x, -shift, 1), -shift, 2)
+    t = b.transpose(b.reshape(x, (1, nh, window, nw, window, c)), (0, 1, 3, 2, 4, 5))
+    t = vit._attention(b, b.reshape(t, (nh * nw, window * window, c)), heads)
+    t = b.transpose(b.reshape(t, (1, nh, nw, window, window, c)), (0, 1, 3, 2, 4, 5))
+    t = b.reshape(t, (1, h, w, c))
+    return roll(b, roll(b, t, shift, 1), shift, 2)
+
+
+def swin_block(b: GraphBuilder, x: str, window: int, heads: int, shift: int,
+               name: str | None = None) -> str:
+    """x + attention(LN(x)), then + MLP x4 (GELU) of LN; no shift when the window covers the map."""
+    shift = 0 if window >= min(b.shape(x)[1:3]) else shift
+    x = b.add(x, window_attention(b, b.layernorm(x), window, heads, shift))
+    c = b.shape(x)[-1]
+    return b.add(x, b.linear(b.gelu(b.linear(b.layernorm(x), 4 * c)), c), name=name)
+
+
+def patch_merging(b: GraphBuilder, x: str) -> str:
+    """torchvision PatchMerging: the four 2x2 phases (strided Slices) concatenated, LN, linear 2C."""
+    _, h, w, c = b.shape(x)
+    parts = [b.slice(x, [i, j], [h, w], [1, 2], [2, 2]) for i, j in ((0, 0), (1, 0), (0, 1), (1, 1))]
+    return b.linear(b.layernorm(b.concat(parts, axis=-1)), 2 * c, bias=False)
+
+
+def swin_t(size: IntOrTuple = 224, width: float = 0.125, seed: int = 0) -> GraphBuilder:
+    """Swin-T (torchvision swin_t features): 4x4/4 patch embedding + LN (NHWC from there), stages
+    of (shifted) window attention blocks, window 7, shift 3 in every second block, patch merging
+    between stages.  End points: the patch embedding, stage 1's first block (windows: local),
+    then each stage (the cyclic shift wraps windows around the borders: global)."""
+    b = GraphBuilder("swin_t", image_shape(size), seed=seed)
+    x = b.conv(b.input, _w(96, width), 4, 4, 0)
+    x = b.layernorm(b.transpose(x, (0, 2, 3, 1)), name="patch_embed")
+    eps = [x]
+    for i, (depth, heads) in enumerate(SWIN_TINY, start=1):
+        if i > 1:
+            x = patch_merging(b, x)
+        for j in range(depth):
+            nm = f"stage{i}" if j == depth - 1 else ("stage1.0" if i == 1 and j == 0 else None)
+            with b.scope(f"stage{i}.{j}"):
+                x = swin_block(b, x, 7, heads, 3 if j % 2 else 0)
+            if nm:
+                x = b.identity(x, name=nm)
+                eps.append(x)
+    return _finish(b, eps)
+
+
 MODERN_BUILDERS: dict[str, Callable[..., GraphBuilder]] = {
     "convnext_tiny": convnext_tiny, "efficientnet_b0": efficientnet_b0,
     "efficientnet_v2_s": efficientnet_v2_s, "mobilenet_v3_large": mobilenet_v3_large,
-    "regnet_y_400mf": regnet_y_400mf, "yolov8n": yolov8n, "vit_b_16": vit_b_16}
+    "regnet_y_400mf": regnet_y_400mf, "yolov8n": yolov8n, "swin_t": swin_t, "vit_b_16": vit_b_16}

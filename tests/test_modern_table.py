@@ -77,9 +77,11 @@ def detach_gates(net: nn.Module, models) -> int:
 
 
 def gradient_hulls(net: nn.Module, taps: dict[str, nn.Module], shape: tuple[int, int],
-                   units: dict[str, list[int]], axis: int) -> dict[str, list[tuple[int, int]]]:
+                   units: dict[str, list[int]], axis: int, channels_last: bool = False
+                   ) -> dict[str, list[tuple[int, int]]]:
     """Per end point, per unit index along ``axis`` (0 on the other axis): first and last input
-    position along ``axis`` where the float64 input gradient of the unit is nonzero."""
+    position along ``axis`` where the float64 input gradient of the unit is nonzero (the end
+    points' tensors NCHW, or NHWC when ``channels_last``)."""
     outs: dict[str, torch.Tensor] = {}
     hooks = [m.register_forward_hook(lambda _m, _i, o, k=k: outs.__setitem__(k, o))
              for k, m in taps.items()]
@@ -90,11 +92,11 @@ def gradient_hulls(net: nn.Module, taps: dict[str, nn.Module], shape: tuple[int,
         h.remove()
     hulls: dict[str, list[tuple[int, int]]] = {}
     for ep, us in units.items():
-        y = outs[ep]
+        y = outs[ep].movedim(-1, 1) if channels_last else outs[ep]
         v = torch.rand(y.shape[1], dtype=torch.float64, generator=gen) + 0.5
         hulls[ep] = []
         for u in us:
-            index = [0, slice(None), 0, 0]
+            index: list[int | slice] = [0, slice(None), 0, 0]
             index[2 + axis] = u
             (g,) = torch.autograd.grad((y[tuple(index)] * v).sum(), x, retain_graph=True)
             hit = torch.nonzero((g[0] != 0).any(0).any(1 - axis)).flatten().tolist()
@@ -151,6 +153,44 @@ def _regnet(net: nn.Module) -> tuple[nn.Module, dict[str, nn.Module]]:
     return nn.Sequential(net.stem, t), {f"block{i}": getattr(t, f"block{i}") for i in range(1, 5)}
 
 
+THIN = 8  # channel divisor of the oracle's ConvNeXt and EfficientNets (their fields do not
+# depend on channels; the test checks that every layer's geometry is the real net's)
+
+
+def geometry(net: nn.Module) -> list[tuple]:
+    """Every conv and pool in module order: type, kernel, stride, padding, dilation, ceil mode
+    (what the field depends on; channels and groups left out)."""
+    keys = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+    return [(type(m).__name__,) + tuple(getattr(m, k, None) for k in keys) for m in net.modules()
+            if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d))]
+
+
+def thin_twin(tv_name: str, real: nn.Module) -> nn.Module:
+    """torchvision's ConvNeXt-T / EfficientNet built by its own classes from its own configuration
+    with channels divided by THIN (other nets: ``real``), to keep the float64 oracle fast."""
+    if tv_name == "convnext_tiny":
+        from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+        stages = [m for m in real.features if isinstance(m, nn.Sequential) and
+                  type(m[0]).__name__ == "CNBlock"]
+        widths = [st[0].block[0].in_channels // THIN for st in stages]
+        return ConvNeXt([CNBlockConfig(w, nxt, len(st)) for w, nxt, st in
+                         zip(widths, widths[1:] + [None], stages)])
+    if tv_name.startswith("efficientnet"):
+        import copy
+
+        from torchvision.models.efficientnet import EfficientNet, _efficientnet_conf
+
+        kw = {"width_mult": 1.0, "depth_mult": 1.0} if tv_name == "efficientnet_b0" else {}
+        setting, last = _efficientnet_conf(tv_name, **kw)
+        setting = copy.deepcopy(setting)
+        eight = lambda c: 8 * max(1, c // (8 * THIN))  # multiples of 8 as torchvision rounds to
+        for cnf in setting:
+            cnf.input_channels, cnf.out_channels = eight(cnf.input_channels), eight(cnf.out_channels)
+        return EfficientNet(setting, 0.2, last_channel=last // THIN if last else None)
+    return real
+
+
 CASES: dict[str, tuple[str, Taps, int]] = {  # zoo name: torchvision name, taps, SE gates
     "torch_resnet50": ("resnet50", _resnet, 0),
     "convnext_tiny": ("convnext_tiny", _convnext, 0),
@@ -172,8 +212,11 @@ def test_modern_net_matches_torchvision_gradient_support(models, name: str) -> N
     tv_name, taps_of, n_gates = CASES[name]
     table = rfgraph.analyze(model_zoo.build(name))
     eps = model_zoo.endpoints(model_zoo.build(name))
-    assert set(eps) == set(taps_of(getattr(models, tv_name)())[1])
-    net = make_positive(getattr(models, tv_name)())
+    real = getattr(models, tv_name)()
+    assert set(eps) == set(taps_of(real)[1])
+    net = thin_twin(tv_name, real)
+    assert geometry(net) == geometry(real)
+    net = make_positive(net)
     assert detach_gates(net, models) == n_gates == len(table[eps[-1]].gates)
     trunk, taps = taps_of(net)
     check_against_gradient_support(name, table, trunk, taps, dict.fromkeys(eps, 1))
@@ -299,23 +342,26 @@ class SPPF(nn.Module):
 
 
 class YOLOv8n(nn.Module):
-    """yolov8.yaml at scale n; ``taps`` are Identity modules on the end points."""
+    """yolov8.yaml at scale n, every channel count divided by ``thin`` (the field does not depend
+    on channels); ``taps`` are Identity modules on the end points."""
 
-    def __init__(self, classes: int = 80) -> None:
+    def __init__(self, classes: int = 80, thin: int = 1) -> None:
         super().__init__()
-        self.stem = nn.Sequential(Conv(3, 16, 3, 2), Conv(16, 32, 3, 2), C2f(32, 32, 1, True))
-        self.p3 = nn.Sequential(Conv(32, 64, 3, 2), C2f(64, 64, 2, True))
-        self.p4 = nn.Sequential(Conv(64, 128, 3, 2), C2f(128, 128, 2, True))
-        self.p5 = nn.Sequential(Conv(128, 256, 3, 2), C2f(256, 256, 1, True), SPPF(256))
+        c = lambda n: n // thin
+        self.stem = nn.Sequential(Conv(3, c(16), 3, 2), Conv(c(16), c(32), 3, 2), C2f(c(32), c(32), 1, True))
+        self.p3 = nn.Sequential(Conv(c(32), c(64), 3, 2), C2f(c(64), c(64), 2, True))
+        self.p4 = nn.Sequential(Conv(c(64), c(128), 3, 2), C2f(c(128), c(128), 2, True))
+        self.p5 = nn.Sequential(Conv(c(128), c(256), 3, 2), C2f(c(256), c(256), 1, True), SPPF(c(256)))
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
-        self.n4, self.n3 = C2f(384, 128, 1, False), C2f(192, 64, 1, False)
-        self.d3, self.m4 = Conv(64, 64, 3, 2), C2f(192, 128, 1, False)
-        self.d4, self.m5 = Conv(128, 128, 3, 2), C2f(384, 256, 1, False)
-        c_box, c_cls = 64, max(64, min(classes, 100))
-        self.box = nn.ModuleList(nn.Sequential(Conv(c, c_box, 3), Conv(c_box, c_box, 3),
-                                               nn.Conv2d(c_box, 64, 1)) for c in (64, 128, 256))
-        self.cls = nn.ModuleList(nn.Sequential(Conv(c, c_cls, 3), Conv(c_cls, c_cls, 3),
-                                               nn.Conv2d(c_cls, classes, 1)) for c in (64, 128, 256))
+        self.n4, self.n3 = C2f(c(384), c(128), 1, False), C2f(c(192), c(64), 1, False)
+        self.d3, self.m4 = Conv(c(64), c(64), 3, 2), C2f(c(192), c(128), 1, False)
+        self.d4, self.m5 = Conv(c(128), c(128), 3, 2), C2f(c(384), c(256), 1, False)
+        c_box, c_cls = c(64), c(max(64, min(classes, 100)))
+        self.box = nn.ModuleList(nn.Sequential(Conv(ch, c_box, 3), Conv(c_box, c_box, 3),
+                                               nn.Conv2d(c_box, c(64), 1)) for ch in map(c, (64, 128, 256)))
+        self.cls = nn.ModuleList(nn.Sequential(Conv(ch, c_cls, 3), Conv(c_cls, c_cls, 3),
+                                               nn.Conv2d(c_cls, c(classes), 1))
+                                 for ch in map(c, (64, 128, 256)))
         names = [f"{part}_p{i}" for part in ("backbone", "neck", "head") for i in (3, 4, 5)]
         self.taps = nn.ModuleDict({n: nn.Identity() for n in names})
 
@@ -340,8 +386,36 @@ def test_yolov8n_matches_a_torch_reimplementation() -> None:
     not installed here)."""
     table = rfgraph.analyze(model_zoo.build("yolov8n"))
     eps = model_zoo.endpoints(model_zoo.build("yolov8n"))
-    net = make_positive(YOLOv8n())
+    net = YOLOv8n(thin=4)
+    assert geometry(net) == geometry(YOLOv8n())
+    net = make_positive(net)
     assert set(eps) == set(net.taps)
     periods = {ep: 4 if ep.endswith("p3") and not ep.startswith("backbone") else
                2 if ep.endswith("p4") and not ep.startswith("backbone") else 1 for ep in eps}
     check_against_gradient_support("yolov8n", table, net, dict(net.taps), periods)
+
+
+@pytest.mark.slow
+def test_swin_t_local_stem_and_windows_then_global(models) -> None:
+    """Swin-T at 224: the patch embedding (r 4, S 4, P 0) and stage 1's first block (window
+    attention: the 7 tokens of a window share one 28-pixel region, so regions repeat every 7
+    units) have the regions, r, S, P of the float64 gradient support of torchvision's swin_t (units
+    1, 2 and 7..14 along each axis); after the second block the cyclic shift puts the first and
+    last rows in one window (the attention mask adds -100, exp(-100) is no zero): the gradient of
+    a unit of row 0 reaches the last row, and the zoo build says global from there on."""
+    table = rfgraph.analyze(model_zoo.build("swin_t"))
+    net = make_positive(models.swin_t())
+    f = net.features
+    taps = {"patch_embed": f[0], "stage1.0": f[1][0], "stage1": f[1]}
+    units = {"patch_embed": [1, 2], "stage1.0": list(range(7, 15)), "stage1": [0]}
+    for axis in (0, 1):
+        got = gradient_hulls(f, taps, (224, 224), units, axis, channels_last=True)
+        for ep, period in (("patch_embed", 1), ("stage1.0", 7)):
+            assert [table[ep].region((u, 0) if axis == 0 else (0, u))[axis]
+                    for u in units[ep]] == got[ep], (ep, axis)
+            lo, lo2 = got[ep][0][0], got[ep][period][0]
+            S = Fraction(lo2 - lo, period)
+            measured = (max(b - a + 1 for a, b in got[ep]), S, units[ep][0] * S - lo)
+            assert (table[ep].r[axis], table[ep].S[axis], table[ep].P[axis]) == measured, ep
+        assert got["stage1"] == [(0, 223)]
+    assert all(table[ep].is_global for ep in model_zoo.endpoints(model_zoo.build("swin_t"))[2:])
