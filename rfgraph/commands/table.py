@@ -14,7 +14,7 @@ compares only the published quantities (e.g. a paper that gives r alone, or P = 
 ``--models`` takes zoo names or the sets ``slim`` (the twelve nets of Araujo et al., the
 default), ``grf`` (the nineteen configurations of the library's rf_benchmark), ``modern`` (nets
 deployed today: ResNet-50 v1.5, ConvNeXt-T, EfficientNet-B0/V2-S, MobileNetV3-L, RegNetY-400MF,
-ViT-B/16; gated nets give the local field, gates held constant) and ``all``;
+YOLOv8n, Swin-T, ViT-B/16; gated nets give the local field, gates held constant) and ``all``;
 ``--size`` builds each model at the given input sizes (``name:size=N``).
 """
 
@@ -75,7 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="zoo names, optionally NAME:key=value,...; 'slim' for the twelve TF-slim "
                         "nets (default), 'grf' for the nineteen rf_benchmark configurations, "
                         "'modern' for nets deployed today (ResNet-50 v1.5, ConvNeXt-T, "
-                        "EfficientNet, MobileNetV3, RegNetY, ViT-B/16), 'all' for every zoo model")
+                        "EfficientNet, MobileNetV3, RegNetY, YOLOv8n, Swin-T, ViT-B/16), 'all' "
+                        "for every zoo model")
     p.add_argument("--size", nargs="+", type=int, metavar="N", default=None,
                    help="build each model at input size N x N (one set of rows per size; default: "
                         "each model's own size, or the size=N in its name)")
