@@ -199,7 +199,7 @@ CASES: dict[str, tuple[str, Taps, int]] = {  # zoo name: torchvision name, taps,
     "mobilenet_v3_large": ("mobilenet_v3_large", _mobilenet_v3, 8),
     "regnet_y_400mf": ("regnet_y_400mf", _regnet, 16),
 }
-SLOW = {"convnext_tiny", "efficientnet_v2_s"}
+SLOW = {"convnext_tiny", "torch_resnet50"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
@@ -378,7 +378,6 @@ class YOLOv8n(nn.Module):
                 for i, box, cls, f in zip((3, 4, 5), self.box, self.cls, (n3, m4, m5))]
 
 
-@pytest.mark.slow
 def test_yolov8n_matches_a_torch_reimplementation() -> None:
     """YOLOv8n's backbone, neck (two nearest x2 upsamplings: regions repeat every 4 units at
     stride 8) and heads: r, S, P per axis and the regions of a period of units equal the float64
@@ -395,7 +394,6 @@ def test_yolov8n_matches_a_torch_reimplementation() -> None:
     check_against_gradient_support("yolov8n", table, net, dict(net.taps), periods)
 
 
-@pytest.mark.slow
 def test_swin_t_local_stem_and_windows_then_global(models) -> None:
     """Swin-T at 224: the patch embedding (r 4, S 4, P 0) and stage 1's first block (window
     attention: the 7 tokens of a window share one 28-pixel region, so regions repeat every 7
