@@ -22,11 +22,12 @@ from typing import Any
 
 import onnx
 
-from . import luo, slim, torchstyle, vit
+from . import luo, modern, slim, torchstyle, vit
 from .builder import GraphBuilder
 
 __all__ = [
     "GRF_BENCHMARK",
+    "MODERN_MODELS",
     "SLIM_MODELS",
     "GraphBuilder",
     "ZooEntry",
@@ -76,6 +77,8 @@ def _registry() -> dict[str, ZooEntry]:
     for nm, fn in (("torch_resnet50", torchstyle.resnet50), ("torch_vgg16", torchstyle.vgg16),
                    ("torch_mobilenet_v2", torchstyle.mobilenet_v2), ("torch_unet", torchstyle.unet)):
         reg[nm] = ZooEntry(nm, fn, "torchvision", f"torchvision-style {nm[6:]} (symmetric pads)")
+    for nm, make in modern.MODERN_BUILDERS.items():
+        reg[nm] = ZooEntry(nm, make, "modern", f"{nm} (torchvision's layers, structure only)")
     return reg
 
 
@@ -98,6 +101,8 @@ SLIM_MODELS: tuple[str, ...] = tuple(slim.SLIM_BUILDERS)
 """The twelve TF-slim nets of Araujo et al.'s table."""
 GRF_BENCHMARK: tuple[str, ...] = slim.GRF_BENCHMARK
 """The nineteen TF-slim configurations of the receptive_field library's rf_benchmark."""
+MODERN_MODELS: tuple[str, ...] = ("torch_resnet50", *modern.MODERN_BUILDERS)
+"""Networks deployed today (ResNet-50 v1.5 is torchvision's layout, ``torch_resnet50``)."""
 
 
 def available() -> list[str]:

@@ -66,6 +66,12 @@ def out_size(n: int, kernel: int, stride: int, pads: tuple[int, int], dilation: 
     return (-(-span // stride) if ceil_mode else span // stride) + 1
 
 
+def image_shape(size: IntOrTuple, channels: int = 3) -> tuple[int, ...]:
+    """NCHW shape of one image of ``size`` (``n`` for n x n, or ``(h, w)``: a strip for oracles)."""
+    h, w = _tuple(size, 2)
+    return (1, channels, h, w)
+
+
 def _tuple(v: IntOrTuple, rank: int) -> tuple[int, ...]:
     if isinstance(v, int):
         return (v,) * rank
@@ -291,14 +297,28 @@ class GraphBuilder:
         return self._unary("Identity", x, name)
 
     def activation(self, x: str, kind: str | None, name: str | None = None) -> str:
-        """Apply ``kind`` in {None/'linear', 'relu', 'relu6', 'tanh', 'sigmoid', 'gelu'}."""
+        """Apply ``kind`` in {None/'linear', 'relu', 'relu6', 'tanh', 'sigmoid', 'gelu', 'silu',
+        'hardswish', 'hardsigmoid'}."""
         if kind in (None, "linear", "none"):
             return self.identity(x, name) if name else x
         fn = {"relu": self.relu, "relu6": self.relu6, "tanh": self.tanh, "sigmoid": self.sigmoid,
-              "gelu": self.gelu}
+              "gelu": self.gelu, "silu": self.silu, "hardswish": self.hardswish,
+              "hardsigmoid": self.hardsigmoid}
         if kind not in fn:
             raise ValueError(f"unknown activation {kind!r}")
         return fn[kind](x, name=name)
+
+    def silu(self, x: str, name: str | None = None) -> str:
+        """SiLU (swish) as torch exports it: x * Sigmoid(x)."""
+        return self.mul(x, self.sigmoid(x), name)
+
+    def hardswish(self, x: str, name: str | None = None) -> str:
+        return self._unary("HardSwish", x, name)
+
+    def hardsigmoid(self, x: str, name: str | None = None) -> str:
+        """torch's hardsigmoid: HardSigmoid with alpha 1/6, beta 1/2."""
+        return self._node("HardSigmoid", [x], self.shape(x), "HardSigmoid", name,
+                          alpha=1.0 / 6.0, beta=0.5)
 
     def gelu(self, x: str, name: str | None = None) -> str:
         """Exact GELU decomposed as torch exports it below opset 20: x*0.5*(1+erf(x/sqrt 2))."""
@@ -330,13 +350,38 @@ class GraphBuilder:
         return self._node("Concat", list(xs), shp, "Concat", name, axis=axis)
 
     def resize(self, x: str, scale: IntOrTuple, mode: str = "nearest",
-               name: str | None = None) -> str:
-        """Resize the spatial axes by integer ``scale`` (nearest or linear)."""
+               name: str | None = None, **attrs: Any) -> str:
+        """Resize the spatial axes by integer ``scale`` (nearest or linear); ``attrs`` are more
+        Resize attributes (``coordinate_transformation_mode``, ``nearest_mode``)."""
         shp = self.shape(x)
         sc = _tuple(scale, len(shp) - 2)
         scales = self.const(np.array([1.0, 1.0] + [float(s) for s in sc], np.float32), "scales")
         out = shp[:2] + tuple(n * s for n, s in zip(shp[2:], sc))
-        return self._node("Resize", [x, "", scales], out, "Resize", name, mode=mode)
+        return self._node("Resize", [x, "", scales], out, "Resize", name, mode=mode, **attrs)
+
+    def slice(self, x: str, starts: Sequence[int], ends: Sequence[int], axes: Sequence[int],
+              steps: Sequence[int] | None = None, name: str | None = None) -> str:
+        """Slice ``[start, end)`` with ``steps`` along ``axes`` (non-negative, in range)."""
+        shp = list(self.shape(x))
+        steps = list(steps) if steps is not None else [1] * len(axes)
+        for a, s0, e0, st in zip(axes, starts, ends, steps):
+            shp[a % len(shp)] = len(range(s0, min(e0, shp[a % len(shp)]), st))
+        ins = [x] + [self.const(np.array(v, np.int64), nm) for v, nm in
+                     ((starts, "starts"), (ends, "ends"), (axes, "axes"), (steps, "steps"))]
+        return self._node("Slice", ins, shp, "Slice", name)
+
+    def split(self, x: str, sizes: Sequence[int], axis: int = 1) -> list[str]:
+        """Split (opset 13+: sizes as an input) into parts of ``sizes`` along ``axis``."""
+        shp = self.shape(x)
+        ax = axis % len(shp)
+        if sum(sizes) != shp[ax]:
+            raise ValueError(f"split sizes {tuple(sizes)} do not add up to {shp[ax]}")
+        outs = [self._name("Split") for _ in sizes]
+        sizes_t = self.const(np.array(sizes, np.int64), "split")
+        self.nodes.append(helper.make_node("Split", [x, sizes_t], outs, name=outs[0], axis=axis))
+        for o, n in zip(outs, sizes):
+            self.shapes[o] = shp[:ax] + (int(n),) + shp[ax + 1:]
+        return outs
 
     def batchnorm(self, x: str, eps: float = 1e-3, name: str | None = None) -> str:
         """BatchNormalization (inference) with identity statistics."""

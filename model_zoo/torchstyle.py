@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .builder import GraphBuilder, Padding
+from .builder import GraphBuilder, IntOrTuple, Padding, image_shape
 
 
 def _pad(padding: str, k: int, dilation: int = 1) -> Padding:
@@ -36,10 +36,10 @@ def _w(c: int, width: float) -> int:
     return max(int(c * width), 1)
 
 
-def resnet50(size: int = 224, width: float = 0.125, padding: str = "torch",
+def resnet50(size: IntOrTuple = 224, width: float = 0.125, padding: str = "torch",
              layers: Sequence[int] = (3, 4, 6, 3), seed: int = 0) -> GraphBuilder:
     """torchvision resnet50: 7x7/2 conv, 3x3/2 max pool, bottlenecks striding in their 3x3 conv."""
-    b = GraphBuilder("torch_resnet50", (1, 3, size, size), seed=seed)
+    b = GraphBuilder("torch_resnet50", image_shape(size), seed=seed)
     x = b.relu(b.conv(b.input, _w(64, width), 7, 2, _pad(padding, 7)))
     x = b.max_pool(x, 3, 2, _pad(padding, 3))
     eps = []

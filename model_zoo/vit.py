@@ -20,15 +20,16 @@ from .builder import GraphBuilder
 
 
 def _attention(b: GraphBuilder, x: str, heads: int) -> str:
-    """Multi-head self-attention on (1, N, D) tokens: softmax(Q K^T / sqrt(d)) V, projected."""
-    _, n, dim = b.shape(x)
+    """Multi-head self-attention on (B, N, D) tokens (B: images, or windows of one image):
+    softmax(Q K^T / sqrt(d)) V, projected."""
+    bsz, n, dim = b.shape(x)
     d = dim // heads
-    split = lambda t: b.transpose(b.reshape(t, (1, n, heads, d)), (0, 2, 1, 3))  # (1, h, N, d)
+    split = lambda t: b.transpose(b.reshape(t, (bsz, n, heads, d)), (0, 2, 1, 3))  # (B, h, N, d)
     q, k, v = (split(b.linear(x, dim)) for _ in range(3))
     kt = b.transpose(k, (0, 1, 3, 2))
     scores = b.mul(b.matmul(q, kt), b.const(np.array(1 / math.sqrt(d), np.float32), "scale"))
     att = b.matmul(b.softmax(scores, axis=-1), v)
-    merged = b.reshape(b.transpose(att, (0, 2, 1, 3)), (1, n, dim))
+    merged = b.reshape(b.transpose(att, (0, 2, 1, 3)), (bsz, n, dim))
     return b.linear(merged, dim)
 
 

@@ -155,11 +155,12 @@ def _table_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
 GATES_SHOWN = 3  # gate nodes named in a table's note; JSON lists them all
 
 
-def gates_note(gates: Sequence[str]) -> str:
-    """'local (gates held constant); global via 2 gates: a, b': what a gated row's r, S, P are."""
-    shown = ", ".join(gates[:GATES_SHOWN]) + (", ..." if len(gates) > GATES_SHOWN else "")
+def gates_note(gates: Sequence[str], named: int = GATES_SHOWN) -> str:
+    """'local (gates held constant); global via 2 gates: a, b': what a gated row's r, S, P are
+    (the first ``named`` gate nodes named; none when 0)."""
+    shown = ", ".join(gates[:named]) + (", ..." if len(gates) > named else "")
     return (f"local field, gates held constant; global via {len(gates)} "
-            f"gate{'s' if len(gates) > 1 else ''}: {shown}")
+            f"gate{'s' if len(gates) > 1 else ''}" + (f": {shown}" if named else ""))
 
 
 HEADERS = ["tensor", "op", "shape", "r", "S", "P", "covers input", "aligned", "note"]

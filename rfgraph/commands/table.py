@@ -12,7 +12,9 @@ rows at unknown resolution).  Values ``None``/empty mean "not published": the ve
 compares only the published quantities (e.g. a paper that gives r alone, or P = None).
 
 ``--models`` takes zoo names or the sets ``slim`` (the twelve nets of Araujo et al., the
-default), ``grf`` (the nineteen configurations of the library's rf_benchmark) and ``all``;
+default), ``grf`` (the nineteen configurations of the library's rf_benchmark), ``modern`` (nets
+deployed today: ResNet-50 v1.5, ConvNeXt-T, EfficientNet-B0/V2-S, MobileNetV3-L, RegNetY-400MF,
+YOLOv8n, Swin-T, ViT-B/16; gated nets give the local field, gates held constant) and ``all``;
 ``--size`` builds each model at the given input sizes (``name:size=N``).
 """
 
@@ -29,7 +31,7 @@ from tabulate import tabulate
 
 from ..analysis import analyze
 from ..errors import RFGraphError
-from ..report import FORMATS, json_text, number, per_axis
+from ..report import FORMATS, gates_note, json_text, number, per_axis
 
 REFERENCE_NAME = Path("shared") / "reference" / "modern_networks_rf.csv"
 
@@ -38,6 +40,7 @@ EXAMPLES = """examples:
   rfgraph table --endpoints --format markdown     every end point (resnet blocks, mixed layers)
   rfgraph table --models resnet_v1_50 resnet_v1_50:size=321 torch_resnet50
   rfgraph table --models grf --endpoints --size 224 321 --reference grf_rf_benchmark.csv
+  rfgraph table --models modern --endpoints        today's nets (local fields through SE gates)
   rfgraph table --reference my_numbers.csv --fail-on-differ
 
 exit codes: 0 table printed; 1 --fail-on-differ and some row differs from the reference;
@@ -71,7 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", nargs="+", metavar="NAME", default=None,
                    help="zoo names, optionally NAME:key=value,...; 'slim' for the twelve TF-slim "
                         "nets (default), 'grf' for the nineteen rf_benchmark configurations, "
-                        "'all' for every zoo model")
+                        "'modern' for nets deployed today (ResNet-50 v1.5, ConvNeXt-T, "
+                        "EfficientNet, MobileNetV3, RegNetY, YOLOv8n, Swin-T, ViT-B/16), 'all' "
+                        "for every zoo model")
     p.add_argument("--size", nargs="+", type=int, metavar="N", default=None,
                    help="build each model at input size N x N (one set of rows per size; default: "
                         "each model's own size, or the size=N in its name)")
@@ -97,11 +102,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def model_sets() -> dict[str, list[str]]:
-    """Names ``--models`` expands: the Araujo twelve, the rf_benchmark nineteen, every zoo model."""
+    """Names ``--models`` expands: the Araujo twelve, the rf_benchmark nineteen, today's nets,
+    every zoo model."""
     import model_zoo
 
     return {"slim": list(model_zoo.SLIM_MODELS), "grf": list(model_zoo.GRF_BENCHMARK),
-            "all": model_zoo.available()}
+            "modern": list(model_zoo.MODERN_MODELS), "all": model_zoo.available()}
 
 
 def model_names(requested: Sequence[str], sizes: Sequence[int] | None) -> list[str]:
@@ -220,7 +226,7 @@ def model_rows(name: str, reference: dict[RefKey, Triple], all_endpoints: bool) 
 
 
 def _note(ep: Any) -> str:
-    notes = []
+    notes = [gates_note(ep.gates, named=0)] if ep.gates else []
     if not ep.aligned:
         notes.append(f"misaligned at {ep.misaligned_at}")
     if ep.size_dependent:
