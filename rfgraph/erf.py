@@ -123,6 +123,10 @@ def resolve_target(analysis: Analysis | None, model: onnx.ModelProto, output: st
     axis takes the token index) or the centre unit (by the ``centre`` rule); TRF region and
     centre from the analysis."""
     ep = _endpoint(analysis, output)
+    if not shape:
+        raise RFGraphError(f"'{output}' is a single number (rank 0, no batch axis): the ERF averages "
+                           f"the gradients of a batch of inputs; export the model with keepdims=1 (or "
+                           f"a batch axis) or choose another tensor with --output")
     if ep is None and len(shape) != input_rank:
         raise RFGraphError(f"'{output}' (shape {list(shape)}) has no known axis of positions "
                            f"({_not_analysed(analysis)}); {_unit_choices(analysis)}")

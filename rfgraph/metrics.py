@@ -138,6 +138,8 @@ def gaussian_fit(erf: np.ndarray) -> GaussianFit | None:
     sd0 = tuple(max(s, 0.5) for s in marginal_std(erf))
     grids = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in erf.shape], indexing="ij")
     params = np.array([1.0, *mu0, *sd0])
+    if erf.size < params.size:  # fewer pixels than parameters: no fit is defined (a 1x2 input)
+        return None
     try:
         from scipy.optimize import least_squares
 

@@ -198,3 +198,23 @@ def test_invalid_nodes_refused_before_any_work(node: onnx.NodeProto, words: tupl
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     _exit2_one_line(capsys, ["analyze", str(path)], *words)
+
+
+def test_erf_of_a_rank_0_output_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """ReduceSum with keepdims=0 gives a single number: erf ended in IndexError (exit 3)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])
+    graph = helper.make_graph([helper.make_node("ReduceSum", ["x"], ["y"], keepdims=0)], "g", [x],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    path = tmp_path / "rsum.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), path)
+    _exit2_one_line(capsys, ["erf", str(path)], "'y' is a single number", "--output")
+
+
+def test_gaussian_fit_needs_as_many_pixels_as_parameters() -> None:
+    """A 1 x 2 map has 2 pixels for 5 parameters: scipy's 'lm' raised ValueError (erf exit 3 on a
+    1x2 input); no fit is reported instead, and a 3 x 3 map still gets one."""
+    from rfgraph.metrics import gaussian_fit
+
+    assert gaussian_fit(np.array([[1.0, 0.5]])) is None
+    fit = gaussian_fit(np.outer([0.5, 1.0, 0.5], [0.5, 1.0, 0.5]))
+    assert fit is not None and np.allclose(fit.mu, (1.0, 1.0))
