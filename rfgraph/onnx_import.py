@@ -159,14 +159,22 @@ MAX_FOLD_ELEMENTS = 1 << 22
 
 def _run_node(node: onnx.NodeProto, values: Sequence[np.ndarray | None], opset: int,
               tensor: str) -> np.ndarray | None:
-    """Evaluate one node on constant inputs with the ONNX reference evaluator (None on failure)."""
+    """Evaluate one node on constant inputs with the ONNX reference evaluator (None on failure),
+    wrapped in a model of the file's opset: a bare node is run by the newest version of its op
+    (Unsqueeze-13 refused opset 12's ``axes`` attribute, so ddddocr's Reshape targets stayed unknown)."""
     from onnx.reference import ReferenceEvaluator
-    feeds = {t: v for t, v in zip(node.input, values) if t}
+    feeds = {t: np.asarray(v) for t, v in zip(node.input, values) if t}
+    inputs = [onnx.helper.make_tensor_value_info(t, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), None)
+              for t, v in feeds.items()]
+    outputs = [o for o in node.output if o]
+    graph = onnx.helper.make_graph([node], "fold", inputs,
+                                   [onnx.helper.make_empty_tensor_value_info(o) for o in outputs])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", max(opset, 1))])
     try:
-        outs = ReferenceEvaluator(node, opsets={"": max(opset, 1)}).run(None, feeds)
+        outs = ReferenceEvaluator(model).run(None, feeds)
     except Exception:  # noqa: BLE001  an op the evaluator rejects: value unknown, never fail the load
         return None
-    for name, value in zip(node.output, outs):
+    for name, value in zip(outputs, outs):
         if name == tensor:
             return np.asarray(value)
     return None

@@ -250,3 +250,18 @@ def test_patch_merging_is_a_block() -> None:
     a = rfgraph.analyze(proto, layout="NCHW")
     assert not a.stops and a["y"].r == (2, 2) and a["y"].S == (2, 2) and not a["y"].is_global
     assert check_tensor(a, proto, "y") == 16
+
+
+def test_constant_folding_runs_each_op_at_the_files_opset() -> None:
+    """Unsqueeze with an ``axes`` attribute (opset <= 12) folds: the reference evaluator ran a bare
+    node as Unsqueeze-13 and refused the attribute, so ddddocr's (opset 12) Reshape targets built
+    from Shape -> Gather -> Unsqueeze -> Concat stayed unknown and the analysis stopped there."""
+    import numpy as np
+    from onnx import helper
+
+    from rfgraph.onnx_import import _run_node
+
+    node = helper.make_node("Unsqueeze", ["a"], ["b"], axes=[0])
+    assert _run_node(node, [np.array(32, np.int64)], 12, "b").tolist() == [32]
+    node13 = helper.make_node("Unsqueeze", ["a", "axes"], ["b"])
+    assert _run_node(node13, [np.array(32, np.int64), np.array([0], np.int64)], 13, "b").tolist() == [32]
