@@ -56,10 +56,6 @@ class AxisRegions:
         return AxisRegions(one(self.lo, np.min), one(self.hi, np.max), one(self.inner_lo, np.min),
                            one(self.inner_hi, np.max))
 
-    def saturated(self, size: int) -> np.ndarray:
-        """Per unit: every path's field contains every pixel 0..size-1."""
-        return (self.inner_lo <= 0) & (self.inner_hi >= size - 1) & ~self.empty
-
     def first_seen(self) -> np.ndarray:
         """Index of the first unit >= v that sees something (n if none), for every v."""
         idx = np.where(~self.empty, np.arange(self.n), self.n)
