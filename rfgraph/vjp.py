@@ -304,7 +304,7 @@ def _backward(b: Builder, forward: list[onnx.NodeProto], x_name: str, y_name: st
             grads = rule(b, view, gys)
         except UnsupportedOpError as exc:  # a rule refusing these attributes: the same way out
             raise _with_way_out(exc) from None
-        for inp, g in zip(node.input, grads):
+        for inp, g in zip(node.input, grads):  # a rule lists its leading inputs' gradients only
             if g is not None and b.is_active(inp):
                 pending.setdefault(inp, []).append(g)
     total = _total(b, pending.pop(x_name, []), x_name)

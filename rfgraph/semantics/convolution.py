@@ -96,8 +96,8 @@ def _conv(b: Builder, n: NodeView, gys: list) -> Grads:
             wf = b.const(_flipped_kernel(w.astype(helper.tensor_dtype_to_np_dtype(b.dtype)), group))
             out = b.op("Conv", gys[0], wf, dilations=dil, pads=new_pb + new_pe, group=group)
             b.shapes[out] = b.shape(n.inputs[0])
-            return [out] + [None] * (len(n.inputs) - 1)
-    return [_scatter_window(b, gys[0], n.inputs[1], group, n)] + [None] * (len(n.inputs) - 1)
+            return [out]
+    return [_scatter_window(b, gys[0], n.inputs[1], group, n)]
 
 
 def _conv_transpose(b: Builder, n: NodeView, gys: list) -> Grads:
@@ -122,7 +122,7 @@ def _conv_transpose(b: Builder, n: NodeView, gys: list) -> Grads:
     out = b.op("Conv", g, n.inputs[1], strides=geo.strides, dilations=geo.dilations, pads=pb + pe,
                group=n.attr_int("group", 1))
     b.shapes[out] = b.shape(n.inputs[0])
-    return [out] + [None] * (len(n.inputs) - 1)
+    return [out]
 
 
 # ---------------------------------------------------------------- the family's tables

@@ -76,7 +76,7 @@ BROADCAST_OPS = {
 
 def _identity(b: Builder, n: NodeView, gys: list) -> Grads:
     """Identity, Dropout (inference), Cast between floats: the gradient passes unchanged."""
-    return [gys[0]] + [None] * (len(n.inputs) - 1)
+    return [gys[0]]
 
 
 def _relu(b: Builder, n: NodeView, gys: list) -> Grads:
@@ -110,9 +110,9 @@ def _clip(b: Builder, n: NodeView, gys: list) -> Grads:
     if hi:
         masks.append(b.op("LessOrEqual", x, hi))
     if not masks:
-        return [g] + [None] * (len(n.inputs) - 1)
+        return [g]
     mask = masks[0] if len(masks) == 1 else b.op("And", *masks)
-    return [b.where(mask, g)] + [None] * (len(n.inputs) - 1)
+    return [b.where(mask, g)]
 
 
 def _sigmoid(b: Builder, n: NodeView, gys: list) -> Grads:

@@ -249,7 +249,7 @@ def _attr_problem(key: str, value: object, want: str) -> str:
     return f"attribute '{key}' is {type(value).__name__}, expected {want}"
 
 
-Grads = list  # per input: gradient tensor name or None
+Grads = list  # gradient tensor name (or None) of the leading inputs, in order; the rest get none
 
 
 Rule = Callable[[Builder, NodeView, list], Grads]

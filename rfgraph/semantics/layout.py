@@ -372,7 +372,7 @@ def squeeze_rule(ctx: NodeContext) -> Transfer:
 
 def _reshape(b: Builder, n: NodeView, gys: list) -> Grads:
     """Reshape, Flatten, Squeeze, Unsqueeze: reshape the gradient back to the input's shape."""
-    return [b.reshape(gys[0], b.shape(n.inputs[0]))] + [None] * (len(n.inputs) - 1)
+    return [b.reshape(gys[0], b.shape(n.inputs[0]))]
 
 
 def _transpose(b: Builder, n: NodeView, gys: list) -> Grads:
@@ -416,10 +416,10 @@ def _pad(b: Builder, n: NodeView, gys: list) -> Grads:
             full[a], full[a + rank] = pads[i], pads[i + len(axes)]
         pads = full
     if mode != "constant":
-        return [_pad_copies(b, gys[0], xs, pads, COPYING_PADS[mode])] + [None] * (len(n.inputs) - 1)
+        return [_pad_copies(b, gys[0], xs, pads, COPYING_PADS[mode])]
     out = b.op("Pad", gys[0], b.ints([-p for p in pads]))
     b.shapes[out] = xs
-    return [out] + [None] * (len(n.inputs) - 1)
+    return [out]
 
 
 COPYING_PADS: dict[str, Literal["reflect", "edge", "wrap"]] = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}
@@ -480,16 +480,16 @@ def _slice(b: Builder, n: NodeView, gys: list) -> Grads:
         pads = [0] * (2 * rank)
         for ax, i in idx.items():
             if len(i) == 0:
-                return [b.zeros(xs)] + [None] * (len(n.inputs) - 1)
+                return [b.zeros(xs)]
             pads[ax], pads[ax + rank] = int(i[0]), int(xs[ax] - 1 - i[-1])
         out = b.op("Pad", g, b.ints(pads))
         b.shapes[out] = xs
-        return [out] + [None] * (len(n.inputs) - 1)
+        return [out]
     for ax, i in idx.items():
         m = np.zeros((xs[ax], len(i)))
         m[i, np.arange(len(i))] = 1.0
         g = b.along_axis(g, m, ax)
-    return [g] + [None] * (len(n.inputs) - 1)
+    return [g]
 
 
 def _gather(b: Builder, n: NodeView, gys: list) -> Grads:
@@ -524,7 +524,7 @@ def _split(b: Builder, n: NodeView, gys: list) -> Grads:
     parts = [g if g is not None else b.zeros(b.shape(y)) for g, y in zip(gys, n.outputs)]
     out = b.op("Concat", *parts, axis=ax)
     b.shapes[out] = xs
-    return [out] + [None] * (len(n.inputs) - 1)
+    return [out]
 
 
 # ---------------------------------------------------------------- the family's tables

@@ -101,7 +101,7 @@ def _batch_norm(b: Builder, n: NodeView, gys: list) -> Grads:
         factor = b.op("Div", n.inputs[1], b.op("Sqrt", b.op("Add", n.inputs[4], b.scalar(eps))))
         factor = b.op("Reshape", factor, b.ints(bshape))
     b.shapes[factor] = tuple(bshape)
-    return [b.binary("Mul", gys[0], factor, xs)] + [None] * 4
+    return [b.binary("Mul", gys[0], factor, xs)]
 
 
 def _lrn_window(channels: int, size: int) -> np.ndarray:
@@ -147,7 +147,7 @@ def _layer_norm(b: Builder, n: NodeView, gys: list) -> Grads:
     b.shapes[mean] = b.shapes[inv] = stat_shape
     xhat = b.binary("Mul", b.binary("Sub", x, mean, xs), inv, xs)
     gh = b.binary("Mul", gys[0], n.inputs[1], xs)
-    return [_standardised(b, gh, xhat, inv, axes)] + [None] * (len(n.inputs) - 1)
+    return [_standardised(b, gh, xhat, inv, axes)]
 
 
 def _standardised(b: Builder, gh: str, xhat: str, inv: str, axes: Sequence[int]) -> str:

@@ -67,7 +67,7 @@ def _reduce_sum(b: Builder, n: NodeView, gys: list) -> Grads:
         g = b.binary("Mul", g, b.scalar(1.0 / max(math.prod(xs[a] for a in axes), 1)))
     out = b.op("Expand", g, b.ints(xs))
     b.shapes[out] = xs
-    return [out] + [None] * (len(n.inputs) - 1)
+    return [out]
 
 
 def _sum_kept(b: Builder, n: NodeView, t: str) -> str:
@@ -120,7 +120,7 @@ def _reduction(b: Builder, n: NodeView, gys: list) -> Grads:
         raise UnsupportedOpError(n.name, n.node.op_type, "noop_with_empty_axes with no axes")
     kept = [1 if i in axes else d for i, d in enumerate(xs)]
     d = REDUCTION_DERIVATIVES[n.node.op_type](b, n, x, b.reshape(n.outputs[0], kept))
-    return [b.binary("Mul", b.reshape(gys[0], kept), d, xs)] + [None] * (len(n.inputs) - 1)
+    return [b.binary("Mul", b.reshape(gys[0], kept), d, xs)]
 
 
 # ---------------------------------------------------------------- the family's tables

@@ -174,7 +174,7 @@ def _resize(b: Builder, n: NodeView, gys: list) -> Grads:
                 g = b.along_axis(g, m.T, ax)
     if g == gys[0]:
         g = _set_shape(b, b.op("Identity", g), gys[0])
-    return [g] + [None] * (len(n.inputs) - 1)
+    return [g]
 
 
 def _unnormalised(b: Builder, grid: str, coord: int, size: int, align_corners: bool) -> str:
