@@ -6,6 +6,7 @@ Initializers and Constant nodes are values, not layers.  Every failure on a user
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import math
@@ -250,12 +251,28 @@ def _check_declarations(model: onnx.ModelProto, where: str) -> None:
 def _check_nodes(model: onnx.ModelProto, where: str) -> None:
     """Refuse, before any work, a node without an op type or without outputs: not an ONNX node (an
     8 MB file of 4M empty nodes took 5 GB and 3 min, then was analysed as if they were absent)."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     for i, node in enumerate(model.graph.node):
         what = f"node #{i}" + (f" '{node.name}'" if node.name else "")
         if not node.op_type:
             raise GraphStructureError(f"{where}: {what} has no op type: not a valid ONNX node")
         if not any(node.output):
             raise GraphStructureError(f"{where}: {what} ({node.op_type}) has no output: not a valid ONNX node")
+        fewest = _fewest_inputs(node.op_type, node.domain, opset)
+        if len(node.input) < fewest:  # a required input missing: every rule would index past the end
+            raise GraphStructureError(f"{where}: {what} ({node.op_type}) has {len(node.input)} input(s); the "
+                                      f"ONNX spec (opset {opset}) requires at least {fewest}")
+
+
+@functools.cache
+def _fewest_inputs(op_type: str, domain: str, opset: int) -> int:
+    """The inputs the spec requires of the op at ``opset`` (0 for ops it does not know)."""
+    if domain not in ("", "ai.onnx"):
+        return 0
+    try:
+        return int(onnx.defs.get_schema(op_type, opset, "").min_input)
+    except Exception:  # noqa: BLE001  an op this onnx does not know: its rule (or the lack of one) decides
+        return 0
 
 
 MAX_MODEL_BYTES = 2**31 - 1  # protobuf cannot parse a larger message: refused before reading

@@ -218,3 +218,15 @@ def test_gaussian_fit_needs_as_many_pixels_as_parameters() -> None:
     assert gaussian_fit(np.array([[1.0, 0.5]])) is None
     fit = gaussian_fit(np.outer([0.5, 1.0, 0.5], [0.5, 1.0, 0.5]))
     assert fit is not None and np.allclose(fit.mu, (1.0, 1.0))
+
+
+@pytest.mark.parametrize("command", ["analyze", "erf"])
+def test_a_node_missing_a_required_input_is_one_line(command: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """MatMul with one input ended in IndexError (exit 3) in both commands."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x"], ["y"], name="mm")], "g", [x],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    path = tmp_path / "mm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    _exit2_one_line(capsys, [command, str(path)], "'mm' (MatMul) has 1 input(s)", "at least 2")
