@@ -109,7 +109,9 @@ def middle_index(endpoint: dict[str, Any], doc: dict[str, Any]) -> str | None:
 
 
 def local(endpoint: dict[str, Any]) -> bool:
-    return any(r is not None for r in endpoint.get("r") or [])
+    """Local along every axis (boxes and show refuse a field that is global along any axis)."""
+    rs = endpoint.get("r") or []
+    return bool(rs) and all(r is not None for r in rs)
 
 
 def op_count(path: str) -> int:
