@@ -156,3 +156,21 @@ def test_report_json_embeds_the_analyze_document(model: Path, tmp_path: Path, ca
     analysis_part = {k: doc[k] for k in schema("analyze")["required"]}
     jsonschema.validate(analysis_part, schema("analyze"))
     assert doc["erf"] and doc["erf"][0]["tensor"] == "sum" and doc["erf"][0]["error"] is None
+
+
+# One ERF vocabulary (issue 17 §4): each concept under one pair of names, in every command that
+# computes an ERF; before, erf/show took --runs where report/diagnose took --erf-runs, erf took
+# --inputs where show took --erf-inputs, and report named the ERF's tensor --erf-output only.
+ERF_VOCABULARY = {"runs": {"--runs", "--erf-runs"}, "method": {"--method", "--erf-method"},
+                  "inputs": {"--inputs", "--erf-inputs"}, "output": {"--output", "--erf-output"}}
+ERF_COMMANDS = {"erf": {"runs", "method", "inputs", "output"}, "show": {"runs", "method", "inputs", "output"},
+                "report": {"runs", "method", "output"}, "diagnose": {"runs"}}  # diagnose --output: its end points
+
+
+@pytest.mark.parametrize("command", sorted(ERF_COMMANDS))
+def test_one_erf_vocabulary(command: str) -> None:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for concept, names in ERF_VOCABULARY.items():
+        actions = [a for a in sub._actions if names & set(a.option_strings)]
+        if concept in ERF_COMMANDS[command]:
+            assert len(actions) == 1 and names <= set(actions[0].option_strings), (command, concept)

@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: twice the largest r)")
     p.add_argument("--erf", action="store_true", help="also compute ERFs (Luo et al.): ERF/TRF "
                    "ratio per end point and the layer where the ERF stops growing")
-    p.add_argument("--erf-runs", type=int, default=8, metavar="N", help="inputs averaged per ERF")
+    p.add_argument("--erf-runs", "--runs", type=int, default=8, metavar="N", help="inputs averaged per ERF")
     p.add_argument("--erf-layers", type=int, default=8, metavar="K",
                    help="layers sampled on the way to each end point for the ERF growth")
     p.add_argument("--format", choices=("table", "json"), default="table")

@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "RepLKNet area ratios and the ERF/TRF ratio.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
-    p.add_argument("--output", metavar="NAME", help="tensor holding the unit (default: first output)")
+    p.add_argument("--output", "--erf-output", metavar="NAME", help="tensor holding the unit (default: first output)")
     p.add_argument("--unit", metavar="I,J", help="unit index along the tensor axes that hold positions "
                    "(a flattened token axis: the token index; default: centre)")
     p.add_argument("--units", metavar="I,J", nargs="+",
@@ -61,14 +61,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="onnxruntime execution provider (auto: CUDA when onnxruntime has it)")
     p.add_argument("--channel", type=int,
                    help="seed one channel (default: all channels summed); implies --scalar channel")
-    p.add_argument("--runs", type=int, default=None,
+    p.add_argument("--runs", "--erf-runs", type=int, default=None,
                    help="inputs N (default: the preset's, 20; replknet: 50)")
-    p.add_argument("--method", choices=("grad", "fd"), default="grad",
+    p.add_argument("--method", "--erf-method", choices=("grad", "fd"), default="grad",
                    help="grad: exact gradient graph; fd: central differences inside the TRF")
     p.add_argument("--fd-budget", type=float, default=None, metavar="SECONDS",
                    help="--method fd is refused when estimated (forward passes x the measured time "
                         "of one) to take longer than this (default 600)")
-    p.add_argument("--inputs", default=None, metavar="gaussian|uniform|DIR",
+    p.add_argument("--inputs", "--erf-inputs", default=None, metavar="gaussian|uniform|DIR",
                    help="input distribution, or a folder of PNG/JPEG images (default: gaussian)")
     p.add_argument("--mean", default=None, metavar="M1,M2,M3", help="image normalisation mean")
     p.add_argument("--std", default=None, metavar="S1,S2,S3", help="image normalisation std")

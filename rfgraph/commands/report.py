@@ -42,12 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", metavar="FILE", help="picture for the hover view (resized to the input)")
     p.add_argument("--title", help="page title (default: the model's file name)")
     p.add_argument("--no-erf", action="store_true", help="leave the ERF heatmaps out (faster)")
-    p.add_argument("--erf-output", action="append", default=[], metavar="NAME",
+    p.add_argument("--erf-output", "--output", action="append", default=[], metavar="NAME",
                    help="tensor to draw an ERF for (repeatable; default: the last --erf-limit "
                         "end points with a local field)")
     p.add_argument("--erf-limit", type=int, default=4, help="heatmaps drawn by default (default 4)")
-    p.add_argument("--erf-runs", type=int, default=8, help="random inputs averaged per ERF (default 8)")
-    p.add_argument("--method", choices=("grad", "fd"), default="grad",
+    p.add_argument("--erf-runs", "--runs", type=int, default=8, help="random inputs averaged per ERF (default 8)")
+    p.add_argument("--method", "--erf-method", choices=("grad", "fd"), default="grad",
                    help="ERF gradients: exact VJP graph (grad) or finite differences (fd)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the ERF inputs")
     p.add_argument("--format", choices=("text", "json"), default="text",

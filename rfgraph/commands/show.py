@@ -33,14 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "effective receptive field (heatmap) over an image.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
-    p.add_argument("--output", required=True, metavar="NAME", help="tensor whose unit is shown")
+    p.add_argument("--output", "--erf-output", required=True, metavar="NAME", help="tensor whose unit is shown")
     p.add_argument("--index", metavar="I,J", help="unit index along the spatial axes (default: centre unit)")
     p.add_argument("--image", metavar="FILE", help="picture to draw on (PNG/JPEG...; default: grey)")
     p.add_argument("-o", "--out", required=True, metavar="FILE.png", help="where to write the PNG")
-    p.add_argument("--runs", type=int, default=16, help="random inputs averaged for the ERF (default 16)")
-    p.add_argument("--method", choices=("grad", "fd"), default="grad",
+    p.add_argument("--runs", "--erf-runs", type=int, default=16, help="random inputs averaged for the ERF (default 16)")
+    p.add_argument("--method", "--erf-method", choices=("grad", "fd"), default="grad",
                    help="ERF gradients: exact VJP graph (grad) or finite differences (fd)")
-    p.add_argument("--erf-inputs", default="gaussian", metavar="KIND",
+    p.add_argument("--erf-inputs", "--inputs", default="gaussian", metavar="KIND",
                    help="ERF inputs: gaussian, uniform or a folder of images (default gaussian)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the ERF inputs")
     p.add_argument("--no-erf", action="store_true", help="draw the TRF box only")
