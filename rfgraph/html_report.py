@@ -27,6 +27,8 @@ from .outputs import write_text
 from .report import analysis_dict, endpoint_rows, json_text, number, per_axis
 
 GRAPH_DX, GRAPH_DY, GRAPH_MARGIN = 190, 46, 30  # graph layout: column and row pitch, margin (px)
+# A label is two lines (name; op and r), each short enough to stay inside its column at 11 px.
+LABEL_CHARS = 22
 GLOBAL_COLOUR = "#9e9e9e"
 GRAPH_CMAP = "viridis"
 ERF_METRICS = ("erf_size", "erf_extent", "gaussian_radius", "erf_trf_ratio")
@@ -130,8 +132,8 @@ def graph_drawing(analysis: Analysis) -> dict[str, Any]:
             y = GRAPH_MARGIN + depth * GRAPH_DY
             pos[name] = (x, y)
             ep = analysis.endpoints[name]
-            nodes.append({"name": name, "x": x, "y": y, "op": ep.op,
-                          "label": _short(name) + " \u00b7 " + ep.op, "colour": r_colour(ep.r, largest),
+            nodes.append({"name": name, "x": x, "y": y, "op": ep.op, "label": _short(name, LABEL_CHARS),
+                          "detail": _short(ep.op, 12) + " r=" + per_axis(ep.r), "colour": r_colour(ep.r, largest),
                           "r_text": per_axis(ep.r), "misaligned": name in bad,
                           "title": _node_title(ep)})
     edges = [{"d": _edge_path(pos[a], pos[b]), "misaligned": b in bad} for a, b in dag.edges]

@@ -479,3 +479,46 @@ def test_report_in_chromium(browser: Any, built: tuple, tmp_path: Path) -> None:
     assert (pixels == np.array([0, 255, 255], np.uint8)).all(-1).sum() > 50  # the box is on screen
     page.close()
     assert problems == []
+
+
+OVERLAPS = """els => {
+  const boxes = els.map(e => e.getBoundingClientRect()).map(b => [b.left, b.top, b.right, b.bottom]);
+  const hits = [];
+  for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+    const [a, b] = [boxes[i], boxes[j]];
+    if (a[0] < b[2] - 0.5 && b[0] < a[2] - 0.5 && a[1] < b[3] - 0.5 && b[1] < a[3] - 0.5) hits.push([i, j]);
+  }
+  return {count: boxes.length, hits: hits.length, widest: Math.max(...boxes.map(b => b[2] - b[0]))};
+}"""
+
+
+def test_graph_labels_are_readable_on_a_wide_model(browser: Any, tmp_path: Path) -> None:
+    """Inception-v3 (branches side by side, names like InceptionV3/Mixed_6b/Branch_2/...): no two
+    node labels overlap (one-line labels of name, op and r overran their 190 px column before), the
+    full name is in each node's tooltip, and the zoom buttons scale the drawing; screenshot saved."""
+    out = tmp_path / "inception.html"
+    assert main(["report", "zoo:inception_v3", "--no-erf", "-o", str(out), "-q"]) == 0
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(out.resolve().as_uri())
+    page.wait_for_load_state("load")
+    labels = page.locator("#graph .gnode text")
+    found = labels.evaluate_all(OVERLAPS)
+    assert found["count"] > 200 and found["hits"] == 0, found
+    assert found["widest"] < 190 - 12, found  # within its column
+    titles = page.locator("#graph-svg .gnode title").evaluate_all("els => els.map(e => e.textContent)")
+    assert any(t.startswith("Mixed_6b/Branch_1/Relu_1\n") for t in titles)  # whole name, cut on the label
+    svg = page.locator("#graph-svg")
+    width = float(svg.get_attribute("width"))
+    page.locator("#graph .zoom button", has_text="+").click()
+    assert float(svg.get_attribute("width")) == pytest.approx(width * 1.25, abs=1)
+    page.locator("#graph .zoom button", has_text="fit").click()
+    assert float(svg.get_attribute("width")) <= page.locator("#graph-view").bounding_box()["width"]
+    page.locator("#graph .zoom button", has_text="100%").click()
+    assert float(svg.get_attribute("width")) == pytest.approx(width, abs=1)
+    shot = tmp_path / "graph.png"
+    page.locator("#graph-view").screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000
+    keep = os.environ.get("RFGRAPH_SCREENSHOTS")
+    if keep:  # for a person to look at: RFGRAPH_SCREENSHOTS=DIR pytest -k readable
+        shutil.copy(shot, Path(keep) / "report_graph_inception_v3.png")
+    page.close()

@@ -101,3 +101,23 @@
   select.value = data.default;
   setEndpoint(data.default);
 })();
+
+// Graph zoom: scale the drawing (its viewBox stays), from 10% to 400%, or fit the view's width.
+(function () {
+  var svg = document.getElementById("graph-svg"), view = document.getElementById("graph-view");
+  if (!svg || !view) { return; }
+  var w0 = +svg.getAttribute("width"), h0 = +svg.getAttribute("height"), scale = 1;
+  function apply() {
+    svg.setAttribute("width", Math.round(w0 * scale));
+    svg.setAttribute("height", Math.round(h0 * scale));
+  }
+  document.querySelectorAll("#graph .zoom button").forEach(function (b) {
+    b.addEventListener("click", function () {
+      var z = b.dataset.zoom;
+      if (z === "fit") { scale = Math.min(1, (view.clientWidth - 4) / w0); }
+      else if (z === "1") { scale = 1; }
+      else { scale = Math.min(4, Math.max(0.1, scale * parseFloat(z))); }
+      apply();
+    });
+  });
+})();
