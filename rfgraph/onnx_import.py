@@ -327,6 +327,9 @@ def _parse_bytes(data: bytes, where: str) -> onnx.ModelProto:
     try:
         model.ParseFromString(data)
     except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError, RuntimeError, ...
+        if "depth" in str(exc).lower():  # e.g. If inside If 200 deep: an ONNX model protobuf cannot read
+            raise ModelLoadError(f"{where}: its messages nest deeper than protobuf's parsing limit (subgraphs "
+                                 f"inside subgraphs, e.g. If in If); it cannot be read ({exc})") from None
         raise ModelLoadError(
             f"{where}: not an ONNX model or truncated file (protobuf parse failed: {exc})") from None
     if not model.HasField("graph") or not model.graph.node:

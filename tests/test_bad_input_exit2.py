@@ -230,3 +230,31 @@ def test_a_node_missing_a_required_input_is_one_line(command: str, tmp_path: Pat
     path = tmp_path / "mm.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     _exit2_one_line(capsys, [command, str(path)], "'mm' (MatMul) has 1 input(s)", "at least 2")
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        out += bytes([(n & 0x7F) | (0x80 if n > 0x7F else 0)])
+        n >>= 7
+        if not n:
+            return out
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def test_if_nested_200_deep_is_named_as_such(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A model whose If nests 200 deep (written as raw protobuf: Python's protobuf cannot even build
+    it) was reported as 'not an ONNX model or truncated file'; it is an ONNX model past protobuf's
+    nesting limit, and the line says so."""
+    graph = _field(1, _field(1, b"x") + _field(2, b"o") + _field(4, b"Identity"))  # GraphProto.node
+    for _ in range(200):  # NodeProto If with then_branch = the graph so far (AttributeProto type GRAPH)
+        attr = _field(1, b"then_branch") + _varint(20 << 3) + _varint(5) + _field(6, graph)
+        graph = _field(1, _field(1, b"c") + _field(2, b"o") + _field(4, b"If") + _field(5, attr))
+    model = _varint(1 << 3) + _varint(8) + _field(7, graph) + _field(8, _varint(2 << 3) + _varint(17))
+    path = tmp_path / "deep.onnx"
+    path.write_bytes(model)
+    _exit2_one_line(capsys, ["analyze", str(path)], "deeper than protobuf's parsing limit", "If in If")
