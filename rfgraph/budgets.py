@@ -49,4 +49,5 @@ class Budget:
 BOX_UNITS = Budget("RFGRAPH_MAX_UNITS", 1 << 18, "units")
 IMAGE_PIXELS = Budget("RFGRAPH_MAX_IMAGE_PIXELS", 1 << 26, "pixels")
 SCAN_SIZE = Budget("RFGRAPH_MAX_SCAN_SIZE", 1 << 16, "input positions per axis")
+SCAN_SECONDS = Budget("RFGRAPH_MAX_SCAN_SECONDS", 120, "seconds")
 RESIZE_PERIOD = Budget("RFGRAPH_MAX_RESIZE_PERIOD", 1 << 16, "output units in one period of the scale")

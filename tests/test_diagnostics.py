@@ -501,3 +501,30 @@ def test_diagnose_shows_the_size_scan_progress_on_a_terminal(tmp_path, capsys, m
     assert "input-size scan" in capsys.readouterr().err
     assert main(["-q", "diagnose", str(path), "--size-step", "4", "--size-max", "24"]) == 0
     assert "input-size scan" not in capsys.readouterr().err
+
+
+def test_size_scan_stops_at_its_time_limit_and_says_so(monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """A scan whose re-analyses are slow (Swin-T: over 300 s, the census' timeout) keeps what it has
+    and says where it stopped and how to narrow it; the sizes it did scan are the full scan's."""
+    import json as _json
+
+    from rfgraph import budgets
+    from rfgraph.cli import main as cli
+
+    argv = ["diagnose", "zoo:cnn_small", "--format", "json", "-q"]
+    assert cli(argv) == 0
+    full = _json.loads(capsys.readouterr().out)["size_range"]
+    assert full["stopped"] is None and len(full["points"]) > 1
+    import itertools
+
+    from rfgraph.diagnostics import sizes as sizes_mod
+
+    clock = itertools.count(0, 1000)  # every size now takes 1000 s, over the 120 s limit
+    monkeypatch.setattr(sizes_mod.time, "monotonic", lambda: float(next(clock)))
+    assert cli(argv) == 0
+    cut = _json.loads(capsys.readouterr().out)["size_range"]
+    assert len(cut["points"]) == 1 and cut["points"][0] == full["points"][0]
+    assert budgets.SCAN_SECONDS.env in cut["stopped"] and "--size-max" in cut["stopped"]
+    assert cli(argv[:2] + ["-q"]) == 0
+    assert "the scan stopped after" in capsys.readouterr().out

@@ -85,7 +85,7 @@ def diagnosis_dict(d: Diagnosis) -> dict[str, Any]:
                     "unproductive_fraction": list(v.fraction), "unproductive": v.unproductive}
                    for v in d.verdicts],
         "size_range": None if d.sizes is None else {
-            "step": d.sizes.step, "intervals": [list(i) for i in d.sizes.intervals],
+            "step": d.sizes.step, "intervals": [list(i) for i in d.sizes.intervals], "stopped": d.sizes.stopped,
             "points": [{"size": p.size,
                         "some_unit_sees_all": None if p.covers is None else list(p.covers),
                         "unproductive_layers": None if p.unproductive is None else list(p.unproductive),
@@ -155,6 +155,8 @@ def _sizes_section(d: Diagnosis) -> str:
     scanned = [p.size for p in d.sizes.points]
     text = (f"input sizes (square, step {d.sizes.step}, scanned {scanned[0]}..{scanned[-1]}) where "
             f"a unit of every end point sees the whole input and no layer is unproductive: {where}")
+    if d.sizes.stopped:
+        text += f"\n{d.sizes.stopped}"
     failed = [f"  {p.size}: {p.error}" for p in d.sizes.points if p.error]
     if failed:
         text += "\nsizes that could not be analysed:\n" + "\n".join(failed[:NOTE_LINES])

@@ -3,6 +3,7 @@ layer is unproductive (found by re-analysing the model at each size)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -36,6 +37,7 @@ class SizeRange:
 
     points: tuple[SizePoint, ...]
     step: int
+    stopped: str | None = None  # why the scan ended before the grid's last size (its time limit)
 
     @property
     def intervals(self) -> list[tuple[int, int]]:
@@ -56,9 +58,16 @@ def size_range(reanalyse: Callable[[int], Analysis], endpoints: Sequence[str],
 
     from tqdm import tqdm
 
-    points = []
-    for n in tqdm(list(sizes), desc="rfgraph: input-size scan", unit="size", file=sys.stderr,
+    from .. import budgets
+
+    points: list[SizePoint] = []
+    grid, limit, start = list(sizes), budgets.SCAN_SECONDS.limit(), time.monotonic()
+    for n in tqdm(grid, desc="rfgraph: input-size scan", unit="size", file=sys.stderr,
                   disable=not progress, leave=False):
+        if points and time.monotonic() - start > limit:  # the scan keeps what it has, and says so
+            return SizeRange(tuple(points), step, f"the scan stopped after {limit} s at size {points[-1].size} of "
+                             f"{grid[-1]} (a slow re-analysis per size); narrow it with --size-max or --size-step, "
+                             f"or raise the limit with {budgets.SCAN_SECONDS.env}")
         try:
             a = reanalyse(n)
             regions = exact_regions(a)
