@@ -527,4 +527,4 @@ def test_size_scan_stops_at_its_time_limit_and_says_so(monkeypatch: pytest.Monke
     assert len(cut["points"]) == 1 and cut["points"][0] == full["points"][0]
     assert budgets.SCAN_SECONDS.env in cut["stopped"] and "--size-max" in cut["stopped"]
     assert cli(argv[:2] + ["-q"]) == 0
-    assert "the scan stopped after" in capsys.readouterr().out
+    assert "the scan stopped at size" in capsys.readouterr().out

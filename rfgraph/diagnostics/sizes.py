@@ -64,10 +64,13 @@ def size_range(reanalyse: Callable[[int], Analysis], endpoints: Sequence[str],
     grid, limit, start = list(sizes), budgets.SCAN_SECONDS.limit(), time.monotonic()
     for n in tqdm(grid, desc="rfgraph: input-size scan", unit="size", file=sys.stderr,
                   disable=not progress, leave=False):
-        if points and time.monotonic() - start > limit:  # the scan keeps what it has, and says so
-            return SizeRange(tuple(points), step, f"the scan stopped after {limit} s at size {points[-1].size} of "
-                             f"{grid[-1]} (a slow re-analysis per size); narrow it with --size-max or --size-step, "
-                             f"or raise the limit with {budgets.SCAN_SECONDS.env}")
+        elapsed = time.monotonic() - start
+        if points and elapsed * (len(points) + 1) / len(points) > limit:  # the next size would pass the
+            # limit (at the mean time per size so far): the scan keeps what it has, and says so
+            return SizeRange(tuple(points), step, f"the scan stopped at size {points[-1].size} of {grid[-1]} after "
+                             f"{elapsed:.0f} s: the next size would pass its limit of {limit} s (a slow re-analysis "
+                             f"per size); narrow it with --size-max or --size-step, or raise the limit with "
+                             f"{budgets.SCAN_SECONDS.env}")
         try:
             a = reanalyse(n)
             regions = exact_regions(a)
