@@ -109,7 +109,8 @@ def analysis_dict(analysis: Analysis, names: Iterable[str]) -> dict[str, Any]:
             "sizes_analysed": [list(s) for s in analysis.unknown_size.sizes],
             "size_dependent_ops": list(analysis.unknown_size.ops),
             "runs_at_residues": None if analysis.unknown_size.runs_at is None else list(analysis.unknown_size.runs_at),
-            "cannot_run": analysis.unknown_size.cannot_run or None},
+            "cannot_run": analysis.unknown_size.cannot_run or None,
+            "only_residue_0": analysis.unknown_size.only_residue_0},
         "endpoints": endpoint_rows(analysis, names),
         "misaligned_merges": [
             {"node": m.node, "op": m.op, "output": m.output, "axis": analysis.axis_names[m.axis],
@@ -242,6 +243,10 @@ def _unknown_size_lines(analysis: Analysis, names: Sequence[str]) -> list[str]:
               f"of the size modulo the strides' product ({', '.join(map(str, how.period))}) and "
               f"checked at {'x'.join(map(str, how.sizes[-1]))}; ops whose padding depends on the "
               f"size: {ops}")]
+    if how.only_residue_0:
+        lines.append(f"the strides multiply to {max(how.period)}, more sizes than rfgraph analyses: P was "
+                     f"analysed at sizes that are multiples of it only, and is the same at every size since no "
+                     f"op's padding depends on the size; the sizes the model runs at were not searched")
     if how.runs_at is not None:
         runs_at: dict[str, list[str]] = {}  # residues -> axes
         for axis_name, period in zip(analysis.axis_names, how.period):

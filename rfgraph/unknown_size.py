@@ -86,6 +86,7 @@ class UnknownSize:
     ops: tuple[str, ...]
     runs_at: tuple[int, ...] | None = None
     cannot_run: str = ""
+    only_residue_0: bool = False  # strides multiply past MAX_PERIOD and no padding depends on the size
 
 
 Runner = Callable[[Mapping[str, Sequence[int]]], Analysis]
@@ -99,9 +100,13 @@ def analyze_unknown_size(run: Runner, model: object, name: str,
     model at a given input shape; r and S checked equal at every size, P merged per residue."""
     concrete = _concrete(name, shape, spatial)
     smallest = _smallest_size(model, name, concrete, spatial, user_shapes, fill)
-    period = _period(_first_that_runs(run, name, smallest, spatial))
+    first = _first_that_runs(run, name, smallest, spatial)
+    period = _period(first)
+    few = max(period) > MAX_PERIOD  # too many residues to analyse: only where P cannot depend on them
+    if few:
+        _refuse_size_dependent(first, period)
     base = [p * max(MIN_PERIODS, -(-smallest[a] // p)) for a, p in zip(spatial, period)]
-    sizes = [tuple(b + k % p for b, p in zip(base, period)) for k in range(max(period))]
+    sizes = [tuple(b + k % p for b, p in zip(base, period)) for k in range(1 if few else max(period))]
     tried = [_attempt(run, name, _at(smallest, spatial, s)) for s in sizes]
     why = [_why_not(t) for t in tried]
     runs = [k for k, w in enumerate(why) if w is None]
@@ -122,7 +127,7 @@ def analyze_unknown_size(run: Runner, model: object, name: str,
     _check_period(samples, checked, check, base, period)
     first_bad = next((w for w in why if w), "")
     how = UnknownSize(tuple(period), (*(sizes[k] for k in runs), check), (),
-                      tuple(runs) if len(runs) < len(sizes) else None, first_bad)
+                      tuple(runs) if len(runs) < len(sizes) else None, first_bad, few)
     return _merged(samples, how)
 
 
@@ -213,11 +218,19 @@ def _period(first: Analysis) -> tuple[int, ...]:
         strides = {abs(Fraction(sp.A, sp.q).numerator) for ep in first.endpoints.values()
                    for sp in ep.fields[axis].spans} - {0}
         period = math.lcm(*strides) if strides else 1
-        if period > MAX_PERIOD:
-            raise _refused_at(first, f"the strides along {first.axis_names[axis]} multiply to {period}, "
-                                     f"more sizes than the {MAX_PERIOD} rfgraph analyses for an unknown size")
         out.append(max(period, 1))
     return tuple(out)
+
+
+def _refuse_size_dependent(first: Analysis, period: Sequence[int]) -> None:
+    """Strides multiplying past MAX_PERIOD: P is analysed at one residue only, which is exact only
+    when no node's padding depends on the size (explicit pads); else refused, naming that node."""
+    dependent = sorted({ep.size_dependent for ep in first.endpoints.values() if ep.size_dependent})
+    if dependent:
+        axis = max(range(len(period)), key=lambda a: period[a])
+        raise _refused_at(first, f"the strides along {first.axis_names[axis]} multiply to {period[axis]}, more "
+                                 f"sizes than the {MAX_PERIOD} rfgraph analyses for an unknown size, and the "
+                                 f"padding of '{dependent[0]}' depends on the size")
 
 
 def _field_key(ep: EndPoint, axis: int) -> tuple[object, ...]:

@@ -243,3 +243,36 @@ def test_dynamic_batch_is_analysed_at_batch_1():
     model = g.model(y)
     model.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "H", "W"]))
     assert rfgraph.analyze(model).unknown_size is not None
+
+
+def _audio_front_end(path: Path, auto_pad: str | None) -> Path:
+    """(1, 1, L) samples -> Conv k=400 s=160 -> Conv k=3 s=2: strides multiply to 320, more sizes
+    than rfgraph analyses one by one (an STFT-like hop, as in speech front ends)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, "L"])
+    w1 = onnx.numpy_helper.from_array(np.ones((4, 1, 400), np.float32), "w1")
+    w2 = onnx.numpy_helper.from_array(np.ones((4, 4, 3), np.float32), "w2")
+    first = (helper.make_node("Conv", ["x", "w1"], ["a"], strides=[160], auto_pad=auto_pad) if auto_pad
+             else helper.make_node("Conv", ["x", "w1"], ["a"], strides=[160], pads=[200, 200]))
+    nodes = [first, helper.make_node("Conv", ["a", "w2"], ["y"], strides=[2], pads=[1, 1], name="second")]
+    graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [w1, w2])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_stride_product_past_256_with_explicit_pads_is_analysed(tmp_path: Path) -> None:
+    """Refused before (the strides multiply to 320); P cannot depend on the size when every pad is
+    explicit, so multiples of 320 suffice: r, S, P equal the analysis at any concrete length."""
+    path = str(_audio_front_end(tmp_path / "explicit.onnx", None))
+    a = rfgraph.analyze(path)
+    assert a.unknown_size is not None and a.unknown_size.only_residue_0
+    for length in (16000, 16037, 16319):
+        b = rfgraph.analyze(path, {"x": (1, 1, length)})
+        assert (a["y"].r, a["y"].S, a["y"].P) == (b["y"].r, b["y"].S, b["y"].P)
+    assert a["y"].r == (720,) and a["y"].S == (320,) and a["y"].P == (360,)  # 400 + 2 * 160; 200 + 160
+
+
+def test_a_stride_product_past_256_with_same_padding_is_refused_naming_it(tmp_path: Path) -> None:
+    path = str(_audio_front_end(tmp_path / "same.onnx", "SAME_UPPER"))
+    with pytest.raises(DynamicShapeError, match="multiply to 320.*padding of"):
+        rfgraph.analyze(path)
