@@ -239,14 +239,14 @@ def _unknown_size_lines(analysis: Analysis, names: Sequence[str]) -> list[str]:
     if how is None:
         return []
     ops = ", ".join(how.ops) if how.ops else "none"
-    lines = [(f"input size unknown: r and S hold at every size; P analysed at one size per residue "
-              f"of the size modulo the strides' product ({', '.join(map(str, how.period))}) and "
-              f"checked at {'x'.join(map(str, how.sizes[-1]))}; ops whose padding depends on the "
-              f"size: {ops}")]
+    where = "multiples of" if how.only_residue_0 else "one size per residue of the size modulo"
+    lines = [(f"input size unknown: r and S hold at every size; P analysed at {where} the strides' "
+              f"product ({', '.join(map(str, how.period))}) and checked at {'x'.join(map(str, how.sizes[-1]))}; "
+              f"ops whose padding depends on the size: {ops}")]
     if how.only_residue_0:
-        lines.append(f"the strides multiply to {max(how.period)}, more sizes than rfgraph analyses: P was "
-                     f"analysed at sizes that are multiples of it only, and is the same at every size since no "
-                     f"op's padding depends on the size; the sizes the model runs at were not searched")
+        lines.append(f"the strides multiply to {max(how.period)}, more sizes than rfgraph analyses one by one; "
+                     f"P is the same at every size since no op's padding depends on it; the sizes the model "
+                     f"runs at were not searched")
     if how.runs_at is not None:
         runs_at: dict[str, list[str]] = {}  # residues -> axes
         for axis_name, period in zip(analysis.axis_names, how.period):
