@@ -274,5 +274,5 @@ def test_a_stride_product_past_256_with_explicit_pads_is_analysed(tmp_path: Path
 
 def test_a_stride_product_past_256_with_same_padding_is_refused_naming_it(tmp_path: Path) -> None:
     path = str(_audio_front_end(tmp_path / "same.onnx", "SAME_UPPER"))
-    with pytest.raises(DynamicShapeError, match="multiply to 320.*padding of"):
+    with pytest.raises(DynamicShapeError, match=r"multiply to 320.*padding of"):
         rfgraph.analyze(path)
