@@ -167,9 +167,7 @@ class Builder:
         g3 = self.reshape(g, (pre, shape[axis], post))
         where = self.op("Expand", self.const(np.asarray(src, np.int64).reshape(1, -1, 1), dtype=np.int64),
                         self.ints((pre, shape[axis], post)))
-        zero = numpy_helper.from_array(np.zeros(1, helper.tensor_dtype_to_np_dtype(self.dtype)))
-        base = self.op("ConstantOfShape", self.ints((pre, n_in, post)), value=zero)
-        out = self.op("ScatterElements", base, where, g3, axis=1, reduction="add")
+        out = self.op("ScatterElements", self.zeros((pre, n_in, post)), where, g3, axis=1, reduction="add")
         shape[axis] = n_in
         return self.reshape(out, shape)
 
