@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import erf as erf_mod  # _progress through the module: tests replace it
+from . import pool
 from .erf import FDEngine, Method, Sampler, UnitsEngine
-from .errors import RFGraphError
 
 
 @dataclass(frozen=True)
@@ -58,12 +58,17 @@ def threads_per_worker(workers: int, scheduler: str | None) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
+# shards (whole batches) per worker and weight draw: the bar advances per shard, so per batch
+# where a draw has at most this many batches per worker
+SHARDS_PER_WORKER = 8
+
+
 def sample_sums(sampler: Sampler, weight_runs: int, runs: int, workers: int, scheduler: str | None,
                 progress: bool, fd_budget: float) -> ShardSums:
     """Sums of every weight draw's first ``runs`` kept maps: shards here, in worker processes or on
     the ``scheduler``'s cluster, merged in shard order; replacements for non-finite samples are
     then drawn here, in input order, so the kept set is the one a single process keeps."""
-    parts = 1 if workers == 1 and not scheduler else max(workers, 2)
+    parts = 1 if workers == 1 and not scheduler else max(workers, 2) * SHARDS_PER_WORKER
     # built here only where needed (one process, or the finite differences' cost check)
     first = sampler.engine(0) if parts == 1 or sampler.method is Method.FD else None
     if first is not None:
@@ -72,10 +77,8 @@ def sample_sums(sampler: Sampler, weight_runs: int, runs: int, workers: int, sch
     bar = _bar(first, runs * weight_runs, progress)
     if parts == 1:
         results = [_shard(sampler, s, bar, first if s.w == 0 else None) for s in todo]
-    elif scheduler:
-        results = _on_dask(sampler, todo, scheduler, bar)
     else:
-        results = _on_processes(sampler, todo, workers, bar)
+        results = _on_pool(sampler, todo, workers, scheduler, bar)
     merged = _merge(results, len(sampler.targets))
     _redraw(sampler, merged, weight_runs, runs, results, bar)
     bar(0, close=True)
@@ -154,57 +157,17 @@ def _cached_engine(sampler: Sampler, w: int) -> UnitsEngine:
         return _CACHE[key]
 
 
-_WORKER: dict[str, Sampler] = {}  # a worker process's sampler
-
-
-def _install(sampler: Sampler) -> None:
-    """Worker-process initialiser: the sampler, sent once per process."""
-    _WORKER["sampler"] = sampler
-
-
-def _worker_shard(shard: Shard) -> tuple[Shard, ShardSums]:
-    return _shard(_WORKER["sampler"], shard, lambda n, close=False: None)
-
-
-def _on_processes(sampler: Sampler, todo: list[Shard], workers: int,
-                  bar: Callable[..., None]) -> list[tuple[Shard, ShardSums]]:
-    """Shards on ``workers`` local processes (spawned: no onnxruntime state is forked)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, ctx, initializer=_install, initargs=(sampler,)) as pool:
-        futures = [pool.submit(_worker_shard, s) for s in todo]
-        return _collect(as_completed(futures), bar)
-
-
-def _dask_shard(sampler: Sampler, shard: Shard) -> tuple[Shard, ShardSums]:
+def _pool_shard(sampler: Sampler, shard: Shard) -> tuple[Shard, ShardSums]:
+    """One shard on a worker of ``rfgraph.pool`` (its progress is counted when it returns)."""
     return _shard(sampler, shard, lambda n, close=False: None)
 
 
-def _on_dask(sampler: Sampler, todo: list[Shard], address: str,
+def _on_pool(sampler: Sampler, todo: list[Shard], workers: int, scheduler: str | None,
              bar: Callable[..., None]) -> list[tuple[Shard, ShardSums]]:
-    """Shards on the Dask cluster at ``address`` (its scheduler places them)."""
-    try:
-        from distributed import Client, as_completed
-    except ImportError:
-        raise RFGraphError("--scheduler needs Dask's distributed package: pip install "
-                           "'rfgraph[cluster]'") from None
-    try:
-        client = Client(address, timeout="30s")
-    except OSError as exc:
-        raise RFGraphError(f"no Dask scheduler at {address}: {exc}") from None
-    with client:
-        shared = client.scatter(sampler, broadcast=True)
-        futures = [client.submit(_dask_shard, shared, s, pure=False) for s in todo]
-        return _collect(as_completed(futures), bar)
-
-
-def _collect(done: Iterable, bar: Callable[..., None]) -> list[tuple[Shard, ShardSums]]:
-    """Results as they complete, the bar advancing per shard (merged later in shard order)."""
+    """Shards on ``workers`` local processes or the Dask cluster at ``scheduler``
+    (``rfgraph.pool``), the bar advancing per shard (merged later in shard order)."""
     out = []
-    for future in done:
-        shard, sums = future.result()
+    for _, (shard, sums) in pool.unordered(_pool_shard, sampler, todo, workers, scheduler):
         bar(int(sums.drawn.max()))
         out.append((shard, sums))
     return out

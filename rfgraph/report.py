@@ -418,7 +418,7 @@ def _model_table_rows(run: ModelReport, layers: bool) -> list[list[Any]]:
     return [[run.model, *row] for row in rows + stops]
 
 
-def models_line(runs: Sequence[ModelReport]) -> str:
+def models_line(runs: Sequence[ModelReport | ModelPart]) -> str:
     """'3 models: 2 ok, 1 partial, 0 refused' (and internal errors when there are some)."""
     counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
     shown = [f"{counts[s]} {s}" for s in STATUSES if s != "internal error" or counts[s]]
@@ -432,14 +432,35 @@ def _model_doc(run: ModelReport, layers: bool) -> dict[str, Any] | None:
     return layers_dict(run.analysis, layer_view(run.analysis)) if layers else analysis_dict(run.analysis, run.names)
 
 
-def render_models(runs: Sequence[ModelReport], fmt: str = "table", layers: bool = False) -> str:
-    """The end points (``layers``: the layers) of several models in one table with a model
-    column, or one JSON document with an entry per model."""
+@dataclass(frozen=True)
+class ModelPart:
+    """One model's share of ``render_models``' output, as plain data: a worker process of
+    ``analyze --workers`` sends this, not the analysis with the model's weights."""
+
+    model: str
+    status: str
+    error: str | None
+    doc: dict[str, Any] | None  # its JSON document (json)
+    rows: tuple[list[Any], ...]  # its table rows (other formats)
+
+
+def model_part(run: ModelReport, fmt: str, layers: bool = False) -> ModelPart:
+    """The part of ``render_models(..., fmt, layers)`` that ``run`` contributes."""
     if fmt == "json":
-        return json_text({"models": [{"model": r.model, "status": r.status, "error": r.error,
-                                      "analysis": _model_doc(r, layers)} for r in runs]})
-    rows = [row for run in runs for row in _model_table_rows(run, layers)]
-    return tabular(["model", *(LAYER_HEADERS if layers else HEADERS)], rows, fmt, [models_line(runs)],
+        return ModelPart(run.model, run.status, run.error, _model_doc(run, layers), ())
+    return ModelPart(run.model, run.status, run.error, None, tuple(_model_table_rows(run, layers)))
+
+
+def render_models(runs: Sequence[ModelReport | ModelPart], fmt: str = "table", layers: bool = False) -> str:
+    """The end points (``layers``: the layers) of several models in one table with a model
+    column, or one JSON document with an entry per model (parts made by ``model_part`` with the
+    same ``fmt`` and ``layers``)."""
+    parts = [r if isinstance(r, ModelPart) else model_part(r, fmt, layers) for r in runs]
+    if fmt == "json":
+        return json_text({"models": [{"model": p.model, "status": p.status, "error": p.error,
+                                      "analysis": p.doc} for p in parts]})
+    rows = [row for p in parts for row in p.rows]
+    return tabular(["model", *(LAYER_HEADERS if layers else HEADERS)], rows, fmt, [models_line(parts)],
                    numparse=not layers)
 
 

@@ -46,6 +46,22 @@ def add_model_args(parser: argparse.ArgumentParser, many: bool = False) -> None:
                              "branch; repeatable")
 
 
+def add_pool_args(parser: argparse.ArgumentParser) -> None:
+    """``--workers``, ``--scheduler`` and ``--no-progress`` of a command that runs many models
+    (``rfgraph.pool``: the output is the same with any of them)."""
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="run the models on N local worker processes (default 1: one after "
+                             "another in this process); the output is the same")
+    parser.add_argument("--scheduler", metavar="tcp://HOST:8786",
+                        help="run the models on this Dask cluster (pip install 'rfgraph[cluster]')")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """A progress bar on stderr: on a terminal, unless --no-progress or -q."""
+    return not (getattr(args, "no_progress", False) or getattr(args, "quiet", False)) and sys.stderr.isatty()
+
+
 def parse_fills(items: Sequence[str]) -> dict[str, float]:
     """``["sr=16000", "state=0"]`` -> {"sr": 16000.0, "state": 0.0}."""
     out = {}

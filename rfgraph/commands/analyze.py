@@ -13,8 +13,18 @@ from ..analysis import Analysis
 from ..compare import compare
 from ..errors import RFGraphError
 from ..layers import layer_view
-from ..report import STATUSES, ModelReport, render, render_comparison, render_layers, render_models
-from ._common import add_format_arg, add_model_args, load_analysis, model_errors
+from ..pool import check_workers, in_order
+from ..report import (
+    STATUSES,
+    ModelPart,
+    ModelReport,
+    model_part,
+    render,
+    render_comparison,
+    render_layers,
+    render_models,
+)
+from ._common import add_format_arg, add_model_args, add_pool_args, load_analysis, model_errors, show_progress
 
 EXAMPLES = """examples:
   rfgraph analyze model.onnx
@@ -24,6 +34,9 @@ EXAMPLES = """examples:
   rfgraph analyze model.onnx --input-shape images:1x3x640x640
 
   rfgraph analyze a.onnx b.onnx models/          one table, a model column (a folder: its *.onnx)
+  rfgraph analyze models/ --workers 4             the models on 4 processes (same output)
+  rfgraph analyze models/ --scheduler tcp://HOST:8786
+                                                  ... on a Dask cluster
   rfgraph analyze m.onnx@1x3x224x224 m.onnx@1x3x320x320 --compare
                                                   one model at two input sizes, side by side
 
@@ -54,20 +67,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", action="append", default=[], metavar="NAME",
                    help="report these tensors (repeatable); default: graph outputs and the last "
                         "local feature maps before global ops")
+    add_pool_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     specs = list(args.model)
+    check_workers(args.workers)
     if args.compare:
         return _run_compare(args, specs)
     if len(specs) == 1 and not _onnx_files(specs[0]):  # a folder without models: refused as before
         return _run_one(_with_model(args, specs[0]))
     if args.layers and (args.all or args.output):
         raise RFGraphError("--layers lists every layer; it takes neither --all nor --output")
-    runs = [_model_report(args, model) for model in _expand(specs)]
-    print(render_models(runs, args.format, args.layers))
-    return max(STATUSES.index(r.status) for r in runs)
+    parts = in_order(_model_part, _for_workers(args), _expand(specs), args.workers, args.scheduler,
+                     show_progress(args))
+    print(render_models(parts, args.format, args.layers))
+    return max(STATUSES.index(p.status) for p in parts)
+
+
+def _for_workers(args: argparse.Namespace) -> argparse.Namespace:
+    """The arguments sent to each worker: no stage display there (the bar counts models)."""
+    return argparse.Namespace(**{**{k: v for k, v in vars(args).items() if k != "func"}, "quiet": True})
+
+
+def _model_part(args: argparse.Namespace, spec: str) -> ModelPart:
+    """One model's rows (or JSON entry), made where it was analysed (``rfgraph.pool``)."""
+    return model_part(_model_report(args, spec), args.format, args.layers)
 
 
 def _run_one(args: argparse.Namespace) -> int:

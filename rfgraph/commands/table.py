@@ -31,7 +31,9 @@ from tabulate import tabulate
 
 from ..analysis import analyze
 from ..errors import RFGraphError
+from ..pool import check_workers, in_order
 from ..report import FORMATS, gates_note, json_text, number, per_axis
+from ._common import add_pool_args, show_progress
 
 REFERENCE_NAME = Path("shared") / "reference" / "modern_networks_rf.csv"
 
@@ -42,6 +44,7 @@ EXAMPLES = """examples:
   rfgraph table --models grf --endpoints --size 224 321 --reference grf_rf_benchmark.csv
   rfgraph table --models modern --endpoints        today's nets (local fields through SE gates)
   rfgraph table --reference my_numbers.csv --fail-on-differ
+  rfgraph table --models all --workers 4          the models built on 4 processes (same table)
 
 exit codes: 0 table printed; 1 --fail-on-differ and some row differs from the reference;
 2 unknown model, unreadable reference or bad arguments."""
@@ -87,6 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"published numbers (default: ../{REFERENCE_NAME} if it exists)")
     p.add_argument("--no-reference", action="store_true", help="do not compare with any reference")
     p.add_argument("--fail-on-differ", action="store_true", help="exit 1 when a row differs")
+    add_pool_args(p)
     p.set_defaults(func=run)
 
 
@@ -96,7 +100,14 @@ def run(args: argparse.Namespace) -> int:
         raise RFGraphError(f"--reference {args.reference}: file not found")
     reference = load_reference(ref_path) if ref_path else {}
     names = model_names(args.models or ["slim"], args.size)
-    rows = [row for name in names for row in model_rows(name, reference, args.endpoints)]
+    check_workers(args.workers)
+    per_model = in_order(_rows_or_error, (reference, args.endpoints), names, args.workers,
+                         args.scheduler, show_progress(args))
+    rows: list[Row] = []
+    for result in per_model:
+        if isinstance(result, str):  # the first refused model in order, as when built one by one
+            raise RFGraphError(result)
+        rows += result
     print(render(rows, args.format, ref_path))
     return 1 if args.fail_on_differ and any(r.verdict.startswith("differ") for r in rows) else 0
 
@@ -223,6 +234,15 @@ def model_rows(name: str, reference: dict[RefKey, Triple], all_endpoints: bool) 
         rows.append(Row(name, family, ep_name, spatial, r, S, P, pub, verdict(r, S, P, pub),
                         _note(ep)))
     return rows
+
+
+def _rows_or_error(shared: tuple[dict[RefKey, Triple], bool], name: str) -> list[Row] | str:
+    """``model_rows`` on a worker of ``rfgraph.pool``: its rows, or its refusal's message (sent
+    back as text: some RFGraphErrors take other arguments than the message)."""
+    try:
+        return model_rows(name, *shared)
+    except RFGraphError as exc:
+        return str(exc)
 
 
 def _note(ep: Any) -> str:
