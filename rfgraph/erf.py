@@ -638,18 +638,18 @@ def _skipped_notes(drawn: int, kept: int, wanted: int) -> list[str]:
     return notes
 
 
-AUTO_BATCH_ELEMENTS = 1 << 17  # per-run input elements above which CPU batching stops paying
+AUTO_BATCH_ELEMENTS = 1 << 13  # CPU: batches only where ``most`` inputs fit in this many elements
 
 
 def auto_batch(input_shape: Sequence[int], providers: Sequence[str] | None = None,
                most: int = 8) -> int:
-    """Inputs per onnxruntime run: several for small inputs (amortises per-run overhead), one for
-    large ones on CPU, where bigger batches lose cache locality (ResNet-50 at 224x224: 1 input
-    per run is ~25% faster per input than 8, measured).  On CUDA: ``most``."""
+    """Inputs per onnxruntime run: on CPU one, but ``most`` for tiny inputs whose run is mostly
+    per-run overhead (measured, benchmarks/README.md: batch 8 is up to 1.5x slower per input at
+    32x32 and ~25% at 224x224; faster only at 29x29x1).  On CUDA: ``most``."""
     if runtime.CUDA in (runtime.available_providers() if providers is None else providers):
         return most
     per_input = int(np.prod(input_shape[1:]))
-    return int(min(most, max(1, AUTO_BATCH_ELEMENTS // max(per_input, 1))))
+    return most if per_input * most <= AUTO_BATCH_ELEMENTS else 1
 
 
 def _empty_map_note(method: Method) -> str:

@@ -4,9 +4,7 @@ session each) or on a Dask cluster, and their float64 sums added in shard order.
 its own Generator (``erf.keyed_rng``), so one process, N workers and a cluster sum the same
 samples: the maps agree to rounding (float64 sums in another grouping).
 
-Dask rather than Ray: ``distributed`` is one pip install (``rfgraph[cluster]``), its LocalCluster
-starts on this machine for tests, and a real cluster is one address (``--scheduler
-tcp://host:8786``); scheduling stays Dask's, never ours.
+The workers and the cluster are ``rfgraph.pool``'s (processes or Dask, and why not Ray).
 """
 
 from __future__ import annotations

@@ -135,3 +135,16 @@ def test_dask_cluster_gives_one_process_output(folder: Path, dask_path: Path, mo
                       dashboard_address=None) as cluster:
         got = [_cli(capsys, *argv, "--scheduler", cluster.scheduler_address) for argv in commands]
     assert got == expected
+
+
+@pytest.mark.parametrize("shape, batch", [((1, 3, 32, 32), 1), ((1, 1, 96, 96), 1), ((1, 3, 224, 224), 1),
+                                          ((1, 1, 29, 29), 8), ((1, 3, 16, 16), 8)])
+def test_auto_batch_follows_the_cpu_measurement(shape: tuple[int, ...], batch: int) -> None:
+    """CPU batches where they were measured faster (benchmarks/README.md, "Batching on CPU": 29x29x1
+    at one thread), one input per run elsewhere (32x32x3 and 96x96x1: batch 8 up to 1.5x slower
+    per input; before, auto_batch gave those 8); CUDA: 8."""
+    from rfgraph.erf import auto_batch
+    from rfgraph.runtime import CPU, CUDA
+
+    assert auto_batch(shape, [CPU]) == batch
+    assert auto_batch(shape, [CUDA, CPU]) == 8
