@@ -24,6 +24,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from . import runtime
+from .budgets import WEIGHT_BYTES
 from .errors import (
     DynamicShapeError,
     GraphStructureError,
@@ -276,8 +277,7 @@ def _fewest_inputs(op_type: str, domain: str, opset: int) -> int:
 
 
 MAX_MODEL_BYTES = 2**31 - 1  # protobuf cannot parse a larger message: refused before reading
-WEIGHT_BUDGET_ENV = "RFGRAPH_MAX_WEIGHT_BYTES"
-DEFAULT_WEIGHT_BUDGET = 8 << 30  # side-file bytes read for one model (raise with the variable)
+WEIGHT_BUDGET_ENV = WEIGHT_BYTES.env
 
 
 def _check_model_file(path: Path) -> None:
@@ -299,12 +299,9 @@ def _check_model_file(path: Path) -> None:
 
 
 def weight_budget() -> int:
-    """Side-file bytes one model may read (``RFGRAPH_MAX_WEIGHT_BYTES``, default 8 GiB)."""
-    raw = os.environ.get(WEIGHT_BUDGET_ENV, "")
-    try:
-        return int(raw) if raw else DEFAULT_WEIGHT_BUDGET
-    except ValueError:
-        raise ModelLoadError(f"{WEIGHT_BUDGET_ENV}={raw!r} is not a number of bytes") from None
+    """Side-file bytes one model may read (``budgets.WEIGHT_BYTES``: ``RFGRAPH_MAX_WEIGHT_BYTES``,
+    default 8 GiB; 0, negative or non-numeric values are refused as every other limit's)."""
+    return WEIGHT_BYTES.limit()
 
 
 def _zoo_model(name: str) -> onnx.ModelProto:
