@@ -26,9 +26,16 @@ from .errors import (
     RFGraphError,
     UnsupportedOpError,
 )
-from .onnx_import import BIG_WEIGHT, FLOAT_TYPES, measure_shapes, prepare
+from .onnx_import import BIG_WEIGHT, FLOAT_TYPES, MIN_OPSET, measure_shapes, prepare
 from .semantics import VJP_RULES, geometry
-from .semantics.gradient import INDEX_OUTPUTS, NON_DIFFERENTIABLE, QUANTIZED_OPS, Builder, NodeView
+from .semantics.gradient import (
+    INDEX_OUTPUTS,
+    NON_DIFFERENTIABLE,
+    QUANTIZED_OPS,
+    Builder,
+    IllTypedGradient,
+    NodeView,
+)
 
 SEED_NAME = "rfgraph_seed"
 FD_HINT = "use the finite-difference engine instead (--method fd; method='fd' in Python), which runs any op"
@@ -266,8 +273,10 @@ def _builder(model: onnx.ModelProto, x_name: str, shapes: dict[str, tuple[int, .
              dtypes: dict[str, int], active: set[str]) -> Builder:
     """The context the rules work in (its ``value`` reads the tensors that do not depend on the
     input: constants, initializers, else one evaluation)."""
-    return Builder(shapes=dict(shapes), dtypes=dtypes, consts=constants(model, with_initializers=False),
-                   active=active, dtype=dtypes.get(x_name, TensorProto.FLOAT),
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
+    return Builder(shapes=dict(shapes), dtypes=dict(dtypes), opset=opset,
+                   consts=constants(model, with_initializers=False), active=active,
+                   dtype=dtypes.get(x_name, TensorProto.FLOAT),
                    evaluate=lambda name: _input_independent(model, name, active, dtypes),
                    initializers={i.name: i for i in model.graph.initializer})
 
@@ -286,7 +295,8 @@ def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
 def _backward(b: Builder, forward: list[onnx.NodeProto], x_name: str, y_name: str) -> str:
     """Walk the forward nodes in reverse, applying each op's rule and summing fan-in gradients."""
     pending: dict[str, list[str]] = {y_name: [SEED_NAME]}
-    b.shapes[SEED_NAME] = b.shapes[y_name]
+    # a graph input, not emitted (nothing to derive it from): the seed has y's shape by definition
+    b.shapes[SEED_NAME], b.dtypes[SEED_NAME] = b.shape(y_name), b.dtype
     for node in reversed(forward):
         gys = [_total(b, pending.pop(o, []), o) for o in node.output]
         if all(g is None for g in gys):
@@ -304,13 +314,25 @@ def _backward(b: Builder, forward: list[onnx.NodeProto], x_name: str, y_name: st
             grads = rule(b, view, gys)
         except UnsupportedOpError as exc:  # a rule refusing these attributes: the same way out
             raise _with_way_out(exc) from None
+        except IllTypedGradient as exc:  # the graph would not load: refused, as onnxruntime would
+            raise UnsupportedOpError(view.name, node.op_type, f"its gradient does not type-check ({exc}); "
+                                     f"{FD_HINT}") from None
         for inp, g in zip(node.input, grads):  # a rule lists its leading inputs' gradients only
             if g is not None and b.is_active(inp):
+                _check_gradient_shape(b, node, inp, g)
                 pending.setdefault(inp, []).append(g)
     total = _total(b, pending.pop(x_name, []), x_name)
     if total is None:
         raise VJPError(f"no gradient reaches input '{x_name}' from '{y_name}'")
     return total
+
+
+def _check_gradient_shape(b: Builder, node: onnx.NodeProto, inp: str, g: str) -> None:
+    """A rule's gradient has its input's shape (derived by the builder, never set by a rule):
+    a mismatch is a bug of the rule, caught here instead of as a wrong or failing graph."""
+    if b.shape(g) != b.shape(inp):
+        raise AssertionError(f"VJP rule of {node.op_type} ('{node.name or node.output[0]}'): gradient of "
+                             f"'{inp}' has shape {b.shape(g)}, the input {b.shape(inp)}")
 
 
 def _total(b: Builder, grads: list[str], like: str) -> str | None:
@@ -319,9 +341,7 @@ def _total(b: Builder, grads: list[str], like: str) -> str | None:
         return None
     if len(grads) == 1:
         return grads[0]
-    out = b.op("Sum", *grads)
-    b.shapes[out] = b.shapes[like]
-    return out
+    return b.op("Sum", *grads)
 
 
 def _assemble(model: onnx.ModelProto, forward: list[onnx.NodeProto], b: Builder, x_name: str,
@@ -332,11 +352,11 @@ def _assemble(model: onnx.ModelProto, forward: list[onnx.NodeProto], b: Builder,
     x_vi = onnx.ValueInfoProto()
     x_vi.CopyFrom(next(i for i in graph.input if i.name == x_name))
     dtype = b.dtype
-    seed_vi = helper.make_tensor_value_info(SEED_NAME, dtype, list(b.shapes[y_name]))
+    seed_vi = helper.make_tensor_value_info(SEED_NAME, dtype, list(b.shape(y_name)))
     final = helper.make_node("Identity", [grad_x], [GRAD_NAME], name=GRAD_NAME)
-    outputs = [helper.make_tensor_value_info(GRAD_NAME, dtype, list(b.shapes[x_name]))]
+    outputs = [helper.make_tensor_value_info(GRAD_NAME, dtype, list(b.shape(x_name)))]
     if emit_output:
-        outputs.append(helper.make_tensor_value_info(y_name, dtype, list(b.shapes[y_name])))
+        outputs.append(helper.make_tensor_value_info(y_name, dtype, list(b.shape(y_name))))
     used = {i for n in forward + b.nodes for i in n.input}
     for i in reversed(range(len(graph.initializer))):
         if graph.initializer[i].name not in used:
@@ -351,8 +371,8 @@ def _assemble(model: onnx.ModelProto, forward: list[onnx.NodeProto], b: Builder,
     graph.output.extend(outputs)
     del graph.value_info[:]
     graph.name = graph.name + "_vjp"
-    return VJPGraph(model, x_name, y_name, SEED_NAME, GRAD_NAME, tuple(b.shapes[x_name]),
-                    tuple(b.shapes[y_name]), np.dtype(helper.tensor_dtype_to_np_dtype(dtype)))
+    return VJPGraph(model, x_name, y_name, SEED_NAME, GRAD_NAME, b.shape(x_name),
+                    b.shape(y_name), np.dtype(helper.tensor_dtype_to_np_dtype(dtype)))
 
 
 def session(vjp: VJPGraph, providers: Sequence[str] | None = None, threads: int = 0,

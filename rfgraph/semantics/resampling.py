@@ -13,7 +13,7 @@ from .. import budgets
 from ..errors import UnsupportedOpError
 from ..fields import Span
 from . import geometry
-from .gradient import Builder, Grads, NodeView, _one_plus, _set_shape
+from .gradient import Builder, Grads, NodeView, _one_plus
 from .gradient import Rule as VJPRule
 from .transfer import (
     Edge,
@@ -113,7 +113,6 @@ def _blocks_moved(b: Builder, g: str, moved: Sequence[int], perm: Sequence[int],
     """Transpose of reshape(x, split) -> transpose(perm) -> reshape(y): the gradient reshaped to
     the transposed ``moved`` shape, put back by the inverse permutation, reshaped to x."""
     back = b.op("Transpose", b.reshape(g, moved), perm=[int(i) for i in np.argsort(perm)])
-    b.shapes[back] = tuple(moved[i] for i in np.argsort(perm))
     return b.reshape(back, xs)
 
 
@@ -173,7 +172,7 @@ def _resize(b: Builder, n: NodeView, gys: list) -> Grads:
             if not (xs[ax] == ys[ax] and np.allclose(m, np.eye(xs[ax]))):
                 g = b.along_axis(g, m.T, ax)
     if g == gys[0]:
-        g = _set_shape(b, b.op("Identity", g), gys[0])
+        g = b.op("Identity", g)
     return [g]
 
 
@@ -230,8 +229,7 @@ def _grid_sample(b: Builder, n: NodeView, gys: list) -> Grads:
         updates.append(g if weight is None else b.op("Mul", g, b.op("Reshape", weight, b.ints([batch, 1, outs]))))
     scattered = b.op("ScatterElements", b.zeros([batch, channels, h * w]), b.op("Concat", *indices, axis=2),
                      b.op("Concat", *updates, axis=2), axis=2, reduction="add")
-    b.shapes[scattered] = (batch, channels, h * w)
-    return [b.reshape(scattered, xs), None]
+    return [b.reshape(scattered, xs)]
 
 
 # ---------------------------------------------------------------- the family's tables
