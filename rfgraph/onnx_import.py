@@ -905,12 +905,26 @@ def _search_smallest_size(base: onnx.ModelProto, name: str, shape: Sequence[int]
 
 def shapes_only(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy without the data of big float initializers (weights, never shape arithmetic), for
-    the many shape inferences of a search."""
-    out = _copy(model)
-    for init in out.graph.initializer:
+    the many shape inferences of a search; the weights are left out of the copy, never copied."""
+    stash = {}
+    for i, init in enumerate(model.graph.initializer):
         if init.data_type in FLOAT_TYPES and init.HasField("raw_data") and math.prod(init.dims) > BIG_WEIGHT:
+            stash[i] = init.raw_data
             init.ClearField("raw_data")
-    return out
+    try:
+        return _copy(model)
+    finally:
+        for i, raw in stash.items():
+            model.graph.initializer[i].raw_data = raw
+
+
+def static_shapes_and_types(model: onnx.ModelProto) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    """The shape (where every dim is known) and element type of each tensor, from the shape
+    inference every analysis runs (``infer_shapes`` on the ``shapes_only`` copy: constant shape
+    arguments folded); what it leaves unknown the probe (``measure_shapes``) can measure."""
+    inferred = infer_shapes(shapes_only(model))
+    shapes = {name: dims for name, dims in stored_dims(inferred).items() if None not in dims}
+    return shapes, elem_types(inferred)  # type: ignore[return-value]
 
 
 FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,

@@ -12,7 +12,6 @@ raises ``UnsupportedOpError`` naming the node and pointing to the finite-differe
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,7 +25,7 @@ from .errors import (
     RFGraphError,
     UnsupportedOpError,
 )
-from .onnx_import import BIG_WEIGHT, FLOAT_TYPES, MIN_OPSET, measure_shapes, prepare
+from .onnx_import import FLOAT_TYPES, MIN_OPSET, measure_shapes, prepare, static_shapes_and_types
 from .semantics import VJP_RULES, geometry
 from .semantics.gradient import (
     INDEX_OUTPUTS,
@@ -53,26 +52,10 @@ class VJPError(RFGraphError):
 
 def tensor_shapes(model: onnx.ModelProto, input_name: str) -> tuple[dict[str, tuple[int, ...]],
                                                                     dict[str, int]]:
-    """Static shape and element type of every tensor: ONNX shape inference, completed by one
-    onnxruntime run (zeros input) for tensors inference leaves symbolic."""
-    stash = _strip_weights(model)  # inference copies the model: leave the big weights out
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception as exc:
-        raise VJPError(f"shape inference failed at the fixed input shape: {exc}") from exc
-    finally:
-        _restore_weights(model, stash)
-    shapes: dict[str, tuple[int, ...]] = {}
-    dtypes: dict[str, int] = {}
-    vis = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
-    for vi in vis:
-        tt = vi.type.tensor_type
-        dtypes[vi.name] = tt.elem_type
-        if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
-            shapes[vi.name] = tuple(d.dim_value for d in tt.shape.dim)
-    for init in model.graph.initializer:
-        shapes[init.name] = tuple(init.dims)
-        dtypes[init.name] = init.data_type
+    """Static shape and element type of every tensor: the model preparation's shape inference
+    (``onnx_import.static_shapes_and_types``), window ops by the spec, completed by its onnxruntime
+    probe (``measure_shapes``, zeros input) for the tensors inference leaves symbolic."""
+    shapes, dtypes = static_shapes_and_types(model)
     _window_output_shapes(model, shapes)
     missing = [o for n in model.graph.node for o in n.output if o and o not in shapes]
     if missing:
@@ -106,22 +89,6 @@ def _window_output_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, .
         sizes = geometry.output_sizes(node.op_type, node.name or node.op_type, attrs, kernel, shapes[x][2:])
         channels = {"Conv": w[:1], "ConvTranspose": (w[1] * int(attrs.get("group", 1)),) if w else ()}
         shapes[y] = (shapes[x][0], *channels.get(node.op_type, shapes[x][1:2]), *sizes)
-
-
-def _strip_weights(model: onnx.ModelProto) -> dict[int, bytes]:
-    """Temporarily drop the raw data of big float initializers (dims and type are kept)."""
-    stash = {}
-    for i, init in enumerate(model.graph.initializer):
-        if init.data_type in FLOAT_TYPES and init.HasField("raw_data") \
-                and math.prod(init.dims) > BIG_WEIGHT:
-            stash[i] = init.raw_data
-            init.ClearField("raw_data")
-    return stash
-
-
-def _restore_weights(model: onnx.ModelProto, stash: dict[int, bytes]) -> None:
-    for i, raw in stash.items():
-        model.graph.initializer[i].raw_data = raw
 
 
 def _input_independent(model: onnx.ModelProto, name: str, active: set[str],
