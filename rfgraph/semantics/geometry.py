@@ -240,6 +240,14 @@ def pad_mode(attrs: Mapping[str, Any], name: str) -> str:
     return mode
 
 
+def pad_source(n_in: int, begin: int, end: int, mode: str) -> np.ndarray:
+    """The input position each output position of a reflect / edge / wrap Pad copies, along one
+    axis of ``n_in`` positions padded by ``begin`` and ``end`` (negative: cropped): numpy's pad
+    of the index range, whose modes are ONNX's (the reference implementation uses it)."""
+    src = np.pad(np.arange(n_in), (max(begin, 0), max(end, 0)), mode=mode)  # type: ignore[call-overload]
+    return src[max(-begin, 0): len(src) - max(-end, 0)]
+
+
 WINDOW_OPS = ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool")
 
 

@@ -13,6 +13,7 @@ from onnx import helper
 
 from ..errors import DynamicShapeError, UnsupportedOpError
 from ..fields import IDENTITY, Span
+from . import geometry
 from .gradient import Builder, Grads, NodeView
 from .gradient import Rule as VJPRule
 from .transfer import (
@@ -434,8 +435,7 @@ def _pad_copies(b: Builder, g: str, xs: Sequence[int], pads: Sequence[int],
         if before == 0 and after == 0:
             continue
         n_in = xs[axis]
-        src = np.pad(np.arange(n_in), (max(before, 0), max(after, 0)), mode=mode)
-        src = src[max(-before, 0): len(src) - max(-after, 0)]
+        src = geometry.pad_source(n_in, before, after, mode)
         if n_in * len(src) > DENSE_COPY_LIMIT:
             g = b.scatter_along_axis(g, src, n_in, axis)
             continue
