@@ -304,6 +304,17 @@ def resampling(op: str, opset: int, attrs: Mapping[str, Any], name: str) -> Resa
                       bool(attrs.get("antialias", 0)))
 
 
+def resize_roi(attrs: Mapping[str, Any], roi: Any, rank: int, axis: int) -> tuple[Fraction, Fraction]:
+    """tf_crop_and_resize's (start, end) along tensor ``axis`` from the constant roi input: the
+    starts then the ends of the resized axes (``axes``, opset 18, else every axis); (0, 1), the
+    whole axis, on an axis it does not resize."""
+    axes = [int(a) % rank for a in attrs.get("axes", [])] or list(range(rank))
+    if axis not in axes or roi is None:
+        return Fraction(0), Fraction(1)
+    at, flat = axes.index(axis), np.asarray(roi, dtype=np.float64).reshape(-1)
+    return _fraction(flat[at]), _fraction(flat[len(axes) + at])
+
+
 def _fraction(value: float) -> Fraction:
     return Fraction(float(value)).limit_denominator(10_000)
 
@@ -399,11 +410,20 @@ class ResizeAxis:
                            ((a + 2) * s - (a + 3)) * s * s + 1,
                            ((a * (s + 1) - 5 * a) * (s + 1) + 8 * a) * (s + 1) - 4 * a]
 
+    def extrapolates(self) -> bool:
+        """Whether some unit lies outside tf_crop_and_resize's input (x_original is monotone in
+        the unit, so the first or the last one does)."""
+        return self.how.coord == "tf_crop_and_resize" and bool(self.out_size) and any(
+            self.coefficients(u) is None for u in (0, (self.out_size or 1) - 1))
+
     def taps(self, u: int) -> tuple[int, int]:
-        """First and last input index (unclamped) with a nonzero coefficient at unit ``u``."""
+        """First and last input index (unclamped) with a nonzero coefficient at unit ``u``; a unit
+        tf_crop_and_resize extrapolates reads nothing of the input: the position just outside it
+        on its side (-1 or in_size), as a zero-padded unit does, which clipping leaves empty."""
         got = self.coefficients(u)
         if got is None:
-            return 0, -1
+            outside = -1 if self.source(u) < 0 else self.in_size or 0
+            return outside, outside
         first, coeffs = got
         nonzero = [first + k for k, c in enumerate(coeffs) if c != 0]
         return nonzero[0], nonzero[-1]
