@@ -13,9 +13,12 @@ import functools
 
 import numpy as np
 import pytest
+from onnx import numpy_helper
 
 import rfgraph
 from rfgraph import diagnostics as D
+from rfgraph import vjp
+from rfgraph.errors import InvalidAttributeError
 from tests.conformance.cases import Case, all_cases
 from tests.conformance.oracle import check_trf, check_vjp
 from tests.conformance.sweeps import crop_resize_cases
@@ -47,3 +50,15 @@ def test_extrapolated_units_see_nothing() -> None:
     x = np.linspace(-0.3 * 4, 1.4 * 4, 7)  # the spec's x_original of each row
     want = [None if not 0 <= v <= 4 else (int(np.floor(v)), int(np.ceil(v))) for v in x]
     assert seen == want
+
+
+def test_a_roi_of_the_wrong_length_is_refused_naming_the_node() -> None:
+    """A roi without a start and an end per resized axis: refused in one line naming the node
+    (the VJP read past its end: IndexError)."""
+    model = next(iter(crop_resize_cases())).model
+    roi = next(i for i in model.graph.initializer if i.name == "roi")
+    roi.CopyFrom(numpy_helper.from_array(np.array([0.1, 0.9], np.float32), "roi"))
+    with pytest.raises(InvalidAttributeError, match=r"node .*\(Resize\): roi has 2 values.*needs 8"):
+        rfgraph.analyze(model)
+    with pytest.raises(InvalidAttributeError, match=r"roi has 2 values"):
+        vjp.build_vjp(model)

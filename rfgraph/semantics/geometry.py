@@ -304,14 +304,21 @@ def resampling(op: str, opset: int, attrs: Mapping[str, Any], name: str) -> Resa
                       bool(attrs.get("antialias", 0)))
 
 
-def resize_roi(attrs: Mapping[str, Any], roi: Any, rank: int, axis: int) -> tuple[Fraction, Fraction]:
+WHOLE_AXIS = (Fraction(0), Fraction(1))  # the roi of an axis tf_crop_and_resize does not crop
+
+
+def resize_roi(attrs: Mapping[str, Any], roi: Any, rank: int, axis: int, name: str) -> tuple[Fraction, Fraction]:
     """tf_crop_and_resize's (start, end) along tensor ``axis`` from the constant roi input: the
     starts then the ends of the resized axes (``axes``, opset 18, else every axis); (0, 1), the
     whole axis, on an axis it does not resize."""
     axes = [int(a) % rank for a in attrs.get("axes", [])] or list(range(rank))
-    if axis not in axes or roi is None:
-        return Fraction(0), Fraction(1)
-    at, flat = axes.index(axis), np.asarray(roi, dtype=np.float64).reshape(-1)
+    flat = np.asarray(roi, dtype=np.float64).reshape(-1)
+    if flat.size != 2 * len(axes):
+        raise InvalidAttributeError(f"node '{name}' (Resize): roi has {flat.size} values, tf_crop_and_resize "
+                                    f"needs {2 * len(axes)} (a start and an end per resized axis)")
+    if axis not in axes:
+        return WHOLE_AXIS
+    at = axes.index(axis)
     return _fraction(flat[at]), _fraction(flat[len(axes) + at])
 
 
@@ -357,7 +364,7 @@ class ResizeAxis:
     scale: Fraction
     in_size: int | None
     out_size: int | None
-    roi: tuple[Fraction, Fraction] = (Fraction(0), Fraction(1))  # tf_crop_and_resize: start, end
+    roi: tuple[Fraction, Fraction] = WHOLE_AXIS  # tf_crop_and_resize: start, end
 
     def source(self, u: int) -> Fraction:
         """x_original of output unit ``u`` (the spec's coordinate transformation)."""

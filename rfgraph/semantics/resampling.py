@@ -64,7 +64,8 @@ def resize_rule(ctx: NodeContext) -> Transfer:
     for t in range(2, ctx.rank(0)):
         in_size = in_shape[t] if in_shape else None
         out_size = out_shape[t] if out_shape else None
-        crop = geometry.resize_roi(ctx.attrs, roi, ctx.rank(0), t)
+        crop = geometry.resize_roi(ctx.attrs, roi, ctx.rank(0), t, ctx.name) if roi is not None \
+            else geometry.WHOLE_AXIS
         spans.append(_resize_index_span(ctx, geometry.ResizeAxis(how, scales[t], in_size, out_size, crop)))
     return window(ctx, spans)
 
@@ -154,9 +155,11 @@ def _resize_matrix(n: NodeView, b: Builder, axis: int) -> np.ndarray:
     roi, scales, sizes = (b.value(n.inputs[i]) if len(n.inputs) > i and n.inputs[i] else None for i in range(1, 4))
     scale = geometry.resize_scales("Resize", 11, n.attrs, scales, sizes, xs, ys, n.name)[axis]
     how = geometry.resampling("Resize", 11, n.attrs, n.name)
-    if how.coord == "tf_crop_and_resize" and roi is None:
+    if how.coord != "tf_crop_and_resize":
+        return geometry.ResizeAxis(how, scale, xs[axis], ys[axis]).matrix()
+    if roi is None:
         raise UnsupportedOpError(n.name, "Resize", "tf_crop_and_resize with a roi computed at run time")
-    crop = geometry.resize_roi(n.attrs, roi, len(xs), axis)
+    crop = geometry.resize_roi(n.attrs, roi, len(xs), axis, n.name)
     return geometry.ResizeAxis(how, scale, xs[axis], ys[axis], crop).matrix()
 
 
