@@ -8,6 +8,7 @@ inactive or receives nothing).  Only the input gradient is built; weights are co
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -86,7 +87,7 @@ class Builder:
         for name in node.input:
             if not name or name not in self.dtypes:
                 continue
-            types[name] = helper.make_tensor_type_proto(self.dtypes[name], self.shapes.get(name))
+            types[name] = _tensor_type(self.dtypes[name], self.shapes.get(name))
             value = self.consts.get(name)
             if value is not None and value.dtype.kind in "iu" and value.size <= BIG_WEIGHT:
                 data[name] = numpy_helper.from_array(value, name)
@@ -95,7 +96,7 @@ class Builder:
             self._underived.update(dict.fromkeys(node.output, f"no type for input '{untyped[0]}'"))
             return
         try:
-            schema = onnx.defs.get_schema(node.op_type, self.opset, node.domain)
+            schema = _schema(node.op_type, self.opset, node.domain)
             inferred = onnx.shape_inference.infer_node_outputs(
                 schema, node, types, data, opset_imports=[helper.make_opsetid(node.domain, self.opset)])
         except Exception as exc:  # noqa: BLE001 - onnx's inference errors have no common base
@@ -225,6 +226,17 @@ class Builder:
         out = self.op("Einsum", g3, self.const(matrix), equation="pmq,nm->pnq")
         shape[axis] = matrix.shape[0]
         return self.reshape(out, shape)
+
+
+@functools.lru_cache(maxsize=4096)
+def _tensor_type(dtype: int, shape: tuple[int, ...] | None) -> onnx.TypeProto:
+    """The TypeProto of a tensor (shared: a backward graph has few distinct shapes)."""
+    return helper.make_tensor_type_proto(dtype, shape)
+
+
+@functools.lru_cache(maxsize=512)
+def _schema(op: str, opset: int, domain: str) -> onnx.defs.OpSchema:
+    return onnx.defs.get_schema(op, opset, domain)
 
 
 @dataclass
