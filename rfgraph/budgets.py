@@ -50,4 +50,5 @@ BOX_UNITS = Budget("RFGRAPH_MAX_UNITS", 1 << 18, "units")
 IMAGE_PIXELS = Budget("RFGRAPH_MAX_IMAGE_PIXELS", 1 << 26, "pixels")
 SCAN_SIZE = Budget("RFGRAPH_MAX_SCAN_SIZE", 1 << 16, "input positions per axis")
 SCAN_SECONDS = Budget("RFGRAPH_MAX_SCAN_SECONDS", 120, "seconds")
+WEIGHT_BYTES = Budget("RFGRAPH_MAX_WEIGHT_BYTES", 8 << 30, "bytes")  # side-file bytes read for one model
 RESIZE_PERIOD = Budget("RFGRAPH_MAX_RESIZE_PERIOD", 1 << 16, "output units in one period of the scale")

@@ -21,20 +21,19 @@ import onnx
 from onnx import helper
 
 from . import runtime
-from .onnx_import import prepare
+from .onnx_import import prepare, static_shapes_and_types
 
 DEFAULT_STEP = {np.dtype(np.float32): 1e-2, np.dtype(np.float64): 1e-6}
 
 
 def expose(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     """A copy of ``model`` whose only graph output is tensor ``name`` (any intermediate tensor)."""
+    shapes, dtypes = static_shapes_and_types(model)  # the model preparation's inference
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    inferred = onnx.shape_inference.infer_shapes(out)
-    known = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
-    vi = known.get(name) or helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
     del out.graph.output[:]
-    out.graph.output.append(vi)
+    out.graph.output.append(helper.make_tensor_value_info(name, dtypes.get(name) or onnx.TensorProto.FLOAT,
+                                                          shapes.get(name)))
     return out
 
 

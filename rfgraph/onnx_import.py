@@ -24,6 +24,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from . import runtime
+from .budgets import WEIGHT_BYTES
 from .errors import (
     DynamicShapeError,
     GraphStructureError,
@@ -276,8 +277,7 @@ def _fewest_inputs(op_type: str, domain: str, opset: int) -> int:
 
 
 MAX_MODEL_BYTES = 2**31 - 1  # protobuf cannot parse a larger message: refused before reading
-WEIGHT_BUDGET_ENV = "RFGRAPH_MAX_WEIGHT_BYTES"
-DEFAULT_WEIGHT_BUDGET = 8 << 30  # side-file bytes read for one model (raise with the variable)
+WEIGHT_BUDGET_ENV = WEIGHT_BYTES.env
 
 
 def _check_model_file(path: Path) -> None:
@@ -299,12 +299,9 @@ def _check_model_file(path: Path) -> None:
 
 
 def weight_budget() -> int:
-    """Side-file bytes one model may read (``RFGRAPH_MAX_WEIGHT_BYTES``, default 8 GiB)."""
-    raw = os.environ.get(WEIGHT_BUDGET_ENV, "")
-    try:
-        return int(raw) if raw else DEFAULT_WEIGHT_BUDGET
-    except ValueError:
-        raise ModelLoadError(f"{WEIGHT_BUDGET_ENV}={raw!r} is not a number of bytes") from None
+    """Side-file bytes one model may read (``budgets.WEIGHT_BYTES``: ``RFGRAPH_MAX_WEIGHT_BYTES``,
+    default 8 GiB; 0, negative or non-numeric values are refused as every other limit's)."""
+    return WEIGHT_BYTES.limit()
 
 
 def _zoo_model(name: str) -> onnx.ModelProto:
@@ -908,12 +905,26 @@ def _search_smallest_size(base: onnx.ModelProto, name: str, shape: Sequence[int]
 
 def shapes_only(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy without the data of big float initializers (weights, never shape arithmetic), for
-    the many shape inferences of a search."""
-    out = _copy(model)
-    for init in out.graph.initializer:
+    the many shape inferences of a search; the weights are left out of the copy, never copied."""
+    stash = {}
+    for i, init in enumerate(model.graph.initializer):
         if init.data_type in FLOAT_TYPES and init.HasField("raw_data") and math.prod(init.dims) > BIG_WEIGHT:
+            stash[i] = init.raw_data
             init.ClearField("raw_data")
-    return out
+    try:
+        return _copy(model)
+    finally:
+        for i, raw in stash.items():
+            model.graph.initializer[i].raw_data = raw
+
+
+def static_shapes_and_types(model: onnx.ModelProto) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    """The shape (where every dim is known) and element type of each tensor, from the shape
+    inference every analysis runs (``infer_shapes`` on the ``shapes_only`` copy: constant shape
+    arguments folded); what it leaves unknown the probe (``measure_shapes``) can measure."""
+    inferred = infer_shapes(shapes_only(model))
+    shapes = {name: dims for name, dims in stored_dims(inferred).items() if None not in dims}
+    return shapes, elem_types(inferred)  # type: ignore[return-value]
 
 
 FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,

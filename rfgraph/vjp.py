@@ -12,7 +12,6 @@ raises ``UnsupportedOpError`` naming the node and pointing to the finite-differe
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,9 +25,16 @@ from .errors import (
     RFGraphError,
     UnsupportedOpError,
 )
-from .onnx_import import BIG_WEIGHT, FLOAT_TYPES, measure_shapes, prepare
+from .onnx_import import FLOAT_TYPES, MIN_OPSET, measure_shapes, prepare, static_shapes_and_types
 from .semantics import VJP_RULES, geometry
-from .semantics.gradient import INDEX_OUTPUTS, NON_DIFFERENTIABLE, QUANTIZED_OPS, Builder, NodeView
+from .semantics.gradient import (
+    INDEX_OUTPUTS,
+    NON_DIFFERENTIABLE,
+    QUANTIZED_OPS,
+    Builder,
+    IllTypedGradient,
+    NodeView,
+)
 
 SEED_NAME = "rfgraph_seed"
 FD_HINT = "use the finite-difference engine instead (--method fd; method='fd' in Python), which runs any op"
@@ -46,26 +52,10 @@ class VJPError(RFGraphError):
 
 def tensor_shapes(model: onnx.ModelProto, input_name: str) -> tuple[dict[str, tuple[int, ...]],
                                                                     dict[str, int]]:
-    """Static shape and element type of every tensor: ONNX shape inference, completed by one
-    onnxruntime run (zeros input) for tensors inference leaves symbolic."""
-    stash = _strip_weights(model)  # inference copies the model: leave the big weights out
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception as exc:
-        raise VJPError(f"shape inference failed at the fixed input shape: {exc}") from exc
-    finally:
-        _restore_weights(model, stash)
-    shapes: dict[str, tuple[int, ...]] = {}
-    dtypes: dict[str, int] = {}
-    vis = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
-    for vi in vis:
-        tt = vi.type.tensor_type
-        dtypes[vi.name] = tt.elem_type
-        if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
-            shapes[vi.name] = tuple(d.dim_value for d in tt.shape.dim)
-    for init in model.graph.initializer:
-        shapes[init.name] = tuple(init.dims)
-        dtypes[init.name] = init.data_type
+    """Static shape and element type of every tensor: the model preparation's shape inference
+    (``onnx_import.static_shapes_and_types``), window ops by the spec, completed by its onnxruntime
+    probe (``measure_shapes``, zeros input) for the tensors inference leaves symbolic."""
+    shapes, dtypes = static_shapes_and_types(model)
     _window_output_shapes(model, shapes)
     missing = [o for n in model.graph.node for o in n.output if o and o not in shapes]
     if missing:
@@ -99,22 +89,6 @@ def _window_output_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, .
         sizes = geometry.output_sizes(node.op_type, node.name or node.op_type, attrs, kernel, shapes[x][2:])
         channels = {"Conv": w[:1], "ConvTranspose": (w[1] * int(attrs.get("group", 1)),) if w else ()}
         shapes[y] = (shapes[x][0], *channels.get(node.op_type, shapes[x][1:2]), *sizes)
-
-
-def _strip_weights(model: onnx.ModelProto) -> dict[int, bytes]:
-    """Temporarily drop the raw data of big float initializers (dims and type are kept)."""
-    stash = {}
-    for i, init in enumerate(model.graph.initializer):
-        if init.data_type in FLOAT_TYPES and init.HasField("raw_data") \
-                and math.prod(init.dims) > BIG_WEIGHT:
-            stash[i] = init.raw_data
-            init.ClearField("raw_data")
-    return stash
-
-
-def _restore_weights(model: onnx.ModelProto, stash: dict[int, bytes]) -> None:
-    for i, raw in stash.items():
-        model.graph.initializer[i].raw_data = raw
 
 
 def _input_independent(model: onnx.ModelProto, name: str, active: set[str],
@@ -266,8 +240,10 @@ def _builder(model: onnx.ModelProto, x_name: str, shapes: dict[str, tuple[int, .
              dtypes: dict[str, int], active: set[str]) -> Builder:
     """The context the rules work in (its ``value`` reads the tensors that do not depend on the
     input: constants, initializers, else one evaluation)."""
-    return Builder(shapes=dict(shapes), dtypes=dtypes, consts=constants(model, with_initializers=False),
-                   active=active, dtype=dtypes.get(x_name, TensorProto.FLOAT),
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
+    return Builder(shapes=dict(shapes), dtypes=dict(dtypes), opset=opset,
+                   consts=constants(model, with_initializers=False), active=active,
+                   dtype=dtypes.get(x_name, TensorProto.FLOAT),
                    evaluate=lambda name: _input_independent(model, name, active, dtypes),
                    initializers={i.name: i for i in model.graph.initializer})
 
@@ -286,7 +262,8 @@ def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
 def _backward(b: Builder, forward: list[onnx.NodeProto], x_name: str, y_name: str) -> str:
     """Walk the forward nodes in reverse, applying each op's rule and summing fan-in gradients."""
     pending: dict[str, list[str]] = {y_name: [SEED_NAME]}
-    b.shapes[SEED_NAME] = b.shapes[y_name]
+    # a graph input, not emitted (nothing to derive it from): the seed has y's shape by definition
+    b.shapes[SEED_NAME], b.dtypes[SEED_NAME] = b.shape(y_name), b.dtype
     for node in reversed(forward):
         gys = [_total(b, pending.pop(o, []), o) for o in node.output]
         if all(g is None for g in gys):
@@ -304,13 +281,25 @@ def _backward(b: Builder, forward: list[onnx.NodeProto], x_name: str, y_name: st
             grads = rule(b, view, gys)
         except UnsupportedOpError as exc:  # a rule refusing these attributes: the same way out
             raise _with_way_out(exc) from None
+        except IllTypedGradient as exc:  # the graph would not load: refused, as onnxruntime would
+            raise UnsupportedOpError(view.name, node.op_type, f"its gradient does not type-check ({exc}); "
+                                     f"{FD_HINT}") from None
         for inp, g in zip(node.input, grads):  # a rule lists its leading inputs' gradients only
             if g is not None and b.is_active(inp):
+                _check_gradient_shape(b, node, inp, g)
                 pending.setdefault(inp, []).append(g)
     total = _total(b, pending.pop(x_name, []), x_name)
     if total is None:
         raise VJPError(f"no gradient reaches input '{x_name}' from '{y_name}'")
     return total
+
+
+def _check_gradient_shape(b: Builder, node: onnx.NodeProto, inp: str, g: str) -> None:
+    """A rule's gradient has its input's shape (derived by the builder, never set by a rule):
+    a mismatch is a bug of the rule, caught here instead of as a wrong or failing graph."""
+    if b.shape(g) != b.shape(inp):
+        raise AssertionError(f"VJP rule of {node.op_type} ('{node.name or node.output[0]}'): gradient of "
+                             f"'{inp}' has shape {b.shape(g)}, the input {b.shape(inp)}")
 
 
 def _total(b: Builder, grads: list[str], like: str) -> str | None:
@@ -319,9 +308,7 @@ def _total(b: Builder, grads: list[str], like: str) -> str | None:
         return None
     if len(grads) == 1:
         return grads[0]
-    out = b.op("Sum", *grads)
-    b.shapes[out] = b.shapes[like]
-    return out
+    return b.op("Sum", *grads)
 
 
 def _assemble(model: onnx.ModelProto, forward: list[onnx.NodeProto], b: Builder, x_name: str,
@@ -332,11 +319,11 @@ def _assemble(model: onnx.ModelProto, forward: list[onnx.NodeProto], b: Builder,
     x_vi = onnx.ValueInfoProto()
     x_vi.CopyFrom(next(i for i in graph.input if i.name == x_name))
     dtype = b.dtype
-    seed_vi = helper.make_tensor_value_info(SEED_NAME, dtype, list(b.shapes[y_name]))
+    seed_vi = helper.make_tensor_value_info(SEED_NAME, dtype, list(b.shape(y_name)))
     final = helper.make_node("Identity", [grad_x], [GRAD_NAME], name=GRAD_NAME)
-    outputs = [helper.make_tensor_value_info(GRAD_NAME, dtype, list(b.shapes[x_name]))]
+    outputs = [helper.make_tensor_value_info(GRAD_NAME, dtype, list(b.shape(x_name)))]
     if emit_output:
-        outputs.append(helper.make_tensor_value_info(y_name, dtype, list(b.shapes[y_name])))
+        outputs.append(helper.make_tensor_value_info(y_name, dtype, list(b.shape(y_name))))
     used = {i for n in forward + b.nodes for i in n.input}
     for i in reversed(range(len(graph.initializer))):
         if graph.initializer[i].name not in used:
@@ -351,8 +338,8 @@ def _assemble(model: onnx.ModelProto, forward: list[onnx.NodeProto], b: Builder,
     graph.output.extend(outputs)
     del graph.value_info[:]
     graph.name = graph.name + "_vjp"
-    return VJPGraph(model, x_name, y_name, SEED_NAME, GRAD_NAME, tuple(b.shapes[x_name]),
-                    tuple(b.shapes[y_name]), np.dtype(helper.tensor_dtype_to_np_dtype(dtype)))
+    return VJPGraph(model, x_name, y_name, SEED_NAME, GRAD_NAME, b.shape(x_name),
+                    b.shape(y_name), np.dtype(helper.tensor_dtype_to_np_dtype(dtype)))
 
 
 def session(vjp: VJPGraph, providers: Sequence[str] | None = None, threads: int = 0,

@@ -177,3 +177,20 @@ def test_side_file_budget_refuses_aliased_weights(workdir, capsys, monkeypatch) 
     refused(["analyze", path], capsys, "7200 bytes", "RFGRAPH_MAX_WEIGHT_BYTES")
     monkeypatch.setenv("RFGRAPH_MAX_WEIGHT_BYTES", str(36 * 200))
     assert analyze(path)["y199"].r == (401, 401)
+
+
+@pytest.mark.parametrize("value,words", [("0", "must be a positive number"), ("-5", "must be a positive number"),
+                                         ("lots", "is not a number")])
+def test_side_file_budget_reads_its_variable_as_every_limit(value: str, words: str, workdir, capsys,  # noqa: F811
+                                                            monkeypatch) -> None:
+    """The weight budget is one of ``budgets.py``'s limits (it was a second parser of its own):
+    0 and negative values are refused as every other limit's (before, 0 or -5 were taken as a
+    budget, and the model refused as "over the budget of 0"), and a float such as 1e4 is read as
+    the others read it (before: "not a number of bytes")."""
+    folder = workdir / "model"
+    folder.mkdir()
+    path = conv_with_external_weight(folder, n=2)
+    monkeypatch.setenv("RFGRAPH_MAX_WEIGHT_BYTES", value)
+    refused(["analyze", path], capsys, "RFGRAPH_MAX_WEIGHT_BYTES", words)
+    monkeypatch.setenv("RFGRAPH_MAX_WEIGHT_BYTES", "1e4")
+    assert analyze(path)["y1"].r == (5, 5)

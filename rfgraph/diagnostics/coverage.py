@@ -15,7 +15,7 @@ import numpy as np
 from ..analysis import Analysis
 from ..fields import Span
 from ..semantics import WINDOW_OPS
-from .regions import AxisRegions, input_sizes, seen_range
+from .regions import AxisRegions, input_sizes, reads
 
 UNPRODUCTIVE_FRACTION = 0.5  # a layer is unproductive when MORE than this share of units is
 
@@ -104,11 +104,9 @@ def layer_verdicts(analysis: Analysis, regions: Mapping[str, tuple[AxisRegions, 
 
 def _reads_only_saturated(span: Span | None, x: AxisRegions, n_out: int, size: int) -> np.ndarray:
     """Per output unit: every unit it reads that sees something is saturated (or none does)."""
-    sees, f, last = seen_range(span, x, n_out)
-    # inner bounds are monotone in the unit, so the whole read range is saturated iff its last
-    # unit's inner_lo <= 0 and its first unit's inner_hi >= size - 1
-    sat = (x.inner_lo[last] <= 0) & (x.inner_hi[f] >= size - 1)
-    return ~sees | sat
+    r = reads(span, x, n_out)  # the whole read range is saturated iff its narrowest bounds are
+    sat = (r.inner_lo_max <= 0) & (r.inner_hi_min >= size - 1)
+    return ~r.sees | sat
 
 
 @dataclass(frozen=True)

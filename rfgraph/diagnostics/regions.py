@@ -1,5 +1,6 @@
 """Exact clipped fields: per tensor, axis and unit, the input pixels it sees, with padding handled
-exactly (a unit reading only padded positions sees nothing): *outer* = union over paths (the
+exactly (a unit reading only zero-padded positions sees nothing; one in the border of a reflect /
+edge / wrap Pad sees the pixels it copies): *outer* = union over paths (the
 field), *inner* = the narrowest path (max of the paths' first pixel, min of their last), which
 rfa-toolbox approximates by the minimum r over paths."""
 
@@ -10,9 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import onnx
 
 from ..analysis import Analysis
+from ..borders import COPYING_MODES
 from ..fields import Span
+from ..onnx_import import attributes
+from ..semantics import geometry
 from ..semantics.transfer import Layout
 
 _BIG = np.iinfo(np.int64).max // 4
@@ -56,6 +61,14 @@ class AxisRegions:
         return AxisRegions(one(self.lo, np.min), one(self.hi, np.max), one(self.inner_lo, np.min),
                            one(self.inner_hi, np.max))
 
+    @property
+    def monotone(self) -> bool:
+        """Whether the bounds of the units that see something never decrease along the axis
+        (true of sliding windows; a reflect or wrap Pad's border units break it)."""
+        seen = ~self.empty
+        return all(bool(np.all(np.diff(v[seen]) >= 0))
+                   for v in (self.lo, self.hi, self.inner_lo, self.inner_hi))
+
     def first_seen(self) -> np.ndarray:
         """Index of the first unit >= v that sees something (n if none), for every v."""
         idx = np.where(~self.empty, np.arange(self.n), self.n)
@@ -97,15 +110,41 @@ def exact_regions(analysis: Analysis) -> dict[str, tuple[AxisRegions, ...]]:
         ins = [(e, x) for e, x in found if x is not None]
         if len(ins) < len(found):  # an input without regions
             continue
-        axes = tuple(_axis_regions(units_along(ot.layout, a), [(e.span(a), x[a]) for e, x in ins])
+        copying = _copying_pad_mode(node, mg.names[idx])
+        axes = tuple(_axis_regions(units_along(ot.layout, a), [(e.span(a), x[a]) for e, x in ins], copying)
                      for a in range(len(sizes)))
         if all(r.n > 0 for r in axes):
             out[tensor] = axes
     return out
 
 
-def _axis_regions(n_out: int, edges: Sequence[tuple[Span | None, AxisRegions]]) -> AxisRegions:
-    """Regions of one output along one axis from its edges (exact padding, see module doc)."""
+def _copying_pad_mode(node: onnx.NodeProto, name: str) -> str | None:
+    """The mode of a Pad that copies pixels into its border (reflect / edge / wrap), else None."""
+    if node.op_type != "Pad":
+        return None
+    mode = geometry.pad_mode(attributes(node), name)
+    return mode if mode in COPYING_MODES else None
+
+
+def _copied(span: Span | None, x: AxisRegions, n_out: int, mode: str) -> AxisRegions | None:
+    """Regions of a copying Pad's output along one axis: unit u is a copy of input unit src[u]
+    (``geometry.pad_source``), so it sees what that unit sees, exactly; None where the Pad's edge
+    is no one-to-one shift along this axis (then the generic sweep applies)."""
+    if span is None or span.q != 1 or span.A != 1 or span.lo[0] != span.hi[0]:
+        return None
+    begin = -int(span.lo[0])
+    src = geometry.pad_source(x.n, begin, n_out - x.n - begin, mode)
+    return AxisRegions(x.lo[src], x.hi[src], x.inner_lo[src], x.inner_hi[src])
+
+
+def _axis_regions(n_out: int, edges: Sequence[tuple[Span | None, AxisRegions]],
+                  copying: str | None = None) -> AxisRegions:
+    """Regions of one output along one axis from its edges (exact padding, see module doc; a
+    reflect / edge / wrap Pad's border units see the units they copy)."""
+    if copying is not None and len(edges) == 1 and edges[0][1].n > 0:
+        copied = _copied(edges[0][0], edges[0][1], n_out, copying)
+        if copied is not None:
+            return copied
     lo = np.full(n_out, _BIG)
     hi = np.full(n_out, -_BIG)
     ilo = np.full(n_out, -_BIG)
@@ -113,15 +152,66 @@ def _axis_regions(n_out: int, edges: Sequence[tuple[Span | None, AxisRegions]]) 
     for span, x in edges:
         if x.n == 0:
             continue
-        ok, f, last = seen_range(span, x, n_out)
-        lo = np.where(ok, np.minimum(lo, x.lo[f]), lo)
-        hi = np.where(ok, np.maximum(hi, x.hi[last]), hi)
-        ilo = np.where(ok, np.maximum(ilo, x.inner_lo[f]), ilo)
-        ihi = np.where(ok, np.minimum(ihi, x.inner_hi[last]), ihi)
+        r = reads(span, x, n_out)
+        lo = np.where(r.sees, np.minimum(lo, r.lo_min), lo)
+        hi = np.where(r.sees, np.maximum(hi, r.hi_max), hi)
+        ilo = np.where(r.sees, np.maximum(ilo, r.inner_lo_min), ilo)
+        ihi = np.where(r.sees, np.minimum(ihi, r.inner_hi_max), ihi)
     dead = lo > hi
     ilo = np.where(dead, _BIG, ilo)
     ihi = np.where(dead, -_BIG, ihi)
     return AxisRegions(lo, hi, ilo, ihi)
+
+
+@dataclass(frozen=True)
+class Reads:
+    """Per output unit, over the input units it reads that see something: whether there is one,
+    and the extremes of their bounds (outer first/last pixel, inner first/last pixel)."""
+
+    sees: np.ndarray
+    lo_min: np.ndarray
+    hi_max: np.ndarray
+    inner_lo_min: np.ndarray
+    inner_lo_max: np.ndarray
+    inner_hi_min: np.ndarray
+    inner_hi_max: np.ndarray
+
+
+def reads(span: Span | None, x: AxisRegions, n_out: int) -> Reads:
+    """What each output unit reads of ``x`` (``Reads``).  Bounds monotone in the unit (every
+    sliding window) take the first and last unit read; after a reflect / wrap Pad they are not,
+    and each window's extremes come from range queries (``_window_reduce``)."""
+    ok, f, last = seen_range(span, x, n_out)
+    if x.monotone:
+        return Reads(ok, x.lo[f], x.hi[last], x.inner_lo[f], x.inner_lo[last], x.inner_hi[f], x.inner_hi[last])
+    u = np.arange(n_out, dtype=np.int64)
+    v1, v2 = span_bounds(span, u, x.n)
+    v1, v2 = np.clip(v1, 0, x.n - 1), np.clip(v2, 0, x.n - 1)
+    seen = ~x.empty
+
+    def low(v: np.ndarray) -> np.ndarray:
+        return _window_reduce(np.where(seen, v, _BIG), v1, v2, np.minimum)
+
+    def high(v: np.ndarray) -> np.ndarray:
+        return _window_reduce(np.where(seen, v, -_BIG), v1, v2, np.maximum)
+
+    return Reads(ok, low(x.lo), high(x.hi), low(x.inner_lo), high(x.inner_lo), low(x.inner_hi), high(x.inner_hi))
+
+
+def _window_reduce(values: np.ndarray, first: np.ndarray, last: np.ndarray, op: np.ufunc) -> np.ndarray:
+    """``op`` (np.minimum / np.maximum) of ``values[first[i]:last[i] + 1]`` for every i, from a
+    sparse table (level k holds the reduction of 2^k consecutive values): O(n log n)."""
+    levels = [values]
+    while 2 ** len(levels) <= len(values):
+        prev, half = levels[-1], 2 ** (len(levels) - 1)
+        levels.append(op(prev[:-half], prev[half:]))
+    k = np.floor(np.log2(np.maximum(last - first + 1, 1))).astype(np.int64)
+    out = np.empty(len(first), dtype=values.dtype)
+    for level in np.unique(k):
+        at = k == level
+        table = levels[level]
+        out[at] = op(table[first[at]], table[last[at] - 2 ** level + 1])
+    return out
 
 
 def input_sizes(analysis: Analysis) -> tuple[int, ...]:

@@ -95,7 +95,6 @@ def _conv(b: Builder, n: NodeView, gys: list) -> Grads:
         if all(p >= 0 for p in new_pb + new_pe):
             wf = b.const(_flipped_kernel(w.astype(helper.tensor_dtype_to_np_dtype(b.dtype)), group))
             out = b.op("Conv", gys[0], wf, dilations=dil, pads=new_pb + new_pe, group=group)
-            b.shapes[out] = b.shape(n.inputs[0])
             return [out]
     return [_scatter_window(b, gys[0], n.inputs[1], group, n)]
 
@@ -121,7 +120,6 @@ def _conv_transpose(b: Builder, n: NodeView, gys: list) -> Grads:
         pb, pe = [0] * rank, [0] * rank
     out = b.op("Conv", g, n.inputs[1], strides=geo.strides, dilations=geo.dilations, pads=pb + pe,
                group=n.attr_int("group", 1))
-    b.shapes[out] = b.shape(n.inputs[0])
     return [out]
 
 

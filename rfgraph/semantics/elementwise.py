@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from ..errors import UnsupportedOpError
-from .gradient import Builder, Derivative, Grads, NodeView, _one_plus, _quantized, _set_shape, _square
+from .gradient import Builder, Derivative, Grads, NodeView, _one_plus, _quantized, _square
 from .gradient import Rule as VJPRule
 from .transfer import (
     Edge,
@@ -87,14 +87,14 @@ def _relu(b: Builder, n: NodeView, gys: list) -> Grads:
 def _leaky_relu(b: Builder, n: NodeView, gys: list) -> Grads:
     """LeakyRelu: 1 for x > 0, alpha otherwise."""
     alpha = n.attr_float("alpha", 0.01)
-    scaled = b.binary("Mul", gys[0], b.scalar(alpha))
+    scaled = b.op("Mul", gys[0], b.scalar(alpha))
     return [b.where(b.op("Greater", n.inputs[0], b.scalar(0.0)), gys[0], scaled)]
 
 
 def _prelu(b: Builder, n: NodeView, gys: list) -> Grads:
     """PRelu: 1 for x > 0, the (broadcast) slope otherwise; the slope gets no gradient."""
-    scaled = b.binary("Mul", gys[0], n.inputs[1], b.shape(n.inputs[0]))
-    return [b.where(b.op("Greater", n.inputs[0], b.scalar(0.0)), gys[0], scaled), None]
+    scaled = b.op("Mul", gys[0], n.inputs[1])
+    return [b.where(b.op("Greater", n.inputs[0], b.scalar(0.0)), gys[0], scaled)]
 
 
 def _clip(b: Builder, n: NodeView, gys: list) -> Grads:
@@ -118,81 +118,75 @@ def _clip(b: Builder, n: NodeView, gys: list) -> Grads:
 def _sigmoid(b: Builder, n: NodeView, gys: list) -> Grads:
     """Sigmoid: g * y * (1 - y)."""
     y = n.outputs[0]
-    one_minus = b.binary("Sub", b.scalar(1.0), y, b.shape(y))
-    return [b.binary("Mul", gys[0], b.binary("Mul", y, one_minus, b.shape(y)))]
+    one_minus = b.op("Sub", b.scalar(1.0), y)
+    return [b.op("Mul", gys[0], b.op("Mul", y, one_minus))]
 
 
 def _tanh(b: Builder, n: NodeView, gys: list) -> Grads:
     """Tanh: g * (1 - y^2)."""
     y = n.outputs[0]
-    d = b.binary("Sub", b.scalar(1.0), b.binary("Mul", y, y, b.shape(y)), b.shape(y))
-    return [b.binary("Mul", gys[0], d)]
+    d = b.op("Sub", b.scalar(1.0), b.op("Mul", y, y))
+    return [b.op("Mul", gys[0], d)]
 
 
 def _hard_sigmoid(b: Builder, n: NodeView, gys: list) -> Grads:
     """HardSigmoid: alpha where 0 < alpha*x + beta < 1, else 0."""
     alpha, beta = n.attr_float("alpha", 0.2), n.attr_float("beta", 0.5)
-    t = b.binary("Add", b.binary("Mul", n.inputs[0], b.scalar(alpha)), b.scalar(beta))
+    t = b.op("Add", b.op("Mul", n.inputs[0], b.scalar(alpha)), b.scalar(beta))
     mask = b.op("And", b.op("Greater", t, b.scalar(0.0)), b.op("Less", t, b.scalar(1.0)))
-    return [b.where(mask, b.binary("Mul", gys[0], b.scalar(alpha)))]
+    return [b.where(mask, b.op("Mul", gys[0], b.scalar(alpha)))]
 
 
 def _hard_swish(b: Builder, n: NodeView, gys: list) -> Grads:
     """HardSwish x*relu6(x+3)/6: 0 below -3, 1 above 3, (2x+3)/6 between (torch's convention)."""
     x, g = n.inputs[0], gys[0]
-    mid = b.binary("Add", b.binary("Mul", x, b.scalar(1 / 3)), b.scalar(0.5))
-    d = _set_shape(b, b.op("Where", b.op("Greater", x, b.scalar(3.0)), b.scalar(1.0), mid), x)
+    mid = b.op("Add", b.op("Mul", x, b.scalar(1 / 3)), b.scalar(0.5))
+    d = b.op("Where", b.op("Greater", x, b.scalar(3.0)), b.scalar(1.0), mid)
     d = b.where(b.op("GreaterOrEqual", x, b.scalar(-3.0)), d)
-    return [b.binary("Mul", g, d)]
+    return [b.op("Mul", g, d)]
 
 
 def _erf(b: Builder, n: NodeView, gys: list) -> Grads:
     """Erf: g * 2/sqrt(pi) * exp(-x^2)."""
     x = n.inputs[0]
-    e = b.op("Exp", b.op("Neg", b.binary("Mul", x, x)))
-    _set_shape(b, e, x)
-    return [b.binary("Mul", gys[0], b.binary("Mul", e, b.scalar(2 / math.sqrt(math.pi))))]
+    e = b.op("Exp", b.op("Neg", b.op("Mul", x, x)))
+    return [b.op("Mul", gys[0], b.op("Mul", e, b.scalar(2 / math.sqrt(math.pi))))]
 
 
 def _gelu(b: Builder, n: NodeView, gys: list) -> Grads:
     """Gelu (opset 20): exact Phi(x) + x phi(x), or the derivative of the tanh approximation."""
-    x, g, shape = n.inputs[0], gys[0], b.shape(n.inputs[0])
+    x, g = n.inputs[0], gys[0]
     if n.attr_str("approximate", "none") == "tanh":
         c = math.sqrt(2 / math.pi)
-        x2 = b.binary("Mul", x, x)
-        inner = b.binary("Mul", b.binary("Mul", x, b.scalar(c)),
-                         b.binary("Add", b.scalar(1.0), b.binary("Mul", x2, b.scalar(0.044715))))
-        t = _set_shape(b, b.op("Tanh", inner), x)
-        sech2 = b.binary("Sub", b.scalar(1.0), b.binary("Mul", t, t))
-        dinner = b.binary("Mul", b.scalar(c),
-                          b.binary("Add", b.scalar(1.0), b.binary("Mul", x2, b.scalar(3 * 0.044715))),
-                          shape)
-        d = b.binary("Add", b.binary("Mul", b.scalar(0.5), b.binary("Add", b.scalar(1.0), t), shape),
-                     b.binary("Mul", b.binary("Mul", b.binary("Mul", x, b.scalar(0.5)), sech2),
-                              dinner))
-        return [b.binary("Mul", g, d)]
-    cdf = b.binary("Mul", b.scalar(0.5), b.binary(
-        "Add", b.scalar(1.0), _set_shape(b, b.op("Erf", b.binary("Mul", x, b.scalar(1 / math.sqrt(2)))),
-                                         x)), shape)
-    pdf = b.binary("Mul", _set_shape(b, b.op("Exp", b.binary("Mul", b.binary("Mul", x, x),
-                                                               b.scalar(-0.5))), x),
-                   b.scalar(1 / math.sqrt(2 * math.pi)))
-    return [b.binary("Mul", g, b.binary("Add", cdf, b.binary("Mul", x, pdf)))]
+        x2 = b.op("Mul", x, x)
+        inner = b.op("Mul", b.op("Mul", x, b.scalar(c)),
+                     b.op("Add", b.scalar(1.0), b.op("Mul", x2, b.scalar(0.044715))))
+        t = b.op("Tanh", inner)
+        sech2 = b.op("Sub", b.scalar(1.0), b.op("Mul", t, t))
+        dinner = b.op("Mul", b.scalar(c), b.op("Add", b.scalar(1.0), b.op("Mul", x2, b.scalar(3 * 0.044715))))
+        d = b.op("Add", b.op("Mul", b.scalar(0.5), b.op("Add", b.scalar(1.0), t)),
+                 b.op("Mul", b.op("Mul", b.op("Mul", x, b.scalar(0.5)), sech2), dinner))
+        return [b.op("Mul", g, d)]
+    cdf = b.op("Mul", b.scalar(0.5),
+               b.op("Add", b.scalar(1.0), b.op("Erf", b.op("Mul", x, b.scalar(1 / math.sqrt(2))))))
+    pdf = b.op("Mul", b.op("Exp", b.op("Mul", b.op("Mul", x, x), b.scalar(-0.5))),
+               b.scalar(1 / math.sqrt(2 * math.pi)))
+    return [b.op("Mul", g, b.op("Add", cdf, b.op("Mul", x, pdf)))]
 
 
 def _exp(b: Builder, n: NodeView, gys: list) -> Grads:
     """Exp: g * y."""
-    return [b.binary("Mul", gys[0], n.outputs[0])]
+    return [b.op("Mul", gys[0], n.outputs[0])]
 
 
 def _neg(b: Builder, n: NodeView, gys: list) -> Grads:
     """Neg: -g."""
-    return [_set_shape(b, b.op("Neg", gys[0]), gys[0])]
+    return [b.op("Neg", gys[0])]
 
 
 def _sqrt(b: Builder, n: NodeView, gys: list) -> Grads:
     """Sqrt: g / (2 y)."""
-    return [b.binary("Div", gys[0], b.binary("Mul", n.outputs[0], b.scalar(2.0)))]
+    return [b.op("Div", gys[0], b.op("Mul", n.outputs[0], b.scalar(2.0)))]
 
 
 def _pow(b: Builder, n: NodeView, gys: list) -> Grads:
@@ -201,8 +195,8 @@ def _pow(b: Builder, n: NodeView, gys: list) -> Grads:
     if p_value is None or p_value.size != 1 or b.is_active(n.inputs[1]):
         raise UnsupportedOpError(n.name, "Pow", "only a constant scalar exponent has a VJP rule")
     p = float(p_value.reshape(()))
-    xp = b.binary("Pow", n.inputs[0], b.scalar(p - 1.0), b.shape(n.inputs[0]))
-    return [b.binary("Mul", gys[0], b.binary("Mul", xp, b.scalar(p))), None]
+    xp = b.op("Pow", n.inputs[0], b.scalar(p - 1.0))
+    return [b.op("Mul", gys[0], b.op("Mul", xp, b.scalar(p)))]
 
 
 def _add(b: Builder, n: NodeView, gys: list) -> Grads:
@@ -212,7 +206,7 @@ def _add(b: Builder, n: NodeView, gys: list) -> Grads:
 
 def _mean(b: Builder, n: NodeView, gys: list) -> Grads:
     """Mean (variadic): each operand gets g / count, reduced to its shape."""
-    g = b.binary("Mul", gys[0], b.scalar(1.0 / len(n.inputs)))
+    g = b.op("Mul", gys[0], b.scalar(1.0 / len(n.inputs)))
     return [b.reduce_to(g, b.shape(x)) if b.is_active(x) else None for x in n.inputs]
 
 
@@ -222,26 +216,26 @@ def _sub(b: Builder, n: NodeView, gys: list) -> Grads:
     ga = b.reduce_to(gys[0], b.shape(a)) if b.is_active(a) else None
     gb = None
     if b.is_active(c):
-        gb = b.reduce_to(_set_shape(b, b.op("Neg", gys[0]), gys[0]), b.shape(c))
+        gb = b.reduce_to(b.op("Neg", gys[0]), b.shape(c))
     return [ga, gb]
 
 
 def _mul(b: Builder, n: NodeView, gys: list) -> Grads:
     """Mul: g * B for A and g * A for B, each reduced to its shape."""
     a, c = n.inputs
-    ga = b.reduce_to(b.binary("Mul", gys[0], c), b.shape(a)) if b.is_active(a) else None
-    gb = b.reduce_to(b.binary("Mul", gys[0], a), b.shape(c)) if b.is_active(c) else None
+    ga = b.reduce_to(b.op("Mul", gys[0], c), b.shape(a)) if b.is_active(a) else None
+    gb = b.reduce_to(b.op("Mul", gys[0], a), b.shape(c)) if b.is_active(c) else None
     return [ga, gb]
 
 
 def _div(b: Builder, n: NodeView, gys: list) -> Grads:
     """Div: g / B for A and -g * y / B for B, each reduced to its shape."""
     a, c = n.inputs
-    ga = b.reduce_to(b.binary("Div", gys[0], c), b.shape(a)) if b.is_active(a) else None
+    ga = b.reduce_to(b.op("Div", gys[0], c), b.shape(a)) if b.is_active(a) else None
     gb = None
     if b.is_active(c):
-        q = b.binary("Div", b.binary("Mul", gys[0], n.outputs[0]), c)
-        gb = b.reduce_to(_set_shape(b, b.op("Neg", q), q), b.shape(c))
+        q = b.op("Div", b.op("Mul", gys[0], n.outputs[0]), c)
+        gb = b.reduce_to(b.op("Neg", q), b.shape(c))
     return [ga, gb]
 
 
@@ -253,7 +247,6 @@ def _where(b: Builder, n: NodeView, gys: list) -> Grads:
     gb = None
     if b.is_active(c):
         gb_full = b.op("Where", cond, b.scalar(0.0), g)
-        b.shapes[gb_full] = b.shape(g)
         gb = b.reduce_to(gb_full, b.shape(c))
     return [None, ga, gb]
 
@@ -317,7 +310,7 @@ def _elementwise(b: Builder, n: NodeView, gys: list) -> Grads:
     """A unary elementwise op (``DERIVATIVES``): g * f'(x)."""
     x = n.inputs[0]
     d = DERIVATIVES[n.node.op_type](b, n, x, n.outputs[0])
-    return [b.binary("Mul", gys[0], d, b.shape(x))]
+    return [b.op("Mul", gys[0], d)]
 
 
 def _extreme(b: Builder, n: NodeView, gys: list) -> Grads:
@@ -326,8 +319,8 @@ def _extreme(b: Builder, n: NodeView, gys: list) -> Grads:
     y, g = n.outputs[0], gys[0]
     masks = [b.op("Cast", b.op("Equal", x, y), to=b.dtype) for x in n.inputs]
     count = b.op("Sum", *masks) if len(masks) > 1 else masks[0]
-    share = b.binary("Div", g, count, b.shape(y))
-    return [b.reduce_to(b.binary("Mul", share, m, b.shape(y)), b.shape(x)) if b.is_active(x) else None
+    share = b.op("Div", g, count)
+    return [b.reduce_to(b.op("Mul", share, m), b.shape(x)) if b.is_active(x) else None
             for x, m in zip(n.inputs, masks)]
 
 
@@ -340,7 +333,7 @@ def _mod(b: Builder, n: NodeView, gys: list) -> Grads:
     gb = None
     if b.is_active(c):
         q = b.op("Round", b.op("Div", b.op("Sub", a, n.outputs[0]), c))
-        gb = b.reduce_to(b.binary("Mul", g, b.op("Neg", q), b.shape(g)), b.shape(c))
+        gb = b.reduce_to(b.op("Mul", g, b.op("Neg", q)), b.shape(c))
     return [ga, gb]
 
 

@@ -240,6 +240,14 @@ def pad_mode(attrs: Mapping[str, Any], name: str) -> str:
     return mode
 
 
+def pad_source(n_in: int, begin: int, end: int, mode: str) -> np.ndarray:
+    """The input position each output position of a reflect / edge / wrap Pad copies, along one
+    axis of ``n_in`` positions padded by ``begin`` and ``end`` (negative: cropped): numpy's pad
+    of the index range, whose modes are ONNX's (the reference implementation uses it)."""
+    src = np.pad(np.arange(n_in), (max(begin, 0), max(end, 0)), mode=mode)  # type: ignore[call-overload]
+    return src[max(-begin, 0): len(src) - max(-end, 0)]
+
+
 WINDOW_OPS = ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool")
 
 
@@ -296,6 +304,24 @@ def resampling(op: str, opset: int, attrs: Mapping[str, Any], name: str) -> Resa
                       bool(attrs.get("antialias", 0)))
 
 
+WHOLE_AXIS = (Fraction(0), Fraction(1))  # the roi of an axis tf_crop_and_resize does not crop
+
+
+def resize_roi(attrs: Mapping[str, Any], roi: Any, rank: int, axis: int, name: str) -> tuple[Fraction, Fraction]:
+    """tf_crop_and_resize's (start, end) along tensor ``axis`` from the constant roi input: the
+    starts then the ends of the resized axes (``axes``, opset 18, else every axis); (0, 1), the
+    whole axis, on an axis it does not resize."""
+    axes = [int(a) % rank for a in attrs.get("axes", [])] or list(range(rank))
+    flat = np.asarray(roi, dtype=np.float64).reshape(-1)
+    if flat.size != 2 * len(axes):
+        raise InvalidAttributeError(f"node '{name}' (Resize): roi has {flat.size} values, tf_crop_and_resize "
+                                    f"needs {2 * len(axes)} (a start and an end per resized axis)")
+    if axis not in axes:
+        return WHOLE_AXIS
+    at = axes.index(axis)
+    return _fraction(flat[at]), _fraction(flat[len(axes) + at])
+
+
 def _fraction(value: float) -> Fraction:
     return Fraction(float(value)).limit_denominator(10_000)
 
@@ -338,7 +364,7 @@ class ResizeAxis:
     scale: Fraction
     in_size: int | None
     out_size: int | None
-    roi: tuple[Fraction, Fraction] = (Fraction(0), Fraction(1))  # tf_crop_and_resize: start, end
+    roi: tuple[Fraction, Fraction] = WHOLE_AXIS  # tf_crop_and_resize: start, end
 
     def source(self, u: int) -> Fraction:
         """x_original of output unit ``u`` (the spec's coordinate transformation)."""
@@ -391,11 +417,20 @@ class ResizeAxis:
                            ((a + 2) * s - (a + 3)) * s * s + 1,
                            ((a * (s + 1) - 5 * a) * (s + 1) + 8 * a) * (s + 1) - 4 * a]
 
+    def extrapolates(self) -> bool:
+        """Whether some unit lies outside tf_crop_and_resize's input (x_original is monotone in
+        the unit, so the first or the last one does)."""
+        return self.how.coord == "tf_crop_and_resize" and bool(self.out_size) and any(
+            self.coefficients(u) is None for u in (0, (self.out_size or 1) - 1))
+
     def taps(self, u: int) -> tuple[int, int]:
-        """First and last input index (unclamped) with a nonzero coefficient at unit ``u``."""
+        """First and last input index (unclamped) with a nonzero coefficient at unit ``u``; a unit
+        tf_crop_and_resize extrapolates reads nothing of the input: the position just outside it
+        on its side (-1 or in_size), as a zero-padded unit does, which clipping leaves empty."""
         got = self.coefficients(u)
         if got is None:
-            return 0, -1
+            outside = -1 if self.source(u) < 0 else self.in_size or 0
+            return outside, outside
         first, coeffs = got
         nonzero = [first + k for k, c in enumerate(coeffs) if c != 0]
         return nonzero[0], nonzero[-1]

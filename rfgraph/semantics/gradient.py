@@ -8,6 +8,7 @@ inactive or receives nothing).  Only the input gradient is built; weights are co
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import numpy.typing as npt
 import onnx
 from onnx import helper, numpy_helper
 
-from ..errors import InvalidAttributeError, UnsupportedOpError
+from ..errors import InvalidAttributeError, RFGraphError, UnsupportedOpError
 from ..onnx_import import BIG_WEIGHT
 from . import geometry
 
@@ -38,6 +39,11 @@ NON_DIFFERENTIABLE = frozenset({
 INDEX_OUTPUTS = {"MaxPool": 1, "TopK": 1}
 
 
+class IllTypedGradient(RFGraphError):
+    """An emitted backward node fails ONNX's type and shape check (mixed float types in the model,
+    for instance): the graph would not load, so the rule's op is refused (``vjp`` names it)."""
+
+
 @dataclass
 class Builder:
     """Holds the forward graph facts (shapes, constants, activity) and collects backward nodes."""
@@ -49,9 +55,11 @@ class Builder:
     dtype: int  # element type of the input and of every gradient
     evaluate: Callable[[str], dict[str, np.ndarray]] | None = None
     initializers: dict[str, onnx.TensorProto] = field(default_factory=dict)
+    opset: int = 17  # of the default domain: the version each emitted node's shape rule follows
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     inits: list[onnx.TensorProto] = field(default_factory=list)
     _count: int = 0
+    _underived: dict[str, str] = field(default_factory=dict)  # output -> why inference failed
 
     def fresh(self, hint: str) -> str:
         """A new unique tensor name for the backward graph."""
@@ -59,11 +67,57 @@ class Builder:
         return f"rfgraph_vjp/{hint}_{self._count}"
 
     def emit(self, op: str, inputs: Sequence[str], n_out: int = 1, **attrs: Any) -> list[str]:
-        """Append a backward node and return its output names (``attrs``: ONNX attribute values,
-        typed ``Any`` as in ``helper.make_node``, which encodes them)."""
+        """Append a backward node and return its output names, whose shapes and types the builder
+        derives (``derive``); ``attrs``: ONNX attribute values, typed ``Any`` as in
+        ``helper.make_node``, which encodes them."""
         outs = [self.fresh(op) for _ in range(n_out)]
-        self.nodes.append(helper.make_node(op, list(inputs), outs, name=outs[0], **attrs))
+        node = helper.make_node(op, list(inputs), outs, name=outs[0], **attrs)
+        self.nodes.append(node)
+        self.derive(node)
         return outs
+
+    def derive(self, node: onnx.NodeProto) -> None:
+        """Record the shape and element type of each output of a node (emitted, or a forward node
+        whose optional outputs a rule names): ONNX's own shape inference of that one node (the
+        spec's shape rule of every op, written once by ONNX), given its inputs' known shapes and
+        the values of its small integer inputs (Reshape targets, pads, axes).  An output it cannot
+        tell stays unknown (reading it is an error: ``shape``); a node it finds ill-typed raises
+        ``IllTypedGradient``."""
+        types, data = {}, {}
+        for name in node.input:
+            if not name or name not in self.dtypes:
+                continue
+            types[name] = _tensor_type(self.dtypes[name], self.shapes.get(name))
+            value = self.consts.get(name)
+            if value is not None and value.dtype.kind in "iu" and value.size <= BIG_WEIGHT:
+                data[name] = numpy_helper.from_array(value, name)
+        untyped = [name for name in node.input if name and name not in types]
+        if untyped:  # a forward tensor whose type the model's inference left unknown
+            self._underived.update(dict.fromkeys(node.output, f"no type for input '{untyped[0]}'"))
+            return
+        try:
+            schema = _schema(node.op_type, self.opset, node.domain)
+            inferred = onnx.shape_inference.infer_node_outputs(
+                schema, node, types, data, opset_imports=[helper.make_opsetid(node.domain, self.opset)])
+        except Exception as exc:  # noqa: BLE001 - onnx's inference errors have no common base
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise IllTypedGradient(f"{node.op_type}: {why}") from None
+        for out, tp in inferred.items():
+            tt = tp.tensor_type
+            if tt.elem_type:
+                self.dtypes[out] = tt.elem_type
+            if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+                self.shapes.setdefault(out, tuple(d.dim_value for d in tt.shape.dim))  # forward: kept
+
+    def optional_output(self, node: onnx.NodeProto, index: int, hint: str) -> str:
+        """Output ``index`` of a forward node (MaxPool's Indices, LayerNormalization's Mean...),
+        named when the model leaves it out, so that a rule reads it instead of recomputing it."""
+        while len(node.output) <= index:
+            node.output.append("")
+        if not node.output[index]:
+            node.output[index] = self.fresh(hint)
+            self.derive(node)
+        return node.output[index]
 
     def op(self, op: str, *inputs: str, **attrs: Any) -> str:
         """Append a single-output backward node and return its output."""
@@ -76,7 +130,9 @@ class Builder:
             dtype = helper.tensor_dtype_to_np_dtype(self.dtype)
         arr = np.asarray(value, dtype=dtype)
         name = self.fresh("const")
-        self.inits.append(numpy_helper.from_array(arr, name))
+        tensor = numpy_helper.from_array(arr, name)
+        self.inits.append(tensor)
+        self.shapes[name], self.dtypes[name] = arr.shape, tensor.data_type
         if arr.size <= BIG_WEIGHT:  # big ones (flipped kernels) are never read back
             self.consts[name] = arr
         return name
@@ -86,8 +142,13 @@ class Builder:
         return self.const(np.asarray(list(values), dtype=np.int64), dtype=np.int64)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        """Static shape of a forward tensor (known for every tensor; see ``tensor_shapes``)."""
-        return self.shapes[name]
+        """Static shape of a tensor: a forward one (known for every tensor; see ``tensor_shapes``)
+        or one the builder emitted (derived by ``derive``)."""
+        shape = self.shapes.get(name)
+        if shape is None:  # a rule reading what inference could not tell: a bug of the rule
+            raise AssertionError(f"no shape for '{name}'" + (f": {self._underived[name]}"
+                                                              if name in self._underived else ""))
+        return shape
 
     def value(self, name: str) -> np.ndarray | None:
         """The value of a tensor that does not depend on the input's values (initializer,
@@ -112,9 +173,7 @@ class Builder:
 
     def reduce_to(self, g: str, shape: Sequence[int]) -> str:
         """Sum a broadcast gradient back to an operand's ``shape`` (numpy broadcasting rules)."""
-        gshape = self.shapes.get(g)
-        if gshape is None:
-            raise AssertionError(f"no shape for gradient {g}")
+        gshape = self.shape(g)
         lead = len(gshape) - len(shape)
         axes = list(range(lead)) + [lead + i for i, d in enumerate(shape)
                                     if d == 1 and gshape[lead + i] != 1]
@@ -127,22 +186,11 @@ class Builder:
         """Reshape a gradient to a static shape, recording it (a 0 in ``shape`` is an empty axis,
         not "copy the input's size": allowzero)."""
         zero = {"allowzero": 1} if 0 in shape else {}
-        out = self.op("Reshape", g, self.ints(shape), **zero)
-        self.shapes[out] = tuple(shape)
-        return out
-
-    def binary(self, op: str, a: str, b: str, shape: Sequence[int] | None = None) -> str:
-        """An elementwise op whose result shape is known (recorded for later ``reduce_to``)."""
-        out = self.op(op, a, b)
-        sa, sb = self.shapes.get(a, ()), self.shapes.get(b, ())
-        self.shapes[out] = tuple(shape) if shape is not None else tuple(np.broadcast_shapes(sa, sb))
-        return out
+        return self.op("Reshape", g, self.ints(shape), **zero)
 
     def scalar(self, value: float) -> str:
         """A scalar constant of the gradient dtype."""
-        name = self.const(value)
-        self.shapes[name] = ()
-        return name
+        return self.const(value)
 
     def where(self, cond: str, g: str, other: str | None = None) -> str:
         """``g`` where ``cond`` holds, else ``other`` (zero by default); shape of ``g``.
@@ -155,14 +203,13 @@ class Builder:
         else:
             mask = self.op("Cast", cond, to=self.dtype)
             out = self.op("Mul", g, mask)
-        self.shapes[out] = self.shapes[g]
         return out
 
     def scatter_along_axis(self, g: str, src: np.ndarray, n_in: int, axis: int) -> str:
         """Add each position j of axis ``axis`` of ``g`` onto position ``src[j]`` of a tensor with
         ``n_in`` positions there: the transpose of a copy, in O(size) where the 0/1 matrix that
         ``along_axis`` would take has n_in x len(src) entries (7.7 GB for a 44k-sample Pad)."""
-        shape = list(self.shapes[g])
+        shape = list(self.shape(g))
         pre, post = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
         g3 = self.reshape(g, (pre, shape[axis], post))
         where = self.op("Expand", self.const(np.asarray(src, np.int64).reshape(1, -1, 1), dtype=np.int64),
@@ -173,12 +220,23 @@ class Builder:
 
     def along_axis(self, g: str, matrix: np.ndarray, axis: int) -> str:
         """Contract axis ``axis`` of ``g`` (length m) with ``matrix`` (n x m): a linear map per axis."""
-        shape = list(self.shapes[g])
+        shape = list(self.shape(g))
         pre, post = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
         g3 = self.reshape(g, (pre, shape[axis], post))
         out = self.op("Einsum", g3, self.const(matrix), equation="pmq,nm->pnq")
         shape[axis] = matrix.shape[0]
         return self.reshape(out, shape)
+
+
+@functools.lru_cache(maxsize=4096)
+def _tensor_type(dtype: int, shape: tuple[int, ...] | None) -> onnx.TypeProto:
+    """The TypeProto of a tensor (shared: a backward graph has few distinct shapes)."""
+    return helper.make_tensor_type_proto(dtype, shape)
+
+
+@functools.lru_cache(maxsize=512)
+def _schema(op: str, opset: int, domain: str) -> onnx.defs.OpSchema:
+    return onnx.defs.get_schema(op, opset, domain)
 
 
 @dataclass
@@ -253,11 +311,6 @@ Grads = list  # gradient tensor name (or None) of the leading inputs, in order; 
 Rule = Callable[[Builder, NodeView, list], Grads]
 
 
-def _set_shape(b: Builder, name: str, like: str) -> str:
-    b.shapes[name] = b.shapes[like]
-    return name
-
-
 def _window(n: NodeView, b: Builder) -> geometry.Window:
     """Geometry of a Conv/pool node (``geometry.window``, auto_pad resolved on the known sizes)."""
     xs = b.shape(n.inputs[0])[2:]
@@ -288,7 +341,6 @@ def _scatter_window(b: Builder, g: str, w: str, group: int, n: NodeView) -> str:
             crop.append((-p0, (p0 + x) - f))  # Pad amounts: negative crops
         pads = [0, 0] + [c[0] for c in crop] + [0, 0] + [c[1] for c in crop]
         out = b.op("Pad", full, b.ints(pads))
-    b.shapes[out] = b.shape(n.inputs[0])
     return out
 
 

@@ -13,6 +13,7 @@ from onnx import helper
 
 from ..errors import DynamicShapeError, UnsupportedOpError
 from ..fields import IDENTITY, Span
+from . import geometry
 from .gradient import Builder, Grads, NodeView
 from .gradient import Rule as VJPRule
 from .transfer import (
@@ -381,13 +382,12 @@ def _transpose(b: Builder, n: NodeView, gys: list) -> Grads:
     perm = n.attr_ints("perm") or list(reversed(range(rank)))
     inverse = list(np.argsort(perm))
     out = b.op("Transpose", gys[0], perm=inverse)
-    b.shapes[out] = b.shape(n.inputs[0])
     return [out]
 
 
 def _expand(b: Builder, n: NodeView, gys: list) -> Grads:
     """Expand: sum over the broadcast axes."""
-    return [b.reduce_to(gys[0], b.shape(n.inputs[0])), None]
+    return [b.reduce_to(gys[0], b.shape(n.inputs[0]))]
 
 
 def _pad(b: Builder, n: NodeView, gys: list) -> Grads:
@@ -418,7 +418,6 @@ def _pad(b: Builder, n: NodeView, gys: list) -> Grads:
     if mode != "constant":
         return [_pad_copies(b, gys[0], xs, pads, COPYING_PADS[mode])]
     out = b.op("Pad", gys[0], b.ints([-p for p in pads]))
-    b.shapes[out] = xs
     return [out]
 
 
@@ -436,8 +435,7 @@ def _pad_copies(b: Builder, g: str, xs: Sequence[int], pads: Sequence[int],
         if before == 0 and after == 0:
             continue
         n_in = xs[axis]
-        src = np.pad(np.arange(n_in), (max(before, 0), max(after, 0)), mode=mode)
-        src = src[max(-before, 0): len(src) - max(-after, 0)]
+        src = geometry.pad_source(n_in, before, after, mode)
         if n_in * len(src) > DENSE_COPY_LIMIT:
             g = b.scatter_along_axis(g, src, n_in, axis)
             continue
@@ -483,7 +481,6 @@ def _slice(b: Builder, n: NodeView, gys: list) -> Grads:
                 return [b.zeros(xs)]
             pads[ax], pads[ax + rank] = int(i[0]), int(xs[ax] - 1 - i[-1])
         out = b.op("Pad", g, b.ints(pads))
-        b.shapes[out] = xs
         return [out]
     for ax, i in idx.items():
         m = np.zeros((xs[ax], len(i)))
@@ -503,7 +500,7 @@ def _gather(b: Builder, n: NodeView, gys: list) -> Grads:
     g = b.reshape(gys[0], xs[:ax] + (flat.size,) + xs[ax + 1:])
     m = np.zeros((xs[ax], flat.size))
     np.add.at(m, (flat, np.arange(flat.size)), 1.0)
-    return [b.along_axis(g, m, ax), None]
+    return [b.along_axis(g, m, ax)]
 
 
 def _concat(b: Builder, n: NodeView, gys: list) -> Grads:
@@ -512,8 +509,6 @@ def _concat(b: Builder, n: NodeView, gys: list) -> Grads:
     ax = n.attr_int("axis") % len(shapes[0])
     sizes = [s[ax] for s in shapes]
     parts = b.emit("Split", [gys[0], b.ints(sizes)], n_out=len(sizes), axis=ax)
-    for p, s in zip(parts, shapes):
-        b.shapes[p] = s
     return [p if b.is_active(x) else None for p, x in zip(parts, n.inputs)]
 
 
@@ -523,7 +518,6 @@ def _split(b: Builder, n: NodeView, gys: list) -> Grads:
     ax = n.attr_int("axis", 0) % len(xs)
     parts = [g if g is not None else b.zeros(b.shape(y)) for g, y in zip(gys, n.outputs)]
     out = b.op("Concat", *parts, axis=ax)
-    b.shapes[out] = xs
     return [out]
 
 

@@ -173,8 +173,6 @@ def _transpose_last2(b: Builder, t: str) -> str:
     else:
         rank = len(b.shape(t))
         out = b.op("Transpose", t, perm=list(range(rank - 2)) + [rank - 1, rank - 2])
-    s = b.shape(t)
-    b.shapes[out] = s[:-2] + (s[-1], s[-2])
     return out
 
 
@@ -194,13 +192,11 @@ def _matmul_gradient(b: Builder, n: NodeView, gys: list) -> Grads:
     g2 = b.reshape(g, gshape) if tuple(gshape) != b.shape(g) else g
     ga = gb = None
     if b.is_active(a):
-        ga = b.binary("MatMul", g2, _transpose_last2(b, c2),
-                      tuple(gshape[:-1]) + (b.shape(c2)[-2],))
+        ga = b.op("MatMul", g2, _transpose_last2(b, c2))
         ga = b.reduce_to(ga, b.shape(a2))
         ga = b.reshape(ga, sa) if len(sa) == 1 else ga
     if b.is_active(c):
-        gb = b.binary("MatMul", _transpose_last2(b, a2), g2,
-                      tuple(gshape[:-2]) + (b.shape(a2)[-1], gshape[-1]))
+        gb = b.op("MatMul", _transpose_last2(b, a2), g2)
         gb = b.reduce_to(gb, b.shape(c2))
         gb = b.reshape(gb, sc) if len(sc) == 1 else gb
     return [ga, gb]
@@ -212,24 +208,16 @@ def _gemm(b: Builder, n: NodeView, gys: list) -> Grads:
     ta, tb = n.attr_int("transA", 0), n.attr_int("transB", 0)
     a, c = n.inputs[0], n.inputs[1]
     g = gys[0]
-    out: Grads = [None] * len(n.inputs)
+    ga = gb = gc = None
     if b.is_active(a):
-        if not ta:
-            ga = b.op("Gemm", g, c, alpha=alpha, transB=1 - tb)
-        else:
-            ga = b.op("Gemm", c, g, alpha=alpha, transA=tb, transB=1)
-        b.shapes[ga] = b.shape(a)
-        out[0] = ga
+        ga = b.op("Gemm", g, c, alpha=alpha, transB=1 - tb) if not ta else \
+            b.op("Gemm", c, g, alpha=alpha, transA=tb, transB=1)
     if b.is_active(c):
-        if not tb:
-            gb = b.op("Gemm", a, g, alpha=alpha, transA=1 - ta)
-        else:
-            gb = b.op("Gemm", g, a, alpha=alpha, transA=1, transB=ta)
-        b.shapes[gb] = b.shape(c)
-        out[1] = gb
+        gb = b.op("Gemm", a, g, alpha=alpha, transA=1 - ta) if not tb else \
+            b.op("Gemm", g, a, alpha=alpha, transA=1, transB=ta)
     if len(n.inputs) > 2 and b.is_active(n.inputs[2]):
-        out[2] = b.reduce_to(b.binary("Mul", g, b.scalar(beta)), b.shape(n.inputs[2]))
-    return out
+        gc = b.reduce_to(b.op("Mul", g, b.scalar(beta)), b.shape(n.inputs[2]))
+    return [ga, gb, gc]
 
 
 def _einsum(b: Builder, n: NodeView, gys: list) -> Grads:
@@ -251,7 +239,6 @@ def _einsum(b: Builder, n: NodeView, gys: list) -> Grads:
             raise UnsupportedOpError(n.name, "Einsum", f"operand {k} sums a letter no other term has")
         eq = ",".join([out] + [t for _, t in others]) + "->" + term
         g = b.op("Einsum", gys[0], *[inp for inp, _ in others], equation=eq)
-        b.shapes[g] = b.shape(name)
         grads.append(g)
     return grads
 

@@ -11,7 +11,7 @@ import numpy as np
 from onnx import helper
 
 from ..errors import UnsupportedOpError
-from .gradient import Builder, Grads, NodeView, _set_shape, _square
+from .gradient import Builder, Grads, NodeView, _square
 from .gradient import Rule as VJPRule
 from .transfer import NodeContext, OutTransfer, Rule, Transfer, _norm_axis, mix_axes, pointwise, with_sizes
 
@@ -69,11 +69,9 @@ def _softmax(b: Builder, n: NodeView, gys: list) -> Grads:
     y, g = n.outputs[0], gys[0]
     ax = n.attr_int("axis", -1) % len(b.shape(y))
     y = b.op("Where", b.op("IsNaN", y), b.scalar(0.0), y)
-    b.shapes[y] = b.shape(n.outputs[0])
-    gy = b.binary("Mul", g, y)
+    gy = b.op("Mul", g, y)
     s = b.op("ReduceSum", gy, b.ints([ax]), keepdims=1)
-    b.shapes[s] = tuple(1 if i == ax else d for i, d in enumerate(b.shape(y)))
-    return [b.binary("Mul", y, b.binary("Sub", g, s), b.shape(y))]
+    return [b.op("Mul", y, b.op("Sub", g, s))]
 
 
 def _log_softmax(b: Builder, n: NodeView, gys: list) -> Grads:
@@ -81,9 +79,8 @@ def _log_softmax(b: Builder, n: NodeView, gys: list) -> Grads:
     y, g = n.outputs[0], gys[0]
     ax = n.attr_int("axis", -1) % len(b.shape(y))
     s = b.op("ReduceSum", g, b.ints([ax]), keepdims=1)
-    b.shapes[s] = tuple(1 if i == ax else d for i, d in enumerate(b.shape(y)))
-    e = _set_shape(b, b.op("Exp", y), y)
-    return [b.binary("Sub", g, b.binary("Mul", e, s), b.shape(y))]
+    e = b.op("Exp", y)
+    return [b.op("Sub", g, b.op("Mul", e, s))]
 
 
 def _batch_norm(b: Builder, n: NodeView, gys: list) -> Grads:
@@ -100,8 +97,7 @@ def _batch_norm(b: Builder, n: NodeView, gys: list) -> Grads:
     else:
         factor = b.op("Div", n.inputs[1], b.op("Sqrt", b.op("Add", n.inputs[4], b.scalar(eps))))
         factor = b.op("Reshape", factor, b.ints(bshape))
-    b.shapes[factor] = tuple(bshape)
-    return [b.binary("Mul", gys[0], factor, xs)]
+    return [b.op("Mul", gys[0], factor)]
 
 
 def _lrn_window(channels: int, size: int) -> np.ndarray:
@@ -120,12 +116,12 @@ def _lrn(b: Builder, n: NodeView, gys: list) -> Grads:
     size = n.attr_int("size")
     alpha, beta, bias = n.attr_float("alpha", 1e-4), n.attr_float("beta", 0.75), n.attr_float("bias", 1.0)
     window = _lrn_window(xs[1], size).astype(helper.tensor_dtype_to_np_dtype(b.dtype))
-    square_sum = b.along_axis(b.binary("Mul", x, x, xs), window, 1)
-    d = b.binary("Add", b.binary("Mul", square_sum, b.scalar(alpha / size), xs), b.scalar(bias), xs)
-    direct = b.binary("Mul", gys[0], b.binary("Pow", d, b.scalar(-beta), xs), xs)
-    spread = b.along_axis(b.binary("Div", b.binary("Mul", gys[0], y, xs), d, xs), window.T.copy(), 1)
-    cross = b.binary("Mul", b.binary("Mul", x, spread, xs), b.scalar(2.0 * alpha * beta / size), xs)
-    return [b.binary("Sub", direct, cross, xs)]
+    square_sum = b.along_axis(b.op("Mul", x, x), window, 1)
+    d = b.op("Add", b.op("Mul", square_sum, b.scalar(alpha / size)), b.scalar(bias))
+    direct = b.op("Mul", gys[0], b.op("Pow", d, b.scalar(-beta)))
+    spread = b.along_axis(b.op("Div", b.op("Mul", gys[0], y), d), window.T.copy(), 1)
+    cross = b.op("Mul", b.op("Mul", x, spread), b.scalar(2.0 * alpha * beta / size))
+    return [b.op("Sub", direct, cross)]
 
 
 def _layer_norm(b: Builder, n: NodeView, gys: list) -> Grads:
@@ -136,17 +132,10 @@ def _layer_norm(b: Builder, n: NodeView, gys: list) -> Grads:
     x = n.inputs[0]
     xs = b.shape(x)
     ax = n.attr_int("axis", -1) % len(xs)
-    while len(n.node.output) < 3:
-        n.node.output.append("")
-    for i, hint in ((1, "ln_mean"), (2, "ln_invstd")):
-        if not n.node.output[i]:
-            n.node.output[i] = b.fresh(hint)
-    mean, inv = n.node.output[1], n.node.output[2]
+    mean, inv = b.optional_output(n.node, 1, "ln_mean"), b.optional_output(n.node, 2, "ln_invstd")
     axes = list(range(ax, len(xs)))
-    stat_shape = tuple(d if i < ax else 1 for i, d in enumerate(xs))
-    b.shapes[mean] = b.shapes[inv] = stat_shape
-    xhat = b.binary("Mul", b.binary("Sub", x, mean, xs), inv, xs)
-    gh = b.binary("Mul", gys[0], n.inputs[1], xs)
+    xhat = b.op("Mul", b.op("Sub", x, mean), inv)
+    gh = b.op("Mul", gys[0], n.inputs[1])
     return [_standardised(b, gh, xhat, inv, axes)]
 
 
@@ -156,10 +145,9 @@ def _standardised(b: Builder, gh: str, xhat: str, inv: str, axes: Sequence[int])
     xs = b.shape(gh)
     count = b.scalar(1.0 / math.prod(xs[a] for a in axes))
     m1 = b.op("Mul", b.op("ReduceSum", gh, b.ints(axes), keepdims=1), count)
-    m2 = b.op("Mul", b.op("ReduceSum", b.binary("Mul", gh, xhat, xs), b.ints(axes), keepdims=1), count)
-    b.shapes[m1] = b.shapes[m2] = tuple(1 if i in axes else d for i, d in enumerate(xs))
-    inner = b.binary("Sub", b.binary("Sub", gh, m1, xs), b.binary("Mul", xhat, m2, xs), xs)
-    return b.binary("Mul", inner, inv, xs)
+    m2 = b.op("Mul", b.op("ReduceSum", b.op("Mul", gh, xhat), b.ints(axes), keepdims=1), count)
+    inner = b.op("Sub", b.op("Sub", gh, m1), b.op("Mul", xhat, m2))
+    return b.op("Mul", inner, inv)
 
 
 def _moments(b: Builder, x: str, axes: Sequence[int], eps: float, eps_on_std: bool = False) -> tuple[str, str]:
@@ -172,15 +160,14 @@ def _moments(b: Builder, x: str, axes: Sequence[int], eps: float, eps_on_std: bo
         inv = b.op("Reciprocal", b.op("Add", b.op("Sqrt", var), b.scalar(eps)))
     else:
         inv = b.op("Reciprocal", b.op("Sqrt", b.op("Add", var, b.scalar(eps))))
-    b.shapes[inv] = tuple(1 if i in axes else d for i, d in enumerate(xs))
-    return b.binary("Mul", centred, inv, xs), inv
+    return b.op("Mul", centred, inv), inv
 
 
 def _channel_scaled(b: Builder, g: str, scale: str, channels: int) -> str:
     """g times a per-channel (axis 1) scale of length ``channels``."""
     xs = b.shape(g)
     s = b.reshape(scale, [1, channels] + [1] * (len(xs) - 2))
-    return b.binary("Mul", g, s, xs)
+    return b.op("Mul", g, s)
 
 
 def _instance_norm(b: Builder, n: NodeView, gys: list) -> Grads:
@@ -190,7 +177,7 @@ def _instance_norm(b: Builder, n: NodeView, gys: list) -> Grads:
     axes = list(range(2, len(xs)))
     xhat, inv = _moments(b, x, axes, n.attr_float("epsilon", 1e-5))
     gh = _channel_scaled(b, gys[0], n.inputs[1], xs[1])
-    return [_standardised(b, gh, xhat, inv, axes), None, None]
+    return [_standardised(b, gh, xhat, inv, axes)]
 
 
 def _group_norm(b: Builder, n: NodeView, gys: list) -> Grads:
@@ -206,7 +193,7 @@ def _group_norm(b: Builder, n: NodeView, gys: list) -> Grads:
     gh = _channel_scaled(b, gys[0], scale, xs[1])
     grouped = (xs[0], groups, math.prod(xs[1:]) // groups)
     xhat, inv = _moments(b, b.reshape(x, grouped), [2], n.attr_float("epsilon", 1e-5))
-    return [b.reshape(_standardised(b, b.reshape(gh, grouped), xhat, inv, [2]), xs), None, None]
+    return [b.reshape(_standardised(b, b.reshape(gh, grouped), xhat, inv, [2]), xs)]
 
 
 def _mean_variance_norm(b: Builder, n: NodeView, gys: list) -> Grads:
@@ -232,8 +219,8 @@ def _lp_norm(b: Builder, n: NodeView, gys: list) -> Grads:
         norm, w = b.op("Sqrt", b.op("ReduceSum", _square(b, x), b.ints([axis]), keepdims=1)), y
     else:
         norm, w = b.op("ReduceSum", b.op("Abs", x), b.ints([axis]), keepdims=1), b.op("Sign", x)
-    dot = b.op("ReduceSum", b.binary("Mul", g, y, xs), b.ints([axis]), keepdims=1)
-    return [b.binary("Div", b.binary("Sub", g, b.op("Mul", w, dot), xs), norm, xs)]
+    dot = b.op("ReduceSum", b.op("Mul", g, y), b.ints([axis]), keepdims=1)
+    return [b.op("Div", b.op("Sub", g, b.op("Mul", w, dot)), norm)]
 
 
 # ---------------------------------------------------------------- the family's tables

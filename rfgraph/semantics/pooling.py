@@ -34,13 +34,10 @@ def _max_pool(b: Builder, n: NodeView, gys: list) -> Grads:
     """MaxPool: scatter-add the gradient to each window's argmax (the forward node's Indices)."""
     if n.attr("storage_order", 0):
         raise UnsupportedOpError(n.name, "MaxPool", "column-major storage_order")
-    if len(n.node.output) < 2 or not n.node.output[1]:
-        if len(n.node.output) < 2:
-            n.node.output.append("")
-        n.node.output[1] = b.fresh("maxpool_indices")
+    indices = b.optional_output(n.node, 1, "maxpool_indices")
     xs = b.shape(n.inputs[0])
     flat = b.op("ScatterElements", b.zeros([math.prod(xs)]),
-                b.op("Reshape", n.node.output[1], b.ints([-1])),
+                b.op("Reshape", indices, b.ints([-1])),
                 b.op("Reshape", gys[0], b.ints([-1])), axis=0, reduction="add")
     return [b.reshape(flat, xs)]
 
@@ -66,7 +63,7 @@ def _average_pool(b: Builder, n: NodeView, gys: list) -> Grads:
     kernel = geo.kernel
     xs, ys = b.shape(n.inputs[0]), b.shape(n.outputs[0])
     div = _pool_divisor(xs[2:], ys[2:], geo)
-    g = b.binary("Mul", gys[0], b.const(1.0 / div), ys)
+    g = b.op("Mul", gys[0], b.const(1.0 / div))
     channels = xs[1]
     ones = b.const(np.ones((channels, 1, *kernel)))
     return [_scatter_window(b, g, ones, channels, n)]
@@ -76,21 +73,20 @@ def _lp_pool(b: Builder, n: NodeView, gys: list) -> Grads:
     """LpPool, y = (sum |x|^p)^(1/p) per window: dx = |x|^(p-1) sign(x) * scatter(g * y^(1-p))."""
     p = float(n.attr_int("p", 2))
     x, y = n.inputs[0], n.outputs[0]
-    xs, ys = b.shape(x), b.shape(y)
+    xs = b.shape(x)
     zero = b.scalar(0.0)
     safe = b.op("Where", b.op("Greater", y, zero), b.op("Pow", y, b.scalar(1.0 - p)), zero)  # y = 0: no slope
-    g = b.binary("Mul", gys[0], safe, ys)
+    g = b.op("Mul", gys[0], safe)
     spread = _scatter_window(b, g, b.const(np.ones((xs[1], 1, *_window(n, b).kernel))), xs[1], n)
     slope = b.op("Mul", b.op("Pow", b.op("Abs", x), b.scalar(p - 1.0)), b.op("Sign", x))
-    return [b.binary("Mul", spread, slope, xs)]
+    return [b.op("Mul", spread, slope)]
 
 
 def _global_average_pool(b: Builder, n: NodeView, gys: list) -> Grads:
     """GlobalAveragePool: the gradient spread evenly over every spatial position."""
     xs = b.shape(n.inputs[0])
-    g = b.binary("Mul", gys[0], b.scalar(1.0 / math.prod(xs[2:])))
+    g = b.op("Mul", gys[0], b.scalar(1.0 / math.prod(xs[2:])))
     out = b.op("Expand", g, b.ints(xs))
-    b.shapes[out] = xs
     return [out]
 
 
@@ -102,7 +98,6 @@ def _global_max_pool(b: Builder, n: NodeView, gys: list) -> Grads:
     flat = (xs[0], xs[1], math.prod(xs[2:]))
     first = b.op("ArgMax", b.reshape(x, flat), axis=2, keepdims=1)
     out = b.op("ScatterElements", b.zeros(flat), first, b.reshape(gys[0], flat[:2] + (1,)), axis=2)
-    b.shapes[out] = flat
     return [b.reshape(out, xs)]
 
 
@@ -110,7 +105,7 @@ def _global_lp_pool(b: Builder, n: NodeView, gys: list) -> Grads:
     """GlobalLpPool, y = (sum over space |x|^p)^(1/p): g |x|^(p-1) sign(x) y^(1-p)."""
     x = n.inputs[0]
     d = _lp_derivative(b, x, n.outputs[0], float(n.attr_int("p", 2)))
-    return [b.binary("Mul", gys[0], d, b.shape(x))]
+    return [b.op("Mul", gys[0], d)]
 
 
 # ---------------------------------------------------------------- the family's tables

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from ..errors import UnsupportedOpError
-from .gradient import Builder, Derivative, Grads, NodeView, _lp_derivative, _set_shape
+from .gradient import Builder, Derivative, Grads, NodeView, _lp_derivative
 from .gradient import Rule as VJPRule
 from .transfer import NodeContext, Rule, Transfer, _norm_axis, mix_axes
 
@@ -39,7 +39,7 @@ def _top_k(b: Builder, n: NodeView, gys: list) -> Grads:
     xs = b.shape(n.inputs[0])
     g = b.op("ScatterElements", b.op("Expand", b.zeros([]), b.ints(xs)), n.node.output[1], gys[0],
              axis=n.attr_int("axis", -1) % len(xs), reduction="add")
-    return [_set_shape(b, g, n.inputs[0]), None]
+    return [g]
 
 
 def _reduce_axes(b: Builder, n: NodeView) -> list[int]:
@@ -64,9 +64,8 @@ def _reduce_sum(b: Builder, n: NodeView, gys: list) -> Grads:
     kept = [1 if i in axes else d for i, d in enumerate(xs)]
     g = b.reshape(gys[0], kept)
     if n.node.op_type == "ReduceMean":
-        g = b.binary("Mul", g, b.scalar(1.0 / max(math.prod(xs[a] for a in axes), 1)))
+        g = b.op("Mul", g, b.scalar(1.0 / max(math.prod(xs[a] for a in axes), 1)))
     out = b.op("Expand", g, b.ints(xs))
-    b.shapes[out] = xs
     return [out]
 
 
@@ -120,7 +119,7 @@ def _reduction(b: Builder, n: NodeView, gys: list) -> Grads:
         raise UnsupportedOpError(n.name, n.node.op_type, "noop_with_empty_axes with no axes")
     kept = [1 if i in axes else d for i, d in enumerate(xs)]
     d = REDUCTION_DERIVATIVES[n.node.op_type](b, n, x, b.reshape(n.outputs[0], kept))
-    return [b.binary("Mul", b.reshape(gys[0], kept), d, xs)]
+    return [b.op("Mul", b.reshape(gys[0], kept), d)]
 
 
 # ---------------------------------------------------------------- the family's tables

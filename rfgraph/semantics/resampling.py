@@ -13,7 +13,7 @@ from .. import budgets
 from ..errors import UnsupportedOpError
 from ..fields import Span
 from . import geometry
-from .gradient import Builder, Grads, NodeView, _one_plus, _set_shape
+from .gradient import Builder, Grads, NodeView, _one_plus
 from .gradient import Rule as VJPRule
 from .transfer import (
     Edge,
@@ -36,9 +36,10 @@ def _resize_index_span(ctx: NodeContext, axis: geometry.ResizeAxis) -> Span:
     (x_original is affine in the unit, so one period of taps describes every unit)."""
     if axis.scale <= 0:
         raise ctx.invalid(f"resize scale {axis.scale} must be positive")
-    if axis.how.coord == "tf_crop_and_resize":
-        raise ctx.unsupported("coordinate_transformation_mode 'tf_crop_and_resize' (roi)")
     period, advance = axis.period()
+    if axis.extrapolates():  # the border units break the period: one period spanning every unit
+        repeat = -(-(axis.out_size or 1) // period)
+        period, advance = repeat * period, repeat * advance
     budgets.RESIZE_PERIOD.check(period, f"node '{ctx.name}' ({ctx.op}): the exact span of scale {axis.scale}",
                                 "give the model a plausible output size")
     taps = [axis.taps(t) for t in range(period)]
@@ -56,11 +57,16 @@ def resize_rule(ctx: NodeContext) -> Transfer:
     how = geometry.resampling(ctx.op, ctx.opset, ctx.attrs, ctx.name)
     if how.antialias and any(s < 1 for s in scales):
         raise ctx.unsupported("antialiased downsampling (support depends on the filter width)")
+    roi = ctx.const(1) if how.coord == "tf_crop_and_resize" else None
+    if how.coord == "tf_crop_and_resize" and roi is None:
+        raise ctx.unsupported("tf_crop_and_resize without a constant roi")
     spans = []
     for t in range(2, ctx.rank(0)):
         in_size = in_shape[t] if in_shape else None
         out_size = out_shape[t] if out_shape else None
-        spans.append(_resize_index_span(ctx, geometry.ResizeAxis(how, scales[t], in_size, out_size)))
+        crop = geometry.resize_roi(ctx.attrs, roi, ctx.rank(0), t, ctx.name) if roi is not None \
+            else geometry.WHOLE_AXIS
+        spans.append(_resize_index_span(ctx, geometry.ResizeAxis(how, scales[t], in_size, out_size, crop)))
     return window(ctx, spans)
 
 
@@ -113,7 +119,6 @@ def _blocks_moved(b: Builder, g: str, moved: Sequence[int], perm: Sequence[int],
     """Transpose of reshape(x, split) -> transpose(perm) -> reshape(y): the gradient reshaped to
     the transposed ``moved`` shape, put back by the inverse permutation, reshaped to x."""
     back = b.op("Transpose", b.reshape(g, moved), perm=[int(i) for i in np.argsort(perm)])
-    b.shapes[back] = tuple(moved[i] for i in np.argsort(perm))
     return b.reshape(back, xs)
 
 
@@ -150,15 +155,12 @@ def _resize_matrix(n: NodeView, b: Builder, axis: int) -> np.ndarray:
     roi, scales, sizes = (b.value(n.inputs[i]) if len(n.inputs) > i and n.inputs[i] else None for i in range(1, 4))
     scale = geometry.resize_scales("Resize", 11, n.attrs, scales, sizes, xs, ys, n.name)[axis]
     how = geometry.resampling("Resize", 11, n.attrs, n.name)
-    window = (Fraction(0), Fraction(1))
-    if how.coord == "tf_crop_and_resize":
-        if roi is None:
-            raise UnsupportedOpError(n.name, "Resize", "tf_crop_and_resize with a roi computed at run time")
-        axes = [int(a) % len(xs) for a in n.attr_ints("axes") or range(len(xs))]
-        if axis in axes:
-            at, flat = axes.index(axis), np.asarray(roi, dtype=np.float64).reshape(-1)
-            window = (Fraction(float(flat[at])), Fraction(float(flat[len(axes) + at])))
-    return geometry.ResizeAxis(how, scale, xs[axis], ys[axis], window).matrix()
+    if how.coord != "tf_crop_and_resize":
+        return geometry.ResizeAxis(how, scale, xs[axis], ys[axis]).matrix()
+    if roi is None:
+        raise UnsupportedOpError(n.name, "Resize", "tf_crop_and_resize with a roi computed at run time")
+    crop = geometry.resize_roi(n.attrs, roi, len(xs), axis, n.name)
+    return geometry.ResizeAxis(how, scale, xs[axis], ys[axis], crop).matrix()
 
 
 def _resize(b: Builder, n: NodeView, gys: list) -> Grads:
@@ -173,7 +175,7 @@ def _resize(b: Builder, n: NodeView, gys: list) -> Grads:
             if not (xs[ax] == ys[ax] and np.allclose(m, np.eye(xs[ax]))):
                 g = b.along_axis(g, m.T, ax)
     if g == gys[0]:
-        g = _set_shape(b, b.op("Identity", g), gys[0])
+        g = b.op("Identity", g)
     return [g]
 
 
@@ -230,8 +232,7 @@ def _grid_sample(b: Builder, n: NodeView, gys: list) -> Grads:
         updates.append(g if weight is None else b.op("Mul", g, b.op("Reshape", weight, b.ints([batch, 1, outs]))))
     scattered = b.op("ScatterElements", b.zeros([batch, channels, h * w]), b.op("Concat", *indices, axis=2),
                      b.op("Concat", *updates, axis=2), axis=2, reduction="add")
-    b.shapes[scattered] = (batch, channels, h * w)
-    return [b.reshape(scattered, xs), None]
+    return [b.reshape(scattered, xs)]
 
 
 # ---------------------------------------------------------------- the family's tables

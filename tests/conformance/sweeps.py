@@ -38,6 +38,36 @@ def resize_cases() -> list[Case]:
     return out
 
 
+CROP_ROIS = {"inside": (0.2, 0.7), "outside": (-0.3, 1.4), "start": (-0.6, 0.5), "reversed": (0.8, 0.1)}
+
+
+def crop_resize_cases() -> list[Case]:
+    """Resize tf_crop_and_resize: nearest (each mode), linear and cubic over a constant roi
+    inside the input, past both ends (extrapolated units hold extrapolation_value), past one
+    end, and reversed; up and down; on x directly and after a 3x3 Conv."""
+    out = []
+    methods = [("nearest", n) for n in ("floor", "ceil", "round_prefer_floor", "round_prefer_ceil")] + \
+        [("linear", "floor"), ("cubic", "floor")]
+    for (mode, nm), (roi_name, (start, end)), (h, w), conv in itertools.product(
+            methods, CROP_ROIS.items(), [(7, 3), (2, 9)], (False, True)):
+        roi = np.array([0, 0, start, start / 2, 1, 1, end, end / 2 + 0.5], np.float32)
+        inits = {"roi": roi, "sizes": np.array([1, 2, h, w], np.int64)}
+        resize = helper.make_node("Resize", ["c" if conv else "x", "roi", "", "sizes"], ["y"], mode=mode,
+                                  nearest_mode=nm, coordinate_transformation_mode="tf_crop_and_resize",
+                                  extrapolation_value=2.5)
+        nodes = [resize]
+        if conv:
+            inits["w"] = np.random.default_rng(1).standard_normal((2, 2, 3, 3)).astype(np.float32)
+            nodes.insert(0, helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]))
+        graph = helper.make_graph(nodes, "crop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, 2, 5, 6))],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                                  [numpy_helper.from_array(v, k) for k, v in inits.items()])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+        name = f"sweep_resize_crop_{mode}_{nm}_{roi_name}_{h}x{w}" + ("_after_conv" if conv else "")
+        out.append(Case(name, "Resize", model, "x", _x((1, 2, 5, 6))))
+    return out
+
+
 def pad_cases() -> list[Case]:
     """Pad in every mode, with pads larger than one and negative."""
     out = []
@@ -96,4 +126,4 @@ def batch_norm_cases() -> list[Case]:
 
 def sweep_cases() -> list[Case]:
     """Every sweep."""
-    return resize_cases() + pad_cases() + [pad_chain(c) for c in PAD_CHAINS] + batch_norm_cases()
+    return resize_cases() + crop_resize_cases() + pad_cases() + [pad_chain(c) for c in PAD_CHAINS] + batch_norm_cases()
