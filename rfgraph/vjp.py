@@ -344,11 +344,12 @@ def _assemble(model: onnx.ModelProto, forward: list[onnx.NodeProto], b: Builder,
 
 def session(vjp: VJPGraph, providers: Sequence[str] | None = None, threads: int = 0,
             config: dict[str, str] | None = None) -> object:
-    """An onnxruntime session for a VJP graph: graph optimisation ALL, the best provider present;
-    ``config``: extra session config entries (e.g. {"session.intra_op.allow_spinning": "0"})."""
+    """An onnxruntime session for a VJP graph: graph optimisation ALL, the best provider present,
+    lean on memory (``runtime.session``); ``config``: extra session config entries (e.g.
+    {"session.intra_op.allow_spinning": "0"})."""
     try:
         return runtime.session(vjp.model, runtime.best_providers() if providers is None else providers,
-                               threads=threads, config=config)
+                               threads=threads, config=config, lean=True)
     except Exception as exc:
         raise VJPError(f"onnxruntime could not load the gradient graph: {exc}") from exc
 

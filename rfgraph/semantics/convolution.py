@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from onnx import helper
 
 from ..errors import UnsupportedOpError
 from ..fields import Span
@@ -69,12 +68,22 @@ def conv_transpose_rule(ctx: NodeContext) -> Transfer:
 # ---------------------------------------------------------------- gradient (VJP) rules
 
 
-def _flipped_kernel(w: np.ndarray, group: int) -> np.ndarray:
-    """Weights of the stride-1 Conv that equals the transpose of Conv(w): swap in/out, flip space."""
-    cout, cin_g = w.shape[:2]
-    ws = w.reshape(group, cout // group, cin_g, *w.shape[2:])
-    ws = np.swapaxes(ws, 1, 2).reshape(group * cin_g, cout // group, *w.shape[2:])
-    return np.ascontiguousarray(np.flip(ws, axis=tuple(range(2, w.ndim))))
+def _flipped_kernel(b: Builder, w: str, group: int) -> str:
+    """Weights of the stride-1 Conv that equals the transpose of Conv(w): in/out channels swapped
+    per group, spatial axes reversed; emitted as nodes on ``w`` (Reshape, Transpose, Slice), which
+    onnxruntime folds into one constant at load, so the graph carries each weight once."""
+    shape = b.shape(w)
+    cout, cin_g, space = shape[0], shape[1], list(shape[2:])
+    rank = len(space)
+    if group == 1:
+        swapped = b.op("Transpose", w, perm=[1, 0, *range(2, 2 + rank)])
+    else:
+        ws = b.reshape(w, (group, cout // group, cin_g, *space))
+        ws = b.op("Transpose", ws, perm=[0, 2, 1, *range(3, 3 + rank)])
+        swapped = b.reshape(ws, (group * cin_g, cout // group, *space))
+    axes = list(range(2, 2 + rank))
+    big = np.iinfo(np.int64).max
+    return b.op("Slice", swapped, b.ints([-1] * rank), b.ints([-big] * rank), b.ints(axes), b.ints([-1] * rank))
 
 
 def _conv(b: Builder, n: NodeView, gys: list) -> Grads:
@@ -86,14 +95,14 @@ def _conv(b: Builder, n: NodeView, gys: list) -> Grads:
     group = n.attr_int("group", 1)
     geo = _window(n, b)
     strides, dil, pb = geo.strides, geo.dilations, geo.pads_begin
-    w = b.value(n.inputs[1])
+    constant = n.inputs[1] in b.initializers or b.value(n.inputs[1]) is not None
     xs, ys = b.shape(n.inputs[0])[2:], b.shape(n.outputs[0])[2:]
     k_eff = [a.k_eff for a in geo.axes]
-    if w is not None and all(s == 1 for s in strides):
+    if constant and all(s == 1 for s in strides):
         new_pb = [k - 1 - p for k, p in zip(k_eff, pb)]
         new_pe = [x - y - q + k - 1 for x, y, q, k in zip(xs, ys, new_pb, k_eff)]
         if all(p >= 0 for p in new_pb + new_pe):
-            wf = b.const(_flipped_kernel(w.astype(helper.tensor_dtype_to_np_dtype(b.dtype)), group))
+            wf = _flipped_kernel(b, n.inputs[1], group)
             out = b.op("Conv", gys[0], wf, dilations=dil, pads=new_pb + new_pe, group=group)
             return [out]
     return [_scatter_window(b, gys[0], n.inputs[1], group, n)]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
-
 from ..errors import UnsupportedOpError
 from ..fields import BROADCAST, Span
 from .gradient import Builder, Grads, NodeView, _quantized
@@ -166,13 +164,10 @@ def einsum_rule(ctx: NodeContext) -> Transfer:
 
 
 def _transpose_last2(b: Builder, t: str) -> str:
-    """A tensor with its last two axes swapped (a constant is transposed at build time)."""
-    v = b.value(t)
-    if v is not None:
-        out = b.const(np.ascontiguousarray(np.swapaxes(v, -1, -2)), dtype=v.dtype)
-    else:
-        rank = len(b.shape(t))
-        out = b.op("Transpose", t, perm=list(range(rank - 2)) + [rank - 1, rank - 2])
+    """A tensor with its last two axes swapped: a Transpose node, which onnxruntime folds into a
+    constant at load when ``t`` is one (a weight), so the graph carries each weight once."""
+    rank = len(b.shape(t))
+    out = b.op("Transpose", t, perm=list(range(rank - 2)) + [rank - 1, rank - 2])
     return out
 
 
