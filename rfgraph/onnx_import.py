@@ -905,17 +905,32 @@ def _search_smallest_size(base: onnx.ModelProto, name: str, shape: Sequence[int]
 
 def shapes_only(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy without the data of big float initializers (weights, never shape arithmetic), for
-    the many shape inferences of a search; the weights are left out of the copy, never copied."""
-    stash = {}
-    for i, init in enumerate(model.graph.initializer):
-        if init.data_type in FLOAT_TYPES and init.HasField("raw_data") and math.prod(init.dims) > BIG_WEIGHT:
-            stash[i] = init.raw_data
-            init.ClearField("raw_data")
-    try:
-        return _copy(model)
-    finally:
-        for i, raw in stash.items():
-            model.graph.initializer[i].raw_data = raw
+    the many shape inferences of a search; built field by field, so the weights are neither copied
+    nor touched in ``model`` (reading and re-setting their bytes costs their size twice in upb)."""
+    light = onnx.ModelProto()
+    _copy_fields(light, model, skip="graph")
+    _copy_fields(light.graph, model.graph, skip="initializer")
+    for init in model.graph.initializer:
+        if init.data_type in FLOAT_TYPES and math.prod(init.dims) > BIG_WEIGHT:
+            light.graph.initializer.add(name=init.name, dims=init.dims, data_type=init.data_type)
+        else:
+            light.graph.initializer.append(init)
+    return light
+
+
+def _copy_fields(dst: onnx.ModelProto | onnx.GraphProto, src: onnx.ModelProto | onnx.GraphProto,
+                 skip: str) -> None:
+    """Copy every set field of ``src`` into ``dst`` except ``skip`` (protobuf copies are deep)."""
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        target = getattr(dst, fd.name)
+        if hasattr(target, "extend"):  # repeated
+            target.extend(value)
+        elif hasattr(target, "CopyFrom"):  # message
+            target.CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
 
 
 def static_shapes_and_types(model: onnx.ModelProto) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
