@@ -169,6 +169,8 @@ def plan(model: onnx.ModelProto, analysis: Analysis, output: str, target: Target
     """The crop, the crop model and its (seeded) unit for ``target`` of tensor ``output`` (the
     seeded tensor ``seeded.output`` is ``output`` or a head on it, in ``model``), or why the
     full image is used; ``cache`` keeps the crop model and its analysis per crop shape."""
+    if output not in analysis:
+        return f"'{output}' has no TRF (the analysis did not reach it)"
     ep = analysis[output]
     reason = why_not_local(ep)
     if reason is not None or target.region is None:
@@ -201,11 +203,37 @@ def _crop_model(model: onnx.ModelProto, analysis: Analysis, opts: ModelOptions,
     from .erf import _output_shape, _sort_nodes
     from .onnx_import import load_model
 
-    crop_model = load_model(model, {analysis.input_name: crop_shape})
+    crop_model = load_model(pruned(model, seeded), {analysis.input_name: crop_shape})
     _sort_nodes(crop_model.graph)
     crop_analysis = analyze(crop_model, options=replace(opts, input_shapes={}, input_name=analysis.input_name,
                                                         fill={}, layout=analysis.layout or opts.layout))
     return crop_model, crop_analysis, _output_shape(crop_model, seeded, analysis.input_name, crop_shape)
+
+
+def pruned(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
+    """A copy of ``model`` holding only the nodes ``output`` depends on, ``output`` its only
+    output: what follows it (a head, a positional table, a Reshape to the full size) plays no
+    part in the unit's value and need not run at the crop's size."""
+    from .vjp import ancestors
+
+    keep = ancestors(model, output)
+    known = {v.name: v for v in (*model.graph.value_info, *model.graph.output, *model.graph.input)}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(keep)
+    used = {t for n in keep for t in n.input} | {t for n in keep for a in n.attribute if a.type == onnx.AttributeProto.GRAPH
+                                                for m in a.g.node for t in m.input}
+    dropped = {i.name for i in out.graph.initializer} - used
+    for field in (out.graph.initializer, out.graph.input):  # old IRs list initializers as inputs
+        kept = [v for v in field if v.name not in dropped]
+        del field[:]
+        field.extend(kept)
+    elem = known[output].type.tensor_type.elem_type if output in known else onnx.TensorProto.FLOAT
+    del out.graph.output[:]
+    out.graph.output.append(onnx.helper.make_tensor_value_info(output, elem, None))
+    del out.graph.value_info[:]
+    return out
 
 
 def with_weights(crop_model: onnx.ModelProto, weights: onnx.ModelProto) -> onnx.ModelProto:

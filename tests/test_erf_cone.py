@@ -275,3 +275,26 @@ def test_crop_take_place_round_trip() -> None:
     assert back.shape == x.shape
     np.testing.assert_array_equal(back[:, :, 2:6, 4:9], x[:, :, 2:6, 4:9])
     assert back.sum() == x[:, :, 2:6, 4:9].sum()
+
+
+def test_replknet_preset_on_images(tmp_path: object) -> None:
+    """RepLKNet's conventions (a Relu head appended to the seeded tensor, relu aggregation) over
+    a folder of images: each image is loaded at the full size and cropped, so the cone's map
+    equals the full image's; the crop model carries the Relu head."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from rfgraph.erf_conventions import REPLKNET
+
+    folder = Path(str(tmp_path))
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (50, 60, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    g = G((40, 40), channels=3, seed=11)
+    model = g.model(g.conv(g.relu(g.conv("x", 3, 2, pads=[1] * 4)), 3, pads=[1] * 4))
+    kw = {"runs": 3, "conventions": REPLKNET, "inputs": str(folder), "units": [(3, 16)]}
+    coned = compute_erfs(model, region="auto", **kw)  # type: ignore[arg-type]
+    full = compute_erfs(model, region="full", **kw)  # type: ignore[arg-type]
+    _close(coned[0].erf, full[0].erf)
+    assert any("unit's cone" in n for n in coned[0].notes), coned[0].notes
