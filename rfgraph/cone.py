@@ -222,8 +222,8 @@ def pruned(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
     out.CopyFrom(model)
     del out.graph.node[:]
     out.graph.node.extend(keep)
-    used = {t for n in keep for t in n.input} | {t for n in keep for a in n.attribute if a.type == onnx.AttributeProto.GRAPH
-                                                for m in a.g.node for t in m.input}
+    subgraphs = [a.g for n in keep for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
+    used = {t for n in keep for t in n.input} | {t for g in subgraphs for m in g.node for t in m.input}
     dropped = {i.name for i in out.graph.initializer} - used
     for field in (out.graph.initializer, out.graph.input):  # old IRs list initializers as inputs
         kept = [v for v in field if v.name not in dropped]
