@@ -298,3 +298,17 @@ def test_replknet_preset_on_images(tmp_path: object) -> None:
     full = compute_erfs(model, region="full", **kw)  # type: ignore[arg-type]
     _close(coned[0].erf, full[0].erf)
     assert any("unit's cone" in n for n in coned[0].notes), coned[0].notes
+
+
+def test_later_nodes_do_not_block_the_cone() -> None:
+    """A Reshape to the full size *after* the seeded tensor (a detection head's flatten) cannot
+    run at the crop's size, but plays no part in the unit: the crop model holds only the
+    seeded tensor's ancestors, so the cone is used, and equals the full image."""
+    g = G((32, 32), seed=12)
+    feat = g.conv(g.relu(g.conv("x", 3, pads=[1] * 4)), 3, pads=[1] * 4)
+    head = g.node("Reshape", [feat, g._init(np.array([1, 2 * 32 * 32]))])
+    model = g.model([head, feat])
+    kw = {"runs": 2, "absolute": False, "units": [(16, 16)]}
+    coned = compute_erfs(model, feat, region="cone", **kw)  # type: ignore[arg-type]
+    full = compute_erfs(model, feat, region="full", **kw)  # type: ignore[arg-type]
+    _close(coned[0].erf, full[0].erf)
