@@ -540,8 +540,9 @@ def _cones(region: Region, method: Method, model: onnx.ModelProto, analysis: Ana
         if isinstance(p, str):
             why_full.setdefault(p, []).append(t)
     notes = [f"computed on the full image{_which(ts, len(targets))}: {why}" for why, ts in why_full.items()]
-    if region is Region.CONE and notes:
-        raise RFGraphError(f"--region cone: {notes[0]}")
+    refused = [n for n, why in zip(notes, why_full) if why != cone_mod.COVERS]
+    if region is Region.CONE and refused:
+        raise RFGraphError(f"--region cone: {refused[0]}")
     return cone_mod.group(plans), notes
 
 

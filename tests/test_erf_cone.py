@@ -312,3 +312,45 @@ def test_later_nodes_do_not_block_the_cone() -> None:
     coned = compute_erfs(model, feat, region="cone", **kw)  # type: ignore[arg-type]
     full = compute_erfs(model, feat, region="full", **kw)  # type: ignore[arg-type]
     _close(coned[0].erf, full[0].erf)
+
+
+def _nhwc_model() -> onnx.ModelProto:
+    """An NHWC input (Keras/TF export): Transpose to NCHW, then a strided conv chain."""
+    from onnx import helper
+
+    g = G((30, 26), channels=3, seed=13)
+    g.input = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 30, 26, 3])
+    g.channels["x"] = 3
+    nchw = g.node("Transpose", ["x"], 3, perm=[0, 3, 1, 2])
+    return g.model(g.conv(g.relu(g.conv(nchw, 3, 2, pads=[1] * 4)), 3, pads=[1] * 4))
+
+
+def test_nhwc_input_is_cropped_along_its_spatial_axes() -> None:
+    """The crop slices the input's own spatial axes (1 and 2 for NHWC)."""
+    model = _nhwc_model()
+    units = [(7, 6), (0, 12), (14, 0)]
+    coned, full = _both(model, units)
+    for c, f in zip(coned, full):
+        _close(c.erf, f.erf)
+    assert sum("unit's cone" in n for n in coned[0].notes) == 3, coned[0].notes
+
+
+def test_one_dimensional_signal() -> None:
+    """A 1-D (audio-like) chain: centre and both ends on their cones."""
+    g = G((200,), seed=14)
+    x = g.relu(g.conv("x", 5, 2, pads=[2, 2]))
+    model = g.model(g.conv(g.relu(g.conv(x, 3, 1, pads=[2, 2], d=2)), 3, 2, pads=[1, 1]))
+    units = [(25,), (0,), (49,)]
+    coned, full = _both(model, units)
+    for c, f in zip(coned, full):
+        _close(c.erf, f.erf)
+    assert sum("unit's cone" in n for n in coned[0].notes) == 3, coned[0].notes
+
+
+def test_field_covering_the_input_is_its_own_cone() -> None:
+    """A unit whose field covers the input: the full image is its cone, so region='cone' runs
+    it (no refusal) and says so."""
+    g = G((12, 12), seed=15)
+    model = g.model(g.conv(g.conv("x", 7, pads=[3] * 4), 7, pads=[3] * 4))
+    res = compute_erfs(model, runs=1, region="cone")
+    assert any("covers the input" in n for n in res[0].notes), res[0].notes
