@@ -238,10 +238,14 @@ def pruned(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
 
 def with_weights(crop_model: onnx.ModelProto, weights: onnx.ModelProto) -> onnx.ModelProto:
     """``crop_model`` with the initializers of ``weights`` (a re-initialised full model) of the
-    same name and shape: both models then compute with the same weights."""
+    same name and shape (weights held by Constant nodes made initializers first, as
+    ``inputs.reinitialise`` does): both models then compute with the same weights."""
+    from .inputs import weight_constants_to_initializers
+
     drawn = {i.name: i for i in weights.graph.initializer}
     out = onnx.ModelProto()
     out.CopyFrom(crop_model)
+    weight_constants_to_initializers(out)  # as ``reinitialise`` does to the full model
     for init in out.graph.initializer:
         new = drawn.get(init.name)
         if new is not None and list(new.dims) == list(init.dims) and new.data_type == init.data_type:

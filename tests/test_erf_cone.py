@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import helper
 
 from rfgraph import analyze, cone
 from rfgraph.cli import main
@@ -316,8 +317,6 @@ def test_later_nodes_do_not_block_the_cone() -> None:
 
 def _nhwc_model() -> onnx.ModelProto:
     """An NHWC input (Keras/TF export): Transpose to NCHW, then a strided conv chain."""
-    from onnx import helper
-
     g = G((30, 26), channels=3, seed=13)
     g.input = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 30, 26, 3])
     g.channels["x"] = 3
@@ -354,3 +353,32 @@ def test_field_covering_the_input_is_its_own_cone() -> None:
     model = g.model(g.conv(g.conv("x", 7, pads=[3] * 4), 7, pads=[3] * 4))
     res = compute_erfs(model, runs=1, region="cone")
     assert any("covers the input" in n for n in res[0].notes), res[0].notes
+
+
+def test_constant_node_weights_redrawn_alike() -> None:
+    """Weights held by Constant nodes (Paddle exports) become initializers when redrawn; the
+    crop model gets the same treatment, so --reinit he keeps the cone and its map."""
+    model, _ = strided_dilated()
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes = [helper.make_node("Constant", [], [name], value=inits[name]) for name in inits]
+    nodes += list(model.graph.node)
+    del model.graph.initializer[:]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    coned, full = _both(model, [_units(model)["centre"]], reinit="he", weight_runs=2)
+    _close(coned[0].erf, full[0].erf)
+    assert any("unit's cone" in n for n in coned[0].notes), coned[0].notes
+
+
+def test_flattened_token_axis() -> None:
+    """A feature map flattened to tokens (Reshape to (N, C, H*W), Transpose: a detector's or
+    ViT's layout): the token index maps to the crop model's token of the same region."""
+    g = G((24, 20), seed=16)
+    y = g.conv(g.relu(g.conv("x", 3, 2, pads=[1] * 4)), 3, pads=[1] * 4)
+    tokens = g.node("Transpose", [g.node("Reshape", [y, g._init(np.array([0, 2, -1]))])], perm=[0, 2, 1])
+    model = g.model(tokens)
+    units = [(5 * 10 + 4,), (0,), (11 * 10 + 9,)]  # centre-ish, first, last of the 12x10 grid
+    coned, full = _both(model, units)
+    for c, f in zip(coned, full):
+        _close(c.erf, f.erf)
+    assert sum("unit's cone" in n for n in coned[0].notes) == 3, coned[0].notes
