@@ -493,6 +493,7 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
     batch = batch or auto_batch(full_shape, providers)
     if len(units) > 1 and method_e is Method.GRAD:  # one backward per up to MOST_UNITS units
         batch = max(batch, min(len(units), MOST_UNITS))
+    t0 = time.perf_counter()  # the cones' planning and check included
     seeded = tuple(replace(t, output=plan.output, channel=plan.channel) for t in targets)
     cones, cone_notes = _cones(region_e, method_e, plan.model, analysis, output, targets, seeded,  # type: ignore[arg-type]
                                tuple(full_shape), opts)
@@ -502,7 +503,6 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
                       threads or erf_parallel.threads_per_worker(workers, scheduler), cones)
     sampler, guard_notes = _guard(sampler, region_e)
     notes += cone_notes + guard_notes
-    t0 = time.perf_counter()
     sums = erf_parallel.sample_sums(sampler, weight_runs, runs, workers, scheduler, progress,
                                     fd_budget)
     notes += provider_notes + erf_parallel.provider_notes(sums.providers)
