@@ -501,7 +501,7 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
                       input_name, tuple(full_shape), tuple(spatial), batch, kind, folder,
                       tuple(mean), tuple(std), conv, plan.scale, seed, fd_step, providers,
                       threads or erf_parallel.threads_per_worker(workers, scheduler), cones)
-    sampler, guard_notes = _guard(sampler, region_e)
+    sampler, guard_notes = _guard(sampler, region_e, fd_budget)
     notes += cone_notes + guard_notes
     sums = erf_parallel.sample_sums(sampler, weight_runs, runs, workers, scheduler, progress,
                                     fd_budget)
@@ -528,9 +528,8 @@ def _cones(region: Region, method: Method, model: onnx.ModelProto, analysis: Ana
     why (``Region.CONE``: an error instead)."""
     if region is Region.FULL:
         return (), []
-    if method is not Method.GRAD or analysis is None:
-        why = "the cone is used with --method grad only" if analysis else "there is no TRF pass"
-        plans: list[Any] = [why] * len(targets)
+    if analysis is None:
+        plans: list[Any] = ["there is no TRF pass"] * len(targets)
     else:
         cache: dict[tuple[int, ...], Any] = {}
         plans = [cone_mod.plan(model, analysis, output, t, s, full_shape, opts, cache)
@@ -553,13 +552,18 @@ def _which(targets: Sequence[Target], total: int) -> str:
     return " for unit " + ", ".join(str(tuple(t.unit)) for t in targets)
 
 
-def _guard(sampler: Sampler, region: Region) -> tuple[Sampler, list[str]]:
+def _guard(sampler: Sampler, region: Region, fd_budget: float) -> tuple[Sampler, list[str]]:
     """Each cone checked on the first input of the first weight draw against the full image
     (``cone.GUARD_TOLERANCE`` of max |g|): one that differs is dropped (its units use the full
-    image), or refused under ``Region.CONE``; notes say which ran where."""
+    image), or refused under ``Region.CONE``; notes say which ran where.  Finite differences
+    on the full image are refused first when that one input is over ``fd_budget``."""
     if not sampler.cones:
         return sampler, []
     full = replace(sampler, cones=()).engine(0)
+    for e in full.engines:
+        if isinstance(e, FDEngine):
+            e.check_cost(len(full.engines), fd_budget)
+            break
     x = sampler.first_input(full.dtype)
     g_full, g_cone = full(x), sampler.engine(0)(x)
     kept, notes = [], []

@@ -382,3 +382,29 @@ def test_flattened_token_axis() -> None:
     for c, f in zip(coned, full):
         _close(c.erf, f.erf)
     assert sum("unit's cone" in n for n in coned[0].notes) == 3, coned[0].notes
+
+
+def test_finite_differences_on_the_cone() -> None:
+    """--method fd perturbs the unit's field on the crop (each forward costs the crop): the
+    same map as the full image's finite differences, the guard run with them."""
+    model, _ = strided_dilated()
+    units = list(_units(model).values())
+    coned, full = _both(model, units, method="fd")
+    for c, f in zip(coned, full):
+        _close(c.erf, f.erf)
+    assert sum("unit's cone" in n for n in coned[0].notes) == 3, coned[0].notes
+
+
+def test_finite_differences_guard_within_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard's finite differences on the full image are estimated first: over the budget
+    they are refused before any gradient is computed, saying so."""
+    from rfgraph.finite_diff import FiniteDifference
+
+    computed = []
+    gradient = FiniteDifference.gradient
+    monkeypatch.setattr(FiniteDifference, "gradient",
+                        lambda self, *a, **k: computed.append(1) or gradient(self, *a, **k))
+    model, _ = strided_dilated()
+    with pytest.raises(RFGraphError, match="over the budget"):
+        compute_erfs(model, runs=1, method="fd", region="auto", fd_budget=1e-6)
+    assert not computed
