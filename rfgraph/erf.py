@@ -565,7 +565,14 @@ def _guard(sampler: Sampler, region: Region, fd_budget: float) -> tuple[Sampler,
             e.check_cost(len(full.engines), fd_budget)
             break
     x = sampler.first_input(full.dtype)
-    g_full, g_cone = full(x), sampler.engine(0)(x)
+    g_full = full(x)
+    try:
+        g_cone = sampler.engine(0)(x)
+    except Exception as exc:  # noqa: BLE001 - the gradient graph at a crop's size: the full image
+        why = f"computed on the full image: the gradient graph at the crop's size failed ({exc})".splitlines()[0]
+        if region is Region.CONE:
+            raise RFGraphError(f"--region cone: {why}") from None
+        return replace(sampler, cones=()), [why]
     kept, notes = [], []
     for c in sampler.cones:
         which = _which([sampler.targets[k] for k in c.units], len(sampler.targets))

@@ -408,3 +408,23 @@ def test_finite_differences_guard_within_the_budget(monkeypatch: pytest.MonkeyPa
     with pytest.raises(RFGraphError, match="over the budget"):
         compute_erfs(model, runs=1, method="fd", region="auto", fd_budget=1e-6)
     assert not computed
+
+
+def test_crop_engine_failure_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should the gradient graph fail at the crop's size only, the full image is used with a
+    note (region='cone': an error), never an internal error."""
+    from rfgraph import erf as erf_mod
+
+    model, _ = plain()
+    build = erf_mod.GradientEngine.__init__
+
+    def fail_on_crops(self, model, target, input_name, input_shape, *a, **k):  # type: ignore[no-untyped-def]
+        if input_shape[2:] != (40, 40):
+            raise ValueError("no kernel at this size")
+        build(self, model, target, input_name, input_shape, *a, **k)
+
+    monkeypatch.setattr(erf_mod.GradientEngine, "__init__", fail_on_crops)
+    coned = compute_erfs(model, runs=1, region="auto")
+    assert any("at the crop's size failed (no kernel at this size)" in n for n in coned[0].notes)
+    with pytest.raises(RFGraphError, match=r"--region cone: .*failed"):
+        compute_erfs(model, runs=1, region="cone")
