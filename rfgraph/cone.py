@@ -71,11 +71,12 @@ class Crop:
         return all(a == 0 and b == full_shape[ax] for ax, a, b in zip(self.axes, self.start, self.stop))
 
     def text(self, full_shape: Sequence[int]) -> str:
-        """'rows 56:160, columns 56:160 of 224x224 (22% of the pixels)'."""
+        """'[56:152, 56:152] of 224x224 (18% of the pixels)' (two digits under 1%)."""
         size = [full_shape[ax] for ax in self.axes]
-        share = math.prod(b - a for a, b in zip(self.start, self.stop)) / max(math.prod(size), 1)
+        pct = 100 * math.prod(b - a for a, b in zip(self.start, self.stop)) / max(math.prod(size), 1)
         box = ", ".join(f"{a}:{b}" for a, b in zip(self.start, self.stop))
-        return f"[{box}] of {'x'.join(map(str, size))} ({100 * share:.0f}% of the pixels)"
+        return f"[{box}] of {'x'.join(map(str, size))} ({pct:.0f}% of the pixels)" if pct >= 1 else \
+            f"[{box}] of {'x'.join(map(str, size))} ({pct:.2g}% of the pixels)"
 
 
 @dataclass(frozen=True)
