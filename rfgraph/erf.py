@@ -501,7 +501,7 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
                       input_name, tuple(full_shape), tuple(spatial), batch, kind, folder,
                       tuple(mean), tuple(std), conv, plan.scale, seed, fd_step, providers,
                       threads or erf_parallel.threads_per_worker(workers, scheduler), cones)
-    sampler, guard_notes = _guard(sampler, region_e, fd_budget)
+    sampler, guard_notes = _guard(sampler, region_e, fd_budget, runs * weight_runs)
     notes += cone_notes + guard_notes
     sums = erf_parallel.sample_sums(sampler, weight_runs, runs, workers, scheduler, progress,
                                     fd_budget)
@@ -552,27 +552,28 @@ def _which(targets: Sequence[Target], total: int) -> str:
     return " for unit " + ", ".join(str(tuple(t.unit)) for t in targets)
 
 
-def _guard(sampler: Sampler, region: Region, fd_budget: float) -> tuple[Sampler, list[str]]:
+def _guard(sampler: Sampler, region: Region, fd_budget: float, inputs: int) -> tuple[Sampler, list[str]]:
     """Each cone checked on the first input of the first weight draw against the full image
     (``cone.GUARD_TOLERANCE`` of max |g|): one that differs is dropped (its units use the full
     image), or refused under ``Region.CONE``; notes say which ran where.  Finite differences
-    on the full image are refused first when that one input is over ``fd_budget``."""
+    are refused first when the run's ``inputs`` on the cones, or the check's one input on the
+    full image, are over ``fd_budget``."""
+    from .erf_parallel import check_fd_cost
+
     if not sampler.cones:
         return sampler, []
-    full = replace(sampler, cones=()).engine(0)
-    for e in full.engines:
-        if isinstance(e, FDEngine):
-            e.check_cost(len(full.engines), fd_budget)
-            break
-    x = sampler.first_input(full.dtype)
-    g_full = full(x)
     try:
-        g_cone = sampler.engine(0)(x)
+        coned = sampler.engine(0)
     except Exception as exc:  # noqa: BLE001 - the gradient graph at a crop's size: the full image
         why = f"computed on the full image: the gradient graph at the crop's size failed ({exc})".splitlines()[0]
         if region is Region.CONE:
             raise RFGraphError(f"--region cone: {why}") from None
         return replace(sampler, cones=()), [why]
+    full = replace(sampler, cones=()).engine(0)
+    check_fd_cost(coned, inputs, fd_budget)
+    check_fd_cost(full, 1, fd_budget)
+    x = sampler.first_input(full.dtype)
+    g_full, g_cone = full(x), coned(x)
     kept, notes = [], []
     for c in sampler.cones:
         which = _which([sampler.targets[k] for k in c.units], len(sampler.targets))

@@ -67,7 +67,7 @@ def sample_sums(sampler: Sampler, weight_runs: int, runs: int, workers: int, sch
     # built here only where needed (one process, or the finite differences' cost check)
     first = sampler.engine(0) if parts == 1 or sampler.method is Method.FD else None
     if first is not None:
-        _check_fd_cost(first, runs * weight_runs, fd_budget)
+        check_fd_cost(first, runs * weight_runs, fd_budget)
     todo = shards(weight_runs, runs, sampler.batch, parts)
     bar = _bar(first, runs * weight_runs, progress)
     if parts == 1:
@@ -95,7 +95,7 @@ def _bar(engine: UnitsEngine | ConeEngine | None, inputs: int, progress: bool) -
     return lambda n, close=False: bar(0, close)
 
 
-def _check_fd_cost(engine: UnitsEngine | ConeEngine, inputs: int, budget: float) -> None:
+def check_fd_cost(engine: UnitsEngine | ConeEngine, inputs: int, budget: float) -> None:
     """Finite differences are refused before they start when over ``budget`` seconds."""
     for e in engine.engines:
         if isinstance(e, FDEngine):
@@ -218,4 +218,4 @@ def provider_notes(providers: Sequence[str]) -> list[str]:
              "CUDA kernel run on the CPU provider; onnxruntime lists them at log level verbose)")]
 
 
-__all__ = ["Shard", "ShardSums", "sample_sums", "shards"]
+__all__ = ["Shard", "ShardSums", "check_fd_cost", "sample_sums", "shards"]
