@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
+from . import cone as cone_mod
 from . import erf_conventions as ec
 from . import runtime
 from . import vjp as vjp_mod
@@ -249,6 +250,14 @@ class GradientEngine:
         return out
 
 
+class Region(str, Enum):
+    """Which input the gradient is computed on (``rfgraph.cone``)."""
+
+    AUTO = "auto"  # the unit's cone when it is smaller than the image and proven exact, else the image
+    CONE = "cone"  # the cone, or an error saying why it cannot be used
+    FULL = "full"  # the full image
+
+
 class FDEngine:
     """Input gradients by central differences inside the unit's TRF (one input at a time)."""
 
@@ -304,6 +313,33 @@ class UnitsEngine:
         """The execution providers onnxruntime's session kept (none for finite differences)."""
         sess = getattr(self.engines[0], "sess", None)
         return list(sess.get_providers()) if sess is not None else []
+
+
+class ConeEngine:
+    """UnitsEngine's interface over cones: each Cone's units computed on its crop (one
+    UnitsEngine per crop), the others on the full image; every gradient has the full input's
+    shape (zero outside the crop)."""
+
+    def __init__(self, parts: Sequence[tuple[tuple[int, ...], cone_mod.Crop | None, UnitsEngine]],
+                 full_shape: tuple[int, ...], units: int) -> None:
+        self.parts, self.full_shape, self.units = list(parts), full_shape, units
+        self.engines = [e for _, _, part in self.parts for e in part.engines]
+        self.batch = max(part.batch for _, _, part in self.parts)
+        self.dtype = self.parts[0][2].dtype
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        out: list[np.ndarray] = [np.empty(0)] * self.units
+        for units, crop, engine in self.parts:
+            xs = x if crop is None else crop.take(x)
+            chunks = [engine(xs[i:i + engine.batch]) for i in range(0, len(xs), engine.batch)]
+            for k, unit in enumerate(units):
+                g = np.concatenate([c[k] for c in chunks])
+                out[unit] = g if crop is None else crop.place(g, self.full_shape)
+        return out
+
+    def providers(self) -> list[str]:
+        """The execution providers of the first engine's session."""
+        return self.parts[0][2].providers()
 
 
 FD_BUDGET_S = 600.0  # default: finite differences refused when estimated to take longer
@@ -397,7 +433,8 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
                  rules: custom_ops.RuleSet | str | Path | Sequence[str | Path] | None = None,
                  assume_pointwise: bool | None = None, fill: Mapping[str, float] | None = None,
                  fd_budget: float = FD_BUDGET_S, workers: int = 1, scheduler: str | None = None,
-                 provider: str = "auto", options: ModelOptions | None = None) -> list[ERFResult]:
+                 provider: str = "auto", options: ModelOptions | None = None,
+                 region: str = "full") -> list[ERFResult]:
     """The ERFs of several units of one tensor (``units``: indices, None for the centre), each
     averaged as Luo et al. do over the same inputs, with its metrics; one backward serves several
     units (one seed per batch item).
@@ -419,13 +456,17 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
     shape.  The keywords ``input_name``, ``input_shape`` (the differentiated input's shape),
     ``layout``, ``rules``, ``assume_pointwise`` and ``fill`` set those fields over ``options``.
     ``fd_budget``: seconds the finite differences may take, estimated before they start
-    (forward passes x the measured cost of one).
+    (forward passes x the measured cost of one).  ``region``: "full" (the whole input), "cone"
+    (each unit on the crop of its field, ``rfgraph.cone``: the same gradient at the cost of the
+    cone; refused, saying why, where it cannot be used) or "auto" (the cone where it is smaller
+    than the input and exact, else the full input; a note says which and why).
     """
     import time
 
     from . import erf_parallel
 
     method_e = Method(method)
+    region_e = _region(region)
     reinit_e = WeightInit.parse(reinit)
     conv = effective_conventions(conventions, channel, absolute)
     runs = conv.runs if runs is None else runs
@@ -452,12 +493,16 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
     batch = batch or auto_batch(full_shape, providers)
     if len(units) > 1 and method_e is Method.GRAD:  # one backward per up to MOST_UNITS units
         batch = max(batch, min(len(units), MOST_UNITS))
-    sampler = Sampler(plan.model, reinit_e, method_e,  # type: ignore[arg-type]
-                      tuple(replace(t, output=plan.output, channel=plan.channel) for t in targets),
+    t0 = time.perf_counter()  # the cones' planning and check included
+    seeded = tuple(replace(t, output=plan.output, channel=plan.channel) for t in targets)
+    cones, cone_notes = _cones(region_e, method_e, plan.model, analysis, output, targets, seeded,  # type: ignore[arg-type]
+                               tuple(full_shape), opts)
+    sampler = Sampler(plan.model, reinit_e, method_e, seeded,  # type: ignore[arg-type]
                       input_name, tuple(full_shape), tuple(spatial), batch, kind, folder,
                       tuple(mean), tuple(std), conv, plan.scale, seed, fd_step, providers,
-                      threads or erf_parallel.threads_per_worker(workers, scheduler))
-    t0 = time.perf_counter()
+                      threads or erf_parallel.threads_per_worker(workers, scheduler), cones)
+    sampler, guard_notes = _guard(sampler, region_e, fd_budget, runs * weight_runs)
+    notes += cone_notes + guard_notes
     sums = erf_parallel.sample_sums(sampler, weight_runs, runs, workers, scheduler, progress,
                                     fd_budget)
     notes += provider_notes + erf_parallel.provider_notes(sums.providers)
@@ -467,6 +512,87 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
 
 
 MOST_UNITS = 8  # units sharing one backward (batch items) when several are asked for
+
+
+def _region(region: str) -> Region:
+    try:
+        return Region(region)
+    except ValueError:
+        raise RFGraphError(f"region '{region}': expected auto, cone or full") from None
+
+
+def _cones(region: Region, method: Method, model: onnx.ModelProto, analysis: Analysis | None,
+           output: str, targets: Sequence[Target], seeded: Sequence[Target],
+           full_shape: tuple[int, ...], opts: ModelOptions) -> tuple[tuple[cone_mod.Cone, ...], list[str]]:
+    """The cones of the units (``rfgraph.cone.plan``) and, for the units left on the full image,
+    why (``Region.CONE``: an error instead)."""
+    if region is Region.FULL:
+        return (), []
+    if analysis is None:
+        plans: list[Any] = ["there is no TRF pass"] * len(targets)
+    else:
+        cache: dict[tuple[int, ...], Any] = {}
+        plans = [cone_mod.plan(model, analysis, output, t, s, full_shape, opts, cache)
+                 for t, s in zip(targets, seeded)]
+    why_full: dict[str, list[Target]] = {}
+    for t, p in zip(targets, plans):
+        if isinstance(p, str):
+            why_full.setdefault(p, []).append(t)
+    notes = [f"computed on the full image{_which(ts, len(targets))}: {why}" for why, ts in why_full.items()]
+    refused = [n for n, why in zip(notes, why_full) if why != cone_mod.COVERS]
+    if region is Region.CONE and refused:
+        raise RFGraphError(f"--region cone: {refused[0]}")
+    return cone_mod.group(plans), notes
+
+
+def _which(targets: Sequence[Target], total: int) -> str:
+    """' for unit (3, 4), (5, 6)' when some of several units are meant, else ''."""
+    if total == 1:
+        return ""
+    return " for unit " + ", ".join(str(tuple(t.unit)) for t in targets)
+
+
+def _guard(sampler: Sampler, region: Region, fd_budget: float, inputs: int) -> tuple[Sampler, list[str]]:
+    """Each cone checked on the first input of the first weight draw against the full image
+    (``cone.GUARD_TOLERANCE`` of max |g|): one that differs is dropped (its units use the full
+    image), or refused under ``Region.CONE``; notes say which ran where.  Finite differences
+    are refused first when the run's ``inputs`` on the cones, or the check's one input on the
+    full image, are over ``fd_budget``."""
+    from .erf_parallel import check_fd_cost
+
+    if not sampler.cones:
+        return sampler, []
+    try:
+        coned = sampler.engine(0)
+    except Exception as exc:  # noqa: BLE001 - the gradient graph at a crop's size: the full image
+        why = f"computed on the full image: the gradient graph at the crop's size failed ({exc})".splitlines()[0]
+        if region is Region.CONE:
+            raise RFGraphError(f"--region cone: {why}") from None
+        return replace(sampler, cones=()), [why]
+    full = replace(sampler, cones=()).engine(0)
+    check_fd_cost(coned, inputs, fd_budget)
+    check_fd_cost(full, 1, fd_budget)
+    x = sampler.first_input(full.dtype)
+    g_full, g_cone = full(x), coned(x)
+    kept, notes = [], []
+    for c in sampler.cones:
+        which = _which([sampler.targets[k] for k in c.units], len(sampler.targets))
+        worst = [cone_mod.mismatch(g_cone[k], g_full[k]) for k in c.units]
+        if all(w is not None and w <= cone_mod.GUARD_TOLERANCE for w in worst):
+            kept.append(c)
+            notes.append(f"computed on the unit's cone{which}: input crop {c.crop.text(sampler.full_shape)}; "
+                         f"exact: equal to the full-image gradient on the first input (<= "
+                         f"{cone_mod.GUARD_TOLERANCE:g} of max |g|)")
+            continue
+        diff = ("differ in which entries are finite" if None in worst
+                else f"differ by {max(w for w in worst if w is not None):.2g} of max |g|")
+        why = (f"computed on the full image{which}: on the crop {c.crop.text(sampler.full_shape)} "
+               f"the gradient of the first input and the full image's {diff} (the model's values "
+               f"depend on the input size)")
+        if region is Region.CONE:
+            raise RFGraphError(f"--region cone: {why}")
+        notes.append(why)
+    return replace(sampler, cones=tuple(kept)), notes
 
 
 def _result(total: np.ndarray, kept: int, drawn: int, target: Target, sampler: Sampler,
@@ -509,18 +635,40 @@ class Sampler:
     fd_step: float | None = None
     providers: Sequence[str] | None = None
     threads: int = 0
+    cones: tuple[cone_mod.Cone, ...] = ()  # units computed on their crops (the others: full image)
 
     def draws(self, runs: int) -> int:
         """Inputs a weight run may draw: ``runs``, and replacements for non-finite ones."""
         return runs * (1 + NONFINITE_REDRAWS) if self.conv.skip_nonfinite else runs
 
-    def engine(self, w: int) -> UnitsEngine:
-        """The gradient engine of weight draw ``w`` (its weights from their own Generator)."""
+    def engine(self, w: int) -> UnitsEngine | ConeEngine:
+        """The gradient engine of weight draw ``w`` (its weights from their own Generator); with
+        cones, their units run on their crops (the crop models given the same weights)."""
         weights = reinitialise(self.model, self.reinit, keyed_rng(self.seed, WEIGHT_KEY, w))
-        return UnitsEngine(self.method, weights, self.targets, self.input_name, self.full_shape,
-                           self.spatial, self.batch, self.fd_step, self.providers, self.threads)
+        if not self.cones:
+            return self._units_engine(weights, self.targets, self.full_shape)
+        parts: list[tuple[tuple[int, ...], cone_mod.Crop | None, UnitsEngine]] = [
+            (c.units, c.crop, self._units_engine(cone_mod.with_weights(c.model, weights), c.targets,
+                                                 c.crop.shape(self.full_shape)))
+            for c in self.cones]
+        coned = {k for c in self.cones for k in c.units}
+        rest = tuple(k for k in range(len(self.targets)) if k not in coned)
+        if rest:
+            parts.append((rest, None, self._units_engine(weights, [self.targets[k] for k in rest],
+                                                         self.full_shape)))
+        return ConeEngine(parts, self.full_shape, len(self.targets))
 
-    def add(self, totals: np.ndarray, engine: UnitsEngine, w: int, start: int, stop: int,
+    def _units_engine(self, model: onnx.ModelProto, targets: Sequence[Target],
+                      shape: tuple[int, ...]) -> UnitsEngine:
+        return UnitsEngine(self.method, model, targets, self.input_name, shape, self.spatial,
+                           self.batch, self.fd_step, self.providers, self.threads)
+
+    def first_input(self, dtype: np.dtype) -> np.ndarray:
+        """Input 0 of weight draw 0, as the sums draw it."""
+        return next(input_batches(self.kind, (1,) + tuple(self.full_shape[1:]), 0, 1, self.seed, 0, dtype,
+                                  self.folder, self.mean, self.std, self.conv.order, self.spatial))
+
+    def add(self, totals: np.ndarray, engine: UnitsEngine | ConeEngine, w: int, start: int, stop: int,
             want: Sequence[int], bar: Callable[..., None]) -> tuple[np.ndarray, np.ndarray]:
         """Add the maps of inputs ``start``.. of weight draw ``w`` to ``totals`` (one per unit)
         until unit k has ``want[k]`` kept or input ``stop`` is reached: (kept, drawn) per unit."""
@@ -866,6 +1014,7 @@ __all__ = [
     "FDEngine",
     "GradientEngine",
     "Method",
+    "Region",
     "Target",
     "compute_erf",
     "compute_erfs",

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import erf as erf_mod  # _progress through the module: tests replace it
 from . import pool
-from .erf import FDEngine, Method, Sampler, UnitsEngine
+from .erf import ConeEngine, FDEngine, Method, Sampler, UnitsEngine
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def sample_sums(sampler: Sampler, weight_runs: int, runs: int, workers: int, sch
     # built here only where needed (one process, or the finite differences' cost check)
     first = sampler.engine(0) if parts == 1 or sampler.method is Method.FD else None
     if first is not None:
-        _check_fd_cost(first, runs * weight_runs, fd_budget)
+        check_fd_cost(first, runs * weight_runs, fd_budget)
     todo = shards(weight_runs, runs, sampler.batch, parts)
     bar = _bar(first, runs * weight_runs, progress)
     if parts == 1:
@@ -84,7 +84,7 @@ def sample_sums(sampler: Sampler, weight_runs: int, runs: int, workers: int, sch
     return ShardSums(merged.totals, merged.kept, merged.drawn, facts.batch, facts.providers)
 
 
-def _bar(engine: UnitsEngine | None, inputs: int, progress: bool) -> Callable[..., None]:
+def _bar(engine: UnitsEngine | ConeEngine | None, inputs: int, progress: bool) -> Callable[..., None]:
     """A progress bar over inputs, per batch (per shard on workers); with finite differences,
     over forward passes."""
     fd = [e for e in engine.engines if isinstance(e, FDEngine)] if engine else []
@@ -96,7 +96,7 @@ def _bar(engine: UnitsEngine | None, inputs: int, progress: bool) -> Callable[..
     return lambda n, close=False: bar(0, close)
 
 
-def _check_fd_cost(engine: UnitsEngine, inputs: int, budget: float) -> None:
+def check_fd_cost(engine: UnitsEngine | ConeEngine, inputs: int, budget: float) -> None:
     """Finite differences are refused before they start when over ``budget`` seconds."""
     for e in engine.engines:
         if isinstance(e, FDEngine):
@@ -130,7 +130,7 @@ def _redraw(sampler: Sampler, merged: ShardSums, weight_runs: int, runs: int,
 
 
 def _shard(sampler: Sampler, shard: Shard, bar: Callable[..., None],
-           engine: UnitsEngine | None = None) -> tuple[Shard, ShardSums]:
+           engine: UnitsEngine | ConeEngine | None = None) -> tuple[Shard, ShardSums]:
     """One shard's sums (all its inputs are wanted: replacements come later, in order)."""
     engine = engine or _cached_engine(sampler, shard.w)
     totals = np.zeros((len(sampler.targets),) + tuple(sampler.full_shape[a] for a in sampler.spatial),
@@ -141,11 +141,11 @@ def _shard(sampler: Sampler, shard: Shard, bar: Callable[..., None],
     return shard, ShardSums(totals, kept, drawn, engine.batch, tuple(engine.providers()))
 
 
-_CACHE: dict[tuple[int, int], UnitsEngine] = {}
+_CACHE: dict[tuple[int, int], UnitsEngine | ConeEngine] = {}
 _LOCK = threading.Lock()
 
 
-def _cached_engine(sampler: Sampler, w: int) -> UnitsEngine:
+def _cached_engine(sampler: Sampler, w: int) -> UnitsEngine | ConeEngine:
     """A worker's engine for weight draw ``w``, kept while its shards run (one at a time)."""
     key = (id(sampler), w)
     with _LOCK:
@@ -179,4 +179,4 @@ def provider_notes(providers: Sequence[str]) -> list[str]:
              "CUDA kernel run on the CPU provider; onnxruntime lists them at log level verbose)")]
 
 
-__all__ = ["Shard", "ShardSums", "sample_sums", "shards"]
+__all__ = ["Shard", "ShardSums", "check_fd_cost", "sample_sums", "shards"]

@@ -30,6 +30,8 @@ EXAMPLES = """examples:
   rfgraph erf zoo:luo_conv_uniform_10 --reinit ones --runs 1 --npy erf.npy
   rfgraph erf model.onnx --inputs images/ --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5
   rfgraph erf model.onnx --method fd                 finite differences (ops without a VJP rule)
+  rfgraph erf model.onnx --output layer2 --region full   on the full image (default auto: the
+                                                     unit's cone when smaller, checked exact)
   rfgraph erf model.onnx --preset replknet --inputs val_images/ --png erf.png
                                                      RepLKNet's conventions (Ding et al. 2022)
   rfgraph erf model.onnx --scalar mean --aggregate square --centre half
@@ -57,6 +59,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "draws and inputs; the map is the same as with one")
     p.add_argument("--scheduler", metavar="tcp://HOST:8786",
                    help="run the shards on this Dask cluster (pip install 'rfgraph[cluster]')")
+    p.add_argument("--region", choices=("auto", "cone", "full"), default="auto",
+                   help="input the gradient is computed on: the unit's cone (the crop of its "
+                        "receptive field, same gradient, cheaper), the full image, or auto: the cone "
+                        "where it is smaller than the image and checked exact, else the full image "
+                        "(a note says which and why); cone: an error where it cannot be used")
     p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
                    help="onnxruntime execution provider (auto: CUDA when onnxruntime has it)")
     p.add_argument("--channel", type=int,
@@ -127,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     with model_errors(args.model):  # onnxruntime refusing the model: one line, exit 2
         results = compute_erfs(
             args.model, args.output, options=options, units=units, runs=args.runs, workers=args.workers,
-            scheduler=args.scheduler, provider=args.provider,
+            scheduler=args.scheduler, provider=args.provider, region=args.region,
             method=args.method, inputs=args.inputs, reinit=args.reinit,
             weight_runs=args.weight_runs, seed=args.seed, batch=args.batch,
             progress=not (args.no_progress or quiet) and sys.stderr.isatty(),
