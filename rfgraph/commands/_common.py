@@ -46,14 +46,14 @@ def add_model_args(parser: argparse.ArgumentParser, many: bool = False) -> None:
                              "branch; repeatable")
 
 
-def add_pool_args(parser: argparse.ArgumentParser) -> None:
-    """``--workers``, ``--scheduler`` and ``--no-progress`` of a command that runs many models
-    (``rfgraph.pool``: the output is the same with any of them)."""
+def add_pool_args(parser: argparse.ArgumentParser, work: str = "the models") -> None:
+    """``--workers``, ``--scheduler`` and ``--no-progress`` of a command whose ``work`` runs on
+    ``rfgraph.pool`` (the output is the same with any of them)."""
     parser.add_argument("--workers", type=int, default=1, metavar="N",
-                        help="run the models on N local worker processes (default 1: one after "
-                             "another in this process); the output is the same")
+                        help=f"run {work} on N local worker processes (one onnxruntime session "
+                             f"each; default 1: in this process); the output is the same")
     parser.add_argument("--scheduler", metavar="tcp://HOST:8786",
-                        help="run the models on this Dask cluster (pip install 'rfgraph[cluster]')")
+                        help=f"run {work} on this Dask cluster (pip install 'rfgraph[cluster]')")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -19,7 +19,7 @@ from .. import erf_conventions as ec
 from ..errors import RFGraphError
 from ..outputs import check_output, write_atomically
 from ..report import FORMATS, json_text
-from ._common import add_model_args, model_errors, options_from_args
+from ._common import add_model_args, add_pool_args, model_errors, options_from_args, show_progress
 
 if TYPE_CHECKING:  # the ERF engine is imported when the command runs
     from ..erf import ERFResult
@@ -54,11 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="several units of the tensor, each averaged over the same inputs (one "
                         "backward serves several: one seed per batch item); --npy writes them "
                         "stacked")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="local worker processes (one onnxruntime session each) sharing the weight "
-                        "draws and inputs; the map is the same as with one")
-    p.add_argument("--scheduler", metavar="tcp://HOST:8786",
-                   help="run the shards on this Dask cluster (pip install 'rfgraph[cluster]')")
+    add_pool_args(p, "the shards of inputs and weight draws")
     p.add_argument("--region", choices=("auto", "cone", "full"), default="auto",
                    help="input the gradient is computed on: the unit's cone (the crop of its "
                         "receptive field, same gradient, cheaper), the full image, or auto: the cone "
@@ -95,7 +91,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log", action="store_true", help="logarithmic colour scale for --png")
     p.add_argument("--npy", metavar="FILE", help="write the raw ERF array (.npy)")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--timings", action="store_true",
                    help="add the wall time ('seconds') to the JSON output (without it, the same "
                         "--seed gives byte-identical output)")
@@ -137,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             scheduler=args.scheduler, provider=args.provider, region=args.region,
             method=args.method, inputs=args.inputs, reinit=args.reinit,
             weight_runs=args.weight_runs, seed=args.seed, batch=args.batch,
-            progress=not (args.no_progress or quiet) and sys.stderr.isatty(),
+            progress=show_progress(args),
             mean=_floats(args.mean, "--mean") or IMAGENET_MEAN,
             std=_floats(args.std, "--std") or IMAGENET_STD, conventions=conventions(args),
             **({} if args.fd_budget is None else {"fd_budget": args.fd_budget}))
