@@ -29,6 +29,7 @@ from .errors import RFGraphError
 
 if TYPE_CHECKING:
     from .analysis import Analysis, EndPoint
+    from .cuts import Cut
     from .erf import Target
     from .options import ModelOptions
 
@@ -36,11 +37,18 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Crop:
     """A box of the input: ``start`` (inclusive) and ``stop`` (exclusive) per spatial axis, at
-    tensor axes ``axes``."""
+    tensor axes ``axes``; ``inner``: the cuts inside the model whose later layers run on a crop
+    of their own (``rfgraph.cuts``; the box may then be the whole input)."""
 
     start: tuple[int, ...]
     stop: tuple[int, ...]
     axes: tuple[int, ...]
+    inner: tuple[Cut, ...] = ()
+
+    @classmethod
+    def whole(cls, full_shape: Sequence[int], axes: Sequence[int], inner: tuple[Cut, ...] = ()) -> Crop:
+        """The box of the whole input."""
+        return cls((0,) * len(axes), tuple(full_shape[ax] for ax in axes), tuple(axes), inner)
 
     def shape(self, full_shape: Sequence[int]) -> tuple[int, ...]:
         """The input shape cropped to the box."""
@@ -57,11 +65,13 @@ class Crop:
 
     def take(self, x: np.ndarray) -> np.ndarray:
         """The box of a batch of full-size inputs (contiguous, for onnxruntime)."""
-        return np.ascontiguousarray(x[self._slices(x.ndim)])
+        return np.ascontiguousarray(x if self.covers(x.shape) else x[self._slices(x.ndim)])
 
     def place(self, g: np.ndarray, full_shape: Sequence[int]) -> np.ndarray:
         """Gradients of the crop (batch first) put into a zero map of the full input shape: the
         unit does not depend on the input outside its cone."""
+        if self.covers(full_shape):
+            return g
         out = np.zeros((g.shape[0],) + tuple(full_shape[1:]), g.dtype)
         out[self._slices(out.ndim)] = g
         return out
@@ -71,8 +81,13 @@ class Crop:
         return all(a == 0 and b == full_shape[ax] for ax, a, b in zip(self.axes, self.start, self.stop))
 
     def text(self, full_shape: Sequence[int]) -> str:
-        """'[56:152, 56:152] of 224x224 (18% of the pixels)' (two digits under 1%)."""
+        """'[56:152, 56:152] of 224x224 (18% of the pixels)' (two digits under 1%), then the
+        inner cuts: 'the whole input 224x224; the layers after 'b3' on [1:6, 1:6] of 7x7'."""
         size = [full_shape[ax] for ax in self.axes]
+        if self.inner:
+            outer = Crop(self.start, self.stop, self.axes)
+            where = f"the whole input {'x'.join(map(str, size))}" if self.covers(full_shape) else outer.text(full_shape)
+            return where + "; the layers after " + ", then after ".join(c.text() for c in self.inner)
         pct = 100 * math.prod(b - a for a, b in zip(self.start, self.stop)) / max(math.prod(size), 1)
         box = ", ".join(f"{a}:{b}" for a, b in zip(self.start, self.stop))
         return f"[{box}] of {'x'.join(map(str, size))} ({pct:.0f}% of the pixels)" if pct >= 1 else \

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from . import cone as cone_mod
+from . import cuts as cuts_mod
 from . import erf_conventions as ec
 from . import runtime
 from . import vjp as vjp_mod
@@ -34,6 +35,7 @@ from .inputs import (
     IMAGENET_STD,
     ImageFolder,
     InputKind,
+    Reinit,
     WeightInit,
     random_inputs,
     reinitialise,
@@ -296,10 +298,11 @@ class UnitsEngine:
 
     def __init__(self, method: Method, model: onnx.ModelProto, targets: Sequence[Target],
                  input_name: str, full_shape: tuple[int, ...], spatial: Sequence[int], batch: int,
-                 fd_step: float | None, providers: Sequence[str] | None, threads: int) -> None:
+                 fd_step: float | None, providers: Sequence[str] | None, threads: int,
+                 config: dict[str, str] | None = None) -> None:
         self.targets = tuple(targets)
         self.engines = [_engine(method, model, t, input_name, full_shape, spatial, batch, fd_step,
-                                providers, threads)
+                                providers, threads, config)
                         for t in (self.targets if method is Method.FD else self.targets[:1])]
         self.batch, self.dtype = self.engines[0].batch, self.engines[0].dtype
 
@@ -496,15 +499,15 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
     t0 = time.perf_counter()  # the cones' planning and check included
     seeded = tuple(replace(t, output=plan.output, channel=plan.channel) for t in targets)
     cones, cone_notes = _cones(region_e, method_e, plan.model, analysis, output, targets, seeded,  # type: ignore[arg-type]
-                               tuple(full_shape), opts)
+                               tuple(full_shape), opts, runs * weight_runs)
     sampler = Sampler(plan.model, reinit_e, method_e, seeded,  # type: ignore[arg-type]
                       input_name, tuple(full_shape), tuple(spatial), batch, kind, folder,
                       tuple(mean), tuple(std), conv, plan.scale, seed, fd_step, providers,
                       threads or erf_parallel.threads_per_worker(workers, scheduler), cones)
-    sampler, guard_notes = _guard(sampler, region_e, fd_budget, runs * weight_runs)
+    sampler, guard_notes, checked = _guard(sampler, region_e, fd_budget, runs * weight_runs)
     notes += cone_notes + guard_notes
     sums = erf_parallel.sample_sums(sampler, weight_runs, runs, workers, scheduler, progress,
-                                    fd_budget)
+                                    fd_budget, checked)
     notes += provider_notes + erf_parallel.provider_notes(sums.providers)
     return [_result(total, int(kept), int(drawn), target, sampler, weight_runs, sums.batch,
                     time.perf_counter() - t0, notes)
@@ -512,6 +515,35 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
 
 
 MOST_UNITS = 8  # units sharing one backward (batch items) when several are asked for
+
+# Inputs from which Region.AUTO tries the cone inside the network: its set-up (two TRF passes per
+# cut and one more gradient graph) is about 15 full gradients on ResNet-50 at 224x224 for 7% less
+# per input (benchmarks/README.md), so it repays itself from about 200 inputs there.
+INNER_CUT_MIN_INPUTS = 200
+
+
+def gradient_engine(model: ModelSource, output: str | None = None, *, unit: Sequence[int] | None = None,
+                    channel: int | None = None, region: str = "auto", batch: int = 1, threads: int = 0,
+                    inputs: int = INNER_CUT_MIN_INPUTS, config: dict[str, str] | None = None
+                    ) -> tuple[UnitsEngine | ConeEngine, list[str]]:
+    """The engine ``compute_erfs`` samples one unit's gradient with (its cones, inner cuts and
+    their check included), at the model's own weights, and the notes saying where it runs: for
+    callers that bring their own inputs (``benchmarks/bench_erf.py``).  ``engine(x)[0]`` is the
+    input gradient of the inputs ``x`` (at most ``batch``); ``inputs``: how many the caller means to
+    run (region "auto" weighs the cones' set-up against them)."""
+    region_e, opts = _region(region), model_options(None)
+    proto, analysis, notes = _load(model, opts)
+    input_name, full_shape, spatial = _input_facts(proto, analysis)
+    output = output or proto.graph.output[0].name
+    target = resolve_target(analysis, proto, output, unit, channel, len(full_shape), spatial,
+                            _output_shape(proto, output, input_name, full_shape))
+    cones, cone_notes = _cones(region_e, Method.GRAD, proto, analysis, output, [target], [target],
+                               tuple(full_shape), opts, inputs)
+    sampler = Sampler(proto, WeightInit.parse("none"), Method.GRAD, (target,), input_name, tuple(full_shape),
+                      tuple(spatial), batch, InputKind.GAUSSIAN, None, IMAGENET_MEAN, IMAGENET_STD, ec.DEFAULT,
+                      1.0, 0, None, [runtime.CPU], threads, cones, config)
+    sampler, guard_notes, engine = _guard(sampler, region_e, FD_BUDGET_S, 1)
+    return engine or sampler.engine(0), notes + cone_notes + guard_notes
 
 
 def _region(region: str) -> Region:
@@ -523,9 +555,12 @@ def _region(region: str) -> Region:
 
 def _cones(region: Region, method: Method, model: onnx.ModelProto, analysis: Analysis | None,
            output: str, targets: Sequence[Target], seeded: Sequence[Target],
-           full_shape: tuple[int, ...], opts: ModelOptions) -> tuple[tuple[cone_mod.Cone, ...], list[str]]:
+           full_shape: tuple[int, ...], opts: ModelOptions, inputs: int
+           ) -> tuple[tuple[cone_mod.Cone, ...], list[str]]:
     """The cones of the units (``rfgraph.cone.plan``) and, for the units left on the full image,
-    why (``Region.CONE``: an error instead)."""
+    why (``Region.CONE``: an error instead).  The cone inside the network (``rfgraph.cuts``) is
+    tried under ``Region.CONE``, and under ``Region.AUTO`` for ``inputs`` enough to repay its
+    set-up (``INNER_CUT_MIN_INPUTS``)."""
     if region is Region.FULL:
         return (), []
     if analysis is None:
@@ -534,6 +569,10 @@ def _cones(region: Region, method: Method, model: onnx.ModelProto, analysis: Ana
         cache: dict[tuple[int, ...], Any] = {}
         plans = [cone_mod.plan(model, analysis, output, t, s, full_shape, opts, cache)
                  for t, s in zip(targets, seeded)]
+        if region is Region.CONE or inputs >= INNER_CUT_MIN_INPUTS:
+            plans = [_narrowed(p, model, analysis, output, t, s, full_shape, opts, cache)
+                     for p, t, s in zip(plans, targets, seeded)]
+            runtime.release_free_memory()  # the sub-models the cuts were planned with
     why_full: dict[str, list[Target]] = {}
     for t, p in zip(targets, plans):
         if isinstance(p, str):
@@ -545,6 +584,28 @@ def _cones(region: Region, method: Method, model: onnx.ModelProto, analysis: Ana
     return cone_mod.group(plans), notes
 
 
+def _narrowed(plan: tuple[cone_mod.Crop, onnx.ModelProto, Target] | str, model: onnx.ModelProto,
+              analysis: Analysis, output: str, target: Target, seeded: Target, full_shape: tuple[int, ...],
+              opts: ModelOptions, cache: dict[tuple[int, ...], Any]
+              ) -> tuple[cone_mod.Crop, onnx.ModelProto, Target] | str:
+    """``plan`` with the last layers of its model on the unit's cone inside the network
+    (``rfgraph.cuts``): for a unit whose field covers the input, or inside its input crop."""
+    if plan == cone_mod.COVERS:
+        crop = cone_mod.Crop.whole(full_shape, analysis.spatial_axes)
+        inner, inner_analysis, inner_target = model, analysis, target
+    elif isinstance(plan, str):
+        return plan
+    else:
+        crop, inner, inner_target = plan
+        inner_analysis = cache[crop.shape(full_shape)][1]
+    made = cuts_mod.narrow(inner, inner_analysis, output, inner_target,
+                           seeded if isinstance(plan, str) else inner_target, opts)
+    if made is None:
+        return plan
+    merged, seeded_m, cuts = made
+    return replace(crop, inner=cuts), merged, seeded_m
+
+
 def _which(targets: Sequence[Target], total: int) -> str:
     """' for unit (3, 4), (5, 6)' when some of several units are meant, else ''."""
     if total == 1:
@@ -552,28 +613,33 @@ def _which(targets: Sequence[Target], total: int) -> str:
     return " for unit " + ", ".join(str(tuple(t.unit)) for t in targets)
 
 
-def _guard(sampler: Sampler, region: Region, fd_budget: float, inputs: int) -> tuple[Sampler, list[str]]:
+def _guard(sampler: Sampler, region: Region, fd_budget: float, inputs: int
+           ) -> tuple[Sampler, list[str], UnitsEngine | ConeEngine | None]:
     """Each cone checked on the first input of the first weight draw against the full image
     (``cone.GUARD_TOLERANCE`` of max |g|): one that differs is dropped (its units use the full
-    image), or refused under ``Region.CONE``; notes say which ran where.  Finite differences
-    are refused first when the run's ``inputs`` on the cones, or the check's one input on the
-    full image, are over ``fd_budget``."""
+    image), or refused under ``Region.CONE``; notes say which ran where; and the engine of
+    weight draw 0 when every cone was kept (the sampling reuses it).  Finite differences are
+    refused first when the check's one input on the full image, or the run's ``inputs`` on the
+    cones, are over ``fd_budget``."""
     from .erf_parallel import check_fd_cost
 
     if not sampler.cones:
-        return sampler, []
+        return sampler, [], None
+    full = replace(sampler, cones=()).engine(0)
+    check_fd_cost(full, 1, fd_budget)
+    x = sampler.first_input(full.dtype)
+    g_full = full(x)
+    del full  # one gradient session alive at a time: the check adds no memory peak
+    runtime.release_free_memory()
     try:
         coned = sampler.engine(0)
     except Exception as exc:  # noqa: BLE001 - the gradient graph at a crop's size: the full image
         why = f"computed on the full image: the gradient graph at the crop's size failed ({exc})".splitlines()[0]
         if region is Region.CONE:
             raise RFGraphError(f"--region cone: {why}") from None
-        return replace(sampler, cones=()), [why]
-    full = replace(sampler, cones=()).engine(0)
+        return replace(sampler, cones=()), [why], None
     check_fd_cost(coned, inputs, fd_budget)
-    check_fd_cost(full, 1, fd_budget)
-    x = sampler.first_input(full.dtype)
-    g_full, g_cone = full(x), coned(x)
+    g_cone = coned(x)
     kept, notes = [], []
     for c in sampler.cones:
         which = _which([sampler.targets[k] for k in c.units], len(sampler.targets))
@@ -592,7 +658,7 @@ def _guard(sampler: Sampler, region: Region, fd_budget: float, inputs: int) -> t
         if region is Region.CONE:
             raise RFGraphError(f"--region cone: {why}")
         notes.append(why)
-    return replace(sampler, cones=tuple(kept)), notes
+    return replace(sampler, cones=tuple(kept)), notes, coned if len(kept) == len(sampler.cones) else None
 
 
 def _result(total: np.ndarray, kept: int, drawn: int, target: Target, sampler: Sampler,
@@ -636,6 +702,7 @@ class Sampler:
     providers: Sequence[str] | None = None
     threads: int = 0
     cones: tuple[cone_mod.Cone, ...] = ()  # units computed on their crops (the others: full image)
+    config: dict[str, str] | None = None  # onnxruntime session config entries (benchmarks)
 
     def draws(self, runs: int) -> int:
         """Inputs a weight run may draw: ``runs``, and replacements for non-finite ones."""
@@ -644,12 +711,13 @@ class Sampler:
     def engine(self, w: int) -> UnitsEngine | ConeEngine:
         """The gradient engine of weight draw ``w`` (its weights from their own Generator); with
         cones, their units run on their crops (the crop models given the same weights)."""
-        weights = reinitialise(self.model, self.reinit, keyed_rng(self.seed, WEIGHT_KEY, w))
+        kept = self.reinit.kind is Reinit.NONE  # the model's own weights: no copy of it (or of a crop model)
+        weights = self.model if kept else reinitialise(self.model, self.reinit, keyed_rng(self.seed, WEIGHT_KEY, w))
         if not self.cones:
             return self._units_engine(weights, self.targets, self.full_shape)
         parts: list[tuple[tuple[int, ...], cone_mod.Crop | None, UnitsEngine]] = [
-            (c.units, c.crop, self._units_engine(cone_mod.with_weights(c.model, weights), c.targets,
-                                                 c.crop.shape(self.full_shape)))
+            (c.units, c.crop, self._units_engine(c.model if kept else cone_mod.with_weights(c.model, weights),
+                                                 c.targets, c.crop.shape(self.full_shape)))
             for c in self.cones]
         coned = {k for c in self.cones for k in c.units}
         rest = tuple(k for k in range(len(self.targets)) if k not in coned)
@@ -661,7 +729,7 @@ class Sampler:
     def _units_engine(self, model: onnx.ModelProto, targets: Sequence[Target],
                       shape: tuple[int, ...]) -> UnitsEngine:
         return UnitsEngine(self.method, model, targets, self.input_name, shape, self.spatial,
-                           self.batch, self.fd_step, self.providers, self.threads)
+                           self.batch, self.fd_step, self.providers, self.threads, self.config)
 
     def first_input(self, dtype: np.dtype) -> np.ndarray:
         """Input 0 of weight draw 0, as the sums draw it."""
@@ -814,12 +882,12 @@ def _empty_map_note(method: Method) -> str:
 def _engine(method: Method, weights: onnx.ModelProto, target: Target, input_name: str,
             full_shape: tuple[int, ...], spatial: Sequence[int], batch: int,
             fd_step: float | None, providers: Sequence[str] | None,
-            threads: int) -> GradientEngine | FDEngine:
+            threads: int, config: dict[str, str] | None = None) -> GradientEngine | FDEngine:
     """The gradient engine for ``method`` (an op without a VJP rule raises UnsupportedOpError
     naming the finite-difference engine as the way out)."""
     if method is Method.FD:
         return FDEngine(weights, target, input_name, full_shape, spatial, batch, fd_step)
-    return GradientEngine(weights, target, input_name, full_shape, batch, providers, threads)
+    return GradientEngine(weights, target, input_name, full_shape, batch, providers, threads, config)
 
 
 def _seed_notes(proto: onnx.ModelProto, target: Target, conv: ec.ERFConventions) -> list[str]:

@@ -62,13 +62,15 @@ SHARDS_PER_WORKER = 8
 
 
 def sample_sums(sampler: Sampler, weight_runs: int, runs: int, workers: int, scheduler: str | None,
-                progress: bool, fd_budget: float) -> ShardSums:
+                progress: bool, fd_budget: float, first: UnitsEngine | ConeEngine | None = None) -> ShardSums:
     """Sums of every weight draw's first ``runs`` kept maps: shards here, in worker processes or on
     the ``scheduler``'s cluster, merged in shard order; replacements for non-finite samples are
-    then drawn here, in input order, so the kept set is the one a single process keeps."""
+    then drawn here, in input order, so the kept set is the one a single process keeps.
+    ``first``: weight draw 0's engine when the caller has built it (the cones' check)."""
     parts = 1 if workers == 1 and not scheduler else max(workers, 2) * SHARDS_PER_WORKER
     # built here only where needed (one process, or the finite differences' cost check)
-    first = sampler.engine(0) if parts == 1 or sampler.method is Method.FD else None
+    if first is None and (parts == 1 or sampler.method is Method.FD):
+        first = sampler.engine(0)
     if first is not None:
         check_fd_cost(first, runs * weight_runs, fd_budget)
     todo = shards(weight_runs, runs, sampler.batch, parts)

@@ -69,6 +69,21 @@ def session_options(optimize: bool = True, threads: int = 0,
     return opts
 
 
+def release_free_memory() -> None:
+    """Collect garbage and hand the C heap's free pages back to the system (glibc's
+    ``malloc_trim``; a no-op elsewhere): large protobufs freed between a check and the run (a
+    whole-graph gradient session, the models a cut is planned with) otherwise stay in the
+    process's resident memory (about 300 MB on ResNet-50)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 _LEAN_ARENA: list[bool] = []  # registered in this process
 
 
