@@ -4,13 +4,16 @@ Per input, best of ``--reps``, the three measured interleaved in one run (same l
   forward   onnxruntime forward of the whole model on the full image (graph optimisation ALL),
   full ERF  rfgraph's gradient graph (forward + backward) on the full image,
   cone ERF  the same unit's gradient on the crop of its field (crop, run, put back in a zero map),
+  + cuts    the same, with the layers after the cuts inside the network on their crops
+            (``rfgraph.cuts``: what ``--region cone``, and ``auto`` from 200 inputs, run),
 and the one-time costs of the cone (planning: the model loaded and analysed at the crop's size;
 the exactness guard: the full-image engine built and run once), the cone/full gain and the
 largest difference of the two gradients relative to max |g|.
 
 Cases: (a) a ResNet-50 v1.5 (benchmarks/bench_erf.py's torch model, exported) layer2 centre unit
 at 224x224, target cone ERF <= 0.5x the forward; (b) YOLOv8n (model_zoo.modern, random weights)
-at 1024x1024, a P3 (stride 8) head cell: the centre cell and the corner cell.
+at 1024x1024, a P3 (stride 8) head cell: the centre cell and the corner cell; (c) the ResNet-50
+trunk's centre unit at 224 (its field covers the input: only cuts apply).
 Run on demand (not a test):  python benchmarks/bench_erf_cone.py [--reps 5] [--threads 1]
 [--cases resnet50_layer2 yolov8n_p3_centre yolov8n_p3_corner]
 """
@@ -53,6 +56,15 @@ def resnet50_layer2() -> tuple[onnx.ModelProto, str]:
     return onnx.load_from_string(f.getvalue()), "layer2"
 
 
+def resnet50_trunk() -> tuple[onnx.ModelProto, str]:
+    """bench_erf's ResNet-50 trunk (output 'y', 7x7 at stride 32)."""
+    from bench_erf import export
+
+    with __import__("tempfile").TemporaryDirectory() as tmp:
+        export("resnet50", 224, Path(tmp) / "r.onnx")
+        return onnx.load(str(Path(tmp) / "r.onnx")), "y"
+
+
 def yolov8n_1024() -> tuple[onnx.ModelProto, str]:
     from model_zoo import modern
 
@@ -63,6 +75,7 @@ CASES: dict[str, tuple[Callable[[], tuple[onnx.ModelProto, str]], str]] = {
     "resnet50_layer2": (resnet50_layer2, "centre"),
     "yolov8n_p3_centre": (yolov8n_1024, "centre"),
     "yolov8n_p3_corner": (yolov8n_1024, "corner"),
+    "resnet50_centre": (resnet50_trunk, "centre"),
 }
 
 
@@ -80,11 +93,20 @@ def setup(model: onnx.ModelProto, output: str, where: str, threads: int) -> dict
     unit = None if where == "centre" else (0,) * len(analysis[output].unit_axes)
     target = erf_mod.resolve_target(analysis, proto, output, unit, None, len(full_shape), spatial, shape)
     t0 = time.perf_counter()
-    planned = cone.plan(proto, analysis, output, target, target, full_shape, ModelOptions())
+    cache: dict = {}
+    planned = cone.plan(proto, analysis, output, target, target, full_shape, ModelOptions(), cache)
     plan_s = time.perf_counter() - t0
+    if planned == cone.COVERS:
+        planned = (cone.Crop.whole(full_shape, spatial), proto, target)
     if isinstance(planned, str):
         raise SystemExit(f"no cone for {output}: {planned}")
     crop, crop_model, crop_target = planned
+    t0 = time.perf_counter()
+    narrowed = erf_mod._narrowed(planned if crop_model is not proto else cone.COVERS, proto, analysis, output,
+                                 target, target, full_shape, ModelOptions(), cache)
+    cuts_s = time.perf_counter() - t0
+    if isinstance(narrowed, str) or not narrowed[0].inner:
+        narrowed = planned
     forward = runtime.session(prepare(proto, full_shape, name), threads=threads, config=NO_SPIN)
     t0 = time.perf_counter()
     full = erf_mod.GradientEngine(proto, target, name, full_shape, 1, threads=threads, config=NO_SPIN)
@@ -96,12 +118,17 @@ def setup(model: onnx.ModelProto, output: str, where: str, threads: int) -> dict
                                    threads=threads, config=NO_SPIN)
     build_s = time.perf_counter() - t0
     g_cone = crop.place(small(crop.take(x)), full_shape)
-    return {"x": x, "crop": crop, "full_shape": full_shape, "unit": target.unit,
+    cut_crop, cut_model, cut_target = narrowed
+    cut = erf_mod.GradientEngine(cut_model, cut_target, name, cut_crop.shape(full_shape), 1, threads=threads,
+                                 config=NO_SPIN)
+    g_cut = cut_crop.place(cut(cut_crop.take(x)), full_shape)
+    return {"x": x, "crop": crop, "full_shape": full_shape, "unit": target.unit, "cuts": cut_crop,
             "forward": lambda: forward.run(None, {name: x}),
             "full": lambda: full(x),
             "cone": lambda: crop.place(small(crop.take(x)), full_shape),
-            "plan_s": plan_s, "guard_s": guard_s, "build_s": build_s,
-            "diff": cone.mismatch(g_cone, g_full)}
+            "cuts_run": lambda: cut_crop.place(cut(cut_crop.take(x)), full_shape),
+            "plan_s": plan_s, "cuts_s": cuts_s, "guard_s": guard_s, "build_s": build_s,
+            "diff": cone.mismatch(g_cone, g_full), "diff_cuts": cone.mismatch(g_cut, g_full)}
 
 
 def best_interleaved(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
@@ -131,18 +158,20 @@ def main() -> None:
             built[make.__name__] = make()
         model, output = built[make.__name__]
         s = setup(model, output, where, args.threads)
-        t = best_interleaved({k: s[k] for k in ("forward", "full", "cone")}, args.reps)
+        t = best_interleaved({k: s[k] for k in ("forward", "full", "cone", "cuts_run")}, args.reps)
         rows.append((case, f"{output} {tuple(s['unit'])}", s["crop"].text(s["full_shape"]),
-                     t["forward"] * 1e3, t["full"] * 1e3, t["cone"] * 1e3, t["cone"] / t["forward"],
-                     t["full"] / t["cone"], s["diff"], s["plan_s"], s["guard_s"] + s["build_s"]))
-    head = ("case", "unit", "crop", "forward ms", "full ERF ms", "cone ERF ms", "cone/forward",
-            "gain full/cone", "max |diff|/max|g|", "plan s", "guard+build s")
+                     t["forward"] * 1e3, t["full"] * 1e3, t["cone"] * 1e3, t["cuts_run"] * 1e3,
+                     t["cone"] / t["forward"], t["cuts_run"] / t["forward"], t["full"] / t["cuts_run"],
+                     max(s["diff"], s["diff_cuts"]), s["plan_s"] + s["cuts_s"], s["guard_s"] + s["build_s"],
+                     "; ".join(c.text() for c in s["cuts"].inner) or "none"))
+    head = ("case", "unit", "crop", "forward ms", "full ERF ms", "cone ERF ms", "+ cuts ms", "cone/forward",
+            "+ cuts/forward", "gain full/(+ cuts)", "max |diff|/max|g|", "plan s", "guard+build s", "cuts")
     print(f"threads {args.threads}, best of {args.reps}, per input, interleaved")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.1f} | {r[6]:.2f}x | "
-              f"{r[7]:.2f}x | {r[8]:.1e} | {r[9]:.1f} | {r[10]:.1f} |")
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.1f} | {r[6]:.1f} | {r[7]:.2f}x | "
+              f"{r[8]:.2f}x | {r[9]:.2f}x | {r[10]:.1e} | {r[11]:.1f} | {r[12]:.1f} | {r[13]} |")
 
 
 if __name__ == "__main__":

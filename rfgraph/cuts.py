@@ -144,10 +144,11 @@ def _period(analysis: Analysis, tensor: str, later: Sequence[str]) -> tuple[int,
 
 
 def choose(model: onnx.ModelProto, analysis: Analysis, output: str, seeded: str,
-           region: Sequence[tuple[int, int]]) -> list[str]:
+           region: Sequence[tuple[int, int]]) -> tuple[list[str], int]:
     """The cuts that save most multiply-accumulates for the unit of ``output`` whose input
-    region is ``region`` (at most MAX_CUTS, each saving at least MIN_GAIN of the total): an
-    estimate from the full model's TRF, the crop of each cut decided later by ``cone.plan``."""
+    region is ``region`` (at most MAX_CUTS, each saving at least MIN_GAIN of the total) and the
+    forward MACs they save: an estimate from the full model's TRF, the crop of each cut decided
+    later by ``cone.plan``."""
     from .vjp import ancestors
 
     shapes = _shapes(model)
@@ -155,7 +156,7 @@ def choose(model: onnx.ModelProto, analysis: Analysis, output: str, seeded: str,
     cost = [macs(n, shapes) for n in nodes]
     total = sum(cost)
     if not total:
-        return []
+        return [], 0
     position = {o: k for k, n in enumerate(nodes) for o in n.output}
     names = [o for n in nodes for o in n.output if o in analysis]
     cuts: list[tuple[str, float, int]] = []  # (tensor, kept share of its later layers, their MACs)
@@ -173,7 +174,7 @@ def choose(model: onnx.ModelProto, analysis: Analysis, output: str, seeded: str,
     return _best_chain(cuts, total)
 
 
-def _best_chain(cuts: Sequence[tuple[str, float, int]], total: int) -> list[str]:
+def _best_chain(cuts: Sequence[tuple[str, float, int]], total: int) -> tuple[list[str], int]:
     """The nested cuts (graph order) of least estimated cost: the layers after cut i and before
     cut j cost their MACs times cut i's kept share; each cut pays MIN_GAIN / 3 of ``total``."""
     fee = MIN_GAIN / 3 * total
@@ -188,22 +189,26 @@ def _best_chain(cuts: Sequence[tuple[str, float, int]], total: int) -> list[str]
             best[i, depth] = min(options, key=lambda o: o[0])
     plans = [(total - cuts[i][2] + best[i, MAX_CUTS][0], best[i, MAX_CUTS][1]) for i in range(len(cuts))]
     if not plans:
-        return []
+        return [], 0
     cost, chain = min(plans, key=lambda p: p[0])
-    return chain if total - cost >= MIN_GAIN * total else []
+    saved = total - cost  # the fees counted: a conservative estimate
+    return (chain, int(saved)) if saved >= MIN_GAIN * total else ([], 0)
 
 
 # ------------------------------------------------------------------------------ the narrowed model
 
 def narrow(model: onnx.ModelProto, analysis: Analysis, output: str, target: Target, seeded: Target,
-           opts: ModelOptions) -> tuple[onnx.ModelProto, Target, tuple[Cut, ...]] | None:
-    """``model`` with the layers after each chosen cut on that cut's crop, its seeded unit, and
-    the cuts (None when no cut pays or none can be made: the model is then used whole)."""
+           opts: ModelOptions, chain: Sequence[str] | None = None
+           ) -> tuple[onnx.ModelProto, Target, tuple[Cut, ...]] | None:
+    """``model`` with the layers after each cut of ``chain`` (default: ``choose``'s) on that
+    cut's crop, its seeded unit, and the cuts (None when no cut pays or none can be made: the
+    model is then used whole)."""
     from .inputs import weight_constants_to_initializers
 
     if target.region is None or cone_mod.why_not_local(analysis[output]) is not None:
         return None
-    chain = choose(model, analysis, output, seeded.output, target.region)
+    if chain is None:
+        chain = choose(model, analysis, output, seeded.output, target.region)[0]
     if not chain:
         return None
     if any(n.op_type == "Constant" for n in model.graph.node):  # weights keep their names (re-initialisation)

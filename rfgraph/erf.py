@@ -516,21 +516,24 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
 
 MOST_UNITS = 8  # units sharing one backward (batch items) when several are asked for
 
-# Inputs from which Region.AUTO tries the cone inside the network: its set-up (two TRF passes per
-# cut and one more gradient graph) is about 15 full gradients on ResNet-50 at 224x224 for 7% less
-# per input (benchmarks/README.md), so it repays itself from about 200 inputs there.
-INNER_CUT_MIN_INPUTS = 200
+# Region.AUTO cuts inside the network when the multiply-accumulates the cuts save over the run
+# (forward and backward, every input) reach this: their set-up (two TRF passes per cut, the
+# whole-graph check, one more gradient graph) took 3.0 s for ResNet-50 at 224x224 on the 2-core
+# box, about 120 GMAC of its gradient rate (1.4 s for YOLOv8n at 1024, benchmarks/README.md).
+# ResNet-50's centre unit saves 0.5 GMAC per input (from ~230 inputs), YOLOv8n's P3 centre 7.5
+# (from 16).
+INNER_CUT_SETUP_MACS = 120e9
 
 
 def gradient_engine(model: ModelSource, output: str | None = None, *, unit: Sequence[int] | None = None,
                     channel: int | None = None, region: str = "auto", batch: int = 1, threads: int = 0,
-                    inputs: int = INNER_CUT_MIN_INPUTS, config: dict[str, str] | None = None
+                    inputs: int = 1000, config: dict[str, str] | None = None
                     ) -> tuple[UnitsEngine | ConeEngine, list[str]]:
     """The engine ``compute_erfs`` samples one unit's gradient with (its cones, inner cuts and
     their check included), at the model's own weights, and the notes saying where it runs: for
     callers that bring their own inputs (``benchmarks/bench_erf.py``).  ``engine(x)[0]`` is the
     input gradient of the inputs ``x`` (at most ``batch``); ``inputs``: how many the caller means to
-    run (region "auto" weighs the cones' set-up against them)."""
+    run (region "auto" weighs the set-up of cuts inside the network against them)."""
     region_e, opts = _region(region), model_options(None)
     proto, analysis, notes = _load(model, opts)
     input_name, full_shape, spatial = _input_facts(proto, analysis)
@@ -559,8 +562,8 @@ def _cones(region: Region, method: Method, model: onnx.ModelProto, analysis: Ana
            ) -> tuple[tuple[cone_mod.Cone, ...], list[str]]:
     """The cones of the units (``rfgraph.cone.plan``) and, for the units left on the full image,
     why (``Region.CONE``: an error instead).  The cone inside the network (``rfgraph.cuts``) is
-    tried under ``Region.CONE``, and under ``Region.AUTO`` for ``inputs`` enough to repay its
-    set-up (``INNER_CUT_MIN_INPUTS``)."""
+    used under ``Region.CONE``, and under ``Region.AUTO`` where it saves enough over the run's
+    ``inputs`` to repay its set-up (``INNER_CUT_SETUP_MACS``)."""
     if region is Region.FULL:
         return (), []
     if analysis is None:
@@ -569,10 +572,10 @@ def _cones(region: Region, method: Method, model: onnx.ModelProto, analysis: Ana
         cache: dict[tuple[int, ...], Any] = {}
         plans = [cone_mod.plan(model, analysis, output, t, s, full_shape, opts, cache)
                  for t, s in zip(targets, seeded)]
-        if region is Region.CONE or inputs >= INNER_CUT_MIN_INPUTS:
-            plans = [_narrowed(p, model, analysis, output, t, s, full_shape, opts, cache)
-                     for p, t, s in zip(plans, targets, seeded)]
-            runtime.release_free_memory()  # the sub-models the cuts were planned with
+        run = None if region is Region.CONE else inputs
+        plans = [_narrowed(p, model, analysis, output, t, s, full_shape, opts, cache, run)
+                 for p, t, s in zip(plans, targets, seeded)]
+        runtime.release_free_memory()  # the sub-models the cuts were planned with
     why_full: dict[str, list[Target]] = {}
     for t, p in zip(targets, plans):
         if isinstance(p, str):
@@ -586,10 +589,11 @@ def _cones(region: Region, method: Method, model: onnx.ModelProto, analysis: Ana
 
 def _narrowed(plan: tuple[cone_mod.Crop, onnx.ModelProto, Target] | str, model: onnx.ModelProto,
               analysis: Analysis, output: str, target: Target, seeded: Target, full_shape: tuple[int, ...],
-              opts: ModelOptions, cache: dict[tuple[int, ...], Any]
+              opts: ModelOptions, cache: dict[tuple[int, ...], Any], inputs: int | None = None
               ) -> tuple[cone_mod.Crop, onnx.ModelProto, Target] | str:
     """``plan`` with the last layers of its model on the unit's cone inside the network
-    (``rfgraph.cuts``): for a unit whose field covers the input, or inside its input crop."""
+    (``rfgraph.cuts``): for a unit whose field covers the input, or inside its input crop;
+    with ``inputs``, only where the MACs saved over that many repay the set-up."""
     if plan == cone_mod.COVERS:
         crop = cone_mod.Crop.whole(full_shape, analysis.spatial_axes)
         inner, inner_analysis, inner_target = model, analysis, target
@@ -598,8 +602,13 @@ def _narrowed(plan: tuple[cone_mod.Crop, onnx.ModelProto, Target] | str, model: 
     else:
         crop, inner, inner_target = plan
         inner_analysis = cache[crop.shape(full_shape)][1]
-    made = cuts_mod.narrow(inner, inner_analysis, output, inner_target,
-                           seeded if isinstance(plan, str) else inner_target, opts)
+    inner_seeded = seeded if isinstance(plan, str) else inner_target
+    if inner_target.region is None:
+        return plan
+    chain, saved = cuts_mod.choose(inner, inner_analysis, output, inner_seeded.output, inner_target.region)
+    if not chain or (inputs is not None and 2 * saved * inputs < INNER_CUT_SETUP_MACS):
+        return plan
+    made = cuts_mod.narrow(inner, inner_analysis, output, inner_target, inner_seeded, opts, chain)
     if made is None:
         return plan
     merged, seeded_m, cuts = made

@@ -83,7 +83,7 @@ def _close(a: np.ndarray, b: np.ndarray) -> None:
 @pytest.fixture(autouse=True)
 def _cut_short_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Region.AUTO cuts runs of any length here (its threshold is tested on its own)."""
-    monkeypatch.setattr(erf_mod, "INNER_CUT_MIN_INPUTS", 1)
+    monkeypatch.setattr(erf_mod, "INNER_CUT_SETUP_MACS", 0)
 
 
 def _both(model: onnx.ModelProto, units: list, **kw: object) -> tuple[list, list]:
@@ -213,18 +213,45 @@ def test_macs_closed_forms() -> None:
     assert cuts.macs(helper.make_node("Relu", ["x"], ["r"]), shapes) == 0
 
 
-def test_auto_leaves_short_runs_whole(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Region.AUTO cuts only runs long enough to repay the set-up (INNER_CUT_MIN_INPUTS): a
-    2-input run says the field covers the input; with the threshold at 2 it is cut, same map."""
-    monkeypatch.setattr(erf_mod, "INNER_CUT_MIN_INPUTS", 200)
+def test_auto_weighs_the_set_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Region.AUTO cuts only where the MACs saved over the run repay the set-up
+    (INNER_CUT_SETUP_MACS): with the set-up worth more than 2 inputs' saving, a 2-input run
+    says the field covers the input; with it worth less, the run is cut, with the same map."""
     model = stack()
+    proto, a, _ = erf_mod._load(model, model_options(None))
+    out = proto.graph.output[0].name
+    target = _narrowed(model)[1]
+    saved = cuts.choose(proto, a, out, out, target.region)[1]
+    assert saved > 0
+    monkeypatch.setattr(erf_mod, "INNER_CUT_SETUP_MACS", 2 * saved * 2 + 1)
     short = compute_erfs(model, runs=2, region="auto", absolute=False)
     assert not any(CUT_NOTE in n for n in short[0].notes)
     assert any("covers the input" in n for n in short[0].notes), short[0].notes
-    monkeypatch.setattr(erf_mod, "INNER_CUT_MIN_INPUTS", 2)
+    monkeypatch.setattr(erf_mod, "INNER_CUT_SETUP_MACS", 2 * saved * 2)
     long = compute_erfs(model, runs=2, region="auto", absolute=False)
     assert any(CUT_NOTE in n for n in long[0].notes), long[0].notes
     _close(long[0].erf, short[0].erf)
+
+
+def test_saved_macs_estimate_is_the_layers_on_their_crops() -> None:
+    """choose()'s saving, plus the fees it charges per cut, equals the MACs of the layers after
+    the cuts at full size less their MACs in the narrowed model (the shapes ONNX infers there):
+    the estimate is the work the narrowed model actually skips, when the crops are the TRF's."""
+    model = stack()
+    proto, a, _ = erf_mod._load(model, model_options(None))
+    out = proto.graph.output[0].name
+    _, target, made = _narrowed(model)
+    chain, saved = cuts.choose(proto, a, out, out, target.region)
+    narrow, seeded, made_cuts = made
+    assert [c.tensor for c in made_cuts] == chain
+    from rfgraph.onnx_import import load_model
+    from rfgraph.vjp import ancestors
+
+    full = sum(cuts.macs(n, cuts._shapes(proto)) for n in ancestors(proto, out))
+    shaped = load_model(narrow)
+    now = sum(cuts.macs(n, cuts._shapes(shaped)) for n in ancestors(shaped, seeded.output))
+    fees = len(chain) * cuts.MIN_GAIN / 3 * full
+    assert abs((full - now) - (saved + fees)) < 1  # saved is rounded down to a whole MAC
 
 
 def test_global_unit_is_not_cut() -> None:
