@@ -659,15 +659,23 @@ def _guard(sampler: Sampler, region: Region, fd_budget: float, inputs: int
                          f"exact: equal to the full-image gradient on the first input (<= "
                          f"{cone_mod.GUARD_TOLERANCE:g} of max |g|)")
             continue
+        largest = max((w for w in worst if w is not None), default=0.0)
         diff = ("differ in which entries are finite" if None in worst
-                else f"differ by {max(w for w in worst if w is not None):.2g} of max |g|")
+                else f"differ by {largest:.2g} of max |g|")
+        cause = ("float32 rounding differs at the crop's size" if None not in worst and largest < ROUNDING_LEVEL
+                 else "the model's values depend on the input size")
         why = (f"computed on the full image{which}: on the crop {c.crop.text(sampler.full_shape)} "
-               f"the gradient of the first input and the full image's {diff} (the model's values "
-               f"depend on the input size)")
+               f"the gradient of the first input and the full image's {diff}, over the "
+               f"{cone_mod.GUARD_TOLERANCE:g} allowed ({cause})")
         if region is Region.CONE:
             raise RFGraphError(f"--region cone: {why}")
         notes.append(why)
     return replace(sampler, cones=tuple(kept)), notes, coned if len(kept) == len(sampler.cones) else None
+
+
+# A cone and the full image that differ by less than this (of max |g|) compute the same values in
+# another float32 order (onnxruntime picks kernels by size); more is a size-dependent model.
+ROUNDING_LEVEL = 1e-4
 
 
 def _result(total: np.ndarray, kept: int, drawn: int, target: Target, sampler: Sampler,
