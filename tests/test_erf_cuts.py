@@ -292,3 +292,15 @@ def test_analysis_of_the_narrowed_model_keeps_the_field() -> None:
     a = analyze(narrow, options=model_options(None, input_name="x"))
     ep = a[seeded.output]
     assert tuple(tuple(r) for r in ep.region(ep.spatial_index(seeded.unit))) == target.region
+
+
+def test_workers_run_the_narrowed_model() -> None:
+    """Two worker processes get the narrowed model with the sampler (pickled) and give the
+    whole graph's maps for three units."""
+    model = stack()
+    units = _units(model)
+    coned = compute_erfs(model, units=units, runs=4, region="auto", workers=2, absolute=False)
+    full = compute_erfs(model, units=units, runs=4, region="full", absolute=False)
+    for c, f in zip(coned, full):
+        _close(c.erf, f.erf)
+    assert CUT_NOTE in " ".join(coned[0].notes)
