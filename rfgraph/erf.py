@@ -133,9 +133,10 @@ def resolve_target(analysis: Analysis | None, model: onnx.ModelProto, output: st
     if ep is None and len(shape) != input_rank:
         raise RFGraphError(f"'{output}' (shape {list(shape)}) has no known axis of positions "
                            f"({_not_analysed(analysis)}); {_unit_choices(analysis)}")
-    if ep is None or ep.is_global:  # global: its own axes of positions, if any; no analysis:
-        # the input's own axes (the ranks match)
-        axes = list(spatial_axes) if ep is None else [t for t, _ in ep.unit_axes]
+    if ep is None or ep.is_global:  # global: its own axes of positions, if any; else (or with
+        # no analysis) the input's spatial axes where the ranks match (a ViT's 14x14 map)
+        axes = [t for t, _ in ep.unit_axes] if ep is not None and ep.unit_axes else \
+            (list(spatial_axes) if len(shape) == input_rank else [])
         sizes = [shape[a] for a in axes]
         unit = tuple(int(u) for u in (ec.centre_unit(sizes, centre) if unit is None else unit))
         if len(unit) != len(axes) or any(not 0 <= u < n for u, n in zip(unit, sizes)):

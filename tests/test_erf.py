@@ -611,3 +611,23 @@ def test_fd_default_step_is_accurate_on_smooth_networks(name: str, kwargs: dict)
     exact = compute_erf(name, method="grad", **kw).erf
     fd = compute_erf(name, method="fd", **kw).erf
     assert np.abs(fd - exact).max() < 1e-3 * np.abs(exact).max()
+
+
+def test_global_map_seeds_its_centre_unit() -> None:
+    """A feature map whose field is global (positions mixed by a MatMul over the flattened
+    grid, as attention does) keeps its shape: the seed goes to its centre unit along the input's
+    spatial axes, not to every position (the analysis tracks no unit axes through the global
+    op). Oracle: finite differences of that unit over the whole input (no TRF region)."""
+    from rfgraph.erf import compute_erfs
+    from tests.graphs import G
+
+    g = G((6, 8), seed=31)
+    y = g.relu(g.conv("x", 3, pads=[1] * 4))
+    flat = g.node("Reshape", [y, g._init(np.array([1, 2, 48]))])
+    mixed = g.node("MatMul", [flat, g._init(g.rng.standard_normal((48, 48)).astype(np.float32) / 7)])
+    model = g.model(g.node("Reshape", [mixed, g._init(np.array([1, 2, 6, 8]))]))
+    grad = compute_erfs(model, runs=2, absolute=False, seed=4)[0]
+    fd = compute_erfs(model, runs=2, absolute=False, seed=4, method="fd")[0]
+    assert grad.target.tensor_axes == (2, 3) and grad.target.unit == (2, 3), grad.target
+    assert np.abs(grad.erf - fd.erf).max() <= 1e-2 * np.abs(grad.erf).max()
+    assert np.count_nonzero(grad.erf) > 0.9 * grad.erf.size  # the pixels reach the unit
