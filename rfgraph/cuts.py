@@ -162,11 +162,11 @@ def choose(model: onnx.ModelProto, analysis: Analysis, output: str, seeded: str,
     cuts: list[tuple[str, float, int]] = []  # (tensor, kept share of its later layers, their MACs)
     for t in candidates(model, analysis.input_name, output):
         at, k = _region_at(analysis, t, region) if t in analysis else None, position.get(t)
-        shape = shapes.get(t)
-        if at is None or k is None or shape is None or len(shape) <= max(analysis.spatial_axes):
+        shape, axes = shapes.get(t), analysis[t].tensor_axes if t in analysis else ()
+        if at is None or k is None or shape is None or not axes or None in axes:
             continue
         later = names[names.index(t) + 1:] if t in names else []
-        sizes = [shape[ax] for ax in analysis.spatial_axes]
+        sizes = [shape[ax] for ax in axes]  # type: ignore[index]  # no None left
         spans = [cone_mod.crop_span(r, n, p) for r, n, p in zip(at, sizes, _period(analysis, t, later))]
         kept = math.prod(b - a for a, b in spans) / math.prod(sizes)
         if kept < 1:
@@ -250,16 +250,19 @@ def _cut(model: onnx.ModelProto, analysis: Analysis, output: str, unit: tuple[in
     """The layers after ``tensor`` cropped by ``cone.plan``: the cut, the crop model (input
     ``tensor``), its analysis and seeded unit; None where it cannot be made (or is not exact by
     the TRF: the strides and paddings after the cut must be the full model's)."""
-    from .analysis import analyze
+    from .analysis import analyze, layout_text
     from .erf import resolve_target
 
     upper = later_layers(model, analysis.input_name, tensor, seeded.output)
-    if upper is None:
+    axes = analysis[tensor].tensor_axes if tensor in analysis else ()
+    if upper is None or not axes or None in axes or list(axes) != sorted(axes):  # type: ignore[type-var]
         return None
-    sub_opts = replace(opts, input_shapes={}, input_name=tensor, fill={}, layout=analysis.layout or opts.layout)
+    rank = len(upper.graph.input[0].type.tensor_type.shape.dim)
+    layout = layout_text(axes, analysis.axis_names, rank)  # type: ignore[arg-type]  # no None left
+    sub_opts = replace(opts, input_shapes={}, input_name=tensor, fill={}, layout=layout)
     try:
         a = analyze(upper, options=sub_opts)
-        if tuple(a.spatial_axes) != tuple(analysis.spatial_axes) or not _same_geometry(a, analysis, output, tensor):
+        if tuple(a.spatial_axes) != tuple(axes) or not _same_geometry(a, analysis, output, tensor):
             return None
         shape = tuple(int(d) for d in a.input_shape)
         target = resolve_target(a, upper, output, unit, seeded.channel, len(shape), a.spatial_axes,
@@ -338,11 +341,7 @@ def merge(model: onnx.ModelProto, input_name: str, cut: Cut, crop_model: onnx.Mo
         if have is not None and not np.array_equal(numpy_helper.to_array(have), numpy_helper.to_array(init)):
             return None
         inits.setdefault(init.name, init)
-    slice_names = [f"{prefix}{cut.tensor}#{k}" for k in ("starts", "ends", "axes")]
-    for name, values in zip(slice_names, (cut.start, cut.stop, cut.axes)):
-        inits[name] = numpy_helper.from_array(np.array(values, np.int64), name)
-    nodes = list(lower) + [helper.make_node("Slice", [cut.tensor, *slice_names], [prefix + cut.tensor],
-                                            name=f"{prefix}crop")]
+    nodes = list(lower) + [_slice(model, cut, prefix, inits)]
     for n in crop_model.graph.node:
         m = onnx.NodeProto()
         m.CopyFrom(n)
@@ -353,6 +352,20 @@ def merge(model: onnx.ModelProto, input_name: str, cut: Cut, crop_model: onnx.Mo
     inputs = [i for i in model.graph.input if i.name == input_name or i.name in inits]
     out = helper.make_tensor_value_info(prefix + output, _elem(crop_model, output), None)
     return _model_like(model, nodes, list(inits.values()), inputs, out)
+
+
+def _slice(model: onnx.ModelProto, cut: Cut, prefix: str, inits: dict[str, onnx.TensorProto]) -> onnx.NodeProto:
+    """The Slice of the cut tensor to its crop, as the model's opset spells it (attributes before
+    opset 10, inputs from 10 on; their initializers added to ``inits``)."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    out, name = [prefix + cut.tensor], f"{prefix}crop"
+    if opset < 10:
+        return helper.make_node("Slice", [cut.tensor], out, name=name, starts=list(cut.start),
+                                ends=list(cut.stop), axes=list(cut.axes))
+    names = [f"{prefix}{cut.tensor}#{k}" for k in ("starts", "ends", "axes")]
+    for n, values in zip(names, (cut.start, cut.stop, cut.axes)):
+        inits[n] = numpy_helper.from_array(np.array(values, np.int64), n)
+    return helper.make_node("Slice", [cut.tensor, *names], out, name=name)
 
 
 def _elem(model: onnx.ModelProto, name: str) -> int:

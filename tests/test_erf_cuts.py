@@ -304,3 +304,40 @@ def test_workers_run_the_narrowed_model() -> None:
     for c, f in zip(coned, full):
         _close(c.erf, f.erf)
     assert CUT_NOTE in " ".join(coned[0].notes)
+
+
+def _nhwc_stack(opset: int = 17) -> onnx.ModelProto:
+    """An NHWC input (a TensorFlow export) transposed to NCHW, then stack()'s blocks: the cut
+    tensors hold their positions on axes 2, 3 where the input holds them on 1, 2."""
+    g = G((24, 24), channels=1, seed=27, opset=opset)
+    g.input = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 24, 24, 1])
+    x = g.relu(g.conv(g.node("Transpose", ["x"], 1, perm=[0, 3, 1, 2]), 3, 2, pads=[1] * 4, cout=3))
+    for _ in range(3):
+        x = _block(g, x)
+    return g.model(g.conv(x, 3, pads=[1] * 4))
+
+
+@pytest.mark.parametrize("opset", [17, 9])
+def test_cut_tensor_with_its_own_layout(opset: int) -> None:
+    """NHWC input, NCHW cut tensors: each cut is read along its own spatial axes; at opset 9
+    the crop's Slice is written with attributes (the version converter reads it so)."""
+    model = _nhwc_stack(opset)
+    coned, full = _both(model, [(5, 6), (0, 0)], layout="NHWC")
+    for c, f in zip(coned, full):
+        _close(c.erf, f.erf)
+    assert CUT_NOTE in " ".join(coned[0].notes), coned[0].notes
+    narrow = _narrowed_nhwc(model)
+    slices = [n for n in narrow.graph.node if n.op_type == "Slice"]
+    assert slices and all((len(n.input) == 1) == (opset < 10) for n in slices)
+    assert all(list(helper.get_attribute_value(a)) == [2, 3] for n in slices for a in n.attribute if a.name == "axes")
+
+
+def _narrowed_nhwc(model: onnx.ModelProto) -> onnx.ModelProto:
+    opts = model_options(None, layout="NHWC")
+    proto, a, _ = erf_mod._load(model, opts)
+    out = proto.graph.output[0].name
+    shape = erf_mod._output_shape(proto, out, a.input_name, (1,) + tuple(a.input_shape[1:]))
+    target = erf_mod.resolve_target(a, proto, out, None, None, len(shape), a.spatial_axes, shape)
+    made = cuts.narrow(proto, a, out, target, target, opts)
+    assert made is not None
+    return made[0]
