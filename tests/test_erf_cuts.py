@@ -341,3 +341,19 @@ def _narrowed_nhwc(model: onnx.ModelProto) -> onnx.ModelProto:
     made = cuts.narrow(proto, a, out, target, target, opts)
     assert made is not None
     return made[0]
+
+
+def test_planning_failure_runs_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should planning the cuts fail on some model, the unit runs on the whole graph (the same
+    map, the 'covers the input' note), not with an internal error; RFGRAPH_DEBUG=1 raises it."""
+    model = stack()
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError("a tensor the planner did not expect")
+
+    monkeypatch.setattr(cuts, "narrow", broken)
+    res = compute_erfs(model, runs=1, region="auto", absolute=False)
+    assert any("covers the input" in n for n in res[0].notes), res[0].notes
+    monkeypatch.setenv("RFGRAPH_DEBUG", "1")
+    with pytest.raises(KeyError):
+        compute_erfs(model, runs=1, region="auto", absolute=False)
