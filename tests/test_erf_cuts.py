@@ -357,3 +357,13 @@ def test_planning_failure_runs_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RFGRAPH_DEBUG", "1")
     with pytest.raises(KeyError):
         compute_erfs(model, runs=1, region="auto", absolute=False)
+
+
+def test_finite_differences_through_the_cut() -> None:
+    """--method fd on the narrowed model: every perturbed forward runs the layers after the
+    cuts on their crops; the map equals the whole graph's finite differences."""
+    model = stack()
+    unit = _units(model)[:1]
+    coned, full = _both(model, unit, runs=1, method="fd")
+    _close(coned[0].erf, full[0].erf)
+    assert CUT_NOTE in " ".join(coned[0].notes), coned[0].notes
