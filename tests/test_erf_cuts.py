@@ -6,8 +6,10 @@ the cut), inside an input crop, and on 30 random multi-path models (asymmetric p
 merges, U-Net and inception blocks, flipped branches), with weights redrawn alike; the narrowed
 model's forward value of the unit equals the model's (onnxruntime); the cut candidates are the
 tensors whose removal disconnects the input from the unit (brute force); the multiply-accumulate
-count matches closed forms; Region.AUTO leaves short runs alone; global units and later layers
-that read the input elsewhere are not cut.  Oracles: the whole model's gradient graph (checked
+count matches closed forms and the estimate of the MACs saved is the narrowed model's; Region.AUTO
+weighs the set-up against the run; global units and later layers that read the input elsewhere
+are not cut, and a planning failure runs whole; an NHWC input with NCHW cut tensors, opset 9,
+two worker processes and finite differences.  Oracles: the whole model's gradient graph (checked
 against torch autograd in test_erf.py), onnxruntime forward values, networkx connectivity.
 """
 
