@@ -583,7 +583,7 @@ def _cones(region: Region, method: Method, model: onnx.ModelProto, analysis: Ana
         if isinstance(p, str):
             why_full.setdefault(p, []).append(t)
     notes = [f"computed on the full image{_which(ts, len(targets))}: {why}" for why, ts in why_full.items()]
-    refused = [n for n, why in zip(notes, why_full) if why != cone_mod.COVERS]
+    refused = [n for n, why in zip(notes, why_full) if not why.startswith(cone_mod.COVERS)]
     if region is Region.CONE and refused:
         raise RFGraphError(f"--region cone: {refused[0]}")
     return cone_mod.group(plans), notes
@@ -609,8 +609,13 @@ def _narrowed(plan: tuple[cone_mod.Crop, onnx.ModelProto, Target] | str, model: 
         return plan
     try:
         chain, saved = cuts_mod.choose(inner, inner_analysis, output, inner_seeded.output, inner_target.region)
-        if not chain or (inputs is not None and 2 * saved * inputs < INNER_CUT_SETUP_MACS):
+        if not chain:
             return plan
+        if inputs is not None and 2 * saved * inputs < INNER_CUT_SETUP_MACS:
+            return plan if plan != cone_mod.COVERS else (
+                f"{plan}; the cone inside the network (from '{chain[0]}' on, cropped) would save "
+                f"{2 * saved / 1e9:.2g} GMAC per input, too little over {inputs} inputs to repay planning it "
+                f"(--region cone uses it)")
         made = cuts_mod.narrow(inner, inner_analysis, output, inner_target, inner_seeded, opts, chain)
     except Exception:  # a model the cuts cannot be planned on runs whole (never wrong)
         if os.environ.get("RFGRAPH_DEBUG"):
