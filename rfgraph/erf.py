@@ -640,25 +640,27 @@ def _guard(sampler: Sampler, region: Region, fd_budget: float, inputs: int
     (``cone.GUARD_TOLERANCE`` of max |g|): one that differs is dropped (its units use the full
     image), or refused under ``Region.CONE``; notes say which ran where; and the engine of
     weight draw 0 when every cone was kept (the sampling reuses it).  Finite differences are
-    refused first when the check's one input on the full image, or the run's ``inputs`` on the
-    cones, are over ``fd_budget``."""
+    refused first when the run's ``inputs`` on the cones, or the check's one input on the full
+    image, are over ``fd_budget``.  Gradient graphs are built one at a time (the whole graph's
+    freed before the cones'), so the check adds no memory peak."""
     from .erf_parallel import check_fd_cost
 
     if not sampler.cones:
         return sampler, [], None
+    coned: UnitsEngine | ConeEngine | str | None = None
+    if sampler.method is Method.FD:  # light engines: the run's cost is refused before any gradient
+        coned = _cone_engine(sampler, region)
+        if not isinstance(coned, str):
+            check_fd_cost(coned, inputs, fd_budget)
     full = replace(sampler, cones=()).engine(0)
     check_fd_cost(full, 1, fd_budget)
     x = sampler.first_input(full.dtype)
     g_full = full(x)
-    del full  # one gradient session alive at a time: the check adds no memory peak
+    del full
     runtime.release_free_memory()
-    try:
-        coned = sampler.engine(0)
-    except Exception as exc:  # noqa: BLE001 - the gradient graph at a crop's size: the full image
-        why = f"computed on the full image: the gradient graph at the crop's size failed ({exc})".splitlines()[0]
-        if region is Region.CONE:
-            raise RFGraphError(f"--region cone: {why}") from None
-        return replace(sampler, cones=()), [why], None
+    coned = coned or _cone_engine(sampler, region)
+    if isinstance(coned, str):
+        return replace(sampler, cones=()), [coned], None
     check_fd_cost(coned, inputs, fd_budget)
     g_cone = coned(x)
     kept, notes = [], []
@@ -688,6 +690,18 @@ def _guard(sampler: Sampler, region: Region, fd_budget: float, inputs: int
 # A cone and the full image that differ by less than this (of max |g|) compute the same values in
 # another float32 order (onnxruntime picks kernels by size); more is a size-dependent model.
 ROUNDING_LEVEL = 1e-4
+
+
+def _cone_engine(sampler: Sampler, region: Region) -> UnitsEngine | ConeEngine | str:
+    """Weight draw 0's engine with the cones, or why the full image is used when it cannot be
+    built (``Region.CONE``: an error)."""
+    try:
+        return sampler.engine(0)
+    except Exception as exc:  # noqa: BLE001 - the gradient graph at a crop's size: the full image
+        why = f"computed on the full image: the gradient graph at the crop's size failed ({exc})".splitlines()[0]
+        if region is Region.CONE:
+            raise RFGraphError(f"--region cone: {why}") from None
+        return why
 
 
 def _result(total: np.ndarray, kept: int, drawn: int, target: Target, sampler: Sampler,
