@@ -17,7 +17,7 @@ size otherwise: a Shape-derived constant, a positional table).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .analysis import Analysis, EndPoint
     from .cuts import Cut
     from .erf import Target
+    from .fields import Rational
     from .options import ModelOptions
 
 
@@ -112,13 +113,21 @@ def alignment_period(analysis: Analysis, model: onnx.ModelProto, output: str) ->
     from .vjp import ancestors
 
     names = {output} | {t for node in ancestors(model, output) for t in node.output}
+    return stride_period(analysis, names)
+
+
+def stride_period(analysis: Analysis, names: Iterable[str], base: Sequence[Rational | None] | None = None
+                  ) -> tuple[int, ...]:
+    """Per input spatial axis, the lcm of the numerators of the strides of ``names`` relative
+    to ``base`` (strides of the tensor a crop is taken of; default: the input's, 1)."""
     periods = [1] * len(analysis.spatial_axes)
     for name in names:
         if name not in analysis:
             continue
         for k, s in enumerate(analysis[name].S):
-            if s is not None:
-                periods[k] = math.lcm(periods[k], Fraction(s).numerator)
+            b = 1 if base is None else base[k]
+            if s is not None and b is not None:
+                periods[k] = math.lcm(periods[k], (Fraction(s) / Fraction(b)).numerator)
     return tuple(periods)
 
 
@@ -281,6 +290,9 @@ def group(plans: Sequence[tuple[Crop, onnx.ModelProto, Target] | str]) -> tuple[
 
 COVERS = "the unit's field covers the input (its cone is the whole image)"  # not a refusal
 GUARD_TOLERANCE = 1e-6  # cone vs full image, relative to max |gradient| of the full image
+# A cone and the full image that differ by less than this (of max |g|) compute the same values in
+# another float32 order (onnxruntime picks kernels by size); more is a size-dependent model.
+ROUNDING_LEVEL = 1e-4
 
 
 def mismatch(cone: np.ndarray, full: np.ndarray) -> float | None:
@@ -294,4 +306,4 @@ def mismatch(cone: np.ndarray, full: np.ndarray) -> float | None:
 
 
 __all__ = ["Cone", "Crop", "alignment_period", "crop_for", "crop_span", "crop_unit", "group", "plan",
-           "why_not_local", "with_weights"]
+           "stride_period", "why_not_local", "with_weights"]

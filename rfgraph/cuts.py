@@ -55,15 +55,10 @@ class Cut:
 # ------------------------------------------------------------------------------ where to cut
 
 def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Static shapes the loader's shape inference left in the model."""
-    out = {}
-    for v in (*model.graph.input, *model.graph.value_info, *model.graph.output):
-        dims = v.type.tensor_type.shape.dim
-        if v.type.HasField("tensor_type") and all(d.HasField("dim_value") for d in dims):
-            out[v.name] = tuple(d.dim_value for d in dims)
-    for init in model.graph.initializer:
-        out[init.name] = tuple(init.dims)
-    return out
+    """Static shapes the loader's shape inference left in the model (every dim known)."""
+    from .onnx_import import collect_shapes
+
+    return {name: dims for name, dims in collect_shapes(model).items() if None not in dims}
 
 
 def macs(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int:
@@ -129,20 +124,6 @@ def _region_at(analysis: Analysis, tensor: str, region: Sequence[tuple[int, int]
     return out
 
 
-def _period(analysis: Analysis, tensor: str, later: Sequence[str]) -> tuple[int, ...]:
-    """Per axis, the lcm of the numerators of the strides of ``later`` tensors relative to
-    ``tensor``'s (``cone.alignment_period`` with ``tensor`` as the input)."""
-    base = analysis[tensor].S
-    periods = [1] * len(base)
-    for name in later:
-        if name not in analysis:
-            continue
-        for k, (s, b) in enumerate(zip(analysis[name].S, base)):
-            if s is not None and b is not None:
-                periods[k] = math.lcm(periods[k], (Fraction(s) / Fraction(b)).numerator)
-    return tuple(periods)
-
-
 def choose(model: onnx.ModelProto, analysis: Analysis, output: str, seeded: str,
            region: Sequence[tuple[int, int]]) -> tuple[list[str], int]:
     """The cuts that save most multiply-accumulates for the unit of ``output`` whose input
@@ -167,7 +148,8 @@ def choose(model: onnx.ModelProto, analysis: Analysis, output: str, seeded: str,
             continue
         later = names[names.index(t) + 1:] if t in names else []
         sizes = [shape[ax] for ax in axes]  # type: ignore[index]  # no None left
-        spans = [cone_mod.crop_span(r, n, p) for r, n, p in zip(at, sizes, _period(analysis, t, later))]
+        period = cone_mod.stride_period(analysis, later, analysis[t].S)  # alignment_period, from t
+        spans = [cone_mod.crop_span(r, n, p) for r, n, p in zip(at, sizes, period)]
         kept = math.prod(b - a for a, b in spans) / math.prod(sizes)
         if kept < 1:
             cuts.append((t, kept, sum(cost[k + 1:])))
@@ -204,6 +186,7 @@ def narrow(model: onnx.ModelProto, analysis: Analysis, output: str, target: Targ
     cut's crop, its seeded unit, and the cuts (None when no cut pays or none can be made: the
     model is then used whole)."""
     from .inputs import weight_constants_to_initializers
+    from .onnx_import import copy_model
 
     if target.region is None or cone_mod.why_not_local(analysis[output]) is not None:
         return None
@@ -212,14 +195,8 @@ def narrow(model: onnx.ModelProto, analysis: Analysis, output: str, target: Targ
     if not chain:
         return None
     if any(n.op_type == "Constant" for n in model.graph.node):  # weights keep their names (re-initialisation)
-        model = weight_constants_to_initializers(_copy(model))
+        model = weight_constants_to_initializers(copy_model(model))
     return _narrow(model, analysis, output, seeded.unit, seeded, opts, chain, 1)
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out
 
 
 def _narrow(model: onnx.ModelProto, analysis: Analysis, output: str, unit: tuple[int, ...],
@@ -334,7 +311,8 @@ def merge(model: onnx.ModelProto, input_name: str, cut: Cut, crop_model: onnx.Mo
            for n in crop_model.graph.node for a in n.attribute):
         return None
     lower = ancestors(model, cut.tensor)
-    inits = {i.name: i for i in model.graph.initializer if i.name in {t for n in lower for t in n.input}}
+    read = {t for n in lower for t in n.input}
+    inits = {i.name: i for i in model.graph.initializer if i.name in read}
     produced = {o for n in crop_model.graph.node for o in n.output if o} | {cut.tensor}
     for init in crop_model.graph.initializer:
         have = inits.get(init.name)
@@ -370,10 +348,9 @@ def _slice(model: onnx.ModelProto, cut: Cut, prefix: str, inits: dict[str, onnx.
 
 def _elem(model: onnx.ModelProto, name: str) -> int:
     """The element type of ``name`` in ``model`` (float when not declared)."""
-    for v in (*model.graph.output, *model.graph.value_info, *model.graph.input):
-        if v.name == name:
-            return v.type.tensor_type.elem_type
-    return onnx.TensorProto.FLOAT
+    from .onnx_import import elem_types
+
+    return elem_types(model).get(name, onnx.TensorProto.FLOAT)
 
 
 __all__ = ["Cut", "candidates", "choose", "later_layers", "macs", "merge", "narrow"]

@@ -577,7 +577,6 @@ def _cones(region: Region, method: Method, model: onnx.ModelProto, analysis: Ana
         run = None if region is Region.CONE else inputs
         plans = [_narrowed(p, model, analysis, output, t, s, full_shape, opts, cache, run)
                  for p, t, s in zip(plans, targets, seeded)]
-        runtime.release_free_memory()  # the sub-models the cuts were planned with
     why_full: dict[str, list[Target]] = {}
     for t, p in zip(targets, plans):
         if isinstance(p, str):
@@ -617,6 +616,7 @@ def _narrowed(plan: tuple[cone_mod.Crop, onnx.ModelProto, Target] | str, model: 
                 f"{2 * saved / 1e9:.2g} GMAC per input, too little over {inputs} inputs to repay planning it "
                 f"(--region cone uses it)")
         made = cuts_mod.narrow(inner, inner_analysis, output, inner_target, inner_seeded, opts, chain)
+        runtime.release_free_memory()  # the sub-models the cuts were planned with
     except Exception:  # a model the cuts cannot be planned on runs whole (never wrong)
         if os.environ.get("RFGRAPH_DEBUG"):
             raise
@@ -658,7 +658,8 @@ def _guard(sampler: Sampler, region: Region, fd_budget: float, inputs: int
     g_full = full(x)
     del full
     runtime.release_free_memory()
-    coned = coned or _cone_engine(sampler, region)
+    if coned is None:
+        coned = _cone_engine(sampler, region)
     if isinstance(coned, str):
         return replace(sampler, cones=()), [coned], None
     check_fd_cost(coned, inputs, fd_budget)
@@ -676,7 +677,8 @@ def _guard(sampler: Sampler, region: Region, fd_budget: float, inputs: int
         largest = max((w for w in worst if w is not None), default=0.0)
         diff = ("differ in which entries are finite" if None in worst
                 else f"differ by {largest:.2g} of max |g|")
-        cause = ("float32 rounding differs at the crop's size" if None not in worst and largest < ROUNDING_LEVEL
+        rounding = None not in worst and largest < cone_mod.ROUNDING_LEVEL
+        cause = ("float32 rounding differs at the crop's size" if rounding
                  else "the model's values depend on the input size")
         why = (f"computed on the full image{which}: on the crop {c.crop.text(sampler.full_shape)} "
                f"the gradient of the first input and the full image's {diff}, over the "
@@ -685,11 +687,6 @@ def _guard(sampler: Sampler, region: Region, fd_budget: float, inputs: int
             raise RFGraphError(f"--region cone: {why}")
         notes.append(why)
     return replace(sampler, cones=tuple(kept)), notes, coned if len(kept) == len(sampler.cones) else None
-
-
-# A cone and the full image that differ by less than this (of max |g|) compute the same values in
-# another float32 order (onnxruntime picks kernels by size); more is a size-dependent model.
-ROUNDING_LEVEL = 1e-4
 
 
 def _cone_engine(sampler: Sampler, region: Region) -> UnitsEngine | ConeEngine | str:

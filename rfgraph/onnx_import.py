@@ -433,7 +433,7 @@ def _without_external_locations(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnx.external_data_helper import uses_external_data
     if not any(uses_external_data(t) for t in _all_tensors(model)):
         return model
-    model = _copy(model)
+    model = copy_model(model)
     for tensor in _all_tensors(model):
         if uses_external_data(tensor):
             del tensor.external_data[:]
@@ -779,7 +779,7 @@ def load_model(source: ModelSource, input_shape: Mapping[str, Sequence[int]] | N
     model can run at that size (``check_input_size``; ``probe``: complete unknown shapes with one
     onnxruntime run); the public loading entry point."""
     model = read_model(source)
-    model = _copy(model)
+    model = copy_model(model)
     _unknown_negative_dims(model)
     exported = static_input_shapes(model)
     if input_shape:
@@ -1407,7 +1407,7 @@ def _unknown_negative_dims(model: onnx.ModelProto) -> None:
                     d.dim_param = "?"
 
 
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
     """Copy so that fixing shapes never mutates the caller's ModelProto."""
     out = onnx.ModelProto()
     out.CopyFrom(model)

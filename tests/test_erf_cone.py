@@ -437,11 +437,9 @@ def test_guard_names_rounding_level_differences(monkeypatch: pytest.MonkeyPatch)
     """A cone whose first gradient differs from the full image's by float32 rounding only
     (above GUARD_TOLERANCE, below ROUNDING_LEVEL) is still left for the full image, and the
     note says rounding, not a size-dependent model; a large difference says the latter."""
-    from rfgraph import erf as erf_mod
-
     model, _ = plain()
     for level, cause in ((3e-6, "float32 rounding differs"), (0.5, "depend on the input size")):
         monkeypatch.setattr(cone, "mismatch", lambda a, b, level=level: level)
         res = compute_erfs(model, units=[(19, 19)], runs=1, region="auto")
         assert any(cause in n and "over the 1e-06 allowed" in n for n in res[0].notes), res[0].notes
-        assert erf_mod.ROUNDING_LEVEL > 3e-6
+        assert cone.ROUNDING_LEVEL > 3e-6
