@@ -236,29 +236,21 @@ def _crop_model(model: onnx.ModelProto, analysis: Analysis, opts: ModelOptions,
 
 
 def pruned(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
-    """A copy of ``model`` holding only the nodes ``output`` depends on, ``output`` its only
-    output: what follows it (a head, a positional table, a Reshape to the full size) plays no
-    part in the unit's value and need not run at the crop's size."""
+    """A model of the nodes of ``model`` that ``output`` depends on, ``output`` its only output
+    (built from those parts, with the weights they read): what follows it (a head, a positional
+    table, a Reshape to the full size) plays no part in the unit's value and need not run at the
+    crop's size."""
+    from .onnx_import import elem_type, model_like
     from .vjp import ancestors
 
     keep = ancestors(model, output)
-    known = {v.name: v for v in (*model.graph.value_info, *model.graph.output, *model.graph.input)}
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.node[:]
-    out.graph.node.extend(keep)
     subgraphs = [a.g for n in keep for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
     used = {t for n in keep for t in n.input} | {t for g in subgraphs for m in g.node for t in m.input}
-    dropped = {i.name for i in out.graph.initializer} - used
-    for field in (out.graph.initializer, out.graph.input):  # old IRs list initializers as inputs
-        kept = [v for v in field if v.name not in dropped]
-        del field[:]
-        field.extend(kept)
-    elem = known[output].type.tensor_type.elem_type if output in known else onnx.TensorProto.FLOAT
-    del out.graph.output[:]
-    out.graph.output.append(onnx.helper.make_tensor_value_info(output, elem, None))
-    del out.graph.value_info[:]
-    return out
+    dropped = {i.name for i in model.graph.initializer} - used
+    inits = [i for i in model.graph.initializer if i.name not in dropped]
+    inputs = [i for i in model.graph.input if i.name not in dropped]  # old IRs list initializers as inputs
+    out = onnx.helper.make_tensor_value_info(output, elem_type(model, output), None)
+    return model_like(model, keep, inits, inputs, [out])
 
 
 def with_weights(crop_model: onnx.ModelProto, weights: onnx.ModelProto) -> onnx.ModelProto:
@@ -266,10 +258,10 @@ def with_weights(crop_model: onnx.ModelProto, weights: onnx.ModelProto) -> onnx.
     same name and shape (weights held by Constant nodes made initializers first, as
     ``inputs.reinitialise`` does): both models then compute with the same weights."""
     from .inputs import weight_constants_to_initializers
+    from .onnx_import import copy_model
 
     drawn = {i.name: i for i in weights.graph.initializer}
-    out = onnx.ModelProto()
-    out.CopyFrom(crop_model)
+    out = copy_model(crop_model)
     weight_constants_to_initializers(out)  # as ``reinitialise`` does to the full model
     for init in out.graph.initializer:
         new = drawn.get(init.name)

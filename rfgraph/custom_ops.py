@@ -465,7 +465,7 @@ def _declare_node(model: onnx.ModelProto, node: onnx.NodeProto, spec: OpSpec | N
     todo = [o for o in node.output if o and (shapes.get(o) is None or None in shapes[o][2:])]
     if not todo or in_shape is None or len(in_shape) < 3 or None in in_shape[2:]:
         return False
-    from .onnx_import import attributes
+    from .onnx_import import attributes, elem_type
 
     attrs = attributes(node)
     try:
@@ -475,7 +475,7 @@ def _declare_node(model: onnx.ModelProto, node: onnx.NodeProto, spec: OpSpec | N
         return False  # the rule itself reports the problem when the node is analysed
     if out is None:
         return False
-    elem = _elem_type(model, node.input[0])
+    elem = elem_type(model, node.input[0])
     for name in todo:
         for vi in list(model.graph.value_info):
             if vi.name == name:
@@ -510,15 +510,6 @@ def _output_shape(r: Resolved, attrs: Mapping[str, Any], in_shape: tuple, node: 
                                f"padded input {size + ax.pad_begin + (ax.pad_end or 0)}")
         sizes.append(geometry.output_size(ax, size, ceil))
     return (in_shape[0], channels, *sizes)
-
-
-def _elem_type(model: onnx.ModelProto, tensor: str) -> int:
-    """Element type of a tensor as the graph knows it (float32 when unknown)."""
-    g = model.graph
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        if vi.name == tensor and vi.type.tensor_type.elem_type:
-            return vi.type.tensor_type.elem_type
-    return onnx.TensorProto.FLOAT
 
 
 __all__ = ["OpSpec", "RuleKind", "RuleSet", "declare_shapes", "load_rules",

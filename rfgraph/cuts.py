@@ -269,6 +269,7 @@ def later_layers(model: onnx.ModelProto, input_name: str, tensor: str, output: s
     """The model of the layers after the cut ``tensor``: graph input ``tensor``, output
     ``output``, the nodes ``output`` needs that do not compute the cut from the input (constants
     they share are copied); None when one reads another tensor computed from the input."""
+    from .onnx_import import elem_type, model_like
     from .vjp import ancestors
 
     shapes = _shapes(model)
@@ -284,19 +285,9 @@ def later_layers(model: onnx.ModelProto, input_name: str, tensor: str, output: s
         return None
     used = {i for n in keep for i in n.input}
     inits = [i for i in model.graph.initializer if i.name in used]
-    inp = helper.make_tensor_value_info(tensor, _elem(model, tensor), shapes[tensor])
-    out = helper.make_tensor_value_info(output, _elem(model, output), None)
-    return _model_like(model, keep, inits, [inp], out)
-
-
-def _model_like(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], inits: Sequence[onnx.TensorProto],
-                inputs: Sequence[onnx.ValueInfoProto], output: onnx.ValueInfoProto) -> onnx.ModelProto:
-    """A model with ``model``'s opsets, IR version and functions and the given graph (built
-    from its parts: copying the whole model first would hold its weights twice)."""
-    graph = helper.make_graph(list(nodes), model.graph.name or "cut", list(inputs), [output], list(inits))
-    out = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
-    out.functions.extend(model.functions)
-    return out
+    inp = helper.make_tensor_value_info(tensor, elem_type(model, tensor), shapes[tensor])
+    out = helper.make_tensor_value_info(output, elem_type(model, output), None)
+    return model_like(model, keep, inits, [inp], [out])
 
 
 def merge(model: onnx.ModelProto, input_name: str, cut: Cut, crop_model: onnx.ModelProto, output: str,
@@ -305,6 +296,7 @@ def merge(model: onnx.ModelProto, input_name: str, cut: Cut, crop_model: onnx.Mo
     and ``crop_model`` (input: the cut, at the crop's size) with its tensors prefixed; weights
     keep their names (one copy where both parts use one).  None when a weight name is shared
     with different values, or the crop model has subgraphs."""
+    from .onnx_import import elem_type, model_like
     from .vjp import ancestors
 
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
@@ -328,8 +320,8 @@ def merge(model: onnx.ModelProto, input_name: str, cut: Cut, crop_model: onnx.Mo
         m.output[:] = [prefix + o if o else o for o in n.output]
         nodes.append(m)
     inputs = [i for i in model.graph.input if i.name == input_name or i.name in inits]
-    out = helper.make_tensor_value_info(prefix + output, _elem(crop_model, output), None)
-    return _model_like(model, nodes, list(inits.values()), inputs, out)
+    out = helper.make_tensor_value_info(prefix + output, elem_type(crop_model, output), None)
+    return model_like(model, nodes, list(inits.values()), inputs, [out])
 
 
 def _slice(model: onnx.ModelProto, cut: Cut, prefix: str, inits: dict[str, onnx.TensorProto]) -> onnx.NodeProto:
@@ -344,13 +336,6 @@ def _slice(model: onnx.ModelProto, cut: Cut, prefix: str, inits: dict[str, onnx.
     for n, values in zip(names, (cut.start, cut.stop, cut.axes)):
         inits[n] = numpy_helper.from_array(np.array(values, np.int64), n)
     return helper.make_node("Slice", [cut.tensor, *names], out, name=name)
-
-
-def _elem(model: onnx.ModelProto, name: str) -> int:
-    """The element type of ``name`` in ``model`` (float when not declared)."""
-    from .onnx_import import elem_types
-
-    return elem_types(model).get(name, onnx.TensorProto.FLOAT)
 
 
 __all__ = ["Cut", "candidates", "choose", "later_layers", "macs", "merge", "narrow"]

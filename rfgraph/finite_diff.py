@@ -21,7 +21,7 @@ import onnx
 from onnx import helper
 
 from . import runtime
-from .onnx_import import prepare, static_shapes_and_types
+from .onnx_import import copy_model, prepare, static_shapes_and_types
 
 DEFAULT_STEP = {np.dtype(np.float32): 1e-2, np.dtype(np.float64): 1e-6}
 
@@ -29,8 +29,7 @@ DEFAULT_STEP = {np.dtype(np.float32): 1e-2, np.dtype(np.float64): 1e-6}
 def expose(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     """A copy of ``model`` whose only graph output is tensor ``name`` (any intermediate tensor)."""
     shapes, dtypes = static_shapes_and_types(model)  # the model preparation's inference
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_model(model)
     del out.graph.output[:]
     out.graph.output.append(helper.make_tensor_value_info(name, dtypes.get(name) or onnx.TensorProto.FLOAT,
                                                           shapes.get(name)))

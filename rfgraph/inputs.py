@@ -23,6 +23,7 @@ from onnx import numpy_helper
 
 from .erf_conventions import Order, image_order
 from .errors import RFGraphError
+from .onnx_import import copy_model
 
 FLOAT32 = np.dtype(np.float32)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -195,8 +196,7 @@ def reinitialise(model: onnx.ModelProto, how: Reinit | WeightInit | str,
     there is no weight to redraw.
     """
     how = WeightInit.parse(how)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_model(model)
     if how.kind is Reinit.NONE:
         return out
     weight_constants_to_initializers(out)

@@ -1165,6 +1165,11 @@ def elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
+def elem_type(model: onnx.ModelProto, name: str) -> int:
+    """Element type of tensor ``name`` as ``elem_types`` knows it, float32 where unknown."""
+    return elem_types(model).get(name, onnx.TensorProto.FLOAT)
+
+
 def prepare(model: onnx.ModelProto, input_shape: Sequence[int] | None = None,
             input_name: str | None = None) -> onnx.ModelProto:
     """A copy of ``model`` at opset >= 17 with the input's shape fixed (``input_shape``): what the
@@ -1408,9 +1413,20 @@ def _unknown_negative_dims(model: onnx.ModelProto) -> None:
 
 
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Copy so that fixing shapes never mutates the caller's ModelProto."""
+    """A deep copy of ``model``: the one way rfgraph copies a model it then changes, so the
+    caller's ModelProto is never mutated."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    return out
+
+
+def model_like(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], inits: Sequence[onnx.TensorProto],
+               inputs: Sequence[onnx.ValueInfoProto], outputs: Sequence[onnx.ValueInfoProto]) -> onnx.ModelProto:
+    """A model with ``model``'s opsets, IR version and functions and the graph of the given parts,
+    built from them: copying the whole model first, then dropping, would hold its weights twice."""
+    graph = helper.make_graph(list(nodes), model.graph.name or "part", list(inputs), list(outputs), list(inits))
+    out = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    out.functions.extend(model.functions)
     return out
 
 

@@ -20,6 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import UnsupportedOpError
+from .onnx_import import copy_model
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -56,8 +57,7 @@ def unroll_recurrences(model: onnx.ModelProto, seq_lengths: dict[str, int], acti
     """A copy of ``model`` whose recurrent nodes on the input's path (an output in ``active``)
     are unrolled; ``seq_lengths`` gives each such node's sequence length (by node output 0),
     ``value_of`` the value of a tensor that does not depend on the input (weights, or None)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_model(model)
     nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:
         if node.op_type not in RECURRENT_OPS or node.domain not in ("", "ai.onnx") or \
