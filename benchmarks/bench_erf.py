@@ -5,6 +5,8 @@ batch, identical weights everywhere) it measures, per input:
   (a) onnxruntime forward alone (graph optimisation ALL, same batch),
   (b) rfgraph's ERF gradient (forward + backward in one onnxruntime session),
   (c) torch autograd input gradient with parameters frozen (requires_grad False),
+and, with all threads (--threads 0), (a) and (b)'s auto engine in lanes: one run per core at a
+time, one thread each, as ``rfgraph erf`` runs many inputs (``erf_parallel.lanes``),
 and prints ERF/forward and ERF/torch ratios, the peak memory of each (max RSS of a fresh
 subprocess, so each number includes its own runtime; also that of onnxruntime alone on the file,
 the least a forward takes), and the gradient agreement with torch.
@@ -254,22 +256,54 @@ def make(kind: str, name: str, path: str, batch: int, size: int, threads: int): 
 
 
 KINDS = ("forward", "erf", "erf_auto", "torch")
+LANE_KINDS = ("forward", "erf_auto")  # also timed in lanes with all threads (measure_times)
+
+
+def lanes_count(threads: int) -> int:
+    """Runs at a time ``rfgraph erf`` makes in one process when it chooses the threads
+    (``erf_parallel.lanes``: one per core, one onnxruntime thread each); 1 with --threads N."""
+    from rfgraph.erf_parallel import MAX_LANES
+
+    return 1 if threads else min(os.cpu_count() or 1, MAX_LANES)
+
+
+def in_lanes(fn, lanes: int):  # type: ignore[no-untyped-def]
+    """``fn`` run ``lanes`` times at once on as many threads (one onnxruntime session shared)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(lanes)
+
+    def run():  # type: ignore[no-untyped-def]
+        outs = list(pool.map(lambda _: fn(), range(lanes)))  # waits for every lane
+        return outs[0]
+
+    return run
 
 
 def measure_times(name: str, path: str, batch: int, size: int, reps: int, threads: int) -> dict:
     """Best-of-``reps`` time per input of each kind, runs interleaved so that all of them see the
-    same machine load; plus the gradients' agreement (each ERF with torch's)."""
+    same machine load; plus the gradients' agreement (each ERF with torch's).  With all threads,
+    also the forward and the auto engine in lanes (``lanes_count`` runs at a time, one thread
+    each: how ``rfgraph erf`` runs many inputs), per input."""
     fns = {k: make(k, name, path, batch, size, threads) for k in KINDS}
+    lanes = lanes_count(threads)
+    per_call = dict.fromkeys(KINDS, batch)
+    if lanes > 1:
+        for k in LANE_KINDS:
+            fns[k + "_lanes"] = in_lanes(make(k, name, path, batch, size, 1), lanes)
+            per_call[k + "_lanes"] = batch * lanes
     outs = {k: fn() for k, fn in fns.items()}  # warm-up
-    times: dict[str, list[float]] = {k: [] for k in KINDS}
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(reps):
         for k, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
     ref = outs["torch"]
-    err = {k: float(np.abs(outs[k] - ref).max() / np.abs(ref).max()) for k in ("erf", "erf_auto")}
-    return {"ms": {k: 1e3 * min(v) / batch for k, v in times.items()}, "max_rel_err": err}
+    err = {k: float(np.abs(outs[k] - ref).max() / np.abs(ref).max())
+           for k in ("erf", "erf_auto", "erf_auto_lanes") if k in outs}
+    return {"ms": {k: 1e3 * min(v) / per_call[k] for k, v in times.items()}, "max_rel_err": err,
+            "lanes": lanes}
 
 
 def measure_peak(kind: str, name: str, path: str, batch: int, size: int, threads: int) -> float:
@@ -326,7 +360,11 @@ def main() -> None:
                    "torch_ms": ms["torch"], "erf_over_forward": ms["erf"] / ms["forward"],
                    "erf_over_torch": ms["erf"] / ms["torch"], "peak_mb": peaks,
                    "erf_peak_over_forward": peaks["erf"] / peaks["forward"],
-                   "max_rel_err_vs_torch": timing["max_rel_err"]}
+                   "max_rel_err_vs_torch": timing["max_rel_err"], "lanes": timing["lanes"]}
+            if timing["lanes"] > 1:
+                row.update({"forward_lanes_ms": ms["forward_lanes"], "erf_auto_lanes_ms": ms["erf_auto_lanes"],
+                            "erf_auto_lanes_over_forward": ms["erf_auto_lanes"] / ms["forward"],
+                            "erf_auto_lanes_over_forward_lanes": ms["erf_auto_lanes"] / ms["forward_lanes"]})
             if args.json:
                 print(json.dumps(row))
             else:
@@ -337,6 +375,12 @@ def main() -> None:
                 print(f"  ERF / forward = {row['erf_over_forward']:.2f}x (whole graph), "
                       f"{row['erf_auto_over_forward']:.2f}x (auto: the unit's cone)   ERF / torch = "
                       f"{row['erf_over_torch']:.2f}x   (targets: <= 2.0x, <= 1x)")
+                if row["lanes"] > 1:
+                    print(f"  in {row['lanes']} lanes (runs at a time, one thread each, as `rfgraph erf` "
+                          f"runs many inputs): forward {row['forward_lanes_ms']:.1f} ms | ERF auto "
+                          f"{row['erf_auto_lanes_ms']:.1f} ms per input; ERF auto in lanes / forward = "
+                          f"{row['erf_auto_lanes_over_forward']:.2f}x, / forward in lanes = "
+                          f"{row['erf_auto_lanes_over_forward_lanes']:.2f}x")
                 pk = row["peak_mb"]
                 print(f"  peak RSS: forward {pk['forward']:.0f} MB | ERF {pk['erf']:.0f} MB | "
                       f"torch {pk['torch']:.0f} MB | onnxruntime alone on the file {pk['forward_file']:.0f} MB")

@@ -450,7 +450,9 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
     deterministic under ``seed`` whatever the grouping: input i of weight draw w comes from its own
     Generator (``keyed_rng``); ``batch`` inputs per run (0: ``auto_batch``); ``workers`` local
     processes or a Dask ``scheduler`` address share the weight draws and inputs, their sums merged
-    in a fixed order (``erf_parallel``); ``provider``: "cpu", "cuda" or "auto" (CUDA when
+    in a fixed order (``erf_parallel``); ``threads``: onnxruntime threads per session, 0 to let
+    rfgraph choose: one process then runs one input batch per core at a time, one thread each, on
+    the same session (``erf_parallel.lanes``); ``provider``: "cpu", "cuda" or "auto" (CUDA when
     onnxruntime has it); ``conventions``
     (e.g. ``erf_conventions.REPLKNET``) sets the scalar, aggregation, centre rule, image order and
     the defaults of ``runs`` and ``inputs``; ``channel`` and ``absolute=False`` fold into it.
@@ -502,14 +504,16 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
     seeded = tuple(replace(t, output=plan.output, channel=plan.channel) for t in targets)
     cones, cone_notes = _cones(region_e, method_e, plan.model, analysis, output, targets, seeded,  # type: ignore[arg-type]
                                tuple(full_shape), opts, runs * weight_runs)
+    lanes = erf_parallel.lanes(workers, scheduler, threads, method_e is Method.GRAD and _on_cpu(providers),
+                               weight_runs * -(-runs // batch), batch * activation_bytes(plan.model))  # type: ignore[arg-type]
     sampler = Sampler(plan.model, reinit_e, method_e, seeded,  # type: ignore[arg-type]
                       input_name, tuple(full_shape), tuple(spatial), batch, kind, folder,
                       tuple(mean), tuple(std), conv, plan.scale, seed, fd_step, providers,
-                      threads or erf_parallel.threads_per_worker(workers, scheduler), cones)
+                      threads or erf_parallel.threads_per_worker(workers, scheduler, lanes), cones)
     sampler, guard_notes, checked = _guard(sampler, region_e, fd_budget, runs * weight_runs)
     notes += cone_notes + guard_notes
     sums = erf_parallel.sample_sums(sampler, weight_runs, runs, workers, scheduler, progress,
-                                    fd_budget, checked)
+                                    fd_budget, checked, lanes)
     notes += provider_notes + erf_parallel.provider_notes(sums.providers)
     return [_result(total, int(kept), int(drawn), target, sampler, weight_runs, sums.batch,
                     time.perf_counter() - t0, notes)
@@ -517,6 +521,34 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
 
 
 MOST_UNITS = 8  # units sharing one backward (batch items) when several are asked for
+
+
+def _on_cpu(providers: Sequence[str] | None) -> bool:
+    """Whether the gradient sessions run on the CPU only (no CUDA among ``providers``)."""
+    return runtime.CUDA not in (runtime.best_providers() if providers is None else providers)
+
+
+def activation_bytes(model: onnx.ModelProto) -> int:
+    """Twice the bytes of every tensor the nodes of ``model`` produce, at the shapes inference
+    knows (unknown ones count 0): a bound on one input's run of its gradient graph, whose
+    backward holds the forward's values and gradients of their size."""
+    from .onnx_import import collect_shapes, elem_types
+
+    shapes, types = collect_shapes(model), elem_types(model)
+    total = 0
+    for name in {o for n in model.graph.node for o in n.output if o}:
+        shape = shapes.get(name)
+        if shape is not None and all(isinstance(d, int) and d >= 0 for d in shape):
+            total += int(np.prod(shape, dtype=np.int64)) * _itemsize(types.get(name))
+    return 2 * total
+
+
+def _itemsize(elem_type: int | None) -> int:
+    """Bytes per element of an ONNX element type (4 where unknown)."""
+    try:
+        return int(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).itemsize) if elem_type else 4
+    except (KeyError, TypeError, ValueError):
+        return 4
 
 # Region.AUTO cuts inside the network when the multiply-accumulates the cuts save over the run
 # (forward and backward, every input) reach this: their set-up (two TRF passes per cut, the

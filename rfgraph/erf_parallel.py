@@ -1,6 +1,7 @@
 """ERF sums beyond one process: the weight draws and input runs cut into shards (contiguous input
-ranges of one weight draw), run in this process, in local worker processes (one onnxruntime
-session each) or on a Dask cluster, and their float64 sums added in shard order.  Every input has
+ranges of one weight draw), run in this process (one after the other, or several at a time on
+threads sharing the engine: ``lanes``), in local worker processes (one onnxruntime session each)
+or on a Dask cluster, and their float64 sums added in shard order.  Every input has
 its own Generator (``erf.keyed_rng``), so one process, N workers and a cluster sum the same
 samples: the maps agree to rounding (float64 sums in another grouping).
 
@@ -49,11 +50,48 @@ def shards(weight_runs: int, runs: int, batch: int, parts: int) -> list[Shard]:
     return [Shard(w, a, min(a + per, runs)) for w in range(weight_runs) for a in range(0, runs, per)]
 
 
-def threads_per_worker(workers: int, scheduler: str | None) -> int:
-    """onnxruntime threads per session: the cores shared among local workers (0: ORT's default)."""
-    if workers <= 1 or scheduler:
+def threads_per_worker(workers: int, scheduler: str | None, lanes: int = 1) -> int:
+    """onnxruntime threads per session: the cores shared among local workers, or among the lanes
+    of this process (0: onnxruntime's default, all cores)."""
+    if scheduler or max(workers, lanes) <= 1:
         return 0
-    return max(1, (os.cpu_count() or 1) // workers)
+    return max(1, (os.cpu_count() or 1) // max(workers, lanes))
+
+
+# Several runs of one engine at a time in this process, one onnxruntime thread each, beat one run
+# on all cores: an input's run parallelises its large ops only, and two runs share no lock
+# (onnxruntime sessions run concurrently).  Measured on the 2-core box (benchmarks/README.md):
+# ResNet-50's gradient graph 119 -> 108 ms per input, ViT-S's 180 -> 145 ms.
+MAX_LANES = 8
+LANE_MEMORY_SHARE = 0.5  # of the memory available at the start, for the lanes' activations
+LANE_BATCHES = 4  # batches per lane at least, else fewer lanes (their set-up is not free)
+
+
+def lanes(workers: int, scheduler: str | None, threads: int, gradient_on_cpu: bool, batches: int,
+          run_bytes: int, available_bytes: int | None = None) -> int:
+    """Runs at a time in this process: one per core (at most MAX_LANES) when the caller left the
+    threads to rfgraph (``threads`` 0), on one process, for gradient engines on the CPU; fewer when
+    there are few ``batches`` to run or when ``run_bytes`` (one run's activations) per lane would
+    exceed LANE_MEMORY_SHARE of the memory available."""
+    if workers > 1 or scheduler or threads or not gradient_on_cpu:
+        return 1
+    most = min(os.cpu_count() or 1, MAX_LANES, max(1, batches // LANE_BATCHES))
+    available = memory_available() if available_bytes is None else available_bytes
+    if available is None:
+        return min(most, 2)
+    return max(1, min(most, int(LANE_MEMORY_SHARE * available) // max(run_bytes, 1)))
+
+
+def memory_available() -> int | None:
+    """Bytes the system can give without swapping (Linux's MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 # shards (whole batches) per worker and weight draw: the bar advances per shard, so per batch
@@ -62,14 +100,18 @@ SHARDS_PER_WORKER = 8
 
 
 def sample_sums(sampler: Sampler, weight_runs: int, runs: int, workers: int, scheduler: str | None,
-                progress: bool, fd_budget: float, first: UnitsEngine | ConeEngine | None = None) -> ShardSums:
-    """Sums of every weight draw's first ``runs`` kept maps: shards here, in worker processes or on
-    the ``scheduler``'s cluster, merged in shard order; replacements for non-finite samples are
-    then drawn here, in input order, so the kept set is the one a single process keeps.
-    ``first``: weight draw 0's engine when the caller has built it (the cones' check)."""
-    parts = 1 if workers == 1 and not scheduler else max(workers, 2) * SHARDS_PER_WORKER
-    # built here only where needed (one process, or the finite differences' cost check)
-    if first is None and (parts == 1 or sampler.method is Method.FD):
+                progress: bool, fd_budget: float, first: UnitsEngine | ConeEngine | None = None,
+                lanes: int = 1) -> ShardSums:
+    """Sums of every weight draw's first ``runs`` kept maps: shards here (``lanes`` at a time), in
+    worker processes or on the ``scheduler``'s cluster, merged in shard order; replacements for
+    non-finite samples are then drawn here, in input order, so the kept set is the one a single
+    process keeps.  ``first``: weight draw 0's engine when the caller has built it (the cones'
+    check)."""
+    here = workers == 1 and not scheduler
+    parts = 1 if here and lanes == 1 else max(workers, lanes, 2) * SHARDS_PER_WORKER
+    # built here only where needed (this process runs the shards, or the finite differences'
+    # cost check)
+    if first is None and (here or sampler.method is Method.FD):
         first = sampler.engine(0)
     if first is not None:
         check_fd_cost(first, runs * weight_runs, fd_budget)
@@ -77,6 +119,8 @@ def sample_sums(sampler: Sampler, weight_runs: int, runs: int, workers: int, sch
     bar = _bar(first, runs * weight_runs, progress)
     if parts == 1:
         results = [_shard(sampler, s, bar, first if s.w == 0 else None) for s in todo]
+    elif here:
+        results = _on_lanes(sampler, todo, lanes, bar, first)
     else:
         results = _on_pool(sampler, todo, workers, scheduler, bar)
     merged = _merge(results, len(sampler.targets))
@@ -157,9 +201,41 @@ def _cached_engine(sampler: Sampler, w: int) -> UnitsEngine | ConeEngine:
         return _CACHE[key]
 
 
+def _on_lanes(sampler: Sampler, todo: list[Shard], lanes: int, bar: Callable[..., None],
+              first: UnitsEngine | ConeEngine | None) -> list[tuple[Shard, ShardSums]]:
+    """Shards on ``lanes`` threads of this process, all running each weight draw's one engine
+    (onnxruntime sessions run concurrently), the bar advancing per shard in shard order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    engines: dict[int, UnitsEngine | ConeEngine] = {} if first is None else {0: first}
+    lock = threading.Lock()
+
+    def engine_of(w: int) -> UnitsEngine | ConeEngine:
+        with lock:  # one build per draw; the draw before may still be running on a lane
+            if w not in engines:
+                for old in [k for k in engines if k < w - 1]:
+                    del engines[old]
+                engines[w] = sampler.engine(w)
+            return engines[w]
+
+    def run(shard: Shard) -> tuple[Shard, ShardSums]:
+        return _shard(sampler, shard, _silent, engine_of(shard.w))
+
+    out = []
+    with ThreadPoolExecutor(lanes, thread_name_prefix="rfgraph-lane") as lanes_pool:
+        for shard, sums in lanes_pool.map(run, todo):
+            bar(int(sums.drawn.max()))
+            out.append((shard, sums))
+    return out
+
+
+def _silent(n: int, close: bool = False) -> None:
+    """A shard's own bar on a lane or a worker: the caller counts the shard when it returns."""
+
+
 def _pool_shard(sampler: Sampler, shard: Shard) -> tuple[Shard, ShardSums]:
     """One shard on a worker of ``rfgraph.pool`` (its progress is counted when it returns)."""
-    return _shard(sampler, shard, lambda n, close=False: None)
+    return _shard(sampler, shard, _silent)
 
 
 def _on_pool(sampler: Sampler, todo: list[Shard], workers: int, scheduler: str | None,

@@ -193,3 +193,79 @@ def test_workers_keep_the_first_finite_samples_as_one_process() -> None:
     np.testing.assert_allclose(one.erf, ref, rtol=1e-4, atol=1e-6 * ref.max())
     close(two.erf, one.erf)
     assert one.samples == two.samples == runs
+
+
+# ------------------------------------------------------------------ lanes: runs at a time in this process
+
+def test_lanes_policy() -> None:
+    """One lane per core (at most MAX_LANES) when rfgraph chooses the threads; one where the
+    caller pinned threads, on workers or a cluster, on CUDA or finite differences, with few
+    batches, or when the activations of more lanes would not fit in half the memory available."""
+    from rfgraph import erf_parallel as ep
+
+    cores = os.cpu_count() or 1
+    gb = 1 << 30
+    assert ep.lanes(1, None, 0, True, 1000, 100 << 20, 64 * gb) == min(cores, ep.MAX_LANES)
+    assert ep.lanes(2, None, 0, True, 1000, 1, 64 * gb) == 1
+    assert ep.lanes(1, "tcp://h:8786", 0, True, 1000, 1, 64 * gb) == 1
+    assert ep.lanes(1, None, 1, True, 1000, 1, 64 * gb) == 1
+    assert ep.lanes(1, None, 0, False, 1000, 1, 64 * gb) == 1
+    assert ep.lanes(1, None, 0, True, ep.LANE_BATCHES - 1, 1, 64 * gb) == 1
+    assert ep.lanes(1, None, 0, True, 1000, 3 * gb, 4 * gb) == 1  # 2 GB of 4 holds one run of 3 GB
+    assert ep.lanes(1, None, 0, True, 1000, gb, 4 * gb) == min(cores, 2)
+    assert ep.threads_per_worker(1, None, 2) == max(1, cores // 2)
+    assert ep.threads_per_worker(1, None, 1) == 0
+
+
+def test_lanes_give_the_one_lane_map(model, monkeypatch) -> None:
+    """Four lanes sharing each of two He weight draws' engine give the map of one lane (runs one
+    after the other) and of torch autograd at the model's own weights; the bar counts every input."""
+    from rfgraph import erf as erf_mod
+    from rfgraph import erf_parallel as ep
+
+    counted: list[int] = []
+
+    def progress(total: int, show: bool, what: str = "input"):  # type: ignore[no-untyped-def]
+        return lambda n, close=False: counted.append(n)
+
+    monkeypatch.setattr(erf_mod, "_progress", progress)
+    used: list[int] = []
+    real = ep._on_lanes
+
+    def spy(sampler, todo, lanes, bar, first):  # type: ignore[no-untyped-def]
+        used.append(lanes)
+        return real(sampler, todo, lanes, bar, first)
+
+    monkeypatch.setattr(ep, "_on_lanes", spy)
+    monkeypatch.setattr(ep, "lanes", lambda *a, **k: 4)
+    kw = {"runs": 9, "seed": 3, "weight_runs": 2, "reinit": "he", "batch": 1}
+    four = compute_erf(model, **kw)
+    assert used == [4] and sum(counted) == 18
+    monkeypatch.setattr(ep, "lanes", lambda *a, **k: 1)
+    one = compute_erf(model, **kw)
+    assert used == [4]  # the second call ran its shards one after the other
+    close(four.erf, one.erf, 1e-12)
+    assert four.samples == one.samples == 18 and one.erf.max() > 0
+    monkeypatch.setattr(ep, "lanes", lambda *a, **k: 3)
+    own = compute_erf(model, runs=7, seed=2, batch=1)
+    close(own.erf, torch_map(Net().eval(), 2, 7, (3, 3)), 1e-5)
+
+
+def test_a_failing_lane_fails_the_call(model, monkeypatch) -> None:
+    """An error on a lane reaches the caller (no map made of the other lanes' shards)."""
+    from rfgraph import erf_parallel as ep
+
+    monkeypatch.setattr(ep, "lanes", lambda *a, **k: 2)
+    real = ep._shard
+    calls: list[int] = []
+
+    def broken(sampler, shard, bar, engine=None):  # type: ignore[no-untyped-def]
+        calls.append(shard.start)
+        if shard.start >= 4:
+            raise RuntimeError("lane failed")
+        return real(sampler, shard, bar, engine)
+
+    monkeypatch.setattr(ep, "_shard", broken)
+    with pytest.raises(RuntimeError, match="lane failed"):
+        compute_erf(model, runs=8, seed=0, batch=1)
+    assert calls
