@@ -12,7 +12,7 @@ raises ``UnsupportedOpError`` naming the node and pointing to the finite-differe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,9 +25,18 @@ from .errors import (
     RFGraphError,
     UnsupportedOpError,
 )
-from .onnx_import import FLOAT_TYPES, MIN_OPSET, measure_shapes, prepare, static_shapes_and_types
+from .onnx_import import (
+    FLOAT_TYPES,
+    MIN_OPSET,
+    ModelGraph,
+    build_graph,
+    measure_shapes,
+    prepare,
+    static_shapes_and_types,
+)
 from .semantics import VJP_RULES, geometry
 from .semantics.gradient import (
+    FINITE_PRESERVING,
     INDEX_OUTPUTS,
     NON_DIFFERENTIABLE,
     QUANTIZED_OPS,
@@ -142,6 +151,79 @@ def active_tensors(model: onnx.ModelProto, input_name: str, dtypes: dict[str, in
     return active
 
 
+def finite_tensors(model: onnx.ModelProto, input_name: str, dtypes: dict[str, int],
+                   constant: Callable[[str], np.ndarray | None]) -> set[str]:
+    """Float tensors that are finite for every finite input (float overflow aside): the input,
+    finite constants (``constant``: an initializer's or Constant node's value, else None), and
+    what ``FINITE_PRESERVING`` ops compute from those and from integer or boolean tensors (a
+    Where's condition, a Gather's indices); Div by a constant without zeros, Pow by non-negative
+    constants and normalisations with a positive epsilon count too.  Another graph input is not
+    known finite (an attention mask the user fills may hold -inf)."""
+    finite = {input_name} | {i.name for i in model.graph.initializer if _finite_value(constant(i.name))}
+    for node in model.graph.node:  # ONNX graphs are topologically sorted
+        if node.op_type == "Constant":
+            ok = _finite_value(constant(node.output[0]))
+        elif node.op_type == "ConstantOfShape":  # its value: 0 unless an attribute says otherwise
+            ok = all(_finite_value(numpy_helper.to_array(a.t)) for a in node.attribute if a.name == "value")
+        else:
+            ok = _keeps_finite(node, finite, dtypes, constant)
+        if ok:
+            finite.update(o for o in node.output if o)
+    return finite
+
+
+def _finite_value(value: np.ndarray | None) -> bool:
+    """Whether a constant is known and all finite (integers and booleans are)."""
+    return value is not None and (value.dtype.kind not in "fc" or bool(np.isfinite(value).all()))
+
+
+def _keeps_finite(node: onnx.NodeProto, finite: set[str], dtypes: dict[str, int],
+                  constant: Callable[[str], np.ndarray | None]) -> bool:
+    """Whether ``node``'s outputs are finite given which of its inputs are (``finite_tensors``)."""
+    op = node.op_type
+    if node.domain not in ("", "ai.onnx") or op not in FINITE_PRESERVING | {"Div", "Pow"}:
+        return False
+    eps = next((a.f for a in node.attribute if a.name == "epsilon"), None)
+    if eps is not None and eps <= 0:
+        return False  # a constant row normalised with epsilon 0 is 0/0
+    if not all(not name or name in finite or dtypes.get(name, TensorProto.FLOAT) not in FLOAT_TYPES
+               for name in node.input):
+        return False
+    if op == "Div":
+        divisor = constant(node.input[1])
+        return divisor is not None and not bool((divisor == 0).any())
+    if op == "Pow":
+        exponent = constant(node.input[1])
+        if exponent is None:
+            return False
+        if bool((exponent >= 0).all() and (exponent == np.round(exponent)).all()):
+            return True  # a natural power
+        base = constant(node.input[0])  # else only a positive constant base is safe
+        return base is not None and bool((base > 0).all())
+    return True
+
+
+def _constant_values(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
+                     b: Builder) -> Callable[[str], np.ndarray | None]:
+    """Values ``finite_tensors`` reads: initializers and Constant nodes, then shape arithmetic
+    (an attention scale computed from a tensor's static shape) folded by the loader's folder."""
+    graph: list[ModelGraph | None] = []
+
+    def value(name: str) -> np.ndarray | None:
+        known = b.constant(name)
+        if known is not None or name in b.initializers:
+            return known
+        if not graph:
+            try:
+                graph.append(build_graph(model))
+                graph[0].shapes.update(shapes)  # type: ignore[union-attr]
+            except RFGraphError:
+                graph.append(None)
+        return graph[0].constant(name) if graph[0] is not None else None
+
+    return value
+
+
 def _on_quantized_path(node: onnx.NodeProto, active: set[str], dtypes: dict[str, int]) -> bool:
     """An integer output that still carries the input: a quantized op's (``QUANTIZED_OPS``) or
     one computed from an active integer tensor (a quantized value moved by Reshape, MaxPool...)."""
@@ -211,6 +293,7 @@ def build_vjp(model: onnx.ModelProto, output: str | None = None,
     model, shapes, dtypes, active = _unrolled(model, x_name, shapes, dtypes, active)
     forward = [_copy(n) for n in ancestors(model, y_name)]
     b = _builder(model, x_name, shapes, dtypes, active)
+    b.finite = finite_tensors(model, x_name, dtypes, _constant_values(model, shapes, b))
     grad_x = _backward(b, forward, x_name, y_name)
     return _assemble(model, forward, b, x_name, y_name, grad_x, emit_output)
 

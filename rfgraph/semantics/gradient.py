@@ -38,6 +38,22 @@ NON_DIFFERENTIABLE = frozenset({
 # Outputs of differentiable ops that are indices, not values (no gradient flows through them)
 INDEX_OUTPUTS = {"MaxPool": 1, "TopK": 1}
 
+# Ops whose outputs are finite when their inputs are (short of float overflow, where torch's
+# result is not finite either): a Softmax fed only through them never sees a row of -inf, so its
+# rule needs no guard for one (``finite_tensors``).  Div and Pow count when their second input
+# is a constant that keeps them finite (no zero divisor, no negative exponent); Log, Exp,
+# Reciprocal, Sqrt and every op not listed do not.
+FINITE_PRESERVING = frozenset({
+    "Add", "Sub", "Mul", "Neg", "Abs", "Sum", "Mean", "Max", "Min", "MatMul", "Gemm", "Conv",
+    "ConvTranspose", "Einsum", "Relu", "LeakyRelu", "PRelu", "Gelu", "Erf", "Tanh", "Sigmoid",
+    "HardSigmoid", "HardSwish", "Clip", "Softmax", "LogSoftmax", "Sin", "Cos", "Reshape",
+    "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Split", "Slice", "Gather",
+    "GatherElements", "Concat", "Expand", "Tile", "Pad", "Resize", "MaxPool", "AveragePool",
+    "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
+    "Where", "Cast", "Dropout", "DepthToSpace", "SpaceToDepth", "LayerNormalization",
+    "BatchNormalization",
+})
+
 
 class IllTypedGradient(RFGraphError):
     """An emitted backward node fails ONNX's type and shape check (mixed float types in the model,
@@ -55,6 +71,7 @@ class Builder:
     dtype: int  # element type of the input and of every gradient
     evaluate: Callable[[str], dict[str, np.ndarray]] | None = None
     initializers: dict[str, onnx.TensorProto] = field(default_factory=dict)
+    finite: set[str] = field(default_factory=set)  # active tensors finite for every finite input
     opset: int = 17  # of the default domain: the version each emitted node's shape rule follows
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     inits: list[onnx.TensorProto] = field(default_factory=list)
@@ -161,6 +178,14 @@ class Builder:
         if name not in self.consts and self.evaluate is not None:
             self.consts.update(self.evaluate(name))
         return self.consts.get(name)
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of an initializer or Constant node (None for any other tensor): ``value``
+        without evaluating anything, nor keeping an initializer's array (a pass over every weight
+        reads them all)."""
+        if name in self.consts:
+            return self.consts[name]
+        return numpy_helper.to_array(self.initializers[name]) if name in self.initializers else None
 
     def is_active(self, name: str) -> bool:
         """True when the tensor depends differentiably on the graph input."""

@@ -65,10 +65,13 @@ def lp_norm_rule(ctx: NodeContext) -> Transfer:
 def _softmax(b: Builder, n: NodeView, gys: list) -> Grads:
     """Softmax (opset >= 13, one axis): y * (g - sum(g * y, axis)).  A row of -inf (fully masked
     attention) gives NaN and stays NaN under any finite change of the input: its derivative is 0,
-    so NaN outputs count as 0 here (else the NaN spreads to every gradient a Where had masked)."""
+    so NaN outputs count as 0 here (else the NaN spreads to every gradient a Where had masked);
+    that guard is left out where the input is finite for every finite model input (``b.finite``:
+    no mask of -inf reaches it)."""
     y, g = n.outputs[0], gys[0]
     ax = n.attr_int("axis", -1) % len(b.shape(y))
-    y = b.op("Where", b.op("IsNaN", y), b.scalar(0.0), y)
+    if n.inputs[0] not in b.finite:
+        y = b.op("Where", b.op("IsNaN", y), b.scalar(0.0), y)
     gy = b.op("Mul", g, y)
     s = b.op("ReduceSum", gy, b.ints([ax]), keepdims=1)
     return [b.op("Mul", y, b.op("Sub", g, s))]
