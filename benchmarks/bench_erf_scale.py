@@ -1,7 +1,8 @@
 """Benchmark: ERF over many inputs and units, on one process, N worker processes and a Dask cluster.
 
 For a model of bench_erf.py (default: the ResNet-50 trunk at 128x128) it times ``compute_erf``
-with ``--runs`` inputs on 1 and ``--workers`` local processes and, when Dask's distributed is
+with ``--runs`` inputs on 1 process (in lanes, its default, and one run at a time on all cores)
+and ``--workers`` local processes and, when Dask's distributed is
 importable, on a LocalCluster of that many workers (or ``--scheduler ADDRESS``); then ``--units``
 units in one call (one backward per batch of units) against one call per unit.  Each line gives
 the wall time, the ratio to one process and the largest difference from one process's map.
@@ -12,6 +13,7 @@ Run on demand (not a test):  python benchmarks/bench_erf_scale.py [--model resne
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -63,8 +65,13 @@ def main() -> None:
         path = str(Path(tmp) / f"{args.model}.onnx")
         export(args.model, args.size, Path(path))
         kw = {"runs": args.runs, "seed": 0, "channel": _channel(args.model), "provider": "cpu"}
+        compute_erf(path, **{**kw, "runs": 2})  # imports and first sessions out of the timings
         one, t1 = timed(compute_erf, path, **kw)
-        print(f"{args.model} {args.size}x{args.size}, {args.runs} inputs: 1 process {t1:.2f} s")
+        print(f"{args.model} {args.size}x{args.size}, {args.runs} inputs: 1 process {t1:.2f} s "
+              f"(in lanes: {os.cpu_count()} cores)")
+        serial, ts = timed(compute_erf, path, threads=os.cpu_count() or 1, **kw)
+        print(f"  1 process, one run at a time on all cores (threads pinned, no lanes): {ts:.2f} s "
+              f"(lanes {ts / t1:.2f}x faster), max diff {diff(serial.erf, one.erf):.2g}")
         many, tn = timed(compute_erf, path, workers=args.workers, **kw)
         print(f"  {args.workers} worker processes: {tn:.2f} s ({t1 / tn:.2f}x faster), "
               f"max diff {diff(many.erf, one.erf):.2g}")
