@@ -157,16 +157,18 @@ def finite_tensors(model: onnx.ModelProto, input_name: str, dtypes: dict[str, in
     finite constants (``constant``: an initializer's or Constant node's value, else None), and
     what ``FINITE_PRESERVING`` ops compute from those and from integer or boolean tensors (a
     Where's condition, a Gather's indices); Div by a constant without zeros, Pow by non-negative
-    constants and normalisations with a positive epsilon count too.  Another graph input is not
-    known finite (an attention mask the user fills may hold -inf)."""
+    constants and normalisations with a positive epsilon count too, and so does any tensor
+    ``constant`` computes finite.  Another graph input is not known finite (an attention mask the
+    user fills may hold -inf)."""
     finite = {input_name} | {i.name for i in model.graph.initializer if _finite_value(constant(i.name))}
     for node in model.graph.node:  # ONNX graphs are topologically sorted
         if node.op_type == "Constant":
             ok = _finite_value(constant(node.output[0]))
         elif node.op_type == "ConstantOfShape":  # its value: 0 unless an attribute says otherwise
             ok = all(_finite_value(numpy_helper.to_array(a.t)) for a in node.attribute if a.name == "value")
-        else:
-            ok = _keeps_finite(node, finite, dtypes, constant)
+        else:  # or a constant the folder computes finite (1 / Sqrt(head size) from the shapes)
+            ok = _keeps_finite(node, finite, dtypes, constant) or all(
+                _finite_value(constant(o)) for o in node.output if o)
         if ok:
             finite.update(o for o in node.output if o)
     return finite

@@ -127,3 +127,16 @@ def test_a_scale_from_the_static_shape_is_folded() -> None:
                       {"i": np.array(2, np.int64), "z": np.array(0, np.int64), "p": np.array(-0.5)})
     assert _softmax_input_finite(model("Add"))  # 4 + 0
     assert not _softmax_input_finite(model("Mul"))  # 4 * 0
+
+
+def test_a_folded_square_root_is_finite() -> None:
+    """s = x * (1 / Sqrt(Cast(Shape(x)[2]))), torch's scaled_dot_product_attention export: Sqrt
+    is not finite-preserving (negative inputs), but its folded value here is 2."""
+    model = _model([helper.make_node("Shape", ["x"], ["sh"]),
+                    helper.make_node("Gather", ["sh", "i"], ["n"], axis=0),
+                    helper.make_node("Cast", ["n"], ["f"], to=TensorProto.FLOAT),
+                    helper.make_node("Sqrt", ["f"], ["r"]),
+                    helper.make_node("Div", ["one", "r"], ["c"]),
+                    helper.make_node("Mul", ["x", "c"], ["s"]), SOFTMAX],
+                   {"i": np.array(2, np.int64), "one": np.array(1.0)})
+    assert _softmax_input_finite(model)
