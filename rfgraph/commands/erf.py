@@ -275,7 +275,8 @@ def render(result: ERFResult, fmt: str, timings: bool = False) -> str:
     conv = result.conventions
     title = (f"ERF of {h['output']} unit {tuple(h['unit'])}{channel}: "
              f"{h['runs']} runs x {h['weight_runs']} weights, {h['method']}, "
-             f"{_scalar_text(conv)}{AGGREGATION_TEXT[conv.aggregation]}, TRF {h['trf_region']}")
+             f"{_scalar_text(conv)}{AGGREGATION_TEXT[conv.aggregation]}, "
+             + (f"TRF {h['trf_region']}" if h["trf_region"] else "no local TRF region (see the notes)"))
     table = tabulate(rows, headers=["metric", "value", "definition"],
                      tablefmt="github" if fmt == "markdown" else "simple")
     return f"{title}\n{table}"
