@@ -362,3 +362,21 @@ def test_erf_png_draws_a_visible_trf_edge_when_the_field_exceeds_the_image(tmp_p
     b = np.asarray(Image.open(without).convert("RGB")).astype(int)
     red = (a[..., 0] > 180) & (a[..., 1] < 80) & (a[..., 2] < 80)
     assert red.sum() > 1000 and not ((b[..., 0] > 180) & (b[..., 1] < 80) & (b[..., 2] < 80)).any()
+
+
+def test_erf_title_of_a_global_unit_names_no_region(tmp_path: Path, capsys) -> None:
+    """The table's title said Python's 'TRF None' for a unit whose field is global (timm's Swin):
+    it says there is no local TRF region; a local unit keeps its [u0, v0] boxes."""
+    from rfgraph import cli
+
+    g = G((6, 6), channels=1, batch=1)
+    path = tmp_path / "global.onnx"
+    onnx.save(g.model(g.node("GlobalAveragePool", [g.conv("x", 3, 1, cout=2)])), path)
+    assert cli.main(["erf", str(path), "--runs", "1", "--no-progress"]) == 0
+    title = capsys.readouterr().out.splitlines()[0]
+    assert title.endswith("no local TRF region (see the notes)") and "None" not in title
+    local = tmp_path / "local.onnx"
+    g = G((6, 6), channels=1, batch=1)
+    onnx.save(g.model(g.conv("x", 3, 1, cout=2)), local)
+    assert cli.main(["erf", str(local), "--runs", "1", "--no-progress"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("TRF [[1, 3], [1, 3]]")
