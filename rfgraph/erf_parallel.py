@@ -204,7 +204,7 @@ def _cached_engine(sampler: Sampler, w: int) -> UnitsEngine | ConeEngine:
 def _on_lanes(sampler: Sampler, todo: list[Shard], lanes: int, bar: Callable[..., None],
               first: UnitsEngine | ConeEngine | None) -> list[tuple[Shard, ShardSums]]:
     """Shards on ``lanes`` threads of this process, all running each weight draw's one engine
-    (onnxruntime sessions run concurrently), the bar advancing per shard in shard order."""
+    (onnxruntime sessions run concurrently), the bar advancing per batch (under a lock)."""
     from concurrent.futures import ThreadPoolExecutor
 
     engines: dict[int, UnitsEngine | ConeEngine] = {} if first is None else {0: first}
@@ -218,15 +218,15 @@ def _on_lanes(sampler: Sampler, todo: list[Shard], lanes: int, bar: Callable[...
                 engines[w] = sampler.engine(w)
             return engines[w]
 
-    def run(shard: Shard) -> tuple[Shard, ShardSums]:
-        return _shard(sampler, shard, _silent, engine_of(shard.w))
+    def counted(n: int, close: bool = False) -> None:
+        with lock:
+            bar(n)
 
-    out = []
+    def run(shard: Shard) -> tuple[Shard, ShardSums]:
+        return _shard(sampler, shard, counted, engine_of(shard.w))
+
     with ThreadPoolExecutor(lanes, thread_name_prefix="rfgraph-lane") as lanes_pool:
-        for shard, sums in lanes_pool.map(run, todo):
-            bar(int(sums.drawn.max()))
-            out.append((shard, sums))
-    return out
+        return list(lanes_pool.map(run, todo))
 
 
 def _silent(n: int, close: bool = False) -> None:
