@@ -205,16 +205,13 @@ def _keeps_finite(node: onnx.NodeProto, finite: set[str], dtypes: dict[str, int]
     return True
 
 
-def _constant_values(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
-                     b: Builder) -> Callable[[str], np.ndarray | None]:
-    """Values ``finite_tensors`` reads: initializers and Constant nodes, then shape arithmetic
-    (an attention scale computed from a tensor's static shape) folded by the loader's folder."""
+def _folder(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> Callable[[str], np.ndarray | None]:
+    """The loader's constant folder over ``model`` at the static ``shapes`` (built on first use):
+    values computed from constants and shapes alone (an attention scale from a tensor's size, a
+    BatchNorm's parameters behind Identity nodes), node by node, without a session."""
     graph: list[ModelGraph | None] = []
 
-    def value(name: str) -> np.ndarray | None:
-        known = b.constant(name)
-        if known is not None or name in b.initializers:
-            return known
+    def fold(name: str) -> np.ndarray | None:
         if not graph:
             try:
                 graph.append(build_graph(model))
@@ -223,7 +220,7 @@ def _constant_values(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
                 graph.append(None)
         return graph[0].constant(name) if graph[0] is not None else None
 
-    return value
+    return fold
 
 
 def _on_quantized_path(node: onnx.NodeProto, active: set[str], dtypes: dict[str, int]) -> bool:
@@ -295,7 +292,7 @@ def build_vjp(model: onnx.ModelProto, output: str | None = None,
     model, shapes, dtypes, active = _unrolled(model, x_name, shapes, dtypes, active)
     forward = [_copy(n) for n in ancestors(model, y_name)]
     b = _builder(model, x_name, shapes, dtypes, active)
-    b.finite = finite_tensors(model, x_name, dtypes, _constant_values(model, shapes, b))
+    b.finite = finite_tensors(model, x_name, dtypes, b.constant_or_folded)
     grad_x = _backward(b, forward, x_name, y_name)
     return _assemble(model, forward, b, x_name, y_name, grad_x, emit_output)
 
@@ -324,13 +321,20 @@ def _unrolled(model: onnx.ModelProto, x_name: str, shapes: dict[str, tuple[int, 
 def _builder(model: onnx.ModelProto, x_name: str, shapes: dict[str, tuple[int, ...]],
              dtypes: dict[str, int], active: set[str]) -> Builder:
     """The context the rules work in (its ``value`` reads the tensors that do not depend on the
-    input: constants, initializers, else one evaluation)."""
+    input: constants, initializers, else the loader's folder, else one evaluation on zeros)."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
-    return Builder(shapes=dict(shapes), dtypes=dict(dtypes), opset=opset,
-                   consts=constants(model, with_initializers=False), active=active,
-                   dtype=dtypes.get(x_name, TensorProto.FLOAT),
-                   evaluate=lambda name: _input_independent(model, name, active, dtypes),
-                   initializers={i.name: i for i in model.graph.initializer})
+    fold = _folder(model, shapes)
+
+    def evaluate(name: str) -> dict[str, np.ndarray]:  # folded where it can, else one run
+        value = fold(name)
+        return {name: value} if value is not None else _input_independent(model, name, active, dtypes)
+
+    b = Builder(shapes=dict(shapes), dtypes=dict(dtypes), opset=opset,
+                consts=constants(model, with_initializers=False), active=active,
+                dtype=dtypes.get(x_name, TensorProto.FLOAT), evaluate=evaluate,
+                initializers={i.name: i for i in model.graph.initializer})
+    b.fold = fold
+    return b
 
 
 def _with_way_out(exc: UnsupportedOpError) -> UnsupportedOpError:

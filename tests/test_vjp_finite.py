@@ -32,8 +32,7 @@ def _softmax_input_finite(model: onnx.ModelProto) -> bool:
     """Whether ``finite_tensors`` finds the Softmax's input finite (the graph's last node)."""
     shapes, dtypes = vjp.tensor_shapes(model, "x")
     b = vjp._builder(model, "x", shapes, dtypes, vjp.active_tensors(model, "x", dtypes))
-    values = vjp._constant_values(model, shapes, b)
-    return model.graph.node[-1].input[0] in vjp.finite_tensors(model, "x", dtypes, values)
+    return model.graph.node[-1].input[0] in vjp.finite_tensors(model, "x", dtypes, b.constant_or_folded)
 
 
 SOFTMAX = helper.make_node("Softmax", ["s"], ["y"], axis=-1)

@@ -72,6 +72,7 @@ class Builder:
     evaluate: Callable[[str], dict[str, np.ndarray]] | None = None
     initializers: dict[str, onnx.TensorProto] = field(default_factory=dict)
     finite: set[str] = field(default_factory=set)  # active tensors finite for every finite input
+    fold: Callable[[str], np.ndarray | None] | None = None  # the loader's folder (no session)
     opset: int = 17  # of the default domain: the version each emitted node's shape rule follows
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     inits: list[onnx.TensorProto] = field(default_factory=list)
@@ -179,13 +180,15 @@ class Builder:
             self.consts.update(self.evaluate(name))
         return self.consts.get(name)
 
-    def constant(self, name: str) -> np.ndarray | None:
-        """The value of an initializer or Constant node (None for any other tensor): ``value``
-        without evaluating anything, nor keeping an initializer's array (a pass over every weight
-        reads them all)."""
+    def constant_or_folded(self, name: str) -> np.ndarray | None:
+        """The value of an initializer or Constant node, else what ``fold`` computes without a
+        session (None when the tensor is not constant): ``value`` without running the model, nor
+        keeping an initializer's array (a pass over every weight reads them all)."""
         if name in self.consts:
             return self.consts[name]
-        return numpy_helper.to_array(self.initializers[name]) if name in self.initializers else None
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        return self.fold(name) if self.fold is not None and name not in self.active else None
 
     def is_active(self, name: str) -> bool:
         """True when the tensor depends differentiably on the graph input."""
