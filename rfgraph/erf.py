@@ -479,6 +479,8 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
     runs = conv.runs if runs is None else runs
     if runs < 1 or weight_runs < 1 or workers < 1 or not units:
         raise RFGraphError("--runs, --weight-runs and --workers must be at least 1, and a unit given")
+    if threads < 0:
+        raise RFGraphError(f"--threads {threads}: give 0 (rfgraph's choice) or a number of threads")
     inputs, notes = _inputs(inputs, conv)
     conv = replace(conv, runs=runs, inputs=inputs)
     kind, folder = _input_kind(inputs)

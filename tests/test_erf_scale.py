@@ -269,3 +269,25 @@ def test_a_failing_lane_fails_the_call(model, monkeypatch) -> None:
     with pytest.raises(RuntimeError, match="lane failed"):
         compute_erf(model, runs=8, seed=0, batch=1)
     assert calls
+
+
+def test_cli_threads_pin_one_run_at_a_time(model, tmp_path: Path, monkeypatch) -> None:
+    """``erf --threads 1`` runs one input batch at a time (no lanes) and gives the default's map;
+    a negative count is refused in one line (exit 2)."""
+    from rfgraph import erf_parallel as ep
+
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    lanes: list[int] = []
+    real = ep._on_lanes
+    monkeypatch.setattr(ep, "_on_lanes", lambda s, t, n, b, f: lanes.append(n) or real(s, t, n, b, f))
+    monkeypatch.setattr(ep, "LANE_BATCHES", 1)
+    maps = []
+    for extra in ([], ["--threads", "1"]):
+        out = tmp_path / f"m{len(extra)}.npy"
+        argv = ["erf", str(path), "--runs", "8", "--batch", "1", "--npy", str(out), "--no-progress", *extra]
+        assert cli.main(argv) == 0
+        maps.append(np.load(out))
+    assert lanes == ([min(os.cpu_count() or 1, ep.MAX_LANES)] if (os.cpu_count() or 1) > 1 else [])
+    close(maps[1], maps[0], 1e-12)
+    assert cli.main(["erf", str(path), "--threads", "-1"]) == 2

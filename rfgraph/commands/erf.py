@@ -89,6 +89,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (results are deterministic)")
     p.add_argument("--batch", type=int, default=0,
                    help="inputs per onnxruntime run (default 0: automatic, by input size)")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="onnxruntime threads per run; default 0: rfgraph's choice, one run per "
+                        "core at a time with one thread each (lanes, up to 8, as memory allows); "
+                        "N: one run at a time on N threads (less memory)")
     p.add_argument("--png", metavar="FILE", help="write a heatmap (TRF box drawn over it)")
     p.add_argument("--log", action="store_true", help="logarithmic colour scale for --png")
     p.add_argument("--npy", metavar="FILE", help="write the raw ERF array (.npy)")
@@ -133,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
             args.model, args.output, options=options, units=units, runs=args.runs, workers=args.workers,
             scheduler=args.scheduler, provider=args.provider, region=args.region,
             method=args.method, inputs=args.inputs, reinit=args.reinit,
-            weight_runs=args.weight_runs, seed=args.seed, batch=args.batch,
+            weight_runs=args.weight_runs, seed=args.seed, batch=args.batch, threads=args.threads,
             progress=show_progress(args),
             mean=_floats(args.mean, "--mean") or IMAGENET_MEAN,
             std=_floats(args.std, "--std") or IMAGENET_STD, conventions=conventions(args),
