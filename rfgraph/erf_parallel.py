@@ -61,7 +61,7 @@ def threads_per_worker(workers: int, scheduler: str | None, lanes: int = 1) -> i
 # Several runs of one engine at a time in this process, one onnxruntime thread each, beat one run
 # on all cores: an input's run parallelises its large ops only, and two runs share no lock
 # (onnxruntime sessions run concurrently).  Measured on the 2-core box (benchmarks/README.md):
-# ResNet-50's gradient graph 119 -> 108 ms per input, ViT-S's 180 -> 145 ms.
+# ResNet-50's ERF engine 119.7 -> 108.6 ms per input, ViT-S's 166.8 -> 146.2 ms.
 MAX_LANES = 8
 LANE_MEMORY_SHARE = 0.5  # of the memory available at the start, for the lanes' activations
 LANE_BATCHES = 4  # batches per lane at least, else fewer lanes (their set-up is not free)
@@ -208,10 +208,10 @@ def _on_lanes(sampler: Sampler, todo: list[Shard], lanes: int, bar: Callable[...
     from concurrent.futures import ThreadPoolExecutor
 
     engines: dict[int, UnitsEngine | ConeEngine] = {} if first is None else {0: first}
-    lock = threading.Lock()
+    building, counting = threading.Lock(), threading.Lock()  # a build must not stall the bar
 
     def engine_of(w: int) -> UnitsEngine | ConeEngine:
-        with lock:  # one build per draw; the draw before may still be running on a lane
+        with building:  # one build per draw; the draw before may still be running on a lane
             if w not in engines:
                 for old in [k for k in engines if k < w - 1]:
                     del engines[old]
@@ -219,7 +219,7 @@ def _on_lanes(sampler: Sampler, todo: list[Shard], lanes: int, bar: Callable[...
             return engines[w]
 
     def counted(n: int, close: bool = False) -> None:
-        with lock:
+        with counting:
             bar(n)
 
     def run(shard: Shard) -> tuple[Shard, ShardSums]:
@@ -230,7 +230,7 @@ def _on_lanes(sampler: Sampler, todo: list[Shard], lanes: int, bar: Callable[...
 
 
 def _silent(n: int, close: bool = False) -> None:
-    """A shard's own bar on a lane or a worker: the caller counts the shard when it returns."""
+    """A shard's own bar on a worker: the caller counts the shard when it returns."""
 
 
 def _pool_shard(sampler: Sampler, shard: Shard) -> tuple[Shard, ShardSums]:
