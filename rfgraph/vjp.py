@@ -191,6 +191,9 @@ def _keeps_finite(node: onnx.NodeProto, finite: set[str], dtypes: dict[str, int]
     if not all(not name or name in finite or dtypes.get(name, TensorProto.FLOAT) not in FLOAT_TYPES
                for name in node.input):
         return False
+    if op == "BatchNormalization":  # var + epsilon > 0, or the scale divides by 0
+        var = constant(node.input[4]) if len(node.input) > 4 else None
+        return var is not None and bool((var + (1e-5 if eps is None else eps) > 0).all())
     if op == "Div":
         divisor = constant(node.input[1])
         return divisor is not None and not bool((divisor == 0).any())

@@ -57,6 +57,10 @@ W = np.full((4, 4), 0.5)
     ([helper.make_node("Greater", ["x", "z"], ["c"]), helper.make_node("Where", ["c", "x", "n"], ["s"])],
      {"z": np.array(0.0), "n": np.array(-np.inf)}, False),
     ([helper.make_node("Exp", ["x"], ["s"])], {}, False),
+    ([helper.make_node("BatchNormalization", ["x", "o", "z4", "z4", "v"], ["s"], epsilon=1e-5)],
+     {"o": np.ones(4), "z4": np.zeros(4), "v": np.array([1.0, 0.0, 2.0, 3.0])}, True),
+    ([helper.make_node("BatchNormalization", ["x", "o", "z4", "z4", "v"], ["s"], epsilon=1e-5)],
+     {"o": np.ones(4), "z4": np.zeros(4), "v": np.array([1.0, -1e-5, 2.0, 3.0])}, False),
 ])
 def test_finite_tensors(nodes: list, inits: dict, finite: bool) -> None:
     """A Softmax input is finite through finite-preserving ops and finite constants only."""
