@@ -40,9 +40,10 @@ INDEX_OUTPUTS = {"MaxPool": 1, "TopK": 1}
 
 # Ops whose outputs are finite when their inputs are (short of float overflow, where torch's
 # result is not finite either): a Softmax fed only through them never sees a row of -inf, so its
-# rule needs no guard for one (``finite_tensors``).  Div and Pow count when their second input
-# is a constant that keeps them finite (no zero divisor, no negative exponent); Log, Exp,
-# Reciprocal, Sqrt and every op not listed do not.
+# rule needs no guard for one (``vjp.finite_tensors``, which also admits Div by a constant without
+# zeros, natural powers or powers of a positive constant, BatchNormalization only with var +
+# epsilon > 0, and any constant the loader folds to finite values); Log, Exp, Reciprocal, Sqrt of
+# the input and every op not listed do not count.
 FINITE_PRESERVING = frozenset({
     "Add", "Sub", "Mul", "Neg", "Abs", "Sum", "Mean", "Max", "Min", "MatMul", "Gemm", "Conv",
     "ConvTranspose", "Einsum", "Relu", "LeakyRelu", "PRelu", "Gelu", "Erf", "Tanh", "Sigmoid",
@@ -71,7 +72,7 @@ class Builder:
     dtype: int  # element type of the input and of every gradient
     evaluate: Callable[[str], dict[str, np.ndarray]] | None = None
     initializers: dict[str, onnx.TensorProto] = field(default_factory=dict)
-    finite: set[str] = field(default_factory=set)  # active tensors finite for every finite input
+    finite: set[str] = field(default_factory=set)  # tensors finite for every finite input (Softmax's rule reads it)
     fold: Callable[[str], np.ndarray | None] | None = None  # the loader's folder (no session)
     opset: int = 17  # of the default domain: the version each emitted node's shape rule follows
     nodes: list[onnx.NodeProto] = field(default_factory=list)
