@@ -54,13 +54,6 @@ class Cut:
 
 # ------------------------------------------------------------------------------ where to cut
 
-def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Static shapes the loader's shape inference left in the model (every dim known)."""
-    from .onnx_import import collect_shapes
-
-    return {name: dims for name, dims in collect_shapes(model).items() if None not in dims}
-
-
 def macs(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int:
     """Multiply-accumulates of a Conv, ConvTranspose, MatMul or Gemm (0 for other ops, or when a
     shape is unknown): what a crop saves."""
@@ -130,9 +123,10 @@ def choose(model: onnx.ModelProto, analysis: Analysis, output: str, seeded: str,
     region is ``region`` (at most MAX_CUTS, each saving at least MIN_GAIN of the total) and the
     forward MACs they save: an estimate from the full model's TRF, the crop of each cut decided
     later by ``cone.plan``."""
+    from .onnx_import import known_shapes
     from .vjp import ancestors
 
-    shapes = _shapes(model)
+    shapes = known_shapes(model)
     nodes = ancestors(model, seeded)
     cost = [macs(n, shapes) for n in nodes]
     total = sum(cost)
@@ -269,10 +263,10 @@ def later_layers(model: onnx.ModelProto, input_name: str, tensor: str, output: s
     """The model of the layers after the cut ``tensor``: graph input ``tensor``, output
     ``output``, the nodes ``output`` needs that do not compute the cut from the input (constants
     they share are copied); None when one reads another tensor computed from the input."""
-    from .onnx_import import elem_type, model_like
+    from .onnx_import import elem_type, known_shapes, model_like
     from .vjp import ancestors
 
-    shapes = _shapes(model)
+    shapes = known_shapes(model)
     before = ancestors(model, tensor)
     from_input = {input_name}
     for n in before:

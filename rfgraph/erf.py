@@ -13,6 +13,7 @@ exact) or from central differences inside the unit's theoretical RF (``method="f
 from __future__ import annotations
 
 import heapq
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -532,25 +533,14 @@ def _on_cpu(providers: Sequence[str] | None) -> bool:
 
 def activation_bytes(model: onnx.ModelProto) -> int:
     """Twice the bytes of every tensor the nodes of ``model`` produce, at the shapes inference
-    knows (unknown ones count 0): a bound on one input's run of its gradient graph, whose
-    backward holds the forward's values and gradients of their size."""
-    from .onnx_import import collect_shapes, elem_types
+    knows (unknown ones count 0, an unknown element size 4): a bound on one input's run of its
+    gradient graph, whose backward holds the forward's values and gradients of their size."""
+    from .onnx_import import elem_types, element_size, known_shapes
 
-    shapes, types = collect_shapes(model), elem_types(model)
-    total = 0
-    for name in {o for n in model.graph.node for o in n.output if o}:
-        shape = shapes.get(name)
-        if shape is not None and all(isinstance(d, int) and d >= 0 for d in shape):
-            total += int(np.prod(shape, dtype=np.int64)) * _itemsize(types.get(name))
-    return 2 * total
-
-
-def _itemsize(elem_type: int | None) -> int:
-    """Bytes per element of an ONNX element type (4 where unknown)."""
-    try:
-        return int(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).itemsize) if elem_type else 4
-    except (KeyError, TypeError, ValueError):
-        return 4
+    shapes, types = known_shapes(model), elem_types(model)
+    produced = {o for n in model.graph.node for o in n.output if o}
+    return 2 * sum(math.prod(shapes[t]) * (element_size(types.get(t, 0)) or 4)
+                   for t in produced if t in shapes)
 
 # Region.AUTO cuts inside the network when the multiply-accumulates the cuts save over the run
 # (forward and backward, every input) reach this: their set-up (two TRF passes per cut, the

@@ -373,8 +373,7 @@ def _external_file(tensor: onnx.TensorProto, location: str, base: Path) -> Path:
 def _external_span(tensor: onnx.TensorProto, info: Any, target: Path) -> int:
     """Bytes ``tensor`` reads from its side file: offset and length non-negative, inside the file,
     and the length its dims and type need (checked before any read)."""
-    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize \
-        if tensor.data_type in _NUMERIC_TYPES else None
+    itemsize = element_size(tensor.data_type)
     need = math.prod(tensor.dims) * itemsize if itemsize else None
     offset = int(info.offset or 0)
     length = int(info.length) if info.length is not None else (need if need is not None else -1)
@@ -386,6 +385,12 @@ def _external_span(tensor: onnx.TensorProto, info: Any, target: Path) -> int:
         raise ModelLoadError(f"tensor '{tensor.name}': external data length {length} bytes, but its shape "
                              f"{list(tensor.dims)} needs {need}")
     return length
+
+
+def element_size(elem_type: int) -> int | None:
+    """Bytes per element of a numeric ONNX element type (None for strings and unknown types)."""
+    return int(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).itemsize) \
+        if elem_type in _NUMERIC_TYPES else None
 
 
 _NUMERIC_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
@@ -1163,6 +1168,11 @@ def elem_types(model: onnx.ModelProto) -> dict[str, int]:
            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
     out.update({t.name: t.data_type for t in g.initializer})
     return out
+
+
+def known_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """``collect_shapes`` of the tensors whose every dim is known."""
+    return {name: dims for name, dims in collect_shapes(model).items() if None not in dims}
 
 
 def elem_type(model: onnx.ModelProto, name: str) -> int:
