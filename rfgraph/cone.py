@@ -39,12 +39,16 @@ if TYPE_CHECKING:
 class Crop:
     """A box of the input: ``start`` (inclusive) and ``stop`` (exclusive) per spatial axis, at
     tensor axes ``axes``; ``inner``: the cuts inside the model whose later layers run on a crop
-    of their own (``rfgraph.cuts``; the box may then be the whole input)."""
+    of their own (``rfgraph.cuts``; the box may then be the whole input); ``trimmed``: the box of
+    the output that the model rewritten by ``rfgraph.trim`` computes (each layer on the unit's
+    cone), and ``trim_text`` what that saves."""
 
     start: tuple[int, ...]
     stop: tuple[int, ...]
     axes: tuple[int, ...]
     inner: tuple[Cut, ...] = ()
+    trimmed: tuple[tuple[int, int], ...] = ()
+    trim_text: str = ""
 
     @classmethod
     def whole(cls, full_shape: Sequence[int], axes: Sequence[int], inner: tuple[Cut, ...] = ()) -> Crop:
@@ -83,12 +87,15 @@ class Crop:
 
     def text(self, full_shape: Sequence[int]) -> str:
         """'[56:152, 56:152] of 224x224 (18% of the pixels)' (two digits under 1%), then the
-        inner cuts: 'the whole input 224x224; the layers after 'b3' on [1:6, 1:6] of 7x7'."""
+        inner cuts: 'the whole input 224x224; the layers after 'b3' on [1:6, 1:6] of 7x7', or the
+        trim: '...; each layer on the unit's cone (85% of the multiply-accumulates)'."""
         size = [full_shape[ax] for ax in self.axes]
-        if self.inner:
+        inside = self.trim_text if self.trimmed else \
+            "the layers after " + ", then after ".join(c.text() for c in self.inner) if self.inner else ""
+        if inside:
             outer = Crop(self.start, self.stop, self.axes)
             where = f"the whole input {'x'.join(map(str, size))}" if self.covers(full_shape) else outer.text(full_shape)
-            return where + "; the layers after " + ", then after ".join(c.text() for c in self.inner)
+            return f"{where}; {inside}"
         pct = 100 * math.prod(b - a for a, b in zip(self.start, self.stop)) / max(math.prod(size), 1)
         box = ", ".join(f"{a}:{b}" for a, b in zip(self.start, self.stop))
         return f"[{box}] of {'x'.join(map(str, size))} ({pct:.0f}% of the pixels)" if pct >= 1 else \

@@ -319,17 +319,12 @@ def merge(model: onnx.ModelProto, input_name: str, cut: Cut, crop_model: onnx.Mo
 
 
 def _slice(model: onnx.ModelProto, cut: Cut, prefix: str, inits: dict[str, onnx.TensorProto]) -> onnx.NodeProto:
-    """The Slice of the cut tensor to its crop, as the model's opset spells it (attributes before
-    opset 10, inputs from 10 on; their initializers added to ``inits``)."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
-    out, name = [prefix + cut.tensor], f"{prefix}crop"
-    if opset < 10:
-        return helper.make_node("Slice", [cut.tensor], out, name=name, starts=list(cut.start),
-                                ends=list(cut.stop), axes=list(cut.axes))
-    names = [f"{prefix}{cut.tensor}#{k}" for k in ("starts", "ends", "axes")]
-    for n, values in zip(names, (cut.start, cut.stop, cut.axes)):
-        inits[n] = numpy_helper.from_array(np.array(values, np.int64), n)
-    return helper.make_node("Slice", [cut.tensor, *names], out, name=name)
+    """The Slice of the cut tensor to its crop (``onnx_import.slice_node``)."""
+    from .onnx_import import slice_node
+
+    node, consts = slice_node(model, cut.tensor, prefix + cut.tensor, f"{prefix}crop", cut.start, cut.stop, cut.axes)
+    inits.update((c.name, c) for c in consts)
+    return node
 
 
 __all__ = ["Cut", "candidates", "choose", "later_layers", "macs", "merge", "narrow"]

@@ -28,6 +28,7 @@ from . import cone as cone_mod
 from . import cuts as cuts_mod
 from . import erf_conventions as ec
 from . import runtime
+from . import trim as trim_mod
 from . import vjp as vjp_mod
 from .errors import DynamicShapeError, GraphStructureError, RFGraphError, UnsupportedOpError
 from .finite_diff import FiniteDifference
@@ -599,8 +600,12 @@ def _cones(region: Region, method: Method, model: onnx.ModelProto, analysis: Ana
         plans = [cone_mod.plan(model, analysis, output, t, s, full_shape, opts, cache)
                  for t, s in zip(targets, seeded)]
         run = None if region is Region.CONE else inputs
-        plans = [_narrowed(p, model, analysis, output, t, s, full_shape, opts, cache, run)
-                 for p, t, s in zip(plans, targets, seeded)]
+        # each layer cropped: not under finite differences (their quotients magnify the rounding of
+        # convolutions run at other sizes past the check's tolerance), nor for several units that
+        # cover the input (they share one model; a rewrite each would not)
+        trims = [method is Method.GRAD and (len(targets) == 1 or p != cone_mod.COVERS) for p in plans]
+        plans = [_narrowed(p, model, analysis, output, t, s, full_shape, opts, cache, run, ok)
+                 for p, t, s, ok in zip(plans, targets, seeded, trims)]
     why_full: dict[str, list[Target]] = {}
     for t, p in zip(targets, plans):
         if isinstance(p, str):
@@ -614,11 +619,12 @@ def _cones(region: Region, method: Method, model: onnx.ModelProto, analysis: Ana
 
 def _narrowed(plan: tuple[cone_mod.Crop, onnx.ModelProto, Target] | str, model: onnx.ModelProto,
               analysis: Analysis, output: str, target: Target, seeded: Target, full_shape: tuple[int, ...],
-              opts: ModelOptions, cache: dict[tuple[int, ...], Any], inputs: int | None = None
-              ) -> tuple[cone_mod.Crop, onnx.ModelProto, Target] | str:
-    """``plan`` with the last layers of its model on the unit's cone inside the network
-    (``rfgraph.cuts``): for a unit whose field covers the input, or inside its input crop;
-    with ``inputs``, only where the MACs saved over that many repay the set-up."""
+              opts: ModelOptions, cache: dict[tuple[int, ...], Any], inputs: int | None = None,
+              trim: bool = True) -> tuple[cone_mod.Crop, onnx.ModelProto, Target] | str:
+    """``plan`` with the layers of its model on the unit's cone inside the network: each layer
+    cropped (``rfgraph.trim``, where ``trim``) or the last ones after cut tensors
+    (``rfgraph.cuts``), whichever saves more; for a unit whose field covers the input, or inside
+    its input crop; with ``inputs``, only where the MACs saved over that many repay the set-up."""
     if plan == cone_mod.COVERS:
         crop = cone_mod.Crop.whole(full_shape, analysis.spatial_axes)
         inner, inner_analysis, inner_target = model, analysis, target
@@ -630,15 +636,28 @@ def _narrowed(plan: tuple[cone_mod.Crop, onnx.ModelProto, Target] | str, model: 
     inner_seeded = seeded if isinstance(plan, str) else inner_target
     if inner_target.region is None:
         return plan
+    trimmed = _trimmed(inner, inner_seeded, analysis.input_name, crop.shape(full_shape)) if trim else None
     try:
         chain, saved = cuts_mod.choose(inner, inner_analysis, output, inner_seeded.output, inner_target.region)
-        if not chain:
-            return plan
-        if inputs is not None and 2 * saved * inputs < INNER_CUT_SETUP_MACS:
-            return plan if plan != cone_mod.COVERS else (
-                f"{plan}; the cone inside the network (from '{chain[0]}' on, cropped) would save "
-                f"{2 * saved / 1e9:.2g} GMAC per input, too little over {inputs} inputs to repay planning it "
-                f"(--region cone uses it)")
+    except Exception:  # a model the cuts cannot be planned on: no cut (never wrong)
+        if os.environ.get("RFGRAPH_DEBUG"):
+            raise
+        chain, saved = [], 0
+    use_trim = trimmed is not None and trimmed[0].saved >= saved
+    if use_trim:
+        saved = trimmed[0].saved  # type: ignore[index]
+    elif not chain:
+        return plan
+    if inputs is not None and 2 * saved * inputs < INNER_CUT_SETUP_MACS:
+        what = ("each layer on the unit's cone" if use_trim
+                else f"the cone inside the network (from '{chain[0]}' on, cropped)")
+        return plan if plan != cone_mod.COVERS else (
+            f"{plan}; {what} would save {2 * saved / 1e9:.2g} GMAC per input, too little over {inputs} inputs "
+            f"to repay planning and checking it (--region cone uses it)")
+    if use_trim:
+        made_trim, seeded_t = trimmed  # type: ignore[misc]
+        return replace(crop, trimmed=made_trim.box, trim_text=made_trim.text()), made_trim.model, seeded_t
+    try:
         made = cuts_mod.narrow(inner, inner_analysis, output, inner_target, inner_seeded, opts, chain)
         runtime.release_free_memory()  # the sub-models the cuts were planned with
     except Exception:  # a model the cuts cannot be planned on runs whole (never wrong)
@@ -649,6 +668,26 @@ def _narrowed(plan: tuple[cone_mod.Crop, onnx.ModelProto, Target] | str, model: 
         return plan
     merged, seeded_m, cuts = made
     return replace(crop, inner=cuts), merged, seeded_m
+
+
+def _trimmed(model: onnx.ModelProto, seeded: Target, input_name: str, input_shape: tuple[int, ...]
+             ) -> tuple[trim_mod.Trimmed, Target] | None:
+    """``model`` with each layer on the cone of ``seeded``'s unit (``rfgraph.trim``) and the unit
+    in the output it computes, or None where that saves too little or cannot be made."""
+    try:
+        shapes = vjp_mod.tensor_shapes(prepare(model, input_shape, input_name), input_name)[0]
+        made = trim_mod.trim(model, shapes, seeded.output, seeded.tensor_axes, tuple((u, u) for u in seeded.unit))
+    except Exception:  # a model the rewrite cannot read runs as it is (never wrong)
+        if os.environ.get("RFGRAPH_DEBUG"):
+            raise
+        return None
+    if made is None:
+        return None
+    shape = list(seeded.shape)
+    for ax, (lo, hi) in zip(seeded.tensor_axes, made.box):
+        shape[ax] = hi - lo + 1
+    unit = tuple(u - lo for u, (lo, _) in zip(seeded.unit, made.box))
+    return made, replace(seeded, shape=tuple(shape), unit=unit)
 
 
 def _which(targets: Sequence[Target], total: int) -> str:

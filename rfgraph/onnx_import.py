@@ -1440,6 +1440,19 @@ def model_like(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], inits: S
     return out
 
 
+def slice_node(model: onnx.ModelProto, tensor: str, out: str, name: str, starts: Sequence[int],
+               ends: Sequence[int], axes: Sequence[int]) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
+    """A Slice of ``tensor`` to [starts, ends) along ``axes`` as ``model``'s opset spells it
+    (attributes before opset 10, inputs from 10 on) and the initializers its inputs need."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    if opset < 10:
+        return helper.make_node("Slice", [tensor], [out], name=name, starts=list(starts), ends=list(ends),
+                                axes=list(axes)), []
+    names = [f"{name}#{k}" for k in ("starts", "ends", "axes")]
+    consts = [numpy_helper.from_array(np.array(list(v), np.int64), n) for n, v in zip(names, (starts, ends, axes))]
+    return helper.make_node("Slice", [tensor, *names], [out], name=name), consts
+
+
 def check_attribute_types(node: onnx.NodeProto, opset: int, where: str) -> None:
     """Refuse attributes whose type differs from the op's ONNX schema (a float ``pads``...)."""
     if node.domain not in ("", "ai.onnx"):

@@ -348,12 +348,13 @@ def test_one_dimensional_signal() -> None:
 
 def test_field_covering_the_input_is_its_own_cone() -> None:
     """A unit whose field covers the input: the full image is its cone, so region='cone' runs
-    it (no refusal) and says so: on the whole input, the second conv on the cut's crop
-    (``rfgraph.cuts``); region='auto' on a short run: the whole graph, 'covers the input'."""
+    it (no refusal) and says so: on the whole input, the first conv only where the unit reads it
+    (``rfgraph.trim``); region='auto' on a short run: the whole graph, 'covers the input'."""
     g = G((12, 12), seed=15)
     model = g.model(g.conv(g.conv("x", 7, pads=[3] * 4), 7, pads=[3] * 4))
     res = compute_erfs(model, runs=1, region="cone")
-    assert any("input crop the whole input 12x12; the layers after" in n for n in res[0].notes), res[0].notes
+    assert any("input crop the whole input 12x12; each layer on the unit's cone (12% of the multiply-accumulates)"
+               in n for n in res[0].notes), res[0].notes
     res = compute_erfs(model, runs=1, region="auto")
     assert any("covers the input" in n for n in res[0].notes), res[0].notes
 

@@ -11,6 +11,8 @@ weighs the set-up against the run; global units and later layers that read the i
 are not cut, and a planning failure runs whole; an NHWC input with NCHW cut tensors, opset 9,
 two worker processes and finite differences.  Oracles: the whole model's gradient graph (checked
 against torch autograd in test_erf.py), onnxruntime forward values, networkx connectivity.
+The rewrite of every layer (``rfgraph.trim``, which ``rfgraph.erf`` prefers where it saves more)
+is turned off here, so that the cuts are what runs; it has its own tests (test_erf_trim.py).
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ from tests.graphs import G
 
 TOL = 1e-6
 CUT_NOTE = "the layers after"
+
+
+@pytest.fixture(autouse=True)
+def _cuts_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cuts alone: no rewrite of every layer (``erf._trimmed``)."""
+    monkeypatch.setattr(erf_mod, "_trimmed", lambda *args, **kwargs: None)
 
 
 def _block(g: G, x: str, d: int = 1) -> str:

@@ -1,0 +1,288 @@
+"""Every layer on the unit's cone (``rfgraph.trim``): each tensor computed only where the unit reads it.
+
+Cases: window nodes of every geometry the rewrite crops (Conv with stride, dilation, groups,
+asymmetric pads, auto_pad SAME_UPPER / SAME_LOWER / VALID; Max/Average/Lp pools with ceil_mode
+and count_include_pad) in 1-D, 2-D and 3-D, at centre, corner and border units; broadcast
+operands (per-channel, full-size constant maps, scalars), BatchNormalization, Concat over
+channels, residual merges; ops the rewrite does not read (Resize) keep the whole tensor; random
+multi-path models; the ERF through it with weights redrawn; and where it is not used
+(finite differences, several units sharing the whole image, too little saved).
+Oracles: onnxruntime's forward of the whole model (the rewritten model's output equals the whole
+output on its box), the whole model's gradient graph (the gradient through the rewrite equals it,
+<= 1e-6 of its max; that graph is checked against torch autograd in test_erf.py), and a
+brute-force cone: the positions each layer must compute, found by visiting every kernel tap of
+every position read (sets, no interval arithmetic), whose multiply-accumulates the rewrite must
+count exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from rfgraph import erf as erf_mod
+from rfgraph import trim, vjp
+from rfgraph.erf import compute_erfs
+from rfgraph.onnx_import import prepare
+from tests.dag_gen import random_dag
+from tests.graphs import G
+
+TOL = 1e-6
+NOTE = "each layer on the unit's cone"
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    dims = [d.dim_value or 1 for d in model.graph.input[0].type.tensor_type.shape.dim]
+    return vjp.tensor_shapes(prepare(model, dims), "x")[0]
+
+
+def _trim(model: onnx.ModelProto, unit: tuple[int, ...]) -> tuple[trim.Trimmed, dict[str, tuple[int, ...]]]:
+    shapes = _shapes(model)
+    out = model.graph.output[0].name
+    rank = len(shapes[out])
+    made = trim.trim(model, shapes, out, tuple(range(2, rank)), tuple((u, u) for u in unit))
+    assert made is not None, "the rewrite should save something here"
+    return made, shapes
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+def _forward_equal(model: onnx.ModelProto, unit: tuple[int, ...]) -> trim.Trimmed:
+    """The rewritten model's output is the whole model's on its box (onnxruntime both)."""
+    made, shapes = _trim(model, unit)
+    assert made.box == tuple((u, u) for u in unit)
+    x = np.random.default_rng(3).standard_normal((2,) + shapes["x"][1:]).astype(np.float32)
+    whole, part = _run(model, x), _run(made.model, x)
+    box = (slice(None), slice(None)) + tuple(slice(lo, hi + 1) for lo, hi in made.box)
+    assert part.shape == whole[box].shape
+    np.testing.assert_allclose(part, whole[box], rtol=1e-5, atol=1e-6 * float(np.abs(whole).max()))
+    return made
+
+
+def _corners(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The centre, the first and the last unit, and one on a border."""
+    sizes = shape[2:]
+    centre = tuple((n - 1) // 2 for n in sizes)
+    border = tuple(n - 1 if k == 0 else (n - 1) // 2 for k, n in enumerate(sizes))
+    return [centre, (0,) * len(sizes), tuple(n - 1 for n in sizes), border]
+
+
+# ------------------------------------------------------------------ window geometry, forward
+
+WINDOWS = {  # name: (op, kernel, stride, attrs)
+    "conv_s2_asym": ("Conv", 3, 2, {"pads": "asym"}),
+    "conv_d2": ("Conv", 3, 1, {"d": 2}),
+    "conv_k4_s3": ("Conv", 4, 3, {"pads": "asym"}),
+    "conv_groups": ("Conv", 3, 1, {"group": 2}),
+    "conv_same_upper": ("Conv", 4, 2, {"auto_pad": "SAME_UPPER"}),
+    "conv_same_lower": ("Conv", 4, 2, {"auto_pad": "SAME_LOWER"}),
+    "conv_valid": ("Conv", 3, 2, {"auto_pad": "VALID"}),
+    "maxpool_ceil": ("MaxPool", 3, 2, {"ceil_mode": 1, "pads": "asym"}),
+    "maxpool_d2": ("MaxPool", 2, 1, {"dilations": 2}),
+    "avgpool_incl": ("AveragePool", 3, 2, {"count_include_pad": 1, "pads": "asym"}),
+    "avgpool_excl_ceil": ("AveragePool", 3, 2, {"count_include_pad": 0, "ceil_mode": 1, "pads": "asym"}),
+    "lppool": ("LpPool", 3, 2, {"p": 2, "pads": "asym"}),
+}
+
+
+def _window_model(name: str, ndim: int) -> onnx.ModelProto:
+    """conv -> the window node -> relu -> conv: the window node sits where the cone is partial."""
+    op, k, s, attrs = WINDOWS[name]
+    g = G((13, 11, 9)[:ndim], seed=7)
+    x = g.relu(g.conv("x", 3, pads=[1] * (2 * ndim), cout=4))
+    pads = [1] * ndim + [0] * ndim if attrs.get("pads") == "asym" else None
+    if op == "Conv":
+        cout = 4
+        x = g.conv(x, k, s, pads=pads, d=int(attrs.get("d", 1)), cout=cout, group=int(attrs.get("group", 1)),
+                   auto_pad=attrs.get("auto_pad"))  # type: ignore[arg-type]
+    else:
+        extra = {a: [v] * ndim if a == "dilations" else v for a, v in attrs.items() if a != "pads"}
+        x = g.pool(op, x, k, s, pads=pads, **extra)
+    return g.model(g.conv(g.relu(x), 3, pads=[0] * (2 * ndim)))
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+@pytest.mark.parametrize("name", sorted(WINDOWS))
+def test_window_nodes_on_their_cone(name: str, ndim: int) -> None:
+    """Each unit's value through the rewritten model is the whole model's."""
+    model = _window_model(name, ndim)
+    out = _shapes(model)[model.graph.output[0].name]
+    for unit in _corners(out):
+        made = _forward_equal(model, unit)
+        assert made.macs < made.macs_before
+
+
+# ------------------------------------------------------------------ brute-force cone
+
+def _brute_cone(layers: list[tuple[int, int, int, int]], sizes: list[int], unit: tuple[int, int]
+                ) -> list[int]:
+    """Per layer, how many output positions the rewrite computes: the box around the positions the
+    next layer reads, found by visiting every tap of every position of that layer's box and keeping
+    those inside its input (``layers``: kernel, stride, dilation, begin pad; ``sizes``: each
+    layer's input size, square)."""
+    box = [(unit[0], unit[0]), (unit[1], unit[1])]
+    counts: list[int] = []
+    for (k, s, d, p), n in zip(reversed(layers), reversed(sizes)):
+        counts.append(math.prod(hi - lo + 1 for lo, hi in box))
+        read = [{o * s - p + j * d for o in range(lo, hi + 1) for j in range(k)} & set(range(n)) for lo, hi in box]
+        box = [(min(r), max(r)) for r in read]
+    return counts[::-1]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_multiply_accumulates_match_the_brute_force_cone(seed: int) -> None:
+    """A random chain of convolutions: the MACs the rewrite counts are those of the brute-force
+    cone's positions, layer by layer, and its output still matches the whole model's."""
+    rng = np.random.default_rng(seed)
+    g = G((23, 23), seed=seed)
+    x, size = "x", 23
+    layers: list[tuple[int, int, int, int]] = []
+    sizes: list[int] = []
+    costs: list[int] = []  # MACs per output position
+    for _ in range(int(rng.integers(3, 6))):
+        k, s, d = int(rng.choice([1, 2, 3, 5])), int(rng.choice([1, 1, 2])), int(rng.choice([1, 2]))
+        p, e = (int(v) for v in rng.integers(0, (k - 1) * d + 1, size=2))
+        out_size = (size + p + e - (k - 1) * d - 1) // s + 1
+        if out_size < 3:
+            break
+        costs.append(2 * g.channels[x] * k * k)
+        x = g.conv(x, k, s, pads=[p, p, e, e], d=d, cout=2)
+        layers.append((k, s, d, p))
+        sizes.append(size)
+        size = out_size
+    model = g.model(x)
+    unit = (int(rng.integers(0, size)), int(rng.integers(0, size)))
+    expected = sum(count * cost for count, cost in zip(_brute_cone(layers, sizes, unit), costs))
+    made = trim.trim(model, _shapes(model), x, (2, 3), ((unit[0], unit[0]), (unit[1], unit[1])))
+    whole = sum(cost * n * n for cost, n in zip(costs, sizes[1:] + [size]))
+    if made is None:  # refused: it would save under MIN_GAIN, as the brute force says
+        assert whole - expected < trim.MIN_GAIN * whole
+        return
+    assert (made.macs, made.macs_before) == (expected, whole)
+    _forward_equal(model, unit)
+
+
+# ------------------------------------------------------------------ operands and merges
+
+def _operands_model() -> onnx.ModelProto:
+    """Residual block with BatchNormalization, a per-channel bias, a full-size positional map, a
+    scalar, PRelu, and a Concat over channels of two branches."""
+    g = G((12, 12), channels=2, seed=9)
+    x = g.conv("x", 3, pads=[1] * 4, cout=3)
+    scale, bias, mean, var = (g._init(np.full(3, v, np.float32)) for v in (1.5, 0.1, 0.2, 0.8))
+    x = g.node("BatchNormalization", [x, scale, bias, mean, var])
+    x = g.node("Add", [x, g._init(np.random.default_rng(1).standard_normal((1, 3, 12, 12)), "pos")])
+    x = g.node("PRelu", [x, g._init(np.array([[[0.1]], [[0.2]], [[0.3]]]), "slope")])
+    y = g.conv(g.relu(g.conv(x, 3, pads=[1] * 4, cout=3)), 3, pads=[1] * 4, cout=3)
+    x = g.node("Mul", [g.add(x, y), g._init(np.array(0.5), "half")])
+    x = g.node("Concat", [g.conv(x, 1), g.conv(x, 3, pads=[1] * 4)], 4, axis=1)
+    return g.model(g.conv(g.relu(x), 3, 2, pads=[1] * 4))
+
+
+def test_broadcast_operands_and_merges() -> None:
+    """Constants broadcast per channel stay whole, a full-size one is sliced to the box, the
+    residual merge and the Concat read their operands on one box: values equal the whole model's."""
+    model = _operands_model()
+    for unit in _corners(_shapes(model)[model.graph.output[0].name]):
+        made = _forward_equal(model, unit)
+        sliced = {n.input[0] for n in made.model.graph.node if n.op_type == "Slice"}
+        assert any(name.startswith("pos") for name in sliced), sliced
+
+
+def test_ops_it_does_not_read_keep_the_whole_tensor() -> None:
+    """A Resize: the layers before it are computed whole (unchanged), those after it cropped."""
+    g = G((10, 10), seed=4)
+    x = g.relu(g.conv("x", 3, pads=[1] * 4, cout=2))
+    before = x
+    x = g.resize(x, 2)
+    model = g.model(g.conv(g.relu(g.conv(x, 3, pads=[1] * 4)), 3, pads=[1] * 4))
+    made = _forward_equal(model, (9, 9))
+    conv_before = next(n for n in made.model.graph.node if before in n.output)
+    original = next(n for n in model.graph.node if before in n.output)
+    assert conv_before == original
+    resize = next(n for n in made.model.graph.node if n.op_type == "Resize")
+    assert resize.input[0] == before  # reads the whole tensor, computed whole
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_random_models_gradient_equals_whole(seed: int) -> None:
+    """Random residual / inception / U-Net models with asymmetric pads: the input gradient of the
+    centre and a corner unit through the rewrite equals the whole model's gradient graph."""
+    model, out = random_dag(seed, size=20, n_blocks=4)
+    shape = _shapes(model)[out]
+    x = np.random.default_rng(seed).standard_normal((1,) + _shapes(model)["x"][1:]).astype(np.float32)
+    for unit in _corners(shape)[:2]:
+        made = trim.trim(model, _shapes(model), out, (2, 3), tuple((u, u) for u in unit))
+        if made is None:
+            continue
+        whole = erf_mod.GradientEngine(model, erf_mod.Target(out, shape, (2, 3), unit), "x", x.shape, 1)
+        box_shape = shape[:2] + tuple(hi - lo + 1 for lo, hi in made.box)
+        local = tuple(u - lo for u, (lo, _) in zip(unit, made.box))
+        part = erf_mod.GradientEngine(made.model, erf_mod.Target(out, box_shape, (2, 3), local), "x", x.shape, 1)
+        g_whole, g_part = whole(x), part(x)
+        assert float(np.abs(g_part - g_whole).max()) <= TOL * float(np.abs(g_whole).max())
+
+
+# ------------------------------------------------------------------ in rfgraph erf
+
+def _stack() -> onnx.ModelProto:
+    g = G((32, 32), seed=11)
+    x = g.relu(g.conv("x", 3, 2, pads=[1] * 4, cout=3))
+    for _ in range(3):
+        y = g.conv(g.relu(g.conv(x, 3, pads=[1] * 4, cout=3)), 3, pads=[1] * 4, cout=3)
+        x = g.relu(g.add(x, y))
+    return g.model(g.conv(x, 3, pads=[1] * 4))
+
+
+@pytest.mark.parametrize("reinit", ["none", "he"])
+def test_erf_through_the_rewrite(reinit: str) -> None:
+    """``rfgraph erf --region cone`` uses the rewrite inside the unit's input crop (``auto`` does
+    where the run is long enough to repay the check), says so, and gives the whole graph's map,
+    also with weights redrawn (two draws)."""
+    model = _stack()
+    kw = {"runs": 3, "absolute": False, "seed": 2, "reinit": reinit, "weight_runs": 2 if reinit == "he" else 1}
+    auto = compute_erfs(model, region="cone", **kw)[0]  # type: ignore[arg-type]
+    full = compute_erfs(model, region="full", **kw)[0]  # type: ignore[arg-type]
+    assert any(NOTE in n and "exact" in n for n in auto.notes), auto.notes
+    assert float(np.abs(auto.erf - full.erf).max()) <= TOL * float(np.abs(full.erf).max())
+
+
+def test_not_used_for_finite_differences_nor_shared_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finite differences keep the model as it is (their quotients magnify the rounding of
+    convolutions run at other sizes): the rewrite is not even planned; several units covering the
+    input share one model (the cuts of ``rfgraph.cuts``) instead of a rewrite each."""
+    planned: list[str] = []
+    real = erf_mod._trimmed
+
+    def spy(*args: object, **kwargs: object) -> object:
+        planned.append("yes")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(erf_mod, "_trimmed", spy)
+    model = _stack()
+    compute_erfs(model, region="auto", method="fd", runs=1)
+    assert not planned
+    compute_erfs(model, region="auto", runs=1)
+    assert planned  # the gradient plans it (the oracle of the spy)
+    g = G((12, 12), seed=5)
+    x = "x"
+    for _ in range(5):
+        x = g.relu(g.conv(x, 5, pads=[2] * 4))
+    wide = g.model(x)  # field 21 > 12: every unit covers the input
+    two = compute_erfs(wide, region="cone", runs=1, units=[(5, 5), (6, 6)])
+    assert not any(NOTE in n for r in two for n in r.notes), two[0].notes
+    assert all("the layers after" in " ".join(r.notes) for r in two), two[0].notes  # the cuts, shared
+
+
+def test_nothing_to_save() -> None:
+    """Output boxes that read every position of every layer: no rewrite (None)."""
+    g = G((8, 8), seed=2)
+    model = g.model(g.conv(g.conv("x", 3, pads=[1] * 4), 3, pads=[1] * 4))
+    assert trim.trim(model, _shapes(model), model.graph.output[0].name, (2, 3), ((0, 7), (0, 7))) is None
