@@ -5,7 +5,10 @@ Per input, best of ``--reps``, the three measured interleaved in one run (same l
   full ERF  rfgraph's gradient graph (forward + backward) on the full image,
   cone ERF  the same unit's gradient on the crop of its field (crop, run, put back in a zero map),
   + cuts    the same, with the layers after the cuts inside the network on their crops
-            (``rfgraph.cuts``: what ``--region cone``, and ``auto`` from 200 inputs, run),
+            (``rfgraph.cuts`` alone),
+  + inner   the cone inside the network that ``--region cone`` (and ``auto`` on a long run)
+            picks: every layer on the unit's cone (``rfgraph.trim``) or the cuts, whichever
+            saves more multiply-accumulates,
 and the one-time costs of the cone (planning: the model loaded and analysed at the crop's size;
 the exactness guard: the full-image engine built and run once), the cone/full gain and the
 largest difference of the two gradients relative to max |g|.
@@ -102,11 +105,17 @@ def setup(model: onnx.ModelProto, output: str, where: str, threads: int) -> dict
         raise SystemExit(f"no cone for {output}: {planned}")
     crop, crop_model, crop_target = planned
     t0 = time.perf_counter()
-    narrowed = erf_mod._narrowed(planned if crop_model is not proto else cone.COVERS, proto, analysis, output,
-                                 target, target, full_shape, ModelOptions(), cache)
+    inside = planned if crop_model is not proto else cone.COVERS
+    narrowed = erf_mod._narrowed(inside, proto, analysis, output, target, target, full_shape, ModelOptions(),
+                                 cache, trim=False)
     cuts_s = time.perf_counter() - t0
     if isinstance(narrowed, str) or not narrowed[0].inner:
         narrowed = planned
+    t0 = time.perf_counter()
+    chosen = erf_mod._narrowed(inside, proto, analysis, output, target, target, full_shape, ModelOptions(), cache)
+    inner_s = time.perf_counter() - t0
+    if isinstance(chosen, str):
+        chosen = planned
     forward = runtime.session(prepare(proto, full_shape, name), threads=threads, config=NO_SPIN)
     t0 = time.perf_counter()
     full = erf_mod.GradientEngine(proto, target, name, full_shape, 1, threads=threads, config=NO_SPIN)
@@ -118,17 +127,17 @@ def setup(model: onnx.ModelProto, output: str, where: str, threads: int) -> dict
                                    threads=threads, config=NO_SPIN)
     build_s = time.perf_counter() - t0
     g_cone = crop.place(small(crop.take(x)), full_shape)
-    cut_crop, cut_model, cut_target = narrowed
-    cut = erf_mod.GradientEngine(cut_model, cut_target, name, cut_crop.shape(full_shape), 1, threads=threads,
-                                 config=NO_SPIN)
-    g_cut = cut_crop.place(cut(cut_crop.take(x)), full_shape)
-    return {"x": x, "crop": crop, "full_shape": full_shape, "unit": target.unit, "cuts": cut_crop,
-            "forward": lambda: forward.run(None, {name: x}),
-            "full": lambda: full(x),
-            "cone": lambda: crop.place(small(crop.take(x)), full_shape),
-            "cuts_run": lambda: cut_crop.place(cut(cut_crop.take(x)), full_shape),
-            "plan_s": plan_s, "cuts_s": cuts_s, "guard_s": guard_s, "build_s": build_s,
-            "diff": cone.mismatch(g_cone, g_full), "diff_cuts": cone.mismatch(g_cut, g_full)}
+    engines = {}
+    for key, (c_crop, c_model, c_target) in (("cuts_run", narrowed), ("inner_run", chosen)):
+        engine = erf_mod.GradientEngine(c_model, c_target, name, c_crop.shape(full_shape), 1, threads=threads,
+                                        config=NO_SPIN)
+        engines[key] = (lambda c, e: lambda: c.place(e(c.take(x)), full_shape))(c_crop, engine)
+    diffs = [cone.mismatch(g_cone, g_full)] + [cone.mismatch(run(), g_full) for run in engines.values()]
+    return {"x": x, "crop": crop, "full_shape": full_shape, "unit": target.unit, "cuts": narrowed[0],
+            "inner": chosen[0], "forward": lambda: forward.run(None, {name: x}), "full": lambda: full(x),
+            "cone": lambda: crop.place(small(crop.take(x)), full_shape), **engines,
+            "plan_s": plan_s, "cuts_s": cuts_s, "inner_s": inner_s, "guard_s": guard_s, "build_s": build_s,
+            "diff": max(d if d is not None else float("inf") for d in diffs)}
 
 
 def best_interleaved(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
@@ -158,21 +167,22 @@ def main() -> None:
             built[make.__name__] = make()
         model, output = built[make.__name__]
         s = setup(model, output, where, args.threads)
-        t = best_interleaved({k: s[k] for k in ("forward", "full", "cone", "cuts_run")}, args.reps)
+        t = best_interleaved({k: s[k] for k in ("forward", "full", "cone", "cuts_run", "inner_run")}, args.reps)
+        inner = s["inner"]
+        how = inner.trim_text if inner.trimmed else "; ".join(c.text() for c in inner.inner) or "none"
         rows.append((case, f"{output} {tuple(s['unit'])}", s["crop"].text(s["full_shape"]),
-                     t["forward"] * 1e3, t["full"] * 1e3, t["cone"] * 1e3, t["cuts_run"] * 1e3,
-                     t["cone"] / t["forward"], t["cuts_run"] / t["forward"], t["full"] / t["cuts_run"],
-                     max(s["diff"], s["diff_cuts"]), s["plan_s"] + s["cuts_s"], s["guard_s"] + s["build_s"],
-                     "; ".join(c.text() for c in s["cuts"].inner) or "none"))
-    head = ("case", "unit", "crop", "forward ms", "full ERF ms", "cone ERF ms", "+ cuts ms", "cone/forward",
-            "+ cuts/forward", "gain full/(+ cuts)", "max |diff|/max|g|", "plan s", "guard+build s", "cuts")
+                     t["forward"] * 1e3, t["full"] * 1e3, t["cone"] * 1e3, t["cuts_run"] * 1e3, t["inner_run"] * 1e3,
+                     t["cone"] / t["forward"], t["inner_run"] / t["forward"], t["full"] / t["inner_run"],
+                     s["diff"], s["plan_s"] + s["inner_s"], s["guard_s"] + s["build_s"], how))
+    head = ("case", "unit", "crop", "forward ms", "full ERF ms", "cone ERF ms", "+ cuts ms", "+ inner ms",
+            "cone/forward", "+ inner/forward", "gain full/(+ inner)", "max |diff|/max|g|", "plan s",
+            "guard+build s", "inner")
     print(f"threads {args.threads}, best of {args.reps}, per input, interleaved")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.1f} | {r[6]:.1f} | {r[7]:.2f}x | "
-              f"{r[8]:.2f}x | {r[9]:.2f}x | {r[10]:.1e} | {r[11]:.1f} | {r[12]:.1f} | {r[13]} |")
-
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.1f} | {r[6]:.1f} | {r[7]:.1f} | "
+              f"{r[8]:.2f}x | {r[9]:.2f}x | {r[10]:.2f}x | {r[11]:.1e} | {r[12]:.1f} | {r[13]:.1f} | {r[14]} |")
 
 if __name__ == "__main__":
     main()

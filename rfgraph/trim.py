@@ -30,6 +30,7 @@ Box = tuple[tuple[int, int], ...]  # per tracked axis: [lo, hi], inclusive
 
 WINDOW_NODES = {"Conv", "MaxPool", "AveragePool", "LpPool"}
 CHANNEL_NODES = {"BatchNormalization"}  # input 0 pointwise; the others per channel
+SPLIT_NODES = {"Split"}  # input 0 split along an axis that holds no position; the sizes constant
 # broadcasting ops whose extra operand is not data broadcast to the output (a shape)
 NOT_BROADCAST = {"Expand"}
 MIN_GAIN = 0.03  # a rewrite must save this share of the model's multiply-accumulates
@@ -134,12 +135,16 @@ def _operand(tracked: _Tracked, box: Box, shape: tuple[int, ...] | None, rank: i
     return _Tracked(tuple(a for a, _ in kept), tuple(shape[a] for a, _ in kept)), tuple(b for _, b in kept)
 
 
+def _axis(node: onnx.NodeProto, rank: int) -> int:
+    """The (non-negative) ``axis`` attribute of a Concat or Split (default 0)."""
+    return int(_attrs(node).get("axis", 0)) % max(rank, 1)
+
+
 def _aligned(node: onnx.NodeProto, axes: tuple[int, ...], rank: int) -> bool:
     """True for a node whose output position reads the same position of each (broadcast) input:
     pointwise and broadcasting ops, and a Concat along an axis that holds no position."""
     if node.op_type == "Concat":
-        axis = _attrs(node).get("axis", 0)
-        return isinstance(axis, int) and axis % max(rank, 1) not in axes
+        return _axis(node, rank) not in axes
     return node.op_type in POINTWISE_OPS or (node.op_type in BROADCAST_OPS and node.op_type not in NOT_BROADCAST)
 
 
@@ -151,7 +156,7 @@ class _Plan:
         self.shapes = shapes
         self.tracked: dict[str, _Tracked] = {}
         self.need: dict[str, Box] = {}
-        self.cropped: set[int] = set()  # ids of the nodes computed on a box
+        self.box: dict[int, Box] = {}  # the box of the outputs of each node computed on one (by id)
         shape = shapes[output]
         self._want(output, _Tracked(axes, tuple(shape[a] for a in axes)), box)
         for node in reversed(nodes):
@@ -184,20 +189,32 @@ class _Plan:
                 if i:
                     self._whole(i)
             return
-        self.cropped.add(id(node))
+        box = self._joint(wanted)
+        assert box is not None  # _reads refuses outputs tracked differently
+        self.box[id(node)] = box
         for name, (tracked, box) in reads.items():
             self._want(name, tracked, box)
+
+    def _joint(self, wanted: list[str]) -> Box | None:
+        """The box around the needs of several outputs tracked alike (None when they differ)."""
+        if len({self.tracked[o] for o in wanted}) != 1:
+            return None
+        box: Box | None = None
+        for o in wanted:
+            box = _union(box, self.need[o])
+        return box
 
     def _reads(self, node: onnx.NodeProto, wanted: list[str]) -> dict[str, tuple[_Tracked, Box]] | None:
         """What each data input of ``node`` must hold for its outputs' boxes, or None when the node
         keeps the whole tensor."""
-        if len(wanted) != 1 or len([o for o in node.output if o]) != 1:
+        several = len([o for o in node.output if o]) != 1
+        if several and node.op_type not in SPLIT_NODES:
             return None
         out = wanted[0]
-        tracked, box = self.tracked[out], self.need[out]
-        if not tracked.axes or box == tracked.full():
+        tracked, box = self.tracked[out], self._joint(wanted)
+        if box is None or not tracked.axes or box == tracked.full():
             return None
-        shape, rank = self.shapes.get(out), len(self.shapes.get(out, ()))
+        rank = len(self.shapes.get(out, ()))
         if node.op_type in WINDOW_NODES:
             geo = _window(node, self.shapes)
             x = self.shapes.get(node.input[0])
@@ -205,8 +222,10 @@ class _Plan:
                 return None
             reads = _window_reads(geo, box, x[2:])
             return None if reads is None else {node.input[0]: (_Tracked(tracked.axes, tuple(x[2:])), reads)}
-        if node.op_type in CHANNEL_NODES:
-            return {node.input[0]: (tracked, box)} if self.shapes.get(node.input[0]) == shape else None
+        if node.op_type in CHANNEL_NODES or (node.op_type in SPLIT_NODES and _axis(node, rank) not in tracked.axes):
+            x = self.shapes.get(node.input[0])
+            same = x is not None and len(x) == rank and all(x[a] == n for a, n in zip(tracked.axes, tracked.sizes))
+            return {node.input[0]: (tracked, box)} if same else None
         if _aligned(node, tracked.axes, rank):
             got: dict[str, tuple[_Tracked, Box]] = {}
             for i in filter(None, node.input):
@@ -236,24 +255,25 @@ def trim(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], output: str
     for n in nodes:
         cost = macs(n, shapes)
         out = n.output[0]
-        if cost and id(n) in plan.cropped:
+        if cost and id(n) in plan.box:
             t = plan.tracked[out]
-            cost = cost * math.prod(hi - lo + 1 for lo, hi in plan.need[out]) // math.prod(t.sizes)
+            cost = cost * math.prod(hi - lo + 1 for lo, hi in plan.box[id(n)]) // math.prod(t.sizes)
         after += cost
     if not before or before - after < MIN_GAIN * before:
         return None
-    new_nodes, inits = _rewrite(model, nodes, plan)
+    new_nodes, inits, computed = _rewrite(model, nodes, plan)
     out_vi = helper.make_tensor_value_info(output, elem_type(model, output), None)
     used = {i for n in new_nodes for i in n.input}
     keep = [i for i in model.graph.initializer if i.name in used] + inits
     inputs = [i for i in model.graph.input if i.name in used]
-    return Trimmed(model_like(model, new_nodes, keep, inputs, [out_vi]), plan.need[output], after, before)
+    box = computed.get(output, plan.tracked[output].full())
+    return Trimmed(model_like(model, new_nodes, keep, inputs, [out_vi]), box, after, before)
 
 
 def _rewrite(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], plan: _Plan
-             ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+             ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], dict[str, Box]]:
     """The forward pass: each cropped node reads Slices of its inputs to the boxes it needs and
-    (window nodes) pads only where the original padded."""
+    (window nodes) pads only where the original padded; also the box each cropped tensor holds."""
     from .onnx_import import slice_node
 
     computed: dict[str, Box] = {}  # the box each cropped node's output holds
@@ -281,11 +301,11 @@ def _rewrite(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], plan: _Pla
         return slices[key]
 
     for node in nodes:
-        if id(node) not in plan.cropped:
+        if id(node) not in plan.box:
             out_nodes.append(node)
             continue
         out = node.output[0]
-        box = plan.need[out]
+        box = plan.box[id(node)]
         m = onnx.NodeProto()
         m.CopyFrom(node)
         if node.op_type in WINDOW_NODES:
@@ -299,14 +319,14 @@ def _rewrite(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], plan: _Pla
         else:
             rank = len(plan.shapes[out])
             for k, i in enumerate(node.input):
-                if not i or (node.op_type in CHANNEL_NODES and k > 0):
+                if not i or (node.op_type in CHANNEL_NODES | SPLIT_NODES and k > 0):
                     continue
                 mine = _operand(plan.tracked[out], box, plan.shapes[i], rank)
                 assert mine is not None
                 m.input[k] = read(i, *mine)
-        computed[out] = box
+        computed.update((o, box) for o in node.output if o)
         out_nodes.append(m)
-    return out_nodes, inits
+    return out_nodes, inits, computed
 
 
 def _set_pads(node: onnx.NodeProto, geo: geometry.Window, box: Box, reads: Box) -> None:

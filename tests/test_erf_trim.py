@@ -173,7 +173,7 @@ def test_multiply_accumulates_match_the_brute_force_cone(seed: int) -> None:
 
 def _operands_model() -> onnx.ModelProto:
     """Residual block with BatchNormalization, a per-channel bias, a full-size positional map, a
-    scalar, PRelu, and a Concat over channels of two branches."""
+    scalar, PRelu, a Concat over channels of two branches, a Split over channels."""
     g = G((12, 12), channels=2, seed=9)
     x = g.conv("x", 3, pads=[1] * 4, cout=3)
     scale, bias, mean, var = (g._init(np.full(3, v, np.float32)) for v in (1.5, 0.1, 0.2, 0.8))
@@ -183,15 +183,21 @@ def _operands_model() -> onnx.ModelProto:
     y = g.conv(g.relu(g.conv(x, 3, pads=[1] * 4, cout=3)), 3, pads=[1] * 4, cout=3)
     x = g.node("Mul", [g.add(x, y), g._init(np.array(0.5), "half")])
     x = g.node("Concat", [g.conv(x, 1), g.conv(x, 3, pads=[1] * 4)], 4, axis=1)
+    a, b = g.node("Split", [x, g._init(np.array([1, 3]), "sizes")], n_out=2, axis=1)
+    g.channels[a], g.channels[b] = 1, 3
+    x = g.node("Concat", [g.conv(a, 3, pads=[1] * 4, cout=1), b], 4, axis=1)  # a C2f-like split
     return g.model(g.conv(g.relu(x), 3, 2, pads=[1] * 4))
 
 
 def test_broadcast_operands_and_merges() -> None:
     """Constants broadcast per channel stay whole, a full-size one is sliced to the box, the
-    residual merge and the Concat read their operands on one box: values equal the whole model's."""
+    residual merge, the Concat and the Split read their operands on one box: values equal the
+    whole model's."""
     model = _operands_model()
     for unit in _corners(_shapes(model)[model.graph.output[0].name]):
         made = _forward_equal(model, unit)
+        split = next(n for n in made.model.graph.node if n.op_type == "Split").output[0]
+        assert math.prod(_shapes(made.model)[split][2:]) < math.prod(_shapes(model)[split][2:])
         sliced = {n.input[0] for n in made.model.graph.node if n.op_type == "Slice"}
         assert any(name.startswith("pos") for name in sliced), sliced
 
