@@ -210,8 +210,8 @@ def make_erf(path: str, batch: int, size: int, threads: int, channel: int | None
 
 def make_erf_auto(path: str, batch: int, size: int, threads: int, channel: int | None):  # type: ignore[no-untyped-def]
     """(b') the engine ``rfgraph erf --region auto`` samples a long run with
-    (``rfgraph.erf.gradient_engine``): the unit's cone, in the input or inside the network
-    (``rfgraph.cuts``), checked against the whole graph on a first input."""
+    (``rfgraph.erf.gradient_engine``): the unit's cone, in the input and inside the network
+    (``rfgraph.trim`` or ``rfgraph.cuts``), checked against the whole graph on a first input."""
     from rfgraph import erf as erf_mod
 
     engine, notes = erf_mod.gradient_engine(path, "y", channel=channel, region="auto", batch=batch,

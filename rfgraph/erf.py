@@ -602,8 +602,8 @@ def _cones(region: Region, method: Method, model: onnx.ModelProto, analysis: Ana
         run = None if region is Region.CONE else inputs
         # each layer cropped: not under finite differences (their quotients magnify the rounding of
         # convolutions run at other sizes past the check's tolerance), nor for several units that
-        # cover the input (they share one model; a rewrite each would not)
-        trims = [method is Method.GRAD and (len(targets) == 1 or p != cone_mod.COVERS) for p in plans]
+        # read the whole input (they share one model; a rewrite each would not)
+        trims = [method is Method.GRAD and (len(targets) == 1 or not isinstance(p, str)) for p in plans]
         plans = [_narrowed(p, model, analysis, output, t, s, full_shape, opts, cache, run, ok)
                  for p, t, s, ok in zip(plans, targets, seeded, trims)]
     why_full: dict[str, list[Target]] = {}
@@ -624,12 +624,13 @@ def _narrowed(plan: tuple[cone_mod.Crop, onnx.ModelProto, Target] | str, model: 
     """``plan`` with the layers of its model on the unit's cone inside the network: each layer
     cropped (``rfgraph.trim``, where ``trim``) or the last ones after cut tensors
     (``rfgraph.cuts``), whichever saves more; for a unit whose field covers the input, or inside
-    its input crop; with ``inputs``, only where the MACs saved over that many repay the set-up."""
+    its input crop, or (each layer cropped only) on the whole input where the field is global or
+    gated; with ``inputs``, only where the MACs saved over that many repay the set-up."""
     if plan == cone_mod.COVERS:
         crop = cone_mod.Crop.whole(full_shape, analysis.spatial_axes)
         inner, inner_analysis, inner_target = model, analysis, target
     elif isinstance(plan, str):
-        return plan
+        return _trimmed_whole(plan, model, analysis, seeded, full_shape, inputs) if trim else plan
     else:
         crop, inner, inner_target = plan
         inner_analysis = cache[crop.shape(full_shape)][1]
@@ -668,6 +669,20 @@ def _narrowed(plan: tuple[cone_mod.Crop, onnx.ModelProto, Target] | str, model: 
         return plan
     merged, seeded_m, cuts = made
     return replace(crop, inner=cuts), merged, seeded_m
+
+
+def _trimmed_whole(why: str, model: onnx.ModelProto, analysis: Analysis, seeded: Target, full_shape: tuple[int, ...],
+                   inputs: int | None) -> tuple[cone_mod.Crop, onnx.ModelProto, Target] | str:
+    """A unit that reads the whole input (``why``: its field is global, gated...) with each layer
+    on its cone (``rfgraph.trim``: the last transformer block on one token), or ``why`` where that
+    saves too little over ``inputs`` or cannot be made."""
+    if not seeded.tensor_axes:
+        return why
+    made = _trimmed(model, seeded, analysis.input_name, full_shape)
+    if made is None or (inputs is not None and 2 * made[0].saved * inputs < INNER_CUT_SETUP_MACS):
+        return why
+    crop = cone_mod.Crop.whole(full_shape, analysis.spatial_axes)
+    return replace(crop, trimmed=made[0].box, trim_text=f"{made[0].text()}; {why}"), made[0].model, made[1]
 
 
 def _trimmed(model: onnx.ModelProto, seeded: Target, input_name: str, input_shape: tuple[int, ...]

@@ -2,16 +2,20 @@
 the unit reads it.
 
 A unit of a late feature map reads a box of each earlier tensor (its cone there, shrinking layer by
-layer toward the unit). A backward pass over the graph finds that box for every tensor from the
-window geometry of Conv and pooling nodes (``semantics.geometry``) and the pointwise and
-broadcasting ops (``semantics``' op sets); a forward pass then rewrites the model: each window node
-reads a Slice of its input to the box it needs and pads only where the original padded (at the
-tensor's own borders), so each computed value is the original's, and pointwise ops run on their
-operands' boxes. Any other op keeps the whole tensor: its inputs are needed whole and its output is
-computed whole (Sliced where a consumer needs less). Unlike ``rfgraph.cuts`` (crop models at chosen
-cut tensors, planned by TRF passes of sub-models), the rewrite needs no sub-model and crops every
-layer exactly to its cone; ``rfgraph.erf`` checks its gradient against the whole model's on a first
-input before using it.
+layer toward the unit). A backward pass over the graph finds that box for every tensor, along the
+tensor's *tracked* axes (those holding positions: a feature map's spatial axes, a transformer's
+token axis), from each op's read rule below: window geometry of Conv and pooling nodes
+(``semantics.geometry``), pointwise and broadcasting ops (``semantics``' op sets), per-channel and
+per-token ops (BatchNormalization; LayerNormalization and Softmax over other axes), Concat and Split
+over other axes, the rows of a MatMul, and the layout ops that move positions (Transpose, Reshape,
+Slice). A forward pass then rewrites the model: each node reads Slices of its inputs to the boxes it
+needs, window nodes pad only where the original padded (at the tensor's own borders), a Reshape's
+shape and a Slice's bounds are rewritten for the box, so each computed value is the original's. Any
+other op keeps the whole tensor: its inputs are needed whole and its output is computed whole
+(Sliced where a consumer needs less). Unlike ``rfgraph.cuts`` (crop models at chosen cut tensors,
+planned by TRF passes of sub-models), the rewrite needs no sub-model and crops every layer exactly
+to its cone; ``rfgraph.erf`` checks its gradient against the whole model's on a first input
+before using it.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from .semantics import BROADCAST_OPS, POINTWISE_OPS, geometry
 
@@ -31,6 +36,8 @@ Box = tuple[tuple[int, int], ...]  # per tracked axis: [lo, hi], inclusive
 WINDOW_NODES = {"Conv", "MaxPool", "AveragePool", "LpPool"}
 CHANNEL_NODES = {"BatchNormalization"}  # input 0 pointwise; the others per channel
 SPLIT_NODES = {"Split"}  # input 0 split along an axis that holds no position; the sizes constant
+SHAPE_NODES = {"Shape", "Size"}  # read no value: they keep the original's shape, whatever the box
+NORMALISING_NODES = {"LayerNormalization", "Softmax", "LogSoftmax"}  # over axes that hold no position
 # broadcasting ops whose extra operand is not data broadcast to the output (a shape)
 NOT_BROADCAST = {"Expand"}
 MIN_GAIN = 0.03  # a rewrite must save this share of the model's multiply-accumulates
@@ -59,13 +66,23 @@ class Trimmed:
 
 @dataclass(frozen=True)
 class _Tracked:
-    """Which axes of a tensor are tracked (its positions) and its size along each."""
+    """Which axes of a tensor are tracked (its positions, ascending) and its size along each."""
 
     axes: tuple[int, ...]
     sizes: tuple[int, ...]
 
     def full(self) -> Box:
         return tuple((0, n - 1) for n in self.sizes)
+
+
+Read = tuple[_Tracked, Box]  # what a node needs of one input: its tracked axes and the box on them
+
+
+def _sorted(axes: Sequence[int], sizes: Sequence[int], box: Sequence[tuple[int, int]]) -> Read:
+    """A read with its axes in ascending order (one spelling per set of axes)."""
+    order = sorted(range(len(axes)), key=lambda k: axes[k])
+    return (_Tracked(tuple(axes[k] for k in order), tuple(sizes[k] for k in order)),
+            tuple(box[k] for k in order))
 
 
 def _union(a: Box | None, b: Box) -> Box:
@@ -76,12 +93,26 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
+def _axis(node: onnx.NodeProto, rank: int, default: int = 0) -> int:
+    """A node's (non-negative) ``axis`` attribute."""
+    return int(_attrs(node).get("axis", default)) % max(rank, 1)
+
+
+# ------------------------------------------------------------------ read rules, one per op kind
+# Each takes the plan (shapes, constants), the node, its output's tracked axes and box, and gives
+# the box the output is computed on (the box asked for, or a larger one where the op needs it) and
+# what the node reads of each data input (inputs it does not name are read whole); None: the node
+# keeps the whole tensor.
+
+ReadRule = Callable[["_Plan", onnx.NodeProto, _Tracked, Box], tuple[Box, dict[str, Read]] | None]
+
+
 def _window(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> geometry.Window | None:
     """The geometry of a window node the rewrite can crop (None: it keeps the whole tensor): one
     output, known shapes, and not an AveragePool whose ceil_mode windows count the padding."""
     attrs = _attrs(node)
     x = shapes.get(node.input[0])
-    if node.op_type not in WINDOW_NODES or x is None or len([o for o in node.output if o]) != 1:
+    if x is None or len([o for o in node.output if o]) != 1:
         return None
     if node.op_type == "Conv":
         w = shapes.get(node.input[1]) if len(node.input) > 1 else None
@@ -123,8 +154,16 @@ def _tap(outputs: range, a: geometry.AxisWindow, n: int, pick: Callable[[list[in
     return pick(best) if best else None
 
 
-def _operand(tracked: _Tracked, box: Box, shape: tuple[int, ...] | None, rank: int
-             ) -> tuple[_Tracked, Box] | None:
+def _read_window(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box) -> tuple[Box, dict[str, Read]] | None:
+    """Conv and pooling: the input box the output box's windows read."""
+    geo, x = _window(node, plan.shapes), plan.shapes.get(node.input[0])
+    if geo is None or x is None or tracked.axes != tuple(range(2, len(x))):
+        return None
+    reads = _window_reads(geo, box, x[2:])
+    return None if reads is None else (box, {node.input[0]: (_Tracked(tracked.axes, tuple(x[2:])), reads)})
+
+
+def _operand(tracked: _Tracked, box: Box, shape: tuple[int, ...] | None, rank: int) -> Read | None:
     """What a broadcast operand of shape ``shape`` must hold for an output of rank ``rank`` on
     ``box`` along ``tracked.axes``: its own tracked axes (right-aligned; those of size 1 broadcast,
     dropped) and box, or None when its shape is unknown."""
@@ -135,32 +174,168 @@ def _operand(tracked: _Tracked, box: Box, shape: tuple[int, ...] | None, rank: i
     return _Tracked(tuple(a for a, _ in kept), tuple(shape[a] for a, _ in kept)), tuple(b for _, b in kept)
 
 
-def _axis(node: onnx.NodeProto, rank: int) -> int:
-    """The (non-negative) ``axis`` attribute of a Concat or Split (default 0)."""
-    return int(_attrs(node).get("axis", 0)) % max(rank, 1)
+def _read_aligned(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box) -> tuple[Box, dict[str, Read]] | None:
+    """Pointwise and broadcasting ops, Concat over an axis that holds no position, LayerNorm and
+    Softmax over such axes: each output position reads the same position of every operand."""
+    rank = len(plan.shapes[node.output[0]])
+    op = node.op_type
+    if op == "Concat" and _axis(node, rank) in tracked.axes:
+        return None
+    if op in NORMALISING_NODES:
+        axis = _axis(node, rank, -1)
+        if any(ax == axis or (op == "LayerNormalization" and ax > axis) for ax in tracked.axes):
+            return None
+    got: dict[str, Read] = {}
+    for i in filter(None, node.input):
+        mine = _operand(tracked, box, plan.shapes.get(i), rank)
+        if mine is None:
+            return None
+        got[i] = mine
+    return box, got
 
 
-def _aligned(node: onnx.NodeProto, axes: tuple[int, ...], rank: int) -> bool:
-    """True for a node whose output position reads the same position of each (broadcast) input:
-    pointwise and broadcasting ops, and a Concat along an axis that holds no position."""
-    if node.op_type == "Concat":
-        return _axis(node, rank) not in axes
-    return node.op_type in POINTWISE_OPS or (node.op_type in BROADCAST_OPS and node.op_type not in NOT_BROADCAST)
+def _read_first(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box) -> tuple[Box, dict[str, Read]] | None:
+    """BatchNormalization and a Split over an axis that holds no position: input 0 on the same
+    box (the other inputs are per-channel constants or split sizes)."""
+    x = plan.shapes.get(node.input[0])
+    rank = len(plan.shapes[node.output[0]])
+    if node.op_type in SPLIT_NODES and _axis(node, rank) in tracked.axes:
+        return None
+    if x is None or len(x) != rank or any(x[a] != n for a, n in zip(tracked.axes, tracked.sizes)):
+        return None
+    return box, {node.input[0]: (tracked, box)}
 
+
+def _read_matmul(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box) -> tuple[Box, dict[str, Read]] | None:
+    """MatMul tracked on its rows only: the same rows of the first operand (the second read whole)."""
+    a, b = plan.shapes.get(node.input[0]), plan.shapes.get(node.input[1])
+    rank = len(plan.shapes[node.output[0]])
+    if a is None or b is None or len(a) < 2 or len(b) < 2 or tracked.axes != (rank - 2,):
+        return None
+    return box, {node.input[0]: (_Tracked((len(a) - 2,), tracked.sizes), box)}
+
+
+def _read_transpose(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box
+                    ) -> tuple[Box, dict[str, Read]] | None:
+    """Transpose: output axis k is input axis perm[k]."""
+    x = plan.shapes.get(node.input[0])
+    if x is None:
+        return None
+    perm = list(_attrs(node).get("perm", range(len(x) - 1, -1, -1)))
+    return box, {node.input[0]: _sorted([perm[a] for a in tracked.axes], tracked.sizes, box)}
+
+
+def _read_reshape(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box) -> tuple[Box, dict[str, Read]] | None:
+    """Reshape with a constant shape that keeps each tracked axis (same size, same product of the
+    axes before it), or splits one input axis into two tracked ones (a token axis into rows and
+    columns): the box there is one flat range of the input axis, so one spanning several rows
+    takes them whole."""
+    x, y = plan.shapes.get(node.input[0]), plan.shapes[node.output[0]]
+    if x is None or plan.constant(node.input[1]) is None:
+        return None
+    axes, sizes, out_box, in_box = [], [], list(box), []
+    k = 0
+    while k < len(tracked.axes):
+        a = tracked.axes[k]
+        kept = [b for b in range(len(x)) if x[b] == y[a] and math.prod(x[:b]) == math.prod(y[:a])]
+        if kept:
+            axes.append(kept[0])
+            sizes.append(x[kept[0]])
+            in_box.append(box[k])
+            k += 1
+            continue
+        split = [b for b in range(len(x)) if k + 1 < len(tracked.axes) and tracked.axes[k + 1] == a + 1
+                 and x[b] == y[a] * y[a + 1] and math.prod(x[:b]) == math.prod(y[:a])]
+        if not split:
+            return None
+        (r0, r1), (c0, c1) = box[k], box[k + 1]
+        if r0 != r1:  # several rows: whole rows, one flat range
+            c0, c1 = 0, y[a + 1] - 1
+            out_box[k + 1] = (c0, c1)
+        axes.append(split[0])
+        sizes.append(x[split[0]])
+        in_box.append((r0 * y[a + 1] + c0, r1 * y[a + 1] + c1))
+        k += 2
+    return tuple(out_box), {node.input[0]: _sorted(axes, sizes, in_box)}
+
+
+def _read_slice(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box) -> tuple[Box, dict[str, Read]] | None:
+    """Slice with constant bounds and step 1 along the tracked axes: output position u reads
+    input position start + u."""
+    x = plan.shapes.get(node.input[0])
+    bounds = plan.slice_bounds(node)
+    if x is None or bounds is None:
+        return None
+    starts = {ax: (st, step) for ax, st, _, step in bounds}
+    shifted = []
+    for ax, (lo, hi) in zip(tracked.axes, box):
+        st, step = starts.get(ax, (0, 1))
+        if step != 1:
+            return None
+        st = min(max(st + x[ax] if st < 0 else st, 0), x[ax])  # ONNX clamps a start to [0, dim]
+        shifted.append((lo + st, hi + st))
+    return box, {node.input[0]: (_Tracked(tracked.axes, tuple(x[a] for a in tracked.axes)), tuple(shifted))}
+
+
+def _rule(node: onnx.NodeProto) -> ReadRule | None:
+    """The read rule of ``node``'s op (None: it keeps the whole tensor)."""
+    op = node.op_type
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if op in WINDOW_NODES:
+        return _read_window
+    if op in CHANNEL_NODES or op in SPLIT_NODES:
+        return _read_first
+    if op in POINTWISE_OPS | NORMALISING_NODES | {"Concat"} or (op in BROADCAST_OPS and op not in NOT_BROADCAST):
+        return _read_aligned
+    return {"MatMul": _read_matmul, "Transpose": _read_transpose, "Reshape": _read_reshape,
+            "Slice": _read_slice}.get(op)
+
+
+# ------------------------------------------------------------------ the backward pass
 
 class _Plan:
-    """The backward pass: per tensor, its tracked axes and the box the unit reads."""
+    """The backward pass: per tensor, its tracked axes and the box the unit reads; per node
+    computed on a box, that box and what it reads of its inputs."""
 
-    def __init__(self, nodes: Sequence[onnx.NodeProto], shapes: dict[str, tuple[int, ...]],
+    def __init__(self, model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], shapes: dict[str, tuple[int, ...]],
                  output: str, axes: tuple[int, ...], box: Box) -> None:
         self.shapes = shapes
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+        from .vjp import constant_folder
+
+        self.fold = constant_folder(model, shapes)
         self.tracked: dict[str, _Tracked] = {}
         self.need: dict[str, Box] = {}
         self.box: dict[int, Box] = {}  # the box of the outputs of each node computed on one (by id)
+        self.reads: dict[int, dict[str, Read]] = {}
         shape = shapes[output]
-        self._want(output, _Tracked(axes, tuple(shape[a] for a in axes)), box)
+        self._want(output, *_sorted(axes, [shape[a] for a in axes], box))
         for node in reversed(nodes):
             self._visit(node)
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of a tensor computed from constants and shapes alone (the loader's folder:
+        a Reshape's shape from Shape, Gather and Concat), None for one that depends on the input."""
+        return self.fold(name) if name else None
+
+    def slice_bounds(self, node: onnx.NodeProto) -> list[tuple[int, int, int, int]] | None:
+        """A Slice's (axis, start, end, step) per sliced axis as written, the axis made
+        non-negative, when its bounds are constants (None otherwise)."""
+        x = self.shapes.get(node.input[0])
+        if x is None:
+            return None
+        if self.opset < 10:
+            a = _attrs(node)
+            parts: list[Any] = [a.get("starts"), a.get("ends"), a.get("axes"), None]
+        else:
+            parts = [self.constant(i) if i else None for i in list(node.input[1:5]) + [""] * (5 - len(node.input))]
+            if parts[0] is None or parts[1] is None or any(p is None and i for p, i in zip(parts[2:], node.input[3:5])):
+                return None
+        starts, ends = [int(v) for v in parts[0]], [int(v) for v in parts[1]]
+        axes = [int(v) % len(x) for v in (parts[2] if parts[2] is not None else range(len(starts)))]
+        steps = [int(v) for v in (parts[3] if parts[3] is not None else [1] * len(starts))]
+        return list(zip(axes, starts, ends, steps))
 
     def _want(self, name: str, tracked: _Tracked, box: Box) -> None:
         if name in self.tracked and self.tracked[name].axes != tracked.axes:
@@ -176,25 +351,6 @@ class _Plan:
             self.tracked[name] = _Tracked((), ())
             self.need[name] = ()
 
-    def _visit(self, node: onnx.NodeProto) -> None:
-        outs = [o for o in node.output if o]
-        wanted = [o for o in outs if o in self.need]
-        if not wanted:
-            return
-        reads = self._reads(node, wanted)
-        if reads is None:
-            for o in wanted:  # computed whole
-                self.need[o] = self.tracked[o].full()
-            for i in node.input:
-                if i:
-                    self._whole(i)
-            return
-        box = self._joint(wanted)
-        assert box is not None  # _reads refuses outputs tracked differently
-        self.box[id(node)] = box
-        for name, (tracked, box) in reads.items():
-            self._want(name, tracked, box)
-
     def _joint(self, wanted: list[str]) -> Box | None:
         """The box around the needs of several outputs tracked alike (None when they differ)."""
         if len({self.tracked[o] for o in wanted}) != 1:
@@ -204,38 +360,39 @@ class _Plan:
             box = _union(box, self.need[o])
         return box
 
-    def _reads(self, node: onnx.NodeProto, wanted: list[str]) -> dict[str, tuple[_Tracked, Box]] | None:
-        """What each data input of ``node`` must hold for its outputs' boxes, or None when the node
-        keeps the whole tensor."""
+    def _visit(self, node: onnx.NodeProto) -> None:
+        wanted = [o for o in node.output if o and o in self.need]
+        if not wanted or node.op_type in SHAPE_NODES:  # shapes: the original's (``_rewrite``)
+            return
+        made = self._reads(node, wanted)
+        if made is None:
+            for o in wanted:  # computed whole
+                self.need[o] = self.tracked[o].full()
+            for i in filter(None, node.input):
+                self._whole(i)
+            return
+        box, reads = made
+        self.box[id(node)], self.reads[id(node)] = box, reads
+        for i in filter(None, node.input):
+            if i in reads:
+                self._want(i, *reads[i])
+            else:
+                self._whole(i)
+
+    def _reads(self, node: onnx.NodeProto, wanted: list[str]) -> tuple[Box, dict[str, Read]] | None:
+        """The node's rule applied to the box around its outputs' needs; None when it keeps the
+        whole tensor (no rule, several outputs other than a Split's, an unknown shape, nothing to save)."""
+        rule = _rule(node)
         several = len([o for o in node.output if o]) != 1
-        if several and node.op_type not in SPLIT_NODES:
+        if rule is None or (several and node.op_type not in SPLIT_NODES) or node.output[0] not in self.shapes:
             return None
-        out = wanted[0]
-        tracked, box = self.tracked[out], self._joint(wanted)
+        tracked, box = self.tracked[wanted[0]], self._joint(wanted)
         if box is None or not tracked.axes or box == tracked.full():
             return None
-        rank = len(self.shapes.get(out, ()))
-        if node.op_type in WINDOW_NODES:
-            geo = _window(node, self.shapes)
-            x = self.shapes.get(node.input[0])
-            if geo is None or x is None or tracked.axes != tuple(range(2, rank)):
-                return None
-            reads = _window_reads(geo, box, x[2:])
-            return None if reads is None else {node.input[0]: (_Tracked(tracked.axes, tuple(x[2:])), reads)}
-        if node.op_type in CHANNEL_NODES or (node.op_type in SPLIT_NODES and _axis(node, rank) not in tracked.axes):
-            x = self.shapes.get(node.input[0])
-            same = x is not None and len(x) == rank and all(x[a] == n for a, n in zip(tracked.axes, tracked.sizes))
-            return {node.input[0]: (tracked, box)} if same else None
-        if _aligned(node, tracked.axes, rank):
-            got: dict[str, tuple[_Tracked, Box]] = {}
-            for i in filter(None, node.input):
-                mine = _operand(tracked, box, self.shapes.get(i), rank)
-                if mine is None:
-                    return None
-                got[i] = mine
-            return got
-        return None
+        return rule(self, node, tracked, box)
 
+
+# ------------------------------------------------------------------ the rewrite
 
 def trim(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], output: str,
          axes: Sequence[int], box: Box) -> Trimmed | None:
@@ -249,14 +406,13 @@ def trim(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], output: str
     nodes = ancestors(model, output)
     if output not in shapes:
         return None
-    plan = _Plan(nodes, shapes, output, tuple(axes), tuple(box))
+    plan = _Plan(model, nodes, shapes, output, tuple(axes), tuple(box))
     before = sum(macs(n, shapes) for n in nodes)
     after = 0
     for n in nodes:
         cost = macs(n, shapes)
-        out = n.output[0]
         if cost and id(n) in plan.box:
-            t = plan.tracked[out]
+            t = plan.tracked[n.output[0]]
             cost = cost * math.prod(hi - lo + 1 for lo, hi in plan.box[id(n)]) // math.prod(t.sizes)
         after += cost
     if not before or before - after < MIN_GAIN * before:
@@ -266,14 +422,15 @@ def trim(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], output: str
     used = {i for n in new_nodes for i in n.input}
     keep = [i for i in model.graph.initializer if i.name in used] + inits
     inputs = [i for i in model.graph.input if i.name in used]
-    box = computed.get(output, plan.tracked[output].full())
-    return Trimmed(model_like(model, new_nodes, keep, inputs, [out_vi]), box, after, before)
+    out_box = computed.get(output, plan.tracked[output].full())
+    return Trimmed(model_like(model, new_nodes, keep, inputs, [out_vi]), out_box, after, before)
 
 
 def _rewrite(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], plan: _Plan
              ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], dict[str, Box]]:
-    """The forward pass: each cropped node reads Slices of its inputs to the boxes it needs and
-    (window nodes) pads only where the original padded; also the box each cropped tensor holds."""
+    """The forward pass: each node computed on a box reads Slices of its inputs to the boxes it
+    needs, with its attributes or constant inputs rewritten for the box (``_adapt``); also the box
+    each such tensor holds."""
     from .onnx_import import slice_node
 
     computed: dict[str, Box] = {}  # the box each cropped node's output holds
@@ -281,52 +438,81 @@ def _rewrite(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], plan: _Pla
     out_nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
 
-    def holds(name: str) -> Box | None:
-        t = plan.tracked.get(name)
-        return computed.get(name, t.full() if t is not None and t.axes else None)
-
     def read(name: str, tracked: _Tracked, box: Box) -> str:
-        have = holds(name) if tracked.axes == plan.tracked.get(name, tracked).axes else tracked.full()
+        """``name`` Sliced from the box it holds to ``box`` (itself where they are the same)."""
+        held = plan.tracked.get(name)
+        have = computed.get(name) if held is not None and held.axes == tracked.axes else None
         have = have or tracked.full()
         if have == box or not tracked.axes:
             return name
-        key = (name, box)
-        if key not in slices:
+        if (name, box) not in slices:
             tag = f"rfgraph_trim/{len(slices)}"
             node, consts = slice_node(model, name, f"{tag}/out", tag, [lo - h for (lo, _), (h, _) in zip(box, have)],
                                       [hi - h + 1 for (_, hi), (h, _) in zip(box, have)], tracked.axes)
             out_nodes.append(node)
             inits.extend(consts)
-            slices[key] = f"{tag}/out"
-        return slices[key]
+            slices[name, box] = f"{tag}/out"
+        return slices[name, box]
 
     for node in nodes:
+        if node.op_type in SHAPE_NODES and node.input[0] in computed:  # the original's shape
+            value = plan.constant(node.output[0])
+            if value is None:
+                raise ValueError(f"no constant shape for '{node.output[0]}'")
+            inits.append(numpy_helper.from_array(np.asarray(value), node.output[0]))
+            continue
         if id(node) not in plan.box:
             out_nodes.append(node)
             continue
-        out = node.output[0]
-        box = plan.box[id(node)]
+        box, reads = plan.box[id(node)], plan.reads[id(node)]
         m = onnx.NodeProto()
         m.CopyFrom(node)
-        if node.op_type in WINDOW_NODES:
-            x = plan.shapes[node.input[0]]
-            geo = _window(node, plan.shapes)
-            assert geo is not None
-            reads = _window_reads(geo, box, x[2:])
-            assert reads is not None
-            m.input[0] = read(node.input[0], _Tracked(plan.tracked[out].axes, tuple(x[2:])), reads)
-            _set_pads(m, geo, box, reads)
-        else:
-            rank = len(plan.shapes[out])
-            for k, i in enumerate(node.input):
-                if not i or (node.op_type in CHANNEL_NODES | SPLIT_NODES and k > 0):
-                    continue
-                mine = _operand(plan.tracked[out], box, plan.shapes[i], rank)
-                assert mine is not None
-                m.input[k] = read(i, *mine)
+        for k, i in enumerate(node.input):
+            if i in reads:
+                m.input[k] = read(i, *reads[i])
+        inits.extend(_adapt(m, node, plan, box, reads))
         computed.update((o, box) for o in node.output if o)
         out_nodes.append(m)
     return out_nodes, inits, computed
+
+
+def _adapt(m: onnx.NodeProto, node: onnx.NodeProto, plan: _Plan, box: Box, reads: dict[str, Read]
+           ) -> list[onnx.TensorProto]:
+    """Rewrite ``m`` (a copy of ``node`` reading its inputs' boxes) for output ``box``: a window
+    node's pads, a Reshape's shape, a Slice's bounds on the tracked axes; the new constants."""
+    if node.op_type in WINDOW_NODES:
+        geo = _window(node, plan.shapes)
+        assert geo is not None
+        _set_pads(m, geo, box, reads[node.input[0]][1])
+        return []
+    tracked = plan.tracked[node.output[0]]
+    if node.op_type == "Reshape":
+        shape = plan.constant(node.input[1])
+        assert shape is not None
+        shape = shape.copy()
+        for ax, (lo, hi) in zip(tracked.axes, box):
+            shape[ax] = hi - lo + 1
+        return [_constant(m, 1, shape)]
+    if node.op_type == "Slice":  # its input already holds the box: the tracked axes read whole
+        bounds = plan.slice_bounds(node)
+        assert bounds is not None
+        held = dict(zip(tracked.axes, box))
+        starts = [0 if ax in held else st for ax, st, _, _ in bounds]
+        ends = [held[ax][1] - held[ax][0] + 1 if ax in held else en for ax, _, en, _ in bounds]
+        if plan.opset < 10:
+            keep = [a for a in m.attribute if a.name not in ("starts", "ends")]
+            del m.attribute[:]
+            m.attribute.extend(keep + [helper.make_attribute("starts", starts), helper.make_attribute("ends", ends)])
+            return []
+        return [_constant(m, 1, np.array(starts, np.int64)), _constant(m, 2, np.array(ends, np.int64))]
+    return []
+
+
+def _constant(m: onnx.NodeProto, slot: int, value: np.ndarray) -> onnx.TensorProto:
+    """A new initializer for input ``slot`` of ``m``, named after the node."""
+    name = f"rfgraph_trim/{m.name or m.output[0]}#{slot}"
+    m.input[slot] = name
+    return numpy_helper.from_array(value, name)
 
 
 def _set_pads(node: onnx.NodeProto, geo: geometry.Window, box: Box, reads: Box) -> None:

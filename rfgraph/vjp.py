@@ -208,7 +208,7 @@ def _keeps_finite(node: onnx.NodeProto, finite: set[str], dtypes: dict[str, int]
     return True
 
 
-def _folder(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> Callable[[str], np.ndarray | None]:
+def constant_folder(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> Callable[[str], np.ndarray | None]:
     """The loader's constant folder over ``model`` at the static ``shapes`` (built on first use):
     values computed from constants and shapes alone (an attention scale from a tensor's size, a
     BatchNorm's parameters behind Identity nodes), node by node, without a session."""
@@ -327,7 +327,7 @@ def _builder(model: onnx.ModelProto, x_name: str, shapes: dict[str, tuple[int, .
     """The context the rules work in (its ``value`` reads the tensors that do not depend on the
     input: constants, initializers, else the loader's folder, else one evaluation on zeros)."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
-    fold = _folder(model, shapes)
+    fold = constant_folder(model, shapes)
 
     def evaluate(name: str) -> dict[str, np.ndarray]:  # folded where it can, else one run
         value = fold(name)

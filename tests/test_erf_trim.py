@@ -5,14 +5,16 @@ asymmetric pads, auto_pad SAME_UPPER / SAME_LOWER / VALID; Max/Average/Lp pools 
 and count_include_pad) in 1-D, 2-D and 3-D, at centre, corner and border units; broadcast
 operands (per-channel, full-size constant maps, scalars), BatchNormalization, Concat over
 channels, residual merges; ops the rewrite does not read (Resize) keep the whole tensor; random
-multi-path models; the ERF through it with weights redrawn; and where it is not used
+multi-path models; a ViT's last block on the unit's token (MatMul rows, LayerNorm, Softmax,
+Transpose, Reshape, Slice, Shape nodes kept at the original's shapes), a box over several rows of
+tokens; the ERF through it with weights redrawn, and of a global unit; and where it is not used
 (finite differences, several units sharing the whole image, too little saved).
 Oracles: onnxruntime's forward of the whole model (the rewritten model's output equals the whole
 output on its box), the whole model's gradient graph (the gradient through the rewrite equals it,
 <= 1e-6 of its max; that graph is checked against torch autograd in test_erf.py), and a
 brute-force cone: the positions each layer must compute, found by visiting every kernel tap of
 every position read (sets, no interval arithmetic), whose multiply-accumulates the rewrite must
-count exactly.
+count exactly; for the ViT, the closed form of what one token saves in the last block.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ def _forward_equal(model: onnx.ModelProto, unit: tuple[int, ...]) -> trim.Trimme
     """The rewritten model's output is the whole model's on its box (onnxruntime both)."""
     made, shapes = _trim(model, unit)
     assert made.box == tuple((u, u) for u in unit)
-    x = np.random.default_rng(3).standard_normal((2,) + shapes["x"][1:]).astype(np.float32)
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 2  # 2 where the batch is free
+    x = np.random.default_rng(3).standard_normal((batch,) + shapes["x"][1:]).astype(np.float32)
     whole, part = _run(model, x), _run(made.model, x)
     box = (slice(None), slice(None)) + tuple(slice(lo, hi + 1) for lo, hi in made.box)
     assert part.shape == whole[box].shape
@@ -292,3 +295,105 @@ def test_nothing_to_save() -> None:
     g = G((8, 8), seed=2)
     model = g.model(g.conv(g.conv("x", 3, pads=[1] * 4), 3, pads=[1] * 4))
     assert trim.trim(model, _shapes(model), model.graph.output[0].name, (2, 3), ((0, 7), (0, 7))) is None
+
+
+# ------------------------------------------------------------------ transformers: the token axis
+
+DIM, HEADS, GRID, PATCH = 16, 2, 4, 4
+TOKENS = GRID * GRID + 1  # patches and the class token
+
+
+def _tiny_vit() -> onnx.ModelProto:
+    """A two-block ViT (torch, exported with a dynamic batch: shapes computed by Shape/Gather/Concat)
+    whose patch tokens come out as a DIM x GRID x GRID map, as benchmarks/bench_erf.py's ViT-S."""
+    import io
+
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n1, self.n2 = nn.LayerNorm(DIM), nn.LayerNorm(DIM)
+            self.qkv, self.proj = nn.Linear(DIM, 3 * DIM), nn.Linear(DIM, DIM)
+            self.fc1, self.fc2 = nn.Linear(DIM, 4 * DIM), nn.Linear(4 * DIM, DIM)
+
+        def forward(self, t):  # type: ignore[no-untyped-def]
+            b, n, d = t.shape
+            qkv = self.qkv(self.n1(t)).reshape(b, n, 3, HEADS, d // HEADS).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)
+            att = torch.softmax(q @ k.transpose(-2, -1) * (d // HEADS) ** -0.5, dim=-1)
+            t = t + self.proj((att @ v).transpose(1, 2).reshape(b, n, d))
+            return t + self.fc2(F.gelu(self.fc1(self.n2(t))))
+
+    class ViT(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.patch = nn.Conv2d(3, DIM, PATCH, PATCH)
+            self.cls = nn.Parameter(torch.randn(1, 1, DIM))
+            self.pos = nn.Parameter(torch.randn(1, TOKENS, DIM))
+            self.blocks = nn.Sequential(Block(), Block())
+            self.norm = nn.LayerNorm(DIM)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            t = self.patch(x).flatten(2).transpose(1, 2)
+            t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1) + self.pos
+            t = self.norm(self.blocks(t))[:, 1:]
+            return t.transpose(1, 2).reshape(t.shape[0], DIM, GRID, GRID)
+
+    torch.manual_seed(0)
+    net = ViT().eval()
+    f = io.BytesIO()
+    torch.onnx.export(net, (torch.randn(1, 3, GRID * PATCH, GRID * PATCH),), f, dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}, opset_version=17)
+    from rfgraph.options import ModelOptions
+
+    return erf_mod._load(onnx.load_from_string(f.getvalue()), ModelOptions())[0]
+
+
+def test_last_block_on_the_units_token() -> None:
+    """A patch token's unit: the last block's query rows, attention rows, projection, MLP and the
+    norms run on its token alone (the keys and values on every token): the rewrite counts the
+    closed form's multiply-accumulates, its values and input gradient are the whole model's, and
+    the shapes read by Shape nodes stay the original's."""
+    model = _tiny_vit()
+    shapes = _shapes(model)
+    assert any(n.op_type == "Shape" for n in model.graph.node)  # the exporter's computed shapes
+    d, t = DIM, TOKENS
+    saved = (t - 1) * (2 * t * d + 9 * d * d)  # per token: S and att@V rows, proj (d2), fc1 + fc2 (8 d2)
+    x = np.random.default_rng(5).standard_normal((1, 3, GRID * PATCH, GRID * PATCH)).astype(np.float32)
+    for unit in _corners(shapes["y"]):
+        made = _forward_equal(model, unit)
+        assert made.macs_before - made.macs == saved, (made.macs_before - made.macs, saved)
+        shape_reads = {n.output[0] for n in model.graph.node if n.op_type == "Shape"}
+        assert shape_reads & {i.name for i in made.model.graph.initializer}  # cropped tensors' Shapes: constants
+        target = erf_mod.Target("y", shapes["y"], (2, 3), unit, 0)
+        whole = erf_mod.GradientEngine(model, target, "x", x.shape, 1)
+        part = erf_mod.GradientEngine(made.model, erf_mod.Target("y", (1, DIM, 1, 1), (2, 3), (0, 0), 0), "x",
+                                      x.shape, 1)
+        g_whole, g_part = whole(x), part(x)
+        assert float(np.abs(g_part - g_whole).max()) <= TOL * float(np.abs(g_whole).max())
+
+
+def test_token_box_over_several_rows_takes_whole_rows() -> None:
+    """A box of units over two rows of the map is one flat range of tokens only as whole rows:
+    the rewritten output holds those rows whole, and their values are the whole model's."""
+    model = _tiny_vit()
+    shapes = _shapes(model)
+    made = trim.trim(model, shapes, "y", (2, 3), ((1, 2), (1, 2)))
+    assert made is not None and made.box == ((1, 2), (0, GRID - 1))
+    x = np.random.default_rng(6).standard_normal((1, 3, GRID * PATCH, GRID * PATCH)).astype(np.float32)
+    np.testing.assert_allclose(_run(made.model, x), _run(model, x)[:, :, 1:3, :], rtol=1e-5, atol=1e-6)
+
+
+def test_erf_of_a_global_unit_through_the_rewrite() -> None:
+    """``rfgraph erf --region cone`` on the ViT: the field is global (the whole input is read, the
+    note says why) and the last block runs on the unit's token; the map is the whole graph's."""
+    model = _tiny_vit()
+    kw = {"runs": 2, "absolute": False, "seed": 3, "channel": 0}
+    coned = compute_erfs(model, region="cone", **kw)[0]  # type: ignore[arg-type]
+    full = compute_erfs(model, region="full", **kw)[0]  # type: ignore[arg-type]
+    notes = " ".join(coned.notes)
+    assert NOTE in notes and "global" in notes, notes
+    assert float(np.abs(coned.erf - full.erf).max()) <= TOL * float(np.abs(full.erf).max())

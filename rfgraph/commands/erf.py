@@ -57,8 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_pool_args(p, "the shards of inputs and weight draws")
     p.add_argument("--region", choices=("auto", "cone", "full"), default="auto",
                    help="input the gradient is computed on: the unit's cone (the crop of its "
-                        "receptive field, same gradient, cheaper; and inside the network, the layers "
-                        "after a block output on that tensor's crop), the full image, or auto: the "
+                        "receptive field, same gradient, cheaper; and inside the network, each layer "
+                        "only where the unit reads it, or the layers after a block output on that "
+                        "tensor's crop), the full image, or auto: the "
                         "cone where it is smaller than the image and checked exact (inside the "
                         "network where the run is long enough to repay planning it), else the full "
                         "image (a note says which and why); cone: an error where it cannot be used")
