@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import onnx
@@ -638,12 +638,10 @@ def _narrowed(plan: tuple[cone_mod.Crop, onnx.ModelProto, Target] | str, model: 
     if inner_target.region is None:
         return plan
     trimmed = _trimmed(inner, inner_seeded, analysis.input_name, crop.shape(full_shape)) if trim else None
-    try:
-        chain, saved = cuts_mod.choose(inner, inner_analysis, output, inner_seeded.output, inner_target.region)
-    except Exception:  # a model the cuts cannot be planned on: no cut (never wrong)
-        if os.environ.get("RFGRAPH_DEBUG"):
-            raise
-        chain, saved = [], 0
+    region = inner_target.region
+    nothing: tuple[list[str], int] = ([], 0)
+    chain, saved = _or_else(lambda: cuts_mod.choose(inner, inner_analysis, output, inner_seeded.output, region),
+                            nothing)
     use_trim = trimmed is not None and trimmed[0].saved >= saved
     if use_trim:
         saved = trimmed[0].saved  # type: ignore[index]
@@ -658,17 +656,27 @@ def _narrowed(plan: tuple[cone_mod.Crop, onnx.ModelProto, Target] | str, model: 
     if use_trim:
         made_trim, seeded_t = trimmed  # type: ignore[misc]
         return replace(crop, trimmed=made_trim.box, trim_text=made_trim.text()), made_trim.model, seeded_t
-    try:
-        made = cuts_mod.narrow(inner, inner_analysis, output, inner_target, inner_seeded, opts, chain)
-        runtime.release_free_memory()  # the sub-models the cuts were planned with
-    except Exception:  # a model the cuts cannot be planned on runs whole (never wrong)
-        if os.environ.get("RFGRAPH_DEBUG"):
-            raise
-        return plan
+    made = _or_else(lambda: cuts_mod.narrow(inner, inner_analysis, output, inner_target, inner_seeded, opts, chain),
+                    None)
+    runtime.release_free_memory()  # the sub-models the cuts were planned with
     if made is None:
         return plan
     merged, seeded_m, cuts = made
     return replace(crop, inner=cuts), merged, seeded_m
+
+
+_T = TypeVar("_T")
+
+
+def _or_else(plan: Callable[[], _T], fallback: _T) -> _T:
+    """``plan()``, or ``fallback`` where planning a cone inside the network fails on some model:
+    the model then runs as it is, never wrong (RFGRAPH_DEBUG=1 raises instead)."""
+    try:
+        return plan()
+    except Exception:
+        if os.environ.get("RFGRAPH_DEBUG"):
+            raise
+        return fallback
 
 
 def _trimmed_whole(why: str, model: onnx.ModelProto, analysis: Analysis, seeded: Target, full_shape: tuple[int, ...],
@@ -689,13 +697,11 @@ def _trimmed(model: onnx.ModelProto, seeded: Target, input_name: str, input_shap
              ) -> tuple[trim_mod.Trimmed, Target] | None:
     """``model`` with each layer on the cone of ``seeded``'s unit (``rfgraph.trim``) and the unit
     in the output it computes, or None where that saves too little or cannot be made."""
-    try:
+    def rewrite() -> trim_mod.Trimmed | None:
         shapes = vjp_mod.tensor_shapes(prepare(model, input_shape, input_name), input_name)[0]
-        made = trim_mod.trim(model, shapes, seeded.output, seeded.tensor_axes, tuple((u, u) for u in seeded.unit))
-    except Exception:  # a model the rewrite cannot read runs as it is (never wrong)
-        if os.environ.get("RFGRAPH_DEBUG"):
-            raise
-        return None
+        return trim_mod.trim(model, shapes, seeded.output, seeded.tensor_axes, tuple((u, u) for u in seeded.unit))
+
+    made = _or_else(rewrite, None)
     if made is None:
         return None
     shape = list(seeded.shape)
