@@ -588,9 +588,10 @@ def _cones(region: Region, method: Method, model: onnx.ModelProto, analysis: Ana
            full_shape: tuple[int, ...], opts: ModelOptions, inputs: int
            ) -> tuple[tuple[cone_mod.Cone, ...], list[str]]:
     """The cones of the units (``rfgraph.cone.plan``) and, for the units left on the full image,
-    why (``Region.CONE``: an error instead).  The cone inside the network (``rfgraph.cuts``) is
-    used under ``Region.CONE``, and under ``Region.AUTO`` where it saves enough over the run's
-    ``inputs`` to repay its set-up (``INNER_CUT_SETUP_MACS``)."""
+    why (``Region.CONE``: an error instead).  The cone inside the network (``rfgraph.trim``, or
+    ``rfgraph.cuts`` where that saves more; ``_narrowed``) is used under ``Region.CONE``, and under
+    ``Region.AUTO`` where it saves enough over the run's ``inputs`` to repay its set-up
+    (``INNER_CUT_SETUP_MACS``)."""
     if region is Region.FULL:
         return (), []
     if analysis is None:
@@ -697,6 +698,9 @@ def _trimmed(model: onnx.ModelProto, seeded: Target, input_name: str, input_shap
              ) -> tuple[trim_mod.Trimmed, Target] | None:
     """``model`` with each layer on the cone of ``seeded``'s unit (``rfgraph.trim``) and the unit
     in the output it computes, or None where that saves too little or cannot be made."""
+    if seeded.channel is None and _producer(model, seeded.output) in NORMALISING_OPS:
+        return None  # a channel sum after a normalisation: gradient ~0, the check would compare rounding
+
     def rewrite() -> trim_mod.Trimmed | None:
         shapes = vjp_mod.tensor_shapes(prepare(model, input_shape, input_name), input_name)[0]
         return trim_mod.trim(model, shapes, seeded.output, seeded.tensor_axes, tuple((u, u) for u in seeded.unit))
@@ -1014,10 +1018,15 @@ def _engine(method: Method, weights: onnx.ModelProto, target: Target, input_name
     return GradientEngine(weights, target, input_name, full_shape, batch, providers, threads, config)
 
 
+def _producer(proto: onnx.ModelProto, name: str) -> str | None:
+    """The op type of the node computing tensor ``name`` (None for a graph input)."""
+    return next((n.op_type for n in proto.graph.node if name in n.output), None)
+
+
 def _seed_notes(proto: onnx.ModelProto, target: Target, conv: ec.ERFConventions) -> list[str]:
     """Warn when the channel sum (or mean) of the seeded tensor is (nearly) constant, e.g. after
     LayerNorm with unit gamma: its gradient is then zero, up to rounding."""
-    producer = next((n.op_type for n in proto.graph.node if target.output in n.output), None)
+    producer = _producer(proto, target.output)
     linear = conv.scalar in (ec.Scalar.SUM, ec.Scalar.MEAN)
     notes = []
     if not target.tensor_axes and int(np.prod(target.shape[1:], dtype=np.int64)) > 1:
