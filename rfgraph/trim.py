@@ -181,9 +181,10 @@ def _read_aligned(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box
     op = node.op_type
     if op == "Concat" and _axis(node, rank) in tracked.axes:
         return None
-    if op in NORMALISING_NODES:
-        axis = _axis(node, rank, -1)
-        if any(ax == axis or (op == "LayerNormalization" and ax > axis) for ax in tracked.axes):
+    if op in NORMALISING_NODES:  # LayerNorm, and Softmax before opset 13, normalise over axis and all after it
+        flattens = op == "LayerNormalization" or plan.opset < 13
+        axis = _axis(node, rank, -1 if op == "LayerNormalization" or plan.opset >= 13 else 1)
+        if any(ax == axis or (flattens and ax > axis) for ax in tracked.axes):
             return None
     got: dict[str, Read] = {}
     for i in filter(None, node.input):

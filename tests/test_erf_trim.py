@@ -412,3 +412,16 @@ def test_not_used_for_a_channel_sum_after_a_softmax() -> None:
     assert not any(NOTE in n for n in summed.notes) and any("--channel" in n for n in summed.notes), summed.notes
     one = compute_erfs(model, region="cone", runs=1, channel=0)[0]
     assert any(NOTE in n for n in one.notes), one.notes
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_softmax_over_channels_by_opset(opset: int) -> None:
+    """Softmax over the channels of a map: per position from opset 13 (the rewrite crops it), over
+    channels and every position before (axis 1 flattens the rest: the whole tensor is read)."""
+    g = G((10, 10), seed=12, opset=opset)
+    x = g.node("Softmax", [g.conv("x", 3, pads=[1] * 4, cout=3)], axis=1)
+    model = g.model(g.conv(g.conv(x, 3, pads=[1] * 4), 3, pads=[1] * 4))
+    made = _forward_equal(model, (0, 0))
+    softmax_in = next(n for n in made.model.graph.node if n.op_type == "Softmax").input[0]
+    cropped = math.prod(_shapes(made.model)[softmax_in][2:]) < 100
+    assert cropped == (opset >= 13)
