@@ -648,7 +648,7 @@ def _narrowed(plan: tuple[cone_mod.Crop, onnx.ModelProto, Target] | str, model: 
         saved = trimmed[0].saved  # type: ignore[index]
     elif not chain:
         return plan
-    if inputs is not None and 2 * saved * inputs < INNER_CUT_SETUP_MACS:
+    if not _repays(saved, inputs):
         what = ("each layer on the unit's cone" if use_trim
                 else f"the cone inside the network (from '{chain[0]}' on, cropped)")
         return plan if plan != cone_mod.COVERS else (
@@ -664,6 +664,12 @@ def _narrowed(plan: tuple[cone_mod.Crop, onnx.ModelProto, Target] | str, model: 
         return plan
     merged, seeded_m, cuts = made
     return replace(crop, inner=cuts), merged, seeded_m
+
+
+def _repays(saved: int, inputs: int | None) -> bool:
+    """Whether a cone inside the network that saves ``saved`` forward MACs per input (about as
+    many again in the backward) repays its set-up over ``inputs`` (None: always used)."""
+    return inputs is None or 2 * saved * inputs >= INNER_CUT_SETUP_MACS
 
 
 _T = TypeVar("_T")
@@ -688,7 +694,7 @@ def _trimmed_whole(why: str, model: onnx.ModelProto, analysis: Analysis, seeded:
     if not seeded.tensor_axes:
         return why
     made = _trimmed(model, seeded, analysis.input_name, full_shape)
-    if made is None or (inputs is not None and 2 * made[0].saved * inputs < INNER_CUT_SETUP_MACS):
+    if made is None or not _repays(made[0].saved, inputs):
         return why
     crop = cone_mod.Crop.whole(full_shape, analysis.spatial_axes)
     return replace(crop, trimmed=made[0].box, trim_text=f"{made[0].text()}; {why}"), made[0].model, made[1]

@@ -252,7 +252,7 @@ def _check_declarations(model: onnx.ModelProto, where: str) -> None:
 def _check_nodes(model: onnx.ModelProto, where: str) -> None:
     """Refuse, before any work, a node without an op type or without outputs: not an ONNX node (an
     8 MB file of 4M empty nodes took 5 GB and 3 min, then was analysed as if they were absent)."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    opset = default_opset(model, 1)
     for i, node in enumerate(model.graph.node):
         what = f"node #{i}" + (f" '{node.name}'" if node.name else "")
         if not node.op_type:
@@ -718,7 +718,7 @@ def _build_graph(model: onnx.ModelProto) -> ModelGraph:
     for out in g.output:
         if out.name not in producer and out.name not in known:
             raise GraphStructureError(f"graph output '{out.name}' is never produced")
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = default_opset(model, 0)
     return ModelGraph(model, dag, nodes, names, producer, collect_shapes(model), initializers, inputs,
                       [o.name for o in g.output], opset, captured=captured, node_inputs=node_inputs,
                       node_outputs=node_outputs, op_types=op_types, edges_forward=edges_forward)
@@ -1161,6 +1161,11 @@ def _refuse_failed_run(model: onnx.ModelProto, message: str, exported: Mapping[s
                          found["node"] if found else "", found["op"] if found else "")
 
 
+def default_opset(model: onnx.ModelProto, absent: int) -> int:
+    """The version of the default (ai.onnx) domain ``model`` imports; ``absent`` when none."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), absent)
+
+
 def elem_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every tensor whose type the file or inference states."""
     g = model.graph
@@ -1186,7 +1191,7 @@ def prepare(model: onnx.ModelProto, input_shape: Sequence[int] | None = None,
     gradient graph and the finite differences run (one preparation for both)."""
     model_copy = onnx.ModelProto()
     model_copy.CopyFrom(model)
-    opset = next((o.version for o in model_copy.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = default_opset(model_copy, 0)
     if opset < MIN_OPSET:
         from onnx import version_converter
         try:
@@ -1444,7 +1449,7 @@ def slice_node(model: onnx.ModelProto, tensor: str, out: str, name: str, starts:
                ends: Sequence[int], axes: Sequence[int]) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
     """A Slice of ``tensor`` to [starts, ends) along ``axes`` as ``model``'s opset spells it
     (attributes before opset 10, inputs from 10 on) and the initializers its inputs need."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    opset = default_opset(model, 17)
     if opset < 10:
         return helper.make_node("Slice", [tensor], [out], name=name, starts=list(starts), ends=list(ends),
                                 axes=list(axes)), []

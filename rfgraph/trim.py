@@ -302,9 +302,10 @@ class _Plan:
     def __init__(self, model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], shapes: dict[str, tuple[int, ...]],
                  output: str, axes: tuple[int, ...], box: Box) -> None:
         self.shapes = shapes
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+        from .onnx_import import default_opset
         from .vjp import constant_folder
 
+        self.opset = default_opset(model, 17)
         self.fold = constant_folder(model, shapes)
         self.tracked: dict[str, _Tracked] = {}
         self.need: dict[str, Box] = {}
@@ -408,13 +409,13 @@ def trim(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], output: str
     if output not in shapes:
         return None
     plan = _Plan(model, nodes, shapes, output, tuple(axes), tuple(box))
-    before = sum(macs(n, shapes) for n in nodes)
-    after = 0
+    before = after = 0
     for n in nodes:
         cost = macs(n, shapes)
-        if cost and id(n) in plan.box:
-            t = plan.tracked[n.output[0]]
-            cost = cost * math.prod(hi - lo + 1 for lo, hi in plan.box[id(n)]) // math.prod(t.sizes)
+        before += cost
+        if cost and id(n) in plan.box:  # the share of its output positions it computes
+            kept = math.prod(hi - lo + 1 for lo, hi in plan.box[id(n)])
+            cost = cost * kept // math.prod(plan.tracked[n.output[0]].sizes)
         after += cost
     if not before or before - after < MIN_GAIN * before:
         return None

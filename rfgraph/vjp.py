@@ -30,6 +30,7 @@ from .onnx_import import (
     MIN_OPSET,
     ModelGraph,
     build_graph,
+    default_opset,
     measure_shapes,
     prepare,
     static_shapes_and_types,
@@ -326,7 +327,7 @@ def _builder(model: onnx.ModelProto, x_name: str, shapes: dict[str, tuple[int, .
              dtypes: dict[str, int], active: set[str]) -> Builder:
     """The context the rules work in (its ``value`` reads the tensors that do not depend on the
     input: constants, initializers, else the loader's folder, else one evaluation on zeros)."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
+    opset = default_opset(model, MIN_OPSET)
     fold = constant_folder(model, shapes)
 
     def evaluate(name: str) -> dict[str, np.ndarray]:  # folded where it can, else one run
