@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .errors import RFGraphError
 from .semantics import BROADCAST_OPS, POINTWISE_OPS, geometry
 
 Box = tuple[tuple[int, int], ...]  # per tracked axis: [lo, hi], inclusive
@@ -40,6 +41,11 @@ SHAPE_NODES = {"Shape", "Size"}  # read no value: they keep the original's shape
 NORMALISING_NODES = {"LayerNormalization", "Softmax", "LogSoftmax"}  # over axes that hold no position
 # broadcasting ops whose extra operand is not data broadcast to the output (a shape)
 NOT_BROADCAST = {"Expand"}
+RESAMPLING_NODES = {"Resize", "Upsample"}
+# coordinate modes whose source coordinate is affine in the unit with slope 1 / scale: unit u + s
+# reads one input unit further (s a whole scale), so a crop of the input resized gives the
+# original's values
+SHIFTING_COORDS = {"asymmetric", "half_pixel", "pytorch_half_pixel"}
 MIN_GAIN = 0.03  # a rewrite must save this share of the model's multiply-accumulates
 
 
@@ -91,6 +97,10 @@ def _union(a: Box | None, b: Box) -> Box:
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _axis(node: onnx.NodeProto, rank: int, default: int = 0) -> int:
@@ -278,6 +288,50 @@ def _read_slice(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box) 
     return box, {node.input[0]: (_Tracked(tracked.axes, tuple(x[a] for a in tracked.axes)), tuple(shifted))}
 
 
+def _resize_axes(plan: _Plan, node: onnx.NodeProto) -> list[geometry.ResizeAxis] | None:
+    """Each axis of a Resize/Upsample with constant scales or sizes (``semantics.geometry``
+    decodes them), or None: not constant, or a mode the rewrite does not crop."""
+    x, y = plan.shapes.get(node.input[0]), plan.shapes.get(node.output[0])
+    attrs = _attrs(node)
+    if x is None or y is None or str(_text(attrs.get("keep_aspect_ratio_policy", "stretch"))) != "stretch":
+        return None
+    scales, sizes = plan.resize_inputs(node)
+    try:
+        how = geometry.resampling(node.op_type, plan.opset, attrs, node.name)
+        factors = geometry.resize_scales(node.op_type, plan.opset, attrs, scales, sizes, x, y, node.name)
+    except RFGraphError:
+        return None
+    if how.coord not in SHIFTING_COORDS or how.antialias:
+        return None
+    return [geometry.ResizeAxis(how, f, n, m) for f, n, m in zip(factors, x, y)]
+
+
+def _read_resize(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box) -> tuple[Box, dict[str, Read]] | None:
+    """Resize/Upsample by a whole factor s on the tracked axes (nearest, linear, cubic): the input
+    box [first, last] holding every tap of the box's units (clamped to the input as the taps
+    are) and the units floor(lo / s), floor(hi / s); resized with the same scale it gives units
+    [s * first, s * last + s - 1], equal to the original's on the box (the crop reads every tap
+    the original reads there, and clamps only where the original does), which ``_rewrite``
+    Slices out."""
+    axes, x = _resize_axes(plan, node), plan.shapes.get(node.input[0])
+    if axes is None or x is None or any(a.scale != 1 for k, a in enumerate(axes) if k not in tracked.axes):
+        return None
+    reads, held = [], []
+    for ax, (lo, hi) in zip(tracked.axes, box):
+        a = axes[ax]
+        if a.scale.denominator != 1 or a.scale < 1 or a.in_size is None or a.out_size != a.scale * a.in_size:
+            return None
+        s = int(a.scale)
+        # the box's taps, and the input units the crop's resized units must start and end on
+        first, last = max(min(a.taps(lo)[0], lo // s), 0), min(max(a.taps(hi)[1], hi // s), a.in_size - 1)
+        if not s * first <= lo <= hi <= s * last + s - 1:
+            return None
+        reads.append((first, last))
+        held.append((s * first, s * last + s - 1))
+    plan.resized[id(node)] = tuple(held)
+    return box, {node.input[0]: (_Tracked(tracked.axes, tuple(x[a] for a in tracked.axes)), tuple(reads))}
+
+
 def _rule(node: onnx.NodeProto) -> ReadRule | None:
     """The read rule of ``node``'s op (None: it keeps the whole tensor)."""
     op = node.op_type
@@ -289,6 +343,8 @@ def _rule(node: onnx.NodeProto) -> ReadRule | None:
         return _read_first
     if op in POINTWISE_OPS | NORMALISING_NODES | {"Concat"} or (op in BROADCAST_OPS and op not in NOT_BROADCAST):
         return _read_aligned
+    if op in RESAMPLING_NODES:
+        return _read_resize
     return {"MatMul": _read_matmul, "Transpose": _read_transpose, "Reshape": _read_reshape,
             "Slice": _read_slice}.get(op)
 
@@ -311,6 +367,7 @@ class _Plan:
         self.need: dict[str, Box] = {}
         self.box: dict[int, Box] = {}  # the box of the outputs of each node computed on one (by id)
         self.reads: dict[int, dict[str, Read]] = {}
+        self.resized: dict[int, Box] = {}  # the box a cropped Resize computes, larger than its box
         shape = shapes[output]
         self._want(output, *_sorted(axes, [shape[a] for a in axes], box))
         for node in reversed(nodes):
@@ -320,6 +377,19 @@ class _Plan:
         """The value of a tensor computed from constants and shapes alone (the loader's folder:
         a Reshape's shape from Shape, Gather and Concat), None for one that depends on the input."""
         return self.fold(name) if name else None
+
+    def resize_inputs(self, node: onnx.NodeProto) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(scales, sizes) of a Resize/Upsample as its opset spells them, each None unless constant."""
+        def at(slot: int) -> np.ndarray | None:
+            return self.constant(node.input[slot]) if len(node.input) > slot and node.input[slot] else None
+
+        if node.op_type == "Upsample":
+            scale_attr = _attrs(node).get("scales")
+            return (at(1) if scale_attr is None else np.asarray(scale_attr)), None
+        if self.opset < 11:
+            return at(1), None
+        sizes = at(3)
+        return at(2), (sizes if sizes is not None and sizes.size else None)
 
     def slice_bounds(self, node: onnx.NodeProto) -> list[tuple[int, int, int, int]] | None:
         """A Slice's (axis, start, end, step) per sliced axis as written, the axis made
@@ -475,6 +545,13 @@ def _rewrite(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], plan: _Pla
         inits.extend(_adapt(m, node, plan, box, reads))
         computed.update((o, box) for o in node.output if o)
         out_nodes.append(m)
+        if id(node) in plan.resized:  # it computes a larger box: its box Sliced out
+            held, tracked = plan.resized[id(node)], plan.tracked[node.output[0]]
+            m.output[0] = f"{node.output[0]}/rfgraph_trim_resized"
+            cut, consts = slice_node(model, m.output[0], node.output[0], f"{m.output[0]}/cut", [lo - h for (lo, _), (h, _) in zip(box, held)],
+                                     [hi - h + 1 for (_, hi), (h, _) in zip(box, held)], tracked.axes)
+            out_nodes.append(cut)
+            inits.extend(consts)
     return out_nodes, inits, computed
 
 
@@ -488,6 +565,8 @@ def _adapt(m: onnx.NodeProto, node: onnx.NodeProto, plan: _Plan, box: Box, reads
         _set_pads(m, geo, box, reads[node.input[0]][1])
         return []
     tracked = plan.tracked[node.output[0]]
+    if node.op_type in RESAMPLING_NODES:
+        return _resize_sizes(m, node, plan, reads[node.input[0]][1])
     if node.op_type == "Reshape":
         shape = plan.constant(node.input[1])
         assert shape is not None
@@ -508,6 +587,23 @@ def _adapt(m: onnx.NodeProto, node: onnx.NodeProto, plan: _Plan, box: Box, reads
             return []
         return [_constant(m, 1, np.array(starts, np.int64)), _constant(m, 2, np.array(ends, np.int64))]
     return []
+
+
+def _resize_sizes(m: onnx.NodeProto, node: onnx.NodeProto, plan: _Plan, reads: Box) -> list[onnx.TensorProto]:
+    """A Resize given output sizes: those of its input box times the scale (the scales, where
+    given, stay as they are)."""
+    _, sizes = plan.resize_inputs(node)
+    if sizes is None:
+        return []
+    x = plan.shapes[node.input[0]]
+    scale = {ax: plan.shapes[node.output[0]][ax] // x[ax] for ax in plan.tracked[node.input[0]].axes}
+    held = dict(zip(plan.tracked[node.input[0]].axes, reads))
+    listed = [int(a) % len(x) for a in _attrs(node).get("axes", [])] or list(range(len(x)))
+    new = sizes.astype(np.int64).copy()
+    for k, ax in enumerate(listed):
+        if ax in held:
+            new[k] = scale[ax] * (held[ax][1] - held[ax][0] + 1)
+    return [_constant(m, 3, new)]
 
 
 def _constant(m: onnx.NodeProto, slot: int, value: np.ndarray) -> onnx.TensorProto:

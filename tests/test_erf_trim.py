@@ -4,7 +4,8 @@ Cases: window nodes of every geometry the rewrite crops (Conv with stride, dilat
 asymmetric pads, auto_pad SAME_UPPER / SAME_LOWER / VALID; Max/Average/Lp pools with ceil_mode
 and count_include_pad) in 1-D, 2-D and 3-D, at centre, corner and border units; broadcast
 operands (per-channel, full-size constant maps, scalars), BatchNormalization, Concat over
-channels, residual merges; ops the rewrite does not read (Resize) keep the whole tensor; random
+channels, residual merges; Resize by a whole factor (nearest, linear, cubic; coordinate modes that
+shift; scales or sizes), while align_corners keeps the whole tensor; random
 multi-path models; a ViT's last block on the unit's token (MatMul rows, LayerNorm, Softmax,
 Transpose, Reshape, Slice, Shape nodes kept at the original's shapes), a box over several rows of
 tokens; the ERF through it with weights redrawn, and of a global unit; and where it is not used
@@ -205,13 +206,54 @@ def test_broadcast_operands_and_merges() -> None:
         assert any(name.startswith("pos") for name in sliced), sliced
 
 
+def _resize_model(mode: str, coord: str, nearest: str = "floor", by_sizes: bool = False, exclude: int = 0
+                  ) -> tuple[onnx.ModelProto, str]:
+    """conv -> relu -> Resize x2 (scales, or sizes of the spatial axes: opset 18's ``axes``) ->
+    conv -> relu -> conv; also the tensor before the Resize."""
+    g = G((9, 7), seed=4, opset=18 if by_sizes else 17)
+    before = g.relu(g.conv("x", 3, pads=[1] * 4, cout=2))
+    attrs = {"mode": mode, "coordinate_transformation_mode": coord, "nearest_mode": nearest}
+    if mode == "cubic":
+        attrs["exclude_outside"] = exclude
+    if by_sizes:
+        sizes = g._init(np.array([18, 14], dtype=np.int64), "sizes")
+        x = g.node("Resize", [before, "", "", sizes], axes=[2, 3], **attrs)
+    else:
+        x = g.node("Resize", [before, "", g._init(np.array([1, 1, 2, 2], np.float32), "scales")], **attrs)
+    return g.model(g.conv(g.relu(g.conv(x, 3, pads=[1] * 4)), 3, pads=[1] * 4)), before
+
+
+RESIZES = [("nearest", "asymmetric", "floor", False), ("nearest", "half_pixel", "round_prefer_floor", False),
+           ("nearest", "half_pixel", "round_prefer_ceil", True), ("nearest", "asymmetric", "ceil", True),
+           ("linear", "half_pixel", "floor", False), ("linear", "pytorch_half_pixel", "floor", True),
+           ("linear", "asymmetric", "floor", False), ("cubic", "half_pixel", "floor", False)]
+
+
+@pytest.mark.parametrize("mode,coord,nearest,by_sizes", RESIZES)
+def test_resize_by_a_whole_factor_on_the_cone(mode: str, coord: str, nearest: str, by_sizes: bool) -> None:
+    """A Resize x2 reads the box of its input that holds its box's taps: the layers before it
+    are cropped too, and every unit's value (centre, corners, border) equals the whole model's."""
+    model, before = _resize_model(mode, coord, nearest, by_sizes)
+    out = _shapes(model)[model.graph.output[0].name]
+    for unit in _corners(out):
+        made = _forward_equal(model, unit)
+        assert math.prod(_shapes(made.model)[before][2:]) < math.prod(_shapes(model)[before][2:])
+
+
+@pytest.mark.parametrize("exclude", [0, 1])
+def test_resize_cubic_at_the_borders(exclude: int) -> None:
+    """Cubic taps run past the input at its borders (clamped, or dropped by exclude_outside):
+    the crop ends at that border as the original does; every unit equals the whole model's."""
+    model, _ = _resize_model("cubic", "half_pixel", exclude=exclude)
+    out = _shapes(model)[model.graph.output[0].name]
+    for unit in [(0, 0), (1, 1), (out[2] - 1, out[3] - 2), (out[2] // 2, 0)]:
+        _forward_equal(model, unit)
+
+
 def test_ops_it_does_not_read_keep_the_whole_tensor() -> None:
-    """A Resize: the layers before it are computed whole (unchanged), those after it cropped."""
-    g = G((10, 10), seed=4)
-    x = g.relu(g.conv("x", 3, pads=[1] * 4, cout=2))
-    before = x
-    x = g.resize(x, 2)
-    model = g.model(g.conv(g.relu(g.conv(x, 3, pads=[1] * 4)), 3, pads=[1] * 4))
+    """A Resize with align_corners (its source depends on the sizes, not a shift): the layers
+    before it are computed whole (unchanged), those after it cropped."""
+    model, before = _resize_model("linear", "align_corners")
     made = _forward_equal(model, (9, 9))
     conv_before = next(n for n in made.model.graph.node if before in n.output)
     original = next(n for n in model.graph.node if before in n.output)
