@@ -519,12 +519,16 @@ def _rewrite(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], plan: _Pla
             return name
         if (name, box) not in slices:
             tag = f"rfgraph_trim/{len(slices)}"
-            node, consts = slice_node(model, name, f"{tag}/out", tag, [lo - h for (lo, _), (h, _) in zip(box, have)],
-                                      [hi - h + 1 for (_, hi), (h, _) in zip(box, have)], tracked.axes)
-            out_nodes.append(node)
-            inits.extend(consts)
+            cut(name, f"{tag}/out", tag, box, have, tracked.axes)
             slices[name, box] = f"{tag}/out"
         return slices[name, box]
+
+    def cut(name: str, out: str, tag: str, box: Box, have: Box, axes: Sequence[int]) -> None:
+        """A Slice of ``name``, which holds box ``have``, to ``box``, named ``out``."""
+        node, consts = slice_node(model, name, out, tag, [lo - h for (lo, _), (h, _) in zip(box, have)],
+                                  [hi - h + 1 for (_, hi), (h, _) in zip(box, have)], axes)
+        out_nodes.append(node)
+        inits.extend(consts)
 
     for node in nodes:
         if node.op_type in SHAPE_NODES and node.input[0] in computed:  # the original's shape
@@ -546,12 +550,9 @@ def _rewrite(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], plan: _Pla
         computed.update((o, box) for o in node.output if o)
         out_nodes.append(m)
         if id(node) in plan.resized:  # it computes a larger box: its box Sliced out
-            held, tracked = plan.resized[id(node)], plan.tracked[node.output[0]]
             m.output[0] = f"{node.output[0]}/rfgraph_trim_resized"
-            cut, consts = slice_node(model, m.output[0], node.output[0], f"{m.output[0]}/cut", [lo - h for (lo, _), (h, _) in zip(box, held)],
-                                     [hi - h + 1 for (_, hi), (h, _) in zip(box, held)], tracked.axes)
-            out_nodes.append(cut)
-            inits.extend(consts)
+            cut(m.output[0], node.output[0], f"{m.output[0]}/cut", box, plan.resized[id(node)],
+                plan.tracked[node.output[0]].axes)
     return out_nodes, inits, computed
 
 

@@ -378,10 +378,12 @@ BLOCK = 16  # channels per block of onnxruntime's NCHWc layout (8 with AVX2, 16 
 
 def _kept_blocked(b: Builder, t: str) -> str:
     """``t`` through a 1x1 AveragePool, an exact identity that onnxruntime runs in its blocked
-    NCHWc layout.  ConvTranspose has no NCHWc kernel; the residual Sum and ReLU mask its output
-    meets would stay in plain layout, with a reorder around every backward Conv of the stage,
-    fused no more into them (ResNet-50's gradient: reorders 6.0 -> 1.8 ms, Sum 1.9 -> 0.4 ms, the
-    6 pools 0.4 ms).  Only for float32 2-D maps whose channels fill whole blocks (NCHWc's terms)."""
+    NCHWc layout.  ConvTranspose and Pad (a Slice's gradient) have no NCHWc kernel; the residual
+    Sum and ReLU mask their output meets would stay in plain layout, with a reorder around every
+    backward Conv of the stage, fused no more into them (ResNet-50's gradient: reorders 6.0 -> 1.8
+    ms, Sum 1.9 -> 0.4 ms, the 6 pools 0.4 ms), and a model cropped by ``rfgraph.trim`` would
+    round its sums otherwise than the whole model.  Only for float32 2-D maps whose channels fill
+    whole blocks (NCHWc's terms)."""
     shape = b.shape(t)
     if len(shape) != 4 or shape[1] % BLOCK or b.dtype != onnx.TensorProto.FLOAT:
         return t

@@ -14,7 +14,7 @@ from onnx import helper
 from ..errors import DynamicShapeError, UnsupportedOpError
 from ..fields import IDENTITY, Span
 from . import geometry
-from .gradient import Builder, Grads, NodeView
+from .gradient import Builder, Grads, NodeView, _kept_blocked
 from .gradient import Rule as VJPRule
 from .transfer import (
     AxisLayout,
@@ -480,8 +480,7 @@ def _slice(b: Builder, n: NodeView, gys: list) -> Grads:
             if len(i) == 0:
                 return [b.zeros(xs)]
             pads[ax], pads[ax + rank] = int(i[0]), int(xs[ax] - 1 - i[-1])
-        out = b.op("Pad", g, b.ints(pads))
-        return [out]
+        return [_kept_blocked(b, b.op("Pad", g, b.ints(pads)))]  # Pad has no NCHWc kernel
     for ax, i in idx.items():
         m = np.zeros((xs[ax], len(i)))
         m[i, np.arange(len(i))] = 1.0
