@@ -17,8 +17,8 @@ size otherwise: a Shape-derived constant, a positional table).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,7 @@ class Crop:
     tensor axes ``axes``; ``inner``: the cuts inside the model whose later layers run on a crop
     of their own (``rfgraph.cuts``; the box may then be the whole input); ``trimmed``: the box of
     the output that the model rewritten by ``rfgraph.trim`` computes (each layer on the unit's
-    cone), and ``trim_text`` what that saves."""
+    cone), and ``trim_text`` what that saves; ``fallback`` the plan without that rewrite."""
 
     start: tuple[int, ...]
     stop: tuple[int, ...]
@@ -49,6 +49,9 @@ class Crop:
     inner: tuple[Cut, ...] = ()
     trimmed: tuple[tuple[int, int], ...] = ()
     trim_text: str = ""
+    # the plan to use instead when the exactness check refuses the rewrite for float32 rounding:
+    # (crop, model, target), or why the full image (``rfgraph.erf._narrowed`` without the rewrite)
+    fallback: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def whole(cls, full_shape: Sequence[int], axes: Sequence[int], inner: tuple[Cut, ...] = ()) -> Crop:

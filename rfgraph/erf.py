@@ -12,6 +12,7 @@ exact) or from central differences inside the unit's theoretical RF (``method="f
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import os
@@ -656,7 +657,10 @@ def _narrowed(plan: tuple[cone_mod.Crop, onnx.ModelProto, Target] | str, model: 
             f"to repay planning and checking it (--region cone uses it)")
     if use_trim:
         made_trim, seeded_t = trimmed  # type: ignore[misc]
-        return replace(crop, trimmed=made_trim.box, trim_text=made_trim.text()), made_trim.model, seeded_t
+        instead = functools.partial(_narrowed, plan, model, analysis, output, target, seeded, full_shape, opts,
+                                    cache, inputs, False)
+        return (replace(crop, trimmed=made_trim.box, trim_text=made_trim.text(), fallback=instead),
+                made_trim.model, seeded_t)
     made = _or_else(lambda: cuts_mod.narrow(inner, inner_analysis, output, inner_target, inner_seeded, opts, chain),
                     None)
     runtime.release_free_memory()  # the sub-models the cuts were planned with
@@ -732,11 +736,12 @@ def _guard(sampler: Sampler, region: Region, fd_budget: float, inputs: int
            ) -> tuple[Sampler, list[str], UnitsEngine | ConeEngine | None]:
     """Each cone checked on the first input of the first weight draw against the full image
     (``cone.GUARD_TOLERANCE`` of max |g|): one that differs is dropped (its units use the full
-    image), or refused under ``Region.CONE``; notes say which ran where; and the engine of
-    weight draw 0 when every cone was kept (the sampling reuses it).  Finite differences are
-    refused first when the run's ``inputs`` on the cones, or the check's one input on the full
-    image, are over ``fd_budget``.  Gradient graphs are built one at a time (the whole graph's
-    freed before the cones'), so the check adds no memory peak."""
+    image), or refused under ``Region.CONE``; a rewritten model (``rfgraph.trim``) that differs
+    by float32 rounding only gives way to its plan without the rewrite, checked in turn; notes
+    say which ran where; and the engine of weight draw 0 when every cone was kept (the sampling
+    reuses it).  Finite differences are refused first when the run's ``inputs`` on the cones, or
+    the check's one input on the full image, are over ``fd_budget``.  Gradient graphs are built
+    one at a time (the whole graph's freed before the cones'), so the check adds no memory peak."""
     from .erf_parallel import check_fd_cost
 
     if not sampler.cones:
@@ -752,26 +757,40 @@ def _guard(sampler: Sampler, region: Region, fd_budget: float, inputs: int
     g_full = full(x)
     del full
     runtime.release_free_memory()
+    return _checked(sampler, region, x, g_full, coned, fd_budget, inputs)
+
+
+def _checked(sampler: Sampler, region: Region, x: np.ndarray, g_full: list[np.ndarray],
+             coned: UnitsEngine | ConeEngine | str | None, fd_budget: float, inputs: int
+             ) -> tuple[Sampler, list[str], UnitsEngine | ConeEngine | None]:
+    """``_guard``'s comparison of the cones' gradients of ``x`` with the full image's ``g_full``."""
+    from .erf_parallel import check_fd_cost
+
     if coned is None:
         coned = _cone_engine(sampler, region)
     if isinstance(coned, str):
         return replace(sampler, cones=()), [coned], None
     check_fd_cost(coned, inputs, fd_budget)
     g_cone = coned(x)
-    kept, notes = [], []
+    kept, kept_notes, notes, instead = [], [], [], []
     for c in sampler.cones:
         which = _which([sampler.targets[k] for k in c.units], len(sampler.targets))
         worst = [cone_mod.mismatch(g_cone[k], g_full[k]) for k in c.units]
         if all(w is not None and w <= cone_mod.GUARD_TOLERANCE for w in worst):
             kept.append(c)
-            notes.append(f"computed on the unit's cone{which}: input crop {c.crop.text(sampler.full_shape)}; "
-                         f"exact: equal to the full-image gradient on the first input (<= "
-                         f"{cone_mod.GUARD_TOLERANCE:g} of max |g|)")
+            kept_notes.append(f"computed on the unit's cone{which}: input crop {c.crop.text(sampler.full_shape)}; "
+                              f"exact: equal to the full-image gradient on the first input (<= "
+                              f"{cone_mod.GUARD_TOLERANCE:g} of max |g|)")
             continue
         largest = max((w for w in worst if w is not None), default=0.0)
         diff = ("differ in which entries are finite" if None in worst
                 else f"differ by {largest:.2g} of max |g|")
         rounding = None not in worst and largest < cone_mod.ROUNDING_LEVEL
+        if rounding and c.crop.fallback is not None and len(c.units) == 1:
+            notes.append(f"not {c.crop.trim_text}{which}: its gradient and the full image's {diff} (float32 "
+                         f"rounding at the cropped sizes), over the {cone_mod.GUARD_TOLERANCE:g} allowed")
+            instead.append((c.units[0], c.crop.fallback()))
+            continue
         cause = ("float32 rounding differs at the crop's size" if rounding
                  else "the model's values depend on the input size")
         why = (f"computed on the full image{which}: on the crop {c.crop.text(sampler.full_shape)} "
@@ -780,7 +799,28 @@ def _guard(sampler: Sampler, region: Region, fd_budget: float, inputs: int
         if region is Region.CONE:
             raise RFGraphError(f"--region cone: {why}")
         notes.append(why)
-    return replace(sampler, cones=tuple(kept)), notes, coned if len(kept) == len(sampler.cones) else None
+    if instead:
+        return _without_rewrite(sampler, region, x, g_full, kept, notes, instead, fd_budget, inputs)
+    return replace(sampler, cones=tuple(kept)), kept_notes + notes, coned if len(kept) == len(sampler.cones) else None
+
+
+def _without_rewrite(sampler: Sampler, region: Region, x: np.ndarray, g_full: list[np.ndarray],
+                     kept: list[cone_mod.Cone], notes: list[str], instead: list[tuple[int, Any]],
+                     fd_budget: float, inputs: int) -> tuple[Sampler, list[str], UnitsEngine | ConeEngine | None]:
+    """The cones kept and, for the units whose rewrite was refused, their plans without it (the
+    cuts, the input crop alone, or the full image), checked against the same gradient."""
+    plans: list[Any] = ["kept"] * len(sampler.targets)
+    for k, plan in instead:
+        plans[k] = plan
+    for k, plan in instead:
+        if isinstance(plan, str):
+            why = f"computed on the full image{_which([sampler.targets[k]], len(sampler.targets))}: {plan}"
+            if region is Region.CONE and not plan.startswith(cone_mod.COVERS):
+                raise RFGraphError(f"--region cone: {why}")
+            notes.append(why)
+    again = replace(sampler, cones=tuple(kept) + cone_mod.group(plans))
+    again, more, engine = _checked(again, region, x, g_full, None, fd_budget, inputs)
+    return again, notes + more, engine
 
 
 def _cone_engine(sampler: Sampler, region: Region) -> UnitsEngine | ConeEngine | str:
