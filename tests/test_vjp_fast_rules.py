@@ -5,7 +5,8 @@
   inputs with many ties) it equals the oracle that scatter-adds the seed to onnxruntime's own
   Indices, which name the first maximum of each window, and torch's autograd where torch has the
   pooling.  Failed before: the rule read the Indices (the oracle here), 6.6 ms of ResNet-50's
-  7.9 ms MaxPool gradient; storage_order=1 was refused.
+  7.9 ms MaxPool gradient; storage_order=1 was refused.  Windows of more than 32 cells still
+  scatter to the Indices (faster there), storage_order=1 excepted.
 - Relu's mask is HardSigmoid applied twice: 1 for every positive float32, denormals included,
   and 0 at 0, also inside onnxruntime's blocked (NCHWc) layout.
 - A ConvTranspose's output goes through a 1x1 AveragePool (an identity onnxruntime keeps in that
@@ -91,6 +92,24 @@ def test_max_pool_gradient_equals_the_indices_scatter(rank: int, case: dict) -> 
     got = vjp.input_gradient(graph, vjp.session(graph), x, seed)
     assert got.shape == x.shape
     assert np.abs(got - want).max() <= 1e-6 * max(1.0, np.abs(want).max())
+
+
+@pytest.mark.parametrize("storage_order", [0, 1])
+def test_large_windows(storage_order: int) -> None:
+    """A 7x7 window (49 taps, over ``MAX_TAPS``: the Indices scatter, unless storage_order=1
+    numbers them column-major: the taps then) equals the oracle too."""
+    from rfgraph.semantics.pooling import MAX_TAPS
+
+    assert 49 > MAX_TAPS
+    attrs = {"kernel_shape": [7, 7], "strides": [1, 1], "pads": [3, 3, 3, 3], "storage_order": storage_order}
+    rng = np.random.default_rng(7)
+    x = _tied(rng, [1, 3, 12, 10])
+    seed, want = _indices_oracle(x, lambda shape: rng.standard_normal(shape).astype(np.float32), attrs)
+    graph = vjp.build_vjp(_max_pool_model(list(x.shape), False, **attrs))
+    by_taps = any(node.op_type == "Equal" for node in graph.model.graph.node)
+    assert by_taps == bool(storage_order)
+    got = vjp.input_gradient(graph, vjp.session(graph), x, seed)
+    assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
 
 
 @pytest.mark.parametrize("kernel,stride,padding,dilation,ceil", [
