@@ -7,8 +7,9 @@ tensor's *tracked* axes (those holding positions: a feature map's spatial axes, 
 token axis), from each op's read rule below: window geometry of Conv and pooling nodes
 (``semantics.geometry``), pointwise and broadcasting ops (``semantics``' op sets), per-channel and
 per-token ops (BatchNormalization; LayerNormalization and Softmax over other axes), Concat and Split
-over other axes, the rows of a MatMul, and the layout ops that move positions (Transpose, Reshape,
-Slice). A forward pass then rewrites the model: each node reads Slices of its inputs to the boxes it
+over other axes, the rows of a MatMul, the layout ops that move positions (Transpose, Reshape,
+Slice), Resize by a whole factor and ConvTranspose (which compute a larger box, sliced to theirs).
+A forward pass then rewrites the model: each node reads Slices of its inputs to the boxes it
 needs, window nodes pad only where the original padded (at the tensor's own borders), a Reshape's
 shape and a Slice's bounds are rewritten for the box, so each computed value is the original's. Any
 other op keeps the whole tensor: its inputs are needed whole and its output is computed whole
@@ -328,8 +329,40 @@ def _read_resize(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box)
             return None
         reads.append((first, last))
         held.append((s * first, s * last + s - 1))
-    plan.resized[id(node)] = tuple(held)
+    plan.held[id(node)] = tuple(held)
     return box, {node.input[0]: (_Tracked(tracked.axes, tuple(x[a] for a in tracked.axes)), tuple(reads))}
+
+
+def _read_conv_transpose(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box
+                         ) -> tuple[Box, dict[str, Read]] | None:
+    """ConvTranspose: input unit i adds into outputs i * s - pad_begin + k * d; the input box
+    [first, last] holds every unit adding into the box, and run on it without padding it gives
+    outputs [first * s - pad_begin, last * s - pad_begin + k_eff - 1], whole on the box (the units
+    near the crop's edges miss inputs outside it, but lie outside the box), which ``_rewrite``
+    Slices out."""
+    x, y = plan.shapes.get(node.input[0]), plan.shapes.get(node.output[0])
+    w = plan.shapes.get(node.input[1]) if len(node.input) > 1 else None
+    if x is None or y is None or w is None or tracked.axes != tuple(range(2, len(x))):
+        return None
+    attrs = _attrs(node)
+    try:
+        geo = geometry.conv_transpose(node.name, attrs, list(attrs.get("kernel_shape") or w[2:]), list(x[2:]))
+    except RFGraphError:
+        return None
+    reads, held = [], []
+    for a, (lo, hi), n, m in zip(geo.axes, box, x[2:], y[2:]):
+        if geometry.conv_transpose_output_size(a, n) != m:  # onnxruntime's clamped SAME: not ours to crop
+            return None
+        s, p = a.stride, a.pad_begin
+        first = max(min(-(-(lo + p - a.k_eff + 1) // s), (lo + p) // s), 0)
+        last = min(max((hi + p) // s, -(-(hi + p - a.k_eff + 1) // s)), n - 1)
+        start, stop = first * s - p, last * s - p + a.k_eff - 1
+        if first > last or not start <= lo <= hi <= stop:
+            return None
+        reads.append((first, last))
+        held.append((start, stop))
+    plan.held[id(node)] = tuple(held)
+    return box, {node.input[0]: (_Tracked(tracked.axes, tuple(x[2:])), tuple(reads))}
 
 
 def _rule(node: onnx.NodeProto) -> ReadRule | None:
@@ -345,6 +378,8 @@ def _rule(node: onnx.NodeProto) -> ReadRule | None:
         return _read_aligned
     if op in RESAMPLING_NODES:
         return _read_resize
+    if op == "ConvTranspose":
+        return _read_conv_transpose
     return {"MatMul": _read_matmul, "Transpose": _read_transpose, "Reshape": _read_reshape,
             "Slice": _read_slice}.get(op)
 
@@ -367,7 +402,7 @@ class _Plan:
         self.need: dict[str, Box] = {}
         self.box: dict[int, Box] = {}  # the box of the outputs of each node computed on one (by id)
         self.reads: dict[int, dict[str, Read]] = {}
-        self.resized: dict[int, Box] = {}  # the box a cropped Resize computes, larger than its box
+        self.held: dict[int, Box] = {}  # the box a cropped Resize or ConvTranspose computes, larger than its box
         shape = shapes[output]
         self._want(output, *_sorted(axes, [shape[a] for a in axes], box))
         for node in reversed(nodes):
@@ -549,9 +584,9 @@ def _rewrite(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], plan: _Pla
         inits.extend(_adapt(m, node, plan, box, reads))
         computed.update((o, box) for o in node.output if o)
         out_nodes.append(m)
-        if id(node) in plan.resized:  # it computes a larger box: its box Sliced out
-            m.output[0] = f"{node.output[0]}/rfgraph_trim_resized"
-            cut(m.output[0], node.output[0], f"{m.output[0]}/cut", box, plan.resized[id(node)],
+        if id(node) in plan.held:  # it computes a larger box: its box Sliced out
+            m.output[0] = f"{node.output[0]}/rfgraph_trim_held"
+            cut(m.output[0], node.output[0], f"{m.output[0]}/cut", box, plan.held[id(node)],
                 plan.tracked[node.output[0]].axes)
     return out_nodes, inits, computed
 
@@ -568,6 +603,11 @@ def _adapt(m: onnx.NodeProto, node: onnx.NodeProto, plan: _Plan, box: Box, reads
     tracked = plan.tracked[node.output[0]]
     if node.op_type in RESAMPLING_NODES:
         return _resize_sizes(m, node, plan, reads[node.input[0]][1])
+    if node.op_type == "ConvTranspose":  # no padding: the crop's full output, Sliced to the box
+        keep = [a for a in m.attribute if a.name not in ("pads", "auto_pad", "output_padding", "output_shape")]
+        del m.attribute[:]
+        m.attribute.extend(keep)
+        return []
     if node.op_type == "Reshape":
         shape = plan.constant(node.input[1])
         assert shape is not None

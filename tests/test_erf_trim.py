@@ -5,7 +5,8 @@ asymmetric pads, auto_pad SAME_UPPER / SAME_LOWER / VALID; Max/Average/Lp pools 
 and count_include_pad) in 1-D, 2-D and 3-D, at centre, corner and border units; broadcast
 operands (per-channel, full-size constant maps, scalars), BatchNormalization, Concat over
 channels, residual merges; Resize by a whole factor (nearest, linear, cubic; coordinate modes that
-shift; scales or sizes), while align_corners keeps the whole tensor; random
+shift; scales or sizes), while align_corners keeps the whole tensor; ConvTranspose (strides,
+pads, output_padding, dilation, groups, bias; 1-D to 3-D); random
 multi-path models; a ViT's last block on the unit's token (MatMul rows, LayerNorm, Softmax,
 Transpose, Reshape, Slice, Shape nodes kept at the original's shapes), a box over several rows of
 tokens; the ERF through it with weights redrawn, and of a global unit; and where it is not used
@@ -249,6 +250,41 @@ def test_resize_cubic_at_the_borders(exclude: int) -> None:
     out = _shapes(model)[model.graph.output[0].name]
     for unit in [(0, 0), (1, 1), (out[2] - 1, out[3] - 2), (out[2] // 2, 0)]:
         _forward_equal(model, unit)
+
+
+CONV_TRANSPOSES = {  # name: (kernel, stride, pads begin, pads end, output_padding, dilation, group, bias)
+    "k2_s2": (2, 2, 0, 0, 0, 1, 1, False), "k4_s2_p1": (4, 2, 1, 1, 0, 1, 1, True),
+    "k3_s2_p1_op1": (3, 2, 1, 1, 1, 1, 1, False), "k3_s3_asym": (3, 3, 2, 0, 0, 1, 1, True),
+    "k3_s1_d2": (3, 1, 2, 2, 0, 2, 1, False), "k1_s2": (1, 2, 0, 0, 1, 1, 1, True),
+    "k3_s2_groups": (3, 2, 1, 0, 0, 1, 2, False)}
+
+
+def _conv_transpose_model(name: str, ndim: int) -> tuple[onnx.ModelProto, str]:
+    """conv -> relu -> ConvTranspose -> relu -> conv; also the tensor before the ConvTranspose."""
+    k, s, p0, p1, op, d, group, bias = CONV_TRANSPOSES[name]
+    g = G((7, 6, 5)[:ndim], seed=9)
+    before = g.relu(g.conv("x", 3, pads=[1] * (2 * ndim), cout=4))
+    inputs = [before, g._init(g._weight((4, 4 // group) + (k,) * ndim))]
+    if bias:
+        inputs.append(g._init(np.linspace(-1, 1, 4)))
+    x = g.node("ConvTranspose", inputs, 4, kernel_shape=[k] * ndim, strides=[s] * ndim, dilations=[d] * ndim,
+               pads=[p0] * ndim + [p1] * ndim, output_padding=[op] * ndim, group=group)
+    return g.model(g.conv(g.relu(x), 3, pads=[1] * (2 * ndim))), before
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+@pytest.mark.parametrize("name", sorted(CONV_TRANSPOSES))
+def test_conv_transpose_on_the_cone(name: str, ndim: int) -> None:
+    """A ConvTranspose reads the input units that add into its box, run without padding and the
+    box sliced out: the layers before it are cropped too (but where the box's units need every
+    input), and each unit's value equals the whole model's."""
+    model, before = _conv_transpose_model(name, ndim)
+    out = _shapes(model)[model.graph.output[0].name]
+    smaller = 0
+    for unit in _corners(out):
+        made = _forward_equal(model, unit)
+        smaller += math.prod(_shapes(made.model)[before][2:]) < math.prod(_shapes(model)[before][2:])
+    assert smaller >= 2  # at the corners at least
 
 
 def test_ops_it_does_not_read_keep_the_whole_tensor() -> None:
