@@ -100,10 +100,6 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _axis(node: onnx.NodeProto, rank: int, default: int = 0) -> int:
     """A node's (non-negative) ``axis`` attribute."""
     return int(_attrs(node).get("axis", default)) % max(rank, 1)
@@ -294,7 +290,7 @@ def _resize_axes(plan: _Plan, node: onnx.NodeProto) -> list[geometry.ResizeAxis]
     decodes them), or None: not constant, or a mode the rewrite does not crop."""
     x, y = plan.shapes.get(node.input[0]), plan.shapes.get(node.output[0])
     attrs = _attrs(node)
-    if x is None or y is None or str(_text(attrs.get("keep_aspect_ratio_policy", "stretch"))) != "stretch":
+    if x is None or y is None or geometry._str(attrs, "keep_aspect_ratio_policy", "stretch") != "stretch":
         return None
     scales, sizes = plan.resize_inputs(node)
     try:
