@@ -358,6 +358,7 @@ def _backward(b: Builder, forward: list[onnx.NodeProto], x_name: str, y_name: st
     pending: dict[str, list[str]] = {y_name: [SEED_NAME]}
     # a graph input, not emitted (nothing to derive it from): the seed has y's shape by definition
     b.shapes[SEED_NAME], b.dtypes[SEED_NAME] = b.shape(y_name), b.dtype
+    b.producers = {o: n for n in forward for o in n.output if o}
     for node in reversed(forward):
         gys = [_total(b, pending.pop(o, []), o) for o in node.output]
         if all(g is None for g in gys):

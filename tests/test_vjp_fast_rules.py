@@ -11,12 +11,16 @@
   and 0 at 0, also inside onnxruntime's blocked (NCHWc) layout.
 - A ConvTranspose's output goes through a 1x1 AveragePool (an identity onnxruntime keeps in that
   layout): the gradient of a strided residual net equals torch's.
+- A GELU as exporters write it (x * (erf(x/k) + c), in either operand order, scaled before or
+  after) gets one rule for the whole product: equal to torch's autograd and to the closed form
+  s (c + erf(x/k)) + s x erf'(x/k) / k, with 7 backward nodes where the op-by-op rules took 9.
 """
 
 from __future__ import annotations
 
 import io
 import itertools
+from math import erf
 
 import numpy as np
 import onnx
@@ -216,3 +220,69 @@ def test_tap_order_is_row_major() -> None:
         for u in itertools.product(*(range(n) for n in y_shape[2:])):
             want[(0, 0, *(a * k for a, k in zip(u, kernel)))] = 1.0
         assert np.array_equal(got, want)
+
+
+def _backward_nodes(graph: vjp.VJPGraph) -> list[str]:
+    return [n.op_type for n in graph.model.graph.node if n.name.startswith("rfgraph_vjp/")]
+
+
+def test_torch_gelu_equals_autograd() -> None:
+    """nn.GELU as torch exports it (Div, Erf, Add, Mul, Mul) between two linear layers."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.GELU(), torch.nn.Linear(64, 8)).eval()
+    x = torch.randn(5, 16) * 2
+    f = io.BytesIO()
+    torch.onnx.export(net, (x,), f, dynamo=False, input_names=["x"], output_names=["y"], opset_version=17)
+    model = onnx.load_from_string(f.getvalue())
+    assert [n.op_type for n in model.graph.node if n.op_type in ("Div", "Erf")] == ["Div", "Erf"]
+    graph = vjp.build_vjp(model)
+    xt = x.clone().requires_grad_(True)
+    y = net(xt)
+    seed = torch.randn(y.shape)
+    (y * seed).sum().backward()
+    got = vjp.input_gradient(graph, vjp.session(graph), x.numpy(), seed.numpy())
+    assert np.abs(got - xt.grad.numpy()).max() <= 1e-6 * np.abs(xt.grad.numpy()).max()
+    assert _backward_nodes(graph).count("Exp") == 1  # erf' once, no pass back through Erf and Div
+
+
+def _gelu_model(variant: str) -> onnx.ModelProto:
+    """s x (c + erf(x/k)) written the ways exporters do: ``torch`` Div then x * (erf + c) then *s;
+    ``keras`` (s x) * (c + erf(x * 1/k)) with the operands swapped; ``shared`` also adds erf's
+    output to the result (a second consumer of Erf); ``broadcast`` multiplies by a per-row x."""
+    k, c, s = 1.7, 0.8, 0.5
+    consts = {"k": k, "ik": 1 / k, "c": c, "s": s}
+    inits = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in consts.items()]
+    if variant == "keras":
+        nodes = [helper.make_node("Mul", ["x", "s"], ["h"]), helper.make_node("Mul", ["x", "ik"], ["u"]),
+                 helper.make_node("Erf", ["u"], ["e"]), helper.make_node("Add", ["c", "e"], ["a"]),
+                 helper.make_node("Mul", ["a", "h"], ["y"])]
+    else:
+        nodes = [helper.make_node("Div", ["x", "k"], ["u"]), helper.make_node("Erf", ["u"], ["e"]),
+                 helper.make_node("Add", ["e", "c"], ["a"]), helper.make_node("Mul", ["x", "a"], ["m"]),
+                 helper.make_node("Mul", ["m", "s"], ["y" if variant == "torch" else "z"])]
+        if variant == "shared":
+            nodes.append(helper.make_node("Add", ["z", "e"], ["y"]))
+    graph = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 40])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("variant", ["torch", "keras", "shared"])
+def test_gelu_product_closed_form(variant: str) -> None:
+    """The gradient of s x (c + erf(x/k)) (plus erf(x/k) for ``shared``) equals the closed form
+    in float64; torch's and Keras' orders take 7 backward nodes (9 op by op)."""
+    k, c, s = 1.7, 0.8, 0.5
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((3, 40)) * 3).astype(np.float32)
+    seed = rng.standard_normal((3, 40)).astype(np.float32)
+    graph = vjp.build_vjp(_gelu_model(variant))
+    got = vjp.input_gradient(graph, vjp.session(graph), x, seed)
+    xd = x.astype(np.float64)
+    slope = 2 / np.sqrt(np.pi) * np.exp(-(xd / k) ** 2) / k
+    want = s * (c + np.vectorize(erf)(xd / k)) + s * xd * slope
+    if variant == "shared":
+        want = want + slope
+    want = want * seed
+    assert np.abs(got - want).max() <= 2e-6 * np.abs(want).max()
+    if variant != "shared":
+        assert len(_backward_nodes(graph)) == 7

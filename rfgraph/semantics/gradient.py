@@ -75,6 +75,7 @@ class Builder:
     finite: set[str] = field(default_factory=set)  # tensors finite for every finite input (Softmax's rule reads it)
     fold: Callable[[str], np.ndarray | None] | None = None  # the loader's folder (no session)
     opset: int = 17  # of the default domain: the version each emitted node's shape rule follows
+    producers: dict[str, onnx.NodeProto] = field(default_factory=dict)  # forward tensor -> its node
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     inits: list[onnx.TensorProto] = field(default_factory=list)
     _count: int = 0
@@ -190,6 +191,11 @@ class Builder:
         if name in self.initializers:
             return numpy_helper.to_array(self.initializers[name])
         return self.fold(name) if self.fold is not None and name not in self.active else None
+
+    def is_scalar_constant(self, name: str) -> bool:
+        """True when ``name`` is a constant holding one element (a scale, an offset)."""
+        value = None if self.is_active(name) else self.constant_or_folded(name)
+        return value is not None and value.size == 1
 
     def is_active(self, name: str) -> bool:
         """True when the tensor depends differentiably on the graph input."""
