@@ -9,7 +9,8 @@ and, with all threads (--threads 0), (a) and (b)'s auto engine in lanes: one run
 time, one thread each, as ``rfgraph erf`` runs many inputs (``erf_parallel.lanes``),
 and prints ERF/forward and ERF/torch ratios, the peak memory of each (max RSS of a fresh
 subprocess, so each number includes its own runtime; also that of onnxruntime alone on the file,
-the least a forward takes), and the gradient agreement with torch.
+the least a forward takes), and the gradient agreement with torch (float32, and the
+same weights in float64: the reference for every float32 gradient, torch's included).
 Run on demand (not a test):  python benchmarks/bench_erf.py [--models resnet50 vit_s]
 [--batch 4] [--reps 3] [--threads 0] [--size 224]
 """
@@ -221,17 +222,21 @@ def make_erf_auto(path: str, batch: int, size: int, threads: int, channel: int |
     return lambda: engine(x)[0]
 
 
-def make_torch(name: str, batch: int, size: int, threads: int):  # type: ignore[no-untyped-def]
-    """(c) torch autograd, parameters frozen, gradient w.r.t. the input only."""
+def make_torch(name: str, batch: int, size: int, threads: int,  # type: ignore[no-untyped-def]
+               double: bool = False):
+    """(c) torch autograd, parameters frozen, gradient w.r.t. the input only; ``double``: the
+    same weights and input in float64, the reference each float32 gradient's error is read from."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     net = build(name, size)
     x0 = torch.tensor(_inputs(batch, size))
+    if double:
+        net, x0 = net.double(), x0.double()
     with torch.no_grad():
         shape = net(x0[:1]).shape
-    seed = torch.zeros((batch,) + tuple(shape[1:]))
+    seed = torch.zeros((batch,) + tuple(shape[1:]), dtype=x0.dtype)
     channels = slice(None) if _channel(name) is None else _channel(name)
     seed[:, channels, (shape[2] - 1) // 2, (shape[3] - 1) // 2] = 1.0
 
@@ -299,11 +304,13 @@ def measure_times(name: str, path: str, batch: int, size: int, reps: int, thread
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
-    ref = outs["torch"]
+    ref, truth = outs["torch"], make_torch(name, batch, size, threads, double=True)()
     err = {k: float(np.abs(outs[k] - ref).max() / np.abs(ref).max())
            for k in ("erf", "erf_auto", "erf_auto_lanes") if k in outs}
+    err64 = {k: float(np.abs(outs[k] - truth).max() / np.abs(truth).max())
+             for k in ("erf", "erf_auto", "erf_auto_lanes", "torch") if k in outs}
     return {"ms": {k: 1e3 * min(v) / per_call[k] for k, v in times.items()}, "max_rel_err": err,
-            "lanes": lanes}
+            "max_rel_err_float64": err64, "lanes": lanes}
 
 
 def measure_peak(kind: str, name: str, path: str, batch: int, size: int, threads: int) -> float:
@@ -360,7 +367,8 @@ def main() -> None:
                    "torch_ms": ms["torch"], "erf_over_forward": ms["erf"] / ms["forward"],
                    "erf_over_torch": ms["erf"] / ms["torch"], "peak_mb": peaks,
                    "erf_peak_over_forward": peaks["erf"] / peaks["forward"],
-                   "max_rel_err_vs_torch": timing["max_rel_err"], "lanes": timing["lanes"]}
+                   "max_rel_err_vs_torch": timing["max_rel_err"],
+                   "max_rel_err_vs_float64": timing["max_rel_err_float64"], "lanes": timing["lanes"]}
             if timing["lanes"] > 1:
                 row.update({"forward_lanes_ms": ms["forward_lanes"], "erf_auto_lanes_ms": ms["erf_auto_lanes"],
                             "erf_auto_lanes_over_forward": ms["erf_auto_lanes"] / ms["forward"],
@@ -388,6 +396,9 @@ def main() -> None:
                       f"{pk['erf'] / pk['forward_file']:.2f}x onnxruntime alone; auto {pk['erf_auto']:.0f} MB);"
                       f"  max rel err vs torch {row['max_rel_err_vs_torch']['erf']:.2e} (auto "
                       f"{row['max_rel_err_vs_torch']['erf_auto']:.2e})")
+                e64 = row["max_rel_err_vs_float64"]
+                print(f"  max rel err vs torch autograd in float64: ERF {e64['erf']:.2e}, auto "
+                      f"{e64['erf_auto']:.2e}; torch's own float32 gradient {e64['torch']:.2e}")
             sys.stdout.flush()
 
 
