@@ -793,9 +793,9 @@ def _checked(sampler: Sampler, region: Region, x: np.ndarray, g_full: list[np.nd
             continue
         cause = ("float32 rounding differs at the crop's size" if rounding
                  else "the model's values depend on the input size")
-        why = (f"computed on the full image{which}: on the crop {c.crop.text(sampler.full_shape)} "
-               f"the gradient of the first input and the full image's {diff}, over the "
-               f"{cone_mod.GUARD_TOLERANCE:g} allowed ({cause})")
+        why = (f"computed on the full image{which}: the gradient of the first input on the crop and the "
+               f"full image's {diff}, over the {cone_mod.GUARD_TOLERANCE:g} allowed ({cause}); the crop: "
+               f"{c.crop.text(sampler.full_shape)}")
         if region is Region.CONE:
             raise RFGraphError(f"--region cone: {why}")
         notes.append(why)

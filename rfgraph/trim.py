@@ -7,8 +7,9 @@ tensor's *tracked* axes (those holding positions: a feature map's spatial axes, 
 token axis), from each op's read rule below: window geometry of Conv and pooling nodes
 (``semantics.geometry``), pointwise and broadcasting ops (``semantics``' op sets), per-channel and
 per-token ops (BatchNormalization; LayerNormalization and Softmax over other axes), Concat and Split
-over other axes, the rows of a MatMul, the layout ops that move positions (Transpose, Reshape,
-Slice), Resize by a whole factor and ConvTranspose (which compute a larger box, sliced to theirs).
+over other axes, reductions over other axes, the rows of a MatMul, the layout ops that move
+positions (Transpose, Reshape, Slice, SpaceToDepth), Resize by a whole factor, ConvTranspose and
+DepthToSpace (which compute a larger box, sliced to theirs).
 A forward pass then rewrites the model: each node reads Slices of its inputs to the boxes it
 needs, window nodes pad only where the original padded (at the tensor's own borders), a Reshape's
 shape and a Slice's bounds are rewritten for the box, so each computed value is the original's. Any
@@ -32,6 +33,7 @@ from onnx import helper, numpy_helper
 
 from .errors import RFGraphError
 from .semantics import BROADCAST_OPS, POINTWISE_OPS, geometry
+from .semantics.reductions import REDUCING_OPS, reduced_axes
 
 Box = tuple[tuple[int, int], ...]  # per tracked axis: [lo, hi], inclusive
 
@@ -43,6 +45,7 @@ NORMALISING_NODES = {"LayerNormalization", "Softmax", "LogSoftmax"}  # over axes
 # broadcasting ops whose extra operand is not data broadcast to the output (a shape)
 NOT_BROADCAST = {"Expand"}
 RESAMPLING_NODES = {"Resize", "Upsample"}
+PIXEL_SHUFFLES = {"DepthToSpace", "SpaceToDepth"}  # blocks of positions to channels and back
 # coordinate modes whose source coordinate is affine in the unit with slope 1 / scale: unit u + s
 # reads one input unit further (s a whole scale), so a crop of the input resized gives the
 # original's values
@@ -285,6 +288,42 @@ def _read_slice(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box) 
     return box, {node.input[0]: (_Tracked(tracked.axes, tuple(x[a] for a in tracked.axes)), tuple(shifted))}
 
 
+def _read_reduce(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box) -> tuple[Box, dict[str, Read]] | None:
+    """Reduce*, ArgMax, ArgMin over axes that hold no position (the channels: a hand-written
+    softmax's or norm's statistics): each output position reads the same position of the input."""
+    x = plan.shapes.get(node.input[0])
+    if x is None:
+        return None
+    attrs = _attrs(node)
+    written = attrs.get("axes")
+    if written is None and node.op_type not in ("ArgMax", "ArgMin") and len(node.input) > 1 and node.input[1]:
+        value = plan.constant(node.input[1])
+        if value is None:
+            return None
+        written = [int(v) for v in np.ravel(value)]
+    axes = reduced_axes(node.op_type, attrs, written, len(x))
+    kept = list(range(len(x))) if attrs.get("keepdims", 1) else [a for a in range(len(x)) if a not in axes]
+    mine = tuple(kept[a] for a in tracked.axes)
+    if any(a in axes for a in mine):
+        return None
+    return box, {node.input[0]: (_Tracked(mine, tracked.sizes), box)}
+
+
+def _read_pixel_shuffle(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box
+                        ) -> tuple[Box, dict[str, Read]] | None:
+    """DepthToSpace: output unit u reads input unit floor(u / b); the input box makes whole blocks,
+    a larger box, sliced to the box.  SpaceToDepth: output unit u reads input units b u .. b u + b - 1."""
+    x = plan.shapes.get(node.input[0])
+    b = int(_attrs(node).get("blocksize", 0))
+    if x is None or len(x) != 4 or b < 1 or tracked.axes != (2, 3):
+        return None
+    if node.op_type == "SpaceToDepth":
+        return box, {node.input[0]: (_Tracked((2, 3), tuple(x[2:])), tuple((lo * b, hi * b + b - 1) for lo, hi in box))}
+    reads = tuple((lo // b, hi // b) for lo, hi in box)
+    plan.held[id(node)] = tuple((lo * b, hi * b + b - 1) for lo, hi in reads)
+    return box, {node.input[0]: (_Tracked((2, 3), tuple(x[2:])), reads)}
+
+
 def _resize_axes(plan: _Plan, node: onnx.NodeProto) -> list[geometry.ResizeAxis] | None:
     """Each axis of a Resize/Upsample with constant scales or sizes (``semantics.geometry``
     decodes them), or None: not constant, or a mode the rewrite does not crop."""
@@ -376,6 +415,10 @@ def _rule(node: onnx.NodeProto) -> ReadRule | None:
         return _read_resize
     if op == "ConvTranspose":
         return _read_conv_transpose
+    if op in REDUCING_OPS:
+        return _read_reduce
+    if op in PIXEL_SHUFFLES:
+        return _read_pixel_shuffle
     return {"MatMul": _read_matmul, "Transpose": _read_transpose, "Reshape": _read_reshape,
             "Slice": _read_slice}.get(op)
 
@@ -398,7 +441,7 @@ class _Plan:
         self.need: dict[str, Box] = {}
         self.box: dict[int, Box] = {}  # the box of the outputs of each node computed on one (by id)
         self.reads: dict[int, dict[str, Read]] = {}
-        self.held: dict[int, Box] = {}  # the box a cropped Resize or ConvTranspose computes, larger than its box
+        self.held: dict[int, Box] = {}  # the larger box a cropped Resize, ConvTranspose, DepthToSpace computes
         shape = shapes[output]
         self._want(output, *_sorted(axes, [shape[a] for a in axes], box))
         for node in reversed(nodes):

@@ -6,7 +6,9 @@ and count_include_pad) in 1-D, 2-D and 3-D, at centre, corner and border units; 
 operands (per-channel, full-size constant maps, scalars), BatchNormalization, Concat over
 channels, residual merges; Resize by a whole factor (nearest, linear, cubic; coordinate modes that
 shift; scales or sizes), while align_corners keeps the whole tensor; ConvTranspose (strides,
-pads, output_padding, dilation, groups, bias; 1-D to 3-D); random
+pads, output_padding, dilation, groups, bias; 1-D to 3-D); reductions over the channels (six ops,
+keepdims 0 and 1, axes as attribute or input) and a softmax written out with them, while one over
+a position keeps the whole tensor; DepthToSpace (DCR, CRD) and SpaceToDepth; random
 multi-path models; a ViT's last block on the unit's token (MatMul rows, LayerNorm, Softmax,
 Transpose, Reshape, Slice, Shape nodes kept at the original's shapes), a box over several rows of
 tokens; the ERF through it with weights redrawn, and of a global unit; and where it is not used
@@ -297,6 +299,97 @@ def test_ops_it_does_not_read_keep_the_whole_tensor() -> None:
     assert conv_before == original
     resize = next(n for n in made.model.graph.node if n.op_type == "Resize")
     assert resize.input[0] == before  # reads the whole tensor, computed whole
+
+
+REDUCTIONS = ["ReduceSum", "ReduceMean", "ReduceMax", "ReduceL2", "ReduceLogSumExp", "ArgMax"]
+
+
+def _reduction_model(op: str, keepdims: int, opset: int, axis: int = 1) -> tuple[onnx.ModelProto, str]:
+    """conv -> relu -> the reduction over ``axis`` -> (Reshape back to 4-D) -> conv -> conv; also the
+    tensor the reduction reads.  Axes as an attribute, or an input where the opset says so."""
+    g = G((9, 8), seed=5, opset=opset)
+    before = g.relu(g.conv("x", 3, pads=[1] * 4, cout=3))
+    attrs: dict[str, object] = {"keepdims": keepdims}
+    inputs = [before]
+    if op in ("ArgMax", "ArgMin"):
+        attrs["axis"] = axis
+    elif (op == "ReduceSum" and opset >= 13) or opset >= 18:
+        inputs.append(g._init(np.array([axis])))
+    else:
+        attrs["axes"] = [axis]
+    x = g.node(op, inputs, 1 if axis == 1 else 3, **attrs)
+    if op in ("ArgMax", "ArgMin"):
+        x = g.node("Cast", [x], to=onnx.TensorProto.FLOAT)
+    if not keepdims:
+        shape = [0, 1, 9, 8] if axis == 1 else [0, 3, 1, 8]
+        x = g.node("Reshape", [x, g._init(np.array(shape))])
+    return g.model(g.conv(g.conv(x, 3, pads=[1] * 4), 3, pads=[1] * 4)), before
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+@pytest.mark.parametrize("keepdims", [0, 1])
+@pytest.mark.parametrize("op", REDUCTIONS)
+def test_reductions_over_the_channels_on_the_cone(op: str, keepdims: int, opset: int) -> None:
+    """A reduction over the channels is per position: the layers before it are cropped at the
+    corners, and each unit's value equals the whole model's."""
+    model, before = _reduction_model(op, keepdims, opset)
+    out = _shapes(model)[model.graph.output[0].name]
+    smaller = 0
+    for unit in _corners(out):
+        made = _forward_equal(model, unit)
+        smaller += math.prod(_shapes(made.model)[before][2:]) < 72
+    assert smaller >= 3
+
+
+def test_a_reduction_over_a_position_keeps_the_whole_tensor() -> None:
+    """ReduceMean over the rows mixes every row: the layers before it are computed whole."""
+    model, before = _reduction_model("ReduceMean", 1, 13, axis=2)
+    made = _forward_equal(model, (0, 0))
+    assert _shapes(made.model)[before] == _shapes(model)[before]
+
+
+def test_softmax_written_out_over_the_channels() -> None:
+    """exp(x - max_c x) / sum_c exp(...) with ReduceMax and ReduceSum (as tf2onnx writes a softmax):
+    cropped, and the ERF of one channel of a corner unit through the rewrite equals the whole
+    image's."""
+    g = G((12, 12), seed=8)
+    x = "x"
+    for _ in range(3):
+        x = g.relu(g.conv(x, 3, pads=[1] * 4, cout=3))
+    e = g.node("Exp", [g.node("Sub", [x, g.node("ReduceMax", [x], axes=[1], keepdims=1)])])
+    model = g.model(g.conv(g.node("Div", [e, g.node("ReduceSum", [e, g._init(np.array([1]))], keepdims=1)]), 3,
+                           pads=[1] * 4))
+    _forward_equal(model, (0, 11))
+    kw = {"runs": 2, "channel": 0, "units": [(0, 11)]}
+    coned = compute_erfs(model, region="cone", **kw)[0]  # type: ignore[arg-type]
+    full = compute_erfs(model, region="full", **kw)[0]  # type: ignore[arg-type]
+    assert any(NOTE in n for n in coned.notes), coned.notes
+    assert float(np.abs(coned.erf - full.erf).max()) <= TOL * float(np.abs(full.erf).max())
+
+
+SHUFFLES = [("DepthToSpace", 2, "DCR"), ("DepthToSpace", 2, "CRD"), ("DepthToSpace", 3, "DCR"),
+            ("SpaceToDepth", 2, ""), ("SpaceToDepth", 3, "")]
+
+
+@pytest.mark.parametrize("op,block,mode", SHUFFLES)
+def test_pixel_shuffles_on_the_cone(op: str, block: int, mode: str) -> None:
+    """conv -> DepthToSpace (output unit u reads input unit u // b: whole blocks computed, the box
+    sliced out) or SpaceToDepth (u reads b u .. b u + b - 1) -> relu -> conv: each unit's value
+    equals the whole model's, and the layers before are cropped at the corners."""
+    g = G((12, 12), seed=11)
+    before = g.relu(g.conv("x", 3, pads=[1] * 4, cout=block * block if op == "DepthToSpace" else 2))
+    attrs: dict[str, object] = {"blocksize": block}
+    if mode:
+        attrs["mode"] = mode
+    cout = 1 if op == "DepthToSpace" else 2 * block * block
+    x = g.node(op, [before], cout, **attrs)
+    model = g.model(g.conv(g.relu(x), 3, pads=[1] * 4))
+    out = _shapes(model)[model.graph.output[0].name]
+    smaller = 0
+    for unit in _corners(out):
+        made = _forward_equal(model, unit)
+        smaller += math.prod(_shapes(made.model)[before][2:]) < 144
+    assert smaller >= 3
 
 
 @pytest.mark.parametrize("seed", range(16))

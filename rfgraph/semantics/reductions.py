@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import UnsupportedOpError
@@ -13,19 +14,27 @@ from .transfer import NodeContext, Rule, Transfer, _norm_axis, mix_axes
 # ---------------------------------------------------------------- receptive-field (TRF) rules
 
 
+REDUCING_OPS = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+                "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin"}
+
+
+def reduced_axes(op: str, attrs: dict[str, Any], axes: Sequence[int] | None, rank: int) -> list[int]:
+    """The input axes a Reduce*/ArgMax/ArgMin node reduces, sorted and non-negative; ``axes``: its
+    axes attribute or constant input (None: it has neither).  No axes reduce them all, unless
+    noop_with_empty_axes; ArgMax/ArgMin reduce their one ``axis``."""
+    if op in ("ArgMax", "ArgMin"):
+        return [_norm_axis(int(attrs.get("axis", 0)), rank)]
+    if not axes:
+        return [] if attrs.get("noop_with_empty_axes", 0) else list(range(rank))
+    return sorted({_norm_axis(int(a), rank) for a in axes})
+
+
 def reduce_rule(ctx: NodeContext) -> Transfer:
     """Reduce*/ArgMax/ArgMin: reduced spatial axes become global."""
-    rank = ctx.rank(0)
-    axes: list[int] | None
-    if ctx.op in ("ArgMax", "ArgMin"):
-        axes = [int(ctx.attrs.get("axis", 0))]
-    else:
-        axes = ctx.ints(1, "axes")
-        if axes is None and ctx.has_input(1):
-            raise ctx.unsupported("reduction axes computed at run time")
-        if not axes:
-            axes = [] if ctx.attrs.get("noop_with_empty_axes", 0) else list(range(rank))
-    axes = sorted({_norm_axis(a, rank) for a in axes})
+    written = None if ctx.op in ("ArgMax", "ArgMin") else ctx.ints(1, "axes")
+    if written is None and ctx.op not in ("ArgMax", "ArgMin") and ctx.has_input(1):
+        raise ctx.unsupported("reduction axes computed at run time")
+    axes = reduced_axes(ctx.op, ctx.attrs, written, ctx.rank(0))
     return mix_axes(ctx, axes, keepdims=bool(ctx.attrs.get("keepdims", 1)),
                     why=f"{ctx.op} over axes {axes}")
 
@@ -43,18 +52,13 @@ def _top_k(b: Builder, n: NodeView, gys: list) -> Grads:
 
 
 def _reduce_axes(b: Builder, n: NodeView) -> list[int]:
-    rank = len(b.shape(n.inputs[0]))
     axes = n.attr_ints("axes")
     if axes is None and len(n.inputs) > 1 and n.inputs[1]:
         value = b.value(n.inputs[1])
         if value is None:
             raise UnsupportedOpError(n.name, n.node.op_type, "axes are not constant")
         axes = value.tolist()
-    if axes is None or len(axes) == 0:
-        if n.attr("noop_with_empty_axes", 0):
-            return []
-        return list(range(rank))
-    return sorted(int(a) % rank for a in axes)
+    return reduced_axes(n.node.op_type, n.attrs, axes, len(b.shape(n.inputs[0])))
 
 
 def _reduce_sum(b: Builder, n: NodeView, gys: list) -> Grads:
@@ -125,9 +129,7 @@ def _reduction(b: Builder, n: NodeView, gys: list) -> Grads:
 # ---------------------------------------------------------------- the family's tables
 
 TRF: dict[str, Rule] = {
-    **dict.fromkeys(("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1",
-                     "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax",
-                     "ArgMin"), reduce_rule),
+    **dict.fromkeys(sorted(REDUCING_OPS), reduce_rule),
 }
 
 VJP: dict[str, VJPRule] = {
