@@ -286,3 +286,39 @@ def test_gelu_product_closed_form(variant: str) -> None:
     assert np.abs(got - want).max() <= 2e-6 * np.abs(want).max()
     if variant != "shared":
         assert len(_backward_nodes(graph)) == 7
+
+
+def _scaled_product_model(op: str, readers: int) -> onnx.ModelProto:
+    """y = (x * 0.37) @ W (MatMul, 3-D x) or Gemm(x * 0.37, W, alpha=1.5); ``readers`` 2 also adds
+    the scaled tensor to the output (a second reader: not folded)."""
+    rng = np.random.default_rng(1)
+    shape = [2, 5, 6] if op == "MatMul" else [5, 6]
+    w = rng.standard_normal((6, 6)).astype(np.float32)
+    inits = [numpy_helper.from_array(np.array(0.37, np.float32), "s"), numpy_helper.from_array(w, "w")]
+    attrs = {"alpha": 1.5} if op == "Gemm" else {}
+    nodes = [helper.make_node("Mul", ["x", "s"], ["m"]),
+             helper.make_node(op, ["m", "w"], ["p" if readers == 2 else "y"], **attrs)]
+    if readers == 2:
+        nodes.append(helper.make_node("Add", ["p", "m"], ["y"]))
+    graph = helper.make_graph(nodes, "scaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("op", ["MatMul", "Gemm"])
+@pytest.mark.parametrize("readers", [1, 2])
+def test_scaling_folded_into_the_next_product(op: str, readers: int) -> None:
+    """A Mul by a scalar constant read only by a MatMul/Gemm with a constant weight is folded into
+    it (no Mul left forward nor backward); the gradient equals the closed form either way."""
+    model = _scaled_product_model(op, readers)
+    w = numpy_helper.to_array(model.graph.initializer[1]).astype(np.float64)
+    alpha = 1.5 if op == "Gemm" else 1.0
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal([d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]).astype(np.float32)
+    seed = rng.standard_normal(x.shape[:-1] + (6,)).astype(np.float32)
+    graph = vjp.build_vjp(model)
+    got = vjp.input_gradient(graph, vjp.session(graph), x, seed)
+    want = 0.37 * alpha * seed.astype(np.float64) @ w.T + (0.37 * seed if readers == 2 else 0.0)
+    assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+    muls = sum(n.op_type == "Mul" for n in graph.model.graph.node)
+    assert (muls == 0) == (readers == 1)
