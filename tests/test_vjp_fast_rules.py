@@ -322,3 +322,35 @@ def test_scaling_folded_into_the_next_product(op: str, readers: int) -> None:
     assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
     muls = sum(n.op_type == "Mul" for n in graph.model.graph.node)
     assert (muls == 0) == (readers == 1)
+
+
+def test_attention_key_gradient_without_transposes() -> None:
+    """softmax(Q K^T) V with K^T a Transpose of the last two axes: dK comes as (dS^T Q) with the
+    transposes left to cancel, and the gradient equals torch's autograd."""
+    torch.manual_seed(4)
+
+    class Attention(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.k, self.v = (torch.nn.Linear(8, 8) for _ in range(3))
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            scores = self.q(x) @ self.k(x).transpose(-2, -1) / 8 ** 0.5
+            return torch.softmax(scores, -1) @ self.v(x)
+
+    net = Attention().eval()
+    x = torch.randn(2, 7, 8)
+    f = io.BytesIO()
+    torch.onnx.export(net, (x,), f, dynamo=False, input_names=["x"], output_names=["y"], opset_version=17)
+    graph = vjp.build_vjp(onnx.load_from_string(f.getvalue()))
+    xt = x.clone().requires_grad_(True)
+    y = net(xt)
+    seed = torch.randn(y.shape)
+    (y * seed).sum().backward()
+    got = vjp.input_gradient(graph, vjp.session(graph), x.numpy(), seed.numpy())
+    assert np.abs(got - xt.grad.numpy()).max() <= 1e-6 * np.abs(xt.grad.numpy()).max()
+    backward = [n for n in graph.model.graph.node if n.name.startswith("rfgraph_vjp/")]
+    produced = {o: n for n in backward for o in n.output}
+    pairs = [n for n in backward if n.op_type == "Transpose" and n.input[0] in produced
+             and produced[n.input[0]].op_type == "Transpose"]
+    assert pairs  # the key's gradient transposed twice: a pair onnxruntime drops
