@@ -194,17 +194,23 @@ def test_strided_residual_net_equals_torch() -> None:
             return F.relu(self.b(F.relu(self.a(x))) + self.down(x))
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, 1, 1), torch.nn.ReLU(), Block(16, 32), Block(32, 32)).eval()
-    x = torch.randn(1, 3, 32, 32)
+    graph = _equals_autograd(net, torch.randn(1, 3, 32, 32), 1e-5)
+    assert sum(n.op_type == "AveragePool" for n in graph.model.graph.node) == 4
+
+
+def _equals_autograd(net: torch.nn.Module, x: torch.Tensor, tol: float) -> vjp.VJPGraph:
+    """The gradient graph of ``net`` exported by torch (opset 17); its input gradient for a random
+    seed equals torch autograd's within ``tol`` of the largest."""
     f = io.BytesIO()
     torch.onnx.export(net, (x,), f, dynamo=False, input_names=["x"], output_names=["y"], opset_version=17)
     graph = vjp.build_vjp(onnx.load_from_string(f.getvalue()))
-    assert sum(n.op_type == "AveragePool" for n in graph.model.graph.node) == 4
     xt = x.clone().requires_grad_(True)
     y = net(xt)
     seed = torch.randn(y.shape)
     (y * seed).sum().backward()
     got = vjp.input_gradient(graph, vjp.session(graph), x.numpy(), seed.numpy())
-    assert np.abs(got - xt.grad.numpy()).max() <= 1e-5 * np.abs(xt.grad.numpy()).max()
+    assert np.abs(got - xt.grad.numpy()).max() <= tol * np.abs(xt.grad.numpy()).max()
+    return graph
 
 
 def test_tap_order_is_row_major() -> None:
@@ -230,18 +236,9 @@ def test_torch_gelu_equals_autograd() -> None:
     """nn.GELU as torch exports it (Div, Erf, Add, Mul, Mul) between two linear layers."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.GELU(), torch.nn.Linear(64, 8)).eval()
-    x = torch.randn(5, 16) * 2
-    f = io.BytesIO()
-    torch.onnx.export(net, (x,), f, dynamo=False, input_names=["x"], output_names=["y"], opset_version=17)
-    model = onnx.load_from_string(f.getvalue())
-    assert [n.op_type for n in model.graph.node if n.op_type in ("Div", "Erf")] == ["Div", "Erf"]
-    graph = vjp.build_vjp(model)
-    xt = x.clone().requires_grad_(True)
-    y = net(xt)
-    seed = torch.randn(y.shape)
-    (y * seed).sum().backward()
-    got = vjp.input_gradient(graph, vjp.session(graph), x.numpy(), seed.numpy())
-    assert np.abs(got - xt.grad.numpy()).max() <= 1e-6 * np.abs(xt.grad.numpy()).max()
+    graph = _equals_autograd(net, torch.randn(5, 16) * 2, 1e-6)
+    forward = [n.op_type for n in graph.model.graph.node if not n.name.startswith("rfgraph_vjp/")]
+    assert "Div" in forward and "Erf" in forward  # the GELU as torch writes it
     assert _backward_nodes(graph).count("Exp") == 1  # erf' once, no pass back through Erf and Div
 
 
@@ -338,17 +335,7 @@ def test_attention_key_gradient_without_transposes() -> None:
             scores = self.q(x) @ self.k(x).transpose(-2, -1) / 8 ** 0.5
             return torch.softmax(scores, -1) @ self.v(x)
 
-    net = Attention().eval()
-    x = torch.randn(2, 7, 8)
-    f = io.BytesIO()
-    torch.onnx.export(net, (x,), f, dynamo=False, input_names=["x"], output_names=["y"], opset_version=17)
-    graph = vjp.build_vjp(onnx.load_from_string(f.getvalue()))
-    xt = x.clone().requires_grad_(True)
-    y = net(xt)
-    seed = torch.randn(y.shape)
-    (y * seed).sum().backward()
-    got = vjp.input_gradient(graph, vjp.session(graph), x.numpy(), seed.numpy())
-    assert np.abs(got - xt.grad.numpy()).max() <= 1e-6 * np.abs(xt.grad.numpy()).max()
+    graph = _equals_autograd(Attention().eval(), torch.randn(2, 7, 8), 1e-6)
     backward = [n for n in graph.model.graph.node if n.name.startswith("rfgraph_vjp/")]
     produced = {o: n for n in backward for o in n.output}
     pairs = [n for n in backward if n.op_type == "Transpose" and n.input[0] in produced
