@@ -309,6 +309,40 @@ def _read_reduce(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box)
     return box, {node.input[0]: (_Tracked(mine, tracked.sizes), box)}
 
 
+def _read_squeeze(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box) -> tuple[Box, dict[str, Read]] | None:
+    """Squeeze and Unsqueeze with constant axes: each output position reads the same position of
+    the input.  An axis Squeeze removes is tracked on its one unit (a Conv1D written as a 2-D
+    convolution, as tf2onnx does, is then a window node over all its spatial axes); one Unsqueeze
+    inserts is dropped.  Squeeze without axes (it would also drop a box of one unit) keeps the
+    whole tensor."""
+    x, y = plan.shapes.get(node.input[0]), plan.shapes.get(node.output[0])
+    written = _attrs(node).get("axes")
+    if written is None and len(node.input) > 1 and node.input[1]:
+        value = plan.constant(node.input[1])
+        written = None if value is None else [int(v) for v in np.ravel(value)]
+    if x is None or y is None or not written:
+        return None
+    if node.op_type == "Squeeze":
+        removed = {a % len(x) for a in written}
+        kept = [i for i in range(len(x)) if i not in removed]
+        axes = [kept[a] for a in tracked.axes] + sorted(removed)
+        return box, {node.input[0]: _sorted(axes, list(tracked.sizes) + [1] * len(removed),
+                                            list(box) + [(0, 0)] * len(removed))}
+    inserted = {a % len(y) for a in written}
+    source = [None if o in inserted else o - sum(i < o for i in inserted) for o in range(len(y))]
+    axes, sizes, boxes = [], [], []
+    for a, n, b in zip(tracked.axes, tracked.sizes, box):
+        src = source[a]
+        if src is None:  # an inserted axis: one unit, nothing to read
+            if b != (0, 0):
+                return None
+            continue
+        axes.append(src)
+        sizes.append(n)
+        boxes.append(b)
+    return box, {node.input[0]: _sorted(axes, sizes, boxes)}
+
+
 def _read_pixel_shuffle(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box
                         ) -> tuple[Box, dict[str, Read]] | None:
     """DepthToSpace: output unit u reads input unit floor(u / b); the input box makes whole blocks,
@@ -420,7 +454,7 @@ def _rule(node: onnx.NodeProto) -> ReadRule | None:
     if op in PIXEL_SHUFFLES:
         return _read_pixel_shuffle
     return {"MatMul": _read_matmul, "Transpose": _read_transpose, "Reshape": _read_reshape,
-            "Slice": _read_slice}.get(op)
+            "Slice": _read_slice, "Squeeze": _read_squeeze, "Unsqueeze": _read_squeeze}.get(op)
 
 
 # ------------------------------------------------------------------ the backward pass

@@ -365,6 +365,34 @@ def test_softmax_written_out_over_the_channels() -> None:
     assert float(np.abs(coned.erf - full.erf).max()) <= TOL * float(np.abs(full.erf).max())
 
 
+def _tf_conv1d_model(opset: int, squeeze_axes: bool = True) -> tuple[onnx.ModelProto, str]:
+    """Three Conv1D layers as tf2onnx writes them: Unsqueeze to (N, C, 1, L), a 2-D convolution
+    with a (1, k) kernel, Squeeze back; also the tensor after the first layer."""
+    g = G((40,), channels=2, seed=6, opset=opset, batch=2)  # a Squeeze without axes keeps it
+    x, first = "x", ""
+    for k, s in ((3, 1), (3, 2), (5, 1)):
+        axes = {"axes": [2]} if opset < 13 else {}
+        inputs = [x] if opset < 13 else [x, g._init(np.array([2]))]
+        u = g.node("Unsqueeze", inputs, **axes)
+        w = g._init(g._weight((3, g.channels[x], 1, k)))
+        c = g.node("Conv", [u, w], 3, kernel_shape=[1, k], strides=[1, s], pads=[0, 1, 0, 1])
+        squeeze_in = [c] if opset < 13 or not squeeze_axes else [c, g._init(np.array([2]))]
+        x = g.relu(g.node("Squeeze", squeeze_in, **(axes if squeeze_axes else {})))
+        first = first or x
+    return g.model(x), first
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_tf_conv1d_through_squeeze_and_unsqueeze(opset: int) -> None:
+    """Squeeze and Unsqueeze with constant axes are read per position: every layer of a Conv1D
+    stack written as 2-D convolutions is cropped at the corners, each unit equal to the whole
+    model's; a Squeeze without axes keeps the whole tensor."""
+    model, first = _tf_conv1d_model(opset)
+    assert _cropped_at_corners(model, first) >= 2
+    model, _ = _tf_conv1d_model(17, squeeze_axes=False)  # the last Squeeze: all the rest whole
+    assert trim.trim(model, _shapes(model), model.graph.output[0].name, (2,), ((4, 4),)) is None
+
+
 SHUFFLES = [("DepthToSpace", 2, "DCR"), ("DepthToSpace", 2, "CRD"), ("DepthToSpace", 3, "DCR"),
             ("SpaceToDepth", 2, ""), ("SpaceToDepth", 3, "")]
 
