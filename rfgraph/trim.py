@@ -8,7 +8,7 @@ token axis), from each op's read rule below: window geometry of Conv and pooling
 (``semantics.geometry``), pointwise and broadcasting ops (``semantics``' op sets), per-channel and
 per-token ops (BatchNormalization; LayerNormalization and Softmax over other axes), Concat and Split
 over other axes, reductions over other axes, the rows of a MatMul, the layout ops that move
-positions (Transpose, Reshape, Slice, SpaceToDepth), Resize by a whole factor, ConvTranspose and
+positions (Transpose, Reshape, Slice, Squeeze, Unsqueeze, SpaceToDepth), Resize by a whole factor, ConvTranspose and
 DepthToSpace (which compute a larger box, sliced to theirs).
 A forward pass then rewrites the model: each node reads Slices of its inputs to the boxes it
 needs, window nodes pad only where the original padded (at the tensor's own borders), a Reshape's
