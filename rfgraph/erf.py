@@ -763,14 +763,16 @@ def _guard(sampler: Sampler, region: Region, fd_budget: float, inputs: int
 def _checked(sampler: Sampler, region: Region, x: np.ndarray, g_full: list[np.ndarray],
              coned: UnitsEngine | ConeEngine | str | None, fd_budget: float, inputs: int
              ) -> tuple[Sampler, list[str], UnitsEngine | ConeEngine | None]:
-    """``_guard``'s comparison of the cones' gradients of ``x`` with the full image's ``g_full``."""
+    """``_guard``'s comparison of the cones' gradients of ``x`` with the full image's ``g_full``
+    (``coned``: their engine when ``_guard`` built and costed it, else built and costed here)."""
     from .erf_parallel import check_fd_cost
 
     if coned is None:
         coned = _cone_engine(sampler, region)
+        if not isinstance(coned, str):
+            check_fd_cost(coned, inputs, fd_budget)
     if isinstance(coned, str):
         return replace(sampler, cones=()), [coned], None
-    check_fd_cost(coned, inputs, fd_budget)
     g_cone = coned(x)
     kept, kept_notes, notes, instead = [], [], [], []
     for c in sampler.cones:
