@@ -8,8 +8,8 @@ token axis), from each op's read rule below: window geometry of Conv and pooling
 (``semantics.geometry``), pointwise and broadcasting ops (``semantics``' op sets), per-channel and
 per-token ops (BatchNormalization; LayerNormalization and Softmax over other axes), Concat and Split
 over other axes, reductions over other axes, the rows of a MatMul, the layout ops that move
-positions (Transpose, Reshape, Slice, Squeeze, Unsqueeze, SpaceToDepth), Resize by a whole factor, ConvTranspose and
-DepthToSpace (which compute a larger box, sliced to theirs).
+positions (Transpose, Reshape, Slice, Squeeze, Unsqueeze, SpaceToDepth), Resize by a whole
+factor, ConvTranspose and DepthToSpace (which compute a larger box, sliced to theirs).
 A forward pass then rewrites the model: each node reads Slices of its inputs to the boxes it
 needs, window nodes pad only where the original padded (at the tensor's own borders), a Reshape's
 shape and a Slice's bounds are rewritten for the box, so each computed value is the original's. Any
@@ -288,6 +288,17 @@ def _read_slice(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box) 
     return box, {node.input[0]: (_Tracked(tracked.axes, tuple(x[a] for a in tracked.axes)), tuple(shifted))}
 
 
+def _written_axes(plan: _Plan, node: onnx.NodeProto) -> tuple[list[int] | None, bool]:
+    """(axes, known): the ``axes`` attribute of a reduction or (Un)Squeeze, or its constant axes
+    input (opset 13/18 on), None when it has neither; ``known`` False when that input is computed
+    at run time."""
+    written = _attrs(node).get("axes")
+    if written is not None or len(node.input) < 2 or not node.input[1]:
+        return (None if written is None else [int(a) for a in written]), True
+    value = plan.constant(node.input[1])
+    return (None, False) if value is None else ([int(v) for v in np.ravel(value)], True)
+
+
 def _read_reduce(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box) -> tuple[Box, dict[str, Read]] | None:
     """Reduce*, ArgMax, ArgMin over axes that hold no position (the channels: a hand-written
     softmax's or norm's statistics): each output position reads the same position of the input."""
@@ -295,12 +306,9 @@ def _read_reduce(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box)
     if x is None:
         return None
     attrs = _attrs(node)
-    written = attrs.get("axes")
-    if written is None and node.op_type not in ("ArgMax", "ArgMin") and len(node.input) > 1 and node.input[1]:
-        value = plan.constant(node.input[1])
-        if value is None:
-            return None
-        written = [int(v) for v in np.ravel(value)]
+    written, known = _written_axes(plan, node)
+    if not known:
+        return None
     axes = reduced_axes(node.op_type, attrs, written, len(x))
     kept = list(range(len(x))) if attrs.get("keepdims", 1) else [a for a in range(len(x)) if a not in axes]
     mine = tuple(kept[a] for a in tracked.axes)
@@ -316,11 +324,8 @@ def _read_squeeze(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box
     inserts is dropped.  Squeeze without axes (it would also drop a box of one unit) keeps the
     whole tensor."""
     x, y = plan.shapes.get(node.input[0]), plan.shapes.get(node.output[0])
-    written = _attrs(node).get("axes")
-    if written is None and len(node.input) > 1 and node.input[1]:
-        value = plan.constant(node.input[1])
-        written = None if value is None else [int(v) for v in np.ravel(value)]
-    if x is None or y is None or not written:
+    written, known = _written_axes(plan, node)
+    if x is None or y is None or not known or not written:
         return None
     if node.op_type == "Squeeze":
         removed = {a % len(x) for a in written}
