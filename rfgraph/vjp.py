@@ -298,7 +298,9 @@ def build_vjp(model: onnx.ModelProto, output: str | None = None,
     b = _builder(model, x_name, shapes, dtypes, active)
     if any(n.op_type == "Softmax" for n in forward):  # the one rule that reads it; the pass reads every weight
         b.finite = finite_tensors(model, x_name, dtypes, b.constant_or_folded)
-    forward = _scalings_folded(b, forward, y_name)
+    b.producers = {o: n for n in forward for o in n.output if o}
+    forward = _scalings_folded(b, _prescaled_linears(b, forward, y_name), y_name)
+    _norm_affines_folded(b, forward, y_name)
     grad_x = _backward(b, forward, x_name, y_name)
     return _assemble(model, forward, b, x_name, y_name, grad_x, emit_output)
 
@@ -343,15 +345,253 @@ def _builder(model: onnx.ModelProto, x_name: str, shapes: dict[str, tuple[int, .
     return b
 
 
+def _readers(forward: list[onnx.NodeProto]) -> dict[str, list[onnx.NodeProto]]:
+    """Each forward tensor's reading nodes, in order."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in forward:
+        for i in node.input:
+            readers.setdefault(i, []).append(node)
+    return readers
+
+
+def _norm_affines_folded(b: Builder, forward: list[onnx.NodeProto], y_name: str) -> None:
+    """Fold, in place, the scale and shift of each LayerNormalization over the last axis whose
+    output only MatMul/Gemm by constant weights read into those weights (diag(gamma) W, and beta W
+    into their bias): the norm then outputs xhat itself, which its gradient rule reads instead of
+    recomputing it and scaling by gamma (3 passes fewer per norm: ViT-S has 23)."""
+    readers = _readers(forward)
+    for node in forward:
+        users = readers.get(node.output[0], [])
+        affine = _foldable_affine(b, node, users, readers, y_name)
+        if affine is None:
+            continue
+        gamma, beta = affine
+        for user in users:
+            _affine_into_linear(b, user, gamma, beta, readers)
+        node.input[1] = b.const(np.ones(b.shape(node.input[1]), gamma.dtype), dtype=gamma.dtype)  # xhat
+        del node.input[2:]
+
+
+def _foldable_affine(b: Builder, node: onnx.NodeProto, users: list[onnx.NodeProto],
+                     readers: dict[str, list[onnx.NodeProto]], y_name: str
+                     ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(gamma, beta) of a LayerNormalization that ``_norm_affines_folded`` folds, else None."""
+    if node.op_type != "LayerNormalization" or node.domain not in ("", "ai.onnx") or not users:
+        return None
+    rank = len(b.shape(node.input[0]))
+    axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+    if rank < 2 or axis % rank != rank - 1 or node.output[0] == y_name:
+        return None
+    width = b.shape(node.input[0])[-1]
+    gamma = b.constant_or_folded(node.input[1])
+    has_beta = len(node.input) > 2 and bool(node.input[2])
+    beta = b.constant_or_folded(node.input[2]) if has_beta else np.zeros(width)
+    if gamma is None or beta is None or gamma.dtype.kind != "f" or gamma.size != width or beta.size != width:
+        return None
+    gamma, beta = gamma.reshape(width), beta.reshape(width)
+    if not all(_linear_reader(b, u, node.output[0], readers, bool(beta.any())) for u in users):
+        return None
+    return gamma, beta
+
+
+def _linear_reader(b: Builder, user: onnx.NodeProto, data: str, readers: dict[str, list[onnx.NodeProto]],
+                   shifted: bool) -> bool:
+    """True when ``user`` multiplies ``data`` (its first operand) by a constant 2-D float weight,
+    with a bias a shift can be added to when ``shifted``: Gemm's constant C (or none), or a
+    MatMul's one reader, an Add of a constant over the last axis."""
+    if user.op_type not in ("MatMul", "Gemm") or user.domain not in ("", "ai.onnx") or user.input[0] != data \
+            or data in user.input[1:]:
+        return False
+    weight = b.constant_or_folded(user.input[1])
+    if weight is None or weight.ndim != 2 or weight.dtype.kind != "f" or b.is_active(user.input[1]):
+        return False
+    if user.op_type == "Gemm":
+        attrs = {a.name: helper.get_attribute_value(a) for a in user.attribute}
+        has_c = len(user.input) > 2 and bool(user.input[2])
+        return not attrs.get("transA", 0) and (not shifted or not has_c or _constant_bias(b, user.input[2]))
+    return not shifted or _bias_add(b, user, readers) is not None
+
+
+def _bias_add(b: Builder, user: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]]
+              ) -> tuple[onnx.NodeProto, int] | None:
+    """(the Add, the index of its bias) when a MatMul's one reader adds a constant vector over
+    the last axis to it."""
+    adds = readers.get(user.output[0], [])
+    if len(adds) != 1 or adds[0].op_type != "Add" or adds[0].domain not in ("", "ai.onnx"):
+        return None
+    side = 1 if adds[0].input[0] == user.output[0] else 0
+    if adds[0].input[1 - side] != user.output[0] or not _constant_bias(b, adds[0].input[side]):
+        return None
+    width = b.shape(user.output[0])[-1]
+    return (adds[0], side) if b.shape(adds[0].input[side])[-1:] == (width,) else None
+
+
+def _constant_bias(b: Builder, name: str) -> bool:
+    """True for a constant float tensor that varies along the last axis only."""
+    value = None if b.is_active(name) else b.constant_or_folded(name)
+    return value is not None and value.dtype.kind == "f" and value.size == (value.shape[-1] if value.ndim else 1)
+
+
+def _affine_into_linear(b: Builder, user: onnx.NodeProto, gamma: np.ndarray, beta: np.ndarray,
+                        readers: dict[str, list[onnx.NodeProto]]) -> None:
+    """(xhat gamma + beta) W + c  ->  xhat (diag(gamma) W) + (c + beta W), W read as the node reads it."""
+    weight = b.constant_or_folded(user.input[1])
+    assert weight is not None
+    attrs = {a.name: helper.get_attribute_value(a) for a in user.attribute}
+    trans_b = user.op_type == "Gemm" and bool(attrs.get("transB", 0))
+    w = (weight.T if trans_b else weight).astype(np.float64)  # (K, N)
+    scaled = w * gamma.astype(np.float64)[:, None]
+    user.input[1] = b.const((scaled.T if trans_b else scaled).astype(weight.dtype), dtype=weight.dtype)
+    if not beta.any():
+        return
+    shift = beta.astype(np.float64) @ w
+    if user.op_type == "Gemm":
+        shift *= float(attrs.get("alpha", 1.0))
+        _shifted_gemm_bias(b, user, shift, float(attrs.get("beta", 1.0)), weight.dtype)
+        return
+    found = _bias_add(b, user, readers)
+    assert found is not None
+    add, side = found
+    bias = b.constant_or_folded(add.input[side])
+    assert bias is not None
+    add.input[side] = b.const((bias.astype(np.float64) + shift).astype(bias.dtype), dtype=bias.dtype)
+
+
+def _shifted_gemm_bias(b: Builder, gemm: onnx.NodeProto, shift: np.ndarray, beta: float, dtype: np.dtype) -> None:
+    """Gemm's C (times its beta) plus ``shift``: C + shift / beta, or C = shift with beta 1."""
+    if len(gemm.input) > 2 and gemm.input[2] and beta != 0.0:
+        c = b.constant_or_folded(gemm.input[2])
+        assert c is not None
+        gemm.input[2] = b.const((c.astype(np.float64) + shift / beta).astype(c.dtype), dtype=c.dtype)
+        return
+    while len(gemm.input) < 3:
+        gemm.input.append("")
+    gemm.input[2] = b.const(shift.astype(dtype), dtype=dtype)
+    for a in gemm.attribute:
+        if a.name == "beta":
+            a.f = 1.0
+
+
+def _prescaled_linears(b: Builder, forward: list[onnx.NodeProto], y_name: str) -> list[onnx.NodeProto]:
+    """``forward`` with a scaling u = t s of a linear layer's output t (x W + c, constant W and c)
+    folded into the layer (W s, c s: it outputs u) when every other reader of t scales it too,
+    directly or through one product t f: those scalings take 1/s.  A torch GELU's x / sqrt(2):
+    one pass less over ViT-S's widest tensor per block (the product's 0.5 then takes sqrt(2),
+    and ``_scalings_folded`` moves it into the next layer)."""
+    readers = _readers(forward)
+    dropped = set()
+    for node in forward:
+        found = _scalar_scaling(b, node)
+        if found is None or node.output[0] == y_name or any(id(n) in dropped for n in readers.get(found[0], [])):
+            continue
+        t, s = found
+        layer = _linear_layer(b, t, readers)
+        others = _rescalable_readers(b, t, node, readers, y_name)
+        if layer is None or others is None or s == 0.0 or not np.isfinite(s):
+            continue
+        for op in layer:
+            _scale_linear(b, op, s)
+        for op in others:
+            _rescale(b, op, 1.0 / s)
+        for op in readers.get(node.output[0], []):
+            op.input[:] = [t if i == node.output[0] else i for i in op.input]
+        dropped.add(id(node))
+    return [n for n in forward if id(n) not in dropped]
+
+
+def _scalar_scaling(b: Builder, node: onnx.NodeProto) -> tuple[str, float] | None:
+    """(x, s) when ``node`` computes x s, s a scalar constant: Mul (either side) or Div by 1 / s,
+    x active and of the output's shape."""
+    if node.op_type not in ("Mul", "Div") or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+        return None
+    x, k = node.input
+    if node.op_type == "Mul" and b.is_scalar_constant(x):
+        x, k = k, x
+    if not b.is_scalar_constant(k) or not b.is_active(x) or b.shape(x) != b.shape(node.output[0]):
+        return None
+    value = b.constant_or_folded(k)
+    assert value is not None
+    v = float(np.ravel(value)[0])
+    if value.dtype.kind != "f" or (node.op_type == "Div" and v == 0.0):
+        return None
+    return x, (1.0 / v if node.op_type == "Div" else v)
+
+
+def _linear_layer(b: Builder, t: str, readers: dict[str, list[onnx.NodeProto]]) -> list[onnx.NodeProto] | None:
+    """The nodes computing ``t`` = x W (+ c) with constant float W (and c): a Gemm, a MatMul, or a
+    MatMul whose one reader adds a constant to it; None otherwise."""
+    node = b.producers.get(t)
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Add" and len(node.input) == 2:
+        bias = next((i for i in node.input if not b.is_active(i)), None)
+        product = b.producers.get(next((i for i in node.input if i != bias), ""))
+        if bias is None or product is None or readers.get(product.output[0], []) != [node] \
+                or not _constant_bias(b, bias) or _linear_layer(b, product.output[0], readers) != [product]:
+            return None
+        return [product, node]
+    if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or b.is_active(node.input[1]):
+        return None
+    weight = b.constant_or_folded(node.input[1])
+    if weight is None or weight.dtype.kind != "f" or node.input[0] in node.input[1:]:
+        return None
+    bias_ok = node.op_type == "MatMul" or len(node.input) < 3 or not node.input[2] or not b.is_active(node.input[2])
+    return [node] if bias_ok else None
+
+
+def _rescalable_readers(b: Builder, t: str, scaling: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]],
+                        y_name: str) -> list[onnx.NodeProto] | None:
+    """The scalings that take t's new factor when ``scaling`` is folded into t's layer: each other
+    reader of t if it scales t, or the readers of a product t f (f not t) that all scale it."""
+    out = []
+    for reader in readers.get(t, []):
+        if reader is scaling:
+            continue
+        if _scalar_scaling(b, reader) is not None:
+            out.append(reader)
+            continue
+        product_readers = readers.get(reader.output[0], [])
+        if reader.op_type != "Mul" or reader.domain not in ("", "ai.onnx") or list(reader.input).count(t) != 1 \
+                or reader.output[0] == y_name or not product_readers \
+                or any(_scalar_scaling(b, r) is None for r in product_readers):
+            return None
+        out.extend(product_readers)
+    return out if t != y_name else None
+
+
+def _scale_linear(b: Builder, node: onnx.NodeProto, s: float) -> None:
+    """Multiply a linear layer's node by ``s``: Gemm's alpha and beta, a MatMul's weight, an Add's bias."""
+    if node.op_type == "Gemm":
+        for name in ("alpha", "beta"):
+            attr = next((a for a in node.attribute if a.name == name), None)
+            if attr is None:
+                node.attribute.append(helper.make_attribute(name, s))
+            else:
+                attr.f *= s
+        return
+    index = 1 if node.op_type == "MatMul" else next(i for i, n in enumerate(node.input) if not b.is_active(n))
+    value = b.constant_or_folded(node.input[index])
+    assert value is not None
+    node.input[index] = b.const((value.astype(np.float64) * s).astype(value.dtype), dtype=value.dtype)
+
+
+def _rescale(b: Builder, node: onnx.NodeProto, factor: float) -> None:
+    """Multiply what a scalar scaling node (x s or x / k) computes by ``factor``."""
+    found = _scalar_scaling(b, node)
+    assert found is not None
+    index = next(i for i, n in enumerate(node.input) if b.is_scalar_constant(n))
+    value = b.constant_or_folded(node.input[index])
+    assert value is not None
+    new = found[1] * factor
+    node.input[index] = b.const(np.full(value.shape, 1.0 / new if node.op_type == "Div" else new), dtype=value.dtype)
+
+
 def _scalings_folded(b: Builder, forward: list[onnx.NodeProto], y_name: str) -> list[onnx.NodeProto]:
     """``forward`` with each Mul of a tensor by a scalar constant s, read only as the first operand
     of a MatMul or Gemm by a constant, folded into that node (s W as a new weight; Gemm's alpha):
     one pass less over the tensor, and its gradient's (a torch GELU's final 0.5 before the MLP's
     second layer: 11 passes over ViT-S's widest tensor)."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in forward:
-        for i in node.input:
-            readers.setdefault(i, []).append(node)
+    readers = _readers(forward)
     dropped = set()
     for node in forward:
         found = _folded_scaling(b, node, readers.get(node.output[0], []), y_name)
@@ -412,8 +652,10 @@ def _backward(b: Builder, forward: list[onnx.NodeProto], x_name: str, y_name: st
     # a graph input, not emitted (nothing to derive it from): the seed has y's shape by definition
     b.shapes[SEED_NAME], b.dtypes[SEED_NAME] = b.shape(y_name), b.dtype
     b.producers = {o: n for n in forward for o in n.output if o}
+    b.readers = _readers(forward)
     for node in reversed(forward):
         gys = [_total(b, pending.pop(o, []), o) for o in node.output]
+        b.grads.update((o, g) for o, g in zip(node.output, gys) if g is not None)
         if all(g is None for g in gys):
             continue
         if not any(b.is_active(i) for i in node.input):
@@ -477,7 +719,9 @@ def _assemble(model: onnx.ModelProto, forward: list[onnx.NodeProto], b: Builder,
         if graph.initializer[i].name not in used:
             del graph.initializer[i]
     while b.inits:  # one tensor at a time: the builder's copies are freed as they move
-        graph.initializer.append(b.inits.pop(0))
+        tensor = b.inits.pop(0)
+        if tensor.name in used:  # not a weight a later fold replaced
+            graph.initializer.append(tensor)
     del graph.node[:]
     graph.node.extend(forward + b.nodes + [final])
     del graph.input[:]

@@ -200,16 +200,19 @@ def test_strided_residual_net_equals_torch() -> None:
 
 def _equals_autograd(net: torch.nn.Module, x: torch.Tensor, tol: float) -> vjp.VJPGraph:
     """The gradient graph of ``net`` exported by torch (opset 17); its input gradient for a random
-    seed equals torch autograd's within ``tol`` of the largest."""
+    seed equals torch autograd's within ``tol`` of the largest, and the output it computes on the
+    way (what the folds into the weights must leave unchanged) torch's forward."""
     f = io.BytesIO()
     torch.onnx.export(net, (x,), f, dynamo=False, input_names=["x"], output_names=["y"], opset_version=17)
-    graph = vjp.build_vjp(onnx.load_from_string(f.getvalue()))
+    graph = vjp.build_vjp(onnx.load_from_string(f.getvalue()), emit_output=True)
     xt = x.clone().requires_grad_(True)
     y = net(xt)
     seed = torch.randn(y.shape)
     (y * seed).sum().backward()
-    got = vjp.input_gradient(graph, vjp.session(graph), x.numpy(), seed.numpy())
+    got, y_got = vjp.session(graph).run([graph.grad_name, graph.output_name],  # type: ignore[attr-defined]
+                                        {graph.input_name: x.numpy(), graph.seed_name: seed.numpy()})
     assert np.abs(got - xt.grad.numpy()).max() <= tol * np.abs(xt.grad.numpy()).max()
+    assert np.abs(y_got - y.detach().numpy()).max() <= 1e-5 * np.abs(y.detach().numpy()).max()
     return graph
 
 
@@ -238,7 +241,8 @@ def test_torch_gelu_equals_autograd() -> None:
     net = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.GELU(), torch.nn.Linear(64, 8)).eval()
     graph = _equals_autograd(net, torch.randn(5, 16) * 2, 1e-6)
     forward = [n.op_type for n in graph.model.graph.node if not n.name.startswith("rfgraph_vjp/")]
-    assert "Div" in forward and "Erf" in forward  # the GELU as torch writes it
+    assert "Erf" in forward and "Div" not in forward  # x / sqrt(2) folded into the first layer
+    assert "Mul" in forward and forward.count("Mul") == 1  # x * (erf + 1); its 0.5 in the second layer
     assert _backward_nodes(graph).count("Exp") == 1  # erf' once, no pass back through Erf and Div
 
 
@@ -341,3 +345,140 @@ def test_attention_key_gradient_without_transposes() -> None:
     pairs = [n for n in backward if n.op_type == "Transpose" and n.input[0] in produced
              and produced[n.input[0]].op_type == "Transpose"]
     assert pairs  # the key's gradient transposed twice: a pair onnxruntime drops
+
+
+def _layer_norm_net(readers: str) -> torch.nn.Module:
+    """Linear, LayerNorm (random scale and shift), then ``readers``: ``one`` Linear, ``three``
+    Linears (a transformer's q, k, v), ``other`` a Linear and the norm's output itself (not folded),
+    ``no_bias`` a Linear without bias."""
+    torch.manual_seed(5)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first, self.norm = torch.nn.Linear(6, 12), torch.nn.LayerNorm(12)
+            self.heads = torch.nn.ModuleList(torch.nn.Linear(12, 5, bias=readers != "no_bias")
+                                             for _ in range(3 if readers == "three" else 1))
+            with torch.no_grad():
+                self.norm.weight.uniform_(0.5, 2.0)
+                self.norm.bias.uniform_(-1.0, 1.0)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            h = self.norm(self.first(x))
+            y = sum(head(h) for head in self.heads)
+            return y + h[..., :5] if readers == "other" else y
+
+    return Net().eval()
+
+
+def _norm_nodes(graph: vjp.VJPGraph) -> list[onnx.NodeProto]:
+    return [n for n in graph.model.graph.node if n.op_type == "LayerNormalization"]
+
+
+@pytest.mark.parametrize("readers", ["one", "three", "no_bias", "other"])
+@pytest.mark.parametrize("rows", [(4,), (2, 4)])
+def test_layer_norm_affine_folded_into_the_next_products(readers: str, rows: tuple[int, ...]) -> None:
+    """A LayerNorm read only by linear layers has its scale and shift folded into their weights
+    and biases (Gemm on a 2-D input, MatMul and Add on 3-D; a MatMul without an Add has nowhere to
+    put the shift): the norm then outputs xhat, which its gradient reads (no mean, no scaling by
+    gamma); output and gradient equal torch's either way."""
+    graph = _equals_autograd(_layer_norm_net(readers), torch.randn(*rows, 6) * 3, 1e-6)
+    norm = _norm_nodes(graph)[0]
+    scale = next(i for i in graph.model.graph.initializer if i.name == norm.input[1])
+    folded = bool(np.all(numpy_helper.to_array(scale) == 1))
+    gemm = any(n.op_type == "Gemm" and norm.output[0] in n.input for n in graph.model.graph.node)
+    assert folded == (readers in ("one", "three") or (readers == "no_bias" and gemm))  # a shift needs a bias
+    assert (len(norm.input) < 3 or not norm.input[2]) == folded
+    assert (len(norm.output) < 2 or not norm.output[1]) == folded  # xhat recomputed from the mean only unfolded
+
+
+def test_unit_scale_norm_reads_its_output() -> None:
+    """A LayerNorm whose scale is ones and shift zero (torch's initial values) read by another op:
+    not folded (nothing to fold), its gradient still reads the output as xhat."""
+    torch.manual_seed(6)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.LayerNorm(12), torch.nn.Tanh()).eval()
+    graph = _equals_autograd(net, torch.randn(3, 6), 1e-6)
+    norm = _norm_nodes(graph)[0]
+    assert len(norm.output) < 2 or not norm.output[1]  # no mean: xhat is the output
+
+
+class _Attention(torch.nn.Module):
+    """softmax(q k^T / 2) v over 7 tokens, 2 heads of 4; ``shared`` also adds the attention
+    weights' row sums to the output (a second reader), ``broadcast`` one weight matrix for every
+    head (y @ v with y broadcast over v's heads)."""
+
+    def __init__(self, variant: str) -> None:
+        super().__init__()
+        self.variant = variant
+        self.qkv = torch.nn.Linear(8, 24)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        q, k, v = self.qkv(x).reshape(x.shape[0], 7, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        if self.variant == "broadcast":
+            q, k = q[:, :1], k[:, :1]
+        weights = torch.softmax(q @ k.transpose(-2, -1) / 2, -1)
+        out = weights @ v
+        return out + weights.sum(-1, keepdim=True) * 0.3 if self.variant == "shared" else out
+
+
+@pytest.mark.parametrize("variant", ["plain", "shared", "broadcast"])
+def test_softmax_row_sum_from_the_attention_product(variant: str) -> None:
+    """Softmax's gradient sum(g y) over a row, for attention weights y read only by o = y @ v, is
+    taken as sum(go o) over the head width (4 here, not the 7 tokens); a second reader of y or y
+    broadcast over v's heads keeps the row sum over y.  Equal to torch's autograd each way."""
+    torch.manual_seed(7)
+    graph = _equals_autograd(_Attention(variant).eval(), torch.randn(2, 7, 8), 1e-6)
+    shapes = vjp.tensor_shapes(graph.model, graph.input_name)[0]
+    sums = [n for n in graph.model.graph.node if n.op_type == "ReduceSum" and n.name.startswith("rfgraph_vjp/")]
+    widths = {shapes[n.input[0]][-1] for n in sums if n.input[0] in shapes}
+    assert (4 in widths and 7 not in widths) == (variant == "plain")
+
+
+def _prescaled_model(variant: str) -> onnx.ModelProto:
+    """t = x W + c, then a GELU of t as Keras writes it, (0.5 t) * (1 + erf(t * k)) (``keras``),
+    or torch's t * (erf(t / k) + 1) * 0.5 (``torch``); ``other`` also adds tanh(t) (a reader
+    that does not scale t: not folded); then a second product by V."""
+    rng = np.random.default_rng(8)
+    consts = {"w": rng.standard_normal((6, 10)), "c": rng.standard_normal(10), "v": rng.standard_normal((10, 3)),
+              "half": 0.5, "k": 0.7071067811865476, "ik": 1.4142135623730951, "one": 1.0}
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), n) for n, v in consts.items()]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Add", ["p", "c"], ["t"])]
+    if variant == "keras":
+        nodes += [helper.make_node("Mul", ["half", "t"], ["h"]), helper.make_node("Mul", ["t", "k"], ["u"]),
+                  helper.make_node("Erf", ["u"], ["e"]), helper.make_node("Add", ["one", "e"], ["a"]),
+                  helper.make_node("Mul", ["h", "a"], ["g"])]
+    else:
+        nodes += [helper.make_node("Div", ["t", "ik"], ["u"]), helper.make_node("Erf", ["u"], ["e"]),
+                  helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["t", "a"], ["m"]),
+                  helper.make_node("Mul", ["m", "half"], ["g0" if variant == "other" else "g"])]
+        if variant == "other":
+            nodes += [helper.make_node("Tanh", ["t"], ["th"]), helper.make_node("Add", ["g0", "th"], ["g"])]
+    nodes.append(helper.make_node("MatMul", ["g", "v"], ["y"]))
+    graph = helper.make_graph(nodes, "prescaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("variant", ["torch", "keras", "other"])
+def test_gelu_scaling_folded_into_its_layer(variant: str) -> None:
+    """The GELU's scaling of a linear layer's output t (t / k or t * k) is folded into that layer
+    when every other reader of t scales it (directly, or through the GELU's product): output and
+    gradient equal the closed form in float64; with a reader that does not scale t, kept."""
+    model = _prescaled_model(variant)
+    c = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    seed = rng.standard_normal((4, 3)).astype(np.float32)
+    t = x.astype(np.float64) @ c["w"] + c["c"]
+    phi = 0.5 * (1 + np.vectorize(erf)(t / np.sqrt(2)))
+    slope = phi + t * np.exp(-t * t / 2) / np.sqrt(2 * np.pi) + (1 - np.tanh(t) ** 2 if variant == "other" else 0)
+    y_want = (t * phi + (np.tanh(t) if variant == "other" else 0)) @ c["v"]
+    g_want = ((seed.astype(np.float64) @ c["v"].T) * slope) @ c["w"].T
+    graph = vjp.build_vjp(model, emit_output=True)
+    got, y_got = vjp.session(graph).run([graph.grad_name, graph.output_name],  # type: ignore[attr-defined]
+                                        {"x": x, graph.seed_name: seed})
+    assert np.abs(y_got - y_want).max() <= 1e-6 * np.abs(y_want).max()
+    assert np.abs(got - g_want).max() <= 1e-6 * np.abs(g_want).max()
+    scalings = [n for n in graph.model.graph.node if n.op_type in ("Mul", "Div") and not n.name.startswith("rfgraph_vjp/")
+                and any(i in ("u", "h") for i in n.output)]
+    assert len(scalings) == {"torch": 0, "keras": 1, "other": 1}[variant]  # keras: 0.5 folded, k kept

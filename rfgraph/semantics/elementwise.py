@@ -198,7 +198,7 @@ def _gelu_slope(b: Builder, factor: str, other: str) -> str | None:
     if erf is None or erf.op_type != "Erf" or not b.is_scalar_constant(offset):
         return None
     u = erf.input[0]
-    x = _scaled_input(b, u)
+    x = u if other == u else _scaled_input(b, u)  # u itself: the scaling folded into x's layer (vjp)
     if x is None or (other != x and _scaled_input(b, other) != x):
         return None
     if not b.shape(other) == b.shape(factor) == b.shape(u):  # no broadcasting in the product

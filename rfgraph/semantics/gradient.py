@@ -76,6 +76,8 @@ class Builder:
     fold: Callable[[str], np.ndarray | None] | None = None  # the loader's folder (no session)
     opset: int = 17  # of the default domain: the version each emitted node's shape rule follows
     producers: dict[str, onnx.NodeProto] = field(default_factory=dict)  # forward tensor -> its node
+    readers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)  # forward tensor -> its readers
+    grads: dict[str, str] = field(default_factory=dict)  # forward tensor -> its total gradient, once known
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     inits: list[onnx.TensorProto] = field(default_factory=list)
     _count: int = 0
