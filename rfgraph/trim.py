@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from . import projections
 from .errors import RFGraphError
 from .semantics import BROADCAST_OPS, POINTWISE_OPS, geometry
 from .semantics.reductions import REDUCING_OPS, reduced_axes
@@ -240,7 +241,7 @@ def _read_reshape(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box
     """Reshape with a constant shape that keeps each tracked axis (same size, same product of the
     axes before it), or splits one input axis into two tracked ones (a token axis into rows and
     columns): the box there is one flat range of the input axis, so one spanning several rows
-    takes them whole."""
+    takes them whole.  A tracked axis of size 1 the Reshape makes (a split part's) reads nothing."""
     x, y = plan.shapes.get(node.input[0]), plan.shapes[node.output[0]]
     if x is None or plan.constant(node.input[1]) is None:
         return None
@@ -248,6 +249,9 @@ def _read_reshape(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box
     k = 0
     while k < len(tracked.axes):
         a = tracked.axes[k]
+        if y[a] == 1 and not any(x[b] == 1 and math.prod(x[:b]) == math.prod(y[:a]) for b in range(len(x))):
+            k += 1  # its box is its one unit: nothing of the input to track
+            continue
         kept = [b for b in range(len(x)) if x[b] == y[a] and math.prod(x[:b]) == math.prod(y[:a])]
         if kept:
             axes.append(kept[0])
@@ -470,7 +474,7 @@ class _Plan:
 
     def __init__(self, model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], shapes: dict[str, tuple[int, ...]],
                  output: str, axes: tuple[int, ...], box: Box) -> None:
-        self.shapes = shapes
+        self.shapes, self.output = shapes, output
         from .onnx_import import default_opset
         from .vjp import constant_folder
 
@@ -592,6 +596,11 @@ def trim(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], output: str
     if output not in shapes:
         return None
     plan = _Plan(model, nodes, shapes, output, tuple(axes), tuple(box))
+    split = _split_where_parts_differ(model, nodes, shapes, plan)
+    if split is not None:
+        model, shapes = split
+        nodes = ancestors(model, output)
+        plan = _Plan(model, nodes, shapes, output, tuple(axes), tuple(box))
     before = after = 0
     for n in nodes:
         cost = macs(n, shapes)
@@ -609,6 +618,17 @@ def trim(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], output: str
     inputs = [i for i in model.graph.input if i.name in used]
     out_box = computed.get(output, plan.tracked[output].full())
     return Trimmed(model_like(model, new_nodes, keep, inputs, [out_vi]), out_box, after, before)
+
+
+def _split_where_parts_differ(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto],
+                              shapes: dict[str, tuple[int, ...]], plan: _Plan
+                              ) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]]] | None:
+    """``model`` with the fused projections (``rfgraph.projections``) whose parts the unit reads
+    on different boxes (attention's queries on its token, keys and values on all) computed as one
+    product per part, and the new tensors' shapes; None where there is none."""
+    found = [f for f in projections.fused_projections(nodes, shapes, plan.opset, plan.constant, [plan.output])
+             if len({plan.need.get(o) for o in f.split.output}) > 1]
+    return projections.split_products(model, found, shapes) if found else None
 
 
 def _rewrite(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], plan: _Plan

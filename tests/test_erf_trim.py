@@ -592,15 +592,16 @@ def _tiny_vit() -> onnx.ModelProto:
 
 
 def test_last_block_on_the_units_token() -> None:
-    """A patch token's unit: the last block's query rows, attention rows, projection, MLP and the
-    norms run on its token alone (the keys and values on every token): the rewrite counts the
-    closed form's multiply-accumulates, its values and input gradient are the whole model's, and
-    the shapes read by Shape nodes stay the original's."""
+    """A patch token's unit: the last block's query projection (its fused qkv product split by
+    columns, ``rfgraph.projections``), attention rows, projection, MLP and the norms run on its
+    token alone (the keys and values on every token): the rewrite counts the closed form's
+    multiply-accumulates, its values and input gradient are the whole model's, and the shapes
+    read by Shape nodes stay the original's."""
     model = _tiny_vit()
     shapes = _shapes(model)
     assert any(n.op_type == "Shape" for n in model.graph.node)  # the exporter's computed shapes
     d, t = DIM, TOKENS
-    saved = (t - 1) * (2 * t * d + 9 * d * d)  # per token: S and att@V rows, proj (d2), fc1 + fc2 (8 d2)
+    saved = (t - 1) * (2 * t * d + 10 * d * d)  # per token: S and att@V rows, q, proj (d2 each), fc1 + fc2 (8 d2)
     x = np.random.default_rng(5).standard_normal((1, 3, GRID * PATCH, GRID * PATCH)).astype(np.float32)
     for unit in _corners(shapes["y"]):
         made = _forward_equal(model, unit)

@@ -479,6 +479,6 @@ def test_gelu_scaling_folded_into_its_layer(variant: str) -> None:
                                         {"x": x, graph.seed_name: seed})
     assert np.abs(y_got - y_want).max() <= 1e-6 * np.abs(y_want).max()
     assert np.abs(got - g_want).max() <= 1e-6 * np.abs(g_want).max()
-    scalings = [n for n in graph.model.graph.node if n.op_type in ("Mul", "Div") and not n.name.startswith("rfgraph_vjp/")
-                and any(i in ("u", "h") for i in n.output)]
+    scalings = [n for n in graph.model.graph.node if n.op_type in ("Mul", "Div")
+                and not n.name.startswith("rfgraph_vjp/") and any(i in ("u", "h") for i in n.output)]
     assert len(scalings) == {"torch": 0, "keras": 1, "other": 1}[variant]  # keras: 0.5 folded, k kept
