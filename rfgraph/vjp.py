@@ -354,6 +354,16 @@ def _readers(forward: list[onnx.NodeProto]) -> dict[str, list[onnx.NodeProto]]:
     return readers
 
 
+def _replace_input(b: Builder, node: onnx.NodeProto, index: int, value: np.ndarray) -> None:
+    """Give input ``index`` of a forward node a new constant; one a fold made before (a builder
+    constant nothing else reads) is dropped at once, not held to the end (a weight's size)."""
+    old = node.input[index]
+    node.input[index] = b.const(value, dtype=value.dtype)
+    if old.startswith("rfgraph_vjp/const"):
+        b.inits[:] = [t for t in b.inits if t.name != old]
+        b.consts.pop(old, None)
+
+
 def _norm_affines_folded(b: Builder, forward: list[onnx.NodeProto], y_name: str) -> None:
     """Fold, in place, the scale and shift of each LayerNormalization over the last axis whose
     output only MatMul/Gemm by constant weights read into those weights (diag(gamma) W, and beta W
@@ -389,6 +399,8 @@ def _foldable_affine(b: Builder, node: onnx.NodeProto, users: list[onnx.NodeProt
     if gamma is None or beta is None or gamma.dtype.kind != "f" or gamma.size != width or beta.size != width:
         return None
     gamma, beta = gamma.reshape(width), beta.reshape(width)
+    if np.all(gamma == 1) and not beta.any():
+        return None  # nothing to fold: the gradient rule reads xhat already (``_unit_affine``)
     if not all(_linear_reader(b, u, node.output[0], readers, bool(beta.any())) for u in users):
         return None
     return gamma, beta
@@ -441,7 +453,7 @@ def _affine_into_linear(b: Builder, user: onnx.NodeProto, gamma: np.ndarray, bet
     trans_b = user.op_type == "Gemm" and bool(attrs.get("transB", 0))
     w = (weight.T if trans_b else weight).astype(np.float64)  # (K, N)
     scaled = w * gamma.astype(np.float64)[:, None]
-    user.input[1] = b.const((scaled.T if trans_b else scaled).astype(weight.dtype), dtype=weight.dtype)
+    _replace_input(b, user, 1, (scaled.T if trans_b else scaled).astype(weight.dtype))
     if not beta.any():
         return
     shift = beta.astype(np.float64) @ w
@@ -454,7 +466,7 @@ def _affine_into_linear(b: Builder, user: onnx.NodeProto, gamma: np.ndarray, bet
     add, side = found
     bias = b.constant_or_folded(add.input[side])
     assert bias is not None
-    add.input[side] = b.const((bias.astype(np.float64) + shift).astype(bias.dtype), dtype=bias.dtype)
+    _replace_input(b, add, side, (bias.astype(np.float64) + shift).astype(bias.dtype))
 
 
 def _shifted_gemm_bias(b: Builder, gemm: onnx.NodeProto, shift: np.ndarray, beta: float, dtype: np.dtype) -> None:
@@ -462,7 +474,7 @@ def _shifted_gemm_bias(b: Builder, gemm: onnx.NodeProto, shift: np.ndarray, beta
     if len(gemm.input) > 2 and gemm.input[2] and beta != 0.0:
         c = b.constant_or_folded(gemm.input[2])
         assert c is not None
-        gemm.input[2] = b.const((c.astype(np.float64) + shift / beta).astype(c.dtype), dtype=c.dtype)
+        _replace_input(b, gemm, 2, (c.astype(np.float64) + shift / beta).astype(c.dtype))
         return
     while len(gemm.input) < 3:
         gemm.input.append("")
@@ -572,7 +584,7 @@ def _scale_linear(b: Builder, node: onnx.NodeProto, s: float) -> None:
     index = 1 if node.op_type == "MatMul" else next(i for i, n in enumerate(node.input) if not b.is_active(n))
     value = b.constant_or_folded(node.input[index])
     assert value is not None
-    node.input[index] = b.const((value.astype(np.float64) * s).astype(value.dtype), dtype=value.dtype)
+    _replace_input(b, node, index, (value.astype(np.float64) * s).astype(value.dtype))
 
 
 def _rescale(b: Builder, node: onnx.NodeProto, factor: float) -> None:
@@ -583,7 +595,7 @@ def _rescale(b: Builder, node: onnx.NodeProto, factor: float) -> None:
     value = b.constant_or_folded(node.input[index])
     assert value is not None
     new = found[1] * factor
-    node.input[index] = b.const(np.full(value.shape, 1.0 / new if node.op_type == "Div" else new), dtype=value.dtype)
+    _replace_input(b, node, index, np.full(value.shape, 1.0 / new if node.op_type == "Div" else new, value.dtype))
 
 
 def _scalings_folded(b: Builder, forward: list[onnx.NodeProto], y_name: str) -> list[onnx.NodeProto]:
@@ -607,7 +619,7 @@ def _scalings_folded(b: Builder, forward: list[onnx.NodeProto], y_name: str) -> 
         else:
             weight = b.constant_or_folded(user.input[1])
             assert weight is not None
-            user.input[1] = b.const((weight * s).astype(weight.dtype), dtype=weight.dtype)
+            _replace_input(b, user, 1, (weight * s).astype(weight.dtype))
         user.input[0] = data
         dropped.add(id(node))
     return [n for n in forward if id(n) not in dropped]
