@@ -246,6 +246,13 @@ def test_torch_gelu_equals_autograd() -> None:
     assert _backward_nodes(graph).count("Exp") == 1  # erf' once, no pass back through Erf and Div
 
 
+def _x_to_y(nodes: list[onnx.NodeProto], x_shape: list[int], inits: list[onnx.TensorProto]) -> onnx.ModelProto:
+    """An opset-17 model of ``nodes`` from float input x (of ``x_shape``) to output y."""
+    graph = helper.make_graph(nodes, "x_to_y", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def _gelu_model(variant: str) -> onnx.ModelProto:
     """s x (c + erf(x/k)) written the ways exporters do: ``torch`` Div then x * (erf + c) then *s;
     ``keras`` (s x) * (c + erf(x * 1/k)) with the operands swapped; ``shared`` also adds erf's
@@ -263,9 +270,7 @@ def _gelu_model(variant: str) -> onnx.ModelProto:
                  helper.make_node("Mul", ["m", "s"], ["y" if variant == "torch" else "z"])]
         if variant == "shared":
             nodes.append(helper.make_node("Add", ["z", "e"], ["y"]))
-    graph = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 40])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return _x_to_y(nodes, [3, 40], inits)
 
 
 @pytest.mark.parametrize("variant", ["torch", "keras", "shared"])
@@ -301,9 +306,7 @@ def _scaled_product_model(op: str, readers: int) -> onnx.ModelProto:
              helper.make_node(op, ["m", "w"], ["p" if readers == 2 else "y"], **attrs)]
     if readers == 2:
         nodes.append(helper.make_node("Add", ["p", "m"], ["y"]))
-    graph = helper.make_graph(nodes, "scaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return _x_to_y(nodes, shape, inits)
 
 
 @pytest.mark.parametrize("op", ["MatMul", "Gemm"])
@@ -454,9 +457,7 @@ def _prescaled_model(variant: str) -> onnx.ModelProto:
         if variant == "other":
             nodes += [helper.make_node("Tanh", ["t"], ["th"]), helper.make_node("Add", ["g0", "th"], ["g"])]
     nodes.append(helper.make_node("MatMul", ["g", "v"], ["y"]))
-    graph = helper.make_graph(nodes, "prescaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return _x_to_y(nodes, [4, 6], inits)
 
 
 @pytest.mark.parametrize("variant", ["torch", "keras", "other"])
