@@ -35,6 +35,7 @@ from .onnx_import import (
     prepare,
     static_shapes_and_types,
 )
+from .reassociate import reassociated
 from .semantics import VJP_RULES, geometry
 from .semantics.gradient import (
     FINITE_PRESERVING,
@@ -301,6 +302,7 @@ def build_vjp(model: onnx.ModelProto, output: str | None = None,
     b.producers = {o: n for n in forward for o in n.output if o}
     forward = _scalings_folded(b, _prescaled_linears(b, forward, y_name), y_name)
     _norm_affines_folded(b, forward, y_name)
+    forward = reassociated(b, forward, y_name)
     grad_x = _backward(b, forward, x_name, y_name)
     return _assemble(model, forward, b, x_name, y_name, grad_x, emit_output)
 
@@ -493,7 +495,7 @@ def _prescaled_linears(b: Builder, forward: list[onnx.NodeProto], y_name: str) -
     readers = _readers(forward)
     dropped = set()
     for node in forward:
-        found = _scalar_scaling(b, node)
+        found = b.scalar_scaling(node)
         if found is None or node.output[0] == y_name or any(id(n) in dropped for n in readers.get(found[0], [])):
             continue
         t, s = found
@@ -509,24 +511,6 @@ def _prescaled_linears(b: Builder, forward: list[onnx.NodeProto], y_name: str) -
             op.input[:] = [t if i == node.output[0] else i for i in op.input]
         dropped.add(id(node))
     return [n for n in forward if id(n) not in dropped]
-
-
-def _scalar_scaling(b: Builder, node: onnx.NodeProto) -> tuple[str, float] | None:
-    """(x, s) when ``node`` computes x s, s a scalar constant: Mul (either side) or Div by 1 / s,
-    x active and of the output's shape."""
-    if node.op_type not in ("Mul", "Div") or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
-        return None
-    x, k = node.input
-    if node.op_type == "Mul" and b.is_scalar_constant(x):
-        x, k = k, x
-    if not b.is_scalar_constant(k) or not b.is_active(x) or b.shape(x) != b.shape(node.output[0]):
-        return None
-    value = b.constant_or_folded(k)
-    assert value is not None
-    v = float(np.ravel(value)[0])
-    if value.dtype.kind != "f" or (node.op_type == "Div" and v == 0.0):
-        return None
-    return x, (1.0 / v if node.op_type == "Div" else v)
 
 
 def _linear_layer(b: Builder, t: str, readers: dict[str, list[onnx.NodeProto]]) -> list[onnx.NodeProto] | None:
@@ -559,13 +543,13 @@ def _rescalable_readers(b: Builder, t: str, scaling: onnx.NodeProto, readers: di
     for reader in readers.get(t, []):
         if reader is scaling:
             continue
-        if _scalar_scaling(b, reader) is not None:
+        if b.scalar_scaling(reader) is not None:
             out.append(reader)
             continue
         product_readers = readers.get(reader.output[0], [])
         if reader.op_type != "Mul" or reader.domain not in ("", "ai.onnx") or list(reader.input).count(t) != 1 \
                 or reader.output[0] == y_name or not product_readers \
-                or any(_scalar_scaling(b, r) is None for r in product_readers):
+                or any(b.scalar_scaling(r) is None for r in product_readers):
             return None
         out.extend(product_readers)
     return out if t != y_name else None
@@ -589,7 +573,7 @@ def _scale_linear(b: Builder, node: onnx.NodeProto, s: float) -> None:
 
 def _rescale(b: Builder, node: onnx.NodeProto, factor: float) -> None:
     """Multiply what a scalar scaling node (x s or x / k) computes by ``factor``."""
-    found = _scalar_scaling(b, node)
+    found = b.scalar_scaling(node)
     assert found is not None
     index = next(i for i, n in enumerate(node.input) if b.is_scalar_constant(n))
     value = b.constant_or_folded(node.input[index])

@@ -483,3 +483,42 @@ def test_gelu_scaling_folded_into_its_layer(variant: str) -> None:
     scalings = [n for n in graph.model.graph.node if n.op_type in ("Mul", "Div")
                 and not n.name.startswith("rfgraph_vjp/") and any(i in ("u", "h") for i in n.output)]
     assert len(scalings) == {"torch": 0, "keras": 1, "other": 1}[variant]  # keras: 0.5 folded, k kept
+
+
+class _FewQueries(torch.nn.Module):
+    """Attention of ``rows`` query tokens over 9 tokens (2 heads of 4) with separate key and value
+    projections laid out per head by reshape and permute, as a transformer's last block on its
+    unit's token; ``bias`` on the projections or not; ``softmax`` off: linear attention (where
+    q bk, constant along a row, is not cancelled); ``"sdpa"``: torch's fused attention (k^T scaled
+    on its way)."""
+
+    def __init__(self, rows: int, bias: bool, softmax: bool | str = True) -> None:
+        super().__init__()
+        self.rows, self.softmax = rows, softmax
+        self.q, self.k, self.v = (torch.nn.Linear(8, 8, bias=bias) for _ in range(3))
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        b, n, _ = x.shape
+        q = self.q(x[:, :self.rows]).reshape(b, self.rows, 2, 4).permute(0, 2, 1, 3)
+        k = self.k(x).reshape(b, n, 2, 4).permute(0, 2, 1, 3)
+        v = self.v(x).reshape(b, n, 2, 4).permute(0, 2, 1, 3)
+        if self.softmax == "sdpa":  # torch exports its scale as sqrt(scale) on q and on k^T
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            scores = q @ k.transpose(-2, -1) * 0.5
+            out = (torch.softmax(scores, -1) if self.softmax else scores) @ v  # linear attention: q bk counts
+        return out.permute(0, 2, 1, 3).reshape(b, self.rows, 8)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 9])
+@pytest.mark.parametrize(("bias", "softmax"), [(True, True), (False, True), (True, False), (True, "sdpa")])
+def test_few_query_rows_regroup_the_key_and_value_products(rows: int, bias: bool, softmax: bool | str) -> None:
+    """With few query rows, q k^T and a v are regrouped through the projections ((q Wk^T) x^T,
+    (a x) Wv, the biases apart): neither projection runs; output and gradient equal torch's. With
+    every token a query (9 rows), no cheaper: left as it is."""
+    torch.manual_seed(10)
+    graph = _equals_autograd(_FewQueries(rows, bias, softmax).eval(), torch.randn(1, 9, 8), 1e-6)
+    regrouped = [n for n in graph.model.graph.node if n.name.startswith("rfgraph_regroup/")]
+    products = [n for n in graph.model.graph.node if n.op_type == "MatMul" and any(p in n.name for p in ("/k/", "/v/"))]
+    assert bool(regrouped) == (rows < 9)
+    assert bool(products) == (rows == 9)  # the key and value projections are gone where regrouped

@@ -199,6 +199,23 @@ class Builder:
         value = None if self.is_active(name) else self.constant_or_folded(name)
         return value is not None and value.size == 1
 
+    def scalar_scaling(self, node: onnx.NodeProto) -> tuple[str, float] | None:
+        """(x, s) when forward ``node`` computes x s, s a scalar constant: Mul (either side) or Div
+        by 1 / s, x active and of the output's shape (the folds read scalings this way)."""
+        if node.op_type not in ("Mul", "Div") or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+            return None
+        x, k = node.input
+        if node.op_type == "Mul" and self.is_scalar_constant(x):
+            x, k = k, x
+        if not self.is_scalar_constant(k) or not self.is_active(x) or self.shape(x) != self.shape(node.output[0]):
+            return None
+        value = self.constant_or_folded(k)
+        assert value is not None
+        v = float(np.ravel(value)[0])
+        if value.dtype.kind != "f" or (node.op_type == "Div" and v == 0.0):
+            return None
+        return x, (1.0 / v if node.op_type == "Div" else v)
+
     def is_active(self, name: str) -> bool:
         """True when the tensor depends differentiably on the graph input."""
         return bool(name) and name in self.active
