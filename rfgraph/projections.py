@@ -48,11 +48,8 @@ def fused_projections(nodes: Sequence[onnx.NodeProto], shapes: dict[str, tuple[i
                       fold: Fold, outputs: Sequence[str] = ()) -> list[FusedProjection]:
     """Every fused projection among ``nodes`` (a model's nodes in order) whose intermediate tensors
     have no other reader there and are none of ``outputs`` (the tensors the model gives out)."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
+    readers = readers_of(nodes)
     producers = {o: n for n in nodes for o in n.output if o}
-    for node in nodes:
-        for i in node.input:
-            readers.setdefault(i, []).append(node)
     for name in outputs:  # read by the model's user
         readers.setdefault(name, []).append(onnx.NodeProto(name="rfgraph_output"))
     found = []
@@ -64,28 +61,25 @@ def fused_projections(nodes: Sequence[onnx.NodeProto], shapes: dict[str, tuple[i
     return found
 
 
-def _only_reader(name: str, node: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]]) -> bool:
-    return [id(r) for r in readers.get(name, [])] == [id(node)]
-
-
 def _fused(split: onnx.NodeProto, producers: dict[str, onnx.NodeProto], readers: dict[str, list[onnx.NodeProto]],
            shapes: dict[str, tuple[int, ...]], opset: int, fold: Fold) -> FusedProjection | None:
     """The fused projection ending at ``split``, or None."""
     chain: list[onnx.NodeProto] = [split]
     node = producers.get(split.input[0])
     perm = None
-    if node is not None and node.op_type == "Transpose" and _only_reader(node.output[0], split, readers):
+    if node is not None and node.op_type == "Transpose" and only_reader(node.output[0], split, readers):
         perm = tuple(int(p) for p in _attrs(node).get("perm", range(len(shapes[node.output[0]]) - 1, -1, -1)))
         chain.insert(0, node)
         node = producers.get(node.input[0])
-    if node is None or node.op_type != "Reshape" or not _only_reader(node.output[0], chain[0], readers):
+    if node is None or node.op_type != "Reshape" or not only_reader(node.output[0], chain[0], readers):
         return None
     reshape = node
     chain.insert(0, reshape)
-    linear = _linear(reshape.input[0], reshape, producers, readers, fold)
-    if linear is None or reshape.input[0] not in shapes or reshape.output[0] not in shapes:
+    linear = linear_layer(reshape.input[0], producers, readers, fold)
+    if linear is None or linear.nodes[0].op_type != "MatMul" or not only_reader(reshape.input[0], reshape, readers) \
+            or reshape.input[0] not in shapes or reshape.output[0] not in shapes:
         return None
-    x, weight, bias, linear_nodes = linear
+    x, weight, bias, linear_nodes = linear.x, linear.weight, linear.bias, list(linear.nodes)
     grid, flat = shapes[reshape.output[0]], shapes[reshape.input[0]]
     lead = len(flat) - 1
     rank = len(shapes[split.input[0]])
@@ -98,34 +92,56 @@ def _fused(split: onnx.NodeProto, producers: dict[str, onnx.NodeProto], readers:
     return FusedProjection(tuple(linear_nodes + chain), x, weight, bias, grid, lead, axis, perm, sizes)
 
 
-def _linear(t: str, reader: onnx.NodeProto, producers: dict[str, onnx.NodeProto],
-            readers: dict[str, list[onnx.NodeProto]], fold: Fold
-            ) -> tuple[str, np.ndarray, np.ndarray | None, list[onnx.NodeProto]] | None:
-    """(x, W, b, its nodes) when ``t`` = x W (+ b), W a constant matrix and b a constant vector
-    over the last axis, each intermediate read only on the way to ``reader``."""
+@dataclass(frozen=True)
+class LinearLayer:
+    """``t`` = x W (+ c): ``nodes`` the product (MatMul or Gemm) and the Add of c, if any."""
+
+    nodes: tuple[onnx.NodeProto, ...]
+    x: str
+    weight: np.ndarray  # as the product reads it (a Gemm's transB not applied)
+    bias: np.ndarray | None  # the Add's constant, flattened (it varies along the last axis only)
+
+
+def readers_of(nodes: Sequence[onnx.NodeProto]) -> dict[str, list[onnx.NodeProto]]:
+    """Each tensor's reading nodes among ``nodes``, in order."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for i in node.input:
+            readers.setdefault(i, []).append(node)
+    return readers
+
+
+def only_reader(name: str, node: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]]) -> bool:
+    """True when ``node`` is the one node reading tensor ``name``."""
+    return [id(r) for r in readers.get(name, [])] == [id(node)]
+
+
+def linear_layer(t: str, producers: dict[str, onnx.NodeProto], readers: dict[str, list[onnx.NodeProto]],
+                 constant: Fold) -> LinearLayer | None:
+    """The linear layer computing ``t``: a MatMul or Gemm of a non-constant x by a constant float
+    weight (a Gemm's C constant too), or such a product whose one reader adds a constant float
+    vector over the last axis to it (the Add computing ``t``); None otherwise.  ``constant``: a
+    tensor's value, None for one that depends on the input."""
     node = producers.get(t)
-    if node is None or not _only_reader(t, reader, readers) or node.domain not in ("", "ai.onnx"):
-        return None
+    nodes: list[onnx.NodeProto] = []
     bias = None
-    nodes = [node]
-    if node.op_type == "Add":
-        consts = [(i, fold(i)) for i in node.input]
-        bias = next((v for _, v in consts if v is not None), None)
-        data = next((i for i, v in consts if v is None), None)
-        if bias is None or data is None or bias.size != bias.shape[-1]:
+    if node is not None and node.op_type == "Add" and node.domain in ("", "ai.onnx") and len(node.input) == 2:
+        values = [constant(i) for i in node.input]
+        data = next((i for i, v in zip(node.input, values) if v is None), None)
+        bias = next((v for v in values if v is not None), None)
+        if data is None or bias is None or bias.dtype.kind != "f" or bias.size != (bias.shape[-1] if bias.ndim else 1) \
+                or not only_reader(data, node, readers):
             return None
-        product = producers.get(data)
-        if product is None or not _only_reader(data, node, readers):
-            return None
-        nodes.insert(0, product)
-        node = product
-        bias = bias.reshape(-1)
-    if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
+        nodes, node, bias = [node], producers.get(data), bias.reshape(-1)
+    if node is None or node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx") \
+            or len(node.input) < 2 or node.input[0] in node.input[1:]:
         return None
-    weight = fold(node.input[1])
-    if weight is None or weight.dtype.kind != "f" or fold(node.input[0]) is not None:
+    weight = constant(node.input[1])
+    if weight is None or weight.dtype.kind != "f" or constant(node.input[0]) is not None:
         return None
-    return node.input[0], weight, bias, nodes
+    if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] and constant(node.input[2]) is None:
+        return None
+    return LinearLayer((node, *nodes), node.input[0], weight, bias)
 
 
 def _split_sizes(split: onnx.NodeProto, length: int, opset: int, fold: Fold) -> tuple[int, ...] | None:
@@ -208,4 +224,5 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-__all__ = ["FusedProjection", "fused_projections", "part_nodes", "split_products"]
+__all__ = ["FusedProjection", "LinearLayer", "fused_projections", "linear_layer", "only_reader", "part_nodes",
+           "readers_of", "split_products"]

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .projections import linear_layer, only_reader, readers_of
 from .semantics.gradient import Builder
 
 LAYOUT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity"}
@@ -29,10 +30,7 @@ LAYOUT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity"}
 def reassociated(b: Builder, forward: list[onnx.NodeProto], y_name: str) -> list[onnx.NodeProto]:
     """``forward`` with each MatMul(l, r) of few rows whose r is a per-head layout of a projection
     x W (+ c) read only there rewritten as above, where that costs fewer multiply-accumulates."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in forward:
-        for i in node.input:
-            readers.setdefault(i, []).append(node)
+    readers = readers_of(forward)
     producers = {o: n for n in forward for o in n.output if o}
     out = list(forward)
     for node in forward:
@@ -66,7 +64,7 @@ def _projected_operand(b: Builder, node: onnx.NodeProto, producers: dict[str, on
     t, scale = right, 1.0
     while True:
         p = producers.get(t)
-        if p is None or [id(r) for r in readers.get(t, [])] != [id(chain[0] if chain else node)] or t == y_name:
+        if p is None or not only_reader(t, chain[0] if chain else node, readers) or t == y_name:
             return None
         scaled = b.scalar_scaling(p)
         if scaled is not None:  # torch's attention scales k^T by sqrt(scale): into W and c
@@ -75,10 +73,10 @@ def _projected_operand(b: Builder, node: onnx.NodeProto, producers: dict[str, on
             break
         chain.insert(0, p)
         t = p.input[0] if scaled is None else scaled[0]
-    linear = _linear(b, t, producers, readers)
-    if linear is None:
+    linear = linear_layer(t, producers, readers, b.constant_or_folded)
+    if linear is None or linear.nodes[0].op_type != "MatMul" or linear.weight.ndim != 2 or not b.is_active(linear.x):
         return None
-    nodes, x, weight, bias = linear
+    nodes, x, weight, bias = list(linear.nodes), linear.x, linear.weight, linear.bias
     weight = weight * np.asarray(scale, weight.dtype)
     bias = None if bias is None else bias * np.asarray(scale, bias.dtype)
     xshape = b.shape(x)
@@ -91,29 +89,6 @@ def _projected_operand(b: Builder, node: onnx.NodeProto, producers: dict[str, on
     if axis is None or not _heads_columns(cols, axis):
         return None
     return nodes + chain, x, weight, bias, axis, cols
-
-
-def _linear(b: Builder, t: str, producers: dict[str, onnx.NodeProto], readers: dict[str, list[onnx.NodeProto]]
-            ) -> tuple[list[onnx.NodeProto], str, np.ndarray, np.ndarray | None] | None:
-    """(its nodes, x, W, c) when ``t`` = x W (+ c), W a constant matrix and c a constant vector."""
-    node = producers.get(t)
-    bias = None
-    nodes = []
-    if node is not None and node.op_type == "Add" and node.domain in ("", "ai.onnx"):
-        data = next((i for i in node.input if b.is_active(i)), None)
-        const = next((i for i in node.input if not b.is_active(i)), None)
-        bias = b.constant_or_folded(const) if const else None
-        if data is None or bias is None or bias.size != bias.shape[-1] or len(readers.get(data, [])) != 1:
-            return None
-        nodes.append(node)
-        node = producers.get(data)
-        bias = bias.reshape(-1)
-    if node is None or node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or b.is_active(node.input[1]):
-        return None
-    weight = b.constant_or_folded(node.input[1])
-    if weight is None or weight.ndim != 2 or weight.dtype.kind != "f" or not b.is_active(node.input[0]):
-        return None
-    return [node] + nodes, node.input[0], weight, bias
 
 
 def _indices(b: Builder, chain: Sequence[onnx.NodeProto], tokens: int, columns: int

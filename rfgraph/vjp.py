@@ -35,6 +35,7 @@ from .onnx_import import (
     prepare,
     static_shapes_and_types,
 )
+from .projections import linear_layer, readers_of
 from .reassociate import reassociated
 from .semantics import VJP_RULES, geometry
 from .semantics.gradient import (
@@ -347,15 +348,6 @@ def _builder(model: onnx.ModelProto, x_name: str, shapes: dict[str, tuple[int, .
     return b
 
 
-def _readers(forward: list[onnx.NodeProto]) -> dict[str, list[onnx.NodeProto]]:
-    """Each forward tensor's reading nodes, in order."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in forward:
-        for i in node.input:
-            readers.setdefault(i, []).append(node)
-    return readers
-
-
 def _replace_input(b: Builder, node: onnx.NodeProto, index: int, value: np.ndarray) -> None:
     """Give input ``index`` of a forward node a new constant; one a fold made before (a builder
     constant nothing else reads) is dropped at once, not held to the end (a weight's size)."""
@@ -371,7 +363,7 @@ def _norm_affines_folded(b: Builder, forward: list[onnx.NodeProto], y_name: str)
     output only MatMul/Gemm by constant weights read into those weights (diag(gamma) W, and beta W
     into their bias): the norm then outputs xhat itself, which its gradient rule reads instead of
     recomputing it and scaling by gamma (3 passes fewer per norm: ViT-S has 23)."""
-    readers = _readers(forward)
+    readers = readers_of(forward)
     for node in forward:
         users = readers.get(node.output[0], [])
         affine = _foldable_affine(b, node, users, readers, y_name)
@@ -492,14 +484,15 @@ def _prescaled_linears(b: Builder, forward: list[onnx.NodeProto], y_name: str) -
     directly or through one product t f: those scalings take 1/s.  A torch GELU's x / sqrt(2):
     one pass less over ViT-S's widest tensor per block (the product's 0.5 then takes sqrt(2),
     and ``_scalings_folded`` moves it into the next layer)."""
-    readers = _readers(forward)
+    readers = readers_of(forward)
     dropped = set()
     for node in forward:
         found = b.scalar_scaling(node)
         if found is None or node.output[0] == y_name or any(id(n) in dropped for n in readers.get(found[0], [])):
             continue
         t, s = found
-        layer = _linear_layer(b, t, readers)
+        found_layer = linear_layer(t, b.producers, readers, b.constant_or_folded)
+        layer = None if found_layer is None else list(found_layer.nodes)
         others = _rescalable_readers(b, t, node, readers, y_name)
         if layer is None or others is None or s == 0.0 or not np.isfinite(s):
             continue
@@ -511,28 +504,6 @@ def _prescaled_linears(b: Builder, forward: list[onnx.NodeProto], y_name: str) -
             op.input[:] = [t if i == node.output[0] else i for i in op.input]
         dropped.add(id(node))
     return [n for n in forward if id(n) not in dropped]
-
-
-def _linear_layer(b: Builder, t: str, readers: dict[str, list[onnx.NodeProto]]) -> list[onnx.NodeProto] | None:
-    """The nodes computing ``t`` = x W (+ c) with constant float W (and c): a Gemm, a MatMul, or a
-    MatMul whose one reader adds a constant to it; None otherwise."""
-    node = b.producers.get(t)
-    if node is None or node.domain not in ("", "ai.onnx"):
-        return None
-    if node.op_type == "Add" and len(node.input) == 2:
-        bias = next((i for i in node.input if not b.is_active(i)), None)
-        product = b.producers.get(next((i for i in node.input if i != bias), ""))
-        if bias is None or product is None or readers.get(product.output[0], []) != [node] \
-                or not _constant_bias(b, bias) or _linear_layer(b, product.output[0], readers) != [product]:
-            return None
-        return [product, node]
-    if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or b.is_active(node.input[1]):
-        return None
-    weight = b.constant_or_folded(node.input[1])
-    if weight is None or weight.dtype.kind != "f" or node.input[0] in node.input[1:]:
-        return None
-    bias_ok = node.op_type == "MatMul" or len(node.input) < 3 or not node.input[2] or not b.is_active(node.input[2])
-    return [node] if bias_ok else None
 
 
 def _rescalable_readers(b: Builder, t: str, scaling: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]],
@@ -587,7 +558,7 @@ def _scalings_folded(b: Builder, forward: list[onnx.NodeProto], y_name: str) -> 
     of a MatMul or Gemm by a constant, folded into that node (s W as a new weight; Gemm's alpha):
     one pass less over the tensor, and its gradient's (a torch GELU's final 0.5 before the MLP's
     second layer: 11 passes over ViT-S's widest tensor)."""
-    readers = _readers(forward)
+    readers = readers_of(forward)
     dropped = set()
     for node in forward:
         found = _folded_scaling(b, node, readers.get(node.output[0], []), y_name)
@@ -648,7 +619,7 @@ def _backward(b: Builder, forward: list[onnx.NodeProto], x_name: str, y_name: st
     # a graph input, not emitted (nothing to derive it from): the seed has y's shape by definition
     b.shapes[SEED_NAME], b.dtypes[SEED_NAME] = b.shape(y_name), b.dtype
     b.producers = {o: n for n in forward for o in n.output if o}
-    b.readers = _readers(forward)
+    b.readers = readers_of(forward)
     for node in reversed(forward):
         gys = [_total(b, pending.pop(o, []), o) for o in node.output]
         b.grads.update((o, g) for o, g in zip(node.output, gys) if g is not None)
