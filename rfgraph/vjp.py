@@ -298,6 +298,7 @@ def build_vjp(model: onnx.ModelProto, output: str | None = None,
     model, shapes, dtypes, active = _unrolled(model, x_name, shapes, dtypes, active)
     forward = [_copy(n) for n in ancestors(model, y_name)]
     b = _builder(model, x_name, shapes, dtypes, active)
+    _pools_before_relus(b, forward, y_name)
     if any(n.op_type == "Softmax" for n in forward):  # the one rule that reads it; the pass reads every weight
         b.finite = finite_tensors(model, x_name, dtypes, b.constant_or_folded)
     b.producers = {o: n for n in forward for o in n.output if o}
@@ -600,6 +601,45 @@ def _folded_scaling(b: Builder, node: onnx.NodeProto, users: list[onnx.NodeProto
     value = b.constant_or_folded(scale)
     assert value is not None
     return data, float(np.ravel(value)[0]), user
+
+
+def _pools_before_relus(b: Builder, forward: list[onnx.NodeProto], y_name: str) -> None:
+    """MaxPool(Relu(z)) computed as Relu(MaxPool(z)), the ReLU's output read by that pool alone:
+    the same values (max commutes with a non-decreasing map) and the same gradient (a window's
+    first maximum is the same cell; the ReLU passes it exactly when max z > 0), with the ReLU and
+    its gradient mask on the pooled map, a quarter of the cells under a stride-2 pool (ResNet-50's
+    stem).  Only where every window holds an input cell: an all-padding window's maximum is no
+    value of z, and the ReLU would lift it to 0."""
+    readers = readers_of(forward)
+    for i, relu in enumerate(forward):
+        users = readers.get(relu.output[0], []) if relu.op_type == "Relu" and relu.domain in ("", "ai.onnx") else []
+        if len(users) != 1 or relu.output[0] == y_name or not _pool_of_cells(b, users[0], relu.output[0]):
+            continue
+        pool = users[0]
+        pooled = b.fresh("pooled")
+        b.shapes[pooled], b.dtypes[pooled] = b.shape(pool.output[0]), b.dtypes[pool.output[0]]
+        b.active.add(pooled)
+        moved = helper.make_node("MaxPool", [relu.input[0]], [pooled], name=pool.name)
+        moved.attribute.extend(pool.attribute)
+        forward[i] = moved  # the pool in the ReLU's place (z is ready there), the ReLU in the pool's
+        at = next(j for j, n in enumerate(forward) if n is pool)
+        forward[at] = helper.make_node("Relu", [pooled], [pool.output[0]], name=relu.name)
+
+
+def _pool_of_cells(b: Builder, node: onnx.NodeProto, data: str) -> bool:
+    """``node`` is a MaxPool of ``data`` without Indices whose every window starts inside the
+    input or within reach of it (pads shorter than the dilated kernel, no ceil_mode windows)."""
+    if node.op_type != "MaxPool" or node.domain not in ("", "ai.onnx") or list(node.input[:1]) != [data] \
+            or any(node.output[1:]):
+        return False
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("ceil_mode", 0):
+        return False
+    kernel = list(attrs.get("kernel_shape", []))
+    dilations = list(attrs.get("dilations", [1] * len(kernel)))
+    pads = list(attrs.get("pads", [0] * 2 * len(kernel)))
+    reach = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    return bool(kernel) and all(p < r for p, r in zip(pads, reach + reach))
 
 
 def _with_way_out(exc: UnsupportedOpError) -> UnsupportedOpError:

@@ -9,6 +9,8 @@
   scatter to the Indices (faster there), storage_order=1 excepted.
 - Relu's mask is HardSigmoid applied twice: 1 for every positive float32, denormals included,
   and 0 at 0, also inside onnxruntime's blocked (NCHWc) layout.
+- A MaxPool of a ReLU's output (read by nothing else) runs before the ReLU: the same values and
+  gradient, the ReLU's mask on the pooled map (ResNet-50's stem, VGG's stages).
 - A ConvTranspose's output goes through a 1x1 AveragePool (an identity onnxruntime keeps in that
   layout): the gradient of a strided residual net equals torch's.
 - A GELU as exporters write it (x * (erf(x/k) + c), in either operand order, scaled before or
@@ -229,6 +231,46 @@ def test_tap_order_is_row_major() -> None:
         for u in itertools.product(*(range(n) for n in y_shape[2:])):
             want[(0, 0, *(a * k for a, k in zip(u, kernel)))] = 1.0
         assert np.array_equal(got, want)
+
+
+
+class _ReluPool(torch.nn.Module):
+    """Conv, ReLU, MaxPool, Conv with small integer weights: exact sums, so tied maxima (zeros
+    and equal positives) come out the same in torch and onnxruntime; ``shared``: the ReLU's
+    output also goes on to the sum."""
+
+    def __init__(self, kernel: int, stride: int, pad: int, ceil: bool, shared: bool) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(kernel * 100 + stride * 10 + pad)
+        self.a, self.b = torch.nn.Conv2d(3, 16, 3, 1, 1), torch.nn.Conv2d(16, 16, 1)
+        for conv in (self.a, self.b):
+            conv.weight.data = torch.randint(-2, 3, conv.weight.shape, generator=gen).float()
+            conv.bias.data = torch.randint(-2, 3, conv.bias.shape, generator=gen).float()
+        self.pool = torch.nn.MaxPool2d(kernel, stride, pad, ceil_mode=ceil)
+        self.shared = shared
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        r = F.relu(self.a(x))
+        y = self.b(self.pool(r))
+        return y + r.mean(dim=(2, 3), keepdim=True) if self.shared else y
+
+
+@pytest.mark.parametrize(("kernel", "stride", "pad", "ceil", "shared", "moved"), [
+    (3, 2, 1, False, False, True), (2, 2, 0, False, False, True), (3, 1, 1, False, False, True),
+    (3, 2, 1, True, False, False), (3, 2, 1, False, True, False)])
+def test_max_pool_of_a_relu_runs_before_it(kernel: int, stride: int, pad: int, ceil: bool, shared: bool,
+                                            moved: bool) -> None:
+    """MaxPool(Relu(z)) is run as Relu(MaxPool(z)) where the pool alone reads the ReLU and has no
+    ceil_mode windows: output and gradient equal torch's on inputs with many tied maxima, and the
+    pool reads the convolution exactly where moved."""
+    net = _ReluPool(kernel, stride, pad, ceil, shared).eval()
+    x = torch.randint(-2, 3, (2, 3, 15, 13), generator=torch.Generator().manual_seed(1)).float()
+    graph = _equals_autograd(net, x, 1e-6)
+    forward = [n for n in graph.model.graph.node if not n.name.startswith("rfgraph_vjp/")]
+    producers = {o: n.op_type for n in forward for o in n.output}
+    pool = next(n for n in forward if n.op_type == "MaxPool")
+    assert producers[pool.input[0]] == ("Conv" if moved else "Relu")
+    assert any(n.op_type == "Relu" and n.input[0] == pool.output[0] for n in forward) == moved
 
 
 def _backward_nodes(graph: vjp.VJPGraph) -> list[str]:
