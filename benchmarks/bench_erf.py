@@ -286,7 +286,7 @@ def in_lanes(fn, lanes: int):  # type: ignore[no-untyped-def]
 
 
 def measure_times(name: str, path: str, batch: int, size: int, reps: int, threads: int) -> dict:
-    """Best-of-``reps`` time per input of each kind, runs interleaved so that all of them see the
+    """Best-of-``reps`` (and median) time per input of each kind, runs interleaved so that all of them see the
     same machine load; plus the gradients' agreement (each ERF with torch's).  With all threads,
     also the forward and the auto engine in lanes (``lanes_count`` runs at a time, one thread
     each: how ``rfgraph erf`` runs many inputs), per input."""
@@ -309,8 +309,9 @@ def measure_times(name: str, path: str, batch: int, size: int, reps: int, thread
            for k in ("erf", "erf_auto", "erf_auto_lanes") if k in outs}
     err64 = {k: float(np.abs(outs[k] - truth).max() / np.abs(truth).max())
              for k in ("erf", "erf_auto", "erf_auto_lanes", "torch") if k in outs}
-    return {"ms": {k: 1e3 * min(v) / per_call[k] for k, v in times.items()}, "max_rel_err": err,
-            "max_rel_err_float64": err64, "lanes": lanes}
+    return {"ms": {k: 1e3 * min(v) / per_call[k] for k, v in times.items()},
+            "median_ms": {k: 1e3 * float(np.median(v)) / per_call[k] for k, v in times.items()},
+            "max_rel_err": err, "max_rel_err_float64": err64, "lanes": lanes}
 
 
 def measure_peak(kind: str, name: str, path: str, batch: int, size: int, threads: int) -> float:
@@ -372,7 +373,9 @@ def main() -> None:
             if timing["lanes"] > 1:
                 row.update({"forward_lanes_ms": ms["forward_lanes"], "erf_auto_lanes_ms": ms["erf_auto_lanes"],
                             "erf_auto_lanes_over_forward": ms["erf_auto_lanes"] / ms["forward"],
-                            "erf_auto_lanes_over_forward_lanes": ms["erf_auto_lanes"] / ms["forward_lanes"]})
+                            "erf_auto_lanes_over_forward_lanes": ms["erf_auto_lanes"] / ms["forward_lanes"],
+                            "erf_auto_lanes_over_forward_lanes_median":
+                                timing["median_ms"]["erf_auto_lanes"] / timing["median_ms"]["forward_lanes"]})
             if args.json:
                 print(json.dumps(row))
             else:
@@ -388,7 +391,8 @@ def main() -> None:
                           f"runs many inputs): forward {row['forward_lanes_ms']:.1f} ms | ERF auto "
                           f"{row['erf_auto_lanes_ms']:.1f} ms per input; ERF auto in lanes / forward = "
                           f"{row['erf_auto_lanes_over_forward']:.2f}x, / forward in lanes = "
-                          f"{row['erf_auto_lanes_over_forward_lanes']:.2f}x")
+                          f"{row['erf_auto_lanes_over_forward_lanes']:.2f}x (medians of the runs: "
+                          f"{row['erf_auto_lanes_over_forward_lanes_median']:.2f}x)")
                 pk = row["peak_mb"]
                 print(f"  peak RSS: forward {pk['forward']:.0f} MB | ERF {pk['erf']:.0f} MB | "
                       f"torch {pk['torch']:.0f} MB | onnxruntime alone on the file {pk['forward_file']:.0f} MB")
