@@ -46,6 +46,7 @@ from .semantics.gradient import (
     Builder,
     IllTypedGradient,
     NodeView,
+    _window,
 )
 
 SEED_NAME = "rfgraph_seed"
@@ -628,18 +629,17 @@ def _pools_before_relus(b: Builder, forward: list[onnx.NodeProto], y_name: str) 
 
 def _pool_of_cells(b: Builder, node: onnx.NodeProto, data: str) -> bool:
     """``node`` is a MaxPool of ``data`` without Indices whose every window starts inside the
-    input or within reach of it (pads shorter than the dilated kernel, no ceil_mode windows)."""
+    input or within reach of it (pads shorter than the dilated kernel, no ceil_mode windows), its
+    geometry read as its gradient rule reads it (``_window``); one that rule refuses stays put."""
     if node.op_type != "MaxPool" or node.domain not in ("", "ai.onnx") or list(node.input[:1]) != [data] \
             or any(node.output[1:]):
         return False
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if attrs.get("ceil_mode", 0):
+    try:
+        geo = _window(NodeView(node, {a.name: helper.get_attribute_value(a) for a in node.attribute}), b)
+    except RFGraphError:
         return False
-    kernel = list(attrs.get("kernel_shape", []))
-    dilations = list(attrs.get("dilations", [1] * len(kernel)))
-    pads = list(attrs.get("pads", [0] * 2 * len(kernel)))
-    reach = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
-    return bool(kernel) and all(p < r for p, r in zip(pads, reach + reach))
+    reach = [a.k_eff for a in geo.axes]
+    return not geo.ceil_mode and all(p < r for p, r in zip(geo.pads_begin + geo.pads_end, reach + reach))
 
 
 def _with_way_out(exc: UnsupportedOpError) -> UnsupportedOpError:
