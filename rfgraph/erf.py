@@ -48,6 +48,7 @@ from .metrics import AREA_THRESHOLDS, AreaRatio, ERFMetrics, compute_metrics
 from .onnx_import import prepare
 from .options import ModelOptions, model_options
 from .semantics import NORMALISING_OPS
+from .silent import silent_notes
 
 if TYPE_CHECKING:  # analysis is imported lazily (it pulls in the whole TRF pass)
     from . import custom_ops
@@ -500,6 +501,9 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
     targets = [resolve_target(analysis, proto, output, u, conv.channel, len(full_shape), spatial,
                               out_shape, conv.centre) for u in units]
     notes += _seed_notes(proto, targets[0], conv) + _gate_notes(analysis, output)
+    if reinit_e.kind is Reinit.NONE:  # the model's own weights: say which of them silence a path
+        notes += silent_notes(proto, input_name, output, _analysis_options(opts, input_name),
+                              None if (ep := _endpoint(analysis, output)) is None else ep.r)
     make_seed(targets[0], 1)  # checks the channel against the tensor's axes, with their names
     plan = ec.seed_plan(proto, output, conv, _unit_channels(targets[0]))
     batch = batch or auto_batch(full_shape, providers)
@@ -1130,7 +1134,7 @@ def _load(model: ModelSource, opts: ModelOptions) -> tuple[onnx.ModelProto, Anal
                 shapes = {name: (1, *rest)}
     proto = load_model(raw, shapes) if shapes else raw
     try:  # the checks of ``analyze`` come first: a model it refuses is refused here too
-        a = analysis_mod.analyze(proto, options=replace(opts, input_shapes={}, input_name=name, fill={}))
+        a = analysis_mod.analyze(proto, options=_analysis_options(opts, name))
         require_size(a, "the ERF")
     except (DynamicShapeError, UnsupportedOpError) as exc:
         if isinstance(exc, DynamicShapeError) and (_static_rank(proto, name) or 3) < 3:
@@ -1145,6 +1149,11 @@ def _load(model: ModelSource, opts: ModelOptions) -> tuple[onnx.ModelProto, Anal
     if a is not None and not a.layout_reason.startswith(("given", "the input")):
         notes.append(f"input layout {a.layout} {a.layout_reason}")
     return proto, a, notes
+
+
+def _analysis_options(opts: ModelOptions, input_name: str) -> ModelOptions:
+    """``opts`` for the TRF pass on the loaded model (its shapes and fills already applied)."""
+    return replace(opts, input_shapes={}, input_name=input_name, fill={})
 
 
 def _check_declared_shapes(proto: onnx.ModelProto) -> None:

@@ -1,0 +1,129 @@
+"""Paths that carry no signal: a node whose weights are all zero (a residual branch initialised
+to zero, as timm does by default; a pruned layer) outputs a constant, so no gradient crosses it.
+The ERF then covers only the paths around such nodes; ``silent_notes`` names them and gives the
+field of the paths left (the TRF pass on the model with their inputs held constant)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import RFGraphError
+from .onnx_import import elem_types, known_shapes
+from .options import ModelOptions
+from .vjp import active_tensors, constant_folder, constants
+
+# op -> the operands that, all zero, make its output independent of its other inputs (a product
+# by the operand, or a normalisation's scale)
+ZEROING_OPERANDS: Mapping[str, tuple[int, ...]] = {
+    "Conv": (1,), "ConvTranspose": (1,), "MatMul": (0, 1), "Gemm": (0, 1), "Mul": (0, 1),
+    "BatchNormalization": (1,), "LayerNormalization": (1,), "InstanceNormalization": (1,),
+    "GroupNormalization": (1,),
+}
+
+
+@dataclass(frozen=True)
+class SilentNode:
+    """A node on the input's paths whose operand ``operand`` is a constant of zeros."""
+
+    name: str
+    op_type: str
+    operand: str
+
+
+def silent_nodes(model: onnx.ModelProto, input_name: str) -> list[SilentNode]:
+    """The nodes reading the input (through any path) that output a constant because one of
+    their ``ZEROING_OPERANDS`` is a constant of zeros (through Identity and other folds)."""
+    active = active_tensors(model, input_name, elem_types(model))
+    stored, folded = constants(model), constant_folder(model, known_shapes(model))
+
+    def constant(name: str) -> np.ndarray | None:  # a stored value, else the loader's fold
+        return stored[name] if name in stored else folded(name)
+
+    found = []
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx") or not any(i in active for i in node.input if i):
+            continue
+        zero = next((name for name in _zeroing_operands(node) if name not in active
+                     and _all_zero(constant, name)), None)
+        if zero is not None:
+            found.append(SilentNode(node.name or node.output[0], node.op_type, zero))
+    return found
+
+
+def _zeroing_operands(node: onnx.NodeProto) -> list[str]:
+    slots = ZEROING_OPERANDS.get(node.op_type, ())
+    return [node.input[k] for k in slots if k < len(node.input) and node.input[k]]
+
+
+def _all_zero(constant: Callable[[str], np.ndarray | None], name: str) -> bool:
+    value = constant(name)
+    return value is not None and value.size > 0 and value.dtype.kind in "fc" and not value.any()
+
+
+def live_model(model: onnx.ModelProto, input_name: str, silent: Sequence[SilentNode]) -> onnx.ModelProto:
+    """A copy of ``model`` where each silent node reads zeros of the same shape in place of its
+    inputs that carry the input: the model of the paths that carry signal."""
+    active = active_tensors(model, input_name, elem_types(model))
+    shapes = _shapes(model)
+    names = {s.name for s in silent}
+    live = onnx.ModelProto()
+    live.CopyFrom(model)
+    for node in live.graph.node:
+        if (node.name or node.output[0]) not in names:
+            continue
+        for k, name in enumerate(node.input):
+            if name in active:
+                if name not in shapes:
+                    raise RFGraphError(f"the shape of '{name}' (read by {node.name}) is unknown")
+                held = f"{name}__held_by_{node.name or node.output[0]}"
+                live.graph.initializer.append(numpy_helper.from_array(np.zeros(shapes[name], np.float32), held))
+                node.input[k] = held
+    return live
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """The static shapes the model declares, else those ONNX's shape inference gives."""
+    shapes = known_shapes(model)
+    if all(not o or o in shapes for n in model.graph.node for o in n.output):
+        return shapes
+    try:
+        return known_shapes(onnx.shape_inference.infer_shapes(model, strict_mode=False)) | shapes
+    except Exception:  # noqa: BLE001 - best effort: a shape still unknown is said by the caller
+        return shapes
+
+
+def silent_notes(model: onnx.ModelProto, input_name: str, output: str, options: ModelOptions,
+                 trf_size: Sequence[int | None] | None) -> list[str]:
+    """A note naming the silent nodes and the field of the paths left (``trf_size``: the
+    output's TRF size, for comparison); [] when there are none."""
+    silent = silent_nodes(model, input_name)
+    if not silent:
+        return []
+    names = ", ".join(f"{s.name} ({s.op_type})" for s in silent[:3]) + (", ..." if len(silent) > 3 else "")
+    head = (f"{len(silent)} node(s) on the input's paths have all-zero weights and pass no gradient "
+            f"({names}; e.g. a residual branch initialised to zero)")
+    return [f"{head}: {_live_field_text(model, input_name, output, options, silent, trf_size)}"]
+
+
+def _live_field_text(model: onnx.ModelProto, input_name: str, output: str, options: ModelOptions,
+                     silent: Sequence[SilentNode], trf_size: Sequence[int | None] | None) -> str:
+    """What the paths left see: their TRF at ``output``, or that none is left."""
+    from .analysis import analyze  # the whole TRF pass: only when there are silent nodes
+
+    if output not in active_tensors(live := live_model(model, input_name, silent), input_name, elem_types(model)):
+        return f"no path from '{input_name}' to '{output}' is left, so the gradient is zero everywhere"
+    try:
+        r = analyze(live, options=options)[output].r
+    except (RFGraphError, KeyError) as exc:
+        return f"the field of the paths left could not be computed ({exc})"
+    was = "" if trf_size is None else f" (the whole model's TRF: {_size_text(trf_size)})"
+    return f"the ERF lies within the field of the paths left, {_size_text(r)}{was}"
+
+
+def _size_text(r: Sequence[int | None]) -> str:
+    return " x ".join("global" if v is None else str(v) for v in r)

@@ -1,0 +1,189 @@
+"""Silent paths: nodes whose weights are all zero pass no gradient (``rfgraph.silent``).
+
+Cases: one graph per op of ``ZEROING_OPERANDS`` with its weight all zero, and the same graph with
+one weight non-zero; a weight reached through Identity (how torch's exporter shares equal
+initializers); a torch residual network whose branch's last convolution is zeroed (timm's default
+initialisation); a chain where every path is silent.
+
+Oracles: (a) onnxruntime: a node is silent exactly when its output does not move when the input
+does (two random inputs); (b) torch float64 autograd: the hull of the input gradient's support of
+the centre unit is the field the note gives for the paths left, and differs from the TRF.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from rfgraph import compute_erf
+from rfgraph.options import ModelOptions
+from rfgraph.silent import ZEROING_OPERANDS, live_model, silent_nodes, silent_notes
+
+
+def _model(op: str, weights: dict[str, np.ndarray], inputs: list[str], attrs: dict | None = None,
+           identity: bool = False) -> onnx.ModelProto:
+    """x [1, 4, 6, 6] -> Relu -> op -> y; ``weights`` are initializers (behind Identity if told)."""
+    inits, nodes = [], [helper.make_node("Relu", ["x"], ["h"], name="relu")]
+    for name, value in weights.items():
+        stored = f"{name}_stored" if identity else name
+        inits.append(numpy_helper.from_array(value.astype(np.float32), stored))
+        if identity:
+            nodes.append(helper.make_node("Identity", [stored], [name], name=f"id_{name}"))
+    nodes.append(helper.make_node(op, inputs, ["y"], name="the_op", **(attrs or {})))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+
+
+def _cases(zero: bool) -> dict[str, onnx.ModelProto]:
+    rng = np.random.default_rng(0)
+
+    def w(*shape: int) -> np.ndarray:
+        value = rng.standard_normal(shape)
+        return np.zeros(shape) if zero else value
+
+    c = 4
+    return {
+        "Conv": _model("Conv", {"W": w(3, c, 3, 3), "B": rng.standard_normal(3)}, ["h", "W", "B"]),
+        "ConvTranspose": _model("ConvTranspose", {"W": w(c, 2, 3, 3)}, ["h", "W"]),
+        "MatMul": _model("MatMul", {"W": w(6, 5)}, ["h", "W"]),
+        "MatMul, weight first": _model("MatMul", {"W": w(5, 6)}, ["W", "h"]),
+        "Mul": _model("Mul", {"W": w(1, c, 1, 1)}, ["h", "W"]),
+        "Gemm": _model("Gemm", {"W": w(6, c), "B": rng.standard_normal(c)}, ["h", "W", "B"]),
+        "BatchNormalization": _model("BatchNormalization", {"s": w(c), "b": rng.standard_normal(c), "m": np.zeros(c),
+                                                            "v": np.ones(c)}, ["h", "s", "b", "m", "v"]),
+        "LayerNormalization": _model("LayerNormalization", {"s": w(6), "b": rng.standard_normal(6)}, ["h", "s", "b"]),
+        "InstanceNormalization": _model("InstanceNormalization", {"s": w(c), "b": rng.standard_normal(c)},
+                                        ["h", "s", "b"]),
+        "Conv, weight behind Identity": _model("Conv", {"W": w(3, c, 3, 3)}, ["h", "W"], identity=True),
+    }
+
+
+def _gemm_fix(name: str, model: onnx.ModelProto) -> onnx.ModelProto:
+    """Gemm takes a matrix: flatten the input first."""
+    if name != "Gemm":
+        return model
+    nodes = list(model.graph.node)
+    flat = helper.make_node("Flatten", ["h"], ["hf"], name="flat", axis=3)
+    nodes[-1].input[0] = "hf"
+    del model.graph.node[:]
+    model.graph.node.extend([nodes[0], flat, *nodes[1:]])
+    return model
+
+
+def _moves(model: onnx.ModelProto) -> bool:
+    """Oracle (a): whether the output changes with the input (onnxruntime, two random inputs)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    a, b = (sess.run(None, {"x": rng.standard_normal((1, 4, 6, 6)).astype(np.float32)})[0] for _ in range(2))
+    return not np.array_equal(a, b)
+
+
+def test_the_cases_cover_every_zeroing_op() -> None:
+    """A new entry in ZEROING_OPERANDS without a case here stands out."""
+    covered = {name.split(",")[0] for name in _cases(True)}
+    assert set(ZEROING_OPERANDS) - covered == {"GroupNormalization"}  # opset 18's GroupNorm: not in ORT 1.32 CPU
+
+
+@pytest.mark.parametrize("zero", [True, False], ids=["zero", "nonzero"])
+@pytest.mark.parametrize("name", list(_cases(True)))
+def test_silent_exactly_when_the_output_ignores_the_input(name: str, zero: bool) -> None:
+    model = _gemm_fix(name, _cases(zero)[name])
+    found = silent_nodes(model, "x")
+    assert _moves(model) is not zero
+    assert [(s.name, s.op_type) for s in found] == ([("the_op", name.split(",")[0])] if zero else [])
+
+
+def test_live_model_holds_the_silent_inputs_constant() -> None:
+    """The live model's silent node reads zeros of the input's shape, not the input."""
+    model = _cases(True)["Conv"]
+    live = live_model(model, "x", silent_nodes(model, "x"))
+    conv = next(n for n in live.graph.node if n.name == "the_op")
+    held = next(i for i in live.graph.initializer if i.name == conv.input[0])
+    assert list(held.dims) == [1, 4, 6, 6] and not numpy_helper.to_array(held).any()
+    assert next(n for n in model.graph.node if n.name == "the_op").input[0] == "h"  # the original is untouched
+
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+
+class _Residual(nn.Module):
+    """conv 5x5 -> relu -> [conv 3x3 -> relu -> conv 3x3 (zeroed)] + shortcut, twice."""
+
+    def __init__(self, zero_last: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(2, 4, 5, padding=2)
+        self.branches = nn.ModuleList(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                                                    nn.Conv2d(4, 4, 3, padding=1)) for _ in range(2))
+        if zero_last:
+            for branch in self.branches:
+                nn.init.zeros_(branch[2].weight)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        h = torch.relu(self.stem(x))
+        for branch in self.branches:
+            h = torch.relu(h + branch(h))
+        return h
+
+
+def _export(module: nn.Module) -> onnx.ModelProto:
+    buf = io.BytesIO()
+    torch.onnx.export(module.eval(), (torch.randn(1, 2, 21, 21),), buf, dynamo=False,
+                      input_names=["x"], output_names=["y"], opset_version=17)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _support_hull(module: nn.Module) -> tuple[int, int]:
+    """Oracle (b): the extent of the input gradient's support of the centre unit, float64."""
+    m = module.double()
+    x = torch.randn(1, 2, 21, 21, dtype=torch.float64, requires_grad=True)
+    m(x)[0, :, 10, 10].sum().backward()
+    rows, cols = np.nonzero(np.abs(x.grad.numpy()).sum(axis=(0, 1)))
+    return int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+
+
+def _live_size(note: str) -> tuple[int, ...]:
+    found = re.search(r"paths left, (\d+) x (\d+) \(the whole model's TRF: (\d+) x (\d+)\)", note)
+    assert found, note
+    return tuple(int(v) for v in found.groups())
+
+
+def test_zeroed_residual_branches_are_named_with_the_field_left() -> None:
+    module = _Residual(zero_last=True)
+    result = compute_erf(_export(module), runs=2, inputs="gaussian")
+    note = next(n for n in result.notes if "all-zero weights" in n)
+    assert note.startswith("2 node(s)") and note.count("(Conv)") == 2
+    live_r, live_c, trf_r, trf_c = _live_size(note)
+    assert (live_r, live_c) == _support_hull(module) == (5, 5)  # the stem alone
+    assert (trf_r, trf_c) == (13, 13)  # 5 + 4 convolutions of 3
+    assert result.metrics.erf_extent[0] <= live_r
+
+
+def test_the_same_network_with_live_branches_has_no_note() -> None:
+    module = _Residual(zero_last=False)
+    result = compute_erf(_export(module), runs=2, inputs="gaussian")
+    assert not [n for n in result.notes if "all-zero weights" in n]
+    assert _support_hull(module) == (13, 13)
+
+
+def test_redrawn_weights_have_no_note() -> None:
+    result = compute_erf(_export(_Residual(zero_last=True)), runs=2, inputs="gaussian", reinit="he")
+    assert not [n for n in result.notes if "all-zero weights" in n]
+
+
+def test_every_path_silent() -> None:
+    """conv -> conv (zero): no path is left, and the ERF is zero everywhere."""
+    module = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Conv2d(3, 3, 3))
+    nn.init.zeros_(module[2].weight)
+    model = _export(module)
+    notes = silent_notes(model, "x", "y", ModelOptions(), (5, 5))
+    assert len(notes) == 1 and "no path from 'x' to 'y' is left, so the gradient is zero everywhere" in notes[0]
