@@ -233,10 +233,9 @@ class AxisField:
         if len(self.spans) == 1 and self.spans[0].q == 1:  # fast path: affine, every unit alike
             return self.spans[0].hi[0] - self.spans[0].lo[0] + 1
         period = math.lcm(*(sp.q for sp in self.spans))
-        units = set(range(period))
-        if len(self.spans) > 1:
-            last = n_units if n_units else 1
-            units.update(range(max(last - period, 0), max(last, period)))
+        units = set(range(min(period, n_units or period)))  # no unit past the last one
+        if len(self.spans) > 1 and n_units:
+            units.update(range(max(n_units - period, 0), n_units))
         return max(self.extent(u) for u in units)
 
     @property

@@ -100,12 +100,15 @@ class Merge:
     inputs: tuple[str, ...]
     fields: tuple[AxisField, ...] = field(repr=False)
     aligned: bool
+    layout: Layout = field(default=(), repr=False)  # the output's: how many units it has
 
     @property
     def branches(self) -> tuple[Branch, ...]:
-        """Each input's stride, centre offset at unit 0 (eq. 11) and size along the axis."""
+        """Each input's stride, centre offset at unit 0 (eq. 11) and size along the axis (over
+        the units the output has)."""
         phases = _phase_centres(self.fields)
-        return tuple(Branch(t, f.stride, f.centre(0), f.size(), p)
+        units = _units_along(self.layout, self.axis) or None
+        return tuple(Branch(t, f.stride, f.centre(0), f.size(units), p)
                      for t, f, p in zip(self.inputs, self.fields, phases))
 
 
@@ -389,7 +392,7 @@ def _check_alignment(result: PassResult, mg: ModelGraph, idx: int, out: OutTrans
         prev = fields
         aligned = verdict or (_units_along(out.layout, axis) == 1 and len({f.centre(0) for f in fields}) == 1)
         ok = ok and aligned
-        merges.append(Merge(name, op, tensor, axis, inputs, fields, aligned))
+        merges.append(Merge(name, op, tensor, axis, inputs, fields, aligned, out.layout))
     return ok
 
 

@@ -67,6 +67,33 @@ def test_mixed_strides_extent_varies_with_unit():
     assert field.extent(1) == 6 and field.extent(2) == 5
 
 
+def _periodic(draw, q: int) -> Span:
+    """A span of period q: unit m*q + t reads [m*A + lo[t], m*A + hi[t]] (an upsampling's)."""
+    A = draw(st.integers(1, 4))
+    lo = [draw(st.integers(-3, 3)) for _ in range(q)]
+    return Span.periodic(A, lo, [a + draw(st.integers(0, 4)) for a in lo])
+
+
+@st.composite
+def _mixed_field(draw) -> AxisField:
+    """Two or three branches: layer stacks, some after a periodic span of period 1-9."""
+    spans = []
+    for _ in range(draw(st.integers(2, 3))):
+        span = _periodic(draw, draw(st.integers(1, 9))) if draw(st.booleans()) else Span(1, 1, (0,), (0,))
+        for k, s, p, d in draw(st.lists(layer, min_size=1, max_size=3)):
+            span = span.then(Span.layer(k, s, p, d))
+        spans.append(span)
+    return AxisField(tuple(spans))
+
+
+@given(_mixed_field(), st.integers(1, 40))
+@settings(max_examples=300, deadline=None)
+def test_size_is_the_largest_extent_of_the_units_there_are(field, n_units):
+    """r over n units is the largest extent of units 0..n-1, whatever the period: a period past
+    the last unit (ghostnetv2's 7 units, period 2401) once gave 37783 for 2711."""
+    assert field.size(n_units) == max(field.extent(u) for u in range(n_units))
+
+
 def test_quick_init_keeps_frozen_value_semantics():
     """quick_init's direct slot filling: same signature and defaults, still immutable and hashable."""
     import dataclasses
