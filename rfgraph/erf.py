@@ -143,6 +143,8 @@ def resolve_target(analysis: Analysis | None, model: onnx.ModelProto, output: st
         axes = [t for t, _ in ep.unit_axes] if ep is not None and ep.unit_axes else \
             (list(spatial_axes) if len(shape) == input_rank else [])
         sizes = [shape[a] for a in axes]
+        if unit is None and ep is not None and ep.unit_axes and all(ep.units):  # the grid's centre
+            unit = ep.tensor_index(ec.centre_unit([n or 1 for n in ep.units], centre))  # (a token axis holds H x W)
         unit = tuple(int(u) for u in (ec.centre_unit(sizes, centre) if unit is None else unit))
         if len(unit) != len(axes) or any(not 0 <= u < n for u, n in zip(unit, sizes)):
             raise RFGraphError(f"unit {unit} is not an index of the spatial axes of '{output}' "
@@ -501,9 +503,10 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
     targets = [resolve_target(analysis, proto, output, u, conv.channel, len(full_shape), spatial,
                               out_shape, conv.centre) for u in units]
     notes += _seed_notes(proto, targets[0], conv) + _gate_notes(analysis, output)
-    if reinit_e.kind is Reinit.NONE:  # the model's own weights: say which of them silence a path
-        notes += silent_notes(proto, input_name, output, _analysis_options(opts, input_name),
-                              None if (ep := _endpoint(analysis, output)) is None else ep.r)
+    silent = silent_notes(proto, input_name, output, _analysis_options(opts, input_name),
+                          None if (ep := _endpoint(analysis, output)) is None else ep.r) \
+        if reinit_e.kind is Reinit.NONE else []  # the model's own weights: say which silence a path
+    notes += silent
     make_seed(targets[0], 1)  # checks the channel against the tensor's axes, with their names
     plan = ec.seed_plan(proto, output, conv, _unit_channels(targets[0]))
     batch = batch or auto_batch(full_shape, providers)
@@ -525,7 +528,7 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
                                     fd_budget, checked, lanes)
     notes += provider_notes + erf_parallel.provider_notes(sums.providers)
     return [_result(total, int(kept), int(drawn), target, sampler, weight_runs, sums.batch,
-                    time.perf_counter() - t0, notes)
+                    time.perf_counter() - t0, notes, bool(silent))
             for total, kept, drawn, target in zip(sums.totals, sums.kept, sums.drawn, targets)]
 
 
@@ -842,20 +845,35 @@ def _cone_engine(sampler: Sampler, region: Region) -> UnitsEngine | ConeEngine |
 
 
 def _result(total: np.ndarray, kept: int, drawn: int, target: Target, sampler: Sampler,
-            weight_runs: int, batch: int, seconds: float, notes: list[str]) -> ERFResult:
-    """One unit's ERF: the mean of its kept maps, with its metrics and notes."""
+            weight_runs: int, batch: int, seconds: float, notes: list[str], silent: bool = False) -> ERFResult:
+    """One unit's ERF: the mean of its kept maps, with its metrics and notes (``silent``: some
+    nodes with all-zero weights pass no gradient)."""
     conv, runs = sampler.conv, sampler.conv.runs
     notes = notes + _skipped_notes(drawn, kept, runs * weight_runs)
     erf = total / kept
     metrics = compute_metrics(erf, target.centre, target.trf_size)
     if metrics.centre_value == 0 and erf.max() > 0:
-        notes.append("the ERF is 0 at the unit's centre pixel (every run had a dead path there), "
-                     "so Luo's size is 0; average more runs (--runs)")
+        notes.append(_zero_centre_note(target, silent, metrics))
     elif not erf.any():
         notes.append(_empty_map_note(sampler.method))
     return ERFResult(erf, metrics, target, sampler.input_name, sampler.full_shape, sampler.spatial,
                      sampler.method.value, runs, weight_runs, conv.aggregation is ec.Aggregation.ABS,
                      batch, seconds, tuple(notes), conv, kept, displayed_area_ratios(erf, conv))
+
+
+def _zero_centre_note(target: Target, silent: bool, metrics: ERFMetrics) -> str:
+    """Why Luo's size is 0: nothing reaches the centre pixel, and what that centre is."""
+    where = ("the unit's centre pixel" if target.centre is not None else
+             "the map's centre pixel (the unit's field is global: the map's centre stands for its centre)")
+    mass = " x ".join(f"{c:.4g}" for c in metrics.centre_of_mass)
+    if silent:
+        why = "the paths that carry signal do not reach it (see the note on all-zero weights)"
+    elif target.centre is None:
+        why = "no run's gradient reaches it"
+    else:
+        return (f"the ERF is 0 at {where} (every run had a dead path there), so Luo's size is 0; "
+                "average more runs (--runs)")
+    return f"the ERF is 0 at {where}: {why}, so Luo's size is 0; the ERF's centre of mass is {mass}"
 
 
 @dataclass(frozen=True)

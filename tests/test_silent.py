@@ -187,3 +187,27 @@ def test_every_path_silent() -> None:
     model = _export(module)
     notes = silent_notes(model, "x", "y", ModelOptions(), (5, 5))
     assert len(notes) == 1 and "no path from 'x' to 'y' is left, so the gradient is zero everywhere" in notes[0]
+
+
+def test_zero_at_the_centre_is_explained_by_the_silent_paths() -> None:
+    """y = conv(x) + unflatten(flatten(conv(x)) W) with W = 0: the field is global (a product over
+    positions), so the metrics centre on the map's centre; unit (0, 0)'s live paths reach only
+    its corner, and the note says why the centre is 0 instead of asking for more runs."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(a, n) for n, a in [
+        ("k", rng.random((1, 1, 3, 3), np.float32) + 0.1), ("W", np.zeros((144, 144), np.float32)),
+        ("flat", np.array([1, 1, 144], np.int64)), ("grid", np.array([1, 1, 12, 12], np.int64))]]
+    nodes = [helper.make_node("Conv", ["x", "k"], ["h"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["h", "flat"], ["hf"], name="flatten"),
+             helper.make_node("MatMul", ["hf", "W"], ["mixed"], name="mix"),
+             helper.make_node("Reshape", ["mixed", "grid"], ["back"], name="unflatten"),
+             helper.make_node("Add", ["h", "back"], ["y"], name="add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 12, 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 12, 12])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = compute_erf(model, unit=(0, 0), runs=2, inputs="uniform")
+    assert result.target.centre is None and result.metrics.centre_value == 0
+    assert np.nonzero(result.erf)[0].max() == 1  # the 3x3 conv from the corner: rows 0-1
+    note = next(n for n in result.notes if "Luo's size is 0" in n)
+    assert "map's centre pixel" in note and "all-zero weights" in note and "--runs" not in note
+    assert any("1 node(s)" in n and "mix (MatMul)" in n and "3 x 3" in n for n in result.notes)

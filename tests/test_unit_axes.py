@@ -32,12 +32,17 @@ def _folded(size: int = 16):
     return g.model(r), r
 
 
-def _tokens(size: int = 16, patch: int = 4):
-    """Patch embedding (k = s = patch), then (1, C, h, w) -> (N, C, h*w) -> (N, h*w, C) tokens."""
+def _tokens(size: int = 16, patch: int = 4, mix: bool = False):
+    """Patch embedding (k = s = patch), then (1, C, h, w) -> (N, C, h*w) -> (N, h*w, C) tokens;
+    ``mix``: then an MLP-Mixer token mix with its residual (x + x M, M over the token axis: a
+    global field whose token axis keeps its units)."""
     g = G((size, size))
     emb = g.conv(g.conv("x", 3, 1, pads=[1] * 4), patch, patch, cout=3)
     n = (size // patch) ** 2
     flat = g.node("Reshape", [emb, g._init(np.array([0, 3, n], np.int64), "shape")])
+    if mix:
+        mixed = g.node("MatMul", [flat, g._init(np.random.default_rng(0).random((n, n)), "mix")])
+        flat = g.node("Add", [flat, mixed])
     return g.model(g.node("Transpose", [flat], perm=[0, 2, 1])), g.nodes[-1].output[0]
 
 
@@ -104,6 +109,16 @@ def test_default_erf_unit_is_the_grid_centre_of_a_token_axis():
     result = rfgraph.compute_erf(model, tokens, runs=1)
     assert result.target.unit == (5,)
     assert result.target.region == rfgraph.analyze(model)[tokens].region((1, 1))
+
+
+def test_default_erf_unit_of_a_global_token_axis_is_the_grid_centre():
+    """Global fields too (a Mixer's tokens): the default unit is the 4x4 grid's centre (1, 1) =
+    token 5, not the flattened axis' middle, token 7 = (1, 3) on the grid's edge (a 14x14
+    Mixer's token 97 = (6, 13) before)."""
+    model, tokens = _tokens(mix=True)
+    ep = rfgraph.analyze(model)[tokens]
+    assert ep.is_global and ep.units == (4, 4)
+    assert rfgraph.compute_erf(model, tokens, runs=1).target.unit == (5,)
 
 
 def test_collapsed_axis_has_only_unit_zero(tmp_path, capsys):
