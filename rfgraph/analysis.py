@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from .unknown_size import PBySize, UnknownSize
 
 AXIS_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
-LAYOUT_PASSTHROUGH = {"Cast", "Sub", "Div", "Mul", "Add", "Identity", "Unsqueeze"}
+LAYOUT_PASSTHROUGH = {"Cast", "Sub", "Div", "Mul", "Add", "Identity", "Unsqueeze", "Pad"}  # keep the axes in place
 
 
 @dataclass(frozen=True)

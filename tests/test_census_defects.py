@@ -380,3 +380,21 @@ def test_erf_title_of_a_global_unit_names_no_region(tmp_path: Path, capsys) -> N
     onnx.save(g.model(g.conv("x", 3, 1, cout=2)), local)
     assert cli.main(["erf", str(local), "--runs", "1", "--no-progress"]) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith("TRF [[1, 3], [1, 3]]")
+
+
+def test_a_pad_before_the_first_conv_still_shows_the_layout() -> None:
+    """TF 'SAME' exports (timm's tf_* models, NFNets) pad the input before the first Conv: the
+    Conv still tells the layout through the Pad, where a [1, 40, 32, 36] input's shape cannot
+    (before, such an input was refused as a coin toss, and a [1, 3, H, W] one only guessed)."""
+    from onnx import numpy_helper
+
+    w = np.ones((2, 40, 3, 3), np.float32)
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"]),
+             helper.make_node("Conv", ["p", "w"], ["y"], kernel_shape=[3, 3], strides=[2, 2])]
+    pads = np.array([0, 0, 0, 1, 0, 0, 1, 1], np.int64)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(pads, "pads")]
+    graph = helper.make_graph(nodes, "same", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 40, 32, 36])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    a = analyze(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert a.layout == "NCHW" and a.spatial_axes == (2, 3) and "read by Conv" in a.layout_reason
+    assert a["y"].r == (3, 3) and a["y"].P == (0, 1)  # the Pad's begin: 0 rows, 1 column
