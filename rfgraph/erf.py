@@ -502,6 +502,7 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
     out_shape = _output_shape(proto, output, input_name, full_shape)
     targets = [resolve_target(analysis, proto, output, u, conv.channel, len(full_shape), spatial,
                               out_shape, conv.centre) for u in units]
+    _refuse_constant_sum(proto, targets[0], conv)
     notes += _seed_notes(proto, targets[0], conv) + _gate_notes(analysis, output)
     silent = silent_notes(proto, input_name, output, _analysis_options(opts, input_name),
                           None if (ep := _endpoint(analysis, output)) is None else ep.r) \
@@ -1093,18 +1094,60 @@ def _producer(proto: onnx.ModelProto, name: str) -> str | None:
     return next((n.op_type for n in proto.graph.node if name in n.output), None)
 
 
+def _refuse_constant_sum(proto: onnx.ModelProto, target: Target, conv: ec.ERFConventions) -> None:
+    """Refuse the channel sum (or mean) of a tensor that is constant in exact arithmetic: a
+    Softmax over the summed axes (it sums to 1), a LayerNormalization over them with one scale
+    for all (the normalised values sum to 0); its gradient is rounding noise, not an ERF."""
+    linear = conv.scalar in (ec.Scalar.SUM, ec.Scalar.MEAN)
+    found = _normalisation(proto, target.output, len(target.shape)) if linear else None
+    if found is None:
+        return
+    node, normalised = found
+    if node.op_type == "LogSoftmax" or 0 in normalised or normalised & set(target.tensor_axes):
+        return  # no constant sum, the sum runs over other axes too, or a position axis is normalised
+    if node.op_type == "LayerNormalization" and not _uniform(vjp_mod.constant_reader(proto)(node.input[1])):
+        return
+    what = ("sums to 1" if node.op_type == "Softmax" else
+            "has the same scale for every channel (its normalised values sum to 0)")
+    raise RFGraphError(f"'{target.output}' comes from {node.op_type} '{node.name}', which {what}: "
+                       f"summed over channels it is constant, so its gradient is rounding noise, not "
+                       f"an ERF; pick one channel (--channel C) or a tensor before it (--output NAME)")
+
+
+def _normalisation(proto: onnx.ModelProto, output: str, rank: int) -> tuple[onnx.NodeProto, set[int]] | None:
+    """The normalisation (``NORMALISING_OPS``) computing ``output`` (of rank ``rank``; through
+    Transposes: an NHWC norm put back in NCHW) and the axes of ``output`` it normalises over."""
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    node, perms = producer.get(output), []
+    while node is not None and node.op_type == "Transpose":
+        perms.append(list(next((a.ints for a in node.attribute if a.name == "perm"), ())))
+        node = producer.get(node.input[0])
+    if node is None or node.op_type not in NORMALISING_OPS or any(not p for p in perms):
+        return None
+    axis = next((a.i for a in node.attribute if a.name == "axis"), -1) % rank
+    normalised = set(range(axis, rank)) if node.op_type == "LayerNormalization" else {axis}
+    for perm in reversed(perms):  # where the normalised axes end up in ``output``
+        normalised = {perm.index(a) for a in normalised}
+    return node, normalised
+
+
+def _uniform(value: np.ndarray | None) -> bool:
+    """A known constant whose entries are all equal."""
+    return value is not None and value.size > 0 and bool((value == value.flat[0]).all())
+
+
 def _seed_notes(proto: onnx.ModelProto, target: Target, conv: ec.ERFConventions) -> list[str]:
     """Warn when the channel sum (or mean) of the seeded tensor is (nearly) constant, e.g. after
     LayerNorm with unit gamma: its gradient is then zero, up to rounding."""
-    producer = _producer(proto, target.output)
     linear = conv.scalar in (ec.Scalar.SUM, ec.Scalar.MEAN)
+    found = _normalisation(proto, target.output, len(target.shape)) if linear else None
     notes = []
     if not target.tensor_axes and int(np.prod(target.shape[1:], dtype=np.int64)) > 1:
         notes.append(f"'{target.output}' has no axis of positions: its unit is the whole tensor "
                      f"(the union of its positions' fields), every element of {list(target.shape)} "
                      f"{'summed' if conv.channel is None else 'of channel ' + str(conv.channel)}")
-    if linear and producer in NORMALISING_OPS:
-        notes.append(f"'{target.output}' comes from {producer}: summed over channels it is nearly "
+    if found is not None:
+        notes.append(f"'{target.output}' comes from {found[0].op_type}: summed over channels it is nearly "
                      "constant, so its gradient may be ~0; pick one channel (--channel C)")
     return notes
 

@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from .errors import RFGraphError
 from .onnx_import import elem_types, known_shapes
 from .options import ModelOptions
-from .vjp import active_tensors, constant_folder, constants
+from .vjp import active_tensors, constant_reader
 
 # op -> the operands that, all zero, make its output independent of its other inputs (a product
 # by the operand, or a normalisation's scale)
@@ -39,11 +39,7 @@ def silent_nodes(model: onnx.ModelProto, input_name: str) -> list[SilentNode]:
     """The nodes reading the input (through any path) that output a constant because one of
     their ``ZEROING_OPERANDS`` is a constant of zeros (through Identity and other folds)."""
     active = active_tensors(model, input_name, elem_types(model))
-    stored, folded = constants(model), constant_folder(model, known_shapes(model))
-
-    def constant(name: str) -> np.ndarray | None:  # a stored value, else the loader's fold
-        return stored[name] if name in stored else folded(name)
-
+    constant = constant_reader(model)
     found = []
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx") or not any(i in active for i in node.input if i):

@@ -32,6 +32,7 @@ from .onnx_import import (
     ModelGraph,
     build_graph,
     default_opset,
+    known_shapes,
     measure_shapes,
     prepare,
     static_shapes_and_types,
@@ -229,6 +230,13 @@ def constant_folder(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) 
         return graph[0].constant(name) if graph[0] is not None else None
 
     return fold
+
+
+def constant_reader(model: onnx.ModelProto) -> Callable[[str], np.ndarray | None]:
+    """A tensor's value where constants alone give it: stored (initializer, Constant node), else
+    the loader's folder (behind Identity nodes: how torch's exporter shares equal weights)."""
+    stored, folded = constants(model), constant_folder(model, known_shapes(model))
+    return lambda name: stored[name] if name in stored else folded(name)
 
 
 def _on_quantized_path(node: onnx.NodeProto, active: set[str], dtypes: dict[str, int]) -> bool:

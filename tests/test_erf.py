@@ -22,9 +22,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import rfgraph
-from rfgraph import cli
+from rfgraph import cli, vjp
 from rfgraph.erf import compute_erf, make_seed
-from rfgraph.errors import UnsupportedOpError
+from rfgraph.errors import RFGraphError, UnsupportedOpError
 from rfgraph.inputs import Reinit, reinitialise
 
 
@@ -447,20 +447,58 @@ def test_cli_layout_input_and_shape_options(tmp_path: Path, capsys: pytest.Captu
     assert len(err) == 1 and "inputs besides 'x' (bias)" in err[0]
 
 
-def test_channel_sum_of_softmax_is_flagged_and_near_zero() -> None:
-    """Seeding all channels of a Softmax over channels differentiates a constant (the sum is 1):
-    the ERF is ~0 and the result carries a note suggesting --channel; one channel is not ~0."""
-    w = np.random.default_rng(3).standard_normal((4, 1, 3, 3)).astype(np.float32)
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("Softmax", ["c"], ["y"], axis=1)]
-    graph = helper.make_graph(nodes, "sm", [helper.make_tensor_value_info(
-        "x", TensorProto.FLOAT, [1, 1, 8, 8])], [helper.make_tensor_value_info(
-            "y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    summed = compute_erf(model, runs=2)
+def _normalised(op: str, scale: np.ndarray | None = None, nhwc: bool = False) -> onnx.ModelProto:
+    """x [1, 1, 8, 8] -> 3x3 conv to 4 channels -> ``op`` over the channels (LayerNormalization
+    with ``scale``; ``nhwc``: on the channels-last map, transposed back)."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1])]
+    if nhwc:
+        nodes.append(helper.make_node("Transpose", ["c"], ["ct"], perm=[0, 2, 3, 1]))
+    src, dst = ("ct", "n") if nhwc else ("c", "y")
+    if op == "Softmax":
+        nodes.append(helper.make_node("Softmax", [src], [dst], axis=-1 if nhwc else 1))
+    else:
+        inits.append(numpy_helper.from_array(scale.astype(np.float32), "s"))
+        nodes.append(helper.make_node("LayerNormalization", [src, "s"], [dst], axis=-1 if nhwc else 1))
+    if nhwc:
+        nodes.append(helper.make_node("Transpose", ["n"], ["y"], perm=[0, 3, 1, 2]))
+    graph = helper.make_graph(nodes, "norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("op, scale, nhwc", [("Softmax", None, False), ("Softmax", None, True),
+                                             ("LayerNormalization", np.full(4, 0.5), True)],
+                         ids=["softmax", "softmax-nhwc", "layernorm-nhwc"])
+def test_channel_sum_of_a_constant_sum_is_refused(op: str, scale: np.ndarray | None, nhwc: bool) -> None:
+    """The channel sum of a Softmax over channels is 1, of a LayerNorm with one scale for all
+    channels is constant (the normalised values sum to 0): its gradient is rounding noise
+    (oracle: the gradient graph itself, < 1e-5 of one channel's), so the ERF is refused, naming
+    the node and --channel; one channel is computed without a note."""
+    model = _normalised(op, scale, nhwc)
+    with pytest.raises(RFGraphError, match=rf"comes from {op} .* rounding noise.*--channel"):
+        compute_erf(model, runs=2)
     one = compute_erf(model, runs=2, channel=1)
-    assert any("--channel" in n for n in summed.notes) and not one.notes
-    assert summed.erf.max() < 1e-5 * one.erf.max()
+    assert not one.notes
+    graph = vjp.build_vjp(model)
+    x = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
+    seed = np.zeros((1, 4, 8, 8), np.float32)
+    seed[0, :, 4, 4] = 1.0
+    summed = vjp.input_gradient(graph, vjp.session(graph), x, seed)
+    seed[0, [0, 2, 3], 4, 4] = 0.0
+    assert np.abs(summed).max() < 1e-5 * np.abs(vjp.input_gradient(graph, vjp.session(graph), x, seed)).max()
+
+
+@pytest.mark.parametrize("scale, nhwc", [(np.array([0.5, 1.0, 1.5, 2.0]), True), (np.ones(4), False)],
+                         ids=["own-scales", "over-positions-too"])
+def test_channel_sum_of_a_layernorm_that_is_no_constant_is_kept(scale: np.ndarray, nhwc: bool) -> None:
+    """A trained LayerNorm's scales differ per channel, and one over axis 1 of an NCHW map
+    normalises the positions too: the channel sum is no constant; computed (a note says it
+    may be small)."""
+    result = compute_erf(_normalised("LayerNormalization", scale.reshape(4, 1, 1) if not nhwc else scale, nhwc),
+                         runs=2)
+    assert result.erf.max() > 0 and any("--channel" in n for n in result.notes)
 
 
 @pytest.mark.parametrize("method", ["grad", "fd"])
