@@ -641,15 +641,14 @@ def test_erf_of_a_global_unit_through_the_rewrite() -> None:
 
 def test_not_used_for_a_channel_sum_after_a_softmax() -> None:
     """Summed over the channels a Softmax's output is constant: its gradient is rounding noise,
-    which the check cannot compare; the rewrite is left out (the note asks for a channel), and
-    used for one channel."""
+    refused before any rewrite (naming --channel); the rewrite is used for one channel."""
     g = G((12, 12), seed=8)
     x = "x"
     for _ in range(3):
         x = g.relu(g.conv(x, 5, pads=[2] * 4))
     model = g.model(g.node("Softmax", [x], axis=1))
-    summed = compute_erfs(model, region="cone", runs=1)[0]
-    assert not any(NOTE in n for n in summed.notes) and any("--channel" in n for n in summed.notes), summed.notes
+    with pytest.raises(RFGraphError, match=r"rounding noise.*--channel"):
+        compute_erfs(model, region="cone", runs=1)
     one = compute_erfs(model, region="cone", runs=1, channel=0)[0]
     assert any(NOTE in n for n in one.notes), one.notes
 
