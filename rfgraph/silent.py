@@ -96,19 +96,24 @@ def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
 def silent_notes(model: onnx.ModelProto, input_name: str, output: str, options: ModelOptions,
                  trf_size: Sequence[int | None] | None) -> list[str]:
     """A note naming the silent nodes and the field of the paths left (``trf_size``: the
-    output's TRF size, for comparison); [] when there are none."""
+    output's TRF size, for comparison); [] when there are none, or when the paths left see what
+    the whole model sees (an LSTM's first step times its zero initial state)."""
     silent = silent_nodes(model, input_name)
     if not silent:
+        return []
+    left = _live_field_text(model, input_name, output, options, silent, trf_size)
+    if left is None:
         return []
     names = ", ".join(f"{s.name} ({s.op_type})" for s in silent[:3]) + (", ..." if len(silent) > 3 else "")
     head = (f"{len(silent)} node(s) on the input's paths have all-zero weights and pass no gradient "
             f"({names}; e.g. a residual branch initialised to zero)")
-    return [f"{head}: {_live_field_text(model, input_name, output, options, silent, trf_size)}"]
+    return [f"{head}: {left}"]
 
 
 def _live_field_text(model: onnx.ModelProto, input_name: str, output: str, options: ModelOptions,
-                     silent: Sequence[SilentNode], trf_size: Sequence[int | None] | None) -> str:
-    """What the paths left see: their TRF at ``output``, or that none is left."""
+                     silent: Sequence[SilentNode], trf_size: Sequence[int | None] | None) -> str | None:
+    """What the paths left see: their TRF at ``output``, or that none is left; None when it is
+    the whole model's TRF."""
     from .analysis import analyze  # the whole TRF pass: only when there are silent nodes
 
     if output not in active_tensors(live := live_model(model, input_name, silent), input_name, elem_types(model)):
@@ -117,6 +122,8 @@ def _live_field_text(model: onnx.ModelProto, input_name: str, output: str, optio
         r = analyze(live, options=options)[output].r
     except (RFGraphError, KeyError) as exc:
         return f"the field of the paths left could not be computed ({exc})"
+    if trf_size is not None and tuple(r) == tuple(trf_size):
+        return None
     was = "" if trf_size is None else f" (the whole model's TRF: {_size_text(trf_size)})"
     return f"the ERF lies within the field of the paths left, {_size_text(r)}{was}"
 

@@ -211,3 +211,22 @@ def test_zero_at_the_centre_is_explained_by_the_silent_paths() -> None:
     note = next(n for n in result.notes if "Luo's size is 0" in n)
     assert "map's centre pixel" in note and "all-zero weights" in note and "--runs" not in note
     assert any("1 node(s)" in n and "mix (MatMul)" in n and "3 x 3" in n for n in result.notes)
+
+
+def test_silent_nodes_that_leave_the_field_whole_get_no_note() -> None:
+    """A zeroed branch beside a live one of the same field (an LSTM's first step times its zero
+    initial state is the real case: captcha_crnn): nothing the unit sees is lost, no note."""
+    torch.manual_seed(0)
+
+    class TwoBranches(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(2, 3, 3), nn.Conv2d(2, 3, 3)
+            nn.init.zeros_(self.b.weight)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return self.a(x) + self.b(x)
+
+    model = _export(TwoBranches())
+    assert [s.op_type for s in silent_nodes(model, "x")] == ["Conv"]
+    assert silent_notes(model, "x", "y", ModelOptions(), (3, 3)) == []
