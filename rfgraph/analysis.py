@@ -8,6 +8,7 @@ alignment verdict of every merge, and the nodes where the analysis stopped (unsu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from .semantics.transfer import Edge, Layout, OutTransfer, Transfer, carried
 from .trf import Gate, Merge, PassResult, Stop, TensorState, forward_pass, output_transfers, reverse_pass
 
 if TYPE_CHECKING:
+    from .diagnostics.regions import AxisRegions
     from .unknown_size import PBySize, UnknownSize
 
 AXIS_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
@@ -206,6 +208,14 @@ class Analysis:
     layout_reason: str = ""  # why that layout: given, a leading Transpose, a Conv, the shape
     options: ModelOptions = field(default_factory=ModelOptions, repr=False)  # how the model was read
     unknown_size: UnknownSize | None = None  # analysed without a size: how (periods, sizes used)
+
+    @functools.cached_property
+    def exact_regions(self) -> dict[str, tuple[AxisRegions, ...]]:
+        """Every tensor's clipped regions, per unit the input pixels it reads (with holes filled:
+        ``diagnostics.regions.exact_regions``), computed once, when first asked."""
+        from .diagnostics.regions import exact_regions
+
+        return exact_regions(self)
 
     def __getitem__(self, name: str) -> EndPoint:
         try:

@@ -63,14 +63,19 @@ def _cell(v: Any) -> str:
 
 
 def covers_input(ep: EndPoint, analysis: Analysis) -> bool | None:
-    """True when every unit's field contains the whole input along every axis (None: a local
-    field at an unknown input size, which covers small inputs only)."""
+    """True when every unit reads the first and the last input pixel along every axis (its
+    exact clipped region, ``Analysis.exact_regions``: a stride-2 VALID stem that never reads an
+    even input's last pixel does not cover it, whatever the unclipped region; else the region);
+    None: a local field at an unknown input size, which covers small inputs only."""
     if analysis.unknown_size is not None and not all(f.is_global for f in ep.fields):
         return None
+    exact = analysis.exact_regions.get(ep.name)
     for axis, f in enumerate(ep.fields):
         if f.is_global:
             continue
         size = analysis.input_shape[analysis.spatial_axes[axis]]
+        if exact is not None and not exact[axis].covers(size).all():
+            return False
         n = ep.units[axis] or 1
         if any(not (f.region(u)[0] <= 0 and f.region(u)[1] >= size - 1) for u in {0, n - 1}):
             return False

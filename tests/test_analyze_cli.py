@@ -217,3 +217,22 @@ def test_table_lists_ten_misaligned_merges_and_counts_the_rest(tmp_path, capsys)
     assert main(["analyze", str(path), "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert len({(m["node"], m["axis"]) for m in data["misaligned_merges"]}) == 14
+
+
+@pytest.mark.parametrize("size, covers", [(8, False), (9, True)])
+def test_covers_input_means_every_pixel_is_read(size: int, covers: bool) -> None:
+    """A VALID stride-2 3-tap conv on 8 pixels never reads pixel 7 (Keras' Xception, NASNet and
+    InceptionV3 stems on even inputs), though a wide conv after it makes every unit's unclipped
+    region span the input: 'covers input' is no, as the impulse oracle says; on 9 pixels, yes."""
+    from rfgraph.report import covers_input
+    from tests.bruteforce import impulse_support
+
+    g = G((size,))
+    y = g.conv(g.conv("x", 3, 2), 7, pads=[3, 3])
+    model = g.model(y)
+    a = rfgraph.analyze(model)
+    ep = a[y]
+    assert all(ep.region((u,))[0][0] <= 0 and ep.region((u,))[0][1] >= size - 1 for u in range(ep.units[0]))
+    seen = [impulse_support(model, y, (u,))[0] for u in range(ep.units[0])]
+    assert all(lo == 0 and hi == size - 1 for lo, hi in seen) is covers
+    assert covers_input(ep, a) is covers
