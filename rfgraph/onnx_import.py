@@ -276,6 +276,12 @@ def _fewest_inputs(op_type: str, domain: str, opset: int) -> int:
         return 0
 
 
+def unknown_standard_op(op_type: str, domain: str) -> bool:
+    """An op in ONNX's own domain that ONNX does not define (an exporter's leftover framework
+    call: tf2onnx's StatefulPartitionedCall)."""
+    return domain in ("", "ai.onnx") and not onnx.defs.has(op_type)
+
+
 MAX_MODEL_BYTES = 2**31 - 1  # protobuf cannot parse a larger message: refused before reading
 WEIGHT_BUDGET_ENV = WEIGHT_BYTES.env
 

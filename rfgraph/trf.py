@@ -30,7 +30,7 @@ from .fields import (
     union_spans,
     with_gate,
 )
-from .onnx_import import ModelGraph, attributes, check_attribute_types, paused_gc
+from .onnx_import import ModelGraph, attributes, check_attribute_types, paused_gc, unknown_standard_op
 from .rules import RuleTable
 from .semantics import CACHEABLE_OPS, GATE_OPS, STATIC_OPS, TRF_RULES
 from .semantics.transfer import AxisOutOfRange, Edge, Layout, NodeContext, OutTransfer, Rule, Transfer
@@ -225,9 +225,12 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None], cache: Tra
     rule = cache.rule(op, node.domain)
     if rule is None:
         dom = f" (domain '{node.domain}')" if node.domain else ""
-        raise UnsupportedOpError(mg.names[idx], node.op_type, f"no receptive-field rule for this op{dom}; "
-                                 f"declare one with --rules FILE or rfgraph.register_op "
-                                 f"(see docs/custom_ops.md)")
+        declare = "with --rules FILE or rfgraph.register_op (see docs/custom_ops.md)"
+        why = (f"ONNX has no such operator: the exporter left a framework call in the graph (a broken "
+               f"export); export it again (that function inlined, or at another opset), or declare a "
+               f"rule for it {declare}" if unknown_standard_op(op, node.domain) else
+               f"no receptive-field rule for this op{dom}; declare one {declare}")
+        raise UnsupportedOpError(mg.names[idx], node.op_type, why)
     shapes = mg.shapes
     in_shapes = [shapes.get(t) if t else None for t in mg.node_inputs[idx]]
     out_shapes = [shapes.get(t) if t else None for t in mg.node_outputs[idx]]

@@ -236,3 +236,17 @@ def test_covers_input_means_every_pixel_is_read(size: int, covers: bool) -> None
     seen = [impulse_support(model, y, (u,))[0] for u in range(ep.units[0])]
     assert all(lo == 0 and hi == size - 1 for lo, hi in seen) is covers
     assert covers_input(ep, a) is covers
+
+
+def test_an_op_onnx_does_not_define_is_called_a_broken_export() -> None:
+    """tf2onnx can leave a TensorFlow function call (StatefulPartitionedCall) in ONNX's own
+    domain: the stop says ONNX has no such operator and to export again, not only --rules; an
+    unknown op of another domain keeps the plain message."""
+    for domain, said in [("", "ONNX has no such operator"), ("com.example", "no receptive-field rule")]:
+        node = helper.make_node("StatefulPartitionedCall", ["x"], ["y"], name="call", domain=domain)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 8])])
+        opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+        stops = rfgraph.analyze(helper.make_model(graph, opset_imports=opsets)).stops
+        assert [s.node for s in stops] == ["call"] and said in stops[0].reason, stops
+        assert "--rules FILE" in stops[0].reason
