@@ -74,7 +74,8 @@ def covers_input(ep: EndPoint, analysis: Analysis) -> bool | None:
         if f.is_global:
             continue
         size = analysis.input_shape[analysis.spatial_axes[axis]]
-        if exact is not None and not exact[axis].covers(size).all():
+        seen = None if exact is None else exact[axis] if ep.units[axis] is not None else exact[axis].as_one_unit()
+        if seen is not None and not seen.covers(size).all():  # (a folded axis: one unit sees all its rows)
             return False
         n = ep.units[axis] or 1
         if any(not (f.region(u)[0] <= 0 and f.region(u)[1] >= size - 1) for u in {0, n - 1}):

@@ -138,3 +138,19 @@ def test_collapsed_axis_has_only_unit_zero(tmp_path, capsys):
     assert "outside" in capsys.readouterr().err
     assert main(["boxes", str(path), "--output", flat, "--index", "0,0", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["units"][0]["region"] == [[-1, 8], [-1, 8]]
+
+
+def test_a_folded_axis_covers_the_input_when_its_rows_do_together():
+    """H folded into the features: one unit holds all 8 rows, which together read every input
+    row; 'covers input' is yes, as the impulse support of each W unit says (each row alone
+    does not cover the 16 rows)."""
+    from rfgraph.report import covers_input
+
+    g = G((16, 3))
+    c = g.conv(g.conv("x", (3, 5), 1, pads=[1, 2, 1, 2]), (3, 5), 2, pads=[1, 2, 1, 2])
+    r = g.node("Reshape", [c, g._init(np.array([0, -1, 2], np.int64), "shape")])
+    model = g.model(r)
+    a = rfgraph.analyze(model)
+    assert a[r].units == (None, 2) and not a.exact_regions[r][0].covers(16).all()
+    assert all(impulse_support(model, r, (w,)) == [(0, 15), (0, 2)] for w in range(2))
+    assert covers_input(a[r], a) is True
