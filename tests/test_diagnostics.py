@@ -528,3 +528,25 @@ def test_size_scan_stops_at_its_time_limit_and_says_so(monkeypatch: pytest.Monke
     assert budgets.SCAN_SECONDS.env in cut["stopped"] and "--size-max" in cut["stopped"]
     assert cli(argv[:2] + ["-q"]) == 0
     assert "the scan stopped at size" in capsys.readouterr().out
+
+
+def test_a_gates_pooling_is_no_unproductive_layer() -> None:
+    """EfficientNet at 128 (Keras): its SE squeezes read saturated maps, and diagnose listed them
+    as unproductive (and left 128 out of the size range) though no end point's coverage counted
+    them. A gate's pooling mixes positions to gate them: judged nowhere."""
+    from rfgraph.diagnostics import diagnose
+
+    rng = np.random.default_rng(0)
+    w = [numpy_helper.from_array(rng.random(s, np.float32), f"w{i}") for i, s in
+         enumerate([(2, 1, 5, 5), (2, 2, 5, 5), (2, 2, 1, 1)])]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], pads=[2] * 4, strides=[2, 2]),
+             helper.make_node("Conv", ["a", "w1"], ["b"], pads=[2] * 4, strides=[2, 2]),
+             helper.make_node("GlobalAveragePool", ["b"], ["squeeze"]),
+             helper.make_node("Conv", ["squeeze", "w2"], ["excite"]),
+             helper.make_node("Sigmoid", ["excite"], ["gate"]),
+             helper.make_node("Mul", ["b", "gate"], ["y"])]
+    graph = helper.make_graph(nodes, "se", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], w)
+    d = diagnose(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), scan_sizes=False)
+    assert d.analysis["y"].gates and "GlobalAveragePool" not in {v.op for v in d.verdicts}
+    assert {v.op for v in d.verdicts} == {"Conv"}

@@ -75,11 +75,15 @@ class LayerVerdict:
 
 def layer_verdicts(analysis: Analysis, regions: Mapping[str, tuple[AxisRegions, ...]]
                    ) -> list[LayerVerdict]:
-    """Unproductive share of every layer (see module doc), per axis."""
+    """Unproductive share of every layer (see module doc), per axis; not of the layers that only
+    feed gates (an SE block's squeeze), which are on no end point's local field either."""
     mg = analysis.graph
     sizes = input_sizes(analysis)
+    gating = analysis.gating_nodes()  # a gate's pooling mixes positions to gate them, not to see more
     out = []
     for lay in layers(analysis):
+        if lay.index in gating:
+            continue
         node = mg.nodes[lay.index]
         j = list(node.output).index(lay.output)
         ot = analysis.transfer(lay.index).outputs[j]
