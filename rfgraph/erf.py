@@ -857,9 +857,15 @@ def _result(total: np.ndarray, kept: int, drawn: int, target: Target, sampler: S
         notes.append(_zero_centre_note(target, silent, metrics))
     elif not erf.any():
         notes.append(_empty_map_note(sampler.method))
+    if metrics.gaussian is not None and metrics.gaussian.r2 < POOR_FIT_R2:
+        notes.append(f"the Gaussian fit explains little of the map (R^2 {metrics.gaussian.r2:.2g}): its "
+                     f"sigma and radius do not describe this ERF; read erf_size, erf_extent and the map")
     return ERFResult(erf, metrics, target, sampler.input_name, sampler.full_shape, sampler.spatial,
                      sampler.method.value, runs, weight_runs, conv.aggregation is ec.Aggregation.ABS,
                      batch, seconds, tuple(notes), conv, kept, displayed_area_ratios(erf, conv))
+
+
+POOR_FIT_R2 = 0.5  # below it the Gaussian fit's sigma and radius are said to mean little
 
 
 def _zero_centre_note(target: Target, silent: bool, metrics: ERFMetrics) -> str:

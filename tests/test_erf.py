@@ -669,3 +669,20 @@ def test_global_map_seeds_its_centre_unit() -> None:
     assert grad.target.tensor_axes == (2, 3) and grad.target.unit == (2, 3), grad.target
     assert np.abs(grad.erf - fd.erf).max() <= 1e-2 * np.abs(grad.erf).max()
     assert np.count_nonzero(grad.erf) > 0.9 * grad.erf.size  # the pixels reach the unit
+
+
+def test_a_poor_gaussian_fit_is_said() -> None:
+    """A 2-tap conv with dilation 20: the ERF is two pixels 20 apart, which no Gaussian fits (R^2
+    ~0; Keras' Xception at 128 read 0.017 with sigma 431 px): a note says its sigma and radius
+    mean little. Four 3x3 convs: a near-Gaussian ERF (R^2 > 0.99), no note."""
+    from tests.graphs import G
+
+    g = G((32, 32))
+    two = compute_erf(g.model(g.conv("x", 2, d=20)), runs=4)
+    assert two.metrics.gaussian.r2 < 0.5 and any("Gaussian fit explains little" in n for n in two.notes)
+    g = G((32, 32))
+    x = "x"
+    for _ in range(4):
+        x = g.conv(x, 3)
+    stack = compute_erf(g.model(x), runs=4)
+    assert stack.metrics.gaussian.r2 > 0.99 and not any("Gaussian" in n for n in stack.notes)
