@@ -212,10 +212,14 @@ class Analysis:
     @functools.cached_property
     def exact_regions(self) -> dict[str, tuple[AxisRegions, ...]]:
         """Every tensor's clipped regions, per unit the input pixels it reads (with holes filled:
-        ``diagnostics.regions.exact_regions``), computed once, when first asked."""
+        ``diagnostics.regions.exact_regions``), computed once, when first asked ({} if they
+        cannot be)."""
         from .diagnostics.regions import exact_regions
 
-        return exact_regions(self)
+        try:
+            return exact_regions(self)
+        except (RFGraphError, ValueError, KeyError):  # a tensor without them keeps its TRF interval
+            return {}
 
     def __getitem__(self, name: str) -> EndPoint:
         try:
