@@ -279,7 +279,9 @@ def _fewest_inputs(op_type: str, domain: str, opset: int) -> int:
 def unknown_standard_op(op_type: str, domain: str) -> bool:
     """An op in ONNX's own domain that ONNX does not define (an exporter's leftover framework
     call: tf2onnx's StatefulPartitionedCall)."""
-    return domain in ("", "ai.onnx") and not onnx.defs.has(op_type)
+    if domain not in ("", "ai.onnx"):
+        return False
+    return not isinstance(op_type, str) or not onnx.defs.has(op_type)  # (undecodable bytes: no op)
 
 
 MAX_MODEL_BYTES = 2**31 - 1  # protobuf cannot parse a larger message: refused before reading
