@@ -154,3 +154,20 @@ def test_a_folded_axis_covers_the_input_when_its_rows_do_together():
     assert a[r].units == (None, 2) and not a.exact_regions[r][0].covers(16).all()
     assert all(impulse_support(model, r, (w,)) == [(0, 15), (0, 2)] for w in range(2))
     assert covers_input(a[r], a) is True
+
+
+def test_a_1x1_conv_over_a_flattened_grid_keeps_each_tokens_field():
+    """MobileViTv2 runs 1x1 convolutions on [N, C, patch, tokens] maps (H and W flattened into
+    the token axis): pointwise, so each token keeps its field, which is the impulse support of
+    that token; the analysis stopped there before ('sliding window over a flattened axis')."""
+    g = G((16, 16))
+    emb = g.conv(g.conv("x", 3, 1, pads=[1] * 4), 4, 4, cout=3)
+    flat = g.node("Reshape", [emb, g._init(np.array([0, 3, 1, 16], np.int64), "shape")])
+    y = g.conv(flat, 1, cout=2)
+    model = g.model(y)
+    a = rfgraph.analyze(model)
+    assert not a.stops and a[y].units == (4, 4) and a[y].r == (6, 6)
+    for t in range(16):
+        index = a[y].spatial_index((t,))
+        want = [(max(u0, 0), min(v0, 15)) for u0, v0 in a[y].region(index)]
+        assert impulse_support(model, y, (0, t)) == want  # (the axis of 1 before the tokens)

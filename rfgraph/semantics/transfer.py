@@ -272,12 +272,11 @@ def window(ctx: NodeContext, spans: Sequence[Span], size_dependent: bool = False
     for j, span in enumerate(spans):
         parts = lay[2 + j]
         axes = spatial_of(parts)
-        if not axes:
-            continue  # a window over a non-spatial axis does not move the field
+        if not axes or span == IDENTITY:
+            continue  # a window over a non-spatial axis, or a 1x1 one (a flattened axis too), moves nothing
         if len(parts) > 1:
             raise ctx.unsupported(f"sliding window over a flattened axis holding spatial axes {axes}")
-        if span != IDENTITY:
-            maps[axes[0]] = span
+        maps[axes[0]] = span
     out = OutTransfer(with_sizes(lay, ctx.out_shapes[0]), (Edge(0, maps),))
     rest: list[OutTransfer | None] = [None] * (len(ctx.node.output) - 1)
     if ctx.op == "MaxPool" and rest:  # Indices output: same positions as Y
