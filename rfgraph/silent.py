@@ -121,7 +121,7 @@ def _live_field_text(model: onnx.ModelProto, input_name: str, output: str, optio
     try:
         r = analyze(live, options=options)[output].r
     except (RFGraphError, KeyError) as exc:
-        return f"the field of the paths left could not be computed ({exc})"
+        return f"the ERF comes only from the paths around them (their TRF could not be computed: {exc})"
     if trf_size is not None and tuple(r) == tuple(trf_size):
         return None
     was = "" if trf_size is None else f" (the whole model's TRF: {_size_text(trf_size)})"
