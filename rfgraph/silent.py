@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from .errors import RFGraphError
 from .onnx_import import elem_types, known_shapes
@@ -64,7 +64,8 @@ def _all_zero(constant: Callable[[str], np.ndarray | None], name: str) -> bool:
 def live_model(model: onnx.ModelProto, input_name: str, silent: Sequence[SilentNode]) -> onnx.ModelProto:
     """A copy of ``model`` where each silent node reads zeros of the same shape in place of its
     inputs that carry the input: the model of the paths that carry signal."""
-    active = active_tensors(model, input_name, elem_types(model))
+    dtypes = elem_types(model)
+    active = active_tensors(model, input_name, dtypes)
     shapes = _shapes(model)
     names = {s.name for s in silent}
     live = onnx.ModelProto()
@@ -77,7 +78,8 @@ def live_model(model: onnx.ModelProto, input_name: str, silent: Sequence[SilentN
                 if name not in shapes:
                     raise RFGraphError(f"the shape of '{name}' (read by {node.name}) is unknown")
                 held = f"{name}__held_by_{node.name or node.output[0]}"
-                live.graph.initializer.append(numpy_helper.from_array(np.zeros(shapes[name], np.float32), held))
+                dtype = helper.tensor_dtype_to_np_dtype(dtypes.get(name, onnx.TensorProto.FLOAT))  # (a float16 model's)
+                live.graph.initializer.append(numpy_helper.from_array(np.zeros(shapes[name], dtype), held))
                 node.input[k] = held
     return live
 

@@ -230,3 +230,22 @@ def test_silent_nodes_that_leave_the_field_whole_get_no_note() -> None:
     model = _export(TwoBranches())
     assert [s.op_type for s in silent_nodes(model, "x")] == ["Conv"]
     assert silent_notes(model, "x", "y", ModelOptions(), (3, 3)) == []
+
+
+def test_a_float16_model_is_held_in_its_own_type() -> None:
+    """x (float16) -> conv 3x3 -> [conv 3x3 with zero weights] + itself: the held input is a
+    float16 zero tensor, and the paths left have the first conv's field, 3 x 3 (TRF 5 x 5)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.random((2, 1, 3, 3)).astype(np.float16), "a"),
+             numpy_helper.from_array(np.zeros((2, 2, 3, 3), np.float16), "b")]
+    nodes = [helper.make_node("Conv", ["x", "a"], ["h"], name="first", pads=[1] * 4),
+             helper.make_node("Conv", ["h", "b"], ["z"], name="zeroed", pads=[1] * 4),
+             helper.make_node("Add", ["h", "z"], ["y"], name="add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 2, 8, 8])], inits)
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    live = live_model(model, "x", silent_nodes(model, "x"))
+    held = next(i for i in live.graph.initializer if i.name.endswith("__held_by_zeroed"))
+    assert held.data_type == TensorProto.FLOAT16
+    (note,) = silent_notes(model, "x", "y", ModelOptions(), (5, 5))
+    assert "zeroed (Conv)" in note and "paths left, 3 x 3 (the whole model's TRF: 5 x 5)" in note
