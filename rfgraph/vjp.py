@@ -233,10 +233,19 @@ def constant_folder(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) 
 
 
 def constant_reader(model: onnx.ModelProto) -> Callable[[str], np.ndarray | None]:
-    """A tensor's value where constants alone give it: stored (initializer, Constant node), else
-    the loader's folder (behind Identity nodes: how torch's exporter shares equal weights)."""
-    stored, folded = constants(model), constant_folder(model, known_shapes(model))
-    return lambda name: stored[name] if name in stored else folded(name)
+    """A tensor's value where constants alone give it: stored (a Constant node's; an
+    initializer's, read when asked, as ``Builder.constant_or_folded`` does, not every weight at
+    once), else the loader's folder (behind Identity nodes: how torch's exporter shares equal
+    weights)."""
+    nodes, folded = constants(model, with_initializers=False), constant_folder(model, known_shapes(model))
+    initializers = {i.name: i for i in model.graph.initializer}
+
+    def read(name: str) -> np.ndarray | None:
+        if name in initializers:
+            return numpy_helper.to_array(initializers[name])
+        return nodes[name] if name in nodes else folded(name)
+
+    return read
 
 
 def _on_quantized_path(node: onnx.NodeProto, active: set[str], dtypes: dict[str, int]) -> bool:
@@ -347,13 +356,15 @@ def _builder(model: onnx.ModelProto, x_name: str, shapes: dict[str, tuple[int, .
     opset = default_opset(model, MIN_OPSET)
     fold = constant_folder(model, shapes)
     computed: dict[str, np.ndarray] = {}  # the operands computed in the graph, from one run
+    batched: list[bool] = []  # that run was made (once, whatever it gave)
 
     def evaluate(name: str) -> dict[str, np.ndarray]:  # folded where it can, else from one run
         value = fold(name)
         if value is not None:
             return {name: value}
-        if not computed:  # the first: every such operand at once (a run per weight took 100 s
-            operands = _computed_operands(model, active, shapes, dtypes)  # on dm_nfnet_f0)
+        if not batched:  # the first: every such operand at once (a run per weight took 100 s
+            batched.append(True)  # on dm_nfnet_f0)
+            operands = _computed_operands(model, active, shapes, dtypes)
             computed.update(_input_independent(model, operands | {name}, active, dtypes))
         return {name: computed.pop(name)} if name in computed else \
             _input_independent(model, {name}, active, dtypes)
