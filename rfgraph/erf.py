@@ -502,8 +502,10 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
     out_shape = _output_shape(proto, output, input_name, full_shape)
     targets = [resolve_target(analysis, proto, output, u, conv.channel, len(full_shape), spatial,
                               out_shape, conv.centre) for u in units]
-    _refuse_constant_sum(proto, targets[0], conv)
-    notes += _seed_notes(proto, targets[0], conv) + _gate_notes(analysis, output)
+    norm = _normalisation(proto, targets[0].output, len(targets[0].shape)) \
+        if conv.scalar in (ec.Scalar.SUM, ec.Scalar.MEAN) else None  # the channel sum is seeded
+    _refuse_constant_sum(proto, targets[0], norm)
+    notes += _seed_notes(targets[0], conv, norm) + _gate_notes(analysis, output)
     silent = silent_notes(proto, input_name, output, _analysis_options(opts, input_name),
                           None if (ep := _endpoint(analysis, output)) is None else ep.r) \
         if reinit_e.kind is Reinit.NONE else []  # the model's own weights: say which silence a path
@@ -1100,15 +1102,15 @@ def _producer(proto: onnx.ModelProto, name: str) -> str | None:
     return next((n.op_type for n in proto.graph.node if name in n.output), None)
 
 
-def _refuse_constant_sum(proto: onnx.ModelProto, target: Target, conv: ec.ERFConventions) -> None:
+def _refuse_constant_sum(proto: onnx.ModelProto, target: Target,
+                         norm: tuple[onnx.NodeProto, set[int]] | None) -> None:
     """Refuse the channel sum (or mean) of a tensor that is constant in exact arithmetic: a
     Softmax over the summed axes (it sums to 1), a LayerNormalization over them with one scale
-    for all (the normalised values sum to 0); its gradient is rounding noise, not an ERF."""
-    linear = conv.scalar in (ec.Scalar.SUM, ec.Scalar.MEAN)
-    found = _normalisation(proto, target.output, len(target.shape)) if linear else None
-    if found is None:
+    for all (the normalised values sum to 0); its gradient is rounding noise, not an ERF.
+    ``norm``: the normalisation computing the summed tensor (``_normalisation``), if any."""
+    if norm is None:
         return
-    node, normalised = found
+    node, normalised = norm
     if node.op_type == "LogSoftmax" or 0 in normalised or normalised & set(target.tensor_axes):
         return  # no constant sum, the sum runs over other axes too, or a position axis is normalised
     if node.op_type == "LayerNormalization" and not _uniform(vjp_mod.constant_reader(proto)(node.input[1])):
@@ -1142,18 +1144,18 @@ def _uniform(value: np.ndarray | None) -> bool:
     return value is not None and value.size > 0 and bool((value == value.flat[0]).all())
 
 
-def _seed_notes(proto: onnx.ModelProto, target: Target, conv: ec.ERFConventions) -> list[str]:
+def _seed_notes(target: Target, conv: ec.ERFConventions,
+                norm: tuple[onnx.NodeProto, set[int]] | None) -> list[str]:
     """Warn when the channel sum (or mean) of the seeded tensor is (nearly) constant, e.g. after
-    LayerNorm with unit gamma: its gradient is then zero, up to rounding."""
-    linear = conv.scalar in (ec.Scalar.SUM, ec.Scalar.MEAN)
-    found = _normalisation(proto, target.output, len(target.shape)) if linear else None
+    LayerNorm with unit gamma: its gradient is then zero, up to rounding (``norm``: the
+    normalisation computing the summed tensor, if any)."""
     notes = []
     if not target.tensor_axes and int(np.prod(target.shape[1:], dtype=np.int64)) > 1:
         notes.append(f"'{target.output}' has no axis of positions: its unit is the whole tensor "
                      f"(the union of its positions' fields), every element of {list(target.shape)} "
                      f"{'summed' if conv.channel is None else 'of channel ' + str(conv.channel)}")
-    if found is not None:
-        notes.append(f"'{target.output}' comes from {found[0].op_type}: summed over channels it is nearly "
+    if norm is not None:
+        notes.append(f"'{target.output}' comes from {norm[0].op_type}: summed over channels it is nearly "
                      "constant, so its gradient may be ~0; pick one channel (--channel C)")
     return notes
 

@@ -74,9 +74,10 @@ def covers_input(ep: EndPoint, analysis: Analysis) -> bool | None:
         if f.is_global:
             continue
         size = analysis.input_shape[analysis.spatial_axes[axis]]
-        seen = None if exact is None else exact[axis] if ep.units[axis] is not None else exact[axis].as_one_unit()
-        if seen is not None and not seen.covers(size).all():  # (a folded axis: one unit sees all its rows)
-            return False
+        if exact is not None:
+            seen = exact[axis] if ep.units[axis] is not None else exact[axis].as_one_unit()  # (folded: one unit)
+            if not seen.covers(size).all():
+                return False
         n = ep.units[axis] or 1
         if any(not (f.region(u)[0] <= 0 and f.region(u)[1] >= size - 1) for u in {0, n - 1}):
             return False

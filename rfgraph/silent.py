@@ -13,7 +13,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import RFGraphError
-from .onnx_import import elem_types, known_shapes
+from .onnx_import import elem_types, infer_shapes, known_shapes
 from .options import ModelOptions
 from .vjp import active_tensors, constant_reader
 
@@ -85,14 +85,14 @@ def live_model(model: onnx.ModelProto, input_name: str, silent: Sequence[SilentN
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """The static shapes the model declares, else those ONNX's shape inference gives."""
+    """The static shapes the model declares, else those the loader's inference gives (on a copy:
+    it folds shape arguments in place where inference fails)."""
     shapes = known_shapes(model)
     if all(not o or o in shapes for n in model.graph.node for o in n.output):
         return shapes
-    try:
-        return known_shapes(onnx.shape_inference.infer_shapes(model, strict_mode=False)) | shapes
-    except Exception:  # noqa: BLE001 - best effort: a shape still unknown is said by the caller
-        return shapes
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return known_shapes(infer_shapes(copy)) | shapes
 
 
 def silent_notes(model: onnx.ModelProto, input_name: str, output: str, options: ModelOptions,
