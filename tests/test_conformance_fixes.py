@@ -125,3 +125,27 @@ def test_copying_pad_keeps_r_s_p() -> None:
         ep = rfgraph.analyze(sweeps.pad_chain([("pad", (mode, 2, 1)), ("conv", (3, 2, 0))]).model)["t1"]
         fields[mode] = (ep.r, ep.S, ep.P)
     assert fields["reflect"] == fields["constant"]
+
+
+@pytest.mark.parametrize("name", ["sweep_tile_channels", "sweep_tile_batch", "sweep_tile_none", "sweep_tile_reduced_h"])
+def test_tile_copies_of_features_or_of_a_size_one_axis_are_analysed(name: str) -> None:
+    """Tile (gcvit's global query, repeated over the windows) stopped the analysis: copies of
+    channels, of the batch or of an axis of size 1 are analysed, each unit's region equal to its
+    measured dependencies (the global H of a mean over H included, the local W kept), and the
+    gradient matches central differences."""
+    case = _cases()[name]
+    analysis = rfgraph.analyze(case.model, input_name="x", layout="NCHW")
+    assert "y" in analysis and not analysis.stops
+    assert check_trf(case).verdict == "exact"
+    assert check_vjp(case).verdict == "match"
+
+
+def test_tile_copies_of_a_spatial_axis_are_refused() -> None:
+    """Copies along W (output unit o reads unit o mod 5) have no sliding field: the analysis stops
+    at the Tile naming why; the gradient still matches central differences."""
+    case = _cases()["sweep_tile_spatial_w"]
+    analysis = rfgraph.analyze(case.model, input_name="x", layout="NCHW")
+    assert "y" not in analysis
+    (stop,) = analysis.stops
+    assert stop.op == "Tile" and "o mod 5" in stop.reason
+    assert check_vjp(case).verdict == "match"

@@ -8,7 +8,7 @@ Each op family is one module holding, side by side, the receptive-field (TRF) ru
 * ``convolution``: Conv, ConvInteger, QLinearConv, ConvTranspose;
 * ``pooling``: Max/Average/Lp pools and the global pools;
 * ``resampling``: Resize, Upsample, DepthToSpace, SpaceToDepth, GridSample;
-* ``layout``: Pad, Slice, Crop, Concat, Split, Gather, Transpose, Reshape, Flatten, (Un)Squeeze, Expand;
+* ``layout``: Pad, Slice, Crop, Concat, Split, Gather, Transpose, Reshape, Flatten, (Un)Squeeze, Expand, Tile;
 * ``reductions``: Reduce*, ArgMax/ArgMin, TopK;
 * ``normalisation``: Batch/Layer/Instance/Group normalisation, MVN, LpNormalization, LRN, Softmax family;
 * ``linear``: MatMul, Gemm, MatMulInteger, QLinearMatMul, Einsum;

@@ -1,5 +1,5 @@
 """Shape and layout ops: Pad, Slice, Crop, Concat, Split, Gather, Transpose, Reshape, Flatten, Squeeze, Unsqueeze,
-Expand.
+Expand, Tile.
 """
 
 from __future__ import annotations
@@ -145,6 +145,33 @@ def concat_rule(ctx: NodeContext) -> Transfer:
     ctx.layouts = [ctx.layouts[data[0]]]
     out = _shift_out(ctx, {axis: offset}, None)
     return Transfer((OutTransfer(out.layout, (Edge(data[0], out.edges[0].maps),)),))
+
+
+def tile_rule(ctx: NodeContext) -> Transfer:
+    """Tile: whole copies of the tensor along each axis.  Along an axis of size 1 it broadcasts (as
+    Expand) and along a feature axis it only repeats features; copies along a spatial axis of size
+    n > 1 (output unit o reads unit o mod n) have no sliding field, so they are refused."""
+    if ctx.opset < 6:
+        raise ctx.unsupported("Tile before opset 6 (tiles and axis inputs) has no rule")
+    repeats = _tile_repeats(ctx)
+    shape = ctx.in_shapes[0]
+    for t, (r, parts) in enumerate(zip(repeats, ctx.data_layout(0))):
+        dim = shape[t] if shape else None
+        if r != 1 and dim != 1 and spatial_of(parts):
+            raise ctx.unsupported(f"{r} copies along axis {t}, which holds positions: output unit o reads "
+                                  f"unit o mod {dim if dim is not None else 'n'}, not a sliding window")
+    return broadcast(ctx)
+
+
+def _tile_repeats(ctx: NodeContext) -> list[int]:
+    """Tile's repeats: the constant input, else the ratio of known output and input shapes."""
+    repeats = ctx.ints(1, "repeats")
+    if repeats is not None:
+        return repeats
+    ins, outs = ctx.in_shapes[0], ctx.out_shapes[0]
+    if ins and outs and None not in ins and None not in outs and all(ins):
+        return [o // i for o, i in zip(outs, ins)]
+    raise ctx.unsupported("repeats computed at run time and the shapes unknown; set them with --input-shape")
 
 
 def _concat_mixes(ctx: NodeContext, axis: int, data: Sequence[int]) -> Transfer:
@@ -390,6 +417,19 @@ def _expand(b: Builder, n: NodeView, gys: list) -> Grads:
     return [b.reduce_to(gys[0], b.shape(n.inputs[0]))]
 
 
+def _tile(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Tile: each axis of n units repeated r times is read as (r, n); the gradient sums the r copies."""
+    xs, ys = b.shape(n.inputs[0]), b.shape(n.outputs[0])
+    if 0 in xs:
+        return [b.zeros(xs)]
+    repeats = [y // x for x, y in zip(xs, ys)]
+    if all(r == 1 for r in repeats):
+        return [gys[0]]
+    split = b.reshape(gys[0], [d for r, x in zip(repeats, xs) for d in (r, x)])
+    axes = [2 * t for t, r in enumerate(repeats) if r != 1]
+    return [b.reshape(b.op("ReduceSum", split, b.ints(axes), keepdims=1), xs)]
+
+
 def _pad(b: Builder, n: NodeView, gys: list) -> Grads:
     """Pad: constant mode crops the gradient back with negated pads (and pads where Pad
     cropped); reflect/edge/wrap also add each border value's gradient onto the input position it
@@ -526,11 +566,11 @@ TRF: dict[str, Rule] = {
     "Pad": pad_rule, "Slice": slice_rule, "Crop": crop_rule,
     "Concat": concat_rule, "Split": split_rule, "Gather": gather_rule,
     "Transpose": transpose_rule, "Reshape": reshape_rule, "Flatten": flatten_rule,
-    "Squeeze": squeeze_rule, "Unsqueeze": squeeze_rule, "Expand": broadcast,
+    "Squeeze": squeeze_rule, "Unsqueeze": squeeze_rule, "Expand": broadcast, "Tile": tile_rule,
 }
 
 VJP: dict[str, VJPRule] = {
     "Reshape": _reshape, "Flatten": _reshape, "Squeeze": _reshape, "Unsqueeze": _reshape,
-    "Transpose": _transpose, "Expand": _expand,
+    "Transpose": _transpose, "Expand": _expand, "Tile": _tile,
     "Pad": _pad, "Slice": _slice, "Gather": _gather, "Concat": _concat, "Split": _split,
 }

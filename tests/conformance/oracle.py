@@ -10,6 +10,7 @@ import onnx
 
 import rfgraph
 from rfgraph import vjp
+from rfgraph.borders import clipped_regions
 from rfgraph.errors import RFGraphError
 from tests.conformance.cases import Case
 
@@ -91,13 +92,18 @@ def _unit_masks(ep, mask: np.ndarray) -> dict[tuple[int, ...], bool]:
     return out
 
 
-def _predicted(ep, boxes: np.ndarray, unit: tuple[int, ...], sizes: tuple[int, ...]) -> list[tuple[int, int]]:
-    """The input box rfgraph reports for a unit (``EndPoint.boxes`` clipped to the input, as
-    every command shows it); the whole axis where the field is global."""
-    k = len(sizes)
-    box = boxes[unit] if boxes is not None else None
-    return [(0, n - 1) if f.is_global or box is None else (int(box[a]), int(box[k + a]))
-            for a, (f, n) in enumerate(zip(ep.fields, sizes))]
+def _axis_regions(ep, sizes: tuple[int, ...]) -> list[np.ndarray | None]:
+    """Per axis, the clipped ``[u0, v0]`` of every unit rfgraph reports (``EndPoint.regions``
+    clipped to the input, as every command shows it); None along an axis where the field is global."""
+    copies = ep.copies or ((),) * len(sizes)
+    return [None if f.is_global else clipped_regions(ep.regions(a), n, c)
+            for a, (f, n, c) in enumerate(zip(ep.fields, sizes, copies))]
+
+
+def _predicted(regions: list[np.ndarray | None], unit: tuple[int, ...],
+               sizes: tuple[int, ...]) -> list[tuple[int, int]]:
+    """The input box rfgraph reports for a unit: the whole axis where the field is global."""
+    return [(0, n - 1) if r is None else (int(r[u, 0]), int(r[u, 1])) for r, u, n in zip(regions, unit, sizes)]
 
 
 def check_trf(case: Case) -> Verdict:
@@ -149,9 +155,9 @@ def _compare(ep, moved: dict[tuple[int, ...], np.ndarray], sizes: tuple[int, ...
     per_pos = {pos: _unit_masks(ep, mask) for pos, mask in moved.items()}
     every = len(moved) == int(np.prod(sizes))
     loose = ""
-    boxes = None if ep.is_global else ep.boxes(clip_to=sizes)
+    regions = _axis_regions(ep, sizes)
     for unit in np.ndindex(*[n or 1 for n in ep.units]):
-        box = _predicted(ep, boxes, unit, sizes)
+        box = _predicted(regions, unit, sizes)
         hits = [pos for pos, units in per_pos.items() if units[unit]]
         for pos in hits:
             if any(not lo <= p <= hi for p, (lo, hi) in zip(pos, box)):

@@ -124,6 +124,34 @@ def batch_norm_cases() -> list[Case]:
     return out
 
 
+TILES = {  # name -> (repeats, the op before the Tile); copies of a spatial axis of size > 1 are refused
+    "channels": ([1, 3, 1, 1], "Conv"), "batch": ([2, 1, 1, 1], "Conv"), "none": ([1, 1, 1, 1], "Conv"),
+    "reduced_h": ([1, 2, 4, 1], "ReduceMean"), "spatial_w": ([1, 1, 1, 2], "Conv"),
+}
+
+
+def tile_cases() -> list[Case]:
+    """Tile after a 3x3 Conv (copies of channels, of the batch, of a spatial axis) and after a mean
+    over H (copies along the reduced axis: a broadcast)."""
+    out = []
+    for name, (repeats, before) in TILES.items():
+        inits: dict[str, np.ndarray] = {"repeats": np.array(repeats, np.int64)}
+        if before == "Conv":
+            inits["w"] = np.random.default_rng(1).standard_normal((2, 2, 3, 3)).astype(np.float32)
+            first = helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1])
+        else:
+            inits["axes"] = np.array([2], np.int64)
+            first = helper.make_node("ReduceMean", ["x", "axes"], ["c"], keepdims=1)
+        graph = helper.make_graph([first, helper.make_node("Tile", ["c", "repeats"], ["y"])], "tile",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, 2, 4, 5))],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                                  [numpy_helper.from_array(v, k) for k, v in inits.items()])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+        out.append(Case(f"sweep_tile_{name}", "Tile", model, "x", _x((1, 2, 4, 5))))
+    return out
+
+
 def sweep_cases() -> list[Case]:
     """Every sweep."""
-    return resize_cases() + crop_resize_cases() + pad_cases() + [pad_chain(c) for c in PAD_CHAINS] + batch_norm_cases()
+    return (resize_cases() + crop_resize_cases() + pad_cases() + [pad_chain(c) for c in PAD_CHAINS]
+            + batch_norm_cases() + tile_cases())
