@@ -258,3 +258,21 @@ def test_if_nested_200_deep_is_named_as_such(tmp_path: Path, capsys: pytest.Capt
     path = tmp_path / "deep.onnx"
     path.write_bytes(model)
     _exit2_one_line(capsys, ["analyze", str(path)], "deeper than protobuf's parsing limit", "If in If")
+
+
+@pytest.mark.parametrize("op, group, w_shape", [("Conv", 2, [4, 3, 3, 3]), ("Conv", 2 ** 40, [4, 3, 3, 3]),
+                                                ("Conv", 0, [4, 3, 3, 3]), ("ConvTranspose", 1, [2, 4, 3, 3]),
+                                                ("ConvTranspose", 2, [3, 4, 3, 3])])
+@pytest.mark.parametrize("command", ["analyze", "erf"])
+def test_groups_that_do_not_fit_the_channels_are_refused(op: str, group: int, w_shape: list[int], command: str,
+                                                         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A group that does not fit the channels (the fuzz's Conv with group 2^40 on 3 channels): one
+    line naming the node (erf hit an assertion in the gradient builder, exit 3, once the output's
+    declared shape no longer refused the model first)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    w = helper.make_tensor("w", TensorProto.FLOAT, w_shape, [0.1] * int(np.prod(w_shape)))
+    node = helper.make_node(op, ["x", "w"], ["y"], group=group, name="bad")
+    graph = helper.make_graph([node], "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    _exit2_one_line(capsys, [command, str(path)], "node 'bad'", f"group {group}")

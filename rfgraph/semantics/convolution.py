@@ -32,6 +32,24 @@ def _kernel(ctx: NodeContext, weight_slot: int | None) -> list[int]:
     raise ctx.unsupported("kernel size unknown (no kernel_shape and no static weight shape)")
 
 
+def _check_groups(ctx: NodeContext, weight_slot: int | None, data_slot: int = 0, transposed: bool = False) -> None:
+    """The spec's channel constraints, where the shapes are known: a Conv's input has group x
+    W.shape[1] channels, a ConvTranspose's W.shape[0]; either's groups divide W.shape[0]
+    (onnxruntime refuses the model otherwise, and no gradient could be built)."""
+    group = int(ctx.attrs.get("group", 1))
+    if group < 1:
+        raise ctx.invalid(f"group {group} is not a positive number")
+    x = ctx.in_shapes[data_slot]
+    w = ctx.in_shapes[weight_slot] if weight_slot is not None and weight_slot < len(ctx.in_shapes) else None
+    if not x or not w or len(x) < 2 or len(w) < 2 or None in (x[1], w[0], w[1]):
+        return
+    expected = w[0] if transposed else group * w[1]
+    if x[1] != expected or w[0] % group:
+        rule = "W.shape[0]" if transposed else "group x W.shape[1]"
+        raise ctx.invalid(f"group {group} does not fit the shapes: input channels {x[1]}, weight "
+                          f"{list(w)} (ONNX: {rule} input channels, W.shape[0] divisible by group)")
+
+
 def conv_rule(weight_slot: int | None = 1, data_slot: int = 0,
               scalar_slots: Sequence[int] = ()) -> Callable[[NodeContext], Transfer]:
     """Conv-like op: each output unit reads k_eff = d(k-1)+1 inputs from u*s - p_begin;
@@ -43,6 +61,7 @@ def conv_rule(weight_slot: int | None = 1, data_slot: int = 0,
             if slot != 0 and slot != data_slot and slot not in scalar_slots:
                 raise ctx.unsupported("weights computed from the input (data-dependent kernel)")
         kernel = _kernel(ctx, weight_slot)
+        _check_groups(ctx, weight_slot, data_slot)
         geo = geometry.window(ctx.op, ctx.name, ctx.attrs, kernel, _spatial_sizes(ctx, len(kernel)))
         tr = window(ctx, [Span.layer(a.kernel, a.stride, a.pad_begin, a.dilation) for a in geo.axes],
                     geo.size_dependent)
@@ -55,6 +74,7 @@ def conv_transpose_rule(ctx: NodeContext) -> Transfer:
     if 1 in ctx.data_slots():
         raise ctx.unsupported("weights computed from the input (data-dependent kernel)")
     kernel = _kernel(ctx, 1)
+    _check_groups(ctx, 1, transposed=True)
     geo = geometry.conv_transpose(ctx.name, ctx.attrs, kernel, _spatial_sizes(ctx, len(kernel)))
     spans = []
     for ax in geo.axes:
