@@ -28,6 +28,7 @@ from .onnx_import import (
     ModelSource,
     attributes,
     build_graph,
+    contradiction_notes,
     forget_stored_shapes,
     inlined_ifs,
     load_model,
@@ -208,6 +209,7 @@ class Analysis:
     layout_reason: str = ""  # why that layout: given, a leading Transpose, a Conv, the shape
     options: ModelOptions = field(default_factory=ModelOptions, repr=False)  # how the model was read
     unknown_size: UnknownSize | None = None  # analysed without a size: how (periods, sizes used)
+    shape_notes: list[str] = field(default_factory=list)  # declared shapes dropped: inference contradicts them
 
     @functools.cached_property
     def exact_regions(self) -> dict[str, tuple[AxisRegions, ...]]:
@@ -358,6 +360,7 @@ def analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None 
     analysis.rule_notes.update({node: f"If replaced by its {which}: its condition is known once the "
                                       f"model is loaded (fixed input shapes, --fill values)"
                                 for node, which in inlined_ifs(analysis.graph.model).items()})
+    analysis.shape_notes = contradiction_notes(analysis.graph.model)
     return analysis
 
 

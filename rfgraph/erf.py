@@ -1184,7 +1184,7 @@ def _load(model: ModelSource, opts: ModelOptions) -> tuple[onnx.ModelProto, Anal
     """Load with the core loader (``fill`` inputs become constants, If nodes they decide are
     inlined), fix the input at batch 1, and run the TRF pass if it can."""
     from . import analysis as analysis_mod
-    from .onnx_import import data_inputs, load_model
+    from .onnx_import import contradiction_notes, data_inputs, load_model
     from .unknown_size import require_size
 
     notes: list[str] = []
@@ -1212,6 +1212,7 @@ def _load(model: ModelSource, opts: ModelOptions) -> tuple[onnx.ModelProto, Anal
         a = None
     _sort_nodes(proto.graph)
     _check_declared_shapes(proto)
+    notes += contradiction_notes(proto)
     if a is not None and not a.spatial_axes:
         raise RFGraphError(f"input '{name}' {list(a.input_shape)} has no spatial axis (layout {a.layout}) "
                            f"to measure a field along; give the layout, e.g. --layout NL")

@@ -11,6 +11,7 @@ import gc
 import hashlib
 import math
 import os
+import re
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -799,11 +800,7 @@ def load_model(source: ModelSource, input_shape: Mapping[str, Sequence[int]] | N
         forget_stored_shapes(model)
     set_input_shapes(model, input_shape or {})
     fill_inputs(model, fill or {})
-    model = infer_shapes(model)
-    for _ in range(MAX_FOLD_ROUNDS):  # an inlined branch may hold an If of its own
-        if not inline_constant_ifs(model):
-            break
-        model = infer_shapes(model)
+    model = _inferred_without_contradictions(model)
     if check:
         check_input_size(model, exported, probe)
     return model
@@ -1418,10 +1415,94 @@ def forget_stored_shapes(model: onnx.ModelProto) -> None:
     shape inference recomputes them for the input shape the user set."""
     del model.graph.value_info[:]
     for vi in model.graph.output:
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-            for i, d in enumerate(vi.type.tensor_type.shape.dim):
-                d.Clear()
-                d.dim_param = f"{vi.name}_d{i}"
+        if vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.ClearField("shape")
+
+
+CONTRADICTED = "rfgraph:contradicted-shapes"  # metadata key: the declarations dropped, one per line
+MAX_CONTRADICTIONS = 16  # rounds of dropping declarations (each re-runs the shape inference)
+_CONTRADICTION = re.compile(r"op_type:([^,)]*)(?:, node name: ([^)]*))?\): \[ShapeInferenceError\] Inferred shape "
+                            r"and existing shape differ")
+
+
+def _inferred_without_contradictions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference with the constant Ifs inlined; a declared shape that the inference
+    contradicts (a wrong export: onnxruntime computes the inferred shape and only warns) is
+    dropped and the inference redone, so no command reports or seeds it.  The dropped
+    declarations are listed under ``CONTRADICTED`` in the metadata (``contradicted_shapes``)."""
+    dropped: list[str] = []
+    for _ in range(MAX_CONTRADICTIONS):
+        inferred = _inferred_and_inlined(copy_model(model))
+        found = _contradicted_node(inferred)
+        lines = _forget_declarations(model, found) if found else []
+        if not lines:
+            break
+        dropped += lines
+    if dropped:
+        inferred.metadata_props.add(key=CONTRADICTED, value="\n".join(dropped))
+    return inferred
+
+
+def _inferred_and_inlined(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``infer_shapes``, then each If whose condition is known replaced by its branch, again."""
+    model = infer_shapes(model)
+    for _ in range(MAX_FOLD_ROUNDS):  # an inlined branch may hold an If of its own
+        if not inline_constant_ifs(model):
+            break
+        model = infer_shapes(model)
+    return model
+
+
+def _contradicted_node(model: onnx.ModelProto) -> set[str]:
+    """The outputs of the node whose inferred shape contradicts the recorded one (strict
+    inference over the recorded shapes; an unnamed node: every unnamed node of its op), or none."""
+    try:
+        shape_inference.infer_shapes(shapes_only(model), check_type=False, strict_mode=True,
+                                     data_prop=propagated_values_are_small(model))
+        return set()
+    except Exception as exc:  # noqa: BLE001 - only a contradiction is handled here; the rest later
+        found = _CONTRADICTION.search(" ".join(str(exc).split()))
+    if not found:
+        return set()
+    op, name = found.group(1).strip(), (found.group(2) or "").strip()
+    return {t for n in model.graph.node if n.name == name and (name or n.op_type == op) for t in n.output}
+
+
+def _forget_declarations(model: onnx.ModelProto, names: set[str]) -> list[str]:
+    """Drop the declared shapes of ``names`` (value_info entries removed, graph outputs' shapes
+    cleared); one line per declaration, "name: [dims]"."""
+    g = model.graph
+    lines = [f"{vi.name}: {_declared_text(vi)}" for vi in list(g.value_info) + list(g.output)
+             if vi.name in names and vi.type.tensor_type.HasField("shape")]
+    kept = [vi for vi in g.value_info if vi.name not in names]
+    del g.value_info[:]
+    g.value_info.extend(kept)
+    for vi in g.output:
+        if vi.name in names:
+            vi.type.tensor_type.ClearField("shape")
+    return lines
+
+
+def _declared_text(vi: onnx.ValueInfoProto) -> str:
+    """A declared shape as [1, seqlen, 3]."""
+    dims = [str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
+            for d in vi.type.tensor_type.shape.dim]
+    return f"[{', '.join(dims)}]"
+
+
+def contradiction_notes(model: onnx.ModelProto) -> list[str]:
+    """One sentence per declared shape ``load_model`` dropped because inference contradicts it."""
+    text = next((p.value for p in model.metadata_props if p.key == CONTRADICTED), "")
+    shapes = stored_dims(model)
+    notes = []
+    for line in text.splitlines():
+        name, _, declared = line.partition(": ")
+        inferred = "another shape"
+        if name in shapes:
+            inferred = f"[{', '.join('?' if d is None else str(d) for d in shapes[name])}]"
+        notes.append(f"'{name}' is declared {declared} in the file, but ONNX shape inference gives {inferred} "
+                     f"(what onnxruntime computes): the declaration is ignored")
+    return notes
 
 
 def _unknown_negative_dims(model: onnx.ModelProto) -> None:

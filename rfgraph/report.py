@@ -130,6 +130,7 @@ def analysis_dict(analysis: Analysis, names: Iterable[str]) -> dict[str, Any]:
         "gates": {g.node: {"op": g.op, "tensor": g.tensor, "source": g.source}
                   for g in analysis.gates.values()},
         "rule_notes": dict(analysis.rule_notes),
+        "shape_notes": list(analysis.shape_notes),
         "stops": [{"node": s.node, "op": s.op, "reason": s.reason, "tensors_lost": s.lost}
                   for s in analysis.stops],
     }
@@ -302,6 +303,7 @@ def _notes(analysis: Analysis, names: Sequence[str] = ()) -> list[str]:
         lines.append(f"... and {len(analysis.gates) - NOTE_LINES} more gates (--format json lists them all)")
     for node, why in analysis.rule_notes.items():
         lines.append(f"rule used at node '{node}': {why}")
+    lines += analysis.shape_notes
     for s in analysis.stops:
         lines.append(f"STOPPED at node '{s.node}' ({s.op}): {s.reason}; {s.lost} tensor(s) after it not analysed")
     return ["\n".join(lines)] if lines else []

@@ -171,17 +171,32 @@ def test_no_write_into_a_missing_npy_folder(tmp_path: Path, capsys: pytest.Captu
     assert not os.path.exists(tmp_path / "no")
 
 
-def test_erf_refuses_a_declared_shape_that_contradicts_inference(tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture) -> None:
-    """A 3x3 valid Conv of an 8x8 input is 6x6 (ONNX's output-size formula); y declared 5x5 would
-    seed the gradient at a unit of a map onnxruntime does not compute (before: exit 0 with
-    metrics, or exit 3 where the declared rank differs)."""
+@pytest.mark.parametrize("declared, text", [([1, 1, 5, 5], "[1, 1, 5, 5]"), ([1, 36], "[1, 36]")])
+def test_a_declared_shape_that_contradicts_inference_is_ignored(declared: list[int], text: str, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """A 3x3 valid Conv of an 8x8 input is 6x6 (ONNX's output-size formula, what onnxruntime
+    computes, warning); y declared 5x5, or of rank 2 (ddddocr's OCR model declares its output
+    [1, seqlen] and computes [32, 1, 8210]), was reported as declared by analyze and refused by erf.
+    Now the declaration is dropped with a note: analyze reports 6x6, erf seeds the centre of the
+    6x6 map and its ERF lies in that unit's 3x3 field."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 5, 5])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, declared)
     w = helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 3, 3], [0.1] * 9)
     graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g", [x], [y], [w])
-    onnx.save(helper.make_model(graph), tmp_path / "d.onnx")
-    _exit2_one_line(capsys, ["erf", str(tmp_path / "d.onnx"), "--runs", "1"], "(6) vs (5)")
+    path = tmp_path / "d.onnx"
+    onnx.save(helper.make_model(graph), path)
+    assert main(["analyze", str(path), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["endpoints"][-1]["shape"] == [1, 1, 6, 6]
+    note = (f"'y' is declared {text} in the file, but ONNX shape inference gives [1, 1, 6, 6] (what "
+            f"onnxruntime computes): the declaration is ignored")
+    assert doc["shape_notes"] == [note]
+    npy = tmp_path / "e.npy"
+    assert main(["erf", str(path), "--runs", "1", "--npy", str(npy), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["unit"] == [2, 2] and any("declared" in n for n in doc["notes"])
+    erf = np.abs(np.load(npy))
+    assert erf[2:5, 2:5].min() > 0 and erf.sum() == erf[2:5, 2:5].sum()
 
 
 @pytest.mark.parametrize("node, words", [
