@@ -445,7 +445,7 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
                  assume_pointwise: bool | None = None, fill: Mapping[str, float] | None = None,
                  fd_budget: float = FD_BUDGET_S, workers: int = 1, scheduler: str | None = None,
                  provider: str = "auto", options: ModelOptions | None = None,
-                 region: str = "full") -> list[ERFResult]:
+                 region: str = "full", step_back: bool = False) -> list[ERFResult]:
     """The ERFs of several units of one tensor (``units``: indices, None for the centre), each
     averaged as Luo et al. do over the same inputs, with its metrics; one backward serves several
     units (one seed per batch item).
@@ -473,6 +473,9 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
     (each unit on the crop of its field, ``rfgraph.cone``: the same gradient at the cost of the
     cone; refused, saying why, where it cannot be used) or "auto" (the cone where it is smaller
     than the input and exact, else the full input; a note says which and why).
+    ``step_back`` (implied when ``output`` is None): where the seeded channel sum of the tensor is
+    constant (a Softmax or a uniformly scaled LayerNorm over the channels), the ERF of the centre
+    is that of the normalisation's input instead, with a note; else such a tensor is refused.
     """
     import time
 
@@ -498,13 +501,31 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
     notes = load_notes + notes
     input_name, full_shape, spatial = _input_facts(proto, analysis, opts.erf_input()[0])
     _refuse_other_inputs(proto, input_name)
+    step_back = (step_back or output is None) and all(u is None for u in units)  # the tensor is rfgraph's choice
     output = output or proto.graph.output[0].name
-    out_shape = _output_shape(proto, output, input_name, full_shape)
-    targets = [resolve_target(analysis, proto, output, u, conv.channel, len(full_shape), spatial,
-                              out_shape, conv.centre) for u in units]
-    norm = _normalisation(proto, targets[0].output, len(targets[0].shape)) \
-        if conv.scalar in (ec.Scalar.SUM, ec.Scalar.MEAN) else None  # the channel sum is seeded
-    _refuse_constant_sum(proto, targets[0], norm)
+
+    def seeded_targets(name: str) -> tuple[list[Target], tuple[onnx.NodeProto, set[int]] | None, str]:
+        """The targets on tensor ``name``, the normalisation computing it (when its channel sum is
+        seeded) and why that sum is constant ("" when it is not)."""
+        shape = _output_shape(proto, name, input_name, full_shape)
+        found = [resolve_target(analysis, proto, name, u, conv.channel, len(full_shape), spatial,
+                                shape, conv.centre) for u in units]
+        by = _normalisation(proto, found[0].output, len(found[0].shape)) \
+            if conv.scalar in (ec.Scalar.SUM, ec.Scalar.MEAN) else None  # the channel sum is seeded
+        return found, by, _constant_sum(proto, found[0], by)
+
+    targets, norm, constant = seeded_targets(output)
+    if constant and step_back and norm is not None:
+        notes.append(f"'{output}' comes from {norm[0].op_type} '{norm[0].name}', which {constant}: its "
+                     f"channel sum is constant, so the ERF is that of its input '{norm[0].input[0]}' "
+                     f"(--channel C for one channel of '{output}')")
+        output = norm[0].input[0]
+        targets, norm, constant = seeded_targets(output)
+    if constant:
+        raise RFGraphError(f"'{targets[0].output}' comes from {norm[0].op_type} '{norm[0].name}', which "  # type: ignore[index]
+                           f"{constant}: summed over channels it is constant, so its gradient is rounding "
+                           f"noise, not an ERF; pick one channel (--channel C) or a tensor before it "
+                           f"(--output NAME)")
     notes += _seed_notes(targets[0], conv, norm) + _gate_notes(analysis, output)
     silent = silent_notes(proto, input_name, output, _analysis_options(opts, input_name),
                           None if (ep := _endpoint(analysis, output)) is None else ep.r) \
@@ -1102,24 +1123,21 @@ def _producer(proto: onnx.ModelProto, name: str) -> str | None:
     return next((n.op_type for n in proto.graph.node if name in n.output), None)
 
 
-def _refuse_constant_sum(proto: onnx.ModelProto, target: Target,
-                         norm: tuple[onnx.NodeProto, set[int]] | None) -> None:
-    """Refuse the channel sum (or mean) of a tensor that is constant in exact arithmetic: a
-    Softmax over the summed axes (it sums to 1), a LayerNormalization over them with one scale
-    for all (the normalised values sum to 0); its gradient is rounding noise, not an ERF.
-    ``norm``: the normalisation computing the summed tensor (``_normalisation``), if any."""
+def _constant_sum(proto: onnx.ModelProto, target: Target, norm: tuple[onnx.NodeProto, set[int]] | None) -> str:
+    """Why the channel sum (or mean) of ``target``'s tensor is constant in exact arithmetic, so
+    that its gradient is rounding noise, not an ERF: a Softmax over the summed axes (it sums to
+    1), a LayerNormalization over them with one scale for all (the normalised values sum to 0);
+    "" when it is not.  ``norm``: the normalisation computing the tensor (``_normalisation``)."""
     if norm is None:
-        return
+        return ""
     node, normalised = norm
     if node.op_type == "LogSoftmax" or 0 in normalised or normalised & set(target.tensor_axes):
-        return  # no constant sum, the sum runs over other axes too, or a position axis is normalised
+        return ""  # no constant sum, the sum runs over other axes too, or a position axis is normalised
     if node.op_type == "LayerNormalization" and not _uniform(vjp_mod.constant_reader(proto)(node.input[1])):
-        return
-    what = ("sums to 1" if node.op_type == "Softmax" else
-            "has the same scale for every channel (its normalised values sum to 0)")
-    raise RFGraphError(f"'{target.output}' comes from {node.op_type} '{node.name}', which {what}: "
-                       f"summed over channels it is constant, so its gradient is rounding noise, not "
-                       f"an ERF; pick one channel (--channel C) or a tensor before it (--output NAME)")
+        return ""
+    if node.op_type == "Softmax":
+        return "sums to 1"
+    return "has the same scale for every channel (its normalised values sum to 0)"
 
 
 def _normalisation(proto: onnx.ModelProto, output: str, rank: int) -> tuple[onnx.NodeProto, set[int]] | None:

@@ -227,8 +227,9 @@ def erf_card(analysis: Analysis, name: str, options: ERFOptions) -> dict[str, An
     region = ep.region(unit)
     card["region"] = [list(r) for r in region]
     try:
-        result = overlay.unit_erf(analysis, name, unit, options.runs, options.method,
-                                  options.inputs, options.seed, options.progress)
+        chosen = not options.outputs  # rfgraph picked the tensor: the centre may step back before a Softmax
+        result = overlay.unit_erf(analysis, name, None if chosen else unit, options.runs, options.method,
+                                  options.inputs, options.seed, options.progress, step_back=chosen)
     except RFGraphError as exc:
         return {**card, "error": str(exc)}
     size = overlay.grid_size(analysis.input_shape, analysis.spatial_axes)
@@ -239,6 +240,7 @@ def erf_card(analysis: Analysis, name: str, options: ERFOptions) -> dict[str, An
             "width": int(pic.shape[1]), "height": int(pic.shape[0]),
             "box": list(overlay.box_pixels(region, size, scale) or ()) or None,
             "runs": result.runs, "method": result.method, "metrics": metrics_dict(result.metrics),
+            "seeded": result.target.output,
             "shown": [(k, rows[k][0], rows[k][1]) for k in ERF_METRICS if k in rows]}
 
 

@@ -148,18 +148,18 @@ def save_png(pic: np.ndarray, path: str | Path) -> Path:
     return write_atomically(Path(path), lambda tmp: tmp.write_bytes(data))
 
 
-def unit_erf(analysis: Any, tensor: str, index: Sequence[int], runs: int = 16, method: str = "grad",
-             inputs: str = "gaussian", seed: int = 0, progress: bool = False) -> Any:
-    """The ERF (``rfgraph.erf.compute_erf``) of one unit of ``tensor``, on the analysed model, read
-    with the analysis's options (its rules and assume-pointwise choice; its shapes and fills are
-    already in the loaded model)."""
+def unit_erf(analysis: Any, tensor: str, index: Sequence[int] | None, runs: int = 16, method: str = "grad",
+             inputs: str = "gaussian", seed: int = 0, progress: bool = False, step_back: bool = False) -> Any:
+    """The ERF (``rfgraph.erf.compute_erf``) of one unit of ``tensor`` (None: the centre), on the
+    analysed model, read with the analysis's options (its rules and assume-pointwise choice; its
+    shapes and fills are already in the loaded model); ``step_back`` as ``compute_erfs`` says."""
     from .erf import compute_erf
 
-    unit = analysis[tensor].tensor_index(index)  # the same unit, as the ERF engine indexes it
+    unit = None if index is None else analysis[tensor].tensor_index(index)  # as the ERF engine indexes it
     options = replace(analysis.options, input_shapes={}, fill={}, input_name=analysis.input_name,
                       layout=analysis.layout)
     result = compute_erf(analysis.graph.model, tensor, unit=unit, runs=runs, method=method,
-                         inputs=inputs, seed=seed, progress=progress, options=options)
+                         inputs=inputs, seed=seed, progress=progress, options=options, step_back=step_back)
     if result.input_name != analysis.input_name:
         raise RFGraphError(f"the ERF engine differentiates w.r.t. input '{result.input_name}', "
                            f"not '{analysis.input_name}'; drop --input or --no-erf")

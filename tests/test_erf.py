@@ -474,11 +474,17 @@ def _normalised(op: str, scale: np.ndarray | None = None, nhwc: bool = False) ->
 def test_channel_sum_of_a_constant_sum_is_refused(op: str, scale: np.ndarray | None, nhwc: bool) -> None:
     """The channel sum of a Softmax over channels is 1, of a LayerNorm with one scale for all
     channels is constant (the normalised values sum to 0): its gradient is rounding noise
-    (oracle: the gradient graph itself, < 1e-5 of one channel's), so the ERF is refused, naming
-    the node and --channel; one channel is computed without a note."""
+    (oracle: the gradient graph itself, < 1e-5 of one channel's), so the ERF of that tensor is
+    refused, naming the node and --channel; one channel is computed without a note.  Where rfgraph
+    chose the tensor (no output given) it takes the normalisation's input instead, with a note:
+    the same map as that tensor's own ERF (the same positions; NHWC or not)."""
     model = _normalised(op, scale, nhwc)
     with pytest.raises(RFGraphError, match=rf"comes from {op} .* rounding noise.*--channel"):
-        compute_erf(model, runs=2)
+        compute_erf(model, "y", runs=2)
+    stepped = compute_erf(model, runs=2)
+    before = "ct" if nhwc else "c"
+    assert stepped.target.output == before and any(f"that of its input '{before}'" in n for n in stepped.notes)
+    np.testing.assert_array_equal(stepped.erf, compute_erf(model, before, runs=2).erf)
     one = compute_erf(model, runs=2, channel=1)
     assert not one.notes
     graph = vjp.build_vjp(model)

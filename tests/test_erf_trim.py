@@ -648,7 +648,7 @@ def test_not_used_for_a_channel_sum_after_a_softmax() -> None:
         x = g.relu(g.conv(x, 5, pads=[2] * 4))
     model = g.model(g.node("Softmax", [x], axis=1))
     with pytest.raises(RFGraphError, match=r"rounding noise.*--channel"):
-        compute_erfs(model, region="cone", runs=1)
+        compute_erfs(model, model.graph.output[0].name, region="cone", runs=1)
     one = compute_erfs(model, region="cone", runs=1, channel=0)[0]
     assert any(NOTE in n for n in one.notes), one.notes
 

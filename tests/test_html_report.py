@@ -302,6 +302,28 @@ def test_erf_picture_of_a_linear_conv_is_its_closed_form(tmp_path: Path) -> None
     assert report.summary["erf"][0]["region"] == [[4, 6], [3, 5]]
 
 
+def test_a_default_card_before_a_softmax_shows_its_input(tmp_path: Path) -> None:
+    """The card rfgraph picks ends in a Softmax over channels (a classifier, a VAD's logits): its
+    channel sum is 1, so the card shows the ERF of the Softmax's input (the same positions), saying
+    so, instead of an error (the report's exit 1); the map is that tensor's own ERF.  A card the
+    user names keeps the refusal."""
+    rng, inits = np.random.default_rng(2), []
+    path = _save([_conv("c", "x", "logits", (3, 1, 3, 3), 3, 1, 1, rng, inits),
+                  helper.make_node("Softmax", ["logits"], ["prob"], axis=1)], inits, [1, 1, 12, 10], "prob",
+                 tmp_path / "soft.onnx")
+    analysis = rfgraph.analyze(str(path))
+    report = build_report(analysis, "soft", erf=ERFOptions(runs=2))
+    (card,) = parse(report.html).find("figure", class_="card")
+    assert card.attrs["data-tensor"] == "prob" and not report.notes
+    assert "ERF of <code>logits</code>, the input of the normalisation" in report.html
+    want = rfgraph.erf.compute_erf(str(path), "logits", runs=2)
+    pic = overlay.compose((12, 10), None, want.erf, json.loads(card.attrs["data-region"]),
+                          int(card.attrs["data-scale"]))
+    assert (decode(card.find("img")[0].attrs["src"]) == pic).all()
+    named = build_report(analysis, "soft", erf=ERFOptions(outputs=["prob"], runs=2))
+    assert len(named.notes) == 1 and "rounding noise" in named.notes[0]
+
+
 def test_hover_tables_give_the_api_region_of_every_unit(built: tuple, doc: Node) -> None:
     """The page's per-axis lookup (regions[a][u]) reproduces EndPoint.region for every unit."""
     analysis, data = built[1], live_data(doc)

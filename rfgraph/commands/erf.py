@@ -47,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "RepLKNet area ratios and the ERF/TRF ratio.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
-    p.add_argument("--output", "--erf-output", metavar="NAME", help="tensor holding the unit (default: first output)")
+    p.add_argument("--output", "--erf-output", metavar="NAME",
+                   help="tensor holding the unit (default: the first output, or the input of the Softmax or "
+                        "LayerNorm that computes it where their channel sum is constant)")
     p.add_argument("--unit", metavar="I,J", help="unit index along the tensor axes that hold positions "
                    "(a flattened token axis: the token index; default: centre)")
     p.add_argument("--units", metavar="I,J", nargs="+",
