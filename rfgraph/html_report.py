@@ -201,12 +201,18 @@ def erf_targets(analysis: Analysis, options: ERFOptions) -> list[str]:
         for name in options.outputs:
             analysis[name]
         return list(options.outputs)
-    local = [n for n in analysis.default_endpoints() if _pictured(analysis[n])]
+    local = [n for n in analysis.default_endpoints() if _carded(analysis[n])]
     return local[-options.limit:] if options.limit > 0 else []
 
 
 def _pictured(ep: EndPoint) -> bool:
+    """A local field over a 1-D or 2-D input: the hover view draws it."""
     return not ep.is_global and all(ep.units) and len(ep.fields) in (1, 2)
+
+
+def _carded(ep: EndPoint) -> bool:
+    """A local field over a 1-D, 2-D or 3-D input (drawn as frames): an ERF card draws it."""
+    return not ep.is_global and all(ep.units) and len(ep.fields) in (1, 2, 3)
 
 
 def centre_unit(ep: EndPoint) -> tuple[int, ...]:
@@ -232,13 +238,20 @@ def erf_card(analysis: Analysis, name: str, options: ERFOptions) -> dict[str, An
                                   options.inputs, options.seed, options.progress, step_back=chosen)
     except RFGraphError as exc:
         return {**card, "error": str(exc)}
-    size = overlay.grid_size(analysis.input_shape, analysis.spatial_axes)
-    scale = overlay.display_scale(size, target=256)
-    pic = overlay.compose(size, None, result.erf, region, scale)
+    sizes = [int(analysis.input_shape[a]) for a in analysis.spatial_axes]
+    if len(sizes) == 3:  # a row of frames, no single box
+        frames = overlay.frame_indices(sizes[0], region[0])
+        scale = overlay.display_scale((sizes[1], sizes[2] * len(frames)), target=768)
+        pic, _ = overlay.compose_frames(sizes, None, result.erf, region, scale)
+        box = None
+    else:
+        size = overlay.grid_size(analysis.input_shape, analysis.spatial_axes)
+        scale = overlay.display_scale(size, target=256)
+        pic = overlay.compose(size, None, result.erf, region, scale)
+        box = list(overlay.box_pixels(region, size, scale) or ()) or None
     rows = {k: (v, d) for k, v, d in metric_rows(result.metrics)}
     return {**card, "picture": overlay.data_uri(overlay.png_bytes(pic)), "scale": scale,
-            "width": int(pic.shape[1]), "height": int(pic.shape[0]),
-            "box": list(overlay.box_pixels(region, size, scale) or ()) or None,
+            "width": int(pic.shape[1]), "height": int(pic.shape[0]), "box": box,
             "runs": result.runs, "method": result.method, "metrics": metrics_dict(result.metrics),
             "seeded": result.target.output,
             "shown": [(k, rows[k][0], rows[k][1]) for k in ERF_METRICS if k in rows]}

@@ -6,7 +6,9 @@ magnified by an integer ``scale``, so input pixel (y, x) covers picture pixels
 (inclusive, from ``EndPoint.region``) clipped to the input, outlined ``BOX_WIDTH`` pixels wide
 inside its outer edge in ``BOX_COLOUR``.  The ERF is divided by its maximum and coloured with
 ``CMAP``; over an image it is blended with weight ``alpha * value``.  1-D inputs are drawn as a
-strip ``STRIP`` input pixels tall.  Needs Pillow and matplotlib (its colour maps), imported lazily.
+strip ``STRIP`` input pixels tall; 3-D inputs (T, H, W) as a row of H x W frames ``FRAME_GAP``
+picture pixels apart (at most ``MAX_FRAMES``), one ERF scale for all of them, the box on the frames
+the region spans.  Needs Pillow and matplotlib (its colour maps), imported lazily.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ BOX_COLOUR = (0, 255, 255)  # cyan: absent from the 'inferno' map, so the box is
 BOX_WIDTH = 2
 CMAP = "inferno"
 STRIP = 8
+MAX_FRAMES = 16  # frames of a 3-D input drawn at most
+FRAME_GAP = 4  # picture pixels between two frames
+GAP_COLOUR = (32, 32, 32)
 
 
 def _pil() -> Any:
@@ -73,14 +78,16 @@ def display_scale(size: tuple[int, int], target: int = 384, largest: int = 16) -
     return int(max(1, min(largest, target // max(size))))
 
 
-def colourise(erf: np.ndarray, cmap: str = CMAP) -> tuple[np.ndarray, np.ndarray]:
-    """(RGB uint8 (H, W, 3), normalised values in [0, 1]) of an ERF map divided by its maximum."""
+def colourise(erf: np.ndarray, cmap: str = CMAP, top: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(RGB uint8 (H, W, 3), normalised values in [0, 1]) of an ERF map divided by its maximum
+    (or by ``top``: one scale for several frames)."""
     try:
         from matplotlib import colormaps
     except ImportError:
         raise RFGraphError("heatmaps need matplotlib: pip install 'rfgraph[report]'") from None
     values = np.abs(np.asarray(erf, dtype=np.float64))
-    top = float(values.max()) if values.size else 0.0
+    if top is None:
+        top = float(values.max()) if values.size else 0.0
     values = values / top if top > 0 else np.zeros_like(values)
     rgb = (colormaps[cmap](values)[..., :3] * 255).round().astype(np.uint8)
     return rgb, values
@@ -103,14 +110,15 @@ def box_pixels(region: Region, size: tuple[int, int], scale: int) -> tuple[int, 
 
 
 def compose(size: tuple[int, int], image: np.ndarray | None = None, erf: np.ndarray | None = None,
-            region: Region | None = None, scale: int = 1, alpha: float = 0.7) -> np.ndarray:
+            region: Region | None = None, scale: int = 1, alpha: float = 0.7, top: float | None = None) -> np.ndarray:
     """The picture as uint8 (H*scale, W*scale, 3): image (or grey), ERF heatmap, TRF box.
 
     Without an image the heatmap is drawn opaque; over an image it is blended by ``alpha * value``.
+    ``top``: the value drawn as the colour map's end (default the map's maximum).
     """
     base = (image if image is not None else blank_image(size)).astype(np.float64)
     if erf is not None:
-        rgb, values = colourise(erf_2d(erf, size[0]))
+        rgb, values = colourise(erf_2d(erf, size[0]), top=top)
         weight = alpha * values[..., None] if image is not None else np.ones_like(values)[..., None]
         base = base * (1 - weight) + rgb * weight
     pic = np.repeat(np.repeat(base.round().astype(np.uint8), scale, axis=0), scale, axis=1)
@@ -118,6 +126,38 @@ def compose(size: tuple[int, int], image: np.ndarray | None = None, erf: np.ndar
     if box is not None:
         draw_box(pic, box)
     return pic
+
+
+def frame_indices(depth: int, span: tuple[int, int] | None = None) -> list[int]:
+    """The frames of a 3-D input drawn: every one up to ``MAX_FRAMES``, else that many evenly
+    spaced, with the first and last frames of ``span`` (the region along T, clipped) among them."""
+    if depth <= MAX_FRAMES:
+        return list(range(depth))
+    picked = {int(round(v)) for v in np.linspace(0, depth - 1, MAX_FRAMES)}
+    if span is not None:
+        lo, hi = max(span[0], 0), min(span[1], depth - 1)
+        if lo <= hi:
+            picked = set(sorted(picked, key=lambda t: (min(abs(t - lo), abs(t - hi)), t))[2:]) | {lo, hi}
+    return sorted(picked)
+
+
+def compose_frames(sizes: Sequence[int], image: np.ndarray | None = None, erf: np.ndarray | None = None,
+                   region: Region | None = None, scale: int = 1) -> tuple[np.ndarray, list[int]]:
+    """A 3-D input's picture: frames (``frame_indices``) side by side, ``FRAME_GAP`` apart, each
+    ``compose``d with the ERF's slice on one colour scale (the whole map's maximum) and the box of
+    the region's H x W extent on the frames its T extent spans; returns (picture, frames)."""
+    depth, size = int(sizes[0]), (int(sizes[1]), int(sizes[2]))
+    frames = frame_indices(depth, None if region is None else (int(region[0][0]), int(region[0][1])))
+    top = None if erf is None else float(np.abs(np.asarray(erf, dtype=np.float64)).max())
+    gap = np.empty((size[0] * scale, FRAME_GAP, 3), np.uint8)
+    gap[:] = GAP_COLOUR
+    parts: list[np.ndarray] = []
+    for t in frames:
+        inside = region is not None and region[0][0] <= t <= region[0][1]
+        parts += [gap] if parts else []
+        parts.append(compose(size, image, None if erf is None else np.asarray(erf)[t],
+                             region[1:] if inside else None, scale, top=top))  # type: ignore[index]
+    return np.concatenate(parts, axis=1), frames
 
 
 def draw_box(pic: np.ndarray, box: tuple[int, int, int, int], width: int = BOX_WIDTH) -> None:

@@ -324,6 +324,22 @@ def test_a_default_card_before_a_softmax_shows_its_input(tmp_path: Path) -> None
     assert len(named.notes) == 1 and "rounding noise" in named.notes[0]
 
 
+def test_a_video_model_gets_a_card_of_frames(tmp_path: Path) -> None:
+    """A 3-D input (T, H, W) got no ERF card (only 1-D and 2-D were drawn): its card is the row of
+    frames ``rfgraph show`` draws, from the engine's own map."""
+    rng, inits = np.random.default_rng(4), []
+    path = _save([_conv("c3", "x", "y", (2, 1, 3, 3, 3), 3, 1, 1, rng, inits)], inits, [1, 1, 5, 8, 6], "y",
+                 tmp_path / "video.onnx")
+    analysis = rfgraph.analyze(str(path))
+    report = build_report(analysis, "video", erf=ERFOptions(runs=2))
+    (card,) = parse(report.html).find("figure", class_="card")
+    assert card.attrs["data-unit"] == "2,3,2" and not report.notes
+    region = json.loads(card.attrs["data-region"])
+    want = rfgraph.erf.compute_erf(str(path), "y", runs=2)
+    pic, frames = overlay.compose_frames((5, 8, 6), None, want.erf, region, int(card.attrs["data-scale"]))
+    assert frames == [0, 1, 2, 3, 4] and (decode(card.find("img")[0].attrs["src"]) == pic).all()
+
+
 def test_hover_tables_give_the_api_region_of_every_unit(built: tuple, doc: Node) -> None:
     """The page's per-axis lookup (regions[a][u]) reproduces EndPoint.region for every unit."""
     analysis, data = built[1], live_data(doc)

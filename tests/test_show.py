@@ -156,3 +156,51 @@ def test_errors_are_one_line_exit_2(model: Path, tmp_path: Path, capsys: pytest.
     assert main(["show", str(model), "-o", str(tmp_path / "o.png"), *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and err.startswith("rfgraph: error:")
+
+
+W3 = (np.arange(1, 28, dtype=np.float32).reshape(1, 1, 3, 3, 3) - 14)  # |W3| largest at two corners
+
+
+def linear_conv3d(path: Path, t: int) -> Path:
+    """x (1, 1, t, 6, 5) -> 3x3x3 conv, no padding, weights W3 -> y."""
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv3d")], "lin3",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, t, 6, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(W3, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_video_input_is_drawn_as_a_row_of_frames(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """3-D input (T=5, 6, 5): five frames, 4 px apart; frame t holds |W3[t - 1]| / max|W3| on the
+    unit's H x W region (the closed-form ERF of a linear conv, one colour scale for all frames) and
+    the box only on the frames of its T extent [1, 3] (it was refused: 'pictures need 1-D or 2-D')."""
+    out = tmp_path / "v.png"
+    assert main(["show", str(linear_conv3d(tmp_path / "c3.onnx", 5)), "--output", "y", "--index", "1,2,1",
+                 "-o", str(out), "--runs", "2", "--scale", "8", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["region"] == [[1, 3], [2, 4], [1, 3]]
+    picture = doc["picture"]
+    assert picture["frames"] == [0, 1, 2, 3, 4] and picture["frame_pitch"] == 5 * 8 + overlay.FRAME_GAP
+    pic = read_png(out)
+    assert pic.shape == (48, 5 * 40 + 4 * overlay.FRAME_GAP, 3) == (picture["height"], picture["width"], 3)
+    for t in range(5):
+        frame = pic[:, t * picture["frame_pitch"]: t * picture["frame_pitch"] + 40]
+        expected = np.zeros((6, 5))
+        if 1 <= t <= 3:
+            expected[2:5, 1:4] = np.abs(W3[0, 0, t - 1]) / np.abs(W3).max()
+        colours = (colormaps["inferno"](expected)[..., :3] * 255).round().astype(np.uint8)
+        assert (frame[4::8, 4::8] == colours).all(), t
+        ys, xs = np.nonzero(cyan(frame))
+        if 1 <= t <= 3:
+            assert [xs.min(), ys.min(), xs.max(), ys.max()] == picture["box"] == [8, 16, 31, 39]
+        else:
+            assert not len(xs)
+
+
+def test_long_videos_draw_sixteen_frames_with_the_region_s_ends() -> None:
+    """40 frames: 16 evenly spaced, the region's first and last frames among them."""
+    frames = overlay.frame_indices(40, (17, 21))
+    assert len(frames) == 16 and {17, 21} <= set(frames) and frames == sorted(set(frames))
+    assert overlay.frame_indices(40) == [int(round(v)) for v in np.linspace(0, 39, 16)]
+    assert overlay.frame_indices(7, (2, 3)) == list(range(7))

@@ -22,7 +22,9 @@ EXAMPLES = """examples:
 
 The image is resized to the model's input size; the cyan box is the unit's theoretical receptive
 field (clipped to the input), the heatmap its effective receptive field (mean |input gradient| over
---runs random inputs, Luo et al. 2016) divided by its maximum.  JSON schema: docs/json_schema.md.
+--runs random inputs, Luo et al. 2016) divided by its maximum.  A 3-D input (video, volume) is drawn
+as a row of frames on one colour scale, the box on the frames the field spans.  JSON schema:
+docs/json_schema.md.
 
 exit codes: 0 picture written; 2 unreadable model or image, unknown tensor, bad index."""
 
@@ -75,20 +77,25 @@ def run(args: argparse.Namespace) -> int:
                            f"pick a tensor before the global op")
     index = parse_index(args.index, ep.units)
     region = ep.region(index)  # validates the index
-    size = overlay.grid_size(analysis.input_shape, analysis.spatial_axes)
+    sizes = [int(analysis.input_shape[a]) for a in analysis.spatial_axes]
+    size = overlay.grid_size(analysis.input_shape, analysis.spatial_axes) if len(sizes) < 3 else (sizes[1], sizes[2])
+    frames = overlay.frame_indices(sizes[0], region[0]) if len(sizes) == 3 else [0]
     image = overlay.load_image(args.image, size) if args.image else None
-    scale = args.scale or overlay.display_scale(size)
+    scale = args.scale or overlay.display_scale((size[0], size[1] * len(frames)))
     if scale < 1:
         raise RFGraphError("--scale must be at least 1")
-    budgets.IMAGE_PIXELS.check(math.prod(size) * scale * scale, f"a picture at --scale {scale}",
+    budgets.IMAGE_PIXELS.check(math.prod(size) * len(frames) * scale * scale, f"a picture at --scale {scale}",
                                "use a smaller --scale")
     with model_errors(args.model):
         erf = None if args.no_erf else overlay.unit_erf(
             analysis, ep.name, index, args.runs, args.method, args.erf_inputs, args.seed,
             progress=not quiet and sys.stderr.isatty())
-    pic = overlay.compose(size, image, None if erf is None else erf.erf, region, scale)
+    if len(sizes) == 3:
+        pic, frames = overlay.compose_frames(sizes, image, None if erf is None else erf.erf, region, scale)
+    else:
+        pic = overlay.compose(size, image, None if erf is None else erf.erf, region, scale)
     overlay.save_png(pic, args.out)
-    doc = show_dict(analysis, ep, index, args, pic.shape, scale, erf)
+    doc = show_dict(analysis, ep, index, args, pic.shape, scale, erf, frames if len(sizes) == 3 else None)
     if args.format == "json":
         print(json_text(doc))
     elif not quiet:
@@ -99,21 +106,29 @@ def run(args: argparse.Namespace) -> int:
 
 
 def show_dict(analysis: Any, ep: Any, index: tuple[int, ...], args: argparse.Namespace,
-              shape: tuple[int, ...], scale: int, erf: Any) -> dict[str, Any]:
-    """What was drawn, as plain data (schema: docs/json_schema.md, ``show``)."""
+              shape: tuple[int, ...], scale: int, erf: Any, frames: list[int] | None = None) -> dict[str, Any]:
+    """What was drawn, as plain data (schema: docs/json_schema.md, ``show``); ``frames``: the
+    frames of a 3-D input drawn (the box is then the one inside each frame the region spans)."""
     from .. import overlay
     from ..metrics import metrics_dict
 
-    size = overlay.grid_size(analysis.input_shape, analysis.spatial_axes)
-    box = overlay.box_pixels(ep.region(index), size, scale)
+    region = ep.region(index)
+    if frames is None:
+        box = overlay.box_pixels(region, overlay.grid_size(analysis.input_shape, analysis.spatial_axes), scale)
+    else:
+        sizes = [int(analysis.input_shape[a]) for a in analysis.spatial_axes]
+        box = overlay.box_pixels(region[1:], (sizes[1], sizes[2]), scale)
+    picture = {"path": str(args.out), "width": int(shape[1]), "height": int(shape[0]),
+               "scale": scale, "box": None if box is None else list(box)}
+    if frames is not None:
+        picture.update(frames=frames, frame_pitch=int(shape[1] + overlay.FRAME_GAP) // len(frames))
     return {
         "tensor": ep.name, "index": list(index), "axis_names": list(analysis.axis_names),
         "region": [list(r) for r in ep.region(index)],
         "centre": [numeric(c) for c in ep.centre(index)],
         "centre_exact": [number(c) for c in ep.centre(index)],
         "r": [number(v) for v in ep.r], "S": [number(v) for v in ep.S], "P": [number(v) for v in ep.P],
-        "picture": {"path": str(args.out), "width": int(shape[1]), "height": int(shape[0]),
-                    "scale": scale, "box": None if box is None else list(box)},
+        "picture": picture,
         "image": args.image,
         "erf": None if erf is None else {"runs": erf.runs, "method": erf.method,
                                          "inputs": args.erf_inputs, "seed": args.seed,
