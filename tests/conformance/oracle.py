@@ -79,17 +79,24 @@ def measured_dependencies(case: Case, output: str, x: np.ndarray) -> dict[tuple[
     return moved
 
 
-def _unit_masks(ep, mask: np.ndarray) -> dict[tuple[int, ...], bool]:
-    """Whether each output unit (spatial index) moved: any element at its unit-axes index."""
-    out = {}
+def _unit_index(ep) -> tuple[list[tuple[int, ...]], list[int], np.ndarray]:
+    """Every output unit (spatial index), the tensor axes holding units, and each unit's index
+    along them (``EndPoint.tensor_index``), computed once per end point."""
+    units = list(np.ndindex(*[n or 1 for n in ep.units]))
     axes = [t for t, _ in ep.unit_axes]
-    for unit in np.ndindex(*[n or 1 for n in ep.units]):
-        index = ep.tensor_index(unit)
-        sel = [slice(None)] * mask.ndim
-        for t, i in zip(axes, index):
-            sel[t] = i
-        out[unit] = bool(mask[tuple(sel)].any())
-    return out
+    index = np.array([ep.tensor_index(u) for u in units], dtype=np.int64).reshape(len(units), len(axes))
+    return units, axes, index
+
+
+def _unit_masks(mask: np.ndarray, units: list[tuple[int, ...]], axes: list[int],
+                index: np.ndarray) -> dict[tuple[int, ...], bool]:
+    """Whether each output unit moved: any element at its unit-axes index (``_unit_index``)."""
+    other = tuple(a for a in range(mask.ndim) if a not in axes)
+    reduced = np.asarray(mask.any(axis=other) if other else mask)  # the unit axes, in increasing order
+    if not axes:
+        return {unit: bool(reduced) for unit in units}
+    hit = reduced[tuple(index[:, axes.index(t)] for t in sorted(axes))]
+    return dict(zip(units, (bool(h) for h in hit)))
 
 
 def _axis_regions(ep, sizes: tuple[int, ...]) -> list[np.ndarray | None]:
@@ -152,7 +159,8 @@ def _compare_outputs(case: Case, a) -> Verdict:
 
 
 def _compare(ep, moved: dict[tuple[int, ...], np.ndarray], sizes: tuple[int, ...]) -> Verdict:
-    per_pos = {pos: _unit_masks(ep, mask) for pos, mask in moved.items()}
+    units, axes, index = _unit_index(ep)
+    per_pos = {pos: _unit_masks(mask, units, axes, index) for pos, mask in moved.items()}
     every = len(moved) == int(np.prod(sizes))
     loose = ""
     regions = _axis_regions(ep, sizes)
