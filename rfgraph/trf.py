@@ -277,7 +277,7 @@ def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> 
             continue
         inputs = [states[node_in[e.slot]] for e in out.edges]
         gate = _gate_slots(mg.op_types[idx], out, inputs,
-                           [mg.shapes.get(node_in[e.slot]) for e in out.edges]) if len(out.edges) > 1 else ()
+                           [_unexpanded_shape(mg, node_in[e.slot]) for e in out.edges]) if len(out.edges) > 1 else ()
         if gate:
             out = _record_gates(result, mg, idx, out, gate)
             inputs = [states[node_in[e.slot]] for e in out.edges]
@@ -313,6 +313,15 @@ def _gate_slots(op: str, out: OutTransfer, inputs: Sequence[TensorState],
                   if _constant_over(shape, spread, len(out.layout)) and _all_global(st))
     gated = [st for k, st in enumerate(inputs) if k not in gates and not _all_global(st)]
     return gates if gated else ()  # a global map times a global value (InstanceNorm's): no gate
+
+
+def _unexpanded_shape(mg: ModelGraph, tensor: str) -> tuple | None:
+    """The shape of ``tensor`` before any Expand that made it: ECA's gate, a per-channel vector,
+    is expanded to the map's own shape (Expand(gate, Shape(x))) before the Mul, yet constant over
+    the positions."""
+    while tensor in mg.producer and mg.op_types[mg.producer[tensor]] == "Expand":
+        tensor = mg.nodes[mg.producer[tensor]].input[0]
+    return mg.shapes.get(tensor)
 
 
 def _all_global(state: TensorState) -> bool:

@@ -51,17 +51,21 @@ class SE(nn.Module):
 
 
 class ECA(nn.Module):
-    """Efficient channel attention: a 3-tap 1-D conv over the pooled channels."""
+    """Efficient channel attention: a 3-tap 1-D conv over the pooled channels; ``expand``: the gate
+    expanded to the map's shape before the product, as timm's EcaModule does (``expand_as``: an
+    Expand(gate, Shape(x)) in the export, which hid the gate: the output read global)."""
 
-    def __init__(self) -> None:
+    def __init__(self, expand: bool = False) -> None:
         super().__init__()
         self.conv = nn.Conv1d(1, 1, 3, padding=1, bias=False)
         self.detach = False
+        self.expand = expand
 
     def forward(self, x):
         y = x.mean((2, 3), keepdim=True).squeeze(-1).transpose(-1, -2)
         g = torch.sigmoid(self.conv(y).transpose(-1, -2).unsqueeze(-1))
-        return x * (g.detach() if self.detach else g)
+        g = g.detach() if self.detach else g
+        return x * (g.view(x.shape[0], -1, 1, 1).expand_as(x) if self.expand else g)
 
 
 class CBAM(nn.Module):
@@ -124,6 +128,10 @@ def eca_net() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), ECA(), nn.Conv2d(4, 4, 5, 2, 2))
 
 
+def eca_expanded_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), ECA(expand=True), nn.Conv2d(4, 4, 5, 2, 2))
+
+
 def gc_net() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), GlobalContext(4), nn.Conv2d(4, 4, 3, 2, 1))
 
@@ -133,7 +141,7 @@ def cbam_net() -> nn.Module:
 
 
 NETS = {"conv_se_conv": (conv_se_conv, 1), "mobilenet_v3_like": (mobilenet_v3_like, 2),
-        "eca": (eca_net, 1), "cbam": (cbam_net, 1), "global_context": (gc_net, 1)}  # builder, gates
+        "eca": (eca_net, 1), "eca_expanded": (eca_expanded_net, 1), "cbam": (cbam_net, 1), "global_context": (gc_net, 1)}  # builder, gates
 SIZE = 16
 
 
