@@ -141,7 +141,8 @@ def cbam_net() -> nn.Module:
 
 
 NETS = {"conv_se_conv": (conv_se_conv, 1), "mobilenet_v3_like": (mobilenet_v3_like, 2),
-        "eca": (eca_net, 1), "eca_expanded": (eca_expanded_net, 1), "cbam": (cbam_net, 1), "global_context": (gc_net, 1)}  # builder, gates
+        "eca": (eca_net, 1), "eca_expanded": (eca_expanded_net, 1),
+        "cbam": (cbam_net, 1), "global_context": (gc_net, 1)}  # builder, gates
 SIZE = 16
 
 
