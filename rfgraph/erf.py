@@ -894,7 +894,8 @@ POOR_FIT_R2 = 0.5  # below it the Gaussian fit's sigma and radius are said to me
 def _zero_centre_note(target: Target, silent: bool, metrics: ERFMetrics) -> str:
     """Why Luo's size is 0: nothing reaches the centre pixel, and what that centre is."""
     where = ("the unit's centre pixel" if target.centre is not None else
-             "the map's centre pixel (the unit's field is global: the map's centre stands for its centre)")
+             "the map's centre pixel (the unit has no TRF centre: its field is global, or the analysis did "
+             "not reach its tensor; the map's centre stands for it)")
     mass = " x ".join(f"{c:.4g}" for c in metrics.centre_of_mass)
     if silent:
         why = "the paths that carry signal do not reach it (see the note on all-zero weights)"
