@@ -91,7 +91,15 @@ class EndPoint:
     def r(self) -> tuple[int | None, ...]:
         """Receptive-field size per axis (None where global; after gates, the local field:
         see ``gates``)."""
-        return tuple(None if f.is_global else f.size(n) for f, n in zip(self.fields, self.units))
+        return tuple(None if f.is_global else f.size(self._unit_count(a)) for a, f in enumerate(self.fields))
+
+    def _unit_count(self, axis: int) -> int | None:
+        """Units along ``axis``; an axis no tensor axis holds alone (folded into features, split
+        over windows and rows, or collapsed) has exactly one, whose region is the union of all its
+        positions: r is that unit's extent, not the largest over a period of units it does not
+        have (NesT's blockified tokens read r=280 on a 224 input, region [0, 223]).  None: unknown."""
+        n = self.units[axis]
+        return n if n is not None or self.tensor_axes[axis] is not None else 1
 
     @property
     def S(self) -> tuple[Rational | None, ...]:

@@ -107,7 +107,7 @@ class Merge:
         """Each input's stride, centre offset at unit 0 (eq. 11) and size along the axis (over
         the units the output has)."""
         phases = _phase_centres(self.fields)
-        units = _units_along(self.layout, self.axis) or None
+        units = units_along(self.layout, self.axis) or None
         return tuple(Branch(t, f.stride, f.centre(0), f.size(units), p)
                      for t, f, p in zip(self.inputs, self.fields, phases))
 
@@ -402,14 +402,16 @@ def _check_alignment(result: PassResult, mg: ModelGraph, idx: int, out: OutTrans
         if not prev or any([a is not b for a, b in zip(fields, prev)]):  # noqa: C419 - idem
             verdict = _aligned(fields)
         prev = fields
-        aligned = verdict or (_units_along(out.layout, axis) == 1 and len({f.centre(0) for f in fields}) == 1)
+        aligned = verdict or (units_along(out.layout, axis) == 1 and len({f.centre(0) for f in fields}) == 1)
         ok = ok and aligned
         merges.append(Merge(name, op, tensor, axis, inputs, fields, aligned, out.layout))
     return ok
 
 
-def _units_along(layout: Layout, axis: int) -> int:
-    """Positions of a tensor along input spatial ``axis`` (1 when no tensor axis holds it; 0 unknown)."""
+def units_along(layout: Layout, axis: int) -> int:
+    """Positions of a tensor along input spatial ``axis`` (1 when no tensor axis holds it; 0 unknown):
+    the product of its parts where it is split over several tensor axes (blocks x rows within
+    them: the position is their row-major index)."""
     return math.prod(n for parts in layout for a, n in parts if a == axis)
 
 

@@ -171,3 +171,35 @@ def test_a_1x1_conv_over_a_flattened_grid_keeps_each_tokens_field():
         index = a[y].spatial_index((t,))
         want = [(max(u0, 0), min(v0, 15)) for u0, v0 in a[y].region(index)]
         assert impulse_support(model, y, (0, t)) == want  # (the axis of 1 before the tokens)
+
+
+def test_a_blockified_grid_is_one_unit_and_r_is_its_extent():
+    """NesT's blockify: (N, C, 4, 4) -> (N, 2x2 blocks, 2x2 tokens, C), then attention within each
+    block (q k^T v: each query token keeps its place and reads its whole block).  H and W are split
+    over the block and token axes: one unit, holding every position, whose region is the whole
+    input (the impulse support); r is that region's extent (8), not the largest extent over a
+    period of units the tensor does not have (12 here; NesT-tiny read r=280 on its 224 input), and
+    'covers input' says yes (its exact regions took the block count for the positions: 'no')."""
+    g = G((8, 8))
+    emb = g.conv("x", 2, 2, cout=2)
+    blocks = g.node("Reshape", [emb, g._init(np.array([-1, 2, 2, 2, 2, 2], np.int64), "shape")])
+    tokens = g.node("Reshape", [g.node("Transpose", [blocks], perm=[0, 2, 4, 3, 5, 1]),
+                                g._init(np.array([-1, 4, 4, 2], np.int64), "shape")])
+    scores = g.node("MatMul", [tokens, g.node("Transpose", [tokens], perm=[0, 1, 3, 2])])
+    attended = g.node("MatMul", [scores, tokens])
+    model = g.model(attended)
+    a = rfgraph.analyze(model)
+    ep = a[attended]
+    assert ep.units == (None, None) and ep.region((0, 0)) == ((0, 7), (0, 7))
+    assert ep.r == (8, 8)
+    from rfgraph.report import covers_input  # the exact regions sweep all 4 positions (it took the 2 blocks)
+    assert [x.n for x in a.exact_regions[attended]] == [4, 4] and covers_input(ep, a) is True
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(2).random((1, 1, 8, 8)).astype(np.float32) + 0.5
+    base = sess.run(None, {"x": x})[0]
+    moved = np.zeros((8, 8), bool)
+    for px in np.ndindex(8, 8):  # the product is cubic in x: perturb on a positive background
+        bumped = x.copy()
+        bumped[(0, 0) + px] += 1.0
+        moved[px] = bool((sess.run(None, {"x": bumped})[0] != base).any())
+    assert moved.all()  # the one unit's region, [0, 7] x [0, 7], measured

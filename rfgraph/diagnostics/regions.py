@@ -18,7 +18,7 @@ from ..borders import COPYING_MODES
 from ..fields import Span
 from ..onnx_import import attributes
 from ..semantics import geometry
-from ..semantics.transfer import Layout
+from ..trf import units_along
 
 _BIG = np.iinfo(np.int64).max // 4
 
@@ -78,15 +78,6 @@ class AxisRegions:
         """Index of the last unit <= v that sees something (-1 if none), for every v."""
         idx = np.where(~self.empty, np.arange(self.n), -1)
         return np.maximum.accumulate(idx)
-
-
-def units_along(layout: Layout, axis: int) -> int:
-    """Units of a tensor along input spatial ``axis`` (1 when the tensor does not index it)."""
-    for parts in layout:
-        for a, size in parts:
-            if a == axis:
-                return int(size)
-    return 1
 
 
 def span_bounds(span: Span | None, u: np.ndarray, n_in: int) -> tuple[np.ndarray, np.ndarray]:
