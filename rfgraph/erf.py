@@ -878,6 +878,8 @@ def _result(total: np.ndarray, kept: int, drawn: int, target: Target, sampler: S
     metrics = compute_metrics(erf, target.centre, target.trf_size)
     if metrics.centre_value == 0 and erf.max() > 0:
         notes.append(_zero_centre_note(target, silent, metrics))
+    elif 0 < metrics.centre_value < FAINT_CENTRE * float(np.abs(erf).max()):
+        notes.append(_faint_centre_note(target, metrics, float(np.abs(erf).max())))
     elif not erf.any():
         notes.append(_empty_map_note(sampler.method))
     if metrics.gaussian is not None and metrics.gaussian.r2 < POOR_FIT_R2:
@@ -889,6 +891,17 @@ def _result(total: np.ndarray, kept: int, drawn: int, target: Target, sampler: S
 
 
 POOR_FIT_R2 = 0.5  # below it the Gaussian fit's sigma and radius are said to mean little
+FAINT_CENTRE = 0.01  # a centre value below this share of the map's maximum makes Luo's size count noise
+
+
+def _faint_centre_note(target: Target, metrics: ERFMetrics, top: float) -> str:
+    """Why Luo's size means little when the centre pixel is faint: its threshold is relative to
+    the centre value, so nearly every pixel the gradient reaches counts."""
+    where = "the unit's centre pixel" if target.centre is not None else "the map's centre pixel"
+    mass = " x ".join(f"{c:.4g}" for c in metrics.centre_of_mass)
+    return (f"the ERF at {where} is {metrics.centre_value / top:.2g} of its maximum, so Luo's size "
+            f"(the pixels above 4.55% of the centre value) counts most of what the gradient reaches; "
+            f"read erf_extent and the map (the ERF's centre of mass is {mass})")
 
 
 def _zero_centre_note(target: Target, silent: bool, metrics: ERFMetrics) -> str:

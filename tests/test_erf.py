@@ -692,3 +692,25 @@ def test_a_poor_gaussian_fit_is_said() -> None:
         x = g.conv(x, 3)
     stack = compute_erf(g.model(x), runs=4)
     assert stack.metrics.gaussian.r2 > 0.99 and not any("Gaussian" in n for n in stack.notes)
+
+
+def test_a_faint_centre_pixel_is_noted() -> None:
+    """A linear 3x3 conv whose centre tap is 1e-4 of the others: the ERF (|W|, its closed form)
+    is 1e-4 of its maximum at the unit's centre, so Luo's size, relative to the centre value,
+    counts all 9 pixels; a note says so and points to erf_extent (none with a strong centre)."""
+    def model(centre: float) -> onnx.ModelProto:
+        w = np.ones((1, 1, 3, 3), np.float32)
+        w[0, 0, 1, 1] = centre
+        graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "faint",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 9, 9])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                                  [numpy_helper.from_array(w, "w")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    faint = compute_erf(model(1e-4), runs=2)
+    expected = np.zeros((9, 9))
+    expected[3:6, 3:6] = 1.0
+    expected[4, 4] = 1e-4
+    np.testing.assert_allclose(faint.erf, expected, rtol=1e-6)
+    assert faint.metrics.erf_size == 3.0
+    assert any("0.0001 of its maximum" in n and "erf_extent" in n for n in faint.notes), faint.notes
+    assert not any("of its maximum" in n for n in compute_erf(model(0.5), runs=2).notes)
