@@ -139,12 +139,22 @@ class EndPoint:
         index = tuple(int(i) for i in index)
         if len(index) != len(self.fields):
             raise RFGraphError(f"index {index} has {len(index)} coordinates; '{self.name}' has "
-                               f"{len(self.fields)} spatial axes")
+                               f"{len(self.fields)} spatial axes{self._as_spatial_hint(index)}")
         for u, n in zip(index, self.units):
             if not 0 <= u < (n if n is not None else 1):  # an axis no tensor axis indexes: one unit
                 raise RFGraphError(f"index {index} is outside '{self.name}' (units per axis: "
                                    f"{tuple(1 if n is None else n for n in self.units)})")
         return index
+
+    def _as_spatial_hint(self, index: tuple[int, ...]) -> str:
+        """Where ``index`` reads as a tensor index (a flattened token axis: ``erf --unit``'s form),
+        the same unit per spatial axis, as a hint."""
+        try:
+            spatial = self.spatial_index(index)
+        except RFGraphError:
+            return ""
+        return (f": give one per axis, e.g. {','.join(map(str, spatial))} (unit {','.join(map(str, index))} "
+                f"of its axes of positions)")
 
     def _check_size_known(self) -> None:
         """Units and their regions depend on the input size: refused at an unknown one."""

@@ -203,3 +203,18 @@ def test_a_blockified_grid_is_one_unit_and_r_is_its_extent():
         bumped[(0, 0) + px] += 1.0
         moved[px] = bool((sess.run(None, {"x": bumped})[0] != base).any())
     assert moved.all()  # the one unit's region, [0, 7] x [0, 7], measured
+
+
+def test_a_token_index_given_to_boxes_is_refused_with_its_spatial_form(tmp_path, capsys):
+    """``erf --unit`` takes a token axis's flattened index, ``boxes --index`` one index per
+    spatial axis: token 9 given to boxes is refused naming the same unit per axis (2,1 on the 4x4
+    grid), which boxes then maps to the token's patch."""
+    model, tokens = _tokens()
+    path = tmp_path / "tokens.onnx"
+    onnx.save(model, path)
+    assert main(["boxes", str(path), "--output", tokens, "--index", "9"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "e.g. 2,1 (unit 9 of its axes of positions)" in err
+    assert main(["boxes", str(path), "--output", tokens, "--index", "2,1", "--format", "json"]) == 0
+    ep = rfgraph.analyze(model)[tokens]
+    assert json.loads(capsys.readouterr().out)["units"][0]["region"] == [list(r) for r in ep.region(ep.spatial_index((9,)))]
