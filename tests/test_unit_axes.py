@@ -217,4 +217,5 @@ def test_a_token_index_given_to_boxes_is_refused_with_its_spatial_form(tmp_path,
     assert err.count("\n") == 1 and "e.g. 2,1 (unit 9 of its axes of positions)" in err
     assert main(["boxes", str(path), "--output", tokens, "--index", "2,1", "--format", "json"]) == 0
     ep = rfgraph.analyze(model)[tokens]
-    assert json.loads(capsys.readouterr().out)["units"][0]["region"] == [list(r) for r in ep.region(ep.spatial_index((9,)))]
+    region = ep.region(ep.spatial_index((9,)))
+    assert json.loads(capsys.readouterr().out)["units"][0]["region"] == [list(r) for r in region]
