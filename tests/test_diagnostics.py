@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from fractions import Fraction
 
 import numpy as np
 import onnx
@@ -313,6 +314,9 @@ def test_unfixable_merges_are_reported(up_stride: int) -> None:
     assert not a.aligned
     fixes = D.alignment_fixes(a)
     assert fixes and all(not f.fixable and reason in f.reason for f in fixes)
+    # the largest gap over the units: 0 at unit 0 but 1 px at unit 1 after the upsampling (it read
+    # "centres 0 px apart: the branch centres differ from unit to unit"), half a pixel otherwise
+    assert all(f.offset == (1 if up_stride == 2 else Fraction(1, 2)) for f in fixes)
     assert all(f.verified is None for f in D.diagnose(model, scan_sizes=False).fixes)
 
 

@@ -57,11 +57,20 @@ def alignment_fixes(analysis: Analysis) -> list[AlignmentFix]:
     return fixes
 
 
+def _largest_offset(branches: Any) -> Fraction:
+    """The largest gap between the branches' centres over the units of the merge (per phase of
+    its period: with upsampling the centres differ from unit to unit, and unit 0's gap can be 0
+    where unit 1's is 4 px: HRNet's fuse)."""
+    phases = [[Fraction(c) for c in b.phases] or [Fraction(b.centre)] for b in branches]
+    if len({Fraction(b.S) for b in branches}) > 1:  # the phases subtract u*S: comparable at unit 0 only
+        phases = [[Fraction(b.centre)] for b in branches]
+    return max(max(col) - min(col) for col in zip(*phases))
+
+
 def _fix(analysis: Analysis, m: Any) -> AlignmentFix:
     axis = analysis.axis_names[m.axis]
     tensors = tuple(b.tensor for b in m.branches)
-    centres = [Fraction(b.centre) for b in m.branches]
-    offset = max(centres) - min(centres)
+    offset = _largest_offset(m.branches)
     strides = {Fraction(b.S) for b in m.branches}
     if len(strides) > 1:
         return AlignmentFix(m.node, m.op, axis, m.axis, tensors, {}, offset, False,
