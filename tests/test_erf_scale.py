@@ -291,3 +291,22 @@ def test_cli_threads_pin_one_run_at_a_time(model, tmp_path: Path, monkeypatch) -
     assert lanes == ([min(os.cpu_count() or 1, ep.MAX_LANES)] if (os.cpu_count() or 1) > 1 else [])
     close(maps[1], maps[0], 1e-12)
     assert cli.main(["erf", str(path), "--threads", "-1"]) == 2
+
+
+def test_cli_units_as_csv_are_one_table(model, tmp_path: Path, capsys) -> None:
+    """``erf --units 3,3 0,0 --format csv``: one header and a unit column (it printed a block per
+    unit, each with its own header and no unit: no CSV reader could take it), each unit's rows
+    its own single-unit CSV's."""
+    import csv
+    import io
+
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    base = ["erf", str(path), "--runs", "2", "--no-progress", "--format", "csv", "-q", "--provider", "cpu"]
+    assert cli.main([*base, "--units", "3,3", "0,0"]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == ["unit", "metric", "value", "definition"] and all(len(r) == 4 for r in rows)
+    for unit in ("3,3", "0,0"):
+        assert cli.main([*base, "--unit", unit]) == 0
+        single = list(csv.reader(io.StringIO(capsys.readouterr().out)))[1:]
+        assert [r[1:] for r in rows[1:] if r[0] == unit] == single

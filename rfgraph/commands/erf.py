@@ -175,12 +175,29 @@ def _print_units(results: Sequence[ERFResult], args: argparse.Namespace, quiet: 
         write_atomically(npy, lambda tmp: _save_npy(tmp, np.stack([r.erf for r in results])))
         if not quiet:
             print(f"rfgraph: wrote {npy}", file=sys.stderr)
-    texts = [render(r, args.format, args.timings) for r in results]
-    print("[" + ",\n".join(texts) + "]" if args.format == "json" else "\n\n".join(texts))
+    if args.format == "csv":
+        print(_units_csv(results))
+    else:
+        texts = [render(r, args.format, args.timings) for r in results]
+        print("[" + ",\n".join(texts) + "]" if args.format == "json" else "\n\n".join(texts))
     if not quiet and args.format != "json":
         for note in results[0].notes:
             print(f"rfgraph: note: {note}", file=sys.stderr)
     return 0
+
+
+def _units_csv(results: Sequence[ERFResult]) -> str:
+    """Several units' metrics as one CSV table, a unit column first (one header, not one block
+    per unit: a CSV reader takes it whole)."""
+    from ..metrics import metric_rows
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["unit", "metric", "value", "definition"])
+    for r in results:
+        unit = ",".join(map(str, header(r)["unit"]))
+        writer.writerows([unit, *row] for row in metric_rows(r.metrics) + displayed_rows(r))
+    return buf.getvalue().rstrip("\n")
 
 
 def output_paths(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
