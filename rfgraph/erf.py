@@ -44,7 +44,7 @@ from .inputs import (
     random_inputs,
     reinitialise,
 )
-from .metrics import AREA_THRESHOLDS, AreaRatio, ERFMetrics, compute_metrics
+from .metrics import AREA_THRESHOLDS, LUO_FRACTION, AreaRatio, ERFMetrics, compute_metrics
 from .onnx_import import prepare
 from .options import ModelOptions, model_options
 from .semantics import NORMALISING_OPS
@@ -900,7 +900,7 @@ def _faint_centre_note(target: Target, metrics: ERFMetrics, top: float) -> str:
     where = "the unit's centre pixel" if target.centre is not None else "the map's centre pixel"
     mass = " x ".join(f"{c:.4g}" for c in metrics.centre_of_mass)
     return (f"the ERF at {where} is {metrics.centre_value / top:.2g} of its maximum, so Luo's size "
-            f"(the pixels above 4.55% of the centre value) counts most of what the gradient reaches; "
+            f"(the pixels above {1 - LUO_FRACTION:.2%} of the centre value) counts most of what the gradient reaches; "
             f"read erf_extent and the map (the ERF's centre of mass is {mass})")
 
 

@@ -1429,7 +1429,7 @@ def _inferred_without_contradictions(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shape inference with the constant Ifs inlined; a declared shape that the inference
     contradicts (a wrong export: onnxruntime computes the inferred shape and only warns) is
     dropped and the inference redone, so no command reports or seeds it.  The dropped
-    declarations are listed under ``CONTRADICTED`` in the metadata (``contradicted_shapes``)."""
+    declarations are listed under ``CONTRADICTED`` in the metadata (``contradiction_notes``)."""
     dropped: list[str] = []
     for _ in range(MAX_CONTRADICTIONS):
         inferred = _inferred_and_inlined(copy_model(model))
