@@ -238,16 +238,13 @@ def erf_card(analysis: Analysis, name: str, options: ERFOptions) -> dict[str, An
                                   options.inputs, options.seed, options.progress, step_back=chosen)
     except RFGraphError as exc:
         return {**card, "error": str(exc)}
-    sizes = [int(analysis.input_shape[a]) for a in analysis.spatial_axes]
-    if len(sizes) == 3:  # a row of frames, no single box
-        frames = overlay.frame_indices(sizes[0], region[0])
-        scale = overlay.display_scale((sizes[1], sizes[2] * len(frames)), target=768)
-        pic, _ = overlay.compose_frames(sizes, None, result.erf, region, scale)
-        box = None
-    else:
-        size = overlay.grid_size(analysis.input_shape, analysis.spatial_axes)
-        scale = overlay.display_scale(size, target=256)
-        pic = overlay.compose(size, None, result.erf, region, scale)
+    size = overlay.grid_size(analysis.input_shape, analysis.spatial_axes)  # one frame's, for a 3-D input
+    frames = overlay.input_frames(analysis.input_shape, analysis.spatial_axes, region)
+    scale = overlay.display_scale(size, target=256) if frames is None else \
+        overlay.display_scale((size[0], size[1] * len(frames)), target=768)
+    pic = overlay.draw(analysis.input_shape, analysis.spatial_axes, None, result.erf, region, scale)
+    box = None  # a row of frames has no single box
+    if frames is None:
         box = list(overlay.box_pixels(region, size, scale) or ()) or None
     rows = {k: (v, d) for k, v, d in metric_rows(result.metrics)}
     return {**card, "picture": overlay.data_uri(overlay.png_bytes(pic)), "scale": scale,

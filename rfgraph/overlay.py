@@ -46,20 +46,29 @@ def _pil() -> Any:
 
 
 def grid_size(input_shape: Sequence[int], spatial_axes: Sequence[int]) -> tuple[int, int]:
-    """(H, W) of the picture's input grid; a 1-D input is a strip STRIP pixels tall."""
+    """(H, W) of the picture's input grid; a 1-D input is a strip STRIP pixels tall, a 3-D one
+    (T, H, W) a row of H x W frames (``input_frames``)."""
     sizes = [int(input_shape[a]) for a in spatial_axes]
     if len(sizes) == 1:
         return STRIP, sizes[0]
-    if len(sizes) == 2:
-        return sizes[0], sizes[1]
-    raise RFGraphError(f"pictures need a 1-D or 2-D input; this one has {len(sizes)} spatial axes")
+    if len(sizes) in (2, 3):
+        return sizes[-2], sizes[-1]
+    raise RFGraphError(f"pictures need a 1-D, 2-D or 3-D input; this one has {len(sizes)} spatial axes")
+
+
+def input_frames(input_shape: Sequence[int], spatial_axes: Sequence[int], region: Region) -> list[int] | None:
+    """The frames of a 3-D input drawn for ``region`` (``frame_indices``); None for 1-D and 2-D."""
+    if len(spatial_axes) != 3:
+        return None
+    return frame_indices(int(input_shape[spatial_axes[0]]), (int(region[0][0]), int(region[0][1])))
 
 
 def region_2d(region: Region, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(rows, cols) of a region; a 1-D region spans every row of the strip."""
+    """(rows, cols) of a region; a 1-D region spans every row of the strip, a 3-D one's rows
+    and columns are those inside each frame."""
     if len(region) == 1:
         return (0, height - 1), (int(region[0][0]), int(region[0][1]))
-    return (int(region[0][0]), int(region[0][1])), (int(region[1][0]), int(region[1][1]))
+    return (int(region[-2][0]), int(region[-2][1])), (int(region[-1][0]), int(region[-1][1]))
 
 
 def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
@@ -141,6 +150,14 @@ def frame_indices(depth: int, span: tuple[int, int] | None = None) -> list[int]:
     return sorted(picked)
 
 
+def draw(input_shape: Sequence[int], spatial_axes: Sequence[int], image: np.ndarray | None,
+         erf: np.ndarray | None, region: Region, scale: int) -> np.ndarray:
+    """The picture of one unit over a 1-D, 2-D (``compose``) or 3-D input (``compose_frames``)."""
+    if len(spatial_axes) == 3:
+        return compose_frames([int(input_shape[a]) for a in spatial_axes], image, erf, region, scale)[0]
+    return compose(grid_size(input_shape, spatial_axes), image, erf, region, scale)
+
+
 def compose_frames(sizes: Sequence[int], image: np.ndarray | None = None, erf: np.ndarray | None = None,
                    region: Region | None = None, scale: int = 1) -> tuple[np.ndarray, list[int]]:
     """A 3-D input's picture: frames (``frame_indices``) side by side, ``FRAME_GAP`` apart, each
@@ -156,7 +173,7 @@ def compose_frames(sizes: Sequence[int], image: np.ndarray | None = None, erf: n
         inside = region is not None and region[0][0] <= t <= region[0][1]
         parts += [gap] if parts else []
         parts.append(compose(size, image, None if erf is None else np.asarray(erf)[t],
-                             region[1:] if inside else None, scale, top=top))  # type: ignore[index]
+                             region if inside else None, scale, top=top))
     return np.concatenate(parts, axis=1), frames
 
 
@@ -206,6 +223,7 @@ def unit_erf(analysis: Any, tensor: str, index: Sequence[int] | None, runs: int 
     return result
 
 
-__all__ = ["BOX_COLOUR", "BOX_WIDTH", "CMAP", "box_pixels", "colourise", "compose", "data_uri",
-           "display_scale", "draw_box", "grid_size", "load_image", "png_bytes", "region_2d",
+__all__ = ["BOX_COLOUR", "BOX_WIDTH", "CMAP", "box_pixels", "colourise", "compose", "compose_frames", "data_uri",
+           "display_scale", "draw", "draw_box", "frame_indices", "grid_size", "input_frames", "load_image",
+           "png_bytes", "region_2d",
            "save_png", "unit_erf"]

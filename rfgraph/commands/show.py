@@ -77,25 +77,23 @@ def run(args: argparse.Namespace) -> int:
                            f"pick a tensor before the global op")
     index = parse_index(args.index, ep.units)
     region = ep.region(index)  # validates the index
-    sizes = [int(analysis.input_shape[a]) for a in analysis.spatial_axes]
-    size = overlay.grid_size(analysis.input_shape, analysis.spatial_axes) if len(sizes) < 3 else (sizes[1], sizes[2])
-    frames = overlay.frame_indices(sizes[0], region[0]) if len(sizes) == 3 else [0]
+    size = overlay.grid_size(analysis.input_shape, analysis.spatial_axes)  # one frame's, for a 3-D input
+    frames = overlay.input_frames(analysis.input_shape, analysis.spatial_axes, region)
     image = overlay.load_image(args.image, size) if args.image else None
-    scale = args.scale or overlay.display_scale((size[0], size[1] * len(frames)))
+    count = len(frames or [0])
+    scale = args.scale or overlay.display_scale((size[0], size[1] * count))
     if scale < 1:
         raise RFGraphError("--scale must be at least 1")
-    budgets.IMAGE_PIXELS.check(math.prod(size) * len(frames) * scale * scale, f"a picture at --scale {scale}",
+    budgets.IMAGE_PIXELS.check(math.prod(size) * count * scale * scale, f"a picture at --scale {scale}",
                                "use a smaller --scale")
     with model_errors(args.model):
         erf = None if args.no_erf else overlay.unit_erf(
             analysis, ep.name, index, args.runs, args.method, args.erf_inputs, args.seed,
             progress=not quiet and sys.stderr.isatty())
-    if len(sizes) == 3:
-        pic, frames = overlay.compose_frames(sizes, image, None if erf is None else erf.erf, region, scale)
-    else:
-        pic = overlay.compose(size, image, None if erf is None else erf.erf, region, scale)
+    pic = overlay.draw(analysis.input_shape, analysis.spatial_axes, image, None if erf is None else erf.erf,
+                       region, scale)
     overlay.save_png(pic, args.out)
-    doc = show_dict(analysis, ep, index, args, pic.shape, scale, erf, frames if len(sizes) == 3 else None)
+    doc = show_dict(analysis, ep, index, args, pic.shape, scale, erf, frames)
     if args.format == "json":
         print(json_text(doc))
     elif not quiet:
@@ -112,12 +110,7 @@ def show_dict(analysis: Any, ep: Any, index: tuple[int, ...], args: argparse.Nam
     from .. import overlay
     from ..metrics import metrics_dict
 
-    region = ep.region(index)
-    if frames is None:
-        box = overlay.box_pixels(region, overlay.grid_size(analysis.input_shape, analysis.spatial_axes), scale)
-    else:
-        sizes = [int(analysis.input_shape[a]) for a in analysis.spatial_axes]
-        box = overlay.box_pixels(region[1:], (sizes[1], sizes[2]), scale)
+    box = overlay.box_pixels(ep.region(index), overlay.grid_size(analysis.input_shape, analysis.spatial_axes), scale)
     picture = {"path": str(args.out), "width": int(shape[1]), "height": int(shape[0]),
                "scale": scale, "box": None if box is None else list(box)}
     if frames is not None:
