@@ -45,7 +45,7 @@ from .inputs import (
     reinitialise,
 )
 from .metrics import AREA_THRESHOLDS, LUO_FRACTION, AreaRatio, ERFMetrics, compute_metrics
-from .onnx_import import prepare
+from .onnx_import import prepare, shapes_only
 from .options import ModelOptions, model_options
 from .semantics import NORMALISING_OPS
 from .silent import silent_notes
@@ -878,8 +878,8 @@ def _result(total: np.ndarray, kept: int, drawn: int, target: Target, sampler: S
     metrics = compute_metrics(erf, target.centre, target.trf_size)
     if metrics.centre_value == 0 and erf.max() > 0:
         notes.append(_zero_centre_note(target, silent, metrics))
-    elif 0 < metrics.centre_value < FAINT_CENTRE * float(np.abs(erf).max()):
-        notes.append(_faint_centre_note(target, metrics, float(np.abs(erf).max())))
+    elif 0 < metrics.centre_value < FAINT_CENTRE * (top := float(np.abs(erf).max())):
+        notes.append(_faint_centre_note(target, metrics, top))
     elif not erf.any():
         notes.append(_empty_map_note(sampler.method))
     if metrics.gaussian is not None and metrics.gaussian.r2 < POOR_FIT_R2:
@@ -898,10 +898,9 @@ def _faint_centre_note(target: Target, metrics: ERFMetrics, top: float) -> str:
     """Why Luo's size means little when the centre pixel is faint: its threshold is relative to
     the centre value, so nearly every pixel the gradient reaches counts."""
     where = "the unit's centre pixel" if target.centre is not None else "the map's centre pixel"
-    mass = " x ".join(f"{c:.4g}" for c in metrics.centre_of_mass)
     return (f"the ERF at {where} is {metrics.centre_value / top:.2g} of its maximum, so Luo's size "
             f"(the pixels above {1 - LUO_FRACTION:.2%} of the centre value) counts most of what the gradient reaches; "
-            f"read erf_extent and the map (the ERF's centre of mass is {mass})")
+            f"read erf_extent and the map (the ERF's centre of mass is {_mass_text(metrics)})")
 
 
 def _zero_centre_note(target: Target, silent: bool, metrics: ERFMetrics) -> str:
@@ -909,7 +908,6 @@ def _zero_centre_note(target: Target, silent: bool, metrics: ERFMetrics) -> str:
     where = ("the unit's centre pixel" if target.centre is not None else
              "the map's centre pixel (the unit has no TRF centre: its field is global, or the analysis did "
              "not reach its tensor; the map's centre stands for it)")
-    mass = " x ".join(f"{c:.4g}" for c in metrics.centre_of_mass)
     if silent:
         why = "the paths that carry signal do not reach it (see the note on all-zero weights)"
     elif target.centre is None:
@@ -917,7 +915,12 @@ def _zero_centre_note(target: Target, silent: bool, metrics: ERFMetrics) -> str:
     else:
         return (f"the ERF is 0 at {where} (every run had a dead path there), so Luo's size is 0; "
                 "average more runs (--runs)")
-    return f"the ERF is 0 at {where}: {why}, so Luo's size is 0; the ERF's centre of mass is {mass}"
+    return f"the ERF is 0 at {where}: {why}, so Luo's size is 0; the ERF's centre of mass is {_mass_text(metrics)}"
+
+
+def _mass_text(metrics: ERFMetrics) -> str:
+    """The ERF's centre of mass, per axis, as the notes print it."""
+    return " x ".join(f"{c:.4g}" for c in metrics.centre_of_mass)
 
 
 @dataclass(frozen=True)
@@ -1261,8 +1264,8 @@ def _analysis_options(opts: ModelOptions, input_name: str) -> ModelOptions:
 def _check_declared_shapes(proto: onnx.ModelProto) -> None:
     """Refuse a tensor whose declared shape contradicts ONNX's shape inference: the gradient is
     seeded by the declared output shape, and onnxruntime computes the inferred one."""
-    try:
-        onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    try:  # without the weights' data (only their shapes count): the file's bytes are not copied
+        onnx.shape_inference.infer_shapes(shapes_only(proto), strict_mode=True)
     except onnx.shape_inference.InferenceError as exc:
         text = " ".join(str(exc).split())
         if "existing shape differ" in text:
