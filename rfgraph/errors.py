@@ -33,8 +33,10 @@ class InvalidAttributeError(RFGraphError):
 
 class InputSizeError(RFGraphError):
     """The model cannot run at the requested input size (a map shrinks to nothing, a Reshape or
-    broadcast fixed at export time no longer fits); says where and, when known, which sizes work."""
+    broadcast fixed at export time no longer fits); says where and, when known, which sizes work.
+    ``fixed_target``: a Reshape whose constant target only the exported size fits."""
 
-    def __init__(self, message: str, node: str = "", op: str = "", vanished: bool = False) -> None:
-        self.node, self.op, self.vanished = node, op, vanished
+    def __init__(self, message: str, node: str = "", op: str = "", vanished: bool = False,
+                 fixed_target: bool = False) -> None:
+        self.node, self.op, self.vanished, self.fixed_target = node, op, vanished, fixed_target
         super().__init__(message)

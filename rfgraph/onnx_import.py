@@ -1082,11 +1082,12 @@ def _refuse_reshape_mismatch(model: onnx.ModelProto, reshapes: Sequence[onnx.Nod
             continue
         if math.prod(src) != math.prod(dst):  # type: ignore[arg-type]  # no None left
             name, op = _node_names(model)[node.output[0]]
+            hint = _export_size_hint(model, exported)
             raise InputSizeError(
                 f"the model cannot run at input size {_input_size_text(model)}: node '{name}' (Reshape) "
                 f"reshapes {_shape_text(src)} ({math.prod(src)} values) to {_shape_text(dst)} "  # type: ignore[arg-type]
                 f"({math.prod(dst)} values): its target does not fit this input size"  # type: ignore[arg-type]
-                f"{_export_size_hint(model, exported)}", name, op)
+                f"{hint}", name, op, fixed_target=bool(hint))
 
 
 def _export_size_hint(model: onnx.ModelProto, exported: Mapping[str, tuple[int, ...]]) -> str:

@@ -82,18 +82,12 @@ def size_range(reanalyse: Callable[[int], Analysis], endpoints: Sequence[str],
             points.append(SizePoint(n, covers, unprod))
         except RFGraphError as exc:
             points.append(SizePoint(n, None, None, str(exc)))
-            if _fixed_at_export(exc):  # every other size fails the same way: stop here
-                return SizeRange(tuple(points), step, f"the scan stopped at size {n}: node '{exc.node}' "  # type: ignore[attr-defined]
+            if isinstance(exc, InputSizeError) and exc.fixed_target:  # a constant target holds one
+                # number of values: every other size fails the same way (swin at 4..80: 6 s per size)
+                return SizeRange(tuple(points), step, f"the scan stopped at size {n}: node '{exc.node}' "
                                  f"(Reshape) has a target fixed when the file was exported, which no other "
                                  f"input size fits; export the model with dynamic shapes to scan sizes")
     return SizeRange(tuple(points), step)
-
-
-def _fixed_at_export(exc: RFGraphError) -> bool:
-    """A Reshape whose target the exporter fixed does not fit this size: a constant target
-    holds one number of values, so only the exported size runs (swin at 4..80: 6 s per size)."""
-    return isinstance(exc, InputSizeError) and exc.op == "Reshape" and not exc.vanished \
-        and "the file was exported at" in str(exc)
 
 
 def _covers_axis(a: Analysis, endpoint: str, axis: int, regions: Mapping[str, tuple[AxisRegions, ...]]) -> bool:
