@@ -191,12 +191,17 @@ def _units_csv(results: Sequence[ERFResult]) -> str:
     per unit: a CSV reader takes it whole)."""
     from ..metrics import metric_rows
 
+    return _csv_text(["unit", "metric", "value", "definition"],
+                     [[",".join(map(str, header(r)["unit"])), *row]
+                      for r in results for row in metric_rows(r.metrics) + displayed_rows(r)])
+
+
+def _csv_text(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A header and rows as CSV text, without the last line break."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["unit", "metric", "value", "definition"])
-    for r in results:
-        unit = ",".join(map(str, header(r)["unit"]))
-        writer.writerows([unit, *row] for row in metric_rows(r.metrics) + displayed_rows(r))
+    writer.writerow(head)
+    writer.writerows(rows)
     return buf.getvalue().rstrip("\n")
 
 
@@ -289,11 +294,7 @@ def render(result: ERFResult, fmt: str, timings: bool = False) -> str:
                           "displayed_area_ratios": ratios, "notes": list(result.notes)})
     rows = metric_rows(m) + displayed_rows(result)
     if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["metric", "value", "definition"])
-        writer.writerows(rows)
-        return buf.getvalue().rstrip("\n")
+        return _csv_text(["metric", "value", "definition"], rows)
     h = header(result)
     channel = "" if h["channel"] is None else f" channel {h['channel']}"
     conv = result.conventions
