@@ -1204,8 +1204,8 @@ def _gate_notes(analysis: Analysis | None, output: str) -> list[str]:
     note = (f"'{output}' is gated ({len(ep.gates)} gate(s): {', '.join(ep.gates[:3])}"
             f"{', ...' if len(ep.gates) > 3 else ''}): its TRF is the local field with the gates held "
             f"constant, while this ERF is the exact gradient, which also flows through each gate's "
-            f"global pooling: its support is the whole input (small outside the local field), and "
-            f"ERF/TRF compares it with the local field")
+            f"global pooling (a normalisation's statistics): its support is the whole input (small "
+            f"outside the local field), and ERF/TRF compares it with the local field")
     return [note]
 
 

@@ -216,8 +216,9 @@ def _carded(ep: EndPoint) -> bool:
 
 
 def centre_unit(ep: EndPoint) -> tuple[int, ...]:
-    """The unit the ERF engine seeds by default: (n - 1) // 2 per axis."""
-    return tuple((int(n) - 1) // 2 for n in ep.units)  # type: ignore[arg-type]
+    """The unit the ERF engine seeds by default: (n - 1) // 2 per axis (0 along an axis of
+    positions the tensor no longer has: a global one)."""
+    return tuple(((n or 1) - 1) // 2 for n in ep.units)
 
 
 def erf_card(analysis: Analysis, name: str, options: ERFOptions) -> dict[str, Any]:

@@ -127,7 +127,7 @@ def analysis_dict(analysis: Analysis, names: Iterable[str]) -> dict[str, Any]:
                           for b in m.branches]}
             for m in analysis.misaligned],
         "global_at": dict(analysis.global_at),
-        "gates": {g.node: {"op": g.op, "tensor": g.tensor, "source": g.source}
+        "gates": {g.node: {"op": g.op, "tensor": g.tensor, "source": g.source, "statistics": g.statistics}
                   for g in analysis.gates.values()},
         "rule_notes": dict(analysis.rule_notes),
         "shape_notes": list(analysis.shape_notes),
@@ -296,11 +296,14 @@ def _notes(analysis: Analysis, names: Sequence[str] = ()) -> list[str]:
         lines.append(f"global field from {node}: {why}")
     if len(mixers) > NOTE_LINES:
         lines.append(f"... and {len(mixers) - NOTE_LINES} more nodes that mix all positions")
-    for g in list(analysis.gates.values())[:NOTE_LINES]:
-        lines.append(f"gate {g.node} ({g.op}): '{g.tensor}' (constant over positions, pooled at "
+    gates = [g for g in analysis.gates.values() if g.node not in gating]  # not those feeding statistics only
+    for g in gates[:NOTE_LINES]:
+        lines.append(f"gate {g.node} ({g.op}): its {g.statistics} held constant for the local fields"
+                     if g.statistics else
+                     f"gate {g.node} ({g.op}): '{g.tensor}' (constant over positions, pooled at "
                      f"{g.source}) held constant for the local fields")
-    if len(analysis.gates) > NOTE_LINES:
-        lines.append(f"... and {len(analysis.gates) - NOTE_LINES} more gates (--format json lists them all)")
+    if len(gates) > NOTE_LINES:
+        lines.append(f"... and {len(gates) - NOTE_LINES} more gates (--format json lists them all)")
     for node, why in analysis.rule_notes.items():
         lines.append(f"rule used at node '{node}': {why}")
     lines += analysis.shape_notes

@@ -115,15 +115,18 @@ class Merge:
 @dataclass(frozen=True)
 class Gate:
     """A node multiplying (or adding to) a feature map by a value constant over positions and
-    computed from all of them (squeeze-excitation, ECA, a global-context block): ``tensor``, the
-    gate's input, whose field was made global at ``source``.  Held constant, it leaves the
-    feature map's local field; the exact field through it is global."""
+    computed from all of them (squeeze-excitation, ECA, a global-context block, a normalisation's
+    mean and variance): ``tensor``, the gate's input, whose field was made global at ``source``.
+    Held constant, it leaves the feature map's local field; the exact field through it is global.
+    A normalisation op computes its statistics inside (``statistics``, why; ``slot`` -1: no
+    operand is held, ``tensor`` is the map normalised and ``source`` the node itself)."""
 
     node: str
     op: str
     tensor: str
     slot: int
     source: str
+    statistics: str = ""
 
 
 
@@ -189,6 +192,8 @@ def _forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout, rules: 
         if transfer.mix_reason:
             result.global_at[names[idx]] = transfer.mix_reason
         _apply(result, mg, idx, transfer)
+        if transfer.statistics:
+            _hold_statistics(result, mg, idx, transfer.statistics)
     _count_lost(result, blocked)
     return result
 
@@ -276,8 +281,8 @@ def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> 
             states[tensor] = TensorState(out.layout, fields, dep, st.misaligned)
             continue
         inputs = [states[node_in[e.slot]] for e in out.edges]
-        gate = _gate_slots(mg.op_types[idx], out, inputs,
-                           [_unexpanded_shape(mg, node_in[e.slot]) for e in out.edges]) if len(out.edges) > 1 else ()
+        gate = _gate_slots(mg, mg.op_types[idx], out, inputs,
+                           [node_in[e.slot] for e in out.edges]) if len(out.edges) > 1 else ()
         if gate:
             out = _record_gates(result, mg, idx, out, gate)
             inputs = [states[node_in[e.slot]] for e in out.edges]
@@ -297,44 +302,78 @@ def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> 
         states[tensor] = TensorState(out.layout, fields, dep, bad)
 
 
-def _gate_slots(op: str, out: OutTransfer, inputs: Sequence[TensorState],
-                shapes: Sequence[tuple | None]) -> tuple[int, ...]:
-    """Indices (into ``out.edges``) of the gate operands of a Mul/Add: of size 1 (broadcast)
-    along every tensor axis where the output has several positions, and global along every
-    spatial axis (computed from an op that reads all positions).  Found from shapes and fields,
-    never names; an attention map (several positions, even global ones) is no gate.  Empty
-    unless another operand is a feature map with a local field (the map gated)."""
+def _hold_statistics(result: PassResult, mg: ModelGraph, idx: int, why: str) -> None:
+    """A normalisation's output 0, computed with its statistics held constant: its local fields
+    pass this gate (recorded), and where the input is global already nothing changes."""
+    tensor = mg.node_outputs[idx][0] if mg.node_outputs[idx] else ""
+    state = result.states.get(tensor)
+    if state is None or not state.fields or all(f.is_global for f in state.fields):
+        return
+    name = mg.names[idx]
+    result.gates[name] = Gate(name, mg.op_types[idx], mg.node_inputs[idx][0], -1, name, why)
+    fields = tuple(with_gate(f, name) for f in state.fields)
+    result.states[tensor] = TensorState(state.layout, fields, state.size_dependent, state.misaligned)
+
+
+def _gate_slots(mg: ModelGraph, op: str, out: OutTransfer, inputs: Sequence[TensorState],
+                tensors: Sequence[str]) -> tuple[int, ...]:
+    """Indices (into ``out.edges``) of the gate operands of a Mul/Add/Sub/Div: constant along
+    every tensor axis where the output has several positions, and global along every spatial
+    axis (computed from an op that reads all positions).  Found from shapes and fields, never
+    names; an attention map (several positions, even global ones) is no gate.  Empty unless
+    another operand is a feature map with a local field (the map gated)."""
     if op not in GATE_OPS:
         return ()
     spread = [t for t, parts in enumerate(out.layout) if any(a >= 0 and n != 1 for a, n in parts)]
     if not spread:
         return ()
-    gates = tuple(k for k, (e, st, shape) in enumerate(zip(out.edges, inputs, shapes))
-                  if _constant_over(shape, spread, len(out.layout)) and _all_global(st))
+    gates = tuple(k for k, (st, tensor) in enumerate(zip(inputs, tensors))
+                  if _all_global(st) and _constant_over_positions(mg, tensor, spread, len(out.layout)))
     gated = [st for k, st in enumerate(inputs) if k not in gates and not _all_global(st)]
-    return gates if gated else ()  # a global map times a global value (InstanceNorm's): no gate
+    return gates if gated else ()  # a global map times a global value: no gate
 
 
-def _unexpanded_shape(mg: ModelGraph, tensor: str) -> tuple | None:
-    """The shape of ``tensor`` before any Expand that made it: ECA's gate, a per-channel vector,
-    is expanded to the map's own shape (Expand(gate, Shape(x))) before the Mul, yet constant over
-    the positions."""
-    while tensor in mg.producer and mg.op_types[mg.producer[tensor]] == "Expand":
+REARRANGING_OPS = {"Reshape", "Flatten", "Cast", "Identity"}  # keep the elements' row-major order
+
+
+def _constant_over_positions(mg: ModelGraph, tensor: str, axes: Sequence[int], out_rank: int) -> bool:
+    """True when the operand ``tensor`` is constant along the output's tensor ``axes``: of size 1
+    there (numpy broadcasting), or made by an Expand of such a value and reshaped after it (ECA's
+    gate, Expand(gate, Shape(x)); EvoNorm's group deviation, expanded to (N, G, C/G, H, W) and
+    reshaped to (N, C, H, W)): its value then depends on the row-major index only through
+    index // T, T the Expand's block after its last varying axis, so a multiple of T spans the
+    positions' block."""
+    shape = mg.shapes.get(tensor)
+    if _size_one_along(shape, axes, out_rank):
+        return True
+    if shape is None or None in shape:
+        return False
+    while tensor in mg.producer and mg.op_types[mg.producer[tensor]] in REARRANGING_OPS:
         tensor = mg.nodes[mg.producer[tensor]].input[0]
-    return mg.shapes.get(tensor)
+    if tensor not in mg.producer or mg.op_types[mg.producer[tensor]] != "Expand":
+        return False
+    node = mg.nodes[mg.producer[tensor]]
+    source, expanded = mg.shapes.get(node.input[0]), mg.shapes.get(tensor)
+    if source is None or expanded is None or None in source or None in expanded:
+        return False
+    off = len(expanded) - len(source)
+    varying = [k for k, d in enumerate(source) if d != 1]
+    block = math.prod(expanded[off + varying[-1] + 1:]) if varying else math.prod(expanded)
+    first = min(axes) - (out_rank - len(shape))
+    return first >= 0 and block % math.prod(shape[first:]) == 0
 
 
-def _all_global(state: TensorState) -> bool:
-    return bool(state.fields) and all(f.global_at is not None for f in state.fields)
-
-
-def _constant_over(shape: tuple | None, axes: Sequence[int], out_rank: int) -> bool:
+def _size_one_along(shape: tuple | None, axes: Sequence[int], out_rank: int) -> bool:
     """True when an operand of this (known) shape has size 1 along the output's tensor ``axes``
     (inputs align on the right, numpy broadcasting)."""
     if shape is None:
         return False
     off = out_rank - len(shape)
     return all(t < off or shape[t - off] == 1 for t in axes)
+
+
+def _all_global(state: TensorState) -> bool:
+    return bool(state.fields) and all(f.global_at is not None for f in state.fields)
 
 
 def _record_gates(result: PassResult, mg: ModelGraph, idx: int, out: OutTransfer,

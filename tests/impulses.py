@@ -79,22 +79,96 @@ def check_tensor(analysis, proto: onnx.ModelProto, name: str) -> int:
 
 def with_constant_gates(proto: onnx.ModelProto, analysis, seed: int = 2) -> onnx.ModelProto:
     """The model with each gate's operand (``analysis.gates``) replaced by a constant initializer,
-    its value on a random input: the onnxruntime counterpart of detaching the gate."""
+    its value on a random input: the onnxruntime counterpart of detaching the gate.  A
+    normalisation's statistics (a gate with ``statistics``) are frozen the same way: the node
+    becomes ``x * A + B``, with A and B its statistics and affine parameters on that input, by the
+    spec's formula (``frozen_normalisation``)."""
     import onnxruntime as ort
 
     probe = onnx.ModelProto()
     probe.CopyFrom(proto)
-    gated = list(dict.fromkeys(g.tensor for g in analysis.gates.values()))
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in gated)
+    gates = list(analysis.gates.values())
+    gated = list(dict.fromkeys(g.tensor for g in gates if not g.statistics))
+    mg = analysis.graph
+    norms = {mg.nodes[mg.names.index(g.node)].output[0] for g in gates if g.statistics}
+    norm_nodes = [n for n in proto.graph.node if n.output and n.output[0] in norms]
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    wanted = list(dict.fromkeys(gated + [t for n in norm_nodes for t in n.input if t and t not in inits]))
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in wanted)
     sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     spec = next(i for i in sess.get_inputs() if i.name == analysis.input_name)
     shape = [d if isinstance(d, int) else 1 for d in spec.shape]
     x = np.random.default_rng(seed).random(shape).astype(np.float32)
-    values = dict(zip(gated, sess.run(gated, {analysis.input_name: x})))
+    values = {**inits, **dict(zip(wanted, sess.run(wanted, {analysis.input_name: x})))}
     out = onnx.ModelProto()
     out.CopyFrom(proto)
-    keep = [n for n in out.graph.node if not set(n.output) & set(gated)]
+    keep = [n for n in out.graph.node if not set(n.output) & set(gated) and n not in norm_nodes]
+    for node in norm_nodes:
+        a, b = frozen_normalisation(node, [values[t] if t else None for t in node.input])
+        keep.append(onnx.helper.make_node("Mul", [node.input[0], node.output[0] + "/A"], [node.output[0] + "/xA"]))
+        keep.append(onnx.helper.make_node("Add", [node.output[0] + "/xA", node.output[0] + "/B"], [node.output[0]]))
+        out.graph.initializer.extend([onnx.numpy_helper.from_array(a, node.output[0] + "/A"),
+                                      onnx.numpy_helper.from_array(b, node.output[0] + "/B")])
     del out.graph.node[:]
-    out.graph.node.extend(keep)
-    out.graph.initializer.extend(onnx.numpy_helper.from_array(v, t) for t, v in values.items())
+    out.graph.node.extend(_topological(keep))
+    out.graph.initializer.extend(onnx.numpy_helper.from_array(values[t], t) for t in gated)
     return out
+
+
+def frozen_normalisation(node: onnx.NodeProto, inputs: list) -> tuple[np.ndarray, np.ndarray]:
+    """(A, B), each of the input's shape, with ``node(x) = x * A + B`` at this input: the
+    statistics and affine parameters of the ONNX spec's formula, for InstanceNormalization,
+    GroupNormalization, LayerNormalization, MeanVarianceNormalization, BatchNormalization
+    (training_mode=1) and LpNormalization."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    x = inputs[0].astype(np.float64)
+    rank, eps = x.ndim, attrs.get("epsilon", 1e-5)
+    op = node.op_type
+    if op == "LpNormalization":
+        norm = np.linalg.norm(x, ord=attrs.get("p", 2), axis=attrs.get("axis", -1), keepdims=True)
+        return _full(1 / norm, x), np.zeros_like(x, np.float32)
+    scale, bias = (inputs + [None, None])[1:3]
+    if op == "GroupNormalization":
+        groups = attrs["num_groups"]
+        grouped = x.reshape(x.shape[0], groups, -1)
+        mean = np.broadcast_to(grouped.mean(2, keepdims=True), grouped.shape).reshape(x.shape)
+        var = np.broadcast_to(grouped.var(2, keepdims=True), grouped.shape).reshape(x.shape)
+        per_channel = x.shape[1] // groups
+        if scale.size == groups:  # opset 18: one scale and bias per group
+            scale, bias = np.repeat(scale, per_channel), np.repeat(bias, per_channel)
+        scale, bias = (v.reshape(-1, *[1] * (rank - 2)) for v in (scale, bias))
+    else:
+        axes = {"InstanceNormalization": tuple(range(2, rank)),
+                "LayerNormalization": tuple(range(attrs.get("axis", -1) % rank, rank)),
+                "MeanVarianceNormalization": tuple(attrs.get("axes", (0, 2, 3))),
+                "BatchNormalization": (0, *range(2, rank))}[op]
+        mean, var = x.mean(axes, keepdims=True), x.var(axes, keepdims=True)
+        if op == "MeanVarianceNormalization":
+            scale, bias, eps = np.ones(1), np.zeros(1), 1e-9
+        elif op != "LayerNormalization":  # per channel
+            scale, bias = (v.reshape(-1, *[1] * (rank - 2)) for v in (scale, bias))
+        elif bias is None:
+            bias = np.zeros(1)
+    a = scale / np.sqrt(var + eps)
+    return _full(a, x), _full(bias - mean * a, x)
+
+
+def _full(v: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.broadcast_to(v, like.shape)).astype(np.float32)
+
+
+def _topological(nodes: list) -> list:
+    """The nodes in an order where each reads only tensors made before it (initializers, inputs
+    and tensors no listed node makes count as ready)."""
+    made = {t for n in nodes for t in n.output}
+    ready, done, order = set(), set(), []
+    while len(order) < len(nodes):
+        before = len(order)
+        for k, n in enumerate(nodes):
+            if k not in done and all(t not in made or t in ready for t in n.input if t):
+                order.append(n)
+                done.add(k)
+                ready.update(n.output)
+        if len(order) == before:  # a cycle: leave the rest as it was, for onnxruntime to refuse
+            return order + [n for k, n in enumerate(nodes) if k not in done]
+    return order

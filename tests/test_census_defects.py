@@ -177,19 +177,20 @@ def test_show_and_report_use_the_layout_for_the_erf_of_a_1d_model(tmp_path: Path
     assert [c["tensor"] for c in cards] == ["y"] and cards[0]["error"] is None
 
 
-def instance_normed() -> onnx.ModelProto:
-    """conv -> InstanceNormalization: global (statistics over every position), grid kept."""
+def position_softmaxed() -> onnx.ModelProto:
+    """conv -> Softmax over H, then over W: global along both axes, grid kept.  (An
+    InstanceNormalization was used here: its statistics are now held constant, a gate, so its
+    output has a local field.)"""
     g = G((6, 6), channels=1, batch=1)
     c = g.conv("x", 3, 1, pads=[1] * 4, cout=2)
-    scale, bias = g._init(np.ones(2), "s"), g._init(np.zeros(2), "b")
-    return g.model(g.node("InstanceNormalization", [c, scale, bias]))
+    return g.model(g.node("Softmax", [g.node("Softmax", [c], axis=2)], axis=3))
 
 
 def test_a_report_whose_heatmap_failed_says_so_and_exits_1(tmp_path: Path, capsys) -> None:
     """A heatmap asked for a global tensor cannot be drawn: before, "1 ERF heatmap(s)", exit 0.
-    (An InstanceNorm's output: an SE gate's product now has a local field, held constant.)"""
-    path = tmp_path / "se.onnx"
-    model = instance_normed()
+    (A global tensor: an SE gate's product, or a norm's output, now has a local field.)"""
+    path = tmp_path / "global.onnx"
+    model = position_softmaxed()
     onnx.save(model, path)
     out = model.graph.output[0].name
     assert main(["report", str(path), "--erf-output", out, "--erf-runs", "1",

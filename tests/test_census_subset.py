@@ -185,6 +185,10 @@ MODELS: dict[str, Model] = {
     "timm_mobilevit_xxs": export(timm_model("mobilevit_xxs"), IMG),
     "timm_lcnet_050": export(timm_model("lcnet_050"), IMG),
     "timm_ghostnet_100": export(timm_model("ghostnet_100"), IMG),
+    # normalisations whose statistics span positions, held constant as gates: GroupNorm(1) fused
+    # (an InstanceNormalization of a reshape), EvoNorm written out (its deviation expanded)
+    "timm_poolformerv2_s12": export(timm_model("poolformerv2_s12"), IMG),
+    "timm_regnetz_b16_evos": export(timm_model("regnetz_b16_evos"), IMG),
     "ddddocr_common": pypi("ddddocr_common"),
     "ddddocr_common_old": pypi("ddddocr_common_old"),
     "ddddocr_det": pypi("ddddocr_det"),

@@ -22,6 +22,7 @@ import io
 import itertools
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,86 @@ class InvertedResidual(nn.Module):
         return x + y if self.residual else y
 
 
+class Normalised(nn.Module):
+    """A normalisation layer (torch's own module, exported as torch exports it); ``detach``: the
+    same formula with the statistics (mean, variance over each group) detached, for the oracle."""
+
+    def __init__(self, norm: nn.Module, groups: int) -> None:
+        super().__init__()
+        self.norm, self.groups = norm, groups
+        self.detach = False
+
+    def forward(self, x):
+        if not self.detach:
+            return self.norm(x)
+        grouped = x.reshape(x.shape[0], self.groups, -1)
+        mean = grouped.mean(-1, keepdim=True).detach()
+        var = grouped.var(-1, unbiased=False, keepdim=True).detach()
+        y = ((grouped - mean) / torch.sqrt(var + self.norm.eps)).reshape(x.shape)
+        weight = self.norm.weight if self.norm.weight.dim() > 1 else self.norm.weight.view(-1, 1, 1)
+        bias = self.norm.bias if self.norm.bias.dim() > 1 else self.norm.bias.view(-1, 1, 1)
+        return y * weight + bias
+
+
+class WrittenOutNorm(nn.Module):
+    """An instance normalisation written op by op: (x - mean) / sqrt(var + eps), both statistics
+    pooled over positions (exported as ReduceMean, Sub, Mul, ReduceMean, Add, Sqrt, Div)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.detach = False
+
+    def forward(self, x):
+        mean = x.mean((2, 3), keepdim=True)
+        centred = x - (mean.detach() if self.detach else mean)
+        var = (centred * centred).mean((2, 3), keepdim=True)
+        return centred / torch.sqrt((var.detach() if self.detach else var) + 1e-5)
+
+
+class EvoNormS0(nn.Module):
+    """timm's EvoNorm-S0: x * sigmoid(v * x) / group_std(x), the group deviation expanded to
+    (N, G, C/G, H, W) and reshaped to (N, C, H, W) (its shape hides that it is constant over
+    positions; the variance's ``x - mean`` only feeds the statistics: no gate of its own)."""
+
+    def __init__(self, c: int, groups: int) -> None:
+        super().__init__()
+        self.v, self.groups = nn.Parameter(torch.ones(1, c, 1, 1)), groups
+        self.detach = False
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        grouped = x.reshape(b, self.groups, c // self.groups, h, w)
+        std = grouped.var(dim=(2, 3, 4), unbiased=False, keepdim=True).add(1e-5).sqrt()
+        std = std.expand(grouped.shape).reshape(b, c, h, w)
+        return x * torch.sigmoid(self.v * x) / (std.detach() if self.detach else std)
+
+
+def evonorm_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), EvoNormS0(4, 2), nn.Conv2d(4, 4, 3, 2, 1))
+
+
+def conv_norm_conv(norm: Callable[[], nn.Module], groups: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), Normalised(norm(), groups), nn.Conv2d(4, 4, 3, 2, 1),
+                         Normalised(norm(), groups))
+
+
+def group_norm_net() -> nn.Module:
+    return conv_norm_conv(lambda: nn.GroupNorm(2, 4), 2)
+
+
+def instance_norm_net() -> nn.Module:
+    return conv_norm_conv(lambda: nn.InstanceNorm2d(4, affine=True), 4)
+
+
+def layer_norm_chw_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), Normalised(nn.LayerNorm([4, SIZE, SIZE]), 1),
+                         nn.Conv2d(4, 4, 3, 2, 1))
+
+
+def written_out_norm_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), WrittenOutNorm(), nn.Conv2d(4, 4, 3, 2, 1))
+
+
 def conv_se_conv() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), SE(4), nn.Conv2d(4, 4, 3, 2, 1))
 
@@ -140,9 +221,16 @@ def cbam_net() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), CBAM(4), nn.Conv2d(4, 4, 3, padding=1))
 
 
-NETS = {"conv_se_conv": (conv_se_conv, 1), "mobilenet_v3_like": (mobilenet_v3_like, 2),
-        "eca": (eca_net, 1), "eca_expanded": (eca_expanded_net, 1),
-        "cbam": (cbam_net, 1), "global_context": (gc_net, 1)}  # builder, gates
+NETS = {"conv_se_conv": (conv_se_conv, 1, {"Mul"}), "mobilenet_v3_like": (mobilenet_v3_like, 2, {"Mul"}),
+        "eca": (eca_net, 1, {"Mul"}), "eca_expanded": (eca_expanded_net, 1, {"Mul"}),
+        "cbam": (cbam_net, 1, {"Mul"}), "global_context": (gc_net, 1, {"Add"}),
+        # a normalisation's statistics over positions: torch exports GroupNorm as an
+        # InstanceNormalization of the (N, groups, -1) reshape, LayerNorm over (C, H, W) fused
+        "group_norm": (group_norm_net, 2, {"InstanceNormalization"}),
+        "instance_norm": (instance_norm_net, 2, {"InstanceNormalization"}),
+        "layer_norm_chw": (layer_norm_chw_net, 1, {"LayerNormalization"}),
+        "written_out_norm": (written_out_norm_net, 2, {"Sub", "Div"}),
+        "evonorm_s0": (evonorm_net, 1, {"Div"})}  # builder, gates, their ops
 SIZE = 16
 
 
@@ -201,14 +289,15 @@ def case(request: pytest.FixtureRequest):
 
 def test_gated_output_reports_its_local_field_and_names_the_gates(case) -> None:
     """Before: every tensor after the first gate was global with no number.  Now the output is
-    local (r, S, P numbers) and names one gate node (a Mul, or an Add for the global-context
-    block) per gate of the net; a gate's pooling is no default end point (the output is)."""
+    local (r, S, P numbers) and names one gate node (a Mul, an Add for the global-context block,
+    the normalisation node or its written-out Sub and Div) per gate of the net; a gate's pooling
+    is no default end point (the output is)."""
     name, _, proto, a, out = case
     ep = a[out]
     assert not ep.is_global and all(r is not None for r in ep.r)
-    assert len(ep.gates) == NETS[name][1] == len(a.gates)
+    assert len(ep.gates) == NETS[name][1] == len(a.gates) - (name == "evonorm_s0")  # and its x - mean
     ops = {n.name: n.op_type for n in proto.graph.node}
-    assert all(ops[g] == ("Add" if name == "global_context" else "Mul") for g in ep.gates)
+    assert {ops[g] for g in ep.gates} == NETS[name][2]
     assert a.default_endpoints() == [out]
     back = a.fields_toward(out)["x"]  # the reverse pass holds the same gates constant
     assert back == ep.fields
@@ -318,12 +407,14 @@ def test_torchvision_random_init_exports(arch: str) -> None:
     assert not ep.is_global and ep.gates
 
 
-def test_instance_norm_written_out_stays_global() -> None:
+def test_instance_norm_written_out_gates_its_statistics() -> None:
     """InstanceNorm as exported op by op: (x - mean) * 1/sqrt(var), both statistics pooled over
-    positions.  The Mul's operand 1/sqrt(var) is constant over positions and global, but so is
-    the other operand (x - mean): no feature map is gated, the field stays global.  Oracle:
-    onnxruntime impulses (every unit moves with every input position)."""
+    positions, each a gate (the Sub's mean, the Mul's 1/sqrt(var)): the local field is the conv's
+    3x3 (was global: the Sub mixed positions, so nothing was gated).  Oracles: onnxruntime
+    impulses with the statistics constant (the 3x3 regions), and without (every unit moves with
+    every input position: the exact field is global)."""
     from tests.graphs import G
+    from tests.impulses import dependencies
 
     g = G((6, 6), channels=1, batch=1)
     c = g.conv("x", 3, 1, pads=[1] * 4, cout=2)
@@ -332,8 +423,11 @@ def test_instance_norm_written_out_stays_global() -> None:
     y = g.node("Mul", [centred, g.node("Reciprocal", [g.node("Sqrt", [var])])])
     model = g.model(y)
     a = analyze(model)
-    assert a[y].is_global and not a[y].gates and not a.gates
-    assert check_tensor(a, model, y) == 36
+    ep = a[y]
+    assert not ep.is_global and ep.r == (3, 3) and len(ep.gates) == 2 == len(a.gates)
+    assert check_tensor(a, with_constant_gates(model, a), y) == 36
+    deps, _ = dependencies(model, a.input_name, y, list(a.spatial_axes))
+    assert deps.all()
 
 
 def test_merge_on_an_axis_of_one_unit_compares_that_units_centres() -> None:

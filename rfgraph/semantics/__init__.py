@@ -95,7 +95,7 @@ CHANNELS_FIRST_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "Ma
                       "InstanceNormalization", "LRN", "SpaceToDepth", "DepthToSpace"}
 # ops whose output summed over channels is (nearly) constant: a summed seed's gradient is ~0
 NORMALISING_OPS = {"LayerNormalization", "Softmax", "LogSoftmax"}
-GATE_OPS = {"Mul", "Add"}  # elementwise ops whose spatially constant, global operand is a gate
+GATE_OPS = {"Mul", "Add", "Sub", "Div"}  # elementwise ops whose spatially constant, global operand is a gate
 
 
 __all__ = ["BROADCAST_OPS", "CACHEABLE_OPS", "CHANNELS_FIRST_OPS", "FAMILIES", "GATE_OPS", "INDEX_OUTPUTS",

@@ -13,7 +13,7 @@ from onnx import helper
 from ..errors import UnsupportedOpError
 from .gradient import Builder, Grads, NodeView, _square
 from .gradient import Rule as VJPRule
-from .transfer import NodeContext, OutTransfer, Rule, Transfer, _norm_axis, mix_axes, pointwise, with_sizes
+from .transfer import NodeContext, Rule, Transfer, _norm_axis, mix_axes, mixed_maps, pointwise
 
 # ---------------------------------------------------------------- receptive-field (TRF) rules
 
@@ -38,11 +38,20 @@ def norm_over_axes_rule(first_axis_attr: str | None, default: int | list[int]) -
         else:
             start = _norm_axis(int(ctx.attrs.get(first_axis_attr, default)), rank)
             axes = list(range(start, rank))
-        tr = mix_axes(ctx, axes, why=f"{ctx.op} statistics over axes {axes}")
-        lay = with_sizes(ctx.data_layout(0), ctx.out_shapes[0])  # positions keep their meaning
-        outs = tuple(None if o is None else OutTransfer(lay, o.edges) for o in tr.outputs)
-        return Transfer(outs, mix_reason=tr.mix_reason)
+        return statistics_over(ctx, axes, f"statistics over axes {axes}")
     return rule
+
+
+def statistics_over(ctx: NodeContext, axes: Sequence[int], why: str) -> Transfer:
+    """A normalisation of input 0 by statistics over tensor ``axes``: each output position reads
+    its own input position, and through the statistics every position along ``axes``.  Where those
+    axes hold positions, output 0's edge is the local one (pointwise, the statistics held constant,
+    as a gate's operand is) and ``statistics`` says why the exact field is global (LayerNorm's
+    Mean and InvStdDev outputs, for training, are not followed: as before this rule)."""
+    if not mixed_maps(ctx.data_layout(0), axes):
+        return pointwise(ctx)
+    local = pointwise(ctx, outputs=len(ctx.node.output))
+    return Transfer(local.outputs, statistics=why)
 
 
 def batch_norm_rule(ctx: NodeContext) -> Transfer:
@@ -55,8 +64,8 @@ def batch_norm_rule(ctx: NodeContext) -> Transfer:
 
 def lp_norm_rule(ctx: NodeContext) -> Transfer:
     """LpNormalization: the norm spans one axis."""
-    return mix_axes(ctx, [_norm_axis(int(ctx.attrs.get("axis", -1)), ctx.rank(0))],
-                    why="LpNormalization over its axis")
+    axis = _norm_axis(int(ctx.attrs.get("axis", -1)), ctx.rank(0))
+    return statistics_over(ctx, [axis], f"norm over axis {axis}")
 
 
 # ---------------------------------------------------------------- gradient (VJP) rules

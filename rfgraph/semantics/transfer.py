@@ -57,11 +57,14 @@ class OutTransfer:
 
 @dataclass(frozen=True)
 class Transfer:
-    """What a node does to spatial positions; ``size_dependent`` when its padding depends on sizes."""
+    """What a node does to spatial positions; ``size_dependent`` when its padding depends on sizes.
+    ``statistics``: why output 0 also reads every position through statistics it computes (a
+    normalisation's mean and variance), which its edges leave out: held constant, the op is local."""
 
     outputs: tuple[OutTransfer | None, ...]
     size_dependent: bool = False
     mix_reason: str = ""
+    statistics: str = ""
 
 
 @dataclass

@@ -101,9 +101,10 @@ def _unit_masks(mask: np.ndarray, units: list[tuple[int, ...]], axes: list[int],
 
 def _axis_regions(ep, sizes: tuple[int, ...]) -> list[np.ndarray | None]:
     """Per axis, the clipped ``[u0, v0]`` of every unit rfgraph reports (``EndPoint.regions``
-    clipped to the input, as every command shows it); None along an axis where the field is global."""
+    clipped to the input, as every command shows it); None along an axis where the field is global,
+    exactly or through gates (a normalisation's statistics: the regions are then the local field)."""
     copies = ep.copies or ((),) * len(sizes)
-    return [None if f.is_global else clipped_regions(ep.regions(a), n, c)
+    return [None if f.is_global or f.gates else clipped_regions(ep.regions(a), n, c)
             for a, (f, n, c) in enumerate(zip(ep.fields, sizes, copies))]
 
 
