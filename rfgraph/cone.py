@@ -194,8 +194,8 @@ def why_not_local(ep: EndPoint) -> str | None:
         return f"the field of '{ep.name}' is global (made so at node '{node}'): every input pixel reaches it"
     if ep.gates:
         return (f"'{ep.name}' is gated ({', '.join(ep.gates[:3])}{', ...' if len(ep.gates) > 3 else ''}): "
-                f"the gradient also flows through each gate's pooling over every position (a "
-                f"normalisation's statistics)")
+                f"the gradient also flows through each gate's pooling (or normalisation statistics) "
+                f"over every position")
     return None
 
 

@@ -1204,7 +1204,7 @@ def _gate_notes(analysis: Analysis | None, output: str) -> list[str]:
     note = (f"'{output}' is gated ({len(ep.gates)} gate(s): {', '.join(ep.gates[:3])}"
             f"{', ...' if len(ep.gates) > 3 else ''}): its TRF is the local field with the gates held "
             f"constant, while this ERF is the exact gradient, which also flows through each gate's "
-            f"global pooling (a normalisation's statistics): its support is the whole input (small "
+            f"global pooling or normalisation statistics: its support is the whole input (small "
             f"outside the local field), and ERF/TRF compares it with the local field")
     return [note]
 

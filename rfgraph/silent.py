@@ -1,7 +1,10 @@
 """Paths that carry no signal: a node whose weights are all zero (a residual branch initialised
 to zero, as timm does by default; a pruned layer) outputs a constant, so no gradient crosses it.
 The ERF then covers only the paths around such nodes; ``silent_notes`` names them and gives the
-field of the paths left (the TRF pass on the model with their inputs held constant)."""
+field of the paths left (the TRF pass on the model with their inputs held constant).  A product
+by a constant of at most ``FAINT_SCALE`` (a layer scale at its initial value, 1e-6 in timm's
+ConvNeXt or RDNet) is faint, not silent: the gradient crosses it scaled down so far that the ERF
+is the paths around it, and the note says so the same way."""
 
 from __future__ import annotations
 
@@ -26,6 +29,10 @@ ZEROING_OPERANDS: Mapping[str, tuple[int, ...]] = {
 }
 
 
+FAINT_SCALE = 1e-3  # a Mul by a nonzero constant no larger than this (in magnitude) is faint
+FAINT_OPS = ("Mul",)  # a layer scale; a Conv of tiny weights is the model's own business
+
+
 @dataclass(frozen=True)
 class SilentNode:
     """A node on the input's paths whose operand ``operand`` is a constant of zeros."""
@@ -35,17 +42,22 @@ class SilentNode:
     operand: str
 
 
-def silent_nodes(model: onnx.ModelProto, input_name: str) -> list[SilentNode]:
+def silent_nodes(model: onnx.ModelProto, input_name: str, faint: bool = False) -> list[SilentNode]:
     """The nodes reading the input (through any path) that output a constant because one of
-    their ``ZEROING_OPERANDS`` is a constant of zeros (through Identity and other folds)."""
+    their ``ZEROING_OPERANDS`` is a constant of zeros (through Identity and other folds); with
+    ``faint``, instead the ``FAINT_OPS`` whose constant operand is nonzero and at most
+    ``FAINT_SCALE`` in magnitude."""
     active = active_tensors(model, input_name, elem_types(model))
     constant = constant_reader(model)
+    test = _faint if faint else _all_zero
     found = []
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx") or not any(i in active for i in node.input if i):
             continue
+        if faint and node.op_type not in FAINT_OPS:
+            continue
         zero = next((name for name in _zeroing_operands(node) if name not in active
-                     and _all_zero(constant, name)), None)
+                     and test(constant, name)), None)
         if zero is not None:
             found.append(SilentNode(node.name or node.output[0], node.op_type, zero))
     return found
@@ -59,6 +71,13 @@ def _zeroing_operands(node: onnx.NodeProto) -> list[str]:
 def _all_zero(constant: Callable[[str], np.ndarray | None], name: str) -> bool:
     value = constant(name)
     return value is not None and value.size > 0 and value.dtype.kind in "fc" and not value.any()
+
+
+def _faint(constant: Callable[[str], np.ndarray | None], name: str) -> bool:
+    value = constant(name)
+    if value is None or value.size == 0 or value.dtype.kind not in "fc" or not value.any():
+        return False
+    return float(np.abs(value).max()) <= FAINT_SCALE
 
 
 def live_model(model: onnx.ModelProto, input_name: str, silent: Sequence[SilentNode]) -> onnx.ModelProto:
@@ -100,16 +119,25 @@ def silent_notes(model: onnx.ModelProto, input_name: str, output: str, options: 
     """A note naming the silent nodes and the field of the paths left (``trf_size``: the
     output's TRF size, for comparison); [] when there are none, or when the paths left see what
     the whole model sees (an LSTM's first step times its zero initial state)."""
+    notes = []
     silent = silent_nodes(model, input_name)
-    if not silent:
-        return []
-    left = _live_field_text(model, input_name, output, options, silent, trf_size)
-    if left is None:
-        return []
-    names = ", ".join(f"{s.name} ({s.op_type})" for s in silent[:3]) + (", ..." if len(silent) > 3 else "")
-    head = (f"{len(silent)} node(s) on the input's paths have all-zero weights and pass no gradient "
-            f"({names}; e.g. a residual branch initialised to zero)")
-    return [f"{head}: {left}"]
+    left = _live_field_text(model, input_name, output, options, silent, trf_size) if silent else None
+    if left is not None:
+        notes.append(f"{len(silent)} node(s) on the input's paths have all-zero weights and pass no gradient "
+                     f"({_names(silent)}; e.g. a residual branch initialised to zero): {left}")
+    faint = silent_nodes(model, input_name, faint=True)
+    left = _live_field_text(model, input_name, output, options, silent + faint, trf_size) if faint else None
+    if left is not None and not left.startswith("no path"):  # every path scaled alike: the map's shape stands
+        notes.append(f"{len(faint)} node(s) on the input's paths scale them by at most {FAINT_SCALE:g} "
+                     f"({_names(faint)}; e.g. a layer scale at its initial value, as an untrained "
+                     f"timm ConvNeXt's): {left.replace('lies within', 'lies mostly within')}, "
+                     f"the rest of the map fainter by that factor (trained layer scales are larger; "
+                     f"--reinit keeps them)")
+    return notes
+
+
+def _names(nodes: Sequence[SilentNode]) -> str:
+    return ", ".join(f"{s.name} ({s.op_type})" for s in nodes[:3]) + (", ..." if len(nodes) > 3 else "")
 
 
 def _live_field_text(model: onnx.ModelProto, input_name: str, output: str, options: ModelOptions,

@@ -249,3 +249,33 @@ def test_a_float16_model_is_held_in_its_own_type() -> None:
     assert held.data_type == TensorProto.FLOAT16
     (note,) = silent_notes(model, "x", "y", ModelOptions(), (5, 5))
     assert "zeroed (Conv)" in note and "paths left, 3 x 3 (the whole model's TRF: 5 x 5)" in note
+
+
+def _layer_scaled(scale: float) -> onnx.ModelProto:
+    """x -> conv 3x3 (h) -> h + layer_scale * conv 3x3 (h): a residual branch behind a layer scale
+    (timm's ConvNeXt and RDNet start it at 1e-6)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.random((2, 1, 3, 3), np.float32) + 0.1, "a"),
+             numpy_helper.from_array(rng.random((2, 2, 3, 3), np.float32) + 0.1, "b"),
+             numpy_helper.from_array(np.full((2, 1, 1), scale, np.float32), "gamma")]
+    nodes = [helper.make_node("Conv", ["x", "a"], ["h"], name="first", pads=[1] * 4),
+             helper.make_node("Conv", ["h", "b"], ["z"], name="branch", pads=[1] * 4),
+             helper.make_node("Mul", ["z", "gamma"], ["zs"], name="layer_scale"),
+             helper.make_node("Add", ["h", "zs"], ["y"], name="add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 9, 9])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 9, 9])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_faint_layer_scale_is_named_with_the_field_the_erf_shows() -> None:
+    """A layer scale of 1e-6: the ERF is the skip path's 3x3 (its size by Luo's threshold is 3,
+    the 5x5 TRF's ring below 1e-5 of the map's maximum, measured on the gradient), and the note
+    says so with both fields; a scale of 0.1 is no layer scale at its initial value: no note."""
+    result = compute_erf(_layer_scaled(1e-6), unit=(4, 4), runs=2, inputs="uniform")
+    ring = result.erf.copy()
+    ring[3:6, 3:6] = 0
+    assert result.erf[2:7, 2:7].min() > 0 and ring.max() < 1e-5 * result.erf.max()  # the branch's ring: faint
+    note = next(n for n in result.notes if "layer scale" in n)
+    assert "layer_scale (Mul)" in note and "mostly within the field of the paths left, 3 x 3" in note
+    assert "TRF: 5 x 5" in note
+    assert not any("layer scale" in n for n in compute_erf(_layer_scaled(0.1), unit=(4, 4), runs=1).notes)
