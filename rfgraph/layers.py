@@ -110,10 +110,26 @@ def layer_geometry(analysis: Analysis, idx: int, edges: Sequence[Edge]) -> Geome
     node = analysis.graph.nodes[idx]
     if node.op_type in WINDOW_OPS:
         return _window_geometry(analysis, idx)
-    spans = [next((e.span(a) for e in edges if a in e.maps), IDENTITY)
-             for a in range(len(analysis.axis_names))]
+    spans = [_axis_span(analysis, idx, edges, a) for a in range(len(analysis.axis_names))]
     return Geometry(tuple(_extent(s) for s in spans), tuple(None if s is None else s.S for s in spans),
                     tuple((None, None) if s is None else (-s.lo[0], None) for s in spans), None, "rule")
+
+
+def _axis_span(analysis: Analysis, idx: int, edges: Sequence[Edge], axis: int) -> Span | None:
+    """The window a non-window layer reads along ``axis``: its first edge's that moves units; a
+    broadcast (every unit reads one unit: stride 0) only where no other edge moves them, and
+    then as 'reads every position' (None) when what it broadcasts is global there (a lambda
+    layer's q @ lambda read kernel 1, stride 0)."""
+    moved = [e for e in edges if axis in e.maps]
+    if not moved:
+        return IDENTITY
+    spans = [e.span(axis) for e in moved]
+    windows = [sp for sp in spans if sp is None or sp.S != 0]
+    if windows:
+        return windows[0]
+    tensor = analysis.graph.node_inputs[idx][moved[0].slot]
+    ep = analysis.endpoints.get(tensor)
+    return None if ep is not None and ep.fields[axis].is_global else spans[0]
 
 
 def _extent(span: Span | None) -> int | None:

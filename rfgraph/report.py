@@ -136,7 +136,12 @@ def analysis_dict(analysis: Analysis, names: Iterable[str]) -> dict[str, Any]:
     }
 
 
-def _table_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
+GATES_SHOWN = 3  # gate nodes named in a table's note; JSON lists them all
+
+
+def _table_rows(rows: list[dict[str, Any]], gates_named: int = GATES_SHOWN) -> list[list[Any]]:
+    """Table cells of the end-point rows; a gated row's note names ``gates_named`` of its gates
+    (0 where the lines below the table name them: gate names are long)."""
     out = []
     for row in rows:
         note = []
@@ -153,15 +158,12 @@ def _table_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
         if any(row["global"]):
             note.append("global from " + next(g for g in row["global"] if g))
         if row["gates"]:
-            note.append(gates_note(row["gates"]))
+            note.append(gates_note(row["gates"], gates_named) + ("" if gates_named else " (named below)"))
         out.append([row["tensor"], row["op"], "x".join("?" if d is None else str(d) for d in row["shape"]),
                     per_axis(row["r"]), per_axis(row["S"]), per_axis(row["P"]),
                     {True: "yes", False: "no", None: "depends on size"}[row["covers_input"]],
                     "yes" if row["aligned"] else f"NO ({row['misaligned_at']})", "; ".join(note)])
     return out
-
-
-GATES_SHOWN = 3  # gate nodes named in a table's note; JSON lists them all
 
 
 def gates_note(gates: Sequence[str], named: int = GATES_SHOWN) -> str:
@@ -211,7 +213,8 @@ def render(analysis: Analysis, names: Sequence[str], fmt: str = "table") -> str:
     if fmt == "json":
         return json_text(analysis_dict(analysis, names))
     rows = endpoint_rows(analysis, names)
-    return tabular(HEADERS, _table_rows(rows), fmt, [_summary(analysis)], _notes(analysis, names))
+    named = GATES_SHOWN if fmt == "csv" else 0  # a table's notes name them, a CSV has no notes
+    return tabular(HEADERS, _table_rows(rows, named), fmt, [_summary(analysis)], _notes(analysis, names))
 
 
 def layout_line(analysis: Analysis) -> str:

@@ -387,6 +387,9 @@ def test_every_format_and_command_works_per_unit_after_gates(tmp_path: Path, cap
     assert main(["diagnose", str(path), "--no-size-range", "--format", "json"]) == 0
     cov = json.loads(capsys.readouterr().out)["coverage"]
     assert cov  # the output's local coverage, not 'every unit sees the whole input'
+    assert next(c for c in cov if c["endpoint"] == out)["gates"] == list(ep.gates)  # said, not silent
+    assert main(["diagnose", str(path), "--no-size-range"]) == 0
+    assert f"{out}: local field, gates held constant; global via 2 gates" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("arch", ["efficientnet_b0", "mobilenet_v3_small"])

@@ -179,6 +179,30 @@ def test_pad_resize_and_stepped_slice_are_rows(tmp_path: Path, capsys: pytest.Ca
     assert resize["stride"] == ["1/2", "1/2"] and step["stride"] == [2, 1]
 
 
+def test_a_product_by_a_global_broadcast_reads_every_position(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A lambda layer's q @ lambda: a 1-D map (1, C, 8) times a value pooled over every position
+    and broadcast to each (its span: every unit reads one unit, stride 0).  The row's window is
+    global, as its field is (was kernel 1, stride 0); oracle: the field itself, measured with
+    onnxruntime impulses (every output unit moves with every input position)."""
+    from rfgraph import analyze
+    from tests.impulses import dependencies
+
+    g = G((8,), channels=2, batch=1)
+    c = g.conv("x", 3, 1, pads=[1, 1], cout=2)
+    pooled = g.node("ReduceMean", [c], axes=[2])  # (1, 2, 1): every position
+    q = g.node("Transpose", [c], perm=[0, 2, 1])  # (1, 8, 2): positions as rows
+    out = g.node("MatMul", [q, g.node("Mul", [pooled, pooled])])  # (1, 8, 2) @ (1, 2, 1)
+    model = g.model(out)
+    a = analyze(model)
+    deps, _ = dependencies(model, a.input_name, out, list(a.spatial_axes))
+    assert deps.all() and a[out].is_global
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    rows = _json(capsys, str(path), "--layers")["layers"]
+    matmul = next(r for r in rows if r["op"] == "MatMul")
+    assert matmul["kernel"] == [None] and matmul["stride"] == [None]
+
+
 def test_formats_agree_and_summary_names_the_top_growers(capsys: pytest.CaptureFixture) -> None:
     """table, markdown and csv show the same rows as json; the summary line names the layers with
     the largest delta r, largest first."""

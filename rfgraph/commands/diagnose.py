@@ -11,7 +11,7 @@ from typing import Any
 from tabulate import tabulate
 
 from ..diagnostics import Diagnosis, diagnose
-from ..report import NOTE_LINES, json_text, layout_line, number
+from ..report import NOTE_LINES, gates_note, json_text, layout_line, number
 from ._common import add_model_args, model_errors, options_from_args
 
 EXAMPLES = """examples:
@@ -80,7 +80,8 @@ def diagnosis_dict(d: Diagnosis) -> dict[str, Any]:
              "covers_input": x.covers, "some_unit_sees_all": x.covered_by_some,
              "border_layer": x.border_layer,
              "full_coverage_layer": x.full_layer} for x in c.axes],
-            "unproductive_layers": [v.node for v in c.unproductive]} for c in d.coverage],
+            "unproductive_layers": [v.node for v in c.unproductive], "gates": list(c.gates)}
+            for c in d.coverage],
         "layers": [{"node": v.node, "op": v.op, "output": v.output,
                     "unproductive_fraction": list(v.fraction), "unproductive": v.unproductive}
                    for v in d.verdicts],
@@ -135,7 +136,11 @@ def _coverage_table(d: Diagnosis) -> str:
                          len(c.unproductive)])
     head = ["end point", "axis", "n", "r", "r/n", "sees whole axis", "border layer",
             "full-coverage layer", "unproductive layers"]
-    return "coverage\n" + tabulate(rows, headers=head, tablefmt="simple")
+    gated = [f"  {c.endpoint}: {gates_note(c.gates, named=0)}" for c in d.coverage if c.gates]
+    notes = ("\nlocal fields (r and coverage with every gate held constant: squeeze-excitation, "
+             "normalisation statistics; the exact field is global through the gates):\n"
+             + "\n".join(gated)) if gated else ""
+    return "coverage\n" + tabulate(rows, headers=head, tablefmt="simple") + notes
 
 
 def _layers_section(d: Diagnosis) -> str:

@@ -101,7 +101,7 @@ def _fix(analysis: Analysis, m: Any) -> AlignmentFix:
         why = ("the branch centres differ from unit to unit (upsampling phases): no single shift "
                "aligns every unit; use an upsampling whose units are centred consistently"
                if periodic else
-               f"centres differ by {offset} px, not a multiple of the stride {S}: no pad or crop at "
+               f"{offset} px is not a multiple of the stride {S}: no pad or crop at "
                f"the merge aligns them; change a begin padding before it (p units at a layer of "
                f"input stride s moves the centre p*s px)")
         return AlignmentFix(m.node, m.op, axis, m.axis, tensors, {}, offset, False, why)

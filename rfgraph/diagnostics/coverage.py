@@ -137,6 +137,7 @@ class Coverage:
     endpoint: str
     axes: tuple[AxisCoverage, ...]
     unproductive: tuple[LayerVerdict, ...]
+    gates: tuple[str, ...] = ()  # gates on its paths: the numbers are its local field's
 
 
 def coverage(analysis: Analysis, endpoint: str, regions: Mapping[str, tuple[AxisRegions, ...]],
@@ -161,7 +162,7 @@ def coverage(analysis: Analysis, endpoint: str, regions: Mapping[str, tuple[Axis
                                  glob or bool(hit.any()), border, full))
     names = {lay.node for lay in chain}
     bad = tuple(v for v in verdicts if v.node in names and v.unproductive)
-    return Coverage(endpoint, tuple(axes), bad)
+    return Coverage(endpoint, tuple(axes), bad, ep.gates)
 
 
 def _r(analysis: Analysis, tensor: str, axis: int) -> int | None:

@@ -38,20 +38,24 @@ def norm_over_axes_rule(first_axis_attr: str | None, default: int | list[int]) -
         else:
             start = _norm_axis(int(ctx.attrs.get(first_axis_attr, default)), rank)
             axes = list(range(start, rank))
-        return statistics_over(ctx, axes, f"statistics over axes {axes}")
+        return statistics_over(ctx, axes, "statistics")
     return rule
 
 
-def statistics_over(ctx: NodeContext, axes: Sequence[int], why: str) -> Transfer:
+def statistics_over(ctx: NodeContext, axes: Sequence[int], what: str) -> Transfer:
     """A normalisation of input 0 by statistics over tensor ``axes``: each output position reads
     its own input position, and through the statistics every position along ``axes``.  Where those
     axes hold positions, output 0's edge is the local one (pointwise, the statistics held constant,
-    as a gate's operand is) and ``statistics`` says why the exact field is global (LayerNorm's
+    as a gate's operand is) and ``statistics`` says ``what`` makes the exact field global (LayerNorm's
     Mean and InvStdDev outputs, for training, are not followed: as before this rule)."""
-    if not mixed_maps(ctx.data_layout(0), axes):
+    lay = ctx.data_layout(0)
+    mixed = sorted(mixed_maps(lay, axes))
+    if not mixed:
         return pointwise(ctx)
+    every = len(mixed) == len({a for parts in lay for a, _ in parts if a >= 0})
+    where = "every position" if every else f"the positions along input spatial axes {mixed}"
     local = pointwise(ctx, outputs=len(ctx.node.output))
-    return Transfer(local.outputs, statistics=why)
+    return Transfer(local.outputs, statistics=f"{what} over {where} (tensor axes {list(axes)})")
 
 
 def batch_norm_rule(ctx: NodeContext) -> Transfer:
@@ -65,7 +69,7 @@ def batch_norm_rule(ctx: NodeContext) -> Transfer:
 def lp_norm_rule(ctx: NodeContext) -> Transfer:
     """LpNormalization: the norm spans one axis."""
     axis = _norm_axis(int(ctx.attrs.get("axis", -1)), ctx.rank(0))
-    return statistics_over(ctx, [axis], f"norm over axis {axis}")
+    return statistics_over(ctx, [axis], "norm")
 
 
 # ---------------------------------------------------------------- gradient (VJP) rules
