@@ -75,6 +75,7 @@ class Target:
     region: tuple[tuple[int, int], ...] | None = None  # TRF [u0, v0] per input spatial axis
     centre: tuple[float, ...] | None = None  # TRF centre per input spatial axis
     trf_size: tuple[int, ...] | None = None
+    grid: tuple[int, ...] | None = None  # the unit per input spatial axis, where ``unit`` folds them
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,8 @@ def resolve_target(analysis: Analysis | None, model: onnx.ModelProto, output: st
     region = tuple((int(a), int(b)) for a, b in ep.region(index))
     middle = tuple(float(c) for c in ep.centre(index))
     trf = tuple(int(r) for r in ep.r if r is not None)  # not global: no r is None
-    return Target(output, shape, tuple(t for t, _ in ep.unit_axes), unit, channel, region, middle, trf)
+    grid = index if len(index) != len(unit) else None  # a token axis holding H x W: say where
+    return Target(output, shape, tuple(t for t, _ in ep.unit_axes), unit, channel, region, middle, trf, grid)
 
 
 def _not_analysed(analysis: Analysis | None) -> str:

@@ -219,3 +219,19 @@ def test_a_token_index_given_to_boxes_is_refused_with_its_spatial_form(tmp_path,
     ep = rfgraph.analyze(model)[tokens]
     region = ep.region(ep.spatial_index((9,)))
     assert json.loads(capsys.readouterr().out)["units"][0]["region"] == [list(r) for r in region]
+
+
+def test_erf_of_a_token_names_its_grid_unit(tmp_path, capsys):
+    """``erf --unit 9`` on a token axis (4x4 grid) says which grid unit that is, (2, 1), the form
+    boxes and show take (the helper found 'unit (27,)' beside show's '(3, 3)' with no link), in
+    the table's title and the JSON's ``grid_unit``; the region is that grid unit's."""
+    model, tokens = _tokens()
+    path = tmp_path / "tokens.onnx"
+    onnx.save(model, path)
+    assert main(["erf", str(path), "--output", tokens, "--unit", "9", "--runs", "1"]) == 0
+    assert "unit (9,) (token of grid unit (2, 1)" in capsys.readouterr().out
+    assert main(["erf", str(path), "--output", tokens, "--unit", "9", "--runs", "1", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    ep = rfgraph.analyze(model)[tokens]
+    assert doc["grid_unit"] == [2, 1] and list(divmod(9, 4)) == [2, 1]
+    assert doc["trf_region"] == [list(r) for r in ep.region((2, 1))]

@@ -249,7 +249,8 @@ def conventions(args: argparse.Namespace) -> ec.ERFConventions:
 def header(result: ERFResult) -> dict[str, Any]:
     """What was measured, for every format."""
     t = result.target
-    return {"output": t.output, "unit": list(t.unit), "channel": t.channel,
+    return {"output": t.output, "unit": list(t.unit), "grid_unit": None if t.grid is None else list(t.grid),
+            "channel": t.channel,
             "trf_region": None if t.region is None else [list(r) for r in t.region],
             "method": result.method, "runs": result.runs,
             "weight_runs": result.weight_runs, "absolute": result.absolute,
@@ -298,7 +299,9 @@ def render(result: ERFResult, fmt: str, timings: bool = False) -> str:
     h = header(result)
     channel = "" if h["channel"] is None else f" channel {h['channel']}"
     conv = result.conventions
-    title = (f"ERF of {h['output']} unit {tuple(h['unit'])}{channel}: "
+    grid = "" if h["grid_unit"] is None else \
+        f" (token of grid unit {tuple(h['grid_unit'])}, as boxes and show index it)"
+    title = (f"ERF of {h['output']} unit {tuple(h['unit'])}{grid}{channel}: "
              f"{h['runs']} runs x {h['weight_runs']} weights, {h['method']}, "
              f"{_scalar_text(conv)}{AGGREGATION_TEXT[conv.aggregation]}, "
              + (f"TRF {h['trf_region']}" if h["trf_region"] else "no local TRF region (see the notes)"))
