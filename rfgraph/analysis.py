@@ -241,6 +241,24 @@ class Analysis:
         except (RFGraphError, ValueError, KeyError):  # a tensor without them keeps its TRF interval
             return {}
 
+    def global_reach(self, name: str) -> tuple[tuple[int, int] | None, ...]:
+        """Per axis where the field of ``name`` is global: the input pixels [first, last] its
+        units all see, the union of the fields of the positions it mixed (exact clipped regions:
+        a stride-2 VALID stem at an even size never reads the last pixel, so a global pool after
+        it does not either); the whole axis where they cannot be computed; None on local axes."""
+        exact = self.exact_regions.get(name)
+        out: list[tuple[int, int] | None] = []
+        for axis, f in enumerate(self[name].fields):
+            size = int(self.input_shape[self.spatial_axes[axis]] or 0)
+            if not f.is_global:
+                out.append(None)
+            elif exact is None or not (~exact[axis].empty).any():
+                out.append((0, size - 1))
+            else:
+                seen = exact[axis].as_one_unit()
+                out.append((max(int(seen.lo[0]), 0), min(int(seen.hi[0]), size - 1)))
+        return tuple(out)
+
     def __getitem__(self, name: str) -> EndPoint:
         try:
             return self.endpoints[name]

@@ -70,10 +70,13 @@ def covers_input(ep: EndPoint, analysis: Analysis) -> bool | None:
     if analysis.unknown_size is not None and not all(f.is_global for f in ep.fields):
         return None
     exact = analysis.exact_regions.get(ep.name)
+    reach = analysis.global_reach(ep.name) if ep.is_global else ()
     for axis, f in enumerate(ep.fields):
-        if f.is_global:
-            continue
         size = analysis.input_shape[analysis.spatial_axes[axis]]
+        if f.is_global:
+            if reach[axis] != (0, size - 1):  # what it mixed misses an end of the input
+                return False
+            continue
         if exact is not None:
             seen = exact[axis] if ep.units[axis] is not None else exact[axis].as_one_unit()  # (folded: one unit)
             if not seen.covers(size).all():
@@ -82,6 +85,13 @@ def covers_input(ep: EndPoint, analysis: Analysis) -> bool | None:
         if any(not (f.region(u)[0] <= 0 and f.region(u)[1] >= size - 1) for u in {0, n - 1}):
             return False
     return True
+
+
+def _reach_list(analysis: Analysis, ep: EndPoint) -> list[list[int] | None]:
+    """Per axis, [first, last] input pixel a global field's units see (None: a local axis)."""
+    if not ep.is_global or analysis.unknown_size is not None:
+        return [None] * len(ep.fields)
+    return [None if r is None else list(r) for r in analysis.global_reach(ep.name)]
 
 
 def endpoint_rows(analysis: Analysis, names: Iterable[str]) -> list[dict[str, Any]]:
@@ -95,6 +105,7 @@ def endpoint_rows(analysis: Analysis, names: Iterable[str]) -> list[dict[str, An
             "r": [number(v) for v in ep.r], "S": [number(v) for v in ep.S],
             "P": [number(v) for v in ep.P],
             "global": [f.global_at for f in ep.fields],
+            "global_reach": _reach_list(analysis, ep),
             "gates": list(ep.gates),
             "covers_input": covers_input(ep, analysis),
             "aligned": ep.aligned, "misaligned_at": ep.misaligned_at,
@@ -136,12 +147,26 @@ def analysis_dict(analysis: Analysis, names: Iterable[str]) -> dict[str, Any]:
     }
 
 
+def _partial_reach(row: dict[str, Any], axes: Sequence[tuple[str, int]]) -> str:
+    """', seeing only H 0-62 of the input': a global row whose mixed positions miss an end
+    (``axes``: each input spatial axis's name and size)."""
+    parts = [f"{name} {reach[0]}-{reach[1]}" for (name, n), reach in zip(axes, row["global_reach"])
+             if reach is not None and reach != [0, n - 1]]
+    return f", seeing only {', '.join(parts)} of the input" if parts else ""
+
+
+def input_axes(analysis: Analysis) -> list[tuple[str, int]]:
+    """(name, size) of each input spatial axis (size 0 where unknown)."""
+    return [(name, int(analysis.input_shape[a] or 0)) for name, a in zip(analysis.axis_names, analysis.spatial_axes)]
+
+
 GATES_SHOWN = 3  # gate nodes named in a table's note; JSON lists them all
 
 
-def _table_rows(rows: list[dict[str, Any]], gates_named: int = GATES_SHOWN) -> list[list[Any]]:
-    """Table cells of the end-point rows; a gated row's note names ``gates_named`` of its gates
-    (0 where the lines below the table name them: gate names are long)."""
+def _table_rows(rows: list[dict[str, Any]], axes: Sequence[tuple[str, int]],
+                gates_named: int = GATES_SHOWN) -> list[list[Any]]:
+    """Table cells of the end-point rows (``axes``: ``input_axes``); a gated row's note names
+    ``gates_named`` of its gates (0 where the lines below the table name them: they are long)."""
     out = []
     for row in rows:
         note = []
@@ -156,7 +181,7 @@ def _table_rows(rows: list[dict[str, Any]], gates_named: int = GATES_SHOWN) -> l
         if any((isinstance(s, int) and s < 0) or (isinstance(s, str) and s.startswith("-")) for s in row["S"]):
             note.append("reversed (S < 0): unit 0 sees the far end")
         if any(row["global"]):
-            note.append("global from " + next(g for g in row["global"] if g))
+            note.append("global from " + next(g for g in row["global"] if g) + _partial_reach(row, axes))
         if row["gates"]:
             note.append(gates_note(row["gates"], gates_named) + ("" if gates_named else " (named below)"))
         out.append([row["tensor"], row["op"], "x".join("?" if d is None else str(d) for d in row["shape"]),
@@ -214,7 +239,8 @@ def render(analysis: Analysis, names: Sequence[str], fmt: str = "table") -> str:
         return json_text(analysis_dict(analysis, names))
     rows = endpoint_rows(analysis, names)
     named = GATES_SHOWN if fmt == "csv" else 0  # a table's notes name them, a CSV has no notes
-    return tabular(HEADERS, _table_rows(rows, named), fmt, [_summary(analysis)], _notes(analysis, names))
+    return tabular(HEADERS, _table_rows(rows, input_axes(analysis), named), fmt, [_summary(analysis)],
+                   _notes(analysis, names))
 
 
 def layout_line(analysis: Analysis) -> str:
@@ -427,7 +453,7 @@ def _model_table_rows(run: ModelReport, layers: bool) -> list[list[Any]]:
     if layers:
         rows = _layer_table_rows(layer_dicts(layer_view(run.analysis)))
     else:
-        rows = _table_rows(endpoint_rows(run.analysis, run.names))
+        rows = _table_rows(endpoint_rows(run.analysis, run.names), input_axes(run.analysis))
     stops = [[*blank, f"STOPPED at node '{s.node}' ({s.op}): {s.reason}; {s.lost} tensor(s) after it not analysed"]
              for s in run.analysis.stops]
     return [[run.model, *row] for row in rows + stops]

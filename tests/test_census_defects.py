@@ -399,3 +399,31 @@ def test_a_pad_before_the_first_conv_still_shows_the_layout() -> None:
     a = analyze(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert a.layout == "NCHW" and a.spatial_axes == (2, 3) and "read by Conv" in a.layout_reason
     assert a["y"].r == (3, 3) and a["y"].P == (0, 1)  # the Pad's begin: 0 rows, 1 column
+
+
+def test_a_global_pool_after_a_stem_that_drops_the_last_row_sees_what_it_mixed(tmp_path: Path, capsys) -> None:
+    """A 3x3/2 VALID conv at 64 reads rows 0-62 only (torchvision's SqueezeNet at 64 or 224): the
+    global pool after it is global, every unit the same pixels, but not the whole input.  Before,
+    'covers input: yes' and the census oracle's xfail.  Oracle: onnxruntime impulses (each input
+    position perturbed in turn): the pooled output moves with rows and columns 0-62, never 63."""
+    from tests.impulses import dependencies
+
+    g = G((64, 64), channels=1, batch=1)
+    pooled = g.node("GlobalAveragePool", [g.conv("x", 3, 2, pads=[0] * 4, cout=2)])
+    model = g.model(pooled)
+    a = analyze(model)
+    deps, _ = dependencies(model, a.input_name, pooled, list(a.spatial_axes))
+    moved = deps.reshape(64, 64, -1).any(-1)
+    rows, cols = np.flatnonzero(moved.any(1)), np.flatnonzero(moved.any(0))
+    measured = ((int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1])))
+    assert a[pooled].is_global and a.global_reach(pooled) == measured == ((0, 62), (0, 62))
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    assert main(["analyze", str(path), "--format", "json"]) == 0
+    row = next(e for e in json.loads(capsys.readouterr().out)["endpoints"] if e["tensor"] == pooled)
+    assert row["global_reach"] == [[0, 62], [0, 62]] and row["covers_input"] is False
+    assert main(["analyze", str(path)]) == 0
+    assert "seeing only H 0-62, W 0-62 of the input" in capsys.readouterr().out
+    assert main(["diagnose", str(path), "--no-size-range", "--format", "json"]) == 0
+    cov = next(c for c in json.loads(capsys.readouterr().out)["coverage"] if c["endpoint"] == pooled)
+    assert [x["covers_input"] for x in cov["axes"]] == [False, False]

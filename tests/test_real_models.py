@@ -234,16 +234,23 @@ def close(measured: tuple[int, int], trf: tuple[int, int], r: int) -> bool:
 
 
 def check_global(analysis, proto, name: str, case: Case) -> None:
-    """A unit of a tensor reported global changes when either end of the input is perturbed."""
+    """A unit of a tensor reported global changes when either end of what it reports it sees
+    (``global_reach``; the whole axis through gates) is perturbed, and not when the pixels
+    beyond are."""
     ep = analysis[name]
     probe = Probe(proto, analysis.input_name, name, case.feeds)
     unit = tuple(slice(None) for _ in probe.base.shape)
+    reach = analysis.global_reach(name)
     for a, axis in enumerate(analysis.spatial_axes):
         if not (ep.fields[a].is_global or ep.fields[a].gates):  # gated: global through the gates
             continue
         n = analysis.input_shape[axis]
-        assert probe.changes(axis, 0, 0, unit) and probe.changes(axis, n - 1, n - 1, unit), \
+        first, last = reach[a] or (0, n - 1)
+        assert probe.changes(axis, first, first, unit) and probe.changes(axis, last, last, unit), \
             f"{name} is reported global along {analysis.axis_names[a]} but an end does not reach it"
+        for lo, hi in ((0, first - 1), (last + 1, n - 1)):
+            assert lo > hi or not probe.changes(axis, lo, hi, unit), \
+                f"{name} is reported to see {first}-{last} along {analysis.axis_names[a]}, but {lo}-{hi} reach it"
 
 
 def interior_units(ep) -> list[tuple[int, ...]]:

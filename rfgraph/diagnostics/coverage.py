@@ -156,10 +156,12 @@ def coverage(analysis: Analysis, endpoint: str, regions: Mapping[str, tuple[Axis
         reg = regions.get(endpoint, (None,) * len(sizes))[a]
         if reg is not None and ep.units[a] is None:  # no unit axis: one unit holds every position
             reg = reg.as_one_unit()
-        hit = reg.covers(size) if reg is not None else np.zeros(1, bool)
         glob = ep.fields[a].is_global
-        axes.append(AxisCoverage(name, size, ep.r[a], glob or bool(hit.all()),
-                                 glob or bool(hit.any()), border, full))
+        if reg is None:  # no exact regions: a global field sees every pixel, a local one none known
+            hit = np.full(1, glob)
+        else:  # a global field sees what the positions it mixed see (maybe not the last row)
+            hit = (reg.as_one_unit() if glob else reg).covers(size)
+        axes.append(AxisCoverage(name, size, ep.r[a], bool(hit.all()), bool(hit.any()), border, full))
     names = {lay.node for lay in chain}
     bad = tuple(v for v in verdicts if v.node in names and v.unproductive)
     return Coverage(endpoint, tuple(axes), bad, ep.gates)
