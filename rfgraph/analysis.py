@@ -233,9 +233,11 @@ class Analysis:
     def exact_regions(self) -> dict[str, tuple[AxisRegions, ...]]:
         """Every tensor's clipped regions, per unit the input pixels it reads (with holes filled:
         ``diagnostics.regions.exact_regions``), computed once, when first asked ({} if they
-        cannot be)."""
+        cannot be, as at an unknown input size)."""
         from .diagnostics.regions import exact_regions
 
+        if any(self.input_shape[a] is None for a in self.spatial_axes):  # an unknown input size
+            return {}
         try:
             return exact_regions(self)
         except (RFGraphError, ValueError, KeyError):  # a tensor without them keeps its TRF interval

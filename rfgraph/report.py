@@ -65,16 +65,16 @@ def _cell(v: Any) -> str:
 def covers_input(ep: EndPoint, analysis: Analysis) -> bool | None:
     """True when every unit reads the first and the last input pixel along every axis (its
     exact clipped region, ``Analysis.exact_regions``: a stride-2 VALID stem that never reads an
-    even input's last pixel does not cover it, whatever the unclipped region; else the region);
-    None: a local field at an unknown input size, which covers small inputs only."""
-    if analysis.unknown_size is not None and not all(f.is_global for f in ep.fields):
-        return None
+    even input's last pixel does not cover it, whatever the unclipped region, nor a global field
+    after it: ``global_reach``); None at an unknown input size, where that depends on the size."""
+    if analysis.unknown_size is not None:  # a global field too: it sees what it mixed, which may
+        return None                         # miss the last pixel at some sizes (a VALID stride-2 stem)
     exact = analysis.exact_regions.get(ep.name)
     reach = analysis.global_reach(ep.name) if ep.is_global else ()
     for axis, f in enumerate(ep.fields):
         size = analysis.input_shape[analysis.spatial_axes[axis]]
         if f.is_global:
-            if reach[axis] != (0, size - 1):  # what it mixed misses an end of the input
+            if reach and reach[axis] != (0, size - 1):  # what it mixed misses an end of the input
                 return False
             continue
         if exact is not None:

@@ -427,3 +427,32 @@ def test_a_global_pool_after_a_stem_that_drops_the_last_row_sees_what_it_mixed(t
     assert main(["diagnose", str(path), "--no-size-range", "--format", "json"]) == 0
     cov = next(c for c in json.loads(capsys.readouterr().out)["coverage"] if c["endpoint"] == pooled)
     assert [x["covers_input"] for x in cov["axes"]] == [False, False]
+
+
+def test_an_unknown_size_model_whose_end_points_are_global_is_analysed(tmp_path: Path, capsys) -> None:
+    """The same conv and global pool with dynamic H and W: analyze printed an internal error (the
+    exact regions need sizes); now every row, 'depends on size' where whether the last pixel is
+    seen does (at 64 it is not, at 65 it is: measured with onnxruntime impulses)."""
+    from tests.impulses import dependencies
+
+    g = G((64, 64), channels=1, batch=1)
+    pooled = g.node("GlobalAveragePool", [g.conv("x", 3, 2, pads=[0] * 4, cout=2)])
+    model = g.model(pooled)
+    for d in model.graph.input[0].type.tensor_type.shape.dim[2:]:
+        d.dim_param = "S"
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    del model.graph.value_info[:]
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(model, path)
+    assert main(["analyze", str(path), "--all", "--format", "json"]) == 0
+    rows = {e["tensor"]: e for e in json.loads(capsys.readouterr().out)["endpoints"]}
+    assert rows[pooled]["r"] == [None, None] and rows[pooled]["covers_input"] is None
+    seen = {}
+    for n in (64, 65):
+        fixed = onnx.ModelProto()
+        fixed.CopyFrom(model)
+        for d in fixed.graph.input[0].type.tensor_type.shape.dim[2:]:
+            d.dim_value = n
+        deps, _ = dependencies(fixed, "x", pooled, [2, 3])
+        seen[n] = bool(deps[n - 1].any())
+    assert seen == {64: False, 65: True}
