@@ -316,7 +316,8 @@ class Analysis:
         """Graph outputs reached, plus the last local feature map feeding each op that mixes
         positions or where the analysis stopped (every input of it: each head of a detector whose
         heads meet in a stopping Concat), stepping back through Flatten/Reshape/Transpose to a
-        tensor with a grid."""
+        tensor with a grid, and from there to the block input it relabels (``_block_input``: an
+        attention's q, k and v are one row, its input)."""
         names = [o for o in self.outputs if o in self.endpoints]
         gating = self.gating_nodes()  # a gate's pooling is no end of the local field
         mixers = [idx for idx, transfer in self._pass.transfers.items()
@@ -326,6 +327,8 @@ class Analysis:
         for idx in mixers + stopped:
             for tensor in self.graph.nodes[idx].input:
                 feature_map = self._last_grid(tensor)
+                if feature_map is not None:
+                    feature_map = self._block_input(feature_map)
                 if feature_map is not None and feature_map not in names:
                     names.append(feature_map)
         order = list(self.endpoints)
@@ -364,6 +367,24 @@ class Analysis:
                 return None
             tensor = next((t for t in self.graph.nodes[producer].input if t in self.endpoints), "")
         return None
+
+    def _block_input(self, tensor: str, steps: int = 16) -> str:
+        """The earliest grid tensor before ``tensor`` with the very same fields, through ops of
+        one analysed input that only relabel or project each position (``RELABELLING_OPS``: an
+        attention's q, k and v come from its input by a projection, a head split and a scaling);
+        a merge (a residual Add) or any other op ends the walk."""
+        for _ in range(steps):
+            producer = self.graph.producer.get(tensor)
+            if producer is None or self.graph.op_types[producer] not in RELABELLING_OPS:
+                return tensor
+            gate = self.gates.get(self.graph.names[producer])
+            ins = [t for t in self.graph.nodes[producer].input
+                   if t in self.endpoints and (gate is None or t != gate.tensor)]
+            if len(ins) != 1 or not any(self.endpoints[ins[0]].units) \
+                    or not _same_spans(self.endpoints[ins[0]].fields, self.endpoints[tensor].fields):
+                return tensor
+            tensor = ins[0]
+        return tensor
 
     def fields_toward(self, target: str) -> dict[str, tuple[AxisField, ...]]:
         """The paper's reverse pass: the field of one unit of ``target`` on every tensor before it."""
@@ -593,6 +614,18 @@ def _leading_transpose(mg: ModelGraph, name: str) -> list[int] | None:
             return None
         tensor, steps = node.output[0], steps + 1
     return None
+
+
+# ops that move or project each position's features without reading other positions (the
+# path from an attention block's input to its q, k and v); a nonlinearity ends a feature map
+RELABELLING_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Split", "Slice", "Gather", "Flatten",
+                   "Identity", "Cast", "MatMul", "Gemm", "Mul", "Div", "Add", "Sub", "LayerNormalization",
+                   "BatchNormalization"}
+
+
+def _same_spans(a: Sequence[AxisField], b: Sequence[AxisField]) -> bool:
+    """The same field along every axis, gates aside (a gate, as XCA's L2 norm, relabels too)."""
+    return len(a) == len(b) and all(f.spans == g.spans and f.global_at == g.global_at for f, g in zip(a, b))
 
 
 def _input_layout(shape: Sequence[int | None], spatial: Sequence[int]) -> Layout:

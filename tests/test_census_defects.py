@@ -43,22 +43,31 @@ def three_head_detector() -> tuple[onnx.ModelProto, list[str]]:
     return model, heads
 
 
+def _grids(model: onnx.ModelProto, heads: list[str]) -> list[str]:
+    """Each head's conv output: the grid its Transpose and Reshape relabel into tokens."""
+    made = {o: n for n in model.graph.node for o in n.output}
+    return [made[made[h].input[0]].input[0] for h in heads]
+
+
 def test_a_stopping_concat_keeps_every_head_as_an_end_point(tmp_path: Path, capsys) -> None:
     """The analysis stops at the Concat; the default end points are its three inputs (before: none,
-    so analyze showed one tensor, diagnose one head and the report 0 heatmaps)."""
+    so analyze showed one tensor, diagnose one head and the report 0 heatmaps), each as the conv
+    output its Transpose and Reshape relabel (the same field, with a grid)."""
     model, heads = three_head_detector()
     a = analyze(model, {"x": (1, 3, 16, 16)})
     assert [s.op for s in a.stops] == ["Concat"]
-    assert a.default_endpoints() == heads
+    grids = _grids(model, heads)
+    assert a.default_endpoints() == grids
+    assert [a[g].fields for g in grids] == [a[h].fields for h in heads] and all(all(a[g].units) for g in grids)
     path = tmp_path / "det.onnx"
     onnx.save(model, path)
     assert main(["diagnose", str(path), "--input-shape", "x:1x3x16x16", "--no-size-range",
                  "--format", "json"]) == 1
-    assert [c["endpoint"] for c in json.loads(capsys.readouterr().out)["coverage"]] == heads
+    assert [c["endpoint"] for c in json.loads(capsys.readouterr().out)["coverage"]] == grids
     assert main(["report", str(path), "--input-shape", "x:1x3x16x16", "--erf-runs", "1",
                  "-o", str(tmp_path / "r.html"), "--format", "json"]) == 1
     cards = json.loads(capsys.readouterr().out)["erf"]
-    assert [c["tensor"] for c in cards] == heads and not any(c["error"] for c in cards)
+    assert [c["tensor"] for c in cards] == grids and not any(c["error"] for c in cards)
 
 
 def ort_gradient(model: onnx.ModelProto, x: np.ndarray, objective, h: float = 1e-3) -> np.ndarray:
@@ -86,7 +95,7 @@ def test_erf_refuses_a_tensor_without_units(tmp_path: Path, capsys) -> None:
     onnx.save(model, path)
     assert main(["erf", str(path), "--output", model.graph.output[0].name, "--runs", "1"]) == 2
     err = capsys.readouterr().err
-    assert "axis of positions" in err and "stopped at" in err and all(h in err for h in heads)
+    assert "axis of positions" in err and "stopped at" in err and all(h in err for h in _grids(model, heads))
 
 
 def test_erf_of_a_flattened_map_says_its_unit_is_the_whole_tensor() -> None:
