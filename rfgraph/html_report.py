@@ -24,7 +24,7 @@ from . import __version__, overlay
 from .analysis import Analysis, EndPoint
 from .errors import RFGraphError
 from .outputs import write_text
-from .report import analysis_dict, endpoint_rows, json_text, number, per_axis
+from .report import COVERS_TEXT, analysis_dict, endpoint_rows, input_axes, json_text, number, per_axis, row_note
 
 GRAPH_DX, GRAPH_DY, GRAPH_MARGIN = 190, 46, 30  # graph layout: column and row pitch, margin (px)
 # A label is two lines (name; op and r), each short enough to stay inside its column at 11 px.
@@ -74,8 +74,10 @@ def sort_key(values: Sequence[Any]) -> float:
 def layer_rows(analysis: Analysis) -> list[dict[str, Any]]:
     """One row per analysed tensor (topological order), with display text and sort keys."""
     rows = []
+    axes = input_axes(analysis)
     for pos, row in enumerate(endpoint_rows(analysis, list(analysis.endpoints))):
         rows.append({**row, "pos": pos, "shape_text": "x".join(str(d) for d in row["shape"]),
+                     "note": row_note(row, axes), "covers_text": COVERS_TEXT[row["covers_input"]],
                      "r_text": per_axis(row["r"]), "S_text": per_axis(row["S"]),
                      "P_text": per_axis(row["P"]), "r_key": sort_key(row["r"]),
                      "S_key": sort_key(row["S"]),

@@ -163,32 +163,38 @@ def input_axes(analysis: Analysis) -> list[tuple[str, int]]:
 GATES_SHOWN = 3  # gate nodes named in a table's note; JSON lists them all
 
 
+def row_note(row: dict[str, Any], axes: Sequence[tuple[str, int]], gates_named: int = GATES_SHOWN) -> str:
+    """The note of an end-point row (``endpoint_rows``; ``axes``: ``input_axes``): size
+    dependence, mixed strides, reversal, where a global field comes from and what it sees, the
+    gates a local field holds (``gates_named`` of them named; 0 where lines below name them)."""
+    note = []
+    by_size = [p for p in row["P"] if isinstance(p, dict)]
+    if by_size:
+        ops = dict.fromkeys(o for p in by_size for o in p["ops"])
+        note.append(f"P depends on the input size (ops {', '.join(ops)})")
+    elif row["size_dependent"]:
+        note.append(f"depends on input size ({row['size_dependent']})")
+    if not row["shift_invariant"]:
+        note.append("mixed strides: r is the largest extent")
+    if any((isinstance(s, int) and s < 0) or (isinstance(s, str) and s.startswith("-")) for s in row["S"]):
+        note.append("reversed (S < 0): unit 0 sees the far end")
+    if any(row["global"]):
+        note.append("global from " + next(g for g in row["global"] if g) + _partial_reach(row, axes))
+    if row["gates"]:
+        note.append(gates_note(row["gates"], gates_named) + ("" if gates_named else " (named below)"))
+    return "; ".join(note)
+
+
+COVERS_TEXT = {True: "yes", False: "no", None: "depends on size"}
+
+
 def _table_rows(rows: list[dict[str, Any]], axes: Sequence[tuple[str, int]],
                 gates_named: int = GATES_SHOWN) -> list[list[Any]]:
-    """Table cells of the end-point rows (``axes``: ``input_axes``); a gated row's note names
-    ``gates_named`` of its gates (0 where the lines below the table name them: they are long)."""
-    out = []
-    for row in rows:
-        note = []
-        by_size = [p for p in row["P"] if isinstance(p, dict)]
-        if by_size:
-            ops = dict.fromkeys(o for p in by_size for o in p["ops"])
-            note.append(f"P depends on the input size (ops {', '.join(ops)})")
-        elif row["size_dependent"]:
-            note.append(f"depends on input size ({row['size_dependent']})")
-        if not row["shift_invariant"]:
-            note.append("mixed strides: r is the largest extent")
-        if any((isinstance(s, int) and s < 0) or (isinstance(s, str) and s.startswith("-")) for s in row["S"]):
-            note.append("reversed (S < 0): unit 0 sees the far end")
-        if any(row["global"]):
-            note.append("global from " + next(g for g in row["global"] if g) + _partial_reach(row, axes))
-        if row["gates"]:
-            note.append(gates_note(row["gates"], gates_named) + ("" if gates_named else " (named below)"))
-        out.append([row["tensor"], row["op"], "x".join("?" if d is None else str(d) for d in row["shape"]),
-                    per_axis(row["r"]), per_axis(row["S"]), per_axis(row["P"]),
-                    {True: "yes", False: "no", None: "depends on size"}[row["covers_input"]],
-                    "yes" if row["aligned"] else f"NO ({row['misaligned_at']})", "; ".join(note)])
-    return out
+    """Table cells of the end-point rows (``row_note`` says what ``gates_named`` does)."""
+    return [[row["tensor"], row["op"], "x".join("?" if d is None else str(d) for d in row["shape"]),
+             per_axis(row["r"]), per_axis(row["S"]), per_axis(row["P"]), COVERS_TEXT[row["covers_input"]],
+             "yes" if row["aligned"] else f"NO ({row['misaligned_at']})", row_note(row, axes, gates_named)]
+            for row in rows]
 
 
 def gates_note(gates: Sequence[str], named: int = GATES_SHOWN) -> str:

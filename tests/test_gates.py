@@ -383,7 +383,9 @@ def test_every_format_and_command_works_per_unit_after_gates(tmp_path: Path, cap
                  "-o", str(tmp_path / "s.png")]) == 0
     assert main(["report", str(path), "--erf-runs", "1", "-o", str(tmp_path / "r.html")]) == 0
     assert "1 ERF heatmap(s)" in capsys.readouterr().out
-    assert "global via 2 gate(s)" in (tmp_path / "r.html").read_text()
+    page = (tmp_path / "r.html").read_text()
+    end_points = page.split('id="endpoint-table"')[1].split("</table>")[0]
+    assert "global via 2 gates" in end_points  # the summary's rows say so too (had no note column)
     assert main(["diagnose", str(path), "--no-size-range", "--format", "json"]) == 0
     cov = json.loads(capsys.readouterr().out)["coverage"]
     assert cov  # the output's local coverage, not 'every unit sees the whole input'
