@@ -335,8 +335,8 @@ def _notes(analysis: Analysis, names: Sequence[str] = ()) -> list[str]:
     for g in gates[:NOTE_LINES]:
         lines.append(f"gate {g.node} ({g.op}): its {g.statistics} held constant for the local fields"
                      if g.statistics else
-                     f"gate {g.node} ({g.op}): '{g.tensor}' (constant over positions, pooled at "
-                     f"{g.source}) held constant for the local fields")
+                     f"gate {g.node} ({g.op}): '{g.tensor}' (the same at every position but for "
+                     f"constant factors, pooled at {g.source}) held constant for the local fields")
     if len(gates) > NOTE_LINES:
         lines.append(f"... and {len(gates) - NOTE_LINES} more gates (--format json lists them all)")
     for node, why in analysis.rule_notes.items():

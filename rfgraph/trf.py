@@ -281,8 +281,8 @@ def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> 
             states[tensor] = TensorState(out.layout, fields, dep, st.misaligned)
             continue
         inputs = [states[node_in[e.slot]] for e in out.edges]
-        gate = _gate_slots(mg, mg.op_types[idx], out, inputs,
-                           [node_in[e.slot] for e in out.edges]) if len(out.edges) > 1 else ()
+        gate = _gate_slots(mg, mg.op_types[idx], out, inputs, [node_in[e.slot] for e in out.edges],
+                           states) if len(out.edges) > 1 else ()
         if gate:
             out = _record_gates(result, mg, idx, out, gate)
             inputs = [states[node_in[e.slot]] for e in out.edges]
@@ -316,38 +316,55 @@ def _hold_statistics(result: PassResult, mg: ModelGraph, idx: int, why: str) -> 
 
 
 def _gate_slots(mg: ModelGraph, op: str, out: OutTransfer, inputs: Sequence[TensorState],
-                tensors: Sequence[str]) -> tuple[int, ...]:
+                tensors: Sequence[str], states: dict[str, TensorState]) -> tuple[int, ...]:
     """Indices (into ``out.edges``) of the gate operands of a Mul/Add/Sub/Div: constant along
-    every tensor axis where the output has several positions, and global along every spatial
-    axis (computed from an op that reads all positions).  Found from shapes and fields, never
-    names; an attention map (several positions, even global ones) is no gate.  Empty unless
-    another operand is a feature map with a local field (the map gated)."""
+    every tensor axis where the output has several positions (but for constant factors), and
+    global along every spatial axis (computed from an op that reads all positions).  Found from
+    shapes and fields, never names; an attention map (several positions, even global ones) is no
+    gate.  Empty unless another operand is a feature map with a local field (the map gated)."""
     if op not in GATE_OPS:
         return ()
-    spread = [t for t, parts in enumerate(out.layout) if any(a >= 0 and n != 1 for a, n in parts)]
+    rank = len(out.layout)
+    spread = [t - rank for t, parts in enumerate(out.layout) if any(a >= 0 and n != 1 for a, n in parts)]
     if not spread:
         return ()
     gates = tuple(k for k, (st, tensor) in enumerate(zip(inputs, tensors))
-                  if _all_global(st) and _constant_over_positions(mg, tensor, spread, len(out.layout)))
+                  if _all_global(st) and _constant_over_positions(mg, states, tensor, spread))
     gated = [st for k, st in enumerate(inputs) if k not in gates and not _all_global(st)]
     return gates if gated else ()  # a global map times a global value: no gate
 
 
 REARRANGING_OPS = {"Reshape", "Flatten", "Cast", "Identity"}  # keep the elements' row-major order
+COMBINING_OPS = {"Mul", "Add", "Sub", "Div", "Neg", "Reciprocal", "Sqrt", "Cast"}  # elementwise, broadcasting
 
 
-def _constant_over_positions(mg: ModelGraph, tensor: str, axes: Sequence[int], out_rank: int) -> bool:
-    """True when the operand ``tensor`` is constant along the output's tensor ``axes``: of size 1
-    there (numpy broadcasting), or made by an Expand of such a value and reshaped after it (ECA's
-    gate, Expand(gate, Shape(x)); EvoNorm's group deviation, expanded to (N, G, C/G, H, W) and
-    reshaped to (N, C, H, W)): its value then depends on the row-major index only through
-    index // T, T the Expand's block after its last varying axis, so a multiple of T spans the
-    positions' block."""
+def _constant_over_positions(mg: ModelGraph, states: dict[str, TensorState], tensor: str,
+                             axes: Sequence[int], depth: int = 6) -> bool:
+    """True when the operand ``tensor``'s value depends on the input only through values constant
+    along the output's tensor ``axes`` (negative: counted from the last, as broadcasting aligns):
+    of size 1 there; made by an Expand of such a value and reshaped (``_expanded_constant``); or
+    an elementwise combination of such values with constants (Keras' LayerNormalization over
+    H, W, C as tf2onnx writes it: 1/std times a scale of one value per position)."""
     shape = mg.shapes.get(tensor)
-    if _size_one_along(shape, axes, out_rank):
+    if shape is not None and all(-a > len(shape) or shape[a] == 1 for a in axes):
         return True
     if shape is None or None in shape:
         return False
+    if _expanded_constant(mg, tensor, shape, axes):
+        return True
+    producer = mg.producer.get(tensor)
+    if depth == 0 or producer is None or mg.op_types[producer] not in COMBINING_OPS:
+        return False
+    dynamic = [t for t in mg.node_inputs[producer] if t and t in states]  # the others are constants
+    return bool(dynamic) and all(_constant_over_positions(mg, states, t, axes, depth - 1) for t in dynamic)
+
+
+def _expanded_constant(mg: ModelGraph, tensor: str, shape: tuple, axes: Sequence[int]) -> bool:
+    """True when ``tensor`` (of ``shape``) is an Expand of a value reshaped after it, constant
+    along ``axes`` (ECA's gate, Expand(gate, Shape(x)); EvoNorm's group deviation, expanded to
+    (N, G, C/G, H, W) and reshaped to (N, C, H, W)): its value depends on the row-major index
+    only through index // T, T the Expand's block after its last varying axis, so a multiple of
+    T spans the block of ``axes`` and every axis after them."""
     while tensor in mg.producer and mg.op_types[mg.producer[tensor]] in REARRANGING_OPS:
         tensor = mg.nodes[mg.producer[tensor]].input[0]
     if tensor not in mg.producer or mg.op_types[mg.producer[tensor]] != "Expand":
@@ -359,17 +376,8 @@ def _constant_over_positions(mg: ModelGraph, tensor: str, axes: Sequence[int], o
     off = len(expanded) - len(source)
     varying = [k for k, d in enumerate(source) if d != 1]
     block = math.prod(expanded[off + varying[-1] + 1:]) if varying else math.prod(expanded)
-    first = min(axes) - (out_rank - len(shape))
+    first = len(shape) + min(axes)
     return first >= 0 and block % math.prod(shape[first:]) == 0
-
-
-def _size_one_along(shape: tuple | None, axes: Sequence[int], out_rank: int) -> bool:
-    """True when an operand of this (known) shape has size 1 along the output's tensor ``axes``
-    (inputs align on the right, numpy broadcasting)."""
-    if shape is None:
-        return False
-    off = out_rank - len(shape)
-    return all(t < off or shape[t - off] == 1 for t in axes)
 
 
 def _all_global(state: TensorState) -> bool:

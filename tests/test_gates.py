@@ -435,6 +435,34 @@ def test_instance_norm_written_out_gates_its_statistics() -> None:
     assert deps.all()
 
 
+def test_layer_norm_with_a_scale_per_position_gates_its_statistics() -> None:
+    """Keras' LayerNormalization over (H, W, C) as tf2onnx writes it: mul = 1/std * gamma, gamma
+    one value per position (a constant), then x * mul + (-mean) * mul.  The operand mul varies
+    over positions only through the constant gamma: held constant with the statistics it is a
+    gate, and the local field is the conv's 3x3 (was global: found by the tf2onnx sweep).
+    Oracles: onnxruntime impulses with the gate operands constant (the 3x3 regions), and without
+    (every unit moves with every input position)."""
+    from tests.graphs import G
+    from tests.impulses import dependencies
+
+    g = G((6, 6), channels=1, batch=1)
+    c = g.conv("x", 3, 1, pads=[1] * 4, cout=2)
+    mean = g.node("ReduceMean", [c], axes=[1, 2, 3])
+    centred = g.node("Sub", [c, mean])
+    var = g.node("ReduceMean", [g.node("Mul", [centred, centred])], axes=[1, 2, 3])
+    inv_std = g.node("Reciprocal", [g.node("Sqrt", [g.node("Add", [var, g._init(np.full((1, 1, 1, 1), 1e-3))])])])
+    gamma = g._init(np.random.default_rng(0).uniform(0.5, 1.5, (1, 2, 6, 6)))
+    mul = g.node("Mul", [inv_std, gamma])
+    y = g.node("Add", [g.node("Mul", [c, mul]), g.node("Mul", [g.node("Neg", [mean]), mul])])
+    model = g.model(y)
+    a = analyze(model)
+    ep = a[y]
+    assert not ep.is_global and ep.r == (3, 3) and ep.gates
+    assert check_tensor(a, with_constant_gates(model, a), y) == 36
+    deps, _ = dependencies(model, a.input_name, y, list(a.spatial_axes))
+    assert deps.all()
+
+
 def test_merge_on_an_axis_of_one_unit_compares_that_units_centres() -> None:
     """Along an axis where a merge's output has one unit, strides cannot misalign anything (no
     second unit): a 5x5 conv (S=1) plus a 5x5/5 pool (S=5) on a 5x5 input both see [0, 4] and are
