@@ -70,17 +70,14 @@ def covers_input(ep: EndPoint, analysis: Analysis) -> bool | None:
     if analysis.unknown_size is not None:  # a global field too: it sees what it mixed, which may
         return None                         # miss the last pixel at some sizes (a VALID stride-2 stem)
     exact = analysis.exact_regions.get(ep.name)
-    reach = analysis.global_reach(ep.name) if ep.is_global else ()
     for axis, f in enumerate(ep.fields):
         size = analysis.input_shape[analysis.spatial_axes[axis]]
-        if f.is_global:
-            if reach and reach[axis] != (0, size - 1):  # what it mixed misses an end of the input
-                return False
-            continue
-        if exact is not None:
+        if exact is not None:  # a global field's units see what it mixed: maybe not the last row
             seen = exact[axis] if ep.units[axis] is not None else exact[axis].as_one_unit()  # (folded: one unit)
             if not seen.covers(size).all():
                 return False
+        if f.is_global:
+            continue
         n = ep.units[axis] or 1
         if any(not (f.region(u)[0] <= 0 and f.region(u)[1] >= size - 1) for u in {0, n - 1}):
             return False

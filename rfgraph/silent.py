@@ -42,25 +42,31 @@ class SilentNode:
     operand: str
 
 
-def silent_nodes(model: onnx.ModelProto, input_name: str, faint: bool = False) -> list[SilentNode]:
+def silent_nodes(model: onnx.ModelProto, input_name: str) -> list[SilentNode]:
     """The nodes reading the input (through any path) that output a constant because one of
-    their ``ZEROING_OPERANDS`` is a constant of zeros (through Identity and other folds); with
-    ``faint``, instead the ``FAINT_OPS`` whose constant operand is nonzero and at most
-    ``FAINT_SCALE`` in magnitude."""
+    their ``ZEROING_OPERANDS`` is a constant of zeros (through Identity and other folds)."""
+    return _quiet_nodes(model, input_name)[0]
+
+
+def _quiet_nodes(model: onnx.ModelProto, input_name: str) -> tuple[list[SilentNode], list[SilentNode]]:
+    """In one sweep of the graph: the silent nodes (``silent_nodes``), and the faint ones, the
+    ``FAINT_OPS`` whose constant operand is nonzero and at most ``FAINT_SCALE`` in magnitude."""
     active = active_tensors(model, input_name, elem_types(model))
     constant = constant_reader(model)
-    test = _faint if faint else _all_zero
-    found = []
+    silent, faint = [], []
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx") or not any(i in active for i in node.input if i):
             continue
-        if faint and node.op_type not in FAINT_OPS:
-            continue
-        zero = next((name for name in _zeroing_operands(node) if name not in active
-                     and test(constant, name)), None)
+        operands = [name for name in _zeroing_operands(node) if name not in active]
+        zero = next((name for name in operands if _all_zero(constant, name)), None)
         if zero is not None:
-            found.append(SilentNode(node.name or node.output[0], node.op_type, zero))
-    return found
+            silent.append(SilentNode(node.name or node.output[0], node.op_type, zero))
+            continue
+        small = next((name for name in operands if _faint(constant, name)), None) \
+            if node.op_type in FAINT_OPS else None
+        if small is not None:
+            faint.append(SilentNode(node.name or node.output[0], node.op_type, small))
+    return silent, faint
 
 
 def _zeroing_operands(node: onnx.NodeProto) -> list[str]:
@@ -118,14 +124,14 @@ def silent_notes(model: onnx.ModelProto, input_name: str, output: str, options: 
                  trf_size: Sequence[int | None] | None) -> list[str]:
     """A note naming the silent nodes and the field of the paths left (``trf_size``: the
     output's TRF size, for comparison); [] when there are none, or when the paths left see what
-    the whole model sees (an LSTM's first step times its zero initial state)."""
+    the whole model sees (an LSTM's first step times its zero initial state); and a note naming
+    the faint nodes with the field of the paths around them, where the ERF mostly lies."""
     notes = []
-    silent = silent_nodes(model, input_name)
+    silent, faint = _quiet_nodes(model, input_name)
     left = _live_field_text(model, input_name, output, options, silent, trf_size) if silent else None
     if left is not None:
         notes.append(f"{len(silent)} node(s) on the input's paths have all-zero weights and pass no gradient "
                      f"({_names(silent)}; e.g. a residual branch initialised to zero): {left}")
-    faint = silent_nodes(model, input_name, faint=True)
     left = _live_field_text(model, input_name, output, options, silent + faint, trf_size) if faint else None
     if left is not None and not left.startswith("no path"):  # every path scaled alike: the map's shape stands
         notes.append(f"{len(faint)} node(s) on the input's paths scale them by at most {FAINT_SCALE:g} "

@@ -102,15 +102,21 @@ def with_constant_gates(proto: onnx.ModelProto, analysis, seed: int = 2) -> onnx
     values = {**inits, **dict(zip(wanted, sess.run(wanted, {analysis.input_name: x})))}
     out = onnx.ModelProto()
     out.CopyFrom(proto)
-    keep = [n for n in out.graph.node if not set(n.output) & set(gated) and n not in norm_nodes]
-    for node in norm_nodes:
+    nodes = []
+    for node in proto.graph.node:  # each frozen norm in its own place: the order stays topological
+        if set(node.output) & set(gated):
+            continue
+        if not node.output or node.output[0] not in norms:
+            nodes.append(node)
+            continue
         a, b = frozen_normalisation(node, [values[t] if t else None for t in node.input])
-        keep.append(onnx.helper.make_node("Mul", [node.input[0], node.output[0] + "/A"], [node.output[0] + "/xA"]))
-        keep.append(onnx.helper.make_node("Add", [node.output[0] + "/xA", node.output[0] + "/B"], [node.output[0]]))
-        out.graph.initializer.extend([onnx.numpy_helper.from_array(a, node.output[0] + "/A"),
-                                      onnx.numpy_helper.from_array(b, node.output[0] + "/B")])
+        y = node.output[0]
+        nodes += [onnx.helper.make_node("Mul", [node.input[0], y + "/A"], [y + "/xA"]),
+                  onnx.helper.make_node("Add", [y + "/xA", y + "/B"], [y])]
+        out.graph.initializer.extend([onnx.numpy_helper.from_array(a, y + "/A"),
+                                      onnx.numpy_helper.from_array(b, y + "/B")])
     del out.graph.node[:]
-    out.graph.node.extend(_topological(keep))
+    out.graph.node.extend(nodes)
     out.graph.initializer.extend(onnx.numpy_helper.from_array(values[t], t) for t in gated)
     return out
 
@@ -155,20 +161,3 @@ def frozen_normalisation(node: onnx.NodeProto, inputs: list) -> tuple[np.ndarray
 
 def _full(v: np.ndarray, like: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(v, like.shape)).astype(np.float32)
-
-
-def _topological(nodes: list) -> list:
-    """The nodes in an order where each reads only tensors made before it (initializers, inputs
-    and tensors no listed node makes count as ready)."""
-    made = {t for n in nodes for t in n.output}
-    ready, done, order = set(), set(), []
-    while len(order) < len(nodes):
-        before = len(order)
-        for k, n in enumerate(nodes):
-            if k not in done and all(t not in made or t in ready for t in n.input if t):
-                order.append(n)
-                done.add(k)
-                ready.update(n.output)
-        if len(order) == before:  # a cycle: leave the rest as it was, for onnxruntime to refuse
-            return order + [n for k, n in enumerate(nodes) if k not in done]
-    return order

@@ -50,11 +50,11 @@ def statistics_over(ctx: NodeContext, axes: Sequence[int], what: str) -> Transfe
     Mean and InvStdDev outputs, for training, are not followed: as before this rule)."""
     lay = ctx.data_layout(0)
     mixed = sorted(mixed_maps(lay, axes))
+    local = pointwise(ctx, outputs=len(ctx.node.output))
     if not mixed:
-        return pointwise(ctx)
+        return local
     every = len(mixed) == len({a for parts in lay for a, _ in parts if a >= 0})
     where = "every position" if every else f"the positions along input spatial axes {mixed}"
-    local = pointwise(ctx, outputs=len(ctx.node.output))
     return Transfer(local.outputs, statistics=f"{what} over {where} (tensor axes {list(axes)})")
 
 
