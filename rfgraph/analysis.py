@@ -40,7 +40,7 @@ from .onnx_import import (
 from .options import ModelOptions, model_options
 from .rules import RuleTable
 from .semantics import CHANNELS_FIRST_OPS, geometry
-from .semantics.transfer import Edge, Layout, OutTransfer, Transfer, carried
+from .semantics.transfer import Edge, Layout, OutTransfer, Transfer, carried, coarsening, fine_axis
 from .trf import Gate, Merge, PassResult, Stop, TensorState, forward_pass, output_transfers, reverse_pass
 
 if TYPE_CHECKING:
@@ -354,19 +354,24 @@ class Analysis:
                 only.add(idx)
         return only
 
-    def _last_grid(self, tensor: str, steps: int = 8) -> str | None:
-        """The nearest tensor at or before ``tensor`` that is local and indexed by spatial axes."""
+    def _last_grid(self, tensor: str, steps: int = 16) -> str | None:
+        """The nearest tensor at or before ``tensor`` that is local and indexed by spatial axes:
+        the nearest plain grid (each axis of positions a tensor axis of its own), else the nearest
+        with some axis of positions (tokens; a window partition's grid of windows)."""
+        some = None
         for _ in range(steps):
             ep = self.endpoints.get(tensor)
             if ep is None or ep.is_global:
-                return None
-            if any(ep.units):
+                break
+            if all(t is not None for t in ep.tensor_axes) and all(ep.units):
                 return tensor
+            if some is None and any(ep.units):
+                some = tensor
             producer = self.graph.producer.get(tensor)
             if producer is None:
-                return None
+                break
             tensor = next((t for t in self.graph.nodes[producer].input if t in self.endpoints), "")
-        return None
+        return some
 
     def _block_input(self, tensor: str, steps: int = 16) -> str:
         """The earliest grid tensor before ``tensor`` with the very same fields, through ops of
@@ -685,9 +690,12 @@ def _endpoint(mg: ModelGraph, name: str, node: str, op: str, state: TensorState,
               gate_rank: Mapping[str, int]) -> EndPoint:
     """Build an EndPoint, finding how many units the tensor has along each spatial axis."""
     axes = carried(state.layout)
-    tensor_axes = tuple(axes.get(a) for a in range(len(state.fields)))
     units, folded, unit_axes = _unit_layout(state.layout, len(state.fields))
-    fields = tuple(compose(Span.layer(folded[a], 1, 0), f) if a in folded else f
+    fine = {f[0]: (t, f[1]) for t in range(len(state.layout)) if (f := fine_axis(state.layout, t)) is not None
+            and units[f[0]] is not None}
+    tensor_axes = tuple(axes.get(a, fine[a][0] if a in fine else None) for a in range(len(state.fields)))
+    fields = tuple(compose(Span.layer(folded[a], 1, 0), f) if a in folded else
+                   compose(coarsening(fine[a][1]), f) if a in fine else f
                    for a, f in enumerate(state.fields))
     gates = sorted(merged_gates(f for f in state.fields if not f.is_global), key=gate_rank.__getitem__)
     return EndPoint(name, node, op, tuple(mg.shapes.get(name) or ()), fields, units,
@@ -699,18 +707,24 @@ def _unit_layout(layout: Layout, n_axes: int) -> tuple[tuple[int | None, ...], d
     """Units per input spatial axis, the axes folded into features, and the unit axes.
 
     An axis indexed by a tensor axis of its own, or jointly with other spatial axes only (a
-    flattened grid: ViT tokens), has one unit per position, and that tensor axis is a unit axis.
+    flattened grid: ViT tokens), has one unit per position, and that tensor axis is a unit axis;
+    a fine axis (``fine_axis``: K elements a position) has one unit per element.
     An axis merged with features (H folded into the channels by a Reshape, as a CRNN does) is no
     unit axis: every unit holds all of its n positions and sees their union (the pass keeps the
     per-position field, which later ops need).  Axes the layout no longer holds (collapsed to one
     position) have one unit (None)."""
     units: list[int | None] = [None] * n_axes
     folded: dict[int, int] = {}
-    unit_axes = []
+    unit_axes: list[tuple[int, tuple[int, ...]]] = []
     split = _split_axes(layout)
     for t, parts in enumerate(layout):
         spatial = [(a, n) for a, n in parts if a >= 0]
         if not spatial:
+            continue
+        fine = fine_axis(layout, t)
+        if fine is not None and fine[0] not in split:  # K elements a position: each a unit
+            units[fine[0]] = math.prod(n for _, n in parts)
+            unit_axes.append((t, (fine[0],)))
             continue
         if any(a < 0 and n != 1 for a, n in parts) or any(a in split for a, _ in spatial):
             # features on this axis too, or an axis split over several tensor axes (windows and

@@ -24,7 +24,7 @@ from typing import Any
 from .analysis import Analysis
 from .fields import IDENTITY, Rational, Span
 from .onnx_import import attributes
-from .semantics import WINDOW_OPS, geometry
+from .semantics import BROADCAST_OPS, WINDOW_OPS, geometry
 from .semantics.transfer import Edge, OutTransfer, Transfer
 
 # Where a window op's weight (and so its kernel size when ``kernel_shape`` is absent) is: the
@@ -79,9 +79,18 @@ class LayerView:
         return len(self.folded_before) + sum(len(lay.folded) for lay in self.layers)
 
 
-def _changes_field(edges: Sequence[Edge]) -> bool:
-    """True when some edge maps a unit to other units than its own along some axis."""
-    return any(span != IDENTITY for e in edges for span in e.maps.values())
+def _changes_field(analysis: Analysis, idx: int, edges: Sequence[Edge]) -> bool:
+    """True when some edge maps a unit to other units than its own along some axis; for an
+    elementwise merge, only where that input's field is local (adding a global map, as a
+    transformer's residual adds its attention's output, changes no unit's field: the attention did)."""
+    node = analysis.graph.nodes[idx]
+    merge = node.op_type in BROADCAST_OPS
+    for e in edges:
+        ep = analysis.endpoints.get(node.input[e.slot])
+        if any(span != IDENTITY and not (merge and ep is not None and ep.fields[a].is_global)
+               for a, span in e.maps.items()):
+            return True
+    return False
 
 
 def _layer_output(analysis: Analysis, idx: int, transfer: Transfer) -> tuple[str, OutTransfer] | None:
@@ -102,7 +111,8 @@ def is_layer(analysis: Analysis, idx: int, ot: OutTransfer, gating: set[int]) ->
     """A window op, or a node whose (local) edges change some unit's field; not a gate's helper."""
     if idx in gating:
         return False
-    return analysis.graph.nodes[idx].op_type in WINDOW_OPS or _changes_field(_local_edges(analysis, idx, ot))
+    edges = _local_edges(analysis, idx, ot)
+    return analysis.graph.nodes[idx].op_type in WINDOW_OPS or _changes_field(analysis, idx, edges)
 
 
 def layer_geometry(analysis: Analysis, idx: int, edges: Sequence[Edge]) -> Geometry:

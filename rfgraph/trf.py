@@ -32,8 +32,8 @@ from .fields import (
 )
 from .onnx_import import ModelGraph, attributes, check_attribute_types, paused_gc, unknown_standard_op
 from .rules import RuleTable
-from .semantics import CACHEABLE_OPS, GATE_OPS, STATIC_OPS, TRF_RULES
-from .semantics.transfer import AxisOutOfRange, Edge, Layout, NodeContext, OutTransfer, Rule, Transfer
+from .semantics import BROADCAST_OPS, CACHEABLE_OPS, GATE_OPS, STATIC_OPS, TRF_RULES
+from .semantics.transfer import AxisOutOfRange, Edge, Layout, NodeContext, OutTransfer, Rule, Transfer, spatial_of
 
 
 @quick_init
@@ -189,9 +189,9 @@ def _forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout, rules: 
                     blocked[out] = len(result.stops) - 1
             continue
         result.transfers[idx] = transfer
-        if transfer.mix_reason:
-            result.global_at[names[idx]] = transfer.mix_reason
         _apply(result, mg, idx, transfer)
+        if transfer.mix_reason and _made_global(states, outputs, names[idx]):
+            result.global_at[names[idx]] = transfer.mix_reason
         if transfer.statistics:
             _hold_statistics(result, mg, idx, transfer.statistics)
     _count_lost(result, blocked)
@@ -257,9 +257,23 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None], cache: Tra
         transfer = rule(ctx)
     except AxisOutOfRange as exc:
         raise ctx.invalid(str(exc)) from None
+    _check_layout_sizes(ctx, transfer)
     if key is not None:
         cache.transfers[key] = transfer
     return transfer
+
+
+def _check_layout_sizes(ctx: NodeContext, transfer: Transfer) -> None:
+    """Each output layout describes as many units per axis as the tensor has: a rule that loses
+    count of positions stops the pass at its node, never hands a wrong field downstream."""
+    for out, shape in zip(transfer.outputs, ctx.out_shapes):
+        if out is None or shape is None or len(shape) != len(out.layout):
+            continue
+        for t, (parts, dim) in enumerate(zip(out.layout, shape)):
+            if dim is not None and spatial_of(parts) and math.prod(n for _, n in parts) != dim:
+                raise ctx.unsupported(f"rfgraph's rule for {ctx.op} lost count of the positions on axis {t} "
+                                      f"(its layout {parts} holds {math.prod(n for _, n in parts)} units, "
+                                      f"the tensor {dim}); a defect in rfgraph: please report it")
 
 
 def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> None:
@@ -289,6 +303,12 @@ def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> 
         n_axes = len(inputs[0].fields)
         per_edge = [_through_edge(e, st.fields, name) if e.maps else st.fields for e, st in zip(out.edges, inputs)]
         fields = _union_per_axis(per_edge, n_axes)
+        if transfer.mix_reason and mg.op_types[idx] in BROADCAST_OPS:
+            fields = tuple(_first_cause(f, [st.fields[a] for st in inputs], name) for a, f in enumerate(fields))
+        elif transfer.mix_reason and mg.op_types[idx] == "Concat":  # a unit reads one piece: maybe
+            # the one this node made global
+            fields = tuple(next((pe[a] for pe in per_edge if pe[a].global_at == name), f)
+                           for a, f in enumerate(fields))
         if gate:
             fields = tuple(with_gate(f, name) for f in fields)
         dep = bad = None
@@ -300,6 +320,19 @@ def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> 
         if len(out.edges) > 1 and not _check_alignment(result, mg, idx, out, tensor, per_edge):
             bad = bad or name
         states[tensor] = TensorState(out.layout, fields, dep, bad)
+
+
+def _first_cause(field: AxisField, inputs: Sequence[AxisField], node: str) -> AxisField:
+    """A field an elementwise merge made global keeps the earlier cause where an input was global
+    already: each unit reads that input at its position, so the union is global anyway."""
+    if field.global_at == node:
+        return next((f for f in inputs if f.is_global), field)
+    return field
+
+
+def _made_global(states: dict[str, TensorState], outputs: Sequence[str], node: str) -> bool:
+    """Whether some output of ``node`` is global because of it (not already before it)."""
+    return any(f.global_at == node for t in outputs if t and (st := states.get(t)) is not None for f in st.fields)
 
 
 def _hold_statistics(result: PassResult, mg: ModelGraph, idx: int, why: str) -> None:
@@ -449,10 +482,24 @@ def _check_alignment(result: PassResult, mg: ModelGraph, idx: int, out: OutTrans
         if not prev or any([a is not b for a, b in zip(fields, prev)]):  # noqa: C419 - idem
             verdict = _aligned(fields)
         prev = fields
-        aligned = verdict or (units_along(out.layout, axis) == 1 and len({f.centre(0) for f in fields}) == 1)
+        aligned = verdict or _centred_alike(fields, units_along(out.layout, axis))
         ok = ok and aligned
         merges.append(Merge(name, op, tensor, axis, inputs, fields, aligned, out.layout))
     return ok
+
+
+CENTRES_CHECKED_MAX = 4096  # units whose centres _centred_alike compares one by one
+
+
+def _centred_alike(fields: Sequence[AxisField], n_units: int) -> bool:
+    """Whether the branches agree on the centre of every unit the output has (eq. 13 unit by
+    unit), where their spans differ only beyond them: one unit (no second to shift to), or a
+    period that a window partition's enumerated map extends past the tensor's last unit."""
+    if n_units == 1:
+        return len({f.centre(0) for f in fields}) == 1
+    if not 1 < n_units <= CENTRES_CHECKED_MAX or all(sp.q == 1 for f in fields for sp in f.spans):
+        return False
+    return all(len({f.centre(u) for f in fields}) == 1 for u in range(n_units))
 
 
 def units_along(layout: Layout, axis: int) -> int:

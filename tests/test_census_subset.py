@@ -183,6 +183,10 @@ MODELS: dict[str, Model] = {
     "tv_swin_tiny": export(tiny_swin, (1, 3, 32, 32)),
     "tv_maxvit_tiny": export(tiny_maxvit, IMG),
     "timm_mobilevit_xxs": export(timm_model("mobilevit_xxs"), IMG),
+    # BoTNet's relative positions (pad, flatten, pad, reshape, slice: a window partition of a
+    # padded fine axis) and CaiT's class token concatenated with the patch tokens: both stopped
+    "timm_botnet26t": export(timm_model("botnet26t_256", img_size=64), IMG),
+    "timm_cait_xxs24": export(timm_model("cait_xxs24_224", img_size=64), IMG),
     "timm_lcnet_050": export(timm_model("lcnet_050"), IMG),
     "timm_ghostnet_100": export(timm_model("ghostnet_100"), IMG),
     # normalisations whose statistics span positions, held constant as gates: GroupNorm(1) fused

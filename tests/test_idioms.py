@@ -265,3 +265,159 @@ def test_constant_folding_runs_each_op_at_the_files_opset() -> None:
     assert _run_node(node, [np.array(32, np.int64)], 12, "b").tolist() == [32]
     node13 = helper.make_node("Unsqueeze", ["a", "axes"], ["b"])
     assert _run_node(node13, [np.array(32, np.int64), np.array([0], np.int64)], 13, "b").tolist() == [32]
+
+
+class ShuffledBack(torch.nn.Module):
+    """pixel_unshuffle, a 1x1 conv, pixel_shuffle back, a shortcut, then a 3x3 conv: the rows
+    within each block come back as a fine axis (the block's unit, two elements a unit)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix, self.conv = torch.nn.Conv2d(8, 8, 1), torch.nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape  # pixel_unshuffle and pixel_shuffle by hand (Reshape + Transpose)
+        y = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c * 4, h // 2, w // 2)
+        y = self.mix(y).reshape(b, c, 2, 2, h // 2, w // 2).permute(0, 1, 4, 2, 5, 3).reshape(b, c, h, w)
+        return self.conv(y + x)
+
+
+def test_a_conv_slides_over_rows_shuffled_back() -> None:
+    """Unit h reads the blocks of rows h-1..h+1: [2*((h-1)//2), 2*((h+1)//2) + 1], measured on
+    every unit (stopped before: a sliding window over a flattened axis)."""
+    proto = export(ShuffledBack(), (1, 2, 8, 8))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    assert not a.stops and not a["y"].is_global
+    assert [a["y"].region((h, h))[0] for h in range(8)] == [(2 * ((h - 1) // 2), 2 * ((h + 1) // 2) + 1)
+                                                            for h in range(8)]
+    assert check_tensor(a, proto, "y") == 64
+    back = a.graph.nodes[a.graph.producer["/Add_output_0"]].input[0]  # the rows put back: each its block
+    assert a[back].units == (8, 8) and a[back].r == (2, 2) and a[back].S == (1, 1)
+    assert check_tensor(a, proto, back) == 64
+
+
+class RowOfEachWindow(torch.nn.Module):
+    """Rows split into windows of 2; one row of each kept; back to a grid; a 3x3 conv."""
+
+    def __init__(self, row: int = 1) -> None:
+        super().__init__()
+        self.row, self.conv = row, torch.nn.Conv2d(1, 1, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        rows = x.reshape(b, c, h // 2, 2, w)[:, :, :, self.row:self.row + 1, :]
+        return self.conv(rows.reshape(b, c, h // 2, w))
+
+
+@pytest.mark.parametrize("row", [0, 1])
+def test_a_slice_within_windows_reads_its_row(row: int) -> None:
+    """Unit k reads row 2k + row (S = 2), then the conv's window: r = 5, measured on every unit.
+    Before, the slice was applied to the whole axis as a shift (row 1: S = 1, r = 3) or not at
+    all (row 0, a crop of the end): wrong numbers."""
+    proto = export(RowOfEachWindow(row), (1, 1, 12, 8))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    assert not a.stops and a["y"].r == (5, 3) and a["y"].S == (2, 1) and a["y"].P == (-row, 0)
+    assert check_tensor(a, proto, "y") == 24
+
+
+class EinsumWindowAttention(WindowAttention):
+    """The same window attention written with Einsum (as torchvision's MaxViT does)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        ws = self.ws
+        x = x.permute(0, 2, 3, 1)
+        win = x.reshape(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, -1, ws * ws, c)
+        scores = torch.softmax(torch.einsum("bgid,bgjd->bgij", self.q(win), self.k(win)), -1)
+        att = torch.einsum("bgij,bgjd->bgid", scores, win)
+        out = att.reshape(b, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        return out.permute(0, 3, 1, 2)
+
+
+def test_window_attention_by_einsum_is_local_like_matmul() -> None:
+    """Each unit sees its window, as with MatMul (was global: two output letters held positions)."""
+    proto = export(EinsumWindowAttention(), (1, 3, 8, 8))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    assert not a.stops and not a["y"].is_global
+    assert a["y"].r == (2, 2) and a["y"].S == (1, 1)
+    assert check_tensor(a, proto, "y") == 64
+
+
+class PooledTokenFirst(torch.nn.Module):
+    """CaiT's class attention: a token computed from every patch concatenated before the patch
+    tokens, then split into heads."""
+
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.patch, self.k = torch.nn.Conv2d(2, c, 4, stride=4), torch.nn.Linear(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        u = torch.cat([t.mean(1, keepdim=True), t], dim=1)
+        b, n, c = u.shape
+        return self.k(u).reshape(b, n, 2, c // 2).sum(-1)
+
+
+def test_a_pooled_token_before_the_patches() -> None:
+    """The tokens axis is 1 + 16 long: reported as the whole input, an upper bound that every
+    token but the pooled one's neighbours... holds (measured: the output reaches both ends).
+    Before: the patch grid's layout (16 units) was kept for 17 tokens, and the pass stopped at
+    the Reshape with a wrong reason."""
+    proto = export(PooledTokenFirst(), (1, 2, 16, 16))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    assert not a.stops and a["y"].is_global
+    assert any("upper bound" in why for why in a.global_at.values())
+    check_tensor(a, proto, "y")
+
+
+def test_a_rule_that_loses_count_of_positions_stops_the_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule whose layout holds more units than its tensor has (a defect) stops the pass at its
+    node with a message saying so, instead of handing a wrong field downstream."""
+    from rfgraph import semantics
+    from rfgraph.semantics.transfer import Edge, OutTransfer, Transfer
+
+    def lossy(ctx: object) -> Transfer:
+        lay = ctx.data_layout(0)  # type: ignore[attr-defined]
+        wrong = lay[:2] + tuple(((a, n + 1),) for (a, n), in lay[2:])
+        return Transfer((OutTransfer(wrong, (Edge(0),)),))
+
+    monkeypatch.setitem(semantics.TRF_RULES, "Relu", lossy)
+    proto = export(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3), torch.nn.ReLU()), (1, 1, 8, 8))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    assert [s.op for s in a.stops] == ["Relu"] and "lost count of the positions" in a.stops[0].reason
+
+
+def test_global_fields_are_named_where_they_begin() -> None:
+    """After the first attention every token is global: the second attention is not listed as
+    making it so (it was, and so was each later block of a ViT)."""
+    class Two(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.patch = torch.nn.Conv2d(2, 4, 4, stride=4)
+            self.a1 = torch.nn.MultiheadAttention(4, 1, batch_first=True)
+            self.a2 = torch.nn.MultiheadAttention(4, 1, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = self.patch(x).flatten(2).transpose(1, 2)
+            t = t + self.a1(t, t, t, need_weights=False)[0]
+            return t + self.a2(t, t, t, need_weights=False)[0]
+
+    a = rfgraph.analyze(export(Two(), (1, 2, 16, 16)), layout="NCHW")
+    assert a["y"].is_global and a.global_at and all("a2" not in node for node in a.global_at)
+    assert any("a1" in node for node in a.global_at)
+
+
+class RowsReversedInWindows(torch.nn.Module):
+    """Rows split into windows of 4, reversed within each window, back to a grid, pooled."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        return F.avg_pool2d(x.reshape(b, c, h // 4, 4, w).flip(3).reshape(b, c, h, w), (2, 1))
+
+
+def test_a_flip_within_windows_stops_rather_than_misreport() -> None:
+    """Unit 2 reads rows 6-7 (measured); a reversal inside each window has no monotone map over
+    the whole axis, so the pass stops there, naming it.  Before: unit 2 was reported to read row 0."""
+    proto = export(RowsReversedInWindows(), (1, 1, 8, 4))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    assert [s.op for s in a.stops] == ["Slice"] and "reverses one part" in a.stops[0].reason

@@ -30,6 +30,7 @@ from .transfer import (
     broadcast,
     copy_span,
     mixed_maps,
+    slide_along,
     spatial_of,
     split_axes,
     strip_spatial,
@@ -64,19 +65,19 @@ def _shifts(ctx: NodeContext, begin_by_axis: Mapping[int, int], steps: Mapping[i
 def _shift_out(ctx: NodeContext, begin_by_axis: Mapping[int, int], steps: Mapping[int, int] | None) -> OutTransfer:
     """The first output of ``_shifts``: the shifted layout and its one edge from input 0."""
     lay = ctx.data_layout(0)
+    shape, split = ctx.in_shapes[0], split_axes(lay)
     maps: dict[int, Span | None] = {}
-    for t, begin in begin_by_axis.items():
-        step = (steps or {}).get(t, 1)
-        if begin == 0 and step == 1:
+    out_lay = list(with_sizes(lay, ctx.out_shapes[0]))
+    for t, parts in enumerate(lay):
+        begin, step = begin_by_axis.get(t, 0), (steps or {}).get(t, 1)
+        resized = shape is None or ctx.out_shapes[0] is None or shape[t] != ctx.out_shapes[0][t]
+        plain = len(parts) == 1 and parts[0][0] not in split  # its end moves no unit's position
+        if not spatial_of(parts) or (begin == 0 and step == 1 and (plain or not resized)):
             continue
-        parts = lay[t]
-        axes = spatial_of(parts)
-        if not axes:
-            continue
-        if len(parts) > 1:
-            raise ctx.unsupported(f"shift/crop along a flattened axis holding spatial axes {axes}")
-        maps[axes[0]] = Span.layer(1, step, begin)
-    return OutTransfer(with_sizes(lay, ctx.out_shapes[0]), (Edge(0, maps),))
+        axis, maps[axis], refined = slide_along(ctx, lay, t, Span.layer(1, step, begin), "shift or crop")
+        if refined:
+            out_lay[t] = refined
+    return OutTransfer(tuple(out_lay), (Edge(0, maps),))
 
 
 def _shape_only_shift(ctx: NodeContext, why: str) -> Transfer:
@@ -128,10 +129,11 @@ def concat_rule(ctx: NodeContext) -> Transfer:
     rank = ctx.rank(ctx.data_slots()[0])
     axis = _norm_axis(int(ctx.attrs.get("axis", 1)), rank)
     data = ctx.data_slots()
-    if not spatial_of(ctx.data_layout(data[0])[axis]):  # a data slot: never raises
+    holding = [s for s in data if spatial_of(ctx.data_layout(s)[axis])]
+    if not holding:  # a merge along features
         return broadcast(ctx)
-    parts = ctx.data_layout(data[0])[axis]
-    if len(data) > 1 and any(len(ctx.data_layout(s)[axis]) > 1 for s in data):
+    parts = ctx.data_layout(holding[0])[axis]
+    if len(holding) > 1 and any(len(ctx.data_layout(s)[axis]) > 1 for s in holding):
         raise ctx.unsupported("concatenation of several input-dependent tensors along flattened grids "
                               "of positions (detection heads): each piece keeps its own field")
     if len(data) > 1 or len(parts) > 1 or parts[0][0] in split_axes(ctx.data_layout(data[0])):
@@ -326,6 +328,8 @@ def _reshape_target(ctx: NodeContext) -> tuple[int, ...] | None:
 def regroup(ctx: NodeContext, layout: Layout, out_shape: Sequence[int]) -> Layout:
     """Assign the input's axis parts, in row-major order, to the output dims."""
     parts = [p for axis in layout for p in axis if p[1] != 1 or p[0] >= 0]
+    wide = {a for a, s in parts if a >= 0 and s > 1}
+    parts = [(a, s) for a, s in parts if s != 1 or a not in wide]  # a part of size 1 indexes nothing
     out: list[AxisLayout] = []
     i = 0
     for d in out_shape:

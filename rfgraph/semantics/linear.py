@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ..errors import UnsupportedOpError
 from ..fields import BROADCAST, Span
@@ -126,38 +126,51 @@ def einsum_terms(equation: str, ranks: Sequence[int]) -> tuple[list[str], str] |
 
 
 def einsum_rule(ctx: NodeContext) -> Transfer:
-    """Einsum: like MatMul, positions on a summed letter mix (attention's q.k over tokens, a
-    Dense layer over flattened positions), positions indexed by two output letters mix too (the
-    scores of every query with every key); other output letters carry their operand's positions."""
+    """Einsum, read as MatMul is: an output letter carries its operand's positions, the first
+    letter to hold a part of positions keeps it (a window index, a query's rows) and a later one
+    holding the same part only reads it (the keys of the scores); positions on a summed letter
+    are read whole: within a window where the window index is kept (window attention), else
+    every position (global attention, a Dense layer over flattened positions)."""
     ranks = [ctx.rank(i) for i in range(len(ctx.node.input))]
     equation = _str_attr(ctx, "equation", "")
     parsed = einsum_terms(equation, ranks)
     if parsed is None:
         raise ctx.unsupported("an Einsum equation with an ellipsis or a repeated letter in one term")
     terms, out = parsed
-    parts: dict[str, AxisLayout] = {}
-    for slot in ctx.data_slots():
-        for letter, axis_parts in zip(terms[slot], ctx.data_layout(slot)):  # noqa: F402 (a local name)
-            if spatial_of(axis_parts):
-                parts.setdefault(letter, axis_parts)
-    mixed = {a for letter, p in parts.items() if letter not in out for a in spatial_of(p)}
-    seen: dict[int, int] = {}
-    for letter in out:
-        for a in spatial_of(parts.get(letter, ())):
-            seen[a] = seen.get(a, 0) + 1
-    mixed |= {a for a, count in seen.items() if count > 1}
+    layouts = {slot: ctx.data_layout(slot) for slot in ctx.data_slots()}
     shape = ctx.out_shapes[0] or tuple(0 for _ in out)
-    out_lay = tuple(((-1, shape[i] or 0),) if letter not in parts or set(spatial_of(parts[letter])) & mixed
-                    else parts[letter] for i, letter in enumerate(out))
-    out_axes = carried(out_lay)
-    edges = []
-    for slot in ctx.data_slots():
-        mine = {a for p in ctx.data_layout(slot) for a in spatial_of(p)}
-        maps: dict[int, Span | None] = dict.fromkeys(mixed & mine, MIXES)
-        maps.update({a: BROADCAST for a in out_axes if a not in mine})
-        edges.append(Edge(slot, maps))
+    out_lay = _einsum_layout(terms, out, layouts, shape)
+    per_slot = {slot: _product_maps(lay, out_lay, [out.index(c) if c in out else None for c in terms[slot]])
+                for slot, lay in layouts.items()}
+    mixed = {a for maps in per_slot.values() for a, sp in maps.items() if sp is MIXES}
+    out_lay = tuple(((-1, math.prod(n for _, n in p)),) if set(spatial_of(p)) & mixed else p for p in out_lay)
+    edges = tuple(Edge(slot, {a: sp for a, sp in maps.items() if a not in mixed} | dict.fromkeys(mixed, MIXES))
+                  for slot, maps in per_slot.items())
     why = f"Einsum '{equation}' over positions" if mixed else ""
-    return Transfer((OutTransfer(with_sizes(out_lay, ctx.out_shapes[0]), tuple(edges)),), mix_reason=why)
+    return Transfer((OutTransfer(with_sizes(out_lay, ctx.out_shapes[0]), edges),), mix_reason=why)
+
+
+def _einsum_layout(terms: Sequence[str], out: str, layouts: Mapping[int, Layout],
+                   shape: Sequence[int | None]) -> Layout:
+    """The output layout of an Einsum: each letter's parts of positions from the first data
+    operand holding them, unless an earlier output letter holds the same parts (the k-th part of
+    a spatial axis, in order of significance): that letter then indexes no positions."""
+    taken: set[tuple[int, int]] = set()
+    out_lay: list[AxisLayout] = []
+    for i, letter in enumerate(out):
+        source = next(((lay, terms[slot].index(letter)) for slot, lay in layouts.items()
+                       if letter in terms[slot] and spatial_of(lay[terms[slot].index(letter)])), None)
+        if source is None:
+            out_lay.append(((-1, shape[i] or 0),))
+            continue
+        lay, t = source
+        ids = {(a, k) for a in spatial_of(lay[t]) for k, (u, _, _) in enumerate(axis_parts(lay, a)) if u == t}
+        if ids & taken:
+            out_lay.append(((-1, math.prod(n for _, n in lay[t])),))
+            continue
+        taken |= ids
+        out_lay.append(lay[t])
+    return tuple(out_lay)
 
 
 # ---------------------------------------------------------------- gradient (VJP) rules

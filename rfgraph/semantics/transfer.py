@@ -14,6 +14,7 @@ tokens keeps track of both.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -214,17 +215,19 @@ def broadcast(ctx: NodeContext) -> Transfer:
     if out_shape is not None and len(out_shape) < rank:
         raise ctx.invalid(f"output rank {len(out_shape)} is below an input's rank {rank}")
     layout: list[AxisLayout | None] = [None] * rank
-    for s in slots:  # take each axis's layout from an input that is not broadcast along it
-        lay, shape = ctx.data_layout(s), ctx.in_shapes[s]  # a data slot: never raises
+    for s in slots:  # take each axis's layout from an input that is not broadcast along it,
+        lay, shape = ctx.data_layout(s), ctx.in_shapes[s]  # one holding positions if any does
         off = rank - len(lay)
         for t, parts in enumerate(lay):
             dim = shape[t] if shape else None
-            if layout[off + t] is None and (dim != 1 or (out_shape and out_shape[off + t] == 1)):
+            taken = layout[off + t]
+            if (taken is None or (spatial_of(parts) and not spatial_of(taken))) and (
+                    dim != 1 or (out_shape and out_shape[off + t] == 1)):
                 layout[off + t] = parts
-    final = tuple(p if p is not None else ((-1, (out_shape or [1] * rank)[i] or 1),)
-                  for i, p in enumerate(layout))
+    final = _finest(ctx, slots, rank, [p if p is not None else ((-1, (out_shape or [1] * rank)[i] or 1),)
+                                       for i, p in enumerate(layout)])
     out_axes = carried(final)
-    edges = []
+    edges, clashes = [], {}
     for s in slots:
         lay, in_shape = ctx.data_layout(s), ctx.in_shapes[s]
         off = rank - len(lay)
@@ -233,8 +236,62 @@ def broadcast(ctx: NodeContext) -> Transfer:
         for a, t in out_axes.items():
             if mine.get(a) != t or (in_shape and in_shape[t - off] == 1 and final[t][0][1] != 1):
                 maps[a] = BROADCAST
+        for t, parts in enumerate(lay):
+            if (in_shape and in_shape[t] == 1) or parts == final[t + off]:
+                continue
+            for a in set(spatial_of(parts)) | set(spatial_of(final[t + off])):
+                span = _refining(lay, off, final, a, t)
+                if span is None:
+                    clashes[t + off] = (parts, final[t + off])
+                else:
+                    maps[a] = span
         edges.append(Edge(s, maps))
+    if clashes:
+        return _clash(ctx, final, edges, clashes)
     return Transfer((OutTransfer(with_sizes(final, out_shape), tuple(edges)),))
+
+
+def _refining(lay: Layout, off: int, final: Layout, axis: int, t: int) -> Span | None:
+    """How an input laid out as ``lay`` reads spatial ``axis`` of a merge laid out as ``final``,
+    where they differ along tensor axis ``t``: K elements a unit (its axis ``t`` is the fine
+    form of the merge's), or constant along the merge's least significant parts of ``axis``
+    (it holds only the leading ones: a relative-position term added to attention logits).
+    None when neither describes it."""
+    fine = fine_axis(lay, t)
+    if fine is not None and fine[0] == axis and final[t + off] == ((axis, lay[t][0][1] * fine[1]),):
+        return coarsening(fine[1])
+    mine = [(u + off, n) for u, _, n in axis_parts(lay, axis)]
+    theirs = [(u, n) for u, _, n in axis_parts(final, axis)]
+    extra = theirs[len(mine):]
+    if theirs[:len(mine)] != mine or any(lay[u - off] != final[u] for u, _ in mine) \
+            or any(u >= off and spatial_of(lay[u - off]) for u, _ in extra):
+        return None
+    return coarsening(math.prod(n for _, n in extra)) if extra else IDENTITY
+
+
+def _finest(ctx: NodeContext, slots: Sequence[int], rank: int, final: list[AxisLayout]) -> Layout:
+    """The merged layout, each fine axis (``fine_axis``) replaced by the single part of positions
+    another input has there, so that units are elements along it."""
+    for s in slots:
+        lay = ctx.data_layout(s)
+        off = rank - len(lay)
+        for t, parts in enumerate(lay):
+            fine = fine_axis(tuple(final), t + off)
+            if fine is not None and len(parts) == 1 and parts[0] == (fine[0], math.prod(n for _, n in final[t + off])):
+                final[t + off] = parts
+    return tuple(final)
+
+
+def _clash(ctx: NodeContext, final: Layout, edges: list[Edge], clashes: Mapping[int, tuple]) -> Transfer:
+    """Inputs whose positions are laid out differently along an axis (a key axis that one input
+    indexes and another does not): every position along the spatial axes involved is reported as
+    read, an upper bound, rather than a union of fields whose units do not match."""
+    axes = sorted({a for pair in clashes.values() for parts in pair for a in spatial_of(parts)})
+    mixed = [Edge(e.slot, {**e.maps, **dict.fromkeys(axes, MIXES)}) for e in edges]
+    t, (mine, theirs) = next(iter(sorted(clashes.items())))
+    why = (f"{ctx.op} of inputs whose positions are laid out differently along axis {t} ({mine} and "
+           f"{theirs}); reported as the whole input, an upper bound")
+    return Transfer((OutTransfer(with_sizes(final, ctx.out_shapes[0]), tuple(mixed)),), mix_reason=why)
 
 
 def with_scalar_edges(ctx: NodeContext, transfer: Transfer, slots: Sequence[int]) -> Transfer:
@@ -265,6 +322,92 @@ def mix_axes(ctx: NodeContext, axes: Sequence[int], keepdims: bool = True, why: 
     return Transfer(tuple(outs), mix_reason=(why or f"{ctx.op} mixes all positions") if maps else "")
 
 
+def fine_axis(layout: Layout, t: int) -> tuple[int, int] | None:
+    """``(spatial axis, K)`` when tensor axis ``t`` holds one part of positions followed only by
+    feature parts (K values in all), and no later axis holds that spatial axis: each of its units
+    is then K consecutive elements (a window reversed after an attention mixed its rows; a row
+    flattened with its channels), so a window can slide over the elements themselves."""
+    parts = layout[t]
+    if len(parts) < 2 or parts[0][0] < 0 or any(a >= 0 for a, _ in parts[1:]):
+        return None
+    axis = parts[0][0]
+    if any(a == axis for later in layout[t + 1:] for a, _ in later):
+        return None
+    return axis, math.prod(n for _, n in parts[1:])
+
+
+def coarsening(k: int) -> Span:
+    """Element e of a fine axis (``fine_axis``) reads unit e // k of the positions it refines."""
+    return Span.periodic(1, [0] * k, [0] * k)
+
+
+def slide_along(ctx: NodeContext, lay: Layout, t: int, span: Span, why: str) -> tuple[int, Span, AxisLayout | None]:
+    """``(spatial axis, span, new layout of axis t)`` for a window or shift ``span`` along tensor
+    axis ``t``: as it is on a single part; over the elements of a fine axis, then to its units
+    (the axis becomes one part of positions); unsupported on other flattened axes."""
+    parts = lay[t]
+    if len(parts) == 1:
+        if parts[0][0] in split_axes(lay):
+            return parts[0][0], _along_split_part(ctx, lay, t, span, why), None
+        return parts[0][0], span, None
+    fine = fine_axis(lay, t)
+    shape = ctx.out_shapes[0]
+    if fine is None or shape is None or shape[t] is None:
+        raise ctx.unsupported(f"{why} over a flattened axis holding spatial axes {spatial_of(parts)}")
+    axis, k = fine
+    return axis, span.then(coarsening(k)), ((axis, shape[t]),)
+
+
+SPLIT_UNITS_MAX = 1 << 16  # units of a split axis enumerated by _along_split_part
+
+
+def _along_split_part(ctx: NodeContext, lay: Layout, t: int, span: Span, why: str) -> Span:
+    """The span, over the whole spatial axis, of a window or shift along tensor axis ``t`` that
+    holds one part of a split axis (windows x rows): enumerated unit by unit, each output unit
+    reading the units whose part ``t`` lies in the window and whose other parts are its own (the
+    window's part clipped to its range: beyond it lies the padding, which reads nothing)."""
+    axis = lay[t][0][0]
+    where = axis_parts(lay, axis)
+    shape = ctx.out_shapes[0]
+    if shape is None or shape[t] is None:
+        raise ctx.unsupported(f"{why} along one part of spatial axis {axis}, split across tensor axes, "
+                              f"to a size that is unknown")
+    in_sizes = [n for _, _, n in where]
+    out_sizes = [shape[t] if u == t else n for u, _, n in where]
+    if math.prod(out_sizes) > SPLIT_UNITS_MAX:
+        raise ctx.unsupported(f"{why} along one part of spatial axis {axis}, split across tensor axes "
+                              f"(more than {SPLIT_UNITS_MAX} units to enumerate)")
+    k = [u for u, _, _ in where].index(t)
+    strides = [math.prod(in_sizes[i + 1:]) for i in range(len(in_sizes))]
+    lo, hi = [], []
+    for digits in np.ndindex(*out_sizes):
+        first = max(span.lo_of(digits[k]), 0)
+        last = min(span.hi_of(digits[k]), in_sizes[k] - 1)
+        if first > last:
+            raise ctx.unsupported(f"{why} along one part of spatial axis {axis}, split across tensor "
+                                  f"axes, where some units read only padding")
+        base = sum(d * st for i, (d, st) in enumerate(zip(digits, strides)) if i != k)
+        lo.append(base + first * strides[k])
+        hi.append(base + last * strides[k])
+    if any(b < a for a, b in itertools.pairwise(lo)) or any(b < a for a, b in itertools.pairwise(hi)):
+        raise ctx.unsupported(f"{why} that reverses one part of spatial axis {axis}, split across tensor "
+                              f"axes (its units would not read in order)")
+    return _most_regular(lo, hi, math.prod(in_sizes))
+
+
+def _most_regular(lo: list[int], hi: list[int], extent: int) -> Span:
+    """A span of the whole axis's bounds (units past the last one are none of the tensor's):
+    the shortest period that repeats them with a constant step, if any does, else one period
+    advancing by ``extent``."""
+    q = len(lo)
+    for d in range(1, q):
+        if q % d == 0:
+            span = Span.periodic((lo[d] - lo[0]) * (q // d), lo, hi)
+            if span.q == d:
+                return span
+    return Span.periodic(extent, lo, hi)
+
+
 def window(ctx: NodeContext, spans: Sequence[Span], size_dependent: bool = False) -> Transfer:
     """Sliding-window op over tensor axes 2.. of input 0 (Conv, pooling, Resize, Pad...)."""
     lay = ctx.data_layout(0)
@@ -272,15 +415,15 @@ def window(ctx: NodeContext, spans: Sequence[Span], size_dependent: bool = False
         raise ctx.invalid(f"window over {len(spans)} spatial axes, but the input has rank {len(lay)} "
                           f"({max(len(lay) - 2, 0)} spatial axes)")
     maps: dict[int, Span | None] = {}
+    out_lay = list(with_sizes(lay, ctx.out_shapes[0]))
     for j, span in enumerate(spans):
-        parts = lay[2 + j]
-        axes = spatial_of(parts)
+        axes = spatial_of(lay[2 + j])
         if not axes or span == IDENTITY:
             continue  # a window over a non-spatial axis, or a 1x1 one (a flattened axis too), moves nothing
-        if len(parts) > 1:
-            raise ctx.unsupported(f"sliding window over a flattened axis holding spatial axes {axes}")
-        maps[axes[0]] = span
-    out = OutTransfer(with_sizes(lay, ctx.out_shapes[0]), (Edge(0, maps),))
+        axis, maps[axis], refined = slide_along(ctx, lay, 2 + j, span, "sliding window")
+        if refined:
+            out_lay[2 + j] = refined
+    out = OutTransfer(tuple(out_lay), (Edge(0, maps),))
     rest: list[OutTransfer | None] = [None] * (len(ctx.node.output) - 1)
     if ctx.op == "MaxPool" and rest:  # Indices output: same positions as Y
         rest[0] = out
