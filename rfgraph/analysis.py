@@ -82,6 +82,9 @@ class EndPoint:
     # analysed at an unknown input size (``unknown_size``): per axis, P where it depends on the
     # size (None where it does not); empty at a known size
     P_at_unknown_size: tuple[PBySize | None, ...] = ()
+    # the node from which r, S, P and the regions are an upper bound (positions folded into
+    # features, then put back: each element is given its whole fold's field); None: exact
+    bound_at: str | None = None
 
     @property
     def aligned(self) -> bool:
@@ -285,6 +288,11 @@ class Analysis:
         """Gate node -> the gate (its operand, constant over positions, and the node that pooled
         it): held constant for the local fields of the tensors after it (``EndPoint.gates``)."""
         return self._pass.gates
+
+    @property
+    def bounds(self) -> dict[str, str]:
+        """Node -> why the fields after it are upper bounds (``EndPoint.bound_at``)."""
+        return self._pass.bounds
 
     @property
     def node_order(self) -> list[int]:
@@ -699,7 +707,8 @@ def _endpoint(mg: ModelGraph, name: str, node: str, op: str, state: TensorState,
                    for a, f in enumerate(state.fields))
     gates = sorted(merged_gates(f for f in state.fields if not f.is_global), key=gate_rank.__getitem__)
     return EndPoint(name, node, op, tuple(mg.shapes.get(name) or ()), fields, units,
-                    tensor_axes, state.size_dependent, state.misaligned, unit_axes, tuple(gates))
+                    tensor_axes, state.size_dependent, state.misaligned, unit_axes, tuple(gates),
+                    bound_at=state.bound)
 
 
 def _unit_layout(layout: Layout, n_axes: int) -> tuple[tuple[int | None, ...], dict[int, int],

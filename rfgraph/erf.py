@@ -528,7 +528,7 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
                            f"{constant}: summed over channels it is constant, so its gradient is rounding "
                            f"noise, not an ERF; pick one channel (--channel C) or a tensor before it "
                            f"(--output NAME)")
-    notes += _seed_notes(targets[0], conv, norm) + _gate_notes(analysis, output)
+    notes += _seed_notes(targets[0], conv, norm) + _gate_notes(analysis, output) + _bound_notes(analysis, output)
     silent = silent_notes(proto, input_name, output, _analysis_options(opts, input_name),
                           None if (ep := _endpoint(analysis, output)) is None else ep.r) \
         if reinit_e.kind is Reinit.NONE else []  # the model's own weights: say which silence a path
@@ -1208,6 +1208,17 @@ def _gate_notes(analysis: Analysis | None, output: str) -> list[str]:
             f"constant, while this ERF is the exact gradient, which also flows through each gate's "
             f"global pooling or normalisation statistics: its support is the whole input (small "
             f"outside the local field), and ERF/TRF compares it with the local field")
+    return [note]
+
+
+def _bound_notes(analysis: Analysis | None, output: str) -> list[str]:
+    """Where the TRF is an upper bound (positions folded away and put back), ERF/TRF compares
+    the ERF with that bound: say so."""
+    ep = _endpoint(analysis, output)
+    if ep is None or ep.bound_at is None or all(f.is_global for f in ep.fields):
+        return []
+    note = (f"the TRF of '{output}' is an upper bound from {ep.bound_at} (positions folded into "
+            f"features and put back: each element is given its whole fold's field); ERF/TRF compares with it")
     return [note]
 
 

@@ -106,6 +106,7 @@ def endpoint_rows(analysis: Analysis, names: Iterable[str]) -> list[dict[str, An
             "gates": list(ep.gates),
             "covers_input": covers_input(ep, analysis),
             "aligned": ep.aligned, "misaligned_at": ep.misaligned_at,
+            "upper_bound_from": None if all(f.is_global for f in ep.fields) else ep.bound_at,
             "shift_invariant": ep.shift_invariant,
             "size_dependent": ep.size_dependent,
         })
@@ -135,6 +136,7 @@ def analysis_dict(analysis: Analysis, names: Iterable[str]) -> dict[str, Any]:
                           for b in m.branches]}
             for m in analysis.misaligned],
         "global_at": dict(analysis.global_at),
+        "upper_bounds": analysis.bounds,
         "gates": {g.node: {"op": g.op, "tensor": g.tensor, "source": g.source, "statistics": g.statistics}
                   for g in analysis.gates.values()},
         "rule_notes": dict(analysis.rule_notes),
@@ -179,6 +181,8 @@ def row_note(row: dict[str, Any], axes: Sequence[tuple[str, int]], gates_named: 
         note.append("global from " + next(g for g in row["global"] if g) + _partial_reach(row, axes))
     if row["gates"]:
         note.append(gates_note(row["gates"], gates_named) + ("" if gates_named else " (named below)"))
+    if row["upper_bound_from"]:
+        note.append(f"an upper bound from {row['upper_bound_from']} (folded positions put back)")
     return "; ".join(note)
 
 
@@ -336,6 +340,8 @@ def _notes(analysis: Analysis, names: Sequence[str] = ()) -> list[str]:
                      f"constant factors, pooled at {g.source}) held constant for the local fields")
     if len(gates) > NOTE_LINES:
         lines.append(f"... and {len(gates) - NOTE_LINES} more gates (--format json lists them all)")
+    for node, why in list(analysis.bounds.items())[:NOTE_LINES]:
+        lines.append(f"upper bound from {node}: {why}")
     for node, why in analysis.rule_notes.items():
         lines.append(f"rule used at node '{node}': {why}")
     lines += analysis.shape_notes

@@ -11,6 +11,7 @@ Two directions over the same per-edge spans from ``semantics.TRF_RULES``:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Iterator, Sequence
@@ -33,7 +34,18 @@ from .fields import (
 from .onnx_import import ModelGraph, attributes, check_attribute_types, paused_gc, unknown_standard_op
 from .rules import RuleTable
 from .semantics import BROADCAST_OPS, CACHEABLE_OPS, GATE_OPS, STATIC_OPS, TRF_RULES
-from .semantics.transfer import AxisOutOfRange, Edge, Layout, NodeContext, OutTransfer, Rule, Transfer, spatial_of
+from .semantics.transfer import (
+    AxisOutOfRange,
+    Edge,
+    Layout,
+    NodeContext,
+    OutTransfer,
+    Rule,
+    Transfer,
+    fine_axis,
+    folded_back,
+    spatial_of,
+)
 
 
 @quick_init
@@ -45,6 +57,7 @@ class TensorState:
     fields: tuple[AxisField, ...]
     size_dependent: str | None = None  # first node whose padding depends on the input size
     misaligned: str | None = None  # first misaligned merge upstream (or here)
+    bound: str | None = None  # first node upstream (or here) from which the field is an upper bound
 
 
 @dataclass(frozen=True)
@@ -142,6 +155,7 @@ class PassResult:
     stops: list[Stop] = field(default_factory=list)
     global_at: dict[str, str] = field(default_factory=dict)  # node -> why it mixes positions
     gates: dict[str, Gate] = field(default_factory=dict)  # node -> the gate it applies
+    bounds: dict[str, str] = field(default_factory=dict)  # node -> why fields are upper bounds from it
 
     def local_edges(self, node: str, edges: tuple[Edge, ...]) -> tuple[Edge, ...]:
         """A node's edges without its gate operand (held constant for the local fields)."""
@@ -192,6 +206,8 @@ def _forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout, rules: 
         _apply(result, mg, idx, transfer)
         if transfer.mix_reason and _made_global(states, outputs, names[idx]):
             result.global_at[names[idx]] = transfer.mix_reason
+        if transfer.bound:
+            result.bounds[names[idx]] = transfer.bound
         if transfer.statistics:
             _hold_statistics(result, mg, idx, transfer.statistics)
     _count_lost(result, blocked)
@@ -258,6 +274,7 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None], cache: Tra
     except AxisOutOfRange as exc:
         raise ctx.invalid(str(exc)) from None
     _check_layout_sizes(ctx, transfer)
+    transfer = _note_put_back(ctx, transfer)
     if key is not None:
         cache.transfers[key] = transfer
     return transfer
@@ -276,6 +293,22 @@ def _check_layout_sizes(ctx: NodeContext, transfer: Transfer) -> None:
                                       f"the tensor {dim}); a defect in rfgraph: please report it")
 
 
+def _note_put_back(ctx: NodeContext, transfer: Transfer) -> Transfer:
+    """A node that puts positions folded into features back in place (a fine axis whose extra
+    parts are ``FOLDED``: an unfold into patches, then a fold) gives each element its fold's
+    field: the fields from here are upper bounds, and the transfer says so."""
+    for out in transfer.outputs:
+        if out is None:
+            continue
+        for t in range(len(out.layout)):
+            if fine_axis(out.layout, t) is not None and folded_back(out.layout, t) and not any(
+                    lay is not None and t < len(lay) and lay[t] == out.layout[t] for lay in ctx.layouts):
+                return dataclasses.replace(transfer, bound=(
+                    f"puts positions folded into features back in place (axis {t}): each element "
+                    f"is given its whole fold's field, an upper bound of its own"))
+    return transfer
+
+
 def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> None:
     """Compute the fields of a node's outputs from its inputs' fields and the transfer."""
     name, node_in, node_out = mg.names[idx], mg.node_inputs[idx], mg.node_outputs[idx]
@@ -287,12 +320,13 @@ def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> 
         if len(out.edges) == 1:  # fast path: one input, no merge (most layers of any net)
             edge = out.edges[0]
             st = states[node_in[edge.slot]]
-            if not edge.maps and not transfer.size_dependent and out.layout == st.layout:
+            if not edge.maps and not transfer.size_dependent and out.layout == st.layout and not transfer.bound:
                 states[tensor] = st  # a pointwise layer: the very same state
                 continue
             fields = st.fields if not edge.maps else _through_edge(edge, st.fields, name)
             dep = st.size_dependent or (name if transfer.size_dependent else None)
-            states[tensor] = TensorState(out.layout, fields, dep, st.misaligned)
+            states[tensor] = TensorState(out.layout, fields, dep, st.misaligned,
+                                         st.bound or (name if transfer.bound else None))
             continue
         inputs = [states[node_in[e.slot]] for e in out.edges]
         gate = _gate_slots(mg, mg.op_types[idx], out, inputs, [node_in[e.slot] for e in out.edges],
@@ -311,15 +345,16 @@ def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> 
                            for a, f in enumerate(fields))
         if gate:
             fields = tuple(with_gate(f, name) for f in fields)
-        dep = bad = None
+        dep = bad = bound = None
         for st in inputs:
             dep = dep or st.size_dependent
             bad = bad or st.misaligned
+            bound = bound or st.bound
         if transfer.size_dependent and dep is None:
             dep = name
         if len(out.edges) > 1 and not _check_alignment(result, mg, idx, out, tensor, per_edge):
             bad = bad or name
-        states[tensor] = TensorState(out.layout, fields, dep, bad)
+        states[tensor] = TensorState(out.layout, fields, dep, bad, bound or (name if transfer.bound else None))
 
 
 def _first_cause(field: AxisField, inputs: Sequence[AxisField], node: str) -> AxisField:
@@ -345,7 +380,7 @@ def _hold_statistics(result: PassResult, mg: ModelGraph, idx: int, why: str) -> 
     name = mg.names[idx]
     result.gates[name] = Gate(name, mg.op_types[idx], mg.node_inputs[idx][0], -1, name, why)
     fields = tuple(with_gate(f, name) for f in state.fields)
-    result.states[tensor] = TensorState(state.layout, fields, state.size_dependent, state.misaligned)
+    result.states[tensor] = TensorState(state.layout, fields, state.size_dependent, state.misaligned, state.bound)
 
 
 def _gate_slots(mg: ModelGraph, op: str, out: OutTransfer, inputs: Sequence[TensorState],

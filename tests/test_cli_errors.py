@@ -17,6 +17,8 @@ from rfgraph.cli import main
     (["analyze", "zoo:luo_conv_random_5", "--format", "yaml"], ("invalid choice", "--format")),
     (["erf", "zoo:luo_conv_random_5", "--runs", "many"], ("--runs", "invalid int")),
     (["nosuchcommand"], ("rfgraph: error:", "rfgraph --help")),
+    # refused before the model is read (was after the whole analysis: 39 s on a SwinV2)
+    (["boxes", "no_such_model.onnx", "--output", "y"], ("--index", "--all", "rfgraph boxes --help")),
 ])
 def test_argument_error_is_one_line(argv: list[str], words: tuple[str, ...], capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as info:
@@ -26,6 +28,12 @@ def test_argument_error_is_one_line(argv: list[str], words: tuple[str, ...], cap
     assert len(err) == 1, err
     for w in words:
         assert w in err[0], err[0]
+
+
+def test_a_malformed_index_is_refused_before_the_model_is_read(capsys: pytest.CaptureFixture) -> None:
+    assert main(["boxes", "no_such_model.onnx", "--output", "y", "--index", "3;4"]) == 2
+    err = capsys.readouterr().err
+    assert "expected integers like 3,4" in err and "no_such_model" not in err
 
 
 def test_negative_index_is_a_value_refused_with_the_units(capsys: pytest.CaptureFixture) -> None:

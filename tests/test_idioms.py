@@ -9,6 +9,7 @@ tensors is compared with onnxruntime impulses (tests/impulses.py).  Each stopped
 from __future__ import annotations
 
 import io
+import itertools
 from fractions import Fraction
 from pathlib import Path
 
@@ -421,3 +422,125 @@ def test_a_flip_within_windows_stops_rather_than_misreport() -> None:
     proto = export(RowsReversedInWindows(), (1, 1, 8, 4))
     a = rfgraph.analyze(proto, layout="NCHW")
     assert [s.op for s in a.stops] == ["Slice"] and "reverses one part" in a.stops[0].reason
+
+
+class PatchesFoldedBack(torch.nn.Module):
+    """MobileViTv2's unfold: [B, C, H, W] -> [B, C, ph*pw, patches] by Reshape + Transpose, a 1x1
+    conv over that map (each pixel of each patch apart), the fold back, then a 3x3 conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix, self.conv = torch.nn.Conv2d(2, 2, 1), torch.nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        p = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c, 4, h * w // 4)
+        y = self.mix(p).reshape(b, c, 2, 2, h // 2, w // 2).permute(0, 1, 4, 2, 5, 3).reshape(b, c, h, w)
+        return self.conv(y)
+
+
+def test_positions_folded_into_patches_and_back_are_an_upper_bound_that_says_so() -> None:
+    """After the unfold each patch holds its 4 pixels as features, so after the fold each pixel is
+    given its patch's field: every measured region lies inside the reported one, some strictly,
+    and the end point and the report name the node from which the field is an upper bound (it
+    was reported as exact; the pass stopped at the 3x3 conv before this session's fine axes).
+    Mixed by a 1x1 conv over the channels instead (pixel shuffle, ``ShuffledBack``), the same
+    fold is exact and carries no bound."""
+    from tests.impulses import dependencies, measured_hulls
+
+    proto = export(PatchesFoldedBack(), (1, 2, 8, 8))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    ep = a["y"]
+    assert not a.stops and ep.bound_at is not None and ep.bound_at in a.bounds
+    deps, _ = dependencies(proto, "x", "y", [2, 3])
+    strict = 0
+    for h, w in itertools.product(range(8), range(8)):
+        got = measured_hulls(deps, 2, (slice(None), slice(None), h, w))
+        want = [(max(u0, 0), min(v0, 7)) for u0, v0 in ep.region((h, w))]
+        assert all(g[0] >= u[0] and g[1] <= u[1] for g, u in zip(got, want))
+        strict += got != want
+    assert strict > 0
+    assert rfgraph.analyze(export(ShuffledBack(), (1, 2, 8, 8)), layout="NCHW")["y"].bound_at is None
+
+
+def test_the_erf_says_when_its_trf_is_an_upper_bound(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from rfgraph.cli import main
+    onnx.save(export(PatchesFoldedBack(), (1, 2, 8, 8)), tmp_path / "m.onnx")
+    assert main(["erf", str(tmp_path / "m.onnx"), "--runs", "1", "--layout", "NCHW"]) == 0
+    assert "TRF of 'y' is an upper bound from" in capsys.readouterr().err
+
+
+class TokenPool(torch.nn.Module):
+    """A 1-D average pool over the flattened tokens of an 8x8 grid (NextViT's key/value
+    reduction), then a 1x1 conv."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.pool, self.proj = torch.nn.AvgPool1d(k, k), torch.nn.Conv1d(2, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.pool(x.flatten(2)))
+
+
+@pytest.mark.parametrize(("k", "r", "S"), [(2, (1, 2), (1, 2)), (16, (2, None), (2, None))])
+def test_a_pool_over_flattened_tokens_in_whole_blocks(k: int, r: tuple, S: tuple) -> None:
+    """k = 2 pools pairs of columns (r = (1, 2)); k = 16 pools two whole rows of 8: every column
+    (global along W, named) and rows 2j, 2j + 1.  Measured on every token (stopped before: a
+    sliding window over a flattened axis)."""
+    proto = export(TokenPool(k), (1, 2, 8, 8))
+    a = rfgraph.analyze(proto, layout="NCHW")
+    assert not a.stops and a["y"].r == r and a["y"].S == S
+    assert (k == 16) == any("whole rows" in why for why in a.global_at.values())
+    assert check_tensor(a, proto, "y") == 64 // k
+
+
+class UnfoldPatches(torch.nn.Module):
+    """torch's unfold (exported as Gathers of constant rows: [k offsets, m blocks] per axis) into
+    4x4 patches, a linear embedding of each, back to a grid, then a 3x3 conv (TNT's pixel
+    embedding, a patch embedding written with unfold)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.conv = torch.nn.Linear(2 * 16, 3), torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        tokens = self.embed(F.unfold(x, 4, stride=4).transpose(1, 2))
+        return self.conv(tokens.transpose(1, 2).reshape(b, 3, h // 4, w // 4))
+
+
+def test_unfold_by_gathers_is_a_patch_embedding() -> None:
+    """Block u reads rows 4u..4u+3: with the conv, r = 12, S = 4, P = 4, measured on every unit
+    (was global: "Gather with run-time or several indices along a spatial axis")."""
+    proto = export(UnfoldPatches(), (1, 2, 16, 16))
+    assert "Gather" in {n.op_type for n in proto.graph.node}
+    a = rfgraph.analyze(proto, layout="NCHW")
+    assert not a.stops and a["y"].r == (12, 12) and a["y"].S == (4, 4) and a["y"].P == (4, 4)
+    assert check_tensor(a, proto, "y") == 16
+
+
+class ScatteredRows(torch.nn.Module):
+    """Rows 2-3 of a feature map overwritten in place by a conv's (exported as ScatterND)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        y[:, :, 2:4] = self.conv(x)[:, :, 2:4]
+        return y * 2
+
+
+def test_scatter_reads_its_updates_whole_an_upper_bound_that_says_so() -> None:
+    """Every measured dependency lies inside the reported field (global, an upper bound named as
+    such); the pass stopped at ScatterND before (MViTv2's relative positions)."""
+    proto = export(ScatteredRows(), (1, 1, 6, 6))
+    assert "ScatterND" in {n.op_type for n in proto.graph.node}
+    a = rfgraph.analyze(proto, layout="NCHW")
+    assert not a.stops and a["y"].is_global
+    assert any("ScatterND" in why and "upper bound" in why for why in a.global_at.values())
+    from tests.impulses import dependencies, measured_hulls
+    deps, _ = dependencies(proto, "x", "y", [2, 3])
+    rows = [measured_hulls(deps, 2, (0, 0, h, 0))[0] for h in range(6)]
+    assert rows[0] == (0, 0) and rows[2] == (1, 3)  # inside the whole input (0, 5), as reported

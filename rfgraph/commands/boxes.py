@@ -25,8 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     p.add_argument("--output", required=True, metavar="NAME", help="tensor whose units are mapped")
-    p.add_argument("--index", metavar="I,J", help="unit index along the spatial axes, e.g. 3,4")
-    p.add_argument("--all", action="store_true", help="every unit of the tensor")
+    which = p.add_mutually_exclusive_group(required=True)  # checked before the model is analysed
+    which.add_argument("--index", metavar="I,J", help="unit index along the spatial axes, e.g. 3,4")
+    which.add_argument("--all", action="store_true", help="every unit of the tensor")
     p.add_argument("--clip", action="store_true", help="clip regions to the input (the centre is then "
                    "the clipped box's; the field's own centre is shown beside it)")
     p.add_argument("--format", choices=("table", "json"), default="table")
@@ -34,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.all:  # a malformed index is refused before the analysis, which may take a while
+        try:
+            indices = [tuple(int(v) for v in args.index.split(","))]
+        except ValueError:
+            raise RFGraphError(f"--index '{args.index}': expected integers like 3,4") from None
     analysis = load_analysis(args, needs_size="boxes")
     ep = analysis[args.output]
     if ep.is_global:
@@ -44,13 +50,6 @@ def run(args: argparse.Namespace) -> int:
         budgets.BOX_UNITS.check(math.prod(units), f"--all on '{ep.name}' ({'x'.join(map(str, units))})",
                                 "pick units with --index")
         indices = [tuple(int(i) for i in idx) for idx in np.ndindex(*units)]
-    elif args.index:
-        try:
-            indices = [tuple(int(v) for v in args.index.split(","))]
-        except ValueError:
-            raise RFGraphError(f"--index '{args.index}': expected integers like 3,4") from None
-    else:
-        raise RFGraphError("give --index I,J or --all")
     sizes = [analysis.input_shape[a] for a in analysis.spatial_axes]
     rows: list[dict[str, list[Any]]] = []  # JSON rows: index, region, centre
     for idx in indices:

@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-size-range", action="store_true",
                    help="skip the input-size scan (it re-analyses the model once per size)")
     p.add_argument("--size-step", type=int, metavar="N", help="grid step of the input-size scan "
-                   "(default: the largest integer stride of the end points)")
+                   "(default: the largest integer stride of the end points, doubled until at most 64 sizes are "
+                   "scanned)")
     p.add_argument("--size-max", type=int, metavar="N", help="largest input size scanned "
                    "(default: twice the largest r)")
     p.add_argument("--erf", action="store_true", help="also compute ERFs (Luo et al.): ERF/TRF "
@@ -156,7 +157,8 @@ def _sizes_section(d: Diagnosis) -> str:
     if d.sizes is None:
         return ""
     iv = d.sizes.intervals
-    where = ", ".join(f"[{lo}, {hi}]" if lo != hi else f"{lo}" for lo, hi in iv) or "none"
+    every = f" every {d.sizes.step}" if d.sizes.step > 1 else ""
+    where = ", ".join(f"{lo} to {hi}{every}" if lo != hi else f"{lo}" for lo, hi in iv) or "none"
     scanned = [p.size for p in d.sizes.points]
     text = (f"input sizes (square, step {d.sizes.step}, scanned {scanned[0]}..{scanned[-1]}) where "
             f"a unit of every end point sees the whole input and no layer is unproductive: {where}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -11,7 +12,7 @@ from ..fields import Span
 from . import geometry
 from .gradient import Builder, Grads, NodeView, _quantized, _scatter_window, _window
 from .gradient import Rule as VJPRule
-from .transfer import NodeContext, Rule, Transfer, window, with_scalar_edges
+from .transfer import FOLDED, NodeContext, Rule, Transfer, window, with_scalar_edges
 
 # ---------------------------------------------------------------- receptive-field (TRF) rules
 
@@ -65,8 +66,18 @@ def conv_rule(weight_slot: int | None = 1, data_slot: int = 0,
         geo = geometry.window(ctx.op, ctx.name, ctx.attrs, kernel, _spatial_sizes(ctx, len(kernel)))
         tr = window(ctx, [Span.layer(a.kernel, a.stride, a.pad_begin, a.dilation) for a in geo.axes],
                     geo.size_dependent)
-        return with_scalar_edges(ctx, tr, scalar_slots)
+        return with_scalar_edges(ctx, _channels_mixed(ctx, tr), scalar_slots)
     return rule
+
+
+def _channels_mixed(ctx: NodeContext, tr: Transfer) -> Transfer:
+    """A convolution of one group reads every input channel: positions folded into them
+    (``FOLDED``) are summed, so its output channels are plain features."""
+    out = tr.outputs[0]
+    if int(ctx.attrs.get("group", 1)) != 1 or out is None or len(out.layout) < 2 or out.layout[1][0][0] != FOLDED:
+        return tr
+    layout = (out.layout[0], ((-1, out.layout[1][0][1]),)) + out.layout[2:]
+    return dataclasses.replace(tr, outputs=(dataclasses.replace(out, layout=layout),) + tr.outputs[1:])
 
 
 def conv_transpose_rule(ctx: NodeContext) -> Transfer:

@@ -17,6 +17,8 @@ from . import geometry
 from .gradient import Builder, Grads, NodeView, _kept_blocked
 from .gradient import Rule as VJPRule
 from .transfer import (
+    FOLDED,
+    MIXES,
     AxisLayout,
     Edge,
     Layout,
@@ -30,6 +32,8 @@ from .transfer import (
     broadcast,
     copy_span,
     mixed_maps,
+    plain_layout,
+    regular_span,
     slide_along,
     spatial_of,
     split_axes,
@@ -228,6 +232,11 @@ def gather_rule(ctx: NodeContext) -> Transfer:
     out_lay = with_sizes(lay[:axis] + new_axes + lay[axis + 1:], ctx.out_shapes[0])
     if not spatial_of(parts):
         return Transfer((OutTransfer(out_lay, (Edge(0),)),))
+    picked = _picked_rows(lay, axis, idx) if idx is not None and np.ndim(idx) in (1, 2) else None
+    if picked is not None:
+        span, picks = picked
+        return Transfer((OutTransfer(with_sizes(lay[:axis] + picks + lay[axis + 1:], ctx.out_shapes[0]),
+                                     (Edge(0, {parts[0][0]: span}),)),))
     if idx is None or np.size(idx) != 1 or len(parts) > 1:
         maps = mixed_maps(lay, [axis])
         return Transfer((OutTransfer(out_lay, (Edge(0, maps),)),),
@@ -236,6 +245,34 @@ def gather_rule(ctx: NodeContext) -> Transfer:
     if i < 0:
         i += parts[0][1]
     return Transfer((OutTransfer(out_lay, (Edge(0, {parts[0][0]: Span(1, 0, (i,), (i,))}),)),))
+
+
+def _picked_rows(lay: Layout, axis: int, idx: np.ndarray) -> tuple[Span, tuple[AxisLayout, ...]] | None:
+    """A Gather of constant rows along a spatial axis held alone, in order: indices [m] (unit u
+    reads row idx[u]) or two-dimensional (torch's unfold: [k offsets, m blocks]), where the
+    index axis whose units read the narrowest runs of rows (the blocks) holds the positions and
+    the other is folded into features (each block holds its k rows).  The span of the picks and
+    the axes they become; None when the picks are not in order (a permutation: no monotone
+    map), or when a flattened or split axis holds the positions."""
+    parts = lay[axis]
+    if len(parts) != 1 or parts[0][0] in split_axes(lay) or np.size(idx) < 2:
+        return None
+    n = parts[0][1]
+    rows = np.where(np.asarray(idx) < 0, np.asarray(idx) + n, np.asarray(idx)).astype(np.int64)
+    if rows.min() < 0 or rows.max() >= n:
+        return None
+    best = None
+    for unit_axis in range(rows.ndim):
+        per_unit = np.moveaxis(rows, unit_axis, 0).reshape(rows.shape[unit_axis], -1)
+        lo, hi = per_unit.min(axis=1), per_unit.max(axis=1)
+        if (np.diff(lo) >= 0).all() and (np.diff(hi) >= 0).all() and (
+                best is None or (hi - lo).max() < (best[2] - best[1]).max()):
+            best = (unit_axis, lo, hi)
+    if best is None:
+        return None
+    unit_axis, lo, hi = best
+    picks = tuple(((parts[0][0], d),) if k == unit_axis else ((FOLDED, d),) for k, d in enumerate(rows.shape))
+    return regular_span([int(v) for v in lo], [int(v) for v in hi], n), picks
 
 
 def transpose_rule(ctx: NodeContext) -> Transfer:
@@ -264,7 +301,7 @@ def _fold_out_of_order(lay: Layout, out: Layout, perm: Sequence[int], axis: int)
     where = {(t, i): (perm.index(t), i) for t, i, _ in parts}  # the part's place after the Transpose
     kept = [all(where[(t, i)] > where[(t2, i2)] for t2, i2, _ in parts[:j]) for j, (t, i, _) in enumerate(parts)]
     dropped = {where[(t, i)] for (t, i, _), keep in zip(parts, kept) if not keep}
-    new = tuple(tuple((-1, s) if (t, i) in dropped else (a, s) for i, (a, s) in enumerate(p))
+    new = tuple(tuple((FOLDED, s) if (t, i) in dropped else (a, s) for i, (a, s) in enumerate(p))
                 for t, p in enumerate(out))
     sizes = [s for _, _, s in parts]
     copied = [k for k, keep in enumerate(kept) if keep]
@@ -299,7 +336,7 @@ def _fold_inner_parts(layout: Layout, axis: int) -> tuple[Layout, Span | None]:
     if all(kept):
         return layout, IDENTITY
     dropped = {(t, i) for (t, i, _), keep in zip(parts, kept) if not keep}
-    new = tuple(tuple((-1, s) if (t, i) in dropped else (a, s) for i, (a, s) in enumerate(p))
+    new = tuple(tuple((FOLDED, s) if (t, i) in dropped else (a, s) for i, (a, s) in enumerate(p))
                 for t, p in enumerate(layout))
     sizes = [s for _, _, s in parts]
     copied = [k for k, keep in enumerate(kept) if keep]
@@ -357,7 +394,8 @@ def regroup(ctx: NodeContext, layout: Layout, out_shape: Sequence[int]) -> Layou
         while i < len(parts) and parts[i][1] == 1 and d == 1 and not group:
             group.append(parts[i])
             i += 1
-        out.append(_merge_adjacent(group) if spatial_of(group) else ((-1, d),))
+        out.append(_merge_adjacent(group) if spatial_of(group) else
+                   ((FOLDED if any(a == FOLDED for a, _ in group) else -1, d),))
     return tuple(out)
 
 
@@ -564,6 +602,21 @@ def _split(b: Builder, n: NodeView, gys: list) -> Grads:
     return [out]
 
 
+def scatter_rule(ctx: NodeContext) -> Transfer:
+    """ScatterND / ScatterElements: each output element is the data's at its position, or one of
+    the updates, written wherever the indices say (MViTv2 adds its relative positions to the
+    attention scores so): the data is read pointwise, the updates (and indices computed from the
+    input) as a whole, an upper bound."""
+    lay = ctx.layouts[0] if ctx.layouts[0] is not None else plain_layout(ctx.out_shapes[0] or ctx.in_shapes[0] or ())
+    edges = [Edge(0)] if ctx.layouts[0] is not None else []
+    edges += [Edge(s, {a: MIXES for parts in ctx.data_layout(s) for a in spatial_of(parts)})
+              for s in ctx.data_slots() if s > 0]
+    mixed = any(sp is MIXES for e in edges for sp in e.maps.values())
+    why = (f"{ctx.op} writes its updates where its indices say: reported as reading all of them, an "
+           f"upper bound") if mixed else ""
+    return Transfer((OutTransfer(with_sizes(lay, ctx.out_shapes[0]), tuple(edges)),), mix_reason=why)
+
+
 # ---------------------------------------------------------------- the family's tables
 
 TRF: dict[str, Rule] = {
@@ -571,6 +624,7 @@ TRF: dict[str, Rule] = {
     "Concat": concat_rule, "Split": split_rule, "Gather": gather_rule,
     "Transpose": transpose_rule, "Reshape": reshape_rule, "Flatten": flatten_rule,
     "Squeeze": squeeze_rule, "Unsqueeze": squeeze_rule, "Expand": broadcast, "Tile": tile_rule,
+    "ScatterND": scatter_rule, "ScatterElements": scatter_rule,
 }
 
 VJP: dict[str, VJPRule] = {

@@ -37,6 +37,10 @@ Layout = tuple[AxisLayout, ...]
 MIXES = None  # edge value: the op reads every position along this spatial axis
 
 
+FOLDED = -2  # part axis of positions folded into features (an unfold's rows within a patch): each
+#              unit holds them all, so their elements' own fields are lost (a feature part is -1)
+
+
 @dataclass(frozen=True)
 class Edge:
     """How one output reads one data input: per spatial axis a span (absent: identity) or MIXES."""
@@ -60,12 +64,15 @@ class OutTransfer:
 class Transfer:
     """What a node does to spatial positions; ``size_dependent`` when its padding depends on sizes.
     ``statistics``: why output 0 also reads every position through statistics it computes (a
-    normalisation's mean and variance), which its edges leave out: held constant, the op is local."""
+    normalisation's mean and variance), which its edges leave out: held constant, the op is local.
+    ``bound``: why its fields are an upper bound (each element of positions folded away and put
+    back reads its whole fold)."""
 
     outputs: tuple[OutTransfer | None, ...]
     size_dependent: bool = False
     mix_reason: str = ""
     statistics: str = ""
+    bound: str = ""  # why the outputs' fields are an upper bound from here (folded positions put back)
 
 
 @dataclass
@@ -336,6 +343,12 @@ def fine_axis(layout: Layout, t: int) -> tuple[int, int] | None:
     return axis, math.prod(n for _, n in parts[1:])
 
 
+def folded_back(layout: Layout, t: int) -> bool:
+    """Whether fine axis ``t``'s elements are positions folded away (``FOLDED``) and put back:
+    each then reads its whole fold, an upper bound of its own field."""
+    return any(a == FOLDED for a, _ in layout[t][1:])
+
+
 def coarsening(k: int) -> Span:
     """Element e of a fine axis (``fine_axis``) reads unit e // k of the positions it refines."""
     return Span.periodic(1, [0] * k, [0] * k)
@@ -356,6 +369,31 @@ def slide_along(ctx: NodeContext, lay: Layout, t: int, span: Span, why: str) -> 
         raise ctx.unsupported(f"{why} over a flattened axis holding spatial axes {spatial_of(parts)}")
     axis, k = fine
     return axis, span.then(coarsening(k)), ((axis, shape[t]),)
+
+
+def rows_of_grid(lay: Layout, t: int, span: Span) -> tuple[dict[int, Span | None], AxisLayout] | None:
+    """A window over a flattened grid (tensor axis ``t`` holds the parts of several spatial axes,
+    row-major) that tiles it in whole blocks: ``k`` = stride, no padding, ``k`` = c x the product
+    of the last parts with c dividing the part before them (NextViT's average pool of 16 tokens of
+    an 8-wide grid: two whole rows).  The parts covered whole are read at every position (MIXES),
+    the part cut by c is pooled by c; returns the edge maps and the output's parts, else None."""
+    parts = lay[t]
+    if span.q != 1 or span.lo[0] != 0 or span.hi[0] + 1 != span.A or any(a < 0 for a, _ in parts) \
+            or len({a for a, _ in parts}) != len(parts) or set(spatial_of(parts)) & split_axes(lay):
+        return None
+    k, covered = span.A, 1
+    for j in range(len(parts) - 1, -1, -1):
+        axis, n = parts[j]
+        if k % (covered * n) == 0:
+            covered *= n
+            continue
+        c = k // covered
+        if k % covered or n % c:
+            return None
+        maps: dict[int, Span | None] = {a: MIXES for a, _ in parts[j + 1:]}
+        maps[axis] = Span.layer(c, c, 0)
+        return maps, parts[:j] + ((axis, n // c),)
+    return ({a: MIXES for a, _ in parts}, ((-1, 1),)) if covered == k else None
 
 
 SPLIT_UNITS_MAX = 1 << 16  # units of a split axis enumerated by _along_split_part
@@ -392,10 +430,10 @@ def _along_split_part(ctx: NodeContext, lay: Layout, t: int, span: Span, why: st
     if any(b < a for a, b in itertools.pairwise(lo)) or any(b < a for a, b in itertools.pairwise(hi)):
         raise ctx.unsupported(f"{why} that reverses one part of spatial axis {axis}, split across tensor "
                               f"axes (its units would not read in order)")
-    return _most_regular(lo, hi, math.prod(in_sizes))
+    return regular_span(lo, hi, math.prod(in_sizes))
 
 
-def _most_regular(lo: list[int], hi: list[int], extent: int) -> Span:
+def regular_span(lo: list[int], hi: list[int], extent: int) -> Span:
     """A span of the whole axis's bounds (units past the last one are none of the tensor's):
     the shortest period that repeats them with a constant step, if any does, else one period
     advancing by ``extent``."""
@@ -420,6 +458,11 @@ def window(ctx: NodeContext, spans: Sequence[Span], size_dependent: bool = False
         axes = spatial_of(lay[2 + j])
         if not axes or span == IDENTITY:
             continue  # a window over a non-spatial axis, or a 1x1 one (a flattened axis too), moves nothing
+        grid = rows_of_grid(lay, 2 + j, span) if len(axes) > 1 else None
+        if grid is not None:
+            maps.update(grid[0])
+            out_lay[2 + j] = grid[1]
+            continue
         axis, maps[axis], refined = slide_along(ctx, lay, 2 + j, span, "sliding window")
         if refined:
             out_lay[2 + j] = refined
@@ -427,7 +470,8 @@ def window(ctx: NodeContext, spans: Sequence[Span], size_dependent: bool = False
     rest: list[OutTransfer | None] = [None] * (len(ctx.node.output) - 1)
     if ctx.op == "MaxPool" and rest:  # Indices output: same positions as Y
         rest[0] = out
-    return Transfer((out, *rest), size_dependent=size_dependent)
+    why = f"{ctx.op} over whole rows of a flattened grid" if MIXES in maps.values() else ""
+    return Transfer((out, *rest), size_dependent=size_dependent, mix_reason=why)
 
 
 def _str_attr(ctx: NodeContext, name: str, default: str) -> str:
