@@ -504,7 +504,7 @@ class UnfoldPatches(torch.nn.Module):
         self.embed, self.conv = torch.nn.Linear(2 * 16, 3), torch.nn.Conv2d(3, 3, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
+        b, _, h, w = x.shape
         tokens = self.embed(F.unfold(x, 4, stride=4).transpose(1, 2))
         return self.conv(tokens.transpose(1, 2).reshape(b, 3, h // 4, w // 4))
 
