@@ -44,7 +44,7 @@ from .inputs import (
     random_inputs,
     reinitialise,
 )
-from .metrics import AREA_THRESHOLDS, LUO_FRACTION, AreaRatio, ERFMetrics, compute_metrics
+from .metrics import AREA_THRESHOLDS, LUO_FRACTION, POOR_FIT_R2, AreaRatio, ERFMetrics, compute_metrics
 from .onnx_import import prepare, shapes_only
 from .options import ModelOptions, model_options
 from .semantics import NORMALISING_OPS
@@ -886,13 +886,13 @@ def _result(total: np.ndarray, kept: int, drawn: int, target: Target, sampler: S
         notes.append(_empty_map_note(sampler.method))
     if metrics.gaussian is not None and metrics.gaussian.r2 < POOR_FIT_R2:
         notes.append(f"the Gaussian fit explains little of the map (R^2 {metrics.gaussian.r2:.2g}): its "
-                     f"sigma and radius do not describe this ERF; read erf_size, erf_extent and the map")
+                     f"sigma and radius do not describe this ERF (the table leaves them out; JSON keeps "
+                     f"them); read erf_size, erf_extent and the map")
     return ERFResult(erf, metrics, target, sampler.input_name, sampler.full_shape, sampler.spatial,
                      sampler.method.value, runs, weight_runs, conv.aggregation is ec.Aggregation.ABS,
                      batch, seconds, tuple(notes), conv, kept, displayed_area_ratios(erf, conv))
 
 
-POOR_FIT_R2 = 0.5  # below it the Gaussian fit's sigma and radius are said to mean little
 FAINT_CENTRE = 0.01  # a centre value below this share of the map's maximum makes Luo's size count noise
 
 

@@ -223,6 +223,9 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
+POOR_FIT_R2 = 0.5  # below it the Gaussian fit's sigma and radius mean little: the table leaves them out
+
+
 def metric_rows(m: ERFMetrics) -> list[tuple[str, str, str]]:
     """(name, value, definition) for every metric, in a fixed order."""
     rows = [
@@ -234,10 +237,12 @@ def metric_rows(m: ERFMetrics) -> list[tuple[str, str, str]]:
         ("marginal_std", _fmt(m.marginal_std), "per axis, std of the marginal (Luo eq. 11)"),
     ]
     g = m.gaussian
+    fits = g is not None and not g.r2 < POOR_FIT_R2  # a fit explaining little is no measure
+    poor = "" if fits or g is None else f" (left out: R^2 below {POOR_FIT_R2})"
     rows += [
-        ("gaussian_radius", _fmt(g.radius if g else None),
-         "1-sigma radius of the Gaussian fit (geometric mean of sigmas)"),
-        ("gaussian_sigma", _fmt(g.sigma if g else None), "per axis sigma of the fit"),
+        ("gaussian_radius", _fmt(g.radius if g and fits else None),
+         "1-sigma radius of the Gaussian fit (geometric mean of sigmas)" + poor),
+        ("gaussian_sigma", _fmt(g.sigma if g and fits else None), "per axis sigma of the fit" + poor),
         ("gaussian_r2", _fmt(g.r2 if g else None), "goodness of fit (R^2)"),
     ]
     for a in m.area_ratios:

@@ -148,3 +148,17 @@ def test_metrics_invariant_to_scale_and_consistent_under_flip(h: int, w: int, sc
     assert flipped.luo_count == a.luo_count
     assert 0 <= a.luo_count <= h * w
     assert LUO_FRACTION == 0.9545
+
+
+def test_a_fit_that_explains_little_is_left_out_of_the_table() -> None:
+    """A Gaussian blob: R^2 ~ 1, sigma shown (3 x 3); a checkerboard: R^2 < 0.5, sigma and radius
+    left out of the table (were printed, e.g. 2472 x 4632 px on a 64 px SwinV2 map), the R^2 kept."""
+    from rfgraph.metrics import POOR_FIT_R2, compute_metrics, metric_rows
+
+    y, x = np.mgrid[0:31, 0:31]
+    blob = np.exp(-((y - 15) ** 2 + (x - 15) ** 2) / (2 * 3.0 ** 2))
+    board = ((y + x) % 2).astype(float) + 0.01
+    good, bad = (dict((n, v) for n, v, _ in metric_rows(compute_metrics(m))) for m in (blob, board))
+    assert good["gaussian_sigma"] == "3 x 3" and float(good["gaussian_r2"]) > 0.99
+    assert float(bad["gaussian_r2"]) < POOR_FIT_R2
+    assert bad["gaussian_sigma"] == "-" and bad["gaussian_radius"] == "-"
