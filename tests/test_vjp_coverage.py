@@ -107,6 +107,15 @@ W = RNG.standard_normal((1, 3, 4, 5))
 SCALE, BIAS = RNG.standard_normal(4) + 1.5, RNG.standard_normal(4)
 GRID = RNG.uniform(-1.3, 1.3, (1, 3, 6, 2))
 
+SCATTER_IDX = np.argsort(RNG.standard_normal((1, 3, 4, 5)), axis=3)[..., :2].astype(np.int64)  # 2 places a row
+
+
+def scatter_nd(x: torch.Tensor) -> torch.Tensor:
+    """ScatterND of x's channels 0, 1 into channels 1, 2 of 2x."""
+    y = 2 * x
+    return torch.cat([y[:, :1], x[:, :2], y[:, 3:]], dim=1)
+
+
 CASES: list[Case] = [
     # unary elementwise math (DERIVATIVES)
     Case("Abs", lambda x, c: x.abs(), sample=away_from(0.0)),
@@ -197,6 +206,18 @@ CASES: list[Case] = [
     Case("LpNormalization", lambda x, c: F.normalize(x, 2.0, 1), {"axis": 1, "p": 2}),
     Case("LpNormalization", lambda x, c: F.normalize(x, 1.0, -1), {"axis": -1, "p": 1},
          sample=away_from(0.0), name="LpNormalization-1"),
+    # scatters (MViTv2 adds relative positions to its scores so): data 2x, rows 1 and 2 of channel
+    # axis overwritten by x's channels 0 and 1; the same along the last axis, element by element
+    Case("ScatterND", lambda x, c: scatter_nd(x), inputs=("x2", "idx", "upd"),
+         consts={"idx": np.array([[0, 1], [0, 2]], np.int64), "two": np.array(2.0),
+                 "s0": np.array([0], np.int64), "s2": np.array([2], np.int64), "ax": np.array([1], np.int64),
+                 "shp": np.array([2, 4, 5], np.int64)},
+         pre=(node("Mul", ["x", "two"], "x2"), node("Slice", ["x", "s0", "s2", "ax"], "xs"),
+              node("Reshape", ["xs", "shp"], "upd"))),
+    Case("ScatterElements", lambda x, c: x.scatter(3, torch.tensor(SCATTER_IDX), 3 * x[..., :2]), {"axis": 3},
+         ("x", "idx", "upd"), {"idx": SCATTER_IDX, "three": np.array(3.0), "s0": np.array([0], np.int64),
+                               "s2": np.array([2], np.int64), "ax": np.array([3], np.int64)},
+         (node("Slice", ["x", "s0", "s2", "ax"], "xs"), node("Mul", ["xs", "three"], "upd"))),
 ]
 
 
@@ -374,10 +395,7 @@ def test_grid_sample_without_a_rule_is_refused(attrs: dict, pre: tuple, why: str
 
 # Ops of the receptive-field table without a gradient rule of their own, and why (the count is
 # visible here; the coverage test fails when a rule is added or removed without updating it).
-NOT_YET: dict[str, str] = {  # `rfgraph erf` refuses them, naming the node and --method fd
-    "ScatterND": "updates written where constant indices say (MViTv2's relative positions): TRF rule only",
-    "ScatterElements": "as ScatterND",
-}
+NOT_YET: dict[str, str] = {}  # none today (GridSample had no rule: it has one for linear and nearest)
 ELSEWHERE = {  # differentiable, handled before the rules see them
     "RNN": "unrolled by rfgraph.unroll", "GRU": "unrolled by rfgraph.unroll", "LSTM": "unrolled by rfgraph.unroll",
     "Upsample": "exists at opset < 10 only; vjp.prepare converts the model to opset 17 (Resize)",
@@ -407,7 +425,8 @@ def test_every_new_rule_has_a_case() -> None:
     tested = {c.op for c in CASES} | {"DequantizeLinear"} | semantics.QUANTIZED_OPS
     new = set(DERIVATIVES) | set(REDUCTION_DERIVATIVES) | {
         "Max", "Min", "Mod", "CastLike", "GlobalMaxPool", "GlobalLpPool", "LpPool", "GridSample",
-        "InstanceNormalization", "GroupNormalization", "MeanVarianceNormalization", "LpNormalization"}
+        "InstanceNormalization", "GroupNormalization", "MeanVarianceNormalization", "LpNormalization",
+        "ScatterND", "ScatterElements"}
     assert new <= tested, new - tested
 
 

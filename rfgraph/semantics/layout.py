@@ -617,6 +617,21 @@ def scatter_rule(ctx: NodeContext) -> Transfer:
     return Transfer((OutTransfer(with_sizes(lay, ctx.out_shapes[0]), tuple(edges)),), mix_reason=why)
 
 
+def _scatter(b: Builder, n: NodeView, gys: list) -> Grads:
+    """ScatterND / ScatterElements (each index once, as without a reduction it must be): the
+    data's gradient is the seed with the written places zeroed, the updates' is the seed gathered
+    there; with ``reduction="add"`` the data's is the seed itself."""
+    data, idx, updates = n.inputs[:3]
+    op, reduction = n.node.op_type, n.attr_str("reduction", "none")
+    if reduction not in ("none", "add"):
+        raise UnsupportedOpError(n.name, op, f"reduction '{reduction}': no gradient rule")
+    elements = op == "ScatterElements"
+    axis = {"axis": n.attr_int("axis", 0)} if elements else {}
+    g_data = gys[0] if reduction == "add" else b.op(op, gys[0], idx, b.zeros(b.shape(updates)), **axis)
+    g_updates = b.op("GatherElements" if elements else "GatherND", gys[0], idx, **axis)
+    return [g_data if b.is_active(data) else None, None, g_updates if b.is_active(updates) else None]
+
+
 # ---------------------------------------------------------------- the family's tables
 
 TRF: dict[str, Rule] = {
@@ -631,4 +646,5 @@ VJP: dict[str, VJPRule] = {
     "Reshape": _reshape, "Flatten": _reshape, "Squeeze": _reshape, "Unsqueeze": _reshape,
     "Transpose": _transpose, "Expand": _expand, "Tile": _tile,
     "Pad": _pad, "Slice": _slice, "Gather": _gather, "Concat": _concat, "Split": _split,
+    "ScatterND": _scatter, "ScatterElements": _scatter,
 }
