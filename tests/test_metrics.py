@@ -158,7 +158,7 @@ def test_a_fit_that_explains_little_is_left_out_of_the_table() -> None:
     y, x = np.mgrid[0:31, 0:31]
     blob = np.exp(-((y - 15) ** 2 + (x - 15) ** 2) / (2 * 3.0 ** 2))
     board = ((y + x) % 2).astype(float) + 0.01
-    good, bad = (dict((n, v) for n, v, _ in metric_rows(compute_metrics(m))) for m in (blob, board))
+    good, bad = ({n: v for n, v, _ in metric_rows(compute_metrics(m))} for m in (blob, board))
     assert good["gaussian_sigma"] == "3 x 3" and float(good["gaussian_r2"]) > 0.99
     assert float(bad["gaussian_r2"]) < POOR_FIT_R2
     assert bad["gaussian_sigma"] == "-" and bad["gaussian_radius"] == "-"
