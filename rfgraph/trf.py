@@ -337,12 +337,8 @@ def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> 
         n_axes = len(inputs[0].fields)
         per_edge = [_through_edge(e, st.fields, name) if e.maps else st.fields for e, st in zip(out.edges, inputs)]
         fields = _union_per_axis(per_edge, n_axes)
-        if transfer.mix_reason and mg.op_types[idx] in BROADCAST_OPS:
-            fields = tuple(_first_cause(f, [st.fields[a] for st in inputs], name) for a, f in enumerate(fields))
-        elif transfer.mix_reason and mg.op_types[idx] == "Concat":  # a unit reads one piece: maybe
-            # the one this node made global
-            fields = tuple(next((pe[a] for pe in per_edge if pe[a].global_at == name), f)
-                           for a, f in enumerate(fields))
+        if transfer.mix_reason:
+            fields = _named_causes(mg.op_types[idx], name, fields, inputs, per_edge)
         if gate:
             fields = tuple(with_gate(f, name) for f in fields)
         dep = bad = bound = None
@@ -357,12 +353,17 @@ def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> 
         states[tensor] = TensorState(out.layout, fields, dep, bad, bound or (name if transfer.bound else None))
 
 
-def _first_cause(field: AxisField, inputs: Sequence[AxisField], node: str) -> AxisField:
-    """A field an elementwise merge made global keeps the earlier cause where an input was global
-    already: each unit reads that input at its position, so the union is global anyway."""
-    if field.global_at == node:
-        return next((f for f in inputs if f.is_global), field)
-    return field
+def _named_causes(op: str, node: str, fields: tuple[AxisField, ...], inputs: Sequence[TensorState],
+                  per_edge: Sequence[tuple[AxisField, ...]]) -> tuple[AxisField, ...]:
+    """Which node a merge's global fields name: after an elementwise merge, an input that was
+    global already (each unit reads it at its position, so the union is global anyway); after a
+    Concat along positions, this node where it made a piece global (a unit reads one piece)."""
+    if op in BROADCAST_OPS:
+        return tuple(next((st.fields[a] for st in inputs if st.fields[a].is_global), f)
+                     if f.global_at == node else f for a, f in enumerate(fields))
+    if op == "Concat":
+        return tuple(next((pe[a] for pe in per_edge if pe[a].global_at == node), f) for a, f in enumerate(fields))
+    return fields
 
 
 def _made_global(states: dict[str, TensorState], outputs: Sequence[str], node: str) -> bool:
