@@ -89,7 +89,8 @@ def _images(c: BorderCopy, low: np.ndarray, high: np.ndarray) -> list[Image]:
 
 def clipped_regions(regions: np.ndarray, size: int, copies: tuple[BorderCopy, ...]) -> np.ndarray:
     """Regions (n, 2) clipped to an input axis of ``size`` pixels, widened to the pixels copied
-    into the padding they read.
+    into the padding they read; a unit that reads only padding (zeros) gets an empty box, its
+    start past its end.
 
     Copies are followed from the last Pad to the first (a pixel a later Pad copies may lie in an
     earlier Pad's padding, copied in turn); each step keeps one box per unit, the union of what is
@@ -99,4 +100,4 @@ def clipped_regions(regions: np.ndarray, size: int, copies: tuple[BorderCopy, ..
         for reads, wholly, a, b in _images(c, low, high):
             low = np.where(reads, np.where(wholly, a, np.minimum(low, a)), low)
             high = np.where(reads, np.where(wholly, b, np.maximum(high, b)), high)
-    return np.clip(np.stack([low, high], axis=1), 0, size - 1)
+    return np.stack([np.maximum(low, 0), np.minimum(high, size - 1)], axis=1)

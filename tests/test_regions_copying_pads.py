@@ -69,3 +69,37 @@ def test_reads_of_unordered_regions_match_brute_force(units: list, kernel: int, 
             assert (got.lo_min[j], got.hi_max[j]) == (min(lo[window]), max(hi[window]))
             assert (got.inner_lo_min[j], got.inner_lo_max[j]) == (min(ilo[window]), max(ilo[window]))
             assert (got.inner_hi_min[j], got.inner_hi_max[j]) == (min(ihi[window]), max(ihi[window]))
+
+
+@pytest.mark.parametrize("layers", [[("conv", (3, 2, 1)), ("pad", ("constant", 1, 3))]] + CHAINS[:3],
+                         ids=lambda layers: "_".join(f"{k}{v}" for k, v in layers))
+def test_clipped_boxes_hold_what_each_unit_reads_and_padding_reads_nothing(layers: list) -> None:
+    """``EndPoint.boxes(clip_to)`` (and ``rfgraph boxes --clip``): every measured pixel lies in
+    the unit's box; a unit of zero padding, which no pixel moves, has an empty box (start past
+    end; was clipped to the input's last pixel, [7, 7] for a unit reading nothing)."""
+    case = sweeps.pad_chain(layers)
+    a = rfgraph.analyze(case.model)
+    name = f"t{len(layers) - 1}"
+    deps, base = dependencies(case.model, "x", name, [2, 3])
+    boxes = a[name].boxes(clip_to=(9, 9))
+    empty = 0
+    for u in itertools.product(range(base.shape[2]), range(base.shape[3])):
+        measured = measured_hulls(deps, 2, (0, slice(None), *u))
+        box = boxes[u]
+        for k, m in enumerate(measured):
+            if m is None:
+                empty += box[k] > box[k + 2]
+            else:
+                assert box[k] <= m[0] and m[1] <= box[k + 2], (name, u, box, measured)
+    assert empty > 0 if layers[-1][1][0] == "constant" else empty == 0
+
+
+def test_boxes_clip_prints_none_for_a_unit_of_padding(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    import onnx
+
+    from rfgraph.cli import main
+    case = sweeps.pad_chain([("conv", (3, 2, 1)), ("pad", ("constant", 1, 3))])
+    onnx.save(case.model, tmp_path / "m.onnx")
+    assert main(["boxes", str(tmp_path / "m.onnx"), "--output", "t1", "--index", "7,7", "--clip"]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    assert row.split()[:3] == ["7,7", "none", "(padding)"], row  # was "[11, 8]": an inverted box

@@ -7,9 +7,11 @@ import math
 from fractions import Fraction
 from typing import Any
 
+import numpy as np
 from tabulate import tabulate
 
 from .. import budgets
+from ..borders import clipped_regions
 from ..errors import RFGraphError
 from ..report import json_text, number, numeric
 from ._common import add_model_args, load_analysis
@@ -45,22 +47,24 @@ def run(args: argparse.Namespace) -> int:
     if ep.is_global:
         raise RFGraphError(f"'{ep.name}' has a global field (whole input); no box to report")
     if args.all:
-        import numpy as np
         units = [n or 1 for n in ep.units]
         budgets.BOX_UNITS.check(math.prod(units), f"--all on '{ep.name}' ({'x'.join(map(str, units))})",
                                 "pick units with --index")
         indices = [tuple(int(i) for i in idx) for idx in np.ndindex(*units)]
     sizes = [analysis.input_shape[a] for a in analysis.spatial_axes]
     rows: list[dict[str, list[Any]]] = []  # JSON rows: index, region, centre
+    copies = ep.copies or ((),) * len(sizes)
     for idx in indices:
         region = ep.region(idx)
-        if args.clip:
-            region = tuple((max(u0, 0), min(v0, n - 1)) for (u0, v0), n in zip(region, sizes))
+        if args.clip:  # as EndPoint.boxes(clip_to): copied border pixels added, padding alone empty
+            region = tuple((int(lo), int(hi)) for (lo, hi) in (clipped_regions(np.array([r]), n, c)[0]
+                                                                for r, n, c in zip(region, sizes, copies)))
         rows.append(_row(idx, region, ep.centre(idx), args.clip))
     if args.format == "json":
         print(json_text({"tensor": ep.name, "axis_names": list(analysis.axis_names), "units": rows}))
     else:
-        table = [[",".join(map(str, r["index"]))] + [f"[{a}, {b}]" for a, b in r["region"]]
+        table = [[",".join(map(str, r["index"]))]
+                 + [f"[{b[0]}, {b[1]}]" if b is not None else "none (padding)" for b in r["region"]]
                  + [", ".join(str(c) for c in r["centre_exact"])]
                  + ([", ".join(str(c) for c in r["field_centre_exact"])] if args.clip else [])
                  for r in rows]
@@ -74,9 +78,11 @@ def _row(index: tuple[int, ...], region: tuple[tuple[int, int], ...], centre: tu
          clipped: bool) -> dict[str, Any]:
     """One JSON unit: centres as numbers with their exact form beside them; with --clip the
     centre is the clipped box's and the field's own (eq. 11, maybe outside it) is kept apart."""
-    row: dict[str, Any] = {"index": list(index), "region": [list(r) for r in region]}
-    shown = tuple(Fraction(u0 + v0, 2) for u0, v0 in region) if clipped else centre
-    row.update(centre=[numeric(c) for c in shown], centre_exact=[number(c) for c in shown])
+    boxes = [list(r) if r[0] <= r[1] else None for r in region]  # None: it reads only padding
+    row: dict[str, Any] = {"index": list(index), "region": boxes}
+    shown = tuple(Fraction(u0 + v0, 2) if u0 <= v0 else None for u0, v0 in region) if clipped else centre
+    row.update(centre=[None if c is None else numeric(c) for c in shown],
+               centre_exact=["-" if c is None else number(c) for c in shown])
     if clipped:
         row.update(field_centre=[numeric(c) for c in centre],
                    field_centre_exact=[number(c) for c in centre])
