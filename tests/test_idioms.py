@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 from fractions import Fraction
 from pathlib import Path
 
@@ -468,6 +469,9 @@ def test_the_erf_says_when_its_trf_is_an_upper_bound(tmp_path: Path, capsys: pyt
     onnx.save(export(PatchesFoldedBack(), (1, 2, 8, 8)), tmp_path / "m.onnx")
     assert main(["erf", str(tmp_path / "m.onnx"), "--runs", "1", "--layout", "NCHW"]) == 0
     assert "TRF of 'y' is an upper bound from" in capsys.readouterr().err
+    assert main(["show", str(tmp_path / "m.onnx"), "--output", "y", "--no-erf", "--layout", "NCHW",
+                 "-o", str(tmp_path / "m.png"), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["upper_bound_from"] == "/Reshape_3"
 
 
 class TokenPool(torch.nn.Module):

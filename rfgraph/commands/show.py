@@ -118,6 +118,7 @@ def show_dict(analysis: Any, ep: Any, index: tuple[int, ...], args: argparse.Nam
     return {
         "tensor": ep.name, "index": list(index), "axis_names": list(analysis.axis_names),
         "region": [list(r) for r in ep.region(index)],
+        "upper_bound_from": ep.bound_at,
         "centre": [numeric(c) for c in ep.centre(index)],
         "centre_exact": [number(c) for c in ep.centre(index)],
         "r": [number(v) for v in ep.r], "S": [number(v) for v in ep.S], "P": [number(v) for v in ep.P],
@@ -137,4 +138,5 @@ def _summary(doc: dict[str, Any]) -> str:
     what = "TRF box" if erf is None else f"TRF box + ERF ({erf['runs']} runs, {erf['method']})"
     return (f"wrote {pic['path']} ({pic['width']}x{pic['height']} px, {pic['scale']} px per input "
             f"pixel): {what} of unit ({','.join(map(str, doc['index']))}) of '{doc['tensor']}', "
-            f"region {region}")
+            f"region {region}" + (f" (an upper bound from {doc['upper_bound_from']}: folded positions "
+                                  f"put back)" if doc["upper_bound_from"] else ""))
