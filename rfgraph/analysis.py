@@ -202,12 +202,22 @@ class EndPoint:
         """
         per_axis = [self.regions(a) for a in range(len(self.fields))]
         if clip_to is not None:
-            copies = self.copies or ((),) * len(per_axis)
-            per_axis = [clipped_regions(r, n, c) for r, n, c in zip(per_axis, clip_to, copies)]
+            per_axis = [clipped_regions(r, n, c) for r, n, c in zip(per_axis, clip_to, self._border_copies())]
         grids = np.meshgrid(*[np.arange(len(r)) for r in per_axis], indexing="ij")
         starts = [r[g, 0] for r, g in zip(per_axis, grids)]
         ends = [r[g, 1] for r, g in zip(per_axis, grids)]
         return np.stack(starts + ends, axis=-1)
+
+    def clipped_region(self, index: Sequence[int], clip_to: Sequence[int]) -> tuple[tuple[int, int], ...]:
+        """``region(index)`` clipped as ``boxes(clip_to)`` clips it: with the pixels reflect /
+        edge pads copy into the border it reads; empty (start past end) where it reads only
+        zero padding."""
+        return tuple((int(lo), int(hi)) for lo, hi in (clipped_regions(np.array([r]), n, c)[0] for r, n, c in
+                                                       zip(self.region(index), clip_to, self._border_copies())))
+
+    def _border_copies(self) -> tuple[tuple[BorderCopy, ...], ...]:
+        """Per axis, the copying Pads on the paths into the tensor (none recorded: none)."""
+        return self.copies or ((),) * len(self.fields)
 
 
 @dataclass
@@ -698,9 +708,7 @@ def _endpoint(mg: ModelGraph, name: str, node: str, op: str, state: TensorState,
               gate_rank: Mapping[str, int]) -> EndPoint:
     """Build an EndPoint, finding how many units the tensor has along each spatial axis."""
     axes = carried(state.layout)
-    units, folded, unit_axes = _unit_layout(state.layout, len(state.fields))
-    fine = {f[0]: (t, f[1]) for t in range(len(state.layout)) if (f := fine_axis(state.layout, t)) is not None
-            and units[f[0]] is not None}
+    units, folded, unit_axes, fine = _unit_layout(state.layout, len(state.fields))
     tensor_axes = tuple(axes.get(a, fine[a][0] if a in fine else None) for a in range(len(state.fields)))
     fields = tuple(compose(Span.layer(folded[a], 1, 0), f) if a in folded else
                    compose(coarsening(fine[a][1]), f) if a in fine else f
@@ -712,8 +720,10 @@ def _endpoint(mg: ModelGraph, name: str, node: str, op: str, state: TensorState,
 
 
 def _unit_layout(layout: Layout, n_axes: int) -> tuple[tuple[int | None, ...], dict[int, int],
-                                                       tuple[tuple[int, tuple[int, ...]], ...]]:
-    """Units per input spatial axis, the axes folded into features, and the unit axes.
+                                                       tuple[tuple[int, tuple[int, ...]], ...],
+                                                       dict[int, tuple[int, int]]]:
+    """Units per input spatial axis, the axes folded into features, the unit axes, and the fine
+    axes (spatial axis -> its tensor axis and K).
 
     An axis indexed by a tensor axis of its own, or jointly with other spatial axes only (a
     flattened grid: ViT tokens), has one unit per position, and that tensor axis is a unit axis;
@@ -725,6 +735,7 @@ def _unit_layout(layout: Layout, n_axes: int) -> tuple[tuple[int | None, ...], d
     units: list[int | None] = [None] * n_axes
     folded: dict[int, int] = {}
     unit_axes: list[tuple[int, tuple[int, ...]]] = []
+    fines: dict[int, tuple[int, int]] = {}
     split = _split_axes(layout)
     for t, parts in enumerate(layout):
         spatial = [(a, n) for a, n in parts if a >= 0]
@@ -734,6 +745,7 @@ def _unit_layout(layout: Layout, n_axes: int) -> tuple[tuple[int | None, ...], d
         if fine is not None and fine[0] not in split:  # K elements a position: each a unit
             units[fine[0]] = math.prod(n for _, n in parts)
             unit_axes.append((t, (fine[0],)))
+            fines[fine[0]] = (t, fine[1])
             continue
         if any(a < 0 and n != 1 for a, n in parts) or any(a in split for a, _ in spatial):
             # features on this axis too, or an axis split over several tensor axes (windows and
@@ -744,7 +756,7 @@ def _unit_layout(layout: Layout, n_axes: int) -> tuple[tuple[int | None, ...], d
         for a, n in units_here.items():
             units[a] = n
         unit_axes.append((t, tuple(units_here)))
-    return tuple(units), folded, tuple(sorted(unit_axes, key=lambda ta: ta[1]))  # input-axis order
+    return tuple(units), folded, tuple(sorted(unit_axes, key=lambda ta: ta[1])), fines  # input-axis order
 
 
 def _split_axes(layout: Layout) -> dict[int, int]:

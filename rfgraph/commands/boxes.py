@@ -11,7 +11,6 @@ import numpy as np
 from tabulate import tabulate
 
 from .. import budgets
-from ..borders import clipped_regions
 from ..errors import RFGraphError
 from ..report import json_text, number, numeric
 from ._common import add_model_args, load_analysis
@@ -53,12 +52,8 @@ def run(args: argparse.Namespace) -> int:
         indices = [tuple(int(i) for i in idx) for idx in np.ndindex(*units)]
     sizes = [analysis.input_shape[a] for a in analysis.spatial_axes]
     rows: list[dict[str, list[Any]]] = []  # JSON rows: index, region, centre
-    copies = ep.copies or ((),) * len(sizes)
     for idx in indices:
-        region = ep.region(idx)
-        if args.clip:  # as EndPoint.boxes(clip_to): copied border pixels added, padding alone empty
-            region = tuple((int(lo), int(hi)) for (lo, hi) in (clipped_regions(np.array([r]), n, c)[0]
-                                                                for r, n, c in zip(region, sizes, copies)))
+        region = ep.clipped_region(idx, sizes) if args.clip else ep.region(idx)
         rows.append(_row(idx, region, ep.centre(idx), args.clip))
     if args.format == "json":
         print(json_text({"tensor": ep.name, "axis_names": list(analysis.axis_names), "units": rows}))

@@ -609,8 +609,7 @@ def scatter_rule(ctx: NodeContext) -> Transfer:
     input) as a whole, an upper bound."""
     lay = ctx.layouts[0] if ctx.layouts[0] is not None else plain_layout(ctx.out_shapes[0] or ctx.in_shapes[0] or ())
     edges = [Edge(0)] if ctx.layouts[0] is not None else []
-    edges += [Edge(s, {a: MIXES for parts in ctx.data_layout(s) for a in spatial_of(parts)})
-              for s in ctx.data_slots() if s > 0]
+    edges += [Edge(s, mixed_maps(ctx.data_layout(s), range(ctx.rank(s)))) for s in ctx.data_slots() if s > 0]
     mixed = any(sp is MIXES for e in edges for sp in e.maps.values())
     why = (f"{ctx.op} writes its updates where its indices say: reported as reading all of them, an "
            f"upper bound") if mixed else ""

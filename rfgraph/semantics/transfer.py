@@ -265,7 +265,7 @@ def _refining(lay: Layout, off: int, final: Layout, axis: int, t: int) -> Span |
     (it holds only the leading ones: a relative-position term added to attention logits).
     None when neither describes it."""
     fine = fine_axis(lay, t)
-    if fine is not None and fine[0] == axis and final[t + off] == ((axis, lay[t][0][1] * fine[1]),):
+    if fine is not None and fine[0] == axis and final[t + off] == (refined_part(lay, t),):
         return coarsening(fine[1])
     mine = [(u + off, n) for u, _, n in axis_parts(lay, axis)]
     theirs = [(u, n) for u, _, n in axis_parts(final, axis)]
@@ -283,8 +283,8 @@ def _finest(ctx: NodeContext, slots: Sequence[int], rank: int, final: list[AxisL
         lay = ctx.data_layout(s)
         off = rank - len(lay)
         for t, parts in enumerate(lay):
-            fine = fine_axis(tuple(final), t + off)
-            if fine is not None and len(parts) == 1 and parts[0] == (fine[0], math.prod(n for _, n in final[t + off])):
+            refined = refined_part(tuple(final), t + off)
+            if refined is not None and parts == (refined,):
                 final[t + off] = parts
     return tuple(final)
 
@@ -341,6 +341,13 @@ def fine_axis(layout: Layout, t: int) -> tuple[int, int] | None:
     if any(a == axis for later in layout[t + 1:] for a, _ in later):
         return None
     return axis, math.prod(n for _, n in parts[1:])
+
+
+def refined_part(layout: Layout, t: int) -> Part | None:
+    """The one part of positions that fine axis ``t`` (``fine_axis``) stands for, one unit per
+    element: ``(spatial axis, elements)``; None where ``t`` is no fine axis."""
+    fine = fine_axis(layout, t)
+    return None if fine is None else (fine[0], math.prod(n for _, n in layout[t]))
 
 
 def folded_back(layout: Layout, t: int) -> bool:
