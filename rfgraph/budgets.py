@@ -52,3 +52,5 @@ SCAN_SIZE = Budget("RFGRAPH_MAX_SCAN_SIZE", 1 << 16, "input positions per axis")
 SCAN_SECONDS = Budget("RFGRAPH_MAX_SCAN_SECONDS", 120, "seconds")
 WEIGHT_BYTES = Budget("RFGRAPH_MAX_WEIGHT_BYTES", 8 << 30, "bytes")  # side-file bytes read for one model
 RESIZE_PERIOD = Budget("RFGRAPH_MAX_RESIZE_PERIOD", 1 << 16, "output units in one period of the scale")
+
+BIG_WEIGHT = 4096  # float initializers with more elements are never shape data (not a limit one raises)

@@ -6,7 +6,7 @@ A rule says what an op does to spatial positions, in one of five *kinds*:
   ``dilation`` per spatial axis (tensor axes 2..), exactly like Conv (eqs. 5-6 of Araujo et al.);
 * ``conv`` / ``pool``: read those numbers from ONNX Conv/Pool attributes (``kernel_shape``,
   ``strides``, ``pads``, ``dilations``, ``auto_pad``; ``conv`` takes the kernel from the weight at
-  input 1 when ``kernel_shape`` is absent): for fused ops such as ``com.microsoft::FusedConv``;
+  input 1 when ``kernel_shape`` is absent): for fused ops such as a ``com.example::ConvRelu``;
 * ``pointwise``: output unit u reads input unit u (several data inputs broadcast like Add);
 * ``global``: every output unit reads every input position (attention, global pooling).
 
@@ -174,7 +174,7 @@ def register_op(op: str, kernel: Param | None = None, stride: Param = 1, pad: Pa
 
     ``register_op("MyPool", kernel=3, stride=2, pad=1, domain="com.example")``,
     ``register_op("MyAct", kind="pointwise")``, ``register_op("MyAttn", kind="global")``,
-    ``register_op("FusedConv", kind="conv", domain="com.microsoft")`` or
+    ``register_op("ConvRelu", kind="conv", domain="com.example")`` or
     ``register_op("MyOp", rule=lambda attrs: {"kernel": attrs["k"], "stride": attrs["s"]})``.
     """
     spec = make_spec(op, kernel, stride, pad, dilation, kind, domain, rule, "register_op")

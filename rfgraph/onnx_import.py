@@ -25,7 +25,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from . import runtime
-from .budgets import WEIGHT_BYTES
+from .budgets import BIG_WEIGHT, WEIGHT_BYTES
 from .errors import (
     DynamicShapeError,
     GraphStructureError,
@@ -34,6 +34,7 @@ from .errors import (
     ModelLoadError,
     RFGraphError,
 )
+from .semantics.contrib import expand_contrib_ops
 
 ModelSource = str | os.PathLike | bytes | onnx.ModelProto
 Shape = tuple  # of int | None (None: unknown dim)
@@ -210,7 +211,13 @@ def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
 
 
 def read_model(source: ModelSource) -> onnx.ModelProto:
-    """Parse a model from a path, bytes or ModelProto; refuse unsafe external data."""
+    """Parse a model from a path, bytes or ModelProto; refuse unsafe external data; write
+    onnxruntime's contrib ops as the standard ops they compute (``semantics.contrib``)."""
+    return expand_contrib_ops(_read_model(source))
+
+
+def _read_model(source: ModelSource) -> onnx.ModelProto:
+    """The model as stored (``read_model`` without the contrib ops' expansion)."""
     if isinstance(source, onnx.ModelProto):
         return _without_external_locations(source)
     if isinstance(source, (bytes, bytearray)):
@@ -861,7 +868,6 @@ def _has_units(shape: tuple[int | None, ...] | None, least: int = 1) -> bool:
 
 
 MAX_SEARCH_SIZE = 1 << 16  # the largest spatial size the search for the smallest valid size tries
-BIG_WEIGHT = 4096  # float initializers with more elements are never shape data
 
 
 def smallest_input_size(model: onnx.ModelProto, name: str, shape: Sequence[int], axes: Sequence[int],

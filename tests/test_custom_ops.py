@@ -3,7 +3,7 @@
 Cases: a com.example op analysed through a rules file (r, S, P equal to the closed forms of
 Araujo et al. eqs. 2, 9, 10) and refused with a clear message without it (library and CLI);
 register_op with numbers, attributes and a callable; pointwise and global kinds; kind 'conv' on a
-com.microsoft FusedConv equals the same graph with a standard Conv; domain matching; assumed
+a fused com.example ConvRelu equals the same graph with a standard Conv; domain matching; assumed
 pointwise only when the output keeps the spatial shape, and reported per node; bad rules files.
 """
 
@@ -124,7 +124,7 @@ def test_pointwise_and_global_kinds(kind: str) -> None:
 
 
 def test_conv_kind_matches_the_standard_conv() -> None:
-    """com.microsoft::FusedConv declared as kind 'conv' == the same graph with a plain Conv."""
+    """com.example::ConvRelu declared as kind 'conv' == the same graph with a plain Conv."""
     attrs = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [0, 1, 0, 1], "dilations": [2, 1]}
 
     def model(op: str, domain: str) -> onnx.ModelProto:
@@ -137,9 +137,9 @@ def test_conv_kind_matches_the_standard_conv() -> None:
         return helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w]), opset_imports=ops)
 
     ref = rfgraph.analyze(model("Conv", ""))
-    rules = custom_ops.RuleSet([custom_ops.make_spec("FusedConv", None, 1, 0, 1, "conv",
-                                                     "com.microsoft", None, "test")])
-    got = rfgraph.analyze(model("FusedConv", "com.microsoft"), rules=rules)
+    rules = custom_ops.RuleSet([custom_ops.make_spec("ConvRelu", None, 1, 0, 1, "conv",
+                                                     "com.example", None, "test")])
+    got = rfgraph.analyze(model("ConvRelu", "com.example"), rules=rules)
     assert not got.stops
     for t in ("p", "y"):
         assert (got[t].r, got[t].S, got[t].P, got[t].shape) == (ref[t].r, ref[t].S, ref[t].P,

@@ -13,7 +13,9 @@ Each op family is one module holding, side by side, the receptive-field (TRF) ru
 * ``normalisation``: Batch/Layer/Instance/Group normalisation, MVN, LpNormalization, LRN, Softmax family;
 * ``linear``: MatMul, Gemm, MatMulInteger, QLinearMatMul, Einsum;
 * ``recurrences``: RNN, GRU, LSTM (TRF only; their gradient is the unrolling in ``rfgraph/unroll.py``);
-* ``control_flow``: If, Loop, Scan (refused: subgraphs are out of scope).
+* ``control_flow``: If, Loop, Scan (refused: subgraphs are out of scope);
+* ``contrib``: onnxruntime's own ops (FusedConv, SkipLayerNormalization, QLinearAdd...), no rules:
+  each is rewritten as the standard ops it computes when a model is read (``expand_contrib_ops``).
 
 The vocabularies they speak: ``transfer`` (Edge, Transfer, NodeContext, layouts, the generic rule shapes),
 ``gradient`` (Builder, NodeView, the shared gradient helpers) and ``geometry`` (window geometry decoded once
@@ -28,6 +30,7 @@ from collections.abc import Mapping
 from types import ModuleType
 
 from . import (
+    contrib,
     control_flow,
     convolution,
     elementwise,
@@ -44,7 +47,7 @@ from .gradient import Rule as VJPRule
 from .transfer import Rule, broadcast, pointwise
 
 FAMILIES: tuple[ModuleType, ...] = (elementwise, convolution, pooling, resampling, layout, reductions,
-                                    normalisation, linear, recurrences, control_flow)
+                                    normalisation, linear, recurrences, control_flow, contrib)
 
 
 def _owners(families: tuple[ModuleType, ...]) -> dict[str, str]:

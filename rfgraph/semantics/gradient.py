@@ -19,8 +19,8 @@ import numpy.typing as npt
 import onnx
 from onnx import helper, numpy_helper
 
+from ..budgets import BIG_WEIGHT
 from ..errors import InvalidAttributeError, RFGraphError, UnsupportedOpError
-from ..onnx_import import BIG_WEIGHT
 from . import geometry
 
 # Ops whose outputs never carry a gradient (integer or boolean results, shapes, indices): listed,

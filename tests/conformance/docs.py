@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rfgraph.semantics import NON_DIFFERENTIABLE, OWNER, TRF_RULES, VJP_RULES
+from rfgraph.semantics.contrib import EXPANSIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "conformance.json"
@@ -44,6 +45,10 @@ def render(per_op: dict[str, dict[str, dict[str, int]]]) -> str:
         lines.append(f"| {op} | {OWNER.get(op, '-')} | {_rule_name(TRF_RULES.get(op))} | {grad} | {n} | "
                      f"{_counts(res['trf'])} | "
                      f"{_counts(res['vjp'])} |")
+    lines += ["", "## onnxruntime's contrib ops", "",
+              "Read as the standard ops each computes (`rfgraph/semantics/contrib.py`; tests: "
+              "`tests/test_contrib_ops.py`, against onnxruntime's own kernels), so the rules above apply:", "",
+              ", ".join(f"`{op}`" for op in sorted(EXPANSIONS)) + "."]
     return "\n".join(lines) + "\n"
 
 
