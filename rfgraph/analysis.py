@@ -40,6 +40,7 @@ from .onnx_import import (
 from .options import ModelOptions, model_options
 from .rules import RuleTable
 from .semantics import CHANNELS_FIRST_OPS, geometry
+from .semantics.contrib import expanded_from, writes_inner_tensor
 from .semantics.transfer import Edge, Layout, OutTransfer, Transfer, carried, coarsening, fine_axis
 from .trf import Gate, Merge, PassResult, Stop, TensorState, forward_pass, output_transfers, reverse_pass
 
@@ -381,11 +382,12 @@ class Analysis:
             ep = self.endpoints.get(tensor)
             if ep is None or ep.is_global:
                 break
-            if all(t is not None for t in ep.tensor_axes) and all(ep.units):
-                return tensor
-            if some is None and any(ep.units):
-                some = tensor
             producer = self.graph.producer.get(tensor)
+            inner = producer is not None and writes_inner_tensor(self.graph.nodes[producer])
+            if not inner and all(t is not None for t in ep.tensor_axes) and all(ep.units):
+                return tensor
+            if some is None and not inner and any(ep.units):
+                some = tensor
             if producer is None:
                 break
             tensor = next((t for t in self.graph.nodes[producer].input if t in self.endpoints), "")
@@ -669,7 +671,7 @@ def _endpoints(mg: ModelGraph, result: PassResult, input_name: str) -> dict[str,
         for k, out in enumerate(node.output):
             state = result.states.get(out)
             if state is not None:
-                eps[out] = _endpoint(mg, out, mg.names[idx], node.op_type, state, rank)
+                eps[out] = _endpoint(mg, out, mg.names[idx], expanded_from(node) or node.op_type, state, rank)
                 copies[out] = _copies_into(mg, result, idx, k, eps, copies)
                 if any(copies[out]):
                     eps[out] = dataclasses.replace(eps[out], copies=tuple(

@@ -419,3 +419,8 @@ def test_files_onnxruntime_writes_report_the_fields_of_the_model_they_came_from(
         for name in compared:
             want, got = base[name].fields, other[name + suffix].fields
             assert [(f.spans, f.is_global) for f in got] == [(f.spans, f.is_global) for f in want], (path.name, name)
+        # the default end points are the file's own tensors, labelled with the file's ops
+        ends = other.default_endpoints()
+        assert ends and set(ends) <= tensors, ends
+        file_ops = {o: n.op_type for n in onnx.load(str(path)).graph.node for o in n.output}
+        assert [other[t].op for t in ends] == [file_ops[t] for t in ends]

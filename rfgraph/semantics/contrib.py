@@ -25,6 +25,7 @@ from .transfer import Rule
 
 MS = "com.microsoft"
 EXPANDED = "rfgraph: expanded "  # doc_string mark of the nodes that replace a contrib op
+INNER = " (inner)"  # ... and of those among them that write a tensor of their own (not the op's output)
 
 
 # ---------------------------------------------------------------- what an expansion writes with
@@ -85,7 +86,8 @@ class Expansion:
         for k, n in enumerate(self.nodes):
             part = n.op_type if ops.count(n.op_type) == 1 else f"{n.op_type}{ops[:k].count(n.op_type) + 1}"
             n.name = name if k == len(self.nodes) - 1 else f"{name}/{part}"
-            n.doc_string = f"{EXPANDED}{MS}::{self.node.op_type}"
+            inner = not set(n.output) & set(self.node.output)
+            n.doc_string = f"{EXPANDED}{MS}::{self.node.op_type}{INNER if inner else ''}"
         return self.nodes
 
 
@@ -439,6 +441,19 @@ DOMAINS = {MS: set(EXPANSIONS), "": {"SimplifiedLayerNormalization"}, "ai.onnx":
 def expandable(node: onnx.NodeProto) -> bool:
     """Whether ``node`` is a contrib op this module writes as standard ops."""
     return node.op_type in DOMAINS.get(node.domain, set())
+
+
+def writes_inner_tensor(node: onnx.NodeProto) -> bool:
+    """Whether ``node`` is one of an expansion's own steps, writing none of the contrib op's
+    outputs (its tensors are rfgraph's, not the model's: never a default end point)."""
+    return node.doc_string.startswith(EXPANDED) and node.doc_string.endswith(INNER)
+
+
+def expanded_from(node: onnx.NodeProto) -> str | None:
+    """The contrib op whose output ``node`` writes (its last step), for reports; None otherwise."""
+    if not node.doc_string.startswith(EXPANDED) or node.doc_string.endswith(INNER):
+        return None
+    return node.doc_string.rsplit("::", 1)[-1]
 
 
 def expand_contrib_ops(model: onnx.ModelProto) -> onnx.ModelProto:
