@@ -48,11 +48,14 @@ from .semantics.gradient import (
     Builder,
     IllTypedGradient,
     NodeView,
+    QuantizedGradient,
     _window,
 )
 
 SEED_NAME = "rfgraph_seed"
 FD_HINT = "use the finite-difference engine instead (--method fd; method='fd' in Python), which runs any op"
+QUANTIZED_HINT = ("compute the ERF of the float model it was quantized from (its fields are the same: "
+                  "rfgraph analyze reads both)")
 GRAD_NAME = "rfgraph_grad"
 
 
@@ -685,8 +688,10 @@ def _pool_of_cells(b: Builder, node: onnx.NodeProto, data: str) -> bool:
 
 
 def _with_way_out(exc: UnsupportedOpError) -> UnsupportedOpError:
-    """The same refusal, naming the finite-difference engine as the way out."""
-    return UnsupportedOpError(exc.node, exc.op, f"{exc.why}; {FD_HINT}")
+    """The same refusal, naming the way out: the finite-difference engine, or for rounding (where
+    differences are 0 or a jump as well) the float model the quantized one was made from."""
+    hint = QUANTIZED_HINT if isinstance(exc, QuantizedGradient) else FD_HINT
+    return UnsupportedOpError(exc.node, exc.op, f"{exc.why}; {hint}")
 
 
 def _copy(node: onnx.NodeProto) -> onnx.NodeProto:

@@ -435,11 +435,15 @@ def _lp_derivative(b: Builder, x: str, y: str, p: float) -> str:
     return b.op("Mul", per_x, per_y)
 
 
+class QuantizedGradient(UnsupportedOpError):
+    """A gradient through rounding: 0 almost everywhere (finite differences do no better)."""
+
+
 def _quantized(b: Builder, n: NodeView, gys: list) -> Grads:
     """Quantizers and what reads their integers (DequantizeLinear is affine, but its input, when
     it depends on the model input, comes from a quantizer): the output is a step function of the
     input (rounding), whose gradient is 0 almost everywhere, so refused (a zero ERF would mislead)."""
-    raise UnsupportedOpError(n.name, n.node.op_type, "quantized: the output is a step function of the "
+    raise QuantizedGradient(n.name, n.node.op_type, "quantized: the output is a step function of the "
                              "input (rounding), so its gradient is 0 almost everywhere and a gradient ERF "
                              "would be empty")
 
