@@ -181,6 +181,22 @@ def dynamic_quantize_lstm(per_column: bool) -> tuple:
     return model([node], feeds, consts, ["y", "y_h"]), feeds
 
 
+def attention(sizes: list[int] | None, with_bias: bool) -> tuple:
+    feeds = {"x": f32(2, 5, 12)}
+    width = sum(sizes) if sizes else 36
+    consts = {"w": f32(12, width), "b": f32(width), **({"rel": f32(1, 3, 5, 5)} if with_bias else {})}
+    attrs = {"num_heads": 3, **({"qkv_hidden_sizes": sizes} if sizes else {})}
+    names = ["x", "w", "b", "", "", *(["rel"] if with_bias else [])]
+    return model([ms_node("Attention", names, ["y"], **attrs)], feeds, consts, ["y"]), feeds
+
+
+def multi_head_attention(scale: float | None) -> tuple:
+    feeds = {"q": f32(2, 5, 12), "k": f32(2, 7, 12), "v": f32(2, 7, 8)}
+    attrs = {"num_heads": 4, **({"scale": scale} if scale else {})}
+    node = ms_node("MultiHeadAttention", ["q", "k", "v", "b"], ["y"], **attrs)
+    return model([node], feeds, {"b": f32(32)}, ["y"]), feeds
+
+
 FLOAT_CASES = {
     "FusedConv-relu-z": fused_conv("Relu", [], True),
     "FusedConv-leaky": fused_conv("LeakyRelu", [0.1], False),
@@ -207,6 +223,10 @@ FLOAT_CASES = {
     "DynamicQuantizeMatMul": dynamic_quantize_mat_mul(),
     "MatMulIntegerToFloat": mat_mul_integer_to_float(),
     "QGemm-float-out": qgemm(0, False),
+    "Attention": attention(None, False),
+    "Attention-sizes-bias": attention([12, 12, 6], True),
+    "MultiHeadAttention": multi_head_attention(None),
+    "MultiHeadAttention-scale": multi_head_attention(0.3),
     "DynamicQuantizeLSTM": dynamic_quantize_lstm(False),
     "DynamicQuantizeLSTM-per-column": dynamic_quantize_lstm(True),
 }
@@ -424,3 +444,24 @@ def test_files_onnxruntime_writes_report_the_fields_of_the_model_they_came_from(
         assert ends and set(ends) <= tensors, ends
         file_ops = {o: n.op_type for n in onnx.load(str(path)).graph.node for o in n.output}
         assert [other[t].op for t in ends] == [file_ops[t] for t in ends]
+
+
+def test_window_attention_by_onnxruntimes_attention_op_is_local() -> None:
+    """Windows of 4x4 positions moved into the batch, com.microsoft.Attention over each window's 16
+    tokens, the windows put back: every position sees its window (impulses on the contrib model)."""
+    nodes = [helper.make_node("Conv", ["x", "pw"], ["c"], kernel_shape=[1, 1]),
+             helper.make_node("Reshape", ["c", "split"], ["s"]),
+             helper.make_node("Transpose", ["s"], ["t"], perm=[0, 2, 4, 3, 5, 1]),
+             helper.make_node("Reshape", ["t", "windows"], ["tokens"]),
+             ms_node("Attention", ["tokens", "w", "b"], ["a"], num_heads=3),
+             helper.make_node("Reshape", ["a", "parts"], ["p"]),
+             helper.make_node("Transpose", ["p"], ["q"], perm=[0, 5, 1, 3, 2, 4]),
+             helper.make_node("Reshape", ["q", "image"], ["y"])]
+    consts = {"pw": f32(12, 2, 1, 1), "split": np.array([1, 12, 2, 4, 2, 4]), "windows": np.array([4, 16, 12]),
+              "w": f32(12, 36), "b": f32(36), "parts": np.array([1, 2, 2, 4, 4, 12]),
+              "image": np.array([1, 12, 8, 8])}
+    proto = model(nodes, {"x": f32(1, 2, 8, 8)}, consts, ["y"])
+    analysis = rfgraph.analyze(proto)
+    assert not analysis.stops and not analysis.global_at
+    assert check_tensor(analysis, proto, "y") == 64
+    assert [f.size() for f in analysis["y"].fields] == [4, 4]

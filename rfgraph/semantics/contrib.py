@@ -39,7 +39,7 @@ class Expansion:
     node: onnx.NodeProto
     opset: int
     consts: dict[str, np.ndarray]
-    ranks: dict[str, int]
+    shapes: dict[str, tuple[int | None, ...]]
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     inits: list[onnx.TensorProto] = field(default_factory=list)
     made: int = 0
@@ -74,6 +74,15 @@ class Expansion:
         name = self.tmp("const")
         self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
         return name
+
+    def rank(self, tensor: str) -> int | None:
+        """The tensor's rank where known (shape inference skips contrib ops)."""
+        shape = self.shapes.get(tensor)
+        return None if shape is None else len(shape)
+
+    def last_dim(self, tensor: str) -> int | None:
+        shape = self.shapes.get(tensor)
+        return shape[-1] if shape else None
 
     def constant(self, i: int) -> np.ndarray | None:
         """The value of input ``i`` when it is a constant (an initializer or a Constant node)."""
@@ -141,7 +150,7 @@ def _fused_gemm(e: Expansion) -> None:
 
 def _swap_last(e: Expansion, x: str) -> str:
     """``x`` with its last two axes swapped (its rank must be known)."""
-    rank = e.ranks.get(x)
+    rank = e.rank(x)
     if rank is None or rank < 2:
         raise NotCovered("a transposed operand of unknown rank")
     perm = [*range(rank - 2), rank - 1, rank - 2]
@@ -263,7 +272,7 @@ def _skip_simplified_layer_norm(e: Expansion) -> None:
 def _simplified_layer_norm(e: Expansion) -> None:
     """SimplifiedLayerNormalization(X, scale): RMS norm over the last axis (axis -1 only)."""
     axis = int(e.attr("axis", -1))
-    if axis != -1 and e.ranks.get(e.input(0)) != axis + 1:
+    if axis != -1 and e.rank(e.input(0)) != axis + 1:
         raise NotCovered(f"axis {axis}")
     _rms_norm(e, e.input(0), e.input(1), float(e.attr("epsilon", 1e-5)))
 
@@ -302,7 +311,7 @@ def _channels_first(e: Expansion, x: str) -> tuple[str, list[int] | None]:
     """``x`` moved to channels-first where the node says ``channels_last`` (and the inverse perm)."""
     if not e.attr("channels_last", 0):
         return x, None
-    rank = e.ranks.get(e.input(0))
+    rank = e.rank(e.input(0))
     if rank is None:
         raise NotCovered("channels_last with an input of unknown rank")
     perm = [0, rank - 1, *range(1, rank - 1)]
@@ -419,6 +428,71 @@ def _dynamic_quantize_lstm(e: Expansion) -> None:
     e.nodes.append(helper.make_node("LSTM", [x, *weights, *rest], outs, **attrs))
 
 
+# ---------------------------------------------------------------- attention
+
+
+def _heads(e: Expansion, x: str, heads: int) -> str:
+    """[B, S, heads * d] -> [B, heads, S, d]."""
+    split = e.op("Reshape", [x, e.const([0, 0, heads, -1], np.int64)])
+    return e.op("Transpose", [split], perm=[0, 2, 1, 3])
+
+
+def _attend(e: Expansion, q: str, k: str, v: str, heads: int, head_size: int, bias_slot: int) -> None:
+    """softmax(q k^T * scale + attention_bias) v over heads, back to [B, S, heads * dv]."""
+    scale = float(e.attr("scale", 0.0)) or 1.0 / math.sqrt(head_size)
+    kt = e.op("Transpose", [_heads(e, k, heads)], perm=[0, 1, 3, 2])
+    scores = e.op("Mul", [e.op("MatMul", [_heads(e, q, heads), kt]), e.const(scale)])
+    if e.input(bias_slot):
+        scores = e.op("Add", [scores, e.input(bias_slot)])
+    out = e.op("MatMul", [e.op("Softmax", [scores], axis=-1), _heads(e, v, heads)])
+    joined = e.op("Transpose", [out], perm=[0, 2, 1, 3])
+    e.op("Reshape", [joined, e.const([0, 0, -1], np.int64)], e.output(0))
+
+
+def _plain_attention(e: Expansion, unsupported: Sequence[int], outputs: Sequence[int]) -> int:
+    """The head count, after refusing masks, caches, rotary embeddings and causal attention (what
+    these expansions do not write out)."""
+    if any(e.input(i) for i in unsupported) or any(e.output(i) for i in outputs):
+        raise NotCovered("a mask, a cache or extra outputs")
+    if e.attr("unidirectional", 0) or e.attr("do_rotary", 0):
+        raise NotCovered("causal or rotary attention")
+    return int(e.attr("num_heads"))
+
+
+def _attention(e: Expansion) -> None:
+    """Attention(input, weights, bias, ..., attention_bias): the fused q, k, v projection of the
+    input (sizes ``qkv_hidden_sizes``, else three equal parts), then multi-head attention."""
+    heads = _plain_attention(e, (3, 4, 6), (1,))
+    w = e.constant(1)
+    if w is None:
+        raise NotCovered("projection weights computed at run time")
+    sizes = list(e.attr("qkv_hidden_sizes", None) or [w.shape[1] // 3] * 3)
+    qkv = e.op("MatMul", [e.input(0), e.input(1)])
+    if e.input(2):
+        qkv = e.op("Add", [qkv, e.input(2)])
+    q, k, v = e.tmp("q"), e.tmp("k"), e.tmp("v")
+    e.nodes.append(helper.make_node("Split", [qkv, e.const(sizes, np.int64)], [q, k, v], axis=-1))
+    _attend(e, q, k, v, heads, sizes[0] // heads, 5)
+
+
+def _multi_head_attention(e: Expansion) -> None:
+    """MultiHeadAttention(query, key, value, bias, ..., attention_bias): separate [B, S, D] query,
+    key and value (the packed forms are not written out), each plus its part of ``bias``."""
+    heads = _plain_attention(e, (4, 6, 7, 8, 9), (1, 2, 3))
+    width = e.last_dim(e.input(0))
+    if not (e.input(1) and e.input(2)) or any(e.rank(e.input(i)) != 3 for i in range(3)) or width is None:
+        raise NotCovered("packed query, key and value, or a query of unknown width")
+    q, k, v = e.input(0), e.input(1), e.input(2)
+    if e.input(3):
+        b = e.constant(3)
+        if b is None:
+            raise NotCovered("a bias computed at run time")
+        q = e.op("Add", [q, e.const(b[:width])])
+        k = e.op("Add", [k, e.const(b[width:2 * width])])
+        v = e.op("Add", [v, e.const(b[2 * width:])])
+    _attend(e, q, k, v, heads, width // heads, 5)
+
+
 EXPANSIONS: dict[str, Callable[[Expansion], None]] = {
     "FusedConv": _fused_conv, "FusedGemm": _fused_gemm, "FusedMatMul": _fused_mat_mul,
     "Gelu": _gelu, "BiasGelu": _bias_gelu, "FastGelu": _fast_gelu, "QuickGelu": _quick_gelu, "BiasAdd": _bias_add,
@@ -430,6 +504,7 @@ EXPANSIONS: dict[str, Callable[[Expansion], None]] = {
     "QLinearConcat": _qlinear_concat, "QLinearSoftmax": _qlinear_softmax, "QGemm": _qgemm,
     "DynamicQuantizeMatMul": _dynamic_quantize_mat_mul, "MatMulIntegerToFloat": _mat_mul_integer_to_float,
     "DynamicQuantizeLSTM": _dynamic_quantize_lstm,
+    "Attention": _attention, "MultiHeadAttention": _multi_head_attention,
 }
 # onnxruntime registers SimplifiedLayerNormalization in ONNX's own domain (ONNX does not define it).
 DOMAINS = {MS: set(EXPANSIONS), "": {"SimplifiedLayerNormalization"}, "ai.onnx": {"SimplifiedLayerNormalization"}}
@@ -465,13 +540,13 @@ def expand_contrib_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     out.CopyFrom(model)
     opset = next((i.version for i in out.opset_import if i.domain in ("", "ai.onnx")), 1)
     consts = _constants(out.graph)
-    ranks = _ranks(out)
+    shapes = _shapes(out)
     nodes: list[onnx.NodeProto] = []
     for node in out.graph.node:
         if not expandable(node):
             nodes.append(node)
             continue
-        e = Expansion(node, opset, consts, ranks)
+        e = Expansion(node, opset, consts, shapes)
         try:
             EXPANSIONS[node.op_type](e)
         except NotCovered:
@@ -493,18 +568,19 @@ def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return values
 
 
-def _ranks(model: onnx.ModelProto) -> dict[str, int]:
-    """Each tensor's rank where ONNX's shape inference (which skips contrib ops) or the file tells."""
+def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    """Each tensor's shape where ONNX's shape inference (which skips contrib ops) or the file tells."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - inference is a help here: the ranks the file declares remain
+    except Exception:  # noqa: BLE001 - inference is a help here: the shapes the file declares remain
         inferred = model
     g = inferred.graph
-    ranks = {i.name: len(i.dims) for i in g.initializer}
+    shapes: dict[str, tuple[int | None, ...]] = {i.name: tuple(i.dims) for i in g.initializer}
     for vi in [*g.input, *g.value_info, *g.output]:
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-            ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
-    return ranks
+            dims = vi.type.tensor_type.shape.dim
+            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+    return shapes
 
 
 # ---------------------------------------------------------------- the family's tables (none: each op is expanded)
