@@ -86,6 +86,10 @@ class EndPoint:
     # the node from which r, S, P and the regions are an upper bound (positions folded into
     # features, then put back: each element is given its whole fold's field); None: exact
     bound_at: str | None = None
+    # per axis, the clipped [lo, hi] of every unit at an input size (the pixels it reads, from the
+    # Analysis's exact regions), or None where that size is not the analysed one: set by Analysis
+    exact_clip: Callable[[Sequence[int]], list[np.ndarray] | None] | None = field(
+        default=None, repr=False, compare=False)
 
     @property
     def aligned(self) -> bool:
@@ -203,18 +207,31 @@ class EndPoint:
         """
         per_axis = [self.regions(a) for a in range(len(self.fields))]
         if clip_to is not None:
-            per_axis = [clipped_regions(r, n, c) for r, n, c in zip(per_axis, clip_to, self._border_copies())]
+            per_axis = self._clipped(per_axis, clip_to)
         grids = np.meshgrid(*[np.arange(len(r)) for r in per_axis], indexing="ij")
         starts = [r[g, 0] for r, g in zip(per_axis, grids)]
         ends = [r[g, 1] for r, g in zip(per_axis, grids)]
         return np.stack(starts + ends, axis=-1)
 
     def clipped_region(self, index: Sequence[int], clip_to: Sequence[int]) -> tuple[tuple[int, int], ...]:
-        """``region(index)`` clipped as ``boxes(clip_to)`` clips it: with the pixels reflect /
-        edge pads copy into the border it reads; empty (start past end) where it reads only
-        zero padding."""
+        """``region(index)`` clipped as ``boxes(clip_to)`` clips it: the input pixels the unit
+        reads (first to last); empty (start past end) where it reads only zero padding."""
+        exact = self.exact_clip(clip_to) if self.exact_clip is not None else None
+        if exact is not None:
+            at = [i if n is not None else 0 for i, n in zip(index, self.units)]
+            return tuple((int(r[i, 0]), int(r[i, 1])) for r, i in zip(exact, at))
         return tuple((int(lo), int(hi)) for lo, hi in (clipped_regions(np.array([r]), n, c)[0] for r, n, c in
                                                        zip(self.region(index), clip_to, self._border_copies())))
+
+    def _clipped(self, per_axis: list[np.ndarray], clip_to: Sequence[int]) -> list[np.ndarray]:
+        """Each axis's regions clipped to the input: the pixels each unit reads, exactly where the
+        analysis has them at this size (a crop before a zero-padded conv, a dilated kernel or a
+        VALID conv's dropped tail leave pixels inside the arithmetic clip unread), else the
+        regions cut to the input, widened by what reflect / edge pads copy into the border."""
+        exact = self.exact_clip(clip_to) if self.exact_clip is not None else None
+        if exact is not None and all(len(e) == len(r) for e, r in zip(exact, per_axis)):
+            return exact
+        return [clipped_regions(r, n, c) for r, n, c in zip(per_axis, clip_to, self._border_copies())]
 
     def _border_copies(self) -> tuple[tuple[BorderCopy, ...], ...]:
         """Per axis, the copying Pads on the paths into the tensor (none recorded: none)."""
@@ -242,6 +259,24 @@ class Analysis:
     options: ModelOptions = field(default_factory=ModelOptions, repr=False)  # how the model was read
     unknown_size: UnknownSize | None = None  # analysed without a size: how (periods, sizes used)
     shape_notes: list[str] = field(default_factory=list)  # declared shapes dropped: inference contradicts them
+
+    def __post_init__(self) -> None:
+        for name, ep in self.endpoints.items():  # boxes clipped to the input read the exact regions
+            object.__setattr__(ep, "exact_clip", functools.partial(self._exact_clip, name))
+
+    def _exact_clip(self, name: str, clip_to: Sequence[int]) -> list[np.ndarray] | None:
+        """Per axis, (n, 2) [lo, hi] of every unit of ``name`` from the exact regions, when
+        ``clip_to`` is the analysed input size and they exist; else None."""
+        if tuple(clip_to) != tuple(self.input_shape[a] for a in self.spatial_axes):
+            return None
+        exact = self.exact_regions.get(name)
+        if exact is None:
+            return None
+        ep = self.endpoints[name]
+        per_axis = [r if n is not None else r.as_one_unit() for r, n in zip(exact, ep.units)]
+        if any(r.n != (n or 1) for r, n in zip(per_axis, ep.units)):  # units of another layout
+            return None  # (a fine axis: the regions sweep counts its coarse units)
+        return [np.stack([r.lo, r.hi], axis=1) for r in per_axis]
 
     @functools.cached_property
     def exact_regions(self) -> dict[str, tuple[AxisRegions, ...]]:

@@ -76,9 +76,11 @@ def run(args: argparse.Namespace) -> int:
         raise RFGraphError(f"'{ep.name}' has a global field (every unit sees the whole input); "
                            f"pick a tensor before the global op")
     index = parse_index(args.index, ep.units)
-    region = ep.region(index)  # validates the index
+    ep.region(index)  # validates the index
+    region = drawn_region(analysis, ep, index)
     size = overlay.grid_size(analysis.input_shape, analysis.spatial_axes)  # one frame's, for a 3-D input
-    frames = overlay.input_frames(analysis.input_shape, analysis.spatial_axes, region)
+    frames = overlay.input_frames(analysis.input_shape, analysis.spatial_axes,
+                                  region if all(a <= b for a, b in region) else ep.region(index))
     image = overlay.load_image(args.image, size) if args.image else None
     count = len(frames or [0])
     scale = args.scale or overlay.display_scale((size[0], size[1] * count))
@@ -103,6 +105,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def drawn_region(analysis: Any, ep: Any, index: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """The box drawn: the unit's region clipped to the input, the pixels it reads (empty, start
+    past end, where it reads only padding)."""
+    return ep.clipped_region(index, tuple(analysis.input_shape[a] for a in analysis.spatial_axes))
+
+
 def show_dict(analysis: Any, ep: Any, index: tuple[int, ...], args: argparse.Namespace,
               shape: tuple[int, ...], scale: int, erf: Any, frames: list[int] | None = None) -> dict[str, Any]:
     """What was drawn, as plain data (schema: docs/json_schema.md, ``show``); ``frames``: the
@@ -110,7 +118,8 @@ def show_dict(analysis: Any, ep: Any, index: tuple[int, ...], args: argparse.Nam
     from .. import overlay
     from ..metrics import metrics_dict
 
-    box = overlay.box_pixels(ep.region(index), overlay.grid_size(analysis.input_shape, analysis.spatial_axes), scale)
+    box = overlay.box_pixels(drawn_region(analysis, ep, index), overlay.grid_size(analysis.input_shape,
+                                                                                  analysis.spatial_axes), scale)
     picture = {"path": str(args.out), "width": int(shape[1]), "height": int(shape[0]),
                "scale": scale, "box": None if box is None else list(box)}
     if frames is not None:

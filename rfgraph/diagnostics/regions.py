@@ -17,7 +17,7 @@ from ..analysis import Analysis
 from ..borders import COPYING_MODES
 from ..fields import Span
 from ..onnx_import import attributes
-from ..semantics import geometry
+from ..semantics import WINDOW_OPS, geometry
 from ..trf import units_along
 
 _BIG = np.iinfo(np.int64).max // 4
@@ -102,11 +102,27 @@ def exact_regions(analysis: Analysis) -> dict[str, tuple[AxisRegions, ...]]:
         if len(ins) < len(found):  # an input without regions
             continue
         copying = _copying_pad_mode(node, mg.names[idx])
-        axes = tuple(_axis_regions(units_along(ot.layout, a), [(e.span(a), x[a]) for e, x in ins], copying)
+        taps = [_dilations(analysis, node, node.input[e.slot]) for e, _ in ins]
+        axes = tuple(_axis_regions(units_along(ot.layout, a),
+                                   [(e.span(a), x[a], d.get(a, 1)) for (e, x), d in zip(ins, taps)], copying)
                      for a in range(len(sizes)))
         if all(r.n > 0 for r in axes):
             out[tensor] = axes
     return out
+
+
+def _dilations(analysis: Analysis, node: onnx.NodeProto, tensor: str) -> dict[int, int]:
+    """Per input spatial axis, the dilation of a dilated sliding window (Conv, MaxPool...) over
+    ``tensor`` where that axis is a grid axis of its own: its taps skip units, so a window whose
+    first taps fall in the padding reads from its first tap inside, not from the first unit."""
+    if node.op_type not in WINDOW_OPS or node.op_type == "ConvTranspose" or node.input[0] != tensor:
+        return {}
+    dilations = attributes(node).get("dilations") or []
+    ep = analysis.endpoints.get(tensor)
+    if ep is None or all(d == 1 for d in dilations):
+        return {}
+    return {a: int(dilations[t - 2]) for a, t in enumerate(ep.tensor_axes)
+            if t is not None and 2 <= t < 2 + len(dilations) and dilations[t - 2] > 1}
 
 
 def _copying_pad_mode(node: onnx.NodeProto, name: str) -> str | None:
@@ -128,7 +144,7 @@ def _copied(span: Span | None, x: AxisRegions, n_out: int, mode: str) -> AxisReg
     return AxisRegions(x.lo[src], x.hi[src], x.inner_lo[src], x.inner_hi[src])
 
 
-def _axis_regions(n_out: int, edges: Sequence[tuple[Span | None, AxisRegions]],
+def _axis_regions(n_out: int, edges: Sequence[tuple[Span | None, AxisRegions, int]],
                   copying: str | None = None) -> AxisRegions:
     """Regions of one output along one axis from its edges (exact padding, see module doc; a
     reflect / edge / wrap Pad's border units see the units they copy)."""
@@ -140,10 +156,10 @@ def _axis_regions(n_out: int, edges: Sequence[tuple[Span | None, AxisRegions]],
     hi = np.full(n_out, -_BIG)
     ilo = np.full(n_out, -_BIG)
     ihi = np.full(n_out, _BIG)
-    for span, x in edges:
+    for span, x, dilation in edges:
         if x.n == 0:
             continue
-        r = reads(span, x, n_out)
+        r = reads(span, x, n_out, dilation)
         lo = np.where(r.sees, np.minimum(lo, r.lo_min), lo)
         hi = np.where(r.sees, np.maximum(hi, r.hi_max), hi)
         ilo = np.where(r.sees, np.maximum(ilo, r.inner_lo_min), ilo)
@@ -168,15 +184,15 @@ class Reads:
     inner_hi_max: np.ndarray
 
 
-def reads(span: Span | None, x: AxisRegions, n_out: int) -> Reads:
+def reads(span: Span | None, x: AxisRegions, n_out: int, dilation: int = 1) -> Reads:
     """What each output unit reads of ``x`` (``Reads``).  Bounds monotone in the unit (every
     sliding window) take the first and last unit read; after a reflect / wrap Pad they are not,
-    and each window's extremes come from range queries (``_window_reduce``)."""
-    ok, f, last = seen_range(span, x, n_out)
+    and each window's extremes come from range queries (``_window_reduce``).  ``dilation``: the
+    window's taps are that far apart (its first and last tap inside the input bound what it reads)."""
+    ok, f, last = seen_range(span, x, n_out, dilation)
     if x.monotone:
         return Reads(ok, x.lo[f], x.hi[last], x.inner_lo[f], x.inner_lo[last], x.inner_hi[f], x.inner_hi[last])
-    u = np.arange(n_out, dtype=np.int64)
-    v1, v2 = span_bounds(span, u, x.n)
+    v1, v2 = tap_bounds(span, np.arange(n_out, dtype=np.int64), x.n, dilation)
     v1, v2 = np.clip(v1, 0, x.n - 1), np.clip(v2, 0, x.n - 1)
     seen = ~x.empty
 
@@ -209,11 +225,23 @@ def input_sizes(analysis: Analysis) -> tuple[int, ...]:
     """Input size along each spatial axis."""
     return tuple(int(analysis.input_shape[a]) for a in analysis.spatial_axes)
 
-def seen_range(span: Span | None, x: AxisRegions, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def tap_bounds(span: Span | None, u: np.ndarray, n_in: int, dilation: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``span_bounds`` moved in to the first and last tap inside [0, n_in - 1] of a window whose
+    taps are ``dilation`` apart (unchanged where no tap is inside: then nothing is read)."""
+    v1, v2 = span_bounds(span, u, n_in)
+    if dilation == 1:
+        return v1, v2
+    first = v1 + dilation * -(np.minimum(v1, 0) // dilation)  # ceil(max(-v1, 0) / d) taps skipped
+    last = v2 - dilation * -(np.minimum(n_in - 1 - v2, 0) // dilation)
+    return np.where(first <= last, first, v1), np.where(first <= last, last, v2)
+
+
+def seen_range(span: Span | None, x: AxisRegions, n_out: int,
+               dilation: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per output unit: whether the input units it reads include one that sees the image, and the
     first and last such unit (indices clipped into the input)."""
     u = np.arange(n_out, dtype=np.int64)
-    v1, v2 = span_bounds(span, u, x.n)
+    v1, v2 = tap_bounds(span, u, x.n, dilation)
     inside = (v1 <= x.n - 1) & (v2 >= 0)
     f = x.first_seen()[np.clip(v1, 0, x.n - 1)]
     last = x.last_seen()[np.clip(v2, 0, x.n - 1)]
