@@ -612,6 +612,9 @@ def _layout_choice(mg: ModelGraph, name: str, shape: Sequence[int | None],
     reader = _channels_first_reader(mg, name)
     if reader is not None:
         return axes, f"the input is read by {reader}, whose ONNX layout is N, C, spatial..."
+    reader = _unsqueezed_reader(mg, name)
+    if reader is not None:  # (N, H, W) given a channel axis: every axis but the batch is a position
+        return list(range(1, rank)), f"the input gets a channel axis from {reader}"
     first, last = shape[1] in CHANNEL_COUNTS, shape[-1] in CHANNEL_COUNTS
     if first or last:
         c, other = (1, rank - 1) if first else (rank - 1, 1)
@@ -654,6 +657,21 @@ def _channels_first_reader(mg: ModelGraph, name: str, steps: int = 6) -> str | N
                 return f"{node.op_type} '{mg.names[i]}'"
             if node.op_type in LAYOUT_PASSTHROUGH - {"Unsqueeze"}:
                 frontier.extend(node.output[:1])
+    return None
+
+
+def _unsqueezed_reader(mg: ModelGraph, name: str) -> str | None:
+    """"Unsqueeze 'u' (axis 1), then Conv 'c'": the input made channels-first by an Unsqueeze at
+    axis 1 (an audio spectrogram (N, T, F) fed to a Conv2d), else None."""
+    for i, node in enumerate(mg.nodes):
+        if node.op_type != "Unsqueeze" or not node.input or node.input[0] != name:
+            continue
+        axes = mg.constant(node.input[1]) if len(node.input) > 1 else next(
+            (list(a.ints) for a in node.attribute if a.name == "axes"), None)
+        if axes is not None and [int(a) for a in np.ravel(axes)] == [1]:
+            reader = _channels_first_reader(mg, node.output[0])
+            if reader is not None:
+                return f"Unsqueeze '{mg.names[i]}' (axis 1), then {reader}"
     return None
 
 

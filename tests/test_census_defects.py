@@ -465,3 +465,24 @@ def test_an_unknown_size_model_whose_end_points_are_global_is_analysed(tmp_path:
         deps, _ = dependencies(fixed, "x", pooled, [2, 3])
         seen[n] = bool(deps[n - 1].any())
     assert seen == {64: False, 65: True}
+
+
+def test_an_input_given_its_channel_axis_by_unsqueeze_is_all_positions() -> None:
+    """A spectrogram (N, T, F) = [1, 12, 10] unsqueezed at axis 1 and read by a Conv2d (AST, audio
+    CNNs): T and F are positions (layout NHW); before, the shape guess made T the channels (N, C, L).
+    Oracle: impulses."""
+    from onnx import numpy_helper
+
+    from tests.impulses import check_tensor
+
+    w = np.random.default_rng(1).standard_normal((3, 1, 3, 2)).astype(np.float32)
+    nodes = [helper.make_node("Unsqueeze", ["x", "ax"], ["u"]),
+             helper.make_node("Conv", ["u", "w"], ["y"], kernel_shape=[3, 2], strides=[2, 1])]
+    graph = helper.make_graph(nodes, "spec", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([1], np.int64), "ax")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    a = analyze(proto)
+    assert a.spatial_axes == (1, 2) and a.layout == "NHW" and "Unsqueeze" in a.layout_reason, a.layout_reason
+    assert a["y"].r == (3, 2) and a["y"].S == (2, 1)
+    assert check_tensor(a, proto, "y") == 5 * 9
