@@ -53,14 +53,14 @@ def crop_by_pad() -> tuple[list[onnx.NodeProto], dict[str, np.ndarray]]:
     return [helper.make_node("Pad", ["x", "pads"], ["c"])], {"pads": np.array([0, 0, -1, -2, 0, 0, 0, 1])}
 
 
+PADDED = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}  # a 3x3 conv, zero padding 1
+STRIDED = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
 CASES = {
-    "slice-then-zero-padded-conv": ((9, 9), crop_by_slice, [{"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}]),
-    "negative-pad-then-conv": ((9, 9), crop_by_pad, [{"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]},
-                                                     {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}]),
-    "dilated-taps-in-padding": ((11, 10), identity, [{"kernel_shape": [3, 3], "dilations": [2, 3], "pads": [2, 3, 2, 3]},
-                                                    {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}]),
-    "valid-conv-drops-the-tail": ((10, 11), identity, [{"kernel_shape": [4, 4], "strides": [4, 4]},
-                                                      {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}]),
+    "slice-then-zero-padded-conv": ((9, 9), crop_by_slice, [PADDED]),
+    "negative-pad-then-conv": ((9, 9), crop_by_pad, [PADDED, STRIDED]),
+    "dilated-taps-in-padding": ((11, 10), identity, [{"kernel_shape": [3, 3], "dilations": [2, 3],
+                                                      "pads": [2, 3, 2, 3]}, STRIDED]),
+    "valid-conv-drops-the-tail": ((10, 11), identity, [{"kernel_shape": [4, 4], "strides": [4, 4]}, PADDED]),
 }
 
 

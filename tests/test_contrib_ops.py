@@ -465,3 +465,13 @@ def test_window_attention_by_onnxruntimes_attention_op_is_local() -> None:
     assert not analysis.stops and not analysis.global_at
     assert check_tensor(analysis, proto, "y") == 64
     assert [f.size() for f in analysis["y"].fields] == [4, 4]
+
+
+@pytest.mark.parametrize("op", ["FastGelu", "QuickGelu", "Gelu"])
+def test_float16_models_keep_float16_constants(op: str) -> None:
+    """An expansion's constants take the node's float type: a float16 model's expansion loads and
+    computes what onnxruntime's float16 kernel does (float32 constants would not type-check)."""
+    x = RNG.random((2, 8)).astype(np.float16)
+    proto = model([ms_node(op, ["x"], ["y"])], {"x": x}, {}, ["y"])
+    (want,), (got,) = run(proto, {"x": x}), run(expand_contrib_ops(proto), {"x": x})
+    assert got.dtype == np.float16 and np.abs(got.astype(np.float32) - want.astype(np.float32)).max() <= 1e-3

@@ -40,6 +40,7 @@ class Expansion:
     opset: int
     consts: dict[str, np.ndarray]
     shapes: dict[str, tuple[int | None, ...]]
+    dtypes: dict[str, int] = field(default_factory=dict)  # element types where known
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     inits: list[onnx.TensorProto] = field(default_factory=list)
     made: int = 0
@@ -69,11 +70,19 @@ class Expansion:
         self.nodes.append(helper.make_node(op_type, list(inputs), [out], **attrs))
         return out
 
-    def const(self, value: object, dtype: type = np.float32) -> str:
-        """A constant tensor (an initializer named after the node)."""
+    def const(self, value: object, dtype: type | None = None) -> str:
+        """A constant tensor (an initializer named after the node), by default of the float type
+        the node computes in (its first input's: float16 models keep float16 constants)."""
         name = self.tmp("const")
-        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype or self.float_type()), name))
         return name
+
+    def float_type(self) -> Any:
+        """The node's float type: its first input's when that is a float, else float32 (what
+        DequantizeLinear gives the quantized ops)."""
+        elem = self.dtypes.get(self.input(0))
+        kind = helper.tensor_dtype_to_np_dtype(elem) if elem else np.dtype(np.float32)
+        return kind if kind.kind == "f" else np.dtype(np.float32)
 
     def rank(self, tensor: str) -> int | None:
         """The tensor's rank where known (shape inference skips contrib ops)."""
@@ -540,13 +549,13 @@ def expand_contrib_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     out.CopyFrom(model)
     opset = next((i.version for i in out.opset_import if i.domain in ("", "ai.onnx")), 1)
     consts = _constants(out.graph)
-    shapes = _shapes(out)
+    shapes, dtypes = _shapes(out)
     nodes: list[onnx.NodeProto] = []
     for node in out.graph.node:
         if not expandable(node):
             nodes.append(node)
             continue
-        e = Expansion(node, opset, consts, shapes)
+        e = Expansion(node, opset, consts, shapes, dtypes)
         try:
             EXPANSIONS[node.op_type](e)
         except NotCovered:
@@ -568,19 +577,23 @@ def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return values
 
 
-def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
-    """Each tensor's shape where ONNX's shape inference (which skips contrib ops) or the file tells."""
+def _shapes(model: onnx.ModelProto) -> tuple[dict[str, tuple[int | None, ...]], dict[str, int]]:
+    """Each tensor's shape and element type where ONNX's shape inference (which skips contrib
+    ops) or the file tells."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # noqa: BLE001 - inference is a help here: the shapes the file declares remain
         inferred = model
     g = inferred.graph
     shapes: dict[str, tuple[int | None, ...]] = {i.name: tuple(i.dims) for i in g.initializer}
+    dtypes = {i.name: i.data_type for i in g.initializer}
     for vi in [*g.input, *g.value_info, *g.output]:
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-            dims = vi.type.tensor_type.shape.dim
-            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
-    return shapes
+        if vi.type.HasField("tensor_type"):
+            dtypes[vi.name] = vi.type.tensor_type.elem_type
+            if vi.type.tensor_type.HasField("shape"):
+                dims = vi.type.tensor_type.shape.dim
+                shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+    return shapes, dtypes
 
 
 # ---------------------------------------------------------------- the family's tables (none: each op is expanded)

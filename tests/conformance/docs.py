@@ -46,8 +46,8 @@ def render(per_op: dict[str, dict[str, dict[str, int]]]) -> str:
                      f"{_counts(res['trf'])} | "
                      f"{_counts(res['vjp'])} |")
     lines += ["", "## onnxruntime's contrib ops", "",
-              "Read as the standard ops each computes (`rfgraph/semantics/contrib.py`; tests: "
-              "`tests/test_contrib_ops.py`, against onnxruntime's own kernels), so the rules above apply:", "",
+              ("Read as the standard ops each computes (`rfgraph/semantics/contrib.py`; tests: "
+               "`tests/test_contrib_ops.py`, against onnxruntime's own kernels), so the rules above apply:"), "",
               ", ".join(f"`{op}`" for op in sorted(EXPANSIONS)) + "."]
     return "\n".join(lines) + "\n"
 
