@@ -572,6 +572,9 @@ def _pick_input(mg: ModelGraph, requested: str | None, layout: str | None = None
     fits = [i for i, r in ranks.items() if (r == len(layout) if layout else r >= 3)]
     if fits:
         return fits[0]
+    signals = [i for i, r in ranks.items() if r == 2 and not layout and _unsqueezed_reader(mg, i)]
+    if signals:  # (N, L) given a channel axis and read by a Conv1d: a batch of 1-D signals
+        return signals[0]
     if layout:
         shown = ", ".join(f"{i} (rank {r})" for i, r in ranks.items())
         raise RFGraphError(f"layout '{layout}' has {len(layout)} axes but no input has that rank: {shown}")
@@ -622,8 +625,14 @@ def _layout_choice(mg: ModelGraph, name: str, shape: Sequence[int | None],
         why = (f"guessed from the shape: axis {c} ({shape[c]}) looks like channels, axis {other} "
                f"({shape[other]}) {verdict}; --layout overrides")
         return [a for a in range(1, rank) if a != c], why
+    reader = _features_last_reader(mg, name)
+    if reader is not None:  # (N, T, D) tokens or frames: a transformer's or a sequence model's input
+        return list(range(1, rank - 1)), f"the input is read by {reader}, over its last axis (features)"
     if rank == 3:
         return axes, "assumed N, C, L (ONNX's order; the shape does not tell); --layout overrides"
+    if rank == 2:
+        raise RFGraphError(f"cannot tell the layout of input '{name}' {['?' if d is None else d for d in shape]}: "
+                           f"for a batch of 1-D signals (N, L) pass --layout NL")
     raise RFGraphError(
         f"cannot tell the layout of input '{name}' {['?' if d is None else d for d in shape]}: no "
         f"Conv or Transpose reads it, and neither axis 1 nor the last axis is channel-like (1-4 "
@@ -656,6 +665,29 @@ def _channels_first_reader(mg: ModelGraph, name: str, steps: int = 6) -> str | N
             if node.op_type in CHANNELS_FIRST_OPS and node.input[0] == tensor:
                 return f"{node.op_type} '{mg.names[i]}'"
             if node.op_type in LAYOUT_PASSTHROUGH - {"Unsqueeze"}:
+                frontier.extend(node.output[:1])
+    return None
+
+
+def _features_last_reader(mg: ModelGraph, name: str, steps: int = 6) -> str | None:
+    """"MatMul 'm'": an op reading the input's last axis as features (a LayerNormalization over
+    it, a MatMul with a constant right operand), through ops keeping its axes or its last axis
+    last (a Transpose to time-major); else None."""
+    frontier, seen = [name], 0
+    while frontier and seen < steps:
+        tensor = frontier.pop()
+        seen += 1
+        for i, node in enumerate(mg.nodes):
+            if not node.input or node.input[0] != tensor:
+                continue
+            axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+            rank = len(mg.shapes.get(tensor) or ())
+            if (node.op_type == "LayerNormalization" and axis in (-1, rank - 1)) \
+                    or (node.op_type == "MatMul" and mg.constant(node.input[1]) is not None):
+                return f"{node.op_type} '{mg.names[i]}'"
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            keeps_last = node.op_type == "Transpose" and perm is not None and perm[-1] == len(perm) - 1
+            if node.op_type in LAYOUT_PASSTHROUGH - {"Unsqueeze", "Pad"} or keeps_last:
                 frontier.extend(node.output[:1])
     return None
 

@@ -67,8 +67,9 @@ class ERFMetrics:
 
 
 def luo_erf_size(erf: np.ndarray, centre_value: float) -> tuple[int, float]:
-    """Luo et al. sec. 3.1: count of pixels above (1 - 0.9545) x centre value; size = its sqrt in
-    2-D (side of the equivalent square), the count itself in 1-D (a length)."""
+    """Luo et al. sec. 3.1: count of pixels above (1 - 0.9545) x centre value; size = its n-th root
+    over n axes (sqrt in 2-D: the side of the equivalent square; the count itself in 1-D, a length;
+    the cube root in 3-D)."""
     thr = (1.0 - LUO_FRACTION) * centre_value
     count = int(np.count_nonzero(erf > thr)) if centre_value > 0 else 0
     size = float(count) ** (1.0 / erf.ndim)
@@ -194,7 +195,7 @@ def area_ratios(erf: np.ndarray, centre: Sequence[float],
 def compute_metrics(erf: np.ndarray, centre: Sequence[float] | None = None,
                     trf_size: Sequence[int] | None = None) -> ERFMetrics:
     """Every metric of ``erf`` (1-D or 2-D, absolute values are used); ``trf_size`` (per axis, from
-    the TRF pass) adds ERF/TRF = Luo size / sqrt(prod r) (and per axis: extent / r)."""
+    the TRF pass) adds ERF/TRF = Luo size / (prod r)^(1/n) over n axes (and per axis: extent / r)."""
     erf = np.abs(np.asarray(erf, dtype=np.float64))
     if centre is None:
         centre = tuple((n - 1) / 2 for n in erf.shape)
@@ -230,7 +231,7 @@ def metric_rows(m: ERFMetrics) -> list[tuple[str, str, str]]:
     """(name, value, definition) for every metric, in a fixed order."""
     rows = [
         ("erf_size", _fmt(m.erf_size),
-         "Luo 2016: sqrt(#pixels > (1-0.9545) x centre value); 1-D: the count"),
+         "Luo 2016: sqrt(#pixels > (1-0.9545) x centre value); 1-D: the count; 3-D: its cube root"),
         ("erf_extent", _fmt(m.erf_extent), "per axis, extent of those pixels"),
         ("centre_value", _fmt(m.centre_value), "ERF value at the unit's TRF centre"),
         ("centre_of_mass", _fmt(m.centre_of_mass), "per axis, sum(p v) / sum(v)"),
@@ -250,7 +251,7 @@ def metric_rows(m: ERFMetrics) -> list[tuple[str, str, str]]:
         rows.append((f"area_ratio@{a.t}", _fmt(a.ratio), f"{what} (side {_fmt(a.side)})"))
     rows += [
         ("trf_size", _fmt(m.trf_size), "theoretical RF size r per axis (TRF pass)"),
-        ("erf_trf_ratio", _fmt(m.erf_trf_ratio), "erf_size / sqrt(prod r)"),
+        ("erf_trf_ratio", _fmt(m.erf_trf_ratio), "erf_size / (prod r)^(1/n), n axes"),
         ("erf_trf_per_axis", _fmt(m.per_axis_erf_trf), "per axis, erf_extent / r"),
     ]
     return rows

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper
 
 from rfgraph import analyze
@@ -486,3 +487,52 @@ def test_an_input_given_its_channel_axis_by_unsqueeze_is_all_positions() -> None
     assert a.spatial_axes == (1, 2) and a.layout == "NHW" and "Unsqueeze" in a.layout_reason, a.layout_reason
     assert a["y"].r == (3, 2) and a["y"].S == (2, 1)
     assert check_tensor(a, proto, "y") == 5 * 9
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+def test_a_sequence_input_read_over_its_last_axis_is_positions_then_features(time_major: bool) -> None:
+    """(N, T, D) frames or tokens whose last axis a LayerNormalization (or a MatMul with a
+    constant weight) reads as features, directly or after a Transpose to time-major (torchaudio's
+    Conformer): T is the positions (NLC).  Before, the shape guess made T the channels (N, C, L), so
+    the features were analysed as 16 positions mixed by the MatMul.  Oracle: impulses."""
+    from onnx import numpy_helper
+
+    from tests.impulses import check_tensor
+
+    rng = np.random.default_rng(2)
+    first = [helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2])] if time_major else \
+        [helper.make_node("Identity", ["x"], ["t"])]
+    nodes = [*first, helper.make_node("LayerNormalization", ["t", "g"], ["n"], axis=-1),
+             helper.make_node("MatMul", ["n", "w"], ["m"]),
+             helper.make_node("Transpose", ["m"], ["c"], perm=[1, 2, 0] if time_major else [0, 2, 1]),
+             helper.make_node("Conv", ["c", "k"], ["y"], kernel_shape=[3], pads=[1, 1])]
+    inits = {"g": rng.uniform(0.5, 1.5, 6), "w": rng.standard_normal((6, 4)), "k": rng.standard_normal((2, 4, 3))}
+    graph = helper.make_graph(nodes, "seq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    a = analyze(proto)
+    assert a.spatial_axes == (1,) and a.layout == "NLC" and "LayerNormalization" in a.layout_reason, a.layout_reason
+    assert not a.global_at and a["y"].r == (3,)
+    assert check_tensor(a, proto, "y") == 10
+
+
+def test_a_two_axis_input_asks_for_nl_in_every_command(tmp_path: Path, capsys) -> None:
+    """A batch of 1-D signals (N, L) and no --layout: erf asked for '--layout NC ... or --layout NC'
+    (the two hints one string, neither the NL that works); every command now names NL.  One that
+    an Unsqueeze at axis 1 feeds to a Conv1d needs no --layout in any command (was: analyze and
+    diagnose refused it, erf read it)."""
+    wave = one_d_signal()
+    onnx.save(wave, tmp_path / "conv.onnx")
+    mlp = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mlp",
+                            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                            [onnx.numpy_helper.from_array(np.ones((64, 3), np.float32), "w")])
+    onnx.save(helper.make_model(mlp, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "mlp.onnx")
+    for command in (["analyze"], ["erf", "--runs", "1"], ["diagnose"]):
+        assert main([*command, str(tmp_path / "mlp.onnx")]) == 2
+        assert "--layout NL" in capsys.readouterr().err, command
+        assert main([*command, str(tmp_path / "conv.onnx")]) == 0, command
+        capsys.readouterr()
+    a = analyze(wave)
+    assert a.layout == "NL" and a["y"].r == (5,) and "Unsqueeze" in a.layout_reason
