@@ -615,9 +615,6 @@ def _layout_choice(mg: ModelGraph, name: str, shape: Sequence[int | None],
     reader = _channels_first_reader(mg, name)
     if reader is not None:
         return axes, f"the input is read by {reader}, whose ONNX layout is N, C, spatial..."
-    reader = _unsqueezed_reader(mg, name)
-    if reader is not None:  # (N, H, W) given a channel axis: every axis but the batch is a position
-        return list(range(1, rank)), f"the input gets a channel axis from {reader}"
     first, last = shape[1] in CHANNEL_COUNTS, shape[-1] in CHANNEL_COUNTS
     if first or last:
         c, other = (1, rank - 1) if first else (rank - 1, 1)
@@ -625,6 +622,9 @@ def _layout_choice(mg: ModelGraph, name: str, shape: Sequence[int | None],
         why = (f"guessed from the shape: axis {c} ({shape[c]}) looks like channels, axis {other} "
                f"({shape[other]}) {verdict}; --layout overrides")
         return [a for a in range(1, rank) if a != c], why
+    reader = _unsqueezed_reader(mg, name)
+    if reader is not None:  # (N, H, W) given a channel axis: every axis but the batch is a position
+        return list(range(1, rank)), f"the input gets a channel axis from {reader}"
     reader = _features_last_reader(mg, name)
     if reader is not None:  # (N, T, D) tokens or frames: a transformer's or a sequence model's input
         return list(range(1, rank - 1)), f"the input is read by {reader}, over its last axis (features)"
