@@ -604,8 +604,10 @@ CHANNEL_COUNTS = {1, 2, 3, 4}  # sizes of a channel axis of images and spectrogr
 def _layout_choice(mg: ModelGraph, name: str, shape: Sequence[int | None],
                    layout: str | None) -> tuple[list[int], str]:
     """Spatial axes of the input and why: ``layout``, a leading Transpose, a channels-first op
-    reading the input, else the shape (axis 1, else the last, with 1-4 entries is the channel
-    axis; rank 3: N, C, L); raises when a rank >= 4 shape leaves it a coin toss."""
+    reading the input, the shape (axis 1, else the last, with 1-4 entries is the channel axis),
+    an Unsqueeze at axis 1 before a channels-first op (all positions), an op reading the last axis
+    as features (N, L, C), else N, C, L for rank 3; raises when a rank >= 4 shape leaves it a coin
+    toss, and for an (N, L) input names --layout NL."""
     rank = len(shape)
     axes = _spatial_axes(mg, name, rank, layout)
     if layout:
