@@ -1161,11 +1161,13 @@ def _constant_sum(proto: onnx.ModelProto, target: Target, norm: tuple[onnx.NodeP
 
 def _normalisation(proto: onnx.ModelProto, output: str, rank: int) -> tuple[onnx.NodeProto, set[int]] | None:
     """The normalisation (``NORMALISING_OPS``) computing ``output`` (of rank ``rank``; through
-    Transposes: an NHWC norm put back in NCHW) and the axes of ``output`` it normalises over."""
+    Transposes: an NHWC norm put back in NCHW; and Identity / Dropout: a Paddle export's last
+    node) and the axes of ``output`` it normalises over."""
     producer = {o: n for n in proto.graph.node for o in n.output}
     node, perms = producer.get(output), []
-    while node is not None and node.op_type == "Transpose":
-        perms.append(list(next((a.ints for a in node.attribute if a.name == "perm"), ())))
+    while node is not None and node.op_type in ("Transpose", "Identity", "Dropout"):
+        if node.op_type == "Transpose":
+            perms.append(list(next((a.ints for a in node.attribute if a.name == "perm"), ())))
         node = producer.get(node.input[0])
     if node is None or node.op_type not in NORMALISING_OPS or any(not p for p in perms):
         return None

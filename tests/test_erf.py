@@ -447,9 +447,11 @@ def test_cli_layout_input_and_shape_options(tmp_path: Path, capsys: pytest.Captu
     assert len(err) == 1 and "inputs besides 'x' (bias)" in err[0]
 
 
-def _normalised(op: str, scale: np.ndarray | None = None, nhwc: bool = False) -> onnx.ModelProto:
+def _normalised(op: str, scale: np.ndarray | None = None, nhwc: bool = False,
+                identity: bool = False) -> onnx.ModelProto:
     """x [1, 1, 8, 8] -> 3x3 conv to 4 channels -> ``op`` over the channels (LayerNormalization
-    with ``scale``; ``nhwc``: on the channels-last map, transposed back)."""
+    with ``scale``; ``nhwc``: on the channels-last map, transposed back; ``identity``: then an
+    Identity, as Paddle exports end)."""
     rng = np.random.default_rng(3)
     inits = [numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w")]
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1])]
@@ -463,22 +465,28 @@ def _normalised(op: str, scale: np.ndarray | None = None, nhwc: bool = False) ->
         nodes.append(helper.make_node("LayerNormalization", [src, "s"], [dst], axis=-1 if nhwc else 1))
     if nhwc:
         nodes.append(helper.make_node("Transpose", ["n"], ["y"], perm=[0, 3, 1, 2]))
+    if identity:
+        nodes[-1].output[0] = "before_identity"
+        nodes.append(helper.make_node("Identity", ["before_identity"], ["y"]))
     graph = helper.make_graph(nodes, "norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize("op, scale, nhwc", [("Softmax", None, False), ("Softmax", None, True),
-                                             ("LayerNormalization", np.full(4, 0.5), True)],
-                         ids=["softmax", "softmax-nhwc", "layernorm-nhwc"])
-def test_channel_sum_of_a_constant_sum_is_refused(op: str, scale: np.ndarray | None, nhwc: bool) -> None:
+@pytest.mark.parametrize("op, scale, nhwc, identity", [
+    ("Softmax", None, False, False), ("Softmax", None, True, False),
+    ("LayerNormalization", np.full(4, 0.5), True, False), ("Softmax", None, False, True)],
+    ids=["softmax", "softmax-nhwc", "layernorm-nhwc", "softmax-identity"])
+def test_channel_sum_of_a_constant_sum_is_refused(op: str, scale: np.ndarray | None, nhwc: bool,
+                                                  identity: bool) -> None:
     """The channel sum of a Softmax over channels is 1, of a LayerNorm with one scale for all
     channels is constant (the normalised values sum to 0): its gradient is rounding noise
     (oracle: the gradient graph itself, < 1e-5 of one channel's), so the ERF of that tensor is
     refused, naming the node and --channel; one channel is computed without a note.  Where rfgraph
     chose the tensor (no output given) it takes the normalisation's input instead, with a note:
-    the same map as that tensor's own ERF (the same positions; NHWC or not)."""
-    model = _normalised(op, scale, nhwc)
+    the same map as that tensor's own ERF (the same positions; NHWC or not).  Through an Identity
+    too (a Paddle classifier's output: it gave rounding noise, 1e-11 at the centre, without a note)."""
+    model = _normalised(op, scale, nhwc, identity)
     with pytest.raises(RFGraphError, match=rf"comes from {op} .* rounding noise.*--channel"):
         compute_erf(model, "y", runs=2)
     stepped = compute_erf(model, runs=2)
