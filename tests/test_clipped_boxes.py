@@ -4,7 +4,9 @@
 The paper's region [u0, v0] counts padding positions; clipped arithmetically to the input, it can
 keep pixels no path reads: a crop before a zero-padded conv (unit 0 reads padding where the cropped
 row was: region [0, 2], reads [1, 2]), a dilated kernel's taps in the padding, a VALID conv's dropped
-tail.  The clipped boxes come from the analysis's exact regions instead.  Oracle: onnxruntime's
+tail.  The clipped boxes come from the analysis's exact regions instead (over a dilated window's
+taps only: a unit between two taps may read a farther pixel, Keras' SeparableConv2D then
+DepthwiseConv2D with dilations).  Oracle: onnxruntime's
 dependencies (``tests/impulses.py``), every unit, equality."""
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ CASES = {
     "negative-pad-then-conv": ((9, 9), crop_by_pad, [PADDED, STRIDED]),
     "dilated-taps-in-padding": ((11, 10), identity, [{"kernel_shape": [3, 3], "dilations": [2, 3],
                                                       "pads": [2, 3, 2, 3]}, STRIDED]),
+    "dilated-after-dilated": ((12, 12), identity, [{"kernel_shape": [3, 3], "dilations": [2, 2], "pads": [2, 2, 2, 2]},
+                                                  {"kernel_shape": [3, 3], "dilations": [3, 3], "pads": [3, 3, 3, 3]}]),
     "valid-conv-drops-the-tail": ((10, 11), identity, [{"kernel_shape": [4, 4], "strides": [4, 4]}, PADDED]),
 }
 

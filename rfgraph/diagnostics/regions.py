@@ -188,11 +188,13 @@ def reads(span: Span | None, x: AxisRegions, n_out: int, dilation: int = 1) -> R
     """What each output unit reads of ``x`` (``Reads``).  Bounds monotone in the unit (every
     sliding window) take the first and last unit read; after a reflect / wrap Pad they are not,
     and each window's extremes come from range queries (``_window_reduce``).  ``dilation``: the
-    window's taps are that far apart (its first and last tap inside the input bound what it reads)."""
-    ok, f, last = seen_range(span, x, n_out, dilation)
+    window's taps are that far apart (``_tap_reads``)."""
+    if dilation > 1 and span is not None and span.q == 1 and (span.hi[0] - span.lo[0]) % dilation == 0:
+        return _tap_reads(span, x, n_out, dilation)
+    ok, f, last = seen_range(span, x, n_out)
     if x.monotone:
         return Reads(ok, x.lo[f], x.hi[last], x.inner_lo[f], x.inner_lo[last], x.inner_hi[f], x.inner_hi[last])
-    v1, v2 = tap_bounds(span, np.arange(n_out, dtype=np.int64), x.n, dilation)
+    v1, v2 = span_bounds(span, np.arange(n_out, dtype=np.int64), x.n)
     v1, v2 = np.clip(v1, 0, x.n - 1), np.clip(v2, 0, x.n - 1)
     seen = ~x.empty
 
@@ -225,23 +227,30 @@ def input_sizes(analysis: Analysis) -> tuple[int, ...]:
     """Input size along each spatial axis."""
     return tuple(int(analysis.input_shape[a]) for a in analysis.spatial_axes)
 
-def tap_bounds(span: Span | None, u: np.ndarray, n_in: int, dilation: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """``span_bounds`` moved in to the first and last tap inside [0, n_in - 1] of a window whose
-    taps are ``dilation`` apart (unchanged where no tap is inside: then nothing is read)."""
-    v1, v2 = span_bounds(span, u, n_in)
-    if dilation == 1:
-        return v1, v2
-    first = v1 + dilation * -(np.minimum(v1, 0) // dilation)  # ceil(max(-v1, 0) / d) taps skipped
-    last = v2 - dilation * -(np.minimum(n_in - 1 - v2, 0) // dilation)
-    return np.where(first <= last, first, v1), np.where(first <= last, last, v2)
+def _tap_reads(span: Span, x: AxisRegions, n_out: int, dilation: int) -> Reads:
+    """``reads`` of a dilated window: over its taps only (``dilation`` apart, those inside the
+    input), not every unit between its first and last (a tap in the padding, or a unit between
+    taps that reads a farther pixel, would widen the region)."""
+    v1, _ = span_bounds(span, np.arange(n_out, dtype=np.int64), x.n)
+    taps = v1[:, None] + dilation * np.arange((span.hi[0] - span.lo[0]) // dilation + 1)[None, :]
+    at = np.clip(taps, 0, x.n - 1)
+    seen = (taps >= 0) & (taps < x.n) & ~x.empty[at]
+
+    def low(v: np.ndarray) -> np.ndarray:
+        return np.where(seen, v[at], _BIG).min(axis=1)
+
+    def high(v: np.ndarray) -> np.ndarray:
+        return np.where(seen, v[at], -_BIG).max(axis=1)
+
+    return Reads(seen.any(axis=1), low(x.lo), high(x.hi), low(x.inner_lo), high(x.inner_lo), low(x.inner_hi),
+                 high(x.inner_hi))
 
 
-def seen_range(span: Span | None, x: AxisRegions, n_out: int,
-               dilation: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def seen_range(span: Span | None, x: AxisRegions, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per output unit: whether the input units it reads include one that sees the image, and the
     first and last such unit (indices clipped into the input)."""
     u = np.arange(n_out, dtype=np.int64)
-    v1, v2 = tap_bounds(span, u, x.n, dilation)
+    v1, v2 = span_bounds(span, u, x.n)
     inside = (v1 <= x.n - 1) & (v2 >= 0)
     f = x.first_seen()[np.clip(v1, 0, x.n - 1)]
     last = x.last_seen()[np.clip(v2, 0, x.n - 1)]
