@@ -604,9 +604,10 @@ CHANNEL_COUNTS = {1, 2, 3, 4}  # sizes of a channel axis of images and spectrogr
 def _layout_choice(mg: ModelGraph, name: str, shape: Sequence[int | None],
                    layout: str | None) -> tuple[list[int], str]:
     """Spatial axes of the input and why: ``layout``, a leading Transpose, a channels-first op
-    reading the input, the shape (axis 1, else the last, with 1-4 entries is the channel axis),
-    an Unsqueeze at axis 1 before a channels-first op (all positions), an op reading the last axis
-    as features (N, L, C), else N, C, L for rank 3; raises when a rank >= 4 shape leaves it a coin
+    reading the input, a norm or a recurrence reading its last axis as features (N, L, C), the
+    shape (axis 1, else the last, with 1-4 entries is the channel axis), an Unsqueeze at axis 1
+    before a channels-first op (all positions), a MatMul reading the last axis as features, else
+    N, C, L for rank 3; raises when a rank >= 4 shape leaves it a coin
     toss, and for an (N, L) input names --layout NL."""
     rank = len(shape)
     axes = _spatial_axes(mg, name, rank, layout)
@@ -617,6 +618,9 @@ def _layout_choice(mg: ModelGraph, name: str, shape: Sequence[int | None],
     reader = _channels_first_reader(mg, name)
     if reader is not None:
         return axes, f"the input is read by {reader}, whose ONNX layout is N, C, spatial..."
+    features = _features_last_reader(mg, name)
+    if features is not None and features[1]:  # a norm or a recurrence: surer than the shape
+        return list(range(1, rank - 1)), f"the input is read by {features[0]}, over its last axis (features)"
     first, last = shape[1] in CHANNEL_COUNTS, shape[-1] in CHANNEL_COUNTS
     if first or last:
         c, other = (1, rank - 1) if first else (rank - 1, 1)
@@ -627,9 +631,8 @@ def _layout_choice(mg: ModelGraph, name: str, shape: Sequence[int | None],
     reader = _unsqueezed_reader(mg, name)
     if reader is not None:  # (N, H, W) given a channel axis: every axis but the batch is a position
         return list(range(1, rank)), f"the input gets a channel axis from {reader}"
-    reader = _features_last_reader(mg, name)
-    if reader is not None:  # (N, T, D) tokens or frames: a transformer's or a sequence model's input
-        return list(range(1, rank - 1)), f"the input is read by {reader}, over its last axis (features)"
+    if features is not None:  # (N, T, D) tokens or frames through a projection (weaker than the shape)
+        return list(range(1, rank - 1)), f"the input is read by {features[0]}, over its last axis (features)"
     if rank == 3:
         return axes, "assumed N, C, L (ONNX's order; the shape does not tell); --layout overrides"
     if rank == 2:
@@ -671,27 +674,33 @@ def _channels_first_reader(mg: ModelGraph, name: str, steps: int = 6) -> str | N
     return None
 
 
-def _features_last_reader(mg: ModelGraph, name: str, steps: int = 6) -> str | None:
-    """"MatMul 'm'": an op reading the input's last axis as features (a LayerNormalization over
-    it, a MatMul with a constant right operand), through ops keeping its axes or its last axis
-    last (a Transpose to time-major); else None."""
-    frontier, seen = [name], 0
-    while frontier and seen < steps:
-        tensor = frontier.pop()
+def _features_last_reader(mg: ModelGraph, name: str, steps: int = 16) -> tuple[str, bool] | None:
+    """("MatMul 'm'", sure): an op reading the input's last axis as features (a LayerNormalization
+    over it or a recurrence, whose X is [T, N, F] or [N, T, F]: sure; a MatMul with a constant
+    right operand: not sure, a dense layer may read positions, unless a sure one reads its output),
+    through ops keeping its axes or its last axis last (a Transpose to time-major); else None."""
+    frontier, seen, projection = [name], 0, None
+    while frontier and seen < steps:  # breadth first: the nearest reader
+        tensor = frontier.pop(0)
         seen += 1
         for i, node in enumerate(mg.nodes):
-            if not node.input or node.input[0] != tensor:
+            if tensor not in node.input:
                 continue
+            first = node.input[0] == tensor  # (an elementwise op may take it at any input)
             axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
             rank = len(mg.shapes.get(tensor) or ())
-            if (node.op_type == "LayerNormalization" and axis in (-1, rank - 1)) \
-                    or (node.op_type == "MatMul" and mg.constant(node.input[1]) is not None):
-                return f"{node.op_type} '{mg.names[i]}'"
+            if first and ((node.op_type == "LayerNormalization" and axis in (-1, rank - 1))
+                          or node.op_type in ("LSTM", "GRU", "RNN")):
+                reader = f"{node.op_type} '{mg.names[i]}'"
+                return (f"{projection}, then {reader}" if projection else reader), True
             perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
             keeps_last = node.op_type == "Transpose" and perm is not None and perm[-1] == len(perm) - 1
-            if node.op_type in LAYOUT_PASSTHROUGH - {"Unsqueeze", "Pad"} or keeps_last:
+            projects = first and node.op_type == "MatMul" and mg.constant(node.input[1]) is not None
+            if projects and projection is None:  # its output's last axis is features too
+                projection = f"{node.op_type} '{mg.names[i]}'"
+            if node.op_type in LAYOUT_PASSTHROUGH - {"Unsqueeze", "Pad"} or keeps_last or projects:
                 frontier.extend(node.output[:1])
-    return None
+    return (projection, False) if projection else None
 
 
 def _unsqueezed_reader(mg: ModelGraph, name: str) -> str | None:
