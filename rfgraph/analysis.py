@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 AXIS_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
 LAYOUT_PASSTHROUGH = {"Cast", "Sub", "Div", "Mul", "Add", "Identity", "Unsqueeze", "Pad"}  # keep the axes in place
+GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
 
 
 @dataclass(frozen=True)
@@ -556,7 +557,7 @@ def _smallest_size(model: ModelSource, opts: ModelOptions) -> str | None:
     shape = mg.shapes.get(name)
     if shape is None or None in shape:
         return None
-    spatial = _spatial_axes(mg, name, len(shape), opts.layout)
+    spatial = _layout_choice(mg, name, shape, opts.layout)[0]  # the layout the analysis reads it with
     found = smallest_input_size(base, name, tuple(int(d) for d in shape), spatial, opts.fill or None)
     return f"{name}:{'x'.join(map(str, found))}" if found else None
 
@@ -572,7 +573,7 @@ def _pick_input(mg: ModelGraph, requested: str | None, layout: str | None = None
     fits = [i for i, r in ranks.items() if (r == len(layout) if layout else r >= 3)]
     if fits:
         return fits[0]
-    signals = [i for i, r in ranks.items() if r == 2 and not layout and _unsqueezed_reader(mg, i)]
+    signals = [i for i, r in ranks.items() if r == 2 and not layout and _channels_first_reader(mg, i)]
     if signals:  # (N, L) given a channel axis and read by a Conv1d: a batch of 1-D signals
         return signals[0]
     if layout:
@@ -604,10 +605,10 @@ CHANNEL_COUNTS = {1, 2, 3, 4}  # sizes of a channel axis of images and spectrogr
 def _layout_choice(mg: ModelGraph, name: str, shape: Sequence[int | None],
                    layout: str | None) -> tuple[list[int], str]:
     """Spatial axes of the input and why: ``layout``, a leading Transpose, a channels-first op
-    reading the input, a norm or a recurrence reading its last axis as features (N, L, C), the
-    shape (axis 1, else the last, with 1-4 entries is the channel axis), an Unsqueeze at axis 1
-    before a channels-first op (all positions), a MatMul reading the last axis as features, else
-    N, C, L for rank 3; raises when a rank >= 4 shape leaves it a coin
+    reading the input (its axes followed through Unsqueeze, Reshape adding 1s and Transpose: those
+    landing on the op's spatial axes), a norm or a recurrence reading its last axis as features
+    (N, L, C), the shape (axis 1, else the last, with 1-4 entries is the channel axis), a MatMul
+    reading the last axis as features, else N, C, L for rank 3; raises when a rank >= 4 shape leaves it a coin
     toss, and for an (N, L) input names --layout NL."""
     rank = len(shape)
     axes = _spatial_axes(mg, name, rank, layout)
@@ -616,8 +617,10 @@ def _layout_choice(mg: ModelGraph, name: str, shape: Sequence[int | None],
     if axes != list(range(2, rank)):
         return axes, f"the input feeds a Transpose with perm {_leading_transpose(mg, name)}"
     reader = _channels_first_reader(mg, name)
-    if reader is not None:
-        return axes, f"the input is read by {reader}, whose ONNX layout is N, C, spatial..."
+    if reader is not None and reader[0] == axes:
+        return axes, f"the input is read by {reader[1]}, whose ONNX layout is N, C, spatial..."
+    if reader is not None:  # its axes moved on the way: those landing on the op's spatial axes
+        return reader[0], f"the input reaches {reader[1]} with its axes {_axes_text(reader[0])} as positions"
     features = _features_last_reader(mg, name)
     if features is not None and features[1]:  # a norm or a recurrence: surer than the shape
         return list(range(1, rank - 1)), f"the input is read by {features[0]}, over its last axis (features)"
@@ -628,9 +631,6 @@ def _layout_choice(mg: ModelGraph, name: str, shape: Sequence[int | None],
         why = (f"guessed from the shape: axis {c} ({shape[c]}) looks like channels, axis {other} "
                f"({shape[other]}) {verdict}; --layout overrides")
         return [a for a in range(1, rank) if a != c], why
-    reader = _unsqueezed_reader(mg, name)
-    if reader is not None:  # (N, H, W) given a channel axis: every axis but the batch is a position
-        return list(range(1, rank)), f"the input gets a channel axis from {reader}"
     if features is not None:  # (N, T, D) tokens or frames through a projection (weaker than the shape)
         return list(range(1, rank - 1)), f"the input is read by {features[0]}, over its last axis (features)"
     if rank == 3:
@@ -657,23 +657,6 @@ def layout_text(spatial: Sequence[int], axis_names: Sequence[str], rank: int) ->
     return "".join("N" if t == 0 else where.get(t, "C") for t in range(rank))
 
 
-def _channels_first_reader(mg: ModelGraph, name: str, steps: int = 6) -> str | None:
-    """'Conv 'name'': a channels-first op reading the input (through elementwise ops keeping
-    its rank), or None when another op is met first."""
-    frontier, seen = [name], 0
-    while frontier and seen < steps:
-        tensor = frontier.pop()
-        seen += 1
-        for i, node in enumerate(mg.nodes):
-            if tensor not in node.input:
-                continue
-            if node.op_type in CHANNELS_FIRST_OPS and node.input[0] == tensor:
-                return f"{node.op_type} '{mg.names[i]}'"
-            if node.op_type in LAYOUT_PASSTHROUGH - {"Unsqueeze"}:
-                frontier.extend(node.output[:1])
-    return None
-
-
 def _features_last_reader(mg: ModelGraph, name: str, steps: int = 16) -> tuple[str, bool] | None:
     """("MatMul 'm'", sure): an op reading the input's last axis as features (a LayerNormalization
     over it or a recurrence, whose X is [T, N, F] or [N, T, F]: sure; a MatMul with a constant
@@ -696,6 +679,9 @@ def _features_last_reader(mg: ModelGraph, name: str, steps: int = 16) -> tuple[s
             perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
             keeps_last = node.op_type == "Transpose" and perm is not None and perm[-1] == len(perm) - 1
             projects = first and node.op_type == "MatMul" and mg.constant(node.input[1]) is not None
+            before, after = mg.shapes.get(tensor) or (), mg.shapes.get(node.output[0]) or ()
+            keeps_last = keeps_last or (first and node.op_type == "Reshape" and bool(before) and bool(after)
+                                        and before[-1] == after[-1])  # (N, T, D) -> (N*T, D): Keras' Dense
             if projects and projection is None:  # its output's last axis is features too
                 projection = f"{node.op_type} '{mg.names[i]}'"
             if node.op_type in LAYOUT_PASSTHROUGH - {"Unsqueeze", "Pad"} or keeps_last or projects:
@@ -703,19 +689,64 @@ def _features_last_reader(mg: ModelGraph, name: str, steps: int = 16) -> tuple[s
     return (projection, False) if projection else None
 
 
-def _unsqueezed_reader(mg: ModelGraph, name: str) -> str | None:
-    """"Unsqueeze 'u' (axis 1), then Conv 'c'": the input made channels-first by an Unsqueeze at
-    axis 1 (an audio spectrogram (N, T, F) fed to a Conv2d), else None."""
-    for i, node in enumerate(mg.nodes):
-        if node.op_type != "Unsqueeze" or not node.input or node.input[0] != name:
-            continue
-        axes = mg.constant(node.input[1]) if len(node.input) > 1 else next(
-            (list(a.ints) for a in node.attribute if a.name == "axes"), None)
-        if axes is not None and [int(a) for a in np.ravel(axes)] == [1]:
-            reader = _channels_first_reader(mg, node.output[0])
-            if reader is not None:
-                return f"Unsqueeze '{mg.names[i]}' (axis 1), then {reader}"
+def _channels_first_reader(mg: ModelGraph, name: str, steps: int = 12) -> tuple[list[int], str] | None:
+    """(spatial axes of the input, "Conv 'c'" or "Unsqueeze 'u', Transpose 't', then Conv 'c'"):
+    a channels-first op reading the input, reached through ops that keep each value (elementwise
+    ops, Pad), insert axes (Unsqueeze, a Reshape adding 1s) or move them (Transpose); its axes 2..
+    are positions, so are the input axes that land there (a Keras Conv1D: Unsqueeze, Transpose,
+    Conv2D; a spectrogram (N, T, F) unsqueezed into a Conv2d).  None when another op comes first
+    (a global pool reading the input is no evidence: tf2onnx writes a LayerNorm's mean so)."""
+    rank = len(mg.shapes.get(name) or ())
+    frontier: list[tuple[str, list[int], list[str]]] = [(name, list(range(rank)), [])]
+    seen = 0
+    while frontier and seen < steps:
+        tensor, where, path = frontier.pop(0)
+        seen += 1
+        for i, node in enumerate(mg.nodes):
+            if tensor not in node.input:
+                continue
+            label = f"{node.op_type} '{mg.names[i]}'"
+            if node.op_type in CHANNELS_FIRST_OPS - GLOBAL_POOLS and node.input[0] == tensor:
+                spatial = [a for a in range(1, rank) if where[a] >= 2]
+                return (spatial, ", then ".join([*path, label])) if where[0] == 0 and spatial else None
+            moved = _moved_axes(mg, node, tensor, where)
+            if moved is not None and len(path) < 4:
+                frontier.append((node.output[0], moved, path + [label] if moved != where else path))
     return None
+
+
+def _axes_text(axes: Sequence[int]) -> str:
+    return ", ".join(map(str, axes))
+
+
+def _moved_axes(mg: ModelGraph, node: onnx.NodeProto, tensor: str, where: list[int]) -> list[int] | None:
+    """Where the input's axes are in ``node``'s output (``where``: in ``tensor``), for ops that keep
+    each value in place (elementwise, Pad), insert axes (Unsqueeze; a Reshape adding 1s) or move
+    them (Transpose); None for any other op."""
+    if node.op_type in LAYOUT_PASSTHROUGH - {"Unsqueeze"}:
+        return where
+    if node.op_type == "Transpose" and node.input[0] == tensor:
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        return None if perm is None else [perm.index(w) for w in where]
+    before, after = mg.shapes.get(tensor), mg.shapes.get(node.output[0])
+    if node.op_type not in ("Unsqueeze", "Squeeze", "Reshape") or node.input[0] != tensor \
+            or before is None or after is None:
+        return None
+    moved = _moved_ones(tuple(before), tuple(after))
+    return None if moved is None else [moved[w] if w >= 0 else -1 for w in where]
+
+
+def _moved_ones(before: tuple, after: tuple) -> list[int] | None:
+    """For each axis of ``before``, its axis in ``after`` (-1: gone), when the reshape only adds,
+    drops or moves axes of size 1 (the other sizes in the same order; the batch stays first);
+    None for any other reshape."""
+    big_before = [i for i, d in enumerate(before) if d != 1]
+    big_after = [i for i, d in enumerate(after) if d != 1]
+    if [before[i] for i in big_before] != [after[i] for i in big_after]:
+        return None
+    ones = iter(i for i, d in enumerate(after) if d == 1 and i != 0)
+    return [big_after[big_before.index(i)] if d != 1 else 0 if i == 0 and after[:1] == (1,) else next(ones, -1)
+            for i, d in enumerate(before)]
 
 
 def _leading_transpose(mg: ModelGraph, name: str) -> list[int] | None:

@@ -230,12 +230,13 @@ def audio_embedding(shape: tuple[int, ...] = (1, 76, 32, 1)) -> onnx.ModelProto:
 def test_a_channels_last_spectrogram_is_read_as_nhwc_and_says_so(tmp_path: Path, capsys) -> None:
     """[1, 76, 32, 1]: the last axis (1 entry) is the channel; before, NCHW was assumed silently and
     the 76 time steps were a channel axis.  Unit (5, 7)'s region is the impulse support measured
-    with onnxruntime (positive weights, no bias: > 0 iff connected)."""
+    with onnxruntime (positive weights, no bias: > 0 iff connected).  The graph tells it too (the
+    channel squeezed, a channel axis unsqueezed at 1, a Conv): the reason names that path."""
     import onnxruntime as ort
 
     model = audio_embedding()
     a = analyze(model)
-    assert a.spatial_axes == (1, 2) and a.layout == "NHWC" and "guessed" in a.layout_reason
+    assert a.spatial_axes == (1, 2) and a.layout == "NHWC" and "then Conv" in a.layout_reason
     batched = onnx.ModelProto()
     batched.CopyFrom(model)
     batched.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
@@ -247,11 +248,11 @@ def test_a_channels_last_spectrogram_is_read_as_nhwc_and_says_so(tmp_path: Path,
     path = tmp_path / "audio.onnx"
     onnx.save(model, path)
     assert main(["analyze", str(path)]) == 0
-    assert "layout NHWC: guessed" in capsys.readouterr().out
+    assert "layout NHWC: the input reaches Squeeze" in capsys.readouterr().out
     assert main(["analyze", str(path), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["input"]["layout"] == "NHWC"
     assert main(["diagnose", str(path), "--no-size-range", "--format", "json"]) == 0
-    assert "guessed" in json.loads(capsys.readouterr().out)["input"]["layout_reason"]
+    assert "then Conv" in json.loads(capsys.readouterr().out)["input"]["layout_reason"]
 
 
 def test_a_coin_toss_layout_is_refused_naming_layout(tmp_path: Path, capsys) -> None:
@@ -536,3 +537,63 @@ def test_a_two_axis_input_asks_for_nl_in_every_command(tmp_path: Path, capsys) -
         capsys.readouterr()
     a = analyze(wave)
     assert a.layout == "NL" and a["y"].r == (5,) and "Unsqueeze" in a.layout_reason
+
+
+def _sequence_graph(nodes: list, shape: list[int], inits: dict) -> onnx.ModelProto:
+    from onnx import numpy_helper
+    graph = helper.make_graph(nodes, "seq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _keras_conv1d() -> tuple[onnx.ModelProto, str, tuple[int, ...]]:
+    """tf2onnx's Conv1D on (N, T=12, C=5): Unsqueeze at 1, Transpose [0, 3, 1, 2], a (1, 3) Conv."""
+    w = np.random.default_rng(4).standard_normal((2, 5, 1, 3)).astype(np.float32)
+    nodes = [helper.make_node("Unsqueeze", ["x", "ax"], ["u"]),
+             helper.make_node("Transpose", ["u"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["y"], kernel_shape=[1, 3], pads=[0, 1, 0, 1])]
+    return _sequence_graph(nodes, [1, 12, 5], {"ax": np.array([1]), "w": w}), "NLC", (3,)
+
+
+def _expanded_spectrogram() -> tuple[onnx.ModelProto, str, tuple[int, ...]]:
+    """(N, T=10, F=4) given a channel by Unsqueeze at -1, then a Reshape moving it to axis 1, a 3x3
+    Conv (Keras' ExpandDims before a Conv2D): every axis but N is a position (the shape guess read F=4 as channels)."""
+    w = np.random.default_rng(5).standard_normal((2, 1, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Unsqueeze", ["x", "ax"], ["u"]),
+             helper.make_node("Reshape", ["u", "shape"], ["r"]),
+             helper.make_node("Conv", ["r", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    inits = {"ax": np.array([3]), "shape": np.array([1, 1, 10, 4]), "w": w}
+    return _sequence_graph(nodes, [1, 10, 4], inits), "NHW", (3, 3)
+
+
+def _keras_dense_then_conv() -> tuple[onnx.ModelProto, str, tuple[int, ...]]:
+    """tf2onnx's Dense on (N, T=9, D=6): Reshape to (N*T, D), MatMul, Reshape back; then a
+    Transpose and a Conv1d over T; a GlobalAveragePool of the input (a LayerNorm's mean, as tf2onnx
+    writes it) is no evidence of channels first."""
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["mean"]),
+             helper.make_node("Sub", ["x", "mean"], ["c"]),
+             helper.make_node("Reshape", ["c", "flat"], ["f"]),
+             helper.make_node("MatMul", ["f", "w"], ["m"]),
+             helper.make_node("Reshape", ["m", "back"], ["b"]),
+             helper.make_node("Transpose", ["b"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("Conv", ["t", "k"], ["y"], kernel_shape=[3], pads=[1, 1])]
+    inits = {"flat": np.array([9, 6]), "w": rng.standard_normal((6, 4)).astype(np.float32),
+             "back": np.array([1, 9, 4]), "k": rng.standard_normal((2, 4, 3)).astype(np.float32)}
+    return _sequence_graph(nodes, [1, 9, 6], inits), "NLC", (3,)
+
+
+@pytest.mark.parametrize("build", [_keras_conv1d, _expanded_spectrogram, _keras_dense_then_conv],
+                         ids=lambda b: b.__name__.strip("_"))
+def test_layouts_the_graph_tells_through_moved_axes(build) -> None:
+    """The input's axes followed to the op that reads them (found by a helper on tf2onnx exports:
+    Keras Conv1D, spectrogram and Dense models were read as N, C, L, their features as positions).
+    Oracle: impulses on every unit of the output."""
+    from tests.impulses import check_tensor
+
+    proto, layout, r = build()
+    a = analyze(proto)
+    assert a.layout == layout, a.layout_reason
+    assert a["y"].r == r and not a.global_at
+    assert check_tensor(a, proto, "y") > 1
