@@ -597,3 +597,24 @@ def test_layouts_the_graph_tells_through_moved_axes(build) -> None:
     assert a.layout == layout, a.layout_reason
     assert a["y"].r == r and not a.global_at
     assert check_tensor(a, proto, "y") > 1
+
+
+@pytest.mark.parametrize("group", [1, 5])
+def test_a_conv_over_a_channel_axis_holding_positions_reads_them_all(group: int) -> None:
+    """Under a layout that makes the features positions (--layout NCL on a Keras Conv1D export:
+    the Transpose moves them onto the Conv's channel axis), the Conv mixes every channel: global
+    along them, named (was r = 1, the output channels taken for positions).  A grouped one is refused
+    by name.  Oracle: impulses."""
+    from tests.impulses import check_tensor
+
+    proto, _, _ = _keras_conv1d()
+    if group != 1:
+        proto.graph.node[-1].attribute.append(helper.make_attribute("group", group))
+        proto.graph.initializer[-1].CopyFrom(onnx.numpy_helper.from_array(
+            np.ones((5, 1, 1, 3), np.float32), "w"))
+    a = analyze(proto, layout="NCL")
+    if group == 1:
+        assert a["y"].is_global and "channel axis that holds positions" in a.global_at["Conv#2"]
+        assert check_tensor(a, proto, "y") == 1
+    else:
+        assert [s.node for s in a.stops] == ["Conv#2"] and "grouped" in a.stops[0].reason

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -12,7 +13,7 @@ from ..fields import Span
 from . import geometry
 from .gradient import Builder, Grads, NodeView, _quantized, _scatter_window, _window
 from .gradient import Rule as VJPRule
-from .transfer import FOLDED, NodeContext, Rule, Transfer, window, with_scalar_edges
+from .transfer import FOLDED, NodeContext, Rule, Transfer, mixed_maps, spatial_of, window, with_scalar_edges
 
 # ---------------------------------------------------------------- receptive-field (TRF) rules
 
@@ -72,12 +73,26 @@ def conv_rule(weight_slot: int | None = 1, data_slot: int = 0,
 
 def _channels_mixed(ctx: NodeContext, tr: Transfer) -> Transfer:
     """A convolution of one group reads every input channel: positions folded into them
-    (``FOLDED``) are summed, so its output channels are plain features."""
+    (``FOLDED``) are summed, and positions the channel axis holds (an input moved there by a
+    Transpose, under a layout that makes them positions) are all read, so its output channels are
+    plain features.  A grouped one over channels that hold positions is refused."""
     out = tr.outputs[0]
-    if int(ctx.attrs.get("group", 1)) != 1 or out is None or len(out.layout) < 2 or out.layout[1][0][0] != FOLDED:
+    if out is None or len(out.layout) < 2:
         return tr
-    layout = (out.layout[0], ((-1, out.layout[1][0][1]),)) + out.layout[2:]
-    return dataclasses.replace(tr, outputs=(dataclasses.replace(out, layout=layout),) + tr.outputs[1:])
+    held = spatial_of(ctx.data_layout(0)[1])
+    if not held and out.layout[1][0][0] != FOLDED:
+        return tr
+    if int(ctx.attrs.get("group", 1)) != 1:
+        if held:
+            raise ctx.unsupported("a grouped convolution over a channel axis that holds positions")
+        return tr
+    size = (ctx.out_shapes[0] or (None, None))[1] or math.prod(n for _, n in out.layout[1])
+    layout = (out.layout[0], ((-1, size),)) + out.layout[2:]
+    mixed = mixed_maps(ctx.data_layout(0), [1])
+    edges = tuple(dataclasses.replace(e, maps={**e.maps, **mixed}) if e.slot == 0 else e for e in out.edges)
+    why = f"{ctx.op} over a channel axis that holds positions: every output reads them all" if held else ""
+    return dataclasses.replace(tr, outputs=(dataclasses.replace(out, layout=layout, edges=edges),) + tr.outputs[1:],
+                               mix_reason=tr.mix_reason or why)
 
 
 def conv_transpose_rule(ctx: NodeContext) -> Transfer:
