@@ -477,3 +477,32 @@ def test_exported_network_matches_autograd(dynamo: bool) -> None:
     xg = x.clone().requires_grad_(True)
     (net(xg) * seed).sum().backward()
     assert rel_err(vjp_of(model, x.numpy(), seed.numpy()), xg.grad.numpy()) < 1e-4
+
+
+def test_conv_bias_computed_from_the_input_gets_its_gradient() -> None:
+    """tf2onnx folds a 1x1 map's residual into the next Conv's bias (Keras ResNetV2 at 32 px): the
+    bias depends on the input, and its gradient (the output's, summed over positions) was dropped,
+    so the analysis stopped there.  Oracle: torch autograd (float64), and the TRF: every unit reads
+    the pixels the bias reads."""
+    import rfgraph
+
+    rng = np.random.default_rng(8)
+    w1, w2 = rng.standard_normal((3, 2, 4, 4)), rng.standard_normal((3, 2, 3, 3))
+    nodes = [node("Conv", ["x", "w1"], "a", kernel_shape=[4, 4]),
+             node("Squeeze", ["a", "axes"], "b"),
+             node("Conv", ["x", "w2", "b"], "y", kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    inits = [numpy_helper.from_array(w1.astype(np.float32), "w1"), numpy_helper.from_array(w2.astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array([0, 2, 3], np.int64), "axes")]
+    graph = helper.make_graph(nodes, "bias", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((1, 2, 4, 4))
+    seed = np.zeros((1, 3, 4, 4))
+    seed[0, :, 0, 0] = 1.0
+    xt = torch.tensor(x, requires_grad=True)
+    bias = F.conv2d(xt, torch.tensor(w1)).reshape(3)
+    (F.conv2d(xt, torch.tensor(w2), bias, padding=1) * torch.tensor(seed)).sum().backward()
+    got = vjp_of(model, x.astype(np.float32), seed.astype(np.float32))
+    assert rel_err(got, xt.grad.numpy()) < 1e-5
+    a = rfgraph.analyze(model)
+    assert not a.stops and a["y"].region((0, 0)) == ((-1, 3), (-1, 3))  # the 3x3 window and the bias's 4x4

@@ -52,22 +52,31 @@ def _check_groups(ctx: NodeContext, weight_slot: int | None, data_slot: int = 0,
                           f"{list(w)} (ONNX: {rule} input channels, W.shape[0] divisible by group)")
 
 
-def conv_rule(weight_slot: int | None = 1, data_slot: int = 0,
-              scalar_slots: Sequence[int] = ()) -> Callable[[NodeContext], Transfer]:
-    """Conv-like op: each output unit reads k_eff = d(k-1)+1 inputs from u*s - p_begin;
-    ``scalar_slots`` (quantization scales, zero points) may be computed from the input."""
+# A Conv's bias may be computed from the input: tf2onnx folds a residual sum into the next Conv's
+# bias where the map is 1x1 (Keras ResNetV2 at 32 px); one value per output channel, added at every
+# position, so every unit reads it whole.
+BIAS_SLOT = {"Conv": (2,)}
+
+
+def conv_rule(weight_slot: int | None = 1, data_slot: int = 0, scalar_slots: Sequence[int] = (),
+              name: str = "Conv") -> Callable[[NodeContext], Transfer]:
+    """Conv-like op ``name``: each output unit reads k_eff = d(k-1)+1 inputs from u*s - p_begin;
+    ``scalar_slots`` (quantization scales, zero points) and a Conv's bias may be computed from the
+    input (every unit reads them whole)."""
+    biases = (*scalar_slots, *BIAS_SLOT.get(name, ()))  # read whole by every output unit
+
     def rule(ctx: NodeContext) -> Transfer:
         if data_slot != 0:
             ctx.layouts = [ctx.layouts[data_slot]] + ctx.layouts[1:]
         for slot in ctx.data_slots():
-            if slot != 0 and slot != data_slot and slot not in scalar_slots:
+            if slot != 0 and slot != data_slot and slot not in biases:
                 raise ctx.unsupported("weights computed from the input (data-dependent kernel)")
         kernel = _kernel(ctx, weight_slot)
         _check_groups(ctx, weight_slot, data_slot)
         geo = geometry.window(ctx.op, ctx.name, ctx.attrs, kernel, _spatial_sizes(ctx, len(kernel)))
         tr = window(ctx, [Span.layer(a.kernel, a.stride, a.pad_begin, a.dilation) for a in geo.axes],
                     geo.size_dependent)
-        return with_scalar_edges(ctx, _channels_mixed(ctx, tr), scalar_slots)
+        return with_scalar_edges(ctx, _channels_mixed(ctx, tr), biases)
     return rule
 
 
@@ -144,14 +153,24 @@ def _conv(b: Builder, n: NodeView, gys: list) -> Grads:
     constant = n.inputs[1] in b.initializers or b.value(n.inputs[1]) is not None
     xs, ys = b.shape(n.inputs[0])[2:], b.shape(n.outputs[0])[2:]
     k_eff = [a.k_eff for a in geo.axes]
+    bias = _bias_gradient(b, n, gys[0])
     if constant and all(s == 1 for s in strides):
         new_pb = [k - 1 - p for k, p in zip(k_eff, pb)]
         new_pe = [x - y - q + k - 1 for x, y, q, k in zip(xs, ys, new_pb, k_eff)]
         if all(p >= 0 for p in new_pb + new_pe):
             wf = _flipped_kernel(b, n.inputs[1], group)
             out = b.op("Conv", gys[0], wf, dilations=dil, pads=new_pb + new_pe, group=group)
-            return [out]
-    return [_scatter_window(b, gys[0], n.inputs[1], group, n)]
+            return [out, None, bias]
+    return [_scatter_window(b, gys[0], n.inputs[1], group, n), None, bias]
+
+
+def _bias_gradient(b: Builder, n: NodeView, gy: str) -> str | None:
+    """The gradient of a bias computed from the input (``BIAS_SLOT``): the output's gradient
+    summed over the batch and the positions, one value per channel; None for a constant bias."""
+    if len(n.inputs) < 3 or not b.is_active(n.inputs[2]):
+        return None
+    rank = len(b.shape(gy))
+    return b.op("ReduceSum", gy, b.ints([0, *range(2, rank)]), keepdims=0)
 
 
 def _conv_transpose(b: Builder, n: NodeView, gys: list) -> Grads:
@@ -181,8 +200,8 @@ def _conv_transpose(b: Builder, n: NodeView, gys: list) -> Grads:
 # ---------------------------------------------------------------- the family's tables
 
 TRF: dict[str, Rule] = {
-    "Conv": conv_rule(1), "ConvInteger": conv_rule(1, scalar_slots=(2, 3)),
-    "QLinearConv": conv_rule(3, scalar_slots=(1, 2, 4, 5, 6, 7, 8)),
+    "Conv": conv_rule(1), "ConvInteger": conv_rule(1, scalar_slots=(2, 3), name="ConvInteger"),
+    "QLinearConv": conv_rule(3, scalar_slots=(1, 2, 4, 5, 6, 7, 8), name="QLinearConv"),
     "ConvTranspose": conv_transpose_rule,
 }
 
