@@ -275,9 +275,12 @@ class Analysis:
             return None
         ep = self.endpoints[name]
         per_axis = [r if n is not None else r.as_one_unit() for r, n in zip(exact, ep.units)]
-        if any(r.n != (n or 1) for r, n in zip(per_axis, ep.units)):  # units of another layout
-            return None  # (a fine axis: the regions sweep counts its coarse units)
-        return [np.stack([r.lo, r.hi], axis=1) for r in per_axis]
+        if any((n or 1) % r.n for r, n in zip(per_axis, ep.units)):  # units of another layout
+            return None
+        # a fine axis (K elements a unit: rows put back, a nearest upsampling by Tile): the regions
+        # sweep counts its units, each of whose elements reads what the unit reads
+        return [np.repeat(np.stack([r.lo, r.hi], axis=1), (n or 1) // r.n, axis=0)
+                for r, n in zip(per_axis, ep.units)]
 
     @functools.cached_property
     def exact_regions(self) -> dict[str, tuple[AxisRegions, ...]]:

@@ -107,3 +107,24 @@ def test_boxes_clip_and_show_draw_the_pixels_read(tmp_path: Path, capsys: pytest
     doc = json.loads(capsys.readouterr().out)
     assert doc["picture"]["box"] == [2, 1, 3, 2]  # x0, y0, x1, y1
     assert doc["region"] == [[0, 2], [1, 3]]  # the paper's region, unclipped, as before
+
+
+def test_a_nearest_upsampling_by_tile_keeps_the_exact_clip() -> None:
+    """Keras' UpSampling2D as tf2onnx writes it (Unsqueeze, Tile, Reshape: each row repeated) after
+    a crop and a zero-padded conv: every element of a repeated row reads what its row reads (the
+    upsampled map fell back to the arithmetic clip, keeping the cropped row 0; found by a helper)."""
+    ints = {"st": [1], "en": [100], "ax": [2], "u": [3], "rep": [1, 1, 1, 2, 1], "shp": [1, 1, 14, 5]}
+    inits = {k: np.array(v, np.int64) for k, v in ints.items()}
+    inits["w"] = RNG.uniform(0.5, 1.5, (1, 1, 3, 1)).astype(np.float32)
+    nodes = [helper.make_node("Slice", ["x", "st", "en", "ax"], ["c"]),
+             helper.make_node("Conv", ["c", "w"], ["k"], kernel_shape=[3, 1], pads=[1, 0, 1, 0]),
+             helper.make_node("Unsqueeze", ["k", "u"], ["e"]),
+             helper.make_node("Tile", ["e", "rep"], ["t"]),
+             helper.make_node("Reshape", ["t", "shp"], ["y"])]
+    graph = helper.make_graph(nodes, "up", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    a = rfgraph.analyze(proto)
+    assert a["y"].units == (14, 5) and check_tensor(a, proto, "y") == 70
+    assert a["y"].clipped_region((0, 0), (8, 5))[0] == (1, 2)  # row 0 is cropped: the arithmetic clip kept it
