@@ -709,7 +709,7 @@ def _build_graph(model: onnx.ModelProto) -> ModelGraph:
                     f"elsewhere too; the graph is not valid SSA")
             producer[out] = idx
     captured = {idx: names_ for idx, node in enumerate(nodes)
-                if _may_have_subgraphs(node, op_types[idx]) and (names_ := _captured_tensors(node))}
+                if _may_have_subgraphs(node, op_types[idx]) and (names_ := captured_tensors(node))}
     edges: list[tuple[int, int]] = []
     for idx, ins in enumerate(node_inputs):
         for tensor in captured.get(idx, ()):
@@ -749,7 +749,7 @@ def _may_have_subgraphs(node: onnx.NodeProto, op_type: str) -> bool:
     return op_type in SUBGRAPH_OPS or node.domain not in ("", "ai.onnx")
 
 
-def _captured_tensors(node: onnx.NodeProto) -> list[str]:
+def captured_tensors(node: onnx.NodeProto) -> list[str]:
     """Outer-scope tensors read inside a node's subgraphs (If/Loop/Scan bodies): implicit inputs."""
     found: list[str] = []
     pending = [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]

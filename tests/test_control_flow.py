@@ -132,3 +132,19 @@ def test_erf_through_an_inlined_if() -> None:
     result = rfgraph.compute_erf(_model(), runs=1, fill={"sr": 8000}, inputs="uniform")
     nz = np.nonzero(result.erf > 0)
     assert [(int(a.min()), int(a.max())) for a in nz] == [(4, 10), (4, 10)]  # centre 7, r = 7
+
+
+def test_erf_through_an_undecided_if_is_refused_naming_it() -> None:
+    """An If on a run-time value whose branches read the input from the outer scope (not as an
+    input of the If): the output depends on it.  The ERF said it did not ("does not depend
+    (differentiably) on input 'x'", a Keras LSTM's Loop); now the If is reached and refused by name."""
+    zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
+    nodes = [helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+             helper.make_node("Greater", ["m", "zero"], ["cond"]),
+             helper.make_node("If", ["cond"], ["y"], name="choose", then_branch=_conv_branch("small", 3, "t"),
+                              else_branch=_conv_branch("large", 5, "e"))]
+    graph = helper.make_graph(nodes, "if", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(RFGraphError, match=r"'choose' \(If\)"):
+        rfgraph.compute_erf(model, "y", runs=1)
