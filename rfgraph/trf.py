@@ -34,6 +34,7 @@ from .fields import (
 from .onnx_import import ModelGraph, attributes, check_attribute_types, paused_gc, unknown_standard_op
 from .rules import RuleTable
 from .semantics import BROADCAST_OPS, CACHEABLE_OPS, GATE_OPS, STATIC_OPS, TRF_RULES
+from .semantics.contrib import contrib_stop_reason
 from .semantics.transfer import (
     AxisOutOfRange,
     Edge,
@@ -251,6 +252,7 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None], cache: Tra
                f"export); export it again (that function inlined, or at another opset), or declare a "
                f"rule for it {declare}" if unknown_standard_op(op, node.domain) else
                f"no receptive-field rule for this op{dom}; declare one {declare}")
+        why = contrib_stop_reason(node) or why
         raise UnsupportedOpError(mg.names[idx], node.op_type, why)
     shapes = mg.shapes
     in_shapes = [shapes.get(t) if t else None for t in mg.node_inputs[idx]]

@@ -55,8 +55,7 @@ from .semantics.gradient import (
 
 SEED_NAME = "rfgraph_seed"
 FD_HINT = "use the finite-difference engine instead (--method fd; method='fd' in Python), which runs any op"
-QUANTIZED_HINT = ("compute the ERF of the float model it was quantized from (its fields are the same: "
-                  "rfgraph analyze reads both)")
+QUANTIZED_HINT = "compute the ERF of the float model it was quantized from"
 GRAD_NAME = "rfgraph_grad"
 
 

@@ -24,8 +24,10 @@ from .gradient import Rule as VJPRule
 from .transfer import Rule
 
 MS = "com.microsoft"
+NCHWC = "com.microsoft.nchwc"  # onnxruntime's blocked-channel kernels (ORT_ENABLE_ALL on CPU)
 EXPANDED = "rfgraph: expanded "  # doc_string mark of the nodes that replace a contrib op
 INNER = " (inner)"  # ... and of those among them that write a tensor of their own (not the op's output)
+NOT_EXPANDED = "rfgraph: not expanded: "  # doc_string mark of a contrib node left as it is, and why
 
 
 # ---------------------------------------------------------------- what an expansion writes with
@@ -100,11 +102,10 @@ class Expansion:
     def finish(self) -> list[onnx.NodeProto]:
         """Name the emitted nodes after the contrib node and mark where they came from."""
         name = self.node.name or self.node.output[0]
-        ops = [n.op_type for n in self.nodes[:-1]]
         for k, n in enumerate(self.nodes):
-            part = n.op_type if ops.count(n.op_type) == 1 else f"{n.op_type}{ops[:k].count(n.op_type) + 1}"
-            n.name = name if k == len(self.nodes) - 1 else f"{name}/{part}"
-            inner = not set(n.output) & set(self.node.output)
+            inner = not set(n.output) & set(self.node.output)  # (else it writes one of the op's outputs)
+            step = n.output[0].rsplit("/", 1)[-1] if inner else n.output[0]  # named after its tensor
+            n.name = name if k == len(self.nodes) - 1 else f"{name}/{step}"
             n.doc_string = f"{EXPANDED}{MS}::{self.node.op_type}{INNER if inner else ''}"
         return self.nodes
 
@@ -317,7 +318,8 @@ def _qlinear_unary(op: str, **attrs: Any) -> Callable[[Expansion], None]:
 
 
 def _channels_first(e: Expansion, x: str) -> tuple[str, list[int] | None]:
-    """``x`` moved to channels-first where the node says ``channels_last`` (and the inverse perm)."""
+    """``x`` moved to channels-first where the node says ``channels_last`` (and the inverse perm;
+    None where it is channels first already)."""
     if not e.attr("channels_last", 0):
         return x, None
     rank = e.rank(e.input(0))
@@ -353,6 +355,27 @@ def _qlinear_softmax(e: Expansion) -> None:
     if (named >= 13) != (e.opset >= 13):
         raise NotCovered(f"Softmax of opset {named} in an opset-{e.opset} model")
     _q(e, e.op("Softmax", [_dq(e, 0, 1, 2)], axis=int(e.attr("axis", -1))), 3, 4)
+
+
+def _qlinear_conv(e: Expansion) -> None:
+    """onnxruntime's QLinearConv: ONNX's, on channels-last data where ``channels_last`` says so
+    (the form its ORT_ENABLE_ALL optimisation writes): transposed to channels first and back."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in e.node.attribute if a.name != "channels_last"}
+    x, back = _channels_first(e, e.input(0))
+    y = e.op("QLinearConv", [x, *e.node.input[1:]], None if back else e.output(0), **attrs)
+    if back:
+        e.op("Transpose", [y], e.output(0), perm=back)
+
+
+def _nhwc_max_pool(e: Expansion) -> None:
+    """NhwcMaxPool (onnxruntime, 8-bit channels-last data): MaxPool on the channels-first map."""
+    rank = e.rank(e.input(0))
+    if rank is None:
+        raise NotCovered("an input of unknown rank")
+    attrs = {a.name: helper.get_attribute_value(a) for a in e.node.attribute}
+    x = e.op("Transpose", [e.input(0)], perm=[0, rank - 1, *range(1, rank - 1)])
+    y = e.op("MaxPool", [x], **attrs)
+    e.op("Transpose", [y], e.output(0), perm=[0, *range(2, rank), 1])
 
 
 def _dequantized_weight(e: Expansion, x: int, scale: int, zero: int, axis: int = -1) -> str:
@@ -514,6 +537,7 @@ EXPANSIONS: dict[str, Callable[[Expansion], None]] = {
     "DynamicQuantizeMatMul": _dynamic_quantize_mat_mul, "MatMulIntegerToFloat": _mat_mul_integer_to_float,
     "DynamicQuantizeLSTM": _dynamic_quantize_lstm,
     "Attention": _attention, "MultiHeadAttention": _multi_head_attention,
+    "QLinearConv": _qlinear_conv, "NhwcMaxPool": _nhwc_max_pool,
 }
 # onnxruntime registers SimplifiedLayerNormalization in ONNX's own domain (ONNX does not define it).
 DOMAINS = {MS: set(EXPANSIONS), "": {"SimplifiedLayerNormalization"}, "ai.onnx": {"SimplifiedLayerNormalization"}}
@@ -525,6 +549,18 @@ DOMAINS = {MS: set(EXPANSIONS), "": {"SimplifiedLayerNormalization"}, "ai.onnx":
 def expandable(node: onnx.NodeProto) -> bool:
     """Whether ``node`` is a contrib op this module writes as standard ops."""
     return node.op_type in DOMAINS.get(node.domain, set())
+
+
+def contrib_stop_reason(node: onnx.NodeProto) -> str | None:
+    """Why the analysis stops at an onnxruntime op it does not read (a contrib op with what its
+    expansion does not cover; onnxruntime's NCHWc layout); None for other ops."""
+    if node.doc_string.startswith(NOT_EXPANDED):
+        return (f"onnxruntime's {node.op_type} with {node.doc_string[len(NOT_EXPANDED):]}: rfgraph reads this "
+                f"op as standard ops only without it")
+    if node.domain == NCHWC:
+        return ("onnxruntime's NCHWc blocked layout (a file saved at ORT_ENABLE_ALL, tied to the CPU that "
+                "saved it): save the model at ORT_ENABLE_EXTENDED (or from the original export) instead")
+    return None
 
 
 def writes_inner_tensor(node: onnx.NodeProto) -> bool:
@@ -558,7 +594,8 @@ def expand_contrib_ops(model: onnx.ModelProto) -> onnx.ModelProto:
         e = Expansion(node, opset, consts, shapes, dtypes)
         try:
             EXPANSIONS[node.op_type](e)
-        except NotCovered:
+        except NotCovered as exc:  # kept as it is, with the reason the analysis's stop will give
+            node.doc_string = f"{NOT_EXPANDED}{exc}"
             nodes.append(node)
             continue
         nodes.extend(e.finish())
