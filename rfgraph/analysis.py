@@ -730,7 +730,9 @@ def _moved_axes(mg: ModelGraph, node: onnx.NodeProto, tensor: str, where: list[i
         return where
     if node.op_type == "Transpose" and node.input[0] == tensor:
         perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-        return None if perm is None else [perm.index(w) for w in where]
+        if perm is None or sorted(perm) != list(range(len(perm))) or max(where, default=0) >= len(perm):
+            return None  # (a malformed perm: no evidence)
+        return [perm.index(w) if w >= 0 else -1 for w in where]
     before, after = mg.shapes.get(tensor), mg.shapes.get(node.output[0])
     if node.op_type not in ("Unsqueeze", "Squeeze", "Reshape") or node.input[0] != tensor \
             or before is None or after is None:
