@@ -34,7 +34,7 @@ from .fields import (
 from .onnx_import import ModelGraph, attributes, check_attribute_types, paused_gc, unknown_standard_op
 from .rules import RuleTable
 from .semantics import BROADCAST_OPS, CACHEABLE_OPS, GATE_OPS, STATIC_OPS, TRF_RULES
-from .semantics.contrib import contrib_stop_reason
+from .semantics.contrib import NOT_EXPANDED, contrib_stop_reason
 from .semantics.transfer import (
     AxisOutOfRange,
     Edge,
@@ -245,6 +245,8 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None], cache: Tra
     node = mg.nodes[idx]
     op = mg.op_types[idx]
     rule = cache.rule(op, node.domain)
+    if rule is not None and node.doc_string.startswith(NOT_EXPANDED):  # a contrib op a standard one's
+        rule = None  # namesake (QLinearConv) with what its expansion does not cover: not that op
     if rule is None:
         dom = f" (domain '{node.domain}')" if node.domain else ""
         declare = "with --rules FILE or rfgraph.register_op (see docs/custom_ops.md)"

@@ -542,3 +542,26 @@ def test_a_channels_last_qlinearconv_is_read_on_its_channels_last_data() -> None
     a = rfgraph.analyze(proto, layout="NCHW")
     assert a["y"].r == (3, 3) and not a.stops
     assert check_tensor(a, proto, "y") == c * c
+
+
+def test_a_chain_of_channels_last_ops_expands_in_rounds() -> None:
+    """A channels-last QLinearGlobalAveragePool after a channels-last QLinearConv (onnxruntime's
+    ORT_ENABLE_ALL form of a quantized ResNet's head): ONNX's shape inference skips contrib ops, so
+    the pool's input rank is known only once the conv is standard ops; the pool stopped the
+    analysis.  It computes what onnxruntime computes (within one step)."""
+    c = 4
+    rng = np.random.default_rng(13)
+    consts = {"s": scalar(0.05), "z": scalar(128, np.uint8), "w": rng.integers(-60, 60, (c, c, 3, 3)).astype(np.int8),
+              "ws": scalar(0.01), "wz": scalar(0, np.int8), "ys": scalar(0.2), "ps": scalar(0.1)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("Transpose", ["xq"], ["xt"], perm=[0, 2, 3, 1]),
+             ms_node("QLinearConv", ["xt", "s", "z", "w", "ws", "wz", "ys", "z"], ["yt"], kernel_shape=[3, 3],
+                     pads=[1, 1, 1, 1], channels_last=1),
+             ms_node("QLinearGlobalAveragePool", ["yt", "ys", "z", "ps", "z"], ["y"], channels_last=1)]
+    feeds = {"x": f32(1, c, 6, 6)}
+    proto = model(nodes, feeds, consts, ["y"])
+    expanded = expand_contrib_ops(proto)
+    assert not any(expandable(n) for n in expanded.graph.node)
+    (want,), (got,) = run(proto, feeds), run(expanded, feeds)
+    assert got.shape == want.shape and np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    assert not rfgraph.analyze(proto, layout="NCHW").stops

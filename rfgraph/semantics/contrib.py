@@ -322,8 +322,8 @@ def _channels_first(e: Expansion, x: str) -> tuple[str, list[int] | None]:
     None where it is channels first already)."""
     if not e.attr("channels_last", 0):
         return x, None
-    rank = e.rank(e.input(0))
-    if rank is None:
+    rank = e.rank(e.input(0)) or e.rank(e.input(3)) or len(e.attr("kernel_shape", [])) + 2 or None
+    if rank is None or rank < 3:  # (a conv's rank is its weight's, or its kernel's plus 2)
         raise NotCovered("channels_last with an input of unknown rank")
     perm = [0, rank - 1, *range(1, rank - 1)]
     back = [0, *range(2, rank), 1]
@@ -369,8 +369,8 @@ def _qlinear_conv(e: Expansion) -> None:
 
 def _nhwc_max_pool(e: Expansion) -> None:
     """NhwcMaxPool (onnxruntime, 8-bit channels-last data): MaxPool on the channels-first map."""
-    rank = e.rank(e.input(0))
-    if rank is None:
+    rank = e.rank(e.input(0)) or len(e.attr("kernel_shape", [])) + 2  # (its kernel's rank plus 2)
+    if rank < 3:
         raise NotCovered("an input of unknown rank")
     attrs = {a.name: helper.get_attribute_value(a) for a in e.node.attribute}
     x = e.op("Transpose", [e.input(0)], perm=[0, rank - 1, *range(1, rank - 1)])
@@ -578,17 +578,32 @@ def expanded_from(node: onnx.NodeProto) -> str | None:
 
 def expand_contrib_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with each contrib op of ``EXPANSIONS`` replaced by the standard ops it computes
-    (a copy; the model itself when it has none).  Ops an expansion does not cover stay."""
+    (a copy; the model itself when it has none).  Ops an expansion does not cover stay.  In rounds:
+    shape inference skips contrib ops, so a rank an expansion needs may be known only once the ops
+    before it are standard (a chain of channels-last quantized ops)."""
     if not any(expandable(n) for n in model.graph.node):
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
     opset = next((i.version for i in out.opset_import if i.domain in ("", "ai.onnx")), 1)
     consts = _constants(out.graph)
-    shapes, dtypes = _shapes(out)
+    for _ in range(MAX_ROUNDS):
+        if not _expand_round(out, opset, consts):
+            break
+    return out
+
+
+MAX_ROUNDS = 8  # rounds of expansion (each after shape inference of the last)
+
+
+def _expand_round(model: onnx.ModelProto, opset: int, consts: dict[str, np.ndarray]) -> bool:
+    """Expand every contrib op that can be at the shapes known now; whether any was, while some
+    remain that could not (another round may know their shapes)."""
+    shapes, dtypes = _shapes(model)
     nodes: list[onnx.NodeProto] = []
-    for node in out.graph.node:
-        if not expandable(node):
+    expanded = left = 0
+    for node in model.graph.node:
+        if not expandable(node) or node.doc_string.startswith(EXPANDED):
             nodes.append(node)
             continue
         e = Expansion(node, opset, consts, shapes, dtypes)
@@ -597,12 +612,14 @@ def expand_contrib_ops(model: onnx.ModelProto) -> onnx.ModelProto:
         except NotCovered as exc:  # kept as it is, with the reason the analysis's stop will give
             node.doc_string = f"{NOT_EXPANDED}{exc}"
             nodes.append(node)
+            left += 1
             continue
         nodes.extend(e.finish())
-        out.graph.initializer.extend(e.inits)
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    return out
+        model.graph.initializer.extend(e.inits)
+        expanded += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return bool(expanded and left)
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
