@@ -230,7 +230,7 @@ class EndPoint:
         VALID conv's dropped tail leave pixels inside the arithmetic clip unread), else the
         regions cut to the input, widened by what reflect / edge pads copy into the border."""
         exact = self.exact_clip(clip_to) if self.exact_clip is not None else None
-        if exact is not None and all(len(e) == len(r) for e, r in zip(exact, per_axis)):
+        if exact is not None:  # (one row per unit, as ``regions``: ``Analysis._exact_clip``)
             return exact
         return [clipped_regions(r, n, c) for r, n, c in zip(per_axis, clip_to, self._border_copies())]
 
@@ -673,14 +673,14 @@ def _features_last_reader(mg: ModelGraph, name: str, steps: int = 16) -> tuple[s
             if tensor not in node.input:
                 continue
             first = node.input[0] == tensor  # (an elementwise op may take it at any input)
-            axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+            attrs = attributes(node)
             rank = len(mg.shapes.get(tensor) or ())
-            if first and ((node.op_type == "LayerNormalization" and axis in (-1, rank - 1))
+            if first and ((node.op_type == "LayerNormalization" and attrs.get("axis", -1) in (-1, rank - 1))
                           or node.op_type in ("LSTM", "GRU", "RNN")):
                 reader = f"{node.op_type} '{mg.names[i]}'"
                 return (f"{projection}, then {reader}" if projection else reader), True
-            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-            keeps_last = node.op_type == "Transpose" and perm is not None and perm[-1] == len(perm) - 1
+            perm = list(attrs.get("perm") or [])
+            keeps_last = node.op_type == "Transpose" and bool(perm) and perm[-1] == len(perm) - 1
             projects = first and node.op_type == "MatMul" and mg.constant(node.input[1]) is not None
             before, after = mg.shapes.get(tensor) or (), mg.shapes.get(node.output[0]) or ()
             keeps_last = keeps_last or (first and node.op_type == "Reshape" and bool(before) and bool(after)
@@ -729,7 +729,7 @@ def _moved_axes(mg: ModelGraph, node: onnx.NodeProto, tensor: str, where: list[i
     if node.op_type in LAYOUT_PASSTHROUGH - {"Unsqueeze"}:
         return where
     if node.op_type == "Transpose" and node.input[0] == tensor:
-        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        perm = attributes(node).get("perm")
         if perm is None or sorted(perm) != list(range(len(perm))) or max(where, default=0) >= len(perm):
             return None  # (a malformed perm: no evidence)
         return [perm.index(w) if w >= 0 else -1 for w in where]

@@ -749,6 +749,11 @@ def _may_have_subgraphs(node: onnx.NodeProto, op_type: str) -> bool:
     return op_type in SUBGRAPH_OPS or node.domain not in ("", "ai.onnx")
 
 
+def node_reads(node: onnx.NodeProto) -> list[str]:
+    """The tensors a node reads: its inputs, and the outer-scope ones its subgraphs read."""
+    return [*node.input, *(captured_tensors(node) if _may_have_subgraphs(node, node.op_type) else ())]
+
+
 def captured_tensors(node: onnx.NodeProto) -> list[str]:
     """Outer-scope tensors read inside a node's subgraphs (If/Loop/Scan bodies): implicit inputs."""
     found: list[str] = []

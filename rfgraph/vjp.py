@@ -31,10 +31,10 @@ from .onnx_import import (
     MIN_OPSET,
     ModelGraph,
     build_graph,
-    captured_tensors,
     default_opset,
     known_shapes,
     measure_shapes,
+    node_reads,
     prepare,
     static_shapes_and_types,
 )
@@ -145,16 +145,11 @@ def constants(model: onnx.ModelProto, with_initializers: bool = True) -> dict[st
     return out
 
 
-SUBGRAPH_OPS = ("If", "Loop", "Scan")  # ops whose bodies may read the input without naming it as an input
-
-
 def active_tensors(model: onnx.ModelProto, input_name: str, dtypes: dict[str, int]) -> set[str]:
     """Tensors that depend differentiably on the input (float-typed, not through index ops)."""
     active = {input_name}
     for node in model.graph.node:  # ONNX graphs are topologically sorted
-        bodies = captured_tensors(node) if node.op_type in SUBGRAPH_OPS else []  # outer tensors a body reads
-        reads = [*node.input, *bodies]
-        if node.op_type in NON_DIFFERENTIABLE or not any(i in active for i in reads if i):
+        if node.op_type in NON_DIFFERENTIABLE or not any(i in active for i in node_reads(node) if i):
             continue
         for i, out in enumerate(node.output):
             if INDEX_OUTPUTS.get(node.op_type) == i:
@@ -717,8 +712,7 @@ def _backward(b: Builder, forward: list[onnx.NodeProto], x_name: str, y_name: st
         b.grads.update((o, g) for o, g in zip(node.output, gys) if g is not None)
         if all(g is None for g in gys):
             continue
-        bodies = captured_tensors(node) if node.op_type in SUBGRAPH_OPS else []
-        if not any(b.is_active(i) for i in [*node.input, *bodies]):
+        if not any(b.is_active(i) for i in node_reads(node)):  # (a body may read an outer tensor)
             continue
         rule = VJP_RULES.get(node.op_type)
         if rule is None or node.domain not in ("", "ai.onnx"):

@@ -317,17 +317,27 @@ def _qlinear_unary(op: str, **attrs: Any) -> Callable[[Expansion], None]:
     return expand
 
 
-def _channels_first(e: Expansion, x: str) -> tuple[str, list[int] | None]:
+def _data_rank(e: Expansion, weight_slot: int | None = None) -> int:
+    """The data input's rank: from the shapes, else its weight's (a conv), else its kernel's plus 2
+    (0: unknown; shape inference skips contrib ops)."""
+    known = e.rank(e.input(0)) or (e.rank(e.input(weight_slot)) if weight_slot is not None else None)
+    kernel = e.attr("kernel_shape")
+    return known or (len(kernel) + 2 if kernel else 0)
+
+
+def _from_channels_last(e: Expansion, x: str, rank: int) -> tuple[str, list[int]]:
+    """``x`` (N, spatial..., C) as (N, C, spatial...), and the perm that puts it back."""
+    if rank < 3:
+        raise NotCovered("channels-last data of unknown rank")
+    return e.op("Transpose", [x], perm=[0, rank - 1, *range(1, rank - 1)]), [0, *range(2, rank), 1]
+
+
+def _channels_first(e: Expansion, x: str, weight_slot: int | None = None) -> tuple[str, list[int] | None]:
     """``x`` moved to channels-first where the node says ``channels_last`` (and the inverse perm;
     None where it is channels first already)."""
     if not e.attr("channels_last", 0):
         return x, None
-    rank = e.rank(e.input(0)) or e.rank(e.input(3)) or len(e.attr("kernel_shape", [])) + 2 or None
-    if rank is None or rank < 3:  # (a conv's rank is its weight's, or its kernel's plus 2)
-        raise NotCovered("channels_last with an input of unknown rank")
-    perm = [0, rank - 1, *range(1, rank - 1)]
-    back = [0, *range(2, rank), 1]
-    return e.op("Transpose", [x], perm=perm), back
+    return _from_channels_last(e, x, _data_rank(e, weight_slot))
 
 
 def _qlinear_pool(op: str) -> Callable[[Expansion], None]:
@@ -361,7 +371,7 @@ def _qlinear_conv(e: Expansion) -> None:
     """onnxruntime's QLinearConv: ONNX's, on channels-last data where ``channels_last`` says so
     (the form its ORT_ENABLE_ALL optimisation writes): transposed to channels first and back."""
     attrs = {a.name: helper.get_attribute_value(a) for a in e.node.attribute if a.name != "channels_last"}
-    x, back = _channels_first(e, e.input(0))
+    x, back = _channels_first(e, e.input(0), weight_slot=3)
     y = e.op("QLinearConv", [x, *e.node.input[1:]], None if back else e.output(0), **attrs)
     if back:
         e.op("Transpose", [y], e.output(0), perm=back)
@@ -369,13 +379,9 @@ def _qlinear_conv(e: Expansion) -> None:
 
 def _nhwc_max_pool(e: Expansion) -> None:
     """NhwcMaxPool (onnxruntime, 8-bit channels-last data): MaxPool on the channels-first map."""
-    rank = e.rank(e.input(0)) or len(e.attr("kernel_shape", [])) + 2  # (its kernel's rank plus 2)
-    if rank < 3:
-        raise NotCovered("an input of unknown rank")
+    x, back = _from_channels_last(e, e.input(0), _data_rank(e))
     attrs = {a.name: helper.get_attribute_value(a) for a in e.node.attribute}
-    x = e.op("Transpose", [e.input(0)], perm=[0, rank - 1, *range(1, rank - 1)])
-    y = e.op("MaxPool", [x], **attrs)
-    e.op("Transpose", [y], e.output(0), perm=[0, *range(2, rank), 1])
+    e.op("Transpose", [e.op("MaxPool", [x], **attrs)], e.output(0), perm=back)
 
 
 def _dequantized_weight(e: Expansion, x: int, scale: int, zero: int, axis: int = -1) -> str:

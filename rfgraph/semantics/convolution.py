@@ -52,18 +52,13 @@ def _check_groups(ctx: NodeContext, weight_slot: int | None, data_slot: int = 0,
                           f"{list(w)} (ONNX: {rule} input channels, W.shape[0] divisible by group)")
 
 
-# A Conv's bias may be computed from the input: tf2onnx folds a residual sum into the next Conv's
-# bias where the map is 1x1 (Keras ResNetV2 at 32 px); one value per output channel, added at every
-# position, so every unit reads it whole.
-BIAS_SLOT = {"Conv": (2,)}
-
-
 def conv_rule(weight_slot: int | None = 1, data_slot: int = 0, scalar_slots: Sequence[int] = (),
-              name: str = "Conv") -> Callable[[NodeContext], Transfer]:
-    """Conv-like op ``name``: each output unit reads k_eff = d(k-1)+1 inputs from u*s - p_begin;
-    ``scalar_slots`` (quantization scales, zero points) and a Conv's bias may be computed from the
-    input (every unit reads them whole)."""
-    biases = (*scalar_slots, *BIAS_SLOT.get(name, ()))  # read whole by every output unit
+              bias_slot: int = 2) -> Callable[[NodeContext], Transfer]:
+    """Conv-like op: each output unit reads k_eff = d(k-1)+1 inputs from u*s - p_begin;
+    ``scalar_slots`` (quantization scales, zero points) and the bias may be computed from the input,
+    every unit reading them whole (tf2onnx folds a 1x1 map's residual into the next Conv's bias:
+    Keras ResNetV2 at 32 px; one value per output channel, added at every position)."""
+    biases = (*scalar_slots, bias_slot)
 
     def rule(ctx: NodeContext) -> Transfer:
         if data_slot != 0:
@@ -165,7 +160,7 @@ def _conv(b: Builder, n: NodeView, gys: list) -> Grads:
 
 
 def _bias_gradient(b: Builder, n: NodeView, gy: str) -> str | None:
-    """The gradient of a bias computed from the input (``BIAS_SLOT``): the output's gradient
+    """The gradient of a bias computed from the input (``conv_rule``'s ``bias_slot``): the output's gradient
     summed over the batch and the positions, one value per channel; None for a constant bias."""
     if len(n.inputs) < 3 or not b.is_active(n.inputs[2]):
         return None
@@ -200,8 +195,8 @@ def _conv_transpose(b: Builder, n: NodeView, gys: list) -> Grads:
 # ---------------------------------------------------------------- the family's tables
 
 TRF: dict[str, Rule] = {
-    "Conv": conv_rule(1), "ConvInteger": conv_rule(1, scalar_slots=(2, 3), name="ConvInteger"),
-    "QLinearConv": conv_rule(3, scalar_slots=(1, 2, 4, 5, 6, 7, 8), name="QLinearConv"),
+    "Conv": conv_rule(1), "ConvInteger": conv_rule(1, scalar_slots=(2, 3)),
+    "QLinearConv": conv_rule(3, scalar_slots=(1, 2, 4, 5, 6, 7, 8), bias_slot=8),
     "ConvTranspose": conv_transpose_rule,
 }
 
