@@ -217,6 +217,7 @@ class EndPoint:
     def clipped_region(self, index: Sequence[int], clip_to: Sequence[int]) -> tuple[tuple[int, int], ...]:
         """``region(index)`` clipped as ``boxes(clip_to)`` clips it: the input pixels the unit
         reads (first to last); empty (start past end) where it reads only zero padding."""
+        index = self._check_index(index)
         exact = self.exact_clip(clip_to) if self.exact_clip is not None else None
         if exact is not None:
             at = [i if n is not None else 0 for i, n in zip(index, self.units)]

@@ -147,11 +147,16 @@ def analysis_dict(analysis: Analysis, names: Iterable[str]) -> dict[str, Any]:
 
 
 def _partial_reach(row: dict[str, Any], axes: Sequence[tuple[str, int]]) -> str:
-    """', seeing only H 0-62 of the input': a global row whose mixed positions miss an end
-    (``axes``: each input spatial axis's name and size)."""
+    """', seeing only H 0-62 of the input': a global row whose mixed positions miss an end; or,
+    where its units together see the whole input but not each of them, that (``axes``: each
+    input spatial axis's name and size)."""
     parts = [f"{name} {reach[0]}-{reach[1]}" for (name, n), reach in zip(axes, row["global_reach"])
              if reach is not None and reach != [0, n - 1]]
-    return f", seeing only {', '.join(parts)} of the input" if parts else ""
+    if parts:
+        return f", seeing only {', '.join(parts)} of the input"
+    if row["covers_input"] is False:  # all units together see the input, not each (attention's queries)
+        return ", not every unit seeing the whole input (each: boxes --clip)"
+    return ""
 
 
 def input_axes(analysis: Analysis) -> list[tuple[str, int]]:

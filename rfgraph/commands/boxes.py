@@ -11,6 +11,7 @@ import numpy as np
 from tabulate import tabulate
 
 from .. import budgets
+from ..analysis import EndPoint
 from ..errors import RFGraphError
 from ..report import json_text, number, numeric
 from ._common import add_model_args, load_analysis
@@ -43,18 +44,20 @@ def run(args: argparse.Namespace) -> int:
             raise RFGraphError(f"--index '{args.index}': expected integers like 3,4") from None
     analysis = load_analysis(args, needs_size="boxes")
     ep = analysis[args.output]
-    if ep.is_global:
-        raise RFGraphError(f"'{ep.name}' has a global field (whole input); no box to report")
+    sizes = [analysis.input_shape[a] for a in analysis.spatial_axes]
+    if ep.is_global and not (args.clip and _exact(ep, sizes)):
+        raise RFGraphError(f"'{ep.name}' has a global field (its units mix positions at node "
+                           f"'{_global_at(ep)}'); it has no field box"
+                           + ("; --clip prints the input pixels each unit reads" if _exact(ep, sizes) else ""))
     if args.all:
         units = [n or 1 for n in ep.units]
         budgets.BOX_UNITS.check(math.prod(units), f"--all on '{ep.name}' ({'x'.join(map(str, units))})",
                                 "pick units with --index")
         indices = [tuple(int(i) for i in idx) for idx in np.ndindex(*units)]
-    sizes = [analysis.input_shape[a] for a in analysis.spatial_axes]
     rows: list[dict[str, list[Any]]] = []  # JSON rows: index, region, centre
     for idx in indices:
         region = ep.clipped_region(idx, sizes) if args.clip else ep.region(idx)
-        rows.append(_row(idx, region, ep.centre(idx), args.clip))
+        rows.append(_row(idx, region, _field_centre(ep, idx), args.clip))
     if args.format == "json":
         print(json_text({"tensor": ep.name, "axis_names": list(analysis.axis_names), "units": rows}))
     else:
@@ -69,7 +72,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _row(index: tuple[int, ...], region: tuple[tuple[int, int], ...], centre: tuple[Fraction, ...],
+def _exact(ep: EndPoint, sizes: list[int]) -> bool:
+    """Whether the analysis has the input pixels each unit of ``ep`` reads at this size."""
+    return ep.exact_clip is not None and all(n is not None for n in ep.units) and ep.exact_clip(sizes) is not None
+
+
+def _global_at(ep: EndPoint) -> str:
+    return next(f.global_at for f in ep.fields if f.global_at is not None)
+
+
+def _field_centre(ep: EndPoint, index: tuple[int, ...]) -> tuple[Fraction | None, ...]:
+    """The field's centre per axis (eq. 11); None on a global axis, which has none."""
+    return tuple(None if f.is_global else f.centre(u) for f, u in zip(ep.fields, index))
+
+
+def _row(index: tuple[int, ...], region: tuple[tuple[int, int], ...], centre: tuple[Fraction | None, ...],
          clipped: bool) -> dict[str, Any]:
     """One JSON unit: centres as numbers with their exact form beside them; with --clip the
     centre is the clipped box's and the field's own (eq. 11, maybe outside it) is kept apart."""
@@ -79,6 +96,6 @@ def _row(index: tuple[int, ...], region: tuple[tuple[int, int], ...], centre: tu
     row.update(centre=[None if c is None else numeric(c) for c in shown],
                centre_exact=["-" if c is None else number(c) for c in shown])
     if clipped:
-        row.update(field_centre=[numeric(c) for c in centre],
-                   field_centre_exact=[number(c) for c in centre])
+        row.update(field_centre=[None if c is None else numeric(c) for c in centre],
+                   field_centre_exact=["global" if c is None else number(c) for c in centre])
     return row

@@ -73,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
     analysis = load_analysis(args, needs_size="show")
     ep = analysis[args.output]
     if ep.is_global:
-        raise RFGraphError(f"'{ep.name}' has a global field (every unit sees the whole input); "
-                           f"pick a tensor before the global op")
+        node = next(f.global_at for f in ep.fields if f.global_at is not None)
+        raise RFGraphError(f"'{ep.name}' has a global field (its units mix positions at node '{node}'): no "
+                           f"field to draw; pick a tensor before the global op (its ERF: rfgraph erf)")
     index = parse_index(args.index, ep.units)
     ep.region(index)  # validates the index
     region = drawn_region(analysis, ep, index)

@@ -159,8 +159,8 @@ def coverage(analysis: Analysis, endpoint: str, regions: Mapping[str, tuple[Axis
         glob = ep.fields[a].is_global
         if reg is None:  # no exact regions: a global field sees every pixel, a local one none known
             hit = np.full(1, glob)
-        else:  # a global field sees what the positions it mixed see (maybe not the last row)
-            hit = (reg.as_one_unit() if glob else reg).covers(size)
+        else:  # a global field's units see what the positions it mixed see (maybe not the last
+            hit = reg.covers(size)  # row) and, an attention output's, each its own pixels
         axes.append(AxisCoverage(name, size, ep.r[a], bool(hit.all()), bool(hit.any()), border, full))
     names = {lay.node for lay in chain}
     bad = tuple(v for v in verdicts if v.node in names and v.unproductive)

@@ -73,8 +73,8 @@ def _matmul(ctx: NodeContext, a_slot: int, b_slot: int) -> Transfer:
     n = batch_rank
     to_out = {a_slot: list(range(n)) + [n, None], b_slot: list(range(n)) + [None, n + 1]}
     operands = [(slot, lay) for slot, lay in ((a_slot, pad_a), (b_slot, pad_b)) if ctx.layouts[slot] is not None]
-    out_lay, edges, mixed = _product_edges({slot: _product_maps(lay, out_lay, to_out[slot]) for slot, lay in operands},
-                                           out_lay)
+    edges, mixed = _product_edges({slot: _product_maps(lay, out_lay, to_out[slot]) for slot, lay in operands},
+                                  out_lay)
     if ctx.op == "Gemm" and len(ctx.node.input) > 2 and ctx.layouts[2] is not None:
         edges.append(Edge(2, dict.fromkeys(mixed, MIXES) | dict.fromkeys(carried(out_lay), BROADCAST)))
     out_lay = with_sizes(out_lay, ctx.out_shapes[0])
@@ -83,15 +83,17 @@ def _matmul(ctx: NodeContext, a_slot: int, b_slot: int) -> Transfer:
 
 
 def _product_edges(per_slot: Mapping[int, dict[int, Span | None]],
-                   out_lay: Layout) -> tuple[Layout, list[Edge], set[int]]:
-    """A product's output layout, edges and mixed spatial axes from its operands' maps
-    (``_product_maps``): an axis some operand reads whole (MIXES) is read whole from every
-    operand, and no output axis indexes it any more (MatMul, Einsum)."""
+                   out_lay: Layout) -> tuple[list[Edge], set[int]]:
+    """A product's edges and mixed spatial axes from its operands' maps (``_product_maps``).
+    An axis some operand reads whole (MIXES) and no output axis indexes (Flatten+Gemm, attention
+    over the values' rows) is read whole from every operand.  One an output axis still indexes
+    keeps each operand's own map: attention's rows are its queries, each reading its own
+    position and every key, so the output keeps the queries as units (MatMul, Einsum)."""
     mixed = {a for maps in per_slot.values() for a, sp in maps.items() if sp is MIXES}
-    out_lay = tuple(((-1, math.prod(n for _, n in p)),) if set(spatial_of(p)) & mixed else p for p in out_lay)
-    edges = [Edge(slot, {a: sp for a, sp in maps.items() if a not in mixed} | dict.fromkeys(mixed, MIXES))
+    gone = mixed - {a for p in out_lay for a in spatial_of(p)}
+    edges = [Edge(slot, {a: sp for a, sp in maps.items() if a not in gone} | dict.fromkeys(gone, MIXES))
              for slot, maps in per_slot.items()]
-    return out_lay, edges, mixed
+    return edges, mixed
 
 
 def _product_maps(lay: Layout, out_lay: Layout, to_out: Sequence[int | None]) -> dict[int, Span | None]:
@@ -146,7 +148,7 @@ def einsum_rule(ctx: NodeContext) -> Transfer:
     layouts = {slot: ctx.data_layout(slot) for slot in ctx.data_slots()}
     shape = ctx.out_shapes[0] or tuple(0 for _ in out)
     out_lay = _einsum_layout(terms, out, layouts, shape)
-    out_lay, edges, mixed = _product_edges(
+    edges, mixed = _product_edges(
         {slot: _product_maps(lay, out_lay, [out.index(c) if c in out else None for c in terms[slot]])
          for slot, lay in layouts.items()}, out_lay)
     why = f"Einsum '{equation}' over positions" if mixed else ""
