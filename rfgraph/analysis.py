@@ -143,6 +143,16 @@ class EndPoint:
         index = self._check_index(index)
         return tuple(f.centre(u) for f, u in zip(self.fields, index))
 
+    def field_centre(self, index: Sequence[int]) -> tuple[Fraction | None, ...]:
+        """``centre(index)`` on local axes, None on global ones (a global field has no centre)."""
+        index = self._check_index(index)
+        return tuple(None if f.is_global else f.centre(u) for f, u in zip(self.fields, index))
+
+    @property
+    def global_at(self) -> str | None:
+        """The node where the field became global (its first global axis's), None if local."""
+        return next((f.global_at for f in self.fields if f.global_at is not None), None)
+
     def _check_index(self, index: Sequence[int]) -> tuple[int, ...]:
         self._check_size_known()
         index = tuple(int(i) for i in index)
@@ -213,6 +223,12 @@ class EndPoint:
         starts = [r[g, 0] for r, g in zip(per_axis, grids)]
         ends = [r[g, 1] for r, g in zip(per_axis, grids)]
         return np.stack(starts + ends, axis=-1)
+
+    def reads_known(self, clip_to: Sequence[int]) -> bool:
+        """Whether the input pixels each unit reads are known exactly at input size ``clip_to``
+        (the analysis's exact regions): what a global field's unit shows, having no field box."""
+        return (self.exact_clip is not None and all(n is not None for n in self.units)
+                and self.exact_clip(clip_to) is not None)
 
     def clipped_region(self, index: Sequence[int], clip_to: Sequence[int]) -> tuple[tuple[int, int], ...]:
         """``region(index)`` clipped as ``boxes(clip_to)`` clips it: the input pixels the unit

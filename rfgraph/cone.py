@@ -190,7 +190,7 @@ def _text(values: Sequence[object]) -> str:
 def why_not_local(ep: EndPoint) -> str | None:
     """Why a unit of ``ep`` depends on the whole input (None when its field is local)."""
     if ep.is_global:
-        node = next(f.global_at for f in ep.fields if f.is_global)
+        node = ep.global_at
         return f"the field of '{ep.name}' is global (made so at node '{node}'): its units mix the positions there"
     if ep.gates:
         return (f"'{ep.name}' is gated ({', '.join(ep.gates[:3])}{', ...' if len(ep.gates) > 3 else ''}): "

@@ -81,13 +81,37 @@ def test_the_cli_says_no_unit_covers_the_input(tmp_path: Path, capsys: pytest.Ca
     assert "--clip prints the input pixels each unit reads" in capsys.readouterr().err
 
 
-def test_show_refuses_a_global_tensor_naming_where_it_mixes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """No field box to draw on a global tensor: refused (exit 2) naming the mixing node, without
-    the claim that every unit sees the whole input (here none does)."""
+def test_show_draws_the_pixels_a_query_reads(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A global tensor has no field box; one whose units keep their queries is drawn with the
+    pixels the unit reads (exact: the impulses above), and says so; the JSON validates."""
+    import jsonschema
+
+    from tests.test_cli_consistency import schema
+
     model, names = reduced_attention("MatMul")
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
-    assert main(["show", str(path), "--output", names[-1], "-o", str(tmp_path / "s.png"), "--runs", "1"]) == 2
+    out = ["-o", str(tmp_path / "s.png"), "--runs", "1", "--scale", "2"]
+    assert main(["show", str(path), "--output", names[-1], "--index", "0,0", *out, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    jsonschema.validate(doc, schema("show"))
+    assert doc["region"] == [None, None] and doc["centre"] == [None, None]
+    assert doc["pixels_read"] == [[0, 7], [0, 7]] and doc["picture"]["box"] == [0, 0, 15, 15]
+    assert main(["show", str(path), "--output", names[-1], "--index", "9,9", *out]) == 0
+    assert "box of the pixels read" in (text := capsys.readouterr().out) and "H global (reads [0, 9])" in text
+
+
+def test_show_refuses_a_global_tensor_without_units_naming_where_it_mixes(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """Flatten then Gemm: one vector, no unit to draw: refused (exit 2) naming the mixing node,
+    without the claim that every unit sees the whole input."""
+    g = G((6, 6), channels=1, batch=1)
+    flat = g.node("Flatten", [g.conv("x", 3, pads=[1] * 4, cout=2)], axis=1)
+    dense = g.node("Gemm", [flat, g._init(np.full((72, 3), 0.1))], cout=3)
+    model = g.model(dense)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    assert main(["show", str(path), "--output", dense, "-o", str(tmp_path / "s.png"), "--runs", "1"]) == 2
     err = capsys.readouterr().err
-    mixing = next(n.name for n in model.graph.node if n.op_type == "MatMul")
-    assert f"its units mix positions at node '{mixing}'" in err and "whole input" not in err
+    gemm = next(n.name for n in model.graph.node if n.op_type == "Gemm")
+    assert f"its units mix positions at node '{gemm}'" in err and "whole input" not in err

@@ -11,7 +11,6 @@ import numpy as np
 from tabulate import tabulate
 
 from .. import budgets
-from ..analysis import EndPoint
 from ..errors import RFGraphError
 from ..report import json_text, number, numeric
 from ._common import add_model_args, load_analysis
@@ -45,10 +44,10 @@ def run(args: argparse.Namespace) -> int:
     analysis = load_analysis(args, needs_size="boxes")
     ep = analysis[args.output]
     sizes = [analysis.input_shape[a] for a in analysis.spatial_axes]
-    if ep.is_global and not (args.clip and _exact(ep, sizes)):
+    if ep.is_global and not (args.clip and ep.reads_known(sizes)):
         raise RFGraphError(f"'{ep.name}' has a global field (its units mix positions at node "
-                           f"'{_global_at(ep)}'); it has no field box"
-                           + ("; --clip prints the input pixels each unit reads" if _exact(ep, sizes) else ""))
+                           f"'{ep.global_at}'); it has no field box"
+                           + ("; --clip prints the input pixels each unit reads" if ep.reads_known(sizes) else ""))
     if args.all:
         units = [n or 1 for n in ep.units]
         budgets.BOX_UNITS.check(math.prod(units), f"--all on '{ep.name}' ({'x'.join(map(str, units))})",
@@ -57,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     rows: list[dict[str, list[Any]]] = []  # JSON rows: index, region, centre
     for idx in indices:
         region = ep.clipped_region(idx, sizes) if args.clip else ep.region(idx)
-        rows.append(_row(idx, region, _field_centre(ep, idx), args.clip))
+        rows.append(_row(idx, region, ep.field_centre(idx), args.clip))
     if args.format == "json":
         print(json_text({"tensor": ep.name, "axis_names": list(analysis.axis_names), "units": rows}))
     else:
@@ -70,20 +69,6 @@ def run(args: argparse.Namespace) -> int:
                 + (["centre of clipped box", "field centre (eq. 11)"] if args.clip else ["centre"]))
         print(tabulate(table, headers=head, tablefmt="simple"))
     return 0
-
-
-def _exact(ep: EndPoint, sizes: list[int]) -> bool:
-    """Whether the analysis has the input pixels each unit of ``ep`` reads at this size."""
-    return ep.exact_clip is not None and all(n is not None for n in ep.units) and ep.exact_clip(sizes) is not None
-
-
-def _global_at(ep: EndPoint) -> str:
-    return next(f.global_at for f in ep.fields if f.global_at is not None)
-
-
-def _field_centre(ep: EndPoint, index: tuple[int, ...]) -> tuple[Fraction | None, ...]:
-    """The field's centre per axis (eq. 11); None on a global axis, which has none."""
-    return tuple(None if f.is_global else f.centre(u) for f, u in zip(ep.fields, index))
 
 
 def _row(index: tuple[int, ...], region: tuple[tuple[int, int], ...], centre: tuple[Fraction | None, ...],

@@ -72,13 +72,13 @@ def run(args: argparse.Namespace) -> int:
                                 inputs=[args.model, args.image, args.erf_inputs, *args.rules]))
     analysis = load_analysis(args, needs_size="show")
     ep = analysis[args.output]
-    if ep.is_global:
-        node = next(f.global_at for f in ep.fields if f.global_at is not None)
-        raise RFGraphError(f"'{ep.name}' has a global field (its units mix positions at node '{node}'): no "
-                           f"field to draw; pick a tensor before the global op (its ERF: rfgraph erf)")
+    sizes = tuple(analysis.input_shape[a] for a in analysis.spatial_axes)
+    if ep.is_global and not ep.reads_known(sizes):
+        raise RFGraphError(f"'{ep.name}' has a global field (its units mix positions at node '{ep.global_at}') "
+                           f"and the pixels each unit reads are not known: nothing to draw; pick a tensor "
+                           f"before the global op (its ERF: rfgraph erf)")
     index = parse_index(args.index, ep.units)
-    ep.region(index)  # validates the index
-    region = drawn_region(analysis, ep, index)
+    region = drawn_region(analysis, ep, index)  # (validates the index)
     size = overlay.grid_size(analysis.input_shape, analysis.spatial_axes)  # one frame's, for a 3-D input
     frames = overlay.input_frames(analysis.input_shape, analysis.spatial_axes,
                                   region if all(a <= b for a, b in region) else ep.region(index))
@@ -125,12 +125,14 @@ def show_dict(analysis: Any, ep: Any, index: tuple[int, ...], args: argparse.Nam
                "scale": scale, "box": None if box is None else list(box)}
     if frames is not None:
         picture.update(frames=frames, frame_pitch=int(shape[1] + overlay.FRAME_GAP) // len(frames))
+    centre = ep.field_centre(index)
     return {
         "tensor": ep.name, "index": list(index), "axis_names": list(analysis.axis_names),
-        "region": [list(r) for r in ep.region(index)],
+        "region": [None if f.is_global else list(f.region(u)) for f, u in zip(ep.fields, index)],
+        "pixels_read": [list(r) if r[0] <= r[1] else None for r in drawn_region(analysis, ep, index)],
         "upper_bound_from": ep.bound_at,
-        "centre": [numeric(c) for c in ep.centre(index)],
-        "centre_exact": [number(c) for c in ep.centre(index)],
+        "centre": [None if c is None else numeric(c) for c in centre],
+        "centre_exact": [None if c is None else number(c) for c in centre],
         "r": [number(v) for v in ep.r], "S": [number(v) for v in ep.S], "P": [number(v) for v in ep.P],
         "picture": picture,
         "image": args.image,
@@ -140,12 +142,18 @@ def show_dict(analysis: Any, ep: Any, index: tuple[int, ...], args: argparse.Nam
     }
 
 
+def _pixels(read: list[int] | None) -> str:
+    return "nothing" if read is None else f"[{read[0]}, {read[1]}]"
+
+
 def _summary(doc: dict[str, Any]) -> str:
     """One line saying what was written."""
-    region = ", ".join(f"{n} [{a}, {b}]" for n, (a, b) in zip(doc["axis_names"], doc["region"], strict=True))
+    region = ", ".join(f"{n} [{r[0]}, {r[1]}]" if r is not None else f"{n} global (reads {_pixels(p)})"
+                       for n, r, p in zip(doc["axis_names"], doc["region"], doc["pixels_read"], strict=True))
     pic = doc["picture"]
     erf = doc["erf"]
-    what = "TRF box" if erf is None else f"TRF box + ERF ({erf['runs']} runs, {erf['method']})"
+    box = "TRF box" if all(r is not None for r in doc["region"]) else "box of the pixels read"
+    what = box if erf is None else f"{box} + ERF ({erf['runs']} runs, {erf['method']})"
     return (f"wrote {pic['path']} ({pic['width']}x{pic['height']} px, {pic['scale']} px per input "
             f"pixel): {what} of unit ({','.join(map(str, doc['index']))}) of '{doc['tensor']}', "
             f"region {region}" + (f" (an upper bound from {doc['upper_bound_from']}: folded positions "
