@@ -235,3 +235,24 @@ def test_erf_of_a_token_names_its_grid_unit(tmp_path, capsys):
     ep = rfgraph.analyze(model)[tokens]
     assert doc["grid_unit"] == [2, 1] and list(divmod(9, 4)) == [2, 1]
     assert doc["trf_region"] == [list(r) for r in ep.region((2, 1))]
+
+
+def test_a_window_split_regrouped_at_other_sizes_keeps_its_positions() -> None:
+    """MaxViT's grid partition right after its window departition, as torch's dynamo exporter
+    writes it: H held as 3 windows x 4 rows, reshaped to 4 x 3 (the same positions, row-major).
+    Before, the Reshape stopped the analysis ("splits a spatial axis ... not row-major": the 3 x 4
+    parts were split one by one).  Oracle: onnxruntime impulses on every unit of the regrouped
+    tensor and of a conv after the grid is put back."""
+    from tests.impulses import check_tensor
+
+    g = G((12, 12), channels=1, batch=1)
+    c = g.conv("x", 3, pads=[1] * 4, cout=2)
+    windows = g.node("Reshape", [c, g._init(np.array([1, 2, 3, 4, 3, 4]))])
+    grid = g.node("Reshape", [windows, g._init(np.array([1, 2, 4, 3, 4, 3]))])
+    back = g.node("Reshape", [grid, g._init(np.array([1, 2, 12, 12]))])
+    out = g.conv(back, 3, pads=[1] * 4, cout=2)
+    model = g.model([grid, out])
+    a = rfgraph.analyze(model)
+    assert not a.stops and a[out].r == (5, 5) and a[out].units == (12, 12)
+    assert check_tensor(a, model, out) == 144
+    assert check_tensor(a, model, grid) == 1  # an axis over two dims: one unit holds its positions
