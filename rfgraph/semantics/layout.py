@@ -362,25 +362,14 @@ def _reshape_target(ctx: NodeContext) -> tuple[int, ...] | None:
     return tuple(dims)
 
 
-def _merge_consecutive(parts: list[Part]) -> list[Part]:
-    """Neighbouring parts of one spatial axis as one part (a layout lists an axis's parts most
-    significant first, so two neighbours are its positions in row-major order): a Reshape may then
-    split them at other sizes (MaxViT's grid partition after its window departition: H as 8 x 7
-    regrouped as 7 x 8, in the dynamo export)."""
-    out: list[Part] = []
-    for a, s in parts:
-        if out and a >= 0 and out[-1][0] == a:
-            out[-1] = (a, out[-1][1] * s)
-        else:
-            out.append((a, s))
-    return out
-
-
 def regroup(ctx: NodeContext, layout: Layout, out_shape: Sequence[int]) -> Layout:
     """Assign the input's axis parts, in row-major order, to the output dims."""
     parts = [p for axis in layout for p in axis if p[1] != 1 or p[0] >= 0]
     wide = {a for a, s in parts if a >= 0 and s > 1}
-    parts = _merge_consecutive([(a, s) for a, s in parts if s != 1 or a not in wide])  # (size 1: indexes nothing)
+    parts = [(a, s) for a, s in parts if s != 1 or a not in wide]  # a part of size 1 indexes nothing
+    # neighbouring parts of one axis are its positions in row-major order: as one part, a Reshape
+    # may split them at other sizes (MaxViT's grid partition after its window departition, dynamo)
+    parts = list(_merge_adjacent(parts))
     out: list[AxisLayout] = []
     i = 0
     for d in out_shape:
@@ -415,7 +404,8 @@ def regroup(ctx: NodeContext, layout: Layout, out_shape: Sequence[int]) -> Layou
 
 def _merge_adjacent(group: Sequence[Part]) -> AxisLayout:
     """One part for consecutive parts of the same spatial axis (a window reverse joins the
-    window index and the row within it back into the row)."""
+    window index and the row within it back into the row; a layout lists an axis's parts most
+    significant first, so neighbours are its positions in row-major order)."""
     out: list[Part] = []
     for a, s in group:
         if out and a >= 0 and out[-1][0] == a:
