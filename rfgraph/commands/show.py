@@ -119,8 +119,8 @@ def show_dict(analysis: Any, ep: Any, index: tuple[int, ...], args: argparse.Nam
     from .. import overlay
     from ..metrics import metrics_dict
 
-    box = overlay.box_pixels(drawn_region(analysis, ep, index), overlay.grid_size(analysis.input_shape,
-                                                                                  analysis.spatial_axes), scale)
+    read = drawn_region(analysis, ep, index)
+    box = overlay.box_pixels(read, overlay.grid_size(analysis.input_shape, analysis.spatial_axes), scale)
     picture = {"path": str(args.out), "width": int(shape[1]), "height": int(shape[0]),
                "scale": scale, "box": None if box is None else list(box)}
     if frames is not None:
@@ -129,7 +129,7 @@ def show_dict(analysis: Any, ep: Any, index: tuple[int, ...], args: argparse.Nam
     return {
         "tensor": ep.name, "index": list(index), "axis_names": list(analysis.axis_names),
         "region": [None if f.is_global else list(f.region(u)) for f, u in zip(ep.fields, index)],
-        "pixels_read": [list(r) if r[0] <= r[1] else None for r in drawn_region(analysis, ep, index)],
+        "pixels_read": [list(r) if r[0] <= r[1] else None for r in read],
         "upper_bound_from": ep.bound_at,
         "centre": [None if c is None else numeric(c) for c in centre],
         "centre_exact": [None if c is None else number(c) for c in centre],

@@ -54,6 +54,10 @@ class Expansion:
     def output(self, i: int) -> str:
         return self.node.output[i] if i < len(self.node.output) else ""
 
+    def attrs(self, *dropped: str) -> dict[str, Any]:
+        """The node's attributes as plain values, but those named (the expansion handles them)."""
+        return {a.name: helper.get_attribute_value(a) for a in self.node.attribute if a.name not in dropped}
+
     def attr(self, name: str, default: Any = None) -> Any:
         for a in self.node.attribute:
             if a.name == name:
@@ -140,8 +144,7 @@ def _activation(e: Expansion, x: str, out: str, name: str | None, params: Sequen
 
 def _fused_conv(e: Expansion) -> None:
     """FusedConv(X, W, B, Z): activation(Conv(X, W, B) + Z), Conv's attributes."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in e.node.attribute
-             if a.name not in ("activation", "activation_params")}
+    attrs = e.attrs("activation", "activation_params")
     y = e.op("Conv", [e.input(0), e.input(1), *([e.input(2)] if e.input(2) else [])], **attrs)
     if e.input(3):
         y = e.op("Add", [y, e.input(3)])
@@ -344,7 +347,7 @@ def _qlinear_pool(op: str) -> Callable[[Expansion], None]:
     """QLinearGlobalAveragePool/QLinearAveragePool(X, x_scale, x_zp, y_scale, y_zp), channels first or last."""
     def expand(e: Expansion) -> None:
         x, back = _channels_first(e, _dq(e, 0, 1, 2))
-        attrs = {a.name: helper.get_attribute_value(a) for a in e.node.attribute if a.name != "channels_last"}
+        attrs = e.attrs("channels_last")
         y = e.op(op, [x], **attrs)
         _q(e, e.op("Transpose", [y], perm=back) if back else y, 3, 4)
     expand.__doc__ = f"QLinear{op}: quantize({op}(dequantize(X)))."
@@ -370,7 +373,7 @@ def _qlinear_softmax(e: Expansion) -> None:
 def _qlinear_conv(e: Expansion) -> None:
     """onnxruntime's QLinearConv: ONNX's, on channels-last data where ``channels_last`` says so
     (the form its ORT_ENABLE_ALL optimisation writes): transposed to channels first and back."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in e.node.attribute if a.name != "channels_last"}
+    attrs = e.attrs("channels_last")
     x, back = _channels_first(e, e.input(0), weight_slot=3)
     y = e.op("QLinearConv", [x, *e.node.input[1:]], None if back else e.output(0), **attrs)
     if back:
@@ -380,7 +383,7 @@ def _qlinear_conv(e: Expansion) -> None:
 def _nhwc_max_pool(e: Expansion) -> None:
     """NhwcMaxPool (onnxruntime, 8-bit channels-last data): MaxPool on the channels-first map."""
     x, back = _from_channels_last(e, e.input(0), _data_rank(e))
-    attrs = {a.name: helper.get_attribute_value(a) for a in e.node.attribute}
+    attrs = e.attrs()
     e.op("Transpose", [e.op("MaxPool", [x], **attrs)], e.output(0), perm=back)
 
 
@@ -459,7 +462,7 @@ def _dynamic_quantize_lstm(e: Expansion) -> None:
     rest = [e.input(i) for i in range(3, 8)]
     while rest and not rest[-1]:
         rest.pop()
-    attrs = {a.name: helper.get_attribute_value(a) for a in e.node.attribute}
+    attrs = e.attrs()
     outs = [e.output(i) for i in range(3)]
     while outs and not outs[-1]:
         outs.pop()
