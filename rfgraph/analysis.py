@@ -38,6 +38,7 @@ from .onnx_import import (
     smallest_input_size,
 )
 from .options import ModelOptions, model_options
+from .pieces import Pieces, pieces_text, split_pieces
 from .rules import RuleTable
 from .semantics import CHANNELS_FIRST_OPS, geometry
 from .semantics.contrib import expanded_from, writes_inner_tensor
@@ -277,6 +278,7 @@ class Analysis:
     options: ModelOptions = field(default_factory=ModelOptions, repr=False)  # how the model was read
     unknown_size: UnknownSize | None = None  # analysed without a size: how (periods, sizes used)
     shape_notes: list[str] = field(default_factory=list)  # declared shapes dropped: inference contradicts them
+    pieces: Pieces = field(default_factory=dict)  # an output cut into the grids a Concat joined: its pieces
 
     def __post_init__(self) -> None:
         for name, ep in self.endpoints.items():  # boxes clipped to the input read the exact regions
@@ -341,6 +343,9 @@ class Analysis:
         return name in self.endpoints
 
     def _missing(self, name: str) -> str:
+        if name in self.pieces:
+            return (f"'{name}' joins grids of positions of different sizes (a detection head's Concat): "
+                    f"it is analysed as its pieces {pieces_text(self.pieces[name])}")
         if name in self.graph.producer or name in self.graph.initializers:
             return f"tensor '{name}' was not analysed (it does not depend on the input, or lies after a stop)"
         return f"no tensor named '{name}' in the model"
@@ -532,12 +537,17 @@ def _analyze(model: ModelSource, opts: ModelOptions, on_stage: Callable[[str], N
     in_layout = _input_layout(shape, spatial)
     on_stage(STAGES[2])
     result = forward_pass(mg, name, in_layout, table)
+    cut = split_pieces(mg, result, table) if result.stops else None
+    if cut is not None:  # a detection head's Concat of grids: each output analysed piece by piece
+        mg = build_graph(cut[0])
+        result = forward_pass(mg, name, in_layout, table)
     on_stage(STAGES[3])
     endpoints = _endpoints(mg, result, name)
     axis_names = AXIS_NAMES.get(len(spatial), tuple(f"A{i}" for i in range(len(spatial))))
     return Analysis(name, tuple(shape), tuple(spatial), axis_names,
                     endpoints, mg.outputs, result.merges, result.stops, result.global_at, mg, result,
-                    layout=layout_text(spatial, axis_names, len(shape)), layout_reason=layout_reason)
+                    layout=layout_text(spatial, axis_names, len(shape)), layout_reason=layout_reason,
+                    pieces=cut[1] if cut is not None else {})
 
 
 def validate_input_size(model: ModelSource, input_shape: Mapping[str, Sequence[int]],

@@ -47,6 +47,7 @@ from .inputs import (
 from .metrics import AREA_THRESHOLDS, LUO_FRACTION, POOR_FIT_R2, AreaRatio, ERFMetrics, compute_metrics
 from .onnx_import import prepare, shapes_only
 from .options import ModelOptions, model_options
+from .pieces import Piece, piece_at, pieces_text
 from .semantics import NORMALISING_OPS
 from .silent import silent_notes
 
@@ -504,7 +505,10 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
     input_name, full_shape, spatial = _input_facts(proto, analysis, opts.erf_input()[0])
     _refuse_other_inputs(proto, input_name)
     step_back = (step_back or output is None) and all(u is None for u in units)  # the tensor is rfgraph's choice
-    output = output or proto.graph.output[0].name
+    output = output or _first_output(proto, analysis)
+    if analysis is not None and output in analysis.pieces:
+        output, units, piece_note = _piece_units(analysis.pieces[output], output, units)
+        notes.append(piece_note)
 
     def seeded_targets(name: str) -> tuple[list[Target], tuple[onnx.NodeProto, set[int]] | None, str]:
         """The targets on tensor ``name``, the normalisation computing it (when its channel sum is
@@ -561,6 +565,36 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
 MOST_UNITS = 8  # units sharing one backward (batch items) when several are asked for
 
 
+def _first_output(proto: onnx.ModelProto, analysis: Analysis | None) -> str:
+    """The model's first output (the tensor it was, where the analysis cut it into pieces)."""
+    first = proto.graph.output[0].name
+    cut = analysis.pieces if analysis is not None else {}
+    return next((out for out, pieces in cut.items() if pieces[0].name == first), first)
+
+
+def _piece_units(pieces: Sequence[Piece], output: str, units: Sequence[Sequence[int] | None]
+                 ) -> tuple[str, list[Sequence[int] | None], str]:
+    """A tensor cut into pieces (``analysis.pieces``): the piece holding the units (each one
+    index along the axis cut; none: the first piece's centre), their indices in it, and a note."""
+    local: list[Sequence[int] | None] = [None] * len(units)
+    if any(u is None for u in units):
+        piece = pieces[0]
+    else:
+        if any(len(u) != 1 for u in units):  # type: ignore[arg-type]
+            raise RFGraphError(f"'{output}' is analysed as its pieces {pieces_text(pieces)}: give a unit as "
+                               f"one index along axis {pieces[0].axis} (0..{pieces[-1].stop - 1})")
+        try:
+            found = [piece_at(pieces, u[0]) for u in units]  # type: ignore[index]
+        except IndexError as exc:
+            raise RFGraphError(f"'{output}': {exc}") from None
+        if len({p.name for p, _ in found}) > 1:
+            raise RFGraphError(f"the units of '{output}' lie in different pieces ({pieces_text(pieces)}): "
+                               f"give the units of one piece at a time")
+        piece, local = found[0][0], [(i,) for _, i in found]
+    return piece.name, local, (f"'{output}' joins grids of different sizes along axis {piece.axis}: the unit is "
+                               f"in its piece '{piece.name}' (elements {piece.start}:{piece.stop})")
+
+
 def _on_cpu(providers: Sequence[str] | None) -> bool:
     """Whether the gradient sessions run on the CPU only (no CUDA among ``providers``)."""
     return runtime.CUDA not in (runtime.best_providers() if providers is None else providers)
@@ -598,7 +632,10 @@ def gradient_engine(model: ModelSource, output: str | None = None, *, unit: Sequ
     region_e, opts = _region(region), model_options(None)
     proto, analysis, notes = _load(model, opts)
     input_name, full_shape, spatial = _input_facts(proto, analysis)
-    output = output or proto.graph.output[0].name
+    output = output or _first_output(proto, analysis)
+    if analysis is not None and output in analysis.pieces:
+        output, (unit,), piece_note = _piece_units(analysis.pieces[output], output, [unit])
+        notes.append(piece_note)
     target = resolve_target(analysis, proto, output, unit, channel, len(full_shape), spatial,
                             _output_shape(proto, output, input_name, full_shape))
     cones, cone_notes = _cones(region_e, Method.GRAD, proto, analysis, output, [target], [target],
@@ -1234,7 +1271,7 @@ def _load(model: ModelSource, opts: ModelOptions) -> tuple[onnx.ModelProto, Anal
     """Load with the core loader (``fill`` inputs become constants, If nodes they decide are
     inlined), fix the input at batch 1, and run the TRF pass if it can."""
     from . import analysis as analysis_mod
-    from .onnx_import import contradiction_notes, data_inputs, load_model
+    from .onnx_import import contradiction_notes, copy_model, data_inputs, load_model
     from .unknown_size import require_size
 
     notes: list[str] = []
@@ -1260,6 +1297,8 @@ def _load(model: ModelSource, opts: ModelOptions) -> tuple[onnx.ModelProto, Anal
             raise  # no spatial axes to measure a field along (a rank-2 input without --layout)
         notes.append(f"no TRF pass ({exc}); metrics use the map centre")
         a = None
+    if a is not None and a.pieces:  # outputs cut into the grids a Concat joined: the model analysed
+        proto = copy_model(a.graph.model)
     _sort_nodes(proto.graph)
     _check_declared_shapes(proto)
     notes += contradiction_notes(proto)

