@@ -25,10 +25,12 @@ from rfgraph.cli import main
 from tests.graphs import G
 
 
-def three_head_detector() -> tuple[onnx.ModelProto, list[str]]:
+def three_head_detector(mixed: bool = True) -> tuple[onnx.ModelProto, list[str]]:
     """A stem and three heads at strides 2, 4, 8, each flattened to [1, anchors, 6] (Transpose +
-    Reshape) and concatenated along the anchors (where the analysis stops); returns the model
-    and the heads (the Concat's inputs)."""
+    Reshape) and concatenated along the anchors, then (``mixed``) a Softmax over the anchors, so
+    that no piece of the output is computed from its own anchors only and the analysis stops at
+    the Concat (without it, the output is analysed as its pieces: ``tests/test_pieces.py``);
+    returns the model and the heads (the Concat's inputs)."""
     g = G((16, 16), channels=3)
     x = g.conv("x", 3, 2, pads=[1] * 4, cout=4)
     heads = []
@@ -37,6 +39,8 @@ def three_head_detector() -> tuple[onnx.ModelProto, list[str]]:
         t = g.node("Transpose", [h], perm=[0, 2, 3, 1])
         heads.append(g.node("Reshape", [t, g._init(np.array([1, -1, 6]))]))
     cat = g.node("Concat", heads, axis=1)
+    if mixed:
+        cat = g.node("Softmax", [cat], axis=1)
     out = helper.make_tensor_value_info(cat, TensorProto.FLOAT, None)
     graph = helper.make_graph(g.nodes, "detector", [g.input], [out], g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -69,6 +73,26 @@ def test_a_stopping_concat_keeps_every_head_as_an_end_point(tmp_path: Path, caps
                  "-o", str(tmp_path / "r.html"), "--format", "json"]) == 1
     cards = json.loads(capsys.readouterr().out)["erf"]
     assert [c["tensor"] for c in cards] == grids and not any(c["error"] for c in cards)
+
+
+def test_heads_joined_as_the_output_are_its_pieces(tmp_path: Path, capsys) -> None:
+    """Without the Softmax the Concat is the output: it is cut into the three heads' pieces, the
+    default end points, each with its head's field; diagnose and report cover all three, exit 0."""
+    model, heads = three_head_detector(mixed=False)
+    a = analyze(model, {"x": (1, 3, 16, 16)})
+    out = model.graph.output[0].name
+    names = [p.name for p in a.pieces[out]]
+    assert not a.stops and a.default_endpoints() == names
+    assert [a[n].fields for n in names] == [a[h].fields for h in heads]
+    path = tmp_path / "det.onnx"
+    onnx.save(model, path)
+    assert main(["diagnose", str(path), "--input-shape", "x:1x3x16x16", "--no-size-range",
+                 "--format", "json"]) == 0
+    assert [c["endpoint"] for c in json.loads(capsys.readouterr().out)["coverage"]] == names
+    assert main(["report", str(path), "--input-shape", "x:1x3x16x16", "--erf-runs", "1",
+                 "-o", str(tmp_path / "r.html"), "--format", "json"]) == 0
+    cards = json.loads(capsys.readouterr().out)["erf"]
+    assert [c["tensor"] for c in cards] == names and not any(c["error"] for c in cards)
 
 
 def ort_gradient(model: onnx.ModelProto, x: np.ndarray, objective, h: float = 1e-3) -> np.ndarray:
