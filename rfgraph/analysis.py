@@ -88,6 +88,10 @@ class EndPoint:
     # the node from which r, S, P and the regions are an upper bound (positions folded into
     # features, then put back: each element is given its whole fold's field); None: exact
     bound_at: str | None = None
+    # per unit axis, how many times its grid repeats along it (features outside the positions: a
+    # YOLOv5 head's anchors, token = anchor * H * W + cell); the units index the first repeat,
+    # and every element along the axis is one of them.  Empty: no repeats
+    repeats: tuple[int, ...] = ()
     # per axis, the clipped [lo, hi] of every unit at an input size (the pixels it reads, from the
     # Analysis's exact regions), or None where that size is not the analysed one: set by Analysis
     exact_clip: Callable[[Sequence[int]], list[np.ndarray] | None] | None = field(
@@ -189,19 +193,24 @@ class EndPoint:
         return tuple(int(np.ravel_multi_index([index[a] for a in axes], [self.units[a] or 1 for a in axes]))
                      for _, axes in self.unit_axes)
 
+    def repeat(self, k: int) -> int:
+        """How many times the grid of unit axis ``k`` repeats along it (``repeats``)."""
+        return self.repeats[k] if self.repeats else 1
+
     def spatial_index(self, tensor_index: Sequence[int]) -> tuple[int, ...]:
         """Inverse of ``tensor_index``: the unit at these indices of the unit axes (0 along axes
-        no tensor axis indexes)."""
+        no tensor axis indexes; on an axis whose grid repeats, the repeat's cell)."""
         if len(tensor_index) != len(self.unit_axes):
             raise RFGraphError(f"unit {tuple(tensor_index)} has {len(tensor_index)} coordinates; "
                                f"'{self.name}' has {len(self.unit_axes)} axes of positions")
         index = [0] * len(self.fields)
-        for u, (t, axes) in zip(tensor_index, self.unit_axes):
+        for k, (u, (t, axes)) in enumerate(zip(tensor_index, self.unit_axes)):
             sizes = [self.units[a] or 1 for a in axes]
-            if not 0 <= u < math.prod(sizes):
+            length = math.prod(sizes) * self.repeat(k)
+            if not 0 <= u < length:
                 raise RFGraphError(f"unit {tuple(tensor_index)} is outside '{self.name}' (tensor axis "
-                                   f"{t} has {math.prod(sizes)} positions)")
-            for a, coord in zip(axes, np.unravel_index(int(u), sizes)):
+                                   f"{t} has {length} positions)")
+            for a, coord in zip(axes, np.unravel_index(int(u) % math.prod(sizes), sizes)):
                 index[a] = int(coord)
         return tuple(index)
 
@@ -869,7 +878,7 @@ def _endpoint(mg: ModelGraph, name: str, node: str, op: str, state: TensorState,
               gate_rank: Mapping[str, int]) -> EndPoint:
     """Build an EndPoint, finding how many units the tensor has along each spatial axis."""
     axes = carried(state.layout)
-    units, folded, unit_axes, fine = _unit_layout(state.layout, len(state.fields))
+    units, folded, unit_axes, fine, repeats = _unit_layout(state.layout, len(state.fields))
     tensor_axes = tuple(axes.get(a, fine[a][0] if a in fine else None) for a in range(len(state.fields)))
     fields = tuple(compose(Span.layer(folded[a], 1, 0), f) if a in folded else
                    compose(coarsening(fine[a][1]), f) if a in fine else f
@@ -877,26 +886,28 @@ def _endpoint(mg: ModelGraph, name: str, node: str, op: str, state: TensorState,
     gates = sorted(merged_gates(f for f in state.fields if not f.is_global), key=gate_rank.__getitem__)
     return EndPoint(name, node, op, tuple(mg.shapes.get(name) or ()), fields, units,
                     tensor_axes, state.size_dependent, state.misaligned, unit_axes, tuple(gates),
-                    bound_at=state.bound)
+                    bound_at=state.bound, repeats=repeats if any(n > 1 for n in repeats) else ())
 
 
 def _unit_layout(layout: Layout, n_axes: int) -> tuple[tuple[int | None, ...], dict[int, int],
                                                        tuple[tuple[int, tuple[int, ...]], ...],
-                                                       dict[int, tuple[int, int]]]:
-    """Units per input spatial axis, the axes folded into features, the unit axes, and the fine
-    axes (spatial axis -> its tensor axis and K).
+                                                       dict[int, tuple[int, int]], tuple[int, ...]]:
+    """Units per input spatial axis, the axes folded into features, the unit axes, the fine
+    axes (spatial axis -> its tensor axis and K), and per unit axis how often its grid repeats.
 
     An axis indexed by a tensor axis of its own, or jointly with other spatial axes only (a
     flattened grid: ViT tokens), has one unit per position, and that tensor axis is a unit axis;
     a fine axis (``fine_axis``: K elements a position) has one unit per element.
     An axis merged with features (H folded into the channels by a Reshape, as a CRNN does) is no
     unit axis: every unit holds all of its n positions and sees their union (the pass keeps the
-    per-position field, which later ops need).  Axes the layout no longer holds (collapsed to one
-    position) have one unit (None)."""
+    per-position field, which later ops need), but features only outside the positions (a YOLOv5
+    head's anchors, token = anchor * H * W + cell) repeat the grid: each element is one of its
+    units.  Axes the layout no longer holds (collapsed to one position) have one unit (None)."""
     units: list[int | None] = [None] * n_axes
     folded: dict[int, int] = {}
     unit_axes: list[tuple[int, tuple[int, ...]]] = []
     fines: dict[int, tuple[int, int]] = {}
+    repeats: dict[int, int] = {}
     split = _split_axes(layout)
     for t, parts in enumerate(layout):
         spatial = [(a, n) for a, n in parts if a >= 0]
@@ -908,7 +919,10 @@ def _unit_layout(layout: Layout, n_axes: int) -> tuple[tuple[int | None, ...], d
             unit_axes.append((t, (fine[0],)))
             fines[fine[0]] = (t, fine[1])
             continue
-        if any(a < 0 and n != 1 for a, n in parts) or any(a in split for a, _ in spatial):
+        outer = _outer_features(parts)
+        if outer > 1 and not any(a in split for a, _ in spatial):
+            repeats[t] = outer
+        elif any(a < 0 and n != 1 for a, n in parts) or any(a in split for a, _ in spatial):
             # features on this axis too, or an axis split over several tensor axes (windows and
             # rows within them): no unit axis, every unit holds all of its positions (sound)
             folded.update((a, split.get(a, n)) for a, n in spatial if n > 1)
@@ -917,7 +931,17 @@ def _unit_layout(layout: Layout, n_axes: int) -> tuple[tuple[int | None, ...], d
         for a, n in units_here.items():
             units[a] = n
         unit_axes.append((t, tuple(units_here)))
-    return tuple(units), folded, tuple(sorted(unit_axes, key=lambda ta: ta[1])), fines  # input-axis order
+    unit_axes.sort(key=lambda ta: ta[1])  # input-axis order
+    return tuple(units), folded, tuple(unit_axes), fines, tuple(repeats.get(t, 1) for t, _ in unit_axes)
+
+
+def _outer_features(parts: Sequence[tuple[int, int]]) -> int:
+    """The number of values of the feature parts before every part of positions on a tensor axis,
+    where no feature part follows one (1 otherwise: no repeat)."""
+    first = next(i for i, (a, _) in enumerate(parts) if a >= 0)
+    if any(a < 0 and n != 1 for a, n in parts[first:]):
+        return 1
+    return math.prod(n for _, n in parts[:first])
 
 
 def _split_axes(layout: Layout) -> dict[int, int]:

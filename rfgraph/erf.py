@@ -533,6 +533,7 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
                            f"noise, not an ERF; pick one channel (--channel C) or a tensor before it "
                            f"(--output NAME)")
     notes += _seed_notes(targets[0], conv, norm) + _gate_notes(analysis, output) + _bound_notes(analysis, output)
+    notes += _repeat_notes(analysis, output, targets)
     silent = silent_notes(proto, input_name, output, _analysis_options(opts, input_name),
                           None if (ep := _endpoint(analysis, output)) is None else ep.r) \
         if reinit_e.kind is Reinit.NONE else []  # the model's own weights: say which silence a path
@@ -1259,6 +1260,23 @@ def _bound_notes(analysis: Analysis | None, output: str) -> list[str]:
     note = (f"the TRF of '{output}' is an upper bound from {ep.bound_at} (positions folded into "
             f"features and put back: each element is given its whole fold's field); ERF/TRF compares with it")
     return [note]
+
+
+def _repeat_notes(analysis: Analysis | None, output: str, targets: Sequence[Target]) -> list[str]:
+    """Where the unit axis repeats its grid (a YOLOv5 head's anchors), which repeat is seeded."""
+    ep = _endpoint(analysis, output)
+    if ep is None or not ep.repeats or ep.is_global:
+        return []
+    notes = []
+    for k, ((t, axes), n) in enumerate(zip(ep.unit_axes, ep.repeats)):
+        if n > 1:
+            cells = math.prod(ep.units[a] or 1 for a in axes)
+            seeded = sorted({int(target.unit[k]) // cells for target in targets})
+            notes.append(f"'{output}' repeats its grid of {cells} cells {n} times along axis {t} (features "
+                         f"outside the positions, e.g. anchors: index = repeat * {cells} + cell); the unit is "
+                         f"in repeat {', '.join(map(str, seeded))} (--unit K for another), each repeat of a "
+                         f"cell with the cell's field")
+    return notes
 
 
 def _input_kind(inputs: str) -> tuple[InputKind, str | None]:

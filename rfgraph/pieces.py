@@ -328,6 +328,7 @@ def _model(mg: ModelGraph, rewrite: _Rewrite, aliases: list[onnx.NodeProto], out
     graph.initializer.extend(numpy_helper.from_array(v, n) for n, v in rewrite.inits.items())
     types = elem_types(mg.model)
     shapes = _piece_shapes(mg, cuts)
+    shapes.update({a.output[0]: shapes[a.input[0]] for a in aliases if a.input[0] in shapes})
     source = {n: t for t, cut in cuts.items() for n in cut.names}
     graph.value_info.extend(_value_info(n, types.get(source[n], onnx.TensorProto.FLOAT), s)
                             for n, s in shapes.items() if n in {o for c in rewrite.copies for o in c.output})

@@ -17,7 +17,7 @@ from rfgraph import analyze
 from rfgraph.cli import main
 from rfgraph.erf import gradient_engine
 from tests.graphs import G
-from tests.impulses import check_tensor
+from tests.impulses import check_tensor, dependencies, measured_hulls
 from tests.test_cli_consistency import schema
 
 SIZE, BOX, CLS = 16, 4, 2  # three scales: 8x8, 4x4 and 2x2 cells, 84 in all
@@ -144,3 +144,38 @@ def test_the_cli_reports_the_pieces(tmp_path, capsys: pytest.CaptureFixture) -> 
     assert code == 0 and json.loads(doc)["output"] == f"{out}#2" and json.loads(doc)["unit"] == [1], err
     code, _, err = _run(capsys, "boxes", str(path), "--output", out, "--all")
     assert code == 2 and f"{out}#0 (0:64)" in err and err.count("\n") == 1
+
+
+def anchor_major_head() -> tuple[onnx.ModelProto, list[str]]:
+    """YOLOv5's layout: each scale's 1x1 conv gives A anchors x K values a cell, reshaped to
+    (1, A, K, h, w), transposed to (1, A, h, w, K) and flattened to (1, A*h*w, K): along the anchors
+    axis, index = anchor * h * w + cell; the three joined along it."""
+    g = G((SIZE, SIZE), channels=2, batch=1)
+    x, flat, grids = "x", [], []
+    for k in range(3):
+        x = g.conv(x, 3, 2, pads=[1, 1, 1, 1], cout=4)  # linear stages: every pixel of a field moves it
+        n = SIZE // 2 ** (k + 1)
+        cells = g.node("Transpose", [g.node("Reshape", [g.conv(x, 1, cout=3 * 5), g._init(np.array([1, 3, 5, n, n]))])],
+                       perm=[0, 1, 3, 4, 2])
+        grids.append(cells)
+        flat.append(g.node("Reshape", [g.node("Sigmoid", [cells]), g._init(np.array([1, 3 * n * n, 5]))]))
+    return g.model(g.node("Concat", flat, axis=1)), grids
+
+
+def test_anchors_outside_the_cells_repeat_the_grid() -> None:
+    """Each element of a YOLOv5 piece is an anchor of one cell: the piece has the cells as units
+    (the grid repeated once per anchor), each with its cell's field, not their union; every
+    element's region against the impulses, anchors 1 and 2 included."""
+    model, grids = anchor_major_head()
+    a = analyze(model)
+    (out, pieces), = a.pieces.items()
+    for piece, grid in zip(pieces, grids):
+        ep, own = a[piece.name], a[grid]
+        assert (ep.r, ep.S, ep.P, ep.units) == (own.r, own.S, own.P, own.units[:2]) and ep.repeats == (3,)
+        deps, base = dependencies(a.graph.model, "x", piece.name, [2, 3])
+        cells = (piece.stop - piece.start) // 3
+        for element in range(0, piece.stop - piece.start, 7):  # every 7th: all anchors, many cells
+            unit = ep.spatial_index((element,))
+            assert unit == tuple(np.unravel_index(element % cells, ep.units))
+            hulls = measured_hulls(deps, 2, (0, element))
+            assert hulls == [tuple(r) for r in ep.clipped_region(unit, (SIZE, SIZE))], (piece.name, element)
