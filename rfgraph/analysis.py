@@ -546,7 +546,7 @@ def _analyze(model: ModelSource, opts: ModelOptions, on_stage: Callable[[str], N
     in_layout = _input_layout(shape, spatial)
     on_stage(STAGES[2])
     result = forward_pass(mg, name, in_layout, table)
-    cut = split_pieces(mg, result, table) if result.stops else None
+    cut = split_pieces(mg, result, table) if result.global_at else None
     if cut is not None:  # a detection head's Concat of grids: each output analysed piece by piece
         mg = build_graph(cut[0])
         result = forward_pass(mg, name, in_layout, table)

@@ -1,14 +1,15 @@
 """Detection heads: a Concat of flattened grids of positions, analysed piece by piece.
 
 A YOLO or YOLOX head flattens each scale's grid (80x80, 40x40 and 20x20 cells) and concatenates
-them along one axis: no one field (r, S, P) describes that axis, so the TRF pass stops at the
-Concat.  Where what follows reads each position of it on its own (the TRF pass run from the
-Concat's output says so: each unit reads one position, its own) and otherwise only constants,
-every tensor after it is the concatenation of the same computation on each piece.
-``split_pieces`` rewrites the model so: one copy of each such node per piece (constants that run
-along the positions cut alike, shape targets resized), each output replaced by its pieces, named
-``output0#0`` (its elements 0 to 6399 along the axis cut), ``output0#1``..., and the copies checked against
-the original nodes on random values with onnxruntime before the analysis uses them.
+them along one axis: no one field (r, S, P) describes that axis, so the TRF pass reports every
+unit after the Concat as reading the whole input, an upper bound.  Where what follows reads each
+position of it on its own (the TRF pass run from the Concat's output says so: each unit reads
+one position, its own) and otherwise only constants, every tensor after it is the concatenation
+of the same computation on each piece.  ``split_pieces`` rewrites the model so: one copy of each
+such node per piece (constants that run along the positions cut alike, shape targets resized),
+each output replaced by its pieces, named ``output0#0`` (its elements 0 to 6399 along the axis
+cut), ``output0#1``..., and the copies checked against the original nodes on random values with
+onnxruntime before the analysis uses them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import networkx as nx
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -25,6 +27,7 @@ from .fields import IDENTITY, AxisField
 from .onnx_import import ModelGraph, attributes, elem_types
 from .rules import RuleTable
 from .semantics import ALIGNED_OPERAND_OPS, SHAPE_TARGET_OPS
+from .semantics.layout import GRIDS_JOINED, MIXED_BOUND
 from .semantics.transfer import Layout, plain_layout, spatial_of
 from .trf import PassResult, forward_pass
 
@@ -89,6 +92,8 @@ def split_pieces(mg: ModelGraph, result: PassResult, rules: RuleTable) -> tuple[
     what each output became), or None where no such Concat stopped the pass, nothing after one
     reads its positions one by one, or the copies do not compute what the original does."""
     concats = grid_concats(mg, result)
+    after = set().union(*(nx.descendants(mg.dag, i) for i in concats))
+    concats = [i for i in concats if i not in after]  # one after another's: it stays a stop
     cuts: dict[str, _Cut] = {}
     passes: list[PassResult] = []
     for idx in concats:
@@ -130,24 +135,33 @@ def split_pieces(mg: ModelGraph, result: PassResult, rules: RuleTable) -> tuple[
     frontier = [t for t in cuts if (t in pieces or t in rejoined) and t not in sources]
     if _check(mg, concats, cuts, rewrite, frontier) is not None:
         return None
-    return _model(mg, rewrite, aliases, outputs, cuts), pieces
+    model = _model(mg, rewrite, aliases, outputs, cuts)
+    return (model, pieces) if _complete(model) else None
+
+
+def _complete(model: onnx.ModelProto) -> bool:
+    """Whether every node reads tensors computed before it (or given) and every output exists."""
+    known = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
+    for node in model.graph.node:
+        if not set(node.input) <= known:
+            return False
+        known.update(node.output)
+    return all(o.name in known for o in model.graph.output)
 
 
 def grid_concats(mg: ModelGraph, result: PassResult) -> list[int]:
-    """The Concats where the pass stopped joining flattened grids: every input analysed and
-    holding positions along the axis joined."""
-    index = {name: i for i, name in enumerate(mg.names)}
+    """The Concats of flattened grids (``GRIDS_JOINED``) whose inputs all depend on the input and
+    hold positions along the axis joined."""
     found = []
-    for stop in result.stops:
-        idx = index.get(stop.node)
-        if idx is None or stop.op != "Concat" or mg.nodes[idx].domain not in ("", "ai.onnx"):
+    for idx, transfer in result.transfers.items():
+        if mg.op_types[idx] != "Concat" or transfer.mix_reason != GRIDS_JOINED + MIXED_BOUND:
             continue
         states = [result.states.get(t) for t in mg.node_inputs[idx]]
         axis = _concat_axis(mg, idx)
         if len(states) > 1 and axis is not None and all(
                 s is not None and axis < len(s.layout) and spatial_of(s.layout[axis]) for s in states):
             found.append(idx)
-    return found
+    return sorted(found)
 
 
 def _folded(mg: ModelGraph, idx: int) -> bool:

@@ -25,12 +25,13 @@ from rfgraph.cli import main
 from tests.graphs import G
 
 
-def three_head_detector(mixed: bool = True) -> tuple[onnx.ModelProto, list[str]]:
+def three_head_detector(tail: str = "mixed") -> tuple[onnx.ModelProto, list[str]]:
     """A stem and three heads at strides 2, 4, 8, each flattened to [1, anchors, 6] (Transpose +
-    Reshape) and concatenated along the anchors, then (``mixed``) a Softmax over the anchors, so
-    that no piece of the output is computed from its own anchors only and the analysis stops at
-    the Concat (without it, the output is analysed as its pieces: ``tests/test_pieces.py``);
-    returns the model and the heads (the Concat's inputs)."""
+    Reshape) and concatenated along the anchors, then ``tail``: "mixed", each value divided by its
+    mean over the anchors (no piece of the output is computed from its own anchors only: the
+    output reads the whole input, an upper bound from the Concat); "unknown", a GatherElements
+    along the anchors (no rule: the analysis stops there); "none" (the output is analysed as its pieces:
+    ``tests/test_pieces.py``). Returns the model and the heads (the Concat's inputs)."""
     g = G((16, 16), channels=3)
     x = g.conv("x", 3, 2, pads=[1] * 4, cout=4)
     heads = []
@@ -39,8 +40,10 @@ def three_head_detector(mixed: bool = True) -> tuple[onnx.ModelProto, list[str]]
         t = g.node("Transpose", [h], perm=[0, 2, 3, 1])
         heads.append(g.node("Reshape", [t, g._init(np.array([1, -1, 6]))]))
     cat = g.node("Concat", heads, axis=1)
-    if mixed:
-        cat = g.node("Softmax", [cat], axis=1)
+    if tail == "mixed":
+        cat = g.node("Div", [cat, g.node("ReduceMean", [cat], axes=[1])])
+    elif tail == "unknown":  # no receptive-field rule (asr_kaldi_fbank's stop), onnxruntime runs it
+        cat = g.node("GatherElements", [cat, g._init(np.zeros((1, 84, 6), dtype=np.int64))], axis=1)
     out = helper.make_tensor_value_info(cat, TensorProto.FLOAT, None)
     graph = helper.make_graph(g.nodes, "detector", [g.input], [out], g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -54,13 +57,13 @@ def _grids(model: onnx.ModelProto, heads: list[str]) -> list[str]:
     return [made[made[h].input[0]].input[0] for h in heads]
 
 
-def test_a_stopping_concat_keeps_every_head_as_an_end_point(tmp_path: Path, capsys) -> None:
-    """The analysis stops at the Concat; the default end points are its three inputs (before: none,
-    so analyze showed one tensor, diagnose one head and the report 0 heatmaps), each as the conv
-    output its Transpose and Reshape relabel (the same field, with a grid)."""
-    model, heads = three_head_detector()
+def test_a_stop_after_the_heads_keeps_every_head_as_an_end_point(tmp_path: Path, capsys) -> None:
+    """The analysis stops after the heads' Concat; the default end points are its three inputs
+    (before: none, so analyze showed one tensor, diagnose one head and the report 0 heatmaps),
+    each as the conv output its Transpose and Reshape relabel (the same field, with a grid)."""
+    model, heads = three_head_detector("unknown")
     a = analyze(model, {"x": (1, 3, 16, 16)})
-    assert [s.op for s in a.stops] == ["Concat"]
+    assert [s.op for s in a.stops] == ["GatherElements"]
     grids = _grids(model, heads)
     assert a.default_endpoints() == grids
     assert [a[g].fields for g in grids] == [a[h].fields for h in heads] and all(all(a[g].units) for g in grids)
@@ -78,7 +81,7 @@ def test_a_stopping_concat_keeps_every_head_as_an_end_point(tmp_path: Path, caps
 def test_heads_joined_as_the_output_are_its_pieces(tmp_path: Path, capsys) -> None:
     """Without the Softmax the Concat is the output: it is cut into the three heads' pieces, the
     default end points, each with its head's field; diagnose and report cover all three, exit 0."""
-    model, heads = three_head_detector(mixed=False)
+    model, heads = three_head_detector("none")
     a = analyze(model, {"x": (1, 3, 16, 16)})
     out = model.graph.output[0].name
     names = [p.name for p in a.pieces[out]]
@@ -113,9 +116,9 @@ def ort_gradient(model: onnx.ModelProto, x: np.ndarray, objective, h: float = 1e
 
 
 def test_erf_refuses_a_tensor_without_units(tmp_path: Path, capsys) -> None:
-    """The detector's concatenated output (after the stop) has no known unit; before, erf summed
-    every element and exited 0.  Refused naming the stop and the heads (the tensors with units)."""
-    model, heads = three_head_detector()
+    """The detector's output (after the stop) has no known unit; before, erf summed every
+    element and exited 0.  Refused naming the stop and the heads (the tensors with units)."""
+    model, heads = three_head_detector("unknown")
     path = tmp_path / "det.onnx"
     onnx.save(model, path)
     assert main(["erf", str(path), "--output", model.graph.output[0].name, "--runs", "1"]) == 2

@@ -16,6 +16,7 @@ import pytest
 from rfgraph import analyze
 from rfgraph.cli import main
 from rfgraph.erf import gradient_engine
+from rfgraph.semantics.layout import GRIDS_JOINED, MIXED_BOUND
 from tests.graphs import G
 from tests.impulses import check_tensor, dependencies, measured_hulls
 from tests.test_cli_consistency import schema
@@ -89,11 +90,17 @@ def test_a_concat_that_is_the_output_is_cut_too() -> None:
     assert (a[pieces[2].name].r, a[pieces[2].name].S) == (a[heads[2]].r, a[heads[2]].S)
 
 
-def test_positions_mixed_after_the_concat_keep_the_stop() -> None:
-    model, _ = yolo_like("softmax")
+def test_positions_mixed_after_the_concat_read_the_whole_input_an_upper_bound() -> None:
+    """A softmax over the positions after the Concat: no piece is computed from its own positions,
+    so nothing is cut; the analysis goes on (a multi-scale encoder's attention, RT-DETR's), every
+    unit after the Concat reading the whole input, said to be an upper bound."""
+    model, heads = yolo_like("softmax")
     a = analyze(model)
-    assert a.pieces == {}
-    assert [s.op for s in a.stops] == ["Concat"]
+    out = model.graph.output[0].name
+    assert a.pieces == {} and not a.stops
+    concat = a.graph.names[a.graph.producer[a.graph.nodes[a.graph.producer[out]].input[0]]]
+    assert a[out].is_global and a.global_at == {concat: GRIDS_JOINED + MIXED_BOUND}
+    assert a.default_endpoints() == [*heads, out]
 
 
 def test_the_erf_of_an_outputs_element_is_its_gradient_in_the_original_model() -> None:
@@ -168,11 +175,11 @@ def test_anchors_outside_the_cells_repeat_the_grid() -> None:
     element's region against the impulses, anchors 1 and 2 included."""
     model, grids = anchor_major_head()
     a = analyze(model)
-    (out, pieces), = a.pieces.items()
+    (pieces,) = a.pieces.values()
     for piece, grid in zip(pieces, grids):
         ep, own = a[piece.name], a[grid]
         assert (ep.r, ep.S, ep.P, ep.units) == (own.r, own.S, own.P, own.units[:2]) and ep.repeats == (3,)
-        deps, base = dependencies(a.graph.model, "x", piece.name, [2, 3])
+        deps, _ = dependencies(a.graph.model, "x", piece.name, [2, 3])
         cells = (piece.stop - piece.start) // 3
         for element in range(0, piece.stop - piece.start, 7):  # every 7th: all anchors, many cells
             unit = ep.spatial_index((element,))

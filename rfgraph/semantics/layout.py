@@ -138,8 +138,7 @@ def concat_rule(ctx: NodeContext) -> Transfer:
         return broadcast(ctx)
     parts = ctx.data_layout(holding[0])[axis]
     if len(holding) > 1 and any(len(ctx.data_layout(s)[axis]) > 1 for s in holding):
-        raise ctx.unsupported("concatenation of several input-dependent tensors along flattened grids "
-                              "of positions (detection heads): each piece keeps its own field")
+        return _concat_mixes(ctx, axis, data, GRIDS_JOINED)  # analysed piece by piece (pieces.py) where it can
     if len(data) > 1 or len(parts) > 1 or parts[0][0] in split_axes(ctx.data_layout(data[0])):
         return _concat_mixes(ctx, axis, data)
     offset = 0
@@ -180,18 +179,25 @@ def _tile_repeats(ctx: NodeContext) -> list[int]:
     raise ctx.unsupported("repeats computed at run time and the shapes unknown; set them with --input-shape")
 
 
-def _concat_mixes(ctx: NodeContext, axis: int, data: Sequence[int]) -> Transfer:
-    """Concat along positions that no shift describes: several input-dependent pieces along one
-    axis (a roll: which piece a unit reads depends on the unit) or tokens added to a flattened grid (a
-    ViT's class token): reported as reading the whole input along those axes, an upper bound."""
+MIXED_BOUND = "; reported as the whole input, an upper bound"  # ends the reason of a Concat that mixes
+# why a Concat of flattened grids (a detection head's scales, a multi-scale encoder's tokens) mixes
+GRIDS_JOINED = ("Concat of flattened grids of positions of different sizes along one axis (a detection "
+                "head's scales, a multi-scale encoder's tokens): which grid a unit reads depends on the unit")
+
+
+def _concat_mixes(ctx: NodeContext, axis: int, data: Sequence[int], why: str = "") -> Transfer:
+    """Concat along positions that no shift describes: flattened grids joined (``GRIDS_JOINED``),
+    several input-dependent pieces along one axis (a roll: which piece a unit reads depends on the
+    unit) or tokens added to a flattened grid (a ViT's class token): reported as reading the whole
+    input along those axes, an upper bound."""
     lay = ctx.data_layout(data[0])
     out_lay = with_sizes(strip_spatial(lay, [axis]), ctx.out_shapes[0])
     edges = tuple(Edge(s, mixed_maps(ctx.data_layout(s), [axis])) for s in data)
-    why = ("Concat of several input-dependent pieces along positions (which piece a unit reads "
-           "depends on the unit)" if len(data) > 1 else
-           "Concat adds tokens to a flattened grid of positions (a class token): the token axis no "
-           "longer indexes the grid")
-    return Transfer((OutTransfer(out_lay, edges),), mix_reason=why + "; reported as the whole input, an upper bound")
+    why = why or ("Concat of several input-dependent pieces along positions (which piece a unit reads "
+                  "depends on the unit)" if len(data) > 1 else
+                  "Concat adds tokens to a flattened grid of positions (a class token): the token axis no "
+                  "longer indexes the grid")
+    return Transfer((OutTransfer(out_lay, edges),), mix_reason=why + MIXED_BOUND)
 
 
 def split_rule(ctx: NodeContext) -> Transfer:
@@ -222,7 +228,7 @@ def gather_rule(ctx: NodeContext) -> Transfer:
     """Gather: pointwise along other axes; along a spatial axis, a constant pick pins the unit."""
     rank = ctx.rank(0)
     if ctx.layouts[0] is None:
-        raise ctx.unsupported("gather of a constant table with input-dependent indices")
+        return _looked_up(ctx, rank)
     axis = _norm_axis(int(ctx.attrs.get("axis", 0)), rank)
     idx = ctx.const(1)
     lay = ctx.layouts[0]
@@ -245,6 +251,19 @@ def gather_rule(ctx: NodeContext) -> Transfer:
     if i < 0:
         i += parts[0][1]
     return Transfer((OutTransfer(out_lay, (Edge(0, {parts[0][0]: Span(1, 0, (i,), (i,))}),)),))
+
+
+def _looked_up(ctx: NodeContext, rank: int) -> Transfer:
+    """A Gather of a constant table by input-dependent indices (an embedding looked up by a TopK's
+    indices, RT-DETR's queries): each output element reads its own index, the table being
+    constant, so the output has the indices' positions where the gathered axis was."""
+    shape = ctx.in_shapes[0]
+    if shape is None or ctx.layouts[1] is None:
+        raise ctx.unsupported("gather of a table of unknown shape by input-dependent indices")
+    axis = _norm_axis(int(ctx.attrs.get("axis", 0)), rank)
+    table = plain_layout(shape)
+    out_lay = with_sizes(table[:axis] + ctx.layouts[1] + table[axis + 1:], ctx.out_shapes[0])
+    return Transfer((OutTransfer(out_lay, (Edge(1),)),))
 
 
 def _picked_rows(lay: Layout, axis: int, idx: np.ndarray) -> tuple[Span, tuple[AxisLayout, ...]] | None:
@@ -620,6 +639,36 @@ def scatter_rule(ctx: NodeContext) -> Transfer:
     return Transfer((OutTransfer(with_sizes(lay, ctx.out_shapes[0]), tuple(edges)),), mix_reason=why)
 
 
+def gather_elements_rule(ctx: NodeContext) -> Transfer:
+    """GatherElements: output[..i..] = data[..index[..i..]..] along ``axis``, the output shaped as
+    the indices: along that axis which element of the data it reads depends on the index (the
+    data's positions there are mixed); along the others each output element reads the same
+    position of the data and of the indices (a kaldi filterbank's frame picks, RT-DETR's boxes)."""
+    slots = ctx.data_slots()
+    axis = _norm_axis(int(ctx.attrs.get("axis", 0)), ctx.rank(slots[0]))
+    data, index = ctx.layouts[0], ctx.layouts[1]
+    kept = strip_spatial(data, [axis]) if data is not None else None  # the data's, its axis mixed
+    if kept is None:
+        lay = ctx.data_layout(1)
+    elif index is None:
+        lay = kept
+    else:  # each axis from the operand holding positions there; along ``axis`` the indices'
+        lay = tuple(index[t] if t == axis or not spatial_of(kept[t]) else kept[t] for t in range(len(kept)))
+    edges = tuple(Edge(s, mixed_maps(ctx.data_layout(0), [axis]) if s == 0 else {}) for s in slots)
+    mixed = any(sp is MIXES for e in edges for sp in e.maps.values())
+    why = f"GatherElements along axis {axis}: which element it reads depends on the indices" if mixed else ""
+    return Transfer((OutTransfer(with_sizes(lay, ctx.out_shapes[0]), edges),), mix_reason=why)
+
+
+def _gather_elements(b: Builder, n: NodeView, gys: list) -> Grads:
+    """GatherElements: the seed scatter-added back to the places the indices read, along ``axis``
+    (the indices are not differentiable)."""
+    xs = b.shape(n.inputs[0])
+    g = b.op("ScatterElements", b.op("Expand", b.zeros([]), b.ints(xs)), n.inputs[1], gys[0],
+             axis=n.attr_int("axis", 0) % len(xs), reduction="add")
+    return [g, None]
+
+
 def _scatter(b: Builder, n: NodeView, gys: list) -> Grads:
     """ScatterND / ScatterElements (each index once, as without a reduction it must be): the
     data's gradient is the seed with the written places zeroed, the updates' is the seed gathered
@@ -642,12 +691,12 @@ TRF: dict[str, Rule] = {
     "Concat": concat_rule, "Split": split_rule, "Gather": gather_rule,
     "Transpose": transpose_rule, "Reshape": reshape_rule, "Flatten": flatten_rule,
     "Squeeze": squeeze_rule, "Unsqueeze": squeeze_rule, "Expand": broadcast, "Tile": tile_rule,
-    "ScatterND": scatter_rule, "ScatterElements": scatter_rule,
+    "ScatterND": scatter_rule, "ScatterElements": scatter_rule, "GatherElements": gather_elements_rule,
 }
 
 VJP: dict[str, VJPRule] = {
     "Reshape": _reshape, "Flatten": _reshape, "Squeeze": _reshape, "Unsqueeze": _reshape,
     "Transpose": _transpose, "Expand": _expand, "Tile": _tile,
     "Pad": _pad, "Slice": _slice, "Gather": _gather, "Concat": _concat, "Split": _split,
-    "ScatterND": _scatter, "ScatterElements": _scatter,
+    "ScatterND": _scatter, "ScatterElements": _scatter, "GatherElements": _gather_elements,
 }

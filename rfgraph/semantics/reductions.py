@@ -1,4 +1,4 @@
-"""Reductions: Reduce*, ArgMax/ArgMin (TRF), TopK (gradient)."""
+"""Reductions: Reduce*, ArgMax/ArgMin (TRF), TopK (TRF and gradient)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,18 @@ from typing import Any
 from ..errors import UnsupportedOpError
 from .gradient import Builder, Derivative, Grads, NodeView, _lp_derivative
 from .gradient import Rule as VJPRule
-from .transfer import NodeContext, Rule, Transfer, _norm_axis, mix_axes
+from .transfer import (
+    Edge,
+    NodeContext,
+    OutTransfer,
+    Rule,
+    Transfer,
+    _norm_axis,
+    mix_axes,
+    mixed_maps,
+    strip_spatial,
+    with_sizes,
+)
 
 # ---------------------------------------------------------------- receptive-field (TRF) rules
 
@@ -37,6 +48,18 @@ def reduce_rule(ctx: NodeContext) -> Transfer:
     axes = reduced_axes(ctx.op, ctx.attrs, written, ctx.rank(0))
     return mix_axes(ctx, axes, keepdims=bool(ctx.attrs.get("keepdims", 1)),
                     why=f"{ctx.op} over axes {axes}")
+
+
+def top_k_rule(ctx: NodeContext) -> Transfer:
+    """TopK: the k largest along ``axis``; which positions they are depends on every value there,
+    so both outputs (values and indices) read every position along it (along features: pointwise)."""
+    axis = _norm_axis(int(ctx.attrs.get("axis", -1)), ctx.rank(0))
+    lay = ctx.data_layout(0)
+    maps = mixed_maps(lay, [axis])
+    kept = strip_spatial(lay, [axis])
+    outs = tuple(OutTransfer(with_sizes(kept, shape), (Edge(0, maps),)) for shape in ctx.out_shapes)
+    return Transfer(outs, mix_reason=f"TopK over axis {axis}: which positions it keeps depends on their "
+                                     f"values" if maps else "")
 
 
 # ---------------------------------------------------------------- gradient (VJP) rules
@@ -129,7 +152,7 @@ def _reduction(b: Builder, n: NodeView, gys: list) -> Grads:
 # ---------------------------------------------------------------- the family's tables
 
 TRF: dict[str, Rule] = {
-    **dict.fromkeys(sorted(REDUCING_OPS), reduce_rule),
+    **dict.fromkeys(sorted(REDUCING_OPS), reduce_rule), "TopK": top_k_rule,
 }
 
 VJP: dict[str, VJPRule] = {

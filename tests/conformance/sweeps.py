@@ -151,7 +151,31 @@ def tile_cases() -> list[Case]:
     return out
 
 
+def top_k_cases() -> list[Case]:
+    """TopK of a (1, 2, 4, 5) map along W, along H (which positions it keeps depends on their
+    values: the axis becomes global) and along the channels (each position on its own)."""
+    out = []
+    for axis, k in ((3, 2), (2, 3), (1, 1)):
+        node = helper.make_node("TopK", ["x", "k"], ["values", "indices"], axis=axis)
+        model = _model(node, (1, 2, 4, 5), {"k": np.array([k], np.int64)})
+        del model.graph.output[1:]
+        out.append(Case(f"sweep_top_k_axis_{axis}", "TopK", model, "x", _x((1, 2, 4, 5))))
+    return out
+
+
+def gather_elements_cases() -> list[Case]:
+    """GatherElements of a (1, 2, 4, 5) map by constant indices along W (which column each element
+    reads: the axis becomes global), along H and along the channels (each position on its own)."""
+    out = []
+    rng = np.random.default_rng(2)
+    for axis, n in ((3, 5), (2, 4), (1, 2)):
+        node = helper.make_node("GatherElements", ["x", "i"], ["y"], axis=axis)
+        model = _model(node, (1, 2, 4, 5), {"i": rng.integers(0, n, (1, 2, 4, 5)).astype(np.int64)})
+        out.append(Case(f"sweep_gather_elements_axis_{axis}", "GatherElements", model, "x", _x((1, 2, 4, 5))))
+    return out
+
+
 def sweep_cases() -> list[Case]:
     """Every sweep."""
     return (resize_cases() + crop_resize_cases() + pad_cases() + [pad_chain(c) for c in PAD_CHAINS]
-            + batch_norm_cases() + tile_cases())
+            + batch_norm_cases() + tile_cases() + top_k_cases() + gather_elements_cases())
