@@ -900,9 +900,9 @@ def _unit_layout(layout: Layout, n_axes: int) -> tuple[tuple[int | None, ...], d
     a fine axis (``fine_axis``: K elements a position) has one unit per element.
     An axis merged with features (H folded into the channels by a Reshape, as a CRNN does) is no
     unit axis: every unit holds all of its n positions and sees their union (the pass keeps the
-    per-position field, which later ops need), but features only outside the positions (a YOLOv5
-    head's anchors, token = anchor * H * W + cell) repeat the grid: each element is one of its
-    units.  Axes the layout no longer holds (collapsed to one position) have one unit (None)."""
+    per-position field, which later ops need), but on the one axis holding every position,
+    features only outside them (a YOLOv5 head's anchors, token = anchor * H * W + cell) repeat
+    the grid: each element is one of its units.  Axes the layout no longer holds (collapsed to one position) have one unit (None)."""
     units: list[int | None] = [None] * n_axes
     folded: dict[int, int] = {}
     unit_axes: list[tuple[int, tuple[int, ...]]] = []
@@ -920,8 +920,9 @@ def _unit_layout(layout: Layout, n_axes: int) -> tuple[tuple[int | None, ...], d
             fines[fine[0]] = (t, fine[1])
             continue
         outer = _outer_features(parts)
-        if outer > 1 and not any(a in split for a, _ in spatial):
-            repeats[t] = outer
+        if outer > 1 and not any(a in split for a, _ in spatial) and \
+                not any(a >= 0 for u, other in enumerate(layout) if u != t for a, _ in other):
+            repeats[t] = outer  # the whole grid on one axis, once per anchor (not a CRNN's H in its features)
         elif any(a < 0 and n != 1 for a, n in parts) or any(a in split for a, _ in spatial):
             # features on this axis too, or an axis split over several tensor axes (windows and
             # rows within them): no unit axis, every unit holds all of its positions (sound)
