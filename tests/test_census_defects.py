@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from rfgraph import analyze
 from rfgraph.cli import main
@@ -29,8 +29,8 @@ def three_head_detector(tail: str = "mixed") -> tuple[onnx.ModelProto, list[str]
     """A stem and three heads at strides 2, 4, 8, each flattened to [1, anchors, 6] (Transpose +
     Reshape) and concatenated along the anchors, then ``tail``: "mixed", each value divided by its
     mean over the anchors (no piece of the output is computed from its own anchors only: the
-    output reads the whole input, an upper bound from the Concat); "unknown", a GatherElements
-    along the anchors (no rule: the analysis stops there); "none" (the output is analysed as its pieces:
+    output reads the whole input, an upper bound from the Concat); "unknown", a Compress of
+    every other anchor (no rule: the analysis stops there); "none" (the output is analysed as its pieces:
     ``tests/test_pieces.py``). Returns the model and the heads (the Concat's inputs)."""
     g = G((16, 16), channels=3)
     x = g.conv("x", 3, 2, pads=[1] * 4, cout=4)
@@ -42,8 +42,10 @@ def three_head_detector(tail: str = "mixed") -> tuple[onnx.ModelProto, list[str]
     cat = g.node("Concat", heads, axis=1)
     if tail == "mixed":
         cat = g.node("Div", [cat, g.node("ReduceMean", [cat], axes=[1])])
-    elif tail == "unknown":  # no receptive-field rule (asr_kaldi_fbank's stop), onnxruntime runs it
-        cat = g.node("GatherElements", [cat, g._init(np.zeros((1, 84, 6), dtype=np.int64))], axis=1)
+    elif tail == "unknown":  # no receptive-field rule, onnxruntime runs it: a pick of anchors
+        keep = numpy_helper.from_array(np.arange(84) % 2 == 0, "keep")
+        g.inits.append(keep)
+        cat = g.node("Compress", [cat, "keep"], axis=1)
     out = helper.make_tensor_value_info(cat, TensorProto.FLOAT, None)
     graph = helper.make_graph(g.nodes, "detector", [g.input], [out], g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -63,23 +65,29 @@ def test_a_stop_after_the_heads_keeps_every_head_as_an_end_point(tmp_path: Path,
     each as the conv output its Transpose and Reshape relabel (the same field, with a grid)."""
     model, heads = three_head_detector("unknown")
     a = analyze(model, {"x": (1, 3, 16, 16)})
-    assert [s.op for s in a.stops] == ["GatherElements"]
+    assert [s.op for s in a.stops] == ["Compress"]
     grids = _grids(model, heads)
     assert a.default_endpoints() == grids
     assert [a[g].fields for g in grids] == [a[h].fields for h in heads] and all(all(a[g].units) for g in grids)
+    _diagnose_and_report_cover(model, grids, 1, tmp_path, capsys)
+
+
+def _diagnose_and_report_cover(model: onnx.ModelProto, names: list[str], code: int, tmp_path: Path,
+                               capsys) -> None:
+    """diagnose covers exactly ``names`` and the report draws each one's ERF, both exiting ``code``."""
     path = tmp_path / "det.onnx"
     onnx.save(model, path)
     assert main(["diagnose", str(path), "--input-shape", "x:1x3x16x16", "--no-size-range",
-                 "--format", "json"]) == 1
-    assert [c["endpoint"] for c in json.loads(capsys.readouterr().out)["coverage"]] == grids
+                 "--format", "json"]) == code
+    assert [c["endpoint"] for c in json.loads(capsys.readouterr().out)["coverage"]] == names
     assert main(["report", str(path), "--input-shape", "x:1x3x16x16", "--erf-runs", "1",
-                 "-o", str(tmp_path / "r.html"), "--format", "json"]) == 1
+                 "-o", str(tmp_path / "r.html"), "--format", "json"]) == code
     cards = json.loads(capsys.readouterr().out)["erf"]
-    assert [c["tensor"] for c in cards] == grids and not any(c["error"] for c in cards)
+    assert [c["tensor"] for c in cards] == names and not any(c["error"] for c in cards)
 
 
 def test_heads_joined_as_the_output_are_its_pieces(tmp_path: Path, capsys) -> None:
-    """Without the Softmax the Concat is the output: it is cut into the three heads' pieces, the
+    """Without a tail the Concat is the output: it is cut into the three heads' pieces, the
     default end points, each with its head's field; diagnose and report cover all three, exit 0."""
     model, heads = three_head_detector("none")
     a = analyze(model, {"x": (1, 3, 16, 16)})
@@ -87,15 +95,7 @@ def test_heads_joined_as_the_output_are_its_pieces(tmp_path: Path, capsys) -> No
     names = [p.name for p in a.pieces[out]]
     assert not a.stops and a.default_endpoints() == names
     assert [a[n].fields for n in names] == [a[h].fields for h in heads]
-    path = tmp_path / "det.onnx"
-    onnx.save(model, path)
-    assert main(["diagnose", str(path), "--input-shape", "x:1x3x16x16", "--no-size-range",
-                 "--format", "json"]) == 0
-    assert [c["endpoint"] for c in json.loads(capsys.readouterr().out)["coverage"]] == names
-    assert main(["report", str(path), "--input-shape", "x:1x3x16x16", "--erf-runs", "1",
-                 "-o", str(tmp_path / "r.html"), "--format", "json"]) == 0
-    cards = json.loads(capsys.readouterr().out)["erf"]
-    assert [c["tensor"] for c in cards] == names and not any(c["error"] for c in cards)
+    _diagnose_and_report_cover(model, names, 0, tmp_path, capsys)
 
 
 def ort_gradient(model: onnx.ModelProto, x: np.ndarray, objective, h: float = 1e-3) -> np.ndarray:
