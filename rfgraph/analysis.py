@@ -902,7 +902,8 @@ def _unit_layout(layout: Layout, n_axes: int) -> tuple[tuple[int | None, ...], d
     unit axis: every unit holds all of its n positions and sees their union (the pass keeps the
     per-position field, which later ops need), but on the one axis holding every position,
     features only outside them (a YOLOv5 head's anchors, token = anchor * H * W + cell) repeat
-    the grid: each element is one of its units.  Axes the layout no longer holds (collapsed to one position) have one unit (None)."""
+    the grid: each element is one of its units.  Axes the layout no longer holds (collapsed to
+    one position) have one unit (None)."""
     units: list[int | None] = [None] * n_axes
     folded: dict[int, int] = {}
     unit_axes: list[tuple[int, tuple[int, ...]]] = []
