@@ -256,3 +256,21 @@ def test_a_window_split_regrouped_at_other_sizes_keeps_its_positions() -> None:
     assert not a.stops and a[out].r == (5, 5) and a[out].units == (12, 12)
     assert check_tensor(a, model, out) == 144
     assert check_tensor(a, model, grid) == 1  # an axis over two dims: one unit holds its positions
+
+
+def test_a_position_axis_of_size_one_does_not_set_layouts_apart():
+    """A conv leaving one row (H = 1), flattened with its columns into one axis by a Reshape on
+    one path and squeezed on the other: the two layouts differ only by the row of size 1, so
+    their sum keeps each column's field (PP-OCRv5's recogniser read global on both axes from
+    such an Add: 'laid out differently'); the impulse support of every column agrees."""
+    from tests.impulses import check_tensor
+
+    g = G((4, 8), channels=2, batch=1)
+    c = g.conv("x", (4, 3), 1, pads=[0, 1, 0, 1], cout=3)  # (1, 3, 1, 8)
+    flat = g.node("Reshape", [c, g._init(np.array([1, 3, 8]))])
+    squeezed = g.node("Squeeze", [c, g._init(np.array([2]))])
+    out = g.add(flat, squeezed)
+    model = g.model(out)
+    a = rfgraph.analyze(model)
+    assert not a[out].is_global and a[out].r == (4, 3) and a[out].units == (1, 8)
+    assert check_tensor(a, model, out) == 8

@@ -244,7 +244,7 @@ def broadcast(ctx: NodeContext) -> Transfer:
             if mine.get(a) != t or (in_shape and in_shape[t - off] == 1 and final[t][0][1] != 1):
                 maps[a] = BROADCAST
         for t, parts in enumerate(lay):
-            if (in_shape and in_shape[t] == 1) or parts == final[t + off]:
+            if (in_shape and in_shape[t] == 1) or _without_ones(parts) == _without_ones(final[t + off]):
                 continue
             for a in set(spatial_of(parts)) | set(spatial_of(final[t + off])):
                 span = _refining(lay, off, final, a, t)
@@ -256,6 +256,11 @@ def broadcast(ctx: NodeContext) -> Transfer:
     if clashes:
         return _clash(ctx, final, edges, clashes)
     return Transfer((OutTransfer(with_sizes(final, out_shape), tuple(edges)),))
+
+
+def _without_ones(parts: AxisLayout) -> AxisLayout:
+    """An axis's parts without those of size 1 (one position, or one feature: no index to match)."""
+    return tuple(p for p in parts if p[1] != 1)
 
 
 def _refining(lay: Layout, off: int, final: Layout, axis: int, t: int) -> Span | None:
