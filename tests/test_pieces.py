@@ -132,8 +132,8 @@ def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
 
 def test_the_cli_reports_the_pieces(tmp_path, capsys: pytest.CaptureFixture) -> None:
     """analyze: one row per piece, a note naming them with their elements, exit 0; JSON: the
-    documented ``pieces``; erf --unit K on the output: the piece holding K; boxes on the whole
-    output: an error naming the pieces."""
+    documented ``pieces``; erf --unit K and boxes --index K on the output: the piece holding
+    anchor K (its unit there); boxes --all on the whole output: an error naming the pieces."""
     jsonschema = pytest.importorskip("jsonschema")
     model, _ = yolo_like()
     path = tmp_path / "head.onnx"
@@ -151,6 +151,11 @@ def test_the_cli_reports_the_pieces(tmp_path, capsys: pytest.CaptureFixture) -> 
     assert code == 0 and json.loads(doc)["output"] == f"{out}#2" and json.loads(doc)["unit"] == [1], err
     code, _, err = _run(capsys, "boxes", str(path), "--output", out, "--all")
     assert code == 2 and f"{out}#0 (0:64)" in err and err.count("\n") == 1
+    code, doc, _ = _run(capsys, "boxes", str(path), "--output", out, "--index", "70", "--format", "json")
+    box = json.loads(doc)  # anchor 70: cell 6 of the 4x4 grid of piece 1, (1, 2)
+    assert code == 0 and box["tensor"] == f"{out}#1" and box["units"][0]["index"] == [1, 2]
+    code, doc, _ = _run(capsys, "boxes", str(path), "--output", f"{out}#1", "--index", "1,2", "--format", "json")
+    assert json.loads(doc)["units"] == box["units"]
 
 
 def anchor_major_head() -> tuple[onnx.ModelProto, list[str]]:

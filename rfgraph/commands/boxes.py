@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from fractions import Fraction
 from typing import Any
 
@@ -42,7 +43,13 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             raise RFGraphError(f"--index '{args.index}': expected integers like 3,4") from None
     analysis = load_analysis(args, needs_size="boxes")
-    ep = analysis[args.output]
+    output = args.output
+    if output in analysis.pieces and not args.all:  # a detection head's output: an anchor's index
+        output, indices = analysis.in_piece(output, indices)
+        if not getattr(args, "quiet", False) and args.format != "json":  # JSON names the tensor
+            print(f"rfgraph: note: index {args.index} of '{args.output}' is unit "
+                  f"{','.join(map(str, indices[0]))} of its piece '{output}'", file=sys.stderr)
+    ep = analysis[output]
     sizes = [analysis.input_shape[a] for a in analysis.spatial_axes]
     if ep.is_global and not (args.clip and ep.reads_known(sizes)):
         raise RFGraphError(f"'{ep.name}' has a global field (its units mix positions at node "

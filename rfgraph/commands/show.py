@@ -71,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
     args.out = str(check_output(args.out, suffix=".png", what="-o",
                                 inputs=[args.model, args.image, args.erf_inputs, *args.rules]))
     analysis = load_analysis(args, needs_size="show")
+    if args.output in analysis.pieces and args.index:  # a detection head's output: an anchor's index
+        args.output, (unit,) = analysis.in_piece(args.output, [parse_index(args.index, (None,))])
+        args.index = ",".join(map(str, unit))
     ep = analysis[args.output]
     sizes = tuple(analysis.input_shape[a] for a in analysis.spatial_axes)
     if ep.is_global and not ep.reads_known(sizes):
