@@ -156,6 +156,9 @@ def test_the_cli_reports_the_pieces(tmp_path, capsys: pytest.CaptureFixture) -> 
     assert code == 0 and box["tensor"] == f"{out}#1" and box["units"][0]["index"] == [1, 2]
     code, doc, _ = _run(capsys, "boxes", str(path), "--output", f"{out}#1", "--index", "1,2", "--format", "json")
     assert json.loads(doc)["units"] == box["units"]
+    html = tmp_path / "r.html"
+    assert _run(capsys, "report", str(path), "-o", str(html), "--erf-runs", "1")[0] == 0
+    assert f"<code>{out}#1</code> (64:80)" in html.read_text()  # the report says how the output was cut
 
 
 def anchor_major_head() -> tuple[onnx.ModelProto, list[str]]:
