@@ -144,7 +144,9 @@ def analysis_dict(analysis: Analysis, names: Iterable[str]) -> dict[str, Any]:
         "shape_notes": list(analysis.shape_notes),
         "stops": [{"node": s.node, "op": s.op, "reason": s.reason, "tensors_lost": s.lost}
                   for s in analysis.stops],
-        "pieces": {out: [{"tensor": p.name, "axis": p.axis, "start": p.start, "stop": p.stop} for p in cut]
+        "pieces": {out: [{"tensor": p.name, "axis": p.axis,  # bounds: null where they depend on the size
+                          "start": p.start if analysis.unknown_size is None else None,
+                          "stop": p.stop if analysis.unknown_size is None else None} for p in cut]
                    for out, cut in analysis.pieces.items()},
     }
 

@@ -399,6 +399,10 @@ def test_detector_output_pieces(packages: Path) -> None:
     cut = ort.InferenceSession(analysis.graph.model.SerializeToString()).run([p.name for p in pieces], {"images": x})
     for piece, value in zip(pieces, cut):
         np.testing.assert_allclose(value, whole[:, :, piece.start:piece.stop], rtol=1e-5, atol=1e-4)
+    dynamic = analyze(path)  # the file's size is dynamic: the same pieces at every size analysed
+    assert dynamic.unknown_size is not None and [p.name for p in dynamic.pieces[out]] == [p.name for p in pieces]
+    assert [(dynamic[p.name].r, dynamic[p.name].S) for p in pieces] == [(analysis[p.name].r, analysis[p.name].S)
+                                                                       for p in pieces]
 
 
 def test_input_shape_recomputes_size_dependent_fields(packages: Path) -> None:
