@@ -63,6 +63,13 @@ def test_top_k_values_have_a_gradient(name: str) -> None:
     assert check_vjp(_case(name)).verdict == "match"
 
 
+@pytest.mark.parametrize("name", [c.name for c in _cases() if c.name.startswith("sweep_grid_sample_from_input")])
+def test_grid_sample_gradient_to_a_computed_grid_matches_differences(name: str) -> None:
+    """GridSample whose grid is computed from the image: the gradient through the grid too
+    (bilinear weights' derivatives times the pixels they weigh) equals central differences."""
+    assert check_vjp(_case(name)).verdict == "match"
+
+
 def test_top_k_beside_identity_matches_differences() -> None:
     """y = TopK(x).values summed with x's own top row: the TopK path is no longer dropped (gave 0)."""
     nodes = [helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=1),

@@ -689,3 +689,31 @@ class EinsumAttention(torch.nn.Module):
 def test_einsum_matches_autograd() -> None:
     """Einsum's gradient (one einsum per operand, three-operand terms included) vs autograd."""
     check_torch(EinsumAttention(), (1, 3, 6, 5))
+
+
+class DeformableSampling(torch.nn.Module):
+    """Features sampled where offsets computed from them point (deformable attention's and
+    DCN's sampling, a spatial transformer's): F.grid_sample of the features at a base grid plus
+    tanh offsets from a conv, so the gradient reaches the input through the image and the grid."""
+
+    def __init__(self, padding: str, align: bool) -> None:
+        super().__init__()
+        self.feat = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.offset = torch.nn.Conv2d(4, 2, 3, padding=1)
+        self.padding, self.align = padding, align
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.relu(self.feat(x))
+        h, w = x.shape[2:]
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        grid = torch.stack([xs, ys], -1)[None] + 0.3 * torch.tanh(self.offset(f)).permute(0, 2, 3, 1)
+        return F.grid_sample(f, grid, mode="bilinear", padding_mode=self.padding, align_corners=self.align)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+@pytest.mark.parametrize("align", [False, True])
+def test_grid_sample_gradient_reaches_a_grid_computed_from_the_input(padding: str, align: bool) -> None:
+    """The gradient to a sampling grid computed from the input (refused before: RT-DETR's
+    deformable attention could not have an ERF) against torch autograd, every padding and
+    corner convention (GridSample is exported at opset 16 and above)."""
+    check_torch(DeformableSampling(padding, align), (1, 3, 12, 14), opset=17)

@@ -202,9 +202,11 @@ def _grid_taps(b: Builder, ix: str, iy: str, linear: bool) -> list[tuple[str, st
 
 
 def _grid_sample(b: Builder, n: NodeView, gys: list) -> Grads:
-    """GridSample (4-D, linear or nearest, zeros or border padding), gradient to the image: each
-    output's gradient scattered onto the pixels it reads, with their bilinear weights (read from
-    the grid at run time); a pixel outside the image reads 0 (zeros) or the clamped border pixel."""
+    """GridSample (4-D, linear or nearest, zeros or border padding). To the image: each output's
+    gradient scattered onto the pixels it reads, with their bilinear weights (read from the grid at
+    run time); a pixel outside the image reads 0 (zeros) or the clamped border pixel.  To a grid
+    computed from the input (deformable attention's sampling points): the weights' derivative
+    along each coordinate times the pixels they weigh (0 for nearest: a step function)."""
     x, grid = n.inputs[0], n.inputs[1]
     xs = b.shape(x)
     mode = n.attr_str("mode", "linear")
@@ -212,27 +214,74 @@ def _grid_sample(b: Builder, n: NodeView, gys: list) -> Grads:
     if len(xs) != 4 or mode not in ("linear", "bilinear", "nearest") or padding not in ("zeros", "border"):
         raise UnsupportedOpError(n.name, "GridSample", f"{len(xs) - 2}-D, mode '{mode}', padding '{padding}' "
                                  "(rules: 2-D, linear or nearest, zeros or border padding)")
-    if b.is_active(grid):
-        raise UnsupportedOpError(n.name, "GridSample", "a grid computed from the input (the gradient "
-                                 "to the grid is not written)")
     (batch, channels, h, w), outs = xs, math.prod(b.shape(n.outputs[0])[2:])
     align = bool(n.attr_int("align_corners", 0))
     ix, iy = _unnormalised(b, grid, 0, w, align), _unnormalised(b, grid, 1, h, align)
-    indices, updates = [], []
     g = b.op("Reshape", gys[0], b.ints([batch, channels, outs]))
-    for px, py, weight in _grid_taps(b, ix, iy, mode != "nearest"):
-        cx = b.op("Clip", px, b.scalar(0.0), b.scalar(w - 1.0))
-        cy = b.op("Clip", py, b.scalar(0.0), b.scalar(h - 1.0))
-        if padding == "zeros":  # a tap outside the image reads 0: its weight is 0
-            inside = b.op("Cast", b.op("And", b.op("Equal", px, cx), b.op("Equal", py, cy)), to=b.dtype)
-            weight = inside if weight is None else b.op("Mul", weight, inside)
-        flat = b.op("Cast", b.op("Add", b.op("Mul", cy, b.scalar(float(w))), cx), to=TensorProto.INT64)
-        indices.append(b.op("Expand", b.op("Reshape", flat, b.ints([batch, 1, outs])),
-                            b.ints([batch, channels, outs])))
-        updates.append(g if weight is None else b.op("Mul", g, b.op("Reshape", weight, b.ints([batch, 1, outs]))))
-    scattered = b.op("ScatterElements", b.zeros([batch, channels, h * w]), b.op("Concat", *indices, axis=2),
-                     b.op("Concat", *updates, axis=2), axis=2, reduction="add")
-    return [b.reshape(scattered, xs)]
+    read = _grid_taps(b, ix, iy, mode != "nearest")
+    taps = [_clamped_tap(b, px, py, (h, w), (batch, channels, outs), padding == "zeros") for px, py, _ in read]
+    weights = [weight for _, _, weight in read]
+    g_image = g_grid = None
+    if b.is_active(x):
+        updates = []
+        for (_, inside), weight in zip(taps, weights):
+            both = _times(b, inside, None if weight is None else b.reshape(weight, [batch, 1, outs]))
+            updates.append(g if both is None else b.op("Mul", g, both))
+        scattered = b.op("ScatterElements", b.zeros([batch, channels, h * w]),
+                         b.op("Concat", *[index for index, _ in taps], axis=2),
+                         b.op("Concat", *updates, axis=2), axis=2, reduction="add")
+        g_image = b.reshape(scattered, xs)
+    if b.is_active(grid) and mode != "nearest":
+        g_grid = _grid_gradient(b, b.reshape(x, [batch, channels, h * w]), g, taps, ix, iy, (h, w), align,
+                                b.shape(grid))
+    return [g_image, g_grid]
+
+
+def _read(b: Builder, flat: str, index: str, inside: str | None) -> str:
+    """The pixels one tap reads ((batch, channels, outs)), 0 where it lies in zeros padding."""
+    value = b.op("GatherElements", flat, index, axis=2)
+    return value if inside is None else b.op("Mul", value, inside)
+
+
+def _times(b: Builder, a: str | None, c: str | None) -> str | None:
+    """a * c, where None stands for 1."""
+    return c if a is None else a if c is None else b.op("Mul", a, c)
+
+
+def _clamped_tap(b: Builder, px: str, py: str, size: tuple[int, int], out: tuple[int, int, int],
+                 zeros: bool) -> tuple[str, str | None]:
+    """One tap of every output: the flat index of the pixel it reads (clamped to the image, as
+    (batch, channels, outs)) and, with zeros padding, 1 where that pixel lies inside the image and
+    0 where it reads the padding (as (batch, 1, outs)); border padding reads the clamped pixel."""
+    (h, w), (batch, channels, outs) = size, out
+    cx = b.op("Clip", px, b.scalar(0.0), b.scalar(w - 1.0))
+    cy = b.op("Clip", py, b.scalar(0.0), b.scalar(h - 1.0))
+    inside = None
+    if zeros:
+        inside = b.reshape(b.op("Cast", b.op("And", b.op("Equal", px, cx), b.op("Equal", py, cy)), to=b.dtype),
+                           [batch, 1, outs])
+    flat = b.op("Cast", b.op("Add", b.op("Mul", cy, b.scalar(float(w))), cx), to=TensorProto.INT64)
+    index = b.op("Expand", b.op("Reshape", flat, b.ints([batch, 1, outs])), b.ints([batch, channels, outs]))
+    return index, inside
+
+
+def _grid_gradient(b: Builder, flat: str, g: str, taps: list[tuple[str, str | None]], ix: str, iy: str,
+                   size: tuple[int, int], align: bool, grid_shape: tuple[int, ...]) -> str:
+    """The gradient to the grid of bilinear sampling from the four pixels v00, v10, v01, v11 as
+    read (0 in the padding with zeros padding): along x, the channel sum of the seed times
+    gy (v10 - v00) + fy (v11 - v01), times d ix / d grid_x ((w - 1) / 2 aligned, else w / 2);
+    along y, gx (v01 - v00) + fx (v11 - v10), likewise (fx, fy: the fractions; gx = 1 - fx)."""
+    (h, w), (batch, _, outs) = size, b.shape(g)
+    v00, v10, v01, v11 = (_read(b, flat, index, inside) for index, inside in taps)
+    fx, fy = b.op("Sub", ix, b.op("Floor", ix)), b.op("Sub", iy, b.op("Floor", iy))
+    gx, gy = _one_plus(b, fx, -1.0), _one_plus(b, fy, -1.0)
+    fx, fy, gx, gy = (b.reshape(t, [batch, 1, outs]) for t in (fx, fy, gx, gy))
+    along_x = b.op("Add", b.op("Mul", gy, b.op("Sub", v10, v00)), b.op("Mul", fy, b.op("Sub", v11, v01)))
+    along_y = b.op("Add", b.op("Mul", gx, b.op("Sub", v01, v00)), b.op("Mul", fx, b.op("Sub", v11, v10)))
+    scales = ((w - 1) / 2 if align else w / 2, (h - 1) / 2 if align else h / 2)
+    parts = [b.op("Mul", b.op("ReduceSum", b.op("Mul", g, d), b.ints([1]), keepdims=0), b.scalar(s))
+             for d, s in zip((along_x, along_y), scales)]
+    return b.op("Concat", *[b.reshape(p, [*grid_shape[:-1], 1]) for p in parts], axis=-1)
 
 
 # ---------------------------------------------------------------- the family's tables

@@ -175,7 +175,29 @@ def gather_elements_cases() -> list[Case]:
     return out
 
 
+def grid_sample_cases() -> list[Case]:
+    """GridSample whose grid is computed from the image (deformable attention's sampling points:
+    tanh of a 1x1 conv, moved to the last axis), so the gradient flows to both; every padding and
+    corner convention, and nearest (whose grid has no gradient)."""
+    out = []
+    w = np.random.default_rng(3).standard_normal((2, 2, 1, 1)).astype(np.float32)
+    for mode, padding, align in (("linear", "zeros", 0), ("linear", "zeros", 1), ("linear", "border", 0),
+                                 ("linear", "border", 1), ("nearest", "zeros", 0)):
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Tanh", ["c"], ["t"]),
+                 helper.make_node("Mul", ["t", "s"], ["m"]),  # past the border: padding is read
+                 helper.make_node("Transpose", ["m"], ["grid"], perm=[0, 2, 3, 1]),
+                 helper.make_node("GridSample", ["x", "grid"], ["y"], mode=mode, padding_mode=padding,
+                                  align_corners=align)]
+        graph = helper.make_graph(nodes, "grid", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, 2, 5, 6))],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                                  [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.float32(1.3), "s")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+        out.append(Case(f"sweep_grid_sample_from_input_{mode}_{padding}_{align}", "GridSample", model, "x",
+                        _x((1, 2, 5, 6))))
+    return out
+
+
 def sweep_cases() -> list[Case]:
     """Every sweep."""
     return (resize_cases() + crop_resize_cases() + pad_cases() + [pad_chain(c) for c in PAD_CHAINS]
-            + batch_norm_cases() + tile_cases() + top_k_cases() + gather_elements_cases())
+            + batch_norm_cases() + tile_cases() + top_k_cases() + gather_elements_cases() + grid_sample_cases())
