@@ -89,11 +89,34 @@ class _Rewrite:
 
 def split_pieces(mg: ModelGraph, result: PassResult, rules: RuleTable) -> tuple[onnx.ModelProto, Pieces] | None:
     """The model with every output after a Concat of flattened grids replaced by its pieces (and
-    what each output became), or None where no such Concat stopped the pass, nothing after one
-    reads its positions one by one, or the copies do not compute what the original does."""
+    what each output became), or None where the pass met no such Concat, no output after one is
+    computed from its positions one by one, or the copies do not compute what the original does."""
     concats = grid_concats(mg, result)
     after = set().union(*(nx.descendants(mg.dag, i) for i in concats))
-    concats = [i for i in concats if i not in after]  # one after another's: it stays a stop
+    concats = [i for i in concats if i not in after]  # one after another's: an upper bound, as it was
+    cuts, passes = _sources(mg, concats, rules)
+    if not cuts:
+        return None
+    rewrite, rejoined = _rewritten_nodes(mg, concats, cuts, passes)
+    pieces, outputs, aliases = _piece_outputs(mg, cuts)
+    if not pieces:
+        return None
+    sources = set(_sources_of(mg, concats))
+    frontier = [t for t in cuts if (t in pieces or t in rejoined) and t not in sources]
+    if _check(mg, concats, cuts, rewrite, frontier) is not None:
+        return None
+    model = _model(mg, rewrite, aliases, outputs, cuts)
+    return (model, pieces) if _complete(model) else None
+
+
+def _sources_of(mg: ModelGraph, concats: Sequence[int]) -> list[str]:
+    """The Concats' outputs: the tensors first cut (their inputs are the pieces)."""
+    return [mg.node_outputs[i][0] for i in concats]
+
+
+def _sources(mg: ModelGraph, concats: Sequence[int], rules: RuleTable) -> tuple[dict[str, _Cut], list[PassResult]]:
+    """Each Concat's output as a cut tensor (its inputs the pieces), and the TRF pass run from it
+    with its axis as the only axis of positions (which tensors after it read their own position)."""
     cuts: dict[str, _Cut] = {}
     passes: list[PassResult] = []
     for idx in concats:
@@ -106,37 +129,33 @@ def split_pieces(mg: ModelGraph, result: PassResult, rules: RuleTable) -> tuple[
         ends = np.cumsum([0, *sizes]).tolist()
         cuts[out] = _Cut(axis, tuple(itertools.pairwise(ends)), list(mg.node_inputs[idx]))
         passes.append(forward_pass(mg, out, _positions_layout(shape, axis), rules))
-    if not cuts:
-        return None
-    sources = set(cuts)
+    return cuts, passes
+
+
+def _rewritten_nodes(mg: ModelGraph, concats: Sequence[int], cuts: dict[str, _Cut], passes: Sequence[PassResult]
+                     ) -> tuple[_Rewrite, set[str]]:
+    """Every node in topological order: copied per piece, folded (a Shape of a cut tensor), or
+    kept, reading a cut tensor joined again where it does; and the tensors joined again."""
+    sources = set(_sources_of(mg, concats)) & set(cuts)
     rewrite = _Rewrite()
     rejoined: set[str] = set()
     for idx in mg.topological_nodes():
-        node = mg.nodes[idx]
         if idx in concats and mg.node_outputs[idx][0] in sources:
             continue  # emitted where a node that is not copied reads it
         axes = _copied_axes(mg, idx, cuts, passes)
-        if axes is None and any(t in cuts for t in mg.node_inputs[idx]) and _folded(mg, idx):
+        if axes is not None:
+            _copy_node(mg, idx, axes, cuts, rewrite)
+        elif any(t in cuts for t in mg.node_inputs[idx]) and _folded(mg, idx):
             rewrite.nodes += [helper.make_node("Constant", [], [out], name=f"{out} (folded)",
                                                value=numpy_helper.from_array(np.asarray(mg.constant(out)), out))
-                              for out in mg.node_outputs[idx] if out]  # a Shape of a cut tensor
-            continue
-        if axes is None:
+                              for out in mg.node_outputs[idx] if out]
+        else:
             for t in mg.node_inputs[idx]:
                 if t in cuts and t not in rejoined:
                     rewrite.nodes.append(_rejoin(mg, t, cuts[t]))
                     rejoined.add(t)
-            rewrite.nodes.append(node)
-            continue
-        _copy_node(mg, idx, axes, cuts, rewrite)
-    pieces, outputs, aliases = _piece_outputs(mg, cuts)
-    if not pieces:
-        return None
-    frontier = [t for t in cuts if (t in pieces or t in rejoined) and t not in sources]
-    if _check(mg, concats, cuts, rewrite, frontier) is not None:
-        return None
-    model = _model(mg, rewrite, aliases, outputs, cuts)
-    return (model, pieces) if _complete(model) else None
+            rewrite.nodes.append(mg.nodes[idx])
+    return rewrite, rejoined
 
 
 def _complete(model: onnx.ModelProto) -> bool:
