@@ -373,22 +373,36 @@ def test_quantized_paths_are_refused_with_the_way_out(model: onnx.ModelProto, op
     assert f"({op})" in msg and "step function" in msg and vjp.QUANTIZED_HINT in msg and vjp.FD_HINT not in msg
 
 
-@pytest.mark.parametrize("attrs,pre,why", [
-    ({"mode": "cubic"}, (), "mode 'cubic'"),
-    ({"padding_mode": "reflection"}, (), "padding 'reflection'"),
-    ({}, (node("Mul", ["x", "x"], "t"), node("Slice", ["t", "zero", "two", "one"], "u"),
-          node("Transpose", ["u"], "grid", perm=[0, 2, 3, 1])), "a grid computed from the input"),
+GRID_FROM_INPUT = (node("Mul", ["x", "x"], "t"), node("Slice", ["t", "zero", "two", "one"], "u"),
+                   node("Transpose", ["u"], "grid", perm=[0, 2, 3, 1]))
+GRID_CONSTS = {"zero": np.array([0]), "two": np.array([2]), "one": np.array([1])}
+
+
+@pytest.mark.parametrize("attrs,why", [
+    ({"mode": "cubic"}, "mode 'cubic'"),
+    ({"padding_mode": "reflection"}, "padding 'reflection'"),
 ])
-def test_grid_sample_without_a_rule_is_refused(attrs: dict, pre: tuple, why: str) -> None:
-    """Cubic, reflection and an input-dependent grid: refused with the reason and the way out."""
-    consts = {"zero": np.array([0]), "two": np.array([2]), "one": np.array([1])}
-    grid = {"grid": GRID} if not pre else {}
-    case = Case("GridSample", None, attrs, ("x", "grid"), {**consts, **grid}, pre, shape=(1, 2, 3, 6), opset=20)
+def test_grid_sample_without_a_rule_is_refused(attrs: dict, why: str) -> None:
+    """Cubic and reflection: refused with the reason and the way out."""
+    case = Case("GridSample", None, attrs, ("x", "grid"), {**GRID_CONSTS, "grid": GRID}, (), shape=(1, 2, 3, 6),
+                opset=20)
     model = model_of(case, TensorProto.FLOAT)
     ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     with pytest.raises(UnsupportedOpError) as info:
         vjp.build_vjp(model)
     assert why in str(info.value) and vjp.FD_HINT in str(info.value)
+
+
+def test_grid_sample_of_a_grid_computed_from_the_input_has_a_gradient() -> None:
+    """An input-dependent grid (refused before): its gradient flows through the grid as well,
+    equal to central differences of onnxruntime's kernel."""
+    from tests.conformance.cases import Case as Conformance
+    from tests.conformance.oracle import check_vjp
+
+    case = Case("GridSample", None, {}, ("x", "grid"), GRID_CONSTS, GRID_FROM_INPUT, shape=(1, 2, 3, 6), opset=20)
+    model = model_of(case, TensorProto.FLOAT)
+    x = np.random.default_rng(4).uniform(-0.9, 0.9, (1, 2, 3, 6)).astype(np.float32)
+    assert check_vjp(Conformance("grid_from_x_squared", "GridSample", model, "x", x)).verdict == "match"
 
 
 # ------------------------------------------------------------------------------- coverage
