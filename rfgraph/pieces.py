@@ -235,9 +235,9 @@ def _own_axis(result: PassResult, node: str, idx: int, tensor: str, cut: _Cut) -
     transfer = result.transfers.get(idx)
     if transfer is None or transfer.statistics or transfer.bound or transfer.mix_reason:
         return None
-    if result.states[tensor].fields != (OWN_POSITION,) or node in result.gates:
-        return None
     state = result.states[tensor]
+    if state.fields != (OWN_POSITION,) or node in result.gates:
+        return None
     whole = ((0, cut.bounds[-1][1]),)
     axes = [t for t, parts in enumerate(state.layout) if parts == whole]
     return axes[0] if len(axes) == 1 else None
@@ -283,7 +283,10 @@ def _piece_input(mg: ModelGraph, node: onnx.NodeProto, slot: int, tensor: str, i
     cut = _cut_constant(node.op_type, slot, value, bounds, axis, rank, total)
     if cut is None:
         return tensor
-    name = piece_name(tensor, i)
+    name, k = piece_name(tensor, i), 0
+    while name in rewrite.inits and not np.array_equal(rewrite.inits[name], cut):  # cut another way elsewhere
+        k += 1
+        name = f"{piece_name(tensor, i)}.{k}"
     rewrite.inits[name] = cut
     return name
 
