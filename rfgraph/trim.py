@@ -138,11 +138,11 @@ def _window(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> geometr
     return geo
 
 
-def _window_reads(geo: geometry.Window, box: Box, sizes: Sequence[int]) -> Box | None:
-    """The box of the input positions that output ``box``'s windows read (padding excluded: a
-    dilated window may step over the first or last positions); None when none is read."""
+def _window_reads(axes: Sequence[geometry.AxisWindow], box: Box, sizes: Sequence[int]) -> Box | None:
+    """The box of the input positions that output ``box``'s windows (one per axis) read (padding
+    excluded: a dilated window may step over the first or last positions); None when none is read."""
     out = []
-    for a, (lo, hi), n in zip(geo.axes, box, sizes):
+    for a, (lo, hi), n in zip(axes, box, sizes):
         first = _tap(range(lo, hi + 1), a, n, min)
         last = _tap(range(hi, lo - 1, -1), a, n, max)
         if first is None or last is None:
@@ -166,12 +166,22 @@ def _tap(outputs: range, a: geometry.AxisWindow, n: int, pick: Callable[[list[in
 
 
 def _read_window(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box) -> tuple[Box, dict[str, Read]] | None:
-    """Conv and pooling: the input box the output box's windows read."""
+    """Conv and pooling: the input box the output box's windows read.  A spatial axis not tracked
+    (a YOLO head's DFL conv over (4 coordinates, anchors): only the anchors are positions) must
+    have a window of one tap: each output reads its own position there, all of which are kept."""
     geo, x = _window(node, plan.shapes), plan.shapes.get(node.input[0])
-    if geo is None or x is None or tracked.axes != tuple(range(2, len(x))):
+    if geo is None or x is None or not set(tracked.axes) <= set(range(2, len(x))):
         return None
-    reads = _window_reads(geo, box, x[2:])
-    return None if reads is None else (box, {node.input[0]: (_Tracked(tracked.axes, tuple(x[2:])), reads)})
+    if any(not _one_tap(geo.axes[a - 2]) for a in range(2, len(x)) if a not in tracked.axes):
+        return None
+    sizes = tuple(x[a] for a in tracked.axes)
+    reads = _window_reads([geo.axes[a - 2] for a in tracked.axes], box, sizes)
+    return None if reads is None else (box, {node.input[0]: (_Tracked(tracked.axes, sizes), reads)})
+
+
+def _one_tap(a: geometry.AxisWindow) -> bool:
+    """A window axis along which output u reads input u alone (kernel 1, stride 1, no padding)."""
+    return a.kernel == 1 and a.stride == 1 and a.pad_begin == 0 and a.pad_end == 0
 
 
 def _operand(tracked: _Tracked, box: Box, shape: tuple[int, ...] | None, rank: int) -> Read | None:
@@ -239,9 +249,10 @@ def _read_transpose(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: B
 
 def _read_reshape(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box) -> tuple[Box, dict[str, Read]] | None:
     """Reshape with a constant shape that keeps each tracked axis (same size, same product of the
-    axes before it), or splits one input axis into two tracked ones (a token axis into rows and
-    columns): the box there is one flat range of the input axis, so one spanning several rows
-    takes them whole.  A tracked axis of size 1 the Reshape makes (a split part's) reads nothing."""
+    axes before it), merges two input axes into one tracked one (rows and columns flattened into
+    tokens: a YOLO head's grid) or splits one input axis into two tracked ones (a token axis into
+    rows and columns): the box there is one flat range of the token axis, so one spanning
+    several rows takes them whole.  A tracked axis of size 1 the Reshape makes (a split part's) reads nothing."""
     x, y = plan.shapes.get(node.input[0]), plan.shapes[node.output[0]]
     if x is None or plan.constant(node.input[1]) is None:
         return None
@@ -257,6 +268,19 @@ def _read_reshape(plan: _Plan, node: onnx.NodeProto, tracked: _Tracked, box: Box
             axes.append(kept[0])
             sizes.append(x[kept[0]])
             in_box.append(box[k])
+            k += 1
+            continue
+        merged = [b for b in range(len(x) - 1) if x[b] * x[b + 1] == y[a] and math.prod(x[:b]) == math.prod(y[:a])]
+        if merged:  # rows and columns flattened into tokens: a range within one row, else whole rows
+            b, width = merged[0], x[merged[0] + 1]
+            (t0, t1) = box[k]
+            (r0, c0), (r1, c1) = divmod(t0, width), divmod(t1, width)
+            if r0 != r1:
+                c0, c1 = 0, width - 1
+            out_box[k] = (r0 * width + c0, r1 * width + c1)
+            axes += [b, b + 1]
+            sizes += [x[b], width]
+            in_box += [(r0, r1), (c0, c1)]
             k += 1
             continue
         split = [b for b in range(len(x)) if k + 1 < len(tracked.axes) and tracked.axes[k + 1] == a + 1
@@ -696,7 +720,10 @@ def _adapt(m: onnx.NodeProto, node: onnx.NodeProto, plan: _Plan, box: Box, reads
     if node.op_type in WINDOW_NODES:
         geo = _window(node, plan.shapes)
         assert geo is not None
-        _set_pads(m, geo, box, reads[node.input[0]][1])
+        (kept, read), y, x = reads[node.input[0]], plan.shapes[node.output[0]], plan.shapes[node.input[0]]
+        out_box, in_box = dict(zip(plan.tracked[node.output[0]].axes, box)), dict(zip(kept.axes, read))
+        _set_pads(m, geo, tuple(out_box.get(a, (0, y[a] - 1)) for a in range(2, len(y))),  # an axis not
+                  tuple(in_box.get(a, (0, x[a] - 1)) for a in range(2, len(x))))  # tracked: kept whole
         return []
     tracked = plan.tracked[node.output[0]]
     if node.op_type in RESAMPLING_NODES:

@@ -664,3 +664,37 @@ def test_softmax_over_channels_by_opset(opset: int) -> None:
     softmax_in = next(n for n in made.model.graph.node if n.op_type == "Softmax").input[0]
     cropped = math.prod(_shapes(made.model)[softmax_in][2:]) < 100
     assert cropped == (opset >= 13)
+
+
+def _dfl_head(size: int = 16) -> onnx.ModelProto:
+    """A YOLOv8 box head on one scale: convs to a (1, 4 x 4 bins, h, w) map, flattened to
+    (1, 16, h*w) anchors (a Reshape merging rows and columns), split into (4 coordinates, 4 bins),
+    a softmax over the bins and the DFL's 1x1 conv over (bins) on a (1, bins, 4, anchors) map: its
+    H is the 4 coordinates, not positions, and its W the anchors."""
+    g = G((size, size), channels=2, batch=1)
+    c = g.conv(g.relu(g.conv("x", 3, 2, pads=[1] * 4, cout=4)), 3, pads=[1] * 4, cout=16)
+    n = (size // 2) ** 2
+    flat = g.node("Reshape", [c, g._init(np.array([1, 16, n]))])
+    bins = g.node("Transpose", [g.node("Reshape", [flat, g._init(np.array([1, 4, 4, n]))])], perm=[0, 2, 1, 3])
+    soft = g.node("Softmax", [bins], axis=1)
+    g.channels[soft] = 4
+    dfl = g.conv(soft, 1, cout=1)
+    return g.model(g.node("Reshape", [dfl, g._init(np.array([1, 4, n]))]))
+
+
+@pytest.mark.parametrize("anchor", [0, 27, 63])
+def test_a_yolo_box_head_on_the_anchors_cone(anchor: int) -> None:
+    """Each layer of the head on one anchor's cone through the Reshape that flattens the grid into
+    anchors and the DFL conv whose H is not positions (a real YOLOv8 export's corner anchor at 1024:
+    7 % of the multiply-accumulates, its gradient equal): the output and the input gradient equal
+    the whole model's."""
+    model = _dfl_head()
+    made = _forward_equal(model, (anchor,))
+    assert made.saved > 0
+    shape = _shapes(model)[model.graph.output[0].name]
+    x = np.random.default_rng(anchor).standard_normal((1, 2, 16, 16)).astype(np.float32)
+    out = model.graph.output[0].name
+    whole = erf_mod.GradientEngine(model, erf_mod.Target(out, shape, (2,), (anchor,)), "x", x.shape, 1)
+    part = erf_mod.GradientEngine(made.model, erf_mod.Target(out, shape[:2] + (1,), (2,), (0,)), "x", x.shape, 1)
+    g_whole, g_part = whole(x), part(x)
+    assert np.count_nonzero(g_whole) and float(np.abs(g_part - g_whole).max()) <= TOL * float(np.abs(g_whole).max())
