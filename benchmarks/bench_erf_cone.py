@@ -15,10 +15,12 @@ largest difference of the two gradients relative to max |g|.
 
 Cases: (a) a ResNet-50 v1.5 (benchmarks/bench_erf.py's torch model, exported) layer2 centre unit
 at 224x224, target cone ERF <= 0.5x the forward; (b) YOLOv8n (model_zoo.modern, random weights)
-at 1024x1024, a P3 (stride 8) head cell: the centre cell and the corner cell; (c) the ResNet-50
+at 1024x1024, a P3 (stride 8) head cell: the centre cell and the corner cell, on the heads and on
+the output as ultralytics exports it (anchors joined and decoded: no input crop runs, each layer
+on the anchor's cone does); (c) the ResNet-50
 trunk's centre unit at 224 (its field covers the input: only cuts apply).
 Run on demand (not a test):  python benchmarks/bench_erf_cone.py [--reps 5] [--threads 1]
-[--cases resnet50_layer2 yolov8n_p3_centre yolov8n_p3_corner]
+[--cases resnet50_layer2 yolov8n_p3_centre yolov8n_p3_corner yolov8n_export_p3_corner]
 """
 
 from __future__ import annotations
@@ -74,10 +76,19 @@ def yolov8n_1024() -> tuple[onnx.ModelProto, str]:
     return modern.yolov8n(1024).build(), "head_p3"
 
 
+def yolov8n_export_1024() -> tuple[onnx.ModelProto, str]:
+    """YOLOv8n as ultralytics exports it (anchors joined and decoded): the P3 piece of output0."""
+    from model_zoo import modern
+
+    return modern.yolov8n_export(1024).build(), "output0#0"
+
+
 CASES: dict[str, tuple[Callable[[], tuple[onnx.ModelProto, str]], str]] = {
     "resnet50_layer2": (resnet50_layer2, "centre"),
     "yolov8n_p3_centre": (yolov8n_1024, "centre"),
     "yolov8n_p3_corner": (yolov8n_1024, "corner"),
+    "yolov8n_export_p3_centre": (yolov8n_export_1024, "centre"),
+    "yolov8n_export_p3_corner": (yolov8n_export_1024, "corner"),
     "resnet50_centre": (resnet50_trunk, "centre"),
 }
 
@@ -99,10 +110,8 @@ def setup(model: onnx.ModelProto, output: str, where: str, threads: int) -> dict
     cache: dict = {}
     planned = cone.plan(proto, analysis, output, target, target, full_shape, ModelOptions(), cache)
     plan_s = time.perf_counter() - t0
-    if planned == cone.COVERS:
+    if planned == cone.COVERS or isinstance(planned, str):  # no input crop: each layer's cone alone
         planned = (cone.Crop.whole(full_shape, spatial), proto, target)
-    if isinstance(planned, str):
-        raise SystemExit(f"no cone for {output}: {planned}")
     crop, crop_model, crop_target = planned
     t0 = time.perf_counter()
     inside = planned if crop_model is not proto else cone.COVERS

@@ -79,6 +79,8 @@ def _registry() -> dict[str, ZooEntry]:
         reg[nm] = ZooEntry(nm, fn, "torchvision", f"torchvision-style {nm[6:]} (symmetric pads)")
     for nm, make in modern.MODERN_BUILDERS.items():
         reg[nm] = ZooEntry(nm, make, "modern", f"{nm} (torchvision's layers, structure only)")
+    reg["yolov8n_export"] = ZooEntry("yolov8n_export", modern.yolov8n_export, "modern",
+                                     "YOLOv8n as ultralytics exports it: anchors of the 3 levels joined, decoded")
     return reg
 
 

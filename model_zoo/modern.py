@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from . import vit
 from .builder import GraphBuilder, IntOrTuple, image_shape
 
@@ -250,6 +252,52 @@ def yolov8n(size: IntOrTuple = 640, seed: int = 0, classes: int = 80) -> GraphBu
     convs and C2f, SPPF, PAN neck (nearest x2 upsampling, concat, C2f; 3x3/2 convs back down),
     and the Detect head's two branches of two 3x3 convs and a 1x1 per level (strides 8, 16, 32).
     End points: backbone P3, P4, P5 (after SPPF), neck outputs, head outputs."""
+    b, eps = _yolov8n_parts(size, seed, classes)
+    for t in eps[-3:-1]:
+        b.output(t)
+    return _finish(b, eps)
+
+
+def yolov8n_export(size: IntOrTuple = 640, seed: int = 0, classes: int = 80) -> GraphBuilder:
+    """YOLOv8n as ultralytics exports it (Detect in export mode, ``nn/modules/head.py``): each
+    level's box (4 x 16 bins) and class maps flattened to anchors and joined along them (80x80 +
+    40x40 + 20x20 = 8400 at 640); the bins decoded by the DFL (softmax over 16 bins, a 1x1 conv of
+    weights 0..15) into distances to the anchor point, made into centre and size times the
+    level's stride; classes through a sigmoid: output0 (1, 4 + classes, anchors)."""
+    b, eps = _yolov8n_parts(size, seed, classes)
+    heads = eps[-3:]
+    cells = [b.shape(h)[2] * b.shape(h)[3] for h in heads]
+    joined = b.concat([b.reshape(h, [1, b.channels(h), n]) for h, n in zip(heads, cells)], axis=2)
+    anchors, (points, strides) = sum(cells), _anchor_points(b, heads)
+    box, cls = b.split(joined, [64, classes], axis=1)
+    bins = b.softmax(b.transpose(b.reshape(box, [1, 4, 16, anchors]), [0, 2, 1, 3]), axis=1)
+    dfl = b._node("Conv", [bins, b.const(np.arange(16, dtype=np.float32).reshape(1, 16, 1, 1), "dfl")],
+                  (1, 1, 4, anchors), "Conv", kernel_shape=[1, 1])
+    left_top, right_bottom = b.split(b.reshape(dfl, [1, 4, anchors]), [2, 2], axis=1)
+    x1y1, x2y2 = b.add(points, b.scale(left_top, -1.0)), b.add(points, right_bottom)
+    centre_size = b.concat([b.scale(b.add(x1y1, x2y2), 0.5), b.add(x2y2, b.scale(x1y1, -1.0))], axis=1)
+    out = b.concat([b.mul(centre_size, strides), b.sigmoid(cls)], axis=1, name="output0")
+    b.output(out)
+    b.metadata["model_zoo.endpoints"] = ",".join([*eps, out])
+    return b
+
+
+def _anchor_points(b: GraphBuilder, heads: Sequence[str]) -> tuple[str, str]:
+    """ultralytics make_anchors: each cell's centre (x + 0.5, y + 0.5) in its level's cells, row
+    after row, level after level, as (1, 2, anchors); and each anchor's stride, (1, 1, anchors)."""
+    size = b.shape(b.input)[2]
+    points, strides = [], []
+    for h in heads:
+        rows, cols = b.shape(h)[2:]
+        y, x = np.meshgrid(np.arange(rows) + 0.5, np.arange(cols) + 0.5, indexing="ij")
+        points.append(np.stack([x.ravel(), y.ravel()]))
+        strides.append(np.full(rows * cols, size / rows))
+    return (b.const(np.concatenate(points, axis=1)[None].astype(np.float32), "anchors"),
+            b.const(np.concatenate(strides)[None, None].astype(np.float32), "strides"))
+
+
+def _yolov8n_parts(size: IntOrTuple, seed: int, classes: int) -> tuple[GraphBuilder, list[str]]:
+    """YOLOv8n's graph and its end points (``yolov8n``), the three heads last."""
     b = GraphBuilder("yolov8n", image_shape(size), seed=seed)
     up = lambda t: b.resize(t, 2, "nearest", coordinate_transformation_mode="asymmetric",
                             nearest_mode="floor")
@@ -272,9 +320,7 @@ def yolov8n(size: IntOrTuple = 640, seed: int = 0, classes: int = 80) -> GraphBu
         box = b.conv(conv(conv(t, c_box), c_box), 64, 1, 1, 0)
         cls = b.conv(conv(conv(t, c_cls), c_cls), classes, 1, 1, 0)
         eps.append(b.concat([box, cls], name=f"head_p{i}"))
-    for t in eps[-3:-1]:
-        b.output(t)
-    return _finish(b, eps)
+    return b, eps
 
 
 # ------------------------------------------------------------------------------------ Swin-T

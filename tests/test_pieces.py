@@ -194,3 +194,28 @@ def test_anchors_outside_the_cells_repeat_the_grid() -> None:
             assert unit == tuple(np.unravel_index(element % cells, ep.units))
             hulls = measured_hulls(deps, 2, (0, element))
             assert hulls == [tuple(r) for r in ep.clipped_region(unit, (SIZE, SIZE))], (piece.name, element)
+
+
+def test_the_zoo_export_style_yolov8n_has_its_heads_fields_and_anchors_on_their_cone() -> None:
+    """zoo:yolov8n_export (the heads joined along the anchors and decoded as ultralytics exports
+    them): each piece has its head's r, S, P and cells (zoo:yolov8n's head_p3..p5, checked against
+    a torch re-implementation in tests/test_modern_table.py), and a corner anchor's ERF runs on
+    its cone inside the network (no input crop runs: the decode's constants are the full grid's)
+    with the full image's gradient."""
+    from model_zoo import modern
+    from rfgraph.erf import gradient_engine
+
+    size = 128
+    export, heads = modern.yolov8n_export(size).build(), analyze(modern.yolov8n(size).build())
+    a = analyze(export)
+    pieces = a.pieces["output0"]
+    assert [p.stop - p.start for p in pieces] == [256, 64, 16] and not a.stops
+    for piece, head in zip(pieces, ("head_p3", "head_p4", "head_p5")):
+        ep, own = a[piece.name], heads[head]
+        assert (ep.r, ep.S, ep.P, ep.units) == (own.r, own.S, own.P, own.units)
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    cone, notes = gradient_engine(export, "output0", unit=(0,), region="cone")
+    full, _ = gradient_engine(export, "output0", unit=(0,), region="full")
+    assert any("each layer on the unit's cone" in n for n in notes), notes
+    g_cone, g_full = cone(x)[0], full(x)[0]
+    assert np.count_nonzero(g_full) and float(np.abs(g_cone - g_full).max()) <= 1e-5 * float(np.abs(g_full).max())
