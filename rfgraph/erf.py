@@ -128,15 +128,18 @@ def make_seed(target: Target, batch: int, dtype: np.dtype = FLOAT32) -> np.ndarr
 def resolve_target(analysis: Analysis | None, model: onnx.ModelProto, output: str,
                    unit: Sequence[int] | None, channel: int | None,
                    input_rank: int, spatial_axes: Sequence[int], shape: tuple[int, ...],
-                   centre: ec.CentreRule = ec.CentreRule.FLOOR) -> Target:
+                   centre: ec.CentreRule = ec.CentreRule.FLOOR, unit_axis: int | None = None) -> Target:
     """The seed position: ``unit`` (one index per tensor axis of positions; a flattened token
     axis takes the token index) or the centre unit (by the ``centre`` rule); TRF region and
-    centre from the analysis."""
+    centre from the analysis.  ``unit_axis``: for a tensor without an axis of positions (a ViT's
+    tokens after its class token; one after a stop), the tensor axis ``unit`` indexes."""
     ep = _endpoint(analysis, output)
     if not shape:
         raise RFGraphError(f"'{output}' is a single number (rank 0, no batch axis): the ERF averages "
                            f"the gradients of a batch of inputs; export the model with keepdims=1 (or "
                            f"a batch axis) or choose another tensor with --output")
+    if unit_axis is not None:
+        return _on_unit_axis(ep, output, shape, unit, unit_axis, channel, centre)
     if ep is None and len(shape) != input_rank:
         raise RFGraphError(f"'{output}' (shape {list(shape)}) has no known axis of positions "
                            f"({_not_analysed(analysis)}); {_unit_choices(analysis)}")
@@ -149,8 +152,10 @@ def resolve_target(analysis: Analysis | None, model: onnx.ModelProto, output: st
             unit = ep.tensor_index(ec.centre_unit([n or 1 for n in ep.units], centre))  # (a token axis holds H x W)
         unit = tuple(int(u) for u in (ec.centre_unit(sizes, centre) if unit is None else unit))
         if len(unit) != len(axes) or any(not 0 <= u < n for u, n in zip(unit, sizes)):
+            hint = "" if axes else ("; it has no axis of positions (its field is global): --unit-axis T "
+                                    "picks the tensor axis --unit indexes (a ViT's tokens: --unit-axis 1)")
             raise RFGraphError(f"unit {unit} is not an index of the spatial axes of '{output}' "
-                               f"(sizes {tuple(sizes)})")
+                               f"(sizes {tuple(sizes)}){hint}")
         return Target(output, shape, tuple(axes), unit, channel)
     if unit is None:  # the centre of the grid, whichever tensor axes hold it
         unit = ep.tensor_index(ec.centre_unit([n or 1 for n in ep.units], centre))
@@ -161,6 +166,23 @@ def resolve_target(analysis: Analysis | None, model: onnx.ModelProto, output: st
     trf = tuple(int(r) for r in ep.r if r is not None)  # not global: no r is None
     grid = index if len(index) != len(unit) else None  # a token axis holding H x W: say where
     return Target(output, shape, tuple(t for t, _ in ep.unit_axes), unit, channel, region, middle, trf, grid)
+
+
+def _on_unit_axis(ep: EndPoint | None, output: str, shape: tuple[int, ...], unit: Sequence[int] | None,
+                  axis: int, channel: int | None, centre: ec.CentreRule) -> Target:
+    """The seed at ``unit`` along tensor ``axis`` of a tensor the analysis gives no axis of
+    positions (its field global, or not analysed): the gradient is exact, no TRF region."""
+    if ep is not None and ep.unit_axes:
+        raise RFGraphError(f"'{output}' has axes of positions ({', '.join(str(t) for t, _ in ep.unit_axes)}): "
+                           f"give --unit along them, without --unit-axis")
+    if not 0 < axis < len(shape) or (channel is not None and axis == 1):
+        seeded = " and the seeded channel's" if channel is not None else ""
+        raise RFGraphError(f"--unit-axis {axis}: expected an axis of '{output}' (shape {list(shape)}) "
+                           f"other than the batch axis 0{seeded}")
+    index = tuple(int(u) for u in (ec.centre_unit([shape[axis]], centre) if unit is None else unit))
+    if len(index) != 1 or not 0 <= index[0] < shape[axis]:
+        raise RFGraphError(f"unit {index} is not an index of axis {axis} of '{output}' (size {shape[axis]})")
+    return Target(output, shape, (axis,), index, channel)
 
 
 def _not_analysed(analysis: Analysis | None) -> str:
@@ -448,7 +470,7 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
                  assume_pointwise: bool | None = None, fill: Mapping[str, float] | None = None,
                  fd_budget: float = FD_BUDGET_S, workers: int = 1, scheduler: str | None = None,
                  provider: str = "auto", options: ModelOptions | None = None,
-                 region: str = "full", step_back: bool = False) -> list[ERFResult]:
+                 region: str = "full", step_back: bool = False, unit_axis: int | None = None) -> list[ERFResult]:
     """The ERFs of several units of one tensor (``units``: indices, None for the centre), each
     averaged as Luo et al. do over the same inputs, with its metrics; one backward serves several
     units (one seed per batch item).
@@ -479,6 +501,8 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
     ``step_back`` (implied when ``output`` is None): where the seeded channel sum of the tensor is
     constant (a Softmax or a uniformly scaled LayerNorm over the channels), the ERF of the centre
     is that of the normalisation's input instead, with a note; else such a tensor is refused.
+    ``unit_axis``: for a tensor the analysis gives no axis of positions (a ViT's tokens after its
+    class token), the tensor axis each unit's one index runs along (its field is global).
     """
     import time
 
@@ -504,7 +528,7 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
     notes = load_notes + notes
     input_name, full_shape, spatial = _input_facts(proto, analysis, opts.erf_input()[0])
     _refuse_other_inputs(proto, input_name)
-    step_back = (step_back or output is None) and all(u is None for u in units)  # the tensor is rfgraph's choice
+    step_back = (step_back or output is None) and all(u is None for u in units) and unit_axis is None
     output = output or _first_output(proto, analysis)
     if analysis is not None and output in analysis.pieces:
         output, units, piece_note = _piece_units(analysis.pieces[output], output, units)
@@ -515,7 +539,7 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
         seeded) and why that sum is constant ("" when it is not)."""
         shape = _output_shape(proto, name, input_name, full_shape)
         found = [resolve_target(analysis, proto, name, u, conv.channel, len(full_shape), spatial,
-                                shape, conv.centre) for u in units]
+                                shape, conv.centre, unit_axis) for u in units]
         by = _normalisation(proto, found[0].output, len(found[0].shape)) \
             if conv.scalar in (ec.Scalar.SUM, ec.Scalar.MEAN) else None  # the channel sum is seeded
         return found, by, _constant_sum(proto, found[0], by)

@@ -722,3 +722,53 @@ def test_a_faint_centre_pixel_is_noted() -> None:
     assert faint.metrics.erf_size == 3.0
     assert any("0.0001 of its maximum" in n and "erf_extent" in n for n in faint.notes), faint.notes
     assert not any("of its maximum" in n for n in compute_erf(model(0.5), runs=2).notes)
+
+
+class _TinyViT(torch.nn.Module):
+    """Patch embedding (4x4 patches of a 16x16 image), a class token in front of the 16 patch
+    tokens, a position embedding and one attention block with its MLP (as timm's ViT)."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.embed = torch.nn.Conv2d(3, dim, 4, 4)
+        self.cls = torch.nn.Parameter(torch.randn(1, 1, dim))
+        self.pos = torch.nn.Parameter(torch.randn(1, 17, dim) * 0.1)
+        self.qkv, self.proj = torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, 2 * dim), torch.nn.GELU(), torch.nn.Linear(2 * dim, dim))
+        self.norm1, self.norm2 = torch.nn.LayerNorm(dim), torch.nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], dim=1) + self.pos
+        q, k, v = self.qkv(self.norm1(t)).chunk(3, dim=-1)
+        t = t + self.proj(torch.softmax(q @ k.transpose(1, 2) / 8 ** 0.5, dim=-1) @ v)
+        return t + self.mlp(self.norm2(t))
+
+
+def test_a_token_of_a_class_token_vit_is_seeded_along_the_unit_axis(tmp_path: Path, capsys) -> None:
+    """After the class token the tokens fold (no axis of positions: the field is global), so
+    --unit alone is refused with the way out; --unit-axis 1 --unit K seeds token K, its gradient
+    equal to torch autograd of the token's channel sum (the ViT ERF studies' unit)."""
+    from rfgraph.cli import main
+    from rfgraph.erf import GradientEngine, _load, resolve_target
+    from rfgraph.options import ModelOptions
+
+    torch.manual_seed(0)
+    net = _TinyViT().eval()
+    x = torch.randn(1, 3, 16, 16)
+    f = io.BytesIO()
+    torch.onnx.export(net, (x,), f, dynamo=False, input_names=["x"], output_names=["y"], opset_version=17)
+    model = onnx.load_from_string(f.getvalue())
+    path = tmp_path / "vit.onnx"
+    onnx.save(model, path)
+    assert main(["erf", str(path), "--unit", "6", "--runs", "1"]) == 2
+    assert "--unit-axis" in capsys.readouterr().err
+    assert main(["erf", str(path), "--unit-axis", "1", "--unit", "6", "--runs", "2", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["unit"] == [6]
+    proto, a, _ = _load(model, ModelOptions())
+    target = resolve_target(a, proto, "y", (6,), None, 4, (2, 3), (1, 17, 8), unit_axis=1)
+    got = GradientEngine(proto, target, "x", (1, 3, 16, 16), 1)(x.numpy())
+    xg = x.clone().requires_grad_(True)
+    net(xg)[0, 6].sum().backward()
+    want = xg.grad.numpy()
+    assert float(np.abs(got - want).max()) <= 1e-5 * float(np.abs(want).max())

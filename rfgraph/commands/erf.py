@@ -52,6 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "LayerNorm that computes it where their channel sum is constant)")
     p.add_argument("--unit", metavar="I,J", help="unit index along the tensor axes that hold positions "
                    "(a flattened token axis: the token index; default: centre)")
+    p.add_argument("--unit-axis", type=int, metavar="T",
+                   help="for a tensor with no axis of positions (a ViT's tokens after its class token; "
+                        "its field is global), the tensor axis --unit indexes: --unit-axis 1 --unit 99 "
+                        "seeds token 99")
     p.add_argument("--units", metavar="I,J", nargs="+",
                    help="several units of the tensor, each averaged over the same inputs (one "
                         "backward serves several: one seed per batch item); --npy writes them "
@@ -138,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     with model_errors(args.model):  # onnxruntime refusing the model: one line, exit 2
         results = compute_erfs(
             args.model, args.output, options=options, units=units, runs=args.runs, workers=args.workers,
-            scheduler=args.scheduler, provider=args.provider, region=args.region,
+            scheduler=args.scheduler, provider=args.provider, region=args.region, unit_axis=args.unit_axis,
             method=args.method, inputs=args.inputs, reinit=args.reinit,
             weight_runs=args.weight_runs, seed=args.seed, batch=args.batch, threads=args.threads,
             progress=show_progress(args),
