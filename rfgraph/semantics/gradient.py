@@ -424,6 +424,13 @@ def _one_plus(b: Builder, t: str, sign: float = 1.0) -> str:
     return b.op("Add", b.scalar(1.0), b.op("Mul", t, b.scalar(sign)))
 
 
+def _added_back(b: Builder, shape: Sequence[int], indices: str, g: str, axis: int) -> str:
+    """``g`` scatter-added into zeros of ``shape`` at ``indices`` along ``axis``: the gradient of an
+    op that picked those elements along it (TopK's values, GatherElements)."""
+    return b.op("ScatterElements", b.op("Expand", b.zeros([]), b.ints(shape)), indices, g,
+                axis=axis % len(shape), reduction="add")
+
+
 # d f(x) / dx of each unary op, from x, y = f(x) and the node's attributes (ONNX defaults).
 Derivative = Callable[[Builder, NodeView, str, str], str]
 

@@ -14,7 +14,7 @@ from onnx import helper
 from ..errors import DynamicShapeError, UnsupportedOpError
 from ..fields import IDENTITY, Span
 from . import geometry
-from .gradient import Builder, Grads, NodeView, _kept_blocked
+from .gradient import Builder, Grads, NodeView, _added_back, _kept_blocked
 from .gradient import Rule as VJPRule
 from .transfer import (
     FOLDED,
@@ -663,10 +663,7 @@ def gather_elements_rule(ctx: NodeContext) -> Transfer:
 def _gather_elements(b: Builder, n: NodeView, gys: list) -> Grads:
     """GatherElements: the seed scatter-added back to the places the indices read, along ``axis``
     (the indices are not differentiable)."""
-    xs = b.shape(n.inputs[0])
-    g = b.op("ScatterElements", b.op("Expand", b.zeros([]), b.ints(xs)), n.inputs[1], gys[0],
-             axis=n.attr_int("axis", 0) % len(xs), reduction="add")
-    return [g, None]
+    return [_added_back(b, b.shape(n.inputs[0]), n.inputs[1], gys[0], n.attr_int("axis", 0)), None]
 
 
 def _scatter(b: Builder, n: NodeView, gys: list) -> Grads:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import UnsupportedOpError
-from .gradient import Builder, Derivative, Grads, NodeView, _lp_derivative
+from .gradient import Builder, Derivative, Grads, NodeView, _added_back, _lp_derivative
 from .gradient import Rule as VJPRule
 from .transfer import (
     Edge,
@@ -68,10 +68,7 @@ def top_k_rule(ctx: NodeContext) -> Transfer:
 def _top_k(b: Builder, n: NodeView, gys: list) -> Grads:
     """TopK values: scatter-add the gradient back to the selected positions (the forward
     node's Indices output) along the TopK axis; k is not differentiable."""
-    xs = b.shape(n.inputs[0])
-    g = b.op("ScatterElements", b.op("Expand", b.zeros([]), b.ints(xs)), n.node.output[1], gys[0],
-             axis=n.attr_int("axis", -1) % len(xs), reduction="add")
-    return [g]
+    return [_added_back(b, b.shape(n.inputs[0]), n.node.output[1], gys[0], n.attr_int("axis", -1))]
 
 
 def _reduce_axes(b: Builder, n: NodeView) -> list[int]:
