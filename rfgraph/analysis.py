@@ -38,7 +38,7 @@ from .onnx_import import (
     smallest_input_size,
 )
 from .options import ModelOptions, model_options
-from .pieces import Pieces, piece_at, pieces_text, split_pieces
+from .pieces import Pieces, cut_text, one_piece, split_pieces
 from .rules import RuleTable
 from .semantics import CHANNELS_FIRST_OPS, geometry
 from .semantics.contrib import expanded_from, writes_inner_tensor
@@ -354,23 +354,12 @@ class Analysis:
     def in_piece(self, name: str, indices: Sequence[Sequence[int]]) -> tuple[str, list[tuple[int, ...]]]:
         """Units of an output cut into pieces (``pieces``), each given as one index along the axis
         cut, as the piece holding them and their units there (one index per spatial axis)."""
-        pieces = self.pieces[name]
-        if any(len(i) != 1 for i in indices):
-            raise RFGraphError(f"{self._missing(name)}: give a unit of '{name}' as one index along axis "
-                               f"{pieces[0].axis} (0..{pieces[-1].stop - 1}), or a unit of a piece")
-        try:
-            found = [piece_at(pieces, int(i[0])) for i in indices]
-        except IndexError as exc:
-            raise RFGraphError(f"'{name}': {exc}") from None
-        if len({p.name for p, _ in found}) > 1:
-            raise RFGraphError(f"the units of '{name}' lie in different pieces ({pieces_text(pieces)})")
-        piece = found[0][0]
-        return piece.name, [self[piece.name].spatial_index((k,)) for _, k in found]
+        piece, found = one_piece(name, self.pieces[name], indices)
+        return piece.name, [self[piece.name].spatial_index((k,)) for k in found]
 
     def _missing(self, name: str) -> str:
         if name in self.pieces:
-            return (f"'{name}' joins grids of positions of different sizes (a detection head's Concat): "
-                    f"it is analysed as its pieces {pieces_text(self.pieces[name])}")
+            return cut_text(name, self.pieces[name])
         if name in self.graph.producer or name in self.graph.initializers:
             return f"tensor '{name}' was not analysed (it does not depend on the input, or lies after a stop)"
         return f"no tensor named '{name}' in the model"

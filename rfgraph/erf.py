@@ -47,7 +47,7 @@ from .inputs import (
 from .metrics import AREA_THRESHOLDS, LUO_FRACTION, POOR_FIT_R2, AreaRatio, ERFMetrics, compute_metrics
 from .onnx_import import prepare, shapes_only
 from .options import ModelOptions, model_options
-from .pieces import Piece, piece_at, pieces_text
+from .pieces import Piece, one_piece
 from .semantics import NORMALISING_OPS
 from .silent import silent_notes
 
@@ -602,20 +602,10 @@ def _piece_units(pieces: Sequence[Piece], output: str, units: Sequence[Sequence[
     """A tensor cut into pieces (``analysis.pieces``): the piece holding the units (each one
     index along the axis cut; none: the first piece's centre), their indices in it, and a note."""
     local: list[Sequence[int] | None] = [None] * len(units)
-    if any(u is None for u in units):
-        piece = pieces[0]
-    else:
-        if any(len(u) != 1 for u in units):  # type: ignore[arg-type]
-            raise RFGraphError(f"'{output}' is analysed as its pieces {pieces_text(pieces)}: give a unit as "
-                               f"one index along axis {pieces[0].axis} (0..{pieces[-1].stop - 1})")
-        try:
-            found = [piece_at(pieces, u[0]) for u in units]  # type: ignore[index]
-        except IndexError as exc:
-            raise RFGraphError(f"'{output}': {exc}") from None
-        if len({p.name for p, _ in found}) > 1:
-            raise RFGraphError(f"the units of '{output}' lie in different pieces ({pieces_text(pieces)}): "
-                               f"give the units of one piece at a time")
-        piece, local = found[0][0], [(i,) for _, i in found]
+    piece = pieces[0]
+    if all(u is not None for u in units):
+        piece, found = one_piece(output, pieces, units)  # type: ignore[arg-type]
+        local = [(k,) for k in found]
     return piece.name, local, (f"'{output}' joins grids of different sizes along axis {piece.axis}: the unit is "
                                f"in its piece '{piece.name}' (elements {piece.start}:{piece.stop})")
 

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .errors import RFGraphError
 from .fields import IDENTITY, AxisField
 from .onnx_import import ModelGraph, attributes, elem_types
 from .rules import RuleTable
@@ -59,12 +60,30 @@ def pieces_text(pieces: Sequence[Piece]) -> str:
     return f"{', '.join(f'{p.name} ({p.start}:{p.stop})' for p in pieces)} along axis {pieces[0].axis}"
 
 
-def piece_at(pieces: Sequence[Piece], index: int) -> tuple[Piece, int]:
-    """The piece holding element ``index`` along the axis cut, and its index in that piece."""
-    for piece in pieces:
-        if piece.start <= index < piece.stop:
-            return piece, index - piece.start
-    raise IndexError(f"index {index} is outside 0..{pieces[-1].stop - 1}")
+def cut_text(name: str, pieces: Sequence[Piece]) -> str:
+    """What became of output ``name``: the pieces it is analysed as."""
+    return (f"'{name}' joins grids of positions of different sizes (a detection head's Concat): it is "
+            f"analysed as its pieces {pieces_text(pieces)}")
+
+
+def one_piece(name: str, pieces: Sequence[Piece], indices: Sequence[Sequence[int]]) -> tuple[Piece, list[int]]:
+    """The piece holding elements ``indices`` of output ``name`` (each one index along the axis
+    cut) and their indices in that piece; refused where an index is not one number, lies outside
+    the axis, or the elements lie in different pieces."""
+    last = pieces[-1].stop - 1
+    if any(len(i) != 1 for i in indices):
+        raise RFGraphError(f"{cut_text(name, pieces)}: give a unit of '{name}' as one index along axis "
+                           f"{pieces[0].axis} (0..{last}), or a unit of a piece")
+    found = []
+    for (index,) in indices:
+        held = [p for p in pieces if p.start <= index < p.stop]
+        if not held:
+            raise RFGraphError(f"'{name}': index {index} is outside 0..{last}")
+        found.append((held[0], index - held[0].start))
+    if len({p.name for p, _ in found}) > 1:
+        raise RFGraphError(f"the units of '{name}' lie in different pieces ({pieces_text(pieces)}): give "
+                           f"the units of one piece at a time")
+    return found[0][0], [k for _, k in found]
 
 
 @dataclass
@@ -366,8 +385,9 @@ def _model(mg: ModelGraph, rewrite: _Rewrite, aliases: list[onnx.NodeProto], out
     shapes = _piece_shapes(mg, cuts)
     shapes.update({a.output[0]: shapes[a.input[0]] for a in aliases if a.input[0] in shapes})
     source = {n: t for t, cut in cuts.items() for n in cut.names}
+    copied = {o for c in rewrite.copies for o in c.output}
     graph.value_info.extend(_value_info(n, types.get(source[n], onnx.TensorProto.FLOAT), s)
-                            for n, s in shapes.items() if n in {o for c in rewrite.copies for o in c.output})
+                            for n, s in shapes.items() if n in copied)
     declared = {o.name: o for o in graph.output}
     del graph.output[:]
     for name in outputs:

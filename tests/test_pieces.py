@@ -156,6 +156,10 @@ def test_the_cli_reports_the_pieces(tmp_path, capsys: pytest.CaptureFixture) -> 
     assert code == 0 and box["tensor"] == f"{out}#1" and box["units"][0]["index"] == [1, 2]
     code, doc, _ = _run(capsys, "boxes", str(path), "--output", f"{out}#1", "--index", "1,2", "--format", "json")
     assert json.loads(doc)["units"] == box["units"]
+    code, _, err = _run(capsys, "boxes", str(path), "--output", out, "--index", "84")
+    assert code == 2 and "index 84 is outside 0..83" in err
+    code, _, err = _run(capsys, "erf", str(path), "--output", out, "--units", "1", "70", "--runs", "1")
+    assert code == 2 and "lie in different pieces" in err
     html = tmp_path / "r.html"
     assert _run(capsys, "report", str(path), "-o", str(html), "--erf-runs", "1")[0] == 0
     assert f"<code>{out}#1</code> (64:80)" in html.read_text()  # the report says how the output was cut
