@@ -60,10 +60,13 @@ def pieces_text(pieces: Sequence[Piece]) -> str:
     return f"{', '.join(f'{p.name} ({p.start}:{p.stop})' for p in pieces)} along axis {pieces[0].axis}"
 
 
-def cut_text(name: str, pieces: Sequence[Piece]) -> str:
-    """What became of output ``name``: the pieces it is analysed as."""
+def cut_text(name: str, pieces: Sequence[Piece], sized: bool = True) -> str:
+    """What became of output ``name``: the pieces it is analysed as (not ``sized``: analysed at an
+    unknown input size, where their lengths depend on it)."""
+    which = pieces_text(pieces) if sized else \
+        f"{', '.join(p.name for p in pieces)}, one per grid (their lengths depend on the input size)"
     return (f"'{name}' joins grids of positions of different sizes (a detection head's Concat): it is "
-            f"analysed as its pieces {pieces_text(pieces)}")
+            f"analysed as its pieces {which}")
 
 
 def one_piece(name: str, pieces: Sequence[Piece], indices: Sequence[Sequence[int]]) -> tuple[Piece, list[int]]:

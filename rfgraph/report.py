@@ -20,7 +20,7 @@ from tabulate import tabulate
 from .analysis import Analysis, EndPoint
 from .compare import Pair
 from .layers import LayerView, layer_view
-from .pieces import pieces_text
+from .pieces import cut_text
 from .trf import Merge
 from .unknown_size import PBySize
 
@@ -356,10 +356,7 @@ def _notes(analysis: Analysis, names: Sequence[str] = ()) -> list[str]:
         lines.append(f"rule used at node '{node}': {why}")
     lines += analysis.shape_notes
     for out, cut in analysis.pieces.items():
-        which = (f"{', '.join(p.name for p in cut)}, one per grid (their lengths depend on the input size)"
-                 if analysis.unknown_size is not None else pieces_text(cut))
-        lines.append(f"'{out}' joins grids of positions of different sizes (a detection head's Concat): "
-                     f"analysed as its pieces {which}")
+        lines.append(cut_text(out, cut, sized=analysis.unknown_size is None))
     for s in analysis.stops:
         lines.append(f"STOPPED at node '{s.node}' ({s.op}): {s.reason}; {s.lost} tensor(s) after it not analysed")
     return ["\n".join(lines)] if lines else []
