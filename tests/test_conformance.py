@@ -70,6 +70,17 @@ def test_grid_sample_gradient_to_a_computed_grid_matches_differences(name: str) 
     assert check_vjp(_case(name)).verdict == "match"
 
 
+@pytest.mark.parametrize("name", [c.name for c in _cases() if c.name.startswith("sweep_col2im")])
+def test_col2im_of_a_grid_of_blocks_is_exact(name: str) -> None:
+    """Col2Im (F.fold, VOLO's outlooker) of blocks laid out as a 2-D grid: each pixel's region is
+    exactly the blocks whose taps land on it (the dilated taps inside the hull skipped), and the
+    gradient (Im2Col as a one-hot Conv) matches central differences.  With dilation and padding a
+    border pixel's taps reach past the grid's first block: its clipped region is a hull, loose."""
+    case = _case(name)
+    assert check_trf(case).verdict == ("loose" if name == "sweep_col2im_dilated" else "exact")
+    assert check_vjp(case).verdict == "match"
+
+
 def test_top_k_beside_identity_matches_differences() -> None:
     """y = TopK(x).values summed with x's own top row: the TopK path is no longer dropped (gave 0)."""
     nodes = [helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=1),

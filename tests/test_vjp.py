@@ -6,7 +6,7 @@ nearest/linear, Concat, Split, broadcasting arithmetic, every listed activation,
 a ViT-like model (LayerNorm, attention MatMul/Softmax, GELU exact and tanh, Gather, cls token);
 onnx.helper graphs of BatchNormalization / LayerNormalization / Gelu / HardSwish / strided Slice /
 negative Pad against a torch re-implementation; reflect/edge/wrap Pad, DepthToSpace (DCR, CRD),
-SpaceToDepth and LRN against torch (and a torch super-resolution export end to end); float64
+SpaceToDepth, LRN and Col2Im against torch (and a torch super-resolution export end to end); float64
 central differences on piecewise-linear networks; the error for an op without a rule.  Error
 measure: max|g - ref| / max|ref|.
 """
@@ -717,3 +717,27 @@ def test_grid_sample_gradient_reaches_a_grid_computed_from_the_input(padding: st
     deformable attention could not have an ERF) against torch autograd, every padding and
     corner convention (GridSample is exported at opset 16 and above)."""
     check_torch(DeformableSampling(padding, align), (1, 3, 12, 14), opset=17)
+
+
+@pytest.mark.parametrize("kernel,stride,dilation,padding", [(3, 1, 1, 1), (3, 2, 1, 1), (2, 2, 2, 0), (2, 3, 1, 0)])
+def test_col2im_matches_torch_fold(kernel: int, stride: int, dilation: int, padding: int) -> None:
+    """Col2Im (VOLO's fold of its outlook attention's blocks): the Im2Col gradient against torch's
+    F.fold, for blocks a strided Conv computes and a Reshape flattens (overlapping, strided,
+    dilated, and spaced apart)."""
+    rng = np.random.default_rng(7)
+    k = kernel * kernel
+    w = rng.standard_normal((2 * k, 2, 2, 2)).astype(np.float32)
+    image = [(g - 1) * stride + dilation * (kernel - 1) + 1 - 2 * padding for g in (4, 3)]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], strides=[2, 2]),
+             helper.make_node("Reshape", ["c", "flat"], ["blocks"]),
+             helper.make_node("Col2Im", ["blocks", "image", "block"], ["y"], strides=[stride] * 2,
+                              dilations=[dilation] * 2, pads=[padding] * 4)]
+    model = _model(nodes, [1, 2, 8, 6], {"w": w, "flat": np.array([1, 2 * k, 12], np.int64),
+                                         "image": np.array(image, np.int64),
+                                         "block": np.array([kernel] * 2, np.int64)}, opset=18)
+
+    def fold(x: torch.Tensor) -> torch.Tensor:
+        blocks = F.conv2d(x, torch.tensor(w), stride=2).reshape(1, 2 * k, 12)
+        return F.fold(blocks, image, kernel, dilation=dilation, padding=padding, stride=stride)
+
+    _compare(model, fold, (1, 2, 8, 6))

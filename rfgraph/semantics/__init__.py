@@ -5,7 +5,7 @@ Each op family is one module holding, side by side, the receptive-field (TRF) ru
 (op -> ``gradient.Rule``):
 
 * ``elementwise``: activations, arithmetic, comparisons, Where, Clip, Cast, Identity, Dropout, quantization;
-* ``convolution``: Conv, ConvInteger, QLinearConv, ConvTranspose;
+* ``convolution``: Conv, ConvInteger, QLinearConv, ConvTranspose, Col2Im;
 * ``pooling``: Max/Average/Lp pools and the global pools;
 * ``resampling``: Resize, Upsample, DepthToSpace, SpaceToDepth, GridSample;
 * ``layout``: Pad, Slice, Crop, Concat, Split, Gather, Transpose, Reshape, Flatten, (Un)Squeeze, Expand, Tile;

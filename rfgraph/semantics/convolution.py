@@ -1,4 +1,4 @@
-"""Convolutions: Conv, ConvInteger, QLinearConv, ConvTranspose (geometry decoded by ``geometry``)."""
+"""Convolutions: Conv, ConvInteger, QLinearConv, ConvTranspose, Col2Im (geometry decoded by ``geometry``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,22 @@ from ..fields import Span
 from . import geometry
 from .gradient import Builder, Grads, NodeView, _quantized, _scatter_window, _window
 from .gradient import Rule as VJPRule
-from .transfer import FOLDED, NodeContext, Rule, Transfer, mixed_maps, spatial_of, window, with_scalar_edges
+from .transfer import (
+    FOLDED,
+    SPLIT_UNITS_MAX,
+    Edge,
+    Layout,
+    NodeContext,
+    OutTransfer,
+    Rule,
+    Transfer,
+    mixed_maps,
+    regular_span,
+    spatial_of,
+    split_axes,
+    window,
+    with_scalar_edges,
+)
 
 # ---------------------------------------------------------------- receptive-field (TRF) rules
 
@@ -106,13 +121,97 @@ def conv_transpose_rule(ctx: NodeContext) -> Transfer:
     kernel = _kernel(ctx, 1)
     _check_groups(ctx, 1, transposed=True)
     geo = geometry.conv_transpose(ctx.name, ctx.attrs, kernel, _spatial_sizes(ctx, len(kernel)))
-    spans = []
-    for ax in geo.axes:
-        s, p = ax.stride, ax.pad_begin
-        lo = [-((-(t + p - (ax.k_eff - 1))) // s) for t in range(s)]
-        hi = [(t + p) // s for t in range(s)]
-        spans.append(Span.periodic(1, lo, hi))
-    return window(ctx, spans, geo.size_dependent)
+    return window(ctx, [_transposed_span(ax) for ax in geo.axes], geo.size_dependent)
+
+
+def _transposed_span(ax: geometry.AxisWindow) -> Span:
+    """Output o of the transpose of a window axis reads the inputs b one of whose taps b*s - p_begin +
+    j*d lands on o: between ceil((o + p - k_eff + 1) / s) and floor((o + p) / s), those with
+    o + p - b*s a multiple of d (stride 1/s; none: the output is the bias alone)."""
+    s, p, d = ax.stride, ax.pad_begin, ax.dilation
+    lo, hi = [], []
+    for t in range(s):
+        first, last = -((-(t + p - (ax.k_eff - 1))) // s), (t + p) // s
+        taps = [b for b in range(first, last + 1) if (t + p - b * s) % d == 0]
+        lo.append(taps[0] if taps else last + 1)
+        hi.append(taps[-1] if taps else last)
+    return Span.periodic(1, lo, hi)
+
+
+def col2im_rule(ctx: NodeContext) -> Transfer:
+    """Col2Im (torch's F.fold): input (N, C x prod(block), L) holds C x block values for each of
+    the L blocks of the block grid, row-major; output pixel o sums the blocks whose window covers
+    it, a ConvTranspose's span along each image axis.  The L axis must hold the grid's positions
+    (one part per grid axis), or one spatial axis enumerated across the image axes."""
+    for slot in (1, 2):
+        if slot in ctx.data_slots():
+            raise ctx.unsupported("image_shape or block_shape computed from the input")
+    image, block = ctx.ints(1, "image_shape"), ctx.ints(2, "block_shape")
+    if image is None or block is None:
+        raise ctx.unsupported("image_shape or block_shape computed at run time")
+    lay = ctx.data_layout(0)
+    if len(image) != len(block) or len(lay) != 3:
+        raise ctx.invalid(f"image_shape {image} and block_shape {block} should have one value per image "
+                          f"axis, the input rank 3 (N, C x block, L), not {len(lay)}")
+    if spatial_of(lay[1]):
+        raise ctx.unsupported(f"positions on the input's channel axis {lay[1]}, which Col2Im spreads "
+                              f"over the block")
+    geo = geometry.window("Col2Im", ctx.name, ctx.attrs, block, image)
+    grid = [geometry.output_size(ax, n) for ax, n in zip(geo.axes, image)]
+    channels = ctx.out_shapes[0][1] if ctx.out_shapes[0] and ctx.out_shapes[0][1] else 0
+    head = (lay[0], ((-1, channels),))
+    placed = _blocks_placed(ctx, lay, geo, grid, image)
+    bound = ("puts positions folded into features back in place (Col2Im): each pixel is given its blocks' "
+             "whole folds' fields, an upper bound of its own") if FOLDED in (a for a, _ in lay[1]) else ""
+    out = OutTransfer(head + placed[0], (Edge(0, placed[1]),))
+    return Transfer((out,), bound=bound)
+
+
+def _blocks_placed(ctx: NodeContext, lay: Layout, geo: geometry.Window, grid: Sequence[int],
+                   image: Sequence[int]) -> tuple[Layout, dict[int, Span | None]]:
+    """The image axes' layouts and the edge maps of Col2Im (``col2im_rule``): per grid axis, the
+    spatial part of L that indexes it reads through the transposed window; a feature part or a
+    grid axis of one block leaves the image axis a feature axis."""
+    parts = tuple(p for p in lay[2] if p[1] != 1)
+    moving = [i for i, g in enumerate(grid) if g != 1]
+    features = [((-1, n),) for n in image]
+    if not spatial_of(parts):
+        return tuple(features), {}
+    if set(spatial_of(parts)) & split_axes(lay):
+        raise ctx.unsupported(f"the blocks axis holds spatial axes {spatial_of(parts)} that other axes also hold")
+    if [n for _, n in parts] == [grid[i] for i in moving]:
+        out, maps = list(features), {}
+        for i, (axis, _) in zip(moving, parts):
+            if axis >= 0:
+                out[i], maps[axis] = ((axis, image[i]),), _transposed_span(geo.axes[i])
+        return tuple(out), maps
+    if len(parts) == 1:
+        return _blocks_enumerated(ctx, parts[0][0], geo, grid, image, moving)
+    raise ctx.unsupported(f"the blocks axis holds {list(parts)}, not the block grid {list(grid)}")
+
+
+def _blocks_enumerated(ctx: NodeContext, axis: int, geo: geometry.Window, grid: Sequence[int],
+                       image: Sequence[int], moving: Sequence[int]) -> tuple[Layout, dict[int, Span | None]]:
+    """Col2Im whose blocks are the positions of one spatial axis, the block grid flattened: every
+    image axis of several blocks indexes that axis (a split axis), and each pixel reads the blocks
+    between its first and last covering block in that order, enumerated pixel by pixel."""
+    if math.prod(image[i] for i in moving) > SPLIT_UNITS_MAX:
+        raise ctx.unsupported(f"blocks of one spatial axis spread over an image of {list(image)} pixels "
+                              f"(more than {SPLIT_UNITS_MAX} to enumerate)")
+    spans = [_transposed_span(geo.axes[i]) for i in moving]
+    sizes = [grid[i] for i in moving]
+    strides = [math.prod(sizes[j + 1:]) for j in range(len(sizes))]
+    lo, hi = [], []
+    for pixel in np.ndindex(*[image[i] for i in moving]):
+        first = [max(sp.lo_of(o), 0) for sp, o in zip(spans, pixel)]
+        last = [min(sp.hi_of(o), g - 1) for sp, o, g in zip(spans, pixel, sizes)]
+        if any(f > la for f, la in zip(first, last)):
+            raise ctx.unsupported("blocks of one spatial axis spread over an image where some pixels "
+                                  "lie in no block")
+        lo.append(sum(f * st for f, st in zip(first, strides)))
+        hi.append(sum(la * st for la, st in zip(last, strides)))
+    out = [((axis, n),) if i in moving else ((-1, n),) for i, n in enumerate(image)]
+    return tuple(out), {axis: regular_span(lo, hi, math.prod(sizes))}
 
 
 # ---------------------------------------------------------------- gradient (VJP) rules
@@ -192,15 +291,32 @@ def _conv_transpose(b: Builder, n: NodeView, gys: list) -> Grads:
     return [out]
 
 
+def _col2im(b: Builder, n: NodeView, gys: list) -> Grads:
+    """Col2Im: its transpose cuts every block back out of the image (Im2Col), a Conv with the same
+    strides, pads and dilations whose one-hot kernels copy one block element per output channel
+    (grouped by image channel), reshaped to the input's (N, C x block, L)."""
+    image, block = b.value(n.inputs[1]), b.value(n.inputs[2])
+    if image is None or block is None:
+        raise UnsupportedOpError(n.name, "Col2Im", "image_shape or block_shape computed at run time")
+    sizes, kernel = [int(v) for v in image.reshape(-1)], [int(v) for v in block.reshape(-1)]
+    geo = geometry.window("Col2Im", n.name, n.attrs, kernel, sizes)
+    x_shape = b.shape(n.inputs[0])
+    k = math.prod(kernel)
+    one_hot = np.tile(np.eye(k).reshape(k, 1, *kernel), (x_shape[1] // k,) + (1,) * (len(kernel) + 1))
+    blocks = b.op("Conv", gys[0], b.const(one_hot), strides=geo.strides, dilations=geo.dilations,
+                  pads=geo.pads_begin + geo.pads_end, group=x_shape[1] // k)
+    return [b.reshape(blocks, x_shape), None, None]
+
+
 # ---------------------------------------------------------------- the family's tables
 
 TRF: dict[str, Rule] = {
     "Conv": conv_rule(1), "ConvInteger": conv_rule(1, scalar_slots=(2, 3)),
     "QLinearConv": conv_rule(3, scalar_slots=(1, 2, 4, 5, 6, 7, 8), bias_slot=8),
-    "ConvTranspose": conv_transpose_rule,
+    "ConvTranspose": conv_transpose_rule, "Col2Im": col2im_rule,
 }
 
 VJP: dict[str, VJPRule] = {
-    "Conv": _conv, "ConvTranspose": _conv_transpose,
+    "Conv": _conv, "ConvTranspose": _conv_transpose, "Col2Im": _col2im,
     "ConvInteger": _quantized, "QLinearConv": _quantized,
 }

@@ -197,7 +197,40 @@ def grid_sample_cases() -> list[Case]:
     return out
 
 
+COL2IM = {  # name -> (block, strides, pads, dilations) folding the blocks of a (1, 2, 7, 8) map's conv
+    "overlap": ((3, 3), (1, 1), (1, 1, 1, 1), (1, 1)), "strided": ((3, 2), (2, 2), (1, 0, 0, 1), (1, 1)),
+    "dilated": ((2, 2), (1, 2), (0, 1, 1, 0), (2, 1)), "gaps": ((2, 1), (3, 2), (0, 0, 0, 0), (1, 1)),
+    "strided_dilated": ((2, 2), (2, 2), (0, 0, 0, 0), (3, 1)),  # taps skip blocks inside the hull
+}
+
+
+def col2im_cases() -> list[Case]:
+    """Col2Im (torch's F.fold) of blocks a strided Conv computes from the map (VOLO's outlooker folds
+    its attention's output this way): the blocks axis holds the 2-D grid, row-major; overlapping,
+    strided, dilated blocks, and blocks leaving pixels of the image uncovered."""
+    out = []
+    rng = np.random.default_rng(4)
+    for name, (block, strides, pads, dilations) in COL2IM.items():
+        image = [(g - 1) * s + d * (k - 1) + 1 - p - q
+                 for g, s, d, k, p, q in zip((4, 3), strides, dilations, block, pads[:2], pads[2:])]
+        k = block[0] * block[1]
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[2, 2], strides=[2, 2]),
+                 helper.make_node("Reshape", ["c", "flat"], ["blocks"]),
+                 helper.make_node("Col2Im", ["blocks", "image", "block"], ["y"], strides=list(strides),
+                                  pads=list(pads), dilations=list(dilations))]
+        inits = {"w": rng.standard_normal((2 * k, 2, 2, 2)).astype(np.float32),
+                 "flat": np.array([1, 2 * k, 12], np.int64), "image": np.array(image, np.int64),
+                 "block": np.array(block, np.int64)}
+        graph = helper.make_graph(nodes, "fold", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, 2, 8, 6))],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                                  [numpy_helper.from_array(v, n) for n, v in inits.items()])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        out.append(Case(f"sweep_col2im_{name}", "Col2Im", model, "x", _x((1, 2, 8, 6))))
+    return out
+
+
 def sweep_cases() -> list[Case]:
     """Every sweep."""
     return (resize_cases() + crop_resize_cases() + pad_cases() + [pad_chain(c) for c in PAD_CHAINS]
-            + batch_norm_cases() + tile_cases() + top_k_cases() + gather_elements_cases() + grid_sample_cases())
+            + batch_norm_cases() + tile_cases() + top_k_cases() + gather_elements_cases() + grid_sample_cases()
+            + col2im_cases())
