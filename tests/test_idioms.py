@@ -14,6 +14,7 @@ import json
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -511,6 +512,35 @@ class UnfoldPatches(torch.nn.Module):
         b, _, h, w = x.shape
         tokens = self.embed(F.unfold(x, 4, stride=4).transpose(1, 2))
         return self.conv(tokens.transpose(1, 2).reshape(b, 3, h // 4, w // 4))
+
+
+def halo_windows() -> onnx.ModelProto:
+    """Overlapping windows cut by Gathers, as the dynamo exporter writes torch's unfold(8, step 4)
+    (HaloNet's keys: each block of 4 rows with a halo of 2 on either side): indices [m blocks,
+    k offsets] per axis, the offsets moved to the channels, a 1x1 conv over each window."""
+    from onnx import TensorProto, helper, numpy_helper
+    rows = np.array([range(0, 8), range(4, 12)], np.int64)
+    nodes = [helper.make_node("Gather", ["x", "rows"], ["h"], axis=2),  # (1, 2, 2, 8, 12)
+             helper.make_node("Gather", ["h", "rows"], ["hw"], axis=4),  # (1, 2, 2, 8, 2, 8)
+             helper.make_node("Transpose", ["hw"], ["t"], perm=[0, 1, 3, 5, 2, 4]),
+             helper.make_node("Reshape", ["t", "shape"], ["win"]), helper.make_node("Conv", ["win", "w"], ["y"])]
+    inits = {"rows": rows, "shape": np.array([1, 128, 2, 2], np.int64),
+             "w": np.random.default_rng(0).standard_normal((3, 128, 1, 1)).astype(np.float32)}
+    graph = helper.make_graph(nodes, "halo", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 12, 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_overlapping_windows_by_gathers_keep_the_blocks() -> None:
+    """Two windows of 8 rows, 4 apart: each block reads its 8 rows, r = 8, S = 4, P = 0, measured
+    on every unit.  The offsets (rows o and o + 4) were kept as the positions, being the narrower
+    (4 rows apart against 8), and the blocks folded: the conv over the channels then read them all
+    (global)."""
+    proto = halo_windows()
+    a = rfgraph.analyze(proto, layout="NCHW")
+    assert not a.stops and not a.global_at and a["y"].r == (8, 8) and a["y"].S == (4, 4) and a["y"].P == (0, 0)
+    assert check_tensor(a, proto, "y") == 4
 
 
 def test_unfold_by_gathers_is_a_patch_embedding() -> None:

@@ -269,8 +269,10 @@ def _looked_up(ctx: NodeContext, rank: int) -> Transfer:
 def _picked_rows(lay: Layout, axis: int, idx: np.ndarray) -> tuple[Span, tuple[AxisLayout, ...]] | None:
     """A Gather of constant rows along a spatial axis held alone, in order: indices [m] (unit u
     reads row idx[u]) or two-dimensional (torch's unfold: [k offsets, m blocks]), where the
-    index axis whose units read the narrowest runs of rows (the blocks) holds the positions and
-    the other is folded into features (each block holds its k rows).  The span of the picks and
+    index axis whose units read runs of rows without gaps (the blocks; their span is then
+    exact), the narrowest first, holds the positions and the other is folded into features
+    (each block holds its k rows; halo windows overlap, and each offset's rows, one per block,
+    are spread apart: the blocks are kept).  The span of the picks and
     the axes they become; None when the picks are not in order (a permutation: no monotone
     map), or when a flattened or split axis holds the positions."""
     parts = lay[axis]
@@ -284,12 +286,13 @@ def _picked_rows(lay: Layout, axis: int, idx: np.ndarray) -> tuple[Span, tuple[A
     for unit_axis in range(rows.ndim):
         per_unit = np.moveaxis(rows, unit_axis, 0).reshape(rows.shape[unit_axis], -1)
         lo, hi = per_unit.min(axis=1), per_unit.max(axis=1)
-        if (np.diff(lo) >= 0).all() and (np.diff(hi) >= 0).all() and (
-                best is None or (hi - lo).max() < (best[2] - best[1]).max()):
-            best = (unit_axis, lo, hi)
+        gaps = any(len(np.unique(r)) != h - low + 1 for r, low, h in zip(per_unit, lo, hi))
+        score = (gaps, int((hi - lo).max()))
+        if (np.diff(lo) >= 0).all() and (np.diff(hi) >= 0).all() and (best is None or score < best[0]):
+            best = (score, unit_axis, lo, hi)
     if best is None:
         return None
-    unit_axis, lo, hi = best
+    _, unit_axis, lo, hi = best
     picks = tuple(((parts[0][0], d),) if k == unit_axis else ((FOLDED, d),) for k, d in enumerate(rows.shape))
     return regular_span([int(v) for v in lo], [int(v) for v in hi], n), picks
 
