@@ -16,6 +16,7 @@ from .gradient import Rule as VJPRule
 from .transfer import (
     FOLDED,
     SPLIT_UNITS_MAX,
+    AxisLayout,
     Edge,
     Layout,
     NodeContext,
@@ -180,7 +181,8 @@ def _blocks_placed(ctx: NodeContext, lay: Layout, geo: geometry.Window, grid: Se
     if set(spatial_of(parts)) & split_axes(lay):
         raise ctx.unsupported(f"the blocks axis holds spatial axes {spatial_of(parts)} that other axes also hold")
     if [n for _, n in parts] == [grid[i] for i in moving]:
-        out, maps = list(features), {}
+        out: list[AxisLayout] = list(features)
+        maps: dict[int, Span | None] = {}
         for i, (axis, _) in zip(moving, parts):
             if axis >= 0:
                 out[i], maps[axis] = ((axis, image[i]),), _transposed_span(geo.axes[i])

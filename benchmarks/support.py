@@ -1,0 +1,145 @@
+"""rfgraph's theoretical fields on real models against an independent oracle: the support of the
+exact input gradient.  For each ONNX file, a sample of its local end points (six spread over the
+graph, and the last), the centre and the corner unit of each: the union over three random inputs of
+the pixels where d(unit)/d(input) is nonzero must lie inside the clipped box rfgraph reports
+(UNSOUND otherwise: a wrong number) and, where every path carries a gradient, reach its edges
+(loose otherwise: zero-initialised residual branches, dead units, an upper bound the analysis names;
+zero: no gradient at all, where the box is not empty).
+
+    python benchmarks/support.py A.onnx B.onnx ...            # prints one row per model
+    python benchmarks/support.py DIR/*.onnx --perturb         # weights off their (zero) init first
+
+A unit is seeded as the ERF seeds it (``erf.make_seed``: one element per unit axis, every channel).
+End points whose local field holds gates constant (squeeze-excitation, normalisation statistics)
+are skipped: their gradient also flows through the gates, by definition outside the local field.
+Exit status 1 when any check is UNSOUND.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from tabulate import tabulate
+
+import rfgraph
+from rfgraph import vjp
+from rfgraph.erf import Target, make_seed
+
+VERDICTS = ("exact", "loose", "UNSOUND", "zero")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One unit of one end point: the verdict, the measured hull and the reported box per axis."""
+
+    verdict: str
+    tensor: str
+    unit: tuple[int, ...]
+    measured: tuple[tuple[int, int], ...] = ()
+    box: tuple[tuple[int, int], ...] = ()
+
+
+def perturbed(model: onnx.ModelProto, scale: float = 0.05, seed: int = 1) -> onnx.ModelProto:
+    """The model with ``scale`` N(0, 1) added to every float initializer of more than one value
+    (zero-initialised gammas no longer cut paths); running variances kept positive."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    rng = np.random.default_rng(seed)
+    for k, t in enumerate(out.graph.initializer):
+        w = numpy_helper.to_array(t)
+        if w.dtype == np.float32 and w.size > 1:
+            w = w + scale * rng.standard_normal(w.shape).astype(np.float32)
+            out.graph.initializer[k].CopyFrom(numpy_helper.from_array(np.abs(w) if "var" in t.name else w, t.name))
+    return out
+
+
+def sampled_end_points(a: rfgraph.Analysis, count: int = 6) -> list[str]:
+    """Local end points without gates, ``count`` spread in graph order, and the last."""
+    local = [n for n, ep in a.endpoints.items() if ep.unit_axes and not ep.is_global and not ep.gates
+             and ep.op != "Input" and all(ep.units)]
+    if not local:
+        return []
+    picks = {local[len(local) * k // count] for k in range(count)} | {local[-1]}
+    return sorted(picks, key=local.index)
+
+
+def measured_hull(support: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """Per axis, the first and last index where ``support`` (spatial axes only) holds."""
+    hull = []
+    for ax in range(support.ndim):
+        hit = np.nonzero(support.any(axis=tuple(j for j in range(support.ndim) if j != ax)))[0]
+        hull.append((int(hit[0]), int(hit[-1])))
+    return tuple(hull)
+
+
+def check_unit(a: rfgraph.Analysis, graph: vjp.VJPGraph, sess: object, name: str, unit: tuple[int, ...],
+               rng: np.random.Generator, inputs: int = 3) -> Check:
+    """The verdict of one unit: its gradient support over ``inputs`` random inputs vs its box."""
+    ep = a[name]
+    target = Target(name, tuple(d or 1 for d in ep.shape), tuple(t for t, _ in ep.unit_axes), ep.tensor_index(unit))
+    seed = make_seed(target, 1)
+    others = tuple(t for t in range(len(a.input_shape)) if t not in a.spatial_axes)
+    support = np.zeros([a.input_shape[t] for t in a.spatial_axes], dtype=bool)
+    for _ in range(inputs):
+        x = rng.standard_normal(a.input_shape).astype(np.float32)
+        support |= (vjp.input_gradient(graph, sess, x, seed) != 0).any(axis=others)
+    box = tuple(tuple(int(v) for v in r) for r in ep.clipped_region(unit, support.shape))
+    if not support.any():  # reads only padding (an empty box): exact; else the weights cut every path
+        return Check("exact" if any(lo > hi for lo, hi in box) else "zero", name, unit, (), box)
+    hull = measured_hull(support)
+    inside = all(lo <= g0 and g1 <= hi for (g0, g1), (lo, hi) in zip(hull, box))
+    verdict = "UNSOUND" if not inside else "exact" if hull == box else "loose"
+    return Check(verdict, name, unit, hull, box)
+
+
+def check_model(model: onnx.ModelProto, count: int = 6, seed: int = 0) -> list[Check]:
+    """Every check of one model (``sampled_end_points``, centre and corner unit of each)."""
+    a = rfgraph.analyze(model)
+    rng = np.random.default_rng(seed)
+    checks = []
+    for name in sampled_end_points(a, count):
+        graph = vjp.build_vjp(model, name)
+        sess = vjp.session(graph)
+        ep = a[name]
+        for unit in dict.fromkeys([tuple(n // 2 for n in ep.units), tuple(0 for _ in ep.units)]):
+            checks.append(check_unit(a, graph, sess, name, unit, rng))
+    return checks
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("--perturb", action="store_true", help="add 0.05 N(0,1) to every float weight first")
+    parser.add_argument("--show", action="store_true", help="list every check that is not exact")
+    args = parser.parse_args(argv)
+    rows, unsound = [], 0
+    for path in args.models:
+        try:
+            model = onnx.load(str(path))
+            checks = check_model(perturbed(model) if args.perturb else model)
+        except rfgraph.RFGraphError as exc:
+            rows.append([path.stem, "-", "", "", "", "", str(exc).splitlines()[0][:80]])
+            continue
+        counts = Counter(c.verdict for c in checks)
+        unsound += counts["UNSOUND"]
+        rows.append([path.stem, len(checks), *(counts[v] for v in VERDICTS), ""])
+        for c in checks if args.show else ():
+            if c.verdict != "exact":
+                print(f"  {path.stem} {c.verdict} {c.tensor} unit {c.unit}: measured {c.measured}, box {c.box}")
+        print(tabulate([rows[-1]], tablefmt="plain"), flush=True)
+    print()
+    print(tabulate(rows, ["model", "checks", *VERDICTS, "error"]))
+    return 1 if unsound else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
