@@ -8,6 +8,7 @@ zero: no gradient at all, where the box is not empty).
 
     python benchmarks/support.py A.onnx B.onnx ...            # prints one row per model
     python benchmarks/support.py DIR/*.onnx --perturb         # weights off their (zero) init first
+    python benchmarks/support.py det.onnx --input-shape 1x3x320x320   # a model of dynamic sizes
 
 A unit is seeded as the ERF seeds it (``erf.make_seed``: one element per unit axis, every channel).
 End points whose local field holds gates constant (squeeze-excitation, normalisation statistics)
@@ -100,13 +101,15 @@ def check_unit(a: rfgraph.Analysis, graph: vjp.VJPGraph, sess: object, name: str
     return Check(verdict, name, unit, hull, box)
 
 
-def check_model(model: onnx.ModelProto, count: int = 6, seed: int = 0) -> list[Check]:
-    """Every check of one model (``sampled_end_points``, centre and corner unit of each)."""
-    a = rfgraph.analyze(model)
+def check_model(model: onnx.ModelProto, count: int = 6, seed: int = 0,
+                shape: Sequence[int] | None = None) -> list[Check]:
+    """Every check of one model (``sampled_end_points``, centre and corner unit of each); ``shape``
+    fixes the first input's shape (a model exported with dynamic sizes)."""
+    a = rfgraph.analyze(model, input_shape={"": shape} if shape else None)
     rng = np.random.default_rng(seed)
     checks = []
     for name in sampled_end_points(a, count):
-        graph = vjp.build_vjp(model, name)
+        graph = vjp.build_vjp(model, name, input_shape=a.input_shape)
         sess = vjp.session(graph)
         ep = a[name]
         for unit in dict.fromkeys([tuple(n // 2 for n in ep.units), tuple(0 for _ in ep.units)]):
@@ -120,12 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--perturb", action="store_true", help="add 0.05 N(0,1) to every float weight first")
     parser.add_argument("--show", action="store_true", help="list every check that is not exact")
+    parser.add_argument("--input-shape", metavar="1x3x320x320", help="the first input's shape (dynamic sizes)")
     args = parser.parse_args(argv)
     rows, unsound = [], 0
     for path in args.models:
         try:
             model = onnx.load(str(path))
-            checks = check_model(perturbed(model) if args.perturb else model)
+            shape = [int(d) for d in args.input_shape.split("x")] if args.input_shape else None
+            checks = check_model(perturbed(model) if args.perturb else model, shape=shape)
         except rfgraph.RFGraphError as exc:
             rows.append([path.stem, "-", "", "", "", "", str(exc).splitlines()[0][:80]])
             continue
