@@ -60,7 +60,15 @@ TIMM = ["resnet18", "efficientnet_b0", "mobilenetv3_small_100", "mobilevit_xxs",
         "repvgg_a0", "rexnet_100", "lcnet_050", "tinynet_e", "skresnet18", "selecsls42b", "ese_vovnet19b_dw",
         "densenet121", "gcvit_xxtiny", "edgenext_xx_small", "fastvit_t8", "efficientvit_b0", "mobileone_s0",
         "resmlp_12_224", "pvt_v2_b0", "botnet26t_256", "hgnetv2_b0", "inception_next_atto", "cait_xxs24_224",
-        "tresnet_m", "cspresnet50"]
+        "tresnet_m", "cspresnet50",
+        # families added in the sixteenth session (none of them seen by the tests)
+        "nf_resnet26", "res2net50_14w_8s", "resnest14d", "ecaresnet26t", "volo_d1_224", "crossvit_tiny_240",
+        "mixer_s16_224", "sequencer2d_s", "halonet26t", "lambda_resnet26t", "cspdarknet53", "mixnet_s",
+        "tiny_vit_5m_224", "repvit_m1", "efficientformerv2_s0", "davit_tiny", "focalnet_tiny_srf",
+        "mobilevitv2_050", "eva02_tiny_patch14_224", "nest_tiny", "mambaout_femto", "starnet_s1",
+        "ghostnetv2_100", "hiera_tiny_224", "dpn48b", "gernet_s", "visformer_tiny", "cs3darknet_focus_s",
+        "tnt_s_patch16_224", "inception_v4", "resnetv2_50x1_bit", "coat_lite_tiny", "convit_tiny", "vgg16_bn",
+        "xception41", "twins_pcpvt_small", "fbnetv3_b", "rdnet_tiny", "gmlp_s16_224", "convmixer_768_32"]
 
 EXPORT_SCRIPT = r'''
 import sys, time, torch

@@ -163,7 +163,7 @@ def col2im_rule(ctx: NodeContext) -> Transfer:
     head = (lay[0], ((-1, channels),))
     placed = _blocks_placed(ctx, lay, geo, grid, image)
     bound = ("puts positions folded into features back in place (Col2Im): each pixel is given its blocks' "
-             "whole folds' fields, an upper bound of its own") if FOLDED in (a for a, _ in lay[1]) else ""
+             "whole folds' fields, an upper bound of its own") if FOLDED in (a for a, _ in lay[1] + lay[2]) else ""
     out = OutTransfer(head + placed[0], (Edge(0, placed[1]),))
     return Transfer((out,), bound=bound)
 
