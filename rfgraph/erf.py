@@ -125,6 +125,16 @@ def make_seed(target: Target, batch: int, dtype: np.dtype = FLOAT32) -> np.ndarr
     return seed
 
 
+def _no_positions_hint(shape: Sequence[int]) -> str:
+    """What to give instead of --unit on a tensor without an axis of positions: the tensor axis it
+    indexes (a ViT's tokens, rank 3 and more), or a feature of a vector (logits) with --channel."""
+    if len(shape) >= 3:
+        return ("; it has no axis of positions (its field is global): --unit-axis T picks the tensor axis "
+                "--unit indexes (a ViT's tokens: --unit-axis 1)")
+    return (f"; it has no axis of positions (its field is global): drop --unit (the unit is the whole "
+            f"tensor), or pick one of its {shape[-1]} features with --channel K")
+
+
 def resolve_target(analysis: Analysis | None, model: onnx.ModelProto, output: str,
                    unit: Sequence[int] | None, channel: int | None,
                    input_rank: int, spatial_axes: Sequence[int], shape: tuple[int, ...],
@@ -152,8 +162,7 @@ def resolve_target(analysis: Analysis | None, model: onnx.ModelProto, output: st
             unit = ep.tensor_index(ec.centre_unit([n or 1 for n in ep.units], centre))  # (a token axis holds H x W)
         unit = tuple(int(u) for u in (ec.centre_unit(sizes, centre) if unit is None else unit))
         if len(unit) != len(axes) or any(not 0 <= u < n for u, n in zip(unit, sizes)):
-            hint = "" if axes else ("; it has no axis of positions (its field is global): --unit-axis T "
-                                    "picks the tensor axis --unit indexes (a ViT's tokens: --unit-axis 1)")
+            hint = "" if axes else _no_positions_hint(shape)
             raise RFGraphError(f"unit {unit} is not an index of the spatial axes of '{output}' "
                                f"(sizes {tuple(sizes)}){hint}")
         return Target(output, shape, tuple(axes), unit, channel)

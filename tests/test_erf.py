@@ -772,3 +772,22 @@ def test_a_token_of_a_class_token_vit_is_seeded_along_the_unit_axis(tmp_path: Pa
     net(xg)[0, 6].sum().backward()
     want = xg.grad.numpy()
     assert float(np.abs(got - want).max()) <= 1e-5 * float(np.abs(want).max())
+
+
+def test_a_unit_of_logits_points_to_the_channel_not_the_unit_axis(tmp_path: Path, capsys) -> None:
+    """--unit on a vector (logits after global pooling) is refused with the way out for a vector:
+    drop --unit, or pick a feature with --channel (--unit-axis would index the features)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from rfgraph.cli import main
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["y"])]
+    w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    graph = helper.make_graph(nodes, "logits", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    path = tmp_path / "logits.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert main(["erf", str(path), "--unit", "2", "--runs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--channel K" in err and "4 features" in err and "--unit-axis" not in err
+    assert main(["erf", str(path), "--channel", "2", "--runs", "1", "--format", "json"]) == 0
