@@ -1021,18 +1021,32 @@ def _refuse_vanished(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], de
                      dims: Mapping[str, tuple[int | None, ...]]) -> None:
     """Refuse when a tensor computed from the input has a zero or negative dim, or a window is
     larger than its padded input (the first such of ``nodes``, in graph order): the input is too
-    small for the windows on its path (a map with no units has no receptive field)."""
+    small for the windows on its path (a map with no units has no receptive field).  An empty
+    tensor that only Concats read (torch.roll by 0 written as two Slices and a Concat: Video Swin's
+    time axis shorter than its window) adds nothing to them: their own outputs are checked."""
+    joined = _only_concatenated(model)
     for node in nodes:
         if not node.output or node.output[0] not in dependent:
             continue
         short = _window_overhang(node, dims)
-        tensor = next((t for t in node.output if any(d is not None and d <= 0 for d in dims.get(t) or ())), None)
+        tensor = next((t for t in node.output if t not in joined
+                       and any(d is not None and d <= 0 for d in dims.get(t) or ())), None)
         if short is None and tensor is None:
             continue
         name, op = _node_names(model)[node.output[0]]
         what = short or f"gives '{tensor}' the shape {_shape_text(dims[tensor or ''])}, with no units"
         raise InputSizeError(f"input size {_input_size_text(model)} is too small: node '{name}' ({op}) "
                              f"{what}", name, op, vanished=True)
+
+
+def _only_concatenated(model: onnx.ModelProto) -> set[str]:
+    """Tensors every reader of which is a Concat (none is a graph output)."""
+    readers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for t in node.input:
+            readers.setdefault(t, set()).add(node.op_type if node.domain in ("", "ai.onnx") else "")
+    outputs = {o.name for o in model.graph.output}
+    return {t for t, ops in readers.items() if ops == {"Concat"} and t not in outputs}
 
 
 # Sliding-window ops: the input slot holding the weights whose dims after the first two are the

@@ -39,6 +39,18 @@ class Vanishing(nn.Module):
         return self.convs(x)
 
 
+class RollByZero(nn.Module):
+    """Video Swin's shift where the time axis is no longer than its window: torch.roll by 0 along
+    H (exported as the whole map and an empty Slice, concatenated) and by 2 along W."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(torch.roll(self.a(x), shifts=(0, 2), dims=(2, 3)))
+
+
 class FixedView(nn.Module):
     """A Reshape to a constant spatial size (x.view(1, 8, 16, 16)), right at 64x64 only."""
 
@@ -116,6 +128,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
         "shuffle": export(ChannelShuffle(), d / "shuffle.onnx", dynamic=False),
         "position": export(PositionAdd(), d / "position.onnx", dynamic=True),
         "tokens": export(TokenGrid(), d / "tokens.onnx", dynamic=True),
+        "roll": export(RollByZero(), d / "roll.onnx", dynamic=False, size=8),
     }
 
 
@@ -161,6 +174,25 @@ def test_size_that_leaves_a_map_without_units_is_refused(models, side):
     exc = refused(path, (1, 3, side, side))
     names = {n.name for n in onnx.load(str(path)).graph.node}
     assert exc.vanished and exc.node in names and exc.op == "Conv"
+
+
+def test_an_empty_piece_of_a_roll_by_zero_is_no_vanished_map(models):
+    """The empty Slice of a roll by 0 (swin3d_t at 8 frames: its time axis) was refused as "input
+    size too small" although onnxruntime runs the model; the Concat adds nothing from it, so along
+    H the field is the two 3x3 convs' (r 5, each unit's rows measured by impulses), while the roll
+    by 2 along W stays the whole input, an upper bound."""
+    from tests.impulses import dependencies, measured_hulls
+    path = models["roll"]
+    proto = onnx.load(str(path))
+    assert isinstance(ort_shapes(path, (1, 3, 8, 8)), dict)  # onnxruntime runs it: no refusal is due
+    a = rfgraph.analyze(proto)
+    ep = a["y"]
+    assert ep.r[0] == 5 and ep.fields[1].is_global
+    deps, _ = dependencies(proto, "x", "y", [2, 3])
+    for h in range(8):
+        rows = measured_hulls(deps, 2, (slice(None), slice(None), h))[0]
+        lo, hi = ep.regions(0)[h]
+        assert rows == (max(int(lo), 0), min(int(hi), 7))
 
 
 def test_smallest_valid_size_is_the_true_minimum_per_axis(models):

@@ -129,11 +129,15 @@ def crop_rule(ctx: NodeContext) -> Transfer:
 
 
 def concat_rule(ctx: NodeContext) -> Transfer:
-    """Concat: a merge along channels; along a spatial axis, a shift when one input is data."""
+    """Concat: a merge along channels; along a spatial axis, a shift when one input is data (input
+    pieces of no rows add nothing: torch.roll by 0 is a Concat of the tensor and an empty Slice)."""
     rank = ctx.rank(ctx.data_slots()[0])
     axis = _norm_axis(int(ctx.attrs.get("axis", 1)), rank)
     data = ctx.data_slots()
-    holding = [s for s in data if spatial_of(ctx.data_layout(s)[axis])]
+    rows = [s for s in data if (ctx.in_shapes[s] or (None,) * rank)[axis] != 0]
+    holding = [s for s in rows if spatial_of(ctx.data_layout(s)[axis])]
+    if holding and len(rows) < len(data):
+        data = rows
     if not holding:  # a merge along features
         return broadcast(ctx)
     parts = ctx.data_layout(holding[0])[axis]
