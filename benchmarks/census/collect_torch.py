@@ -46,6 +46,7 @@ TORCHVISION: dict[str, tuple[str, tuple[int, ...]]] = {
                             (1, 3, 320, 320)),
     "r3d_18": ("m.video.r3d_18()", VIDEO), "mc3_18": ("m.video.mc3_18()", VIDEO),
     "r2plus1d_18": ("m.video.r2plus1d_18()", VIDEO), "s3d": ("m.video.s3d()", (1, 3, 16, 224, 224)),
+    "swin3d_t": ("m.video.swin3d_t()", VIDEO),
     "raft_small": ("FlowWrap(m.optical_flow.raft_small())", (1, 3, 128, 128)),
     "q_resnet18": ("m.quantization.resnet18(quantize=True)", IMG),
     "q_mobilenet_v2": ("m.quantization.mobilenet_v2(quantize=True)", IMG),
