@@ -8,14 +8,13 @@ skip with its reason.  Needs torch, torchvision, timm and onnxscript (for the dy
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DEFAULT_CACHE, Entry, export_in_subprocess, manifest_path, write_manifest
+from common import DEFAULT_CACHE, Entry, export_in_subprocess, record
 
 IMG = (1, 3, 224, 224)
 SMALL = (1, 3, 160, 160)
@@ -125,13 +124,6 @@ def export_one(cache: Path, source: str, name: str, expr: str, shape: tuple[int,
     dims = "x".join(map(str, shape))
     return export_in_subprocess(entry, out, [EXPORT_SCRIPT, expr, dims, exporter, str(out) + ".tmp",
                                              str(Path(__file__).parent)], limit, "export")
-
-
-def record(cache: Path, entry: Entry) -> None:
-    """Add or replace one entry in its source's manifest."""
-    path = manifest_path(cache, entry.source)
-    old = [Entry(**e) for e in json.loads(path.read_text())] if path.exists() else []
-    write_manifest(cache, entry.source, [e for e in old if e.name != entry.name] + [entry])
 
 
 def jobs(which: list[str], only: set[str]) -> list[tuple[str, str, str, tuple[int, ...], str]]:

@@ -22,7 +22,7 @@ class Entry:
     """One collected model (or one skipped, with ``skip`` saying why)."""
 
     name: str
-    source: str  # torchvision-ts, torchvision-dynamo, timm-ts, timm-dynamo, keras, pypi
+    source: str  # torchvision-ts, torchvision-dynamo, timm-ts, timm-dynamo, transformers-ts, keras, pypi
     path: str = ""  # the .onnx file, absolute
     origin: str = ""  # how to get it again: constructor, or package==version:path-in-wheel
     input_shape: str = ""  # --input-shape value ("" when the file fixes every size)
@@ -43,6 +43,13 @@ def write_manifest(cache: Path, source: str, entries: list[Entry]) -> None:
     path = manifest_path(cache, source)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([asdict(e) for e in entries], indent=1))
+
+
+def record(cache: Path, entry: Entry) -> None:
+    """Add or replace one entry in its source's manifest."""
+    path = manifest_path(cache, entry.source)
+    old = [Entry(**e) for e in json.loads(path.read_text())] if path.exists() else []
+    write_manifest(cache, entry.source, [e for e in old if e.name != entry.name] + [entry])
 
 
 def read_manifests(cache: Path) -> list[Entry]:
