@@ -13,12 +13,13 @@ the name map for callers who want both.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import os
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -214,14 +215,18 @@ def _save(model: onnx.ModelProto, target: Path | None) -> None:
 
 def export_keras(model: Any, input_signature: Any = None, opset: int | None = None,
                  rename: bool = True) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """Convert a Keras model with ``tf2onnx.convert.from_keras``; returns the model and name map."""
+    """Convert a Keras model with ``tf2onnx.convert.from_keras``; returns the model and name map.
+    Keras 3's grouped convolutions are traced without XLA and its exact GELU's Erfc is written as
+    1 - Erf (``_keras_traceable``): tf2onnx converts neither (ConvNeXt's depthwise convs)."""
     require("tensorflow", "keras", "rfgraph.from_keras")
     tf2onnx = require("tf2onnx", "keras", "rfgraph.from_keras")
     convert = importlib.import_module("tf2onnx.convert")
     if not hasattr(model, "output_names") and hasattr(model, "outputs"):  # Keras 3 has none
         model.output_names = [t.name.split(":")[0] for t in model.outputs]
     try:
-        proto, _ = convert.from_keras(model, input_signature=input_signature, opset=opset)
+        with _keras_traceable():
+            proto, _ = convert.from_keras(model, input_signature=input_signature, opset=opset,
+                                          custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])})
     except Exception as exc:  # noqa: BLE001 - any converter failure is a user-facing error
         raise ExportError(f"tf2onnx {getattr(tf2onnx, '__version__', '')} could not convert the "
                           f"model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
@@ -230,6 +235,43 @@ def export_keras(model: Any, input_signature: Any = None, opset: int | None = No
         layers = [layer.name for layer in getattr(model, "layers", [])]
         mapping = rename_tensors(proto, keras_scope(layers), outputs=False)
     return proto, mapping
+
+
+@contextlib.contextmanager
+def _keras_traceable() -> Iterator[None]:
+    """Keras 3 (TensorFlow backend) runs grouped and channels-first 3-D convolutions inside an
+    XLA-compiled tf.function, which TensorFlow's CPU kernels need but tf2onnx cannot inline (it
+    leaves a StatefulPartitionedCall); while converting, the plain convolution is traced instead,
+    a grouped Conv2D that tf2onnx writes as an ONNX Conv with ``group``."""
+    try:
+        nn: Any = importlib.import_module("keras.src.backend.tensorflow.nn")
+    except ImportError:  # Keras 2: no XLA wrapper
+        yield
+        return
+    tf = importlib.import_module("tensorflow")
+    original = nn.conv
+
+    def plain_conv(inputs: Any, kernel: Any, strides: Any = 1, padding: str = "valid", data_format: Any = None,
+                   dilation_rate: Any = 1) -> Any:
+        layout = nn._convert_data_format(data_format, len(inputs.shape))
+        return tf.nn.convolution(inputs, kernel, strides, padding.upper(), data_format=layout,
+                                 dilations=dilation_rate)
+
+    nn.conv = plain_conv
+    try:
+        yield
+    finally:
+        nn.conv = original
+
+
+def _erfc_as_one_minus_erf(ctx: Any, node: Any, name: str, args: Any) -> None:
+    """tf2onnx handler for TensorFlow's Erfc (Keras 3's exact GELU), which ONNX lacks: 1 - Erf(x)."""
+    import numpy as np
+
+    node.type = "Erf"
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(ctx.get_dtype(node.output[0]))
+    one = ctx.make_const(f"{name}/one", np.array(1, dtype)).output[0]
+    ctx.insert_new_node_on_output("Sub", node.output[0], name=f"{name}/one_minus", inputs=[one, node.output[0]])
 
 
 def from_keras(model: Any, input_signature: Any = None, *, opset: int | None = None,

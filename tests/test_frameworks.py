@@ -23,6 +23,7 @@ from onnx import helper
 import rfgraph
 from rfgraph.frameworks import (
     MissingDependencyError,
+    export_keras,
     export_torch,
     from_keras,
     from_torch,
@@ -220,13 +221,15 @@ def tf2onnx_like_model() -> onnx.ModelProto:
 
 def test_from_keras_contract_with_stand_in_tf2onnx(monkeypatch: pytest.MonkeyPatch) -> None:
     """TensorFlow is not installed here: stand-in modules check the wiring only, against tf2onnx's
-    documented API ``tf2onnx.convert.from_keras(model, input_signature=, opset=) -> (proto, storage)``
-    (arguments passed through, Keras 3's missing output_names set, layer names mapped back, the
-    NHWC input found through tf2onnx's leading Transpose, a dynamic batch fixed by input_shape)."""
+    documented API ``tf2onnx.convert.from_keras(model, input_signature=, opset=,
+    custom_op_handlers=) -> (proto, storage)`` (arguments passed through, a handler for Erfc,
+    Keras 3's missing output_names set, layer names mapped back, the NHWC input found through
+    tf2onnx's leading Transpose, a dynamic batch fixed by input_shape)."""
     calls = []
     convert = type(sys)("tf2onnx.convert")
-    convert.from_keras = lambda model, input_signature=None, opset=None: (
-        calls.append((model, input_signature, opset)) or (tf2onnx_like_model(), None))
+    convert.from_keras = lambda model, input_signature=None, opset=None, custom_op_handlers=None: (
+        calls.append((model, input_signature, opset, sorted(custom_op_handlers or {})))
+        or (tf2onnx_like_model(), None))
     tf2onnx = type(sys)("tf2onnx")
     tf2onnx.convert = convert
     monkeypatch.setitem(sys.modules, "tensorflow", type(sys)("tensorflow"))
@@ -238,7 +241,7 @@ def test_from_keras_contract_with_stand_in_tf2onnx(monkeypatch: pytest.MonkeyPat
         keras_model.layers.append(layer())
         keras_model.layers[-1].name = name
     analysis = from_keras(keras_model, ["spec"], opset=13, input_shape=(1, 32, 32, 3))
-    assert calls == [(keras_model, ["spec"], 13)] and keras_model.output_names == []
+    assert calls == [(keras_model, ["spec"], 13, ["Erfc"])] and keras_model.output_names == []
     assert analysis.spatial_axes == (1, 2) and analysis.input_shape == (1, 32, 32, 3)
     assert list(analysis.endpoints) == ["input_1", "input_1__6:0", "conv2d", "re_lu/Relu", "re_lu"]
     conv = analysis["conv2d"]  # 3x3/2, TF 'same' padding on 32: pads (0, 1); r=3, S=2, P=0
@@ -295,3 +298,28 @@ def test_from_torch_saves_the_exported_model(net, via_torch, tmp_path) -> None:
     assert saved["head"].r == analysis["head"].r == (21, 21)
     with pytest.raises(rfgraph.RFGraphError, match="does not exist"):
         rfgraph.from_torch(*net, save=tmp_path / "missing" / "net.onnx")
+
+
+def test_keras_grouped_convs_and_exact_gelu_convert() -> None:
+    """Keras 3 runs grouped convolutions under XLA (tf2onnx left a StatefulPartitionedCall: Keras
+    ConvNeXt stopped at its first depthwise conv) and its exact GELU calls Erfc (no ONNX op):
+    converted, the model has a grouped Conv and 1 - Erf, computes what Keras computes, and the
+    depthwise 7x7 after a 4x4/4 stem gives r 28, S 4.  Needs TensorFlow and tf2onnx."""
+    tf = pytest.importorskip("tensorflow")
+    pytest.importorskip("tf2onnx")
+    import numpy as np
+    import onnxruntime as ort
+    keras = tf.keras
+    x = keras.Input((32, 32, 8), batch_size=1)
+    y = keras.layers.Conv2D(8, 4, strides=4)(x)
+    y = keras.layers.Conv2D(8, 7, padding="same", groups=8)(y)
+    model = keras.Model(x, keras.layers.Activation(lambda t: keras.activations.gelu(t, approximate=False))(y))
+    proto, _ = export_keras(model, [tf.TensorSpec((1, 32, 32, 8), tf.float32)], 17)
+    ops = {n.op_type for n in proto.graph.node}
+    assert "StatefulPartitionedCall" not in ops and "Erfc" not in ops and "Erf" in ops
+    assert any(a.name == "group" and a.i == 8 for n in proto.graph.node if n.op_type == "Conv" for a in n.attribute)
+    data = np.random.default_rng(0).standard_normal((1, 32, 32, 8)).astype(np.float32)
+    got = ort.InferenceSession(proto.SerializeToString()).run(None, {proto.graph.input[0].name: data})[0]
+    assert np.abs(got - model(data).numpy()).max() <= 1e-5
+    out = rfgraph.analyze(proto)[proto.graph.output[0].name]
+    assert out.r == (28, 28) and out.S == (4, 4)
