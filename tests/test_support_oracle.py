@@ -55,3 +55,30 @@ def test_perturbed_weights_keep_the_graph() -> None:
         w = numpy_helper.to_array(t)
         if w.dtype == np.float32 and w.size > 1:
             assert not np.array_equal(w, before[t.name]) and ("var" not in t.name or (w >= 0).all())
+
+
+def test_gated_end_points_are_checked_with_their_gates_held() -> None:
+    """EfficientNet-B0's squeeze-excitation gates: the sampled end points behind gates are checked
+    with each gate's operand held at its value (the local field's definition), all exact; the
+    plain gradient of the first gated unit reaches outside its local box (through the gate's global
+    pooling), so holding them is what the check measures."""
+    import numpy as np
+
+    from rfgraph import vjp
+    from rfgraph.erf import Target, make_seed
+
+    model_zoo = pytest.importorskip("model_zoo")
+    model = model_zoo.build("efficientnet_b0:size=64")
+    a = rfgraph.analyze(model)
+    gated = [n for n in support.sampled_end_points(a) if a[n].gates]
+    assert len(gated) >= 3
+    assert {c.verdict for c in support.check_model(model)} == {"exact"}
+    ep = a[gated[0]]
+    unit = tuple(n // 2 for n in ep.units)
+    target = Target(gated[0], tuple(ep.shape), tuple(t for t, _ in ep.unit_axes), ep.tensor_index(unit))
+    graph = vjp.build_vjp(model, gated[0])
+    x = np.random.default_rng(0).standard_normal(a.input_shape).astype(np.float32)
+    plain = (vjp.input_gradient(graph, vjp.session(graph), x, make_seed(target, 1)) != 0).any(axis=(0, 1))
+    (lo, hi), _ = ep.clipped_region(unit, plain.shape)
+    rows = np.flatnonzero(plain.any(axis=1))
+    assert rows[0] < lo or rows[-1] > hi
