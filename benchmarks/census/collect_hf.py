@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DEFAULT_CACHE, Entry, export_in_subprocess, record
+from common import DEFAULT_CACHE, Entry, export_in_subprocess, model_entry, record
 
 # name -> (python expression building the model, ``T`` = transformers; input shape)
 MODELS: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -53,15 +53,11 @@ torch.onnx.export(First(model), (torch.randn(shape),), out, dynamo=False, opset_
 
 
 def export_one(cache: Path, name: str, expr: str, shape: tuple[int, ...], site: str, limit: float) -> Entry:
-    """Export one model in a subprocess (skipped when already there)."""
-    out = cache / "models" / "transformers-ts" / f"{name}.onnx"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    entry = Entry(name=name, source="transformers-ts", path=str(out), origin=expr,
-                  note=f"input {'x'.join(map(str, shape))}")
-    if out.exists():
-        return entry
-    return export_in_subprocess(entry, out, [EXPORT_SCRIPT, expr, "x".join(map(str, shape)), str(out) + ".tmp",
-                                             site, str(Path(__file__).parent)], limit, "export")
+    """Export one model in a subprocess (kept when already there)."""
+    dims = "x".join(map(str, shape))
+    entry, out = model_entry(cache, "transformers-ts", name, origin=expr, note=f"input {dims}")
+    return export_in_subprocess(entry, out, [EXPORT_SCRIPT, expr, dims, str(out) + ".tmp", site,
+                                             str(Path(__file__).parent)], limit, "export")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DEFAULT_CACHE, Entry, export_in_subprocess, write_manifest
+from common import DEFAULT_CACHE, Entry, export_in_subprocess, model_entry, write_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 # application -> input size (H = W); the smallest that every application accepts with weights=None
@@ -39,12 +39,8 @@ onnx.save(proto, out)
 
 def convert(cache: Path, name: str, size: int, limit: float) -> Entry:
     """One application, converted in a subprocess (a failure or timeout is a skip with the reason)."""
-    out = cache / "models" / "keras" / f"{name}.onnx"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    entry = Entry(name=name, source="keras", path=str(out), origin=f"keras.applications.{name}(weights=None)",
-                  layout="", note=f"input 1x{size}x{size}x3 (NHWC, detected from tf2onnx's leading Transpose)")
-    if out.exists():
-        return entry
+    entry, out = model_entry(cache, "keras", name, origin=f"keras.applications.{name}(weights=None)",
+                             note=f"input 1x{size}x{size}x3 (NHWC, detected from tf2onnx's leading Transpose)")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return export_in_subprocess(entry, out, [CONVERT, name, str(size), str(out) + ".tmp"], limit,
                                 "conversion", env)

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DEFAULT_CACHE, Entry, export_in_subprocess, record
+from common import DEFAULT_CACHE, Entry, export_in_subprocess, model_entry, record
 
 IMG = (1, 3, 224, 224)
 SMALL = (1, 3, 160, 160)
@@ -115,13 +115,8 @@ def timm_shape(name: str) -> tuple[int, ...]:
 def export_one(cache: Path, source: str, name: str, expr: str, shape: tuple[int, ...], exporter: str,
                limit: float) -> Entry:
     """Export one model in a subprocess; a failure or timeout becomes a skip with the reason."""
-    out = cache / "models" / source / f"{name}.onnx"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    entry = Entry(name=f"{name}", source=source, path=str(out), origin=expr,
-                  note=f"input {'x'.join(map(str, shape))}")
-    if out.exists():
-        return entry
     dims = "x".join(map(str, shape))
+    entry, out = model_entry(cache, source, name, origin=expr, note=f"input {dims}")
     return export_in_subprocess(entry, out, [EXPORT_SCRIPT, expr, dims, exporter, str(out) + ".tmp",
                                              str(Path(__file__).parent)], limit, "export")
 

@@ -60,10 +60,20 @@ def read_manifests(cache: Path) -> list[Entry]:
     return entries
 
 
+def model_entry(cache: Path, source: str, name: str, origin: str, note: str) -> tuple[Entry, Path]:
+    """The entry of model ``name`` of ``source`` and the path of its ONNX file in the cache."""
+    out = cache / "models" / source / f"{name}.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Entry(name=name, source=source, path=str(out), origin=origin, note=note), out
+
+
 def export_in_subprocess(entry: Entry, out: Path, args: list[str], limit: float, what: str,
                          env: dict[str, str] | None = None) -> Entry:
     """Run ``python -c ARGS...`` writing ``out.tmp``; renamed onto ``out`` on success, removed
-    otherwise, where a failure or a timeout becomes the entry's skip reason (and its time is kept)."""
+    otherwise, where a failure or a timeout becomes the entry's skip reason (and its time is kept).
+    A file already there is kept (the entry as it is: collected by an earlier run)."""
+    if out.exists():
+        return entry
     tmp = Path(str(out) + ".tmp")
     start = time.time()
     try:
