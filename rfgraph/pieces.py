@@ -119,11 +119,11 @@ def split_pieces(mg: ModelGraph, result: PassResult, rules: RuleTable) -> tuple[
     cuts, passes = _sources(mg, concats, rules)
     if not cuts:
         return None
-    rewrite, rejoined = _rewritten_nodes(mg, concats, cuts, passes)
+    sources = set(_sources_of(mg, concats)) & set(cuts)
+    rewrite, rejoined = _rewritten_nodes(mg, concats, sources, cuts, passes)
     pieces, outputs, aliases = _piece_outputs(mg, cuts)
     if not pieces:
         return None
-    sources = set(_sources_of(mg, concats))
     frontier = [t for t in cuts if (t in pieces or t in rejoined) and t not in sources]
     if _check(mg, concats, cuts, rewrite, frontier) is not None:
         return None
@@ -154,11 +154,11 @@ def _sources(mg: ModelGraph, concats: Sequence[int], rules: RuleTable) -> tuple[
     return cuts, passes
 
 
-def _rewritten_nodes(mg: ModelGraph, concats: Sequence[int], cuts: dict[str, _Cut], passes: Sequence[PassResult]
-                     ) -> tuple[_Rewrite, set[str]]:
+def _rewritten_nodes(mg: ModelGraph, concats: Sequence[int], sources: set[str], cuts: dict[str, _Cut],
+                     passes: Sequence[PassResult]) -> tuple[_Rewrite, set[str]]:
     """Every node in topological order: copied per piece, folded (a Shape of a cut tensor), or
-    kept, reading a cut tensor joined again where it does; and the tensors joined again."""
-    sources = set(_sources_of(mg, concats)) & set(cuts)
+    kept, reading a cut tensor joined again where it does (``sources``: the Concats' outputs cut);
+    and the tensors joined again."""
     rewrite = _Rewrite()
     rejoined: set[str] = set()
     for idx in mg.topological_nodes():

@@ -23,6 +23,7 @@ from .transfer import (
     OutTransfer,
     Rule,
     Transfer,
+    _without_ones,
     mixed_maps,
     regular_span,
     spatial_of,
@@ -173,7 +174,7 @@ def _blocks_placed(ctx: NodeContext, lay: Layout, geo: geometry.Window, grid: Se
     """The image axes' layouts and the edge maps of Col2Im (``col2im_rule``): per grid axis, the
     spatial part of L that indexes it reads through the transposed window; a feature part or a
     grid axis of one block leaves the image axis a feature axis."""
-    parts = tuple(p for p in lay[2] if p[1] != 1)
+    parts = _without_ones(lay[2])
     moving = [i for i, g in enumerate(grid) if g != 1]
     features = [((-1, n),) for n in image]
     if not spatial_of(parts):
