@@ -129,7 +129,8 @@ def _marginal(erf: np.ndarray, axis: int) -> np.ndarray:
 
 
 def gaussian_fit(erf: np.ndarray) -> GaussianFit | None:
-    """Least-squares fit of an axis-aligned Gaussian (scipy when present, moments otherwise)."""
+    """Least-squares fit of an axis-aligned Gaussian (scipy's Levenberg-Marquardt), started from
+    the map's moments."""
     total = float(erf.sum())
     if total <= 0 or not np.isfinite(total):
         return None
@@ -141,13 +142,9 @@ def gaussian_fit(erf: np.ndarray) -> GaussianFit | None:
     params = np.array([1.0, *mu0, *sd0])
     if erf.size < params.size:  # fewer pixels than parameters: no fit is defined (a 1x2 input)
         return None
-    try:
-        from scipy.optimize import least_squares
+    from scipy.optimize import least_squares  # imported here: only ERF metrics need it
 
-        fit = least_squares(lambda p: (_gauss(grids, p) - data).ravel(), params, method="lm")
-        params = fit.x
-    except ImportError:  # moments are the fit's starting point and a fair fallback
-        pass
+    params = least_squares(lambda p: (_gauss(grids, p) - data).ravel(), params, method="lm").x
     d = erf.ndim
     model = _gauss(grids, params)
     ss_res = float(((model - data) ** 2).sum())
