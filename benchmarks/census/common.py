@@ -68,18 +68,19 @@ def model_entry(cache: Path, source: str, name: str, origin: str, note: str) -> 
 
 
 def export_in_subprocess(entry: Entry, out: Path, args: list[str], limit: float, what: str,
-                         env: dict[str, str] | None = None) -> Entry:
-    """Run ``python -c ARGS...`` writing ``out.tmp``; renamed onto ``out`` on success, removed
-    otherwise, where a failure or a timeout becomes the entry's skip reason (and its time is kept).
-    A file already there is kept (the entry as it is: collected by an earlier run)."""
+                         env: dict[str, str] | None = None, tmp_suffix: str = ".tmp") -> Entry:
+    """Run ``python -c ARGS...`` writing ``out`` + ``tmp_suffix``; renamed onto ``out`` on success,
+    removed otherwise, where a failure or a timeout becomes the entry's skip reason (and its time is
+    kept).  A file already there is kept (the entry as it is: collected by an earlier run)."""
     if out.exists():
         return entry
-    tmp = Path(str(out) + ".tmp")
+    tmp = Path(str(out) + tmp_suffix)
     start = time.time()
     try:
         proc = subprocess.run([sys.executable, "-c", *args], capture_output=True, text=True, timeout=limit,
                               env=env, check=False)
-        ok, why = proc.returncode == 0, (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+        said = proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["?"]  # paddle: stdout
+        ok, why = proc.returncode == 0, said[-1][:200]
     except subprocess.TimeoutExpired:
         ok, why = False, f"{what} took more than {limit:.0f} s"
     entry.export_s = round(time.time() - start, 1)
