@@ -214,15 +214,19 @@ def _save(model: onnx.ModelProto, target: Path | None) -> None:
 
 
 def export_keras(model: Any, input_signature: Any = None, opset: int | None = None,
-                 rename: bool = True) -> tuple[onnx.ModelProto, dict[str, str]]:
+                 rename: bool = True, input_shape: Sequence[int] | None = None,
+                 ) -> tuple[onnx.ModelProto, dict[str, str]]:
     """Convert a Keras model with ``tf2onnx.convert.from_keras``; returns the model and name map.
+    Without ``input_signature``, the model's inputs with a batch of one (``_batch_of_one``).
     Keras 3's grouped convolutions are traced without XLA and its exact GELU's Erfc is written as
     1 - Erf (``_keras_traceable``): tf2onnx converts neither (ConvNeXt's depthwise convs)."""
-    require("tensorflow", "keras", "rfgraph.from_keras")
+    tf = require("tensorflow", "keras", "rfgraph.from_keras")
     tf2onnx = require("tf2onnx", "keras", "rfgraph.from_keras")
     convert = importlib.import_module("tf2onnx.convert")
     if not hasattr(model, "output_names") and hasattr(model, "outputs"):  # Keras 3 has none
         model.output_names = [t.name.split(":")[0] for t in model.outputs]
+    if input_signature is None:
+        input_signature = _batch_of_one(tf, model, input_shape)
     try:
         with _keras_traceable():
             proto, _ = convert.from_keras(model, input_signature=input_signature, opset=opset,
@@ -235,6 +239,24 @@ def export_keras(model: Any, input_signature: Any = None, opset: int | None = No
         layers = [layer.name for layer in getattr(model, "layers", [])]
         mapping = rename_tensors(proto, keras_scope(layers), outputs=False)
     return proto, mapping
+
+
+def _batch_of_one(tf: Any, model: Any, input_shape: Sequence[int] | None) -> list[Any] | None:
+    """tf2onnx's signature for the model's inputs, each with a batch of one (a single input: the
+    whole ``input_shape`` where given).  The analysis reads one input, and tf2onnx mis-converts
+    some graphs whose batch is left dynamic (keras-hub's SegFormer attention: a Reshape got the
+    key count as its batch, and the ONNX model ran at no batch size)."""
+    inputs = list(getattr(model, "inputs", None) or [])
+    specs = []
+    for tensor in inputs:
+        shape = list(tensor.shape)
+        if input_shape is not None and len(inputs) == 1:
+            shape = list(input_shape)
+        elif shape and shape[0] is None:
+            shape[0] = 1
+        name = str(getattr(tensor, "name", "") or "").split(":")[0] or None
+        specs.append(tf.TensorSpec(shape, tensor.dtype, name=name))
+    return specs or None
 
 
 @contextlib.contextmanager
@@ -279,12 +301,13 @@ def from_keras(model: Any, input_signature: Any = None, *, opset: int | None = N
                layout: str | None = None, save: str | os.PathLike[str] | None = None) -> Analysis:
     """Receptive fields of a Keras model, converted by tf2onnx (NHWC inputs are detected).
 
-    ``input_signature`` (a list of ``tf.TensorSpec``) is passed to tf2onnx; ``input_shape``
-    (e.g. (1, 224, 224, 3)) fixes a dynamic input for the analysis.  Tensors carry Keras layer
+    ``input_signature`` (a list of ``tf.TensorSpec``) is passed to tf2onnx; without it, the
+    model's inputs are converted with a batch of one, and ``input_shape`` (e.g. (1, 224, 224, 3))
+    fixes a single input's whole shape, for the conversion and the analysis.  Tensors carry Keras layer
     names where tf2onnx kept them.  ``save``: also write the converted model there.
     """
     target = _save_target(save)
-    proto, _ = export_keras(model, input_signature, opset, rename)
+    proto, _ = export_keras(model, input_signature, opset, rename, input_shape)
     _save(proto, target)
     return analyze(proto, {"": tuple(input_shape)} if input_shape else None, layout=layout)
 

@@ -219,22 +219,33 @@ def tf2onnx_like_model() -> onnx.ModelProto:
                              opset_imports=[helper.make_opsetid("", 13)])
 
 
-def test_from_keras_contract_with_stand_in_tf2onnx(monkeypatch: pytest.MonkeyPatch) -> None:
-    """TensorFlow is not installed here: stand-in modules check the wiring only, against tf2onnx's
-    documented API ``tf2onnx.convert.from_keras(model, input_signature=, opset=,
-    custom_op_handlers=) -> (proto, storage)`` (arguments passed through, a handler for Erfc,
-    Keras 3's missing output_names set, layer names mapped back, the NHWC input found through
-    tf2onnx's leading Transpose, a dynamic batch fixed by input_shape)."""
-    calls = []
+@pytest.fixture
+def stand_in_tf2onnx(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """TensorFlow is not installed here: stand-in modules for tensorflow (TensorSpec as a tuple)
+    and tf2onnx, whose ``convert.from_keras`` records its arguments (the returned list) and
+    returns ``tf2onnx_like_model()``."""
+    calls: list[tuple] = []
     convert = type(sys)("tf2onnx.convert")
     convert.from_keras = lambda model, input_signature=None, opset=None, custom_op_handlers=None: (
         calls.append((model, input_signature, opset, sorted(custom_op_handlers or {})))
         or (tf2onnx_like_model(), None))
     tf2onnx = type(sys)("tf2onnx")
     tf2onnx.convert = convert
-    monkeypatch.setitem(sys.modules, "tensorflow", type(sys)("tensorflow"))
+    tensorflow = type(sys)("tensorflow")
+    tensorflow.TensorSpec = lambda shape, dtype, name=None: ("spec", tuple(shape), dtype, name)
+    monkeypatch.setitem(sys.modules, "tensorflow", tensorflow)
     monkeypatch.setitem(sys.modules, "tf2onnx", tf2onnx)
     monkeypatch.setitem(sys.modules, "tf2onnx.convert", convert)
+    return calls
+
+
+def test_from_keras_contract_with_stand_in_tf2onnx(stand_in_tf2onnx: list[tuple]) -> None:
+    """Stand-in modules check the wiring only, against tf2onnx's documented API
+    ``tf2onnx.convert.from_keras(model, input_signature=, opset=, custom_op_handlers=) ->
+    (proto, storage)`` (arguments passed through, a handler for Erfc, Keras 3's missing
+    output_names set, layer names mapped back, the NHWC input found through tf2onnx's leading
+    Transpose, a dynamic batch fixed by input_shape)."""
+    calls = stand_in_tf2onnx
     layer = type("Layer", (), {})
     keras_model = type("Model", (), {"layers": [], "outputs": []})()
     for name in ("input_1", "conv2d", "re_lu"):
@@ -247,6 +258,58 @@ def test_from_keras_contract_with_stand_in_tf2onnx(monkeypatch: pytest.MonkeyPat
     conv = analysis["conv2d"]  # 3x3/2, TF 'same' padding on 32: pads (0, 1); r=3, S=2, P=0
     assert (conv.r, conv.S, conv.P, conv.units) == ((3, 3), (2, 2), (0, 0), (16, 16))
     assert analysis["re_lu"].r == (3, 3) and "model/re_lu/Relu:0" not in analysis
+
+
+def test_keras_inputs_convert_with_a_batch_of_one(stand_in_tf2onnx: list[tuple]) -> None:
+    """Without a signature, tf2onnx gets the model's inputs with the batch fixed at one (a dynamic
+    batch mis-converts some graphs: ``test_keras_reduced_attention_converts_and_runs``); a single
+    input's whole shape is input_shape where given; a signature given is passed as it is."""
+    tensor = type("KerasTensor", (), {"shape": (None, None, None, 3), "dtype": "float32", "name": "image"})
+    other = type("KerasTensor", (), {"shape": (None, 7), "dtype": "int64", "name": "ids:0"})
+    model = type("Model", (), {"layers": [], "outputs": [], "inputs": [tensor]})()
+    export_keras(model)
+    export_keras(model, input_shape=(1, 32, 32, 3))
+    model.inputs = [tensor, other]
+    export_keras(model, input_shape=(1, 32, 32, 3))
+    export_keras(model, ["given"])
+    assert [call[1] for call in stand_in_tf2onnx] == [
+        [("spec", (1, None, None, 3), "float32", "image")],
+        [("spec", (1, 32, 32, 3), "float32", "image")],
+        [("spec", (1, None, None, 3), "float32", "image"), ("spec", (1, 7), "int64", "ids")],
+        ["given"]]
+
+
+def test_keras_reduced_attention_converts_and_runs() -> None:
+    """SegFormer's attention (keys from a strided conv over the token grid, reshaped with the
+    batch read from the tensor's shape): tf2onnx 1.17 with the batch left dynamic writes a Reshape
+    that onnxruntime refuses at every batch size (keras-hub's MiT failed so); converted with a
+    batch of one, it computes what Keras computes.  Needs TensorFlow and tf2onnx."""
+    tf = pytest.importorskip("tensorflow")
+    pytest.importorskip("tf2onnx")
+    import numpy as np
+    import onnxruntime as ort
+    keras, ops = tf.keras, tf.keras.ops
+
+    class ReducedAttention(keras.layers.Layer):
+        def build(self, shape: tuple) -> None:
+            self.q, self.k = keras.layers.Dense(shape[-1]), keras.layers.Dense(shape[-1])
+            self.sr = keras.layers.Conv2D(shape[-1], 4, strides=4)
+
+        def call(self, x: object) -> object:
+            batch, tokens, width = ops.shape(x)
+            grid = self.sr(ops.reshape(x, (batch, 8, 8, width)))
+            k = ops.transpose(ops.reshape(self.k(ops.reshape(grid, [batch, -1, width])), [batch, -1, 1, width]),
+                              [0, 2, 1, 3])
+            q = ops.transpose(ops.reshape(self.q(x), (batch, tokens, 1, width)), [0, 2, 1, 3])
+            out = ops.softmax(q @ ops.transpose(k, [0, 1, 3, 2])) @ k
+            return ops.reshape(ops.transpose(out, [0, 2, 1, 3]), (batch, tokens, width))
+
+    x = keras.Input((64, 16))
+    model = keras.Model(x, ReducedAttention()(x))
+    proto, _ = export_keras(model)
+    data = np.random.default_rng(0).standard_normal((1, 64, 16)).astype(np.float32)
+    got = ort.InferenceSession(proto.SerializeToString()).run(None, {proto.graph.input[0].name: data})[0]
+    assert np.abs(got - model(data).numpy()).max() <= 1e-5
 
 
 def test_torch_scope_resolves_qualified_and_attribute_components() -> None:
