@@ -1,7 +1,9 @@
-"""Keras applications (random init) converted by rfgraph's Keras path (tf2onnx), saved as ONNX.
+"""Keras models (random init) converted by rfgraph's Keras path (tf2onnx), saved as ONNX: the
+Keras applications (source ``keras``) and keras-hub backbones built from a config (``keras-hub``).
 
-Run with an interpreter that has tensorflow-cpu and tf2onnx (a separate venv when they do not fit
-the main environment):  ``VENV/bin/python benchmarks/census/collect_keras.py [--cache DIR]``.
+Run with an interpreter that has tensorflow-cpu and tf2onnx (and keras-hub for its models; a
+separate venv when they do not fit the main environment):
+``VENV/bin/python benchmarks/census/collect_keras.py [--cache DIR] [--only NAME ...]``.
 Each model is converted by ``rfgraph.frameworks.export_keras`` (what ``rfgraph.from_keras`` runs
 before its analysis) in a subprocess under a time limit; the analysis itself is left to run.py.
 """
@@ -14,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DEFAULT_CACHE, Entry, export_in_subprocess, model_entry, write_manifest
+from common import DEFAULT_CACHE, Entry, export_in_subprocess, model_entry, record
 
 ROOT = Path(__file__).resolve().parents[2]
 # application -> input size (H = W); the smallest that every application accepts with weights=None
@@ -24,38 +26,75 @@ APPS = {"MobileNet": 128, "MobileNetV2": 128, "MobileNetV3Small": 128, "MobileNe
         "ConvNeXtTiny": 128, "RegNetX002": 128, "RegNetY002": 128, "InceptionResNetV2": 128,
         "EfficientNetB1": 128}
 
+_RESNET50 = ("input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 128, 256, 512], "
+             "stackwise_num_blocks=[3, 4, 6, 3], stackwise_num_strides=[1, 2, 2, 2], image_shape=(128, 128, 3), ")
+_RESNET50_VD = _RESNET50.replace("[64], input_conv_kernel_sizes=[7]", "[32, 32, 64], input_conv_kernel_sizes=[3, 3, 3]")
+# keras-hub backbone -> its constructor (``K`` = keras_hub.models), the configs of its docstrings or
+# its presets' architectures at small sizes
+HUB = {
+    "resnet50": f"K.ResNetBackbone({_RESNET50} block_type='bottleneck_block')",
+    "resnet50_v2": f"K.ResNetBackbone({_RESNET50} block_type='bottleneck_block', use_pre_activation=True)",
+    "resnet50_vd": f"K.ResNetBackbone({_RESNET50_VD} block_type='bottleneck_block_vd')",
+    "vgg16": "K.VGGBackbone([2, 2, 3, 3, 3], [64, 128, 256, 512, 512], image_shape=(128, 128, 3))",
+    "densenet121": "K.DenseNetBackbone([6, 12, 24, 16], image_shape=(128, 128, 3))",
+    "mit_b0": ("K.MiTBackbone(layerwise_depths=[2, 2, 2, 2], num_layers=4, layerwise_num_heads=[1, 2, 5, 8], "
+               "layerwise_sr_ratios=[8, 4, 2, 1], max_drop_path_rate=0.1, layerwise_patch_sizes=[7, 3, 3, 3], "
+               "layerwise_strides=[4, 2, 2, 2], hidden_dims=[32, 64, 160, 256], image_shape=(128, 128, 3))"),
+    "vit_tiny": ("K.ViTBackbone(image_shape=(224, 224, 3), patch_size=16, num_layers=4, num_heads=3, "
+                 "hidden_dim=192, mlp_dim=768)"),
+    "deeplabv3_r50": (f"K.DeepLabV3Backbone(K.ResNetBackbone({_RESNET50} block_type='bottleneck_block'), "
+                      "'P5', 8, [6, 12, 18], low_level_feature_key='P2', image_shape=(128, 128, 3))"),
+    "cspnet_dark": ("K.CSPNetBackbone(stem_filters=32, stem_kernel_size=3, stem_strides=1, stackwise_depth=[1, 2, 4], "
+               "stackwise_strides=[1, 2, 2], stackwise_num_filters=[32, 64, 128], block_type='dark_block', stage_type='dark', "
+               "image_shape=(128, 128, 3))"),
+    "xception": ("K.XceptionBackbone(stackwise_conv_filters=[[32, 64], [64, 128], [256, 256]], "
+                 "stackwise_pooling=[True, True, False], image_shape=(128, 128, 3))"),
+    "hgnetv2": ("K.HGNetV2Backbone(depths=[1, 2, 4], embedding_size=32, hidden_sizes=[64, 128, 256], "
+                "stem_channels=[3, 16, 32], hidden_act='relu', use_learnable_affine_block=False, "
+                "stackwise_stage_filters=[(32, 16, 64, 1, 1, 3), (64, 32, 128, 2, 1, 3), (128, 64, 256, 4, 1, 3)], "
+                "apply_downsample=[False, True, True], use_lightweight_conv_block=[False, False, False], "
+                "image_shape=(128, 128, 3))"),
+    "swin_tiny": ("K.SwinTransformerBackbone(image_shape=(224, 224, 3), embed_dim=48, depths=(2, 2, 2, 2), "
+                  "num_heads=(3, 6, 12, 24), window_size=7)"),
+}
+MODELS = {**{name: ("keras", f"keras.applications.{name}(weights=None, input_shape=({size}, {size}, 3))")
+             for name, size in APPS.items()},
+          **{name: ("keras-hub", expr) for name, expr in HUB.items()}}
+
 CONVERT = r'''
 import os, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras, onnx
 from rfgraph.frameworks import export_keras
-name, size, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+expr, out = sys.argv[1], sys.argv[2]
+if "K." in expr:
+    import keras_hub
+    K = keras_hub.models
 keras.utils.set_random_seed(0)
-model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
-proto, _ = export_keras(model)
+proto, _ = export_keras(eval(expr))
 onnx.save(proto, out)
 '''
 
 
-def convert(cache: Path, name: str, size: int, limit: float) -> Entry:
-    """One application, converted in a subprocess (a failure or timeout is a skip with the reason)."""
-    entry, out = model_entry(cache, "keras", name, origin=f"keras.applications.{name}(weights=None)",
-                             note=f"input 1x{size}x{size}x3 (NHWC, detected from tf2onnx's leading Transpose)")
+def convert(cache: Path, source: str, name: str, expr: str, limit: float) -> Entry:
+    """One model, converted in a subprocess (a failure or timeout is a skip with the reason)."""
+    entry, out = model_entry(cache, source, name, origin=expr,
+                             note="NHWC input, detected from tf2onnx's leading Transpose")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return export_in_subprocess(entry, out, [CONVERT, name, str(size), str(out) + ".tmp"], limit,
-                                "conversion", env)
+    return export_in_subprocess(entry, out, [CONVERT, expr, str(out) + ".tmp"], limit, "conversion", env)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--only", nargs="*", default=[])
     parser.add_argument("--limit", type=float, default=240.0)
     args = parser.parse_args(argv)
-    entries = []
-    for name, size in APPS.items():
-        entries.append(convert(args.cache, name, size, args.limit))
-        print(name, entries[-1].skip or "ok", entries[-1].export_s, flush=True)
-        write_manifest(args.cache, "keras", entries)
+    for name, (source, expr) in MODELS.items():
+        if not args.only or name in args.only:
+            entry = convert(args.cache, source, name, expr, args.limit)
+            record(args.cache, entry)  # the manifest is rewritten after every conversion
+            print(source, name, entry.skip or "ok", entry.export_s, flush=True)
     return 0
 
 
