@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -556,6 +556,7 @@ def _analyze(model: ModelSource, opts: ModelOptions, on_stage: Callable[[str], N
         mg = build_graph(cut[0])
         result = forward_pass(mg, name, in_layout, table)
     on_stage(STAGES[3])
+    result.stops = [_with_condition_hint(mg, stop, name) for stop in result.stops]
     endpoints = _endpoints(mg, result, name)
     axis_names = AXIS_NAMES.get(len(spatial), tuple(f"A{i}" for i in range(len(spatial))))
     return Analysis(name, tuple(shape), tuple(spatial), axis_names,
@@ -606,20 +607,58 @@ def _smallest_size(model: ModelSource, opts: ModelOptions) -> str | None:
     return f"{name}:{'x'.join(map(str, found))}" if found else None
 
 
+def _with_condition_hint(mg: ModelGraph, stop: Stop, analysed: str) -> Stop:
+    """An If whose condition comes from other model inputs only: its stop names them and --fill,
+    which makes the condition known, so that the branch taken is analysed
+    (``onnx_import.inlined_ifs``); one computed from the analysed input says so."""
+    if stop.op != "If" or stop.node not in mg.names:
+        return stop
+    inputs = _source_inputs(mg, mg.node_inputs[mg.names.index(stop.node)][0])
+    if analysed in inputs:
+        return replace(stop, reason=f"{stop.reason}; its condition is computed from '{analysed}', the "
+                                    f"input analysed: the branch taken depends on it")
+    if not inputs:
+        return stop
+    fills = " ".join(f"--fill {name}=VALUE" for name in sorted(inputs))
+    return replace(stop, reason=f"{stop.reason}; its condition comes from input(s) {', '.join(sorted(inputs))}: "
+                                f"give them values ({fills}) and the branch taken is analysed")
+
+
+def _source_inputs(mg: ModelGraph, tensor: str) -> set[str]:
+    """The model inputs ``tensor`` is computed from."""
+    found: set[str] = set()
+    todo, seen = [tensor], {tensor}
+    while todo:
+        current = todo.pop()
+        if current in mg.inputs:
+            found.add(current)
+        producer = mg.producer.get(current)
+        for upstream in mg.node_inputs[producer] if producer is not None else ():
+            if upstream and upstream not in seen:
+                seen.add(upstream)
+                todo.append(upstream)
+    return found
+
+
 def _pick_input(mg: ModelGraph, requested: str | None, layout: str | None = None) -> str:
-    """The input the fields refer to: the requested one, else the first whose rank fits the given
-    layout, else the first of rank >= 3."""
+    """The input the fields refer to: the requested one, else among those whose rank fits the
+    given layout (else rank >= 3) the first a convolution or pool reads, else a batch of 1-D
+    signals (N, L) read by a Conv1d, else the first that fits: a recurrent state (N, 1, 128) read
+    by an LSTM beside the audio it runs on is not the model's signal."""
     if requested:
         if requested not in mg.inputs:
             raise RFGraphError(f"the model has no input '{requested}' (inputs: {', '.join(mg.inputs)})")
         return requested
     ranks = {i: len(mg.shapes.get(i) or ()) for i in mg.inputs}
     fits = [i for i, r in ranks.items() if (r == len(layout) if layout else r >= 3)]
-    if fits:
-        return fits[0]
+    convolved = [i for i in fits if _channels_first_reader(mg, i)]
+    if convolved:
+        return convolved[0]
     signals = [i for i, r in ranks.items() if r == 2 and not layout and _channels_first_reader(mg, i)]
     if signals:  # (N, L) given a channel axis and read by a Conv1d: a batch of 1-D signals
         return signals[0]
+    if fits:
+        return fits[0]
     if layout:
         shown = ", ".join(f"{i} (rank {r})" for i, r in ranks.items())
         raise RFGraphError(f"layout '{layout}' has {len(layout)} axes but no input has that rank: {shown}")

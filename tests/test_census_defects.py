@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rfgraph import analyze
 from rfgraph.cli import main
+from rfgraph.report import render
 from tests.graphs import G
 
 
@@ -645,3 +646,19 @@ def test_a_conv_over_a_channel_axis_holding_positions_reads_them_all(group: int)
         assert check_tensor(a, proto, "y") == 1
     else:
         assert [s.node for s in a.stops] == ["Conv#2"] and "grouped" in a.stops[0].reason
+
+
+def test_the_input_a_convolution_reads_is_the_one_analysed() -> None:
+    """silero-vad's sequence model lists its LSTM states h, c [1, 1, 128] before its audio
+    'input' [N, 576]; rfgraph took the first input of rank 3, the state, and stopped at the
+    LSTM.  Now an input a convolution reads (here the signal, through Unsqueeze) comes first,
+    and the table's first line names the inputs left out and --input."""
+    model = one_d_signal()
+    model.graph.input.insert(0, helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 1, 8]))
+    model.graph.node.append(helper.make_node("Mul", ["h", "h"], ["h2"]))
+    model.graph.output.append(helper.make_tensor_value_info("h2", TensorProto.FLOAT, [1, 1, 8]))
+    a = analyze(model)
+    assert a.input_name == "x" and a.layout == "NL" and a["y"].r == (5,)
+    assert analyze(model, input_name="h").input_name == "h"
+    assert "(other inputs: h [1, 1, 8]; --input picks one)" in render(a, ["y"])
+    assert "other inputs" not in render(analyze(one_d_signal()), ["y"])

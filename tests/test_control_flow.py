@@ -91,14 +91,30 @@ def test_filled_condition_takes_its_branch(sr: int, k: int) -> None:
 
 
 def test_unknown_condition_is_still_a_stop(capsys: pytest.CaptureFixture, tmp_path) -> None:
-    """Without a value for sr the branch is unknown: the analysis stops at the If, naming it."""
+    """Without a value for sr the branch is unknown: the analysis stops at the If, naming it and
+    the input its condition comes from, with the --fill that decides it."""
     path = tmp_path / "if.onnx"
     onnx.save(_model(), path)
     assert main(["analyze", str(path)]) == 1
-    assert "STOPPED at node 'choose' (If)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "STOPPED at node 'choose' (If)" in out
+    assert "its condition comes from input(s) sr: give them values (--fill sr=VALUE)" in out
     assert main(["analyze", str(path), "--fill", "sr=16000", "--format", "json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["stops"] == [] and report["endpoints"][-1]["r"] == [5, 5]
+
+
+def test_condition_on_the_data_is_named() -> None:
+    """A condition computed from the analysed input (a score over a threshold, as openWakeWord's
+    models have) stays unknown whatever is filled: the stop says so, and offers no --fill."""
+    model = _model()
+    model.graph.node[0].CopyFrom(helper.make_node("ReduceMax", ["x"], ["peak"], keepdims=0, name="peak"))
+    model.graph.node.insert(1, helper.make_node("Greater", ["peak", "zero"], ["cond"], name="over"))
+    model.graph.initializer.append(numpy_helper.from_array(np.array(0, np.float32), "zero"))
+    del model.graph.input[1]
+    (stop,) = rfgraph.analyze(model).stops
+    assert stop.node == "choose" and "condition is computed from 'x', the input analysed" in stop.reason
+    assert "--fill" not in stop.reason
 
 
 def test_shape_condition_needs_no_fill() -> None:

@@ -44,9 +44,9 @@ HUB = {
                  "hidden_dim=192, mlp_dim=768)"),
     "deeplabv3_r50": (f"K.DeepLabV3Backbone(K.ResNetBackbone({_RESNET50} block_type='bottleneck_block'), "
                       "'P5', 8, [6, 12, 18], low_level_feature_key='P2', image_shape=(128, 128, 3))"),
-    "cspnet_dark": ("K.CSPNetBackbone(stem_filters=32, stem_kernel_size=3, stem_strides=1, stackwise_depth=[1, 2, 4], "
-               "stackwise_strides=[1, 2, 2], stackwise_num_filters=[32, 64, 128], block_type='dark_block', stage_type='dark', "
-               "image_shape=(128, 128, 3))"),
+    "cspnet_dark": ("K.CSPNetBackbone(stem_filters=32, stem_kernel_size=3, stem_strides=1, "
+                    "stackwise_depth=[1, 2, 4], stackwise_strides=[1, 2, 2], stackwise_num_filters=[32, 64, 128], "
+                    "block_type='dark_block', stage_type='dark', image_shape=(128, 128, 3))"),
     "xception": ("K.XceptionBackbone(stackwise_conv_filters=[[32, 64], [64, 128], [256, 256]], "
                  "stackwise_pooling=[True, True, False], image_shape=(128, 128, 3))"),
     "hgnetv2": ("K.HGNetV2Backbone(depths=[1, 2, 4], embedding_size=32, hidden_sizes=[64, 128, 256], "
