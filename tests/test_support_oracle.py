@@ -43,9 +43,11 @@ def test_a_box_short_of_the_support_is_unsound(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_perturbed_weights_keep_the_graph() -> None:
-    """--perturb moves every float weight and keeps the variances positive, nothing else."""
+    """--perturb moves every float weight and keeps BatchNorm's variances positive, nothing else:
+    not a Resize's scales (an upsampling by 8 would become one by 8.0165)."""
     import numpy as np
-    from onnx import numpy_helper
+    import onnx
+    from onnx import helper, numpy_helper
 
     model = _model()
     moved = support.perturbed(model)
@@ -54,7 +56,18 @@ def test_perturbed_weights_keep_the_graph() -> None:
     for t in moved.graph.initializer:
         w = numpy_helper.to_array(t)
         if w.dtype == np.float32 and w.size > 1:
-            assert not np.array_equal(w, before[t.name]) and ("var" not in t.name or (w >= 0).all())
+            assert not np.array_equal(w, before[t.name])
+    weights = {"w": np.ones((8, 1, 3, 3)), "scales": np.array([1, 1, 8, 8]), "var": np.full(8, 1e-4),
+               **{name: np.ones(8) for name in ("gamma", "beta", "mean")}}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 4),
+             helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["b"]),
+             helper.make_node("Resize", ["b", "", "scales"], ["y"], mode="linear")]
+    graph = helper.make_graph(nodes, "up", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    kept = {t.name: numpy_helper.to_array(t) for t in support.perturbed(helper.make_model(graph)).graph.initializer}
+    assert kept["scales"].tolist() == [1, 1, 8, 8] and (kept["var"] >= 0).all()
+    assert not (kept["w"] == 1).all() and not (kept["var"] == weights["var"].astype(np.float32)).all()
 
 
 def test_gated_end_points_are_checked_with_their_gates_held() -> None:
