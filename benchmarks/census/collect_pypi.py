@@ -97,7 +97,7 @@ CASES: dict[str, tuple[str, str, str, str, str, list[str], str]] = {
     "silero_vad_sequence": ("silero-vad==6.2.3", "silero_vad/data/silero_vad_16k_sequence.onnx", "input:1x576", "",
                             "", ["h=0", "c=0"], "silero VAD 6 over chunks: no --input (the audio is picked)"),
     "silero_vad_ifless": ("silero-vad==6.2.3", "silero_vad/data/silero_vad_op18_ifless.onnx", "input:1x576",
-                          "input", "", ["sr=16000"], "silero VAD 6, opset 18: the sample rate's If inlined"),
+                          "input", "", ["sr=16000", "state=0"], "silero VAD 6, opset 18: the sample rate's If inlined"),
 }
 
 
