@@ -129,7 +129,8 @@ def alignment_period(analysis: Analysis, model: onnx.ModelProto, output: str) ->
 def stride_period(analysis: Analysis, names: Iterable[str], base: Sequence[Rational | None] | None = None
                   ) -> tuple[int, ...]:
     """Per input spatial axis, the lcm of the numerators of the strides of ``names`` relative
-    to ``base`` (strides of the tensor a crop is taken of; default: the input's, 1)."""
+    to ``base`` (strides of the tensor a crop is taken of; default: the input's, 1); 0 where one
+    of them is pinned (stride 0: a constant pick of one position, which a crop would move)."""
     periods = [1] * len(analysis.spatial_axes)
     for name in names:
         if name not in analysis:
@@ -137,14 +138,17 @@ def stride_period(analysis: Analysis, names: Iterable[str], base: Sequence[Ratio
         for k, s in enumerate(analysis[name].S):
             b = 1 if base is None else base[k]
             if s is not None and b is not None:
-                periods[k] = math.lcm(periods[k], (Fraction(s) / Fraction(b)).numerator)
+                pinned = s == 0 or b == 0
+                periods[k] = 0 if pinned else math.lcm(periods[k], (Fraction(s) / Fraction(b)).numerator)
     return tuple(periods)
 
 
 def crop_span(region: tuple[int, int], n: int, period: int) -> tuple[int, int]:
     """``[a, b)`` along one axis of size ``n``: ``a`` the region's start (0 at the border)
     rounded down to the period, ``b`` the region's end (``n`` at the border) pushed up until
-    ``b - a`` equals ``n`` modulo the period (so ``b <= n``)."""
+    ``b - a`` equals ``n`` modulo the period (so ``b <= n``); the whole axis for period 0."""
+    if period == 0:
+        return 0, n
     u0, v0 = region
     a = max(0, u0) // period * period
     m = min(n, v0 + 1) - a
@@ -168,7 +172,9 @@ def crop_unit(full: EndPoint, crop: EndPoint, index: Sequence[int], start: Seque
                            f"the input size)")
     out = []
     for k, (j, a, s) in enumerate(zip(index, start, full.S)):
-        shift = Fraction(a) / Fraction(s)  # type: ignore[arg-type]  # S is local here
+        if not s and a:  # a pinned axis (S 0: one constant position picked) is never cropped
+            raise RFGraphError(f"the crop moves the pinned axis {k} of '{full.name}'")
+        shift = Fraction(a) / Fraction(s) if s else Fraction(0)  # S is local here
         if shift.denominator != 1:
             raise RFGraphError(f"the crop's start {a} is not a whole number of units of '{full.name}'")
         jc = j - int(shift)

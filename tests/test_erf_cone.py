@@ -444,3 +444,20 @@ def test_guard_names_rounding_level_differences(monkeypatch: pytest.MonkeyPatch)
         res = compute_erfs(model, units=[(19, 19)], runs=1, region="auto")
         assert any(cause in n and "over the 1e-06 allowed" in n for n in res[0].notes), res[0].notes
         assert cone.ROUNDING_LEVEL > 3e-6
+
+
+def test_a_pinned_position_is_never_cropped() -> None:
+    """A constant Gather of one row (silero-vad's last frame) pins the output's H: its stride is
+    0.  The crop period took the lcm with 0 (a division by zero: an internal error of ``erf``);
+    now a pinned axis keeps the whole input (a crop would move the row the Gather picks) while W
+    is still cropped, and the map equals the full image's."""
+    g = G((32, 40), batch=1, seed=9)
+    x = g.relu(g.conv(g.relu(g.conv("x", 3, pads=[1] * 4)), 3, pads=[1] * 4))
+    row = g.node("Gather", [x, g._init(np.array(20))], axis=2)
+    model = g.model(row)
+    a = analyze(model)
+    assert a[row].S == (0, 1) and cone.alignment_period(a, model, row) == (0, 1)
+    assert cone.crop_span((18, 22), 32, 0) == (0, 32)
+    coned, full = _both(model, [(20,)])
+    _close(coned[0].erf, full[0].erf)
+    assert "computed on the unit's cone" in " ".join(coned[0].notes)
