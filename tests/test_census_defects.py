@@ -12,7 +12,9 @@ and a report whose heatmap failed neither counts it as drawn nor exits 0 (class 
 
 from __future__ import annotations
 
+import itertools
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -662,3 +664,29 @@ def test_the_input_a_convolution_reads_is_the_one_analysed() -> None:
     assert analyze(model, input_name="h").input_name == "h"
     assert "(other inputs: h [1, 1, 8]; --input picks one)" in render(a, ["y"])
     assert "other inputs" not in render(analyze(one_d_signal()), ["y"])
+
+
+def test_a_resize_of_a_channels_last_map_scales_both_spatial_axes() -> None:
+    """jax2onnx (and tf2onnx) resize NHWC maps: a Resize with sizes [1, H', W', C] scales axes 1
+    and 2.  The rule resized axes 2.. only, as for NCHW: H kept its stride, W took C's scale of 1,
+    and the boxes after it missed pixels the units read (a Flax net: UNSOUND against the gradient's
+    support).  Oracle: onnxruntime impulse responses (positive weights and bilinear taps: a unit
+    responds to exactly the pixels it reads)."""
+    import onnxruntime as ort
+
+    g = G((12, 12), batch=1, seed=5)
+    a = g.conv("x", 3, pads=[1] * 4, cout=3)
+    nhwc = g.node("Transpose", [a], perm=[0, 2, 3, 1])
+    sizes = g._init(np.array([1, 7, 9, 3]))
+    small = g.node("Resize", [nhwc, "", "", sizes], mode="linear", coordinate_transformation_mode="half_pixel")
+    model = g.model(g.conv(g.node("Transpose", [small], perm=[0, 3, 1, 2]), 3, pads=[1] * 4))
+    out = model.graph.output[0].name
+    ep = analyze(model)[out]
+    assert ep.S == (Fraction(12, 7), Fraction(4, 3))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    impulses = np.eye(144, dtype=np.float32).reshape(144, 1, 12, 12)
+    response = np.concatenate([sess.run(None, {"x": impulses[k:k + 1]})[0] for k in range(144)])
+    for unit in itertools.product(range(7), range(9)):
+        hit = np.flatnonzero(response[(slice(None), 0) + unit] > 0)
+        rows, cols = hit // 12, hit % 12
+        assert ep.clipped_region(unit, (12, 12)) == ((rows.min(), rows.max()), (cols.min(), cols.max())), unit

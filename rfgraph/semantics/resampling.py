@@ -61,13 +61,13 @@ def resize_rule(ctx: NodeContext) -> Transfer:
     if how.coord == "tf_crop_and_resize" and roi is None:
         raise ctx.unsupported("tf_crop_and_resize without a constant roi")
     spans = []
-    for t in range(2, ctx.rank(0)):
+    for t in range(ctx.rank(0)):  # every axis: an NHWC map (jax2onnx, tf2onnx) is resized along 1 and 2
         in_size = in_shape[t] if in_shape else None
         out_size = out_shape[t] if out_shape else None
         crop = geometry.resize_roi(ctx.attrs, roi, ctx.rank(0), t, ctx.name) if roi is not None \
             else geometry.WHOLE_AXIS
         spans.append(_resize_index_span(ctx, geometry.ResizeAxis(how, scales[t], in_size, out_size, crop)))
-    return window(ctx, spans)
+    return window(ctx, spans, first=0)
 
 
 def _resize_scales(ctx: NodeContext, rank: int, in_shape, out_shape) -> list[Fraction]:

@@ -458,26 +458,27 @@ def regular_span(lo: list[int], hi: list[int], extent: int) -> Span:
     return Span.periodic(extent, lo, hi)
 
 
-def window(ctx: NodeContext, spans: Sequence[Span], size_dependent: bool = False) -> Transfer:
-    """Sliding-window op over tensor axes 2.. of input 0 (Conv, pooling, Resize, Pad...)."""
+def window(ctx: NodeContext, spans: Sequence[Span], size_dependent: bool = False, first: int = 2) -> Transfer:
+    """Sliding-window op over tensor axes ``first``.. of input 0 (Conv, pooling, Pad: 2, the
+    spec's N, C, spatial...; Resize: 0, it resamples any axis)."""
     lay = ctx.data_layout(0)
-    if len(spans) != len(lay) - 2:
+    if len(spans) != len(lay) - first:
         raise ctx.invalid(f"window over {len(spans)} spatial axes, but the input has rank {len(lay)} "
-                          f"({max(len(lay) - 2, 0)} spatial axes)")
+                          f"({max(len(lay) - first, 0)} spatial axes)")
     maps: dict[int, Span | None] = {}
     out_lay = list(with_sizes(lay, ctx.out_shapes[0]))
-    for j, span in enumerate(spans):
-        axes = spatial_of(lay[2 + j])
+    for j, span in enumerate(spans, start=first):
+        axes = spatial_of(lay[j])
         if not axes or span == IDENTITY:
             continue  # a window over a non-spatial axis, or a 1x1 one (a flattened axis too), moves nothing
-        grid = rows_of_grid(lay, 2 + j, span) if len(axes) > 1 else None
+        grid = rows_of_grid(lay, j, span) if len(axes) > 1 else None
         if grid is not None:
             maps.update(grid[0])
-            out_lay[2 + j] = grid[1]
+            out_lay[j] = grid[1]
             continue
-        axis, maps[axis], refined = slide_along(ctx, lay, 2 + j, span, "sliding window")
+        axis, maps[axis], refined = slide_along(ctx, lay, j, span, "sliding window")
         if refined:
-            out_lay[2 + j] = refined
+            out_lay[j] = refined
     out = OutTransfer(tuple(out_lay), (Edge(0, maps),))
     rest: list[OutTransfer | None] = [None] * (len(ctx.node.output) - 1)
     if ctx.op == "MaxPool" and rest:  # Indices output: same positions as Y
