@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from . import custom_ops
-from .borders import BorderCopy, border_copy, clipped_regions
+from .borders import BorderCopy, border_copy, clamps, clipped_regions
 from .errors import DynamicShapeError, InputSizeError, RFGraphError
 from .fields import AxisField, Rational, Span, compose, merged_gates
 from .onnx_import import (
@@ -903,16 +903,18 @@ def _copies_into(mg: ModelGraph, result: PassResult, idx: int, k: int, eps: Mapp
     for e in out.edges:
         for a, c in enumerate(known.get(mg.node_inputs[idx][e.slot], ())):
             sets[a] = sets[a] | c
-    if mg.op_types[idx] == "Pad" and len(out.edges) == 1:
-        mode = geometry.pad_mode(attributes(mg.nodes[idx]), mg.names[idx])
+    clamping = clamps(mg.nodes[idx])  # a Resize's taps past the border read it: an edge Pad's copy
+    if (mg.op_types[idx] == "Pad" or clamping) and len(out.edges) == 1 and out.edges[0].slot == 0:
+        mode = "edge" if clamping else geometry.pad_mode(attributes(mg.nodes[idx]), mg.names[idx])
         source, target = eps[mg.node_inputs[idx][0]], eps[mg.node_outputs[idx][k]]
         field_in = result.states[mg.node_inputs[idx][0]].fields
         for a in range(n_axes):
             span, n_in, n_out = out.edges[0].span(a), source.units[a], target.units[a]
             if span is None or n_in is None or n_out is None:
                 continue
-            begin = -span.lo[0]
-            copy = border_copy(mg.names[idx], idx, mode, field_in[a], n_in, begin, n_out - n_in - begin)
+            begin = -span.lo_of(0)
+            end = span.hi_of(n_out - 1) - (n_in - 1) if clamping else n_out - n_in - begin
+            copy = border_copy(mg.names[idx], idx, mode, field_in[a], n_in, begin, end)
             if copy is not None:
                 sets[a] = sets[a] | {copy}
     return tuple(sets)

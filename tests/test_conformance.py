@@ -17,7 +17,7 @@ from rfgraph.errors import RFGraphError
 from rfgraph.semantics import TRF_RULES
 from tests.conformance.cases import VJP_TABLE, Case, all_cases
 from tests.conformance.known import KNOWN_FAILURES, UNCOVERED
-from tests.conformance.oracle import check_trf, check_vjp
+from tests.conformance.oracle import check_trf, check_vjp, measured_dependencies
 
 
 @functools.lru_cache(maxsize=1)
@@ -159,3 +159,28 @@ def test_ops_doc_is_generated_from_the_tables() -> None:
     from tests.conformance import docs
 
     assert docs.DOC.read_text() == docs.generated(), "regenerate: python -m tests.conformance.docs"
+
+
+CLAMPED = ["test_resize_upsample_sizes_nearest_ceil_half_pixel",
+           "test_resize_upsample_sizes_nearest_round_prefer_ceil_asymmetric",
+           "sweep_resize_nearest_floor_half_pixel_6x1", "sweep_resize_nearest_ceil_asymmetric_5x3"]
+
+
+@pytest.mark.parametrize("name", CLAMPED)
+def test_resize_taps_past_the_border_read_the_border(name: str) -> None:
+    """A nearest Resize whose last (or first) unit's tap falls past its input reads the border
+    unit (the spec clamps the index).  Since clipped boxes leave a unit that reads only padding
+    empty, these units had empty boxes: 23 Resize cases UNSOUND in the full conformance run, none
+    in this suite's one-per-op subset.  Both clippings are checked: the boxes a command prints
+    (``EndPoint.clipped_region``, exact regions) and the oracle's (regions and border copies)."""
+    case = _case(name)
+    assert check_trf(case).verdict == "exact"
+    a = rfgraph.analyze(case.model, input_name=case.x_name, layout="NC" + "HWDLT"[: case.x.ndim - 2])
+    out = case.model.graph.output[0].name
+    ep, sizes = a[out], case.x.shape[2:]
+    moved = measured_dependencies(case, out, np.random.default_rng(0).standard_normal(case.x.shape).astype(case.x.dtype))
+    for pixel, mask in moved.items():
+        for index in map(tuple, np.argwhere(mask)):
+            unit = tuple(index[t] for t in ep.tensor_axes)
+            box = ep.clipped_region(unit, sizes)
+            assert all(lo <= p <= hi for p, (lo, hi) in zip(pixel, box)), (unit, pixel, box)

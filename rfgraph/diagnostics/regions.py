@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from ..analysis import Analysis
-from ..borders import COPYING_MODES
+from ..borders import COPYING_MODES, clamps
 from ..fields import Span
 from ..onnx_import import attributes
 from ..semantics import WINDOW_OPS, geometry
@@ -126,7 +126,10 @@ def _dilations(analysis: Analysis, node: onnx.NodeProto, tensor: str) -> dict[in
 
 
 def _copying_pad_mode(node: onnx.NodeProto, name: str) -> str | None:
-    """The mode of a Pad that copies pixels into its border (reflect / edge / wrap), else None."""
+    """The mode of a Pad that copies pixels into its border (reflect / edge / wrap), "clamp" for
+    a Resize (its taps past the input read the border unit), else None."""
+    if clamps(node):
+        return "clamp"
     if node.op_type != "Pad":
         return None
     mode = geometry.pad_mode(attributes(node), name)
@@ -147,8 +150,9 @@ def _copied(span: Span | None, x: AxisRegions, n_out: int, mode: str) -> AxisReg
 def _axis_regions(n_out: int, edges: Sequence[tuple[Span | None, AxisRegions, int]],
                   copying: str | None = None) -> AxisRegions:
     """Regions of one output along one axis from its edges (exact padding, see module doc; a
-    reflect / edge / wrap Pad's border units see the units they copy)."""
-    if copying is not None and len(edges) == 1 and edges[0][1].n > 0:
+    reflect / edge / wrap Pad's border units see the units they copy; a Resize's taps past its
+    input, the border unit)."""
+    if copying in COPYING_MODES and len(edges) == 1 and edges[0][1].n > 0:
         copied = _copied(edges[0][0], edges[0][1], n_out, copying)
         if copied is not None:
             return copied
@@ -159,7 +163,7 @@ def _axis_regions(n_out: int, edges: Sequence[tuple[Span | None, AxisRegions, in
     for span, x, dilation in edges:
         if x.n == 0:
             continue
-        r = reads(span, x, n_out, dilation)
+        r = reads(span, x, n_out, dilation, clamped=copying == "clamp")
         lo = np.where(r.sees, np.minimum(lo, r.lo_min), lo)
         hi = np.where(r.sees, np.maximum(hi, r.hi_max), hi)
         ilo = np.where(r.sees, np.maximum(ilo, r.inner_lo_min), ilo)
@@ -184,14 +188,15 @@ class Reads:
     inner_hi_max: np.ndarray
 
 
-def reads(span: Span | None, x: AxisRegions, n_out: int, dilation: int = 1) -> Reads:
+def reads(span: Span | None, x: AxisRegions, n_out: int, dilation: int = 1, clamped: bool = False) -> Reads:
     """What each output unit reads of ``x`` (``Reads``).  Bounds monotone in the unit (every
     sliding window) take the first and last unit read; after a reflect / wrap Pad they are not,
     and each window's extremes come from range queries (``_window_reduce``).  ``dilation``: the
-    window's taps are that far apart (``_tap_reads``)."""
+    window's taps are that far apart (``_tap_reads``); ``clamped``: taps past ``x`` read its
+    border unit (a Resize), not zeros."""
     if dilation > 1 and span is not None and span.q == 1 and (span.hi[0] - span.lo[0]) % dilation == 0:
         return _tap_reads(span, x, n_out, dilation)
-    ok, f, last = seen_range(span, x, n_out)
+    ok, f, last = seen_range(span, x, n_out, clamped)
     if x.monotone:
         return Reads(ok, x.lo[f], x.hi[last], x.inner_lo[f], x.inner_lo[last], x.inner_hi[f], x.inner_hi[last])
     v1, v2 = span_bounds(span, np.arange(n_out, dtype=np.int64), x.n)
@@ -246,12 +251,14 @@ def _tap_reads(span: Span, x: AxisRegions, n_out: int, dilation: int) -> Reads:
                  high(x.inner_hi))
 
 
-def seen_range(span: Span | None, x: AxisRegions, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def seen_range(span: Span | None, x: AxisRegions, n_out: int, clamped: bool = False
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per output unit: whether the input units it reads include one that sees the image, and the
-    first and last such unit (indices clipped into the input)."""
+    first and last such unit (indices clipped into the input; ``clamped``: a unit whose taps all
+    lie past ``x`` reads its border unit)."""
     u = np.arange(n_out, dtype=np.int64)
     v1, v2 = span_bounds(span, u, x.n)
-    inside = (v1 <= x.n - 1) & (v2 >= 0)
+    inside = np.ones(n_out, bool) if clamped else (v1 <= x.n - 1) & (v2 >= 0)
     f = x.first_seen()[np.clip(v1, 0, x.n - 1)]
     last = x.last_seen()[np.clip(v2, 0, x.n - 1)]
     return inside & (f <= last), np.clip(f, 0, x.n - 1), np.clip(last, 0, x.n - 1)
