@@ -73,14 +73,20 @@ def perturbed(model: onnx.ModelProto, scale: float = 0.05, seed: int = 1) -> onn
     return out
 
 
+# ops whose geometry is more than a sliding window: every end point they make is checked
+RESAMPLING = {"Resize", "Upsample", "ConvTranspose", "DepthToSpace", "Col2Im"}
+
+
 def sampled_end_points(a: rfgraph.Analysis, count: int = 6) -> list[str]:
-    """Local end points whose gates are operands (none behind statistics), ``count`` spread in
-    graph order, and the last."""
+    """Local end points whose gates are operands (none behind statistics): ``count`` spread in
+    graph order, the last, and every one a resampling op makes (a jax2onnx Resize of an NHWC map,
+    between two sampled end points, was the one the analysis got wrong)."""
     local = [n for n, ep in a.endpoints.items() if ep.unit_axes and not ep.is_global and ep.op != "Input"
              and all(ep.units) and all(a.gates[g].slot >= 0 for g in ep.gates)]
     if not local:
         return []
     picks = {local[len(local) * k // count] for k in range(count)} | {local[-1]}
+    picks |= {n for n in local if a[n].op in RESAMPLING}
     return sorted(picks, key=local.index)
 
 
@@ -172,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--perturb", action="store_true", help="add 0.05 N(0,1) to every float weight first")
+    parser.add_argument("--count", type=int, default=6, help="end points spread over the graph (besides the "
+                                                              "last and the resampling ops')")
     parser.add_argument("--show", action="store_true", help="list every check that is not exact")
     parser.add_argument("--input-shape", metavar="1x3x320x320", help="the first input's shape (dynamic sizes)")
     args = parser.parse_args(argv)
@@ -180,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             model = onnx.load(str(path))
             shape = [int(d) for d in args.input_shape.split("x")] if args.input_shape else None
-            checks = check_model(perturbed(model) if args.perturb else model, shape=shape)
+            checks = check_model(perturbed(model) if args.perturb else model, args.count, shape=shape)
         except rfgraph.RFGraphError as exc:
             rows.append([path.stem, "-", "", "", "", "", str(exc).splitlines()[0][:80]])
             continue

@@ -178,7 +178,8 @@ def test_resize_taps_past_the_border_read_the_border(name: str) -> None:
     a = rfgraph.analyze(case.model, input_name=case.x_name, layout="NC" + "HWDLT"[: case.x.ndim - 2])
     out = case.model.graph.output[0].name
     ep, sizes = a[out], case.x.shape[2:]
-    moved = measured_dependencies(case, out, np.random.default_rng(0).standard_normal(case.x.shape).astype(case.x.dtype))
+    x = np.random.default_rng(0).standard_normal(case.x.shape).astype(case.x.dtype)
+    moved = measured_dependencies(case, out, x)
     for pixel, mask in moved.items():
         for index in map(tuple, np.argwhere(mask)):
             unit = tuple(index[t] for t in ep.tensor_axes)

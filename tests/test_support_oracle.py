@@ -95,3 +95,21 @@ def test_gated_end_points_are_checked_with_their_gates_held() -> None:
     (lo, hi), _ = ep.clipped_region(unit, plain.shape)
     rows = np.flatnonzero(plain.any(axis=1))
     assert rows[0] < lo or rows[-1] > hi
+
+
+def test_every_resampling_end_point_is_sampled() -> None:
+    """Besides the spread sample and the last, every end point a Resize (or another resampling
+    op) makes is checked: the NHWC Resize the analysis got wrong lay between two sampled ones."""
+    from tests.graphs import G
+
+    g = G((16, 16), batch=1)
+    x = g.conv("x", 3, pads=[1] * 4)
+    for _ in range(4):
+        x = g.conv(x, 3, pads=[1] * 4)
+    up = g.resize(x, 2)
+    for _ in range(4):
+        up = g.conv(up, 3, pads=[1] * 4)
+    a = rfgraph.analyze(g.model(up))
+    picks = support.sampled_end_points(a, count=1)
+    assert up in picks and [n for n in picks if a[n].op == "Resize"] == [n for n in a.endpoints if a[n].op == "Resize"]
+    assert {c.verdict for c in support.check_model(g.model(up), count=1)} == {"exact"}
