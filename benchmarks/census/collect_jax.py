@@ -1,0 +1,59 @@
+"""Flax (nnx) modules (random init) exported by jax2onnx, saved as ONNX.
+
+Run with an interpreter that has jax, flax and jax2onnx (a separate venv: ``pip install jax
+jaxlib flax jax2onnx``): ``VENV/bin/python benchmarks/census/collect_jax.py [--cache DIR]
+[--only NAME ...]``.  The modules are in jax_nets.py; each export runs in its own subprocess under
+a time limit, a failure is a skip with its reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import DEFAULT_CACHE, Entry, export_in_subprocess, model_entry, record
+
+# name -> (module in jax_nets, NHWC input shape)
+MODELS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "flax_dense_prediction": ("DensePrediction", (1, 64, 64, 3)),
+    "flax_classifier": ("Classifier", (1, 28, 28, 1)),
+    "flax_residual_stack": ("ResidualStack", (1, 96, 96, 3)),
+}
+
+EXPORT_SCRIPT = r'''
+import sys
+sys.path.insert(0, sys.argv[4])
+from flax import nnx
+from jax2onnx import to_onnx
+import jax_nets
+module = getattr(jax_nets, sys.argv[1])(nnx.Rngs(0))
+to_onnx(module, [tuple(int(d) for d in sys.argv[2].split("x"))], return_mode="file", output_path=sys.argv[3])
+'''
+
+
+def export_one(cache: Path, name: str, module: str, shape: tuple[int, ...], limit: float) -> Entry:
+    """Export one module in a subprocess (kept when already there)."""
+    dims = "x".join(map(str, shape))
+    entry, out = model_entry(cache, "jax", name, origin=f"jax_nets.{module}", note=f"input {dims} (NHWC)")
+    return export_in_subprocess(entry, out, [EXPORT_SCRIPT, module, dims, str(out) + ".tmp",
+                                             str(Path(__file__).parent)], limit, "export")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--only", nargs="*", default=[])
+    parser.add_argument("--limit", type=float, default=300.0, help="seconds per export")
+    args = parser.parse_args(argv)
+    for name, (module, shape) in MODELS.items():
+        if not args.only or name in args.only:
+            entry = export_one(args.cache, name, module, shape, args.limit)
+            record(args.cache, entry)  # the manifest is rewritten after every export
+            print(entry.source, entry.name, entry.skip or "ok", entry.export_s, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
