@@ -9,12 +9,11 @@ reason.  The model's first tensor output is exported (logits, predicted depth, r
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DEFAULT_CACHE, Entry, export_in_subprocess, model_entry, record
+from common import Entry, collector_arguments, export_all, export_in_subprocess, model_entry
 
 # name -> (python expression building the model, ``T`` = transformers; input shape)
 MODELS: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -61,17 +60,11 @@ def export_one(cache: Path, name: str, expr: str, shape: tuple[int, ...], site: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--only", nargs="*", default=[])
+    parser = collector_arguments(__doc__, 300.0)
     parser.add_argument("--site", default="", help="folder transformers was installed into (pip --target)")
-    parser.add_argument("--limit", type=float, default=300.0, help="seconds per export")
     args = parser.parse_args(argv)
-    for name, (expr, shape) in MODELS.items():
-        if not args.only or name in args.only:
-            entry = export_one(args.cache, name, expr, shape, args.site, args.limit)
-            record(args.cache, entry)  # the manifest is rewritten after every export
-            print(entry.source, entry.name, entry.skip or "ok", entry.export_s, flush=True)
+    export_all(args, MODELS, lambda cache, name, expr, shape, limit: export_one(cache, name, expr, shape, args.site,
+                                                                                 limit))
     return 0
 
 

@@ -8,12 +8,11 @@ a time limit, a failure is a skip with its reason.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DEFAULT_CACHE, Entry, export_in_subprocess, model_entry, record
+from common import Entry, collector_arguments, export_all, export_in_subprocess, model_entry
 
 # name -> (module in jax_nets, NHWC input shape)
 MODELS: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -42,16 +41,7 @@ def export_one(cache: Path, name: str, module: str, shape: tuple[int, ...], limi
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--only", nargs="*", default=[])
-    parser.add_argument("--limit", type=float, default=300.0, help="seconds per export")
-    args = parser.parse_args(argv)
-    for name, (module, shape) in MODELS.items():
-        if not args.only or name in args.only:
-            entry = export_one(args.cache, name, module, shape, args.limit)
-            record(args.cache, entry)  # the manifest is rewritten after every export
-            print(entry.source, entry.name, entry.skip or "ok", entry.export_s, flush=True)
+    export_all(collector_arguments(__doc__, 300.0).parse_args(argv), MODELS, export_one)
     return 0
 
 

@@ -10,13 +10,12 @@ before its analysis) in a subprocess under a time limit; the analysis itself is 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DEFAULT_CACHE, Entry, export_in_subprocess, model_entry, record
+from common import Entry, collector_arguments, export_all, export_in_subprocess, model_entry
 
 ROOT = Path(__file__).resolve().parents[2]
 # application -> input size (H = W); the smallest that every application accepts with weights=None
@@ -76,7 +75,7 @@ onnx.save(proto, out)
 '''
 
 
-def convert(cache: Path, source: str, name: str, expr: str, limit: float) -> Entry:
+def convert(cache: Path, name: str, source: str, expr: str, limit: float) -> Entry:
     """One model, converted in a subprocess (a failure or timeout is a skip with the reason)."""
     entry, out = model_entry(cache, source, name, origin=expr,
                              note="NHWC input, detected from tf2onnx's leading Transpose")
@@ -85,16 +84,7 @@ def convert(cache: Path, source: str, name: str, expr: str, limit: float) -> Ent
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--only", nargs="*", default=[])
-    parser.add_argument("--limit", type=float, default=240.0)
-    args = parser.parse_args(argv)
-    for name, (source, expr) in MODELS.items():
-        if not args.only or name in args.only:
-            entry = convert(args.cache, source, name, expr, args.limit)
-            record(args.cache, entry)  # the manifest is rewritten after every conversion
-            print(source, name, entry.skip or "ok", entry.export_s, flush=True)
+    export_all(collector_arguments(__doc__, 240.0).parse_args(argv), MODELS, convert)
     return 0
 
 

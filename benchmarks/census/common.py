@@ -6,13 +6,16 @@ per model (or per skip, with the reason) into ``CACHE/manifest/<source>.json``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 DEFAULT_CACHE = Path(os.environ.get("RFGRAPH_CENSUS_CACHE", Path.home() / ".cache" / "rfgraph-census"))
 
@@ -90,3 +93,22 @@ def export_in_subprocess(entry: Entry, out: Path, args: list[str], limit: float,
         tmp.unlink(missing_ok=True)
         entry.skip = f"{what} failed: {why}"
     return entry
+
+
+def collector_arguments(doc: str | None, limit: float) -> argparse.ArgumentParser:
+    """A collector's command line: --cache, --only NAME..., --limit (seconds per export)."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--only", nargs="*", default=[])
+    parser.add_argument("--limit", type=float, default=limit, help="seconds per export")
+    return parser
+
+
+def export_all(args: argparse.Namespace, models: Mapping[str, Any], export: Callable[..., Entry]) -> None:
+    """``export(cache, name, *spec, limit)`` for each selected model; its entry recorded (the
+    manifest is rewritten after every export) and printed."""
+    for name, spec in models.items():
+        if not args.only or name in args.only:
+            entry = export(args.cache, name, *spec, args.limit)
+            record(args.cache, entry)
+            print(entry.source, entry.name, entry.skip or "ok", entry.export_s, flush=True)
