@@ -210,7 +210,7 @@ def _forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout, rules: 
         if transfer.bound:
             result.bounds[names[idx]] = transfer.bound
         if transfer.statistics:
-            _hold_statistics(result, mg, idx, transfer.statistics)
+            _hold_statistics(result, mg, idx, transfer.statistics, transfer.statistics_axes)
     _count_lost(result, blocked)
     return result
 
@@ -375,16 +375,18 @@ def _made_global(states: dict[str, TensorState], outputs: Sequence[str], node: s
     return any(f.global_at == node for t in outputs if t and (st := states.get(t)) is not None for f in st.fields)
 
 
-def _hold_statistics(result: PassResult, mg: ModelGraph, idx: int, why: str) -> None:
+def _hold_statistics(result: PassResult, mg: ModelGraph, idx: int, why: str, axes: Sequence[int] = ()) -> None:
     """A normalisation's output 0, computed with its statistics held constant: its local fields
-    pass this gate (recorded), and where the input is global already nothing changes."""
+    along the input spatial ``axes`` the statistics span (every axis: none given) pass this gate
+    (recorded; a LayerNorm over W leaves H's field as it is), and where the input is global
+    already nothing changes."""
     tensor = mg.node_outputs[idx][0] if mg.node_outputs[idx] else ""
     state = result.states.get(tensor)
     if state is None or not state.fields or all(f.is_global for f in state.fields):
         return
     name = mg.names[idx]
     result.gates[name] = Gate(name, mg.op_types[idx], mg.node_inputs[idx][0], -1, name, why)
-    fields = tuple(with_gate(f, name) for f in state.fields)
+    fields = tuple(with_gate(f, name) if not axes or a in axes else f for a, f in enumerate(state.fields))
     result.states[tensor] = TensorState(state.layout, fields, state.size_dependent, state.misaligned, state.bound)
 
 

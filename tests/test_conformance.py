@@ -185,3 +185,15 @@ def test_resize_taps_past_the_border_read_the_border(name: str) -> None:
             unit = tuple(index[t] for t in ep.tensor_axes)
             box = ep.clipped_region(unit, sizes)
             assert all(lo <= p <= hi for p, (lo, hi) in zip(pixel, box)), (unit, pixel, box)
+
+
+@pytest.mark.parametrize("name", ["test_layer_normalization_4d_axis3", "test_layer_normalization_default_axis",
+                                  "test_layer_normalization_4d_axis_negative_1"])
+def test_a_norm_over_one_spatial_axis_gates_that_axis_only(name: str) -> None:
+    """A LayerNorm over W of an NCHW map computes its statistics along W: H's field passes no gate
+    (it was read as mixed too: these three node tests were loose along H), W's does."""
+    case = _case(name)
+    assert check_trf(case).verdict == "exact"
+    a = rfgraph.analyze(case.model, input_name=case.x_name, layout="NCHW")
+    h, w = a[case.model.graph.output[0].name].fields
+    assert not h.gates and w.gates

@@ -55,7 +55,8 @@ def statistics_over(ctx: NodeContext, axes: Sequence[int], what: str) -> Transfe
         return local
     every = len(mixed) == len({a for parts in lay for a, _ in parts if a >= 0})
     where = "every position" if every else f"the positions along input spatial axes {mixed}"
-    return Transfer(local.outputs, statistics=f"{what} over {where} (tensor axes {list(axes)})")
+    return Transfer(local.outputs, statistics=f"{what} over {where} (tensor axes {list(axes)})",
+                    statistics_axes=tuple(mixed))
 
 
 def batch_norm_rule(ctx: NodeContext) -> Transfer:

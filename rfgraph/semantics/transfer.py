@@ -64,7 +64,8 @@ class OutTransfer:
 class Transfer:
     """What a node does to spatial positions; ``size_dependent`` when its padding depends on sizes.
     ``statistics``: why output 0 also reads every position through statistics it computes (a
-    normalisation's mean and variance), which its edges leave out: held constant, the op is local.
+    normalisation's mean and variance), which its edges leave out: held constant, the op is local;
+    ``statistics_axes``: the input spatial axes they span (the others' fields pass no gate).
     ``bound``: why its fields are an upper bound (each element of positions folded away and put
     back reads its whole fold)."""
 
@@ -72,6 +73,7 @@ class Transfer:
     size_dependent: bool = False
     mix_reason: str = ""
     statistics: str = ""
+    statistics_axes: tuple[int, ...] = ()
     bound: str = ""  # why the outputs' fields are an upper bound from here (folded positions put back)
 
 
