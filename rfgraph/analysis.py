@@ -16,11 +16,12 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import networkx as nx
 import numpy as np
 import onnx
 
 from . import custom_ops
-from .borders import BorderCopy, border_copy, clamps, clipped_regions
+from .borders import BorderCopy, border_copy, clipped_regions
 from .errors import DynamicShapeError, InputSizeError, RFGraphError
 from .fields import AxisField, Rational, Span, compose, merged_gates
 from .onnx_import import (
@@ -625,19 +626,12 @@ def _with_condition_hint(mg: ModelGraph, stop: Stop, analysed: str) -> Stop:
 
 
 def _source_inputs(mg: ModelGraph, tensor: str) -> set[str]:
-    """The model inputs ``tensor`` is computed from."""
-    found: set[str] = set()
-    todo, seen = [tensor], {tensor}
-    while todo:
-        current = todo.pop()
-        if current in mg.inputs:
-            found.add(current)
-        producer = mg.producer.get(current)
-        for upstream in mg.node_inputs[producer] if producer is not None else ():
-            if upstream and upstream not in seen:
-                seen.add(upstream)
-                todo.append(upstream)
-    return found
+    """The model inputs ``tensor`` is computed from (itself when it is one)."""
+    producer = mg.producer.get(tensor)
+    if producer is None:
+        return {tensor} & set(mg.inputs)
+    nodes = nx.ancestors(mg.dag, producer) | {producer}
+    return {t for i in nodes for t in mg.node_inputs[i] if t in mg.inputs}
 
 
 def _pick_input(mg: ModelGraph, requested: str | None, layout: str | None = None) -> str:
@@ -903,17 +897,17 @@ def _copies_into(mg: ModelGraph, result: PassResult, idx: int, k: int, eps: Mapp
     for e in out.edges:
         for a, c in enumerate(known.get(mg.node_inputs[idx][e.slot], ())):
             sets[a] = sets[a] | c
-    clamping = clamps(mg.nodes[idx])  # a Resize's taps past the border read it: an edge Pad's copy
-    if (mg.op_types[idx] == "Pad" or clamping) and len(out.edges) == 1 and out.edges[0].slot == 0:
-        mode = "edge" if clamping else geometry.pad_mode(attributes(mg.nodes[idx]), mg.names[idx])
+    op, attrs = mg.op_types[idx], attributes(mg.nodes[idx])
+    clamping = geometry.clamps_indices(op, mg.opset, attrs, mg.names[idx])  # as an edge Pad copies
+    if (op == "Pad" or clamping) and len(out.edges) == 1 and out.edges[0].slot == 0:
+        mode = "edge" if clamping else geometry.pad_mode(attrs, mg.names[idx])
         source, target = eps[mg.node_inputs[idx][0]], eps[mg.node_outputs[idx][k]]
         field_in = result.states[mg.node_inputs[idx][0]].fields
         for a in range(n_axes):
             span, n_in, n_out = out.edges[0].span(a), source.units[a], target.units[a]
             if span is None or n_in is None or n_out is None:
                 continue
-            begin = -span.lo_of(0)
-            end = span.hi_of(n_out - 1) - (n_in - 1) if clamping else n_out - n_in - begin
+            begin, end = -span.lo_of(0), span.hi_of(n_out - 1) - (n_in - 1)  # units read past each side
             copy = border_copy(mg.names[idx], idx, mode, field_in[a], n_in, begin, end)
             if copy is not None:
                 sets[a] = sets[a] | {copy}

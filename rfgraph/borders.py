@@ -17,21 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 
 from .fields import AxisField
 
 COPYING_MODES = ("reflect", "edge", "wrap")
-
-
-def clamps(node: onnx.NodeProto) -> bool:
-    """Whether the node reads its input's border unit where its taps fall past the input: a
-    Resize (indices clamped, as the spec says) but under tf_crop_and_resize (extrapolated: a
-    constant), and Upsample."""
-    if node.op_type == "Upsample":
-        return True
-    coord = next((a.s for a in node.attribute if a.name == "coordinate_transformation_mode"), b"half_pixel")
-    return node.op_type == "Resize" and coord != b"tf_crop_and_resize"
 
 
 @dataclass(frozen=True)

@@ -269,21 +269,23 @@ def _summary(analysis: Analysis) -> str:
     axes = "x".join(f"{n}={'?' if analysis.input_shape[a] is None else analysis.input_shape[a]}"
                     for n, a in zip(analysis.axis_names, analysis.spatial_axes))
     verdict = "aligned" if analysis.aligned else f"MISALIGNED at {len({m.node for m in analysis.misaligned})} merge(s)"
-    shape = ", ".join("?" if d is None else str(d) for d in analysis.input_shape)
+    shape = _dims(analysis.input_shape)
     return (f"input '{analysis.input_name}' [{shape}] (spatial {axes}; "
             f"{layout_line(analysis)}){_other_inputs(analysis)}; "
             f"{len(analysis.endpoints)} tensors analysed, {len({m.node for m in analysis.merges})} "
             f"merges: {verdict}")
 
 
+def _dims(shape: Sequence[int | None]) -> str:
+    """'1, 3, ?, ?': a shape's dims, unknown ones as '?'."""
+    return ", ".join("?" if d is None else str(d) for d in shape)
+
+
 def _other_inputs(analysis: Analysis) -> str:
     """' (other inputs: h [1, 1, 128]; --input picks one)', where the model has more than one."""
-    others = [name for name in analysis.graph.inputs if name != analysis.input_name]
-    if not others:
-        return ""
-    shapes = [", ".join("?" if d is None else str(d) for d in analysis.graph.shapes.get(name) or ())
-              for name in others]
-    return f" (other inputs: {', '.join(f'{n} [{s}]' for n, s in zip(others, shapes))}; --input picks one)"
+    others = [f"{name} [{_dims(analysis.graph.shapes.get(name) or ())}]"
+              for name in analysis.graph.inputs if name != analysis.input_name]
+    return f" (other inputs: {', '.join(others)}; --input picks one)" if others else ""
 
 
 NOTE_LINES = 10  # misaligned merges and global nodes listed in a table; JSON lists them all

@@ -304,6 +304,12 @@ def resampling(op: str, opset: int, attrs: Mapping[str, Any], name: str) -> Resa
                       bool(attrs.get("antialias", 0)))
 
 
+def clamps_indices(op: str, opset: int, attrs: Mapping[str, Any], name: str) -> bool:
+    """Whether a Resize / Upsample reads its input's border unit where its taps fall past the
+    input (the spec clamps the indices; tf_crop_and_resize extrapolates a constant instead)."""
+    return op in ("Resize", "Upsample") and resampling(op, opset, attrs, name).coord != "tf_crop_and_resize"
+
+
 WHOLE_AXIS = (Fraction(0), Fraction(1))  # the roi of an axis tf_crop_and_resize does not crop
 
 
