@@ -1,6 +1,7 @@
 """rfgraph's theoretical fields on real models against an independent oracle: the support of the
 exact input gradient.  For each ONNX file, a sample of its local end points (six spread over the
-graph, and the last), the centre and the corner unit of each: the union over three random inputs of
+graph, ``--count``; the last; every one a resampling op makes), the centre and the corner unit of
+each: the union over three random inputs of
 the pixels where d(unit)/d(input) is nonzero must lie inside the clipped box rfgraph reports
 (UNSOUND otherwise: a wrong number) and, where every path carries a gradient, reach its edges
 (loose otherwise: zero-initialised residual branches, dead units, an upper bound the analysis names;

@@ -25,7 +25,7 @@ class Entry:
     """One collected model (or one skipped, with ``skip`` saying why)."""
 
     name: str
-    source: str  # torchvision-ts, torchvision-dynamo, timm-ts, timm-dynamo, transformers-ts, keras, pypi
+    source: str  # torchvision-ts/-dynamo, timm-ts/-dynamo, transformers-ts, keras, keras-hub, paddle, jax, pypi
     path: str = ""  # the .onnx file, absolute
     origin: str = ""  # how to get it again: constructor, or package==version:path-in-wheel
     input_shape: str = ""  # --input-shape value ("" when the file fixes every size)
