@@ -173,7 +173,8 @@ def resolve_target(analysis: Analysis | None, model: onnx.ModelProto, output: st
     region = tuple((int(a), int(b)) for a, b in ep.region(index))
     middle = tuple(float(c) for c in ep.centre(index))
     trf = tuple(int(r) for r in ep.r if r is not None)  # not global: no r is None
-    grid = index if len(index) != len(unit) else None  # a token axis holding H x W: say where
+    folds = any(len(held) > 1 for _, held in ep.unit_axes)  # a token axis holding H x W: say where
+    grid = index if folds else None  # (not a pinned axis, which has no units: silero-vad's last frame)
     return Target(output, shape, tuple(t for t, _ in ep.unit_axes), unit, channel, region, middle, trf, grid)
 
 

@@ -237,6 +237,22 @@ def test_erf_of_a_token_names_its_grid_unit(tmp_path, capsys):
     assert doc["trf_region"] == [list(r) for r in ep.region((2, 1))]
 
 
+def test_erf_of_a_pinned_row_names_no_grid_unit(tmp_path, capsys):
+    """A constant Gather of one row pins H (silero-vad's last frame): the unit indexes W alone,
+    and the title named a "token of grid unit" (0, 20), as if one axis held H x W; only a token
+    axis that folds several input axes has a grid unit."""
+    from tests.graphs import G
+
+    g = G((32, 40), batch=1, seed=9)
+    row = g.node("Gather", [g.conv("x", 3, pads=[1] * 4), g._init(np.array(20))], axis=2)
+    path = tmp_path / "row.onnx"
+    onnx.save(g.model(row), path)
+    assert main(["erf", str(path), "--output", row, "--unit", "7", "--runs", "1"]) == 0
+    assert "unit (7,): " in capsys.readouterr().out
+    assert main(["erf", str(path), "--output", row, "--unit", "7", "--runs", "1", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["grid_unit"] is None
+
+
 def test_a_window_split_regrouped_at_other_sizes_keeps_its_positions() -> None:
     """MaxViT's grid partition right after its window departition, as torch's dynamo exporter
     writes it: H held as 3 windows x 4 rows, reshaped to 4 x 3 (the same positions, row-major).
