@@ -213,3 +213,36 @@ def test_every_case_trf_is_sound_and_as_documented() -> None:
     documented = json.loads((Path(__file__).parents[1] / "docs" / "conformance.json").read_text())["trf"]
     assert counts["UNSOUND"] == counts["CRASH"] == 0
     assert {k: v for k, v in counts.items() if v} == {k: v for k, v in documented.items() if v}
+
+
+def _pool_larger_than_its_map(op: str, kernel: tuple[int, int], **attrs) -> Case:
+    """``op`` with a ceil-mode window of ``kernel`` over a 7x5 map."""
+    node = helper.make_node(op, ["x"], ["y"], kernel_shape=list(kernel), strides=list(kernel), ceil_mode=1, **attrs)
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 7, 5])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([node], "big_window", [x_info], [y_info])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    x = np.random.default_rng(0).standard_normal((1, 3, 7, 5)).astype(np.float32)
+    return Case(f"big_window_{op}", op, model, "x", x)
+
+
+@pytest.mark.parametrize(("op", "attrs"), [("AveragePool", {}), ("AveragePool", {"count_include_pad": 1}),
+                                           ("LpPool", {}), ("MaxPool", {})])
+def test_a_ceil_mode_window_larger_than_its_map_has_one_unit(op: str, attrs: dict) -> None:
+    """A ceil-mode pool window larger than its map (transformers' EfficientNet averages a 7x7 map
+    with a 1280x1280 window) has one output per axis, as the spec's formula and onnxruntime say
+    (was 0: the gradient graph's seed had no element); its field and gradient match onnxruntime."""
+    case = _pool_larger_than_its_map(op, (12, 9), **attrs)
+    assert (check_trf(case).verdict, check_vjp(case).verdict) == ("exact", "match")
+
+
+@pytest.mark.parametrize("op", ["AveragePool", "LpPool"])
+def test_the_gradient_of_a_huge_pool_window_keeps_only_the_taps_on_the_map(op: str) -> None:
+    """The ones kernel that spreads an Average/Lp pool's gradient is cut to the taps that reach
+    the map: 7x5 for a 1280x1280 window (was 3x1280x1280 float64; EfficientNet's 1280 channels
+    made 15.6 GiB and the process was killed), the gradient unchanged (vs central differences)."""
+    case = _pool_larger_than_its_map(op, (1280, 1280))
+    graph = vjp.build_vjp(case.model, input_shape=(1, 3, 7, 5))
+    largest = max(int(np.prod(i.dims)) for i in graph.model.graph.initializer)
+    assert largest <= 3 * 7 * 5
+    assert check_vjp(case).verdict == "match"

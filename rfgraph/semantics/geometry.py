@@ -176,13 +176,11 @@ def output_size(axis: AxisWindow, in_size: int, ceil_mode: bool = False) -> int:
     region are ignored").
     """
     end = axis.pad_end if axis.pad_end is not None else 0
-    span = in_size + axis.pad_begin + end - axis.k_eff
-    if span < 0:
-        return 0
-    out = (-(-span // axis.stride) if ceil_mode else span // axis.stride) + 1
+    span = in_size + axis.pad_begin + end - axis.k_eff  # negative: the window is larger than the map
+    out = (-(-span // axis.stride) if ceil_mode else span // axis.stride) + 1  # ceil mode: one window
     if ceil_mode and (out - 1) * axis.stride >= in_size + axis.pad_begin:
         out -= 1
-    return out
+    return max(out, 0)
 
 
 def conv_transpose(name: str, attrs: Mapping[str, Any], kernel: Sequence[int],

@@ -376,12 +376,14 @@ def _window(n: NodeView, b: Builder) -> geometry.Window:
     return geometry.window(n.node.op_type, n.name, n.attrs, kernel, xs)
 
 
-def _scatter_window(b: Builder, g: str, w: str, group: int, n: NodeView) -> str:
-    """Transpose of a sliding window: ConvTranspose of ``g`` with ``w``, cropped/padded to x."""
+def _scatter_window(b: Builder, g: str, w: str, group: int, n: NodeView,
+                    taps: Sequence[int] | None = None) -> str:
+    """Transpose of a sliding window: ConvTranspose of ``g`` with ``w``, cropped/padded to x;
+    ``taps``: the kernel size of ``w`` where it is cut shorter than the node's (``_reachable_taps``)."""
     geo = _window(n, b)
     strides, dil, pb, pe = geo.strides, geo.dilations, geo.pads_begin, geo.pads_end
     xs, ys = b.shape(n.inputs[0])[2:], b.shape(n.outputs[0])[2:]
-    k_eff = [a.k_eff for a in geo.axes]
+    k_eff = [a.k_eff for a in geo.axes] if taps is None else [(k - 1) * d + 1 for k, d in zip(taps, dil)]
     extra = [x - (s * (y - 1) + k - p0 - p1)
              for x, s, y, k, p0, p1 in zip(xs, strides, ys, k_eff, pb, pe)]
     if all(0 <= e < max(s, d) for e, s, d in zip(extra, strides, dil)):
@@ -396,6 +398,21 @@ def _scatter_window(b: Builder, g: str, w: str, group: int, n: NodeView) -> str:
         pads = [0, 0] + [c[0] for c in crop] + [0, 0] + [c[1] for c in crop]
         out = b.op("Pad", full, b.ints(pads))
     return _kept_blocked(b, out)
+
+
+def _reachable_taps(geo: geometry.Window, xs: Sequence[int]) -> list[int]:
+    """Per axis, the leading kernel taps that can land on the input: tap t of any window starts at
+    or after t * d - p0, so taps with t * d >= x + p0 read only end padding (a pool window larger
+    than its map: transformers' EfficientNet averages a 7x7 map with a 1280x1280 ceil-mode pool)."""
+    return [min(k, -(-(x + p0) // d)) for k, x, p0, d in zip(geo.kernel, xs, geo.pads_begin, geo.dilations)]
+
+
+def _ones_scatter(b: Builder, g: str, n: NodeView) -> str:
+    """``g`` spread back over each window of an Average/Lp pool (a ones kernel per channel, cut to
+    the taps that reach the input: the gradient is the same, the kernel no larger than the map)."""
+    channels = b.shape(n.inputs[0])[1]
+    taps = _reachable_taps(_window(n, b), b.shape(n.inputs[0])[2:])
+    return _scatter_window(b, g, b.const(np.ones((channels, 1, *taps))), channels, n, taps)
 
 
 BLOCK = 16  # channels per block of onnxruntime's NCHWc layout (8 with AVX2, 16 with AVX-512)

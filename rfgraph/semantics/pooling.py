@@ -10,7 +10,7 @@ import numpy as np
 
 from . import geometry
 from .convolution import conv_rule
-from .gradient import Builder, Grads, NodeView, _lp_derivative, _scatter_window, _window
+from .gradient import Builder, Grads, NodeView, _lp_derivative, _ones_scatter, _window
 from .gradient import Rule as VJPRule
 from .transfer import NodeContext, Rule, Transfer, mix_axes
 
@@ -179,24 +179,20 @@ def _pool_divisor(xs: Sequence[int], ys: Sequence[int], geo: geometry.Window) ->
 def _average_pool(b: Builder, n: NodeView, gys: list) -> Grads:
     """AveragePool: divide by each window's count, then spread over the window (ones kernel)."""
     geo = _window(n, b)
-    kernel = geo.kernel
     xs, ys = b.shape(n.inputs[0]), b.shape(n.outputs[0])
     div = _pool_divisor(xs[2:], ys[2:], geo)
     g = b.op("Mul", gys[0], b.const(1.0 / div))
-    channels = xs[1]
-    ones = b.const(np.ones((channels, 1, *kernel)))
-    return [_scatter_window(b, g, ones, channels, n)]
+    return [_ones_scatter(b, g, n)]
 
 
 def _lp_pool(b: Builder, n: NodeView, gys: list) -> Grads:
     """LpPool, y = (sum |x|^p)^(1/p) per window: dx = |x|^(p-1) sign(x) * scatter(g * y^(1-p))."""
     p = float(n.attr_int("p", 2))
     x, y = n.inputs[0], n.outputs[0]
-    xs = b.shape(x)
     zero = b.scalar(0.0)
     safe = b.op("Where", b.op("Greater", y, zero), b.op("Pow", y, b.scalar(1.0 - p)), zero)  # y = 0: no slope
     g = b.op("Mul", gys[0], safe)
-    spread = _scatter_window(b, g, b.const(np.ones((xs[1], 1, *_window(n, b).kernel))), xs[1], n)
+    spread = _ones_scatter(b, g, n)
     slope = b.op("Mul", b.op("Pow", b.op("Abs", x), b.scalar(p - 1.0)), b.op("Sign", x))
     return [b.op("Mul", spread, slope)]
 
