@@ -555,7 +555,7 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
         return found, by, _constant_sum(proto, found[0], by)
 
     targets, norm, constant = seeded_targets(output)
-    if constant and step_back and norm is not None:
+    while constant and step_back and norm is not None:  # a chain of them: wav2vec2-conformer's two last LayerNorms
         notes.append(f"'{output}' comes from {norm[0].op_type} '{norm[0].name}', which {constant}: its "
                      f"channel sum is constant, so the ERF is that of its input '{norm[0].input[0]}' "
                      f"(--channel C for one channel of '{output}')")

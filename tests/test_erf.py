@@ -504,6 +504,21 @@ def test_channel_sum_of_a_constant_sum_is_refused(op: str, scale: np.ndarray | N
     assert np.abs(summed).max() < 1e-5 * np.abs(vjp.input_gradient(graph, vjp.session(graph), x, seed)).max()
 
 
+def test_rfgraphs_choice_steps_back_past_a_chain_of_constant_sums() -> None:
+    """Two LayerNorms in a row with one scale each (wav2vec2-conformer's encoder ends so): where
+    rfgraph chose the tensor it steps back past both to the convolution (was refused: one step
+    landed on the first LayerNorm's output, whose sum is constant too), a note per step."""
+    model = _normalised("LayerNormalization", np.full(4, 0.5), nhwc=True)
+    tail = model.graph.node[-1]  # Transpose n -> y
+    tail.input[0] = "n2"
+    model.graph.node.insert(len(model.graph.node) - 1, helper.make_node("LayerNormalization", ["n", "s"], ["n2"],
+                                                                        axis=-1))
+    stepped = compute_erf(model, runs=2)
+    assert stepped.target.output == "ct"
+    assert sum("channel sum is constant" in n for n in stepped.notes) == 2
+    np.testing.assert_array_equal(stepped.erf, compute_erf(model, "ct", runs=2).erf)
+
+
 @pytest.mark.parametrize("scale, nhwc", [(np.array([0.5, 1.0, 1.5, 2.0]), True), (np.ones(4), False)],
                          ids=["own-scales", "over-positions-too"])
 def test_channel_sum_of_a_layernorm_that_is_no_constant_is_kept(scale: np.ndarray, nhwc: bool) -> None:
