@@ -771,8 +771,10 @@ def _channels_first_reader(mg: ModelGraph, name: str, steps: int = 12) -> tuple[
     a channels-first op reading the input, reached through ops that keep each value (elementwise
     ops, Pad), insert axes (Unsqueeze, a Reshape adding 1s) or move them (Transpose); its axes 2..
     are positions, so are the input axes that land there (a Keras Conv1D: Unsqueeze, Transpose,
-    Conv2D; a spectrogram (N, T, F) unsqueezed into a Conv2d).  None when another op comes first
-    (a global pool reading the input is no evidence: tf2onnx writes a LayerNorm's mean so)."""
+    Conv2D; a spectrogram (N, T, F) unsqueezed into a Conv2d), and an axis that takes the batch's
+    place (a video's frames (1, T, C, H, W) reshaped to (T, C, H, W): each frame its own image).
+    None when another op comes first (a global pool reading the input is no evidence: tf2onnx
+    writes a LayerNorm's mean so)."""
     rank = len(mg.shapes.get(name) or ())
     frontier: list[tuple[str, list[int], list[str]]] = [(name, list(range(rank)), [])]
     seen = 0
@@ -784,8 +786,9 @@ def _channels_first_reader(mg: ModelGraph, name: str, steps: int = 12) -> tuple[
                 continue
             label = f"{node.op_type} '{mg.names[i]}'"
             if node.op_type in CHANNELS_FIRST_OPS - GLOBAL_POOLS and node.input[0] == tensor:
-                spatial = [a for a in range(1, rank) if where[a] >= 2]
-                return (spatial, ", then ".join([*path, label])) if where[0] == 0 and spatial else None
+                folded = where[0] == -1 and 0 in where[1:]  # frames folded into the batch (TimeSformer)
+                spatial = [a for a in range(1, rank) if where[a] >= 2 or (folded and where[a] == 0)]
+                return (spatial, ", then ".join([*path, label])) if (where[0] == 0 or folded) and spatial else None
             moved = _moved_axes(mg, node, tensor, where)
             if moved is not None and len(path) < 4:
                 frontier.append((node.output[0], moved, path + [label] if moved != where else path))

@@ -690,3 +690,25 @@ def test_a_resize_of_a_channels_last_map_scales_both_spatial_axes() -> None:
         hit = np.flatnonzero(response[(slice(None), 0) + unit] > 0)
         rows, cols = hit // 12, hit % 12
         assert ep.clipped_region(unit, (12, 12)) == ((rows.min(), rows.max()), (cols.min(), cols.max())), unit
+
+
+def test_a_video_whose_frames_fold_into_the_batch_has_its_frames_as_positions() -> None:
+    """TimeSformer reshapes its (1, T, C, H, W) clip to (T, C, H, W) and convolves each frame: its
+    channel axis is axis 2.  The layout was guessed from the shape, axis 1 (T = 4) taken for the
+    channels and C for a depth: every field after the patch embedding global.  Now the frames axis,
+    which takes the batch's place at the Conv, is a position (field 1 along it) and C the channels.
+    Oracle: impulses on every unit of the output."""
+    from tests.impulses import check_tensor
+
+    rng = np.random.default_rng(7)
+    nodes = [helper.make_node("Reshape", ["x", "frames"], ["f"]),
+             helper.make_node("Conv", ["f", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    inits = [numpy_helper.from_array(np.array([4, 3, 6, 6]), "frames"),
+             numpy_helper.from_array(rng.standard_normal((2, 3, 3, 3)).astype(np.float32), "w")]
+    graph = helper.make_graph(nodes, "clip", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    a = analyze(proto)
+    assert a.layout == "NDCHW", a.layout_reason
+    assert a["y"].r == (1, 3, 3) and not a.global_at
+    assert check_tensor(a, proto, "y") > 1

@@ -1,8 +1,9 @@
 
-"""Export Hugging Face transformers vision models (random init from a config, no download) with
-torch's TorchScript exporter: segmentation, depth, super-resolution, backbones, video and audio.
+"""Export Hugging Face transformers models (random init from a config, no download) with torch's
+TorchScript exporter (``--exporter dynamo``: its dynamo exporter, source transformers-dynamo):
+segmentation, depth, super-resolution, backbones, video and audio.
 
-``python benchmarks/census/collect_hf.py [--cache DIR] [--only NAME ...] [--site DIR]``
+``python benchmarks/census/collect_hf.py [--cache DIR] [--only NAME ...] [--site DIR] [--exporter dynamo]``
 Needs torch and ``transformers`` (``pip install --target DIR 'transformers<5'``, then ``--site
 DIR``).  Each export runs in its own subprocess under a time limit; a failure is a skip with its
 reason.  The model's first tensor output is exported (logits, predicted depth, reconstruction; an
@@ -122,6 +123,7 @@ import_torchvision()  # transformers imports torchvision where present
 import transformers as T
 warnings.simplefilter("ignore")
 expr, shape, out, name = sys.argv[1], tuple(int(d) for d in sys.argv[2].split("x")), sys.argv[3], sys.argv[6]
+dynamo = sys.argv[7] == "dynamo"
 torch.manual_seed(0)
 model = eval(expr).eval()
 class First(torch.nn.Module):
@@ -130,25 +132,31 @@ class First(torch.nn.Module):
     def forward(self, x):
         y = self.m(x)
         return y if isinstance(y, torch.Tensor) else y[0]
-torch.onnx.export(First(model), (torch.randn(shape),), out, dynamo=False, opset_version=17, input_names=[name])
+if dynamo:
+    torch.onnx.export(First(model), (torch.randn(shape),), out, dynamo=True, external_data=False, input_names=[name])
+else:
+    torch.onnx.export(First(model), (torch.randn(shape),), out, dynamo=False, opset_version=17, input_names=[name])
 '''
 
 
-def export_one(cache: Path, name: str, expr: str, shape: tuple[int, ...], site: str, limit: float) -> Entry:
+def export_one(cache: Path, name: str, expr: str, shape: tuple[int, ...], site: str, exporter: str,
+               limit: float) -> Entry:
     """Export one model in a subprocess (kept when already there)."""
     dims = "x".join(map(str, shape))
-    entry, out = model_entry(cache, "transformers-ts", name, origin=expr, note=f"input {dims}")
+    entry, out = model_entry(cache, f"transformers-{exporter}", name, origin=expr, note=f"input {dims}")
     name_of_input = INPUT_NAMES.get(name, "pixel_values" if len(shape) >= 4 else "input_values")
     return export_in_subprocess(entry, out, [EXPORT_SCRIPT, expr, dims, str(out) + ".tmp", site,
-                                             str(Path(__file__).parent), name_of_input], limit, "export")
+                                             str(Path(__file__).parent), name_of_input, exporter], limit, "export")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = collector_arguments(__doc__, 300.0)
     parser.add_argument("--site", default="", help="folder transformers was installed into (pip --target)")
+    parser.add_argument("--exporter", choices=("ts", "dynamo"), default="ts", help="torch's TorchScript exporter "
+                        "(opset 17) or its dynamo exporter (needs onnxscript)")
     args = parser.parse_args(argv)
     export_all(args, MODELS, lambda cache, name, expr, shape, limit: export_one(cache, name, expr, shape, args.site,
-                                                                                 limit))
+                                                                                 args.exporter, limit))
     return 0
 
 
