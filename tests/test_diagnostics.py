@@ -422,6 +422,20 @@ def test_merge_of_fixed_positions_is_reported_unfixable() -> None:
     assert not fix.fixable and "S = 0" in fix.reason and fix.offset == 5
 
 
+def test_a_window_attention_merge_is_unfixable_and_says_why() -> None:
+    """Swin's residual sum joins a token's own field with its window's (units of a window share
+    one field: the centres differ with a period of 7 units).  The fixes read the branches' fields
+    from the tensors, where the window partition folds the positions, and called two such merges
+    "already aligned" with no pad (SAM's encoder: "already aligned [re-analysis: still
+    misaligned]"), the other two "upsampling phases".  Now each is unfixable, naming the windows."""
+    import model_zoo
+
+    a = analyze(model_zoo.build("swin_t"))
+    fixes = D.alignment_fixes(a)
+    assert len(fixes) == len(a.misaligned) == 4
+    assert all(not f.fixable and "a period of 7 units" in f.reason and "window" in f.reason for f in fixes)
+
+
 def test_coverage_of_an_axis_folded_into_the_features() -> None:
     """H folded into the channels (a CRNN's feature sequence): a unit holds all 8 rows, whose
     union (r = 19 on a 16-px input) covers H, so every unit sees the whole axis; W is a unit axis

@@ -77,7 +77,7 @@ def _fix(analysis: Analysis, m: Any) -> AlignmentFix:
                             f"branch strides differ ({', '.join(str(b.S) for b in m.branches)}): "
                             f"no pad or crop aligns them; resample one branch")
     S = strides.pop()
-    fields = [analysis[t].fields[m.axis] for t in tensors]
+    fields = list(m.fields)  # as the merge reads them: a window partition's tensor folds its positions
     if any(not f.shift_invariant for f in fields):
         return AlignmentFix(m.node, m.op, axis, m.axis, tensors, {}, offset, False,
                             "a branch mixes several strides: no pad or crop aligns it")
@@ -97,10 +97,12 @@ def _fix(analysis: Analysis, m: Any) -> AlignmentFix:
         if best is None or cost < best[0]:
             best = (cost, pads)
     if best is None:
-        periodic = any(f.spans[0].q > 1 for f in fields)
-        why = ("the branch centres differ from unit to unit (upsampling phases): no single shift "
-               "aligns every unit; use an upsampling whose units are centred consistently"
-               if periodic else
+        period = math.lcm(*(f.spans[0].q for f in fields))
+        why = (f"the branch centres differ from unit to unit, with a period of {period} units "
+               f"(upsampling phases, or windows whose units share one field, as in window attention): "
+               f"no single shift aligns every unit; where an upsampling causes it, use one whose units "
+               f"are centred consistently"
+               if period > 1 else
                f"{offset} px is not a multiple of the stride {S}: no pad or crop at "
                f"the merge aligns them; change a begin padding before it (p units at a layer of "
                f"input stride s moves the centre p*s px)")
