@@ -87,6 +87,7 @@ class UnknownSize:
     runs_at: tuple[int, ...] | None = None
     cannot_run: str = ""
     only_residue_0: bool = False  # strides multiply past MAX_PERIOD and no padding depends on the size
+    free_axes: tuple[int, ...] = ()  # the input axes of unknown size (the other spatial axes kept theirs)
 
 
 Runner = Callable[[Mapping[str, Sequence[int]]], Analysis]
@@ -96,45 +97,50 @@ def analyze_unknown_size(run: Runner, model: object, name: str,
                          shape: Sequence[int | None], spatial: Sequence[int],
                          user_shapes: Mapping[str, Sequence[int]] | None,
                          fill: Mapping[str, float] | None) -> Analysis:
-    """The analysis of input ``name`` whose ``spatial`` axes have no size: ``run`` analyses the
-    model at a given input shape; r and S checked equal at every size, P merged per residue."""
+    """The analysis of input ``name`` whose ``spatial`` axes have no size (those of them with one,
+    a spectrogram's mel bins beside its unknown time, keep it): ``run`` analyses the model at a
+    given input shape; r and S checked equal at every size, P merged per residue."""
+    free = [a for a in spatial if shape[a] is None]
     concrete = _concrete(name, shape, spatial)
-    smallest = _smallest_size(model, name, concrete, spatial, user_shapes, fill)
-    first = _first_that_runs(run, name, smallest, spatial)
-    period = _period(first)
+    smallest = _smallest_size(model, name, concrete, free, user_shapes, fill)
+    first = _first_that_runs(run, name, smallest, free)
+    period = tuple(p if a in free else 1 for a, p in zip(spatial, _period(first)))  # a known size stays
     few = max(period) > MAX_PERIOD  # too many residues to analyse: only where P cannot depend on them
     if few:
         _refuse_size_dependent(first, period)
-    base = [p * max(MIN_PERIODS, -(-smallest[a] // p)) for a, p in zip(spatial, period)]
+    base = [p * max(MIN_PERIODS, -(-smallest[a] // p)) if a in free else smallest[a]
+            for a, p in zip(spatial, period)]
     sizes = [tuple(b + k % p for b, p in zip(base, period)) for k in range(1 if few else max(period))]
     tried = [_attempt(run, name, _at(smallest, spatial, s)) for s in sizes]
     why = [_why_not(t) for t in tried]
     runs = [k for k, w in enumerate(why) if w is None]
     if not runs:
-        raise refusal(name, concrete, spatial, f"the model runs at none of the sizes "
+        raise refusal(name, concrete, free, f"the model runs at none of the sizes "
                       f"{_size_text(sizes[0])} to {_size_text(sizes[-1])}: {why[0]}")
     samples = [t if w is None and not isinstance(t, str) else None for t, w in zip(tried, why)]
-    check = tuple(b + p + runs[j % len(runs)] % p for j, (b, p) in enumerate(zip(base, period)))
+    further = [p if a in free else 0 for a, p in zip(spatial, period)]  # a period further, on the free axes
+    check = tuple(b + f + runs[j % len(runs)] % p for j, (b, f, p) in enumerate(zip(base, further, period)))
     checked = _attempt(run, name, _at(smallest, spatial, check))
     if _why_not(checked):  # the residues that run depend on each other: the same on all axes
-        check = tuple(b + p + runs[0] % p for b, p in zip(base, period))
+        check = tuple(b + f + runs[0] % p for b, f, p in zip(base, further, period))
         checked = _attempt(run, name, _at(smallest, spatial, check))
     if isinstance(checked, str) or _why_not(checked):
-        raise refusal(name, concrete, spatial, f"the model runs at size {_size_text(sizes[runs[0]])} but not "
-                                               f"a period further, at {_size_text(check)}: {_why_not(checked)}")
+        raise refusal(name, concrete, free, f"the model runs at size {_size_text(sizes[runs[0]])} but not "
+                                            f"a period further, at {_size_text(check)}: {_why_not(checked)}")
     valid = [s for s in samples if s is not None]
     _check_geometry([*valid, checked], [*(sizes[k] for k in runs), check])
     _check_period(samples, checked, check, base, period)
     first_bad = next((w for w in why if w), "")
     how = UnknownSize(tuple(period), (*(sizes[k] for k in runs), check), (),
-                      tuple(runs) if len(runs) < len(sizes) else None, first_bad, few)
-    return _merged(samples, how)
+                      tuple(runs) if len(runs) < len(sizes) else None, first_bad, few, tuple(free))
+    return _merged(samples, how, checked)
 
 
 def _first_that_runs(run: Runner, name: str, smallest: tuple[int, ...], spatial: Sequence[int]) -> Analysis:
-    """The analysis at the first of ``FIRST_SIZES`` (or the smallest size, when larger) where the
-    model runs: the strides are read off it (at a size where maps shrink to one unit a stride
-    can be lost; a model whose merges agree only at multiples of 32 runs at few sizes)."""
+    """The analysis at the first of ``FIRST_SIZES`` (or the smallest size, when larger) along the
+    ``spatial`` axes of unknown size where the model runs: the strides are read off it (at a size
+    where maps shrink to one unit a stride can be lost; a model whose merges agree only at
+    multiples of 32 runs at few sizes)."""
     low = max(smallest[a] for a in spatial)
     sizes = [_at(smallest, spatial, (n,) * len(spatial)) for n in FIRST_SIZES if n > low] or [smallest]
     why = ""
@@ -186,11 +192,12 @@ def _cannot_run(analysis: Analysis) -> str | None:
 
 
 def _concrete(name: str, shape: Sequence[int | None], spatial: Sequence[int]) -> tuple[int, ...]:
-    """The shape with batch 1 where unknown and spatial sizes 1; other unknown dims refused."""
+    """The shape with batch 1 where unknown and unknown spatial sizes 1; other unknown dims refused."""
     other = [a for a, d in enumerate(shape) if d is None and a not in spatial and a != 0]
     if other:
-        raise refusal(name, shape, spatial, f"so do other axes ({other}): set every axis")
-    return tuple(1 if a in spatial or d is None else d for a, d in enumerate(shape))
+        raise refusal(name, shape, [a for a in spatial if shape[a] is None], f"so do other axes ({other}): "
+                                                                            f"set every axis")
+    return tuple(1 if d is None else d for d in shape)
 
 
 def _at(shape: Sequence[int], spatial: Sequence[int], sizes: Sequence[int]) -> tuple[int, ...]:
@@ -290,9 +297,10 @@ def _check_period(samples: Sequence[Analysis | None], check: Analysis, size: Seq
                                          f"at node '{ep.node}' ({ep.op})")
 
 
-def _merged(samples: Sequence[Analysis | None], how: UnknownSize) -> Analysis:
+def _merged(samples: Sequence[Analysis | None], how: UnknownSize, checked: Analysis) -> Analysis:
     """The analysis at the first size the model runs at, with P per residue where it varies,
-    sizes unknown (``samples`` by residue, None where the model cannot run)."""
+    sizes unknown (``samples`` by residue, None where the model cannot run; ``checked``: the
+    analysis a period further, whose tensor sizes differ from the samples' where they vary)."""
     valid = [s for s in samples if s is not None]
     first = valid[0]
     # axis -> residue -> end points (None where the model cannot run at any size of that residue)
@@ -311,13 +319,13 @@ def _merged(samples: Sequence[Analysis | None], how: UnknownSize) -> Analysis:
         misaligned = next((s.endpoints[tensor].misaligned_at for s in valid
                            if s.endpoints[tensor].misaligned_at), None)
         endpoints[tensor] = dataclasses.replace(
-            ep, shape=_common_shape([s.endpoints[tensor].shape for s in valid]),
+            ep, shape=_common_shape([s.endpoints[tensor].shape for s in [*valid, checked]]),
             P_at_unknown_size=tuple(p_by), size_dependent=ops[0] if ops else None,
             misaligned_at=misaligned)
     merges = _merges(valid)
     # None along the spatial axes: typed as sizes for the commands that need one (they call
     # ``require_size`` first)
-    shape = cast("tuple[int, ...]", tuple(None if a in first.spatial_axes else d
+    shape = cast("tuple[int, ...]", tuple(None if a in how.free_axes else d
                                           for a, d in enumerate(first.input_shape)))
     all_ops = sorted(sources, key=first.graph.names.index)
     return dataclasses.replace(first, endpoints=endpoints, merges=merges, input_shape=shape,

@@ -276,3 +276,35 @@ def test_a_stride_product_past_256_with_same_padding_is_refused_naming_it(tmp_pa
     path = str(_audio_front_end(tmp_path / "same.onnx", "SAME_UPPER"))
     with pytest.raises(DynamicShapeError, match=r"multiply to 320.*padding of"):
         rfgraph.analyze(path)
+
+
+def _spectrogram_net() -> onnx.ModelProto:
+    """(1, 1, 40 mel bins, T frames): a Conv over all 40 bins (H collapses to 1), Squeeze, then a
+    'SAME' Conv1d of stride 2 over time: it runs only with exactly 40 bins."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 40, "T"])
+    w1 = onnx.numpy_helper.from_array(np.ones((4, 1, 40, 3), np.float32), "w1")
+    w2 = onnx.numpy_helper.from_array(np.ones((4, 4, 3), np.float32), "w2")
+    axes = onnx.numpy_helper.from_array(np.array([2]), "axes")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[0, 1, 0, 1]),
+             helper.make_node("Squeeze", ["a", "axes"], ["s"]),
+             helper.make_node("Conv", ["s", "w2"], ["y"], strides=[2], auto_pad="SAME_UPPER")]
+    graph = helper.make_graph(nodes, "mel", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [w1, w2, axes])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_known_spatial_size_beside_an_unknown_one_is_kept():
+    """A spectrogram of 40 mel bins and unknown length (brainmaze's EEG seizure models: 100 bins):
+    every spatial axis was set to the sizes tried (256, ...), so the bins too, where the model
+    cannot run, and the analysis ended in a misleading error at a later node.  Now the bins keep
+    their 40 and only the time axis is unknown.  Oracle: the analysis at explicit lengths of
+    both residues modulo the stride."""
+    model = _spectrogram_net()
+    a = rfgraph.analyze(model)
+    assert a.unknown_size is not None and a.input_shape == (1, 1, 40, None)
+    assert a["y"].r[0] == 40 and a["y"].S[0] == 1 and a["y"].shape[-1] is None
+    for length in (37, 38):
+        at = rfgraph.analyze(model, {"x": (1, 1, 40, length)})
+        assert (at["y"].r, at["y"].S, at["y"].P[0]) == (a["y"].r, a["y"].S, a["y"].P[0])
+        by = a["y"].P_at_unknown_size[1]
+        assert (by.by_residue[length % by.period] if by else a["y"].P[1]) == at["y"].P[1]
