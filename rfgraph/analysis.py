@@ -22,7 +22,7 @@ import onnx
 
 from . import custom_ops
 from .borders import BorderCopy, border_copy, clipped_regions
-from .errors import DynamicShapeError, InputSizeError, RFGraphError
+from .errors import DynamicShapeError, InputSizeError, InvalidAttributeError, RFGraphError
 from .fields import AxisField, Rational, Span, compose, merged_gates
 from .onnx_import import (
     ModelGraph,
@@ -37,6 +37,7 @@ from .onnx_import import (
     set_input_shapes,
     shapes_only,
     smallest_input_size,
+    upstream_shape_failure,
 )
 from .options import ModelOptions, model_options
 from .pieces import Pieces, cut_text, one_piece, split_pieces
@@ -551,7 +552,15 @@ def _analyze(model: ModelSource, opts: ModelOptions, on_stage: Callable[[str], N
             model, name, shape, spatial, opts.input_shapes or None, opts.fill or None)
     in_layout = _input_layout(shape, spatial)
     on_stage(STAGES[2])
-    result = forward_pass(mg, name, in_layout, table)
+    try:
+        result = forward_pass(mg, name, in_layout, table)
+    except InvalidAttributeError as exc:  # on shapes left unknown by a node that fails before it?
+        failure = upstream_shape_failure(proto)
+        if failure is None or f"node '{failure.node}'" in str(exc):
+            raise
+        raise failure from None
+    if result.stops and (failure := upstream_shape_failure(proto)) is not None:
+        raise failure  # a stop for want of shapes the model cannot have at this size
     cut = split_pieces(mg, result, table) if result.global_at else None
     if cut is not None:  # a detection head's Concat of grids: each output analysed piece by piece
         mg = build_graph(cut[0])

@@ -867,6 +867,39 @@ def check_input_size(model: onnx.ModelProto, exported: Mapping[str, tuple[int, .
                          set(dependent), dims)
 
 
+_INFERENCE_FAILURE = re.compile(r"\(op_type:(\w+)(?:, node name: ([^)]*))?\): \[ShapeInferenceError\] "
+                                r"(.*?)(?: \(op_type:|$)")
+
+
+def upstream_shape_failure(model: onnx.ModelProto) -> InputSizeError | None:
+    """Why the model cannot run at its input size where ONNX's strict shape inference fails at a
+    node whose output shape is unknown on the input's path (a Squeeze of an axis no longer of size
+    1) and no probe run told: the shapes after it stay unknown, and an op rule further on fails on
+    them with a message that names the wrong node.  None when no such node fails."""
+    dims = stored_dims(model)
+    dependent = set(value_dependent(model))
+    suspects = [n for n in model.graph.node
+                if any(t in dependent and None in (dims.get(t) or (None,)) for t in n.output if t)]
+    if not suspects:
+        return None
+    try:
+        shape_inference.infer_shapes(shapes_only(model), check_type=False, strict_mode=True,
+                                     data_prop=propagated_values_are_small(model))
+        return None
+    except Exception as exc:  # noqa: BLE001 - onnx raises InferenceError; only a named node is used
+        found = _INFERENCE_FAILURE.search(" ".join(str(exc).split()))
+    if found is None:
+        return None
+    op, name, why = found.group(1), found.group(2) or "", found.group(3)
+    node = next((n for n in suspects if n.op_type == op and n.name == name), None)
+    if node is None:
+        return None
+    shown = _node_names(model)[node.output[0]][0]
+    inputs = ", ".join(_shape_text(dims[t]) if t in dims else "?" for t in node.input if t)
+    return InputSizeError(f"the model cannot run at input size {_input_size_text(model)}: node '{shown}' ({op}) "
+                          f"fails: {why} (inputs {inputs})", shown, op)
+
+
 def _has_units(shape: tuple[int | None, ...] | None, least: int = 1) -> bool:
     """Whether a shape is known and has at least ``least`` positions along every axis."""
     return shape is not None and all(d is not None and d >= least for d in shape)

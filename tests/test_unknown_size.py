@@ -308,3 +308,24 @@ def test_a_known_spatial_size_beside_an_unknown_one_is_kept():
         assert (at["y"].r, at["y"].S, at["y"].P[0]) == (a["y"].r, a["y"].S, a["y"].P[0])
         by = a["y"].P_at_unknown_size[1]
         assert (by.by_residue[length % by.period] if by else a["y"].P[1]) == at["y"].P[1]
+
+
+def test_a_size_where_shape_inference_fails_and_no_probe_runs_names_the_node(tmp_path: Path, capsys) -> None:
+    """At 50 mel bins the net's Squeeze meets an axis of 11: ONNX's inference leaves every shape
+    after it unknown, and a ConstantOfShape (an LSTM's zero state, as PyTorch exports it) keeps the
+    onnxruntime probe from running.  The analysis then failed at a later node with "perm [0, 2, 1]
+    is not a permutation of 0 axes"; now the size is refused naming the Squeeze and the reason."""
+    model = _spectrogram_net()
+    nodes = model.graph.node
+    nodes[-1].input[0] = "s2"
+    nodes.insert(2, helper.make_node("Shape", ["s"], ["shape"]))
+    nodes.insert(3, helper.make_node("ConstantOfShape", ["shape"], ["zeros"]))
+    nodes.insert(4, helper.make_node("Add", ["s", "zeros"], ["s1"]))
+    nodes.insert(5, helper.make_node("Transpose", ["s1"], ["t"], perm=[0, 2, 1]))
+    nodes.insert(6, helper.make_node("Transpose", ["t"], ["s2"], perm=[0, 2, 1]))
+    path = tmp_path / "mel.onnx"
+    onnx.save(model, path)
+    assert rfgraph.analyze(model, {"x": (1, 1, 40, 30)})["y"].r[0] == 40  # the size it runs at
+    assert main(["analyze", str(path), "--input-shape", "x:1x1x50x30"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot run at input size x:1x1x50x30: node" in err and "(Squeeze) fails" in err, err
