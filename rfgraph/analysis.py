@@ -911,10 +911,12 @@ def _copies_into(mg: ModelGraph, result: PassResult, idx: int, k: int, eps: Mapp
             sets[a] = sets[a] | c
     op, attrs = mg.op_types[idx], attributes(mg.nodes[idx])
     clamping = geometry.clamps_indices(op, mg.opset, attrs, mg.names[idx])  # as an edge Pad copies
-    if (op == "Pad" or clamping) and len(out.edges) == 1 and out.edges[0].slot == 0:
-        mode = "edge" if clamping else geometry.pad_mode(attrs, mg.names[idx])
-        source, target = eps[mg.node_inputs[idx][0]], eps[mg.node_outputs[idx][k]]
-        field_in = result.states[mg.node_inputs[idx][0]].fields
+    wrap = mg.wrap_padding(idx)  # a Concat that pads circularly (torch's padding_mode='circular')
+    slot = wrap[0] if wrap else 0
+    if (op == "Pad" or clamping or wrap) and len(out.edges) == 1 and out.edges[0].slot == slot:
+        mode = "wrap" if wrap else "edge" if clamping else geometry.pad_mode(attrs, mg.names[idx])
+        source, target = eps[mg.node_inputs[idx][slot]], eps[mg.node_outputs[idx][k]]
+        field_in = result.states[mg.node_inputs[idx][slot]].fields
         for a in range(n_axes):
             span, n_in, n_out = out.edges[0].span(a), source.units[a], target.units[a]
             if span is None or n_in is None or n_out is None:

@@ -35,6 +35,7 @@ from .errors import (
     RFGraphError,
 )
 from .semantics.contrib import expand_contrib_ops
+from .semantics.layout import circular_padding
 
 ModelSource = str | os.PathLike | bytes | onnx.ModelProto
 Shape = tuple  # of int | None (None: unknown dim)
@@ -67,6 +68,16 @@ class ModelGraph:
     node_outputs: list[tuple[str, ...]] = field(default_factory=list)  # protobuf field access is
     op_types: list[str] = field(default_factory=list)  # slow in the pass's hot loop
     edges_forward: bool = False  # every edge runs forward in file order (checked by build_graph)
+
+    def node_of(self, tensor: str) -> onnx.NodeProto | None:
+        """The node computing ``tensor`` (None for a graph input or an initializer)."""
+        idx = self.producer.get(tensor)
+        return None if idx is None else self.nodes[idx]
+
+    def wrap_padding(self, idx: int) -> tuple[int, int, int, int] | None:
+        """``semantics.layout.circular_padding`` of node ``idx`` (a Concat), on this graph."""
+        return circular_padding(self.nodes[idx], self.node_of, self.constant, self.shapes.get) \
+            if self.op_types[idx] == "Concat" else None
 
     def __post_init__(self) -> None:
         if not self.node_inputs:

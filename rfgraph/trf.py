@@ -260,7 +260,8 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None], cache: Tra
     in_shapes = [shapes.get(t) if t else None for t in mg.node_inputs[idx]]
     out_shapes = [shapes.get(t) if t else None for t in mg.node_outputs[idx]]
     key = None
-    if op in CACHEABLE_OPS and rule is TRF_RULES.get(op):
+    if op in CACHEABLE_OPS and rule is TRF_RULES.get(op) and not (op == "Concat" and len(node.input) > 2):
+        # (a Concat of three pieces may be a circular padding, which its inputs' producers tell)
         # layouts mark the data inputs and the slot count; absent and unknown-shape constant
         # inputs both read None, which no cacheable rule tells apart.  The opset is the pass's.
         attrs = node.attribute
@@ -272,7 +273,8 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None], cache: Tra
     check_attribute_types(node, mg.opset, mg.names[idx])
     ctx = NodeContext(
         name=mg.names[idx], op=node.op_type, node=node, attrs=attributes(node), layouts=layouts,
-        in_shapes=in_shapes, out_shapes=out_shapes, constant=mg.constant, opset=mg.opset)
+        in_shapes=in_shapes, out_shapes=out_shapes, constant=mg.constant, opset=mg.opset,
+        producer=mg.node_of)
     try:
         transfer = rule(ctx)
     except AxisOutOfRange as exc:

@@ -578,3 +578,32 @@ def test_scatter_reads_its_updates_whole_an_upper_bound_that_says_so() -> None:
     deps, _ = dependencies(proto, "x", "y", [2, 3])
     rows = [measured_hulls(deps, 2, (0, 0, h, 0))[0] for h in range(6)]
     assert rows[0] == (0, 0) and rows[2] == (1, 3)  # inside the whole input (0, 5), as reported
+
+
+class Circular(torch.nn.Module):
+    """Convolutions with padding_mode='circular' (exported as Concat(x[n-p:], x, x[:p]) along
+    each axis): 1-D dilated, as brainmaze's EEG spindle detector, or 2-D."""
+
+    def __init__(self, dims: int, mode: str = "circular") -> None:
+        super().__init__()
+        conv = torch.nn.Conv1d if dims == 1 else torch.nn.Conv2d
+        self.a = conv(1, 2, 3, padding=1, padding_mode=mode)
+        self.b = conv(2, 2, 3, padding=2, dilation=2, padding_mode=mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(self.a(x)))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 11), (1, 1, 7, 6)], ids=["1d", "2d"])
+def test_circular_padding_is_a_wrap_pad(shape: tuple[int, ...]) -> None:
+    """torch's circular padding is a wrap Pad: r, S, P those of the zero-padded twin, and each
+    border unit's box (clipped to the input) takes in the pixels wrapped from the far side.  It
+    was reported as the whole input ("Concat of several input-dependent pieces"), an upper bound
+    that left a dilated 1-D net global from its first layer.  Oracle: onnxruntime impulses."""
+    dims = len(shape) - 2
+    proto = export(Circular(dims), shape)
+    a = rfgraph.analyze(proto, layout="NCL" if dims == 1 else "NCHW")
+    twin = rfgraph.analyze(export(Circular(dims, "zeros"), shape), layout="NCL" if dims == 1 else "NCHW")
+    assert not a.global_at and (a["y"].r, a["y"].S, a["y"].P) == (twin["y"].r, twin["y"].S, twin["y"].P)
+    assert check_tensor(a, proto, "y") == int(np.prod(shape[2:]))
+    assert a["y"].clipped_region((0,) * dims, shape[2:])[0] == (0, shape[2] - 1)  # wraps to the far side

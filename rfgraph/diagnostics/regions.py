@@ -101,7 +101,7 @@ def exact_regions(analysis: Analysis) -> dict[str, tuple[AxisRegions, ...]]:
         ins = [(e, x) for e, x in found if x is not None]
         if len(ins) < len(found):  # an input without regions
             continue
-        copying = _copying_pad_mode(node, mg.names[idx], mg.opset)
+        copying = "wrap" if mg.wrap_padding(idx) else _copying_pad_mode(node, mg.names[idx], mg.opset)
         taps = [_dilations(analysis, node, node.input[e.slot]) for e, _ in ins]
         axes = tuple(_axis_regions(units_along(ot.layout, a),
                                    [(e.span(a), x[a], d.get(a, 1)) for (e, x), d in zip(ins, taps)], copying)

@@ -5,10 +5,11 @@ Expand, Tile.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
+import onnx
 from onnx import helper
 
 from ..errors import DynamicShapeError, UnsupportedOpError
@@ -128,11 +129,64 @@ def crop_rule(ctx: NodeContext) -> Transfer:
     return _shifts(ctx, {2: -border[1], 3: -border[0]})
 
 
+def circular_padding(node: onnx.NodeProto, producer: Callable[[str], onnx.NodeProto | None],
+                     constant: Callable[[str], np.ndarray | None],
+                     shape_of: Callable[[str], tuple | None]) -> tuple[int, int, int, int] | None:
+    """(slot of x, axis, rows before, rows after) when Concat ``node`` pads x circularly along one
+    axis, as torch exports ``padding_mode='circular'`` and ``F.pad(mode='circular')``:
+    [x[n - p0:], x, x[:p1]] (one side may be absent); None for any other Concat."""
+    names = list(node.input)
+    if node.op_type != "Concat" or not 2 <= len(names) <= 3:
+        return None
+    for slot, x in enumerate(names):
+        shape = shape_of(x)
+        if shape is None or None in shape:
+            continue
+        axis = _norm_axis(int(next((a.i for a in node.attribute if a.name == "axis"), 0)), len(shape))
+        n = shape[axis]
+        before, after = names[:slot], names[slot + 1:]
+        tail = [_sliced(producer(t), x, axis, len(shape), n, constant) for t in before]
+        head = [_sliced(producer(t), x, axis, len(shape), n, constant) for t in after]
+        if len(before) <= 1 and len(after) <= 1 and (before or after) \
+                and all(b is not None and b[1] == n for b in tail) and all(b is not None and b[0] == 0 for b in head):
+            return slot, axis, sum(n - b[0] for b in tail if b), sum(b[1] for b in head if b)
+    return None
+
+
+def _sliced(node: onnx.NodeProto | None, source: str, axis: int, rank: int, n: int,
+            constant: Callable[[str], np.ndarray | None]) -> tuple[int, int] | None:
+    """[start, stop) of ``source`` along ``axis`` that Slice ``node`` takes with step 1 (other axes
+    whole), clamped as the spec does; None when ``node`` is anything else."""
+    if node is None or node.op_type != "Slice" or len(node.input) < 3 or node.input[0] != source:
+        return None
+    values = [constant(t) if i < len(node.input) and t else None for i, t in enumerate(node.input[1:5], 1)]
+    starts, ends = values[0], values[1]
+    axes = values[2] if len(values) > 2 else None
+    steps = values[3] if len(values) > 3 else None
+    if starts is None or ends is None or starts.size != 1 or ends.size != 1:
+        return None
+    sliced = 0 if axes is None else int(axes.reshape(-1)[0])
+    if _norm_axis(sliced, rank) != axis or (steps is not None and int(steps.reshape(-1)[0]) != 1):
+        return None
+    start, stop = (int(v.reshape(-1)[0]) for v in (starts, ends))
+    start, stop = (min(max(v + n if v < 0 else v, 0), n) for v in (start, stop))
+    return (start, stop) if start < stop else None
+
+
 def concat_rule(ctx: NodeContext) -> Transfer:
     """Concat: a merge along channels; along a spatial axis, a shift when one input is data (input
-    pieces of no rows add nothing: torch.roll by 0 is a Concat of the tensor and an empty Slice)."""
+    pieces of no rows add nothing: torch.roll by 0 is a Concat of the tensor and an empty Slice),
+    or a circular padding written as slices of the tensor around it (a wrap Pad: r, S, P of the
+    shift; the boxes clipped to the input add the wrapped pixels, as for Pad)."""
     rank = ctx.rank(ctx.data_slots()[0])
     axis = _norm_axis(int(ctx.attrs.get("axis", 1)), rank)
+    wrap = circular_padding(ctx.node, ctx.producer, ctx.constant,
+                            lambda t: ctx.in_shapes[list(ctx.node.input).index(t)])
+    if wrap is not None and ctx.layouts[wrap[0]] is not None:
+        slot = wrap[0]
+        ctx.layouts, ctx.in_shapes = [ctx.layouts[slot]], [ctx.in_shapes[slot]]
+        out = _shift_out(ctx, {wrap[1]: wrap[2]}, None)
+        return Transfer((OutTransfer(out.layout, (Edge(slot, out.edges[0].maps),)),))
     data = ctx.data_slots()
     rows = [s for s in data if (ctx.in_shapes[s] or (None,) * rank)[axis] != 0]
     holding = [s for s in rows if spatial_of(ctx.data_layout(s)[axis])]

@@ -90,6 +90,7 @@ class NodeContext:
     out_shapes: list[tuple | None]
     constant: Callable[[str], np.ndarray | None]
     opset: int
+    producer: Callable[[str], onnx.NodeProto | None] = lambda _: None  # the node computing a tensor
 
     def const(self, slot: int) -> np.ndarray | None:
         """Constant value of input ``slot`` (None when absent or computed at run time)."""
