@@ -98,6 +98,14 @@ CASES: dict[str, tuple[str, str, str, str, str, list[str], str]] = {
                             "", ["h=0", "c=0"], "silero VAD 6 over chunks: no --input (the audio is picked)"),
     "silero_vad_ifless": ("silero-vad==6.2.3", "silero_vad/data/silero_vad_op18_ifless.onnx", "input:1x576",
                           "input", "", ["sr=16000", "state=0"], "silero VAD 6, opset 18: the sample rate's If inlined"),
+    # eighteenth session
+    "eeg_seizure": ("brainmaze-eeg-models==0.1.0", "brainmaze_eeg_models/seizure/_models/modelA_paper.onnx", "", "",
+                    "", [], "EEG seizure detector: (N, 100 bins, unknown length), CNN then BiLSTM"),
+    "eeg_spindle": ("brainmaze-eeg-models==0.1.0", "brainmaze_eeg_models/spindles/_models/spindle-detector-eeg.onnx",
+                    "raw_signal:1x1x7500", "raw_signal", "", ["spectrogram=0"],
+                    "sleep spindle detector: dilated circular 1-D convs over raw EEG beside its spectrogram"),
+    "captcha_crnn": ("captcha-whisperer==0.1.0", "captcha_whisperer/models/captcha_crnn.onnx", "image:1x3x60x160",
+                     "", "", [], "CRNN captcha reader: its LSTM unrolled into Gemm cells by the exporter"),
 }
 
 
