@@ -101,6 +101,8 @@ CASES: dict[str, tuple[str, str, str, str, str, list[str], str]] = {
     # eighteenth session
     "eeg_seizure": ("brainmaze-eeg-models==0.1.0", "brainmaze_eeg_models/seizure/_models/modelA_paper.onnx", "", "",
                     "", [], "EEG seizure detector: (N, 100 bins, unknown length), CNN then BiLSTM"),
+    "eeg_seizure_300": ("brainmaze-eeg-models==0.1.0", "brainmaze_eeg_models/seizure/_models/modelA_paper.onnx",
+                        "x:1x100x300", "", "", [], "the same at 300 frames (the commands that need a size)"),
     "eeg_spindle": ("brainmaze-eeg-models==0.1.0", "brainmaze_eeg_models/spindles/_models/spindle-detector-eeg.onnx",
                     "raw_signal:1x1x7500", "raw_signal", "", ["spectrogram=0"],
                     "sleep spindle detector: dilated circular 1-D convs over raw EEG beside its spectrogram"),
