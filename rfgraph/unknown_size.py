@@ -412,8 +412,10 @@ def refusal(name: str, shape: Sequence[int | None], spatial: Sequence[int], why:
 
 
 def _refused_at(analysis: Analysis, why: str) -> DynamicShapeError:
-    """``refusal`` for the input of an analysis (at a sampled size, or at the unknown size)."""
-    return refusal(analysis.input_name, analysis.input_shape, analysis.spatial_axes, why)
+    """``refusal`` for the input of an analysis (at a sampled size, or at the unknown size: only
+    the axes of unknown size are shown as such)."""
+    free = analysis.unknown_size.free_axes if analysis.unknown_size is not None else ()
+    return refusal(analysis.input_name, analysis.input_shape, free or analysis.spatial_axes, why)
 
 
 __all__ = ["PBySize", "UnknownSize", "analyze_unknown_size", "require_size"]

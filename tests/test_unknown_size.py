@@ -293,7 +293,7 @@ def _spectrogram_net() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_a_known_spatial_size_beside_an_unknown_one_is_kept():
+def test_a_known_spatial_size_beside_an_unknown_one_is_kept(tmp_path: Path, capsys) -> None:
     """A spectrogram of 40 mel bins and unknown length (brainmaze's EEG seizure models: 100 bins):
     every spatial axis was set to the sizes tried (256, ...), so the bins too, where the model
     cannot run, and the analysis ended in a misleading error at a later node.  Now the bins keep
@@ -308,6 +308,10 @@ def test_a_known_spatial_size_beside_an_unknown_one_is_kept():
         assert (at["y"].r, at["y"].S, at["y"].P[0]) == (a["y"].r, a["y"].S, a["y"].P[0])
         by = a["y"].P_at_unknown_size[1]
         assert (by.by_residue[length % by.period] if by else a["y"].P[1]) == at["y"].P[1]
+    path = tmp_path / "mel.onnx"
+    onnx.save(model, path)
+    assert main(["diagnose", str(path)]) == 2  # a command that needs a size asks for the unknown one only
+    assert "(axes [3] of shape [1, 1, 40, ?])" in capsys.readouterr().err
 
 
 def test_a_size_where_shape_inference_fails_and_no_probe_runs_names_the_node(tmp_path: Path, capsys) -> None:
