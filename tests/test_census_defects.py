@@ -712,3 +712,28 @@ def test_a_video_whose_frames_fold_into_the_batch_has_its_frames_as_positions() 
     assert a.layout == "NDCHW", a.layout_reason
     assert a["y"].r == (1, 3, 3) and not a.global_at
     assert check_tensor(a, proto, "y") > 1
+
+
+def test_a_fold_split_in_two_parts_adds_to_the_same_fold_in_one() -> None:
+    """torch's dynamo exporter writes Hiera's unrolled tokens with the offsets inside each mask
+    unit as several folded parts (16 x 2 x 2) where the attention's output has one (64): the same
+    elements in the same order.  Their Add was taken for two layouts that differ, the whole input
+    (its dynamo export global from the first block; the TorchScript one local to stage 3).  Here
+    2 x 2 offsets folded in two parts, or merged first, and added.  Oracle: impulses."""
+    from tests.impulses import check_tensor
+
+    shapes = {"sa": [1, 4, 2, 4, 2], "flat": [1, 64], "sb": [1, 4, 16], "grid": [1, 4, 4, 4]}
+    nodes = [helper.make_node("Reshape", ["x", "sa"], ["a1"]),
+             helper.make_node("Transpose", ["a1"], ["a2"], perm=[0, 2, 4, 1, 3]),  # (1, 2, 2, 4, 4)
+             helper.make_node("Reshape", ["a2", "flat"], ["a"]),  # offsets in two parts, then the cells
+             helper.make_node("Reshape", ["a2", "sb"], ["b1"]),
+             helper.make_node("Reshape", ["b1", "flat"], ["b"]),  # the offsets merged first: one part
+             helper.make_node("Add", ["a", "b"], ["y"]),
+             helper.make_node("Reshape", ["y", "grid"], ["z"])]  # offsets, H, W: a unit is z[0, :, h, w]
+    inits = [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in shapes.items()]
+    graph = helper.make_graph(nodes, "fold", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    a = analyze(proto, layout="NHW")
+    assert not a.global_at and a["z"].r == (2, 2) and a["z"].S == (2, 2)
+    assert check_tensor(a, proto, "z") == 16

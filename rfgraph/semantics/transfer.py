@@ -262,8 +262,18 @@ def broadcast(ctx: NodeContext) -> Transfer:
 
 
 def _without_ones(parts: AxisLayout) -> AxisLayout:
-    """An axis's parts without those of size 1 (one position, or one feature: no index to match)."""
-    return tuple(p for p in parts if p[1] != 1)
+    """An axis's parts without those of size 1 (one position, or one feature: no index to match),
+    runs of folded parts as one (a unit holds all of them: 16 x 2 x 2 folded positions index the
+    same elements as 64, in the same order; Hiera's unrolled tokens as torch's dynamo writes them)."""
+    out: list[Part] = []
+    for p in parts:
+        if p[1] == 1:
+            continue
+        if out and p[0] == FOLDED and out[-1][0] == FOLDED:
+            out[-1] = (FOLDED, out[-1][1] * p[1])
+        else:
+            out.append(p)
+    return tuple(out)
 
 
 def _refining(lay: Layout, off: int, final: Layout, axis: int, t: int) -> Span | None:
