@@ -497,7 +497,8 @@ def data_inputs(model: onnx.ModelProto) -> list[str]:
 
 
 def set_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> None:
-    """Fix input dims: the given shapes, and batch 1 where the batch dim is symbolic."""
+    """Fix input dims: the given shapes, and batch 1 where the batch dim is symbolic (in every
+    input whose dims use the same symbol)."""
     inputs = {i.name: i for i in model.graph.input}
     names = data_inputs(model)
     for name, shape in shapes.items():
@@ -511,11 +512,19 @@ def set_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]
         del dims[:]
         for d in shape:
             dims.add().dim_value = int(d)
+    batch = set()  # the symbols named as a batch dim: any input's dim of that name is the batch too
     for name in names:
         dims = inputs[name].type.tensor_type.shape.dim
         if len(dims) >= 3 and not dims[0].HasField("dim_value"):
+            if dims[0].dim_param:
+                batch.add(dims[0].dim_param)
             dims[0].Clear()
             dims[0].dim_value = 1
+    for name in names:  # a diffusion net's noise level sigma ['batch'] beside its image ['batch', 1, H, W]
+        for d in inputs[name].type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param in batch:
+                d.Clear()
+                d.dim_value = 1
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

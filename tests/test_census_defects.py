@@ -737,3 +737,24 @@ def test_a_fold_split_in_two_parts_adds_to_the_same_fold_in_one() -> None:
     a = analyze(proto, layout="NHW")
     assert not a.global_at and a["z"].r == (2, 2) and a["z"].S == (2, 2)
     assert check_tensor(a, proto, "z") == 16
+
+
+def test_another_inputs_dim_named_as_the_batch_is_the_batch() -> None:
+    """A diffusion net's noise level sigma ['batch'] scales its image ['batch', 1, H, W] (the
+    adaptive-terrain-diffusion wheel's U-Net): rfgraph set the image's batch to 1 but left sigma's,
+    and the analysis stopped at the Reshape built from its shape ("output shape unknown"; here
+    the product's batch stays unknown).  A dim named like the batch is the batch in every input."""
+    rng = np.random.default_rng(8)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Shape", ["sigma"], ["n"]),
+             helper.make_node("Concat", ["n", "ones"], ["target"], axis=0),
+             helper.make_node("Reshape", ["sigma", "target"], ["s4"]),
+             helper.make_node("Mul", ["c", "s4"], ["y"])]
+    inits = [numpy_helper.from_array(rng.standard_normal((2, 1, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.ones(3, np.int64), "ones")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8]),
+              helper.make_tensor_value_info("sigma", TensorProto.FLOAT, ["batch"])]
+    graph = helper.make_graph(nodes, "scaled", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              inits)
+    a = analyze(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert not a.stops and a["y"].r == (3, 3) and a["y"].shape == (1, 2, 8, 8)
