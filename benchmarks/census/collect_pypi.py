@@ -108,6 +108,12 @@ CASES: dict[str, tuple[str, str, str, str, str, list[str], str]] = {
                     "sleep spindle detector: dilated circular 1-D convs over raw EEG beside its spectrogram"),
     "captcha_crnn": ("captcha-whisperer==0.1.0", "captcha_whisperer/models/captcha_crnn.onnx", "image:1x3x60x160",
                      "", "", [], "CRNN captcha reader: its LSTM unrolled into Gemm cells by the exporter"),
+    "terrain_unet": ("adaptive-terrain-diffusion==0.4.2",
+                     "terrain_diffusion/weights/terrain_consistency_unet_difficulty100.onnx", "noisy:1x1x128x128",
+                     "noisy", "", ["sigma=1", "difficulty=0.5"],
+                     "diffusion U-Net (dynamo export): the image beside its noise level and difficulty, per batch"),
+    "atspm_funcnet": ("atspm-detector==1.1.0", "atspm_detector/weights/funcnet/x100_w32full_pair.onnx", "x:1x15x400",
+                      "", "", [], "traffic-signal function net: 1-D convs over 15 channels of time, softmax pooling"),
 }
 
 
