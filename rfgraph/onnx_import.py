@@ -512,19 +512,20 @@ def set_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]
         del dims[:]
         for d in shape:
             dims.add().dim_value = int(d)
-    batch = set()  # the symbols named as a batch dim: any input's dim of that name is the batch too
+    batch = set()  # a symbol naming only the batch dim: another input's leading dim of that name is the batch
     for name in names:
         dims = inputs[name].type.tensor_type.shape.dim
         if len(dims) >= 3 and not dims[0].HasField("dim_value"):
-            if dims[0].dim_param:
-                batch.add(dims[0].dim_param)
+            symbol = dims[0].dim_param
+            if symbol and sum(d.dim_param == symbol for d in dims) == 1:  # paddle2onnx names every dim "?"
+                batch.add(symbol)
             dims[0].Clear()
             dims[0].dim_value = 1
     for name in names:  # a diffusion net's noise level sigma ['batch'] beside its image ['batch', 1, H, W]
-        for d in inputs[name].type.tensor_type.shape.dim:
-            if d.HasField("dim_param") and d.dim_param in batch:
-                d.Clear()
-                d.dim_value = 1
+        dims = inputs[name].type.tensor_type.shape.dim
+        if len(dims) and dims[0].HasField("dim_param") and dims[0].dim_param in batch:
+            dims[0].Clear()
+            dims[0].dim_value = 1
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -912,8 +913,8 @@ def upstream_shape_failure(model: onnx.ModelProto) -> InputSizeError | None:
         return None
     op, name, why = found.group(1), found.group(2) or "", found.group(3)
     node = next((n for n in suspects if n.op_type == op and n.name == name), None)
-    if node is None:
-        return None
+    if node is None or "external" in why:  # a value the weightless copy cannot read (refused external
+        return None  # data: the Pad's pads unknown), not a size the model cannot run at
     shown = _node_names(model)[node.output[0]][0]
     inputs = ", ".join(_shape_text(dims[t]) if t in dims else "?" for t in node.input if t)
     return InputSizeError(f"the model cannot run at input size {_input_size_text(model)}: node '{shown}' ({op}) "

@@ -758,3 +758,20 @@ def test_another_inputs_dim_named_as_the_batch_is_the_batch() -> None:
                               inits)
     a = analyze(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert not a.stops and a["y"].r == (3, 3) and a["y"].shape == (1, 2, 8, 8)
+
+
+def test_a_symbol_every_dim_shares_is_no_batch_name() -> None:
+    """paddle2onnx-style inputs name every unknown dim alike ('?'): only the leading dim is set to
+    a batch of 1, never the spatial dims that share its name (the batch-name rule above set them
+    all to 1 once: an OCR classifier analysed at 1x1 and refused as too small)."""
+    from rfgraph.onnx_import import set_input_shapes
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Relu", ["s"], ["t"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["?", 3, "?", "?"]),
+                               helper.make_tensor_value_info("s", TensorProto.FLOAT, ["?", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    set_input_shapes(model, {})
+    dims = [[d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim] for i in model.graph.input]
+    assert dims == [[1, 3, "?", "?"], ["?", 4]]
