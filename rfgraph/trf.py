@@ -260,8 +260,8 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None], cache: Tra
     in_shapes = [shapes.get(t) if t else None for t in mg.node_inputs[idx]]
     out_shapes = [shapes.get(t) if t else None for t in mg.node_outputs[idx]]
     key = None
-    if op in CACHEABLE_OPS and rule is TRF_RULES.get(op) and not (op == "Concat" and len(node.input) > 2):
-        # (a Concat of three pieces may be a circular padding, which its inputs' producers tell)
+    if op in CACHEABLE_OPS and rule is TRF_RULES.get(op) and not (op == "Concat" and mg.wrap_padding(idx)):
+        # (a circular padding's transfer comes from its inputs' producers, which no key holds)
         # layouts mark the data inputs and the slot count; absent and unknown-shape constant
         # inputs both read None, which no cacheable rule tells apart.  The opset is the pass's.
         attrs = node.attribute

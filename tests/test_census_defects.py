@@ -775,3 +775,31 @@ def test_a_symbol_every_dim_shares_is_no_batch_name() -> None:
     set_input_shapes(model, {})
     dims = [[d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim] for i in model.graph.input]
     assert dims == [[1, 3, "?", "?"], ["?", 4]]
+
+
+def test_a_circular_concat_and_a_plain_one_of_the_same_shapes_keep_their_own_fields() -> None:
+    """The pass caches a transfer by op, attributes, layouts and shapes; a circular padding's
+    transfer also depends on which tensors its pieces slice, which no key holds.  A one-sided
+    circular Concat [c[6:], c] and a plain [d[:2], d] of the same shapes shared one entry (only
+    Concats of three inputs were kept out), so the second was read as a wrap pad: its first units
+    were given padding where they read d[0:2] (boxes missing what they read).  Oracle: impulses
+    on every unit of the circular one, and the plain one's whole-input bound."""
+    from tests.impulses import check_tensor
+
+    rng = np.random.default_rng(9)
+    ints = {"s6": [6], "e8": [8], "s0": [0], "e2": [2], "ax": [2]}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1]),
+             helper.make_node("Conv", ["x", "w2"], ["d"], pads=[1, 1]),
+             helper.make_node("Slice", ["c", "s6", "e8", "ax"], ["c_tail"]),
+             helper.make_node("Concat", ["c_tail", "c"], ["wrapped"], axis=2),  # circular, one side
+             helper.make_node("Slice", ["d", "s0", "e2", "ax"], ["d_head"]),
+             helper.make_node("Concat", ["d_head", "d"], ["plain"], axis=2)]  # not circular
+    inits = [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in ints.items()]
+    inits += [numpy_helper.from_array(rng.standard_normal((2, 1, 3)).astype(np.float32), w) for w in ("w", "w2")]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8])],
+                              [helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in ("wrapped", "plain")],
+                              inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    a = analyze(proto, layout="NCL")
+    assert not a["wrapped"].is_global and a["plain"].is_global  # two pieces along positions: a bound
+    assert check_tensor(a, proto, "wrapped") == 10 and check_tensor(a, proto, "plain") >= 1
