@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from . import custom_ops
-from .borders import BorderCopy, border_copy, clipped_regions
+from .borders import BorderCopy, border_copy, clipped_regions, copying_node
 from .errors import DynamicShapeError, InputSizeError, InvalidAttributeError, RFGraphError
 from .fields import AxisField, Rational, Span, compose, merged_gates
 from .onnx_import import (
@@ -42,7 +42,7 @@ from .onnx_import import (
 from .options import ModelOptions, model_options
 from .pieces import Pieces, cut_text, one_piece, split_pieces
 from .rules import RuleTable
-from .semantics import CHANNELS_FIRST_OPS, geometry
+from .semantics import CHANNELS_FIRST_OPS
 from .semantics.contrib import expanded_from, writes_inner_tensor
 from .semantics.transfer import Edge, Layout, OutTransfer, Transfer, carried, coarsening, fine_axis
 from .trf import Gate, Merge, PassResult, Stop, TensorState, forward_pass, output_transfers, reverse_pass
@@ -909,12 +909,9 @@ def _copies_into(mg: ModelGraph, result: PassResult, idx: int, k: int, eps: Mapp
     for e in out.edges:
         for a, c in enumerate(known.get(mg.node_inputs[idx][e.slot], ())):
             sets[a] = sets[a] | c
-    op, attrs = mg.op_types[idx], attributes(mg.nodes[idx])
-    clamping = geometry.clamps_indices(op, mg.opset, attrs, mg.names[idx])  # as an edge Pad copies
-    wrap = mg.wrap_padding(idx)  # a Concat that pads circularly (torch's padding_mode='circular')
-    slot = wrap[0] if wrap else 0
-    if (op == "Pad" or clamping or wrap) and len(out.edges) == 1 and out.edges[0].slot == slot:
-        mode = "wrap" if wrap else "edge" if clamping else geometry.pad_mode(attrs, mg.names[idx])
+    copying = copying_node(mg, idx)
+    if copying is not None and len(out.edges) == 1 and out.edges[0].slot == copying[1]:
+        mode, slot = ("edge" if copying[0] == "clamp" else copying[0]), copying[1]  # a clamp copies as edge
         source, target = eps[mg.node_inputs[idx][slot]], eps[mg.node_outputs[idx][k]]
         field_in = result.states[mg.node_inputs[idx][slot]].fields
         for a in range(n_axes):

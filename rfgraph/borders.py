@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .fields import AxisField
+from .onnx_import import ModelGraph, attributes
+from .semantics import geometry
 
 COPYING_MODES = ("reflect", "edge", "wrap")
 
@@ -47,6 +49,21 @@ def border_copy(node: str, order: int, mode: str, field: AxisField, n_in: int, p
     affine = field.shift_invariant and field.spans[0].q == 1
     period = field.region(n_in)[0] - field.region(0)[0] if affine else None
     return BorderCopy(node, order, mode, pad_begin > 0, pad_end > 0, field.region(0), field.region(n_in - 1), period)
+
+
+def copying_node(mg: ModelGraph, idx: int) -> tuple[str, int] | None:
+    """(mode, slot of the input copied) when node ``idx`` copies input units into its border:
+    a reflect / edge / wrap Pad, a Concat that pads circularly (torch's ``padding_mode='circular'``:
+    "wrap"), or a Resize whose spec clamps its taps to the border unit ("clamp"); else None."""
+    op, name = mg.op_types[idx], mg.names[idx]
+    if op == "Concat":
+        wrap = mg.wrap_padding(idx)
+        return None if wrap is None else ("wrap", wrap[0])
+    attrs = attributes(mg.nodes[idx])
+    if geometry.clamps_indices(op, mg.opset, attrs, name):
+        return "clamp", 0
+    mode = geometry.pad_mode(attrs, name) if op == "Pad" else None
+    return (mode, 0) if mode in COPYING_MODES else None
 
 
 Image = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # reads, wholly, lo, hi per unit

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from ..analysis import Analysis
-from ..borders import COPYING_MODES
+from ..borders import COPYING_MODES, copying_node
 from ..fields import Span
 from ..onnx_import import attributes
 from ..semantics import WINDOW_OPS, geometry
@@ -101,7 +101,7 @@ def exact_regions(analysis: Analysis) -> dict[str, tuple[AxisRegions, ...]]:
         ins = [(e, x) for e, x in found if x is not None]
         if len(ins) < len(found):  # an input without regions
             continue
-        copying = "wrap" if mg.wrap_padding(idx) else _copying_pad_mode(node, mg.names[idx], mg.opset)
+        copying = (copying_node(mg, idx) or (None,))[0]
         taps = [_dilations(analysis, node, node.input[e.slot]) for e, _ in ins]
         axes = tuple(_axis_regions(units_along(ot.layout, a),
                                    [(e.span(a), x[a], d.get(a, 1)) for (e, x), d in zip(ins, taps)], copying)
@@ -123,17 +123,6 @@ def _dilations(analysis: Analysis, node: onnx.NodeProto, tensor: str) -> dict[in
         return {}
     return {a: int(dilations[t - 2]) for a, t in enumerate(ep.tensor_axes)
             if t is not None and 2 <= t < 2 + len(dilations) and dilations[t - 2] > 1}
-
-
-def _copying_pad_mode(node: onnx.NodeProto, name: str, opset: int) -> str | None:
-    """The mode of a Pad that copies pixels into its border (reflect / edge / wrap), "clamp" for
-    a Resize (its taps past the input read the border unit), else None."""
-    if geometry.clamps_indices(node.op_type, opset, attributes(node), name):
-        return "clamp"
-    if node.op_type != "Pad":
-        return None
-    mode = geometry.pad_mode(attributes(node), name)
-    return mode if mode in COPYING_MODES else None
 
 
 def _copied(span: Span | None, x: AxisRegions, n_out: int, mode: str) -> AxisRegions | None:
