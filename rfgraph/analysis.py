@@ -45,6 +45,7 @@ from .rules import RuleTable
 from .semantics import CHANNELS_FIRST_OPS
 from .semantics.contrib import expanded_from, writes_inner_tensor
 from .semantics.transfer import Edge, Layout, OutTransfer, Transfer, carried, coarsening, fine_axis
+from .space_to_batch import space_to_batch_notes
 from .trf import Gate, Merge, PassResult, Stop, TensorState, forward_pass, output_transfers, reverse_pass
 
 if TYPE_CHECKING:
@@ -521,7 +522,7 @@ def analyze(model: ModelSource, input_shape: Mapping[str, Sequence[int]] | None 
     analysis.rule_notes.update({node: f"If replaced by its {which}: its condition is known once the "
                                       f"model is loaded (fixed input shapes, --fill values)"
                                 for node, which in inlined_ifs(analysis.graph.model).items()})
-    analysis.shape_notes = contradiction_notes(analysis.graph.model)
+    analysis.shape_notes = contradiction_notes(analysis.graph.model) + space_to_batch_notes(analysis.graph.model)
     return analysis
 
 

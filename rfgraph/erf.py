@@ -1314,6 +1314,7 @@ def _load(model: ModelSource, opts: ModelOptions) -> tuple[onnx.ModelProto, Anal
     inlined), fix the input at batch 1, and run the TRF pass if it can."""
     from . import analysis as analysis_mod
     from .onnx_import import contradiction_notes, copy_model, data_inputs, load_model
+    from .space_to_batch import space_to_batch_notes
     from .unknown_size import require_size
 
     notes: list[str] = []
@@ -1343,7 +1344,7 @@ def _load(model: ModelSource, opts: ModelOptions) -> tuple[onnx.ModelProto, Anal
         proto = copy_model(a.graph.model)
     _sort_nodes(proto.graph)
     _check_declared_shapes(proto)
-    notes += contradiction_notes(proto)
+    notes += contradiction_notes(proto) + space_to_batch_notes(proto)
     if a is not None and not a.spatial_axes:
         raise RFGraphError(f"input '{name}' {list(a.input_shape)} has no spatial axis (layout {a.layout}) "
                            f"to measure a field along; give the layout, e.g. --layout NL")

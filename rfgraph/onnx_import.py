@@ -36,6 +36,7 @@ from .errors import (
 )
 from .semantics.contrib import expand_contrib_ops
 from .semantics.layout import circular_padding
+from .space_to_batch import may_hold_space_to_batch, rewrite_space_to_batch
 
 ModelSource = str | os.PathLike | bytes | onnx.ModelProto
 Shape = tuple  # of int | None (None: unknown dim)
@@ -164,11 +165,11 @@ FOLDABLE_OPS = {
     "Unsqueeze", "Gather", "Split", "Flatten", "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Floor",
     "Ceil", "Sqrt", "Min", "Max", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
     "And", "Or", "Xor", "Where", "Not", "ConstantOfShape",
-    "Expand", "Tile", "Range", "Pow", "Mod", "Clip", "ReduceProd", "ReduceSum",
+    "Expand", "Tile", "Range", "Pow", "Mod", "Clip", "ReduceProd", "ReduceSum", "Pad",
 }
 # Foldable ops whose output may be far larger than their inputs: folded only when shape inference
 # gives a small known output size.
-ALLOCATING_OPS = {"ConstantOfShape", "Expand", "Tile", "Range"}
+ALLOCATING_OPS = {"ConstantOfShape", "Expand", "Tile", "Range", "Pad"}
 MAX_FOLD_ELEMENTS = 1 << 22
 
 
@@ -833,10 +834,24 @@ def load_model(source: ModelSource, input_shape: Mapping[str, Sequence[int]] | N
         forget_stored_shapes(model)
     set_input_shapes(model, input_shape or {})
     fill_inputs(model, fill or {})
-    model = _inferred_without_contradictions(model)
+    model = _dilated_convs_read(_inferred_without_contradictions(model))
     if check:
         check_input_size(model, exported, probe)
     return model
+
+
+def _dilated_convs_read(model: onnx.ModelProto) -> onnx.ModelProto:
+    """tf2onnx's space-to-batch dilated convolutions replaced by the dilated Convs they compute
+    (``space_to_batch``), shapes inferred again; the model unchanged where there is none."""
+    if not may_hold_space_to_batch(model):
+        return model
+    try:
+        mg = build_graph(model)
+    except RFGraphError:  # structural problems are reported later, by build_graph itself
+        return model
+    if not rewrite_space_to_batch(mg, lambda node, values: _run_node(node, values, mg.opset, node.output[0])):
+        return model
+    return infer_shapes(mg.model)
 
 
 # ---------------------------------------------------------------- input sizes the model can run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from fractions import Fraction
@@ -16,6 +17,8 @@ from . import geometry
 from .gradient import Builder, Grads, NodeView, _one_plus
 from .gradient import Rule as VJPRule
 from .transfer import (
+    FOLDED,
+    AxisLayout,
     Edge,
     NodeContext,
     OutTransfer,
@@ -85,20 +88,42 @@ def _resize_scales(ctx: NodeContext, rank: int, in_shape, out_shape) -> list[Fra
 
 
 def depth_to_space_rule(ctx: NodeContext) -> Transfer:
-    """DepthToSpace (pixel shuffle): output unit u reads input unit floor(u / b)."""
+    """DepthToSpace (pixel shuffle): output unit u reads input unit floor(u / b).  Channels that
+    hold positions a SpaceToDepth folded (``FOLDED``) are put back: each pixel is given its whole
+    block's field, an upper bound of its own."""
     b = int(ctx.attrs.get("blocksize", 0))
     if b <= 0:
         raise ctx.invalid("blocksize must be positive")
     span = Span.periodic(1, [0] * b, [0] * b)
-    return window(ctx, [span] * (ctx.rank(0) - 2))
+    tr = window(ctx, [span] * (ctx.rank(0) - 2))
+    lay = ctx.data_layout(0)
+    if len(lay) > 1 and any(a == FOLDED for a, _ in lay[1]):
+        return dataclasses.replace(tr, bound="puts positions a SpaceToDepth folded into channels back in place: "
+                                             "each pixel is given its whole block's field, an upper bound of its own")
+    return tr
 
 
 def space_to_depth_rule(ctx: NodeContext) -> Transfer:
-    """SpaceToDepth: output unit u reads input units [u*b, u*b + b - 1]."""
+    """SpaceToDepth: output unit u reads input units [u*b, u*b + b - 1]; the b^(n) positions of a
+    block become channels (``FOLDED``: a unit holds them all), ahead of the input's channels
+    (DCR, the default) or after them (CRD)."""
     b = int(ctx.attrs.get("blocksize", 0))
     if b <= 0:
         raise ctx.invalid("blocksize must be positive")
-    return window(ctx, [Span.layer(b, b, 0)] * (ctx.rank(0) - 2))
+    tr = window(ctx, [Span.layer(b, b, 0)] * (ctx.rank(0) - 2))
+    out = tr.outputs[0]
+    if out is None or len(out.layout) < 3:
+        return tr
+    channels = ctx.data_layout(0)[1]
+    block: AxisLayout = ((FOLDED, b ** (len(out.layout) - 2)),)
+    parts = channels + block if _str_mode(ctx) == "CRD" else block + channels
+    layout = (out.layout[0], parts) + out.layout[2:]
+    return dataclasses.replace(tr, outputs=(dataclasses.replace(out, layout=layout),) + tr.outputs[1:])
+
+
+def _str_mode(ctx: NodeContext) -> str:
+    mode = ctx.attrs.get("mode", "DCR")
+    return mode.decode() if isinstance(mode, bytes) else str(mode)
 
 
 def grid_sample_rule(ctx: NodeContext) -> Transfer:
