@@ -77,7 +77,7 @@ def rewrite_space_to_batch(mg: ModelGraph, run_node: RunNode) -> list[str]:
                 replaced.update(found[2])
     if lines:
         _put(mg.model, mg.nodes, replaced, removed)
-        _drop_unread(mg.model, {t for i in removed for t in mg.nodes[i].input[1:] if t})
+        _drop_unread(mg.model, {t for i in removed for t in mg.nodes[i].input if t})
         mg.model.metadata_props.add(key=REWRITTEN, value="\n".join(lines))
     return lines
 
@@ -138,10 +138,13 @@ class _Scan:
         attrs = _dilated_attributes(self.mg, conv, fold_in.blocks)
         if attrs is None:
             return None
-        old = {idx} | {self.mg.producer[n.output[0]] for n in [*before, *after]}
-        if not self.shapes_die([*before, conv, *after], old):
+        own = self.own_part(before, conv)
+        old = {idx} | {self.mg.producer[n.output[0]] for n in [*own, *after]}
+        if not self.shapes_die([*own, conv, *after[:-1]], old):
             return None
-        new = {idx: _dilated_nodes(self.mg, conv, before, after, (fold_in, fold_out), attrs)}
+        names = _names(conv, own, after)
+        new = {idx: _dilated_nodes(self.mg, conv, (before[0].input[0], after[-1].output[0]), names,
+                                   (fold_in, fold_out), attrs)}
         rates = "x".join(str(d) for d in attrs["dilations"])
         return f"{conv.name or conv.output[0]}\t{rates}\t{len(before) + len(after)}", old, new
 
@@ -185,22 +188,34 @@ class _Scan:
                             for o in node.output if o)
         return memo[idx]
 
-    def shapes_die(self, chain: Sequence[onnx.NodeProto], removed: set[int]) -> bool:
-        """Every Shape/Size node reading a tensor inside ``chain`` serves only the ``removed``
-        nodes (tf2onnx's targets of the moves): no size gets baked into the rewritten model."""
+    def shapes_die(self, nodes: Sequence[onnx.NodeProto], removed: set[int]) -> bool:
+        """Every Shape/Size node reading an output of ``nodes`` (those removed) serves only the
+        ``removed`` nodes (tf2onnx's targets of the moves): no size gets baked into the model."""
         memo: dict[int, bool] = {}
-        return all(self.dies_with(r, removed, memo) for node in chain[:-1]
+        return all(self.dies_with(r, removed, memo) for node in nodes
                    for r in self.readers.get(node.output[0], []) if self.shape_reader(r))
 
     def chain_before(self, conv: onnx.NodeProto) -> list[onnx.NodeProto]:
-        """Layout nodes feeding ``conv``'s data input, each output read by the next node only."""
+        """Layout nodes feeding ``conv``'s data input (tf2onnx moves the phases once for the
+        Convs of one input and one rate: the chain may be theirs too)."""
         chain: list[onnx.NodeProto] = []
         t = conv.input[0]
-        while (up := self.mg.node_of(t)) is not None and up.op_type in LAYOUT_OPS and up.input \
-                and self.only_reader(t) is not None:
+        while (up := self.mg.node_of(t)) is not None and up.op_type in LAYOUT_OPS and up.input:
             chain.insert(0, up)
             t = up.input[0]
         return chain
+
+    def own_part(self, before: Sequence[onnx.NodeProto], conv: onnx.NodeProto) -> list[onnx.NodeProto]:
+        """The end of the chain ``before`` that only ``conv`` reads (removed with it; the rest goes
+        once no Conv reads it)."""
+        own: list[onnx.NodeProto] = []
+        reader = conv
+        for node in reversed(before):
+            if self.only_reader(node.output[0]) is not reader:
+                break
+            own.insert(0, node)
+            reader = node
+        return own
 
     def chain_after(self, conv: onnx.NodeProto) -> list[onnx.NodeProto]:
         """Layout nodes reading ``conv``'s output in a line, each output read by the next node only."""
@@ -327,25 +342,33 @@ def _dilated_attributes(mg: ModelGraph, conv: onnx.NodeProto, blocks: Sequence[i
             "dilations": [b * d for b, d in zip(blocks, geo.dilations)], "pads": pads}
 
 
-def _dilated_nodes(mg: ModelGraph, conv: onnx.NodeProto, before: Sequence[onnx.NodeProto],
-                   after: Sequence[onnx.NodeProto], folds: tuple[PhaseFold, PhaseFold], attrs: dict
-                   ) -> list[onnx.NodeProto]:
-    """The chains' input -> Transpose, Reshape to (N, C, positions) -> the dilated Conv -> Reshape,
-    Transpose -> the chains' output: the nodes that replace the Conv and its chains (named after
-    the chains' first and last nodes, so the model's names stay)."""
+def _names(conv: onnx.NodeProto, own: Sequence[onnx.NodeProto], after: Sequence[onnx.NodeProto]) -> list[str]:
+    """Names of the Transpose and Reshape before the dilated Conv and of the Reshape and Transpose
+    after it: those of the first and last moves they replace, where the model had its own (the
+    model's names stay), else the Conv's with a suffix."""
+    base = conv.name or conv.output[0]
+    first = [n.name for n in own[:1]] + [n.name for n in own[1:][-1:]]
+    last = [n.name for n in after[:-1][:1]] + [after[-1].name]
+    first += [f"{base}::moved", f"{base}::dilated_input"][len(first):]
+    return first + [f"{base}::dilated_arranged"][:2 - len(last)] + last
+
+
+def _dilated_nodes(mg: ModelGraph, conv: onnx.NodeProto, ends: tuple[str, str], names: Sequence[str],
+                   folds: tuple[PhaseFold, PhaseFold], attrs: dict) -> list[onnx.NodeProto]:
+    """The moves' input -> Transpose, Reshape to (N, C, positions) -> the dilated Conv -> Reshape,
+    Transpose -> the moves' output (``ends``): the nodes that replace the Conv and its moves,
+    ``names`` those of the Transposes and Reshapes (``_names``)."""
     base = conv.name or conv.output[0]
     fold_in, fold_out = folds
-    w = after[-1].output[0]
     dense_in, dense_out, arranged = f"{base}::dilated_input", f"{base}::dilated", f"{base}::dilated_arranged"
-    nodes = [helper.make_node("Transpose", [before[0].input[0]], [f"{dense_in}::moved"], name=before[0].name,
-                              perm=fold_in.perm())]
+    nodes = [helper.make_node("Transpose", [ends[0]], [f"{dense_in}::moved"], name=names[0], perm=fold_in.perm())]
     dense = _dense_shape(mg.shapes[conv.input[0]], fold_in.blocks)
-    nodes += _reshape(f"{dense_in}::moved", _target(dense, _sources_in(fold_in)), dense_in, before[-1].name)
+    nodes += _reshape(f"{dense_in}::moved", _target(dense, _sources_in(fold_in)), dense_in, names[1])
     nodes.append(helper.make_node("Conv", [dense_in, *conv.input[1:]], [dense_out], name=base, **attrs))
     perm_out = fold_out.perm()
-    dims = [int(mg.shapes[w][p] or 0) for p in perm_out]
-    nodes += _reshape(dense_out, _target(dims, _sources_out(fold_out)), arranged, after[0].name)
-    nodes.append(helper.make_node("Transpose", [arranged], [w], name=after[-1].name,
+    dims = [int(mg.shapes[ends[1]][p] or 0) for p in perm_out]
+    nodes += _reshape(dense_out, _target(dims, _sources_out(fold_out)), arranged, names[2])
+    nodes.append(helper.make_node("Transpose", [arranged], [ends[1]], name=names[3],
                                   perm=[int(i) for i in np.argsort(perm_out)]))
     return nodes
 
