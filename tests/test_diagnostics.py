@@ -597,3 +597,42 @@ def test_size_scan_stops_at_a_reshape_fixed_at_export(tmp_path, capsys) -> None:
     size = point["size"]
     with pytest.raises(Exception, match="Reshape"):
         session.run(None, {"x": np.zeros((1, 1, size, size), np.float32)})
+
+
+def _two_merges(skip_first: bool):  # type: ignore[no-untyped-def]
+    """Two residual sums in a row, each a 3x3 conv padded at the end only (centre +1) beside a
+    1x1 conv of the input (centre 0): misaligned by 1, then by 2."""
+    from tests.graphs import G
+
+    g = G((16, 16))
+    a1, b1 = g.conv("x", 3, 1, pads=[0, 0, 2, 2]), g.conv("x", 1, 1, pads=[0] * 4)
+    s1 = g.add(b1, a1) if skip_first else g.add(a1, b1)
+    a2, b2 = g.conv(s1, 3, 1, pads=[0, 0, 2, 2]), g.conv("x", 1, 1, pads=[0] * 4)
+    return g.model(g.add(b2, a2) if skip_first else g.add(a2, b2))
+
+
+def test_fixes_at_two_merges_are_both_applied() -> None:
+    """apply_fixes found each merge by its index in the file after inserting the Pads before it:
+    the second fix landed on the node before its merge and changed nothing (re-analysis: "still
+    misaligned")."""
+    model = _two_merges(skip_first=False)
+    a = analyze(model)
+    fixes = D.alignment_fixes(a)
+    assert len({f.node for f in fixes}) == 2 and all(f.fixable for f in fixes)
+    fixed = D.apply_fixes(model, fixes, a.spatial_axes, a.graph.names)
+    assert sum(n.op_type == "Pad" for n in fixed.graph.node) == 2
+    assert analyze(fixed).aligned
+
+
+def test_fixes_are_computed_with_the_earlier_ones_applied() -> None:
+    """Where the first fix shifts the branch the network goes on with (the residual sum's second
+    input), every later field moves: the second merge's offset becomes 1, not 2.  Computed alone,
+    its fix over-corrected; computed in order, every fix holds when all are applied."""
+    model = _two_merges(skip_first=True)
+    alone = D.alignment_fixes(analyze(model))
+    assert sorted({abs(b) for f in alone for b, _ in f.pads.values()}) == [1, 2]
+    d = D.diagnose(model, scan_sizes=False)
+    assert [f.verified for f in d.fixes] == [True] * 4
+    assert {abs(b) for f in d.fixes for b, _ in f.pads.values()} == {1}
+    a = analyze(model)
+    assert analyze(D.apply_fixes(model, d.fixes, a.spatial_axes, a.graph.names)).aligned

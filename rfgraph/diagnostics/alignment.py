@@ -46,7 +46,7 @@ class AlignmentFix:
             other = "pad" if b < 0 else "crop"
             parts.append(f"{what} {abs(b)} at the start and {other} {abs(e)} at the end of "
                          f"'{tensor}' (Pad pads begin={b}, end={e})")
-        return "; ".join(parts) if parts else "already aligned"
+        return "; ".join(parts) if parts else (self.reason or "already aligned")
 
 
 def alignment_fixes(analysis: Analysis) -> list[AlignmentFix]:
@@ -133,13 +133,10 @@ def apply_fixes(model: onnx.ModelProto, fixes: Sequence[AlignmentFix], spatial_a
         for tensor, pads in fx.pads.items():
             by_branch.setdefault((fx.node, tensor), {})[fx.axis_index] = pads
     names = {n.name for n in g.node}
+    nodes = list(g.node)
+    before: dict[int, list[onnx.NodeProto]] = {}  # node index -> the Pads inserted before it
     for (node_name, tensor), per_axis in by_branch.items():
-        if node_names is not None and node_name in node_names:
-            node = g.node[list(node_names).index(node_name)]
-        else:
-            node = next((n for n in g.node if n.name == node_name), None)
-        if node is None:
-            raise RFGraphError(f"cannot apply the fix: no node named '{node_name}' in the model")
+        idx = _node_index(nodes, node_name, node_names)
         rank = max(spatial_axes) + 1
         begin, end = [0] * rank, [0] * rank
         for ax, (b, e) in per_axis.items():
@@ -147,12 +144,26 @@ def apply_fixes(model: onnx.ModelProto, fixes: Sequence[AlignmentFix], spatial_a
         new = _fresh(f"{tensor}_aligned", names)
         pads_name = _fresh(f"{tensor}_align_pads", names)
         g.initializer.append(numpy_helper.from_array(np.array(begin + end, np.int64), pads_name))
-        pos = list(g.node).index(node)
-        g.node.insert(pos, helper.make_node("Pad", [tensor, pads_name], [new], name=new))
-        for i, t in enumerate(node.input):
+        before.setdefault(idx, []).append(helper.make_node("Pad", [tensor, pads_name], [new], name=new))
+        for i, t in enumerate(nodes[idx].input):
             if t == tensor:
-                node.input[i] = new
+                nodes[idx].input[i] = new
+    placed = [n for i, node in enumerate(nodes) for n in [*before.get(i, []), node]]
+    copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in placed]
+    del g.node[:]
+    g.node.extend(copies)
     return out
+
+
+def _node_index(nodes: Sequence[onnx.NodeProto], node_name: str, node_names: Sequence[str] | None) -> int:
+    """Index of the merge node a fix names (by the analysis' display names where given: unnamed
+    nodes), resolved before any Pad is inserted (an insertion shifts the indices after it)."""
+    if node_names is not None and node_name in node_names:
+        return list(node_names).index(node_name)
+    idx = next((i for i, n in enumerate(nodes) if n.name == node_name), None)
+    if idx is None:
+        raise RFGraphError(f"cannot apply the fix: no node named '{node_name}' in the model")
+    return idx
 
 
 def _fresh(base: str, taken: set[str]) -> str:

@@ -3,6 +3,7 @@ alignment fixes applied)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +13,7 @@ import onnx
 from .. import budgets
 from ..analysis import Analysis, analyze
 from ..errors import RFGraphError
-from ..onnx_import import shapes_only
+from ..onnx_import import load_model, shapes_only
 from ..options import ModelOptions, model_options
 from ..unknown_size import require_size
 from .alignment import AlignmentFix, alignment_fixes, apply_fixes
@@ -89,9 +90,7 @@ def diagnose(model: Any, input_shape: Mapping[str, Sequence[int]] | None = None,
             if g.final is not None and g.final.tensor == n:
                 extents[n] = g.final.erf_extent
     objects = [object_fit(a, n, o, extents.get(n)) for n in local for o in object_sizes]
-    fixes = alignment_fixes(a)
-    if fixes:
-        _verify(model, a, fixes, opts)
+    fixes = joint_fixes(model, a, opts)
     return Diagnosis(a, names, cov, verdicts, sizes, objects, fixes, growth)
 
 
@@ -124,20 +123,49 @@ def _square(a: Analysis, n: int) -> dict[str, tuple[int, ...]]:
     return {a.input_name: tuple(int(d) if d is not None else 1 for d in shape)}
 
 
-def _verify(model: Any, a: Analysis, fixes: list[AlignmentFix], opts: ModelOptions) -> None:
-    """Apply all fixable fixes to the model and re-analyse; record per fix whether it holds."""
-    ok = [f for f in fixes if f.fixable]
-    if not ok:
-        return
-    from ..onnx_import import load_model
+MAX_FIX_ROUNDS = 64  # merges fixed one after the other (one re-analysis each); the rest as computed alone
 
+
+def joint_fixes(model: Any, a: Analysis, opts: ModelOptions) -> list[AlignmentFix]:
+    """The alignment fixes, merge by merge in graph order, each computed on the model with the
+    fixes before it applied (a shift moves the fields of every merge after it: fixes computed
+    alone over-correct there), then verified all together by one re-analysis."""
+    alone = alignment_fixes(a)
+    if not any(f.fixable for f in alone):
+        return alone
+    chosen: dict[tuple[str, int], AlignmentFix] = {}
     try:
-        fixed = apply_fixes(load_model(model, opts.input_shapes or None), ok, a.spatial_axes, a.graph.names)
-        b = analyze(fixed, options=opts.with_shapes(None))
+        base = load_model(model, opts.input_shapes or None)
+        current = a
+        for _ in range(MAX_FIX_ROUNDS):
+            pending = [f for f in alignment_fixes(current) if f.fixable and (f.node, f.axis_index) not in chosen]
+            if not pending:
+                break
+            for f in pending:  # every axis of the first merge left
+                if f.node == pending[0].node:
+                    chosen[(f.node, f.axis_index)] = _on_original(f, current)
+            fixed = apply_fixes(base, list(chosen.values()), a.spatial_axes, a.graph.names)
+            current = analyze(fixed, options=opts.with_shapes(None))
     except RFGraphError:
-        return
-    bad = {(m.node, m.axis) for m in b.misaligned}
-    for i, f in enumerate(fixes):
-        if f.fixable:
-            fixes[i] = AlignmentFix(f.node, f.op, f.axis, f.axis_index, f.branches, f.pads,
-                                    f.offset, True, f.reason, (f.node, f.axis_index) not in bad)
+        return alone
+    bad = {(m.node, m.axis) for m in current.misaligned}
+    out = []
+    for f in alone + [c for k, c in chosen.items() if k not in {(f.node, f.axis_index) for f in alone}]:
+        key = (f.node, f.axis_index)
+        if key in chosen:
+            f = chosen[key]
+        elif f.fixable:  # aligned by the shifts before it, or past the rounds
+            f = dataclasses.replace(f, pads={}, reason="aligned once the fixes before it are applied")
+        out.append(dataclasses.replace(f, verified=key not in bad) if f.fixable else f)
+    return out
+
+
+def _on_original(fix: AlignmentFix, current: Analysis) -> AlignmentFix:
+    """``fix``, computed on a model with fixes applied, naming the original tensors: a branch the
+    fixes already padded at this merge (along another axis) is that Pad's input."""
+    pads = {}
+    for tensor, p in fix.pads.items():
+        node = current.graph.node_of(tensor)
+        pads[node.input[0] if node is not None and node.op_type == "Pad" and node.name == tensor
+             and tensor.endswith("_aligned") else tensor] = p
+    return dataclasses.replace(fix, pads=pads)
