@@ -895,6 +895,7 @@ def check_input_size(model: onnx.ModelProto, exported: Mapping[str, tuple[int, .
     if not (unsure or windows or reshapes):
         return
     dependent = value_dependent(model)
+    _refuse_unbroadcastable(model, [nodes[i] for i in unsure], dims, exported)
     _refuse_vanished(model, [nodes[i] for i in sorted(set(unsure) | set(windows))], set(dependent), dims)
     _refuse_reshape_mismatch(model, [nodes[i] for i in reshapes], set(dependent), dims, exported)
     if unsure and probe and _probe_unknown_shapes(model, dependent, dims, exported):
@@ -1106,6 +1107,56 @@ def _refuse_vanished(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], de
         what = short or f"gives '{tensor}' the shape {_shape_text(dims[tensor or ''])}, with no units"
         raise InputSizeError(f"input size {_input_size_text(model)} is too small: node '{name}' ({op}) "
                              f"{what}", name, op, vanished=True)
+
+
+# Ops whose inputs broadcast against each other (ONNX's multidirectional rule)
+BROADCASTING_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Mod", "Sum", "Max", "Min", "Mean", "Where", "And",
+                    "Or", "Xor", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "PRelu", "BitShift"}
+
+
+def _refuse_unbroadcastable(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto],
+                            dims: Mapping[str, tuple[int | None, ...]],
+                            exported: Mapping[str, tuple[int, ...]]) -> None:
+    """Refuse when the known shapes of an elementwise op's inputs cannot broadcast (per axis from
+    the right: equal, or one of them 1), or a Concat's inputs differ off its axis: onnxruntime fails
+    there at this size, shape inference left the output unknown (``nodes``), and fields of units
+    that do not match would be reported (a NASNet exported at a dynamic size adds a 27x27 map to a
+    55x55 one at every size)."""
+    for node in nodes:
+        shapes = [dims.get(t) for t in node.input if t]
+        if any(s is None or None in s for s in shapes) or len(shapes) < 2:
+            continue
+        if node.op_type in BROADCASTING_OPS and node.domain in ("", "ai.onnx"):
+            clash = _broadcast_clash(shapes)  # type: ignore[arg-type]
+        elif node.op_type == "Concat" and node.domain in ("", "ai.onnx"):
+            clash = _concat_clash(shapes, int(attributes(node).get("axis", 0)))  # type: ignore[arg-type]
+        else:
+            continue
+        if clash:
+            name, op = _node_names(model)[node.output[0]]
+            raise InputSizeError(f"the model cannot run at input size {_input_size_text(model)}: node '{name}' "
+                                 f"({op}) {clash}{_export_size_hint(model, exported)}", name, op)
+
+
+def _broadcast_clash(shapes: Sequence[tuple[int, ...]]) -> str:
+    """Why these shapes do not broadcast together ('' when they do)."""
+    rank = max(len(s) for s in shapes)
+    for k in range(1, rank + 1):
+        sizes = {s[-k] for s in shapes if len(s) >= k} - {1}
+        if len(sizes) > 1:
+            return f"cannot broadcast its inputs {' and '.join(_shape_text(s) for s in shapes)}"
+    return ""
+
+
+def _concat_clash(shapes: Sequence[tuple[int, ...]], axis: int) -> str:
+    """Why these shapes do not concatenate along ``axis`` ('' when they do)."""
+    rank = len(shapes[0])
+    if any(len(s) != rank for s in shapes) or not -rank <= axis < rank:
+        return ""  # the rule reports ranks and axes itself
+    axis %= rank
+    if len({tuple(d for i, d in enumerate(s) if i != axis) for s in shapes}) > 1:
+        return f"cannot concatenate its inputs {' and '.join(_shape_text(s) for s in shapes)} along axis {axis}"
+    return ""
 
 
 def _only_concatenated(model: onnx.ModelProto) -> set[str]:

@@ -314,3 +314,35 @@ def test_probe_respects_its_input_budget(models, monkeypatch):
     monkeypatch.setattr(onnx_import, "MAX_FOLD_ROUNDS", 0)
     a = rfgraph.analyze(str(models["tokens"]), {"x": (1, 3, 32, 32)})
     assert a.stops and a.stops[0].op == "Reshape" and "y" not in a.endpoints
+
+
+@pytest.mark.parametrize("merge", ["Add", "Concat"])
+def test_branches_of_unequal_sizes_are_refused(merge: str) -> None:
+    """A stride-2 branch merged with a stride-1 one has no size that fits (a NASNet exported at a
+    dynamic size adds a 27x27 map to a 55x55 one).  Shape inference leaves the merge's output
+    unknown and the fields after it were reported (global, 'laid out differently'); now the size
+    is refused at the merge, as onnxruntime refuses it."""
+    from tests.graphs import G
+
+    g = G((16, 16))
+    a, b = g.conv("x", 3, 2, pads=[1] * 4), g.conv("x", 1, 1, pads=[0] * 4)
+    y = g.add(a, b) if merge == "Add" else g.node("Concat", [a, b], axis=1)
+    graph = onnx.helper.make_graph(g.nodes, "unequal", [g.input], [onnx.helper.make_empty_tensor_value_info(y)],
+                                   g.inits)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", g.opset)])
+    with pytest.raises(Exception, match=r"Attempting to broadcast|Incompatible|dimension|Concat|[Ss]hape"):
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": np.zeros((1, 1, 16, 16), np.float32)})
+    with pytest.raises(InputSizeError, match=r"cannot (broadcast|concatenate) its inputs 1x\dx8x8 and 1x\dx16x16"):
+        rfgraph.analyze(model)
+
+
+def test_broadcast_of_a_unit_axis_is_no_clash() -> None:
+    """A per-channel scale (1x1 spatially) broadcasts against the map: analysed as before."""
+    from tests.graphs import G
+
+    g = G((16, 16))
+    a = g.conv("x", 3, 1, pads=[1] * 4)
+    pooled = g.node("GlobalAveragePool", [a])
+    y = g.node("Mul", [a, pooled])
+    assert rfgraph.analyze(g.model(y))[y].r == (3, 3)
