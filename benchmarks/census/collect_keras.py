@@ -1,5 +1,6 @@
 """Keras models (random init) converted by rfgraph's Keras path (tf2onnx), saved as ONNX: the
-Keras applications (source ``keras``) and keras-hub backbones built from a config (``keras-hub``).
+Keras applications (source ``keras``), the same without their heads at a dynamic size
+(``keras-dynamic``, analysed at 128x128) and keras-hub backbones built from a config (``keras-hub``).
 
 Run with an interpreter that has tensorflow-cpu and tf2onnx (and keras-hub for its models; a
 separate venv when they do not fit the main environment):
@@ -56,9 +57,19 @@ HUB = {
     "swin_tiny": ("K.SwinTransformerBackbone(image_shape=(224, 224, 3), embed_dim=48, depths=(2, 2, 2, 2), "
                   "num_heads=(3, 6, 12, 24), window_size=7)"),
 }
+# the same applications without their heads at a dynamic size (input_shape (None, None, 3)), as users
+# often convert them: tf2onnx then computes pads and crops from the input's shape, and writes a
+# dilated convolution as space-to-batch moves; analysed at DYNAMIC_SIZE, where their fields must
+# equal the fixed-size exports' (source keras)
+DYNAMIC = ["ResNet50", "MobileNetV2", "DenseNet121", "EfficientNetB0", "Xception", "InceptionV3", "VGG16",
+           "ConvNeXtTiny", "MobileNetV3Small", "ResNet50V2", "NASNetMobile", "EfficientNetV2B0",
+           "InceptionResNetV2"]
+DYNAMIC_SIZE = "1x128x128x3"
+DYNAMIC_ARGS = "weights=None, include_top=False, input_shape=(None, None, 3)"
 MODELS = {**{name: ("keras", f"keras.applications.{name}(weights=None, input_shape=({size}, {size}, 3))")
              for name, size in APPS.items()},
-          **{name: ("keras-hub", expr) for name, expr in HUB.items()}}
+          **{name: ("keras-hub", expr) for name, expr in HUB.items()},
+          **{f"{name}_dynamic": ("keras-dynamic", f"keras.applications.{name}({DYNAMIC_ARGS})") for name in DYNAMIC}}
 
 CONVERT = r'''
 import os, sys
@@ -79,6 +90,8 @@ def convert(cache: Path, name: str, source: str, expr: str, limit: float) -> Ent
     """One model, converted in a subprocess (a failure or timeout is a skip with the reason)."""
     entry, out = model_entry(cache, source, name, origin=expr,
                              note="NHWC input, detected from tf2onnx's leading Transpose")
+    if source == "keras-dynamic":
+        entry.input_shape = DYNAMIC_SIZE
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return export_in_subprocess(entry, out, [CONVERT, expr, str(out) + ".tmp"], limit, "conversion", env)
 
