@@ -153,12 +153,15 @@ class _Scan:
         """The chains before and after ``conv`` (longest first) that move the same phases into its
         batch and back, with their folds; None when no pair does."""
         before, after = self.chain_before(conv), self.chain_after(conv)
+        outs: dict[int, PhaseFold | None] = {}  # each chain after the Conv traced once
         for i in range(len(before)):
             fold_in = self.fold_through(before[i:], forward=True)
             if fold_in is None or max(fold_in.blocks, default=1) == 1:
                 continue
             for j in range(len(after), 0, -1):
-                fold_out = self.fold_through(after[:j], forward=False)
+                if j not in outs:
+                    outs[j] = self.fold_through(after[:j], forward=False)
+                fold_out = outs[j]
                 if fold_out is not None and _same_moves(fold_in, fold_out):
                     return before[i:], after[:j], fold_in, fold_out
         return None
