@@ -289,7 +289,9 @@ class Analysis:
     layout_reason: str = ""  # why that layout: given, a leading Transpose, a Conv, the shape
     options: ModelOptions = field(default_factory=ModelOptions, repr=False)  # how the model was read
     unknown_size: UnknownSize | None = None  # analysed without a size: how (periods, sizes used)
-    shape_notes: list[str] = field(default_factory=list)  # declared shapes dropped: inference contradicts them
+    # how the file was read: declared shapes dropped (inference contradicts them), Convs read as
+    # dilated (space_to_batch)
+    shape_notes: list[str] = field(default_factory=list)
     pieces: Pieces = field(default_factory=dict)  # an output cut into the grids a Concat joined: its pieces
 
     def __post_init__(self) -> None:

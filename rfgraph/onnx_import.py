@@ -34,6 +34,7 @@ from .errors import (
     ModelLoadError,
     RFGraphError,
 )
+from .semantics import BROADCAST_OPS
 from .semantics.contrib import expand_contrib_ops
 from .semantics.layout import circular_padding
 from .space_to_batch import may_hold_space_to_batch, rewrite_space_to_batch
@@ -1109,9 +1110,9 @@ def _refuse_vanished(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], de
                              f"{what}", name, op, vanished=True)
 
 
-# Ops whose inputs broadcast against each other (ONNX's multidirectional rule)
-BROADCASTING_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Mod", "Sum", "Max", "Min", "Mean", "Where", "And",
-                    "Or", "Xor", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "PRelu", "BitShift"}
+# Ops whose inputs broadcast against each other: the ops whose TRF rule is numpy broadcasting,
+# but Expand (its second input is the target shape, not a tensor that broadcasts)
+BROADCASTING_OPS = BROADCAST_OPS - {"Expand"}
 
 
 def _refuse_unbroadcastable(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto],

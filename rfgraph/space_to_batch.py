@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .projections import readers_of
 from .semantics.geometry import window
 
 if TYPE_CHECKING:
@@ -77,7 +78,8 @@ def rewrite_space_to_batch(mg: ModelGraph, run_node: RunNode) -> list[str]:
                 replaced.update(found[2])
     if lines:
         _put(mg.model, mg.nodes, replaced, removed)
-        _drop_unread(mg.model, {t for i in removed for t in mg.nodes[i].input if t})
+        captured = {t for tensors in mg.captured.values() for t in tensors}
+        _drop_unread(mg.model, {t for i in removed for t in mg.nodes[i].input if t}, captured)
         mg.model.metadata_props.add(key=REWRITTEN, value="\n".join(lines))
     return lines
 
@@ -100,15 +102,17 @@ def may_hold_space_to_batch(model: onnx.ModelProto) -> bool:
     """Cheap test before building a graph: some Conv reads a SpaceToDepth or a Reshape through
     layout ops only."""
     producer = {t: n for n in model.graph.node for t in n.output}
-    for node in model.graph.node:
-        if node.op_type != "Conv" or not node.input:
-            continue
-        up = producer.get(node.input[0])
-        while up is not None and up.op_type in LAYOUT_OPS and up.input:
-            if up.op_type in MOVES_POSITIONS:
-                return True
-            up = producer.get(up.input[0])
-    return False
+    return any(n.op_type in MOVES_POSITIONS for node in model.graph.node if node.op_type == "Conv" and node.input
+               for n in _layout_chain(node.input[0], producer.get))
+
+
+def _layout_chain(tensor: str, producer: Callable[[str], onnx.NodeProto | None]) -> list[onnx.NodeProto]:
+    """The layout nodes computing ``tensor`` in a line, first to last (``producer``: a tensor's node)."""
+    chain: list[onnx.NodeProto] = []
+    while (up := producer(tensor)) is not None and up.op_type in LAYOUT_OPS and up.input:
+        chain.insert(0, up)
+        tensor = up.input[0]
+    return chain
 
 
 class _Scan:
@@ -116,10 +120,10 @@ class _Scan:
 
     def __init__(self, mg: ModelGraph, run_node: RunNode) -> None:
         self.mg, self.run_node = mg, run_node
-        self.readers: dict[str, list[onnx.NodeProto]] = {}
-        for node in mg.nodes:
-            for t in node.input:
-                self.readers.setdefault(t, []).append(node)
+        self.readers = readers_of(mg.nodes)
+        for idx, tensors in mg.captured.items():  # an If/Loop/Scan body reads them too
+            for t in tensors:
+                self.readers.setdefault(t, []).append(mg.nodes[idx])
         self.outputs = set(mg.outputs)
 
     def moves_positions(self, conv: onnx.NodeProto) -> bool:
@@ -201,12 +205,7 @@ class _Scan:
     def chain_before(self, conv: onnx.NodeProto) -> list[onnx.NodeProto]:
         """Layout nodes feeding ``conv``'s data input (tf2onnx moves the phases once for the
         Convs of one input and one rate: the chain may be theirs too)."""
-        chain: list[onnx.NodeProto] = []
-        t = conv.input[0]
-        while (up := self.mg.node_of(t)) is not None and up.op_type in LAYOUT_OPS and up.input:
-            chain.insert(0, up)
-            t = up.input[0]
-        return chain
+        return _layout_chain(conv.input[0], self.mg.node_of)
 
     def own_part(self, before: Sequence[onnx.NodeProto], conv: onnx.NodeProto) -> list[onnx.NodeProto]:
         """The end of the chain ``before`` that only ``conv`` reads (removed with it; the rest goes
@@ -441,13 +440,13 @@ def _put(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], replaced: dict
         model.graph.value_info.remove(vi)
 
 
-def _drop_unread(model: onnx.ModelProto, candidates: set[str]) -> None:
+def _drop_unread(model: onnx.ModelProto, candidates: set[str], captured: set[str]) -> None:
     """Remove, repeatedly, what served only the replaced nodes: the nodes and initializers
-    computing ``candidates`` (the moves' targets) once nothing reads them, and the nodes reading a
-    tensor that is gone (Shape nodes of the moved tensors, which ``_Scan.shapes_die`` proved
-    serve nothing else)."""
+    computing ``candidates`` (the moves' targets) once nothing reads them (``captured``: what
+    subgraphs read), and the nodes reading a tensor that is gone (Shape nodes of the moved
+    tensors, which ``_Scan.shapes_die`` proved serve nothing else)."""
     g = model.graph
-    keep = {o.name for o in g.output} | _subgraph_reads(model)
+    keep = {o.name for o in g.output} | captured
     while True:
         read = {t for n in g.node for t in n.input} | keep
         for w in [w for w in g.initializer if w.name in candidates and w.name not in read]:
@@ -460,13 +459,3 @@ def _drop_unread(model: onnx.ModelProto, candidates: set[str]) -> None:
         candidates = {t for i in dead for t in g.node[i].input if t}
         for i in reversed(dead):
             del g.node[i]
-
-
-def _subgraph_reads(model: onnx.ModelProto) -> set[str]:
-    """Tensors the subgraphs of If, Loop and Scan nodes read (kept alive)."""
-    names: set[str] = set()
-    for node in model.graph.node:
-        for attr in node.attribute:
-            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                names |= {t for n in g.node for t in n.input}
-    return names

@@ -149,12 +149,10 @@ def joint_fixes(model: Any, a: Analysis, opts: ModelOptions) -> list[AlignmentFi
     except RFGraphError:
         return alone
     bad = {(m.node, m.axis) for m in current.misaligned}
+    by_merge = {(f.node, f.axis_index): f for f in alone} | chosen  # merges a fix misaligned come last
     out = []
-    for f in alone + [c for k, c in chosen.items() if k not in {(f.node, f.axis_index) for f in alone}]:
-        key = (f.node, f.axis_index)
-        if key in chosen:
-            f = chosen[key]
-        elif f.fixable:  # aligned by the shifts before it, or past the rounds
+    for key, f in by_merge.items():
+        if f.fixable and key not in chosen:  # aligned by the shifts before it, or past the rounds
             f = dataclasses.replace(f, pads={}, reason="aligned once the fixes before it are applied")
         out.append(dataclasses.replace(f, verified=key not in bad) if f.fixable else f)
     return out

@@ -24,6 +24,7 @@ from .transfer import (
     OutTransfer,
     Rule,
     Transfer,
+    _str_attr,
     mixed_maps,
     plain_layout,
     strip_spatial,
@@ -116,14 +117,9 @@ def space_to_depth_rule(ctx: NodeContext) -> Transfer:
         return tr
     channels = ctx.data_layout(0)[1]
     block: AxisLayout = ((FOLDED, b ** (len(out.layout) - 2)),)
-    parts = channels + block if _str_mode(ctx) == "CRD" else block + channels
+    parts = channels + block if _str_attr(ctx, "mode", "DCR") == "CRD" else block + channels
     layout = (out.layout[0], parts) + out.layout[2:]
     return dataclasses.replace(tr, outputs=(dataclasses.replace(out, layout=layout),) + tr.outputs[1:])
-
-
-def _str_mode(ctx: NodeContext) -> str:
-    mode = ctx.attrs.get("mode", "DCR")
-    return mode.decode() if isinstance(mode, bytes) else str(mode)
 
 
 def grid_sample_rule(ctx: NodeContext) -> Transfer:
