@@ -157,6 +157,7 @@ class PassResult:
     global_at: dict[str, str] = field(default_factory=dict)  # node -> why it mixes positions
     gates: dict[str, Gate] = field(default_factory=dict)  # node -> the gate it applies
     bounds: dict[str, str] = field(default_factory=dict)  # node -> why fields are upper bounds from it
+    input_sizes: tuple[int | None, ...] = ()  # positions of the input along each spatial axis (None: unknown)
 
     def local_edges(self, node: str, edges: tuple[Edge, ...]) -> tuple[Edge, ...]:
         """A node's edges without its gate operand (held constant for the local fields)."""
@@ -178,7 +179,8 @@ def _forward_pass(mg: ModelGraph, input_name: str, input_layout: Layout, rules: 
     identity = AxisField((IDENTITY,))
     states = {input_name: TensorState(input_layout, (identity,) * n_axes)}
     order = mg.topological_nodes()
-    result = PassResult(states, {}, order)
+    result = PassResult(states, {}, order, input_sizes=tuple(units_along(input_layout, a) or None
+                                                             for a in range(n_axes)))
     blocked: dict[str, int] = {}  # tensor -> index into result.stops
     cache = TransferCache(rules)  # repeated identical layers share one transfer
     node_inputs, node_outputs, op_types, names = mg.node_inputs, mg.node_outputs, mg.op_types, mg.names
@@ -236,6 +238,16 @@ class TransferCache:
         return self.rules[op]
 
 
+def _leftover_reason(op: str, declare: str) -> str:
+    """Why an op ONNX does not define stops the pass, and what to do about it."""
+    if isinstance(op, str) and op.startswith("TFL_"):  # tf2onnx --tflite keeps what it cannot convert
+        return (f"ONNX has no such operator: a TensorFlow Lite op ({op[4:]}) that tf2onnx could not "
+                f"convert and left as it is, without its parameters; declare a rule for it {declare}")
+    return (f"ONNX has no such operator: the exporter left a framework call in the graph (a broken "
+            f"export); export it again (that function inlined, or at another opset), or declare a "
+            f"rule for it {declare}")
+
+
 def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None], cache: TransferCache) -> Transfer:
     """Run the op's rule on a node; unknown ops raise UnsupportedOpError naming the node.
 
@@ -250,9 +262,7 @@ def _transfer(mg: ModelGraph, idx: int, layouts: list[Layout | None], cache: Tra
     if rule is None:
         dom = f" (domain '{node.domain}')" if node.domain else ""
         declare = "with --rules FILE or rfgraph.register_op (see docs/custom_ops.md)"
-        why = (f"ONNX has no such operator: the exporter left a framework call in the graph (a broken "
-               f"export); export it again (that function inlined, or at another opset), or declare a "
-               f"rule for it {declare}" if unknown_standard_op(op, node.domain) else
+        why = (_leftover_reason(op, declare) if unknown_standard_op(op, node.domain) else
                f"no receptive-field rule for this op{dom}; declare one {declare}")
         why = contrib_stop_reason(node) or why
         raise UnsupportedOpError(mg.names[idx], node.op_type, why)
@@ -336,7 +346,7 @@ def _apply(result: PassResult, mg: ModelGraph, idx: int, transfer: Transfer) -> 
             continue
         inputs = [states[node_in[e.slot]] for e in out.edges]
         gate = _gate_slots(mg, mg.op_types[idx], out, inputs, [node_in[e.slot] for e in out.edges],
-                           states) if len(out.edges) > 1 else ()
+                           states, result.input_sizes) if len(out.edges) > 1 else ()
         if gate:
             out = _record_gates(result, mg, idx, out, gate)
             inputs = [states[node_in[e.slot]] for e in out.edges]
@@ -393,10 +403,11 @@ def _hold_statistics(result: PassResult, mg: ModelGraph, idx: int, why: str, axe
 
 
 def _gate_slots(mg: ModelGraph, op: str, out: OutTransfer, inputs: Sequence[TensorState],
-                tensors: Sequence[str], states: dict[str, TensorState]) -> tuple[int, ...]:
+                tensors: Sequence[str], states: dict[str, TensorState],
+                input_sizes: Sequence[int | None]) -> tuple[int, ...]:
     """Indices (into ``out.edges``) of the gate operands of a Mul/Add/Sub/Div: constant along
     every tensor axis where the output has several positions (but for constant factors), and
-    global along every spatial axis (computed from an op that reads all positions).  Found from
+    read from the whole input along every spatial axis (``_pooled_whole``).  Found from
     shapes and fields, never names; an attention map (several positions, even global ones) is no
     gate.  Empty unless another operand is a feature map with a local field (the map gated)."""
     if op not in GATE_OPS:
@@ -406,7 +417,7 @@ def _gate_slots(mg: ModelGraph, op: str, out: OutTransfer, inputs: Sequence[Tens
     if not spread:
         return ()
     gates = tuple(k for k, (st, tensor) in enumerate(zip(inputs, tensors))
-                  if _all_global(st) and _constant_over_positions(mg, states, tensor, spread))
+                  if _pooled_whole(st, input_sizes) and _constant_over_positions(mg, states, tensor, spread))
     gated = [st for k, st in enumerate(inputs) if k not in gates and not _all_global(st)]
     return gates if gated else ()  # a global map times a global value: no gate
 
@@ -461,15 +472,43 @@ def _all_global(state: TensorState) -> bool:
     return bool(state.fields) and all(f.global_at is not None for f in state.fields)
 
 
+def _pooled_whole(state: TensorState, input_sizes: Sequence[int | None]) -> bool:
+    """Whether a tensor's values are each computed from the whole input: global along every
+    spatial axis, or one unit along each whose local field covers the input (tflite writes Keras'
+    GlobalAveragePooling2D as an AveragePool of the map's size: a field of the recursion, eq. 2)."""
+    if not state.fields:
+        return False
+    for axis, (f, n) in enumerate(zip(state.fields, input_sizes)):
+        if f.global_at is not None:
+            continue
+        if n is None or units_along(state.layout, axis) != 1:
+            return False
+        first, last = f.region(0)
+        if first > 0 or last < n - 1:
+            return False
+    return True
+
+
 def _record_gates(result: PassResult, mg: ModelGraph, idx: int, out: OutTransfer,
                   gate: Sequence[int]) -> OutTransfer:
     """Record the gate applied at node ``idx``; the output's transfer without the gate edges."""
     name, node_in = mg.names[idx], mg.node_inputs[idx]
     for k in gate:
         e = out.edges[k]
-        source = result.states[node_in[e.slot]].fields[0].global_at or ""
+        source = result.states[node_in[e.slot]].fields[0].global_at or _pooled_at(mg, result, node_in[e.slot])
         result.gates.setdefault(name, Gate(name, mg.op_types[idx], node_in[e.slot], e.slot, source))
     return OutTransfer(out.layout, tuple(e for k, e in enumerate(out.edges) if k not in gate))
+
+
+def _pooled_at(mg: ModelGraph, result: PassResult, tensor: str) -> str:
+    """The node where a gate operand with local fields (``_pooled_whole``) came to one unit over
+    the whole input: followed up its data inputs while they are such operands too."""
+    node = ""
+    while (idx := mg.producer.get(tensor)) is not None:
+        node = mg.names[idx]
+        tensor = next((t for t in mg.node_inputs[idx] if t in result.states
+                       and _pooled_whole(result.states[t], result.input_sizes)), "")
+    return node
 
 
 def _through_edge(edge: Edge, fields_in: tuple[AxisField, ...], node: str) -> tuple[AxisField, ...]:

@@ -241,9 +241,14 @@ def test_covers_input_means_every_pixel_is_read(size: int, covers: bool) -> None
 def test_an_op_onnx_does_not_define_is_called_a_broken_export() -> None:
     """tf2onnx can leave a TensorFlow function call (StatefulPartitionedCall) in ONNX's own
     domain: the stop says ONNX has no such operator and to export again, not only --rules; an
-    unknown op of another domain keeps the plain message."""
-    for domain, said in [("", "ONNX has no such operator"), ("com.example", "no receptive-field rule")]:
-        node = helper.make_node("StatefulPartitionedCall", ["x"], ["y"], name="call", domain=domain)
+    unknown op of another domain keeps the plain message.  tf2onnx --tflite leaves a TFLite op it
+    cannot convert as TFL_<name> (mediapipe's Convolution2DTransposeBias): said so, not "export
+    again" (its parameters are not in the graph)."""
+    for op, domain, said in [("StatefulPartitionedCall", "", "the exporter left a framework call"),
+                             ("StatefulPartitionedCall", "com.example", "no receptive-field rule"),
+                             ("TFL_Convolution2DTransposeBias", "", "a TensorFlow Lite op "
+                              "(Convolution2DTransposeBias) that tf2onnx could not convert")]:
+        node = helper.make_node(op, ["x"], ["y"], name="call", domain=domain)
         graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 8])])
         opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])

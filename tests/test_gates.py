@@ -38,16 +38,20 @@ from torch import nn  # noqa: E402
 
 
 class SE(nn.Module):
-    """Squeeze-excitation: x * act(fc2(relu(fc1(mean over positions))))."""
+    """Squeeze-excitation: x * act(fc2(relu(fc1(mean over positions)))); ``pool``: the mean
+    written as an average pool of the map's size (as tflite writes Keras' global pooling: an
+    AveragePool whose one window covers the map, read by the field recursion, not as a global op)."""
 
-    def __init__(self, c: int, act: nn.Module | None = None) -> None:
+    def __init__(self, c: int, act: nn.Module | None = None, pool: int = 0) -> None:
         super().__init__()
         self.fc1, self.fc2 = nn.Conv2d(c, max(c // 2, 1), 1), nn.Conv2d(max(c // 2, 1), c, 1)
         self.act = act or nn.Sigmoid()
+        self.pool = nn.AvgPool2d(pool) if pool else None
         self.detach = False
 
     def forward(self, x):
-        g = self.act(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+        pooled = self.pool(x) if self.pool is not None else x.mean((2, 3), keepdim=True)
+        g = self.act(self.fc2(torch.relu(self.fc1(pooled))))
         return x * (g.detach() if self.detach else g)
 
 
@@ -200,6 +204,10 @@ def conv_se_conv() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), SE(4), nn.Conv2d(4, 4, 3, 2, 1))
 
 
+def conv_se_pooled_conv() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), SE(4, pool=SIZE // 2), nn.Conv2d(4, 4, 3, 2, 1))
+
+
 def mobilenet_v3_like() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.Hardswish(), InvertedResidual(4, 6, 2),
                          InvertedResidual(6, 6, 1))
@@ -221,7 +229,8 @@ def cbam_net() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), CBAM(4), nn.Conv2d(4, 4, 3, padding=1))
 
 
-NETS = {"conv_se_conv": (conv_se_conv, 1, {"Mul"}), "mobilenet_v3_like": (mobilenet_v3_like, 2, {"Mul"}),
+NETS = {"conv_se_conv": (conv_se_conv, 1, {"Mul"}), "conv_se_pooled_conv": (conv_se_pooled_conv, 1, {"Mul"}),
+        "mobilenet_v3_like": (mobilenet_v3_like, 2, {"Mul"}),
         "eca": (eca_net, 1, {"Mul"}), "eca_expanded": (eca_expanded_net, 1, {"Mul"}),
         "cbam": (cbam_net, 1, {"Mul"}), "global_context": (gc_net, 1, {"Add"}),
         # a normalisation's statistics over positions: torch exports GroupNorm as an
