@@ -272,8 +272,11 @@ def test_every_expansion_has_a_case() -> None:
 
 # onnxruntime quantizes the LSTM's hidden state at each step as well (the expansion keeps it in
 # float): the values differ by that rounding, the fields not (the input's dynamic scale already
-# makes every step read every position)
-TOLERANCE = {"DynamicQuantizeLSTM": 2e-3, "DynamicQuantizeLSTM-per-column": 2e-3}
+# makes every step read every position).  One 8-bit step is 1/255 of the state's range, carried
+# through 5 steps by kernels that differ per CPU (per-column: 7e-3 of the largest value on an AVX2
+# AMD EPYC, under 2e-3 with AVX-512 VNNI); a wrong expansion (a gate or a scale misplaced) is off
+# by the values themselves
+TOLERANCE = {"DynamicQuantizeLSTM": 1.5e-2, "DynamicQuantizeLSTM-per-column": 1.5e-2}
 
 
 @pytest.mark.parametrize("case", FLOAT_CASES, ids=str)
