@@ -246,8 +246,8 @@ def test_an_op_onnx_does_not_define_is_called_a_broken_export() -> None:
     again" (its parameters are not in the graph)."""
     for op, domain, said in [("StatefulPartitionedCall", "", "the exporter left a framework call"),
                              ("StatefulPartitionedCall", "com.example", "no receptive-field rule"),
-                             ("TFL_Convolution2DTransposeBias", "", "a TensorFlow Lite op "
-                              "(Convolution2DTransposeBias) that tf2onnx could not convert")]:
+                             ("TFL_Convolution2DTransposeBias", "",
+                              "a TensorFlow Lite op (Convolution2DTransposeBias) that tf2onnx could not convert")]:
         node = helper.make_node(op, ["x"], ["y"], name="call", domain=domain)
         graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 8])])
