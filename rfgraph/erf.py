@@ -537,12 +537,15 @@ def compute_erfs(model: ModelSource, output: str | None = None, *,
     proto, analysis, load_notes = _load(model, opts)
     notes = load_notes + notes
     input_name, full_shape, spatial = _input_facts(proto, analysis, opts.erf_input()[0])
-    _refuse_other_inputs(proto, input_name)
     step_back = (step_back or output is None) and all(u is None for u in units) and unit_axis is None
-    output = output or _first_output(proto, analysis)
+    if output is None:
+        output, stopped = _default_output(proto, analysis)
+        notes += stopped
     if analysis is not None and output in analysis.pieces:
         output, units, piece_note = _piece_units(analysis.pieces[output], output, units)
         notes.append(piece_note)
+    proto = _only_what_feeds(proto, output, input_name)
+    _refuse_other_inputs(proto, input_name)
 
     def seeded_targets(name: str) -> tuple[list[Target], tuple[onnx.NodeProto, set[int]] | None, str]:
         """The targets on tensor ``name``, the normalisation computing it (when its channel sum is
@@ -605,6 +608,46 @@ def _first_output(proto: onnx.ModelProto, analysis: Analysis | None) -> str:
     first = proto.graph.output[0].name
     cut = analysis.pieces if analysis is not None else {}
     return next((out for out, pieces in cut.items() if pieces[0].name == first), first)
+
+
+def _default_output(proto: onnx.ModelProto, analysis: Analysis | None) -> tuple[str, list[str]]:
+    """The tensor whose ERF is shown when none is named: the model's first output, or, where it
+    lies after the analysis stopped, the last feature map analysed before the stop (the end point
+    ``analyze`` shows), with a note saying so."""
+    first = _first_output(proto, analysis)
+    if analysis is None or not analysis.stops or first in analysis.endpoints:
+        return first, []
+    before = analysis.default_endpoints()
+    if not before:
+        return first, []
+    stop = analysis.stops[0]
+    note = (f"'{first}' lies after the analysis stopped at '{stop.node}' ({stop.op}): the ERF is that of "
+            f"'{before[-1]}', the last feature map analysed before it (--output NAME for another)")
+    return before[-1], [note]
+
+
+def _only_what_feeds(proto: onnx.ModelProto, output: str, input_name: str) -> onnx.ModelProto:
+    """The model cut to the nodes ``output`` depends on, ``output`` its one output and the inputs
+    they read (and ``input_name``): what comes after it (an op onnxruntime cannot run, such as a
+    TFLite op tf2onnx left; another head) and inputs it never reads no longer stop the runs.
+    Unchanged where every node feeds it, or where no node computes it (the errors say why)."""
+    from .onnx_import import model_like
+
+    graph = proto.graph
+    needed = vjp_mod.ancestors(proto, output)
+    if not needed or (len(needed) == len(graph.node) and [o.name for o in graph.output] == [output]):
+        return proto
+    read = {i for n in needed for i in n.input if i} | {input_name}
+    for n in needed:  # what subgraphs (If, Loop) read from the graph around them
+        read.update(i for a in n.attribute if a.type == onnx.AttributeProto.GRAPH for m in a.g.node for i in m.input)
+    made = {o for n in needed for o in n.output if o}
+    info = {v.name: v for v in (*graph.value_info, *graph.output)}
+    out_info = info.get(output) or onnx.helper.make_empty_tensor_value_info(output)
+    cut = model_like(proto, needed, [t for t in graph.initializer if t.name in read],
+                     [i for i in graph.input if i.name in read], [out_info])
+    cut.graph.value_info.extend(v for v in graph.value_info if v.name in made and v.name != output)
+    cut.metadata_props.extend(proto.metadata_props)
+    return cut
 
 
 def _piece_units(pieces: Sequence[Piece], output: str, units: Sequence[Sequence[int] | None]

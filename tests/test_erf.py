@@ -806,3 +806,38 @@ def test_a_unit_of_logits_points_to_the_channel_not_the_unit_axis(tmp_path: Path
     err = capsys.readouterr().err
     assert "--channel K" in err and "4 features" in err and "--unit-axis" not in err
     assert main(["erf", str(path), "--channel", "2", "--runs", "1", "--format", "json"]) == 0
+
+
+def _stack_then_unknown_head(extra_input: bool) -> onnx.ModelProto:
+    """``conv_stack(3, 3, 12)`` whose output 'y' feeds an op no runtime knows (a TFLite op tf2onnx
+    left, ``TFL_Convolution2DTransposeBias``) [and an Add of a second input after it]: the
+    model's only output lies after it."""
+    model = conv_stack(3, 3, 12)
+    graph = model.graph
+    graph.node.append(helper.make_node("TFL_Convolution2DTransposeBias", ["y"], ["up"], name="segment"))
+    if extra_input:
+        graph.node.append(helper.make_node("Add", ["up", "aux"], ["up2"], name="head"))
+        graph.input.append(helper.make_tensor_value_info("aux", TensorProto.FLOAT, [1, 1, 6, 6]))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("up2" if extra_input else "up", TensorProto.FLOAT, None))
+    return model
+
+
+@pytest.mark.parametrize("extra_input", [False, True], ids=["one input", "an input read after the stop"])
+def test_erf_before_a_stop_runs_on_the_part_that_feeds_it(extra_input: bool) -> None:
+    """The analysis stops at an op onnxruntime cannot run, and the model's output lies after it:
+    the ERF is that of the last feature map before the stop (a note says so), computed on the
+    nodes that feed it, so neither the op nor an input read only after it stops the runs (before:
+    onnxruntime refused the whole model, or the other input was refused).  Oracle: uniform 3x3
+    kernels, the outer product of the polynomial coefficients (Luo sec. 2.1)."""
+    model = _stack_then_unknown_head(extra_input)
+    res = compute_erf(model, runs=1)
+    assert res.target.output == "c2"  # the end point ``analyze`` shows: the map the Identity 'y' copies
+    assert any("lies after the analysis stopped at 'segment'" in n for n in res.notes), res.notes
+    c = poly_coefficients(3, 3)
+    (h0, h1), (w0, w1) = res.target.region
+    np.testing.assert_array_equal(res.erf[h0:h1 + 1, w0:w1 + 1], np.outer(c, c))
+    assert res.erf.sum() == c.sum() ** 2
+    named = compute_erf(model, "y", runs=1)  # named: the same, without the note
+    np.testing.assert_array_equal(named.erf, res.erf)
+    assert not any("lies after" in n for n in named.notes)
