@@ -613,11 +613,12 @@ def _first_output(proto: onnx.ModelProto, analysis: Analysis | None) -> str:
 def _default_output(proto: onnx.ModelProto, analysis: Analysis | None) -> tuple[str, list[str]]:
     """The tensor whose ERF is shown when none is named: the model's first output, or, where it
     lies after the analysis stopped, the last feature map analysed before the stop (the end point
-    ``analyze`` shows), with a note saying so."""
+    ``analyze`` shows; never the input itself), with a note saying so."""
     first = _first_output(proto, analysis)
     if analysis is None or not analysis.stops or first in analysis.endpoints:
         return first, []
-    before = analysis.default_endpoints()
+    made = {o for n in proto.graph.node for o in n.output}
+    before = [t for t in analysis.default_endpoints() if t in made]
     if not before:
         return first, []
     stop = analysis.stops[0]

@@ -28,8 +28,8 @@ from common import DEFAULT_CACHE, Entry, read_manifests
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ["analyze", "analyze-all-json", "boxes", "erf", "diagnose", "report", "show"]
-SOURCE_ORDER = ["pypi", "torchvision-ts", "timm-ts", "transformers-ts", "keras", "keras-dynamic", "tflite", "torchvision-dynamo",
-                "timm-dynamo"]
+SOURCE_ORDER = ["pypi", "torchvision-ts", "timm-ts", "transformers-ts", "keras", "keras-dynamic", "tflite",
+                "torchvision-dynamo", "timm-dynamo"]
 MAX_BOXES = 3  # output heads mapped with `boxes`, per model
 
 
