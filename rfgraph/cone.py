@@ -254,18 +254,17 @@ def _crop_model(model: onnx.ModelProto, analysis: Analysis, opts: ModelOptions,
 
 def pruned(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
     """A model of the nodes of ``model`` that ``output`` depends on, ``output`` its only output
-    (built from those parts, with the weights they read): what follows it (a head, a positional
-    table, a Reshape to the full size) plays no part in the unit's value and need not run at the
-    crop's size."""
+    (built from those parts, with the weights and inputs they read): what follows it (a head, a
+    positional table, a Reshape to the full size, an op onnxruntime cannot run) plays no part in
+    the unit's value and need not run (at the crop's size)."""
     from .onnx_import import elem_type, model_like
     from .vjp import ancestors
 
     keep = ancestors(model, output)
     subgraphs = [a.g for n in keep for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
     used = {t for n in keep for t in n.input} | {t for g in subgraphs for m in g.node for t in m.input}
-    dropped = {i.name for i in model.graph.initializer} - used
-    inits = [i for i in model.graph.initializer if i.name not in dropped]
-    inputs = [i for i in model.graph.input if i.name not in dropped]  # old IRs list initializers as inputs
+    inits = [i for i in model.graph.initializer if i.name in used]
+    inputs = [i for i in model.graph.input if i.name in used]  # (old IRs list initializers as inputs)
     out = onnx.helper.make_tensor_value_info(output, elem_type(model, output), None)
     return model_like(model, keep, inits, inputs, [out])
 

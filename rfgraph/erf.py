@@ -628,27 +628,16 @@ def _default_output(proto: onnx.ModelProto, analysis: Analysis | None) -> tuple[
 
 
 def _only_what_feeds(proto: onnx.ModelProto, output: str, input_name: str) -> onnx.ModelProto:
-    """The model cut to the nodes ``output`` depends on, ``output`` its one output and the inputs
-    they read (and ``input_name``): what comes after it (an op onnxruntime cannot run, such as a
-    TFLite op tf2onnx left; another head) and inputs it never reads no longer stop the runs.
-    Unchanged where every node feeds it, or where no node computes it (the errors say why)."""
-    from .onnx_import import model_like
-
+    """The model cut to what ``output`` depends on (``cone.pruned``): what comes after it (an op
+    onnxruntime cannot run, such as a TFLite op tf2onnx left; another head) and inputs it never
+    reads no longer stop the runs.  Unchanged where every node feeds it, or where no node
+    computes it or it does not read ``input_name`` (the errors say why)."""
     graph = proto.graph
     needed = vjp_mod.ancestors(proto, output)
     if not needed or (len(needed) == len(graph.node) and [o.name for o in graph.output] == [output]):
         return proto
-    read = {i for n in needed for i in n.input if i} | {input_name}
-    for n in needed:  # what subgraphs (If, Loop) read from the graph around them
-        read.update(i for a in n.attribute if a.type == onnx.AttributeProto.GRAPH for m in a.g.node for i in m.input)
-    made = {o for n in needed for o in n.output if o}
-    info = {v.name: v for v in (*graph.value_info, *graph.output)}
-    out_info = info.get(output) or onnx.helper.make_empty_tensor_value_info(output)
-    cut = model_like(proto, needed, [t for t in graph.initializer if t.name in read],
-                     [i for i in graph.input if i.name in read], [out_info])
-    cut.graph.value_info.extend(v for v in graph.value_info if v.name in made and v.name != output)
-    cut.metadata_props.extend(proto.metadata_props)
-    return cut
+    cut = cone_mod.pruned(proto, output)
+    return cut if any(i.name == input_name for i in cut.graph.input) else proto
 
 
 def _piece_units(pieces: Sequence[Piece], output: str, units: Sequence[Sequence[int] | None]
